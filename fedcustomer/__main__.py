@@ -1,0 +1,5 @@
+"""Allow ``python -m fedcustomer``."""
+
+from fedcustomer.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Federated customer analytics released under differential privacy."""

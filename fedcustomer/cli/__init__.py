@@ -1,0 +1,54 @@
+"""The ``fedcustomer`` command: a thin shell over library functions.
+
+Each command group lives in its own module and is registered below. Errors of the
+``FedCustomerError`` family are printed without a traceback and mapped to the
+documented exit codes (see ``fedcustomer.errors``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from fedcustomer.errors import FedCustomerError
+
+app = typer.Typer(
+    name="fedcustomer",
+    help="Privacy-preserving federated customer analytics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    """Attach every command group; each module owns its commands."""
+    from fedcustomer.cli import training
+
+    training.register(app)
+    # Governance commands (schema, ingest, keys, erase, read, approvals, audit) register here too.
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the Typer app, turning product errors into clean exits."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except FedCustomerError as exc:
+        err_console.print(f"[bold red]error[/]: {exc}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

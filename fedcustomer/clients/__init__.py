@@ -1,0 +1,1 @@
+"""Partner node side: ClientApp, the partner's home directory, local (DP) training."""

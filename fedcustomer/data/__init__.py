@@ -1,0 +1,1 @@
+"""Partner data: schemas and tiers, ingest and validation, stores, synthetic and real-data loaders."""

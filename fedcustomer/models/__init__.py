@@ -1,0 +1,1 @@
+"""Repayment and CLV models, feature specs and metrics."""

@@ -1,0 +1,1 @@
+"""Coordinator side: ServerApp, strategy choice, round loop, checkpoints, run reports."""

@@ -1,0 +1,41 @@
+"""One place that maps (task, architecture) to a model and its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.models.clv import CLVRegressor
+from fedcustomer.models.repayment import LogisticRegression, RepaymentMLP
+
+TASKS = ("repayment", "clv")
+ARCHITECTURES = {"repayment": ("mlp", "logreg"), "clv": ("mlp", "linear")}
+
+
+def build_model(task: str, arch: str, input_dim: int, seed: int | None = None) -> nn.Module:
+    """Build the model; ``seed`` makes the initial weights reproducible."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if arch not in ARCHITECTURES[task]:
+        raise ConfigError(
+            f"unknown architecture {arch!r} for task {task!r}; choose one of {', '.join(ARCHITECTURES[task])}"
+        )
+    if input_dim < 1:
+        raise ConfigError(f"a model needs at least one input feature, got {input_dim}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    if task == "repayment":
+        return RepaymentMLP(input_dim) if arch == "mlp" else LogisticRegression(input_dim)
+    return CLVRegressor(input_dim) if arch == "mlp" else CLVRegressor(input_dim, hidden=())
+
+
+def loss_for(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-task training loss on the model's raw output (logit or log1p-spend)."""
+    if task == "repayment":
+        return nn.BCEWithLogitsLoss()
+    if task == "clv":
+        return nn.HuberLoss(delta=1.0)
+    raise ConfigError(f"unknown task {task!r}")

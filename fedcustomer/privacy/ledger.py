@@ -1,0 +1,371 @@
+"""The per-partner privacy budget ledger: every release is charged here first.
+
+One SQLite file per partner (``ledger.db`` in the partner home) holds every charge
+for every dataset: federated training rounds and analytics queries alike. A charge
+that would push a dataset past its (epsilon, delta) target is refused before
+anything is released, and nothing is written for it except a refusal record.
+
+Composition:
+- Gaussian releases (DP-SGD rounds, Gaussian analytics) compose in Renyi DP, exactly
+  as one Opacus ``RDPAccountant`` over the whole history (tight within the family).
+- Other (epsilon, delta) releases (e.g. Laplace counts) compose with the Gaussian part
+  by basic composition: epsilon_total = eps_rdp(delta_target - sum(delta_i)) + sum(eps_i).
+  Sound, and documented as looser than necessary.
+
+Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
+restarts never pays twice for the same release.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.privacy import accounting
+from fedcustomer.privacy.accounting import GaussianSteps
+
+GAUSSIAN = "gaussian_rdp"
+APPROX = "approx_dp"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    charge_key TEXT NOT NULL UNIQUE,
+    dataset TEXT NOT NULL,
+    time TEXT NOT NULL,
+    family TEXT NOT NULL CHECK (family IN ('gaussian_rdp', 'approx_dp')),
+    mechanism TEXT NOT NULL,
+    run_id TEXT,
+    round INTEGER,
+    query_id TEXT,
+    noise_multiplier REAL,
+    sample_rate REAL,
+    steps INTEGER,
+    epsilon REAL,
+    delta REAL,
+    epsilon_total REAL NOT NULL,
+    delta_total REAL NOT NULL,
+    epsilon_target REAL NOT NULL,
+    delta_target REAL NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS charges_dataset ON charges(dataset, seq);
+CREATE TABLE IF NOT EXISTS refusals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    charge_key TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    time TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    epsilon_would_be REAL NOT NULL,
+    epsilon_target REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Cumulative spend of one dataset against its target."""
+
+    epsilon: float
+    delta: float
+    epsilon_target: float
+    delta_target: float
+
+    @property
+    def epsilon_remaining(self) -> float:
+        return max(0.0, self.epsilon_target - self.epsilon)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One recorded release."""
+
+    seq: int
+    charge_key: str
+    dataset: str
+    time: str
+    family: str
+    mechanism: str
+    run_id: str | None
+    round: int | None
+    query_id: str | None
+    noise_multiplier: float | None
+    sample_rate: float | None
+    steps: int | None
+    epsilon: float | None
+    delta: float | None
+    epsilon_total: float
+    delta_total: float
+    epsilon_target: float
+    delta_target: float
+    details: dict[str, Any] = field(default_factory=dict)
+    already_paid: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("already_paid")
+        return d
+
+
+class BudgetLedger:
+    """Charges for one dataset of one partner, persisted in the partner's ledger file."""
+
+    def __init__(self, path: str | Path, dataset: str, budget: DatasetBudget) -> None:
+        self.path = Path(path)
+        self.dataset = dataset
+        self.budget = budget
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    # --- reading ---------------------------------------------------------------
+    def charges(self) -> list[Charge]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+        return [_charge_from_row(r) for r in rows]
+
+    def refusals(self) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM refusals WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def find(self, charge_key: str) -> Charge | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
+        return _charge_from_row(row, already_paid=True) if row else None
+
+    def gaussian_history(self) -> list[GaussianSteps]:
+        return _gaussian_history(self.charges())
+
+    def spent(self) -> Spend:
+        return self._spend_of(self.charges())
+
+    def project_gaussian(self, steps: GaussianSteps) -> Spend:
+        """What the spend would be after ``steps`` more Gaussian steps (nothing is written)."""
+        charges = self.charges()
+        return self._spend_of(charges, extra_gaussian=[steps])
+
+    def calibrate_noise(self, sample_rate: float, steps: int, *, sigma_min: float = 0.3, sigma_max: float = 50.0) -> float:
+        """Noise multiplier so that ``steps`` more steps exactly use the remaining budget."""
+        approx_eps, approx_delta = _approx_totals(self.charges())
+        delta_rdp = self.budget.delta - approx_delta
+        if delta_rdp <= 0:
+            return sigma_max
+        # A hair under the target so per-round float rounding can never overshoot it.
+        target = (self.budget.epsilon - approx_eps) * (1 - 1e-9)
+        if target <= 0:
+            return sigma_max
+        return accounting.calibrate_noise(
+            self.gaussian_history(), sample_rate, steps, target, delta_rdp, sigma_min=sigma_min, sigma_max=sigma_max
+        )
+
+    def accounting_state(self) -> dict[str, Any]:
+        """Everything needed to recompute the spend independently."""
+        history = self.gaussian_history()
+        return {
+            "accountant": accounting.ACCOUNTANT,
+            "opacus_state_dict": accounting.opacus_accountant(history).state_dict(),
+            "gaussian_history": [h.as_tuple() for h in history],
+            "approx_charges": [
+                {"epsilon": c.epsilon, "delta": c.delta, "mechanism": c.mechanism}
+                for c in self.charges()
+                if c.family == APPROX
+            ],
+            "composition": "RDP within Gaussian releases; basic composition with other releases",
+            "delta_target": self.budget.delta,
+        }
+
+    # --- charging --------------------------------------------------------------
+    def charge_gaussian(
+        self,
+        charge_key: str,
+        steps: GaussianSteps,
+        *,
+        mechanism: str = "dpsgd",
+        run_id: str | None = None,
+        round: int | None = None,
+        query_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Charge:
+        """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded."""
+        return self._charge(
+            charge_key, GAUSSIAN, mechanism, steps=steps, run_id=run_id, round=round, query_id=query_id, details=details
+        )
+
+    def charge_approx(
+        self,
+        charge_key: str,
+        epsilon: float,
+        delta: float,
+        *,
+        mechanism: str,
+        run_id: str | None = None,
+        query_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Charge:
+        """Record an (epsilon, delta) release such as a Laplace count."""
+        if not (epsilon > 0) or not (0 <= delta < 1):
+            raise ConfigError(f"a release needs epsilon > 0 and 0 <= delta < 1, got ({epsilon}, {delta})")
+        return self._charge(
+            charge_key, APPROX, mechanism, epsilon=epsilon, delta=delta, run_id=run_id, query_id=query_id, details=details
+        )
+
+    def _charge(
+        self,
+        charge_key: str,
+        family: str,
+        mechanism: str,
+        *,
+        steps: GaussianSteps | None = None,
+        epsilon: float | None = None,
+        delta: float | None = None,
+        run_id: str | None = None,
+        round: int | None = None,
+        query_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Charge:
+        with self._transaction() as conn:
+            existing = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
+            if existing is not None:
+                if existing["dataset"] != self.dataset:
+                    raise ConfigError(f"charge key {charge_key!r} already used for dataset {existing['dataset']!r}")
+                return _charge_from_row(existing, already_paid=True)
+            rows = conn.execute("SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+            prior = [_charge_from_row(r) for r in rows]
+            if family == GAUSSIAN:
+                assert steps is not None
+                after = self._spend_of(prior, extra_gaussian=[steps])
+                alone = accounting.epsilon([steps], self.budget.delta)
+            else:
+                after = self._spend_of(prior, extra_approx=[(float(epsilon), float(delta))])  # type: ignore[arg-type]
+                alone = epsilon
+            if after.epsilon > self.budget.epsilon or after.delta > self.budget.delta:
+                reason = (
+                    f"dataset {self.dataset!r}: this release would bring epsilon to {after.epsilon:.4f} "
+                    f"(delta {after.delta:.2e}), past the target {self.budget.epsilon:g} (delta {self.budget.delta:.0e}); "
+                    f"spent so far {self._spend_of(prior).epsilon:.4f}"
+                )
+                conn.execute(
+                    "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (charge_key, self.dataset, _now(), mechanism, after.epsilon, self.budget.epsilon, reason),
+                )
+                raise _Refused(reason)
+            cur = conn.execute(
+                "INSERT INTO charges (charge_key, dataset, time, family, mechanism, run_id, round, query_id,"
+                " noise_multiplier, sample_rate, steps, epsilon, delta, epsilon_total, delta_total,"
+                " epsilon_target, delta_target, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    charge_key,
+                    self.dataset,
+                    _now(),
+                    family,
+                    mechanism,
+                    run_id,
+                    round,
+                    query_id,
+                    steps.noise_multiplier if steps else None,
+                    steps.sample_rate if steps else None,
+                    steps.steps if steps else None,
+                    alone,
+                    delta if family == APPROX else None,
+                    after.epsilon,
+                    after.delta,
+                    self.budget.epsilon,
+                    self.budget.delta,
+                    json.dumps(dict(details or {}), sort_keys=True),
+                ),
+            )
+            row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
+            return _charge_from_row(row)
+
+    # --- internals -------------------------------------------------------------
+    def _spend_of(
+        self,
+        charges: Sequence[Charge],
+        extra_gaussian: Sequence[GaussianSteps] = (),
+        extra_approx: Sequence[tuple[float, float]] = (),
+    ) -> Spend:
+        history = _gaussian_history(charges) + list(extra_gaussian)
+        approx_eps, approx_delta = _approx_totals(charges)
+        for e, d in extra_approx:
+            approx_eps += e
+            approx_delta += d
+        if any(h.steps for h in history):
+            delta_rdp = self.budget.delta - approx_delta
+            eps_rdp = accounting.epsilon(history, delta_rdp) if delta_rdp > 0 else float("inf")
+            return Spend(eps_rdp + approx_eps, self.budget.delta, self.budget.epsilon, self.budget.delta)
+        return Spend(approx_eps, approx_delta, self.budget.epsilon, self.budget.delta)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: read-check-write is serialised across processes."""
+        refused: _Refused | None = None
+        with self._connect() as conn:
+            for attempt in range(50):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.05)
+            try:
+                yield conn
+            except _Refused as exc:
+                conn.execute("COMMIT")  # keep the refusal record, nothing else was written
+                refused = exc
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        if refused is not None:
+            raise BudgetExhausted(str(refused))
+
+
+class _Refused(Exception):
+    """Internal: a refusal whose record must be committed before BudgetExhausted is raised."""
+
+
+def _gaussian_history(charges: Sequence[Charge]) -> list[GaussianSteps]:
+    return [
+        GaussianSteps(float(c.noise_multiplier), float(c.sample_rate), int(c.steps))  # type: ignore[arg-type]
+        for c in charges
+        if c.family == GAUSSIAN
+    ]
+
+
+def _approx_totals(charges: Sequence[Charge]) -> tuple[float, float]:
+    eps = sum(float(c.epsilon or 0.0) for c in charges if c.family == APPROX)
+    delta = sum(float(c.delta or 0.0) for c in charges if c.family == APPROX)
+    return eps, delta
+
+
+def _charge_from_row(row: sqlite3.Row, already_paid: bool = False) -> Charge:
+    d = dict(row)
+    d["details"] = json.loads(d.get("details") or "{}")
+    return Charge(**d, already_paid=already_paid)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

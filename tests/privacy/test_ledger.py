@@ -1,0 +1,133 @@
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.privacy.accounting import GaussianSteps, calibrate_noise, epsilon
+from fedcustomer.privacy.ledger import BudgetLedger
+
+BUDGET = DatasetBudget(epsilon=3.0, delta=1e-5)
+ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.05, steps=20)
+
+
+def test_cumulative_epsilon_equals_one_opacus_accountant_over_same_steps(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", DatasetBudget(50.0, 1e-5))
+    acc = RDPAccountant()
+    for r in range(1, 6):
+        ledger.charge_gaussian(f"run:a:round:{r}", ROUND, run_id="a", round=r)
+        for _ in range(ROUND.steps):
+            acc.step(noise_multiplier=ROUND.noise_multiplier, sample_rate=ROUND.sample_rate)
+        assert ledger.spent().epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_spend_survives_reopening_the_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    first = BudgetLedger(path, "loans", DatasetBudget(50.0, 1e-5))
+    for r in range(3):
+        first.charge_gaussian(f"k{r}", ROUND)
+    reopened = BudgetLedger(path, "loans", DatasetBudget(50.0, 1e-5))
+    acc = RDPAccountant()
+    acc.history = [(1.1, 0.05, 60)]
+    assert reopened.spent().epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert len(reopened.charges()) == 3
+
+
+def test_charge_that_would_exceed_target_is_refused_and_recorded(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", DatasetBudget(2.5, 1e-5))
+    paid = 0
+    with pytest.raises(BudgetExhausted, match="past the target 2.5"):
+        for r in range(100):
+            ledger.charge_gaussian(f"r{r}", ROUND)
+            paid += 1
+    assert 0 < paid < 100
+    assert ledger.spent().epsilon <= 2.5
+    assert len(ledger.charges()) == paid
+    assert len(ledger.refusals()) == 1
+    # a refused charge writes no charge row, and a retry is refused again
+    with pytest.raises(BudgetExhausted):
+        ledger.charge_gaussian(f"r{paid}", ROUND)
+    assert len(ledger.charges()) == paid
+
+
+def test_same_charge_key_is_never_paid_twice(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    first = ledger.charge_gaussian("run:x:round:1", ROUND)
+    again = ledger.charge_gaussian("run:x:round:1", ROUND)
+    assert again.already_paid and not first.already_paid
+    assert len(ledger.charges()) == 1
+    assert ledger.spent().epsilon == pytest.approx(first.epsilon_total)
+
+
+def test_datasets_in_one_ledger_file_are_charged_separately(tmp_path: Path) -> None:
+    a = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    b = BudgetLedger(tmp_path / "ledger.db", "cards", BUDGET)
+    a.charge_gaussian("a1", ROUND)
+    assert b.spent().epsilon == 0.0
+    assert a.spent().epsilon > 0
+
+
+def test_approx_releases_compose_with_training_soundly(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", DatasetBudget(5.0, 1e-5))
+    ledger.charge_gaussian("t1", ROUND)
+    train_only = ledger.spent().epsilon
+    ledger.charge_approx("q1", 0.5, 0.0, mechanism="laplace", query_id="q1")
+    assert ledger.spent().epsilon == pytest.approx(train_only + 0.5)
+    ledger.charge_approx("q2", 0.1, 5e-6, mechanism="gaussian-approx", query_id="q2")
+    # the Gaussian part is now converted at delta_target - 5e-6, so it costs more than before
+    assert ledger.spent().epsilon > train_only + 0.6
+    assert ledger.spent().delta == pytest.approx(1e-5)
+
+
+def test_approx_release_rejects_invalid_epsilon(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    with pytest.raises(ConfigError):
+        ledger.charge_approx("q", 0.0, 0.0, mechanism="laplace")
+
+
+def test_calibrated_noise_spends_the_whole_budget_but_not_more(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    sigma = ledger.calibrate_noise(sample_rate=0.05, steps=200)
+    for r in range(10):
+        ledger.charge_gaussian(f"r{r}", GaussianSteps(sigma, 0.05, 20))
+    spent = ledger.spent().epsilon
+    assert spent <= BUDGET.epsilon
+    assert spent > 0.99 * BUDGET.epsilon
+    with pytest.raises(BudgetExhausted):
+        ledger.charge_gaussian("r10", GaussianSteps(sigma, 0.05, 20))
+
+
+def test_calibration_accounts_for_prior_spend(tmp_path: Path) -> None:
+    prior = [GaussianSteps(2.0, 0.05, 100)]
+    fresh = calibrate_noise([], 0.05, 100, 3.0, 1e-5)
+    after = calibrate_noise(prior, 0.05, 100, 3.0, 1e-5)
+    assert after > fresh
+    assert epsilon(prior + [GaussianSteps(after, 0.05, 100)], 1e-5) <= 3.0
+
+
+def test_calibration_caps_noise_when_budget_cannot_fit(tmp_path: Path) -> None:
+    assert calibrate_noise([], 0.5, 10_000, 0.01, 1e-5, sigma_max=5.0) == 5.0
+
+
+def _charge_many(path: str, worker: int) -> None:
+    ledger = BudgetLedger(path, "loans", DatasetBudget(1e6, 1e-5))
+    for r in range(25):
+        ledger.charge_gaussian(f"w{worker}:r{r}", GaussianSteps(1.0, 0.01, 1))
+
+
+def test_concurrent_processes_charge_without_losing_any(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    BudgetLedger(path, "loans", DatasetBudget(1e6, 1e-5))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_charge_many, args=(path, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    ledger = BudgetLedger(path, "loans", DatasetBudget(1e6, 1e-5))
+    assert len(ledger.charges()) == 75
+    totals = [c.epsilon_total for c in ledger.charges()]
+    assert totals == sorted(totals)

@@ -121,7 +121,7 @@ def _lp_text(text: str) -> bytes:
 def _check_key_bytes(key: object, what: str) -> bytes:
     if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
         size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
-        raise KeyMaterialError(f"{what} must be {KEY_BYTES} bytes, got {size}; generate it with new_data_key()")
+        raise KeyMaterialError(f"{what} must be {KEY_BYTES} random bytes, got {size}")
     return bytes(key)
 
 
@@ -141,12 +141,23 @@ def _write_secret_file(path: Path, data: bytes, *, replace: bool) -> None:
         if replace:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails if path exists: never overwrites key material
-            tmp.unlink()
+            _link_no_overwrite(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def _link_no_overwrite(tmp: Path, path: Path) -> None:
+    """Publish ``tmp`` as ``path`` only if ``path`` does not exist (FileExistsError otherwise)."""
+    try:
+        os.link(tmp, path)  # atomic and never overwrites
+    except FileExistsError:
+        raise
+    except OSError:  # filesystem without hard links: check, then rename (tiny race, same result)
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -621,7 +632,7 @@ class FieldCipher:
                 f"Unicode text (str), got {type(value).__name__}"
             ) from None
         nonce = os.urandom(NONCE_BYTES)
-        return _FIELD_FORMAT_V1 + nonce + aead.encrypt(nonce, plaintext, self._prefix + _lp_text(field) + _lp_text(pseudonym))
+        return _FIELD_FORMAT_V1 + nonce + aead.encrypt(nonce, plaintext, self._aad(field, pseudonym))
 
     def _decrypt(self, aead: AESGCM, field: str, pseudonym: str, token: bytes) -> str:
         if len(token) < 1 + NONCE_BYTES + TAG_BYTES or token[:1] != _FIELD_FORMAT_V1:
@@ -631,13 +642,13 @@ class FieldCipher:
             )
         try:
             plaintext = aead.decrypt(token[1 : 1 + NONCE_BYTES], token[1 + NONCE_BYTES :], self._aad(field, pseudonym))
-        except InvalidTag:
+            return plaintext.decode("utf-8")
+        except (InvalidTag, UnicodeDecodeError):
             raise IntegrityError(
                 f"field {field!r} of customer {pseudonym} in dataset {self._dataset!r} failed authentication: the "
                 f"ciphertext was altered, moved from another field, customer or dataset, or encrypted under another "
                 f"data key"
             ) from None
-        return plaintext.decode("utf-8")
 
     def __repr__(self) -> str:
         return f"FieldCipher(dataset={self._dataset!r})"

@@ -147,7 +147,7 @@ def test_truncated_or_unknown_format_token_is_an_integrity_error(mangle) -> None
 
 @pytest.mark.parametrize("bad_key", [b"", b"x" * 16, b"x" * 33, "k" * 32])
 def test_data_key_of_wrong_size_or_type_is_refused(bad_key) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(KeyMaterialError, match="32 bytes"):
+    with pytest.raises(KeyMaterialError, match="must be 32 random bytes"):
         FieldCipher("loans").encrypt(bad_key, "f", PSEUDO_A, "v")
 
 
@@ -517,3 +517,18 @@ def test_pseudonymizer_repr_hides_key(keys_dir: Path) -> None:
     ps = Pseudonymizer.create(keys_dir)
     key_b64 = json.loads((keys_dir / "pseudonym.key").read_text())["key"]
     assert key_b64 not in repr(ps)
+
+
+def test_create_without_hard_link_support_still_refuses_to_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(crypto.os, "link", no_links)
+    ring = FileKeyRing.create(tmp_path / "keys")
+    assert _mode(ring.path) == 0o600 and FileKeyRing.open(tmp_path / "keys").active_version() == 1
+    before = _snapshot(tmp_path)
+    with pytest.raises(KeyMaterialError, match="already exists"):
+        FileKeyRing.create(tmp_path / "keys")
+    assert _snapshot(tmp_path) == before

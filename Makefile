@@ -1,0 +1,27 @@
+# One-command entry points (see README). `make test` is what CI runs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-fast demo bench
+
+setup: $(VENV)/.installed
+
+# torch is pinned first so pip takes the CPU wheel instead of pulling CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: setup
+	$(BIN)/fedcustomer demo
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py

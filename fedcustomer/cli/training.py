@@ -1,0 +1,229 @@
+"""`fedcustomer run`, `demo` and `baseline`: federated training from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedcustomer.errors import BudgetExhausted, FederationError
+from fedcustomer.models.metrics import PRIMARY_METRIC
+from fedcustomer.server.job import JobConfig
+from fedcustomer.server.rounds import RoundReport
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)
+    app.command("baseline")(baseline)
+
+
+def run(
+    task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
+    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
+    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
+    split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
+    partners: int = typer.Option(3, help="number of partner nodes"),
+    rounds: int = typer.Option(5, help="federated rounds"),
+    local_epochs: int = typer.Option(1, help="local epochs per round"),
+    batch_size: int = typer.Option(128, help="expected (Poisson) batch size"),
+    lr: float = typer.Option(0.1, help="local learning rate"),
+    optimizer: str = typer.Option("sgd", help="sgd | adam"),
+    arch: str = typer.Option("mlp", help="repayment: mlp | logreg; clv: mlp | linear"),
+    epsilon: float = typer.Option(3.0, help="each partner's epsilon target for this dataset (all rounds together)"),
+    delta: float = typer.Option(1e-5, help="each partner's delta target"),
+    max_grad_norm: float = typer.Option(1.0, help="per-sample clipping norm"),
+    max_noise_multiplier: float = typer.Option(10.0, help="cap on noise: past it partners train fewer rounds instead"),
+    no_dp: bool = typer.Option(False, "--no-dp", help="train without DP (baseline only; releases are NOT private)"),
+    clipping: str = typer.Option("fast", help="fast | ghost | hooks per-sample clipping"),
+    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum"),
+    proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight"),
+    central_dp: bool = typer.Option(False, help="add partner-level central DP (server-side clipping + noise)"),
+    central_noise_multiplier: float = typer.Option(1.0),
+    central_clipping_norm: float = typer.Option(1.0),
+    min_partners: int = typer.Option(2, help="stop when fewer partners can train a round"),
+    federated_eval: str = typer.Option("every", help="every | final | none: held-out evaluation at the partners"),
+    seed: int = typer.Option(0, help="seed for data generation, splits and initial weights (not for DP noise)"),
+    out: Path = typer.Option(Path("runs/latest"), help="run directory to write"),
+    homes: Optional[Path] = typer.Option(None, help="directory of simulated partner homes (default OUT/partners); reuse it to keep budgets across jobs"),
+    resume: bool = typer.Option(False, help="continue the run in OUT from its last checkpoint"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
+    verbose: bool = typer.Option(False, help="show Flower's own log"),
+) -> None:
+    """Run one federated DP training job in the local simulation engine."""
+    if resume and (out / "config.json").exists():
+        job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
+    else:
+        job = JobConfig(
+            task=task, data=data, data_dir=str(data_dir) if data_dir else None, split=split, partners=partners,
+            rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, arch=arch,
+            dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+            max_noise_multiplier=max_noise_multiplier, clipping=clipping, strategy=strategy, proximal_mu=proximal_mu,
+            central_dp=central_dp, central_noise_multiplier=central_noise_multiplier,
+            central_clipping_norm=central_clipping_norm, min_partners=min_partners, federated_eval=federated_eval,
+            seed=seed, out=str(out), homes=str(homes) if homes else None,
+        )
+    summary = execute(job, resume=resume, quiet=as_json, verbose=verbose)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    finish(summary)
+
+
+def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Run a job with a progress bar per round."""
+    from fedcustomer.server.simulation import run_simulated_job
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), console=console, disable=quiet, transient=False,
+    ) as progress:
+        bar = progress.add_task(f"{job.task} rounds", total=job.rounds, status="starting partners...")
+
+        def on_round(report: RoundReport) -> None:
+            metric = PRIMARY_METRIC[job.task]
+            value = report.eval_metrics.get(metric)
+            refused = sum(p.status == "refused" for p in report.partners)
+            failed = sum(p.status == "failed" for p in report.partners)
+            status = f"round {report.round}: {report.trained} trained"
+            status += f", {refused} refused" if refused else ""
+            status += f", {failed} failed" if failed else ""
+            status += f", {metric} {value:.3f}" if value is not None else ""
+            progress.update(bar, completed=report.round, status=status)
+
+        return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose)
+
+
+def finish(summary: dict[str, Any]) -> None:
+    """Exit codes: 0 when at least one round was aggregated; otherwise the cause's code."""
+    if summary["rounds_completed"] > 0:
+        return
+    reason = summary.get("stop_reason") or "no round completed"
+    if "budget" in reason:
+        raise BudgetExhausted(f"no round could be trained within the partners' privacy budgets: {reason}")
+    raise FederationError(reason)
+
+
+def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -> None:
+    metric = summary["primary_metric"]
+    status = summary["status"] + (f" ({summary['stop_reason']})" if summary.get("stop_reason") else "")
+    console.print(f"\n[bold]{summary['task']}[/] run {summary['run_id']}: {summary['rounds_completed']}/"
+                  f"{summary['rounds_planned']} rounds, status {status}")
+    table = Table(title="privacy budget per partner")
+    for col in ("partner", "epsilon spent", "epsilon target", "delta", "trained", "refused", "failed", metric):
+        table.add_column(col, justify="right" if col != "partner" else "left")
+    for p in summary["partners"]:
+        m = summary["metrics_by_partner"].get(p["name"], {}).get(metric)
+        table.add_row(
+            p["name"], _fmt(p["epsilon_spent"]), _fmt(p["epsilon_target"]), _fmt(p["delta"], ".0e"),
+            str(p["rounds_trained"]), str(p["rounds_refused"]), str(p["rounds_failed"]), _fmt(m),
+        )
+    console.print(table)
+    results = Table(title="held-out metrics")
+    results.add_column("model")
+    keys = [k for k in summary["metrics"] if k != "loss"]
+    for k in keys:
+        results.add_column(k, justify="right")
+    results.add_column("epsilon", justify="right")
+    eps = max((p["epsilon_spent"] or 0.0 for p in summary["partners"]), default=None) if summary["dp"] else None
+    results.add_row(f"federated {'DP ' if summary['dp'] else ''}{summary['strategy']}", *[_fmt(summary["metrics"].get(k)) for k in keys], _fmt(eps))
+    for b in baselines or []:
+        results.add_row(b.name, *[_fmt(b.metrics.get(k)) for k in keys], _fmt(b.epsilon))
+    console.print(results)
+    if summary.get("central_dp"):
+        c = summary["central_dp"]
+        console.print(f"central DP (partner-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:.0e}")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None:
+        return "-"
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="directory for both runs"),
+    rounds: int = typer.Option(5, help="rounds per job"),
+    epsilon: float = typer.Option(3.0, help="each partner's epsilon target per dataset"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Synthetic bank + retailer federation: a DP repayment job and a DP CLV job, with baselines."""
+    from fedcustomer.data.sources import load_partitions
+    from fedcustomer.models.baseline import train_centralised
+
+    results: dict[str, Any] = {}
+    for task, partners in (("repayment", 3), ("clv", 2)):
+        console.rule(f"[bold]{task}: federated DP-SGD across {partners} synthetic partners")
+        job = JobConfig(task=task, data="synthetic", partners=partners, rounds=rounds, epsilon=epsilon,
+                        seed=seed, out=str(out / task), min_partners=2)
+        summary = execute(job)
+        spec, datasets = load_partitions(task, "synthetic", partners, seed=seed)
+        central = train_centralised(spec, datasets, arch=job.arch, epochs=rounds, batch_size=job.batch_size,
+                                    lr=job.lr, seed=seed)
+        print_summary(summary, [central])
+        results[task] = {"summary": f"{out / task / 'summary.json'}", "federated": summary["metrics"],
+                         "centralised_non_private": central.metrics,
+                         "partners": [{k: p[k] for k in ("name", "epsilon_spent", "epsilon_target")} for p in summary["partners"]]}
+        finish(summary)
+    (out / "demo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    console.print(f"\nrun directories: {out / 'repayment'}  {out / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)")
+
+
+def baseline(
+    task: str = typer.Option("repayment"),
+    data: str = typer.Option("synthetic"),
+    data_dir: Optional[Path] = typer.Option(None),
+    split: str = typer.Option("iid"),
+    partners: int = typer.Option(3),
+    arch: str = typer.Option("mlp"),
+    epochs: int = typer.Option(5),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(0.1),
+    epsilon: float = typer.Option(3.0),
+    delta: float = typer.Option(1e-5),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="write baseline.json here"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Centralised non-private and centralised DP training on the same pooled splits."""
+    from fedcustomer.data.sources import load_partitions
+    from fedcustomer.models.baseline import gradient_boosting, train_centralised
+
+    JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
+    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir)
+    common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    results = [
+        train_centralised(spec, datasets, **common),
+        train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common),
+        gradient_boosting(spec, datasets, seed=seed),
+    ]
+    payload = [{"name": r.name, "metrics": r.metrics, "epsilon": r.epsilon, "delta": delta if r.epsilon else None,
+                "noise_multiplier": r.noise_multiplier, "train_rows": r.train_rows, "test_rows": r.test_rows} for r in results]
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "baseline.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"centralised baselines: {task} on {data}")
+    keys = list(results[0].metrics)
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_column("epsilon", justify="right")
+    for r in results:
+        table.add_row(r.name, *[_fmt(r.metrics.get(k)) for k in keys], _fmt(r.epsilon))
+    console.print(table)

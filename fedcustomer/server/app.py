@@ -1,0 +1,136 @@
+"""Flower ServerApp: the coordinator's side of a federated job (Message API).
+
+:func:`run_job_on_grid` is the library function (tests call it with any Grid);
+:func:`make_server_app` wraps it as a ServerApp for the simulation engine or a
+SuperLink; the module-level ``app`` is what ``flwr run .`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedcustomer.models.features import FeatureSpec
+from fedcustomer.models.registry import build_model
+from fedcustomer.server.job import JobConfig
+from fedcustomer.server.report import RunRecorder, round_from_dict
+from fedcustomer.server.rounds import RoundReport, run_rounds
+from fedcustomer.server.strategies import build_strategy, central_dp_epsilon
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[RoundReport], None]
+
+
+def train_config_for(job: JobConfig, spec: FeatureSpec) -> dict[str, Any]:
+    """The instructions every partner receives each round (flat, Flower-ConfigRecord-safe)."""
+    return {
+        "run-id": job.run_id,
+        "planned-rounds": job.rounds,
+        "task": job.task,
+        "arch": job.arch,
+        "dataset": job.dataset_name,
+        "feature-spec": json.dumps(spec.to_dict()),
+        "local-epochs": job.local_epochs,
+        "batch-size": job.batch_size,
+        "lr": job.lr,
+        "optimizer": job.optimizer,
+        "dp": job.dp,
+        "max-grad-norm": job.max_grad_norm,
+        "max-noise-multiplier": job.max_noise_multiplier,
+        "clipping": job.clipping,
+        "proximal-mu": job.proximal_mu if job.strategy == "fedprox" else 0.0,
+        "seed": job.seed,
+    }
+
+
+def run_job_on_grid(
+    grid: Grid,
+    job: JobConfig,
+    spec: FeatureSpec,
+    *,
+    num_partners: int,
+    on_round: RoundCallback | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the whole job on ``grid`` and write its run directory; returns summary.json's content."""
+    out = Path(job.out)
+    recorder = RunRecorder(out, job, spec)
+    model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
+    arrays = ArrayRecord(model.state_dict())
+    first_round = 1
+    if resume:
+        checkpoint = RunRecorder.latest_checkpoint(out)
+        if checkpoint is not None:
+            arrays = ArrayRecord(checkpoint["state_dict"])
+            first_round = int(checkpoint["round"]) + 1
+            recorder.rounds = [round_from_dict(d) for d in checkpoint["rounds"]]
+            log.info("resuming run %s after round %s", job.run_id, checkpoint["round"])
+    strategy = build_strategy(job, num_partners)
+
+    def record(report: RoundReport, current: ArrayRecord) -> None:
+        recorder.record_round(report, current)
+        if on_round:
+            on_round(report)
+
+    result = run_rounds(
+        grid, strategy, arrays,
+        num_rounds=job.rounds,
+        train_config=train_config_for(job, spec),
+        min_partners=job.min_partners,
+        evaluate_every_round=job.federated_eval == "every",
+        evaluate_at_end=job.federated_eval != "none",
+        first_round=first_round,
+        timeout=job.round_timeout,
+        on_round=record,
+    )
+    result.rounds = recorder.rounds  # include rounds restored from a checkpoint
+    extra: dict[str, Any] = {"central_dp": None}
+    if job.central_dp:
+        extra["central_dp"] = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
+    return recorder.finish(result, extra)
+
+
+def make_server_app(
+    job: JobConfig | None = None,
+    spec: FeatureSpec | None = None,
+    *,
+    num_partners: int | None = None,
+    on_round: RoundCallback | None = None,
+    resume: bool = False,
+    errors: list[BaseException] | None = None,
+) -> ServerApp:
+    """Build the ServerApp; without ``job`` it reads the job from the run config (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            the_job, the_spec, n = job, spec, num_partners
+            if the_job is None:
+                from fedcustomer.server.simulation import prepare_partners
+
+                raw = {k: v for k, v in dict(context.run_config).items()}
+                the_job = JobConfig.from_dict(raw)
+            if the_spec is None or n is None:
+                from fedcustomer.server.simulation import prepare_partners
+
+                the_spec, homes = prepare_partners(the_job)
+                n = len(homes)
+            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=resume)
+        except BaseException as exc:  # surfaced by the caller; Flower would only log it
+            if errors is not None:
+                errors.append(exc)
+            raise
+
+    return app
+
+
+# `flwr run .` entry point (see [tool.flwr.app.components] in pyproject.toml).
+app = make_server_app()

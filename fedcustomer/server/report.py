@@ -1,0 +1,219 @@
+"""The run directory: what a data scientist and a compliance officer read after a job.
+
+``runs/<id>/config.json  summary.json  metrics.csv  model.pt  feature_spec.json
+plots/*.png  checkpoints/round-NNNN.pt``. ``summary.json`` is the stable,
+machine-readable result; its schema is documented in the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+
+from fedcustomer.models.features import FeatureSpec
+from fedcustomer.models.metrics import PRIMARY_METRIC
+from fedcustomer.server.job import JobConfig
+from fedcustomer.server.rounds import LoopResult, RoundReport
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+class RunRecorder:
+    """Writes a run directory as rounds complete, so a crash leaves usable files."""
+
+    def __init__(self, out: Path, job: JobConfig, spec: FeatureSpec) -> None:
+        self.out = Path(out)
+        self.job = job
+        self.spec = spec
+        self.rounds: list[RoundReport] = []
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "checkpoints").mkdir(exist_ok=True)
+        job.write(self.out / "config.json")
+        _atomic_text(self.out / "feature_spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+
+    # --- during the run ------------------------------------------------------------
+    def record_round(self, report: RoundReport, arrays: ArrayRecord) -> None:
+        self.rounds.append(report)
+        self._write_metrics_csv()
+        if report.applied:
+            self.save_checkpoint(report.round, arrays)
+
+    def save_checkpoint(self, rnd: int, arrays: ArrayRecord) -> Path:
+        path = self.out / "checkpoints" / f"round-{rnd:04d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save({"round": rnd, "run_id": self.job.run_id, "state_dict": arrays.to_torch_state_dict(),
+                    "rounds": [_round_dict(r) for r in self.rounds]}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def latest_checkpoint(out: Path) -> dict[str, Any] | None:
+        paths = sorted((Path(out) / "checkpoints").glob("round-*.pt"))
+        return torch.load(paths[-1], weights_only=False) if paths else None
+
+    # --- at the end ----------------------------------------------------------------
+    def finish(self, result: LoopResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        if result.rounds_completed:
+            tmp = self.out / "model.pt.tmp"
+            torch.save(result.arrays.to_torch_state_dict(), tmp)
+            os.replace(tmp, self.out / "model.pt")
+        summary = self.summary(result, extra or {})
+        _atomic_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        self._write_metrics_csv()
+        self._plots()
+        return summary
+
+    def summary(self, result: LoopResult, extra: dict[str, Any]) -> dict[str, Any]:
+        final = next((r.eval_metrics for r in reversed(result.rounds) if r.applied and r.eval_metrics), {})
+        by_partner = {}
+        for r in reversed(result.rounds):
+            for p in r.partners:
+                if p.eval_metrics and p.partner not in by_partner:
+                    by_partner[p.partner] = _clean(p.eval_metrics)
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "run_id": self.job.run_id,
+            "task": self.job.task,
+            "data": self.job.data,
+            "dataset": self.job.dataset_name,
+            "strategy": self.job.strategy,
+            "dp": self.job.dp,
+            "status": result.status,
+            "stop_reason": result.stop_reason,
+            "rounds_planned": self.job.rounds,
+            "rounds_completed": result.rounds_completed,
+            "primary_metric": PRIMARY_METRIC[self.job.task],
+            "metrics": _clean(final),
+            "metrics_by_partner": by_partner,
+            "partners": self.partner_summaries(result.rounds),
+            "model": {"file": "model.pt" if result.rounds_completed else None, "task": self.job.task,
+                      "arch": self.job.arch, "input_dim": self.spec.input_dim, "feature_spec": "feature_spec.json"},
+            "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
+            **extra,
+        }
+
+    def partner_summaries(self, rounds: list[RoundReport]) -> list[dict[str, Any]]:
+        partners: dict[str, dict[str, Any]] = {}
+        for r in rounds:
+            for p in r.partners:
+                s = partners.setdefault(p.partner, {
+                    "name": p.partner, "epsilon_target": None, "epsilon_spent": 0.0 if self.job.dp else None,
+                    "delta": None, "rounds_trained": 0, "rounds_refused": 0, "rounds_failed": 0,
+                    "refusals": [], "failures": [], "accounting": {"dp": self.job.dp},
+                })
+                if p.status == "trained":
+                    s["rounds_trained"] += 1
+                elif p.status == "refused":
+                    s["rounds_refused"] += 1
+                    s["refusals"].append({"round": r.round, "reason": p.reason})
+                else:
+                    s["rounds_failed"] += 1
+                    s["failures"].append({"round": r.round, "reason": p.reason})
+                if "epsilon-total" in p.metrics:
+                    s["epsilon_spent"] = p.metrics["epsilon-total"]
+                    s["epsilon_target"] = p.metrics.get("epsilon-target")
+                    s["delta"] = p.metrics.get("delta")
+                if p.accounting.get("accountant"):
+                    s["accounting"] = p.accounting
+        return sorted(partners.values(), key=lambda s: s["name"])
+
+    # --- files ------------------------------------------------------------------
+    def _write_metrics_csv(self) -> None:
+        rows = []
+        for r in self.rounds:
+            row: dict[str, Any] = {"round": r.round, "applied": int(r.applied), "partners_trained": r.trained,
+                                   "partners_refused": sum(p.status == "refused" for p in r.partners),
+                                   "partners_failed": sum(p.status == "failed" for p in r.partners),
+                                   "wall_time_s": round(r.wall_time_s, 4)}
+            row.update({f"train_{k}": v for k, v in r.train_metrics.items() if k not in ("num-examples", "unit-weight")})
+            row.update({f"eval_{k}": v for k, v in r.eval_metrics.items() if k not in ("num-examples", "unit-weight")})
+            for p in r.partners:
+                if "epsilon-total" in p.metrics:
+                    row[f"epsilon_{p.partner}"] = p.metrics["epsilon-total"]
+            rows.append(row)
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        tmp = self.out / "metrics.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns or ["round"])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.out / "metrics.csv")
+
+    def _plots(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plots = self.out / "plots"
+        plots.mkdir(exist_ok=True)
+        applied = [r for r in self.rounds if r.eval_metrics]
+        metric = PRIMARY_METRIC[self.job.task]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if applied:
+            ax.plot([r.round for r in applied], [r.eval_metrics.get(metric, float("nan")) for r in applied], marker="o", label=f"federated {metric}")
+            ax.plot([r.round for r in applied], [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".", linestyle="--", label="held-out loss")
+        ax.set_xlabel("round")
+        ax.set_title(f"{self.job.task}: held-out metrics per round")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plots / f"{metric}_vs_round.png", dpi=110)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        targets: dict[str, float] = {}
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in self.rounds:
+            for p in r.partners:
+                if "epsilon-total" in p.metrics:
+                    series.setdefault(p.partner, []).append((r.round, p.metrics["epsilon-total"]))
+                    targets[p.partner] = p.metrics.get("epsilon-target", float("nan"))
+        for name, pts in sorted(series.items()):
+            line = ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)[0]
+            ax.axhline(targets[name], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xlabel("round")
+        ax.set_ylabel("epsilon spent (cumulative)")
+        ax.set_title("privacy budget per partner (dotted: target)")
+        if series:
+            ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plots / "epsilon_vs_round.png", dpi=110)
+        plt.close(fig)
+
+
+def _round_dict(r: RoundReport) -> dict[str, Any]:
+    return {"round": r.round, "applied": r.applied, "train_metrics": r.train_metrics, "eval_metrics": r.eval_metrics,
+            "wall_time_s": r.wall_time_s,
+            "partners": [p.__dict__ for p in r.partners]}
+
+
+def round_from_dict(d: dict[str, Any]) -> RoundReport:
+    from fedcustomer.server.rounds import PartnerRound
+
+    return RoundReport(d["round"], [PartnerRound(**p) for p in d["partners"]], d["train_metrics"], d["eval_metrics"],
+                       d["wall_time_s"], d["applied"])
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k, v in metrics.items():
+        if k in ("num-examples", "unit-weight"):
+            continue
+        out[k] = None if v != v else v  # NaN is not JSON
+    return out
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,100 @@
+"""The partner node: DP rounds paid from its own ledger, refusals, idempotent restarts."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedcustomer.clients.data_access import PartnerDataAccess
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.clients.node import PartnerNode, TrainInstructions
+from fedcustomer.errors import DataError
+from fedcustomer.models.features import FeatureSpec, NumericFeature
+from fedcustomer.models.registry import build_model
+from fedcustomer.privacy.ledger import BudgetLedger
+
+DATASET = "synthetic:repayment"
+SPEC = FeatureSpec(
+    task="repayment", label="defaulted", id_column="customer_id",
+    features=[NumericFeature("x1", -4, 4), NumericFeature("x2", -4, 4)],
+)
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    p = 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.5 * x[:, 1])))
+    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "x1": x[:, 0], "x2": x[:, 1],
+                         "defaulted": (rng.random(n) < p).astype(int)})
+
+
+def _home(tmp_path: Path, epsilon: float) -> PartnerHome:
+    home = PartnerHome.create(tmp_path / "bank_a", "bank_a", budgets={DATASET: DatasetBudget(epsilon, 1e-5)})
+    access = PartnerDataAccess(home)
+    access.write_split(DATASET, "train", _frame(1000, 1))
+    access.write_split(DATASET, "test", _frame(300, 2))
+    return home
+
+
+def _ins(rnd: int, planned: int = 3, run: str = "r1", **kw) -> TrainInstructions:
+    return TrainInstructions(run_id=run, round=rnd, planned_rounds=planned, task="repayment", arch="logreg",
+                             dataset=DATASET, spec=SPEC, batch_size=100, lr=0.5, **kw)
+
+
+def _global() -> dict[str, torch.Tensor]:
+    return build_model("repayment", "logreg", SPEC.input_dim, seed=0).state_dict()
+
+
+def test_rounds_spend_exactly_what_the_ledger_records_and_stay_within_target(tmp_path: Path) -> None:
+    node = PartnerNode(_home(tmp_path, 2.0))
+    state = _global()
+    for rnd in (1, 2, 3):
+        out = node.train_round(state, _ins(rnd))
+        assert not out.refused
+        state = out.state_dict
+    ledger = BudgetLedger(node.home.ledger_path, DATASET, DatasetBudget(2.0, 1e-5))
+    assert len(ledger.charges()) == 3
+    assert out.metrics["epsilon-total"] == pytest.approx(ledger.spent().epsilon)
+    assert 0.9 * 2.0 < ledger.spent().epsilon <= 2.0
+    assert out.accounting["steps_per_round"] == 10  # int(1 / (100/1000))
+    metrics = node.evaluate(state, _ins(3))
+    assert metrics["auc"] > 0.75
+
+
+def test_round_past_the_plan_is_refused_with_reason_and_no_charge(tmp_path: Path) -> None:
+    node = PartnerNode(_home(tmp_path, 1.0))
+    state = _global()
+    for rnd in (1, 2):
+        state = node.train_round(state, _ins(rnd, planned=2)).state_dict
+    out = node.train_round(state, _ins(3, planned=2))
+    assert out.refused and out.state_dict is None
+    assert "past this partner's target 1" in out.refused_reason
+    ledger = BudgetLedger(node.home.ledger_path, DATASET, DatasetBudget(1.0, 1e-5))
+    assert len(ledger.charges()) == 2 and ledger.spent().epsilon <= 1.0
+
+
+def test_restarted_node_resends_paid_update_without_paying_again(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    first = PartnerNode(home).train_round(_global(), _ins(1))
+    again = PartnerNode(home).train_round(_global(), _ins(1))  # a new process after a crash
+    for k in first.state_dict:
+        assert torch.equal(first.state_dict[k], again.state_dict[k])
+    assert len(BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5)).charges()) == 1
+
+
+def test_budget_persists_across_jobs_on_the_same_dataset(tmp_path: Path) -> None:
+    home = _home(tmp_path, 2.0)
+    state = _global()
+    for rnd in (1, 2):
+        state = PartnerNode(home).train_round(state, _ins(rnd, planned=2, run="job-1")).state_dict
+    out = PartnerNode(home).train_round(_global(), _ins(1, planned=2, run="job-2"))
+    assert out.refused  # job-1 already spent the whole target for this dataset
+
+
+def test_missing_label_column_is_a_clear_data_error(tmp_path: Path) -> None:
+    home = _home(tmp_path, 2.0)
+    PartnerDataAccess(home).write_split(DATASET, "train", _frame(50, 3).drop(columns=["defaulted"]))
+    with pytest.raises(DataError, match="defaulted"):
+        PartnerNode(home).train_round(_global(), _ins(1))

@@ -192,11 +192,14 @@ class PartnerNode:
                     "noise-multiplier": float(sigma),
                 }
             )
-            accounting = self.accounting_summary(ledger, sigma, batch_size / len(X), steps)
+            accounting = self.accounting_summary(ledger, sigma, batch_size / len(X), steps, ins.max_grad_norm)
             self._cache_update(charge_key, state, metrics, accounting)
         return TrainOutcome(self.name, state, metrics, accounting)
 
-    def accounting_summary(self, ledger: BudgetLedger, sigma: float, sample_rate: float, steps: int) -> dict[str, Any]:
+    def accounting_summary(
+        self, ledger: BudgetLedger, sigma: float, sample_rate: float, steps: int, max_grad_norm: float
+    ) -> dict[str, Any]:
+        """The inputs anyone needs to recompute this partner's epsilon (see README, summary.json)."""
         state = ledger.accounting_state()
         return {
             "dp": True,
@@ -205,7 +208,8 @@ class PartnerNode:
             "sample_rate": sample_rate,
             "steps_per_round": steps,
             "delta": ledger.budget.delta,
-            "max_grad_norm_note": "per-sample L2 clipping; sensitivity is the clipping norm",
+            "max_grad_norm": max_grad_norm,
+            "sampling": "poisson",
             "history": state["gaussian_history"],
             "approx_charges": state["approx_charges"],
         }

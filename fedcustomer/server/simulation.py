@@ -69,6 +69,7 @@ def run_simulated_job(job: JobConfig, *, on_round: RoundCallback | None = None, 
     client_app = make_client_app([str(h.root.resolve()) for h in homes])
     _quiet_flower(verbose)
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         run_simulation(
             server_app=server_app,
@@ -96,6 +97,6 @@ def run_simulated_job(job: JobConfig, *, on_round: RoundCallback | None = None, 
 
 
 def _quiet_flower(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(level)

@@ -1,0 +1,197 @@
+"""The one entry point from "which data" to a feature spec and a list of partners.
+
+The CLI and the Flower apps name a data source by a word (``synthetic``, ``uci-credit``,
+``cdnow``) or a path; this module resolves it, splits it into partners and checks
+that every partner can be encoded, so a bad file fails before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fedcustomer.data.partition import (
+    PartnerDataset,
+    partition_by_column,
+    partition_dirichlet,
+    partition_iid,
+    split_train_test,
+)
+from fedcustomer.errors import ConfigError, DataError
+from fedcustomer.models.features import TASKS, FeatureSpec
+
+DATA_DIR_ENV = "FEDCUSTOMER_DATA_DIR"
+SOURCES = ("synthetic", "uci-credit", "cdnow")
+SPLITS = ("iid", "non-iid")
+SOURCE_TASKS = {"synthetic": ("repayment", "clv"), "uci-credit": ("repayment",), "cdnow": ("clv",)}
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+DIRICHLET_ALPHA = 0.5  # label skew for non-IID splits of a user's own file
+_LABEL_GUESSES = {"repayment": ("default", "defaulted", "label", "target"), "clv": ("future_spend", "label", "target")}
+_ID_GUESSES = ("customer_id", "id", "ID")
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path:
+    """The explicit directory, else ``$FEDCUSTOMER_DATA_DIR``; DataError if neither is set."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    raise DataError(
+        f"no data directory given: pass --data-dir or set the {DATA_DIR_ENV} environment variable "
+        "to the folder holding uci_credit_default/ and cdnow/"
+    )
+
+
+def load_partitions(
+    task: str,
+    source: str,
+    n_partners: int,
+    *,
+    split: str = "iid",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    test_fraction: float = 0.2,
+    label: str | None = None,
+) -> tuple[FeatureSpec, list[PartnerDataset]]:
+    """Resolve ``source`` for ``task`` into a spec and ``n_partners`` partners.
+
+    ``synthetic`` is non-IID by construction (banks or retailers of different regions,
+    sizes and default rates), so ``split`` does not apply to it. For ``uci-credit``
+    non-IID means one education level per partner (where sizes allow), for ``cdnow`` one
+    first-purchase cohort per partner, for a user's file a Dirichlet label skew.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if n_partners < 1:
+        raise ConfigError(f"need at least 1 partner, got {n_partners}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
+
+    if source in SOURCES:
+        if task not in SOURCE_TASKS[source]:
+            raise ConfigError(
+                f"data source {source!r} serves the {', '.join(SOURCE_TASKS[source])} task only, not {task!r}"
+            )
+        spec, partners = _builtin(task, source, n_partners, split, seed, data_dir, test_fraction)
+        if label is not None and label != spec.label:
+            raise ConfigError(f"data source {source!r} has label {spec.label!r}; drop --label or pass {spec.label!r}")
+    else:
+        path = Path(source)
+        if not path.exists():
+            if path.suffix.lower() in TABLE_SUFFIXES or os.sep in source or "/" in source:
+                raise DataError(f"data file or directory {source} does not exist")
+            raise ConfigError(
+                f"unknown data source {source!r}; choose one of {', '.join(SOURCES)} or give a CSV/Parquet "
+                "file or a directory with one file per partner"
+            )
+        spec, partners = _from_path(task, path, n_partners, split, seed, test_fraction, label)
+    _check_partners(spec, partners)
+    return spec, partners
+
+
+def _builtin(
+    task: str, source: str, n: int, split: str, seed: int, data_dir: Path | None, test_fraction: float
+) -> tuple[FeatureSpec, list[PartnerDataset]]:
+    if source == "synthetic":
+        from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC, generate_federation
+
+        if task == "repayment":
+            fed = generate_federation(n_banks=n, n_retailers=1, seed=seed, test_fraction=test_fraction)
+            return REPAYMENT_SPEC, fed.banks
+        fed = generate_federation(n_banks=1, n_retailers=n, seed=seed, test_fraction=test_fraction)
+        return CLV_SPEC, fed.retailers
+    root = resolve_data_dir(data_dir)
+    if source == "uci-credit":
+        from fedcustomer.data.uci_credit import UCI_SPEC, load_uci_credit, uci_path
+
+        frame = load_uci_credit(uci_path(root))
+        same = dict(kind="bank", prefix="bank", test_fraction=test_fraction, stratify="default")
+        if split == "iid":
+            return UCI_SPEC, partition_iid(frame, n, seed, **same)
+        return UCI_SPEC, partition_by_column(frame, n, "education", seed, **same)
+    from fedcustomer.data.cdnow import CDNOW_SPEC, cdnow_path, load_cdnow
+
+    frame = load_cdnow(cdnow_path(root))
+    same = dict(kind="retailer", prefix="retailer", test_fraction=test_fraction)
+    if split == "iid":
+        return CDNOW_SPEC, partition_iid(frame, n, seed, **same)
+    return CDNOW_SPEC, partition_by_column(frame, n, "cohort", seed, **same)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a frame; DataError saying what is wrong with it."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .parquet")
+
+
+def _from_path(
+    task: str, path: Path, n: int, split: str, seed: int, test_fraction: float, label: str | None
+) -> tuple[FeatureSpec, list[PartnerDataset]]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+        if not files:
+            raise DataError(f"directory {path} holds no .csv or .parquet partner files")
+        if len(files) != n:
+            raise ConfigError(
+                f"directory {path} holds {len(files)} partner file(s) ({', '.join(p.name for p in files)}) "
+                f"but {n} partner(s) were asked for; set the number of partners to {len(files)}"
+            )
+        frames = {p.stem: read_table(p) for p in files}
+        for name, frame in frames.items():
+            if frame.empty:
+                raise DataError(f"partner {name!r} ({path / name}) has no rows")
+        pooled = pd.concat(frames.values(), ignore_index=True)
+        spec = _infer(pooled, task, label, path)
+        partners = []
+        for i, (name, frame) in enumerate(frames.items()):
+            stratify = spec.label if task == "repayment" else None
+            train, test = split_train_test(frame, test_fraction, seed + 1000 * (i + 1), stratify)
+            partners.append(PartnerDataset(name=name, kind="partner", train=train, test=test))
+        return spec, partners
+    frame = read_table(path)
+    if frame.empty:
+        raise DataError(f"{path} has no rows")
+    spec = _infer(frame, task, label, path)
+    stratify = spec.label if task == "repayment" else None
+    same = dict(kind="partner", prefix="partner", test_fraction=test_fraction, stratify=stratify)
+    if split == "iid":
+        return spec, partition_iid(frame, n, seed, **same)
+    return spec, partition_dirichlet(frame, n, spec.label, DIRICHLET_ALPHA, seed, **same)
+
+
+def _infer(frame: pd.DataFrame, task: str, label: str | None, where: Path) -> FeatureSpec:
+    if label is None:
+        label = next((c for c in _LABEL_GUESSES[task] if c in frame.columns), None)
+        if label is None:
+            raise ConfigError(
+                f"{where}: no label column given and none of {', '.join(_LABEL_GUESSES[task])} is present; "
+                "name the label column with --label"
+            )
+    id_column = next((c for c in _ID_GUESSES if c in frame.columns and c != label), None)
+    return FeatureSpec.infer(frame, task, label, id_column)
+
+
+def _check_partners(spec: FeatureSpec, partners: list[PartnerDataset]) -> None:
+    """Every partner has training rows and encodes cleanly; errors name the partner."""
+    for p in partners:
+        if len(p.train) == 0:
+            raise DataError(f"partner {p.name!r} has no training rows; use fewer partners or a smaller test fraction")
+        for part, frame in (("train", p.train), ("test", p.test)):
+            if len(frame) == 0:
+                continue
+            try:
+                spec.transform(frame)
+            except DataError as exc:
+                raise DataError(f"partner {p.name!r} ({part} split): {exc}") from None

@@ -283,7 +283,9 @@ def _build_model(text: str, source: str) -> Model:
     need = {("r", "r"): 5, ("r", "r2"): 2, ("p", "p"): 5, ("p", "p2"): 2}
     for (sec, key), count in need.items():
         if sec not in model.keys() or key not in model[sec] or len(model[sec][key].tokens) != count:
-            raise ConfigError(f"{source}: section '{key}' must be defined with {count} tokens (see the bundled model.conf)")
+            raise ConfigError(
+                f"{source}: section '{key}' must be defined with {count} tokens (see the bundled model.conf)"
+            )
     for key in ("m", "m2"):
         if "m" not in model.keys() or key not in model["m"]:
             raise ConfigError(f"{source}: matcher '{key}' is missing (see the bundled model.conf)")
@@ -380,7 +382,10 @@ class AccessPolicy:
         """Whether some grant for ``role``/``purpose`` needs approvals (so a request makes sense)."""
         closure = self._role_closure(role)
         return any(
-            ln.ptype == "p" and ln.values[0] in closure and ln.values[1] in (purpose, "*") and ln.values[4] == APPROVAL_GATED
+            ln.ptype == "p"
+            and ln.values[0] in closure
+            and ln.values[1] in (purpose, "*")
+            and ln.values[4] == APPROVAL_GATED
             for ln in self._lines
         )
 
@@ -388,7 +393,8 @@ class AccessPolicy:
         """Roles that may sign approvals."""
         return frozenset(r for r in self.roles if self._may_role(r, "approve"))
 
-    def _check_actor(self, actor: Actor) -> str:
+    def check_actor(self, actor: Actor) -> str:
+        """The actor's role, or AccessDenied if the policy does not know it."""
         if not isinstance(actor, Actor):
             raise ConfigError(f"expected an Actor, got {type(actor).__name__}")
         if actor.role not in self.roles:
@@ -425,7 +431,7 @@ class AccessPolicy:
         now: datetime | None = None,
     ) -> FieldDecision:
         """The view ``actor`` gets of ``field`` for ``purpose``; the most open view the policy grants."""
-        role = self._check_actor(actor)
+        role = self.check_actor(actor)
         return self._decide(actor, role, purpose, field, approval, now)
 
     def _decide(
@@ -445,10 +451,9 @@ class AccessPolicy:
         gated: str | None = None
         if APPROVAL_GATED in grants:
             problem = "no approval given" if approval is None else approval.problem(actor, purpose, name, now)
-            if problem is None:
-                return FieldDecision(
-                    name, "clear", f"approval {approval.approval_id} under rule '{grants[APPROVAL_GATED]}'"  # type: ignore[union-attr]
-                )
+            if approval is not None and problem is None:
+                rule = grants[APPROVAL_GATED]
+                return FieldDecision(name, "clear", f"approval {approval.approval_id} under rule '{rule}'")
             gated = f"{field.tier} field needs two approvals"
             if approval is not None:
                 gated += f": {problem}"
@@ -471,7 +476,7 @@ class AccessPolicy:
         now: datetime | None = None,
     ) -> list[FieldDecision]:
         """One decision per field, in order."""
-        role = self._check_actor(actor)
+        role = self.check_actor(actor)
         at = utc_now(now)
         return [self._decide(actor, role, purpose, f, approval, at) for f in fields]
 
@@ -483,7 +488,7 @@ class AccessPolicy:
 
     def may(self, actor: Actor, action: str) -> bool:
         """Whether ``actor`` may perform the non-data ``action``; ConfigError for an unknown action."""
-        role = self._check_actor(actor)
+        role = self.check_actor(actor)
         if action not in ACTIONS:
             raise ConfigError(f"unknown action {action!r}; actions are {', '.join(ACTIONS)}")
         return self._may_role(role, action)
@@ -578,7 +583,7 @@ class ApprovalBook:
         now: datetime | None = None,
     ) -> str:
         """Open a request for clear access to ``fields``; returns its id for the approvers."""
-        role = self.policy._check_actor(requester)
+        role = self.policy.check_actor(requester)
         if purpose not in PURPOSES:
             raise ConfigError(f"unknown purpose {purpose!r}; purposes are {', '.join(PURPOSES)}")
         if not self.policy.approval_gated(role, purpose):
@@ -619,7 +624,7 @@ class ApprovalBook:
 
     def approve(self, request_id: str, approver: Actor, now: datetime | None = None) -> Approval | None:
         """Sign a request; returns the Approval once enough distinct approvers signed, else None."""
-        role = self.policy._check_actor(approver)
+        role = self.policy.check_actor(approver)
         if not self.policy.may(approver, "approve"):
             raise AccessDenied(
                 f"actor '{approver.name}' with role '{role}' may not approve requests under {self.policy.source}; "
@@ -661,7 +666,7 @@ class ApprovalBook:
         now: datetime | None = None,
     ) -> Approval | None:
         """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins)."""
-        role = self.policy._check_actor(requester)
+        role = self.policy.check_actor(requester)
         at = utc_now(now)
         wanted = set(fields)
         best: Approval | None = None

@@ -411,7 +411,8 @@ def test_editing_policy_csv_changes_decisions(tmp_path: Path) -> None:
 
 
 def test_policy_can_add_a_role_that_inherits_another(tmp_path: Path) -> None:
-    text = bundled_policy_text() + "\ng, senior_analyst, marketing_analyst\np, senior_analyst, marketing, core, *, masked\n"
+    extra = "g, senior_analyst, marketing_analyst\np, senior_analyst, marketing, core, *, masked\n"
+    text = bundled_policy_text() + "\n" + extra
     edited = AccessPolicy.from_text(text)
     senior = Actor("sara", "senior_analyst")
     assert edited.decide(senior, "marketing", BALANCE).view == "masked"
@@ -527,3 +528,17 @@ def test_policy_parser_accepts_or_raises_config_error_only(lines: list[str]) -> 
         return
     assert all(ln.ptype in ("p", "p2", "g") for ln in parsed)
     AccessPolicy.from_text(text)  # anything the parser accepts, casbin loads
+
+
+def test_most_open_granted_view_wins_and_gated_clear_falls_back_to_masked() -> None:
+    extra = (
+        "p, risk_officer, risk_review, core, feature, masked\n"
+        "p, data_scientist, training, sensitive, *, masked\n"
+    )
+    edited = AccessPolicy.from_text(bundled_policy_text() + "\n" + extra)
+    assert edited.decide(SCIENTIST, "training", BALANCE).view == "clear"
+    masked = edited.decide(RISK, "risk_review", PHONE, now=T0)
+    assert masked.view == "masked" and "clear needs two approvals" in masked.reason
+    approval = _approval(fields=("phone",))
+    assert edited.decide(RISK, "risk_review", PHONE, approval=approval, now=T0).view == "clear"
+    assert edited.decide(RISK, "risk_review", NATIONAL_ID, now=T0).view == "denied"

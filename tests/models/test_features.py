@@ -1,0 +1,218 @@
+"""Feature specs: declared-bounds encoding, missing values, label checks, persistence, inference."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcustomer.errors import ConfigError, DataError, SchemaError
+from fedcustomer.models.features import (
+    CategoricalFeature,
+    DataDerivedBoundsWarning,
+    FeatureSpec,
+    NumericFeature,
+)
+
+
+def make_spec(task: str = "repayment", label: str = "y") -> FeatureSpec:
+    return FeatureSpec(
+        task=task,
+        label=label,
+        id_column="cid",
+        features=[
+            NumericFeature("age", 20.0, 70.0),
+            NumericFeature("amount", 0.0, np.log1p(1000.0), log=True),
+            CategoricalFeature("region", ("north", "south", "2")),
+        ],
+    )
+
+
+def frame(**overrides) -> pd.DataFrame:
+    base = {
+        "cid": ["a", "b", "c"],
+        "age": [20.0, 45.0, 70.0],
+        "amount": [0.0, np.expm1(np.log1p(1000.0) / 2), 1000.0],
+        "region": ["north", "south", "2"],
+        "y": [0, 1, 0],
+    }
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_layout_counts_numeric_onehot_and_one_indicator_per_numeric():
+    spec = make_spec()
+    assert spec.input_dim == 2 + 3 + 2
+    assert spec.encoded_names() == [
+        "age", "amount", "region=north", "region=south", "region=2", "age__missing", "amount__missing"
+    ]
+    assert spec.columns() == ["age", "amount", "region", "y"]
+
+
+def test_transform_scales_declared_bounds_to_unit_interval():
+    x, y = make_spec().transform(frame())
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert x.shape == (3, 7)
+    np.testing.assert_allclose(x[:, 0], [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(x[:, 1], [0.0, 0.5, 1.0], atol=1e-5)  # log scale: midpoint in log space
+    np.testing.assert_array_equal(x[:, 2:5], np.eye(3))
+    np.testing.assert_array_equal(x[:, 5:], 0.0)
+    np.testing.assert_array_equal(y, [0, 1, 0])
+
+
+def test_values_outside_declared_bounds_are_clipped():
+    x, _ = make_spec().transform(frame(age=[-5.0, 200.0, 45.0], amount=[-50.0, 1e9, 0.0]))
+    np.testing.assert_allclose(x[:, 0], [0.0, 1.0, 0.5], atol=1e-6)
+    np.testing.assert_allclose(x[:2, 1], [0.0, 1.0], atol=1e-6)
+
+
+def test_missing_numeric_gets_midpoint_and_indicator():
+    x, _ = make_spec().transform(frame(age=[np.nan, 30.0, None], amount=[1.0, np.nan, 2.0]))
+    assert x[0, 0] == pytest.approx(0.5) and x[2, 0] == pytest.approx(0.5)
+    np.testing.assert_array_equal(x[:, 5], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(x[:, 6], [0.0, 1.0, 0.0])
+    assert x[1, 1] == pytest.approx(0.5)
+
+
+def test_unknown_or_missing_category_encodes_as_all_zeros_and_numbers_match_text():
+    x, _ = make_spec().transform(frame(region=["mars", None, 2.0]))
+    np.testing.assert_array_equal(x[0, 2:5], 0.0)
+    np.testing.assert_array_equal(x[1, 2:5], 0.0)
+    np.testing.assert_array_equal(x[2, 2:5], [0.0, 0.0, 1.0])
+
+
+def test_clv_label_is_log1p_of_spend():
+    spec = make_spec(task="clv", label="spend")
+    _, y = spec.transform(frame(spend=[0.0, 9.0, 99.0]).drop(columns="y"))
+    np.testing.assert_allclose(y, np.log1p([0.0, 9.0, 99.0]), rtol=1e-6)
+
+
+def test_missing_label_column_is_a_data_error():
+    with pytest.raises(DataError, match="label column 'y' is missing"):
+        make_spec().transform(frame().drop(columns="y"))
+
+
+def test_missing_feature_column_is_named():
+    with pytest.raises(DataError, match="missing from the data: amount"):
+        make_spec().transform(frame().drop(columns="amount"))
+
+
+def test_non_numeric_feature_names_column_and_row_but_not_the_value():
+    secret = "Zhang Wei"  # a core-tier value that slipped into a feature column
+    with pytest.raises(DataError) as info:
+        make_spec().transform(frame(age=[30, secret, 40]))
+    message = str(info.value)
+    assert "'age'" in message and "row 2" in message
+    assert secret not in message
+
+
+def test_repayment_label_must_be_zero_or_one():
+    with pytest.raises(DataError, match="0/1 default flag.*row 3"):
+        make_spec().transform(frame(y=[0, 1, 2]))
+
+
+def test_missing_label_value_is_reported_with_row():
+    with pytest.raises(DataError, match="missing value.*row 2"):
+        make_spec().transform(frame(y=[0, None, 1]))
+
+
+def test_negative_spend_is_rejected():
+    spec = make_spec(task="clv", label="spend")
+    with pytest.raises(DataError, match="non-negative.*row 1"):
+        spec.transform(frame(spend=[-1.0, 2.0, 3.0]))
+
+
+def test_empty_frame_is_rejected():
+    with pytest.raises(DataError, match="empty"):
+        make_spec().transform(frame().iloc[:0])
+
+
+def test_spec_declaration_errors():
+    with pytest.raises(SchemaError, match="lo < hi"):
+        NumericFeature("x", 1.0, 1.0)
+    with pytest.raises(SchemaError, match="twice"):
+        CategoricalFeature("c", ("a", "a"))
+    with pytest.raises(ConfigError, match="unknown task"):
+        FeatureSpec("churn", "y", None, [NumericFeature("x", 0, 1)])
+    with pytest.raises(SchemaError, match="also declared as a feature"):
+        FeatureSpec("repayment", "x", None, [NumericFeature("x", 0, 1)])
+
+
+def test_transform_is_row_wise_so_partners_encode_identically():
+    df = frame()
+    x_all, _ = make_spec().transform(df)
+    x_part, _ = make_spec().transform(df.iloc[[2, 0]])
+    np.testing.assert_array_equal(x_part, x_all[[2, 0]])
+
+
+names = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
+
+
+@st.composite
+def specs(draw) -> FeatureSpec:
+    feature_names = draw(st.lists(names, min_size=1, max_size=5, unique=True))
+    feats = []
+    for n in feature_names:
+        if draw(st.booleans()):
+            lo = draw(st.floats(-1e6, 1e6))
+            width = draw(st.floats(1e-3, 1e6))
+            feats.append(NumericFeature(n, lo, lo + width, draw(st.booleans())))
+        else:
+            cats = draw(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4, unique=True))
+            feats.append(CategoricalFeature(n, tuple(cats)))
+    return FeatureSpec(draw(st.sampled_from(["repayment", "clv"])), "LABEL", draw(st.none() | st.just("ID")), feats)
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs())
+def test_to_dict_from_dict_round_trip(spec):
+    again = FeatureSpec.from_dict(spec.to_dict())
+    assert again == spec
+    assert again.input_dim == spec.input_dim
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=20))
+def test_encoded_values_always_in_unit_interval(values):
+    spec = FeatureSpec("repayment", "y", None, [NumericFeature("v", -3.0, 5.0, log=True)])
+    x, _ = spec.transform(pd.DataFrame({"v": values, "y": [0] * len(values)}))
+    assert np.all((x >= 0) & (x <= 1))
+    np.testing.assert_array_equal(x[:, 1], np.isnan(np.asarray(values, dtype=float)).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"task": "repayment", "label": "y"}, "missing field 'features'"),
+        ({"task": "repayment", "label": "y", "features": [{"type": "numeric", "name": "a", "lo": 0}]}, "'hi'"),
+        ({"task": "repayment", "label": "y", "features": [{"type": "ordinal", "name": "a"}]}, "features\\[0\\].type"),
+        ({"task": "repayment", "label": "y", "features": [{"type": "numeric", "name": "a", "lo": "x", "hi": 1}]}, "malformed"),
+        ({"version": 9, "task": "repayment", "label": "y", "features": []}, "version"),
+    ],
+)
+def test_from_dict_rejects_malformed_specs(bad, match):
+    with pytest.raises(SchemaError, match=match):
+        FeatureSpec.from_dict(bad)
+
+
+def test_infer_uses_numeric_columns_with_data_bounds_and_warns():
+    df = pd.DataFrame({"ID": [1, 2, 3], "a": [1.0, 5.0, 3.0], "b": [7, 7, 7], "target": [0, 1, 0]})
+    with pytest.warns(DataDerivedBoundsWarning, match="declared public bounds"):
+        spec = FeatureSpec.infer(df, "repayment", "target", "ID")
+    assert [f.name for f in spec.features] == ["a", "b"]
+    assert (spec.features[0].lo, spec.features[0].hi) == (1.0, 5.0)
+    assert spec.features[1].lo < 7 < spec.features[1].hi  # constant column still gets a usable range
+    x, _ = spec.transform(df)
+    np.testing.assert_allclose(x[:, 0], [0.0, 1.0, 0.5])
+
+
+def test_infer_rejects_text_column_and_suggests_categorical():
+    df = pd.DataFrame({"a": [1.0, 2.0], "city": ["x", "y"], "target": [0, 1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="'city'.*categorical"):
+            FeatureSpec.infer(df, "repayment", "target", None)

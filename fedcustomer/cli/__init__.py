@@ -29,6 +29,9 @@ def _register() -> None:
     from fedcustomer.cli import training
 
     training.register(app)
+    from fedcustomer.cli import audit
+
+    audit.register(app)
     # Governance commands (schema, ingest, keys, erase, read, approvals, audit) register here too.
 
 

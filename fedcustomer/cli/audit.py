@@ -1,0 +1,240 @@
+"""``fedcustomer audit``: verify a partner's audit log and export who-read-what reports.
+
+Exit codes: 0 for an intact log; 7 (IntegrityError) when verification fails, naming the
+first bad entry; 3 (ConfigError) for a missing directory or a bad option; 8
+(KeyMaterialError) for an unreadable public key.
+
+``--home DIR`` takes a partner home (log in ``DIR/audit``, trusted public key in
+``DIR/keys``); ``--log DIR`` takes a bare audit directory and trusts the public key beside
+it unless ``--public-key FILE`` names an off-node copy.
+
+JSON written by ``audit verify --json``: the fields of ``VerifyReport`` (ok, entries,
+checkpoints, first_bad_seq, problem, message, line, file). JSON written by ``audit query
+--format json``: ``{"count": int, "filters": {...}, "entries": [entry, ...]}`` with each
+entry as stored in the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.errors import ConfigError, IntegrityError
+from fedcustomer.privacy.audit import DECISIONS, PUBLIC_KEY_NAME, AuditEntry, AuditLog
+
+audit_app = typer.Typer(
+    help="Verify the tamper-evident audit log and report who read which field, why, approved by whom.",
+    no_args_is_help=True,
+)
+FORMATS = ("table", "csv", "json")
+CSV_COLUMNS = (
+    "seq", "time", "actor", "role", "action", "decision", "dataset", "fields", "tier", "purpose",
+    "approvals", "row_count", "reason", "pseudonyms", "details", "prev_hash", "hash",
+)
+
+HomeOpt = typer.Option(None, "--home", help="Partner home directory (uses DIR/audit and DIR/keys).")
+LogOpt = typer.Option(None, "--log", help="A bare audit log directory (instead of --home).")
+KeyOpt = typer.Option(None, "--public-key", help="Trusted Ed25519 public key (PEM), e.g. an off-node copy.")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the ``audit`` command group to the root app."""
+    app.add_typer(audit_app, name="audit")
+
+
+def open_for_reading(home: Optional[Path], log: Optional[Path], public_key: Optional[Path] = None) -> AuditLog:
+    """The audit log named by ``--home`` or ``--log``, opened without creating anything."""
+    if (home is None) == (log is None):
+        raise ConfigError("give exactly one of --home DIR (a partner home) or --log DIR (an audit log directory)")
+    if home is not None:
+        partner = PartnerHome(home)
+        if not partner.root.is_dir():
+            raise ConfigError(f"--home {home}: directory not found")
+        directory = partner.audit_dir
+        if not directory.is_dir():
+            raise ConfigError(f"no audit log at {directory}: is {home} a partner home (it should contain audit/)?")
+        trusted = partner.keys_dir / PUBLIC_KEY_NAME
+        if public_key is None and trusted.exists():
+            public_key = trusted
+    else:
+        directory = Path(log)  # type: ignore[arg-type]
+        if not directory.is_dir():
+            raise ConfigError(f"--log {log}: audit log directory not found")
+    return AuditLog(directory, public_key_path=public_key)
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    home: Optional[Path] = HomeOpt,
+    log: Optional[Path] = LogOpt,
+    public_key: Optional[Path] = KeyOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
+) -> None:
+    """Check the hash chain, sequence numbers and signed checkpoints; exit 0 only if intact."""
+    audit = open_for_reading(home, log, public_key)
+    report = audit.verify()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        console = Console()
+        if report.ok:
+            console.print(f"[bold green]INTACT[/] {escape(str(audit.directory))}: {escape(report.message)}")
+        else:
+            console.print(f"[bold red]TAMPERED[/] {escape(str(audit.directory))}: {escape(report.message)}")
+            console.print(f"problem: {escape(report.problem or '')}, first bad entry: {report.first_bad_seq}")
+    if not report.ok:
+        raise IntegrityError(
+            f"audit log {audit.directory} failed verification ({report.problem}, entry {report.first_bad_seq}): "
+            f"{report.message}"
+        )
+
+
+def _parse_time(option: str, value: Optional[str]) -> Optional[datetime]:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {value!r} is not an ISO 8601 date or time (e.g. 2025-01-31 or 2025-01-31T12:00:00+00:00)"
+        ) from None
+
+
+def _cell(values: Any) -> str:
+    return ";".join(values) if isinstance(values, (list, tuple)) else ("" if values is None else str(values))
+
+
+def entries_csv(entries: list[AuditEntry]) -> str:
+    """CSV with one row per entry; lists joined with ';', details as JSON."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for e in entries:
+        d = e.to_dict()
+        writer.writerow(
+            [json.dumps(d[c], sort_keys=True) if c == "details" else _cell(d[c]) for c in CSV_COLUMNS]
+        )
+    return buf.getvalue()
+
+
+def entries_json(entries: list[AuditEntry], filters: dict[str, Any]) -> str:
+    doc = {"count": len(entries), "filters": filters, "entries": [e.to_dict() for e in entries]}
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def _table(entries: list[AuditEntry], width: int) -> Table:
+    """A table sized to the terminal: all columns when wide, the essentials when narrow."""
+    wide = width >= 140
+    table = Table(title=f"{len(entries)} audit entries", show_lines=False)
+    table.add_column("seq", justify="right", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    cols = ["actor (role)" if wide else "actor", "action", "decision", "fields", "purpose"]
+    if wide:
+        cols[3:3] = ["dataset"]
+        cols += ["approved by", "rows", "customers", "reason"]
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        row = [
+            str(e.seq), e.time[:19].replace("T", " "), f"{e.actor} ({e.role})" if wide else e.actor, e.action,
+            e.decision, ", ".join(e.fields), e.purpose or "",
+        ]
+        if wide:
+            row[5:5] = [e.dataset or ""]
+            row += [
+                ", ".join(e.approvals), "" if e.row_count is None else str(e.row_count),
+                str(len(e.pseudonyms)) if e.pseudonyms else "", e.reason or "",
+            ]
+        table.add_row(*(escape(c) for c in row), style="red" if e.decision == "denied" else None)
+    return table
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: directory {path.parent} not found")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@audit_app.command("query")
+def query_cmd(
+    home: Optional[Path] = HomeOpt,
+    log: Optional[Path] = LogOpt,
+    actor: Optional[str] = typer.Option(None, "--actor", help="Only entries by this actor."),
+    role: Optional[str] = typer.Option(None, "--role", help="Only entries by this role."),
+    field: Optional[str] = typer.Option(None, "--field", help="Only entries that touched this field."),
+    purpose: Optional[str] = typer.Option(None, "--purpose", help="Only entries with this declared purpose."),
+    decision: Optional[str] = typer.Option(None, "--decision", help="allowed or denied."),
+    action: Optional[str] = typer.Option(None, "--action", help="read, decrypt, approve, erase, fl_round, ..."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only entries about this dataset."),
+    pseudonym: Optional[str] = typer.Option(None, "--pseudonym", help="Only entries that touched this customer."),
+    since: Optional[str] = typer.Option(None, "--since", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
+    until: Optional[str] = typer.Option(None, "--until", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
+    fmt: str = typer.Option("table", "--format", help="table, csv or json."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the result to FILE (csv or json)."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip verification (to investigate a log that failed `audit verify`)."
+    ),
+) -> None:
+    """List the entries matching every filter, as a table or exported as CSV / JSON.
+
+    The log is verified first, and nothing is reported from a log that fails verification
+    unless ``--no-verify`` is given.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if decision is not None and decision not in DECISIONS:
+        raise ConfigError(f"--decision {decision!r}: choose one of {', '.join(sorted(DECISIONS))}")
+    if output is not None and fmt == "table":
+        suffix = output.suffix.lower().lstrip(".")
+        if suffix not in ("csv", "json"):
+            raise ConfigError(f"--output {output}: give --format csv or json (or a .csv / .json file name)")
+        fmt = suffix
+    lo, hi = _parse_time("--since", since), _parse_time("--until", until)
+    audit = open_for_reading(home, log)
+    if not no_verify:
+        report = audit.verify()
+        if not report.ok:
+            raise IntegrityError(
+                f"audit log {audit.directory} failed verification ({report.problem}, entry {report.first_bad_seq}): "
+                f"{report.message}. Nothing reported; pass --no-verify to query it anyway"
+            )
+    entries = audit.query(
+        actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
+        since=lo, until=hi, dataset=dataset, pseudonym=pseudonym,
+    )
+    filters = {
+        k: v
+        for k, v in dict(
+            actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
+            dataset=dataset, pseudonym=pseudonym, since=since, until=until,
+        ).items()
+        if v is not None
+    }
+    if fmt == "table":
+        console = Console()
+        console.print(_table(entries, console.width))
+        return
+    text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        _write_atomic(output, text)
+        Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")

@@ -1,0 +1,224 @@
+"""`fedcustomer audit verify / query`: verdicts, exit codes, exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import typer
+
+import fedcustomer.cli as cli
+from fedcustomer.cli import audit as audit_cli
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
+from fedcustomer.privacy.audit import AuditLog
+
+
+@pytest.fixture(autouse=True)
+def audit_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the real ``main()`` error handling over an app holding just the audit group."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "_register", lambda: audit_cli.register(app))
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        cli.main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = PartnerHome.create(tmp_path / "bank", "bank")
+    log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
+    rows = [
+        ("alice", "analyst", "read", "allowed", ("income", "age"), "credit_risk", ()),
+        ("bob", "analyst", "read", "denied", ("phone",), "marketing", ()),
+        ("carol", "officer", "approve", "allowed", (), "credit_risk", ("carol",)),
+        ("alice", "analyst", "decrypt", "allowed", ("phone",), "credit_risk", ("carol",)),
+        ("trainer", "fl_client", "fl_round", "allowed", ("income",), "credit_risk", ()),
+        ("alice", "analyst", "query", "allowed", ("income",), "reporting", ()),
+    ]
+    for i, (actor, role, action, decision, fields, purpose, approvals) in enumerate(rows, start=1):
+        log.append(actor=actor, role=role, action=action, decision=decision, dataset="loans", fields=fields,
+                   purpose=purpose, approvals=approvals, row_count=10 * i, pseudonyms=[f"ps_{i:02d}"],
+                   details={"n": i})
+    log.close()
+    return h.root
+
+
+def _lines(home: Path) -> list[bytes]:
+    return (home / "audit" / "audit.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def test_verify_intact_home_exits_zero_with_verdict(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "verify", "--home", str(home)], capsys)
+    assert code == 0
+    assert "INTACT" in out and "6 entries" in out and "2 signed checkpoints" in out
+
+
+def test_verify_tampered_log_exits_7_naming_the_entry(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ls = _lines(home)
+    ls[2] = ls[2].replace(b'"actor":"carol"', b'"actor":"caro1"')
+    (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
+    code, out, err = run(["audit", "verify", "--home", str(home)], capsys)
+    assert code == IntegrityError.exit_code == 7
+    assert "TAMPERED" in out and "entry 3" in out and "first bad entry: 3" in out
+    assert "modified" in err and "entry 3" in err
+
+
+def test_verify_json_report(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ls = _lines(home)
+    del ls[3]
+    (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
+    code, out, _ = run(["audit", "verify", "--home", str(home), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 7
+    assert report["ok"] is False and report["problem"] == "deleted" and report["first_bad_seq"] == 4
+    assert set(report) == {"ok", "entries", "checkpoints", "first_bad_seq", "problem", "message", "line", "file"}
+
+
+def test_verify_json_intact(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "verify", "--log", str(home / "audit"), "--json"], capsys)
+    assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["entries"] == 6
+
+
+def test_verify_home_trusts_the_keys_dir_not_a_swapped_key_beside_the_log(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = AuditLog.open(tmp_path / "other" / "audit")  # a second node's key
+    (home / "audit" / "audit_signing.pub").write_bytes(other.public_key_file.read_bytes())
+    code, out, _ = run(["audit", "verify", "--home", str(home)], capsys)
+    assert code == 7 and "replaced" in out
+
+
+def test_verify_truncated_log_exits_7(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (home / "audit" / "audit.jsonl").write_bytes(b"".join(_lines(home)[:3]))
+    code, out, _ = run(["audit", "verify", "--home", str(home), "--json"], capsys)
+    assert code == 7 and json.loads(out)["problem"] == "truncated" and json.loads(out)["first_bad_seq"] == 4
+
+
+def test_verify_missing_audit_dir_is_a_clear_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(["audit", "verify", "--home", str(tmp_path / "empty")], capsys)
+    assert code == ConfigError.exit_code and "no audit log at" in err
+    code, _, err = run(["audit", "verify", "--log", str(tmp_path / "nope")], capsys)
+    assert code == ConfigError.exit_code and "not found" in err
+
+
+def test_verify_needs_exactly_one_of_home_and_log(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["audit", "verify"], capsys)
+    assert code == ConfigError.exit_code and "exactly one" in err
+    code, _, err = run(["audit", "verify", "--home", str(home), "--log", str(home / "audit")], capsys)
+    assert code == ConfigError.exit_code
+
+
+def test_verify_with_unreadable_public_key_exits_8(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key")
+    code, _, err = run(["audit", "verify", "--log", str(home / "audit"), "--public-key", str(bad)], capsys)
+    assert code == KeyMaterialError.exit_code and "not a PEM public key" in err
+
+
+def test_query_table_lists_matching_entries(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "query", "--home", str(home), "--actor", "alice"], capsys)
+    assert code == 0
+    assert "3 audit entries" in out and "alice (analyst)" in out and "decrypt" in out and "bob" not in out
+
+
+def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "query", "--home", str(home), "--field", "phone", "--format", "json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["count"] == 2 and doc["filters"] == {"field": "phone"}
+    assert [e["seq"] for e in doc["entries"]] == [2, 4]
+    assert doc["entries"][1]["approvals"] == ["carol"] and doc["entries"][1]["pseudonyms"] == ["ps_04"]
+
+
+@pytest.mark.parametrize(
+    "args, seqs",
+    [
+        (["--decision", "denied"], [2]),
+        (["--role", "officer"], [3]),
+        (["--purpose", "credit_risk", "--action", "read"], [1]),
+        (["--pseudonym", "ps_05"], [5]),
+        (["--since", "2000-01-01", "--until", "2999-01-01"], [1, 2, 3, 4, 5, 6]),
+        (["--since", "2999-01-01"], []),
+    ],
+)
+def test_query_filters(home: Path, capsys: pytest.CaptureFixture[str], args: list[str], seqs: list[int]) -> None:
+    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "json", *args], capsys)
+    assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == seqs
+
+
+def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "report.csv"
+    code, _, err = run(["audit", "query", "--home", str(home), "--purpose", "credit_risk", "--output", str(target)], capsys)
+    assert code == 0 and "wrote 4 entries" in err
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [r["seq"] for r in rows] == ["1", "3", "4", "5"]
+    assert rows[0]["fields"] == "income;age" and json.loads(rows[0]["details"]) == {"n": 1}
+    assert list(rows[0]) == list(audit_cli.CSV_COLUMNS)
+
+
+def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "csv", "--decision", "denied"], capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 1 and rows[0]["actor"] == "bob" and rows[0]["decision"] == "denied"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--since", "yesterday"], "ISO 8601"),
+        (["--format", "xml"], "--format"),
+        (["--decision", "maybe"], "--decision"),
+        (["--output", "report.txt"], "--format csv or json"),
+    ],
+)
+def test_query_bad_options_are_config_errors(
+    home: Path, capsys: pytest.CaptureFixture[str], args: list[str], match: str
+) -> None:
+    code, _, err = run(["audit", "query", "--home", str(home), *args], capsys)
+    assert code == ConfigError.exit_code and match in err
+
+
+def test_query_refuses_a_tampered_log_unless_told_not_to_verify(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ls = _lines(home)
+    ls[1] = ls[1].replace(b'"actor":"bob"', b'"actor":"bot"')
+    (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
+    code, out, err = run(["audit", "query", "--home", str(home), "--format", "json"], capsys)
+    assert code == 7 and out == "" and "entry 2" in err and "--no-verify" in err
+    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "json", "--no-verify"], capsys)
+    assert code == 0 and json.loads(out)["entries"][1]["actor"] == "bot"
+
+
+def test_query_on_an_unparseable_log_exits_7_naming_the_line(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ls = _lines(home)
+    ls[1] = b"not json\n"
+    (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
+    code, _, err = run(["audit", "query", "--home", str(home), "--no-verify"], capsys)
+    assert code == 7 and "line 2" in err
+
+
+def test_verify_creates_nothing(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = sorted(p.name for p in (home / "audit").iterdir())
+    run(["audit", "verify", "--home", str(home)], capsys)
+    run(["audit", "query", "--home", str(home)], capsys)
+    assert sorted(p.name for p in (home / "audit").iterdir()) == before
+
+
+def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(["audit", "query", "--home", str(home), "--decision", "denied"], capsys)
+    assert code == 0 and "bob" in out and "denied" in out and "approved by" not in out

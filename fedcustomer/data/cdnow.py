@@ -125,11 +125,11 @@ def load_cdnow(path: Path, *, calibration_weeks: int = 39, holdout_weeks: int = 
     cal_end = start + timedelta(weeks=calibration_weeks)  # exclusive
     hold_end = cal_end + timedelta(weeks=holdout_weeks)
     last_cal_day = cal_end - timedelta(days=1)
-    if tx["date"].max() < hold_end - timedelta(days=1):
-        last = tx["date"].max().date()
+    last = tx["date"].max()
+    if last < cal_end or last + timedelta(weeks=4) < hold_end - timedelta(days=1):
         raise DataError(
-            f"the log ends on {last}, before the end of a {holdout_weeks}-week holdout; "
-            "shorten --holdout-weeks or --calibration-weeks"
+            f"the log ends on {last.date()}, well before the end of the {holdout_weeks}-week holdout "
+            f"({(hold_end - timedelta(days=1)).date()}); shorten --holdout-weeks or --calibration-weeks"
         )
     cal = tx[tx["date"] < cal_end]
     hold = tx[(tx["date"] >= cal_end) & (tx["date"] < hold_end)]

@@ -1,0 +1,580 @@
+"""Dataset schemas: what each customer field is, how it is protected, how it is checked.
+
+A partner describes each dataset in one YAML file. Every field carries a *type*
+(how raw text is parsed), a *tier* (``core`` fields are encrypted at rest and
+read in clear only with approvals; ``sensitive`` fields are stored as values and
+masked for most readers; ``public`` fields are open), a *role* in modelling
+(``id``, ``feature``, ``label``, ``timestamp``), validation rules and a masking
+rule. Core-tier fields are never given to the training pipeline whatever their role:
+the access policy denies the core tier to it.
+
+Example::
+
+    dataset: bank
+    description: Retail-bank customers
+    fields:
+      - name: customer_id
+        type: string
+        tier: core
+        role: id
+        validation: {regex: "^C[0-9]{8}$"}
+      - name: national_id
+        type: string
+        tier: core
+        role: feature
+        validation: {checksum: prc_id}
+      - name: income
+        type: float
+        tier: sensitive
+        nullable: true
+        validation: {min: 0}
+        masking: "bucket:10000"
+
+``Schema.load`` reports every problem as a ``SchemaError`` naming the file, the
+line and the field, so an admin can fix a schema without reading code.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedcustomer.errors import DataError, SchemaError
+
+TYPES = ("string", "integer", "float", "boolean", "date", "datetime", "category")
+TIERS = ("core", "sensitive", "public")
+ROLES = ("id", "feature", "label", "timestamp")
+CHECKSUMS = ("prc_id", "luhn")
+NUMERIC_TYPES = ("integer", "float")
+ORDERED_TYPES = ("integer", "float", "date", "datetime")
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_FIELD_KEYS = {"name", "type", "tier", "role", "nullable", "validation", "masking", "description"}
+_VALIDATION_KEYS = {"regex", "min", "max", "allowed", "checksum", "max_length"}
+_TOP_KEYS = {"dataset", "description", "fields", "version"}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Checks applied to a field's parsed value (all optional)."""
+
+    regex: str | None = None
+    min: float | str | None = None
+    max: float | str | None = None
+    allowed: tuple[str, ...] | None = None
+    checksum: str | None = None
+    max_length: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("regex", "min", "max", "checksum", "max_length"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.allowed is not None:
+            out["allowed"] = list(self.allowed)
+        return out
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One column of a dataset."""
+
+    name: str
+    type: str = "string"
+    tier: str = "sensitive"
+    role: str = "feature"
+    nullable: bool = False
+    validation: Validation = field(default_factory=Validation)
+    masking: str | None = None
+    description: str | None = None
+
+    @property
+    def is_core(self) -> bool:
+        return self.tier == "core"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "tier": self.tier, "role": self.role}
+        out["nullable"] = self.nullable
+        validation = self.validation.to_dict()
+        if validation:
+            out["validation"] = validation
+        if self.masking is not None:
+            out["masking"] = self.masking
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A partner dataset: its name and its fields, exactly one of which is the id."""
+
+    dataset: str
+    fields: tuple[FieldSpec, ...]
+    description: str | None = None
+    source: str | None = None  # file it was loaded from, for error messages
+
+    def __post_init__(self) -> None:
+        problems = _check_schema(self)
+        if problems:
+            where = self.source or f"schema {self.dataset!r}"
+            raise SchemaError(f"{where}: " + "; ".join(problems))
+
+    # --- lookups -------------------------------------------------------------
+    @property
+    def id_field(self) -> FieldSpec:
+        return next(f for f in self.fields if f.role == "id")
+
+    @property
+    def timestamp_field(self) -> FieldSpec | None:
+        return next((f for f in self.fields if f.role == "timestamp"), None)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise SchemaError(
+            f"dataset {self.dataset!r} has no field {name!r}; known fields: {', '.join(self.names)}"
+        )
+
+    def by_tier(self, tier: str) -> list[FieldSpec]:
+        return [f for f in self.fields if f.tier == tier]
+
+    def structure(self) -> tuple[tuple[str, str, str, str], ...]:
+        """What the store's table layout depends on (name, type, tier, role)."""
+        return tuple((f.name, f.type, f.tier, f.role) for f in self.fields)
+
+    # --- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dataset": self.dataset}
+        if self.description:
+            out["description"] = self.description
+        out["fields"] = [f.to_dict() for f in self.fields]
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<schema>") -> "Schema":
+        return _parse(text, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Schema":
+        """Read and check a schema file; SchemaError names file, line and field on any problem."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SchemaError(f"schema file {path} not found; create one with `fedcustomer schema draft`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"schema file {path} cannot be read: {exc}") from None
+        return _parse(text, str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+def _parse(text: str, source: str) -> Schema:
+    try:
+        root_node = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SchemaError(f"{source}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{source}: expected a mapping with 'dataset' and 'fields' at the top level")
+    lines = _field_lines(root_node)
+    problems: list[str] = []
+    for key in raw:
+        if key not in _TOP_KEYS:
+            problems.append(f"unknown top-level key {key!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, str) or not _NAME_RE.match(dataset):
+        problems.append("'dataset' must be a lower-case name of letters, digits and '_' (e.g. bank)")
+    items = raw.get("fields")
+    if not isinstance(items, list) or not items:
+        problems.append("'fields' must be a non-empty list of field entries")
+        items = []
+    fields: list[FieldSpec] = []
+    for i, item in enumerate(items):
+        where = f"line {lines[i]}" if i < len(lines) else f"fields[{i}]"
+        try:
+            fields.append(_parse_field(item, i))
+        except _FieldProblem as exc:
+            problems.append(f"{where}: field {exc.field_name!r}: {exc}")
+    if problems:
+        raise SchemaError(f"{source}: " + "; ".join(problems))
+    description = raw.get("description")
+    try:
+        return Schema(
+            dataset=dataset,  # type: ignore[arg-type]
+            fields=tuple(fields),
+            description=str(description) if description is not None else None,
+            source=source,
+        )
+    except SchemaError as exc:
+        # Re-point whole-schema problems at the offending line where we can.
+        message = str(exc)
+        for i, f in enumerate(fields):
+            if i < len(lines):
+                message = message.replace(f"field {f.name!r}:", f"line {lines[i]}: field {f.name!r}:", 1)
+        raise SchemaError(message) from None
+
+
+def _field_lines(root: Any) -> list[int]:
+    """1-based line of each entry in the top-level 'fields' list (for error messages)."""
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key_node, value_node in root.value:
+        if getattr(key_node, "value", None) == "fields" and isinstance(value_node, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value_node.value]
+    return []
+
+
+class _FieldProblem(Exception):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def _parse_field(item: Any, index: int) -> FieldSpec:
+    if not isinstance(item, dict):
+        raise _FieldProblem(f"#{index}", "each field must be a mapping with at least 'name' and 'type'")
+    name = item.get("name")
+    label = name if isinstance(name, str) else f"#{index}"
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _FieldProblem(label, "'name' must be lower-case letters, digits and '_' (max 63), starting with a letter")
+    unknown = set(item) - _FIELD_KEYS
+    if unknown:
+        raise _FieldProblem(name, f"unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_FIELD_KEYS))})")
+    ftype = item.get("type", "string")
+    if ftype not in TYPES:
+        raise _FieldProblem(name, f"type {ftype!r} is not one of {', '.join(TYPES)}")
+    tier = item.get("tier")
+    if tier not in TIERS:
+        raise _FieldProblem(name, f"tier {tier!r} is not one of {', '.join(TIERS)}")
+    role = item.get("role", "feature")
+    if role not in ROLES:
+        raise _FieldProblem(name, f"role {role!r} is not one of {', '.join(ROLES)}")
+    nullable = item.get("nullable", False)
+    if not isinstance(nullable, bool):
+        raise _FieldProblem(name, "'nullable' must be true or false")
+    validation = _parse_validation(name, ftype, item.get("validation"))
+    masking = item.get("masking")
+    if masking is not None:
+        if not isinstance(masking, str) or not masking.strip():
+            raise _FieldProblem(name, "'masking' must be a rule string such as redact, partial:4, bucket:1000")
+        _check_mask_rule(name, masking)
+    description = item.get("description")
+    return FieldSpec(
+        name=name,
+        type=ftype,
+        tier=tier,
+        role=role,
+        nullable=nullable,
+        validation=validation,
+        masking=masking,
+        description=str(description) if description is not None else None,
+    )
+
+
+def _check_mask_rule(name: str, rule: str) -> None:
+    """Ask the masking module whether it understands the rule (when it is installed)."""
+    try:
+        from fedcustomer.privacy.masking import parse_mask_rule
+    except ImportError:  # pragma: no cover - masking module not present in a partial install
+        return
+    try:
+        parse_mask_rule(rule)
+    except SchemaError as exc:
+        raise _FieldProblem(name, f"masking rule {rule!r}: {exc}") from None
+
+
+def _parse_validation(name: str, ftype: str, raw: Any) -> Validation:
+    if raw is None:
+        return Validation()
+    if not isinstance(raw, dict):
+        raise _FieldProblem(name, "'validation' must be a mapping (regex, min, max, allowed, checksum, max_length)")
+    unknown = set(raw) - _VALIDATION_KEYS
+    if unknown:
+        raise _FieldProblem(
+            name, f"unknown validation key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_VALIDATION_KEYS))})"
+        )
+    regex = raw.get("regex")
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise _FieldProblem(name, "'regex' must be a string")
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise _FieldProblem(name, f"'regex' does not compile: {exc}") from None
+    bounds: dict[str, Any] = {}
+    for key in ("min", "max"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if ftype in NUMERIC_TYPES:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _FieldProblem(name, f"'{key}' must be a number for a {ftype} field")
+        elif ftype in ("date", "datetime"):
+            value = str(value)
+            if _parse_bound_time(value) is None:
+                raise _FieldProblem(name, f"'{key}' must be an ISO 8601 date for a {ftype} field")
+        else:
+            raise _FieldProblem(name, f"'{key}' applies only to integer, float, date and datetime fields")
+        bounds[key] = value
+    if "min" in bounds and "max" in bounds:
+        lo, hi = bounds["min"], bounds["max"]
+        if ftype in ("date", "datetime"):
+            lo, hi = _parse_bound_time(lo), _parse_bound_time(hi)
+        if lo > hi:
+            raise _FieldProblem(name, "'min' is greater than 'max'")
+    allowed = raw.get("allowed")
+    if allowed is not None:
+        if not isinstance(allowed, list) or not allowed:
+            raise _FieldProblem(name, "'allowed' must be a non-empty list of values")
+        allowed = tuple(_allowed_str(v) for v in allowed)
+    checksum = raw.get("checksum")
+    if checksum is not None:
+        if checksum not in CHECKSUMS:
+            raise _FieldProblem(name, f"checksum {checksum!r} is not one of {', '.join(CHECKSUMS)}")
+        if ftype != "string":
+            raise _FieldProblem(name, "a checksum applies only to string fields")
+    max_length = raw.get("max_length")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise _FieldProblem(name, "'max_length' must be a positive integer")
+    return Validation(
+        regex=regex,
+        min=bounds.get("min"),
+        max=bounds.get("max"),
+        allowed=allowed,
+        checksum=checksum,
+        max_length=max_length,
+    )
+
+
+def _allowed_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parse_bound_time(value: str) -> Any:
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    if ts is pd.NaT:
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _check_schema(schema: Schema) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(schema.dataset, str) or not _NAME_RE.match(schema.dataset):
+        problems.append("'dataset' must be a lower-case name of letters, digits and '_'")
+    seen: set[str] = set()
+    for f in schema.fields:
+        if f.name in seen:
+            problems.append(f"field {f.name!r}: defined twice")
+        seen.add(f.name)
+        if f.name == "pseudonym":
+            problems.append("field 'pseudonym': name is reserved for the store's customer key")
+    ids = [f for f in schema.fields if f.role == "id"]
+    if len(ids) != 1:
+        problems.append(f"exactly one field must have role 'id' (found {len(ids)})")
+    for f in ids:
+        if f.tier != "core":
+            problems.append(f"field {f.name!r}: the id field must be tier 'core' (raw ids are never stored in clear)")
+        if f.nullable:
+            problems.append(f"field {f.name!r}: the id field cannot be nullable")
+    stamps = [f for f in schema.fields if f.role == "timestamp"]
+    if len(stamps) > 1:
+        problems.append(f"at most one field may have role 'timestamp' (found {len(stamps)})")
+    for f in stamps:
+        if f.type not in ("date", "datetime"):
+            problems.append(f"field {f.name!r}: a timestamp field must have type date or datetime")
+    for f in schema.fields:
+        if f.role == "label" and f.tier == "core":
+            problems.append(f"field {f.name!r}: a label cannot be core-tier (training never sees core fields)")
+    return problems
+
+
+# --- drafting ----------------------------------------------------------------
+
+_CORE_HINTS = ("id", "name", "phone", "mobile", "national", "passport", "card", "email", "ssn", "address", "iban")
+_SENSITIVE_HINTS = (
+    "amount", "amt", "balance", "bal", "spend", "income", "salary", "limit", "monetary", "debt", "payment", "pay",
+    "bill", "loan", "credit", "utilis", "utiliz", "value", "revenue", "default", "late",
+)
+_PUBLIC_HINTS = ("region", "industry", "segment", "city", "province", "country", "sector", "channel")
+_TIME_HINTS = ("updated", "timestamp", "modified", "as_of", "asof", "created")
+_ID_NAMES = ("customer_id", "client_id", "cust_id", "id", "user_id", "member_id")
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def _has_hint(name: str, hints: Iterable[str]) -> bool:
+    tokens = _tokens(name)
+    lowered = name.lower()
+    for hint in hints:
+        if hint in tokens or (len(hint) > 3 and hint in lowered):
+            return True
+    return False
+
+
+def guess_tier(name: str) -> str:
+    """Name heuristics: identifiers -> core, money -> sensitive, geography/segment -> public."""
+    if _has_hint(name, _CORE_HINTS):
+        return "core"
+    if _has_hint(name, _PUBLIC_HINTS):
+        return "public"
+    return "sensitive"
+
+
+def draft_schema(path: str | Path, *, dataset: str | None = None, sample_rows: int = 10_000) -> Schema:
+    """Guess a schema from the first rows of a CSV or Parquet file, for the user to review and edit.
+
+    Tiers are guessed from column names, types from the values. The result is a
+    starting point: an admin must check every tier before ingesting real data.
+    """
+    from fedcustomer.data.ingest import read_sample
+
+    path = Path(path)
+    frame = read_sample(path, sample_rows)
+    if frame.empty and not len(frame.columns):
+        raise DataError(f"{path}: no columns found; is it a CSV with a header row or a Parquet file?")
+    name = dataset or re.sub(r"[^a-z0-9_]+", "_", path.stem.lower()).strip("_") or "dataset"
+    if not name[0].isalpha():
+        name = "d_" + name
+    columns = [str(c) for c in frame.columns]
+    id_col = next((c for c in columns if c.lower() in _ID_NAMES), None)
+    if id_col is None:
+        id_col = next((c for c in columns if c.lower().endswith("_id")), columns[0])
+    fields: list[FieldSpec] = []
+    has_stamp = False
+    for col in columns:
+        series = frame[col]
+        ftype = _guess_type(series)
+        field_name = re.sub(r"[^a-z0-9_]+", "_", col.lower()).strip("_") or "column"
+        if not field_name[0].isalpha():
+            field_name = "f_" + field_name
+        if field_name != col:
+            raise DataError(
+                f"{path}: column {col!r} is not a valid field name (lower-case letters, digits, '_'); "
+                f"rename it (e.g. to {field_name!r}) before drafting a schema"
+            )
+        if col == id_col:
+            role, tier = "id", "core"
+            ftype = "string"
+        elif ftype in ("date", "datetime") and not has_stamp and _has_hint(col, _TIME_HINTS):
+            role, tier = "timestamp", "public"
+            has_stamp = True
+        else:
+            tier = guess_tier(col)
+            role = "feature"
+        if tier == "core" and ftype == "category":
+            ftype = "string"  # never list core values as 'allowed' in a schema file
+        validation = Validation()
+        values = series.dropna().astype(str).str.strip()
+        values = values[values != ""]
+        if tier == "core" and ftype == "string" and len(values):
+            from fedcustomer.data.validators import luhn_valid, prc_id_valid
+
+            if values.map(prc_id_valid).all():
+                validation = Validation(checksum="prc_id")
+            elif values.str.len().ge(12).all() and values.map(luhn_valid).all():
+                validation = Validation(checksum="luhn")
+        elif ftype == "category":
+            validation = Validation(allowed=tuple(sorted(values.unique().tolist())))
+        nullable = bool(series.isna().any() or (series.astype(str).str.strip() == "").any()) and role != "id"
+        masking = None
+        if tier == "sensitive":
+            masking = "redact" if ftype in ("string", "category", "boolean") else "round:-2"
+        elif tier == "core" and role != "id":
+            masking = "redact"
+        fields.append(
+            FieldSpec(
+                name=col, type=ftype, tier=tier, role=role, nullable=nullable, validation=validation, masking=masking
+            )
+        )
+    return Schema(dataset=name, fields=tuple(fields), description=f"Drafted from {path.name}; review every tier")
+
+
+def _guess_type(series: Any) -> str:
+    import pandas as pd
+
+    values = series.dropna().astype(str).str.strip()
+    values = values[values != ""]
+    if values.empty:
+        return "string"
+    lowered = values.str.lower()
+    if lowered.isin(["true", "false"]).all():
+        return "boolean"
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        if (numeric == numeric.round()).all() and not values.str.contains(r"[.eE]").any():
+            # Long digit strings are identifiers or codes, not quantities.
+            long_digits = values.str.lstrip("+-").str.len().max() >= 12
+            leading_zero = (values.str.startswith("0") & (values.str.len() > 1)).any()
+            if long_digits or leading_zero:
+                return "string"
+            return "integer"
+        return "float"
+    if values.str.fullmatch(r"\d{4}-\d{2}-\d{2}").all():
+        if pd.to_datetime(values, format="%Y-%m-%d", errors="coerce").notna().all():
+            return "date"
+    if values.str.match(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}").all():
+        if pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True).notna().all():
+            return "datetime"
+    distinct = values.nunique()
+    if distinct <= 20 and distinct * 2 <= len(values):
+        return "category"
+    return "string"
+
+
+def replace_field(schema: Schema, name: str, **changes: Any) -> Schema:
+    """A copy of ``schema`` with one field changed (handy in tests and scripts)."""
+    schema.field(name)
+    new_fields = tuple(replace(f, **changes) if f.name == name else f for f in schema.fields)
+    return replace(schema, fields=new_fields)
+
+
+def require_columns(schema: Schema, columns: Iterable[str], source: str) -> list[str]:
+    """SchemaError if the file lacks a schema field; returns the file's extra (ignored) columns."""
+    present = [str(c) for c in columns]
+    missing = [n for n in schema.names if n not in present]
+    if missing:
+        raise SchemaError(
+            f"{source}: column(s) {', '.join(missing)} required by schema {schema.dataset!r} are missing "
+            f"(file has: {', '.join(present) or 'no columns'})"
+        )
+    return [c for c in present if c not in schema.names]
+
+
+def load_bundled(name: str) -> Schema:
+    """One of the example schemas shipped with the package: 'bank' or 'retailer'."""
+    path = Path(__file__).with_name("schemas") / f"{name}.yaml"
+    if not path.exists():
+        raise SchemaError(f"no bundled schema {name!r}; available: bank, retailer")
+    return Schema.load(path)

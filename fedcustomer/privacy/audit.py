@@ -14,9 +14,9 @@ Layout of an audit directory::
 
 Hash chain. Each entry's ``hash`` is SHA-256 over ``prev_hash`` (ASCII hex) followed by
 the canonical JSON (sorted keys, no whitespace, UTF-8) of the entry without ``hash`` and
-``prev_hash``. The first entry chains to :data:`GENESIS_HASH`. The stored line must be
-byte-for-byte the canonical form, so even a change that keeps the parsed value (``1e-05``
-to ``1E-05``) is reported.
+``prev_hash``. The first entry chains to :data:`GENESIS_HASH`. Verification hashes the
+body bytes as stored, so even a change that keeps the parsed value (``1e-05`` to
+``1E-05``) is reported.
 
 Checkpoints. Every ``checkpoint_every`` entries, on :meth:`AuditLog.checkpoint` and on
 :meth:`AuditLog.close`, the writer signs (Ed25519) a checkpoint holding the entry range
@@ -378,35 +378,47 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+_STR_KEYS = ("time", "actor", "role", "action", "decision")
+_OPT_STR_KEYS = ("dataset", "tier", "purpose", "reason")
+_LIST_KEYS = ("fields", "approvals", "pseudonyms")
 
 
 def _entry_shape_problem(d: Any) -> str | None:
-    """Why ``d`` is not a well-formed stored entry, or None."""
-    if not isinstance(d, dict):
+    """Why ``d`` (as parsed by ``json.loads``) is not a well-formed stored entry, or None.
+
+    Exact type checks are enough here: ``json.loads`` builds only plain types.
+    """
+    if type(d) is not dict:
         return "not a JSON object"
-    keys = set(d)
-    if keys != _ENTRY_KEYS:
+    if d.keys() != _ENTRY_KEYS:
+        keys = set(d)
         missing, extra = sorted(_ENTRY_KEYS - keys), sorted(keys - _ENTRY_KEYS)
         return f"wrong fields (missing {missing}, unexpected {extra})"
-    if not _is_int(d["seq"]) or d["seq"] < 1:
+    seq = d["seq"]
+    if type(seq) is not int or seq < 1:
         return "field 'seq' must be a positive integer"
-    for k in ("time", "actor", "role", "action", "decision"):
-        if not isinstance(d[k], str):
+    for k in _STR_KEYS:
+        if type(d[k]) is not str:
             return f"field {k!r} must be a string"
-    for k in ("dataset", "tier", "purpose", "reason"):
-        if d[k] is not None and not isinstance(d[k], str):
+    for k in _OPT_STR_KEYS:
+        v = d[k]
+        if v is not None and type(v) is not str:
             return f"field {k!r} must be a string or null"
-    for k in ("fields", "approvals", "pseudonyms"):
-        if not _is_str_list(d[k]):
+    for k in _LIST_KEYS:
+        v = d[k]
+        if type(v) is not list:
             return f"field {k!r} must be a list of strings"
-    if d["row_count"] is not None and not _is_int(d["row_count"]):
+        for x in v:
+            if type(x) is not str:
+                return f"field {k!r} must be a list of strings"
+    rc = d["row_count"]
+    if rc is not None and type(rc) is not int:
         return "field 'row_count' must be an integer or null"
-    if not isinstance(d["details"], dict):
+    if type(d["details"]) is not dict:
         return "field 'details' must be an object"
     for k in ("prev_hash", "hash"):
-        if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
+        v = d[k]
+        if type(v) is not str or not _HEX64.fullmatch(v):
             return f"field {k!r} must be 64 lower-case hex digits"
     try:
         datetime.fromisoformat(d["time"])
@@ -640,9 +652,13 @@ def _parse_json_line(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Parsed:
-    """One entry line, parsed once for verification."""
+    """One entry line, parsed once for verification.
+
+    ``self_ok``: the stored hash matches the stored bytes. ``canonical``: the two hash
+    fields sit where canonical key order puts them (if not, the line was rewritten).
+    """
 
     entry: dict[str, Any] | None
     error: str | None
@@ -651,6 +667,16 @@ class _Parsed:
 
 
 def _parse_entry_line(raw: bytes) -> _Parsed:
+    """Parse one stored line and check its own hash against the bytes as stored.
+
+    Writers store canonical JSON, in which ``hash`` and ``prev_hash`` directly follow
+    ``fields`` (sorted key order). Removing the segment ``,"hash":"H","prev_hash":"P"``
+    therefore leaves exactly the canonical body that was hashed, so the hash is checked
+    over the stored bytes without re-encoding; any changed byte, even one that keeps the
+    parsed value (``1e-05`` to ``1E-05``), breaks it. The segment is found with ``rfind``:
+    after it come only scalars and lists of strings, in which quotes are escaped, so its
+    last occurrence is the top-level one.
+    """
     if not raw:
         return _Parsed(None, "empty line")
     try:
@@ -660,20 +686,13 @@ def _parse_entry_line(raw: bytes) -> _Parsed:
     problem = _entry_shape_problem(d)
     if problem:
         return _Parsed(None, problem)
-    h, p = d.pop("hash"), d.pop("prev_hash")
-    try:
-        body = canonical_json(d)
-    except ValueError:
-        return _Parsed(None, "holds a value JSON does not allow (NaN or Infinity)")
-    self_ok = hashlib.sha256(p.encode("ascii") + body).hexdigest() == h
-    # Canonical full line = body with the two hash fields spliced in before "pseudonyms"
-    # (sorted order: ... fields, hash, prev_hash, pseudonyms ...). The top-level key is the
-    # last occurrence: every later value is a scalar or a list of strings, where quotes are
-    # escaped, so the pattern cannot occur inside them.
-    i = body.rfind(b',"pseudonyms":')
-    expected = body[:i] + b',"hash":"' + h.encode() + b'","prev_hash":"' + p.encode() + b'"' + body[i:]
-    d["hash"], d["prev_hash"] = h, p
-    return _Parsed(d, None, self_ok, expected == raw)
+    h, p = d["hash"].encode("ascii"), d["prev_hash"].encode("ascii")
+    segment = b',"hash":"' + h + b'","prev_hash":"' + p + b'"'
+    i = raw.rfind(segment)
+    if i < 0:
+        return _Parsed(d, None, False, False)
+    body = raw[:i] + raw[i + len(segment) :]
+    return _Parsed(d, None, hashlib.sha256(p + body).hexdigest().encode("ascii") == h, True)
 
 
 # --- the log --------------------------------------------------------------------------------
@@ -743,6 +762,10 @@ class AuditLog:
         return cls(directory, signing_key_path=key_path, checkpoint_every=checkpoint_every, durable=durable)
 
     # --- context manager -------------------------------------------------------------------
+    def __del__(self) -> None:  # release descriptors of a log dropped without close()
+        if getattr(self, "_pid", None) == os.getpid():
+            self._drop_fds()
+
     def __enter__(self) -> "AuditLog":
         return self
 
@@ -1335,7 +1358,10 @@ class _Verifier:
             )
         if not cur.self_ok or not cur.canonical:
             claim = f" (it now claims seq {e['seq']})" if e["seq"] != expected else ""
-            why = "its content no longer matches its hash" if not cur.self_ok else "its bytes differ from the canonical form"
+            why = (
+                "the line was rewritten out of canonical form" if not cur.canonical
+                else "its content no longer matches its hash"
+            )
             return _Finding(
                 expected, PROBLEM_MODIFIED, f"entry {expected} (line {lineno} of {name}) was modified{claim}: {why}",
                 lineno, name,

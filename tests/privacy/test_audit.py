@@ -297,7 +297,7 @@ def _template() -> tuple[bytes, list[int]]:
     return raw, owners
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_single_byte_edit_names_the_entry_holding_it(data: st.DataObject) -> None:
     raw, owners = _template()
@@ -682,3 +682,13 @@ def test_inserted_entry_with_an_odd_seq_is_named(tmp_path: Path) -> None:
     write_lines(log.log_path, ls)
     r = log.verify()
     assert (r.problem, r.first_bad_seq, r.line) == ("inserted", 99, 6)
+
+
+def test_rewritten_line_with_keys_out_of_canonical_order_is_modified(tmp_path: Path) -> None:
+    log = make_log(tmp_path, 4, every=100, close=False)
+    ls = lines(log)
+    d = json.loads(ls[1])
+    ls[1] = json.dumps(dict(reversed(list(d.items()))), separators=(",", ":")).encode() + b"\n"
+    write_lines(log.log_path, ls)
+    r = log.verify()
+    assert (r.problem, r.first_bad_seq) == ("modified", 2) and "canonical" in r.message

@@ -1,0 +1,187 @@
+"""Chunked reading, chunk preparation (validation, pseudonyms, in-chunk dedup) and quality.json."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcustomer.data.ingest import (
+    QUALITY_FORMAT,
+    IngestReport,
+    file_sha256,
+    prepare_chunk,
+    print_report,
+    read_chunks,
+)
+from fedcustomer.data.schema import load_bundled
+from fedcustomer.data.validators import prc_id_check_char, luhn_valid
+from fedcustomer.errors import DataError
+from fedcustomer.privacy.crypto import Pseudonymizer
+
+REGIONS = ["north", "south", "east", "west", "central"]
+
+
+def prc_id(rng: np.random.Generator) -> str:
+    first = "110105" + f"{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+    first += f"{rng.integers(0, 1000):03d}"
+    return first + prc_id_check_char(first)
+
+
+def bank_frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """A small bank table in the bundled bank schema's columns, all rows valid."""
+    rng = np.random.default_rng(seed)
+    limit = rng.integers(10, 200, n) * 100.0
+    util = rng.uniform(0, 1, n).round(4)
+    return pd.DataFrame(
+        {
+            "customer_id": [f"C{i:07d}" for i in range(1, n + 1)],
+            "national_id": [prc_id(rng) for _ in range(n)],
+            "full_name": [f"Name {i}" for i in range(n)],
+            "phone": [f"13{rng.integers(0, 10**9):09d}" for _ in range(n)],
+            "region": rng.choice(REGIONS, n),
+            "age": rng.integers(20, 80, n),
+            "income": (rng.integers(50, 500, n) * 100.0),
+            "credit_limit": limit,
+            "balance": (util * limit).round(2),
+            "utilisation": util,
+            "num_late_payments": rng.integers(0, 5, n),
+            "months_on_book": rng.integers(1, 300, n),
+            "num_products": rng.integers(1, 5, n),
+            "debt_to_income": rng.uniform(0, 2, n).round(3),
+            "defaulted": rng.integers(0, 2, n),
+            "updated_at": [f"2024-03-{1 + i % 28:02d}T10:00:00Z" for i in range(n)],
+        }
+    )
+
+
+def plant_bad_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+    """Five bad rows, one per kind; returns the frame and {customer_id: expected reasons}."""
+    frame = frame.astype(object).copy()
+    nid = frame.at[0, "national_id"]
+    frame.at[0, "national_id"] = nid[:-1] + ("0" if nid[-1] != "0" else "1")
+    frame.at[1, "age"] = 7
+    frame.at[2, "updated_at"] = "2024-13-45T99:00:00Z"
+    frame.at[3, "full_name"] = ""
+    frame.at[4, "income"] = "a lot"
+    expected = {
+        frame.at[0, "customer_id"]: {"national_id": "fails the prc_id checksum"},
+        frame.at[1, "customer_id"]: {"age": "below minimum 18"},
+        frame.at[2, "customer_id"]: {"updated_at": "not an ISO 8601 date-time"},
+        frame.at[3, "customer_id"]: {"full_name": "missing required value"},
+        frame.at[4, "customer_id"]: {"income": "not a number"},
+    }
+    return frame, expected
+
+
+@pytest.fixture()
+def pseudonymizer(tmp_path):
+    return Pseudonymizer.create(tmp_path / "keys")
+
+
+def test_read_chunks_streams_csv_in_chunks_with_file_row_numbers(tmp_path):
+    path = tmp_path / "bank.csv"
+    bank_frame(25).to_csv(path, index=False)
+    chunks = list(read_chunks(path, chunk_rows=10))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert chunks[2].index.tolist() == list(range(20, 25))
+    assert all(str(dtype) == "string" for dtype in chunks[0].dtypes)
+
+
+def test_parquet_and_csv_give_the_same_prepared_rows(tmp_path, pseudonymizer):
+    frame = bank_frame(12)
+    frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
+    frame.loc[3, "income"] = np.nan
+    frame.to_csv(tmp_path / "b.csv", index=False)
+    frame.to_parquet(tmp_path / "b.parquet", index=False)
+    schema = load_bundled("bank")
+    (csv_chunk,) = read_chunks(tmp_path / "b.csv")
+    (pq_chunk,) = read_chunks(tmp_path / "b.parquet")
+    a, _ = prepare_chunk(schema, csv_chunk, pseudonymizer)
+    b, _ = prepare_chunk(schema, pq_chunk, pseudonymizer)
+    assert a.invalid == b.invalid == []
+    assert a.pseudonyms == b.pseudonyms and a.digests == b.digests
+    assert a.plain["income"][3] is None
+
+
+def test_unsupported_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="unsupported file type"):
+        list(read_chunks(tmp_path / "x.xlsx"))
+    with pytest.raises(DataError, match="not found"):
+        list(read_chunks(tmp_path / "x.csv"))
+    with pytest.raises(DataError, match="not found"):
+        file_sha256(tmp_path / "x.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        list(read_chunks(tmp_path / "empty.csv"))
+
+
+def test_prepare_chunk_rejects_exactly_the_planted_rows(tmp_path, pseudonymizer):
+    frame, expected = plant_bad_rows(bank_frame(30))
+    frame.to_csv(tmp_path / "b.csv", index=False)
+    (chunk,) = read_chunks(tmp_path / "b.csv")
+    prepared, stats = prepare_chunk(load_bundled("bank"), chunk, pseudonymizer)
+    got = {bad.id_value: bad.reasons for bad in prepared.invalid}
+    assert got == expected
+    assert [bad.row for bad in prepared.invalid] == [0, 1, 2, 3, 4]
+    assert len(prepared) == 25 and stats.invalid == 5 and stats.read == 30
+    # Valid rows are keyed by pseudonym, never by raw id.
+    assert prepared.pseudonyms[0] == pseudonymizer.pseudonym(frame.at[5, "customer_id"])
+    assert not any(p.startswith("C0") for p in prepared.pseudonyms)
+
+
+def test_prepare_chunk_keeps_newest_duplicate(tmp_path, pseudonymizer):
+    frame = bank_frame(5)
+    newer = frame.iloc[[1]].copy()
+    newer["updated_at"] = "2025-01-01T00:00:00Z"
+    newer["income"] = 99900.0
+    older = frame.iloc[[1]].copy()
+    older["updated_at"] = "2020-01-01T00:00:00Z"
+    mixed = pd.concat([frame.iloc[:1], newer, frame.iloc[1:], older], ignore_index=True)
+    mixed.to_csv(tmp_path / "d.csv", index=False)
+    (chunk,) = read_chunks(tmp_path / "d.csv")
+    prepared, stats = prepare_chunk(load_bundled("bank"), chunk, pseudonymizer)
+    assert len(prepared) == 5 and stats.duplicates == 2
+    p = pseudonymizer.pseudonym(frame.at[1, "customer_id"])
+    i = prepared.pseudonyms.index(p)
+    assert prepared.plain["income"][i] == 99900.0
+    assert {(d[0], d[1]) for d in prepared.duplicates} == {(p, "2025-01-01T00:00:00.000000Z")}
+
+
+def test_quality_report_json_schema_is_stable(tmp_path, pseudonymizer):
+    frame, _ = plant_bad_rows(bank_frame(20))
+    frame.to_csv(tmp_path / "b.csv", index=False)
+    schema = load_bundled("bank")
+    report = IngestReport("bank", "b.csv", "ab" * 32, {f.name: f.tier for f in schema.fields})
+    for chunk in read_chunks(tmp_path / "b.csv", chunk_rows=7):
+        report.add(prepare_chunk(schema, chunk, pseudonymizer)[1])
+    out = tmp_path / "quality.json"
+    report.write_json(out)
+    doc = json.loads(out.read_text())
+    assert doc["format"] == QUALITY_FORMAT
+    assert set(doc) == {"format", "dataset", "file", "sha256", "ingest_id", "skipped_file", "started_at",
+                        "finished_at", "rows", "fields", "invalid_reasons", "ignored_columns"}
+    assert doc["rows"]["read"] == 20 and doc["rows"]["invalid"] == 5 and doc["rows"]["valid"] == 15
+    assert doc["fields"]["full_name"] == {"tier": "core", "completeness": 0.95, "missing": 1, "invalid": 1}
+    assert doc["invalid_reasons"]["age"] == {"below minimum 18": 1}
+    # No raw value of any kind reaches the report.
+    text = out.read_text()
+    assert frame.at[0, "national_id"] not in text and "a lot" not in text
+
+
+def test_print_report_shows_counts(tmp_path):
+    from rich.console import Console
+
+    report = IngestReport("bank", "b.csv", "00" * 32, {"age": "sensitive"}, read=3, inserted=3)
+    console = Console(record=True, width=120)
+    print_report(report, console)
+    text = console.export_text()
+    assert "inserted" in text and "age" in text and "100.0%" in text
+
+
+def test_generated_bank_rows_are_valid_ids():
+    frame = bank_frame(50, seed=4)
+    from fedcustomer.data.validators import prc_id_valid
+
+    assert all(prc_id_valid(v) for v in frame["national_id"])
+    assert not luhn_valid(frame.at[0, "customer_id"])

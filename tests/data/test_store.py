@@ -1,0 +1,428 @@
+"""The governed store: ingest, policy-checked reads, approvals, key rotation, erasure, key checks."""
+
+import shutil
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.schema import load_bundled
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, KeyMaterialError, SchemaError
+from fedcustomer.privacy.access import Actor
+from fedcustomer.privacy.crypto import FieldCipher, FileKeyRing, WrappedKey, data_key_context
+from tests.data.test_ingest import bank_frame, plant_bad_rows
+
+ADMIN = Actor("alice", "partner_admin")
+MARKETING = Actor("mia", "marketing_analyst")
+RISK = Actor("rick", "risk_officer")
+COMPLIANCE = Actor("carol", "compliance_officer")
+TRAINING = Actor("node:bank_a", "training_pipeline")
+CORE = ["customer_id", "national_id", "full_name", "phone"]
+
+
+@pytest.fixture()
+def bank():
+    return load_bundled("bank")
+
+
+@pytest.fixture()
+def home(tmp_path):
+    return PartnerHome(tmp_path / "home")
+
+
+@pytest.fixture()
+def store(home):
+    s = PartnerStore.init(home, "bank_a")
+    yield s
+    s.close()
+
+
+def write_csv(tmp_path, frame, name="bank.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def audit_entries(store, **query):
+    return store.audit.query(**query)
+
+
+def logical_dump(home):
+    """Every table's rows, for comparing the store before and after a failed operation."""
+    import sqlite3
+
+    con = sqlite3.connect(home.store_path)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
+    finally:
+        con.close()
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+def test_ingest_quarantines_exactly_the_planted_rows_with_reasons(tmp_path, store, bank):
+    frame, expected = plant_bad_rows(bank_frame(40))
+    report = store.ingest(ADMIN, bank, write_csv(tmp_path, frame), chunk_rows=16)
+    assert report.read == 40 and report.invalid == 5 and report.inserted == 35
+    assert store.count("bank") == 35
+    quarantined = store.quarantine_summary("bank")
+    pseudo = store.pseudonymizer.pseudonym
+    assert {q["pseudonym"]: q["reasons"] for q in quarantined} == {pseudo(cid): r for cid, r in expected.items()}
+    assert sorted(q["row"] for q in quarantined) == [0, 1, 2, 3, 4]
+    # The quarantined raw rows (with their core values) are stored encrypted only.
+    raw = home_bytes(store)
+    assert frame.at[0, "national_id"].encode() not in raw
+    assert b"a lot" not in raw
+
+
+def home_bytes(store):
+    return store.home.store_path.read_bytes()
+
+
+def test_raw_ids_and_core_values_never_stored_in_clear(tmp_path, store, bank):
+    frame = bank_frame(30)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    raw = home_bytes(store)
+    for col in CORE:
+        for value in frame[col].astype(str):
+            assert value.encode() not in raw, col
+    # Sensitive and public values are stored as values (so training reads need no decryption).
+    assert b"north" in raw or b"south" in raw or b"east" in raw
+
+
+def test_duplicates_merged_newest_wins_and_recorded_by_pseudonym(tmp_path, store, bank):
+    frame = bank_frame(10)
+    newer = frame.iloc[[2]].assign(updated_at="2025-06-01T00:00:00Z", income=77700.0)
+    older = frame.iloc[[2]].assign(updated_at="2019-06-01T00:00:00Z", income=11100.0)
+    path = write_csv(tmp_path, pd.concat([older, frame, newer], ignore_index=True))
+    report = store.ingest(ADMIN, bank, path, chunk_rows=4)  # duplicates land in different chunks
+    assert report.inserted == 10 and report.duplicates == 2 and store.count("bank") == 10
+    p = store.pseudonymizer.pseudonym(frame.at[2, "customer_id"])
+    got = store.read(Actor("dana", "data_scientist"), "analytics", ["income"], dataset="bank")
+    assert got.loc[p, "income"] == 77700.0
+    merged = [m for m in store.merges("bank") if m["pseudonym"] == p]
+    assert len(merged) == 2 and all(m["outcome"] == "duplicate_in_file" for m in merged)
+    # A later file with an older record keeps the stored newer one; a newer one replaces it.
+    stale = write_csv(tmp_path, frame.iloc[[2]].assign(updated_at="2020-01-01T00:00:00Z", income=1.0), "old.csv")
+    assert store.ingest(ADMIN, bank, stale).stale == 1
+    fresh = write_csv(tmp_path, frame.iloc[[2]].assign(updated_at="2026-01-01T00:00:00Z", income=2.0), "new.csv")
+    assert store.ingest(ADMIN, bank, fresh).updated == 1
+    got = store.read(Actor("dana", "data_scientist"), "analytics", ["income"], dataset="bank")
+    assert got.loc[p, "income"] == 2.0
+
+
+def test_reingest_adds_nothing(tmp_path, store, bank):
+    frame, _ = plant_bad_rows(bank_frame(20))
+    path = write_csv(tmp_path, frame)
+    store.ingest(ADMIN, bank, path)
+    before = logical_dump(store.home)
+    again = store.ingest(ADMIN, bank, path)
+    assert again.skipped_file and again.inserted == 0
+    # Same rows in a different file: every row unchanged, quarantine not duplicated.
+    copy = write_csv(tmp_path, pd.concat([frame, frame.iloc[[7]]]), "copy.csv")
+    third = store.ingest(ADMIN, bank, copy)
+    assert third.unchanged == 15 and third.inserted == third.updated == 0 and third.duplicates == 1
+    after = logical_dump(store.home)
+    for table in ("c_bank", "data_keys", "quarantine"):
+        assert after[table] == before[table]
+    assert len(store.ingest_history("bank")) == 2
+
+
+def test_failure_half_way_leaves_store_unchanged(tmp_path, store, bank, monkeypatch):
+    store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(20), "first.csv"))
+    before = logical_dump(store.home)
+    counts = (store.count("bank"), len(store.ingest_history()), len(store.quarantine_summary()))
+    original = PartnerStore._write_chunk
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartnerStore, "_write_chunk", failing)
+    frame, _ = plant_bad_rows(bank_frame(60, seed=9))
+    frame["customer_id"] = [f"N{i:07d}" for i in range(60)]
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        store.ingest(ADMIN, bank, write_csv(tmp_path, frame, "second.csv"), chunk_rows=20)
+    assert calls["n"] == 2
+    assert logical_dump(store.home) == before
+    assert (store.count("bank"), len(store.ingest_history()), len(store.quarantine_summary())) == counts
+
+
+def test_failed_first_ingest_leaves_no_dataset(tmp_path, store, bank, monkeypatch):
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(PartnerStore, "_write_chunk", boom)
+    with pytest.raises(RuntimeError):
+        store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(5)))
+    assert store.datasets() == []
+
+
+def test_missing_column_is_a_schema_error_and_changes_nothing(tmp_path, store, bank):
+    path = write_csv(tmp_path, bank_frame(5).drop(columns=["phone"]))
+    with pytest.raises(SchemaError, match="phone"):
+        store.ingest(ADMIN, bank, path)
+    assert store.datasets() == [] and store.ingest_history() == []
+
+
+def test_parquet_ingest(tmp_path, store, bank):
+    frame = bank_frame(15)
+    frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
+    path = tmp_path / "bank.parquet"
+    frame.to_parquet(path, index=False)
+    assert store.ingest(ADMIN, bank, path).inserted == 15
+
+
+def test_structural_schema_change_refused(tmp_path, store, bank):
+    store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(3)))
+    from fedcustomer.data.schema import replace_field
+
+    with pytest.raises(SchemaError, match="already stored with different"):
+        store.register_schema(replace_field(bank, "income", tier="public"))
+    store.register_schema(replace_field(bank, "income", masking="redact"))  # non-structural: accepted
+    assert store.schema("bank").field("income").masking == "redact"
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def loaded(tmp_path, store, bank):
+    frame = bank_frame(30)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    frame.index = store.pseudonymizer.pseudonyms(frame["customer_id"])
+    return store, frame
+
+
+def test_training_pipeline_reads_features_with_numeric_dtypes(loaded):
+    store, frame = loaded
+    fields = ["age", "income", "utilisation", "num_late_payments", "region", "defaulted"]
+    got = store.read(TRAINING, "training", fields, dataset="bank")
+    assert list(got.columns) == fields and len(got) == 30
+    assert got["age"].dtype == "int64" and got["income"].dtype == "float64" and got["defaulted"].dtype == "int64"
+    assert (got["income"] == frame.loc[got.index, "income"]).all()
+    entries = audit_entries(store, action="read")
+    assert entries[-1].actor == "node:bank_a" and entries[-1].row_count == 30 and entries[-1].decision == "allowed"
+
+
+def test_training_pipeline_is_denied_ids_and_core(loaded):
+    store, _ = loaded
+    for fields in (["age", "customer_id"], ["updated_at"], ["national_id"]):
+        with pytest.raises(AccessDenied):
+            store.read(TRAINING, "training", fields)
+    # fields=None: just what it may see (features and labels, public or sensitive).
+    got = store.read(TRAINING, "training")
+    assert not set(got.columns) & set(CORE) and "updated_at" not in got.columns and "defaulted" in got.columns
+    assert len(audit_entries(store, actor="node:bank_a", decision="denied")) == 3
+
+
+def test_marketing_read_masks_sensitive_hides_core_and_is_logged(loaded):
+    store, frame = loaded
+    got = store.read(MARKETING, "marketing")
+    assert not set(got.columns) & set(CORE)
+    assert (got["region"] == frame.loc[got.index, "region"]).all()  # public: clear
+    assert (got["income"] % 10000 == 0).all()  # bucket:10000
+    assert (got["income"] <= frame.loc[got.index, "income"]).all()
+    assert set(got["defaulted"]) == {"***"}
+    entry = audit_entries(store, actor="mia")[-1]
+    assert entry.action == "read" and entry.decision == "allowed" and entry.purpose == "marketing"
+    assert entry.tier == "sensitive" and entry.row_count == 30 and "national_id" not in entry.fields
+    with pytest.raises(AccessDenied, match="national_id"):
+        store.read(MARKETING, "marketing", ["region", "national_id"])
+    denied = audit_entries(store, actor="mia", decision="denied")[-1]
+    assert "national_id" in denied.fields and denied.tier == "core"
+
+
+def test_unapproved_risk_officer_core_read_is_denied_and_logged(loaded):
+    store, _ = loaded
+    with pytest.raises(AccessDenied, match="two approvals"):
+        store.read(RISK, "risk_review", ["full_name", "income"])
+    entry = audit_entries(store, actor="rick")[-1]
+    assert entry.decision == "denied" and entry.tier == "core" and "full_name" in entry.fields
+    # Without naming fields, the officer gets public and sensitive fields only.
+    got = store.read(RISK, "risk_review")
+    assert not set(got.columns) & set(CORE) and "income" in got.columns
+
+
+def test_risk_officer_with_two_distinct_approvals_reads_core_in_clear(loaded):
+    store, frame = loaded
+    rid = store.request_approval(RISK, "bank", ["full_name", "national_id"], "risk_review", timedelta(hours=1))
+    assert store.approve(ADMIN, rid) is None
+    with pytest.raises(AccessDenied):  # one approval is not enough
+        store.read(RISK, "risk_review", ["full_name"])
+    with pytest.raises(AccessDenied):  # same approver twice
+        store.approve(ADMIN, rid)
+    with pytest.raises(AccessDenied):  # self-approval
+        store.approve(Actor("rick", "compliance_officer"), rid)
+    approval = store.approve(COMPLIANCE, rid)
+    assert approval is not None and set(approval.approvers) == {"alice", "carol"}
+    got = store.read(RISK, "risk_review", ["full_name", "national_id", "region"], where={"region": "north"})
+    expected = frame[frame["region"] == "north"]
+    assert sorted(got.index) == sorted(expected.index)
+    assert (got["full_name"] == expected.loc[got.index, "full_name"]).all()
+    assert (got["national_id"] == expected.loc[got.index, "national_id"]).all()
+    entry = audit_entries(store, actor="rick")[-1]
+    assert entry.action == "decrypt" and entry.approvals == (rid,) and entry.tier == "core"
+    assert set(entry.pseudonyms) == set(got.index)
+    # The approval covers only the requested fields.
+    with pytest.raises(AccessDenied):
+        store.read(RISK, "risk_review", ["phone"])
+    denied_approvals = audit_entries(store, action="approve", decision="denied")
+    assert len(denied_approvals) == 2
+
+
+def test_compliance_officer_reads_no_customer_data(loaded):
+    store, _ = loaded
+    with pytest.raises(AccessDenied):
+        store.read(COMPLIANCE, "audit")
+    assert audit_entries(store, actor="carol", decision="denied")
+
+
+def test_where_only_on_public_fields(loaded):
+    store, frame = loaded
+    got = store.read(TRAINING, "training", ["age"], where={"region": ["north", "south"]})
+    assert len(got) == frame["region"].isin(["north", "south"]).sum()
+    with pytest.raises(AccessDenied, match="filters"):
+        store.read(TRAINING, "training", ["age"], where={"income": 100})
+    with pytest.raises(SchemaError):
+        store.read(TRAINING, "training", ["age", "nope"])
+    assert len(audit_entries(store, actor="node:bank_a", decision="denied")) == 2
+
+
+def test_unknown_dataset_and_several_datasets(tmp_path, loaded):
+    store, _ = loaded
+    with pytest.raises(ConfigError, match="no dataset 'shop'"):
+        store.read(TRAINING, "training", dataset="shop")
+    from fedcustomer.data.schema import Schema
+
+    other = Schema.from_yaml(load_bundled("bank").to_yaml().replace("dataset: bank", "dataset: bank2"))
+    store.ingest(ADMIN, other, write_csv(tmp_path, bank_frame(3), "b2.csv"))
+    with pytest.raises(ConfigError, match="several datasets"):
+        store.read(TRAINING, "training")
+
+
+# --- admin actions --------------------------------------------------------------------------
+
+
+def test_admin_actions_need_permission_and_denials_are_logged(tmp_path, loaded, bank):
+    store, frame = loaded
+    with pytest.raises(AccessDenied):
+        store.ingest(MARKETING, bank, write_csv(tmp_path, bank_frame(3, seed=5), "x.csv"))
+    with pytest.raises(AccessDenied):
+        store.erase(MARKETING, frame["customer_id"].iloc[0])
+    with pytest.raises(AccessDenied):
+        store.rotate_keys(RISK)
+    with pytest.raises(AccessDenied):
+        store.retire_key(RISK, 1)
+    denied = audit_entries(store, decision="denied")
+    assert {e.action for e in denied} >= {"ingest", "erase", "key_rotate", "key_retire"}
+    assert store.count("bank") == 30 and [k["version"] for k in store.key_versions()] == [1]
+    # The raw id of the customer someone tried to erase is not in the log.
+    log_text = "".join(p.read_text() for p in store.home.audit_dir.glob("*.jsonl"))
+    assert frame["customer_id"].iloc[0] not in log_text
+
+
+def test_key_rotation_keeps_every_record_and_old_version_can_then_retire(loaded):
+    store, _ = loaded
+    rid = store.request_approval(RISK, "bank", CORE, "risk_review")
+    store.approve(ADMIN, rid)
+    store.approve(COMPLIANCE, rid)
+    before = store.read(RISK, "risk_review", CORE + ["income"])
+    with pytest.raises(KeyMaterialError, match="still wraps"):
+        store.retire_key(ADMIN, 1)
+    result = store.rotate_keys(ADMIN)
+    assert result["active_version"] == 2 and result["by_table"]["data_keys"] == 30
+    assert store.key_usage() == {2: 31}  # 30 customers + the key check
+    store.retire_key(ADMIN, 1)
+    assert {k["version"]: k["status"] for k in store.key_versions()} == {1: "retired", 2: "active"}
+    after = store.read(RISK, "risk_review", CORE + ["income"])
+    pd.testing.assert_frame_equal(before, after)
+    # Reopening with the rotated keyring works (the key check was re-wrapped too).
+    home = store.home
+    store.close()
+    with PartnerStore.open(home) as reopened:
+        assert reopened.count("bank") == 30
+        assert {e.action for e in reopened.audit.query()} >= {"key_rotate", "key_retire"}
+
+
+def test_erased_customer_is_unrecoverable(tmp_path, store, bank):
+    frame, _ = plant_bad_rows(bank_frame(10))
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    victim = frame.at[6, "customer_id"]
+    quarantined_victim = frame.at[1, "customer_id"]  # also has a quarantined row
+    p = store.pseudonymizer.pseudonym(victim)
+    tokens = store.backend.fetchone('SELECT national_id, full_name FROM "c_bank" WHERE pseudonym = ?', (p,))
+    wrapped = store.backend.fetchone("SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,))
+    result = store.erase(ADMIN, victim)
+    assert result["found"] and result["datasets"] == {"bank": 1} and result["data_keys"] == 1
+    assert store.erase(ADMIN, quarantined_victim)["quarantine"] == 1
+    assert store.count("bank") == 4
+    assert store.backend.fetchone('SELECT 1 FROM "c_bank" WHERE pseudonym = ?', (p,)) is None
+    assert store.backend.fetchone("SELECT 1 FROM data_keys WHERE pseudonym = ?", (p,)) is None
+    # No remaining data key decrypts the saved ciphertext, and the wrapped key is gone from the file.
+    cipher = FieldCipher("bank")
+    for ds, q, v, blob in store.backend.fetchall("SELECT dataset, pseudonym, kek_version, blob FROM data_keys"):
+        key = store.keyring.unwrap(WrappedKey(v, bytes(blob)), data_key_context(ds, q))
+        with pytest.raises(IntegrityError):
+            cipher.decrypt(key, "national_id", p, bytes(tokens[0]))
+    raw = home_bytes(store)
+    assert bytes(wrapped[1]) not in raw and bytes(tokens[0]) not in raw
+    entry = audit_entries(store, action="erase")[0]
+    assert entry.pseudonyms == (p,) and victim not in str(entry.to_dict())
+    # A later file cannot bring the erased customer back.
+    again = store.ingest(ADMIN, bank, write_csv(tmp_path, frame.iloc[[6]].assign(income=5.0), "again.csv"))
+    assert again.suppressed == 1 and store.count("bank") == 4
+
+
+# --- keys on open ---------------------------------------------------------------------------
+
+
+def test_wrong_keyring_gives_key_material_error_and_writes_nothing(tmp_path, loaded):
+    store, _ = loaded
+    home = store.home
+    store.close()
+    other = PartnerHome(tmp_path / "other")
+    PartnerStore.init(other, "bank_b").close()
+    before = home.store_path.read_bytes()
+    saved = (home.keys_dir / "keyring.json").read_bytes()
+    shutil.copy2(other.keys_dir / "keyring.json", home.keys_dir / "keyring.json")
+    with pytest.raises(KeyMaterialError, match="does not belong"):
+        PartnerStore.open(home)
+    assert home.store_path.read_bytes() == before
+    (home.keys_dir / "keyring.json").write_bytes(saved)
+    shutil.copy2(other.keys_dir / "pseudonym.key", home.keys_dir / "pseudonym.key")
+    with pytest.raises(KeyMaterialError, match="pseudonym key"):
+        PartnerStore.open(home)
+    assert home.store_path.read_bytes() == before
+    (home.keys_dir / "pseudonym.key").unlink()
+    with pytest.raises(KeyMaterialError):
+        PartnerStore.open(home)
+    assert home.store_path.read_bytes() == before
+
+
+def test_missing_keyring_gives_key_material_error(loaded):
+    store, _ = loaded
+    home = store.home
+    store.close()
+    before = home.store_path.read_bytes()
+    (home.keys_dir / "keyring.json").unlink()
+    with pytest.raises(KeyMaterialError):
+        PartnerStore.open(home)
+    assert home.store_path.read_bytes() == before
+
+
+def test_open_without_store_and_double_init(tmp_path, store):
+    with pytest.raises(ConfigError, match="fedcustomer init"):
+        PartnerStore.open(PartnerHome(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="already"):
+        PartnerStore.init(store.home, "again")
+    with pytest.raises(AccessDenied):
+        PartnerStore.init(PartnerHome(tmp_path / "h2"), "x", actor=MARKETING)
+    assert FileKeyRing.open(store.home.keys_dir).active_version() == 1

@@ -1,0 +1,501 @@
+"""Local DP-SGD training for one partner, on Opacus.
+
+Why this module: every partner trains on its own customers with DP-SGD (Poisson
+sampling, per-sample clipping, Gaussian noise) and the privacy ledger must be charged
+exactly what was run. :class:`DPTrainer` reports ``(noise_multiplier, sample_rate,
+steps)``; charge ``EpochStats.steps`` (or ``steps_taken`` after a failure mid-epoch).
+
+Opacus does the DP machinery: ``DPDataLoader`` (Poisson sampling, empty batches),
+``DPOptimizer`` (noise, scaling, step) and, for ``clipping="hooks"`` / ``"ghost"``, its
+``GradSampleModule`` / ghost clipping. ``clipping="fast"`` (default) computes the clipped
+per-sample sum more cheaply (see :mod:`fedcustomer.privacy.fast_clipping`) and hands it
+to Opacus's noise + step path.
+
+Randomness and residual risk
+----------------------------
+Opacus's ``secure_mode`` needs ``torchcsprng``, which is not available. Instead:
+
+* the noise and the sampling generators are ``torch.Generator`` objects seeded with 64
+  bits from ``os.urandom`` (:func:`secure_generator`), one per purpose, never the
+  global torch seed, so a run's ``--seed`` cannot reproduce the noise;
+* noise is drawn with Opacus's floating-point-safe sampler (``secure_mode=True`` set on
+  the ``DPOptimizer`` itself: each coordinate is a sum of four Gaussians, defeating the
+  attacks on the binary representation of a single float draw).
+
+What remains: torch's CPU generator is a Mersenne Twister (MT19937), not a CSPRNG. An
+attacker who sees enough raw generator output (about 624 consecutive 32-bit words) can
+reconstruct its state and predict later draws; the seed space is 2^64, so guessing the
+seed needs on the order of 2^64 work. The noise itself is not released raw -- only
+noisy, averaged model updates leave the partner -- so such an attacker would need to
+recover the draws from the released updates, which in turn requires knowing the
+unnoised gradients. Treat this as "strong in practice, not cryptographic". Installing
+``torchcsprng`` and passing its generator as ``noise_generator`` / ``sampling_generator``
+removes the caveat without code changes.
+
+Not private: ``EpochStats.mean_loss`` and ``examples_seen`` are computed from the raw
+data (the loss, and the Poisson batch sizes). Keep them local (logs, early stopping on
+the partner); do not send them to the coordinator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from torch import nn
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch.utils.data import DataLoader, Dataset
+
+from fedcustomer.errors import ConfigError, DataError
+from fedcustomer.privacy.fast_clipping import DPOptimizerFastClipping, FastGradientClipper
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+OPTIMIZERS = ("sgd", "adam")
+SAMPLERS = ("geometric", "opacus")
+CLIPPING_MODES = ("fast", "ghost", "hooks")
+SGD_MOMENTUM = 0.9
+# Fast clipping draws this many noise values at once at most (64 MiB of float32).
+NOISE_BLOCK_ELEMENTS = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did; ``steps`` is what the accountant must be charged."""
+
+    steps: int
+    mean_loss: float
+    examples_seen: int
+
+
+def secure_generator() -> torch.Generator:
+    """A fresh CPU generator seeded with 64 bits from the OS (see module docstring)."""
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
+    return generator
+
+
+class _TensorPairs(Dataset):
+    """(X, y) rows; ``__getitems__`` slices a whole batch at once instead of row by row."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        self.X, self.y = X, y
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.X[i], self.y[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.X.index_select(0, idx), self.y.index_select(0, idx)
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+class GeometricPoissonSampler(UniformWithReplacementSampler):
+    """Opacus's Poisson sampler, drawn by geometric gaps instead of one uniform per row.
+
+    Same contract as ``UniformWithReplacementSampler``: each of ``steps`` (default
+    ``int(1 / sample_rate)``) batches holds every row independently with probability
+    ``sample_rate``. Independent Bernoulli(q) inclusions are exactly a sequence of
+    Geometric(q) gaps between included rows, so drawing ~``n q`` gaps gives the same
+    distribution as ``n`` uniforms at a fraction of the cost (the uniforms alone took
+    as long as a whole non-private step of a logistic regression). Yields index tensors.
+    """
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        n, q, steps = self.num_samples, self.sample_rate, self.steps
+        if q >= 1.0:
+            for _ in range(steps):
+                yield torch.arange(n)
+            return
+        # All of the epoch's gaps in one draw: row i holds batch i's included positions.
+        chunk = self._chunk()
+        gaps = torch.empty((steps, chunk), dtype=torch.float64).geometric_(q, generator=self.generator)
+        positions = gaps.cumsum_(1).sub_(1.0)
+        counts = (positions < n).sum(1).tolist()
+        rows = positions.long()
+        for i in range(steps):
+            if counts[i] < chunk:
+                yield rows[i, : counts[i]]
+            else:  # ran out of gaps before the end of the data (rare): keep drawing
+                yield torch.cat([rows[i], self._positions_after(float(positions[i, -1]))])
+
+    def draw(self) -> torch.Tensor:
+        """Indices of one Poisson batch, sorted ascending."""
+        if self.sample_rate >= 1.0:
+            return torch.arange(self.num_samples)
+        return self._positions_after(-1.0)
+
+    def _chunk(self) -> int:
+        mean = self.num_samples * self.sample_rate
+        return int(mean + 6.0 * math.sqrt(mean * (1.0 - self.sample_rate)) + 16)
+
+    def _positions_after(self, last: float) -> torch.Tensor:
+        """Included positions in (last, n), by geometric gaps starting after ``last``."""
+        n, chunk, parts = self.num_samples, self._chunk(), []
+        while True:
+            gaps = torch.empty(chunk, dtype=torch.float64).geometric_(self.sample_rate, generator=self.generator)
+            positions = gaps.cumsum_(0).add_(last)
+            inside = int(torch.searchsorted(positions, float(n)))
+            parts.append(positions[:inside])
+            if inside < chunk:
+                return torch.cat(parts).long()
+            last = float(positions[-1])
+
+
+class _GeometricDPDataLoader(DPDataLoader):
+    """Opacus's DPDataLoader (empty-batch collate included) over :class:`GeometricPoissonSampler`."""
+
+    def __init__(self, dataset: Dataset, *, sample_rate: float, generator: torch.Generator) -> None:
+        first = dataset[0]
+        self.sample_rate = sample_rate
+        self.distributed = False
+        DataLoader.__init__(
+            self,
+            dataset,
+            batch_sampler=GeometricPoissonSampler(
+                num_samples=len(dataset), sample_rate=sample_rate, generator=generator
+            ),
+            collate_fn=wrap_collate_with_empty(
+                collate_fn=_whole_batch,
+                sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+                dtypes=[dtype_safe(x) for x in first],
+            ),
+            generator=generator,
+        )
+
+
+# -- validation -------------------------------------------------------------------------
+def _positive(name: str, value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}; {what}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}; {what}")
+    return float(value)
+
+
+def _check_data(X: object, y: object) -> None:
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise DataError(
+            f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}; "
+            "convert with torch.as_tensor(...)"
+        )
+    if X.dim() == 0 or len(X) == 0:
+        raise DataError("X has no rows: this partner has no training data for the task")
+    if y.dim() == 0 or len(y) != len(X):
+        raise DataError(
+            f"X has {len(X)} rows but y has {len(y) if y.dim() else 'no'} labels; "
+            "they must be aligned row by row"
+        )
+    for name, t in (("X", X), ("y", y)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[0, 0])
+            raise DataError(f"{name} has a NaN or infinite value (first at row {bad}); impute or drop it")
+
+
+def _check_batch_size(batch_size: object, n: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise ConfigError(f"batch_size must be an integer, got {batch_size!r}")
+    if not 1 <= batch_size <= n:
+        raise ConfigError(
+            f"batch_size must be between 1 and the number of rows ({n}), got {batch_size}"
+        )
+    return batch_size
+
+
+def _check_loss_reduction(loss_fn: LossFn) -> None:
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction != "mean":
+        raise ConfigError(
+            f"loss_fn must average over the batch (reduction='mean'), got reduction={reduction!r}"
+        )
+
+
+class _Trainer:
+    """Validation, optimizer and FedProx anchor shared by the private and plain trainers."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        batch_size: int,
+        lr: float,
+        optimizer: str,
+        proximal_mu: float,
+        anchor: Sequence[torch.Tensor] | None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise ConfigError("loss_fn must be callable as loss_fn(output, target)")
+        _check_data(X, y)
+        self.batch_size = _check_batch_size(batch_size, len(X))
+        self.lr = _positive("lr", lr, "use a learning rate such as 0.05")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if isinstance(proximal_mu, bool) or not isinstance(proximal_mu, (int, float)) or not (
+            math.isfinite(proximal_mu) and proximal_mu >= 0
+        ):
+            raise ConfigError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
+        self._module, self.X, self.y, self.loss_fn = model, X, y, loss_fn
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ConfigError("the model has no trainable parameters; nothing to train")
+        self.proximal_mu = float(proximal_mu)
+        self._prox_pairs = self._anchor_pairs(model, anchor) if self.proximal_mu > 0 else []
+        self._base_optimizer = (
+            torch.optim.SGD(self._params, lr=self.lr, momentum=SGD_MOMENTUM)
+            if optimizer == "sgd"
+            else torch.optim.Adam(self._params, lr=self.lr)
+        )
+        self.optimizer_name = optimizer
+
+    @staticmethod
+    def _anchor_pairs(
+        model: nn.Module, anchor: Sequence[torch.Tensor] | None
+    ) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        params = list(model.parameters())
+        if anchor is None:  # FedProx default: the weights the round started from
+            anchor = [p.detach().clone() for p in params]
+        anchor = list(anchor)
+        if len(anchor) != len(params):
+            raise ConfigError(
+                f"anchor has {len(anchor)} tensors but the model has {len(params)} parameters; "
+                "pass one tensor per model.parameters() entry, in that order"
+            )
+        pairs = []
+        for i, (p, a) in enumerate(zip(params, anchor)):
+            if not isinstance(a, torch.Tensor) or a.shape != p.shape:
+                shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+                raise ConfigError(f"anchor[{i}] has shape {shape}, parameter {i} has {tuple(p.shape)}")
+            if p.requires_grad:
+                pairs.append((p, a.detach().to(dtype=p.dtype, device=p.device).clone()))
+        return pairs
+
+    def _add_proximal(self) -> None:
+        """FedProx: grad += mu * (w - w_anchor). Uses no data, so it costs no privacy."""
+        with torch.no_grad():
+            for p, a in self._prox_pairs:
+                if p.grad is None:  # parameter unused by this batch's forward
+                    p.grad = torch.zeros_like(p)
+                p.grad.add_(p - a, alpha=self.proximal_mu)
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained module itself (not an Opacus wrapper)."""
+        return self._module
+
+
+class DPTrainer(_Trainer):
+    """DP-SGD with Poisson sampling; one :meth:`train_epoch` = ``steps_per_epoch`` steps.
+
+    ``loss_fn`` must return the batch mean of per-sample losses (nn losses do by default).
+    ``anchor`` aligns with ``model.parameters()``; with ``proximal_mu > 0`` and no anchor,
+    the initial weights are the anchor.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        batch_size: int,
+        lr: float,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        optimizer: str = "sgd",
+        clipping: str = "fast",
+        proximal_mu: float = 0.0,
+        anchor: Sequence[torch.Tensor] | None = None,
+        noise_generator: torch.Generator | None = None,
+        sampling_generator: torch.Generator | None = None,
+        sampler: str = "geometric",
+    ) -> None:
+        self.noise_multiplier = _positive(
+            "noise_multiplier", noise_multiplier, "DP-SGD needs noise; use PlainTrainer for a non-private baseline"
+        )
+        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm, "it is the per-sample clipping bound, e.g. 1.0")
+        if clipping not in CLIPPING_MODES:
+            raise ConfigError(f"unknown clipping {clipping!r}; choose one of {', '.join(CLIPPING_MODES)}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        super().__init__(
+            model, X, y, loss_fn, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            proximal_mu=proximal_mu, anchor=anchor,
+        )
+        _check_loss_reduction(loss_fn)
+        if clipping == "ghost" and not isinstance(getattr(loss_fn, "reduction", None), str):
+            raise ConfigError(
+                "clipping='ghost' needs a torch loss module with a 'reduction' attribute "
+                "(e.g. nn.BCEWithLogitsLoss()); use clipping='fast' for a plain function"
+            )
+        self.clipping = clipping
+        self.sample_rate = self.batch_size / len(X)
+        self.steps_per_epoch = int(1 / self.sample_rate)
+        self.steps_taken = 0  # all optimizer steps so far, also those of an epoch that failed
+        self._noise_generator = noise_generator or secure_generator()
+        self._sampling_generator = sampling_generator or secure_generator()
+        dataset = _TensorPairs(X, y)
+        if sampler == "geometric":
+            self._loader: DPDataLoader = _GeometricDPDataLoader(
+                dataset, sample_rate=self.sample_rate, generator=self._sampling_generator
+            )
+        else:
+            self._loader = DPDataLoader(
+                dataset, sample_rate=self.sample_rate, collate_fn=_whole_batch,
+                generator=self._sampling_generator,
+            )
+        if len(self._loader) != self.steps_per_epoch:  # the ledger relies on this equality
+            raise RuntimeError("Opacus DPDataLoader step count differs from int(1 / sample_rate)")
+        self._setup_clipping()
+        if self._prox_pairs:
+            self._optimizer.attach_step_hook(lambda _opt: self._add_proximal())
+
+    def _setup_clipping(self) -> None:
+        dp_args = dict(
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.batch_size,
+            loss_reduction="mean",
+            generator=self._noise_generator,
+            secure_mode=True,
+        )
+        self._clipper: FastGradientClipper | None = None
+        self._wrapped: nn.Module = self._module
+        if self.clipping == "fast":
+            self._clipper = FastGradientClipper(self._module)
+            self._optimizer: DPOptimizer = DPOptimizerFastClipping(
+                self._base_optimizer,
+                clipper=self._clipper,
+                noise_block_steps=max(1, min(self.steps_per_epoch, NOISE_BLOCK_ELEMENTS // self._clipper.flat_summed_grad.numel())),
+                **dp_args,
+            )
+        elif self.clipping == "hooks":
+            self._wrapped = GradSampleModule(self._module, batch_first=True, loss_reduction="mean")
+            self._optimizer = DPOptimizer(self._base_optimizer, **dp_args)
+        else:
+            self._wrapped = GradSampleModuleFastGradientClipping(
+                self._module, batch_first=True, loss_reduction="mean",
+                max_grad_norm=self.max_grad_norm, use_ghost_clipping=True,
+            )
+            self._optimizer = DPOptimizerFastGradientClipping(self._base_optimizer, **dp_args)
+            self._ghost_loss = DPLossFastGradientClipping(self._wrapped, self._optimizer, self.loss_fn, "mean")
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self._loader)
+
+    def _backward(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Forward + backward leaving the clipped per-sample sum for the optimizer."""
+        if self._clipper is not None:  # hooks attached for the whole epoch
+            loss = self.loss_fn(self._module(xb), yb)
+            self._clipper.clip_and_accumulate(loss, batch_size=len(xb), max_grad_norm=self.max_grad_norm)
+            return loss.detach()
+        if self.clipping == "ghost":
+            loss = self._ghost_loss(self._wrapped(xb), yb)
+            loss.backward()
+            return loss.detach()
+        loss = self.loss_fn(self._wrapped(xb), yb)
+        loss.backward()
+        return loss.detach()
+
+    def _empty_batch(self) -> None:
+        """Poisson drew no rows: the clipped sum is zero; the step (and its noise) still happens."""
+        if self._clipper is not None:
+            self._clipper.zero_summed_grad()
+        elif self.clipping == "hooks":
+            for p in self._params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        else:
+            for p in self._params:
+                p.grad = torch.zeros_like(p)
+
+    def train_epoch(self) -> EpochStats:
+        """One pass of ``steps_per_epoch`` Poisson-sampled noisy steps."""
+        self._module.train()
+        steps, seen = 0, 0
+        loss_sum = 0.0
+        if self._clipper is not None:
+            self._clipper.attach()
+        try:
+            for xb, yb in self._batches():
+                n = len(xb)
+                if n == 0:
+                    self._empty_batch()
+                else:
+                    loss_sum += float(self._backward(xb, yb)) * n
+                self._optimizer.step()
+                self._optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                self.steps_taken += 1
+                seen += n
+        finally:
+            if self._clipper is not None:
+                self._clipper.detach()
+        mean_loss = loss_sum / seen if seen else float("nan")
+        return EpochStats(steps=steps, mean_loss=mean_loss, examples_seen=seen)
+
+
+class PlainTrainer(_Trainer):
+    """Non-private baseline: shuffled mini-batches, same optimizer and FedProx term."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        batch_size: int,
+        lr: float,
+        optimizer: str = "sgd",
+        proximal_mu: float = 0.0,
+        anchor: Sequence[torch.Tensor] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            model, X, y, loss_fn, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            proximal_mu=proximal_mu, anchor=anchor,
+        )
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self.steps_per_epoch = math.ceil(len(X) / self.batch_size)
+
+    def train_epoch(self) -> EpochStats:
+        """One shuffled pass over all rows."""
+        self._module.train()
+        n = len(self.X)
+        order = torch.randperm(n, generator=self._generator)
+        loss_sum = 0.0
+        steps = 0
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            xb, yb = self.X.index_select(0, idx), self.y.index_select(0, idx)
+            loss = self.loss_fn(self._module(xb), yb)
+            self._base_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self._prox_pairs:
+                self._add_proximal()
+            self._base_optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            steps += 1
+        return EpochStats(steps=steps, mean_loss=loss_sum / n, examples_seen=n)

@@ -1,0 +1,319 @@
+"""Book-keeping per-sample clipping for DP-SGD, plugged into Opacus's optimizer.
+
+Why: Opacus's default path materialises every per-sample gradient (B x out x in per
+layer) and its ghost clipping runs a second backward pass. For ``nn.Linear`` on 2-D
+input neither is needed: the per-sample gradient of the weight is the outer product
+``g_i a_i^T`` of the backprop ``g_i`` and the activation ``a_i``, so
+
+* its squared norm is ``||g_i||^2 * ||a_i||^2`` (and ``||g_i||^2`` for the bias), and
+* the clipped sum ``sum_i c_i g_i a_i^T`` is one matmul ``(c * G)^T A``.
+
+:class:`FastGradientClipper` records each layer's input and output in the forward
+pass, asks autograd (one backward pass) for the gradient of the loss with respect to
+those outputs only -- so autograd never builds the unclipped weight gradients -- and
+writes the clipped per-sample sum to ``p.summed_grad``. :class:`DPOptimizerFastClipping`
+is an Opacus ``DPOptimizer`` that starts from that ``summed_grad``: Opacus still adds
+the Gaussian noise, scales by the expected batch size and steps the wrapped optimizer.
+
+Parametrised layers other than plain ``nn.Linear`` on 2-D input (``Conv``,
+``LayerNorm``, ``Embedding``, ``Linear`` on sequences, ...) fall back to the per-sample
+gradient functions Opacus registers for them (its "hooks" samplers), inside the same
+backward pass. A layer type Opacus has no sampler for is refused with a ConfigError.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _generate_noise
+from torch import nn
+
+from fedcustomer.errors import ConfigError
+
+# Same guard against division by zero that Opacus uses, so clip factors match it exactly.
+_NORM_EPS = 1e-6
+
+
+def _trainable_direct_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def _is_fast_linear(module: nn.Module) -> bool:
+    # Exact type: a subclass may override forward() and break the outer-product identity.
+    return type(module) is nn.Linear
+
+
+def _describe(name: str, module: nn.Module) -> str:
+    return f"layer {name or '<root>'} ({type(module).__name__})"
+
+
+class FastGradientClipper:
+    """Computes per-sample norms and the clipped gradient sum in one backward pass.
+
+    Usage per step (loss must be the *mean* over the batch, like nn losses by default)::
+
+        clipper.attach()                      # forward hooks, once per epoch
+        loss = loss_fn(model(xb), yb)
+        clipper.clip_and_accumulate(loss, batch_size=len(xb), max_grad_norm=C)
+        ...                                   # p.summed_grad now holds sum_i clip(grad_i)
+        clipper.detach()                      # model back as it was
+
+    All ``p.summed_grad`` are views of one flat buffer (``flat_summed_grad``), reused
+    every step, so the optimizer can noise and scale it in one operation.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.params: list[nn.Parameter] = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters; nothing to train")
+        self._names = {id(m): n for n, m in module.named_modules()}
+        self._layers: list[nn.Module] = []
+        owner: dict[int, str] = {}
+        for name, sub in module.named_modules():
+            own = _trainable_direct_params(sub)
+            if not own:
+                continue
+            if not _is_fast_linear(sub) and type(sub) not in GradSampleModule.GRAD_SAMPLERS:
+                raise ConfigError(
+                    f"{_describe(name, sub)} has trainable parameters but neither fast clipping "
+                    "nor Opacus has a per-sample gradient rule for it; use clipping='hooks' "
+                    "(Opacus functorch fallback) or replace the layer"
+                )
+            for p in own:
+                if id(p) in owner:
+                    raise ConfigError(
+                        f"{_describe(name, sub)} shares a parameter with layer {owner[id(p)]} (tied "
+                        "weights); per-sample norms do not decompose per layer, use clipping='hooks'"
+                    )
+                owner[id(p)] = name
+            self._layers.append(sub)
+        kinds = {(p.dtype, p.device) for p in self.params}
+        if len(kinds) != 1:
+            raise ConfigError(
+                "fast clipping needs all trainable parameters on one device with one dtype, got "
+                f"{sorted(str(k) for k in kinds)}; convert the model with .to(...) or use clipping='hooks'"
+            )
+        ((self._dtype, self._device),) = kinds
+        self.sizes = [p.numel() for p in self.params]
+        self.flat_summed_grad = torch.zeros(sum(self.sizes), dtype=self._dtype, device=self._device)
+        self.views = [
+            v.view(p.shape) for p, v in zip(self.params, self.flat_summed_grad.split(self.sizes))
+        ]
+        self._view_of = {id(p): v for p, v in zip(self.params, self.views)}
+        self._records: list[tuple[nn.Module, tuple, torch.Tensor, int]] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.fresh = False
+
+    # -- forward recording ---------------------------------------------------------------
+    def attach(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if not self._handles:
+            self._records = []
+            self._handles = [m.register_forward_hook(self._capture) for m in self._layers]
+
+    def detach(self) -> None:
+        """Remove the hooks so the model is left as it was handed in."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._records = []
+
+    def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._records.append((module, inputs, output, getattr(output, "_version", -1)))
+
+    # -- the clipped sum -------------------------------------------------------------------
+    def clip_and_accumulate(
+        self, loss: torch.Tensor, *, batch_size: int, max_grad_norm: float
+    ) -> torch.Tensor:
+        """Write ``sum_i clip(grad_i)`` into ``p.summed_grad``; return per-sample norms.
+
+        ``loss`` is the batch mean of the per-sample losses (Opacus ``loss_reduction="mean"``),
+        so autograd yields backprops divided by ``batch_size``; that factor is folded into
+        the (B,)-sized norm and clip vectors rather than into every layer's tensors.
+        """
+        records, self._records = self._records, []
+        self._check_records(records)
+        grads = torch.autograd.grad(loss, [r[2] for r in records], allow_unused=True)
+        with torch.no_grad():
+            norm2: torch.Tensor | None = None
+            linear, fallback, written = [], [], 0
+            for (module, inputs, _, _), g in zip(records, grads):
+                if g is None:  # output did not reach the loss: zero gradient
+                    continue
+                a = inputs[0] if inputs else None
+                if _is_fast_linear(module) and a is not None and a.dim() == 2 and g.dim() == 2:
+                    if a.dtype != g.dtype:
+                        a = a.to(g.dtype)
+                    part = self._linear_norm2(module, a, g)
+                    linear.append((module, a, g))
+                else:  # Opacus's sampler expects backprops of the summed loss
+                    sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
+                    samples = sampler(module, [t.detach() for t in inputs], g * batch_size)
+                    fallback.append(samples)
+                    part = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
+                    for gs in samples.values():
+                        flat_gs = gs.reshape(batch_size, -1).to(self._dtype)
+                        part.add_(torch.linalg.vecdot(flat_gs, flat_gs), alpha=1.0 / batch_size**2)
+                norm2 = part if norm2 is None else norm2.add_(part)
+            if norm2 is None:
+                norm2 = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
+            norms = norm2.sqrt_().mul_(batch_size)
+            clip = (max_grad_norm / (norms + _NORM_EPS)).clamp_(max=1.0)
+            scaled_clip = clip * batch_size
+            for module, a, g in linear:
+                cg_t = g.t() * scaled_clip  # (out, B): column i scaled by c_i
+                if module.weight.requires_grad:
+                    torch.mm(cg_t, a, out=self._view_of[id(module.weight)])
+                    written += 1
+                if module.bias is not None and module.bias.requires_grad:
+                    torch.sum(cg_t, 1, out=self._view_of[id(module.bias)])
+                    written += 1
+            for samples in fallback:
+                for p, gs in samples.items():
+                    self._view_of[id(p)].copy_(torch.einsum("i,i...->...", clip, gs.to(p.dtype)))
+                    written += 1
+            if written != len(self.params):
+                self._zero_unwritten(linear, fallback)
+        self._publish()
+        return norms
+
+    def zero_summed_grad(self) -> None:
+        """An empty Poisson batch: the clipped sum is zero, noise is still to be added."""
+        self._records = []
+        self.flat_summed_grad.zero_()
+        self._publish()
+
+    def _publish(self) -> None:
+        for p, v in zip(self.params, self.views):
+            p.summed_grad = v
+        self.fresh = True  # one noisy step may consume it
+
+    def _zero_unwritten(self, linear: list, fallback: list) -> None:
+        """Layers absent from this forward (or cut off from the loss) get a zero gradient."""
+        done = {id(p) for samples in fallback for p in samples}
+        for module, _, _ in linear:
+            done.update(id(p) for p in _trainable_direct_params(module))
+        for p, v in zip(self.params, self.views):
+            if id(p) not in done:
+                v.zero_()
+
+    @staticmethod
+    def _linear_norm2(module: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1) (weight, bias), mean-scaled."""
+        g2 = torch.linalg.vecdot(g, g)
+        bias = module.bias is not None and module.bias.requires_grad
+        if not module.weight.requires_grad:
+            return g2
+        a2 = torch.linalg.vecdot(a, a)
+        return g2.mul_(a2.add_(1.0) if bias else a2)
+
+    def _check_records(self, records: list) -> None:
+        seen: set[int] = set()
+        for module, _, output, version in records:
+            if not isinstance(output, torch.Tensor):
+                raise ConfigError(
+                    f"{_describe(self._names.get(id(module), ''), module)} returned "
+                    f"{type(output).__name__}, not a tensor; use clipping='hooks'"
+                )
+            if id(module) in seen:
+                raise ConfigError(
+                    f"{_describe(self._names.get(id(module), ''), module)} ran more than once in one "
+                    "forward pass (shared weights); per-sample norms do not decompose, use clipping='hooks'"
+                )
+            seen.add(id(module))
+            if output._version != version:
+                raise ConfigError(
+                    f"the output of {_describe(self._names.get(id(module), ''), module)} was modified "
+                    "in place (e.g. ReLU(inplace=True)); use out-of-place activations or clipping='hooks'"
+                )
+
+
+class DPOptimizerFastClipping(DPOptimizer):
+    """Opacus ``DPOptimizer`` whose clipped sum was already written by the clipper.
+
+    Opacus's own steps follow in substance: Gaussian noise of std
+    ``noise_multiplier * max_grad_norm`` from Opacus's ``_generate_noise`` (floating-point
+    safe when ``secure_mode``), division by ``expected_batch_size``, the step hook, the
+    wrapped optimizer's step. Two shortcuts keep small models fast:
+
+    * they act on the clipper's flat buffer once, not once per parameter (``p.grad`` and
+      ``p.summed_grad`` are views of it; the noise is added in place);
+    * noise is data-independent, so ``noise_block_steps`` steps' worth is drawn in one
+      ``_generate_noise`` call and used one row per step -- the same distribution.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        clipper: FastGradientClipper,
+        noise_block_steps: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.clipper = clipper
+        self._params = list(DPOptimizer.params.fget(self))
+        if [id(p) for p in self._params] != [id(p) for p in clipper.params]:
+            raise ValueError("optimizer and clipper must manage the same parameters in the same order")
+        self.noise_block_steps = max(1, int(noise_block_steps))
+        self._noise_block: torch.Tensor | None = None
+        self._noise_row = 0
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        # Opacus rebuilds this list on every access; the parameter set never changes here.
+        cached = self.__dict__.get("_params")
+        return cached if cached is not None else DPOptimizer.params.fget(self)
+
+    @property
+    def accumulated_iterations(self) -> int:
+        return 1
+
+    def clip_and_accumulate(self) -> None:
+        """Clipping happened in :class:`FastGradientClipper`; nothing left to do."""
+
+    def _next_noise(self) -> torch.Tensor:
+        flat = self.clipper.flat_summed_grad
+        if self._noise_block is None or self._noise_row >= len(self._noise_block):
+            self._noise_block = _generate_noise(
+                std=self.noise_multiplier * self.max_grad_norm,
+                reference=flat.new_empty((self.noise_block_steps, flat.numel())),
+                generator=self.generator,
+                secure_mode=self.secure_mode,
+            )
+            self._noise_row = 0
+        row = self._noise_block[self._noise_row]
+        self._noise_row += 1
+        return row
+
+    def add_noise(self) -> None:
+        if not self.clipper.fresh:
+            raise ValueError(
+                "no fresh clipped gradient to privatise: run the clipper once before each "
+                "step() and call zero_grad() after it"
+            )
+        self.clipper.flat_summed_grad.add_(self._next_noise())
+        for p, view in zip(self._params, self.clipper.views):
+            p.grad = view
+        self.clipper.fresh = False
+
+    def scale_grad(self) -> None:
+        if self.loss_reduction == "mean":  # every p.grad is a view of the flat buffer
+            self.clipper.flat_summed_grad.div_(self.expected_batch_size * self.accumulated_iterations)
+
+    def pre_step(self, closure=None) -> bool:  # noqa: ANN001 - Opacus signature
+        self.add_noise()
+        self.scale_grad()
+        if self.step_hook:
+            self.step_hook(self)
+        self._is_last_step_skipped = False
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # The buffer is overwritten by the next clipping; only the references go.
+        for p in self._params:
+            p.summed_grad = None
+            p.grad = None

@@ -692,3 +692,25 @@ def test_rewritten_line_with_keys_out_of_canonical_order_is_modified(tmp_path: P
     write_lines(log.log_path, ls)
     r = log.verify()
     assert (r.problem, r.first_bad_seq) == ("modified", 2) and "canonical" in r.message
+
+
+def test_verify_during_concurrent_appends_sees_a_consistent_snapshot(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit", checkpoint_every=25)
+    stop = threading.Event()
+
+    def writer() -> None:
+        writer_log = AuditLog.open(tmp_path / "audit", checkpoint_every=25)
+        while not stop.is_set():
+            writer_log.append(actor="w", role="r", action="ingest", details={"pad": "x" * 200})
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        while log.head()[0] < 50:
+            stop.wait(0.001)
+        reports = [log.verify() for _ in range(30)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(r.ok for r in reports), [r.message for r in reports if not r.ok]
+    assert reports[0].entries >= 50 and reports[-1].entries > reports[0].entries

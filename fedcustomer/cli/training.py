@@ -30,6 +30,7 @@ def run(
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
     data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
     data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
+    label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
     rounds: int = typer.Option(5, help="federated rounds"),
@@ -63,7 +64,7 @@ def run(
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
         job = JobConfig(
-            task=task, data=data, data_dir=str(data_dir) if data_dir else None, split=split, partners=partners,
+            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label, split=split, partners=partners,
             rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, arch=arch,
             dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
             max_noise_multiplier=max_noise_multiplier, clipping=clipping, strategy=strategy, proximal_mu=proximal_mu,
@@ -186,6 +187,7 @@ def baseline(
     task: str = typer.Option("repayment"),
     data: str = typer.Option("synthetic"),
     data_dir: Optional[Path] = typer.Option(None),
+    label: Optional[str] = typer.Option(None),
     split: str = typer.Option("iid"),
     partners: int = typer.Option(3),
     arch: str = typer.Option("mlp"),
@@ -203,7 +205,7 @@ def baseline(
     from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
     JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
-    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir)
+    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     results = [
         train_centralised(spec, datasets, **common),

@@ -138,6 +138,10 @@ class PartnerNode:
             planned = GaussianSteps(sigma, batch_size / len(X), round_steps)
             projected = ledger.project_gaussian(planned)
             if projected.epsilon > ledger.budget.epsilon:
+                ledger.record_refusal(
+                    charge_key, "dpsgd", projected.epsilon,
+                    f"round {ins.round} of run {ins.run_id} would exceed the target",
+                )
                 return self._refusal(
                     ledger,
                     f"round {ins.round} would bring epsilon to {projected.epsilon:.3f}, "

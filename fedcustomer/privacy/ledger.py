@@ -185,6 +185,15 @@ class BudgetLedger:
             "delta_target": self.budget.delta,
         }
 
+    def record_refusal(self, charge_key: str, mechanism: str, epsilon_would_be: float, reason: str) -> None:
+        """Keep a release the partner declined before trying (e.g. a round checked in advance)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (charge_key, self.dataset, _now(), mechanism, epsilon_would_be, self.budget.epsilon, reason),
+            )
+
     # --- charging --------------------------------------------------------------
     def charge_gaussian(
         self,

@@ -35,6 +35,7 @@ class JobConfig:
     task: str = "repayment"
     data: str = "synthetic"
     data_dir: str | None = None
+    label: str | None = None
     split: str = "iid"
     partners: int = 3
     rounds: int = 5

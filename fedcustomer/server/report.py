@@ -164,7 +164,8 @@ class RunRecorder:
             ax.plot([r.round for r in applied], [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".", linestyle="--", label="held-out loss")
         ax.set_xlabel("round")
         ax.set_title(f"{self.job.task}: held-out metrics per round")
-        ax.legend()
+        if applied:
+            ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(plots / f"{metric}_vs_round.png", dpi=110)

@@ -33,7 +33,7 @@ def prepare_partners(job: JobConfig) -> tuple[FeatureSpec, list[PartnerHome]]:
     """Load and split the data, and give every simulated partner its home with its split."""
     spec, datasets = load_partitions(
         job.task, job.data, job.partners, split=job.split, seed=job.seed,
-        data_dir=Path(job.data_dir) if job.data_dir else None,
+        data_dir=Path(job.data_dir) if job.data_dir else None, label=job.label,
     )
     root = homes_dir(job)
     root.mkdir(parents=True, exist_ok=True)
@@ -50,8 +50,10 @@ def prepare_partners(job: JobConfig) -> tuple[FeatureSpec, list[PartnerHome]]:
         else:
             home = PartnerHome.create(home.root, ds.name, budgets={job.dataset_name: DatasetBudget(job.epsilon, job.delta)})
         access = PartnerDataAccess(home)
-        access.write_split(job.dataset_name, "train", ds.train)
-        access.write_split(job.dataset_name, "test", ds.test)
+        # Only the columns training needs; core-tier fields (national ID, name...) are never written in clear.
+        keep = spec.columns()
+        access.write_split(job.dataset_name, "train", ds.train[keep])
+        access.write_split(job.dataset_name, "test", ds.test[keep])
         homes.append(home)
     index = root / FEDERATION_INDEX
     index.write_text(json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8")

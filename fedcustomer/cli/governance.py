@@ -1,0 +1,351 @@
+"""Governance commands: init, schema draft, ingest, read, approvals, keys, erase.
+
+Thin shells over :class:`fedcustomer.data.store.PartnerStore`: every command names a
+partner home (``--home``) and who is acting (``--actor NAME --role ROLE``); the
+store checks the access policy and writes the audit log. Errors are
+``FedCustomerError`` subclasses, which ``fedcustomer.cli.main`` prints and maps to
+the documented exit codes (docs/GOVERNANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.errors import ConfigError
+
+console = Console()
+
+HomeOpt = typer.Option(..., "--home", help="Partner home directory.")
+ActorOpt = typer.Option(..., "--actor", help="Who is acting (a person or service name).")
+RoleOpt = typer.Option(..., "--role", help="The actor's role, e.g. partner_admin, risk_officer.")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+
+schema_app = typer.Typer(help="Dataset schemas (field tiers, validation, masking).", no_args_is_help=True)
+approvals_app = typer.Typer(help="Two-person approvals for core-field reads.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key-encryption keys: list, rotate, retire.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the governance commands to the root ``fedcustomer`` app."""
+    app.command("init", help="Create a partner home: keys, audit log and an empty store.")(init_cmd)
+    app.command("ingest", help="Validate and load a CSV/Parquet file into the governed store.")(ingest_cmd)
+    app.command("read", help="Read customer data through the access policy (audit-logged).")(read_cmd)
+    app.command("erase", help="Crypto-shred one customer in every dataset.")(erase_cmd)
+    app.add_typer(schema_app, name="schema")
+    app.add_typer(approvals_app, name="approvals")
+    app.add_typer(keys_app, name="keys")
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _actor(name: str, role: str) -> Any:
+    from fedcustomer.privacy.access import Actor
+
+    return Actor(name, role)
+
+
+def _open(home: Path) -> Any:
+    from fedcustomer.data.store import PartnerStore
+
+    return PartnerStore.open(PartnerHome(home))
+
+
+def _load_schema(spec: str) -> Any:
+    """A schema file path, or the name of a bundled example ('bank', 'retailer')."""
+    from fedcustomer.data.schema import Schema, load_bundled
+
+    path = Path(spec)
+    if path.exists() or spec.endswith((".yaml", ".yml")):
+        return Schema.load(path)
+    return load_bundled(spec)
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--fields is empty; give comma-separated field names")
+    return names
+
+
+def _parse_where(items: Optional[list[str]]) -> dict[str, Any]:
+    where: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--where {item!r} is not FIELD=VALUE")
+        key = key.strip()
+        if key in where:
+            where[key] = [*where[key], value] if isinstance(where[key], list) else [where[key], value]
+        else:
+            where[key] = value
+    return where
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def init_cmd(
+    home: Path = HomeOpt,
+    name: str = typer.Option(..., "--name", help="Partner name, e.g. bank_north."),
+    actor: str = typer.Option("admin", "--actor", help="Who is initialising the node."),
+    role: str = typer.Option("partner_admin", "--role", help="Must be allowed the 'keys' action."),
+) -> None:
+    from fedcustomer.data.store import PartnerStore
+
+    store = PartnerStore.init(PartnerHome(home), name, actor=_actor(actor, role))
+    try:
+        console.print(f"initialised partner [bold]{name}[/] in {home}: keys, audit log, empty store")
+    finally:
+        store.close()
+
+
+@schema_app.command("draft", help="Guess a schema from a CSV/Parquet file; review every tier before use.")
+def schema_draft_cmd(
+    input: Path = typer.Option(..., "--input", help="CSV or Parquet file with a header."),
+    output: Path = typer.Option(..., "--output", help="Where to write the YAML schema."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: from the file name)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    from fedcustomer.data.schema import draft_schema
+
+    if output.exists() and not force:
+        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    schema = draft_schema(input, dataset=dataset)
+    schema.save(output)
+    core = [f.name for f in schema.fields if f.is_core]
+    console.print(f"wrote {output}: {len(schema.fields)} fields, core (encrypted): {', '.join(core) or 'none'}")
+    console.print("review every tier, type and rule before ingesting real data")
+
+
+def ingest_cmd(
+    schema: str = typer.Option(..., "--schema", help="Schema YAML file (or 'bank' / 'retailer' examples)."),
+    input: Path = typer.Option(..., "--input", help="CSV or Parquet file."),
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    quality: Optional[Path] = typer.Option(
+        None, "--quality", help="Where to write quality.json (default: <home>/state/quality.json)."
+    ),
+    chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Rows per chunk (memory bound)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Partner name if the home is created now."),
+    as_json: bool = JsonOpt,
+) -> None:
+    from fedcustomer.data.ingest import print_report
+    from fedcustomer.data.store import PartnerStore
+
+    who = _actor(actor, role)
+    spec = _load_schema(schema)
+    phome = PartnerHome(home)
+    if not phome.store_path.exists():
+        partner = name or (phome.config().name if phome.config_path.exists() else phome.root.resolve().name)
+        store = PartnerStore.init(phome, partner, actor=who)
+    else:
+        store = PartnerStore.open(phome)
+    try:
+        report = store.ingest(who, spec, input, chunk_rows=chunk_rows)
+    finally:
+        store.close()
+    target = quality or phome.state_dir / "quality.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    report.write_json(target)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        print_report(report, console)
+        console.print(f"quality report: {target}")
+
+
+def read_cmd(
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    purpose: str = typer.Option(..., "--purpose", help="training, analytics, marketing, risk_review, ..."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset (needed when the store has several)."),
+    fields: Optional[str] = typer.Option(None, "--fields", help="Comma-separated fields (default: all you may see)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="FIELD=VALUE on a public field; repeatable."),
+    approval: Optional[str] = typer.Option(None, "--approval", help="Use this approval id for core fields."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the rows to this CSV file."),
+    limit: int = typer.Option(20, "--limit", help="Rows to print when no --output is given."),
+) -> None:
+    store = _open(home)
+    try:
+        frame = store.read(
+            _actor(actor, role), purpose, _split(fields), _parse_where(where), dataset=dataset, approval_id=approval
+        )
+    finally:
+        store.close()
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp")
+        frame.to_csv(tmp)
+        tmp.replace(output)
+        console.print(f"wrote {len(frame)} rows x {len(frame.columns)} fields to {output}")
+        return
+    table = Table(title=f"{len(frame)} rows (showing {min(limit, len(frame))})")
+    table.add_column("pseudonym")
+    for col in frame.columns:
+        table.add_column(str(col))
+    for pseudonym, row in frame.head(limit).iterrows():
+        table.add_row(str(pseudonym)[:16] + "...", *("" if v is None else str(v) for v in row.tolist()))
+    console.print(table)
+
+
+def erase_cmd(
+    customer: str = typer.Option(..., "--customer", help="The customer's raw id (pseudonymised before use)."),
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
+) -> None:
+    if not yes:
+        typer.confirm("Erase this customer from every dataset? This cannot be undone", abort=True)
+    store = _open(home)
+    try:
+        result = store.erase(_actor(actor, role), customer)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(result)
+    else:
+        rows = sum(result["datasets"].values())
+        state = "erased" if result["found"] else "not found (erasure recorded; future ingests skip this customer)"
+        console.print(f"customer {result['pseudonym'][:16]}... {state}: {rows} row(s), {result['data_keys']} data key(s)")
+
+
+# --- approvals ---------------------------------------------------------------------------
+
+
+@approvals_app.command("request", help="Ask for clear access to core fields (needs two approvers).")
+def approvals_request_cmd(
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    dataset: str = typer.Option(..., "--dataset"),
+    fields: str = typer.Option(..., "--fields", help="Comma-separated core fields."),
+    purpose: str = typer.Option(..., "--purpose"),
+    ttl_hours: float = typer.Option(8.0, "--ttl-hours", help="How long the approval stays valid once granted."),
+    as_json: bool = JsonOpt,
+) -> None:
+    store = _open(home)
+    try:
+        request_id = store.request_approval(
+            _actor(actor, role), dataset, _split(fields) or [], purpose, timedelta(hours=ttl_hours)
+        )
+    finally:
+        store.close()
+    if as_json:
+        _print_json({"request_id": request_id})
+    else:
+        typer.echo(request_id)
+
+
+@approvals_app.command("approve", help="Sign an approval request (two distinct approvers complete it).")
+def approvals_approve_cmd(
+    request_id: str = typer.Argument(..., help="Request id from `approvals request`."),
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    store = _open(home)
+    try:
+        approval = store.approve(_actor(actor, role), request_id)
+    finally:
+        store.close()
+    result = {"request_id": request_id, "complete": approval is not None}
+    if approval is not None:
+        result.update({"approvers": list(approval.approvers), "expires_at": approval.expires_at})
+    if as_json:
+        _print_json(result)
+    elif approval is None:
+        console.print(f"signed {request_id}; one more distinct approver needed")
+    else:
+        console.print(f"approval {request_id} complete, valid until {approval.expires_at}")
+
+
+@approvals_app.command("list", help="Open requests still short of approvers.")
+def approvals_list_cmd(
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    store = _open(home)
+    try:
+        pending = store.pending_approvals(_actor(actor, role))
+    finally:
+        store.close()
+    if as_json:
+        _print_json(pending)
+        return
+    table = Table(title="pending approval requests")
+    for col in ("request_id", "requester", "dataset", "fields", "purpose", "expires_at", "approvals_needed"):
+        table.add_column(col)
+    for p in pending:
+        table.add_row(p["request_id"], p["requester"], p["dataset"], ",".join(p["fields"]), p["purpose"],
+                      p["expires_at"], str(p["approvals_needed"]))
+    console.print(table)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
+def keys_list_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
+    store = _open(home)
+    try:
+        versions = store.key_versions(_actor(actor, role))
+    finally:
+        store.close()
+    if as_json:
+        _print_json(versions)
+        return
+    table = Table(title="key-encryption keys")
+    for col in ("version", "status", "created_at", "wrapped_keys"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(str(v["version"]), v["status"], v["created_at"], str(v["wrapped_keys"]))
+    console.print(table)
+
+
+@keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")
+def keys_rotate_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
+    store = _open(home)
+    try:
+        result = store.rotate_keys(_actor(actor, role))
+    finally:
+        store.close()
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(f"active KEK version {result['active_version']}; re-wrapped {result['rewrapped']} key(s)")
+
+
+@keys_app.command("retire", help="Destroy an old KEK version (refused while data keys use it).")
+def keys_retire_cmd(
+    version: int = typer.Argument(..., help="KEK version to retire."),
+    home: Path = HomeOpt,
+    actor: str = ActorOpt,
+    role: str = RoleOpt,
+) -> None:
+    store = _open(home)
+    try:
+        store.retire_key(_actor(actor, role), version)
+    finally:
+        store.close()
+    console.print(f"KEK version {version} retired")

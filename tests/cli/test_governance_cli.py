@@ -1,0 +1,180 @@
+"""The governance commands end to end, through the real `fedcustomer` entry point."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fedcustomer.cli import main
+from fedcustomer.errors import AccessDenied, ConfigError, KeyMaterialError, SchemaError
+from tests.data.test_ingest import bank_frame, plant_bad_rows
+
+ADMIN = ["--actor", "alice", "--role", "partner_admin"]
+
+
+def run(argv, capsys):
+    """Run the CLI; returns (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def bank_csv(tmp_path):
+    frame, _ = plant_bad_rows(bank_frame(25))
+    path = tmp_path / "bank.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+@pytest.fixture()
+def home(tmp_path, capsys, bank_csv):
+    h = tmp_path / "home"
+    code, _, err = run(["init", "--home", str(h), "--name", "bank_a"], capsys)
+    assert code == 0, err
+    code, _, err = run(["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN], capsys)
+    assert code == 0, err
+    return h
+
+
+def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tmp_path, capsys):
+    quality = tmp_path / "q.json"
+    code, out, _ = run(
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(home), *ADMIN,
+         "--quality", str(quality), "--json"],
+        capsys,
+    )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["skipped_file"] is True and doc["rows"]["inserted"] == 0
+    assert json.loads(quality.read_text())["format"] == "fedcustomer.quality/1"
+    first = json.loads((home / "state" / "quality.json").read_text())
+    assert first["rows"]["read"] == 25 and not first["skipped_file"]
+
+
+def test_first_ingest_creates_the_home(tmp_path, bank_csv, capsys):
+    h = tmp_path / "fresh"
+    code, out, err = run(
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN, "--json"], capsys
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["rows"]["invalid"] == 5 and doc["rows"]["inserted"] == 20
+    assert (h / "store.db").exists() and (h / "keys" / "keyring.json").exists() and (h / "partner.toml").exists()
+
+
+def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys):
+    out_csv = tmp_path / "out.csv"
+    code, out, err = run(
+        ["read", "--home", str(home), "--actor", "node:bank_a", "--role", "training_pipeline", "--purpose",
+         "training", "--fields", "age,income,defaulted", "--where", "region=north", "--where", "region=south",
+         "--output", str(out_csv)],
+        capsys,
+    )
+    assert code == 0, err
+    frame = pd.read_csv(out_csv, index_col="pseudonym")
+    assert list(frame.columns) == ["age", "income", "defaulted"]
+    assert 0 < len(frame) <= 20
+
+
+def test_denied_read_exits_with_access_denied_code(home, capsys):
+    code, _, err = run(
+        ["read", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst", "--purpose", "marketing",
+         "--fields", "full_name"],
+        capsys,
+    )
+    assert code == AccessDenied.exit_code == 5
+    assert "full_name" in err and "Traceback" not in err
+
+
+def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
+    risk = ["--actor", "rick", "--role", "risk_officer"]
+    code, out, _ = run(
+        ["approvals", "request", "--home", str(home), *risk, "--dataset", "bank", "--fields", "full_name",
+         "--purpose", "risk_review", "--json"],
+        capsys,
+    )
+    assert code == 0
+    rid = json.loads(out)["request_id"]
+    code, out, _ = run(["approvals", "list", "--home", str(home), *ADMIN, "--json"], capsys)
+    assert [p["request_id"] for p in json.loads(out)] == [rid]
+    assert run(["approvals", "approve", rid, "--home", str(home), *ADMIN], capsys)[0] == 0
+    assert run(["approvals", "approve", rid, "--home", str(home), *ADMIN], capsys)[0] == 5  # same approver again
+    code, out, _ = run(
+        ["approvals", "approve", rid, "--home", str(home), "--actor", "carol", "--role", "compliance_officer",
+         "--json"],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["complete"] is True
+    code, out, err = run(
+        ["read", "--home", str(home), *risk, "--purpose", "risk_review", "--fields", "full_name",
+         "--approval", rid, "--limit", "100"],
+        capsys,
+    )
+    assert code == 0, err
+    names = set(bank_csv[1]["full_name"].iloc[5:])
+    assert any(name in out for name in names)
+
+
+def test_keys_rotate_list_retire(home, capsys):
+    code, out, _ = run(["keys", "retire", "1", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code
+    code, out, _ = run(["keys", "rotate", "--home", str(home), *ADMIN, "--json"], capsys)
+    assert code == 0 and json.loads(out)["active_version"] == 2
+    assert run(["keys", "retire", "1", "--home", str(home), *ADMIN], capsys)[0] == 0
+    code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN, "--json"], capsys)
+    assert {v["version"]: v["status"] for v in json.loads(out)} == {1: "retired", 2: "active"}
+    code, _, _ = run(["keys", "list", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst"], capsys)
+    assert code == AccessDenied.exit_code
+
+
+def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsys):
+    cid = bank_csv[1].at[10, "customer_id"]
+    code, _, _ = run(
+        ["erase", "--customer", cid, "--home", str(home), "--actor", "mia", "--role", "marketing_analyst", "--yes"],
+        capsys,
+    )
+    assert code == AccessDenied.exit_code
+    code, out, err = run(["erase", "--customer", cid, "--home", str(home), *ADMIN, "--yes", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["found"] and result["datasets"] == {"bank": 1}
+    assert cid not in out
+
+
+def test_schema_draft(tmp_path, capsys):
+    src = tmp_path / "customers.csv"
+    bank_frame(12).to_csv(src, index=False)
+    out = tmp_path / "draft.yaml"
+    code, _, err = run(["schema", "draft", "--input", str(src), "--output", str(out)], capsys)
+    assert code == 0, err
+    from fedcustomer.data.schema import Schema
+
+    schema = Schema.load(out)
+    assert schema.field("national_id").tier == "core" and schema.field("national_id").validation.checksum == "prc_id"
+    assert run(["schema", "draft", "--input", str(src), "--output", str(out)], capsys)[0] == ConfigError.exit_code
+
+
+def test_bad_schema_and_missing_home_give_clear_exit_codes(tmp_path, bank_csv, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: x\nfields: []\n")
+    code, _, err = run(
+        ["ingest", "--schema", str(bad), "--input", str(bank_csv[0]), "--home", str(tmp_path / "h"), *ADMIN], capsys
+    )
+    assert code == SchemaError.exit_code and "bad.yaml" in err
+    code, _, err = run(
+        ["read", "--home", str(tmp_path / "none"), *ADMIN, "--purpose", "administration"], capsys
+    )
+    assert code == ConfigError.exit_code and "fedcustomer init" in err
+
+
+def test_wrong_keyring_exit_code(home, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run(["init", "--home", str(other), "--name", "b"], capsys)[0] == 0
+    (home / "keys" / "keyring.json").write_bytes((other / "keys" / "keyring.json").read_bytes())
+    code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code and "keyring" in err

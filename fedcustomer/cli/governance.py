@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.clients.home import PartnerHome
@@ -200,7 +201,7 @@ def read_cmd(
     for col in frame.columns:
         table.add_column(str(col))
     for pseudonym, row in frame.head(limit).iterrows():
-        table.add_row(str(pseudonym)[:16] + "...", *("" if v is None else str(v) for v in row.tolist()))
+        table.add_row(str(pseudonym)[:16] + "...", *("" if v is None else escape(str(v)) for v in row.tolist()))
     console.print(table)
 
 

@@ -350,6 +350,7 @@ def test_key_rotation_keeps_every_record_and_old_version_can_then_retire(loaded)
     with PartnerStore.open(home) as reopened:
         assert reopened.count("bank") == 30
         assert {e.action for e in reopened.audit.query()} >= {"key_rotate", "key_retire"}
+        assert reopened.audit.verify().ok  # every entry the store wrote chains and verifies
 
 
 def test_erased_customer_is_unrecoverable(tmp_path, store, bank):

@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedcustomer.errors import FedCustomerError
 
@@ -24,15 +25,24 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+_registered = False
+
+
 def _register() -> None:
-    """Attach every command group; each module owns its commands."""
+    """Attach every command group once; each module owns its commands."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from fedcustomer.cli import training
 
     training.register(app)
     from fedcustomer.cli import audit
 
     audit.register(app)
-    # Governance commands (schema, ingest, keys, erase, read, approvals, audit) register here too.
+    from fedcustomer.cli import governance
+
+    governance.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except FedCustomerError as exc:
-        err_console.print(f"[bold red]error[/]: {exc}")
+        err_console.print(f"[bold red]error[/]: {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")

@@ -176,6 +176,14 @@ class _GeometricDPDataLoader(DPDataLoader):
             generator=generator,
         )
 
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # In-process, whole-batch fetch: the same sampler -> dataset -> collate chain as
+        # DataLoader's single-process iterator, without its per-batch worker/pinning
+        # machinery (about 10 us a batch, 5 % of a logistic-regression step).
+        fetch, collate = self.dataset.__getitems__, self.collate_fn
+        for indices in self.batch_sampler:
+            yield collate(fetch(indices))
+
 
 # -- validation -------------------------------------------------------------------------
 def _positive(name: str, value: object, what: str) -> float:

@@ -102,6 +102,15 @@ class FastGradientClipper:
             v.view(p.shape) for p, v in zip(self.params, self.flat_summed_grad.split(self.sizes))
         ]
         self._view_of = {id(p): v for p, v in zip(self.params, self.views)}
+        # Per fast Linear: (weight view or None, bias view or None) -- None when not trained.
+        self._linear_plans: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {
+            id(m): (
+                self._view_of.get(id(m.weight)) if m.weight.requires_grad else None,
+                self._view_of.get(id(m.bias)) if m.bias is not None and m.bias.requires_grad else None,
+            )
+            for m in self._layers
+            if _is_fast_linear(m)
+        }
         self._records: list[tuple[nn.Module, tuple, torch.Tensor, int]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.fresh = False
@@ -137,18 +146,24 @@ class FastGradientClipper:
         records, self._records = self._records, []
         self._check_records(records)
         grads = torch.autograd.grad(loss, [r[2] for r in records], allow_unused=True)
+        plans = self._linear_plans
         with torch.no_grad():
             norm2: torch.Tensor | None = None
-            linear, fallback, written = [], [], 0
+            linear, fallback = [], []
             for (module, inputs, _, _), g in zip(records, grads):
                 if g is None:  # output did not reach the loss: zero gradient
                     continue
+                plan = plans.get(id(module))
                 a = inputs[0] if inputs else None
-                if _is_fast_linear(module) and a is not None and a.dim() == 2 and g.dim() == 2:
-                    if a.dtype != g.dtype:
+                if plan is not None and g.dim() == 2 and a.dim() == 2:
+                    if a.dtype is not g.dtype:
                         a = a.to(g.dtype)
-                    part = self._linear_norm2(module, a, g)
-                    linear.append((module, a, g))
+                    # ||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1): weight and bias.
+                    part = torch.linalg.vecdot(g, g)
+                    if plan[0] is not None:
+                        a2 = torch.linalg.vecdot(a, a)
+                        part.mul_(a2.add_(1.0) if plan[1] is not None else a2)
+                    linear.append((a, g, plan))
                 else:  # Opacus's sampler expects backprops of the summed loss
                     sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
                     samples = sampler(module, [t.detach() for t in inputs], g * batch_size)
@@ -161,21 +176,21 @@ class FastGradientClipper:
             if norm2 is None:
                 norm2 = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
             norms = norm2.sqrt_().mul_(batch_size)
-            clip = (max_grad_norm / (norms + _NORM_EPS)).clamp_(max=1.0)
-            scaled_clip = clip * batch_size
-            for module, a, g in linear:
-                cg_t = g.t() * scaled_clip  # (out, B): column i scaled by c_i
-                if module.weight.requires_grad:
-                    torch.mm(cg_t, a, out=self._view_of[id(module.weight)])
-                    written += 1
-                if module.bias is not None and module.bias.requires_grad:
-                    torch.sum(cg_t, 1, out=self._view_of[id(module.bias)])
-                    written += 1
-            for samples in fallback:
-                for p, gs in samples.items():
-                    self._view_of[id(p)].copy_(torch.einsum("i,i...->...", clip, gs.to(p.dtype)))
-                    written += 1
-            if written != len(self.params):
+            # B * min(1, C / (norm + eps)): Opacus's clip factor, times B to undo the mean.
+            scaled_clip = (norms + _NORM_EPS).reciprocal_().mul_(max_grad_norm * batch_size)
+            scaled_clip = scaled_clip.clamp_(max=float(batch_size)).unsqueeze_(1)
+            for a, g, (weight_view, bias_view) in linear:
+                cg = g * scaled_clip  # row i scaled by B * c_i
+                if weight_view is not None:
+                    torch.mm(cg.t(), a, out=weight_view)
+                if bias_view is not None:
+                    torch.sum(cg, 0, out=bias_view)
+            if fallback:
+                clip = scaled_clip.squeeze(1) / batch_size
+                for samples in fallback:
+                    for p, gs in samples.items():
+                        self._view_of[id(p)].copy_(torch.einsum("i,i...->...", clip, gs.to(p.dtype)))
+            if len(linear) + len(fallback) != len(self._layers):
                 self._zero_unwritten(linear, fallback)
         self._publish()
         return norms
@@ -193,22 +208,11 @@ class FastGradientClipper:
 
     def _zero_unwritten(self, linear: list, fallback: list) -> None:
         """Layers absent from this forward (or cut off from the loss) get a zero gradient."""
-        done = {id(p) for samples in fallback for p in samples}
-        for module, _, _ in linear:
-            done.update(id(p) for p in _trainable_direct_params(module))
-        for p, v in zip(self.params, self.views):
-            if id(p) not in done:
+        done = {id(v) for _, _, plan in linear for v in plan if v is not None}
+        done.update(id(self._view_of[id(p)]) for samples in fallback for p in samples)
+        for v in self.views:
+            if id(v) not in done:
                 v.zero_()
-
-    @staticmethod
-    def _linear_norm2(module: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1) (weight, bias), mean-scaled."""
-        g2 = torch.linalg.vecdot(g, g)
-        bias = module.bias is not None and module.bias.requires_grad
-        if not module.weight.requires_grad:
-            return g2
-        a2 = torch.linalg.vecdot(a, a)
-        return g2.mul_(a2.add_(1.0) if bias else a2)
 
     def _check_records(self, records: list) -> None:
         seen: set[int] = set()

@@ -121,8 +121,9 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     console.print(f"\n[bold]{summary['task']}[/] run {summary['run_id']}: {summary['rounds_completed']}/"
                   f"{summary['rounds_planned']} rounds, status {status}")
     table = Table(title="privacy budget per partner")
-    for col in ("partner", "epsilon spent", "epsilon target", "delta", "trained", "refused", "failed", metric):
-        table.add_column(col, justify="right" if col != "partner" else "left")
+    table.add_column("partner", no_wrap=True)
+    for col in ("eps spent", "eps target", "delta", "trained", "refused", "failed", metric):
+        table.add_column(col, justify="right", no_wrap=True)
     for p in summary["partners"]:
         m = summary["metrics_by_partner"].get(p["name"], {}).get(metric)
         table.add_row(

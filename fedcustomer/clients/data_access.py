@@ -1,48 +1,58 @@
 """How a partner node reaches its own customer data for federated work.
 
-Training reads only the columns its feature spec names; nothing else of the
-partner's data is loaded into the training process.
+Only through the governed store: ``PartnerStore.read`` with the ``training_pipeline``
+role and purpose ``training``, which the access policy limits to feature and label
+fields of the public and sensitive tiers, and which writes one audit entry per read.
+Only the columns the job's feature spec names are requested.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
 
 import pandas as pd
 
 from fedcustomer.clients.home import PartnerHome
-from fedcustomer.errors import DataError
+from fedcustomer.data.provision import HOLDOUT
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.features import FeatureSpec
+from fedcustomer.privacy.access import Actor
+
+SPLITS = ("train", "test")
+# Without a holdout marker in its data, a partner holds out this share of customers,
+# chosen by their pseudonym (stable, and decided by the partner alone).
+DEFAULT_HOLDOUT_SHARE = 0.2
 
 
 class PartnerDataAccess:
     """Reads a partner dataset's train or test split as a DataFrame of the spec's columns."""
 
-    def __init__(self, home: PartnerHome) -> None:
+    def __init__(self, home: PartnerHome, node_name: str | None = None) -> None:
         self.home = home
-
-    def split_path(self, dataset: str, split: str) -> Path:
-        return self.home.root / "data" / f"{_slug(dataset)}-{split}.parquet"
-
-    def write_split(self, dataset: str, split: str, frame: pd.DataFrame) -> Path:
-        """Place a partner's split in its home (used when setting up a simulated partner)."""
-        path = self.split_path(dataset, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-        return path
+        self.actor = Actor(f"node:{node_name or home.root.name}", "training_pipeline")
 
     def training_frame(self, dataset: str, spec: FeatureSpec, split: str) -> pd.DataFrame:
-        path = self.split_path(dataset, split)
-        if not path.exists():
-            raise DataError(f"partner home {self.home.root} holds no {split} data for dataset {dataset!r}")
-        frame = pd.read_parquet(path)
-        missing = [c for c in spec.columns() if c not in frame.columns]
-        if missing:
-            raise DataError(f"dataset {dataset!r} at this partner lacks column(s) {', '.join(missing)}")
-        return frame[spec.columns()]
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if not self.home.store_path.exists():
+            raise DataError(f"partner home {self.home.root} has no store; ingest the partner's data first")
+        with PartnerStore.open(self.home) as store:
+            if dataset not in store.datasets():
+                raise DataError(
+                    f"partner {store.name!r} holds no dataset {dataset!r} (it has: {', '.join(store.datasets()) or 'none'})"
+                )
+            schema_names = store.schema(dataset).names
+            missing = [c for c in spec.columns() if c not in schema_names]
+            if missing:
+                raise DataError(f"dataset {dataset!r} at partner {store.name!r} lacks column(s) {', '.join(missing)}")
+            fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
+            frame = store.read(self.actor, "training", fields=fields, dataset=dataset)
+        held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
+        chosen = frame[held_out] if split == "test" else frame[~held_out]
+        return chosen[spec.columns()].reset_index(drop=True)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+def _by_pseudonym(pseudonyms: pd.Index) -> list[bool]:
+    cut = int(DEFAULT_HOLDOUT_SHARE * 2**32)
+    return [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms]

@@ -104,7 +104,7 @@ class PartnerNode:
         self.home = home
         self.config = home.config()
         self.name = self.config.name
-        self.data = PartnerDataAccess(home)
+        self.data = PartnerDataAccess(home, self.name)
 
     # --- training ----------------------------------------------------------------
     def ledger(self, dataset: str) -> BudgetLedger:

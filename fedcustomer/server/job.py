@@ -126,8 +126,10 @@ class JobConfig:
 
     @property
     def dataset_name(self) -> str:
-        """The ledger's dataset name: budgets are per partner dataset, shared by all jobs on it."""
-        return f"{self.data if '/' not in self.data and '.' not in self.data else Path(self.data).stem}:{self.task}"
+        """The partner dataset read (store and ledger): budgets are per dataset, shared by all jobs on it."""
+        from fedcustomer.data.provision import dataset_name
+
+        return dataset_name(self.data, self.task)
 
 
 def _positive(name: str, value: float) -> None:

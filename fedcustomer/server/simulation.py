@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.clients.app import FEDERATION_INDEX, make_client_app
-from fedcustomer.clients.data_access import PartnerDataAccess
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.errors import DataError, FedCustomerError, FederationError
@@ -41,19 +41,10 @@ def prepare_partners(job: JobConfig) -> tuple[FeatureSpec, list[PartnerHome]]:
     for ds in datasets:
         if len(ds.train) == 0:
             raise DataError(f"partner {ds.name!r} has no training rows; use fewer partners or more data")
-        home = PartnerHome(root / ds.name)
-        if home.config_path.exists():
-            config = home.config()
-            if job.dataset_name not in config.budgets:  # a partner's existing targets are its own
-                config.budgets[job.dataset_name] = DatasetBudget(job.epsilon, job.delta)
-                home.write_config(config)
-        else:
-            home = PartnerHome.create(home.root, ds.name, budgets={job.dataset_name: DatasetBudget(job.epsilon, job.delta)})
-        access = PartnerDataAccess(home)
-        # Only the columns training needs; core-tier fields (national ID, name...) are never written in clear.
-        keep = spec.columns()
-        access.write_split(job.dataset_name, "train", ds.train[keep])
-        access.write_split(job.dataset_name, "test", ds.test[keep])
+        home, _ = provision_partner(
+            root / ds.name, ds.name, source=job.data, task=job.task, spec=spec, train=ds.train, test=ds.test,
+            budget=DatasetBudget(job.epsilon, job.delta),
+        )
         homes.append(home)
     index = root / FEDERATION_INDEX
     index.write_text(json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8")

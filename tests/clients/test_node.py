@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.node import PartnerNode, TrainInstructions
 from fedcustomer.errors import DataError
 from fedcustomer.models.features import FeatureSpec, NumericFeature
 from fedcustomer.models.registry import build_model
 from fedcustomer.privacy.ledger import BudgetLedger
 
-DATASET = "synthetic:repayment"
+DATASET = "toy"
 SPEC = FeatureSpec(
     task="repayment", label="defaulted", id_column="customer_id",
     features=[NumericFeature("x1", -4, 4), NumericFeature("x2", -4, 4)],
@@ -30,11 +30,14 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
                          "defaulted": (rng.random(n) < p).astype(int)})
 
 
-def _home(tmp_path: Path, epsilon: float) -> PartnerHome:
-    home = PartnerHome.create(tmp_path / "bank_a", "bank_a", budgets={DATASET: DatasetBudget(epsilon, 1e-5)})
-    access = PartnerDataAccess(home)
-    access.write_split(DATASET, "train", _frame(1000, 1))
-    access.write_split(DATASET, "test", _frame(300, 2))
+def _home(tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None) -> PartnerHome:
+    test = _frame(300, 2)
+    test["customer_id"] = "t" + test["customer_id"]
+    home, report = provision_partner(
+        tmp_path / "bank_a", "bank_a", source="toy.csv", task="repayment", spec=SPEC,
+        train=_frame(1000, 1).rename(columns=rename or {}), test=test.rename(columns=rename or {}),
+        budget=DatasetBudget(epsilon, 1e-5),
+    )
     return home
 
 
@@ -93,8 +96,19 @@ def test_budget_persists_across_jobs_on_the_same_dataset(tmp_path: Path) -> None
     assert out.refused  # job-1 already spent the whole target for this dataset
 
 
-def test_missing_label_column_is_a_clear_data_error(tmp_path: Path) -> None:
-    home = _home(tmp_path, 2.0)
-    PartnerDataAccess(home).write_split(DATASET, "train", _frame(50, 3).drop(columns=["defaulted"]))
-    with pytest.raises(DataError, match="defaulted"):
+def test_dataset_without_the_spec_columns_is_a_clear_data_error(tmp_path: Path) -> None:
+    home = _home(tmp_path, 2.0, rename={"x2": "x3"})
+    with pytest.raises(DataError, match="lacks column\\(s\\) x2"):
         PartnerNode(home).train_round(_global(), _ins(1))
+    assert not (home.state_dir / "updates").exists()  # nothing trained, nothing cached
+
+
+def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> None:
+    from fedcustomer.privacy.audit import AuditLog
+
+    home = _home(tmp_path, 2.0)
+    PartnerNode(home).train_round(_global(), _ins(1))
+    reads = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(action="read", role="training_pipeline")
+    assert reads and reads[-1].purpose == "training" and reads[-1].decision == "allowed"
+    assert set(reads[-1].fields) == {"x1", "x2", "defaulted", "holdout"}
+    assert reads[-1].row_count == 1300

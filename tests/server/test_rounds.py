@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from fedcustomer.clients.app import make_client_app
-from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.features import FeatureSpec, NumericFeature
 from fedcustomer.privacy.ledger import BudgetLedger
@@ -31,20 +31,21 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
                          "defaulted": (rng.random(n) < p).astype(int)})
 
 
-def _federation(tmp_path: Path, job: JobConfig, n: int = 3, rows: int = 800) -> list[str]:
+def _federation(tmp_path: Path, job: JobConfig, n: int = 3, rows: int = 800, broken: int | None = None) -> list[str]:
     homes = []
     for i in range(n):
-        home = PartnerHome.create(tmp_path / f"bank_{i}", f"bank_{i}",
-                                  budgets={job.dataset_name: DatasetBudget(job.epsilon, job.delta)})
-        access = PartnerDataAccess(home)
-        access.write_split(job.dataset_name, "train", _frame(rows, i))
-        access.write_split(job.dataset_name, "test", _frame(300, 100 + i))
+        train, test = _frame(rows, i), _frame(300, 100 + i)
+        test["customer_id"] = "t" + test["customer_id"]
+        if i == broken:
+            train, test = train.rename(columns={"x2": "x3"}), test.rename(columns={"x2": "x3"})
+        home, _ = provision_partner(tmp_path / f"bank_{i}", f"bank_{i}", source=job.data, task=job.task, spec=SPEC,
+                                    train=train, test=test, budget=DatasetBudget(job.epsilon, job.delta))
         homes.append(str(home.root))
     return homes
 
 
 def _job(tmp_path: Path, **kw) -> JobConfig:
-    base = dict(partners=3, rounds=3, arch="logreg", lr=0.5, batch_size=100, epsilon=3.0, out=str(tmp_path / "run"))
+    base = dict(data="toy.csv", partners=3, rounds=3, arch="logreg", lr=0.5, batch_size=100, epsilon=3.0, out=str(tmp_path / "run"))
     base.update(kw)
     return JobConfig(**base)
 
@@ -116,8 +117,7 @@ def test_job_stops_cleanly_when_too_few_partners_remain(tmp_path: Path) -> None:
 
 def test_partner_with_broken_data_is_reported_as_failed_not_crashing_the_job(tmp_path: Path) -> None:
     job = _job(tmp_path, rounds=1)
-    homes = _federation(tmp_path, job)
-    PartnerDataAccess(PartnerHome(homes[0])).write_split(job.dataset_name, "train", _frame(50, 1).drop(columns=["x2"]))
+    homes = _federation(tmp_path, job, broken=0)
     summary = run_job_on_grid(LocalGrid(make_client_app(homes), 3), job, SPEC, num_partners=3)
     broken = next(p for p in summary["partners"] if p["rounds_failed"])
     assert "DataError" in broken["failures"][0]["reason"] and "x2" in broken["failures"][0]["reason"]

@@ -1,0 +1,99 @@
+"""Provision a partner home with its data in the governed store.
+
+Simulated partners (and the deployment walkthrough's partners) are set up exactly as
+a real partner admin would do it: a schema with tiers, then a validated, encrypted
+ingest. Training later reads only through ``PartnerStore.read``.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.ingest import IngestReport
+from fedcustomer.data.schema import FieldSpec, Schema, Validation, draft_schema, load_bundled
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import DataError
+from fedcustomer.models.features import FeatureSpec
+from fedcustomer.privacy.access import Actor
+
+# Public marker of the partner's evaluation split (1 = held out, never trained on).
+HOLDOUT = "holdout"
+BUNDLED = {("synthetic", "repayment"): "bank", ("synthetic", "clv"): "retailer"}
+
+
+def admin(name: str) -> Actor:
+    return Actor(f"admin:{name}", "partner_admin")
+
+
+def dataset_name(source: str, task: str) -> str:
+    """The store (and ledger) dataset a job on ``source`` reads: budgets are per dataset."""
+    if (source, task) in BUNDLED:
+        return BUNDLED[(source, task)]
+    stem = source if source in ("uci-credit", "cdnow") else Path(source).stem
+    name = re.sub(r"[^a-z0-9_]+", "_", stem.lower()).strip("_") or "dataset"
+    return name if name[0].isalpha() else "d_" + name
+
+
+def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, workdir: Path) -> Schema:
+    """Bundled schema for synthetic data; otherwise a drafted one made safe for training."""
+    bundled = BUNDLED.get((source, task))
+    if bundled:
+        schema = load_bundled(bundled)
+    else:
+        sample = workdir / f"{dataset_name(source, task)}.csv"
+        frame.drop(columns=[HOLDOUT], errors="ignore").to_csv(sample, index=False)
+        drafted = draft_schema(sample, dataset=dataset_name(source, task), sample_rows=max(len(frame), 1))
+        fields = []
+        for f in drafted.fields:
+            if f.name == spec.label:
+                f = replace(f, role="label", tier="sensitive", masking=None)
+            elif f.role == "feature" and f.tier == "core" and f.name in spec.columns():
+                f = replace(f, tier="sensitive", masking=f.masking if f.masking != "redact" or f.type == "string" else None)
+            fields.append(f)
+        schema = replace(drafted, fields=tuple(fields))
+    holdout = FieldSpec(name=HOLDOUT, type="integer", tier="public", role="feature", nullable=False,
+                        validation=Validation(allowed=("0", "1")),
+                        description="evaluation split marker set by the partner (1 = held out)")
+    return replace(schema, fields=tuple(schema.fields) + (holdout,))
+
+
+def provision_partner(
+    root: Path,
+    name: str,
+    *,
+    source: str,
+    task: str,
+    spec: FeatureSpec,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    budget: DatasetBudget,
+) -> tuple[PartnerHome, IngestReport | None]:
+    """Create (or reuse) a partner home and ingest its rows; re-running adds nothing."""
+    dataset = dataset_name(source, task)
+    home = PartnerHome(root)
+    if home.config_path.exists():
+        config = home.config()
+        if dataset not in config.budgets:  # an existing partner's targets are its own
+            config.budgets[dataset] = budget
+            home.write_config(config)
+    else:
+        home = PartnerHome.create(root, name, budgets={dataset: budget})
+    store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=admin(name))
+    try:
+        frame = pd.concat([train.assign(**{HOLDOUT: 0}), test.assign(**{HOLDOUT: 1})], ignore_index=True)
+        if spec.id_column is None or spec.id_column not in frame.columns:
+            raise DataError(f"partner {name!r}: data has no customer id column; the store keys customers by id")
+        with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
+            schema = schema_for(source, task, spec, frame, Path(tmp))
+            path = Path(tmp) / f"{dataset}.csv"
+            frame[[f.name for f in schema.fields if f.name in frame.columns]].to_csv(path, index=False)
+            report = store.ingest(admin(name), schema, path)
+        return home, report
+    finally:
+        store.close()

@@ -120,23 +120,26 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     status = summary["status"] + (f" ({summary['stop_reason']})" if summary.get("stop_reason") else "")
     console.print(f"\n[bold]{summary['task']}[/] run {summary['run_id']}: {summary['rounds_completed']}/"
                   f"{summary['rounds_planned']} rounds, status {status}")
-    table = Table(title="privacy budget per partner")
+    deltas = sorted({p["delta"] for p in summary["partners"] if p["delta"]})
+    title = "privacy budget per partner" + (f" (delta {', '.join(f'{d:.0e}' for d in deltas)})" if deltas else "")
+    table = Table(title=title, caption="epsilon: spent / target; rounds: trained / refused / failed")
     table.add_column("partner", no_wrap=True)
-    for col in ("eps spent", "eps target", "delta", "trained", "refused", "failed", metric):
-        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("epsilon", justify="right", no_wrap=True)
+    table.add_column("rounds", justify="right", no_wrap=True)
+    table.add_column(metric, justify="right", no_wrap=True)
     for p in summary["partners"]:
         m = summary["metrics_by_partner"].get(p["name"], {}).get(metric)
         table.add_row(
-            p["name"], _fmt(p["epsilon_spent"]), _fmt(p["epsilon_target"]), _fmt(p["delta"], ".0e"),
-            str(p["rounds_trained"]), str(p["rounds_refused"]), str(p["rounds_failed"]), _fmt(m),
+            p["name"], f"{_fmt(p['epsilon_spent'])} / {_fmt(p['epsilon_target'])}",
+            f"{p['rounds_trained']} / {p['rounds_refused']} / {p['rounds_failed']}", _fmt(m),
         )
     console.print(table)
     results = Table(title="held-out metrics")
     results.add_column("model")
     keys = [k for k in summary["metrics"] if k != "loss"]
     for k in keys:
-        results.add_column(k, justify="right")
-    results.add_column("epsilon", justify="right")
+        results.add_column(_SHORT.get(k, k), justify="right", no_wrap=True)
+    results.add_column("epsilon", justify="right", no_wrap=True)
     eps = max((p["epsilon_spent"] or 0.0 for p in summary["partners"]), default=None) if summary["dp"] else None
     results.add_row(f"federated {'DP ' if summary['dp'] else ''}{summary['strategy']}", *[_fmt(summary["metrics"].get(k)) for k in keys], _fmt(eps))
     for b in baselines or []:
@@ -145,6 +148,9 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     if summary.get("central_dp"):
         c = summary["central_dp"]
         console.print(f"central DP (partner-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:.0e}")
+
+
+_SHORT = {"top_decile_capture": "top10%", "accuracy": "acc"}
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
 from fedcustomer.errors import ConfigError, DataError
@@ -218,6 +219,25 @@ def test_noise_std_on_zero_gradient_model_is_sigma_times_bound_over_batch(clippi
     # std of a sample std with 10,100 draws is ~0.7 %; allow 5 %.
     assert abs(float(delta.std()) / expected - 1.0) < 0.05
     assert abs(float(delta.mean())) < 4 * expected / math.sqrt(delta.numel())
+
+
+@pytest.mark.parametrize("clipping", ("fast", "hooks"))
+def test_noise_is_opacus_floating_point_safe_noise_from_the_noise_generator(clipping):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    X, y = torch.randn(10, 5), torch.zeros(10)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer(model, X, y, zero_gradient_loss, batch_size=10, lr=1.0, noise_multiplier=0.7,
+            max_grad_norm=3.0, clipping=clipping, noise_generator=gen(42)).train_epoch()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    g = gen(42)
+    if clipping == "fast":  # one draw for the whole (1-step) block, parameters flattened in order
+        noise = _generate_noise(0.7 * 3.0, torch.empty(1, delta.numel()), g, secure_mode=True)[0]
+    else:  # Opacus draws per parameter
+        noise = torch.cat([_generate_noise(0.7 * 3.0, b, g, secure_mode=True).flatten() for b in before])
+    assert torch.allclose(delta, -noise / 10, atol=1e-6)
+    plain = _generate_noise(0.7 * 3.0, torch.empty(1, delta.numel()), gen(42), secure_mode=False)[0]
+    assert not torch.allclose(delta, -plain / 10, atol=1e-3)  # the insecure sampler would differ
 
 
 def test_noise_comes_from_the_noise_generator_only():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ class PartnerNode:
                 proximal_mu=ins.proximal_mu, anchor=anchor, seed=_round_seed(ins, self.name),
             )
         steps, losses = 0, []
+        started = time.perf_counter()
         for _ in range(ins.local_epochs):
             stats = trainer.train_epoch()
             steps += stats.steps
@@ -174,6 +176,7 @@ class PartnerNode:
             "train-loss": float(np.mean(losses)),
             "refused": 0.0,
             "steps": float(steps),
+            "train-seconds": time.perf_counter() - started,
         }
         accounting: dict[str, Any] = {"dp": ins.dp}
         if ledger is not None:

@@ -95,6 +95,9 @@ class RunRecorder:
             "model": {"file": "model.pt" if result.rounds_completed else None, "task": self.job.task,
                       "arch": self.job.arch, "input_dim": self.spec.input_dim, "feature_spec": "feature_spec.json"},
             "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
+            "round_local_train_s": [
+                round(sum(p.metrics.get("train-seconds", 0.0) for p in r.partners), 3) for r in result.rounds
+            ],
             **extra,
         }
 

@@ -86,6 +86,9 @@ def main() -> None:
     if args.quick:
         args.partners, args.epsilons, args.splits, args.rounds, args.epochs = [3], [3.0], ["iid"], 3, 3
     torch.set_num_threads(1)
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ["FEDCUSTOMER_DATA_DIR"] = str(args.data_dir)
     rows = []
     common = dict(batch_size=args.batch_size, lr=args.lr, arch=args.arch, seed=args.seed)

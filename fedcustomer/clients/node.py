@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
@@ -163,17 +162,15 @@ class PartnerNode:
                 model, Xt, yt, loss_for(ins.task), batch_size=batch_size, lr=ins.lr, optimizer=ins.optimizer,
                 proximal_mu=ins.proximal_mu, anchor=anchor, seed=_round_seed(ins, self.name),
             )
-        steps, losses = 0, []
+        steps = 0
         started = time.perf_counter()
         for _ in range(ins.local_epochs):
             stats = trainer.train_epoch()
-            steps += stats.steps
-            losses.append(stats.mean_loss)
+            steps += stats.steps  # the loss stays here: it is computed on raw data without noise
         state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         metrics: dict[str, float] = {
             "num-examples": float(_coarse(len(X))),
             "unit-weight": 1.0,
-            "train-loss": float(np.mean(losses)),
             "refused": 0.0,
             "steps": float(steps),
             "train-seconds": time.perf_counter() - started,

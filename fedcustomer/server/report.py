@@ -134,8 +134,6 @@ class RunRecorder:
                                    "partners_refused": sum(p.status == "refused" for p in r.partners),
                                    "partners_failed": sum(p.status == "failed" for p in r.partners),
                                    "wall_time_s": round(r.wall_time_s, 4)}
-            if "train-loss" in r.train_metrics:
-                row["train_loss"] = r.train_metrics["train-loss"]
             row.update({f"eval_{k}": v for k, v in r.eval_metrics.items() if k not in ("num-examples", "unit-weight")})
             for p in r.partners:
                 if "epsilon-total" in p.metrics:

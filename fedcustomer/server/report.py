@@ -154,6 +154,7 @@ class RunRecorder:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         plots = self.out / "plots"
         plots.mkdir(exist_ok=True)
@@ -164,6 +165,7 @@ class RunRecorder:
             ax.plot([r.round for r in applied], [r.eval_metrics.get(metric, float("nan")) for r in applied], marker="o", label=f"federated {metric}")
             ax.plot([r.round for r in applied], [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".", linestyle="--", label="held-out loss")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{self.job.task}: held-out metrics per round")
         if applied:
             ax.legend()
@@ -185,6 +187,8 @@ class RunRecorder:
             ax.axhline(targets[name], color=line.get_color(), linestyle=":", linewidth=1)
         ax.set_xlabel("round")
         ax.set_ylabel("epsilon spent (cumulative)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
         ax.set_title("privacy budget per partner (dotted: target)")
         if series:
             ax.legend()

@@ -5,8 +5,8 @@ and the fields it wants; each field gets a view, ``clear``, ``masked`` or ``deni
 and a short reason naming the rule. The store asks here for every field it returns and
 audit-logs each decision, so nothing reaches a reader without passing this module.
 
-The rules live in a casbin policy the partner admin can edit (``policy/policy.csv``
-next to this module is the bundled default). This code holds no role rules of its own:
+The rules live in a casbin policy the partner admin can edit: the bundled default is
+``default_policy.POLICY_CSV``, and ``write_default_policy`` writes it out for editing. This code holds no role rules of its own:
 it parses and validates the file, asks casbin, and adds only the one rule the business
 fixed for approval-gated grants: a clear read needs an :class:`Approval` signed by
 ``REQUIRED_APPROVERS`` distinct approvers, none of them the requester, not yet expired.
@@ -27,13 +27,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from importlib import resources
+
 from pathlib import Path
 
 import casbin
 from casbin.model import Model
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
+from fedcustomer.privacy import default_policy
 
 ROLES = (
     "data_scientist",
@@ -238,18 +239,14 @@ def _read_text(path: Path, what: str) -> str:
         raise ConfigError(f"{what} {path} cannot be read as UTF-8 text: {exc.__class__.__name__}") from None
 
 
-def _bundled(name: str) -> str:
-    return resources.files("fedcustomer.privacy").joinpath("policy", name).read_text(encoding="utf-8")
-
-
 def bundled_policy_text() -> str:
     """The default policy CSV shipped with the package."""
-    return _bundled("policy.csv")
+    return default_policy.POLICY_CSV
 
 
 def bundled_model_text() -> str:
     """The casbin model shipped with the package."""
-    return _bundled("model.conf")
+    return default_policy.MODEL_CONF
 
 
 def write_default_policy(path: Path, *, overwrite: bool = False) -> Path:

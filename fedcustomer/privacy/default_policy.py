@@ -1,4 +1,39 @@
-# Default access policy of a partner node. The partner admin may edit this file (action policy_edit).
+"""The default access policy shipped with fedcustomer: a casbin model and a policy CSV.
+
+Kept as Python text (not data files) so it travels in every packaging of the app,
+Flower app bundles included. ``fedcustomer.privacy.access.write_default_policy``
+writes the CSV into a partner home, where the partner admin edits it.
+"""
+
+MODEL_CONF = """# Casbin model for a partner's customer-field access.
+#
+# r / p  : may <role> see fields of <tier> whose schema role is <field_role>, for <purpose>, as <view>?
+#          view is one of: clear, masked, clear_with_approvals (clear only with two distinct approvals).
+# r2 / p2: may <role> perform the non-data <action> (ingest, keys, erase, policy_edit, audit_read, approve, read)?
+# g      : role inheritance, "g, child_role, parent_role" gives child_role every grant of parent_role.
+# Anything not granted is denied.
+
+[request_definition]
+r = sub, pur, tier, frole, view
+r2 = sub, act
+
+[policy_definition]
+p = sub, pur, tier, frole, view
+p2 = sub, act
+
+[role_definition]
+g = _, _
+
+[policy_effect]
+e = some(where (p.eft == allow))
+e2 = some(where (p.eft == allow))
+
+[matchers]
+m = g(r.sub, p.sub) && (p.pur == "*" || r.pur == p.pur) && (p.tier == "*" || r.tier == p.tier) && (p.frole == "*" || r.frole == p.frole) && r.view == p.view
+m2 = g(r2.sub, p2.sub) && r2.act == p2.act
+"""
+
+POLICY_CSV = """# Default access policy of a partner node. The partner admin may edit this file (action policy_edit).
 # Anything not granted here is denied. '*' matches any purpose, tier or field role.
 #
 # Field access:  p, role, purpose, tier, field_role, view
@@ -52,3 +87,4 @@ p2, marketing_analyst, read
 p2, risk_officer, read
 p2, partner_admin, read
 p2, training_pipeline, read
+"""

@@ -120,7 +120,7 @@ def _charge_many(path: str, worker: int) -> None:
 def test_concurrent_processes_charge_without_losing_any(tmp_path: Path) -> None:
     path = str(tmp_path / "ledger.db")
     BudgetLedger(path, "loans", DatasetBudget(1e6, 1e-5))
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_charge_many, args=(path, w)) for w in range(3)]
     for p in procs:
         p.start()

@@ -39,9 +39,11 @@ what they see)
       IDs, learning which are the other's customers: bound this by capping set sizes and
       auditing sessions); return wrong values so the other side computes a wrong or empty
       intersection (the parties' alignment digests then differ, which the coordinator
-      checks); or stop mid-session. A malicious coordinator can drop or replace values, or
-      impersonate a partner, since the parties do not authenticate each other's messages;
-      pinning partner signing keys would close that and is not done here.
+      checks); or stop mid-session. A malicious coordinator can drop or replace values
+      (caught by the digest check when it changes the shared set), permute a party's returned
+      values (NOT caught: that party would mislabel its shared rows), or impersonate a
+      partner, since the parties do not authenticate each other's messages; signing each
+      message with pinned partner keys would close these and is not done here.
 
 Failed sessions leave nothing behind but what the caller chooses to store; secret scalars
 live only in the :class:`PSIParty` object (and in node-local state for the Flower protocol,

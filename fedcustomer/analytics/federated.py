@@ -1,0 +1,108 @@
+"""Analytics queries over Flower messages (``query.analytics``).
+
+The coordinator sends the spec (JSON in a ``ConfigRecord``) to every partner node;
+each node answers with its own DP release (noised and charged at the node, see
+:mod:`fedcustomer.analytics.partner`) or a refusal naming its reason. Raw rows and
+true aggregates never leave a node. The coordinator combines releases
+(:mod:`fedcustomer.analytics.combine`); refusing or silent partners are listed, not
+guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcustomer.analytics.combine import QueryResult, combine
+from fedcustomer.analytics.partner import LoadFrame, answer_query
+from fedcustomer.analytics.spec import QuerySpec, spec_from_json
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer import errors
+from fedcustomer.errors import FedCustomerError, FederationError
+
+QUERY_ACTION = "analytics"
+MESSAGE_TYPE = f"query.{QUERY_ACTION}"
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def register_analytics_handlers(
+    app: ClientApp,
+    resolve_home: Callable[[Context], PartnerHome],
+    load_frame: LoadFrame | None = None,
+) -> None:
+    """Add the ``query.analytics`` handler to a partner's ClientApp."""
+
+    @app.query(QUERY_ACTION)
+    def analytics(msg: Message, context: Context) -> Message:
+        name = f"node {context.node_id}"
+        try:
+            home = resolve_home(context)
+            name = home.config().name
+            spec = spec_from_json(str(msg.content["query"]["spec-json"]))
+            release = answer_query(home, spec, load_frame=load_frame)
+        except FedCustomerError as exc:
+            refusal = {"partner": name, "error": type(exc).__name__, "reason": str(exc)}
+            return Message(content=RecordDict({"refusal": ConfigRecord(refusal)}), reply_to=msg)
+        return Message(content=RecordDict({"release": ConfigRecord({"release-json": json.dumps(release)})}),
+                       reply_to=msg)
+
+
+def query_messages(grid: Any, spec: QuerySpec, node_ids: Iterable[int]) -> list[Message]:
+    content = lambda: RecordDict({"query": ConfigRecord({"spec-json": spec.to_json()})})  # noqa: E731
+    return [Message(content=content(), dst_node_id=int(n), message_type=MESSAGE_TYPE) for n in node_ids]
+
+
+def run_query_on_grid(grid: Any, spec: QuerySpec, *, timeout: float = DEFAULT_TIMEOUT_S,
+                      node_ids: Sequence[int] | None = None) -> QueryResult:
+    """Ask every node, combine the releases; raises when no partner released anything."""
+    start = time.perf_counter()
+    nodes = list(node_ids) if node_ids is not None else list(grid.get_node_ids())
+    if not nodes:
+        raise FederationError("no partner node is connected; start the partners' SuperNodes first")
+    replies = list(grid.send_and_receive(query_messages(grid, spec, nodes), timeout=timeout))
+    releases: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    answered: set[int] = set()
+    for reply in replies:
+        src = int(reply.metadata.src_node_id)
+        answered.add(src)
+        if reply.has_error():
+            refused[f"node {src}"] = f"error {reply.error.code}: {reply.error.reason}"
+            kinds[f"node {src}"] = "FederationError"
+            continue
+        content = reply.content
+        if "release" in content:
+            releases.append(json.loads(str(content["release"]["release-json"])))
+        elif "refusal" in content:
+            r = content["refusal"]
+            refused[str(r["partner"])] = f"{r['error']}: {r['reason']}"
+            kinds[str(r["partner"])] = str(r["error"])
+        else:
+            refused[f"node {src}"] = "reply holds neither a release nor a refusal"
+            kinds[f"node {src}"] = "FederationError"
+    for n in nodes:
+        if n not in answered:
+            refused[f"node {n}"] = f"no reply within {timeout:g} s"
+            kinds[f"node {n}"] = "FederationError"
+    if not releases:
+        raise _no_release_error(spec, refused, kinds)
+    result = combine(spec, releases, refused)
+    result.latency_s = time.perf_counter() - start
+    return result
+
+
+def _no_release_error(spec: QuerySpec, refused: dict[str, str], kinds: dict[str, str]) -> FedCustomerError:
+    """All partners refused: raise their common kind (e.g. BudgetExhausted) so the CLI exit code says why."""
+    message = f"query {spec.query_id}: no partner released an answer: " + "; ".join(
+        f"{k}: {v}" for k, v in sorted(refused.items()))
+    names = set(kinds.values())
+    cls = getattr(errors, names.pop(), FederationError) if len(names) == 1 else FederationError
+    if not (isinstance(cls, type) and issubclass(cls, FedCustomerError)):
+        cls = FederationError
+    return cls(message)

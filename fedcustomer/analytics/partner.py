@@ -1,0 +1,226 @@
+"""A partner answers one analytics query: read, aggregate, noise, charge, audit, release.
+
+Order matters for privacy:
+
+1. the data is read through the governed store (policy-checked, audited) as
+   ``node:<name>`` in role ``data_scientist`` for purpose ``analytics``;
+2. the true aggregate is noised at once (OpenDP) and the noisy release is written to
+   ``state/queries/<query id>.json`` before anything leaves;
+3. the ledger is charged (``query:<query id>``, same ledger and dataset as training);
+   a refusal deletes the pending release, charges nothing and raises BudgetExhausted;
+4. one audit entry ``query`` (allowed or denied) records the id, fields and cost.
+
+A query id is answered once: asking again returns the same noisy release without a new
+charge, so a retried or restarted node can neither pay twice nor leak a second draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedcustomer.analytics import mechanisms
+from fedcustomer.analytics.local import compute_partials
+from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
+from fedcustomer.analytics.rfm import SEGMENT_FIELD
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
+from fedcustomer.privacy.access import Actor
+from fedcustomer.privacy.ledger import BudgetLedger
+
+PURPOSE = "analytics"
+ROLE = "data_scientist"
+LoadFrame = Callable[[PartnerHome, str, Sequence[str]], pd.DataFrame]
+
+
+def partner_actor(home: PartnerHome, node_name: str | None = None) -> Actor:
+    return Actor(f"node:{node_name or home.config().name}", ROLE)
+
+
+def ledger_for(home: PartnerHome, dataset: str) -> BudgetLedger:
+    return BudgetLedger(home.ledger_path, dataset, home.config().budget_for(dataset))
+
+
+def answer_query(
+    home: PartnerHome,
+    spec: QuerySpec,
+    *,
+    load_frame: LoadFrame | None = None,
+    node_name: str | None = None,
+) -> dict[str, Any]:
+    """The partner's DP release for ``spec`` (JSON-ready); raises on refusal, after auditing it."""
+    config = home.config()
+    actor = partner_actor(home, node_name)
+    audit_fields = {"dataset": spec.dataset, "fields": spec.source_fields(), "purpose": PURPOSE}
+    details = {"query_id": spec.query_id, "kind": spec.kind, "epsilon": spec.epsilon, "delta": spec.delta,
+               "mechanism": spec.mechanism, "requested_by": spec.requested_by}
+    try:
+        ledger = BudgetLedger(home.ledger_path, spec.dataset, config.budget_for(spec.dataset))
+        cache = _cache_path(home, spec)
+        release = _cached(cache, spec)
+        if release is None:
+            if ledger.find(spec.charge_key) is not None:
+                raise ConfigError(
+                    f"query id {spec.query_id!r} was already charged at partner {config.name!r} but its release is "
+                    f"not kept; ask again with a new query id"
+                )
+            frame, extras = _read(home, spec, actor, load_frame)
+            partials = compute_partials(frame, spec, extras)
+            release = _noised(config.name, spec, partials)
+            details["clamped_values"] = partials.clamped
+            _write_atomic(cache, release)
+        try:
+            charge = _charge(ledger, spec, release)
+        except BaseException:
+            if not release.get("charged"):
+                cache.unlink(missing_ok=True)
+            raise
+    except FedCustomerError as exc:
+        _audit(home, actor, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)
+        raise
+    if not release.get("charged"):
+        release["charged"] = True
+        _write_atomic(cache, release)
+    details.update(epsilon_total=charge.epsilon_total, epsilon_target=charge.epsilon_target,
+                   replayed=charge.already_paid)
+    _audit(home, actor, "allowed", details=details, **audit_fields)
+    out = dict(release)
+    out["spend"] = {"epsilon_total": charge.epsilon_total, "delta_total": charge.delta_total,
+                    "epsilon_target": charge.epsilon_target, "delta_target": charge.delta_target}
+    out["already_paid"] = charge.already_paid
+    return out
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def _read(home: PartnerHome, spec: QuerySpec, actor: Actor, load_frame: LoadFrame | None) -> tuple[pd.DataFrame, dict[str, int] | None]:
+    fields = spec.source_fields()
+    if home.store_path.exists():
+        from fedcustomer.data.store import PartnerStore
+
+        with PartnerStore.open(home) as store:
+            if spec.dataset not in store.datasets():
+                raise DataError(f"partner {store.name!r} holds no dataset {spec.dataset!r} "
+                                f"(it has: {', '.join(store.datasets()) or 'none'})")
+            schema = store.schema(spec.dataset)
+            raw_groups = [g for g in spec.group_by if g in schema.names]
+            for name in raw_groups + list(spec.where):
+                if schema.field(name).tier != "public":
+                    raise AccessDenied(
+                        f"query {spec.query_id}: {name!r} is a {schema.field(name).tier} field; group and filter "
+                        f"keys must be public fields (derive declared bands or segments instead)"
+                    )
+            for g in spec.group_by:
+                if g not in schema.names and not _derived(spec, g):
+                    raise DataError(f"dataset {spec.dataset!r} has no field {g!r} to group by")
+            frame = store.read(actor, PURPOSE, fields=fields, dataset=spec.dataset)
+            extras = None
+            if spec.kind == "quality":
+                merged = {m["pseudonym"] for m in store.merges(spec.dataset)}
+                quarantined = store.quarantine_summary(spec.dataset)
+                invalid = len({q["pseudonym"] for q in quarantined if q["pseudonym"]}) + sum(
+                    1 for q in quarantined if not q["pseudonym"])
+                extras = {"duplicates": len(merged), "invalid": invalid}
+        return frame, extras
+    if load_frame is None:
+        raise DataError(f"partner home {home.root} has no store and no data loader; ingest the partner's data first")
+    return load_frame(home, spec.dataset, fields), None
+
+
+def _derived(spec: QuerySpec, group: str) -> bool:
+    return (group == SEGMENT_FIELD and spec.rfm is not None) or (
+        group.endswith(BAND_SUFFIX) and group[: -len(BAND_SUFFIX)] in spec.bands)
+
+
+def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
+    cal = mechanisms.calibrate(spec.mechanism, spec.epsilon, spec.delta, partials.statistics)
+    names = list(partials.stats)
+    shapes = {n: partials.stats[n].shape for n in names}
+    flat = np.concatenate([partials.stats[n].ravel() / partials.weights[n] for n in names])
+    noisy = mechanisms.release(flat, cal)
+    out: dict[str, list] = {}
+    pos = 0
+    for n in names:
+        size = int(np.prod(shapes[n]))
+        out[n] = (noisy[pos:pos + size] * partials.weights[n]).reshape(shapes[n]).tolist()
+        pos += size
+    return {
+        "format": "fedcustomer.analytics.release/1",
+        "partner": partner,
+        "query_id": spec.query_id,
+        "spec_sha256": _spec_digest(spec),
+        "dataset": spec.dataset,
+        "kind": spec.kind,
+        "mechanism": cal.mechanism,
+        "epsilon": cal.epsilon,
+        "delta": cal.delta,
+        "statistics": cal.statistics,
+        "normalised_scale": cal.normalised_scale,
+        "noise_multiplier": cal.noise_multiplier,
+        "stats": out,
+        "weights": dict(partials.weights),
+        "charged": False,
+    }
+
+
+def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):  # noqa: ANN202
+    details = {"kind": spec.kind, "statistics": release["statistics"], "requested_by": spec.requested_by}
+    if release["mechanism"] == mechanisms.LAPLACE:
+        return ledger.charge_approx(spec.charge_key, release["epsilon"], 0.0, mechanism="laplace",
+                                    query_id=spec.query_id, details=details)
+    cal = mechanisms.Calibration(mechanisms.GAUSSIAN, release["epsilon"], release["delta"], release["statistics"],
+                                 release["normalised_scale"], release["noise_multiplier"])
+    details["delta_query"] = release["delta"]
+    return ledger.charge_gaussian(spec.charge_key, cal.gaussian_steps(), mechanism="gaussian",
+                                  query_id=spec.query_id, details=details)
+
+
+def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
+    from fedcustomer.privacy.audit import AuditLog
+
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    try:
+        log.append(actor=actor.name, role=actor.role, action="query", decision=decision, **fields)
+    finally:
+        log.close()
+
+
+# --- the pending / answered release cache ---------------------------------------------------
+
+
+def _spec_digest(spec: QuerySpec) -> str:
+    return hashlib.sha256(spec.to_json().encode()).hexdigest()
+
+
+def _cache_path(home: PartnerHome, spec: QuerySpec) -> Path:
+    return home.state_dir / "queries" / f"{spec.query_id}.json"
+
+
+def _cached(path: Path, spec: QuerySpec) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        release = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable kept release ({exc}); ask again with a new query id") from None
+    if release.get("spec_sha256") != _spec_digest(spec):
+        raise ConfigError(
+            f"query id {spec.query_id!r} was already used for a different query; every query needs its own id"
+        )
+    return release
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+

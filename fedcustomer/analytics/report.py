@@ -1,0 +1,83 @@
+"""Write a query result to a directory: ``result.json`` (stable schema) and a PNG chart.
+
+``result.json`` holds :meth:`QueryResult.to_dict` (format ``fedcustomer.analytics.result/1``):
+``query_id``, ``spec``, ``kind``, ``dataset``, ``confidence``, ``partners``, ``refused``
+(partner -> reason), ``spend`` (partner -> epsilon_total/target after this query),
+``rows`` (``group``, ``statistic``, ``label``, ``estimate``, ``ci_low``, ``ci_high``,
+``noise_sd``; means also carry ``count`` and ``sum`` rows), ``partner_rows`` (quality),
+``notes``, ``latency_s``; plus ``truth`` when a local run asked for true values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedcustomer.analytics.combine import QueryResult
+
+
+def write_result(out: Path, result: QueryResult, *, truth: Sequence[dict[str, Any]] | None = None,
+                 name: str = "result") -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = result.to_dict()
+    if truth is not None:
+        payload["truth"] = list(truth)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    written = {"json": path}
+    chart = plot_result(out / f"{name}.png", result, truth)
+    if chart is not None:
+        written["png"] = chart
+    return written
+
+
+def _bars(result: QueryResult) -> tuple[list[str], list[float], list[float], list[float], str] | None:
+    rows = result.rows
+    if result.spec.kind == "mean":
+        rows = [r["count"] for r in rows]
+        what = "customers (DP count)"
+    elif result.spec.kind in ("count", "sum", "histogram"):
+        what = f"{result.spec.kind} (DP)"
+    elif result.spec.kind == "funnel":
+        rows = [r for r in rows if r["statistic"] == "reached"]
+        what = "customers reaching step (DP)"
+    else:
+        return None
+    labels = [" / ".join([*r["group"].values(), *([r["label"]] if r.get("label") else [])]) or "all" for r in rows]
+    est = [r["estimate"] for r in rows]
+    return labels, est, [r["estimate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["estimate"] for r in rows], what
+
+
+def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]] | None = None) -> Path | None:
+    """Bar chart of the released values with their intervals as error bars (None for kinds without one)."""
+    bars = _bars(result)
+    if bars is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, est, lo, hi, what = bars
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.8))
+    x = list(range(len(labels)))
+    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {result.spec.confidence:.0%} interval")
+    if truth is not None and result.spec.kind in ("mean", "count"):
+        key = "count" if result.spec.kind == "mean" else "truth"
+        ax.scatter(x, [t[key] for t in truth], color="#DD8452", zorder=3, label="true value (local run)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel(what)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{result.spec.dataset}: {result.spec.kind} (epsilon {result.spec.epsilon:g} per partner, "
+                 f"{len(result.partners)} partners)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,177 @@
+"""Run analytics on one machine: simulated partner homes and an in-process Flower grid.
+
+Simulated partners are provisioned like real ones (schema with tiers, validated
+encrypted ingest into the governed store), so queries take the product path: the
+``query.analytics`` message, a store read under the access policy, the ledger, the
+audit log. :func:`true_partials` reads the same store without noise; it exists for
+local checks (``--show-truth``) and is never reachable over the network.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedcustomer.analytics.combine import QueryResult
+from fedcustomer.analytics.federated import register_analytics_handlers, run_query_on_grid
+from fedcustomer.analytics.local import Partials, compute_partials
+from fedcustomer.analytics.partner import PURPOSE, LoadFrame
+from fedcustomer.analytics.spec import QuerySpec
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.schema import Schema
+from fedcustomer.errors import ConfigError, DataError
+
+FEDERATION_INDEX = "federation.json"
+CDNOW_DATASET = "cdnow"
+_CDNOW_SCHEMA = """
+dataset: cdnow
+description: CDNOW customers summarised over the calibration period (analytics view)
+fields:
+  - {name: customer_id, type: string, tier: core, role: id, validation: {regex: "^[0-9]{1,12}$"}}
+  - {name: cohort, type: category, tier: public, role: feature, validation: {allowed: ["1997-01", "1997-02", "1997-03"]}}
+  - {name: frequency, type: integer, tier: sensitive, role: feature, validation: {min: 0}, masking: "bucket:5"}
+  - {name: monetary, type: float, tier: sensitive, role: feature, validation: {min: 0}, masking: "bucket:50"}
+  - {name: days_since_last, type: integer, tier: sensitive, role: feature, validation: {min: 0}, masking: "bucket:30"}
+  - {name: future_spend, type: float, tier: sensitive, role: label, validation: {min: 0}, masking: "bucket:50"}
+"""
+CDNOW_COHORTS = ("1997-01", "1997-02", "1997-03")
+
+
+def _admin(name: str):  # noqa: ANN202
+    from fedcustomer.privacy.access import Actor
+
+    return Actor(f"admin:{name}", "partner_admin")
+
+
+def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget: DatasetBudget) -> PartnerHome:
+    """A partner home holding ``frame`` in its store under ``schema`` (re-running adds nothing)."""
+    from fedcustomer.data.store import PartnerStore
+
+    home = PartnerHome(root)
+    if home.config_path.exists():
+        config = home.config()
+        config.budgets.setdefault(schema.dataset, budget)
+        home.write_config(config)
+    else:
+        home = PartnerHome.create(root, name, budgets={schema.dataset: budget})
+    store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=_admin(name))
+    try:
+        with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
+            path = Path(tmp) / f"{schema.dataset}.csv"
+            frame[[f.name for f in schema.fields if f.name in frame.columns]].to_csv(path, index=False)
+            store.ingest(_admin(name), schema, path)
+    finally:
+        store.close()
+    return home
+
+
+def setup_synthetic(root: Path, partners: int = 3, *, seed: int = 0, budget: DatasetBudget = DatasetBudget(10.0, 1e-5),
+                    customers: Sequence[int] | int = (5000, 3500, 7000)) -> list[PartnerHome]:
+    """Retailers from ``generate_federation`` as partner homes under ``root`` (dataset ``retailer``)."""
+    from fedcustomer.data.schema import load_bundled
+    from fedcustomer.data.synthetic import generate_federation
+
+    if partners < 1:
+        raise ConfigError(f"need at least 1 partner, got {partners}")
+    fed = generate_federation(0, partners, customers_per_retailer=customers, seed=seed)
+    schema = load_bundled("retailer")
+    homes = [provision(Path(root) / r.name, r.name, schema, pd.concat([r.train, r.test], ignore_index=True), budget)
+             for r in fed.retailers]
+    _write_index(Path(root), homes)
+    return homes
+
+
+def setup_cdnow(root: Path, partners: int = 3, *, data_dir: Path, seed: int = 0,
+                budget: DatasetBudget = DatasetBudget(10.0, 1e-5)) -> list[PartnerHome]:
+    """CDNOW customers split at random across ``partners`` stores (dataset ``cdnow``)."""
+    from fedcustomer.data.cdnow import load_cdnow
+
+    if partners < 1:
+        raise ConfigError(f"need at least 1 partner, got {partners}")
+    frame = load_cdnow(Path(data_dir))
+    order = np.random.default_rng(seed).permutation(len(frame))
+    schema = Schema.from_yaml(_CDNOW_SCHEMA, source="cdnow analytics schema")
+    homes = []
+    for i, part in enumerate(np.array_split(order, partners)):
+        name = f"cdnow_{i + 1}"
+        homes.append(provision(Path(root) / name, name, schema, frame.iloc[part].reset_index(drop=True), budget))
+    _write_index(Path(root), homes)
+    return homes
+
+
+def _write_index(root: Path, homes: Sequence[PartnerHome]) -> None:
+    index = root / FEDERATION_INDEX
+    index.write_text(json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8")
+
+
+def homes_in(directory: Path) -> list[PartnerHome]:
+    """Partner homes under ``directory`` (its federation.json order, else every sub-folder with partner.toml)."""
+    directory = Path(directory)
+    index = directory / FEDERATION_INDEX
+    if index.exists():
+        names = json.loads(index.read_text(encoding="utf-8"))["partners"]
+        homes = [PartnerHome(directory / n) for n in names]
+    else:
+        homes = [PartnerHome(p) for p in sorted(directory.iterdir()) if (p / PartnerHome.CONFIG_NAME).exists()]
+    if not homes:
+        raise ConfigError(f"{directory} holds no partner homes (folders with {PartnerHome.CONFIG_NAME})")
+    return homes
+
+
+def run_inprocess(homes: Sequence[PartnerHome], spec: QuerySpec, *, load_frame: LoadFrame | None = None) -> QueryResult:
+    """Send ``spec`` as ``query.analytics`` messages to a ClientApp per home over an in-process grid."""
+    from flwr.clientapp import ClientApp
+
+    from fedcustomer.clients.app import resolve_home
+    from fedcustomer.server.inprocess import LocalGrid
+
+    paths = [str(Path(h.root).resolve()) for h in homes]
+    app = ClientApp()
+    register_analytics_handlers(app, lambda ctx: resolve_home(ctx, paths), load_frame)
+    return run_query_on_grid(LocalGrid(app, len(paths)), spec)
+
+
+def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:
+    """Exact (unnoised) aggregates over all homes, for local checks only."""
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.privacy.access import Actor
+
+    total: Partials | None = None
+    for home in homes:
+        with PartnerStore.open(home) as store:
+            if spec.dataset not in store.datasets():
+                raise DataError(f"partner {store.name!r} holds no dataset {spec.dataset!r}")
+            frame = store.read(Actor("local:truth", "data_scientist"), PURPOSE, fields=spec.source_fields(),
+                               dataset=spec.dataset)
+        p = compute_partials(frame, spec)
+        if total is None:
+            total = p
+        else:
+            total.stats = {k: total.stats[k] + p.stats[k] for k in total.stats}
+            total.rows += p.rows
+    assert total is not None
+    return total
+
+
+def truth_rows(spec: QuerySpec, partials: Partials) -> list[dict[str, Any]]:
+    """True value per released row of count, sum and mean queries (same order as the result rows)."""
+    rows = []
+    for i, cell in enumerate(spec.cells()):
+        group = dict(zip(spec.group_by, cell))
+        s = partials.stats
+        if spec.kind == "count":
+            rows.append({"group": group, "statistic": "count", "truth": float(s["count"][i])})
+        elif spec.kind == "sum":
+            rows.append({"group": group, "statistic": "sum", "truth": float(s["sum"][i])})
+        elif spec.kind == "mean":
+            n = float(s["count"][i])
+            rows.append({"group": group, "statistic": "mean", "truth": float(s["sum"][i]) / n if n else None,
+                         "count": n, "sum": float(s["sum"][i])})
+        else:
+            raise ConfigError(f"true values are shown for count, sum and mean queries, not {spec.kind!r}")
+    return rows

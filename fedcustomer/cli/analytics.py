@@ -1,0 +1,210 @@
+"""`fedcustomer query`, `rfm` and `budget show`: DP analytics across partners from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fedcustomer.errors import ConfigError
+
+console = Console()
+budget_app = typer.Typer(help="Privacy budgets: what each dataset has spent, and on what.", no_args_is_help=True)
+DATA_CHOICES = ("synthetic", "cdnow")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("query", help="Run a declarative DP query (spec file) across partners.")(query_cmd)
+    app.command("rfm", help="DP RFM segment sizes and mean spend per segment across partners.")(rfm_cmd)
+    app.add_typer(budget_app, name="budget")
+
+
+def _data_dir(data_dir: Optional[Path]) -> Path:
+    if data_dir is not None:
+        return data_dir
+    env = os.environ.get("FEDCUSTOMER_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int, seed: int,
+           data_dir: Optional[Path], budget: float) -> list:
+    from fedcustomer.analytics import runner
+    from fedcustomer.clients.home import DatasetBudget
+
+    if homes is not None and data is not None:
+        raise ConfigError("give either --data (simulated partners) or --homes (existing partner homes), not both")
+    if homes is not None:
+        return runner.homes_in(homes)
+    data = data or "synthetic"
+    if data not in DATA_CHOICES:
+        raise ConfigError(f"--data must be one of {', '.join(DATA_CHOICES)}, got {data!r}")
+    root = out / "partners"
+    target = DatasetBudget(budget, 1e-5)
+    if data == "synthetic":
+        return runner.setup_synthetic(root, partners, seed=seed, budget=target)
+    return runner.setup_cdnow(root, partners, data_dir=_data_dir(data_dir), seed=seed, budget=target)
+
+
+def query_cmd(
+    spec: Path = typer.Option(..., "--spec", help="query spec file (.yaml / .yml / .json)"),
+    data: Optional[str] = typer.Option(None, help="synthetic | cdnow: set up simulated partners under OUT/partners"),
+    homes: Optional[Path] = typer.Option(None, help="directory of existing partner homes to query"),
+    partners: int = typer.Option(3, help="simulated partners (with --data)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
+    budget: float = typer.Option(10.0, help="epsilon target per dataset of newly simulated partners"),
+    seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
+    out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
+    as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
+) -> None:
+    from fedcustomer.analytics.report import write_result
+    from fedcustomer.analytics.runner import run_inprocess
+    from fedcustomer.analytics.spec import load_spec
+
+    query = load_spec(spec)
+    result = run_inprocess(_homes(data, homes, out, partners, seed, data_dir, budget), query)
+    write_result(out, result)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        print_result(result)
+
+
+def rfm_cmd(
+    data: Optional[str] = typer.Option(None, help="synthetic | cdnow (default synthetic)"),
+    homes: Optional[Path] = typer.Option(None, help="directory of existing partner homes (then --show-truth is refused)"),
+    epsilon: float = typer.Option(1.0, help="epsilon each partner spends on this release"),
+    partners: int = typer.Option(3, help="simulated partners"),
+    data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
+    budget: float = typer.Option(10.0, help="epsilon target per dataset of newly simulated partners"),
+    confidence: float = typer.Option(0.95, help="interval level"),
+    seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
+    out: Path = typer.Option(Path("runs/rfm"), help="directory for rfm.json / rfm.png"),
+    show_truth: bool = typer.Option(False, "--show-truth", help="also print true values (local simulated runs only)"),
+    as_json: bool = typer.Option(False, "--json", help="print rfm.json instead of tables"),
+) -> None:
+    from fedcustomer.analytics import rfm, runner
+    from fedcustomer.analytics.customer import rfm_query
+    from fedcustomer.analytics.report import write_result
+
+    if show_truth and homes is not None:
+        raise ConfigError(
+            "--show-truth is only allowed for a local simulated run (--data synthetic|cdnow); partner homes given "
+            "with --homes hold real customers whose true values must never be shown"
+        )
+    source = data or "synthetic"
+    partner_homes = _homes(data, homes, out, partners, seed, data_dir, budget)
+    dataset = runner.CDNOW_DATASET if source == "cdnow" else "retailer"
+    config = rfm.PRESETS["cdnow" if source == "cdnow" else "synthetic"]
+    spec = rfm_query(dataset, config, epsilon=epsilon, confidence=confidence)
+    result = runner.run_inprocess(partner_homes, spec)
+    truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
+    write_result(out, result, truth=truth, name="rfm")
+    if as_json:
+        payload = result.to_dict()
+        if truth is not None:
+            payload["truth"] = truth
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    print_rfm(result, truth)
+    console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
+
+
+@budget_app.command("show", help="Every charge (training rounds and queries) and refusal, with totals per dataset.")
+def budget_show(
+    home: Path = typer.Option(..., help="partner home directory"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    report = budget_report(home, dataset)
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return
+    for ds in report["datasets"]:
+        t = ds["totals"]
+        table = Table(title=f"{escape(report['partner'])} / {escape(ds['dataset'])}: epsilon {t['epsilon']:.4g} of "
+                            f"{t['epsilon_target']:g} (delta {t['delta']:.1e} of {t['delta_target']:.0e})")
+        for col in ("time", "run/query", "mechanism", "eps", "delta"):
+            table.add_column(col)
+        for c in ds["charges"]:
+            who = c["query_id"] or (f"{c['run_id']} r{c['round']}" if c["run_id"] else c["charge_key"])
+            table.add_row(c["time"][:19], escape(str(who)), c["mechanism"], f"{c['epsilon']:.4g}",
+                          "" if c["delta"] is None else f"{c['delta']:.1e}")
+        console.print(table)
+        for r in ds["refusals"]:
+            console.print(f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
+                          f"{escape(r['reason'])}")
+
+
+def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, Any]:
+    """Charges and refusals per dataset of one partner home (stable JSON)."""
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.privacy.ledger import BudgetLedger
+
+    home = PartnerHome(home_dir)
+    config = home.config()
+    names = [dataset] if dataset else sorted(config.budgets)
+    out = []
+    for ds in names:
+        ledger = BudgetLedger(home.ledger_path, ds, config.budget_for(ds))
+        spent = ledger.spent()
+        out.append({
+            "dataset": ds,
+            "totals": {"epsilon": spent.epsilon, "delta": spent.delta, "epsilon_target": spent.epsilon_target,
+                       "delta_target": spent.delta_target, "epsilon_remaining": spent.epsilon_remaining},
+            "charges": [c.to_dict() for c in ledger.charges()],
+            "refusals": ledger.refusals(),
+        })
+    return {"format": "fedcustomer.budget/1", "partner": config.name, "home": str(home.root), "datasets": out}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def print_result(result: Any) -> None:
+    table = Table(title=f"{escape(result.query_id)}: {result.spec.kind} over {escape(result.spec.dataset)} "
+                        f"({len(result.partners)} partners, {result.spec.confidence:.0%} intervals)")
+    for col in ("group", "statistic", "estimate", "interval"):
+        table.add_column(col)
+    for r in result.rows:
+        group = ", ".join(f"{k}={v}" for k, v in r["group"].items()) or "all"
+        stat = r["statistic"] + (f" {r['label']}" if r.get("label") else "")
+        table.add_row(escape(group), escape(stat), _fmt(r["estimate"]), f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+    console.print(table)
+    for name, reason in result.refused.items():
+        console.print(f"[yellow]refused[/] {escape(name)}: {escape(reason)}")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
+
+
+def print_rfm(result: Any, truth: Optional[list[dict[str, Any]]]) -> None:
+    table = Table(title=f"RFM segments over {escape(result.spec.dataset)} ({len(result.partners)} partners, "
+                        f"epsilon {result.spec.epsilon:g} each, {result.spec.confidence:.0%} intervals)")
+    cols = ["segment", "customers", "interval", "mean spend", "interval"]
+    if truth is not None:
+        cols[3:3] = ["true"]
+        cols.append("true")
+    for col in cols:
+        table.add_column(col)
+    for i, r in enumerate(result.rows):
+        c = r["count"]
+        cells = [r["group"]["segment"], _fmt(c["estimate"]), f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"]
+        if truth is not None:
+            cells.append(_fmt(truth[i]["count"]))
+        cells += [_fmt(r["estimate"]), f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"]
+        if truth is not None:
+            cells.append(_fmt(truth[i]["truth"]))
+        table.add_row(*cells)
+    console.print(table)
+    for name, reason in result.refused.items():
+        console.print(f"[yellow]refused[/] {escape(name)}: {escape(reason)}")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")

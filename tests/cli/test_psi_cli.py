@@ -1,0 +1,109 @@
+"""``fedcustomer psi``: planted overlap comes out exactly, bad input exits 4 without a traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedcustomer.privacy.crypto import normalize_id
+
+
+def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "300"}
+    return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _partner_files(tmp_path: Path, n_a: int, n_b: int, k: int, suffix: str = ".csv") -> tuple[Path, Path, set[str]]:
+    """Two partner files sharing exactly ``k`` customers (random ids, shuffled rows, other columns)."""
+    shared = [f"CN{secrets.token_hex(6)}" for _ in range(k)]
+    only_a = [f"CN{secrets.token_hex(6)}" for _ in range(n_a - k)]
+    only_b = [f"CN{secrets.token_hex(6)}" for _ in range(n_b - k)]
+    a = pd.DataFrame({"customer_id": shared + only_a, "balance": range(n_a)}).sample(frac=1, random_state=1)
+    b = pd.DataFrame({"customer_id": [s.lower() for s in shared] + only_b, "spend": range(n_b)}).sample(frac=1,
+                                                                                                     random_state=2)
+    pa, pb = tmp_path / f"bank{suffix}", tmp_path / f"shop{suffix}"
+    for frame, path in ((a, pa), (b, pb)):
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    return pa, pb, set(shared)
+
+
+def test_planted_overlap_is_printed_exactly(tmp_path):
+    a, b, shared = _partner_files(tmp_path, 120, 90, k=37)
+    res = fedcustomer("psi", "--a", str(a), "--b", str(b), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0] == "37"
+
+
+def test_json_and_alignment_files_are_written(tmp_path):
+    a, b, shared = _partner_files(tmp_path, 60, 80, k=23, suffix=".parquet")
+    out = tmp_path / "out"
+    res = fedcustomer("psi", "--a", str(a), "--b", str(b), "--out", str(out), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout)
+    assert printed == json.loads((out / "psi.json").read_text())
+    assert printed["intersection_size"] == 23
+    assert (printed["a"]["distinct"], printed["b"]["distinct"]) == (60, 80)
+    rows_a = list(csv.DictReader((out / "alignment_a.csv").open()))
+    rows_b = list(csv.DictReader((out / "alignment_b.csv").open()))
+    assert [r["row"] for r in rows_a] == [str(i) for i in range(23)]
+    assert [normalize_id(r["customer_id"]) for r in rows_a] == [normalize_id(r["customer_id"]) for r in rows_b]
+    assert {r["customer_id"] for r in rows_a} == shared  # each side keeps its own spelling
+    assert {r["customer_id"] for r in rows_b} == {s.lower() for s in shared}
+
+
+def test_workers_and_custom_id_column(tmp_path):
+    pd.DataFrame({"cid": ["x1", "x2", "x2", "x3"]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"cid": ["X2", "X3 ", "x4"]}).to_csv(tmp_path / "b.csv", index=False)
+    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", "--id-column", "cid", "--workers", "2", "--json",
+                      cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["intersection_size"] == 2
+    assert data["a"]["duplicates_removed"] == 1 and data["workers"] == 2
+
+
+def _assert_clean_failure(res: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert res.returncode == code, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in res.stderr, res.stderr
+
+
+def test_missing_id_column_exits_4(tmp_path):
+    pd.DataFrame({"client": ["A1"]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
+    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    _assert_clean_failure(res, 4, "a.csv", "no id column 'customer_id'", "client", "--id-column")
+
+
+@pytest.mark.parametrize(("content", "needle"), [("", "file is empty"), ("customer_id\n", "no rows")])
+def test_empty_file_exits_4(tmp_path, content, needle):
+    (tmp_path / "a.csv").write_text(content)
+    pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
+    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    _assert_clean_failure(res, 4, needle)
+
+
+def test_blank_id_and_missing_file_exit_4_without_leaking_ids(tmp_path):
+    (tmp_path / "a.csv").write_text("customer_id,x\nSECRET-ID-1,1\n,2\n")
+    pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
+    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    _assert_clean_failure(res, 4, "line 3", "every row needs a customer id")
+    assert "SECRET-ID-1" not in res.stderr + res.stdout
+    res = fedcustomer("psi", "--a", "nope.csv", "--b", "b.csv", cwd=tmp_path)
+    _assert_clean_failure(res, 4, "nope.csv: file not found")
+
+
+def test_bad_workers_exits_3(tmp_path):
+    pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "a.csv", index=False)
+    res = fedcustomer("psi", "--a", "a.csv", "--b", "a.csv", "--workers", "0", cwd=tmp_path)
+    _assert_clean_failure(res, 3, "--workers must be >= 1")

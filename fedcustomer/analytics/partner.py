@@ -121,6 +121,11 @@ def _read(home: PartnerHome, spec: QuerySpec, actor: Actor, load_frame: LoadFram
             for g in spec.group_by:
                 if g not in schema.names and not _derived(spec, g):
                     raise DataError(f"dataset {spec.dataset!r} has no field {g!r} to group by")
+            if not fields:  # a plain row count: read one public field just to enumerate customers
+                public = [f.name for f in schema.fields if f.tier == "public"]
+                if not public:
+                    raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
+                fields = public[:1]
             frame = store.read(actor, PURPOSE, fields=fields, dataset=spec.dataset)
             extras = None
             if spec.kind == "quality":

@@ -1,0 +1,105 @@
+"""A partner's answer: policy, ledger (charged before release, refusals charge nothing), audit, replays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedcustomer.analytics.partner import answer_query, ledger_for
+from fedcustomer.analytics.spec import QuerySpec
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError
+from fedcustomer.privacy.audit import AuditLog
+
+from .conftest import REGIONS
+
+
+def _count(eps: float = 1.0, qid: str = "q-count", **kw) -> QuerySpec:
+    return QuerySpec(dataset="retailer", kind="count", group_by=("region",), groups={"region": tuple(REGIONS)},
+                     epsilon=eps, query_id=qid, **kw)
+
+
+def _query_entries(home: PartnerHome) -> list:
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    try:
+        return list(log.query(action="query"))
+    finally:
+        log.close()
+
+
+def test_answer_charges_the_ledger_and_writes_one_audit_entry(homes: list[PartnerHome]) -> None:
+    home = homes[0]
+    release = answer_query(home, _count(0.8))
+    charges = ledger_for(home, "retailer").charges()
+    assert [(c.query_id, c.epsilon, c.mechanism) for c in charges] == [("q-count", 0.8, "laplace")]
+    assert release["spend"]["epsilon_total"] == pytest.approx(0.8)
+    [entry] = _query_entries(home)
+    assert entry.decision == "allowed" and entry.details["query_id"] == "q-count"
+    assert entry.details["epsilon"] == 0.8 and list(entry.fields) == ["region"]
+
+
+def test_gaussian_query_is_charged_as_one_full_batch_gaussian_step(homes: list[PartnerHome]) -> None:
+    answer_query(homes[0], _count(1.0, "q-gauss", mechanism="gaussian", delta=1e-7))
+    [c] = ledger_for(homes[0], "retailer").charges()
+    assert (c.family, c.sample_rate, c.steps, c.query_id) == ("gaussian_rdp", 1.0, 1, "q-gauss")
+    assert c.noise_multiplier > 0
+
+
+def test_exhausted_budget_refuses_and_charges_nothing(homes: list[PartnerHome]) -> None:
+    home = homes[0]
+    answer_query(home, _count(4.0, "q-big"))
+    with pytest.raises(BudgetExhausted, match="past the target"):
+        answer_query(home, _count(2.0, "q-over"))
+    ledger = ledger_for(home, "retailer")
+    assert [c.query_id for c in ledger.charges()] == ["q-big"]
+    assert [r["charge_key"] for r in ledger.refusals()] == ["query:q-over"]
+    assert not (home.state_dir / "queries" / "q-over.json").exists()
+    assert [e.decision for e in _query_entries(home)] == ["allowed", "denied"]
+
+
+def test_query_on_a_core_field_is_refused_by_policy_and_charges_nothing(homes: list[PartnerHome]) -> None:
+    home = homes[0]
+    with pytest.raises(AccessDenied, match="card_number"):
+        answer_query(home, QuerySpec(dataset="retailer", kind="count", field="card_number", epsilon=0.5, query_id="q-core"))
+    assert ledger_for(home, "retailer").charges() == []
+    [entry] = _query_entries(home)
+    assert entry.decision == "denied" and "card_number" in entry.fields
+
+
+def test_grouping_by_a_sensitive_field_is_refused(homes: list[PartnerHome]) -> None:
+    spec = QuerySpec(dataset="retailer", kind="count", group_by=("age",), groups={"age": ("30", "40")}, epsilon=0.5)
+    with pytest.raises(AccessDenied, match="public"):
+        answer_query(homes[0], spec)
+    assert ledger_for(homes[0], "retailer").charges() == []
+
+
+def test_same_query_id_returns_the_same_release_without_paying_twice(homes: list[PartnerHome]) -> None:
+    first = answer_query(homes[0], _count(1.0, "q-retry"))
+    again = answer_query(homes[0], _count(1.0, "q-retry"))
+    assert again["stats"] == first["stats"] and again["already_paid"] is True
+    assert len(ledger_for(homes[0], "retailer").charges()) == 1
+
+
+def test_reusing_a_query_id_for_another_query_is_refused(homes: list[PartnerHome]) -> None:
+    answer_query(homes[0], _count(1.0, "q-same"))
+    with pytest.raises(ConfigError, match="different query"):
+        answer_query(homes[0], _count(0.5, "q-same"))
+
+
+def test_partner_without_a_store_reads_through_the_given_loader(tmp_path: Path) -> None:
+    home = PartnerHome.create(tmp_path / "p", "p", budgets={"events": DatasetBudget(2.0, 1e-5)})
+    frame = pd.DataFrame({"funnel_stage": ["visit"] * 50 + ["cart"] * 30 + ["buy"] * 20})
+    seen = []
+
+    def load(h: PartnerHome, dataset: str, fields: list[str]) -> pd.DataFrame:
+        seen.append((dataset, list(fields)))
+        return frame
+
+    spec = QuerySpec(dataset="events", kind="funnel", field="funnel_stage", steps=("visit", "cart", "buy"),
+                     epsilon=1.0, query_id="q-funnel")
+    release = answer_query(home, spec, load_frame=load)
+    assert seen == [("events", ["funnel_stage"])]
+    assert len(release["stats"]["hist"][0]) == 3
+    assert ledger_for(home, "events").charges()[0].query_id == "q-funnel"

@@ -19,7 +19,7 @@ from fedcustomer.models.features import FeatureSpec, NumericFeature
 
 CDNOW_SUBDIR = "cdnow"
 CDNOW_FILENAME = "CDNOW_master.txt"
-CDNOW_FEATURES = ("frequency", "recency", "T", "monetary", "avg_basket", "cds", "days_since_last")
+CDNOW_FEATURES = ("frequency", "recency", "tenure_weeks", "monetary", "avg_basket", "cds", "days_since_last")
 
 _WHERE_TO_GET = (
     "get CDNOW_master.txt (the CDNOW data set distributed by Bruce Hardie, also bundled with the Python "
@@ -38,7 +38,7 @@ def cdnow_spec(calibration_weeks: int = 39) -> FeatureSpec:
         features=[
             NumericFeature("frequency", 0.0, 4.5, log=True),  # repeat purchase days, up to ~90
             NumericFeature("recency", 0.0, weeks),
-            NumericFeature("T", 0.0, weeks),
+            NumericFeature("tenure_weeks", 0.0, weeks),
             NumericFeature("monetary", 0.0, 9.0, log=True),  # calibration spend, up to ~8,000 dollars
             NumericFeature("avg_basket", 0.0, 7.0, log=True),
             NumericFeature("cds", 0.0, 6.0, log=True),
@@ -111,7 +111,7 @@ def load_cdnow(path: Path, *, calibration_weeks: int = 39, holdout_weeks: int = 
 
     The calibration period starts on the log's first date and lasts ``calibration_weeks``;
     the holdout follows for ``holdout_weeks``. Features (calibration only): ``frequency``
-    (repeat purchase days), ``recency`` (weeks from first to last purchase), ``T`` (weeks
+    (repeat purchase days), ``recency`` (weeks from first to last purchase), ``tenure_weeks`` (BG/NBD T: weeks
     from first purchase to the period's last day), ``monetary`` (total dollars),
     ``avg_basket`` (dollars per purchase day), ``cds`` (CDs bought), ``days_since_last``;
     plus ``cohort`` (month of first purchase) for non-IID splits.
@@ -152,7 +152,7 @@ def load_cdnow(path: Path, *, calibration_weeks: int = 39, holdout_weeks: int = 
             "cohort": per["first"].dt.strftime("%Y-%m").to_numpy(),
             "frequency": (per["purchase_days"] - 1).to_numpy(),
             "recency": ((per["last"] - per["first"]).dt.days / 7.0).round(4).to_numpy(),
-            "T": ((last_cal_day - per["first"]).dt.days / 7.0).round(4).to_numpy(),
+            "tenure_weeks": ((last_cal_day - per["first"]).dt.days / 7.0).round(4).to_numpy(),
             "monetary": per["monetary"].round(2).to_numpy(),
             "avg_basket": (per["monetary"] / per["purchase_days"]).round(2).to_numpy(),
             "cds": per["cds"].to_numpy(),

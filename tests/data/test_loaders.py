@@ -123,12 +123,12 @@ def test_cdnow_features_match_hand_computation(tmp_path):
     c2 = df.loc["00002"]
     assert c2.frequency == 1  # two purchase days: Jan 12 (two lines) and Mar 1
     assert c2.recency == pytest.approx(48 / 7, abs=1e-3)
-    assert c2["T"] == pytest.approx(261 / 7, abs=1e-3)  # Jan 12 -> Sep 30
+    assert c2["tenure_weeks"] == pytest.approx(261 / 7, abs=1e-3)  # Jan 12 -> Sep 30
     assert c2.monetary == pytest.approx(109.0) and c2.avg_basket == pytest.approx(54.5) and c2.cds == 8
     assert c2.days_since_last == 213 and c2.future_spend == pytest.approx(15.5)
     assert df.loc["00003", "future_spend"] == pytest.approx(25.0)
     assert df.loc["00001", "future_spend"] == 0.0 and df.loc["00001", "frequency"] == 0
-    assert df.loc["00001", "T"] == pytest.approx(272 / 7, abs=1e-3)
+    assert df.loc["00001", "tenure_weeks"] == pytest.approx(272 / 7, abs=1e-3)
     assert list(df.cohort) == ["1997-01", "1997-01", "1997-02", "1997-03"]
     x, y = CDNOW_SPEC.transform(df.reset_index())
     assert x.shape == (4, CDNOW_SPEC.input_dim) and np.all((x >= 0) & (x <= 1))

@@ -1,0 +1,90 @@
+"""`fedcustomer run-vertical`: split learning between a bank and a retailer from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fedcustomer.errors import FederationError
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run-vertical")(run_vertical)
+
+
+def run_vertical(
+    task: str = typer.Option("repayment", help="repayment (label at the bank) or clv (label at the retailer)"),
+    data: str = typer.Option("synthetic", help="synthetic | uci-credit (UCI split by columns)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit lives (default: $FEDCUSTOMER_DATA_DIR)"),
+    rounds: int = typer.Option(5, help="rounds (each about one expected pass over the shared customers)"),
+    steps_per_round: Optional[int] = typer.Option(None, help="steps per round (default 1/q)"),
+    batch_size: int = typer.Option(64, help="expected Poisson batch size chosen by the label owner"),
+    lr: float = typer.Option(0.01, help="learning rate at both parties"),
+    optimizer: str = typer.Option("adam", help="sgd | adam"),
+    embed_dim: int = typer.Option(8, help="embedding width of each bottom model"),
+    epsilon: float = typer.Option(3.0, help="each party's epsilon target for its dataset"),
+    delta: float = typer.Option(1e-5, help="each party's delta target"),
+    max_grad_norm: float = typer.Option(1.0, help="per-sample clipping norm of the bottom models"),
+    no_dp: bool = typer.Option(False, "--no-dp", help="no DP at all (baseline only; releases are NOT private)"),
+    no_label_dp: bool = typer.Option(False, "--no-label-dp", help="return gradients without label protection"),
+    label_max_grad_norm: float = typer.Option(1.0, help="clipping norm of the gradients returned to the passive party"),
+    embedding_noise: float = typer.Option(0.0, help="Gaussian noise multiplier on released embeddings (not accounted)"),
+    max_noise_multiplier: float = typer.Option(50.0, help="cap on the calibrated noise"),
+    customers: int = typer.Option(4000, help="synthetic: customers per party"),
+    shared_fraction: float = typer.Option(0.7, help="share of customers both parties hold"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the label-owner-only baseline"),
+    seed: int = typer.Option(0, help="seed for data, splits and initial weights (not for DP noise)"),
+    out: Path = typer.Option(Path("runs/vertical"), help="run directory to write"),
+    homes: Optional[Path] = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
+) -> None:
+    """Train the joint model over the customers both parties share, each party's data staying at home."""
+    from fedcustomer.vertical.job import VerticalJob
+    from fedcustomer.vertical.runner import run_vertical_local
+
+    job = VerticalJob(
+        task=task, data=data, data_dir=str(data_dir) if data_dir else None, rounds=rounds,
+        steps_per_round=steps_per_round, batch_size=batch_size, lr=lr, optimizer=optimizer, embed_dim=embed_dim,
+        dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, label_dp=not no_label_dp,
+        label_max_grad_norm=label_max_grad_norm, embedding_noise=embedding_noise,
+        max_noise_multiplier=max_noise_multiplier, customers=customers, shared_fraction=shared_fraction,
+        baseline=not no_baseline, seed=seed, out=str(out), homes=str(homes) if homes else None,
+    )
+    summary = run_vertical_local(job)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print(summary)
+    if summary["status"] == "failed":
+        raise FederationError(summary["stop_reason"] or "the vertical job failed")
+
+
+def _print(s: dict) -> None:
+    metric = s["primary_metric"]
+    console.print(f"vertical {s['task']} on {s['data']}: [bold]{s['status']}[/], "
+                  f"{s['rounds_completed']}/{s['rounds_planned']} rounds, PSI size {s['psi_size']}")
+    if s["stop_reason"]:
+        console.print(f"stopped: {escape(s['stop_reason'])}")
+    table = Table("model", f"held-out {metric}")
+    base = s.get("baseline") or {}
+    owner = next((p["name"] for p in s["partners"] if p["role"] == "active"), "label owner")
+    if base:
+        table.add_row(f"{owner}-only", _fmt(base.get("metrics", {}).get(metric)))
+    table.add_row("vertical", _fmt(s["metrics"].get(metric)))
+    console.print(table)
+    budget = Table("party", "role", "epsilon spent", "target")
+    for p in s["partners"]:
+        budget.add_row(p["name"], p["role"], _fmt(p["epsilon_spent"]), _fmt(p["epsilon_target"]))
+    console.print(budget)
+
+
+def _fmt(v: object) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

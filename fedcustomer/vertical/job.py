@@ -1,0 +1,104 @@
+"""One vertical job's configuration (CLI options, ``config.json`` in the run directory)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.server.job import new_run_id
+
+DATA_SOURCES = ("synthetic", "uci-credit")
+VERTICAL_TASKS = ("repayment", "clv")
+
+
+@dataclass
+class VerticalJob:
+    """A split-learning job between the label owner (active) and one feature-only party (passive).
+
+    ``batch_size`` is the *expected* Poisson batch: the label owner samples every aligned
+    training customer independently with rate ``q = batch_size / n_train`` (public).
+    ``steps_per_round`` defaults to ``int(1 / q)`` (one expected pass over the data).
+    """
+
+    task: str = "repayment"
+    data: str = "synthetic"
+    data_dir: str | None = None
+    rounds: int = 5
+    steps_per_round: int | None = None
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "adam"
+    embed_dim: int = 8
+    hidden: int = 16
+    dp: bool = True
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    label_dp: bool = True
+    label_max_grad_norm: float = 1.0
+    embedding_noise: float = 0.0
+    embedding_clip: float = 1.0
+    max_noise_multiplier: float = 50.0
+    test_fraction: float = 0.25
+    customers: int = 4000
+    shared_fraction: float = 0.7
+    baseline: bool = True
+    seed: int = 0
+    out: str = "runs/vertical"
+    homes: str | None = None
+    run_id: str = field(default_factory=new_run_id)
+    round_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.task not in VERTICAL_TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(VERTICAL_TASKS)}, got {self.task!r}")
+        if self.data not in DATA_SOURCES:
+            raise ConfigError(f"--data must be one of {', '.join(DATA_SOURCES)} for vertical runs, got {self.data!r}")
+        if self.data == "uci-credit" and self.task != "repayment":
+            raise ConfigError("the UCI credit data has no spend label; use --task repayment with --data uci-credit")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
+        for name in ("epsilon", "lr", "max_grad_norm", "label_max_grad_norm", "embedding_clip", "max_noise_multiplier"):
+            _positive(name, getattr(self, name))
+        if not (0 < self.delta < 1):
+            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):
+            raise ConfigError(f"--embedding-noise must be >= 0, got {self.embedding_noise}")
+        for name in ("rounds", "batch_size", "embed_dim", "hidden", "customers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_round is not None and self.steps_per_round < 1:
+            raise ConfigError(f"--steps-per-round must be >= 1, got {self.steps_per_round}")
+        if not (0 < self.test_fraction < 1):
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if not (0 < self.shared_fraction <= 1):
+            raise ConfigError(f"--shared-fraction must be in (0, 1], got {self.shared_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "VerticalJob":
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown vertical job option {key!r}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")

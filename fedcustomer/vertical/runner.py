@@ -1,0 +1,401 @@
+"""The coordinator's side of split learning, and a one-machine runner with run outputs.
+
+:func:`run_vertical_on_grid` drives the protocol of :mod:`fedcustomer.vertical.protocol`
+over any Flower ``Grid`` (in-process, simulation engine, SuperLink) and writes the run
+directory: ``config.json summary.json metrics.csv feature_specs.json plots/*.png``. The
+coordinator never holds a model: each party keeps its final part at home
+(``state/vertical/run-<id>-<role>-final.pt``), written only when the job ends cleanly,
+so a failed job leaves no part that could be mistaken for a final model.
+
+:func:`run_vertical_local` sets up both parties' homes (governed stores, PSI alignment)
+and runs the job on the in-process grid, plus the label owner's features-only baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+
+from fedcustomer.clients.app import resolve_home
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.models.metrics import PRIMARY_METRIC
+from fedcustomer.vertical.data import (
+    ACTIVE, PASSIVE, PartyPlan, party_frames, plan_parties, private_intersection, provision_party, save_alignment,
+)
+from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.protocol import message_type, register_vertical_handlers
+
+log = logging.getLogger(__name__)
+SUMMARY_SCHEMA_VERSION = 1
+
+
+@dataclass
+class VerticalRound:
+    round: int
+    status: str  # "trained" | "refused"
+    metrics: dict[str, float] = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    epsilon_target: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    wall_time_s: float = 0.0
+    refused_by: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class DriveResult:
+    status: str  # "completed" | "stopped" | "failed"
+    rounds: list[VerticalRound]
+    stop_reason: str | None = None
+    accounting: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rounds_completed(self) -> int:
+        return sum(r.status == "trained" for r in self.rounds)
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        return next((r.metrics for r in reversed(self.rounds) if r.status == "trained"), {})
+
+
+class _Wire:
+    """Sends one message to one node and returns its reply content, or raises FederationError."""
+
+    def __init__(self, grid: Grid, timeout: float) -> None:
+        self.grid, self.timeout = grid, timeout
+        self.names: dict[int, str] = {}
+
+    def ask(self, node: int, action: str, config: dict[str, Any], arrays: dict[str, torch.Tensor] | None = None) -> RecordDict:
+        content = RecordDict({"config": ConfigRecord(config)})
+        if arrays is not None:
+            content["arrays"] = ArrayRecord(arrays)
+        msg = Message(content=content, dst_node_id=node, message_type=message_type(action))
+        replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
+        who = self.names.get(node, f"node {node}")
+        if not replies:
+            raise FederationError(f"partner {who} did not answer {action} (node lost or timed out); the vertical job "
+                                  "cannot go on without both parties")
+        reply = replies[0]
+        if reply.has_error():
+            raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
+        return reply.content
+
+
+def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int) -> dict[str, Any]:
+    return {
+        "run-id": job.run_id, "role": plan.role, "name": plan.name, "peer": peer, "dataset": plan.dataset,
+        "feature-spec": json.dumps(plan.spec.to_dict()), "task": job.task, "rounds": job.rounds,
+        "batch-size": job.batch_size, "lr": job.lr, "optimizer": job.optimizer, "embed-dim": job.embed_dim,
+        "hidden": job.hidden, "passive-embed-dim": passive_dim, "dp": job.dp, "max-grad-norm": job.max_grad_norm,
+        "label-dp": job.label_dp, "label-max-grad-norm": job.label_max_grad_norm,
+        "embedding-noise": job.embedding_noise, "embedding-clip": job.embedding_clip,
+        "max-noise-multiplier": job.max_noise_multiplier, "test-fraction": job.test_fraction, "seed": job.seed,
+        "steps-per-round": 0, "sample-rate": 0.0,
+    }
+
+
+def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | None, *,
+          peer_of_active: str | None = None) -> DriveResult:
+    """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone."""
+    wire = _Wire(grid, job.round_timeout)
+    nodes: dict[str, int] = {}
+    for node in grid.get_node_ids():
+        name = str(dict(wire.ask(node, "vertical_hello", {})["partner"])["name"])
+        wire.names[node] = name
+        nodes[name] = node
+    wanted = [active.name] + ([passive.name] if passive else [])
+    absent = [n for n in wanted if n not in nodes]
+    if absent:
+        raise FederationError(f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})")
+    cfg = {ACTIVE: _session_config(job, active, peer_of_active or (passive.name if passive else active.name),
+                                   job.embed_dim if passive else 0)}
+    if passive:
+        cfg[PASSIVE] = _session_config(job, passive, active.name, job.embed_dim)
+    node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
+    sizes = {k: float(v) for k, v in dict(wire.ask(node_of[ACTIVE], "vertical_setup", cfg[ACTIVE])["metrics"]).items()}
+    if passive:
+        other = dict(wire.ask(node_of[PASSIVE], "vertical_setup", cfg[PASSIVE])["metrics"])
+        if int(other["aligned"]) != int(sizes["aligned"]):
+            raise FederationError(f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
+                                  f"{int(other['aligned'])} customers); run the PSI again")
+    q = min(1.0, job.batch_size / sizes["train"])
+    steps = job.steps_per_round or max(1, int(1 / q))
+    for c in cfg.values():
+        c.update({"sample-rate": q, "steps-per-round": steps})
+    roles = [PASSIVE, ACTIVE] if passive else [ACTIVE]
+    name_of = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
+    rounds: list[VerticalRound] = []
+    for rnd in range(1, job.rounds + 1):
+        t0 = time.perf_counter()
+        report = VerticalRound(rnd, "refused")
+        for phase in ("vertical_check", "vertical_begin"):  # check both first, so a refusal costs nobody anything
+            for role in roles:
+                reply = wire.ask(node_of[role], phase, cfg[role] | {"round": rnd})
+                decision = dict(reply["decision"])
+                metrics = dict(reply["metrics"])
+                if "epsilon-total" in metrics:
+                    report.epsilon[name_of[role]] = float(metrics["epsilon-total"])
+                    report.epsilon_target[name_of[role]] = float(metrics["epsilon-target"])
+                if not decision["ok"]:
+                    report.refused_by, report.reason = name_of[role], str(decision["reason"])
+                    report.wall_time_s = time.perf_counter() - t0
+                    rounds.append(report)
+                    return DriveResult("stopped", rounds, f"round {rnd}: {name_of[role]} refused: {decision['reason']}",
+                                       _finish(wire, node_of, cfg, rnd), sizes)
+                if phase == "vertical_begin" and role == ACTIVE:
+                    arrays = reply["arrays"].to_torch_state_dict()
+                    batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
+        for t, pos in enumerate(batches):
+            step_cfg = {"round": rnd, "step": t}
+            emb = None
+            if passive:
+                emb = wire.ask(node_of[PASSIVE], "vertical_forward", cfg[PASSIVE] | step_cfg,
+                               {"positions": pos})["arrays"].to_torch_state_dict()["embeddings"]
+            reply = wire.ask(node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg,
+                             {"embeddings": emb} if emb is not None else None)
+            if passive:
+                grads = reply["arrays"].to_torch_state_dict()["gradients"]
+                wire.ask(node_of[PASSIVE], "vertical_backward", cfg[PASSIVE] | step_cfg,
+                         {"positions": pos, "gradients": grads})
+        test_emb = None
+        if passive:
+            test_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
+            test_emb = test_emb.to_torch_state_dict()["embeddings"]
+        metrics = wire.ask(node_of[ACTIVE], "vertical_evaluate", cfg[ACTIVE] | {"round": rnd},
+                           {"embeddings": test_emb} if test_emb is not None else None)["metrics"]
+        report.status, report.metrics, report.steps = "trained", {k: float(v) for k, v in dict(metrics).items()}, len(batches)
+        report.wall_time_s = time.perf_counter() - t0
+        rounds.append(report)
+        log.info("vertical round %s: %s", rnd, report.metrics)
+    return DriveResult("completed", rounds, None, _finish(wire, node_of, cfg, job.rounds), sizes)
+
+
+def _finish(wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], rnd: int) -> dict[str, dict[str, Any]]:
+    out = {}
+    for role, node in node_of.items():
+        reply = wire.ask(node, "vertical_finish", cfg[role] | {"round": rnd})
+        out[str(dict(reply["partner"])["name"])] = json.loads(str(dict(reply["accounting"])["json"]))
+    return out
+
+
+def run_vertical_on_grid(grid: Grid, job: VerticalJob, *, baseline_grid: Grid | None = None,
+                         psi_size: int | None = None) -> dict[str, Any]:
+    """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
+
+    Raises FederationError when a party drops out, after writing a summary with status
+    ``failed`` (no party keeps a final model part for a failed job).
+    """
+    active, passive = plan_parties(job)
+    out = Path(job.out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    job.write(out / "config.json")
+    specs = {p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()} for p in (active, passive)}
+    (out / "feature_specs.json").write_text(json.dumps(specs, indent=2) + "\n", encoding="utf-8")
+    try:
+        result = drive(grid, job, active, passive)
+    except FederationError as exc:
+        failed = DriveResult("failed", [], str(exc))
+        _write_outputs(out, job, failed, None, active, passive, psi_size)
+        raise
+    baseline = None
+    if baseline_grid is not None:
+        base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
+        try:
+            baseline = drive(baseline_grid, base_job, active, None, peer_of_active=passive.name)
+        except FederationError as exc:
+            baseline = DriveResult("failed", [], str(exc))
+    return _write_outputs(out, job, result, baseline, active, passive, psi_size)
+
+
+def _partners(result: DriveResult, active: PartyPlan, passive: PartyPlan | None) -> list[dict[str, Any]]:
+    rows = []
+    for plan in [p for p in (active, passive) if p is not None]:
+        eps = [r.epsilon[plan.name] for r in result.rounds if plan.name in r.epsilon]
+        target = next((r.epsilon_target[plan.name] for r in result.rounds if plan.name in r.epsilon_target), None)
+        acc = result.accounting.get(plan.name, {})
+        rows.append({
+            "name": plan.name, "role": plan.role, "dataset": plan.dataset,
+            "epsilon_spent": eps[-1] if eps else (0.0 if acc.get("dp") else None), "epsilon_target": target,
+            "delta": acc.get("delta"), "rounds_trained": result.rounds_completed,
+            "rounds_refused": sum(r.refused_by == plan.name for r in result.rounds),
+            "refusals": [{"round": r.round, "reason": r.reason} for r in result.rounds if r.refused_by == plan.name],
+            "accounting": acc,
+        })
+    return rows
+
+
+def _write_outputs(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResult | None,
+                   active: PartyPlan, passive: PartyPlan, psi_size: int | None) -> dict[str, Any]:
+    metric = PRIMARY_METRIC[job.task]
+    final = result.final_metrics if result.status != "failed" else {}
+    base_final = baseline.final_metrics if baseline is not None and baseline.status != "failed" else {}
+    has_model = result.status != "failed" and result.rounds_completed > 0
+    summary = {
+        "schema_version": SUMMARY_SCHEMA_VERSION, "mode": "vertical", "run_id": job.run_id, "task": job.task,
+        "data": job.data, "dp": job.dp, "status": result.status, "stop_reason": result.stop_reason,
+        "rounds_planned": job.rounds, "rounds_completed": result.rounds_completed, "psi_size": psi_size,
+        "aligned_train": int(result.sizes.get("train", 0)) or None, "aligned_test": int(result.sizes.get("test", 0)) or None,
+        "primary_metric": metric, "metrics": _clean(final), "partners": _partners(result, active, passive),
+        "privacy": {"label_dp": job.dp and job.label_dp,
+                    "embedding_noise": {"noise_multiplier": job.embedding_noise, "clip": job.embedding_clip,
+                                        "accounted": False}},
+        "baseline": None if baseline is None else {
+            "name": f"{active.name}-only", "status": baseline.status, "stop_reason": baseline.stop_reason,
+            "metrics": _clean(base_final), "partners": _partners(baseline, active, None),
+        },
+        "comparison": {f"{active.name}_only_{metric}": base_final.get(metric), f"vertical_{metric}": final.get(metric)},
+        "model": {"file": None, "final": has_model, "held_by": "parties",
+                  "parts": {p.name: f"state/vertical/run-{job.run_id}-{p.role}-final.pt" for p in (active, passive)}
+                  if has_model else {}},
+        "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
+    }
+    _atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _metrics_csv(out, result, baseline)
+    _plots(out, job, result, baseline)
+    return summary
+
+
+def _metrics_csv(out: Path, result: DriveResult, baseline: DriveResult | None) -> None:
+    base = {r.round: r for r in (baseline.rounds if baseline else [])}
+    rows = []
+    for r in result.rounds:
+        row: dict[str, Any] = {"round": r.round, "status": r.status, "steps": r.steps, "wall_time_s": round(r.wall_time_s, 4)}
+        row.update({f"eval_{k}": v for k, v in r.metrics.items()})
+        row.update({f"epsilon_{k}": v for k, v in r.epsilon.items()})
+        if r.round in base:
+            row.update({f"baseline_eval_{k}": v for k, v in base[r.round].metrics.items()})
+        rows.append(row)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    tmp = out / "metrics.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns or ["round"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "metrics.csv")
+
+
+def _plots(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResult | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metric = PRIMARY_METRIC[job.task]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, res in (("vertical", result), ("label owner only", baseline)):
+        pts = [(r.round, r.metrics.get(metric, math.nan)) for r in (res.rounds if res else []) if r.status == "trained"]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"vertical {job.task}: held-out {metric} per round")
+    if ax.lines:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / f"{metric}_vs_round.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = sorted({n for r in result.rounds for n in r.epsilon})
+    for name in names:
+        pts = [(r.round, r.epsilon[name]) for r in result.rounds if name in r.epsilon]
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)[0]
+        target = next((r.epsilon_target[name] for r in result.rounds if name in r.epsilon_target), None)
+        if target is not None:
+            ax.axhline(target, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon spent (cumulative)")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("privacy budget per party (dotted: target)")
+    if names:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "epsilon_vs_round.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------- one machine
+@dataclass
+class VerticalSetup:
+    """Provisioned homes of a local run."""
+
+    active: PartnerHome
+    passive: PartnerHome
+    baseline: PartnerHome | None
+    psi_size: int
+
+
+def prepare_vertical(job: VerticalJob) -> VerticalSetup:
+    """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment."""
+    active, passive = plan_parties(job)
+    frames = party_frames(job)
+    root = Path(job.homes) if job.homes else Path(job.out) / "partners"
+    budget = DatasetBudget(job.epsilon, job.delta)
+    homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
+    ids = {p.name: frames[p.name][p.spec.id_column].astype(str).tolist() for p in (active, passive)}
+    local_a, local_p, size = private_intersection(ids[active.name], ids[passive.name])
+    save_alignment(homes[active.name], active.dataset, passive.name, local_a)
+    save_alignment(homes[passive.name], passive.dataset, active.name, local_p)
+    baseline = None
+    if job.baseline:
+        # A counterfactual: the label owner training alone, on a copy of its home made before
+        # this job spends anything, so the comparison does not draw on the real budget twice.
+        base_root = root / f"{active.name}-only-{job.run_id}"
+        if base_root.exists():
+            shutil.rmtree(base_root)
+        shutil.copytree(homes[active.name].root, base_root)
+        baseline = PartnerHome(base_root)
+    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
+
+
+def vertical_client_app(homes: list[str]) -> ClientApp:
+    """A ClientApp answering only the vertical actions (the lead wires them into the main app)."""
+    app = ClientApp()
+    register_vertical_handlers(app, lambda context: resolve_home(context, homes))
+    return app
+
+
+def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
+    """Set up both parties and run the job through the in-process Flower grid."""
+    from fedcustomer.server.inprocess import LocalGrid
+
+    torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
+    setup = prepare_vertical(job)
+    homes = [str(setup.active.root), str(setup.passive.root)]
+    grid = LocalGrid(vertical_client_app(homes), num_nodes=2)
+    baseline_grid = None
+    if setup.baseline is not None:
+        baseline_grid = LocalGrid(vertical_client_app([str(setup.baseline.root)]), num_nodes=1)
+    return run_vertical_on_grid(grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size)
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v != v else v) for k, v in metrics.items()}
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,146 @@
+"""Split learning end to end on the in-process Flower grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.runner import run_vertical_on_grid
+
+from tests.vertical.conftest import grid_for, retail_signal_frames, setup_parties
+
+
+def _job(tmp_path, **kw) -> VerticalJob:
+    base = dict(out=str(tmp_path / "run"), rounds=4, batch_size=64, lr=0.01, baseline=False, seed=0)
+    return VerticalJob(**(base | kw))
+
+
+def _baseline_home(tmp_path, home: PartnerHome) -> PartnerHome:
+    shutil.copytree(home.root, tmp_path / "bank-only")
+    return PartnerHome(tmp_path / "bank-only")
+
+
+def test_vertical_beats_label_owner_alone_when_retailer_features_carry_signal(tmp_path):
+    job = _job(tmp_path, dp=False, rounds=6)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames())
+    alone = _baseline_home(tmp_path, bank)
+    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([alone]), psi_size=size)
+    assert summary["status"] == "completed" and summary["psi_size"] == size
+    assert summary["baseline"]["status"] == "completed"
+    vertical, bank_only = summary["comparison"]["vertical_auc"], summary["comparison"]["bank_only_auc"]
+    assert vertical > 0.8
+    assert vertical > bank_only + 0.1
+
+
+def test_dp_vertical_spends_each_party_budget_up_to_its_target_and_no_further(tmp_path):
+    job = _job(tmp_path, epsilon=8.0, rounds=3)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=1000))
+    summary = run_vertical_on_grid(grid_for([bank, retail]), job, psi_size=size)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    for party in summary["partners"]:
+        assert 0 < party["epsilon_spent"] <= 8.0
+        assert party["epsilon_spent"] > 7.0  # the calibrated noise uses the budget, not a fraction of it
+    ledger = BudgetLedger(bank.ledger_path, "bank", bank.config().budget_for("bank"))
+    mechanisms = {c.mechanism for c in ledger.charges()}
+    assert mechanisms == {"vertical_dpsgd", "vertical_label_gradients"}
+    label = summary["partners"][0]["accounting"]["label_dp"]
+    assert label["enabled"] and label["max_uses"] <= label["use_cap"]
+
+
+def test_rounds_refused_once_the_budget_is_spent_and_nothing_is_released(tmp_path):
+    job = _job(tmp_path, epsilon=2.0, rounds=2)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=800))
+    first = run_vertical_on_grid(grid_for([bank, retail]), job)
+    assert first["status"] == "completed"
+    second_job = _job(tmp_path, epsilon=2.0, rounds=2, out=str(tmp_path / "run2"))
+    grid = grid_for([bank, retail])
+    second = run_vertical_on_grid(grid, second_job)
+    assert second["status"] == "stopped" and second["rounds_completed"] == 0
+    assert "refused" in second["stop_reason"]
+    sent = [m.metadata.message_type for m, _ in grid.log]
+    assert "train.vertical_begin" not in sent and "train.vertical_forward" not in sent
+    for home, ds in ((bank, "bank"), (retail, "retailer")):
+        ledger = BudgetLedger(home.ledger_path, ds, home.config().budget_for(ds))
+        assert ledger.spent().epsilon <= 2.0
+    refused = [p for p in second["partners"] if p["rounds_refused"]]
+    assert refused and refused[0]["refusals"][0]["round"] == 1
+    assert second["model"]["final"] is False
+
+
+def test_a_party_dropping_out_fails_the_job_without_a_final_model(tmp_path):
+    job = _job(tmp_path, dp=False, rounds=3)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
+    grid = grid_for([bank, retail], dead_after={2: 12})  # the retailer stops answering mid-round
+    with pytest.raises(FederationError, match="retailer did not answer"):
+        run_vertical_on_grid(grid, job)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["model"]["final"] is False and summary["metrics"] == {}
+    assert not (tmp_path / "run" / "model.pt").exists()
+    for home in (bank, retail):
+        assert not list((home.state_dir / "vertical").glob("*-final.pt"))
+
+
+def test_passive_party_sends_no_labels_and_active_party_sends_no_raw_features(tmp_path):
+    job = _job(tmp_path, rounds=1, epsilon=5.0)
+    frames = retail_signal_frames(n=600)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, frames)
+    grid = grid_for([bank, retail])
+    run_vertical_on_grid(grid, job)
+    by_node = {1: "bank", 2: "retailer"}
+    labels = set(frames["bank"]["defaulted"].astype(float))
+    seen = {"bank": set(), "retailer": set()}
+    for msg, replies in grid.log:
+        for reply in replies:
+            party = by_node[msg.metadata.dst_node_id]
+            if "arrays" not in reply.content:
+                continue
+            arrays = reply.content["arrays"].to_torch_state_dict()
+            seen[party] |= set(arrays)
+            for name, t in arrays.items():
+                if party == "retailer":
+                    assert name == "embeddings" and t.shape[1] == job.embed_dim
+                elif name == "gradients":
+                    assert t.shape[1] == job.embed_dim
+                    # noisy, clipped gradients: not 0/1 label values
+                    assert not set(t.flatten().tolist()) <= labels
+    assert seen["retailer"] == {"embeddings"}
+    assert seen["bank"] == {"batch-positions", "batch-sizes", "gradients"}
+
+
+def test_label_gradients_are_clipped_then_noised(tmp_path):
+    job = _job(tmp_path, rounds=1, epsilon=5.0, label_max_grad_norm=0.5)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
+    grid = grid_for([bank, retail])
+    summary = run_vertical_on_grid(grid, job)
+    sigma = summary["partners"][0]["accounting"]["noise_multiplier"]
+    grads = np.concatenate([r.content["arrays"].to_torch_state_dict()["gradients"].numpy()
+                            for m, rs in grid.log if m.metadata.message_type == "train.vertical_step" for r in rs])
+    # clipped signal of norm <= 0.5 plus N(0, (sigma * 0.5)^2): the spread is the noise's
+    assert abs(grads.std() - sigma * 0.5) < 0.15 * sigma * 0.5
+
+
+def test_job_options_are_checked():
+    with pytest.raises(ConfigError, match="--data"):
+        VerticalJob(data="cdnow")
+    with pytest.raises(ConfigError, match="spend label"):
+        VerticalJob(data="uci-credit", task="clv")
+    with pytest.raises(ConfigError, match="--embedding-noise"):
+        VerticalJob(embedding_noise=-1.0)
+
+
+def test_wrong_alignment_is_reported_not_trained_on(tmp_path):
+    job = _job(tmp_path, dp=False, rounds=1)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
+    path = next((retail.state_dir / "vertical").glob("alignment-*.json"))
+    doc = json.loads(path.read_text())
+    doc["pseudonyms"] = doc["pseudonyms"][:-5]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FederationError, match="different aligned sets"):
+        run_vertical_on_grid(grid_for([bank, retail]), job)

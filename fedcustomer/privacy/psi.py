@@ -94,13 +94,13 @@ def hash_to_group(normalised_id: str) -> bytes:
 
 
 # --- batch kernels (module level so worker processes can run them) -----------------------
-def _hash_and_blind(ids: Sequence[str], secret: bytes) -> list[bytes]:
+def _hash_and_blind(ids: Sequence[str], secret: bytes, offset: int = 0) -> list[bytes]:
     s = _sodium()
     from_hash, mult, sha512 = s.crypto_core_ristretto255_from_hash, s.crypto_scalarmult_ristretto255, hashlib.sha512
     return [mult(secret, from_hash(sha512(DOMAIN + i.encode("utf-8")).digest())) for i in ids]
 
 
-def _exponentiate(points: Sequence[bytes], secret: bytes) -> list[bytes]:
+def _exponentiate(points: Sequence[bytes], secret: bytes, offset: int = 0) -> list[bytes]:
     mult = _sodium().crypto_scalarmult_ristretto255
     out = []
     for k, p in enumerate(points):
@@ -108,27 +108,28 @@ def _exponentiate(points: Sequence[bytes], secret: bytes) -> list[bytes]:
             out.append(mult(secret, p))
         except ValueError:
             raise IntegrityError(
-                f"PSI value #{k} received from the other party is not a valid ristretto255 element: "
+                f"PSI value #{offset + k} received from the other party is not a valid ristretto255 element: "
                 "the message was corrupted or the peer is misbehaving; abort this session"
             ) from None
     return out
 
 
-def _chunks(items: Sequence, size: int) -> list[Sequence]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _chunks(items: Sequence, size: int) -> tuple[list[Sequence], list[int]]:
+    starts = list(range(0, len(items), size))
+    return [items[i : i + size] for i in starts], starts
 
 
-def _run_batched(kernel: Callable[[Sequence, bytes], list[bytes]], items: Sequence, secret: bytes,
+def _run_batched(kernel: Callable[[Sequence, bytes, int], list[bytes]], items: Sequence, secret: bytes,
                  workers: int, executor: Executor | None, chunk: int) -> list[bytes]:
     """Apply ``kernel`` to ``items`` in order, in worker processes when that pays off."""
     if executor is None and (workers <= 1 or len(items) <= chunk):
         return kernel(items, secret)
-    parts = _chunks(items, max(1, min(chunk, -(-len(items) // max(workers, 1)))))
+    parts, starts = _chunks(items, max(1, min(chunk, -(-len(items) // max(workers, 1)))))
     if executor is not None:
-        results = executor.map(kernel, parts, [secret] * len(parts))
+        results = executor.map(kernel, parts, [secret] * len(parts), starts)
         return [v for part in results for v in part]
     with make_executor(workers) as pool:
-        results = pool.map(kernel, parts, [secret] * len(parts))
+        results = pool.map(kernel, parts, [secret] * len(parts), starts)
         return [v for part in results for v in part]
 
 

@@ -168,6 +168,13 @@ def test_reblind_rejects_a_value_that_is_not_a_group_element():
         party.reblind([good, b"\xff" * POINT_BYTES])
 
 
+def test_reblind_in_workers_names_the_bad_value_by_its_position_in_the_whole_message():
+    good = PSIParty(_ids("G", 0, 9), role="initiator").blinded()
+    party = PSIParty(["A"], role="responder", workers=2, chunk=4)
+    with pytest.raises(IntegrityError, match="#6 "):
+        party.reblind(good[:6] + [b"\xff" * POINT_BYTES] + good[6:])
+
+
 def test_reblind_rejects_a_value_of_the_wrong_length():
     with pytest.raises(IntegrityError, match="#0 .*31 bytes"):
         PSIParty(["A"], role="responder").reblind([b"\x01" * 31])

@@ -53,6 +53,26 @@ class PartnerDataAccess:
         return chosen[spec.columns()].reset_index(drop=True)
 
 
+    def linkage_ids(self, dataset: str) -> list[str]:
+        """Customer ids for private set intersection (purpose ``record_linkage``, audited).
+
+        The ids are blinded on this node before anything leaves it; the policy grants the
+        pipeline the id field alone for this purpose.
+        """
+        with PartnerStore.open(self.home) as store:
+            if dataset not in store.datasets():
+                raise DataError(f"partner {store.name!r} holds no dataset {dataset!r}")
+            id_field = store.schema(dataset).id_field.name
+            frame = store.read(self.actor, "record_linkage", fields=[id_field], dataset=dataset)
+        return [str(v) for v in frame[id_field].tolist()]
+
+    def pseudonyms(self, ids: list[str]) -> list[str]:
+        """The store's keyed pseudonyms of ``ids`` (what alignments keep instead of raw ids)."""
+        from fedcustomer.privacy.crypto import Pseudonymizer
+
+        return Pseudonymizer.open(self.home.keys_dir).pseudonyms(ids)
+
+
 def _by_pseudonym(pseudonyms: pd.Index) -> list[bool]:
     cut = int(DEFAULT_HOLDOUT_SHARE * 2**32)
     return [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms]

@@ -44,7 +44,7 @@ ROLES = (
     "partner_admin",
     "training_pipeline",
 )
-PURPOSES = ("training", "analytics", "marketing", "risk_review", "audit", "administration")
+PURPOSES = ("training", "analytics", "marketing", "risk_review", "audit", "administration", "record_linkage")
 TIERS = ("core", "sensitive", "public")
 FIELD_ROLES = ("id", "feature", "label", "timestamp")
 VIEWS = ("clear", "masked", "denied")

@@ -72,6 +72,10 @@ p, training_pipeline, training, public, label, clear
 p, training_pipeline, training, sensitive, feature, clear
 p, training_pipeline, training, sensitive, label, clear
 
+# Record linkage (private set intersection): the node blinds each customer id before
+# anything leaves, so its pipeline reads the id field, and only the id field, in clear.
+p, training_pipeline, record_linkage, core, id, clear
+
 # Non-data actions.
 p2, partner_admin, ingest
 p2, partner_admin, keys

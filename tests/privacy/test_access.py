@@ -61,7 +61,8 @@ def _expected_view(role: str, purpose: str, tier: str, field_role: str) -> str:
     }
     if role == "training_pipeline":
         ok = purpose == "training" and tier != "core" and field_role in ("feature", "label")
-        return "clear" if ok else "denied"
+        linkage = purpose == "record_linkage" and tier == "core" and field_role == "id"
+        return "clear" if ok or linkage else "denied"
     return table.get((role, purpose), {}).get(tier, "denied")
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcustomer.errors import BudgetExhausted, FederationError
+from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import RoundReport
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
+    mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
     data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
     data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
@@ -60,6 +61,14 @@ def run(
     verbose: bool = typer.Option(False, help="show Flower's own log"),
 ) -> None:
     """Run one federated DP training job in the local simulation engine."""
+    if mode == "vertical":
+        from fedcustomer.cli.vertical import vertical_with_defaults
+
+        vertical_with_defaults(task=task, data=data, data_dir=data_dir, rounds=rounds, epsilon=epsilon, delta=delta,
+                               no_dp=no_dp, seed=seed, out=out, homes=homes, as_json=as_json)
+        return
+    if mode != "horizontal":
+        raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
     if resume and (out / "config.json").exists():
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:

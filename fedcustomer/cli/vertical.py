@@ -67,6 +67,18 @@ def run_vertical(
         raise FederationError(summary["stop_reason"] or "the vertical job failed")
 
 
+def vertical_with_defaults(**options: object) -> None:
+    """``fedcustomer run --mode vertical``: run-vertical with its defaults for the options not given."""
+    import inspect
+
+    params = inspect.signature(run_vertical).parameters
+    unknown = set(options) - set(params)
+    if unknown:
+        raise TypeError(f"run-vertical has no option(s) {sorted(unknown)}")
+    defaults = {name: p.default.default for name, p in params.items() if name not in options}
+    run_vertical(**defaults, **options)
+
+
 def _print(s: dict) -> None:
     metric = s["primary_metric"]
     console.print(f"vertical {s['task']} on {s['data']}: [bold]{s['status']}[/], "

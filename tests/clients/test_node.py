@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,31 +10,19 @@ from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.node import PartnerNode, TrainInstructions
 from fedcustomer.errors import DataError
-from fedcustomer.models.features import FeatureSpec, NumericFeature
 from fedcustomer.models.registry import build_model
 from fedcustomer.privacy.ledger import BudgetLedger
+from tests.toy import SPEC, toy_frame
 
 DATASET = "toy"
-SPEC = FeatureSpec(
-    task="repayment", label="defaulted", id_column="customer_id",
-    features=[NumericFeature("x1", -4, 4), NumericFeature("x2", -4, 4)],
-)
-
-
-def _frame(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 2))
-    p = 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.5 * x[:, 1])))
-    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "x1": x[:, 0], "x2": x[:, 1],
-                         "defaulted": (rng.random(n) < p).astype(int)})
 
 
 def _home(tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None) -> PartnerHome:
-    test = _frame(300, 2)
+    test = toy_frame(300, 2)
     test["customer_id"] = "t" + test["customer_id"]
     home, report = provision_partner(
         tmp_path / "bank_a", "bank_a", source="toy.csv", task="repayment", spec=SPEC,
-        train=_frame(1000, 1).rename(columns=rename or {}), test=test.rename(columns=rename or {}),
+        train=toy_frame(1000, 1).rename(columns=rename or {}), test=test.rename(columns=rename or {}),
         budget=DatasetBudget(epsilon, 1e-5),
     )
     return home

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,30 +10,18 @@ from fedcustomer.clients.app import make_client_app
 from fedcustomer.clients.home import DatasetBudget
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import ConfigError
-from fedcustomer.models.features import FeatureSpec, NumericFeature
 from fedcustomer.privacy.ledger import BudgetLedger
 from fedcustomer.server.app import run_job_on_grid
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
 from tests.server.local_grid import LocalGrid
+from tests.toy import SPEC, toy_frame
 
-SPEC = FeatureSpec(
-    task="repayment", label="defaulted", id_column="customer_id",
-    features=[NumericFeature("x1", -4, 4), NumericFeature("x2", -4, 4)],
-)
-
-
-def _frame(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 2))
-    p = 1 / (1 + np.exp(-(2.5 * x[:, 0] - 2.0 * x[:, 1])))
-    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "x1": x[:, 0], "x2": x[:, 1],
-                         "defaulted": (rng.random(n) < p).astype(int)})
 
 
 def _federation(tmp_path: Path, job: JobConfig, n: int = 3, rows: int = 800, broken: int | None = None) -> list[str]:
     homes = []
     for i in range(n):
-        train, test = _frame(rows, i), _frame(300, 100 + i)
+        train, test = toy_frame(rows, i, strength=1.25), toy_frame(300, 100 + i, strength=1.25)
         test["customer_id"] = "t" + test["customer_id"]
         if i == broken:
             train, test = train.rename(columns={"x2": "x3"}), test.rename(columns={"x2": "x3"})

@@ -85,6 +85,7 @@ def rfm_cmd(
     data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
     budget: float = typer.Option(10.0, help="epsilon target per dataset of newly simulated partners"),
     confidence: float = typer.Option(0.95, help="interval level"),
+    per_interval: bool = typer.Option(False, "--per-interval", help="each interval at --confidence on its own, instead of all of them together (simultaneous, Bonferroni)"),
     seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/rfm"), help="directory for rfm.json / rfm.png"),
     show_truth: bool = typer.Option(False, "--show-truth", help="also print true values (local simulated runs only)"),
@@ -104,6 +105,10 @@ def rfm_cmd(
     dataset = runner.CDNOW_DATASET if source == "cdnow" else "retailer"
     config = rfm.PRESETS["cdnow" if source == "cdnow" else "synthetic"]
     spec = rfm_query(dataset, config, epsilon=epsilon, confidence=confidence)
+    if not per_interval:  # all sizes and means inside their intervals together, at `confidence`
+        intervals = 2 * len(spec.cells())
+        spec = rfm_query(dataset, config, epsilon=epsilon, confidence=1 - (1 - confidence) / intervals,
+                         query_id=spec.query_id)
     result = runner.run_inprocess(partner_homes, spec)
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
     write_result(out, result, truth=truth, name="rfm")
@@ -113,7 +118,7 @@ def rfm_cmd(
             payload["truth"] = truth
         print(json.dumps(payload, indent=2, sort_keys=True))
         return
-    print_rfm(result, truth)
+    print_rfm(result, truth, f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'} intervals")
     console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
 
 
@@ -185,9 +190,9 @@ def print_result(result: Any) -> None:
         console.print(f"note: {escape(note)}")
 
 
-def print_rfm(result: Any, truth: Optional[list[dict[str, Any]]]) -> None:
+def print_rfm(result: Any, truth: Optional[list[dict[str, Any]]], level: str) -> None:
     table = Table(title=f"RFM segments over {escape(result.spec.dataset)} ({len(result.partners)} partners, "
-                        f"epsilon {result.spec.epsilon:g} each, {result.spec.confidence:.0%} intervals)")
+                        f"epsilon {result.spec.epsilon:g} each, {level})")
     cols = ["segment", "customers", "interval", "mean spend", "interval"]
     if truth is not None:
         cols[3:3] = ["true"]

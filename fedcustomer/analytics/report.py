@@ -66,7 +66,7 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     labels, est, lo, hi, what = bars
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.8))
     x = list(range(len(labels)))
-    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {result.spec.confidence:.0%} interval")
+    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {_level(result.spec.confidence)} interval")
     if truth is not None and result.spec.kind in ("mean", "count"):
         key = "count" if result.spec.kind == "mean" else "truth"
         ax.scatter(x, [t[key] for t in truth], color="#DD8452", zorder=3, label="true value (local run)")
@@ -81,3 +81,9 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _level(confidence: float) -> str:
+    """'95%', or '99.58%' for a Bonferroni-adjusted level (never rounds up to 100%)."""
+    text = f"{confidence * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{text}%"

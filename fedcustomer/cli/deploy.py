@@ -1,0 +1,247 @@
+"""Deployment commands: ``certs``, ``coordinator start|register|run``, ``node keys|prepare|start``.
+
+Thin shells over :mod:`fedcustomer.deploy`. ``start`` commands run Flower's
+SuperLink / SuperNode in the foreground (what a service manager or container
+expects); security is on unless ``--insecure`` is given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedcustomer.errors import ConfigError, FederationError
+
+console = Console()
+err = Console(stderr=True)
+
+coordinator_app = typer.Typer(help="The coordinator: Flower SuperLink + the fedcustomer ServerApp.", no_args_is_help=True)
+node_app = typer.Typer(help="A partner's node: Flower SuperNode on the partner's own home.", no_args_is_help=True)
+
+WorkdirOpt = typer.Option(Path("coordinator"), "--workdir", help="Coordinator state directory (SuperLink db, log, job).")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the deployment commands to the root ``fedcustomer`` app."""
+    app.command("certs", help="Create a development CA and server certificate (TLS) for the coordinator.")(certs_cmd)
+    app.add_typer(coordinator_app, name="coordinator")
+    app.add_typer(node_app, name="node")
+
+
+def _warn_insecure() -> None:
+    from fedcustomer.deploy.coordinator import INSECURE_WARNING
+
+    err.print(f"[bold yellow]{escape(INSECURE_WARNING)}[/]")
+
+
+def _foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    """Run a Flower server in the foreground; Ctrl-C / SIGTERM stop it cleanly."""
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd) if cwd else None)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait()
+    if code not in (0, -signal.SIGTERM, -signal.SIGINT, 130):
+        raise FederationError(f"{Path(cmd[0]).name} exited with code {code}; see its log above")
+
+
+# --- certificates ------------------------------------------------------------------------
+def certs_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory for ca.crt, ca.key, server.pem, server.key."),
+    host: list[str] = typer.Option(["localhost", "127.0.0.1", "::1"], "--host",
+                                   help="Host name or IP the nodes use to reach the coordinator (repeatable)."),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+    force: bool = typer.Option(False, "--force", help="Replace existing certificates."),
+) -> None:
+    from fedcustomer.deploy.pki import make_dev_certificates
+
+    if days < 1:
+        raise ConfigError(f"--days must be >= 1, got {days}")
+    c = make_dev_certificates(out, host, days=days, overwrite=force)
+    console.print(f"CA certificate      {c.ca_cert}  (give this to every partner node: --root-cert)")
+    console.print(f"server certificate  {c.server_cert}  for {', '.join(host)}")
+    console.print(f"server key          {c.server_key}  (coordinator only, 0600)")
+    console.print(f"CA key              {c.ca_key}  (keep offline; development use only)")
+
+
+# --- coordinator -------------------------------------------------------------------------
+@coordinator_app.command("start", help="Start the SuperLink (foreground) with TLS and SuperNode authentication.")
+def coordinator_start(
+    workdir: Path = WorkdirOpt,
+    certs: Optional[Path] = typer.Option(None, "--certs", help="Directory with ca.crt, server.pem, server.key."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
+    port: int = typer.Option(9093, "--port", help="Port for the Fleet, Control and Runtime APIs."),
+    connect_host: str = typer.Option("127.0.0.1", "--connect-host", help="Address this machine's `flwr` uses."),
+    health_port: Optional[int] = typer.Option(None, "--health-port", help="Plain gRPC health-check port."),
+    insecure: bool = typer.Option(False, "--insecure", help="NO TLS, NO node authentication (tests only)."),
+) -> None:
+    from fedcustomer.deploy.coordinator import CoordinatorDir, superlink_command, write_flwr_config
+    from fedcustomer.deploy.flower import flower_env
+    from fedcustomer.deploy.pki import Certificates
+
+    cdir = CoordinatorDir(workdir.resolve())
+    cdir.root.mkdir(parents=True, exist_ok=True)
+    if insecure:
+        _warn_insecure()
+        the_certs = None
+    else:
+        if certs is None:
+            raise ConfigError("--certs DIR is required (create one with `fedcustomer certs --out DIR`), "
+                              "or pass --insecure explicitly for a closed test network")
+        the_certs = Certificates.in_dir(certs.resolve())
+    cmd = superlink_command(cdir, host=host, port=port, certs=the_certs, node_auth=not insecure,
+                            health_port=health_port)
+    write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
+    console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
+    _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root)
+
+
+@coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")
+def coordinator_register(
+    public_key: Path = typer.Argument(..., help="The node's supernode.pub (from `fedcustomer node keys`)."),
+    workdir: Path = WorkdirOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Partner name shown in `flwr supernode ls`."),
+) -> None:
+    from fedcustomer.deploy.coordinator import CoordinatorDir, register_node
+    from fedcustomer.deploy.pki import NodeKeys
+
+    node_id = register_node(CoordinatorDir(workdir.resolve()), public_key, name)
+    fp = NodeKeys(public_key, public_key).fingerprint()
+    console.print(f"registered node {node_id} ({name or public_key.name}), key {fp}")
+
+
+@coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
+def coordinator_run(
+    workdir: Path = WorkdirOpt,
+    task: str = typer.Option("repayment", "--task"),
+    data: str = typer.Option("synthetic", "--data", help="Data source the partners hold (names their dataset)."),
+    feature_spec: Optional[str] = typer.Option(None, "--feature-spec",
+                                               help="synthetic:repayment, synthetic:clv, uci-credit, cdnow, or a JSON path."),
+    partners: int = typer.Option(3, "--partners", help="Partner nodes expected."),
+    min_partners: int = typer.Option(2, "--min-partners", help="Fewest partners a round may complete with."),
+    rounds: int = typer.Option(5, "--rounds"),
+    local_epochs: int = typer.Option(1, "--local-epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(0.1, "--lr"),
+    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget for partners' new datasets (each partner's own target wins)."),
+    delta: float = typer.Option(1e-5, "--delta"),
+    strategy: str = typer.Option("fedavg", "--strategy"),
+    federated_eval: str = typer.Option("final", "--federated-eval", help="every, final or none."),
+    round_timeout: float = typer.Option(120.0, "--round-timeout", help="Seconds to wait for replies in a round."),
+    wait_for_partners: float = typer.Option(120.0, "--wait-for-partners", help="Seconds to wait for nodes to connect."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("runs/deployed"), "--out", help="Run directory (on the coordinator)."),
+    secagg: bool = typer.Option(False, "--secagg", help="Aggregate with Flower's SecAgg+ (coordinator sees only sums)."),
+    resume: bool = typer.Option(False, "--resume", help="Resume the last job in --workdir from its checkpoint."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Give up waiting after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
+) -> None:
+    from fedcustomer.deploy.coordinator import (
+        CoordinatorDir, default_spec_ref, read_summary, run_config_for, submit_run, wait_run, write_app,
+    )
+    from fedcustomer.server.job import JobConfig
+
+    cdir = CoordinatorDir(workdir.resolve())
+    if resume:
+        if not cdir.job_path.exists():
+            raise ConfigError(f"--resume: no earlier job in {cdir.root}")
+        cfg = json.loads(cdir.job_path.read_text(encoding="utf-8"))
+    else:
+        job = JobConfig(task=task, data=data, partners=partners, min_partners=min_partners, rounds=rounds,
+                        local_epochs=local_epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
+                        strategy=strategy, federated_eval=federated_eval, round_timeout=round_timeout, seed=seed,
+                        out=str(out))
+        cfg = run_config_for(job, feature_spec=feature_spec or default_spec_ref(job),
+                             wait_for_partners=wait_for_partners, secagg=secagg)
+        write_app(cdir, cfg)
+    flwr_run_id = submit_run(cdir, resume=resume)
+    err.print(f"submitted job {cfg['run-id']} as Flower run {flwr_run_id}; waiting ...")
+    status = wait_run(cdir, flwr_run_id, timeout=timeout)
+    summary = read_summary(cfg)
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        console.print(f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
+                      f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}")
+        for p in summary.get("partners", []):
+            console.print(f"  {p['name']}: epsilon {p['epsilon_spent']:.3f} of {p['epsilon_target']:g}, "
+                          f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
+    if summary["status"] != "completed":
+        raise FederationError(f"the job stopped: {summary.get('stop_reason')}")
+
+
+# --- node ------------------------------------------------------------------------------
+@node_app.command("keys", help="Create this node's authentication key pair in HOME/keys.")
+def node_keys(
+    home: Path = typer.Option(..., "--home", help="Partner home directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key pair."),
+) -> None:
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.deploy.pki import make_node_keys
+
+    keys = make_node_keys(PartnerHome(home).keys_dir, comment=home.resolve().name, overwrite=force)
+    console.print(f"private key {keys.private_key} (stays here, 0600)")
+    console.print(f"public key  {keys.public_key}  fingerprint {keys.fingerprint()}")
+    console.print("send the public key to the coordinator: fedcustomer coordinator register PUBKEY")
+
+
+@node_app.command("prepare", help="Give a partner home its split of a built-in data source (demo, tests).")
+def node_prepare(
+    home: Path = typer.Option(..., "--home"),
+    partner: str = typer.Option(..., "--partner", help="Partner name, e.g. bank0."),
+    task: str = typer.Option("repayment", "--task"),
+    data: str = typer.Option("synthetic", "--data", help="synthetic, uci-credit or cdnow."),
+    index: int = typer.Option(..., "--index", help="Which split this partner holds (0-based)."),
+    partners: int = typer.Option(3, "--partners", help="Number of splits."),
+    seed: int = typer.Option(0, "--seed", help="Same seed on every partner gives disjoint splits."),
+    split: str = typer.Option("iid", "--split"),
+    epsilon: float = typer.Option(3.0, "--epsilon"),
+    delta: float = typer.Option(1e-5, "--delta"),
+) -> None:
+    from fedcustomer.deploy.node import prepare_node_home
+
+    h = prepare_node_home(home, partner, task=task, data=data, index=index, partners=partners, seed=seed,
+                          split=split, epsilon=epsilon, delta=delta)
+    console.print(f"partner {partner} ready in {h.root} (split {index} of {partners})")
+
+
+@node_app.command("start", help="Start this partner's SuperNode (foreground), joining the coordinator.")
+def node_start(
+    partner: str = typer.Option(..., "--partner"),
+    home: Path = typer.Option(..., "--home"),
+    superlink: str = typer.Option(..., "--superlink", help="Coordinator address HOST:PORT."),
+    root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="The coordinator's CA certificate."),
+    auth_key: Optional[Path] = typer.Option(None, "--auth-key", help="Private key (default HOME/keys/supernode)."),
+    runtime_port: int = typer.Option(9094, "--runtime-port", help="Local port for Flower's ClientApp process."),
+    insecure: bool = typer.Option(False, "--insecure", help="NO TLS (tests only)."),
+) -> None:
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.deploy.flower import flower_env
+    from fedcustomer.deploy.node import default_auth_key, supernode_command
+
+    ph = PartnerHome(home.resolve())
+    if not ph.config_path.exists():
+        raise ConfigError(f"{home} is not a partner home; run `fedcustomer node prepare` or `fedcustomer init`")
+    if ph.config().name != partner:
+        raise ConfigError(f"--partner {partner!r} does not match the home's partner {ph.config().name!r}")
+    if insecure:
+        _warn_insecure()
+    key = auth_key if auth_key is not None else default_auth_key(ph.root)
+    if not insecure and not key.exists():
+        raise ConfigError(f"{key} not found; create it with `fedcustomer node keys --home {home}`")
+    cmd = supernode_command(ph.root, superlink=superlink, root_cert=root_cert,
+                            auth_key=key if key.exists() else None, runtime_port=runtime_port, insecure=insecure)
+    _foreground(cmd, flower_env(ph.state_dir / "flwr-home"), cwd=ph.state_dir)

@@ -1,0 +1,275 @@
+"""The coordinator: a Flower SuperLink plus our ServerApp, submitted with ``flwr run``.
+
+The coordinator holds no partner data. Its working directory keeps the SuperLink
+state, its log, the Flower CLI config (connection + CA), and the job's app
+directory (a pyproject.toml naming our installed ServerApp/ClientApp and the job's
+run config), so a restarted coordinator can resume the same run id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
+from fedcustomer.deploy.pki import Certificates
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.models.features import FeatureSpec
+from fedcustomer.server.job import JobConfig
+
+log = logging.getLogger(__name__)
+
+# Run-config keys the deployed ServerApp reads besides the JobConfig fields.
+DEPLOY_KEYS = ("deployment", "feature-spec", "resume", "wait-for-partners", "secagg", "secagg-clip-range",
+               "secagg-quantization-range", "secagg-num-shares", "secagg-reconstruction-threshold")
+INSECURE_WARNING = (
+    "WARNING: --insecure: TLS and SuperNode authentication are OFF. Model updates travel in clear text and "
+    "any process that reaches the port can join as a partner. Use only on a closed test network."
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorDir:
+    """Where a coordinator keeps its state (one directory, mounted as a volume in Docker)."""
+
+    root: Path
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def app_dir(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "superlink.log"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "superlink.db"
+
+    @property
+    def job_path(self) -> Path:
+        return self.root / "job.json"
+
+
+def superlink_command(
+    cdir: CoordinatorDir, *, host: str, port: int, certs: Certificates | None, node_auth: bool = True,
+    health_port: int | None = None,
+) -> list[str]:
+    """The flower-superlink command line. ``certs=None`` means the explicit insecure opt-in."""
+    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
+           "--database", str(cdir.database), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        if node_auth:
+            raise ConfigError("SuperNode authentication needs TLS; drop --insecure or pass --no-node-auth too")
+        cmd.append("--insecure")
+    else:
+        certs.check()
+        cmd += ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
+                "--ssl-keyfile", str(certs.server_key)]
+        if node_auth:
+            cmd.append("--enable-supernode-auth")
+    if health_port is not None:
+        cmd += ["--health-server-address", f"{host}:{health_port}"]
+    return cmd
+
+
+def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) -> Path:
+    """The Flower CLI connection the coordinator's own `flwr` commands use (register, run, ls)."""
+    cdir.flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    if ca_cert is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{Path(ca_cert).resolve()}"')
+    path = cdir.flwr_home / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def start_superlink(
+    cdir: CoordinatorDir, *, host: str = "127.0.0.1", port: int = 9093, certs: Certificates | None,
+    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers."""
+    cdir.root.mkdir(parents=True, exist_ok=True)
+    cmd = superlink_command(cdir, host=host, port=port, certs=certs, node_auth=node_auth, health_port=health_port)
+    target = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    write_flwr_config(cdir, f"{target}:{port}", certs.ca_cert if certs else None)
+    offset = cdir.log_path.stat().st_size if cdir.log_path.exists() else 0
+    proc = start(cmd, cdir.log_path, flower_env(cdir.flwr_home), cwd=cdir.root)
+    wait_until_up(cdir, proc, offset=offset)
+    return proc
+
+
+def wait_until_up(cdir: CoordinatorDir, proc: subprocess.Popen[bytes], timeout: float = 60.0, offset: int = 0) -> None:
+    """Wait for this start's "running" line (the log is appended to across restarts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"the SuperLink exited with code {proc.returncode}; see {cdir.log_path}")
+        if cdir.log_path.exists() and b"Uvicorn running on" in cdir.log_path.read_bytes()[offset:]:
+            return
+        time.sleep(0.2)
+    raise FederationError(f"the SuperLink did not start within {timeout:g} s; see {cdir.log_path}")
+
+
+def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
+    """Add a partner's node public key to the coordinator's allow-list; returns its node id."""
+    if not Path(public_key).is_file():
+        raise ConfigError(f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`")
+    args = ["supernode", "register", str(Path(public_key).resolve()), CONNECTION]
+    if name:
+        args += ["--name", name]
+    return int(flwr_cli(args, cdir.flwr_home)["node-id"])
+
+
+def list_nodes(cdir: CoordinatorDir) -> list[dict[str, Any]]:
+    return list(flwr_cli(["supernode", "ls", CONNECTION], cdir.flwr_home).get("nodes", []))
+
+
+# --- the job as a Flower app --------------------------------------------------------
+def run_config_for(job: JobConfig, *, feature_spec: str, wait_for_partners: float = 120.0,
+                   secagg: bool = False) -> dict[str, Any]:
+    """Flat run config (TOML-safe: no None) the deployed ServerApp turns back into the job."""
+    cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
+    cfg["out"] = str(Path(job.out).resolve())
+    cfg.update({"deployment": True, "feature-spec": feature_spec, "resume": False,
+                "wait-for-partners": float(wait_for_partners), "secagg": bool(secagg)})
+    return cfg
+
+
+def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
+    """A minimal Flower app: components from the installed package, the job in [tool.flwr.app.config]."""
+    import tomli_w
+
+    secagg = bool(run_config.get("secagg"))
+    doc = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "fedcustomer-job", "version": "1.0.0", "description": "A fedcustomer federated job",
+                    "license": "Apache-2.0", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "fedcustomer",
+            "components": {
+                "serverapp": "fedcustomer.deploy.secagg:server_app" if secagg else "fedcustomer.server.app:app",
+                "clientapp": "fedcustomer.deploy.secagg:client_app" if secagg else "fedcustomer.clients.app:app",
+            },
+            "config": run_config,
+        }}},
+    }
+    cdir.app_dir.mkdir(parents=True, exist_ok=True)
+    path = cdir.app_dir / "pyproject.toml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(tomli_w.dumps(doc).encode())
+    tmp.replace(path)
+    cdir.job_path.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def submit_run(cdir: CoordinatorDir, *, resume: bool = False) -> int:
+    """`flwr run` the job in the app directory against this coordinator's SuperLink; returns Flower's run id."""
+    if not (cdir.app_dir / "pyproject.toml").exists():
+        raise ConfigError(f"no job in {cdir.app_dir}; start one with `fedcustomer coordinator run`")
+    args = ["run", str(cdir.app_dir), CONNECTION]
+    if resume:
+        args += ["--run-config", "resume=true"]
+    return int(flwr_cli(args, cdir.flwr_home, timeout=300)["run-id"])
+
+
+def run_status(cdir: CoordinatorDir, run_id: int) -> dict[str, Any]:
+    runs = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id)], cdir.flwr_home).get("runs", [])
+    if not runs:
+        raise FederationError(f"the coordinator does not know run {run_id}")
+    return dict(runs[0])
+
+
+def wait_run(cdir: CoordinatorDir, run_id: int, timeout: float = 3600.0, poll: float = 1.0) -> dict[str, Any]:
+    """Block until Flower reports the run finished; returns its status record (network traffic included)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run_status(cdir, run_id)
+        if str(status.get("status", "")).startswith("finished"):
+            return status
+        if time.monotonic() > deadline:
+            raise FederationError(f"run {run_id} still {status.get('status')} after {timeout:g} s")
+        time.sleep(poll)
+
+
+def read_summary(run_config: dict[str, Any]) -> dict[str, Any]:
+    path = Path(str(run_config["out"])) / "summary.json"
+    if not path.exists():
+        raise FederationError(f"the run ended without writing {path}; see the coordinator log")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- inside the deployed ServerApp ----------------------------------------------------
+BUILTIN_SPECS = ("synthetic:repayment", "synthetic:clv", "uci-credit", "cdnow")
+
+
+def resolve_spec(ref: str) -> FeatureSpec:
+    """A feature spec by built-in name or JSON path: the coordinator never reads partner data to infer one."""
+    if ref == "synthetic:repayment":
+        from fedcustomer.data.synthetic import REPAYMENT_SPEC
+
+        return REPAYMENT_SPEC
+    if ref == "synthetic:clv":
+        from fedcustomer.data.synthetic import CLV_SPEC
+
+        return CLV_SPEC
+    if ref == "uci-credit":
+        from fedcustomer.data.uci_credit import UCI_SPEC
+
+        return UCI_SPEC
+    if ref == "cdnow":
+        from fedcustomer.data.cdnow import CDNOW_SPEC
+
+        return CDNOW_SPEC
+    path = Path(ref)
+    if not path.is_file():
+        raise ConfigError(f"feature-spec {ref!r} is neither a built-in ({', '.join(BUILTIN_SPECS)}) nor a JSON file")
+    try:
+        return FeatureSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()") from None
+
+
+def default_spec_ref(job: JobConfig) -> str:
+    return f"synthetic:{job.task}" if job.data == "synthetic" else job.data
+
+
+def split_run_config(raw: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
+    """Separate the deployment keys from the JobConfig fields of a run config."""
+    raw = dict(raw)
+    extra = {k: raw.pop(k) for k in DEPLOY_KEYS if k in raw}
+    return JobConfig.from_dict(raw), extra
+
+
+def wait_for_partners(grid: Any, wanted: int, minimum: int, timeout: float, poll: float = 0.5) -> int:
+    """Wait until ``wanted`` partner nodes are online (or ``minimum`` once ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if n >= wanted or (time.monotonic() >= deadline and n >= minimum):
+            return n
+        if time.monotonic() >= deadline:
+            raise FederationError(
+                f"only {n} partner node(s) connected after {timeout:g} s; the job needs at least {minimum}. "
+                "Check the nodes' logs and that their keys are registered (`flwr supernode ls`)"
+            )
+        time.sleep(poll)
+
+
+def deployment_setup(grid: Any, raw: dict[str, Any]) -> tuple[JobConfig, FeatureSpec, int, bool]:
+    """What the deployed ServerApp needs: job, spec (from the run config, no data), partner count, resume."""
+    job, extra = split_run_config(raw)
+    spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))
+    wait_for_partners(grid, job.partners, job.min_partners, float(extra.get("wait-for-partners", 120.0)))
+    return job, spec, job.partners, bool(extra.get("resume", False))

@@ -1,0 +1,138 @@
+"""SecAgg+ mode: the coordinator learns only the sum of the partners' DP-trained updates.
+
+Flower 1.42 offers SecAgg+ in its legacy workflow API (``SecAggPlusWorkflow`` on the
+server, ``secaggplus_mod`` on the client), so this mode has its own app pair. The
+partner's side still goes through :meth:`PartnerNode.train_round`: the local DP
+charge, the refusal rule and the update cache are the same as in plain mode.
+
+Differences from plain mode, by design of the protocol: every partner's update has
+unit weight (the mean of updates; dataset sizes are not released), weights are
+clipped to ``[-clip, clip]`` and quantised before masking, a refusing partner
+appears to the coordinator as a drop-out, and per-partner metrics do not leave
+the partner (its audit log and ledger still hold them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.serverapp import Grid, ServerApp
+
+from fedcustomer.errors import BudgetExhausted
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP_RANGE = 8.0
+DEFAULT_QUANTIZATION = 1 << 22
+
+
+class SecAggPartner(NumPyClient):
+    """A partner in SecAgg+ rounds: DP-train through PartnerNode, hand the weights to the mod to mask."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        from fedcustomer.clients.app import resolve_home
+        from fedcustomer.clients.node import PartnerNode, TrainInstructions
+        from fedcustomer.deploy.audit import record_round, update_size
+        from fedcustomer.models.registry import build_model
+
+        torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
+        node = PartnerNode(resolve_home(self.context))
+        ins = TrainInstructions.from_config(dict(config))
+        names = list(build_model(ins.task, ins.arch, ins.spec.input_dim).state_dict().keys())
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, parameters)}
+        outcome = node.train_round(state, ins)
+        record_round(node.home, outcome, ins, update_size(outcome.state_dict), transport="secagg+")
+        if outcome.refused:  # the protocol treats it as a drop-out; the reason stays with the partner
+            raise BudgetExhausted(outcome.refused_reason or "refused")
+        assert outcome.state_dict is not None
+        return [outcome.state_dict[k].detach().cpu().numpy() for k in names], 1, {}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
+        raise NotImplementedError("SecAgg+ mode does not run federated evaluation")
+
+
+def _client_fn(context: Context):
+    return SecAggPartner(context).to_client()
+
+
+client_app = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    run_secagg_job(grid, context)
+
+
+def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
+    """Run the job's rounds with SecAgg+ fit; write model.pt and summary.json to the run directory."""
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    from fedcustomer.deploy.coordinator import resolve_spec, default_spec_ref, split_run_config, wait_for_partners
+    from fedcustomer.models.registry import build_model
+    from fedcustomer.server.app import train_config_for
+
+    job, extra = split_run_config(dict(context.run_config))
+    spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))
+    n = wait_for_partners(grid, job.partners, job.min_partners, float(extra.get("wait-for-partners", 120.0)))
+    model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
+    names = list(model.state_dict().keys())
+    base = train_config_for(job, spec)
+    strategy = FedAvg(
+        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=job.min_partners,
+        min_evaluate_clients=0, min_available_clients=job.min_partners,
+        initial_parameters=ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
+        on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd)},
+        accept_failures=True,
+    )
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
+                           strategy=strategy)
+    fit = SecAggPlusWorkflow(
+        num_shares=n, reconstruction_threshold=max(2, job.min_partners),
+        max_weight=1.0,  # unit weights: the masked vectors are plain sums of updates
+        clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
+        quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
+        timeout=job.round_timeout,
+    )
+    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+    arrays = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    final = parameters_to_ndarrays(_to_parameters(arrays))
+    state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)}
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "model.pt")
+    rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
+    summary = {
+        "schema_version": 1, "run_id": job.run_id, "task": job.task, "dataset": job.dataset_name,
+        "aggregation": "secagg+", "dp": job.dp, "status": "completed", "stop_reason": None,
+        "rounds_planned": job.rounds, "rounds_completed": rounds_done, "partners": [],
+        "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def _to_parameters(arrays: Any):
+    import flwr.compat.common.recorddict_compat as compat
+
+    return compat.arrayrecord_to_parameters(arrays, keep_input=True)

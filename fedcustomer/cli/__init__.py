@@ -46,6 +46,9 @@ def _register() -> None:
     from fedcustomer.cli import vertical
 
     vertical.register(app)
+    from fedcustomer.cli import deploy
+
+    deploy.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

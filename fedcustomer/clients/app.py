@@ -56,6 +56,9 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             node = PartnerNode(resolve_home(context, homes))
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             outcome = node.train_round(msg.content["arrays"].to_torch_state_dict(), ins)
+            from fedcustomer.deploy.audit import record_round
+
+            record_round(node.home, outcome, ins)  # every round taken part in, refused or not
         except FedCustomerError as exc:
             return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
         info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}

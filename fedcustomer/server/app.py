@@ -112,18 +112,22 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            the_job, the_spec, n = job, spec, num_partners
-            if the_job is None:
-                from fedcustomer.server.simulation import prepare_partners
+            the_job, the_spec, n, the_resume = job, spec, num_partners, resume
+            raw = {k: v for k, v in dict(context.run_config).items()}
+            if the_job is None and raw.get("deployment"):
+                # Deployment: partners are real nodes with their own homes; the coordinator
+                # has no data, so the feature spec comes from the run config.
+                from fedcustomer.deploy.coordinator import deployment_setup
 
-                raw = {k: v for k, v in dict(context.run_config).items()}
+                the_job, the_spec, n, the_resume = deployment_setup(grid, raw)
+            if the_job is None:
                 the_job = JobConfig.from_dict(raw)
             if the_spec is None or n is None:
                 from fedcustomer.server.simulation import prepare_partners
 
                 the_spec, homes = prepare_partners(the_job)
                 n = len(homes)
-            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=resume)
+            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=the_resume)
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

@@ -29,7 +29,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid, ServerApp
 
-from fedcustomer.errors import BudgetExhausted
+from fedcustomer.errors import BudgetExhausted, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
                            strategy=strategy)
     fit = SecAggPlusWorkflow(
-        num_shares=n, reconstruction_threshold=max(2, job.min_partners),
+        num_shares=n, reconstruction_threshold=secagg_threshold(n, job.min_partners),
         max_weight=1.0,  # unit weights: the masked vectors are plain sums of updates
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
@@ -130,6 +130,13 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / "summary.json")
     return summary
+
+
+def secagg_threshold(num_partners: int, min_partners: int) -> int:
+    """Shares needed to unmask: at least 2, below the share count (Flower's rule), ``min_partners`` if possible."""
+    if num_partners < 3:
+        raise ConfigError(f"SecAgg+ needs at least 3 partners (got {num_partners}); run without --secagg")
+    return max(2, min(min_partners, num_partners - 1))
 
 
 def _to_parameters(arrays: Any):

@@ -145,3 +145,13 @@ def test_every_round_is_audited_with_size_epsilon_and_refusal(tmp_path):
     assert entries[0].details["epsilon_total"] == 1.5 and entries[0].details["round"] == 2
     assert entries[1].details["refused"] is True and entries[1].details["update_bytes"] == 0
     assert entries[1].reason == "would exceed the target"
+
+
+def test_secagg_threshold_stays_below_the_share_count():
+    from fedcustomer.deploy.secagg import secagg_threshold
+
+    assert secagg_threshold(3, 3) == 2
+    assert secagg_threshold(5, 3) == 3
+    assert secagg_threshold(4, 1) == 2
+    with pytest.raises(ConfigError, match="at least 3"):
+        secagg_threshold(2, 2)

@@ -46,6 +46,12 @@ def _register() -> None:
     from fedcustomer.cli import vertical
 
     vertical.register(app)
+    from fedcustomer.cli import psi
+
+    psi.register(app)
+    from fedcustomer.cli import analytics
+
+    analytics.register(app)
     from fedcustomer.cli import deploy
 
     deploy.register(app)

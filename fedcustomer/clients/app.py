@@ -81,7 +81,27 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
         content = RecordDict({"metrics": MetricRecord(metrics), "partner": ConfigRecord({"name": node.name})})
         return Message(content=content, reply_to=msg)
 
+    _register_query_handlers(app, homes)
     return app
+
+
+def _register_query_handlers(app: ClientApp, homes: list[str] | None) -> None:
+    """Federated features beyond horizontal training answer their own message types."""
+    from fedcustomer.analytics.federated import register_analytics_handlers
+    from fedcustomer.clients.data_access import PartnerDataAccess
+    from fedcustomer.privacy.psi_protocol import register_psi_handlers
+    from fedcustomer.vertical.protocol import register_vertical_handlers
+
+    def home_of(context: Context) -> PartnerHome:
+        return resolve_home(context, homes)
+
+    register_analytics_handlers(app, home_of)
+    register_vertical_handlers(app, home_of)
+    register_psi_handlers(
+        app, home_of,
+        lambda home, dataset: PartnerDataAccess(home).linkage_ids(dataset),
+        local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
+    )
 
 
 # `flwr run .` entry point (see [tool.flwr.app.components] in pyproject.toml).

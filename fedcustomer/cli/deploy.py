@@ -135,7 +135,7 @@ def coordinator_run(
     rounds: int = typer.Option(5, "--rounds"),
     local_epochs: int = typer.Option(1, "--local-epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
-    lr: float = typer.Option(0.1, "--lr"),
+    lr: float = typer.Option(0.5, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
     epsilon: float = typer.Option(3.0, "--epsilon", help="Budget for partners' new datasets (each partner's own target wins)."),
     delta: float = typer.Option(1e-5, "--delta"),
     strategy: str = typer.Option("fedavg", "--strategy"),

@@ -41,13 +41,13 @@ class JobConfig:
     rounds: int = 5
     local_epochs: int = 1
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.5  # with max_grad_norm 0.5: DP-SGD's step is bounded by lr x clip (see benchmarks/RESULTS.md)
     optimizer: str = "sgd"
     arch: str = "mlp"
     dp: bool = True
     epsilon: float = 3.0
     delta: float = 1e-5
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.5
     max_noise_multiplier: float = 10.0
     clipping: str = "fast"
     strategy: str = "fedavg"

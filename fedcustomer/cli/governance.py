@@ -108,11 +108,8 @@ def init_cmd(
 ) -> None:
     from fedcustomer.data.store import PartnerStore
 
-    store = PartnerStore.init(PartnerHome(home), name, actor=_actor(actor, role))
-    try:
+    with PartnerStore.init(PartnerHome(home), name, actor=_actor(actor, role)):
         console.print(f"initialised partner [bold]{name}[/] in {home}: keys, audit log, empty store")
-    finally:
-        store.close()
 
 
 @schema_app.command("draft", help="Guess a schema from a CSV/Parquet file; review every tier before use.")
@@ -157,10 +154,8 @@ def ingest_cmd(
         store = PartnerStore.init(phome, partner, actor=who)
     else:
         store = PartnerStore.open(phome)
-    try:
+    with store:
         report = store.ingest(who, spec, input, chunk_rows=chunk_rows)
-    finally:
-        store.close()
     target = quality or phome.state_dir / "quality.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     report.write_json(target)
@@ -183,13 +178,10 @@ def read_cmd(
     output: Optional[Path] = typer.Option(None, "--output", help="Write the rows to this CSV file."),
     limit: int = typer.Option(20, "--limit", help="Rows to print when no --output is given."),
 ) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         frame = store.read(
             _actor(actor, role), purpose, _split(fields), _parse_where(where), dataset=dataset, approval_id=approval
         )
-    finally:
-        store.close()
     if output is not None:
         tmp = output.with_name(output.name + ".tmp")
         frame.to_csv(tmp)
@@ -215,11 +207,8 @@ def erase_cmd(
 ) -> None:
     if not yes:
         typer.confirm("Erase this customer from every dataset? This cannot be undone", abort=True)
-    store = _open(home)
-    try:
+    with _open(home) as store:
         result = store.erase(_actor(actor, role), customer)
-    finally:
-        store.close()
     if as_json:
         _print_json(result)
     else:
@@ -242,13 +231,10 @@ def approvals_request_cmd(
     ttl_hours: float = typer.Option(8.0, "--ttl-hours", help="How long the approval stays valid once granted."),
     as_json: bool = JsonOpt,
 ) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         request_id = store.request_approval(
             _actor(actor, role), dataset, _split(fields) or [], purpose, timedelta(hours=ttl_hours)
         )
-    finally:
-        store.close()
     if as_json:
         _print_json({"request_id": request_id})
     else:
@@ -263,11 +249,8 @@ def approvals_approve_cmd(
     role: str = RoleOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         approval = store.approve(_actor(actor, role), request_id)
-    finally:
-        store.close()
     result = {"request_id": request_id, "complete": approval is not None}
     if approval is not None:
         result.update({"approvers": list(approval.approvers), "expires_at": approval.expires_at})
@@ -286,11 +269,8 @@ def approvals_list_cmd(
     role: str = RoleOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         pending = store.pending_approvals(_actor(actor, role))
-    finally:
-        store.close()
     if as_json:
         _print_json(pending)
         return
@@ -308,11 +288,8 @@ def approvals_list_cmd(
 
 @keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
 def keys_list_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         versions = store.key_versions(_actor(actor, role))
-    finally:
-        store.close()
     if as_json:
         _print_json(versions)
         return
@@ -326,11 +303,8 @@ def keys_list_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleO
 
 @keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")
 def keys_rotate_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         result = store.rotate_keys(_actor(actor, role))
-    finally:
-        store.close()
     if as_json:
         _print_json(result)
     else:
@@ -344,9 +318,6 @@ def keys_retire_cmd(
     actor: str = ActorOpt,
     role: str = RoleOpt,
 ) -> None:
-    store = _open(home)
-    try:
+    with _open(home) as store:
         store.retire_key(_actor(actor, role), version)
-    finally:
-        store.close()
     console.print(f"KEK version {version} retired")

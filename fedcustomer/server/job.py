@@ -84,12 +84,12 @@ class JobConfig:
             raise ConfigError(f"--federated-eval must be one of {', '.join(EVAL_MODES)}, got {self.federated_eval!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        _positive("epsilon", self.epsilon)
+        require_positive("epsilon", self.epsilon)
         if not (0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
-        _positive("lr", self.lr)
-        _positive("max-grad-norm", self.max_grad_norm)
-        _positive("max-noise-multiplier", self.max_noise_multiplier)
+        require_positive("lr", self.lr)
+        require_positive("max-grad-norm", self.max_grad_norm)
+        require_positive("max-noise-multiplier", self.max_noise_multiplier)
         for name in ("partners", "rounds", "local_epochs", "batch_size", "min_partners"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -100,8 +100,8 @@ class JobConfig:
         if not (0 <= self.trimmed_beta < 0.5):
             raise ConfigError(f"trimmed beta must be in [0, 0.5), got {self.trimmed_beta}")
         if self.central_dp:
-            _positive("central-noise-multiplier", self.central_noise_multiplier)
-            _positive("central-clipping-norm", self.central_clipping_norm)
+            require_positive("central-noise-multiplier", self.central_noise_multiplier)
+            require_positive("central-clipping-norm", self.central_clipping_norm)
 
     # --- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +132,7 @@ class JobConfig:
         return dataset_name(self.data, self.task)
 
 
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"--{name} must be > 0, got {value}")
+def require_positive(name: str, value: float) -> None:
+    """Refuse a non-positive, non-finite or non-numeric option, named as the user typed it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.server.job import new_run_id
+from fedcustomer.server.job import new_run_id, require_positive
 
 DATA_SOURCES = ("synthetic", "uci-credit")
 VERTICAL_TASKS = ("repayment", "clv")
@@ -66,7 +66,7 @@ class VerticalJob:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
         for name in ("epsilon", "lr", "max_grad_norm", "label_max_grad_norm", "embedding_clip", "max_noise_multiplier"):
-            _positive(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if not (0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):
@@ -98,7 +98,3 @@ class VerticalJob:
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")

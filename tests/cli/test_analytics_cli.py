@@ -6,28 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 
-import fedcustomer.cli as cli
 from fedcustomer.cli import analytics as analytics_cli
+
+from .cli_runner import only_group, run
 
 
 @pytest.fixture(autouse=True)
 def analytics_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    monkeypatch.setattr(cli, "app", app)
-    monkeypatch.setattr(cli, "_register", lambda: analytics_cli.register(app))
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        cli.main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    only_group(monkeypatch, analytics_cli.register)
 
 
 def test_rfm_show_truth_intervals_contain_true_sizes_and_ledger_shows_the_charge(

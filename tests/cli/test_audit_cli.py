@@ -8,32 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 
-import fedcustomer.cli as cli
 from fedcustomer.cli import audit as audit_cli
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
 from fedcustomer.privacy.audit import AuditLog
 
+from .cli_runner import only_group, run
+
 
 @pytest.fixture(autouse=True)
 def audit_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the real ``main()`` error handling over an app holding just the audit group."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    monkeypatch.setattr(cli, "app", app)
-    monkeypatch.setattr(cli, "_register", lambda: audit_cli.register(app))
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        cli.main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    only_group(monkeypatch, audit_cli.register)
 
 
 @pytest.fixture

@@ -5,22 +5,13 @@ import json
 import pandas as pd
 import pytest
 
-from fedcustomer.cli import main
 from fedcustomer.errors import AccessDenied, ConfigError, KeyMaterialError, SchemaError
 from tests.data.test_ingest import bank_frame, plant_bad_rows
 
+from .cli_runner import run
+
 ADMIN = ["--actor", "alice", "--role", "partner_admin"]
 
-
-def run(argv, capsys):
-    """Run the CLI; returns (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()

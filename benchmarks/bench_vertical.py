@@ -6,11 +6,12 @@ customers. Held-out AUC on the same aligned test customers for:
 
   bank-only           the bank's columns alone (split-learning code, no passive party), DP
   vertical, non-DP    both parties' columns through split learning, no noise
-  vertical, DP        both parties' columns, DP-SGD at each party + label DP, epsilon per party
-  ..., no label DP    DP-SGD at each party only; returned gradients NOT label-protected
+  vertical, DP        both parties' columns, DP-SGD at each party, protected labels behind the
+                      returned gradients (label_epsilon of the bank's epsilon), epsilon per party
+  ..., no label DP    DP-SGD at each party only; returned gradients from the TRUE labels
   pooled, non-DP      both parties' columns in one place (a centralised MLP), for reference
 
-Usage: python benchmarks/bench_vertical.py [DATA_DIR] [--epsilon 3] [--rounds 5]
+Usage: python benchmarks/bench_vertical.py [DATA_DIR] [--epsilon 3] [--rounds 5] [--seeds 3] [--label-epsilon 1]
 DATA_DIR defaults to $FEDCUSTOMER_DATA_DIR or ../shared/data relative to the repository.
 """
 
@@ -60,6 +61,31 @@ def pooled_auc(job: VerticalJob, homes: Path, epochs: int) -> float:
     return classification_metrics(y[torch.as_tensor(test)].numpy(), scores)["auc"]
 
 
+def one_seed(args: argparse.Namespace, seed: int, tmp: str) -> tuple[dict[str, tuple[float, str]], dict]:
+    """Every model of the table for one seed (data split and initial weights; DP noise is always fresh)."""
+    common = dict(task="repayment", data="uci-credit", data_dir=args.data_dir, rounds=args.rounds,
+                  batch_size=args.batch_size, lr=args.lr, seed=seed)
+    plain = run_vertical_local(VerticalJob(**common, dp=False, baseline=True, out=f"{tmp}/plain"))
+    dp = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, label_epsilon=args.label_epsilon,
+                                        baseline=True, out=f"{tmp}/dp"))
+    no_label = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, label_dp=False,
+                                              baseline=False, out=f"{tmp}/dp-no-label"))
+    pooled = pooled_auc(VerticalJob(**common, out=f"{tmp}/plain"), Path(tmp) / "plain" / "partners", args.rounds)
+
+    def spent(summary: dict) -> str:
+        return " / ".join(f"{p['name']} {p['epsilon_spent']:.2f}" for p in summary["partners"])
+
+    rows = {
+        "bank-only, non-DP": (plain["baseline"]["metrics"]["auc"], "-"),
+        f"bank-only, DP eps={args.epsilon:g}": (dp["baseline"]["metrics"]["auc"], spent(dp["baseline"])),
+        "vertical, non-DP": (plain["metrics"]["auc"], "-"),
+        f"vertical, DP eps={args.epsilon:g}": (dp["metrics"]["auc"], spent(dp)),
+        f"vertical, DP eps={args.epsilon:g}, no label DP": (no_label["metrics"]["auc"], spent(no_label)),
+        "pooled (centralised), non-DP": (pooled, "-"),
+    }
+    return rows, dp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", nargs="?", default=os.environ.get("FEDCUSTOMER_DATA_DIR", str(ROOT.parent / "shared" / "data")))
@@ -67,43 +93,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split, initial weights)")
+    parser.add_argument("--label-epsilon", type=float, default=1.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        common = dict(task="repayment", data="uci-credit", data_dir=args.data_dir, rounds=args.rounds,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-        t0 = time.perf_counter()
-        plain = run_vertical_local(VerticalJob(**common, dp=False, baseline=True, out=f"{tmp}/plain"))
-        t_plain = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        dp = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, baseline=True, out=f"{tmp}/dp"))
-        t_dp = time.perf_counter() - t0
-        no_label = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, label_dp=False,
-                                                  baseline=False, out=f"{tmp}/dp-no-label"))
-        pooled = pooled_auc(VerticalJob(**common, out=f"{tmp}/plain"), Path(tmp) / "plain" / "partners", args.rounds)
-        eps = {p["name"]: p["epsilon_spent"] for p in dp["partners"]}
-        rows = [
-            ("bank-only, non-DP", plain["baseline"]["metrics"].get("auc"), "-"),
-            (f"bank-only, DP eps={args.epsilon:g}", dp["baseline"]["metrics"].get("auc"),
-             f"{dp['baseline']['partners'][0]['epsilon_spent']:.2f}"),
-            ("vertical, non-DP", plain["metrics"].get("auc"), "-"),
-            (f"vertical, DP eps={args.epsilon:g}", dp["metrics"].get("auc"),
-             " / ".join(f"{k} {v:.2f}" for k, v in eps.items())),
-            (f"vertical, DP eps={args.epsilon:g}, no label DP", no_label["metrics"].get("auc"),
-             " / ".join(f"{p['name']} {p['epsilon_spent']:.2f}" for p in no_label["partners"])),
-            ("pooled (centralised), non-DP", pooled, "-"),
-        ]
-        print(f"UCI credit default, split by columns; PSI size {plain['psi_size']}, aligned train "
-              f"{plain['aligned_train']}, test {plain['aligned_test']}; {args.rounds} rounds, batch {args.batch_size}")
-        print(f"{'model':34s} {'test AUC':>9s}  epsilon spent")
-        for name, auc, e in rows:
-            print(f"{name:34s} {auc:9.4f}  {e}")
-        print(f"wall time: non-DP job (+baseline) {t_plain:.1f} s, DP job (+baseline) {t_dp:.1f} s")
-        acc = next(p for p in dp["partners"] if p["role"] == "active")["accounting"]
-        print(f"label owner noise multiplier {acc['noise_multiplier']:.2f}, label-DP use cap {acc['label_dp']['use_cap']}, "
-              f"passive noise multiplier {next(p for p in dp['partners'] if p['role'] == 'passive')['accounting']['noise_multiplier']:.2f}")
+    per_seed: list[dict[str, tuple[float, str]]] = []
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            rows, dp = one_seed(args, seed, tmp)
+        per_seed.append(rows)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v[0]:.4f}" for k, v in rows.items()), flush=True)
+    print(f"UCI credit default, split by columns; PSI size {dp['psi_size']}, aligned train {dp['aligned_train']}, "
+          f"test {dp['aligned_test']}; {args.rounds} rounds, batch {args.batch_size}, lr {args.lr}, "
+          f"label epsilon {args.label_epsilon:g}; {args.seeds} seeds in {time.perf_counter() - t0:.0f} s")
+    print(f"{'model':40s} {'test AUC (mean +- sd)':>22s}  epsilon spent (last seed)")
+    for name in per_seed[0]:
+        aucs = np.array([r[name][0] for r in per_seed])
+        print(f"{name:40s} {aucs.mean():10.4f} +- {aucs.std(ddof=1) if len(aucs) > 1 else 0.0:.4f}  {per_seed[-1][name][1]}")
+    gap = np.array([r[f"vertical, DP eps={args.epsilon:g}"][0] - r[f"bank-only, DP eps={args.epsilon:g}"][0] for r in per_seed])
+    upper = np.array([r["pooled (centralised), non-DP"][0] - r[f"vertical, DP eps={args.epsilon:g}"][0] for r in per_seed])
+    print(f"vertical DP - bank-only DP: {gap.mean():+.4f} (per seed {', '.join(f'{g:+.4f}' for g in gap)}); "
+          f"pooled upper bound - vertical DP: {upper.mean():+.4f}")
+    acc = next(p for p in dp["partners"] if p["role"] == "active")["accounting"]
+    passive_sigma = next(p for p in dp["partners"] if p["role"] == "passive")["accounting"]["noise_multiplier"]
+    print(f"last seed: label owner noise multiplier {acc['noise_multiplier']:.2f}, label release {acc['label_dp']}, "
+          f"passive noise multiplier {passive_sigma:.2f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.errors import FederationError
+from fedcustomer.vertical.job import DEFAULTS as D
 
 console = Console()
 
@@ -21,27 +22,30 @@ def register(app: typer.Typer) -> None:
 
 
 def run_vertical(
-    task: str = typer.Option("repayment", help="repayment (label at the bank) or clv (label at the retailer)"),
-    data: str = typer.Option("synthetic", help="synthetic | uci-credit (UCI split by columns)"),
+    task: str = typer.Option(D["task"], help="repayment (label at the bank) or clv (label at the retailer)"),
+    data: str = typer.Option(D["data"], help="synthetic | uci-credit (UCI split by columns)"),
     data_dir: Optional[Path] = typer.Option(None, help="where uci-credit lives (default: $FEDCUSTOMER_DATA_DIR)"),
-    rounds: int = typer.Option(5, help="rounds (each about one expected pass over the shared customers)"),
+    rounds: int = typer.Option(D["rounds"], help="rounds (each about one expected pass over the shared customers)"),
     steps_per_round: Optional[int] = typer.Option(None, help="steps per round (default 1/q)"),
-    batch_size: int = typer.Option(64, help="expected Poisson batch size chosen by the label owner"),
-    lr: float = typer.Option(0.01, help="learning rate at both parties"),
-    optimizer: str = typer.Option("adam", help="sgd | adam"),
-    embed_dim: int = typer.Option(8, help="embedding width of each bottom model"),
-    epsilon: float = typer.Option(3.0, help="each party's epsilon target for its dataset"),
-    delta: float = typer.Option(1e-5, help="each party's delta target"),
-    max_grad_norm: float = typer.Option(1.0, help="per-sample clipping norm of the bottom models"),
+    batch_size: int = typer.Option(D["batch_size"], help="expected Poisson batch size chosen by the label owner"),
+    lr: float = typer.Option(D["lr"], help="learning rate at both parties"),
+    optimizer: str = typer.Option(D["optimizer"], help="sgd | adam"),
+    embed_dim: int = typer.Option(D["embed_dim"], help="embedding width of each bottom model"),
+    epsilon: float = typer.Option(D["epsilon"], help="each party's epsilon target for its dataset"),
+    delta: float = typer.Option(D["delta"], help="each party's delta target"),
+    max_grad_norm: float = typer.Option(D["max_grad_norm"], help="per-sample clipping norm of the bottom models"),
     no_dp: bool = typer.Option(False, "--no-dp", help="no DP at all (baseline only; releases are NOT private)"),
-    no_label_dp: bool = typer.Option(False, "--no-label-dp", help="return gradients without label protection"),
-    label_max_grad_norm: float = typer.Option(1.0, help="clipping norm of the gradients returned to the passive party"),
-    embedding_noise: float = typer.Option(0.0, help="Gaussian noise multiplier on released embeddings (not accounted)"),
-    max_noise_multiplier: float = typer.Option(50.0, help="cap on the calibrated noise"),
-    customers: int = typer.Option(4000, help="synthetic: customers per party"),
-    shared_fraction: float = typer.Option(0.7, help="share of customers both parties hold"),
+    no_label_dp: bool = typer.Option(False, "--no-label-dp",
+                                     help="return gradients from the TRUE labels (not protected; comparison only)"),
+    label_epsilon: float = typer.Option(D["label_epsilon"], help="part of the label owner's epsilon spent on protected labels"),
+    label_bound: float = typer.Option(D["label_bound"], help="clv: log1p spend is clipped to [0, bound] before label noise"),
+    embedding_noise: float = typer.Option(D["embedding_noise"], help="Gaussian noise multiplier on released embeddings (not accounted)"),
+    max_noise_multiplier: float = typer.Option(D["max_noise_multiplier"], help="cap on the calibrated noise"),
+    customers: int = typer.Option(D["customers"], help="synthetic: customers per party"),
+    shared_fraction: float = typer.Option(D["shared_fraction"], help="share of customers both parties hold"),
+    retail_signal: float = typer.Option(D["retail_signal"], help="synthetic: strength of the default risk only retail behaviour shows (0 = none)"),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the label-owner-only baseline"),
-    seed: int = typer.Option(0, help="seed for data, splits and initial weights (not for DP noise)"),
+    seed: int = typer.Option(D["seed"], help="seed for data, splits and initial weights (not for DP noise)"),
     out: Path = typer.Option(Path("runs/vertical"), help="run directory to write"),
     homes: Optional[Path] = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
@@ -54,8 +58,9 @@ def run_vertical(
         task=task, data=data, data_dir=str(data_dir) if data_dir else None, rounds=rounds,
         steps_per_round=steps_per_round, batch_size=batch_size, lr=lr, optimizer=optimizer, embed_dim=embed_dim,
         dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, label_dp=not no_label_dp,
-        label_max_grad_norm=label_max_grad_norm, embedding_noise=embedding_noise,
+        label_epsilon=label_epsilon, label_bound=label_bound, embedding_noise=embedding_noise,
         max_noise_multiplier=max_noise_multiplier, customers=customers, shared_fraction=shared_fraction,
+        retail_signal=retail_signal,
         baseline=not no_baseline, seed=seed, out=str(out), homes=str(homes) if homes else None,
     )
     summary = run_vertical_local(job)

@@ -153,12 +153,18 @@ def generate_federation(
     missing_rate: float = 0.03,
     seed: int = 0,
     test_fraction: float = 0.2,
+    retail_signal: float = 0.0,
 ) -> SyntheticFederation:
     """Generate banks and retailers; sizes cycle through the given sequences.
 
     For every (bank, retailer) pair, ``shared_fraction`` of the smaller partner's
     customers are present at both under the same ``customer_id``. Customers may also hold
     accounts at several banks or shop at several retailers when the overlap asks for it.
+
+    ``retail_signal`` > 0 plants a hidden *financial stress* trait that raises default
+    risk and shows only in retail behaviour (more returns, smaller baskets, more bargain
+    browsing), none of the bank's columns: the situation joint bank + retailer modelling
+    is for. At 0 (the default) it has no effect and every other value is unchanged.
     """
     if n_banks < 0 or n_retailers < 0 or n_banks + n_retailers < 1:
         raise ConfigError(f"need at least one partner, got n_banks={n_banks}, n_retailers={n_retailers}")
@@ -166,14 +172,17 @@ def generate_federation(
         raise ConfigError(f"shared_fraction must be in [0, 1], got {shared_fraction}")
     if not 0.0 <= missing_rate < 0.5:
         raise ConfigError(f"missing_rate must be in [0, 0.5), got {missing_rate}")
+    if not (0.0 <= retail_signal <= 5.0):
+        raise ConfigError(f"retail_signal must be in [0, 5], got {retail_signal}")
     bank_sizes = _cycle(customers_per_bank, n_banks, "customers_per_bank")
     retail_sizes = _cycle(customers_per_retailer, n_retailers, "customers_per_retailer")
     bank_names = _names("bank", n_banks, 0)
     retail_names = _names("retail", n_retailers, 2)
 
-    seeds = np.random.SeedSequence(seed).spawn(4)
+    seeds = np.random.SeedSequence(seed).spawn(5)  # the first four as before: adding the fifth changes nothing else
     members_b, members_r, origin = _memberships(bank_sizes, retail_sizes, shared_fraction, np.random.default_rng(seeds[0]))
     customers = _customers(origin, n_banks, np.random.default_rng(seeds[1]))
+    customers["stress"] = retail_signal * np.random.default_rng(seeds[4]).normal(0, 1, len(customers))
 
     rng_b = np.random.default_rng(seeds[2])
     rng_r = np.random.default_rng(seeds[3])
@@ -428,6 +437,7 @@ def _bank_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random
     dti = np.clip((balance + other_debt) / income, 0, 5).round(3)
     score = 0.9 * risk + 0.8 * spend - 0.45 * z + 0.8 * (util - 0.5) + 0.12 * late + 0.3 * (dti - 0.4)
     score += rng.normal(0, 0.5, n) - 0.006 * (np.minimum(months, 240) - 60)  # shocks no partner sees
+    score = score + c["stress"].to_numpy()  # seen by the retailer only (0 unless retail_signal is set)
     rate = _DEFAULT_RATES[index % len(_DEFAULT_RATES)]
     p = _sigmoid(score + _intercept_for_rate(score, rate))
     frame = pd.DataFrame(
@@ -457,13 +467,13 @@ def _bank_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random
 def _retail_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random.Generator) -> pd.DataFrame:
     """A retailer's customer table; future spend follows engagement, which follows the latent traits."""
     n = len(c)
-    z, risk, spend = (c[k].to_numpy() for k in ("z_income", "risk_appetite", "spending_propensity"))
+    z, risk, spend, stress = (c[k].to_numpy() for k in ("z_income", "risk_appetite", "spending_propensity", "stress"))
     age = c["age"].to_numpy()
     level = _BASKET_LEVEL[index % len(_BASKET_LEVEL)]
     engagement = 0.8 * spend + 0.2 * z + rng.normal(0, 0.6, n)
     rate_12m = np.exp(1.2 + 0.6 * engagement)
     frequency = rng.poisson(rate_12m)
-    basket_true = level * np.exp(np.log(35) + 0.35 * z + 0.2 * spend + rng.normal(0, 0.3, n))
+    basket_true = level * np.exp(np.log(35) + 0.35 * z + 0.2 * spend - 0.25 * stress + rng.normal(0, 0.3, n))
     avg_basket = np.where(frequency > 0, basket_true * np.exp(rng.normal(0, 0.1, n)), 0.0).round(2)
     monetary = (frequency * avg_basket).round(2)
     recency = np.where(
@@ -471,8 +481,8 @@ def _retail_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.rand
         np.minimum(365, rng.exponential(365 / (frequency + 1))),
         365 + rng.uniform(0, 365, n),
     ).astype(int)
-    returns = np.clip(rng.beta(2, 2 / _sigmoid(-2.2 + 0.6 * risk) - 2), 0, 1).round(3)
-    sessions = rng.poisson(np.exp(0.7 + 0.5 * engagement + 0.3 * (age < 40)))
+    returns = np.clip(rng.beta(2, 2 / _sigmoid(-2.2 + 0.6 * risk + 0.6 * stress) - 2), 0, 1).round(3)
+    sessions = rng.poisson(np.exp(0.7 + 0.5 * engagement + 0.3 * (age < 40) + 0.3 * stress))
     loyalty = (rng.random(n) < _sigmoid(-0.6 + 0.8 * engagement)).astype(int)
     active = rng.random(n) < _sigmoid(0.8 + 1.0 * engagement - 0.004 * recency)
     future_count = rng.poisson(rate_12m * rng.gamma(4.0, 0.25, n))

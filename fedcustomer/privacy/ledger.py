@@ -152,12 +152,24 @@ class BudgetLedger:
 
     def project_gaussian(self, steps: GaussianSteps) -> Spend:
         """What the spend would be after ``steps`` more Gaussian steps (nothing is written)."""
-        charges = self.charges()
-        return self._spend_of(charges, extra_gaussian=[steps])
+        return self.project(extra_gaussian=[steps])
 
-    def calibrate_noise(self, sample_rate: float, steps: int, *, sigma_min: float = 0.3, sigma_max: float = 50.0) -> float:
-        """Noise multiplier so that ``steps`` more steps exactly use the remaining budget."""
+    def project(self, extra_gaussian: Sequence[GaussianSteps] = (),
+                extra_approx: Sequence[tuple[float, float]] = ()) -> Spend:
+        """What the spend would be after these releases (nothing is written)."""
+        return self._spend_of(self.charges(), extra_gaussian=extra_gaussian, extra_approx=extra_approx)
+
+    def calibrate_noise(self, sample_rate: float, steps: int, *, sigma_min: float = 0.3, sigma_max: float = 50.0,
+                        pending_gaussian: Sequence[GaussianSteps] = (),
+                        pending_approx: Sequence[tuple[float, float]] = ()) -> float:
+        """Noise multiplier so that ``steps`` more steps exactly use the remaining budget.
+
+        ``pending_*`` are releases that will be charged alongside (e.g. a label release at
+        the start of a vertical job): the noise leaves room for them.
+        """
         approx_eps, approx_delta = _approx_totals(self.charges())
+        approx_eps += sum(e for e, _ in pending_approx)
+        approx_delta += sum(d for _, d in pending_approx)
         delta_rdp = self.budget.delta - approx_delta
         if delta_rdp <= 0:
             return sigma_max
@@ -166,7 +178,8 @@ class BudgetLedger:
         if target <= 0:
             return sigma_max
         return accounting.calibrate_noise(
-            self.gaussian_history(), sample_rate, steps, target, delta_rdp, sigma_min=sigma_min, sigma_max=sigma_max
+            self.gaussian_history() + list(pending_gaussian), sample_rate, steps, target, delta_rdp,
+            sigma_min=sigma_min, sigma_max=sigma_max,
         )
 
     def accounting_state(self) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def party_frames(job: VerticalJob) -> dict[str, pd.DataFrame]:
 
     fed = generate_federation(
         n_banks=1, n_retailers=1, customers_per_bank=job.customers, customers_per_retailer=job.customers,
-        shared_fraction=job.shared_fraction, seed=job.seed,
+        shared_fraction=job.shared_fraction, seed=job.seed, retail_signal=job.retail_signal,
     )
     bank, retail = fed.banks[0], fed.retailers[0]
     return {"bank": pd.concat([bank.train, bank.test], ignore_index=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,19 @@ class VerticalJob:
     ``batch_size`` is the *expected* Poisson batch: the label owner samples every aligned
     training customer independently with rate ``q = batch_size / n_train`` (public).
     ``steps_per_round`` defaults to ``int(1 / q)`` (one expected pass over the data).
+    ``label_epsilon`` is the part of the label owner's ``epsilon`` spent, once per job, on
+    the protected labels its label head learns from; ``label_bound`` clips log1p spend
+    before that release in the CLV task. ``retail_signal`` (synthetic data only) is the
+    strength of the default risk that only retail behaviour reveals (see
+    :func:`fedcustomer.data.synthetic.generate_federation`; 0 = none).
     """
 
     task: str = "repayment"
     data: str = "synthetic"
     data_dir: str | None = None
-    rounds: int = 5
+    rounds: int = 8
     steps_per_round: int | None = None
-    batch_size: int = 64
+    batch_size: int = 512
     lr: float = 0.05
     optimizer: str = "adam"
     embed_dim: int = 8
@@ -39,13 +44,15 @@ class VerticalJob:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     label_dp: bool = True
-    label_max_grad_norm: float = 1.0
+    label_epsilon: float = 1.0
+    label_bound: float = 12.0
     embedding_noise: float = 0.0
     embedding_clip: float = 1.0
     max_noise_multiplier: float = 50.0
     test_fraction: float = 0.25
-    customers: int = 4000
+    customers: int = 20000
     shared_fraction: float = 0.7
+    retail_signal: float = 1.5
     baseline: bool = True
     seed: int = 0
     out: str = "runs/vertical"
@@ -65,8 +72,12 @@ class VerticalJob:
             raise ConfigError("the UCI credit data has no spend label; use --task repayment with --data uci-credit")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        for name in ("epsilon", "lr", "max_grad_norm", "label_max_grad_norm", "embedding_clip", "max_noise_multiplier"):
+        for name in ("epsilon", "lr", "max_grad_norm", "label_epsilon", "label_bound", "embedding_clip",
+                     "max_noise_multiplier"):
             require_positive(name, getattr(self, name))
+        if self.dp and self.label_dp and self.label_epsilon >= self.epsilon:
+            raise ConfigError(f"--label-epsilon ({self.label_epsilon:g}) must be below --epsilon ({self.epsilon:g}): "
+                              "the label owner's budget pays for the label release and its own DP-SGD")
         if not (0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):
@@ -78,6 +89,8 @@ class VerticalJob:
             raise ConfigError(f"--steps-per-round must be >= 1, got {self.steps_per_round}")
         if not (0 < self.test_fraction < 1):
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if not (0 <= self.retail_signal <= 5):
+            raise ConfigError(f"--retail-signal must be in [0, 5], got {self.retail_signal}")
         if not (0 < self.shared_fraction <= 1):
             raise ConfigError(f"--shared-fraction must be in (0, 1], got {self.shared_fraction}")
 
@@ -98,3 +111,7 @@ class VerticalJob:
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
+
+
+#: Each option's default, for the command line (one source: this dataclass).
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(VerticalJob) if f.default is not MISSING}

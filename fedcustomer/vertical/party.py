@@ -1,48 +1,49 @@
 """One party's side of split learning: its bottom model, DP-SGD, its ledger, its releases.
 
+The protocol has two phases per round, so that the label owner's data reaches the
+passive party only through labels it has already paid for:
+
+1. *Passive phase* (public batches). The label owner draws Poisson batches (rate ``q``,
+   public) and reveals them. For each batch the passive party sends the embeddings of
+   its bottom model; the label owner's *label head* (embeddings -> task output, trained
+   on the **protected labels** only) returns the per-customer gradients with respect to
+   those embeddings; the passive party takes one DP-SGD step on its bottom model.
+2. *Joint phase* (private batches). The passive party sends the embeddings of all
+   aligned customers; the label owner turns them into the label head's score and trains
+   its joint model (its own bottom model and the top model over its embedding and that
+   score, true labels) with DP-SGD on batches it samples privately, then evaluates it on
+   the held-out customers. Nothing of the joint model goes back.
+
 What each party releases and what protects it
 ---------------------------------------------
-*Passive party* (features only) releases, for the batch the label owner picked, the
-embeddings of its bottom model, and for the held-out customers their embeddings at
-evaluation. It never sees a label.
+*Passive party* (features only): embeddings of its bottom model. Its bottom model is
+trained with Opacus DP-SGD (per-sample clipping of ``J_i^T g_i`` to ``max_grad_norm``,
+noise ``sigma_p * max_grad_norm``), charged per round as ``GaussianSteps(sigma_p, q,
+steps)``: this protects its customers in the trained bottom model. The released
+embeddings are a direct function of each customer's row and are NOT covered by that
+guarantee; optional ``embedding_noise`` clips each embedding to ``embedding_clip`` and adds
+N(0, (embedding_noise * embedding_clip)^2) per coordinate. That blunts inversion by the
+label owner and the coordinator, but it is not charged to any ledger and no epsilon is
+claimed for it.
 
-- Its bottom model is trained with DP-SGD: the per-sample gradients ``J_i^T g_i`` of its
-  parameters (``g_i`` = the gradient that came back for customer ``i``) are clipped to
-  ``max_grad_norm``, summed, given Gaussian noise ``sigma_p * max_grad_norm`` and
-  averaged over the expected batch ``q * n`` (Opacus ``GradSampleModule`` +
-  ``DPOptimizer``). It is charged to the passive party's ledger per round as
-  ``GaussianSteps(sigma_p, q, steps)`` (Poisson rate ``q``, public). This protects its
-  customers in the trained bottom model -- against whoever later obtains that model (or
-  anything computed from it) without the batch indices.
-- Embeddings are a direct function of each sampled customer's row and are NOT covered by
-  that guarantee. Optional ``embedding_noise``: each released embedding is clipped to
-  norm ``embedding_clip`` and given N(0, (embedding_noise * embedding_clip)^2) per
-  coordinate. That blunts inversion of single embeddings by the label owner and the
-  coordinator (each release is a Gaussian mechanism of noise multiplier
-  ``embedding_noise / 2`` for that customer's row), but it is NOT charged to any ledger
-  and no epsilon is claimed for it.
+*Label owner* (active: its features, the label, the joint model):
 
-*Active party* (label owner: its features, the label, the top model) releases only the
-per-customer gradients with respect to the passive party's embeddings (and held-out
-metrics, as horizontal nodes do).
-
-- Its bottom and top models are trained together with DP-SGD (noise multiplier ``s``,
-  Poisson rate ``q``), charged as ``GaussianSteps(s, q, steps)``.
-- Label protection (``label_dp``): every returned per-customer gradient is clipped to
-  ``label_max_grad_norm`` and given N(0, (s * label_max_grad_norm)^2) per coordinate.
-  Guarantee: record-level DP for the label owner's rows (the label and the label owner's
-  features of each aligned customer), under replace-one adjacency, against the passive
-  party and the coordinator, who see every returned gradient *and know which customers
-  were in each batch* (so no amplification by sampling is claimed). A customer's record
-  influences what they see only in the steps where it is in the batch: directly through
-  its own returned gradient (sensitivity ``2 C``, noise ``s C``) and through the DP-SGD
-  update of the top model (sensitivity ``2 C``, noise ``s C``); each such use is a
-  Gaussian mechanism of noise multiplier ``s / (2 sqrt 2)``. The label owner caps the
-  uses per customer at ``K`` for the whole job (customers who reached ``K`` are no longer
-  sampled) and charges its ledger, per round, ``GaussianSteps(s / (2 sqrt 2), 1, dK)``
-  with ``dK`` the growth of the largest use count -- on top of the DP-SGD charge, so the
-  ledger's total bounds both the guarantee towards model observers and towards the
-  passive party. Without ``label_dp`` the returned gradients carry the labels unprotected.
+- Protected labels (``label_dp``): once per job, before anything leaves, every aligned
+  training customer's label is privatised. Repayment (0/1): randomised response, the
+  label kept with probability ``e^eps_L / (1 + e^eps_L)``, pure ``eps_L``-DP per customer.
+  CLV (log1p spend): clipped to ``[0, label_bound]`` plus Gaussian noise calibrated so the
+  release alone costs ``eps_L`` at the party's delta (charged in RDP). The label head is
+  trained on these labels and the passive party's embeddings only, so every gradient
+  returned to the passive party is post-processing of the protected labels: it carries
+  no more about a customer of the label owner (label or features) than ``eps_L``,
+  whatever the passive party and the coordinator know about the batches.
+- Joint model: DP-SGD (noise multiplier ``s``, Poisson rate ``q`` over the aligned training
+  customers, batches drawn privately), charged per round as ``GaussianSteps(s, q, steps)``.
+  It never leaves the label owner; the guarantee covers anyone who later obtains it.
+- The ledger charges both, so the reported epsilon bounds everything the label owner
+  released in the job (labels by basic composition for randomised response, in RDP for
+  Gaussian noise). Without ``label_dp`` the head trains on the true labels and the
+  returned gradients carry them unprotected (a comparison setting, never a default).
 
 Both parties refuse a round, before releasing anything, when their ledger projects past
 the target (noise is fixed at their first round from the remaining budget, as the
@@ -73,13 +74,12 @@ from fedcustomer.models.metrics import classification_metrics, regression_metric
 from fedcustomer.privacy import accounting
 from fedcustomer.privacy.accounting import GaussianSteps
 from fedcustomer.privacy.dpsgd import secure_generator
-from fedcustomer.privacy.ledger import APPROX, BudgetLedger
+from fedcustomer.privacy.ledger import BudgetLedger
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
-from fedcustomer.vertical.models import ActiveModel, BottomMLP
+from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
 
-LABEL_MECHANISM = "vertical_label_gradients"
+LABEL_MECHANISM = "vertical_label_release"
 DPSGD_MECHANISM = "vertical_dpsgd"
-USE_CAP_SIGMAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ class SessionConfig:
     dp: bool = True
     max_grad_norm: float = 1.0
     label_dp: bool = True
-    label_max_grad_norm: float = 1.0
+    label_epsilon: float = 1.0
+    label_bound: float = 12.0
     embedding_noise: float = 0.0
     embedding_clip: float = 1.0
     max_noise_multiplier: float = 50.0
@@ -123,7 +124,7 @@ class SessionConfig:
                 embed_dim=int(cfg.get("embed-dim", 8)), hidden=int(cfg.get("hidden", 16)),
                 passive_embed_dim=int(cfg.get("passive-embed-dim", 8)), dp=bool(cfg.get("dp", True)),
                 max_grad_norm=float(cfg.get("max-grad-norm", 1.0)), label_dp=bool(cfg.get("label-dp", True)),
-                label_max_grad_norm=float(cfg.get("label-max-grad-norm", 1.0)),
+                label_epsilon=float(cfg.get("label-epsilon", 1.0)), label_bound=float(cfg.get("label-bound", 12.0)),
                 embedding_noise=float(cfg.get("embedding-noise", 0.0)),
                 embedding_clip=float(cfg.get("embedding-clip", 1.0)),
                 max_noise_multiplier=float(cfg.get("max-noise-multiplier", 50.0)),
@@ -141,7 +142,36 @@ class RoundDecision:
     ok: bool
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    batches: list[np.ndarray] | None = None  # the label owner's Poisson batches (positions in aligned order)
+    batches: list[np.ndarray] | None = None  # the label owner's public batches (positions in aligned order)
+
+
+@dataclass(frozen=True)
+class LabelRelease:
+    """How the label owner protects the labels behind the gradients it returns."""
+
+    mechanism: str  # "randomized_response" | "gaussian"
+    epsilon: float
+    keep_probability: float | None = None  # randomised response
+    noise_std: float | None = None  # Gaussian, in log1p-spend units
+    bound: float | None = None
+
+    def pending(self) -> tuple[list[GaussianSteps], list[tuple[float, float]]]:
+        """The ledger charge, as (Gaussian steps, (epsilon, delta) releases)."""
+        if self.mechanism == "gaussian":
+            assert self.noise_std is not None and self.bound is not None
+            return [GaussianSteps(self.noise_std / self.bound, 1.0, 1)], []
+        return [], [(self.epsilon, 0.0)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def label_release_for(task: str, epsilon: float, delta: float, bound: float) -> LabelRelease:
+    """Randomised response for 0/1 labels; Gaussian noise of matching cost for log1p spend."""
+    if task == "repayment":
+        return LabelRelease("randomized_response", epsilon, keep_probability=math.exp(epsilon) / (1 + math.exp(epsilon)))
+    sigma = accounting.calibrate_noise([], 1.0, 1, epsilon, delta, sigma_min=0.05, sigma_max=1e4, tolerance=1e-4)
+    return LabelRelease("gaussian", epsilon, noise_std=sigma * bound, bound=bound)
 
 
 _TABLES: dict[tuple[str, str, str, str], PartyTable] = {}
@@ -176,6 +206,7 @@ class PartySession:
         if self.name != cfg.name:
             raise ConfigError(f"this node is partner {self.name!r}, but the job expects {cfg.name!r} as the {cfg.role} party")
         self.active = cfg.role == ACTIVE
+        self.has_passive = self.active and cfg.passive_embed_dim > 0
         table = self._table()
         self.n_aligned = len(table.X)
         self.train_pos, self.test_pos = split_positions(self.n_aligned, cfg.test_fraction, cfg.seed)
@@ -184,27 +215,37 @@ class PartySession:
         self.X = torch.as_tensor(table.X)
         self.y = torch.as_tensor(table.y) if table.y is not None else None
         self.ledger = BudgetLedger(home.ledger_path, cfg.dataset, config.budget_for(cfg.dataset)) if cfg.dp else None
+        self.label_release = (label_release_for(cfg.task, cfg.label_epsilon, self.ledger.budget.delta, cfg.label_bound)
+                              if self.has_passive and self.ledger is not None and cfg.label_dp else None)
         torch.manual_seed(cfg.seed * 101 + (1 if self.active else 2))
         if self.active:
-            self.model: torch.nn.Module = ActiveModel(self.X.shape[1], cfg.passive_embed_dim, embed_dim=cfg.embed_dim,
-                                                      hidden=cfg.hidden)
+            self.model: torch.nn.Module = ActiveModel(self.X.shape[1], 1 if self.has_passive else 0,
+                                                      embed_dim=cfg.embed_dim, hidden=cfg.hidden)
+            self.head = LabelHead(cfg.passive_embed_dim, cfg.hidden) if self.has_passive else None
         else:
             self.model = BottomMLP(self.X.shape[1], cfg.embed_dim, cfg.hidden)
-        base = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(self.model.parameters(), lr=cfg.lr)
-        self.state: dict[str, Any] = {"sigma": None, "plans": {}, "charged": [], "counts": None, "steps_done": []}
+            self.head = None
+        base = self._optimizer(self.model.parameters())
+        self.head_optimizer = self._optimizer(self.head.parameters()) if self.head is not None else None
+        self.state: dict[str, Any] = {"sigma": None, "plans": {}, "charged": [], "fitted": {}, "labels": None,
+                                      "steps_done": []}
         path = self.state_path
         if path.exists():
             blob = torch.load(path, weights_only=False)
             self.model.load_state_dict(blob["model"])
             base.load_state_dict(blob["optimizer"])
+            if self.head is not None and self.head_optimizer is not None and blob.get("head") is not None:
+                self.head.load_state_dict(blob["head"])
+                self.head_optimizer.load_state_dict(blob["head_optimizer"])
             self.state = blob["state"]
-        if self.state["counts"] is None:
-            self.state["counts"] = np.zeros(self.n_aligned, dtype=np.int64)
         self.base_optimizer = base
         self._generator = secure_generator()
         self.wrapped: torch.nn.Module = self.model
         self.optimizer: torch.optim.Optimizer = base
         self._dp_ready = False
+
+    def _optimizer(self, params: Any) -> torch.optim.Optimizer:
+        return (torch.optim.Adam if self.cfg.optimizer == "adam" else torch.optim.SGD)(params, lr=self.cfg.lr)
 
     # --- bookkeeping ---------------------------------------------------------------
     @property
@@ -218,7 +259,10 @@ class PartySession:
         path = self.state_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.base_optimizer.state_dict(), "state": self.state}, tmp)
+        blob = {"model": self.model.state_dict(), "optimizer": self.base_optimizer.state_dict(), "state": self.state,
+                "head": self.head.state_dict() if self.head is not None else None,
+                "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None}
+        torch.save(blob, tmp)
         os.replace(tmp, path)
 
     def _table(self) -> PartyTable:
@@ -244,31 +288,17 @@ class PartySession:
             raise ConfigError("the coordinator sent no sample rate / steps per round; it must set them up first")
         return q, steps
 
-    def use_cap(self) -> int:
-        """The most batches any one customer may join in the whole job (label-DP accounting)."""
-        q, steps = self._q_steps()
-        mean = q * steps * self.cfg.rounds
-        return int(math.ceil(mean + USE_CAP_SIGMAS * math.sqrt(mean) + 1))
+    def _label_key(self) -> str:
+        return f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:labels"
 
-    def _label_sigma(self, s: float) -> float:
-        return s / (2.0 * math.sqrt(2.0))
+    def _round_key(self, rnd: int) -> str:
+        return f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:round:{rnd}"
 
-    def _extra_steps(self, s: float, steps: int, label_uses: int) -> list[GaussianSteps]:
-        q, _ = self._q_steps()
-        extra = [GaussianSteps(s, q, steps)]
-        if self.active and self.cfg.label_dp and self.cfg.passive_embed_dim > 0 and label_uses > 0:
-            extra.append(GaussianSteps(self._label_sigma(s), 1.0, label_uses))
-        return extra
-
-    def _project(self, extra: list[GaussianSteps]) -> float:
-        assert self.ledger is not None
-        charges = self.ledger.charges()
-        approx_eps = sum(float(c.epsilon or 0.0) for c in charges if c.family == APPROX)
-        approx_delta = sum(float(c.delta or 0.0) for c in charges if c.family == APPROX)
-        delta = self.ledger.budget.delta - approx_delta
-        if delta <= 0:
-            return float("inf")
-        return accounting.epsilon(self.ledger.gaussian_history() + extra, delta) + approx_eps
+    def _pending_label(self) -> tuple[list[GaussianSteps], list[tuple[float, float]]]:
+        """The label release's charge if it is still to be paid in this job."""
+        if self.label_release is None or self.ledger is None or self.ledger.find(self._label_key()) is not None:
+            return [], []
+        return self.label_release.pending()
 
     def noise_multiplier(self, rnd: int) -> float:
         """Fixed at the party's first round of the run: the remaining budget over the remaining rounds."""
@@ -277,111 +307,98 @@ class PartySession:
         assert self.ledger is not None
         q, steps = self._q_steps()
         remaining = max(1, self.cfg.rounds - rnd + 1)
-        hi = self.cfg.max_noise_multiplier
-        if not self.active or not self.cfg.label_dp or self.cfg.passive_embed_dim == 0:
-            sigma = self.ledger.calibrate_noise(q, steps * remaining, sigma_max=hi)
-        else:
-            uses = max(0, self.use_cap() - int(self.state["counts"].max()))
-            target = self.ledger.budget.epsilon * (1 - 1e-9)
-            lo = 0.3
-            if self._project(self._extra_steps(hi, steps * remaining, uses)) > target:
-                sigma = hi
-            elif self._project(self._extra_steps(lo, steps * remaining, uses)) <= target:
-                sigma = lo
-            else:
-                for _ in range(40):
-                    mid = math.sqrt(lo * hi)
-                    if self._project(self._extra_steps(mid, steps * remaining, uses)) <= target:
-                        hi = mid
-                    else:
-                        lo = mid
-                sigma = hi
+        gauss, approx = self._pending_label()
+        sigma = self.ledger.calibrate_noise(q, steps * remaining, sigma_max=self.cfg.max_noise_multiplier,
+                                            pending_gaussian=gauss, pending_approx=approx)
         self.state["sigma"] = float(sigma)
         self._persist()
         return float(sigma)
 
-    def _plan(self, rnd: int) -> list[np.ndarray]:
-        """The label owner's Poisson batches for a round (kept so a re-sent request gets the same ones)."""
+    def _public_batches(self, rnd: int) -> list[np.ndarray]:
+        """The passive phase's Poisson batches (kept so a re-sent request gets the same ones)."""
         key = str(rnd)
         if key not in self.state["plans"]:
             q, steps = self._q_steps()
-            counts = self.state["counts"]
-            cap = self.use_cap() if self.cfg.dp and self.cfg.label_dp else None
-            planned = counts.copy()
-            batches = []
-            for _ in range(steps):
-                draw = torch.rand(self.n_train, generator=self._generator, dtype=torch.float64).numpy() < q
-                chosen = self.train_pos[draw]
-                if cap is not None:
-                    chosen = chosen[planned[chosen] < cap]
-                planned[chosen] += 1
-                batches.append(chosen.astype(np.int64))
-            self.state["plans"][key] = batches
+            self.state["plans"][key] = [self._poisson(q) for _ in range(steps)]
             self._persist()
         return self.state["plans"][key]
 
-    def _label_uses(self, batches: list[np.ndarray]) -> int:
-        counts = self.state["counts"].copy()
-        before = int(counts.max())
-        for b in batches:
-            counts[b] += 1
-        return int(counts.max()) - before
-
-    def _charge_keys(self, rnd: int) -> tuple[str, str]:
-        base = f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:round:{rnd}"
-        return base, base + ":label-gradients"
+    def _poisson(self, q: float) -> np.ndarray:
+        draw = torch.rand(self.n_train, generator=self._generator, dtype=torch.float64).numpy() < q
+        return self.train_pos[draw].astype(np.int64)
 
     def check_round(self, rnd: int) -> RoundDecision:
         """Would this round fit the budget? Nothing is charged or released."""
         if self.ledger is None:
             return RoundDecision(True)
         sigma = self.noise_multiplier(rnd)
-        _, steps = self._q_steps()
-        key, _ = self._charge_keys(rnd)
-        if self.ledger.find(key) is not None:
+        q, steps = self._q_steps()
+        if self.ledger.find(self._round_key(rnd)) is not None:
             return RoundDecision(True, metrics={"noise-multiplier": sigma})
-        uses = self._label_uses(self._plan(rnd)) if self.active else 0
-        projected = self._project(self._extra_steps(sigma, steps, uses))
+        gauss, approx = self._pending_label()
+        projected = self.ledger.project([*gauss, GaussianSteps(sigma, q, steps)], approx).epsilon
         metrics = {"epsilon-projected": projected, "epsilon-target": self.ledger.budget.epsilon,
                    "epsilon-total": self.ledger.spent().epsilon, "noise-multiplier": sigma}
         if projected > self.ledger.budget.epsilon:
             reason = (f"round {rnd} would bring epsilon to {projected:.3f}, past partner {self.name!r}'s "
                       f"target {self.ledger.budget.epsilon:g}")
-            self.ledger.record_refusal(key, DPSGD_MECHANISM, projected, f"vertical round {rnd} of run {self.cfg.run_id} "
-                                       "would exceed the target")
+            self.ledger.record_refusal(self._round_key(rnd), DPSGD_MECHANISM, projected,
+                                       f"vertical round {rnd} of run {self.cfg.run_id} would exceed the target")
             return RoundDecision(False, reason, metrics)
         return RoundDecision(True, metrics=metrics)
 
     def begin_round(self, rnd: int) -> RoundDecision:
-        """Charge the round to the ledger (idempotent); the label owner then reveals its batches."""
-        batches = self._plan(rnd) if self.active else None
+        """Charge the round (and, once per job, the label release); the label owner then reveals its batches."""
         metrics: dict[str, float] = {}
         if self.ledger is not None:
             sigma = self.noise_multiplier(rnd)
-            _, steps = self._q_steps()
-            key, label_key = self._charge_keys(rnd)
-            uses = self._label_uses(batches) if batches is not None and str(rnd) not in self.state["charged"] else 0
-            extra = self._extra_steps(sigma, steps, uses)
+            q, steps = self._q_steps()
             try:
-                charge = self.ledger.charge_gaussian(key, extra[0], mechanism=DPSGD_MECHANISM, run_id=self.cfg.run_id,
-                                                     round=rnd, details={"party": self.name, "role": self.cfg.role})
-                if len(extra) > 1:
-                    charge = self.ledger.charge_gaussian(
-                        label_key, extra[1], mechanism=LABEL_MECHANISM, run_id=self.cfg.run_id, round=rnd,
-                        details={"party": self.name, "use_cap": self.use_cap(), "label_max_grad_norm": self.cfg.label_max_grad_norm},
-                    )
+                self._charge_labels()
+                charge = self.ledger.charge_gaussian(self._round_key(rnd), GaussianSteps(sigma, q, steps),
+                                                     mechanism=DPSGD_MECHANISM, run_id=self.cfg.run_id, round=rnd,
+                                                     details={"party": self.name, "role": self.cfg.role})
             except BudgetExhausted as exc:
                 return RoundDecision(False, str(exc), {"epsilon-total": self.ledger.spent().epsilon,
                                                        "epsilon-target": self.ledger.budget.epsilon})
             metrics = {"epsilon-total": float(self.ledger.spent().epsilon), "epsilon-target": self.ledger.budget.epsilon,
                        "delta": self.ledger.budget.delta, "noise-multiplier": sigma, "charged-now": float(not charge.already_paid)}
+        if self.active and self.state["labels"] is None:
+            self.state["labels"] = self._protected_labels()
+        batches = self._public_batches(rnd) if self.has_passive else None
         if str(rnd) not in self.state["charged"]:
-            if batches is not None:
-                for b in batches:
-                    self.state["counts"][b] += 1
             self.state["charged"].append(str(rnd))
-            self._persist()
+        self._persist()
         return RoundDecision(True, metrics=metrics, batches=batches)
+
+    def _charge_labels(self) -> None:
+        if self.label_release is None or self.ledger is None:
+            return
+        gauss, approx = self.label_release.pending()
+        details = {"party": self.name, **self.label_release.to_dict()}
+        key = self._label_key()
+        if gauss:
+            self.ledger.charge_gaussian(key, gauss[0], mechanism=LABEL_MECHANISM, run_id=self.cfg.run_id, details=details)
+        else:
+            self.ledger.charge_approx(key, approx[0][0], approx[0][1], mechanism=LABEL_MECHANISM,
+                                      run_id=self.cfg.run_id, details=details)
+
+    def _protected_labels(self) -> np.ndarray | None:
+        """The labels the label head learns from: privatised once per job (drawn after they were paid for)."""
+        assert self.y is not None
+        if not self.has_passive:
+            return None
+        y = self.y.clone()
+        release = self.label_release
+        if release is None:  # no DP, or labels deliberately unprotected
+            return y.numpy()
+        if release.mechanism == "randomized_response":
+            assert release.keep_probability is not None
+            keep = torch.rand(len(y), generator=self._generator, dtype=torch.float64) < release.keep_probability
+            return torch.where(keep, y, 1 - y).numpy()
+        assert release.bound is not None and release.noise_std is not None
+        clipped = y.clamp(0.0, release.bound)
+        return (clipped + _generate_noise(release.noise_std, clipped, self._generator, True)).numpy()
 
     # --- DP-SGD machinery ----------------------------------------------------------------
     def _ensure_dp(self, rnd: int) -> None:
@@ -409,16 +426,18 @@ class PartySession:
         return e
 
     def forward(self, rnd: int, positions: np.ndarray) -> torch.Tensor:
-        """Embeddings of the batch's customers (noised if asked); the passive party's only release."""
+        """Embeddings of a public batch's customers (noised if asked)."""
         self._check_positions(positions, self.train_pos, "training")
         self._require_paid(rnd)
         with torch.no_grad():
             e = self._embed(self.model, positions)
         return self._noisy_embeddings(e)
 
-    def embed_test(self) -> torch.Tensor:
+    def embed_all(self, rnd: int) -> torch.Tensor:
+        """Embeddings of every aligned customer, for the label owner's joint phase and evaluation."""
+        self._require_paid(rnd)
         with torch.no_grad():
-            return self._noisy_embeddings(self._embed(self.model, self.test_pos))
+            return self._noisy_embeddings(self._embed(self.model, np.arange(self.n_aligned)))
 
     def _noisy_embeddings(self, e: torch.Tensor) -> torch.Tensor:
         if self.cfg.embedding_noise > 0:
@@ -444,57 +463,89 @@ class PartySession:
         self.state["steps_done"].append([rnd, step])
         self._persist()
 
-    # --- active party -----------------------------------------------------------------
+    # --- label owner ------------------------------------------------------------------
     def _loss_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.cfg.task == "repayment":
             return torch.nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum")
         return torch.nn.functional.huber_loss(out, y, reduction="sum", delta=1.0)
 
-    def step(self, rnd: int, step: int, passive: torch.Tensor | None) -> torch.Tensor | None:
-        """One training step of bottom+top; returns the (protected) gradients for the passive party."""
-        assert self.y is not None
+    def step(self, rnd: int, step: int, passive: torch.Tensor) -> torch.Tensor:
+        """One label-head step on a public batch; returns the gradients for the passive party.
+
+        Only the protected labels and the passive party's embeddings enter here, so what
+        goes back is post-processing of the label release (nothing of the label owner's
+        features or of its joint model).
+        """
         self._require_paid(rnd)
+        if self.head is None or self.head_optimizer is None:
+            raise ConfigError("this job has no passive party; the label owner takes no passive-phase steps")
         batches = self.state["plans"].get(str(rnd))
         if batches is None or not 0 <= step < len(batches):
             raise ConfigError(f"round {rnd} has no step {step} at the label owner")
         pos = batches[step]
-        needs_passive = self.cfg.passive_embed_dim > 0
-        if needs_passive and (passive is None or passive.shape != (len(pos), self.cfg.passive_embed_dim)):
-            shape = None if passive is None else tuple(passive.shape)
-            raise DataError(f"embeddings for step {step} have shape {shape}; expected ({len(pos)}, {self.cfg.passive_embed_dim})")
-        self._ensure_dp(rnd)
-        idx = torch.as_tensor(pos, dtype=torch.long)
-        e = passive.detach().clone().requires_grad_(True) if needs_passive and passive is not None else None
-        out = self.wrapped(self.X[idx], e)
-        loss = self._loss_sum(out, self.y[idx])
-        with warnings.catch_warnings():
-            # Opacus's backward hooks warn when no input needs a gradient (the label owner alone).
-            warnings.simplefilter("ignore", UserWarning)
-            loss.backward()
-        if not self.cfg.dp:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad /= max(1, len(pos))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state["steps_done"].append([rnd, step])
+        if passive.shape != (len(pos), self.cfg.passive_embed_dim):
+            raise DataError(f"embeddings for step {step} have shape {tuple(passive.shape)}; "
+                            f"expected ({len(pos)}, {self.cfg.passive_embed_dim})")
+        return self.label_gradients(pos, passive)
+
+    def label_gradients(self, positions: np.ndarray, passive: torch.Tensor) -> torch.Tensor:
+        """Head update on (embeddings, protected labels); d loss / d embedding per customer."""
+        assert self.head is not None and self.head_optimizer is not None
+        labels = torch.as_tensor(self.state["labels"])[torch.as_tensor(positions, dtype=torch.long)]
+        e = passive.detach().clone().requires_grad_(True)
+        loss = self._loss_sum(self.head(e), labels)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.head.parameters():
+            if p.grad is not None:
+                p.grad /= max(1, len(positions))
+        self.head_optimizer.step()
         self._persist()
-        if e is None:
-            return None
-        grads = e.grad.detach() if e.grad is not None else torch.zeros_like(e)
-        if self.cfg.dp and self.cfg.label_dp:
-            c = self.cfg.label_max_grad_norm
-            grads = grads * (c / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-            grads = grads + _generate_noise(self.noise_multiplier(rnd) * c, grads, self._generator, True)
-        return grads.float()
+        return (e.grad if e.grad is not None else torch.zeros_like(e)).detach().float()
+
+    def fit(self, rnd: int, passive: torch.Tensor | None) -> dict[str, float]:
+        """The joint phase: DP-SGD on privately drawn batches, then held-out metrics."""
+        assert self.y is not None
+        self._require_paid(rnd)
+        if self.has_passive and (passive is None or passive.shape != (self.n_aligned, self.cfg.passive_embed_dim)):
+            shape = None if passive is None else tuple(passive.shape)
+            raise DataError(f"embeddings of the aligned customers have shape {shape}; "
+                            f"expected ({self.n_aligned}, {self.cfg.passive_embed_dim})")
+        emb = self._head_scores(passive) if self.has_passive and passive is not None else None
+        if str(rnd) not in self.state["fitted"]:
+            self._ensure_dp(rnd)
+            q, steps = self._q_steps()
+            for t in range(steps):
+                pos = self._poisson(q)
+                idx = torch.as_tensor(pos, dtype=torch.long)
+                out = self.wrapped(self.X[idx], emb[idx] if emb is not None else None)
+                loss = self._loss_sum(out, self.y[idx])
+                if not self.cfg.dp:
+                    loss = loss / max(1, len(pos))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # Opacus hooks: no input needs a gradient
+                    loss.backward()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state["fitted"][str(rnd)] = steps
+            self._persist()
+        return self.evaluate(emb[torch.as_tensor(self.test_pos, dtype=torch.long)] if emb is not None else None)
+
+    @torch.no_grad()
+    def _head_scores(self, passive: torch.Tensor) -> torch.Tensor:
+        """The label head's output per customer: the passive party's contribution to the joint model.
+
+        A fixed meaning (the task output predicted from the passive side) across rounds,
+        unlike the raw embeddings, whose coordinates move whenever the passive party steps.
+        """
+        assert self.head is not None
+        return self.head(passive.detach().float()).unsqueeze(-1)
 
     @torch.no_grad()
     def evaluate(self, passive: torch.Tensor | None) -> dict[str, float]:
         """Held-out metrics of the joint model on the aligned test customers."""
         assert self.y is not None
         idx = torch.as_tensor(self.test_pos, dtype=torch.long)
-        if self.cfg.passive_embed_dim > 0 and (passive is None or passive.shape != (len(idx), self.cfg.passive_embed_dim)):
-            raise DataError("test embeddings do not match the held-out customers")
         self.model.eval()
         raw = self.model(self.X[idx], passive)
         self.model.train()
@@ -529,10 +580,8 @@ class PartySession:
             "sampling": "poisson", "history": state["gaussian_history"], "approx_charges": state["approx_charges"],
         })
         if self.active:
-            out["label_dp"] = {"enabled": self.cfg.label_dp and self.cfg.passive_embed_dim > 0,
-                               "label_max_grad_norm": self.cfg.label_max_grad_norm, "use_cap": self.use_cap(),
-                               "max_uses": int(self.state["counts"].max()),
-                               "per_use_noise_multiplier": self._label_sigma(self.state["sigma"] or 0.0)}
+            release = self.label_release
+            out["label_dp"] = {"enabled": release is not None, **(release.to_dict() if release is not None else {})}
         else:
             out["embedding_noise"] = {"noise_multiplier": self.cfg.embedding_noise, "clip": self.cfg.embedding_clip,
                                       "accounted": False}

@@ -8,17 +8,18 @@ message type                   to          carries in -> out
 ``query.vertical_hello``       any         -> the node's partner name
 ``query.vertical_setup``       both        job config -> aligned/train/test counts
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
-``train.vertical_begin``       both        round -> charge; the label owner returns its batches
+``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
 ``train.vertical_forward``     passive     batch positions -> embeddings
-``train.vertical_step``        active      step, embeddings -> gradients w.r.t. embeddings
+``train.vertical_step``        active      step, embeddings -> gradients from the label head
 ``train.vertical_backward``    passive     step, positions, gradients -> ok
-``query.vertical_embed``       passive     -> embeddings of the held-out customers
-``query.vertical_evaluate``    active      held-out embeddings -> metrics
+``query.vertical_embed``       passive     round -> embeddings of all aligned customers
+``train.vertical_fit``         active      all embeddings -> joint model trained; held-out metrics
 ``train.vertical_finish``      both        -> final model part kept at home; accounting
 =============================  ==========  ==================================================
 
 Positions index the PSI's canonical order of shared customers; no raw feature or label
-ever crosses: the passive party sends embeddings only, the label owner gradients only.
+ever crosses: the passive party sends embeddings only, the label owner gradients of its
+label head only (see :mod:`fedcustomer.vertical.party` for what protects each).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
 ACTIONS = ("vertical_hello", "vertical_setup", "vertical_check", "vertical_begin", "vertical_forward", "vertical_step",
-           "vertical_backward", "vertical_embed", "vertical_evaluate", "vertical_finish")
-TRAIN_ACTIONS = ("vertical_begin", "vertical_forward", "vertical_step", "vertical_backward", "vertical_finish")
+           "vertical_backward", "vertical_embed", "vertical_fit", "vertical_finish")
+TRAIN_ACTIONS = ("vertical_begin", "vertical_forward", "vertical_step", "vertical_backward", "vertical_fit",
+                 "vertical_finish")
 
 
 def message_type(action: str) -> str:
@@ -118,12 +120,9 @@ def _forward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> Recor
 
 
 def _step(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    passive = _arrays(content, "embeddings")["embeddings"] if "arrays" in content else None
-    grads = s.step(int(cfg["round"]), int(cfg["step"]), passive)
-    out = RecordDict({"metrics": MetricRecord({"step": float(cfg["step"])})})
-    if grads is not None:
-        out["arrays"] = ArrayRecord({"gradients": grads})
-    return out
+    grads = s.step(int(cfg["round"]), int(cfg["step"]), _arrays(content, "embeddings")["embeddings"].float())
+    return RecordDict({"arrays": ArrayRecord({"gradients": grads}),
+                       "metrics": MetricRecord({"step": float(cfg["step"])})})
 
 
 def _backward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
@@ -133,12 +132,12 @@ def _backward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> Reco
 
 
 def _embed(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    return RecordDict({"arrays": ArrayRecord({"embeddings": s.embed_test()})})
+    return RecordDict({"arrays": ArrayRecord({"embeddings": s.embed_all(int(cfg["round"]))})})
 
 
-def _evaluate(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
+def _fit(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
     passive = _arrays(content, "embeddings")["embeddings"] if "arrays" in content else None
-    metrics = s.evaluate(passive)
+    metrics = s.fit(int(cfg["round"]), passive)
     return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
 
 
@@ -149,5 +148,5 @@ def _finish(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> Record
 _HANDLERS: dict[str, Callable[[PartySession, dict[str, Any], RecordDict], RecordDict]] = {
     "vertical_setup": _setup, "vertical_check": _check, "vertical_begin": _begin, "vertical_forward": _forward,
     "vertical_step": _step, "vertical_backward": _backward, "vertical_embed": _embed,
-    "vertical_evaluate": _evaluate, "vertical_finish": _finish,
+    "vertical_fit": _fit, "vertical_finish": _finish,
 }

@@ -103,7 +103,7 @@ def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: i
         "feature-spec": json.dumps(plan.spec.to_dict()), "task": job.task, "rounds": job.rounds,
         "batch-size": job.batch_size, "lr": job.lr, "optimizer": job.optimizer, "embed-dim": job.embed_dim,
         "hidden": job.hidden, "passive-embed-dim": passive_dim, "dp": job.dp, "max-grad-norm": job.max_grad_norm,
-        "label-dp": job.label_dp, "label-max-grad-norm": job.label_max_grad_norm,
+        "label-dp": job.label_dp, "label-epsilon": job.label_epsilon, "label-bound": job.label_bound,
         "embedding-noise": job.embedding_noise, "embedding-clip": job.embedding_clip,
         "max-noise-multiplier": job.max_noise_multiplier, "test-fraction": job.test_fraction, "seed": job.seed,
         "steps-per-round": 0, "sample-rate": 0.0,
@@ -158,28 +158,26 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
                     rounds.append(report)
                     return DriveResult("stopped", rounds, f"round {rnd}: {name_of[role]} refused: {decision['reason']}",
                                        _finish(wire, node_of, cfg, rnd), sizes)
-                if phase == "vertical_begin" and role == ACTIVE:
+                if phase == "vertical_begin" and role == ACTIVE and passive:
                     arrays = reply["arrays"].to_torch_state_dict()
                     batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
-        for t, pos in enumerate(batches):
-            step_cfg = {"round": rnd, "step": t}
-            emb = None
-            if passive:
+        if passive:
+            for t, pos in enumerate(batches):  # passive phase: public batches, gradients from the label head
+                step_cfg = {"round": rnd, "step": t}
                 emb = wire.ask(node_of[PASSIVE], "vertical_forward", cfg[PASSIVE] | step_cfg,
                                {"positions": pos})["arrays"].to_torch_state_dict()["embeddings"]
-            reply = wire.ask(node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg,
-                             {"embeddings": emb} if emb is not None else None)
-            if passive:
-                grads = reply["arrays"].to_torch_state_dict()["gradients"]
+                grads = wire.ask(node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg,
+                                 {"embeddings": emb})["arrays"].to_torch_state_dict()["gradients"]
                 wire.ask(node_of[PASSIVE], "vertical_backward", cfg[PASSIVE] | step_cfg,
                          {"positions": pos, "gradients": grads})
-        test_emb = None
+        all_emb = None
         if passive:
-            test_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
-            test_emb = test_emb.to_torch_state_dict()["embeddings"]
-        metrics = wire.ask(node_of[ACTIVE], "vertical_evaluate", cfg[ACTIVE] | {"round": rnd},
-                           {"embeddings": test_emb} if test_emb is not None else None)["metrics"]
-        report.status, report.metrics, report.steps = "trained", {k: float(v) for k, v in dict(metrics).items()}, len(batches)
+            all_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
+            all_emb = all_emb.to_torch_state_dict()["embeddings"]
+        # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
+        metrics = wire.ask(node_of[ACTIVE], "vertical_fit", cfg[ACTIVE] | {"round": rnd},
+                           {"embeddings": all_emb} if all_emb is not None else None)["metrics"]
+        report.status, report.metrics, report.steps = "trained", {k: float(v) for k, v in dict(metrics).items()}, steps
         report.wall_time_s = time.perf_counter() - t0
         rounds.append(report)
         log.info("vertical round %s: %s", rnd, report.metrics)
@@ -253,6 +251,7 @@ def _write_outputs(out: Path, job: VerticalJob, result: DriveResult, baseline: D
         "aligned_train": int(result.sizes.get("train", 0)) or None, "aligned_test": int(result.sizes.get("test", 0)) or None,
         "primary_metric": metric, "metrics": _clean(final), "partners": _partners(result, active, passive),
         "privacy": {"label_dp": job.dp and job.label_dp,
+                    "label_epsilon": job.label_epsilon if job.dp and job.label_dp else None,
                     "embedding_noise": {"noise_multiplier": job.embedding_noise, "clip": job.embedding_clip,
                                         "accounted": False}},
         "baseline": None if baseline is None else {

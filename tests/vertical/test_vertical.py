@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.privacy import accounting
 from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.vertical import party
+from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_on_grid
 
@@ -49,9 +55,11 @@ def test_dp_vertical_spends_each_party_budget_up_to_its_target_and_no_further(tm
         assert party["epsilon_spent"] > 7.0  # the calibrated noise uses the budget, not a fraction of it
     ledger = BudgetLedger(bank.ledger_path, "bank", bank.config().budget_for("bank"))
     mechanisms = {c.mechanism for c in ledger.charges()}
-    assert mechanisms == {"vertical_dpsgd", "vertical_label_gradients"}
+    assert mechanisms == {"vertical_dpsgd", "vertical_label_release"}
+    label_charges = [c for c in ledger.charges() if c.mechanism == "vertical_label_release"]
+    assert len(label_charges) == 1 and label_charges[0].epsilon == pytest.approx(1.0)  # once per job, not per round
     label = summary["partners"][0]["accounting"]["label_dp"]
-    assert label["enabled"] and label["max_uses"] <= label["use_cap"]
+    assert label["enabled"] and label["mechanism"] == "randomized_response" and label["epsilon"] == 1.0
 
 
 def test_rounds_refused_once_the_budget_is_spent_and_nothing_is_released(tmp_path):
@@ -114,16 +122,54 @@ def test_passive_party_sends_no_labels_and_active_party_sends_no_raw_features(tm
     assert seen["bank"] == {"batch-positions", "batch-sizes", "gradients"}
 
 
-def test_label_gradients_are_clipped_then_noised(tmp_path):
-    job = _job(tmp_path, rounds=1, epsilon=5.0, label_max_grad_norm=0.5)
+def _active_session():
+    return next(s for s in party._SESSIONS.values() if s.active)
+
+
+@pytest.mark.parametrize(("label_epsilon", "flip"), [(1.0, 1 / (1 + math.e)), (4.0, 1 / (1 + math.e ** 4))])
+def test_labels_behind_the_gradients_are_randomised_at_the_promised_rate(tmp_path, label_epsilon, flip):
+    job = _job(tmp_path, rounds=1, epsilon=5.0, label_epsilon=label_epsilon)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=1500))
+    run_vertical_on_grid(grid_for([bank, retail]), job)
+    session = _active_session()
+    protected, true = np.asarray(session.state["labels"]), session.y.numpy()
+    assert set(np.unique(protected)) <= {0.0, 1.0}
+    rate = float((protected != true).mean())
+    assert abs(rate - flip) < 4 * math.sqrt(flip * (1 - flip) / len(true)) + 0.005
+
+
+def test_returned_gradients_depend_on_neither_features_nor_true_labels_of_the_label_owner(tmp_path):
+    job = _job(tmp_path, rounds=1, epsilon=5.0)
     bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
-    grid = grid_for([bank, retail])
-    summary = run_vertical_on_grid(grid, job)
-    sigma = summary["partners"][0]["accounting"]["noise_multiplier"]
-    grads = np.concatenate([r.content["arrays"].to_torch_state_dict()["gradients"].numpy()
-                            for m, rs in grid.log if m.metadata.message_type == "train.vertical_step" for r in rs])
-    # clipped signal of norm <= 0.5 plus N(0, (sigma * 0.5)^2): the spread is the noise's
-    assert abs(grads.std() - sigma * 0.5) < 0.15 * sigma * 0.5
+    run_vertical_on_grid(grid_for([bank, retail]), job)
+    session = _active_session()
+    pos = session.train_pos[:50]
+    emb = torch.randn(len(pos), job.embed_dim)
+    head, opt = copy.deepcopy(session.head.state_dict()), copy.deepcopy(session.head_optimizer.state_dict())
+    before = session.label_gradients(pos, emb)
+    session.head.load_state_dict(head)
+    session.head_optimizer.load_state_dict(opt)
+    session.X = torch.randn_like(session.X)  # other features ...
+    session.y = 1 - session.y  # ... and every true label flipped
+    assert torch.equal(session.label_gradients(pos, emb), before)
+
+
+def test_clv_labels_are_clipped_and_noised_with_the_calibrated_gaussian(tmp_path):
+    job = _job(tmp_path, task="clv", rounds=1, epsilon=4.0, label_epsilon=1.0, label_bound=10.0)
+    active, passive = plan_parties(job)
+    frames = retail_signal_frames(n=800)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, frames)
+    summary = run_vertical_on_grid(grid_for([bank, retail]), job)
+    assert summary["status"] == "completed" and active.name == "retailer"
+    label = next(p for p in summary["partners"] if p["role"] == "active")["accounting"]["label_dp"]
+    assert label["mechanism"] == "gaussian" and label["bound"] == 10.0
+    sigma = label["noise_std"] / 10.0
+    assert accounting.epsilon([accounting.GaussianSteps(sigma, 1.0, 1)], 1e-5) == pytest.approx(1.0, rel=1e-3)
+    session = _active_session()
+    residual = np.asarray(session.state["labels"]) - session.y.clamp(0, 10.0).numpy()
+    assert abs(residual.std() - label["noise_std"]) < 0.1 * label["noise_std"]
+    for p in summary["partners"]:
+        assert p["epsilon_spent"] <= 4.0
 
 
 def test_job_options_are_checked():
@@ -133,6 +179,9 @@ def test_job_options_are_checked():
         VerticalJob(data="uci-credit", task="clv")
     with pytest.raises(ConfigError, match="--embedding-noise"):
         VerticalJob(embedding_noise=-1.0)
+    with pytest.raises(ConfigError, match="--label-epsilon"):
+        VerticalJob(epsilon=1.0, label_epsilon=1.0)
+    VerticalJob(epsilon=1.0, label_epsilon=1.0, label_dp=False)  # no label release, nothing to split
 
 
 def test_wrong_alignment_is_reported_not_trained_on(tmp_path):

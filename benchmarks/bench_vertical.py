@@ -11,7 +11,8 @@ customers. Held-out AUC on the same aligned test customers for:
   ..., no label DP    DP-SGD at each party only; returned gradients from the TRUE labels
   pooled, non-DP      both parties' columns in one place (a centralised MLP), for reference
 
-Usage: python benchmarks/bench_vertical.py [DATA_DIR] [--epsilon 3] [--rounds 5] [--seeds 3] [--label-epsilon 1]
+Usage: python benchmarks/bench_vertical.py [DATA_DIR] [--epsilon 3] [--rounds 8] [--seeds 3] [--label-epsilon 1]
+(defaults: the vertical job's own)
 DATA_DIR defaults to $FEDCUSTOMER_DATA_DIR or ../shared/data relative to the repository.
 """
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from fedcustomer.clients.home import PartnerHome  # noqa: E402
 from fedcustomer.models.metrics import classification_metrics  # noqa: E402
 from fedcustomer.vertical.data import load_party_table, plan_parties, split_positions  # noqa: E402
-from fedcustomer.vertical.job import VerticalJob  # noqa: E402
+from fedcustomer.vertical.job import DEFAULTS, VerticalJob  # noqa: E402
 from fedcustomer.vertical.runner import run_vertical_local  # noqa: E402
 
 
@@ -89,12 +90,12 @@ def one_seed(args: argparse.Namespace, seed: int, tmp: str) -> tuple[dict[str, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", nargs="?", default=os.environ.get("FEDCUSTOMER_DATA_DIR", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--epsilon", type=float, default=DEFAULTS["epsilon"])
+    parser.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split, initial weights)")
-    parser.add_argument("--label-epsilon", type=float, default=1.0)
+    parser.add_argument("--label-epsilon", type=float, default=DEFAULTS["label_epsilon"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     per_seed: list[dict[str, tuple[float, str]]] = []

@@ -129,7 +129,11 @@ def alignment_path(home: PartnerHome, dataset: str, peer: str) -> Path:
 
 def save_alignment(home: PartnerHome, dataset: str, peer: str, local_ids: list[str]) -> Path:
     """Keep the PSI result as this party's own pseudonyms (never the raw ids)."""
-    pseudonyms = Pseudonymizer.open(home.keys_dir).pseudonyms(local_ids)
+    return save_pseudonym_alignment(home, dataset, peer, Pseudonymizer.open(home.keys_dir).pseudonyms(local_ids))
+
+
+def save_pseudonym_alignment(home: PartnerHome, dataset: str, peer: str, pseudonyms: list[str]) -> Path:
+    """Keep an alignment already expressed in this party's pseudonyms (what the messaged PSI leaves)."""
     path = alignment_path(home, dataset, peer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -7,7 +7,7 @@ coordinator never holds a model: each party keeps its final part at home
 (``state/vertical/run-<id>-<role>-final.pt``), written only when the job ends cleanly,
 so a failed job leaves no part that could be mistaken for a final model.
 
-:func:`run_vertical_local` sets up both parties' homes (governed stores, PSI alignment)
+:func:`run_vertical_local` sets up both parties' homes (governed stores, a messaged PSI)
 and runs the job on the in-process grid, plus the label owner's features-only baseline.
 """
 
@@ -34,8 +34,9 @@ from fedcustomer.clients.app import resolve_home
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
+from fedcustomer.privacy.psi_protocol import load_alignment, run_psi_on_grid
 from fedcustomer.vertical.data import (
-    ACTIVE, PASSIVE, PartyPlan, party_frames, plan_parties, private_intersection, provision_party, save_alignment,
+    ACTIVE, PASSIVE, PartyPlan, party_frames, plan_parties, provision_party, save_pseudonym_alignment,
 )
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.protocol import message_type, register_vertical_handlers
@@ -353,10 +354,7 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     root = Path(job.homes) if job.homes else Path(job.out) / "partners"
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
-    ids = {p.name: frames[p.name][p.spec.id_column].astype(str).tolist() for p in (active, passive)}
-    local_a, local_p, size = private_intersection(ids[active.name], ids[passive.name])
-    save_alignment(homes[active.name], active.dataset, passive.name, local_a)
-    save_alignment(homes[passive.name], passive.dataset, active.name, local_p)
+    size = align_by_psi(homes[active.name], active, homes[passive.name], passive)
     baseline = None
     if job.baseline:
         # A counterfactual: the label owner training alone, on a copy of its home made before
@@ -367,6 +365,25 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
         shutil.copytree(homes[active.name].root, base_root)
         baseline = PartnerHome(base_root)
     return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
+
+
+def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan) -> int:
+    """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
+
+    The same exchange a deployment runs (:mod:`fedcustomer.privacy.psi_protocol`): each
+    party reads its ids through its governed store (``record_linkage``), the coordinator
+    relays blinded values only, and each side ends with its own pseudonyms of the shared
+    customers in one agreed order.
+    """
+    from fedcustomer.clients.app import make_client_app
+    from fedcustomer.server.inprocess import LocalGrid
+
+    grid = LocalGrid(make_client_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
+    node_a, node_b = grid.get_node_ids()
+    view = run_psi_on_grid(grid, node_a, node_b, plan_a.dataset, plan_b.dataset)
+    save_pseudonym_alignment(home_a, plan_a.dataset, plan_b.name, load_alignment(home_a, view.session_id))
+    save_pseudonym_alignment(home_b, plan_b.dataset, plan_a.name, load_alignment(home_b, view.session_id))
+    return view.intersection_size
 
 
 def vertical_client_app(homes: list[str]) -> ClientApp:

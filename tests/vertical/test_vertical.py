@@ -193,3 +193,19 @@ def test_wrong_alignment_is_reported_not_trained_on(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(FederationError, match="different aligned sets"):
         run_vertical_on_grid(grid_for([bank, retail]), job)
+
+
+def test_local_runs_align_parties_with_the_messaged_psi_and_keep_only_pseudonyms(tmp_path):
+    from fedcustomer.vertical.data import alignment_path, party_frames
+    from fedcustomer.vertical.runner import prepare_vertical
+
+    job = _job(tmp_path, customers=600, baseline=False)
+    setup = prepare_vertical(job)
+    frames = party_frames(job)
+    shared = set(frames["bank"]["customer_id"].astype(str)) & set(frames["retailer"]["customer_id"].astype(str))
+    assert setup.psi_size == len(shared) > 0
+    bank = json.loads(alignment_path(setup.active, "bank", "retailer").read_text())["pseudonyms"]
+    retail = json.loads(alignment_path(setup.passive, "retailer", "bank").read_text())["pseudonyms"]
+    assert len(bank) == len(retail) == len(shared)
+    assert not shared & set(bank) and not shared & set(retail)  # pseudonyms, never the raw ids
+    assert not list((setup.active.state_dir / "psi").glob("*.party.json"))  # session secrets are gone

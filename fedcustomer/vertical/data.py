@@ -9,7 +9,6 @@ customer id is kept outside the store and rows line up by position across partie
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -107,18 +106,13 @@ def provision_party(root: Path, plan: PartyPlan, frame: pd.DataFrame, budget: Da
 
 # ------------------------------------------------------------------------------ PSI
 def private_intersection(ids_a: list[str], ids_b: list[str]) -> tuple[list[str], list[str], int]:
-    """Each side's own ids of the shared customers, in one common canonical order.
+    """Each side's own ids of the shared customers, in one common canonical order (PSI, in process).
 
-    Uses the PSI protocol (:mod:`fedcustomer.privacy.psi`) when installed; otherwise a
-    stand-in with the same contract that simply intersects (for simulation only: it
-    sees both id lists).
+    For callers that hold both id lists in one process (tests, tools); partner runs use
+    the messaged exchange (:func:`fedcustomer.vertical.runner.align_by_psi`).
     """
-    try:
-        from fedcustomer.privacy.psi import run_psi_local  # type: ignore[import-not-found]
-    except ImportError:
-        shared = set(ids_a) & set(ids_b)
-        order = sorted(shared, key=lambda i: hashlib.sha256(i.encode("utf-8")).digest())
-        return order, list(order), len(order)
+    from fedcustomer.privacy.psi import run_psi_local
+
     res_a, res_b = run_psi_local(list(ids_a), list(ids_b))
     return list(res_a.local_ids), list(res_b.local_ids), int(res_a.size)
 

@@ -363,7 +363,7 @@ class PartySession:
                                                        "epsilon-target": self.ledger.budget.epsilon})
             metrics = {"epsilon-total": float(self.ledger.spent().epsilon), "epsilon-target": self.ledger.budget.epsilon,
                        "delta": self.ledger.budget.delta, "noise-multiplier": sigma, "charged-now": float(not charge.already_paid)}
-        if self.active and self.state["labels"] is None:
+        if self.has_passive and self.state["labels"] is None:
             self.state["labels"] = self._protected_labels()
         batches = self._public_batches(rnd) if self.has_passive else None
         if str(rnd) not in self.state["charged"]:
@@ -383,11 +383,9 @@ class PartySession:
             self.ledger.charge_approx(key, approx[0][0], approx[0][1], mechanism=LABEL_MECHANISM,
                                       run_id=self.cfg.run_id, details=details)
 
-    def _protected_labels(self) -> np.ndarray | None:
+    def _protected_labels(self) -> np.ndarray:
         """The labels the label head learns from: privatised once per job (drawn after they were paid for)."""
         assert self.y is not None
-        if not self.has_passive:
-            return None
         y = self.y.clone()
         release = self.label_release
         if release is None:  # no DP, or labels deliberately unprotected

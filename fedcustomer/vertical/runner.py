@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -32,7 +31,7 @@ from flwr.serverapp import Grid
 
 from fedcustomer.clients.app import resolve_home
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
-from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.errors import FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.privacy.psi_protocol import load_alignment, run_psi_on_grid
 from fedcustomer.vertical.data import (

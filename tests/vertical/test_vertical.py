@@ -15,7 +15,7 @@ from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.privacy import accounting
 from fedcustomer.privacy.ledger import BudgetLedger
-from fedcustomer.vertical import party
+from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_on_grid
@@ -123,7 +123,7 @@ def test_passive_party_sends_no_labels_and_active_party_sends_no_raw_features(tm
 
 
 def _active_session():
-    return next(s for s in party._SESSIONS.values() if s.active)
+    return next(s for s in party_module._SESSIONS.values() if s.active)
 
 
 @pytest.mark.parametrize(("label_epsilon", "flip"), [(1.0, 1 / (1 + math.e)), (4.0, 1 / (1 + math.e ** 4))])

@@ -54,11 +54,9 @@ def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget
 
     home = PartnerHome(root)
     if home.config_path.exists():
-        config = home.config()
-        config.budgets.setdefault(schema.dataset, budget)
-        home.write_config(config)
+        home.ensure_budget(budget)
     else:
-        home = PartnerHome.create(root, name, budgets={schema.dataset: budget})
+        home = PartnerHome.create(root, name, budget=budget)
     store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=_admin(name))
     try:
         with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
@@ -111,7 +112,8 @@ def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbos
             status += f", {metric} {value:.3f}" if value is not None else ""
             progress.update(bar, completed=report.round, status=status)
 
-        return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose)
+        return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose,
+                                 on_notice=lambda text: progress.console.print(f"[yellow]notice:[/] {escape(text)}"))
 
 
 def finish(summary: dict[str, Any]) -> None:
@@ -180,26 +182,51 @@ def demo(
     epsilon: float = typer.Option(3.0, help="each partner's epsilon target per dataset"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Synthetic bank + retailer federation: a DP repayment job and a DP CLV job, with baselines."""
+    """Synthetic bank + retailer federation: a DP repayment job and a DP CLV job, with baselines.
+
+    Each demo run writes a fresh directory under OUT (OUT/latest points to it) with fresh
+    partner homes: its customers are synthetic, so a second demo is a new federation and
+    gives the same result within DP noise instead of drawing on the first run's budgets.
+    """
     from fedcustomer.data.sources import load_partitions
     from fedcustomer.models.baseline import train_centralised
+    from fedcustomer.server.job import new_run_id
 
+    base = out / new_run_id()
+    base.mkdir(parents=True, exist_ok=False)
+    _point_latest(out, base)
+    console.print(f"demo run directory: {base} (fresh synthetic partners; {out / 'latest'} points here)")
     results: dict[str, Any] = {}
+    summaries = []
     for task, partners in (("repayment", 3), ("clv", 2)):
         console.rule(f"[bold]{task}: federated DP-SGD across {partners} synthetic partners")
         job = JobConfig(task=task, data="synthetic", partners=partners, rounds=rounds, epsilon=epsilon,
-                        seed=seed, out=str(out / task), min_partners=2)
+                        seed=seed, out=str(base / task), min_partners=2)
         summary = execute(job)
         spec, datasets = load_partitions(task, "synthetic", partners, seed=seed)
         central = train_centralised(spec, datasets, arch=job.arch, epochs=rounds, batch_size=job.batch_size,
                                     lr=CENTRAL_NON_PRIVATE_LR, seed=seed)
         print_summary(summary, [central])
-        results[task] = {"summary": f"{out / task / 'summary.json'}", "federated": summary["metrics"],
+        results[task] = {"summary": f"{base / task / 'summary.json'}", "federated": summary["metrics"],
                          "centralised_non_private": central.metrics,
                          "partners": [{k: p[k] for k in ("name", "epsilon_spent", "epsilon_target")} for p in summary["partners"]]}
+        summaries.append(summary)
         finish(summary)
-    (out / "demo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    console.print(f"\nrun directories: {out / 'repayment'}  {out / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)")
+    (base / "demo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    console.print(f"\nrun directories: {base / 'repayment'}  {base / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)")
+    short = [s for s in summaries if s["rounds_completed"] < s["rounds_planned"]]
+    if short:
+        raise BudgetExhausted("the demo stopped early: " + "; ".join(
+            f"{s['task']} trained {s['rounds_completed']} of {s['rounds_planned']} rounds ({s.get('stop_reason')})"
+            for s in short))
+
+
+def _point_latest(parent: Path, target: Path) -> None:
+    """Make ``parent/latest`` name the newest run (a symlink, replaced atomically)."""
+    link = parent / "latest"
+    tmp = parent / f".latest-{target.name}"
+    tmp.symlink_to(target.name)
+    os.replace(tmp, link)
 
 
 def baseline(

@@ -44,7 +44,8 @@ def run_vertical(
     customers: int = typer.Option(D["customers"], help="synthetic: customers per party"),
     shared_fraction: float = typer.Option(D["shared_fraction"], help="share of customers both parties hold"),
     retail_signal: float = typer.Option(D["retail_signal"], help="synthetic: strength of the default risk only retail behaviour shows (0 = none)"),
-    no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the label-owner-only baseline"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the label-owner-only comparison model (its budget share goes to the joint model)"),
+    baseline_epsilon: float = typer.Option(D["baseline_epsilon"], help="part of the label owner's epsilon left for the label-owner-only comparison model (charged to its real ledger)"),
     seed: int = typer.Option(D["seed"], help="seed for data, splits and initial weights (not for DP noise)"),
     out: Path = typer.Option(Path("runs/vertical"), help="run directory to write"),
     homes: Optional[Path] = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
@@ -61,7 +62,7 @@ def run_vertical(
         label_epsilon=label_epsilon, label_bound=label_bound, embedding_noise=embedding_noise,
         max_noise_multiplier=max_noise_multiplier, customers=customers, shared_fraction=shared_fraction,
         retail_signal=retail_signal,
-        baseline=not no_baseline, seed=seed, out=str(out), homes=str(homes) if homes else None,
+        baseline=not no_baseline, baseline_epsilon=baseline_epsilon, seed=seed, out=str(out), homes=str(homes) if homes else None,
     )
     summary = run_vertical_local(job)
     if as_json:
@@ -97,9 +98,11 @@ def _print(s: dict) -> None:
         table.add_row(f"{owner}-only", _fmt(base.get("metrics", {}).get(metric)))
     table.add_row("vertical", _fmt(s["metrics"].get(metric)))
     console.print(table)
-    budget = Table("party", "role", "epsilon spent", "target")
+    budget = Table("party", "role", "epsilon: joint model", "all releases", "target",
+                   caption="all releases: the party's ledger after this job, comparison model included")
     for p in s["partners"]:
-        budget.add_row(p["name"], p["role"], _fmt(p["epsilon_spent"]), _fmt(p["epsilon_target"]))
+        budget.add_row(p["name"], p["role"], _fmt(p["epsilon_spent"]), _fmt(p.get("epsilon_spent_all_releases")),
+                       _fmt(p["epsilon_target"]))
     console.print(budget)
 
 

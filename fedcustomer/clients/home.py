@@ -2,7 +2,7 @@
 
 Layout (see README, "Partner home")::
 
-    partner.toml   name, budget targets per dataset, policy file
+    partner.toml   name, the partner's privacy budget (one for all its customers), policy file
     store.db       governed customer store (SQLite)
     keys/          keyring, pseudonym key, audit signing key (0600 files)
     ledger.db      every privacy charge, with accountant inputs
@@ -22,7 +22,7 @@ from fedcustomer.errors import ConfigError
 
 @dataclass(frozen=True)
 class DatasetBudget:
-    """The (epsilon, delta) a partner allows for everything released about one dataset."""
+    """The (epsilon, delta) a partner allows for everything released about its customers."""
 
     epsilon: float
     delta: float
@@ -34,22 +34,34 @@ class DatasetBudget:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
 
 
+PartnerBudget = DatasetBudget  # the same pair; the name says what it now covers
+
+
 @dataclass
 class PartnerConfig:
-    """Contents of ``partner.toml``."""
+    """Contents of ``partner.toml``.
+
+    The privacy unit is the partner's customer: one budget covers every release about
+    the partner's customers, whatever dataset or file it came from, so renaming a file
+    or ingesting the same people twice cannot start a fresh budget. Homes written by
+    earlier versions kept one ``[budgets.NAME]`` section per dataset; they are read as
+    the most restrictive of those sections (see :func:`_migrate`).
+    """
 
     name: str
-    budgets: dict[str, DatasetBudget] = field(default_factory=dict)
+    budget: DatasetBudget | None = None
     policy_file: str | None = None
+    migrated_from: dict[str, DatasetBudget] = field(default_factory=dict)
 
-    def budget_for(self, dataset: str) -> DatasetBudget:
-        try:
-            return self.budgets[dataset]
-        except KeyError:
+    def budget_for(self, dataset: str | None = None) -> DatasetBudget:
+        """The partner's budget; ``dataset`` only names what was asked for in the error."""
+        if self.budget is None:
+            what = f" (asked for dataset {dataset!r})" if dataset else ""
             raise ConfigError(
-                f"partner {self.name!r} has no privacy budget for dataset {dataset!r}; "
-                f"add [budgets.{dataset}] epsilon/delta to partner.toml"
-            ) from None
+                f"partner {self.name!r} has no privacy budget{what}; set the budget that covers every release about "
+                f"its customers with 'fedcustomer budget set --home HOME --epsilon E --delta D'"
+            )
+        return self.budget
 
 
 class PartnerHome:
@@ -91,7 +103,7 @@ class PartnerHome:
         cls,
         root: str | os.PathLike[str],
         name: str,
-        budgets: dict[str, DatasetBudget] | None = None,
+        budget: DatasetBudget | None = None,
         policy_file: str | None = None,
     ) -> "PartnerHome":
         """Create the directory skeleton and write ``partner.toml``."""
@@ -100,15 +112,16 @@ class PartnerHome:
         for sub in (home.keys_dir, home.audit_dir, home.state_dir):
             sub.mkdir(exist_ok=True)
         os.chmod(home.keys_dir, 0o700)
-        home.write_config(PartnerConfig(name=name, budgets=dict(budgets or {}), policy_file=policy_file))
+        home.write_config(PartnerConfig(name=name, budget=budget, policy_file=policy_file))
         return home
 
     def write_config(self, config: PartnerConfig) -> None:
         lines = [f"name = {_toml_str(config.name)}"]
         if config.policy_file:
             lines.append(f"policy_file = {_toml_str(config.policy_file)}")
-        for dataset, budget in sorted(config.budgets.items()):
-            lines += ["", f"[budgets.{_toml_key(dataset)}]", f"epsilon = {budget.epsilon!r}", f"delta = {budget.delta!r}"]
+        if config.budget is not None:
+            lines += ["", "# One budget for every release about this partner's customers (all datasets, all jobs).",
+                      "[budget]", f"epsilon = {config.budget.epsilon!r}", f"delta = {config.budget.delta!r}"]
         tmp = self.config_path.with_suffix(".toml.tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         os.replace(tmp, self.config_path)
@@ -122,19 +135,54 @@ class PartnerHome:
             raise ConfigError(f"{self.config_path}: invalid TOML: {exc}") from None
         if "name" not in raw:
             raise ConfigError(f"{self.config_path}: missing 'name'")
-        budgets = {
-            str(ds): DatasetBudget(float(b["epsilon"]), float(b["delta"]))
-            for ds, b in raw.get("budgets", {}).items()
-        }
-        return PartnerConfig(name=str(raw["name"]), budgets=budgets, policy_file=raw.get("policy_file"))
+        try:
+            budget = _budget(raw["budget"]) if "budget" in raw else None
+            legacy = {str(ds): _budget(b) for ds, b in raw.get("budgets", {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.config_path}: a budget needs numeric epsilon and delta ({exc})") from None
+        if budget is None and legacy:
+            budget = _migrate(legacy)
+        return PartnerConfig(name=str(raw["name"]), budget=budget, policy_file=raw.get("policy_file"),
+                             migrated_from=legacy)
+
+    def ensure_budget(self, budget: DatasetBudget) -> tuple[DatasetBudget, str | None]:
+        """Give the partner ``budget`` if it has none; otherwise keep its own and say so when they differ.
+
+        Returns the budget in force and a notice for the user (None when it equals ``budget``).
+        """
+        config = self.config()
+        if config.budget is None:
+            config.budget = budget
+            self.write_config(config)
+            return budget, None
+        if config.migrated_from:
+            self.write_config(config)  # rewrite the legacy per-dataset sections as the one budget
+        if config.budget == budget:
+            return config.budget, None
+        return config.budget, (
+            f"partner {config.name!r} keeps its own budget epsilon {config.budget.epsilon:g}, delta "
+            f"{config.budget.delta:g} (set when its home was created); the requested epsilon {budget.epsilon:g}, "
+            f"delta {budget.delta:g} is not used"
+        )
 
     def __repr__(self) -> str:
         return f"PartnerHome({str(self.root)!r})"
 
 
+def _budget(raw: object) -> DatasetBudget:
+    if not isinstance(raw, dict):
+        raise TypeError("expected a table")
+    return DatasetBudget(float(raw["epsilon"]), float(raw["delta"]))
+
+
+def _migrate(legacy: dict[str, DatasetBudget]) -> DatasetBudget:
+    """Per-dataset budgets of an older home become one: the most restrictive of them.
+
+    Sound because every earlier charge is now composed against this single target.
+    """
+    return DatasetBudget(min(b.epsilon for b in legacy.values()), min(b.delta for b in legacy.values()))
+
+
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_str(key)

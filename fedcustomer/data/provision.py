@@ -73,17 +73,21 @@ def provision_partner(
     train: pd.DataFrame,
     test: pd.DataFrame,
     budget: DatasetBudget,
+    notices: list[str] | None = None,
 ) -> tuple[PartnerHome, IngestReport | None]:
-    """Create (or reuse) a partner home and ingest its rows; re-running adds nothing."""
+    """Create (or reuse) a partner home and ingest its rows; re-running adds nothing.
+
+    An existing partner keeps its own budget (it covers all its customers); when that
+    differs from ``budget`` a notice is appended to ``notices``.
+    """
     dataset = dataset_name(source, task)
     home = PartnerHome(root)
     if home.config_path.exists():
-        config = home.config()
-        if dataset not in config.budgets:  # an existing partner's targets are its own
-            config.budgets[dataset] = budget
-            home.write_config(config)
+        _, notice = home.ensure_budget(budget)
+        if notice and notices is not None:
+            notices.append(notice)
     else:
-        home = PartnerHome.create(root, name, budgets={dataset: budget})
+        home = PartnerHome.create(root, name, budget=budget)
     store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=admin(name))
     try:
         frame = pd.concat([train.assign(**{HOLDOUT: 0}), test.assign(**{HOLDOUT: 1})], ignore_index=True)

@@ -28,6 +28,8 @@ SPLITS = ("iid", "non-iid")
 SOURCE_TASKS = {"synthetic": ("repayment", "clv"), "uci-credit": ("repayment",), "cdnow": ("clv",)}
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 DIRICHLET_ALPHA = 0.5  # label skew for non-IID splits of a user's own file
+_TARGET_NAMES = frozenset({"y", "target", "label", "class", "outcome", "response", "default", "defaulted",
+                           "future_spend", "churn", "churned"})
 _LABEL_GUESSES = {"repayment": ("default", "defaulted", "label", "target"), "clv": ("future_spend", "label", "target")}
 _ID_GUESSES = ("customer_id", "id", "ID")
 
@@ -55,8 +57,14 @@ def load_partitions(
     data_dir: Path | None = None,
     test_fraction: float = 0.2,
     label: str | None = None,
+    notices: list[str] | None = None,
 ) -> tuple[FeatureSpec, list[PartnerDataset]]:
     """Resolve ``source`` for ``task`` into a spec and ``n_partners`` partners.
+
+    For a user's own file the label is the ``--label`` column; guessed only from the
+    usual names, with a notice appended to ``notices``, and refused when the file has
+    another column that looks like a target (e.g. ``y``), so a feature never silently
+    becomes the label.
 
     ``synthetic`` is non-IID by construction (banks or retailers of different regions,
     sizes and default rates), so ``split`` does not apply to it. For ``uci-credit``
@@ -90,6 +98,9 @@ def load_partitions(
                 "file or a directory with one file per partner"
             )
         spec, partners = _from_path(task, path, n_partners, split, seed, test_fraction, label)
+        if label is None and notices is not None:
+            notices.append(f"label column guessed: {spec.label!r} (the usual name for the {task} target); "
+                           "pass --label to name another")
     _check_partners(spec, partners)
     return spec, partners
 
@@ -174,6 +185,12 @@ def _from_path(
 def _infer(frame: pd.DataFrame, task: str, label: str | None, where: Path) -> FeatureSpec:
     if label is None:
         label = next((c for c in _LABEL_GUESSES[task] if c in frame.columns), None)
+        rivals = [c for c in frame.columns if c != label and str(c).strip().lower() in _TARGET_NAMES]
+        if label is not None and rivals:
+            raise ConfigError(
+                f"{where}: no label column given; {label!r} looks like the label but {', '.join(map(repr, rivals))} "
+                "looks like a target too; name the label column with --label"
+            )
         if label is None:
             raise ConfigError(
                 f"{where}: no label column given and none of {', '.join(_LABEL_GUESSES[task])} is present; "

@@ -1,9 +1,13 @@
 """The per-partner privacy budget ledger: every release is charged here first.
 
 One SQLite file per partner (``ledger.db`` in the partner home) holds every charge
-for every dataset: federated training rounds and analytics queries alike. A charge
-that would push a dataset past its (epsilon, delta) target is refused before
-anything is released, and nothing is written for it except a refusal record.
+for every dataset: federated training rounds and analytics queries alike. The privacy
+unit is the partner's customer, so every charge in the file composes against the
+partner's one (epsilon, delta) budget, whatever dataset it names: a renamed copy of a
+file, or a second dataset about the same people, draws on the same budget. The
+``dataset`` column says what a release was about (for reports), not which budget paid.
+A charge that would push the partner past its target is refused before anything is
+released, and nothing is written for it except a refusal record.
 
 Composition:
 - Gaussian releases (DP-SGD rounds, Gaussian analytics) compose in Renyi DP, exactly
@@ -118,7 +122,7 @@ class Charge:
 
 
 class BudgetLedger:
-    """Charges for one dataset of one partner, persisted in the partner's ledger file."""
+    """One partner's ledger file, seen from one dataset: charges are labelled with it, spend is partner-wide."""
 
     def __init__(self, path: str | Path, dataset: str, budget: DatasetBudget) -> None:
         self.path = Path(path)
@@ -130,9 +134,23 @@ class BudgetLedger:
 
     # --- reading ---------------------------------------------------------------
     def charges(self) -> list[Charge]:
+        """Charges of this ledger's dataset (for reports; the spend composes over :meth:`all_charges`)."""
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
         return [_charge_from_row(r) for r in rows]
+
+    def all_charges(self) -> list[Charge]:
+        """Every charge of the partner, all datasets: what its customers' privacy loss composes over."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM charges ORDER BY seq").fetchall()
+        return [_charge_from_row(r) for r in rows]
+
+    def datasets(self) -> list[str]:
+        """Every dataset named by a charge, then by a refusal only, in first-use order."""
+        with self._connect() as conn:
+            charged = [r[0] for r in conn.execute("SELECT dataset FROM charges GROUP BY dataset ORDER BY MIN(seq)")]
+            refused = [r[0] for r in conn.execute("SELECT dataset FROM refusals GROUP BY dataset ORDER BY MIN(seq)")]
+        return charged + [d for d in refused if d not in charged]
 
     def refusals(self) -> list[dict[str, Any]]:
         with self._connect() as conn:
@@ -145,10 +163,11 @@ class BudgetLedger:
         return _charge_from_row(row, already_paid=True) if row else None
 
     def gaussian_history(self) -> list[GaussianSteps]:
-        return _gaussian_history(self.charges())
+        return _gaussian_history(self.all_charges())
 
     def spent(self) -> Spend:
-        return self._spend_of(self.charges())
+        """The partner's spend over every charge in the file (all datasets)."""
+        return self._spend_of(self.all_charges())
 
     def project_gaussian(self, steps: GaussianSteps) -> Spend:
         """What the spend would be after ``steps`` more Gaussian steps (nothing is written)."""
@@ -157,24 +176,26 @@ class BudgetLedger:
     def project(self, extra_gaussian: Sequence[GaussianSteps] = (),
                 extra_approx: Sequence[tuple[float, float]] = ()) -> Spend:
         """What the spend would be after these releases (nothing is written)."""
-        return self._spend_of(self.charges(), extra_gaussian=extra_gaussian, extra_approx=extra_approx)
+        return self._spend_of(self.all_charges(), extra_gaussian=extra_gaussian, extra_approx=extra_approx)
 
     def calibrate_noise(self, sample_rate: float, steps: int, *, sigma_min: float = 0.3, sigma_max: float = 50.0,
                         pending_gaussian: Sequence[GaussianSteps] = (),
-                        pending_approx: Sequence[tuple[float, float]] = ()) -> float:
+                        pending_approx: Sequence[tuple[float, float]] = (),
+                        reserve_epsilon: float = 0.0) -> float:
         """Noise multiplier so that ``steps`` more steps exactly use the remaining budget.
 
         ``pending_*`` are releases that will be charged alongside (e.g. a label release at
-        the start of a vertical job): the noise leaves room for them.
+        the start of a vertical job): the noise leaves room for them. ``reserve_epsilon``
+        is left unspent for a release that comes later (e.g. a comparison model).
         """
-        approx_eps, approx_delta = _approx_totals(self.charges())
+        approx_eps, approx_delta = _approx_totals(self.all_charges())
         approx_eps += sum(e for e, _ in pending_approx)
         approx_delta += sum(d for _, d in pending_approx)
         delta_rdp = self.budget.delta - approx_delta
         if delta_rdp <= 0:
             return sigma_max
         # A hair under the target so per-round float rounding can never overshoot it.
-        target = (self.budget.epsilon - approx_eps) * (1 - 1e-9)
+        target = (self.budget.epsilon - approx_eps - reserve_epsilon) * (1 - 1e-9)
         if target <= 0:
             return sigma_max
         return accounting.calibrate_noise(
@@ -191,10 +212,11 @@ class BudgetLedger:
             "gaussian_history": [h.as_tuple() for h in history],
             "approx_charges": [
                 {"epsilon": c.epsilon, "delta": c.delta, "mechanism": c.mechanism}
-                for c in self.charges()
+                for c in self.all_charges()
                 if c.family == APPROX
             ],
-            "composition": "RDP within Gaussian releases; basic composition with other releases",
+            "composition": "RDP within Gaussian releases; basic composition with other releases; "
+                           "over every charge of the partner (all datasets)",
             "delta_target": self.budget.delta,
         }
 
@@ -262,7 +284,7 @@ class BudgetLedger:
                 if existing["dataset"] != self.dataset:
                     raise ConfigError(f"charge key {charge_key!r} already used for dataset {existing['dataset']!r}")
                 return _charge_from_row(existing, already_paid=True)
-            rows = conn.execute("SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+            rows = conn.execute("SELECT * FROM charges ORDER BY seq").fetchall()
             prior = [_charge_from_row(r) for r in rows]
             if family == GAUSSIAN:
                 assert steps is not None
@@ -273,7 +295,7 @@ class BudgetLedger:
                 alone = epsilon
             if after.epsilon > self.budget.epsilon or after.delta > self.budget.delta:
                 reason = (
-                    f"dataset {self.dataset!r}: this release would bring epsilon to {after.epsilon:.4f} "
+                    f"dataset {self.dataset!r}: this release would bring the partner's epsilon to {after.epsilon:.4f} "
                     f"(delta {after.delta:.2e}), past the target {self.budget.epsilon:g} (delta {self.budget.delta:.0e}); "
                     f"spent so far {self._spend_of(prior).epsilon:.4f}"
                 )

@@ -58,8 +58,12 @@ def run_job_on_grid(
     num_partners: int,
     on_round: RoundCallback | None = None,
     resume: bool = False,
+    notices: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole job on ``grid`` and write its run directory; returns summary.json's content."""
+    """Run the whole job on ``grid`` and write its run directory; returns summary.json's content.
+
+    ``notices`` (what the user was told before training) are kept in summary.json.
+    """
     out = Path(job.out)
     recorder = RunRecorder(out, job, spec)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
@@ -91,7 +95,7 @@ def run_job_on_grid(
         on_round=record,
     )
     result.rounds = recorder.rounds  # include rounds restored from a checkpoint
-    extra: dict[str, Any] = {"central_dp": None}
+    extra: dict[str, Any] = {"central_dp": None, "notices": list(notices or [])}
     if job.central_dp:
         extra["central_dp"] = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
     return recorder.finish(result, extra)
@@ -105,6 +109,7 @@ def make_server_app(
     on_round: RoundCallback | None = None,
     resume: bool = False,
     errors: list[BaseException] | None = None,
+    notices: list[str] | None = None,
 ) -> ServerApp:
     """Build the ServerApp; without ``job`` it reads the job from the run config (``flwr run``)."""
     app = ServerApp()
@@ -122,12 +127,14 @@ def make_server_app(
                 the_job, the_spec, n, the_resume = deployment_setup(grid, raw)
             if the_job is None:
                 the_job = JobConfig.from_dict(raw)
+            the_notices = list(notices or [])
             if the_spec is None or n is None:
                 from fedcustomer.server.simulation import prepare_partners
 
-                the_spec, homes = prepare_partners(the_job)
+                the_spec, homes = prepare_partners(the_job, the_notices)
                 n = len(homes)
-            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=the_resume)
+            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=the_resume,
+                            notices=the_notices)
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

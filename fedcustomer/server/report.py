@@ -84,6 +84,7 @@ class RunRecorder:
             "dataset": self.job.dataset_name,
             "strategy": self.job.strategy,
             "dp": self.job.dp,
+            "budget_requested": {"epsilon": self.job.epsilon, "delta": self.job.delta} if self.job.dp else None,
             "status": result.status,
             "stop_reason": result.stop_reason,
             "rounds_planned": self.job.rounds,

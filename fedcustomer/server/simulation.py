@@ -11,13 +11,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from fedcustomer.clients.app import FEDERATION_INDEX, make_client_app
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.placement import PlacementRegistry
 from fedcustomer.data.sources import load_partitions
-from fedcustomer.errors import DataError, FedCustomerError, FederationError
+from fedcustomer.errors import BudgetExhausted, DataError, FedCustomerError, FederationError
+from fedcustomer.privacy.ledger import BudgetLedger
 from fedcustomer.models.features import FeatureSpec
 from fedcustomer.server.app import RoundCallback, make_server_app
 from fedcustomer.server.job import JobConfig
@@ -29,21 +32,30 @@ def homes_dir(job: JobConfig) -> Path:
     return Path(job.homes) if job.homes else Path(job.out) / "partners"
 
 
-def prepare_partners(job: JobConfig) -> tuple[FeatureSpec, list[PartnerHome]]:
-    """Load and split the data, and give every simulated partner its home with its split."""
+def prepare_partners(job: JobConfig, notices: list[str] | None = None) -> tuple[FeatureSpec, list[PartnerHome]]:
+    """Load and split the data, and give every simulated partner its home with its split.
+
+    The split of a homes directory is fixed at its first provisioning
+    (:mod:`fedcustomer.data.placement`); what differs from the job's options is appended
+    to ``notices``, as is a partner budget that differs from ``--epsilon``/``--delta``.
+    """
+    notices = notices if notices is not None else []
     spec, datasets = load_partitions(
         job.task, job.data, job.partners, split=job.split, seed=job.seed,
-        data_dir=Path(job.data_dir) if job.data_dir else None, label=job.label,
+        data_dir=Path(job.data_dir) if job.data_dir else None, label=job.label, notices=notices,
     )
     root = homes_dir(job)
     root.mkdir(parents=True, exist_ok=True)
+    layout = {"partners": str(job.partners), "split": job.split, "seed": str(job.seed), "data": job.data}
+    placed = PlacementRegistry(root).apply(datasets, spec.id_column, layout)
+    notices.extend(placed.notices)
     homes: list[PartnerHome] = []
-    for ds in datasets:
+    for ds in placed.datasets:
         if len(ds.train) == 0:
             raise DataError(f"partner {ds.name!r} has no training rows; use fewer partners or more data")
         home, _ = provision_partner(
             root / ds.name, ds.name, source=job.data, task=job.task, spec=spec, train=ds.train, test=ds.test,
-            budget=DatasetBudget(job.epsilon, job.delta),
+            budget=DatasetBudget(job.epsilon, job.delta), notices=notices,
         )
         homes.append(home)
     index = root / FEDERATION_INDEX
@@ -52,13 +64,26 @@ def prepare_partners(job: JobConfig) -> tuple[FeatureSpec, list[PartnerHome]]:
 
 
 def run_simulated_job(job: JobConfig, *, on_round: RoundCallback | None = None, resume: bool = False,
-                      verbose: bool = False) -> dict[str, Any]:
-    """Run ``job`` in Flower's simulation engine; returns the run's summary.json content."""
+                      verbose: bool = False, on_notice: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``job`` in Flower's simulation engine; returns the run's summary.json content.
+
+    Notices (a partner budget that is not ``--epsilon``, budgets already spent by earlier
+    jobs, a split kept from the homes' first provisioning, a guessed label) go to
+    ``on_notice`` before training starts and into summary.json. A job whose partners have
+    no budget left is refused before anything runs.
+    """
     from flwr.simulation import run_simulation
 
-    spec, homes = prepare_partners(job)
+    notices: list[str] = []
+    spec, homes = prepare_partners(job, notices)
+    if job.dp:
+        notices.extend(check_budgets(homes, job))
+    for notice in notices:
+        if on_notice is not None:
+            on_notice(notice)
     errors: list[BaseException] = []
-    server_app = make_server_app(job, spec, num_partners=len(homes), on_round=on_round, resume=resume, errors=errors)
+    server_app = make_server_app(job, spec, num_partners=len(homes), on_round=on_round, resume=resume, errors=errors,
+                                 notices=notices)
     client_app = make_client_app([str(h.root.resolve()) for h in homes])
     _quiet_flower(verbose)
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -87,6 +112,35 @@ def run_simulated_job(job: JobConfig, *, on_round: RoundCallback | None = None, 
     if not summary_path.exists():
         raise FederationError("the job ended without writing summary.json; see the log above")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+# A partner with less than this share of its target left cannot train anything useful.
+EXHAUSTED_SHARE = 0.01
+
+
+def check_budgets(homes: list[PartnerHome], job: JobConfig) -> list[str]:
+    """Say up front what earlier releases left of each partner's budget; refuse a job nobody can pay for."""
+    notices, exhausted = [], []
+    for home in homes:
+        config = home.config()
+        budget = config.budget_for(job.dataset_name)
+        spent = BudgetLedger(home.ledger_path, job.dataset_name, budget).spent()
+        if spent.epsilon <= 0:
+            continue
+        if spent.epsilon_remaining <= EXHAUSTED_SHARE * budget.epsilon:
+            exhausted.append(f"{config.name} ({spent.epsilon:.3f} of {budget.epsilon:g})")
+        else:
+            notices.append(f"partner {config.name!r} has already spent epsilon {spent.epsilon:.3f} of {budget.epsilon:g} "
+                           f"on its customers in earlier jobs; this job can use the {spent.epsilon_remaining:.3f} left")
+    if exhausted and len(exhausted) > len(homes) - job.min_partners:
+        raise BudgetExhausted(
+            f"the privacy budget is spent at {', '.join(exhausted)}, so fewer than --min-partners "
+            f"({job.min_partners}) partners could train; nothing was run. Earlier jobs on the homes in "
+            f"{homes_dir(job)} used it: use a new --homes (or --out) directory for new customers, or ask the "
+            "partners for more budget"
+        )
+    notices.extend(f"partner {name} has no budget left and will refuse every round" for name in exhausted)
+    return notices
 
 
 def _quiet_flower(verbose: bool) -> None:

@@ -27,6 +27,11 @@ class VerticalJob:
     before that release in the CLV task. ``retail_signal`` (synthetic data only) is the
     strength of the default risk that only retail behaviour reveals (see
     :func:`fedcustomer.data.synthetic.generate_federation`; 0 = none).
+    ``baseline`` also trains the label owner's own DP model on its features alone, for
+    comparison. It is a second release about the label owner's customers, so it is paid
+    from the same budget: the joint job leaves ``baseline_epsilon`` of the label owner's
+    ``epsilon`` unspent and the baseline, run afterwards on the same ledger, uses what is
+    left (at least that much).
     """
 
     task: str = "repayment"
@@ -54,6 +59,7 @@ class VerticalJob:
     shared_fraction: float = 0.7
     retail_signal: float = 1.5
     baseline: bool = True
+    baseline_epsilon: float = 1.0
     seed: int = 0
     out: str = "runs/vertical"
     homes: str | None = None
@@ -78,6 +84,15 @@ class VerticalJob:
         if self.dp and self.label_dp and self.label_epsilon >= self.epsilon:
             raise ConfigError(f"--label-epsilon ({self.label_epsilon:g}) must be below --epsilon ({self.epsilon:g}): "
                               "the label owner's budget pays for the label release and its own DP-SGD")
+        if self.dp and self.baseline:
+            require_positive("baseline_epsilon", self.baseline_epsilon)
+            reserved = self.baseline_epsilon + (self.label_epsilon if self.label_dp else 0.0)
+            if reserved >= self.epsilon:
+                raise ConfigError(
+                    f"--baseline-epsilon ({self.baseline_epsilon:g})"
+                    + (f" plus --label-epsilon ({self.label_epsilon:g})" if self.label_dp else "")
+                    + f" must be below --epsilon ({self.epsilon:g}): the label owner's one budget pays for the "
+                    "joint model and the comparison model; lower them or pass --no-baseline")
         if not (0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):

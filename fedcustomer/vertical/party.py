@@ -112,6 +112,7 @@ class SessionConfig:
     seed: int = 0
     steps_per_round: int = 0  # 0 until the label owner announced the sample rate
     sample_rate: float = 0.0
+    reserve_epsilon: float = 0.0  # left unspent for a later release in the same job (the baseline)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "SessionConfig":
@@ -130,6 +131,7 @@ class SessionConfig:
                 max_noise_multiplier=float(cfg.get("max-noise-multiplier", 50.0)),
                 test_fraction=float(cfg.get("test-fraction", 0.25)), seed=int(cfg.get("seed", 0)),
                 steps_per_round=int(cfg.get("steps-per-round", 0)), sample_rate=float(cfg.get("sample-rate", 0.0)),
+                reserve_epsilon=float(cfg.get("reserve-epsilon", 0.0)),
             )
         except KeyError as exc:
             raise ConfigError(f"vertical instructions lack {exc.args[0]!r}") from None
@@ -309,7 +311,8 @@ class PartySession:
         remaining = max(1, self.cfg.rounds - rnd + 1)
         gauss, approx = self._pending_label()
         sigma = self.ledger.calibrate_noise(q, steps * remaining, sigma_max=self.cfg.max_noise_multiplier,
-                                            pending_gaussian=gauss, pending_approx=approx)
+                                            pending_gaussian=gauss, pending_approx=approx,
+                                            reserve_epsilon=self.cfg.reserve_epsilon)
         self.state["sigma"] = float(sigma)
         self._persist()
         return float(sigma)

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +96,8 @@ class _Wire:
         return reply.content
 
 
-def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int) -> dict[str, Any]:
+def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int,
+                    reserve_epsilon: float = 0.0) -> dict[str, Any]:
     return {
         "run-id": job.run_id, "role": plan.role, "name": plan.name, "peer": peer, "dataset": plan.dataset,
         "feature-spec": json.dumps(plan.spec.to_dict()), "task": job.task, "rounds": job.rounds,
@@ -106,13 +106,16 @@ def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: i
         "label-dp": job.label_dp, "label-epsilon": job.label_epsilon, "label-bound": job.label_bound,
         "embedding-noise": job.embedding_noise, "embedding-clip": job.embedding_clip,
         "max-noise-multiplier": job.max_noise_multiplier, "test-fraction": job.test_fraction, "seed": job.seed,
-        "steps-per-round": 0, "sample-rate": 0.0,
+        "steps-per-round": 0, "sample-rate": 0.0, "reserve-epsilon": reserve_epsilon,
     }
 
 
 def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | None, *,
-          peer_of_active: str | None = None) -> DriveResult:
-    """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone."""
+          peer_of_active: str | None = None, reserve_epsilon: float = 0.0) -> DriveResult:
+    """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
+
+    ``reserve_epsilon`` is left unspent in the label owner's budget (for the baseline).
+    """
     wire = _Wire(grid, job.round_timeout)
     nodes: dict[str, int] = {}
     for node in grid.get_node_ids():
@@ -124,7 +127,7 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
     if absent:
         raise FederationError(f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})")
     cfg = {ACTIVE: _session_config(job, active, peer_of_active or (passive.name if passive else active.name),
-                                   job.embed_dim if passive else 0)}
+                                   job.embed_dim if passive else 0, reserve_epsilon)}
     if passive:
         cfg[PASSIVE] = _session_config(job, passive, active.name, job.embed_dim)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
@@ -196,6 +199,10 @@ def run_vertical_on_grid(grid: Grid, job: VerticalJob, *, baseline_grid: Grid | 
                          psi_size: int | None = None) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
+    The baseline is another release about the label owner's customers: ``baseline_grid``
+    must reach the label owner's real home, so it is charged to the real ledger; the joint
+    job leaves ``job.baseline_epsilon`` for it.
+
     Raises FederationError when a party drops out, after writing a summary with status
     ``failed`` (no party keeps a final model part for a failed job).
     """
@@ -205,8 +212,9 @@ def run_vertical_on_grid(grid: Grid, job: VerticalJob, *, baseline_grid: Grid | 
     job.write(out / "config.json")
     specs = {p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()} for p in (active, passive)}
     (out / "feature_specs.json").write_text(json.dumps(specs, indent=2) + "\n", encoding="utf-8")
+    reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     try:
-        result = drive(grid, job, active, passive)
+        result = drive(grid, job, active, passive, reserve_epsilon=reserve)
     except FederationError as exc:
         failed = DriveResult("failed", [], str(exc))
         _write_outputs(out, job, failed, None, active, passive, psi_size)
@@ -244,18 +252,24 @@ def _write_outputs(out: Path, job: VerticalJob, result: DriveResult, baseline: D
     final = result.final_metrics if result.status != "failed" else {}
     base_final = baseline.final_metrics if baseline is not None and baseline.status != "failed" else {}
     has_model = result.status != "failed" and result.rounds_completed > 0
+    partners = _partners(result, active, passive)
+    base_eps = [r.epsilon[active.name] for r in (baseline.rounds if baseline else []) if active.name in r.epsilon]
+    for row in partners:  # what the party's ledger holds for this job: joint model and comparison model
+        row["epsilon_spent_all_releases"] = base_eps[-1] if row["name"] == active.name and base_eps else row["epsilon_spent"]
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION, "mode": "vertical", "run_id": job.run_id, "task": job.task,
         "data": job.data, "dp": job.dp, "status": result.status, "stop_reason": result.stop_reason,
         "rounds_planned": job.rounds, "rounds_completed": result.rounds_completed, "psi_size": psi_size,
         "aligned_train": int(result.sizes.get("train", 0)) or None, "aligned_test": int(result.sizes.get("test", 0)) or None,
-        "primary_metric": metric, "metrics": _clean(final), "partners": _partners(result, active, passive),
+        "primary_metric": metric, "metrics": _clean(final), "partners": partners,
         "privacy": {"label_dp": job.dp and job.label_dp,
                     "label_epsilon": job.label_epsilon if job.dp and job.label_dp else None,
                     "embedding_noise": {"noise_multiplier": job.embedding_noise, "clip": job.embedding_clip,
                                         "accounted": False}},
         "baseline": None if baseline is None else {
             "name": f"{active.name}-only", "status": baseline.status, "stop_reason": baseline.stop_reason,
+            "charged_to": f"{active.name}'s ledger (the same budget as the joint model)" if job.dp else None,
+            "epsilon_reserved": job.baseline_epsilon if job.dp else None,
             "metrics": _clean(base_final), "partners": _partners(baseline, active, None),
         },
         "comparison": {f"{active.name}_only_{metric}": base_final.get(metric), f"vertical_{metric}": final.get(metric)},
@@ -354,15 +368,9 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
     size = align_by_psi(homes[active.name], active, homes[passive.name], passive)
-    baseline = None
-    if job.baseline:
-        # A counterfactual: the label owner training alone, on a copy of its home made before
-        # this job spends anything, so the comparison does not draw on the real budget twice.
-        base_root = root / f"{active.name}-only-{job.run_id}"
-        if base_root.exists():
-            shutil.rmtree(base_root)
-        shutil.copytree(homes[active.name].root, base_root)
-        baseline = PartnerHome(base_root)
+    # The comparison model trains on the label owner's real home and is paid from its real
+    # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
+    baseline = homes[active.name] if job.baseline else None
     return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
 
 

@@ -89,7 +89,7 @@ def test_reusing_a_query_id_for_another_query_is_refused(homes: list[PartnerHome
 
 
 def test_partner_without_a_store_reads_through_the_given_loader(tmp_path: Path) -> None:
-    home = PartnerHome.create(tmp_path / "p", "p", budgets={"events": DatasetBudget(2.0, 1e-5)})
+    home = PartnerHome.create(tmp_path / "p", "p", budget=DatasetBudget(2.0, 1e-5))
     frame = pd.DataFrame({"funnel_stage": ["visit"] * 50 + ["cart"] * 30 + ["buy"] * 20})
     seen = []
 

@@ -53,7 +53,7 @@ def test_superlink_refuses_to_start_without_certificate_files(tmp_path):
 
 
 def test_supernode_command_names_the_home_ca_and_key(tmp_path):
-    home = PartnerHome.create(tmp_path / "bank0", "bank0", budgets={})
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
     keys = make_node_keys(home.keys_dir)
     certs = make_dev_certificates(tmp_path / "c")
     cmd = supernode_command(home.root, superlink="127.0.0.1:9093", root_cert=certs.ca_cert,
@@ -65,7 +65,7 @@ def test_supernode_command_names_the_home_ca_and_key(tmp_path):
 
 
 def test_supernode_refuses_missing_ca_or_non_home(tmp_path):
-    home = PartnerHome.create(tmp_path / "bank0", "bank0", budgets={})
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
     with pytest.raises(ConfigError, match="CA certificate"):
         supernode_command(home.root, superlink="127.0.0.1:9093", root_cert=tmp_path / "nope", auth_key=None)
     with pytest.raises(ConfigError, match="not a partner home"):
@@ -131,7 +131,7 @@ def _ins() -> TrainInstructions:
 def test_every_round_is_audited_with_size_epsilon_and_refusal(tmp_path):
     import torch
 
-    home = PartnerHome.create(tmp_path / "bank0", "bank0", budgets={})
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
     state = {"w": torch.zeros(10, 4), "b": torch.zeros(4)}
     paid = TrainOutcome("bank0", state, {"epsilon-round": 0.5, "epsilon-total": 1.5, "epsilon-target": 3.0})
     refused = TrainOutcome("bank0", None, {"epsilon-total": 1.5}, refused_reason="would exceed the target")

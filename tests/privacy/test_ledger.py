@@ -61,12 +61,30 @@ def test_same_charge_key_is_never_paid_twice(tmp_path: Path) -> None:
     assert ledger.spent().epsilon == pytest.approx(first.epsilon_total)
 
 
-def test_datasets_in_one_ledger_file_are_charged_separately(tmp_path: Path) -> None:
+def test_every_dataset_of_a_partner_draws_on_its_one_budget(tmp_path: Path) -> None:
+    """A renamed copy of a file (another dataset name) cannot start from zero: same customers, same budget."""
     a = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
-    b = BudgetLedger(tmp_path / "ledger.db", "cards", BUDGET)
+    b = BudgetLedger(tmp_path / "ledger.db", "loans_copy", BUDGET)
     a.charge_gaussian("a1", ROUND)
-    assert b.spent().epsilon == 0.0
-    assert a.spent().epsilon > 0
+    assert a.spent().epsilon > 0 and b.spent().epsilon == pytest.approx(a.spent().epsilon)
+    second = b.charge_gaussian("b1", ROUND)
+    both = epsilon([ROUND, ROUND], BUDGET.delta)
+    assert second.epsilon_total == pytest.approx(both)
+    assert a.spent().epsilon == pytest.approx(both)
+    assert [c.charge_key for c in a.charges()] == ["a1"] and [c.charge_key for c in b.charges()] == ["b1"]
+    assert a.datasets() == ["loans", "loans_copy"]
+
+
+def test_a_release_past_the_partner_budget_is_refused_whatever_the_dataset(tmp_path: Path) -> None:
+    a = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    big = GaussianSteps(ROUND.noise_multiplier, ROUND.sample_rate, ROUND.steps)
+    while True:
+        try:
+            a.charge_gaussian(f"a{len(a.charges())}", big)
+        except BudgetExhausted:
+            break
+    with pytest.raises(BudgetExhausted, match="partner's epsilon"):
+        BudgetLedger(tmp_path / "ledger.db", "renamed", BUDGET).charge_gaussian("r1", big)
 
 
 def test_approx_releases_compose_with_training_soundly(tmp_path: Path) -> None:

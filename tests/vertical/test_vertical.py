@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -28,16 +27,10 @@ def _job(tmp_path, **kw) -> VerticalJob:
     return VerticalJob(**(base | kw))
 
 
-def _baseline_home(tmp_path, home: PartnerHome) -> PartnerHome:
-    shutil.copytree(home.root, tmp_path / "bank-only")
-    return PartnerHome(tmp_path / "bank-only")
-
-
 def test_vertical_beats_label_owner_alone_when_retailer_features_carry_signal(tmp_path):
     job = _job(tmp_path, dp=False, rounds=6)
     bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames())
-    alone = _baseline_home(tmp_path, bank)
-    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([alone]), psi_size=size)
+    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size)
     assert summary["status"] == "completed" and summary["psi_size"] == size
     assert summary["baseline"]["status"] == "completed"
     vertical, bank_only = summary["comparison"]["vertical_auc"], summary["comparison"]["bank_only_auc"]
@@ -181,7 +174,10 @@ def test_job_options_are_checked():
         VerticalJob(embedding_noise=-1.0)
     with pytest.raises(ConfigError, match="--label-epsilon"):
         VerticalJob(epsilon=1.0, label_epsilon=1.0)
-    VerticalJob(epsilon=1.0, label_epsilon=1.0, label_dp=False)  # no label release, nothing to split
+    VerticalJob(epsilon=1.0, label_epsilon=1.0, label_dp=False, baseline=False)  # no label release, nothing to split
+    with pytest.raises(ConfigError, match="--baseline-epsilon"):  # the comparison model is paid from the same budget
+        VerticalJob(epsilon=2.0, label_epsilon=1.0, baseline_epsilon=1.0)
+    VerticalJob(epsilon=2.0, label_epsilon=1.0, baseline=False)
 
 
 def test_wrong_alignment_is_reported_not_trained_on(tmp_path):

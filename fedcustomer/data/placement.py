@@ -1,0 +1,180 @@
+"""Where each customer of a simulated federation lives, fixed when its homes are first provisioned.
+
+A split is a property of the partners' data, not of a job's ``--seed``: once a customer
+has been ingested at partner ``bank_2`` as a training row, every later job on the same
+homes must find them there, as a training row, or held-out rows would have been trained
+on and one person would sit at two partners (two budgets for one customer).
+
+The registry (``placements.db`` beside the homes) records, for every customer, a keyed
+token of the id (HMAC-SHA256 under a random key kept in ``placements.key``, mode 0600;
+never the raw id), the partner and the held-out flag. Re-provisioning with another seed,
+split or file (a renamed or shuffled copy) places every known customer where they were
+first placed; only customers never seen before take the new assignment. The number of
+partners is part of the layout and cannot change on the same homes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from fedcustomer.data.partition import PartnerDataset
+from fedcustomer.errors import ConfigError, DataError
+
+REGISTRY_NAME = "placements.db"
+KEY_NAME = "placements.key"
+_KEY_BYTES = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS layout (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placements (
+    token TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    holdout INTEGER NOT NULL CHECK (holdout IN (0, 1))
+);
+"""
+
+
+@dataclass
+class PlacementResult:
+    """The partners' rows after the registry was applied, and what the user should be told."""
+
+    datasets: list[PartnerDataset]
+    first: bool
+    kept: int = 0
+    moved: int = 0
+    new: int = 0
+    notices: list[str] = field(default_factory=list)
+
+
+class PlacementRegistry:
+    """The customer -> (partner, held-out) map of one directory of simulated homes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / REGISTRY_NAME
+        self.key_path = self.root / KEY_NAME
+
+    def apply(self, datasets: Sequence[PartnerDataset], id_column: str | None, layout: dict[str, str]) -> PlacementResult:
+        """Place every customer where the registry says; record customers seen for the first time.
+
+        ``layout`` describes the job's split (partners, split, seed, source) and is kept from
+        the first provisioning so later differences can be named in the notice.
+        """
+        if id_column is None:
+            raise DataError("the data has no customer id column; the store and the split registry key customers by id")
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = self._key()
+        names = [ds.name for ds in datasets]
+        rows = []
+        for ds in datasets:
+            for holdout, frame in ((0, ds.train), (1, ds.test)):
+                if id_column not in frame.columns:
+                    raise DataError(f"partner {ds.name!r}: data has no customer id column {id_column!r}")
+                tokens = [_token(key, v) for v in frame[id_column].astype(str)]
+                rows.append(frame.assign(_partner=ds.name, _holdout=holdout, _token=tokens))
+        pooled = pd.concat(rows, ignore_index=True)
+        dupes = pooled["_token"].duplicated()
+        if dupes.any():
+            raise DataError(f"{int(dupes.sum())} rows repeat a customer id; each customer must appear once")
+        with self._connect() as conn:
+            first_layout = dict(conn.execute("SELECT key, value FROM layout").fetchall())
+            first = not first_layout
+            if first:
+                conn.executemany("INSERT INTO layout (key, value) VALUES (?, ?)",
+                                 [(k, str(v)) for k, v in {**layout, "partner_names": ",".join(names)}.items()])
+            else:
+                recorded = first_layout.get("partner_names", "").split(",")
+                if recorded != names:
+                    raise ConfigError(
+                        f"the partner homes in {self.root} were provisioned for {len(recorded)} partners "
+                        f"({', '.join(recorded)}); a job on them must use the same partners. Use the same "
+                        "--partners, or a new --homes directory for another layout"
+                    )
+            known = _lookup(conn, list(pooled["_token"]))
+            placed = pooled["_token"].map(lambda t: known.get(t, (None, None)))
+            was_partner = placed.map(lambda p: p[0])
+            was_holdout = placed.map(lambda p: p[1])
+            is_known = was_partner.notna()
+            moved = is_known & ((was_partner != pooled["_partner"]) | (was_holdout != pooled["_holdout"]))
+            pooled.loc[is_known, "_partner"] = was_partner[is_known]
+            pooled.loc[is_known, "_holdout"] = was_holdout[is_known].astype(int)
+            fresh = pooled.loc[~is_known, ["_token", "_partner", "_holdout"]]
+            conn.executemany("INSERT INTO placements (token, partner, holdout) VALUES (?, ?, ?)",
+                             [(t, p, int(h)) for t, p, h in fresh.itertuples(index=False)])
+        result = PlacementResult(_regroup(pooled, datasets), first=first, kept=int(is_known.sum()),
+                                 moved=int(moved.sum()), new=int((~is_known).sum()))
+        if not first:
+            changed = [f"{k} {first_layout.get(k)!r} -> {v!r}" for k, v in layout.items()
+                       if k in first_layout and first_layout[k] != str(v)]
+            if changed or result.moved:
+                result.notices.append(
+                    f"the partner homes in {self.root} keep the split fixed when they were first provisioned "
+                    f"({'; '.join(changed) or 'same options'}): {result.kept} known customers stay at their partner "
+                    f"and in their train/held-out part ({result.moved} of them would have moved under the new options), "
+                    f"{result.new} new customers were placed by the new options"
+                )
+        return result
+
+    # --- internals -------------------------------------------------------------
+    def _key(self) -> bytes:
+        if self.key_path.exists():
+            key = self.key_path.read_bytes()
+            if len(key) != _KEY_BYTES:
+                raise ConfigError(f"{self.key_path} is damaged ({len(key)} bytes, expected {_KEY_BYTES})")
+            return key
+        key = secrets.token_bytes(_KEY_BYTES)
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+def _token(key: bytes, customer_id: str) -> str:
+    return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def _lookup(conn: sqlite3.Connection, tokens: list[str]) -> dict[str, tuple[str, int]]:
+    found: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(tokens), 900):
+        chunk = tokens[i:i + 900]
+        marks = ",".join("?" * len(chunk))
+        for token, partner, holdout in conn.execute(
+                f"SELECT token, partner, holdout FROM placements WHERE token IN ({marks})", chunk):
+            found[token] = (partner, int(holdout))
+    return found
+
+
+def _regroup(pooled: pd.DataFrame, datasets: Sequence[PartnerDataset]) -> list[PartnerDataset]:
+    out = []
+    columns = [c for c in pooled.columns if c not in ("_partner", "_holdout", "_token")]
+    for ds in datasets:
+        mine = pooled[pooled["_partner"] == ds.name]
+        train = mine[mine["_holdout"] == 0][columns].reset_index(drop=True)
+        test = mine[mine["_holdout"] == 1][columns].reset_index(drop=True)
+        out.append(replace(ds, train=train.astype(ds.train.dtypes.to_dict()), test=test.astype(ds.test.dtypes.to_dict())))
+    return out

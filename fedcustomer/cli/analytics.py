@@ -15,7 +15,8 @@ from rich.table import Table
 from fedcustomer.errors import ConfigError
 
 console = Console()
-budget_app = typer.Typer(help="Privacy budgets: what each dataset has spent, and on what.", no_args_is_help=True)
+budget_app = typer.Typer(help="The partner's privacy budget: what it allows and what was spent, on what.",
+                         no_args_is_help=True)
 DATA_CHOICES = ("synthetic", "cdnow")
 
 
@@ -122,52 +123,92 @@ def rfm_cmd(
     console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
 
 
-@budget_app.command("show", help="Every charge (training rounds and queries) and refusal, with totals per dataset.")
+@budget_app.command("show", help="The partner's one budget, then every charge (training rounds and queries) and "
+                                   "refusal per dataset.")
 def budget_show(
     home: Path = typer.Option(..., help="partner home directory"),
-    dataset: Optional[str] = typer.Option(None, help="only this dataset"),
+    dataset: Optional[str] = typer.Option(None, help="only this dataset's charges (the total stays partner-wide)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     report = budget_report(home, dataset)
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return
+    t = report["totals"]
+    console.print(f"[bold]{escape(report['partner'])}[/]: epsilon {t['epsilon']:.4g} of {t['epsilon_target']:g} "
+                  f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers")
     for ds in report["datasets"]:
-        t = ds["totals"]
-        table = Table(title=f"{escape(report['partner'])} / {escape(ds['dataset'])}: epsilon {t['epsilon']:.4g} of "
-                            f"{t['epsilon_target']:g} (delta {t['delta']:.1e} of {t['delta_target']:.0e})")
-        for col in ("time", "run/query", "mechanism", "eps", "delta"):
-            table.add_column(col)
+        table = Table(title=f"releases about dataset {escape(ds['dataset'])}",
+                      caption="eps: that release alone; total: the partner's epsilon after it (all datasets, composed)")
+        for col in ("time", "run/query", "mechanism", "eps", "delta", "total"):
+            table.add_column(col, overflow="fold")
         for c in ds["charges"]:
             who = c["query_id"] or (f"{c['run_id']} r{c['round']}" if c["run_id"] else c["charge_key"])
             table.add_row(c["time"][:19], escape(str(who)), c["mechanism"], f"{c['epsilon']:.4g}",
-                          "" if c["delta"] is None else f"{c['delta']:.1e}")
+                          "" if c["delta"] is None else f"{c['delta']:.1e}", f"{c['epsilon_total']:.4g}")
         console.print(table)
         for r in ds["refusals"]:
             console.print(f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
                           f"{escape(r['reason'])}")
 
 
+@budget_app.command("set", help="Set the partner's one privacy budget (covers every release about its customers).")
+def budget_set(
+    home: Path = typer.Option(..., help="partner home directory"),
+    epsilon: float = typer.Option(..., help="epsilon target over every release about the partner's customers"),
+    delta: float = typer.Option(..., help="delta target"),
+    replace: bool = typer.Option(False, "--replace", help="change a budget that is already set"),
+    actor: str = typer.Option(..., "--actor", help="who sets it (recorded in the audit log)"),
+    role: str = typer.Option("partner_admin", "--role", help="must be partner_admin"),
+) -> None:
+    from fedcustomer.clients.home import DatasetBudget, PartnerHome
+    from fedcustomer.errors import AccessDenied
+    from fedcustomer.privacy.ledger import BudgetLedger
+
+    if role != "partner_admin":
+        raise AccessDenied(f"role {role!r} may not set the privacy budget; a partner_admin does")
+    phome = PartnerHome(home)
+    config = phome.config()
+    new = DatasetBudget(epsilon, delta)
+    old = config.budget
+    if old is not None and not config.migrated_from and not replace:
+        raise ConfigError(f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
+                          "pass --replace to change it")
+    spent = BudgetLedger(phome.ledger_path, "-", new).spent() if phome.ledger_path.exists() else None
+    if phome.store_path.exists():
+        from fedcustomer.data.store import PartnerStore
+
+        with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
+            store.audit.append(actor=actor, role=role, action="budget_set", decision="allowed",
+                               epsilon=epsilon, delta=delta,
+                               previous=None if old is None else {"epsilon": old.epsilon, "delta": old.delta})
+    config.budget = new
+    phome.write_config(config)
+    console.print(f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}"
+                  + (f" (was {old.epsilon:g}, {old.delta:g})" if old else ""))
+    if spent is not None and spent.epsilon > 0:
+        console.print(f"already spent: epsilon {spent.epsilon:.4g}" +
+                      (" - past the new target: every further release will be refused" if spent.epsilon > epsilon else ""))
+
+
 def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, Any]:
-    """Charges and refusals per dataset of one partner home (stable JSON)."""
+    """The partner's total against its one budget, and charges and refusals per dataset (stable JSON)."""
     from fedcustomer.clients.home import PartnerHome
     from fedcustomer.privacy.ledger import BudgetLedger
 
     home = PartnerHome(home_dir)
     config = home.config()
-    names = [dataset] if dataset else sorted(config.budgets)
+    budget = config.budget_for(dataset)
+    names = [dataset] if dataset else BudgetLedger(home.ledger_path, "-", budget).datasets()
+    spent = BudgetLedger(home.ledger_path, "-", budget).spent()
     out = []
     for ds in names:
-        ledger = BudgetLedger(home.ledger_path, ds, config.budget_for(ds))
-        spent = ledger.spent()
-        out.append({
-            "dataset": ds,
+        ledger = BudgetLedger(home.ledger_path, ds, budget)
+        out.append({"dataset": ds, "charges": [c.to_dict() for c in ledger.charges()], "refusals": ledger.refusals()})
+    return {"format": "fedcustomer.budget/2", "partner": config.name, "home": str(home.root),
             "totals": {"epsilon": spent.epsilon, "delta": spent.delta, "epsilon_target": spent.epsilon_target,
                        "delta_target": spent.delta_target, "epsilon_remaining": spent.epsilon_remaining},
-            "charges": [c.to_dict() for c in ledger.charges()],
-            "refusals": ledger.refusals(),
-        })
-    return {"format": "fedcustomer.budget/1", "partner": config.name, "home": str(home.root), "datasets": out}
+            "datasets": out}
 
 
 def _fmt(x: float | None) -> str:

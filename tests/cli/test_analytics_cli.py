@@ -32,7 +32,7 @@ def test_rfm_show_truth_intervals_contain_true_sizes_and_ledger_shows_the_charge
     report = json.loads(stdout)
     [ds] = report["datasets"]
     assert [c["query_id"] for c in ds["charges"]] == [payload["query_id"]]
-    assert ds["totals"]["epsilon"] == pytest.approx(1.0)
+    assert report["totals"]["epsilon"] == pytest.approx(1.0)
 
 
 def test_show_truth_is_refused_for_partner_homes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

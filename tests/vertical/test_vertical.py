@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from opacus.accountants import RDPAccountant
 import torch
 
 from fedcustomer.clients.home import PartnerHome
@@ -53,6 +54,26 @@ def test_dp_vertical_spends_each_party_budget_up_to_its_target_and_no_further(tm
     assert len(label_charges) == 1 and label_charges[0].epsilon == pytest.approx(1.0)  # once per job, not per round
     label = summary["partners"][0]["accounting"]["label_dp"]
     assert label["enabled"] and label["mechanism"] == "randomized_response" and label["epsilon"] == 1.0
+
+
+def test_the_label_owners_own_comparison_model_is_paid_from_its_real_ledger(tmp_path):
+    """Joint model and bank-only model are two releases about the bank's customers: one ledger holds both."""
+    job = _job(tmp_path, epsilon=4.0, rounds=2, baseline=True, baseline_epsilon=1.0)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=800))
+    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size)
+    assert summary["status"] == "completed" and summary["baseline"]["status"] == "completed"
+    ledger = BudgetLedger(bank.ledger_path, "bank", bank.config().budget_for("bank"))
+    runs = {c.run_id for c in ledger.all_charges()}
+    assert runs == {job.run_id, job.run_id + "-baseline"}
+    acc = RDPAccountant()
+    acc.history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in ledger.all_charges() if c.family == "gaussian_rdp"]
+    approx = sum(c.epsilon for c in ledger.all_charges() if c.family == "approx_dp")
+    true = acc.get_epsilon(job.delta - sum(c.delta or 0 for c in ledger.all_charges() if c.family == "approx_dp")) + approx
+    bank_row = next(p for p in summary["partners"] if p["name"] == "bank")
+    assert bank_row["epsilon_spent"] < bank_row["epsilon_spent_all_releases"]
+    assert bank_row["epsilon_spent_all_releases"] == pytest.approx(ledger.spent().epsilon)
+    assert ledger.spent().epsilon == pytest.approx(true) and true <= 4.0
+    assert not any(p.name.startswith("bank-only") for p in (tmp_path / "homes").iterdir())  # no copied budget
 
 
 def test_rounds_refused_once_the_budget_is_spent_and_nothing_is_released(tmp_path):

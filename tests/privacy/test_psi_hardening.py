@@ -27,15 +27,11 @@ from fedcustomer.privacy.psi_protocol import (
     party_path,
     run_psi_on_grid,
 )
+from tests.privacy.test_hardening_helpers import send
 from tests.privacy.test_psi import NAMES, RecordingGrid, _fake_pseudonyms, federation  # noqa: F401
 
 BANK, SHOP = 1, 2
 ERROR_REASON = re.compile(r"^(ConfigError|DataError|IntegrityError|AccessDenied|FederationError): \S")
-
-
-def _send(grid, node: int, step: str, cfg: dict) -> Message:
-    msg = Message(content=RecordDict({RECORD: ConfigRecord(cfg)}), dst_node_id=node, message_type=f"query.{step}")
-    return list(grid.send_and_receive([msg]))[0]
 
 
 def _refused(reply: Message, *needles: str) -> str:
@@ -52,7 +48,7 @@ def _guesses(ids) -> bytes:
 
 
 def _open(grid, session: str, peer: str = "shop") -> Message:
-    reply = _send(grid, BANK, MSG_BLIND, {"session-id": session, "dataset": "accounts", "role": "initiator",
+    reply = send(grid, BANK, MSG_BLIND, {"session-id": session, "dataset": "accounts", "role": "initiator",
                                           "peer": peer})
     assert not reply.has_error(), reply.error.reason
     return reply
@@ -63,10 +59,10 @@ def test_a_second_reblind_in_one_session_is_refused(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     _open(grid, "probe")
-    first = _send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
+    first = send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
                                             "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5)])})
     assert not first.has_error()  # one answer per session: the peer's set
-    again = _send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
+    again = send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
                                             "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5, 40)])})
     _refused(again, "AccessDenied", "second request")
 
@@ -83,7 +79,7 @@ def test_reblind_outside_a_session_opened_with_that_peer_is_refused(federation, 
     grid = RecordingGrid(app, 2)
     if setup:
         _open(grid, setup)
-    reply = _send(grid, BANK, MSG_REBLIND, {**cfg, "peer-blinded": _guesses(["BANK-00001", "BANK-00002"])})
+    reply = send(grid, BANK, MSG_REBLIND, {**cfg, "peer-blinded": _guesses(["BANK-00001", "BANK-00002"])})
     _refused(reply, "AccessDenied", needle)
 
 
@@ -91,7 +87,7 @@ def test_a_finished_session_answers_nothing_more(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     run_psi_on_grid(grid, BANK, SHOP, "accounts", "loyalty", session_id="done", **NAMES)
-    reply = _send(grid, BANK, MSG_REBLIND, {"session-id": "done", "peer": "shop",
+    reply = send(grid, BANK, MSG_REBLIND, {"session-id": "done", "peer": "shop",
                                             "peer-blinded": _guesses(["BANK-00001"])})
     _refused(reply, "no open PSI session")
 
@@ -100,10 +96,10 @@ def test_peer_must_be_another_partner_and_on_the_allow_list_when_set(federation)
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     blind = {"session-id": "s1", "dataset": "accounts", "role": "initiator"}
-    _refused(_send(grid, BANK, MSG_BLIND, {**blind, "peer": "bank"}), "this partner itself")
-    _refused(_send(grid, BANK, MSG_BLIND, blind), "IntegrityError", "'peer'")
+    _refused(send(grid, BANK, MSG_BLIND, {**blind, "peer": "bank"}), "this partner itself")
+    _refused(send(grid, BANK, MSG_BLIND, blind), "IntegrityError", "'peer'")
     grid.contexts[BANK].node_config["psi-peers"] = "shop, insurer"
-    _refused(_send(grid, BANK, MSG_BLIND, {**blind, "peer": "mallory"}), "AccessDenied", "psi-peers")
+    _refused(send(grid, BANK, MSG_BLIND, {**blind, "peer": "mallory"}), "AccessDenied", "psi-peers")
     assert not party_path(homes[0], "s1").exists()
     run_psi_on_grid(grid, BANK, SHOP, "accounts", "loyalty", session_id="s2", **NAMES)  # the listed peer works
 
@@ -113,16 +109,16 @@ def test_oversize_sets_are_refused_before_any_work(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     grid.contexts[BANK].node_config["psi-max-set-size"] = 10
-    reply = _send(grid, BANK, MSG_BLIND, {"session-id": "big", "dataset": "accounts", "role": "initiator",
+    reply = send(grid, BANK, MSG_BLIND, {"session-id": "big", "dataset": "accounts", "role": "initiator",
                                           "peer": "shop"})
     _refused(reply, "DataError", "41 ids", "maximum of 10")
     grid.contexts[BANK].node_config["psi-max-set-size"] = 50
     _open(grid, "big2")
-    reply = _send(grid, BANK, MSG_REBLIND, {"session-id": "big2", "peer": "shop",
+    reply = send(grid, BANK, MSG_REBLIND, {"session-id": "big2", "peer": "shop",
                                             "peer-blinded": b"\x00" * (51 * 32)})
     _refused(reply, "AccessDenied", "51 values", "maximum of 50")
     grid.contexts[BANK].node_config["psi-max-set-size"] = "lots"
-    _refused(_send(grid, BANK, MSG_ABORT, {"session-id": "big2"}), "ConfigError", "maximum set size")
+    _refused(send(grid, BANK, MSG_ABORT, {"session-id": "big2"}), "ConfigError", "maximum set size")
 
 
 # --- expiry ------------------------------------------------------------------------------

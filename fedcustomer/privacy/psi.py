@@ -176,7 +176,7 @@ class PSIResult:
     """
 
     size: int
-    local_ids: list[str]
+    local_ids: list[str | None]  # None: the customer was erased after the session
     duplicates_removed: int
     set_size: int = 0
     peer_set_size: int = 0

@@ -16,8 +16,6 @@ entry as stored in the log.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import secrets
@@ -31,6 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, IntegrityError
 from fedcustomer.privacy.audit import DECISIONS, PUBLIC_KEY_NAME, AuditEntry, AuditLog
 
@@ -118,15 +117,11 @@ def _cell(values: Any) -> str:
 
 def entries_csv(entries: list[AuditEntry]) -> str:
     """CSV with one row per entry; lists joined with ';', details as JSON."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for e in entries:
-        d = e.to_dict()
-        writer.writerow(
-            [json.dumps(d[c], sort_keys=True) if c == "details" else _cell(d[c]) for c in CSV_COLUMNS]
-        )
-    return buf.getvalue()
+    rows = (
+        [json.dumps(d[c], sort_keys=True) if c == "details" else _cell(d[c]) for c in CSV_COLUMNS]
+        for d in (e.to_dict() for e in entries)
+    )
+    return csv_text(CSV_COLUMNS, rows)  # cells escaped against spreadsheet formula injection
 
 
 def entries_json(entries: list[AuditEntry], filters: dict[str, Any]) -> str:

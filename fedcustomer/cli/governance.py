@@ -183,9 +183,11 @@ def read_cmd(
             _actor(actor, role), purpose, _split(fields), _parse_where(where), dataset=dataset, approval_id=approval
         )
     if output is not None:
-        tmp = output.with_name(output.name + ".tmp")
-        frame.to_csv(tmp)
-        tmp.replace(output)
+        from fedcustomer.data.export import write_private_csv
+
+        # 0600 and formula-escaped: the rows may hold decrypted core values.
+        rows = ([p, *values] for p, values in zip(frame.index.tolist(), frame.itertuples(index=False, name=None)))
+        write_private_csv(output, [frame.index.name or "pseudonym", *frame.columns], rows)
         console.print(f"wrote {len(frame)} rows x {len(frame.columns)} fields to {output}")
         return
     table = Table(title=f"{len(frame)} rows (showing {min(limit, len(frame))})")

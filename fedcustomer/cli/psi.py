@@ -15,13 +15,18 @@ JSON (``--json`` prints it; ``--out DIR`` writes it to ``DIR/psi.json``), schema
      "seconds": float, "workers": int,
      "alignment": {"a": str, "b": str} | null}   # alignment CSVs when --out is given
 
-Each alignment CSV has columns ``row`` (position in the agreed order, the same customer on
-both sides) and the id column, holding that side's own spelling of the id.
+Each alignment CSV (mode 0600) has columns ``row`` (position in the agreed order: row k in
+``alignment_a.csv`` and row k in ``alignment_b.csv`` are the same customer) and ``source_row``,
+that side's own handle for the customer: its 0-based data row in that side's input file (the
+first row when an id repeats; line ``source_row + 2`` of a CSV). No output file holds an id,
+raw, normalised or hashed, and each side's file is meaningful only next to its own input.
+
+Released without any epsilon (exact): the intersection size, each side's row, distinct and
+duplicate counts, and to each side which of its own rows are shared.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -30,8 +35,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from fedcustomer.data.export import write_private_csv, write_private_text
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.privacy.psi import run_psi_local
+from fedcustomer.privacy.psi import DEFAULT_MAX_SET_SIZE, run_psi_local
 
 console = Console()
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -74,13 +80,9 @@ def read_ids(path: Path, column: str) -> list[str]:
     return values.astype(str).tolist()
 
 
-def _write_alignment(path: Path, column: str, ids: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["row", column])
-        writer.writerows(enumerate(ids))
-    tmp.replace(path)
+def _write_alignment(path: Path, source_rows: list[str]) -> None:
+    """One side's alignment: agreed row -> that side's own source row (never an id)."""
+    write_private_csv(path, ["row", "source_row"], enumerate(source_rows))
 
 
 def psi(
@@ -89,21 +91,28 @@ def psi(
     id_column: str = typer.Option("customer_id", "--id-column", help="column holding the customer id in both files"),
     workers: int = typer.Option(1, "--workers", help="processes for the group operations"),
     out: Optional[Path] = typer.Option(None, "--out", help="write psi.json and per-side alignment CSVs here"),
+    max_ids: int = typer.Option(DEFAULT_MAX_SET_SIZE, "--max-ids", help="refuse a file with more ids than this"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result instead of a sentence"),
 ) -> None:
     """Private set intersection of two partner files: prints how many customers they share."""
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if max_ids < 1:
+        raise ConfigError(f"--max-ids must be >= 1, got {max_ids}")
     ids_a, ids_b = read_ids(a, id_column), read_ids(b, id_column)
+    for path, ids in ((a, ids_a), (b, ids_b)):
+        if len(ids) > max_ids:
+            raise DataError(f"{path}: {len(ids)} ids, more than --max-ids {max_ids}")
     start = time.perf_counter()
-    ra, rb = run_psi_local(ids_a, ids_b, workers=workers)
+    ra, rb = run_psi_local(ids_a, ids_b, workers=workers, labels_a=[str(k) for k in range(len(ids_a))],
+                           labels_b=[str(k) for k in range(len(ids_b))], max_set_size=max_ids)
     seconds = time.perf_counter() - start
     alignment = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         alignment = {"a": str(out / "alignment_a.csv"), "b": str(out / "alignment_b.csv")}
-        _write_alignment(out / "alignment_a.csv", id_column, ra.local_ids)
-        _write_alignment(out / "alignment_b.csv", id_column, rb.local_ids)
+        _write_alignment(out / "alignment_a.csv", ra.local_ids)
+        _write_alignment(out / "alignment_b.csv", rb.local_ids)
     result = {
         "schema": 1,
         "intersection_size": ra.size,
@@ -115,7 +124,7 @@ def psi(
         "alignment": alignment,
     }
     if out is not None:
-        (out / "psi.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_private_text(out / "psi.json", json.dumps(result, indent=2) + "\n")
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -29,6 +29,7 @@ Row counts: ``read`` = ``valid`` + ``invalid``; every valid row is exactly one o
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from collections import Counter
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedcustomer.data.schema import Schema, require_columns
+from fedcustomer.data.schema import MAX_COLUMNS, Schema, require_columns
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
@@ -89,10 +90,37 @@ def read_chunks(path: Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
     kind = file_kind(path)
     if not path.exists():
         raise DataError(f"input file {path} not found")
+    check_width(path, kind)
     if kind == "csv":
         yield from _csv_chunks(path, chunk_rows)
     else:
         yield from _parquet_chunks(path, chunk_rows)
+
+
+def check_width(path: Path, kind: str) -> None:
+    """DataError for a file with more than MAX_COLUMNS columns, from its header alone.
+
+    Parsing a very wide file cell by cell is slow (20,000 columns took about a minute to
+    draft), and no schema may hold that many fields anyway.
+    """
+    if kind == "csv":
+        try:
+            with path.open("r", encoding="utf-8", newline="") as fh:
+                header = next(csv.reader(fh), [])
+        except (UnicodeDecodeError, csv.Error):
+            return  # the CSV reader below reports these with the file's context
+        width = len(header)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            width = len(pq.read_schema(path).names)
+        except (pa.ArrowInvalid, OSError):
+            return  # the Parquet reader below reports it
+    if width > MAX_COLUMNS:
+        raise DataError(f"{path}: {width} columns, more than the maximum of {MAX_COLUMNS}; "
+                        "keep only the columns the schema needs")
 
 
 def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:

@@ -55,6 +55,11 @@ NUMERIC_TYPES = ("integer", "float")
 ORDERED_TYPES = ("integer", "float", "date", "datetime")
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Columns the store adds to every dataset table; a field of the same name would collide.
+RESERVED_NAMES = ("pseudonym", "ingest_id", "row_ts", "row_digest")
+# Most fields a schema (and columns a data file) may have: well inside SQLite's 2,000-column
+# table limit, and it keeps drafting and ingesting a file fast. Split wider data by topic.
+MAX_COLUMNS = 1000
 _FIELD_KEYS = {"name", "type", "tier", "role", "nullable", "validation", "masking", "description"}
 _VALIDATION_KEYS = {"regex", "min", "max", "allowed", "checksum", "max_length"}
 _TOP_KEYS = {"dataset", "description", "fields", "version"}
@@ -191,8 +196,12 @@ class Schema:
 
 def _parse(text: str, source: str) -> Schema:
     try:
-        root_node = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
+        items = raw.get("fields") if isinstance(raw, dict) else None
+        if isinstance(items, list) and len(items) > MAX_COLUMNS:  # refuse before the slower line mapping
+            raise SchemaError(f"{source}: {len(items)} fields, more than the maximum of {MAX_COLUMNS}; "
+                              "split the dataset into narrower ones")
+        root_node = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -389,6 +398,10 @@ def _parse_bound_time(value: str) -> Any:
 
 def _check_schema(schema: Schema) -> list[str]:
     problems: list[str] = []
+    if len(schema.fields) > MAX_COLUMNS:
+        problems.append(f"{len(schema.fields)} fields, more than the maximum of {MAX_COLUMNS}; "
+                        "split the dataset into narrower ones")
+        return problems  # listing a problem per field of a huge schema helps nobody
     if not isinstance(schema.dataset, str) or not _NAME_RE.match(schema.dataset):
         problems.append("'dataset' must be a lower-case name of letters, digits and '_'")
     seen: set[str] = set()
@@ -396,8 +409,9 @@ def _check_schema(schema: Schema) -> list[str]:
         if f.name in seen:
             problems.append(f"field {f.name!r}: defined twice")
         seen.add(f.name)
-        if f.name == "pseudonym":
-            problems.append("field 'pseudonym': name is reserved for the store's customer key")
+        if f.name in RESERVED_NAMES:
+            problems.append(f"field {f.name!r}: name is reserved for the store's own columns "
+                            f"({', '.join(RESERVED_NAMES)}); rename the field")
     ids = [f for f in schema.fields if f.role == "id"]
     if len(ids) != 1:
         problems.append(f"exactly one field must have role 'id' (found {len(ids)})")

@@ -858,6 +858,9 @@ class PartnerStore:
             result["merges"] = self.backend.execute("DELETE FROM merges WHERE pseudonym = ?", (pseudonym,)).rowcount
             self.backend.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (pseudonym, utc_now()))
         result["found"] = bool(result["data_keys"] or result["quarantine"] or any(result["datasets"].values()))
+        from fedcustomer.privacy.psi_state import forget_customer  # PSI files list pseudonyms too
+
+        result["psi_state"] = forget_customer(self.home, pseudonym)
         self._audit(actor, "erase", pseudonyms=[pseudonym], row_count=sum(result["datasets"].values()),
                     details={k: v for k, v in result.items() if k != "pseudonym"})
         return result

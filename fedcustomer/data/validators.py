@@ -34,6 +34,11 @@ MISSING_TOKENS = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 
+# Largest magnitude an integer field holds exactly (values are parsed as float64). Larger whole
+# numbers (account numbers, big ids) belong in a string field.
+MAX_EXACT_INTEGER = 2**53 - 1
+INTEGER_REASON = f"not an integer within +/-{MAX_EXACT_INTEGER} (use type string for larger whole numbers)"
+
 
 def prc_id_check_char(first17: str) -> str:
     """The MOD 11-2 check character for the first 17 digits of a PRC resident ID."""
@@ -217,8 +222,11 @@ def _parse(spec: FieldSpec, text: pd.Series, missing: np.ndarray) -> tuple[pd.Se
         if t == "integer":
             with np.errstate(invalid="ignore"):
                 frac = np.isfinite(arr) & (np.floor(arr) != arr)
-            bad |= ~missing & frac
-            return num.where(~pd.Series(bad), np.nan), bad, "not an integer"
+                # Parsed through float64: beyond 2^53 a value would be stored rounded (and beyond
+                # 2^63 not at all), so such a row is invalid rather than silently changed.
+                huge = np.isfinite(arr) & (np.abs(arr) > MAX_EXACT_INTEGER)
+            bad |= ~missing & (frac | huge)
+            return num.where(~pd.Series(bad), np.nan), bad, INTEGER_REASON
         return num.where(~pd.Series(bad), np.nan), bad, "not a number"
     if t == "boolean":
         lowered = text.str.lower()

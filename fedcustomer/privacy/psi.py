@@ -59,13 +59,17 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 import multiprocessing
 
-from fedcustomer.errors import ConfigError, DataError, IntegrityError
+from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from fedcustomer.privacy.crypto import normalize_id
 
 DOMAIN = b"fedcustomer/psi/v1/ristretto255/sha512:"  # domain-separation label for hash-to-group
 POINT_BYTES = 32
 ROLES = ("initiator", "responder")
 DEFAULT_CHUNK = 4096  # values per worker task: large enough to hide IPC, small enough to balance
+# Most distinct ids one side brings or accepts from its peer in one session. Bounds the CPU a
+# peer (or a coordinator) can make a party spend and how many guesses one session can test;
+# raise it per node (``psi-max-set-size``) or per run (``fedcustomer psi --max-ids``).
+DEFAULT_MAX_SET_SIZE = 1_000_000
 
 
 def _sodium():  # noqa: ANN202 - the pysodium module
@@ -172,7 +176,7 @@ class PSIResult:
     """
 
     size: int
-    local_ids: list[str]
+    local_ids: list[str | None]  # None: the customer was erased after the session
     duplicates_removed: int
     set_size: int = 0
     peer_set_size: int = 0
@@ -188,6 +192,13 @@ class _Prepared:
     send_order: list[str] = field(default_factory=list)  # normalised ids in the order sent
     local_of: dict[str, str] = field(default_factory=dict)  # normalised id -> first local spelling
     duplicates: int = 0
+
+
+def check_max_set_size(value: object) -> int:
+    """A positive whole number of ids, or ConfigError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"the PSI maximum set size must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def _prepare(ids: Sequence[str], labels: Sequence[str] | None = None) -> _Prepared:
@@ -216,66 +227,95 @@ class PSIParty:
     customer instead of the id itself, e.g. the store's pseudonym or a row number, so the
     alignment kept on disk need not hold raw ids. Duplicates keep their first label.
 
+    The ids themselves are needed only until they are blinded: :meth:`session_state`
+    (what a node keeps on disk between messages) holds the labels and the blinded values,
+    never an id, and a restored party works from those alone.
+
+    ``max_set_size`` caps this side's distinct ids and the number of values it accepts
+    from its peer, so one session cannot cost unbounded CPU or test unbounded guesses.
+
     Never reuse a party for a second session: a new object draws a new secret, so blinded
     values from two sessions cannot be linked.
     """
 
     def __init__(self, ids: Sequence[str], *, role: str, labels: Sequence[str] | None = None, workers: int = 1,
-                 executor: Executor | None = None,
-                 chunk: int = DEFAULT_CHUNK, _secret: bytes | None = None, _send_order: list[str] | None = None,
-                 _local_of: dict[str, str] | None = None, _duplicates: int = 0) -> None:
+                 executor: Executor | None = None, chunk: int = DEFAULT_CHUNK,
+                 max_set_size: int = DEFAULT_MAX_SET_SIZE, _secret: bytes | None = None,
+                 _labels: list[str | None] | None = None, _blinded: list[bytes] | None = None,
+                 _duplicates: int = 0) -> None:
         if role not in ROLES:
             raise ConfigError(f"PSI role must be one of {', '.join(ROLES)}, got {role!r}")
-        if workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers!r}")
         self.role = role
         self.workers = workers
         self.chunk = chunk
+        self.max_set_size = check_max_set_size(max_set_size)
         self._executor = executor
-        if _send_order is not None:  # restored from node-local state (see psi_protocol)
-            self._send_order, self._local_of, self.duplicates_removed = _send_order, _local_of or {}, _duplicates
+        self._send_order: list[str] | None = None  # normalised ids, in memory only until blinded
+        self._labelled = labels is not None or _labels is not None
+        if _labels is not None:  # restored from node-local state (see psi_protocol)
+            self._labels, self.duplicates_removed = _labels, _duplicates
         else:
+            if len(ids) > self.max_set_size:  # checked before any per-id work
+                raise DataError(f"PSI input has {len(ids)} ids, more than this party's maximum of "
+                                f"{self.max_set_size}; raise the PSI maximum set size or split the dataset")
             prep = _prepare(ids, labels)
-            self._send_order, self._local_of, self.duplicates_removed = prep.send_order, prep.local_of, prep.duplicates
+            self._send_order, self.duplicates_removed = prep.send_order, prep.duplicates
+            self._labels = [prep.local_of[n] for n in prep.send_order]
         self._secret = _secret if _secret is not None else new_secret()
-        self._blinded: list[bytes] | None = None
+        self._blinded: list[bytes] | None = _blinded
         self.peer_set_size = 0
 
     def session_state(self) -> dict:
-        """Everything needed to resume this session in another process. Holds the SECRET scalar:
-        keep it on the partner's own disk (0600) and delete it when the session ends."""
-        return {"role": self.role, "secret": self._secret.hex(), "send_order": list(self._send_order),
-                "labels": [self._local_of[n] for n in self._send_order], "duplicates": self.duplicates_removed,
-                "blinded": None if self._blinded is None else pack(self._blinded).hex()}
+        """Everything needed to resume this session in another process: the role, the SECRET
+        scalar, this side's labels and blinded values in send order. No customer id: keep it
+        on the partner's own disk (0600) and delete it when the session ends.
+
+        Refused for a party built without ``labels``: its labels are the raw ids themselves."""
+        if not self._labelled:
+            raise ConfigError("a PSI party without local labels lists raw ids and cannot be saved to disk; "
+                              "give it labels (e.g. pseudonyms or row numbers)")
+        blinded = self.blinded()
+        return {"role": self.role, "secret": self._secret.hex(), "labels": list(self._labels),
+                "duplicates": self.duplicates_removed, "blinded": pack(blinded).hex()}
 
     @classmethod
-    def restore(cls, state: dict, *, workers: int = 1) -> "PSIParty":
-        """The party saved by :meth:`session_state` (same secret, same order, same blinded values)."""
+    def restore(cls, state: dict, *, workers: int = 1, max_set_size: int = DEFAULT_MAX_SET_SIZE) -> "PSIParty":
+        """The party saved by :meth:`session_state` (same secret, same labels, same blinded values)."""
         try:
-            order = list(state["send_order"])
-            party = cls((), role=state["role"], workers=workers, _secret=bytes.fromhex(state["secret"]),
-                        _send_order=order, _local_of=dict(zip(order, state["labels"])),
+            labels = state["labels"]
+            if not isinstance(labels, list) or not all(x is None or isinstance(x, str) for x in labels):
+                raise TypeError("labels must be a list of strings")
+            blinded = unpack(bytes.fromhex(state["blinded"]))
+            if len(blinded) != len(labels):
+                raise ValueError(f"{len(blinded)} blinded values for {len(labels)} labels")
+            party = cls((), role=state["role"], workers=workers, max_set_size=max_set_size,
+                        _secret=bytes.fromhex(state["secret"]), _labels=list(labels), _blinded=blinded,
                         _duplicates=int(state["duplicates"]))
-            if state.get("blinded"):
-                party._blinded = unpack(bytes.fromhex(state["blinded"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IntegrityError) as exc:
             raise IntegrityError(f"PSI session state is damaged ({type(exc).__name__}: {exc}); start a new session") from None
         return party
 
     @property
     def set_size(self) -> int:
         """Number of distinct (normalised) ids this side brings."""
-        return len(self._send_order)
+        return len(self._labels)
 
     def blinded(self) -> list[bytes]:
         """H(id)^secret for every distinct id, in this session's shuffled order (computed once)."""
         if self._blinded is None:
+            assert self._send_order is not None  # a restored party always carries its blinded values
             self._blinded = _run_batched(_hash_and_blind, self._send_order, self._secret,
                                          self.workers, self._executor, self.chunk)
+            self._send_order = None  # the ids are not needed any more
         return list(self._blinded)
 
     def reblind(self, others_blinded: Sequence[bytes]) -> list[bytes]:
         """Raise the other side's values to our secret, keeping their order."""
+        if len(others_blinded) > self.max_set_size:
+            raise AccessDenied(f"the other party sent {len(others_blinded)} PSI values, more than this party's "
+                               f"maximum of {self.max_set_size}; refused")
         bad = next((k for k, p in enumerate(others_blinded) if len(p) != POINT_BYTES), None)
         if bad is not None:
             raise IntegrityError(f"PSI value #{bad} from the other party has {len(others_blinded[bad])} bytes, "
@@ -289,31 +329,38 @@ class PSIParty:
         Returns our local ids of the shared customers sorted by their doubly-blinded value,
         which both sides compute identically.
         """
-        if len(my_doubly) != len(self._send_order):
+        if len(my_doubly) != len(self._labels):
             raise IntegrityError(
-                f"the other party returned {len(my_doubly)} doubly-blinded values for the {len(self._send_order)} "
+                f"the other party returned {len(my_doubly)} doubly-blinded values for the {len(self._labels)} "
                 "we sent; the session is inconsistent, run it again"
             )
         theirs = set(their_doubly)
         if len(theirs) != len(their_doubly):
             raise IntegrityError("the other party's blinded values contain repeats, which honest de-duplicated "
                                  "input never produces; abort this session")
-        shared = sorted((d, norm) for d, norm in zip(my_doubly, self._send_order) if d in theirs)
+        shared = sorted((d, k) for k, d in enumerate(my_doubly) if d in theirs)
         digest = hashlib.sha256(b"".join(d for d, _ in shared)).hexdigest()
-        return PSIResult(size=len(shared), local_ids=[self._local_of[norm] for _, norm in shared],
+        return PSIResult(size=len(shared), local_ids=[self._labels[k] for _, k in shared],
                          duplicates_removed=self.duplicates_removed, set_size=self.set_size,
                          peer_set_size=len(their_doubly), digest=digest)
 
 
 def run_psi_local(ids_a: Sequence[str], ids_b: Sequence[str], *, workers: int = 1,
-                  chunk: int = DEFAULT_CHUNK) -> tuple[PSIResult, PSIResult]:
-    """Run both sides of one session in this process (tests, CLI, benchmark); same maths as the wire."""
+                  chunk: int = DEFAULT_CHUNK, labels_a: Sequence[str] | None = None,
+                  labels_b: Sequence[str] | None = None,
+                  max_set_size: int = DEFAULT_MAX_SET_SIZE) -> tuple[PSIResult, PSIResult]:
+    """Run both sides of one session in this process (tests, CLI, benchmark); same maths as the wire.
+
+    ``labels_a`` / ``labels_b`` are what each side's result lists instead of its ids.
+    """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     pool = make_executor(workers) if workers > 1 else None
     try:
-        a = PSIParty(ids_a, role="initiator", workers=workers, executor=pool, chunk=chunk)
-        b = PSIParty(ids_b, role="responder", workers=workers, executor=pool, chunk=chunk)
+        a = PSIParty(ids_a, role="initiator", labels=labels_a, workers=workers, executor=pool, chunk=chunk,
+                     max_set_size=max_set_size)
+        b = PSIParty(ids_b, role="responder", labels=labels_b, workers=workers, executor=pool, chunk=chunk,
+                     max_set_size=max_set_size)
         blind_a, blind_b = a.blinded(), b.blinded()
         a_doubly_by_b = b.reblind(blind_a)  # returned to A, in A's order
         b_doubly_by_a = a.reblind(blind_b)  # returned to B, in B's order

@@ -4,123 +4,164 @@ The coordinator drives one session (see :mod:`fedcustomer.privacy.psi` for the m
 who learns what) with three query messages to each of the two partners and relays only
 blinded group elements between them::
 
-    query.psi_blind    {session-id, dataset, role}  -> {blinded: packed H(id)^s, count}
-    query.psi_reblind  {session-id, peer-blinded}   -> {doubly: peer values ^ s, same order}
-    query.psi_finish   {session-id, my-doubly}      -> {size, digest, set-size, peer-set-size, duplicates-removed}
-    query.psi_abort    {session-id}                 -> {} (drop the session's secret state)
+    query.psi_blind    {session-id, dataset, role, peer}  -> {blinded: packed H(id)^s, count}
+    query.psi_reblind  {session-id, peer, peer-blinded}   -> {doubly: peer values ^ s, same order}
+    query.psi_finish   {session-id, my-doubly}            -> {size, digest, set-size, peer-set-size, ...}
+    query.psi_abort    {session-id}                       -> {} (drop the session's secret state)
 
-Between messages a partner keeps its session (secret scalar, shuffled order) in
-``<home>/state/psi/<session>.party.json`` (0600), deleted at finish or abort, so a node whose
-ClientApp runs in a fresh process per message still completes the session. At finish it
-writes the alignment, its own local labels of the shared customers in the agreed order,
-to ``<home>/state/psi/<session>.alignment.json`` for the vertical trainer
-(:func:`load_alignment`). The coordinator learns the two set sizes, the intersection size
-and the alignment digest (checked equal on both sides), nothing else.
+Between messages a partner keeps its session (secret scalar, its pseudonyms and blinded
+values; never an id) in ``<home>/state/psi/<session>.party.json`` (0600, see
+:mod:`fedcustomer.privacy.psi_state`), deleted at finish, abort, expiry or when a customer it
+lists is erased, so a node whose ClientApp runs in a fresh process per message still completes
+the session. At finish it writes the alignment, its own pseudonyms of the shared customers in
+the agreed order, to ``<home>/state/psi/<session>.alignment.json`` for the vertical trainer
+(:func:`load_alignment`). The coordinator learns the two set sizes, the intersection size and
+the alignment digest (checked equal on both sides), nothing else.
+
+What a partner enforces, whatever the coordinator sends (:class:`PartyLimits`, set in the
+partner's own node config):
+
+* a session is opened with one named peer (not itself; one of ``psi-peers`` when set);
+  the partner reblinds values only inside a session it opened, only for that peer's name,
+  and only once: a second reblind request in the same session is refused, so a coordinator
+  cannot test guesses adaptively within a session;
+* at most ``psi-max-set-size`` values per set (default 1,000,000), checked before any work;
+* open sessions expire after ``psi-session-ttl-s`` (default 3600 s) and are removed;
+* a malformed message (missing field, wrong type, ragged or invalid values) gets an error
+  reply naming the field, never a traceback.
+
+Not closed here: the parties do not authenticate each other's messages, so a coordinator
+that pretends to be the named peer in a fresh session can still test one set of at most
+``psi-max-set-size`` guessed ids per session against a partner. Each session reads the ids
+through the governed store (an audited ``record_linkage`` read), so such sessions are visible
+in the partner's audit log; signing the blinded sets with pinned partner keys would close it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import secrets
-import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from fedcustomer.clients.home import PartnerHome
-from fedcustomer.errors import ConfigError, DataError, FedCustomerError, FederationError, IntegrityError
-from fedcustomer.privacy.psi import PSIParty, PSIResult, pack, unpack
+from fedcustomer.errors import (
+    AccessDenied,
+    ConfigError,
+    DataError,
+    FedCustomerError,
+    FederationError,
+    IntegrityError,
+)
+from fedcustomer.privacy.psi import DEFAULT_MAX_SET_SIZE, POINT_BYTES, PSIParty, check_max_set_size, pack, unpack
+from fedcustomer.privacy.psi_state import (  # noqa: F401 - re-exported for callers of this module
+    DEFAULT_SESSION_TTL_S,
+    alignment_path,
+    answered_path,
+    check_session_id,
+    drop_session,
+    expire_sessions,
+    load_alignment,
+    load_alignment_result,
+    party_path,
+    read_json,
+    save_alignment,
+    write_private,
+)
 
 MSG_BLIND, MSG_REBLIND, MSG_FINISH, MSG_ABORT = "psi_blind", "psi_reblind", "psi_finish", "psi_abort"
 RECORD = "psi"
 PSI_ERROR_CODE = 4100  # same Flower error code as the partner's training handlers
-_SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_WORKERS = 64
+# Node-config keys a partner sets for itself (the coordinator cannot change them).
+NODE_MAX_SET_SIZE, NODE_SESSION_TTL, NODE_PEERS = "psi-max-set-size", "psi-session-ttl-s", "psi-peers"
 
 LoadIds = Callable[[PartnerHome, str], list[str]]
 LocalLabels = Callable[[PartnerHome, str, list[str]], list[str]]
 
 
-# --- node-local files ------------------------------------------------------------------
-def check_session_id(session_id: str) -> str:
-    """Session ids become file names: letters, digits, ``_.-``, at most 64, no path tricks."""
-    if not isinstance(session_id, str) or not _SESSION_RE.match(session_id):
-        raise ConfigError(f"PSI session id {session_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-'")
-    return session_id
+@dataclass(frozen=True)
+class PartyLimits:
+    """What a partner accepts in a PSI session, set on the partner's own node.
+
+    ``peers``: partner names this node links records with (``None``: any name but its own).
+    """
+
+    max_set_size: int = DEFAULT_MAX_SET_SIZE
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
+    peers: frozenset[str] | None = None
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> "PartyLimits":
+        size = node_config.get(NODE_MAX_SET_SIZE, DEFAULT_MAX_SET_SIZE)
+        ttl = node_config.get(NODE_SESSION_TTL, DEFAULT_SESSION_TTL_S)
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+            raise ConfigError(f"node config {NODE_SESSION_TTL} must be a number of seconds > 0, got {ttl!r}")
+        peers = node_config.get(NODE_PEERS)
+        if peers is not None and not isinstance(peers, str):
+            raise ConfigError(f"node config {NODE_PEERS} must be comma-separated partner names, got {peers!r}")
+        allowed = None if peers is None else frozenset(p.strip() for p in peers.split(",") if p.strip())
+        return cls(max_set_size=check_max_set_size(size), session_ttl_s=float(ttl), peers=allowed)
 
 
-def _psi_dir(home: PartnerHome) -> Path:
-    return home.state_dir / "psi"
+# --- message fields: anything else than the expected type is a clear error -------------------
+def _malformed(key: str, expected: str) -> IntegrityError:
+    return IntegrityError(f"PSI message field {key!r} is missing or not {expected}; the message is malformed")
 
 
-def party_path(home: PartnerHome, session_id: str) -> Path:
-    return _psi_dir(home) / f"{check_session_id(session_id)}.party.json"
+def _text(cfg: Mapping[str, object], key: str) -> str:
+    value = cfg.get(key)
+    if not isinstance(value, str) or not value:
+        raise _malformed(key, "text")
+    return value
 
 
-def alignment_path(home: PartnerHome, session_id: str) -> Path:
-    return _psi_dir(home) / f"{check_session_id(session_id)}.alignment.json"
+def _blob(cfg: Mapping[str, object], key: str) -> bytes:
+    value = cfg.get(key)
+    if not isinstance(value, bytes):
+        raise _malformed(key, "bytes")
+    return value
 
 
-def _write_private(path: Path, payload: dict) -> None:
-    """Owner-only file written whole or not at all (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _workers(cfg: Mapping[str, object]) -> int:
+    """Worker processes asked for, capped by this node's cores (the coordinator cannot exhaust them)."""
+    value = cfg.get("workers", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _malformed("workers", "a whole number >= 1")
+    return min(value, MAX_WORKERS, os.cpu_count() or 1)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{what} not found at {path}: was the PSI session run on this partner?") from None
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{what} at {path} is unreadable or damaged ({exc}); run the PSI session again") from None
+def _values(blob: bytes, limits: PartyLimits, what: str) -> list[bytes]:
+    """Group elements of a blob, refusing more than the node's maximum before splitting it."""
+    count = len(blob) // POINT_BYTES
+    if count > limits.max_set_size:
+        raise AccessDenied(f"PSI {what} holds {count} values, more than this partner's maximum of "
+                           f"{limits.max_set_size} ({NODE_MAX_SET_SIZE}); refused")
+    return unpack(blob)
 
 
-def save_alignment(home: PartnerHome, session_id: str, result: PSIResult, *, dataset: str, role: str) -> Path:
-    """Keep this side's aligned local labels for the vertical trainer."""
-    path = alignment_path(home, session_id)
-    _write_private(path, {"session_id": session_id, "dataset": dataset, "role": role, **result.to_dict()})
-    return path
-
-
-def load_alignment(home: PartnerHome, session_id: str) -> list[str]:
-    """This partner's local labels of the shared customers, in the order both partners agreed on."""
-    return list(load_alignment_result(home, session_id).local_ids)
-
-
-def load_alignment_result(home: PartnerHome, session_id: str) -> PSIResult:
-    """The full stored result (size, labels, digest, set sizes) of a finished session."""
-    data = _read_json(alignment_path(home, session_id), f"PSI alignment for session {session_id!r}")
-    try:
-        res = PSIResult(size=int(data["size"]), local_ids=[str(x) for x in data["local_ids"]],
-                        duplicates_removed=int(data["duplicates_removed"]), set_size=int(data["set_size"]),
-                        peer_set_size=int(data["peer_set_size"]), digest=str(data["digest"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"PSI alignment for session {session_id!r} is damaged ({exc}); run it again") from None
-    if res.size != len(res.local_ids):
-        raise IntegrityError(f"PSI alignment for session {session_id!r} lists {len(res.local_ids)} ids "
-                             f"but records size {res.size}; run the session again")
-    return res
+def _peer(cfg: Mapping[str, object], home: PartnerHome, limits: PartyLimits) -> str:
+    peer = _text(cfg, "peer")
+    if len(peer) > 128 or not peer.isprintable():
+        raise _malformed("peer", "a partner name")
+    if peer == home.config().name:
+        raise AccessDenied(f"PSI peer {peer!r} is this partner itself; a session links two different partners")
+    if limits.peers is not None and peer not in limits.peers:
+        raise AccessDenied(f"PSI peer {peer!r} is not among this partner's linkage peers ({NODE_PEERS}); refused")
+    return peer
 
 
 # --- partner side ------------------------------------------------------------------------
 def _config(msg: Message) -> dict:
-    if RECORD not in msg.content:
-        raise ConfigError(f"PSI message {msg.metadata.message_type} has no '{RECORD}' record")
-    return dict(msg.content[RECORD])
+    record = msg.content.config_records.get(RECORD) if msg.has_content() else None
+    if record is None:
+        raise IntegrityError(f"PSI message {msg.metadata.message_type} has no '{RECORD}' config record")
+    return dict(record)
 
 
 def _reply(msg: Message, values: dict) -> Message:
@@ -131,49 +172,86 @@ def _error_reply(msg: Message, exc: FedCustomerError) -> Message:
     return Message(error=Error(code=PSI_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 
-def handle_blind(home: PartnerHome, cfg: dict, load_ids: LoadIds, local_labels: LocalLabels | None) -> dict:
-    """Start a session: fresh secret, shuffled blinded ids. A session id is never reused."""
-    session, dataset, role = check_session_id(str(cfg.get("session-id"))), str(cfg.get("dataset")), str(cfg.get("role"))
+def _open_session(home: PartnerHome, session: str, limits: PartyLimits, now: float) -> dict:
+    """The state of a session this partner opened and that is still alive, else a refusal."""
+    path = party_path(home, session)
+    if not path.exists():
+        raise AccessDenied(f"no open PSI session {session!r} on this partner: a partner answers only inside a "
+                           "session it opened (finished, aborted and expired sessions are closed)")
+    state = read_json(path, f"PSI session {session!r}")
+    started = state.get("started_at")
+    if not isinstance(started, (int, float)) or now - float(started) > limits.session_ttl_s:
+        drop_session(home, session)
+        raise AccessDenied(f"PSI session {session!r} has expired (older than {limits.session_ttl_s:g} s); "
+                           "run a new session")
+    return state
+
+
+def handle_blind(home: PartnerHome, cfg: dict, load_ids: LoadIds, local_labels: LocalLabels | None,
+                 limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
+    """Start a session with a named peer: fresh secret, shuffled blinded ids. A session id is never reused."""
+    now = time.time() if now is None else now
+    session = check_session_id(_text(cfg, "session-id"))
+    dataset, role, peer, workers = _text(cfg, "dataset"), _text(cfg, "role"), _peer(cfg, home, limits), _workers(cfg)
+    expire_sessions(home, limits.session_ttl_s, now)
     path = party_path(home, session)
     if path.exists() or alignment_path(home, session).exists():
         raise ConfigError(f"PSI session {session!r} was already started on this partner; use a new session id")
     ids = list(load_ids(home, dataset))
-    labels = local_labels(home, dataset, ids) if local_labels is not None else None
-    party = PSIParty(ids, role=role, labels=labels, workers=int(cfg.get("workers", 1)))
+    if len(ids) > limits.max_set_size:
+        raise DataError(f"dataset {dataset!r} has {len(ids)} ids, more than this partner's PSI maximum of "
+                        f"{limits.max_set_size} ({NODE_MAX_SET_SIZE})")
+    # What the state and the alignment keep per customer: the caller's labels (the store's
+    # pseudonyms), else the position in the loaded id list; never the id itself.
+    labels = local_labels(home, dataset, ids) if local_labels is not None else [str(k) for k in range(len(ids))]
+    party = PSIParty(ids, role=role, labels=labels, workers=workers, max_set_size=limits.max_set_size)
     blinded = party.blinded()
-    _write_private(path, {"dataset": dataset, **party.session_state()})
+    write_private(path, {"dataset": dataset, "peer": peer, "started_at": now, **party.session_state()})
     return {"blinded": pack(blinded), "count": len(blinded), "duplicates-removed": party.duplicates_removed}
 
 
-def _load_party(home: PartnerHome, session: str) -> tuple[dict, PSIParty]:
-    state = _read_json(party_path(home, session), f"PSI session {session!r}")
-    return state, PSIParty.restore(state)
-
-
-def handle_reblind(home: PartnerHome, cfg: dict) -> dict:
-    """Raise the peer's blinded values to our secret; remember them for the match."""
-    session = check_session_id(str(cfg.get("session-id")))
-    state, party = _load_party(home, session)
-    doubly = party.reblind(unpack(bytes(cfg.get("peer-blinded", b""))))
-    _write_private(party_path(home, session), {**state, "their_doubly": pack(doubly).hex()})
+def handle_reblind(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
+    """Raise the named peer's blinded values to our secret, once per session; remember them for the match."""
+    now = time.time() if now is None else now
+    session = check_session_id(_text(cfg, "session-id"))
+    peer, blob = _text(cfg, "peer"), _blob(cfg, "peer-blinded")
+    state = _open_session(home, session, limits, now)
+    if state.get("peer") != peer:
+        raise AccessDenied(f"PSI session {session!r} was opened with another peer, not {peer!r}; refused")
+    values = _values(blob, limits, "peer set")
+    try:  # claim the one answer of this session atomically, before any work
+        os.close(os.open(answered_path(home, session), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise AccessDenied(f"PSI session {session!r} already answered its peer's values; a second request in "
+                           "the same session is refused (run a new session)") from None
+    party = PSIParty.restore(state, max_set_size=limits.max_set_size)
+    doubly = party.reblind(values)
+    write_private(party_path(home, session), {**state, "their_doubly": pack(doubly).hex()})
     return {"doubly": pack(doubly), "count": len(doubly)}
 
 
-def handle_finish(home: PartnerHome, cfg: dict) -> dict:
+def handle_finish(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
     """Match, keep the alignment, forget the secret; report only sizes and the digest."""
-    session = check_session_id(str(cfg.get("session-id")))
-    state, party = _load_party(home, session)
-    if "their_doubly" not in state:
+    now = time.time() if now is None else now
+    session = check_session_id(_text(cfg, "session-id"))
+    blob = _blob(cfg, "my-doubly")
+    state = _open_session(home, session, limits, now)
+    if not isinstance(state.get("their_doubly"), str):
         raise ConfigError(f"PSI session {session!r}: finish came before reblind; run the session in order")
-    result = party.intersect(unpack(bytes(cfg.get("my-doubly", b""))), unpack(bytes.fromhex(state["their_doubly"])))
-    save_alignment(home, session, result, dataset=state["dataset"], role=state["role"])
-    party_path(home, session).unlink(missing_ok=True)
+    party = PSIParty.restore(state, max_set_size=limits.max_set_size)
+    try:
+        theirs = unpack(bytes.fromhex(state["their_doubly"]))
+    except ValueError:
+        raise IntegrityError(f"PSI session {session!r} state is damaged; run a new session") from None
+    result = party.intersect(_values(blob, limits, "reply"), theirs)
+    save_alignment(home, session, result, dataset=str(state.get("dataset")), role=party.role)
+    drop_session(home, session)
     return {"size": result.size, "digest": result.digest, "set-size": result.set_size,
             "peer-set-size": result.peer_set_size, "duplicates-removed": result.duplicates_removed}
 
 
 def handle_abort(home: PartnerHome, cfg: dict) -> dict:
-    party_path(home, check_session_id(str(cfg.get("session-id")))).unlink(missing_ok=True)
+    drop_session(home, check_session_id(_text(cfg, "session-id")))
     return {"aborted": True}
 
 
@@ -183,23 +261,28 @@ def register_psi_handlers(app: ClientApp, resolve_home: Callable[[Context], Part
 
     ``load_ids(home, dataset)`` returns the customer ids to match (read them through the
     governed store so the read is audited). ``local_labels(home, dataset, ids)``, if given,
-    returns what the stored alignment lists per id instead of the raw id (e.g. the store's
-    pseudonyms), so no raw id is written to the state directory.
+    returns what the session state and the alignment list per id (e.g. the store's
+    pseudonyms); without it they list positions in the loaded list. No raw id is written to
+    the state directory either way. Limits come from the node's own config
+    (:class:`PartyLimits`). A malformed message gets an error reply, never a traceback.
     """
 
-    def wrap(step: Callable[[PartnerHome, dict], dict]) -> Callable[[Message, Context], Message]:
+    def wrap(step: Callable[[PartnerHome, dict, PartyLimits], dict]) -> Callable[[Message, Context], Message]:
         def handler(msg: Message, context: Context) -> Message:
             try:
-                return _reply(msg, step(resolve_home(context), _config(msg)))
+                limits = PartyLimits.from_node_config(context.node_config)
+                return _reply(msg, step(resolve_home(context), _config(msg), limits))
             except FedCustomerError as exc:
                 return _error_reply(msg, exc)
+            except (ValueError, TypeError, KeyError, OverflowError) as exc:
+                return _error_reply(msg, IntegrityError(f"malformed PSI message ({type(exc).__name__})"))
 
         return handler
 
-    app.query(MSG_BLIND)(wrap(lambda home, cfg: handle_blind(home, cfg, load_ids, local_labels)))
+    app.query(MSG_BLIND)(wrap(lambda home, cfg, limits: handle_blind(home, cfg, load_ids, local_labels, limits)))
     app.query(MSG_REBLIND)(wrap(handle_reblind))
     app.query(MSG_FINISH)(wrap(handle_finish))
-    app.query(MSG_ABORT)(wrap(handle_abort))
+    app.query(MSG_ABORT)(wrap(lambda home, cfg, limits: handle_abort(home, cfg)))
 
 
 # --- coordinator side --------------------------------------------------------------------
@@ -235,26 +318,31 @@ def _exchange(grid: Grid, step: str, configs: dict[int, dict], timeout: float | 
     return out
 
 
-def run_psi_on_grid(grid: Grid, node_a: int, node_b: int, dataset_a: str, dataset_b: str, *,
-                    session_id: str | None = None, timeout: float | None = None, workers: int = 1) -> PSIServerView:
-    """Drive one PSI session between two partner nodes, relaying blinded values only.
+def run_psi_on_grid(grid: Grid, node_a: int, node_b: int, dataset_a: str, dataset_b: str, *, name_a: str,
+                    name_b: str, session_id: str | None = None, timeout: float | None = None,
+                    workers: int = 1) -> PSIServerView:
+    """Drive one PSI session between two named partner nodes, relaying blinded values only.
 
+    Each partner is told its peer's name and answers only that peer's values, once.
     Raises FederationError when a partner fails or does not answer (both are told to drop
     the session) and IntegrityError when the two sides end with different alignments.
     """
-    if node_a == node_b:
+    if node_a == node_b or name_a == name_b:
         raise ConfigError("PSI needs two different partner nodes")
     session = check_session_id(session_id or f"psi-{secrets.token_hex(8)}")
     relayed = 0
     try:
         blind = _exchange(grid, MSG_BLIND, {
-            node_a: {"session-id": session, "dataset": dataset_a, "role": "initiator", "workers": workers},
-            node_b: {"session-id": session, "dataset": dataset_b, "role": "responder", "workers": workers},
+            node_a: {"session-id": session, "dataset": dataset_a, "role": "initiator", "peer": name_b,
+                     "workers": workers},
+            node_b: {"session-id": session, "dataset": dataset_b, "role": "responder", "peer": name_a,
+                     "workers": workers},
         }, timeout)
         blob_a, blob_b = bytes(blind[node_a]["blinded"]), bytes(blind[node_b]["blinded"])
         relayed += len(blob_a) + len(blob_b)
-        reblind = _exchange(grid, MSG_REBLIND, {node_a: {"session-id": session, "peer-blinded": blob_b},
-                                                node_b: {"session-id": session, "peer-blinded": blob_a}}, timeout)
+        reblind = _exchange(grid, MSG_REBLIND, {
+            node_a: {"session-id": session, "peer": name_b, "peer-blinded": blob_b},
+            node_b: {"session-id": session, "peer": name_a, "peer-blinded": blob_a}}, timeout)
         doubly_b, doubly_a = bytes(reblind[node_a]["doubly"]), bytes(reblind[node_b]["doubly"])
         relayed += len(doubly_a) + len(doubly_b)
         finish = _exchange(grid, MSG_FINISH, {node_a: {"session-id": session, "my-doubly": doubly_a},

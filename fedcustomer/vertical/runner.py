@@ -387,7 +387,8 @@ def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, pl
 
     grid = LocalGrid(make_client_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
     node_a, node_b = grid.get_node_ids()
-    view = run_psi_on_grid(grid, node_a, node_b, plan_a.dataset, plan_b.dataset)
+    view = run_psi_on_grid(grid, node_a, node_b, plan_a.dataset, plan_b.dataset,
+                           name_a=home_a.config().name, name_b=home_b.config().name)
     save_pseudonym_alignment(home_a, plan_a.dataset, plan_b.name, load_alignment(home_a, view.session_id))
     save_pseudonym_alignment(home_b, plan_b.dataset, plan_a.name, load_alignment(home_b, view.session_id))
     return view.intersection_size

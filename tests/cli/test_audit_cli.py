@@ -209,3 +209,16 @@ def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run(["audit", "query", "--home", str(home), "--decision", "denied"], capsys)
     assert code == 0 and "bob" in out and "denied" in out and "approved by" not in out
+
+
+def test_query_csv_escapes_formula_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    h = PartnerHome.create(tmp_path / "shop", "shop")
+    log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
+    log.append(actor="=cmd|' /C calc'!A0", role="analyst", action="read", decision="allowed", dataset="loans",
+               fields=("income",), purpose="+purpose", reason="@SUM(1)")
+    log.close()
+    code, out, _ = run(["audit", "query", "--home", str(h.root), "--format", "csv"], capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 1
+    assert rows[0]["actor"] == "'=cmd|' /C calc'!A0"
+    assert rows[0]["purpose"] == "'+purpose" and rows[0]["reason"] == "'@SUM(1)"

@@ -169,3 +169,29 @@ def test_wrong_keyring_exit_code(home, tmp_path, capsys):
     (home / "keys" / "keyring.json").write_bytes((other / "keys" / "keyring.json").read_bytes())
     code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
     assert code == KeyMaterialError.exit_code and "keyring" in err
+
+
+NOTE_SCHEMA = """dataset: notes
+fields:
+  - {name: customer_id, type: string, tier: core, role: id}
+  - {name: note, type: string, tier: public, role: feature}
+"""
+
+
+def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsys):
+    schema = tmp_path / "notes.yaml"
+    schema.write_text(NOTE_SCHEMA)
+    src = tmp_path / "notes.csv"
+    pd.DataFrame({"customer_id": ["C1", "C2", "C3"],
+                  "note": ['=HYPERLINK("http://evil","x")', "@SUM(A1)", "plain"]}).to_csv(src, index=False)
+    h = tmp_path / "h"
+    code, _, err = run(["ingest", "--schema", str(schema), "--input", str(src), "--home", str(h), *ADMIN,
+                        "--name", "shop"], capsys)
+    assert code == 0, err
+    out_csv = tmp_path / "notes-out.csv"
+    code, _, err = run(["read", "--home", str(h), *ADMIN, "--purpose", "administration", "--output", str(out_csv)],
+                       capsys)
+    assert code == 0, err
+    assert oct(out_csv.stat().st_mode & 0o777) == oct(0o600)
+    notes = sorted(pd.read_csv(out_csv, index_col="pseudonym", keep_default_na=False)["note"])
+    assert notes == ["'=HYPERLINK(\"http://evil\",\"x\")", "'@SUM(A1)", "plain"]

@@ -54,10 +54,37 @@ def test_json_and_alignment_files_are_written(tmp_path):
     assert (printed["a"]["distinct"], printed["b"]["distinct"]) == (60, 80)
     rows_a = list(csv.DictReader((out / "alignment_a.csv").open()))
     rows_b = list(csv.DictReader((out / "alignment_b.csv").open()))
-    assert [r["row"] for r in rows_a] == [str(i) for i in range(23)]
-    assert [normalize_id(r["customer_id"]) for r in rows_a] == [normalize_id(r["customer_id"]) for r in rows_b]
-    assert {r["customer_id"] for r in rows_a} == shared  # each side keeps its own spelling
-    assert {r["customer_id"] for r in rows_b} == {s.lower() for s in shared}
+    assert [r["row"] for r in rows_a] == [r["row"] for r in rows_b] == [str(i) for i in range(23)]
+    # each side maps the agreed rows back to its own file, and the rows are the same customers
+    ids_a = pd.read_parquet(a)["customer_id"].tolist()
+    ids_b = pd.read_parquet(b)["customer_id"].tolist()
+    side_a = [ids_a[int(r["source_row"])] for r in rows_a]
+    side_b = [ids_b[int(r["source_row"])] for r in rows_b]
+    assert [normalize_id(i) for i in side_a] == [normalize_id(i) for i in side_b]
+    assert set(side_a) == shared and set(side_b) == {s.lower() for s in shared}
+
+
+def test_psi_outputs_hold_no_raw_id_and_each_side_gets_its_own_file(tmp_path):
+    a, b, shared = _partner_files(tmp_path, 50, 70, k=20)
+    out = tmp_path / "out"
+    res = fedcustomer("psi", "--a", str(a), "--b", str(b), "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    ids = pd.read_csv(a)["customer_id"].tolist() + pd.read_csv(b)["customer_id"].tolist()
+    forms = {f for i in ids for f in (i, normalize_id(i), i.lower())}
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == ["alignment_a.csv", "alignment_b.csv", "psi.json"]
+    for path in files:
+        text = path.read_text()
+        assert [f for f in forms if f in text] == [], path.name
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600), path.name
+    assert (out / "alignment_a.csv").read_bytes() != (out / "alignment_b.csv").read_bytes()
+    assert not any(f in res.stdout + res.stderr for f in forms)
+
+
+def test_oversize_file_is_refused_with_max_ids(tmp_path):
+    a, b, _ = _partner_files(tmp_path, 12, 8, k=3)
+    res = fedcustomer("psi", "--a", str(a), "--b", str(b), "--max-ids", "10", cwd=tmp_path)
+    _assert_clean_failure(res, 4, "12 ids, more than --max-ids 10")
 
 
 def test_workers_and_custom_id_column(tmp_path):

@@ -17,6 +17,7 @@ from fedcustomer.data.ingest import (
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.validators import prc_id_check_char, luhn_valid
 from fedcustomer.errors import DataError
+from fedcustomer.privacy.access import Actor
 from fedcustomer.privacy.crypto import Pseudonymizer
 
 REGIONS = ["north", "south", "east", "west", "central"]
@@ -185,3 +186,55 @@ def test_generated_bank_rows_are_valid_ids():
 
     assert all(prc_id_valid(v) for v in frame["national_id"])
     assert not luhn_valid(frame.at[0, "customer_id"])
+
+
+
+ADMIN = Actor("alice", "partner_admin")
+TRAINING = Actor("node:bank_a", "training_pipeline")
+
+
+@pytest.fixture()
+def gov_store(tmp_path):
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.data.store import PartnerStore
+
+    s = PartnerStore.init(PartnerHome(tmp_path / "home"), "bank_a")
+    yield s
+    s.close()
+
+
+def _csv(tmp_path, frame):
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+
+WIDE_INT_SCHEMA = """dataset: accounts
+fields:
+  - {name: customer_id, type: string, tier: core, role: id}
+  - {name: account_no, type: integer, tier: sensitive, role: feature}
+"""
+
+
+def test_integers_beyond_exact_range_are_invalid_rows_not_crashes_or_rounding(tmp_path, gov_store):
+    from fedcustomer.data.schema import Schema
+    from fedcustomer.data.validators import INTEGER_REASON, MAX_EXACT_INTEGER
+
+    values = {"C1": str(MAX_EXACT_INTEGER), "C2": str(-MAX_EXACT_INTEGER), "C3": str(2**53 + 1),
+              "C4": str(2**63 + 5), "C5": "1e20", "C6": "-" + str(2**64)}
+    path = _csv(tmp_path, pd.DataFrame({"customer_id": list(values), "account_no": list(values.values())}))
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), path)
+    assert (report.inserted, report.invalid) == (2, 4)
+    stored = gov_store.read(TRAINING, "training", fields=["account_no"], dataset="accounts")["account_no"]
+    assert sorted(int(v) for v in stored) == [-MAX_EXACT_INTEGER, MAX_EXACT_INTEGER]  # exact, not rounded
+    reasons = [q["reasons"] for q in gov_store.quarantine_summary("accounts")]
+    assert reasons == [{"account_no": INTEGER_REASON}] * 4
+
+
+def test_very_wide_file_is_refused_quickly_and_changes_nothing(tmp_path, gov_store):
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(["customer_id", *(f"c{i}" for i in range(20_000))]) + "\n")
+    with pytest.raises(DataError, match="20001 columns, more than the maximum of 1000"):
+        gov_store.ingest(ADMIN, load_bundled("bank"), path)
+    assert gov_store.datasets() == []

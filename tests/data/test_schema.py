@@ -187,3 +187,28 @@ def test_any_valid_schema_round_trips_through_yaml(specs):
     fields += [FieldSpec(n, type=t, tier=tier, nullable=nl) for n, t, tier, nl in specs if n != "the_id"]
     schema = Schema("ds", tuple(fields))
     assert Schema.from_yaml(schema.to_yaml()).fields == schema.fields
+
+
+@pytest.mark.parametrize("reserved", ["pseudonym", "row_ts", "ingest_id", "row_digest"])
+def test_reserved_store_column_names_are_refused(tmp_path, reserved):
+    text = MINIMAL + f"  - name: {reserved}\n    type: string\n    tier: public\n"
+    with pytest.raises(SchemaError, match=f"field '{reserved}': name is reserved"):
+        Schema.load(write(tmp_path, text))
+
+
+def test_too_many_fields_are_refused_with_a_clear_error(tmp_path):
+    from fedcustomer.data.schema import MAX_COLUMNS
+
+    extra = "".join(f"  - {{name: f{i}, type: integer, tier: public}}\n" for i in range(MAX_COLUMNS))
+    with pytest.raises(SchemaError, match=f"{MAX_COLUMNS + 2} fields, more than the maximum of {MAX_COLUMNS}"):
+        Schema.load(write(tmp_path, MINIMAL + extra))
+
+
+def test_drafting_a_very_wide_file_is_refused_from_its_header(tmp_path):
+    from fedcustomer.errors import DataError
+
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(["customer_id", *(f"c{i}" for i in range(20_000))]) + "\n"
+                    + ",".join(["C1", *("1" for _ in range(20_000))]) + "\n")
+    with pytest.raises(DataError, match="20001 columns, more than the maximum of 1000"):
+        draft_schema(path)

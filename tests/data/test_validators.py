@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.validators import (
+    INTEGER_REASON,
     luhn_valid,
     prc_id_check_char,
     prc_id_valid,
@@ -119,8 +120,8 @@ def test_valid_row_has_no_reasons():
         ("nid", GOOD["nid"][:-1] + ("0" if GOOD["nid"][-1] != "0" else "1"), "fails the prc_id checksum"),
         ("age", "17", "below minimum 18"),
         ("age", "101", "above maximum 100"),
-        ("age", "30.5", "not an integer"),
-        ("age", "abc", "not an integer"),
+        ("age", "30.5", INTEGER_REASON),
+        ("age", "abc", INTEGER_REASON),
         ("income", "lots", "not a number"),
         ("income", "-1", "below minimum 0"),
         ("income", "inf", "not a number"),

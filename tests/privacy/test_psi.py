@@ -117,10 +117,10 @@ def test_fresh_secret_per_session_gives_unlinkable_blinded_values():
 def test_blinded_values_are_the_ids_hashed_and_raised_to_the_secret_in_send_order():
     from fedcustomer.privacy.psi import _sodium
 
-    party = PSIParty(["b", "a", "c"], role="responder")
+    party = PSIParty(["b", "a", "c"], role="responder", labels=["B", "A", "C"])
     state = party.session_state()
     secret = bytes.fromhex(state["secret"])
-    expect = [_sodium().crypto_scalarmult_ristretto255(secret, hash_to_group(i)) for i in state["send_order"]]
+    expect = [_sodium().crypto_scalarmult_ristretto255(secret, hash_to_group(i)) for i in state["labels"]]
     assert party.blinded() == expect
     assert party.blinded() == party.blinded()  # computed once per session
 
@@ -129,7 +129,7 @@ def test_send_order_is_independent_of_input_order():
     ids = ["P0", "P1", "P2", "P3"]
     positions = Counter()
     for _ in range(400):
-        order = PSIParty(ids, role="initiator").session_state()["send_order"]
+        order = PSIParty(ids, role="initiator", labels=ids).session_state()["labels"]
         positions[order.index("P0")] += 1
     # uniform would be 100 each; a fixed or input-following order would put all 400 in one slot
     assert set(positions) == {0, 1, 2, 3}
@@ -137,13 +137,20 @@ def test_send_order_is_independent_of_input_order():
 
 
 def test_session_state_round_trip_resumes_the_same_session():
-    a = PSIParty(_ids("K", 0, 10), role="initiator")
+    a = PSIParty(_ids("K", 0, 10), role="initiator", labels=[f"row-{k}" for k in range(10)])
     b = PSIParty(_ids("K", 5, 15), role="responder")
     blinded_a = a.blinded()
-    a2 = PSIParty.restore(json.loads(json.dumps(a.session_state())))
+    state = json.loads(json.dumps(a.session_state()))
+    assert not any(i in json.dumps(state) for i in _ids("K", 0, 10))  # labels and blinded values only
+    a2 = PSIParty.restore(state)
     assert a2.blinded() == blinded_a
     res = a2.intersect(b.reblind(blinded_a), a2.reblind(b.blinded()))
-    assert res.size == 5
+    assert res.size == 5 and set(res.local_ids) == {f"row-{k}" for k in range(5, 10)}
+
+
+def test_a_party_without_labels_cannot_be_saved_because_its_labels_are_raw_ids():
+    with pytest.raises(ConfigError, match="without local labels"):
+        PSIParty(["SECRET-1"], role="initiator").session_state()
 
 
 def test_restore_of_damaged_state_raises_integrity_error():
@@ -252,6 +259,9 @@ def _forbidden_forms(ids):
     return forms
 
 
+NAMES = {"name_a": "bank", "name_b": "shop"}
+
+
 @pytest.fixture
 def federation(tmp_path):
     homes = [PartnerHome.create(tmp_path / "bank", "bank"), PartnerHome.create(tmp_path / "shop", "shop")]
@@ -266,19 +276,35 @@ def federation(tmp_path):
         return list(data[dataset])
 
     app = ClientApp()
-    register_psi_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])], load_ids)
+    register_psi_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])], load_ids,
+                          local_labels=_fake_pseudonyms)
     return homes, data, app
+
+
+def _fake_pseudonyms(home, dataset, ids):
+    """Stand-in for the store's keyed pseudonyms: per home, not derivable from the id text."""
+    return [f"{home.root.name}:{_PSEUDO.setdefault(normalize_id(i), len(_PSEUDO)):06d}" for i in ids]
+
+
+_PSEUDO: dict[str, int] = {}
+
+
+def _customer(label):
+    """The normalised id behind a fake pseudonym (test bookkeeping only)."""
+    number = int(label.split(":")[1])
+    return next(k for k, v in _PSEUDO.items() if v == number)
 
 
 def test_psi_over_grid_aligns_both_partners_and_server_sees_only_sizes(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
-    view = run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="join-1")
+    view = run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="join-1")
     assert (view.set_size_a, view.set_size_b, view.intersection_size) == (40, 35, 15)
     assert view.bytes_relayed == 2 * (40 + 35) * POINT_BYTES
     bank, shop = load_alignment(homes[0], "join-1"), load_alignment(homes[1], "join-1")
-    assert _norm(bank) == _norm(shop)
-    assert set(_norm(bank)) == {f"BANK-{i:05d}" for i in range(25, 40)}
+    assert all(b.startswith("bank:") for b in bank) and all(s.startswith("shop:") for s in shop)
+    assert [_customer(b) for b in bank] == [_customer(s) for s in shop]
+    assert {_customer(b) for b in bank} == {f"BANK-{i:05d}" for i in range(25, 40)}
     assert load_alignment_result(homes[0], "join-1").duplicates_removed == 1
     assert not party_path(homes[0], "join-1").exists()  # the secret is gone after finish
     assert stat.S_IMODE(os.stat(alignment_path(homes[1], "join-1")).st_mode) == 0o600
@@ -287,7 +313,7 @@ def test_psi_over_grid_aligns_both_partners_and_server_sees_only_sizes(federatio
 def test_no_message_carries_a_raw_normalised_or_plainly_hashed_id(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
-    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="join-2")
+    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="join-2")
     all_ids = data["accounts"] + data["loyalty"]
     forbidden = _forbidden_forms(all_ids)
     to_bank = _wire_blob(m for m in grid.sent if m.metadata.dst_node_id == 1)
@@ -305,8 +331,8 @@ def test_no_message_carries_a_raw_normalised_or_plainly_hashed_id(federation):
 def test_each_session_uses_fresh_secrets_on_the_wire(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
-    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="s-a")
-    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="s-b")
+    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="s-a")
+    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="s-b")
     blinded = [set(unpack(bytes(m.content[RECORD]["blinded"]))) for m in grid.received
                if m.metadata.src_node_id == 1 and "blinded" in m.content[RECORD]]
     assert len(blinded) == 2 and blinded[0].isdisjoint(blinded[1])
@@ -315,9 +341,9 @@ def test_each_session_uses_fresh_secrets_on_the_wire(federation):
 def test_reusing_a_session_id_is_refused(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
-    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="once")
+    run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="once")
     with pytest.raises(FederationError, match="already started"):
-        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="once")
+        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="once")
     assert len(load_alignment(homes[0], "once")) == 15  # the finished session is untouched
 
 
@@ -325,7 +351,7 @@ def test_partner_failure_aborts_and_drops_session_secrets(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     with pytest.raises(FederationError, match="node 2: DataError: no dataset 'nope'"):
-        run_psi_on_grid(grid, 1, 2, "accounts", "nope", session_id="bad")
+        run_psi_on_grid(grid, 1, 2, "accounts", "nope", session_id="bad", **NAMES)
     assert not party_path(homes[0], "bad").exists()
     assert not alignment_path(homes[0], "bad").exists()
 
@@ -334,7 +360,7 @@ def test_dead_partner_raises_federation_error(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2, dead_after={2: 1})
     with pytest.raises(FederationError, match="node 2 did not answer"):
-        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="dead")
+        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="dead")
     assert not party_path(homes[0], "dead").exists()
 
 
@@ -349,14 +375,14 @@ def test_tampered_relay_is_caught_by_the_alignment_digest(federation):
 
     grid = RecordingGrid(app, 2, tamper=tamper)
     with pytest.raises(IntegrityError, match="different alignments"):
-        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", session_id="tampered")
+        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="tampered")
 
 
 @pytest.mark.parametrize("session", ["../escape", ".hidden", "a/b", "x" * 65])
 def test_unsafe_session_ids_are_rejected(federation, session):
     homes, data, app = federation
     with pytest.raises(ConfigError, match="session id"):
-        run_psi_on_grid(RecordingGrid(app, 2), 1, 2, "accounts", "loyalty", session_id=session)
+        run_psi_on_grid(RecordingGrid(app, 2), 1, 2, "accounts", "loyalty", **NAMES, session_id=session)
 
 
 def test_load_alignment_of_unknown_or_damaged_session(tmp_path):

@@ -237,3 +237,26 @@ def test_interrupted_repair_blocks_actions_and_is_finished_by_running_it_again(
     assert base64.b64decode(entry.details["cut_base64"]) == FRAGMENT
     assert not (home.audit_dir / A.REPAIR_PENDING_NAME).exists()
     assert _verify(home).ok
+
+
+# --- documented limits (docs/GOVERNANCE.md, threat model) -------------------------------------------
+def test_limit_entries_appended_after_the_recorded_reach_still_verify(home: PartnerHome) -> None:
+    last = json.loads(_log(home).read_bytes().splitlines()[-1])
+    body = {k: v for k, v in last.items() if k not in ("hash", "prev_hash")} | {"seq": last["seq"] + 1}
+    line = canonical_json(body | {"prev_hash": last["hash"], "hash": entry_hash(last["hash"], body)}) + b"\n"
+    with open(_log(home), "ab") as f:
+        f.write(line)  # adds a plausible entry; hides nothing
+    assert _verify(home).ok
+
+
+def test_limit_rolling_back_store_and_log_together_needs_an_off_node_head(home: PartnerHome, tmp_path: Path) -> None:
+    shutil.copytree(home.root, tmp_path / "copy")
+    _session(home, "C4")
+    head_after = AuditLog(home.audit_dir).head()
+    for name in ("store.db", "audit"):  # someone who can write the whole home
+        target = home.root / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        copy = tmp_path / "copy" / name
+        shutil.copytree(copy, target) if copy.is_dir() else shutil.copy2(copy, target)
+    assert _verify(home).ok
+    assert AuditLog(home.audit_dir).head() != head_after  # what an off-node copy of the head shows

@@ -15,7 +15,9 @@ Layout (one SQLite file, ``store.db`` in the partner home):
 - ``ingests``: file name, sha256, row counts, time of every ingest;
 - ``erasures``: pseudonyms of erased customers, so a later file cannot bring them back;
 - ``keycheck``: a wrapped sentinel key and a sentinel pseudonym, so opening a store with
-  another partner's keyring or pseudonym key fails at once, before anything is written.
+  another partner's keyring or pseudonym key fails at once, before anything is written;
+- ``audit_reach``: how far the audit log is known to reach (newest entry and checkpoint),
+  so a deleted or rolled-back log is caught (:mod:`fedcustomer.privacy.audit_reach`).
 
 Every read goes through :meth:`PartnerStore.read`, which asks the access policy about
 every field, masks or decrypts accordingly and writes one audit entry per call.

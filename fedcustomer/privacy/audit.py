@@ -970,6 +970,8 @@ class AuditLog:
         if self.reach is None:
             return
         if rec is not None:
+            if not self.durable and self._log_fd is not None and self._pid == os.getpid():
+                os.fsync(self._log_fd)  # the record must never be ahead of what a power cut keeps
             self.reach.record_entry(rec["seq"], rec["hash"], end)
         if cp is not None:
             self.reach.record_checkpoint(cp.number, cp.digest())

@@ -75,7 +75,13 @@ class SqlReach:
         return self._transaction() if self._transaction is not None else nullcontext()
 
     def ensure(self, head: tuple[int, str, int], checkpoint: tuple[int, str] | None) -> None:
-        """Create the table; a store that has none yet starts from the log as it is now."""
+        """Create the table; a store that has none yet starts from the log as it is now.
+
+        Writes only when the record is missing, so opening a store does not wait for
+        another process's write transaction.
+        """
+        if self.recorded() is not None:
+            return
         with self._tx():
             self._execute(REACH_TABLE_DDL)
             self._execute(

@@ -152,6 +152,15 @@ def test_torn_tail_refuses_every_action_before_it_happens(home: PartnerHome) -> 
     _assert_refused_before_acting(home, "incomplete line")
 
 
+def test_erase_command_on_a_torn_log_exits_7_before_erasing(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
+    _tear(home)
+    erased = _erasures(home)
+    code, _, err = run(["erase", "--customer", "C8", "--home", str(home.root), "--actor", "alice", "--role",
+                        "partner_admin", "--yes"], capsys)
+    assert code == 7 and "incomplete line" in err and "audit repair" in " ".join(err.split())
+    assert "Traceback" not in err and _erasures(home) == erased
+
+
 def test_repair_cuts_only_the_torn_tail_and_records_it(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
     _tear(home)
     before = _log(home).read_bytes()

@@ -13,7 +13,8 @@ beside it unless ``--public-key FILE`` names an off-node copy (no reach is known
 ``audit query`` needs ``--as-actor`` and ``--as-role`` (``--actor``/``--role`` filter
 entries): the role must be allowed
 ``audit_read`` by the home's policy (the bundled policy for ``--log``); with ``--home``
-the query itself, allowed or denied, is an ``audit_query`` entry. ``audit repair`` cuts
+the query itself, allowed or denied, is an ``audit_query`` entry (when the home's signing
+key is there and the log can take it; ``--log`` records nothing). ``audit repair`` cuts
 an incomplete last line left by a crashed writer (role allowed ``keys``), see
 :meth:`AuditLog.repair_torn_tail`.
 
@@ -41,7 +42,14 @@ from rich.table import Table
 
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
-from fedcustomer.privacy.audit import ACTION_AUDIT_QUERY, DECISIONS, PUBLIC_KEY_NAME, AuditEntry, AuditLog
+from fedcustomer.privacy.audit import (
+    ACTION_AUDIT_QUERY,
+    DECISIONS,
+    PUBLIC_KEY_NAME,
+    SIGNING_KEY_NAME,
+    AuditEntry,
+    AuditLog,
+)
 from fedcustomer.privacy.audit_reach import HomeReach
 
 audit_app = typer.Typer(
@@ -94,15 +102,21 @@ def _home_policy(home: Optional[Path]) -> Any:
 
 
 def _append_to_home(home: Path, **entry: Any) -> bool:
-    """Append one entry to the home's log if it can take one (checked first); False if not."""
+    """Append one entry to the home's log if it can take one; False if not.
+
+    Not possible on a copy without the node's signing key (a key is never made here), for
+    a reader without write access, or on a damaged log (which verification reports).
+    """
     partner = PartnerHome(home)
+    if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
+        return False
     try:
         with AuditLog.open(partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)) as audit:
             audit.check_before_acting()
             audit.append(**entry)
         return True
-    except IntegrityError:
-        return False  # a damaged log: verification below reports it
+    except (FedCustomerError, OSError):
+        return False
 
 
 def authorise(home: Optional[Path], actor: str, role: str, action: str, audit_action: str, details: dict) -> None:

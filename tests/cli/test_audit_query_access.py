@@ -54,3 +54,17 @@ def test_bare_log_directory_uses_the_bundled_policy(home: Path, capsys: pytest.C
     base = ["audit", "query", "--log", str(home / "audit"), "--format", "json"]
     assert run([*base, "--as-actor", "mia", "--as-role", "marketing_analyst"], capsys)[0] == 5
     assert run([*base, "--as-actor", "carol", "--as-role", "compliance_officer"], capsys)[0] == 0
+
+
+def test_query_on_a_copy_without_the_signing_key_creates_no_key(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    import shutil
+
+    copy = tmp_path / "auditor-copy"
+    shutil.copytree(home, copy)
+    (copy / "keys" / "audit_signing.key").unlink()  # an auditor gets the log and the public key only
+    code, out, _ = run(["audit", "query", "--home", str(copy), "--as-actor", "carol", "--as-role",
+                        "compliance_officer", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["count"] == 6
+    assert not (copy / "keys" / "audit_signing.key").exists()

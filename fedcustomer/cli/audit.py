@@ -119,7 +119,10 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
         return False
 
 
-def authorise(home: Optional[Path], actor: str, role: str, action: str, audit_action: str, details: dict) -> None:
+def authorise(
+    home: Optional[Path], actor: str, role: str, action: str, audit_action: str, details: dict,
+    pseudonyms: list[str] | None = None,
+) -> None:
     """AccessDenied unless the policy lets ``role`` do ``action``; with a home, a refusal is audited."""
     from fedcustomer.privacy.access import Actor
 
@@ -128,7 +131,7 @@ def authorise(home: Optional[Path], actor: str, role: str, action: str, audit_ac
     except FedCustomerError as exc:
         if home is not None:
             _append_to_home(home, actor=actor, role=role, action=audit_action, decision="denied", reason=str(exc),
-                            details=details)
+                            details=details, pseudonyms=pseudonyms or [])
         raise
 
 
@@ -279,7 +282,8 @@ def query_cmd(
         if v is not None
     }
     asked_details = {"filters": asked, "verified": not no_verify}
-    authorise(home, who, who_role, "audit_read", ACTION_AUDIT_QUERY, asked_details)
+    looked_up = [pseudonym] if pseudonym else []  # checked like any pseudonym (never a raw value) on append
+    authorise(home, who, who_role, "audit_read", ACTION_AUDIT_QUERY, asked_details, looked_up)
     if not no_verify:
         report = audit.verify()
         if not report.ok:
@@ -311,7 +315,7 @@ def query_cmd(
             Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
     if home is not None:  # who read the audit log, recorded after the answer (so it is not in it)
         _append_to_home(home, actor=who, role=who_role, action=ACTION_AUDIT_QUERY, row_count=len(entries),
-                        details=asked_details)
+                        details=asked_details, pseudonyms=looked_up)
 
 
 @audit_app.command("repair")

@@ -30,9 +30,9 @@ Reach. The chain and the checkpoints cannot show that nothing is missing at the 
 whoever can write the directory can delete both files, cut both back together to an
 earlier checkpoint, or write a fresh chain and drop the checkpoints. A log opened with a
 ``reach`` record (:mod:`fedcustomer.privacy.audit_reach`; a partner's store keeps it in
-``store.db``, in the same transaction as its own changes) records after every append the
-newest entry's seq, hash and end offset, and after every checkpoint its number and
-digest. :meth:`AuditLog.verify` and :meth:`AuditLog.check_before_acting` then refuse a
+``store.db``, joining the store's transaction when one is open) records after every
+append the newest entry's seq, hash and end offset (the log is fsynced first), and after
+every checkpoint its number and digest. :meth:`AuditLog.verify` and :meth:`AuditLog.check_before_acting` then refuse a
 log that ends before the recorded entry, holds another entry there, or holds fewer
 checkpoints; a home with an audit signing key but no store may not have an empty log.
 

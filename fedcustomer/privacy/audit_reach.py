@@ -10,7 +10,8 @@ before-acting check then refuse a log that ends before the recorded entry, holds
 different entry there, or holds fewer checkpoints.
 
 A partner's reach lives in its store database (``store.db``, table ``audit_reach``),
-updated in the store's own transaction, so a rollback of ``audit/`` alone is caught;
+updated through the store's own connection right after each entry (inside the store's
+transaction when the entry is written in one), so a rollback of ``audit/`` alone is caught;
 rolling back ``store.db`` and ``audit/`` together needs write access to both and is
 caught only by a copy of the head kept off the node (``AuditLog.head``). A home with an
 audit signing key but no store still records that it has history: its log may not be

@@ -190,8 +190,9 @@ def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):  # 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
     from fedcustomer.privacy.audit import AuditLog
+    from fedcustomer.privacy.audit_reach import HomeReach
 
-    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home))
     try:
         log.append(actor=actor.name, role=actor.role, action="query", decision=decision, **fields)
     finally:

@@ -1,12 +1,22 @@
-"""``fedcustomer audit``: verify a partner's audit log and export who-read-what reports.
+"""``fedcustomer audit``: verify a partner's audit log, export who-read-what reports, repair a torn tail.
 
 Exit codes: 0 for an intact log; 7 (IntegrityError) when verification fails, naming the
-first bad entry; 3 (ConfigError) for a missing directory or a bad option; 8
-(KeyMaterialError) for an unreadable public key.
+first bad entry; 3 (ConfigError) for a missing directory or a bad option; 5
+(AccessDenied) for a role the policy does not allow; 8 (KeyMaterialError) for an
+unreadable public key.
 
 ``--home DIR`` takes a partner home (log in ``DIR/audit``, trusted public key in
-``DIR/keys``); ``--log DIR`` takes a bare audit directory and trusts the public key beside
-it unless ``--public-key FILE`` names an off-node copy.
+``DIR/keys``, the log's recorded reach in ``DIR/store.db``, so a deleted or rolled-back
+log is caught); ``--log DIR`` takes a bare audit directory and trusts the public key
+beside it unless ``--public-key FILE`` names an off-node copy (no reach is known there).
+
+``audit query`` needs ``--as-actor`` and ``--as-role`` (``--actor``/``--role`` filter
+entries): the role must be allowed
+``audit_read`` by the home's policy (the bundled policy for ``--log``); with ``--home``
+the query itself, allowed or denied, is an ``audit_query`` entry (when the home's signing
+key is there and the log can take it; ``--log`` records nothing). ``audit repair`` cuts
+an incomplete last line left by a crashed writer (role allowed ``keys``), see
+:meth:`AuditLog.repair_torn_tail`.
 
 JSON written by ``audit verify --json``: the fields of ``VerifyReport`` (ok, entries,
 checkpoints, first_bad_seq, problem, message, line, file). JSON written by ``audit query
@@ -30,8 +40,16 @@ from rich.table import Table
 
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.export import csv_text
-from fedcustomer.errors import ConfigError, IntegrityError
-from fedcustomer.privacy.audit import DECISIONS, PUBLIC_KEY_NAME, AuditEntry, AuditLog
+from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
+from fedcustomer.privacy.audit import (
+    ACTION_AUDIT_QUERY,
+    DECISIONS,
+    PUBLIC_KEY_NAME,
+    SIGNING_KEY_NAME,
+    AuditEntry,
+    AuditLog,
+)
+from fedcustomer.privacy.audit_reach import HomeReach
 
 audit_app = typer.Typer(
     help="Verify the tamper-evident audit log and report who read which field, why, approved by whom.",
@@ -46,6 +64,7 @@ CSV_COLUMNS = (
 HomeOpt = typer.Option(None, "--home", help="Partner home directory (uses DIR/audit and DIR/keys).")
 LogOpt = typer.Option(None, "--log", help="A bare audit log directory (instead of --home).")
 KeyOpt = typer.Option(None, "--public-key", help="Trusted Ed25519 public key (PEM), e.g. an off-node copy.")
+ActorOpt = typer.Option(..., "--actor", help="Who is asking (a person or service name).")
 
 
 def register(app: typer.Typer) -> None:
@@ -67,11 +86,52 @@ def open_for_reading(home: Optional[Path], log: Optional[Path], public_key: Opti
         trusted = partner.keys_dir / PUBLIC_KEY_NAME
         if public_key is None and trusted.exists():
             public_key = trusted
-    else:
-        directory = Path(log)  # type: ignore[arg-type]
-        if not directory.is_dir():
-            raise ConfigError(f"--log {log}: audit log directory not found")
+        return AuditLog(directory, public_key_path=public_key, reach=HomeReach.for_home(partner))
+    directory = Path(log)  # type: ignore[arg-type]
+    if not directory.is_dir():
+        raise ConfigError(f"--log {log}: audit log directory not found")
     return AuditLog(directory, public_key_path=public_key)
+
+
+def _home_policy(home: Optional[Path]) -> Any:
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.privacy.access import AccessPolicy
+
+    return PartnerStore._load_policy(PartnerHome(home)) if home is not None else AccessPolicy.default()
+
+
+def _append_to_home(home: Path, **entry: Any) -> bool:
+    """Append one entry to the home's log if it can take one; False if not.
+
+    Not possible on a copy without the node's signing key (a key is never made here), for
+    a reader without write access, or on a damaged log (which verification reports).
+    """
+    partner = PartnerHome(home)
+    if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
+        return False
+    try:
+        with AuditLog.open(partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)) as audit:
+            audit.check_before_acting()
+            audit.append(**entry)
+        return True
+    except (FedCustomerError, OSError):
+        return False
+
+
+def authorise(
+    home: Optional[Path], actor: str, role: str, action: str, audit_action: str, details: dict,
+    pseudonyms: list[str] | None = None,
+) -> None:
+    """AccessDenied unless the policy lets ``role`` do ``action``; with a home, a refusal is audited."""
+    from fedcustomer.privacy.access import Actor
+
+    try:
+        _home_policy(home).require(Actor(actor, role), action)
+    except FedCustomerError as exc:
+        if home is not None:
+            _append_to_home(home, actor=actor, role=role, action=audit_action, decision="denied", reason=str(exc),
+                            details=details, pseudonyms=pseudonyms or [])
+        raise
 
 
 @audit_app.command("verify")
@@ -172,6 +232,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def query_cmd(
     home: Optional[Path] = HomeOpt,
     log: Optional[Path] = LogOpt,
+    who: str = typer.Option(..., "--as-actor", help="Who is asking (the --actor option filters entries)."),
+    who_role: str = typer.Option(
+        ..., "--as-role", help="The asker's role; the policy must allow it audit_read (e.g. compliance_officer)."
+    ),
     actor: Optional[str] = typer.Option(None, "--actor", help="Only entries by this actor."),
     role: Optional[str] = typer.Option(None, "--role", help="Only entries by this role."),
     field: Optional[str] = typer.Option(None, "--field", help="Only entries that touched this field."),
@@ -204,6 +268,17 @@ def query_cmd(
         fmt = suffix
     lo, hi = _parse_time("--since", since), _parse_time("--until", until)
     audit = open_for_reading(home, log)
+    asked = {
+        k: v
+        for k, v in dict(
+            actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
+            dataset=dataset, since=since, until=until, format=fmt,
+        ).items()
+        if v is not None
+    }
+    asked_details = {"filters": asked, "verified": not no_verify}
+    looked_up = [pseudonym] if pseudonym else []  # checked like any pseudonym (never a raw value) on append
+    authorise(home, who, who_role, "audit_read", ACTION_AUDIT_QUERY, asked_details, looked_up)
     if not no_verify:
         report = audit.verify()
         if not report.ok:
@@ -226,10 +301,44 @@ def query_cmd(
     if fmt == "table":
         console = Console()
         console.print(_table(entries, console.width))
-        return
-    text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters)
-    if output is None:
-        typer.echo(text, nl=False)
     else:
-        _write_atomic(output, text)
-        Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
+        text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            _write_atomic(output, text)
+            Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
+    if home is not None:  # who read the audit log, recorded after the answer (so it is not in it)
+        _append_to_home(home, actor=who, role=who_role, action=ACTION_AUDIT_QUERY, row_count=len(entries),
+                        details=asked_details, pseudonyms=looked_up)
+
+
+@audit_app.command("repair")
+def repair_cmd(
+    home: Path = typer.Option(..., "--home", help="Partner home directory."),
+    actor: str = ActorOpt,
+    role: str = typer.Option(..., "--role", help="The actor's role; the policy must allow it 'keys' (partner_admin)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (e.g. the incident number); kept in the entry."),
+    as_json: bool = typer.Option(False, "--json", help="Print the repair entry as JSON."),
+) -> None:
+    """Cut an incomplete last line left by a crashed writer, recording the cut bytes in an audit entry.
+
+    Refused unless the rest of the log verifies and the incomplete line lies after the
+    last signed checkpoint: nothing else can be removed this way.
+    """
+    from fedcustomer.privacy.access import Actor
+
+    partner = PartnerHome(home)
+    if not partner.audit_dir.is_dir():
+        raise ConfigError(f"no audit log at {partner.audit_dir}: is {home} a partner home?")
+    _home_policy(home).require(Actor(actor, role), "keys")  # a torn log cannot take a denial entry
+    with AuditLog.open(partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)) as audit:
+        entry = audit.repair_torn_tail(actor=actor, role=role, reason=reason)
+    if as_json:
+        typer.echo(json.dumps(entry.to_dict(), indent=2))
+    else:
+        d = entry.details
+        Console().print(
+            f"repaired {escape(str(partner.audit_dir))}: cut {d['cut_bytes']} bytes at offset {d['cut_at_offset']} "
+            f"(sha256 {d['cut_sha256'][:16]}...), recorded in entry {entry.seq}"
+        )

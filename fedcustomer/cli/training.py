@@ -82,6 +82,10 @@ def run(
             central_clipping_norm=central_clipping_norm, min_partners=min_partners, federated_eval=federated_eval,
             seed=seed, out=str(out), homes=str(homes) if homes else None,
         )
+    if resume:  # refuse a damaged or planted checkpoint before any partner starts
+        from fedcustomer.server.report import RunRecorder
+
+        RunRecorder.latest_checkpoint(out)
     summary = execute(job, resume=resume, quiet=as_json, verbose=verbose)
     if as_json:
         print(json.dumps(summary, indent=2))

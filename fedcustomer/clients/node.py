@@ -26,6 +26,7 @@ from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.privacy.accounting import GaussianSteps, epsilon as standalone_epsilon
 from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.weights_io import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class PartnerNode:
         path = self._cache_path(key)
         if not path.exists():
             return None
-        blob = torch.load(path, weights_only=False)
+        blob = load_weights_only(path, "cached update")
         if not blob.get("accounting"):
             return None  # crashed before the charge: the update was never paid for, so never sent
         return TrainOutcome(blob["partner"], blob["state"], blob["metrics"], blob["accounting"])

@@ -15,7 +15,9 @@ Layout (one SQLite file, ``store.db`` in the partner home):
 - ``ingests``: file name, sha256, row counts, time of every ingest;
 - ``erasures``: pseudonyms of erased customers, so a later file cannot bring them back;
 - ``keycheck``: a wrapped sentinel key and a sentinel pseudonym, so opening a store with
-  another partner's keyring or pseudonym key fails at once, before anything is written.
+  another partner's keyring or pseudonym key fails at once, before anything is written;
+- ``audit_reach``: how far the audit log is known to reach (newest entry and checkpoint),
+  so a deleted or rolled-back log is caught (:mod:`fedcustomer.privacy.audit_reach`).
 
 Every read goes through :meth:`PartnerStore.read`, which asks the access policy about
 every field, masks or decrypts accordingly and writes one audit entry per call.
@@ -298,13 +300,40 @@ class PartnerStore:
         try:
             cls._check_keys(backend, keyring, pseudonymizer)
             policy = cls._load_policy(home)
-            from fedcustomer.privacy.audit import AuditLog
-
-            audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+            audit = cls._open_audit(home, backend)
+            store = cls(home, backend, keyring, pseudonymizer, audit, policy)
+            store._note_policy()
         except BaseException:
             backend.close()
             raise
-        return cls(home, backend, keyring, pseudonymizer, audit, policy)
+        return store
+
+    @staticmethod
+    def _open_audit(home: PartnerHome, backend: SqliteBackend) -> Any:
+        """The home's audit log with its reach kept in this database; checked before any action."""
+        from fedcustomer.privacy.audit import AuditLog
+        from fedcustomer.privacy.audit_reach import SqlReach
+
+        reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
+        audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)
+        reach.ensure(*audit.reach_now())
+        audit.check_before_acting()
+        return audit
+
+    def _note_policy(self) -> None:
+        """A policy_change entry when the policy in force differs from the one last seen."""
+        from fedcustomer.data.policy_record import policy_change
+
+        previous = self.backend.scalar("SELECT value FROM meta WHERE key = 'policy_lines'")
+        stored, details = policy_change(json.loads(previous) if previous else None, self.policy)
+        if previous is not None and details is None:
+            return
+        with self.backend.transaction():
+            self.backend.execute("INSERT OR REPLACE INTO meta VALUES ('policy_lines', ?)", (stored,))
+            if details is not None:
+                self._audit(Actor("system", "system"), "policy_change", reason="the access policy in force changed "
+                            "since this store was last opened (the file's editor is not known to the node)",
+                            details=details)
 
     @staticmethod
     def _check_keys(backend: SqliteBackend, keyring: KeyRing, pseudonymizer: Pseudonymizer) -> None:
@@ -372,7 +401,11 @@ class PartnerStore:
         self.audit.append(actor=actor.name, role=actor.role, action=action, decision=decision, **fields)
 
     def _require(self, actor: Actor, action: str, audit_action: str, **fields: Any) -> None:
-        """Policy check for an admin action; a refusal is audit-logged before it is raised."""
+        """Policy check for an admin action; a refusal is audit-logged before it is raised.
+
+        The audit log is checked first: an action that could not be logged is not taken.
+        """
+        self.audit.check_before_acting()
         try:
             self.policy.require(actor, action)
         except AccessDenied as exc:
@@ -479,6 +512,18 @@ class PartnerStore:
         """
         path = Path(path)
         self._require(actor, "ingest", "ingest", dataset=schema.dataset, details={"file": path.name})
+        try:
+            return self._ingest(actor, schema, path, chunk_rows)
+        except Exception as exc:  # a failed ingest is audited too; the store is unchanged
+            reason = str(exc) if isinstance(exc, FedCustomerError) else f"unexpected {type(exc).__name__}"
+            try:
+                self._audit(actor, "ingest", "denied", dataset=schema.dataset, reason=f"ingest failed: {reason}",
+                            details={"file": path.name, "outcome": "failed"})
+            except FedCustomerError:
+                pass  # the log refused the entry; the next action's log check reports why
+            raise
+
+    def _ingest(self, actor: Actor, schema: Schema, path: Path, chunk_rows: int) -> IngestReport:
         sha = file_sha256(path)
         report = IngestReport(
             dataset=schema.dataset, file=path.name, sha256=sha, field_tiers={f.name: f.tier for f in schema.fields}
@@ -889,6 +934,7 @@ class PartnerStore:
         if rotate is None:
             raise ConfigError("this keyring cannot rotate from here; rotate the key in the KMS, then rewrap")
         new_version = int(rotate())
+        self._audit(actor, "key_create", details={"kek_version": new_version, "for": "rotation"})  # even if killed next
         counts = {"data_keys": 0, "quarantine": 0, "keycheck": 0}
         with self.backend.transaction():
             for table, key, version, blob, context in list(self._wrapped_keys()):

@@ -14,6 +14,7 @@ import torch
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.clients.node import TrainInstructions, TrainOutcome
 from fedcustomer.privacy.audit import ACTION_FL_ROUND, DECISION_ALLOWED, DECISION_DENIED, AuditEntry, AuditLog
+from fedcustomer.privacy.audit_reach import HomeReach
 
 ROLE = "training_pipeline"
 PURPOSE = "training"
@@ -45,7 +46,7 @@ def record_round(
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
-    with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir) as audit:
+    with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home)) as audit:
         return audit.append(
             actor=f"node:{outcome.partner}", role=ROLE, action=ACTION_FL_ROUND,
             decision=DECISION_DENIED if outcome.refused else DECISION_ALLOWED,

@@ -11,6 +11,7 @@ Layout of an audit directory::
     checkpoints.jsonl     one signed checkpoint per line
     audit_signing.pub     Ed25519 public key of the node (PEM), kept beside the log
     audit.lock            lock file serialising writers (several processes may append)
+    repair.pending        only while a repair is under way: the bytes it cuts (see Repair)
 
 Hash chain. Each entry's ``hash`` is SHA-256 over ``prev_hash`` (ASCII hex) followed by
 the canonical JSON (sorted keys, no whitespace, UTF-8) of the entry without ``hash`` and
@@ -25,25 +26,46 @@ the head hash, the time, the byte offset where the range ends, and the digest of
 previous checkpoint. The hash chain alone can be recomputed by anyone who can edit the
 file; the signed checkpoints cannot, so they pin everything they cover.
 
+Reach. The chain and the checkpoints cannot show that nothing is missing at the end:
+whoever can write the directory can delete both files, cut both back together to an
+earlier checkpoint, or write a fresh chain and drop the checkpoints. A log opened with a
+``reach`` record (:mod:`fedcustomer.privacy.audit_reach`; a partner's store keeps it in
+``store.db``, joining the store's transaction when one is open) records after every
+append the newest entry's seq, hash and end offset (the log is fsynced first), and after
+every checkpoint its number and digest. :meth:`AuditLog.verify` and :meth:`AuditLog.check_before_acting` then refuse a
+log that ends before the recorded entry, holds another entry there, or holds fewer
+checkpoints; a home with an audit signing key but no store may not have an empty log.
+
 What :meth:`AuditLog.verify` detects, naming the first bad entry: a modified entry, a
 deleted entry, an inserted entry, reordered entries, a malformed or torn line, a
 truncation back past the last checkpoint, a forged, altered, removed or replayed
-checkpoint, and a public key replaced beside the log.
+checkpoint, and a public key replaced beside the log; with a reach record also a
+deleted log, a log and checkpoints rolled back together, a replaced chain, and removed
+trailing checkpoints.
 
-What it cannot detect: changes after the last checkpoint made by someone who can write
-the directory. Such a person can cut the log back to the last checkpoint, or append
-plausible entries with a correctly recomputed chain; someone who also holds the signing
-key's directory can rewrite or truncate everything and re-sign it. Remedies: checkpoint
-often (small ``checkpoint_every``, :meth:`AuditLog.checkpoint` after sensitive
-operations), keep the signing key in a directory the audited users cannot write, and ship
-checkpoints off the node (to the coordinator or a WORM store); verify against an off-node
-public key (``public_key_path``) and compare the off-node head with :meth:`AuditLog.head`.
+What it cannot detect: with no reach record (``--log DIR``), changes after the last
+checkpoint by someone who can write the directory (cutting the log back to the last
+checkpoint, appending plausible entries with a recomputed chain) and the whole-log
+attacks above; with one, appending plausible entries after the recorded reach, and a
+rollback of the audit directory *and* the reach (``store.db``) together, which needs
+write access to both. Someone who also holds the signing key's directory can rewrite
+everything and re-sign it. Remedies: keep the signing key and ``store.db`` where the
+audited users cannot write, checkpoint often, and ship checkpoints or :meth:`AuditLog.head`
+off the node (to the coordinator or a WORM store); verify against an off-node public key
+(``public_key_path``).
 
 Durability. Appends are not fsynced by default (a crash may lose the last entries, which
 then look like a truncation after the last checkpoint); checkpoints fsync the log and the
 checkpoint file. Pass ``durable=True`` to fsync every append (much slower). A crash in
-the middle of writing a line leaves a torn line; the next writer keeps it as evidence on
-its own line and ``verify`` reports it as malformed.
+the middle of writing a line leaves a torn (unterminated) last line: appends, checkpoints
+and :meth:`AuditLog.check_before_acting` then refuse, so no action happens unlogged, and
+``verify`` reports the line as malformed.
+
+Repair. :meth:`AuditLog.repair_torn_tail` (``fedcustomer audit repair``) cuts only an
+unterminated last line, only after the last signed checkpoint, and only when everything
+before it verifies (reach included); the cut bytes go, in full, into the repair's own
+``audit_repair`` entry, so it cannot hide an entry. It saves the cut to
+``repair.pending`` first; an interrupted repair blocks writers until it is run again.
 
 Concurrency. Writers take an exclusive ``fcntl.flock`` on ``audit.lock``, read the head
 under the lock (cached by file size and inode, so usually no read at all) and write each
@@ -78,6 +100,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedcustomer.errors import ConfigError, DataError, IntegrityError, KeyMaterialError
+from fedcustomer.privacy.audit_reach import Reach, ReachRecord
 
 # --- vocabulary ---------------------------------------------------------------------------
 ACTION_READ = "read"
@@ -92,6 +115,8 @@ ACTION_INGEST = "ingest"
 ACTION_FL_ROUND = "fl_round"
 ACTION_QUERY = "query"
 ACTION_POLICY_CHANGE = "policy_change"
+ACTION_AUDIT_QUERY = "audit_query"
+ACTION_AUDIT_REPAIR = "audit_repair"
 ACTIONS: frozenset[str] = frozenset(
     {
         ACTION_READ,
@@ -106,6 +131,8 @@ ACTIONS: frozenset[str] = frozenset(
         ACTION_FL_ROUND,
         ACTION_QUERY,
         ACTION_POLICY_CHANGE,
+        ACTION_AUDIT_QUERY,
+        ACTION_AUDIT_REPAIR,
     }
 )
 """Actions used across the product; other lower-case identifiers are accepted too."""
@@ -138,6 +165,7 @@ CHECKPOINT_NAME = "checkpoints.jsonl"
 LOCK_NAME = "audit.lock"
 PUBLIC_KEY_NAME = "audit_signing.pub"
 SIGNING_KEY_NAME = "audit_signing.key"
+REPAIR_PENDING_NAME = "repair.pending"
 GENESIS_HASH = "0" * 64
 _CHECKPOINT_DOMAIN = b"fedcustomer-audit-checkpoint-v1\n"
 _MAX_DETAILS_BYTES = 8192
@@ -712,6 +740,7 @@ class AuditLog:
         checkpoint_every: int = 1000,
         durable: bool = False,
         public_key_path: Path | None = None,
+        reach: ReachRecord | None = None,
     ) -> None:
         if not _is_int(checkpoint_every) or checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
@@ -720,6 +749,8 @@ class AuditLog:
         self.checkpoint_path = self.directory / CHECKPOINT_NAME
         self.lock_path = self.directory / LOCK_NAME
         self.public_key_file = self.directory / PUBLIC_KEY_NAME
+        self.repair_pending_path = self.directory / REPAIR_PENDING_NAME
+        self.reach = reach
         self.checkpoint_every = checkpoint_every
         self.durable = durable
         self._signing_key = load_signing_key(Path(signing_key_path)) if signing_key_path is not None else None
@@ -741,6 +772,7 @@ class AuditLog:
         keys_dir: Path | None = None,
         checkpoint_every: int = 1000,
         durable: bool = False,
+        reach: ReachRecord | None = None,
     ) -> "AuditLog":
         """Open (creating if needed) a log with a signing key in ``keys_dir``.
 
@@ -759,7 +791,7 @@ class AuditLog:
         key = _load_or_create_signing_key(key_path)
         _ensure_public_key_file(keys / PUBLIC_KEY_NAME, key.public_key())
         _ensure_public_key_file(directory / PUBLIC_KEY_NAME, key.public_key())
-        return cls(directory, signing_key_path=key_path, checkpoint_every=checkpoint_every, durable=durable)
+        return cls(directory, signing_key_path=key_path, checkpoint_every=checkpoint_every, durable=durable, reach=reach)
 
     # --- context manager -------------------------------------------------------------------
     def __del__(self) -> None:  # release descriptors of a log dropped without close()
@@ -859,6 +891,16 @@ class AuditLog:
         self._head_key = None if torn else key
         return head[0], head[1], st.st_size, torn
 
+    def reach_now(self) -> tuple[tuple[int, str, int], tuple[int, str] | None]:
+        """(seq, hash, end offset) of the newest complete entry and (number, digest) of the
+        last checkpoint: what a reach record starts from."""
+        with self._exclusive():
+            assert self._log_fd is not None
+            seq, h, size, _ = self._refresh_head()
+            end = _last_line(self._log_fd, size)[2] if size else 0
+            last = self._last_checkpoint()
+        return (seq, h, end), ((last.number, last.digest()) if last else None)
+
     def head(self) -> tuple[int, str]:
         """Current (seq, hash) of the newest entry; (0, GENESIS_HASH) for an empty log."""
         if not self.log_path.exists():
@@ -895,24 +937,44 @@ class AuditLog:
             tier=tier, purpose=purpose, approvals=approvals, row_count=row_count, reason=reason,
             pseudonyms=pseudonyms, details=details,
         )
+        cp = None
         with self._exclusive():
-            assert self._log_fd is not None
-            seq, prev, size, torn = self._refresh_head()
-            rec["seq"] = seq + 1
-            rec["time"] = _now()
-            h = entry_hash(prev, rec)
-            rec["prev_hash"], rec["hash"] = prev, h
-            line = canonical_json(rec) + b"\n"
-            if torn:  # keep a crashed writer's fragment as evidence, on its own line
-                line = b"\n" + line
-            self._write(self._log_fd, line, size)
-            if self.durable:
-                os.fsync(self._log_fd)
-            self._head = (seq + 1, h)
-            self._head_key = (os.fstat(self._log_fd).st_ino, size + len(line))
-            if self._signing_key is not None and self._due_for_checkpoint(seq + 1):
-                self._checkpoint_locked()
+            end = self._append_locked(rec)
+            if self._signing_key is not None and self._due_for_checkpoint(rec["seq"]):
+                cp = self._checkpoint_locked()
+        self._record_reach(rec, end, cp)
         return AuditEntry._unchecked(rec)
+
+    def _append_locked(self, rec: dict[str, Any], *, repairing: bool = False) -> int:
+        """Number, chain and write ``rec`` (under the lock); returns the offset after its line."""
+        assert self._log_fd is not None
+        seq, prev, size, torn = self._refresh_head()
+        if torn:
+            raise IntegrityError(_torn_message(self.log_path))
+        if self.repair_pending_path.exists() and not repairing:
+            raise IntegrityError(_pending_message(self.log_path))
+        rec["seq"] = seq + 1
+        rec["time"] = _now()
+        h = entry_hash(prev, rec)
+        rec["prev_hash"], rec["hash"] = prev, h
+        line = canonical_json(rec) + b"\n"
+        self._write(self._log_fd, line, size)
+        if self.durable:
+            os.fsync(self._log_fd)
+        self._head = (seq + 1, h)
+        self._head_key = (os.fstat(self._log_fd).st_ino, size + len(line))
+        return size + len(line)
+
+    def _record_reach(self, rec: dict[str, Any] | None, end: int, cp: "Checkpoint | None") -> None:
+        """Tell the reach record (outside the lock: it may wait on another database)."""
+        if self.reach is None:
+            return
+        if rec is not None:
+            if not self.durable and self._log_fd is not None and self._pid == os.getpid():
+                os.fsync(self._log_fd)  # the record must never be ahead of what a power cut keeps
+            self.reach.record_entry(rec["seq"], rec["hash"], end)
+        if cp is not None:
+            self.reach.record_checkpoint(cp.number, cp.digest())
 
     @staticmethod
     def _write(fd: int, data: bytes, size_before: int) -> None:
@@ -968,38 +1030,20 @@ class AuditLog:
                 f"audit log {self.directory} was opened without a signing key; open it with AuditLog.open(keys_dir=...)"
             )
         with self._exclusive():
-            return self._checkpoint_locked()
+            cp = self._checkpoint_locked()
+        self._record_reach(None, 0, cp)
+        return cp
 
     def _checkpoint_locked(self) -> Checkpoint | None:
         assert self._signing_key is not None and self._log_fd is not None
-        head_seq, head_hash, size, _ = self._refresh_head()
+        head_seq, head_hash, size, torn = self._refresh_head()
+        if torn:
+            raise IntegrityError(_torn_message(self.log_path))
         last = self._last_checkpoint()
+        hashes = self._unsigned_hashes(last, head_seq, head_hash, size, "refusing to sign")
+        if hashes is None:
+            return None
         first = last.last_seq + 1 if last else 1
-        offset = last.offset if last else 0
-        prev_hash = last.head_hash if last else GENESIS_HASH
-        if head_seq < first:
-            if head_seq == first - 1 and (last is None or head_hash == last.head_hash):
-                return None
-            raise IntegrityError(
-                f"{self.log_path} ends at entry {head_seq} but checkpoint #{last.number if last else 0} covers up to "
-                f"entry {first - 1}: the log was truncated or altered; refusing to sign. Run `fedcustomer audit verify`"
-            )
-        data = os.pread(self._log_fd, size - offset, offset)
-        hashes: list[str] = []
-        expected = first
-        for lineno_rel, raw in enumerate(data.split(b"\n")[:-1]):
-            parsed = _parse_entry_line(raw)
-            e = parsed.entry
-            if e is None or not parsed.self_ok or not parsed.canonical or e["seq"] != expected or e["prev_hash"] != prev_hash:
-                raise IntegrityError(
-                    f"entry {expected} in {self.log_path} (after byte {offset}, line {lineno_rel + 1} of the unsigned "
-                    "range) does not extend the signed chain; refusing to sign. Run `fedcustomer audit verify`"
-                )
-            hashes.append(e["hash"])
-            prev_hash = e["hash"]
-            expected += 1
-        if expected - 1 != head_seq:
-            raise IntegrityError(f"{self.log_path}: the unsigned range does not end at the head; refusing to sign")
         # the entries must be on disk before a signature vouches for them
         os.fsync(self._log_fd)
         public = self._signing_key.public_key()
@@ -1029,15 +1073,212 @@ class AuditLog:
         self._cp_size, self._cp_last = cp_size + len(line), cp
         return cp
 
+    def _unsigned_hashes(
+        self, last: "Checkpoint | None", head_seq: int, head_hash: str, size: int, refusing: str
+    ) -> list[str] | None:
+        """Hashes of the entries after the last checkpoint, checked to extend the signed chain
+        (under the lock); None if there are none. IntegrityError names what is wrong."""
+        assert self._log_fd is not None
+        first = last.last_seq + 1 if last else 1
+        offset = last.offset if last else 0
+        prev_hash = last.head_hash if last else GENESIS_HASH
+        if head_seq < first:
+            if head_seq == first - 1 and (last is None or head_hash == last.head_hash):
+                return None
+            raise IntegrityError(
+                f"{self.log_path} ends at entry {head_seq} but checkpoint #{last.number if last else 0} covers up to "
+                f"entry {first - 1}: the log was truncated or altered; {refusing}. Run `fedcustomer audit verify`"
+            )
+        data = os.pread(self._log_fd, size - offset, offset)
+        hashes: list[str] = []
+        expected = first
+        for lineno_rel, raw in enumerate(data.split(b"\n")[:-1]):
+            parsed = _parse_entry_line(raw)
+            e = parsed.entry
+            if e is None or not parsed.self_ok or not parsed.canonical or e["seq"] != expected or e["prev_hash"] != prev_hash:
+                raise IntegrityError(
+                    f"entry {expected} in {self.log_path} (after byte {offset}, line {lineno_rel + 1} of the unsigned "
+                    f"range) does not extend the signed chain; {refusing}. Run `fedcustomer audit verify`"
+                )
+            hashes.append(e["hash"])
+            prev_hash = e["hash"]
+            expected += 1
+        if expected - 1 != head_seq:
+            raise IntegrityError(f"{self.log_path}: the unsigned range does not end at the head; {refusing}")
+        return hashes
+
+    # --- before acting -------------------------------------------------------------------------
+    def check_before_acting(self) -> None:
+        """Refuse (IntegrityError, nothing written) unless the log can take the next entry.
+
+        Call before an action that must be audited: a torn last line, an unfinished repair,
+        unsigned entries that do not extend the signed chain, or a log (or checkpoint file)
+        that ends before its recorded reach would otherwise be found only after acting.
+        Cost: the entries since the last checkpoint and one line at the recorded reach.
+        """
+        if not self.directory.is_dir():
+            raise ConfigError(f"audit directory {self.directory} does not exist; create it with AuditLog.open()")
+        reach = self.reach.recorded() if self.reach is not None else None
+        with self._exclusive():
+            assert self._log_fd is not None
+            if self.repair_pending_path.exists():
+                raise IntegrityError(_pending_message(self.log_path))
+            head_seq, head_hash, size, torn = self._refresh_head()
+            if torn:
+                raise IntegrityError(_torn_message(self.log_path))
+            last = self._last_checkpoint()
+            self._unsigned_hashes(last, head_seq, head_hash, size, "refusing to act")
+            if reach is not None:
+                problem = self._reach_problem(reach, head_seq, size, last)
+                if problem:
+                    raise IntegrityError(f"{problem}; refusing to act. Run `fedcustomer audit verify`")
+
+    def _reach_problem(self, reach: Reach, head_seq: int, size: int, last: "Checkpoint | None") -> str | None:
+        """Why the log (under the lock) does not reach ``reach``, or None."""
+        assert self._log_fd is not None
+        if head_seq < reach.seq:
+            return (
+                f"{self.log_path} ends at entry {head_seq} but {reach.source} recorded that it reached entry "
+                f"{reach.seq}: the log was deleted or rolled back"
+            )
+        if reach.seq > 0 and reach.hash is not None and reach.end is not None:
+            line = _last_line(self._log_fd, reach.end)[0] if 0 < reach.end <= size else None
+            try:
+                d = _parse_json_line(line) if line is not None else None
+            except (UnicodeDecodeError, ValueError):
+                d = None
+            if not isinstance(d, dict) or d.get("seq") != reach.seq or d.get("hash") != reach.hash:
+                return (
+                    f"entry {reach.seq} of {self.log_path} is not the entry {reach.source} recorded (hash "
+                    f"{reach.hash[:16]}...): the log was replaced or rewritten"
+                )
+        have = last.number if last else 0
+        if have < reach.checkpoints:
+            return (
+                f"{self.checkpoint_path} ends at checkpoint #{have} but {reach.source} recorded #{reach.checkpoints}: "
+                "signed checkpoints were removed"
+            )
+        if last is not None and have == reach.checkpoints and reach.checkpoint_digest not in (None, last.digest()):
+            return f"checkpoint #{have} in {self.checkpoint_path} is not the one {reach.source} recorded"
+        return None
+
+    # --- repair ----------------------------------------------------------------------------------
+    def repair_torn_tail(self, *, actor: str, role: str, reason: str | None = None) -> AuditEntry:
+        """Cut an incomplete last line left by a crashed writer, recording it in full.
+
+        Only bytes after the last newline may be cut, only when they lie after the last
+        signed checkpoint, and only when everything before them verifies (chain, signed
+        checkpoints, recorded reach). The cut bytes go into the repair's own entry
+        (``audit_repair``: offset, length, SHA-256 and the bytes in base64), so the repair
+        cannot hide an entry: a complete entry made to look torn comes back in the repair
+        entry. Crash-safe: the cut bytes are saved to ``repair.pending`` first, and a
+        repair interrupted after that is finished by running it again.
+        """
+        rec = _entry_record(
+            actor=actor, role=role, action=ACTION_AUDIT_REPAIR, decision=DECISION_ALLOWED, dataset=None, fields=(),
+            tier=None, purpose=None, approvals=(), row_count=None, reason=reason, pseudonyms=(), details=None,
+        )
+        _, cp_size = self._snapshot_sizes()
+        with self._exclusive():
+            assert self._log_fd is not None
+            fd = self._log_fd
+            self._refresh_head()  # reopens the log if it was replaced
+            size = os.fstat(fd).st_size
+            pending = self._read_pending()
+            if pending is None:
+                _, torn, end = _last_line(fd, size)
+                if not torn:
+                    raise ConfigError(
+                        f"nothing to repair: {self.log_path} ends with a complete line. `audit repair` only cuts an "
+                        "incomplete last line; run `fedcustomer audit verify` to locate other damage"
+                    )
+                last = self._last_checkpoint()
+                if last is not None and last.offset > end:
+                    raise IntegrityError(
+                        f"the incomplete line of {self.log_path} lies inside the range signed by checkpoint "
+                        f"#{last.number}: not a crashed append; refusing to cut it"
+                    )
+                report = _Verifier(self, sizes=(end, cp_size)).run()
+                if not report.ok:
+                    raise IntegrityError(
+                        f"{self.log_path} has damage besides its incomplete last line ({report.problem}, entry "
+                        f"{report.first_bad_seq}: {report.message}); `audit repair` cuts only a torn last line"
+                    )
+                fragment = os.pread(fd, size - end, end)
+                pending = {"cut_at_offset": end, "cut_base64": base64.b64encode(fragment).decode("ascii")}
+                _write_new_file(self.repair_pending_path, canonical_json(pending), 0o640)
+            cut_at = int(pending["cut_at_offset"])
+            fragment = base64.b64decode(pending["cut_base64"])
+            done = self._repair_entry_at_end(fd, size, cut_at, fragment)
+            if done is not None:  # interrupted after its entry was written: only the clean-up is left
+                self.repair_pending_path.unlink()
+                return done
+            if size > cut_at:
+                if size != cut_at + len(fragment) or os.pread(fd, len(fragment), cut_at) != fragment:
+                    raise IntegrityError(
+                        f"{self.log_path} changed since {self.repair_pending_path.name} was written; inspect both "
+                        "and run `fedcustomer audit verify`"
+                    )
+                os.ftruncate(fd, cut_at)
+                os.fsync(fd)
+            rec["details"] = {
+                "cut_at_offset": cut_at,
+                "cut_bytes": len(fragment),
+                "cut_sha256": hashlib.sha256(fragment).hexdigest(),
+                "cut_base64": pending["cut_base64"],
+            }
+            end = self._append_locked(rec, repairing=True)
+            os.fsync(fd)
+            self.repair_pending_path.unlink()
+            cp = self._checkpoint_locked() if self._signing_key is not None else None
+        self._record_reach(rec, end, cp)
+        return AuditEntry._unchecked(rec)
+
+    @staticmethod
+    def _repair_entry_at_end(fd: int, size: int, cut_at: int, fragment: bytes) -> AuditEntry | None:
+        """The repair entry for this cut if it is already the log's last line."""
+        line, torn, end = _last_line(fd, size)
+        if line is None or torn or end != size:
+            return None
+        parsed = _parse_entry_line(line)
+        e = parsed.entry
+        if e is None or not parsed.self_ok or e["action"] != ACTION_AUDIT_REPAIR:
+            return None
+        d = e["details"]
+        if d.get("cut_at_offset") != cut_at or d.get("cut_sha256") != hashlib.sha256(fragment).hexdigest():
+            return None
+        return AuditEntry._unchecked(e)
+
+    def _read_pending(self) -> dict[str, Any] | None:
+        """The saved cut of an interrupted repair, or None."""
+        try:
+            data = self.repair_pending_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            d = _parse_json_line(data)
+            base64.b64decode(d["cut_base64"], validate=True)
+            if not _is_int(d["cut_at_offset"]) or d["cut_at_offset"] < 0:
+                raise ValueError
+            return d
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise IntegrityError(
+                f"{self.repair_pending_path} is not a saved repair; remove it only after checking the log by hand"
+            ) from None
+
     def close(self) -> None:
         """Checkpoint anything new (when a signing key is loaded) and release descriptors."""
         try:
+            cp = None
             if self._signing_key is not None and self.log_path.exists() and self.directory.is_dir():
                 with self._exclusive():
-                    head_seq, _, _, _ = self._refresh_head()
+                    head_seq, _, _, torn = self._refresh_head()
                     last = self._last_checkpoint()
-                    if head_seq > (last.last_seq if last else 0):
-                        self._checkpoint_locked()
+                    # a torn tail is never signed over: it waits for `audit repair` (the command
+                    # that met it has already failed saying so)
+                    if head_seq > (last.last_seq if last else 0) and not torn:
+                        cp = self._checkpoint_locked()
+            self._record_reach(None, 0, cp)
         finally:
             with self._mutex:
                 if self._pid == os.getpid():
@@ -1129,6 +1370,21 @@ class AuditLog:
         return _Verifier(self).run()
 
 
+def _torn_message(path: Path) -> str:
+    return (
+        f"{path} ends in an incomplete line (a writer stopped mid-append); nothing was done. Run "
+        "`fedcustomer audit verify` and then `fedcustomer audit repair` to cut the incomplete line (it is kept, "
+        "in full, in the repair's own audit entry)"
+    )
+
+
+def _pending_message(path: Path) -> str:
+    return (
+        f"a repair of {path} was interrupted ({REPAIR_PENDING_NAME} is present); nothing was done. Run "
+        "`fedcustomer audit repair` again to finish it"
+    )
+
+
 def _aware(t: datetime | None) -> datetime | None:
     if t is None:
         return None
@@ -1151,16 +1407,19 @@ class _Finding:
 class _Verifier:
     """One verification pass: checkpoints first (small), then one streaming pass over entries."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditLog, sizes: tuple[int, int] | None = None) -> None:
         self.log = log
         self.log_name = LOG_NAME
         self.cp_name = CHECKPOINT_NAME
+        self.sizes = sizes  # given by a caller that already holds the lock
+        self.reach = log.reach.recorded() if log.reach is not None else None
+        self.reach_hash_seen: str | None = None
 
     def run(self) -> VerifyReport:
         log = self.log
         if not log.directory.is_dir():
             raise ConfigError(f"audit directory {log.directory} does not exist")
-        log_size, cp_size = log._snapshot_sizes()
+        log_size, cp_size = self.sizes if self.sizes is not None else log._snapshot_sizes()
         cp_lines = _read_prefix(log.checkpoint_path, cp_size).split(b"\n") if cp_size else []
         if cp_lines and cp_lines[-1] == b"":
             cp_lines.pop()
@@ -1175,6 +1434,10 @@ class _Verifier:
         entries, chain_finding, root_finding, last_seq, last_line = self._walk(log_size, cps)
 
         findings = [f for f in (key_finding, cp_finding, chain_finding, root_finding) if f is not None]
+        if chain_finding is None and root_finding is None and self.reach is not None:
+            reach_finding = self._check_reach(entries, last_seq, last_line, cps, n_cps)
+            if reach_finding is not None:
+                findings.append(reach_finding)
         if chain_finding is None and root_finding is None and cps:
             top = cps[-1]
             if top.last_seq > last_seq:
@@ -1195,6 +1458,52 @@ class _Verifier:
         unsigned = last_seq - (cps[-1].last_seq if cps else 0)
         tail = f"; {unsigned} entries after the last checkpoint are protected by the hash chain only" if unsigned else ""
         return VerifyReport(True, entries, n_cps, None, None, f"audit log intact: {entries} entries, {n_cps} signed checkpoints{tail}")
+
+    def _check_reach(
+        self, entries: int, last_seq: int, last_line: int, cps: list[Checkpoint], n_cps: int
+    ) -> _Finding | None:
+        """Compare the intact log with its reach recorded outside audit/ (see audit_reach)."""
+        reach = self.reach
+        assert reach is not None
+        if last_seq < reach.seq:
+            what = "is empty or missing" if entries == 0 else f"ends at entry {last_seq}"
+            return _Finding(
+                last_seq + 1,
+                PROBLEM_TRUNCATED,
+                f"the log {what} but {reach.source} records that it reached entry {reach.seq}: "
+                f"{_span(last_seq + 1, reach.seq)} and any later ones were removed (the log was deleted or rolled back)",
+                last_line + 1,
+                self.log_name,
+            )
+        if reach.seq > 0 and reach.hash is not None and self.reach_hash_seen != reach.hash:
+            return _Finding(
+                reach.seq,
+                PROBLEM_MODIFIED,
+                f"entry {reach.seq} is not the entry {reach.source} recorded (hash {reach.hash[:16]}...): the log "
+                "was replaced by another chain",
+                reach.seq,
+                self.log_name,
+            )
+        if len(cps) < reach.checkpoints and n_cps == len(cps):
+            return _Finding(
+                cps[-1].last_seq + 1 if cps else 1,
+                PROBLEM_DELETED,
+                f"{self.cp_name} holds {len(cps)} signed checkpoints but {reach.source} records "
+                f"{reach.checkpoints}: signed checkpoints were removed",
+                len(cps) + 1,
+                self.cp_name,
+            )
+        if reach.checkpoint_digest and len(cps) >= reach.checkpoints > 0:
+            cp = cps[reach.checkpoints - 1]
+            if cp.digest() != reach.checkpoint_digest:
+                return _Finding(
+                    cp.first_seq,
+                    PROBLEM_BAD_SIGNATURE,
+                    f"checkpoint #{cp.number} is not the one {reach.source} recorded: the checkpoints were replaced",
+                    cp.number,
+                    self.cp_name,
+                )
+        return None
 
     # --- keys ----------------------------------------------------------------------------------
     def _trusted_key(self) -> Ed25519PublicKey | None | _Finding:
@@ -1320,6 +1629,8 @@ class _Verifier:
                             )
                             break
                         ci, acc = ci + 1, []
+                if self.reach is not None and expected == self.reach.seq:
+                    self.reach_hash_seen = e["hash"]
                 prev, expected = e["hash"], expected + 1
         last_seq = expected - 1
         return lines, chain, root, last_seq, last_seq

@@ -20,6 +20,7 @@ from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import LoopResult, RoundReport
+from fedcustomer.weights_io import load_weights_only
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -55,7 +56,7 @@ class RunRecorder:
     @staticmethod
     def latest_checkpoint(out: Path) -> dict[str, Any] | None:
         paths = sorted((Path(out) / "checkpoints").glob("round-*.pt"))
-        return torch.load(paths[-1], weights_only=False) if paths else None
+        return load_weights_only(paths[-1], "run checkpoint") if paths else None
 
     # --- at the end ----------------------------------------------------------------
     def finish(self, result: LoopResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:

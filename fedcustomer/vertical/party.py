@@ -77,6 +77,7 @@ from fedcustomer.privacy.dpsgd import secure_generator
 from fedcustomer.privacy.ledger import BudgetLedger
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
+from fedcustomer.weights_io import load_weights_only
 
 LABEL_MECHANISM = "vertical_label_release"
 DPSGD_MECHANISM = "vertical_dpsgd"
@@ -233,13 +234,13 @@ class PartySession:
                                       "steps_done": []}
         path = self.state_path
         if path.exists():
-            blob = torch.load(path, weights_only=False)
+            blob = load_weights_only(path, "vertical party state")
             self.model.load_state_dict(blob["model"])
             base.load_state_dict(blob["optimizer"])
             if self.head is not None and self.head_optimizer is not None and blob.get("head") is not None:
                 self.head.load_state_dict(blob["head"])
                 self.head_optimizer.load_state_dict(blob["head_optimizer"])
-            self.state = blob["state"]
+            self.state = _state_from_saved(blob["state"])
         self.base_optimizer = base
         self._generator = secure_generator()
         self.wrapped: torch.nn.Module = self.model
@@ -261,7 +262,8 @@ class PartySession:
         path = self.state_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        blob = {"model": self.model.state_dict(), "optimizer": self.base_optimizer.state_dict(), "state": self.state,
+        blob = {"model": self.model.state_dict(), "optimizer": self.base_optimizer.state_dict(),
+                "state": _state_for_saving(self.state),
                 "head": self.head.state_dict() if self.head is not None else None,
                 "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None}
         torch.save(blob, tmp)
@@ -595,3 +597,21 @@ class PartySession:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _state_for_saving(state: dict[str, Any]) -> dict[str, Any]:
+    """The bookkeeping with numpy arrays as tensors, so it loads weights-only (no pickled classes)."""
+    out = dict(state)
+    out["plans"] = {k: [torch.from_numpy(np.asarray(b)) for b in v] for k, v in state["plans"].items()}
+    if state["labels"] is not None:
+        out["labels"] = torch.from_numpy(np.asarray(state["labels"]))
+    return out
+
+
+def _state_from_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`_state_for_saving`."""
+    out = dict(saved)
+    out["plans"] = {k: [b.numpy() for b in v] for k, v in saved["plans"].items()}
+    if saved["labels"] is not None:
+        out["labels"] = saved["labels"].numpy()
+    return out

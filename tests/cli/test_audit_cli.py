@@ -43,6 +43,9 @@ def home(tmp_path: Path) -> Path:
     return h.root
 
 
+ASKER = ["--as-actor", "carol", "--as-role", "compliance_officer"]
+
+
 def _lines(home: Path) -> list[bytes]:
     return (home / "audit" / "audit.jsonl").read_bytes().splitlines(keepends=True)
 
@@ -117,13 +120,13 @@ def test_verify_with_unreadable_public_key_exits_8(home: Path, tmp_path: Path, c
 
 
 def test_query_table_lists_matching_entries(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", "--home", str(home), "--actor", "alice"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--actor", "alice"], capsys)
     assert code == 0
     assert "3 audit entries" in out and "alice (analyst)" in out and "decrypt" in out and "bob" not in out
 
 
 def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", "--home", str(home), "--field", "phone", "--format", "json"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--field", "phone", "--format", "json"], capsys)
     doc = json.loads(out)
     assert code == 0 and doc["count"] == 2 and doc["filters"] == {"field": "phone"}
     assert [e["seq"] for e in doc["entries"]] == [2, 4]
@@ -142,13 +145,13 @@ def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture
     ],
 )
 def test_query_filters(home: Path, capsys: pytest.CaptureFixture[str], args: list[str], seqs: list[int]) -> None:
-    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "json", *args], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json", *args], capsys)
     assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == seqs
 
 
 def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "report.csv"
-    code, _, err = run(["audit", "query", "--home", str(home), "--purpose", "credit_risk", "--output", str(target)], capsys)
+    code, _, err = run(["audit", "query", *ASKER, "--home", str(home), "--purpose", "credit_risk", "--output", str(target)], capsys)
     assert code == 0 and "wrote 4 entries" in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [r["seq"] for r in rows] == ["1", "3", "4", "5"]
@@ -157,7 +160,7 @@ def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.Cap
 
 
 def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "csv", "--decision", "denied"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "csv", "--decision", "denied"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 1 and rows[0]["actor"] == "bob" and rows[0]["decision"] == "denied"
 
@@ -174,7 +177,7 @@ def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_query_bad_options_are_config_errors(
     home: Path, capsys: pytest.CaptureFixture[str], args: list[str], match: str
 ) -> None:
-    code, _, err = run(["audit", "query", "--home", str(home), *args], capsys)
+    code, _, err = run(["audit", "query", *ASKER, "--home", str(home), *args], capsys)
     assert code == ConfigError.exit_code and match in err
 
 
@@ -182,9 +185,9 @@ def test_query_refuses_a_tampered_log_unless_told_not_to_verify(home: Path, caps
     ls = _lines(home)
     ls[1] = ls[1].replace(b'"actor":"bob"', b'"actor":"bot"')
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
-    code, out, err = run(["audit", "query", "--home", str(home), "--format", "json"], capsys)
+    code, out, err = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json"], capsys)
     assert code == 7 and out == "" and "entry 2" in err and "--no-verify" in err
-    code, out, _ = run(["audit", "query", "--home", str(home), "--format", "json", "--no-verify"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json", "--no-verify"], capsys)
     assert code == 0 and json.loads(out)["entries"][1]["actor"] == "bot"
 
 
@@ -192,14 +195,14 @@ def test_query_on_an_unparseable_log_exits_7_naming_the_line(home: Path, capsys:
     ls = _lines(home)
     ls[1] = b"not json\n"
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
-    code, _, err = run(["audit", "query", "--home", str(home), "--no-verify"], capsys)
+    code, _, err = run(["audit", "query", *ASKER, "--home", str(home), "--no-verify"], capsys)
     assert code == 7 and "line 2" in err
 
 
 def test_verify_creates_nothing(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = sorted(p.name for p in (home / "audit").iterdir())
     run(["audit", "verify", "--home", str(home)], capsys)
-    run(["audit", "query", "--home", str(home)], capsys)
+    run(["audit", "query", *ASKER, "--home", str(home)], capsys)
     assert sorted(p.name for p in (home / "audit").iterdir()) == before
 
 
@@ -207,7 +210,7 @@ def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, _ = run(["audit", "query", "--home", str(home), "--decision", "denied"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--decision", "denied"], capsys)
     assert code == 0 and "bob" in out and "denied" in out and "approved by" not in out
 
 

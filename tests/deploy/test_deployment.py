@@ -200,7 +200,7 @@ def test_secagg_result_is_the_mean_of_the_partners_released_updates(fed, tmp_pat
     released = []
     for name in PARTNERS:
         blob = torch.load(PartnerHome(fed.homes[name]).state_dir / "updates" / f"run_{cfg['run-id']}_round_1.pt",
-                          weights_only=False)
+                          weights_only=True)
         released.append(blob["state"])
         with AuditLog.open(PartnerHome(fed.homes[name]).audit_dir) as audit:
             entry = [e for e in audit.query(action="fl_round") if e.details["run_id"] == cfg["run-id"]]

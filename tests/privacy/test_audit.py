@@ -534,13 +534,16 @@ def test_durable_appends_verify(tmp_path: Path) -> None:
 
 
 # --- crash and outside changes --------------------------------------------------------------------
-def test_torn_fragment_is_kept_as_evidence_and_named(tmp_path: Path) -> None:
+def test_torn_tail_stops_appends_and_checkpoints_until_repaired(tmp_path: Path) -> None:
     log = make_log(tmp_path, 4, every=100, close=False)
     with open(log.log_path, "ab") as f:
         f.write(b'{"action":"read","act')  # a writer crashed mid-line
-    log.append(actor="a", role="r", action="read")
-    ls = lines(log)
-    assert ls[4] == b'{"action":"read","act\n' and json.loads(ls[5])["seq"] == 5
+    before = log.log_path.read_bytes()
+    for attempt in (lambda: log.append(actor="a", role="r", action="read"), log.checkpoint, log.check_before_acting):
+        with pytest.raises(IntegrityError, match="incomplete line.*audit repair"):
+            attempt()
+    log.close()  # never signs over the fragment
+    assert log.log_path.read_bytes() == before and log.checkpoints() == []
     r = log.verify()
     assert (r.problem, r.first_bad_seq, r.line) == ("malformed", 5, 5)
 

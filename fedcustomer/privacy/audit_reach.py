@@ -1,0 +1,176 @@
+"""How far an audit log is known to reach, recorded outside the audit directory.
+
+The hash chain and the signed checkpoints show that what is in ``audit.jsonl`` was not
+changed, but not that nothing is missing at the end: someone who can write ``audit/``
+can delete both files, cut them back together to an earlier checkpoint, or replace
+them with a freshly computed chain. A *reach record* kept elsewhere closes that gap:
+after every append the writer records the newest entry (sequence number, hash, end
+offset) and after every checkpoint its number and digest. ``verify`` and the
+before-acting check then refuse a log that ends before the recorded entry, holds a
+different entry there, or holds fewer checkpoints.
+
+A partner's reach lives in its store database (``store.db``, table ``audit_reach``),
+updated through the store's own connection right after each entry (inside the store's
+transaction when the entry is written in one), so a rollback of ``audit/`` alone is caught;
+rolling back ``store.db`` and ``audit/`` together needs write access to both and is
+caught only by a copy of the head kept off the node (``AuditLog.head``). A home with an
+audit signing key but no store still records that it has history: its log may not be
+empty.
+
+Updates are monotonic (a record never moves back), so concurrent writers may record in
+any order, outside the log's file lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Protocol
+
+REACH_TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS audit_reach (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
+    "hash TEXT NOT NULL, end_offset INTEGER NOT NULL, checkpoints INTEGER NOT NULL, checkpoint_digest TEXT NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The newest entry and checkpoint a log is known to have held.
+
+    ``hash`` is None when only the fact of history is known (at least ``seq`` entries).
+    """
+
+    seq: int
+    hash: str | None
+    end: int | None
+    checkpoints: int = 0
+    checkpoint_digest: str | None = None
+    source: str = "reach record"
+
+
+class ReachRecord(Protocol):
+    """Where a log's reach is kept (see the module docstring)."""
+
+    def recorded(self) -> Reach | None: ...
+
+    def record_entry(self, seq: int, entry_hash: str, end: int) -> None: ...
+
+    def record_checkpoint(self, number: int, digest: str) -> None: ...
+
+
+class SqlReach:
+    """Reach kept in one row of ``audit_reach`` in a SQLite database.
+
+    ``execute`` runs one statement; ``transaction`` (optional) returns a context that
+    joins the caller's open transaction, so a store records the reach with its data.
+    """
+
+    def __init__(self, execute: Any, transaction: Any = None, *, source: str = "store.db") -> None:
+        self._execute = execute
+        self._transaction = transaction
+        self.source = source
+
+    def _tx(self) -> ContextManager[Any]:
+        return self._transaction() if self._transaction is not None else nullcontext()
+
+    def ensure(self, head: tuple[int, str, int], checkpoint: tuple[int, str] | None) -> None:
+        """Create the table; a store that has none yet starts from the log as it is now.
+
+        Writes only when the record is missing, so opening a store does not wait for
+        another process's write transaction.
+        """
+        if self.recorded() is not None:
+            return
+        with self._tx():
+            self._execute(REACH_TABLE_DDL)
+            self._execute(
+                "INSERT OR IGNORE INTO audit_reach VALUES (1, ?, ?, ?, ?, ?)",
+                (head[0], head[1], head[2], checkpoint[0] if checkpoint else 0, checkpoint[1] if checkpoint else ""),
+            )
+
+    def recorded(self) -> Reach | None:
+        try:
+            row = self._execute(
+                "SELECT seq, hash, end_offset, checkpoints, checkpoint_digest FROM audit_reach WHERE id = 1"
+            ).fetchone()
+        except sqlite3.OperationalError:  # no such table: a store from before reach records
+            return None
+        if row is None:
+            return None
+        return Reach(int(row[0]), str(row[1]), int(row[2]), int(row[3]), str(row[4]) or None, self.source)
+
+    def record_entry(self, seq: int, entry_hash: str, end: int) -> None:
+        with self._tx():
+            self._execute(
+                "UPDATE audit_reach SET seq = ?, hash = ?, end_offset = ? WHERE id = 1 AND seq < ?",
+                (seq, entry_hash, end, seq),
+            )
+
+    def record_checkpoint(self, number: int, digest: str) -> None:
+        with self._tx():
+            self._execute(
+                "UPDATE audit_reach SET checkpoints = ?, checkpoint_digest = ? WHERE id = 1 AND checkpoints < ?",
+                (number, digest, number),
+            )
+
+
+class HomeReach:
+    """The reach of a partner home's log, read or written through its own connection.
+
+    Used by writers other than the store (federated rounds, analytics queries) and by
+    ``audit verify --home``. Recording is best effort for these writers: a store busy
+    with a long ingest is not waited for beyond a few seconds, and the log merely runs
+    ahead of the record, which verification accepts.
+    """
+
+    def __init__(self, store_path: Path, signing_pub: Path) -> None:
+        self.store_path = Path(store_path)
+        self.signing_pub = Path(signing_pub)
+
+    @classmethod
+    def for_home(cls, home: Any) -> "HomeReach":
+        """The reach of a :class:`~fedcustomer.clients.home.PartnerHome`'s log."""
+        return cls(home.store_path, home.keys_dir / "audit_signing.pub")
+
+    def _connect(self, mode: str) -> sqlite3.Connection | None:
+        if not self.store_path.exists():
+            return None
+        try:
+            return sqlite3.connect(f"file:{self.store_path}?mode={mode}", uri=True, timeout=5, isolation_level=None)
+        except sqlite3.Error:
+            return None
+
+    def recorded(self) -> Reach | None:
+        con = self._connect("ro")
+        if con is not None:
+            try:
+                reach = SqlReach(con.execute, source=self.store_path.name).recorded()
+            except sqlite3.Error:
+                reach = None
+            finally:
+                con.close()
+            if reach is not None:
+                return reach
+        if self.signing_pub.exists():  # a key is made only when a log is opened to be written
+            return Reach(1, None, None, 0, None, f"this home's audit signing key ({self.signing_pub.name}, made only "
+                         "for a log that is written)")
+        return None
+
+    def _update(self, fn: str, *args: Any) -> None:
+        con = self._connect("rw")
+        if con is None:
+            return
+        try:
+            getattr(SqlReach(con.execute), fn)(*args)
+        except sqlite3.Error:
+            pass  # best effort (see the class docstring)
+        finally:
+            con.close()
+
+    def record_entry(self, seq: int, entry_hash: str, end: int) -> None:
+        self._update("record_entry", seq, entry_hash, end)
+
+    def record_checkpoint(self, number: int, digest: str) -> None:
+        self._update("record_checkpoint", number, digest)

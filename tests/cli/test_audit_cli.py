@@ -220,7 +220,7 @@ def test_query_csv_escapes_formula_cells(tmp_path: Path, capsys: pytest.CaptureF
     log.append(actor="=cmd|' /C calc'!A0", role="analyst", action="read", decision="allowed", dataset="loans",
                fields=("income",), purpose="+purpose", reason="@SUM(1)")
     log.close()
-    code, out, _ = run(["audit", "query", "--home", str(h.root), "--format", "csv"], capsys)
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(h.root), "--format", "csv"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 1
     assert rows[0]["actor"] == "'=cmd|' /C calc'!A0"

@@ -64,7 +64,7 @@ def test_a_horizontal_job_writes_only_listed_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_vertical_job_and_a_psi_write_only_listed_files(tmp_path: Path) -> None:
+def test_a_vertical_job_and_a_psi_write_only_listed_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.cli.cli_runner import run
 
     out = tmp_path / "vertical"
@@ -73,6 +73,6 @@ def test_a_vertical_job_and_a_psi_write_only_listed_files(tmp_path: Path) -> Non
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("customer_id\n" + "\n".join(f"K{i:05d}" for i in range(0, 300)) + "\n")
     b.write_text("customer_id\n" + "\n".join(f"K{i:05d}" for i in range(150, 450)) + "\n")
-    code, _, err = run(["psi", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "psi")])
+    code, _, err = run(["psi", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "psi")], capsys)
     assert code == 0, err
     assert unlisted(tmp_path / "psi", listed_outputs()) == []

@@ -382,6 +382,21 @@ class PartnerStore:
             self._audit(actor, audit_action, "denied", reason=str(exc), **fields)
             raise
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """A store transaction that wraps new data keys under the KEK version active *now*.
+
+        The keyring is re-read after the database write lock is taken: a retirement runs
+        its usage check and its key destruction under that same lock (:meth:`retire_key`),
+        so a handle opened before another process rotated and retired can never wrap a
+        key under a version that is (or is about to be) destroyed.
+        """
+        with self.backend.transaction():
+            refresh = getattr(self.keyring, "refresh", None)
+            if refresh is not None:
+                refresh()
+            yield
+
     # ---- schemas -----------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
@@ -493,7 +508,7 @@ class PartnerStore:
             self._audit(actor, "ingest", dataset=schema.dataset, row_count=0,
                         details={"file": path.name, "sha256": sha, "skipped": "already ingested"})
             return report
-        with self.backend.transaction():
+        with self._write_transaction():
             self._register(schema)
             ingest_id = int(self.backend.scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM ingests"))
             report.ingest_id = ingest_id
@@ -885,9 +900,10 @@ class PartnerStore:
         rotate = getattr(self.keyring, "rotate", None)
         if rotate is None:
             raise ConfigError("this keyring cannot rotate from here; rotate the key in the KMS, then rewrap")
-        new_version = int(rotate())
+        rotate()
         counts = {"data_keys": 0, "quarantine": 0, "keycheck": 0}
-        with self.backend.transaction():
+        with self._write_transaction():
+            new_version = int(self.keyring.active_version())  # a concurrent rotation may have gone further
             for table, key, version, blob, context in list(self._wrapped_keys()):
                 if version == new_version:
                     continue
@@ -936,19 +952,21 @@ class PartnerStore:
     def retire_key(self, actor: Actor, version: int) -> None:
         """Destroy a KEK version; refused while any wrapped key in the store still uses it."""
         self._require(actor, "keys", "key_retire", details={"kek_version": version})
-        in_use = self.key_usage().get(int(version), 0)
-        if in_use:
-            message = (
-                f"KEK version {version} still wraps {in_use} data key(s) in {self.home.store_path}; "
-                f"run `fedcustomer keys rotate` first, then retire it"
-            )
-            self._audit(actor, "key_retire", "denied", reason=message, details={"kek_version": version})
-            raise KeyMaterialError(message)
         retire = getattr(self.keyring, "retire", None)
         if retire is None:
             raise ConfigError("this keyring cannot retire versions from here; retire the key version in the KMS")
         try:
-            retire(int(version))
+            # Check and destroy under the store's write lock: writers wrap only inside a write
+            # transaction after re-reading the keyring, so none can add a key under this
+            # version between the check and the destruction, in this process or another.
+            with self.backend.transaction():
+                in_use = self.key_usage().get(int(version), 0)
+                if in_use:
+                    raise KeyMaterialError(
+                        f"KEK version {version} still wraps {in_use} data key(s) in {self.home.store_path}; "
+                        f"run `fedcustomer keys rotate` first, then retire it"
+                    )
+                retire(int(version))
         except FedCustomerError as exc:
             self._audit(actor, "key_retire", "denied", reason=str(exc), details={"kek_version": version})
             raise

@@ -382,6 +382,9 @@ class FileKeyRing:
         if not isinstance(data_key, (bytes, bytearray)) or not data_key:
             raise KeyMaterialError("data key to wrap must be non-empty bytes")
         version = self._active
+        kek = self._keks[version]
+        if kek.status != ACTIVE or kek.key is None:  # never wrap under a retired or demoted version
+            raise KeyMaterialError(f"KEK version {version} of the keyring at {self._path} is not active; refresh it")
         nonce = os.urandom(NONCE_BYTES)
         blob = nonce + self._aead_for(version).encrypt(nonce, bytes(data_key), _wrap_aad(version, context))
         return WrappedKey(version, blob)
@@ -419,6 +422,15 @@ class FileKeyRing:
 
     def versions(self) -> list[KekInfo]:
         return [KekInfo(k.version, k.created_at, k.status) for _, k in sorted(self._keks.items())]
+
+    def refresh(self) -> None:
+        """Re-read the keyring file: adopt the version active on disk now.
+
+        A handle opened before another process rotated and retired would otherwise keep
+        wrapping new data keys under the retired version (unrecoverable). The store calls
+        this inside each write transaction, where no retirement can interleave.
+        """
+        self._install(_load_keyring(self._path))
 
     # --- administration -------------------------------------------------------
     def rotate(self) -> int:

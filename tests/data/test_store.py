@@ -427,3 +427,87 @@ def test_open_without_store_and_double_init(tmp_path, store):
     with pytest.raises(AccessDenied):
         PartnerStore.init(PartnerHome(tmp_path / "h2"), "x", actor=MARKETING)
     assert FileKeyRing.open(store.home.keys_dir).active_version() == 1
+
+
+# --- rotation racing an open handle --------------------------------------------------------
+
+
+def _approve_core(store):
+    rid = store.request_approval(RISK, "bank", CORE, "risk_review")
+    store.approve(ADMIN, rid)
+    store.approve(COMPLIANCE, rid)
+
+
+def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_version(tmp_path, loaded, bank):
+    store, _ = loaded
+    other = PartnerStore.open(store.home)  # like a second process: its own keyring and connection
+    try:
+        other.rotate_keys(ADMIN)
+        other.retire_key(ADMIN, 1)
+    finally:
+        other.close()
+    newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)  # 20 customers the store has never seen
+    assert store.ingest(ADMIN, bank, write_csv(tmp_path, newcomers, "new.csv")).inserted == 20
+    assert store.key_usage() == {2: 51}
+    _approve_core(store)
+    got = store.read(RISK, "risk_review", CORE)
+    newcomers.index = store.pseudonymizer.pseudonyms(newcomers["customer_id"])
+    for col in CORE:
+        assert (got.loc[newcomers.index, col] == newcomers[col].astype(str)).all(), col
+
+
+def test_cli_rotate_and_retire_in_another_process_do_not_strand_an_open_handle(tmp_path, loaded, bank):
+    import os
+    import subprocess
+    import sys
+
+    store, _ = loaded
+    home = str(store.home.root)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["keys", "rotate"], ["keys", "retire", "1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "fedcustomer", *args, "--home", home, "--actor", "alice", "--role",
+             "partner_admin"], capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+    newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, newcomers, "new.csv"))
+    _approve_core(store)
+    got = store.read(RISK, "risk_review", ["national_id"])
+    newcomers.index = store.pseudonymizer.pseudonyms(newcomers["customer_id"])
+    assert (got.loc[newcomers.index, "national_id"] == newcomers["national_id"]).all()
+
+
+def test_retire_cannot_slip_between_a_writers_wrap_and_its_commit(loaded):
+    store, _ = loaded
+    other = PartnerStore.open(store.home)
+    try:
+        other.rotate_keys(ADMIN)
+        # A writer in another handle is mid-transaction, having wrapped a key under version 1
+        # (what a stale writer did before the fix), not yet committed.
+        context = data_key_context("bank", "p" * 64)
+        old = FileKeyRing.open(store.home.keys_dir)
+        old._active = 1  # the stale in-memory state of a handle opened before the rotation
+        old._keks[1].status = "active"
+        wrapped = old.wrap(b"k" * 32, context)
+        assert wrapped.kek_version == 1
+        with store.backend.transaction():
+            store.backend.execute("INSERT INTO data_keys VALUES (?, ?, ?, ?)", ("bank", "p" * 64, 1, wrapped.blob))
+            other.backend.execute("PRAGMA busy_timeout = 0")  # fail at once instead of waiting for the lock
+            with pytest.raises(ConfigError, match="busy"):
+                other.retire_key(ADMIN, 1)
+        # Once the writer committed, the retirement sees its key and is refused.
+        with pytest.raises(KeyMaterialError, match="still wraps 1"):
+            other.retire_key(ADMIN, 1)
+        assert {k.version: k.status for k in FileKeyRing.open(store.home.keys_dir).versions()}[1] == "available"
+    finally:
+        other.close()
+
+
+def test_keyring_refuses_to_wrap_under_a_version_it_no_longer_holds_active(tmp_path):
+    ring = FileKeyRing.create(tmp_path / "keys")
+    stale = FileKeyRing.open(tmp_path / "keys")
+    ring.rotate()
+    ring.retire(1)
+    stale.refresh()
+    assert stale.wrap(b"k" * 32, b"ctx").kek_version == 2

@@ -169,10 +169,45 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _read_secret_file(path: Path, what: str) -> bytes:
-    """Read a key file, refusing one that is missing, not a regular file, or too permissive."""
+def _trusted_owner(uid: int) -> bool:
+    """The partner node's own user, or root (mounted secrets); anyone else could swap the key."""
+    return uid in (os.geteuid(), 0)
+
+
+def check_keys_dir(keys_dir: Path) -> None:
+    """Refuse a keys directory that another user could write to (they could plant or swap keys)."""
+    if os.name != "posix":  # pragma: no cover - permissions are POSIX-only here
+        return
     try:
-        fd = os.open(path, os.O_RDONLY)  # symlinks allowed (mounted secrets); the target is checked
+        st = os.stat(keys_dir)
+    except FileNotFoundError:
+        return  # the missing key file is reported by the caller, with the fix
+    except OSError as exc:
+        raise KeyMaterialError(f"keys directory {keys_dir} could not be inspected ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KeyMaterialError(f"keys directory {keys_dir} is not a directory")
+    if st.st_mode & 0o022:
+        raise KeyMaterialError(
+            f"keys directory {keys_dir} is writable by group or others (mode {st.st_mode & 0o777:04o}); "
+            f"anyone who can write there can replace the keys: restrict it with: chmod 700 {keys_dir}"
+        )
+    if not _trusted_owner(st.st_uid):
+        raise KeyMaterialError(
+            f"keys directory {keys_dir} is owned by user id {st.st_uid}, not by the partner node's user "
+            f"({os.geteuid()}); chown it to the node's user"
+        )
+
+
+def _read_secret_file(path: Path, what: str) -> bytes:
+    """Read a key file, refusing one that is missing, not a regular file, or too permissive.
+
+    Opened non-blocking so a FIFO or device planted at the path is refused instead of
+    hanging the process; the directory holding it must not be writable by others either.
+    """
+    check_keys_dir(path.parent)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)  # symlinks allowed (mounted secrets); the target is checked
     except FileNotFoundError:
         raise KeyMaterialError(
             f"{what} not found at {path}: initialise this partner's keys, or restore the file from backup"
@@ -185,12 +220,22 @@ def _read_secret_file(path: Path, what: str) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise KeyMaterialError(f"{what} at {path} is not a regular file")
+            raise KeyMaterialError(
+                f"{what} at {path} is not a regular file (a pipe, device or directory); replace it with the "
+                f"key file from backup"
+            )
         if os.name == "posix" and st.st_mode & 0o077:
             raise KeyMaterialError(
                 f"{what} at {path} is accessible to group or others (mode {st.st_mode & 0o777:04o}); "
                 f"restrict it with: chmod 600 {path}"
             )
+        if os.name == "posix" and not _trusted_owner(st.st_uid):
+            raise KeyMaterialError(
+                f"{what} at {path} is owned by user id {st.st_uid}, not by the partner node's user "
+                f"({os.geteuid()}); chown it to the node's user"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as fh:
             fd = -1
             return fh.read()

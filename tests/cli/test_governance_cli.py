@@ -169,3 +169,23 @@ def test_wrong_keyring_exit_code(home, tmp_path, capsys):
     (home / "keys" / "keyring.json").write_bytes((other / "keys" / "keyring.json").read_bytes())
     code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
     assert code == KeyMaterialError.exit_code and "keyring" in err
+
+
+@pytest.mark.timeout(120)
+def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(home, capsys):
+    import os
+
+    keyring = home / "keys" / "keyring.json"
+    saved = keyring.read_bytes()
+    keyring.unlink()
+    os.mkfifo(keyring, 0o600)
+    code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code and "not a regular file" in err and "Traceback" not in err
+    keyring.unlink()
+    keyring.write_bytes(saved)
+    os.chmod(keyring, 0o600)
+    os.chmod(home / "keys", 0o777)
+    code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code and "chmod 700" in err and "Traceback" not in err
+    os.chmod(home / "keys", 0o700)
+    assert run(["keys", "list", "--home", str(home), *ADMIN], capsys)[0] == 0

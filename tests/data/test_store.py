@@ -90,8 +90,10 @@ def test_raw_ids_and_core_values_never_stored_in_clear(tmp_path, store, bank):
     for col in CORE:
         for value in frame[col].astype(str):
             assert value.encode() not in raw, col
-    # Sensitive and public values are stored as values (so training reads need no decryption).
-    assert b"north" in raw or b"south" in raw or b"east" in raw
+    # Public and sensitive values are sealed too (under each customer's data key), so every
+    # column of a customer's row other than its pseudonym and ingest number is ciphertext.
+    for row in store.backend.fetchall('SELECT * FROM "c_bank"'):
+        assert all(isinstance(v, bytes) for v in row[2:]) and isinstance(row[1], int)
 
 
 def test_duplicates_merged_newest_wins_and_recorded_by_pseudonym(tmp_path, store, bank):
@@ -511,3 +513,80 @@ def test_keyring_refuses_to_wrap_under_a_version_it_no_longer_holds_active(tmp_p
     ring.retire(1)
     stale.refresh()
     assert stale.wrap(b"k" * 32, b"ctx").kek_version == 2
+
+
+# --- erasure reaches backups ------------------------------------------------------------------
+
+
+def _rows_naming(db, pseudonym):
+    """Every row of every table of a SQLite file in which a column equals ``pseudonym``."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        found = {}
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            cur = con.execute(f'SELECT * FROM "{table}"')
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall() if pseudonym in r]
+            if rows:
+                found[table] = rows
+        return found
+    finally:
+        con.close()
+
+
+def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate_and_retire(tmp_path, store, bank):
+    frame = bank_frame(12)
+    dup = frame.iloc[[3]].assign(updated_at="2019-01-01T00:00:00Z", income=1.0)  # also leaves a merge record
+    store.ingest(ADMIN, bank, write_csv(tmp_path, pd.concat([frame, dup], ignore_index=True)))
+    victim = frame.iloc[3]
+    p = store.pseudonymizer.pseudonym(victim["customer_id"])
+    backup = tmp_path / "backup.db"
+    shutil.copy2(store.home.store_path, backup)  # an operator's backup, taken before the erasure
+    store.erase(ADMIN, victim["customer_id"])
+    store.rotate_keys(ADMIN)
+    store.retire_key(ADMIN, 1)
+    # Found by the keyed pseudonym (the pseudonym key remains), the customer's rows in the
+    # backup hold nothing but ciphertext, numbers that count ingests, and labels.
+    found = _rows_naming(backup, p)
+    assert set(found) >= {"c_bank", "data_keys", "merges"}
+    labels = {p, "bank", "duplicate_in_file", "kept_stored", "replaced_stored"}
+    for table, rows in found.items():
+        for row in rows:
+            for column, value in row.items():
+                ok = isinstance(value, bytes) or value in labels or (
+                    column in ("ingest_id", "kek_version", "id") and isinstance(value, int))
+                assert ok, (table, column)
+    # No key that remains opens any of it: the backup's wrapped key needs the retired KEK,
+    # and no live data key decrypts the sealed row or core tokens.
+    import sqlite3
+
+    con = sqlite3.connect(backup)
+    version, blob = con.execute("SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,)).fetchone()
+    sealed, national = con.execute('SELECT sealed, national_id FROM "c_bank" WHERE pseudonym = ?', (p,)).fetchone()
+    con.close()
+    with pytest.raises(KeyMaterialError, match="retired"):
+        store.keyring.unwrap(WrappedKey(version, bytes(blob)), data_key_context("bank", p))
+    cipher = FieldCipher("bank")
+    for ds, q, v, b in store.backend.fetchall("SELECT dataset, pseudonym, kek_version, blob FROM data_keys"):
+        key = store.keyring.unwrap(WrappedKey(v, bytes(b)), data_key_context(ds, q))
+        for field, token in (("__sealed_row__", sealed), ("national_id", national)):
+            with pytest.raises(IntegrityError):
+                cipher.decrypt(key, field, p, bytes(token))
+    # And the backup file holds none of the customer's values in any encoding SQLite uses.
+    import struct
+
+    raw = backup.read_bytes()
+    for value in (victim["income"], victim["balance"], victim["credit_limit"], victim["utilisation"]):
+        assert struct.pack(">d", float(value)) not in raw
+    for value in (victim["national_id"], victim["phone"], victim["updated_at"], victim["full_name"]):
+        assert str(value).encode() not in raw
+
+
+def test_store_of_the_old_clear_layout_is_refused_with_what_to_do(store):
+    home = store.home
+    store.backend.execute("UPDATE meta SET value = 'fedcustomer.store/1' WHERE key = 'format'")
+    store.close()
+    with pytest.raises(ConfigError, match="older version"):
+        PartnerStore.open(home)

@@ -874,7 +874,7 @@ class PartnerStore:
         for row in self.backend.fetchall(sql, [dataset]):
             p, sealed, version, blob = row[:4]
             key = self._unwrap_row_key(dataset, p, version, blob)
-            values = _open_row(cipher, key, p, sealed)["values"]
+            values = _open_row(cipher, key, p, sealed)["values"] if plain or wanted else {}
             if any(values.get(k) not in allowed for k, allowed in wanted.items()):
                 continue
             index.append(p)

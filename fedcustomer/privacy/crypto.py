@@ -35,6 +35,9 @@ Anything with the four :class:`KeyRing` methods works; the store relies on nothi
   decrypt-only, "retired" for destroyed).
 
 The master key then never leaves the KMS; only wrapped data keys are stored locally.
+An adapter may also offer ``refresh()``: the store calls it inside each write
+transaction so that a long-lived handle wraps under the version active *now* (the file
+keyring re-reads its file there); without it, ``active_version()`` must itself be current.
 """
 
 from __future__ import annotations

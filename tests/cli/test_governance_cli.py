@@ -189,3 +189,9 @@ def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(h
     assert code == KeyMaterialError.exit_code and "chmod 700" in err and "Traceback" not in err
     os.chmod(home / "keys", 0o700)
     assert run(["keys", "list", "--home", str(home), *ADMIN], capsys)[0] == 0
+
+
+def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, capsys):
+    code, _, err = run(["approvals", "list", "--home", str(home), "--actor", "r\u0456ck", "--role", "risk_officer"],
+                       capsys)
+    assert code == ConfigError.exit_code and "mixes scripts" in err and "Traceback" not in err

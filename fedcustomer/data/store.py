@@ -3,15 +3,17 @@
 Layout (one SQLite file, ``store.db`` in the partner home):
 
 - one table per dataset, ``c_<dataset>``, keyed by the customer's keyed pseudonym
-  (HMAC; raw ids are never stored in clear). Public and sensitive fields are stored as
-  values; core fields (the id itself, national ID, name, phone, card number...) as
-  AES-GCM ciphertext under a per-customer data key, with AAD binding dataset, field and
-  pseudonym;
+  (HMAC; raw ids are never stored in clear). Every value is AES-GCM ciphertext under a
+  per-customer data key, with AAD binding dataset, field and pseudonym: core fields (the
+  id itself, national ID, name, phone, card number...) one token each, decrypted only
+  for a clear view; public and sensitive fields, the record timestamp and the row digest
+  together in one ``sealed`` token. Clear columns: the pseudonym and the ingest number;
 - ``data_keys``: each customer's data key wrapped by the keyring's KEK (envelope
   encryption), so key rotation re-wraps small keys, and erasure deletes one of them;
 - ``quarantine``: rows that failed validation, the raw row encrypted like core fields,
   with a reason per field (reasons never quote values);
-- ``merges``: which duplicates were merged (newest wins), by pseudonym;
+- ``merges``: which duplicates were merged (newest wins), by pseudonym, the two
+  timestamps sealed under the customer's data key;
 - ``ingests``: file name, sha256, row counts, time of every ingest;
 - ``erasures``: pseudonyms of erased customers, so a later file cannot bring them back;
 - ``keycheck``: a wrapped sentinel key and a sentinel pseudonym, so opening a store with
@@ -27,8 +29,13 @@ and audit-logged, allowed or denied.
 Erasure is crypto-shredding: the customer's wrapped data key, row, quarantined rows
 and merge records are deleted with SQLite ``secure_delete`` on (freed pages are zeroed).
 Copies outside the database file (backups, filesystem remnants of the rollback
-journal) still hold only ciphertext and a *wrapped* key; rotating the KEK and retiring
-the old version afterwards makes those copies useless too.
+journal) hold the customer's values only as ciphertext under their data key, and that
+key only wrapped by a KEK; rotating the KEK and retiring the old version afterwards
+makes those copies unreadable. What such a copy still shows in clear: the customer's
+pseudonym (which whoever holds the pseudonym key can compute from the raw id, so it
+shows that the customer was in the store), the ingest number of their row, merge
+outcomes, and for quarantined rows the row number and the reasons (which never quote
+values); the ``erasures`` table keeps the pseudonym by design.
 
 SQL lives behind :class:`SqliteBackend` (connection, transactions, column types), so
 another engine (e.g. PostgreSQL) can be added by implementing the same small interface.
@@ -80,9 +87,12 @@ from fedcustomer.privacy.crypto import (
 )
 from fedcustomer.privacy.masking import default_rule_for, mask_series
 
-STORE_FORMAT = "fedcustomer.store/1"
+STORE_FORMAT = "fedcustomer.store/2"
+_OLD_FORMATS = ("fedcustomer.store/1",)  # kept public and sensitive values in clear
 APPROVALS_DB = "approvals.db"
 QUARANTINE_FIELD = "__quarantined_row__"
+ROW_FIELD = "__sealed_row__"  # AAD field name of a row's sealed non-core values, timestamp and digest
+MERGE_FIELD = "__sealed_merge__"  # AAD field name of a merge record's sealed timestamps
 _KEYCHECK_DATASET = "__store__"
 _KEYCHECK_LABEL = "__keycheck__"
 _PSEUDONYM_CHECK = "__fedcustomer_store_keycheck__"
@@ -110,7 +120,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_pseudonym ON quarantine (pseudonym);
 CREATE TABLE IF NOT EXISTS merges (
     id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, ingest_id INTEGER NOT NULL,
-    pseudonym TEXT NOT NULL, outcome TEXT NOT NULL, kept_timestamp TEXT, dropped_timestamp TEXT);
+    pseudonym TEXT NOT NULL, outcome TEXT NOT NULL, sealed BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS merges_pseudonym ON merges (pseudonym);
 CREATE TABLE IF NOT EXISTS ingests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, file_name TEXT NOT NULL,
@@ -343,6 +353,11 @@ class PartnerStore:
             expected = backend.scalar("SELECT value FROM meta WHERE key = 'pseudonym_check'")
         except sqlite3.Error as exc:
             raise IntegrityError(f"{backend.path} is not a fedcustomer store: {exc}") from None
+        if fmt in _OLD_FORMATS:
+            raise ConfigError(
+                f"{backend.path} is a {fmt} store, written by an older version that kept public and sensitive "
+                f"values in clear (so erasure did not reach backups); export its data and ingest it into a new home"
+            )
         if fmt != STORE_FORMAT or check is None or expected is None:
             raise IntegrityError(f"{backend.path} is not a {STORE_FORMAT} store (format {fmt!r})")
         try:
@@ -415,6 +430,21 @@ class PartnerStore:
             self._audit(actor, audit_action, "denied", reason=str(exc), **fields)
             raise
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """A store transaction that wraps new data keys under the KEK version active *now*.
+
+        The keyring is re-read after the database write lock is taken: a retirement runs
+        its usage check and its key destruction under that same lock (:meth:`retire_key`),
+        so a handle opened before another process rotated and retired can never wrap a
+        key under a version that is (or is about to be) destroyed.
+        """
+        with self.backend.transaction():
+            refresh = getattr(self.keyring, "refresh", None)
+            if refresh is not None:
+                refresh()
+            yield
+
     # ---- schemas -----------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
@@ -455,11 +485,14 @@ class PartnerStore:
             self._schemas.pop(schema.dataset, None)
             return
         q = self.backend.quote
-        columns = ", ".join(f"{q(f.name)} {self.backend.column_type(f)}" for f in schema.fields)
+        # Every value is sealed under the customer's data key: core fields one token each
+        # (decrypted only for a clear view), all other fields with the row's timestamp and
+        # digest in one token. Destroying the data key (erasure) leaves nothing readable.
+        core = "".join(f", {q(f.name)} BLOB" for f in schema.fields if f.is_core)
         table = _table(schema.dataset)
         self.backend.execute(
             f"CREATE TABLE {q(table)} (pseudonym TEXT PRIMARY KEY, ingest_id INTEGER NOT NULL, "
-            f"row_ts TEXT NOT NULL, row_digest TEXT NOT NULL, {columns}) WITHOUT ROWID"
+            f"sealed BLOB NOT NULL{core}) WITHOUT ROWID"
         )
         self.backend.execute(
             "INSERT INTO datasets VALUES (?, ?, ?, ?, ?)", (schema.dataset, table, schema.to_yaml(), now, now)
@@ -490,14 +523,22 @@ class PartnerStore:
         ]
 
     def merges(self, dataset: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT dataset, ingest_id, pseudonym, outcome, kept_timestamp, dropped_timestamp FROM merges"
+        """Merge records; their timestamps are sealed under the customer's data key and opened here."""
+        sql = ("SELECT m.dataset, m.ingest_id, m.pseudonym, m.outcome, m.sealed, k.kek_version, k.blob FROM merges m "
+               "LEFT JOIN data_keys k ON k.dataset = m.dataset AND k.pseudonym = m.pseudonym")
         params: tuple = ()
         if dataset:
-            sql += " WHERE dataset = ?"
+            sql += " WHERE m.dataset = ?"
             params = (dataset,)
-        cur = self.backend.execute(sql + " ORDER BY id", params)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        out: list[dict[str, Any]] = []
+        for ds, ingest_id, p, outcome, sealed, version, blob in self.backend.fetchall(sql + " ORDER BY m.id", params):
+            if blob is None:
+                raise IntegrityError(f"merge record of customer {p} in dataset {ds!r} has no data key; the store was altered")
+            key = self.keyring.unwrap(WrappedKey(int(version), bytes(blob)), data_key_context(ds, p))
+            kept, dropped = json.loads(FieldCipher(ds).decrypt(key, MERGE_FIELD, p, bytes(sealed)))
+            out.append({"dataset": ds, "ingest_id": ingest_id, "pseudonym": p, "outcome": outcome,
+                        "kept_timestamp": kept, "dropped_timestamp": dropped})
+        return out
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -538,7 +579,7 @@ class PartnerStore:
             self._audit(actor, "ingest", dataset=schema.dataset, row_count=0,
                         details={"file": path.name, "sha256": sha, "skipped": "already ingested"})
             return report
-        with self.backend.transaction():
+        with self._write_transaction():
             self._register(schema)
             ingest_id = int(self.backend.scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM ingests"))
             report.ingest_id = ingest_id
@@ -569,27 +610,33 @@ class PartnerStore:
     def _write_chunk(
         self, schema: Schema, cipher: FieldCipher, chunk: PreparedChunk, ingest_id: int, report: IngestReport
     ) -> None:
-        """Upsert one prepared chunk: newest timestamp wins against what is stored."""
+        """Upsert one prepared chunk: newest timestamp wins against what is stored.
+
+        Every value, the row's timestamp and digest included, is sealed under the
+        customer's data key; stored rows are opened with their own key to compare.
+        """
         dataset = schema.dataset
         q = self.backend.quote
         table = q(_table(dataset))
         keyring = self.keyring
         now = utc_now()
         self._quarantine(schema, cipher, chunk, ingest_id, now)
-        merges: list[tuple] = [
-            (dataset, ingest_id, p, "duplicate_in_file", kept, dropped) for p, kept, dropped in chunk.duplicates
-        ]
         if not len(chunk):
-            self.backend.executemany("INSERT INTO merges VALUES (NULL, ?, ?, ?, ?, ?, ?)", merges)
+            self._write_merges(cipher, dataset, ingest_id, chunk.duplicates, {}, set())
             return
         existing: dict[str, tuple[int, str, str]] = {}
+        keys: dict[str, bytes] = {}
         erased: set[str] = set()
         for batch in _batches(chunk.pseudonyms):
             marks = ",".join("?" * len(batch))
-            for p, ing, ts, dig in self.backend.fetchall(
-                f"SELECT pseudonym, ingest_id, row_ts, row_digest FROM {table} WHERE pseudonym IN ({marks})", batch
+            for p, ing, sealed, version, blob in self.backend.fetchall(
+                f"SELECT t.pseudonym, t.ingest_id, t.sealed, k.kek_version, k.blob FROM {table} t "
+                f"LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
+                f"WHERE t.pseudonym IN ({marks})", [dataset, *batch]
             ):
-                existing[p] = (ing, ts, dig)
+                keys[p] = self._unwrap_row_key(dataset, p, version, blob)
+                row = _open_row(cipher, keys[p], p, sealed)
+                existing[p] = (ing, row["ts"], row["digest"])
             erased.update(
                 r[0] for r in self.backend.fetchall(f"SELECT pseudonym FROM erasures WHERE pseudonym IN ({marks})", batch)
             )
@@ -599,6 +646,7 @@ class PartnerStore:
         inserts: list[tuple] = []
         updates: list[tuple] = []
         new_keys: list[tuple] = []
+        merges: list[tuple[str, str, str, str]] = []  # (pseudonym, outcome, kept ts, dropped ts)
         for i, p in enumerate(chunk.pseudonyms):
             if p in erased:
                 report.suppressed += 1
@@ -611,7 +659,7 @@ class PartnerStore:
                 if digest == old_digest:
                     if same_file:
                         report.duplicates += 1
-                        merges.append((dataset, ingest_id, p, "duplicate_in_file", old_ts, ts))
+                        merges.append((p, "duplicate_in_file", old_ts, ts))
                     else:
                         report.unchanged += 1
                     continue
@@ -621,21 +669,20 @@ class PartnerStore:
                         report.duplicates += 1
                     else:
                         report.stale += 1
-                    merges.append((dataset, ingest_id, p, "duplicate_in_file" if same_file else "kept_stored",
-                                   old_ts, ts))
+                    merges.append((p, "duplicate_in_file" if same_file else "kept_stored", old_ts, ts))
                     continue
             values = {n: chunk.core[n][i] for n in core_names}
             present = {n: v for n, v in values.items() if v is not None}
             if old is None:
-                data_key = new_data_key()
+                data_key = keys[p] = new_data_key()
                 wrapped = keyring.wrap(data_key, data_key_context(dataset, p))
                 new_keys.append((dataset, p, wrapped.kek_version, wrapped.blob))
             else:
-                data_key = self._data_key(dataset, p)
+                data_key = keys[p]
             tokens = cipher.encrypt_record(data_key, p, present)
-            row = [ingest_id, ts, digest]
+            plain = {n: chunk.plain[n][i] for n in plain_names}
+            row = [ingest_id, _seal_row(cipher, data_key, p, ts, digest, plain)]
             row += [tokens.get(n) for n in core_names]
-            row += [chunk.plain[n][i] for n in plain_names]
             if old is None:
                 inserts.append((p, *row))
                 report.inserted += 1
@@ -643,12 +690,12 @@ class PartnerStore:
                 updates.append((*row, p))
                 if old[0] == ingest_id:
                     report.duplicates += 1
-                    merges.append((dataset, ingest_id, p, "duplicate_in_file", ts, old[1]))
+                    merges.append((p, "duplicate_in_file", ts, old[1]))
                 else:
                     report.updated += 1
-                    merges.append((dataset, ingest_id, p, "replaced_stored", ts, old[1]))
+                    merges.append((p, "replaced_stored", ts, old[1]))
             existing[p] = (ingest_id, ts, digest)
-        cols = ["ingest_id", "row_ts", "row_digest", *core_names, *plain_names]
+        cols = ["ingest_id", "sealed", *core_names]
         self.backend.executemany("INSERT INTO data_keys VALUES (?, ?, ?, ?)", new_keys)
         self.backend.executemany(
             f"INSERT INTO {table} (pseudonym, {', '.join(q(c) for c in cols)}) VALUES ({','.join('?' * (len(cols) + 1))})",
@@ -657,7 +704,33 @@ class PartnerStore:
         self.backend.executemany(
             f"UPDATE {table} SET {', '.join(q(c) + ' = ?' for c in cols)} WHERE pseudonym = ?", updates
         )
-        self.backend.executemany("INSERT INTO merges VALUES (NULL, ?, ?, ?, ?, ?, ?)", merges)
+        in_file = [(p, "duplicate_in_file", kept, dropped) for p, kept, dropped in chunk.duplicates]
+        self._write_merges(cipher, dataset, ingest_id, in_file + merges, keys, erased)
+
+    def _write_merges(
+        self, cipher: FieldCipher, dataset: str, ingest_id: int, merges: Sequence[tuple[str, str, str, str]],
+        keys: dict[str, bytes], erased: set[str],
+    ) -> None:
+        """Record merges with their timestamps sealed under the customer's data key.
+
+        An erased customer's duplicates are not recorded at all: nothing about them is
+        written again after the erasure.
+        """
+        rows = []
+        for p, outcome, kept, dropped in merges:
+            if p in erased:
+                continue
+            key = keys.get(p)
+            if key is None:
+                key = keys[p] = self._data_key(dataset, p)
+            sealed = cipher.encrypt(key, MERGE_FIELD, p, json.dumps([kept, dropped]))
+            rows.append((dataset, ingest_id, p, outcome, sealed))
+        self.backend.executemany("INSERT INTO merges VALUES (NULL, ?, ?, ?, ?, ?)", rows)
+
+    def _unwrap_row_key(self, dataset: str, pseudonym: str, version: Any, blob: Any) -> bytes:
+        if blob is None:
+            raise IntegrityError(f"customer {pseudonym} of dataset {dataset!r} has no data key; the store was altered")
+        return self.keyring.unwrap(WrappedKey(int(version), bytes(blob)), data_key_context(dataset, pseudonym))
 
     def _quarantine(
         self, schema: Schema, cipher: FieldCipher, chunk: PreparedChunk, ingest_id: int, now: str
@@ -826,62 +899,47 @@ class PartnerStore:
         return decisions, approvals
 
     def _fetch(self, schema: Schema, names: list[str], views: dict[str, str], where: Mapping[str, Any]) -> pd.DataFrame:
+        """Open each customer's sealed row with their data key; filter; decrypt core fields asked for."""
         q = self.backend.quote
-        table = q(_table(schema.dataset))
+        dataset = schema.dataset
         core = [n for n in names if schema.field(n).is_core]
-        cols = ["t.pseudonym"] + [f"t.{q(n)}" for n in names]
-        sql = f"SELECT {', '.join(cols)}"
-        if core:
-            sql += ", k.kek_version, k.blob"
-        sql += f" FROM {table} t"
-        if core:
-            sql += " LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym"
-        params: list[Any] = [schema.dataset] if core else []
-        clauses = []
-        for key, value in where.items():
-            spec = schema.field(key)
-            values = list(value) if _is_seq(value) else [value]
-            clauses.append(f"t.{q(key)} IN ({','.join('?' * len(values))})")
-            params.extend(_where_value(spec, v) for v in values)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY t.pseudonym"
-        rows = self.backend.fetchall(sql, params)
-        columns = list(zip(*rows)) if rows else [() for _ in range(len(names) + 1 + (2 if core else 0))]
-        index = pd.Index(list(columns[0]), name="pseudonym", dtype=object)
+        plain = [n for n in names if not schema.field(n).is_core]
+        sql = (
+            f"SELECT t.pseudonym, t.sealed, k.kek_version, k.blob{''.join(f', t.{q(n)}' for n in core)} "
+            f"FROM {q(_table(dataset))} t LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
+            f"ORDER BY t.pseudonym"
+        )
+        wanted = {
+            key: {_where_value(schema.field(key), v) for v in (list(value) if _is_seq(value) else [value])}
+            for key, value in where.items()
+        }
+        cipher = FieldCipher(dataset)
+        index: list[str] = []
+        columns: dict[str, list[Any]] = {n: [] for n in names}
+        for row in self.backend.fetchall(sql, [dataset]):
+            p, sealed, version, blob = row[:4]
+            key = self._unwrap_row_key(dataset, p, version, blob)
+            values = _open_row(cipher, key, p, sealed)["values"] if plain or wanted else {}
+            if any(values.get(k) not in allowed for k, allowed in wanted.items()):
+                continue
+            index.append(p)
+            for n in plain:
+                columns[n].append(values.get(n))
+            tokens = {n: bytes(t) for n, t in zip(core, row[4:]) if t is not None}
+            clear = cipher.decrypt_record(key, p, tokens) if tokens else {}
+            for n in core:
+                columns[n].append(clear.get(n))
+        idx = pd.Index(index, name="pseudonym", dtype=object)
         data: dict[str, Any] = {}
-        clear = self._decrypt_columns(schema, core, columns, names, index) if core else {}
-        for pos, name in enumerate(names, start=1):
+        for name in names:
             spec = schema.field(name)
-            raw = clear[name] if spec.is_core else list(columns[pos])
-            series = _to_series(spec, raw, index)
+            series = _to_series(spec, columns[name], idx)
             if views[name] == "masked":
                 series = mask_series(series.rename(name), spec.masking or default_rule_for(spec.type),
                                      key=self._mask_key)
-                series.index = index
+                series.index = idx
             data[name] = series
-        return pd.DataFrame(data, index=index)
-
-    def _decrypt_columns(
-        self, schema: Schema, core: list[str], columns: list[tuple], names: list[str], index: pd.Index
-    ) -> dict[str, list[str | None]]:
-        """Unwrap each customer's data key once and decrypt that customer's core fields."""
-        cipher = FieldCipher(schema.dataset)
-        positions = {n: names.index(n) + 1 for n in core}
-        versions, blobs = columns[-2], columns[-1]
-        out: dict[str, list[str | None]] = {n: [None] * len(index) for n in core}
-        unwrap = self.keyring.unwrap
-        dataset = schema.dataset
-        for i, p in enumerate(index):
-            if blobs[i] is None:
-                raise IntegrityError(f"customer {p} of dataset {dataset!r} has no data key; the store was altered")
-            tokens = {n: columns[positions[n]][i] for n in core if columns[positions[n]][i] is not None}
-            if not tokens:
-                continue
-            key = unwrap(WrappedKey(int(versions[i]), bytes(blobs[i])), data_key_context(dataset, p))
-            for n, v in cipher.decrypt_record(key, p, {n: bytes(t) for n, t in tokens.items()}).items():
-                out[n][i] = v
-        return out
+        return pd.DataFrame(data, index=idx)
 
     # ---- erasure ----------------------------------------------------------------------
 
@@ -933,10 +991,11 @@ class PartnerStore:
         rotate = getattr(self.keyring, "rotate", None)
         if rotate is None:
             raise ConfigError("this keyring cannot rotate from here; rotate the key in the KMS, then rewrap")
-        new_version = int(rotate())
-        self._audit(actor, "key_create", details={"kek_version": new_version, "for": "rotation"})  # even if killed next
+        created = int(rotate())
+        self._audit(actor, "key_create", details={"kek_version": created, "for": "rotation"})  # even if killed next
         counts = {"data_keys": 0, "quarantine": 0, "keycheck": 0}
-        with self.backend.transaction():
+        with self._write_transaction():
+            new_version = int(self.keyring.active_version())  # a concurrent rotation may have gone further
             for table, key, version, blob, context in list(self._wrapped_keys()):
                 if version == new_version:
                     continue
@@ -985,19 +1044,21 @@ class PartnerStore:
     def retire_key(self, actor: Actor, version: int) -> None:
         """Destroy a KEK version; refused while any wrapped key in the store still uses it."""
         self._require(actor, "keys", "key_retire", details={"kek_version": version})
-        in_use = self.key_usage().get(int(version), 0)
-        if in_use:
-            message = (
-                f"KEK version {version} still wraps {in_use} data key(s) in {self.home.store_path}; "
-                f"run `fedcustomer keys rotate` first, then retire it"
-            )
-            self._audit(actor, "key_retire", "denied", reason=message, details={"kek_version": version})
-            raise KeyMaterialError(message)
         retire = getattr(self.keyring, "retire", None)
         if retire is None:
             raise ConfigError("this keyring cannot retire versions from here; retire the key version in the KMS")
         try:
-            retire(int(version))
+            # Check and destroy under the store's write lock: writers wrap only inside a write
+            # transaction after re-reading the keyring, so none can add a key under this
+            # version between the check and the destruction, in this process or another.
+            with self.backend.transaction():
+                in_use = self.key_usage().get(int(version), 0)
+                if in_use:
+                    raise KeyMaterialError(
+                        f"KEK version {version} still wraps {in_use} data key(s) in {self.home.store_path}; "
+                        f"run `fedcustomer keys rotate` first, then retire it"
+                    )
+                retire(int(version))
         except FedCustomerError as exc:
             self._audit(actor, "key_retire", "denied", reason=str(exc), details={"kek_version": version})
             raise
@@ -1062,6 +1123,19 @@ def _table(dataset: str) -> str:
 def _batches(items: Sequence[str], size: int = _IN_BATCH) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
+
+
+def _seal_row(cipher: FieldCipher, data_key: bytes, pseudonym: str, ts: str, digest: str,
+              values: Mapping[str, Any]) -> bytes:
+    """One token holding a row's non-core values, timestamp and digest, under the customer's data key."""
+    doc = {"ts": ts, "digest": digest, "values": dict(values)}
+    return cipher.encrypt(data_key, ROW_FIELD, pseudonym, json.dumps(doc, separators=(",", ":")))
+
+
+def _open_row(cipher: FieldCipher, data_key: bytes, pseudonym: str, sealed: Any) -> dict[str, Any]:
+    if sealed is None:
+        raise IntegrityError(f"customer {pseudonym} of dataset {cipher.dataset!r} has no sealed row; the store was altered")
+    return json.loads(cipher.decrypt(data_key, ROW_FIELD, pseudonym, bytes(sealed)))
 
 
 def _is_seq(value: Any) -> bool:

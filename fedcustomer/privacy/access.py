@@ -35,6 +35,7 @@ from casbin.model import Model
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
 from fedcustomer.privacy import default_policy
+from fedcustomer.privacy.identity import check_single_script, identity_keys, same_identity
 
 ROLES = (
     "data_scientist",
@@ -79,6 +80,7 @@ class Actor:
             raise ConfigError(f"actor name {self.name!r} is empty or has surrounding spaces; give a plain name")
         if len(self.name) > 200 or any(ord(c) < 32 for c in self.name):
             raise ConfigError("actor name is longer than 200 characters or holds control characters")
+        check_single_script(self.name)
         if not isinstance(self.role, str) or not _NAME_RE.match(self.role):
             raise ConfigError(
                 f"actor role {self.role!r} is not a role name (lower-case letters, digits, '_'); "
@@ -136,11 +138,11 @@ class Approval:
             return f"approval is for purpose '{self.purpose}'"
         if field not in self.fields:
             return "field not covered by the approval"
-        signers = {a.casefold() for a in self.approvers}
-        if actor.name.casefold() in signers:
+        if any(same_identity(actor.name, a) for a in self.approvers):
             return "requester signed their own approval"
-        if len(signers) < REQUIRED_APPROVERS:
-            return f"approval has {len(signers)} distinct approver(s), needs {REQUIRED_APPROVERS}"
+        signers = len(distinct_people(self.approvers))
+        if signers < REQUIRED_APPROVERS:
+            return f"approval has {signers} distinct approver(s), needs {REQUIRED_APPROVERS}"
         try:
             expires = parse_utc(self.expires_at)
         except ValueError:
@@ -148,6 +150,20 @@ class Approval:
         if utc_now(now) >= expires:
             return f"approval expired at {self.expires_at}"
         return None
+
+
+def distinct_people(names: Sequence[str]) -> list[str]:
+    """``names`` less any that denote the same person as an earlier one (look-alikes, case)."""
+    kept: list[str] = []
+    for name in names:
+        if not any(same_identity(name, k) for k in kept):
+            kept.append(name)
+    return kept
+
+
+def identity_key(name: str) -> str:
+    """The stored key of an approver: NFKC, case-folded confusables skeleton of the name."""
+    return identity_keys(name)[0]
 
 
 def utc_now(now: datetime | None = None) -> datetime:
@@ -612,7 +628,9 @@ class ApprovalBook:
             "SELECT approver, approver_role FROM signatures WHERE request_id = ? ORDER BY rowid", (request_id,)
         ).fetchall()
         approvers = self.policy.approver_roles()
-        return [name for name, role in rows if role in approvers and name.casefold() != requester.casefold()]
+        return distinct_people(
+            [name for name, role in rows if role in approvers and not same_identity(name, requester)]
+        )
 
     @staticmethod
     def _approval(row: tuple, signers: Sequence[str]) -> Approval:
@@ -635,19 +653,20 @@ class ApprovalBook:
             requester, expires = row[1], row[7]
             if at >= parse_utc(expires):
                 raise AccessDenied(f"approval request {request_id} expired at {expires}; the requester must ask again")
-            if approver.name.casefold() == requester.casefold():
-                raise AccessDenied(f"actor '{approver.name}' cannot approve their own request {request_id}")
-            seen = con.execute(
-                "SELECT 1 FROM signatures WHERE request_id = ? AND approver_key = ?",
-                (request_id, approver.name.casefold()),
-            ).fetchone()
-            if seen is not None:
+            if same_identity(approver.name, requester):
                 raise AccessDenied(
-                    f"actor '{approver.name}' already approved request {request_id}; a different approver must sign"
+                    f"actor '{approver.name}' cannot approve their own request {request_id} (names are compared "
+                    f"ignoring case, width and look-alike characters)"
+                )
+            signed = con.execute("SELECT approver FROM signatures WHERE request_id = ?", (request_id,)).fetchall()
+            if any(same_identity(approver.name, name) for (name,) in signed):
+                raise AccessDenied(
+                    f"actor '{approver.name}' (or a name that looks the same) already approved request {request_id}; a "
+                    f"different approver must sign"
                 )
             con.execute(
                 "INSERT INTO signatures VALUES (?, ?, ?, ?, ?)",
-                (request_id, approver.name.casefold(), approver.name, role, _iso(at)),
+                (request_id, identity_key(approver.name), approver.name, role, _iso(at)),
             )
             signers = self._valid_signers(con, request_id, requester)
         if len(signers) >= REQUIRED_APPROVERS:

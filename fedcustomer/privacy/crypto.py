@@ -35,6 +35,9 @@ Anything with the four :class:`KeyRing` methods works; the store relies on nothi
   decrypt-only, "retired" for destroyed).
 
 The master key then never leaves the KMS; only wrapped data keys are stored locally.
+An adapter may also offer ``refresh()``: the store calls it inside each write
+transaction so that a long-lived handle wraps under the version active *now* (the file
+keyring re-reads its file there); without it, ``active_version()`` must itself be current.
 """
 
 from __future__ import annotations
@@ -169,10 +172,45 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _read_secret_file(path: Path, what: str) -> bytes:
-    """Read a key file, refusing one that is missing, not a regular file, or too permissive."""
+def _trusted_owner(uid: int) -> bool:
+    """The partner node's own user, or root (mounted secrets); anyone else could swap the key."""
+    return uid in (os.geteuid(), 0)
+
+
+def check_keys_dir(keys_dir: Path) -> None:
+    """Refuse a keys directory that another user could write to (they could plant or swap keys)."""
+    if os.name != "posix":  # pragma: no cover - permissions are POSIX-only here
+        return
     try:
-        fd = os.open(path, os.O_RDONLY)  # symlinks allowed (mounted secrets); the target is checked
+        st = os.stat(keys_dir)
+    except FileNotFoundError:
+        return  # the missing key file is reported by the caller, with the fix
+    except OSError as exc:
+        raise KeyMaterialError(f"keys directory {keys_dir} could not be inspected ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KeyMaterialError(f"keys directory {keys_dir} is not a directory")
+    if st.st_mode & 0o022:
+        raise KeyMaterialError(
+            f"keys directory {keys_dir} is writable by group or others (mode {st.st_mode & 0o777:04o}); "
+            f"anyone who can write there can replace the keys: restrict it with: chmod 700 {keys_dir}"
+        )
+    if not _trusted_owner(st.st_uid):
+        raise KeyMaterialError(
+            f"keys directory {keys_dir} is owned by user id {st.st_uid}, not by the partner node's user "
+            f"({os.geteuid()}); chown it to the node's user"
+        )
+
+
+def _read_secret_file(path: Path, what: str) -> bytes:
+    """Read a key file, refusing one that is missing, not a regular file, or too permissive.
+
+    Opened non-blocking so a FIFO or device planted at the path is refused instead of
+    hanging the process; the directory holding it must not be writable by others either.
+    """
+    check_keys_dir(path.parent)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)  # symlinks allowed (mounted secrets); the target is checked
     except FileNotFoundError:
         raise KeyMaterialError(
             f"{what} not found at {path}: initialise this partner's keys, or restore the file from backup"
@@ -185,12 +223,22 @@ def _read_secret_file(path: Path, what: str) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise KeyMaterialError(f"{what} at {path} is not a regular file")
+            raise KeyMaterialError(
+                f"{what} at {path} is not a regular file (a pipe, device or directory); replace it with the "
+                f"key file from backup"
+            )
         if os.name == "posix" and st.st_mode & 0o077:
             raise KeyMaterialError(
                 f"{what} at {path} is accessible to group or others (mode {st.st_mode & 0o777:04o}); "
                 f"restrict it with: chmod 600 {path}"
             )
+        if os.name == "posix" and not _trusted_owner(st.st_uid):
+            raise KeyMaterialError(
+                f"{what} at {path} is owned by user id {st.st_uid}, not by the partner node's user "
+                f"({os.geteuid()}); chown it to the node's user"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as fh:
             fd = -1
             return fh.read()
@@ -382,6 +430,9 @@ class FileKeyRing:
         if not isinstance(data_key, (bytes, bytearray)) or not data_key:
             raise KeyMaterialError("data key to wrap must be non-empty bytes")
         version = self._active
+        kek = self._keks[version]
+        if kek.status != ACTIVE or kek.key is None:  # never wrap under a retired or demoted version
+            raise KeyMaterialError(f"KEK version {version} of the keyring at {self._path} is not active; refresh it")
         nonce = os.urandom(NONCE_BYTES)
         blob = nonce + self._aead_for(version).encrypt(nonce, bytes(data_key), _wrap_aad(version, context))
         return WrappedKey(version, blob)
@@ -419,6 +470,15 @@ class FileKeyRing:
 
     def versions(self) -> list[KekInfo]:
         return [KekInfo(k.version, k.created_at, k.status) for _, k in sorted(self._keks.items())]
+
+    def refresh(self) -> None:
+        """Re-read the keyring file: adopt the version active on disk now.
+
+        A handle opened before another process rotated and retired would otherwise keep
+        wrapping new data keys under the retired version (unrecoverable). The store calls
+        this inside each write transaction, where no retirement can interleave.
+        """
+        self._install(_load_keyring(self._path))
 
     # --- administration -------------------------------------------------------
     def rotate(self) -> int:

@@ -195,3 +195,29 @@ def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsy
     assert oct(out_csv.stat().st_mode & 0o777) == oct(0o600)
     notes = sorted(pd.read_csv(out_csv, index_col="pseudonym", keep_default_na=False)["note"])
     assert notes == ["'=HYPERLINK(\"http://evil\",\"x\")", "'@SUM(A1)", "plain"]
+
+
+@pytest.mark.timeout(120)
+def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(home, capsys):
+    import os
+
+    keyring = home / "keys" / "keyring.json"
+    saved = keyring.read_bytes()
+    keyring.unlink()
+    os.mkfifo(keyring, 0o600)
+    code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code and "not a regular file" in err and "Traceback" not in err
+    keyring.unlink()
+    keyring.write_bytes(saved)
+    os.chmod(keyring, 0o600)
+    os.chmod(home / "keys", 0o777)
+    code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert code == KeyMaterialError.exit_code and "chmod 700" in err and "Traceback" not in err
+    os.chmod(home / "keys", 0o700)
+    assert run(["keys", "list", "--home", str(home), *ADMIN], capsys)[0] == 0
+
+
+def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, capsys):
+    code, _, err = run(["approvals", "list", "--home", str(home), "--actor", "r\u0456ck", "--role", "risk_officer"],
+                       capsys)
+    assert code == ConfigError.exit_code and "mixes scripts" in err and "Traceback" not in err

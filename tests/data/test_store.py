@@ -92,8 +92,10 @@ def test_raw_ids_and_core_values_never_stored_in_clear(tmp_path, store, bank):
     for col in CORE:
         for value in frame[col].astype(str):
             assert value.encode() not in raw, col
-    # Sensitive and public values are stored as values (so training reads need no decryption).
-    assert b"north" in raw or b"south" in raw or b"east" in raw
+    # Public and sensitive values are sealed too (under each customer's data key), so every
+    # column of a customer's row other than its pseudonym and ingest number is ciphertext.
+    for row in store.backend.fetchall('SELECT * FROM "c_bank"'):
+        assert all(isinstance(v, bytes) for v in row[2:]) and isinstance(row[1], int)
 
 
 def test_duplicates_merged_newest_wins_and_recorded_by_pseudonym(tmp_path, store, bank):
@@ -429,3 +431,164 @@ def test_open_without_store_and_double_init(tmp_path, store):
     with pytest.raises(AccessDenied):
         PartnerStore.init(PartnerHome(tmp_path / "h2"), "x", actor=MARKETING)
     assert FileKeyRing.open(store.home.keys_dir).active_version() == 1
+
+
+# --- rotation racing an open handle --------------------------------------------------------
+
+
+def _approve_core(store):
+    rid = store.request_approval(RISK, "bank", CORE, "risk_review")
+    store.approve(ADMIN, rid)
+    store.approve(COMPLIANCE, rid)
+
+
+def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_version(tmp_path, loaded, bank):
+    store, _ = loaded
+    other = PartnerStore.open(store.home)  # like a second process: its own keyring and connection
+    try:
+        other.rotate_keys(ADMIN)
+        other.retire_key(ADMIN, 1)
+    finally:
+        other.close()
+    newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)  # 20 customers the store has never seen
+    assert store.ingest(ADMIN, bank, write_csv(tmp_path, newcomers, "new.csv")).inserted == 20
+    assert store.key_usage() == {2: 51}
+    _approve_core(store)
+    got = store.read(RISK, "risk_review", CORE)
+    newcomers.index = store.pseudonymizer.pseudonyms(newcomers["customer_id"])
+    for col in CORE:
+        assert (got.loc[newcomers.index, col] == newcomers[col].astype(str)).all(), col
+
+
+def test_cli_rotate_and_retire_in_another_process_do_not_strand_an_open_handle(tmp_path, loaded, bank):
+    import os
+    import subprocess
+    import sys
+
+    store, _ = loaded
+    home = str(store.home.root)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["keys", "rotate"], ["keys", "retire", "1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "fedcustomer", *args, "--home", home, "--actor", "alice", "--role",
+             "partner_admin"], capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+    newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, newcomers, "new.csv"))
+    _approve_core(store)
+    got = store.read(RISK, "risk_review", ["national_id"])
+    newcomers.index = store.pseudonymizer.pseudonyms(newcomers["customer_id"])
+    assert (got.loc[newcomers.index, "national_id"] == newcomers["national_id"]).all()
+
+
+def test_retire_cannot_slip_between_a_writers_wrap_and_its_commit(loaded):
+    store, _ = loaded
+    other = PartnerStore.open(store.home)
+    try:
+        other.rotate_keys(ADMIN)
+        # A writer in another handle is mid-transaction, having wrapped a key under version 1
+        # (what a stale writer did before the fix), not yet committed.
+        context = data_key_context("bank", "p" * 64)
+        old = FileKeyRing.open(store.home.keys_dir)
+        old._active = 1  # the stale in-memory state of a handle opened before the rotation
+        old._keks[1].status = "active"
+        wrapped = old.wrap(b"k" * 32, context)
+        assert wrapped.kek_version == 1
+        with store.backend.transaction():
+            store.backend.execute("INSERT INTO data_keys VALUES (?, ?, ?, ?)", ("bank", "p" * 64, 1, wrapped.blob))
+            other.backend.execute("PRAGMA busy_timeout = 0")  # fail at once instead of waiting for the lock
+            with pytest.raises(ConfigError, match="busy"):
+                other.retire_key(ADMIN, 1)
+        # Once the writer committed, the retirement sees its key and is refused.
+        with pytest.raises(KeyMaterialError, match="still wraps 1"):
+            other.retire_key(ADMIN, 1)
+        assert {k.version: k.status for k in FileKeyRing.open(store.home.keys_dir).versions()}[1] == "available"
+    finally:
+        other.close()
+
+
+def test_keyring_refuses_to_wrap_under_a_version_it_no_longer_holds_active(tmp_path):
+    ring = FileKeyRing.create(tmp_path / "keys")
+    stale = FileKeyRing.open(tmp_path / "keys")
+    ring.rotate()
+    ring.retire(1)
+    stale.refresh()
+    assert stale.wrap(b"k" * 32, b"ctx").kek_version == 2
+
+
+# --- erasure reaches backups ------------------------------------------------------------------
+
+
+def _rows_naming(db, pseudonym):
+    """Every row of every table of a SQLite file in which a column equals ``pseudonym``."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        found = {}
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            cur = con.execute(f'SELECT * FROM "{table}"')
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall() if pseudonym in r]
+            if rows:
+                found[table] = rows
+        return found
+    finally:
+        con.close()
+
+
+def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate_and_retire(tmp_path, store, bank):
+    frame = bank_frame(12)
+    dup = frame.iloc[[3]].assign(updated_at="2019-01-01T00:00:00Z", income=1.0)  # also leaves a merge record
+    store.ingest(ADMIN, bank, write_csv(tmp_path, pd.concat([frame, dup], ignore_index=True)))
+    victim = frame.iloc[3]
+    p = store.pseudonymizer.pseudonym(victim["customer_id"])
+    backup = tmp_path / "backup.db"
+    shutil.copy2(store.home.store_path, backup)  # an operator's backup, taken before the erasure
+    store.erase(ADMIN, victim["customer_id"])
+    store.rotate_keys(ADMIN)
+    store.retire_key(ADMIN, 1)
+    # Found by the keyed pseudonym (the pseudonym key remains), the customer's rows in the
+    # backup hold nothing but ciphertext, numbers that count ingests, and labels.
+    found = _rows_naming(backup, p)
+    assert set(found) >= {"c_bank", "data_keys", "merges"}
+    labels = {p, "bank", "duplicate_in_file", "kept_stored", "replaced_stored"}
+    for table, rows in found.items():
+        for row in rows:
+            for column, value in row.items():
+                ok = isinstance(value, bytes) or value in labels or (
+                    column in ("ingest_id", "kek_version", "id") and isinstance(value, int))
+                assert ok, (table, column)
+    # No key that remains opens any of it: the backup's wrapped key needs the retired KEK,
+    # and no live data key decrypts the sealed row or core tokens.
+    import sqlite3
+
+    con = sqlite3.connect(backup)
+    version, blob = con.execute("SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,)).fetchone()
+    sealed, national = con.execute('SELECT sealed, national_id FROM "c_bank" WHERE pseudonym = ?', (p,)).fetchone()
+    con.close()
+    with pytest.raises(KeyMaterialError, match="retired"):
+        store.keyring.unwrap(WrappedKey(version, bytes(blob)), data_key_context("bank", p))
+    cipher = FieldCipher("bank")
+    for ds, q, v, b in store.backend.fetchall("SELECT dataset, pseudonym, kek_version, blob FROM data_keys"):
+        key = store.keyring.unwrap(WrappedKey(v, bytes(b)), data_key_context(ds, q))
+        for field, token in (("__sealed_row__", sealed), ("national_id", national)):
+            with pytest.raises(IntegrityError):
+                cipher.decrypt(key, field, p, bytes(token))
+    # And the backup file holds none of the customer's values in any encoding SQLite uses.
+    import struct
+
+    raw = backup.read_bytes()
+    for value in (victim["income"], victim["balance"], victim["credit_limit"], victim["utilisation"]):
+        assert struct.pack(">d", float(value)) not in raw
+    for value in (victim["national_id"], victim["phone"], victim["updated_at"], victim["full_name"]):
+        assert str(value).encode() not in raw
+
+
+def test_store_of_the_old_clear_layout_is_refused_with_what_to_do(store):
+    home = store.home
+    store.backend.execute("UPDATE meta SET value = 'fedcustomer.store/1' WHERE key = 'format'")
+    store.close()
+    with pytest.raises(ConfigError, match="older version"):
+        PartnerStore.open(home)

@@ -400,6 +400,40 @@ def test_keyring_path_that_is_a_directory_is_refused(keys_dir: Path) -> None:
         FileKeyRing.open(keys_dir)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["keyring.json", "pseudonym.key"])
+def test_fifo_at_a_key_path_is_refused_at_once_instead_of_hanging(keys_dir: Path, name: str) -> None:
+    keys_dir.mkdir(mode=0o700)
+    os.mkfifo(keys_dir / name, 0o600)  # nobody ever writes to it: a blocking open would wait forever
+    with pytest.raises(KeyMaterialError, match="not a regular file"):
+        FileKeyRing.open(keys_dir) if name == "keyring.json" else Pseudonymizer.open(keys_dir)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o730, 0o703])
+def test_keys_directory_writable_by_group_or_others_is_refused(keys_dir: Path, ring: FileKeyRing, mode: int) -> None:
+    Pseudonymizer.create(keys_dir)
+    os.chmod(keys_dir, mode)
+    with pytest.raises(KeyMaterialError, match="chmod 700"):
+        FileKeyRing.open(keys_dir)
+    with pytest.raises(KeyMaterialError, match="chmod 700"):
+        Pseudonymizer.open(keys_dir)
+    with pytest.raises(KeyMaterialError, match="chmod 700"):
+        ring.rotate()  # a mutation re-reads the file first, so it is refused too
+    assert _mode(keys_dir) == mode  # reported, not silently changed
+    os.chmod(keys_dir, 0o750)  # group may read and enter, not write: accepted
+    FileKeyRing.open(keys_dir)
+
+
+@pytest.mark.parametrize("target", ["dir", "file"])
+def test_keys_owned_by_another_user_are_refused(keys_dir: Path, ring: FileKeyRing, target: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    other = 54321
+    os.chown(keys_dir if target == "dir" else ring.path, other, -1)
+    with pytest.raises(KeyMaterialError, match=f"owned by user id {other}"):
+        FileKeyRing.open(keys_dir)
+
+
 class _FakeKms:
     """A minimal KeyRing adapter, standing in for an external KMS: only the protocol matters."""
 

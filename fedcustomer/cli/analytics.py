@@ -180,8 +180,9 @@ def budget_set(
 
         with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
             store.audit.append(actor=actor, role=role, action="budget_set", decision="allowed",
-                               epsilon=epsilon, delta=delta,
-                               previous=None if old is None else {"epsilon": old.epsilon, "delta": old.delta})
+                               details={"epsilon": epsilon, "delta": delta,
+                                        "previous": None if old is None else {"epsilon": old.epsilon,
+                                                                              "delta": old.delta}})
     config.budget = new
     phome.write_config(config)
     console.print(f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}"

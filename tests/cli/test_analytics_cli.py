@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.cli import analytics as analytics_cli
+from fedcustomer.clients.home import DatasetBudget
 
 from .cli_runner import only_group, run
 
@@ -68,3 +69,28 @@ def test_query_over_budget_exits_with_the_budget_code(tmp_path: Path, capsys: py
                           capsys)
     ds = json.loads(stdout)["datasets"][0]
     assert ds["charges"] == [] and len(ds["refusals"]) == 1
+
+
+def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.audit import AuditLog
+
+    home = PartnerHome.create(tmp_path / "bank", "bank")
+    PartnerStore.init(home, "bank", actor=Actor("alice", "partner_admin")).close()
+    base = ["budget", "set", "--home", str(home.root), "--actor", "alice"]
+    code, _, err = run([*base, "--epsilon", "2", "--delta", "1e-5", "--role", "analyst"], capsys)
+    assert code == 5 and "partner_admin" in err and home.config().budget is None
+    code, out, err = run([*base, "--epsilon", "2", "--delta", "1e-5"], capsys)
+    assert code == 0, err
+    assert home.config().budget_for() == DatasetBudget(2.0, 1e-5)
+    code, _, err = run([*base, "--epsilon", "9", "--delta", "1e-5"], capsys)
+    assert code == 3 and "--replace" in err and home.config().budget_for().epsilon == 2.0
+    code, out, err = run([*base, "--epsilon", "1", "--delta", "1e-5", "--replace"], capsys)
+    assert code == 0 and "was 2" in out
+    entries = [e for e in AuditLog(home.audit_dir) if e.action == "budget_set"]
+    assert [e.actor for e in entries] == ["alice", "alice"]
+    code, out, _ = run(["budget", "show", "--home", str(home.root), "--json"], capsys)
+    assert json.loads(out)["totals"]["epsilon_target"] == 1.0

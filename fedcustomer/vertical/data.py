@@ -126,12 +126,17 @@ def save_alignment(home: PartnerHome, dataset: str, peer: str, local_ids: list[s
     return save_pseudonym_alignment(home, dataset, peer, Pseudonymizer.open(home.keys_dir).pseudonyms(local_ids))
 
 
-def save_pseudonym_alignment(home: PartnerHome, dataset: str, peer: str, pseudonyms: list[str]) -> Path:
-    """Keep an alignment already expressed in this party's pseudonyms (what the messaged PSI leaves)."""
+def save_pseudonym_alignment(home: PartnerHome, dataset: str, peer: str, pseudonyms: list[str],
+                             seed: int | None = None) -> Path:
+    """Keep an alignment already expressed in this party's pseudonyms (what the messaged PSI leaves).
+
+    ``seed`` is the one the held-out split over this order is drawn with.
+    """
     path = alignment_path(home, dataset, peer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dataset": dataset, "peer": peer, "pseudonyms": pseudonyms}) + "\n", encoding="utf-8")
+    doc = {"dataset": dataset, "peer": peer, "pseudonyms": pseudonyms, "seed": seed}
+    tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path

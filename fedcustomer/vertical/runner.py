@@ -30,11 +30,11 @@ from flwr.serverapp import Grid
 
 from fedcustomer.clients.app import resolve_home
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
-from fedcustomer.errors import FederationError
+from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.privacy.psi_protocol import load_alignment, run_psi_on_grid
 from fedcustomer.vertical.data import (
-    ACTIVE, PASSIVE, PartyPlan, party_frames, plan_parties, provision_party, save_pseudonym_alignment,
+    ACTIVE, PASSIVE, PartyPlan, alignment_path, party_frames, plan_parties, provision_party, save_pseudonym_alignment,
 )
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.protocol import message_type, register_vertical_handlers
@@ -367,20 +367,28 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     root = Path(job.homes) if job.homes else Path(job.out) / "partners"
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
-    size = align_by_psi(homes[active.name], active, homes[passive.name], passive)
+    size = align_by_psi(homes[active.name], active, homes[passive.name], passive, seed=job.seed)
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
     baseline = homes[active.name] if job.baseline else None
     return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
 
 
-def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan) -> int:
+def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan,
+                 seed: int | None = None) -> int:
     """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
 
     The same exchange a deployment runs (:mod:`fedcustomer.privacy.psi_protocol`): each
     party reads its ids through its governed store (``record_linkage``), the coordinator
     relays blinded values only, and each side ends with its own pseudonyms of the shared
     customers in one agreed order.
+
+    The held-out split is drawn over that order with the job's seed, and every PSI run
+    agrees on a fresh order. So that a later job on the same homes cannot move earlier
+    training customers into the held-out set, an earlier alignment is kept: each side maps
+    the new order onto the one it saved (the same permutation on both sides, since row i
+    is the same customer on both), and a different seed or a changed set of shared
+    customers is refused with what to do.
     """
     from fedcustomer.clients.app import make_client_app
     from fedcustomer.server.inprocess import LocalGrid
@@ -389,9 +397,35 @@ def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, pl
     node_a, node_b = grid.get_node_ids()
     view = run_psi_on_grid(grid, node_a, node_b, plan_a.dataset, plan_b.dataset,
                            name_a=home_a.config().name, name_b=home_b.config().name)
-    save_pseudonym_alignment(home_a, plan_a.dataset, plan_b.name, load_alignment(home_a, view.session_id))
-    save_pseudonym_alignment(home_b, plan_b.dataset, plan_a.name, load_alignment(home_b, view.session_id))
+    fresh = {"a": load_alignment(home_a, view.session_id), "b": load_alignment(home_b, view.session_id)}
+    sides = {"a": (home_a, plan_a, plan_b.name), "b": (home_b, plan_b, plan_a.name)}
+    earlier = {k: _saved_alignment(alignment_path(h, plan.dataset, peer)) for k, (h, plan, peer) in sides.items()}
+    if all(earlier.values()):
+        orders = {k: _onto_earlier(fresh[k], earlier[k], home_a.root.parent, seed) for k in sides}  # type: ignore[arg-type]
+        fresh = orders
+    for k, (home, plan, peer) in sides.items():
+        save_pseudonym_alignment(home, plan.dataset, peer, fresh[k], seed=seed)
     return view.intersection_size
+
+
+def _saved_alignment(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _onto_earlier(new: list[str], saved: dict[str, Any], homes: Path, seed: int | None) -> list[str]:
+    """The shared customers in the saved order, or a clear refusal when that cannot keep the split."""
+    old = list(saved.get("pseudonyms", []))
+    if saved.get("seed") is not None and seed is not None and int(saved["seed"]) != int(seed):
+        raise ConfigError(
+            f"the homes in {homes} drew their vertical held-out split with --seed {saved['seed']}; another seed would "
+            "move earlier training customers into the held-out set. Use the same --seed, or a new --homes directory")
+    if None in old or sorted(old) != sorted(new) or len(set(new)) != len(new):  # an erasure is a change too
+        raise ConfigError(
+            f"the customers the parties share changed since the first vertical job on the homes in {homes}; a new "
+            "held-out split would mix earlier training and held-out customers. Use a new --homes directory")
+    return old
 
 
 def vertical_client_app(homes: list[str]) -> ClientApp:

@@ -226,3 +226,19 @@ def test_local_runs_align_parties_with_the_messaged_psi_and_keep_only_pseudonyms
     assert len(bank) == len(retail) == len(shared)
     assert not shared & set(bank) and not shared & set(retail)  # pseudonyms, never the raw ids
     assert not list((setup.active.state_dir / "psi").glob("*.party.json"))  # session secrets are gone
+
+
+def test_a_later_vertical_job_on_the_same_homes_keeps_the_held_out_split(tmp_path):
+    """Every PSI agrees on a fresh order; the split drawn over it must not move between jobs."""
+    from fedcustomer.vertical.data import alignment_path
+    from fedcustomer.vertical.runner import prepare_vertical
+
+    job = VerticalJob(customers=500, out=str(tmp_path / "r1"), homes=str(tmp_path / "homes"), seed=3)
+    first = prepare_vertical(job)
+    path = alignment_path(first.active, "bank", "retailer")
+    before = json.loads(path.read_text())["pseudonyms"]
+    prepare_vertical(VerticalJob(customers=500, out=str(tmp_path / "r2"), homes=str(tmp_path / "homes"), seed=3))
+    assert json.loads(path.read_text())["pseudonyms"] == before
+    with pytest.raises(ConfigError, match="--seed 3"):
+        prepare_vertical(VerticalJob(customers=500, out=str(tmp_path / "r3"), homes=str(tmp_path / "homes"), seed=4))
+    assert json.loads(path.read_text())["pseudonyms"] == before

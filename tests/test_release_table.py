@@ -76,3 +76,17 @@ def test_a_vertical_job_and_a_psi_write_only_listed_files(tmp_path: Path, capsys
     code, _, err = run(["psi", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "psi")], capsys)
     assert code == 0, err
     assert unlisted(tmp_path / "psi", listed_outputs()) == []
+
+
+def test_analytics_outputs_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli.cli_runner import run
+
+    spec = tmp_path / "q.json"
+    spec.write_text('{"id": "n", "dataset": "retailer", "kind": "count", "epsilon": 0.5}')
+    code, _, err = run(["query", "--spec", str(spec), "--data", "synthetic", "--partners", "2",
+                        "--out", str(tmp_path / "q")], capsys)
+    assert code == 0, err
+    code, _, err = run(["rfm", "--epsilon", "0.5", "--partners", "2", "--out", str(tmp_path / "rfm")], capsys)
+    assert code == 0, err
+    for out in (tmp_path / "q", tmp_path / "rfm"):
+        assert unlisted(out, listed_outputs()) == []

@@ -48,13 +48,19 @@ def _admin(name: str):  # noqa: ANN202
     return Actor(f"admin:{name}", "partner_admin")
 
 
-def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget: DatasetBudget) -> PartnerHome:
-    """A partner home holding ``frame`` in its store under ``schema`` (re-running adds nothing)."""
+def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget: DatasetBudget,
+              notices: list[str] | None = None) -> PartnerHome:
+    """A partner home holding ``frame`` in its store under ``schema`` (re-running adds nothing).
+
+    An existing home keeps its own budget; when it differs from ``budget`` a notice is appended.
+    """
     from fedcustomer.data.store import PartnerStore
 
     home = PartnerHome(root)
     if home.config_path.exists():
-        home.ensure_budget(budget)
+        _, notice = home.ensure_budget(budget)
+        if notice and notices is not None:
+            notices.append(notice)
     else:
         home = PartnerHome.create(root, name, budget=budget)
     store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=_admin(name))
@@ -69,7 +75,8 @@ def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget
 
 
 def setup_synthetic(root: Path, partners: int = 3, *, seed: int = 0, budget: DatasetBudget = DatasetBudget(10.0, 1e-5),
-                    customers: Sequence[int] | int = (5000, 3500, 7000)) -> list[PartnerHome]:
+                    customers: Sequence[int] | int = (5000, 3500, 7000),
+                    notices: list[str] | None = None) -> list[PartnerHome]:
     """Retailers from ``generate_federation`` as partner homes under ``root`` (dataset ``retailer``)."""
     from fedcustomer.data.schema import load_bundled
     from fedcustomer.data.synthetic import generate_federation
@@ -77,15 +84,13 @@ def setup_synthetic(root: Path, partners: int = 3, *, seed: int = 0, budget: Dat
     if partners < 1:
         raise ConfigError(f"need at least 1 partner, got {partners}")
     fed = generate_federation(0, partners, customers_per_retailer=customers, seed=seed)
-    schema = load_bundled("retailer")
-    homes = [provision(Path(root) / r.name, r.name, schema, pd.concat([r.train, r.test], ignore_index=True), budget)
-             for r in fed.retailers]
-    _write_index(Path(root), homes)
-    return homes
+    parts = {r.name: pd.concat([r.train, r.test], ignore_index=True) for r in fed.retailers}
+    return _provision_all(Path(root), load_bundled("retailer"), parts, budget,
+                          {"data": "synthetic", "partners": str(partners), "seed": str(seed)}, notices)
 
 
 def setup_cdnow(root: Path, partners: int = 3, *, data_dir: Path, seed: int = 0,
-                budget: DatasetBudget = DatasetBudget(10.0, 1e-5)) -> list[PartnerHome]:
+                budget: DatasetBudget = DatasetBudget(10.0, 1e-5), notices: list[str] | None = None) -> list[PartnerHome]:
     """CDNOW customers split at random across ``partners`` stores (dataset ``cdnow``)."""
     from fedcustomer.data.cdnow import load_cdnow
 
@@ -94,11 +99,26 @@ def setup_cdnow(root: Path, partners: int = 3, *, data_dir: Path, seed: int = 0,
     frame = load_cdnow(Path(data_dir))
     order = np.random.default_rng(seed).permutation(len(frame))
     schema = Schema.from_yaml(_CDNOW_SCHEMA, source="cdnow analytics schema")
-    homes = []
-    for i, part in enumerate(np.array_split(order, partners)):
-        name = f"cdnow_{i + 1}"
-        homes.append(provision(Path(root) / name, name, schema, frame.iloc[part].reset_index(drop=True), budget))
-    _write_index(Path(root), homes)
+    parts = {f"cdnow_{i + 1}": frame.iloc[part].reset_index(drop=True)
+             for i, part in enumerate(np.array_split(order, partners))}
+    return _provision_all(Path(root), schema, parts, budget,
+                          {"data": "cdnow", "partners": str(partners), "seed": str(seed)}, notices)
+
+
+def _provision_all(root: Path, schema: Schema, parts: dict[str, pd.DataFrame], budget: DatasetBudget,
+                   layout: dict[str, str], notices: list[str] | None) -> list[PartnerHome]:
+    """Provision every simulated partner, each customer at the partner it was first placed at."""
+    from fedcustomer.data.partition import PartnerDataset
+    from fedcustomer.data.placement import PlacementRegistry
+
+    id_field = next((f.name for f in schema.fields if f.role == "id"), None)
+    datasets = [PartnerDataset(name, "partner", frame, frame.iloc[:0]) for name, frame in parts.items()]
+    placed = PlacementRegistry(root).apply(datasets, id_field, layout)
+    if notices is not None:
+        notices.extend(placed.notices)
+    homes = [provision(root / ds.name, ds.name, schema, pd.concat([ds.train, ds.test], ignore_index=True), budget,
+                       notices) for ds in placed.datasets]
+    _write_index(root, homes)
     return homes
 
 

@@ -49,9 +49,15 @@ def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int,
         raise ConfigError(f"--data must be one of {', '.join(DATA_CHOICES)}, got {data!r}")
     root = out / "partners"
     target = DatasetBudget(budget, 1e-5)
+    notices: list[str] = []
     if data == "synthetic":
-        return runner.setup_synthetic(root, partners, seed=seed, budget=target)
-    return runner.setup_cdnow(root, partners, data_dir=_data_dir(data_dir), seed=seed, budget=target)
+        homes = runner.setup_synthetic(root, partners, seed=seed, budget=target, notices=notices)
+    else:
+        homes = runner.setup_cdnow(root, partners, data_dir=_data_dir(data_dir), seed=seed, budget=target,
+                                   notices=notices)
+    for notice in notices:
+        console.print(f"[yellow]notice:[/] {escape(notice)}")
+    return homes
 
 
 def query_cmd(
@@ -60,7 +66,7 @@ def query_cmd(
     homes: Optional[Path] = typer.Option(None, help="directory of existing partner homes to query"),
     partners: int = typer.Option(3, help="simulated partners (with --data)"),
     data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
-    budget: float = typer.Option(10.0, help="epsilon target per dataset of newly simulated partners"),
+    budget: float = typer.Option(10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"),
     seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
     as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
@@ -84,7 +90,7 @@ def rfm_cmd(
     epsilon: float = typer.Option(1.0, help="epsilon each partner spends on this release"),
     partners: int = typer.Option(3, help="simulated partners"),
     data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
-    budget: float = typer.Option(10.0, help="epsilon target per dataset of newly simulated partners"),
+    budget: float = typer.Option(10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"),
     confidence: float = typer.Option(0.95, help="interval level"),
     per_interval: bool = typer.Option(False, "--per-interval", help="each interval at --confidence on its own, instead of all of them together (simultaneous, Bonferroni)"),
     seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),

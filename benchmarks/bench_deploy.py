@@ -30,7 +30,7 @@ def _topup(homes: list[Path], epsilon: float) -> None:
         ph = PartnerHome(home)
         cfg = ph.config()
         spent = BudgetLedger(ph.ledger_path, "bank", cfg.budget_for("bank")).spent().epsilon
-        cfg.budgets["bank"] = DatasetBudget(spent + epsilon, cfg.budgets["bank"].delta)
+        cfg.budget = DatasetBudget(spent + epsilon, cfg.budget_for("bank").delta)
         ph.write_config(cfg)
 
 

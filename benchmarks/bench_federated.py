@@ -160,7 +160,7 @@ class FederatedCell:
             shutil.copytree(self.template / ds.name, root / ds.name)
             home = PartnerHome(root / ds.name)
             config = home.config()
-            config.budgets[self.dataset] = DatasetBudget(epsilon, DELTA)
+            config.budget = DatasetBudget(epsilon, DELTA)
             home.write_config(config)
             homes.append(str(home.root))
         return homes

@@ -5,12 +5,15 @@ has been ingested at partner ``bank_2`` as a training row, every later job on th
 homes must find them there, as a training row, or held-out rows would have been trained
 on and one person would sit at two partners (two budgets for one customer).
 
-The registry (``placements.db`` beside the homes) records, for every customer, a keyed
-token of the id (HMAC-SHA256 under a random key kept in ``placements.key``, mode 0600;
-never the raw id), the partner and the held-out flag. Re-provisioning with another seed,
-split or file (a renamed or shuffled copy) places every known customer where they were
-first placed; only customers never seen before take the new assignment. The number of
-partners is part of the layout and cannot change on the same homes.
+The registry (``placements.db`` beside the homes) records, for every customer and
+partner holding them, a keyed token of the id (HMAC-SHA256 under a random key kept in
+``placements.key``, mode 0600; never the raw id), the partner and the held-out flag.
+Re-provisioning with another seed, split or file (a renamed or shuffled copy) places every
+known customer where they were first placed; only customers never seen before take the
+new assignment. Sources that give each partner its own customers (the generated
+federation, a directory of per-partner files) may hold one person at several partners, as
+real banks do; such rows stay at their partner and keep their held-out flag there. The
+number of partners is part of the layout and cannot change on the same homes.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ _KEY_BYTES = 32
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layout (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placements (
-    token TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
     partner TEXT NOT NULL,
-    holdout INTEGER NOT NULL CHECK (holdout IN (0, 1))
+    holdout INTEGER NOT NULL CHECK (holdout IN (0, 1)),
+    PRIMARY KEY (token, partner)
 );
 """
 
@@ -83,9 +87,10 @@ class PlacementRegistry:
                 tokens = [_token(key, v) for v in frame[id_column].astype(str)]
                 rows.append(frame.assign(_partner=ds.name, _holdout=holdout, _token=tokens))
         pooled = pd.concat(rows, ignore_index=True)
-        dupes = pooled["_token"].duplicated()
+        dupes = pooled.duplicated(["_token", "_partner"])
         if dupes.any():
-            raise DataError(f"{int(dupes.sum())} rows repeat a customer id; each customer must appear once")
+            raise DataError(f"{int(dupes.sum())} rows repeat a customer id at the same partner; each customer must "
+                            "appear once per partner")
         with self._connect() as conn:
             first_layout = dict(conn.execute("SELECT key, value FROM layout").fetchall())
             first = not first_layout
@@ -100,16 +105,18 @@ class PlacementRegistry:
                         f"({', '.join(recorded)}); a job on them must use the same partners. Use the same "
                         "--partners, or a new --homes directory for another layout"
                     )
-            known = _lookup(conn, list(pooled["_token"]))
-            placed = pooled["_token"].map(lambda t: known.get(t, (None, None)))
-            was_partner = placed.map(lambda p: p[0])
-            was_holdout = placed.map(lambda p: p[1])
-            is_known = was_partner.notna()
-            moved = is_known & ((was_partner != pooled["_partner"]) | (was_holdout != pooled["_holdout"]))
-            pooled.loc[is_known, "_partner"] = was_partner[is_known]
-            pooled.loc[is_known, "_holdout"] = was_holdout[is_known].astype(int)
+            known = _lookup(conn, list(pooled["_token"].unique()))
+            once = ~pooled["_token"].duplicated(keep=False)  # a pooled split: this input holds them at one partner
+            targets = [_target(known.get(t, {}), p, h, single)
+                       for t, p, h, single in zip(pooled["_token"], pooled["_partner"], pooled["_holdout"], once)]
+            is_known = pd.Series([t is not None for t in targets], index=pooled.index)
+            placed = [t if t is not None else (p, h) for t, p, h in zip(targets, pooled["_partner"], pooled["_holdout"])]
+            new_partner = pd.Series([x[0] for x in placed], index=pooled.index)
+            new_holdout = pd.Series([int(x[1]) for x in placed], index=pooled.index)
+            moved = (new_partner != pooled["_partner"]) | (new_holdout != pooled["_holdout"])
+            pooled["_partner"], pooled["_holdout"] = new_partner, new_holdout
             fresh = pooled.loc[~is_known, ["_token", "_partner", "_holdout"]]
-            conn.executemany("INSERT INTO placements (token, partner, holdout) VALUES (?, ?, ?)",
+            conn.executemany("INSERT OR IGNORE INTO placements (token, partner, holdout) VALUES (?, ?, ?)",
                              [(t, p, int(h)) for t, p, h in fresh.itertuples(index=False)])
         result = PlacementResult(_regroup(pooled, datasets), first=first, kept=int(is_known.sum()),
                                  moved=int(moved.sum()), new=int((~is_known).sum()))
@@ -158,15 +165,26 @@ def _token(key: bytes, customer_id: str) -> str:
     return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-def _lookup(conn: sqlite3.Connection, tokens: list[str]) -> dict[str, tuple[str, int]]:
-    found: dict[str, tuple[str, int]] = {}
+def _lookup(conn: sqlite3.Connection, tokens: list[str]) -> dict[str, dict[str, int]]:
+    """token -> {partner: held-out flag} for every partner that first held the customer."""
+    found: dict[str, dict[str, int]] = {}
     for i in range(0, len(tokens), 900):
         chunk = tokens[i:i + 900]
         marks = ",".join("?" * len(chunk))
         for token, partner, holdout in conn.execute(
-                f"SELECT token, partner, holdout FROM placements WHERE token IN ({marks})", chunk):
-            found[token] = (partner, int(holdout))
+                f"SELECT token, partner, holdout FROM placements WHERE token IN ({marks}) ORDER BY rowid", chunk):
+            found.setdefault(token, {})[partner] = int(holdout)
     return found
+
+
+def _target(recorded: dict[str, int], partner: str, holdout: int, single: bool) -> tuple[str, int] | None:
+    """Where a row goes: its recorded place, or None for a customer this partner never held before."""
+    if partner in recorded:
+        return partner, recorded[partner]
+    if recorded and single:  # a re-split moved them: back to where they were first placed
+        first = next(iter(recorded))
+        return first, recorded[first]
+    return None
 
 
 def _regroup(pooled: pd.DataFrame, datasets: Sequence[PartnerDataset]) -> list[PartnerDataset]:

@@ -100,7 +100,7 @@ def _fresh_budget(fed: Federation, epsilon: float = 3.0) -> None:
         ph = PartnerHome(home)
         cfg = ph.config()
         spent = _ledger(home).spent().epsilon
-        cfg.budgets["bank"] = DatasetBudget(spent + epsilon, cfg.budgets["bank"].delta)
+        cfg.budget = DatasetBudget(spent + epsilon, cfg.budget_for("bank").delta)
         ph.write_config(cfg)
 
 
@@ -132,7 +132,7 @@ def test_tls_authenticated_nodes_run_a_two_round_dp_job(fed, tmp_path):
     for name in PARTNERS:
         charges = _charges(fed.homes[name], cfg["run-id"])
         assert sorted(c.round for c in charges) == [1, 2]
-        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budgets["bank"].epsilon + 1e-9
+        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
         with AuditLog.open(PartnerHome(fed.homes[name]).audit_dir) as audit:
             rounds = [e for e in audit.query(action="fl_round") if e.details["run_id"] == cfg["run-id"]]
         assert [e.details["round"] for e in rounds] == [1, 2]
@@ -227,5 +227,5 @@ def test_killed_node_round_completes_with_the_rest_and_no_overspend(fed, tmp_pat
     by_name = {p["name"]: p for p in summary["partners"]}
     assert by_name["bank0"]["rounds_trained"] == 2 and by_name["bank1"]["rounds_trained"] == 2
     for name in PARTNERS:
-        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budgets["bank"].epsilon + 1e-9
+        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
         assert len(_charges(fed.homes[name], cfg["run-id"])) <= 2

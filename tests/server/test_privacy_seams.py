@@ -178,3 +178,14 @@ def test_a_home_without_budget_says_how_to_set_one(tmp_path: Path) -> None:
 def test_homes_dir_default_is_inside_the_run(tmp_path: Path) -> None:
     job = JobConfig(out=str(tmp_path / "r"))
     assert homes_dir(job) == tmp_path / "r" / "partners"
+
+
+def test_sources_that_hold_one_person_at_several_partners_keep_them_there(tmp_path: Path) -> None:
+    """The generated federation, like real banks, can hold a customer at two partners: that is the data, not a split."""
+    job = JobConfig(data="synthetic", partners=3, out=str(tmp_path / "r"), homes=str(tmp_path / "homes"))
+    _, homes = prepare_partners(job)
+    before = [_store_rows(h, "bank") for h in homes]
+    notices: list[str] = []
+    prepare_partners(JobConfig(data="synthetic", partners=3, out=str(tmp_path / "r"), homes=str(tmp_path / "homes"),
+                               seed=0), notices)
+    assert [_store_rows(h, "bank") for h in homes] == before and not notices

@@ -97,7 +97,7 @@ def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) 
 
 def start_superlink(
     cdir: CoordinatorDir, *, host: str = "127.0.0.1", port: int = 9093, certs: Certificates | None,
-    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None,
+    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None, timeout: float = 60.0,
 ) -> subprocess.Popen[bytes]:
     """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers."""
     cdir.root.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def start_superlink(
     write_flwr_config(cdir, f"{target}:{port}", certs.ca_cert if certs else None)
     offset = cdir.log_path.stat().st_size if cdir.log_path.exists() else 0
     proc = start(cmd, cdir.log_path, flower_env(cdir.flwr_home), cwd=cdir.root)
-    wait_until_up(cdir, proc, offset=offset)
+    wait_until_up(cdir, proc, timeout=timeout, offset=offset)
     return proc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -13,9 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
-from fedcustomer.models.metrics import PRIMARY_METRIC
-from fedcustomer.server.job import JobConfig
-from fedcustomer.server.rounds import RoundReport
+from fedcustomer.server.job import JobConfig  # torch-free: its defaults are the options' defaults
+
+if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the commands, so --help stays fast
+    from fedcustomer.server.rounds import RoundReport
 
 console = Console()
 
@@ -91,6 +92,7 @@ def run(
 
 def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run a job with a progress bar per round."""
+    from fedcustomer.models.metrics import PRIMARY_METRIC
     from fedcustomer.server.simulation import run_simulated_job
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -111,14 +111,15 @@ def rfm_cmd(
                          query_id=spec.query_id)
     result = runner.run_inprocess(partner_homes, spec)
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
-    write_result(out, result, truth=truth, name="rfm")
+    level = f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'}"
+    write_result(out, result, truth=truth, name="rfm", interval_label=level)
     if as_json:
         payload = result.to_dict()
         if truth is not None:
             payload["truth"] = truth
         print(json.dumps(payload, indent=2, sort_keys=True))
         return
-    print_rfm(result, truth, f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'} intervals")
+    print_rfm(result, truth, f"{level} intervals")
     console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
 
 
@@ -135,17 +136,26 @@ def budget_show(
     for ds in report["datasets"]:
         t = ds["totals"]
         table = Table(title=f"{escape(report['partner'])} / {escape(ds['dataset'])}: epsilon {t['epsilon']:.4g} of "
-                            f"{t['epsilon_target']:g} (delta {t['delta']:.1e} of {t['delta_target']:.0e})")
-        for col in ("time", "run/query", "mechanism", "eps", "delta"):
-            table.add_column(col)
+                            f"{t['epsilon_target']:g} (delta {t['delta']:.1e} of {t['delta_target']:.0e})",
+                      caption=BUDGET_CAPTION)
+        table.add_column("time (UTC)", no_wrap=True)
+        table.add_column("run/query", overflow="fold")  # ids are folded onto more lines, never cut
+        table.add_column("mechanism", overflow="fold")
+        table.add_column("eps alone", justify="right", no_wrap=True)
+        table.add_column("eps total", justify="right", no_wrap=True)
+        table.add_column("delta", justify="right", no_wrap=True)
         for c in ds["charges"]:
             who = c["query_id"] or (f"{c['run_id']} r{c['round']}" if c["run_id"] else c["charge_key"])
-            table.add_row(c["time"][:19], escape(str(who)), c["mechanism"], f"{c['epsilon']:.4g}",
-                          "" if c["delta"] is None else f"{c['delta']:.1e}")
+            table.add_row(c["time"][:19], escape(str(who)), escape(c["mechanism"]), f"{c['epsilon']:.4g}",
+                          f"{c['epsilon_total']:.4g}", "" if c["delta"] is None else f"{c['delta']:.1e}")
         console.print(table)
         for r in ds["refusals"]:
             console.print(f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
                           f"{escape(r['reason'])}")
+
+
+BUDGET_CAPTION = ("eps alone: that release on its own; eps total: the dataset's spend after it, all releases "
+                  "composed (Renyi DP for Gaussian ones, so less than the sum of eps alone)")
 
 
 def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, Any]:

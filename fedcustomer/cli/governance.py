@@ -189,7 +189,7 @@ def read_cmd(
         console.print(f"wrote {len(frame)} rows x {len(frame.columns)} fields to {output}")
         return
     table = Table(title=f"{len(frame)} rows (showing {min(limit, len(frame))})")
-    table.add_column("pseudonym")
+    table.add_column("pseudonym", overflow="fold")
     for col in frame.columns:
         table.add_column(str(col))
     for pseudonym, row in frame.head(limit).iterrows():

@@ -134,7 +134,7 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     deltas = sorted({p["delta"] for p in summary["partners"] if p["delta"]})
     title = "privacy budget per partner" + (f" (delta {', '.join(f'{d:.0e}' for d in deltas)})" if deltas else "")
     table = Table(title=title, caption="epsilon: spent / target; rounds: trained / refused / failed")
-    table.add_column("partner", no_wrap=True)
+    table.add_column("partner", overflow="fold")
     table.add_column("epsilon", justify="right", no_wrap=True)
     table.add_column("rounds", justify="right", no_wrap=True)
     table.add_column(metric, justify="right", no_wrap=True)

@@ -26,12 +26,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _data_dir(data_dir: Optional[Path]) -> Path:
+    from fedcustomer.data.sources import DATA_DIR_ENV, default_data_dir
+
     if data_dir is not None:
         return data_dir
-    env = os.environ.get("FEDCUSTOMER_DATA_DIR")
+    env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return default_data_dir()
 
 
 def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int, seed: int,

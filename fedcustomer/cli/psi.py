@@ -94,9 +94,13 @@ def psi(
     """Private set intersection of two partner files: prints how many customers they share."""
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    from fedcustomer.cli.progress import Progress
+
+    progress = Progress()
     ids_a, ids_b = read_ids(a, id_column), read_ids(b, id_column)
     start = time.perf_counter()
-    ra, rb = run_psi_local(ids_a, ids_b, workers=workers)
+    with progress.phase(f"private set intersection of {len(ids_a):,} and {len(ids_b):,} ids ({workers} worker(s))"):
+        ra, rb = run_psi_local(ids_a, ids_b, workers=workers)
     seconds = time.perf_counter() - start
     alignment = None
     if out is not None:

@@ -31,7 +31,7 @@ def run(
     mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
     data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
-    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR, else the shipped data folder)"),
     label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
@@ -225,14 +225,20 @@ def baseline(
     from fedcustomer.data.sources import load_partitions
     from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
+    from fedcustomer.cli.progress import Progress
+
     JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
-    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
+    progress = Progress()
+    with progress.phase(f"loading {data} for {partners} partners"):
+        spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    results = [
-        train_centralised(spec, datasets, **common),
-        train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common),
-        gradient_boosting(spec, datasets, seed=seed),
-    ]
+    results = []
+    with progress.phase(f"(1/3) centralised non-private {arch}, {epochs} epochs"):
+        results.append(train_centralised(spec, datasets, **common))
+    with progress.phase(f"(2/3) centralised DP-SGD {arch}, {epochs} epochs, epsilon {epsilon:g}"):
+        results.append(train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common))
+    with progress.phase("(3/3) gradient boosting"):
+        results.append(gradient_boosting(spec, datasets, seed=seed))
     payload = [{"name": r.name, "metrics": r.metrics, "epsilon": r.epsilon, "delta": delta if r.epsilon else None,
                 "noise_multiplier": r.noise_multiplier, "train_rows": r.train_rows, "test_rows": r.test_rows} for r in results]
     if out:

@@ -14,6 +14,11 @@ Composition:
 
 Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
 restarts never pays twice for the same release.
+
+Concurrency: writers from any number of processes serialise on an flock of ``ledger.db.lock``
+and SQLite's BEGIN IMMEDIATE; the file is in WAL mode, so while a process has it open recent
+commits may sit in ``ledger.db-wal``: copy the ledger with SQLite's backup API (``sqlite3
+ledger.db ".backup copy.db"``), or all three files, never ``ledger.db`` alone.
 """
 
 from __future__ import annotations

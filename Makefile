@@ -3,16 +3,33 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast demo bench
+.PHONY: setup test test-fast demo bench flwr-local
 
 setup: $(VENV)/.installed
 
-# torch is pinned first so pip takes the CPU wheel instead of pulling CUDA packages.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+# libsodium (PSI) comes from the system: installed with apt-get when missing and we are root.
+# torch is installed first, CPU build: from local wheels/cache if any (no network), else from
+# PyTorch's CPU index (the public index's Linux wheel is the CUDA build, with ~3 GB of CUDA
+# packages). The project install then finds torch satisfied and leaves it.
 $(VENV)/.installed: pyproject.toml
 	@$(PY) -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('sodium') else 1)" || \
-		{ echo "libsodium (>= 1.0.18) is missing: install it, e.g. 'apt-get install libsodium23'"; exit 1; }
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "libsodium missing: installing libsodium23 with apt-get"; \
+			apt-get update -qq && apt-get install -y -qq libsodium23 >/dev/null || exit 1; \
+		else \
+			echo "libsodium (>= 1.0.18) is missing: install it with your package manager" \
+			     "(Debian/Ubuntu: sudo apt-get install libsodium23; macOS: brew install libsodium), then rerun make setup"; \
+			exit 1; \
+		fi
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
+		$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)
+	@$(BIN)/python -c "import sys, torch; cuda = torch.version.cuda; \
+		print('torch', torch.__version__, 'CPU build' if cuda is None else f'WARNING: CUDA {cuda} build installed (large, not needed): ' \
+		      'reinstall with: $(BIN)/pip install --force-reinstall --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)', file=sys.stderr)"
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
@@ -27,3 +44,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# The Flower app in local simulation, in this environment (no dependency download), stopping the
+# local SuperLink afterwards. Extra options: make flwr-local FLWR_ARGS='--run-config "epsilon=1.0"'
+FLWR_ARGS ?=
+flwr-local: setup
+	$(BIN)/python -m fedcustomer.deploy.flwr_local --federation-config "num-supernodes=3" --stream $(FLWR_ARGS)

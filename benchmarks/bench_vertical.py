@@ -35,7 +35,8 @@ from fedcustomer.clients.home import PartnerHome  # noqa: E402
 from fedcustomer.models.metrics import classification_metrics  # noqa: E402
 from fedcustomer.vertical.data import load_party_table, plan_parties, split_positions  # noqa: E402
 from fedcustomer.vertical.job import DEFAULTS, VerticalJob  # noqa: E402
-from fedcustomer.vertical.runner import run_vertical_local  # noqa: E402
+from fedcustomer.server.inprocess import LocalGrid  # noqa: E402
+from fedcustomer.vertical.runner import drive, prepare_vertical, run_vertical_local, vertical_client_app  # noqa: E402
 
 
 def pooled_auc(job: VerticalJob, homes: Path, epochs: int) -> float:
@@ -62,13 +63,27 @@ def pooled_auc(job: VerticalJob, homes: Path, epochs: int) -> float:
     return classification_metrics(y[torch.as_tensor(test)].numpy(), scores)["auc"]
 
 
+def bank_only_world(job: VerticalJob) -> dict:
+    """The label owner's own DP model as the only release about its customers (fresh homes)."""
+    setup = prepare_vertical(job)
+    active, passive = plan_parties(job)
+    grid = LocalGrid(vertical_client_app([str(setup.active.root)]), num_nodes=1)
+    result = drive(grid, job, active, None, peer_of_active=passive.name)
+    eps = [r.epsilon[active.name] for r in result.rounds if active.name in r.epsilon]
+    return {"metrics": result.final_metrics, "partners": [{"name": active.name, "epsilon_spent": eps[-1] if eps else 0.0}]}
+
+
 def one_seed(args: argparse.Namespace, seed: int, tmp: str) -> tuple[dict[str, tuple[float, str]], dict]:
     """Every model of the table for one seed (data split and initial weights; DP noise is always fresh)."""
     common = dict(task="repayment", data="uci-credit", data_dir=args.data_dir, rounds=args.rounds,
                   batch_size=args.batch_size, lr=args.lr, seed=seed)
     plain = run_vertical_local(VerticalJob(**common, dp=False, baseline=True, out=f"{tmp}/plain"))
+    # Two counterfactual worlds, each spending the bank's whole budget on one model: the joint
+    # model, and (on separate homes) the bank's own model. In the product one budget pays for both.
     dp = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, label_epsilon=args.label_epsilon,
-                                        baseline=True, out=f"{tmp}/dp"))
+                                        baseline=False, out=f"{tmp}/dp"))
+    dp["baseline"] = bank_only_world(VerticalJob(**common, dp=True, epsilon=args.epsilon, baseline=False,
+                                                 out=f"{tmp}/dp-bank-only"))
     no_label = run_vertical_local(VerticalJob(**common, dp=True, epsilon=args.epsilon, label_dp=False,
                                               baseline=False, out=f"{tmp}/dp-no-label"))
     pooled = pooled_auc(VerticalJob(**common, out=f"{tmp}/plain"), Path(tmp) / "plain" / "partners", args.rounds)

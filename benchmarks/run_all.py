@@ -31,6 +31,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_dpsgd": ["--rows", "6000", "--epochs", "2"],
     "bench_crypto": ["--fields", "20000", "--repeat", "1"],
     "bench_audit": ["--entries", "5000", "--processes", "2"],
+    "bench_ledger": ["--processes", "2", "--charges", "50"],
     "bench_store": ["--customers", "5000", "--repeat", "1"],
     "bench_psi": ["--n", "10000", "--no-baseline"],
     "bench_analytics": ["--trials", "5"],

@@ -19,7 +19,8 @@ from fedcustomer.analytics.combine import QueryResult
 
 
 def write_result(out: Path, result: QueryResult, *, truth: Sequence[dict[str, Any]] | None = None,
-                 name: str = "result") -> dict[str, Path]:
+                 name: str = "result", interval_label: str | None = None) -> dict[str, Path]:
+    """``interval_label`` names the intervals as the caller's table does (e.g. "95% simultaneous")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_dict()
@@ -30,7 +31,7 @@ def write_result(out: Path, result: QueryResult, *, truth: Sequence[dict[str, An
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     written = {"json": path}
-    chart = plot_result(out / f"{name}.png", result, truth)
+    chart = plot_result(out / f"{name}.png", result, truth, interval_label=interval_label)
     if chart is not None:
         written["png"] = chart
     return written
@@ -53,8 +54,13 @@ def _bars(result: QueryResult) -> tuple[list[str], list[float], list[float], lis
     return labels, est, [r["estimate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["estimate"] for r in rows], what
 
 
-def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]] | None = None) -> Path | None:
-    """Bar chart of the released values with their intervals as error bars (None for kinds without one)."""
+def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]] | None = None,
+                interval_label: str | None = None) -> Path | None:
+    """Bar chart of the released values with their intervals as error bars (None for kinds without one).
+
+    The title says what the bars are (a mean query's chart shows its DP counts), and the interval
+    level is the one the caller's table states, not the adjusted per-interval level behind it.
+    """
     bars = _bars(result)
     if bars is None:
         return None
@@ -66,7 +72,7 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     labels, est, lo, hi, what = bars
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.8))
     x = list(range(len(labels)))
-    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {_level(result.spec.confidence)} interval")
+    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {interval_label or _level(result.spec.confidence)} interval")
     if truth is not None and result.spec.kind in ("mean", "count"):
         key = "count" if result.spec.kind == "mean" else "truth"
         ax.scatter(x, [t[key] for t in truth], color="#DD8452", zorder=3, label="true value (local run)")
@@ -74,7 +80,7 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(what)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{result.spec.dataset}: {result.spec.kind} (epsilon {result.spec.epsilon:g} per partner, "
+    ax.set_title(f"{result.spec.dataset}: {what} (epsilon {result.spec.epsilon:g} per partner, "
                  f"{len(result.partners)} partners)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -27,12 +27,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _data_dir(data_dir: Optional[Path]) -> Path:
+    from fedcustomer.data.sources import DATA_DIR_ENV, default_data_dir
+
     if data_dir is not None:
         return data_dir
-    env = os.environ.get("FEDCUSTOMER_DATA_DIR")
+    env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return default_data_dir()
 
 
 def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int, seed: int,
@@ -118,14 +120,15 @@ def rfm_cmd(
                          query_id=spec.query_id)
     result = runner.run_inprocess(partner_homes, spec)
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
-    write_result(out, result, truth=truth, name="rfm")
+    level = f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'}"
+    write_result(out, result, truth=truth, name="rfm", interval_label=level)
     if as_json:
         payload = result.to_dict()
         if truth is not None:
             payload["truth"] = truth
         print(json.dumps(payload, indent=2, sort_keys=True))
         return
-    print_rfm(result, truth, f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'} intervals")
+    print_rfm(result, truth, f"{level} intervals")
     console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
 
 
@@ -144,14 +147,17 @@ def budget_show(
     console.print(f"[bold]{escape(report['partner'])}[/]: epsilon {t['epsilon']:.4g} of {t['epsilon_target']:g} "
                   f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers")
     for ds in report["datasets"]:
-        table = Table(title=f"releases about dataset {escape(ds['dataset'])}",
-                      caption="eps: that release alone; total: the partner's epsilon after it (all datasets, composed)")
-        for col in ("time", "run/query", "mechanism", "eps", "delta", "total"):
-            table.add_column(col, overflow="fold")
+        table = Table(title=f"releases about dataset {escape(ds['dataset'])}", caption=BUDGET_CAPTION)
+        table.add_column("time (UTC)", no_wrap=True)
+        table.add_column("run/query", overflow="fold")  # ids are folded onto more lines, never cut
+        table.add_column("mechanism", overflow="fold")
+        table.add_column("eps alone", justify="right", no_wrap=True)
+        table.add_column("eps total", justify="right", no_wrap=True)
+        table.add_column("delta", justify="right", no_wrap=True)
         for c in ds["charges"]:
             who = c["query_id"] or (f"{c['run_id']} r{c['round']}" if c["run_id"] else c["charge_key"])
-            table.add_row(c["time"][:19], escape(str(who)), c["mechanism"], f"{c['epsilon']:.4g}",
-                          "" if c["delta"] is None else f"{c['delta']:.1e}", f"{c['epsilon_total']:.4g}")
+            table.add_row(c["time"][:19], escape(str(who)), escape(c["mechanism"]), f"{c['epsilon']:.4g}",
+                          f"{c['epsilon_total']:.4g}", "" if c["delta"] is None else f"{c['delta']:.1e}")
         console.print(table)
         for r in ds["refusals"]:
             console.print(f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
@@ -196,6 +202,8 @@ def budget_set(
     if spent is not None and spent.epsilon > 0:
         console.print(f"already spent: epsilon {spent.epsilon:.4g}" +
                       (" - past the new target: every further release will be refused" if spent.epsilon > epsilon else ""))
+BUDGET_CAPTION = ("eps alone: that release on its own; eps total: the partner's spend after it, every release "
+                  "about its customers composed (all datasets; Renyi DP for Gaussian ones, so less than the sum)")
 
 
 def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, Any]:

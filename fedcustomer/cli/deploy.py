@@ -25,7 +25,20 @@ err = Console(stderr=True)
 coordinator_app = typer.Typer(help="The coordinator: Flower SuperLink + the fedcustomer ServerApp.", no_args_is_help=True)
 node_app = typer.Typer(help="A partner's node: Flower SuperNode on the partner's own home.", no_args_is_help=True)
 
-WorkdirOpt = typer.Option(Path("coordinator"), "--workdir", help="Coordinator state directory (SuperLink db, log, job).")
+WorkdirOpt = typer.Option(None, "--workdir", show_default=False,
+                          help="Coordinator state directory (SuperLink db, log, job); default "
+                               "$XDG_DATA_HOME/fedcustomer/coordinator (~/.local/share/...), outside any checkout.")
+WaitOpt = typer.Option(60.0, "--wait", help="Seconds to wait for a coordinator started a moment ago to answer.")
+
+
+def _workdir(workdir: Optional[Path]) -> Path:
+    from fedcustomer.deploy.paths import default_coordinator_dir
+
+    return (workdir if workdir is not None else default_coordinator_dir()).expanduser().resolve()
+
+
+def _progress(text: str) -> None:
+    err.print(f"[dim]{escape(text)}[/]")
 
 
 def register(app: typer.Typer) -> None:
@@ -60,14 +73,18 @@ def _foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None) ->
 
 # --- certificates ------------------------------------------------------------------------
 def certs_cmd(
-    out: Path = typer.Option(..., "--out", help="Directory for ca.crt, ca.key, server.pem, server.key."),
+    out: Optional[Path] = typer.Option(None, "--out", show_default=False,
+                                       help="Directory for ca.crt, ca.key, server.pem, server.key; default "
+                                            "$XDG_DATA_HOME/fedcustomer/certs (~/.local/share/...), outside any checkout."),
     host: list[str] = typer.Option(["localhost", "127.0.0.1", "::1"], "--host",
                                    help="Host name or IP the nodes use to reach the coordinator (repeatable)."),
     days: int = typer.Option(365, "--days", help="Validity in days."),
     force: bool = typer.Option(False, "--force", help="Replace existing certificates."),
 ) -> None:
+    from fedcustomer.deploy.paths import default_certs_dir
     from fedcustomer.deploy.pki import make_dev_certificates
 
+    out = (out if out is not None else default_certs_dir()).expanduser()
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")
     c = make_dev_certificates(out, host, days=days, overwrite=force)
@@ -80,7 +97,7 @@ def certs_cmd(
 # --- coordinator -------------------------------------------------------------------------
 @coordinator_app.command("start", help="Start the SuperLink (foreground) with TLS and SuperNode authentication.")
 def coordinator_start(
-    workdir: Path = WorkdirOpt,
+    workdir: Optional[Path] = WorkdirOpt,
     certs: Optional[Path] = typer.Option(None, "--certs", help="Directory with ca.crt, server.pem, server.key."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
     port: int = typer.Option(9093, "--port", help="Port for the Fleet, Control and Runtime APIs."),
@@ -92,7 +109,7 @@ def coordinator_start(
     from fedcustomer.deploy.flower import flower_env
     from fedcustomer.deploy.pki import Certificates
 
-    cdir = CoordinatorDir(workdir.resolve())
+    cdir = CoordinatorDir(_workdir(workdir))
     cdir.root.mkdir(parents=True, exist_ok=True)
     if insecure:
         _warn_insecure()
@@ -112,20 +129,25 @@ def coordinator_start(
 @coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")
 def coordinator_register(
     public_key: Path = typer.Argument(..., help="The node's supernode.pub (from `fedcustomer node keys`)."),
-    workdir: Path = WorkdirOpt,
+    workdir: Optional[Path] = WorkdirOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Partner name shown in `flwr supernode ls`."),
+    wait: float = WaitOpt,
 ) -> None:
-    from fedcustomer.deploy.coordinator import CoordinatorDir, register_node
+    from fedcustomer.deploy.coordinator import CoordinatorDir, register_node, wait_for_coordinator
     from fedcustomer.deploy.pki import NodeKeys
 
-    node_id = register_node(CoordinatorDir(workdir.resolve()), public_key, name)
+    if not public_key.is_file():
+        raise ConfigError(f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`")
+    cdir = CoordinatorDir(_workdir(workdir))
+    wait_for_coordinator(cdir, timeout=wait, progress=_progress)
+    node_id = register_node(cdir, public_key, name)
     fp = NodeKeys(public_key, public_key).fingerprint()
     console.print(f"registered node {node_id} ({name or public_key.name}), key {fp}")
 
 
 @coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
 def coordinator_run(
-    workdir: Path = WorkdirOpt,
+    workdir: Optional[Path] = WorkdirOpt,
     task: str = typer.Option("repayment", "--task"),
     data: str = typer.Option("synthetic", "--data", help="Data source the partners hold (names their dataset)."),
     feature_spec: Optional[str] = typer.Option(None, "--feature-spec",
@@ -148,13 +170,15 @@ def coordinator_run(
     resume: bool = typer.Option(False, "--resume", help="Resume the last job in --workdir from its checkpoint."),
     timeout: float = typer.Option(3600.0, "--timeout", help="Give up waiting after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
+    wait: float = WaitOpt,
 ) -> None:
     from fedcustomer.deploy.coordinator import (
-        CoordinatorDir, default_spec_ref, read_summary, run_config_for, submit_run, wait_run, write_app,
+        CoordinatorDir, default_spec_ref, list_nodes, partner_shortfall, read_summary, run_config_for, submit_run,
+        wait_for_coordinator, wait_run, write_app,
     )
     from fedcustomer.server.job import JobConfig
 
-    cdir = CoordinatorDir(workdir.resolve())
+    cdir = CoordinatorDir(_workdir(workdir))
     if resume:
         if not cdir.job_path.exists():
             raise ConfigError(f"--resume: no earlier job in {cdir.root}")
@@ -167,9 +191,12 @@ def coordinator_run(
         cfg = run_config_for(job, feature_spec=feature_spec or default_spec_ref(job),
                              wait_for_partners=wait_for_partners, secagg=secagg)
         write_app(cdir, cfg)
+    wait_for_coordinator(cdir, timeout=wait, progress=_progress)
     flwr_run_id = submit_run(cdir, resume=resume)
-    err.print(f"submitted job {cfg['run-id']} as Flower run {flwr_run_id}; waiting ...")
-    status = wait_run(cdir, flwr_run_id, timeout=timeout)
+    err.print(f"submitted job {cfg['run-id']} as Flower run {flwr_run_id}; waiting (up to "
+              f"{cfg.get('wait-for-partners', wait_for_partners):g} s for {cfg.get('partners', partners)} partners, "
+              f"then {cfg.get('rounds', rounds)} rounds) ...")
+    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress)
     summary = read_summary(cfg)
     if as_json:
         console.print_json(json.dumps(summary))
@@ -177,10 +204,27 @@ def coordinator_run(
         console.print(f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
                       f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}")
         for p in summary.get("partners", []):
-            console.print(f"  {p['name']}: epsilon {p['epsilon_spent']:.3f} of {p['epsilon_target']:g}, "
-                          f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
+            console.print(f"  {p['name']}: {_partner_line(p)}")
     if summary["status"] != "completed":
         raise FederationError(f"the job stopped: {summary.get('stop_reason')}")
+    wanted = int(cfg.get("partners", partners))
+    try:
+        nodes = list_nodes(cdir)
+    except FederationError:
+        nodes = None
+    short = partner_shortfall(summary, wanted, nodes)
+    if short:
+        raise FederationError(f"the job completed without every partner: {short}")
+
+
+def _partner_line(p: dict) -> str:
+    """One partner's line of the run summary; any figure may be missing (a partner that only failed has none)."""
+    def num(value: object, fmt: str) -> str:
+        return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
+
+    return (f"epsilon {num(p.get('epsilon_spent'), '.3f')} of {num(p.get('epsilon_target'), 'g')}, "
+            f"{p.get('rounds_trained', 0)} trained, {p.get('rounds_refused', 0)} refused, "
+            f"{p.get('rounds_failed', 0)} failed")
 
 
 # --- node ------------------------------------------------------------------------------

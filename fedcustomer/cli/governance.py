@@ -154,7 +154,9 @@ def ingest_cmd(
         store = PartnerStore.init(phome, partner, actor=who)
     else:
         store = PartnerStore.open(phome)
-    with store:
+    from fedcustomer.cli.progress import Progress
+
+    with store, Progress().phase(f"ingesting {input.name} into the encrypted store ({chunk_rows:,} rows per chunk)"):
         report = store.ingest(who, spec, input, chunk_rows=chunk_rows)
     target = quality or phome.state_dir / "quality.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def read_cmd(
         console.print(f"wrote {len(frame)} rows x {len(frame.columns)} fields to {output}")
         return
     table = Table(title=f"{len(frame)} rows (showing {min(limit, len(frame))})")
-    table.add_column("pseudonym")
+    table.add_column("pseudonym", overflow="fold")
     for col in frame.columns:
         table.add_column(str(col))
     for pseudonym, row in frame.head(limit).iterrows():

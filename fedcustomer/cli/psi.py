@@ -99,13 +99,17 @@ def psi(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if max_ids < 1:
         raise ConfigError(f"--max-ids must be >= 1, got {max_ids}")
+    from fedcustomer.cli.progress import Progress
+
+    progress = Progress()
     ids_a, ids_b = read_ids(a, id_column), read_ids(b, id_column)
     for path, ids in ((a, ids_a), (b, ids_b)):
         if len(ids) > max_ids:
             raise DataError(f"{path}: {len(ids)} ids, more than --max-ids {max_ids}")
     start = time.perf_counter()
-    ra, rb = run_psi_local(ids_a, ids_b, workers=workers, labels_a=[str(k) for k in range(len(ids_a))],
-                           labels_b=[str(k) for k in range(len(ids_b))], max_set_size=max_ids)
+    with progress.phase(f"private set intersection of {len(ids_a):,} and {len(ids_b):,} ids ({workers} worker(s))"):
+        ra, rb = run_psi_local(ids_a, ids_b, workers=workers, labels_a=[str(k) for k in range(len(ids_a))],
+                               labels_b=[str(k) for k in range(len(ids_b))], max_set_size=max_ids)
     seconds = time.perf_counter() - start
     alignment = None
     if out is not None:

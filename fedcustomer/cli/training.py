@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,9 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
-from fedcustomer.models.metrics import PRIMARY_METRIC
-from fedcustomer.server.job import JobConfig
-from fedcustomer.server.rounds import RoundReport
+from fedcustomer.server.job import JobConfig  # torch-free: its defaults are the options' defaults
+
+if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the commands, so --help stays fast
+    from fedcustomer.server.rounds import RoundReport
 
 console = Console()
 
@@ -31,7 +32,7 @@ def run(
     mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
     data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
-    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR, else the shipped data folder)"),
     label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
@@ -96,6 +97,7 @@ def run(
 
 def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run a job with a progress bar per round."""
+    from fedcustomer.models.metrics import PRIMARY_METRIC
     from fedcustomer.server.simulation import run_simulated_job
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -138,7 +140,7 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     deltas = sorted({p["delta"] for p in summary["partners"] if p["delta"]})
     title = "privacy budget per partner" + (f" (delta {', '.join(f'{d:.0e}' for d in deltas)})" if deltas else "")
     table = Table(title=title, caption="epsilon: spent / target; rounds: trained / refused / failed")
-    table.add_column("partner", no_wrap=True)
+    table.add_column("partner", overflow="fold")
     table.add_column("epsilon", justify="right", no_wrap=True)
     table.add_column("rounds", justify="right", no_wrap=True)
     table.add_column(metric, justify="right", no_wrap=True)
@@ -254,14 +256,20 @@ def baseline(
     from fedcustomer.data.sources import load_partitions
     from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
+    from fedcustomer.cli.progress import Progress
+
     JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
-    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
+    progress = Progress()
+    with progress.phase(f"loading {data} for {partners} partners"):
+        spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    results = [
-        train_centralised(spec, datasets, **common),
-        train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common),
-        gradient_boosting(spec, datasets, seed=seed),
-    ]
+    results = []
+    with progress.phase(f"(1/3) centralised non-private {arch}, {epochs} epochs"):
+        results.append(train_centralised(spec, datasets, **common))
+    with progress.phase(f"(2/3) centralised DP-SGD {arch}, {epochs} epochs, epsilon {epsilon:g}"):
+        results.append(train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common))
+    with progress.phase("(3/3) gradient boosting"):
+        results.append(gradient_boosting(spec, datasets, seed=seed))
     payload = [{"name": r.name, "metrics": r.metrics, "epsilon": r.epsilon, "delta": delta if r.epsilon else None,
                 "noise_multiplier": r.noise_multiplier, "train_rows": r.train_rows, "test_rows": r.test_rows} for r in results]
     if out:

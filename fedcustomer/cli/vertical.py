@@ -64,7 +64,14 @@ def run_vertical(
         retail_signal=retail_signal,
         baseline=not no_baseline, baseline_epsilon=baseline_epsilon, seed=seed, out=str(out), homes=str(homes) if homes else None,
     )
-    summary = run_vertical_local(job)
+    from fedcustomer.cli.progress import Progress
+
+    progress = Progress()
+    progress(f"vertical {task} on {data}: aligning the parties (PSI), then {rounds} rounds"
+             + ("" if no_baseline else " and the label-owner-only baseline"))
+    with progress.from_loggers("fedcustomer.vertical"):
+        summary = run_vertical_local(job)
+    progress(f"vertical job {summary['status']}")
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

@@ -34,13 +34,24 @@ _LABEL_GUESSES = {"repayment": ("default", "defaulted", "label", "target"), "clv
 _ID_GUESSES = ("customer_id", "id", "ID")
 
 
+def default_data_dir() -> Path:
+    """The data folder shipped beside a source checkout (``../shared/data`` from the repository)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
 def resolve_data_dir(data_dir: Path | None) -> Path:
-    """The explicit directory, else ``$FEDCUSTOMER_DATA_DIR``; DataError if neither is set."""
+    """The explicit directory, else ``$FEDCUSTOMER_DATA_DIR``, else the shipped folder if present.
+
+    Every command that reads a public data set (``run``, ``baseline``, ``rfm``, ...) finds it the same way.
+    """
     if data_dir is not None:
         return Path(data_dir)
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env)
+    shipped = default_data_dir()
+    if shipped.is_dir():
+        return shipped
     raise DataError(
         f"no data directory given: pass --data-dir or set the {DATA_DIR_ENV} environment variable "
         "to the folder holding uci_credit_default/ and cdnow/"
@@ -83,7 +94,8 @@ def load_partitions(
     if source in SOURCES:
         if task not in SOURCE_TASKS[source]:
             raise ConfigError(
-                f"data source {source!r} serves the {', '.join(SOURCE_TASKS[source])} task only, not {task!r}"
+                f"data source {source!r} serves the {', '.join(SOURCE_TASKS[source])} task only, not {task!r}: "
+                f"add --task {SOURCE_TASKS[source][0]}"
             )
         spec, partners = _builtin(task, source, n_partners, split, seed, data_dir, test_fraction)
         if label is not None and label != spec.label:

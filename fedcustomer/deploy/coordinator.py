@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) 
 
 def start_superlink(
     cdir: CoordinatorDir, *, host: str = "127.0.0.1", port: int = 9093, certs: Certificates | None,
-    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None,
+    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None, timeout: float = 60.0,
 ) -> subprocess.Popen[bytes]:
     """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers."""
     cdir.root.mkdir(parents=True, exist_ok=True)
@@ -106,7 +107,7 @@ def start_superlink(
     write_flwr_config(cdir, f"{target}:{port}", certs.ca_cert if certs else None)
     offset = cdir.log_path.stat().st_size if cdir.log_path.exists() else 0
     proc = start(cmd, cdir.log_path, flower_env(cdir.flwr_home), cwd=cdir.root)
-    wait_until_up(cdir, proc, offset=offset)
+    wait_until_up(cdir, proc, timeout=timeout, offset=offset)
     return proc
 
 
@@ -120,6 +121,42 @@ def wait_until_up(cdir: CoordinatorDir, proc: subprocess.Popen[bytes], timeout: 
             return
         time.sleep(0.2)
     raise FederationError(f"the SuperLink did not start within {timeout:g} s; see {cdir.log_path}")
+
+
+_NOT_UP = ("SuperLink is unavailable", "did not answer within", "No such file", "not found in")
+
+
+def wait_for_coordinator(cdir: CoordinatorDir, timeout: float = 60.0, poll: float = 1.0,
+                         progress: Callable[[str], None] | None = None) -> None:
+    """Block until the coordinator answers `flwr`: it may have been started a moment ago in the background.
+
+    Retries only "not up yet" failures (no CLI config yet, SuperLink unreachable) until ``timeout``;
+    any other error (bad certificate, ...) is raised at once.
+    """
+    deadline = time.monotonic() + timeout
+    last = f"no Flower CLI config in {cdir.flwr_home} yet"
+    waited = False
+    while True:
+        if (cdir.flwr_home / "config.toml").exists():
+            try:
+                flwr_cli(["ls", CONNECTION], cdir.flwr_home, timeout=max(5.0, min(60.0, timeout)))
+                if waited and progress:
+                    progress("the coordinator is up")
+                return
+            except FederationError as exc:
+                if not any(marker in str(exc) for marker in _NOT_UP):
+                    raise
+                last = str(exc)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FederationError(
+                f"the coordinator in {cdir.root} did not answer within {timeout:g} s ({last}). Is "
+                f"`fedcustomer coordinator start --workdir {cdir.root}` running? Its log: {cdir.log_path}"
+            )
+        if progress and not waited:
+            progress(f"waiting up to {timeout:g} s for the coordinator in {cdir.root} to come up ...")
+        waited = True
+        time.sleep(min(poll, remaining))
 
 
 def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
@@ -191,11 +228,19 @@ def run_status(cdir: CoordinatorDir, run_id: int) -> dict[str, Any]:
     return dict(runs[0])
 
 
-def wait_run(cdir: CoordinatorDir, run_id: int, timeout: float = 3600.0, poll: float = 1.0) -> dict[str, Any]:
-    """Block until Flower reports the run finished; returns its status record (network traffic included)."""
+def wait_run(cdir: CoordinatorDir, run_id: int, timeout: float = 3600.0, poll: float = 1.0,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Block until Flower reports the run finished; returns its status record (network traffic included).
+
+    ``progress`` hears every change of the run's status.
+    """
     deadline = time.monotonic() + timeout
+    seen = None
     while True:
         status = run_status(cdir, run_id)
+        if progress and status.get("status") != seen:
+            seen = status.get("status")
+            progress(f"Flower run {run_id}: {seen}")
         if str(status.get("status", "")).startswith("finished"):
             return status
         if time.monotonic() > deadline:
@@ -208,6 +253,32 @@ def read_summary(run_config: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         raise FederationError(f"the run ended without writing {path}; see the coordinator log")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def partner_shortfall(summary: dict[str, Any], wanted: int, nodes: list[dict[str, Any]] | None = None) -> str | None:
+    """Why fewer than ``wanted`` partners trained in this job (None when enough did), naming who.
+
+    Partners that connected but trained no round are named with their reason; nodes that never
+    took part are named by the node id and status the coordinator has for them.
+    """
+    partners = summary.get("partners") or []
+    if summary.get("aggregation") == "secagg+" and not partners:
+        return None  # SecAgg+ summaries carry no per-partner section by design
+    trained = sorted(p["name"] for p in partners if p.get("rounds_trained", 0) > 0)
+    if len(trained) >= wanted:
+        return None
+    parts = [f"only {len(trained)} of the {wanted} partners asked for trained "
+             f"({', '.join(trained) if trained else 'none'})"]
+    for p in partners:
+        if p.get("rounds_trained", 0) == 0:
+            why = (p.get("failures") or p.get("refusals") or [{}])[0].get("reason") or "no reason given"
+            parts.append(f"{p['name']} took part but trained no round: {why}")
+    absent = wanted - len(partners)
+    if absent > 0:
+        offline = [f"node {n.get('node-id')} ({n.get('status')})" for n in (nodes or []) if n.get("status") != "online"]
+        parts.append(f"{absent} partner(s) never joined" + (f"; registered but not online: {', '.join(offline)}"
+                                                             if offline else "; check their node logs"))
+    return "; ".join(parts)
 
 
 # --- inside the deployed ServerApp ----------------------------------------------------

@@ -9,10 +9,10 @@ from torch import nn
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.clv import CLVRegressor
+from fedcustomer.models.names import ARCHITECTURES, TASKS
 from fedcustomer.models.repayment import LogisticRegression, RepaymentMLP
 
-TASKS = ("repayment", "clv")
-ARCHITECTURES = {"repayment": ("mlp", "logreg"), "clv": ("mlp", "linear")}
+__all__ = ["ARCHITECTURES", "TASKS", "build_model", "loss_for"]
 
 
 def build_model(task: str, arch: str, input_dim: int, seed: int | None = None) -> nn.Module:

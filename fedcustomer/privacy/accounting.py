@@ -8,6 +8,7 @@ anyone from the recorded ``(noise_multiplier, sample_rate, steps)`` triples.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -48,10 +49,22 @@ def rdp_curve(history: Iterable[GaussianSteps]) -> np.ndarray:
     total = np.zeros(len(ORDERS))
     for h in history:
         if h.steps:
-            total += np.asarray(
-                rdp_analysis.compute_rdp(q=h.sample_rate, noise_multiplier=h.noise_multiplier, steps=h.steps, orders=list(ORDERS))
-            )
+            total += _one_step_rdp(h.sample_rate, h.noise_multiplier) * h.steps
     return total
+
+
+@functools.lru_cache(maxsize=1024)
+def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP of one step, cached: a ledger re-composes its whole history on every charge.
+
+    Opacus's ``compute_rdp`` is this same vector times ``steps`` (tens of ms per call for
+    fractional orders), so caching it keeps the result bit-identical and makes a charge
+    cost milliseconds however long the history is.
+    """
+    rdp = np.asarray(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                              orders=list(ORDERS)), dtype=float)
+    rdp.setflags(write=False)
+    return rdp
 
 
 def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:

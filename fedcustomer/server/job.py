@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.models.registry import ARCHITECTURES, TASKS
+from fedcustomer.models.names import ARCHITECTURES, TASKS
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 SPLITS = ("iid", "non-iid")

@@ -162,15 +162,21 @@ class RunRecorder:
         plots.mkdir(exist_ok=True)
         applied = [r for r in self.rounds if r.eval_metrics]
         metric = PRIMARY_METRIC[self.job.task]
+        # The metric and the loss have different units and ranges: one labelled axis each.
         fig, ax = plt.subplots(figsize=(6, 4))
+        loss_ax = ax.twinx()
         if applied:
-            ax.plot([r.round for r in applied], [r.eval_metrics.get(metric, float("nan")) for r in applied], marker="o", label=f"federated {metric}")
-            ax.plot([r.round for r in applied], [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".", linestyle="--", label="held-out loss")
+            xs = [r.round for r in applied]
+            m_line = ax.plot(xs, [r.eval_metrics.get(metric, float("nan")) for r in applied], marker="o",
+                             color="C0", label=f"federated {metric} (left)")[0]
+            l_line = loss_ax.plot(xs, [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".",
+                                  linestyle="--", color="C1", label="held-out loss (right)")[0]
+            ax.legend(handles=[m_line, l_line], loc="best")
         ax.set_xlabel("round")
+        ax.set_ylabel(f"held-out {metric}", color="C0")
+        loss_ax.set_ylabel("held-out loss", color="C1")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{self.job.task}: held-out metrics per round")
-        if applied:
-            ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(plots / f"{metric}_vs_round.png", dpi=110)

@@ -183,7 +183,8 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
         report.status, report.metrics, report.steps = "trained", {k: float(v) for k, v in dict(metrics).items()}, steps
         report.wall_time_s = time.perf_counter() - t0
         rounds.append(report)
-        log.info("vertical round %s: %s", rnd, report.metrics)
+        log.info("vertical round %s/%s: %s", rnd, job.rounds,
+                 ", ".join(f"{k} {v:.4g}" for k, v in report.metrics.items()))
     return DriveResult("completed", rounds, None, _finish(wire, node_of, cfg, job.rounds), sizes)
 
 

@@ -19,7 +19,7 @@ from fedcustomer.privacy.crypto import normalize_id
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "300"}
     return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True)  # no wall-clock limit of its own: pytest-timeout is the one limit
 
 
 def _partner_files(tmp_path: Path, n_a: int, n_b: int, k: int, suffix: str = ".csv") -> tuple[Path, Path, set[str]]:

@@ -189,6 +189,9 @@ def test_uci_source_reads_data_dir_or_environment(tmp_path, monkeypatch):
     _, again = load_partitions("repayment", "uci-credit", 3)
     pd.testing.assert_frame_equal(again[0].train, partners[0].train)
     monkeypatch.delenv(DATA_DIR_ENV)
+    import fedcustomer.data.sources as sources
+
+    monkeypatch.setattr(sources, "default_data_dir", lambda: tmp_path / "no-shipped-folder")
     with pytest.raises(DataError, match=DATA_DIR_ENV):
         load_partitions("repayment", "uci-credit", 3)
 

@@ -26,6 +26,9 @@ from fedcustomer.server.job import JobConfig
 pytestmark = pytest.mark.slow
 
 PARTNERS = ("bank0", "bank1", "bank2")
+# Waits here end on progress (a process exits, a run finishes), not on the clock: pytest-timeout
+# is the one wall-clock limit, so a loaded machine makes the tests slower, not red.
+UNBOUNDED = float("inf")
 
 
 class Federation:
@@ -45,7 +48,7 @@ class Federation:
         return f"127.0.0.1:{self.port}"
 
     def start_link(self) -> None:
-        self.link = co.start_superlink(self.cdir, port=self.port, certs=self.certs)
+        self.link = co.start_superlink(self.cdir, port=self.port, certs=self.certs, timeout=UNBOUNDED)
 
     def start_node(self, name: str) -> None:
         home = self.homes[name]
@@ -55,9 +58,9 @@ class Federation:
                                   auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
                                   runtime_port=fl.free_port(), partner=name)
         self.nodes[name] = proc
-        nd.wait_connected(proc, log)
+        nd.wait_connected(proc, log, timeout=UNBOUNDED)
 
-    def run_job(self, out: Path, *, rounds: int = 2, timeout: float = 60.0, secagg: bool = False,
+    def run_job(self, out: Path, *, rounds: int = 2, timeout: float = 180.0, secagg: bool = False,
                 resume: bool = False, wait: bool = True, **kw) -> tuple[int, dict]:
         if not resume:
             job = JobConfig(rounds=rounds, partners=3, min_partners=2, out=str(out), seed=1, round_timeout=timeout,
@@ -67,7 +70,7 @@ class Federation:
         run = co.submit_run(self.cdir, resume=resume)
         if not wait:
             return run, {}
-        return run, co.wait_run(self.cdir, run, timeout=240, poll=0.5)
+        return run, co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=0.5)
 
     def config(self) -> dict:
         return json.loads(self.cdir.job_path.read_text())
@@ -114,12 +117,12 @@ def _charges(home: Path, run_id: str) -> list:
     return [c for c in _ledger(home).charges() if c.run_id == run_id]
 
 
-def _wait_for(path: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_for(fed: Federation, run: int, path: Path) -> None:
+    """Wait on progress, not on the clock: until ``path`` appears, failing if the run ended without it."""
     while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.3)
+        if str(co.run_status(fed.cdir, run).get("status", "")).startswith("finished") and not path.exists():
+            raise AssertionError(f"run {run} finished without writing {path.name}")
+        time.sleep(0.5)
 
 
 def test_tls_authenticated_nodes_run_a_two_round_dp_job(fed, tmp_path):
@@ -150,7 +153,7 @@ def test_node_with_unregistered_key_is_rejected_and_logged(fed, tmp_path):
                               auth_key=keys.private_key, runtime_port=fl.free_port(), max_retries=1)
     try:
         with pytest.raises(Exception, match="exited"):
-            nd.wait_connected(proc, log, timeout=60)
+            nd.wait_connected(proc, log, timeout=UNBOUNDED)
     finally:
         fl.stop(proc)
     assert "Failed to activate SuperNode" in log.read_text()
@@ -168,7 +171,7 @@ def test_node_without_the_ca_cannot_connect(fed, tmp_path):
                     log, fl.flower_env(tmp_path / "fh"))
     try:
         with pytest.raises(Exception, match="exited"):
-            nd.wait_connected(proc, log, timeout=60)
+            nd.wait_connected(proc, log, timeout=UNBOUNDED)
     finally:
         fl.stop(proc)
 
@@ -176,8 +179,8 @@ def test_node_without_the_ca_cannot_connect(fed, tmp_path):
 def test_coordinator_restart_resumes_from_checkpoint_without_double_charging(fed, tmp_path):
     _fresh_budget(fed)
     out = tmp_path / "run"
-    fed.run_job(out, rounds=3, wait=False)
-    _wait_for(out / "checkpoints" / "round-0001.pt")
+    run, _ = fed.run_job(out, rounds=3, wait=False)
+    _wait_for(fed, run, out / "checkpoints" / "round-0001.pt")
     fl.kill(fed.link)  # the coordinator crashes mid-job
     fed.start_link()  # same database: registered keys survive; nodes reconnect by themselves
     _, status = fed.run_job(out, resume=True)
@@ -214,14 +217,12 @@ def test_secagg_result_is_the_mean_of_the_partners_released_updates(fed, tmp_pat
 def test_killed_node_round_completes_with_the_rest_and_no_overspend(fed, tmp_path):
     _fresh_budget(fed)
     out = tmp_path / "run"
-    fed.run_job(out, rounds=2, timeout=40.0, wait=False)
-    _wait_for(out / "checkpoints" / "round-0001.pt")
+    # round timeout: how long the live partners may take to train a round on a busy machine
+    run, _ = fed.run_job(out, rounds=2, timeout=90.0, wait=False)
+    _wait_for(fed, run, out / "checkpoints" / "round-0001.pt")
     fl.kill(fed.nodes["bank2"])  # a partner's machine dies mid-job
     cfg = fed.config()
-    deadline = time.monotonic() + 240
-    while not (out / "summary.json").exists():
-        assert time.monotonic() < deadline, "the job did not finish"
-        time.sleep(0.5)
+    _wait_for(fed, run, out / "summary.json")
     summary = co.read_summary(cfg)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     by_name = {p["name"]: p for p in summary["partners"]}

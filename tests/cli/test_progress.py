@@ -1,0 +1,49 @@
+"""Long commands say on stderr what they are doing; stdout keeps only results."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from fedcustomer.cli.progress import Progress
+
+
+def test_phases_are_announced_and_timed():
+    out = io.StringIO()
+    p = Progress(out)
+    with p.phase("(1/3) training"):
+        pass
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("(1/3) training ...") and "(1/3) training: done in" in lines[1]
+
+
+def test_library_round_logs_become_progress_lines_only_while_the_command_runs():
+    out = io.StringIO()
+    p = Progress(out)
+    logger = logging.getLogger("fedcustomer.vertical.runner")
+    before = logger.level
+    with p.from_loggers("fedcustomer.vertical"):
+        logger.info("vertical round %s/%s: %s", 1, 5, "auc 0.7")
+    logger.info("after the command")
+    assert "vertical round 1/5: auc 0.7" in out.getvalue() and "after" not in out.getvalue()
+    assert logger.level == before
+
+
+def test_baseline_reports_its_three_trainings_on_stderr(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import fedcustomer.data.sources as sources
+    import fedcustomer.models.baseline as baseline
+    from fedcustomer.cli import main
+
+    fake = SimpleNamespace(name="m", metrics={"auc": 0.5}, epsilon=None, noise_multiplier=None, train_rows=1, test_rows=1)
+    monkeypatch.setattr(sources, "load_partitions", lambda *a, **k: (None, []))
+    monkeypatch.setattr(baseline, "train_centralised", lambda *a, **k: fake)
+    monkeypatch.setattr(baseline, "gradient_boosting", lambda *a, **k: fake)
+    try:
+        main(["baseline", "--json"])
+    except SystemExit as exc:
+        assert not exc.code
+    captured = capsys.readouterr()
+    assert "(1/3)" in captured.err and "(3/3) gradient boosting: done" in captured.err
+    assert captured.out.lstrip().startswith("[")  # --json output stays clean

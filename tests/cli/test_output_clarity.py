@@ -60,7 +60,7 @@ def test_rfm_chart_states_the_tables_level_and_what_its_bars_are(monkeypatch, tm
 
 
 def test_budget_show_explains_per_row_epsilon_and_never_cuts_ids(tmp_path, monkeypatch):
-    home = PartnerHome.create(tmp_path / "bank0", "bank0", budgets={"loans": DatasetBudget(3.0, 1e-5)})
+    home = PartnerHome.create(tmp_path / "bank0", "bank0", budget=DatasetBudget(3.0, 1e-5))
     run_id = "20261129-101010-" + "a1b2c3" * 8
     BudgetLedger(home.ledger_path, "loans", DatasetBudget(3.0, 1e-5)).charge_gaussian(
         f"run:{run_id}:round:1", GaussianSteps(1.1, 0.05, 20), run_id=run_id, round=1)

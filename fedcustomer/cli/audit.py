@@ -268,14 +268,15 @@ def query_cmd(
         fmt = suffix
     lo, hi = _parse_time("--since", since), _parse_time("--until", until)
     audit = open_for_reading(home, log)
-    asked = {
+    filters = {
         k: v
         for k, v in dict(
             actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
-            dataset=dataset, since=since, until=until, format=fmt,
+            dataset=dataset, pseudonym=pseudonym, since=since, until=until,
         ).items()
         if v is not None
     }
+    asked = {k: v for k, v in filters.items() if k != "pseudonym"} | {"format": fmt}
     asked_details = {"filters": asked, "verified": not no_verify}
     looked_up = [pseudonym] if pseudonym else []  # checked like any pseudonym (never a raw value) on append
     authorise(home, who, who_role, "audit_read", ACTION_AUDIT_QUERY, asked_details, looked_up)
@@ -290,14 +291,6 @@ def query_cmd(
         actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
         since=lo, until=hi, dataset=dataset, pseudonym=pseudonym,
     )
-    filters = {
-        k: v
-        for k, v in dict(
-            actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
-            dataset=dataset, pseudonym=pseudonym, since=since, until=until,
-        ).items()
-        if v is not None
-    }
     if fmt == "table":
         console = Console()
         console.print(_table(entries, console.width))

@@ -11,7 +11,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 # libsodium (PSI) comes from the system: installed with apt-get when missing and we are root.
-# torch is installed first, CPU build: from local wheels/cache if any (no network), else from
+# torch is installed first, CPU build: from local wheels if any (torch alone, no network; its own
+# dependencies then come from the configured indexes), else from
 # PyTorch's CPU index (the public index's Linux wheel is the CUDA build, with ~3 GB of CUDA
 # packages). The project install then finds torch satisfied and leaves it.
 $(VENV)/.installed: pyproject.toml
@@ -25,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 			exit 1; \
 		fi
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
-		$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)
+	{ $(BIN)/pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null && \
+	  $(BIN)/pip install -q torch==$(TORCH_VERSION); } || \
+		$(BIN)/pip install -q --retries 2 --timeout 30 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)
 	@$(BIN)/python -c "import sys, torch; cuda = torch.version.cuda; \
 		print('torch', torch.__version__, 'CPU build' if cuda is None else f'WARNING: CUDA {cuda} build installed (large, not needed): ' \
 		      'reinstall with: $(BIN)/pip install --force-reinstall --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)', file=sys.stderr)"

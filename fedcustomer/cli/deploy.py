@@ -176,11 +176,42 @@ def coordinator_run(
     else:
         console.print(f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
                       f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}")
-        for p in summary.get("partners", []):
-            console.print(f"  {p['name']}: epsilon {p['epsilon_spent']:.3f} of {p['epsilon_target']:g}, "
-                          f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
-    if summary["status"] != "completed":
-        raise FederationError(f"the job stopped: {summary.get('stop_reason')}")
+        for line in partner_lines(summary):
+            console.print(f"  {escape(line)}")
+    if summary["status"] != "completed" or not summary.get("rounds_completed"):
+        raise FederationError(stopped_reason(summary))
+
+
+def _num(value: object, spec: str) -> str:
+    """A number for the result lines; '-' where a partner never reported one (it failed)."""
+    return "-" if value is None else format(float(value), spec)  # type: ignore[arg-type]
+
+
+def partner_lines(summary: dict) -> list[str]:
+    """One line per partner: budget, rounds, and the first failure's reason when it failed."""
+    lines = []
+    for p in summary.get("partners", []):
+        line = (f"{p['name']}: epsilon {_num(p.get('epsilon_spent'), '.3f')} of {_num(p.get('epsilon_target'), 'g')}, "
+                f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
+        failures = p.get("failures") or []
+        if failures:
+            line += f" (round {failures[0]['round']}: {failures[0]['reason']})"
+        lines.append(line)
+    return lines
+
+
+def stopped_reason(summary: dict) -> str:
+    """Why a deployed job did not complete, naming the partners that failed or refused."""
+    reason = f"the job stopped: {summary.get('stop_reason') or 'no round completed'}"
+    failed = [p for p in summary.get("partners", []) if p.get("rounds_failed") and not p.get("rounds_trained")]
+    if failed:
+        first = failed[0]["failures"][0]["reason"] if failed[0].get("failures") else "no reason given"
+        reason += (f"; failed at every round: {', '.join(p['name'] for p in failed)} "
+                   f"(first reason, from {failed[0]['name']}: {first})")
+    refused = [p["name"] for p in summary.get("partners", []) if p.get("rounds_refused") and not p.get("rounds_trained")]
+    if refused:
+        reason += f"; refused every round (budget): {', '.join(refused)}"
+    return reason
 
 
 # --- node ------------------------------------------------------------------------------

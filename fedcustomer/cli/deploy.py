@@ -150,7 +150,7 @@ def coordinator_run(
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     from fedcustomer.deploy.coordinator import (
-        CoordinatorDir, default_spec_ref, read_summary, run_config_for, submit_run, wait_run, write_app,
+        CoordinatorDir, default_spec_ref, pin_spec, read_summary, run_config_for, submit_run, wait_run, write_app,
     )
     from fedcustomer.server.job import JobConfig
 
@@ -164,7 +164,7 @@ def coordinator_run(
                         local_epochs=local_epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
                         strategy=strategy, federated_eval=federated_eval, round_timeout=round_timeout, seed=seed,
                         out=str(out))
-        cfg = run_config_for(job, feature_spec=feature_spec or default_spec_ref(job),
+        cfg = run_config_for(job, feature_spec=pin_spec(cdir, feature_spec or default_spec_ref(job)),
                              wait_for_partners=wait_for_partners, secagg=secagg)
         write_app(cdir, cfg)
     flwr_run_id = submit_run(cdir, resume=resume)

@@ -19,6 +19,7 @@ from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import RoundReport
 
 console = Console()
+err_console = Console(stderr=True)  # notices while --json keeps stdout for the summary
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +31,10 @@ def register(app: typer.Typer) -> None:
 def run(
     mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
-    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
+    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files | with --homes, the NAME of a dataset the homes already hold"),
     data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR)"),
     label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
+    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice"),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
     rounds: int = typer.Option(5, help="federated rounds"),
@@ -74,7 +76,8 @@ def run(
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
         job = JobConfig(
-            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label, split=split, partners=partners,
+            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label,
+            feature_spec=str(feature_spec.resolve()) if feature_spec else None, split=split, partners=partners,
             rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, arch=arch,
             dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
             max_noise_multiplier=max_noise_multiplier, clipping=clipping, strategy=strategy, proximal_mu=proximal_mu,
@@ -117,7 +120,8 @@ def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbos
             progress.update(bar, completed=report.round, status=status)
 
         return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose,
-                                 on_notice=lambda text: progress.console.print(f"[yellow]notice:[/] {escape(text)}"))
+                                 on_notice=lambda text: (err_console if quiet else progress.console).print(
+                                     f"[yellow]notice:[/] {escape(text)}"))
 
 
 def finish(summary: dict[str, Any]) -> None:

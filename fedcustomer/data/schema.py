@@ -497,7 +497,8 @@ def field_names(columns: Iterable[str], source: str) -> dict[str, str]:
 
 
 def draft_schema(
-    path: str | Path, *, dataset: str | None = None, sample_rows: int = 10_000, id_from_row: bool = False
+    path: str | Path, *, dataset: str | None = None, sample_rows: int = 10_000, id_from_row: bool = False,
+    id_column: str | None = None,
 ) -> Schema:
     """Guess a schema from the first rows of a CSV or Parquet file, for the user to review and edit.
 
@@ -519,7 +520,7 @@ def draft_schema(
         name = "d_" + name
     columns = [str(c) for c in frame.columns]
     names = field_names(columns, str(path))
-    id_col = next((c for c in columns if names[c] in _ID_NAMES), None)
+    id_col = id_column if id_column in columns else next((c for c in columns if names[c] in _ID_NAMES), None)
     if id_col is None:
         id_col = next((c for c in columns if names[c].endswith("_id")), None)
     fields: list[FieldSpec] = []

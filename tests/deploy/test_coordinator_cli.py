@@ -6,6 +6,7 @@ import pytest
 
 from fedcustomer.cli import deploy
 from fedcustomer.deploy import coordinator as co
+from fedcustomer.errors import FederationError
 from tests.cli.cli_runner import only_group, run
 
 
@@ -28,7 +29,7 @@ def test_all_partners_failed_is_a_clear_error_naming_them(tmp_path: Path, monkey
                           "--feature-spec", "synthetic:repayment", "--partners", "2", "--rounds", "2",
                           "--out", str(tmp_path / "run")], capsys)
     text = out + err
-    assert code != 0, text
+    assert code == FederationError.exit_code, text
     assert "Traceback" not in text and "NoneType" not in text
     assert "failed at every round: bank_a, bank_b" in text
     assert "holds no dataset 'customers'" in text  # the partner's own reason, so the user knows what to fix

@@ -242,6 +242,7 @@ def baseline(
     data: str = typer.Option("synthetic"),
     data_dir: Optional[Path] = typer.Option(None),
     label: Optional[str] = typer.Option(None),
+    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON feature spec for a PATH data file"),
     split: str = typer.Option("iid"),
     partners: int = typer.Option(3),
     arch: str = typer.Option("mlp"),
@@ -259,7 +260,13 @@ def baseline(
     from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
     JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
-    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
+    from fedcustomer.models.features import FeatureSpec
+
+    notices: list[str] = []
+    spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label,
+                                     notices=notices, spec=FeatureSpec.load(feature_spec) if feature_spec else None)
+    for notice in notices:
+        err_console.print(f"[yellow]notice:[/] {escape(notice)}")
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     results = [
         train_centralised(spec, datasets, **common),

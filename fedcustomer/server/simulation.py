@@ -80,9 +80,10 @@ def prepare_partners(job: JobConfig, notices: list[str] | None = None) -> tuple[
 
 def uses_existing_homes(job: JobConfig) -> bool:
     """``--data NAME --homes DIR`` with NAME neither built-in nor a file: the homes' own dataset NAME."""
-    from fedcustomer.data.sources import SOURCES
+    from fedcustomer.data.sources import SOURCES, TABLE_SUFFIXES
 
-    return job.homes is not None and job.data not in SOURCES and not Path(job.data).exists()
+    looks_like_a_file = Path(job.data).suffix.lower() in TABLE_SUFFIXES or "/" in job.data or os.sep in job.data
+    return job.homes is not None and job.data not in SOURCES and not looks_like_a_file and not Path(job.data).exists()
 
 
 def _write_index(root: Path, homes: list[PartnerHome]) -> None:

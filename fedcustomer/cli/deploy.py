@@ -136,7 +136,7 @@ def coordinator_run(
     local_epochs: int = typer.Option(1, "--local-epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(0.5, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
-    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget for partners' new datasets (each partner's own target wins)."),
+    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget asked for (recorded in summary.json); each partner's own budget, set with `fedcustomer budget set`, decides."),
     delta: float = typer.Option(1e-5, "--delta"),
     strategy: str = typer.Option("fedavg", "--strategy"),
     federated_eval: str = typer.Option("final", "--federated-eval", help="every, final or none."),

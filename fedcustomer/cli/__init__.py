@@ -55,6 +55,9 @@ def _register() -> None:
     from fedcustomer.cli import deploy
 
     deploy.register(app)
+    from fedcustomer.cli import features
+
+    features.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

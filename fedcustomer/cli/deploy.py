@@ -158,7 +158,7 @@ def coordinator_run(
     local_epochs: int = typer.Option(1, "--local-epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(0.5, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
-    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget for partners' new datasets (each partner's own target wins)."),
+    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget asked for (recorded in summary.json); each partner's own budget, set with `fedcustomer budget set`, decides."),
     delta: float = typer.Option(1e-5, "--delta"),
     strategy: str = typer.Option("fedavg", "--strategy"),
     federated_eval: str = typer.Option("final", "--federated-eval", help="every, final or none."),
@@ -173,8 +173,8 @@ def coordinator_run(
     wait: float = WaitOpt,
 ) -> None:
     from fedcustomer.deploy.coordinator import (
-        CoordinatorDir, default_spec_ref, list_nodes, partner_shortfall, read_summary, run_config_for, submit_run,
-        wait_for_coordinator, wait_run, write_app,
+        CoordinatorDir, default_spec_ref, list_nodes, partner_shortfall, pin_spec, read_summary, run_config_for,
+        submit_run, wait_for_coordinator, wait_run, write_app,
     )
     from fedcustomer.server.job import JobConfig
 
@@ -188,7 +188,7 @@ def coordinator_run(
                         local_epochs=local_epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
                         strategy=strategy, federated_eval=federated_eval, round_timeout=round_timeout, seed=seed,
                         out=str(out))
-        cfg = run_config_for(job, feature_spec=feature_spec or default_spec_ref(job),
+        cfg = run_config_for(job, feature_spec=pin_spec(cdir, feature_spec or default_spec_ref(job)),
                              wait_for_partners=wait_for_partners, secagg=secagg)
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
@@ -203,10 +203,10 @@ def coordinator_run(
     else:
         console.print(f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
                       f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}")
-        for p in summary.get("partners", []):
-            console.print(f"  {p['name']}: {_partner_line(p)}")
-    if summary["status"] != "completed":
-        raise FederationError(f"the job stopped: {summary.get('stop_reason')}")
+        for line in partner_lines(summary):
+            console.print(f"  {escape(line)}")
+    if summary["status"] != "completed" or not summary.get("rounds_completed"):
+        raise FederationError(stopped_reason(summary))
     wanted = int(cfg.get("partners", partners))
     try:
         nodes = list_nodes(cdir)
@@ -217,14 +217,36 @@ def coordinator_run(
         raise FederationError(f"the job completed without every partner: {short}")
 
 
-def _partner_line(p: dict) -> str:
-    """One partner's line of the run summary; any figure may be missing (a partner that only failed has none)."""
-    def num(value: object, fmt: str) -> str:
-        return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
+def _num(value: object, spec: str) -> str:
+    """A number for the result lines; '-' where a partner never reported one (it failed)."""
+    return "-" if value is None else format(float(value), spec)  # type: ignore[arg-type]
 
-    return (f"epsilon {num(p.get('epsilon_spent'), '.3f')} of {num(p.get('epsilon_target'), 'g')}, "
-            f"{p.get('rounds_trained', 0)} trained, {p.get('rounds_refused', 0)} refused, "
-            f"{p.get('rounds_failed', 0)} failed")
+
+def partner_lines(summary: dict) -> list[str]:
+    """One line per partner: budget, rounds, and the first failure's reason when it failed."""
+    lines = []
+    for p in summary.get("partners", []):
+        line = (f"{p['name']}: epsilon {_num(p.get('epsilon_spent'), '.3f')} of {_num(p.get('epsilon_target'), 'g')}, "
+                f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
+        failures = p.get("failures") or []
+        if failures:
+            line += f" (round {failures[0]['round']}: {failures[0]['reason']})"
+        lines.append(line)
+    return lines
+
+
+def stopped_reason(summary: dict) -> str:
+    """Why a deployed job did not complete, naming the partners that failed or refused."""
+    reason = f"the job stopped: {summary.get('stop_reason') or 'no round completed'}"
+    failed = [p for p in summary.get("partners", []) if p.get("rounds_failed") and not p.get("rounds_trained")]
+    if failed:
+        first = failed[0]["failures"][0]["reason"] if failed[0].get("failures") else "no reason given"
+        reason += (f"; failed at every round: {', '.join(p['name'] for p in failed)} "
+                   f"(first reason, from {failed[0]['name']}: {first})")
+    refused = [p["name"] for p in summary.get("partners", []) if p.get("rounds_refused") and not p.get("rounds_trained")]
+    if refused:
+        reason += f"; refused every round (budget): {', '.join(refused)}"
+    return reason
 
 
 # --- node ------------------------------------------------------------------------------

@@ -118,15 +118,25 @@ def schema_draft_cmd(
     output: Path = typer.Option(..., "--output", help="Where to write the YAML schema."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: from the file name)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    id_from_row: bool = typer.Option(False, "--id-from-row",
+                                     help="The file has no customer id column: add a 'row_id' id field that "
+                                          "`ingest --id-from-row` generates (each row is one customer)."),
 ) -> None:
-    from fedcustomer.data.schema import draft_schema
+    from fedcustomer.data.ingest import read_sample
+    from fedcustomer.data.schema import draft_schema, field_name_for
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
-    schema = draft_schema(input, dataset=dataset)
+    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row)
     schema.save(output)
     core = [f.name for f in schema.fields if f.is_core]
     console.print(f"wrote {output}: {len(schema.fields)} fields, core (encrypted): {', '.join(core) or 'none'}")
+    header = [str(c) for c in read_sample(input, 1).columns]
+    renamed = [f"{c} -> {field_name_for(c)}" for c in header if field_name_for(c) != c]
+    if renamed:
+        console.print(f"columns stored under a valid field name (ingest maps them): {escape(', '.join(renamed))}")
+    if id_from_row:
+        console.print("no id column: 'row_id' will be generated at ingest (pass --id-from-row to ingest too)")
     console.print("review every tier, type and rule before ingesting real data")
 
 
@@ -141,6 +151,8 @@ def ingest_cmd(
     ),
     chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Rows per chunk (memory bound)."),
     name: Optional[str] = typer.Option(None, "--name", help="Partner name if the home is created now."),
+    id_from_row: bool = typer.Option(False, "--id-from-row",
+                                     help="Generate the id field from each row (a schema drafted with --id-from-row)."),
     as_json: bool = JsonOpt,
 ) -> None:
     from fedcustomer.data.ingest import print_report
@@ -157,7 +169,7 @@ def ingest_cmd(
     from fedcustomer.cli.progress import Progress
 
     with store, Progress().phase(f"ingesting {input.name} into the encrypted store ({chunk_rows:,} rows per chunk)"):
-        report = store.ingest(who, spec, input, chunk_rows=chunk_rows)
+        report = store.ingest(who, spec, input, chunk_rows=chunk_rows, id_from_row=id_from_row)
     target = quality or phome.state_dir / "quality.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     report.write_json(target)

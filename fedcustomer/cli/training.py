@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the command
     from fedcustomer.server.rounds import RoundReport
 
 console = Console()
+err_console = Console(stderr=True)  # notices while --json keeps stdout for the summary
 
 
 def register(app: typer.Typer) -> None:
@@ -31,9 +32,10 @@ def register(app: typer.Typer) -> None:
 def run(
     mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
-    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files"),
+    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files | with --homes, the NAME of a dataset the homes already hold"),
     data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR, else the shipped data folder)"),
     label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
+    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice"),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
     rounds: int = typer.Option(5, help="federated rounds"),
@@ -75,7 +77,8 @@ def run(
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
         job = JobConfig(
-            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label, split=split, partners=partners,
+            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label,
+            feature_spec=str(feature_spec.resolve()) if feature_spec else None, split=split, partners=partners,
             rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, arch=arch,
             dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
             max_noise_multiplier=max_noise_multiplier, clipping=clipping, strategy=strategy, proximal_mu=proximal_mu,
@@ -119,7 +122,8 @@ def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbos
             progress.update(bar, completed=report.round, status=status)
 
         return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose,
-                                 on_notice=lambda text: progress.console.print(f"[yellow]notice:[/] {escape(text)}"))
+                                 on_notice=lambda text: (err_console if quiet else progress.console).print(
+                                     f"[yellow]notice:[/] {escape(text)}"))
 
 
 def finish(summary: dict[str, Any]) -> None:
@@ -240,6 +244,7 @@ def baseline(
     data: str = typer.Option("synthetic"),
     data_dir: Optional[Path] = typer.Option(None),
     label: Optional[str] = typer.Option(None),
+    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON feature spec for a PATH data file"),
     split: str = typer.Option("iid"),
     partners: int = typer.Option(3),
     arch: str = typer.Option("mlp"),
@@ -259,9 +264,15 @@ def baseline(
     from fedcustomer.cli.progress import Progress
 
     JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
+    from fedcustomer.models.features import FeatureSpec
+
     progress = Progress()
+    notices: list[str] = []
     with progress.phase(f"loading {data} for {partners} partners"):
-        spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label)
+        spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label,
+                                         notices=notices, spec=FeatureSpec.load(feature_spec) if feature_spec else None)
+    for notice in notices:
+        err_console.print(f"[yellow]notice:[/] {escape(notice)}")
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     results = []
     with progress.phase(f"(1/3) centralised non-private {arch}, {epochs} epochs"):

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FEDERATION_INDEX = "federation.json"
 PARTNER_ERROR_CODE = 4100  # Flower error code for a partner-side product error
+PARTNER_PREFIX = "partner "  # error replies start "partner NAME: " when the node knows its partner
 
 
 def resolve_home(context: Context, homes: list[str] | None = None) -> PartnerHome:
@@ -45,6 +46,16 @@ def resolve_home(context: Context, homes: list[str] | None = None) -> PartnerHom
     return PartnerHome(homes[pid])
 
 
+def partner_error(msg: Message, exc: FedCustomerError, context: Context, homes: list[str] | None) -> Message:
+    """An error reply naming the partner (``partner NAME: ...``), so the coordinator can say who failed."""
+    try:
+        name = resolve_home(context, homes).config().name
+    except FedCustomerError:
+        name = None
+    prefix = f"{PARTNER_PREFIX}{name}: " if name and ":" not in name and not any(c.isspace() for c in name) else ""
+    return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{prefix}{type(exc).__name__}: {exc}"), reply_to=msg)
+
+
 def make_client_app(homes: list[str] | None = None) -> ClientApp:
     """Build the ClientApp; ``homes`` maps simulation partition ids to partner homes."""
     app = ClientApp()
@@ -60,7 +71,7 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
 
             record_round(node.home, outcome, ins)  # every round taken part in, refused or not
         except FedCustomerError as exc:
-            return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            return partner_error(msg, exc, context, homes)
         info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}
         if outcome.refused_reason:
             info["refused-reason"] = outcome.refused_reason
@@ -77,7 +88,7 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             metrics = node.evaluate(msg.content["arrays"].to_torch_state_dict(), ins)
         except FedCustomerError as exc:
-            return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            return partner_error(msg, exc, context, homes)
         content = RecordDict({"metrics": MetricRecord(metrics), "partner": ConfigRecord({"name": node.name})})
         return Message(content=content, reply_to=msg)
 

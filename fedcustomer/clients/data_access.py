@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 
 from fedcustomer.clients.home import PartnerHome
@@ -52,7 +53,6 @@ class PartnerDataAccess:
         chosen = frame[held_out] if split == "test" else frame[~held_out]
         return chosen[spec.columns()].reset_index(drop=True)
 
-
     def linkage_ids(self, dataset: str) -> list[str]:
         """Customer ids for private set intersection (purpose ``record_linkage``, audited).
 
@@ -73,6 +73,8 @@ class PartnerDataAccess:
         return Pseudonymizer.open(self.home.keys_dir).pseudonyms(ids)
 
 
-def _by_pseudonym(pseudonyms: pd.Index) -> list[bool]:
+def _by_pseudonym(pseudonyms: pd.Index) -> np.ndarray:
+    """Boolean mask (an array, so ``~mask`` selects the training rows) of the held-out customers."""
     cut = int(DEFAULT_HOLDOUT_SHARE * 2**32)
-    return [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms]
+    return np.array([int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms],
+                    dtype=bool)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedcustomer.data.schema import MAX_COLUMNS, Schema, require_columns
+from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
@@ -433,3 +433,64 @@ def print_report(report: IngestReport, console: Any = None) -> None:
 def check_columns(schema: Schema, chunk: pd.DataFrame, source: str) -> list[str]:
     """SchemaError if a schema field is missing from the file; the extra columns otherwise."""
     return require_columns(schema, chunk.columns, source)
+
+
+class ColumnMapper:
+    """Turns a file's chunks into the schema's fields: names mapped, generated ids added.
+
+    A file column that is not itself a field but whose :func:`field_name_for` spelling
+    is (``emp.var.rate`` for field ``emp_var_rate``) is read as that field, as
+    ``schema draft`` named it. With ``id_from_row`` the id field is generated: a keyed
+    digest (the partner's pseudonym key) of the row's other schema fields, plus the copy
+    number among identical rows, so a re-exported or reordered copy of the same file
+    gives every row the same id again and two identical rows stay two customers.
+    """
+
+    def __init__(self, schema: Schema, source: str, pseudonymizer: Any = None, id_from_row: bool = False) -> None:
+        self.schema = schema
+        self.source = source
+        self.pseudonymizer = pseudonymizer
+        self.id_from_row = id_from_row
+        self.copies: Counter = Counter()
+        self.renames: dict[str, str] | None = None
+
+    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        if self.renames is None:
+            self.renames = self._renames(chunk)
+        if self.renames:
+            chunk = chunk.rename(columns=self.renames)
+        if self.id_from_row:
+            chunk = chunk.assign(**{self.schema.id_field.name: self._row_ids(chunk)})
+        return chunk
+
+    def _renames(self, chunk: pd.DataFrame) -> dict[str, str]:
+        names = set(self.schema.names)
+        present = [str(c) for c in chunk.columns]
+        renames: dict[str, str] = {}
+        for col in present:
+            target = field_name_for(col)
+            if col not in names and target in names and target not in present:
+                if target in renames.values():
+                    raise DataError(f"{self.source}: two columns would both be read as field {target!r}; "
+                                    "rename one of them")
+                renames[col] = target
+        id_name = self.schema.id_field.name
+        if self.id_from_row:
+            if self.pseudonymizer is None:
+                raise DataError("generated ids need the partner's pseudonym key")
+            if id_name in present or id_name in renames.values():
+                raise DataError(f"{self.source}: the file has an id column {id_name!r}; drop --id-from-row to use it")
+        elif id_name == ROW_ID_FIELD and id_name not in present and id_name not in renames.values():
+            raise DataError(f"{self.source}: the schema's id field {id_name!r} is not a column of the file; pass "
+                            "--id-from-row to generate it from each row (as the schema draft said)")
+        return renames
+
+    def _row_ids(self, chunk: pd.DataFrame) -> list[str]:
+        fields = sorted(n for n in self.schema.names if n != self.schema.id_field.name and n in chunk.columns)
+        ids = []
+        for values in chunk[fields].itertuples(index=False, name=None):
+            text = json.dumps([None if v is None or v is pd.NA else str(v) for v in values], ensure_ascii=True)
+            digest = self.pseudonymizer.pseudonym("rowid:" + text.encode().hex())[:32]
+            self.copies[digest] += 1
+            ids.append(f"r{digest}-{self.copies[digest]}")
+        return ids

@@ -132,6 +132,36 @@ class PlacementRegistry:
                 )
         return result
 
+    def with_row_ids(self, datasets: Sequence[PartnerDataset]) -> list[PartnerDataset]:
+        """Partners' rows with a generated ``row_id``, for data that has no customer id column.
+
+        The id is a keyed digest (this registry's key) of the row's values plus its copy
+        number among identical rows: stable when the file is reordered or renamed, never
+        the values themselves.
+        """
+        from collections import Counter
+
+        from fedcustomer.data.schema import ROW_ID_FIELD
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = self._key()
+        copies: Counter = Counter()
+        out = []
+        for ds in datasets:
+            parts = []
+            for frame in (ds.train, ds.test):
+                if ROW_ID_FIELD in frame.columns:
+                    raise DataError(f"the data already has a column {ROW_ID_FIELD!r}; name it as the id column")
+                columns = sorted(str(c) for c in frame.columns)
+                ids = []
+                for values in frame[columns].itertuples(index=False, name=None):
+                    digest = _token(key, "rowid:" + repr([None if pd.isna(v) else str(v) for v in values]))
+                    copies[digest] += 1
+                    ids.append(f"r{digest}-{copies[digest]}")
+                parts.append(frame.assign(**{ROW_ID_FIELD: ids}))
+            out.append(replace(ds, train=parts[0], test=parts[1]))
+        return out
+
     # --- internals -------------------------------------------------------------
     def _key(self) -> bytes:
         if self.key_path.exists():

@@ -48,7 +48,11 @@ def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, w
     else:
         sample = workdir / f"{dataset_name(source, task)}.csv"
         frame.drop(columns=[HOLDOUT], errors="ignore").to_csv(sample, index=False)
-        drafted = draft_schema(sample, dataset=dataset_name(source, task), sample_rows=max(len(frame), 1))
+        try:
+            drafted = draft_schema(sample, dataset=dataset_name(source, task), sample_rows=max(len(frame), 1),
+                                   id_column=spec.id_column)
+        except DataError as exc:  # name the user's data, not the partner's temporary copy of it
+            raise DataError(str(exc).replace(f"{sample}: ", "").replace(str(sample), "the data")) from None
         fields = []
         for f in drafted.fields:
             if f.name == spec.label:

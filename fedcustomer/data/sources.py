@@ -8,6 +8,7 @@ that every partner can be encoded, so a bad file fails before any training start
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,9 @@ from fedcustomer.data.partition import (
     partition_iid,
     split_train_test,
 )
+from fedcustomer.data.schema import field_name_for, field_names
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import TASKS, FeatureSpec
+from fedcustomer.models.features import TASKS, DataDerivedBoundsWarning, FeatureSpec
 
 DATA_DIR_ENV = "FEDCUSTOMER_DATA_DIR"
 SOURCES = ("synthetic", "uci-credit", "cdnow")
@@ -69,6 +71,7 @@ def load_partitions(
     test_fraction: float = 0.2,
     label: str | None = None,
     notices: list[str] | None = None,
+    spec: FeatureSpec | None = None,
 ) -> tuple[FeatureSpec, list[PartnerDataset]]:
     """Resolve ``source`` for ``task`` into a spec and ``n_partners`` partners.
 
@@ -81,6 +84,13 @@ def load_partitions(
     sizes and default rates), so ``split`` does not apply to it. For ``uci-credit``
     non-IID means one education level per partner (where sizes allow), for ``cdnow`` one
     first-purchase cohort per partner, for a user's file a Dirichlet label skew.
+
+    A user's file is encoded by ``spec`` when given (declared bounds and categories).
+    Otherwise the spec is inferred from each partner's *training* rows only (numeric
+    bounds fitted per partner and combined, text columns as categoricals), and
+    ``notices`` says so: those bounds and categories are not covered by the DP guarantee.
+    Columns whose names are not valid field names are renamed as the schema would
+    (:func:`fedcustomer.data.schema.field_name_for`), with a notice.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -97,6 +107,9 @@ def load_partitions(
                 f"data source {source!r} serves the {', '.join(SOURCE_TASKS[source])} task only, not {task!r}: "
                 f"add --task {SOURCE_TASKS[source][0]}"
             )
+        if spec is not None:
+            raise ConfigError(f"data source {source!r} brings its own feature spec; --feature-spec applies to a "
+                              "data file (--data PATH) or to datasets already in partner homes")
         spec, partners = _builtin(task, source, n_partners, split, seed, data_dir, test_fraction)
         if label is not None and label != spec.label:
             raise ConfigError(f"data source {source!r} has label {spec.label!r}; drop --label or pass {spec.label!r}")
@@ -109,10 +122,12 @@ def load_partitions(
                 f"unknown data source {source!r}; choose one of {', '.join(SOURCES)} or give a CSV/Parquet "
                 "file or a directory with one file per partner"
             )
-        spec, partners = _from_path(task, path, n_partners, split, seed, test_fraction, label)
-        if label is None and notices is not None:
-            notices.append(f"label column guessed: {spec.label!r} (the usual name for the {task} target); "
-                           "pass --label to name another")
+        told: list[str] = []
+        spec, partners = _from_path(task, path, n_partners, split, seed, test_fraction, label, spec, told)
+        if notices is not None:
+            notices.extend(told)
+        elif any(INFERRED_MARK in n for n in told):
+            warnings.warn(next(n for n in told if INFERRED_MARK in n), DataDerivedBoundsWarning, stacklevel=2)
     _check_partners(spec, partners)
     return spec, partners
 
@@ -160,7 +175,8 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _from_path(
-    task: str, path: Path, n: int, split: str, seed: int, test_fraction: float, label: str | None
+    task: str, path: Path, n: int, split: str, seed: int, test_fraction: float, label: str | None,
+    declared: FeatureSpec | None, notices: list[str],
 ) -> tuple[FeatureSpec, list[PartnerDataset]]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
@@ -171,33 +187,79 @@ def _from_path(
                 f"directory {path} holds {len(files)} partner file(s) ({', '.join(p.name for p in files)}) "
                 f"but {n} partner(s) were asked for; set the number of partners to {len(files)}"
             )
-        frames = {p.stem: read_table(p) for p in files}
+        frames = {p.stem: _valid_names(read_table(p), p, notices) for p in files}
         for name, frame in frames.items():
             if frame.empty:
                 raise DataError(f"partner {name!r} ({path / name}) has no rows")
-        pooled = pd.concat(frames.values(), ignore_index=True)
-        spec = _infer(pooled, task, label, path)
+        columns = list(next(iter(frames.values())).columns)
+        guessed = label is None and declared is None
+        label, id_column = _roles(columns, task, label, declared, path)
         partners = []
         for i, (name, frame) in enumerate(frames.items()):
-            stratify = spec.label if task == "repayment" else None
+            stratify = label if task == "repayment" else None
             train, test = split_train_test(frame, test_fraction, seed + 1000 * (i + 1), stratify)
             partners.append(PartnerDataset(name=name, kind="partner", train=train, test=test))
-        return spec, partners
-    frame = read_table(path)
-    if frame.empty:
-        raise DataError(f"{path} has no rows")
-    spec = _infer(frame, task, label, path)
-    stratify = spec.label if task == "repayment" else None
-    same = dict(kind="partner", prefix="partner", test_fraction=test_fraction, stratify=stratify)
-    if split == "iid":
-        return spec, partition_iid(frame, n, seed, **same)
-    return spec, partition_dirichlet(frame, n, spec.label, DIRICHLET_ALPHA, seed, **same)
+    else:
+        frame = _valid_names(read_table(path), path, notices)
+        if frame.empty:
+            raise DataError(f"{path} has no rows")
+        guessed = label is None and declared is None
+        label, id_column = _roles(list(frame.columns), task, label, declared, path)
+        stratify = label if task == "repayment" else None
+        same = dict(kind="partner", prefix="partner", test_fraction=test_fraction, stratify=stratify)
+        if split == "iid":
+            partners = partition_iid(frame, n, seed, **same)
+        else:
+            partners = partition_dirichlet(frame, n, label, DIRICHLET_ALPHA, seed, **same)
+    if guessed:
+        notices.insert(0, f"label column guessed: {label!r} (the usual name for the {task} target); "
+                          "pass --label to name another")
+    if declared is not None:
+        return _renamed_spec(declared, id_column), partners
+    spec, told = FeatureSpec.infer_from_partners([p.train for p in partners], task, label, id_column)
+    notices.extend(told)
+    return spec, partners
 
 
-def _infer(frame: pd.DataFrame, task: str, label: str | None, where: Path) -> FeatureSpec:
-    if label is None:
-        label = next((c for c in _LABEL_GUESSES[task] if c in frame.columns), None)
-        rivals = [c for c in frame.columns if c != label and str(c).strip().lower() in _TARGET_NAMES]
+# Marks the notice that says bounds or categories were read off the data.
+INFERRED_MARK = "NOT covered by the DP guarantee"
+
+
+def _valid_names(frame: pd.DataFrame, where: Path, notices: list[str]) -> pd.DataFrame:
+    """The frame with every column under a valid field name (as the store would keep it), said in a notice."""
+    names = field_names([str(c) for c in frame.columns], str(where))
+    renamed = {c: f for c, f in names.items() if c != f}
+    if renamed:
+        text = ", ".join(f"{c!r} -> {f!r}" for c, f in renamed.items())
+        notice = f"columns read under valid field names (lower-case letters, digits, '_'): {text}"
+        if notice not in notices:
+            notices.append(notice)
+    return frame.rename(columns=names)
+
+
+def _roles(
+    columns: list[str], task: str, label: str | None, declared: FeatureSpec | None, where: Path
+) -> tuple[str, str | None]:
+    """The label and id columns: declared by the spec or --label, else guessed (with a notice by the caller)."""
+    if declared is not None:
+        wanted = field_name_for(declared.label)
+        if label is not None and field_name_for(label) != wanted:
+            raise ConfigError(f"--label {label!r} differs from the feature spec's label {declared.label!r}; "
+                              "drop --label or make them agree")
+        if wanted not in columns:
+            raise DataError(f"{where}: the feature spec's label {declared.label!r} is not a column of the data")
+        id_column = field_name_for(declared.id_column) if declared.id_column else None
+        if id_column is not None and id_column not in columns:
+            raise DataError(f"{where}: the feature spec's id column {declared.id_column!r} is not in the data")
+        return wanted, id_column if id_column else _guess_id(columns, wanted)
+    if label is not None:
+        label = field_name_for(label)
+        if label not in columns:
+            raise DataError(f"label column {label!r} is missing from the data (columns present: "
+                            f"{_list(columns)}); pass the right label name or add the column")
+    else:
+        label = next((c for c in _LABEL_GUESSES[task] if c in columns), None)
+        rivals = [c for c in columns if c != label and str(c).strip().lower() in _TARGET_NAMES]
         if label is not None and rivals:
             raise ConfigError(
                 f"{where}: no label column given; {label!r} looks like the label but {', '.join(map(repr, rivals))} "
@@ -208,8 +270,24 @@ def _infer(frame: pd.DataFrame, task: str, label: str | None, where: Path) -> Fe
                 f"{where}: no label column given and none of {', '.join(_LABEL_GUESSES[task])} is present; "
                 "name the label column with --label"
             )
-    id_column = next((c for c in _ID_GUESSES if c in frame.columns and c != label), None)
-    return FeatureSpec.infer(frame, task, label, id_column)
+    return label, _guess_id(columns, label)
+
+
+def _guess_id(columns: list[str], label: str) -> str | None:
+    return next((c for c in _ID_GUESSES if c in columns and c != label), None)
+
+
+def _list(columns: list[str], limit: int = 12) -> str:
+    shown = ", ".join(columns[:limit])
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "") if columns else "none"
+
+
+def _renamed_spec(spec: FeatureSpec, id_column: str | None) -> FeatureSpec:
+    """A declared spec whose names are read as valid field names, as the data's columns were."""
+    from dataclasses import replace
+
+    features = [replace(f, name=field_name_for(f.name)) for f in spec.features]
+    return FeatureSpec(spec.task, field_name_for(spec.label), id_column, features)
 
 
 def _check_partners(spec: FeatureSpec, partners: list[PartnerDataset]) -> None:

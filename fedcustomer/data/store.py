@@ -57,6 +57,7 @@ import pandas as pd
 
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.ingest import (
+    ColumnMapper,
     IngestReport,
     PreparedChunk,
     check_columns,
@@ -543,7 +544,7 @@ class PartnerStore:
     # ---- ingest -------------------------------------------------------------------------
 
     def ingest(
-        self, actor: Actor, schema: Schema, path: Path, *, chunk_rows: int = 50_000
+        self, actor: Actor, schema: Schema, path: Path, *, chunk_rows: int = 50_000, id_from_row: bool = False
     ) -> IngestReport:
         """Validate, de-duplicate, encrypt and store a CSV/Parquet file in ONE transaction.
 
@@ -554,7 +555,7 @@ class PartnerStore:
         path = Path(path)
         self._require(actor, "ingest", "ingest", dataset=schema.dataset, details={"file": path.name})
         try:
-            return self._ingest(actor, schema, path, chunk_rows)
+            return self._ingest(actor, schema, path, chunk_rows, id_from_row)
         except Exception as exc:  # a failed ingest is audited too; the store is unchanged
             reason = str(exc) if isinstance(exc, FedCustomerError) else f"unexpected {type(exc).__name__}"
             try:
@@ -564,7 +565,7 @@ class PartnerStore:
                 pass  # the log refused the entry; the next action's log check reports why
             raise
 
-    def _ingest(self, actor: Actor, schema: Schema, path: Path, chunk_rows: int) -> IngestReport:
+    def _ingest(self, actor: Actor, schema: Schema, path: Path, chunk_rows: int, id_from_row: bool) -> IngestReport:
         sha = file_sha256(path)
         report = IngestReport(
             dataset=schema.dataset, file=path.name, sha256=sha, field_tiers={f.name: f.tier for f in schema.fields}
@@ -585,7 +586,9 @@ class PartnerStore:
             report.ingest_id = ingest_id
             cipher = FieldCipher(schema.dataset)
             first = True
+            columns = ColumnMapper(schema, str(path), self.pseudonymizer, id_from_row)
             for chunk in read_chunks(path, chunk_rows):
+                chunk = columns(chunk)
                 if first:
                     report.ignored_columns = check_columns(schema, chunk, str(path))
                     first = False

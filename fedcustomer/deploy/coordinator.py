@@ -312,6 +312,23 @@ def resolve_spec(ref: str) -> FeatureSpec:
         raise ConfigError(f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()") from None
 
 
+def pin_spec(cdir: CoordinatorDir, ref: str) -> str:
+    """Check a feature spec before submitting; a JSON file is copied into the coordinator's directory.
+
+    The ServerApp runs in the coordinator's directory, where a path relative to the user's
+    shell means nothing, and a resumed job must use the spec it started with.
+    """
+    if ref in BUILTIN_SPECS:
+        return ref
+    spec = FeatureSpec.load(ref)
+    cdir.root.mkdir(parents=True, exist_ok=True)
+    path = cdir.root / "feature_spec.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return str(path.resolve())
+
+
 def default_spec_ref(job: JobConfig) -> str:
     return f"synthetic:{job.task}" if job.data == "synthetic" else job.data
 

@@ -9,9 +9,11 @@ declared categories, and flag missing numeric values with an indicator column.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,7 +291,29 @@ class FeatureSpec:
         id_column = d.get("id_column")
         return cls(str(d["task"]), str(d["label"]), None if id_column is None else str(id_column), features)
 
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSpec:
+        """A feature spec JSON file (``features draft`` writes one); ConfigError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"feature spec file {path} not found; write one with `fedcustomer features draft`")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a feature spec JSON file ({exc})") from None
+        try:
+            return cls.from_dict(raw)
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc}") from None
+
     # -------------------------------------------------------------- inference
+    @classmethod
+    def infer_from_partners(
+        cls, trains: list[pd.DataFrame], task: str, label: str, id_column: str | None
+    ) -> tuple[FeatureSpec, list[str]]:
+        """See :func:`infer_from_partners`."""
+        return infer_from_partners(trains, task, label, id_column)
+
     @classmethod
     def infer(cls, frame: pd.DataFrame, task: str, label: str, id_column: str | None) -> FeatureSpec:
         """Spec for a user's own file: every non-label, non-id column as a numeric feature.
@@ -332,6 +356,90 @@ class FeatureSpec:
             stacklevel=2,
         )
         return cls(task, label, id_column, features)
+
+
+# A text column with more distinct values than this is not taken as a categorical feature.
+MAX_CATEGORIES = 50
+
+
+def infer_from_partners(
+    trains: list[pd.DataFrame], task: str, label: str, id_column: str | None
+) -> tuple[FeatureSpec, list[str]]:
+    """Spec for a user's own file, fitted on each partner's *training* rows only.
+
+    Numeric columns get bounds fitted at every partner on its training rows and combined
+    (lowest minimum, highest maximum), as partners would share them; held-out rows and
+    the pooled file are never looked at. Text columns become categorical features over
+    the categories the partners' training rows hold. Both are read off the data, which
+    the DP guarantee does not cover: the returned notices say so.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    trains = [t for t in trains if len(t)]
+    if not trains:
+        raise DataError("cannot infer a feature spec: no partner has training rows")
+    first = trains[0]
+    for name, role in ((label, "label"), (id_column, "id")):
+        if name is not None and name not in first.columns:
+            raise DataError(f"{role} column {name!r} is missing from the data (columns present: {_list_columns(first)})")
+    features: list[Feature] = []
+    numeric, categorical = [], []
+    for col in first.columns:
+        if col in (label, id_column):
+            continue
+        name = str(col)
+        columns = [t[col] for t in trains]
+        if all(_is_numeric(c) for c in columns):
+            los, his = [], []
+            for c in columns:
+                values = _numeric_column(c, name, "feature")
+                finite = values[np.isfinite(values)]
+                if finite.size:
+                    los.append(float(finite.min()))
+                    his.append(float(finite.max()))
+            if not los:
+                raise DataError(f"feature column {name!r} has no finite values in the training rows; drop it or fill it in")
+            lo, hi = min(los), max(his)
+            if lo == hi:
+                lo, hi = lo - 0.5, hi + 0.5
+            features.append(NumericFeature(name, lo, hi))
+            numeric.append(name)
+        else:
+            keys = sorted({k for c in columns for k in c.map(category_key).dropna().tolist()})
+            if len(keys) > MAX_CATEGORIES:
+                raise DataError(
+                    f"feature column {name!r} holds {len(keys)} distinct text values, too many for a categorical "
+                    f"feature (at most {MAX_CATEGORIES}); declare it in a feature spec (--feature-spec) or drop the column"
+                )
+            if not keys:
+                raise DataError(f"feature column {name!r} has no values in the training rows; drop it or fill it in")
+            features.append(CategoricalFeature(name, tuple(keys)))
+            categorical.append(f"{name} ({len(keys)} categories)")
+    if not features:
+        raise DataError(f"no feature columns besides the label {label!r} and the id column; nothing to learn from")
+    notices = []
+    if numeric:
+        notices.append(
+            f"bounds of {len(numeric)} numeric feature(s) were fitted on each partner's training rows (held-out rows "
+            "never used) and combined (lowest minimum, highest maximum); they are written to feature_spec.json and "
+            "are NOT covered by the DP guarantee. Replace them with declared public bounds before a real deployment: "
+            "--feature-spec FILE (see `fedcustomer features draft`)"
+        )
+    if categorical:
+        notices.append(
+            f"text column(s) taken as categorical features over the categories found in the partners' training rows: "
+            f"{', '.join(categorical)}; listed in feature_spec.json, NOT covered by the DP guarantee. "
+            "Declare the categories in a feature spec (--feature-spec FILE) before a real deployment"
+        )
+    return FeatureSpec(task, label, id_column, features), notices
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    """True when every present value reads as a number (booleans count as 0/1)."""
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        return True
+    converted = pd.to_numeric(series, errors="coerce")
+    return not bool((converted.isna() & series.notna()).any())
 
 
 def _list_columns(frame: pd.DataFrame, limit: int = 12) -> str:

@@ -36,6 +36,7 @@ class JobConfig:
     data: str = "synthetic"
     data_dir: str | None = None
     label: str | None = None
+    feature_spec: str | None = None  # JSON file declaring features, bounds and categories (else inferred, with notices)
     split: str = "iid"
     partners: int = 3
     rounds: int = 5

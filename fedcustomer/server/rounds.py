@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -121,7 +122,10 @@ def _classify(sent: list[Message], replies: Iterable[Message], names: dict[int, 
         node = msg.metadata.src_node_id
         answered.add(node)
         if msg.has_error():
-            partners.append(PartnerRound(names.get(node, f"node-{node}"), "failed", msg.error.reason or "error without reason"))
+            name, reason = _named_failure(msg.error.reason or "error without reason")
+            if name is not None:
+                names[node] = name
+            partners.append(PartnerRound(names.get(node, f"node-{node}"), "failed", reason))
             continue
         info = dict(msg.content["partner"]) if "partner" in msg.content else {}
         name = str(info.get("name", f"node-{node}"))
@@ -138,6 +142,12 @@ def _classify(sent: list[Message], replies: Iterable[Message], names: dict[int, 
         if node not in answered:
             partners.append(PartnerRound(names.get(node, f"node-{node}"), "failed", "no reply before the round timed out"))
     return trained, partners
+
+
+def _named_failure(reason: str) -> tuple[str | None, str]:
+    """Split a partner's ``partner NAME: reason`` error reply into its name and reason."""
+    match = re.match(r"partner ([^:\s]+): (.*)\Z", reason, re.S)
+    return (match.group(1), match.group(2)) if match else (None, reason)
 
 
 def _evaluate(

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from fedcustomer.clients.app import FEDERATION_INDEX, make_client_app
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.placement import PlacementRegistry
+from fedcustomer.data.schema import ROW_ID_FIELD
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.errors import BudgetExhausted, DataError, FedCustomerError, FederationError
 from fedcustomer.privacy.ledger import BudgetLedger
@@ -40,14 +42,28 @@ def prepare_partners(job: JobConfig, notices: list[str] | None = None) -> tuple[
     to ``notices``, as is a partner budget that differs from ``--epsilon``/``--delta``.
     """
     notices = notices if notices is not None else []
+    declared = FeatureSpec.load(job.feature_spec) if job.feature_spec else None
+    if uses_existing_homes(job):
+        from fedcustomer.server.existing import existing_homes
+
+        spec, homes = existing_homes(job, declared)
+        _write_index(homes_dir(job), homes)
+        return spec, homes
     spec, datasets = load_partitions(
         job.task, job.data, job.partners, split=job.split, seed=job.seed,
-        data_dir=Path(job.data_dir) if job.data_dir else None, label=job.label, notices=notices,
+        data_dir=Path(job.data_dir) if job.data_dir else None, label=job.label, notices=notices, spec=declared,
     )
     root = homes_dir(job)
     root.mkdir(parents=True, exist_ok=True)
+    registry = PlacementRegistry(root)
+    if spec.id_column is None:
+        datasets = registry.with_row_ids(datasets)
+        spec = replace(spec, id_column=ROW_ID_FIELD)
+        notices.append("the data has no customer id column (customer_id, id or ID): each row is taken as one "
+                       "customer, identified by a keyed digest of its values (a reordered copy of the file finds "
+                       "the same customers)")
     layout = {"partners": str(job.partners), "split": job.split, "seed": str(job.seed), "data": job.data}
-    placed = PlacementRegistry(root).apply(datasets, spec.id_column, layout)
+    placed = registry.apply(datasets, spec.id_column, layout)
     notices.extend(placed.notices)
     homes: list[PartnerHome] = []
     for ds in placed.datasets:
@@ -58,9 +74,22 @@ def prepare_partners(job: JobConfig, notices: list[str] | None = None) -> tuple[
             budget=DatasetBudget(job.epsilon, job.delta), notices=notices,
         )
         homes.append(home)
+    _write_index(root, homes)
+    return spec, homes
+
+
+def uses_existing_homes(job: JobConfig) -> bool:
+    """``--data NAME --homes DIR`` with NAME neither built-in nor a file: the homes' own dataset NAME."""
+    from fedcustomer.data.sources import SOURCES, TABLE_SUFFIXES
+
+    looks_like_a_file = Path(job.data).suffix.lower() in TABLE_SUFFIXES or "/" in job.data or os.sep in job.data
+    return job.homes is not None and job.data not in SOURCES and not looks_like_a_file and not Path(job.data).exists()
+
+
+def _write_index(root: Path, homes: list[PartnerHome]) -> None:
+    """The simulation index: partition id -> home (read by ``flwr run`` client apps)."""
     index = root / FEDERATION_INDEX
     index.write_text(json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8")
-    return spec, homes
 
 
 def run_simulated_job(job: JobConfig, *, on_round: RoundCallback | None = None, resume: bool = False,

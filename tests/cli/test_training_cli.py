@@ -60,10 +60,12 @@ def test_missing_label_column_is_reported(tmp_path: Path) -> None:
     _assert_clean_failure(result, 4, "default")
 
 
-def test_non_numeric_feature_is_reported(tmp_path: Path) -> None:
-    data = _csv(tmp_path / "bank.csv", income=["high", "low", "mid"] * 100)
+def test_text_feature_with_too_many_values_is_reported(tmp_path: Path) -> None:
+    # a few text values become a categorical feature; free text cannot
+    data = _csv(tmp_path / "bank.csv", income=[f"text {i}" for i in range(300)])
     result = fedcustomer("run", "--data", str(data), "--out", str(tmp_path / "r"), cwd=tmp_path)
-    _assert_clean_failure(result, 4, "income")
+    _assert_clean_failure(result, 4, "income", "too many for a categorical feature")
+    assert "text 1" not in result.stdout + result.stderr
 
 
 def test_empty_partner_is_reported(tmp_path: Path) -> None:

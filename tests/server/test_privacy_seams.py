@@ -110,7 +110,7 @@ def test_a_new_seed_on_the_same_homes_keeps_every_customer_where_it_was(tmp_path
     after = [_store_rows(h, "customers") for h in homes]
     assert after == before and sum(after) == 600  # nobody joined a second partner
     assert any("keep the split fixed" in n and "seed '0' -> '1'" in n for n in notices), notices
-    assert not first_notices
+    assert not any("keep the split fixed" in n for n in first_notices)
     # the registry places every customer exactly where the first provisioning did, held-out part included
     registry = PlacementRegistry(tmp_path / "homes")
     layout = {"partners": "2", "split": "iid", "seed": "0", "data": str(data)}
@@ -155,7 +155,7 @@ def test_a_guessed_label_is_announced(tmp_path: Path) -> None:
     assert notices and "label column guessed: 'defaulted'" in notices[0]
     notices.clear()
     load_partitions("repayment", str(data), 2, label="defaulted", notices=notices)
-    assert notices == []
+    assert not any("label column guessed" in n for n in notices)
 
 
 def test_homes_from_older_versions_compose_their_per_dataset_budgets_as_one(tmp_path: Path) -> None:

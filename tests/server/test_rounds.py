@@ -111,6 +111,14 @@ def test_partner_with_broken_data_is_reported_as_failed_not_crashing_the_job(tmp
     assert summary["rounds_completed"] == 1
 
 
+def test_a_partner_that_fails_every_round_is_named_not_numbered(tmp_path: Path) -> None:
+    job = _job(tmp_path, rounds=1)
+    homes = _federation(tmp_path, job, broken=0)
+    summary = run_job_on_grid(LocalGrid(make_client_app(homes), 3), job, SPEC, num_partners=3)
+    broken = next(p for p in summary["partners"] if p["rounds_failed"])
+    assert broken["name"] == "bank_0" and broken["failures"][0]["reason"].startswith("DataError: ")
+
+
 def test_resume_continues_after_last_checkpoint_without_paying_twice(tmp_path: Path) -> None:
     job = _job(tmp_path, rounds=3)
     homes = _federation(tmp_path, job)

@@ -1,0 +1,73 @@
+"""`fedcustomer features draft`: the training feature spec from a dataset's schema (declared bounds only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedcustomer.errors import ConfigError
+
+console = Console()
+features_app = typer.Typer(help="Feature specs for training: what the model reads, with public bounds.",
+                           no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(features_app, name="features")
+
+
+@features_app.command("draft", help="Write a feature spec from a dataset's schema (store or YAML file).")
+def features_draft_cmd(
+    output: Path = typer.Option(..., "--output", help="Where to write the feature spec JSON."),
+    label: str = typer.Option(..., "--label", help="The label field (0/1 for repayment, a spend for clv)."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Partner home whose store holds the dataset."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset in the store (with --home)."),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="Or a schema YAML file (instead of --home)."),
+    task: str = typer.Option("repayment", "--task", help="repayment or clv."),
+    bound: list[str] = typer.Option([], "--bound", help="FIELD=LO:HI public bounds the schema does not declare."),
+    drop: list[str] = typer.Option([], "--drop", help="Leave a field out of the model (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    from fedcustomer.data.feature_draft import parse_bound, spec_from_schema
+
+    if output.exists() and not force:
+        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    the_schema = _schema(home, dataset, schema)
+    bounds = dict(parse_bound(b) for b in bound)
+    spec, notes = spec_from_schema(the_schema, task=task, label=label, bounds=bounds, drop=drop)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(output)
+    cats = sum(1 for f in spec.features if f not in spec.numeric)
+    console.print(f"wrote {escape(str(output))}: label {label!r}, {len(spec.numeric)} numeric and {cats} categorical "
+                  f"feature(s), bounds and categories as declared in the schema of {the_schema.dataset!r}")
+    for note in notes:
+        console.print(f"  {escape(note)}")
+
+
+def _schema(home: Optional[Path], dataset: Optional[str], schema: Optional[Path]):  # type: ignore[no-untyped-def]
+    from fedcustomer.data.schema import Schema
+
+    if schema is not None:
+        if home is not None:
+            raise ConfigError("give either --schema FILE or --home HOME --dataset NAME, not both")
+        return Schema.load(schema)
+    if home is None or dataset is None:
+        raise ConfigError("name the dataset: --home HOME --dataset NAME (its store's schema), or --schema FILE")
+    from fedcustomer.clients.home import PartnerHome
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.errors import DataError
+
+    phome = PartnerHome(home)
+    if not phome.store_path.exists():
+        raise DataError(f"{home} has no store; create it with `fedcustomer init` and `fedcustomer ingest`")
+    with PartnerStore.open(phome) as store:
+        if dataset not in store.datasets():
+            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
+                            f"(it has: {', '.join(store.datasets()) or 'none'})")
+        return store.schema(dataset)

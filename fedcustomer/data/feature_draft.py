@@ -1,0 +1,114 @@
+"""A training feature spec drafted from a dataset's schema: declared, never read off the data.
+
+The coordinator must not learn bounds or categories from partner data (each would be a
+release that DP-SGD does not account for), so everything in the drafted spec comes from
+the schema the partner admin reviewed: ``validation: {min, max}`` (or a numeric
+``allowed`` list) gives a numeric field its public bounds, ``allowed`` gives a category
+its categories. What the schema does not declare is refused with what to add, or can be
+given on the command line (``--bound FIELD=LO:HI``) or left out (``--drop FIELD``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fedcustomer.data.provision import HOLDOUT
+from fedcustomer.data.schema import NUMERIC_TYPES, FieldSpec, Schema
+from fedcustomer.errors import ConfigError, SchemaError
+from fedcustomer.models.features import TASKS, CategoricalFeature, Feature, FeatureSpec, NumericFeature
+
+
+def parse_bound(text: str) -> tuple[str, tuple[float, float]]:
+    """``FIELD=LO:HI`` -> (field, (lo, hi)); ConfigError saying the expected form."""
+    name, sep, rest = text.partition("=")
+    lo_text, colon, hi_text = rest.partition(":")
+    try:
+        if not (sep and colon and name.strip()):
+            raise ValueError
+        return name.strip(), (float(lo_text), float(hi_text))
+    except ValueError:
+        raise ConfigError(f"--bound {text!r}: expected FIELD=LO:HI, e.g. age=18:100") from None
+
+
+def spec_from_schema(
+    schema: Schema, *, task: str, label: str, bounds: dict[str, tuple[float, float]] | None = None,
+    drop: Iterable[str] = (),
+) -> tuple[FeatureSpec, list[str]]:
+    """The feature spec for training on ``schema``'s dataset, and notes on what was left out and why."""
+    if task not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    bounds = dict(bounds or {})
+    drop = set(drop)
+    names = set(schema.names)
+    unknown = sorted((set(bounds) | drop) - names)
+    if unknown:
+        raise ConfigError(f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} "
+                          f"(fields: {', '.join(schema.names)})")
+    if label not in names:
+        raise ConfigError(f"--label {label!r} is not a field of dataset {schema.dataset!r} "
+                          f"(fields: {', '.join(schema.names)})")
+    _check_label(schema.field(label))
+    notes: list[str] = []
+    features: list[Feature] = []
+    unbounded: list[str] = []
+    uncategorised: list[str] = []
+    for f in schema.fields:
+        if f.name in (label, HOLDOUT) or f.role in ("id", "timestamp") or f.name in drop:
+            continue
+        if f.is_core:
+            notes.append(f"{f.name}: left out (core tier: the training pipeline never reads it)")
+        elif f.type in ("date", "datetime"):
+            notes.append(f"{f.name}: left out ({f.type} fields are not model inputs)")
+        elif f.type == "boolean":
+            features.append(NumericFeature(f.name, 0.0, 1.0))
+        elif f.type in NUMERIC_TYPES:
+            declared = bounds.get(f.name) or _declared_bounds(f)
+            if declared is None:
+                unbounded.append(f.name)
+            else:
+                lo, hi = declared
+                if not lo < hi:
+                    raise SchemaError(f"field {f.name!r}: declared bounds need min < max, got {lo:g} and {hi:g}")
+                features.append(NumericFeature(f.name, float(lo), float(hi)))
+        elif f.validation.allowed:
+            features.append(CategoricalFeature(f.name, tuple(f.validation.allowed)))
+        else:
+            uncategorised.append(f.name)
+    problems = []
+    if unbounded:
+        problems.append(
+            f"numeric field(s) without declared bounds: {', '.join(unbounded)}. Declare public bounds (domain "
+            "knowledge, not the data's own min/max): add 'validation: {min: LO, max: HI}' to the schema before "
+            "ingest, or pass --bound FIELD=LO:HI"
+        )
+    if uncategorised:
+        problems.append(
+            f"text field(s) without declared categories: {', '.join(uncategorised)}. Add "
+            "'validation: {allowed: [...]}' to the schema before ingest"
+        )
+    if problems:
+        raise SchemaError("; ".join(problems) + "; or leave a field out with --drop FIELD")
+    if not features:
+        raise SchemaError(f"dataset {schema.dataset!r} has no field the training pipeline can use as a feature")
+    return FeatureSpec(task, label, None, features), notes
+
+
+def _check_label(f: FieldSpec) -> None:
+    if f.role == "id" or f.is_core:
+        raise SchemaError(f"label {f.name!r} is the id or a core-tier field; training never reads those")
+    if f.type not in ("integer", "float", "boolean"):
+        raise SchemaError(f"label {f.name!r} has type {f.type}; the label must be a number (0/1 for repayment, "
+                          "a spend for clv)")
+
+
+def _declared_bounds(f: FieldSpec) -> tuple[float, float] | None:
+    v = f.validation
+    if isinstance(v.min, (int, float)) and isinstance(v.max, (int, float)):
+        return float(v.min), float(v.max)
+    if v.allowed:
+        try:
+            values = [float(a) for a in v.allowed]
+        except ValueError:
+            return None
+        return min(values), max(values)
+    return None

@@ -1,0 +1,64 @@
+"""Simulating a job over partner homes that already hold their data (``run --homes DIR --data NAME``).
+
+The homes were set up as real partners are (``init``, ``budget set``, ``ingest``); the
+simulation only stands in for the network. Nothing is provisioned, split or inferred:
+the job reads dataset NAME through each home's governed store, with the feature spec
+the user declared, and each partner's held-out rows are the ones it chose itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import ConfigError, DataError
+from fedcustomer.models.features import FeatureSpec
+from fedcustomer.server.job import JobConfig
+
+
+def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpec, list[PartnerHome]]:
+    """The homes in ``job.homes`` holding ``job.dataset_name``, checked against the declared ``spec``."""
+    root = Path(str(job.homes))
+    dataset = job.dataset_name
+    if not root.is_dir():
+        raise DataError(f"--homes {root} is not a directory of partner homes")
+    homes = [PartnerHome(p) for p in sorted(root.iterdir()) if (p / "partner.toml").is_file()]
+    if not homes:
+        raise ConfigError(
+            f"--data {job.data!r} is neither a built-in source nor a file, and {root} holds no partner homes; "
+            "give a data file, or --homes DIR with homes made by `fedcustomer init` and `ingest`"
+        )
+    if spec is None:
+        raise ConfigError(
+            f"training on the dataset {dataset!r} already in the homes of {root} needs --feature-spec FILE: the "
+            "coordinator never reads partner data to infer one. Write it from the schema with "
+            f"`fedcustomer features draft --home HOME --dataset {dataset} --label LABEL --output FILE`"
+        )
+    if spec.task != job.task:
+        raise ConfigError(f"the feature spec is for task {spec.task!r} but the job's --task is {job.task!r}")
+    if len(homes) != job.partners:
+        raise ConfigError(f"{root} holds {len(homes)} partner home(s) ({', '.join(h.root.name for h in homes)}); "
+                          f"pass --partners {len(homes)}")
+    for home in homes:
+        _check_home(home, dataset, spec)
+    return spec, homes
+
+
+def _check_home(home: PartnerHome, dataset: str, spec: FeatureSpec) -> None:
+    """The home holds ``dataset`` with every column the spec reads, none of them core-tier."""
+    if not home.store_path.exists():
+        raise DataError(f"partner home {home.root} has no store; ingest the partner's data first")
+    with PartnerStore.open(home) as store:
+        if dataset not in store.datasets():
+            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
+                            f"(it has: {', '.join(store.datasets()) or 'none'})")
+        schema = store.schema(dataset)
+    missing = [c for c in spec.columns() if c not in schema.names]
+    if missing:
+        raise DataError(f"dataset {dataset!r} at partner {home.root.name!r} has no field(s) {', '.join(missing)} "
+                        "that the feature spec reads")
+    core = [c for c in spec.columns() if schema.field(c).is_core]
+    if core:
+        raise DataError(f"the feature spec reads core-tier field(s) {', '.join(core)} of partner "
+                        f"{home.root.name!r}; training never reads core fields: drop them from the spec")

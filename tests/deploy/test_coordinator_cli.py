@@ -22,7 +22,8 @@ def _all_failed_summary(out: Path) -> dict:
 def test_all_partners_failed_is_a_clear_error_naming_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(co, "submit_run", lambda cdir, resume=False: 7)
-    monkeypatch.setattr(co, "wait_run", lambda cdir, run_id, timeout=0: {"status": "finished:completed"})
+    monkeypatch.setattr(co, "wait_for_coordinator", lambda cdir, **kw: None)
+    monkeypatch.setattr(co, "wait_run", lambda cdir, run_id, **kw: {"status": "finished:completed"})
     monkeypatch.setattr(co, "read_summary", lambda cfg: _all_failed_summary(Path(cfg["out"])))
     only_group(monkeypatch, deploy.register)
     code, out, err = run(["coordinator", "run", "--workdir", str(tmp_path / "c"), "--data", "customers",

@@ -218,8 +218,8 @@ def coordinator_run(
 
 
 def _num(value: object, spec: str) -> str:
-    """A number for the result lines; '-' where a partner never reported one (it failed)."""
-    return "-" if value is None else format(float(value), spec)  # type: ignore[arg-type]
+    """A number for the result lines; 'n/a' where a partner never reported one (it failed)."""
+    return "n/a" if not isinstance(value, (int, float)) else format(float(value), spec)
 
 
 def partner_lines(summary: dict) -> list[str]:

@@ -34,4 +34,4 @@ def test_all_partners_failed_is_a_clear_error_naming_them(tmp_path: Path, monkey
     assert "Traceback" not in text and "NoneType" not in text
     assert "failed at every round: bank_a, bank_b" in text
     assert "holds no dataset 'customers'" in text  # the partner's own reason, so the user knows what to fix
-    assert "bank_a: epsilon 0.000 of -" in text
+    assert "bank_a: epsilon 0.000 of n/a" in text

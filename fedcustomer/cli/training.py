@@ -234,6 +234,9 @@ def demo(
 def _point_latest(parent: Path, target: Path) -> None:
     """Make ``parent/latest`` name the newest run (a symlink, replaced atomically)."""
     link = parent / "latest"
+    if link.exists() and not link.is_symlink():
+        console.print(f"{link} is not a link (kept as it is); this run is in {target}")
+        return
     tmp = parent / f".latest-{target.name}"
     tmp.symlink_to(target.name)
     os.replace(tmp, link)

@@ -64,7 +64,9 @@ class JobConfig:
     out: str = "runs/latest"
     homes: str | None = None
     run_id: str = field(default_factory=new_run_id)
-    round_timeout: float = 600.0
+    # In simulation the partners are local processes whose failures are reported, so the
+    # timeout only guards against a hang; a busy machine can make a round take minutes.
+    round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         self.validate()

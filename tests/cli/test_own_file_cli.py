@@ -20,7 +20,7 @@ from tests.data.test_own_file import own_file
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True)
 
 
 def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

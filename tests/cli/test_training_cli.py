@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fedcustomer(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def fedcustomer(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

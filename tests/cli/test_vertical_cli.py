@@ -14,7 +14,7 @@ import pytest
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "300"}
     return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True)
 
 
 @pytest.mark.slow

@@ -60,14 +60,6 @@ def _schema(home: Optional[Path], dataset: Optional[str], schema: Optional[Path]
     if home is None or dataset is None:
         raise ConfigError("name the dataset: --home HOME --dataset NAME (its store's schema), or --schema FILE")
     from fedcustomer.clients.home import PartnerHome
-    from fedcustomer.data.store import PartnerStore
-    from fedcustomer.errors import DataError
+    from fedcustomer.data.store import dataset_schema
 
-    phome = PartnerHome(home)
-    if not phome.store_path.exists():
-        raise DataError(f"{home} has no store; create it with `fedcustomer init` and `fedcustomer ingest`")
-    with PartnerStore.open(phome) as store:
-        if dataset not in store.datasets():
-            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
-                            f"(it has: {', '.join(store.datasets()) or 'none'})")
-        return store.schema(dataset)
+    return dataset_schema(PartnerHome(home), dataset)

@@ -70,6 +70,7 @@ from fedcustomer.data.schema import FieldSpec, Schema
 from fedcustomer.errors import (
     AccessDenied,
     ConfigError,
+    DataError,
     FedCustomerError,
     IntegrityError,
     KeyMaterialError,
@@ -1117,6 +1118,18 @@ class PartnerStore:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def dataset_schema(home: PartnerHome, dataset: str) -> Schema:
+    """The schema of ``dataset`` in the home's store; DataError saying what is missing otherwise."""
+    if not home.store_path.exists():
+        raise DataError(f"partner home {home.root} has no store; create it with `fedcustomer init` and ingest the "
+                        "partner's data with `fedcustomer ingest`")
+    with PartnerStore.open(home) as store:
+        if dataset not in store.datasets():
+            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
+                            f"(it has: {', '.join(store.datasets()) or 'none'})")
+        return store.schema(dataset)
 
 
 def _table(dataset: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedcustomer.clients.home import PartnerHome
-from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.store import dataset_schema
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.features import FeatureSpec
 from fedcustomer.server.job import JobConfig
@@ -47,13 +47,7 @@ def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpe
 
 def _check_home(home: PartnerHome, dataset: str, spec: FeatureSpec) -> None:
     """The home holds ``dataset`` with every column the spec reads, none of them core-tier."""
-    if not home.store_path.exists():
-        raise DataError(f"partner home {home.root} has no store; ingest the partner's data first")
-    with PartnerStore.open(home) as store:
-        if dataset not in store.datasets():
-            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
-                            f"(it has: {', '.join(store.datasets()) or 'none'})")
-        schema = store.schema(dataset)
+    schema = dataset_schema(home, dataset)
     missing = [c for c in spec.columns() if c not in schema.names]
     if missing:
         raise DataError(f"dataset {dataset!r} at partner {home.root.name!r} has no field(s) {', '.join(missing)} "

@@ -24,7 +24,13 @@ import numpy as np
 
 from fedcustomer.analytics import rfm
 from fedcustomer.analytics.customer import rfm_query
-from fedcustomer.analytics.runner import CDNOW_COHORTS, run_inprocess, setup_cdnow, setup_synthetic, true_partials
+from fedcustomer.analytics.runner import (
+    CDNOW_COHORTS,
+    run_inprocess,
+    setup_cdnow,
+    setup_synthetic,
+    true_partials,
+)
 from fedcustomer.analytics.spec import QuerySpec
 from fedcustomer.clients.home import DatasetBudget
 
@@ -35,18 +41,34 @@ def rel_errors(estimates: list[float], truths: list[float]) -> list[float]:
     return [abs(e - t) / t for e, t in zip(estimates, truths) if t > 0]
 
 
-def bench(name: str, homes: list, dataset: str, config: rfm.RFMConfig, group: str, domain: tuple[str, ...],
-          trials: int) -> dict[str, float]:
+def bench(
+    name: str,
+    homes: list,
+    dataset: str,
+    config: rfm.RFMConfig,
+    group: str,
+    domain: tuple[str, ...],
+    trials: int,
+) -> dict[str, float]:
     seg_err, spend_err, seg_mean_err, latency = [], [], [], []
-    spend_spec = lambda: QuerySpec(dataset=dataset, kind="sum", field=config.monetary, bounds=(0.0, config.monetary_upper),  # noqa: E731
-                                   group_by=(group,), groups={group: domain}, epsilon=1.0)
+    spend_spec = lambda: QuerySpec(
+        dataset=dataset,
+        kind="sum",
+        field=config.monetary,
+        bounds=(0.0, config.monetary_upper),
+        group_by=(group,),
+        groups={group: domain},
+        epsilon=1.0,
+    )
     rfm_truth = true_partials(homes, rfm_query(dataset, config, epsilon=1.0))
     spend_truth = true_partials(homes, spend_spec()).stats["sum"].tolist()
     for _ in range(trials):
         spec = rfm_query(dataset, config, epsilon=1.0)
         result = run_inprocess(homes, spec)
         latency.append(result.latency_s or 0.0)
-        seg_err += rel_errors([r["count"]["estimate"] for r in result.rows], rfm_truth.stats["count"].tolist())
+        seg_err += rel_errors(
+            [r["count"]["estimate"] for r in result.rows], rfm_truth.stats["count"].tolist()
+        )
         true_means = (rfm_truth.stats["sum"] / np.maximum(rfm_truth.stats["count"], 1)).tolist()
         seg_mean_err += rel_errors([r["estimate"] for r in result.rows], true_means)
         result = run_inprocess(homes, spend_spec())
@@ -67,17 +89,28 @@ def bench(name: str, homes: list, dataset: str, config: rfm.RFMConfig, group: st
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path,
-                    default=Path(os.environ.get("FEDCUSTOMER_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")))
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(
+            os.environ.get(
+                "FEDCUSTOMER_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+            )
+        ),
+    )
     ap.add_argument("--partners", type=int, default=3)
     ap.add_argument("--trials", type=int, default=20)
     args = ap.parse_args()
-    budget = DatasetBudget(1000.0, 1e-5)  # the benchmark repeats queries; a real partner's target is far lower
+    budget = DatasetBudget(
+        1000.0, 1e-5
+    )  # the benchmark repeats queries; a real partner's target is far lower
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         homes = setup_synthetic(Path(tmp) / "syn", args.partners, budget=budget)
         print(f"synthetic partners provisioned in {time.perf_counter() - t:.1f} s")
-        bench("synthetic retailers", homes, "retailer", rfm.SYNTHETIC_RETAILER, "region", REGIONS, args.trials)
+        bench(
+            "synthetic retailers", homes, "retailer", rfm.SYNTHETIC_RETAILER, "region", REGIONS, args.trials
+        )
         try:
             t = time.perf_counter()
             homes = setup_cdnow(Path(tmp) / "cdnow", args.partners, data_dir=args.data_dir, budget=budget)

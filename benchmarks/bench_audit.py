@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.audit import AuditLog, canonical_json  # noqa: E402
+from fedcustomer.privacy.audit import AuditLog, canonical_json
 
 
 def _record(i: int) -> dict:
@@ -136,11 +136,17 @@ def main() -> None:
         "concurrent_append_per_s": round(conc) if conc else None,
         "targets_met": append >= 5000 and verify >= 50000,
     }
-    print(f"append : {append:>10,.0f} entries/s  (baseline raw write {base_append:,.0f}/s, ratio {append / base_append:.2f})")
-    print(f"verify : {verify:>10,.0f} entries/s  (baseline json.loads {base_parse:,.0f}/s, ratio {verify / base_parse:.2f}, {cps} checkpoints)")
+    print(
+        f"append : {append:>10,.0f} entries/s  (baseline raw write {base_append:,.0f}/s, ratio {append / base_append:.2f})"
+    )
+    print(
+        f"verify : {verify:>10,.0f} entries/s  (baseline json.loads {base_parse:,.0f}/s, ratio {verify / base_parse:.2f}, {cps} checkpoints)"
+    )
     if conc:
         print(f"append : {conc:>10,.0f} entries/s total with {args.processes} processes (verified intact)")
-    print(f"targets (>= 5,000 appends/s, >= 50,000 verified/s): {'met' if results['targets_met'] else 'NOT met'}")
+    print(
+        f"targets (>= 5,000 appends/s, >= 50,000 verified/s): {'met' if results['targets_met'] else 'NOT met'}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

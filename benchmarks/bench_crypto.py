@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.crypto import (  # noqa: E402
+from fedcustomer.privacy.crypto import (
     FieldCipher,
     FileKeyRing,
     Pseudonymizer,
@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"fedcustomer field encryption, {result['fields']:,} fields / {result['customers']:,} customers, "
-          f"{result['cpu']}, best of {result['repeat']}")
+    print(
+        f"fedcustomer field encryption, {result['fields']:,} fields / {result['customers']:,} customers, "
+        f"{result['cpu']}, best of {result['repeat']}"
+    )
     per_second = result["per_second"]
     ratios = result["ratio_to_sha256"]
     assert isinstance(per_second, dict) and isinstance(ratios, dict)
@@ -169,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in per_second.items():
         ratio = "1.000" if name == "sha256_baseline" else f"{ratios[name]:.3f}"
         print(f"  {name:<18}{rate:>14,}{ratio:>10}")
-    print(f"  target >= 100,000 field enc/dec per second on one core: {'met' if result['target_met'] else 'NOT met'}")
+    print(
+        f"  target >= 100,000 field enc/dec per second on one core: {'met' if result['target_met'] else 'NOT met'}"
+    )
     return 0
 
 

@@ -46,23 +46,42 @@ def _deployed(root: Path, rounds: int, partners: int, seed: int) -> dict:
             nd.prepare_node_home(home, f"bank{i}", index=i, partners=partners, seed=seed)
             keys = pki.make_node_keys(PartnerHome(home).keys_dir)
             co.register_node(cdir, keys.public_key, f"bank{i}")
-            procs.append(nd.start_supernode(home, superlink=f"127.0.0.1:{port}", root_cert=certs.ca_cert,
-                                            auth_key=keys.private_key, runtime_port=fl.free_port()))
+            procs.append(
+                nd.start_supernode(
+                    home,
+                    superlink=f"127.0.0.1:{port}",
+                    root_cert=certs.ca_cert,
+                    auth_key=keys.private_key,
+                    runtime_port=fl.free_port(),
+                )
+            )
             nd.wait_connected(procs[-1], home / "state" / "supernode.log")
             homes.append(home)
         result = {}
         for mode in ("plain", "secagg"):
             _topup(homes, 3.0)
-            job = JobConfig(rounds=rounds, partners=partners, min_partners=partners, seed=seed,
-                            federated_eval="none", round_timeout=120, out=str(root / f"run-{mode}"))
-            co.write_app(cdir, co.run_config_for(job, feature_spec="synthetic:repayment", secagg=mode == "secagg"))
+            job = JobConfig(
+                rounds=rounds,
+                partners=partners,
+                min_partners=partners,
+                seed=seed,
+                federated_eval="none",
+                round_timeout=120,
+                out=str(root / f"run-{mode}"),
+            )
+            co.write_app(
+                cdir, co.run_config_for(job, feature_spec="synthetic:repayment", secagg=mode == "secagg")
+            )
             started = time.perf_counter()
             status = co.wait_run(cdir, co.submit_run(cdir), timeout=1800, poll=0.5)
             wall = time.perf_counter() - started
             assert status["status"] == "finished:completed", status
             traffic = status["network-traffic"]["total-bytes"]
-            result[mode] = {"wall_seconds": wall, "round_seconds": wall / rounds,
-                            "bytes_per_round_per_node": traffic / rounds / partners}
+            result[mode] = {
+                "wall_seconds": wall,
+                "round_seconds": wall / rounds,
+                "bytes_per_round_per_node": traffic / rounds / partners,
+            }
         return result
     finally:
         for proc in reversed(procs):
@@ -72,8 +91,14 @@ def _deployed(root: Path, rounds: int, partners: int, seed: int) -> dict:
 def _simulated(root: Path, rounds: int, partners: int, seed: int) -> dict:
     from fedcustomer.server.simulation import run_simulated_job
 
-    job = JobConfig(rounds=rounds, partners=partners, min_partners=partners, seed=seed, federated_eval="none",
-                    out=str(root / "run-sim"))
+    job = JobConfig(
+        rounds=rounds,
+        partners=partners,
+        min_partners=partners,
+        seed=seed,
+        federated_eval="none",
+        out=str(root / "run-sim"),
+    )
     started = time.perf_counter()
     run_simulated_job(job)
     wall = time.perf_counter() - started
@@ -92,7 +117,8 @@ def main() -> None:
         dep = _deployed(root / "deploy", args.rounds, args.partners, args.seed)
         sim = _simulated(root / "sim", args.rounds, args.partners, args.seed)
     out = {
-        "rounds": args.rounds, "partners": args.partners,
+        "rounds": args.rounds,
+        "partners": args.partners,
         "round_seconds_deployment": dep["plain"]["round_seconds"],
         "round_seconds_secagg": dep["secagg"]["round_seconds"],
         "round_seconds_simulation": sim["round_seconds"],

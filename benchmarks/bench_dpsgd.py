@@ -45,8 +45,15 @@ def make_trainer(mode: str, arch: str, X: torch.Tensor, y: torch.Tensor, batch: 
     clipping = mode.split("/")[0].removeprefix("opacus-")
     sampler = "opacus" if mode.endswith("opacus-sampler") else "geometric"
     return DPTrainer(
-        model, X, y, nn.BCEWithLogitsLoss(), noise_multiplier=1.0, max_grad_norm=1.0,
-        clipping=clipping, sampler=sampler, **common,
+        model,
+        X,
+        y,
+        nn.BCEWithLogitsLoss(),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        clipping=clipping,
+        sampler=sampler,
+        **common,
     )
 
 
@@ -82,7 +89,11 @@ def main() -> None:
             print(f"  {m:<20} {t * 1000:8.1f} ms/epoch  {t / base:5.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": args.rows, "batch": args.batch, "epochs": args.epochs, "results": results}, fh, indent=2)
+            json.dump(
+                {"rows": args.rows, "batch": args.batch, "epochs": args.epochs, "results": results},
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -51,17 +51,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedcustomer.clients.app import make_client_app  # noqa: E402
-from fedcustomer.clients.home import DatasetBudget, PartnerHome  # noqa: E402
-from fedcustomer.data.partition import PartnerDataset, split_train_test  # noqa: E402
-from fedcustomer.data.provision import dataset_name, provision_partner  # noqa: E402
-from fedcustomer.data.sources import load_partitions  # noqa: E402
-from fedcustomer.models.baseline import gradient_boosting, pooled, train_centralised  # noqa: E402
-from fedcustomer.models.evaluation import evaluate  # noqa: E402
-from fedcustomer.models.registry import build_model  # noqa: E402
-from fedcustomer.server.app import run_job_on_grid  # noqa: E402
-from fedcustomer.server.inprocess import LocalGrid  # noqa: E402
-from fedcustomer.server.job import JobConfig  # noqa: E402
+from fedcustomer.clients.app import make_client_app
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.partition import PartnerDataset, split_train_test
+from fedcustomer.data.provision import dataset_name, provision_partner
+from fedcustomer.data.sources import load_partitions
+from fedcustomer.models.baseline import gradient_boosting, pooled, train_centralised
+from fedcustomer.models.evaluation import evaluate
+from fedcustomer.models.registry import build_model
+from fedcustomer.server.app import run_job_on_grid
+from fedcustomer.server.inprocess import LocalGrid
+from fedcustomer.server.job import JobConfig
 
 SOURCE, TASK, DELTA = "uci-credit", "repayment", 1e-5
 VALIDATION_FRACTION = 0.2
@@ -112,15 +112,18 @@ def parse_recipe(text: str, recipes: dict[str, Recipe]) -> tuple[str, Recipe]:
     family, _, body = text.partition(":")
     base = family.partition("@")[0]
     if base not in recipes or (family != base and not family.partition("@")[2].isdigit()):
-        raise argparse.ArgumentTypeError(f"unknown recipe {family!r}; choose one of {', '.join(recipes)} "
-                                         "(optionally @N for N partners)")
+        raise argparse.ArgumentTypeError(
+            f"unknown recipe {family!r}; choose one of {', '.join(recipes)} (optionally @N for N partners)"
+        )
     types = {f.name: f.type for f in fields(Recipe)}
     changes: dict[str, Any] = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if key not in types or not value:
-            raise argparse.ArgumentTypeError(f"--recipe {text!r}: expected key=value with key in {', '.join(types)}")
+            raise argparse.ArgumentTypeError(
+                f"--recipe {text!r}: expected key=value with key in {', '.join(types)}"
+            )
         changes[key] = float(value) if types[key] == "float" else int(value)
     return family, replace(recipes.get(family, recipes[base]), **changes)
 
@@ -141,13 +144,21 @@ class FederatedCell:
     another's; provisioning (validated encrypted ingest) is done once per cell.
     """
 
-    def __init__(self, spec, datasets: list[PartnerDataset], workdir: Path) -> None:  # noqa: ANN001
+    def __init__(self, spec, datasets: list[PartnerDataset], workdir: Path) -> None:
         self.spec, self.datasets, self.workdir = spec, datasets, workdir
         self.template = workdir / "template"
         self.dataset = dataset_name(SOURCE, TASK)
         for ds in datasets:
-            provision_partner(self.template / ds.name, ds.name, source=SOURCE, task=TASK, spec=spec,
-                              train=ds.train, test=ds.test, budget=DatasetBudget(1.0, DELTA))
+            provision_partner(
+                self.template / ds.name,
+                ds.name,
+                source=SOURCE,
+                task=TASK,
+                spec=spec,
+                train=ds.train,
+                test=ds.test,
+                budget=DatasetBudget(1.0, DELTA),
+            )
         self.jobs = 0
         _, test = pooled(datasets)
         self.X_test, self.y_test = spec.transform(test)
@@ -169,17 +180,36 @@ class FederatedCell:
         n = len(self.datasets)
         homes = self.homes(epsilon)
         out = Path(homes[0]).parent / "run"
-        job = JobConfig(data=SOURCE, task=TASK, partners=n, rounds=recipe.rounds, local_epochs=recipe.epochs,
-                        batch_size=recipe.batch_size, lr=recipe.lr, max_grad_norm=recipe.max_grad_norm,
-                        max_noise_multiplier=100.0, dp=dp, epsilon=epsilon, delta=DELTA, seed=seed, out=str(out),
-                        min_partners=n, federated_eval="none")
+        job = JobConfig(
+            data=SOURCE,
+            task=TASK,
+            partners=n,
+            rounds=recipe.rounds,
+            local_epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            max_grad_norm=recipe.max_grad_norm,
+            max_noise_multiplier=100.0,
+            dp=dp,
+            epsilon=epsilon,
+            delta=DELTA,
+            seed=seed,
+            out=str(out),
+            min_partners=n,
+            federated_eval="none",
+        )
         started = time.perf_counter()
         summary = run_job_on_grid(LocalGrid(make_client_app(homes), n), job, self.spec, num_partners=n)
         wall = time.perf_counter() - started
-        result: dict[str, Any] = {"auc": None, "rounds_completed": summary["rounds_completed"],
-                                  "status": summary["status"], "stop_reason": summary["stop_reason"], "wall_s": wall,
-                                  "round_wall_s": sum(summary["round_wall_time_s"]),
-                                  "round_local_train_s": sum(summary["round_local_train_s"])}
+        result: dict[str, Any] = {
+            "auc": None,
+            "rounds_completed": summary["rounds_completed"],
+            "status": summary["status"],
+            "stop_reason": summary["stop_reason"],
+            "wall_s": wall,
+            "round_wall_s": sum(summary["round_wall_time_s"]),
+            "round_local_train_s": sum(summary["round_local_train_s"]),
+        }
         if summary["rounds_completed"]:
             model = build_model(TASK, "mlp", self.spec.input_dim)
             model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
@@ -187,7 +217,11 @@ class FederatedCell:
         if dp:
             partners = summary["partners"]
             result["epsilon_spent"] = max(p["epsilon_spent"] or 0.0 for p in partners)
-            sigmas = [p["accounting"].get("noise_multiplier") for p in partners if p["accounting"].get("noise_multiplier")]
+            sigmas = [
+                p["accounting"].get("noise_multiplier")
+                for p in partners
+                if p["accounting"].get("noise_multiplier")
+            ]
             result["noise_multiplier"] = [min(sigmas), max(sigmas)] if sigmas else None
         shutil.rmtree(Path(homes[0]).parent)
         return result
@@ -197,21 +231,35 @@ def recipe_for(recipes: dict[str, Recipe], family: str, partners: int) -> Recipe
     return recipes.get(f"{family}@{partners}", recipes[family])
 
 
-def run_cell(n: int, split: str, args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[dict[str, Any]]:
-    spec, datasets = load_partitions(TASK, SOURCE, n, split=split, seed=args.split_seed, data_dir=args.data_dir)
+def run_cell(
+    n: int, split: str, args: argparse.Namespace, recipes: dict[str, Recipe]
+) -> list[dict[str, Any]]:
+    spec, datasets = load_partitions(
+        TASK, SOURCE, n, split=split, seed=args.split_seed, data_dir=args.data_dir
+    )
     if args.holdout == "validation":
         datasets = with_validation(datasets, args.split_seed)
     rows: list[dict[str, Any]] = []
     seeds = [args.seed + r for r in range(args.repeats)]
-    cell = {"partners": n, "split": split, "train_rows": sum(len(d.train) for d in datasets),
-            "test_rows": sum(len(d.test) for d in datasets)}
+    cell = {
+        "partners": n,
+        "split": split,
+        "train_rows": sum(len(d.train) for d in datasets),
+        "test_rows": sum(len(d.test) for d in datasets),
+    }
 
     def add(family: str, epsilon: float | None, runs: list[dict[str, Any]]) -> None:
         aucs = [r["auc"] for r in runs if r["auc"] is not None]
-        row = {**cell, "family": family, "model": FAMILY_LABEL[family], "epsilon": epsilon, "runs": runs,
-               "auc_mean": statistics.mean(aucs) if aucs else None,
-               "auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-               "complete": len(aucs) == len(runs)}
+        row = {
+            **cell,
+            "family": family,
+            "model": FAMILY_LABEL[family],
+            "epsilon": epsilon,
+            "runs": runs,
+            "auc_mean": statistics.mean(aucs) if aucs else None,
+            "auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+            "complete": len(aucs) == len(runs),
+        }
         rows.append(row)
         eps = "" if epsilon is None else f" eps={epsilon:g}"
         shown = " ".join(f"{a:.4f}" for a in aucs)
@@ -224,15 +272,37 @@ def run_cell(n: int, split: str, args: argparse.Namespace, recipes: dict[str, Re
     t0 = time.perf_counter()
     c = recipe_for(recipes, "central", n)
     if wanted("central"):
-        add("central", None, [{"auc": train_centralised(spec, datasets, epochs=c.epochs, batch_size=c.batch_size,
-                                                       lr=c.lr, seed=s).metrics["auc"]} for s in seeds])
+        add(
+            "central",
+            None,
+            [
+                {
+                    "auc": train_centralised(
+                        spec, datasets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=s
+                    ).metrics["auc"]
+                }
+                for s in seeds
+            ],
+        )
     c = recipe_for(recipes, "central-dp", n)
     for eps in args.epsilons if wanted("central-dp") else []:
         runs = []
         for s in seeds:
-            r = train_centralised(spec, datasets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, dp=True,
-                                  epsilon_target=eps, delta=DELTA, max_grad_norm=c.max_grad_norm, seed=s)
-            runs.append({"auc": r.metrics["auc"], "epsilon_spent": r.epsilon, "noise_multiplier": r.noise_multiplier})
+            r = train_centralised(
+                spec,
+                datasets,
+                epochs=c.epochs,
+                batch_size=c.batch_size,
+                lr=c.lr,
+                dp=True,
+                epsilon_target=eps,
+                delta=DELTA,
+                max_grad_norm=c.max_grad_norm,
+                seed=s,
+            )
+            runs.append(
+                {"auc": r.metrics["auc"], "epsilon_spent": r.epsilon, "noise_multiplier": r.noise_multiplier}
+            )
         add("central-dp", eps, runs)
     if wanted("gbm"):
         add("gbm", None, [{"auc": gradient_boosting(spec, datasets, seed=s).metrics["auc"]} for s in seeds])
@@ -241,28 +311,55 @@ def run_cell(n: int, split: str, args: argparse.Namespace, recipes: dict[str, Re
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
         fed = FederatedCell(spec, datasets, Path(tmp))
         if wanted("fed"):
-            add("fed", None, [fed.run(recipe_for(recipes, "fed", n), dp=False, epsilon=1.0, seed=s) for s in seeds])
+            add(
+                "fed",
+                None,
+                [fed.run(recipe_for(recipes, "fed", n), dp=False, epsilon=1.0, seed=s) for s in seeds],
+            )
         for eps in args.epsilons if wanted("fed-dp") else []:
-            add("fed-dp", eps, [fed.run(recipe_for(recipes, "fed-dp", n), dp=True, epsilon=eps, seed=s) for s in seeds])
+            add(
+                "fed-dp",
+                eps,
+                [fed.run(recipe_for(recipes, "fed-dp", n), dp=True, epsilon=eps, seed=s) for s in seeds],
+            )
     print(f"# {n} partners, {split}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     return rows
 
 
-def round_overhead(data_dir: Path, partners: int, recipe: Recipe, epsilon: float, rounds: int) -> dict[str, Any]:
+def round_overhead(
+    data_dir: Path, partners: int, recipe: Recipe, epsilon: float, rounds: int
+) -> dict[str, Any]:
     """Flower simulation engine: round wall time / sum of the partners' local training times."""
     from fedcustomer.server.simulation import run_simulated_job
 
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
-        job = JobConfig(data=SOURCE, data_dir=str(data_dir), partners=partners, rounds=rounds,
-                        local_epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                        max_grad_norm=recipe.max_grad_norm, max_noise_multiplier=100.0, dp=True, epsilon=epsilon,
-                        out=str(Path(tmp) / "run"), min_partners=partners, federated_eval="none")
+        job = JobConfig(
+            data=SOURCE,
+            data_dir=str(data_dir),
+            partners=partners,
+            rounds=rounds,
+            local_epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            max_grad_norm=recipe.max_grad_norm,
+            max_noise_multiplier=100.0,
+            dp=True,
+            epsilon=epsilon,
+            out=str(Path(tmp) / "run"),
+            min_partners=partners,
+            federated_eval="none",
+        )
         summary = run_simulated_job(job)
     walls = summary["round_wall_time_s"][1:] or summary["round_wall_time_s"]  # round 1 includes engine start
     trains = summary["round_local_train_s"][1:] or summary["round_local_train_s"]
-    return {"engine": "simulation", "partners": partners, "rounds_timed": len(walls),
-            "mean_round_wall_s": sum(walls) / len(walls), "mean_sum_local_train_s": sum(trains) / len(trains),
-            "ratio": sum(walls) / max(sum(trains), 1e-9)}
+    return {
+        "engine": "simulation",
+        "partners": partners,
+        "rounds_timed": len(walls),
+        "mean_round_wall_s": sum(walls) / len(walls),
+        "mean_sum_local_train_s": sum(trains) / len(trains),
+        "ratio": sum(walls) / max(sum(trains), 1e-9),
+    }
 
 
 def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -273,9 +370,16 @@ def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         wall, train = sum(r["round_wall_s"] for r in runs), sum(r["round_local_train_s"] for r in runs)
         rounds = sum(r["rounds_completed"] for r in runs)
         if rounds:
-            out.append({"engine": "in-process grid", "partners": n, "rounds_timed": rounds,
-                        "mean_round_wall_s": wall / rounds, "mean_sum_local_train_s": train / rounds,
-                        "ratio": wall / max(train, 1e-9)})
+            out.append(
+                {
+                    "engine": "in-process grid",
+                    "partners": n,
+                    "rounds_timed": rounds,
+                    "mean_round_wall_s": wall / rounds,
+                    "mean_sum_local_train_s": train / rounds,
+                    "ratio": wall / max(train, 1e-9),
+                }
+            )
     return out
 
 
@@ -286,21 +390,36 @@ def fmt(row: dict[str, Any] | None) -> str:
     return text if row["complete"] else text + " (incomplete)"
 
 
-def print_report(rows: list[dict[str, Any]], overhead: list[dict[str, Any]], args: argparse.Namespace,
-                 recipes: dict[str, Recipe], target_epsilon: float = 3.0) -> None:
+def print_report(
+    rows: list[dict[str, Any]],
+    overhead: list[dict[str, Any]],
+    args: argparse.Namespace,
+    recipes: dict[str, Recipe],
+    target_epsilon: float = 3.0,
+) -> None:
     cells = list(dict.fromkeys((r["partners"], r["split"]) for r in rows))
     first = next(r for r in rows)
-    holdout = "validation rows (20% of each partner's training rows)" if args.holdout == "validation" else "test rows"
-    print(f"\nUCI credit default, repayment MLP {args.input_dim}-64-32-1, "
-          f"{first['train_rows']} training rows, scored on {first['test_rows']} pooled held-out {holdout}; "
-          f"delta {DELTA:g}; AUC mean ± sd over {args.repeats} seed(s) ({date.today()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores)\n")
+    holdout = (
+        "validation rows (20% of each partner's training rows)"
+        if args.holdout == "validation"
+        else "test rows"
+    )
+    print(
+        f"\nUCI credit default, repayment MLP {args.input_dim}-64-32-1, "
+        f"{first['train_rows']} training rows, scored on {first['test_rows']} pooled held-out {holdout}; "
+        f"delta {DELTA:g}; AUC mean ± sd over {args.repeats} seed(s) ({date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores)\n"
+    )
     for key, recipe in recipes.items():
         family, _, n = key.partition("@")
         scope = f" ({n} partners)" if n else ""
-        print(f"- {FAMILY_LABEL[family]}{scope}: {recipe.describe(family.startswith('fed'), family.endswith('dp'))}")
+        print(
+            f"- {FAMILY_LABEL[family]}{scope}: {recipe.describe(family.startswith('fed'), family.endswith('dp'))}"
+        )
     print("- gradient boosting: scikit-learn HistGradientBoostingClassifier, default settings")
-    print("- federated: FedAvg, every partner every round; DP epsilon is each partner's budget for the whole job\n")
+    print(
+        "- federated: FedAvg, every partner every round; DP epsilon is each partner's budget for the whole job\n"
+    )
 
     def key(r: dict[str, Any]) -> tuple[str, float | None]:
         return r["family"], r["epsilon"]
@@ -330,11 +449,20 @@ def print_report(rows: list[dict[str, Any]], overhead: list[dict[str, Any]], arg
 
     dp_runs = [run for r in rows if r["family"] == "fed-dp" for run in r["runs"]]
     if dp_runs:
-        worst = max((run["epsilon_spent"] or 0.0) - r["epsilon"] for r in rows if r["family"] == "fed-dp" for run in r["runs"])
+        worst = max(
+            (run["epsilon_spent"] or 0.0) - r["epsilon"]
+            for r in rows
+            if r["family"] == "fed-dp"
+            for run in r["runs"]
+        )
         incomplete = sum(run["status"] != "completed" for run in dp_runs)
-        print(f"\nFederated DP: {len(dp_runs)} jobs, {incomplete} stopped early; largest partner spend minus target "
-              f"{worst:+.2e} (must be <= 0).")
-    print(f"\nTarget: federated DP (epsilon {target_epsilon:g} per partner) within 0.01 AUC of centralised non-private:")
+        print(
+            f"\nFederated DP: {len(dp_runs)} jobs, {incomplete} stopped early; largest partner spend minus target "
+            f"{worst:+.2e} (must be <= 0)."
+        )
+    print(
+        f"\nTarget: federated DP (epsilon {target_epsilon:g} per partner) within 0.01 AUC of centralised non-private:"
+    )
     for n, s in cells:
         r, base = by.get((n, s, "fed-dp", target_epsilon)), by.get((n, s, "central", None))
         if r and base and r["auc_mean"] is not None:
@@ -343,15 +471,21 @@ def print_report(rows: list[dict[str, Any]], overhead: list[dict[str, Any]], arg
 
     if overhead:
         print("\nRound wall time / sum of the partners' local training times (federated DP recipe):\n")
-        print("| engine | partners | rounds timed | mean round wall (s) | mean sum of local training (s) | ratio |")
+        print(
+            "| engine | partners | rounds timed | mean round wall (s) | mean sum of local training (s) | ratio |"
+        )
         print("|---|---|---|---|---|---|")
         for o in overhead:
-            print(f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
-                  f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} |")
+            print(
+                f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
+                f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} |"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     default_dir = Path(os.environ.get("FEDCUSTOMER_DATA_DIR", ROOT.parent / "shared" / "data"))
     parser.add_argument("--data-dir", type=Path, default=default_dir, help=f"default: {default_dir}")
     parser.add_argument("--partners", type=int, nargs="+", default=[3, 10])
@@ -359,21 +493,45 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--repeats", type=int, default=3, help="seeds per model (mean and sd reported)")
     parser.add_argument("--seed", type=int, default=0, help="first training seed")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the partner/test split (fixes the test rows)")
-    parser.add_argument("--recipe", action="append", default=[], metavar="FAMILY:KEY=VALUE,...",
-                        help=f"override a recipe ({', '.join(RECIPES)}), e.g. fed-dp:rounds=5,lr=0.5")
-    parser.add_argument("--only", nargs="+", choices=["central", "central-dp", "gbm", "fed", "fed-dp"],
-                        help="run only these families (for tuning)")
-    parser.add_argument("--holdout", choices=["test", "validation"], default="test",
-                        help="score on the test rows (default) or on validation rows carved from training rows")
-    parser.add_argument("--overhead-rounds", type=int, default=4, help="rounds of the simulation-engine timing (0: skip)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 partners, IID, epsilon 3, 1 seed, short recipes")
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the partner/test split (fixes the test rows)"
+    )
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="FAMILY:KEY=VALUE,...",
+        help=f"override a recipe ({', '.join(RECIPES)}), e.g. fed-dp:rounds=5,lr=0.5",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["central", "central-dp", "gbm", "fed", "fed-dp"],
+        help="run only these families (for tuning)",
+    )
+    parser.add_argument(
+        "--holdout",
+        choices=["test", "validation"],
+        default="test",
+        help="score on the test rows (default) or on validation rows carved from training rows",
+    )
+    parser.add_argument(
+        "--overhead-rounds", type=int, default=4, help="rounds of the simulation-engine timing (0: skip)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 partners, IID, epsilon 3, 1 seed, short recipes"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     recipes = dict(QUICK if args.quick else RECIPES)
     if args.quick:
-        args.partners, args.epsilons, args.splits, args.repeats, args.overhead_rounds = [3], [3.0], ["iid"], 1, 2
+        args.partners, args.epsilons, args.splits, args.repeats, args.overhead_rounds = (
+            [3],
+            [3.0],
+            ["iid"],
+            1,
+            2,
+        )
     for text in args.recipe:
         try:
             family, recipe = parse_recipe(text, recipes)
@@ -391,13 +549,30 @@ def main() -> None:
             rows += run_cell(n, split, args, recipes)
     overhead = grid_overhead(rows)
     if args.overhead_rounds and not args.only:
-        overhead.insert(0, round_overhead(args.data_dir, args.partners[0], recipe_for(recipes, "fed-dp", args.partners[0]), 3.0, args.overhead_rounds))
+        overhead.insert(
+            0,
+            round_overhead(
+                args.data_dir,
+                args.partners[0],
+                recipe_for(recipes, "fed-dp", args.partners[0]),
+                3.0,
+                args.overhead_rounds,
+            ),
+        )
     print_report(rows, overhead, args, recipes)
     print(f"\ntotal {time.perf_counter() - started:.0f}s", file=sys.stderr)
     if args.json:
-        payload = {"date": str(date.today()), "machine": platform.machine(), "cores": os.cpu_count(),
-                   "holdout": args.holdout, "repeats": args.repeats, "delta": DELTA,
-                   "recipes": {k: asdict(v) for k, v in recipes.items()}, "rows": rows, "round_overhead": overhead}
+        payload = {
+            "date": str(date.today()),
+            "machine": platform.machine(),
+            "cores": os.cpu_count(),
+            "holdout": args.holdout,
+            "repeats": args.repeats,
+            "delta": DELTA,
+            "recipes": {k: asdict(v) for k, v in recipes.items()},
+            "rows": rows,
+            "round_overhead": overhead,
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 

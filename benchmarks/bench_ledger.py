@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.clients.home import DatasetBudget  # noqa: E402
-from fedcustomer.privacy import accounting  # noqa: E402
-from fedcustomer.privacy.accounting import GaussianSteps  # noqa: E402
-from fedcustomer.privacy.ledger import BudgetLedger  # noqa: E402
+from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.privacy import accounting
+from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.ledger import BudgetLedger
 
 BUDGET = DatasetBudget(1e9, 1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.01, steps=100)
@@ -66,7 +66,9 @@ def run(path: Path, processes: int, charges: int) -> tuple[float, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--charges", type=int, default=100, help="charges per process")
     parser.add_argument("--json", type=Path, default=None)
@@ -78,15 +80,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def row(name: str, wall: float, lat: list[float]) -> dict:
         q = statistics.quantiles(lat, n=100)
-        return {"run": name, "charges": len(lat), "wall_s": wall, "ms_per_charge": 1000 * wall / len(lat),
-                "latency_median_ms": 1000 * q[49], "latency_p99_ms": 1000 * q[98], "latency_max_ms": 1000 * max(lat)}
+        return {
+            "run": name,
+            "charges": len(lat),
+            "wall_s": wall,
+            "ms_per_charge": 1000 * wall / len(lat),
+            "latency_median_ms": 1000 * q[49],
+            "latency_p99_ms": 1000 * q[98],
+            "latency_max_ms": 1000 * max(lat),
+        }
 
-    rows = [row(f"1 process x {total}", base_wall, base_lat),
-            row(f"{args.processes} processes x {args.charges}", conc_wall, conc_lat)]
+    rows = [
+        row(f"1 process x {total}", base_wall, base_lat),
+        row(f"{args.processes} processes x {args.charges}", conc_wall, conc_lat),
+    ]
     print(f"{'run':<22} {'wall s':>8} {'ms/charge':>10} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
     for r in rows:
-        print(f"{r['run']:<22} {r['wall_s']:8.2f} {r['ms_per_charge']:10.2f} {r['latency_median_ms']:10.2f} "
-              f"{r['latency_p99_ms']:8.2f} {r['latency_max_ms']:8.2f}")
+        print(
+            f"{r['run']:<22} {r['wall_s']:8.2f} {r['ms_per_charge']:10.2f} {r['latency_median_ms']:10.2f} "
+            f"{r['latency_p99_ms']:8.2f} {r['latency_max_ms']:8.2f}"
+        )
     print(f"concurrent / alone (wall): {conc_wall / base_wall:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.psi import _sodium, new_secret, run_psi_local  # noqa: E402
+from fedcustomer.privacy.psi import _sodium, new_secret, run_psi_local
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_VENV = HERE / ".venv-psi"
@@ -76,8 +76,13 @@ def ensure_baseline_venv(venv: Path) -> Path | None:
 
 def run_baseline(python: Path, n: int) -> dict | None:
     try:
-        out = subprocess.run([str(python), "-c", BASELINE_SCRIPT, str(n)], check=True, capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": ""})
+        out = subprocess.run(
+            [str(python), "-c", BASELINE_SCRIPT, str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
     except subprocess.CalledProcessError as exc:
         print(f"openmined.psi run failed: {exc.stderr.strip()[-500:]}", file=sys.stderr)
         return None
@@ -88,8 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="ids per side")
     parser.add_argument("--large", action="store_true", help="1,000,000 ids per side")
-    parser.add_argument("--workers", type=int, nargs="+", default=None,
-                        help="worker counts to time (default: 1 and the number of CPU cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="worker counts to time (default: 1 and the number of CPU cores)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip openmined.psi")
     parser.add_argument("--baseline-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -98,15 +108,22 @@ def main() -> None:
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({1, cores})
 
-    results: dict = {"n_per_side": n, "cpu_count": cores, "raw_scalarmult_per_s": round(raw_scalarmult_rate()),
-                     "ours": [], "baseline": None}
+    results: dict = {
+        "n_per_side": n,
+        "cpu_count": cores,
+        "raw_scalarmult_per_s": round(raw_scalarmult_rate()),
+        "ours": [],
+        "baseline": None,
+    }
     a, b = ids(n)
     for w in workers:
         start = time.perf_counter()
         ra, rb = run_psi_local(a, b, workers=w)
         seconds = time.perf_counter() - start
         assert ra.size == rb.size == n // 2 and ra.digest == rb.digest
-        results["ours"].append({"workers": w, "seconds": round(seconds, 2), "records_per_s": round(2 * n / seconds)})
+        results["ours"].append(
+            {"workers": w, "seconds": round(seconds, 2), "records_per_s": round(2 * n / seconds)}
+        )
         print(f"ours  workers={w:<2d} {seconds:8.2f} s  {2 * n / seconds:10.0f} records/s", file=sys.stderr)
 
     if not args.no_baseline:
@@ -117,8 +134,10 @@ def main() -> None:
             base["records_per_s"] = round(2 * n / base["seconds"])
             base["seconds"] = round(base["seconds"], 2)
             results["baseline"] = base
-            print(f"openmined.psi {base['version']}  {base['seconds']:8.2f} s  {base['records_per_s']:10.0f} records/s",
-                  file=sys.stderr)
+            print(
+                f"openmined.psi {base['version']}  {base['seconds']:8.2f} s  {base['records_per_s']:10.0f} records/s",
+                file=sys.stderr,
+            )
             best = max(results["ours"], key=lambda r: r["records_per_s"])
             for r in results["ours"]:
                 r["ratio_vs_baseline"] = round(r["records_per_s"] / base["records_per_s"], 2)

@@ -33,48 +33,63 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from fedcustomer.clients.home import PartnerHome  # noqa: E402
-from fedcustomer.data.ingest import IngestReport, prepare_chunk, read_chunks  # noqa: E402
-from fedcustomer.data.schema import load_bundled  # noqa: E402
-from fedcustomer.data.store import PartnerStore  # noqa: E402
-from fedcustomer.data.validators import prc_id_check_char  # noqa: E402
-from fedcustomer.privacy.access import Actor  # noqa: E402
-from fedcustomer.privacy.crypto import FieldCipher  # noqa: E402
+from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.ingest import IngestReport, prepare_chunk, read_chunks
+from fedcustomer.data.schema import load_bundled
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.validators import prc_id_check_char
+from fedcustomer.privacy.access import Actor
+from fedcustomer.privacy.crypto import FieldCipher
 
 ADMIN = Actor("bench_admin", "partner_admin")
 RISK = Actor("bench_risk", "risk_officer")
 CORE = ["customer_id", "national_id", "full_name", "phone"]
-FEATURES = ["age", "income", "credit_limit", "balance", "utilisation", "num_late_payments", "months_on_book",
-            "num_products", "debt_to_income", "defaulted"]
+FEATURES = [
+    "age",
+    "income",
+    "credit_limit",
+    "balance",
+    "utilisation",
+    "num_late_payments",
+    "months_on_book",
+    "num_products",
+    "debt_to_income",
+    "defaulted",
+]
 
 
 def bank_frame(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    first17 = [f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
-               f"{rng.integers(0, 1000):03d}" for _ in range(n)]
+    first17 = [
+        f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+        f"{rng.integers(0, 1000):03d}"
+        for _ in range(n)
+    ]
     limit = rng.integers(10, 200, n) * 100.0
     util = rng.uniform(0, 1, n).round(4)
-    return pd.DataFrame({
-        "customer_id": [f"C{i:08d}" for i in range(n)],
-        "national_id": [f + prc_id_check_char(f) for f in first17],
-        "full_name": [f"Customer Name {i}" for i in range(n)],
-        "phone": [f"13{v:09d}" for v in rng.integers(0, 10**9, n)],
-        "region": rng.choice(["north", "south", "east", "west", "central"], n),
-        "age": rng.integers(20, 80, n),
-        "income": rng.integers(50, 500, n) * 100.0,
-        "credit_limit": limit,
-        "balance": (util * limit).round(2),
-        "utilisation": util,
-        "num_late_payments": rng.integers(0, 5, n),
-        "months_on_book": rng.integers(1, 300, n),
-        "num_products": rng.integers(1, 5, n),
-        "debt_to_income": rng.uniform(0, 2, n).round(3),
-        "defaulted": rng.integers(0, 2, n),
-        "updated_at": "2024-06-01T00:00:00Z",
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": [f"C{i:08d}" for i in range(n)],
+            "national_id": [f + prc_id_check_char(f) for f in first17],
+            "full_name": [f"Customer Name {i}" for i in range(n)],
+            "phone": [f"13{v:09d}" for v in rng.integers(0, 10**9, n)],
+            "region": rng.choice(["north", "south", "east", "west", "central"], n),
+            "age": rng.integers(20, 80, n),
+            "income": rng.integers(50, 500, n) * 100.0,
+            "credit_limit": limit,
+            "balance": (util * limit).round(2),
+            "utilisation": util,
+            "num_late_payments": rng.integers(0, 5, n),
+            "months_on_book": rng.integers(1, 300, n),
+            "num_products": rng.integers(1, 5, n),
+            "debt_to_income": rng.uniform(0, 2, n).round(3),
+            "defaulted": rng.integers(0, 2, n),
+            "updated_at": "2024-06-01T00:00:00Z",
+        }
+    )
 
 
 def timed(fn, repeat: int):
@@ -146,8 +161,9 @@ def run(customers: int, repeat: int) -> dict:
         read_s, got = timed(lambda: store.read(RISK, "risk_review", CORE, dataset="bank"), repeat)
         assert len(got) == customers and got["national_id"].notna().all()
         cols = ", ".join(f'"{c}"' for c in CORE)
-        plain_read_s, _ = timed(lambda: pd.DataFrame(con.execute(f"SELECT {cols} FROM t").fetchall(), columns=CORE),
-                                repeat)
+        plain_read_s, _ = timed(
+            lambda: pd.DataFrame(con.execute(f"SELECT {cols} FROM t").fetchall(), columns=CORE), repeat
+        )
         results["read_decrypt"] = {
             "seconds": read_s,
             "core_fields_per_s": n_core / read_s,
@@ -180,8 +196,11 @@ def run(customers: int, repeat: int) -> dict:
             report = e2e.ingest(ADMIN, schema, csv)
             e2e_s = time.perf_counter() - t0
         assert report.inserted == customers
-        results["ingest_end_to_end"] = {"seconds": e2e_s, "rows_per_s": customers / e2e_s,
-                                        "core_fields_per_s": n_core / e2e_s}
+        results["ingest_end_to_end"] = {
+            "seconds": e2e_s,
+            "rows_per_s": customers / e2e_s,
+            "core_fields_per_s": n_core / e2e_s,
+        }
     return results
 
 
@@ -200,14 +219,27 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    w, r, t, e = results["write"], results["read_decrypt"], results["training_read"], results["ingest_end_to_end"]
-    print(f"governed store, {results['customers']:,} customers, {results['core_fields']:,} core fields, one core")
-    print(f"  encrypt+insert : {w['core_fields_per_s']:>12,.0f} core fields/s  "
-          f"(plain SQLite {w['plain_fields_per_s']:,.0f}/s, {w['slowdown_vs_plain']:.1f}x slower)  target >= 100,000")
-    print(f"  read+decrypt   : {r['core_fields_per_s']:>12,.0f} core fields/s  "
-          f"(plain SQLite {r['plain_fields_per_s']:,.0f}/s, {r['slowdown_vs_plain']:.1f}x slower)  target >= 100,000")
-    print(f"  training read  : {t['rows_per_s']:>12,.0f} rows/s x {len(FEATURES)} features  "
-          f"({t['slowdown_vs_plain']:.1f}x plain SELECT)")
+    w, r, t, e = (
+        results["write"],
+        results["read_decrypt"],
+        results["training_read"],
+        results["ingest_end_to_end"],
+    )
+    print(
+        f"governed store, {results['customers']:,} customers, {results['core_fields']:,} core fields, one core"
+    )
+    print(
+        f"  encrypt+insert : {w['core_fields_per_s']:>12,.0f} core fields/s  "
+        f"(plain SQLite {w['plain_fields_per_s']:,.0f}/s, {w['slowdown_vs_plain']:.1f}x slower)  target >= 100,000"
+    )
+    print(
+        f"  read+decrypt   : {r['core_fields_per_s']:>12,.0f} core fields/s  "
+        f"(plain SQLite {r['plain_fields_per_s']:,.0f}/s, {r['slowdown_vs_plain']:.1f}x slower)  target >= 100,000"
+    )
+    print(
+        f"  training read  : {t['rows_per_s']:>12,.0f} rows/s x {len(FEATURES)} features  "
+        f"({t['slowdown_vs_plain']:.1f}x plain SELECT)"
+    )
     print(f"  ingest (CSV, validate, pseudonymise, encrypt, write): {e['rows_per_s']:,.0f} rows/s")
 
 

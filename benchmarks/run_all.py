@@ -58,14 +58,27 @@ def run_one(script: Path, args: list[str], env: dict[str, str], timeout: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short smoke runs (QUICK_ARGS) instead of the full figures")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                        help="run only these scripts (e.g. federated or bench_federated)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short smoke runs (QUICK_ARGS) instead of the full figures"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only these scripts (e.g. federated or bench_federated)",
+    )
     parser.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="do not run these scripts")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the public data sets")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per script (default 3600)")
-    parser.add_argument("--list", action="store_true", help="list the scripts and their arguments, run nothing")
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds allowed per script (default 3600)"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the scripts and their arguments, run nothing"
+    )
     args = parser.parse_args(argv)
 
     def name(text: str) -> str:

@@ -10,7 +10,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Hypothesis: no per-example deadline. A deadline measures the machine's load, not the code:
 # on a busy CI runner it fails correct tests. HYPOTHESIS_PROFILE picks another profile.
-from hypothesis import settings  # noqa: E402
+from hypothesis import settings
 
 settings.register_profile("ci", deadline=None)
 settings.register_profile("dev", deadline=None, max_examples=20)

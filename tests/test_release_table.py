@@ -56,15 +56,25 @@ def test_the_table_names_what_covers_each_output() -> None:
 def test_a_horizontal_job_writes_only_listed_files(tmp_path: Path) -> None:
     data = tmp_path / "customers.csv"
     toy_frame(600, 1, strength=1.25).to_csv(data, index=False)
-    job = JobConfig(data=str(data), label="defaulted", partners=2, rounds=2, arch="logreg", batch_size=100,
-                    out=str(tmp_path / "run"), min_partners=1)
+    job = JobConfig(
+        data=str(data),
+        label="defaulted",
+        partners=2,
+        rounds=2,
+        arch="logreg",
+        batch_size=100,
+        out=str(tmp_path / "run"),
+        min_partners=1,
+    )
     spec, homes = prepare_partners(job)
     run_job_on_grid(LocalGrid(make_client_app([str(h.root) for h in homes]), 2), job, spec, num_partners=2)
     assert unlisted(tmp_path / "run", listed_outputs()) == []
 
 
 @pytest.mark.slow
-def test_a_vertical_job_and_a_psi_write_only_listed_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_vertical_job_and_a_psi_write_only_listed_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.cli.cli_runner import run
 
     out = tmp_path / "vertical"
@@ -83,8 +93,20 @@ def test_analytics_outputs_are_listed(tmp_path: Path, capsys: pytest.CaptureFixt
 
     spec = tmp_path / "q.json"
     spec.write_text('{"id": "n", "dataset": "retailer", "kind": "count", "epsilon": 0.5}')
-    code, _, err = run(["query", "--spec", str(spec), "--data", "synthetic", "--partners", "2",
-                        "--out", str(tmp_path / "q")], capsys)
+    code, _, err = run(
+        [
+            "query",
+            "--spec",
+            str(spec),
+            "--data",
+            "synthetic",
+            "--partners",
+            "2",
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, _, err = run(["rfm", "--epsilon", "0.5", "--partners", "2", "--out", str(tmp_path / "rfm")], capsys)
     assert code == 0, err

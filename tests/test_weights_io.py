@@ -20,7 +20,7 @@ from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_on_grid
 from fedcustomer.weights_io import load_weights_only
 from tests.clients.test_node import _global, _home, _ins
-from tests.vertical.conftest import _fresh_sessions, grid_for, retail_signal_frames, setup_parties  # noqa: F401
+from tests.vertical.conftest import _fresh_sessions, grid_for, retail_signal_frames, setup_parties
 
 
 class _Payload:
@@ -29,7 +29,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (open, (str(self.marker), "w"))
 
 
@@ -52,8 +52,13 @@ def test_run_resume_with_a_planted_checkpoint_stops_with_a_clear_error(tmp_path:
     JobConfig(data="synthetic", partners=2, rounds=2, out=str(out)).write(out / "config.json")
     _plant(out / "checkpoints" / "round-0001.pt", marker)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1"}
-    result = subprocess.run([sys.executable, "-m", "fedcustomer", "run", "--resume", "--out", str(out)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedcustomer", "run", "--resume", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 7, output
     assert "not a plain weights file" in output and "Traceback" not in output
@@ -63,8 +68,10 @@ def test_run_resume_with_a_planted_checkpoint_stops_with_a_clear_error(tmp_path:
 def test_genuine_run_checkpoint_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "round-0002.pt"
     path.parent.mkdir()
-    torch.save({"round": 2, "run_id": "r", "state_dict": {"w": torch.ones(2)}, "rounds": [{"round": 1, "x": 0.5}]},
-               path)
+    torch.save(
+        {"round": 2, "run_id": "r", "state_dict": {"w": torch.ones(2)}, "rounds": [{"round": 1, "x": 0.5}]},
+        path,
+    )
     blob = RunRecorder.latest_checkpoint(tmp_path)
     assert blob["round"] == 2 and torch.equal(blob["state_dict"]["w"], torch.ones(2))
 
@@ -83,7 +90,9 @@ def test_node_resume_with_a_planted_cached_update_refuses_and_runs_nothing(tmp_p
 
 
 def test_vertical_party_state_is_plain_data_and_a_planted_one_is_refused(tmp_path: Path) -> None:
-    job = VerticalJob(out=str(tmp_path / "run"), rounds=1, batch_size=64, lr=0.01, baseline=False, seed=0, epsilon=5.0)
+    job = VerticalJob(
+        out=str(tmp_path / "run"), rounds=1, batch_size=64, lr=0.01, baseline=False, seed=0, epsilon=5.0
+    )
     bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
     assert run_vertical_on_grid(grid_for([bank, retail]), job)["status"] == "completed"
     sessions = list(party_module._SESSIONS.values())
@@ -93,7 +102,10 @@ def test_vertical_party_state_is_plain_data_and_a_planted_one_is_refused(tmp_pat
     restored = party_module.PartySession(active.home, active.cfg)  # a restarted node reads its state back
     assert plans and restored.state["plans"].keys() == plans.keys()
     for key, batches in plans.items():
-        assert all(isinstance(b, np.ndarray) and np.array_equal(a, b) for a, b in zip(batches, restored.state["plans"][key]))
+        assert all(
+            isinstance(b, np.ndarray) and np.array_equal(a, b)
+            for a, b in zip(batches, restored.state["plans"][key])
+        )
     marker = tmp_path / "pwned"
     _plant(active.state_path, marker, "model")
     party_module.forget_sessions()

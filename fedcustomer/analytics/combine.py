@@ -13,8 +13,9 @@ Intervals describe the DP noise only, not sampling error or clamping bias.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,10 @@ from fedcustomer.analytics.mechanisms import LAPLACE, Noise, box_ratio
 from fedcustomer.analytics.spec import QuerySpec
 from fedcustomer.errors import DataError, FederationError
 
-CLAMP_NOTE = ("values were clamped to the declared bounds before aggregation; real values outside them bias "
-              "the answer toward the bounds")
+CLAMP_NOTE = (
+    "values were clamped to the declared bounds before aggregation; real values outside them bias "
+    "the answer toward the bounds"
+)
 NOISE_NOTE = "intervals cover the DP noise only (not sampling error or clamping bias)"
 
 
@@ -47,8 +50,11 @@ class QueryResult:
     def row(self, statistic: str | None = None, label: str | None = None, **group: str) -> dict[str, Any]:
         """The one row matching a statistic, label and group values (KeyError if none)."""
         for r in self.rows:
-            if (statistic is None or r["statistic"] == statistic) and (label is None or r.get("label") == label) \
-                    and all(r["group"].get(k) == v for k, v in group.items()):
+            if (
+                (statistic is None or r["statistic"] == statistic)
+                and (label is None or r.get("label") == label)
+                and all(r["group"].get(k) == v for k, v in group.items())
+            ):
                 return r
         raise KeyError(f"no row for statistic={statistic!r} label={label!r} group={group}")
 
@@ -83,7 +89,9 @@ def _sum_noise(parts: Sequence[Noise], times: int = 1) -> Noise:
     return total
 
 
-def combine(spec: QuerySpec, releases: Sequence[dict[str, Any]], refused: dict[str, str] | None = None) -> QueryResult:
+def combine(
+    spec: QuerySpec, releases: Sequence[dict[str, Any]], refused: dict[str, str] | None = None
+) -> QueryResult:
     """Sum the releases cell by cell and derive the kind's estimates and intervals."""
     refused = dict(refused or {})
     if not releases:
@@ -93,13 +101,20 @@ def combine(spec: QuerySpec, releases: Sequence[dict[str, Any]], refused: dict[s
         )
     for r in releases:
         if r.get("query_id") != spec.query_id or r.get("kind") != spec.kind:
-            raise DataError(f"a release for query {r.get('query_id')!r} ({r.get('kind')}) does not answer "
-                            f"{spec.query_id!r} ({spec.kind})")
+            raise DataError(
+                f"a release for query {r.get('query_id')!r} ({r.get('kind')}) does not answer "
+                f"{spec.query_id!r} ({spec.kind})"
+            )
     stats = [s for s in releases[0]["stats"] if all(s in r["stats"] for r in releases)]
     totals = {s: np.sum([np.asarray(r["stats"][s], dtype=float) for r in releases], axis=0) for s in stats}
     noises = {s: [_noise_of(r, s) for r in releases] for s in stats}
-    result = QueryResult(spec, [r["partner"] for r in releases], [], refused,
-                         spend={r["partner"]: r.get("spend", {}) for r in releases})
+    result = QueryResult(
+        spec,
+        [r["partner"] for r in releases],
+        [],
+        refused,
+        spend={r["partner"]: r.get("spend", {}) for r in releases},
+    )
     result.rows = _rows(spec, totals, noises)
     if spec.kind in ("sum", "mean", "histogram", "quantiles"):
         result.notes.append(CLAMP_NOTE)
@@ -113,28 +128,61 @@ def combine(spec: QuerySpec, releases: Sequence[dict[str, Any]], refused: dict[s
     return result
 
 
-def _rows(spec: QuerySpec, totals: dict[str, np.ndarray], noises: dict[str, list[Noise]]) -> list[dict[str, Any]]:
+def _rows(
+    spec: QuerySpec, totals: dict[str, np.ndarray], noises: dict[str, list[Noise]]
+) -> list[dict[str, Any]]:
     c = spec.confidence
     c_pair = 1 - (1 - c) / 2
     rows: list[dict[str, Any]] = []
     cells = spec.cells()
 
-    def plain(group: dict[str, str], statistic: str, value: float, noise: Noise, label: str | None = None,
-              floor: float | None = None) -> dict[str, Any]:
+    def plain(
+        group: dict[str, str],
+        statistic: str,
+        value: float,
+        noise: Noise,
+        label: str | None = None,
+        floor: float | None = None,
+    ) -> dict[str, Any]:
         hw = noise.halfwidth(c)
         lo, hi = value - hw, value + hw
-        row = {"group": group, "statistic": statistic, "label": label, "estimate": float(value),
-               "ci_low": float(lo), "ci_high": float(hi), "noise_sd": noise.sd}
+        row = {
+            "group": group,
+            "statistic": statistic,
+            "label": label,
+            "estimate": float(value),
+            "ci_low": float(lo),
+            "ci_high": float(hi),
+            "noise_sd": noise.sd,
+        }
         if floor is not None:  # counts cannot be negative: post-processing never hurts coverage
             row["ci_low"] = max(floor, row["ci_low"])
             row["ci_high"] = max(floor, row["ci_high"])
         return row
 
-    def ratio(group: dict[str, str], statistic: str, num: float, num_noise: Noise, den: float, den_noise: Noise,
-              lo: float, hi: float, label: str | None = None) -> dict[str, Any]:
+    def ratio(
+        group: dict[str, str],
+        statistic: str,
+        num: float,
+        num_noise: Noise,
+        den: float,
+        den_noise: Noise,
+        lo: float,
+        hi: float,
+        label: str | None = None,
+    ) -> dict[str, Any]:
         est, a, b = box_ratio(num, num_noise.halfwidth(c_pair), den, den_noise.halfwidth(c_pair), lo, hi)
-        return {"group": group, "statistic": statistic, "label": label, "estimate": est, "ci_low": a,
-                "ci_high": b, "noise_sd": None, "numerator": float(num), "denominator": float(den)}
+        return {
+            "group": group,
+            "statistic": statistic,
+            "label": label,
+            "estimate": est,
+            "ci_low": a,
+            "ci_high": b,
+            "noise_sd": None,
+            "numerator": float(num),
+            "denominator": float(den),
+        }
 
     for i, cell in enumerate(cells):
         group = dict(zip(spec.group_by, cell))
@@ -144,14 +192,24 @@ def _rows(spec: QuerySpec, totals: dict[str, np.ndarray], noises: dict[str, list
             rows.append(plain(group, "sum", totals["sum"][i], _sum_noise(noises["sum"])))
         elif spec.kind == "mean":
             assert spec.bounds is not None
-            row = ratio(group, "mean", totals["sum"][i], _sum_noise(noises["sum"]), totals["count"][i],
-                        _sum_noise(noises["count"]), spec.bounds[0], spec.bounds[1])
+            row = ratio(
+                group,
+                "mean",
+                totals["sum"][i],
+                _sum_noise(noises["sum"]),
+                totals["count"][i],
+                _sum_noise(noises["count"]),
+                spec.bounds[0],
+                spec.bounds[1],
+            )
             row["count"] = plain(group, "count", totals["count"][i], _sum_noise(noises["count"]), floor=0.0)
             row["sum"] = plain(group, "sum", totals["sum"][i], _sum_noise(noises["sum"]))
             rows.append(row)
         elif spec.kind == "histogram":
             for j, label in enumerate(spec.bin_labels()):
-                rows.append(plain(group, "count", totals["hist"][i][j], _sum_noise(noises["hist"]), label, floor=0.0))
+                rows.append(
+                    plain(group, "count", totals["hist"][i][j], _sum_noise(noises["hist"]), label, floor=0.0)
+                )
         elif spec.kind == "quantiles":
             rows += _quantile_rows(spec, group, np.asarray(totals["hist"][i]), noises["hist"])
         elif spec.kind == "funnel":
@@ -162,24 +220,59 @@ def _rows(spec: QuerySpec, totals: dict[str, np.ndarray], noises: dict[str, list
             for j, step in enumerate(spec.steps):
                 rows.append(plain(group, "reached", reached[j], reached_noise[j], step, floor=0.0))
             for j in range(n - 1):
-                rows.append(ratio(group, "conversion", reached[j + 1], reached_noise[j + 1], reached[j],
-                                  reached_noise[j], 0.0, 1.0, f"{spec.steps[j]}->{spec.steps[j + 1]}"))
-            rows.append(ratio(group, "conversion", reached[-1], reached_noise[-1], reached[0], reached_noise[0],
-                              0.0, 1.0, f"{spec.steps[0]}->{spec.steps[-1]}"))
+                rows.append(
+                    ratio(
+                        group,
+                        "conversion",
+                        reached[j + 1],
+                        reached_noise[j + 1],
+                        reached[j],
+                        reached_noise[j],
+                        0.0,
+                        1.0,
+                        f"{spec.steps[j]}->{spec.steps[j + 1]}",
+                    )
+                )
+            rows.append(
+                ratio(
+                    group,
+                    "conversion",
+                    reached[-1],
+                    reached_noise[-1],
+                    reached[0],
+                    reached_noise[0],
+                    0.0,
+                    1.0,
+                    f"{spec.steps[0]}->{spec.steps[-1]}",
+                )
+            )
         elif spec.kind == "quality":
             n_rows = totals["rows"][i]
             rows.append(plain(group, "rows", n_rows, _sum_noise(noises["rows"]), floor=0.0))
             for f in spec.fields:
                 key = f"nonnull:{f}"
-                rows.append(ratio(group, "completeness", totals[key][i], _sum_noise(noises[key]), n_rows,
-                                  _sum_noise(noises["rows"]), 0.0, 1.0, f))
+                rows.append(
+                    ratio(
+                        group,
+                        "completeness",
+                        totals[key][i],
+                        _sum_noise(noises[key]),
+                        n_rows,
+                        _sum_noise(noises["rows"]),
+                        0.0,
+                        1.0,
+                        f,
+                    )
+                )
             for key in ("duplicates", "invalid"):
                 if key in totals:
                     rows.append(plain(group, key, totals[key][0], _sum_noise(noises[key]), floor=0.0))
     return rows
 
 
-def _quantile_rows(spec: QuerySpec, group: dict[str, str], hist: np.ndarray, parts: list[Noise]) -> list[dict[str, Any]]:
+def _quantile_rows(
+    spec: QuerySpec, group: dict[str, str], hist: np.ndarray, parts: list[Noise]
+) -> list[dict[str, Any]]:
     edges = np.asarray(spec.bins, dtype=float)
     h = np.clip(hist, 0, None)  # post-processing: negative noisy counts carry no mass
     cum = np.cumsum(h)
@@ -200,6 +293,15 @@ def _quantile_rows(spec: QuerySpec, group: dict[str, str], hist: np.ndarray, par
             lo_k = next((j for j in range(len(h)) if raw_cum[j] + hws[j] >= target), len(h) - 1)
             hi_k = next((j for j in range(len(h)) if raw_cum[j] - hws[j] >= target), len(h) - 1)
             lo, hi = float(edges[lo_k]), float(edges[hi_k + 1])
-        rows.append({"group": group, "statistic": "quantile", "label": f"q{q:g}", "estimate": est,
-                     "ci_low": min(lo, est), "ci_high": max(hi, est), "noise_sd": None})
+        rows.append(
+            {
+                "group": group,
+                "statistic": "quantile",
+                "label": f"q{q:g}",
+                "estimate": est,
+                "ci_low": min(lo, est),
+                "ci_high": max(hi, est),
+                "noise_sd": None,
+            }
+        )
     return rows

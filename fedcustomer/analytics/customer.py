@@ -18,19 +18,43 @@ from fedcustomer.errors import DataError
 FUNNEL_FIELD = "funnel_stage"
 
 
-def rfm_query(dataset: str, config: RFMConfig, *, epsilon: float, delta: float = 0.0, mechanism: str = LAPLACE,
-              confidence: float = 0.95, query_id: str | None = None, extra_groups: Sequence[str] = (),
-              groups: dict[str, tuple[str, ...]] | None = None) -> QuerySpec:
+def rfm_query(
+    dataset: str,
+    config: RFMConfig,
+    *,
+    epsilon: float,
+    delta: float = 0.0,
+    mechanism: str = LAPLACE,
+    confidence: float = 0.95,
+    query_id: str | None = None,
+    extra_groups: Sequence[str] = (),
+    groups: dict[str, tuple[str, ...]] | None = None,
+) -> QuerySpec:
     """DP segment sizes and mean spend per segment (spend clamped to [0, monetary_upper])."""
     return QuerySpec(
-        dataset=dataset, kind="mean", field=config.monetary, bounds=(0.0, config.monetary_upper),
-        group_by=(SEGMENT_FIELD, *extra_groups), groups=dict(groups or {}), rfm=config, epsilon=epsilon,
-        delta=delta, mechanism=mechanism, confidence=confidence, query_id=query_id or new_query_id(),
+        dataset=dataset,
+        kind="mean",
+        field=config.monetary,
+        bounds=(0.0, config.monetary_upper),
+        group_by=(SEGMENT_FIELD, *extra_groups),
+        groups=dict(groups or {}),
+        rfm=config,
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=mechanism,
+        confidence=confidence,
+        query_id=query_id or new_query_id(),
     )
 
 
-def furthest_step(events: pd.DataFrame, steps: Sequence[str], *, customer: str = "customer_id",
-                  step: str = "event", time: str = "time") -> pd.Series:
+def furthest_step(
+    events: pd.DataFrame,
+    steps: Sequence[str],
+    *,
+    customer: str = "customer_id",
+    step: str = "event",
+    time: str = "time",
+) -> pd.Series:
     """Each customer's furthest step of an ordered funnel, from an event log.
 
     A step counts only once every earlier step happened at or before it, so one
@@ -53,8 +77,9 @@ def furthest_step(events: pd.DataFrame, steps: Sequence[str], *, customer: str =
     return pd.Series(result, name=FUNNEL_FIELD, dtype=object)
 
 
-def funnel_query(dataset: str, steps: Sequence[str], *, epsilon: float, field: str = FUNNEL_FIELD,
-                 **kw: object) -> QuerySpec:
+def funnel_query(
+    dataset: str, steps: Sequence[str], *, epsilon: float, field: str = FUNNEL_FIELD, **kw: object
+) -> QuerySpec:
     return QuerySpec(dataset=dataset, kind="funnel", field=field, steps=tuple(steps), epsilon=epsilon, **kw)  # type: ignore[arg-type]
 
 

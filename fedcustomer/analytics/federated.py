@@ -18,11 +18,11 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcustomer import errors
 from fedcustomer.analytics.combine import QueryResult, combine
 from fedcustomer.analytics.partner import LoadFrame, answer_query
 from fedcustomer.analytics.spec import QuerySpec, spec_from_json
 from fedcustomer.clients.home import PartnerHome
-from fedcustomer import errors
 from fedcustomer.errors import FedCustomerError, FederationError
 
 QUERY_ACTION = "analytics"
@@ -48,17 +48,19 @@ def register_analytics_handlers(
         except FedCustomerError as exc:
             refusal = {"partner": name, "error": type(exc).__name__, "reason": str(exc)}
             return Message(content=RecordDict({"refusal": ConfigRecord(refusal)}), reply_to=msg)
-        return Message(content=RecordDict({"release": ConfigRecord({"release-json": json.dumps(release)})}),
-                       reply_to=msg)
+        return Message(
+            content=RecordDict({"release": ConfigRecord({"release-json": json.dumps(release)})}), reply_to=msg
+        )
 
 
 def query_messages(grid: Any, spec: QuerySpec, node_ids: Iterable[int]) -> list[Message]:
-    content = lambda: RecordDict({"query": ConfigRecord({"spec-json": spec.to_json()})})  # noqa: E731
+    content = lambda: RecordDict({"query": ConfigRecord({"spec-json": spec.to_json()})})
     return [Message(content=content(), dst_node_id=int(n), message_type=MESSAGE_TYPE) for n in node_ids]
 
 
-def run_query_on_grid(grid: Any, spec: QuerySpec, *, timeout: float = DEFAULT_TIMEOUT_S,
-                      node_ids: Sequence[int] | None = None) -> QueryResult:
+def run_query_on_grid(
+    grid: Any, spec: QuerySpec, *, timeout: float = DEFAULT_TIMEOUT_S, node_ids: Sequence[int] | None = None
+) -> QueryResult:
     """Ask every node, combine the releases; raises when no partner released anything."""
     start = time.perf_counter()
     nodes = list(node_ids) if node_ids is not None else list(grid.get_node_ids())
@@ -100,7 +102,8 @@ def run_query_on_grid(grid: Any, spec: QuerySpec, *, timeout: float = DEFAULT_TI
 def _no_release_error(spec: QuerySpec, refused: dict[str, str], kinds: dict[str, str]) -> FedCustomerError:
     """All partners refused: raise their common kind (e.g. BudgetExhausted) so the CLI exit code says why."""
     message = f"query {spec.query_id}: no partner released an answer: " + "; ".join(
-        f"{k}: {v}" for k, v in sorted(refused.items()))
+        f"{k}: {v}" for k, v in sorted(refused.items())
+    )
     names = set(kinds.values())
     cls = getattr(errors, names.pop(), FederationError) if len(names) == 1 else FederationError
     if not (isinstance(cls, type) and issubclass(cls, FedCustomerError)):

@@ -13,8 +13,9 @@ upper bound under-states large spends. Missing values are left out of sums and m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,9 @@ def apply_where(frame: pd.DataFrame, where: Mapping[str, tuple[Any, ...]]) -> pd
     return frame[keep]
 
 
-def compute_partials(frame: pd.DataFrame, spec: QuerySpec, extras: Mapping[str, int] | None = None) -> Partials:
+def compute_partials(
+    frame: pd.DataFrame, spec: QuerySpec, extras: Mapping[str, int] | None = None
+) -> Partials:
     """True aggregates of ``frame`` for ``spec`` (one row per customer)."""
     missing = [c for c in spec.source_fields() if c not in frame.columns]
     if missing:

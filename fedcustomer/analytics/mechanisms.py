@@ -17,9 +17,9 @@ Intervals cover the noise only: not sampling error, and not the bias of clamping
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import opendp.prelude as dp
@@ -43,10 +43,10 @@ class Noise:
     laplace: tuple[float, ...] = ()
     gaussian: tuple[float, ...] = ()
 
-    def __add__(self, other: "Noise") -> "Noise":
+    def __add__(self, other: Noise) -> Noise:
         return Noise(self.laplace + other.laplace, self.gaussian + other.gaussian)
 
-    def scaled(self, factor: float) -> "Noise":
+    def scaled(self, factor: float) -> Noise:
         f = abs(float(factor))
         return Noise(tuple(b * f for b in self.laplace), tuple(s * f for s in self.gaussian))
 
@@ -94,10 +94,14 @@ def calibrate(mechanism: str, epsilon: float, delta: float, statistics: int) -> 
         return Calibration(LAPLACE, epsilon, 0.0, statistics, statistics / epsilon)
     if not (0 < delta < 1):
         raise ConfigError(f"the Gaussian mechanism needs 0 < delta < 1, got {delta}")
-    sigma = accounting.calibrate_noise([], 1.0, 1, epsilon, delta, sigma_min=1e-3, sigma_max=1e5, tolerance=1e-6)
+    sigma = accounting.calibrate_noise(
+        [], 1.0, 1, epsilon, delta, sigma_min=1e-3, sigma_max=1e5, tolerance=1e-6
+    )
     if accounting.epsilon([GaussianSteps(sigma, 1.0, 1)], delta) > epsilon * (1 + 1e-6):
         raise ConfigError(f"epsilon {epsilon} at delta {delta} needs more Gaussian noise than supported")
-    return Calibration(GAUSSIAN, epsilon, delta, statistics, sigma * math.sqrt(statistics), noise_multiplier=sigma)
+    return Calibration(
+        GAUSSIAN, epsilon, delta, statistics, sigma * math.sqrt(statistics), noise_multiplier=sigma
+    )
 
 
 def release(normalised: Sequence[float], cal: Calibration) -> np.ndarray:
@@ -166,7 +170,9 @@ def _halfwidth(lap: tuple[float, ...], gauss: float, confidence: float) -> float
     return float(max(np.interp(target, cdf, x), 0.0))
 
 
-def box_ratio(num: float, num_hw: float, den: float, den_hw: float, lo: float, hi: float) -> tuple[float, float, float]:
+def box_ratio(
+    num: float, num_hw: float, den: float, den_hw: float, lo: float, hi: float
+) -> tuple[float, float, float]:
     """Estimate and interval of num/den from separate intervals, clipped to [lo, hi].
 
     With each interval at level 1 - alpha/2 the ratio interval holds with at least

@@ -28,8 +28,8 @@ import pandas as pd
 
 from fedcustomer.analytics import mechanisms
 from fedcustomer.analytics.local import compute_partials
-from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
+from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
 from fedcustomer.privacy.access import Actor
@@ -59,8 +59,14 @@ def answer_query(
     config = home.config()
     actor = partner_actor(home, node_name)
     audit_fields = {"dataset": spec.dataset, "fields": spec.source_fields(), "purpose": PURPOSE}
-    details = {"query_id": spec.query_id, "kind": spec.kind, "epsilon": spec.epsilon, "delta": spec.delta,
-               "mechanism": spec.mechanism, "requested_by": spec.requested_by}
+    details = {
+        "query_id": spec.query_id,
+        "kind": spec.kind,
+        "epsilon": spec.epsilon,
+        "delta": spec.delta,
+        "mechanism": spec.mechanism,
+        "requested_by": spec.requested_by,
+    }
     try:
         ledger = BudgetLedger(home.ledger_path, spec.dataset, config.budget_for(spec.dataset))
         cache = _cache_path(home, spec)
@@ -88,12 +94,17 @@ def answer_query(
     if not release.get("charged"):
         release["charged"] = True
         _write_atomic(cache, release)
-    details.update(epsilon_total=charge.epsilon_total, epsilon_target=charge.epsilon_target,
-                   replayed=charge.already_paid)
+    details.update(
+        epsilon_total=charge.epsilon_total, epsilon_target=charge.epsilon_target, replayed=charge.already_paid
+    )
     _audit(home, actor, "allowed", details=details, **audit_fields)
     out = dict(release)
-    out["spend"] = {"epsilon_total": charge.epsilon_total, "delta_total": charge.delta_total,
-                    "epsilon_target": charge.epsilon_target, "delta_target": charge.delta_target}
+    out["spend"] = {
+        "epsilon_total": charge.epsilon_total,
+        "delta_total": charge.delta_total,
+        "epsilon_target": charge.epsilon_target,
+        "delta_target": charge.delta_target,
+    }
     out["already_paid"] = charge.already_paid
     return out
 
@@ -101,15 +112,19 @@ def answer_query(
 # --- steps -----------------------------------------------------------------------------------
 
 
-def _read(home: PartnerHome, spec: QuerySpec, actor: Actor, load_frame: LoadFrame | None) -> tuple[pd.DataFrame, dict[str, int] | None]:
+def _read(
+    home: PartnerHome, spec: QuerySpec, actor: Actor, load_frame: LoadFrame | None
+) -> tuple[pd.DataFrame, dict[str, int] | None]:
     fields = spec.source_fields()
     if home.store_path.exists():
         from fedcustomer.data.store import PartnerStore
 
         with PartnerStore.open(home) as store:
             if spec.dataset not in store.datasets():
-                raise DataError(f"partner {store.name!r} holds no dataset {spec.dataset!r} "
-                                f"(it has: {', '.join(store.datasets()) or 'none'})")
+                raise DataError(
+                    f"partner {store.name!r} holds no dataset {spec.dataset!r} "
+                    f"(it has: {', '.join(store.datasets()) or 'none'})"
+                )
             schema = store.schema(spec.dataset)
             raw_groups = [g for g in spec.group_by if g in schema.names]
             for name in raw_groups + list(spec.where):
@@ -132,17 +147,21 @@ def _read(home: PartnerHome, spec: QuerySpec, actor: Actor, load_frame: LoadFram
                 merged = {m["pseudonym"] for m in store.merges(spec.dataset)}
                 quarantined = store.quarantine_summary(spec.dataset)
                 invalid = len({q["pseudonym"] for q in quarantined if q["pseudonym"]}) + sum(
-                    1 for q in quarantined if not q["pseudonym"])
+                    1 for q in quarantined if not q["pseudonym"]
+                )
                 extras = {"duplicates": len(merged), "invalid": invalid}
         return frame, extras
     if load_frame is None:
-        raise DataError(f"partner home {home.root} has no store and no data loader; ingest the partner's data first")
+        raise DataError(
+            f"partner home {home.root} has no store and no data loader; ingest the partner's data first"
+        )
     return load_frame(home, spec.dataset, fields), None
 
 
 def _derived(spec: QuerySpec, group: str) -> bool:
     return (group == SEGMENT_FIELD and spec.rfm is not None) or (
-        group.endswith(BAND_SUFFIX) and group[: -len(BAND_SUFFIX)] in spec.bands)
+        group.endswith(BAND_SUFFIX) and group[: -len(BAND_SUFFIX)] in spec.bands
+    )
 
 
 def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
@@ -155,7 +174,7 @@ def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
     pos = 0
     for n in names:
         size = int(np.prod(shapes[n]))
-        out[n] = (noisy[pos:pos + size] * partials.weights[n]).reshape(shapes[n]).tolist()
+        out[n] = (noisy[pos : pos + size] * partials.weights[n]).reshape(shapes[n]).tolist()
         pos += size
     return {
         "format": "fedcustomer.analytics.release/1",
@@ -176,16 +195,29 @@ def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
     }
 
 
-def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):  # noqa: ANN202
+def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):
     details = {"kind": spec.kind, "statistics": release["statistics"], "requested_by": spec.requested_by}
     if release["mechanism"] == mechanisms.LAPLACE:
-        return ledger.charge_approx(spec.charge_key, release["epsilon"], 0.0, mechanism="laplace",
-                                    query_id=spec.query_id, details=details)
-    cal = mechanisms.Calibration(mechanisms.GAUSSIAN, release["epsilon"], release["delta"], release["statistics"],
-                                 release["normalised_scale"], release["noise_multiplier"])
+        return ledger.charge_approx(
+            spec.charge_key,
+            release["epsilon"],
+            0.0,
+            mechanism="laplace",
+            query_id=spec.query_id,
+            details=details,
+        )
+    cal = mechanisms.Calibration(
+        mechanisms.GAUSSIAN,
+        release["epsilon"],
+        release["delta"],
+        release["statistics"],
+        release["normalised_scale"],
+        release["noise_multiplier"],
+    )
     details["delta_query"] = release["delta"]
-    return ledger.charge_gaussian(spec.charge_key, cal.gaussian_steps(), mechanism="gaussian",
-                                  query_id=spec.query_id, details=details)
+    return ledger.charge_gaussian(
+        spec.charge_key, cal.gaussian_steps(), mechanism="gaussian", query_id=spec.query_id, details=details
+    )
 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
@@ -229,4 +261,3 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
-

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fedcustomer.analytics.combine import QueryResult
 
 
-def write_result(out: Path, result: QueryResult, *, truth: Sequence[dict[str, Any]] | None = None,
-                 name: str = "result", interval_label: str | None = None) -> dict[str, Path]:
+def write_result(
+    out: Path,
+    result: QueryResult,
+    *,
+    truth: Sequence[dict[str, Any]] | None = None,
+    name: str = "result",
+    interval_label: str | None = None,
+) -> dict[str, Path]:
     """``interval_label`` names the intervals as the caller's table does (e.g. "95% simultaneous")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,13 +56,25 @@ def _bars(result: QueryResult) -> tuple[list[str], list[float], list[float], lis
         what = "customers reaching step (DP)"
     else:
         return None
-    labels = [" / ".join([*r["group"].values(), *([r["label"]] if r.get("label") else [])]) or "all" for r in rows]
+    labels = [
+        " / ".join([*r["group"].values(), *([r["label"]] if r.get("label") else [])]) or "all" for r in rows
+    ]
     est = [r["estimate"] for r in rows]
-    return labels, est, [r["estimate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["estimate"] for r in rows], what
+    return (
+        labels,
+        est,
+        [r["estimate"] - r["ci_low"] for r in rows],
+        [r["ci_high"] - r["estimate"] for r in rows],
+        what,
+    )
 
 
-def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]] | None = None,
-                interval_label: str | None = None) -> Path | None:
+def plot_result(
+    path: Path,
+    result: QueryResult,
+    truth: Sequence[dict[str, Any]] | None = None,
+    interval_label: str | None = None,
+) -> Path | None:
     """Bar chart of the released values with their intervals as error bars (None for kinds without one).
 
     The title says what the bars are (a mean query's chart shows its DP counts), and the interval
@@ -72,7 +91,14 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     labels, est, lo, hi, what = bars
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.8))
     x = list(range(len(labels)))
-    ax.bar(x, est, yerr=[lo, hi], capsize=4, color="#4C72B0", label=f"DP estimate, {interval_label or _level(result.spec.confidence)} interval")
+    ax.bar(
+        x,
+        est,
+        yerr=[lo, hi],
+        capsize=4,
+        color="#4C72B0",
+        label=f"DP estimate, {interval_label or _level(result.spec.confidence)} interval",
+    )
     if truth is not None and result.spec.kind in ("mean", "count"):
         key = "count" if result.spec.kind == "mean" else "truth"
         ax.scatter(x, [t[key] for t in truth], color="#DD8452", zorder=3, label="true value (local run)")
@@ -80,8 +106,11 @@ def plot_result(path: Path, result: QueryResult, truth: Sequence[dict[str, Any]]
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(what)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{result.spec.dataset}: {what} (epsilon {result.spec.epsilon:g} per partner, "
-                 f"{len(result.partners)} partners)", fontsize=9)
+    ax.set_title(
+        f"{result.spec.dataset}: {what} (epsilon {result.spec.epsilon:g} per partner, "
+        f"{len(result.partners)} partners)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

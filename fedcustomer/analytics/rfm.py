@@ -18,8 +18,9 @@ Monetary is scored too (reported per customer) and is the spend averaged per seg
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,28 +57,41 @@ class RFMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "recency": self.recency, "frequency": self.frequency, "monetary": self.monetary,
-            "recency_edges": list(self.recency_edges), "frequency_edges": list(self.frequency_edges),
-            "monetary_edges": list(self.monetary_edges), "monetary_upper": self.monetary_upper,
+            "recency": self.recency,
+            "frequency": self.frequency,
+            "monetary": self.monetary,
+            "recency_edges": list(self.recency_edges),
+            "frequency_edges": list(self.frequency_edges),
+            "monetary_edges": list(self.monetary_edges),
+            "monetary_upper": self.monetary_upper,
         }
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], where: str = "rfm") -> "RFMConfig":
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "rfm") -> RFMConfig:
         if isinstance(raw, str):
             if raw not in PRESETS:
                 raise ConfigError(f"{where}: unknown RFM preset {raw!r}; presets: {', '.join(PRESETS)}")
             return PRESETS[raw]
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a preset name or a mapping")
-        need = ("recency", "frequency", "monetary", "recency_edges", "frequency_edges", "monetary_edges",
-                "monetary_upper")
+        need = (
+            "recency",
+            "frequency",
+            "monetary",
+            "recency_edges",
+            "frequency_edges",
+            "monetary_edges",
+            "monetary_upper",
+        )
         missing = [k for k in need if k not in raw]
         unknown = [k for k in raw if k not in need]
         if missing or unknown:
             raise ConfigError(f"{where}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
         try:
             return cls(
-                str(raw["recency"]), str(raw["frequency"]), str(raw["monetary"]),
+                str(raw["recency"]),
+                str(raw["frequency"]),
+                str(raw["monetary"]),
                 tuple(float(v) for v in raw["recency_edges"]),  # type: ignore[arg-type]
                 tuple(float(v) for v in raw["frequency_edges"]),  # type: ignore[arg-type]
                 tuple(float(v) for v in raw["monetary_edges"]),  # type: ignore[arg-type]
@@ -89,13 +103,23 @@ class RFMConfig:
 
 # Declared edges for the bundled data: round numbers near published retail RFM practice.
 SYNTHETIC_RETAILER = RFMConfig(
-    "recency_days", "frequency_12m", "monetary_12m",
-    (15, 40, 80, 180), (1, 3, 4, 6), (35, 80, 150, 300), 1000.0,
+    "recency_days",
+    "frequency_12m",
+    "monetary_12m",
+    (15, 40, 80, 180),
+    (1, 3, 4, 6),
+    (35, 80, 150, 300),
+    1000.0,
 )
 # CDNOW (39-week calibration): days since last purchase, repeat purchase days, dollars.
 CDNOW = RFMConfig(
-    "days_since_last", "frequency", "monetary",
-    (30, 90, 150, 210), (1, 2, 3, 5), (20, 40, 80, 160), 1000.0,
+    "days_since_last",
+    "frequency",
+    "monetary",
+    (30, 90, 150, 210),
+    (1, 2, 3, 5),
+    (20, 40, 80, 160),
+    1000.0,
 )
 PRESETS: dict[str, RFMConfig] = {"synthetic": SYNTHETIC_RETAILER, "cdnow": CDNOW}
 

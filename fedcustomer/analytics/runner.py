@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,14 +43,20 @@ fields:
 CDNOW_COHORTS = ("1997-01", "1997-02", "1997-03")
 
 
-def _admin(name: str):  # noqa: ANN202
+def _admin(name: str):
     from fedcustomer.privacy.access import Actor
 
     return Actor(f"admin:{name}", "partner_admin")
 
 
-def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget: DatasetBudget,
-              notices: list[str] | None = None) -> PartnerHome:
+def provision(
+    root: Path,
+    name: str,
+    schema: Schema,
+    frame: pd.DataFrame,
+    budget: DatasetBudget,
+    notices: list[str] | None = None,
+) -> PartnerHome:
     """A partner home holding ``frame`` in its store under ``schema`` (re-running adds nothing).
 
     An existing home keeps its own budget; when it differs from ``budget`` a notice is appended.
@@ -63,7 +70,11 @@ def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget
             notices.append(notice)
     else:
         home = PartnerHome.create(root, name, budget=budget)
-    store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=_admin(name))
+    store = (
+        PartnerStore.open(home)
+        if home.store_path.exists()
+        else PartnerStore.init(home, name, actor=_admin(name))
+    )
     try:
         with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
             path = Path(tmp) / f"{schema.dataset}.csv"
@@ -74,9 +85,15 @@ def provision(root: Path, name: str, schema: Schema, frame: pd.DataFrame, budget
     return home
 
 
-def setup_synthetic(root: Path, partners: int = 3, *, seed: int = 0, budget: DatasetBudget = DatasetBudget(10.0, 1e-5),
-                    customers: Sequence[int] | int = (5000, 3500, 7000),
-                    notices: list[str] | None = None) -> list[PartnerHome]:
+def setup_synthetic(
+    root: Path,
+    partners: int = 3,
+    *,
+    seed: int = 0,
+    budget: DatasetBudget = DatasetBudget(10.0, 1e-5),
+    customers: Sequence[int] | int = (5000, 3500, 7000),
+    notices: list[str] | None = None,
+) -> list[PartnerHome]:
     """Retailers from ``generate_federation`` as partner homes under ``root`` (dataset ``retailer``)."""
     from fedcustomer.data.schema import load_bundled
     from fedcustomer.data.synthetic import generate_federation
@@ -85,12 +102,25 @@ def setup_synthetic(root: Path, partners: int = 3, *, seed: int = 0, budget: Dat
         raise ConfigError(f"need at least 1 partner, got {partners}")
     fed = generate_federation(0, partners, customers_per_retailer=customers, seed=seed)
     parts = {r.name: pd.concat([r.train, r.test], ignore_index=True) for r in fed.retailers}
-    return _provision_all(Path(root), load_bundled("retailer"), parts, budget,
-                          {"data": "synthetic", "partners": str(partners), "seed": str(seed)}, notices)
+    return _provision_all(
+        Path(root),
+        load_bundled("retailer"),
+        parts,
+        budget,
+        {"data": "synthetic", "partners": str(partners), "seed": str(seed)},
+        notices,
+    )
 
 
-def setup_cdnow(root: Path, partners: int = 3, *, data_dir: Path, seed: int = 0,
-                budget: DatasetBudget = DatasetBudget(10.0, 1e-5), notices: list[str] | None = None) -> list[PartnerHome]:
+def setup_cdnow(
+    root: Path,
+    partners: int = 3,
+    *,
+    data_dir: Path,
+    seed: int = 0,
+    budget: DatasetBudget = DatasetBudget(10.0, 1e-5),
+    notices: list[str] | None = None,
+) -> list[PartnerHome]:
     """CDNOW customers split at random across ``partners`` stores (dataset ``cdnow``)."""
     from fedcustomer.data.cdnow import load_cdnow
 
@@ -99,14 +129,28 @@ def setup_cdnow(root: Path, partners: int = 3, *, data_dir: Path, seed: int = 0,
     frame = load_cdnow(Path(data_dir))
     order = np.random.default_rng(seed).permutation(len(frame))
     schema = Schema.from_yaml(_CDNOW_SCHEMA, source="cdnow analytics schema")
-    parts = {f"cdnow_{i + 1}": frame.iloc[part].reset_index(drop=True)
-             for i, part in enumerate(np.array_split(order, partners))}
-    return _provision_all(Path(root), schema, parts, budget,
-                          {"data": "cdnow", "partners": str(partners), "seed": str(seed)}, notices)
+    parts = {
+        f"cdnow_{i + 1}": frame.iloc[part].reset_index(drop=True)
+        for i, part in enumerate(np.array_split(order, partners))
+    }
+    return _provision_all(
+        Path(root),
+        schema,
+        parts,
+        budget,
+        {"data": "cdnow", "partners": str(partners), "seed": str(seed)},
+        notices,
+    )
 
 
-def _provision_all(root: Path, schema: Schema, parts: dict[str, pd.DataFrame], budget: DatasetBudget,
-                   layout: dict[str, str], notices: list[str] | None) -> list[PartnerHome]:
+def _provision_all(
+    root: Path,
+    schema: Schema,
+    parts: dict[str, pd.DataFrame],
+    budget: DatasetBudget,
+    layout: dict[str, str],
+    notices: list[str] | None,
+) -> list[PartnerHome]:
     """Provision every simulated partner, each customer at the partner it was first placed at."""
     from fedcustomer.data.partition import PartnerDataset
     from fedcustomer.data.placement import PlacementRegistry
@@ -116,15 +160,26 @@ def _provision_all(root: Path, schema: Schema, parts: dict[str, pd.DataFrame], b
     placed = PlacementRegistry(root).apply(datasets, id_field, layout)
     if notices is not None:
         notices.extend(placed.notices)
-    homes = [provision(root / ds.name, ds.name, schema, pd.concat([ds.train, ds.test], ignore_index=True), budget,
-                       notices) for ds in placed.datasets]
+    homes = [
+        provision(
+            root / ds.name,
+            ds.name,
+            schema,
+            pd.concat([ds.train, ds.test], ignore_index=True),
+            budget,
+            notices,
+        )
+        for ds in placed.datasets
+    ]
     _write_index(root, homes)
     return homes
 
 
 def _write_index(root: Path, homes: Sequence[PartnerHome]) -> None:
     index = root / FEDERATION_INDEX
-    index.write_text(json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8")
+    index.write_text(
+        json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def homes_in(directory: Path) -> list[PartnerHome]:
@@ -135,13 +190,17 @@ def homes_in(directory: Path) -> list[PartnerHome]:
         names = json.loads(index.read_text(encoding="utf-8"))["partners"]
         homes = [PartnerHome(directory / n) for n in names]
     else:
-        homes = [PartnerHome(p) for p in sorted(directory.iterdir()) if (p / PartnerHome.CONFIG_NAME).exists()]
+        homes = [
+            PartnerHome(p) for p in sorted(directory.iterdir()) if (p / PartnerHome.CONFIG_NAME).exists()
+        ]
     if not homes:
         raise ConfigError(f"{directory} holds no partner homes (folders with {PartnerHome.CONFIG_NAME})")
     return homes
 
 
-def run_inprocess(homes: Sequence[PartnerHome], spec: QuerySpec, *, load_frame: LoadFrame | None = None) -> QueryResult:
+def run_inprocess(
+    homes: Sequence[PartnerHome], spec: QuerySpec, *, load_frame: LoadFrame | None = None
+) -> QueryResult:
     """Send ``spec`` as ``query.analytics`` messages to a ClientApp per home over an in-process grid."""
     from flwr.clientapp import ClientApp
 
@@ -164,8 +223,12 @@ def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:
         with PartnerStore.open(home) as store:
             if spec.dataset not in store.datasets():
                 raise DataError(f"partner {store.name!r} holds no dataset {spec.dataset!r}")
-            frame = store.read(Actor("local:truth", "data_scientist"), PURPOSE, fields=spec.source_fields(),
-                               dataset=spec.dataset)
+            frame = store.read(
+                Actor("local:truth", "data_scientist"),
+                PURPOSE,
+                fields=spec.source_fields(),
+                dataset=spec.dataset,
+            )
         p = compute_partials(frame, spec)
         if total is None:
             total = p
@@ -188,8 +251,15 @@ def truth_rows(spec: QuerySpec, partials: Partials) -> list[dict[str, Any]]:
             rows.append({"group": group, "statistic": "sum", "truth": float(s["sum"][i])})
         elif spec.kind == "mean":
             n = float(s["count"][i])
-            rows.append({"group": group, "statistic": "mean", "truth": float(s["sum"][i]) / n if n else None,
-                         "count": n, "sum": float(s["sum"][i])})
+            rows.append(
+                {
+                    "group": group,
+                    "statistic": "mean",
+                    "truth": float(s["sum"][i]) / n if n else None,
+                    "count": n,
+                    "sum": float(s["sum"][i]),
+                }
+            )
         else:
             raise ConfigError(f"true values are shown for count, sum and mean queries, not {spec.kind!r}")
     return rows

@@ -32,10 +32,11 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -47,8 +48,25 @@ KINDS = ("count", "sum", "mean", "histogram", "quantiles", "funnel", "quality")
 BAND_SUFFIX = "_band"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _KEYS = {
-    "id", "dataset", "kind", "field", "bounds", "bins", "quantiles", "steps", "fields", "group_by", "groups",
-    "bands", "rfm", "where", "epsilon", "delta", "mechanism", "confidence", "requested_by",
+    "id",
+    "dataset",
+    "kind",
+    "field",
+    "bounds",
+    "bins",
+    "quantiles",
+    "steps",
+    "fields",
+    "group_by",
+    "groups",
+    "bands",
+    "rfm",
+    "where",
+    "epsilon",
+    "delta",
+    "mechanism",
+    "confidence",
+    "requested_by",
 }
 
 
@@ -108,8 +126,10 @@ class QuerySpec:
     def bin_labels(self) -> list[str]:
         if self.kind == "funnel":
             return list(self.steps)
-        return [f"[{_num(a)}, {_num(b)}{']' if i == len(self.bins) - 2 else ')'}"
-                for i, (a, b) in enumerate(zip(self.bins, self.bins[1:]))]
+        return [
+            f"[{_num(a)}, {_num(b)}{']' if i == len(self.bins) - 2 else ')'}"
+            for i, (a, b) in enumerate(zip(self.bins, self.bins[1:]))
+        ]
 
     def source_fields(self) -> list[str]:
         """The stored fields the partner must read to answer."""
@@ -144,14 +164,19 @@ class QuerySpec:
             d["rfm"] = self.rfm.to_dict()
         if self.where:
             d["where"] = {k: list(v) for k, v in self.where.items()}
-        d.update(epsilon=self.epsilon, delta=self.delta, mechanism=self.mechanism, confidence=self.confidence,
-                 requested_by=self.requested_by)
+        d.update(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            mechanism=self.mechanism,
+            confidence=self.confidence,
+            requested_by=self.requested_by,
+        )
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def with_id(self, query_id: str) -> "QuerySpec":
+    def with_id(self, query_id: str) -> QuerySpec:
         return replace(self, query_id=query_id)
 
 
@@ -176,7 +201,9 @@ def _validate(s: QuerySpec) -> None:
     if not (isinstance(s.epsilon, (int, float)) and math.isfinite(s.epsilon) and s.epsilon > 0):
         raise ConfigError(f"{where}: epsilon must be a positive number, got {s.epsilon!r}")
     if s.mechanism == LAPLACE and s.delta != 0:
-        raise ConfigError(f"{where}: the laplace mechanism takes delta: 0 (got {s.delta}); use gaussian for delta > 0")
+        raise ConfigError(
+            f"{where}: the laplace mechanism takes delta: 0 (got {s.delta}); use gaussian for delta > 0"
+        )
     if s.mechanism != LAPLACE and not (0 < s.delta < 1):
         raise ConfigError(f"{where}: the gaussian mechanism needs 0 < delta < 1, got {s.delta}")
     if not (0.5 <= s.confidence < 1):
@@ -184,14 +211,24 @@ def _validate(s: QuerySpec) -> None:
     needs_field = s.kind in ("sum", "mean", "histogram", "quantiles", "funnel")
     if needs_field and not s.field:
         raise ConfigError(f"{where}: kind {s.kind!r} needs 'field'")
-    if s.kind in ("sum", "mean"):
-        if s.bounds is None or len(s.bounds) != 2 or not all(math.isfinite(b) for b in s.bounds) \
-                or not s.bounds[0] < s.bounds[1]:
-            raise ConfigError(f"{where}: kind {s.kind!r} needs declared 'bounds: [lower, upper]' with lower < upper "
-                              f"(values are clamped to them), got {s.bounds!r}")
-    if s.kind in ("histogram", "quantiles"):
-        if len(s.bins) < 2 or any(b <= a for a, b in zip(s.bins, s.bins[1:])) or not all(map(math.isfinite, s.bins)):
-            raise ConfigError(f"{where}: kind {s.kind!r} needs declared 'bins': at least 2 increasing finite edges")
+    if s.kind in ("sum", "mean") and (
+        s.bounds is None
+        or len(s.bounds) != 2
+        or not all(math.isfinite(b) for b in s.bounds)
+        or not s.bounds[0] < s.bounds[1]
+    ):
+        raise ConfigError(
+            f"{where}: kind {s.kind!r} needs declared 'bounds: [lower, upper]' with lower < upper "
+            f"(values are clamped to them), got {s.bounds!r}"
+        )
+    if s.kind in ("histogram", "quantiles") and (
+        len(s.bins) < 2
+        or any(b <= a for a, b in zip(s.bins, s.bins[1:]))
+        or not all(map(math.isfinite, s.bins))
+    ):
+        raise ConfigError(
+            f"{where}: kind {s.kind!r} needs declared 'bins': at least 2 increasing finite edges"
+        )
     if s.kind == "quantiles" and (not s.quantiles or not all(0 < q < 1 for q in s.quantiles)):
         raise ConfigError(f"{where}: kind 'quantiles' needs 'quantiles' strictly between 0 and 1")
     if s.kind == "funnel" and (len(s.steps) < 2 or len(set(s.steps)) != len(s.steps)):
@@ -217,7 +254,9 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "query spec") -> QueryS
         raise ConfigError(f"{source}: expected a mapping of query settings")
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_KEYS))}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_KEYS))}"
+        )
     try:
         kw: dict[str, Any] = {"dataset": str(raw.get("dataset") or ""), "kind": str(raw.get("kind") or "")}
         if raw.get("id") is not None:
@@ -233,12 +272,20 @@ def spec_from_dict(raw: Mapping[str, Any], source: str = "query spec") -> QueryS
             if raw.get(key) is not None:
                 kw[key] = tuple(str(v) for v in _seq(raw[key], key))
         if raw.get("groups") is not None:
-            kw["groups"] = {str(k): tuple(str(v) for v in _seq(vs, f"groups.{k}")) for k, vs in _map(raw["groups"], "groups").items()}
+            kw["groups"] = {
+                str(k): tuple(str(v) for v in _seq(vs, f"groups.{k}"))
+                for k, vs in _map(raw["groups"], "groups").items()
+            }
         if raw.get("bands") is not None:
-            kw["bands"] = {str(k): tuple(float(v) for v in _seq(vs, f"bands.{k}")) for k, vs in _map(raw["bands"], "bands").items()}
+            kw["bands"] = {
+                str(k): tuple(float(v) for v in _seq(vs, f"bands.{k}"))
+                for k, vs in _map(raw["bands"], "bands").items()
+            }
         if raw.get("where") is not None:
-            kw["where"] = {str(k): tuple(vs if isinstance(vs, (list, tuple)) else [vs])
-                           for k, vs in _map(raw["where"], "where").items()}
+            kw["where"] = {
+                str(k): tuple(vs if isinstance(vs, (list, tuple)) else [vs])
+                for k, vs in _map(raw["where"], "where").items()
+            }
         if raw.get("rfm") is not None:
             kw["rfm"] = RFMConfig.from_dict(raw["rfm"], f"{source}: rfm")
         for key in ("epsilon", "delta", "confidence"):
@@ -265,7 +312,9 @@ def load_spec(path: str | Path) -> QuerySpec:
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     return spec_from_dict(raw, str(path))
 
 

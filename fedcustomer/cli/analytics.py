@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,8 +15,9 @@ from rich.table import Table
 from fedcustomer.errors import ConfigError
 
 console = Console()
-budget_app = typer.Typer(help="The partner's privacy budget: what it allows and what was spent, on what.",
-                         no_args_is_help=True)
+budget_app = typer.Typer(
+    help="The partner's privacy budget: what it allows and what was spent, on what.", no_args_is_help=True
+)
 DATA_CHOICES = ("synthetic", "cdnow")
 
 
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(budget_app, name="budget")
 
 
-def _data_dir(data_dir: Optional[Path]) -> Path:
+def _data_dir(data_dir: Path | None) -> Path:
     from fedcustomer.data.sources import DATA_DIR_ENV, default_data_dir
 
     if data_dir is not None:
@@ -37,13 +38,22 @@ def _data_dir(data_dir: Optional[Path]) -> Path:
     return default_data_dir()
 
 
-def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int, seed: int,
-           data_dir: Optional[Path], budget: float) -> list:
+def _homes(
+    data: str | None,
+    homes: Path | None,
+    out: Path,
+    partners: int,
+    seed: int,
+    data_dir: Path | None,
+    budget: float,
+) -> list:
     from fedcustomer.analytics import runner
     from fedcustomer.clients.home import DatasetBudget
 
     if homes is not None and data is not None:
-        raise ConfigError("give either --data (simulated partners) or --homes (existing partner homes), not both")
+        raise ConfigError(
+            "give either --data (simulated partners) or --homes (existing partner homes), not both"
+        )
     if homes is not None:
         return runner.homes_in(homes)
     data = data or "synthetic"
@@ -55,8 +65,9 @@ def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int,
     if data == "synthetic":
         homes = runner.setup_synthetic(root, partners, seed=seed, budget=target, notices=notices)
     else:
-        homes = runner.setup_cdnow(root, partners, data_dir=_data_dir(data_dir), seed=seed, budget=target,
-                                   notices=notices)
+        homes = runner.setup_cdnow(
+            root, partners, data_dir=_data_dir(data_dir), seed=seed, budget=target, notices=notices
+        )
     for notice in notices:
         console.print(f"[yellow]notice:[/] {escape(notice)}")
     return homes
@@ -64,11 +75,17 @@ def _homes(data: Optional[str], homes: Optional[Path], out: Path, partners: int,
 
 def query_cmd(
     spec: Path = typer.Option(..., "--spec", help="query spec file (.yaml / .yml / .json)"),
-    data: Optional[str] = typer.Option(None, help="synthetic | cdnow: set up simulated partners under OUT/partners"),
-    homes: Optional[Path] = typer.Option(None, help="directory of existing partner homes to query"),
+    data: str | None = typer.Option(
+        None, help="synthetic | cdnow: set up simulated partners under OUT/partners"
+    ),
+    homes: Path | None = typer.Option(None, help="directory of existing partner homes to query"),
     partners: int = typer.Option(3, help="simulated partners (with --data)"),
-    data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
-    budget: float = typer.Option(10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"),
+    data_dir: Path | None = typer.Option(
+        None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"
+    ),
+    budget: float = typer.Option(
+        10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"
+    ),
     seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
     as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
@@ -87,17 +104,29 @@ def query_cmd(
 
 
 def rfm_cmd(
-    data: Optional[str] = typer.Option(None, help="synthetic | cdnow (default synthetic)"),
-    homes: Optional[Path] = typer.Option(None, help="directory of existing partner homes (then --show-truth is refused)"),
+    data: str | None = typer.Option(None, help="synthetic | cdnow (default synthetic)"),
+    homes: Path | None = typer.Option(
+        None, help="directory of existing partner homes (then --show-truth is refused)"
+    ),
     epsilon: float = typer.Option(1.0, help="epsilon each partner spends on this release"),
     partners: int = typer.Option(3, help="simulated partners"),
-    data_dir: Optional[Path] = typer.Option(None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"),
-    budget: float = typer.Option(10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"),
+    data_dir: Path | None = typer.Option(
+        None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"
+    ),
+    budget: float = typer.Option(
+        10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"
+    ),
     confidence: float = typer.Option(0.95, help="interval level"),
-    per_interval: bool = typer.Option(False, "--per-interval", help="each interval at --confidence on its own, instead of all of them together (simultaneous, Bonferroni)"),
+    per_interval: bool = typer.Option(
+        False,
+        "--per-interval",
+        help="each interval at --confidence on its own, instead of all of them together (simultaneous, Bonferroni)",
+    ),
     seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/rfm"), help="directory for rfm.json / rfm.png"),
-    show_truth: bool = typer.Option(False, "--show-truth", help="also print true values (local simulated runs only)"),
+    show_truth: bool = typer.Option(
+        False, "--show-truth", help="also print true values (local simulated runs only)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print rfm.json instead of tables"),
 ) -> None:
     from fedcustomer.analytics import rfm, runner
@@ -116,8 +145,13 @@ def rfm_cmd(
     spec = rfm_query(dataset, config, epsilon=epsilon, confidence=confidence)
     if not per_interval:  # all sizes and means inside their intervals together, at `confidence`
         intervals = 2 * len(spec.cells())
-        spec = rfm_query(dataset, config, epsilon=epsilon, confidence=1 - (1 - confidence) / intervals,
-                         query_id=spec.query_id)
+        spec = rfm_query(
+            dataset,
+            config,
+            epsilon=epsilon,
+            confidence=1 - (1 - confidence) / intervals,
+            query_id=spec.query_id,
+        )
     result = runner.run_inprocess(partner_homes, spec)
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
     level = f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'}"
@@ -132,11 +166,15 @@ def rfm_cmd(
     console.print(f"wrote {out / 'rfm.json'} and {out / 'rfm.png'}")
 
 
-@budget_app.command("show", help="The partner's one budget, then every charge (training rounds and queries) and "
-                                   "refusal per dataset.")
+@budget_app.command(
+    "show",
+    help="The partner's one budget, then every charge (training rounds and queries) and refusal per dataset.",
+)
 def budget_show(
     home: Path = typer.Option(..., help="partner home directory"),
-    dataset: Optional[str] = typer.Option(None, help="only this dataset's charges (the total stays partner-wide)"),
+    dataset: str | None = typer.Option(
+        None, help="only this dataset's charges (the total stays partner-wide)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     report = budget_report(home, dataset)
@@ -144,8 +182,10 @@ def budget_show(
         print(json.dumps(report, indent=2, sort_keys=True))
         return
     t = report["totals"]
-    console.print(f"[bold]{escape(report['partner'])}[/]: epsilon {t['epsilon']:.4g} of {t['epsilon_target']:g} "
-                  f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers")
+    console.print(
+        f"[bold]{escape(report['partner'])}[/]: epsilon {t['epsilon']:.4g} of {t['epsilon_target']:g} "
+        f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers"
+    )
     for ds in report["datasets"]:
         table = Table(title=f"releases about dataset {escape(ds['dataset'])}", caption=BUDGET_CAPTION)
         table.add_column("time (UTC)", no_wrap=True)
@@ -156,18 +196,30 @@ def budget_show(
         table.add_column("delta", justify="right", no_wrap=True)
         for c in ds["charges"]:
             who = c["query_id"] or (f"{c['run_id']} r{c['round']}" if c["run_id"] else c["charge_key"])
-            table.add_row(c["time"][:19], escape(str(who)), escape(c["mechanism"]), f"{c['epsilon']:.4g}",
-                          f"{c['epsilon_total']:.4g}", "" if c["delta"] is None else f"{c['delta']:.1e}")
+            table.add_row(
+                c["time"][:19],
+                escape(str(who)),
+                escape(c["mechanism"]),
+                f"{c['epsilon']:.4g}",
+                f"{c['epsilon_total']:.4g}",
+                "" if c["delta"] is None else f"{c['delta']:.1e}",
+            )
         console.print(table)
         for r in ds["refusals"]:
-            console.print(f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
-                          f"{escape(r['reason'])}")
+            console.print(
+                f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
+                f"{escape(r['reason'])}"
+            )
 
 
-@budget_app.command("set", help="Set the partner's one privacy budget (covers every release about its customers).")
+@budget_app.command(
+    "set", help="Set the partner's one privacy budget (covers every release about its customers)."
+)
 def budget_set(
     home: Path = typer.Option(..., help="partner home directory"),
-    epsilon: float = typer.Option(..., help="epsilon target over every release about the partner's customers"),
+    epsilon: float = typer.Option(
+        ..., help="epsilon target over every release about the partner's customers"
+    ),
     delta: float = typer.Option(..., help="delta target"),
     replace: bool = typer.Option(False, "--replace", help="change a budget that is already set"),
     actor: str = typer.Option(..., "--actor", help="who sets it (recorded in the audit log)"),
@@ -184,29 +236,50 @@ def budget_set(
     new = DatasetBudget(epsilon, delta)
     old = config.budget
     if old is not None and not config.migrated_from and not replace:
-        raise ConfigError(f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
-                          "pass --replace to change it")
+        raise ConfigError(
+            f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
+            "pass --replace to change it"
+        )
     spent = BudgetLedger(phome.ledger_path, "-", new).spent() if phome.ledger_path.exists() else None
     if phome.store_path.exists():
         from fedcustomer.data.store import PartnerStore
 
         with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
-            store.audit.append(actor=actor, role=role, action="budget_set", decision="allowed",
-                               details={"epsilon": epsilon, "delta": delta,
-                                        "previous": None if old is None else {"epsilon": old.epsilon,
-                                                                              "delta": old.delta}})
+            store.audit.append(
+                actor=actor,
+                role=role,
+                action="budget_set",
+                decision="allowed",
+                details={
+                    "epsilon": epsilon,
+                    "delta": delta,
+                    "previous": None if old is None else {"epsilon": old.epsilon, "delta": old.delta},
+                },
+            )
     config.budget = new
     phome.write_config(config)
-    console.print(f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}"
-                  + (f" (was {old.epsilon:g}, {old.delta:g})" if old else ""))
+    console.print(
+        f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}"
+        + (f" (was {old.epsilon:g}, {old.delta:g})" if old else "")
+    )
     if spent is not None and spent.epsilon > 0:
-        console.print(f"already spent: epsilon {spent.epsilon:.4g}" +
-                      (" - past the new target: every further release will be refused" if spent.epsilon > epsilon else ""))
-BUDGET_CAPTION = ("eps alone: that release on its own; eps total: the partner's spend after it, every release "
-                  "about its customers composed (all datasets; Renyi DP for Gaussian ones, so less than the sum)")
+        console.print(
+            f"already spent: epsilon {spent.epsilon:.4g}"
+            + (
+                " - past the new target: every further release will be refused"
+                if spent.epsilon > epsilon
+                else ""
+            )
+        )
 
 
-def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, Any]:
+BUDGET_CAPTION = (
+    "eps alone: that release on its own; eps total: the partner's spend after it, every release "
+    "about its customers composed (all datasets; Renyi DP for Gaussian ones, so less than the sum)"
+)
+
+
+def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
     """The partner's total against its one budget, and charges and refusals per dataset (stable JSON)."""
     from fedcustomer.clients.home import PartnerHome
     from fedcustomer.privacy.ledger import BudgetLedger
@@ -219,11 +292,22 @@ def budget_report(home_dir: Path, dataset: Optional[str] = None) -> dict[str, An
     out = []
     for ds in names:
         ledger = BudgetLedger(home.ledger_path, ds, budget)
-        out.append({"dataset": ds, "charges": [c.to_dict() for c in ledger.charges()], "refusals": ledger.refusals()})
-    return {"format": "fedcustomer.budget/2", "partner": config.name, "home": str(home.root),
-            "totals": {"epsilon": spent.epsilon, "delta": spent.delta, "epsilon_target": spent.epsilon_target,
-                       "delta_target": spent.delta_target, "epsilon_remaining": spent.epsilon_remaining},
-            "datasets": out}
+        out.append(
+            {"dataset": ds, "charges": [c.to_dict() for c in ledger.charges()], "refusals": ledger.refusals()}
+        )
+    return {
+        "format": "fedcustomer.budget/2",
+        "partner": config.name,
+        "home": str(home.root),
+        "totals": {
+            "epsilon": spent.epsilon,
+            "delta": spent.delta,
+            "epsilon_target": spent.epsilon_target,
+            "delta_target": spent.delta_target,
+            "epsilon_remaining": spent.epsilon_remaining,
+        },
+        "datasets": out,
+    }
 
 
 def _fmt(x: float | None) -> str:
@@ -231,14 +315,18 @@ def _fmt(x: float | None) -> str:
 
 
 def print_result(result: Any) -> None:
-    table = Table(title=f"{escape(result.query_id)}: {result.spec.kind} over {escape(result.spec.dataset)} "
-                        f"({len(result.partners)} partners, {result.spec.confidence:.0%} intervals)")
+    table = Table(
+        title=f"{escape(result.query_id)}: {result.spec.kind} over {escape(result.spec.dataset)} "
+        f"({len(result.partners)} partners, {result.spec.confidence:.0%} intervals)"
+    )
     for col in ("group", "statistic", "estimate", "interval"):
         table.add_column(col)
     for r in result.rows:
         group = ", ".join(f"{k}={v}" for k, v in r["group"].items()) or "all"
         stat = r["statistic"] + (f" {r['label']}" if r.get("label") else "")
-        table.add_row(escape(group), escape(stat), _fmt(r["estimate"]), f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+        table.add_row(
+            escape(group), escape(stat), _fmt(r["estimate"]), f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        )
     console.print(table)
     for name, reason in result.refused.items():
         console.print(f"[yellow]refused[/] {escape(name)}: {escape(reason)}")
@@ -246,9 +334,11 @@ def print_result(result: Any) -> None:
         console.print(f"note: {escape(note)}")
 
 
-def print_rfm(result: Any, truth: Optional[list[dict[str, Any]]], level: str) -> None:
-    table = Table(title=f"RFM segments over {escape(result.spec.dataset)} ({len(result.partners)} partners, "
-                        f"epsilon {result.spec.epsilon:g} each, {level})")
+def print_rfm(result: Any, truth: list[dict[str, Any]] | None, level: str) -> None:
+    table = Table(
+        title=f"RFM segments over {escape(result.spec.dataset)} ({len(result.partners)} partners, "
+        f"epsilon {result.spec.epsilon:g} each, {level})"
+    )
     cols = ["segment", "customers", "interval", "mean spend", "interval"]
     if truth is not None:
         cols[3:3] = ["true"]

@@ -31,7 +31,7 @@ import os
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -57,8 +57,23 @@ audit_app = typer.Typer(
 )
 FORMATS = ("table", "csv", "json")
 CSV_COLUMNS = (
-    "seq", "time", "actor", "role", "action", "decision", "dataset", "fields", "tier", "purpose",
-    "approvals", "row_count", "reason", "pseudonyms", "details", "prev_hash", "hash",
+    "seq",
+    "time",
+    "actor",
+    "role",
+    "action",
+    "decision",
+    "dataset",
+    "fields",
+    "tier",
+    "purpose",
+    "approvals",
+    "row_count",
+    "reason",
+    "pseudonyms",
+    "details",
+    "prev_hash",
+    "hash",
 )
 
 HomeOpt = typer.Option(None, "--home", help="Partner home directory (uses DIR/audit and DIR/keys).")
@@ -72,17 +87,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def open_for_reading(home: Optional[Path], log: Optional[Path], public_key: Optional[Path] = None) -> AuditLog:
+def open_for_reading(home: Path | None, log: Path | None, public_key: Path | None = None) -> AuditLog:
     """The audit log named by ``--home`` or ``--log``, opened without creating anything."""
     if (home is None) == (log is None):
-        raise ConfigError("give exactly one of --home DIR (a partner home) or --log DIR (an audit log directory)")
+        raise ConfigError(
+            "give exactly one of --home DIR (a partner home) or --log DIR (an audit log directory)"
+        )
     if home is not None:
         partner = PartnerHome(home)
         if not partner.root.is_dir():
             raise ConfigError(f"--home {home}: directory not found")
         directory = partner.audit_dir
         if not directory.is_dir():
-            raise ConfigError(f"no audit log at {directory}: is {home} a partner home (it should contain audit/)?")
+            raise ConfigError(
+                f"no audit log at {directory}: is {home} a partner home (it should contain audit/)?"
+            )
         trusted = partner.keys_dir / PUBLIC_KEY_NAME
         if public_key is None and trusted.exists():
             public_key = trusted
@@ -93,7 +112,7 @@ def open_for_reading(home: Optional[Path], log: Optional[Path], public_key: Opti
     return AuditLog(directory, public_key_path=public_key)
 
 
-def _home_policy(home: Optional[Path]) -> Any:
+def _home_policy(home: Path | None) -> Any:
     from fedcustomer.data.store import PartnerStore
     from fedcustomer.privacy.access import AccessPolicy
 
@@ -110,7 +129,9 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
     if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
         return False
     try:
-        with AuditLog.open(partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)) as audit:
+        with AuditLog.open(
+            partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)
+        ) as audit:
             audit.check_before_acting()
             audit.append(**entry)
         return True
@@ -119,7 +140,12 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
 
 
 def authorise(
-    home: Optional[Path], actor: str, role: str, action: str, audit_action: str, details: dict,
+    home: Path | None,
+    actor: str,
+    role: str,
+    action: str,
+    audit_action: str,
+    details: dict,
     pseudonyms: list[str] | None = None,
 ) -> None:
     """AccessDenied unless the policy lets ``role`` do ``action``; with a home, a refusal is audited."""
@@ -129,16 +155,24 @@ def authorise(
         _home_policy(home).require(Actor(actor, role), action)
     except FedCustomerError as exc:
         if home is not None:
-            _append_to_home(home, actor=actor, role=role, action=audit_action, decision="denied", reason=str(exc),
-                            details=details, pseudonyms=pseudonyms or [])
+            _append_to_home(
+                home,
+                actor=actor,
+                role=role,
+                action=audit_action,
+                decision="denied",
+                reason=str(exc),
+                details=details,
+                pseudonyms=pseudonyms or [],
+            )
         raise
 
 
 @audit_app.command("verify")
 def verify_cmd(
-    home: Optional[Path] = HomeOpt,
-    log: Optional[Path] = LogOpt,
-    public_key: Optional[Path] = KeyOpt,
+    home: Path | None = HomeOpt,
+    log: Path | None = LogOpt,
+    public_key: Path | None = KeyOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
 ) -> None:
     """Check the hash chain, sequence numbers and signed checkpoints; exit 0 only if intact."""
@@ -160,7 +194,7 @@ def verify_cmd(
         )
 
 
-def _parse_time(option: str, value: Optional[str]) -> Optional[datetime]:
+def _parse_time(option: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
@@ -203,14 +237,21 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
         table.add_column(col, overflow="fold")
     for e in entries:
         row = [
-            str(e.seq), e.time[:19].replace("T", " "), f"{e.actor} ({e.role})" if wide else e.actor, e.action,
-            e.decision, ", ".join(e.fields), e.purpose or "",
+            str(e.seq),
+            e.time[:19].replace("T", " "),
+            f"{e.actor} ({e.role})" if wide else e.actor,
+            e.action,
+            e.decision,
+            ", ".join(e.fields),
+            e.purpose or "",
         ]
         if wide:
             row[5:5] = [e.dataset or ""]
             row += [
-                ", ".join(e.approvals), "" if e.row_count is None else str(e.row_count),
-                str(len(e.pseudonyms)) if e.pseudonyms else "", e.reason or "",
+                ", ".join(e.approvals),
+                "" if e.row_count is None else str(e.row_count),
+                str(len(e.pseudonyms)) if e.pseudonyms else "",
+                e.reason or "",
             ]
         table.add_row(*(escape(c) for c in row), style="red" if e.decision == "denied" else None)
     return table
@@ -230,24 +271,28 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @audit_app.command("query")
 def query_cmd(
-    home: Optional[Path] = HomeOpt,
-    log: Optional[Path] = LogOpt,
+    home: Path | None = HomeOpt,
+    log: Path | None = LogOpt,
     who: str = typer.Option(..., "--as-actor", help="Who is asking (the --actor option filters entries)."),
     who_role: str = typer.Option(
-        ..., "--as-role", help="The asker's role; the policy must allow it audit_read (e.g. compliance_officer)."
+        ...,
+        "--as-role",
+        help="The asker's role; the policy must allow it audit_read (e.g. compliance_officer).",
     ),
-    actor: Optional[str] = typer.Option(None, "--actor", help="Only entries by this actor."),
-    role: Optional[str] = typer.Option(None, "--role", help="Only entries by this role."),
-    field: Optional[str] = typer.Option(None, "--field", help="Only entries that touched this field."),
-    purpose: Optional[str] = typer.Option(None, "--purpose", help="Only entries with this declared purpose."),
-    decision: Optional[str] = typer.Option(None, "--decision", help="allowed or denied."),
-    action: Optional[str] = typer.Option(None, "--action", help="read, decrypt, approve, erase, fl_round, ..."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only entries about this dataset."),
-    pseudonym: Optional[str] = typer.Option(None, "--pseudonym", help="Only entries that touched this customer."),
-    since: Optional[str] = typer.Option(None, "--since", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
-    until: Optional[str] = typer.Option(None, "--until", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
+    actor: str | None = typer.Option(None, "--actor", help="Only entries by this actor."),
+    role: str | None = typer.Option(None, "--role", help="Only entries by this role."),
+    field: str | None = typer.Option(None, "--field", help="Only entries that touched this field."),
+    purpose: str | None = typer.Option(None, "--purpose", help="Only entries with this declared purpose."),
+    decision: str | None = typer.Option(None, "--decision", help="allowed or denied."),
+    action: str | None = typer.Option(None, "--action", help="read, decrypt, approve, erase, fl_round, ..."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Only entries about this dataset."),
+    pseudonym: str | None = typer.Option(
+        None, "--pseudonym", help="Only entries that touched this customer."
+    ),
+    since: str | None = typer.Option(None, "--since", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
+    until: str | None = typer.Option(None, "--until", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
     fmt: str = typer.Option("table", "--format", help="table, csv or json."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the result to FILE (csv or json)."),
+    output: Path | None = typer.Option(None, "--output", help="Write the result to FILE (csv or json)."),
     no_verify: bool = typer.Option(
         False, "--no-verify", help="Skip verification (to investigate a log that failed `audit verify`)."
     ),
@@ -271,8 +316,16 @@ def query_cmd(
     filters = {
         k: v
         for k, v in dict(
-            actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
-            dataset=dataset, pseudonym=pseudonym, since=since, until=until,
+            actor=actor,
+            role=role,
+            field=field,
+            purpose=purpose,
+            decision=decision,
+            action=action,
+            dataset=dataset,
+            pseudonym=pseudonym,
+            since=since,
+            until=until,
         ).items()
         if v is not None
     }
@@ -288,8 +341,16 @@ def query_cmd(
                 f"{report.message}. Nothing reported; pass --no-verify to query it anyway"
             )
     entries = audit.query(
-        actor=actor, role=role, field=field, purpose=purpose, decision=decision, action=action,
-        since=lo, until=hi, dataset=dataset, pseudonym=pseudonym,
+        actor=actor,
+        role=role,
+        field=field,
+        purpose=purpose,
+        decision=decision,
+        action=action,
+        since=lo,
+        until=hi,
+        dataset=dataset,
+        pseudonym=pseudonym,
     )
     if fmt == "table":
         console = Console()
@@ -302,16 +363,27 @@ def query_cmd(
             _write_atomic(output, text)
             Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
     if home is not None:  # who read the audit log, recorded after the answer (so it is not in it)
-        _append_to_home(home, actor=who, role=who_role, action=ACTION_AUDIT_QUERY, row_count=len(entries),
-                        details=asked_details, pseudonyms=looked_up)
+        _append_to_home(
+            home,
+            actor=who,
+            role=who_role,
+            action=ACTION_AUDIT_QUERY,
+            row_count=len(entries),
+            details=asked_details,
+            pseudonyms=looked_up,
+        )
 
 
 @audit_app.command("repair")
 def repair_cmd(
     home: Path = typer.Option(..., "--home", help="Partner home directory."),
     actor: str = ActorOpt,
-    role: str = typer.Option(..., "--role", help="The actor's role; the policy must allow it 'keys' (partner_admin)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why (e.g. the incident number); kept in the entry."),
+    role: str = typer.Option(
+        ..., "--role", help="The actor's role; the policy must allow it 'keys' (partner_admin)."
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why (e.g. the incident number); kept in the entry."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the repair entry as JSON."),
 ) -> None:
     """Cut an incomplete last line left by a crashed writer, recording the cut bytes in an audit entry.
@@ -325,7 +397,9 @@ def repair_cmd(
     if not partner.audit_dir.is_dir():
         raise ConfigError(f"no audit log at {partner.audit_dir}: is {home} a partner home?")
     _home_policy(home).require(Actor(actor, role), "keys")  # a torn log cannot take a denial entry
-    with AuditLog.open(partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)) as audit:
+    with AuditLog.open(
+        partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)
+    ) as audit:
         entry = audit.repair_torn_tail(actor=actor, role=role, reason=reason)
     if as_json:
         typer.echo(json.dumps(entry.to_dict(), indent=2))

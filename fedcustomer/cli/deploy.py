@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -22,16 +21,26 @@ from fedcustomer.errors import ConfigError, FederationError
 console = Console()
 err = Console(stderr=True)
 
-coordinator_app = typer.Typer(help="The coordinator: Flower SuperLink + the fedcustomer ServerApp.", no_args_is_help=True)
-node_app = typer.Typer(help="A partner's node: Flower SuperNode on the partner's own home.", no_args_is_help=True)
+coordinator_app = typer.Typer(
+    help="The coordinator: Flower SuperLink + the fedcustomer ServerApp.", no_args_is_help=True
+)
+node_app = typer.Typer(
+    help="A partner's node: Flower SuperNode on the partner's own home.", no_args_is_help=True
+)
 
-WorkdirOpt = typer.Option(None, "--workdir", show_default=False,
-                          help="Coordinator state directory (SuperLink db, log, job); default "
-                               "$XDG_DATA_HOME/fedcustomer/coordinator (~/.local/share/...), outside any checkout.")
-WaitOpt = typer.Option(60.0, "--wait", help="Seconds to wait for a coordinator started a moment ago to answer.")
+WorkdirOpt = typer.Option(
+    None,
+    "--workdir",
+    show_default=False,
+    help="Coordinator state directory (SuperLink db, log, job); default "
+    "$XDG_DATA_HOME/fedcustomer/coordinator (~/.local/share/...), outside any checkout.",
+)
+WaitOpt = typer.Option(
+    60.0, "--wait", help="Seconds to wait for a coordinator started a moment ago to answer."
+)
 
 
-def _workdir(workdir: Optional[Path]) -> Path:
+def _workdir(workdir: Path | None) -> Path:
     from fedcustomer.deploy.paths import default_coordinator_dir
 
     return (workdir if workdir is not None else default_coordinator_dir()).expanduser().resolve()
@@ -43,7 +52,9 @@ def _progress(text: str) -> None:
 
 def register(app: typer.Typer) -> None:
     """Attach the deployment commands to the root ``fedcustomer`` app."""
-    app.command("certs", help="Create a development CA and server certificate (TLS) for the coordinator.")(certs_cmd)
+    app.command("certs", help="Create a development CA and server certificate (TLS) for the coordinator.")(
+        certs_cmd
+    )
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(node_app, name="node")
 
@@ -73,11 +84,18 @@ def _foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None) ->
 
 # --- certificates ------------------------------------------------------------------------
 def certs_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", show_default=False,
-                                       help="Directory for ca.crt, ca.key, server.pem, server.key; default "
-                                            "$XDG_DATA_HOME/fedcustomer/certs (~/.local/share/...), outside any checkout."),
-    host: list[str] = typer.Option(["localhost", "127.0.0.1", "::1"], "--host",
-                                   help="Host name or IP the nodes use to reach the coordinator (repeatable)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        show_default=False,
+        help="Directory for ca.crt, ca.key, server.pem, server.key; default "
+        "$XDG_DATA_HOME/fedcustomer/certs (~/.local/share/...), outside any checkout.",
+    ),
+    host: list[str] = typer.Option(
+        ["localhost", "127.0.0.1", "::1"],
+        "--host",
+        help="Host name or IP the nodes use to reach the coordinator (repeatable).",
+    ),
     days: int = typer.Option(365, "--days", help="Validity in days."),
     force: bool = typer.Option(False, "--force", help="Replace existing certificates."),
 ) -> None:
@@ -95,14 +113,18 @@ def certs_cmd(
 
 
 # --- coordinator -------------------------------------------------------------------------
-@coordinator_app.command("start", help="Start the SuperLink (foreground) with TLS and SuperNode authentication.")
+@coordinator_app.command(
+    "start", help="Start the SuperLink (foreground) with TLS and SuperNode authentication."
+)
 def coordinator_start(
-    workdir: Optional[Path] = WorkdirOpt,
-    certs: Optional[Path] = typer.Option(None, "--certs", help="Directory with ca.crt, server.pem, server.key."),
+    workdir: Path | None = WorkdirOpt,
+    certs: Path | None = typer.Option(None, "--certs", help="Directory with ca.crt, server.pem, server.key."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
     port: int = typer.Option(9093, "--port", help="Port for the Fleet, Control and Runtime APIs."),
-    connect_host: str = typer.Option("127.0.0.1", "--connect-host", help="Address this machine's `flwr` uses."),
-    health_port: Optional[int] = typer.Option(None, "--health-port", help="Plain gRPC health-check port."),
+    connect_host: str = typer.Option(
+        "127.0.0.1", "--connect-host", help="Address this machine's `flwr` uses."
+    ),
+    health_port: int | None = typer.Option(None, "--health-port", help="Plain gRPC health-check port."),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS, NO node authentication (tests only)."),
 ) -> None:
     from fedcustomer.deploy.coordinator import CoordinatorDir, superlink_command, write_flwr_config
@@ -116,11 +138,14 @@ def coordinator_start(
         the_certs = None
     else:
         if certs is None:
-            raise ConfigError("--certs DIR is required (create one with `fedcustomer certs --out DIR`), "
-                              "or pass --insecure explicitly for a closed test network")
+            raise ConfigError(
+                "--certs DIR is required (create one with `fedcustomer certs --out DIR`), "
+                "or pass --insecure explicitly for a closed test network"
+            )
         the_certs = Certificates.in_dir(certs.resolve())
-    cmd = superlink_command(cdir, host=host, port=port, certs=the_certs, node_auth=not insecure,
-                            health_port=health_port)
+    cmd = superlink_command(
+        cdir, host=host, port=port, certs=the_certs, node_auth=not insecure, health_port=health_port
+    )
     write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
     console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
     _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root)
@@ -129,15 +154,17 @@ def coordinator_start(
 @coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")
 def coordinator_register(
     public_key: Path = typer.Argument(..., help="The node's supernode.pub (from `fedcustomer node keys`)."),
-    workdir: Optional[Path] = WorkdirOpt,
-    name: Optional[str] = typer.Option(None, "--name", help="Partner name shown in `flwr supernode ls`."),
+    workdir: Path | None = WorkdirOpt,
+    name: str | None = typer.Option(None, "--name", help="Partner name shown in `flwr supernode ls`."),
     wait: float = WaitOpt,
 ) -> None:
     from fedcustomer.deploy.coordinator import CoordinatorDir, register_node, wait_for_coordinator
     from fedcustomer.deploy.pki import NodeKeys
 
     if not public_key.is_file():
-        raise ConfigError(f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`")
+        raise ConfigError(
+            f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`"
+        )
     cdir = CoordinatorDir(_workdir(workdir))
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
     node_id = register_node(cdir, public_key, name)
@@ -147,34 +174,58 @@ def coordinator_register(
 
 @coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
 def coordinator_run(
-    workdir: Optional[Path] = WorkdirOpt,
+    workdir: Path | None = WorkdirOpt,
     task: str = typer.Option("repayment", "--task"),
-    data: str = typer.Option("synthetic", "--data", help="Data source the partners hold (names their dataset)."),
-    feature_spec: Optional[str] = typer.Option(None, "--feature-spec",
-                                               help="synthetic:repayment, synthetic:clv, uci-credit, cdnow, or a JSON path."),
+    data: str = typer.Option(
+        "synthetic", "--data", help="Data source the partners hold (names their dataset)."
+    ),
+    feature_spec: str | None = typer.Option(
+        None, "--feature-spec", help="synthetic:repayment, synthetic:clv, uci-credit, cdnow, or a JSON path."
+    ),
     partners: int = typer.Option(3, "--partners", help="Partner nodes expected."),
     min_partners: int = typer.Option(2, "--min-partners", help="Fewest partners a round may complete with."),
     rounds: int = typer.Option(5, "--rounds"),
     local_epochs: int = typer.Option(1, "--local-epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(0.5, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
-    epsilon: float = typer.Option(3.0, "--epsilon", help="Budget asked for (recorded in summary.json); each partner's own budget, set with `fedcustomer budget set`, decides."),
+    epsilon: float = typer.Option(
+        3.0,
+        "--epsilon",
+        help="Budget asked for (recorded in summary.json); each partner's own budget, set with `fedcustomer budget set`, decides.",
+    ),
     delta: float = typer.Option(1e-5, "--delta"),
     strategy: str = typer.Option("fedavg", "--strategy"),
     federated_eval: str = typer.Option("final", "--federated-eval", help="every, final or none."),
-    round_timeout: float = typer.Option(120.0, "--round-timeout", help="Seconds to wait for replies in a round."),
-    wait_for_partners: float = typer.Option(120.0, "--wait-for-partners", help="Seconds to wait for nodes to connect."),
+    round_timeout: float = typer.Option(
+        120.0, "--round-timeout", help="Seconds to wait for replies in a round."
+    ),
+    wait_for_partners: float = typer.Option(
+        120.0, "--wait-for-partners", help="Seconds to wait for nodes to connect."
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/deployed"), "--out", help="Run directory (on the coordinator)."),
-    secagg: bool = typer.Option(False, "--secagg", help="Aggregate with Flower's SecAgg+ (coordinator sees only sums)."),
-    resume: bool = typer.Option(False, "--resume", help="Resume the last job in --workdir from its checkpoint."),
+    secagg: bool = typer.Option(
+        False, "--secagg", help="Aggregate with Flower's SecAgg+ (coordinator sees only sums)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Resume the last job in --workdir from its checkpoint."
+    ),
     timeout: float = typer.Option(3600.0, "--timeout", help="Give up waiting after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json."),
     wait: float = WaitOpt,
 ) -> None:
     from fedcustomer.deploy.coordinator import (
-        CoordinatorDir, default_spec_ref, list_nodes, partner_shortfall, pin_spec, read_summary, run_config_for,
-        submit_run, wait_for_coordinator, wait_run, write_app,
+        CoordinatorDir,
+        default_spec_ref,
+        list_nodes,
+        partner_shortfall,
+        pin_spec,
+        read_summary,
+        run_config_for,
+        submit_run,
+        wait_for_coordinator,
+        wait_run,
+        write_app,
     )
     from fedcustomer.server.job import JobConfig
 
@@ -184,25 +235,46 @@ def coordinator_run(
             raise ConfigError(f"--resume: no earlier job in {cdir.root}")
         cfg = json.loads(cdir.job_path.read_text(encoding="utf-8"))
     else:
-        job = JobConfig(task=task, data=data, partners=partners, min_partners=min_partners, rounds=rounds,
-                        local_epochs=local_epochs, batch_size=batch_size, lr=lr, epsilon=epsilon, delta=delta,
-                        strategy=strategy, federated_eval=federated_eval, round_timeout=round_timeout, seed=seed,
-                        out=str(out))
-        cfg = run_config_for(job, feature_spec=pin_spec(cdir, feature_spec or default_spec_ref(job)),
-                             wait_for_partners=wait_for_partners, secagg=secagg)
+        job = JobConfig(
+            task=task,
+            data=data,
+            partners=partners,
+            min_partners=min_partners,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            epsilon=epsilon,
+            delta=delta,
+            strategy=strategy,
+            federated_eval=federated_eval,
+            round_timeout=round_timeout,
+            seed=seed,
+            out=str(out),
+        )
+        cfg = run_config_for(
+            job,
+            feature_spec=pin_spec(cdir, feature_spec or default_spec_ref(job)),
+            wait_for_partners=wait_for_partners,
+            secagg=secagg,
+        )
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
     flwr_run_id = submit_run(cdir, resume=resume)
-    err.print(f"submitted job {cfg['run-id']} as Flower run {flwr_run_id}; waiting (up to "
-              f"{cfg.get('wait-for-partners', wait_for_partners):g} s for {cfg.get('partners', partners)} partners, "
-              f"then {cfg.get('rounds', rounds)} rounds) ...")
+    err.print(
+        f"submitted job {cfg['run-id']} as Flower run {flwr_run_id}; waiting (up to "
+        f"{cfg.get('wait-for-partners', wait_for_partners):g} s for {cfg.get('partners', partners)} partners, "
+        f"then {cfg.get('rounds', rounds)} rounds) ..."
+    )
     status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress)
     summary = read_summary(cfg)
     if as_json:
         console.print_json(json.dumps(summary))
     else:
-        console.print(f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
-                      f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}")
+        console.print(
+            f"Flower run {flwr_run_id}: {status['status']}; job {summary['status']} "
+            f"({summary['rounds_completed']}/{summary['rounds_planned']} rounds), results in {cfg['out']}"
+        )
         for line in partner_lines(summary):
             console.print(f"  {escape(line)}")
     if summary["status"] != "completed" or not summary.get("rounds_completed"):
@@ -226,8 +298,10 @@ def partner_lines(summary: dict) -> list[str]:
     """One line per partner: budget, rounds, and the first failure's reason when it failed."""
     lines = []
     for p in summary.get("partners", []):
-        line = (f"{p['name']}: epsilon {_num(p.get('epsilon_spent'), '.3f')} of {_num(p.get('epsilon_target'), 'g')}, "
-                f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed")
+        line = (
+            f"{p['name']}: epsilon {_num(p.get('epsilon_spent'), '.3f')} of {_num(p.get('epsilon_target'), 'g')}, "
+            f"{p['rounds_trained']} trained, {p['rounds_refused']} refused, {p['rounds_failed']} failed"
+        )
         failures = p.get("failures") or []
         if failures:
             line += f" (round {failures[0]['round']}: {failures[0]['reason']})"
@@ -238,12 +312,20 @@ def partner_lines(summary: dict) -> list[str]:
 def stopped_reason(summary: dict) -> str:
     """Why a deployed job did not complete, naming the partners that failed or refused."""
     reason = f"the job stopped: {summary.get('stop_reason') or 'no round completed'}"
-    failed = [p for p in summary.get("partners", []) if p.get("rounds_failed") and not p.get("rounds_trained")]
+    failed = [
+        p for p in summary.get("partners", []) if p.get("rounds_failed") and not p.get("rounds_trained")
+    ]
     if failed:
         first = failed[0]["failures"][0]["reason"] if failed[0].get("failures") else "no reason given"
-        reason += (f"; failed at every round: {', '.join(p['name'] for p in failed)} "
-                   f"(first reason, from {failed[0]['name']}: {first})")
-    refused = [p["name"] for p in summary.get("partners", []) if p.get("rounds_refused") and not p.get("rounds_trained")]
+        reason += (
+            f"; failed at every round: {', '.join(p['name'] for p in failed)} "
+            f"(first reason, from {failed[0]['name']}: {first})"
+        )
+    refused = [
+        p["name"]
+        for p in summary.get("partners", [])
+        if p.get("rounds_refused") and not p.get("rounds_trained")
+    ]
     if refused:
         reason += f"; refused every round (budget): {', '.join(refused)}"
     return reason
@@ -279,8 +361,18 @@ def node_prepare(
 ) -> None:
     from fedcustomer.deploy.node import prepare_node_home
 
-    h = prepare_node_home(home, partner, task=task, data=data, index=index, partners=partners, seed=seed,
-                          split=split, epsilon=epsilon, delta=delta)
+    h = prepare_node_home(
+        home,
+        partner,
+        task=task,
+        data=data,
+        index=index,
+        partners=partners,
+        seed=seed,
+        split=split,
+        epsilon=epsilon,
+        delta=delta,
+    )
     console.print(f"partner {partner} ready in {h.root} (split {index} of {partners})")
 
 
@@ -289,9 +381,13 @@ def node_start(
     partner: str = typer.Option(..., "--partner"),
     home: Path = typer.Option(..., "--home"),
     superlink: str = typer.Option(..., "--superlink", help="Coordinator address HOST:PORT."),
-    root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="The coordinator's CA certificate."),
-    auth_key: Optional[Path] = typer.Option(None, "--auth-key", help="Private key (default HOME/keys/supernode)."),
-    runtime_port: int = typer.Option(9094, "--runtime-port", help="Local port for Flower's ClientApp process."),
+    root_cert: Path | None = typer.Option(None, "--root-cert", help="The coordinator's CA certificate."),
+    auth_key: Path | None = typer.Option(
+        None, "--auth-key", help="Private key (default HOME/keys/supernode)."
+    ),
+    runtime_port: int = typer.Option(
+        9094, "--runtime-port", help="Local port for Flower's ClientApp process."
+    ),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS (tests only)."),
 ) -> None:
     from fedcustomer.clients.home import PartnerHome
@@ -300,7 +396,9 @@ def node_start(
 
     ph = PartnerHome(home.resolve())
     if not ph.config_path.exists():
-        raise ConfigError(f"{home} is not a partner home; run `fedcustomer node prepare` or `fedcustomer init`")
+        raise ConfigError(
+            f"{home} is not a partner home; run `fedcustomer node prepare` or `fedcustomer init`"
+        )
     if ph.config().name != partner:
         raise ConfigError(f"--partner {partner!r} does not match the home's partner {ph.config().name!r}")
     if insecure:
@@ -308,6 +406,12 @@ def node_start(
     key = auth_key if auth_key is not None else default_auth_key(ph.root)
     if not insecure and not key.exists():
         raise ConfigError(f"{key} not found; create it with `fedcustomer node keys --home {home}`")
-    cmd = supernode_command(ph.root, superlink=superlink, root_cert=root_cert,
-                            auth_key=key if key.exists() else None, runtime_port=runtime_port, insecure=insecure)
+    cmd = supernode_command(
+        ph.root,
+        superlink=superlink,
+        root_cert=root_cert,
+        auth_key=key if key.exists() else None,
+        runtime_port=runtime_port,
+        insecure=insecure,
+    )
     _foreground(cmd, flower_env(ph.state_dir / "flwr-home"), cwd=ph.state_dir)

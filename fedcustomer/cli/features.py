@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,8 +12,9 @@ from rich.markup import escape
 from fedcustomer.errors import ConfigError
 
 console = Console()
-features_app = typer.Typer(help="Feature specs for training: what the model reads, with public bounds.",
-                           no_args_is_help=True)
+features_app = typer.Typer(
+    help="Feature specs for training: what the model reads, with public bounds.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -25,11 +25,13 @@ def register(app: typer.Typer) -> None:
 def features_draft_cmd(
     output: Path = typer.Option(..., "--output", help="Where to write the feature spec JSON."),
     label: str = typer.Option(..., "--label", help="The label field (0/1 for repayment, a spend for clv)."),
-    home: Optional[Path] = typer.Option(None, "--home", help="Partner home whose store holds the dataset."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset in the store (with --home)."),
-    schema: Optional[Path] = typer.Option(None, "--schema", help="Or a schema YAML file (instead of --home)."),
+    home: Path | None = typer.Option(None, "--home", help="Partner home whose store holds the dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset in the store (with --home)."),
+    schema: Path | None = typer.Option(None, "--schema", help="Or a schema YAML file (instead of --home)."),
     task: str = typer.Option("repayment", "--task", help="repayment or clv."),
-    bound: list[str] = typer.Option([], "--bound", help="FIELD=LO:HI public bounds the schema does not declare."),
+    bound: list[str] = typer.Option(
+        [], "--bound", help="FIELD=LO:HI public bounds the schema does not declare."
+    ),
     drop: list[str] = typer.Option([], "--drop", help="Leave a field out of the model (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
@@ -44,13 +46,15 @@ def features_draft_cmd(
     tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
     tmp.replace(output)
     cats = sum(1 for f in spec.features if f not in spec.numeric)
-    console.print(f"wrote {escape(str(output))}: label {label!r}, {len(spec.numeric)} numeric and {cats} categorical "
-                  f"feature(s), bounds and categories as declared in the schema of {the_schema.dataset!r}")
+    console.print(
+        f"wrote {escape(str(output))}: label {label!r}, {len(spec.numeric)} numeric and {cats} categorical "
+        f"feature(s), bounds and categories as declared in the schema of {the_schema.dataset!r}"
+    )
     for note in notes:
         console.print(f"  {escape(note)}")
 
 
-def _schema(home: Optional[Path], dataset: Optional[str], schema: Optional[Path]):  # type: ignore[no-untyped-def]
+def _schema(home: Path | None, dataset: str | None, schema: Path | None):  # type: ignore[no-untyped-def]
     from fedcustomer.data.schema import Schema
 
     if schema is not None:
@@ -58,7 +62,9 @@ def _schema(home: Optional[Path], dataset: Optional[str], schema: Optional[Path]
             raise ConfigError("give either --schema FILE or --home HOME --dataset NAME, not both")
         return Schema.load(schema)
     if home is None or dataset is None:
-        raise ConfigError("name the dataset: --home HOME --dataset NAME (its store's schema), or --schema FILE")
+        raise ConfigError(
+            "name the dataset: --home HOME --dataset NAME (its store's schema), or --schema FILE"
+        )
     from fedcustomer.clients.home import PartnerHome
     from fedcustomer.data.store import dataset_schema
 

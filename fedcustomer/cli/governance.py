@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -70,7 +70,7 @@ def _load_schema(spec: str) -> Any:
     return load_bundled(spec)
 
 
-def _split(text: Optional[str]) -> Optional[list[str]]:
+def _split(text: str | None) -> list[str] | None:
     if text is None:
         return None
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -79,7 +79,7 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
-def _parse_where(items: Optional[list[str]]) -> dict[str, Any]:
+def _parse_where(items: list[str] | None) -> dict[str, Any]:
     where: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -116,11 +116,14 @@ def init_cmd(
 def schema_draft_cmd(
     input: Path = typer.Option(..., "--input", help="CSV or Parquet file with a header."),
     output: Path = typer.Option(..., "--output", help="Where to write the YAML schema."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: from the file name)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset name (default: from the file name)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
-    id_from_row: bool = typer.Option(False, "--id-from-row",
-                                     help="The file has no customer id column: add a 'row_id' id field that "
-                                          "`ingest --id-from-row` generates (each row is one customer)."),
+    id_from_row: bool = typer.Option(
+        False,
+        "--id-from-row",
+        help="The file has no customer id column: add a 'row_id' id field that "
+        "`ingest --id-from-row` generates (each row is one customer).",
+    ),
 ) -> None:
     from fedcustomer.data.ingest import read_sample
     from fedcustomer.data.schema import draft_schema, field_name_for
@@ -130,11 +133,15 @@ def schema_draft_cmd(
     schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row)
     schema.save(output)
     core = [f.name for f in schema.fields if f.is_core]
-    console.print(f"wrote {output}: {len(schema.fields)} fields, core (encrypted): {', '.join(core) or 'none'}")
+    console.print(
+        f"wrote {output}: {len(schema.fields)} fields, core (encrypted): {', '.join(core) or 'none'}"
+    )
     header = [str(c) for c in read_sample(input, 1).columns]
     renamed = [f"{c} -> {field_name_for(c)}" for c in header if field_name_for(c) != c]
     if renamed:
-        console.print(f"columns stored under a valid field name (ingest maps them): {escape(', '.join(renamed))}")
+        console.print(
+            f"columns stored under a valid field name (ingest maps them): {escape(', '.join(renamed))}"
+        )
     if id_from_row:
         console.print("no id column: 'row_id' will be generated at ingest (pass --id-from-row to ingest too)")
     console.print("review every tier, type and rule before ingesting real data")
@@ -146,13 +153,16 @@ def ingest_cmd(
     home: Path = HomeOpt,
     actor: str = ActorOpt,
     role: str = RoleOpt,
-    quality: Optional[Path] = typer.Option(
+    quality: Path | None = typer.Option(
         None, "--quality", help="Where to write quality.json (default: <home>/state/quality.json)."
     ),
     chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Rows per chunk (memory bound)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Partner name if the home is created now."),
-    id_from_row: bool = typer.Option(False, "--id-from-row",
-                                     help="Generate the id field from each row (a schema drafted with --id-from-row)."),
+    name: str | None = typer.Option(None, "--name", help="Partner name if the home is created now."),
+    id_from_row: bool = typer.Option(
+        False,
+        "--id-from-row",
+        help="Generate the id field from each row (a schema drafted with --id-from-row).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     from fedcustomer.data.ingest import print_report
@@ -168,7 +178,10 @@ def ingest_cmd(
         store = PartnerStore.open(phome)
     from fedcustomer.cli.progress import Progress
 
-    with store, Progress().phase(f"ingesting {input.name} into the encrypted store ({chunk_rows:,} rows per chunk)"):
+    with (
+        store,
+        Progress().phase(f"ingesting {input.name} into the encrypted store ({chunk_rows:,} rows per chunk)"),
+    ):
         report = store.ingest(who, spec, input, chunk_rows=chunk_rows, id_from_row=id_from_row)
     target = quality or phome.state_dir / "quality.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,22 +198,35 @@ def read_cmd(
     actor: str = ActorOpt,
     role: str = RoleOpt,
     purpose: str = typer.Option(..., "--purpose", help="training, analytics, marketing, risk_review, ..."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset (needed when the store has several)."),
-    fields: Optional[str] = typer.Option(None, "--fields", help="Comma-separated fields (default: all you may see)."),
-    where: Optional[list[str]] = typer.Option(None, "--where", help="FIELD=VALUE on a public field; repeatable."),
-    approval: Optional[str] = typer.Option(None, "--approval", help="Use this approval id for core fields."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the rows to this CSV file."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Dataset (needed when the store has several)."
+    ),
+    fields: str | None = typer.Option(
+        None, "--fields", help="Comma-separated fields (default: all you may see)."
+    ),
+    where: list[str] | None = typer.Option(
+        None, "--where", help="FIELD=VALUE on a public field; repeatable."
+    ),
+    approval: str | None = typer.Option(None, "--approval", help="Use this approval id for core fields."),
+    output: Path | None = typer.Option(None, "--output", help="Write the rows to this CSV file."),
     limit: int = typer.Option(20, "--limit", help="Rows to print when no --output is given."),
 ) -> None:
     with _open(home) as store:
         frame = store.read(
-            _actor(actor, role), purpose, _split(fields), _parse_where(where), dataset=dataset, approval_id=approval
+            _actor(actor, role),
+            purpose,
+            _split(fields),
+            _parse_where(where),
+            dataset=dataset,
+            approval_id=approval,
         )
     if output is not None:
         from fedcustomer.data.export import write_private_csv
 
         # 0600 and formula-escaped: the rows may hold decrypted core values.
-        rows = ([p, *values] for p, values in zip(frame.index.tolist(), frame.itertuples(index=False, name=None)))
+        rows = (
+            [p, *values] for p, values in zip(frame.index.tolist(), frame.itertuples(index=False, name=None))
+        )
         write_private_csv(output, [frame.index.name or "pseudonym", *frame.columns], rows)
         console.print(f"wrote {len(frame)} rows x {len(frame.columns)} fields to {output}")
         return
@@ -209,7 +235,9 @@ def read_cmd(
     for col in frame.columns:
         table.add_column(str(col))
     for pseudonym, row in frame.head(limit).iterrows():
-        table.add_row(str(pseudonym)[:16] + "...", *("" if v is None else escape(str(v)) for v in row.tolist()))
+        table.add_row(
+            str(pseudonym)[:16] + "...", *("" if v is None else escape(str(v)) for v in row.tolist())
+        )
     console.print(table)
 
 
@@ -229,8 +257,12 @@ def erase_cmd(
         _print_json(result)
     else:
         rows = sum(result["datasets"].values())
-        state = "erased" if result["found"] else "not found (erasure recorded; future ingests skip this customer)"
-        console.print(f"customer {result['pseudonym'][:16]}... {state}: {rows} row(s), {result['data_keys']} data key(s)")
+        state = (
+            "erased" if result["found"] else "not found (erasure recorded; future ingests skip this customer)"
+        )
+        console.print(
+            f"customer {result['pseudonym'][:16]}... {state}: {rows} row(s), {result['data_keys']} data key(s)"
+        )
 
 
 # --- approvals ---------------------------------------------------------------------------
@@ -244,7 +276,9 @@ def approvals_request_cmd(
     dataset: str = typer.Option(..., "--dataset"),
     fields: str = typer.Option(..., "--fields", help="Comma-separated core fields."),
     purpose: str = typer.Option(..., "--purpose"),
-    ttl_hours: float = typer.Option(8.0, "--ttl-hours", help="How long the approval stays valid once granted."),
+    ttl_hours: float = typer.Option(
+        8.0, "--ttl-hours", help="How long the approval stays valid once granted."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     with _open(home) as store:
@@ -294,8 +328,15 @@ def approvals_list_cmd(
     for col in ("request_id", "requester", "dataset", "fields", "purpose", "expires_at", "approvals_needed"):
         table.add_column(col)
     for p in pending:
-        table.add_row(p["request_id"], p["requester"], p["dataset"], ",".join(p["fields"]), p["purpose"],
-                      p["expires_at"], str(p["approvals_needed"]))
+        table.add_row(
+            p["request_id"],
+            p["requester"],
+            p["dataset"],
+            ",".join(p["fields"]),
+            p["purpose"],
+            p["expires_at"],
+            str(p["approvals_needed"]),
+        )
     console.print(table)
 
 
@@ -303,7 +344,9 @@ def approvals_list_cmd(
 
 
 @keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
-def keys_list_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
+def keys_list_cmd(
+    home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
+) -> None:
     with _open(home) as store:
         versions = store.key_versions(_actor(actor, role))
     if as_json:
@@ -318,13 +361,17 @@ def keys_list_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleO
 
 
 @keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")
-def keys_rotate_cmd(home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt) -> None:
+def keys_rotate_cmd(
+    home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
+) -> None:
     with _open(home) as store:
         result = store.rotate_keys(_actor(actor, role))
     if as_json:
         _print_json(result)
     else:
-        console.print(f"active KEK version {result['active_version']}; re-wrapped {result['rewrapped']} key(s)")
+        console.print(
+            f"active KEK version {result['active_version']}; re-wrapped {result['rewrapped']} key(s)"
+        )
 
 
 @keys_app.command("retire", help="Destroy an old KEK version (refused while data keys use it).")

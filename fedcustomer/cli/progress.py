@@ -17,7 +17,7 @@ from contextlib import contextmanager
 class Progress:
     """Timestamped phase lines: ``[  12.3s] training the DP model (2/3) ...``."""
 
-    def __init__(self, stream=None) -> None:  # noqa: ANN001 - any text stream
+    def __init__(self, stream=None) -> None:
         self.stream = stream
         self.started = time.monotonic()
 
@@ -60,5 +60,5 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.progress(record.getMessage())
-        except Exception:  # noqa: BLE001 - progress must never break the command
+        except Exception:
             self.handleError(record)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -63,7 +62,9 @@ def read_ids(path: Path, column: str) -> list[str]:
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty; it needs a header row with {column!r} and at least one row") from None
+        raise DataError(
+            f"{path}: file is empty; it needs a header row with {column!r} and at least one row"
+        ) from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot read it as {kind} ({type(exc).__name__}); check the file") from None
     if column not in frame.columns:
@@ -88,10 +89,14 @@ def _write_alignment(path: Path, source_rows: list[str]) -> None:
 def psi(
     a: Path = typer.Option(..., "--a", help="first partner's file (CSV or Parquet)"),
     b: Path = typer.Option(..., "--b", help="second partner's file (CSV or Parquet)"),
-    id_column: str = typer.Option("customer_id", "--id-column", help="column holding the customer id in both files"),
+    id_column: str = typer.Option(
+        "customer_id", "--id-column", help="column holding the customer id in both files"
+    ),
     workers: int = typer.Option(1, "--workers", help="processes for the group operations"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write psi.json and per-side alignment CSVs here"),
-    max_ids: int = typer.Option(DEFAULT_MAX_SET_SIZE, "--max-ids", help="refuse a file with more ids than this"),
+    out: Path | None = typer.Option(None, "--out", help="write psi.json and per-side alignment CSVs here"),
+    max_ids: int = typer.Option(
+        DEFAULT_MAX_SET_SIZE, "--max-ids", help="refuse a file with more ids than this"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result instead of a sentence"),
 ) -> None:
     """Private set intersection of two partner files: prints how many customers they share."""
@@ -107,9 +112,17 @@ def psi(
         if len(ids) > max_ids:
             raise DataError(f"{path}: {len(ids)} ids, more than --max-ids {max_ids}")
     start = time.perf_counter()
-    with progress.phase(f"private set intersection of {len(ids_a):,} and {len(ids_b):,} ids ({workers} worker(s))"):
-        ra, rb = run_psi_local(ids_a, ids_b, workers=workers, labels_a=[str(k) for k in range(len(ids_a))],
-                               labels_b=[str(k) for k in range(len(ids_b))], max_set_size=max_ids)
+    with progress.phase(
+        f"private set intersection of {len(ids_a):,} and {len(ids_b):,} ids ({workers} worker(s))"
+    ):
+        ra, rb = run_psi_local(
+            ids_a,
+            ids_b,
+            workers=workers,
+            labels_a=[str(k) for k in range(len(ids_a))],
+            labels_b=[str(k) for k in range(len(ids_b))],
+            max_set_size=max_ids,
+        )
     seconds = time.perf_counter() - start
     alignment = None
     if out is not None:
@@ -120,8 +133,18 @@ def psi(
     result = {
         "schema": 1,
         "intersection_size": ra.size,
-        "a": {"file": str(a), "ids": len(ids_a), "distinct": ra.set_size, "duplicates_removed": ra.duplicates_removed},
-        "b": {"file": str(b), "ids": len(ids_b), "distinct": rb.set_size, "duplicates_removed": rb.duplicates_removed},
+        "a": {
+            "file": str(a),
+            "ids": len(ids_a),
+            "distinct": ra.set_size,
+            "duplicates_removed": ra.duplicates_removed,
+        },
+        "b": {
+            "file": str(b),
+            "ids": len(ids_b),
+            "distinct": rb.set_size,
+            "duplicates_removed": rb.duplicates_removed,
+        },
         "digest": ra.digest,
         "seconds": round(seconds, 3),
         "workers": workers,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
@@ -30,36 +30,71 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    mode: str = typer.Option("horizontal", help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)"),
+    mode: str = typer.Option(
+        "horizontal",
+        help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)",
+    ),
     task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
-    data: str = typer.Option("synthetic", help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files | with --homes, the NAME of a dataset the homes already hold"),
-    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR, else the shipped data folder)"),
-    label: Optional[str] = typer.Option(None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"),
-    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice"),
+    data: str = typer.Option(
+        "synthetic",
+        help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files | with --homes, the NAME of a dataset the homes already hold",
+    ),
+    data_dir: Path | None = typer.Option(
+        None,
+        help="where uci-credit / cdnow files live (default: $FEDCUSTOMER_DATA_DIR, else the shipped data folder)",
+    ),
+    label: str | None = typer.Option(
+        None, help="label column of a PATH data file (default: guessed, e.g. 'default' / 'future_spend')"
+    ),
+    feature_spec: Path | None = typer.Option(
+        None,
+        "--feature-spec",
+        help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice",
+    ),
     split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(3, help="number of partner nodes"),
     rounds: int = typer.Option(5, help="federated rounds"),
     local_epochs: int = typer.Option(1, help="local epochs per round"),
     batch_size: int = typer.Option(128, help="expected (Poisson) batch size"),
-    lr: float = typer.Option(JobConfig.lr, help="local learning rate (suits DP-SGD at the default clip: a step moves at most lr x clip; with --no-dp use about 0.1)"),
+    lr: float = typer.Option(
+        JobConfig.lr,
+        help="local learning rate (suits DP-SGD at the default clip: a step moves at most lr x clip; with --no-dp use about 0.1)",
+    ),
     optimizer: str = typer.Option("sgd", help="sgd | adam"),
     arch: str = typer.Option("mlp", help="repayment: mlp | logreg; clv: mlp | linear"),
-    epsilon: float = typer.Option(3.0, help="each partner's epsilon target for this dataset (all rounds together)"),
+    epsilon: float = typer.Option(
+        3.0, help="each partner's epsilon target for this dataset (all rounds together)"
+    ),
     delta: float = typer.Option(1e-5, help="each partner's delta target"),
     max_grad_norm: float = typer.Option(JobConfig.max_grad_norm, help="per-sample clipping norm"),
-    max_noise_multiplier: float = typer.Option(10.0, help="cap on noise: past it partners train fewer rounds instead"),
-    no_dp: bool = typer.Option(False, "--no-dp", help="train without DP (baseline only; releases are NOT private)"),
+    max_noise_multiplier: float = typer.Option(
+        10.0, help="cap on noise: past it partners train fewer rounds instead"
+    ),
+    no_dp: bool = typer.Option(
+        False, "--no-dp", help="train without DP (baseline only; releases are NOT private)"
+    ),
     clipping: str = typer.Option("fast", help="fast | ghost | hooks per-sample clipping"),
-    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum"),
+    strategy: str = typer.Option(
+        "fedavg", help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum"
+    ),
     proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight"),
-    central_dp: bool = typer.Option(False, help="add partner-level central DP (server-side clipping + noise)"),
+    central_dp: bool = typer.Option(
+        False, help="add partner-level central DP (server-side clipping + noise)"
+    ),
     central_noise_multiplier: float = typer.Option(1.0),
     central_clipping_norm: float = typer.Option(1.0),
     min_partners: int = typer.Option(2, help="stop when fewer partners can train a round"),
-    federated_eval: str = typer.Option("every", help="every | final | none: held-out evaluation at the partners"),
-    seed: int = typer.Option(0, help="seed for data generation, splits and initial weights (not for DP noise)"),
+    federated_eval: str = typer.Option(
+        "every", help="every | final | none: held-out evaluation at the partners"
+    ),
+    seed: int = typer.Option(
+        0, help="seed for data generation, splits and initial weights (not for DP noise)"
+    ),
     out: Path = typer.Option(Path("runs/latest"), help="run directory to write"),
-    homes: Optional[Path] = typer.Option(None, help="directory of simulated partner homes (default OUT/partners); reuse it to keep budgets across jobs"),
+    homes: Path | None = typer.Option(
+        None,
+        help="directory of simulated partner homes (default OUT/partners); reuse it to keep budgets across jobs",
+    ),
     resume: bool = typer.Option(False, help="continue the run in OUT from its last checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
     verbose: bool = typer.Option(False, help="show Flower's own log"),
@@ -68,8 +103,19 @@ def run(
     if mode == "vertical":
         from fedcustomer.cli.vertical import vertical_with_defaults
 
-        vertical_with_defaults(task=task, data=data, data_dir=data_dir, rounds=rounds, epsilon=epsilon, delta=delta,
-                               no_dp=no_dp, seed=seed, out=out, homes=homes, as_json=as_json)
+        vertical_with_defaults(
+            task=task,
+            data=data,
+            data_dir=data_dir,
+            rounds=rounds,
+            epsilon=epsilon,
+            delta=delta,
+            no_dp=no_dp,
+            seed=seed,
+            out=out,
+            homes=homes,
+            as_json=as_json,
+        )
         return
     if mode != "horizontal":
         raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
@@ -77,14 +123,35 @@ def run(
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
         job = JobConfig(
-            task=task, data=data, data_dir=str(data_dir) if data_dir else None, label=label,
-            feature_spec=str(feature_spec.resolve()) if feature_spec else None, split=split, partners=partners,
-            rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, arch=arch,
-            dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
-            max_noise_multiplier=max_noise_multiplier, clipping=clipping, strategy=strategy, proximal_mu=proximal_mu,
-            central_dp=central_dp, central_noise_multiplier=central_noise_multiplier,
-            central_clipping_norm=central_clipping_norm, min_partners=min_partners, federated_eval=federated_eval,
-            seed=seed, out=str(out), homes=str(homes) if homes else None,
+            task=task,
+            data=data,
+            data_dir=str(data_dir) if data_dir else None,
+            label=label,
+            feature_spec=str(feature_spec.resolve()) if feature_spec else None,
+            split=split,
+            partners=partners,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            arch=arch,
+            dp=not no_dp,
+            epsilon=epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            max_noise_multiplier=max_noise_multiplier,
+            clipping=clipping,
+            strategy=strategy,
+            proximal_mu=proximal_mu,
+            central_dp=central_dp,
+            central_noise_multiplier=central_noise_multiplier,
+            central_clipping_norm=central_clipping_norm,
+            min_partners=min_partners,
+            federated_eval=federated_eval,
+            seed=seed,
+            out=str(out),
+            homes=str(homes) if homes else None,
         )
     if resume:  # refuse a damaged or planted checkpoint before any partner starts
         from fedcustomer.server.report import RunRecorder
@@ -98,15 +165,23 @@ def run(
     finish(summary)
 
 
-def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
+def execute(
+    job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False
+) -> dict[str, Any]:
     """Run a job with a progress bar per round."""
     from fedcustomer.models.metrics import PRIMARY_METRIC
     from fedcustomer.server.simulation import run_simulated_job
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), console=console, disable=quiet, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
     ) as progress:
         bar = progress.add_task(f"{job.task} rounds", total=job.rounds, status="starting partners...")
 
@@ -121,9 +196,15 @@ def execute(job: JobConfig, *, resume: bool = False, quiet: bool = False, verbos
             status += f", {metric} {value:.3f}" if value is not None else ""
             progress.update(bar, completed=report.round, status=status)
 
-        return run_simulated_job(job, on_round=on_round, resume=resume, verbose=verbose,
-                                 on_notice=lambda text: (err_console if quiet else progress.console).print(
-                                     f"[yellow]notice:[/] {escape(text)}"))
+        return run_simulated_job(
+            job,
+            on_round=on_round,
+            resume=resume,
+            verbose=verbose,
+            on_notice=lambda text: (err_console if quiet else progress.console).print(
+                f"[yellow]notice:[/] {escape(text)}"
+            ),
+        )
 
 
 def finish(summary: dict[str, Any]) -> None:
@@ -139,10 +220,14 @@ def finish(summary: dict[str, Any]) -> None:
 def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -> None:
     metric = summary["primary_metric"]
     status = summary["status"] + (f" ({summary['stop_reason']})" if summary.get("stop_reason") else "")
-    console.print(f"\n[bold]{summary['task']}[/] run {summary['run_id']}: {summary['rounds_completed']}/"
-                  f"{summary['rounds_planned']} rounds, status {status}")
+    console.print(
+        f"\n[bold]{summary['task']}[/] run {summary['run_id']}: {summary['rounds_completed']}/"
+        f"{summary['rounds_planned']} rounds, status {status}"
+    )
     deltas = sorted({p["delta"] for p in summary["partners"] if p["delta"]})
-    title = "privacy budget per partner" + (f" (delta {', '.join(f'{d:.0e}' for d in deltas)})" if deltas else "")
+    title = "privacy budget per partner" + (
+        f" (delta {', '.join(f'{d:.0e}' for d in deltas)})" if deltas else ""
+    )
     table = Table(title=title, caption="epsilon: spent / target; rounds: trained / refused / failed")
     table.add_column("partner", overflow="fold")
     table.add_column("epsilon", justify="right", no_wrap=True)
@@ -151,8 +236,10 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     for p in summary["partners"]:
         m = summary["metrics_by_partner"].get(p["name"], {}).get(metric)
         table.add_row(
-            p["name"], f"{_fmt(p['epsilon_spent'])} / {_fmt(p['epsilon_target'])}",
-            f"{p['rounds_trained']} / {p['rounds_refused']} / {p['rounds_failed']}", _fmt(m),
+            p["name"],
+            f"{_fmt(p['epsilon_spent'])} / {_fmt(p['epsilon_target'])}",
+            f"{p['rounds_trained']} / {p['rounds_refused']} / {p['rounds_failed']}",
+            _fmt(m),
         )
     console.print(table)
     results = Table(title="held-out metrics")
@@ -161,8 +248,14 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     for k in keys:
         results.add_column(_SHORT.get(k, k), justify="right", no_wrap=True)
     results.add_column("epsilon", justify="right", no_wrap=True)
-    eps = max((p["epsilon_spent"] or 0.0 for p in summary["partners"]), default=None) if summary["dp"] else None
-    results.add_row(f"federated {'DP ' if summary['dp'] else ''}{summary['strategy']}", *[_fmt(summary["metrics"].get(k)) for k in keys], _fmt(eps))
+    eps = (
+        max((p["epsilon_spent"] or 0.0 for p in summary["partners"]), default=None) if summary["dp"] else None
+    )
+    results.add_row(
+        f"federated {'DP ' if summary['dp'] else ''}{summary['strategy']}",
+        *[_fmt(summary["metrics"].get(k)) for k in keys],
+        _fmt(eps),
+    )
     for b in baselines or []:
         results.add_row(b.name, *[_fmt(b.metrics.get(k)) for k in keys], _fmt(b.epsilon))
     console.print(results)
@@ -210,25 +303,51 @@ def demo(
     summaries = []
     for task, partners in (("repayment", 3), ("clv", 2)):
         console.rule(f"[bold]{task}: federated DP-SGD across {partners} synthetic partners")
-        job = JobConfig(task=task, data="synthetic", partners=partners, rounds=rounds, epsilon=epsilon,
-                        seed=seed, out=str(base / task), min_partners=2)
+        job = JobConfig(
+            task=task,
+            data="synthetic",
+            partners=partners,
+            rounds=rounds,
+            epsilon=epsilon,
+            seed=seed,
+            out=str(base / task),
+            min_partners=2,
+        )
         summary = execute(job)
         spec, datasets = load_partitions(task, "synthetic", partners, seed=seed)
-        central = train_centralised(spec, datasets, arch=job.arch, epochs=rounds, batch_size=job.batch_size,
-                                    lr=CENTRAL_NON_PRIVATE_LR, seed=seed)
+        central = train_centralised(
+            spec,
+            datasets,
+            arch=job.arch,
+            epochs=rounds,
+            batch_size=job.batch_size,
+            lr=CENTRAL_NON_PRIVATE_LR,
+            seed=seed,
+        )
         print_summary(summary, [central])
-        results[task] = {"summary": f"{base / task / 'summary.json'}", "federated": summary["metrics"],
-                         "centralised_non_private": central.metrics,
-                         "partners": [{k: p[k] for k in ("name", "epsilon_spent", "epsilon_target")} for p in summary["partners"]]}
+        results[task] = {
+            "summary": f"{base / task / 'summary.json'}",
+            "federated": summary["metrics"],
+            "centralised_non_private": central.metrics,
+            "partners": [
+                {k: p[k] for k in ("name", "epsilon_spent", "epsilon_target")} for p in summary["partners"]
+            ],
+        }
         summaries.append(summary)
         finish(summary)
     (base / "demo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    console.print(f"\nrun directories: {base / 'repayment'}  {base / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)")
+    console.print(
+        f"\nrun directories: {base / 'repayment'}  {base / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)"
+    )
     short = [s for s in summaries if s["rounds_completed"] < s["rounds_planned"]]
     if short:
-        raise BudgetExhausted("the demo stopped early: " + "; ".join(
-            f"{s['task']} trained {s['rounds_completed']} of {s['rounds_planned']} rounds ({s.get('stop_reason')})"
-            for s in short))
+        raise BudgetExhausted(
+            "the demo stopped early: "
+            + "; ".join(
+                f"{s['task']} trained {s['rounds_completed']} of {s['rounds_planned']} rounds ({s.get('stop_reason')})"
+                for s in short
+            )
+        )
 
 
 def _point_latest(parent: Path, target: Path) -> None:
@@ -245,9 +364,11 @@ def _point_latest(parent: Path, target: Path) -> None:
 def baseline(
     task: str = typer.Option("repayment"),
     data: str = typer.Option("synthetic"),
-    data_dir: Optional[Path] = typer.Option(None),
-    label: Optional[str] = typer.Option(None),
-    feature_spec: Optional[Path] = typer.Option(None, "--feature-spec", help="JSON feature spec for a PATH data file"),
+    data_dir: Path | None = typer.Option(None),
+    label: str | None = typer.Option(None),
+    feature_spec: Path | None = typer.Option(
+        None, "--feature-spec", help="JSON feature spec for a PATH data file"
+    ),
     split: str = typer.Option("iid"),
     partners: int = typer.Option(3),
     arch: str = typer.Option("mlp"),
@@ -257,23 +378,33 @@ def baseline(
     epsilon: float = typer.Option(3.0),
     delta: float = typer.Option(1e-5),
     seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(None, help="write baseline.json here"),
+    out: Path | None = typer.Option(None, help="write baseline.json here"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Centralised non-private and centralised DP training on the same pooled splits."""
+    from fedcustomer.cli.progress import Progress
     from fedcustomer.data.sources import load_partitions
     from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
-    from fedcustomer.cli.progress import Progress
-
-    JobConfig(task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta)  # validates
+    JobConfig(
+        task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta
+    )  # validates
     from fedcustomer.models.features import FeatureSpec
 
     progress = Progress()
     notices: list[str] = []
     with progress.phase(f"loading {data} for {partners} partners"):
-        spec, datasets = load_partitions(task, data, partners, split=split, seed=seed, data_dir=data_dir, label=label,
-                                         notices=notices, spec=FeatureSpec.load(feature_spec) if feature_spec else None)
+        spec, datasets = load_partitions(
+            task,
+            data,
+            partners,
+            split=split,
+            seed=seed,
+            data_dir=data_dir,
+            label=label,
+            notices=notices,
+            spec=FeatureSpec.load(feature_spec) if feature_spec else None,
+        )
     for notice in notices:
         err_console.print(f"[yellow]notice:[/] {escape(notice)}")
     common = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -281,11 +412,23 @@ def baseline(
     with progress.phase(f"(1/3) centralised non-private {arch}, {epochs} epochs"):
         results.append(train_centralised(spec, datasets, **common))
     with progress.phase(f"(2/3) centralised DP-SGD {arch}, {epochs} epochs, epsilon {epsilon:g}"):
-        results.append(train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common))
+        results.append(
+            train_centralised(spec, datasets, dp=True, epsilon_target=epsilon, delta=delta, **common)
+        )
     with progress.phase("(3/3) gradient boosting"):
         results.append(gradient_boosting(spec, datasets, seed=seed))
-    payload = [{"name": r.name, "metrics": r.metrics, "epsilon": r.epsilon, "delta": delta if r.epsilon else None,
-                "noise_multiplier": r.noise_multiplier, "train_rows": r.train_rows, "test_rows": r.test_rows} for r in results]
+    payload = [
+        {
+            "name": r.name,
+            "metrics": r.metrics,
+            "epsilon": r.epsilon,
+            "delta": delta if r.epsilon else None,
+            "noise_multiplier": r.noise_multiplier,
+            "train_rows": r.train_rows,
+            "test_rows": r.test_rows,
+        }
+        for r in results
+    ]
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "baseline.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

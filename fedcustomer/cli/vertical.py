@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,31 +23,58 @@ def register(app: typer.Typer) -> None:
 def run_vertical(
     task: str = typer.Option(D["task"], help="repayment (label at the bank) or clv (label at the retailer)"),
     data: str = typer.Option(D["data"], help="synthetic | uci-credit (UCI split by columns)"),
-    data_dir: Optional[Path] = typer.Option(None, help="where uci-credit lives (default: $FEDCUSTOMER_DATA_DIR)"),
-    rounds: int = typer.Option(D["rounds"], help="rounds (each about one expected pass over the shared customers)"),
-    steps_per_round: Optional[int] = typer.Option(None, help="steps per round (default 1/q)"),
-    batch_size: int = typer.Option(D["batch_size"], help="expected Poisson batch size chosen by the label owner"),
+    data_dir: Path | None = typer.Option(
+        None, help="where uci-credit lives (default: $FEDCUSTOMER_DATA_DIR)"
+    ),
+    rounds: int = typer.Option(
+        D["rounds"], help="rounds (each about one expected pass over the shared customers)"
+    ),
+    steps_per_round: int | None = typer.Option(None, help="steps per round (default 1/q)"),
+    batch_size: int = typer.Option(
+        D["batch_size"], help="expected Poisson batch size chosen by the label owner"
+    ),
     lr: float = typer.Option(D["lr"], help="learning rate at both parties"),
     optimizer: str = typer.Option(D["optimizer"], help="sgd | adam"),
     embed_dim: int = typer.Option(D["embed_dim"], help="embedding width of each bottom model"),
     epsilon: float = typer.Option(D["epsilon"], help="each party's epsilon target for its dataset"),
     delta: float = typer.Option(D["delta"], help="each party's delta target"),
-    max_grad_norm: float = typer.Option(D["max_grad_norm"], help="per-sample clipping norm of the bottom models"),
-    no_dp: bool = typer.Option(False, "--no-dp", help="no DP at all (baseline only; releases are NOT private)"),
-    no_label_dp: bool = typer.Option(False, "--no-label-dp",
-                                     help="return gradients from the TRUE labels (not protected; comparison only)"),
-    label_epsilon: float = typer.Option(D["label_epsilon"], help="part of the label owner's epsilon spent on protected labels"),
-    label_bound: float = typer.Option(D["label_bound"], help="clv: log1p spend is clipped to [0, bound] before label noise"),
-    embedding_noise: float = typer.Option(D["embedding_noise"], help="Gaussian noise multiplier on released embeddings (not accounted)"),
+    max_grad_norm: float = typer.Option(
+        D["max_grad_norm"], help="per-sample clipping norm of the bottom models"
+    ),
+    no_dp: bool = typer.Option(
+        False, "--no-dp", help="no DP at all (baseline only; releases are NOT private)"
+    ),
+    no_label_dp: bool = typer.Option(
+        False, "--no-label-dp", help="return gradients from the TRUE labels (not protected; comparison only)"
+    ),
+    label_epsilon: float = typer.Option(
+        D["label_epsilon"], help="part of the label owner's epsilon spent on protected labels"
+    ),
+    label_bound: float = typer.Option(
+        D["label_bound"], help="clv: log1p spend is clipped to [0, bound] before label noise"
+    ),
+    embedding_noise: float = typer.Option(
+        D["embedding_noise"], help="Gaussian noise multiplier on released embeddings (not accounted)"
+    ),
     max_noise_multiplier: float = typer.Option(D["max_noise_multiplier"], help="cap on the calibrated noise"),
     customers: int = typer.Option(D["customers"], help="synthetic: customers per party"),
     shared_fraction: float = typer.Option(D["shared_fraction"], help="share of customers both parties hold"),
-    retail_signal: float = typer.Option(D["retail_signal"], help="synthetic: strength of the default risk only retail behaviour shows (0 = none)"),
-    no_baseline: bool = typer.Option(False, "--no-baseline", help="skip the label-owner-only comparison model (its budget share goes to the joint model)"),
-    baseline_epsilon: float = typer.Option(D["baseline_epsilon"], help="part of the label owner's epsilon left for the label-owner-only comparison model (charged to its real ledger)"),
+    retail_signal: float = typer.Option(
+        D["retail_signal"],
+        help="synthetic: strength of the default risk only retail behaviour shows (0 = none)",
+    ),
+    no_baseline: bool = typer.Option(
+        False,
+        "--no-baseline",
+        help="skip the label-owner-only comparison model (its budget share goes to the joint model)",
+    ),
+    baseline_epsilon: float = typer.Option(
+        D["baseline_epsilon"],
+        help="part of the label owner's epsilon left for the label-owner-only comparison model (charged to its real ledger)",
+    ),
     seed: int = typer.Option(D["seed"], help="seed for data, splits and initial weights (not for DP noise)"),
     out: Path = typer.Option(Path("runs/vertical"), help="run directory to write"),
-    homes: Optional[Path] = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
+    homes: Path | None = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
 ) -> None:
     """Train the joint model over the customers both parties share, each party's data staying at home."""
@@ -56,19 +82,40 @@ def run_vertical(
     from fedcustomer.vertical.runner import run_vertical_local
 
     job = VerticalJob(
-        task=task, data=data, data_dir=str(data_dir) if data_dir else None, rounds=rounds,
-        steps_per_round=steps_per_round, batch_size=batch_size, lr=lr, optimizer=optimizer, embed_dim=embed_dim,
-        dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, label_dp=not no_label_dp,
-        label_epsilon=label_epsilon, label_bound=label_bound, embedding_noise=embedding_noise,
-        max_noise_multiplier=max_noise_multiplier, customers=customers, shared_fraction=shared_fraction,
+        task=task,
+        data=data,
+        data_dir=str(data_dir) if data_dir else None,
+        rounds=rounds,
+        steps_per_round=steps_per_round,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        embed_dim=embed_dim,
+        dp=not no_dp,
+        epsilon=epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        label_dp=not no_label_dp,
+        label_epsilon=label_epsilon,
+        label_bound=label_bound,
+        embedding_noise=embedding_noise,
+        max_noise_multiplier=max_noise_multiplier,
+        customers=customers,
+        shared_fraction=shared_fraction,
         retail_signal=retail_signal,
-        baseline=not no_baseline, baseline_epsilon=baseline_epsilon, seed=seed, out=str(out), homes=str(homes) if homes else None,
+        baseline=not no_baseline,
+        baseline_epsilon=baseline_epsilon,
+        seed=seed,
+        out=str(out),
+        homes=str(homes) if homes else None,
     )
     from fedcustomer.cli.progress import Progress
 
     progress = Progress()
-    progress(f"vertical {task} on {data}: aligning the parties (PSI), then {rounds} rounds"
-             + ("" if no_baseline else " and the label-owner-only baseline"))
+    progress(
+        f"vertical {task} on {data}: aligning the parties (PSI), then {rounds} rounds"
+        + ("" if no_baseline else " and the label-owner-only baseline")
+    )
     with progress.from_loggers("fedcustomer.vertical"):
         summary = run_vertical_local(job)
     progress(f"vertical job {summary['status']}")
@@ -94,8 +141,10 @@ def vertical_with_defaults(**options: object) -> None:
 
 def _print(s: dict) -> None:
     metric = s["primary_metric"]
-    console.print(f"vertical {s['task']} on {s['data']}: [bold]{s['status']}[/], "
-                  f"{s['rounds_completed']}/{s['rounds_planned']} rounds, PSI size {s['psi_size']}")
+    console.print(
+        f"vertical {s['task']} on {s['data']}: [bold]{s['status']}[/], "
+        f"{s['rounds_completed']}/{s['rounds_planned']} rounds, PSI size {s['psi_size']}"
+    )
     if s["stop_reason"]:
         console.print(f"stopped: {escape(s['stop_reason'])}")
     table = Table("model", f"held-out {metric}")
@@ -105,11 +154,22 @@ def _print(s: dict) -> None:
         table.add_row(f"{owner}-only", _fmt(base.get("metrics", {}).get(metric)))
     table.add_row("vertical", _fmt(s["metrics"].get(metric)))
     console.print(table)
-    budget = Table("party", "role", "epsilon: joint model", "all releases", "target",
-                   caption="all releases: the party's ledger after this job, comparison model included")
+    budget = Table(
+        "party",
+        "role",
+        "epsilon: joint model",
+        "all releases",
+        "target",
+        caption="all releases: the party's ledger after this job, comparison model included",
+    )
     for p in s["partners"]:
-        budget.add_row(p["name"], p["role"], _fmt(p["epsilon_spent"]), _fmt(p.get("epsilon_spent_all_releases")),
-                       _fmt(p["epsilon_target"]))
+        budget.add_row(
+            p["name"],
+            p["role"],
+            _fmt(p["epsilon_spent"]),
+            _fmt(p.get("epsilon_spent_all_releases")),
+            _fmt(p["epsilon_target"]),
+        )
     console.print(budget)
 
 

@@ -36,7 +36,12 @@ def resolve_home(context: Context, homes: list[str] | None = None) -> PartnerHom
         raise ConfigError("this node has neither 'partner-home' nor 'partition-id' in its node config")
     pid = int(node_cfg["partition-id"])
     if homes is None:
-        homes_dir = Path(str(context.run_config.get("homes") or Path(str(context.run_config.get("out", "runs/flwr-run"))) / "partners"))
+        homes_dir = Path(
+            str(
+                context.run_config.get("homes")
+                or Path(str(context.run_config.get("out", "runs/flwr-run"))) / "partners"
+            )
+        )
         index = homes_dir / FEDERATION_INDEX
         if not index.exists():
             raise ConfigError(f"{index} not found: the coordinator has not set up the simulated partners")
@@ -52,8 +57,12 @@ def partner_error(msg: Message, exc: FedCustomerError, context: Context, homes: 
         name = resolve_home(context, homes).config().name
     except FedCustomerError:
         name = None
-    prefix = f"{PARTNER_PREFIX}{name}: " if name and ":" not in name and not any(c.isspace() for c in name) else ""
-    return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{prefix}{type(exc).__name__}: {exc}"), reply_to=msg)
+    prefix = (
+        f"{PARTNER_PREFIX}{name}: " if name and ":" not in name and not any(c.isspace() for c in name) else ""
+    )
+    return Message(
+        error=Error(code=PARTNER_ERROR_CODE, reason=f"{prefix}{type(exc).__name__}: {exc}"), reply_to=msg
+    )
 
 
 def make_client_app(homes: list[str] | None = None) -> ClientApp:
@@ -109,7 +118,8 @@ def _register_query_handlers(app: ClientApp, homes: list[str] | None) -> None:
     register_analytics_handlers(app, home_of)
     register_vertical_handlers(app, home_of)
     register_psi_handlers(
-        app, home_of,
+        app,
+        home_of,
         lambda home, dataset: PartnerDataAccess(home).linkage_ids(dataset),
         local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
     )

@@ -46,7 +46,9 @@ class PartnerDataAccess:
             schema_names = store.schema(dataset).names
             missing = [c for c in spec.columns() if c not in schema_names]
             if missing:
-                raise DataError(f"dataset {dataset!r} at partner {store.name!r} lacks column(s) {', '.join(missing)}")
+                raise DataError(
+                    f"dataset {dataset!r} at partner {store.name!r} lacks column(s) {', '.join(missing)}"
+                )
             fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
             frame = store.read(self.actor, "training", fields=fields, dataset=dataset)
         held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
@@ -76,5 +78,7 @@ class PartnerDataAccess:
 def _by_pseudonym(pseudonyms: pd.Index) -> np.ndarray:
     """Boolean mask (an array, so ``~mask`` selects the training rows) of the held-out customers."""
     cut = int(DEFAULT_HOLDOUT_SHARE * 2**32)
-    return np.array([int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms],
-                    dtype=bool)
+    return np.array(
+        [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms],
+        dtype=bool,
+    )

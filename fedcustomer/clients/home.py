@@ -105,7 +105,7 @@ class PartnerHome:
         name: str,
         budget: DatasetBudget | None = None,
         policy_file: str | None = None,
-    ) -> "PartnerHome":
+    ) -> PartnerHome:
         """Create the directory skeleton and write ``partner.toml``."""
         home = cls(root)
         home.root.mkdir(parents=True, exist_ok=True)
@@ -120,8 +120,13 @@ class PartnerHome:
         if config.policy_file:
             lines.append(f"policy_file = {_toml_str(config.policy_file)}")
         if config.budget is not None:
-            lines += ["", "# One budget for every release about this partner's customers (all datasets, all jobs).",
-                      "[budget]", f"epsilon = {config.budget.epsilon!r}", f"delta = {config.budget.delta!r}"]
+            lines += [
+                "",
+                "# One budget for every release about this partner's customers (all datasets, all jobs).",
+                "[budget]",
+                f"epsilon = {config.budget.epsilon!r}",
+                f"delta = {config.budget.delta!r}",
+            ]
         tmp = self.config_path.with_suffix(".toml.tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         os.replace(tmp, self.config_path)
@@ -139,11 +144,14 @@ class PartnerHome:
             budget = _budget(raw["budget"]) if "budget" in raw else None
             legacy = {str(ds): _budget(b) for ds, b in raw.get("budgets", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.config_path}: a budget needs numeric epsilon and delta ({exc})") from None
+            raise ConfigError(
+                f"{self.config_path}: a budget needs numeric epsilon and delta ({exc})"
+            ) from None
         if budget is None and legacy:
             budget = _migrate(legacy)
-        return PartnerConfig(name=str(raw["name"]), budget=budget, policy_file=raw.get("policy_file"),
-                             migrated_from=legacy)
+        return PartnerConfig(
+            name=str(raw["name"]), budget=budget, policy_file=raw.get("policy_file"), migrated_from=legacy
+        )
 
     def ensure_budget(self, budget: DatasetBudget) -> tuple[DatasetBudget, str | None]:
         """Give the partner ``budget`` if it has none; otherwise keep its own and say so when they differ.
@@ -185,4 +193,3 @@ def _migrate(legacy: dict[str, DatasetBudget]) -> DatasetBudget:
 
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-

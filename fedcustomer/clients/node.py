@@ -24,7 +24,8 @@ from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.registry import build_model, loss_for
-from fedcustomer.privacy.accounting import GaussianSteps, epsilon as standalone_epsilon
+from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.accounting import epsilon as standalone_epsilon
 from fedcustomer.privacy.ledger import BudgetLedger
 from fedcustomer.weights_io import load_weights_only
 
@@ -58,7 +59,7 @@ class TrainInstructions:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "TrainInstructions":
+    def from_config(cls, cfg: dict[str, Any]) -> TrainInstructions:
         try:
             return cls(
                 run_id=str(cfg["run-id"]),
@@ -120,12 +121,16 @@ class PartnerNode:
             if cached is not None:
                 log.info("round %s already paid; re-sending the update released then", ins.round)
                 return cached
-            return self._refusal(ledger, "this round was already paid for and its update is gone; not re-spending")
+            return self._refusal(
+                ledger, "this round was already paid for and its update is gone; not re-spending"
+            )
 
         frame = self.data.training_frame(ins.dataset, ins.spec, "train")
         X, y = ins.spec.transform(frame)
         if len(X) < 2:
-            raise DataError(f"partner {self.name!r} has {len(X)} training rows for {ins.dataset!r}; need at least 2")
+            raise DataError(
+                f"partner {self.name!r} has {len(X)} training rows for {ins.dataset!r}; need at least 2"
+            )
         batch_size = min(ins.batch_size, len(X))
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
@@ -140,7 +145,9 @@ class PartnerNode:
             projected = ledger.project_gaussian(planned)
             if projected.epsilon > ledger.budget.epsilon:
                 ledger.record_refusal(
-                    charge_key, "dpsgd", projected.epsilon,
+                    charge_key,
+                    "dpsgd",
+                    projected.epsilon,
                     f"round {ins.round} of run {ins.run_id} would exceed the target",
                 )
                 return self._refusal(
@@ -152,16 +159,33 @@ class PartnerNode:
             from fedcustomer.privacy.dpsgd import DPTrainer
 
             trainer = DPTrainer(
-                model, Xt, yt, loss_for(ins.task), batch_size=batch_size, lr=ins.lr,
-                noise_multiplier=sigma, max_grad_norm=ins.max_grad_norm, optimizer=ins.optimizer,
-                clipping=ins.clipping, proximal_mu=ins.proximal_mu, anchor=anchor,
+                model,
+                Xt,
+                yt,
+                loss_for(ins.task),
+                batch_size=batch_size,
+                lr=ins.lr,
+                noise_multiplier=sigma,
+                max_grad_norm=ins.max_grad_norm,
+                optimizer=ins.optimizer,
+                clipping=ins.clipping,
+                proximal_mu=ins.proximal_mu,
+                anchor=anchor,
             )
         else:
             from fedcustomer.privacy.dpsgd import PlainTrainer
 
             trainer = PlainTrainer(
-                model, Xt, yt, loss_for(ins.task), batch_size=batch_size, lr=ins.lr, optimizer=ins.optimizer,
-                proximal_mu=ins.proximal_mu, anchor=anchor, seed=_round_seed(ins, self.name),
+                model,
+                Xt,
+                yt,
+                loss_for(ins.task),
+                batch_size=batch_size,
+                lr=ins.lr,
+                optimizer=ins.optimizer,
+                proximal_mu=ins.proximal_mu,
+                anchor=anchor,
+                seed=_round_seed(ins, self.name),
             )
         steps = 0
         started = time.perf_counter()
@@ -182,7 +206,11 @@ class PartnerNode:
             self._cache_update(charge_key, state, metrics, {})  # survive a crash between charge and send
             try:
                 charge = ledger.charge_gaussian(
-                    charge_key, spent_steps, mechanism="dpsgd", run_id=ins.run_id, round=ins.round,
+                    charge_key,
+                    spent_steps,
+                    mechanism="dpsgd",
+                    run_id=ins.run_id,
+                    round=ins.round,
                     details={"partner": self.name, "epochs": ins.local_epochs, "batch_size": batch_size},
                 )
             except BudgetExhausted as exc:  # a concurrent release (e.g. analytics) took the budget
@@ -219,14 +247,21 @@ class PartnerNode:
             "approx_charges": state["approx_charges"],
         }
 
-    def _noise_multiplier(self, ledger: BudgetLedger, ins: TrainInstructions, sample_rate: float, round_steps: int) -> float:
+    def _noise_multiplier(
+        self, ledger: BudgetLedger, ins: TrainInstructions, sample_rate: float, round_steps: int
+    ) -> float:
         """Noise fixed per run at the partner's first round: remaining budget over remaining rounds."""
         path = self.home.state_dir / f"noise-{_safe(ins.run_id)}-{_safe(ins.dataset)}.json"
         if path.exists():
             return float(json.loads(path.read_text())["noise_multiplier"])
         remaining_rounds = max(1, ins.planned_rounds - ins.round + 1)
-        sigma = ledger.calibrate_noise(sample_rate, round_steps * remaining_rounds, sigma_max=ins.max_noise_multiplier)
-        _atomic_write(path, json.dumps({"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": round_steps}))
+        sigma = ledger.calibrate_noise(
+            sample_rate, round_steps * remaining_rounds, sigma_max=ins.max_noise_multiplier
+        )
+        _atomic_write(
+            path,
+            json.dumps({"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": round_steps}),
+        )
         return sigma
 
     def _refusal(self, ledger: BudgetLedger, reason: str, projected: float | None = None) -> TrainOutcome:
@@ -252,13 +287,19 @@ class PartnerNode:
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
         metrics = evaluate(model, X, y, ins.task)
-        return {"num-examples": float(_coarse(len(X))), "unit-weight": 1.0, **{k: float(v) for k, v in metrics.items()}}
+        return {
+            "num-examples": float(_coarse(len(X))),
+            "unit-weight": 1.0,
+            **{k: float(v) for k, v in metrics.items()},
+        }
 
     # --- update cache (idempotent rounds across restarts) -------------------------
     def _cache_path(self, key: str) -> Path:
         return self.home.state_dir / "updates" / f"{_safe(key)}.pt"
 
-    def _cache_update(self, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float], accounting: dict[str, Any]) -> None:
+    def _cache_update(
+        self, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float], accounting: dict[str, Any]
+    ) -> None:
         path = self._cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

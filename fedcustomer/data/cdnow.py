@@ -92,7 +92,9 @@ def read_cdnow_transactions(path: Path) -> pd.DataFrame:
             count = int(n)
             amount = float(value)
         except ValueError:
-            raise DataError(f"{path}, line {lineno}: number_of_cds must be an integer and dollar_value a number") from None
+            raise DataError(
+                f"{path}, line {lineno}: number_of_cds must be an integer and dollar_value a number"
+            ) from None
         if count < 0 or not amount >= 0 or amount == float("inf"):
             raise DataError(f"{path}, line {lineno}: number_of_cds and dollar_value must be non-negative")
         ids.append(cid)
@@ -163,4 +165,3 @@ def load_cdnow(path: Path, *, calibration_weeks: int = 39, holdout_weeks: int = 
     if out.empty:
         raise DataError("no customer bought anything in the calibration period; check the log's dates")
     return out.reset_index(drop=True)
-

@@ -31,7 +31,11 @@ def parse_bound(text: str) -> tuple[str, tuple[float, float]]:
 
 
 def spec_from_schema(
-    schema: Schema, *, task: str, label: str, bounds: dict[str, tuple[float, float]] | None = None,
+    schema: Schema,
+    *,
+    task: str,
+    label: str,
+    bounds: dict[str, tuple[float, float]] | None = None,
     drop: Iterable[str] = (),
 ) -> tuple[FeatureSpec, list[str]]:
     """The feature spec for training on ``schema``'s dataset, and notes on what was left out and why."""
@@ -42,11 +46,15 @@ def spec_from_schema(
     names = set(schema.names)
     unknown = sorted((set(bounds) | drop) - names)
     if unknown:
-        raise ConfigError(f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} "
-                          f"(fields: {', '.join(schema.names)})")
+        raise ConfigError(
+            f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} "
+            f"(fields: {', '.join(schema.names)})"
+        )
     if label not in names:
-        raise ConfigError(f"--label {label!r} is not a field of dataset {schema.dataset!r} "
-                          f"(fields: {', '.join(schema.names)})")
+        raise ConfigError(
+            f"--label {label!r} is not a field of dataset {schema.dataset!r} "
+            f"(fields: {', '.join(schema.names)})"
+        )
     _check_label(schema.field(label))
     notes: list[str] = []
     features: list[Feature] = []
@@ -68,7 +76,9 @@ def spec_from_schema(
             else:
                 lo, hi = declared
                 if not lo < hi:
-                    raise SchemaError(f"field {f.name!r}: declared bounds need min < max, got {lo:g} and {hi:g}")
+                    raise SchemaError(
+                        f"field {f.name!r}: declared bounds need min < max, got {lo:g} and {hi:g}"
+                    )
                 features.append(NumericFeature(f.name, float(lo), float(hi)))
         elif f.validation.allowed:
             features.append(CategoricalFeature(f.name, tuple(f.validation.allowed)))
@@ -89,7 +99,9 @@ def spec_from_schema(
     if problems:
         raise SchemaError("; ".join(problems) + "; or leave a field out with --drop FIELD")
     if not features:
-        raise SchemaError(f"dataset {schema.dataset!r} has no field the training pipeline can use as a feature")
+        raise SchemaError(
+            f"dataset {schema.dataset!r} has no field the training pipeline can use as a feature"
+        )
     return FeatureSpec(task, label, None, features), notes
 
 
@@ -97,8 +109,10 @@ def _check_label(f: FieldSpec) -> None:
     if f.role == "id" or f.is_core:
         raise SchemaError(f"label {f.name!r} is the id or a core-tier field; training never reads those")
     if f.type not in ("integer", "float", "boolean"):
-        raise SchemaError(f"label {f.name!r} has type {f.type}; the label must be a number (0/1 for repayment, "
-                          "a spend for clv)")
+        raise SchemaError(
+            f"label {f.name!r} has type {f.type}; the label must be a number (0/1 for repayment, "
+            "a spend for clv)"
+        )
 
 
 def _declared_bounds(f: FieldSpec) -> tuple[float, float] | None:

@@ -35,7 +35,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ _SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parque
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- reading ------------------------------------------------------------------
@@ -119,8 +119,10 @@ def check_width(path: Path, kind: str) -> None:
         except (pa.ArrowInvalid, OSError):
             return  # the Parquet reader below reports it
     if width > MAX_COLUMNS:
-        raise DataError(f"{path}: {width} columns, more than the maximum of {MAX_COLUMNS}; "
-                        "keep only the columns the schema needs")
+        raise DataError(
+            f"{path}: {width} columns, more than the maximum of {MAX_COLUMNS}; "
+            "keep only the columns the schema needs"
+        )
 
 
 def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -213,7 +215,7 @@ class PreparedChunk:
         return len(self.pseudonyms)
 
 
-def prepare_chunk(schema: Schema, raw: pd.DataFrame, pseudonymizer: Any) -> tuple[PreparedChunk, "ChunkStats"]:
+def prepare_chunk(schema: Schema, raw: pd.DataFrame, pseudonymizer: Any) -> tuple[PreparedChunk, ChunkStats]:
     """Validate, pseudonymise and de-duplicate one chunk (newest timestamp wins inside it)."""
     first_row = int(raw.index[0]) if len(raw) else 0
     result = validate_frame(schema, raw)
@@ -237,10 +239,16 @@ def prepare_chunk(schema: Schema, raw: pd.DataFrame, pseudonymizer: Any) -> tupl
     stamp_field = schema.timestamp_field
     timestamps = [s or "" for s in canon[stamp_field.name]] if stamp_field else [""] * len(ids)
     names = schema.names
-    digests = [
-        pseudonymizer.pseudonym("row:" + json.dumps(values, ensure_ascii=True, separators=(",", ":")).encode().hex())
-        for values in zip(*(canon[n] for n in names))
-    ] if len(ids) else []
+    digests = (
+        [
+            pseudonymizer.pseudonym(
+                "row:" + json.dumps(values, ensure_ascii=True, separators=(",", ":")).encode().hex()
+            )
+            for values in zip(*(canon[n] for n in names))
+        ]
+        if len(ids)
+        else []
+    )
 
     # Newest wins inside the chunk; ties broken by digest so the outcome never depends on row order.
     order = pd.DataFrame({"p": pseudonyms, "t": timestamps, "d": digests})
@@ -260,7 +268,11 @@ def prepare_chunk(schema: Schema, raw: pd.DataFrame, pseudonymizer: Any) -> tupl
         return [values[i] for i in keep_positions]
 
     core = {f.name: pick(canon[f.name]) for f in schema.fields if f.is_core}
-    plain = {f.name: pick(_sql_values(f.type, valid[f.name], canon[f.name])) for f in schema.fields if not f.is_core}
+    plain = {
+        f.name: pick(_sql_values(f.type, valid[f.name], canon[f.name]))
+        for f in schema.fields
+        if not f.is_core
+    }
     prepared = PreparedChunk(
         pseudonyms=pick(pseudonyms),
         ids=pick(ids),
@@ -304,7 +316,7 @@ class ChunkStats:
     @classmethod
     def from_validation(
         cls, schema: Schema, raw: pd.DataFrame, reasons: dict[int, dict[str, str]], missing: dict[str, int]
-    ) -> "ChunkStats":
+    ) -> ChunkStats:
         stats = cls(read=len(raw), invalid=len(reasons), missing=Counter(missing))
         for per_field in reasons.values():
             for name, reason in per_field.items():
@@ -404,7 +416,9 @@ def print_report(report: IngestReport, console: Any = None) -> None:
     console = console or Console()
     title = f"ingest {report.file} -> {report.dataset}"
     if report.skipped_file:
-        console.print(f"[yellow]{report.file}[/]: already ingested (sha256 {report.sha256[:12]}...), nothing added")
+        console.print(
+            f"[yellow]{report.file}[/]: already ingested (sha256 {report.sha256[:12]}...), nothing added"
+        )
         return
     rows = Table(title=title)
     rows.add_column("rows")
@@ -446,7 +460,9 @@ class ColumnMapper:
     gives every row the same id again and two identical rows stay two customers.
     """
 
-    def __init__(self, schema: Schema, source: str, pseudonymizer: Any = None, id_from_row: bool = False) -> None:
+    def __init__(
+        self, schema: Schema, source: str, pseudonymizer: Any = None, id_from_row: bool = False
+    ) -> None:
         self.schema = schema
         self.source = source
         self.pseudonymizer = pseudonymizer
@@ -471,25 +487,33 @@ class ColumnMapper:
             target = field_name_for(col)
             if col not in names and target in names and target not in present:
                 if target in renames.values():
-                    raise DataError(f"{self.source}: two columns would both be read as field {target!r}; "
-                                    "rename one of them")
+                    raise DataError(
+                        f"{self.source}: two columns would both be read as field {target!r}; "
+                        "rename one of them"
+                    )
                 renames[col] = target
         id_name = self.schema.id_field.name
         if self.id_from_row:
             if self.pseudonymizer is None:
                 raise DataError("generated ids need the partner's pseudonym key")
             if id_name in present or id_name in renames.values():
-                raise DataError(f"{self.source}: the file has an id column {id_name!r}; drop --id-from-row to use it")
+                raise DataError(
+                    f"{self.source}: the file has an id column {id_name!r}; drop --id-from-row to use it"
+                )
         elif id_name == ROW_ID_FIELD and id_name not in present and id_name not in renames.values():
-            raise DataError(f"{self.source}: the schema's id field {id_name!r} is not a column of the file; pass "
-                            "--id-from-row to generate it from each row (as the schema draft said)")
+            raise DataError(
+                f"{self.source}: the schema's id field {id_name!r} is not a column of the file; pass "
+                "--id-from-row to generate it from each row (as the schema draft said)"
+            )
         return renames
 
     def _row_ids(self, chunk: pd.DataFrame) -> list[str]:
         fields = sorted(n for n in self.schema.names if n != self.schema.id_field.name and n in chunk.columns)
         ids = []
         for values in chunk[fields].itertuples(index=False, name=None):
-            text = json.dumps([None if v is None or v is pd.NA else str(v) for v in values], ensure_ascii=True)
+            text = json.dumps(
+                [None if v is None or v is pd.NA else str(v) for v in values], ensure_ascii=True
+            )
             digest = self.pseudonymizer.pseudonym("rowid:" + text.encode().hex())[:32]
             self.copies[digest] += 1
             ids.append(f"r{digest}-{self.copies[digest]}")

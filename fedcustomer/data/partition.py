@@ -80,7 +80,9 @@ def partition_iid(
     _check_n(frame, n)
     order = np.random.default_rng(seed).permutation(len(frame))
     parts = np.array_split(order, n)
-    return _build(frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify)
+    return _build(
+        frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify
+    )
 
 
 def partition_by_column(
@@ -111,7 +113,9 @@ def partition_by_column(
         parts = _contiguous_bands(values.to_numpy(dtype=float, na_value=np.nan), n, rng)
     else:
         parts = _deal_groups(values.astype("string").fillna("<missing>").to_numpy(), n, rng)
-    return _build(frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify)
+    return _build(
+        frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify
+    )
 
 
 def partition_dirichlet(
@@ -154,7 +158,9 @@ def partition_dirichlet(
                 buckets[i].append(chunk)
         parts = [np.sort(np.concatenate(b)) for b in buckets]
         if min(p.size for p in parts) >= floor:
-            return _build(frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify)
+            return _build(
+                frame, parts, seed, kind=kind, prefix=prefix, test_fraction=test_fraction, stratify=stratify
+            )
     raise ConfigError(
         f"Dirichlet split with alpha={alpha} kept leaving a partner with fewer than {floor} rows "
         f"after {max_tries} draws; use a larger alpha or fewer partners"

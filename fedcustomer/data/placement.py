@@ -68,14 +68,18 @@ class PlacementRegistry:
         self.path = self.root / REGISTRY_NAME
         self.key_path = self.root / KEY_NAME
 
-    def apply(self, datasets: Sequence[PartnerDataset], id_column: str | None, layout: dict[str, str]) -> PlacementResult:
+    def apply(
+        self, datasets: Sequence[PartnerDataset], id_column: str | None, layout: dict[str, str]
+    ) -> PlacementResult:
         """Place every customer where the registry says; record customers seen for the first time.
 
         ``layout`` describes the job's split (partners, split, seed, source) and is kept from
         the first provisioning so later differences can be named in the notice.
         """
         if id_column is None:
-            raise DataError("the data has no customer id column; the store and the split registry key customers by id")
+            raise DataError(
+                "the data has no customer id column; the store and the split registry key customers by id"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         key = self._key()
         names = [ds.name for ds in datasets]
@@ -89,14 +93,18 @@ class PlacementRegistry:
         pooled = pd.concat(rows, ignore_index=True)
         dupes = pooled.duplicated(["_token", "_partner"])
         if dupes.any():
-            raise DataError(f"{int(dupes.sum())} rows repeat a customer id at the same partner; each customer must "
-                            "appear once per partner")
+            raise DataError(
+                f"{int(dupes.sum())} rows repeat a customer id at the same partner; each customer must "
+                "appear once per partner"
+            )
         with self._connect() as conn:
             first_layout = dict(conn.execute("SELECT key, value FROM layout").fetchall())
             first = not first_layout
             if first:
-                conn.executemany("INSERT INTO layout (key, value) VALUES (?, ?)",
-                                 [(k, str(v)) for k, v in {**layout, "partner_names": ",".join(names)}.items()])
+                conn.executemany(
+                    "INSERT INTO layout (key, value) VALUES (?, ?)",
+                    [(k, str(v)) for k, v in {**layout, "partner_names": ",".join(names)}.items()],
+                )
             else:
                 recorded = first_layout.get("partner_names", "").split(",")
                 if recorded != names:
@@ -106,23 +114,40 @@ class PlacementRegistry:
                         "--partners, or a new --homes directory for another layout"
                     )
             known = _lookup(conn, list(pooled["_token"].unique()))
-            once = ~pooled["_token"].duplicated(keep=False)  # a pooled split: this input holds them at one partner
-            targets = [_target(known.get(t, {}), p, h, single)
-                       for t, p, h, single in zip(pooled["_token"], pooled["_partner"], pooled["_holdout"], once)]
+            once = ~pooled["_token"].duplicated(
+                keep=False
+            )  # a pooled split: this input holds them at one partner
+            targets = [
+                _target(known.get(t, {}), p, h, single)
+                for t, p, h, single in zip(pooled["_token"], pooled["_partner"], pooled["_holdout"], once)
+            ]
             is_known = pd.Series([t is not None for t in targets], index=pooled.index)
-            placed = [t if t is not None else (p, h) for t, p, h in zip(targets, pooled["_partner"], pooled["_holdout"])]
+            placed = [
+                t if t is not None else (p, h)
+                for t, p, h in zip(targets, pooled["_partner"], pooled["_holdout"])
+            ]
             new_partner = pd.Series([x[0] for x in placed], index=pooled.index)
             new_holdout = pd.Series([int(x[1]) for x in placed], index=pooled.index)
             moved = (new_partner != pooled["_partner"]) | (new_holdout != pooled["_holdout"])
             pooled["_partner"], pooled["_holdout"] = new_partner, new_holdout
             fresh = pooled.loc[~is_known, ["_token", "_partner", "_holdout"]]
-            conn.executemany("INSERT OR IGNORE INTO placements (token, partner, holdout) VALUES (?, ?, ?)",
-                             [(t, p, int(h)) for t, p, h in fresh.itertuples(index=False)])
-        result = PlacementResult(_regroup(pooled, datasets), first=first, kept=int(is_known.sum()),
-                                 moved=int(moved.sum()), new=int((~is_known).sum()))
+            conn.executemany(
+                "INSERT OR IGNORE INTO placements (token, partner, holdout) VALUES (?, ?, ?)",
+                [(t, p, int(h)) for t, p, h in fresh.itertuples(index=False)],
+            )
+        result = PlacementResult(
+            _regroup(pooled, datasets),
+            first=first,
+            kept=int(is_known.sum()),
+            moved=int(moved.sum()),
+            new=int((~is_known).sum()),
+        )
         if not first:
-            changed = [f"{k} {first_layout.get(k)!r} -> {v!r}" for k, v in layout.items()
-                       if k in first_layout and first_layout[k] != str(v)]
+            changed = [
+                f"{k} {first_layout.get(k)!r} -> {v!r}"
+                for k, v in layout.items()
+                if k in first_layout and first_layout[k] != str(v)
+            ]
             if changed or result.moved:
                 result.notices.append(
                     f"the partner homes in {self.root} keep the split fixed when they were first provisioned "
@@ -151,7 +176,9 @@ class PlacementRegistry:
             parts = []
             for frame in (ds.train, ds.test):
                 if ROW_ID_FIELD in frame.columns:
-                    raise DataError(f"the data already has a column {ROW_ID_FIELD!r}; name it as the id column")
+                    raise DataError(
+                        f"the data already has a column {ROW_ID_FIELD!r}; name it as the id column"
+                    )
                 columns = sorted(str(c) for c in frame.columns)
                 ids = []
                 for values in frame[columns].itertuples(index=False, name=None):
@@ -199,10 +226,11 @@ def _lookup(conn: sqlite3.Connection, tokens: list[str]) -> dict[str, dict[str, 
     """token -> {partner: held-out flag} for every partner that first held the customer."""
     found: dict[str, dict[str, int]] = {}
     for i in range(0, len(tokens), 900):
-        chunk = tokens[i:i + 900]
+        chunk = tokens[i : i + 900]
         marks = ",".join("?" * len(chunk))
         for token, partner, holdout in conn.execute(
-                f"SELECT token, partner, holdout FROM placements WHERE token IN ({marks}) ORDER BY rowid", chunk):
+            f"SELECT token, partner, holdout FROM placements WHERE token IN ({marks}) ORDER BY rowid", chunk
+        ):
             found.setdefault(token, {})[partner] = int(holdout)
     return found
 
@@ -224,5 +252,9 @@ def _regroup(pooled: pd.DataFrame, datasets: Sequence[PartnerDataset]) -> list[P
         mine = pooled[pooled["_partner"] == ds.name]
         train = mine[mine["_holdout"] == 0][columns].reset_index(drop=True)
         test = mine[mine["_holdout"] == 1][columns].reset_index(drop=True)
-        out.append(replace(ds, train=train.astype(ds.train.dtypes.to_dict()), test=test.astype(ds.test.dtypes.to_dict())))
+        out.append(
+            replace(
+                ds, train=train.astype(ds.train.dtypes.to_dict()), test=test.astype(ds.test.dtypes.to_dict())
+            )
+        )
     return out

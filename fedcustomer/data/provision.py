@@ -49,8 +49,12 @@ def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, w
         sample = workdir / f"{dataset_name(source, task)}.csv"
         frame.drop(columns=[HOLDOUT], errors="ignore").to_csv(sample, index=False)
         try:
-            drafted = draft_schema(sample, dataset=dataset_name(source, task), sample_rows=max(len(frame), 1),
-                                   id_column=spec.id_column)
+            drafted = draft_schema(
+                sample,
+                dataset=dataset_name(source, task),
+                sample_rows=max(len(frame), 1),
+                id_column=spec.id_column,
+            )
         except DataError as exc:  # name the user's data, not the partner's temporary copy of it
             raise DataError(str(exc).replace(f"{sample}: ", "").replace(str(sample), "the data")) from None
         fields = []
@@ -58,12 +62,22 @@ def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, w
             if f.name == spec.label:
                 f = replace(f, role="label", tier="sensitive", masking=None)
             elif f.role == "feature" and f.tier == "core" and f.name in spec.columns():
-                f = replace(f, tier="sensitive", masking=f.masking if f.masking != "redact" or f.type == "string" else None)
+                f = replace(
+                    f,
+                    tier="sensitive",
+                    masking=f.masking if f.masking != "redact" or f.type == "string" else None,
+                )
             fields.append(f)
         schema = replace(drafted, fields=tuple(fields))
-    holdout = FieldSpec(name=HOLDOUT, type="integer", tier="public", role="feature", nullable=False,
-                        validation=Validation(allowed=("0", "1")),
-                        description="evaluation split marker set by the partner (1 = held out)")
+    holdout = FieldSpec(
+        name=HOLDOUT,
+        type="integer",
+        tier="public",
+        role="feature",
+        nullable=False,
+        validation=Validation(allowed=("0", "1")),
+        description="evaluation split marker set by the partner (1 = held out)",
+    )
     return replace(schema, fields=tuple(schema.fields) + (holdout,))
 
 
@@ -92,11 +106,17 @@ def provision_partner(
             notices.append(notice)
     else:
         home = PartnerHome.create(root, name, budget=budget)
-    store = PartnerStore.open(home) if home.store_path.exists() else PartnerStore.init(home, name, actor=admin(name))
+    store = (
+        PartnerStore.open(home)
+        if home.store_path.exists()
+        else PartnerStore.init(home, name, actor=admin(name))
+    )
     try:
         frame = pd.concat([train.assign(**{HOLDOUT: 0}), test.assign(**{HOLDOUT: 1})], ignore_index=True)
         if spec.id_column is None or spec.id_column not in frame.columns:
-            raise DataError(f"partner {name!r}: data has no customer id column; the store keys customers by id")
+            raise DataError(
+                f"partner {name!r}: data has no customer id column; the store keys customers by id"
+            )
         with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
             schema = schema_for(source, task, spec, frame, Path(tmp))
             path = Path(tmp) / f"{dataset}.csv"

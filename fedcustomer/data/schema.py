@@ -172,17 +172,19 @@ class Schema:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<schema>") -> "Schema":
+    def from_yaml(cls, text: str, source: str = "<schema>") -> Schema:
         return _parse(text, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schema":
+    def load(cls, path: str | Path) -> Schema:
         """Read and check a schema file; SchemaError names file, line and field on any problem."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise SchemaError(f"schema file {path} not found; create one with `fedcustomer schema draft`") from None
+            raise SchemaError(
+                f"schema file {path} not found; create one with `fedcustomer schema draft`"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SchemaError(f"schema file {path} cannot be read: {exc}") from None
         return _parse(text, str(path))
@@ -199,8 +201,10 @@ def _parse(text: str, source: str) -> Schema:
         raw = yaml.safe_load(text)
         items = raw.get("fields") if isinstance(raw, dict) else None
         if isinstance(items, list) and len(items) > MAX_COLUMNS:  # refuse before the slower line mapping
-            raise SchemaError(f"{source}: {len(items)} fields, more than the maximum of {MAX_COLUMNS}; "
-                              "split the dataset into narrower ones")
+            raise SchemaError(
+                f"{source}: {len(items)} fields, more than the maximum of {MAX_COLUMNS}; "
+                "split the dataset into narrower ones"
+            )
         root_node = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -268,10 +272,14 @@ def _parse_field(item: Any, index: int) -> FieldSpec:
     name = item.get("name")
     label = name if isinstance(name, str) else f"#{index}"
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _FieldProblem(label, "'name' must be lower-case letters, digits and '_' (max 63), starting with a letter")
+        raise _FieldProblem(
+            label, "'name' must be lower-case letters, digits and '_' (max 63), starting with a letter"
+        )
     unknown = set(item) - _FIELD_KEYS
     if unknown:
-        raise _FieldProblem(name, f"unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_FIELD_KEYS))})")
+        raise _FieldProblem(
+            name, f"unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_FIELD_KEYS))})"
+        )
     ftype = item.get("type", "string")
     if ftype not in TYPES:
         raise _FieldProblem(name, f"type {ftype!r} is not one of {', '.join(TYPES)}")
@@ -288,7 +296,9 @@ def _parse_field(item: Any, index: int) -> FieldSpec:
     masking = item.get("masking")
     if masking is not None:
         if not isinstance(masking, str) or not masking.strip():
-            raise _FieldProblem(name, "'masking' must be a rule string such as redact, partial:4, bucket:1000")
+            raise _FieldProblem(
+                name, "'masking' must be a rule string such as redact, partial:4, bucket:1000"
+            )
         _check_mask_rule(name, masking)
     description = item.get("description")
     return FieldSpec(
@@ -319,11 +329,14 @@ def _parse_validation(name: str, ftype: str, raw: Any) -> Validation:
     if raw is None:
         return Validation()
     if not isinstance(raw, dict):
-        raise _FieldProblem(name, "'validation' must be a mapping (regex, min, max, allowed, checksum, max_length)")
+        raise _FieldProblem(
+            name, "'validation' must be a mapping (regex, min, max, allowed, checksum, max_length)"
+        )
     unknown = set(raw) - _VALIDATION_KEYS
     if unknown:
         raise _FieldProblem(
-            name, f"unknown validation key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_VALIDATION_KEYS))})"
+            name,
+            f"unknown validation key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_VALIDATION_KEYS))})",
         )
     regex = raw.get("regex")
     if regex is not None:
@@ -366,7 +379,9 @@ def _parse_validation(name: str, ftype: str, raw: Any) -> Validation:
         if ftype != "string":
             raise _FieldProblem(name, "a checksum applies only to string fields")
     max_length = raw.get("max_length")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
         raise _FieldProblem(name, "'max_length' must be a positive integer")
     return Validation(
         regex=regex,
@@ -399,8 +414,10 @@ def _parse_bound_time(value: str) -> Any:
 def _check_schema(schema: Schema) -> list[str]:
     problems: list[str] = []
     if len(schema.fields) > MAX_COLUMNS:
-        problems.append(f"{len(schema.fields)} fields, more than the maximum of {MAX_COLUMNS}; "
-                        "split the dataset into narrower ones")
+        problems.append(
+            f"{len(schema.fields)} fields, more than the maximum of {MAX_COLUMNS}; "
+            "split the dataset into narrower ones"
+        )
         return problems  # listing a problem per field of a huge schema helps nobody
     if not isinstance(schema.dataset, str) or not _NAME_RE.match(schema.dataset):
         problems.append("'dataset' must be a lower-case name of letters, digits and '_'")
@@ -410,14 +427,18 @@ def _check_schema(schema: Schema) -> list[str]:
             problems.append(f"field {f.name!r}: defined twice")
         seen.add(f.name)
         if f.name in RESERVED_NAMES:
-            problems.append(f"field {f.name!r}: name is reserved for the store's own columns "
-                            f"({', '.join(RESERVED_NAMES)}); rename the field")
+            problems.append(
+                f"field {f.name!r}: name is reserved for the store's own columns "
+                f"({', '.join(RESERVED_NAMES)}); rename the field"
+            )
     ids = [f for f in schema.fields if f.role == "id"]
     if len(ids) != 1:
         problems.append(f"exactly one field must have role 'id' (found {len(ids)})")
     for f in ids:
         if f.tier != "core":
-            problems.append(f"field {f.name!r}: the id field must be tier 'core' (raw ids are never stored in clear)")
+            problems.append(
+                f"field {f.name!r}: the id field must be tier 'core' (raw ids are never stored in clear)"
+            )
         if f.nullable:
             problems.append(f"field {f.name!r}: the id field cannot be nullable")
     stamps = [f for f in schema.fields if f.role == "timestamp"]
@@ -428,16 +449,49 @@ def _check_schema(schema: Schema) -> list[str]:
             problems.append(f"field {f.name!r}: a timestamp field must have type date or datetime")
     for f in schema.fields:
         if f.role == "label" and f.tier == "core":
-            problems.append(f"field {f.name!r}: a label cannot be core-tier (training never sees core fields)")
+            problems.append(
+                f"field {f.name!r}: a label cannot be core-tier (training never sees core fields)"
+            )
     return problems
 
 
 # --- drafting ----------------------------------------------------------------
 
-_CORE_HINTS = ("id", "name", "phone", "mobile", "national", "passport", "card", "email", "ssn", "address", "iban")
+_CORE_HINTS = (
+    "id",
+    "name",
+    "phone",
+    "mobile",
+    "national",
+    "passport",
+    "card",
+    "email",
+    "ssn",
+    "address",
+    "iban",
+)
 _SENSITIVE_HINTS = (
-    "amount", "amt", "balance", "bal", "spend", "income", "salary", "limit", "monetary", "debt", "payment", "pay",
-    "bill", "loan", "credit", "utilis", "utiliz", "value", "revenue", "default", "late",
+    "amount",
+    "amt",
+    "balance",
+    "bal",
+    "spend",
+    "income",
+    "salary",
+    "limit",
+    "monetary",
+    "debt",
+    "payment",
+    "pay",
+    "bill",
+    "loan",
+    "credit",
+    "utilis",
+    "utiliz",
+    "value",
+    "revenue",
+    "default",
+    "late",
 )
 _PUBLIC_HINTS = ("region", "industry", "segment", "city", "province", "country", "sector", "channel")
 _TIME_HINTS = ("updated", "timestamp", "modified", "as_of", "asof", "created")
@@ -451,10 +505,7 @@ def _tokens(name: str) -> list[str]:
 def _has_hint(name: str, hints: Iterable[str]) -> bool:
     tokens = _tokens(name)
     lowered = name.lower()
-    for hint in hints:
-        if hint in tokens or (len(hint) > 3 and hint in lowered):
-            return True
-    return False
+    return any(hint in tokens or len(hint) > 3 and hint in lowered for hint in hints)
 
 
 def guess_tier(name: str) -> str:
@@ -489,15 +540,21 @@ def field_names(columns: Iterable[str], source: str) -> dict[str, str]:
     for col in columns:
         name = field_name_for(str(col))
         if name in taken:
-            raise DataError(f"{source}: columns {taken[name]!r} and {col!r} would both be stored as field "
-                            f"{name!r}; rename one of them")
+            raise DataError(
+                f"{source}: columns {taken[name]!r} and {col!r} would both be stored as field "
+                f"{name!r}; rename one of them"
+            )
         taken[name] = str(col)
         out[str(col)] = name
     return out
 
 
 def draft_schema(
-    path: str | Path, *, dataset: str | None = None, sample_rows: int = 10_000, id_from_row: bool = False,
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    sample_rows: int = 10_000,
+    id_from_row: bool = False,
     id_column: str | None = None,
 ) -> Schema:
     """Guess a schema from the first rows of a CSV or Parquet file, for the user to review and edit.
@@ -526,13 +583,24 @@ def draft_schema(
     fields: list[FieldSpec] = []
     if id_from_row:
         if id_col is not None:
-            raise DataError(f"{path}: column {id_col!r} looks like the customer id; drop --id-from-row to use it "
-                            "(or rename it if it is not an id)")
+            raise DataError(
+                f"{path}: column {id_col!r} looks like the customer id; drop --id-from-row to use it "
+                "(or rename it if it is not an id)"
+            )
         if ROW_ID_FIELD in names.values():
-            raise DataError(f"{path}: the file already has a column named {ROW_ID_FIELD!r}; drop --id-from-row "
-                            "and use it as the id, or rename it")
-        fields.append(FieldSpec(name=ROW_ID_FIELD, type="string", tier="core", role="id",
-                                description="generated by ingest --id-from-row: a keyed digest of the row's values"))
+            raise DataError(
+                f"{path}: the file already has a column named {ROW_ID_FIELD!r}; drop --id-from-row "
+                "and use it as the id, or rename it"
+            )
+        fields.append(
+            FieldSpec(
+                name=ROW_ID_FIELD,
+                type="string",
+                tier="core",
+                role="id",
+                description="generated by ingest --id-from-row: a keyed digest of the row's values",
+            )
+        )
     elif id_col is None:
         raise DataError(
             f"{path}: no customer id column (looked for {', '.join(_ID_NAMES)} or a name ending in '_id'); the "
@@ -576,11 +644,19 @@ def draft_schema(
         description = f"file column {col!r}" if field_name != col else None
         fields.append(
             FieldSpec(
-                name=field_name, type=ftype, tier=tier, role=role, nullable=nullable, validation=validation,
-                masking=masking, description=description,
+                name=field_name,
+                type=ftype,
+                tier=tier,
+                role=role,
+                nullable=nullable,
+                validation=validation,
+                masking=masking,
+                description=description,
             )
         )
-    return Schema(dataset=name, fields=tuple(fields), description=f"Drafted from {path.name}; review every tier")
+    return Schema(
+        dataset=name, fields=tuple(fields), description=f"Drafted from {path.name}; review every tier"
+    )
 
 
 def _guess_type(series: Any) -> str:

@@ -30,9 +30,25 @@ SPLITS = ("iid", "non-iid")
 SOURCE_TASKS = {"synthetic": ("repayment", "clv"), "uci-credit": ("repayment",), "cdnow": ("clv",)}
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 DIRICHLET_ALPHA = 0.5  # label skew for non-IID splits of a user's own file
-_TARGET_NAMES = frozenset({"y", "target", "label", "class", "outcome", "response", "default", "defaulted",
-                           "future_spend", "churn", "churned"})
-_LABEL_GUESSES = {"repayment": ("default", "defaulted", "label", "target"), "clv": ("future_spend", "label", "target")}
+_TARGET_NAMES = frozenset(
+    {
+        "y",
+        "target",
+        "label",
+        "class",
+        "outcome",
+        "response",
+        "default",
+        "defaulted",
+        "future_spend",
+        "churn",
+        "churned",
+    }
+)
+_LABEL_GUESSES = {
+    "repayment": ("default", "defaulted", "label", "target"),
+    "clv": ("future_spend", "label", "target"),
+}
 _ID_GUESSES = ("customer_id", "id", "ID")
 
 
@@ -108,11 +124,15 @@ def load_partitions(
                 f"add --task {SOURCE_TASKS[source][0]}"
             )
         if spec is not None:
-            raise ConfigError(f"data source {source!r} brings its own feature spec; --feature-spec applies to a "
-                              "data file (--data PATH) or to datasets already in partner homes")
+            raise ConfigError(
+                f"data source {source!r} brings its own feature spec; --feature-spec applies to a "
+                "data file (--data PATH) or to datasets already in partner homes"
+            )
         spec, partners = _builtin(task, source, n_partners, split, seed, data_dir, test_fraction)
         if label is not None and label != spec.label:
-            raise ConfigError(f"data source {source!r} has label {spec.label!r}; drop --label or pass {spec.label!r}")
+            raise ConfigError(
+                f"data source {source!r} has label {spec.label!r}; drop --label or pass {spec.label!r}"
+            )
     else:
         path = Path(source)
         if not path.exists():
@@ -175,8 +195,15 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _from_path(
-    task: str, path: Path, n: int, split: str, seed: int, test_fraction: float, label: str | None,
-    declared: FeatureSpec | None, notices: list[str],
+    task: str,
+    path: Path,
+    n: int,
+    split: str,
+    seed: int,
+    test_fraction: float,
+    label: str | None,
+    declared: FeatureSpec | None,
+    notices: list[str],
 ) -> tuple[FeatureSpec, list[PartnerDataset]]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
@@ -212,8 +239,11 @@ def _from_path(
         else:
             partners = partition_dirichlet(frame, n, label, DIRICHLET_ALPHA, seed, **same)
     if guessed:
-        notices.insert(0, f"label column guessed: {label!r} (the usual name for the {task} target); "
-                          "pass --label to name another")
+        notices.insert(
+            0,
+            f"label column guessed: {label!r} (the usual name for the {task} target); "
+            "pass --label to name another",
+        )
     if declared is not None:
         return _renamed_spec(declared, id_column), partners
     spec, told = FeatureSpec.infer_from_partners([p.train for p in partners], task, label, id_column)
@@ -244,19 +274,27 @@ def _roles(
     if declared is not None:
         wanted = field_name_for(declared.label)
         if label is not None and field_name_for(label) != wanted:
-            raise ConfigError(f"--label {label!r} differs from the feature spec's label {declared.label!r}; "
-                              "drop --label or make them agree")
+            raise ConfigError(
+                f"--label {label!r} differs from the feature spec's label {declared.label!r}; "
+                "drop --label or make them agree"
+            )
         if wanted not in columns:
-            raise DataError(f"{where}: the feature spec's label {declared.label!r} is not a column of the data")
+            raise DataError(
+                f"{where}: the feature spec's label {declared.label!r} is not a column of the data"
+            )
         id_column = field_name_for(declared.id_column) if declared.id_column else None
         if id_column is not None and id_column not in columns:
-            raise DataError(f"{where}: the feature spec's id column {declared.id_column!r} is not in the data")
+            raise DataError(
+                f"{where}: the feature spec's id column {declared.id_column!r} is not in the data"
+            )
         return wanted, id_column if id_column else _guess_id(columns, wanted)
     if label is not None:
         label = field_name_for(label)
         if label not in columns:
-            raise DataError(f"label column {label!r} is missing from the data (columns present: "
-                            f"{_list(columns)}); pass the right label name or add the column")
+            raise DataError(
+                f"label column {label!r} is missing from the data (columns present: "
+                f"{_list(columns)}); pass the right label name or add the column"
+            )
     else:
         label = next((c for c in _LABEL_GUESSES[task] if c in columns), None)
         rivals = [c for c in columns if c != label and str(c).strip().lower() in _TARGET_NAMES]
@@ -294,7 +332,9 @@ def _check_partners(spec: FeatureSpec, partners: list[PartnerDataset]) -> None:
     """Every partner has training rows and encodes cleanly; errors name the partner."""
     for p in partners:
         if len(p.train) == 0:
-            raise DataError(f"partner {p.name!r} has no training rows; use fewer partners or a smaller test fraction")
+            raise DataError(
+                f"partner {p.name!r} has no training rows; use fewer partners or a smaller test fraction"
+            )
         for part, frame in (("train", p.train), ("test", p.test)):
             if len(frame) == 0:
                 continue

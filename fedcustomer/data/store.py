@@ -149,7 +149,11 @@ class SqliteBackend:
         mode = "rwc" if create else "rw"
         try:
             self._con = sqlite3.connect(
-                f"file:{self.path}?mode={mode}", uri=True, isolation_level=None, timeout=30, check_same_thread=False
+                f"file:{self.path}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                timeout=30,
+                check_same_thread=False,
             )
             # Zero freed pages so erased ciphertext and wrapped keys do not linger in the file.
             self._con.execute("PRAGMA secure_delete = ON")
@@ -214,7 +218,9 @@ class SqliteBackend:
             return fn(*args)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise ConfigError(f"store database {self.path} is busy (locked by another process); retry") from None
+                raise ConfigError(
+                    f"store database {self.path} is busy (locked by another process); retry"
+                ) from None
             if isinstance(exc, (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
                 raise
             raise IntegrityError(f"store database {self.path} is corrupt or was altered: {exc}") from None
@@ -253,11 +259,13 @@ class PartnerStore:
     # ---- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, home: PartnerHome, name: str, *, actor: Actor | None = None) -> "PartnerStore":
+    def init(cls, home: PartnerHome, name: str, *, actor: Actor | None = None) -> PartnerStore:
         """Create keys, audit log and an empty store.db in ``home`` (a new or existing partner home)."""
         home = home if isinstance(home, PartnerHome) else PartnerHome(home)
         if home.store_path.exists():
-            raise ConfigError(f"{home.store_path} already exists: this partner home is initialised; use it as is")
+            raise ConfigError(
+                f"{home.store_path} already exists: this partner home is initialised; use it as is"
+            )
         if actor is not None:
             cls._load_policy(home).require(actor, "keys")
         keyring_file = home.keys_dir / "keyring.json"
@@ -285,7 +293,8 @@ class PartnerStore:
                 for key, value in (("format", STORE_FORMAT), ("name", name), ("created_at", now)):
                     backend.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
                 backend.execute(
-                    "INSERT INTO meta VALUES (?, ?)", ("pseudonym_check", pseudonymizer.pseudonym(_PSEUDONYM_CHECK))
+                    "INSERT INTO meta VALUES (?, ?)",
+                    ("pseudonym_check", pseudonymizer.pseudonym(_PSEUDONYM_CHECK)),
                 )
                 wrapped = keyring.wrap(new_data_key(), data_key_context(_KEYCHECK_DATASET, _KEYCHECK_LABEL))
                 backend.execute("INSERT INTO keycheck VALUES (1, ?, ?)", (wrapped.kek_version, wrapped.blob))
@@ -299,7 +308,7 @@ class PartnerStore:
         return store
 
     @classmethod
-    def open(cls, home: PartnerHome) -> "PartnerStore":
+    def open(cls, home: PartnerHome) -> PartnerStore:
         """Open an initialised home; KeyMaterialError (nothing written) if its keys are missing or wrong."""
         home = home if isinstance(home, PartnerHome) else PartnerHome(home)
         if not home.store_path.exists():
@@ -343,9 +352,13 @@ class PartnerStore:
         with self.backend.transaction():
             self.backend.execute("INSERT OR REPLACE INTO meta VALUES ('policy_lines', ?)", (stored,))
             if details is not None:
-                self._audit(Actor("system", "system"), "policy_change", reason="the access policy in force changed "
-                            "since this store was last opened (the file's editor is not known to the node)",
-                            details=details)
+                self._audit(
+                    Actor("system", "system"),
+                    "policy_change",
+                    reason="the access policy in force changed "
+                    "since this store was last opened (the file's editor is not known to the node)",
+                    details=details,
+                )
 
     @staticmethod
     def _check_keys(backend: SqliteBackend, keyring: KeyRing, pseudonymizer: Pseudonymizer) -> None:
@@ -363,7 +376,10 @@ class PartnerStore:
         if fmt != STORE_FORMAT or check is None or expected is None:
             raise IntegrityError(f"{backend.path} is not a {STORE_FORMAT} store (format {fmt!r})")
         try:
-            keyring.unwrap(WrappedKey(int(check[0]), bytes(check[1])), data_key_context(_KEYCHECK_DATASET, _KEYCHECK_LABEL))
+            keyring.unwrap(
+                WrappedKey(int(check[0]), bytes(check[1])),
+                data_key_context(_KEYCHECK_DATASET, _KEYCHECK_LABEL),
+            )
         except KeyMaterialError as exc:
             raise KeyMaterialError(
                 f"the keyring in {getattr(keyring, 'path', 'the keys directory')} does not belong to the store "
@@ -396,7 +412,7 @@ class PartnerStore:
         finally:
             self.backend.close()
 
-    def __enter__(self) -> "PartnerStore":
+    def __enter__(self) -> PartnerStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -459,7 +475,9 @@ class PartnerStore:
         text = self.backend.scalar("SELECT schema_yaml FROM datasets WHERE name = ?", (dataset,))
         if text is None:
             known = ", ".join(self.datasets()) or "none yet"
-            raise ConfigError(f"no dataset {dataset!r} in {self.home.store_path} (datasets: {known}); ingest it first")
+            raise ConfigError(
+                f"no dataset {dataset!r} in {self.home.store_path} (datasets: {known}); ingest it first"
+            )
         schema = Schema.from_yaml(text, source=f"{self.home.store_path}:{dataset}")
         self._schemas[dataset] = schema
         return schema
@@ -519,27 +537,48 @@ class PartnerStore:
             params = (dataset,)
         rows = self.backend.fetchall(sql + " ORDER BY id", params)
         return [
-            {"id": r[0], "dataset": r[1], "ingest_id": r[2], "row": r[3], "pseudonym": r[4],
-             "reasons": json.loads(r[5]), "quarantined_at": r[6]}
+            {
+                "id": r[0],
+                "dataset": r[1],
+                "ingest_id": r[2],
+                "row": r[3],
+                "pseudonym": r[4],
+                "reasons": json.loads(r[5]),
+                "quarantined_at": r[6],
+            }
             for r in rows
         ]
 
     def merges(self, dataset: str | None = None) -> list[dict[str, Any]]:
         """Merge records; their timestamps are sealed under the customer's data key and opened here."""
-        sql = ("SELECT m.dataset, m.ingest_id, m.pseudonym, m.outcome, m.sealed, k.kek_version, k.blob FROM merges m "
-               "LEFT JOIN data_keys k ON k.dataset = m.dataset AND k.pseudonym = m.pseudonym")
+        sql = (
+            "SELECT m.dataset, m.ingest_id, m.pseudonym, m.outcome, m.sealed, k.kek_version, k.blob FROM merges m "
+            "LEFT JOIN data_keys k ON k.dataset = m.dataset AND k.pseudonym = m.pseudonym"
+        )
         params: tuple = ()
         if dataset:
             sql += " WHERE m.dataset = ?"
             params = (dataset,)
         out: list[dict[str, Any]] = []
-        for ds, ingest_id, p, outcome, sealed, version, blob in self.backend.fetchall(sql + " ORDER BY m.id", params):
+        for ds, ingest_id, p, outcome, sealed, version, blob in self.backend.fetchall(
+            sql + " ORDER BY m.id", params
+        ):
             if blob is None:
-                raise IntegrityError(f"merge record of customer {p} in dataset {ds!r} has no data key; the store was altered")
+                raise IntegrityError(
+                    f"merge record of customer {p} in dataset {ds!r} has no data key; the store was altered"
+                )
             key = self.keyring.unwrap(WrappedKey(int(version), bytes(blob)), data_key_context(ds, p))
             kept, dropped = json.loads(FieldCipher(ds).decrypt(key, MERGE_FIELD, p, bytes(sealed)))
-            out.append({"dataset": ds, "ingest_id": ingest_id, "pseudonym": p, "outcome": outcome,
-                        "kept_timestamp": kept, "dropped_timestamp": dropped})
+            out.append(
+                {
+                    "dataset": ds,
+                    "ingest_id": ingest_id,
+                    "pseudonym": p,
+                    "outcome": outcome,
+                    "kept_timestamp": kept,
+                    "dropped_timestamp": dropped,
+                }
+            )
         return out
 
     # ---- ingest -------------------------------------------------------------------------
@@ -560,16 +599,27 @@ class PartnerStore:
         except Exception as exc:  # a failed ingest is audited too; the store is unchanged
             reason = str(exc) if isinstance(exc, FedCustomerError) else f"unexpected {type(exc).__name__}"
             try:
-                self._audit(actor, "ingest", "denied", dataset=schema.dataset, reason=f"ingest failed: {reason}",
-                            details={"file": path.name, "outcome": "failed"})
+                self._audit(
+                    actor,
+                    "ingest",
+                    "denied",
+                    dataset=schema.dataset,
+                    reason=f"ingest failed: {reason}",
+                    details={"file": path.name, "outcome": "failed"},
+                )
             except FedCustomerError:
                 pass  # the log refused the entry; the next action's log check reports why
             raise
 
-    def _ingest(self, actor: Actor, schema: Schema, path: Path, chunk_rows: int, id_from_row: bool) -> IngestReport:
+    def _ingest(
+        self, actor: Actor, schema: Schema, path: Path, chunk_rows: int, id_from_row: bool
+    ) -> IngestReport:
         sha = file_sha256(path)
         report = IngestReport(
-            dataset=schema.dataset, file=path.name, sha256=sha, field_tiers={f.name: f.tier for f in schema.fields}
+            dataset=schema.dataset,
+            file=path.name,
+            sha256=sha,
+            field_tiers={f.name: f.tier for f in schema.fields},
         )
         prior = self.backend.fetchone(
             "SELECT id FROM ingests WHERE dataset = ? AND sha256 = ?", (schema.dataset, sha)
@@ -578,8 +628,13 @@ class PartnerStore:
             report.skipped_file = True
             report.ingest_id = int(prior[0])
             report.finished_at = utc_now()
-            self._audit(actor, "ingest", dataset=schema.dataset, row_count=0,
-                        details={"file": path.name, "sha256": sha, "skipped": "already ingested"})
+            self._audit(
+                actor,
+                "ingest",
+                dataset=schema.dataset,
+                row_count=0,
+                details={"file": path.name, "sha256": sha, "skipped": "already ingested"},
+            )
             return report
         with self._write_transaction():
             self._register(schema)
@@ -597,17 +652,42 @@ class PartnerStore:
                 report.add(stats)
                 self._write_chunk(schema, cipher, prepared, ingest_id, report)
             if first:
-                raise SchemaError(f"{path}: the file has no header row; expected columns {', '.join(schema.names)}")
+                raise SchemaError(
+                    f"{path}: the file has no header row; expected columns {', '.join(schema.names)}"
+                )
             report.finished_at = utc_now()
             self.backend.execute(
                 "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ingest_id, schema.dataset, path.name, sha, actor.name, report.read, report.inserted,
-                 report.updated, report.unchanged, report.stale, report.duplicates, report.invalid,
-                 report.suppressed, report.started_at, report.finished_at),
+                (
+                    ingest_id,
+                    schema.dataset,
+                    path.name,
+                    sha,
+                    actor.name,
+                    report.read,
+                    report.inserted,
+                    report.updated,
+                    report.unchanged,
+                    report.stale,
+                    report.duplicates,
+                    report.invalid,
+                    report.suppressed,
+                    report.started_at,
+                    report.finished_at,
+                ),
             )
         self._audit(
-            actor, "ingest", dataset=schema.dataset, fields=schema.names, row_count=report.read,
-            details={"file": path.name, "sha256": sha, "ingest_id": ingest_id, "rows": report.to_dict()["rows"]},
+            actor,
+            "ingest",
+            dataset=schema.dataset,
+            fields=schema.names,
+            row_count=report.read,
+            details={
+                "file": path.name,
+                "sha256": sha,
+                "ingest_id": ingest_id,
+                "rows": report.to_dict()["rows"],
+            },
         )
         return report
 
@@ -636,13 +716,17 @@ class PartnerStore:
             for p, ing, sealed, version, blob in self.backend.fetchall(
                 f"SELECT t.pseudonym, t.ingest_id, t.sealed, k.kek_version, k.blob FROM {table} t "
                 f"LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
-                f"WHERE t.pseudonym IN ({marks})", [dataset, *batch]
+                f"WHERE t.pseudonym IN ({marks})",
+                [dataset, *batch],
             ):
                 keys[p] = self._unwrap_row_key(dataset, p, version, blob)
                 row = _open_row(cipher, keys[p], p, sealed)
                 existing[p] = (ing, row["ts"], row["digest"])
             erased.update(
-                r[0] for r in self.backend.fetchall(f"SELECT pseudonym FROM erasures WHERE pseudonym IN ({marks})", batch)
+                r[0]
+                for r in self.backend.fetchall(
+                    f"SELECT pseudonym FROM erasures WHERE pseudonym IN ({marks})", batch
+                )
             )
         has_stamp = schema.timestamp_field is not None
         core_names = [f.name for f in schema.fields if f.is_core]
@@ -712,8 +796,13 @@ class PartnerStore:
         self._write_merges(cipher, dataset, ingest_id, in_file + merges, keys, erased)
 
     def _write_merges(
-        self, cipher: FieldCipher, dataset: str, ingest_id: int, merges: Sequence[tuple[str, str, str, str]],
-        keys: dict[str, bytes], erased: set[str],
+        self,
+        cipher: FieldCipher,
+        dataset: str,
+        ingest_id: int,
+        merges: Sequence[tuple[str, str, str, str]],
+        keys: dict[str, bytes],
+        erased: set[str],
     ) -> None:
         """Record merges with their timestamps sealed under the customer's data key.
 
@@ -733,8 +822,12 @@ class PartnerStore:
 
     def _unwrap_row_key(self, dataset: str, pseudonym: str, version: Any, blob: Any) -> bytes:
         if blob is None:
-            raise IntegrityError(f"customer {pseudonym} of dataset {dataset!r} has no data key; the store was altered")
-        return self.keyring.unwrap(WrappedKey(int(version), bytes(blob)), data_key_context(dataset, pseudonym))
+            raise IntegrityError(
+                f"customer {pseudonym} of dataset {dataset!r} has no data key; the store was altered"
+            )
+        return self.keyring.unwrap(
+            WrappedKey(int(version), bytes(blob)), data_key_context(dataset, pseudonym)
+        )
 
     def _quarantine(
         self, schema: Schema, cipher: FieldCipher, chunk: PreparedChunk, ingest_id: int, now: str
@@ -749,8 +842,21 @@ class PartnerStore:
             data_key = new_data_key()
             wrapped = self.keyring.wrap(data_key, data_key_context(schema.dataset, label))
             payload = cipher.encrypt(data_key, QUARANTINE_FIELD, label, payload_text)
-            rows.append((schema.dataset, ingest_id, bad.row, pseudonym, label, digest, json.dumps(bad.reasons),
-                         wrapped.kek_version, wrapped.blob, payload, now))
+            rows.append(
+                (
+                    schema.dataset,
+                    ingest_id,
+                    bad.row,
+                    pseudonym,
+                    label,
+                    digest,
+                    json.dumps(bad.reasons),
+                    wrapped.kek_version,
+                    wrapped.blob,
+                    payload,
+                    now,
+                )
+            )
         self.backend.executemany(
             "INSERT OR IGNORE INTO quarantine (dataset, ingest_id, source_row, pseudonym, key_label, row_digest, "
             "reasons, kek_version, wrapped_key, payload, quarantined_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -759,13 +865,16 @@ class PartnerStore:
 
     def _data_key(self, dataset: str, pseudonym: str) -> bytes:
         row = self.backend.fetchone(
-            "SELECT kek_version, blob FROM data_keys WHERE dataset = ? AND pseudonym = ?", (dataset, pseudonym)
+            "SELECT kek_version, blob FROM data_keys WHERE dataset = ? AND pseudonym = ?",
+            (dataset, pseudonym),
         )
         if row is None:
             raise IntegrityError(
                 f"customer {pseudonym} of dataset {dataset!r} has stored fields but no data key; the store was altered"
             )
-        return self.keyring.unwrap(WrappedKey(int(row[0]), bytes(row[1])), data_key_context(dataset, pseudonym))
+        return self.keyring.unwrap(
+            WrappedKey(int(row[0]), bytes(row[1])), data_key_context(dataset, pseudonym)
+        )
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -800,7 +909,9 @@ class PartnerStore:
             self._audit(actor, "read", "denied", reason=str(exc), fields=list(fields or ()), **audit_base)
             raise
         requested = list(dict.fromkeys(fields)) if fields is not None else schema.names
-        unknown = [n for n in requested if n not in schema.names] + [n for n in (where or {}) if n not in schema.names]
+        unknown = [n for n in requested if n not in schema.names] + [
+            n for n in (where or {}) if n not in schema.names
+        ]
         if unknown:
             message = f"dataset {ds!r} has no field(s) {', '.join(sorted(set(unknown)))}"
             self._audit(actor, "read", "denied", reason=message, fields=requested, **audit_base)
@@ -812,14 +923,29 @@ class PartnerStore:
                 )
             decisions, approvals = self._decide(actor, purpose, schema, requested, approval_id, now)
         except FedCustomerError as exc:
-            self._audit(actor, "read", "denied", reason=str(exc), fields=requested,
-                        tier=_top_tier(schema, requested), **audit_base)
+            self._audit(
+                actor,
+                "read",
+                "denied",
+                reason=str(exc),
+                fields=requested,
+                tier=_top_tier(schema, requested),
+                **audit_base,
+            )
             raise
         denied = {n: d for n, d in decisions.items() if d.view == "denied"}
         if fields is not None and denied:
             reason = "; ".join(f"{n}: {d.reason}" for n, d in denied.items())
-            self._audit(actor, "read", "denied", reason=reason, fields=requested, tier=_top_tier(schema, list(denied)),
-                        details={"denied": sorted(denied)}, **audit_base)
+            self._audit(
+                actor,
+                "read",
+                "denied",
+                reason=reason,
+                fields=requested,
+                tier=_top_tier(schema, list(denied)),
+                details={"denied": sorted(denied)},
+                **audit_base,
+            )
             raise AccessDenied(
                 f"actor '{actor.name}' ({actor.role}) may not read {', '.join(denied)} of dataset {ds!r} for "
                 f"purpose '{purpose}': {reason}"
@@ -827,25 +953,43 @@ class PartnerStore:
         visible = [n for n in requested if n not in denied]
         where = dict(where or {})
         bad_where = [
-            k for k in where
+            k
+            for k in where
             if schema.field(k).tier != "public"
-            or (decisions[k].view if k in decisions else self._view_of(actor, purpose, schema.field(k), now)) == "denied"
+            or (decisions[k].view if k in decisions else self._view_of(actor, purpose, schema.field(k), now))
+            == "denied"
         ]
         if not visible or bad_where:
             reason = (
                 f"filters allowed on public fields the actor may see only (not {', '.join(bad_where)})"
-                if bad_where else f"role '{actor.role}' may see no field of dataset {ds!r} for purpose '{purpose}'"
+                if bad_where
+                else f"role '{actor.role}' may see no field of dataset {ds!r} for purpose '{purpose}'"
             )
-            self._audit(actor, "read", "denied", reason=reason, fields=requested, tier=_top_tier(schema, requested),
-                        **audit_base)
+            self._audit(
+                actor,
+                "read",
+                "denied",
+                reason=reason,
+                fields=requested,
+                tier=_top_tier(schema, requested),
+                **audit_base,
+            )
             raise AccessDenied(f"actor '{actor.name}': {reason}")
-        used_approvals = sorted({a.approval_id for n, a in approvals.items() if a is not None
-                                 and decisions[n].view == "clear"})
+        used_approvals = sorted(
+            {a.approval_id for n, a in approvals.items() if a is not None and decisions[n].view == "clear"}
+        )
         try:
             frame = self._fetch(schema, visible, {n: decisions[n].view for n in visible}, where)
         except FedCustomerError as exc:
-            self._audit(actor, "read", "denied", reason=f"read failed: {exc}", fields=visible,
-                        tier=_top_tier(schema, visible), **audit_base)
+            self._audit(
+                actor,
+                "read",
+                "denied",
+                reason=f"read failed: {exc}",
+                fields=visible,
+                tier=_top_tier(schema, visible),
+                **audit_base,
+            )
             raise
         decrypted = [n for n in visible if schema.field(n).is_core and decisions[n].view == "clear"]
         details: dict[str, Any] = {"views": {n: decisions[n].view for n in visible}}
@@ -859,8 +1003,15 @@ class PartnerStore:
             if len(frame) > _MAX_AUDIT_PSEUDONYMS:
                 details["pseudonyms_truncated"] = len(frame)
         self._audit(
-            actor, "decrypt" if decrypted else "read", fields=visible, tier=_top_tier(schema, visible),
-            approvals=used_approvals, row_count=len(frame), pseudonyms=pseudonyms, details=details, **audit_base,
+            actor,
+            "decrypt" if decrypted else "read",
+            fields=visible,
+            tier=_top_tier(schema, visible),
+            approvals=used_approvals,
+            row_count=len(frame),
+            pseudonyms=pseudonyms,
+            details=details,
+            **audit_base,
         )
         return frame
 
@@ -873,7 +1024,9 @@ class PartnerStore:
             return names[0]
         if not names:
             raise ConfigError(f"the store {self.home.store_path} holds no dataset yet; ingest one first")
-        raise ConfigError(f"the store holds several datasets ({', '.join(names)}); say which one (dataset=...)")
+        raise ConfigError(
+            f"the store holds several datasets ({', '.join(names)}); say which one (dataset=...)"
+        )
 
     def _view_of(self, actor: Actor, purpose: str, spec: FieldSpec, now: datetime | None) -> str:
         return self.policy.decide(actor, purpose, FieldRef(spec.name, spec.tier, spec.role), now=now).view
@@ -902,7 +1055,9 @@ class PartnerStore:
             approvals[name] = approval
         return decisions, approvals
 
-    def _fetch(self, schema: Schema, names: list[str], views: dict[str, str], where: Mapping[str, Any]) -> pd.DataFrame:
+    def _fetch(
+        self, schema: Schema, names: list[str], views: dict[str, str], where: Mapping[str, Any]
+    ) -> pd.DataFrame:
         """Open each customer's sealed row with their data key; filter; decrypt core fields asked for."""
         q = self.backend.quote
         dataset = schema.dataset
@@ -939,8 +1094,9 @@ class PartnerStore:
             spec = schema.field(name)
             series = _to_series(spec, columns[name], idx)
             if views[name] == "masked":
-                series = mask_series(series.rename(name), spec.masking or default_rule_for(spec.type),
-                                     key=self._mask_key)
+                series = mask_series(
+                    series.rename(name), spec.masking or default_rule_for(spec.type), key=self._mask_key
+                )
                 series.index = idx
             data[name] = series
         return pd.DataFrame(data, index=idx)
@@ -958,25 +1114,38 @@ class PartnerStore:
                     f"DELETE FROM {self.backend.quote(_table(ds))} WHERE pseudonym = ?", (pseudonym,)
                 ).rowcount
                 result["datasets"][ds] = n
-            result["data_keys"] = self.backend.execute("DELETE FROM data_keys WHERE pseudonym = ?", (pseudonym,)).rowcount
+            result["data_keys"] = self.backend.execute(
+                "DELETE FROM data_keys WHERE pseudonym = ?", (pseudonym,)
+            ).rowcount
             result["quarantine"] = self.backend.execute(
                 "DELETE FROM quarantine WHERE pseudonym = ?", (pseudonym,)
             ).rowcount
-            result["merges"] = self.backend.execute("DELETE FROM merges WHERE pseudonym = ?", (pseudonym,)).rowcount
+            result["merges"] = self.backend.execute(
+                "DELETE FROM merges WHERE pseudonym = ?", (pseudonym,)
+            ).rowcount
             self.backend.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (pseudonym, utc_now()))
-        result["found"] = bool(result["data_keys"] or result["quarantine"] or any(result["datasets"].values()))
+        result["found"] = bool(
+            result["data_keys"] or result["quarantine"] or any(result["datasets"].values())
+        )
         from fedcustomer.privacy.psi_state import forget_customer  # PSI files list pseudonyms too
 
         result["psi_state"] = forget_customer(self.home, pseudonym)
-        self._audit(actor, "erase", pseudonyms=[pseudonym], row_count=sum(result["datasets"].values()),
-                    details={k: v for k, v in result.items() if k != "pseudonym"})
+        self._audit(
+            actor,
+            "erase",
+            pseudonyms=[pseudonym],
+            row_count=sum(result["datasets"].values()),
+            details={k: v for k, v in result.items() if k != "pseudonym"},
+        )
         return result
 
     # ---- keys -------------------------------------------------------------------------
 
     def _wrapped_keys(self) -> Iterator[tuple[str, tuple, int, bytes, bytes]]:
         """(table, row key, kek version, blob, context) of every wrapped key in the store."""
-        for ds, p, v, blob in self.backend.fetchall("SELECT dataset, pseudonym, kek_version, blob FROM data_keys"):
+        for ds, p, v, blob in self.backend.fetchall(
+            "SELECT dataset, pseudonym, kek_version, blob FROM data_keys"
+        ):
             yield "data_keys", (ds, p), v, bytes(blob), data_key_context(ds, p)
         for rid, ds, label, v, blob in self.backend.fetchall(
             "SELECT id, dataset, key_label, kek_version, wrapped_key FROM quarantine"
@@ -996,7 +1165,9 @@ class PartnerStore:
         if rotate is None:
             raise ConfigError("this keyring cannot rotate from here; rotate the key in the KMS, then rewrap")
         created = int(rotate())
-        self._audit(actor, "key_create", details={"kek_version": created, "for": "rotation"})  # even if killed next
+        self._audit(
+            actor, "key_create", details={"kek_version": created, "for": "rotation"}
+        )  # even if killed next
         counts = {"data_keys": 0, "quarantine": 0, "keycheck": 0}
         with self._write_transaction():
             new_version = int(self.keyring.active_version())  # a concurrent rotation may have gone further
@@ -1016,7 +1187,8 @@ class PartnerStore:
                     )
                 else:
                     self.backend.execute(
-                        "UPDATE keycheck SET kek_version = ?, blob = ? WHERE id = 1", (wrapped.kek_version, wrapped.blob)
+                        "UPDATE keycheck SET kek_version = ?, blob = ? WHERE id = 1",
+                        (wrapped.kek_version, wrapped.blob),
                     )
                 counts[table] += 1
         result = {"active_version": new_version, "rewrapped": sum(counts.values()), "by_table": counts}
@@ -1041,7 +1213,12 @@ class PartnerStore:
             self._require(actor, "keys", "key_list")
         usage = self.key_usage()
         return [
-            {"version": k.version, "created_at": k.created_at, "status": k.status, "wrapped_keys": usage.get(k.version, 0)}
+            {
+                "version": k.version,
+                "created_at": k.created_at,
+                "status": k.status,
+                "wrapped_keys": usage.get(k.version, 0),
+            }
             for k in self.keyring.versions()
         ]
 
@@ -1050,7 +1227,9 @@ class PartnerStore:
         self._require(actor, "keys", "key_retire", details={"kek_version": version})
         retire = getattr(self.keyring, "retire", None)
         if retire is None:
-            raise ConfigError("this keyring cannot retire versions from here; retire the key version in the KMS")
+            raise ConfigError(
+                "this keyring cannot retire versions from here; retire the key version in the KMS"
+            )
         try:
             # Check and destroy under the store's write lock: writers wrap only inside a write
             # transaction after re-reading the keyring, so none can add a key under this
@@ -1087,11 +1266,25 @@ class PartnerStore:
                 schema.field(name)
             request_id = self.approvals.request(actor, dataset, list(fields), purpose, ttl, now=now)
         except FedCustomerError as exc:
-            self._audit(actor, "approval_request", "denied", dataset=dataset, fields=list(fields), purpose=purpose,
-                        reason=str(exc))
+            self._audit(
+                actor,
+                "approval_request",
+                "denied",
+                dataset=dataset,
+                fields=list(fields),
+                purpose=purpose,
+                reason=str(exc),
+            )
             raise
-        self._audit(actor, "approval_request", dataset=dataset, fields=list(fields), purpose=purpose,
-                    approvals=[request_id], details={"ttl_seconds": int(ttl.total_seconds())})
+        self._audit(
+            actor,
+            "approval_request",
+            dataset=dataset,
+            fields=list(fields),
+            purpose=purpose,
+            approvals=[request_id],
+            details={"ttl_seconds": int(ttl.total_seconds())},
+        )
         return request_id
 
     def approve(self, actor: Actor, request_id: str, *, now: datetime | None = None) -> Approval | None:
@@ -1103,9 +1296,15 @@ class PartnerStore:
             raise
         details = {"complete": approval is not None}
         if approval is not None:
-            self._audit(actor, "approve", dataset=approval.dataset, fields=list(approval.fields),
-                        purpose=approval.purpose, approvals=[request_id],
-                        details={**details, "approvers": list(approval.approvers), "expires_at": approval.expires_at})
+            self._audit(
+                actor,
+                "approve",
+                dataset=approval.dataset,
+                fields=list(approval.fields),
+                purpose=approval.purpose,
+                approvals=[request_id],
+                details={**details, "approvers": list(approval.approvers), "expires_at": approval.expires_at},
+            )
         else:
             self._audit(actor, "approve", approvals=[request_id], details=details)
         return approval
@@ -1123,12 +1322,16 @@ class PartnerStore:
 def dataset_schema(home: PartnerHome, dataset: str) -> Schema:
     """The schema of ``dataset`` in the home's store; DataError saying what is missing otherwise."""
     if not home.store_path.exists():
-        raise DataError(f"partner home {home.root} has no store; create it with `fedcustomer init` and ingest the "
-                        "partner's data with `fedcustomer ingest`")
+        raise DataError(
+            f"partner home {home.root} has no store; create it with `fedcustomer init` and ingest the "
+            "partner's data with `fedcustomer ingest`"
+        )
     with PartnerStore.open(home) as store:
         if dataset not in store.datasets():
-            raise DataError(f"partner {store.name!r} holds no dataset {dataset!r} "
-                            f"(it has: {', '.join(store.datasets()) or 'none'})")
+            raise DataError(
+                f"partner {store.name!r} holds no dataset {dataset!r} "
+                f"(it has: {', '.join(store.datasets()) or 'none'})"
+            )
         return store.schema(dataset)
 
 
@@ -1141,8 +1344,9 @@ def _batches(items: Sequence[str], size: int = _IN_BATCH) -> Iterator[list[str]]
         yield list(items[start : start + size])
 
 
-def _seal_row(cipher: FieldCipher, data_key: bytes, pseudonym: str, ts: str, digest: str,
-              values: Mapping[str, Any]) -> bytes:
+def _seal_row(
+    cipher: FieldCipher, data_key: bytes, pseudonym: str, ts: str, digest: str, values: Mapping[str, Any]
+) -> bytes:
     """One token holding a row's non-core values, timestamp and digest, under the customer's data key."""
     doc = {"ts": ts, "digest": digest, "values": dict(values)}
     return cipher.encrypt(data_key, ROW_FIELD, pseudonym, json.dumps(doc, separators=(",", ":")))
@@ -1150,7 +1354,9 @@ def _seal_row(cipher: FieldCipher, data_key: bytes, pseudonym: str, ts: str, dig
 
 def _open_row(cipher: FieldCipher, data_key: bytes, pseudonym: str, sealed: Any) -> dict[str, Any]:
     if sealed is None:
-        raise IntegrityError(f"customer {pseudonym} of dataset {cipher.dataset!r} has no sealed row; the store was altered")
+        raise IntegrityError(
+            f"customer {pseudonym} of dataset {cipher.dataset!r} has no sealed row; the store was altered"
+        )
     return json.loads(cipher.decrypt(data_key, ROW_FIELD, pseudonym, bytes(sealed)))
 
 
@@ -1197,8 +1403,11 @@ def _to_series(spec: FieldSpec, values: list[Any], index: pd.Index) -> pd.Series
         out = arr.to_numpy(dtype="int64") if len(arr) else np.array([], dtype="int64")
         return pd.Series(out.astype(bool) if t == "boolean" else out, index=index, name=spec.name)
     if t == "float":
-        return pd.Series(np.array(values, dtype="float64") if values else np.array([], dtype="float64"),
-                         index=index, name=spec.name)
+        return pd.Series(
+            np.array(values, dtype="float64") if values else np.array([], dtype="float64"),
+            index=index,
+            name=spec.name,
+        )
     if t in ("date", "datetime"):
         text = pd.Series(values, index=index, name=spec.name, dtype=object)
         if t == "date":

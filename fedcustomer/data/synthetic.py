@@ -36,14 +36,90 @@ _AREA_CODES = {
     "west": ("510104", "500103", "530102", "610113"),
     "central": ("420102", "430103", "410105", "360102"),
 }
-_FAMILY = (
-    "Wang Li Zhang Liu Chen Yang Huang Zhao Wu Zhou Xu Sun Ma Zhu Hu Guo He Gao Lin Luo Zheng Liang Xie Song Tang "
-    "Han Feng Deng Cao Peng Zeng Xiao Tian Dong Yuan Pan Jiang Cai Yu Du"
-).split()
-_GIVEN = (
-    "Wei Fang Na Xiuying Min Jing Li Qiang Lei Jun Yang Yong Yan Jie Juan Tao Ming Chao Xiulan Xia Ping Gang Hui "
-    "Hong Yu Bo Lan Ning Hao Xin Yi Rui Kai Lin Jia Chen Yun Peng Qing Zhen"
-).split()
+_FAMILY = [
+    "Wang",
+    "Li",
+    "Zhang",
+    "Liu",
+    "Chen",
+    "Yang",
+    "Huang",
+    "Zhao",
+    "Wu",
+    "Zhou",
+    "Xu",
+    "Sun",
+    "Ma",
+    "Zhu",
+    "Hu",
+    "Guo",
+    "He",
+    "Gao",
+    "Lin",
+    "Luo",
+    "Zheng",
+    "Liang",
+    "Xie",
+    "Song",
+    "Tang",
+    "Han",
+    "Feng",
+    "Deng",
+    "Cao",
+    "Peng",
+    "Zeng",
+    "Xiao",
+    "Tian",
+    "Dong",
+    "Yuan",
+    "Pan",
+    "Jiang",
+    "Cai",
+    "Yu",
+    "Du",
+]
+_GIVEN = [
+    "Wei",
+    "Fang",
+    "Na",
+    "Xiuying",
+    "Min",
+    "Jing",
+    "Li",
+    "Qiang",
+    "Lei",
+    "Jun",
+    "Yang",
+    "Yong",
+    "Yan",
+    "Jie",
+    "Juan",
+    "Tao",
+    "Ming",
+    "Chao",
+    "Xiulan",
+    "Xia",
+    "Ping",
+    "Gang",
+    "Hui",
+    "Hong",
+    "Yu",
+    "Bo",
+    "Lan",
+    "Ning",
+    "Hao",
+    "Xin",
+    "Yi",
+    "Rui",
+    "Kai",
+    "Lin",
+    "Jia",
+    "Chen",
+    "Yun",
+    "Peng",
+    "Qing",
+    "Zhen",
+]
 _REFERENCE_DAY = date(2024, 6, 30)  # "today" for ages and birth dates
 _DEFAULT_RATES = (0.12, 0.22, 0.09, 0.28, 0.16)  # per bank, cycled
 _LIMIT_POLICY = (0.30, 0.22, 0.38, 0.18, 0.28)  # credit limit as a share of income, per bank
@@ -179,8 +255,12 @@ def generate_federation(
     bank_names = _names("bank", n_banks, 0)
     retail_names = _names("retail", n_retailers, 2)
 
-    seeds = np.random.SeedSequence(seed).spawn(5)  # the first four as before: adding the fifth changes nothing else
-    members_b, members_r, origin = _memberships(bank_sizes, retail_sizes, shared_fraction, np.random.default_rng(seeds[0]))
+    seeds = np.random.SeedSequence(seed).spawn(
+        5
+    )  # the first four as before: adding the fifth changes nothing else
+    members_b, members_r, origin = _memberships(
+        bank_sizes, retail_sizes, shared_fraction, np.random.default_rng(seeds[0])
+    )
     customers = _customers(origin, n_banks, np.random.default_rng(seeds[1]))
     customers["stress"] = retail_signal * np.random.default_rng(seeds[4]).normal(0, 1, len(customers))
 
@@ -203,7 +283,9 @@ def generate_federation(
         for i in range(n_banks)
         for j in range(n_retailers)
     }
-    latent = customers.set_index("customer_id")[["income", "risk_appetite", "spending_propensity", "region", "age"]]
+    latent = customers.set_index("customer_id")[
+        ["income", "risk_appetite", "spending_propensity", "region", "age"]
+    ]
     return SyntheticFederation(banks=banks, retailers=retailers, latent=latent, shared_ids=shared)
 
 
@@ -249,12 +331,17 @@ def _memberships(
             f"{retail_sizes}; lower shared_fraction or enlarge the partners"
         )
     banks, retail, origin = plan
-    shuffled = lambda xs: rng.permutation(np.array(xs, dtype=int))  # noqa: E731 - row order must not reveal overlap
+    shuffled = lambda xs: rng.permutation(np.array(xs, dtype=int))
     return [shuffled(x) for x in banks], [shuffled(x) for x in retail], origin
 
 
 def _plan_memberships(
-    bank_sizes: list[int], retail_sizes: list[int], fraction: float, rng: np.random.Generator, *, fresh_first: bool
+    bank_sizes: list[int],
+    retail_sizes: list[int],
+    fraction: float,
+    rng: np.random.Generator,
+    *,
+    fresh_first: bool,
 ) -> tuple[list[list[int]], list[list[int]], list[int]] | None:
     nb = len(bank_sizes)
     banks: list[list[int]] = [[] for _ in bank_sizes]
@@ -324,7 +411,12 @@ def _plan_memberships(
 def _customers(origin: list[int], n_banks: int, rng: np.random.Generator) -> pd.DataFrame:
     """One row per customer: latent traits and identity (core-tier) attributes."""
     n = len(origin)
-    home = np.array([REGIONS[o % len(REGIONS)] if o < n_banks else REGIONS[(o - n_banks + 2) % len(REGIONS)] for o in origin])
+    home = np.array(
+        [
+            REGIONS[o % len(REGIONS)] if o < n_banks else REGIONS[(o - n_banks + 2) % len(REGIONS)]
+            for o in origin
+        ]
+    )
     away = rng.choice(np.array(REGIONS), size=n)
     region = np.where(rng.random(n) < 0.65, home, away)
     age = np.clip(rng.normal(42, 13, n), 19, 85).astype(int)
@@ -350,14 +442,18 @@ def _customers(origin: list[int], n_banks: int, rng: np.random.Generator) -> pd.
             "phone": _phones(n, rng),
             "email": [
                 f"{g.lower()}.{f.lower()}{k}@example.{d}"
-                for g, f, k, d in zip(given, family, rng.integers(10, 10000, n), rng.choice(["com", "net", "org"], n))
+                for g, f, k, d in zip(
+                    given, family, rng.integers(10, 10000, n), rng.choice(["com", "net", "org"], n)
+                )
             ],
             "card_number": _card_numbers(n, rng),
         }
     )
 
 
-def _national_ids(region: np.ndarray, age: np.ndarray, male: np.ndarray, rng: np.random.Generator) -> list[str]:
+def _national_ids(
+    region: np.ndarray, age: np.ndarray, male: np.ndarray, rng: np.random.Generator
+) -> list[str]:
     seen: set[str] = set()
     out = []
     for reg, a, m in zip(region, age, male):
@@ -427,7 +523,9 @@ def _bank_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random
     income = c["income"].to_numpy()
     reported_income = np.round(income * np.exp(rng.normal(0, 0.1, n)), -2)
     policy = _LIMIT_POLICY[index % len(_LIMIT_POLICY)]
-    limit = np.maximum(500, np.round(income * policy * np.exp(0.25 * z - 0.2 * risk + rng.normal(0, 0.25, n)), -2))
+    limit = np.maximum(
+        500, np.round(income * policy * np.exp(0.25 * z - 0.2 * risk + rng.normal(0, 0.25, n)), -2)
+    )
     util = np.clip(1.15 * _sigmoid(-0.6 + 0.9 * risk + 0.2 * spend - 0.4 * z + rng.normal(0, 0.8, n)), 0, 1.2)
     balance = np.round(util * limit, 2)
     late = np.minimum(rng.poisson(np.exp(-1.2 + 0.6 * risk + 0.1 * spend - 0.3 * z)), 15)
@@ -467,7 +565,9 @@ def _bank_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random
 def _retail_frame(c: pd.DataFrame, index: int, missing_rate: float, rng: np.random.Generator) -> pd.DataFrame:
     """A retailer's customer table; future spend follows engagement, which follows the latent traits."""
     n = len(c)
-    z, risk, spend, stress = (c[k].to_numpy() for k in ("z_income", "risk_appetite", "spending_propensity", "stress"))
+    z, risk, spend, stress = (
+        c[k].to_numpy() for k in ("z_income", "risk_appetite", "spending_propensity", "stress")
+    )
     age = c["age"].to_numpy()
     level = _BASKET_LEVEL[index % len(_BASKET_LEVEL)]
     engagement = 0.8 * spend + 0.2 * z + rng.normal(0, 0.6, n)

@@ -20,7 +20,18 @@ UCI_FILENAME = "default_of_credit_card_clients.csv"
 _PAY = ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"]
 _BILL = [f"BILL_AMT{i}" for i in range(1, 7)]
 _PAID = [f"PAY_AMT{i}" for i in range(1, 7)]
-UCI_COLUMNS = ["ID", "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", *_PAY, *_BILL, *_PAID, "default payment next month"]
+UCI_COLUMNS = [
+    "ID",
+    "LIMIT_BAL",
+    "SEX",
+    "EDUCATION",
+    "MARRIAGE",
+    "AGE",
+    *_PAY,
+    *_BILL,
+    *_PAID,
+    "default payment next month",
+]
 _RENAME = {c: c.lower() for c in UCI_COLUMNS} | {"default payment next month": "default"}
 
 UCI_SPEC = FeatureSpec(
@@ -100,5 +111,7 @@ def load_uci_credit(path: Path) -> pd.DataFrame:
     dup = out["id"].duplicated()
     if dup.any():
         first = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataError(f"{path}: ID on line {first + header_line + 1} repeats an earlier ID; IDs must be unique")
+        raise DataError(
+            f"{path}: ID on line {first + header_line + 1} repeats an earlier ID; IDs must be unique"
+        )
     return out.reset_index(drop=True)

@@ -144,16 +144,19 @@ def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[in
         reasons[missing] = "missing required value"
 
     parsed, type_bad, type_reason = _parse(spec, text, missing)
-    reasons[type_bad & (reasons == None)] = type_reason  # noqa: E711 - elementwise on object array
+    reasons[type_bad & (reasons == None)] = type_reason
     ok = ~missing & ~type_bad
     rules = spec.validation
 
     def flag(mask: np.ndarray, reason: str) -> None:
-        target = mask & ok & (reasons == None)  # noqa: E711
+        target = mask & ok & (reasons == None)
         reasons[target] = reason
 
     if rules.max_length is not None:
-        flag(text.str.len().fillna(0).to_numpy() > rules.max_length, f"longer than {rules.max_length} characters")
+        flag(
+            text.str.len().fillna(0).to_numpy() > rules.max_length,
+            f"longer than {rules.max_length} characters",
+        )
     if rules.regex is not None:
         matched = text.str.fullmatch(rules.regex).fillna(False).to_numpy(dtype=bool)
         flag(~matched, "does not match the required pattern")
@@ -186,7 +189,7 @@ def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[in
                 flag((stamps < _stamp(rules.min)).fillna(False).to_numpy(dtype=bool), f"before {rules.min}")
             if rules.max is not None:
                 flag((stamps > _stamp(rules.max)).fillna(False).to_numpy(dtype=bool), f"after {rules.max}")
-    bad = {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != None)}  # noqa: E711
+    bad = {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != None)}
     return parsed, bad
 
 

@@ -28,8 +28,12 @@ def update_size(state_dict: dict[str, torch.Tensor] | None) -> int:
 
 
 def record_round(
-    home: PartnerHome, outcome: TrainOutcome, ins: TrainInstructions, update_bytes: int | None = None,
-    *, transport: str = "plain",
+    home: PartnerHome,
+    outcome: TrainOutcome,
+    ins: TrainInstructions,
+    update_bytes: int | None = None,
+    *,
+    transport: str = "plain",
 ) -> AuditEntry:
     """Append the ``fl_round`` entry for this round to the partner's audit log; returns it."""
     if update_bytes is None:
@@ -48,7 +52,12 @@ def record_round(
             details[key.replace("-", "_")] = float(metrics[key])
     with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home)) as audit:
         return audit.append(
-            actor=f"node:{outcome.partner}", role=ROLE, action=ACTION_FL_ROUND,
+            actor=f"node:{outcome.partner}",
+            role=ROLE,
+            action=ACTION_FL_ROUND,
             decision=DECISION_DENIED if outcome.refused else DECISION_ALLOWED,
-            dataset=ins.dataset, purpose=PURPOSE, reason=outcome.refused_reason, details=details,
+            dataset=ins.dataset,
+            purpose=PURPOSE,
+            reason=outcome.refused_reason,
+            details=details,
         )

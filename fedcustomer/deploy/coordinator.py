@@ -26,8 +26,17 @@ from fedcustomer.server.job import JobConfig
 log = logging.getLogger(__name__)
 
 # Run-config keys the deployed ServerApp reads besides the JobConfig fields.
-DEPLOY_KEYS = ("deployment", "feature-spec", "resume", "wait-for-partners", "secagg", "secagg-clip-range",
-               "secagg-quantization-range", "secagg-num-shares", "secagg-reconstruction-threshold")
+DEPLOY_KEYS = (
+    "deployment",
+    "feature-spec",
+    "resume",
+    "wait-for-partners",
+    "secagg",
+    "secagg-clip-range",
+    "secagg-quantization-range",
+    "secagg-num-shares",
+    "secagg-reconstruction-threshold",
+)
 INSECURE_WARNING = (
     "WARNING: --insecure: TLS and SuperNode authentication are OFF. Model updates travel in clear text and "
     "any process that reaches the port can join as a partner. Use only on a closed test network."
@@ -62,20 +71,41 @@ class CoordinatorDir:
 
 
 def superlink_command(
-    cdir: CoordinatorDir, *, host: str, port: int, certs: Certificates | None, node_auth: bool = True,
+    cdir: CoordinatorDir,
+    *,
+    host: str,
+    port: int,
+    certs: Certificates | None,
+    node_auth: bool = True,
     health_port: int | None = None,
 ) -> list[str]:
     """The flower-superlink command line. ``certs=None`` means the explicit insecure opt-in."""
-    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
-           "--database", str(cdir.database), "--disable-runtime-dependency-installation"]
+    cmd = [
+        executable("flower-superlink"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(cdir.database),
+        "--disable-runtime-dependency-installation",
+    ]
     if certs is None:
         if node_auth:
-            raise ConfigError("SuperNode authentication needs TLS; drop --insecure or pass --no-node-auth too")
+            raise ConfigError(
+                "SuperNode authentication needs TLS; drop --insecure or pass --no-node-auth too"
+            )
         cmd.append("--insecure")
     else:
         certs.check()
-        cmd += ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
-                "--ssl-keyfile", str(certs.server_key)]
+        cmd += [
+            "--ssl-ca-certfile",
+            str(certs.ca_cert),
+            "--ssl-certfile",
+            str(certs.server_cert),
+            "--ssl-keyfile",
+            str(certs.server_key),
+        ]
         if node_auth:
             cmd.append("--enable-supernode-auth")
     if health_port is not None:
@@ -86,7 +116,13 @@ def superlink_command(
 def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) -> Path:
     """The Flower CLI connection the coordinator's own `flwr` commands use (register, run, ls)."""
     cdir.flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f'address = "{address}"',
+    ]
     if ca_cert is None:
         lines.append("insecure = true")
     else:
@@ -97,12 +133,21 @@ def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) 
 
 
 def start_superlink(
-    cdir: CoordinatorDir, *, host: str = "127.0.0.1", port: int = 9093, certs: Certificates | None,
-    node_auth: bool = True, health_port: int | None = None, connect_host: str | None = None, timeout: float = 60.0,
+    cdir: CoordinatorDir,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9093,
+    certs: Certificates | None,
+    node_auth: bool = True,
+    health_port: int | None = None,
+    connect_host: str | None = None,
+    timeout: float = 60.0,
 ) -> subprocess.Popen[bytes]:
     """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers."""
     cdir.root.mkdir(parents=True, exist_ok=True)
-    cmd = superlink_command(cdir, host=host, port=port, certs=certs, node_auth=node_auth, health_port=health_port)
+    cmd = superlink_command(
+        cdir, host=host, port=port, certs=certs, node_auth=node_auth, health_port=health_port
+    )
     target = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::") else host)
     write_flwr_config(cdir, f"{target}:{port}", certs.ca_cert if certs else None)
     offset = cdir.log_path.stat().st_size if cdir.log_path.exists() else 0
@@ -111,7 +156,9 @@ def start_superlink(
     return proc
 
 
-def wait_until_up(cdir: CoordinatorDir, proc: subprocess.Popen[bytes], timeout: float = 60.0, offset: int = 0) -> None:
+def wait_until_up(
+    cdir: CoordinatorDir, proc: subprocess.Popen[bytes], timeout: float = 60.0, offset: int = 0
+) -> None:
     """Wait for this start's "running" line (the log is appended to across restarts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,8 +173,12 @@ def wait_until_up(cdir: CoordinatorDir, proc: subprocess.Popen[bytes], timeout: 
 _NOT_UP = ("SuperLink is unavailable", "did not answer within", "No such file", "not found in")
 
 
-def wait_for_coordinator(cdir: CoordinatorDir, timeout: float = 60.0, poll: float = 1.0,
-                         progress: Callable[[str], None] | None = None) -> None:
+def wait_for_coordinator(
+    cdir: CoordinatorDir,
+    timeout: float = 60.0,
+    poll: float = 1.0,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Block until the coordinator answers `flwr`: it may have been started a moment ago in the background.
 
     Retries only "not up yet" failures (no CLI config yet, SuperLink unreachable) until ``timeout``;
@@ -162,7 +213,9 @@ def wait_for_coordinator(cdir: CoordinatorDir, timeout: float = 60.0, poll: floa
 def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
     """Add a partner's node public key to the coordinator's allow-list; returns its node id."""
     if not Path(public_key).is_file():
-        raise ConfigError(f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`")
+        raise ConfigError(
+            f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`"
+        )
     args = ["supernode", "register", str(Path(public_key).resolve()), CONNECTION]
     if name:
         args += ["--name", name]
@@ -174,13 +227,21 @@ def list_nodes(cdir: CoordinatorDir) -> list[dict[str, Any]]:
 
 
 # --- the job as a Flower app --------------------------------------------------------
-def run_config_for(job: JobConfig, *, feature_spec: str, wait_for_partners: float = 120.0,
-                   secagg: bool = False) -> dict[str, Any]:
+def run_config_for(
+    job: JobConfig, *, feature_spec: str, wait_for_partners: float = 120.0, secagg: bool = False
+) -> dict[str, Any]:
     """Flat run config (TOML-safe: no None) the deployed ServerApp turns back into the job."""
     cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
     cfg["out"] = str(Path(job.out).resolve())
-    cfg.update({"deployment": True, "feature-spec": feature_spec, "resume": False,
-                "wait-for-partners": float(wait_for_partners), "secagg": bool(secagg)})
+    cfg.update(
+        {
+            "deployment": True,
+            "feature-spec": feature_spec,
+            "resume": False,
+            "wait-for-partners": float(wait_for_partners),
+            "secagg": bool(secagg),
+        }
+    )
     return cfg
 
 
@@ -191,16 +252,29 @@ def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
     secagg = bool(run_config.get("secagg"))
     doc = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "fedcustomer-job", "version": "1.0.0", "description": "A fedcustomer federated job",
-                    "license": "Apache-2.0", "dependencies": []},
-        "tool": {"flwr": {"app": {
-            "publisher": "fedcustomer",
-            "components": {
-                "serverapp": "fedcustomer.deploy.secagg:server_app" if secagg else "fedcustomer.server.app:app",
-                "clientapp": "fedcustomer.deploy.secagg:client_app" if secagg else "fedcustomer.clients.app:app",
-            },
-            "config": run_config,
-        }}},
+        "project": {
+            "name": "fedcustomer-job",
+            "version": "1.0.0",
+            "description": "A fedcustomer federated job",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedcustomer",
+                    "components": {
+                        "serverapp": "fedcustomer.deploy.secagg:server_app"
+                        if secagg
+                        else "fedcustomer.server.app:app",
+                        "clientapp": "fedcustomer.deploy.secagg:client_app"
+                        if secagg
+                        else "fedcustomer.clients.app:app",
+                    },
+                    "config": run_config,
+                }
+            }
+        },
     }
     cdir.app_dir.mkdir(parents=True, exist_ok=True)
     path = cdir.app_dir / "pyproject.toml"
@@ -228,8 +302,13 @@ def run_status(cdir: CoordinatorDir, run_id: int) -> dict[str, Any]:
     return dict(runs[0])
 
 
-def wait_run(cdir: CoordinatorDir, run_id: int, timeout: float = 3600.0, poll: float = 1.0,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def wait_run(
+    cdir: CoordinatorDir,
+    run_id: int,
+    timeout: float = 3600.0,
+    poll: float = 1.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Block until Flower reports the run finished; returns its status record (network traffic included).
 
     ``progress`` hears every change of the run's status.
@@ -255,7 +334,9 @@ def read_summary(run_config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def partner_shortfall(summary: dict[str, Any], wanted: int, nodes: list[dict[str, Any]] | None = None) -> str | None:
+def partner_shortfall(
+    summary: dict[str, Any], wanted: int, nodes: list[dict[str, Any]] | None = None
+) -> str | None:
     """Why fewer than ``wanted`` partners trained in this job (None when enough did), naming who.
 
     Partners that connected but trained no round are named with their reason; nodes that never
@@ -267,17 +348,25 @@ def partner_shortfall(summary: dict[str, Any], wanted: int, nodes: list[dict[str
     trained = sorted(p["name"] for p in partners if p.get("rounds_trained", 0) > 0)
     if len(trained) >= wanted:
         return None
-    parts = [f"only {len(trained)} of the {wanted} partners asked for trained "
-             f"({', '.join(trained) if trained else 'none'})"]
+    parts = [
+        f"only {len(trained)} of the {wanted} partners asked for trained "
+        f"({', '.join(trained) if trained else 'none'})"
+    ]
     for p in partners:
         if p.get("rounds_trained", 0) == 0:
             why = (p.get("failures") or p.get("refusals") or [{}])[0].get("reason") or "no reason given"
             parts.append(f"{p['name']} took part but trained no round: {why}")
     absent = wanted - len(partners)
     if absent > 0:
-        offline = [f"node {n.get('node-id')} ({n.get('status')})" for n in (nodes or []) if n.get("status") != "online"]
-        parts.append(f"{absent} partner(s) never joined" + (f"; registered but not online: {', '.join(offline)}"
-                                                             if offline else "; check their node logs"))
+        offline = [
+            f"node {n.get('node-id')} ({n.get('status')})"
+            for n in (nodes or [])
+            if n.get("status") != "online"
+        ]
+        parts.append(
+            f"{absent} partner(s) never joined"
+            + (f"; registered but not online: {', '.join(offline)}" if offline else "; check their node logs")
+        )
     return "; ".join(parts)
 
 
@@ -305,11 +394,15 @@ def resolve_spec(ref: str) -> FeatureSpec:
         return CDNOW_SPEC
     path = Path(ref)
     if not path.is_file():
-        raise ConfigError(f"feature-spec {ref!r} is neither a built-in ({', '.join(BUILTIN_SPECS)}) nor a JSON file")
+        raise ConfigError(
+            f"feature-spec {ref!r} is neither a built-in ({', '.join(BUILTIN_SPECS)}) nor a JSON file"
+        )
     try:
         return FeatureSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()") from None
+        raise ConfigError(
+            f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()"
+        ) from None
 
 
 def pin_spec(cdir: CoordinatorDir, ref: str) -> str:

@@ -65,13 +65,19 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own process group with stdout+stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed when we return
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(cwd) if cwd else None,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(cwd) if cwd else None,
             start_new_session=True,
         )
     finally:
@@ -114,11 +120,17 @@ def flwr_cli(args: list[str], flwr_home: Path, *, timeout: float = 120.0, cwd: P
     cmd = [executable("flwr"), *args, "--format", "json"]
     try:
         res = subprocess.run(
-            cmd, capture_output=True, text=True, env=flower_env(flwr_home), timeout=timeout,
+            cmd,
+            capture_output=True,
+            text=True,
+            env=flower_env(flwr_home),
+            timeout=timeout,
             cwd=str(cwd) if cwd else None,
         )
     except subprocess.TimeoutExpired:
-        raise FederationError(f"`flwr {' '.join(args[:2])}` did not answer within {timeout:g} s; is the coordinator up?") from None
+        raise FederationError(
+            f"`flwr {' '.join(args[:2])}` did not answer within {timeout:g} s; is the coordinator up?"
+        ) from None
     payload = _last_json(res.stdout)
     if res.returncode != 0 or payload is None or not payload.get("success", False):
         detail = (payload or {}).get("error-message") or (res.stderr or res.stdout).strip()[-800:]
@@ -135,6 +147,6 @@ def _last_json(text: str) -> dict | None:
             except json.JSONDecodeError:
                 continue
     try:
-        return json.loads(text[text.index("{"):])
+        return json.loads(text[text.index("{") :])
     except (ValueError, json.JSONDecodeError):
         return None

@@ -37,10 +37,24 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def superlink_command(log_path: Path, database: Path) -> list[str]:
     """The command Flower's CLI uses for its local SuperLink, plus no dependency installation."""
-    return [executable("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-            "--control-api-address", f"127.0.0.1:{CONTROL_PORT}", "--host", "127.0.0.1", "--port", str(HTTP_PORT),
-            "--database", str(database), "--log-file", str(log_path),
-            "--disable-runtime-dependency-installation"]
+    return [
+        executable("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--control-api-address",
+        f"127.0.0.1:{CONTROL_PORT}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(HTTP_PORT),
+        "--database",
+        str(database),
+        "--log-file",
+        str(log_path),
+        "--disable-runtime-dependency-installation",
+    ]
 
 
 def healthy() -> bool:
@@ -65,10 +79,12 @@ def wait_until_listening(proc: subprocess.Popen[bytes], log_path: Path, timeout:
 def main(argv: list[str] | None = None, app_dir: Path | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if port_in_use(HTTP_PORT) or port_in_use(CONTROL_PORT):
-        print(f"a SuperLink is already listening on 127.0.0.1:{HTTP_PORT}/{CONTROL_PORT} (perhaps left by an earlier "
-              "plain `flwr run . local`, which installs the app's dependencies, CUDA torch included). Stop it "
-              "first (find it with `pgrep -af flower-superlink`), or set FLWR_LOCAL_SUPERLINK_HTTP_API_PORT and FLWR_LOCAL_CONTROL_API_PORT to free ports.",
-              file=sys.stderr)
+        print(
+            f"a SuperLink is already listening on 127.0.0.1:{HTTP_PORT}/{CONTROL_PORT} (perhaps left by an earlier "
+            "plain `flwr run . local`, which installs the app's dependencies, CUDA torch included). Stop it "
+            "first (find it with `pgrep -af flower-superlink`), or set FLWR_LOCAL_SUPERLINK_HTTP_API_PORT and FLWR_LOCAL_CONTROL_API_PORT to free ports.",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="fedcustomer-flwr-") as tmp:
         log_path = Path(tmp) / "superlink.log"

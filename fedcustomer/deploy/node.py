@@ -19,8 +19,17 @@ from fedcustomer.errors import ConfigError, DataError, FederationError
 
 
 def prepare_node_home(
-    home: Path, partner: str, *, task: str = "repayment", data: str = "synthetic", index: int = 0,
-    partners: int = 3, seed: int = 0, split: str = "iid", epsilon: float = 3.0, delta: float = 1e-5,
+    home: Path,
+    partner: str,
+    *,
+    task: str = "repayment",
+    data: str = "synthetic",
+    index: int = 0,
+    partners: int = 3,
+    seed: int = 0,
+    split: str = "iid",
+    epsilon: float = 3.0,
+    delta: float = 1e-5,
     data_dir: Path | None = None,
 ) -> PartnerHome:
     """Give one partner its share of a built-in data source (its split ``index`` of ``partners``).
@@ -38,28 +47,52 @@ def prepare_node_home(
     if len(ds.train) == 0:
         raise DataError(f"split {index} has no training rows; use fewer partners or more data")
     home_obj, _ = provision_partner(
-        Path(home), partner, source=data, task=task, spec=spec, train=ds.train, test=ds.test,
+        Path(home),
+        partner,
+        source=data,
+        task=task,
+        spec=spec,
+        train=ds.train,
+        test=ds.test,
         budget=DatasetBudget(epsilon, delta),
     )
     return home_obj
 
 
 def supernode_command(
-    home: Path, *, superlink: str, root_cert: Path | None, auth_key: Path | None, runtime_port: int = 9094,
-    insecure: bool = False, max_retries: int | None = None, health_port: int | None = None,
+    home: Path,
+    *,
+    superlink: str,
+    root_cert: Path | None,
+    auth_key: Path | None,
+    runtime_port: int = 9094,
+    insecure: bool = False,
+    max_retries: int | None = None,
+    health_port: int | None = None,
 ) -> list[str]:
     """The flower-supernode command line (flags as in Flower 1.42's ``flower-supernode --help``)."""
     parse_address(superlink)
     home_abs = Path(home).resolve()
     if not PartnerHome(home_abs).config_path.exists():
-        raise ConfigError(f"{home_abs} is not a partner home (no partner.toml); run `fedcustomer node prepare` or `init`")
-    cmd = [executable("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
-           "--node-config", f'partner-home="{home_abs}"']
+        raise ConfigError(
+            f"{home_abs} is not a partner home (no partner.toml); run `fedcustomer node prepare` or `init`"
+        )
+    cmd = [
+        executable("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--port",
+        str(runtime_port),
+        "--node-config",
+        f'partner-home="{home_abs}"',
+    ]
     if insecure:
         cmd.append("--insecure")
     else:
         if root_cert is None or not Path(root_cert).is_file():
-            raise ConfigError(f"--root-cert {root_cert}: the coordinator's CA certificate file is needed for TLS")
+            raise ConfigError(
+                f"--root-cert {root_cert}: the coordinator's CA certificate file is needed for TLS"
+            )
         cmd += ["--root-certificates", str(Path(root_cert).resolve())]
     if auth_key is not None:
         check_node_private_key(Path(auth_key))
@@ -76,16 +109,32 @@ def default_auth_key(home: Path) -> Path:
 
 
 def start_supernode(
-    home: Path, *, superlink: str, root_cert: Path | None, auth_key: Path | None, runtime_port: int,
-    insecure: bool = False, log_path: Path | None = None, max_retries: int | None = None,
+    home: Path,
+    *,
+    superlink: str,
+    root_cert: Path | None,
+    auth_key: Path | None,
+    runtime_port: int,
+    insecure: bool = False,
+    log_path: Path | None = None,
+    max_retries: int | None = None,
     partner: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the node in the background (log in the home's state dir unless ``log_path``)."""
     home_obj = PartnerHome(home)
     if partner is not None and home_obj.config_path.exists() and home_obj.config().name != partner:
-        raise ConfigError(f"--partner {partner!r} does not match the home's partner {home_obj.config().name!r}")
-    cmd = supernode_command(home, superlink=superlink, root_cert=root_cert, auth_key=auth_key,
-                            runtime_port=runtime_port, insecure=insecure, max_retries=max_retries)
+        raise ConfigError(
+            f"--partner {partner!r} does not match the home's partner {home_obj.config().name!r}"
+        )
+    cmd = supernode_command(
+        home,
+        superlink=superlink,
+        root_cert=root_cert,
+        auth_key=auth_key,
+        runtime_port=runtime_port,
+        insecure=insecure,
+        max_retries=max_retries,
+    )
     log_path = log_path or home_obj.state_dir / "supernode.log"
     # Flower installs the job's app bundle under FLWR_HOME: keep it inside this partner's home.
     return start(cmd, log_path, flower_env(home_obj.state_dir / "flwr-home"), cwd=home_obj.state_dir)

@@ -35,7 +35,7 @@ class Certificates:
     ca_key: Path | None = None
 
     @classmethod
-    def in_dir(cls, directory: Path) -> "Certificates":
+    def in_dir(cls, directory: Path) -> Certificates:
         d = Path(directory)
         return cls(d / "ca.crt", d / "server.pem", d / "server.key", d / "ca.key")
 
@@ -61,10 +61,12 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcustomer development"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcustomer development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _san(hosts: tuple[str, ...] | list[str]) -> x509.SubjectAlternativeName:
@@ -89,29 +91,43 @@ def make_dev_certificates(
     if not hosts:
         raise ConfigError("--host: give at least one host name or IP address for the server certificate")
     if certs.ca_cert.exists() and not overwrite:
-        raise ConfigError(f"{certs.ca_cert} already exists; pass --force to replace the certificates in {out}")
-    now = dt.datetime.now(dt.timezone.utc)
+        raise ConfigError(
+            f"{certs.ca_cert} already exists; pass --force to replace the certificates in {out}"
+        )
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("fedcustomer development CA")
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).issuer_name(ca_name)
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -141,7 +157,7 @@ class NodeKeys:
     public_key: Path
 
     @classmethod
-    def in_dir(cls, keys_dir: Path) -> "NodeKeys":
+    def in_dir(cls, keys_dir: Path) -> NodeKeys:
         return cls(Path(keys_dir) / NODE_KEY_NAME, Path(keys_dir) / f"{NODE_KEY_NAME}.pub")
 
     def fingerprint(self) -> str:
@@ -182,6 +198,8 @@ def check_node_private_key(path: Path) -> None:
     except (ValueError, TypeError) as exc:
         raise KeyMaterialError(f"{path} is not an unencrypted OpenSSH private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise KeyMaterialError(f"{path} must hold an ECDSA (NIST curve) key; recreate it with `fedcustomer node keys`")
+        raise KeyMaterialError(
+            f"{path} must hold an ECDSA (NIST curve) key; recreate it with `fedcustomer node keys`"
+        )
     if path.stat().st_mode & 0o077:
         raise KeyMaterialError(f"{path} is readable by other users; run `chmod 600 {path}`")

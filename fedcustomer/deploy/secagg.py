@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from flwr.app import Context
 from flwr.client import NumPyClient
-from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid, ServerApp
 
@@ -86,7 +86,12 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
-    from fedcustomer.deploy.coordinator import resolve_spec, default_spec_ref, split_run_config, wait_for_partners
+    from fedcustomer.deploy.coordinator import (
+        default_spec_ref,
+        resolve_spec,
+        split_run_config,
+        wait_for_partners,
+    )
     from fedcustomer.models.registry import build_model
     from fedcustomer.server.app import train_config_for
 
@@ -97,16 +102,23 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     names = list(model.state_dict().keys())
     base = train_config_for(job, spec)
     strategy = FedAvg(
-        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=job.min_partners,
-        min_evaluate_clients=0, min_available_clients=job.min_partners,
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=job.min_partners,
+        min_evaluate_clients=0,
+        min_available_clients=job.min_partners,
         initial_parameters=ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
         on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd)},
         accept_failures=True,
     )
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
-                           strategy=strategy)
+    legacy = LegacyContext(
+        context,
+        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
+        strategy=strategy,
+    )
     fit = SecAggPlusWorkflow(
-        num_shares=n, reconstruction_threshold=secagg_threshold(n, job.min_partners),
+        num_shares=n,
+        reconstruction_threshold=secagg_threshold(n, job.min_partners),
         max_weight=1.0,  # unit weights: the masked vectors are plain sums of updates
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
@@ -121,9 +133,17 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     torch.save(state, out / "model.pt")
     rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
     summary = {
-        "schema_version": 1, "run_id": job.run_id, "task": job.task, "dataset": job.dataset_name,
-        "aggregation": "secagg+", "dp": job.dp, "status": "completed", "stop_reason": None,
-        "rounds_planned": job.rounds, "rounds_completed": rounds_done, "partners": [],
+        "schema_version": 1,
+        "run_id": job.run_id,
+        "task": job.task,
+        "dataset": job.dataset_name,
+        "aggregation": "secagg+",
+        "dp": job.dp,
+        "status": "completed",
+        "stop_reason": None,
+        "rounds_planned": job.rounds,
+        "rounds_completed": rounds_done,
+        "partners": [],
         "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
     }
     tmp = out / "summary.json.tmp"

@@ -69,11 +69,23 @@ def train_centralised(
         q = bs / len(X)
         steps = int(1 / q) * epochs
         sigma = calibrate_noise([], q, steps, epsilon_target * (1 - 1e-9), delta)
-        trainer = DPTrainer(model, Xt, yt, loss_for(spec.task), batch_size=bs, lr=lr, noise_multiplier=sigma,
-                            max_grad_norm=max_grad_norm, optimizer=optimizer, clipping=clipping)
+        trainer = DPTrainer(
+            model,
+            Xt,
+            yt,
+            loss_for(spec.task),
+            batch_size=bs,
+            lr=lr,
+            noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm,
+            optimizer=optimizer,
+            clipping=clipping,
+        )
         eps = epsilon([GaussianSteps(sigma, q, steps)], delta)
     else:
-        trainer = PlainTrainer(model, Xt, yt, loss_for(spec.task), batch_size=bs, lr=lr, optimizer=optimizer, seed=seed)
+        trainer = PlainTrainer(
+            model, Xt, yt, loss_for(spec.task), batch_size=bs, lr=lr, optimizer=optimizer, seed=seed
+        )
     for _ in range(epochs):
         trainer.train_epoch()
     metrics = evaluate(trainer.model, Xte, yte, spec.task)

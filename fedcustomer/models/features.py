@@ -139,7 +139,9 @@ class FeatureSpec:
         if dup:
             raise SchemaError(f"feature spec declares feature(s) twice: {', '.join(dup)}")
         if self.label in names:
-            raise SchemaError(f"label column {self.label!r} is also declared as a feature; remove it from features")
+            raise SchemaError(
+                f"label column {self.label!r} is also declared as a feature; remove it from features"
+            )
         if self.id_column is not None and self.id_column in names:
             raise SchemaError(f"id column {self.id_column!r} must not be a feature")
 
@@ -260,7 +262,9 @@ class FeatureSpec:
             raise SchemaError(f"feature spec must be a mapping, got {type(d).__name__}")
         version = d.get("version", SPEC_FORMAT_VERSION)
         if version != SPEC_FORMAT_VERSION:
-            raise SchemaError(f"feature spec version {version!r} is not supported (expected {SPEC_FORMAT_VERSION})")
+            raise SchemaError(
+                f"feature spec version {version!r} is not supported (expected {SPEC_FORMAT_VERSION})"
+            )
         for key in ("task", "label", "features"):
             if key not in d:
                 raise SchemaError(f"feature spec is missing field {key!r}")
@@ -275,7 +279,12 @@ class FeatureSpec:
             try:
                 if kind == "numeric":
                     features.append(
-                        NumericFeature(str(item["name"]), float(item["lo"]), float(item["hi"]), bool(item.get("log", False)))
+                        NumericFeature(
+                            str(item["name"]),
+                            float(item["lo"]),
+                            float(item["hi"]),
+                            bool(item.get("log", False)),
+                        )
                     )
                 elif kind == "categorical":
                     cats = item["categories"]
@@ -283,7 +292,9 @@ class FeatureSpec:
                         raise SchemaError(f"feature spec {where}.categories must be a list")
                     features.append(CategoricalFeature(str(item["name"]), tuple(str(c) for c in cats)))
                 else:
-                    raise SchemaError(f"feature spec {where}.type must be 'numeric' or 'categorical', got {kind!r}")
+                    raise SchemaError(
+                        f"feature spec {where}.type must be 'numeric' or 'categorical', got {kind!r}"
+                    )
             except KeyError as exc:
                 raise SchemaError(f"feature spec {where} is missing field {exc.args[0]!r}") from None
             except (TypeError, ValueError) as exc:
@@ -296,7 +307,9 @@ class FeatureSpec:
         """A feature spec JSON file (``features draft`` writes one); ConfigError naming the file."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"feature spec file {path} not found; write one with `fedcustomer features draft`")
+            raise ConfigError(
+                f"feature spec file {path} not found; write one with `fedcustomer features draft`"
+            )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -324,9 +337,13 @@ class FeatureSpec:
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if label not in frame.columns:
-            raise DataError(f"label column {label!r} is missing from the data (columns present: {_list_columns(frame)})")
+            raise DataError(
+                f"label column {label!r} is missing from the data (columns present: {_list_columns(frame)})"
+            )
         if id_column is not None and id_column not in frame.columns:
-            raise DataError(f"id column {id_column!r} is missing from the data (columns present: {_list_columns(frame)})")
+            raise DataError(
+                f"id column {id_column!r} is missing from the data (columns present: {_list_columns(frame)})"
+            )
         if len(frame) == 0:
             raise DataError("cannot infer a feature spec from an empty file (0 rows)")
         features: list[Feature] = []
@@ -347,7 +364,9 @@ class FeatureSpec:
                 lo, hi = lo - 0.5, hi + 0.5
             features.append(NumericFeature(str(col), lo, hi))
         if not features:
-            raise DataError(f"no feature columns besides the label {label!r} and the id column; nothing to learn from")
+            raise DataError(
+                f"no feature columns besides the label {label!r} and the id column; nothing to learn from"
+            )
         warnings.warn(
             f"feature bounds for {len(features)} column(s) were taken from the data itself (min/max); "
             "this is not covered by the DP guarantee. Replace them with declared public bounds "
@@ -381,7 +400,9 @@ def infer_from_partners(
     first = trains[0]
     for name, role in ((label, "label"), (id_column, "id")):
         if name is not None and name not in first.columns:
-            raise DataError(f"{role} column {name!r} is missing from the data (columns present: {_list_columns(first)})")
+            raise DataError(
+                f"{role} column {name!r} is missing from the data (columns present: {_list_columns(first)})"
+            )
     features: list[Feature] = []
     numeric, categorical = [], []
     for col in first.columns:
@@ -398,7 +419,9 @@ def infer_from_partners(
                     los.append(float(finite.min()))
                     his.append(float(finite.max()))
             if not los:
-                raise DataError(f"feature column {name!r} has no finite values in the training rows; drop it or fill it in")
+                raise DataError(
+                    f"feature column {name!r} has no finite values in the training rows; drop it or fill it in"
+                )
             lo, hi = min(los), max(his)
             if lo == hi:
                 lo, hi = lo - 0.5, hi + 0.5
@@ -412,11 +435,15 @@ def infer_from_partners(
                     f"feature (at most {MAX_CATEGORIES}); declare it in a feature spec (--feature-spec) or drop the column"
                 )
             if not keys:
-                raise DataError(f"feature column {name!r} has no values in the training rows; drop it or fill it in")
+                raise DataError(
+                    f"feature column {name!r} has no values in the training rows; drop it or fill it in"
+                )
             features.append(CategoricalFeature(name, tuple(keys)))
             categorical.append(f"{name} ({len(keys)} categories)")
     if not features:
-        raise DataError(f"no feature columns besides the label {label!r} and the id column; nothing to learn from")
+        raise DataError(
+            f"no feature columns besides the label {label!r} and the id column; nothing to learn from"
+        )
     notices = []
     if numeric:
         notices.append(

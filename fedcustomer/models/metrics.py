@@ -7,7 +7,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 
-def classification_metrics(y_true: np.ndarray, p_default: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(
+    y_true: np.ndarray, p_default: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """AUC, KS, Brier and accuracy for predicted default probabilities."""
     y = np.asarray(y_true, dtype=float)
     p = np.clip(np.asarray(p_default, dtype=float), 0.0, 1.0)
@@ -29,7 +31,12 @@ def regression_metrics(spend_true: np.ndarray, spend_pred: np.ndarray) -> dict[s
     t = np.asarray(spend_true, dtype=float)
     p = np.asarray(spend_pred, dtype=float)
     if t.size == 0:
-        return {"mae": float("nan"), "rmse": float("nan"), "spearman": float("nan"), "top_decile_capture": float("nan")}
+        return {
+            "mae": float("nan"),
+            "rmse": float("nan"),
+            "spearman": float("nan"),
+            "top_decile_capture": float("nan"),
+        }
     spearman = float(stats.spearmanr(t, p).statistic) if np.std(t) > 0 and np.std(p) > 0 else float("nan")
     return {
         "mae": float(np.mean(np.abs(t - p))),

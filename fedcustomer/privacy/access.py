@@ -26,8 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import casbin
@@ -77,7 +76,9 @@ class Actor:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip():
-            raise ConfigError(f"actor name {self.name!r} is empty or has surrounding spaces; give a plain name")
+            raise ConfigError(
+                f"actor name {self.name!r} is empty or has surrounding spaces; give a plain name"
+            )
         if len(self.name) > 200 or any(ord(c) < 32 for c in self.name):
             raise ConfigError("actor name is longer than 200 characters or holds control characters")
         check_single_script(self.name)
@@ -102,7 +103,9 @@ class FieldRef:
         if self.tier not in TIERS:
             raise SchemaError(f"field '{self.name}': tier {self.tier!r} is not one of {', '.join(TIERS)}")
         if self.role not in FIELD_ROLES:
-            raise SchemaError(f"field '{self.name}': role {self.role!r} is not one of {', '.join(FIELD_ROLES)}")
+            raise SchemaError(
+                f"field '{self.name}': role {self.role!r} is not one of {', '.join(FIELD_ROLES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -169,10 +172,10 @@ def identity_key(name: str) -> str:
 def utc_now(now: datetime | None = None) -> datetime:
     """``now`` as an aware UTC time (naive times are taken as UTC); the clock if None."""
     if now is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if now.tzinfo is None:
-        return now.replace(tzinfo=timezone.utc)
-    return now.astimezone(timezone.utc)
+        return now.replace(tzinfo=UTC)
+    return now.astimezone(UTC)
 
 
 def parse_utc(text: str) -> datetime:
@@ -295,14 +298,14 @@ def _build_model(text: str, source: str) -> Model:
         raise ConfigError(f"{source}: not a valid casbin model ({exc.__class__.__name__}: {exc})") from None
     need = {("r", "r"): 5, ("r", "r2"): 2, ("p", "p"): 5, ("p", "p2"): 2}
     for (sec, key), count in need.items():
-        if sec not in model.keys() or key not in model[sec] or len(model[sec][key].tokens) != count:
+        if sec not in model or key not in model[sec] or len(model[sec][key].tokens) != count:
             raise ConfigError(
                 f"{source}: section '{key}' must be defined with {count} tokens (see the bundled model.conf)"
             )
     for key in ("m", "m2"):
-        if "m" not in model.keys() or key not in model["m"]:
+        if "m" not in model or key not in model["m"]:
             raise ConfigError(f"{source}: matcher '{key}' is missing (see the bundled model.conf)")
-    if "e" not in model.keys() or "e" not in model["e"]:
+    if "e" not in model or "e" not in model["e"]:
         raise ConfigError(f"{source}: policy effect 'e' is missing (see the bundled model.conf)")
     return model
 
@@ -342,13 +345,20 @@ class AccessPolicy:
 
     @classmethod
     def from_text(
-        cls, policy_text: str, model_text: str | None = None, *, source: str = "<policy>", model_source: str = "<model>"
+        cls,
+        policy_text: str,
+        model_text: str | None = None,
+        *,
+        source: str = "<policy>",
+        model_source: str = "<model>",
     ) -> AccessPolicy:
         """Build from CSV text (tests and callers that keep the policy elsewhere)."""
         lines = parse_policy_text(policy_text, source)
         model = _build_model(model_text if model_text is not None else bundled_model_text(), model_source)
-        if any(ln.ptype == "g" for ln in lines) and ("g" not in model.keys() or "g" not in model["g"]):
-            raise ConfigError(f"{source}: has 'g' (inheritance) lines but the casbin model defines no 'g' role")
+        if any(ln.ptype == "g" for ln in lines) and ("g" not in model or "g" not in model["g"]):
+            raise ConfigError(
+                f"{source}: has 'g' (inheritance) lines but the casbin model defines no 'g' role"
+            )
         enforcer = casbin.Enforcer(model)
         for ln in lines:
             if ln.ptype == "g":
@@ -448,7 +458,13 @@ class AccessPolicy:
         return self._decide(actor, role, purpose, field, approval, now)
 
     def _decide(
-        self, actor: Actor, role: str, purpose: str, field: FieldRef, approval: Approval | None, now: datetime | None
+        self,
+        actor: Actor,
+        role: str,
+        purpose: str,
+        field: FieldRef,
+        approval: Approval | None,
+        now: datetime | None,
     ) -> FieldDecision:
         if not isinstance(field, FieldRef):
             raise SchemaError(f"expected a FieldRef, got {type(field).__name__}")
@@ -567,7 +583,9 @@ class ApprovalBook:
                 "and no other process holds the file"
             ) from None
         except sqlite3.DatabaseError as exc:
-            raise IntegrityError(f"approvals database {self.db_path} is unreadable or corrupt: {exc}") from None
+            raise IntegrityError(
+                f"approvals database {self.db_path} is unreadable or corrupt: {exc}"
+            ) from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -618,14 +636,24 @@ class ApprovalBook:
         with self._tx() as con:
             con.execute(
                 "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, requester.name, role, dataset, json.dumps(names), purpose, _iso(at), _iso(at + ttl)),
+                (
+                    request_id,
+                    requester.name,
+                    role,
+                    dataset,
+                    json.dumps(names),
+                    purpose,
+                    _iso(at),
+                    _iso(at + ttl),
+                ),
             )
         return request_id
 
     def _valid_signers(self, con: sqlite3.Connection, request_id: str, requester: str) -> list[str]:
         """Signers that still count: distinct, not the requester, and whose role may still approve."""
         rows = con.execute(
-            "SELECT approver, approver_role FROM signatures WHERE request_id = ? ORDER BY rowid", (request_id,)
+            "SELECT approver, approver_role FROM signatures WHERE request_id = ? ORDER BY rowid",
+            (request_id,),
         ).fetchall()
         approvers = self.policy.approver_roles()
         return distinct_people(
@@ -635,7 +663,9 @@ class ApprovalBook:
     @staticmethod
     def _approval(row: tuple, signers: Sequence[str]) -> Approval:
         request_id, requester, _role, dataset, fields, purpose, _requested, expires = row
-        return Approval(request_id, requester, dataset, tuple(json.loads(fields)), purpose, tuple(signers), expires)
+        return Approval(
+            request_id, requester, dataset, tuple(json.loads(fields)), purpose, tuple(signers), expires
+        )
 
     def approve(self, request_id: str, approver: Actor, now: datetime | None = None) -> Approval | None:
         """Sign a request; returns the Approval once enough distinct approvers signed, else None."""
@@ -649,16 +679,22 @@ class ApprovalBook:
         with self._tx() as con:
             row = con.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
             if row is None:
-                raise AccessDenied(f"no approval request with id {request_id!r}; list open ones with pending()")
+                raise AccessDenied(
+                    f"no approval request with id {request_id!r}; list open ones with pending()"
+                )
             requester, expires = row[1], row[7]
             if at >= parse_utc(expires):
-                raise AccessDenied(f"approval request {request_id} expired at {expires}; the requester must ask again")
+                raise AccessDenied(
+                    f"approval request {request_id} expired at {expires}; the requester must ask again"
+                )
             if same_identity(approver.name, requester):
                 raise AccessDenied(
                     f"actor '{approver.name}' cannot approve their own request {request_id} (names are compared "
                     f"ignoring case, width and look-alike characters)"
                 )
-            signed = con.execute("SELECT approver FROM signatures WHERE request_id = ?", (request_id,)).fetchall()
+            signed = con.execute(
+                "SELECT approver FROM signatures WHERE request_id = ?", (request_id,)
+            ).fetchall()
             if any(same_identity(approver.name, name) for (name,) in signed):
                 raise AccessDenied(
                     f"actor '{approver.name}' (or a name that looks the same) already approved request {request_id}; a "

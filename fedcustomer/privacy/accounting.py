@@ -61,8 +61,12 @@ def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     fractional orders), so caching it keeps the result bit-identical and makes a charge
     cost milliseconds however long the history is.
     """
-    rdp = np.asarray(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                              orders=list(ORDERS)), dtype=float)
+    rdp = np.asarray(
+        rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(ORDERS)
+        ),
+        dtype=float,
+    )
     rdp.setflags(write=False)
     return rdp
 
@@ -112,7 +116,13 @@ def calibrate_noise(
     orders = list(ORDERS)
 
     def eps_at(sigma: float) -> float:
-        return epsilon_from_rdp(base + np.asarray(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)), delta)
+        return epsilon_from_rdp(
+            base
+            + np.asarray(
+                rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
+            ),
+            delta,
+        )
 
     if eps_at(sigma_max) > epsilon_target:
         return sigma_max

@@ -90,8 +90,8 @@ import secrets
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +172,38 @@ _MAX_DETAILS_BYTES = 8192
 
 _ENTRY_KEYS = frozenset(
     {
-        "seq", "time", "actor", "role", "action", "decision", "dataset", "fields", "tier", "purpose",
-        "approvals", "row_count", "reason", "pseudonyms", "details", "prev_hash", "hash",
+        "seq",
+        "time",
+        "actor",
+        "role",
+        "action",
+        "decision",
+        "dataset",
+        "fields",
+        "tier",
+        "purpose",
+        "approvals",
+        "row_count",
+        "reason",
+        "pseudonyms",
+        "details",
+        "prev_hash",
+        "hash",
     }
 )
 _CHECKPOINT_KEYS = frozenset(
     {
-        "number", "first_seq", "last_seq", "count", "root", "head_hash", "offset", "time",
-        "prev_checkpoint", "key_id", "signature",
+        "number",
+        "first_seq",
+        "last_seq",
+        "count",
+        "root",
+        "head_hash",
+        "offset",
+        "time",
+        "prev_checkpoint",
+        "key_id",
+        "signature",
     }
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -219,7 +243,7 @@ def merkle_root(hashes: Sequence[str]) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 # --- records ------------------------------------------------------------------------------
@@ -278,7 +302,7 @@ class AuditEntry:
         return datetime.fromisoformat(self.time)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AuditEntry":
+    def from_dict(cls, d: Mapping[str, Any]) -> AuditEntry:
         """Build from a stored dict; raises ``ValueError`` saying which field is wrong."""
         problem = _entry_shape_problem(d)
         if problem:
@@ -286,7 +310,7 @@ class AuditEntry:
         return cls._unchecked(d)
 
     @classmethod
-    def _unchecked(cls, d: Mapping[str, Any]) -> "AuditEntry":
+    def _unchecked(cls, d: Mapping[str, Any]) -> AuditEntry:
         return cls(
             seq=d["seq"],
             time=d["time"],
@@ -352,7 +376,7 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Checkpoint":
+    def from_dict(cls, d: Any) -> Checkpoint:
         if not isinstance(d, dict) or set(d) != _CHECKPOINT_KEYS:
             raise ValueError("not a checkpoint object (wrong or missing keys)")
         for k in ("number", "first_seq", "last_seq", "count", "offset"):
@@ -364,7 +388,11 @@ class Checkpoint:
         for k in ("time", "key_id", "signature"):
             if not isinstance(d[k], str):
                 raise ValueError(f"field {k!r} must be a string")
-        if d["first_seq"] < 1 or d["last_seq"] < d["first_seq"] or d["count"] != d["last_seq"] - d["first_seq"] + 1:
+        if (
+            d["first_seq"] < 1
+            or d["last_seq"] < d["first_seq"]
+            or d["count"] != d["last_seq"] - d["first_seq"] + 1
+        ):
             raise ValueError("range and count disagree")
         return cls(**d)
 
@@ -548,9 +576,13 @@ def _entry_record(
         try:
             encoded = canonical_json(dict(details))
         except (TypeError, ValueError) as exc:
-            raise DataError(f"audit details must be JSON-safe (str, int, float, bool, None, lists, dicts): {exc}") from None
+            raise DataError(
+                f"audit details must be JSON-safe (str, int, float, bool, None, lists, dicts): {exc}"
+            ) from None
         if len(encoded) > _MAX_DETAILS_BYTES:
-            raise DataError(f"audit details are {len(encoded)} bytes; keep them under {_MAX_DETAILS_BYTES} (ids, counts)")
+            raise DataError(
+                f"audit details are {len(encoded)} bytes; keep them under {_MAX_DETAILS_BYTES} (ids, counts)"
+            )
         rec["details"] = json.loads(encoded)  # a private, JSON-normalised copy
     return rec
 
@@ -563,7 +595,9 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 def _public_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -572,11 +606,15 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         st = os.stat(path)
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise KeyMaterialError(f"audit signing key {path} not found; create it with AuditLog.open(..., keys_dir=...)") from None
+        raise KeyMaterialError(
+            f"audit signing key {path} not found; create it with AuditLog.open(..., keys_dir=...)"
+        ) from None
     except OSError as exc:
         raise KeyMaterialError(f"cannot read audit signing key {path}: {exc.strerror}") from None
     if st.st_mode & 0o077:
-        raise KeyMaterialError(f"audit signing key {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        raise KeyMaterialError(
+            f"audit signing key {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -773,7 +811,7 @@ class AuditLog:
         checkpoint_every: int = 1000,
         durable: bool = False,
         reach: ReachRecord | None = None,
-    ) -> "AuditLog":
+    ) -> AuditLog:
         """Open (creating if needed) a log with a signing key in ``keys_dir``.
 
         ``keys_dir`` defaults to ``directory.parent / "keys"``, which is the partner home's
@@ -786,19 +824,27 @@ class AuditLog:
             directory.mkdir(parents=True, exist_ok=True)
             keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ConfigError(f"cannot create audit directory {directory} or keys directory {keys}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot create audit directory {directory} or keys directory {keys}: {exc.strerror}"
+            ) from None
         key_path = keys / SIGNING_KEY_NAME
         key = _load_or_create_signing_key(key_path)
         _ensure_public_key_file(keys / PUBLIC_KEY_NAME, key.public_key())
         _ensure_public_key_file(directory / PUBLIC_KEY_NAME, key.public_key())
-        return cls(directory, signing_key_path=key_path, checkpoint_every=checkpoint_every, durable=durable, reach=reach)
+        return cls(
+            directory,
+            signing_key_path=key_path,
+            checkpoint_every=checkpoint_every,
+            durable=durable,
+            reach=reach,
+        )
 
     # --- context manager -------------------------------------------------------------------
     def __del__(self) -> None:  # release descriptors of a log dropped without close()
         if getattr(self, "_pid", None) == os.getpid():
             self._drop_fds()
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -811,7 +857,9 @@ class AuditLog:
         if self._pid is not None:  # inherited across fork: flock on a shared description would not exclude
             self._drop_fds()
         if not self.directory.is_dir():
-            raise ConfigError(f"audit directory {self.directory} does not exist; create it with AuditLog.open()")
+            raise ConfigError(
+                f"audit directory {self.directory} does not exist; create it with AuditLog.open()"
+            )
         self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._pid = os.getpid()
@@ -841,6 +889,7 @@ class AuditLog:
 
     def _snapshot_sizes(self) -> tuple[int, int]:
         """Sizes of the log and checkpoint files, taken under a shared lock."""
+
         def sizes() -> tuple[int, int]:
             return (
                 self.log_path.stat().st_size if self.log_path.exists() else 0,
@@ -933,9 +982,19 @@ class AuditLog:
         raises IntegrityError if the entries to be signed were tampered with.
         """
         rec = _entry_record(
-            actor=actor, role=role, action=action, decision=decision, dataset=dataset, fields=fields,
-            tier=tier, purpose=purpose, approvals=approvals, row_count=row_count, reason=reason,
-            pseudonyms=pseudonyms, details=details,
+            actor=actor,
+            role=role,
+            action=action,
+            decision=decision,
+            dataset=dataset,
+            fields=fields,
+            tier=tier,
+            purpose=purpose,
+            approvals=approvals,
+            row_count=row_count,
+            reason=reason,
+            pseudonyms=pseudonyms,
+            details=details,
         )
         cp = None
         with self._exclusive():
@@ -965,7 +1024,7 @@ class AuditLog:
         self._head_key = (os.fstat(self._log_fd).st_ino, size + len(line))
         return size + len(line)
 
-    def _record_reach(self, rec: dict[str, Any] | None, end: int, cp: "Checkpoint | None") -> None:
+    def _record_reach(self, rec: dict[str, Any] | None, end: int, cp: Checkpoint | None) -> None:
         """Tell the reach record (outside the lock: it may wait on another database)."""
         if self.reach is None:
             return
@@ -989,7 +1048,9 @@ class AuditLog:
             except OSError:
                 pass
             if exc.errno == errno.ENOSPC:
-                raise IntegrityError("audit log could not be written: no space left on device; nothing was logged") from None
+                raise IntegrityError(
+                    "audit log could not be written: no space left on device; nothing was logged"
+                ) from None
             raise
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -1074,7 +1135,7 @@ class AuditLog:
         return cp
 
     def _unsigned_hashes(
-        self, last: "Checkpoint | None", head_seq: int, head_hash: str, size: int, refusing: str
+        self, last: Checkpoint | None, head_seq: int, head_hash: str, size: int, refusing: str
     ) -> list[str] | None:
         """Hashes of the entries after the last checkpoint, checked to extend the signed chain
         (under the lock); None if there are none. IntegrityError names what is wrong."""
@@ -1095,7 +1156,13 @@ class AuditLog:
         for lineno_rel, raw in enumerate(data.split(b"\n")[:-1]):
             parsed = _parse_entry_line(raw)
             e = parsed.entry
-            if e is None or not parsed.self_ok or not parsed.canonical or e["seq"] != expected or e["prev_hash"] != prev_hash:
+            if (
+                e is None
+                or not parsed.self_ok
+                or not parsed.canonical
+                or e["seq"] != expected
+                or e["prev_hash"] != prev_hash
+            ):
                 raise IntegrityError(
                     f"entry {expected} in {self.log_path} (after byte {offset}, line {lineno_rel + 1} of the unsigned "
                     f"range) does not extend the signed chain; {refusing}. Run `fedcustomer audit verify`"
@@ -1117,7 +1184,9 @@ class AuditLog:
         Cost: the entries since the last checkpoint and one line at the recorded reach.
         """
         if not self.directory.is_dir():
-            raise ConfigError(f"audit directory {self.directory} does not exist; create it with AuditLog.open()")
+            raise ConfigError(
+                f"audit directory {self.directory} does not exist; create it with AuditLog.open()"
+            )
         reach = self.reach.recorded() if self.reach is not None else None
         with self._exclusive():
             assert self._log_fd is not None
@@ -1133,7 +1202,7 @@ class AuditLog:
                 if problem:
                     raise IntegrityError(f"{problem}; refusing to act. Run `fedcustomer audit verify`")
 
-    def _reach_problem(self, reach: Reach, head_seq: int, size: int, last: "Checkpoint | None") -> str | None:
+    def _reach_problem(self, reach: Reach, head_seq: int, size: int, last: Checkpoint | None) -> str | None:
         """Why the log (under the lock) does not reach ``reach``, or None."""
         assert self._log_fd is not None
         if head_seq < reach.seq:
@@ -1158,7 +1227,11 @@ class AuditLog:
                 f"{self.checkpoint_path} ends at checkpoint #{have} but {reach.source} recorded #{reach.checkpoints}: "
                 "signed checkpoints were removed"
             )
-        if last is not None and have == reach.checkpoints and reach.checkpoint_digest not in (None, last.digest()):
+        if (
+            last is not None
+            and have == reach.checkpoints
+            and reach.checkpoint_digest not in (None, last.digest())
+        ):
             return f"checkpoint #{have} in {self.checkpoint_path} is not the one {reach.source} recorded"
         return None
 
@@ -1175,8 +1248,19 @@ class AuditLog:
         repair interrupted after that is finished by running it again.
         """
         rec = _entry_record(
-            actor=actor, role=role, action=ACTION_AUDIT_REPAIR, decision=DECISION_ALLOWED, dataset=None, fields=(),
-            tier=None, purpose=None, approvals=(), row_count=None, reason=reason, pseudonyms=(), details=None,
+            actor=actor,
+            role=role,
+            action=ACTION_AUDIT_REPAIR,
+            decision=DECISION_ALLOWED,
+            dataset=None,
+            fields=(),
+            tier=None,
+            purpose=None,
+            approvals=(),
+            row_count=None,
+            reason=reason,
+            pseudonyms=(),
+            details=None,
         )
         _, cp_size = self._snapshot_sizes()
         with self._exclusive():
@@ -1360,7 +1444,9 @@ class AuditLog:
             try:
                 out.append(Checkpoint.from_dict(_parse_json_line(raw)))
             except ValueError as exc:
-                raise IntegrityError(f"{self.checkpoint_path} line {lineno} is not a checkpoint ({exc})") from None
+                raise IntegrityError(
+                    f"{self.checkpoint_path} line {lineno} is not a checkpoint ({exc})"
+                ) from None
         return out
 
     # --- verification --------------------------------------------------------------------------
@@ -1388,7 +1474,7 @@ def _pending_message(path: Path) -> str:
 def _aware(t: datetime | None) -> datetime | None:
     if t is None:
         return None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 def _span(a: int, b: int) -> str:
@@ -1453,11 +1539,24 @@ class _Verifier:
                     )
                 )
         if findings:
-            worst = min(findings, key=lambda f: (f.seq if f.seq is not None else 0))
-            return VerifyReport(False, entries, n_cps, worst.seq, worst.problem, worst.message, worst.line, worst.file)
+            worst = min(findings, key=lambda f: f.seq if f.seq is not None else 0)
+            return VerifyReport(
+                False, entries, n_cps, worst.seq, worst.problem, worst.message, worst.line, worst.file
+            )
         unsigned = last_seq - (cps[-1].last_seq if cps else 0)
-        tail = f"; {unsigned} entries after the last checkpoint are protected by the hash chain only" if unsigned else ""
-        return VerifyReport(True, entries, n_cps, None, None, f"audit log intact: {entries} entries, {n_cps} signed checkpoints{tail}")
+        tail = (
+            f"; {unsigned} entries after the last checkpoint are protected by the hash chain only"
+            if unsigned
+            else ""
+        )
+        return VerifyReport(
+            True,
+            entries,
+            n_cps,
+            None,
+            None,
+            f"audit log intact: {entries} entries, {n_cps} signed checkpoints{tail}",
+        )
 
     def _check_reach(
         self, entries: int, last_seq: int, last_line: int, cps: list[Checkpoint], n_cps: int
@@ -1513,7 +1612,13 @@ class _Verifier:
             try:
                 beside = load_public_key(log.public_key_file)
             except KeyMaterialError as exc:
-                return _Finding(None, PROBLEM_BAD_SIGNATURE, f"the public key beside the log is unusable: {exc}", None, PUBLIC_KEY_NAME)
+                return _Finding(
+                    None,
+                    PROBLEM_BAD_SIGNATURE,
+                    f"the public key beside the log is unusable: {exc}",
+                    None,
+                    PUBLIC_KEY_NAME,
+                )
         trusted = log._trusted_key or (log._signing_key.public_key() if log._signing_key else None)
         if trusted is None:
             return beside
@@ -1545,7 +1650,9 @@ class _Verifier:
             lineno = i + 1
             where = f"checkpoint line {lineno} of {self.cp_name}"
             if cp is None:
-                return good, _Finding(next_first, PROBLEM_MALFORMED, f"{where} is not a valid checkpoint", lineno, self.cp_name)
+                return good, _Finding(
+                    next_first, PROBLEM_MALFORMED, f"{where} is not a valid checkpoint", lineno, self.cp_name
+                )
             if key_finding is not None:
                 return good, None  # the key problem is reported instead
             if key is None:
@@ -1568,11 +1675,20 @@ class _Verifier:
             if cp.number != len(good) + 1 or cp.first_seq != next_first or cp.prev_checkpoint != prev_digest:
                 later = [c for c in parsed[i + 1 :] if c is not None]
                 if cp.first_seq > next_first and not any(c.first_seq == next_first for c in later):
-                    kind, what = PROBLEM_DELETED, f"the signed checkpoint covering entries from {next_first} is missing"
+                    kind, what = (
+                        PROBLEM_DELETED,
+                        f"the signed checkpoint covering entries from {next_first} is missing",
+                    )
                 elif cp.first_seq > next_first:
-                    kind, what = PROBLEM_REORDERED, f"checkpoints are out of order: #{cp.number} comes before #{len(good) + 1}"
+                    kind, what = (
+                        PROBLEM_REORDERED,
+                        f"checkpoints are out of order: #{cp.number} comes before #{len(good) + 1}",
+                    )
                 else:
-                    kind, what = PROBLEM_INSERTED, f"checkpoint #{cp.number} appears again or out of place (a replayed copy)"
+                    kind, what = (
+                        PROBLEM_INSERTED,
+                        f"checkpoint #{cp.number} appears again or out of place (a replayed copy)",
+                    )
                 return good, _Finding(next_first, kind, f"{what} ({where})", lineno, self.cp_name)
             good.append(cp)
             prev_digest, next_first = cp.digest(), cp.last_seq + 1
@@ -1608,7 +1724,13 @@ class _Verifier:
                 else:
                     parsed = _Parsed(None, "not terminated by a newline (torn write or edited)")
                 e = parsed.entry
-                if e is None or not parsed.self_ok or not parsed.canonical or e["seq"] != expected or e["prev_hash"] != prev:
+                if (
+                    e is None
+                    or not parsed.self_ok
+                    or not parsed.canonical
+                    or e["seq"] != expected
+                    or e["prev_hash"] != prev
+                ):
                     rest = list(data_iter)
                     lines += len(rest)
                     chain = self._classify(lines - len(rest), parsed, expected, prev, rest)
@@ -1641,13 +1763,19 @@ class _Verifier:
         e = cur.entry
         nxt = _parse_entry_line(rest[0].rstrip(b"\n")) if rest else None
         next_follows = (
-            nxt is not None and nxt.entry is not None and nxt.self_ok
-            and nxt.entry["seq"] == expected and nxt.entry["prev_hash"] == prev
+            nxt is not None
+            and nxt.entry is not None
+            and nxt.self_ok
+            and nxt.entry["seq"] == expected
+            and nxt.entry["prev_hash"] == prev
         )
         if e is None:
             return _Finding(
-                expected, PROBLEM_MALFORMED,
-                f"line {lineno} of {name}, where entry {expected} belongs, is malformed: {cur.error}", lineno, name,
+                expected,
+                PROBLEM_MALFORMED,
+                f"line {lineno} of {name}, where entry {expected} belongs, is malformed: {cur.error}",
+                lineno,
+                name,
             )
         if cur.self_ok and cur.canonical and e["seq"] > expected:
             # a genuine entry out of place: its own predecessor turns up later in the file
@@ -1655,77 +1783,101 @@ class _Verifier:
                 later = _parse_entry_line(raw.rstrip(b"\n")).entry
                 if later is not None and later["seq"] == e["seq"] - 1 and later["hash"] == e["prev_hash"]:
                     return _Finding(
-                        expected, PROBLEM_REORDERED,
+                        expected,
+                        PROBLEM_REORDERED,
                         f"entries are out of order: line {lineno} of {name} holds entry {e['seq']} where entry "
                         f"{expected} belongs; entry {e['seq'] - 1} appears later, on line {lineno + off}",
-                        lineno, name,
+                        lineno,
+                        name,
                     )
         if next_follows:
             return _Finding(
-                e["seq"], PROBLEM_INSERTED,
+                e["seq"],
+                PROBLEM_INSERTED,
                 f"line {lineno} of {name} holds an inserted entry (claiming seq {e['seq']}): it is not part of the "
                 f"chain, and line {lineno + 1} carries entry {expected}, which follows entry {expected - 1} directly",
-                lineno, name,
+                lineno,
+                name,
             )
         if not cur.self_ok or not cur.canonical:
             claim = f" (it now claims seq {e['seq']})" if e["seq"] != expected else ""
             why = (
-                "the line was rewritten out of canonical form" if not cur.canonical
+                "the line was rewritten out of canonical form"
+                if not cur.canonical
                 else "its content no longer matches its hash"
             )
             return _Finding(
-                expected, PROBLEM_MODIFIED, f"entry {expected} (line {lineno} of {name}) was modified{claim}: {why}",
-                lineno, name,
+                expected,
+                PROBLEM_MODIFIED,
+                f"entry {expected} (line {lineno} of {name}) was modified{claim}: {why}",
+                lineno,
+                name,
             )
         seq = e["seq"]
         if seq == expected:
             if expected == 1:
                 return _Finding(
-                    1, PROBLEM_MODIFIED,
+                    1,
+                    PROBLEM_MODIFIED,
                     f"entry 1 (line {lineno} of {name}) was modified: it does not start from the genesis hash",
-                    lineno, name,
+                    lineno,
+                    name,
                 )
             return _Finding(
-                expected - 1, PROBLEM_MODIFIED,
+                expected - 1,
+                PROBLEM_MODIFIED,
                 f"entry {expected - 1} (line {lineno - 1} of {name}) was modified and its hash recomputed: entry "
                 f"{expected} on line {lineno} records a different hash for its predecessor",
-                lineno - 1, name,
+                lineno - 1,
+                name,
             )
         if seq > expected:
             for off, raw in enumerate(rest, start=1):
                 later = _parse_entry_line(raw.rstrip(b"\n")).entry
                 if later is not None and later["seq"] == expected:
                     return _Finding(
-                        expected, PROBLEM_REORDERED,
+                        expected,
+                        PROBLEM_REORDERED,
                         f"entries are out of order: line {lineno} of {name} holds entry {seq} where entry {expected} "
                         f"belongs; entry {expected} appears later, on line {lineno + off}",
-                        lineno, name,
+                        lineno,
+                        name,
                     )
             return _Finding(
-                expected, PROBLEM_DELETED,
+                expected,
+                PROBLEM_DELETED,
                 f"{_span(expected, seq - 1)} {'was' if seq - 1 == expected else 'were'} deleted: line {lineno} of "
                 f"{name} holds entry {seq} right after entry {expected - 1}",
-                lineno, name,
+                lineno,
+                name,
             )
         # seq < expected: a second entry with a seq already seen. If the chain carries on from
         # this one and it links to the same predecessor, the earlier copy was the insertion.
-        continues = nxt is not None and nxt.entry is not None and nxt.entry["prev_hash"] == e["hash"] and nxt.entry["seq"] == seq + 1
+        continues = (
+            nxt is not None
+            and nxt.entry is not None
+            and nxt.entry["prev_hash"] == e["hash"]
+            and nxt.entry["seq"] == seq + 1
+        )
         if continues:
             pred = self._entry_at_line(seq - 1) if seq > 1 else None
             if (pred["hash"] if pred else GENESIS_HASH) == e["prev_hash"]:
                 return _Finding(
-                    seq, PROBLEM_INSERTED,
+                    seq,
+                    PROBLEM_INSERTED,
                     f"line {seq} of {name} holds an inserted entry (claiming seq {seq}): the chain continues from "
                     f"line {lineno}, which carries the genuine entry {seq}",
-                    seq, name,
+                    seq,
+                    name,
                 )
         return _Finding(
-            seq, PROBLEM_INSERTED,
+            seq,
+            PROBLEM_INSERTED,
             f"line {lineno} of {name} holds an inserted entry: it claims seq {seq}, which already appeared, "
             f"where entry {expected} belongs",
-            lineno, name,
+            lineno,
+            name,
         )
-
 
     def _entry_at_line(self, lineno: int) -> dict[str, Any] | None:
         """Re-read one line of the verified prefix (failure path only)."""

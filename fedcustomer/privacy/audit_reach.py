@@ -24,10 +24,11 @@ any order, outside the log's file lock.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 REACH_TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS audit_reach (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
@@ -87,7 +88,13 @@ class SqlReach:
             self._execute(REACH_TABLE_DDL)
             self._execute(
                 "INSERT OR IGNORE INTO audit_reach VALUES (1, ?, ?, ?, ?, ?)",
-                (head[0], head[1], head[2], checkpoint[0] if checkpoint else 0, checkpoint[1] if checkpoint else ""),
+                (
+                    head[0],
+                    head[1],
+                    head[2],
+                    checkpoint[0] if checkpoint else 0,
+                    checkpoint[1] if checkpoint else "",
+                ),
             )
 
     def recorded(self) -> Reach | None:
@@ -130,7 +137,7 @@ class HomeReach:
         self.signing_pub = Path(signing_pub)
 
     @classmethod
-    def for_home(cls, home: Any) -> "HomeReach":
+    def for_home(cls, home: Any) -> HomeReach:
         """The reach of a :class:`~fedcustomer.clients.home.PartnerHome`'s log."""
         return cls(home.store_path, home.keys_dir / "audit_signing.pub")
 
@@ -138,7 +145,9 @@ class HomeReach:
         if not self.store_path.exists():
             return None
         try:
-            return sqlite3.connect(f"file:{self.store_path}?mode={mode}", uri=True, timeout=5, isolation_level=None)
+            return sqlite3.connect(
+                f"file:{self.store_path}?mode={mode}", uri=True, timeout=5, isolation_level=None
+            )
         except sqlite3.Error:
             return None
 
@@ -154,8 +163,15 @@ class HomeReach:
             if reach is not None:
                 return reach
         if self.signing_pub.exists():  # a key is made only when a log is opened to be written
-            return Reach(1, None, None, 0, None, f"this home's audit signing key ({self.signing_pub.name}, made only "
-                         "for a log that is written)")
+            return Reach(
+                1,
+                None,
+                None,
+                0,
+                None,
+                f"this home's audit signing key ({self.signing_pub.name}, made only "
+                "for a log that is written)",
+            )
         return None
 
     def _update(self, fn: str, *args: Any) -> None:

@@ -52,7 +52,7 @@ import struct
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from hmac import compare_digest
 from pathlib import Path
@@ -107,7 +107,7 @@ _STATUSES = (ACTIVE, AVAILABLE, RETIRED)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _lp(data: bytes) -> bytes:
@@ -264,7 +264,9 @@ def _parse_json_object(raw: bytes, path: Path, what: str) -> dict[str, Any]:
             f"{what} at {path} is malformed: not valid JSON{where}; restore it from backup"
         ) from None
     if not isinstance(doc, dict):
-        raise KeyMaterialError(f"{what} at {path} is malformed: expected a JSON object; restore it from backup")
+        raise KeyMaterialError(
+            f"{what} at {path} is malformed: expected a JSON object; restore it from backup"
+        )
     return doc
 
 
@@ -310,7 +312,7 @@ class WrappedKey:
         return struct.pack(">I", self.kek_version) + self.blob
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "WrappedKey":
+    def from_bytes(cls, data: bytes) -> WrappedKey:
         if len(data) < 5:
             raise KeyMaterialError(f"wrapped data key is {len(data)} bytes: too short to be a WrappedKey")
         return cls(struct.unpack(">I", data[:4])[0], bytes(data[4:]))
@@ -393,7 +395,7 @@ class FileKeyRing:
 
     # --- construction ---------------------------------------------------------
     @classmethod
-    def create(cls, keys_dir: Path) -> "FileKeyRing":
+    def create(cls, keys_dir: Path) -> FileKeyRing:
         """Create a keyring with one active KEK; refuses to overwrite an existing keyring."""
         keys_dir = Path(keys_dir)
         path = keys_dir / KEYRING_FILE
@@ -412,7 +414,7 @@ class FileKeyRing:
         return cls(path, keks)
 
     @classmethod
-    def open(cls, keys_dir: Path) -> "FileKeyRing":
+    def open(cls, keys_dir: Path) -> FileKeyRing:
         """Load an existing keyring, validating permissions and structure."""
         path = Path(keys_dir) / KEYRING_FILE
         return cls(path, _load_keyring(path))
@@ -432,7 +434,9 @@ class FileKeyRing:
         version = self._active
         kek = self._keks[version]
         if kek.status != ACTIVE or kek.key is None:  # never wrap under a retired or demoted version
-            raise KeyMaterialError(f"KEK version {version} of the keyring at {self._path} is not active; refresh it")
+            raise KeyMaterialError(
+                f"KEK version {version} of the keyring at {self._path} is not active; refresh it"
+            )
         nonce = os.urandom(NONCE_BYTES)
         blob = nonce + self._aead_for(version).encrypt(nonce, bytes(data_key), _wrap_aad(version, context))
         return WrappedKey(version, blob)
@@ -460,7 +464,9 @@ class FileKeyRing:
                 f"wrapped data key for KEK version {version} is {len(blob)} bytes: truncated or not a wrapped key"
             )
         try:
-            return self._aead_for(version).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _wrap_aad(version, context))
+            return self._aead_for(version).decrypt(
+                blob[:NONCE_BYTES], blob[NONCE_BYTES:], _wrap_aad(version, context)
+            )
         except InvalidTag:
             raise KeyMaterialError(
                 f"KEK version {version} of the keyring at {self._path} could not unwrap the data key: this keyring "
@@ -505,7 +511,9 @@ class FileKeyRing:
             kek = keks.get(version)
             if kek is None:
                 known = ", ".join(str(v) for v in sorted(keks))
-                raise KeyMaterialError(f"keyring at {self._path} has no KEK version {version} (it has {known})")
+                raise KeyMaterialError(
+                    f"keyring at {self._path} has no KEK version {version} (it has {known})"
+                )
             if kek.status == ACTIVE:
                 raise KeyMaterialError(
                     f"KEK version {version} is the active version of the keyring at {self._path} and cannot be "
@@ -556,7 +564,9 @@ class FileKeyRing:
         try:
             fd = os.open(self._path.parent, os.O_RDONLY)
         except OSError as exc:
-            raise KeyMaterialError(f"keys directory {self._path.parent} could not be opened ({exc.strerror})") from None
+            raise KeyMaterialError(
+                f"keys directory {self._path.parent} could not be opened ({exc.strerror})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -608,10 +618,14 @@ def _load_keyring(path: Path) -> dict[int, _Kek]:
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**32:
             raise KeyMaterialError(f"{path}: {where}.version must be an integer >= 1, got {version!r}")
         if version in keks:
-            raise KeyMaterialError(f"{path}: {where}.version {version} appears twice; restore the file from backup")
+            raise KeyMaterialError(
+                f"{path}: {where}.version {version} appears twice; restore the file from backup"
+            )
         status = entry.get("status")
         if status not in _STATUSES:
-            raise KeyMaterialError(f"{path}: {where}.status must be one of {', '.join(_STATUSES)}, got {status!r}")
+            raise KeyMaterialError(
+                f"{path}: {where}.status must be one of {', '.join(_STATUSES)}, got {status!r}"
+            )
         created_at = entry.get("created_at")
         if not isinstance(created_at, str):
             raise KeyMaterialError(f"{path}: {where}.created_at must be an ISO 8601 string")
@@ -624,7 +638,9 @@ def _load_keyring(path: Path) -> dict[int, _Kek]:
         else:
             key = _decode_key(entry.get("key"), path, f"{where}.key")
         retired_at = entry.get("retired_at")
-        keks[version] = _Kek(version, created_at, status, key, retired_at if isinstance(retired_at, str) else None)
+        keks[version] = _Kek(
+            version, created_at, status, key, retired_at if isinstance(retired_at, str) else None
+        )
     FileKeyRing._find_active(keks, path)
     return keks
 
@@ -701,7 +717,9 @@ class FieldCipher:
                 f"has an unknown format version; the stored value is corrupt"
             )
         try:
-            plaintext = aead.decrypt(token[1 : 1 + NONCE_BYTES], token[1 + NONCE_BYTES :], self._aad(field, pseudonym))
+            plaintext = aead.decrypt(
+                token[1 : 1 + NONCE_BYTES], token[1 + NONCE_BYTES :], self._aad(field, pseudonym)
+            )
             return plaintext.decode("utf-8")
         except (InvalidTag, UnicodeDecodeError):
             raise IntegrityError(
@@ -739,7 +757,7 @@ class Pseudonymizer:
         self._base = base
 
     @classmethod
-    def create(cls, keys_dir: Path) -> "Pseudonymizer":
+    def create(cls, keys_dir: Path) -> Pseudonymizer:
         """Generate a new pseudonym key; refuses to overwrite an existing one."""
         keys_dir = Path(keys_dir)
         path = keys_dir / PSEUDONYM_KEY_FILE
@@ -764,7 +782,7 @@ class Pseudonymizer:
         return cls(path, key)
 
     @classmethod
-    def open(cls, keys_dir: Path) -> "Pseudonymizer":
+    def open(cls, keys_dir: Path) -> Pseudonymizer:
         path = Path(keys_dir) / PSEUDONYM_KEY_FILE
         doc = _parse_json_object(_read_secret_file(path, "pseudonym key"), path, "pseudonym key")
         _check_format(doc, path, _PSEUDONYM_FORMAT)

@@ -57,8 +57,8 @@ from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collat
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-from torch import nn
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedcustomer.errors import ConfigError, DataError
@@ -155,7 +155,9 @@ class GeometricPoissonSampler(UniformWithReplacementSampler):
         """Included positions in (last, n), by geometric gaps starting after ``last``."""
         n, chunk, parts = self.num_samples, self._chunk(), []
         while True:
-            gaps = torch.empty(chunk, dtype=torch.float64).geometric_(self.sample_rate, generator=self.generator)
+            gaps = torch.empty(chunk, dtype=torch.float64).geometric_(
+                self.sample_rate, generator=self.generator
+            )
             positions = gaps.cumsum_(0).add_(last)
             inside = int(torch.searchsorted(positions, float(n)))
             parts.append(positions[:inside])
@@ -226,9 +228,7 @@ def _check_batch_size(batch_size: object, n: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise ConfigError(f"batch_size must be an integer, got {batch_size!r}")
     if not 1 <= batch_size <= n:
-        raise ConfigError(
-            f"batch_size must be between 1 and the number of rows ({n}), got {batch_size}"
-        )
+        raise ConfigError(f"batch_size must be between 1 and the number of rows ({n}), got {batch_size}")
     return batch_size
 
 
@@ -265,8 +265,10 @@ class _Trainer:
         self.lr = _positive("lr", lr, "use a learning rate such as 0.05")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if isinstance(proximal_mu, bool) or not isinstance(proximal_mu, (int, float)) or not (
-            math.isfinite(proximal_mu) and proximal_mu >= 0
+        if (
+            isinstance(proximal_mu, bool)
+            or not isinstance(proximal_mu, (int, float))
+            or not (math.isfinite(proximal_mu) and proximal_mu >= 0)
         ):
             raise ConfigError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
         self._module, self.X, self.y, self.loss_fn = model, X, y, loss_fn
@@ -346,16 +348,27 @@ class DPTrainer(_Trainer):
         sampler: str = "geometric",
     ) -> None:
         self.noise_multiplier = _positive(
-            "noise_multiplier", noise_multiplier, "DP-SGD needs noise; use PlainTrainer for a non-private baseline"
+            "noise_multiplier",
+            noise_multiplier,
+            "DP-SGD needs noise; use PlainTrainer for a non-private baseline",
         )
-        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm, "it is the per-sample clipping bound, e.g. 1.0")
+        self.max_grad_norm = _positive(
+            "max_grad_norm", max_grad_norm, "it is the per-sample clipping bound, e.g. 1.0"
+        )
         if clipping not in CLIPPING_MODES:
             raise ConfigError(f"unknown clipping {clipping!r}; choose one of {', '.join(CLIPPING_MODES)}")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         super().__init__(
-            model, X, y, loss_fn, batch_size=batch_size, lr=lr, optimizer=optimizer,
-            proximal_mu=proximal_mu, anchor=anchor,
+            model,
+            X,
+            y,
+            loss_fn,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            proximal_mu=proximal_mu,
+            anchor=anchor,
         )
         _check_loss_reduction(loss_fn)
         if clipping == "ghost" and not isinstance(getattr(loss_fn, "reduction", None), str):
@@ -376,7 +389,9 @@ class DPTrainer(_Trainer):
             )
         else:
             self._loader = DPDataLoader(
-                dataset, sample_rate=self.sample_rate, collate_fn=_whole_batch,
+                dataset,
+                sample_rate=self.sample_rate,
+                collate_fn=_whole_batch,
                 generator=self._sampling_generator,
             )
         if len(self._loader) != self.steps_per_epoch:  # the ledger relies on this equality
@@ -401,7 +416,10 @@ class DPTrainer(_Trainer):
             self._optimizer: DPOptimizer = DPOptimizerFastClipping(
                 self._base_optimizer,
                 clipper=self._clipper,
-                noise_block_steps=max(1, min(self.steps_per_epoch, NOISE_BLOCK_ELEMENTS // self._clipper.flat_summed_grad.numel())),
+                noise_block_steps=max(
+                    1,
+                    min(self.steps_per_epoch, NOISE_BLOCK_ELEMENTS // self._clipper.flat_summed_grad.numel()),
+                ),
                 **dp_args,
             )
         elif self.clipping == "hooks":
@@ -409,11 +427,16 @@ class DPTrainer(_Trainer):
             self._optimizer = DPOptimizer(self._base_optimizer, **dp_args)
         else:
             self._wrapped = GradSampleModuleFastGradientClipping(
-                self._module, batch_first=True, loss_reduction="mean",
-                max_grad_norm=self.max_grad_norm, use_ghost_clipping=True,
+                self._module,
+                batch_first=True,
+                loss_reduction="mean",
+                max_grad_norm=self.max_grad_norm,
+                use_ghost_clipping=True,
             )
             self._optimizer = DPOptimizerFastGradientClipping(self._base_optimizer, **dp_args)
-            self._ghost_loss = DPLossFastGradientClipping(self._wrapped, self._optimizer, self.loss_fn, "mean")
+            self._ghost_loss = DPLossFastGradientClipping(
+                self._wrapped, self._optimizer, self.loss_fn, "mean"
+            )
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self._loader)
@@ -487,8 +510,15 @@ class PlainTrainer(_Trainer):
         seed: int | None = None,
     ) -> None:
         super().__init__(
-            model, X, y, loss_fn, batch_size=batch_size, lr=lr, optimizer=optimizer,
-            proximal_mu=proximal_mu, anchor=anchor,
+            model,
+            X,
+            y,
+            loss_fn,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            proximal_mu=proximal_mu,
+            anchor=anchor,
         )
         self._generator = torch.Generator()
         if seed is None:

@@ -98,9 +98,7 @@ class FastGradientClipper:
         ((self._dtype, self._device),) = kinds
         self.sizes = [p.numel() for p in self.params]
         self.flat_summed_grad = torch.zeros(sum(self.sizes), dtype=self._dtype, device=self._device)
-        self.views = [
-            v.view(p.shape) for p, v in zip(self.params, self.flat_summed_grad.split(self.sizes))
-        ]
+        self.views = [v.view(p.shape) for p, v in zip(self.params, self.flat_summed_grad.split(self.sizes))]
         self._view_of = {id(p): v for p, v in zip(self.params, self.views)}
         # Per fast Linear: (weight view or None, bias view or None) -- None when not trained.
         self._linear_plans: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {
@@ -308,7 +306,7 @@ class DPOptimizerFastClipping(DPOptimizer):
         if self.loss_reduction == "mean":  # every p.grad is a view of the flat buffer
             self.clipper.flat_summed_grad.div_(self.expected_batch_size * self.accumulated_iterations)
 
-    def pre_step(self, closure=None) -> bool:  # noqa: ANN001 - Opacus signature
+    def pre_step(self, closure=None) -> bool:
         self.add_noise()
         self.scale_grad()
         if self.step_hook:

@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,9 @@ class BudgetLedger:
     def charges(self) -> list[Charge]:
         """Charges of this ledger's dataset (for reports; the spend composes over :meth:`all_charges`)."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM charges WHERE dataset = ? ORDER BY seq", (self.dataset,)
+            ).fetchall()
         return [_charge_from_row(r) for r in rows]
 
     def all_charges(self) -> list[Charge]:
@@ -157,13 +159,19 @@ class BudgetLedger:
     def datasets(self) -> list[str]:
         """Every dataset named by a charge, then by a refusal only, in first-use order."""
         with self._connect() as conn:
-            charged = [r[0] for r in conn.execute("SELECT dataset FROM charges GROUP BY dataset ORDER BY MIN(seq)")]
-            refused = [r[0] for r in conn.execute("SELECT dataset FROM refusals GROUP BY dataset ORDER BY MIN(seq)")]
+            charged = [
+                r[0] for r in conn.execute("SELECT dataset FROM charges GROUP BY dataset ORDER BY MIN(seq)")
+            ]
+            refused = [
+                r[0] for r in conn.execute("SELECT dataset FROM refusals GROUP BY dataset ORDER BY MIN(seq)")
+            ]
         return charged + [d for d in refused if d not in charged]
 
     def refusals(self) -> list[dict[str, Any]]:
         with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM refusals WHERE dataset = ? ORDER BY seq", (self.dataset,)).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM refusals WHERE dataset = ? ORDER BY seq", (self.dataset,)
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def find(self, charge_key: str) -> Charge | None:
@@ -182,15 +190,23 @@ class BudgetLedger:
         """What the spend would be after ``steps`` more Gaussian steps (nothing is written)."""
         return self.project(extra_gaussian=[steps])
 
-    def project(self, extra_gaussian: Sequence[GaussianSteps] = (),
-                extra_approx: Sequence[tuple[float, float]] = ()) -> Spend:
+    def project(
+        self, extra_gaussian: Sequence[GaussianSteps] = (), extra_approx: Sequence[tuple[float, float]] = ()
+    ) -> Spend:
         """What the spend would be after these releases (nothing is written)."""
         return self._spend_of(self.all_charges(), extra_gaussian=extra_gaussian, extra_approx=extra_approx)
 
-    def calibrate_noise(self, sample_rate: float, steps: int, *, sigma_min: float = 0.3, sigma_max: float = 50.0,
-                        pending_gaussian: Sequence[GaussianSteps] = (),
-                        pending_approx: Sequence[tuple[float, float]] = (),
-                        reserve_epsilon: float = 0.0) -> float:
+    def calibrate_noise(
+        self,
+        sample_rate: float,
+        steps: int,
+        *,
+        sigma_min: float = 0.3,
+        sigma_max: float = 50.0,
+        pending_gaussian: Sequence[GaussianSteps] = (),
+        pending_approx: Sequence[tuple[float, float]] = (),
+        reserve_epsilon: float = 0.0,
+    ) -> float:
         """Noise multiplier so that ``steps`` more steps exactly use the remaining budget.
 
         ``pending_*`` are releases that will be charged alongside (e.g. a label release at
@@ -208,8 +224,13 @@ class BudgetLedger:
         if target <= 0:
             return sigma_max
         return accounting.calibrate_noise(
-            self.gaussian_history() + list(pending_gaussian), sample_rate, steps, target, delta_rdp,
-            sigma_min=sigma_min, sigma_max=sigma_max,
+            self.gaussian_history() + list(pending_gaussian),
+            sample_rate,
+            steps,
+            target,
+            delta_rdp,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
         )
 
     def accounting_state(self) -> dict[str, Any]:
@@ -225,7 +246,7 @@ class BudgetLedger:
                 if c.family == APPROX
             ],
             "composition": "RDP within Gaussian releases; basic composition with other releases; "
-                           "over every charge of the partner (all datasets)",
+            "over every charge of the partner (all datasets)",
             "delta_target": self.budget.delta,
         }
 
@@ -252,7 +273,14 @@ class BudgetLedger:
     ) -> Charge:
         """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded."""
         return self._charge(
-            charge_key, GAUSSIAN, mechanism, steps=steps, run_id=run_id, round=round, query_id=query_id, details=details
+            charge_key,
+            GAUSSIAN,
+            mechanism,
+            steps=steps,
+            run_id=run_id,
+            round=round,
+            query_id=query_id,
+            details=details,
         )
 
     def charge_approx(
@@ -270,7 +298,14 @@ class BudgetLedger:
         if not (epsilon > 0) or not (0 <= delta < 1):
             raise ConfigError(f"a release needs epsilon > 0 and 0 <= delta < 1, got ({epsilon}, {delta})")
         return self._charge(
-            charge_key, APPROX, mechanism, epsilon=epsilon, delta=delta, run_id=run_id, query_id=query_id, details=details
+            charge_key,
+            APPROX,
+            mechanism,
+            epsilon=epsilon,
+            delta=delta,
+            run_id=run_id,
+            query_id=query_id,
+            details=details,
         )
 
     def _charge(
@@ -291,7 +326,9 @@ class BudgetLedger:
             existing = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
             if existing is not None:
                 if existing["dataset"] != self.dataset:
-                    raise ConfigError(f"charge key {charge_key!r} already used for dataset {existing['dataset']!r}")
+                    raise ConfigError(
+                        f"charge key {charge_key!r} already used for dataset {existing['dataset']!r}"
+                    )
                 return _charge_from_row(existing, already_paid=True)
             rows = conn.execute("SELECT * FROM charges ORDER BY seq").fetchall()
             prior = [_charge_from_row(r) for r in rows]
@@ -435,4 +472,4 @@ def _charge_from_row(row: sqlite3.Row, already_paid: bool = False) -> Charge:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")

@@ -53,11 +53,11 @@ see :mod:`fedcustomer.privacy.psi_protocol`).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-import multiprocessing
 
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from fedcustomer.privacy.crypto import normalize_id
@@ -72,7 +72,7 @@ DEFAULT_CHUNK = 4096  # values per worker task: large enough to hide IPC, small 
 DEFAULT_MAX_SET_SIZE = 1_000_000
 
 
-def _sodium():  # noqa: ANN202 - the pysodium module
+def _sodium():
     """pysodium loaded lazily, so a missing system libsodium is a clear error, not an import crash."""
     try:
         import pysodium
@@ -82,7 +82,9 @@ def _sodium():  # noqa: ANN202 - the pysodium module
             f"({exc}); install the system library (e.g. apt install libsodium23) and `pip install pysodium`"
         ) from None
     if not pysodium.sodium_version_check(1, 0, 18):
-        raise ConfigError("private set intersection needs libsodium >= 1.0.18 (ristretto255); upgrade libsodium")
+        raise ConfigError(
+            "private set intersection needs libsodium >= 1.0.18 (ristretto255); upgrade libsodium"
+        )
     return pysodium
 
 
@@ -100,7 +102,11 @@ def hash_to_group(normalised_id: str) -> bytes:
 # --- batch kernels (module level so worker processes can run them) -----------------------
 def _hash_and_blind(ids: Sequence[str], secret: bytes, offset: int = 0) -> list[bytes]:
     s = _sodium()
-    from_hash, mult, sha512 = s.crypto_core_ristretto255_from_hash, s.crypto_scalarmult_ristretto255, hashlib.sha512
+    from_hash, mult, sha512 = (
+        s.crypto_core_ristretto255_from_hash,
+        s.crypto_scalarmult_ristretto255,
+        hashlib.sha512,
+    )
     return [mult(secret, from_hash(sha512(DOMAIN + i.encode("utf-8")).digest())) for i in ids]
 
 
@@ -123,8 +129,14 @@ def _chunks(items: Sequence, size: int) -> tuple[list[Sequence], list[int]]:
     return [items[i : i + size] for i in starts], starts
 
 
-def _run_batched(kernel: Callable[[Sequence, bytes, int], list[bytes]], items: Sequence, secret: bytes,
-                 workers: int, executor: Executor | None, chunk: int) -> list[bytes]:
+def _run_batched(
+    kernel: Callable[[Sequence, bytes, int], list[bytes]],
+    items: Sequence,
+    secret: bytes,
+    workers: int,
+    executor: Executor | None,
+    chunk: int,
+) -> list[bytes]:
     """Apply ``kernel`` to ``items`` in order, in worker processes when that pays off."""
     if executor is None and (workers <= 1 or len(items) <= chunk):
         return kernel(items, secret)
@@ -183,8 +195,14 @@ class PSIResult:
     digest: str = ""
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "local_ids": list(self.local_ids), "duplicates_removed": self.duplicates_removed,
-                "set_size": self.set_size, "peer_set_size": self.peer_set_size, "digest": self.digest}
+        return {
+            "size": self.size,
+            "local_ids": list(self.local_ids),
+            "duplicates_removed": self.duplicates_removed,
+            "set_size": self.set_size,
+            "peer_set_size": self.peer_set_size,
+            "digest": self.digest,
+        }
 
 
 @dataclass
@@ -210,7 +228,9 @@ def _prepare(ids: Sequence[str], labels: Sequence[str] | None = None) -> _Prepar
             raise DataError(f"PSI input row {k}: customer id must be a string, got {type(raw).__name__}")
         norm = normalize_id(raw)
         if not norm:
-            raise DataError(f"PSI input row {k}: customer id is empty after normalisation; drop or fix that row")
+            raise DataError(
+                f"PSI input row {k}: customer id is empty after normalisation; drop or fix that row"
+            )
         if norm in prep.local_of:
             prep.duplicates += 1
             continue
@@ -238,11 +258,21 @@ class PSIParty:
     values from two sessions cannot be linked.
     """
 
-    def __init__(self, ids: Sequence[str], *, role: str, labels: Sequence[str] | None = None, workers: int = 1,
-                 executor: Executor | None = None, chunk: int = DEFAULT_CHUNK,
-                 max_set_size: int = DEFAULT_MAX_SET_SIZE, _secret: bytes | None = None,
-                 _labels: list[str | None] | None = None, _blinded: list[bytes] | None = None,
-                 _duplicates: int = 0) -> None:
+    def __init__(
+        self,
+        ids: Sequence[str],
+        *,
+        role: str,
+        labels: Sequence[str] | None = None,
+        workers: int = 1,
+        executor: Executor | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        max_set_size: int = DEFAULT_MAX_SET_SIZE,
+        _secret: bytes | None = None,
+        _labels: list[str | None] | None = None,
+        _blinded: list[bytes] | None = None,
+        _duplicates: int = 0,
+    ) -> None:
         if role not in ROLES:
             raise ConfigError(f"PSI role must be one of {', '.join(ROLES)}, got {role!r}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -258,8 +288,10 @@ class PSIParty:
             self._labels, self.duplicates_removed = _labels, _duplicates
         else:
             if len(ids) > self.max_set_size:  # checked before any per-id work
-                raise DataError(f"PSI input has {len(ids)} ids, more than this party's maximum of "
-                                f"{self.max_set_size}; raise the PSI maximum set size or split the dataset")
+                raise DataError(
+                    f"PSI input has {len(ids)} ids, more than this party's maximum of "
+                    f"{self.max_set_size}; raise the PSI maximum set size or split the dataset"
+                )
             prep = _prepare(ids, labels)
             self._send_order, self.duplicates_removed = prep.send_order, prep.duplicates
             self._labels = [prep.local_of[n] for n in prep.send_order]
@@ -274,14 +306,21 @@ class PSIParty:
 
         Refused for a party built without ``labels``: its labels are the raw ids themselves."""
         if not self._labelled:
-            raise ConfigError("a PSI party without local labels lists raw ids and cannot be saved to disk; "
-                              "give it labels (e.g. pseudonyms or row numbers)")
+            raise ConfigError(
+                "a PSI party without local labels lists raw ids and cannot be saved to disk; "
+                "give it labels (e.g. pseudonyms or row numbers)"
+            )
         blinded = self.blinded()
-        return {"role": self.role, "secret": self._secret.hex(), "labels": list(self._labels),
-                "duplicates": self.duplicates_removed, "blinded": pack(blinded).hex()}
+        return {
+            "role": self.role,
+            "secret": self._secret.hex(),
+            "labels": list(self._labels),
+            "duplicates": self.duplicates_removed,
+            "blinded": pack(blinded).hex(),
+        }
 
     @classmethod
-    def restore(cls, state: dict, *, workers: int = 1, max_set_size: int = DEFAULT_MAX_SET_SIZE) -> "PSIParty":
+    def restore(cls, state: dict, *, workers: int = 1, max_set_size: int = DEFAULT_MAX_SET_SIZE) -> PSIParty:
         """The party saved by :meth:`session_state` (same secret, same labels, same blinded values)."""
         try:
             labels = state["labels"]
@@ -290,11 +329,20 @@ class PSIParty:
             blinded = unpack(bytes.fromhex(state["blinded"]))
             if len(blinded) != len(labels):
                 raise ValueError(f"{len(blinded)} blinded values for {len(labels)} labels")
-            party = cls((), role=state["role"], workers=workers, max_set_size=max_set_size,
-                        _secret=bytes.fromhex(state["secret"]), _labels=list(labels), _blinded=blinded,
-                        _duplicates=int(state["duplicates"]))
+            party = cls(
+                (),
+                role=state["role"],
+                workers=workers,
+                max_set_size=max_set_size,
+                _secret=bytes.fromhex(state["secret"]),
+                _labels=list(labels),
+                _blinded=blinded,
+                _duplicates=int(state["duplicates"]),
+            )
         except (KeyError, TypeError, ValueError, IntegrityError) as exc:
-            raise IntegrityError(f"PSI session state is damaged ({type(exc).__name__}: {exc}); start a new session") from None
+            raise IntegrityError(
+                f"PSI session state is damaged ({type(exc).__name__}: {exc}); start a new session"
+            ) from None
         return party
 
     @property
@@ -306,22 +354,29 @@ class PSIParty:
         """H(id)^secret for every distinct id, in this session's shuffled order (computed once)."""
         if self._blinded is None:
             assert self._send_order is not None  # a restored party always carries its blinded values
-            self._blinded = _run_batched(_hash_and_blind, self._send_order, self._secret,
-                                         self.workers, self._executor, self.chunk)
+            self._blinded = _run_batched(
+                _hash_and_blind, self._send_order, self._secret, self.workers, self._executor, self.chunk
+            )
             self._send_order = None  # the ids are not needed any more
         return list(self._blinded)
 
     def reblind(self, others_blinded: Sequence[bytes]) -> list[bytes]:
         """Raise the other side's values to our secret, keeping their order."""
         if len(others_blinded) > self.max_set_size:
-            raise AccessDenied(f"the other party sent {len(others_blinded)} PSI values, more than this party's "
-                               f"maximum of {self.max_set_size}; refused")
+            raise AccessDenied(
+                f"the other party sent {len(others_blinded)} PSI values, more than this party's "
+                f"maximum of {self.max_set_size}; refused"
+            )
         bad = next((k for k, p in enumerate(others_blinded) if len(p) != POINT_BYTES), None)
         if bad is not None:
-            raise IntegrityError(f"PSI value #{bad} from the other party has {len(others_blinded[bad])} bytes, "
-                                 f"expected {POINT_BYTES}; abort this session")
+            raise IntegrityError(
+                f"PSI value #{bad} from the other party has {len(others_blinded[bad])} bytes, "
+                f"expected {POINT_BYTES}; abort this session"
+            )
         self.peer_set_size = len(others_blinded)
-        return _run_batched(_exponentiate, list(others_blinded), self._secret, self.workers, self._executor, self.chunk)
+        return _run_batched(
+            _exponentiate, list(others_blinded), self._secret, self.workers, self._executor, self.chunk
+        )
 
     def intersect(self, my_doubly: Sequence[bytes], their_doubly: Sequence[bytes]) -> PSIResult:
         """Match our values (doubly blinded by the peer, in our send order) with theirs (blinded by us).
@@ -336,19 +391,32 @@ class PSIParty:
             )
         theirs = set(their_doubly)
         if len(theirs) != len(their_doubly):
-            raise IntegrityError("the other party's blinded values contain repeats, which honest de-duplicated "
-                                 "input never produces; abort this session")
+            raise IntegrityError(
+                "the other party's blinded values contain repeats, which honest de-duplicated "
+                "input never produces; abort this session"
+            )
         shared = sorted((d, k) for k, d in enumerate(my_doubly) if d in theirs)
         digest = hashlib.sha256(b"".join(d for d, _ in shared)).hexdigest()
-        return PSIResult(size=len(shared), local_ids=[self._labels[k] for _, k in shared],
-                         duplicates_removed=self.duplicates_removed, set_size=self.set_size,
-                         peer_set_size=len(their_doubly), digest=digest)
+        return PSIResult(
+            size=len(shared),
+            local_ids=[self._labels[k] for _, k in shared],
+            duplicates_removed=self.duplicates_removed,
+            set_size=self.set_size,
+            peer_set_size=len(their_doubly),
+            digest=digest,
+        )
 
 
-def run_psi_local(ids_a: Sequence[str], ids_b: Sequence[str], *, workers: int = 1,
-                  chunk: int = DEFAULT_CHUNK, labels_a: Sequence[str] | None = None,
-                  labels_b: Sequence[str] | None = None,
-                  max_set_size: int = DEFAULT_MAX_SET_SIZE) -> tuple[PSIResult, PSIResult]:
+def run_psi_local(
+    ids_a: Sequence[str],
+    ids_b: Sequence[str],
+    *,
+    workers: int = 1,
+    chunk: int = DEFAULT_CHUNK,
+    labels_a: Sequence[str] | None = None,
+    labels_b: Sequence[str] | None = None,
+    max_set_size: int = DEFAULT_MAX_SET_SIZE,
+) -> tuple[PSIResult, PSIResult]:
     """Run both sides of one session in this process (tests, CLI, benchmark); same maths as the wire.
 
     ``labels_a`` / ``labels_b`` are what each side's result lists instead of its ids.
@@ -357,10 +425,24 @@ def run_psi_local(ids_a: Sequence[str], ids_b: Sequence[str], *, workers: int = 
         raise ConfigError(f"workers must be >= 1, got {workers}")
     pool = make_executor(workers) if workers > 1 else None
     try:
-        a = PSIParty(ids_a, role="initiator", labels=labels_a, workers=workers, executor=pool, chunk=chunk,
-                     max_set_size=max_set_size)
-        b = PSIParty(ids_b, role="responder", labels=labels_b, workers=workers, executor=pool, chunk=chunk,
-                     max_set_size=max_set_size)
+        a = PSIParty(
+            ids_a,
+            role="initiator",
+            labels=labels_a,
+            workers=workers,
+            executor=pool,
+            chunk=chunk,
+            max_set_size=max_set_size,
+        )
+        b = PSIParty(
+            ids_b,
+            role="responder",
+            labels=labels_b,
+            workers=workers,
+            executor=pool,
+            chunk=chunk,
+            max_set_size=max_set_size,
+        )
         blind_a, blind_b = a.blinded(), b.blinded()
         a_doubly_by_b = b.reblind(blind_a)  # returned to A, in A's order
         b_doubly_by_a = a.reblind(blind_b)  # returned to B, in B's order

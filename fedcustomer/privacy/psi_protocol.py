@@ -58,16 +58,21 @@ from fedcustomer.errors import (
     FederationError,
     IntegrityError,
 )
-from fedcustomer.privacy.psi import DEFAULT_MAX_SET_SIZE, POINT_BYTES, PSIParty, check_max_set_size, pack, unpack
-from fedcustomer.privacy.psi_state import (  # noqa: F401 - re-exported for callers of this module
+from fedcustomer.privacy.psi import (
+    DEFAULT_MAX_SET_SIZE,
+    POINT_BYTES,
+    PSIParty,
+    check_max_set_size,
+    pack,
+    unpack,
+)
+from fedcustomer.privacy.psi_state import (
     DEFAULT_SESSION_TTL_S,
     alignment_path,
     answered_path,
     check_session_id,
     drop_session,
     expire_sessions,
-    load_alignment,
-    load_alignment_result,
     party_path,
     read_json,
     save_alignment,
@@ -97,14 +102,16 @@ class PartyLimits:
     peers: frozenset[str] | None = None
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, object]) -> "PartyLimits":
+    def from_node_config(cls, node_config: Mapping[str, object]) -> PartyLimits:
         size = node_config.get(NODE_MAX_SET_SIZE, DEFAULT_MAX_SET_SIZE)
         ttl = node_config.get(NODE_SESSION_TTL, DEFAULT_SESSION_TTL_S)
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
             raise ConfigError(f"node config {NODE_SESSION_TTL} must be a number of seconds > 0, got {ttl!r}")
         peers = node_config.get(NODE_PEERS)
         if peers is not None and not isinstance(peers, str):
-            raise ConfigError(f"node config {NODE_PEERS} must be comma-separated partner names, got {peers!r}")
+            raise ConfigError(
+                f"node config {NODE_PEERS} must be comma-separated partner names, got {peers!r}"
+            )
         allowed = None if peers is None else frozenset(p.strip() for p in peers.split(",") if p.strip())
         return cls(max_set_size=check_max_set_size(size), session_ttl_s=float(ttl), peers=allowed)
 
@@ -140,8 +147,10 @@ def _values(blob: bytes, limits: PartyLimits, what: str) -> list[bytes]:
     """Group elements of a blob, refusing more than the node's maximum before splitting it."""
     count = len(blob) // POINT_BYTES
     if count > limits.max_set_size:
-        raise AccessDenied(f"PSI {what} holds {count} values, more than this partner's maximum of "
-                           f"{limits.max_set_size} ({NODE_MAX_SET_SIZE}); refused")
+        raise AccessDenied(
+            f"PSI {what} holds {count} values, more than this partner's maximum of "
+            f"{limits.max_set_size} ({NODE_MAX_SET_SIZE}); refused"
+        )
     return unpack(blob)
 
 
@@ -150,9 +159,13 @@ def _peer(cfg: Mapping[str, object], home: PartnerHome, limits: PartyLimits) -> 
     if len(peer) > 128 or not peer.isprintable():
         raise _malformed("peer", "a partner name")
     if peer == home.config().name:
-        raise AccessDenied(f"PSI peer {peer!r} is this partner itself; a session links two different partners")
+        raise AccessDenied(
+            f"PSI peer {peer!r} is this partner itself; a session links two different partners"
+        )
     if limits.peers is not None and peer not in limits.peers:
-        raise AccessDenied(f"PSI peer {peer!r} is not among this partner's linkage peers ({NODE_PEERS}); refused")
+        raise AccessDenied(
+            f"PSI peer {peer!r} is not among this partner's linkage peers ({NODE_PEERS}); refused"
+        )
     return peer
 
 
@@ -176,41 +189,63 @@ def _open_session(home: PartnerHome, session: str, limits: PartyLimits, now: flo
     """The state of a session this partner opened and that is still alive, else a refusal."""
     path = party_path(home, session)
     if not path.exists():
-        raise AccessDenied(f"no open PSI session {session!r} on this partner: a partner answers only inside a "
-                           "session it opened (finished, aborted and expired sessions are closed)")
+        raise AccessDenied(
+            f"no open PSI session {session!r} on this partner: a partner answers only inside a "
+            "session it opened (finished, aborted and expired sessions are closed)"
+        )
     state = read_json(path, f"PSI session {session!r}")
     started = state.get("started_at")
     if not isinstance(started, (int, float)) or now - float(started) > limits.session_ttl_s:
         drop_session(home, session)
-        raise AccessDenied(f"PSI session {session!r} has expired (older than {limits.session_ttl_s:g} s); "
-                           "run a new session")
+        raise AccessDenied(
+            f"PSI session {session!r} has expired (older than {limits.session_ttl_s:g} s); run a new session"
+        )
     return state
 
 
-def handle_blind(home: PartnerHome, cfg: dict, load_ids: LoadIds, local_labels: LocalLabels | None,
-                 limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
+def handle_blind(
+    home: PartnerHome,
+    cfg: dict,
+    load_ids: LoadIds,
+    local_labels: LocalLabels | None,
+    limits: PartyLimits = PartyLimits(),
+    now: float | None = None,
+) -> dict:
     """Start a session with a named peer: fresh secret, shuffled blinded ids. A session id is never reused."""
     now = time.time() if now is None else now
     session = check_session_id(_text(cfg, "session-id"))
-    dataset, role, peer, workers = _text(cfg, "dataset"), _text(cfg, "role"), _peer(cfg, home, limits), _workers(cfg)
+    dataset, role, peer, workers = (
+        _text(cfg, "dataset"),
+        _text(cfg, "role"),
+        _peer(cfg, home, limits),
+        _workers(cfg),
+    )
     expire_sessions(home, limits.session_ttl_s, now)
     path = party_path(home, session)
     if path.exists() or alignment_path(home, session).exists():
-        raise ConfigError(f"PSI session {session!r} was already started on this partner; use a new session id")
+        raise ConfigError(
+            f"PSI session {session!r} was already started on this partner; use a new session id"
+        )
     ids = list(load_ids(home, dataset))
     if len(ids) > limits.max_set_size:
-        raise DataError(f"dataset {dataset!r} has {len(ids)} ids, more than this partner's PSI maximum of "
-                        f"{limits.max_set_size} ({NODE_MAX_SET_SIZE})")
+        raise DataError(
+            f"dataset {dataset!r} has {len(ids)} ids, more than this partner's PSI maximum of "
+            f"{limits.max_set_size} ({NODE_MAX_SET_SIZE})"
+        )
     # What the state and the alignment keep per customer: the caller's labels (the store's
     # pseudonyms), else the position in the loaded id list; never the id itself.
-    labels = local_labels(home, dataset, ids) if local_labels is not None else [str(k) for k in range(len(ids))]
+    labels = (
+        local_labels(home, dataset, ids) if local_labels is not None else [str(k) for k in range(len(ids))]
+    )
     party = PSIParty(ids, role=role, labels=labels, workers=workers, max_set_size=limits.max_set_size)
     blinded = party.blinded()
     write_private(path, {"dataset": dataset, "peer": peer, "started_at": now, **party.session_state()})
     return {"blinded": pack(blinded), "count": len(blinded), "duplicates-removed": party.duplicates_removed}
 
 
-def handle_reblind(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
+def handle_reblind(
+    home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None
+) -> dict:
     """Raise the named peer's blinded values to our secret, once per session; remember them for the match."""
     now = time.time() if now is None else now
     session = check_session_id(_text(cfg, "session-id"))
@@ -222,15 +257,19 @@ def handle_reblind(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimi
     try:  # claim the one answer of this session atomically, before any work
         os.close(os.open(answered_path(home, session), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        raise AccessDenied(f"PSI session {session!r} already answered its peer's values; a second request in "
-                           "the same session is refused (run a new session)") from None
+        raise AccessDenied(
+            f"PSI session {session!r} already answered its peer's values; a second request in "
+            "the same session is refused (run a new session)"
+        ) from None
     party = PSIParty.restore(state, max_set_size=limits.max_set_size)
     doubly = party.reblind(values)
     write_private(party_path(home, session), {**state, "their_doubly": pack(doubly).hex()})
     return {"doubly": pack(doubly), "count": len(doubly)}
 
 
-def handle_finish(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None) -> dict:
+def handle_finish(
+    home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimits(), now: float | None = None
+) -> dict:
     """Match, keep the alignment, forget the secret; report only sizes and the digest."""
     now = time.time() if now is None else now
     session = check_session_id(_text(cfg, "session-id"))
@@ -246,8 +285,13 @@ def handle_finish(home: PartnerHome, cfg: dict, limits: PartyLimits = PartyLimit
     result = party.intersect(_values(blob, limits, "reply"), theirs)
     save_alignment(home, session, result, dataset=str(state.get("dataset")), role=party.role)
     drop_session(home, session)
-    return {"size": result.size, "digest": result.digest, "set-size": result.set_size,
-            "peer-set-size": result.peer_set_size, "duplicates-removed": result.duplicates_removed}
+    return {
+        "size": result.size,
+        "digest": result.digest,
+        "set-size": result.set_size,
+        "peer-set-size": result.peer_set_size,
+        "duplicates-removed": result.duplicates_removed,
+    }
 
 
 def handle_abort(home: PartnerHome, cfg: dict) -> dict:
@@ -255,8 +299,13 @@ def handle_abort(home: PartnerHome, cfg: dict) -> dict:
     return {"aborted": True}
 
 
-def register_psi_handlers(app: ClientApp, resolve_home: Callable[[Context], PartnerHome], load_ids: LoadIds,
-                          *, local_labels: LocalLabels | None = None) -> None:
+def register_psi_handlers(
+    app: ClientApp,
+    resolve_home: Callable[[Context], PartnerHome],
+    load_ids: LoadIds,
+    *,
+    local_labels: LocalLabels | None = None,
+) -> None:
     """Add the ``query.psi_*`` handlers to a partner's ClientApp.
 
     ``load_ids(home, dataset)`` returns the customer ids to match (read them through the
@@ -279,7 +328,9 @@ def register_psi_handlers(app: ClientApp, resolve_home: Callable[[Context], Part
 
         return handler
 
-    app.query(MSG_BLIND)(wrap(lambda home, cfg, limits: handle_blind(home, cfg, load_ids, local_labels, limits)))
+    app.query(MSG_BLIND)(
+        wrap(lambda home, cfg, limits: handle_blind(home, cfg, load_ids, local_labels, limits))
+    )
     app.query(MSG_REBLIND)(wrap(handle_reblind))
     app.query(MSG_FINISH)(wrap(handle_finish))
     app.query(MSG_ABORT)(wrap(lambda home, cfg, limits: handle_abort(home, cfg)))
@@ -304,23 +355,39 @@ class PSIServerView:
 
 
 def _exchange(grid: Grid, step: str, configs: dict[int, dict], timeout: float | None) -> dict[int, dict]:
-    msgs = [Message(content=RecordDict({RECORD: ConfigRecord(cfg)}), dst_node_id=node, message_type=f"query.{step}")
-            for node, cfg in configs.items()]
+    msgs = [
+        Message(
+            content=RecordDict({RECORD: ConfigRecord(cfg)}), dst_node_id=node, message_type=f"query.{step}"
+        )
+        for node, cfg in configs.items()
+    ]
     replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
     out = {}
     for node in configs:
         reply = replies.get(node)
         if reply is None:
-            raise FederationError(f"PSI step {step}: partner node {node} did not answer; run the session again")
+            raise FederationError(
+                f"PSI step {step}: partner node {node} did not answer; run the session again"
+            )
         if reply.has_error():
             raise FederationError(f"PSI step {step} failed on partner node {node}: {reply.error.reason}")
         out[node] = dict(reply.content[RECORD])
     return out
 
 
-def run_psi_on_grid(grid: Grid, node_a: int, node_b: int, dataset_a: str, dataset_b: str, *, name_a: str,
-                    name_b: str, session_id: str | None = None, timeout: float | None = None,
-                    workers: int = 1) -> PSIServerView:
+def run_psi_on_grid(
+    grid: Grid,
+    node_a: int,
+    node_b: int,
+    dataset_a: str,
+    dataset_b: str,
+    *,
+    name_a: str,
+    name_b: str,
+    session_id: str | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+) -> PSIServerView:
     """Drive one PSI session between two named partner nodes, relaying blinded values only.
 
     Each partner is told its peer's name and answers only that peer's values, once.
@@ -332,38 +399,81 @@ def run_psi_on_grid(grid: Grid, node_a: int, node_b: int, dataset_a: str, datase
     session = check_session_id(session_id or f"psi-{secrets.token_hex(8)}")
     relayed = 0
     try:
-        blind = _exchange(grid, MSG_BLIND, {
-            node_a: {"session-id": session, "dataset": dataset_a, "role": "initiator", "peer": name_b,
-                     "workers": workers},
-            node_b: {"session-id": session, "dataset": dataset_b, "role": "responder", "peer": name_a,
-                     "workers": workers},
-        }, timeout)
+        blind = _exchange(
+            grid,
+            MSG_BLIND,
+            {
+                node_a: {
+                    "session-id": session,
+                    "dataset": dataset_a,
+                    "role": "initiator",
+                    "peer": name_b,
+                    "workers": workers,
+                },
+                node_b: {
+                    "session-id": session,
+                    "dataset": dataset_b,
+                    "role": "responder",
+                    "peer": name_a,
+                    "workers": workers,
+                },
+            },
+            timeout,
+        )
         blob_a, blob_b = bytes(blind[node_a]["blinded"]), bytes(blind[node_b]["blinded"])
         relayed += len(blob_a) + len(blob_b)
-        reblind = _exchange(grid, MSG_REBLIND, {
-            node_a: {"session-id": session, "peer": name_b, "peer-blinded": blob_b},
-            node_b: {"session-id": session, "peer": name_a, "peer-blinded": blob_a}}, timeout)
+        reblind = _exchange(
+            grid,
+            MSG_REBLIND,
+            {
+                node_a: {"session-id": session, "peer": name_b, "peer-blinded": blob_b},
+                node_b: {"session-id": session, "peer": name_a, "peer-blinded": blob_a},
+            },
+            timeout,
+        )
         doubly_b, doubly_a = bytes(reblind[node_a]["doubly"]), bytes(reblind[node_b]["doubly"])
         relayed += len(doubly_a) + len(doubly_b)
-        finish = _exchange(grid, MSG_FINISH, {node_a: {"session-id": session, "my-doubly": doubly_a},
-                                              node_b: {"session-id": session, "my-doubly": doubly_b}}, timeout)
+        finish = _exchange(
+            grid,
+            MSG_FINISH,
+            {
+                node_a: {"session-id": session, "my-doubly": doubly_a},
+                node_b: {"session-id": session, "my-doubly": doubly_b},
+            },
+            timeout,
+        )
     except FedCustomerError:
         _abort(grid, session, (node_a, node_b), timeout)
         raise
     fa, fb = finish[node_a], finish[node_b]
     if int(fa["size"]) != int(fb["size"]) or fa["digest"] != fb["digest"]:
-        raise IntegrityError(f"PSI session {session!r}: the partners ended with different alignments "
-                             f"({fa['size']} vs {fb['size']} shared); discard it and run a new session")
-    return PSIServerView(session_id=session, node_a=node_a, node_b=node_b, set_size_a=int(fa["set-size"]),
-                         set_size_b=int(fb["set-size"]), intersection_size=int(fa["size"]), digest=str(fa["digest"]),
-                         bytes_relayed=relayed)
+        raise IntegrityError(
+            f"PSI session {session!r}: the partners ended with different alignments "
+            f"({fa['size']} vs {fb['size']} shared); discard it and run a new session"
+        )
+    return PSIServerView(
+        session_id=session,
+        node_a=node_a,
+        node_b=node_b,
+        set_size_a=int(fa["set-size"]),
+        set_size_b=int(fb["set-size"]),
+        intersection_size=int(fa["size"]),
+        digest=str(fa["digest"]),
+        bytes_relayed=relayed,
+    )
 
 
 def _abort(grid: Grid, session: str, nodes: Sequence[int], timeout: float | None) -> None:
     """Best effort: ask both partners to forget the session's secret."""
-    msgs = [Message(content=RecordDict({RECORD: ConfigRecord({"session-id": session})}), dst_node_id=n,
-                    message_type=f"query.{MSG_ABORT}") for n in nodes]
+    msgs = [
+        Message(
+            content=RecordDict({RECORD: ConfigRecord({"session-id": session})}),
+            dst_node_id=n,
+            message_type=f"query.{MSG_ABORT}",
+        )
+        for n in nodes
+    ]
     try:
         grid.send_and_receive(msgs, timeout=timeout)
-    except Exception:  # noqa: BLE001 - the original failure is what the caller must see
+    except Exception:
         pass

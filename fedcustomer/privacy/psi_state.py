@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.clients.home import PartnerHome
-from fedcustomer.errors import DataError, ConfigError, IntegrityError
+from fedcustomer.errors import ConfigError, DataError, IntegrityError
 from fedcustomer.privacy.psi import PSIResult
 
 DEFAULT_SESSION_TTL_S = 3600.0  # an open session older than this is abandoned and removed
@@ -40,7 +40,9 @@ PARTY_SUFFIX, ANSWERED_SUFFIX, ALIGNMENT_SUFFIX = ".party.json", ".answered", ".
 def check_session_id(session_id: object) -> str:
     """Session ids become file names: letters, digits, ``_.-``, at most 64, no path tricks."""
     if not isinstance(session_id, str) or not _SESSION_RE.match(session_id):
-        raise ConfigError(f"PSI session id {session_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-'")
+        raise ConfigError(
+            f"PSI session id {session_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-'"
+        )
     return session_id
 
 
@@ -80,7 +82,9 @@ def read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise DataError(f"{what} not found at {path}: was the PSI session run on this partner?") from None
     except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{what} at {path} is unreadable or damaged ({exc}); run the PSI session again") from None
+        raise IntegrityError(
+            f"{what} at {path} is unreadable or damaged ({exc}); run the PSI session again"
+        ) from None
     if not isinstance(data, dict):
         raise IntegrityError(f"{what} at {path} is damaged (not a JSON object); run the PSI session again")
     return data
@@ -140,14 +144,23 @@ def load_alignment_result(home: PartnerHome, session_id: str) -> PSIResult:
     """The full stored result (size, labels, digest, set sizes) of a finished session."""
     data = read_json(alignment_path(home, session_id), f"PSI alignment for session {session_id!r}")
     try:
-        res = PSIResult(size=int(data["size"]), local_ids=[None if x is None else str(x) for x in data["local_ids"]],
-                        duplicates_removed=int(data["duplicates_removed"]), set_size=int(data["set_size"]),
-                        peer_set_size=int(data["peer_set_size"]), digest=str(data["digest"]))
+        res = PSIResult(
+            size=int(data["size"]),
+            local_ids=[None if x is None else str(x) for x in data["local_ids"]],
+            duplicates_removed=int(data["duplicates_removed"]),
+            set_size=int(data["set_size"]),
+            peer_set_size=int(data["peer_set_size"]),
+            digest=str(data["digest"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"PSI alignment for session {session_id!r} is damaged ({exc}); run it again") from None
+        raise IntegrityError(
+            f"PSI alignment for session {session_id!r} is damaged ({exc}); run it again"
+        ) from None
     if res.size != len(res.local_ids):
-        raise IntegrityError(f"PSI alignment for session {session_id!r} lists {len(res.local_ids)} ids "
-                             f"but records size {res.size}; run the session again")
+        raise IntegrityError(
+            f"PSI alignment for session {session_id!r} lists {len(res.local_ids)} ids "
+            f"but records size {res.size}; run the session again"
+        )
     return res
 
 
@@ -156,8 +169,10 @@ def _null_out(path: Path, key: str, pseudonym: str) -> int:
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{path} is unreadable or damaged ({exc}); remove it and run the PSI again, "
-                             "then repeat the erasure") from None
+        raise IntegrityError(
+            f"{path} is unreadable or damaged ({exc}); remove it and run the PSI again, "
+            "then repeat the erasure"
+        ) from None
     values = data.get(key) if isinstance(data, dict) else None
     if not isinstance(values, list) or pseudonym not in values:
         return 0

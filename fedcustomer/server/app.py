@@ -84,7 +84,9 @@ def run_job_on_grid(
             on_round(report)
 
     result = run_rounds(
-        grid, strategy, arrays,
+        grid,
+        strategy,
+        arrays,
         num_rounds=job.rounds,
         train_config=train_config_for(job, spec),
         min_partners=job.min_partners,
@@ -133,8 +135,15 @@ def make_server_app(
 
                 the_spec, homes = prepare_partners(the_job, the_notices)
                 n = len(homes)
-            run_job_on_grid(grid, the_job, the_spec, num_partners=n, on_round=on_round, resume=the_resume,
-                            notices=the_notices)
+            run_job_on_grid(
+                grid,
+                the_job,
+                the_spec,
+                num_partners=n,
+                on_round=on_round,
+                resume=the_resume,
+                notices=the_notices,
+            )
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

@@ -38,8 +38,10 @@ def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpe
     if spec.task != job.task:
         raise ConfigError(f"the feature spec is for task {spec.task!r} but the job's --task is {job.task!r}")
     if len(homes) != job.partners:
-        raise ConfigError(f"{root} holds {len(homes)} partner home(s) ({', '.join(h.root.name for h in homes)}); "
-                          f"pass --partners {len(homes)}")
+        raise ConfigError(
+            f"{root} holds {len(homes)} partner home(s) ({', '.join(h.root.name for h in homes)}); "
+            f"pass --partners {len(homes)}"
+        )
     for home in homes:
         _check_home(home, dataset, spec)
     return spec, homes
@@ -50,9 +52,13 @@ def _check_home(home: PartnerHome, dataset: str, spec: FeatureSpec) -> None:
     schema = dataset_schema(home, dataset)
     missing = [c for c in spec.columns() if c not in schema.names]
     if missing:
-        raise DataError(f"dataset {dataset!r} at partner {home.root.name!r} has no field(s) {', '.join(missing)} "
-                        "that the feature spec reads")
+        raise DataError(
+            f"dataset {dataset!r} at partner {home.root.name!r} has no field(s) {', '.join(missing)} "
+            "that the feature spec reads"
+        )
     core = [c for c in spec.columns() if schema.field(c).is_core]
     if core:
-        raise DataError(f"the feature spec reads core-tier field(s) {', '.join(core)} of partner "
-                        f"{home.root.name!r}; training never reads core fields: drop them from the spec")
+        raise DataError(
+            f"the feature spec reads core-tier field(s) {', '.join(core)} of partner "
+            f"{home.root.name!r}; training never reads core fields: drop them from the spec"
+        )

@@ -16,38 +16,51 @@ from flwr.supercore.task_identity import TaskIdentity
 
 
 class LocalGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, dead_after: dict[int, int] | None = None) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, dead_after: dict[int, int] | None = None
+    ) -> None:
         self.client_app = client_app
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a SuperLink would set
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = (
+            1,
+            1,
+            0,
+        )  # what a SuperLink would set
         self.node_ids = list(range(1, num_nodes + 1))
         self.dead_after = dead_after or {}  # node id -> calls after which it stops answering
         self.calls: dict[int, int] = {n: 0 for n in self.node_ids}
         self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": num_nodes},
-                       state=RecordDict(), run_config={})
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
             for i, n in enumerate(self.node_ids)
         }
 
-    def set_run(self, run) -> None:  # noqa: ANN001
+    def set_run(self, run) -> None:
         pass
 
     @property
-    def run(self):  # noqa: ANN201
+    def run(self):
         raise NotImplementedError
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001, ANN201
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
         return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
 
-    def push_messages(self, messages):  # noqa: ANN001, ANN201
+    def push_messages(self, messages):
         raise NotImplementedError
 
-    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+    def pull_messages(self, message_ids):
         raise NotImplementedError
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id

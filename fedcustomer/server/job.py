@@ -10,7 +10,7 @@ import json
 import math
 import secrets
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ EVAL_MODES = ("every", "final", "none")
 
 def new_run_id() -> str:
     """Sortable, collision-free run id (time + random suffix)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 @dataclass
@@ -36,13 +36,17 @@ class JobConfig:
     data: str = "synthetic"
     data_dir: str | None = None
     label: str | None = None
-    feature_spec: str | None = None  # JSON file declaring features, bounds and categories (else inferred, with notices)
+    feature_spec: str | None = (
+        None  # JSON file declaring features, bounds and categories (else inferred, with notices)
+    )
     split: str = "iid"
     partners: int = 3
     rounds: int = 5
     local_epochs: int = 1
     batch_size: int = 128
-    lr: float = 0.5  # with max_grad_norm 0.5: DP-SGD's step is bounded by lr x clip (see benchmarks/RESULTS.md)
+    lr: float = (
+        0.5  # with max_grad_norm 0.5: DP-SGD's step is bounded by lr x clip (see benchmarks/RESULTS.md)
+    )
     optimizer: str = "sgd"
     arch: str = "mlp"
     dp: bool = True
@@ -76,15 +80,21 @@ class JobConfig:
         if self.task not in TASKS:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.arch not in ARCHITECTURES[self.task]:
-            raise ConfigError(f"--arch for {self.task} must be one of {', '.join(ARCHITECTURES[self.task])}, got {self.arch!r}")
+            raise ConfigError(
+                f"--arch for {self.task} must be one of {', '.join(ARCHITECTURES[self.task])}, got {self.arch!r}"
+            )
         if self.strategy not in STRATEGY_NAMES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
+            )
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.clipping not in CLIPPINGS:
             raise ConfigError(f"--clipping must be one of {', '.join(CLIPPINGS)}, got {self.clipping!r}")
         if self.federated_eval not in EVAL_MODES:
-            raise ConfigError(f"--federated-eval must be one of {', '.join(EVAL_MODES)}, got {self.federated_eval!r}")
+            raise ConfigError(
+                f"--federated-eval must be one of {', '.join(EVAL_MODES)}, got {self.federated_eval!r}"
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
         require_positive("epsilon", self.epsilon)
@@ -97,7 +107,9 @@ class JobConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_partners > self.partners:
-            raise ConfigError(f"--min-partners ({self.min_partners}) cannot exceed --partners ({self.partners})")
+            raise ConfigError(
+                f"--min-partners ({self.min_partners}) cannot exceed --partners ({self.partners})"
+            )
         if self.strategy == "krum" and self.partners < 3:
             raise ConfigError("krum needs at least 3 partners")
         if not (0 <= self.trimmed_beta < 0.5):
@@ -111,7 +123,7 @@ class JobConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "JobConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> JobConfig:
         """Accept CLI-style (dash) or Python-style keys; unknown keys are an error."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -137,5 +149,10 @@ class JobConfig:
 
 def require_positive(name: str, value: float) -> None:
     """Refuse a non-positive, non-finite or non-numeric option, named as the user typed it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")

@@ -48,8 +48,15 @@ class RunRecorder:
     def save_checkpoint(self, rnd: int, arrays: ArrayRecord) -> Path:
         path = self.out / "checkpoints" / f"round-{rnd:04d}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({"round": rnd, "run_id": self.job.run_id, "state_dict": arrays.to_torch_state_dict(),
-                    "rounds": [_round_dict(r) for r in self.rounds]}, tmp)
+        torch.save(
+            {
+                "round": rnd,
+                "run_id": self.job.run_id,
+                "state_dict": arrays.to_torch_state_dict(),
+                "rounds": [_round_dict(r) for r in self.rounds],
+            },
+            tmp,
+        )
         os.replace(tmp, path)
         return path
 
@@ -85,7 +92,9 @@ class RunRecorder:
             "dataset": self.job.dataset_name,
             "strategy": self.job.strategy,
             "dp": self.job.dp,
-            "budget_requested": {"epsilon": self.job.epsilon, "delta": self.job.delta} if self.job.dp else None,
+            "budget_requested": {"epsilon": self.job.epsilon, "delta": self.job.delta}
+            if self.job.dp
+            else None,
             "status": result.status,
             "stop_reason": result.stop_reason,
             "rounds_planned": self.job.rounds,
@@ -94,8 +103,13 @@ class RunRecorder:
             "metrics": _clean(final),
             "metrics_by_partner": by_partner,
             "partners": self.partner_summaries(result.rounds),
-            "model": {"file": "model.pt" if result.rounds_completed else None, "task": self.job.task,
-                      "arch": self.job.arch, "input_dim": self.spec.input_dim, "feature_spec": "feature_spec.json"},
+            "model": {
+                "file": "model.pt" if result.rounds_completed else None,
+                "task": self.job.task,
+                "arch": self.job.arch,
+                "input_dim": self.spec.input_dim,
+                "feature_spec": "feature_spec.json",
+            },
             "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
             "round_local_train_s": [
                 round(sum(p.metrics.get("train-seconds", 0.0) for p in r.partners), 3) for r in result.rounds
@@ -107,11 +121,21 @@ class RunRecorder:
         partners: dict[str, dict[str, Any]] = {}
         for r in rounds:
             for p in r.partners:
-                s = partners.setdefault(p.partner, {
-                    "name": p.partner, "epsilon_target": None, "epsilon_spent": 0.0 if self.job.dp else None,
-                    "delta": None, "rounds_trained": 0, "rounds_refused": 0, "rounds_failed": 0,
-                    "refusals": [], "failures": [], "accounting": {"dp": self.job.dp},
-                })
+                s = partners.setdefault(
+                    p.partner,
+                    {
+                        "name": p.partner,
+                        "epsilon_target": None,
+                        "epsilon_spent": 0.0 if self.job.dp else None,
+                        "delta": None,
+                        "rounds_trained": 0,
+                        "rounds_refused": 0,
+                        "rounds_failed": 0,
+                        "refusals": [],
+                        "failures": [],
+                        "accounting": {"dp": self.job.dp},
+                    },
+                )
                 if p.status == "trained":
                     s["rounds_trained"] += 1
                 elif p.status == "refused":
@@ -132,11 +156,21 @@ class RunRecorder:
     def _write_metrics_csv(self) -> None:
         rows = []
         for r in self.rounds:
-            row: dict[str, Any] = {"round": r.round, "applied": int(r.applied), "partners_trained": r.trained,
-                                   "partners_refused": sum(p.status == "refused" for p in r.partners),
-                                   "partners_failed": sum(p.status == "failed" for p in r.partners),
-                                   "wall_time_s": round(r.wall_time_s, 4)}
-            row.update({f"eval_{k}": v for k, v in r.eval_metrics.items() if k not in ("num-examples", "unit-weight")})
+            row: dict[str, Any] = {
+                "round": r.round,
+                "applied": int(r.applied),
+                "partners_trained": r.trained,
+                "partners_refused": sum(p.status == "refused" for p in r.partners),
+                "partners_failed": sum(p.status == "failed" for p in r.partners),
+                "wall_time_s": round(r.wall_time_s, 4),
+            }
+            row.update(
+                {
+                    f"eval_{k}": v
+                    for k, v in r.eval_metrics.items()
+                    if k not in ("num-examples", "unit-weight")
+                }
+            )
             for p in r.partners:
                 if "epsilon-total" in p.metrics:
                     row[f"epsilon_{p.partner}"] = p.metrics["epsilon-total"]
@@ -167,10 +201,21 @@ class RunRecorder:
         loss_ax = ax.twinx()
         if applied:
             xs = [r.round for r in applied]
-            m_line = ax.plot(xs, [r.eval_metrics.get(metric, float("nan")) for r in applied], marker="o",
-                             color="C0", label=f"federated {metric} (left)")[0]
-            l_line = loss_ax.plot(xs, [r.eval_metrics.get("loss", float("nan")) for r in applied], marker=".",
-                                  linestyle="--", color="C1", label="held-out loss (right)")[0]
+            m_line = ax.plot(
+                xs,
+                [r.eval_metrics.get(metric, float("nan")) for r in applied],
+                marker="o",
+                color="C0",
+                label=f"federated {metric} (left)",
+            )[0]
+            l_line = loss_ax.plot(
+                xs,
+                [r.eval_metrics.get("loss", float("nan")) for r in applied],
+                marker=".",
+                linestyle="--",
+                color="C1",
+                label="held-out loss (right)",
+            )[0]
             ax.legend(handles=[m_line, l_line], loc="best")
         ax.set_xlabel("round")
         ax.set_ylabel(f"held-out {metric}", color="C0")
@@ -207,16 +252,27 @@ class RunRecorder:
 
 
 def _round_dict(r: RoundReport) -> dict[str, Any]:
-    return {"round": r.round, "applied": r.applied, "train_metrics": r.train_metrics, "eval_metrics": r.eval_metrics,
-            "wall_time_s": r.wall_time_s,
-            "partners": [p.__dict__ for p in r.partners]}
+    return {
+        "round": r.round,
+        "applied": r.applied,
+        "train_metrics": r.train_metrics,
+        "eval_metrics": r.eval_metrics,
+        "wall_time_s": r.wall_time_s,
+        "partners": [p.__dict__ for p in r.partners],
+    }
 
 
 def round_from_dict(d: dict[str, Any]) -> RoundReport:
     from fedcustomer.server.rounds import PartnerRound
 
-    return RoundReport(d["round"], [PartnerRound(**p) for p in d["partners"]], d["train_metrics"], d["eval_metrics"],
-                       d["wall_time_s"], d["applied"])
+    return RoundReport(
+        d["round"],
+        [PartnerRound(**p) for p in d["partners"]],
+        d["train_metrics"],
+        d["eval_metrics"],
+        d["wall_time_s"],
+        d["applied"],
+    )
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -83,7 +83,12 @@ def run_rounds(
         t0 = time.perf_counter()
         connected = list(grid.get_node_ids())
         if len(connected) < min_partners:
-            return LoopResult(arrays, reports, "stopped", f"round {rnd}: only {len(connected)} partner node(s) connected; need {min_partners}")
+            return LoopResult(
+                arrays,
+                reports,
+                "stopped",
+                f"round {rnd}: only {len(connected)} partner node(s) connected; need {min_partners}",
+            )
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
         trained_msgs, partners = _classify(messages, replies, names)
@@ -107,14 +112,18 @@ def run_rounds(
         eval_metrics: dict[str, float] = {}
         if evaluate_every_round or (evaluate_at_end and rnd == num_rounds):
             eval_metrics = _evaluate(grid, strategy, rnd, arrays, train_config, partners, names, timeout)
-        report = RoundReport(rnd, partners, _plain(agg_train), eval_metrics, time.perf_counter() - t0, applied=True)
+        report = RoundReport(
+            rnd, partners, _plain(agg_train), eval_metrics, time.perf_counter() - t0, applied=True
+        )
         reports.append(report)
         if on_round:
             on_round(report, arrays)
     return LoopResult(arrays, reports, "completed")
 
 
-def _classify(sent: list[Message], replies: Iterable[Message], names: dict[int, str]) -> tuple[list[Message], list[PartnerRound]]:
+def _classify(
+    sent: list[Message], replies: Iterable[Message], names: dict[int, str]
+) -> tuple[list[Message], list[PartnerRound]]:
     trained: list[Message] = []
     partners: list[PartnerRound] = []
     answered: set[int] = set()
@@ -133,14 +142,18 @@ def _classify(sent: list[Message], replies: Iterable[Message], names: dict[int, 
         metrics = _plain(msg.content["metrics"]) if "metrics" in msg.content else {}
         accounting = json.loads(str(info.get("accounting-json", "{}")))
         if metrics.get("refused", 0.0) >= 1.0 or "arrays" not in msg.content:
-            partners.append(PartnerRound(name, "refused", str(info.get("refused-reason", "refused")), metrics, accounting))
+            partners.append(
+                PartnerRound(name, "refused", str(info.get("refused-reason", "refused")), metrics, accounting)
+            )
         else:
             partners.append(PartnerRound(name, "trained", None, metrics, accounting))
             trained.append(msg)
     for msg in sent:
         node = msg.metadata.dst_node_id
         if node not in answered:
-            partners.append(PartnerRound(names.get(node, f"node-{node}"), "failed", "no reply before the round timed out"))
+            partners.append(
+                PartnerRound(names.get(node, f"node-{node}"), "failed", "no reply before the round timed out")
+            )
     return trained, partners
 
 

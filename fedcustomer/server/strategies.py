@@ -63,7 +63,9 @@ def build_strategy(job: JobConfig, num_partners: int) -> Strategy:
 
 def central_dp_epsilon(job: JobConfig, rounds: int, sampled: int, total: int) -> dict[str, float | int | str]:
     """Partner-level epsilon of the central-DP wrapper after ``rounds`` rounds (RDP, Gaussian)."""
-    eps = epsilon([GaussianSteps(job.central_noise_multiplier, min(1.0, sampled / max(1, total)), rounds)], job.delta)
+    eps = epsilon(
+        [GaussianSteps(job.central_noise_multiplier, min(1.0, sampled / max(1, total)), rounds)], job.delta
+    )
     return {
         "unit": "partner (all of one partner's data)",
         "noise_multiplier": job.central_noise_multiplier,

@@ -29,8 +29,14 @@ from fedcustomer.vertical.job import VerticalJob
 ACTIVE, PASSIVE = "active", "passive"
 # UCI credit split by columns: the bank sees the card account, the retailer the rest.
 UCI_BANK = ["limit_bal", "pay_0", "pay_2", "pay_3", "pay_4", "pay_5", "pay_6"]
-UCI_RETAILER = ["sex", "education", "marriage", "age", *[f"bill_amt{i}" for i in range(1, 7)],
-                *[f"pay_amt{i}" for i in range(1, 7)]]
+UCI_RETAILER = [
+    "sex",
+    "education",
+    "marriage",
+    "age",
+    *[f"bill_amt{i}" for i in range(1, 7)],
+    *[f"pay_amt{i}" for i in range(1, 7)],
+]
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,23 @@ def plan_parties(job: VerticalJob) -> tuple[PartyPlan, PartyPlan]:
         by_name = {f.name: f for f in UCI_SPEC.features}
         bank = FeatureSpec("repayment", "default", "id", [by_name[c] for c in UCI_BANK])
         retail = FeatureSpec("repayment", "default", "id", [by_name[c] for c in UCI_RETAILER])
-        return (PartyPlan("bank", ACTIVE, "uci_credit", bank, "uci-credit", "repayment"),
-                PartyPlan("retailer", PASSIVE, "uci_credit", retail, "uci-credit", "repayment"))
+        return (
+            PartyPlan("bank", ACTIVE, "uci_credit", bank, "uci-credit", "repayment"),
+            PartyPlan("retailer", PASSIVE, "uci_credit", retail, "uci-credit", "repayment"),
+        )
     from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
 
-    bank = PartyPlan("bank", ACTIVE if job.task == "repayment" else PASSIVE, "bank", REPAYMENT_SPEC, "synthetic", "repayment")
-    retail = PartyPlan("retailer", ACTIVE if job.task == "clv" else PASSIVE, "retailer", CLV_SPEC, "synthetic", "clv")
+    bank = PartyPlan(
+        "bank",
+        ACTIVE if job.task == "repayment" else PASSIVE,
+        "bank",
+        REPAYMENT_SPEC,
+        "synthetic",
+        "repayment",
+    )
+    retail = PartyPlan(
+        "retailer", ACTIVE if job.task == "clv" else PASSIVE, "retailer", CLV_SPEC, "synthetic", "clv"
+    )
     return (bank, retail) if job.task == "repayment" else (retail, bank)
 
 
@@ -77,7 +94,9 @@ def party_frames(job: VerticalJob) -> dict[str, pd.DataFrame]:
 
         data_dir = job.data_dir or os.environ.get("FEDCUSTOMER_DATA_DIR")
         if not data_dir:
-            raise DataError("--data uci-credit needs --data-dir or FEDCUSTOMER_DATA_DIR pointing at the data directory")
+            raise DataError(
+                "--data uci-credit needs --data-dir or FEDCUSTOMER_DATA_DIR pointing at the data directory"
+            )
         frame = load_uci_credit(Path(data_dir))
         frame["id"] = frame["id"].astype(str)
         rng = np.random.default_rng(job.seed)
@@ -89,18 +108,33 @@ def party_frames(job: VerticalJob) -> dict[str, pd.DataFrame]:
     from fedcustomer.data.synthetic import generate_federation
 
     fed = generate_federation(
-        n_banks=1, n_retailers=1, customers_per_bank=job.customers, customers_per_retailer=job.customers,
-        shared_fraction=job.shared_fraction, seed=job.seed, retail_signal=job.retail_signal,
+        n_banks=1,
+        n_retailers=1,
+        customers_per_bank=job.customers,
+        customers_per_retailer=job.customers,
+        shared_fraction=job.shared_fraction,
+        seed=job.seed,
+        retail_signal=job.retail_signal,
     )
     bank, retail = fed.banks[0], fed.retailers[0]
-    return {"bank": pd.concat([bank.train, bank.test], ignore_index=True),
-            "retailer": pd.concat([retail.train, retail.test], ignore_index=True)}
+    return {
+        "bank": pd.concat([bank.train, bank.test], ignore_index=True),
+        "retailer": pd.concat([retail.train, retail.test], ignore_index=True),
+    }
 
 
 def provision_party(root: Path, plan: PartyPlan, frame: pd.DataFrame, budget: DatasetBudget) -> PartnerHome:
     """A partner home with the party's rows ingested into its governed store."""
-    home, _ = provision_partner(root, plan.name, source=plan.source, task=plan.provision_task, spec=plan.spec,
-                                train=frame, test=frame.iloc[:0], budget=budget)
+    home, _ = provision_partner(
+        root,
+        plan.name,
+        source=plan.source,
+        task=plan.provision_task,
+        spec=plan.spec,
+        train=frame,
+        test=frame.iloc[:0],
+        budget=budget,
+    )
     return home
 
 
@@ -123,11 +157,14 @@ def alignment_path(home: PartnerHome, dataset: str, peer: str) -> Path:
 
 def save_alignment(home: PartnerHome, dataset: str, peer: str, local_ids: list[str]) -> Path:
     """Keep the PSI result as this party's own pseudonyms (never the raw ids)."""
-    return save_pseudonym_alignment(home, dataset, peer, Pseudonymizer.open(home.keys_dir).pseudonyms(local_ids))
+    return save_pseudonym_alignment(
+        home, dataset, peer, Pseudonymizer.open(home.keys_dir).pseudonyms(local_ids)
+    )
 
 
-def save_pseudonym_alignment(home: PartnerHome, dataset: str, peer: str, pseudonyms: list[str],
-                             seed: int | None = None) -> Path:
+def save_pseudonym_alignment(
+    home: PartnerHome, dataset: str, peer: str, pseudonyms: list[str], seed: int | None = None
+) -> Path:
     """Keep an alignment already expressed in this party's pseudonyms (what the messaged PSI leaves).
 
     ``seed`` is the one the held-out split over this order is drawn with.
@@ -142,22 +179,32 @@ def save_pseudonym_alignment(home: PartnerHome, dataset: str, peer: str, pseudon
     return path
 
 
-def load_party_table(home: PartnerHome, name: str, dataset: str, peer: str, spec: FeatureSpec, with_label: bool) -> PartyTable:
+def load_party_table(
+    home: PartnerHome, name: str, dataset: str, peer: str, spec: FeatureSpec, with_label: bool
+) -> PartyTable:
     """Read the party's aligned rows through its governed store (one audited read)."""
     path = alignment_path(home, dataset, peer)
     if not path.exists():
-        raise DataError(f"partner {name!r} has no PSI alignment with {peer!r} for dataset {dataset!r} ({path}); "
-                        "run the private set intersection first")
+        raise DataError(
+            f"partner {name!r} has no PSI alignment with {peer!r} for dataset {dataset!r} ({path}); "
+            "run the private set intersection first"
+        )
     pseudonyms = json.loads(path.read_text(encoding="utf-8"))["pseudonyms"]
     if not pseudonyms:
-        raise DataError(f"partner {name!r} shares no customers with {peer!r}; vertical training needs an overlap")
+        raise DataError(
+            f"partner {name!r} shares no customers with {peer!r}; vertical training needs an overlap"
+        )
     fields = [f.name for f in spec.features] + ([spec.label] if with_label else [])
     with PartnerStore.open(home) as store:
-        frame = store.read(Actor(f"node:{name}", "training_pipeline"), "training", fields=fields, dataset=dataset)
+        frame = store.read(
+            Actor(f"node:{name}", "training_pipeline"), "training", fields=fields, dataset=dataset
+        )
     missing = int((~pd.Index(pseudonyms).isin(frame.index)).sum())
     if missing:
-        raise DataError(f"partner {name!r}: {missing} aligned customer(s) are not in dataset {dataset!r} "
-                        "(erased or quarantined since the PSI); run the PSI again")
+        raise DataError(
+            f"partner {name!r}: {missing} aligned customer(s) are not in dataset {dataset!r} "
+            "(erased or quarantined since the PSI); run the PSI again"
+        )
     aligned = frame.loc[pseudonyms]
     if with_label:
         X, y = spec.transform(aligned)

@@ -73,17 +73,30 @@ class VerticalJob:
         if self.task not in VERTICAL_TASKS:
             raise ConfigError(f"--task must be one of {', '.join(VERTICAL_TASKS)}, got {self.task!r}")
         if self.data not in DATA_SOURCES:
-            raise ConfigError(f"--data must be one of {', '.join(DATA_SOURCES)} for vertical runs, got {self.data!r}")
+            raise ConfigError(
+                f"--data must be one of {', '.join(DATA_SOURCES)} for vertical runs, got {self.data!r}"
+            )
         if self.data == "uci-credit" and self.task != "repayment":
-            raise ConfigError("the UCI credit data has no spend label; use --task repayment with --data uci-credit")
+            raise ConfigError(
+                "the UCI credit data has no spend label; use --task repayment with --data uci-credit"
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        for name in ("epsilon", "lr", "max_grad_norm", "label_epsilon", "label_bound", "embedding_clip",
-                     "max_noise_multiplier"):
+        for name in (
+            "epsilon",
+            "lr",
+            "max_grad_norm",
+            "label_epsilon",
+            "label_bound",
+            "embedding_clip",
+            "max_noise_multiplier",
+        ):
             require_positive(name, getattr(self, name))
         if self.dp and self.label_dp and self.label_epsilon >= self.epsilon:
-            raise ConfigError(f"--label-epsilon ({self.label_epsilon:g}) must be below --epsilon ({self.epsilon:g}): "
-                              "the label owner's budget pays for the label release and its own DP-SGD")
+            raise ConfigError(
+                f"--label-epsilon ({self.label_epsilon:g}) must be below --epsilon ({self.epsilon:g}): "
+                "the label owner's budget pays for the label release and its own DP-SGD"
+            )
         if self.dp and self.baseline:
             require_positive("baseline_epsilon", self.baseline_epsilon)
             reserved = self.baseline_epsilon + (self.label_epsilon if self.label_dp else 0.0)
@@ -92,7 +105,8 @@ class VerticalJob:
                     f"--baseline-epsilon ({self.baseline_epsilon:g})"
                     + (f" plus --label-epsilon ({self.label_epsilon:g})" if self.label_dp else "")
                     + f" must be below --epsilon ({self.epsilon:g}): the label owner's one budget pays for the "
-                    "joint model and the comparison model; lower them or pass --no-baseline")
+                    "joint model and the comparison model; lower them or pass --no-baseline"
+                )
         if not (0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):
@@ -113,7 +127,7 @@ class VerticalJob:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "VerticalJob":
+    def from_dict(cls, raw: dict[str, Any]) -> VerticalJob:
         known = {f.name for f in fields(cls)}
         kwargs = {}
         for key, value in raw.items():
@@ -125,7 +139,6 @@ class VerticalJob:
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
 
 
 #: Each option's default, for the command line (one source: this dataclass).

@@ -22,7 +22,9 @@ class BottomMLP(nn.Module):
     def __init__(self, input_dim: int, embed_dim: int = 8, hidden: int = 16) -> None:
         super().__init__()
         if input_dim < 1 or embed_dim < 1 or hidden < 1:
-            raise ConfigError(f"bottom model sizes must be >= 1, got input {input_dim}, hidden {hidden}, embed {embed_dim}")
+            raise ConfigError(
+                f"bottom model sizes must be >= 1, got input {input_dim}, hidden {hidden}, embed {embed_dim}"
+            )
         self.input_dim, self.embed_dim = input_dim, embed_dim
         self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
 

@@ -116,22 +116,35 @@ class SessionConfig:
     reserve_epsilon: float = 0.0  # left unspent for a later release in the same job (the baseline)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "SessionConfig":
+    def from_config(cls, cfg: dict[str, Any]) -> SessionConfig:
         try:
             return cls(
-                run_id=str(cfg["run-id"]), role=str(cfg["role"]), name=str(cfg["name"]), peer=str(cfg["peer"]),
-                dataset=str(cfg["dataset"]), spec=FeatureSpec.from_dict(json.loads(str(cfg["feature-spec"]))),
-                task=str(cfg["task"]), rounds=int(cfg["rounds"]), batch_size=int(cfg["batch-size"]),
-                lr=float(cfg.get("lr", 0.05)), optimizer=str(cfg.get("optimizer", "adam")),
-                embed_dim=int(cfg.get("embed-dim", 8)), hidden=int(cfg.get("hidden", 16)),
-                passive_embed_dim=int(cfg.get("passive-embed-dim", 8)), dp=bool(cfg.get("dp", True)),
-                max_grad_norm=float(cfg.get("max-grad-norm", 1.0)), label_dp=bool(cfg.get("label-dp", True)),
-                label_epsilon=float(cfg.get("label-epsilon", 1.0)), label_bound=float(cfg.get("label-bound", 12.0)),
+                run_id=str(cfg["run-id"]),
+                role=str(cfg["role"]),
+                name=str(cfg["name"]),
+                peer=str(cfg["peer"]),
+                dataset=str(cfg["dataset"]),
+                spec=FeatureSpec.from_dict(json.loads(str(cfg["feature-spec"]))),
+                task=str(cfg["task"]),
+                rounds=int(cfg["rounds"]),
+                batch_size=int(cfg["batch-size"]),
+                lr=float(cfg.get("lr", 0.05)),
+                optimizer=str(cfg.get("optimizer", "adam")),
+                embed_dim=int(cfg.get("embed-dim", 8)),
+                hidden=int(cfg.get("hidden", 16)),
+                passive_embed_dim=int(cfg.get("passive-embed-dim", 8)),
+                dp=bool(cfg.get("dp", True)),
+                max_grad_norm=float(cfg.get("max-grad-norm", 1.0)),
+                label_dp=bool(cfg.get("label-dp", True)),
+                label_epsilon=float(cfg.get("label-epsilon", 1.0)),
+                label_bound=float(cfg.get("label-bound", 12.0)),
                 embedding_noise=float(cfg.get("embedding-noise", 0.0)),
                 embedding_clip=float(cfg.get("embedding-clip", 1.0)),
                 max_noise_multiplier=float(cfg.get("max-noise-multiplier", 50.0)),
-                test_fraction=float(cfg.get("test-fraction", 0.25)), seed=int(cfg.get("seed", 0)),
-                steps_per_round=int(cfg.get("steps-per-round", 0)), sample_rate=float(cfg.get("sample-rate", 0.0)),
+                test_fraction=float(cfg.get("test-fraction", 0.25)),
+                seed=int(cfg.get("seed", 0)),
+                steps_per_round=int(cfg.get("steps-per-round", 0)),
+                sample_rate=float(cfg.get("sample-rate", 0.0)),
                 reserve_epsilon=float(cfg.get("reserve-epsilon", 0.0)),
             )
         except KeyError as exc:
@@ -172,16 +185,20 @@ class LabelRelease:
 def label_release_for(task: str, epsilon: float, delta: float, bound: float) -> LabelRelease:
     """Randomised response for 0/1 labels; Gaussian noise of matching cost for log1p spend."""
     if task == "repayment":
-        return LabelRelease("randomized_response", epsilon, keep_probability=math.exp(epsilon) / (1 + math.exp(epsilon)))
-    sigma = accounting.calibrate_noise([], 1.0, 1, epsilon, delta, sigma_min=0.05, sigma_max=1e4, tolerance=1e-4)
+        return LabelRelease(
+            "randomized_response", epsilon, keep_probability=math.exp(epsilon) / (1 + math.exp(epsilon))
+        )
+    sigma = accounting.calibrate_noise(
+        [], 1.0, 1, epsilon, delta, sigma_min=0.05, sigma_max=1e4, tolerance=1e-4
+    )
     return LabelRelease("gaussian", epsilon, noise_std=sigma * bound, bound=bound)
 
 
 _TABLES: dict[tuple[str, str, str, str], PartyTable] = {}
-_SESSIONS: dict[tuple[str, str, str], "PartySession"] = {}
+_SESSIONS: dict[tuple[str, str, str], PartySession] = {}
 
 
-def session_for(home: PartnerHome, cfg: SessionConfig) -> "PartySession":
+def session_for(home: PartnerHome, cfg: SessionConfig) -> PartySession:
     """The party's live session for this run (kept in memory, persisted after each change)."""
     key = (str(home.root.resolve()), cfg.run_id, cfg.role)
     session = _SESSIONS.get(key)
@@ -207,31 +224,47 @@ class PartySession:
         config = home.config()
         self.name = config.name
         if self.name != cfg.name:
-            raise ConfigError(f"this node is partner {self.name!r}, but the job expects {cfg.name!r} as the {cfg.role} party")
+            raise ConfigError(
+                f"this node is partner {self.name!r}, but the job expects {cfg.name!r} as the {cfg.role} party"
+            )
         self.active = cfg.role == ACTIVE
         self.has_passive = self.active and cfg.passive_embed_dim > 0
         table = self._table()
         self.n_aligned = len(table.X)
         self.train_pos, self.test_pos = split_positions(self.n_aligned, cfg.test_fraction, cfg.seed)
         if len(self.train_pos) < 2:
-            raise DataError(f"only {self.n_aligned} shared customers: too few to train and hold out; need a larger overlap")
+            raise DataError(
+                f"only {self.n_aligned} shared customers: too few to train and hold out; need a larger overlap"
+            )
         self.X = torch.as_tensor(table.X)
         self.y = torch.as_tensor(table.y) if table.y is not None else None
-        self.ledger = BudgetLedger(home.ledger_path, cfg.dataset, config.budget_for(cfg.dataset)) if cfg.dp else None
-        self.label_release = (label_release_for(cfg.task, cfg.label_epsilon, self.ledger.budget.delta, cfg.label_bound)
-                              if self.has_passive and self.ledger is not None and cfg.label_dp else None)
+        self.ledger = (
+            BudgetLedger(home.ledger_path, cfg.dataset, config.budget_for(cfg.dataset)) if cfg.dp else None
+        )
+        self.label_release = (
+            label_release_for(cfg.task, cfg.label_epsilon, self.ledger.budget.delta, cfg.label_bound)
+            if self.has_passive and self.ledger is not None and cfg.label_dp
+            else None
+        )
         torch.manual_seed(cfg.seed * 101 + (1 if self.active else 2))
         if self.active:
-            self.model: torch.nn.Module = ActiveModel(self.X.shape[1], 1 if self.has_passive else 0,
-                                                      embed_dim=cfg.embed_dim, hidden=cfg.hidden)
+            self.model: torch.nn.Module = ActiveModel(
+                self.X.shape[1], 1 if self.has_passive else 0, embed_dim=cfg.embed_dim, hidden=cfg.hidden
+            )
             self.head = LabelHead(cfg.passive_embed_dim, cfg.hidden) if self.has_passive else None
         else:
             self.model = BottomMLP(self.X.shape[1], cfg.embed_dim, cfg.hidden)
             self.head = None
         base = self._optimizer(self.model.parameters())
         self.head_optimizer = self._optimizer(self.head.parameters()) if self.head is not None else None
-        self.state: dict[str, Any] = {"sigma": None, "plans": {}, "charged": [], "fitted": {}, "labels": None,
-                                      "steps_done": []}
+        self.state: dict[str, Any] = {
+            "sigma": None,
+            "plans": {},
+            "charged": [],
+            "fitted": {},
+            "labels": None,
+            "steps_done": [],
+        }
         path = self.state_path
         if path.exists():
             blob = load_weights_only(path, "vertical party state")
@@ -262,10 +295,13 @@ class PartySession:
         path = self.state_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        blob = {"model": self.model.state_dict(), "optimizer": self.base_optimizer.state_dict(),
-                "state": _state_for_saving(self.state),
-                "head": self.head.state_dict() if self.head is not None else None,
-                "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None}
+        blob = {
+            "model": self.model.state_dict(),
+            "optimizer": self.base_optimizer.state_dict(),
+            "state": _state_for_saving(self.state),
+            "head": self.head.state_dict() if self.head is not None else None,
+            "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None,
+        }
         torch.save(blob, tmp)
         os.replace(tmp, path)
 
@@ -273,7 +309,9 @@ class PartySession:
         cfg = self.cfg
         key = (str(self.home.root.resolve()), cfg.dataset, cfg.peer, cfg.role)
         if key not in _TABLES:
-            _TABLES[key] = load_party_table(self.home, self.name, cfg.dataset, cfg.peer, cfg.spec, with_label=self.active)
+            _TABLES[key] = load_party_table(
+                self.home, self.name, cfg.dataset, cfg.peer, cfg.spec, with_label=self.active
+            )
         return _TABLES[key]
 
     @property
@@ -282,14 +320,20 @@ class PartySession:
 
     def describe(self) -> dict[str, float]:
         """Sizes the coordinator needs to fix the public sampling rate (no data)."""
-        return {"aligned": float(self.n_aligned), "train": float(self.n_train), "test": float(len(self.test_pos)),
-                "input-dim": float(self.X.shape[1])}
+        return {
+            "aligned": float(self.n_aligned),
+            "train": float(self.n_train),
+            "test": float(len(self.test_pos)),
+            "input-dim": float(self.X.shape[1]),
+        }
 
     # --- sampling and accounting ----------------------------------------------------
     def _q_steps(self) -> tuple[float, int]:
         q, steps = self.cfg.sample_rate, self.cfg.steps_per_round
         if not (0 < q <= 1) or steps < 1:
-            raise ConfigError("the coordinator sent no sample rate / steps per round; it must set them up first")
+            raise ConfigError(
+                "the coordinator sent no sample rate / steps per round; it must set them up first"
+            )
         return q, steps
 
     def _label_key(self) -> str:
@@ -300,7 +344,11 @@ class PartySession:
 
     def _pending_label(self) -> tuple[list[GaussianSteps], list[tuple[float, float]]]:
         """The label release's charge if it is still to be paid in this job."""
-        if self.label_release is None or self.ledger is None or self.ledger.find(self._label_key()) is not None:
+        if (
+            self.label_release is None
+            or self.ledger is None
+            or self.ledger.find(self._label_key()) is not None
+        ):
             return [], []
         return self.label_release.pending()
 
@@ -312,9 +360,14 @@ class PartySession:
         q, steps = self._q_steps()
         remaining = max(1, self.cfg.rounds - rnd + 1)
         gauss, approx = self._pending_label()
-        sigma = self.ledger.calibrate_noise(q, steps * remaining, sigma_max=self.cfg.max_noise_multiplier,
-                                            pending_gaussian=gauss, pending_approx=approx,
-                                            reserve_epsilon=self.cfg.reserve_epsilon)
+        sigma = self.ledger.calibrate_noise(
+            q,
+            steps * remaining,
+            sigma_max=self.cfg.max_noise_multiplier,
+            pending_gaussian=gauss,
+            pending_approx=approx,
+            reserve_epsilon=self.cfg.reserve_epsilon,
+        )
         self.state["sigma"] = float(sigma)
         self._persist()
         return float(sigma)
@@ -342,13 +395,23 @@ class PartySession:
             return RoundDecision(True, metrics={"noise-multiplier": sigma})
         gauss, approx = self._pending_label()
         projected = self.ledger.project([*gauss, GaussianSteps(sigma, q, steps)], approx).epsilon
-        metrics = {"epsilon-projected": projected, "epsilon-target": self.ledger.budget.epsilon,
-                   "epsilon-total": self.ledger.spent().epsilon, "noise-multiplier": sigma}
+        metrics = {
+            "epsilon-projected": projected,
+            "epsilon-target": self.ledger.budget.epsilon,
+            "epsilon-total": self.ledger.spent().epsilon,
+            "noise-multiplier": sigma,
+        }
         if projected > self.ledger.budget.epsilon:
-            reason = (f"round {rnd} would bring epsilon to {projected:.3f}, past partner {self.name!r}'s "
-                      f"target {self.ledger.budget.epsilon:g}")
-            self.ledger.record_refusal(self._round_key(rnd), DPSGD_MECHANISM, projected,
-                                       f"vertical round {rnd} of run {self.cfg.run_id} would exceed the target")
+            reason = (
+                f"round {rnd} would bring epsilon to {projected:.3f}, past partner {self.name!r}'s "
+                f"target {self.ledger.budget.epsilon:g}"
+            )
+            self.ledger.record_refusal(
+                self._round_key(rnd),
+                DPSGD_MECHANISM,
+                projected,
+                f"vertical round {rnd} of run {self.cfg.run_id} would exceed the target",
+            )
             return RoundDecision(False, reason, metrics)
         return RoundDecision(True, metrics=metrics)
 
@@ -360,14 +423,30 @@ class PartySession:
             q, steps = self._q_steps()
             try:
                 self._charge_labels()
-                charge = self.ledger.charge_gaussian(self._round_key(rnd), GaussianSteps(sigma, q, steps),
-                                                     mechanism=DPSGD_MECHANISM, run_id=self.cfg.run_id, round=rnd,
-                                                     details={"party": self.name, "role": self.cfg.role})
+                charge = self.ledger.charge_gaussian(
+                    self._round_key(rnd),
+                    GaussianSteps(sigma, q, steps),
+                    mechanism=DPSGD_MECHANISM,
+                    run_id=self.cfg.run_id,
+                    round=rnd,
+                    details={"party": self.name, "role": self.cfg.role},
+                )
             except BudgetExhausted as exc:
-                return RoundDecision(False, str(exc), {"epsilon-total": self.ledger.spent().epsilon,
-                                                       "epsilon-target": self.ledger.budget.epsilon})
-            metrics = {"epsilon-total": float(self.ledger.spent().epsilon), "epsilon-target": self.ledger.budget.epsilon,
-                       "delta": self.ledger.budget.delta, "noise-multiplier": sigma, "charged-now": float(not charge.already_paid)}
+                return RoundDecision(
+                    False,
+                    str(exc),
+                    {
+                        "epsilon-total": self.ledger.spent().epsilon,
+                        "epsilon-target": self.ledger.budget.epsilon,
+                    },
+                )
+            metrics = {
+                "epsilon-total": float(self.ledger.spent().epsilon),
+                "epsilon-target": self.ledger.budget.epsilon,
+                "delta": self.ledger.budget.delta,
+                "noise-multiplier": sigma,
+                "charged-now": float(not charge.already_paid),
+            }
         if self.has_passive and self.state["labels"] is None:
             self.state["labels"] = self._protected_labels()
         batches = self._public_batches(rnd) if self.has_passive else None
@@ -383,10 +462,18 @@ class PartySession:
         details = {"party": self.name, **self.label_release.to_dict()}
         key = self._label_key()
         if gauss:
-            self.ledger.charge_gaussian(key, gauss[0], mechanism=LABEL_MECHANISM, run_id=self.cfg.run_id, details=details)
+            self.ledger.charge_gaussian(
+                key, gauss[0], mechanism=LABEL_MECHANISM, run_id=self.cfg.run_id, details=details
+            )
         else:
-            self.ledger.charge_approx(key, approx[0][0], approx[0][1], mechanism=LABEL_MECHANISM,
-                                      run_id=self.cfg.run_id, details=details)
+            self.ledger.charge_approx(
+                key,
+                approx[0][0],
+                approx[0][1],
+                mechanism=LABEL_MECHANISM,
+                run_id=self.cfg.run_id,
+                details=details,
+            )
 
     def _protected_labels(self) -> np.ndarray:
         """The labels the label head learns from: privatised once per job (drawn after they were paid for)."""
@@ -397,7 +484,9 @@ class PartySession:
             return y.numpy()
         if release.mechanism == "randomized_response":
             assert release.keep_probability is not None
-            keep = torch.rand(len(y), generator=self._generator, dtype=torch.float64) < release.keep_probability
+            keep = (
+                torch.rand(len(y), generator=self._generator, dtype=torch.float64) < release.keep_probability
+            )
             return torch.where(keep, y, 1 - y).numpy()
         assert release.bound is not None and release.noise_std is not None
         clipped = y.clamp(0.0, release.bound)
@@ -410,15 +499,21 @@ class PartySession:
         q, _ = self._q_steps()
         self.wrapped = GradSampleModule(self.model, batch_first=True, loss_reduction="sum")
         self.optimizer = DPOptimizer(
-            self.base_optimizer, noise_multiplier=self.noise_multiplier(rnd), max_grad_norm=self.cfg.max_grad_norm,
-            expected_batch_size=max(1, int(round(q * self.n_train))), loss_reduction="mean",
-            generator=secure_generator(), secure_mode=True,
+            self.base_optimizer,
+            noise_multiplier=self.noise_multiplier(rnd),
+            max_grad_norm=self.cfg.max_grad_norm,
+            expected_batch_size=max(1, int(round(q * self.n_train))),
+            loss_reduction="mean",
+            generator=secure_generator(),
+            secure_mode=True,
         )
         self._dp_ready = True
 
     def _require_paid(self, rnd: int) -> None:
         if str(rnd) not in self.state["charged"]:
-            raise ConfigError(f"round {rnd} was not opened at partner {self.name!r}; nothing is released before it is paid")
+            raise ConfigError(
+                f"round {rnd} was not opened at partner {self.name!r}; nothing is released before it is paid"
+            )
 
     # --- passive party ----------------------------------------------------------------
     def _embed(self, module: torch.nn.Module, positions: np.ndarray) -> torch.Tensor:
@@ -444,7 +539,9 @@ class PartySession:
 
     def _noisy_embeddings(self, e: torch.Tensor) -> torch.Tensor:
         if self.cfg.embedding_noise > 0:
-            e = e + _generate_noise(self.cfg.embedding_noise * self.cfg.embedding_clip, e, self._generator, True)
+            e = e + _generate_noise(
+                self.cfg.embedding_noise * self.cfg.embedding_clip, e, self._generator, True
+            )
         return e.detach().float()
 
     def backward(self, rnd: int, step: int, positions: np.ndarray, gradients: torch.Tensor) -> None:
@@ -452,7 +549,9 @@ class PartySession:
         self._check_positions(positions, self.train_pos, "training")
         self._require_paid(rnd)
         if gradients.shape != (len(positions), self.cfg.embed_dim):
-            raise DataError(f"gradients have shape {tuple(gradients.shape)}; expected ({len(positions)}, {self.cfg.embed_dim})")
+            raise DataError(
+                f"gradients have shape {tuple(gradients.shape)}; expected ({len(positions)}, {self.cfg.embed_dim})"
+            )
         self._ensure_dp(rnd)
         e = self._embed(self.wrapped, positions)
         surrogate = (e * gradients).sum()
@@ -487,8 +586,10 @@ class PartySession:
             raise ConfigError(f"round {rnd} has no step {step} at the label owner")
         pos = batches[step]
         if passive.shape != (len(pos), self.cfg.passive_embed_dim):
-            raise DataError(f"embeddings for step {step} have shape {tuple(passive.shape)}; "
-                            f"expected ({len(pos)}, {self.cfg.passive_embed_dim})")
+            raise DataError(
+                f"embeddings for step {step} have shape {tuple(passive.shape)}; "
+                f"expected ({len(pos)}, {self.cfg.passive_embed_dim})"
+            )
         return self.label_gradients(pos, passive)
 
     def label_gradients(self, positions: np.ndarray, passive: torch.Tensor) -> torch.Tensor:
@@ -510,15 +611,19 @@ class PartySession:
         """The joint phase: DP-SGD on privately drawn batches, then held-out metrics."""
         assert self.y is not None
         self._require_paid(rnd)
-        if self.has_passive and (passive is None or passive.shape != (self.n_aligned, self.cfg.passive_embed_dim)):
+        if self.has_passive and (
+            passive is None or passive.shape != (self.n_aligned, self.cfg.passive_embed_dim)
+        ):
             shape = None if passive is None else tuple(passive.shape)
-            raise DataError(f"embeddings of the aligned customers have shape {shape}; "
-                            f"expected ({self.n_aligned}, {self.cfg.passive_embed_dim})")
+            raise DataError(
+                f"embeddings of the aligned customers have shape {shape}; "
+                f"expected ({self.n_aligned}, {self.cfg.passive_embed_dim})"
+            )
         emb = self._head_scores(passive) if self.has_passive and passive is not None else None
         if str(rnd) not in self.state["fitted"]:
             self._ensure_dp(rnd)
             q, steps = self._q_steps()
-            for t in range(steps):
+            for _ in range(steps):
                 pos = self._poisson(q)
                 idx = torch.as_tensor(pos, dtype=torch.long)
                 out = self.wrapped(self.X[idx], emb[idx] if emb is not None else None)
@@ -532,7 +637,9 @@ class PartySession:
                 self.optimizer.zero_grad(set_to_none=True)
             self.state["fitted"][str(rnd)] = steps
             self._persist()
-        return self.evaluate(emb[torch.as_tensor(self.test_pos, dtype=torch.long)] if emb is not None else None)
+        return self.evaluate(
+            emb[torch.as_tensor(self.test_pos, dtype=torch.long)] if emb is not None else None
+        )
 
     @torch.no_grad()
     def _head_scores(self, passive: torch.Tensor) -> torch.Tensor:
@@ -565,9 +672,18 @@ class PartySession:
         """Keep the party's final model part at home; return what anyone needs to recheck its epsilon."""
         path = self.final_path()
         tmp = path.with_suffix(".tmp")
-        torch.save({"run_id": self.cfg.run_id, "role": self.cfg.role, "model": self.model.state_dict(),
-                    "feature_spec": self.cfg.spec.to_dict(), "embed_dim": self.cfg.embed_dim, "hidden": self.cfg.hidden,
-                    "passive_embed_dim": self.cfg.passive_embed_dim}, tmp)
+        torch.save(
+            {
+                "run_id": self.cfg.run_id,
+                "role": self.cfg.role,
+                "model": self.model.state_dict(),
+                "feature_spec": self.cfg.spec.to_dict(),
+                "embed_dim": self.cfg.embed_dim,
+                "hidden": self.cfg.hidden,
+                "passive_embed_dim": self.cfg.passive_embed_dim,
+            },
+            tmp,
+        )
         os.replace(tmp, path)
         return self.accounting()
 
@@ -577,22 +693,38 @@ class PartySession:
             return out
         state = self.ledger.accounting_state()
         q, steps = self._q_steps()
-        out.update({
-            "accountant": state["accountant"], "noise_multiplier": self.state["sigma"], "sample_rate": q,
-            "steps_per_round": steps, "delta": self.ledger.budget.delta, "max_grad_norm": self.cfg.max_grad_norm,
-            "sampling": "poisson", "history": state["gaussian_history"], "approx_charges": state["approx_charges"],
-        })
+        out.update(
+            {
+                "accountant": state["accountant"],
+                "noise_multiplier": self.state["sigma"],
+                "sample_rate": q,
+                "steps_per_round": steps,
+                "delta": self.ledger.budget.delta,
+                "max_grad_norm": self.cfg.max_grad_norm,
+                "sampling": "poisson",
+                "history": state["gaussian_history"],
+                "approx_charges": state["approx_charges"],
+            }
+        )
         if self.active:
             release = self.label_release
-            out["label_dp"] = {"enabled": release is not None, **(release.to_dict() if release is not None else {})}
+            out["label_dp"] = {
+                "enabled": release is not None,
+                **(release.to_dict() if release is not None else {}),
+            }
         else:
-            out["embedding_noise"] = {"noise_multiplier": self.cfg.embedding_noise, "clip": self.cfg.embedding_clip,
-                                      "accounted": False}
+            out["embedding_noise"] = {
+                "noise_multiplier": self.cfg.embedding_noise,
+                "clip": self.cfg.embedding_clip,
+                "accounted": False,
+            }
         return out
 
     def _check_positions(self, positions: np.ndarray, allowed: np.ndarray, what: str) -> None:
         if positions.ndim != 1 or (len(positions) and not np.isin(positions, allowed).all()):
-            raise DataError(f"requested rows are not all {what} customers of the aligned set; refusing to release them")
+            raise DataError(
+                f"requested rows are not all {what} customers of the aligned set; refusing to release them"
+            )
 
 
 def _safe(text: str) -> str:

@@ -40,10 +40,26 @@ from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
 
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
-ACTIONS = ("vertical_hello", "vertical_setup", "vertical_check", "vertical_begin", "vertical_forward", "vertical_step",
-           "vertical_backward", "vertical_embed", "vertical_fit", "vertical_finish")
-TRAIN_ACTIONS = ("vertical_begin", "vertical_forward", "vertical_step", "vertical_backward", "vertical_fit",
-                 "vertical_finish")
+ACTIONS = (
+    "vertical_hello",
+    "vertical_setup",
+    "vertical_check",
+    "vertical_begin",
+    "vertical_forward",
+    "vertical_step",
+    "vertical_backward",
+    "vertical_embed",
+    "vertical_fit",
+    "vertical_finish",
+)
+TRAIN_ACTIONS = (
+    "vertical_begin",
+    "vertical_forward",
+    "vertical_step",
+    "vertical_backward",
+    "vertical_fit",
+    "vertical_finish",
+)
 
 
 def message_type(action: str) -> str:
@@ -70,7 +86,9 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
             content = _HANDLERS[action](session, cfg_raw, msg.content)
         except FedCustomerError as exc:
-            return Message(error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            return Message(
+                error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg
+            )
         content["partner"] = ConfigRecord({"name": session.name, "role": session.cfg.role})
         return Message(content=content, reply_to=msg)
 
@@ -97,11 +115,17 @@ def _setup(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordD
 
 def _decision(decision: Any) -> RecordDict:
     info = {"ok": decision.ok, "reason": decision.reason or ""}
-    out = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in decision.metrics.items()}),
-                      "decision": ConfigRecord(info)})
+    out = RecordDict(
+        {
+            "metrics": MetricRecord({k: float(v) for k, v in decision.metrics.items()}),
+            "decision": ConfigRecord(info),
+        }
+    )
     if decision.batches is not None:
         sizes = torch.as_tensor([len(b) for b in decision.batches], dtype=torch.int64)
-        flat = torch.as_tensor(np.concatenate(decision.batches) if decision.batches else np.zeros(0), dtype=torch.int64)
+        flat = torch.as_tensor(
+            np.concatenate(decision.batches) if decision.batches else np.zeros(0), dtype=torch.int64
+        )
         out["arrays"] = ArrayRecord({"batch-positions": flat, "batch-sizes": sizes})
     return out
 
@@ -121,8 +145,9 @@ def _forward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> Recor
 
 def _step(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
     grads = s.step(int(cfg["round"]), int(cfg["step"]), _arrays(content, "embeddings")["embeddings"].float())
-    return RecordDict({"arrays": ArrayRecord({"gradients": grads}),
-                       "metrics": MetricRecord({"step": float(cfg["step"])})})
+    return RecordDict(
+        {"arrays": ArrayRecord({"gradients": grads}), "metrics": MetricRecord({"step": float(cfg["step"])})}
+    )
 
 
 def _backward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
@@ -146,7 +171,13 @@ def _finish(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> Record
 
 
 _HANDLERS: dict[str, Callable[[PartySession, dict[str, Any], RecordDict], RecordDict]] = {
-    "vertical_setup": _setup, "vertical_check": _check, "vertical_begin": _begin, "vertical_forward": _forward,
-    "vertical_step": _step, "vertical_backward": _backward, "vertical_embed": _embed,
-    "vertical_fit": _fit, "vertical_finish": _finish,
+    "vertical_setup": _setup,
+    "vertical_check": _check,
+    "vertical_begin": _begin,
+    "vertical_forward": _forward,
+    "vertical_step": _step,
+    "vertical_backward": _backward,
+    "vertical_embed": _embed,
+    "vertical_fit": _fit,
+    "vertical_finish": _finish,
 }

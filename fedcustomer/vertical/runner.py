@@ -32,9 +32,17 @@ from fedcustomer.clients.app import resolve_home
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
-from fedcustomer.privacy.psi_protocol import load_alignment, run_psi_on_grid
+from fedcustomer.privacy.psi_protocol import run_psi_on_grid
+from fedcustomer.privacy.psi_state import load_alignment
 from fedcustomer.vertical.data import (
-    ACTIVE, PASSIVE, PartyPlan, alignment_path, party_frames, plan_parties, provision_party, save_pseudonym_alignment,
+    ACTIVE,
+    PASSIVE,
+    PartyPlan,
+    alignment_path,
+    party_frames,
+    plan_parties,
+    provision_party,
+    save_pseudonym_alignment,
 )
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.protocol import message_type, register_vertical_handlers
@@ -80,7 +88,9 @@ class _Wire:
         self.grid, self.timeout = grid, timeout
         self.names: dict[int, str] = {}
 
-    def ask(self, node: int, action: str, config: dict[str, Any], arrays: dict[str, torch.Tensor] | None = None) -> RecordDict:
+    def ask(
+        self, node: int, action: str, config: dict[str, Any], arrays: dict[str, torch.Tensor] | None = None
+    ) -> RecordDict:
         content = RecordDict({"config": ConfigRecord(config)})
         if arrays is not None:
             content["arrays"] = ArrayRecord(arrays)
@@ -88,30 +98,59 @@ class _Wire:
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
         who = self.names.get(node, f"node {node}")
         if not replies:
-            raise FederationError(f"partner {who} did not answer {action} (node lost or timed out); the vertical job "
-                                  "cannot go on without both parties")
+            raise FederationError(
+                f"partner {who} did not answer {action} (node lost or timed out); the vertical job "
+                "cannot go on without both parties"
+            )
         reply = replies[0]
         if reply.has_error():
             raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
         return reply.content
 
 
-def _session_config(job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int,
-                    reserve_epsilon: float = 0.0) -> dict[str, Any]:
+def _session_config(
+    job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int, reserve_epsilon: float = 0.0
+) -> dict[str, Any]:
     return {
-        "run-id": job.run_id, "role": plan.role, "name": plan.name, "peer": peer, "dataset": plan.dataset,
-        "feature-spec": json.dumps(plan.spec.to_dict()), "task": job.task, "rounds": job.rounds,
-        "batch-size": job.batch_size, "lr": job.lr, "optimizer": job.optimizer, "embed-dim": job.embed_dim,
-        "hidden": job.hidden, "passive-embed-dim": passive_dim, "dp": job.dp, "max-grad-norm": job.max_grad_norm,
-        "label-dp": job.label_dp, "label-epsilon": job.label_epsilon, "label-bound": job.label_bound,
-        "embedding-noise": job.embedding_noise, "embedding-clip": job.embedding_clip,
-        "max-noise-multiplier": job.max_noise_multiplier, "test-fraction": job.test_fraction, "seed": job.seed,
-        "steps-per-round": 0, "sample-rate": 0.0, "reserve-epsilon": reserve_epsilon,
+        "run-id": job.run_id,
+        "role": plan.role,
+        "name": plan.name,
+        "peer": peer,
+        "dataset": plan.dataset,
+        "feature-spec": json.dumps(plan.spec.to_dict()),
+        "task": job.task,
+        "rounds": job.rounds,
+        "batch-size": job.batch_size,
+        "lr": job.lr,
+        "optimizer": job.optimizer,
+        "embed-dim": job.embed_dim,
+        "hidden": job.hidden,
+        "passive-embed-dim": passive_dim,
+        "dp": job.dp,
+        "max-grad-norm": job.max_grad_norm,
+        "label-dp": job.label_dp,
+        "label-epsilon": job.label_epsilon,
+        "label-bound": job.label_bound,
+        "embedding-noise": job.embedding_noise,
+        "embedding-clip": job.embedding_clip,
+        "max-noise-multiplier": job.max_noise_multiplier,
+        "test-fraction": job.test_fraction,
+        "seed": job.seed,
+        "steps-per-round": 0,
+        "sample-rate": 0.0,
+        "reserve-epsilon": reserve_epsilon,
     }
 
 
-def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | None, *,
-          peer_of_active: str | None = None, reserve_epsilon: float = 0.0) -> DriveResult:
+def drive(
+    grid: Grid,
+    job: VerticalJob,
+    active: PartyPlan,
+    passive: PartyPlan | None,
+    *,
+    peer_of_active: str | None = None,
+    reserve_epsilon: float = 0.0,
+) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
     ``reserve_epsilon`` is left unspent in the label owner's budget (for the baseline).
@@ -125,18 +164,32 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
     wanted = [active.name] + ([passive.name] if passive else [])
     absent = [n for n in wanted if n not in nodes]
     if absent:
-        raise FederationError(f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})")
-    cfg = {ACTIVE: _session_config(job, active, peer_of_active or (passive.name if passive else active.name),
-                                   job.embed_dim if passive else 0, reserve_epsilon)}
+        raise FederationError(
+            f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})"
+        )
+    cfg = {
+        ACTIVE: _session_config(
+            job,
+            active,
+            peer_of_active or (passive.name if passive else active.name),
+            job.embed_dim if passive else 0,
+            reserve_epsilon,
+        )
+    }
     if passive:
         cfg[PASSIVE] = _session_config(job, passive, active.name, job.embed_dim)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
-    sizes = {k: float(v) for k, v in dict(wire.ask(node_of[ACTIVE], "vertical_setup", cfg[ACTIVE])["metrics"]).items()}
+    sizes = {
+        k: float(v)
+        for k, v in dict(wire.ask(node_of[ACTIVE], "vertical_setup", cfg[ACTIVE])["metrics"]).items()
+    }
     if passive:
         other = dict(wire.ask(node_of[PASSIVE], "vertical_setup", cfg[PASSIVE])["metrics"])
         if int(other["aligned"]) != int(sizes["aligned"]):
-            raise FederationError(f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
-                                  f"{int(other['aligned'])} customers); run the PSI again")
+            raise FederationError(
+                f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
+                f"{int(other['aligned'])} customers); run the PSI again"
+            )
     q = min(1.0, job.batch_size / sizes["train"])
     steps = job.steps_per_round or max(1, int(1 / q))
     for c in cfg.values():
@@ -147,7 +200,10 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
     for rnd in range(1, job.rounds + 1):
         t0 = time.perf_counter()
         report = VerticalRound(rnd, "refused")
-        for phase in ("vertical_check", "vertical_begin"):  # check both first, so a refusal costs nobody anything
+        for phase in (
+            "vertical_check",
+            "vertical_begin",
+        ):  # check both first, so a refusal costs nobody anything
             for role in roles:
                 reply = wire.ask(node_of[role], phase, cfg[role] | {"round": rnd})
                 decision = dict(reply["decision"])
@@ -159,36 +215,61 @@ def drive(grid: Grid, job: VerticalJob, active: PartyPlan, passive: PartyPlan | 
                     report.refused_by, report.reason = name_of[role], str(decision["reason"])
                     report.wall_time_s = time.perf_counter() - t0
                     rounds.append(report)
-                    return DriveResult("stopped", rounds, f"round {rnd}: {name_of[role]} refused: {decision['reason']}",
-                                       _finish(wire, node_of, cfg, rnd), sizes)
+                    return DriveResult(
+                        "stopped",
+                        rounds,
+                        f"round {rnd}: {name_of[role]} refused: {decision['reason']}",
+                        _finish(wire, node_of, cfg, rnd),
+                        sizes,
+                    )
                 if phase == "vertical_begin" and role == ACTIVE and passive:
                     arrays = reply["arrays"].to_torch_state_dict()
                     batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
         if passive:
             for t, pos in enumerate(batches):  # passive phase: public batches, gradients from the label head
                 step_cfg = {"round": rnd, "step": t}
-                emb = wire.ask(node_of[PASSIVE], "vertical_forward", cfg[PASSIVE] | step_cfg,
-                               {"positions": pos})["arrays"].to_torch_state_dict()["embeddings"]
-                grads = wire.ask(node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg,
-                                 {"embeddings": emb})["arrays"].to_torch_state_dict()["gradients"]
-                wire.ask(node_of[PASSIVE], "vertical_backward", cfg[PASSIVE] | step_cfg,
-                         {"positions": pos, "gradients": grads})
+                emb = wire.ask(
+                    node_of[PASSIVE], "vertical_forward", cfg[PASSIVE] | step_cfg, {"positions": pos}
+                )["arrays"].to_torch_state_dict()["embeddings"]
+                grads = wire.ask(
+                    node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg, {"embeddings": emb}
+                )["arrays"].to_torch_state_dict()["gradients"]
+                wire.ask(
+                    node_of[PASSIVE],
+                    "vertical_backward",
+                    cfg[PASSIVE] | step_cfg,
+                    {"positions": pos, "gradients": grads},
+                )
         all_emb = None
         if passive:
             all_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
             all_emb = all_emb.to_torch_state_dict()["embeddings"]
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
-        metrics = wire.ask(node_of[ACTIVE], "vertical_fit", cfg[ACTIVE] | {"round": rnd},
-                           {"embeddings": all_emb} if all_emb is not None else None)["metrics"]
-        report.status, report.metrics, report.steps = "trained", {k: float(v) for k, v in dict(metrics).items()}, steps
+        metrics = wire.ask(
+            node_of[ACTIVE],
+            "vertical_fit",
+            cfg[ACTIVE] | {"round": rnd},
+            {"embeddings": all_emb} if all_emb is not None else None,
+        )["metrics"]
+        report.status, report.metrics, report.steps = (
+            "trained",
+            {k: float(v) for k, v in dict(metrics).items()},
+            steps,
+        )
         report.wall_time_s = time.perf_counter() - t0
         rounds.append(report)
-        log.info("vertical round %s/%s: %s", rnd, job.rounds,
-                 ", ".join(f"{k} {v:.4g}" for k, v in report.metrics.items()))
+        log.info(
+            "vertical round %s/%s: %s",
+            rnd,
+            job.rounds,
+            ", ".join(f"{k} {v:.4g}" for k, v in report.metrics.items()),
+        )
     return DriveResult("completed", rounds, None, _finish(wire, node_of, cfg, job.rounds), sizes)
 
 
-def _finish(wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], rnd: int) -> dict[str, dict[str, Any]]:
+def _finish(
+    wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], rnd: int
+) -> dict[str, dict[str, Any]]:
     out = {}
     for role, node in node_of.items():
         reply = wire.ask(node, "vertical_finish", cfg[role] | {"round": rnd})
@@ -196,8 +277,9 @@ def _finish(wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]]
     return out
 
 
-def run_vertical_on_grid(grid: Grid, job: VerticalJob, *, baseline_grid: Grid | None = None,
-                         psi_size: int | None = None) -> dict[str, Any]:
+def run_vertical_on_grid(
+    grid: Grid, job: VerticalJob, *, baseline_grid: Grid | None = None, psi_size: int | None = None
+) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
     The baseline is another release about the label owner's customers: ``baseline_grid``
@@ -211,7 +293,10 @@ def run_vertical_on_grid(grid: Grid, job: VerticalJob, *, baseline_grid: Grid | 
     out = Path(job.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     job.write(out / "config.json")
-    specs = {p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()} for p in (active, passive)}
+    specs = {
+        p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()}
+        for p in (active, passive)
+    }
     (out / "feature_specs.json").write_text(json.dumps(specs, indent=2) + "\n", encoding="utf-8")
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     try:
@@ -234,49 +319,99 @@ def _partners(result: DriveResult, active: PartyPlan, passive: PartyPlan | None)
     rows = []
     for plan in [p for p in (active, passive) if p is not None]:
         eps = [r.epsilon[plan.name] for r in result.rounds if plan.name in r.epsilon]
-        target = next((r.epsilon_target[plan.name] for r in result.rounds if plan.name in r.epsilon_target), None)
+        target = next(
+            (r.epsilon_target[plan.name] for r in result.rounds if plan.name in r.epsilon_target), None
+        )
         acc = result.accounting.get(plan.name, {})
-        rows.append({
-            "name": plan.name, "role": plan.role, "dataset": plan.dataset,
-            "epsilon_spent": eps[-1] if eps else (0.0 if acc.get("dp") else None), "epsilon_target": target,
-            "delta": acc.get("delta"), "rounds_trained": result.rounds_completed,
-            "rounds_refused": sum(r.refused_by == plan.name for r in result.rounds),
-            "refusals": [{"round": r.round, "reason": r.reason} for r in result.rounds if r.refused_by == plan.name],
-            "accounting": acc,
-        })
+        rows.append(
+            {
+                "name": plan.name,
+                "role": plan.role,
+                "dataset": plan.dataset,
+                "epsilon_spent": eps[-1] if eps else (0.0 if acc.get("dp") else None),
+                "epsilon_target": target,
+                "delta": acc.get("delta"),
+                "rounds_trained": result.rounds_completed,
+                "rounds_refused": sum(r.refused_by == plan.name for r in result.rounds),
+                "refusals": [
+                    {"round": r.round, "reason": r.reason} for r in result.rounds if r.refused_by == plan.name
+                ],
+                "accounting": acc,
+            }
+        )
     return rows
 
 
-def _write_outputs(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResult | None,
-                   active: PartyPlan, passive: PartyPlan, psi_size: int | None) -> dict[str, Any]:
+def _write_outputs(
+    out: Path,
+    job: VerticalJob,
+    result: DriveResult,
+    baseline: DriveResult | None,
+    active: PartyPlan,
+    passive: PartyPlan,
+    psi_size: int | None,
+) -> dict[str, Any]:
     metric = PRIMARY_METRIC[job.task]
     final = result.final_metrics if result.status != "failed" else {}
     base_final = baseline.final_metrics if baseline is not None and baseline.status != "failed" else {}
     has_model = result.status != "failed" and result.rounds_completed > 0
     partners = _partners(result, active, passive)
-    base_eps = [r.epsilon[active.name] for r in (baseline.rounds if baseline else []) if active.name in r.epsilon]
+    base_eps = [
+        r.epsilon[active.name] for r in (baseline.rounds if baseline else []) if active.name in r.epsilon
+    ]
     for row in partners:  # what the party's ledger holds for this job: joint model and comparison model
-        row["epsilon_spent_all_releases"] = base_eps[-1] if row["name"] == active.name and base_eps else row["epsilon_spent"]
+        row["epsilon_spent_all_releases"] = (
+            base_eps[-1] if row["name"] == active.name and base_eps else row["epsilon_spent"]
+        )
     summary = {
-        "schema_version": SUMMARY_SCHEMA_VERSION, "mode": "vertical", "run_id": job.run_id, "task": job.task,
-        "data": job.data, "dp": job.dp, "status": result.status, "stop_reason": result.stop_reason,
-        "rounds_planned": job.rounds, "rounds_completed": result.rounds_completed, "psi_size": psi_size,
-        "aligned_train": int(result.sizes.get("train", 0)) or None, "aligned_test": int(result.sizes.get("test", 0)) or None,
-        "primary_metric": metric, "metrics": _clean(final), "partners": partners,
-        "privacy": {"label_dp": job.dp and job.label_dp,
-                    "label_epsilon": job.label_epsilon if job.dp and job.label_dp else None,
-                    "embedding_noise": {"noise_multiplier": job.embedding_noise, "clip": job.embedding_clip,
-                                        "accounted": False}},
-        "baseline": None if baseline is None else {
-            "name": f"{active.name}-only", "status": baseline.status, "stop_reason": baseline.stop_reason,
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "mode": "vertical",
+        "run_id": job.run_id,
+        "task": job.task,
+        "data": job.data,
+        "dp": job.dp,
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "rounds_planned": job.rounds,
+        "rounds_completed": result.rounds_completed,
+        "psi_size": psi_size,
+        "aligned_train": int(result.sizes.get("train", 0)) or None,
+        "aligned_test": int(result.sizes.get("test", 0)) or None,
+        "primary_metric": metric,
+        "metrics": _clean(final),
+        "partners": partners,
+        "privacy": {
+            "label_dp": job.dp and job.label_dp,
+            "label_epsilon": job.label_epsilon if job.dp and job.label_dp else None,
+            "embedding_noise": {
+                "noise_multiplier": job.embedding_noise,
+                "clip": job.embedding_clip,
+                "accounted": False,
+            },
+        },
+        "baseline": None
+        if baseline is None
+        else {
+            "name": f"{active.name}-only",
+            "status": baseline.status,
+            "stop_reason": baseline.stop_reason,
             "charged_to": f"{active.name}'s ledger (the same budget as the joint model)" if job.dp else None,
             "epsilon_reserved": job.baseline_epsilon if job.dp else None,
-            "metrics": _clean(base_final), "partners": _partners(baseline, active, None),
+            "metrics": _clean(base_final),
+            "partners": _partners(baseline, active, None),
         },
-        "comparison": {f"{active.name}_only_{metric}": base_final.get(metric), f"vertical_{metric}": final.get(metric)},
-        "model": {"file": None, "final": has_model, "held_by": "parties",
-                  "parts": {p.name: f"state/vertical/run-{job.run_id}-{p.role}-final.pt" for p in (active, passive)}
-                  if has_model else {}},
+        "comparison": {
+            f"{active.name}_only_{metric}": base_final.get(metric),
+            f"vertical_{metric}": final.get(metric),
+        },
+        "model": {
+            "file": None,
+            "final": has_model,
+            "held_by": "parties",
+            "parts": {p.name: f"state/vertical/run-{job.run_id}-{p.role}-final.pt" for p in (active, passive)}
+            if has_model
+            else {},
+        },
         "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
     }
     _atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -289,7 +424,12 @@ def _metrics_csv(out: Path, result: DriveResult, baseline: DriveResult | None) -
     base = {r.round: r for r in (baseline.rounds if baseline else [])}
     rows = []
     for r in result.rounds:
-        row: dict[str, Any] = {"round": r.round, "status": r.status, "steps": r.steps, "wall_time_s": round(r.wall_time_s, 4)}
+        row: dict[str, Any] = {
+            "round": r.round,
+            "status": r.status,
+            "steps": r.steps,
+            "wall_time_s": round(r.wall_time_s, 4),
+        }
         row.update({f"eval_{k}": v for k, v in r.metrics.items()})
         row.update({f"epsilon_{k}": v for k, v in r.epsilon.items()})
         if r.round in base:
@@ -316,7 +456,11 @@ def _plots(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResu
     metric = PRIMARY_METRIC[job.task]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, res in (("vertical", result), ("label owner only", baseline)):
-        pts = [(r.round, r.metrics.get(metric, math.nan)) for r in (res.rounds if res else []) if r.status == "trained"]
+        pts = [
+            (r.round, r.metrics.get(metric, math.nan))
+            for r in (res.rounds if res else [])
+            if r.status == "trained"
+        ]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xlabel("round")
@@ -375,8 +519,9 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
 
 
-def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan,
-                 seed: int | None = None) -> int:
+def align_by_psi(
+    home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan, seed: int | None = None
+) -> int:
     """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
 
     The same exchange a deployment runs (:mod:`fedcustomer.privacy.psi_protocol`): each
@@ -396,11 +541,20 @@ def align_by_psi(home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, pl
 
     grid = LocalGrid(make_client_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
     node_a, node_b = grid.get_node_ids()
-    view = run_psi_on_grid(grid, node_a, node_b, plan_a.dataset, plan_b.dataset,
-                           name_a=home_a.config().name, name_b=home_b.config().name)
+    view = run_psi_on_grid(
+        grid,
+        node_a,
+        node_b,
+        plan_a.dataset,
+        plan_b.dataset,
+        name_a=home_a.config().name,
+        name_b=home_b.config().name,
+    )
     fresh = {"a": load_alignment(home_a, view.session_id), "b": load_alignment(home_b, view.session_id)}
     sides = {"a": (home_a, plan_a, plan_b.name), "b": (home_b, plan_b, plan_a.name)}
-    earlier = {k: _saved_alignment(alignment_path(h, plan.dataset, peer)) for k, (h, plan, peer) in sides.items()}
+    earlier = {
+        k: _saved_alignment(alignment_path(h, plan.dataset, peer)) for k, (h, plan, peer) in sides.items()
+    }
     if all(earlier.values()):
         orders = {k: _onto_earlier(fresh[k], earlier[k], home_a.root.parent, seed) for k in sides}  # type: ignore[arg-type]
         fresh = orders
@@ -421,11 +575,13 @@ def _onto_earlier(new: list[str], saved: dict[str, Any], homes: Path, seed: int 
     if saved.get("seed") is not None and seed is not None and int(saved["seed"]) != int(seed):
         raise ConfigError(
             f"the homes in {homes} drew their vertical held-out split with --seed {saved['seed']}; another seed would "
-            "move earlier training customers into the held-out set. Use the same --seed, or a new --homes directory")
+            "move earlier training customers into the held-out set. Use the same --seed, or a new --homes directory"
+        )
     if None in old or sorted(old) != sorted(new) or len(set(new)) != len(new):  # an erasure is a change too
         raise ConfigError(
             f"the customers the parties share changed since the first vertical job on the homes in {homes}; a new "
-            "held-out split would mix earlier training and held-out customers. Use a new --homes directory")
+            "held-out split would mix earlier training and held-out customers. Use a new --homes directory"
+        )
     return old
 
 

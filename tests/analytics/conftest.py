@@ -14,4 +14,6 @@ REGIONS = ["north", "south", "east", "west", "central"]
 
 @pytest.fixture
 def homes(tmp_path: Path) -> list[PartnerHome]:
-    return setup_synthetic(tmp_path / "partners", 3, seed=3, customers=(200, 150, 250), budget=DatasetBudget(5.0, 1e-5))
+    return setup_synthetic(
+        tmp_path / "partners", 3, seed=3, customers=(200, 150, 250), budget=DatasetBudget(5.0, 1e-5)
+    )

@@ -17,8 +17,14 @@ from .conftest import REGIONS
 
 
 def test_combined_count_is_the_sum_of_the_partners_noisy_releases(homes: list[PartnerHome]) -> None:
-    spec = QuerySpec(dataset="retailer", kind="count", group_by=("region",), groups={"region": tuple(REGIONS)},
-                     epsilon=1.0, query_id="q-fed")
+    spec = QuerySpec(
+        dataset="retailer",
+        kind="count",
+        group_by=("region",),
+        groups={"region": tuple(REGIONS)},
+        epsilon=1.0,
+        query_id="q-fed",
+    )
     result = run_inprocess(homes, spec)
     releases = [answer_query(h, spec) for h in homes]  # replays: the same noisy values, no new charge
     expected = np.sum([r["stats"]["count"] for r in releases], axis=0)

@@ -37,12 +37,16 @@ def test_laplace_calibration_splits_epsilon_over_statistics() -> None:
 
 def test_gaussian_calibration_costs_exactly_epsilon_in_the_ledgers_accounting() -> None:
     cal = m.calibrate(m.GAUSSIAN, 1.0, 1e-6, 1)
-    assert accounting.epsilon([GaussianSteps(cal.noise_multiplier, 1.0, 1)], 1e-6) == pytest.approx(1.0, rel=1e-3)
+    assert accounting.epsilon([GaussianSteps(cal.noise_multiplier, 1.0, 1)], 1e-6) == pytest.approx(
+        1.0, rel=1e-3
+    )
     assert m.calibrate(m.GAUSSIAN, 1.0, 1e-6, 4).normalised_scale == pytest.approx(2 * cal.noise_multiplier)
 
 
-@pytest.mark.parametrize("mechanism, eps, delta", [("laplace", 1.0, 1e-6), ("gaussian", 1.0, 0.0),
-                                                   ("laplace", 0.0, 0.0), ("median", 1.0, 0.0)])
+@pytest.mark.parametrize(
+    "mechanism, eps, delta",
+    [("laplace", 1.0, 1e-6), ("gaussian", 1.0, 0.0), ("laplace", 0.0, 0.0), ("median", 1.0, 0.0)],
+)
 def test_bad_calibration_requests_are_refused(mechanism: str, eps: float, delta: float) -> None:
     with pytest.raises(ConfigError):
         m.calibrate(mechanism, eps, delta, 1)
@@ -77,7 +81,10 @@ def test_box_ratio_interval_covers_at_least_the_stated_rate() -> None:
     s_noisy = m.release(s_true / 100.0, c_cnt) * 100.0
     n_hw = c_cnt.noise_for(1.0).halfwidth(0.975)
     s_hw = c_cnt.noise_for(100.0).halfwidth(0.975)
-    hits = [lo <= 37.5 <= hi for _, lo, hi in (m.box_ratio(s, s_hw, n, n_hw, 0, 100) for s, n in zip(s_noisy, n_noisy))]
+    hits = [
+        lo <= 37.5 <= hi
+        for _, lo, hi in (m.box_ratio(s, s_hw, n, n_hw, 0, 100) for s, n in zip(s_noisy, n_noisy))
+    ]
     assert np.mean(hits) >= 0.95
 
 

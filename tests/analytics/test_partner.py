@@ -17,8 +17,15 @@ from .conftest import REGIONS
 
 
 def _count(eps: float = 1.0, qid: str = "q-count", **kw) -> QuerySpec:
-    return QuerySpec(dataset="retailer", kind="count", group_by=("region",), groups={"region": tuple(REGIONS)},
-                     epsilon=eps, query_id=qid, **kw)
+    return QuerySpec(
+        dataset="retailer",
+        kind="count",
+        group_by=("region",),
+        groups={"region": tuple(REGIONS)},
+        epsilon=eps,
+        query_id=qid,
+        **kw,
+    )
 
 
 def _query_entries(home: PartnerHome) -> list:
@@ -62,14 +69,19 @@ def test_exhausted_budget_refuses_and_charges_nothing(homes: list[PartnerHome]) 
 def test_query_on_a_core_field_is_refused_by_policy_and_charges_nothing(homes: list[PartnerHome]) -> None:
     home = homes[0]
     with pytest.raises(AccessDenied, match="card_number"):
-        answer_query(home, QuerySpec(dataset="retailer", kind="count", field="card_number", epsilon=0.5, query_id="q-core"))
+        answer_query(
+            home,
+            QuerySpec(dataset="retailer", kind="count", field="card_number", epsilon=0.5, query_id="q-core"),
+        )
     assert ledger_for(home, "retailer").charges() == []
     [entry] = _query_entries(home)
     assert entry.decision == "denied" and "card_number" in entry.fields
 
 
 def test_grouping_by_a_sensitive_field_is_refused(homes: list[PartnerHome]) -> None:
-    spec = QuerySpec(dataset="retailer", kind="count", group_by=("age",), groups={"age": ("30", "40")}, epsilon=0.5)
+    spec = QuerySpec(
+        dataset="retailer", kind="count", group_by=("age",), groups={"age": ("30", "40")}, epsilon=0.5
+    )
     with pytest.raises(AccessDenied, match="public"):
         answer_query(homes[0], spec)
     assert ledger_for(homes[0], "retailer").charges() == []
@@ -97,8 +109,14 @@ def test_partner_without_a_store_reads_through_the_given_loader(tmp_path: Path) 
         seen.append((dataset, list(fields)))
         return frame
 
-    spec = QuerySpec(dataset="events", kind="funnel", field="funnel_stage", steps=("visit", "cart", "buy"),
-                     epsilon=1.0, query_id="q-funnel")
+    spec = QuerySpec(
+        dataset="events",
+        kind="funnel",
+        field="funnel_stage",
+        steps=("visit", "cart", "buy"),
+        epsilon=1.0,
+        query_id="q-funnel",
+    )
     release = answer_query(home, spec, load_frame=load)
     assert seen == [("events", ["funnel_stage"])]
     assert len(release["stats"]["hist"][0]) == 3

@@ -19,17 +19,34 @@ def analytics_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_rfm_show_truth_intervals_contain_true_sizes_and_ledger_shows_the_charge(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rfm"
-    code, stdout, err = run(["rfm", "--epsilon", "1", "--show-truth", "--seed", "7", "--confidence", "0.9999",
-                             "--out", str(out), "--json"], capsys)
+    code, stdout, err = run(
+        [
+            "rfm",
+            "--epsilon",
+            "1",
+            "--show-truth",
+            "--seed",
+            "7",
+            "--confidence",
+            "0.9999",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     payload = json.loads(stdout)
     assert (out / "rfm.json").exists() and (out / "rfm.png").stat().st_size > 0
     for row, truth in zip(payload["rows"], payload["truth"]):
         assert row["group"] == truth["group"]
         assert row["count"]["ci_low"] <= truth["count"] <= row["count"]["ci_high"]
-    code, stdout, _ = run(["budget", "show", "--home", str(out / "partners" / "retail_east"), "--json"], capsys)
+    code, stdout, _ = run(
+        ["budget", "show", "--home", str(out / "partners" / "retail_east"), "--json"], capsys
+    )
     report = json.loads(stdout)
     [ds] = report["datasets"]
     assert [c["query_id"] for c in ds["charges"]] == [payload["query_id"]]
@@ -41,38 +58,61 @@ def test_show_truth_is_refused_for_partner_homes(tmp_path: Path, capsys: pytest.
     assert code == 3 and "only allowed for a local simulated run" in err
 
 
-def test_query_spec_file_runs_and_writes_result_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_spec_file_runs_and_writes_result_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "q.yaml"
-    spec.write_text("id: spend-by-region\ndataset: retailer\nkind: sum\nfield: monetary_12m\nbounds: [0, 1000]\n"
-                    "group_by: [region]\ngroups: {region: [north, south, east, west, central]}\nepsilon: 0.5\n")
+    spec.write_text(
+        "id: spend-by-region\ndataset: retailer\nkind: sum\nfield: monetary_12m\nbounds: [0, 1000]\n"
+        "group_by: [region]\ngroups: {region: [north, south, east, west, central]}\nepsilon: 0.5\n"
+    )
     out = tmp_path / "q"
-    code, stdout, err = run(["query", "--spec", str(spec), "--data", "synthetic", "--partners", "2",
-                             "--out", str(out)], capsys)
+    code, stdout, err = run(
+        ["query", "--spec", str(spec), "--data", "synthetic", "--partners", "2", "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert "spend-by-region" in stdout and "clamped" in stdout
     result = json.loads((out / "result.json").read_text())
     assert len(result["rows"]) == 5 and result["partners"] == ["retail_east", "retail_west"]
     # asking again with the same id replays the same release without a new charge
-    code, _, _ = run(["query", "--spec", str(spec), "--homes", str(out / "partners"), "--out", str(out)], capsys)
+    code, _, _ = run(
+        ["query", "--spec", str(spec), "--homes", str(out / "partners"), "--out", str(out)], capsys
+    )
     assert code == 0
     code, stdout, _ = run(["budget", "show", "--home", str(out / "partners" / "retail_west")], capsys)
     assert stdout.count("spend-by-region") == 1
 
 
-def test_query_over_budget_exits_with_the_budget_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_over_budget_exits_with_the_budget_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "q.json"
     spec.write_text(json.dumps({"dataset": "retailer", "kind": "count", "epsilon": 50}))
-    code, _, err = run(["query", "--spec", str(spec), "--data", "synthetic", "--partners", "1",
-                        "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run(
+        [
+            "query",
+            "--spec",
+            str(spec),
+            "--data",
+            "synthetic",
+            "--partners",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 6 and "past the target" in err
-    code, stdout, _ = run(["budget", "show", "--home", str(tmp_path / "o" / "partners" / "retail_east"), "--json"],
-                          capsys)
+    code, stdout, _ = run(
+        ["budget", "show", "--home", str(tmp_path / "o" / "partners" / "retail_east"), "--json"], capsys
+    )
     ds = json.loads(stdout)["datasets"][0]
     assert ds["charges"] == [] and len(ds["refusals"]) == 1
 
 
 def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from fedcustomer.clients.home import PartnerHome
     from fedcustomer.data.store import PartnerStore
     from fedcustomer.privacy.access import Actor

@@ -36,9 +36,19 @@ def home(tmp_path: Path) -> Path:
         ("alice", "analyst", "query", "allowed", ("income",), "reporting", ()),
     ]
     for i, (actor, role, action, decision, fields, purpose, approvals) in enumerate(rows, start=1):
-        log.append(actor=actor, role=role, action=action, decision=decision, dataset="loans", fields=fields,
-                   purpose=purpose, approvals=approvals, row_count=10 * i, pseudonyms=[f"ps_{i:02d}"],
-                   details={"n": i})
+        log.append(
+            actor=actor,
+            role=role,
+            action=action,
+            decision=decision,
+            dataset="loans",
+            fields=fields,
+            purpose=purpose,
+            approvals=approvals,
+            row_count=10 * i,
+            pseudonyms=[f"ps_{i:02d}"],
+            details={"n": i},
+        )
     log.close()
     return h.root
 
@@ -74,7 +84,16 @@ def test_verify_json_report(home: Path, capsys: pytest.CaptureFixture[str]) -> N
     report = json.loads(out)
     assert code == 7
     assert report["ok"] is False and report["problem"] == "deleted" and report["first_bad_seq"] == 4
-    assert set(report) == {"ok", "entries", "checkpoints", "first_bad_seq", "problem", "message", "line", "file"}
+    assert set(report) == {
+        "ok",
+        "entries",
+        "checkpoints",
+        "first_bad_seq",
+        "problem",
+        "message",
+        "line",
+        "file",
+    }
 
 
 def test_verify_json_intact(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,7 +116,9 @@ def test_verify_truncated_log_exits_7(home: Path, capsys: pytest.CaptureFixture[
     assert code == 7 and json.loads(out)["problem"] == "truncated" and json.loads(out)["first_bad_seq"] == 4
 
 
-def test_verify_missing_audit_dir_is_a_clear_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_missing_audit_dir_is_a_clear_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = run(["audit", "verify", "--home", str(tmp_path / "empty")], capsys)
     assert code == ConfigError.exit_code and "no audit log at" in err
@@ -112,7 +133,9 @@ def test_verify_needs_exactly_one_of_home_and_log(home: Path, capsys: pytest.Cap
     assert code == ConfigError.exit_code
 
 
-def test_verify_with_unreadable_public_key_exits_8(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_with_unreadable_public_key_exits_8(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.pub"
     bad.write_text("not a key")
     code, _, err = run(["audit", "verify", "--log", str(home / "audit"), "--public-key", str(bad)], capsys)
@@ -126,7 +149,9 @@ def test_query_table_lists_matching_entries(home: Path, capsys: pytest.CaptureFi
 
 
 def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--field", "phone", "--format", "json"], capsys)
+    code, out, _ = run(
+        ["audit", "query", *ASKER, "--home", str(home), "--field", "phone", "--format", "json"], capsys
+    )
     doc = json.loads(out)
     assert code == 0 and doc["count"] == 2 and doc["filters"] == {"field": "phone"}
     assert [e["seq"] for e in doc["entries"]] == [2, 4]
@@ -144,14 +169,19 @@ def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture
         (["--since", "2999-01-01"], []),
     ],
 )
-def test_query_filters(home: Path, capsys: pytest.CaptureFixture[str], args: list[str], seqs: list[int]) -> None:
+def test_query_filters(
+    home: Path, capsys: pytest.CaptureFixture[str], args: list[str], seqs: list[int]
+) -> None:
     code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json", *args], capsys)
     assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == seqs
 
 
 def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "report.csv"
-    code, _, err = run(["audit", "query", *ASKER, "--home", str(home), "--purpose", "credit_risk", "--output", str(target)], capsys)
+    code, _, err = run(
+        ["audit", "query", *ASKER, "--home", str(home), "--purpose", "credit_risk", "--output", str(target)],
+        capsys,
+    )
     assert code == 0 and "wrote 4 entries" in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [r["seq"] for r in rows] == ["1", "3", "4", "5"]
@@ -160,7 +190,9 @@ def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.Cap
 
 
 def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "csv", "--decision", "denied"], capsys)
+    code, out, _ = run(
+        ["audit", "query", *ASKER, "--home", str(home), "--format", "csv", "--decision", "denied"], capsys
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 1 and rows[0]["actor"] == "bob" and rows[0]["decision"] == "denied"
 
@@ -181,17 +213,23 @@ def test_query_bad_options_are_config_errors(
     assert code == ConfigError.exit_code and match in err
 
 
-def test_query_refuses_a_tampered_log_unless_told_not_to_verify(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_refuses_a_tampered_log_unless_told_not_to_verify(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ls = _lines(home)
     ls[1] = ls[1].replace(b'"actor":"bob"', b'"actor":"bot"')
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
     code, out, err = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json"], capsys)
     assert code == 7 and out == "" and "entry 2" in err and "--no-verify" in err
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json", "--no-verify"], capsys)
+    code, out, _ = run(
+        ["audit", "query", *ASKER, "--home", str(home), "--format", "json", "--no-verify"], capsys
+    )
     assert code == 0 and json.loads(out)["entries"][1]["actor"] == "bot"
 
 
-def test_query_on_an_unparseable_log_exits_7_naming_the_line(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_on_an_unparseable_log_exits_7_naming_the_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ls = _lines(home)
     ls[1] = b"not json\n"
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
@@ -217,8 +255,16 @@ def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
 def test_query_csv_escapes_formula_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     h = PartnerHome.create(tmp_path / "shop", "shop")
     log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
-    log.append(actor="=cmd|' /C calc'!A0", role="analyst", action="read", decision="allowed", dataset="loans",
-               fields=("income",), purpose="+purpose", reason="@SUM(1)")
+    log.append(
+        actor="=cmd|' /C calc'!A0",
+        role="analyst",
+        action="read",
+        decision="allowed",
+        dataset="loans",
+        fields=("income",),
+        purpose="+purpose",
+        reason="@SUM(1)",
+    )
     log.close()
     code, out, _ = run(["audit", "query", *ASKER, "--home", str(h.root), "--format", "csv"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))

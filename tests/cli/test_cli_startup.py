@@ -22,9 +22,15 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["coordinator", "run", "--help"], ["budget", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["coordinator", "run", "--help"], ["budget", "--help"]]
+)
 def test_cli_help_imports_no_heavy_library(argv: list[str]) -> None:
     # a fresh interpreter: this test process has imported torch already
-    res = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []

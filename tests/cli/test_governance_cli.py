@@ -13,7 +13,6 @@ from .cli_runner import run
 ADMIN = ["--actor", "alice", "--role", "partner_admin"]
 
 
-
 @pytest.fixture()
 def bank_csv(tmp_path):
     frame, _ = plant_bad_rows(bank_frame(25))
@@ -27,7 +26,9 @@ def home(tmp_path, capsys, bank_csv):
     h = tmp_path / "home"
     code, _, err = run(["init", "--home", str(h), "--name", "bank_a"], capsys)
     assert code == 0, err
-    code, _, err = run(["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN], capsys)
+    code, _, err = run(
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN], capsys
+    )
     assert code == 0, err
     return h
 
@@ -35,8 +36,19 @@ def home(tmp_path, capsys, bank_csv):
 def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tmp_path, capsys):
     quality = tmp_path / "q.json"
     code, out, _ = run(
-        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(home), *ADMIN,
-         "--quality", str(quality), "--json"],
+        [
+            "ingest",
+            "--schema",
+            "bank",
+            "--input",
+            str(bank_csv[0]),
+            "--home",
+            str(home),
+            *ADMIN,
+            "--quality",
+            str(quality),
+            "--json",
+        ],
         capsys,
     )
     assert code == 0
@@ -50,20 +62,39 @@ def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tm
 def test_first_ingest_creates_the_home(tmp_path, bank_csv, capsys):
     h = tmp_path / "fresh"
     code, out, err = run(
-        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN, "--json"], capsys
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN, "--json"],
+        capsys,
     )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["rows"]["invalid"] == 5 and doc["rows"]["inserted"] == 20
-    assert (h / "store.db").exists() and (h / "keys" / "keyring.json").exists() and (h / "partner.toml").exists()
+    assert (
+        (h / "store.db").exists() and (h / "keys" / "keyring.json").exists() and (h / "partner.toml").exists()
+    )
 
 
 def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys):
     out_csv = tmp_path / "out.csv"
     code, out, err = run(
-        ["read", "--home", str(home), "--actor", "node:bank_a", "--role", "training_pipeline", "--purpose",
-         "training", "--fields", "age,income,defaulted", "--where", "region=north", "--where", "region=south",
-         "--output", str(out_csv)],
+        [
+            "read",
+            "--home",
+            str(home),
+            "--actor",
+            "node:bank_a",
+            "--role",
+            "training_pipeline",
+            "--purpose",
+            "training",
+            "--fields",
+            "age,income,defaulted",
+            "--where",
+            "region=north",
+            "--where",
+            "region=south",
+            "--output",
+            str(out_csv),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -74,8 +105,19 @@ def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys):
 
 def test_denied_read_exits_with_access_denied_code(home, capsys):
     code, _, err = run(
-        ["read", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst", "--purpose", "marketing",
-         "--fields", "full_name"],
+        [
+            "read",
+            "--home",
+            str(home),
+            "--actor",
+            "mia",
+            "--role",
+            "marketing_analyst",
+            "--purpose",
+            "marketing",
+            "--fields",
+            "full_name",
+        ],
         capsys,
     )
     assert code == AccessDenied.exit_code == 5
@@ -85,8 +127,20 @@ def test_denied_read_exits_with_access_denied_code(home, capsys):
 def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
     risk = ["--actor", "rick", "--role", "risk_officer"]
     code, out, _ = run(
-        ["approvals", "request", "--home", str(home), *risk, "--dataset", "bank", "--fields", "full_name",
-         "--purpose", "risk_review", "--json"],
+        [
+            "approvals",
+            "request",
+            "--home",
+            str(home),
+            *risk,
+            "--dataset",
+            "bank",
+            "--fields",
+            "full_name",
+            "--purpose",
+            "risk_review",
+            "--json",
+        ],
         capsys,
     )
     assert code == 0
@@ -94,16 +148,40 @@ def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
     code, out, _ = run(["approvals", "list", "--home", str(home), *ADMIN, "--json"], capsys)
     assert [p["request_id"] for p in json.loads(out)] == [rid]
     assert run(["approvals", "approve", rid, "--home", str(home), *ADMIN], capsys)[0] == 0
-    assert run(["approvals", "approve", rid, "--home", str(home), *ADMIN], capsys)[0] == 5  # same approver again
+    assert (
+        run(["approvals", "approve", rid, "--home", str(home), *ADMIN], capsys)[0] == 5
+    )  # same approver again
     code, out, _ = run(
-        ["approvals", "approve", rid, "--home", str(home), "--actor", "carol", "--role", "compliance_officer",
-         "--json"],
+        [
+            "approvals",
+            "approve",
+            rid,
+            "--home",
+            str(home),
+            "--actor",
+            "carol",
+            "--role",
+            "compliance_officer",
+            "--json",
+        ],
         capsys,
     )
     assert code == 0 and json.loads(out)["complete"] is True
     code, out, err = run(
-        ["read", "--home", str(home), *risk, "--purpose", "risk_review", "--fields", "full_name",
-         "--approval", rid, "--limit", "100"],
+        [
+            "read",
+            "--home",
+            str(home),
+            *risk,
+            "--purpose",
+            "risk_review",
+            "--fields",
+            "full_name",
+            "--approval",
+            rid,
+            "--limit",
+            "100",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -119,14 +197,27 @@ def test_keys_rotate_list_retire(home, capsys):
     assert run(["keys", "retire", "1", "--home", str(home), *ADMIN], capsys)[0] == 0
     code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN, "--json"], capsys)
     assert {v["version"]: v["status"] for v in json.loads(out)} == {1: "retired", 2: "active"}
-    code, _, _ = run(["keys", "list", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst"], capsys)
+    code, _, _ = run(
+        ["keys", "list", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst"], capsys
+    )
     assert code == AccessDenied.exit_code
 
 
 def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsys):
     cid = bank_csv[1].at[10, "customer_id"]
     code, _, _ = run(
-        ["erase", "--customer", cid, "--home", str(home), "--actor", "mia", "--role", "marketing_analyst", "--yes"],
+        [
+            "erase",
+            "--customer",
+            cid,
+            "--home",
+            str(home),
+            "--actor",
+            "mia",
+            "--role",
+            "marketing_analyst",
+            "--yes",
+        ],
         capsys,
     )
     assert code == AccessDenied.exit_code
@@ -146,15 +237,22 @@ def test_schema_draft(tmp_path, capsys):
     from fedcustomer.data.schema import Schema
 
     schema = Schema.load(out)
-    assert schema.field("national_id").tier == "core" and schema.field("national_id").validation.checksum == "prc_id"
-    assert run(["schema", "draft", "--input", str(src), "--output", str(out)], capsys)[0] == ConfigError.exit_code
+    assert (
+        schema.field("national_id").tier == "core"
+        and schema.field("national_id").validation.checksum == "prc_id"
+    )
+    assert (
+        run(["schema", "draft", "--input", str(src), "--output", str(out)], capsys)[0]
+        == ConfigError.exit_code
+    )
 
 
 def test_bad_schema_and_missing_home_give_clear_exit_codes(tmp_path, bank_csv, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nfields: []\n")
     code, _, err = run(
-        ["ingest", "--schema", str(bad), "--input", str(bank_csv[0]), "--home", str(tmp_path / "h"), *ADMIN], capsys
+        ["ingest", "--schema", str(bad), "--input", str(bank_csv[0]), "--home", str(tmp_path / "h"), *ADMIN],
+        capsys,
     )
     assert code == SchemaError.exit_code and "bad.yaml" in err
     code, _, err = run(
@@ -182,19 +280,23 @@ def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsy
     schema = tmp_path / "notes.yaml"
     schema.write_text(NOTE_SCHEMA)
     src = tmp_path / "notes.csv"
-    pd.DataFrame({"customer_id": ["C1", "C2", "C3"],
-                  "note": ['=HYPERLINK("http://evil","x")', "@SUM(A1)", "plain"]}).to_csv(src, index=False)
+    pd.DataFrame(
+        {"customer_id": ["C1", "C2", "C3"], "note": ['=HYPERLINK("http://evil","x")', "@SUM(A1)", "plain"]}
+    ).to_csv(src, index=False)
     h = tmp_path / "h"
-    code, _, err = run(["ingest", "--schema", str(schema), "--input", str(src), "--home", str(h), *ADMIN,
-                        "--name", "shop"], capsys)
+    code, _, err = run(
+        ["ingest", "--schema", str(schema), "--input", str(src), "--home", str(h), *ADMIN, "--name", "shop"],
+        capsys,
+    )
     assert code == 0, err
     out_csv = tmp_path / "notes-out.csv"
-    code, _, err = run(["read", "--home", str(h), *ADMIN, "--purpose", "administration", "--output", str(out_csv)],
-                       capsys)
+    code, _, err = run(
+        ["read", "--home", str(h), *ADMIN, "--purpose", "administration", "--output", str(out_csv)], capsys
+    )
     assert code == 0, err
     assert oct(out_csv.stat().st_mode & 0o777) == oct(0o600)
     notes = sorted(pd.read_csv(out_csv, index_col="pseudonym", keep_default_na=False)["note"])
-    assert notes == ["'=HYPERLINK(\"http://evil\",\"x\")", "'@SUM(A1)", "plain"]
+    assert notes == ['\'=HYPERLINK("http://evil","x")', "'@SUM(A1)", "plain"]
 
 
 @pytest.mark.timeout(120)
@@ -218,6 +320,7 @@ def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(h
 
 
 def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, capsys):
-    code, _, err = run(["approvals", "list", "--home", str(home), "--actor", "r\u0456ck", "--role", "risk_officer"],
-                       capsys)
+    code, _, err = run(
+        ["approvals", "list", "--home", str(home), "--actor", "r\u0456ck", "--role", "risk_officer"], capsys
+    )
     assert code == ConfigError.exit_code and "mixes scripts" in err and "Traceback" not in err

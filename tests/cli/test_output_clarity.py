@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.figure  # noqa: E402
-from rich.console import Console  # noqa: E402
+import matplotlib.figure
+from rich.console import Console
 
-from fedcustomer.cli import analytics as cli_analytics  # noqa: E402
-from fedcustomer.cli import main  # noqa: E402
-from fedcustomer.clients.home import DatasetBudget, PartnerHome  # noqa: E402
-from fedcustomer.privacy.accounting import GaussianSteps  # noqa: E402
-from fedcustomer.privacy.ledger import BudgetLedger  # noqa: E402
+from fedcustomer.cli import analytics as cli_analytics
+from fedcustomer.cli import main
+from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.ledger import BudgetLedger
 
 
 def _saved_figures(monkeypatch) -> list:
@@ -29,9 +29,21 @@ def test_metric_and_loss_have_one_labelled_axis_each(monkeypatch):
     from fedcustomer.server.rounds import PartnerRound, RoundReport
 
     figures = _saved_figures(monkeypatch)
-    rec = SimpleNamespace(out=None, job=SimpleNamespace(task="repayment"), rounds=[
-        RoundReport(r, [PartnerRound("bank0", "trained", metrics={"epsilon-total": r / 2, "epsilon-target": 3.0})],
-                    {}, {"auc": 0.6 + r / 20, "loss": 0.7 - r / 20}, 1.0, True) for r in (1, 2)])
+    rec = SimpleNamespace(
+        out=None,
+        job=SimpleNamespace(task="repayment"),
+        rounds=[
+            RoundReport(
+                r,
+                [PartnerRound("bank0", "trained", metrics={"epsilon-total": r / 2, "epsilon-target": 3.0})],
+                {},
+                {"auc": 0.6 + r / 20, "loss": 0.7 - r / 20},
+                1.0,
+                True,
+            )
+            for r in (1, 2)
+        ],
+    )
     monkeypatch.setattr("pathlib.Path.mkdir", lambda *a, **k: None)
     rec.out = __import__("pathlib").Path("/nonexistent-run")
     RunRecorder._plots(rec)
@@ -42,9 +54,21 @@ def test_metric_and_loss_have_one_labelled_axis_each(monkeypatch):
 
 def _result(kind: str, confidence: float):
     spec = SimpleNamespace(kind=kind, confidence=confidence, dataset="retailer", epsilon=1.0)
-    row = {"group": {"segment": "champions"}, "statistic": "mean", "label": None, "estimate": 50.0,
-           "ci_low": 40.0, "ci_high": 60.0, "count": {"group": {"segment": "champions"}, "statistic": "count", "estimate": 120.0, "ci_low": 100.0,
-                     "ci_high": 140.0}}
+    row = {
+        "group": {"segment": "champions"},
+        "statistic": "mean",
+        "label": None,
+        "estimate": 50.0,
+        "ci_low": 40.0,
+        "ci_high": 60.0,
+        "count": {
+            "group": {"segment": "champions"},
+            "statistic": "count",
+            "estimate": 120.0,
+            "ci_low": 100.0,
+            "ci_high": 140.0,
+        },
+    }
     return SimpleNamespace(spec=spec, rows=[row], partners=["a", "b"])
 
 
@@ -63,7 +87,8 @@ def test_budget_show_explains_per_row_epsilon_and_never_cuts_ids(tmp_path, monke
     home = PartnerHome.create(tmp_path / "bank0", "bank0", budget=DatasetBudget(3.0, 1e-5))
     run_id = "20261129-101010-" + "a1b2c3" * 8
     BudgetLedger(home.ledger_path, "loans", DatasetBudget(3.0, 1e-5)).charge_gaussian(
-        f"run:{run_id}:round:1", GaussianSteps(1.1, 0.05, 20), run_id=run_id, round=1)
+        f"run:{run_id}:round:1", GaussianSteps(1.1, 0.05, 20), run_id=run_id, round=1
+    )
     buf = io.StringIO()
     monkeypatch.setattr(cli_analytics, "console", Console(file=buf, width=80, color_system=None))
     try:

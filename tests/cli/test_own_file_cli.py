@@ -19,8 +19,9 @@ from tests.data.test_own_file import own_file
 
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
 
 
 def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -29,15 +30,29 @@ def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join(out.split())  # rich wraps long lines
 
 
-def test_own_file_through_the_governed_store_to_a_dp_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_own_file_through_the_governed_store_to_a_dp_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     whole = pd.read_csv(own_file(tmp_path / "all.csv", n=3000, seed=4))
     files = {"bank_a": tmp_path / "bank_a.csv", "bank_b": tmp_path / "bank_b.csv"}
     whole.iloc[:1500].to_csv(files["bank_a"], index=False)
     whole.iloc[1500:].to_csv(files["bank_b"], index=False)
     homes = tmp_path / "homes"
     schema_path = tmp_path / "customers.yaml"
-    out = _ok(["schema", "draft", "--input", str(files["bank_a"]), "--output", str(schema_path),
-               "--dataset", "customers", "--id-from-row"], capsys)
+    out = _ok(
+        [
+            "schema",
+            "draft",
+            "--input",
+            str(files["bank_a"]),
+            "--output",
+            str(schema_path),
+            "--dataset",
+            "customers",
+            "--id-from-row",
+        ],
+        capsys,
+    )
     assert "emp.var.rate -> emp_var_rate" in out
     # review: the admin declares public bounds for age (domain knowledge) before ingesting
     schema = replace_field(Schema.load(schema_path), "age", validation=Validation(min=18, max=100))
@@ -45,21 +60,88 @@ def test_own_file_through_the_governed_store_to_a_dp_model(tmp_path: Path, capsy
     for name, path in files.items():
         home = str(homes / name)
         _ok(["init", "--home", home, "--name", name], capsys)
-        _ok(["budget", "set", "--home", home, "--epsilon", "3", "--delta", "1e-5", "--actor", "alice"], capsys)
-        _ok(["ingest", "--schema", str(schema_path), "--input", str(path), "--home", home, "--actor", "alice",
-             "--role", "partner_admin", "--id-from-row"], capsys)
+        _ok(
+            ["budget", "set", "--home", home, "--epsilon", "3", "--delta", "1e-5", "--actor", "alice"], capsys
+        )
+        _ok(
+            [
+                "ingest",
+                "--schema",
+                str(schema_path),
+                "--input",
+                str(path),
+                "--home",
+                home,
+                "--actor",
+                "alice",
+                "--role",
+                "partner_admin",
+                "--id-from-row",
+            ],
+            capsys,
+        )
     spec_path = tmp_path / "spec.json"
-    code, out, err = run(["features", "draft", "--home", str(homes / "bank_a"), "--dataset", "customers",
-                          "--label", "default", "--output", str(spec_path)], capsys)
-    assert code != 0 and "without declared bounds: emp_var_rate, checking_status_a11, job_admin_" in " ".join(err.split())
-    _ok(["features", "draft", "--home", str(homes / "bank_a"), "--dataset", "customers", "--label", "default",
-         "--output", str(spec_path), "--bound", "emp_var_rate=-6:6", "--bound", "checking_status_a11=0:1",
-         "--bound", "job_admin_=0:1"], capsys)
+    code, out, err = run(
+        [
+            "features",
+            "draft",
+            "--home",
+            str(homes / "bank_a"),
+            "--dataset",
+            "customers",
+            "--label",
+            "default",
+            "--output",
+            str(spec_path),
+        ],
+        capsys,
+    )
+    assert code != 0 and "without declared bounds: emp_var_rate, checking_status_a11, job_admin_" in " ".join(
+        err.split()
+    )
+    _ok(
+        [
+            "features",
+            "draft",
+            "--home",
+            str(homes / "bank_a"),
+            "--dataset",
+            "customers",
+            "--label",
+            "default",
+            "--output",
+            str(spec_path),
+            "--bound",
+            "emp_var_rate=-6:6",
+            "--bound",
+            "checking_status_a11=0:1",
+            "--bound",
+            "job_admin_=0:1",
+        ],
+        capsys,
+    )
     spec = json.loads(spec_path.read_text())
-    assert {"type": "categorical", "name": "housing", "categories": ["free", "own", "rent"]} in spec["features"]
+    assert {"type": "categorical", "name": "housing", "categories": ["free", "own", "rent"]} in spec[
+        "features"
+    ]
 
-    result = fedcustomer("run", "--homes", str(homes), "--data", "customers", "--feature-spec", str(spec_path),
-                         "--partners", "2", "--rounds", "3", "--out", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    result = fedcustomer(
+        "run",
+        "--homes",
+        str(homes),
+        "--data",
+        "customers",
+        "--feature-spec",
+        str(spec_path),
+        "--partners",
+        "2",
+        "--rounds",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
@@ -72,8 +154,21 @@ def test_own_file_through_the_governed_store_to_a_dp_model(tmp_path: Path, capsy
 
 def test_own_file_with_run_data_path_records_its_notices(tmp_path: Path) -> None:
     data = own_file(tmp_path / "marketing.csv", n=1200)
-    result = fedcustomer("run", "--data", str(data), "--label", "default", "--partners", "2", "--rounds", "2",
-                         "--out", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    result = fedcustomer(
+        "run",
+        "--data",
+        str(data),
+        "--label",
+        "default",
+        "--partners",
+        "2",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)  # notices go to stderr, so stdout stays JSON
     notices = " ".join(summary["notices"])
@@ -81,4 +176,6 @@ def test_own_file_with_run_data_path_records_its_notices(tmp_path: Path) -> None
     assert "housing (3 categories)" in notices and "training rows (held-out rows never used)" in notices
     assert "no customer id column" in notices
     assert "notice:" in result.stderr and "Traceback" not in result.stderr
-    assert str(tmp_path / "run") not in result.stderr  # no internal (partner home) paths in what the user reads
+    assert (
+        str(tmp_path / "run") not in result.stderr
+    )  # no internal (partner home) paths in what the user reads

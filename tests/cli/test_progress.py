@@ -36,7 +36,9 @@ def test_baseline_reports_its_three_trainings_on_stderr(capsys, monkeypatch):
     import fedcustomer.models.baseline as baseline
     from fedcustomer.cli import main
 
-    fake = SimpleNamespace(name="m", metrics={"auc": 0.5}, epsilon=None, noise_multiplier=None, train_rows=1, test_rows=1)
+    fake = SimpleNamespace(
+        name="m", metrics={"auc": 0.5}, epsilon=None, noise_multiplier=None, train_rows=1, test_rows=1
+    )
     monkeypatch.setattr(sources, "load_partitions", lambda *a, **k: (None, []))
     monkeypatch.setattr(baseline, "train_centralised", lambda *a, **k: fake)
     monkeypatch.setattr(baseline, "gradient_boosting", lambda *a, **k: fake)

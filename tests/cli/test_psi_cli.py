@@ -18,18 +18,22 @@ from fedcustomer.privacy.crypto import normalize_id
 
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "300"}
-    return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)  # no wall-clock limit of its own: pytest-timeout is the one limit
+    return subprocess.run(
+        [sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )  # no wall-clock limit of its own: pytest-timeout is the one limit
 
 
-def _partner_files(tmp_path: Path, n_a: int, n_b: int, k: int, suffix: str = ".csv") -> tuple[Path, Path, set[str]]:
+def _partner_files(
+    tmp_path: Path, n_a: int, n_b: int, k: int, suffix: str = ".csv"
+) -> tuple[Path, Path, set[str]]:
     """Two partner files sharing exactly ``k`` customers (random ids, shuffled rows, other columns)."""
     shared = [f"CN{secrets.token_hex(6)}" for _ in range(k)]
     only_a = [f"CN{secrets.token_hex(6)}" for _ in range(n_a - k)]
     only_b = [f"CN{secrets.token_hex(6)}" for _ in range(n_b - k)]
     a = pd.DataFrame({"customer_id": shared + only_a, "balance": range(n_a)}).sample(frac=1, random_state=1)
-    b = pd.DataFrame({"customer_id": [s.lower() for s in shared] + only_b, "spend": range(n_b)}).sample(frac=1,
-                                                                                                     random_state=2)
+    b = pd.DataFrame({"customer_id": [s.lower() for s in shared] + only_b, "spend": range(n_b)}).sample(
+        frac=1, random_state=2
+    )
     pa, pb = tmp_path / f"bank{suffix}", tmp_path / f"shop{suffix}"
     for frame, path in ((a, pa), (b, pb)):
         frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
@@ -90,8 +94,9 @@ def test_oversize_file_is_refused_with_max_ids(tmp_path):
 def test_workers_and_custom_id_column(tmp_path):
     pd.DataFrame({"cid": ["x1", "x2", "x2", "x3"]}).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame({"cid": ["X2", "X3 ", "x4"]}).to_csv(tmp_path / "b.csv", index=False)
-    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", "--id-column", "cid", "--workers", "2", "--json",
-                      cwd=tmp_path)
+    res = fedcustomer(
+        "psi", "--a", "a.csv", "--b", "b.csv", "--id-column", "cid", "--workers", "2", "--json", cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["intersection_size"] == 2

@@ -15,14 +15,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fedcustomer(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fedcustomer", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _csv(path: Path, n: int = 300, **columns) -> Path:
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "income": rng.normal(50, 10, n),
-                          "age": rng.integers(18, 80, n), "default": rng.integers(0, 2, n)})
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "income": rng.normal(50, 10, n),
+            "age": rng.integers(18, 80, n),
+            "default": rng.integers(0, 2, n),
+        }
+    )
     for name, value in columns.items():
         if value is None:
             frame = frame.drop(columns=[name])
@@ -50,13 +62,17 @@ def _assert_clean_failure(result: subprocess.CompletedProcess, code: int, *needl
         (["--data", "uci-credit", "--task", "clv"], 3, "serves the repayment task only"),
     ],
 )
-def test_bad_options_exit_nonzero_with_a_clear_message(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
+def test_bad_options_exit_nonzero_with_a_clear_message(
+    tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
     _assert_clean_failure(fedcustomer("run", "--out", str(tmp_path / "r"), *args, cwd=tmp_path), code, needle)
 
 
 def test_missing_label_column_is_reported(tmp_path: Path) -> None:
     data = _csv(tmp_path / "bank.csv", default=None)
-    result = fedcustomer("run", "--data", str(data), "--label", "default", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = fedcustomer(
+        "run", "--data", str(data), "--label", "default", "--out", str(tmp_path / "r"), cwd=tmp_path
+    )
     _assert_clean_failure(result, 4, "default")
 
 
@@ -73,20 +89,36 @@ def test_empty_partner_is_reported(tmp_path: Path) -> None:
     folder.mkdir()
     _csv(folder / "bank_a.csv")
     _csv(folder / "bank_b.csv", n=0)
-    result = fedcustomer("run", "--data", str(folder), "--partners", "2", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = fedcustomer(
+        "run", "--data", str(folder), "--partners", "2", "--out", str(tmp_path / "r"), cwd=tmp_path
+    )
     _assert_clean_failure(result, 4, "bank_b")
 
 
 def test_missing_real_data_file_says_where_to_get_it(tmp_path: Path) -> None:
-    result = fedcustomer("run", "--data", "uci-credit", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = fedcustomer(
+        "run", "--data", "uci-credit", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), cwd=tmp_path
+    )
     _assert_clean_failure(result, 4, "UCI")
 
 
 @pytest.mark.slow
 def test_run_in_simulation_engine_learns_within_budget(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = fedcustomer("run", "--data", "synthetic", "--partners", "3", "--rounds", "4", "--epsilon", "3",
-                         "--out", str(out), cwd=tmp_path)
+    result = fedcustomer(
+        "run",
+        "--data",
+        "synthetic",
+        "--partners",
+        "3",
+        "--rounds",
+        "4",
+        "--epsilon",
+        "3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 4
@@ -100,8 +132,20 @@ def test_run_in_simulation_engine_learns_within_budget(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_tiny_epsilon_shows_refusals_and_never_overspends(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = fedcustomer("run", "--data", "synthetic", "--partners", "3", "--rounds", "30", "--epsilon", "0.05",
-                         "--out", str(out), cwd=tmp_path)
+    result = fedcustomer(
+        "run",
+        "--data",
+        "synthetic",
+        "--partners",
+        "3",
+        "--rounds",
+        "30",
+        "--epsilon",
+        "0.05",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     output = result.stdout + result.stderr
     assert "Traceback" not in output
     summary = json.loads((out / "summary.json").read_text())

@@ -13,14 +13,25 @@ import pytest
 
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "300"}
-    return subprocess.run([sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
 
 
 @pytest.mark.slow
 def test_vertical_repayment_on_synthetic_beats_the_bank_alone_within_both_budgets(tmp_path):
-    res = fedcustomer("run", "--mode", "vertical", "--task", "repayment", "--data", "synthetic",
-                      "--out", str(tmp_path / "run"), cwd=tmp_path)
+    res = fedcustomer(
+        "run",
+        "--mode",
+        "vertical",
+        "--task",
+        "repayment",
+        "--data",
+        "synthetic",
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "bank-only" in res.stdout and "vertical" in res.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -35,8 +46,9 @@ def test_vertical_repayment_on_synthetic_beats_the_bank_alone_within_both_budget
 
 
 def test_label_epsilon_must_leave_room_for_training(tmp_path):
-    res = fedcustomer("run-vertical", "--epsilon", "1", "--label-epsilon", "1", "--out", str(tmp_path / "run"),
-                      cwd=tmp_path)
+    res = fedcustomer(
+        "run-vertical", "--epsilon", "1", "--label-epsilon", "1", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
     assert res.returncode != 0
     assert "--label-epsilon" in res.stderr + res.stdout and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()

@@ -16,8 +16,13 @@ from fedcustomer.models.features import FeatureSpec, NumericFeature
 def _ingested_home(tmp_path: Path, n: int = 200) -> PartnerHome:
     rng = np.random.default_rng(0)
     path = tmp_path / "customers.csv"
-    pd.DataFrame({"customer_id": [f"c{i:04d}" for i in range(n)], "age": rng.integers(18, 90, n),
-                  "default": rng.integers(0, 2, n)}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "customer_id": [f"c{i:04d}" for i in range(n)],
+            "age": rng.integers(18, 90, n),
+            "default": rng.integers(0, 2, n),
+        }
+    ).to_csv(path, index=False)
     home = PartnerHome.create(tmp_path / "bank_a", "bank_a", budget=DatasetBudget(3.0, 1e-5))
     with PartnerStore.init(home, "bank_a", actor=admin("bank_a")) as store:
         store.ingest(admin("bank_a"), draft_schema(path), path)

@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from fedcustomer.clients.home import DatasetBudget, PartnerHome
-from fedcustomer.data.provision import provision_partner
 from fedcustomer.clients.node import PartnerNode, TrainInstructions
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import DataError
 from fedcustomer.models.registry import build_model
 from fedcustomer.privacy.ledger import BudgetLedger
@@ -21,16 +20,31 @@ def _home(tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None) 
     test = toy_frame(300, 2)
     test["customer_id"] = "t" + test["customer_id"]
     home, report = provision_partner(
-        tmp_path / "bank_a", "bank_a", source="toy.csv", task="repayment", spec=SPEC,
-        train=toy_frame(1000, 1).rename(columns=rename or {}), test=test.rename(columns=rename or {}),
+        tmp_path / "bank_a",
+        "bank_a",
+        source="toy.csv",
+        task="repayment",
+        spec=SPEC,
+        train=toy_frame(1000, 1).rename(columns=rename or {}),
+        test=test.rename(columns=rename or {}),
         budget=DatasetBudget(epsilon, 1e-5),
     )
     return home
 
 
 def _ins(rnd: int, planned: int = 3, run: str = "r1", **kw) -> TrainInstructions:
-    return TrainInstructions(run_id=run, round=rnd, planned_rounds=planned, task="repayment", arch="logreg",
-                             dataset=DATASET, spec=SPEC, batch_size=100, lr=0.5, **kw)
+    return TrainInstructions(
+        run_id=run,
+        round=rnd,
+        planned_rounds=planned,
+        task="repayment",
+        arch="logreg",
+        dataset=DATASET,
+        spec=SPEC,
+        batch_size=100,
+        lr=0.5,
+        **kw,
+    )
 
 
 def _global() -> dict[str, torch.Tensor]:
@@ -95,7 +109,9 @@ def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> 
 
     home = _home(tmp_path, 2.0)
     PartnerNode(home).train_round(_global(), _ins(1))
-    reads = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(action="read", role="training_pipeline")
+    reads = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(
+        action="read", role="training_pipeline"
+    )
     assert reads and reads[-1].purpose == "training" and reads[-1].decision == "allowed"
     assert set(reads[-1].fields) == {"x1", "x2", "defaulted", "holdout"}
     assert reads[-1].row_count == 1300

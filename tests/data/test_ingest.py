@@ -15,7 +15,7 @@ from fedcustomer.data.ingest import (
     read_chunks,
 )
 from fedcustomer.data.schema import load_bundled
-from fedcustomer.data.validators import prc_id_check_char, luhn_valid
+from fedcustomer.data.validators import luhn_valid, prc_id_check_char
 from fedcustomer.errors import DataError
 from fedcustomer.privacy.access import Actor
 from fedcustomer.privacy.crypto import Pseudonymizer
@@ -160,8 +160,20 @@ def test_quality_report_json_schema_is_stable(tmp_path, pseudonymizer):
     report.write_json(out)
     doc = json.loads(out.read_text())
     assert doc["format"] == QUALITY_FORMAT
-    assert set(doc) == {"format", "dataset", "file", "sha256", "ingest_id", "skipped_file", "started_at",
-                        "finished_at", "rows", "fields", "invalid_reasons", "ignored_columns"}
+    assert set(doc) == {
+        "format",
+        "dataset",
+        "file",
+        "sha256",
+        "ingest_id",
+        "skipped_file",
+        "started_at",
+        "finished_at",
+        "rows",
+        "fields",
+        "invalid_reasons",
+        "ignored_columns",
+    }
     assert doc["rows"]["read"] == 20 and doc["rows"]["invalid"] == 5 and doc["rows"]["valid"] == 15
     assert doc["fields"]["full_name"] == {"tier": "core", "completeness": 0.95, "missing": 1, "invalid": 1}
     assert doc["invalid_reasons"]["age"] == {"below minimum 18": 1}
@@ -188,7 +200,6 @@ def test_generated_bank_rows_are_valid_ids():
     assert not luhn_valid(frame.at[0, "customer_id"])
 
 
-
 ADMIN = Actor("alice", "partner_admin")
 TRAINING = Actor("node:bank_a", "training_pipeline")
 
@@ -209,7 +220,6 @@ def _csv(tmp_path, frame):
     return path
 
 
-
 WIDE_INT_SCHEMA = """dataset: accounts
 fields:
   - {name: customer_id, type: string, tier: core, role: id}
@@ -221,8 +231,14 @@ def test_integers_beyond_exact_range_are_invalid_rows_not_crashes_or_rounding(tm
     from fedcustomer.data.schema import Schema
     from fedcustomer.data.validators import INTEGER_REASON, MAX_EXACT_INTEGER
 
-    values = {"C1": str(MAX_EXACT_INTEGER), "C2": str(-MAX_EXACT_INTEGER), "C3": str(2**53 + 1),
-              "C4": str(2**63 + 5), "C5": "1e20", "C6": "-" + str(2**64)}
+    values = {
+        "C1": str(MAX_EXACT_INTEGER),
+        "C2": str(-MAX_EXACT_INTEGER),
+        "C3": str(2**53 + 1),
+        "C4": str(2**63 + 5),
+        "C5": "1e20",
+        "C6": "-" + str(2**64),
+    }
     path = _csv(tmp_path, pd.DataFrame({"customer_id": list(values), "account_no": list(values.values())}))
     report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), path)
     assert (report.inserted, report.invalid) == (2, 4)

@@ -238,8 +238,12 @@ def user_table(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     a = rng.normal(size=n)
     return pd.DataFrame(
-        {"customer_id": [f"u{i}" for i in range(n)], "a": a, "b": rng.normal(size=n),
-         "target": (rng.random(n) < 1 / (1 + np.exp(-2 * a))).astype(int)}
+        {
+            "customer_id": [f"u{i}" for i in range(n)],
+            "a": a,
+            "b": rng.normal(size=n),
+            "target": (rng.random(n) < 1 / (1 + np.exp(-2 * a))).astype(int),
+        }
     )
 
 
@@ -257,7 +261,9 @@ def test_user_csv_and_parquet_are_split_into_partners(tmp_path):
 def test_user_file_non_iid_is_label_skewed(tmp_path):
     user_table(2000).to_csv(tmp_path / "mine.csv", index=False)
     with pytest.warns(UserWarning):
-        _, partners = load_partitions("repayment", str(tmp_path / "mine.csv"), 3, split="non-iid", label="target")
+        _, partners = load_partitions(
+            "repayment", str(tmp_path / "mine.csv"), 3, split="non-iid", label="target"
+        )
     rates = [pd.concat([p.train, p.test]).target.mean() for p in partners]
     assert max(rates) - min(rates) > 0.1
 

@@ -17,31 +17,38 @@ def own_file(path: Path, n: int = 400, seed: int = 0) -> Path:
     rate = rng.normal(0, 1.5, n).round(2)
     housing = rng.choice(["own", "rent", "free"], n)
     score = rate + (housing == "rent") * 1.5 + rng.normal(0, 0.5, n)
-    pd.DataFrame({
-        "age": rng.integers(18, 90, n),
-        "emp.var.rate": rate,
-        "checking_status_A11": rng.integers(0, 2, n),
-        "job_admin_": rng.integers(0, 2, n),
-        "housing": housing,
-        "default": (score > np.median(score)).astype(int),
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, n),
+            "emp.var.rate": rate,
+            "checking_status_A11": rng.integers(0, 2, n),
+            "job_admin_": rng.integers(0, 2, n),
+            "housing": housing,
+            "default": (score > np.median(score)).astype(int),
+        }
+    ).to_csv(path, index=False)
     return path
 
 
 def test_odd_names_are_read_as_valid_field_names_with_a_notice(tmp_path: Path) -> None:
     notices: list[str] = []
-    spec, _ = load_partitions("repayment", str(own_file(tmp_path / "mine.csv")), 2, label="default", notices=notices)
+    spec, _ = load_partitions(
+        "repayment", str(own_file(tmp_path / "mine.csv")), 2, label="default", notices=notices
+    )
     names = [f.name for f in spec.features]
     assert names == ["age", "emp_var_rate", "checking_status_a11", "job_admin_", "housing"]
-    assert any("'emp.var.rate' -> 'emp_var_rate'" in n and "'checking_status_A11' -> 'checking_status_a11'" in n
-               for n in notices), notices
+    assert any(
+        "'emp.var.rate' -> 'emp_var_rate'" in n and "'checking_status_A11' -> 'checking_status_a11'" in n
+        for n in notices
+    ), notices
     assert not any("/tmp" in n or "tmp" in n.split() for n in notices)
 
 
 def test_a_text_column_becomes_a_categorical_feature_with_a_recorded_notice(tmp_path: Path) -> None:
     notices: list[str] = []
-    spec, partners = load_partitions("repayment", str(own_file(tmp_path / "mine.csv")), 2, notices=notices,
-                                     label="default")
+    spec, partners = load_partitions(
+        "repayment", str(own_file(tmp_path / "mine.csv")), 2, notices=notices, label="default"
+    )
     housing = next(f for f in spec.features if f.name == "housing")
     assert isinstance(housing, CategoricalFeature) and housing.categories == ("free", "own", "rent")
     assert any("categorical" in n and "housing (3 categories)" in n and "NOT covered" in n for n in notices)
@@ -63,19 +70,30 @@ def test_bounds_and_categories_come_from_the_partners_training_rows_only(tmp_pat
     assert (again[0].test["emp_var_rate"] == 1000.0).any()  # the same split, the outlier held out
     rate = next(f for f in spec.features if f.name == "emp_var_rate")
     trained = pd.concat([p.train for p in again])
-    assert (rate.lo, rate.hi) == (trained["emp_var_rate"].min(), trained["emp_var_rate"].max()) and rate.hi < 1000
+    assert (rate.lo, rate.hi) == (
+        trained["emp_var_rate"].min(),
+        trained["emp_var_rate"].max(),
+    ) and rate.hi < 1000
     housing = next(f for f in spec.features if f.name == "housing")
     assert "castle" not in housing.categories
     assert any("training rows (held-out rows never used)" in n for n in notices)
 
 
 def test_a_declared_spec_is_used_as_given_and_may_name_the_files_own_columns(tmp_path: Path) -> None:
-    declared = FeatureSpec("repayment", "default", None, [
-        NumericFeature("emp.var.rate", -5, 5), CategoricalFeature("housing", ("own", "rent")),
-        NumericFeature("job_admin_", 0, 1)])
+    declared = FeatureSpec(
+        "repayment",
+        "default",
+        None,
+        [
+            NumericFeature("emp.var.rate", -5, 5),
+            CategoricalFeature("housing", ("own", "rent")),
+            NumericFeature("job_admin_", 0, 1),
+        ],
+    )
     notices: list[str] = []
-    spec, partners = load_partitions("repayment", str(own_file(tmp_path / "mine.csv")), 2, spec=declared,
-                                     notices=notices)
+    spec, partners = load_partitions(
+        "repayment", str(own_file(tmp_path / "mine.csv")), 2, spec=declared, notices=notices
+    )
     assert [f.name for f in spec.features] == ["emp_var_rate", "housing", "job_admin_"]
     assert spec.numeric[0].lo == -5 and spec.features[1].categories == ("own", "rent")
     assert not any("NOT covered" in n for n in notices) and not any("guessed" in n for n in notices)

@@ -18,7 +18,15 @@ from tests.data.test_own_file import own_file
 
 def test_draft_keeps_valid_names_and_maps_odd_ones(tmp_path: Path) -> None:
     schema = draft_schema(own_file(tmp_path / "mine.csv"), id_from_row=True)
-    assert schema.names == ["row_id", "age", "emp_var_rate", "checking_status_a11", "job_admin_", "housing", "default"]
+    assert schema.names == [
+        "row_id",
+        "age",
+        "emp_var_rate",
+        "checking_status_a11",
+        "job_admin_",
+        "housing",
+        "default",
+    ]
     assert schema.id_field.name == "row_id" and schema.id_field.tier == "core"
     assert schema.field("emp_var_rate").description == "file column 'emp.var.rate'"
     assert schema.field("housing").validation.allowed == ("free", "own", "rent")
@@ -46,8 +54,12 @@ def test_ingest_maps_columns_and_generates_ids_that_a_reordered_copy_finds_again
         shuffled = tmp_path / "copy.csv"
         pd.read_csv(path).sample(frac=1.0, random_state=1).to_csv(shuffled, index=False)
         again = store.ingest(admin("bank_a"), schema, shuffled, id_from_row=True)
-        rows = store.read(Actor("ds", "data_scientist"), "analytics", fields=["emp_var_rate", "housing"],
-                          dataset=schema.dataset)
+        rows = store.read(
+            Actor("ds", "data_scientist"),
+            "analytics",
+            fields=["emp_var_rate", "housing"],
+            dataset=schema.dataset,
+        )
     assert first.inserted == 400 and first.invalid == 0
     assert again.unchanged == 400 and again.inserted == 0  # same customers, same ids
     assert sorted(rows["emp_var_rate"]) == sorted(pd.read_csv(path)["emp.var.rate"])
@@ -56,27 +68,50 @@ def test_ingest_maps_columns_and_generates_ids_that_a_reordered_copy_finds_again
 def test_feature_spec_from_the_schema_uses_declared_bounds_and_categories_only(tmp_path: Path) -> None:
     schema = draft_schema(own_file(tmp_path / "mine.csv"), id_from_row=True)
     schema = replace_field(schema, "age", validation=Validation(min=18, max=100))
-    with pytest.raises(SchemaError, match="without declared bounds: emp_var_rate, checking_status_a11, job_admin_"):
+    with pytest.raises(
+        SchemaError, match="without declared bounds: emp_var_rate, checking_status_a11, job_admin_"
+    ):
         spec_from_schema(schema, task="repayment", label="default")
     spec, notes = spec_from_schema(
-        schema, task="repayment", label="default", drop=["job_admin_"],
-        bounds=dict(map(parse_bound, ["emp_var_rate=-5:5", "checking_status_a11=0:1"])))
-    assert spec.features == [NumericFeature("age", 18, 100), NumericFeature("emp_var_rate", -5, 5),
-                             NumericFeature("checking_status_a11", 0, 1),
-                             CategoricalFeature("housing", ("free", "own", "rent"))]
+        schema,
+        task="repayment",
+        label="default",
+        drop=["job_admin_"],
+        bounds=dict(map(parse_bound, ["emp_var_rate=-5:5", "checking_status_a11=0:1"])),
+    )
+    assert spec.features == [
+        NumericFeature("age", 18, 100),
+        NumericFeature("emp_var_rate", -5, 5),
+        NumericFeature("checking_status_a11", 0, 1),
+        CategoricalFeature("housing", ("free", "own", "rent")),
+    ]
     assert spec.label == "default" and spec.id_column is None and notes == []
 
 
-def test_feature_spec_leaves_core_fields_out_and_refuses_undeclared_text_or_a_bad_label(tmp_path: Path) -> None:
+def test_feature_spec_leaves_core_fields_out_and_refuses_undeclared_text_or_a_bad_label(
+    tmp_path: Path,
+) -> None:
     schema = draft_schema(own_file(tmp_path / "mine.csv"), id_from_row=True)
     schema = replace_field(schema, "age", tier="core")
     schema = replace_field(schema, "housing", type="string", validation=Validation())
     with pytest.raises(SchemaError, match="text field.* housing"):
-        spec_from_schema(schema, task="repayment", label="default", bounds={"emp_var_rate": (-5, 5)},
-                         drop=["checking_status_a11", "job_admin_"])
-    spec, notes = spec_from_schema(schema, task="repayment", label="default", bounds={"emp_var_rate": (-5, 5)},
-                                   drop=["checking_status_a11", "job_admin_", "housing"])
-    assert [f.name for f in spec.features] == ["emp_var_rate"] and any("age: left out (core tier" in n for n in notes)
+        spec_from_schema(
+            schema,
+            task="repayment",
+            label="default",
+            bounds={"emp_var_rate": (-5, 5)},
+            drop=["checking_status_a11", "job_admin_"],
+        )
+    spec, notes = spec_from_schema(
+        schema,
+        task="repayment",
+        label="default",
+        bounds={"emp_var_rate": (-5, 5)},
+        drop=["checking_status_a11", "job_admin_", "housing"],
+    )
+    assert [f.name for f in spec.features] == ["emp_var_rate"] and any(
+        "age: left out (core tier" in n for n in notes
+    )
     with pytest.raises(SchemaError, match="label 'housing' has type string"):
         spec_from_schema(schema, task="repayment", label="housing", drop=["age"])
     with pytest.raises(ConfigError, match="expected FIELD=LO:HI"):

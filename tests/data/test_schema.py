@@ -130,9 +130,18 @@ def test_two_timestamp_fields_rejected():
 @pytest.mark.parametrize(
     "name,tier",
     [
-        ("customer_id", "core"), ("full_name", "core"), ("phone", "core"), ("national_id", "core"),
-        ("card_number", "core"), ("email", "core"), ("income", "sensitive"), ("balance", "sensitive"),
-        ("monthly_spend", "sensitive"), ("region", "public"), ("industry", "public"), ("segment", "public"),
+        ("customer_id", "core"),
+        ("full_name", "core"),
+        ("phone", "core"),
+        ("national_id", "core"),
+        ("card_number", "core"),
+        ("email", "core"),
+        ("income", "sensitive"),
+        ("balance", "sensitive"),
+        ("monthly_spend", "sensitive"),
+        ("region", "public"),
+        ("industry", "public"),
+        ("segment", "public"),
     ],
 )
 def test_guess_tier_by_name(name, tier):
@@ -200,7 +209,9 @@ def test_too_many_fields_are_refused_with_a_clear_error(tmp_path):
     from fedcustomer.data.schema import MAX_COLUMNS
 
     extra = "".join(f"  - {{name: f{i}, type: integer, tier: public}}\n" for i in range(MAX_COLUMNS))
-    with pytest.raises(SchemaError, match=f"{MAX_COLUMNS + 2} fields, more than the maximum of {MAX_COLUMNS}"):
+    with pytest.raises(
+        SchemaError, match=f"{MAX_COLUMNS + 2} fields, more than the maximum of {MAX_COLUMNS}"
+    ):
         Schema.load(write(tmp_path, MINIMAL + extra))
 
 
@@ -208,7 +219,11 @@ def test_drafting_a_very_wide_file_is_refused_from_its_header(tmp_path):
     from fedcustomer.errors import DataError
 
     path = tmp_path / "wide.csv"
-    path.write_text(",".join(["customer_id", *(f"c{i}" for i in range(20_000))]) + "\n"
-                    + ",".join(["C1", *("1" for _ in range(20_000))]) + "\n")
+    path.write_text(
+        ",".join(["customer_id", *(f"c{i}" for i in range(20_000))])
+        + "\n"
+        + ",".join(["C1", *("1" for _ in range(20_000))])
+        + "\n"
+    )
     with pytest.raises(DataError, match="20001 columns, more than the maximum of 1000"):
         draft_schema(path)

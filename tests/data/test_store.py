@@ -56,8 +56,11 @@ def logical_dump(home):
 
     con = sqlite3.connect(home.store_path)
     try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-                  if r[0] != "audit_reach"]
+        tables = [
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+            if r[0] != "audit_reach"
+        ]
         return {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
     finally:
         con.close()
@@ -73,7 +76,9 @@ def test_ingest_quarantines_exactly_the_planted_rows_with_reasons(tmp_path, stor
     assert store.count("bank") == 35
     quarantined = store.quarantine_summary("bank")
     pseudo = store.pseudonymizer.pseudonym
-    assert {q["pseudonym"]: q["reasons"] for q in quarantined} == {pseudo(cid): r for cid, r in expected.items()}
+    assert {q["pseudonym"]: q["reasons"] for q in quarantined} == {
+        pseudo(cid): r for cid, r in expected.items()
+    }
     assert sorted(q["row"] for q in quarantined) == [0, 1, 2, 3, 4]
     # The quarantined raw rows (with their core values) are stored encrypted only.
     raw = home_bytes(store)
@@ -111,9 +116,13 @@ def test_duplicates_merged_newest_wins_and_recorded_by_pseudonym(tmp_path, store
     merged = [m for m in store.merges("bank") if m["pseudonym"] == p]
     assert len(merged) == 2 and all(m["outcome"] == "duplicate_in_file" for m in merged)
     # A later file with an older record keeps the stored newer one; a newer one replaces it.
-    stale = write_csv(tmp_path, frame.iloc[[2]].assign(updated_at="2020-01-01T00:00:00Z", income=1.0), "old.csv")
+    stale = write_csv(
+        tmp_path, frame.iloc[[2]].assign(updated_at="2020-01-01T00:00:00Z", income=1.0), "old.csv"
+    )
     assert store.ingest(ADMIN, bank, stale).stale == 1
-    fresh = write_csv(tmp_path, frame.iloc[[2]].assign(updated_at="2026-01-01T00:00:00Z", income=2.0), "new.csv")
+    fresh = write_csv(
+        tmp_path, frame.iloc[[2]].assign(updated_at="2026-01-01T00:00:00Z", income=2.0), "new.csv"
+    )
     assert store.ingest(ADMIN, bank, fresh).updated == 1
     got = store.read(Actor("dana", "data_scientist"), "analytics", ["income"], dataset="bank")
     assert got.loc[p, "income"] == 2.0
@@ -210,10 +219,16 @@ def test_training_pipeline_reads_features_with_numeric_dtypes(loaded):
     fields = ["age", "income", "utilisation", "num_late_payments", "region", "defaulted"]
     got = store.read(TRAINING, "training", fields, dataset="bank")
     assert list(got.columns) == fields and len(got) == 30
-    assert got["age"].dtype == "int64" and got["income"].dtype == "float64" and got["defaulted"].dtype == "int64"
+    assert (
+        got["age"].dtype == "int64" and got["income"].dtype == "float64" and got["defaulted"].dtype == "int64"
+    )
     assert (got["income"] == frame.loc[got.index, "income"]).all()
     entries = audit_entries(store, action="read")
-    assert entries[-1].actor == "node:bank_a" and entries[-1].row_count == 30 and entries[-1].decision == "allowed"
+    assert (
+        entries[-1].actor == "node:bank_a"
+        and entries[-1].row_count == 30
+        and entries[-1].decision == "allowed"
+    )
 
 
 def test_training_pipeline_is_denied_ids_and_core(loaded):
@@ -257,7 +272,9 @@ def test_unapproved_risk_officer_core_read_is_denied_and_logged(loaded):
 
 def test_risk_officer_with_two_distinct_approvals_reads_core_in_clear(loaded):
     store, frame = loaded
-    rid = store.request_approval(RISK, "bank", ["full_name", "national_id"], "risk_review", timedelta(hours=1))
+    rid = store.request_approval(
+        RISK, "bank", ["full_name", "national_id"], "risk_review", timedelta(hours=1)
+    )
     assert store.approve(ADMIN, rid) is None
     with pytest.raises(AccessDenied):  # one approval is not enough
         store.read(RISK, "risk_review", ["full_name"])
@@ -373,7 +390,9 @@ def test_erased_customer_is_unrecoverable(tmp_path, store, bank):
     assert store.backend.fetchone("SELECT 1 FROM data_keys WHERE pseudonym = ?", (p,)) is None
     # No remaining data key decrypts the saved ciphertext, and the wrapped key is gone from the file.
     cipher = FieldCipher("bank")
-    for ds, q, v, blob in store.backend.fetchall("SELECT dataset, pseudonym, kek_version, blob FROM data_keys"):
+    for ds, q, v, blob in store.backend.fetchall(
+        "SELECT dataset, pseudonym, kek_version, blob FROM data_keys"
+    ):
         key = store.keyring.unwrap(WrappedKey(v, bytes(blob)), data_key_context(ds, q))
         with pytest.raises(IntegrityError):
             cipher.decrypt(key, "national_id", p, bytes(tokens[0]))
@@ -442,7 +461,9 @@ def _approve_core(store):
     store.approve(COMPLIANCE, rid)
 
 
-def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_version(tmp_path, loaded, bank):
+def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_version(
+    tmp_path, loaded, bank
+):
     store, _ = loaded
     other = PartnerStore.open(store.home)  # like a second process: its own keyring and connection
     try:
@@ -470,8 +491,22 @@ def test_cli_rotate_and_retire_in_another_process_do_not_strand_an_open_handle(t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args in (["keys", "rotate"], ["keys", "retire", "1"]):
         done = subprocess.run(
-            [sys.executable, "-m", "fedcustomer", *args, "--home", home, "--actor", "alice", "--role",
-             "partner_admin"], capture_output=True, text=True, env=env, timeout=None,
+            [
+                sys.executable,
+                "-m",
+                "fedcustomer",
+                *args,
+                "--home",
+                home,
+                "--actor",
+                "alice",
+                "--role",
+                "partner_admin",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=None,
         )
         assert done.returncode == 0, done.stderr
     newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)
@@ -496,14 +531,18 @@ def test_retire_cannot_slip_between_a_writers_wrap_and_its_commit(loaded):
         wrapped = old.wrap(b"k" * 32, context)
         assert wrapped.kek_version == 1
         with store.backend.transaction():
-            store.backend.execute("INSERT INTO data_keys VALUES (?, ?, ?, ?)", ("bank", "p" * 64, 1, wrapped.blob))
+            store.backend.execute(
+                "INSERT INTO data_keys VALUES (?, ?, ?, ?)", ("bank", "p" * 64, 1, wrapped.blob)
+            )
             other.backend.execute("PRAGMA busy_timeout = 0")  # fail at once instead of waiting for the lock
             with pytest.raises(ConfigError, match="busy"):
                 other.retire_key(ADMIN, 1)
         # Once the writer committed, the retirement sees its key and is refused.
         with pytest.raises(KeyMaterialError, match="still wraps 1"):
             other.retire_key(ADMIN, 1)
-        assert {k.version: k.status for k in FileKeyRing.open(store.home.keys_dir).versions()}[1] == "available"
+        assert {k.version: k.status for k in FileKeyRing.open(store.home.keys_dir).versions()}[
+            1
+        ] == "available"
     finally:
         other.close()
 
@@ -538,7 +577,9 @@ def _rows_naming(db, pseudonym):
         con.close()
 
 
-def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate_and_retire(tmp_path, store, bank):
+def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate_and_retire(
+    tmp_path, store, bank
+):
     frame = bank_frame(12)
     dup = frame.iloc[[3]].assign(updated_at="2019-01-01T00:00:00Z", income=1.0)  # also leaves a merge record
     store.ingest(ADMIN, bank, write_csv(tmp_path, pd.concat([frame, dup], ignore_index=True)))
@@ -557,16 +598,23 @@ def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate
     for table, rows in found.items():
         for row in rows:
             for column, value in row.items():
-                ok = isinstance(value, bytes) or value in labels or (
-                    column in ("ingest_id", "kek_version", "id") and isinstance(value, int))
+                ok = (
+                    isinstance(value, bytes)
+                    or value in labels
+                    or (column in ("ingest_id", "kek_version", "id") and isinstance(value, int))
+                )
                 assert ok, (table, column)
     # No key that remains opens any of it: the backup's wrapped key needs the retired KEK,
     # and no live data key decrypts the sealed row or core tokens.
     import sqlite3
 
     con = sqlite3.connect(backup)
-    version, blob = con.execute("SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,)).fetchone()
-    sealed, national = con.execute('SELECT sealed, national_id FROM "c_bank" WHERE pseudonym = ?', (p,)).fetchone()
+    version, blob = con.execute(
+        "SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,)
+    ).fetchone()
+    sealed, national = con.execute(
+        'SELECT sealed, national_id FROM "c_bank" WHERE pseudonym = ?', (p,)
+    ).fetchone()
     con.close()
     with pytest.raises(KeyMaterialError, match="retired"):
         store.keyring.unwrap(WrappedKey(version, bytes(blob)), data_key_context("bank", p))

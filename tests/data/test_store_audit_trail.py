@@ -10,10 +10,10 @@ from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import SchemaError
 from fedcustomer.privacy.access import write_default_policy
 from tests.data.test_ingest import bank_frame
-from tests.data.test_store import ADMIN, audit_entries, bank, home, store, write_csv  # noqa: F401
+from tests.data.test_store import ADMIN, audit_entries, bank, home, store, write_csv
 
 
-def test_failed_ingest_is_audited_without_values(tmp_path, store, bank):  # noqa: F811
+def test_failed_ingest_is_audited_without_values(tmp_path, store, bank):
     frame = bank_frame(5)
     path = write_csv(tmp_path, frame.drop(columns=["phone"]))
     with pytest.raises(SchemaError):
@@ -24,7 +24,7 @@ def test_failed_ingest_is_audited_without_values(tmp_path, store, bank):  # noqa
     assert not any(str(v) in entry.reason for v in frame["national_id"])
 
 
-def test_unexpected_ingest_failure_is_audited_by_kind_only(tmp_path, store, bank, monkeypatch):  # noqa: F811
+def test_unexpected_ingest_failure_is_audited_by_kind_only(tmp_path, store, bank, monkeypatch):
     def boom(self, *args, **kwargs):
         raise OverflowError("C0000001 value 99999999999999999999 too large")
 
@@ -35,7 +35,7 @@ def test_unexpected_ingest_failure_is_audited_by_kind_only(tmp_path, store, bank
     assert entry.reason == "ingest failed: unexpected OverflowError"
 
 
-def test_new_kek_of_an_interrupted_rotation_is_audited(tmp_path, store, bank, monkeypatch):  # noqa: F811
+def test_new_kek_of_an_interrupted_rotation_is_audited(tmp_path, store, bank, monkeypatch):
     store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(5)))
     before = store.keyring.active_version()
 

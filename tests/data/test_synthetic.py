@@ -61,8 +61,14 @@ def test_partner_names_kinds_and_sizes(fed):
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.5, 0.7])
 def test_shared_fraction_is_honoured_for_every_pair(fraction):
-    f = generate_federation(2, 2, customers_per_bank=(400, 250), customers_per_retailer=(500, 300),
-                            shared_fraction=fraction, seed=1)
+    f = generate_federation(
+        2,
+        2,
+        customers_per_bank=(400, 250),
+        customers_per_retailer=(500, 300),
+        shared_fraction=fraction,
+        seed=1,
+    )
     for bank in f.banks:
         for shop in f.retailers:
             actual = set(whole(bank).customer_id) & set(whole(shop).customer_id)
@@ -72,8 +78,14 @@ def test_shared_fraction_is_honoured_for_every_pair(fraction):
 
 
 def test_many_partners_with_high_overlap_are_still_feasible():
-    f = generate_federation(5, 3, customers_per_bank=(300, 200, 400), customers_per_retailer=(350, 500),
-                            shared_fraction=0.7, seed=2)
+    f = generate_federation(
+        5,
+        3,
+        customers_per_bank=(300, 200, 400),
+        customers_per_retailer=(350, 500),
+        shared_fraction=0.7,
+        seed=2,
+    )
     for (b, r), ids in f.shared_ids.items():
         nb = len(whole(next(p for p in f.banks if p.name == b)))
         nr = len(whole(next(p for p in f.retailers if p.name == r)))
@@ -82,8 +94,14 @@ def test_many_partners_with_high_overlap_are_still_feasible():
 
 def test_overlap_the_planner_cannot_meet_is_refused_not_silently_shrunk():
     with pytest.raises(ConfigError, match="lower shared_fraction"):
-        generate_federation(4, 2, customers_per_bank=(400, 250), customers_per_retailer=(500, 300),
-                            shared_fraction=0.8, seed=0)
+        generate_federation(
+            4,
+            2,
+            customers_per_bank=(400, 250),
+            customers_per_retailer=(500, 300),
+            shared_fraction=0.8,
+            seed=0,
+        )
 
 
 def test_shared_customers_carry_the_same_identity_at_bank_and_retailer(fed):
@@ -149,12 +167,17 @@ def test_missing_values_appear_at_the_requested_rate_in_a_few_columns(fed):
     for col in ("income", "months_on_book", "debt_to_income"):
         assert 0.015 < bank[col].isna().mean() < 0.05
     assert bank[["age", "credit_limit", "defaulted", "national_id"]].notna().all().all()
-    none = generate_federation(1, 1, customers_per_bank=300, customers_per_retailer=300, missing_rate=0.0, seed=0)
+    none = generate_federation(
+        1, 1, customers_per_bank=300, customers_per_retailer=300, missing_rate=0.0, seed=0
+    )
     assert not whole(none.banks[0]).isna().any().any()
 
 
 def test_core_columns_are_present_but_never_features(fed):
-    for spec, partners, core in ((REPAYMENT_SPEC, fed.banks, CORE_BANK), (CLV_SPEC, fed.retailers, CORE_RETAIL)):
+    for spec, partners, core in (
+        (REPAYMENT_SPEC, fed.banks, CORE_BANK),
+        (CLV_SPEC, fed.retailers, CORE_RETAIL),
+    ):
         names = {f.name for f in spec.features}
         assert names.isdisjoint(core)
         df = whole(partners[0])

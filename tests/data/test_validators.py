@@ -38,7 +38,9 @@ def test_prc_id_known_examples():
     assert prc_id_check_char("11010519491231002") == "X"
 
 
-@pytest.mark.parametrize("bad", ["", "11010519491231002", "11010519491231002XX", "1101051949123100AX", None, 123])
+@pytest.mark.parametrize(
+    "bad", ["", "11010519491231002", "11010519491231002XX", "1101051949123100AX", None, 123]
+)
 def test_prc_id_rejects_wrong_shapes(bad):
     assert not prc_id_valid(bad)
 
@@ -160,7 +162,9 @@ def test_validate_frame_reports_rows_by_position_and_counts_missing():
 @settings(max_examples=50)
 @given(st.integers(18, 100), st.floats(0, 1e9, allow_nan=False))
 def test_numbers_round_trip_through_validation(age, income):
-    parsed = validate_frame(SCHEMA, pd.DataFrame([{**GOOD, "age": str(age), "income": repr(income)}], dtype="string"))
+    parsed = validate_frame(
+        SCHEMA, pd.DataFrame([{**GOOD, "age": str(age), "income": repr(income)}], dtype="string")
+    )
     assert parsed.reasons == {}
     assert parsed.values["age"].iloc[0] == age
     assert parsed.values["income"].iloc[0] == income

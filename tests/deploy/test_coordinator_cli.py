@@ -11,24 +11,60 @@ from tests.cli.cli_runner import only_group, run
 
 
 def _all_failed_summary(out: Path) -> dict:
-    failure = {"round": 1, "reason": "DataError: partner 'bank_a' holds no dataset 'customers' (it has: none)"}
-    partners = [{"name": name, "epsilon_target": None, "epsilon_spent": 0.0, "delta": None, "rounds_trained": 0,
-                 "rounds_refused": 0, "rounds_failed": 1, "refusals": [], "failures": [dict(failure)]}
-                for name in ("bank_a", "bank_b")]
-    return {"status": "stopped", "stop_reason": "round 1: 0 partner(s) trained, fewer than --min-partners (2); "
-            "failed: bank_a, bank_b", "rounds_completed": 0, "rounds_planned": 2, "partners": partners}
+    failure = {
+        "round": 1,
+        "reason": "DataError: partner 'bank_a' holds no dataset 'customers' (it has: none)",
+    }
+    partners = [
+        {
+            "name": name,
+            "epsilon_target": None,
+            "epsilon_spent": 0.0,
+            "delta": None,
+            "rounds_trained": 0,
+            "rounds_refused": 0,
+            "rounds_failed": 1,
+            "refusals": [],
+            "failures": [dict(failure)],
+        }
+        for name in ("bank_a", "bank_b")
+    ]
+    return {
+        "status": "stopped",
+        "stop_reason": "round 1: 0 partner(s) trained, fewer than --min-partners (2); failed: bank_a, bank_b",
+        "rounds_completed": 0,
+        "rounds_planned": 2,
+        "partners": partners,
+    }
 
 
-def test_all_partners_failed_is_a_clear_error_naming_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_partners_failed_is_a_clear_error_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(co, "submit_run", lambda cdir, resume=False: 7)
     monkeypatch.setattr(co, "wait_for_coordinator", lambda cdir, **kw: None)
     monkeypatch.setattr(co, "wait_run", lambda cdir, run_id, **kw: {"status": "finished:completed"})
     monkeypatch.setattr(co, "read_summary", lambda cfg: _all_failed_summary(Path(cfg["out"])))
     only_group(monkeypatch, deploy.register)
-    code, out, err = run(["coordinator", "run", "--workdir", str(tmp_path / "c"), "--data", "customers",
-                          "--feature-spec", "synthetic:repayment", "--partners", "2", "--rounds", "2",
-                          "--out", str(tmp_path / "run")], capsys)
+    code, out, err = run(
+        [
+            "coordinator",
+            "run",
+            "--workdir",
+            str(tmp_path / "c"),
+            "--data",
+            "customers",
+            "--feature-spec",
+            "synthetic:repayment",
+            "--partners",
+            "2",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     text = out + err
     assert code == FederationError.exit_code, text
     assert "Traceback" not in text and "NoneType" not in text

@@ -54,19 +54,45 @@ class Federation:
         home = self.homes[name]
         log = home / "state" / "supernode.log"
         log.unlink(missing_ok=True)
-        proc = nd.start_supernode(home, superlink=self.address, root_cert=self.certs.ca_cert,
-                                  auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
-                                  runtime_port=fl.free_port(), partner=name)
+        proc = nd.start_supernode(
+            home,
+            superlink=self.address,
+            root_cert=self.certs.ca_cert,
+            auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
+            runtime_port=fl.free_port(),
+            partner=name,
+        )
         self.nodes[name] = proc
         nd.wait_connected(proc, log, timeout=UNBOUNDED)
 
-    def run_job(self, out: Path, *, rounds: int = 2, timeout: float = 180.0, secagg: bool = False,
-                resume: bool = False, wait: bool = True, **kw) -> tuple[int, dict]:
+    def run_job(
+        self,
+        out: Path,
+        *,
+        rounds: int = 2,
+        timeout: float = 180.0,
+        secagg: bool = False,
+        resume: bool = False,
+        wait: bool = True,
+        **kw,
+    ) -> tuple[int, dict]:
         if not resume:
-            job = JobConfig(rounds=rounds, partners=3, min_partners=2, out=str(out), seed=1, round_timeout=timeout,
-                            federated_eval="none", **kw)
-            co.write_app(self.cdir, co.run_config_for(job, feature_spec="synthetic:repayment",
-                                                      wait_for_partners=30, secagg=secagg))
+            job = JobConfig(
+                rounds=rounds,
+                partners=3,
+                min_partners=2,
+                out=str(out),
+                seed=1,
+                round_timeout=timeout,
+                federated_eval="none",
+                **kw,
+            )
+            co.write_app(
+                self.cdir,
+                co.run_config_for(
+                    job, feature_spec="synthetic:repayment", wait_for_partners=30, secagg=secagg
+                ),
+            )
         run = co.submit_run(self.cdir, resume=resume)
         if not wait:
             return run, {}
@@ -135,7 +161,10 @@ def test_tls_authenticated_nodes_run_a_two_round_dp_job(fed, tmp_path):
     for name in PARTNERS:
         charges = _charges(fed.homes[name], cfg["run-id"])
         assert sorted(c.round for c in charges) == [1, 2]
-        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
+        assert (
+            _ledger(fed.homes[name]).spent().epsilon
+            <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
+        )
         with AuditLog.open(PartnerHome(fed.homes[name]).audit_dir) as audit:
             rounds = [e for e in audit.query(action="fl_round") if e.details["run_id"] == cfg["run-id"]]
         assert [e.details["round"] for e in rounds] == [1, 2]
@@ -149,8 +178,14 @@ def test_node_with_unregistered_key_is_rejected_and_logged(fed, tmp_path):
     nd.prepare_node_home(rogue, "rogue", index=0, partners=3, seed=1)
     keys = pki.make_node_keys(PartnerHome(rogue).keys_dir)
     log = rogue / "state" / "supernode.log"
-    proc = nd.start_supernode(rogue, superlink=fed.address, root_cert=fed.certs.ca_cert,
-                              auth_key=keys.private_key, runtime_port=fl.free_port(), max_retries=1)
+    proc = nd.start_supernode(
+        rogue,
+        superlink=fed.address,
+        root_cert=fed.certs.ca_cert,
+        auth_key=keys.private_key,
+        runtime_port=fl.free_port(),
+        max_retries=1,
+    )
     try:
         with pytest.raises(Exception, match="exited"):
             nd.wait_connected(proc, log, timeout=UNBOUNDED)
@@ -165,10 +200,18 @@ def test_node_without_the_ca_cannot_connect(fed, tmp_path):
     other = pki.make_dev_certificates(tmp_path / "other-ca")
     home = fed.homes["bank0"]
     log = tmp_path / "wrong-ca.log"
-    proc = fl.start(nd.supernode_command(home, superlink=fed.address, root_cert=other.ca_cert,
-                                         auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
-                                         runtime_port=fl.free_port(), max_retries=1),
-                    log, fl.flower_env(tmp_path / "fh"))
+    proc = fl.start(
+        nd.supernode_command(
+            home,
+            superlink=fed.address,
+            root_cert=other.ca_cert,
+            auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
+            runtime_port=fl.free_port(),
+            max_retries=1,
+        ),
+        log,
+        fl.flower_env(tmp_path / "fh"),
+    )
     try:
         with pytest.raises(Exception, match="exited"):
             nd.wait_connected(proc, log, timeout=UNBOUNDED)
@@ -202,8 +245,10 @@ def test_secagg_result_is_the_mean_of_the_partners_released_updates(fed, tmp_pat
     aggregated = torch.load(out / "model.pt")
     released = []
     for name in PARTNERS:
-        blob = torch.load(PartnerHome(fed.homes[name]).state_dir / "updates" / f"run_{cfg['run-id']}_round_1.pt",
-                          weights_only=True)
+        blob = torch.load(
+            PartnerHome(fed.homes[name]).state_dir / "updates" / f"run_{cfg['run-id']}_round_1.pt",
+            weights_only=True,
+        )
         released.append(blob["state"])
         with AuditLog.open(PartnerHome(fed.homes[name]).audit_dir) as audit:
             entry = [e for e in audit.query(action="fl_round") if e.details["run_id"] == cfg["run-id"]]
@@ -228,5 +273,8 @@ def test_killed_node_round_completes_with_the_rest_and_no_overspend(fed, tmp_pat
     by_name = {p["name"]: p for p in summary["partners"]}
     assert by_name["bank0"]["rounds_trained"] == 2 and by_name["bank1"]["rounds_trained"] == 2
     for name in PARTNERS:
-        assert _ledger(fed.homes[name]).spent().epsilon <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
+        assert (
+            _ledger(fed.homes[name]).spent().epsilon
+            <= PartnerHome(fed.homes[name]).config().budget_for("bank").epsilon + 1e-9
+        )
         assert len(_charges(fed.homes[name], cfg["run-id"])) <= 2

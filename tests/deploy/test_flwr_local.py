@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 
-
 from fedcustomer.deploy import flwr_local
 
 

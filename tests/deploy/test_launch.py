@@ -12,8 +12,14 @@ from fedcustomer.clients.node import TrainInstructions, TrainOutcome
 from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
 from fedcustomer.deploy.audit import record_round, update_size
 from fedcustomer.deploy.coordinator import (
-    CoordinatorDir, deployment_setup, resolve_spec, run_config_for, split_run_config, superlink_command,
-    wait_for_partners, write_app,
+    CoordinatorDir,
+    deployment_setup,
+    resolve_spec,
+    run_config_for,
+    split_run_config,
+    superlink_command,
+    wait_for_partners,
+    write_app,
 )
 from fedcustomer.deploy.flower import parse_address
 from fedcustomer.deploy.node import supernode_command
@@ -49,15 +55,22 @@ def test_insecure_superlink_is_explicit_and_cannot_claim_node_auth(tmp_path):
 
 def test_superlink_refuses_to_start_without_certificate_files(tmp_path):
     with pytest.raises(Exception, match="fedcustomer certs"):
-        superlink_command(CoordinatorDir(tmp_path), host="h", port=1, certs=Certificates.in_dir(tmp_path / "none"))
+        superlink_command(
+            CoordinatorDir(tmp_path), host="h", port=1, certs=Certificates.in_dir(tmp_path / "none")
+        )
 
 
 def test_supernode_command_names_the_home_ca_and_key(tmp_path):
     home = PartnerHome.create(tmp_path / "bank0", "bank0")
     keys = make_node_keys(home.keys_dir)
     certs = make_dev_certificates(tmp_path / "c")
-    cmd = supernode_command(home.root, superlink="127.0.0.1:9093", root_cert=certs.ca_cert,
-                            auth_key=keys.private_key, runtime_port=9101)
+    cmd = supernode_command(
+        home.root,
+        superlink="127.0.0.1:9093",
+        root_cert=certs.ca_cert,
+        auth_key=keys.private_key,
+        runtime_port=9101,
+    )
     assert cmd[cmd.index("--node-config") + 1] == f'partner-home="{home.root.resolve()}"'
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs.ca_cert.resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(keys.private_key.resolve())
@@ -92,8 +105,10 @@ def test_run_config_round_trips_to_the_same_job(tmp_path):
 def test_secagg_job_uses_the_secagg_apps(tmp_path):
     cfg = run_config_for(JobConfig(out=str(tmp_path)), feature_spec="synthetic:repayment", secagg=True)
     app_cfg = tomli.loads(write_app(CoordinatorDir(tmp_path), cfg).read_text())["tool"]["flwr"]["app"]
-    assert app_cfg["components"] == {"serverapp": "fedcustomer.deploy.secagg:server_app",
-                                     "clientapp": "fedcustomer.deploy.secagg:client_app"}
+    assert app_cfg["components"] == {
+        "serverapp": "fedcustomer.deploy.secagg:server_app",
+        "clientapp": "fedcustomer.deploy.secagg:client_app",
+    }
 
 
 def test_feature_spec_by_name_or_json_file(tmp_path):
@@ -124,8 +139,15 @@ def test_too_few_partners_after_the_wait_is_a_clear_error():
 
 
 def _ins() -> TrainInstructions:
-    return TrainInstructions(run_id="r1", round=2, planned_rounds=3, task="repayment", arch="mlp",
-                             dataset="bank", spec=REPAYMENT_SPEC)
+    return TrainInstructions(
+        run_id="r1",
+        round=2,
+        planned_rounds=3,
+        task="repayment",
+        arch="mlp",
+        dataset="bank",
+        spec=REPAYMENT_SPEC,
+    )
 
 
 def test_every_round_is_audited_with_size_epsilon_and_refusal(tmp_path):

@@ -44,20 +44,34 @@ def federation(tmp_path_factory):
         procs.append(co.start_superlink(cdir, port=port, certs=certs))
         for i, name in enumerate(PARTNERS):
             part = root / f"{name}.csv"
-            whole.iloc[i * 800:(i + 1) * 800].to_csv(part, index=False)
+            whole.iloc[i * 800 : (i + 1) * 800].to_csv(part, index=False)
             home = PartnerHome.create(root / name, name, budget=DatasetBudget(3.0, 1e-5))
             with PartnerStore.init(home, name, actor=admin(name)) as store:
                 store.ingest(admin(name), schema, part, id_from_row=True)
             keys = pki.make_node_keys(home.keys_dir)
             co.register_node(cdir, keys.public_key, name)
             log = home.state_dir / "supernode.log"
-            proc = nd.start_supernode(home.root, superlink=f"127.0.0.1:{port}", root_cert=certs.ca_cert,
-                                      auth_key=keys.private_key, runtime_port=fl.free_port(), partner=name)
+            proc = nd.start_supernode(
+                home.root,
+                superlink=f"127.0.0.1:{port}",
+                root_cert=certs.ca_cert,
+                auth_key=keys.private_key,
+                runtime_port=fl.free_port(),
+                partner=name,
+            )
             procs.append(proc)
             nd.wait_connected(proc, log)
-        spec, _ = spec_from_schema(schema, task="repayment", label="default",
-                                   bounds={"age": (18, 100), "emp_var_rate": (-6, 6), "checking_status_a11": (0, 1),
-                                           "job_admin_": (0, 1)})
+        spec, _ = spec_from_schema(
+            schema,
+            task="repayment",
+            label="default",
+            bounds={
+                "age": (18, 100),
+                "emp_var_rate": (-6, 6),
+                "checking_status_a11": (0, 1),
+                "job_admin_": (0, 1),
+            },
+        )
         (root / "spec.json").write_text(json.dumps(spec.to_dict()))
         yield root, cdir
     finally:
@@ -68,9 +82,33 @@ def federation(tmp_path_factory):
 def _coordinator_run(root: Path, cdir: co.CoordinatorDir, data: str, out: str, monkeypatch, capsys):
     monkeypatch.chdir(root)  # the spec is named relative to the user's shell
     only_group(monkeypatch, deploy.register)
-    return run(["coordinator", "run", "--workdir", str(cdir.root), "--data", data, "--feature-spec", "spec.json",
-                "--partners", "2", "--min-partners", "2", "--rounds", "2", "--federated-eval", "final",
-                "--round-timeout", "120", "--wait-for-partners", "30", "--out", out], capsys)
+    return run(
+        [
+            "coordinator",
+            "run",
+            "--workdir",
+            str(cdir.root),
+            "--data",
+            data,
+            "--feature-spec",
+            "spec.json",
+            "--partners",
+            "2",
+            "--min-partners",
+            "2",
+            "--rounds",
+            "2",
+            "--federated-eval",
+            "final",
+            "--round-timeout",
+            "120",
+            "--wait-for-partners",
+            "30",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
 
 
 def test_own_data_trains_on_the_deployment_engine(federation, monkeypatch, capsys):

@@ -12,8 +12,10 @@ from fedcustomer.cli import main
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.errors import FederationError
 
-UNAVAILABLE = ("`flwr ls` failed: Connection to the SuperLink is unavailable. Please check your network "
-               "connection and 'address' in the SuperLink connection configuration.")
+UNAVAILABLE = (
+    "`flwr ls` failed: Connection to the SuperLink is unavailable. Please check your network "
+    "connection and 'address' in the SuperLink connection configuration."
+)
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -56,21 +58,36 @@ def test_waiting_for_a_coordinator_that_never_starts_ends_with_a_clear_error(tmp
 def test_other_flower_errors_are_not_retried(tmp_path, monkeypatch):
     cdir = co.CoordinatorDir(tmp_path / "coord")
     co.write_flwr_config(cdir, "127.0.0.1:1", None)
-    monkeypatch.setattr(co, "flwr_cli", lambda *a, **k: (_ for _ in ()).throw(FederationError("certificate verify failed")))
+    monkeypatch.setattr(
+        co, "flwr_cli", lambda *a, **k: (_ for _ in ()).throw(FederationError("certificate verify failed"))
+    )
     with pytest.raises(FederationError, match="certificate verify failed"):
         co.wait_for_coordinator(cdir, timeout=600, poll=0.01)
 
 
 def _summary(status: str, partners: list[dict]) -> dict:
-    return {"status": status, "stop_reason": "every partner failed" if status != "completed" else None,
-            "rounds_completed": 2 if status == "completed" else 0, "rounds_planned": 2, "partners": partners}
+    return {
+        "status": status,
+        "stop_reason": "every partner failed" if status != "completed" else None,
+        "rounds_completed": 2 if status == "completed" else 0,
+        "rounds_planned": 2,
+        "partners": partners,
+    }
 
 
 def _partner(name: str, trained: int, failed: int = 0, eps: float | None = 1.0) -> dict:
-    return {"name": name, "epsilon_spent": eps, "epsilon_target": 3.0 if eps is not None else None,
-            "rounds_trained": trained, "rounds_refused": 0, "rounds_failed": failed,
-            "failures": [{"round": 1, "reason": "partner 'bank1' has no privacy budget for dataset 'D'"}] if failed else [],
-            "refusals": []}
+    return {
+        "name": name,
+        "epsilon_spent": eps,
+        "epsilon_target": 3.0 if eps is not None else None,
+        "rounds_trained": trained,
+        "rounds_refused": 0,
+        "rounds_failed": failed,
+        "failures": [{"round": 1, "reason": "partner 'bank1' has no privacy budget for dataset 'D'"}]
+        if failed
+        else [],
+        "refusals": [],
+    }
 
 
 @pytest.fixture
@@ -85,20 +102,43 @@ def fake_coordinator(monkeypatch, tmp_path):
     return state
 
 
-def test_coordinator_run_fails_naming_who_is_missing_when_fewer_partners_joined(fake_coordinator, tmp_path, capsys):
+def test_coordinator_run_fails_naming_who_is_missing_when_fewer_partners_joined(
+    fake_coordinator, tmp_path, capsys
+):
     fake_coordinator["summary"] = _summary("completed", [_partner("bank0", 2), _partner("bank2", 2)])
-    code = _exit_code(["coordinator", "run", "--workdir", str(tmp_path / "c"), "--partners", "3",
-                       "--out", str(tmp_path / "run")])
+    code = _exit_code(
+        [
+            "coordinator",
+            "run",
+            "--workdir",
+            str(tmp_path / "c"),
+            "--partners",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == FederationError.exit_code
     assert "only 2 of the 3 partners" in err and "bank0, bank2" in err and "node 42 (offline)" in err
 
 
 def test_coordinator_run_with_every_partner_failed_is_a_clear_error(fake_coordinator, tmp_path, capsys):
-    fake_coordinator["summary"] = _summary("stopped", [_partner("bank0", 0, failed=2, eps=None),
-                                                       _partner("bank1", 0, failed=2, eps=None)])
-    code = _exit_code(["coordinator", "run", "--workdir", str(tmp_path / "c"), "--partners", "2",
-                       "--out", str(tmp_path / "run")])
+    fake_coordinator["summary"] = _summary(
+        "stopped", [_partner("bank0", 0, failed=2, eps=None), _partner("bank1", 0, failed=2, eps=None)]
+    )
+    code = _exit_code(
+        [
+            "coordinator",
+            "run",
+            "--workdir",
+            str(tmp_path / "c"),
+            "--partners",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == FederationError.exit_code
     assert "Traceback" not in out.err and "every partner failed" in out.err
@@ -107,8 +147,21 @@ def test_coordinator_run_with_every_partner_failed_is_a_clear_error(fake_coordin
 
 def test_coordinator_run_with_every_partner_succeeds(fake_coordinator, tmp_path):
     fake_coordinator["summary"] = _summary("completed", [_partner(f"bank{i}", 2) for i in range(3)])
-    assert _exit_code(["coordinator", "run", "--workdir", str(tmp_path / "c"), "--partners", "3",
-                       "--out", str(tmp_path / "run")]) == 0
+    assert (
+        _exit_code(
+            [
+                "coordinator",
+                "run",
+                "--workdir",
+                str(tmp_path / "c"),
+                "--partners",
+                "3",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_certificates_and_coordinator_state_default_outside_the_working_directory(tmp_path, monkeypatch):
@@ -123,8 +176,16 @@ def test_certificates_and_coordinator_state_default_outside_the_working_director
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-@pytest.mark.parametrize("path", ["certs/ca.key", "coord/superlink.db", "homes/bank0/keys/supernode", "node0.log",
-                                  "coordinator/flwr-home/config.toml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "certs/ca.key",
+        "coord/superlink.db",
+        "homes/bank0/keys/supernode",
+        "node0.log",
+        "coordinator/flwr-home/config.toml",
+    ],
+)
 def test_walkthrough_outputs_in_the_repository_are_ignored(path):
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():

@@ -48,7 +48,13 @@ def test_layout_counts_numeric_onehot_and_one_indicator_per_numeric():
     spec = make_spec()
     assert spec.input_dim == 2 + 3 + 2
     assert spec.encoded_names() == [
-        "age", "amount", "region=north", "region=south", "region=2", "age__missing", "amount__missing"
+        "age",
+        "amount",
+        "region=north",
+        "region=south",
+        "region=2",
+        "age__missing",
+        "amount__missing",
     ]
     assert spec.columns() == ["age", "amount", "region", "y"]
 
@@ -164,7 +170,9 @@ def specs(draw) -> FeatureSpec:
         else:
             cats = draw(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4, unique=True))
             feats.append(CategoricalFeature(n, tuple(cats)))
-    return FeatureSpec(draw(st.sampled_from(["repayment", "clv"])), "LABEL", draw(st.none() | st.just("ID")), feats)
+    return FeatureSpec(
+        draw(st.sampled_from(["repayment", "clv"])), "LABEL", draw(st.none() | st.just("ID")), feats
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -188,9 +196,22 @@ def test_encoded_values_always_in_unit_interval(values):
     "bad, match",
     [
         ({"task": "repayment", "label": "y"}, "missing field 'features'"),
-        ({"task": "repayment", "label": "y", "features": [{"type": "numeric", "name": "a", "lo": 0}]}, "'hi'"),
-        ({"task": "repayment", "label": "y", "features": [{"type": "ordinal", "name": "a"}]}, "features\\[0\\].type"),
-        ({"task": "repayment", "label": "y", "features": [{"type": "numeric", "name": "a", "lo": "x", "hi": 1}]}, "malformed"),
+        (
+            {"task": "repayment", "label": "y", "features": [{"type": "numeric", "name": "a", "lo": 0}]},
+            "'hi'",
+        ),
+        (
+            {"task": "repayment", "label": "y", "features": [{"type": "ordinal", "name": "a"}]},
+            "features\\[0\\].type",
+        ),
+        (
+            {
+                "task": "repayment",
+                "label": "y",
+                "features": [{"type": "numeric", "name": "a", "lo": "x", "hi": 1}],
+            },
+            "malformed",
+        ),
         ({"version": 9, "task": "repayment", "label": "y", "features": []}, "version"),
     ],
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from fedcustomer.privacy.access import (
     write_default_policy,
 )
 
-T0 = datetime(2030, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2030, 3, 1, 9, 0, tzinfo=UTC)
 RISK = Actor("rita", "risk_officer")
 ADMIN = Actor("adam", "partner_admin")
 COMPLIANCE = Actor("carla", "compliance_officer")
@@ -250,12 +250,18 @@ def test_second_distinct_approver_completes_the_approval(book: ApprovalBook, pol
     assert approval.expires_at == (T0 + timedelta(hours=8)).isoformat()
     active = book.active_for(RISK, "customers", ["national_id"], "risk_review", now=T0 + timedelta(hours=1))
     assert active == approval
-    assert policy.decide(RISK, "risk_review", NATIONAL_ID, approval=active, now=T0 + timedelta(hours=1)).view == "clear"
+    assert (
+        policy.decide(RISK, "risk_review", NATIONAL_ID, approval=active, now=T0 + timedelta(hours=1)).view
+        == "clear"
+    )
 
 
 def test_one_approver_is_not_enough(book: ApprovalBook) -> None:
     _two_signed(book)
-    assert book.active_for(RISK, "customers", ["national_id"], "risk_review", now=T0 + timedelta(hours=1)) is None
+    assert (
+        book.active_for(RISK, "customers", ["national_id"], "risk_review", now=T0 + timedelta(hours=1))
+        is None
+    )
 
 
 def test_same_approver_twice_is_refused_and_leaves_one_signature(book: ApprovalBook) -> None:
@@ -275,7 +281,9 @@ def test_self_approval_is_refused_even_for_an_approver_role(tmp_path: Path) -> N
     assert book.pending(now=T0)[0]["approvers"] == []
 
 
-@pytest.mark.parametrize("approver", [SCIENTIST, Actor("mia", "marketing_analyst"), Actor("rob", "risk_officer")])
+@pytest.mark.parametrize(
+    "approver", [SCIENTIST, Actor("mia", "marketing_analyst"), Actor("rob", "risk_officer")]
+)
 def test_approver_whose_role_may_not_approve_is_refused(book: ApprovalBook, approver: Actor) -> None:
     rid = book.request(RISK, "customers", ["national_id"], "risk_review", now=T0)
     with pytest.raises(AccessDenied, match="may not approve"):
@@ -296,7 +304,9 @@ def test_signing_an_expired_request_is_refused(book: ApprovalBook) -> None:
 def test_approval_expires_after_its_ttl(book: ApprovalBook, policy: AccessPolicy) -> None:
     rid = _two_signed(book, ttl=timedelta(hours=2))
     approval = book.approve(rid, COMPLIANCE, now=T0 + timedelta(minutes=2))
-    assert book.active_for(RISK, "customers", ["national_id"], "risk_review", now=T0 + timedelta(hours=1, minutes=59))
+    assert book.active_for(
+        RISK, "customers", ["national_id"], "risk_review", now=T0 + timedelta(hours=1, minutes=59)
+    )
     late = T0 + timedelta(hours=2)
     assert book.active_for(RISK, "customers", ["national_id"], "risk_review", now=late) is None
     decision = policy.decide(RISK, "risk_review", NATIONAL_ID, approval=approval, now=late)
@@ -312,11 +322,14 @@ def test_approval_covers_only_requested_fields_purpose_dataset_and_requester(
     assert book.active_for(RISK, "customers", ["national_id", "phone"], "risk_review", now=at) is None
     assert book.active_for(RISK, "customers", ["national_id"], "analytics", now=at) is None
     assert book.active_for(RISK, "other_dataset", ["national_id"], "risk_review", now=at) is None
-    assert book.active_for(Actor("rob", "risk_officer"), "customers", ["national_id"], "risk_review", now=at) is None
-    assert policy.decide(RISK, "risk_review", PHONE, approval=approval, now=at).view == "denied"
-    assert policy.decide(Actor("rob", "risk_officer"), "risk_review", NATIONAL_ID, approval=approval, now=at).view == (
-        "denied"
+    assert (
+        book.active_for(Actor("rob", "risk_officer"), "customers", ["national_id"], "risk_review", now=at)
+        is None
     )
+    assert policy.decide(RISK, "risk_review", PHONE, approval=approval, now=at).view == "denied"
+    assert policy.decide(
+        Actor("rob", "risk_officer"), "risk_review", NATIONAL_ID, approval=approval, now=at
+    ).view == ("denied")
 
 
 def test_active_for_accepts_a_subset_of_the_approved_fields(book: ApprovalBook) -> None:
@@ -344,13 +357,18 @@ def test_approvals_persist_across_book_instances(tmp_path: Path, policy: AccessP
     assert second.active_for(RISK, "customers", ["national_id"], "risk_review", now=T0) is not None
 
 
-def test_signature_stops_counting_when_policy_withdraws_approver_role(tmp_path: Path, policy: AccessPolicy) -> None:
+def test_signature_stops_counting_when_policy_withdraws_approver_role(
+    tmp_path: Path, policy: AccessPolicy
+) -> None:
     db = tmp_path / "approvals.db"
     book = ApprovalBook(db, policy)
     rid = _two_signed(book)
     book.approve(rid, COMPLIANCE, now=T0)
     stricter = AccessPolicy.from_text(bundled_policy_text().replace("p2, compliance_officer, approve", ""))
-    assert ApprovalBook(db, stricter).active_for(RISK, "customers", ["national_id"], "risk_review", now=T0) is None
+    assert (
+        ApprovalBook(db, stricter).active_for(RISK, "customers", ["national_id"], "risk_review", now=T0)
+        is None
+    )
 
 
 def test_request_ids_are_random_and_distinct(book: ApprovalBook) -> None:
@@ -401,7 +419,8 @@ def test_editing_policy_csv_changes_decisions(tmp_path: Path) -> None:
     analyst = Actor("mia", "marketing_analyst")
     assert AccessPolicy.load(path).decide(analyst, "marketing", BALANCE).view == "masked"
     text = path.read_text().replace(
-        "p, marketing_analyst, marketing, sensitive, *, masked", "p, marketing_analyst, marketing, sensitive, *, clear"
+        "p, marketing_analyst, marketing, sensitive, *, masked",
+        "p, marketing_analyst, marketing, sensitive, *, clear",
     )
     text = text.replace("p, data_scientist, training, sensitive, *, clear", "")
     path.write_text(text)
@@ -452,7 +471,9 @@ def test_write_default_policy_refuses_to_overwrite(tmp_path: Path) -> None:
         ("g, admin, admin", "inherit from itself"),
     ],
 )
-def test_malformed_policy_line_is_a_config_error_naming_the_line(tmp_path: Path, line: str, match: str) -> None:
+def test_malformed_policy_line_is_a_config_error_naming_the_line(
+    tmp_path: Path, line: str, match: str
+) -> None:
     path = tmp_path / "policy.csv"
     path.write_text("# header\np2, partner_admin, ingest\n" + line + "\n")
     with pytest.raises(ConfigError, match=match) as info:
@@ -514,7 +535,22 @@ def test_custom_model_file_is_used(tmp_path: Path) -> None:
 
 
 _token = st.sampled_from(
-    ["p", "p2", "g", "data_scientist", "training", "core", "*", "clear", "masked", "read", "", " ", "x", "Bad Role"]
+    [
+        "p",
+        "p2",
+        "g",
+        "data_scientist",
+        "training",
+        "core",
+        "*",
+        "clear",
+        "masked",
+        "read",
+        "",
+        " ",
+        "x",
+        "Bad Role",
+    ]
 )
 
 
@@ -556,7 +592,14 @@ def _approving_risk_officers(tmp_path: Path) -> ApprovalBook:
 def test_name_mixing_scripts_is_rejected() -> None:
     with pytest.raises(ConfigError, match="mixes scripts"):
         Actor("r\u0456ck", "risk_officer")  # Cyrillic і in a Latin name
-    for ok in ("rick", "Rick", "\u0440\u0430\u0441\u043e", "\u5f20\u4f1f", "\u5c71\u7530\u3072\u308d\u3057", "o'brien-2"):
+    for ok in (
+        "rick",
+        "Rick",
+        "\u0440\u0430\u0441\u043e",
+        "\u5f20\u4f1f",
+        "\u5c71\u7530\u3072\u308d\u3057",
+        "o'brien-2",
+    ):
         Actor(ok, "risk_officer")
 
 
@@ -600,6 +643,10 @@ def test_look_alike_of_an_approver_does_not_count_as_a_second_approver(book: App
         (("adam", "r\u0456ta"), "own approval"),  # the requester rita with a Cyrillic і
     ],
 )
-def test_approval_with_look_alike_signers_keeps_core_field_denied(policy: AccessPolicy, approvers, why) -> None:
-    decision = policy.decide(RISK, "risk_review", NATIONAL_ID, approval=_approval(approvers=approvers), now=T0)
+def test_approval_with_look_alike_signers_keeps_core_field_denied(
+    policy: AccessPolicy, approvers, why
+) -> None:
+    decision = policy.decide(
+        RISK, "risk_review", NATIONAL_ID, approval=_approval(approvers=approvers), now=T0
+    )
     assert decision.view == "denied" and why in decision.reason

@@ -8,7 +8,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -85,7 +85,10 @@ def test_hash_is_sha256_of_prev_hash_and_canonical_body(tmp_path: Path) -> None:
     body = {k: v for k, v in e.to_dict().items() if k not in ("hash", "prev_hash")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert e.hash == hashlib.sha256(A.GENESIS_HASH.encode() + canonical).hexdigest()
-    assert lines(log)[0] == json.dumps(e.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    assert (
+        lines(log)[0]
+        == json.dumps(e.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    )
 
 
 def test_time_is_iso_utc_with_microseconds(tmp_path: Path) -> None:
@@ -503,8 +506,13 @@ def test_card_number_is_refused_without_being_echoed(tmp_path: Path) -> None:
 
 def test_hex_pseudonyms_and_numeric_details_are_accepted(tmp_path: Path) -> None:
     log = AuditLog.open(tmp_path / "audit")
-    e = log.append(actor="a", role="r", action="fl_round", pseudonyms=["9f86d081884c7d65"],
-                   details={"run_id": "20250101123045123", "round": 3, "epsilon": 0.5})
+    e = log.append(
+        actor="a",
+        role="r",
+        action="fl_round",
+        pseudonyms=["9f86d081884c7d65"],
+        details={"run_id": "20250101123045123", "round": 3, "epsilon": 0.5},
+    )
     assert e.details["run_id"] == "20250101123045123"
 
 
@@ -539,7 +547,11 @@ def test_torn_tail_stops_appends_and_checkpoints_until_repaired(tmp_path: Path) 
     with open(log.log_path, "ab") as f:
         f.write(b'{"action":"read","act')  # a writer crashed mid-line
     before = log.log_path.read_bytes()
-    for attempt in (lambda: log.append(actor="a", role="r", action="read"), log.checkpoint, log.check_before_acting):
+    for attempt in (
+        lambda: log.append(actor="a", role="r", action="read"),
+        log.checkpoint,
+        log.check_before_acting,
+    ):
         with pytest.raises(IntegrityError, match="incomplete line.*audit repair"):
             attempt()
     log.close()  # never signs over the fragment
@@ -586,7 +598,10 @@ def _worker(directory: str, keys: str, worker: int, n: int) -> None:
 def test_four_processes_appending_lose_and_interleave_nothing(tmp_path: Path) -> None:
     ctx = mp.get_context("fork")
     AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")  # create the key once
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "audit"), str(tmp_path / "keys"), w, 500)) for w in range(4)]
+    procs = [
+        ctx.Process(target=_worker, args=(str(tmp_path / "audit"), str(tmp_path / "keys"), w, 500))
+        for w in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -660,7 +675,7 @@ def test_query_time_window_is_inclusive_and_naive_means_utc(tmp_path: Path) -> N
     es = list(log)
     t2, t4 = es[1].timestamp, es[3].timestamp
     assert [e.seq for e in log.query(since=t2, until=t4)] == [2, 3, 4]
-    naive = t2.astimezone(timezone.utc).replace(tzinfo=None)
+    naive = t2.astimezone(UTC).replace(tzinfo=None)
     assert [e.seq for e in log.query(since=naive)] == [2, 3, 4, 5]
     assert log.query(since=t4 + timedelta(days=1)) == []
     with pytest.raises(ConfigError, match="after until"):

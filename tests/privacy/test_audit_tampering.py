@@ -73,7 +73,9 @@ def test_intact_home_verifies(home: PartnerHome) -> None:
     assert r.ok and r.entries == 4 and r.checkpoints == 4
 
 
-def test_deleting_log_and_checkpoints_is_caught(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deleting_log_and_checkpoints_is_caught(
+    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+) -> None:
     _log(home).unlink()
     _checkpoints(home).unlink()
     r = _verify(home)
@@ -110,7 +112,10 @@ def test_forged_chain_without_checkpoints_is_caught(home: PartnerHome) -> None:
     genuine = [json.loads(line) for line in _log(home).read_bytes().splitlines()]
     forged, prev = [], A.GENESIS_HASH
     for e in genuine:  # same shape, every erasure hidden behind a harmless action, chain recomputed
-        body = {k: v for k, v in e.items() if k not in ("hash", "prev_hash")} | {"action": "read", "details": {}}
+        body = {k: v for k, v in e.items() if k not in ("hash", "prev_hash")} | {
+            "action": "read",
+            "details": {},
+        }
         h = entry_hash(prev, body)
         forged.append(canonical_json(body | {"prev_hash": prev, "hash": h}) + b"\n")
         prev = h
@@ -152,20 +157,50 @@ def test_torn_tail_refuses_every_action_before_it_happens(home: PartnerHome) -> 
     _assert_refused_before_acting(home, "incomplete line")
 
 
-def test_erase_command_on_a_torn_log_exits_7_before_erasing(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
+def test_erase_command_on_a_torn_log_exits_7_before_erasing(
+    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+) -> None:
     _tear(home)
     erased = _erasures(home)
-    code, _, err = run(["erase", "--customer", "C8", "--home", str(home.root), "--actor", "alice", "--role",
-                        "partner_admin", "--yes"], capsys)
+    code, _, err = run(
+        [
+            "erase",
+            "--customer",
+            "C8",
+            "--home",
+            str(home.root),
+            "--actor",
+            "alice",
+            "--role",
+            "partner_admin",
+            "--yes",
+        ],
+        capsys,
+    )
     assert code == 7 and "incomplete line" in err and "audit repair" in " ".join(err.split())
     assert "Traceback" not in err and _erasures(home) == erased
 
 
-def test_repair_cuts_only_the_torn_tail_and_records_it(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
+def test_repair_cuts_only_the_torn_tail_and_records_it(
+    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+) -> None:
     _tear(home)
     before = _log(home).read_bytes()
-    code, out, err = run(["audit", "repair", "--home", str(home.root), "--actor", "alice", "--role", "partner_admin",
-                          "--reason", "INC-42"], capsys)
+    code, out, err = run(
+        [
+            "audit",
+            "repair",
+            "--home",
+            str(home.root),
+            "--actor",
+            "alice",
+            "--role",
+            "partner_admin",
+            "--reason",
+            "INC-42",
+        ],
+        capsys,
+    )
     assert code == 0, out + err
     assert f"cut {len(FRAGMENT)} bytes" in " ".join(out.split())
     after = _log(home).read_bytes()
@@ -182,15 +217,19 @@ def test_repair_cuts_only_the_torn_tail_and_records_it(home: PartnerHome, capsys
 def test_repair_refuses_a_role_without_keys(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
     _tear(home)
     before = _log(home).read_bytes()
-    code, _, err = run(["audit", "repair", "--home", str(home.root), "--actor", "mia", "--role", "data_scientist"],
-                       capsys)
+    code, _, err = run(
+        ["audit", "repair", "--home", str(home.root), "--actor", "mia", "--role", "data_scientist"], capsys
+    )
     assert code == 5 and "keys" in err
     assert _log(home).read_bytes() == before
 
 
-def test_repair_has_nothing_to_cut_in_a_complete_log(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["audit", "repair", "--home", str(home.root), "--actor", "alice", "--role", "partner_admin"],
-                       capsys)
+def test_repair_has_nothing_to_cut_in_a_complete_log(
+    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        ["audit", "repair", "--home", str(home.root), "--actor", "alice", "--role", "partner_admin"], capsys
+    )
     assert code == 3 and "nothing to repair" in err
 
 
@@ -258,7 +297,9 @@ def test_limit_entries_appended_after_the_recorded_reach_still_verify(home: Part
     assert _verify(home).ok
 
 
-def test_limit_rolling_back_store_and_log_together_needs_an_off_node_head(home: PartnerHome, tmp_path: Path) -> None:
+def test_limit_rolling_back_store_and_log_together_needs_an_off_node_head(
+    home: PartnerHome, tmp_path: Path
+) -> None:
     shutil.copytree(home.root, tmp_path / "copy")
     _session(home, "C4")
     head_after = AuditLog(home.audit_dir).head()

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import stat
-from datetime import timezone, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,14 +42,18 @@ def _mode(path: Path) -> int:
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` with its bytes: to prove a failed call wrote nothing."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
 # --- FieldCipher: round trips ------------------------------------------------------------------
 
 
 @given(dataset=names, field=names, pseudonym=names, value=texts)
-def test_field_round_trips_any_unicode_value_and_names(dataset: str, field: str, pseudonym: str, value: str) -> None:
+def test_field_round_trips_any_unicode_value_and_names(
+    dataset: str, field: str, pseudonym: str, value: str
+) -> None:
     cipher = FieldCipher(dataset)
     token = cipher.encrypt(KEY, field, pseudonym, value)
     assert cipher.decrypt(KEY, field, pseudonym, token) == value
@@ -192,7 +196,7 @@ def test_create_writes_private_keyring_in_private_dir(keys_dir: Path, ring: File
 
 def test_created_at_is_iso8601_utc(ring: FileKeyRing) -> None:
     created = datetime.fromisoformat(ring.versions()[0].created_at)
-    assert created.tzinfo is not None and created.utcoffset() == timezone.utc.utcoffset(None)
+    assert created.tzinfo is not None and created.utcoffset() == UTC.utcoffset(None)
 
 
 def test_wrap_unwrap_round_trip_and_blob_hides_data_key(ring: FileKeyRing) -> None:
@@ -287,7 +291,9 @@ def test_retired_version_cannot_unwrap_and_its_material_is_gone(keys_dir: Path, 
     ring.retire(1)  # idempotent
 
 
-def test_retire_refuses_active_and_unknown_versions_without_writing(keys_dir: Path, ring: FileKeyRing) -> None:
+def test_retire_refuses_active_and_unknown_versions_without_writing(
+    keys_dir: Path, ring: FileKeyRing
+) -> None:
     before = _snapshot(keys_dir)
     with pytest.raises(KeyMaterialError, match="active version"):
         ring.retire(1)
@@ -374,7 +380,9 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_keyring_is_refused_and_left_untouched(keys_dir: Path, ring: FileKeyRing, case: str) -> None:
+def test_malformed_keyring_is_refused_and_left_untouched(
+    keys_dir: Path, ring: FileKeyRing, case: str
+) -> None:
     mangled = MALFORMED[case](_keyring_doc(ring))
     data = mangled if isinstance(mangled, bytes) else json.dumps(mangled).encode()
     ring.path.write_bytes(data)
@@ -387,7 +395,9 @@ def test_malformed_keyring_is_refused_and_left_untouched(keys_dir: Path, ring: F
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_group_or_world_accessible_keyring_is_refused_with_fix(keys_dir: Path, ring: FileKeyRing, mode: int) -> None:
+def test_group_or_world_accessible_keyring_is_refused_with_fix(
+    keys_dir: Path, ring: FileKeyRing, mode: int
+) -> None:
     os.chmod(ring.path, mode)
     with pytest.raises(KeyMaterialError, match="chmod 600"):
         FileKeyRing.open(keys_dir)
@@ -410,7 +420,9 @@ def test_fifo_at_a_key_path_is_refused_at_once_instead_of_hanging(keys_dir: Path
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o730, 0o703])
-def test_keys_directory_writable_by_group_or_others_is_refused(keys_dir: Path, ring: FileKeyRing, mode: int) -> None:
+def test_keys_directory_writable_by_group_or_others_is_refused(
+    keys_dir: Path, ring: FileKeyRing, mode: int
+) -> None:
     Pseudonymizer.create(keys_dir)
     os.chmod(keys_dir, mode)
     with pytest.raises(KeyMaterialError, match="chmod 700"):
@@ -452,8 +464,10 @@ class _FakeKms:
         return wrapped.blob[4:]
 
     def versions(self) -> list[KekInfo]:
-        return [KekInfo(v, "2024-01-01T00:00:00+00:00", "active" if v == self.version else "available")
-                for v in range(1, self.version + 1)]
+        return [
+            KekInfo(v, "2024-01-01T00:00:00+00:00", "active" if v == self.version else "available")
+            for v in range(1, self.version + 1)
+        ]
 
 
 def test_rewrap_works_with_any_keyring_adapter() -> None:
@@ -492,8 +506,11 @@ def test_pseudonym_normalises_whitespace_case_and_width(keys_dir: Path, variant:
 
 
 @settings(max_examples=60)
-@given(core=st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1),
-       left=st.text(alphabet=" \t\n\u3000", max_size=3), right=st.text(alphabet=" \t\n", max_size=3))
+@given(
+    core=st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1),
+    left=st.text(alphabet=" \t\n\u3000", max_size=3),
+    right=st.text(alphabet=" \t\n", max_size=3),
+)
 def test_pseudonym_ignores_padding_and_case_for_any_id(core: str, left: str, right: str) -> None:
     ps = Pseudonymizer(Path("unused"), KEY)
     assert ps.pseudonym(left + core.lower() + right) == ps.pseudonym(core.upper())
@@ -528,8 +545,12 @@ def test_pseudonym_open_missing_key_creates_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"garbage", b'{"format": "fedcustomer-keyring", "format_version": 1}',
-     b'{"format": "fedcustomer-pseudonym-key", "format_version": 1, "key": "c2hvcnQ="}'],
+    [
+        b"",
+        b"garbage",
+        b'{"format": "fedcustomer-keyring", "format_version": 1}',
+        b'{"format": "fedcustomer-pseudonym-key", "format_version": 1, "key": "c2hvcnQ="}',
+    ],
 )
 def test_malformed_pseudonym_key_is_refused_and_untouched(keys_dir: Path, content: bytes) -> None:
     Pseudonymizer.create(keys_dir)

@@ -53,19 +53,30 @@ def mlp(d: int = 6, seed: int = 0, **kw) -> nn.Module:
 def trainer(model=None, X=None, y=None, loss_fn=None, **kw) -> DPTrainer:
     if X is None:
         X, y = data()
-    args = dict(batch_size=16, lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0,
-                noise_generator=gen(1), sampling_generator=gen(2))
+    args = dict(
+        batch_size=16,
+        lr=0.1,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        noise_generator=gen(1),
+        sampling_generator=gen(2),
+    )
     args.update(kw)
-    return DPTrainer(model if model is not None else mlp(X.shape[1]), X, y,
-                     loss_fn or nn.BCEWithLogitsLoss(), **args)
+    return DPTrainer(
+        model if model is not None else mlp(X.shape[1]), X, y, loss_fn or nn.BCEWithLogitsLoss(), **args
+    )
 
 
 def opacus_reference(model: nn.Module, X, y, loss_fn, max_grad_norm: float):
     """Per-sample norms and clipped sums computed by Opacus's own hooks + DPOptimizer."""
     ref = copy.deepcopy(model)
     gsm = GradSampleModule(ref, batch_first=True, loss_reduction="mean")
-    opt = DPOptimizer(torch.optim.SGD(ref.parameters(), lr=0.1), noise_multiplier=0.0,
-                      max_grad_norm=max_grad_norm, expected_batch_size=len(X))
+    opt = DPOptimizer(
+        torch.optim.SGD(ref.parameters(), lr=0.1),
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=len(X),
+    )
     loss_fn(gsm(X), y).backward()
     params = [p for p in ref.parameters() if p.requires_grad]
     norms = torch.stack([p.grad_sample.reshape(len(X), -1).norm(dim=1) for p in params], 1).norm(dim=1)
@@ -117,7 +128,13 @@ def frozen_first_layer() -> nn.Module:
 
 @pytest.mark.parametrize(
     "make_model",
-    [lambda: mlp(), lambda: LogisticRegression(6), lambda: mlp(hidden=(5,)), WithLayerNorm, frozen_first_layer],
+    [
+        lambda: mlp(),
+        lambda: LogisticRegression(6),
+        lambda: mlp(hidden=(5,)),
+        WithLayerNorm,
+        frozen_first_layer,
+    ],
     ids=["mlp", "logreg", "mlp-1-hidden", "layernorm-fallback", "frozen-weight"],
 )
 def test_fast_norms_and_clipped_sums_equal_opacus_hooks_with_mixed_clipping(make_model):
@@ -160,8 +177,9 @@ def test_clipped_norm_of_each_sample_is_at_most_the_bound():
     clipper.attach()
     sums = []
     for i in range(len(X)):  # one-sample batches: the summed grad is that sample's clipped grad
-        norms = clipper.clip_and_accumulate(nn.BCEWithLogitsLoss()(model(X[i : i + 1]), y[i : i + 1]),
-                                            batch_size=1, max_grad_norm=0.3)
+        norms = clipper.clip_and_accumulate(
+            nn.BCEWithLogitsLoss()(model(X[i : i + 1]), y[i : i + 1]), batch_size=1, max_grad_norm=0.3
+        )
         sums.append((float(norms[0]), float(clipper.flat_summed_grad.norm())))
     clipper.detach()
     assert all(clipped <= 0.3 + 1e-5 for _, clipped in sums)
@@ -191,8 +209,9 @@ def test_one_step_with_tiny_noise_equals_manual_clipped_mean_sgd_step(clipping):
     before = [p.detach().clone() for p in model.parameters()]
     expected_grads = manual_clipped_mean_grads(copy.deepcopy(model), X, y, nn.BCEWithLogitsLoss(), 0.5)
     # batch_size = n makes q = 1: every row is in the single batch of the epoch.
-    t = trainer(model, X, y, batch_size=len(X), lr=0.3, noise_multiplier=1e-7, max_grad_norm=0.5,
-                clipping=clipping)
+    t = trainer(
+        model, X, y, batch_size=len(X), lr=0.3, noise_multiplier=1e-7, max_grad_norm=0.5, clipping=clipping
+    )
     stats = t.train_epoch()
     assert stats.steps == 1 and stats.examples_seen == len(X)
     for p0, g, p1 in zip(before, expected_grads, t.model.parameters()):
@@ -211,8 +230,17 @@ def test_noise_std_on_zero_gradient_model_is_sigma_times_bound_over_batch(clippi
     model = nn.Linear(100, 100)  # 10,100 coordinates of pure noise
     X, y = torch.randn(40, 100), torch.zeros(40)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
-    t = trainer(model, X, y, zero_gradient_loss, batch_size=40, lr=1.0, noise_multiplier=1.3,
-                max_grad_norm=2.0, clipping=clipping)
+    t = trainer(
+        model,
+        X,
+        y,
+        zero_gradient_loss,
+        batch_size=40,
+        lr=1.0,
+        noise_multiplier=1.3,
+        max_grad_norm=2.0,
+        clipping=clipping,
+    )
     t.train_epoch()  # one step; SGD's first momentum step is a plain step
     delta = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
     expected = 1.3 * 2.0 / 40
@@ -227,8 +255,18 @@ def test_noise_is_opacus_floating_point_safe_noise_from_the_noise_generator(clip
     model = nn.Linear(5, 3)
     X, y = torch.randn(10, 5), torch.zeros(10)
     before = [p.detach().clone() for p in model.parameters()]
-    trainer(model, X, y, zero_gradient_loss, batch_size=10, lr=1.0, noise_multiplier=0.7,
-            max_grad_norm=3.0, clipping=clipping, noise_generator=gen(42)).train_epoch()
+    trainer(
+        model,
+        X,
+        y,
+        zero_gradient_loss,
+        batch_size=10,
+        lr=1.0,
+        noise_multiplier=0.7,
+        max_grad_norm=3.0,
+        clipping=clipping,
+        noise_generator=gen(42),
+    ).train_epoch()
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     g = gen(42)
     if clipping == "fast":  # one draw for the whole (1-step) block, parameters flattened in order
@@ -268,8 +306,16 @@ def test_default_generators_are_os_seeded_not_the_global_torch_seed():
     for _ in range(2):
         torch.manual_seed(0)
         model = mlp()
-        DPTrainer(model, X, y, nn.BCEWithLogitsLoss(), batch_size=16, lr=0.1, noise_multiplier=1.0,
-                  max_grad_norm=1.0).train_epoch()
+        DPTrainer(
+            model,
+            X,
+            y,
+            nn.BCEWithLogitsLoss(),
+            batch_size=16,
+            lr=0.1,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        ).train_epoch()
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.allclose(results[0], results[1])
 
@@ -312,7 +358,7 @@ def sampler_stats(n: int, q: float, draws: int, chunk: int | None = None, seed: 
     for idx in s:
         assert idx.dtype == torch.long
         assert bool((idx[1:] > idx[:-1]).all()), "indices must be strictly increasing (no repeats)"
-        assert len(idx) == 0 or (0 <= int(idx[0]) and int(idx[-1]) < n)
+        assert len(idx) == 0 or (int(idx[0]) >= 0 and int(idx[-1]) < n)
         counts[idx] += 1
         sizes.append(len(idx))
     return counts / draws, np.array(sizes)
@@ -380,8 +426,17 @@ def test_proximal_term_pulls_weights_toward_the_anchor(clipping):
     for mu in (0.0, 1.0):
         model = mlp()
         start = distance(model, anchor)
-        t = trainer(model, X, y, zero_gradient_loss, lr=0.05, noise_multiplier=1e-6, clipping=clipping,
-                    proximal_mu=mu, anchor=anchor)
+        t = trainer(
+            model,
+            X,
+            y,
+            zero_gradient_loss,
+            lr=0.05,
+            noise_multiplier=1e-6,
+            clipping=clipping,
+            proximal_mu=mu,
+            anchor=anchor,
+        )
         t.train_epoch()
         moved[mu] = distance(model, anchor) / start
     assert moved[1.0] < 0.9  # pulled in
@@ -404,10 +459,13 @@ def test_plain_trainer_proximal_step_equals_manual_formula():
     X, y = data(n=8)
     model = LogisticRegression(6)
     anchor = [torch.ones_like(p) for p in model.parameters()]
-    grads = [g * len(X) for g in manual_clipped_mean_grads(copy.deepcopy(model), X, y, nn.BCEWithLogitsLoss(), 1e9)]
+    grads = [
+        g * len(X) for g in manual_clipped_mean_grads(copy.deepcopy(model), X, y, nn.BCEWithLogitsLoss(), 1e9)
+    ]
     before = [p.detach().clone() for p in model.parameters()]
-    PlainTrainer(model, X, y, nn.BCEWithLogitsLoss(), batch_size=8, lr=0.1, proximal_mu=0.5,
-                 anchor=anchor, seed=0).train_epoch()
+    PlainTrainer(
+        model, X, y, nn.BCEWithLogitsLoss(), batch_size=8, lr=0.1, proximal_mu=0.5, anchor=anchor, seed=0
+    ).train_epoch()
     for p0, g, a, p1 in zip(before, grads, anchor, model.parameters()):
         assert torch.allclose(p1.detach(), p0 - 0.1 * (g / len(X) + 0.5 * (p0 - a)), atol=1e-6)
 
@@ -426,8 +484,16 @@ def test_dp_trainer_learns_a_simple_logistic_problem(optimizer, lr):
     X, y = synthetic_logistic(3000, seed=7)
     Xte, yte = synthetic_logistic(2000, seed=8)
     torch.manual_seed(0)
-    t = trainer(LogisticRegression(5), X, y, batch_size=64, lr=lr, noise_multiplier=1.0, max_grad_norm=1.0,
-                optimizer=optimizer)
+    t = trainer(
+        LogisticRegression(5),
+        X,
+        y,
+        batch_size=64,
+        lr=lr,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        optimizer=optimizer,
+    )
     losses = [t.train_epoch().mean_loss for _ in range(3)]
     with torch.no_grad():
         p = torch.sigmoid(t.model(Xte)).numpy()
@@ -582,7 +648,11 @@ def test_anchor_with_wrong_shape_names_the_parameter():
         (torch.zeros(10, 6), torch.zeros(9), "10 rows but y has 9 labels"),
         (np.zeros((10, 6)), torch.zeros(10), "must be torch tensors"),
         (torch.tensor([[0.0] * 6, [float("nan")] * 6]), torch.zeros(2), r"X has a NaN.*row 1"),
-        (torch.zeros(4, 6), torch.tensor([0.0, 1.0, float("inf"), 0.0]), r"y has a NaN or infinite value \(first at row 2\)"),
+        (
+            torch.zeros(4, 6),
+            torch.tensor([0.0, 1.0, float("inf"), 0.0]),
+            r"y has a NaN or infinite value \(first at row 2\)",
+        ),
     ],
 )
 @pytest.mark.parametrize("private", [True, False])

@@ -8,5 +8,7 @@ from fedcustomer.privacy.psi_protocol import RECORD
 
 
 def send(grid, node: int, step: str, cfg: dict) -> Message:
-    msg = Message(content=RecordDict({RECORD: ConfigRecord(cfg)}), dst_node_id=node, message_type=f"query.{step}")
+    msg = Message(
+        content=RecordDict({RECORD: ConfigRecord(cfg)}), dst_node_id=node, message_type=f"query.{step}"
+    )
     return list(grid.send_and_receive([msg]))[0]

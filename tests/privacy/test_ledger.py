@@ -182,4 +182,3 @@ def test_recomposing_a_long_history_computes_each_rdp_curve_once(tmp_path: Path,
         acc.history.append(steps.as_tuple())
     assert len(calls) == 1
     assert ledger.spent().epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
-

@@ -136,7 +136,10 @@ def test_partial_never_reveals_more_than_the_stated_suffix(value: str, keep: int
 
 
 @settings(max_examples=100)
-@given(st.lists(st.one_of(st.none(), st.text(max_size=10)), max_size=10), st.sampled_from(["redact", "partial:3"]))
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=10)), max_size=10),
+    st.sampled_from(["redact", "partial:3"]),
+)
 def test_text_rules_keep_missing_values_missing_and_present_ones_present(values: list, rule: str) -> None:
     s = pd.Series(values, dtype=object)
     out = mask_series(s, rule)

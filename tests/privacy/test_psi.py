@@ -28,12 +28,11 @@ from fedcustomer.privacy.psi import (
 from fedcustomer.privacy.psi_protocol import (
     RECORD,
     alignment_path,
-    load_alignment,
-    load_alignment_result,
     party_path,
     register_psi_handlers,
     run_psi_on_grid,
 )
+from fedcustomer.privacy.psi_state import load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 
 
@@ -276,8 +275,9 @@ def federation(tmp_path):
         return list(data[dataset])
 
     app = ClientApp()
-    register_psi_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])], load_ids,
-                          local_labels=_fake_pseudonyms)
+    register_psi_handlers(
+        app, lambda ctx: homes[int(ctx.node_config["partition-id"])], load_ids, local_labels=_fake_pseudonyms
+    )
     return homes, data, app
 
 
@@ -333,8 +333,11 @@ def test_each_session_uses_fresh_secrets_on_the_wire(federation):
     grid = RecordingGrid(app, 2)
     run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="s-a")
     run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="s-b")
-    blinded = [set(unpack(bytes(m.content[RECORD]["blinded"]))) for m in grid.received
-               if m.metadata.src_node_id == 1 and "blinded" in m.content[RECORD]]
+    blinded = [
+        set(unpack(bytes(m.content[RECORD]["blinded"])))
+        for m in grid.received
+        if m.metadata.src_node_id == 1 and "blinded" in m.content[RECORD]
+    ]
     assert len(blinded) == 2 and blinded[0].isdisjoint(blinded[1])
 
 
@@ -366,6 +369,7 @@ def test_dead_partner_raises_federation_error(federation):
 
 def test_tampered_relay_is_caught_by_the_alignment_digest(federation):
     homes, data, app = federation
+
     def tamper(msg):  # a coordinator that replaces the doubly-blinded values on their way to the bank
         if msg.metadata.message_type == "query.psi_finish" and msg.metadata.dst_node_id == 1:
             count = len(unpack(bytes(msg.content[RECORD]["my-doubly"])))
@@ -394,7 +398,17 @@ def test_load_alignment_of_unknown_or_damaged_session(tmp_path):
     path.write_text("{not json")
     with pytest.raises(IntegrityError, match="damaged"):
         load_alignment(home, "broken")
-    path.write_text(json.dumps({"size": 3, "local_ids": ["a"], "duplicates_removed": 0, "set_size": 1,
-                                "peer_set_size": 1, "digest": ""}))
+    path.write_text(
+        json.dumps(
+            {
+                "size": 3,
+                "local_ids": ["a"],
+                "duplicates_removed": 0,
+                "set_size": 1,
+                "peer_set_size": 1,
+                "digest": "",
+            }
+        )
+    )
     with pytest.raises(IntegrityError, match="lists 1 ids but records size 3"):
         load_alignment(home, "broken")

@@ -28,7 +28,7 @@ from fedcustomer.privacy.psi_protocol import (
     run_psi_on_grid,
 )
 from tests.privacy.test_hardening_helpers import send
-from tests.privacy.test_psi import NAMES, RecordingGrid, _fake_pseudonyms, federation  # noqa: F401
+from tests.privacy.test_psi import NAMES, RecordingGrid, _fake_pseudonyms, federation
 
 BANK, SHOP = 1, 2
 ERROR_REASON = re.compile(r"^(ConfigError|DataError|IntegrityError|AccessDenied|FederationError): \S")
@@ -48,8 +48,12 @@ def _guesses(ids) -> bytes:
 
 
 def _open(grid, session: str, peer: str = "shop") -> Message:
-    reply = send(grid, BANK, MSG_BLIND, {"session-id": session, "dataset": "accounts", "role": "initiator",
-                                          "peer": peer})
+    reply = send(
+        grid,
+        BANK,
+        MSG_BLIND,
+        {"session-id": session, "dataset": "accounts", "role": "initiator", "peer": peer},
+    )
     assert not reply.has_error(), reply.error.reason
     return reply
 
@@ -59,11 +63,27 @@ def test_a_second_reblind_in_one_session_is_refused(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     _open(grid, "probe")
-    first = send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
-                                            "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5)])})
+    first = send(
+        grid,
+        BANK,
+        MSG_REBLIND,
+        {
+            "session-id": "probe",
+            "peer": "shop",
+            "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5)]),
+        },
+    )
     assert not first.has_error()  # one answer per session: the peer's set
-    again = send(grid, BANK, MSG_REBLIND, {"session-id": "probe", "peer": "shop",
-                                            "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5, 40)])})
+    again = send(
+        grid,
+        BANK,
+        MSG_REBLIND,
+        {
+            "session-id": "probe",
+            "peer": "shop",
+            "peer-blinded": _guesses([f"bank-{i:05d}" for i in range(5, 40)]),
+        },
+    )
     _refused(again, "AccessDenied", "second request")
 
 
@@ -71,7 +91,11 @@ def test_a_second_reblind_in_one_session_is_refused(federation):
     ("setup", "cfg", "needle"),
     [
         (None, {"session-id": "never", "peer": "shop"}, "no open PSI session"),  # a session it never opened
-        ("bound", {"session-id": "bound", "peer": "mallory"}, "opened with another peer"),  # other peer's name
+        (
+            "bound",
+            {"session-id": "bound", "peer": "mallory"},
+            "opened with another peer",
+        ),  # other peer's name
     ],
 )
 def test_reblind_outside_a_session_opened_with_that_peer_is_refused(federation, setup, cfg, needle):
@@ -87,8 +111,12 @@ def test_a_finished_session_answers_nothing_more(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     run_psi_on_grid(grid, BANK, SHOP, "accounts", "loyalty", session_id="done", **NAMES)
-    reply = send(grid, BANK, MSG_REBLIND, {"session-id": "done", "peer": "shop",
-                                            "peer-blinded": _guesses(["BANK-00001"])})
+    reply = send(
+        grid,
+        BANK,
+        MSG_REBLIND,
+        {"session-id": "done", "peer": "shop", "peer-blinded": _guesses(["BANK-00001"])},
+    )
     _refused(reply, "no open PSI session")
 
 
@@ -101,7 +129,9 @@ def test_peer_must_be_another_partner_and_on_the_allow_list_when_set(federation)
     grid.contexts[BANK].node_config["psi-peers"] = "shop, insurer"
     _refused(send(grid, BANK, MSG_BLIND, {**blind, "peer": "mallory"}), "AccessDenied", "psi-peers")
     assert not party_path(homes[0], "s1").exists()
-    run_psi_on_grid(grid, BANK, SHOP, "accounts", "loyalty", session_id="s2", **NAMES)  # the listed peer works
+    run_psi_on_grid(
+        grid, BANK, SHOP, "accounts", "loyalty", session_id="s2", **NAMES
+    )  # the listed peer works
 
 
 # --- size caps ---------------------------------------------------------------------------
@@ -109,13 +139,18 @@ def test_oversize_sets_are_refused_before_any_work(federation):
     homes, data, app = federation
     grid = RecordingGrid(app, 2)
     grid.contexts[BANK].node_config["psi-max-set-size"] = 10
-    reply = send(grid, BANK, MSG_BLIND, {"session-id": "big", "dataset": "accounts", "role": "initiator",
-                                          "peer": "shop"})
+    reply = send(
+        grid,
+        BANK,
+        MSG_BLIND,
+        {"session-id": "big", "dataset": "accounts", "role": "initiator", "peer": "shop"},
+    )
     _refused(reply, "DataError", "41 ids", "maximum of 10")
     grid.contexts[BANK].node_config["psi-max-set-size"] = 50
     _open(grid, "big2")
-    reply = send(grid, BANK, MSG_REBLIND, {"session-id": "big2", "peer": "shop",
-                                            "peer-blinded": b"\x00" * (51 * 32)})
+    reply = send(
+        grid, BANK, MSG_REBLIND, {"session-id": "big2", "peer": "shop", "peer-blinded": b"\x00" * (51 * 32)}
+    )
     _refused(reply, "AccessDenied", "51 values", "maximum of 50")
     grid.contexts[BANK].node_config["psi-max-set-size"] = "lots"
     _refused(send(grid, BANK, MSG_ABORT, {"session-id": "big2"}), "ConfigError", "maximum set size")
@@ -126,13 +161,14 @@ def test_abandoned_sessions_expire_and_are_removed(federation):
     homes, data, app = federation
     bank = homes[0]
     limits = PartyLimits(session_ttl_s=60)
-    load = lambda home, ds: list(data[ds])  # noqa: E731
+    load = lambda home, ds: list(data[ds])
     blind = {"dataset": "accounts", "role": "initiator", "peer": "shop"}
     handle_blind(bank, {**blind, "session-id": "old"}, load, _fake_pseudonyms, limits, now=1_000.0)
     assert party_path(bank, "old").exists()
     with pytest.raises(AccessDenied, match="expired"):
-        handle_reblind(bank, {"session-id": "old", "peer": "shop", "peer-blinded": _guesses(["X"])}, limits,
-                       now=1_061.0)
+        handle_reblind(
+            bank, {"session-id": "old", "peer": "shop", "peer-blinded": _guesses(["X"])}, limits, now=1_061.0
+        )
     assert not party_path(bank, "old").exists()
     handle_blind(bank, {**blind, "session-id": "old2"}, load, _fake_pseudonyms, limits, now=1_000.0)
     handle_blind(bank, {**blind, "session-id": "new"}, load, _fake_pseudonyms, limits, now=1_100.0)
@@ -145,7 +181,11 @@ def test_session_and_alignment_files_hold_no_raw_or_normalised_id(federation):
     grid = RecordingGrid(app, 2)
     _open(grid, "open-one")  # stays open: its state file is on disk
     run_psi_on_grid(grid, BANK, SHOP, "accounts", "loyalty", session_id="closed", **NAMES)
-    files = [party_path(homes[0], "open-one"), alignment_path(homes[0], "closed"), alignment_path(homes[1], "closed")]
+    files = [
+        party_path(homes[0], "open-one"),
+        alignment_path(homes[0], "closed"),
+        alignment_path(homes[1], "closed"),
+    ]
     forms = {f for raw in data["accounts"] + data["loyalty"] for f in (raw.strip(), normalize_id(raw))}
     for path in files:
         text = path.read_text()
@@ -156,15 +196,22 @@ def test_session_and_alignment_files_hold_no_raw_or_normalised_id(federation):
 # --- malformed messages ------------------------------------------------------------------
 _FIELD = st.sampled_from(["session-id", "dataset", "role", "peer", "workers", "peer-blinded", "my-doubly"])
 _VALUE = st.one_of(
-    st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True), st.booleans(), st.binary(max_size=80),
-    st.text(max_size=12), st.sampled_from(["accounts", "initiator", "responder", "shop", "fz", "bank"]),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.binary(max_size=80),
+    st.text(max_size=12),
+    st.sampled_from(["accounts", "initiator", "responder", "shop", "fz", "bank"]),
     st.lists(st.integers(0, 9), max_size=3),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(step=st.sampled_from([MSG_BLIND, MSG_REBLIND, MSG_FINISH, MSG_ABORT]),
-       cfg=st.dictionaries(_FIELD, _VALUE, max_size=7), node=st.sampled_from([BANK, SHOP]))
+@given(
+    step=st.sampled_from([MSG_BLIND, MSG_REBLIND, MSG_FINISH, MSG_ABORT]),
+    cfg=st.dictionaries(_FIELD, _VALUE, max_size=7),
+    node=st.sampled_from([BANK, SHOP]),
+)
 def test_fuzzed_messages_get_the_projects_error_never_a_traceback(federation, step, cfg, node):
     homes, data, app = federation
     try:

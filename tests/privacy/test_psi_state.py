@@ -13,11 +13,10 @@ from fedcustomer.privacy.crypto import Pseudonymizer
 from fedcustomer.privacy.psi_protocol import (
     MSG_BLIND,
     alignment_path,
-    load_alignment,
     party_path,
     run_psi_on_grid,
 )
-from fedcustomer.privacy.psi_state import forget_customer
+from fedcustomer.privacy.psi_state import forget_customer, load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 from tests.data.test_ingest import bank_frame
 from tests.privacy.test_hardening_helpers import send
@@ -40,10 +39,16 @@ def test_erase_removes_the_customer_from_every_psi_file(tmp_path):
     other = _partner(tmp_path, "other", frame.iloc[10:])
     grid = LocalGrid(make_client_app([str(bank.root), str(other.root)]), num_nodes=2)
     node_a, node_b = grid.get_node_ids()
-    view = run_psi_on_grid(grid, node_a, node_b, "bank", "bank", name_a="bank", name_b="other", session_id="done")
+    view = run_psi_on_grid(
+        grid, node_a, node_b, "bank", "bank", name_a="bank", name_b="other", session_id="done"
+    )
     assert view.intersection_size == 10
-    reply = send(grid, node_a, MSG_BLIND, {"session-id": "open", "dataset": "bank", "role": "initiator",
-                                           "peer": "other"})
+    reply = send(
+        grid,
+        node_a,
+        MSG_BLIND,
+        {"session-id": "open", "dataset": "bank", "role": "initiator", "peer": "other"},
+    )
     assert not reply.has_error()
     victim = frame["customer_id"].iloc[12]
     pseudonym = Pseudonymizer.open(bank.keys_dir).pseudonym(victim)
@@ -73,6 +78,10 @@ def test_forget_customer_nulls_vertical_alignments_and_drops_unreadable_sessions
     alignment_path(home, "s").write_text(json.dumps({"local_ids": ["b"], "size": 1}))
     out = forget_customer(home, "b")
     assert out == {"sessions_dropped": 1, "alignment_entries": 2}
-    assert json.loads((vertical / "alignment-bank-with-shop.json").read_text())["pseudonyms"] == ["a", None, "c"]
+    assert json.loads((vertical / "alignment-bank-with-shop.json").read_text())["pseudonyms"] == [
+        "a",
+        None,
+        "c",
+    ]
     assert not party_path(home, "broken").exists()
     assert forget_customer(home, "b") == {"sessions_dropped": 0, "alignment_entries": 0}  # idempotent

@@ -29,12 +29,18 @@ def _homes(tmp_path: Path) -> Path:
 
 
 def _job(homes: Path, **kw) -> JobConfig:
-    return JobConfig(**{"data": "customers", "homes": str(homes), "partners": 2, "out": str(homes.parent / "r"), **kw})
+    return JobConfig(
+        **{"data": "customers", "homes": str(homes), "partners": 2, "out": str(homes.parent / "r"), **kw}
+    )
 
 
-def test_a_dataset_name_with_homes_means_the_homes_data_and_a_missing_file_stays_a_missing_file(tmp_path: Path) -> None:
+def test_a_dataset_name_with_homes_means_the_homes_data_and_a_missing_file_stays_a_missing_file(
+    tmp_path: Path,
+) -> None:
     assert uses_existing_homes(_job(tmp_path))
-    assert not uses_existing_homes(_job(tmp_path, data="customers.csv"))  # a typo'd file is reported as missing
+    assert not uses_existing_homes(
+        _job(tmp_path, data="customers.csv")
+    )  # a typo'd file is reported as missing
     assert not uses_existing_homes(_job(tmp_path, data="synthetic"))
     assert not uses_existing_homes(JobConfig(data="customers", out=str(tmp_path / "r")))
 
@@ -50,6 +56,10 @@ def test_existing_homes_need_a_declared_spec_the_right_count_and_the_dataset(tmp
     with pytest.raises(DataError, match="holds no dataset 'clients'"):
         existing_homes(_job(homes, data="clients"), SPEC)
     with pytest.raises(DataError, match="has no field\\(s\\) income"):
-        existing_homes(_job(homes), FeatureSpec("repayment", "default", None, [NumericFeature("income", 0, 1)]))
+        existing_homes(
+            _job(homes), FeatureSpec("repayment", "default", None, [NumericFeature("income", 0, 1)])
+        )
     with pytest.raises(DataError, match="core-tier field\\(s\\) row_id"):
-        existing_homes(_job(homes), FeatureSpec("repayment", "default", None, [NumericFeature("row_id", 0, 1)]))
+        existing_homes(
+            _job(homes), FeatureSpec("repayment", "default", None, [NumericFeature("row_id", 0, 1)])
+        )

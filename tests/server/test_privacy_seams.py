@@ -33,8 +33,18 @@ def _file(path: Path, rows: int = 900, **extra) -> Path:
 
 
 def _job(tmp_path: Path, data: Path, **kw) -> JobConfig:
-    base = dict(data=str(data), label="defaulted", partners=2, rounds=2, arch="logreg", batch_size=100,
-                epsilon=3.0, homes=str(tmp_path / "homes"), out=str(tmp_path / f"run-{data.stem}"), min_partners=1)
+    base = dict(
+        data=str(data),
+        label="defaulted",
+        partners=2,
+        rounds=2,
+        arch="logreg",
+        batch_size=100,
+        epsilon=3.0,
+        homes=str(tmp_path / "homes"),
+        out=str(tmp_path / f"run-{data.stem}"),
+        min_partners=1,
+    )
     return JobConfig(**(base | kw))
 
 
@@ -50,7 +60,9 @@ def _true_epsilon(home: PartnerHome, delta: float) -> float:
     """Every Gaussian release in the partner's ledger file, whatever dataset it names, composed by Opacus."""
     acc = RDPAccountant()
     ledger = BudgetLedger(home.ledger_path, "-", DatasetBudget(1.0, delta))
-    acc.history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in ledger.all_charges() if c.family == GAUSSIAN]
+    acc.history = [
+        (c.noise_multiplier, c.sample_rate, c.steps) for c in ledger.all_charges() if c.family == GAUSSIAN
+    ]
     return acc.get_epsilon(delta)
 
 
@@ -60,9 +72,13 @@ def test_a_renamed_copy_of_the_same_customers_composes_with_the_original(tmp_pat
     copy.write_bytes(original.read_bytes())
     job = _job(tmp_path, original, rounds=1, epsilon=3.0)
     _, homes = prepare_partners(job)
-    earlier = GaussianSteps(noise_multiplier=2.0, sample_rate=0.1, steps=20)  # an earlier release on the original
+    earlier = GaussianSteps(
+        noise_multiplier=2.0, sample_rate=0.1, steps=20
+    )  # an earlier release on the original
     for home in homes:
-        BudgetLedger(home.ledger_path, "customers", DatasetBudget(3.0, 1e-5)).charge_gaussian("earlier", earlier)
+        BudgetLedger(home.ledger_path, "customers", DatasetBudget(3.0, 1e-5)).charge_gaussian(
+            "earlier", earlier
+        )
     alone = accounting_epsilon([earlier], 1e-5)
     summary = _run(_job(tmp_path, copy, rounds=2, epsilon=3.0))
     assert summary["dataset"] == "copy" and summary["rounds_completed"] == 2
@@ -88,7 +104,9 @@ def test_a_partner_budget_other_than_epsilon_is_said_and_recorded(tmp_path: Path
     prepare_partners(job)
     summary = _run(_job(tmp_path, data, rounds=1, epsilon=8.0))
     assert summary["budget_requested"] == {"epsilon": 8.0, "delta": 1e-5}
-    assert any("keeps its own budget epsilon 3" in n and "requested epsilon 8" in n for n in summary["notices"])
+    assert any(
+        "keeps its own budget epsilon 3" in n and "requested epsilon 8" in n for n in summary["notices"]
+    )
     assert all(p["epsilon_target"] == 3.0 for p in summary["partners"])
     saved = json.loads((tmp_path / "run-customers" / "summary.json").read_text())
     assert saved["notices"] == summary["notices"]
@@ -138,9 +156,13 @@ def test_the_registry_keeps_no_raw_id(tmp_path: Path) -> None:
     assert oct((tmp_path / "homes" / "placements.key").stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_column_named_like_the_usual_label_is_not_taken_when_another_looks_like_the_target(tmp_path: Path) -> None:
+def test_a_column_named_like_the_usual_label_is_not_taken_when_another_looks_like_the_target(
+    tmp_path: Path,
+) -> None:
     rng = np.random.default_rng(0)
-    data = _file(tmp_path / "marketing.csv", rows=300, default=rng.integers(0, 2, 300), y=rng.integers(0, 2, 300))
+    data = _file(
+        tmp_path / "marketing.csv", rows=300, default=rng.integers(0, 2, 300), y=rng.integers(0, 2, 300)
+    )
     pd.read_csv(data).drop(columns=["defaulted"]).to_csv(data, index=False)
     with pytest.raises(ConfigError, match="--label"):
         load_partitions("repayment", str(data), 2)
@@ -160,8 +182,10 @@ def test_a_guessed_label_is_announced(tmp_path: Path) -> None:
 
 def test_homes_from_older_versions_compose_their_per_dataset_budgets_as_one(tmp_path: Path) -> None:
     home = PartnerHome.create(tmp_path / "p", "p")
-    home.config_path.write_text('name = "p"\n\n[budgets.loans]\nepsilon = 3.0\ndelta = 1e-05\n\n'
-                                '[budgets.loans_copy]\nepsilon = 5.0\ndelta = 1e-06\n')
+    home.config_path.write_text(
+        'name = "p"\n\n[budgets.loans]\nepsilon = 3.0\ndelta = 1e-05\n\n'
+        "[budgets.loans_copy]\nepsilon = 5.0\ndelta = 1e-06\n"
+    )
     config = home.config()
     assert config.budget_for("anything") == DatasetBudget(3.0, 1e-6)  # the most restrictive of them
     budget, notice = home.ensure_budget(DatasetBudget(3.0, 1e-6))
@@ -186,6 +210,10 @@ def test_sources_that_hold_one_person_at_several_partners_keep_them_there(tmp_pa
     _, homes = prepare_partners(job)
     before = [_store_rows(h, "bank") for h in homes]
     notices: list[str] = []
-    prepare_partners(JobConfig(data="synthetic", partners=3, out=str(tmp_path / "r"), homes=str(tmp_path / "homes"),
-                               seed=0), notices)
+    prepare_partners(
+        JobConfig(
+            data="synthetic", partners=3, out=str(tmp_path / "r"), homes=str(tmp_path / "homes"), seed=0
+        ),
+        notices,
+    )
     assert [_store_rows(h, "bank") for h in homes] == before and not notices

@@ -17,22 +17,40 @@ from tests.server.local_grid import LocalGrid
 from tests.toy import SPEC, toy_frame
 
 
-
-def _federation(tmp_path: Path, job: JobConfig, n: int = 3, rows: int = 800, broken: int | None = None) -> list[str]:
+def _federation(
+    tmp_path: Path, job: JobConfig, n: int = 3, rows: int = 800, broken: int | None = None
+) -> list[str]:
     homes = []
     for i in range(n):
         train, test = toy_frame(rows, i, strength=1.25), toy_frame(300, 100 + i, strength=1.25)
         test["customer_id"] = "t" + test["customer_id"]
         if i == broken:
             train, test = train.rename(columns={"x2": "x3"}), test.rename(columns={"x2": "x3"})
-        home, _ = provision_partner(tmp_path / f"bank_{i}", f"bank_{i}", source=job.data, task=job.task, spec=SPEC,
-                                    train=train, test=test, budget=DatasetBudget(job.epsilon, job.delta))
+        home, _ = provision_partner(
+            tmp_path / f"bank_{i}",
+            f"bank_{i}",
+            source=job.data,
+            task=job.task,
+            spec=SPEC,
+            train=train,
+            test=test,
+            budget=DatasetBudget(job.epsilon, job.delta),
+        )
         homes.append(str(home.root))
     return homes
 
 
 def _job(tmp_path: Path, **kw) -> JobConfig:
-    base = dict(data="toy.csv", partners=3, rounds=3, arch="logreg", lr=0.5, batch_size=100, epsilon=3.0, out=str(tmp_path / "run"))
+    base = dict(
+        data="toy.csv",
+        partners=3,
+        rounds=3,
+        arch="logreg",
+        lr=0.5,
+        batch_size=100,
+        epsilon=3.0,
+        out=str(tmp_path / "run"),
+    )
     base.update(kw)
     return JobConfig(**base)
 
@@ -48,8 +66,15 @@ def test_three_partners_learn_and_stay_within_budget(tmp_path: Path) -> None:
         assert p["rounds_trained"] == 3 and p["rounds_refused"] == 0
         assert len(p["accounting"]["history"]) == 3
     out = Path(job.out)
-    for name in ("config.json", "summary.json", "metrics.csv", "model.pt", "feature_spec.json",
-                 "plots/auc_vs_round.png", "plots/epsilon_vs_round.png"):
+    for name in (
+        "config.json",
+        "summary.json",
+        "metrics.csv",
+        "model.pt",
+        "feature_spec.json",
+        "plots/auc_vs_round.png",
+        "plots/epsilon_vs_round.png",
+    ):
         assert (out / name).exists(), name
     assert len(pd.read_csv(out / "metrics.csv")) == 3
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -123,7 +148,9 @@ def test_resume_continues_after_last_checkpoint_without_paying_twice(tmp_path: P
     job = _job(tmp_path, rounds=3)
     homes = _federation(tmp_path, job)
     # every node goes silent after round 1 (train + evaluate): the job stops, as if the coordinator lost them
-    first = run_job_on_grid(LocalGrid(make_client_app(homes), 3, dead_after={1: 2, 2: 2, 3: 2}), job, SPEC, num_partners=3)
+    first = run_job_on_grid(
+        LocalGrid(make_client_app(homes), 3, dead_after={1: 2, 2: 2, 3: 2}), job, SPEC, num_partners=3
+    )
     assert first["status"] == "stopped" and first["rounds_completed"] == 1
     summary = run_job_on_grid(LocalGrid(make_client_app(homes), 3), job, SPEC, num_partners=3, resume=True)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
@@ -135,15 +162,22 @@ def test_resume_continues_after_last_checkpoint_without_paying_twice(tmp_path: P
 
 def test_central_dp_reports_partner_level_epsilon(tmp_path: Path) -> None:
     job = _job(tmp_path, rounds=2, central_dp=True, central_noise_multiplier=1.0)
-    summary = run_job_on_grid(LocalGrid(make_client_app(_federation(tmp_path, job)), 3), job, SPEC, num_partners=3)
+    summary = run_job_on_grid(
+        LocalGrid(make_client_app(_federation(tmp_path, job)), 3), job, SPEC, num_partners=3
+    )
     assert summary["central_dp"]["rounds"] == 2 and summary["central_dp"]["epsilon"] > 0
 
 
 @pytest.mark.parametrize(
     "kw, message",
-    [({"epsilon": 0}, "--epsilon must be > 0"), ({"epsilon": -1}, "--epsilon must be > 0"),
-     ({"strategy": "fedsgd"}, "unknown strategy"), ({"delta": 1.5}, "--delta"), ({"partners": 0}, "--partners"),
-     ({"min_partners": 5}, "cannot exceed")],
+    [
+        ({"epsilon": 0}, "--epsilon must be > 0"),
+        ({"epsilon": -1}, "--epsilon must be > 0"),
+        ({"strategy": "fedsgd"}, "unknown strategy"),
+        ({"delta": 1.5}, "--delta"),
+        ({"partners": 0}, "--partners"),
+        ({"min_partners": 5}, "cannot exceed"),
+    ],
 )
 def test_bad_job_options_are_config_errors(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

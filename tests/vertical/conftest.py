@@ -31,8 +31,9 @@ def _fresh_sessions():
 
 def retail_signal_frames(n: int = 1200, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Bank and retailer tables where default is driven mostly by retail behaviour."""
-    fed = generate_federation(1, 1, customers_per_bank=n, customers_per_retailer=n, shared_fraction=0.9,
-                              missing_rate=0.0, seed=seed)
+    fed = generate_federation(
+        1, 1, customers_per_bank=n, customers_per_retailer=n, shared_fraction=0.9, missing_rate=0.0, seed=seed
+    )
     bank = pd.concat([fed.banks[0].train, fed.banks[0].test], ignore_index=True)
     retail = pd.concat([fed.retailers[0].train, fed.retailers[0].test], ignore_index=True)
     r = retail.set_index("customer_id")
@@ -49,18 +50,22 @@ def retail_signal_frames(n: int = 1200, seed: int = 0) -> dict[str, pd.DataFrame
 class RecordingGrid(LocalGrid):
     """The in-process grid, keeping every (message, reply) pair for inspection."""
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.log: list[tuple[Message, list[Message]]] = []
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         messages = list(messages)
         replies = list(super().send_and_receive(messages, timeout=timeout))
         self.log.append((messages[0], replies))
         return replies
 
 
-def setup_parties(root: Path, job: VerticalJob, frames: dict[str, pd.DataFrame]) -> tuple[PartnerHome, PartnerHome, int]:
+def setup_parties(
+    root: Path, job: VerticalJob, frames: dict[str, pd.DataFrame]
+) -> tuple[PartnerHome, PartnerHome, int]:
     active, passive = plan_parties(job)
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
@@ -71,5 +76,5 @@ def setup_parties(root: Path, job: VerticalJob, frames: dict[str, pd.DataFrame])
     return homes[active.name], homes[passive.name], size
 
 
-def grid_for(homes: list[PartnerHome], **kwargs) -> RecordingGrid:  # noqa: ANN003
+def grid_for(homes: list[PartnerHome], **kwargs) -> RecordingGrid:
     return RecordingGrid(vertical_client_app([str(h.root) for h in homes]), num_nodes=len(homes), **kwargs)

@@ -8,10 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
 import torch
+from opacus.accountants import RDPAccountant
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.privacy import accounting
 from fedcustomer.privacy.ledger import BudgetLedger
@@ -19,7 +18,6 @@ from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_on_grid
-
 from tests.vertical.conftest import grid_for, retail_signal_frames, setup_parties
 
 
@@ -31,7 +29,9 @@ def _job(tmp_path, **kw) -> VerticalJob:
 def test_vertical_beats_label_owner_alone_when_retailer_features_carry_signal(tmp_path):
     job = _job(tmp_path, dp=False, rounds=6)
     bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames())
-    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size)
+    summary = run_vertical_on_grid(
+        grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size
+    )
     assert summary["status"] == "completed" and summary["psi_size"] == size
     assert summary["baseline"]["status"] == "completed"
     vertical, bank_only = summary["comparison"]["vertical_auc"], summary["comparison"]["bank_only_auc"]
@@ -51,7 +51,9 @@ def test_dp_vertical_spends_each_party_budget_up_to_its_target_and_no_further(tm
     mechanisms = {c.mechanism for c in ledger.charges()}
     assert mechanisms == {"vertical_dpsgd", "vertical_label_release"}
     label_charges = [c for c in ledger.charges() if c.mechanism == "vertical_label_release"]
-    assert len(label_charges) == 1 and label_charges[0].epsilon == pytest.approx(1.0)  # once per job, not per round
+    assert len(label_charges) == 1 and label_charges[0].epsilon == pytest.approx(
+        1.0
+    )  # once per job, not per round
     label = summary["partners"][0]["accounting"]["label_dp"]
     assert label["enabled"] and label["mechanism"] == "randomized_response" and label["epsilon"] == 1.0
 
@@ -60,15 +62,26 @@ def test_the_label_owners_own_comparison_model_is_paid_from_its_real_ledger(tmp_
     """Joint model and bank-only model are two releases about the bank's customers: one ledger holds both."""
     job = _job(tmp_path, epsilon=4.0, rounds=2, baseline=True, baseline_epsilon=1.0)
     bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=800))
-    summary = run_vertical_on_grid(grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size)
+    summary = run_vertical_on_grid(
+        grid_for([bank, retail]), job, baseline_grid=grid_for([bank]), psi_size=size
+    )
     assert summary["status"] == "completed" and summary["baseline"]["status"] == "completed"
     ledger = BudgetLedger(bank.ledger_path, "bank", bank.config().budget_for("bank"))
     runs = {c.run_id for c in ledger.all_charges()}
     assert runs == {job.run_id, job.run_id + "-baseline"}
     acc = RDPAccountant()
-    acc.history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in ledger.all_charges() if c.family == "gaussian_rdp"]
+    acc.history = [
+        (c.noise_multiplier, c.sample_rate, c.steps)
+        for c in ledger.all_charges()
+        if c.family == "gaussian_rdp"
+    ]
     approx = sum(c.epsilon for c in ledger.all_charges() if c.family == "approx_dp")
-    true = acc.get_epsilon(job.delta - sum(c.delta or 0 for c in ledger.all_charges() if c.family == "approx_dp")) + approx
+    true = (
+        acc.get_epsilon(
+            job.delta - sum(c.delta or 0 for c in ledger.all_charges() if c.family == "approx_dp")
+        )
+        + approx
+    )
     bank_row = next(p for p in summary["partners"] if p["name"] == "bank")
     assert bank_row["epsilon_spent"] < bank_row["epsilon_spent_all_releases"]
     assert bank_row["epsilon_spent_all_releases"] == pytest.approx(ledger.spent().epsilon)
@@ -140,7 +153,7 @@ def _active_session():
     return next(s for s in party_module._SESSIONS.values() if s.active)
 
 
-@pytest.mark.parametrize(("label_epsilon", "flip"), [(1.0, 1 / (1 + math.e)), (4.0, 1 / (1 + math.e ** 4))])
+@pytest.mark.parametrize(("label_epsilon", "flip"), [(1.0, 1 / (1 + math.e)), (4.0, 1 / (1 + math.e**4))])
 def test_labels_behind_the_gradients_are_randomised_at_the_promised_rate(tmp_path, label_epsilon, flip):
     job = _job(tmp_path, rounds=1, epsilon=5.0, label_epsilon=label_epsilon)
     bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=1500))
@@ -195,8 +208,12 @@ def test_job_options_are_checked():
         VerticalJob(embedding_noise=-1.0)
     with pytest.raises(ConfigError, match="--label-epsilon"):
         VerticalJob(epsilon=1.0, label_epsilon=1.0)
-    VerticalJob(epsilon=1.0, label_epsilon=1.0, label_dp=False, baseline=False)  # no label release, nothing to split
-    with pytest.raises(ConfigError, match="--baseline-epsilon"):  # the comparison model is paid from the same budget
+    VerticalJob(
+        epsilon=1.0, label_epsilon=1.0, label_dp=False, baseline=False
+    )  # no label release, nothing to split
+    with pytest.raises(
+        ConfigError, match="--baseline-epsilon"
+    ):  # the comparison model is paid from the same budget
         VerticalJob(epsilon=2.0, label_epsilon=1.0, baseline_epsilon=1.0)
     VerticalJob(epsilon=2.0, label_epsilon=1.0, baseline=False)
 
@@ -219,7 +236,9 @@ def test_local_runs_align_parties_with_the_messaged_psi_and_keep_only_pseudonyms
     job = _job(tmp_path, customers=600, baseline=False)
     setup = prepare_vertical(job)
     frames = party_frames(job)
-    shared = set(frames["bank"]["customer_id"].astype(str)) & set(frames["retailer"]["customer_id"].astype(str))
+    shared = set(frames["bank"]["customer_id"].astype(str)) & set(
+        frames["retailer"]["customer_id"].astype(str)
+    )
     assert setup.psi_size == len(shared) > 0
     bank = json.loads(alignment_path(setup.active, "bank", "retailer").read_text())["pseudonyms"]
     retail = json.loads(alignment_path(setup.passive, "retailer", "bank").read_text())["pseudonyms"]
@@ -237,8 +256,12 @@ def test_a_later_vertical_job_on_the_same_homes_keeps_the_held_out_split(tmp_pat
     first = prepare_vertical(job)
     path = alignment_path(first.active, "bank", "retailer")
     before = json.loads(path.read_text())["pseudonyms"]
-    prepare_vertical(VerticalJob(customers=500, out=str(tmp_path / "r2"), homes=str(tmp_path / "homes"), seed=3))
+    prepare_vertical(
+        VerticalJob(customers=500, out=str(tmp_path / "r2"), homes=str(tmp_path / "homes"), seed=3)
+    )
     assert json.loads(path.read_text())["pseudonyms"] == before
     with pytest.raises(ConfigError, match="--seed 3"):
-        prepare_vertical(VerticalJob(customers=500, out=str(tmp_path / "r3"), homes=str(tmp_path / "homes"), seed=4))
+        prepare_vertical(
+            VerticalJob(customers=500, out=str(tmp_path / "r3"), homes=str(tmp_path / "homes"), seed=4)
+        )
     assert json.loads(path.read_text())["pseudonyms"] == before

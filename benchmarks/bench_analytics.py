@@ -32,7 +32,7 @@ from fedcustomer.analytics.runner import (
     true_partials,
 )
 from fedcustomer.analytics.spec import QuerySpec
-from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 REGIONS = ("north", "south", "east", "west", "central")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.audit import AuditLog, canonical_json
+from fedcustomer.privacy.audit.log import AuditLog, canonical_json
 
 
 def _record(i: int) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.crypto import (
+from fedcustomer.privacy.crypto.keyring import (
     FieldCipher,
     FileKeyRing,
     Pseudonymizer,

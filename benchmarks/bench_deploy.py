@@ -16,12 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
 from fedcustomer.deploy import node as nd
 from fedcustomer.deploy import pki
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import JobConfig
 
 
@@ -89,7 +90,7 @@ def _deployed(root: Path, rounds: int, partners: int, seed: int) -> dict:
 
 
 def _simulated(root: Path, rounds: int, partners: int, seed: int) -> dict:
-    from fedcustomer.server.simulation import run_simulated_job
+    from fedcustomer.apps.simulation import run_simulated_job
 
     job = JobConfig(
         rounds=rounds,

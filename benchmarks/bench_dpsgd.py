@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fedcustomer.models.repayment import LogisticRegression, RepaymentMLP
-from fedcustomer.privacy.dpsgd import DPTrainer, PlainTrainer
+from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 
 FEATURES = 23
 MODES = ("non-private", "opacus-hooks", "opacus-ghost", "fast", "fast/opacus-sampler")

@@ -51,17 +51,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedcustomer.clients.app import make_client_app
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.partition import PartnerDataset, split_train_test
-from fedcustomer.data.provision import dataset_name, provision_partner
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.models.baseline import gradient_boosting, pooled, train_centralised
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model
-from fedcustomer.server.app import run_job_on_grid
+from fedcustomer.partner.datasets import dataset_name
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
+from fedcustomer.server.run import run_job_on_grid
 
 SOURCE, TASK, DELTA = "uci-credit", "repayment", 1e-5
 VALIDATION_FRACTION = 0.2
@@ -330,7 +332,7 @@ def round_overhead(
     data_dir: Path, partners: int, recipe: Recipe, epsilon: float, rounds: int
 ) -> dict[str, Any]:
     """Flower simulation engine: round wall time / sum of the partners' local training times."""
-    from fedcustomer.server.simulation import run_simulated_job
+    from fedcustomer.apps.simulation import run_simulated_job
 
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         job = JobConfig(

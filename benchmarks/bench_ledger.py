@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.clients.home import DatasetBudget
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 BUDGET = DatasetBudget(1e9, 1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.01, steps=100)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.psi import _sodium, new_secret, run_psi_local
+from fedcustomer.psi.core import _sodium, new_secret, run_psi_local
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_VENV = HERE / ".venv-psi"

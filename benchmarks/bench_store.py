@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.ingest import IngestReport, prepare_chunk, read_chunks
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.data.validators import prc_id_check_char
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.crypto import FieldCipher
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.crypto.keyring import FieldCipher
 
 ADMIN = Actor("bench_admin", "partner_admin")
 RISK = Actor("bench_risk", "risk_officer")

@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.models.metrics import classification_metrics
+from fedcustomer.partner.home import PartnerHome
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import load_party_table, plan_parties, split_positions
 from fedcustomer.vertical.job import DEFAULTS, VerticalJob

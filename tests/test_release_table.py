@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fedcustomer.clients.app import make_client_app
-from fedcustomer.server.app import run_job_on_grid
+from fedcustomer.apps.client import make_client_app
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
-from fedcustomer.server.simulation import prepare_partners
+from fedcustomer.server.partners import prepare_partners
+from fedcustomer.server.run import run_job_on_grid
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_local
 from tests.toy import toy_frame

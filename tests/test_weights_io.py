@@ -13,12 +13,12 @@ import torch
 
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.errors import IntegrityError
+from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder
 from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.runner import run_vertical_on_grid
-from fedcustomer.weights_io import load_weights_only
 from tests.clients.test_node import _global, _home, _ins
 from tests.vertical.conftest import _fresh_sessions, grid_for, retail_signal_frames, setup_parties
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from fedcustomer.models.features import FeatureSpec, NumericFeature
+from fedcustomer.data.features import FeatureSpec, NumericFeature
 
 SPEC = FeatureSpec(
     task="repayment",

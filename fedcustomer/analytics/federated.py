@@ -22,8 +22,8 @@ from fedcustomer import errors
 from fedcustomer.analytics.combine import QueryResult, combine
 from fedcustomer.analytics.partner import LoadFrame, answer_query
 from fedcustomer.analytics.spec import QuerySpec, spec_from_json
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import FedCustomerError, FederationError
+from fedcustomer.partner.home import PartnerHome
 
 QUERY_ACTION = "analytics"
 MESSAGE_TYPE = f"query.{QUERY_ACTION}"

@@ -26,8 +26,8 @@ import opendp.prelude as dp
 from scipy import signal, stats
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
 
 dp.enable_features("contrib")
 

@@ -30,10 +30,10 @@ from fedcustomer.analytics import mechanisms
 from fedcustomer.analytics.local import compute_partials
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 PURPOSE = "analytics"
 ROLE = "data_scientist"
@@ -221,8 +221,8 @@ def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):
 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
-    from fedcustomer.privacy.audit import AuditLog
-    from fedcustomer.privacy.audit_reach import HomeReach
+    from fedcustomer.privacy.audit.log import AuditLog
+    from fedcustomer.privacy.audit.reach import HomeReach
 
     log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home))
     try:

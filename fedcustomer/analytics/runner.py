@@ -9,7 +9,6 @@ local checks (``--show-truth``) and is never reachable over the network.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +22,12 @@ from fedcustomer.analytics.federated import register_analytics_handlers, run_que
 from fedcustomer.analytics.local import Partials, compute_partials
 from fedcustomer.analytics.partner import PURPOSE, LoadFrame
 from fedcustomer.analytics.spec import QuerySpec
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.schema import Schema
 from fedcustomer.errors import ConfigError, DataError
+from fedcustomer.partner.federation import read_index, write_index
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
-FEDERATION_INDEX = "federation.json"
 CDNOW_DATASET = "cdnow"
 _CDNOW_SCHEMA = """
 dataset: cdnow
@@ -44,7 +44,7 @@ CDNOW_COHORTS = ("1997-01", "1997-02", "1997-03")
 
 
 def _admin(name: str):
-    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.access.policy import Actor
 
     return Actor(f"admin:{name}", "partner_admin")
 
@@ -171,25 +171,15 @@ def _provision_all(
         )
         for ds in placed.datasets
     ]
-    _write_index(root, homes)
+    write_index(root, homes)
     return homes
-
-
-def _write_index(root: Path, homes: Sequence[PartnerHome]) -> None:
-    index = root / FEDERATION_INDEX
-    index.write_text(
-        json.dumps({"partners": [h.root.name for h in homes]}, indent=2) + "\n", encoding="utf-8"
-    )
 
 
 def homes_in(directory: Path) -> list[PartnerHome]:
     """Partner homes under ``directory`` (its federation.json order, else every sub-folder with partner.toml)."""
     directory = Path(directory)
-    index = directory / FEDERATION_INDEX
-    if index.exists():
-        names = json.loads(index.read_text(encoding="utf-8"))["partners"]
-        homes = [PartnerHome(directory / n) for n in names]
-    else:
+    homes = read_index(directory)
+    if homes is None:
         homes = [
             PartnerHome(p) for p in sorted(directory.iterdir()) if (p / PartnerHome.CONFIG_NAME).exists()
         ]
@@ -204,7 +194,7 @@ def run_inprocess(
     """Send ``spec`` as ``query.analytics`` messages to a ClientApp per home over an in-process grid."""
     from flwr.clientapp import ClientApp
 
-    from fedcustomer.clients.app import resolve_home
+    from fedcustomer.clients.context import resolve_home
     from fedcustomer.server.inprocess import LocalGrid
 
     paths = [str(Path(h.root).resolve()) for h in homes]
@@ -216,7 +206,7 @@ def run_inprocess(
 def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:
     """Exact (unnoised) aggregates over all homes, for local checks only."""
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.access.policy import Actor
 
     total: Partials | None = None
     for home in homes:

@@ -48,7 +48,7 @@ def _homes(
     budget: float,
 ) -> list:
     from fedcustomer.analytics import runner
-    from fedcustomer.clients.home import DatasetBudget
+    from fedcustomer.privacy.dp.budget import DatasetBudget
 
     if homes is not None and data is not None:
         raise ConfigError(
@@ -225,9 +225,10 @@ def budget_set(
     actor: str = typer.Option(..., "--actor", help="who sets it (recorded in the audit log)"),
     role: str = typer.Option("partner_admin", "--role", help="must be partner_admin"),
 ) -> None:
-    from fedcustomer.clients.home import DatasetBudget, PartnerHome
     from fedcustomer.errors import AccessDenied
-    from fedcustomer.privacy.ledger import BudgetLedger
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
 
     if role != "partner_admin":
         raise AccessDenied(f"role {role!r} may not set the privacy budget; a partner_admin does")
@@ -281,8 +282,8 @@ BUDGET_CAPTION = (
 
 def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
     """The partner's total against its one budget, and charges and refusals per dataset (stable JSON)."""
-    from fedcustomer.clients.home import PartnerHome
-    from fedcustomer.privacy.ledger import BudgetLedger
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
 
     home = PartnerHome(home_dir)
     config = home.config()

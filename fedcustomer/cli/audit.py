@@ -38,10 +38,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
-from fedcustomer.privacy.audit import (
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import (
     ACTION_AUDIT_QUERY,
     DECISIONS,
     PUBLIC_KEY_NAME,
@@ -49,7 +49,7 @@ from fedcustomer.privacy.audit import (
     AuditEntry,
     AuditLog,
 )
-from fedcustomer.privacy.audit_reach import HomeReach
+from fedcustomer.privacy.audit.reach import HomeReach
 
 audit_app = typer.Typer(
     help="Verify the tamper-evident audit log and report who read which field, why, approved by whom.",
@@ -114,7 +114,7 @@ def open_for_reading(home: Path | None, log: Path | None, public_key: Path | Non
 
 def _home_policy(home: Path | None) -> Any:
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.privacy.access import AccessPolicy
+    from fedcustomer.privacy.access.policy import AccessPolicy
 
     return PartnerStore._load_policy(PartnerHome(home)) if home is not None else AccessPolicy.default()
 
@@ -149,7 +149,7 @@ def authorise(
     pseudonyms: list[str] | None = None,
 ) -> None:
     """AccessDenied unless the policy lets ``role`` do ``action``; with a home, a refusal is audited."""
-    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.access.policy import Actor
 
     try:
         _home_policy(home).require(Actor(actor, role), action)
@@ -391,7 +391,7 @@ def repair_cmd(
     Refused unless the rest of the log verifies and the incomplete line lies after the
     last signed checkpoint: nothing else can be removed this way.
     """
-    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.access.policy import Actor
 
     partner = PartnerHome(home)
     if not partner.audit_dir.is_dir():

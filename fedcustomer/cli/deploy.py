@@ -216,7 +216,6 @@ def coordinator_run(
 ) -> None:
     from fedcustomer.deploy.coordinator import (
         CoordinatorDir,
-        default_spec_ref,
         list_nodes,
         partner_shortfall,
         pin_spec,
@@ -227,6 +226,7 @@ def coordinator_run(
         wait_run,
         write_app,
     )
+    from fedcustomer.server.deployment import default_spec_ref
     from fedcustomer.server.job import JobConfig
 
     cdir = CoordinatorDir(_workdir(workdir))
@@ -337,8 +337,8 @@ def node_keys(
     home: Path = typer.Option(..., "--home", help="Partner home directory."),
     force: bool = typer.Option(False, "--force", help="Replace an existing key pair."),
 ) -> None:
-    from fedcustomer.clients.home import PartnerHome
     from fedcustomer.deploy.pki import make_node_keys
+    from fedcustomer.partner.home import PartnerHome
 
     keys = make_node_keys(PartnerHome(home).keys_dir, comment=home.resolve().name, overwrite=force)
     console.print(f"private key {keys.private_key} (stays here, 0600)")
@@ -390,9 +390,9 @@ def node_start(
     ),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS (tests only)."),
 ) -> None:
-    from fedcustomer.clients.home import PartnerHome
     from fedcustomer.deploy.flower import flower_env
     from fedcustomer.deploy.node import default_auth_key, supernode_command
+    from fedcustomer.partner.home import PartnerHome
 
     ph = PartnerHome(home.resolve())
     if not ph.config_path.exists():

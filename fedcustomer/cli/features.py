@@ -65,7 +65,7 @@ def _schema(home: Path | None, dataset: str | None, schema: Path | None):  # typ
         raise ConfigError(
             "name the dataset: --home HOME --dataset NAME (its store's schema), or --schema FILE"
         )
-    from fedcustomer.clients.home import PartnerHome
     from fedcustomer.data.store import dataset_schema
+    from fedcustomer.partner.home import PartnerHome
 
     return dataset_schema(PartnerHome(home), dataset)

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError
+from fedcustomer.partner.home import PartnerHome
 
 console = Console()
 
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _actor(name: str, role: str) -> Any:
-    from fedcustomer.privacy.access import Actor
+    from fedcustomer.privacy.access.policy import Actor
 
     return Actor(name, role)
 
@@ -126,7 +126,8 @@ def schema_draft_cmd(
     ),
 ) -> None:
     from fedcustomer.data.ingest import read_sample
-    from fedcustomer.data.schema import draft_schema, field_name_for
+    from fedcustomer.data.schema import field_name_for
+    from fedcustomer.data.schema_draft import draft_schema
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")

@@ -36,7 +36,7 @@ from rich.console import Console
 
 from fedcustomer.data.export import write_private_csv, write_private_text
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.privacy.psi import DEFAULT_MAX_SET_SIZE, run_psi_local
+from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, run_psi_local
 
 console = Console()
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}

@@ -169,8 +169,8 @@ def execute(
     job: JobConfig, *, resume: bool = False, quiet: bool = False, verbose: bool = False
 ) -> dict[str, Any]:
     """Run a job with a progress bar per round."""
+    from fedcustomer.apps.simulation import run_simulated_job
     from fedcustomer.models.metrics import PRIMARY_METRIC
-    from fedcustomer.server.simulation import run_simulated_job
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with Progress(
@@ -389,7 +389,7 @@ def baseline(
     JobConfig(
         task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta
     )  # validates
-    from fedcustomer.models.features import FeatureSpec
+    from fedcustomer.data.features import FeatureSpec
 
     progress = Progress()
     notices: list[str] = []

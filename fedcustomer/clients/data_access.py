@@ -13,12 +13,12 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from fedcustomer.clients.home import PartnerHome
-from fedcustomer.data.provision import HOLDOUT
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import FeatureSpec
-from fedcustomer.privacy.access import Actor
+from fedcustomer.partner.datasets import HOLDOUT
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
 
 SPLITS = ("train", "test")
 # Without a holdout marker in its data, a partner holds out this share of customers,
@@ -70,7 +70,7 @@ class PartnerDataAccess:
 
     def pseudonyms(self, ids: list[str]) -> list[str]:
         """The store's keyed pseudonyms of ``ids`` (what alignments keep instead of raw ids)."""
-        from fedcustomer.privacy.crypto import Pseudonymizer
+        from fedcustomer.privacy.crypto.keyring import Pseudonymizer
 
         return Pseudonymizer.open(self.home.keys_dir).pseudonyms(ids)
 

@@ -19,15 +19,15 @@ from typing import Any
 import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.models.evaluation import evaluate
-from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.registry import build_model, loss_for
-from fedcustomer.privacy.accounting import GaussianSteps
-from fedcustomer.privacy.accounting import epsilon as standalone_epsilon
-from fedcustomer.privacy.ledger import BudgetLedger
-from fedcustomer.weights_io import load_weights_only
+from fedcustomer.models.weights_io import load_weights_only
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.accounting import epsilon as standalone_epsilon
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class PartnerNode:
                     f"past this partner's target {ledger.budget.epsilon:g}",
                     projected=projected.epsilon,
                 )
-            from fedcustomer.privacy.dpsgd import DPTrainer
+            from fedcustomer.privacy.dp.dpsgd import DPTrainer
 
             trainer = DPTrainer(
                 model,
@@ -173,7 +173,7 @@ class PartnerNode:
                 anchor=anchor,
             )
         else:
-            from fedcustomer.privacy.dpsgd import PlainTrainer
+            from fedcustomer.privacy.dp.dpsgd import PlainTrainer
 
             trainer = PlainTrainer(
                 model,

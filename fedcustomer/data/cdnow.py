@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedcustomer.data.features import FeatureSpec, NumericFeature
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import FeatureSpec, NumericFeature
 
 CDNOW_SUBDIR = "cdnow"
 CDNOW_FILENAME = "CDNOW_master.txt"

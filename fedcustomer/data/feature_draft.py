@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fedcustomer.data.provision import HOLDOUT
+from fedcustomer.data.features import TASKS, CategoricalFeature, Feature, FeatureSpec, NumericFeature
 from fedcustomer.data.schema import NUMERIC_TYPES, FieldSpec, Schema
 from fedcustomer.errors import ConfigError, SchemaError
-from fedcustomer.models.features import TASKS, CategoricalFeature, Feature, FeatureSpec, NumericFeature
+from fedcustomer.partner.datasets import HOLDOUT
 
 
 def parse_bound(text: str) -> tuple[str, tuple[float, float]]:

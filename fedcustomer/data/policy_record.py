@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from fedcustomer.privacy.access import AccessPolicy
+from fedcustomer.privacy.access.policy import AccessPolicy
 
 _MAX_LISTED = 40
 

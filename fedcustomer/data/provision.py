@@ -7,37 +7,26 @@ ingest. Training later reads only through ``PartnerStore.read``.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.ingest import IngestReport
-from fedcustomer.data.schema import FieldSpec, Schema, Validation, draft_schema, load_bundled
+from fedcustomer.data.schema import FieldSpec, Schema, Validation, load_bundled
+from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import DataError
-from fedcustomer.models.features import FeatureSpec
-from fedcustomer.privacy.access import Actor
-
-# Public marker of the partner's evaluation split (1 = held out, never trained on).
-HOLDOUT = "holdout"
-BUNDLED = {("synthetic", "repayment"): "bank", ("synthetic", "clv"): "retailer"}
+from fedcustomer.partner.datasets import BUNDLED, HOLDOUT, dataset_name
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 
 def admin(name: str) -> Actor:
     return Actor(f"admin:{name}", "partner_admin")
-
-
-def dataset_name(source: str, task: str) -> str:
-    """The store (and ledger) dataset a job on ``source`` reads: budgets are per dataset."""
-    if (source, task) in BUNDLED:
-        return BUNDLED[(source, task)]
-    stem = source if source in ("uci-credit", "cdnow") else Path(source).stem
-    name = re.sub(r"[^a-z0-9_]+", "_", stem.lower()).strip("_") or "dataset"
-    return name if name[0].isalpha() else "d_" + name
 
 
 def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, workdir: Path) -> Schema:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedcustomer.data.features import TASKS, DataDerivedBoundsWarning, FeatureSpec
 from fedcustomer.data.partition import (
     PartnerDataset,
     partition_by_column,
@@ -22,7 +23,6 @@ from fedcustomer.data.partition import (
 )
 from fedcustomer.data.schema import field_name_for, field_names
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import TASKS, DataDerivedBoundsWarning, FeatureSpec
 
 DATA_DIR_ENV = "FEDCUSTOMER_DATA_DIR"
 SOURCES = ("synthetic", "uci-credit", "cdnow")

@@ -19,7 +19,7 @@ Layout (one SQLite file, ``store.db`` in the partner home):
 - ``keycheck``: a wrapped sentinel key and a sentinel pseudonym, so opening a store with
   another partner's keyring or pseudonym key fails at once, before anything is written;
 - ``audit_reach``: how far the audit log is known to reach (newest entry and checkpoint),
-  so a deleted or rolled-back log is caught (:mod:`fedcustomer.privacy.audit_reach`).
+  so a deleted or rolled-back log is caught (:mod:`fedcustomer.privacy.audit.reach`).
 
 Every read goes through :meth:`PartnerStore.read`, which asks the access policy about
 every field, masks or decrypts accordingly and writes one audit entry per call.
@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.ingest import (
     ColumnMapper,
     IngestReport,
@@ -76,8 +75,10 @@ from fedcustomer.errors import (
     KeyMaterialError,
     SchemaError,
 )
-from fedcustomer.privacy.access import AccessPolicy, Actor, Approval, ApprovalBook, FieldRef
-from fedcustomer.privacy.crypto import (
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.masking import default_rule_for, mask_series
+from fedcustomer.privacy.access.policy import AccessPolicy, Actor, Approval, ApprovalBook, FieldRef
+from fedcustomer.privacy.crypto.keyring import (
     FieldCipher,
     FileKeyRing,
     KeyRing,
@@ -87,7 +88,6 @@ from fedcustomer.privacy.crypto import (
     new_data_key,
     rewrap,
 )
-from fedcustomer.privacy.masking import default_rule_for, mask_series
 
 STORE_FORMAT = "fedcustomer.store/2"
 _OLD_FORMATS = ("fedcustomer.store/1",)  # kept public and sensitive values in clear
@@ -332,8 +332,8 @@ class PartnerStore:
     @staticmethod
     def _open_audit(home: PartnerHome, backend: SqliteBackend) -> Any:
         """The home's audit log with its reach kept in this database; checked before any action."""
-        from fedcustomer.privacy.audit import AuditLog
-        from fedcustomer.privacy.audit_reach import SqlReach
+        from fedcustomer.privacy.audit.log import AuditLog
+        from fedcustomer.privacy.audit.reach import SqlReach
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
         audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)
@@ -1127,7 +1127,7 @@ class PartnerStore:
         result["found"] = bool(
             result["data_keys"] or result["quarantine"] or any(result["datasets"].values())
         )
-        from fedcustomer.privacy.psi_state import forget_customer  # PSI files list pseudonyms too
+        from fedcustomer.psi.state import forget_customer  # PSI files list pseudonyms too
 
         result["psi_state"] = forget_customer(self.home, pseudonym)
         self._audit(

@@ -22,9 +22,9 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
+from fedcustomer.data.features import CategoricalFeature, FeatureSpec, NumericFeature
 from fedcustomer.data.partition import PartnerDataset, split_train_test
 from fedcustomer.errors import ConfigError
-from fedcustomer.models.features import CategoricalFeature, FeatureSpec, NumericFeature
 
 REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
 _REGION_INCOME = {"north": 0.15, "south": -0.20, "east": 0.25, "west": 0.0, "central": -0.10}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedcustomer.data.features import CategoricalFeature, FeatureSpec, NumericFeature
 from fedcustomer.errors import DataError
-from fedcustomer.models.features import CategoricalFeature, FeatureSpec, NumericFeature
 
 UCI_SUBDIR = "uci_credit_default"
 UCI_FILENAME = "default_of_credit_card_clients.csv"

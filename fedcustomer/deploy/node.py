@@ -12,10 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.deploy.flower import executable, flower_env, parse_address, start
 from fedcustomer.deploy.pki import NodeKeys, check_node_private_key
 from fedcustomer.errors import ConfigError, DataError, FederationError
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 
 def prepare_node_home(

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.partition import PartnerDataset
 from fedcustomer.models.evaluation import evaluate
-from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.registry import build_model, loss_for
-from fedcustomer.privacy.accounting import GaussianSteps, calibrate_noise, epsilon
+from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def train_centralised(
     seed: int = 0,
 ) -> BaselineResult:
     """Train on the pooled train splits, evaluate on the pooled test splits."""
-    from fedcustomer.privacy.dpsgd import DPTrainer, PlainTrainer
+    from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 
     train, test = pooled(datasets)
     X, y = spec.transform(train)

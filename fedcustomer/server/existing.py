@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import dataset_schema
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import FeatureSpec
+from fedcustomer.partner.home import PartnerHome
 from fedcustomer.server.job import JobConfig
 
 

@@ -142,7 +142,7 @@ class JobConfig:
     @property
     def dataset_name(self) -> str:
         """The partner dataset read (store and ledger): budgets are per dataset, shared by all jobs on it."""
-        from fedcustomer.data.provision import dataset_name
+        from fedcustomer.partner.datasets import dataset_name
 
         return dataset_name(self.data, self.task)
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
-from fedcustomer.models.features import FeatureSpec
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.models.metrics import PRIMARY_METRIC
+from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import LoopResult, RoundReport
-from fedcustomer.weights_io import load_weights_only
 
 SUMMARY_SCHEMA_VERSION = 1
 

@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy.accounting import GaussianSteps, epsilon
+from fedcustomer.privacy.dp.accounting import GaussianSteps, epsilon
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
 
 # Reply metric every partner sends as 1.0: uniform weighting for central DP.

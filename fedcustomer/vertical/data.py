@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import DataError
-from fedcustomer.models.features import FeatureSpec
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.crypto import Pseudonymizer
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.vertical.job import VerticalJob
 
 ACTIVE, PASSIVE = "active", "passive"
@@ -145,7 +146,7 @@ def private_intersection(ids_a: list[str], ids_b: list[str]) -> tuple[list[str],
     For callers that hold both id lists in one process (tests, tools); partner runs use
     the messaged exchange (:func:`fedcustomer.vertical.runner.align_by_psi`).
     """
-    from fedcustomer.privacy.psi import run_psi_local
+    from fedcustomer.psi.core import run_psi_local
 
     res_a, res_b = run_psi_local(list(ids_a), list(ids_b))
     return list(res_a.local_ids), list(res_b.local_ids), int(res_a.size)

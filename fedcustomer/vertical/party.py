@@ -66,18 +66,18 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.models.clv import to_spend
-from fedcustomer.models.features import FeatureSpec
 from fedcustomer.models.metrics import classification_metrics, regression_metrics
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps
-from fedcustomer.privacy.dpsgd import secure_generator
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.models.weights_io import load_weights_only
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.dpsgd import secure_generator
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
-from fedcustomer.weights_io import load_weights_only
 
 LABEL_MECHANISM = "vertical_label_release"
 DPSGD_MECHANISM = "vertical_dpsgd"

@@ -34,8 +34,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import DataError, FedCustomerError
+from fedcustomer.partner.home import PartnerHome
 from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
 
 PARTNER_ERROR_CODE = 4100

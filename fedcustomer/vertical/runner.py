@@ -24,16 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
-from fedcustomer.clients.app import resolve_home
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.clients.context import resolve_home
+from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.models.metrics import PRIMARY_METRIC
-from fedcustomer.privacy.psi_protocol import run_psi_on_grid
-from fedcustomer.privacy.psi_state import load_alignment
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.psi.protocol import run_psi_on_grid
+from fedcustomer.psi.state import load_alignment
+from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import (
     ACTIVE,
     PASSIVE,
@@ -524,7 +527,7 @@ def align_by_psi(
 ) -> int:
     """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
 
-    The same exchange a deployment runs (:mod:`fedcustomer.privacy.psi_protocol`): each
+    The same exchange a deployment runs (:mod:`fedcustomer.psi.protocol`): each
     party reads its ids through its governed store (``record_linkage``), the coordinator
     relays blinded values only, and each side ends with its own pseudonyms of the shared
     customers in one agreed order.
@@ -536,10 +539,7 @@ def align_by_psi(
     is the same customer on both), and a different seed or a changed set of shared
     customers is refused with what to do.
     """
-    from fedcustomer.clients.app import make_client_app
-    from fedcustomer.server.inprocess import LocalGrid
-
-    grid = LocalGrid(make_client_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
+    grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
     node_a, node_b = grid.get_node_ids()
     view = run_psi_on_grid(
         grid,
@@ -594,8 +594,6 @@ def vertical_client_app(homes: list[str]) -> ClientApp:
 
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     """Set up both parties and run the job through the in-process Flower grid."""
-    from fedcustomer.server.inprocess import LocalGrid
-
     torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
     setup = prepare_vertical(job)
     homes = [str(setup.active.root), str(setup.passive.root)]
@@ -608,6 +606,18 @@ def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v != v else v) for k, v in metrics.items()}
+
+
+def party_app(homes: list[str]) -> ClientApp:
+    """The two parties' side of a vertical job in process: PSI and vertical messages, nothing else."""
+    app = ClientApp()
+
+    def home_of(context: Context) -> PartnerHome:
+        return resolve_home(context, homes)
+
+    register_vertical_handlers(app, home_of)
+    register_governed_psi_handlers(app, home_of)
+    return app
 
 
 def _atomic(path: Path, text: str) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.analytics.runner import setup_synthetic
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 REGIONS = ["north", "south", "east", "west", "central"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedcustomer.analytics.runner import run_inprocess
 from fedcustomer.analytics.spec import load_spec
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.partner.home import PartnerHome
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "queries").glob("*.yaml"))
 

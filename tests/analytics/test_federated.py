@@ -10,8 +10,8 @@ from fedcustomer.analytics.customer import quality_query, rfm_query
 from fedcustomer.analytics.partner import answer_query, ledger_for
 from fedcustomer.analytics.runner import run_inprocess, true_partials, truth_rows
 from fedcustomer.analytics.spec import QuerySpec
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import AccessDenied, BudgetExhausted
+from fedcustomer.partner.home import PartnerHome
 
 from .conftest import REGIONS
 

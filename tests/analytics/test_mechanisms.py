@@ -10,8 +10,8 @@ import pytest
 from fedcustomer.analytics import mechanisms as m
 from fedcustomer.analytics.mechanisms import Noise
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
 
 
 def test_single_laplace_halfwidth_is_the_closed_form() -> None:

@@ -9,9 +9,10 @@ import pytest
 
 from fedcustomer.analytics.partner import answer_query, ledger_for
 from fedcustomer.analytics.spec import QuerySpec
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError
-from fedcustomer.privacy.audit import AuditLog
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 from .conftest import REGIONS
 

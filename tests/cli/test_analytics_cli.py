@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.cli import analytics as analytics_cli
-from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 from .cli_runner import only_group, run
 
@@ -113,10 +113,10 @@ def test_query_over_budget_exits_with_the_budget_code(
 def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedcustomer.clients.home import PartnerHome
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.privacy.access import Actor
-    from fedcustomer.privacy.audit import AuditLog
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.access.policy import Actor
+    from fedcustomer.privacy.audit.log import AuditLog
 
     home = PartnerHome.create(tmp_path / "bank", "bank")
     PartnerStore.init(home, "bank", actor=Actor("alice", "partner_admin")).close()

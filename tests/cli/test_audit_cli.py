@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.cli import audit as audit_cli
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy.audit import AuditLog
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import AuditLog
 
 from .cli_runner import only_group, run
 

@@ -13,9 +13,10 @@ from rich.console import Console
 
 from fedcustomer.cli import analytics as cli_analytics
 from fedcustomer.cli import main
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
-from fedcustomer.privacy.accounting import GaussianSteps
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 
 def _saved_figures(monkeypatch) -> list:

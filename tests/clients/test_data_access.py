@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 
 from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.features import FeatureSpec, NumericFeature
 from fedcustomer.data.provision import admin
-from fedcustomer.data.schema import draft_schema
+from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
-from fedcustomer.models.features import FeatureSpec, NumericFeature
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 
 def _ingested_home(tmp_path: Path, n: int = 200) -> PartnerHome:

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.clients.node import PartnerNode, TrainInstructions
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import DataError
 from fedcustomer.models.registry import build_model
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from tests.toy import SPEC, toy_frame
 
 DATASET = "toy"
@@ -105,7 +106,7 @@ def test_dataset_without_the_spec_columns_is_a_clear_data_error(tmp_path: Path) 
 
 
 def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> None:
-    from fedcustomer.privacy.audit import AuditLog
+    from fedcustomer.privacy.audit.log import AuditLog
 
     home = _home(tmp_path, 2.0)
     PartnerNode(home).train_round(_global(), _ins(1))

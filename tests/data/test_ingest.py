@@ -17,8 +17,8 @@ from fedcustomer.data.ingest import (
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.validators import luhn_valid, prc_id_check_char
 from fedcustomer.errors import DataError
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.crypto import Pseudonymizer
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.crypto.keyring import Pseudonymizer
 
 REGIONS = ["north", "south", "east", "west", "central"]
 
@@ -206,8 +206,8 @@ TRAINING = Actor("node:bank_a", "training_pipeline")
 
 @pytest.fixture()
 def gov_store(tmp_path):
-    from fedcustomer.clients.home import PartnerHome
     from fedcustomer.data.store import PartnerStore
+    from fedcustomer.partner.home import PartnerHome
 
     s = PartnerStore.init(PartnerHome(tmp_path / "home"), "bank_a")
     yield s

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedcustomer.data.features import CategoricalFeature, FeatureSpec, NumericFeature
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.errors import DataError
-from fedcustomer.models.features import CategoricalFeature, FeatureSpec, NumericFeature
 
 
 def own_file(path: Path, n: int = 400, seed: int = 0) -> Path:

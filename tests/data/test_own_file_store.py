@@ -5,14 +5,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.feature_draft import parse_bound, spec_from_schema
+from fedcustomer.data.features import CategoricalFeature, NumericFeature
 from fedcustomer.data.provision import admin
-from fedcustomer.data.schema import Validation, draft_schema, replace_field
+from fedcustomer.data.schema import Validation, replace_field
+from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import ConfigError, DataError, SchemaError
-from fedcustomer.models.features import CategoricalFeature, NumericFeature
-from fedcustomer.privacy.access import Actor
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from tests.data.test_own_file import own_file
 
 

@@ -5,16 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcustomer.data.schema import (
-    TIERS,
-    TYPES,
-    FieldSpec,
-    Schema,
-    Validation,
-    draft_schema,
-    guess_tier,
-    load_bundled,
-)
+from fedcustomer.data.schema import TIERS, TYPES, FieldSpec, Schema, Validation, load_bundled
+from fedcustomer.data.schema_draft import draft_schema, guess_tier
 from fedcustomer.errors import SchemaError
 
 MINIMAL = """\

@@ -6,12 +6,12 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, KeyMaterialError, SchemaError
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.crypto import FieldCipher, FileKeyRing, WrappedKey, data_key_context
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.crypto.keyring import FieldCipher, FileKeyRing, WrappedKey, data_key_context
 from tests.data.test_ingest import bank_frame, plant_bad_rows
 
 ADMIN = Actor("alice", "partner_admin")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data import store as store_module
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import SchemaError
-from fedcustomer.privacy.access import write_default_policy
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import write_default_policy
 from tests.data.test_ingest import bank_frame
 from tests.data.test_store import ADMIN, audit_entries, bank, home, store, write_csv
 

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.synthetic import (
     CLV_SPEC,
     REPAYMENT_SPEC,
@@ -22,7 +23,6 @@ from fedcustomer.data.synthetic import (
     prc_id_check_char,
 )
 from fedcustomer.errors import ConfigError
-from fedcustomer.models.features import FeatureSpec
 
 CORE_BANK = ("national_id", "full_name", "phone")
 CORE_RETAIL = ("full_name", "email", "card_number")

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
 from fedcustomer.deploy import node as nd
 from fedcustomer.deploy import pki
-from fedcustomer.privacy.audit import AuditLog
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import JobConfig
 
 pytestmark = pytest.mark.slow

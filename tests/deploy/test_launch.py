@@ -7,25 +7,17 @@ import json
 import pytest
 import tomli
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.clients.node import TrainInstructions, TrainOutcome
+from fedcustomer.clients.round_audit import record_round, update_size
 from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
-from fedcustomer.deploy.audit import record_round, update_size
-from fedcustomer.deploy.coordinator import (
-    CoordinatorDir,
-    deployment_setup,
-    resolve_spec,
-    run_config_for,
-    split_run_config,
-    superlink_command,
-    wait_for_partners,
-    write_app,
-)
+from fedcustomer.deploy.coordinator import CoordinatorDir, run_config_for, superlink_command, write_app
 from fedcustomer.deploy.flower import parse_address
 from fedcustomer.deploy.node import supernode_command
 from fedcustomer.deploy.pki import Certificates, make_dev_certificates, make_node_keys
 from fedcustomer.errors import ConfigError, FederationError
-from fedcustomer.privacy.audit import AuditLog
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.server.deployment import deployment_setup, resolve_spec, split_run_config, wait_for_partners
 from fedcustomer.server.job import JobConfig
 
 
@@ -96,7 +88,7 @@ def test_run_config_round_trips_to_the_same_job(tmp_path):
     cfg = run_config_for(job, feature_spec="synthetic:repayment", wait_for_partners=5)
     path = write_app(CoordinatorDir(tmp_path), cfg)
     app_cfg = tomli.loads(path.read_text())["tool"]["flwr"]["app"]
-    assert app_cfg["components"]["serverapp"] == "fedcustomer.server.app:app"
+    assert app_cfg["components"]["serverapp"] == "fedcustomer.apps.server:app"
     back, extra = split_run_config(app_cfg["config"])
     assert back.to_dict() == job.to_dict() | {"out": str((tmp_path / "run").resolve())}
     assert extra["deployment"] is True and extra["feature-spec"] == "synthetic:repayment"
@@ -106,8 +98,8 @@ def test_secagg_job_uses_the_secagg_apps(tmp_path):
     cfg = run_config_for(JobConfig(out=str(tmp_path)), feature_spec="synthetic:repayment", secagg=True)
     app_cfg = tomli.loads(write_app(CoordinatorDir(tmp_path), cfg).read_text())["tool"]["flwr"]["app"]
     assert app_cfg["components"] == {
-        "serverapp": "fedcustomer.deploy.secagg:server_app",
-        "clientapp": "fedcustomer.deploy.secagg:client_app",
+        "serverapp": "fedcustomer.apps.secagg:server_app",
+        "clientapp": "fedcustomer.apps.secagg:client_app",
     }
 
 
@@ -170,7 +162,7 @@ def test_every_round_is_audited_with_size_epsilon_and_refusal(tmp_path):
 
 
 def test_secagg_threshold_stays_below_the_share_count():
-    from fedcustomer.deploy.secagg import secagg_threshold
+    from fedcustomer.apps.secagg import secagg_threshold
 
     assert secagg_threshold(3, 3) == 2
     assert secagg_threshold(5, 3) == 3

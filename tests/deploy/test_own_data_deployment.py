@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 
 from fedcustomer.cli import deploy
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.feature_draft import spec_from_schema
 from fedcustomer.data.provision import admin
-from fedcustomer.data.schema import draft_schema
+from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
 from fedcustomer.deploy import node as nd
 from fedcustomer.deploy import pki
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from tests.cli.cli_runner import only_group, run
 from tests.data.test_own_file import own_file
 

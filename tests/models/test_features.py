@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcustomer.errors import ConfigError, DataError, SchemaError
-from fedcustomer.models.features import (
+from fedcustomer.data.features import (
     CategoricalFeature,
     DataDerivedBoundsWarning,
     FeatureSpec,
     NumericFeature,
 )
+from fedcustomer.errors import ConfigError, DataError, SchemaError
 
 
 def make_spec(task: str = "repayment", label: str = "y") -> FeatureSpec:

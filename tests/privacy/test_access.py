@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
-from fedcustomer.privacy.access import (
+from fedcustomer.privacy.access.policy import (
     ACTIONS,
     FIELD_ROLES,
     PURPOSES,
@@ -513,7 +513,7 @@ def test_malformed_model_file_is_a_config_error(tmp_path: Path, model_text: str,
 
 
 def test_model_with_unevaluable_matcher_fails_at_load(tmp_path: Path) -> None:
-    from fedcustomer.privacy.access import bundled_model_text
+    from fedcustomer.privacy.access.policy import bundled_model_text
 
     broken = bundled_model_text().replace("r.view == p.view", "r.colour == p.view")
     model = tmp_path / "model.conf"
@@ -523,7 +523,7 @@ def test_model_with_unevaluable_matcher_fails_at_load(tmp_path: Path) -> None:
 
 
 def test_custom_model_file_is_used(tmp_path: Path) -> None:
-    from fedcustomer.privacy.access import bundled_model_text
+    from fedcustomer.privacy.access.policy import bundled_model_text
 
     # A stricter model that ignores the tier wildcard: '*' no longer matches any tier.
     model = tmp_path / "model.conf"

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import ConfigError, DataError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy import audit as A
-from fedcustomer.privacy.audit import AuditLog, Checkpoint, canonical_json, entry_hash, merkle_root
+from fedcustomer.privacy.audit import log as A
+from fedcustomer.privacy.audit.log import AuditLog, Checkpoint, canonical_json, entry_hash, merkle_root
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import IntegrityError
-from fedcustomer.privacy import audit as A
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.audit import AuditLog, canonical_json, entry_hash
-from fedcustomer.privacy.audit_reach import HomeReach
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit import log as A
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.audit.log import AuditLog, canonical_json, entry_hash
+from fedcustomer.privacy.audit.reach import HomeReach
 from tests.cli.cli_runner import run
 
 ADMIN = Actor("alice", "partner_admin")

@@ -1,4 +1,4 @@
-"""Tests for fedcustomer.privacy.crypto: field envelope encryption, the KEK keyring, pseudonyms."""
+"""Tests for fedcustomer.privacy.crypto.keyring: field envelope encryption, the KEK keyring, pseudonyms."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import DataError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy import crypto
-from fedcustomer.privacy.crypto import (
+from fedcustomer.privacy.crypto import keyring as crypto
+from fedcustomer.privacy.crypto.keyring import (
     FieldCipher,
     FileKeyRing,
     KekInfo,

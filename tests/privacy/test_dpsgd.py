@@ -18,15 +18,15 @@ from torch import nn
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.metrics import classification_metrics
 from fedcustomer.models.repayment import LogisticRegression, RepaymentMLP
-from fedcustomer.privacy import dpsgd
-from fedcustomer.privacy.dpsgd import (
+from fedcustomer.privacy.dp import dpsgd
+from fedcustomer.privacy.dp.dpsgd import (
     DPTrainer,
     EpochStats,
     GeometricPoissonSampler,
     PlainTrainer,
     secure_generator,
 )
-from fedcustomer.privacy.fast_clipping import FastGradientClipper
+from fedcustomer.privacy.dp.fast_clipping import FastGradientClipper
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedcustomer.privacy.psi_protocol import RECORD
+from fedcustomer.psi.protocol import RECORD
 
 
 def send(grid, node: int, step: str, cfg: dict) -> Message:

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedcustomer.clients.home import DatasetBudget
 from fedcustomer.errors import BudgetExhausted, ConfigError
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps, calibrate_noise, epsilon
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 BUDGET = DatasetBudget(epsilon=3.0, delta=1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.05, steps=20)

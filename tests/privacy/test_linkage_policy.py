@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedcustomer.privacy.access import FIELD_ROLES, PURPOSES, ROLES, TIERS, AccessPolicy, Actor, FieldRef
+from fedcustomer.privacy.access.policy import (
+    FIELD_ROLES,
+    PURPOSES,
+    ROLES,
+    TIERS,
+    AccessPolicy,
+    Actor,
+    FieldRef,
+)
 
 T0 = datetime(2030, 3, 1, 9, 0, tzinfo=UTC)
 RULE = "p, training_pipeline, record_linkage, core, id, clear"

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import KeyMaterialError, SchemaError
-from fedcustomer.privacy.masking import (
+from fedcustomer.privacy.access.masking import (
     REDACTED,
     MaskRule,
     default_rule_for,

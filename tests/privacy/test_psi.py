@@ -14,10 +14,10 @@ from flwr.clientapp import ClientApp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, DataError, FederationError, IntegrityError
-from fedcustomer.privacy.crypto import normalize_id
-from fedcustomer.privacy.psi import (
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.psi.core import (
     POINT_BYTES,
     PSIParty,
     hash_to_group,
@@ -25,14 +25,14 @@ from fedcustomer.privacy.psi import (
     run_psi_local,
     unpack,
 )
-from fedcustomer.privacy.psi_protocol import (
+from fedcustomer.psi.protocol import (
     RECORD,
     alignment_path,
     party_path,
     register_psi_handlers,
     run_psi_on_grid,
 )
-from fedcustomer.privacy.psi_state import load_alignment, load_alignment_result
+from fedcustomer.psi.state import load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 
 
@@ -114,7 +114,7 @@ def test_fresh_secret_per_session_gives_unlinkable_blinded_values():
 
 
 def test_blinded_values_are_the_ids_hashed_and_raised_to_the_secret_in_send_order():
-    from fedcustomer.privacy.psi import _sodium
+    from fedcustomer.psi.core import _sodium
 
     party = PSIParty(["b", "a", "c"], role="responder", labels=["B", "A", "C"])
     state = party.session_state()

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import AccessDenied
-from fedcustomer.privacy.crypto import normalize_id
-from fedcustomer.privacy.psi import PSIParty, pack
-from fedcustomer.privacy.psi_protocol import (
+from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.psi.core import PSIParty, pack
+from fedcustomer.psi.protocol import (
     MSG_ABORT,
     MSG_BLIND,
     MSG_FINISH,

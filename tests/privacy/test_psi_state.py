@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
-from fedcustomer.clients.app import make_client_app
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
-from fedcustomer.privacy.access import Actor
-from fedcustomer.privacy.crypto import Pseudonymizer
-from fedcustomer.privacy.psi_protocol import (
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+from fedcustomer.psi.protocol import (
     MSG_BLIND,
     alignment_path,
     party_path,
     run_psi_on_grid,
 )
-from fedcustomer.privacy.psi_state import forget_customer, load_alignment, load_alignment_result
+from fedcustomer.psi.state import forget_customer, load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 from tests.data.test_ingest import bank_frame
 from tests.privacy.test_hardening_helpers import send

@@ -4,15 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.data.features import FeatureSpec, NumericFeature
 from fedcustomer.data.provision import admin
-from fedcustomer.data.schema import draft_schema
+from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.models.features import FeatureSpec, NumericFeature
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.existing import existing_homes
 from fedcustomer.server.job import JobConfig
-from fedcustomer.server.simulation import uses_existing_homes
+from fedcustomer.server.partners import uses_existing_homes
 from tests.data.test_own_file import own_file
 
 SPEC = FeatureSpec("repayment", "default", None, [NumericFeature("age", 18, 100)])

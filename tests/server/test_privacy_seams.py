@@ -8,19 +8,20 @@ import pandas as pd
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedcustomer.clients.app import make_client_app
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
+from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.placement import PlacementRegistry
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import BudgetExhausted, ConfigError
-from fedcustomer.privacy.accounting import GaussianSteps
-from fedcustomer.privacy.accounting import epsilon as accounting_epsilon
-from fedcustomer.privacy.ledger import GAUSSIAN, BudgetLedger
-from fedcustomer.server.app import run_job_on_grid
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.accounting import epsilon as accounting_epsilon
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import GAUSSIAN, BudgetLedger
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
-from fedcustomer.server.simulation import check_budgets, homes_dir, prepare_partners
+from fedcustomer.server.partners import check_budgets, homes_dir, prepare_partners
+from fedcustomer.server.run import run_job_on_grid
 from tests.toy import toy_frame
 
 

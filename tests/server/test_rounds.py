@@ -6,13 +6,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedcustomer.clients.app import make_client_app
-from fedcustomer.clients.home import DatasetBudget
+from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy.ledger import BudgetLedger
-from fedcustomer.server.app import run_job_on_grid
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
+from fedcustomer.server.run import run_job_on_grid
 from tests.server.local_grid import LocalGrid
 from tests.toy import SPEC, toy_frame
 

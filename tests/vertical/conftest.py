@@ -11,8 +11,9 @@ import pytest
 import torch
 from flwr.app import Message
 
-from fedcustomer.clients.home import DatasetBudget, PartnerHome
 from fedcustomer.data.synthetic import generate_federation
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import plan_parties, private_intersection, provision_party, save_alignment
 from fedcustomer.vertical.job import VerticalJob

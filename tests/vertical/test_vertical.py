@@ -12,8 +12,8 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fedcustomer.errors import ConfigError, FederationError
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.ledger import BudgetLedger
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob

@@ -18,23 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcustomer.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DatasetBudget:
-    """The (epsilon, delta) a partner allows for everything released about its customers."""
-
-    epsilon: float
-    delta: float
-
-    def __post_init__(self) -> None:
-        if not (self.epsilon > 0):
-            raise ConfigError(f"epsilon must be > 0, got {self.epsilon}")
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
-
-
-PartnerBudget = DatasetBudget  # the same pair; the name says what it now covers
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 
 @dataclass

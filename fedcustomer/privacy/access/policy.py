@@ -33,8 +33,8 @@ import casbin
 from casbin.model import Model
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
-from fedcustomer.privacy import default_policy
-from fedcustomer.privacy.identity import check_single_script, identity_keys, same_identity
+from fedcustomer.privacy.access import default_policy
+from fedcustomer.privacy.access.identity import check_single_script, identity_keys, same_identity
 
 ROLES = (
     "data_scientist",

@@ -1,6 +1,6 @@
 """A partner's PSI files: open sessions, finished alignments, and how they are cleaned up.
 
-Kept apart from the Flower handlers (:mod:`fedcustomer.privacy.psi_protocol`) so the store
+Kept apart from the Flower handlers (:mod:`fedcustomer.psi.protocol`) so the store
 can purge them on erasure without importing the federation stack.
 
 ``<home>/state/psi/<session>.party.json`` (0600)
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import ConfigError, DataError, IntegrityError
-from fedcustomer.privacy.psi import PSIResult
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.psi.core import PSIResult
 
 DEFAULT_SESSION_TTL_S = 3600.0  # an open session older than this is abandoned and removed
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -8,7 +8,7 @@ steps)``; charge ``EpochStats.steps`` (or ``steps_taken`` after a failure mid-ep
 Opacus does the DP machinery: ``DPDataLoader`` (Poisson sampling, empty batches),
 ``DPOptimizer`` (noise, scaling, step) and, for ``clipping="hooks"`` / ``"ghost"``, its
 ``GradSampleModule`` / ghost clipping. ``clipping="fast"`` (default) computes the clipped
-per-sample sum more cheaply (see :mod:`fedcustomer.privacy.fast_clipping`) and hands it
+per-sample sum more cheaply (see :mod:`fedcustomer.privacy.dp.fast_clipping`) and hands it
 to Opacus's noise + step path. ``sampler="geometric"`` (default) draws the same Poisson
 batches as Opacus's ``UniformWithReplacementSampler`` (each row independently with
 probability q) from geometric gaps, inside a ``DPDataLoader`` subclass;
@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.privacy.fast_clipping import DPOptimizerFastClipping, FastGradientClipper
+from fedcustomer.privacy.dp.fast_clipping import DPOptimizerFastClipping, FastGradientClipper
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

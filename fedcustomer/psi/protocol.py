@@ -1,6 +1,6 @@
 """PSI through the coordinator: Flower query handlers on the partners, a relay on the server.
 
-The coordinator drives one session (see :mod:`fedcustomer.privacy.psi` for the maths and
+The coordinator drives one session (see :mod:`fedcustomer.psi.core` for the maths and
 who learns what) with three query messages to each of the two partners and relays only
 blinded group elements between them::
 
@@ -11,7 +11,7 @@ blinded group elements between them::
 
 Between messages a partner keeps its session (secret scalar, its pseudonyms and blinded
 values; never an id) in ``<home>/state/psi/<session>.party.json`` (0600, see
-:mod:`fedcustomer.privacy.psi_state`), deleted at finish, abort, expiry or when a customer it
+:mod:`fedcustomer.psi.state`), deleted at finish, abort, expiry or when a customer it
 lists is erased, so a node whose ClientApp runs in a fresh process per message still completes
 the session. At finish it writes the alignment, its own pseudonyms of the shared customers in
 the agreed order, to ``<home>/state/psi/<session>.alignment.json`` for the vertical trainer
@@ -49,7 +49,6 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.errors import (
     AccessDenied,
     ConfigError,
@@ -58,7 +57,8 @@ from fedcustomer.errors import (
     FederationError,
     IntegrityError,
 )
-from fedcustomer.privacy.psi import (
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.psi.core import (
     DEFAULT_MAX_SET_SIZE,
     POINT_BYTES,
     PSIParty,
@@ -66,7 +66,7 @@ from fedcustomer.privacy.psi import (
     pack,
     unpack,
 )
-from fedcustomer.privacy.psi_state import (
+from fedcustomer.psi.state import (
     DEFAULT_SESSION_TTL_S,
     alignment_path,
     answered_path,

@@ -29,7 +29,7 @@ file; the signed checkpoints cannot, so they pin everything they cover.
 Reach. The chain and the checkpoints cannot show that nothing is missing at the end:
 whoever can write the directory can delete both files, cut both back together to an
 earlier checkpoint, or write a fresh chain and drop the checkpoints. A log opened with a
-``reach`` record (:mod:`fedcustomer.privacy.audit_reach`; a partner's store keeps it in
+``reach`` record (:mod:`fedcustomer.privacy.audit.reach`; a partner's store keeps it in
 ``store.db``, joining the store's transaction when one is open) records after every
 append the newest entry's seq, hash and end offset (the log is fsynced first), and after
 every checkpoint its number and digest. :meth:`AuditLog.verify` and :meth:`AuditLog.check_before_acting` then refuse a
@@ -100,7 +100,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedcustomer.errors import ConfigError, DataError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy.audit_reach import Reach, ReachRecord
+from fedcustomer.privacy.audit.reach import Reach, ReachRecord
 
 # --- vocabulary ---------------------------------------------------------------------------
 ACTION_READ = "read"

@@ -1,7 +1,7 @@
 """The default access policy shipped with fedcustomer: a casbin model and a policy CSV.
 
 Kept as Python text (not data files) so it travels in every packaging of the app,
-Flower app bundles included. ``fedcustomer.privacy.access.write_default_policy``
+Flower app bundles included. ``fedcustomer.privacy.access.policy.write_default_policy``
 writes the CSV into a partner home, where the partner admin edits it.
 """
 

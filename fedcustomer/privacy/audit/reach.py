@@ -138,7 +138,7 @@ class HomeReach:
 
     @classmethod
     def for_home(cls, home: Any) -> HomeReach:
-        """The reach of a :class:`~fedcustomer.clients.home.PartnerHome`'s log."""
+        """The reach of a :class:`~fedcustomer.partner.home.PartnerHome`'s log."""
         return cls(home.store_path, home.keys_dir / "audit_signing.pub")
 
     def _connect(self, mode: str) -> sqlite3.Connection | None:

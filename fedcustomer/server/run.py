@@ -1,8 +1,7 @@
-"""Flower ServerApp: the coordinator's side of a federated job (Message API).
+"""The coordinator's side of a horizontal job: rounds over any Flower Grid, then the run directory.
 
 :func:`run_job_on_grid` is the library function (tests call it with any Grid);
-:func:`make_server_app` wraps it as a ServerApp for the simulation engine or a
-SuperLink; the module-level ``app`` is what ``flwr run .`` loads.
+:mod:`fedcustomer.apps.server` wraps it as the ServerApp ``flwr run`` loads.
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
 
-from fedcustomer.models.features import FeatureSpec
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.models.registry import build_model
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder, round_from_dict
@@ -101,56 +100,3 @@ def run_job_on_grid(
     if job.central_dp:
         extra["central_dp"] = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
     return recorder.finish(result, extra)
-
-
-def make_server_app(
-    job: JobConfig | None = None,
-    spec: FeatureSpec | None = None,
-    *,
-    num_partners: int | None = None,
-    on_round: RoundCallback | None = None,
-    resume: bool = False,
-    errors: list[BaseException] | None = None,
-    notices: list[str] | None = None,
-) -> ServerApp:
-    """Build the ServerApp; without ``job`` it reads the job from the run config (``flwr run``)."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            the_job, the_spec, n, the_resume = job, spec, num_partners, resume
-            raw = {k: v for k, v in dict(context.run_config).items()}
-            if the_job is None and raw.get("deployment"):
-                # Deployment: partners are real nodes with their own homes; the coordinator
-                # has no data, so the feature spec comes from the run config.
-                from fedcustomer.deploy.coordinator import deployment_setup
-
-                the_job, the_spec, n, the_resume = deployment_setup(grid, raw)
-            if the_job is None:
-                the_job = JobConfig.from_dict(raw)
-            the_notices = list(notices or [])
-            if the_spec is None or n is None:
-                from fedcustomer.server.simulation import prepare_partners
-
-                the_spec, homes = prepare_partners(the_job, the_notices)
-                n = len(homes)
-            run_job_on_grid(
-                grid,
-                the_job,
-                the_spec,
-                num_partners=n,
-                on_round=on_round,
-                resume=the_resume,
-                notices=the_notices,
-            )
-        except BaseException as exc:  # surfaced by the caller; Flower would only log it
-            if errors is not None:
-                errors.append(exc)
-            raise
-
-    return app
-
-
-# `flwr run .` entry point (see [tool.flwr.app.components] in pyproject.toml).
-app = make_server_app()

@@ -38,10 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.clients.home import DatasetBudget
 from fedcustomer.errors import BudgetExhausted, ConfigError
-from fedcustomer.privacy import accounting
-from fedcustomer.privacy.accounting import GaussianSteps
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.budget import DatasetBudget
 
 GAUSSIAN = "gaussian_rdp"
 APPROX = "approx_dp"

@@ -11,10 +11,16 @@ from typing import Any
 
 import torch
 
-from fedcustomer.clients.home import PartnerHome
 from fedcustomer.clients.node import TrainInstructions, TrainOutcome
-from fedcustomer.privacy.audit import ACTION_FL_ROUND, DECISION_ALLOWED, DECISION_DENIED, AuditEntry, AuditLog
-from fedcustomer.privacy.audit_reach import HomeReach
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.log import (
+    ACTION_FL_ROUND,
+    DECISION_ALLOWED,
+    DECISION_DENIED,
+    AuditEntry,
+    AuditLog,
+)
+from fedcustomer.privacy.audit.reach import HomeReach
 
 ROLE = "training_pipeline"
 PURPOSE = "training"

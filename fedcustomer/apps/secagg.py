@@ -44,9 +44,9 @@ class SecAggPartner(NumPyClient):
         self.context = context
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
-        from fedcustomer.clients.app import resolve_home
+        from fedcustomer.clients.context import resolve_home
         from fedcustomer.clients.node import PartnerNode, TrainInstructions
-        from fedcustomer.deploy.audit import record_round, update_size
+        from fedcustomer.clients.round_audit import record_round, update_size
         from fedcustomer.models.registry import build_model
 
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
@@ -86,14 +86,14 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
-    from fedcustomer.deploy.coordinator import (
+    from fedcustomer.models.registry import build_model
+    from fedcustomer.server.deployment import (
         default_spec_ref,
         resolve_spec,
         split_run_config,
         wait_for_partners,
     )
-    from fedcustomer.models.registry import build_model
-    from fedcustomer.server.app import train_config_for
+    from fedcustomer.server.run import train_config_for
 
     job, extra = split_run_config(dict(context.run_config))
     spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))

@@ -10,59 +10,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustomer.clients.home import PartnerHome
+from fedcustomer.analytics.federated import register_analytics_handlers
+from fedcustomer.clients.context import partner_error, resolve_home
+from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode, TrainInstructions
-from fedcustomer.errors import ConfigError, FedCustomerError
+from fedcustomer.clients.round_audit import record_round
+from fedcustomer.errors import FedCustomerError
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.vertical.protocol import register_vertical_handlers
 
 log = logging.getLogger(__name__)
-
-FEDERATION_INDEX = "federation.json"
-PARTNER_ERROR_CODE = 4100  # Flower error code for a partner-side product error
-PARTNER_PREFIX = "partner "  # error replies start "partner NAME: " when the node knows its partner
-
-
-def resolve_home(context: Context, homes: list[str] | None = None) -> PartnerHome:
-    """Deployment nodes name their home in node config; simulated ones are indexed by partition."""
-    node_cfg = context.node_config
-    if "partner-home" in node_cfg:
-        return PartnerHome(str(node_cfg["partner-home"]))
-    if "partition-id" not in node_cfg:
-        raise ConfigError("this node has neither 'partner-home' nor 'partition-id' in its node config")
-    pid = int(node_cfg["partition-id"])
-    if homes is None:
-        homes_dir = Path(
-            str(
-                context.run_config.get("homes")
-                or Path(str(context.run_config.get("out", "runs/flwr-run"))) / "partners"
-            )
-        )
-        index = homes_dir / FEDERATION_INDEX
-        if not index.exists():
-            raise ConfigError(f"{index} not found: the coordinator has not set up the simulated partners")
-        homes = [str(homes_dir / name) for name in json.loads(index.read_text())["partners"]]
-    if not 0 <= pid < len(homes):
-        raise ConfigError(f"partition {pid} has no partner home ({len(homes)} partners set up)")
-    return PartnerHome(homes[pid])
-
-
-def partner_error(msg: Message, exc: FedCustomerError, context: Context, homes: list[str] | None) -> Message:
-    """An error reply naming the partner (``partner NAME: ...``), so the coordinator can say who failed."""
-    try:
-        name = resolve_home(context, homes).config().name
-    except FedCustomerError:
-        name = None
-    prefix = (
-        f"{PARTNER_PREFIX}{name}: " if name and ":" not in name and not any(c.isspace() for c in name) else ""
-    )
-    return Message(
-        error=Error(code=PARTNER_ERROR_CODE, reason=f"{prefix}{type(exc).__name__}: {exc}"), reply_to=msg
-    )
 
 
 def make_client_app(homes: list[str] | None = None) -> ClientApp:
@@ -76,8 +38,6 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             node = PartnerNode(resolve_home(context, homes))
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             outcome = node.train_round(msg.content["arrays"].to_torch_state_dict(), ins)
-            from fedcustomer.deploy.audit import record_round
-
             record_round(node.home, outcome, ins)  # every round taken part in, refused or not
         except FedCustomerError as exc:
             return partner_error(msg, exc, context, homes)
@@ -107,22 +67,13 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
 
 def _register_query_handlers(app: ClientApp, homes: list[str] | None) -> None:
     """Federated features beyond horizontal training answer their own message types."""
-    from fedcustomer.analytics.federated import register_analytics_handlers
-    from fedcustomer.clients.data_access import PartnerDataAccess
-    from fedcustomer.privacy.psi_protocol import register_psi_handlers
-    from fedcustomer.vertical.protocol import register_vertical_handlers
 
     def home_of(context: Context) -> PartnerHome:
         return resolve_home(context, homes)
 
     register_analytics_handlers(app, home_of)
     register_vertical_handlers(app, home_of)
-    register_psi_handlers(
-        app,
-        home_of,
-        lambda home, dataset: PartnerDataAccess(home).linkage_ids(dataset),
-        local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
-    )
+    register_governed_psi_handlers(app, home_of)
 
 
 # `flwr run .` entry point (see [tool.flwr.app.components] in pyproject.toml).

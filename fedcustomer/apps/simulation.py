@@ -1,0 +1,86 @@
+"""Run a horizontal job on Flower's simulation engine: the ServerApp and the partners' ClientApp in one process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.apps.client import make_client_app
+from fedcustomer.apps.server import make_server_app
+from fedcustomer.errors import FedCustomerError, FederationError
+from fedcustomer.server.job import JobConfig
+from fedcustomer.server.partners import check_budgets, prepare_partners
+from fedcustomer.server.run import RoundCallback
+
+
+def run_simulated_job(
+    job: JobConfig,
+    *,
+    on_round: RoundCallback | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``job`` in Flower's simulation engine; returns the run's summary.json content.
+
+    Notices (a partner budget that is not ``--epsilon``, budgets already spent by earlier
+    jobs, a split kept from the homes' first provisioning, a guessed label) go to
+    ``on_notice`` before training starts and into summary.json. A job whose partners have
+    no budget left is refused before anything runs.
+    """
+    from flwr.simulation import run_simulation
+
+    notices: list[str] = []
+    spec, homes = prepare_partners(job, notices)
+    if job.dp:
+        notices.extend(check_budgets(homes, job))
+    for notice in notices:
+        if on_notice is not None:
+            on_notice(notice)
+    errors: list[BaseException] = []
+    server_app = make_server_app(
+        job, spec, num_partners=len(homes), on_round=on_round, resume=resume, errors=errors, notices=notices
+    )
+    client_app = make_client_app([str(h.root.resolve()) for h in homes])
+    _quiet_flower(verbose)
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(homes),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {
+                    "num_cpus": max(1, min(len(homes), os.cpu_count() or 1)),
+                    "log_to_driver": verbose,
+                    "include_dashboard": False,
+                },
+            },
+            verbose_logging=verbose,
+        )
+    except Exception as exc:
+        if errors and isinstance(errors[0], FedCustomerError):
+            raise errors[0] from None
+        raise FederationError(f"the simulation engine stopped: {exc}") from exc
+    if errors:
+        if isinstance(errors[0], FedCustomerError):
+            raise errors[0]
+        raise FederationError(f"the coordinator failed: {type(errors[0]).__name__}: {errors[0]}") from errors[
+            0
+        ]
+    summary_path = Path(job.out) / "summary.json"
+    if not summary_path.exists():
+        raise FederationError("the job ended without writing summary.json; see the log above")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _quiet_flower(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(level)

@@ -1,0 +1,27 @@
+"""The partner's side of record linkage: PSI handlers that read ids only through the governed store.
+
+Both the full ClientApp and the vertical job's in-process parties answer PSI messages the
+same way: the ids come from ``PartnerDataAccess.linkage_ids`` (purpose ``record_linkage``,
+audited), and the aligned customers are kept as pseudonyms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+
+from fedcustomer.clients.data_access import PartnerDataAccess
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.psi.protocol import register_psi_handlers
+
+
+def register_governed_psi_handlers(app: ClientApp, home_of: Callable[[Context], PartnerHome]) -> None:
+    """Answer the PSI message types on ``app`` for the partner ``home_of(context)`` names."""
+    register_psi_handlers(
+        app,
+        home_of,
+        lambda home, dataset: PartnerDataAccess(home).linkage_ids(dataset),
+        local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
+    )

@@ -1,0 +1,1 @@
+"""Small foundations every layer may use: whole-file writes and SQLite transactions."""

@@ -14,8 +14,8 @@ import pytest
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit import log as A
 from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.audit import log as A
 from fedcustomer.privacy.audit.log import AuditLog, canonical_json, entry_hash
 from fedcustomer.privacy.audit.reach import HomeReach
 from tests.cli.cli_runner import run

@@ -43,12 +43,9 @@ class PartnerDataAccess:
                 raise DataError(
                     f"partner {store.name!r} holds no dataset {dataset!r} (it has: {', '.join(store.datasets()) or 'none'})"
                 )
-            schema_names = store.schema(dataset).names
-            missing = [c for c in spec.columns() if c not in schema_names]
-            if missing:
-                raise DataError(
-                    f"dataset {dataset!r} at partner {store.name!r} lacks column(s) {', '.join(missing)}"
-                )
+            schema = store.schema(dataset)
+            spec.check_against(schema, store.name)
+            schema_names = schema.names
             fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
             frame = store.read(self.actor, "training", fields=fields, dataset=dataset)
         held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)

@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedcustomer.data.schema import Schema
 from fedcustomer.errors import ConfigError, DataError, SchemaError
 
 TASKS = ("repayment", "clv")
 SPEC_FORMAT_VERSION = 1
+# Schema types whose stored values read as numbers (booleans as 0/1): what a numeric feature
+# or a label may be declared over.
+NUMBER_TYPES = ("integer", "float", "boolean")
 
 
 class DataDerivedBoundsWarning(UserWarning):
@@ -172,6 +176,43 @@ class FeatureSpec:
                 names.extend(f"{f.name}={c}" for c in f.categories)
         names.extend(f"{f.name}__missing" for f in self.numeric)
         return names
+
+    # ------------------------------------------------------- schema agreement
+    def check_against(self, schema: Schema, partner: str | None = None, *, with_label: bool = True) -> None:
+        """Refuse a spec that does not fit a partner's schema, before any row is read.
+
+        Every column the spec reads must be a non-core field of the dataset; numeric
+        features and the label must be number fields; a categorical feature over a number
+        field must declare values of that type (integer codes), or no row could match one.
+        ``with_label=False`` checks the features alone (a party that holds no label).
+        Messages name fields and types only: never a value, never a file.
+        """
+        where = f"dataset {schema.dataset!r}" + (f" at partner {partner!r}" if partner else "")
+        read = self.columns() if with_label else [f.name for f in self.features]
+        missing = [c for c in read if c not in schema.names]
+        if missing:
+            raise DataError(f"{where} has no field(s) {', '.join(missing)} that the feature spec reads")
+        core = [c for c in read if schema.field(c).is_core]
+        if core:
+            raise DataError(
+                f"the feature spec reads core-tier field(s) {', '.join(core)} of {where}; training never "
+                "reads core fields: drop them from the spec"
+            )
+        problems = []
+        label_type = schema.field(self.label).type if with_label else NUMBER_TYPES[0]
+        if label_type not in NUMBER_TYPES:
+            problems.append(
+                f"label {self.label!r} is a {label_type} field, but a {self.task} label must be a number "
+                f"({', '.join(NUMBER_TYPES)})"
+            )
+        for f in self.features:
+            problem = _type_problem(f, schema.field(f.name).type)
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise SchemaError(
+                f"the feature spec does not match the schema of {where}: " + "; ".join(problems)
+            )
 
     # -------------------------------------------------------------- transform
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -459,6 +500,38 @@ def infer_from_partners(
             "Declare the categories in a feature spec (--feature-spec FILE) before a real deployment"
         )
     return FeatureSpec(task, label, id_column, features), notices
+
+
+def _type_problem(feature: Feature, field_type: str) -> str | None:
+    """Why ``feature`` cannot be read from a field of ``field_type``, or None when it can."""
+    if isinstance(feature, NumericFeature):
+        if field_type in NUMBER_TYPES:
+            return None
+        return (
+            f"feature {feature.name!r} is declared numeric but is a {field_type} field; declare it "
+            "categorical or drop it"
+        )
+    if field_type not in NUMBER_TYPES:
+        return None
+    if field_type == "boolean":
+        fits = all(c in ("True", "False", "0", "1") for c in feature.categories)
+    else:
+        fits = all(_is_number_key(c, whole=field_type == "integer") for c in feature.categories)
+    if fits:
+        return None
+    return (
+        f"categorical feature {feature.name!r} declares categories that are not {field_type} values, but it "
+        f"is a {field_type} field, so no row could match them; declare it numeric or use its {field_type} codes"
+    )
+
+
+def _is_number_key(category: str, whole: bool) -> bool:
+    """True when ``category`` is the text :func:`category_key` gives some number (a whole one if asked)."""
+    try:
+        value = float(category)
+    except ValueError:
+        return False
+    return category_key(value) == category and (value.is_integer() or not whole)
 
 
 def _is_numeric(series: pd.Series) -> bool:

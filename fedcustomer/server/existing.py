@@ -48,17 +48,5 @@ def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpe
 
 
 def _check_home(home: PartnerHome, dataset: str, spec: FeatureSpec) -> None:
-    """The home holds ``dataset`` with every column the spec reads, none of them core-tier."""
-    schema = dataset_schema(home, dataset)
-    missing = [c for c in spec.columns() if c not in schema.names]
-    if missing:
-        raise DataError(
-            f"dataset {dataset!r} at partner {home.root.name!r} has no field(s) {', '.join(missing)} "
-            "that the feature spec reads"
-        )
-    core = [c for c in spec.columns() if schema.field(c).is_core]
-    if core:
-        raise DataError(
-            f"the feature spec reads core-tier field(s) {', '.join(core)} of partner "
-            f"{home.root.name!r}; training never reads core fields: drop them from the spec"
-        )
+    """The home holds ``dataset`` with every field the spec reads, typed as the spec reads it, none core-tier."""
+    spec.check_against(dataset_schema(home, dataset), home.root.name)

@@ -197,6 +197,7 @@ def load_party_table(
         )
     fields = [f.name for f in spec.features] + ([spec.label] if with_label else [])
     with PartnerStore.open(home) as store:
+        spec.check_against(store.schema(dataset), name, with_label=with_label)
         frame = store.read(
             Actor(f"node:{name}", "training_pipeline"), "training", fields=fields, dataset=dataset
         )

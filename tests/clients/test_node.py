@@ -100,7 +100,7 @@ def test_budget_persists_across_jobs_on_the_same_dataset(tmp_path: Path) -> None
 
 def test_dataset_without_the_spec_columns_is_a_clear_data_error(tmp_path: Path) -> None:
     home = _home(tmp_path, 2.0, rename={"x2": "x3"})
-    with pytest.raises(DataError, match="lacks column\\(s\\) x2"):
+    with pytest.raises(DataError, match="has no field\\(s\\) x2 that the feature spec reads"):
         PartnerNode(home).train_round(_global(), _ins(1))
     assert not (home.state_dir / "updates").exists()  # nothing trained, nothing cached
 

@@ -182,3 +182,197 @@ def test_central_dp_reports_partner_level_epsilon(tmp_path: Path) -> None:
 def test_bad_job_options_are_config_errors(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         JobConfig(**kw)
+
+
+# --- the round loop alone: scripted partners on the in-process grid, no data, no training ---------------
+
+
+def _scripted_app(script: dict[int, dict[int, str]] | None = None):
+    """A ClientApp whose node N answers round R as ``script[N][R]`` (default ``train``).
+
+    ``train`` adds N to every weight and reports N as its loss; ``refuse`` refuses for its
+    budget; ``error`` fails with a ``partner NAME: reason`` error; ``anon`` fails without a name.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    script = script or {}
+
+    def partner(node: int, **extra) -> ConfigRecord:
+        return ConfigRecord({"name": f"bank_{node}", **extra})
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        node = context.node_id
+        rnd = int(msg.content["config"]["server-round"])
+        kind = script.get(node, {}).get(rnd, "train")
+        if kind == "error":
+            return Message(Error(code=4100, reason=f"partner bank_{node}: DataError: no x2"), reply_to=msg)
+        if kind == "anon":
+            return Message(Error(code=1, reason="node crashed"), reply_to=msg)
+        if kind == "refuse":
+            content = RecordDict(
+                {
+                    "metrics": MetricRecord({"refused": 1.0, "num-examples": 0}),
+                    "partner": partner(node, **{"refused-reason": f"budget of bank_{node} spent"}),
+                }
+            )
+            return Message(content, reply_to=msg)
+        state = msg.content["arrays"].to_numpy_ndarrays()
+        accounting = json.dumps({"accountant": "rdp", "round": rnd})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord([w + node for w in state]),
+                "metrics": MetricRecord({"num-examples": 100, "train-loss": float(node)}),
+                "partner": partner(node, **{"accounting-json": accounting}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context) -> Message:
+        node = context.node_id
+        content = RecordDict(
+            {
+                "metrics": MetricRecord({"num-examples": 100, "auc": 0.5 + node / 10}),
+                "partner": partner(node),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def _loop(grid, rounds: int = 2, min_partners: int = 2, strategy=None, **kw):
+    import numpy as np
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedcustomer.server.rounds import run_rounds
+
+    strategy = strategy or FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    return run_rounds(
+        grid,
+        strategy,
+        ArrayRecord([np.zeros(2, dtype=np.float32)]),
+        num_rounds=rounds,
+        train_config={"lr": 0.5},
+        min_partners=min_partners,
+        timeout=5.0,
+        **kw,
+    )
+
+
+def _weights(result) -> list[float]:
+    return [float(v) for v in result.arrays.to_numpy_ndarrays()[0]]
+
+
+def test_loop_aggregates_every_trained_partner_and_evaluates_each_round() -> None:
+    seen = []
+    result = _loop(LocalGrid(_scripted_app(), 3), rounds=2, on_round=lambda r, a: seen.append(r.round))
+    assert result.status == "completed" and result.stop_reason is None and result.rounds_completed == 2
+    assert _weights(result) == [4.0, 4.0]  # each round adds the mean of 1, 2, 3
+    assert seen == [1, 2]
+    first = result.rounds[0]
+    assert first.applied and first.trained == 3
+    assert {p.partner: p.status for p in first.partners} == dict.fromkeys(
+        ["bank_1", "bank_2", "bank_3"], "trained"
+    )
+    assert first.eval_metrics["auc"] == pytest.approx(0.7)
+    assert {p.partner: p.eval_metrics["auc"] for p in first.partners} == pytest.approx(
+        {"bank_1": 0.6, "bank_2": 0.7, "bank_3": 0.8}
+    )
+    assert first.train_metrics["train-loss"] == pytest.approx(2.0)
+    assert next(p for p in first.partners if p.partner == "bank_2").accounting == {
+        "accountant": "rdp",
+        "round": 1,
+    }
+
+
+def test_a_refusal_is_recorded_with_its_reason_and_kept_out_of_aggregation() -> None:
+    result = _loop(LocalGrid(_scripted_app({3: {1: "refuse"}}), 3), rounds=1)
+    assert result.status == "completed"
+    assert _weights(result) == [1.5, 1.5]  # mean of 1 and 2: bank_3's reply is not aggregated
+    refused = next(p for p in result.rounds[0].partners if p.partner == "bank_3")
+    assert refused.status == "refused" and refused.reason == "budget of bank_3 spent"
+    assert result.rounds[0].trained == 2
+
+
+def test_a_named_failure_keeps_the_partner_name_and_the_reason_without_the_prefix() -> None:
+    result = _loop(LocalGrid(_scripted_app({1: {1: "error"}, 2: {1: "anon"}}), 3), rounds=1, min_partners=1)
+    by_name = {p.partner: p for p in result.rounds[0].partners}
+    assert by_name["bank_1"].status == "failed" and by_name["bank_1"].reason == "DataError: no x2"
+    assert by_name["node-2"].status == "failed" and by_name["node-2"].reason == "node crashed"
+    assert _weights(result) == [3.0, 3.0]  # bank_3 alone
+
+
+def test_a_node_that_stops_answering_is_failed_under_the_name_it_gave_before() -> None:
+    # node 2 answers round 1's train and evaluate, then nothing
+    result = _loop(LocalGrid(_scripted_app(), 3, dead_after={2: 2}), rounds=2)
+    assert result.status == "completed"
+    second = {p.partner: p for p in result.rounds[1].partners}
+    assert second["bank_2"].status == "failed"
+    assert second["bank_2"].reason == "no reply before the round timed out"
+    assert _weights(result) == [4.0, 4.0]  # 2 (all three), then 2 (mean of 1 and 3)
+
+
+def test_too_few_trained_partners_stop_the_job_keeping_the_last_model() -> None:
+    reports = []
+    script = {1: {2: "refuse"}, 2: {2: "error"}}
+    result = _loop(
+        LocalGrid(_scripted_app(script), 3), rounds=3, min_partners=2, on_round=lambda r, a: reports.append(r)
+    )
+    assert result.status == "stopped" and result.rounds_completed == 1
+    assert result.stop_reason == (
+        "round 2: only 1 partner(s) trained, need at least 2; refused (privacy budget): bank_1; failed: bank_2"
+    )
+    assert _weights(result) == [2.0, 2.0]  # round 1's model
+    assert [r.applied for r in result.rounds] == [True, False] and reports[-1] is result.rounds[-1]
+    assert reports[-1].eval_metrics == {} and reports[-1].train_metrics == {}
+
+
+def test_too_few_connected_nodes_stop_before_anything_is_sent() -> None:
+    grid = LocalGrid(_scripted_app(), 2)
+    result = _loop(grid, rounds=2, min_partners=3)
+    assert result.status == "stopped" and result.rounds == []
+    assert result.stop_reason == "round 1: only 2 partner node(s) connected; need 3"
+    assert grid.calls == {1: 0, 2: 0}
+
+
+def test_resume_runs_only_the_rounds_left_and_evaluation_can_wait_for_the_end() -> None:
+    grid = LocalGrid(_scripted_app(), 2)
+    result = _loop(grid, rounds=4, first_round=3, evaluate_every_round=False)
+    assert [r.round for r in result.rounds] == [3, 4]
+    assert result.rounds[0].eval_metrics == {} and result.rounds[1].eval_metrics["auc"] == pytest.approx(0.65)
+    assert grid.calls == {1: 3, 2: 3}  # two trains and one evaluation each
+    none = _loop(LocalGrid(_scripted_app(), 2), rounds=1, evaluate_at_end=False, evaluate_every_round=False)
+    assert none.rounds[0].eval_metrics == {}
+
+
+def test_an_aggregation_without_a_model_stops_the_job() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    class NoModel(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            return None, None
+
+    strategy = NoModel(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    result = _loop(LocalGrid(_scripted_app(), 2), rounds=2, strategy=strategy)
+    assert result.status == "stopped" and result.stop_reason == "round 1: aggregation produced no model"
+    assert _weights(result) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "reason, expected",
+    [
+        ("partner bank_a: DataError: no x2", ("bank_a", "DataError: no x2")),
+        ("partner bank_a: two\nlines", ("bank_a", "two\nlines")),
+        ("partner with spaces: x", (None, "partner with spaces: x")),
+        ("node crashed", (None, "node crashed")),
+    ],
+)
+def test_named_failure_splits_name_and_reason(reason: str, expected: tuple) -> None:
+    from fedcustomer.server.rounds import _named_failure
+
+    assert _named_failure(reason) == expected

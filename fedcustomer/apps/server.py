@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcustomer.data.features import FeatureSpec
-from fedcustomer.server.deployment import deployment_setup
+from fedcustomer.server.deployment import deployment_setup, wait_for_partners
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import prepare_partners
 from fedcustomer.server.run import RoundCallback, run_job_on_grid
@@ -34,9 +34,10 @@ def make_server_app(
         try:
             the_job, the_spec, n, the_resume = job, spec, num_partners, resume
             raw = {k: v for k, v in dict(context.run_config).items()}
-            if the_job is None and raw.get("deployment"):
+            deployed = the_job is None and bool(raw.get("deployment"))
+            if deployed:
                 # Deployment: partners are real nodes with their own homes; the coordinator
-                # has no data, so the feature spec comes from the run config.
+                # has no data, so the feature spec comes from the run config. It waits for them.
                 the_job, the_spec, n, the_resume = deployment_setup(grid, raw)
             if the_job is None:
                 the_job = JobConfig.from_dict(raw)
@@ -44,6 +45,10 @@ def make_server_app(
             if the_spec is None or n is None:
                 the_spec, homes = prepare_partners(the_job, the_notices)
                 n = len(homes)
+            if not deployed:
+                # Simulated nodes register while the ServerApp starts; on a busy machine that
+                # takes a while. Wait for them (progress, not a fixed time) before round 1.
+                wait_for_partners(grid, n, the_job.min_partners, the_job.round_timeout)
             run_job_on_grid(
                 grid,
                 the_job,

@@ -32,13 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.crypto.keyring import (
-    FieldCipher,
-    FileKeyRing,
-    Pseudonymizer,
-    data_key_context,
-    new_data_key,
-)
+from fedcustomer.privacy.crypto.cipher import FieldCipher
+from fedcustomer.privacy.crypto.keyring import FileKeyRing, data_key_context
+from fedcustomer.privacy.crypto.material import new_data_key
+from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
 FIELDS = ("national_id", "full_name", "phone", "card_number", "credit_record")
 

@@ -36,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
+from fedcustomer.data.approvals import StoreApprovals
 from fedcustomer.data.ingest import IngestReport, prepare_chunk, read_chunks
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.store_ingest import ChunkWriter
 from fedcustomer.data.validators import prc_id_check_char
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.crypto.keyring import FieldCipher
 
 ADMIN = Actor("bench_admin", "partner_admin")
 RISK = Actor("bench_risk", "risk_officer")
@@ -117,11 +118,11 @@ def run(customers: int, repeat: int) -> dict:
             store.register_schema(schema)
             chunks = [prepare_chunk(schema, c, store.pseudonymizer)[0] for c in read_chunks(csv, 50_000)]
             report = IngestReport("bank", csv.name, "0" * 64, {})
-            cipher = FieldCipher("bank")
+            writer = ChunkWriter(store, schema, 1, report)
             t0 = time.perf_counter()
             with store.backend.transaction():
                 for chunk in chunks:
-                    store._write_chunk(schema, cipher, chunk, 1, report)
+                    writer.write(chunk)
             store.bench_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
             return store
 
@@ -155,9 +156,9 @@ def run(customers: int, repeat: int) -> dict:
         }
 
         # --- read + decrypt by an approved risk officer ------------------------------------
-        rid = store.request_approval(RISK, "bank", CORE, "risk_review")
-        store.approve(ADMIN, rid)
-        store.approve(Actor("bench_compliance", "compliance_officer"), rid)
+        rid = StoreApprovals(store).request(RISK, "bank", CORE, "risk_review")
+        StoreApprovals(store).approve(ADMIN, rid)
+        StoreApprovals(store).approve(Actor("bench_compliance", "compliance_officer"), rid)
         read_s, got = timed(lambda: store.read(RISK, "risk_review", CORE, dataset="bank"), repeat)
         assert len(got) == customers and got["national_id"].notna().all()
         cols = ", ".join(f'"{c}"' for c in CORE)

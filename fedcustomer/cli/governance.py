@@ -1,6 +1,7 @@
 """Governance commands: init, schema draft, ingest, read, approvals, keys, erase.
 
-Thin shells over :class:`fedcustomer.data.store.PartnerStore`: every command names a
+Thin shells over :class:`fedcustomer.data.store.PartnerStore` and its services
+(approvals, key administration, erasure): every command names a
 partner home (``--home``) and who is acting (``--actor NAME --role ROLE``); the
 store checks the access policy and writes the audit log. Errors are
 ``FedCustomerError`` subclasses, which ``fedcustomer.cli.main`` prints and maps to
@@ -252,8 +253,10 @@ def erase_cmd(
 ) -> None:
     if not yes:
         typer.confirm("Erase this customer from every dataset? This cannot be undone", abort=True)
+    from fedcustomer.data.erasure import erase_customer
+
     with _open(home) as store:
-        result = store.erase(_actor(actor, role), customer)
+        result = erase_customer(store, _actor(actor, role), customer)
     if as_json:
         _print_json(result)
     else:
@@ -282,8 +285,10 @@ def approvals_request_cmd(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
+    from fedcustomer.data.approvals import StoreApprovals
+
     with _open(home) as store:
-        request_id = store.request_approval(
+        request_id = StoreApprovals(store).request(
             _actor(actor, role), dataset, _split(fields) or [], purpose, timedelta(hours=ttl_hours)
         )
     if as_json:
@@ -300,8 +305,10 @@ def approvals_approve_cmd(
     role: str = RoleOpt,
     as_json: bool = JsonOpt,
 ) -> None:
+    from fedcustomer.data.approvals import StoreApprovals
+
     with _open(home) as store:
-        approval = store.approve(_actor(actor, role), request_id)
+        approval = StoreApprovals(store).approve(_actor(actor, role), request_id)
     result = {"request_id": request_id, "complete": approval is not None}
     if approval is not None:
         result.update({"approvers": list(approval.approvers), "expires_at": approval.expires_at})
@@ -320,8 +327,10 @@ def approvals_list_cmd(
     role: str = RoleOpt,
     as_json: bool = JsonOpt,
 ) -> None:
+    from fedcustomer.data.approvals import StoreApprovals
+
     with _open(home) as store:
-        pending = store.pending_approvals(_actor(actor, role))
+        pending = StoreApprovals(store).pending(_actor(actor, role))
     if as_json:
         _print_json(pending)
         return
@@ -348,8 +357,10 @@ def approvals_list_cmd(
 def keys_list_cmd(
     home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
 ) -> None:
+    from fedcustomer.data.key_admin import KeyAdmin
+
     with _open(home) as store:
-        versions = store.key_versions(_actor(actor, role))
+        versions = KeyAdmin(store).versions(_actor(actor, role))
     if as_json:
         _print_json(versions)
         return
@@ -365,8 +376,10 @@ def keys_list_cmd(
 def keys_rotate_cmd(
     home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
 ) -> None:
+    from fedcustomer.data.key_admin import KeyAdmin
+
     with _open(home) as store:
-        result = store.rotate_keys(_actor(actor, role))
+        result = KeyAdmin(store).rotate(_actor(actor, role))
     if as_json:
         _print_json(result)
     else:
@@ -382,6 +395,8 @@ def keys_retire_cmd(
     actor: str = ActorOpt,
     role: str = RoleOpt,
 ) -> None:
+    from fedcustomer.data.key_admin import KeyAdmin
+
     with _open(home) as store:
-        store.retire_key(_actor(actor, role), version)
+        KeyAdmin(store).retire(_actor(actor, role), version)
     console.print(f"KEK version {version} retired")

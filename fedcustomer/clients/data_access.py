@@ -67,7 +67,7 @@ class PartnerDataAccess:
 
     def pseudonyms(self, ids: list[str]) -> list[str]:
         """The store's keyed pseudonyms of ``ids`` (what alignments keep instead of raw ids)."""
-        from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+        from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
         return Pseudonymizer.open(self.home.keys_dir).pseudonyms(ids)
 

@@ -14,7 +14,7 @@ Group and library
     ``cryptography``'s X25519 has neither hash-to-curve nor unclamped scalars.)
 
 Protocol (one session, parties A = initiator and B = responder; the coordinator relays)
-    1. Each side normalises its ids (:func:`~fedcustomer.privacy.crypto.keyring.normalize_id`),
+    1. Each side normalises its ids (:func:`~fedcustomer.privacy.crypto.pseudonym.normalize_id`),
        drops duplicates, hashes each id to the group with a domain-separation label
        (``SHA-512(DOMAIN || id)`` -> ``from_hash``), raises it to a fresh secret scalar
        (``x`` for A, ``y`` for B) and sends the values in a ``secrets``-shuffled order.
@@ -60,7 +60,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
-from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
 
 DOMAIN = b"fedcustomer/psi/v1/ristretto255/sha512:"  # domain-separation label for hash-to-group
 POINT_BYTES = 32

@@ -23,7 +23,7 @@ from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import DataError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.vertical.job import VerticalJob
 

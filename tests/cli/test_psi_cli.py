@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
 
 
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.validators import luhn_valid, prc_id_check_char
 from fedcustomer.errors import DataError
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
 REGIONS = ["north", "south", "east", "west", "central"]
 

@@ -6,12 +6,17 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from fedcustomer.data.approvals import StoreApprovals
+from fedcustomer.data.erasure import erase_customer
+from fedcustomer.data.key_admin import KeyAdmin
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.store_ingest import ChunkWriter
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, KeyMaterialError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.crypto.keyring import FieldCipher, FileKeyRing, WrappedKey, data_key_context
+from fedcustomer.privacy.crypto.cipher import FieldCipher
+from fedcustomer.privacy.crypto.keyring import FileKeyRing, WrappedKey, data_key_context
 from tests.data.test_ingest import bank_frame, plant_bad_rows
 
 ADMIN = Actor("alice", "partner_admin")
@@ -149,7 +154,7 @@ def test_failure_half_way_leaves_store_unchanged(tmp_path, store, bank, monkeypa
     store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(20), "first.csv"))
     before = logical_dump(store.home)
     counts = (store.count("bank"), len(store.ingest_history()), len(store.quarantine_summary()))
-    original = PartnerStore._write_chunk
+    original = ChunkWriter.write
     calls = {"n": 0}
 
     def failing(self, *args, **kwargs):
@@ -158,7 +163,7 @@ def test_failure_half_way_leaves_store_unchanged(tmp_path, store, bank, monkeypa
             raise RuntimeError("disk on fire")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(PartnerStore, "_write_chunk", failing)
+    monkeypatch.setattr(ChunkWriter, "write", failing)
     frame, _ = plant_bad_rows(bank_frame(60, seed=9))
     frame["customer_id"] = [f"N{i:07d}" for i in range(60)]
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -172,7 +177,7 @@ def test_failed_first_ingest_leaves_no_dataset(tmp_path, store, bank, monkeypatc
     def boom(self, *args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(PartnerStore, "_write_chunk", boom)
+    monkeypatch.setattr(ChunkWriter, "write", boom)
     with pytest.raises(RuntimeError):
         store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(5)))
     assert store.datasets() == []
@@ -272,17 +277,17 @@ def test_unapproved_risk_officer_core_read_is_denied_and_logged(loaded):
 
 def test_risk_officer_with_two_distinct_approvals_reads_core_in_clear(loaded):
     store, frame = loaded
-    rid = store.request_approval(
+    rid = StoreApprovals(store).request(
         RISK, "bank", ["full_name", "national_id"], "risk_review", timedelta(hours=1)
     )
-    assert store.approve(ADMIN, rid) is None
+    assert StoreApprovals(store).approve(ADMIN, rid) is None
     with pytest.raises(AccessDenied):  # one approval is not enough
         store.read(RISK, "risk_review", ["full_name"])
     with pytest.raises(AccessDenied):  # same approver twice
-        store.approve(ADMIN, rid)
+        StoreApprovals(store).approve(ADMIN, rid)
     with pytest.raises(AccessDenied):  # self-approval
-        store.approve(Actor("rick", "compliance_officer"), rid)
-    approval = store.approve(COMPLIANCE, rid)
+        StoreApprovals(store).approve(Actor("rick", "compliance_officer"), rid)
+    approval = StoreApprovals(store).approve(COMPLIANCE, rid)
     assert approval is not None and set(approval.approvers) == {"alice", "carol"}
     got = store.read(RISK, "risk_review", ["full_name", "national_id", "region"], where={"region": "north"})
     expected = frame[frame["region"] == "north"]
@@ -337,14 +342,14 @@ def test_admin_actions_need_permission_and_denials_are_logged(tmp_path, loaded, 
     with pytest.raises(AccessDenied):
         store.ingest(MARKETING, bank, write_csv(tmp_path, bank_frame(3, seed=5), "x.csv"))
     with pytest.raises(AccessDenied):
-        store.erase(MARKETING, frame["customer_id"].iloc[0])
+        erase_customer(store, MARKETING, frame["customer_id"].iloc[0])
     with pytest.raises(AccessDenied):
-        store.rotate_keys(RISK)
+        KeyAdmin(store).rotate(RISK)
     with pytest.raises(AccessDenied):
-        store.retire_key(RISK, 1)
+        KeyAdmin(store).retire(RISK, 1)
     denied = audit_entries(store, decision="denied")
     assert {e.action for e in denied} >= {"ingest", "erase", "key_rotate", "key_retire"}
-    assert store.count("bank") == 30 and [k["version"] for k in store.key_versions()] == [1]
+    assert store.count("bank") == 30 and [k["version"] for k in KeyAdmin(store).versions()] == [1]
     # The raw id of the customer someone tried to erase is not in the log.
     log_text = "".join(p.read_text() for p in store.home.audit_dir.glob("*.jsonl"))
     assert frame["customer_id"].iloc[0] not in log_text
@@ -352,17 +357,17 @@ def test_admin_actions_need_permission_and_denials_are_logged(tmp_path, loaded, 
 
 def test_key_rotation_keeps_every_record_and_old_version_can_then_retire(loaded):
     store, _ = loaded
-    rid = store.request_approval(RISK, "bank", CORE, "risk_review")
-    store.approve(ADMIN, rid)
-    store.approve(COMPLIANCE, rid)
+    rid = StoreApprovals(store).request(RISK, "bank", CORE, "risk_review")
+    StoreApprovals(store).approve(ADMIN, rid)
+    StoreApprovals(store).approve(COMPLIANCE, rid)
     before = store.read(RISK, "risk_review", CORE + ["income"])
     with pytest.raises(KeyMaterialError, match="still wraps"):
-        store.retire_key(ADMIN, 1)
-    result = store.rotate_keys(ADMIN)
+        KeyAdmin(store).retire(ADMIN, 1)
+    result = KeyAdmin(store).rotate(ADMIN)
     assert result["active_version"] == 2 and result["by_table"]["data_keys"] == 30
-    assert store.key_usage() == {2: 31}  # 30 customers + the key check
-    store.retire_key(ADMIN, 1)
-    assert {k["version"]: k["status"] for k in store.key_versions()} == {1: "retired", 2: "active"}
+    assert KeyAdmin(store).usage() == {2: 31}  # 30 customers + the key check
+    KeyAdmin(store).retire(ADMIN, 1)
+    assert {k["version"]: k["status"] for k in KeyAdmin(store).versions()} == {1: "retired", 2: "active"}
     after = store.read(RISK, "risk_review", CORE + ["income"])
     pd.testing.assert_frame_equal(before, after)
     # Reopening with the rotated keyring works (the key check was re-wrapped too).
@@ -382,9 +387,9 @@ def test_erased_customer_is_unrecoverable(tmp_path, store, bank):
     p = store.pseudonymizer.pseudonym(victim)
     tokens = store.backend.fetchone('SELECT national_id, full_name FROM "c_bank" WHERE pseudonym = ?', (p,))
     wrapped = store.backend.fetchone("SELECT kek_version, blob FROM data_keys WHERE pseudonym = ?", (p,))
-    result = store.erase(ADMIN, victim)
+    result = erase_customer(store, ADMIN, victim)
     assert result["found"] and result["datasets"] == {"bank": 1} and result["data_keys"] == 1
-    assert store.erase(ADMIN, quarantined_victim)["quarantine"] == 1
+    assert erase_customer(store, ADMIN, quarantined_victim)["quarantine"] == 1
     assert store.count("bank") == 4
     assert store.backend.fetchone('SELECT 1 FROM "c_bank" WHERE pseudonym = ?', (p,)) is None
     assert store.backend.fetchone("SELECT 1 FROM data_keys WHERE pseudonym = ?", (p,)) is None
@@ -456,9 +461,9 @@ def test_open_without_store_and_double_init(tmp_path, store):
 
 
 def _approve_core(store):
-    rid = store.request_approval(RISK, "bank", CORE, "risk_review")
-    store.approve(ADMIN, rid)
-    store.approve(COMPLIANCE, rid)
+    rid = StoreApprovals(store).request(RISK, "bank", CORE, "risk_review")
+    StoreApprovals(store).approve(ADMIN, rid)
+    StoreApprovals(store).approve(COMPLIANCE, rid)
 
 
 def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_version(
@@ -467,13 +472,13 @@ def test_handle_opened_before_rotate_and_retire_wraps_new_keys_under_the_active_
     store, _ = loaded
     other = PartnerStore.open(store.home)  # like a second process: its own keyring and connection
     try:
-        other.rotate_keys(ADMIN)
-        other.retire_key(ADMIN, 1)
+        KeyAdmin(other).rotate(ADMIN)
+        KeyAdmin(other).retire(ADMIN, 1)
     finally:
         other.close()
     newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)  # 20 customers the store has never seen
     assert store.ingest(ADMIN, bank, write_csv(tmp_path, newcomers, "new.csv")).inserted == 20
-    assert store.key_usage() == {2: 51}
+    assert KeyAdmin(store).usage() == {2: 51}
     _approve_core(store)
     got = store.read(RISK, "risk_review", CORE)
     newcomers.index = store.pseudonymizer.pseudonyms(newcomers["customer_id"])
@@ -521,7 +526,7 @@ def test_retire_cannot_slip_between_a_writers_wrap_and_its_commit(loaded):
     store, _ = loaded
     other = PartnerStore.open(store.home)
     try:
-        other.rotate_keys(ADMIN)
+        KeyAdmin(other).rotate(ADMIN)
         # A writer in another handle is mid-transaction, having wrapped a key under version 1
         # (what a stale writer did before the fix), not yet committed.
         context = data_key_context("bank", "p" * 64)
@@ -536,10 +541,10 @@ def test_retire_cannot_slip_between_a_writers_wrap_and_its_commit(loaded):
             )
             other.backend.execute("PRAGMA busy_timeout = 0")  # fail at once instead of waiting for the lock
             with pytest.raises(ConfigError, match="busy"):
-                other.retire_key(ADMIN, 1)
+                KeyAdmin(other).retire(ADMIN, 1)
         # Once the writer committed, the retirement sees its key and is refused.
         with pytest.raises(KeyMaterialError, match="still wraps 1"):
-            other.retire_key(ADMIN, 1)
+            KeyAdmin(other).retire(ADMIN, 1)
         assert {k.version: k.status for k in FileKeyRing.open(store.home.keys_dir).versions()}[
             1
         ] == "available"
@@ -587,9 +592,9 @@ def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate
     p = store.pseudonymizer.pseudonym(victim["customer_id"])
     backup = tmp_path / "backup.db"
     shutil.copy2(store.home.store_path, backup)  # an operator's backup, taken before the erasure
-    store.erase(ADMIN, victim["customer_id"])
-    store.rotate_keys(ADMIN)
-    store.retire_key(ADMIN, 1)
+    erase_customer(store, ADMIN, victim["customer_id"])
+    KeyAdmin(store).rotate(ADMIN)
+    KeyAdmin(store).retire(ADMIN, 1)
     # Found by the keyed pseudonym (the pseudonym key remains), the customer's rows in the
     # backup hold nothing but ciphertext, numbers that count ingests, and labels.
     found = _rows_naming(backup, p)

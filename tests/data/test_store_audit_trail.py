@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedcustomer.data import store as store_module
+from fedcustomer.data import key_admin
+from fedcustomer.data.key_admin import KeyAdmin
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.store_ingest import ChunkWriter
 from fedcustomer.errors import SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import write_default_policy
@@ -28,7 +30,7 @@ def test_unexpected_ingest_failure_is_audited_by_kind_only(tmp_path, store, bank
     def boom(self, *args, **kwargs):
         raise OverflowError("C0000001 value 99999999999999999999 too large")
 
-    monkeypatch.setattr(PartnerStore, "_write_chunk", boom)
+    monkeypatch.setattr(ChunkWriter, "write", boom)
     with pytest.raises(OverflowError):
         store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(5)))
     (entry,) = audit_entries(store, action="ingest")
@@ -42,9 +44,9 @@ def test_new_kek_of_an_interrupted_rotation_is_audited(tmp_path, store, bank, mo
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies while re-wrapping
 
-    monkeypatch.setattr(store_module, "rewrap", killed)
+    monkeypatch.setattr(key_admin, "rewrap", killed)
     with pytest.raises(KeyboardInterrupt):
-        store.rotate_keys(ADMIN)
+        KeyAdmin(store).rotate(ADMIN)
     created = [e for e in audit_entries(store, action="key_create") if e.details.get("for") == "rotation"]
     assert [e.details["kek_version"] for e in created] == [before + 1]
     assert created[0].actor == "alice"

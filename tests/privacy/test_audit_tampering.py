@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import IntegrityError
 from fedcustomer.partner.home import PartnerHome
@@ -26,7 +27,7 @@ ADMIN = Actor("alice", "partner_admin")
 def _session(home: PartnerHome, customer: str) -> None:
     """One command's worth of work: open, erase a customer, close (which signs a checkpoint)."""
     with PartnerStore.open(home) as store:
-        store.erase(ADMIN, customer)
+        erase_customer(store, ADMIN, customer)
 
 
 @pytest.fixture()
@@ -150,7 +151,7 @@ def test_torn_tail_refuses_every_action_before_it_happens(home: PartnerHome) -> 
         _tear(home)
         erased = _erasures(home)
         with pytest.raises(IntegrityError, match="incomplete line.*audit repair"):
-            store.erase(ADMIN, "C7")
+            erase_customer(store, ADMIN, "C7")
         assert _erasures(home) == erased
     finally:
         store.close()
@@ -244,7 +245,7 @@ def test_repair_cannot_cut_a_signed_entry_made_to_look_torn(home: PartnerHome) -
 
 def test_repair_cannot_cut_a_recorded_unsigned_entry(home: PartnerHome) -> None:
     store = PartnerStore.open(home)
-    store.erase(ADMIN, "C6")  # entry 5: recorded in store.db, not yet signed
+    erase_customer(store, ADMIN, "C6")  # entry 5: recorded in store.db, not yet signed
     data = _log(home).read_bytes()
     _log(home).write_bytes(data[:-1])
     with pytest.raises(IntegrityError, match="damage besides"):

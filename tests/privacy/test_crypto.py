@@ -1,4 +1,4 @@
-"""Tests for fedcustomer.privacy.crypto.keyring: field envelope encryption, the KEK keyring, pseudonyms."""
+"""Tests for fedcustomer.privacy.crypto: field envelope encryption, the KEK keyring, pseudonyms."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedcustomer.common import files as common_files
 from fedcustomer.errors import DataError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy.crypto import keyring as crypto
+from fedcustomer.privacy.crypto import secret_files
+from fedcustomer.privacy.crypto.cipher import FieldCipher
 from fedcustomer.privacy.crypto.keyring import (
-    FieldCipher,
     FileKeyRing,
     KekInfo,
     KeyRing,
-    Pseudonymizer,
     WrappedKey,
     data_key_context,
-    new_data_key,
     rewrap,
 )
+from fedcustomer.privacy.crypto.material import new_data_key
+from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -311,7 +312,7 @@ def test_failed_persist_leaves_keyring_file_and_object_unchanged(
     def broken_replace(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(crypto.os, "replace", broken_replace)
+    monkeypatch.setattr(common_files.os, "replace", broken_replace)  # the keyring's atomic write
     with pytest.raises(OSError):
         ring.rotate()
     monkeypatch.undo()
@@ -580,7 +581,7 @@ def test_create_without_hard_link_support_still_refuses_to_overwrite(
     def no_links(src: object, dst: object) -> None:
         raise OSError(1, "Operation not permitted")
 
-    monkeypatch.setattr(crypto.os, "link", no_links)
+    monkeypatch.setattr(secret_files.os, "link", no_links)
     ring = FileKeyRing.create(tmp_path / "keys")
     assert _mode(ring.path) == 0o600 and FileKeyRing.open(tmp_path / "keys").active_version() == 1
     before = _snapshot(tmp_path)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fedcustomer.errors import ConfigError, DataError, FederationError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.psi.core import (
     POINT_BYTES,
     PSIParty,

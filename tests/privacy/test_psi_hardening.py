@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import AccessDenied
-from fedcustomer.privacy.crypto.keyring import normalize_id
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.psi.core import PSIParty, pack
 from fedcustomer.psi.protocol import (
     MSG_ABORT,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from fedcustomer.apps.client import make_client_app
+from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.schema import load_bundled
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.crypto.keyring import Pseudonymizer
+from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 from fedcustomer.psi.protocol import (
     MSG_BLIND,
     alignment_path,
@@ -56,7 +57,7 @@ def test_erase_removes_the_customer_from_every_psi_file(tmp_path):
     assert pseudonym in before and party_path(bank, "open").exists()
 
     with PartnerStore.open(bank) as store:
-        result = store.erase(ADMIN, victim)
+        result = erase_customer(store, ADMIN, victim)
 
     assert result["psi_state"] == {"sessions_dropped": 1, "alignment_entries": 1}
     after = load_alignment(bank, "done")

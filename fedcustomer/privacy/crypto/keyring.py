@@ -1,22 +1,12 @@
-"""Envelope encryption of core-tier fields, the KEK keyring, and keyed customer pseudonyms.
+"""The KEK keyring: the protocol the store's envelope encryption uses, and the file keyring.
 
 Why envelope encryption: every customer gets a random 256-bit *data key* that encrypts
 that customer's core fields (AES-GCM). The data key is stored only *wrapped* by a key
 encryption key (KEK) from a :class:`KeyRing`. Rotating the KEK therefore re-wraps small
 data keys (:func:`rewrap`) instead of re-encrypting the data, and erasing a customer
-(crypto-shredding) means deleting one wrapped key.
-
-Layers, safest first:
-
-- :class:`FieldCipher` -- "encrypt this field for this record". Callers never see nonces
-  or associated data. A token is ``version byte || nonce || ciphertext+tag``; the AAD binds
-  the format version, dataset, field name and customer pseudonym, so a token altered or
-  moved to another field, customer or dataset fails with :class:`IntegrityError`.
-- :class:`Pseudonymizer` -- keyed HMAC-SHA256 pseudonyms for customer ids (normalised with
-  Unicode NFKC, stripped, upper-cased; domain-separated), with its own key file.
-- :class:`KeyRing` -- the protocol the store uses to wrap and unwrap data keys, and
-  :class:`FileKeyRing`, the default implementation keeping versioned KEKs in
-  ``<keys_dir>/keyring.json`` (mode 0600, written atomically).
+(crypto-shredding) means deleting one wrapped key. :mod:`.envelope` seals and opens
+records with these pieces; :class:`FileKeyRing` is the default keyring, keeping
+versioned KEKs in ``<keys_dir>/keyring.json`` (mode 0600, written atomically).
 
 Plugging in a KMS
 -----------------
@@ -43,27 +33,30 @@ keyring re-reads its file there); without it, ``active_version()`` must itself b
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import json
 import os
-import stat
 import struct
-import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
-from hmac import compare_digest
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fedcustomer.errors import DataError, IntegrityError, KeyMaterialError
+from fedcustomer.errors import KeyMaterialError
+from fedcustomer.privacy.crypto.material import KEY_BYTES, NONCE_BYTES, TAG_BYTES, lp_text, utc_now
+from fedcustomer.privacy.crypto.secret_files import (
+    FILE_FORMAT_VERSION,
+    check_format,
+    create_secret_file,
+    decode_key,
+    ensure_keys_dir,
+    parse_json_object,
+    read_secret_file,
+    replace_secret_file,
+)
 
 try:  # POSIX only; on other systems key-file mutations are not serialised between processes.
     import fcntl
@@ -71,230 +64,25 @@ except ImportError:  # pragma: no cover - exercised only on Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "KEY_BYTES",
+    "KEYRING_FILE",
     "FileKeyRing",
-    "FieldCipher",
     "KekInfo",
     "KeyRing",
-    "Pseudonymizer",
     "WrappedKey",
     "data_key_context",
-    "new_data_key",
     "rewrap",
 ]
 
-KEY_BYTES = 32  # AES-256 for KEKs, data keys and the pseudonym key
-NONCE_BYTES = 12  # AES-GCM standard nonce; random per encryption
-TAG_BYTES = 16
-
 KEYRING_FILE = "keyring.json"
-PSEUDONYM_KEY_FILE = "pseudonym.key"
 
 _KEYRING_FORMAT = "fedcustomer-keyring"
-_PSEUDONYM_FORMAT = "fedcustomer-pseudonym-key"
-_FILE_FORMAT_VERSION = 1
-
-_FIELD_FORMAT_V1 = b"\x01"  # first byte of every field token and of its AAD
 _WRAP_LABEL = b"fedcustomer/kek-wrap/v1\x00"
 _DATA_KEY_LABEL = b"fedcustomer/data-key/v1\x00"
-_PSEUDONYM_LABEL = b"fedcustomer/pseudonym/v1\x00"
 
 ACTIVE, AVAILABLE, RETIRED = "active", "available", "retired"
 _STATUSES = (ACTIVE, AVAILABLE, RETIRED)
 
-
-# --- small helpers -------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _lp(data: bytes) -> bytes:
-    """Length-prefix ``data`` so concatenated AAD parts can never be confused."""
-    return struct.pack(">I", len(data)) + data
-
-
-@lru_cache(maxsize=4096)
-def _lp_text(text: str) -> bytes:
-    """Cached length-prefixed UTF-8 of a field name or dataset (few distinct values)."""
-    return _lp(text.encode("utf-8"))
-
-
-def _check_key_bytes(key: object, what: str) -> bytes:
-    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
-        size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
-        raise KeyMaterialError(f"{what} must be {KEY_BYTES} random bytes, got {size}")
-    return bytes(key)
-
-
-def _write_secret_file(path: Path, data: bytes, *, replace: bool) -> None:
-    """Write ``data`` to ``path`` with mode 0600 via a temp file, atomically.
-
-    ``replace=False`` refuses (FileExistsError) when ``path`` already exists, without a
-    window in which a half-written key file is visible.
-    """
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link_no_overwrite(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _link_no_overwrite(tmp: Path, path: Path) -> None:
-    """Publish ``tmp`` as ``path`` only if ``path`` does not exist (FileExistsError otherwise)."""
-    try:
-        os.link(tmp, path)  # atomic and never overwrites
-    except FileExistsError:
-        raise
-    except OSError:  # filesystem without hard links: check, then rename (tiny race, same result)
-        if path.exists() or path.is_symlink():
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _trusted_owner(uid: int) -> bool:
-    """The partner node's own user, or root (mounted secrets); anyone else could swap the key."""
-    return uid in (os.geteuid(), 0)
-
-
-def check_keys_dir(keys_dir: Path) -> None:
-    """Refuse a keys directory that another user could write to (they could plant or swap keys)."""
-    if os.name != "posix":  # pragma: no cover - permissions are POSIX-only here
-        return
-    try:
-        st = os.stat(keys_dir)
-    except FileNotFoundError:
-        return  # the missing key file is reported by the caller, with the fix
-    except OSError as exc:
-        raise KeyMaterialError(f"keys directory {keys_dir} could not be inspected ({exc.strerror})") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise KeyMaterialError(f"keys directory {keys_dir} is not a directory")
-    if st.st_mode & 0o022:
-        raise KeyMaterialError(
-            f"keys directory {keys_dir} is writable by group or others (mode {st.st_mode & 0o777:04o}); "
-            f"anyone who can write there can replace the keys: restrict it with: chmod 700 {keys_dir}"
-        )
-    if not _trusted_owner(st.st_uid):
-        raise KeyMaterialError(
-            f"keys directory {keys_dir} is owned by user id {st.st_uid}, not by the partner node's user "
-            f"({os.geteuid()}); chown it to the node's user"
-        )
-
-
-def _read_secret_file(path: Path, what: str) -> bytes:
-    """Read a key file, refusing one that is missing, not a regular file, or too permissive.
-
-    Opened non-blocking so a FIFO or device planted at the path is refused instead of
-    hanging the process; the directory holding it must not be writable by others either.
-    """
-    check_keys_dir(path.parent)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)  # symlinks allowed (mounted secrets); the target is checked
-    except FileNotFoundError:
-        raise KeyMaterialError(
-            f"{what} not found at {path}: initialise this partner's keys, or restore the file from backup"
-        ) from None
-    except OSError as exc:
-        raise KeyMaterialError(
-            f"{what} at {path} could not be opened ({exc.strerror}); it must be a regular file "
-            f"readable by the partner node's user (chmod 600 {path})"
-        ) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyMaterialError(
-                f"{what} at {path} is not a regular file (a pipe, device or directory); replace it with the "
-                f"key file from backup"
-            )
-        if os.name == "posix" and st.st_mode & 0o077:
-            raise KeyMaterialError(
-                f"{what} at {path} is accessible to group or others (mode {st.st_mode & 0o777:04o}); "
-                f"restrict it with: chmod 600 {path}"
-            )
-        if os.name == "posix" and not _trusted_owner(st.st_uid):
-            raise KeyMaterialError(
-                f"{what} at {path} is owned by user id {st.st_uid}, not by the partner node's user "
-                f"({os.geteuid()}); chown it to the node's user"
-            )
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as fh:
-            fd = -1
-            return fh.read()
-    except OSError as exc:
-        raise KeyMaterialError(f"{what} at {path} could not be read ({exc.strerror})") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _ensure_keys_dir(keys_dir: Path) -> None:
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.name == "posix":
-        os.chmod(keys_dir, 0o700)
-
-
-def _parse_json_object(raw: bytes, path: Path, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise KeyMaterialError(
-            f"{what} at {path} is malformed: not valid JSON{where}; restore it from backup"
-        ) from None
-    if not isinstance(doc, dict):
-        raise KeyMaterialError(
-            f"{what} at {path} is malformed: expected a JSON object; restore it from backup"
-        )
-    return doc
-
-
-def _decode_key(value: object, path: Path, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise KeyMaterialError(f"{path}: {where} must be a base64 string; restore the file from backup")
-    try:
-        key = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise KeyMaterialError(f"{path}: {where} is not valid base64; restore the file from backup") from None
-    if len(key) != KEY_BYTES:
-        raise KeyMaterialError(
-            f"{path}: {where} is {len(key)} bytes, expected {KEY_BYTES}; restore the file from backup"
-        )
-    return key
-
-
-def _check_format(doc: dict[str, Any], path: Path, expected: str) -> None:
-    if doc.get("format") != expected:
-        raise KeyMaterialError(
-            f"{path}: field 'format' is {doc.get('format')!r}, expected {expected!r}: "
-            f"this is not the right kind of key file"
-        )
-    if doc.get("format_version") != _FILE_FORMAT_VERSION:
-        raise KeyMaterialError(
-            f"{path}: field 'format_version' is {doc.get('format_version')!r}; this version of fedcustomer "
-            f"reads format_version {_FILE_FORMAT_VERSION}"
-        )
+_T = TypeVar("_T")
 
 
 # --- wrapped keys and the keyring protocol ------------------------------------------------------
@@ -345,12 +133,7 @@ class KeyRing(Protocol):
 
 def data_key_context(dataset: str, pseudonym: str) -> bytes:
     """AAD binding a wrapped data key to its dataset and customer, so it cannot be swapped."""
-    return _DATA_KEY_LABEL + _lp_text(dataset) + _lp_text(pseudonym)
-
-
-def new_data_key() -> bytes:
-    """A fresh random 256-bit data key."""
-    return os.urandom(KEY_BYTES)
+    return _DATA_KEY_LABEL + lp_text(dataset) + lp_text(pseudonym)
 
 
 def rewrap(keyring: KeyRing, wrapped: WrappedKey, context: bytes) -> WrappedKey:
@@ -403,10 +186,10 @@ class FileKeyRing:
             raise KeyMaterialError(
                 f"a keyring already exists at {path}; refusing to overwrite key material (open it instead)"
             )
-        _ensure_keys_dir(keys_dir)
-        keks = {1: _Kek(1, _now(), ACTIVE, os.urandom(KEY_BYTES))}
+        ensure_keys_dir(keys_dir)
+        keks = {1: _Kek(1, utc_now(), ACTIVE, os.urandom(KEY_BYTES))}
         try:
-            _write_secret_file(path, _dump_keyring(keks), replace=False)
+            create_secret_file(path, _dump_keyring(keks))
         except FileExistsError:
             raise KeyMaterialError(
                 f"a keyring already exists at {path}; refusing to overwrite key material (open it instead)"
@@ -495,7 +278,7 @@ class FileKeyRing:
             for kek in keks.values():
                 if kek.status == ACTIVE:
                     kek.status = AVAILABLE
-            keks[new_version] = _Kek(new_version, _now(), ACTIVE, os.urandom(KEY_BYTES))
+            keks[new_version] = _Kek(new_version, utc_now(), ACTIVE, os.urandom(KEY_BYTES))
             return new_version
 
         return self._mutate(change)
@@ -520,7 +303,7 @@ class FileKeyRing:
                     f"retired; rotate to a new version and re-wrap data keys first"
                 )
             if kek.status == AVAILABLE:
-                kek.status, kek.key, kek.retired_at = RETIRED, None, _now()
+                kek.status, kek.key, kek.retired_at = RETIRED, None, utc_now()
 
         self._mutate(change)
 
@@ -545,13 +328,13 @@ class FileKeyRing:
         self._keks, self._active = keks, active
         self._aead = {}
 
-    def _mutate(self, change: Any) -> Any:
+    def _mutate(self, change: Callable[[dict[int, _Kek]], _T]) -> _T:
         """Apply ``change`` to the latest on-disk state under a lock; persist, then adopt it."""
         with self._locked():
             keks = _load_keyring(self._path)
             result = change(keks)
             self._find_active(keks, self._path)
-            _write_secret_file(self._path, _dump_keyring(keks), replace=True)
+            replace_secret_file(self._path, _dump_keyring(keks))
         self._install(keks)
         return result
 
@@ -599,13 +382,13 @@ def _dump_keyring(keks: dict[int, _Kek]) -> bytes:
         if kek.retired_at is not None:
             entry["retired_at"] = kek.retired_at
         entries.append(entry)
-    doc = {"format": _KEYRING_FORMAT, "format_version": _FILE_FORMAT_VERSION, "keks": entries}
+    doc = {"format": _KEYRING_FORMAT, "format_version": FILE_FORMAT_VERSION, "keks": entries}
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
 def _load_keyring(path: Path) -> dict[int, _Kek]:
-    doc = _parse_json_object(_read_secret_file(path, "keyring"), path, "keyring")
-    _check_format(doc, path, _KEYRING_FORMAT)
+    doc = parse_json_object(read_secret_file(path, "keyring"), path, "keyring")
+    check_format(doc, path, _KEYRING_FORMAT)
     entries = doc.get("keks")
     if not isinstance(entries, list) or not entries:
         raise KeyMaterialError(f"{path}: field 'keks' must be a non-empty list; restore the file from backup")
@@ -636,180 +419,10 @@ def _load_keyring(path: Path) -> dict[int, _Kek]:
                 )
             key = None
         else:
-            key = _decode_key(entry.get("key"), path, f"{where}.key")
+            key = decode_key(entry.get("key"), path, f"{where}.key")
         retired_at = entry.get("retired_at")
         keks[version] = _Kek(
             version, created_at, status, key, retired_at if isinstance(retired_at, str) else None
         )
     FileKeyRing._find_active(keks, path)
     return keks
-
-
-# --- field encryption --------------------------------------------------------------------------
-
-
-class FieldCipher:
-    """Encrypts one field value of one customer record under that customer's data key.
-
-    Token layout: ``0x01 || 12-byte random nonce || AES-GCM ciphertext+tag``. AAD:
-    ``0x01 || len-prefixed dataset || len-prefixed field || len-prefixed pseudonym``.
-    The last AESGCM object is cached (and one per record in the ``*_record`` methods),
-    so per-field cost is one AEAD call plus a little byte concatenation.
-    """
-
-    __slots__ = ("_dataset", "_prefix", "_cache")
-
-    def __init__(self, dataset: str) -> None:
-        if not isinstance(dataset, str) or not dataset:
-            raise DataError("FieldCipher needs a non-empty dataset name")
-        self._dataset = dataset
-        self._prefix = _FIELD_FORMAT_V1 + _lp_text(dataset)
-        self._cache: tuple[bytes, AESGCM] | None = None
-
-    @property
-    def dataset(self) -> str:
-        return self._dataset
-
-    def _aead(self, data_key: bytes) -> AESGCM:
-        cache = self._cache
-        if cache is not None and type(data_key) is bytes and compare_digest(cache[0], data_key):
-            return cache[1]
-        key = _check_key_bytes(data_key, "data key")
-        aead = AESGCM(key)
-        self._cache = (key, aead)
-        return aead
-
-    def _aad(self, field: str, pseudonym: str) -> bytes:
-        return self._prefix + _lp_text(field) + _lp_text(pseudonym)
-
-    def encrypt(self, data_key: bytes, field: str, pseudonym: str, value: str) -> bytes:
-        return self._encrypt(self._aead(data_key), field, pseudonym, value)
-
-    def decrypt(self, data_key: bytes, field: str, pseudonym: str, token: bytes) -> str:
-        return self._decrypt(self._aead(data_key), field, pseudonym, token)
-
-    def encrypt_record(self, data_key: bytes, pseudonym: str, values: Mapping[str, str]) -> dict[str, bytes]:
-        aead = self._aead(data_key)
-        enc = self._encrypt
-        return {field: enc(aead, field, pseudonym, value) for field, value in values.items()}
-
-    def decrypt_record(self, data_key: bytes, pseudonym: str, tokens: Mapping[str, bytes]) -> dict[str, str]:
-        aead = self._aead(data_key)
-        dec = self._decrypt
-        return {field: dec(aead, field, pseudonym, token) for field, token in tokens.items()}
-
-    def _encrypt(self, aead: AESGCM, field: str, pseudonym: str, value: str) -> bytes:
-        try:
-            plaintext = value.encode("utf-8")
-        except (AttributeError, UnicodeEncodeError):
-            # The value itself is never echoed: it may be a core-tier value.
-            raise DataError(
-                f"field {field!r} of customer {pseudonym} in dataset {self._dataset!r}: value must be valid "
-                f"Unicode text (str), got {type(value).__name__}"
-            ) from None
-        nonce = os.urandom(NONCE_BYTES)
-        return _FIELD_FORMAT_V1 + nonce + aead.encrypt(nonce, plaintext, self._aad(field, pseudonym))
-
-    def _decrypt(self, aead: AESGCM, field: str, pseudonym: str, token: bytes) -> str:
-        if len(token) < 1 + NONCE_BYTES + TAG_BYTES or token[:1] != _FIELD_FORMAT_V1:
-            raise IntegrityError(
-                f"field {field!r} of customer {pseudonym} in dataset {self._dataset!r}: ciphertext is truncated or "
-                f"has an unknown format version; the stored value is corrupt"
-            )
-        try:
-            plaintext = aead.decrypt(
-                token[1 : 1 + NONCE_BYTES], token[1 + NONCE_BYTES :], self._aad(field, pseudonym)
-            )
-            return plaintext.decode("utf-8")
-        except (InvalidTag, UnicodeDecodeError):
-            raise IntegrityError(
-                f"field {field!r} of customer {pseudonym} in dataset {self._dataset!r} failed authentication: the "
-                f"ciphertext was altered, moved from another field, customer or dataset, or encrypted under another "
-                f"data key"
-            ) from None
-
-    def __repr__(self) -> str:
-        return f"FieldCipher(dataset={self._dataset!r})"
-
-
-# --- pseudonyms --------------------------------------------------------------------------------
-
-
-def normalize_id(raw_id: str) -> str:
-    """Canonical form of a customer id: Unicode NFKC, surrounding whitespace stripped, upper-case."""
-    return unicodedata.normalize("NFKC", raw_id).strip().upper()
-
-
-class Pseudonymizer:
-    """Keyed HMAC-SHA256 pseudonyms; the key lives in ``<keys_dir>/pseudonym.key`` (0600).
-
-    Without the key a pseudonym cannot be linked back to an id by hashing candidate ids,
-    and two partners' pseudonyms for the same customer differ unless they share the key.
-    """
-
-    __slots__ = ("_path", "_base")
-
-    def __init__(self, path: Path, key: bytes) -> None:
-        """Use :meth:`create` or :meth:`open`."""
-        self._path = path
-        base = crypto_hmac.HMAC(_check_key_bytes(key, "pseudonym key"), hashes.SHA256())
-        base.update(_PSEUDONYM_LABEL)
-        self._base = base
-
-    @classmethod
-    def create(cls, keys_dir: Path) -> Pseudonymizer:
-        """Generate a new pseudonym key; refuses to overwrite an existing one."""
-        keys_dir = Path(keys_dir)
-        path = keys_dir / PSEUDONYM_KEY_FILE
-        message = (
-            f"a pseudonym key already exists at {path}; refusing to overwrite it "
-            f"(a new key would change every customer's pseudonym)"
-        )
-        if path.exists() or path.is_symlink():
-            raise KeyMaterialError(message)
-        _ensure_keys_dir(keys_dir)
-        key = os.urandom(KEY_BYTES)
-        doc = {
-            "format": _PSEUDONYM_FORMAT,
-            "format_version": _FILE_FORMAT_VERSION,
-            "created_at": _now(),
-            "key": base64.b64encode(key).decode("ascii"),
-        }
-        try:
-            _write_secret_file(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"), replace=False)
-        except FileExistsError:
-            raise KeyMaterialError(message) from None
-        return cls(path, key)
-
-    @classmethod
-    def open(cls, keys_dir: Path) -> Pseudonymizer:
-        path = Path(keys_dir) / PSEUDONYM_KEY_FILE
-        doc = _parse_json_object(_read_secret_file(path, "pseudonym key"), path, "pseudonym key")
-        _check_format(doc, path, _PSEUDONYM_FORMAT)
-        return cls(path, _decode_key(doc.get("key"), path, "key"))
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    def pseudonym(self, raw_id: str) -> str:
-        """64 hex chars; the same for ids equal after :func:`normalize_id`."""
-        if not isinstance(raw_id, str):
-            raise DataError(f"customer id must be a string, got {type(raw_id).__name__}")
-        canonical = normalize_id(raw_id)
-        if not canonical:
-            raise DataError("customer id is empty (or only whitespace); every record needs an id")
-        try:
-            data = canonical.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataError("customer id is not valid Unicode text (it contains a lone surrogate)") from None
-        mac = self._base.copy()
-        mac.update(data)
-        return mac.finalize().hex()
-
-    def pseudonyms(self, raw_ids: Iterable[str]) -> list[str]:
-        one = self.pseudonym
-        return [one(raw_id) for raw_id in raw_ids]
-
-    def __repr__(self) -> str:
-        return f"Pseudonymizer({str(self._path)!r})"

@@ -1,0 +1,45 @@
+"""The right to be forgotten: crypto-shred one customer from an open store.
+
+The customer's wrapped data keys, rows, quarantined rows and merge records are deleted
+in one transaction (``secure_delete`` zeroes the freed pages), the pseudonym is kept in
+``erasures`` so a later file cannot bring the customer back, and the PSI state files,
+which list pseudonyms too, forget them. Checked against the policy ('erase') and
+audit-logged, allowed or denied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcustomer.data.ingest import utc_now
+from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_db import table_name
+from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.psi.state import forget_customer
+
+
+def erase_customer(store: StoreCore, actor: Actor, customer_id: str) -> dict[str, Any]:
+    """Crypto-shred one customer in every dataset: data keys, rows, quarantine and merge records."""
+    pseudonym = store.pseudonymizer.pseudonym(customer_id)
+    store.require(actor, "erase", "erase", pseudonyms=[pseudonym])
+    backend = store.backend
+    result: dict[str, Any] = {"pseudonym": pseudonym, "datasets": {}}
+    with backend.transaction():
+        for ds in store.datasets():
+            n = backend.execute(
+                f"DELETE FROM {backend.quote(table_name(ds))} WHERE pseudonym = ?", (pseudonym,)
+            )
+            result["datasets"][ds] = n.rowcount
+        for table in ("data_keys", "quarantine", "merges"):
+            result[table] = backend.execute(f"DELETE FROM {table} WHERE pseudonym = ?", (pseudonym,)).rowcount
+        backend.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (pseudonym, utc_now()))
+    result["found"] = bool(result["data_keys"] or result["quarantine"] or any(result["datasets"].values()))
+    result["psi_state"] = forget_customer(store.home, pseudonym)
+    store.log(
+        actor,
+        "erase",
+        pseudonyms=[pseudonym],
+        row_count=sum(result["datasets"].values()),
+        details={k: v for k, v in result.items() if k != "pseudonym"},
+    )
+    return result

@@ -1,0 +1,329 @@
+"""Reading customer data: resolve -> decide -> fetch -> mask/decrypt -> audit once.
+
+:func:`read_frame` is the body of :meth:`PartnerStore.read
+<fedcustomer.data.store.PartnerStore.read>`, each step a small method of :class:`_Read`.
+Every refusal is audited by the step that refuses, with the fields and tier known at
+that point; a read that returns is audited once, as ``decrypt`` when it opened core
+values in clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedcustomer.data.schema import FieldSpec, Schema
+from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_db import open_row, open_row_key, table_name
+from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
+from fedcustomer.privacy.access.masking import default_rule_for, mask_series
+from fedcustomer.privacy.access.policy import Actor, Approval, FieldRef
+from fedcustomer.privacy.crypto.cipher import FieldCipher
+
+_TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
+_MAX_AUDIT_PSEUDONYMS = 1000
+
+
+def read_frame(
+    store: StoreCore,
+    actor: Actor,
+    purpose: str,
+    fields: Sequence[str] | None,
+    where: Mapping[str, Any] | None,
+    *,
+    dataset: str | None,
+    approval_id: str | None,
+    now: datetime | None,
+) -> pd.DataFrame:
+    """Policy per field, masking, decryption, one audit entry (see :meth:`PartnerStore.read`)."""
+    read = _Read(store, actor, purpose, now, {"purpose": purpose})
+    schema, requested = read.resolve(dataset, fields, where)
+    plan = read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)
+    frame = read.fetch(plan)
+    read.audit_success(plan, frame)
+    return frame
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a read may return: the visible fields and their views, filters, approvals used."""
+
+    schema: Schema
+    visible: list[str]
+    views: dict[str, str]
+    where: dict[str, Any]
+    omitted: list[str]
+    approvals: list[str]
+
+
+@dataclass
+class _Read:
+    store: StoreCore
+    actor: Actor
+    purpose: str
+    now: datetime | None
+    audit_base: dict[str, Any]
+
+    def deny(self, reason: str, fields: list[str], **more: Any) -> None:
+        """Audit a refused read (the caller raises)."""
+        self.store.log(self.actor, "read", "denied", reason=reason, fields=fields, **more, **self.audit_base)
+
+    # ---- resolve: which dataset, which fields ---------------------------------------------
+
+    def resolve(
+        self, dataset: str | None, fields: Sequence[str] | None, where: Mapping[str, Any] | None
+    ) -> tuple[Schema, list[str]]:
+        try:
+            ds = self._dataset(dataset)
+            self.audit_base["dataset"] = ds
+            schema = self.store.schema(ds)
+        except FedCustomerError as exc:
+            self.deny(str(exc), list(fields or ()))
+            raise
+        requested = list(dict.fromkeys(fields)) if fields is not None else schema.names
+        unknown = [n for n in requested if n not in schema.names] + [
+            n for n in (where or {}) if n not in schema.names
+        ]
+        if unknown:
+            message = f"dataset {ds!r} has no field(s) {', '.join(sorted(set(unknown)))}"
+            self.deny(message, requested)
+            raise SchemaError(message + f"; known fields: {', '.join(schema.names)}")
+        return schema, requested
+
+    def _dataset(self, dataset: str | None) -> str:
+        if dataset is not None:
+            self.store.schema(dataset)
+            return dataset
+        names = self.store.datasets()
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise ConfigError(
+                f"the store {self.store.home.store_path} holds no dataset yet; ingest one first"
+            )
+        raise ConfigError(
+            f"the store holds several datasets ({', '.join(names)}); say which one (dataset=...)"
+        )
+
+    # ---- decide: the policy's view of every field -------------------------------------------
+
+    def decide(
+        self,
+        schema: Schema,
+        requested: list[str],
+        explicit: bool,
+        where: dict[str, Any],
+        approval_id: str | None,
+    ) -> _Plan:
+        """Views per field; refuses denied explicit fields, empty results and filters on hidden fields."""
+        actor, purpose = self.actor, self.purpose
+        try:
+            if not self.store.policy.may(actor, "read"):
+                raise AccessDenied(
+                    f"actor '{actor.name}' with role '{actor.role}' may not read customer data (no 'read' action)"
+                )
+            decisions, approvals = self._decisions(schema, requested, approval_id)
+        except FedCustomerError as exc:
+            self.deny(str(exc), requested, tier=_top_tier(schema, requested))
+            raise
+        denied = {n: d for n, d in decisions.items() if d.view == "denied"}
+        if explicit and denied:
+            reason = "; ".join(f"{n}: {d.reason}" for n, d in denied.items())
+            self.deny(
+                reason, requested, tier=_top_tier(schema, list(denied)), details={"denied": sorted(denied)}
+            )
+            raise AccessDenied(
+                f"actor '{actor.name}' ({actor.role}) may not read {', '.join(denied)} of dataset "
+                f"{schema.dataset!r} for purpose '{purpose}': {reason}"
+            )
+        visible = [n for n in requested if n not in denied]
+        bad_where = [
+            k
+            for k in where
+            if schema.field(k).tier != "public"
+            or (decisions[k].view if k in decisions else self._view_of(schema.field(k))) == "denied"
+        ]
+        if not visible or bad_where:
+            reason = (
+                f"filters allowed on public fields the actor may see only (not {', '.join(bad_where)})"
+                if bad_where
+                else f"role '{actor.role}' may see no field of dataset {schema.dataset!r} for purpose '{purpose}'"
+            )
+            self.deny(reason, requested, tier=_top_tier(schema, requested))
+            raise AccessDenied(f"actor '{actor.name}': {reason}")
+        used = sorted(
+            {a.approval_id for n, a in approvals.items() if a is not None and decisions[n].view == "clear"}
+        )
+        views = {n: decisions[n].view for n in visible}
+        return _Plan(schema, visible, views, where, sorted(denied), used)
+
+    def _decisions(
+        self, schema: Schema, names: Sequence[str], approval_id: str | None
+    ) -> tuple[dict[str, Any], dict[str, Approval | None]]:
+        """One policy decision per field; core fields are checked against active approvals."""
+        decisions: dict[str, Any] = {}
+        approvals: dict[str, Approval | None] = {}
+        for name in names:
+            spec = schema.field(name)
+            ref = FieldRef(spec.name, spec.tier, spec.role)
+            approval = None
+            if spec.is_core:
+                approval = self.store.approvals.active_for(
+                    self.actor, schema.dataset, [name], self.purpose, now=self.now
+                )
+                if approval is not None and approval_id is not None and approval.approval_id != approval_id:
+                    approval = None
+            decisions[name] = self.store.policy.decide(
+                self.actor, self.purpose, ref, approval=approval, now=self.now
+            )
+            approvals[name] = approval
+        return decisions, approvals
+
+    def _view_of(self, spec: FieldSpec) -> str:
+        ref = FieldRef(spec.name, spec.tier, spec.role)
+        view: str = self.store.policy.decide(self.actor, self.purpose, ref, now=self.now).view
+        return view
+
+    # ---- fetch, then mask -----------------------------------------------------------------
+
+    def fetch(self, plan: _Plan) -> pd.DataFrame:
+        """The visible fields of every matching row, decrypted or masked per view."""
+        try:
+            index, columns = _fetch_columns(self.store, plan)
+            return _to_frame(plan, index, columns, self.store.mask_key)
+        except FedCustomerError as exc:
+            self.deny(f"read failed: {exc}", plan.visible, tier=_top_tier(plan.schema, plan.visible))
+            raise
+
+    # ---- audit ------------------------------------------------------------------------
+
+    def audit_success(self, plan: _Plan, frame: pd.DataFrame) -> None:
+        """The one entry of a read that returned: ``decrypt`` when core values came back in clear."""
+        schema, visible = plan.schema, plan.visible
+        decrypted = [n for n in visible if schema.field(n).is_core and plan.views[n] == "clear"]
+        details: dict[str, Any] = {"views": dict(plan.views)}
+        if plan.where:
+            details["where"] = {k: (list(v) if _is_seq(v) else v) for k, v in plan.where.items()}
+        if plan.omitted:
+            details["omitted"] = plan.omitted
+        pseudonyms: list[str] = []
+        if decrypted:
+            pseudonyms = frame.index.tolist()[:_MAX_AUDIT_PSEUDONYMS]
+            if len(frame) > _MAX_AUDIT_PSEUDONYMS:
+                details["pseudonyms_truncated"] = len(frame)
+        self.store.log(
+            self.actor,
+            "decrypt" if decrypted else "read",
+            fields=visible,
+            tier=_top_tier(schema, visible),
+            approvals=plan.approvals,
+            row_count=len(frame),
+            pseudonyms=pseudonyms,
+            details=details,
+            **self.audit_base,
+        )
+
+
+def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, list[Any]]]:
+    """Open each customer's sealed row with their data key; filter; decrypt core fields asked for."""
+    schema, names = plan.schema, plan.visible
+    q = store.backend.quote
+    dataset = schema.dataset
+    core = [n for n in names if schema.field(n).is_core]
+    plain = [n for n in names if not schema.field(n).is_core]
+    sql = (
+        f"SELECT t.pseudonym, t.sealed, k.kek_version, k.blob{''.join(f', t.{q(n)}' for n in core)} "
+        f"FROM {q(table_name(dataset))} t LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
+        f"ORDER BY t.pseudonym"
+    )
+    wanted = {
+        key: {_where_value(schema.field(key), v) for v in (list(value) if _is_seq(value) else [value])}
+        for key, value in plan.where.items()
+    }
+    cipher = FieldCipher(dataset)
+    index: list[str] = []
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    for row in store.backend.fetchall(sql, [dataset]):
+        p, sealed, version, blob = row[:4]
+        key = open_row_key(store.keyring, cipher, p, version, blob)
+        values = open_row(key, sealed)["values"] if plain or wanted else {}
+        if any(values.get(k) not in allowed for k, allowed in wanted.items()):
+            continue
+        index.append(p)
+        for n in plain:
+            columns[n].append(values.get(n))
+        tokens = {n: bytes(t) for n, t in zip(core, row[4:]) if t is not None}
+        clear = key.open(tokens) if tokens else {}
+        for n in core:
+            columns[n].append(clear.get(n))
+    return index, columns
+
+
+def _to_frame(plan: _Plan, index: list[str], columns: dict[str, list[Any]], mask_key: bytes) -> pd.DataFrame:
+    """Typed columns indexed by pseudonym, masked where the view is ``masked``."""
+    idx = pd.Index(index, name="pseudonym", dtype=object)
+    data: dict[str, Any] = {}
+    for name in plan.visible:
+        spec = plan.schema.field(name)
+        series = _to_series(spec, columns[name], idx)
+        if plan.views[name] == "masked":
+            series = mask_series(
+                series.rename(name), spec.masking or default_rule_for(spec.type), key=mask_key
+            )
+            series.index = idx
+        data[name] = series
+    return pd.DataFrame(data, index=idx)
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset))
+
+
+def _top_tier(schema: Schema, names: Sequence[str]) -> str | None:
+    tiers = [schema.field(n).tier for n in names if n in schema.names]
+    return max(tiers, key=_TIER_RANK.__getitem__) if tiers else None
+
+
+def _where_value(spec: FieldSpec, value: Any) -> Any:
+    """A filter value in the stored representation of the field."""
+    from fedcustomer.data.validators import canonical_text, validate_column
+
+    parsed, bad = validate_column(spec, pd.Series([None if value is None else str(value)], dtype="string"))
+    if bad and parsed.isna().all() and value is not None:
+        raise SchemaError(f"filter value for field {spec.name!r} is not a valid {spec.type}")
+    if spec.type == "integer":
+        return None if parsed.isna().all() else int(parsed.iloc[0])
+    if spec.type == "float":
+        return None if parsed.isna().all() else float(parsed.iloc[0])
+    if spec.type == "boolean":
+        v = parsed.iloc[0]
+        return None if v is None else int(bool(v))
+    return canonical_text(spec, parsed)[0]
+
+
+def _to_series(spec: FieldSpec, values: list[Any], index: pd.Index) -> pd.Series:
+    """Stored values -> a column with a numeric dtype for numbers (vectorised, no per-row Python)."""
+    t = spec.type
+    if t in ("integer", "boolean"):
+        arr = pd.array(values, dtype="Float64") if values else pd.array([], dtype="Float64")
+        if arr.isna().any():
+            return pd.Series(arr.to_numpy(dtype="float64", na_value=np.nan), index=index, name=spec.name)
+        out = arr.to_numpy(dtype="int64") if len(arr) else np.array([], dtype="int64")
+        return pd.Series(out.astype(bool) if t == "boolean" else out, index=index, name=spec.name)
+    if t == "float":
+        return pd.Series(
+            np.array(values, dtype="float64") if values else np.array([], dtype="float64"),
+            index=index,
+            name=spec.name,
+        )
+    if t in ("date", "datetime"):
+        text = pd.Series(values, index=index, name=spec.name, dtype=object)
+        if t == "date":
+            return pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+        return pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    return pd.Series(values, index=index, name=spec.name, dtype=object)

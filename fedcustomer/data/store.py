@@ -76,8 +76,9 @@ from fedcustomer.errors import (
     SchemaError,
 )
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.approvals import ApprovalBook
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
-from fedcustomer.privacy.access.policy import AccessPolicy, Actor, Approval, ApprovalBook, FieldRef
+from fedcustomer.privacy.access.policy import AccessPolicy, Actor, Approval, FieldRef
 from fedcustomer.privacy.crypto.keyring import (
     FieldCipher,
     FileKeyRing,
@@ -332,8 +333,8 @@ class PartnerStore:
     @staticmethod
     def _open_audit(home: PartnerHome, backend: SqliteBackend) -> Any:
         """The home's audit log with its reach kept in this database; checked before any action."""
-        from fedcustomer.privacy.audit.log import AuditLog
         from fedcustomer.privacy.audit.reach import SqlReach
+        from fedcustomer.privacy.audit.writer import AuditLog
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
         audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)

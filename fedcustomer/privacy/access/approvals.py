@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError
 from fedcustomer.privacy.access.identity import identity_keys, same_identity
@@ -169,7 +170,7 @@ class ApprovalBook:
         )
 
     @staticmethod
-    def _approval(row: tuple, signers: Sequence[str]) -> Approval:
+    def _approval(row: tuple[Any, ...], signers: Sequence[str]) -> Approval:
         request_id, requester, _role, dataset, fields, purpose, _requested, expires = row
         return Approval(
             request_id, requester, dataset, tuple(json.loads(fields)), purpose, tuple(signers), expires
@@ -246,10 +247,10 @@ class ApprovalBook:
                     best = candidate
         return best
 
-    def pending(self, now: datetime | None = None) -> list[dict]:
+    def pending(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Unexpired requests still short of approvers, oldest first."""
         at = utc_now(now)
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         with self._tx() as con:
             rows = con.execute("SELECT * FROM requests ORDER BY requested_at, rowid").fetchall()
             for row in rows:

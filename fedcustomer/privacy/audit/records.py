@@ -197,7 +197,7 @@ class AuditEntry:
     row_count: int | None
     reason: str | None
     pseudonyms: tuple[str, ...]
-    details: dict
+    details: dict[str, Any]
     prev_hash: str
     hash: str
 

@@ -137,6 +137,7 @@ class AuditLog(LogFiles):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- head ----------------------------------------------------------------------------------
     def reach_now(self) -> tuple[tuple[int, str, int], tuple[int, str] | None]:
         """(seq, hash, end offset) of the newest complete entry and (number, digest) of the
         last checkpoint: what a reach record starts from."""
@@ -403,6 +404,7 @@ class AuditLog(LogFiles):
         self._record_reach(rec, end, cp)
         return AuditEntry.from_valid_dict(rec)
 
+    # --- closing -------------------------------------------------------------------------------
     def close(self) -> None:
         """Checkpoint anything new (when a signing key is loaded) and release descriptors."""
         try:

@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast demo bench flwr-local
+.PHONY: setup test test-fast lint demo bench flwr-local
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: setup
+# The README's test command (CI runs it): architecture and style checks, then the whole suite.
+test: lint
 	$(BIN)/python -m pytest
+
+# Layers and cycles (import-linter), lint and format (ruff), types (mypy; privacy/ strict).
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check fedcustomer tests benchmarks
+	$(BIN)/ruff format --check fedcustomer tests benchmarks
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

@@ -270,14 +270,14 @@ def _build_model(text: str, source: str) -> Model:
         raise ConfigError(f"{source}: not a valid casbin model ({exc.__class__.__name__}: {exc})") from None
     need = {("r", "r"): 5, ("r", "r2"): 2, ("p", "p"): 5, ("p", "p2"): 2}
     for (sec, key), count in need.items():
-        if sec not in model or key not in model[sec] or len(model[sec][key].tokens) != count:
+        if sec not in model.keys() or key not in model[sec] or len(model[sec][key].tokens) != count:
             raise ConfigError(
                 f"{source}: section '{key}' must be defined with {count} tokens (see the bundled model.conf)"
             )
     for key in ("m", "m2"):
-        if "m" not in model or key not in model["m"]:
+        if "m" not in model.keys() or key not in model["m"]:
             raise ConfigError(f"{source}: matcher '{key}' is missing (see the bundled model.conf)")
-    if "e" not in model or "e" not in model["e"]:
+    if "e" not in model.keys() or "e" not in model["e"]:
         raise ConfigError(f"{source}: policy effect 'e' is missing (see the bundled model.conf)")
     return model
 
@@ -327,7 +327,7 @@ class AccessPolicy:
         """Build from CSV text (tests and callers that keep the policy elsewhere)."""
         lines = parse_policy_text(policy_text, source)
         model = _build_model(model_text if model_text is not None else bundled_model_text(), model_source)
-        if any(ln.ptype == "g" for ln in lines) and ("g" not in model or "g" not in model["g"]):
+        if any(ln.ptype == "g" for ln in lines) and ("g" not in model.keys() or "g" not in model["g"]):
             raise ConfigError(
                 f"{source}: has 'g' (inheritance) lines but the casbin model defines no 'g' role"
             )

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcustomer.privacy.audit.log import AuditLog, canonical_json
+from fedcustomer.privacy.audit.records import canonical_json
+from fedcustomer.privacy.audit.writer import AuditLog
 
 
 def _record(i: int) -> dict:

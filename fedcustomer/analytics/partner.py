@@ -221,8 +221,8 @@ def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):
 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
-    from fedcustomer.privacy.audit.log import AuditLog
     from fedcustomer.privacy.audit.reach import HomeReach
+    from fedcustomer.privacy.audit.writer import AuditLog
 
     log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home))
     try:

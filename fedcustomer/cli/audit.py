@@ -41,15 +41,15 @@ from rich.table import Table
 from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import (
+from fedcustomer.privacy.audit.reach import HomeReach
+from fedcustomer.privacy.audit.records import (
     ACTION_AUDIT_QUERY,
     DECISIONS,
     PUBLIC_KEY_NAME,
     SIGNING_KEY_NAME,
     AuditEntry,
-    AuditLog,
 )
-from fedcustomer.privacy.audit.reach import HomeReach
+from fedcustomer.privacy.audit.writer import AuditLog
 
 audit_app = typer.Typer(
     help="Verify the tamper-evident audit log and report who read which field, why, approved by whom.",

@@ -13,14 +13,9 @@ import torch
 
 from fedcustomer.clients.node import TrainInstructions, TrainOutcome
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import (
-    ACTION_FL_ROUND,
-    DECISION_ALLOWED,
-    DECISION_DENIED,
-    AuditEntry,
-    AuditLog,
-)
 from fedcustomer.privacy.audit.reach import HomeReach
+from fedcustomer.privacy.audit.records import ACTION_FL_ROUND, DECISION_ALLOWED, DECISION_DENIED, AuditEntry
+from fedcustomer.privacy.audit.writer import AuditLog
 
 ROLE = "training_pipeline"
 PURPOSE = "training"

@@ -162,8 +162,8 @@ class PartnerStore(StoreCore):
     @staticmethod
     def _open_audit(home: PartnerHome, backend: SqliteBackend) -> Any:
         """The home's audit log with its reach kept in this database; checked before any action."""
-        from fedcustomer.privacy.audit.log import AuditLog
         from fedcustomer.privacy.audit.reach import SqlReach
+        from fedcustomer.privacy.audit.writer import AuditLog
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
         audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)

@@ -18,7 +18,8 @@ from fedcustomer.data.schema import Schema
 from fedcustomer.data.store_db import SqliteBackend, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.access.policy import AccessPolicy, Actor, ApprovalBook
+from fedcustomer.privacy.access.approvals import ApprovalBook
+from fedcustomer.privacy.access.policy import AccessPolicy, Actor
 from fedcustomer.privacy.crypto.keyring import KeyRing
 from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 

@@ -11,7 +11,7 @@ from fedcustomer.analytics.partner import answer_query, ledger_for
 from fedcustomer.analytics.spec import QuerySpec
 from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
 from .conftest import REGIONS

@@ -116,7 +116,7 @@ def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin
     from fedcustomer.data.store import PartnerStore
     from fedcustomer.partner.home import PartnerHome
     from fedcustomer.privacy.access.policy import Actor
-    from fedcustomer.privacy.audit.log import AuditLog
+    from fedcustomer.privacy.audit.writer import AuditLog
 
     home = PartnerHome.create(tmp_path / "bank", "bank")
     PartnerStore.init(home, "bank", actor=Actor("alice", "partner_admin")).close()

@@ -12,7 +12,7 @@ import pytest
 from fedcustomer.cli import audit as audit_cli
 from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.audit.writer import AuditLog
 
 from .cli_runner import only_group, run
 

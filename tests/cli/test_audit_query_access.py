@@ -9,7 +9,7 @@ import pytest
 
 from fedcustomer.cli import audit as audit_cli
 from fedcustomer.errors import AccessDenied
-from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.audit.writer import AuditLog
 
 from .cli_runner import only_group, run
 from .test_audit_cli import home

@@ -106,7 +106,7 @@ def test_dataset_without_the_spec_columns_is_a_clear_data_error(tmp_path: Path) 
 
 
 def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> None:
-    from fedcustomer.privacy.audit.log import AuditLog
+    from fedcustomer.privacy.audit.writer import AuditLog
 
     home = _home(tmp_path, 2.0)
     PartnerNode(home).train_round(_global(), _ins(1))

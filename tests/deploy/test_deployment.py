@@ -19,7 +19,7 @@ from fedcustomer.deploy import flower as fl
 from fedcustomer.deploy import node as nd
 from fedcustomer.deploy import pki
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import JobConfig

@@ -16,7 +16,7 @@ from fedcustomer.deploy.node import supernode_command
 from fedcustomer.deploy.pki import Certificates, make_dev_certificates, make_node_keys
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.log import AuditLog
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.server.deployment import deployment_setup, resolve_spec, split_run_config, wait_for_partners
 from fedcustomer.server.job import JobConfig
 

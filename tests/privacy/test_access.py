@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
+from fedcustomer.privacy.access.approvals import ApprovalBook
 from fedcustomer.privacy.access.policy import (
     ACTIONS,
     FIELD_ROLES,
@@ -20,7 +21,6 @@ from fedcustomer.privacy.access.policy import (
     AccessPolicy,
     Actor,
     Approval,
-    ApprovalBook,
     FieldRef,
     bundled_policy_text,
     parse_policy_text,

@@ -18,8 +18,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedcustomer.errors import ConfigError, DataError, IntegrityError, KeyMaterialError
-from fedcustomer.privacy.audit import log as A
-from fedcustomer.privacy.audit.log import AuditLog, Checkpoint, canonical_json, entry_hash, merkle_root
+from fedcustomer.privacy.audit.keys import key_id
+from fedcustomer.privacy.audit.records import (
+    ACTION_DECRYPT,
+    ACTION_READ,
+    CHECKPOINT_NAME,
+    DECISION_ALLOWED,
+    DECISION_DENIED,
+    GENESIS_HASH,
+    LOG_NAME,
+    PUBLIC_KEY_NAME,
+    SIGNING_KEY_NAME,
+    Checkpoint,
+    VerifyReport,
+    canonical_json,
+    entry_hash,
+    merkle_root,
+)
+from fedcustomer.privacy.audit.writer import AuditLog
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -29,8 +45,8 @@ def make_log(tmp: Path, n: int, *, every: int = 1000, close: bool = True) -> Aud
         log.append(
             actor=f"analyst-{i % 3}",
             role="data_scientist" if i % 2 else "compliance",
-            action=A.ACTION_READ if i % 4 else A.ACTION_DECRYPT,
-            decision=A.DECISION_DENIED if i % 5 == 0 else A.DECISION_ALLOWED,
+            action=ACTION_READ if i % 4 else ACTION_DECRYPT,
+            decision=DECISION_DENIED if i % 5 == 0 else DECISION_ALLOWED,
             dataset="loans",
             fields=("income", "age") if i % 2 else ("phone",),
             tier="sensitive",
@@ -64,7 +80,7 @@ def as_line(d: dict) -> bytes:
     return canonical_json(d) + b"\n"
 
 
-def verify(log_dir: Path, **kw) -> A.VerifyReport:
+def verify(log_dir: Path, **kw) -> VerifyReport:
     return AuditLog(log_dir, **kw).verify()
 
 
@@ -74,7 +90,7 @@ def test_entries_are_numbered_and_chained_from_genesis(tmp_path: Path) -> None:
     a = log.append(actor="alice", role="analyst", action="read", fields=["income"], pseudonyms=["p1"])
     b = log.append(actor="bob", role="officer", action="approve", approvals=["bob"])
     assert (a.seq, b.seq) == (1, 2)
-    assert a.prev_hash == A.GENESIS_HASH and b.prev_hash == a.hash
+    assert a.prev_hash == GENESIS_HASH and b.prev_hash == a.hash
     stored = [json.loads(x) for x in lines(log)]
     assert stored == [a.to_dict(), b.to_dict()]
 
@@ -84,7 +100,7 @@ def test_hash_is_sha256_of_prev_hash_and_canonical_body(tmp_path: Path) -> None:
     e = log.append(actor="alice", role="analyst", action="query", details={"b": 1, "a": "é"})
     body = {k: v for k, v in e.to_dict().items() if k not in ("hash", "prev_hash")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert e.hash == hashlib.sha256(A.GENESIS_HASH.encode() + canonical).hexdigest()
+    assert e.hash == hashlib.sha256(GENESIS_HASH.encode() + canonical).hexdigest()
     assert (
         lines(log)[0]
         == json.dumps(e.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -309,9 +325,9 @@ def test_any_single_byte_edit_names_the_entry_holding_it(data: st.DataObject) ->
     with tempfile.TemporaryDirectory() as d:
         audit = Path(d) / "audit"
         audit.mkdir()
-        (audit / A.LOG_NAME).write_bytes(raw[:pos] + bytes([new]) + raw[pos + 1 :])
-        (audit / A.CHECKPOINT_NAME).write_bytes(_TEMPLATE["cps"])  # type: ignore[arg-type]
-        (audit / A.PUBLIC_KEY_NAME).write_bytes(_TEMPLATE["pub"])  # type: ignore[arg-type]
+        (audit / LOG_NAME).write_bytes(raw[:pos] + bytes([new]) + raw[pos + 1 :])
+        (audit / CHECKPOINT_NAME).write_bytes(_TEMPLATE["cps"])  # type: ignore[arg-type]
+        (audit / PUBLIC_KEY_NAME).write_bytes(_TEMPLATE["pub"])  # type: ignore[arg-type]
         r = AuditLog(audit).verify()
     assert not r.ok
     assert r.first_bad_seq == owners[pos], r.message
@@ -355,7 +371,7 @@ def test_altered_checkpoint_is_a_bad_signature(tmp_path: Path) -> None:
     cps[1] = as_line(d)
     log.checkpoint_path.write_bytes(b"".join(cps))
     r = log.verify()
-    assert (r.problem, r.first_bad_seq, r.line, r.file) == ("bad-signature", 11, 2, A.CHECKPOINT_NAME)
+    assert (r.problem, r.first_bad_seq, r.line, r.file) == ("bad-signature", 11, 2, CHECKPOINT_NAME)
     assert "checkpoint #2" in r.message
 
 
@@ -363,7 +379,7 @@ def test_checkpoint_signed_by_another_key_is_a_bad_signature(tmp_path: Path) -> 
     log = make_log(tmp_path, 10, every=5)
     cps = [Checkpoint.from_dict(json.loads(x)) for x in log.checkpoint_path.read_bytes().splitlines()]
     attacker = Ed25519PrivateKey.generate()
-    forged = Checkpoint(**{**cps[0].to_dict(), "key_id": A.key_id(attacker.public_key()), "signature": ""})
+    forged = Checkpoint(**{**cps[0].to_dict(), "key_id": key_id(attacker.public_key()), "signature": ""})
     import base64
 
     sig = base64.b64encode(attacker.sign(forged.signed_bytes())).decode()
@@ -377,14 +393,14 @@ def test_replaced_public_key_beside_the_log_is_reported(tmp_path: Path) -> None:
     make_log(tmp_path, 5, every=5)
     attacker = Ed25519PrivateKey.generate().public_key()
     pem = attacker.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (tmp_path / "audit" / A.PUBLIC_KEY_NAME).write_bytes(pem)
-    r = verify(tmp_path / "audit", public_key_path=tmp_path / "keys" / A.PUBLIC_KEY_NAME)
+    (tmp_path / "audit" / PUBLIC_KEY_NAME).write_bytes(pem)
+    r = verify(tmp_path / "audit", public_key_path=tmp_path / "keys" / PUBLIC_KEY_NAME)
     assert r.problem == "bad-signature" and "replaced" in r.message
 
 
 def test_checkpoints_without_any_public_key_cannot_pass(tmp_path: Path) -> None:
     make_log(tmp_path, 5, every=5)
-    (tmp_path / "audit" / A.PUBLIC_KEY_NAME).unlink()
+    (tmp_path / "audit" / PUBLIC_KEY_NAME).unlink()
     r = verify(tmp_path / "audit")
     assert r.problem == "bad-signature" and "no public key" in r.message
 
@@ -410,7 +426,7 @@ def test_malformed_checkpoint_line_is_named(tmp_path: Path) -> None:
     cps = log.checkpoint_path.read_bytes().splitlines(keepends=True)
     log.checkpoint_path.write_bytes(cps[0] + b"{}\n")
     r = log.verify()
-    assert (r.problem, r.line, r.file) == ("malformed", 2, A.CHECKPOINT_NAME)
+    assert (r.problem, r.line, r.file) == ("malformed", 2, CHECKPOINT_NAME)
 
 
 def test_checkpoint_refuses_to_sign_tampered_entries_and_writes_nothing(tmp_path: Path) -> None:
@@ -445,22 +461,22 @@ def test_checkpoint_without_signing_key_is_refused(tmp_path: Path) -> None:
 # --- keys -----------------------------------------------------------------------------------------
 def test_open_creates_private_signing_key_and_public_keys(tmp_path: Path) -> None:
     AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")
-    key = tmp_path / "keys" / A.SIGNING_KEY_NAME
+    key = tmp_path / "keys" / SIGNING_KEY_NAME
     assert key.stat().st_mode & 0o777 == 0o600
-    pub_beside = (tmp_path / "audit" / A.PUBLIC_KEY_NAME).read_bytes()
-    assert pub_beside == (tmp_path / "keys" / A.PUBLIC_KEY_NAME).read_bytes()
+    pub_beside = (tmp_path / "audit" / PUBLIC_KEY_NAME).read_bytes()
+    assert pub_beside == (tmp_path / "keys" / PUBLIC_KEY_NAME).read_bytes()
     AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")  # reopen keeps the key
-    assert (tmp_path / "audit" / A.PUBLIC_KEY_NAME).read_bytes() == pub_beside
+    assert (tmp_path / "audit" / PUBLIC_KEY_NAME).read_bytes() == pub_beside
 
 
 def test_keys_dir_defaults_to_the_partner_home_keys(tmp_path: Path) -> None:
     AuditLog.open(tmp_path / "home" / "audit")
-    assert (tmp_path / "home" / "keys" / A.SIGNING_KEY_NAME).exists()
+    assert (tmp_path / "home" / "keys" / SIGNING_KEY_NAME).exists()
 
 
 def test_signing_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")
-    os.chmod(tmp_path / "keys" / A.SIGNING_KEY_NAME, 0o644)
+    os.chmod(tmp_path / "keys" / SIGNING_KEY_NAME, 0o644)
     with pytest.raises(KeyMaterialError, match="chmod 600"):
         AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")
 
@@ -607,7 +623,7 @@ def test_four_processes_appending_lose_and_interleave_nothing(tmp_path: Path) ->
     for p in procs:
         p.join()  # no wall-clock limit: load slows, it does not break (pytest-timeout catches a hang)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    log = AuditLog(tmp_path / "audit", signing_key_path=tmp_path / "keys" / A.SIGNING_KEY_NAME)
+    log = AuditLog(tmp_path / "audit", signing_key_path=tmp_path / "keys" / SIGNING_KEY_NAME)
     report = log.verify()
     assert report.ok, report.message
     assert report.entries == 2000 and report.checkpoints >= 20

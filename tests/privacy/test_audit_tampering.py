@@ -16,9 +16,18 @@ from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import IntegrityError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
-from fedcustomer.privacy.audit import log as A
-from fedcustomer.privacy.audit.log import AuditLog, canonical_json, entry_hash
 from fedcustomer.privacy.audit.reach import HomeReach
+from fedcustomer.privacy.audit.records import (
+    CHECKPOINT_NAME,
+    GENESIS_HASH,
+    LOG_NAME,
+    PUBLIC_KEY_NAME,
+    REPAIR_PENDING_NAME,
+    VerifyReport,
+    canonical_json,
+    entry_hash,
+)
+from fedcustomer.privacy.audit.writer import AuditLog
 from tests.cli.cli_runner import run
 
 ADMIN = Actor("alice", "partner_admin")
@@ -39,17 +48,17 @@ def home(tmp_path: Path) -> PartnerHome:
     return h
 
 
-def _verify(home: PartnerHome) -> A.VerifyReport:
-    pub = home.keys_dir / A.PUBLIC_KEY_NAME
+def _verify(home: PartnerHome) -> VerifyReport:
+    pub = home.keys_dir / PUBLIC_KEY_NAME
     return AuditLog(home.audit_dir, public_key_path=pub, reach=HomeReach.for_home(home)).verify()
 
 
 def _log(home: PartnerHome) -> Path:
-    return home.audit_dir / A.LOG_NAME
+    return home.audit_dir / LOG_NAME
 
 
 def _checkpoints(home: PartnerHome) -> Path:
-    return home.audit_dir / A.CHECKPOINT_NAME
+    return home.audit_dir / CHECKPOINT_NAME
 
 
 def _erasures(home: PartnerHome) -> int:
@@ -101,7 +110,7 @@ def test_rolling_back_log_and_checkpoints_together_is_caught(home: PartnerHome, 
     saved = tmp_path / "audit-copy"
     shutil.copytree(home.audit_dir, saved)
     _session(home, "C4")  # entry 5, checkpoint 5: what the rollback wants to hide
-    for name in (A.LOG_NAME, A.CHECKPOINT_NAME):
+    for name in (LOG_NAME, CHECKPOINT_NAME):
         shutil.copy2(saved / name, home.audit_dir / name)
     assert AuditLog(home.audit_dir).verify().ok  # the files alone look intact
     r = _verify(home)
@@ -111,7 +120,7 @@ def test_rolling_back_log_and_checkpoints_together_is_caught(home: PartnerHome, 
 
 def test_forged_chain_without_checkpoints_is_caught(home: PartnerHome) -> None:
     genuine = [json.loads(line) for line in _log(home).read_bytes().splitlines()]
-    forged, prev = [], A.GENESIS_HASH
+    forged, prev = [], GENESIS_HASH
     for e in genuine:  # same shape, every erasure hidden behind a harmless action, chain recomputed
         body = {k: v for k, v in e.items() if k not in ("hash", "prev_hash")} | {
             "action": "read",
@@ -284,7 +293,7 @@ def test_interrupted_repair_blocks_actions_and_is_finished_by_running_it_again(
     entry = log.repair_torn_tail(actor="alice", role="partner_admin")
     log.close()
     assert base64.b64decode(entry.details["cut_base64"]) == FRAGMENT
-    assert not (home.audit_dir / A.REPAIR_PENDING_NAME).exists()
+    assert not (home.audit_dir / REPAIR_PENDING_NAME).exists()
     assert _verify(home).ok
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,12 @@ class MaskRule:
     def __str__(self) -> str:
         return self.kind if self.param is None else f"{self.kind}:{self.param}"
 
+    def number(self) -> int | float:
+        """The parameter of a kind that takes one (partial, bucket, round)."""
+        if self.param is None:
+            raise SchemaError(f"mask rule '{self.kind}' needs a parameter")
+        return self.param
+
 
 def _bad(rule: object, field: str | None, why: str) -> SchemaError:
     where = f"field '{field}': " if field else ""
@@ -57,7 +64,7 @@ def _bad(rule: object, field: str | None, why: str) -> SchemaError:
     )
 
 
-def parse_mask_rule(rule: str, *, field: str | None = None) -> MaskRule:
+def parse_mask_rule(rule: str | MaskRule, *, field: str | None = None) -> MaskRule:
     """Parse a schema's mask rule string; SchemaError (naming ``field``) if it is not one."""
     if isinstance(rule, MaskRule):
         return rule
@@ -134,11 +141,11 @@ def _as_numeric(series: pd.Series, rule: MaskRule) -> pd.Series:
 
 def _bucket(series: pd.Series, rule: MaskRule) -> pd.Series:
     values = _as_numeric(series, rule)
-    width = rule.param
+    width = rule.number()
     if pd.api.types.is_integer_dtype(values.dtype) and isinstance(width, int):
         return (values // width) * width  # exact integer arithmetic, also for nullable Int64
     x = values.astype("float64").to_numpy()
-    w = float(width)  # type: ignore[arg-type]
+    w = float(width)
     with np.errstate(invalid="ignore", over="ignore"):
         low = np.floor(x / w) * w
         # Division rounding can put the bound one bucket off; nudge so low <= x < low + w.
@@ -149,20 +156,21 @@ def _bucket(series: pd.Series, rule: MaskRule) -> pd.Series:
 
 def _round(series: pd.Series, rule: MaskRule) -> pd.Series:
     values = _as_numeric(series, rule)
-    digits = int(rule.param)  # type: ignore[arg-type]
+    digits = int(rule.number())
     if pd.api.types.is_integer_dtype(values.dtype):
         if digits >= 0:
             return values.copy()
         step = 10 ** (-digits)
-        return ((values + step // 2) // step) * step  # half up, exact for integers
+        rounded: pd.Series = ((values + step // 2) // step) * step  # half up, exact for integers
+        return rounded
     return values.astype("float64").round(digits)
 
 
 def _year(series: pd.Series, rule: MaskRule) -> pd.Series:
+    dates: pd.Series | None = None
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         dates = series
     else:
-        dates = None
         for utc in (False, True):  # local calendar year first; mixed offsets only parse as UTC
             try:
                 dates = pd.to_datetime(series, errors="raise", utc=utc, format="mixed")
@@ -173,10 +181,11 @@ def _year(series: pd.Series, rule: MaskRule) -> pd.Series:
             raise SchemaError(
                 f"mask rule 'year' needs dates, column '{series.name}' holds values that are not dates"
             )
-    return dates.dt.year.astype("Int64")
+    years: pd.Series = dates.dt.year.astype("Int64")
+    return years
 
 
-def _text_map(series: pd.Series, fn) -> pd.Series:
+def _text_map(series: pd.Series, fn: Callable[[object], str]) -> pd.Series:
     out = series.astype(object).copy()
     present = series.notna().to_numpy()
     out[present] = [fn(v) for v in series[present]]
@@ -213,7 +222,7 @@ def mask_series(series: pd.Series, rule: str | MaskRule, *, key: bytes | None = 
     if parsed.kind == "redact":
         return _text_map(series, lambda _v: REDACTED)
     if parsed.kind == "partial":
-        keep = int(parsed.param)  # type: ignore[arg-type]
+        keep = int(parsed.number())
         return _text_map(series, lambda v: _partial(v, keep))
     if parsed.kind == "hash":
         subkey = _hash_key(key)

@@ -11,30 +11,25 @@ it parses and validates the file, asks casbin, and adds only the one rule the bu
 fixed for approval-gated grants: a clear read needs an :class:`Approval` signed by
 ``REQUIRED_APPROVERS`` distinct approvers, none of them the requester, not yet expired.
 
-Approvals are kept in a small SQLite file by :class:`ApprovalBook`.
+Approvals are kept in a small SQLite file by :class:`~fedcustomer.privacy.access.approvals.ApprovalBook`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import sqlite3
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import casbin
 from casbin.model import Model
 
-from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
+from fedcustomer.common.files import atomic_write_text
+from fedcustomer.errors import AccessDenied, ConfigError, SchemaError
 from fedcustomer.privacy.access import default_policy
-from fedcustomer.privacy.access.identity import check_single_script, identity_keys, same_identity
+from fedcustomer.privacy.access.identity import check_single_script, same_identity
 
 ROLES = (
     "data_scientist",
@@ -54,7 +49,6 @@ ACTIONS = ("ingest", "keys", "erase", "policy_edit", "audit_read", "approve", "r
 GRANT_VIEWS = ("clear", "clear_with_approvals", "masked")
 APPROVAL_GATED = "clear_with_approvals"
 REQUIRED_APPROVERS = 2
-MAX_APPROVAL_TTL = timedelta(days=7)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _POLICY_FORMS = {
@@ -164,11 +158,6 @@ def distinct_people(names: Sequence[str]) -> list[str]:
     return kept
 
 
-def identity_key(name: str) -> str:
-    """The stored key of an approver: NFKC, case-folded confusables skeleton of the name."""
-    return identity_keys(name)[0]
-
-
 def utc_now(now: datetime | None = None) -> datetime:
     """``now`` as an aware UTC time (naive times are taken as UTC); the clock if None."""
     if now is None:
@@ -181,10 +170,6 @@ def utc_now(now: datetime | None = None) -> datetime:
 def parse_utc(text: str) -> datetime:
     """Parse an ISO 8601 time; naive times are UTC. ValueError if it is not one."""
     return utc_now(datetime.fromisoformat(text))
-
-
-def _iso(t: datetime) -> str:
-    return utc_now(t).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- policy file
@@ -273,21 +258,8 @@ def write_default_policy(path: Path, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pass overwrite=True to replace it with the default policy")
-    _atomic_write(path, bundled_policy_text())
+    atomic_write_text(path, bundled_policy_text(), mode=0o600)
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _build_model(text: str, source: str) -> Model:
@@ -532,236 +504,3 @@ class AccessPolicy:
 
 
 # --------------------------------------------------------------------------- approvals
-
-_APPROVAL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY,
-    requester TEXT NOT NULL,
-    requester_role TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    requested_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS signatures (
-    request_id TEXT NOT NULL REFERENCES requests(request_id),
-    approver_key TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    approver_role TEXT NOT NULL,
-    signed_at TEXT NOT NULL,
-    PRIMARY KEY (request_id, approver_key)
-);
-"""
-
-
-class ApprovalBook:
-    """Approval requests and their signatures, persisted in one SQLite file.
-
-    A request becomes an :class:`Approval` once ``REQUIRED_APPROVERS`` distinct actors whose
-    role may ``approve`` have signed it, none of them the requester, before it expires.
-    """
-
-    def __init__(self, db_path: Path, policy: AccessPolicy) -> None:
-        self.db_path = Path(db_path)
-        self.policy = policy
-        with self._translate_errors():
-            con = sqlite3.connect(self.db_path, timeout=30)
-            try:
-                con.executescript(_APPROVAL_SCHEMA)
-            finally:
-                con.close()
-
-    @contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        """SQLite failures as product errors: corruption vs. a file that cannot be opened or is busy."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            raise ConfigError(
-                f"approvals database {self.db_path} cannot be used ({exc}); check the partner home exists "
-                "and no other process holds the file"
-            ) from None
-        except sqlite3.DatabaseError as exc:
-            raise IntegrityError(
-                f"approvals database {self.db_path} is unreadable or corrupt: {exc}"
-            ) from None
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: concurrent approvers are serialised, failures roll back."""
-        with self._translate_errors():
-            con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            finally:
-                con.close()
-
-    def request(
-        self,
-        requester: Actor,
-        dataset: str,
-        fields: Sequence[str],
-        purpose: str,
-        ttl: timedelta = timedelta(hours=8),
-        *,
-        now: datetime | None = None,
-    ) -> str:
-        """Open a request for clear access to ``fields``; returns its id for the approvers."""
-        role = self.policy.check_actor(requester)
-        if purpose not in PURPOSES:
-            raise ConfigError(f"unknown purpose {purpose!r}; purposes are {', '.join(PURPOSES)}")
-        if not self.policy.approval_gated(role, purpose):
-            raise AccessDenied(
-                f"role '{role}' has no approval-gated grant for purpose '{purpose}' in {self.policy.source}; "
-                "an approval would not change what it may read"
-            )
-        if not isinstance(dataset, str) or not dataset.strip():
-            raise ConfigError("dataset name is empty; name the dataset the approval is for")
-        if isinstance(fields, str):
-            raise ConfigError("fields must be a sequence of field names, not one string")
-        names = list(dict.fromkeys(fields))
-        if not names or not all(isinstance(f, str) and f for f in names):
-            raise ConfigError("fields must name at least one field, each a non-empty string")
-        if not (timedelta(0) < ttl <= MAX_APPROVAL_TTL):
-            raise ConfigError(f"approval ttl {ttl} must be positive and at most {MAX_APPROVAL_TTL}")
-        at = utc_now(now)
-        request_id = secrets.token_hex(16)
-        with self._tx() as con:
-            con.execute(
-                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request_id,
-                    requester.name,
-                    role,
-                    dataset,
-                    json.dumps(names),
-                    purpose,
-                    _iso(at),
-                    _iso(at + ttl),
-                ),
-            )
-        return request_id
-
-    def _valid_signers(self, con: sqlite3.Connection, request_id: str, requester: str) -> list[str]:
-        """Signers that still count: distinct, not the requester, and whose role may still approve."""
-        rows = con.execute(
-            "SELECT approver, approver_role FROM signatures WHERE request_id = ? ORDER BY rowid",
-            (request_id,),
-        ).fetchall()
-        approvers = self.policy.approver_roles()
-        return distinct_people(
-            [name for name, role in rows if role in approvers and not same_identity(name, requester)]
-        )
-
-    @staticmethod
-    def _approval(row: tuple, signers: Sequence[str]) -> Approval:
-        request_id, requester, _role, dataset, fields, purpose, _requested, expires = row
-        return Approval(
-            request_id, requester, dataset, tuple(json.loads(fields)), purpose, tuple(signers), expires
-        )
-
-    def approve(self, request_id: str, approver: Actor, now: datetime | None = None) -> Approval | None:
-        """Sign a request; returns the Approval once enough distinct approvers signed, else None."""
-        role = self.policy.check_actor(approver)
-        if not self.policy.may(approver, "approve"):
-            raise AccessDenied(
-                f"actor '{approver.name}' with role '{role}' may not approve requests under {self.policy.source}; "
-                f"approver roles: {', '.join(sorted(self.policy.approver_roles())) or 'none'}"
-            )
-        at = utc_now(now)
-        with self._tx() as con:
-            row = con.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
-            if row is None:
-                raise AccessDenied(
-                    f"no approval request with id {request_id!r}; list open ones with pending()"
-                )
-            requester, expires = row[1], row[7]
-            if at >= parse_utc(expires):
-                raise AccessDenied(
-                    f"approval request {request_id} expired at {expires}; the requester must ask again"
-                )
-            if same_identity(approver.name, requester):
-                raise AccessDenied(
-                    f"actor '{approver.name}' cannot approve their own request {request_id} (names are compared "
-                    f"ignoring case, width and look-alike characters)"
-                )
-            signed = con.execute(
-                "SELECT approver FROM signatures WHERE request_id = ?", (request_id,)
-            ).fetchall()
-            if any(same_identity(approver.name, name) for (name,) in signed):
-                raise AccessDenied(
-                    f"actor '{approver.name}' (or a name that looks the same) already approved request {request_id}; a "
-                    f"different approver must sign"
-                )
-            con.execute(
-                "INSERT INTO signatures VALUES (?, ?, ?, ?, ?)",
-                (request_id, identity_key(approver.name), approver.name, role, _iso(at)),
-            )
-            signers = self._valid_signers(con, request_id, requester)
-        if len(signers) >= REQUIRED_APPROVERS:
-            return self._approval(row, signers)
-        return None
-
-    def active_for(
-        self,
-        requester: Actor,
-        dataset: str,
-        fields: Sequence[str],
-        purpose: str,
-        now: datetime | None = None,
-    ) -> Approval | None:
-        """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins)."""
-        role = self.policy.check_actor(requester)
-        at = utc_now(now)
-        wanted = set(fields)
-        best: Approval | None = None
-        with self._tx() as con:
-            rows = con.execute(
-                "SELECT * FROM requests WHERE requester = ? AND requester_role = ? AND dataset = ? AND purpose = ?",
-                (requester.name, role, dataset, purpose),
-            ).fetchall()
-            for row in rows:
-                if at >= parse_utc(row[7]) or not wanted <= set(json.loads(row[4])):
-                    continue
-                signers = self._valid_signers(con, row[0], row[1])
-                if len(signers) < REQUIRED_APPROVERS:
-                    continue
-                candidate = self._approval(row, signers)
-                if best is None or parse_utc(candidate.expires_at) > parse_utc(best.expires_at):
-                    best = candidate
-        return best
-
-    def pending(self, now: datetime | None = None) -> list[dict]:
-        """Unexpired requests still short of approvers, oldest first."""
-        at = utc_now(now)
-        out: list[dict] = []
-        with self._tx() as con:
-            rows = con.execute("SELECT * FROM requests ORDER BY requested_at, rowid").fetchall()
-            for row in rows:
-                if at >= parse_utc(row[7]):
-                    continue
-                signers = self._valid_signers(con, row[0], row[1])
-                if len(signers) >= REQUIRED_APPROVERS:
-                    continue
-                out.append(
-                    {
-                        "request_id": row[0],
-                        "requester": row[1],
-                        "role": row[2],
-                        "dataset": row[3],
-                        "fields": json.loads(row[4]),
-                        "purpose": row[5],
-                        "requested_at": row[6],
-                        "expires_at": row[7],
-                        "approvers": signers,
-                        "approvals_needed": REQUIRED_APPROVERS - len(signers),
-                    }
-                )
-        return out

@@ -90,7 +90,7 @@ def secure_generator() -> torch.Generator:
     return generator
 
 
-class _TensorPairs(Dataset):
+class _TensorPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """(X, y) rows; ``__getitems__`` slices a whole batch at once instead of row by row."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor) -> None:
@@ -111,7 +111,7 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-class GeometricPoissonSampler(UniformWithReplacementSampler):
+class GeometricPoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]  # Opacus is untyped
     """Opacus's Poisson sampler, drawn by geometric gaps instead of one uniform per row.
 
     Same contract as ``UniformWithReplacementSampler``: each of ``steps`` (default
@@ -134,7 +134,7 @@ class GeometricPoissonSampler(UniformWithReplacementSampler):
         positions = gaps.cumsum_(1).sub_(1.0)
         inside = positions < n
         counts = inside.sum(1).tolist()
-        batches = positions[inside].long().split(counts)
+        batches = torch.split(positions[inside].long(), counts)
         for i, batch in enumerate(batches):
             if counts[i] < chunk:
                 yield batch
@@ -166,10 +166,10 @@ class GeometricPoissonSampler(UniformWithReplacementSampler):
             last = float(positions[-1])
 
 
-class _GeometricDPDataLoader(DPDataLoader):
+class _GeometricDPDataLoader(DPDataLoader):  # type: ignore[misc]  # Opacus is untyped
     """Opacus's DPDataLoader (empty-batch collate included) over :class:`GeometricPoissonSampler`."""
 
-    def __init__(self, dataset: Dataset, *, sample_rate: float, generator: torch.Generator) -> None:
+    def __init__(self, dataset: _TensorPairs, *, sample_rate: float, generator: torch.Generator) -> None:
         first = dataset[0]
         self.sample_rate = sample_rate
         self.distributed = False
@@ -448,11 +448,12 @@ class DPTrainer(_Trainer):
             self._clipper.clip_and_accumulate(loss, batch_size=len(xb), max_grad_norm=self.max_grad_norm)
             return loss.detach()
         if self.clipping == "ghost":
-            loss = self._ghost_loss(self._wrapped(xb), yb)
-            loss.backward()
-            return loss.detach()
+            ghost = self._ghost_loss(self._wrapped(xb), yb)  # Opacus's tensor wrapper: its backward clips
+            ghost.backward()
+            detached: torch.Tensor = ghost.detach()
+            return detached
         loss = self.loss_fn(self._wrapped(xb), yb)
-        loss.backward()
+        torch.autograd.backward(loss)
         return loss.detach()
 
     def _empty_batch(self) -> None:
@@ -461,7 +462,7 @@ class DPTrainer(_Trainer):
             self._clipper.zero_summed_grad()
         elif self.clipping == "hooks":
             for p in self._params:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]  # Opacus keeps per-sample grads on torch Parameters
         else:
             for p in self._params:
                 p.grad = torch.zeros_like(p)
@@ -539,7 +540,7 @@ class PlainTrainer(_Trainer):
             xb, yb = self.X.index_select(0, idx), self.y.index_select(0, idx)
             loss = self.loss_fn(self._module(xb), yb)
             self._base_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             if self._prox_pairs:
                 self._add_proximal()
             self._base_optimizer.step()

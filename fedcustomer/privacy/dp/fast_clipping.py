@@ -23,6 +23,9 @@ backward pass. A layer type Opacus has no sampler for is refused with a ConfigEr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
@@ -33,6 +36,10 @@ from fedcustomer.errors import ConfigError
 
 # Same guard against division by zero that Opacus uses, so clip factors match it exactly.
 _NORM_EPS = 1e-6
+# A fast Linear's (weight view, bias view) in the flat buffer, None for a part not trained.
+_Plan = tuple[torch.Tensor | None, torch.Tensor | None]
+# One recorded forward call: (module, its inputs, its output, the output's version counter).
+_Record = tuple[nn.Module, tuple[Any, ...], torch.Tensor, int]
 
 
 def _trainable_direct_params(module: nn.Module) -> list[nn.Parameter]:
@@ -98,10 +105,12 @@ class FastGradientClipper:
         ((self._dtype, self._device),) = kinds
         self.sizes = [p.numel() for p in self.params]
         self.flat_summed_grad = torch.zeros(sum(self.sizes), dtype=self._dtype, device=self._device)
-        self.views = [v.view(p.shape) for p, v in zip(self.params, self.flat_summed_grad.split(self.sizes))]
+        self.views = [
+            v.view(p.shape) for p, v in zip(self.params, torch.split(self.flat_summed_grad, self.sizes))
+        ]
         self._view_of = {id(p): v for p, v in zip(self.params, self.views)}
         # Per fast Linear: (weight view or None, bias view or None) -- None when not trained.
-        self._linear_plans: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {
+        self._linear_plans: dict[int, _Plan] = {
             id(m): (
                 self._view_of.get(id(m.weight)) if m.weight.requires_grad else None,
                 self._view_of.get(id(m.bias)) if m.bias is not None and m.bias.requires_grad else None,
@@ -109,7 +118,7 @@ class FastGradientClipper:
             for m in self._layers
             if _is_fast_linear(m)
         }
-        self._records: list[tuple[nn.Module, tuple, torch.Tensor, int]] = []
+        self._records: list[_Record] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.fresh = False
 
@@ -127,7 +136,7 @@ class FastGradientClipper:
         self._handles = []
         self._records = []
 
-    def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def _capture(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         if module.training and torch.is_grad_enabled():
             self._records.append((module, inputs, output, getattr(output, "_version", -1)))
 
@@ -147,13 +156,14 @@ class FastGradientClipper:
         plans = self._linear_plans
         with torch.no_grad():
             norm2: torch.Tensor | None = None
-            linear, fallback = [], []
+            linear: list[tuple[torch.Tensor, torch.Tensor, _Plan]] = []
+            fallback: list[dict[nn.Parameter, torch.Tensor]] = []
             for (module, inputs, _, _), g in zip(records, grads):
                 if g is None:  # output did not reach the loss: zero gradient
                     continue
                 plan = plans.get(id(module))
                 a = inputs[0] if inputs else None
-                if plan is not None and g.dim() == 2 and a.dim() == 2:
+                if plan is not None and a is not None and g.dim() == 2 and a.dim() == 2:
                     if a.dtype is not g.dtype:
                         a = a.to(g.dtype)
                     # ||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1): weight and bias.
@@ -201,10 +211,14 @@ class FastGradientClipper:
 
     def _publish(self) -> None:
         for p, v in zip(self.params, self.views):
-            p.summed_grad = v
+            p.summed_grad = v  # type: ignore[attr-defined]  # Opacus keeps the clipped sum on torch Parameters
         self.fresh = True  # one noisy step may consume it
 
-    def _zero_unwritten(self, linear: list, fallback: list) -> None:
+    def _zero_unwritten(
+        self,
+        linear: list[tuple[torch.Tensor, torch.Tensor, _Plan]],
+        fallback: list[dict[nn.Parameter, torch.Tensor]],
+    ) -> None:
         """Layers absent from this forward (or cut off from the loss) get a zero gradient."""
         done = {id(v) for _, _, plan in linear for v in plan if v is not None}
         done.update(id(self._view_of[id(p)]) for samples in fallback for p in samples)
@@ -212,7 +226,7 @@ class FastGradientClipper:
             if id(v) not in done:
                 v.zero_()
 
-    def _check_records(self, records: list) -> None:
+    def _check_records(self, records: list[_Record]) -> None:
         seen: set[int] = set()
         for module, _, output, version in records:
             if not isinstance(output, torch.Tensor):
@@ -233,7 +247,7 @@ class FastGradientClipper:
                 )
 
 
-class DPOptimizerFastClipping(DPOptimizer):
+class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is untyped
     """Opacus ``DPOptimizer`` whose clipped sum was already written by the clipper.
 
     Opacus's own steps follow in substance: Gaussian noise of std
@@ -253,7 +267,7 @@ class DPOptimizerFastClipping(DPOptimizer):
         *,
         clipper: FastGradientClipper,
         noise_block_steps: int = 1,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(optimizer, **kwargs)
         self.clipper = clipper
@@ -267,8 +281,11 @@ class DPOptimizerFastClipping(DPOptimizer):
     @property
     def params(self) -> list[nn.Parameter]:
         # Opacus rebuilds this list on every access; the parameter set never changes here.
-        cached = self.__dict__.get("_params")
-        return cached if cached is not None else DPOptimizer.params.fget(self)
+        cached: list[nn.Parameter] | None = self.__dict__.get("_params")
+        if cached is not None:
+            return cached
+        built: list[nn.Parameter] = DPOptimizer.params.fget(self)
+        return built
 
     @property
     def accumulated_iterations(self) -> int:
@@ -306,7 +323,7 @@ class DPOptimizerFastClipping(DPOptimizer):
         if self.loss_reduction == "mean":  # every p.grad is a view of the flat buffer
             self.clipper.flat_summed_grad.div_(self.expected_batch_size * self.accumulated_iterations)
 
-    def pre_step(self, closure=None) -> bool:
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
         self.add_noise()
         self.scale_grad()
         if self.step_hook:

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.errors import BudgetExhausted, ConfigError, IntegrityError
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
@@ -337,7 +337,8 @@ class BudgetLedger:
                 after = self._spend_of(prior, extra_gaussian=[steps])
                 alone = accounting.epsilon([steps], self.budget.delta)
             else:
-                after = self._spend_of(prior, extra_approx=[(float(epsilon), float(delta))])  # type: ignore[arg-type]
+                assert epsilon is not None and delta is not None  # charge_approx always passes both
+                after = self._spend_of(prior, extra_approx=[(float(epsilon), float(delta))])
                 alone = epsilon
             if after.epsilon > self.budget.epsilon or after.delta > self.budget.delta:
                 reason = (
@@ -452,11 +453,16 @@ class _Refused(Exception):
 
 
 def _gaussian_history(charges: Sequence[Charge]) -> list[GaussianSteps]:
-    return [
-        GaussianSteps(float(c.noise_multiplier), float(c.sample_rate), int(c.steps))  # type: ignore[arg-type]
-        for c in charges
-        if c.family == GAUSSIAN
-    ]
+    return [_gaussian_steps(c) for c in charges if c.family == GAUSSIAN]
+
+
+def _gaussian_steps(c: Charge) -> GaussianSteps:
+    """The accounting parameters of a Gaussian charge (its row always holds all three)."""
+    if c.noise_multiplier is None or c.sample_rate is None or c.steps is None:
+        raise IntegrityError(
+            f"ledger charge {c.charge_key!r} is Gaussian but lacks its noise multiplier, sample rate or steps"
+        )
+    return GaussianSteps(float(c.noise_multiplier), float(c.sample_rate), int(c.steps))
 
 
 def _approx_totals(charges: Sequence[Charge]) -> tuple[float, float]:

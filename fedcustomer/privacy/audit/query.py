@@ -1,0 +1,110 @@
+"""Reading an audit log: every entry or checkpoint in file order, and who-read-what queries.
+
+Readers take a size snapshot under the writers' shared lock and read up to it, so they
+never see half an entry; they do not verify (``AuditLog.verify`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fedcustomer.errors import ConfigError, IntegrityError
+from fedcustomer.privacy.audit.files import read_prefix, snapshot_sizes
+from fedcustomer.privacy.audit.records import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    AuditEntry,
+    Checkpoint,
+    parse_json_line,
+)
+
+
+def read_entries(directory: Path) -> Iterator[AuditEntry]:
+    """Every entry in file order; IntegrityError on a line that is not an entry."""
+    log_path = directory / LOG_NAME
+    size, _ = snapshot_sizes(directory)
+    if size == 0:
+        return
+    with open(log_path, "rb") as f:
+        read = 0
+        for lineno, raw in enumerate(f, start=1):
+            read += len(raw)
+            if read > size:
+                break
+            try:
+                d = parse_json_line(raw.rstrip(b"\n"))
+                yield AuditEntry.from_dict(d)
+            except ValueError as exc:
+                raise IntegrityError(
+                    f"{log_path} line {lineno} is not a valid audit entry ({exc}); run `fedcustomer audit verify`"
+                ) from None
+
+
+def read_checkpoints(directory: Path) -> list[Checkpoint]:
+    """All checkpoints in file order (not verified)."""
+    checkpoint_path = directory / CHECKPOINT_NAME
+    _, size = snapshot_sizes(directory)
+    if size == 0:
+        return []
+    out = []
+    for lineno, raw in enumerate(read_prefix(checkpoint_path, size).split(b"\n")[:-1], start=1):
+        try:
+            out.append(Checkpoint.from_dict(parse_json_line(raw)))
+        except ValueError as exc:
+            raise IntegrityError(f"{checkpoint_path} line {lineno} is not a checkpoint ({exc})") from None
+    return out
+
+
+def select_entries(
+    entries: Iterable[AuditEntry],
+    *,
+    actor: str | None = None,
+    role: str | None = None,
+    field: str | None = None,
+    purpose: str | None = None,
+    decision: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    dataset: str | None = None,
+    pseudonym: str | None = None,
+) -> list[AuditEntry]:
+    """Entries matching every given filter (``field``/``pseudonym``: contained in the entry).
+
+    ``since`` and ``until`` are inclusive; naive datetimes are taken as UTC.
+    """
+    lo, hi = _aware(since), _aware(until)
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"query: since ({lo.isoformat()}) is after until ({hi.isoformat()})")
+    out: list[AuditEntry] = []
+    for e in entries:
+        if actor is not None and e.actor != actor:
+            continue
+        if role is not None and e.role != role:
+            continue
+        if field is not None and field not in e.fields:
+            continue
+        if purpose is not None and e.purpose != purpose:
+            continue
+        if decision is not None and e.decision != decision:
+            continue
+        if action is not None and e.action != action:
+            continue
+        if dataset is not None and e.dataset != dataset:
+            continue
+        if pseudonym is not None and pseudonym not in e.pseudonyms:
+            continue
+        if lo is not None or hi is not None:
+            t = e.timestamp
+            if (lo is not None and t < lo) or (hi is not None and t > hi):
+                continue
+        out.append(e)
+    return out
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t

@@ -45,8 +45,9 @@ class SecAggPartner(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         from fedcustomer.clients.context import resolve_home
-        from fedcustomer.clients.node import PartnerNode, TrainInstructions
+        from fedcustomer.clients.node import PartnerNode
         from fedcustomer.clients.round_audit import record_round, update_size
+        from fedcustomer.jobs.train_message import TrainInstructions
         from fedcustomer.models.registry import build_model
 
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
@@ -86,6 +87,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+    from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
     from fedcustomer.server.deployment import (
         default_spec_ref,
@@ -93,14 +95,13 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         split_run_config,
         wait_for_partners,
     )
-    from fedcustomer.server.run import train_config_for
 
     job, extra = split_run_config(dict(context.run_config))
     spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))
     n = wait_for_partners(grid, job.partners, job.min_partners, float(extra.get("wait-for-partners", 120.0)))
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     names = list(model.state_dict().keys())
-    base = train_config_for(job, spec)
+    base = encode_train_config(job, spec)
     strategy = FedAvg(
         fraction_fit=1.0,
         fraction_evaluate=0.0,

@@ -14,10 +14,8 @@ the partner (its audit log and ledger still hold them).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid, ServerApp
 
 from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.jobs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +128,8 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     arrays = legacy.state.array_records[MAIN_PARAMS_RECORD]
     final = parameters_to_ndarrays(_to_parameters(arrays))
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)}
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / "model.pt")
+    files = RunDir(job.out)
+    files.write_model(state)
     rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
     summary = {
         "schema_version": 1,
@@ -147,9 +145,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         "partners": [],
         "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    files.write_summary(summary)
     return summary
 
 

@@ -18,9 +18,10 @@ from flwr.clientapp import ClientApp
 from fedcustomer.analytics.federated import register_analytics_handlers
 from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
-from fedcustomer.clients.node import PartnerNode, TrainInstructions
+from fedcustomer.clients.node import PartnerNode
 from fedcustomer.clients.round_audit import record_round
 from fedcustomer.errors import FedCustomerError
+from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.vertical.protocol import register_vertical_handlers
 

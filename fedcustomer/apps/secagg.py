@@ -14,10 +14,8 @@ the partner (its audit log and ledger still hold them).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid, ServerApp
 
 from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.jobs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,9 @@ class SecAggPartner(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         from fedcustomer.clients.context import resolve_home
-        from fedcustomer.clients.node import PartnerNode, TrainInstructions
+        from fedcustomer.clients.node import PartnerNode
         from fedcustomer.clients.round_audit import record_round, update_size
+        from fedcustomer.jobs.train_message import TrainInstructions
         from fedcustomer.models.registry import build_model
 
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
@@ -86,6 +86,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+    from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
     from fedcustomer.server.deployment import (
         default_spec_ref,
@@ -93,14 +94,13 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         split_run_config,
         wait_for_partners,
     )
-    from fedcustomer.server.run import train_config_for
 
     job, extra = split_run_config(dict(context.run_config))
     spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))
     n = wait_for_partners(grid, job.partners, job.min_partners, float(extra.get("wait-for-partners", 120.0)))
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     names = list(model.state_dict().keys())
-    base = train_config_for(job, spec)
+    base = encode_train_config(job, spec)
     strategy = FedAvg(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
@@ -128,9 +128,8 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     arrays = legacy.state.array_records[MAIN_PARAMS_RECORD]
     final = parameters_to_ndarrays(_to_parameters(arrays))
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)}
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / "model.pt")
+    files = RunDir(job.out)
+    files.write_model(state)
     rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
     summary = {
         "schema_version": 1,
@@ -146,9 +145,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         "partners": [],
         "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    files.write_summary(summary)
     return summary
 
 

@@ -13,6 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.errors import ConfigError
+from fedcustomer.jobs.config import DEFAULT_DATA, DEFAULT_DELTA, DEFAULT_PARTNERS, DEFAULT_SEED
+
+# Simulated partners of an analytics run get one generous budget (all their datasets).
+SIMULATED_EPSILON = 10.0
 
 console = Console()
 budget_app = typer.Typer(
@@ -56,11 +60,11 @@ def _homes(
         )
     if homes is not None:
         return runner.homes_in(homes)
-    data = data or "synthetic"
+    data = data or DEFAULT_DATA
     if data not in DATA_CHOICES:
         raise ConfigError(f"--data must be one of {', '.join(DATA_CHOICES)}, got {data!r}")
     root = out / "partners"
-    target = DatasetBudget(budget, 1e-5)
+    target = DatasetBudget(budget, DEFAULT_DELTA)
     notices: list[str] = []
     if data == "synthetic":
         homes = runner.setup_synthetic(root, partners, seed=seed, budget=target, notices=notices)
@@ -79,14 +83,15 @@ def query_cmd(
         None, help="synthetic | cdnow: set up simulated partners under OUT/partners"
     ),
     homes: Path | None = typer.Option(None, help="directory of existing partner homes to query"),
-    partners: int = typer.Option(3, help="simulated partners (with --data)"),
+    partners: int = typer.Option(DEFAULT_PARTNERS, help="simulated partners (with --data)"),
     data_dir: Path | None = typer.Option(
         None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"
     ),
     budget: float = typer.Option(
-        10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"
+        SIMULATED_EPSILON,
+        help="epsilon target of newly simulated partners (one budget per partner, all datasets)",
     ),
-    seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
+    seed: int = typer.Option(DEFAULT_SEED, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
     as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
 ) -> None:
@@ -109,12 +114,13 @@ def rfm_cmd(
         None, help="directory of existing partner homes (then --show-truth is refused)"
     ),
     epsilon: float = typer.Option(1.0, help="epsilon each partner spends on this release"),
-    partners: int = typer.Option(3, help="simulated partners"),
+    partners: int = typer.Option(DEFAULT_PARTNERS, help="simulated partners"),
     data_dir: Path | None = typer.Option(
         None, help="where cdnow/ lives (default $FEDCUSTOMER_DATA_DIR or ../shared/data)"
     ),
     budget: float = typer.Option(
-        10.0, help="epsilon target of newly simulated partners (one budget per partner, all datasets)"
+        SIMULATED_EPSILON,
+        help="epsilon target of newly simulated partners (one budget per partner, all datasets)",
     ),
     confidence: float = typer.Option(0.95, help="interval level"),
     per_interval: bool = typer.Option(
@@ -122,7 +128,7 @@ def rfm_cmd(
         "--per-interval",
         help="each interval at --confidence on its own, instead of all of them together (simultaneous, Bonferroni)",
     ),
-    seed: int = typer.Option(0, help="seed for simulated data (never for DP noise)"),
+    seed: int = typer.Option(DEFAULT_SEED, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/rfm"), help="directory for rfm.json / rfm.png"),
     show_truth: bool = typer.Option(
         False, "--show-truth", help="also print true values (local simulated runs only)"

@@ -27,8 +27,6 @@ entry as stored in the log.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
@@ -260,13 +259,7 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
 def _write_atomic(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise ConfigError(f"--output {path}: directory {path.parent} not found")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, text)
 
 
 @audit_app.command("query")

@@ -17,6 +17,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.jobs.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATA,
+    DEFAULT_DELTA,
+    DEFAULT_EPSILON,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MIN_PARTNERS,
+    DEFAULT_PARTNERS,
+    DEFAULT_ROUNDS,
+    DEFAULT_SEED,
+    DEFAULT_SPLIT,
+    DEFAULT_STRATEGY,
+    DEFAULT_TASK,
+)
 
 console = Console()
 err = Console(stderr=True)
@@ -175,26 +190,28 @@ def coordinator_register(
 @coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
 def coordinator_run(
     workdir: Path | None = WorkdirOpt,
-    task: str = typer.Option("repayment", "--task"),
+    task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(
-        "synthetic", "--data", help="Data source the partners hold (names their dataset)."
+        DEFAULT_DATA, "--data", help="Data source the partners hold (names their dataset)."
     ),
     feature_spec: str | None = typer.Option(
         None, "--feature-spec", help="synthetic:repayment, synthetic:clv, uci-credit, cdnow, or a JSON path."
     ),
-    partners: int = typer.Option(3, "--partners", help="Partner nodes expected."),
-    min_partners: int = typer.Option(2, "--min-partners", help="Fewest partners a round may complete with."),
-    rounds: int = typer.Option(5, "--rounds"),
-    local_epochs: int = typer.Option(1, "--local-epochs"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    lr: float = typer.Option(0.5, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
+    partners: int = typer.Option(DEFAULT_PARTNERS, "--partners", help="Partner nodes expected."),
+    min_partners: int = typer.Option(
+        DEFAULT_MIN_PARTNERS, "--min-partners", help="Fewest partners a round may complete with."
+    ),
+    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds"),
+    local_epochs: int = typer.Option(DEFAULT_LOCAL_EPOCHS, "--local-epochs"),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size"),
+    lr: float = typer.Option(DEFAULT_LR, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
     epsilon: float = typer.Option(
-        3.0,
+        DEFAULT_EPSILON,
         "--epsilon",
         help="Budget asked for (recorded in summary.json); each partner's own budget, set with `fedcustomer budget set`, decides.",
     ),
-    delta: float = typer.Option(1e-5, "--delta"),
-    strategy: str = typer.Option("fedavg", "--strategy"),
+    delta: float = typer.Option(DEFAULT_DELTA, "--delta"),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy"),
     federated_eval: str = typer.Option("final", "--federated-eval", help="every, final or none."),
     round_timeout: float = typer.Option(
         120.0, "--round-timeout", help="Seconds to wait for replies in a round."
@@ -202,7 +219,7 @@ def coordinator_run(
     wait_for_partners: float = typer.Option(
         120.0, "--wait-for-partners", help="Seconds to wait for nodes to connect."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     out: Path = typer.Option(Path("runs/deployed"), "--out", help="Run directory (on the coordinator)."),
     secagg: bool = typer.Option(
         False, "--secagg", help="Aggregate with Flower's SecAgg+ (coordinator sees only sums)."
@@ -350,14 +367,16 @@ def node_keys(
 def node_prepare(
     home: Path = typer.Option(..., "--home"),
     partner: str = typer.Option(..., "--partner", help="Partner name, e.g. bank0."),
-    task: str = typer.Option("repayment", "--task"),
-    data: str = typer.Option("synthetic", "--data", help="synthetic, uci-credit or cdnow."),
+    task: str = typer.Option(DEFAULT_TASK, "--task"),
+    data: str = typer.Option(DEFAULT_DATA, "--data", help="synthetic, uci-credit or cdnow."),
     index: int = typer.Option(..., "--index", help="Which split this partner holds (0-based)."),
-    partners: int = typer.Option(3, "--partners", help="Number of splits."),
-    seed: int = typer.Option(0, "--seed", help="Same seed on every partner gives disjoint splits."),
-    split: str = typer.Option("iid", "--split"),
-    epsilon: float = typer.Option(3.0, "--epsilon"),
-    delta: float = typer.Option(1e-5, "--delta"),
+    partners: int = typer.Option(DEFAULT_PARTNERS, "--partners", help="Number of splits."),
+    seed: int = typer.Option(
+        DEFAULT_SEED, "--seed", help="Same seed on every partner gives disjoint splits."
+    ),
+    split: str = typer.Option(DEFAULT_SPLIT, "--split"),
+    epsilon: float = typer.Option(DEFAULT_EPSILON, "--epsilon"),
+    delta: float = typer.Option(DEFAULT_DELTA, "--delta"),
 ) -> None:
     from fedcustomer.deploy.node import prepare_node_home
 

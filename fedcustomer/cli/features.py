@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 
 console = Console()
@@ -42,9 +43,7 @@ def features_draft_cmd(
     the_schema = _schema(home, dataset, schema)
     bounds = dict(parse_bound(b) for b in bound)
     spec, notes = spec_from_schema(the_schema, task=task, label=label, bounds=bounds, drop=drop)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(output)
+    atomic_write_text(output, json.dumps(spec.to_dict(), indent=2) + "\n")
     cats = sum(1 for f in spec.features if f not in spec.numeric)
     console.print(
         f"wrote {escape(str(output))}: label {label!r}, {len(spec.numeric)} numeric and {cats} categorical "

@@ -13,8 +13,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
-from fedcustomer.server.job import JobConfig  # torch-free: its defaults are the options' defaults
+from fedcustomer.jobs.config import DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_ROUNDS, DEFAULT_SEED
+from fedcustomer.server.job import DEFAULTS as D  # torch-free: its defaults are the options' defaults
+from fedcustomer.server.job import JobConfig
 
 if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the commands, so --help stays fast
     from fedcustomer.server.rounds import RoundReport
@@ -34,9 +37,9 @@ def run(
         "horizontal",
         help="horizontal (partners hold the same features) or vertical (bank + retailer split learning over shared customers; more options: `fedcustomer run-vertical --help`)",
     ),
-    task: str = typer.Option("repayment", help="repayment (default risk) or clv (customer lifetime value)"),
+    task: str = typer.Option(D["task"], help="repayment (default risk) or clv (customer lifetime value)"),
     data: str = typer.Option(
-        "synthetic",
+        D["data"],
         help="synthetic | uci-credit | cdnow | PATH to a CSV/Parquet file or a directory of per-partner files | with --homes, the NAME of a dataset the homes already hold",
     ),
     data_dir: Path | None = typer.Option(
@@ -51,46 +54,46 @@ def run(
         "--feature-spec",
         help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice",
     ),
-    split: str = typer.Option("iid", help="iid | non-iid partitioning of real data across partners"),
-    partners: int = typer.Option(3, help="number of partner nodes"),
-    rounds: int = typer.Option(5, help="federated rounds"),
-    local_epochs: int = typer.Option(1, help="local epochs per round"),
-    batch_size: int = typer.Option(128, help="expected (Poisson) batch size"),
+    split: str = typer.Option(D["split"], help="iid | non-iid partitioning of real data across partners"),
+    partners: int = typer.Option(D["partners"], help="number of partner nodes"),
+    rounds: int = typer.Option(D["rounds"], help="federated rounds"),
+    local_epochs: int = typer.Option(D["local_epochs"], help="local epochs per round"),
+    batch_size: int = typer.Option(D["batch_size"], help="expected (Poisson) batch size"),
     lr: float = typer.Option(
-        JobConfig.lr,
+        D["lr"],
         help="local learning rate (suits DP-SGD at the default clip: a step moves at most lr x clip; with --no-dp use about 0.1)",
     ),
-    optimizer: str = typer.Option("sgd", help="sgd | adam"),
-    arch: str = typer.Option("mlp", help="repayment: mlp | logreg; clv: mlp | linear"),
+    optimizer: str = typer.Option(D["optimizer"], help="sgd | adam"),
+    arch: str = typer.Option(D["arch"], help="repayment: mlp | logreg; clv: mlp | linear"),
     epsilon: float = typer.Option(
-        3.0, help="each partner's epsilon target for this dataset (all rounds together)"
+        D["epsilon"], help="each partner's epsilon target for this dataset (all rounds together)"
     ),
-    delta: float = typer.Option(1e-5, help="each partner's delta target"),
-    max_grad_norm: float = typer.Option(JobConfig.max_grad_norm, help="per-sample clipping norm"),
+    delta: float = typer.Option(D["delta"], help="each partner's delta target"),
+    max_grad_norm: float = typer.Option(D["max_grad_norm"], help="per-sample clipping norm"),
     max_noise_multiplier: float = typer.Option(
-        10.0, help="cap on noise: past it partners train fewer rounds instead"
+        D["max_noise_multiplier"], help="cap on noise: past it partners train fewer rounds instead"
     ),
     no_dp: bool = typer.Option(
         False, "--no-dp", help="train without DP (baseline only; releases are NOT private)"
     ),
-    clipping: str = typer.Option("fast", help="fast | ghost | hooks per-sample clipping"),
+    clipping: str = typer.Option(D["clipping"], help="fast | ghost | hooks per-sample clipping"),
     strategy: str = typer.Option(
-        "fedavg", help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum"
+        D["strategy"], help="fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum"
     ),
-    proximal_mu: float = typer.Option(0.01, help="FedProx proximal weight"),
+    proximal_mu: float = typer.Option(D["proximal_mu"], help="FedProx proximal weight"),
     central_dp: bool = typer.Option(
-        False, help="add partner-level central DP (server-side clipping + noise)"
+        D["central_dp"], help="add partner-level central DP (server-side clipping + noise)"
     ),
-    central_noise_multiplier: float = typer.Option(1.0),
-    central_clipping_norm: float = typer.Option(1.0),
-    min_partners: int = typer.Option(2, help="stop when fewer partners can train a round"),
+    central_noise_multiplier: float = typer.Option(D["central_noise_multiplier"]),
+    central_clipping_norm: float = typer.Option(D["central_clipping_norm"]),
+    min_partners: int = typer.Option(D["min_partners"], help="stop when fewer partners can train a round"),
     federated_eval: str = typer.Option(
-        "every", help="every | final | none: held-out evaluation at the partners"
+        D["federated_eval"], help="every | final | none: held-out evaluation at the partners"
     ),
     seed: int = typer.Option(
-        0, help="seed for data generation, splits and initial weights (not for DP noise)"
+        D["seed"], help="seed for data generation, splits and initial weights (not for DP noise)"
     ),
-    out: Path = typer.Option(Path("runs/latest"), help="run directory to write"),
+    out: Path = typer.Option(Path(D["out"]), help="run directory to write"),
     homes: Path | None = typer.Option(
         None,
         help="directory of simulated partner homes (default OUT/partners); reuse it to keep budgets across jobs",
@@ -281,9 +284,9 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="directory for both runs"),
-    rounds: int = typer.Option(5, help="rounds per job"),
-    epsilon: float = typer.Option(3.0, help="each partner's epsilon target per dataset"),
-    seed: int = typer.Option(0),
+    rounds: int = typer.Option(DEFAULT_ROUNDS, help="rounds per job"),
+    epsilon: float = typer.Option(DEFAULT_EPSILON, help="each partner's epsilon target per dataset"),
+    seed: int = typer.Option(DEFAULT_SEED),
 ) -> None:
     """Synthetic bank + retailer federation: a DP repayment job and a DP CLV job, with baselines.
 
@@ -292,8 +295,8 @@ def demo(
     gives the same result within DP noise instead of drawing on the first run's budgets.
     """
     from fedcustomer.data.sources import load_partitions
+    from fedcustomer.jobs.config import new_run_id
     from fedcustomer.models.baseline import train_centralised
-    from fedcustomer.server.job import new_run_id
 
     base = out / new_run_id()
     base.mkdir(parents=True, exist_ok=False)
@@ -335,7 +338,7 @@ def demo(
         }
         summaries.append(summary)
         finish(summary)
-    (base / "demo.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(base / "demo.json", json.dumps(results, indent=2) + "\n")
     console.print(
         f"\nrun directories: {base / 'repayment'}  {base / 'clv'}  (summary.json, metrics.csv, model.pt, plots/)"
     )
@@ -362,22 +365,22 @@ def _point_latest(parent: Path, target: Path) -> None:
 
 
 def baseline(
-    task: str = typer.Option("repayment"),
-    data: str = typer.Option("synthetic"),
+    task: str = typer.Option(D["task"]),
+    data: str = typer.Option(D["data"]),
     data_dir: Path | None = typer.Option(None),
     label: str | None = typer.Option(None),
     feature_spec: Path | None = typer.Option(
         None, "--feature-spec", help="JSON feature spec for a PATH data file"
     ),
-    split: str = typer.Option("iid"),
-    partners: int = typer.Option(3),
-    arch: str = typer.Option("mlp"),
+    split: str = typer.Option(D["split"]),
+    partners: int = typer.Option(D["partners"]),
+    arch: str = typer.Option(D["arch"]),
     epochs: int = typer.Option(5),
     batch_size: int = typer.Option(256),
-    lr: float = typer.Option(0.1),
-    epsilon: float = typer.Option(3.0),
-    delta: float = typer.Option(1e-5),
-    seed: int = typer.Option(0),
+    lr: float = typer.Option(CENTRAL_NON_PRIVATE_LR),
+    epsilon: float = typer.Option(DEFAULT_EPSILON),
+    delta: float = typer.Option(DEFAULT_DELTA),
+    seed: int = typer.Option(DEFAULT_SEED),
     out: Path | None = typer.Option(None, help="write baseline.json here"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -431,7 +434,7 @@ def baseline(
     ]
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "baseline.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out / "baseline.json", json.dumps(payload, indent=2) + "\n")
     if as_json:
         print(json.dumps(payload, indent=2))
         return

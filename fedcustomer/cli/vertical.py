@@ -73,7 +73,7 @@ def run_vertical(
         help="part of the label owner's epsilon left for the label-owner-only comparison model (charged to its real ledger)",
     ),
     seed: int = typer.Option(D["seed"], help="seed for data, splits and initial weights (not for DP noise)"),
-    out: Path = typer.Option(Path("runs/vertical"), help="run directory to write"),
+    out: Path = typer.Option(Path(D["out"]), help="run directory to write"),
     homes: Path | None = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
 ) -> None:

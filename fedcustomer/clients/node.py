@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.data.features import FeatureSpec
-from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
+from fedcustomer.errors import BudgetExhausted, DataError
+from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.models.weights_io import load_weights_only
@@ -34,54 +34,6 @@ log = logging.getLogger(__name__)
 # Dataset sizes are released coarsely (aggregation weights): rounded, so one customer
 # more or less rarely changes them. They are not covered by the DP guarantee.
 SIZE_GRANULARITY = 100
-
-
-@dataclass(frozen=True)
-class TrainInstructions:
-    """What the coordinator asks of a partner for one round (decoded from a ConfigRecord)."""
-
-    run_id: str
-    round: int
-    planned_rounds: int
-    task: str
-    arch: str
-    dataset: str
-    spec: FeatureSpec
-    local_epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    dp: bool = True
-    max_grad_norm: float = 1.0
-    max_noise_multiplier: float = 10.0
-    clipping: str = "fast"
-    proximal_mu: float = 0.0
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> TrainInstructions:
-        try:
-            return cls(
-                run_id=str(cfg["run-id"]),
-                round=int(cfg.get("server-round", 1)),
-                planned_rounds=int(cfg["planned-rounds"]),
-                task=str(cfg["task"]),
-                arch=str(cfg["arch"]),
-                dataset=str(cfg["dataset"]),
-                spec=FeatureSpec.from_dict(json.loads(str(cfg["feature-spec"]))),
-                local_epochs=int(cfg.get("local-epochs", 1)),
-                batch_size=int(cfg.get("batch-size", 128)),
-                lr=float(cfg.get("lr", 0.1)),
-                optimizer=str(cfg.get("optimizer", "sgd")),
-                dp=bool(cfg.get("dp", True)),
-                max_grad_norm=float(cfg.get("max-grad-norm", 1.0)),
-                max_noise_multiplier=float(cfg.get("max-noise-multiplier", 10.0)),
-                clipping=str(cfg.get("clipping", "fast")),
-                proximal_mu=float(cfg.get("proximal-mu", 0.0)),
-                seed=int(cfg.get("seed", 0)),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"training instructions lack {exc.args[0]!r}") from None
 
 
 @dataclass

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from fedcustomer.clients.node import TrainInstructions, TrainOutcome
+from fedcustomer.clients.node import TrainOutcome
+from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import ACTION_FL_ROUND, DECISION_ALLOWED, DECISION_DENIED, AuditEntry

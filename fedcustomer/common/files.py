@@ -3,7 +3,8 @@
 Every writer in the project goes through :func:`atomic_write_bytes`: a temporary file in
 the same folder, flushed and fsynced, then renamed over the target (atomic on POSIX), and
 removed again if anything fails. ``mode`` sets the permissions at creation (e.g. 0o600 for
-secrets), so a secret is never readable by others, not even for a moment.
+secrets), so a secret is never readable by others, not even for a moment; ``exact=True``
+also sets them past the umask and any inherited default ACL, before the file gets its name.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import secrets
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666) -> Path:
-    """Replace ``path`` with ``data`` atomically; ``mode`` is filtered by the umask as usual."""
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, exact: bool = False
+) -> Path:
+    """Replace ``path`` with ``data`` atomically; ``mode`` is filtered by the umask unless ``exact``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if exact:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -32,9 +37,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     return path
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int = 0o666) -> Path:
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, mode: int = 0o666, exact: bool = False
+) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode, exact=exact)
 
 
 def fsync_dir(directory: Path) -> None:

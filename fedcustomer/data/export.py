@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
@@ -50,16 +49,8 @@ def write_private_text(path: Path, text: str) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: directory {path.parent} not found")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o600)  # a umask cannot widen it, but an existing ACL default might
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # exact: a umask cannot widen 0600, but an existing ACL default might
+    atomic_write_text(path, text, mode=0o600, exact=True)
 
 
 def write_private_csv(path: Path, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> None:

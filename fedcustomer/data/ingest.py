@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
@@ -401,11 +402,8 @@ class IngestReport:
         }
 
     def write_json(self, path: Path) -> None:
-        """Write quality.json atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        """Write quality.json whole or not at all."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
 def print_report(report: IngestReport, console: Any = None) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedcustomer.common.sqlite import connect, transaction
 from fedcustomer.data.partition import PartnerDataset
 from fedcustomer.errors import ConfigError, DataError
 
@@ -204,16 +205,11 @@ class PlacementRegistry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        conn = connect(self.path, timeout=60)
         try:
             conn.executescript(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             conn.close()
 

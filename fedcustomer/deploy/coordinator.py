@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
@@ -116,9 +117,7 @@ def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) 
         lines.append("insecure = true")
     else:
         lines.append(f'root-certificates = "{Path(ca_cert).resolve()}"')
-    path = cdir.flwr_home / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(cdir.flwr_home / "config.toml", "\n".join(lines) + "\n")
 
 
 def start_superlink(
@@ -267,10 +266,8 @@ def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
     }
     cdir.app_dir.mkdir(parents=True, exist_ok=True)
     path = cdir.app_dir / "pyproject.toml"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(tomli_w.dumps(doc).encode())
-    tmp.replace(path)
-    cdir.job_path.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(path, tomli_w.dumps(doc))
+    atomic_write_text(cdir.job_path, json.dumps(run_config, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -370,7 +367,5 @@ def pin_spec(cdir: CoordinatorDir, ref: str) -> str:
     spec = FeatureSpec.load(ref)
     cdir.root.mkdir(parents=True, exist_ok=True)
     path = cdir.root / "feature_spec.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(spec.to_dict(), indent=2) + "\n")
     return str(path.resolve())

@@ -15,6 +15,15 @@ from pathlib import Path
 from fedcustomer.deploy.flower import executable, flower_env, parse_address, start
 from fedcustomer.deploy.pki import NodeKeys, check_node_private_key
 from fedcustomer.errors import ConfigError, DataError, FederationError
+from fedcustomer.jobs.config import (
+    DEFAULT_DATA,
+    DEFAULT_DELTA,
+    DEFAULT_EPSILON,
+    DEFAULT_PARTNERS,
+    DEFAULT_SEED,
+    DEFAULT_SPLIT,
+    DEFAULT_TASK,
+)
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
@@ -23,14 +32,14 @@ def prepare_node_home(
     home: Path,
     partner: str,
     *,
-    task: str = "repayment",
-    data: str = "synthetic",
+    task: str = DEFAULT_TASK,
+    data: str = DEFAULT_DATA,
     index: int = 0,
-    partners: int = 3,
-    seed: int = 0,
-    split: str = "iid",
-    epsilon: float = 3.0,
-    delta: float = 1e-5,
+    partners: int = DEFAULT_PARTNERS,
+    seed: int = DEFAULT_SEED,
+    split: str = DEFAULT_SPLIT,
+    epsilon: float = DEFAULT_EPSILON,
+    delta: float = DEFAULT_DELTA,
     data_dir: Path | None = None,
 ) -> PartnerHome:
     """Give one partner its share of a built-in data source (its split ``index`` of ``partners``).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.errors import ConfigError, KeyMaterialError
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -47,17 +47,6 @@ class Certificates:
                     f"{path} not found; create development certificates with `fedcustomer certs --out DIR` "
                     "or point to your organisation's CA/server certificate"
                 )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with restrictive permissions from the start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -142,10 +131,20 @@ def make_dev_certificates(
     )
     pem = serialization.Encoding.PEM
     nopass = serialization.NoEncryption()
-    _write(certs.ca_key, ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), 0o600)
-    _write(certs.server_key, server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass), 0o600)
-    _write(certs.ca_cert, ca_cert.public_bytes(pem), 0o644)
-    _write(certs.server_cert, server_cert.public_bytes(pem), 0o644)
+    atomic_write_bytes(
+        certs.ca_key,
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass),
+        mode=0o600,
+        exact=True,
+    )
+    atomic_write_bytes(
+        certs.server_key,
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nopass),
+        mode=0o600,
+        exact=True,
+    )
+    atomic_write_bytes(certs.ca_cert, ca_cert.public_bytes(pem), mode=0o644, exact=True)
+    atomic_write_bytes(certs.server_cert, server_cert.public_bytes(pem), mode=0o644, exact=True)
     return certs
 
 
@@ -184,8 +183,8 @@ def make_node_keys(keys_dir: Path, *, comment: str = "", overwrite: bool = False
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     if comment:
         public += b" " + comment.replace(" ", "_").encode()
-    _write(keys.private_key, private, 0o600)
-    _write(keys.public_key, public + b"\n", 0o644)
+    atomic_write_bytes(keys.private_key, private, mode=0o600, exact=True)
+    atomic_write_bytes(keys.public_key, public + b"\n", mode=0o644, exact=True)
     return keys
 
 

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
@@ -111,9 +112,7 @@ class PartnerHome:
                 f"epsilon = {config.budget.epsilon!r}",
                 f"delta = {config.budget.delta!r}",
             ]
-        tmp = self.config_path.with_suffix(".toml.tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, self.config_path)
+        atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
         if not self.config_path.exists():

@@ -21,13 +21,12 @@ can purge them on erasure without importing the federation stack.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError, DataError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.core import PSIResult
@@ -63,17 +62,8 @@ def alignment_path(home: PartnerHome, session_id: str) -> Path:
 
 
 def write_private(path: Path, payload: dict) -> None:
-    """Owner-only JSON file written whole or not at all (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Owner-only JSON file written whole or not at all."""
+    atomic_write_text(path, json.dumps(payload), mode=0o600, exact=True)
 
 
 def read_json(path: Path, what: str) -> dict:

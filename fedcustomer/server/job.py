@@ -6,15 +6,23 @@ started with ``flwr run``, and are written to the run directory as ``config.json
 
 from __future__ import annotations
 
-import json
-import math
-import secrets
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from fedcustomer.errors import ConfigError
+from fedcustomer.jobs.config import (
+    DEFAULT_ARCH,
+    DEFAULT_CLIPPING,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_MIN_PARTNERS,
+    DEFAULT_PARTNERS,
+    DEFAULT_SPLIT,
+    DEFAULT_STRATEGY,
+    JobBase,
+    defaults,
+    require_at_least_one,
+    require_positive,
+)
 from fedcustomer.models.names import ARCHITECTURES, TASKS
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -23,57 +31,37 @@ CLIPPINGS = ("fast", "ghost", "hooks")
 EVAL_MODES = ("every", "final", "none")
 
 
-def new_run_id() -> str:
-    """Sortable, collision-free run id (time + random suffix)."""
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
 @dataclass
-class JobConfig:
-    """One federated training job (horizontal: every partner holds the same features)."""
+class JobConfig(JobBase):
+    """One federated training job (horizontal: every partner holds the same features).
 
-    task: str = "repayment"
-    data: str = "synthetic"
-    data_dir: str | None = None
+    The shared fields (task, data, rounds, batch size, lr, DP target, seed, out, homes,
+    run id, round timeout) and their defaults come from :class:`JobBase`.
+    """
+
+    ALIASES: ClassVar[dict[str, str]] = {"num_server_rounds": "rounds"}
+
     label: str | None = None
     feature_spec: str | None = (
         None  # JSON file declaring features, bounds and categories (else inferred, with notices)
     )
-    split: str = "iid"
-    partners: int = 3
-    rounds: int = 5
-    local_epochs: int = 1
-    batch_size: int = 128
-    lr: float = (
-        0.5  # with max_grad_norm 0.5: DP-SGD's step is bounded by lr x clip (see benchmarks/RESULTS.md)
-    )
-    optimizer: str = "sgd"
-    arch: str = "mlp"
-    dp: bool = True
-    epsilon: float = 3.0
-    delta: float = 1e-5
-    max_grad_norm: float = 0.5
-    max_noise_multiplier: float = 10.0
-    clipping: str = "fast"
-    strategy: str = "fedavg"
+    split: str = DEFAULT_SPLIT
+    partners: int = DEFAULT_PARTNERS
+    local_epochs: int = DEFAULT_LOCAL_EPOCHS
+    arch: str = DEFAULT_ARCH
+    clipping: str = DEFAULT_CLIPPING
+    strategy: str = DEFAULT_STRATEGY
     proximal_mu: float = 0.01
     trimmed_beta: float = 0.2
     server_lr: float = 0.05
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
-    min_partners: int = 2
+    min_partners: int = DEFAULT_MIN_PARTNERS
     federated_eval: str = "every"
-    seed: int = 0
-    out: str = "runs/latest"
-    homes: str | None = None
-    run_id: str = field(default_factory=new_run_id)
     # In simulation the partners are local processes whose failures are reported, so the
-    # timeout only guards against a hang; a busy machine can make a round take minutes.
-    round_timeout: float = 3600.0
-
-    def __post_init__(self) -> None:
-        self.validate()
+    # timeout (JobBase.round_timeout) only guards against a hang; a busy machine can make a
+    # round take minutes.
 
     def validate(self) -> None:
         """Refuse nonsense early, with the option name the user typed."""
@@ -95,17 +83,8 @@ class JobConfig:
             raise ConfigError(
                 f"--federated-eval must be one of {', '.join(EVAL_MODES)}, got {self.federated_eval!r}"
             )
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        require_positive("epsilon", self.epsilon)
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
-        require_positive("lr", self.lr)
-        require_positive("max-grad-norm", self.max_grad_norm)
-        require_positive("max-noise-multiplier", self.max_noise_multiplier)
-        for name in ("partners", "rounds", "local_epochs", "batch_size", "min_partners"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        self.validate_common()
+        require_at_least_one(self, "partners", "local_epochs", "min_partners")
         if self.min_partners > self.partners:
             raise ConfigError(
                 f"--min-partners ({self.min_partners}) cannot exceed --partners ({self.partners})"
@@ -118,27 +97,6 @@ class JobConfig:
             require_positive("central-noise-multiplier", self.central_noise_multiplier)
             require_positive("central-clipping-norm", self.central_clipping_norm)
 
-    # --- (de)serialisation --------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> JobConfig:
-        """Accept CLI-style (dash) or Python-style keys; unknown keys are an error."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name == "num_server_rounds":
-                name = "rounds"
-            if name not in known:
-                raise ConfigError(f"unknown job option {key!r}")
-            kwargs[name] = value
-        return cls(**kwargs)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
     @property
     def dataset_name(self) -> str:
         """The partner dataset read (store and ledger): budgets are per dataset, shared by all jobs on it."""
@@ -147,12 +105,5 @@ class JobConfig:
         return dataset_name(self.data, self.task)
 
 
-def require_positive(name: str, value: float) -> None:
-    """Refuse a non-positive, non-finite or non-numeric option, named as the user typed it."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+#: Each option's default, for the command line (one source: this dataclass).
+DEFAULTS: dict[str, Any] = defaults(JobConfig)

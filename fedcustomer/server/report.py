@@ -7,16 +7,13 @@ machine-readable result; its schema is documented in the README.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord
 
 from fedcustomer.data.features import FeatureSpec
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.server.job import JobConfig
@@ -33,10 +30,11 @@ class RunRecorder:
         self.job = job
         self.spec = spec
         self.rounds: list[RoundReport] = []
+        self.files = RunDir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoints").mkdir(exist_ok=True)
-        job.write(self.out / "config.json")
-        _atomic_text(self.out / "feature_spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+        self.files.write_config(job)
+        self.files.write_json("feature_spec.json", spec.to_dict())
 
     # --- during the run ------------------------------------------------------------
     def record_round(self, report: RoundReport, arrays: ArrayRecord) -> None:
@@ -46,19 +44,15 @@ class RunRecorder:
             self.save_checkpoint(report.round, arrays)
 
     def save_checkpoint(self, rnd: int, arrays: ArrayRecord) -> Path:
-        path = self.out / "checkpoints" / f"round-{rnd:04d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(
+        return self.files.save_torch(
+            f"checkpoints/round-{rnd:04d}.pt",
             {
                 "round": rnd,
                 "run_id": self.job.run_id,
                 "state_dict": arrays.to_torch_state_dict(),
                 "rounds": [_round_dict(r) for r in self.rounds],
             },
-            tmp,
         )
-        os.replace(tmp, path)
-        return path
 
     @staticmethod
     def latest_checkpoint(out: Path) -> dict[str, Any] | None:
@@ -68,11 +62,9 @@ class RunRecorder:
     # --- at the end ----------------------------------------------------------------
     def finish(self, result: LoopResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         if result.rounds_completed:
-            tmp = self.out / "model.pt.tmp"
-            torch.save(result.arrays.to_torch_state_dict(), tmp)
-            os.replace(tmp, self.out / "model.pt")
+            self.files.write_model(result.arrays.to_torch_state_dict())
         summary = self.summary(result, extra or {})
-        _atomic_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        self.files.write_summary(summary)
         self._write_metrics_csv()
         self._plots()
         return summary
@@ -175,15 +167,7 @@ class RunRecorder:
                 if "epsilon-total" in p.metrics:
                     row[f"epsilon_{p.partner}"] = p.metrics["epsilon-total"]
             rows.append(row)
-        columns: list[str] = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-        tmp = self.out / "metrics.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns or ["round"])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.out / "metrics.csv")
+        self.files.write_metrics_csv(rows)
 
     def _plots(self) -> None:
         import matplotlib
@@ -282,9 +266,3 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
             continue
         out[k] = None if v != v else v  # NaN is not JSON
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedcustomer.data.features import FeatureSpec
+from fedcustomer.jobs.train_message import encode_train_config
 from fedcustomer.models.registry import build_model
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder, round_from_dict
@@ -25,28 +25,6 @@ from fedcustomer.server.strategies import build_strategy, central_dp_epsilon
 log = logging.getLogger(__name__)
 
 RoundCallback = Callable[[RoundReport], None]
-
-
-def train_config_for(job: JobConfig, spec: FeatureSpec) -> dict[str, Any]:
-    """The instructions every partner receives each round (flat, Flower-ConfigRecord-safe)."""
-    return {
-        "run-id": job.run_id,
-        "planned-rounds": job.rounds,
-        "task": job.task,
-        "arch": job.arch,
-        "dataset": job.dataset_name,
-        "feature-spec": json.dumps(spec.to_dict()),
-        "local-epochs": job.local_epochs,
-        "batch-size": job.batch_size,
-        "lr": job.lr,
-        "optimizer": job.optimizer,
-        "dp": job.dp,
-        "max-grad-norm": job.max_grad_norm,
-        "max-noise-multiplier": job.max_noise_multiplier,
-        "clipping": job.clipping,
-        "proximal-mu": job.proximal_mu if job.strategy == "fedprox" else 0.0,
-        "seed": job.seed,
-    }
 
 
 def run_job_on_grid(
@@ -87,7 +65,7 @@ def run_job_on_grid(
         strategy,
         arrays,
         num_rounds=job.rounds,
-        train_config=train_config_for(job, spec),
+        train_config=encode_train_config(job, spec),
         min_partners=job.min_partners,
         evaluate_every_round=job.federated_eval == "every",
         evaluate_at_end=job.federated_eval != "none",

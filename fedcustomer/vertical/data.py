@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
@@ -171,13 +172,8 @@ def save_pseudonym_alignment(
     ``seed`` is the one the held-out split over this order is drawn with.
     """
     path = alignment_path(home, dataset, peer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     doc = {"dataset": dataset, "peer": peer, "pseudonyms": pseudonyms, "seed": seed}
-    tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc) + "\n", mode=0o600, exact=True)
 
 
 def load_party_table(

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.server.job import new_run_id, require_positive
+from fedcustomer.jobs.config import JobBase, defaults, require_at_least_one, require_positive
 
 DATA_SOURCES = ("synthetic", "uci-credit")
 VERTICAL_TASKS = ("repayment", "clv")
 
 
 @dataclass
-class VerticalJob:
+class VerticalJob(JobBase):
     """A split-learning job between the label owner (active) and one feature-only party (passive).
 
     ``batch_size`` is the *expected* Poisson batch: the label owner samples every aligned
@@ -32,11 +30,12 @@ class VerticalJob:
     from the same budget: the joint job leaves ``baseline_epsilon`` of the label owner's
     ``epsilon`` unspent and the baseline, run afterwards on the same ledger, uses what is
     left (at least that much).
+
+    The shared fields come from :class:`JobBase`; those re-declared here differ for split learning.
     """
 
-    task: str = "repayment"
-    data: str = "synthetic"
-    data_dir: str | None = None
+    OPTION_KIND: ClassVar[str] = "vertical job"
+
     rounds: int = 8
     steps_per_round: int | None = None
     batch_size: int = 512
@@ -44,9 +43,6 @@ class VerticalJob:
     optimizer: str = "adam"
     embed_dim: int = 8
     hidden: int = 16
-    dp: bool = True
-    epsilon: float = 3.0
-    delta: float = 1e-5
     max_grad_norm: float = 1.0
     label_dp: bool = True
     label_epsilon: float = 1.0
@@ -60,14 +56,8 @@ class VerticalJob:
     retail_signal: float = 1.5
     baseline: bool = True
     baseline_epsilon: float = 1.0
-    seed: int = 0
     out: str = "runs/vertical"
-    homes: str | None = None
-    run_id: str = field(default_factory=new_run_id)
     round_timeout: float = 600.0
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         if self.task not in VERTICAL_TASKS:
@@ -80,17 +70,8 @@ class VerticalJob:
             raise ConfigError(
                 "the UCI credit data has no spend label; use --task repayment with --data uci-credit"
             )
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        for name in (
-            "epsilon",
-            "lr",
-            "max_grad_norm",
-            "label_epsilon",
-            "label_bound",
-            "embedding_clip",
-            "max_noise_multiplier",
-        ):
+        self.validate_common()
+        for name in ("label_epsilon", "label_bound", "embedding_clip"):
             require_positive(name, getattr(self, name))
         if self.dp and self.label_dp and self.label_epsilon >= self.epsilon:
             raise ConfigError(
@@ -107,13 +88,9 @@ class VerticalJob:
                     + f" must be below --epsilon ({self.epsilon:g}): the label owner's one budget pays for the "
                     "joint model and the comparison model; lower them or pass --no-baseline"
                 )
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if not (math.isfinite(self.embedding_noise) and self.embedding_noise >= 0):
             raise ConfigError(f"--embedding-noise must be >= 0, got {self.embedding_noise}")
-        for name in ("rounds", "batch_size", "embed_dim", "hidden", "customers"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, "embed_dim", "hidden", "customers")
         if self.steps_per_round is not None and self.steps_per_round < 1:
             raise ConfigError(f"--steps-per-round must be >= 1, got {self.steps_per_round}")
         if not (0 < self.test_fraction < 1):
@@ -123,23 +100,6 @@ class VerticalJob:
         if not (0 < self.shared_fraction <= 1):
             raise ConfigError(f"--shared-fraction must be in (0, 1], got {self.shared_fraction}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> VerticalJob:
-        known = {f.name for f in fields(cls)}
-        kwargs = {}
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown vertical job option {key!r}")
-            kwargs[name] = value
-        return cls(**kwargs)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
 
 #: Each option's default, for the command line (one source: this dataclass).
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(VerticalJob) if f.default is not MISSING}
+DEFAULTS: dict[str, Any] = defaults(VerticalJob)

@@ -13,7 +13,6 @@ and runs the job on the in-process grid, plus the label owner's features-only ba
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from flwr.serverapp import Grid
 from fedcustomer.clients.context import resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
@@ -295,12 +295,13 @@ def run_vertical_on_grid(
     active, passive = plan_parties(job)
     out = Path(job.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    job.write(out / "config.json")
+    files = RunDir(out)
+    files.write_config(job)
     specs = {
         p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()}
         for p in (active, passive)
     }
-    (out / "feature_specs.json").write_text(json.dumps(specs, indent=2) + "\n", encoding="utf-8")
+    files.write_json("feature_specs.json", specs)
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     try:
         result = drive(grid, job, active, passive, reserve_epsilon=reserve)
@@ -417,7 +418,7 @@ def _write_outputs(
         },
         "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
     }
-    _atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    RunDir(out).write_summary(summary)
     _metrics_csv(out, result, baseline)
     _plots(out, job, result, baseline)
     return summary
@@ -438,15 +439,7 @@ def _metrics_csv(out: Path, result: DriveResult, baseline: DriveResult | None) -
         if r.round in base:
             row.update({f"baseline_eval_{k}": v for k, v in base[r.round].metrics.items()})
         rows.append(row)
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    tmp = out / "metrics.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns or ["round"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "metrics.csv")
+    RunDir(out).write_metrics_csv(rows)
 
 
 def _plots(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResult | None) -> None:
@@ -618,9 +611,3 @@ def party_app(homes: list[str]) -> ClientApp:
     register_vertical_handlers(app, home_of)
     register_governed_psi_handlers(app, home_of)
     return app
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

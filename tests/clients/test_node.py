@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcustomer.clients.node import PartnerNode, TrainInstructions
+from fedcustomer.clients.node import PartnerNode
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import DataError
+from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.registry import build_model
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget

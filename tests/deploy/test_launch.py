@@ -7,7 +7,7 @@ import json
 import pytest
 import tomli
 
-from fedcustomer.clients.node import TrainInstructions, TrainOutcome
+from fedcustomer.clients.node import TrainOutcome
 from fedcustomer.clients.round_audit import record_round, update_size
 from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
 from fedcustomer.deploy.coordinator import CoordinatorDir, run_config_for, superlink_command, write_app
@@ -15,6 +15,7 @@ from fedcustomer.deploy.flower import parse_address
 from fedcustomer.deploy.node import supernode_command
 from fedcustomer.deploy.pki import Certificates, make_dev_certificates, make_node_keys
 from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.server.deployment import deployment_setup, resolve_spec, split_run_config, wait_for_partners

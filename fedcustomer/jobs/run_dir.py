@@ -1,0 +1,63 @@
+"""The run directory a job leaves behind, written by one writer for every kind of job.
+
+``config.json`` (the job as asked for), ``summary.json`` (the stable, machine-readable
+result), ``metrics.csv`` (one row per round), ``model.pt`` and checkpoints. Every file is
+written whole or not at all, so a crash mid-run leaves the last complete version a reader
+or a ``--resume`` can use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
+from fedcustomer.jobs.config import JobBase
+
+
+class RunDir:
+    """One job's output folder; created on first use."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def write_config(self, job: JobBase) -> Path:
+        """``config.json``: every option of the job, keys sorted (a resume reads it back)."""
+        return self.write_json("config.json", job.to_dict(), sort_keys=True)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """``summary.json`` in the order the summary was built (its schema is in the README)."""
+        return self.write_json("summary.json", summary)
+
+    def write_json(self, name: str, data: Any, *, sort_keys: bool = False) -> Path:
+        return atomic_write_text(self.path(name), json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+    def write_metrics_csv(self, rows: Sequence[Mapping[str, Any]]) -> Path:
+        """``metrics.csv``: the union of the rows' columns, in first-seen order."""
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=columns or ["round"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(self.path("metrics.csv"), buffer.getvalue())
+
+    def write_model(self, state_dict: Mapping[str, Any]) -> Path:
+        """``model.pt``: the final global weights."""
+        return self.save_torch("model.pt", dict(state_dict))
+
+    def save_torch(self, name: str, obj: Any) -> Path:
+        """Any torch-serialisable object (model, checkpoint) under ``name``, atomically."""
+        import torch  # only the writers that save weights need it
+
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return atomic_write_bytes(self.path(name), buffer.getvalue())

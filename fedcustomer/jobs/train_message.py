@@ -1,0 +1,122 @@
+"""The train/evaluate message of a horizontal round, encoded and decoded in one place.
+
+The coordinator encodes a job into a flat, Flower-ConfigRecord-safe dict
+(:func:`encode_train_config`; the rounds loop stamps ``server-round`` on it each round);
+the partner node decodes it into :class:`TrainInstructions`. Keeping both sides here
+means a key cannot be renamed on one side only, and a missing optional key falls back to
+the same default a job would have used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fedcustomer.data.features import FeatureSpec
+from fedcustomer.errors import ConfigError
+from fedcustomer.jobs.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLIPPING,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_MAX_NOISE_MULTIPLIER,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PROXIMAL_MU,
+    DEFAULT_SEED,
+)
+
+
+class TrainJob(Protocol):
+    """What the coordinator's job must tell the partners (a horizontal ``JobConfig`` does)."""
+
+    run_id: str
+    rounds: int
+    task: str
+    arch: str
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    dp: bool
+    max_grad_norm: float
+    max_noise_multiplier: float
+    clipping: str
+    strategy: str
+    proximal_mu: float
+    seed: int
+
+    @property
+    def dataset_name(self) -> str: ...
+
+
+def encode_train_config(job: TrainJob, spec: FeatureSpec) -> dict[str, Any]:
+    """The instructions every partner receives each round (flat, Flower-ConfigRecord-safe)."""
+    return {
+        "run-id": job.run_id,
+        "planned-rounds": job.rounds,
+        "task": job.task,
+        "arch": job.arch,
+        "dataset": job.dataset_name,
+        "feature-spec": json.dumps(spec.to_dict()),
+        "local-epochs": job.local_epochs,
+        "batch-size": job.batch_size,
+        "lr": job.lr,
+        "optimizer": job.optimizer,
+        "dp": job.dp,
+        "max-grad-norm": job.max_grad_norm,
+        "max-noise-multiplier": job.max_noise_multiplier,
+        "clipping": job.clipping,
+        "proximal-mu": job.proximal_mu if job.strategy == "fedprox" else DEFAULT_PROXIMAL_MU,
+        "seed": job.seed,
+    }
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What the coordinator asks of a partner for one round (decoded from a ConfigRecord)."""
+
+    run_id: str
+    round: int
+    planned_rounds: int
+    task: str
+    arch: str
+    dataset: str
+    spec: FeatureSpec
+    local_epochs: int = DEFAULT_LOCAL_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    optimizer: str = DEFAULT_OPTIMIZER
+    dp: bool = True
+    max_grad_norm: float = DEFAULT_MAX_GRAD_NORM
+    max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER
+    clipping: str = DEFAULT_CLIPPING
+    proximal_mu: float = DEFAULT_PROXIMAL_MU
+    seed: int = DEFAULT_SEED
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TrainInstructions:
+        """Decode :func:`encode_train_config`'s dict (plus ``server-round``); required keys must be there."""
+        try:
+            return cls(
+                run_id=str(cfg["run-id"]),
+                round=int(cfg.get("server-round", 1)),
+                planned_rounds=int(cfg["planned-rounds"]),
+                task=str(cfg["task"]),
+                arch=str(cfg["arch"]),
+                dataset=str(cfg["dataset"]),
+                spec=FeatureSpec.from_dict(json.loads(str(cfg["feature-spec"]))),
+                local_epochs=int(cfg.get("local-epochs", DEFAULT_LOCAL_EPOCHS)),
+                batch_size=int(cfg.get("batch-size", DEFAULT_BATCH_SIZE)),
+                lr=float(cfg.get("lr", DEFAULT_LR)),
+                optimizer=str(cfg.get("optimizer", DEFAULT_OPTIMIZER)),
+                dp=bool(cfg.get("dp", True)),
+                max_grad_norm=float(cfg.get("max-grad-norm", DEFAULT_MAX_GRAD_NORM)),
+                max_noise_multiplier=float(cfg.get("max-noise-multiplier", DEFAULT_MAX_NOISE_MULTIPLIER)),
+                clipping=str(cfg.get("clipping", DEFAULT_CLIPPING)),
+                proximal_mu=float(cfg.get("proximal-mu", DEFAULT_PROXIMAL_MU)),
+                seed=int(cfg.get("seed", DEFAULT_SEED)),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"training instructions lack {exc.args[0]!r}") from None

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.server.job import JobConfig, new_run_id, require_positive
+from fedcustomer.jobs.config import new_run_id, require_positive
+from fedcustomer.server.job import JobConfig
 
 
 def test_defaults_are_valid_and_documented_values() -> None:

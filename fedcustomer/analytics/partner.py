@@ -10,8 +10,9 @@ Order matters for privacy:
    a refusal deletes the pending release, charges nothing and raises BudgetExhausted;
 4. one audit entry ``query`` (allowed or denied) records the id, fields and cost.
 
-A query id is answered once: asking again returns the same noisy release without a new
-charge, so a retried or restarted node can neither pay twice nor leak a second draw.
+Steps 2-3 are the privacy layer's one release path (``privacy.dp.release``). A query id is
+answered once: asking again returns the same noisy release without a new charge, so a
+retried or restarted node can neither pay twice nor leak a second draw.
 """
 
 from __future__ import annotations

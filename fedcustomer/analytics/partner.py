@@ -10,15 +10,15 @@ Order matters for privacy:
    a refusal deletes the pending release, charges nothing and raises BudgetExhausted;
 4. one audit entry ``query`` (allowed or denied) records the id, fields and cost.
 
-A query id is answered once: asking again returns the same noisy release without a new
-charge, so a retried or restarted node can neither pay twice nor leak a second draw.
+Steps 2-3 are the privacy layer's one release path (``privacy.dp.release``). A query id is
+answered once: asking again returns the same noisy release without a new charge, so a
+retried or restarted node can neither pay twice nor leak a second draw.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,12 @@ from fedcustomer.analytics import mechanisms
 from fedcustomer.analytics.local import compute_partials
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, release
 
 PURPOSE = "analytics"
 ROLE = "data_scientist"
@@ -67,38 +69,29 @@ def answer_query(
         "mechanism": spec.mechanism,
         "requested_by": spec.requested_by,
     }
+    step = Step(spec.charge_key, f"query {spec.query_id}", query_id=spec.query_id, cache_name=spec.query_id)
+    results = PaidResults(home.state_dir / "queries", _ReleaseCodec(spec))
+
+    def produce() -> tuple[dict[str, Any], Mechanism]:
+        frame, extras = _read(home, spec, actor, load_frame)
+        partials = compute_partials(frame, spec, extras)
+        noisy = _noised(config.name, spec, partials)
+        details["clamped_values"] = partials.clamped
+        return noisy, _mechanism(spec, noisy)
+
     try:
         ledger = BudgetLedger(home.ledger_path, spec.dataset, config.budget_for(spec.dataset))
-        cache = _cache_path(home, spec)
-        release = _cached(cache, spec)
-        if release is None:
-            if ledger.find(spec.charge_key) is not None:
-                raise ConfigError(
-                    f"query id {spec.query_id!r} was already charged at partner {config.name!r} but its release is "
-                    f"not kept; ask again with a new query id"
-                )
-            frame, extras = _read(home, spec, actor, load_frame)
-            partials = compute_partials(frame, spec, extras)
-            release = _noised(config.name, spec, partials)
-            details["clamped_values"] = partials.clamped
-            _write_atomic(cache, release)
-        try:
-            charge = _charge(ledger, spec, release)
-        except BaseException:
-            if not release.get("charged"):
-                cache.unlink(missing_ok=True)
-            raise
+        released = release(ledger, step, results, produce)
     except FedCustomerError as exc:
         _audit(home, actor, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)
         raise
-    if not release.get("charged"):
-        release["charged"] = True
-        _write_atomic(cache, release)
+    charge = released.charge
     details.update(
         epsilon_total=charge.epsilon_total, epsilon_target=charge.epsilon_target, replayed=charge.already_paid
     )
     _audit(home, actor, "allowed", details=details, **audit_fields)
-    out = dict(release)
+    out = dict(released.result)
+    out["charged"] = True
     out["spend"] = {
         "epsilon_total": charge.epsilon_total,
         "delta_total": charge.delta_total,
@@ -195,17 +188,11 @@ def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
     }
 
 
-def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):
+def _mechanism(spec: QuerySpec, release: dict[str, Any]) -> Mechanism:
+    """The ledger charge of a noised release: Laplace as (epsilon, 0), Gaussian as one full-batch step."""
     details = {"kind": spec.kind, "statistics": release["statistics"], "requested_by": spec.requested_by}
     if release["mechanism"] == mechanisms.LAPLACE:
-        return ledger.charge_approx(
-            spec.charge_key,
-            release["epsilon"],
-            0.0,
-            mechanism="laplace",
-            query_id=spec.query_id,
-            details=details,
-        )
+        return Mechanism("laplace", epsilon_delta=(release["epsilon"], 0.0), details=details)
     cal = mechanisms.Calibration(
         mechanisms.GAUSSIAN,
         release["epsilon"],
@@ -215,9 +202,7 @@ def _charge(ledger: BudgetLedger, spec: QuerySpec, release: dict[str, Any]):
         release["noise_multiplier"],
     )
     details["delta_query"] = release["delta"]
-    return ledger.charge_gaussian(
-        spec.charge_key, cal.gaussian_steps(), mechanism="gaussian", query_id=spec.query_id, details=details
-    )
+    return Mechanism("gaussian", gaussian=cal.gaussian_steps(), details=details)
 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
@@ -238,26 +223,27 @@ def _spec_digest(spec: QuerySpec) -> str:
     return hashlib.sha256(spec.to_json().encode()).hexdigest()
 
 
-def _cache_path(home: PartnerHome, spec: QuerySpec) -> Path:
-    return home.state_dir / "queries" / f"{spec.query_id}.json"
+class _ReleaseCodec:
+    """A kept release as JSON; ``charged`` marks it paid, ``spec_sha256`` ties the query id to one query."""
 
+    suffix = ".json"
 
-def _cached(path: Path, spec: QuerySpec) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        release = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable kept release ({exc}); ask again with a new query id") from None
-    if release.get("spec_sha256") != _spec_digest(spec):
-        raise ConfigError(
-            f"query id {spec.query_id!r} was already used for a different query; every query needs its own id"
-        )
-    return release
+    def __init__(self, spec: QuerySpec) -> None:
+        self.spec = spec
 
+    def dump(self, path: Path, result: dict[str, Any], paid: bool) -> None:
+        atomic_write_text(path, json.dumps({**result, "charged": paid}, sort_keys=True))
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    def load(self, path: Path) -> tuple[dict[str, Any], bool]:
+        try:
+            release = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"{path}: unreadable kept release ({exc}); ask again with a new query id"
+            ) from None
+        if release.get("spec_sha256") != _spec_digest(self.spec):
+            raise ConfigError(
+                f"query id {self.spec.query_id!r} was already used for a different query; "
+                "every query needs its own id"
+            )
+        return release, bool(release.get("charged"))

@@ -8,9 +8,8 @@ its noise from its own budget, so the coordinator cannot ask it to spend more.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +18,25 @@ from typing import Any
 import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.errors import BudgetExhausted, DataError
+from fedcustomer.common.files import atomic_write_bytes
+from fedcustomer.errors import DataError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.accounting import GaussianSteps
-from fedcustomer.privacy.dp.accounting import epsilon as standalone_epsilon
-from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
+from fedcustomer.privacy.dp.release import (
+    Mechanism,
+    PaidResults,
+    Refused,
+    Step,
+    calibrate_noise,
+    check,
+    release,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,79 +74,98 @@ class PartnerNode:
         return BudgetLedger(self.home.ledger_path, dataset, self.config.budget_for(dataset))
 
     def train_round(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> TrainOutcome:
-        """Train one round locally; refuse instead of ever exceeding the budget."""
-        charge_key = f"run:{ins.run_id}:round:{ins.round}"
-        cached = self._cached_update(charge_key)
-        ledger = self.ledger(ins.dataset) if ins.dp else None
-        if ledger is not None and ledger.find(charge_key) is not None:
-            if cached is not None:
-                log.info("round %s already paid; re-sending the update released then", ins.round)
-                return cached
-            return self._refusal(
-                ledger, "this round was already paid for and its update is gone; not re-spending"
+        """Train one round locally and release it; refuse instead of ever exceeding the budget."""
+        if not ins.dp:
+            return self._train(global_state, ins, *self._read(ins))
+        ledger = self.ledger(ins.dataset)
+        step = Step(f"run:{ins.run_id}:round:{ins.round}", f"round {ins.round}", ins.run_id, ins.round)
+        try:
+            released = release(
+                ledger,
+                step,
+                PaidResults(self.home.state_dir / "updates", _UpdateCodec()),
+                produce=lambda: self._train_dp(global_state, ins, ledger, step),
+                settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
+        except Refused as exc:
+            return self._refusal(exc)
+        if released.resent:
+            log.info("round %s already paid; re-sending the update released then", ins.round)
+        return released.result
 
+    def _read(self, ins: TrainInstructions) -> tuple[torch.Tensor, torch.Tensor]:
         frame = self.data.training_frame(ins.dataset, ins.spec, "train")
         X, y = ins.spec.transform(frame)
         if len(X) < 2:
             raise DataError(
                 f"partner {self.name!r} has {len(X)} training rows for {ins.dataset!r}; need at least 2"
             )
-        batch_size = min(ins.batch_size, len(X))
+        return torch.as_tensor(X), torch.as_tensor(y)
+
+    def _train_dp(
+        self, global_state: dict[str, torch.Tensor], ins: TrainInstructions, ledger: BudgetLedger, step: Step
+    ) -> tuple[TrainOutcome, Mechanism]:
+        """Read, fix the noise from the remaining budget, refuse past the target, then train."""
+        Xt, yt = self._read(ins)
+        q = min(ins.batch_size, len(Xt)) / len(Xt)
+        round_steps = _steps_per_epoch(min(ins.batch_size, len(Xt)), len(Xt)) * ins.local_epochs
+        pin = self.home.state_dir / f"noise-{safe_name(ins.run_id)}-{safe_name(ins.dataset)}.json"
+        sigma = calibrate_noise(
+            ledger,
+            q,
+            round_steps,
+            ins.planned_rounds - ins.round + 1,
+            sigma_max=ins.max_noise_multiplier,
+            pin=pin,
+        )
+        check(ledger, step, Mechanism("dpsgd", gaussian=GaussianSteps(sigma, q, round_steps)))
+        outcome = self._train(global_state, ins, Xt, yt, sigma)
+        details = {
+            "partner": self.name,
+            "epochs": ins.local_epochs,
+            "batch_size": min(ins.batch_size, len(Xt)),
+        }
+        steps = GaussianSteps(sigma, q, int(outcome.metrics["steps"]))
+        return outcome, Mechanism("dpsgd", gaussian=steps, details=details)
+
+    def _train(
+        self,
+        global_state: dict[str, torch.Tensor],
+        ins: TrainInstructions,
+        Xt: torch.Tensor,
+        yt: torch.Tensor,
+        sigma: float | None = None,
+    ) -> TrainOutcome:
+        """Local epochs from the global model: DP-SGD with noise ``sigma``, or plain SGD without DP."""
+        batch_size = min(ins.batch_size, len(Xt))
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
         anchor = [p.detach().clone() for p in model.parameters()]
-        Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-
-        if ledger is not None:
-            steps_per_epoch = _steps_per_epoch(batch_size, len(X))
-            round_steps = steps_per_epoch * ins.local_epochs
-            sigma = self._noise_multiplier(ledger, ins, batch_size / len(X), round_steps)
-            planned = GaussianSteps(sigma, batch_size / len(X), round_steps)
-            projected = ledger.project_gaussian(planned)
-            if projected.epsilon > ledger.budget.epsilon:
-                ledger.record_refusal(
-                    charge_key,
-                    "dpsgd",
-                    projected.epsilon,
-                    f"round {ins.round} of run {ins.run_id} would exceed the target",
-                )
-                return self._refusal(
-                    ledger,
-                    f"round {ins.round} would bring epsilon to {projected.epsilon:.3f}, "
-                    f"past this partner's target {ledger.budget.epsilon:g}",
-                    projected=projected.epsilon,
-                )
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "lr": ins.lr,
+            "optimizer": ins.optimizer,
+            "proximal_mu": ins.proximal_mu,
+        }
+        if sigma is not None:
             from fedcustomer.privacy.dp.dpsgd import DPTrainer
 
-            trainer = DPTrainer(
+            trainer: Any = DPTrainer(
                 model,
                 Xt,
                 yt,
                 loss_for(ins.task),
-                batch_size=batch_size,
-                lr=ins.lr,
                 noise_multiplier=sigma,
                 max_grad_norm=ins.max_grad_norm,
-                optimizer=ins.optimizer,
                 clipping=ins.clipping,
-                proximal_mu=ins.proximal_mu,
                 anchor=anchor,
+                **common,
             )
         else:
             from fedcustomer.privacy.dp.dpsgd import PlainTrainer
 
             trainer = PlainTrainer(
-                model,
-                Xt,
-                yt,
-                loss_for(ins.task),
-                batch_size=batch_size,
-                lr=ins.lr,
-                optimizer=ins.optimizer,
-                proximal_mu=ins.proximal_mu,
-                anchor=anchor,
-                seed=_round_seed(ins, self.name),
+                model, Xt, yt, loss_for(ins.task), anchor=anchor, seed=_round_seed(ins, self.name), **common
             )
         steps = 0
         started = time.perf_counter()
@@ -146,40 +174,35 @@ class PartnerNode:
             steps += stats.steps  # the loss stays here: it is computed on raw data without noise
         state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         metrics: dict[str, float] = {
-            "num-examples": float(_coarse(len(X))),
+            "num-examples": float(_coarse(len(Xt))),
             "unit-weight": 1.0,
             "refused": 0.0,
             "steps": float(steps),
             "train-seconds": time.perf_counter() - started,
         }
-        accounting: dict[str, Any] = {"dp": ins.dp}
-        if ledger is not None:
-            spent_steps = GaussianSteps(sigma, batch_size / len(X), steps)
-            self._cache_update(charge_key, state, metrics, {})  # survive a crash between charge and send
-            try:
-                charge = ledger.charge_gaussian(
-                    charge_key,
-                    spent_steps,
-                    mechanism="dpsgd",
-                    run_id=ins.run_id,
-                    round=ins.round,
-                    details={"partner": self.name, "epochs": ins.local_epochs, "batch_size": batch_size},
-                )
-            except BudgetExhausted as exc:  # a concurrent release (e.g. analytics) took the budget
-                self._drop_cached(charge_key)
-                return self._refusal(ledger, str(exc))
-            metrics.update(
-                {
-                    "epsilon-round": float(standalone_epsilon([spent_steps], ledger.budget.delta)),
-                    "epsilon-total": float(charge.epsilon_total),
-                    "epsilon-target": float(ledger.budget.epsilon),
-                    "delta": float(ledger.budget.delta),
-                    "noise-multiplier": float(sigma),
-                }
-            )
-            accounting = self.accounting_summary(ledger, sigma, batch_size / len(X), steps, ins.max_grad_norm)
-            self._cache_update(charge_key, state, metrics, accounting)
-        return TrainOutcome(self.name, state, metrics, accounting)
+        return TrainOutcome(self.name, state, metrics, {"dp": ins.dp} if sigma is None else {})
+
+    def _settle(
+        self, outcome: TrainOutcome, charge: Charge, ledger: BudgetLedger, ins: TrainInstructions
+    ) -> TrainOutcome:
+        """The paid update: its spend (read from the ledger row that paid it) joins metrics and accounting."""
+        sigma, q, steps = (
+            float(charge.noise_multiplier or 0.0),
+            float(charge.sample_rate or 0.0),
+            charge.steps,
+        )
+        metrics = dict(outcome.metrics)
+        metrics.update(
+            {
+                "epsilon-round": float(charge.epsilon or 0.0),
+                "epsilon-total": float(charge.epsilon_total),
+                "epsilon-target": float(ledger.budget.epsilon),
+                "delta": float(ledger.budget.delta),
+                "noise-multiplier": sigma,
+            }
+        )
+        accounting = self.accounting_summary(ledger, sigma, q, int(steps or 0), ins.max_grad_norm)
+        return TrainOutcome(outcome.partner, outcome.state_dict, metrics, accounting)
 
     def accounting_summary(
         self, ledger: BudgetLedger, sigma: float, sample_rate: float, steps: int, max_grad_norm: float
@@ -199,25 +222,8 @@ class PartnerNode:
             "approx_charges": state["approx_charges"],
         }
 
-    def _noise_multiplier(
-        self, ledger: BudgetLedger, ins: TrainInstructions, sample_rate: float, round_steps: int
-    ) -> float:
-        """Noise fixed per run at the partner's first round: remaining budget over remaining rounds."""
-        path = self.home.state_dir / f"noise-{_safe(ins.run_id)}-{_safe(ins.dataset)}.json"
-        if path.exists():
-            return float(json.loads(path.read_text())["noise_multiplier"])
-        remaining_rounds = max(1, ins.planned_rounds - ins.round + 1)
-        sigma = ledger.calibrate_noise(
-            sample_rate, round_steps * remaining_rounds, sigma_max=ins.max_noise_multiplier
-        )
-        _atomic_write(
-            path,
-            json.dumps({"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": round_steps}),
-        )
-        return sigma
-
-    def _refusal(self, ledger: BudgetLedger, reason: str, projected: float | None = None) -> TrainOutcome:
-        spent = ledger.spent()
+    def _refusal(self, refused: Refused) -> TrainOutcome:
+        spent = refused.spend
         metrics = {
             "num-examples": 0.0,
             "unit-weight": 1.0,
@@ -226,10 +232,10 @@ class PartnerNode:
             "epsilon-target": float(spent.epsilon_target),
             "delta": float(spent.delta_target),
         }
-        if projected is not None:
-            metrics["epsilon-projected"] = float(projected)
-        log.warning("partner %s refuses: %s", self.name, reason)
-        return TrainOutcome(self.name, None, metrics, {"dp": True}, refused_reason=reason)
+        if refused.projected is not None:
+            metrics["epsilon-projected"] = float(refused.projected)
+        log.warning("partner %s refuses: %s", self.name, refused.reason)
+        return TrainOutcome(self.name, None, metrics, {"dp": True}, refused_reason=refused.reason)
 
     # --- evaluation ----------------------------------------------------------------
     def evaluate(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> dict[str, float]:
@@ -245,30 +251,27 @@ class PartnerNode:
             **{k: float(v) for k, v in metrics.items()},
         }
 
-    # --- update cache (idempotent rounds across restarts) -------------------------
-    def _cache_path(self, key: str) -> Path:
-        return self.home.state_dir / "updates" / f"{_safe(key)}.pt"
 
-    def _cache_update(
-        self, key: str, state: dict[str, torch.Tensor], metrics: dict[str, float], accounting: dict[str, Any]
-    ) -> None:
-        path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state": state, "metrics": metrics, "accounting": accounting, "partner": self.name}, tmp)
-        os.replace(tmp, path)
+class _UpdateCodec:
+    """A kept update on disk: plain tensors and numbers (loaded weights-only); paid once it has accounting."""
 
-    def _cached_update(self, key: str) -> TrainOutcome | None:
-        path = self._cache_path(key)
-        if not path.exists():
-            return None
+    suffix = ".pt"
+
+    def dump(self, path: Path, result: TrainOutcome, paid: bool) -> None:
+        blob = {
+            "state": result.state_dict,
+            "metrics": result.metrics,
+            "accounting": result.accounting if paid else {},
+            "partner": result.partner,
+        }
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path: Path) -> tuple[TrainOutcome, bool]:
         blob = load_weights_only(path, "cached update")
-        if not blob.get("accounting"):
-            return None  # crashed before the charge: the update was never paid for, so never sent
-        return TrainOutcome(blob["partner"], blob["state"], blob["metrics"], blob["accounting"])
-
-    def _drop_cached(self, key: str) -> None:
-        self._cache_path(key).unlink(missing_ok=True)
+        outcome = TrainOutcome(blob["partner"], blob["state"], blob["metrics"], blob["accounting"])
+        return outcome, bool(blob.get("accounting"))
 
 
 def _steps_per_epoch(batch_size: int, n: int) -> int:
@@ -282,14 +285,3 @@ def _coarse(n: int) -> int:
 
 def _round_seed(ins: TrainInstructions, partner: str) -> int:
     return (ins.seed * 1_000_003 + ins.round * 7919 + sum(map(ord, partner))) % (2**31)
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

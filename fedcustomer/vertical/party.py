@@ -28,15 +28,8 @@ claimed for it.
 
 *Label owner* (active: its features, the label, the joint model):
 
-- Protected labels (``label_dp``): once per job, before anything leaves, every aligned
-  training customer's label is privatised. Repayment (0/1): randomised response, the
-  label kept with probability ``e^eps_L / (1 + e^eps_L)``, pure ``eps_L``-DP per customer.
-  CLV (log1p spend): clipped to ``[0, label_bound]`` plus Gaussian noise calibrated so the
-  release alone costs ``eps_L`` at the party's delta (charged in RDP). The label head is
-  trained on these labels and the passive party's embeddings only, so every gradient
-  returned to the passive party is post-processing of the protected labels: it carries
-  no more about a customer of the label owner (label or features) than ``eps_L``,
-  whatever the passive party and the coordinator know about the batches.
+- Protected labels (``label_dp``): privatised once per job before anything leaves, so every
+  gradient returned to the passive party is post-processing of them (see ``labels``).
 - Joint model: DP-SGD (noise multiplier ``s``, Poisson rate ``q`` over the aligned training
   customers, batches drawn privately), charged per round as ``GaussianSteps(s, q, steps)``.
   It never leaves the label owner; the guarantee covers anyone who later obtains it.
@@ -45,18 +38,15 @@ claimed for it.
   Gaussian noise). Without ``label_dp`` the head trains on the true labels and the
   returned gradients carry them unprotected (a comparison setting, never a default).
 
-Both parties refuse a round, before releasing anything, when their ledger projects past
-the target (noise is fixed at their first round from the remaining budget, as the
-horizontal node does), and they charge before releasing.
+Both parties refuse a round before releasing anything and charge before releasing (see ``spend``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +57,18 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 
 from fedcustomer.data.features import FeatureSpec
-from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
+from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.clv import to_spend
 from fedcustomer.models.metrics import classification_metrics, regression_metrics
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp import accounting
-from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import secure_generator
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.release import safe_name
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
+from fedcustomer.vertical.labels import label_release_for, protect_labels
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
-
-LABEL_MECHANISM = "vertical_label_release"
-DPSGD_MECHANISM = "vertical_dpsgd"
+from fedcustomer.vertical.spend import PartySpend, RoundDecision, q_steps
 
 
 @dataclass(frozen=True)
@@ -149,49 +137,6 @@ class SessionConfig:
             )
         except KeyError as exc:
             raise ConfigError(f"vertical instructions lack {exc.args[0]!r}") from None
-
-
-@dataclass
-class RoundDecision:
-    """A party's answer to 'may round r run?' / 'round r is paid'."""
-
-    ok: bool
-    reason: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    batches: list[np.ndarray] | None = None  # the label owner's public batches (positions in aligned order)
-
-
-@dataclass(frozen=True)
-class LabelRelease:
-    """How the label owner protects the labels behind the gradients it returns."""
-
-    mechanism: str  # "randomized_response" | "gaussian"
-    epsilon: float
-    keep_probability: float | None = None  # randomised response
-    noise_std: float | None = None  # Gaussian, in log1p-spend units
-    bound: float | None = None
-
-    def pending(self) -> tuple[list[GaussianSteps], list[tuple[float, float]]]:
-        """The ledger charge, as (Gaussian steps, (epsilon, delta) releases)."""
-        if self.mechanism == "gaussian":
-            assert self.noise_std is not None and self.bound is not None
-            return [GaussianSteps(self.noise_std / self.bound, 1.0, 1)], []
-        return [], [(self.epsilon, 0.0)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-def label_release_for(task: str, epsilon: float, delta: float, bound: float) -> LabelRelease:
-    """Randomised response for 0/1 labels; Gaussian noise of matching cost for log1p spend."""
-    if task == "repayment":
-        return LabelRelease(
-            "randomized_response", epsilon, keep_probability=math.exp(epsilon) / (1 + math.exp(epsilon))
-        )
-    sigma = accounting.calibrate_noise(
-        [], 1.0, 1, epsilon, delta, sigma_min=0.05, sigma_max=1e4, tolerance=1e-4
-    )
-    return LabelRelease("gaussian", epsilon, noise_std=sigma * bound, bound=bound)
 
 
 _TABLES: dict[tuple[str, str, str, str], PartyTable] = {}
@@ -275,6 +220,11 @@ class PartySession:
                 self.head_optimizer.load_state_dict(blob["head_optimizer"])
             self.state = _state_from_saved(blob["state"])
         self.base_optimizer = base
+        self.spend = (
+            PartySpend(self.ledger, cfg, self.name, self.label_release, lambda: self.state, self._persist)
+            if self.ledger is not None
+            else None
+        )
         self._generator = secure_generator()
         self.wrapped: torch.nn.Module = self.model
         self.optimizer: torch.optim.Optimizer = base
@@ -286,10 +236,10 @@ class PartySession:
     # --- bookkeeping ---------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.home.state_dir / "vertical" / f"run-{_safe(self.cfg.run_id)}-{self.cfg.role}.pt"
+        return self.home.state_dir / "vertical" / f"run-{safe_name(self.cfg.run_id)}-{self.cfg.role}.pt"
 
     def final_path(self) -> Path:
-        return self.home.state_dir / "vertical" / f"run-{_safe(self.cfg.run_id)}-{self.cfg.role}-final.pt"
+        return self.home.state_dir / "vertical" / f"run-{safe_name(self.cfg.run_id)}-{self.cfg.role}-final.pt"
 
     def _persist(self) -> None:
         path = self.state_path
@@ -329,48 +279,11 @@ class PartySession:
 
     # --- sampling and accounting ----------------------------------------------------
     def _q_steps(self) -> tuple[float, int]:
-        q, steps = self.cfg.sample_rate, self.cfg.steps_per_round
-        if not (0 < q <= 1) or steps < 1:
-            raise ConfigError(
-                "the coordinator sent no sample rate / steps per round; it must set them up first"
-            )
-        return q, steps
-
-    def _label_key(self) -> str:
-        return f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:labels"
-
-    def _round_key(self, rnd: int) -> str:
-        return f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:round:{rnd}"
-
-    def _pending_label(self) -> tuple[list[GaussianSteps], list[tuple[float, float]]]:
-        """The label release's charge if it is still to be paid in this job."""
-        if (
-            self.label_release is None
-            or self.ledger is None
-            or self.ledger.find(self._label_key()) is not None
-        ):
-            return [], []
-        return self.label_release.pending()
+        return q_steps(self.cfg)
 
     def noise_multiplier(self, rnd: int) -> float:
-        """Fixed at the party's first round of the run: the remaining budget over the remaining rounds."""
-        if self.state["sigma"] is not None:
-            return float(self.state["sigma"])
-        assert self.ledger is not None
-        q, steps = self._q_steps()
-        remaining = max(1, self.cfg.rounds - rnd + 1)
-        gauss, approx = self._pending_label()
-        sigma = self.ledger.calibrate_noise(
-            q,
-            steps * remaining,
-            sigma_max=self.cfg.max_noise_multiplier,
-            pending_gaussian=gauss,
-            pending_approx=approx,
-            reserve_epsilon=self.cfg.reserve_epsilon,
-        )
-        self.state["sigma"] = float(sigma)
-        self._persist()
-        return float(sigma)
+        assert self.spend is not None
+        return self.spend.noise_multiplier(rnd)
 
     def _public_batches(self, rnd: int) -> list[np.ndarray]:
         """The passive phase's Poisson batches (kept so a re-sent request gets the same ones)."""
@@ -387,110 +300,23 @@ class PartySession:
 
     def check_round(self, rnd: int) -> RoundDecision:
         """Would this round fit the budget? Nothing is charged or released."""
-        if self.ledger is None:
-            return RoundDecision(True)
-        sigma = self.noise_multiplier(rnd)
-        q, steps = self._q_steps()
-        if self.ledger.find(self._round_key(rnd)) is not None:
-            return RoundDecision(True, metrics={"noise-multiplier": sigma})
-        gauss, approx = self._pending_label()
-        projected = self.ledger.project([*gauss, GaussianSteps(sigma, q, steps)], approx).epsilon
-        metrics = {
-            "epsilon-projected": projected,
-            "epsilon-target": self.ledger.budget.epsilon,
-            "epsilon-total": self.ledger.spent().epsilon,
-            "noise-multiplier": sigma,
-        }
-        if projected > self.ledger.budget.epsilon:
-            reason = (
-                f"round {rnd} would bring epsilon to {projected:.3f}, past partner {self.name!r}'s "
-                f"target {self.ledger.budget.epsilon:g}"
-            )
-            self.ledger.record_refusal(
-                self._round_key(rnd),
-                DPSGD_MECHANISM,
-                projected,
-                f"vertical round {rnd} of run {self.cfg.run_id} would exceed the target",
-            )
-            return RoundDecision(False, reason, metrics)
-        return RoundDecision(True, metrics=metrics)
+        return self.spend.check_round(rnd) if self.spend is not None else RoundDecision(True)
 
     def begin_round(self, rnd: int) -> RoundDecision:
         """Charge the round (and, once per job, the label release); the label owner then reveals its batches."""
         metrics: dict[str, float] = {}
-        if self.ledger is not None:
-            sigma = self.noise_multiplier(rnd)
-            q, steps = self._q_steps()
-            try:
-                self._charge_labels()
-                charge = self.ledger.charge_gaussian(
-                    self._round_key(rnd),
-                    GaussianSteps(sigma, q, steps),
-                    mechanism=DPSGD_MECHANISM,
-                    run_id=self.cfg.run_id,
-                    round=rnd,
-                    details={"party": self.name, "role": self.cfg.role},
-                )
-            except BudgetExhausted as exc:
-                return RoundDecision(
-                    False,
-                    str(exc),
-                    {
-                        "epsilon-total": self.ledger.spent().epsilon,
-                        "epsilon-target": self.ledger.budget.epsilon,
-                    },
-                )
-            metrics = {
-                "epsilon-total": float(self.ledger.spent().epsilon),
-                "epsilon-target": self.ledger.budget.epsilon,
-                "delta": self.ledger.budget.delta,
-                "noise-multiplier": sigma,
-                "charged-now": float(not charge.already_paid),
-            }
+        if self.spend is not None:
+            decision = self.spend.charge_round(rnd)
+            if not decision.ok:
+                return decision
+            metrics = decision.metrics
         if self.has_passive and self.state["labels"] is None:
-            self.state["labels"] = self._protected_labels()
+            self.state["labels"] = protect_labels(self.label_release, self.y, self._generator)
         batches = self._public_batches(rnd) if self.has_passive else None
         if str(rnd) not in self.state["charged"]:
             self.state["charged"].append(str(rnd))
         self._persist()
         return RoundDecision(True, metrics=metrics, batches=batches)
-
-    def _charge_labels(self) -> None:
-        if self.label_release is None or self.ledger is None:
-            return
-        gauss, approx = self.label_release.pending()
-        details = {"party": self.name, **self.label_release.to_dict()}
-        key = self._label_key()
-        if gauss:
-            self.ledger.charge_gaussian(
-                key, gauss[0], mechanism=LABEL_MECHANISM, run_id=self.cfg.run_id, details=details
-            )
-        else:
-            self.ledger.charge_approx(
-                key,
-                approx[0][0],
-                approx[0][1],
-                mechanism=LABEL_MECHANISM,
-                run_id=self.cfg.run_id,
-                details=details,
-            )
-
-    def _protected_labels(self) -> np.ndarray:
-        """The labels the label head learns from: privatised once per job (drawn after they were paid for)."""
-        assert self.y is not None
-        y = self.y.clone()
-        release = self.label_release
-        if release is None:  # no DP, or labels deliberately unprotected
-            return y.numpy()
-        if release.mechanism == "randomized_response":
-            assert release.keep_probability is not None
-            keep = (
-                torch.rand(len(y), generator=self._generator, dtype=torch.float64) < release.keep_probability
-            )
-            return torch.where(keep, y, 1 - y).numpy()
-        assert release.bound is not None and release.noise_std is not None
-        clipped = y.clamp(0.0, release.bound)
-        return (clipped + _generate_noise(release.noise_std, clipped, self._generator, True)).numpy()
 
     # --- DP-SGD machinery ----------------------------------------------------------------
     def _ensure_dp(self, rnd: int) -> None:
@@ -689,23 +515,9 @@ class PartySession:
 
     def accounting(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dp": self.cfg.dp, "role": self.cfg.role}
-        if self.ledger is None:
+        if self.spend is None:
             return out
-        state = self.ledger.accounting_state()
-        q, steps = self._q_steps()
-        out.update(
-            {
-                "accountant": state["accountant"],
-                "noise_multiplier": self.state["sigma"],
-                "sample_rate": q,
-                "steps_per_round": steps,
-                "delta": self.ledger.budget.delta,
-                "max_grad_norm": self.cfg.max_grad_norm,
-                "sampling": "poisson",
-                "history": state["gaussian_history"],
-                "approx_charges": state["approx_charges"],
-            }
-        )
+        out.update(self.spend.accounting(self.cfg.max_grad_norm))
         if self.active:
             release = self.label_release
             out["label_dp"] = {
@@ -725,10 +537,6 @@ class PartySession:
             raise DataError(
                 f"requested rows are not all {what} customers of the aligned set; refusing to release them"
             )
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def _state_for_saving(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,272 @@
+"""The one release path: project the spend, calibrate, refuse, charge once per step, release or re-send.
+
+Horizontal rounds, vertical steps and analytics queries all let a DP result out through
+here, so the order that keeps a partner's privacy claim true is written once:
+
+1. **re-send**: a step (a run's round, a query) the ledger already charged gets the result
+   kept when it was paid: never a second draw, never a second charge;
+2. **calibrate**: the noise multiplier spends what remains of the budget over the steps that
+   remain (:func:`calibrate_noise`);
+3. **project and refuse**: a step that would take the partner past its target is refused,
+   and the refusal recorded in the ledger, before anything is computed (:func:`check`);
+4. **charge idempotently** by the step's charge key; the result is kept, unpaid, before the
+   charge, so a crash between charge and release leaves a result to re-send rather than a
+   charge with nothing to show (:func:`release`);
+5. **release** the result, kept again as paid.
+
+Every refusal, whatever the step, is a :class:`Refused` with one reason format. This module
+sits in the privacy layer: it takes a ledger, a cache directory and the mechanism's inputs,
+and knows nothing of partners, stores or models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from fedcustomer.common.files import atomic_write_text
+from fedcustomer.errors import BudgetExhausted
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge, Spend
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One release of a run (a round, a vertical step, a query): its ledger key and its name in reasons."""
+
+    charge_key: str  # the ledger's idempotency key, e.g. ``run:<id>:round:<r>`` or ``query:<id>``
+    label: str  # how a reason names it, e.g. "round 3"
+    run_id: str | None = None
+    round: int | None = None
+    query_id: str | None = None
+    cache_name: str | None = None  # the kept result's file name (without suffix); default: the key, made safe
+
+    @property
+    def file_stem(self) -> str:
+        return self.cache_name if self.cache_name is not None else safe_name(self.charge_key)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """What one release costs and how the ledger records it: Gaussian steps, or an (epsilon, delta) pair."""
+
+    name: str
+    gaussian: GaussianSteps | None = None
+    epsilon_delta: tuple[float, float] | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.gaussian is None) == (self.epsilon_delta is None):
+            raise ValueError("a mechanism costs either Gaussian steps or an (epsilon, delta) pair")
+
+    def gaussian_part(self) -> list[GaussianSteps]:
+        return [self.gaussian] if self.gaussian is not None else []
+
+    def approx_part(self) -> list[tuple[float, float]]:
+        return [self.epsilon_delta] if self.epsilon_delta is not None else []
+
+
+class Refused(BudgetExhausted):
+    """A release the partner declines: its reason, the spend then, and the projection that refused it."""
+
+    def __init__(self, reason: str, spend: Spend, projected: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.spend = spend
+        self.projected = projected
+
+
+@dataclass(frozen=True)
+class Released(Generic[R]):
+    """A released result with the ledger row that paid for it; ``resent`` when it was paid before."""
+
+    result: R
+    charge: Charge
+    resent: bool
+
+
+class Codec(Protocol[R]):
+    """How a kept result is written and read back, with its paid mark (the file format is the caller's)."""
+
+    suffix: str
+
+    def dump(self, path: Path, result: R, paid: bool) -> None: ...
+
+    def load(self, path: Path) -> tuple[R, bool]: ...
+
+
+class PaidResults(Generic[R]):
+    """Results kept per step in one directory: pending (written before the charge) or paid."""
+
+    def __init__(self, directory: Path, codec: Codec[R]) -> None:
+        self.directory = Path(directory)
+        self.codec = codec
+
+    def path(self, step: Step) -> Path:
+        return self.directory / f"{step.file_stem}{self.codec.suffix}"
+
+    def load(self, step: Step) -> tuple[R, bool] | None:
+        path = self.path(step)
+        return self.codec.load(path) if path.exists() else None
+
+    def keep(self, step: Step, result: R, paid: bool) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.codec.dump(self.path(step), result, paid)
+
+    def drop(self, step: Step) -> None:
+        self.path(step).unlink(missing_ok=True)
+
+
+# --- calibrate, project, refuse, charge -----------------------------------------------------
+
+
+def calibrate_noise(
+    ledger: BudgetLedger,
+    sample_rate: float,
+    steps_per_round: int,
+    rounds: int,
+    *,
+    sigma_max: float,
+    pending: Sequence[Mechanism] = (),
+    reserve_epsilon: float = 0.0,
+    pin: Path | None = None,
+) -> float:
+    """The noise multiplier for which ``rounds`` more rounds spend exactly the remaining budget.
+
+    ``pending`` releases are charged alongside and ``reserve_epsilon`` is kept for a later
+    one. With ``pin`` the first answer is written there and read back on every later call,
+    so a run keeps one noise multiplier whatever else the partner spends meanwhile.
+    """
+    if pin is not None and pin.exists():
+        return float(json.loads(pin.read_text(encoding="utf-8"))["noise_multiplier"])
+    sigma = ledger.calibrate_noise(
+        sample_rate,
+        steps_per_round * max(1, rounds),
+        sigma_max=sigma_max,
+        pending_gaussian=[g for m in pending for g in m.gaussian_part()],
+        pending_approx=[a for m in pending for a in m.approx_part()],
+        reserve_epsilon=reserve_epsilon,
+    )
+    if pin is not None:
+        record = {"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": steps_per_round}
+        atomic_write_text(pin, json.dumps(record))
+    return sigma
+
+
+def refusal_reason(label: str, projected: float, target: float) -> str:
+    """The one reason format for a step refused in advance."""
+    return f"{label} would bring epsilon to {projected:.3f}, past this partner's target {target:g}"
+
+
+def check(ledger: BudgetLedger, step: Step, mechanism: Mechanism, pending: Sequence[Mechanism] = ()) -> float:
+    """The projected epsilon after this step (and ``pending``); refuse, recording it, if past the target.
+
+    Nothing is charged. A step the ledger already paid is never refused here.
+    """
+    releases = [*pending, mechanism]
+    projected = ledger.project(
+        [g for m in releases for g in m.gaussian_part()], [a for m in releases for a in m.approx_part()]
+    ).epsilon
+    if projected > ledger.budget.epsilon and ledger.find(step.charge_key) is None:
+        run = f" of run {step.run_id}" if step.run_id is not None else ""
+        ledger.record_refusal(
+            step.charge_key, mechanism.name, projected, f"{step.label}{run} would exceed the target"
+        )
+        raise Refused(refusal_reason(step.label, projected, ledger.budget.epsilon), ledger.spent(), projected)
+    return projected
+
+
+def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism) -> Charge:
+    """Charge the step's release; a repeated call for the same step returns the first charge (paid once)."""
+    try:
+        if mechanism.gaussian is not None:
+            return ledger.charge_gaussian(
+                step.charge_key,
+                mechanism.gaussian,
+                mechanism=mechanism.name,
+                run_id=step.run_id,
+                round=step.round,
+                query_id=step.query_id,
+                details=mechanism.details,
+            )
+        assert mechanism.epsilon_delta is not None
+        epsilon, delta = mechanism.epsilon_delta
+        return ledger.charge_approx(
+            step.charge_key,
+            epsilon,
+            delta,
+            mechanism=mechanism.name,
+            run_id=step.run_id,
+            query_id=step.query_id,
+            details=mechanism.details,
+        )
+    except Refused:
+        raise
+    except BudgetExhausted as exc:  # a concurrent release took the budget since the check
+        raise Refused(str(exc), ledger.spent()) from None
+
+
+# --- release or re-send ------------------------------------------------------------------
+
+
+def resend(
+    ledger: BudgetLedger, step: Step, results: PaidResults[R], settle: Callable[[R, Charge], R]
+) -> Released[R] | None:
+    """The result this step already paid for, or None when the ledger holds no charge for it.
+
+    A result kept before a charge that did go through (a crash in between) is settled and
+    marked paid now. A charge whose result is gone is refused: paying again would spend twice.
+    """
+    kept = results.load(step)  # first: the codec refuses a kept file that is not this step's
+    charge = ledger.find(step.charge_key)
+    if charge is None:
+        return None
+    if kept is None:
+        raise Refused(
+            f"{step.label} was already paid for and its result is gone; not re-spending", ledger.spent()
+        )
+    result, paid = kept
+    if not paid:
+        result = settle(result, charge)
+        results.keep(step, result, paid=True)
+    return Released(result, charge, resent=True)
+
+
+def release(
+    ledger: BudgetLedger,
+    step: Step,
+    results: PaidResults[R],
+    produce: Callable[[], tuple[R, Mechanism]],
+    settle: Callable[[R, Charge], R] = lambda result, _charge: result,
+) -> Released[R]:
+    """Re-send the paid result, or produce it, keep it, charge it once and release it.
+
+    ``produce`` computes the result and its mechanism (it may call :func:`calibrate_noise`
+    and :func:`check` first, which raise :class:`Refused`); ``settle`` adds what the charge
+    tells (the spend) to the result before it is kept as paid. A refused or failed charge
+    drops the pending result and leaves the ledger as it was.
+    """
+    again = resend(ledger, step, results, settle)
+    if again is not None:
+        return again
+    result, mechanism = produce()
+    results.keep(step, result, paid=False)  # survives a crash between the charge and the release
+    try:
+        charge = charge_once(ledger, step, mechanism)
+    except BaseException:
+        if ledger.find(step.charge_key) is None:
+            results.drop(step)
+        raise
+    result = settle(result, charge)
+    results.keep(step, result, paid=True)
+    return Released(result, charge, resent=False)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a key or run id."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

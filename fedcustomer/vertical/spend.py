@@ -1,0 +1,176 @@
+"""A vertical party's budget: its noise, refusals and charges, all through the one release path.
+
+Both parties refuse a round, before releasing anything, when their ledger projects past
+the target (noise is fixed at their first round from the remaining budget, as the
+horizontal node does), and they charge before releasing. The label owner's label release
+is charged once per job, with its first round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.ledger import BudgetLedger, Spend
+from fedcustomer.privacy.dp.release import Mechanism, Refused, Step, calibrate_noise, charge_once, check
+from fedcustomer.vertical.labels import LabelRelease
+
+DPSGD_MECHANISM = "vertical_dpsgd"
+
+
+@dataclass
+class RoundDecision:
+    """A party's answer to 'may round r run?' / 'round r is paid'."""
+
+    ok: bool
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    batches: list[np.ndarray] | None = None  # the label owner's public batches (positions in aligned order)
+
+
+class _Job(Protocol):
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def sample_rate(self) -> float: ...
+    @property
+    def steps_per_round(self) -> int: ...
+    @property
+    def max_noise_multiplier(self) -> float: ...
+    @property
+    def reserve_epsilon(self) -> float: ...
+
+
+def q_steps(cfg: _Job) -> tuple[float, int]:
+    """The public Poisson rate and steps per round the coordinator announced."""
+    q, steps = cfg.sample_rate, cfg.steps_per_round
+    if not (0 < q <= 1) or steps < 1:
+        raise ConfigError("the coordinator sent no sample rate / steps per round; it must set them up first")
+    return q, steps
+
+
+class PartySpend:
+    """One party's releases in one run: ``state['sigma']`` pins its noise, ``persist`` keeps it."""
+
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        cfg: _Job,
+        name: str,
+        label_release: LabelRelease | None,
+        state: Callable[[], dict[str, Any]],
+        persist: Callable[[], None],
+    ) -> None:
+        self.ledger, self.cfg, self.name, self.label_release = ledger, cfg, name, label_release
+        self._state, self._persist = state, persist
+
+    def label_step(self) -> Step:
+        return Step(
+            f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:labels", "label release", self.cfg.run_id
+        )
+
+    def round_step(self, rnd: int) -> Step:
+        key = f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:round:{rnd}"
+        return Step(key, f"vertical round {rnd}", self.cfg.run_id, rnd)
+
+    def label_mechanism(self) -> Mechanism | None:
+        """The label release's charge while it is still to be paid in this job."""
+        release = self.label_release
+        if release is None or self.ledger.find(self.label_step().charge_key) is not None:
+            return None
+        return release.cost({"party": self.name, **release.to_dict()})
+
+    def round_mechanism(self, rnd: int) -> Mechanism:
+        q, steps = q_steps(self.cfg)
+        steps_paid = GaussianSteps(self.noise_multiplier(rnd), q, steps)
+        return Mechanism(
+            DPSGD_MECHANISM, gaussian=steps_paid, details={"party": self.name, "role": self.cfg.role}
+        )
+
+    def noise_multiplier(self, rnd: int) -> float:
+        """Fixed at the party's first round of the run: the remaining budget over the remaining rounds."""
+        state = self._state()
+        if state["sigma"] is not None:
+            return float(state["sigma"])
+        q, steps = q_steps(self.cfg)
+        label = self.label_mechanism()
+        sigma = calibrate_noise(
+            self.ledger,
+            q,
+            steps,
+            self.cfg.rounds - rnd + 1,
+            sigma_max=self.cfg.max_noise_multiplier,
+            pending=[label] if label is not None else [],
+            reserve_epsilon=self.cfg.reserve_epsilon,
+        )
+        state["sigma"] = float(sigma)
+        self._persist()
+        return float(sigma)
+
+    def check_round(self, rnd: int) -> RoundDecision:
+        """Would this round fit the budget? Nothing is charged or released."""
+        mechanism = self.round_mechanism(rnd)
+        sigma = self.noise_multiplier(rnd)
+        if self.ledger.find(self.round_step(rnd).charge_key) is not None:
+            return RoundDecision(True, metrics={"noise-multiplier": sigma})
+        label = self.label_mechanism()
+        try:
+            projected = check(self.ledger, self.round_step(rnd), mechanism, [label] if label else [])
+        except Refused as exc:
+            return RoundDecision(False, exc.reason, _projection(exc.spend, exc.projected, sigma))
+        return RoundDecision(True, metrics=_projection(self.ledger.spent(), projected, sigma))
+
+    def charge_round(self, rnd: int) -> RoundDecision:
+        """Charge the round (and, once per job, the label release); a repeated call pays nothing more."""
+        mechanism = self.round_mechanism(rnd)
+        label = self.label_mechanism()
+        try:
+            if label is not None:
+                charge_once(self.ledger, self.label_step(), label)
+            charge = charge_once(self.ledger, self.round_step(rnd), mechanism)
+        except Refused as exc:
+            spent = {"epsilon-total": exc.spend.epsilon, "epsilon-target": exc.spend.epsilon_target}
+            return RoundDecision(False, exc.reason, spent)
+        assert mechanism.gaussian is not None
+        metrics = {
+            "epsilon-total": float(self.ledger.spent().epsilon),
+            "epsilon-target": self.ledger.budget.epsilon,
+            "delta": self.ledger.budget.delta,
+            "noise-multiplier": mechanism.gaussian.noise_multiplier,
+            "charged-now": float(not charge.already_paid),
+        }
+        return RoundDecision(True, metrics=metrics)
+
+    def accounting(self, max_grad_norm: float) -> dict[str, Any]:
+        """The inputs anyone needs to recompute this party's epsilon."""
+        state = self.ledger.accounting_state()
+        q, steps = q_steps(self.cfg)
+        return {
+            "accountant": state["accountant"],
+            "noise_multiplier": self._state()["sigma"],
+            "sample_rate": q,
+            "steps_per_round": steps,
+            "delta": self.ledger.budget.delta,
+            "max_grad_norm": max_grad_norm,
+            "sampling": "poisson",
+            "history": state["gaussian_history"],
+            "approx_charges": state["approx_charges"],
+        }
+
+
+def _projection(spent: Spend, projected: float | None, sigma: float) -> dict[str, float]:
+    return {
+        "epsilon-projected": float(projected or 0.0),
+        "epsilon-target": spent.epsilon_target,
+        "epsilon-total": spent.epsilon,
+        "noise-multiplier": sigma,
+    }

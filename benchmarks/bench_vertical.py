@@ -36,7 +36,8 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import load_party_table, plan_parties, split_positions
 from fedcustomer.vertical.job import DEFAULTS, VerticalJob
-from fedcustomer.vertical.runner import drive, prepare_vertical, run_vertical_local, vertical_client_app
+from fedcustomer.vertical.parties import party_app
+from fedcustomer.vertical.runner import drive, prepare_vertical, run_vertical_local
 
 
 def pooled_auc(job: VerticalJob, homes: Path, epochs: int) -> float:
@@ -76,7 +77,7 @@ def bank_only_world(job: VerticalJob) -> dict:
     """The label owner's own DP model as the only release about its customers (fresh homes)."""
     setup = prepare_vertical(job)
     active, passive = plan_parties(job)
-    grid = LocalGrid(vertical_client_app([str(setup.active.root)]), num_nodes=1)
+    grid = LocalGrid(party_app([str(setup.active.root)]), num_nodes=1)
     result = drive(grid, job, active, None, peer_of_active=passive.name)
     eps = [r.epsilon[active.name] for r in result.rounds if active.name in r.epsilon]
     return {

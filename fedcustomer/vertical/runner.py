@@ -23,32 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedcustomer.clients.context import resolve_home
-from fedcustomer.clients.linkage import register_governed_psi_handlers
-from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.errors import FederationError
 from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.psi.protocol import run_psi_on_grid
-from fedcustomer.psi.state import load_alignment
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import (
     ACTIVE,
     PASSIVE,
     PartyPlan,
-    alignment_path,
     party_frames,
     plan_parties,
     provision_party,
-    save_pseudonym_alignment,
 )
 from fedcustomer.vertical.job import VerticalJob
-from fedcustomer.vertical.protocol import message_type, register_vertical_handlers
+from fedcustomer.vertical.parties import align_by_psi, party_app
+from fedcustomer.vertical.protocol import message_type
 
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA_VERSION = 1
@@ -515,99 +509,17 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
 
 
-def align_by_psi(
-    home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan, seed: int | None = None
-) -> int:
-    """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
-
-    The same exchange a deployment runs (:mod:`fedcustomer.psi.protocol`): each
-    party reads its ids through its governed store (``record_linkage``), the coordinator
-    relays blinded values only, and each side ends with its own pseudonyms of the shared
-    customers in one agreed order.
-
-    The held-out split is drawn over that order with the job's seed, and every PSI run
-    agrees on a fresh order. So that a later job on the same homes cannot move earlier
-    training customers into the held-out set, an earlier alignment is kept: each side maps
-    the new order onto the one it saved (the same permutation on both sides, since row i
-    is the same customer on both), and a different seed or a changed set of shared
-    customers is refused with what to do.
-    """
-    grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
-    node_a, node_b = grid.get_node_ids()
-    view = run_psi_on_grid(
-        grid,
-        node_a,
-        node_b,
-        plan_a.dataset,
-        plan_b.dataset,
-        name_a=home_a.config().name,
-        name_b=home_b.config().name,
-    )
-    fresh = {"a": load_alignment(home_a, view.session_id), "b": load_alignment(home_b, view.session_id)}
-    sides = {"a": (home_a, plan_a, plan_b.name), "b": (home_b, plan_b, plan_a.name)}
-    earlier = {
-        k: _saved_alignment(alignment_path(h, plan.dataset, peer)) for k, (h, plan, peer) in sides.items()
-    }
-    if all(earlier.values()):
-        orders = {k: _onto_earlier(fresh[k], earlier[k], home_a.root.parent, seed) for k in sides}  # type: ignore[arg-type]
-        fresh = orders
-    for k, (home, plan, peer) in sides.items():
-        save_pseudonym_alignment(home, plan.dataset, peer, fresh[k], seed=seed)
-    return view.intersection_size
-
-
-def _saved_alignment(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _onto_earlier(new: list[str], saved: dict[str, Any], homes: Path, seed: int | None) -> list[str]:
-    """The shared customers in the saved order, or a clear refusal when that cannot keep the split."""
-    old = list(saved.get("pseudonyms", []))
-    if saved.get("seed") is not None and seed is not None and int(saved["seed"]) != int(seed):
-        raise ConfigError(
-            f"the homes in {homes} drew their vertical held-out split with --seed {saved['seed']}; another seed would "
-            "move earlier training customers into the held-out set. Use the same --seed, or a new --homes directory"
-        )
-    if None in old or sorted(old) != sorted(new) or len(set(new)) != len(new):  # an erasure is a change too
-        raise ConfigError(
-            f"the customers the parties share changed since the first vertical job on the homes in {homes}; a new "
-            "held-out split would mix earlier training and held-out customers. Use a new --homes directory"
-        )
-    return old
-
-
-def vertical_client_app(homes: list[str]) -> ClientApp:
-    """A ClientApp answering only the vertical actions (the lead wires them into the main app)."""
-    app = ClientApp()
-    register_vertical_handlers(app, lambda context: resolve_home(context, homes))
-    return app
-
-
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     """Set up both parties and run the job through the in-process Flower grid."""
     torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
     setup = prepare_vertical(job)
     homes = [str(setup.active.root), str(setup.passive.root)]
-    grid = LocalGrid(vertical_client_app(homes), num_nodes=2)
+    grid = LocalGrid(party_app(homes), num_nodes=2)
     baseline_grid = None
     if setup.baseline is not None:
-        baseline_grid = LocalGrid(vertical_client_app([str(setup.baseline.root)]), num_nodes=1)
+        baseline_grid = LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1)
     return run_vertical_on_grid(grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size)
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v != v else v) for k, v in metrics.items()}
-
-
-def party_app(homes: list[str]) -> ClientApp:
-    """The two parties' side of a vertical job in process: PSI and vertical messages, nothing else."""
-    app = ClientApp()
-
-    def home_of(context: Context) -> PartnerHome:
-        return resolve_home(context, homes)
-
-    register_vertical_handlers(app, home_of)
-    register_governed_psi_handlers(app, home_of)
-    return app

@@ -13,10 +13,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 
 from fedcustomer.data.features import FeatureSpec
-from fedcustomer.data.synthetic import (
-    CLV_SPEC,
-    REPAYMENT_SPEC,
-    generate_federation,
+from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC, generate_federation
+from fedcustomer.data.synthetic_people import (
     is_luhn_valid,
     is_valid_prc_id,
     luhn_check_digit,

@@ -9,6 +9,7 @@ import pytest
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import new_run_id, require_positive
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.server.job import JobConfig
 
 
@@ -70,7 +71,7 @@ def test_to_dict_from_dict_round_trip_is_lossless(tmp_path: Path) -> None:
     job = JobConfig(task="clv", strategy="fedprox", partners=4, rounds=7, epsilon=1.5, homes="h", seed=9)
     again = JobConfig.from_dict(job.to_dict())
     assert again == job and again.run_id == job.run_id
-    job.write(tmp_path / "config.json")
+    RunDir(tmp_path).write_config(job)
     on_disk = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert on_disk == job.to_dict() and list(on_disk) == sorted(on_disk)
     assert JobConfig.from_dict(on_disk) == job

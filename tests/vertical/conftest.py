@@ -17,8 +17,8 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.data import plan_parties, private_intersection, provision_party, save_alignment
 from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.parties import party_app
 from fedcustomer.vertical.party import forget_sessions
-from fedcustomer.vertical.runner import vertical_client_app
 
 torch.set_num_threads(1)
 
@@ -78,4 +78,4 @@ def setup_parties(
 
 
 def grid_for(homes: list[PartnerHome], **kwargs) -> RecordingGrid:
-    return RecordingGrid(vertical_client_app([str(h.root) for h in homes]), num_nodes=len(homes), **kwargs)
+    return RecordingGrid(party_app([str(h.root) for h in homes]), num_nodes=len(homes), **kwargs)

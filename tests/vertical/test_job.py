@@ -3,6 +3,7 @@
 import pytest
 
 from fedcustomer.errors import ConfigError
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.vertical.job import DEFAULTS, VerticalJob
 
 
@@ -63,5 +64,5 @@ def test_dict_round_trip_and_unknown_options(tmp_path) -> None:
     assert VerticalJob.from_dict({"steps-per-round": 2, "label-dp": False}).steps_per_round == 2
     with pytest.raises(ConfigError, match="unknown vertical job option 'strategy'"):
         VerticalJob.from_dict({"strategy": "fedavg"})
-    job.write(tmp_path / "config.json")
+    RunDir(tmp_path).write_config(job)
     assert VerticalJob.from_dict(json.loads((tmp_path / "config.json").read_text())) == job

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.vertical.runner import _onto_earlier, _saved_alignment
+from fedcustomer.vertical.parties import _onto_earlier, _saved_alignment
 
 
 def test_no_saved_alignment_is_none_and_a_saved_one_reads_back(tmp_path: Path) -> None:

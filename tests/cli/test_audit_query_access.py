@@ -12,7 +12,7 @@ from fedcustomer.errors import AccessDenied
 from fedcustomer.privacy.audit.writer import AuditLog
 
 from .cli_runner import only_group, run
-from .test_audit_cli import home
+from .test_audit import home
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ from fedcustomer.data.provision import provision_partner
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
 from fedcustomer.server.run import run_job_on_grid
-from tests.server.local_grid import LocalGrid
 from tests.toy import SPEC, toy_frame
 
 

@@ -27,8 +27,8 @@ from fedcustomer.psi.protocol import (
     party_path,
     run_psi_on_grid,
 )
-from tests.privacy.test_hardening_helpers import send
-from tests.privacy.test_psi import NAMES, RecordingGrid, _fake_pseudonyms, federation
+from tests.psi.raw_messages import send
+from tests.psi.test_protocol import NAMES, RecordingGrid, _fake_pseudonyms, federation
 
 BANK, SHOP = 1, 2
 ERROR_REASON = re.compile(r"^(ConfigError|DataError|IntegrityError|AccessDenied|FederationError): \S")

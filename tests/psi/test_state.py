@@ -20,7 +20,7 @@ from fedcustomer.psi.protocol import (
 from fedcustomer.psi.state import forget_customer, load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 from tests.data.test_ingest import bank_frame
-from tests.privacy.test_hardening_helpers import send
+from tests.psi.raw_messages import send
 
 ADMIN = Actor("alice", "partner_admin")
 

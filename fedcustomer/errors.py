@@ -7,6 +7,8 @@ Messages must never carry a customer's core-tier value: use the pseudonym.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FedCustomerError(Exception):
     """Base class; ``exit_code`` is what the CLI returns for this kind of failure."""
@@ -39,9 +41,19 @@ class AccessDenied(FedCustomerError):
 
 
 class BudgetExhausted(FedCustomerError):
-    """A privacy charge would push a partner past its (epsilon, delta) target."""
+    """A privacy charge would push a partner past its (epsilon, delta) target.
+
+    Raised by the one release point with the ledger's spend when it refused (``spend``) and
+    the epsilon the release would have reached (``projected``), so callers can report both.
+    """
 
     exit_code = 6
+
+    def __init__(self, reason: str = "", spend: Any = None, projected: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.spend = spend
+        self.projected = projected
 
 
 class IntegrityError(FedCustomerError):

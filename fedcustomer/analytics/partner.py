@@ -47,7 +47,7 @@ def partner_actor(home: PartnerHome, node_name: str | None = None) -> Actor:
 
 
 def ledger_for(home: PartnerHome, dataset: str) -> BudgetLedger:
-    return BudgetLedger(home.ledger_path, dataset, home.config().budget_for(dataset))
+    return home.ledger(dataset)
 
 
 def answer_query(
@@ -80,7 +80,7 @@ def answer_query(
         return noisy, _mechanism(spec, noisy)
 
     try:
-        ledger = BudgetLedger(home.ledger_path, spec.dataset, config.budget_for(spec.dataset))
+        ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
         released = release(ledger, step, results, produce)
     except FedCustomerError as exc:
         _audit(home, actor, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)

@@ -234,7 +234,6 @@ def budget_set(
     from fedcustomer.errors import AccessDenied
     from fedcustomer.partner.home import PartnerHome
     from fedcustomer.privacy.dp.budget import DatasetBudget
-    from fedcustomer.privacy.dp.ledger import BudgetLedger
 
     if role != "partner_admin":
         raise AccessDenied(f"role {role!r} may not set the privacy budget; a partner_admin does")
@@ -247,7 +246,7 @@ def budget_set(
             f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
             "pass --replace to change it"
         )
-    spent = BudgetLedger(phome.ledger_path, "-", new).spent() if phome.ledger_path.exists() else None
+    spent = phome.ledger("-", new).spent() if phome.ledger_path.exists() else None
     if phome.store_path.exists():
         from fedcustomer.data.store import PartnerStore
 
@@ -289,16 +288,15 @@ BUDGET_CAPTION = (
 def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
     """The partner's total against its one budget, and charges and refusals per dataset (stable JSON)."""
     from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.privacy.dp.ledger import BudgetLedger
 
     home = PartnerHome(home_dir)
     config = home.config()
     budget = config.budget_for(dataset)
-    names = [dataset] if dataset else BudgetLedger(home.ledger_path, "-", budget).datasets()
-    spent = BudgetLedger(home.ledger_path, "-", budget).spent()
+    names = [dataset] if dataset else home.ledger("-", budget).datasets()
+    spent = home.ledger("-", budget).spent()
     out = []
     for ds in names:
-        ledger = BudgetLedger(home.ledger_path, ds, budget)
+        ledger = home.ledger(ds, budget)
         out.append(
             {"dataset": ds, "charges": [c.to_dict() for c in ledger.charges()], "refusals": ledger.refusals()}
         )

@@ -28,9 +28,9 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.release import (
+    BudgetExhausted,
     Mechanism,
     PaidResults,
-    Refused,
     Step,
     calibrate_noise,
     check,
@@ -71,7 +71,7 @@ class PartnerNode:
 
     # --- training ----------------------------------------------------------------
     def ledger(self, dataset: str) -> BudgetLedger:
-        return BudgetLedger(self.home.ledger_path, dataset, self.config.budget_for(dataset))
+        return self.home.ledger(dataset, self.config.budget_for(dataset))
 
     def train_round(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> TrainOutcome:
         """Train one round locally and release it; refuse instead of ever exceeding the budget."""
@@ -87,7 +87,7 @@ class PartnerNode:
                 produce=lambda: self._train_dp(global_state, ins, ledger, step),
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
-        except Refused as exc:
+        except BudgetExhausted as exc:
             return self._refusal(exc)
         if released.resent:
             log.info("round %s already paid; re-sending the update released then", ins.round)
@@ -222,7 +222,7 @@ class PartnerNode:
             "approx_charges": state["approx_charges"],
         }
 
-    def _refusal(self, refused: Refused) -> TrainOutcome:
+    def _refusal(self, refused: BudgetExhausted) -> TrainOutcome:
         spent = refused.spend
         metrics = {
             "num-examples": 0.0,

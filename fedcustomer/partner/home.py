@@ -20,6 +20,7 @@ from pathlib import Path
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 
 @dataclass
@@ -134,6 +135,13 @@ class PartnerHome:
             budget = _migrate(legacy)
         return PartnerConfig(
             name=str(raw["name"]), budget=budget, policy_file=raw.get("policy_file"), migrated_from=legacy
+        )
+
+    def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
+        """The partner's ledger, new charges recorded under ``dataset``, composed against the
+        partner's one budget (partner.toml's unless ``budget`` is given, e.g. one being proposed)."""
+        return BudgetLedger(
+            self.ledger_path, dataset, budget if budget is not None else self.config().budget_for(dataset)
         )
 
     def ensure_budget(self, budget: DatasetBudget) -> tuple[DatasetBudget, str | None]:

@@ -21,7 +21,6 @@ from fedcustomer.errors import BudgetExhausted, DataError
 from fedcustomer.partner.federation import write_index
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import JobConfig
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def check_budgets(homes: list[PartnerHome], job: JobConfig) -> list[str]:
     for home in homes:
         config = home.config()
         budget = config.budget_for(job.dataset_name)
-        spent = BudgetLedger(home.ledger_path, job.dataset_name, budget).spent()
+        spent = home.ledger(job.dataset_name, budget).spent()
         if spent.epsilon <= 0:
             continue
         if spent.epsilon_remaining <= EXHAUSTED_SHARE * budget.epsilon:

@@ -63,7 +63,6 @@ from fedcustomer.models.metrics import classification_metrics, regression_metric
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.dpsgd import secure_generator
-from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.privacy.dp.release import safe_name
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
 from fedcustomer.vertical.labels import label_release_for, protect_labels
@@ -183,9 +182,7 @@ class PartySession:
             )
         self.X = torch.as_tensor(table.X)
         self.y = torch.as_tensor(table.y) if table.y is not None else None
-        self.ledger = (
-            BudgetLedger(home.ledger_path, cfg.dataset, config.budget_for(cfg.dataset)) if cfg.dp else None
-        )
+        self.ledger = home.ledger(cfg.dataset, config.budget_for(cfg.dataset)) if cfg.dp else None
         self.label_release = (
             label_release_for(cfg.task, cfg.label_epsilon, self.ledger.budget.delta, cfg.label_bound)
             if self.has_passive and self.ledger is not None and cfg.label_dp

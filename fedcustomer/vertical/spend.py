@@ -17,7 +17,14 @@ import numpy as np
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Spend
-from fedcustomer.privacy.dp.release import Mechanism, Refused, Step, calibrate_noise, charge_once, check
+from fedcustomer.privacy.dp.release import (
+    BudgetExhausted,
+    Mechanism,
+    Step,
+    calibrate_noise,
+    charge_once,
+    check,
+)
 from fedcustomer.vertical.labels import LabelRelease
 
 DPSGD_MECHANISM = "vertical_dpsgd"
@@ -125,7 +132,7 @@ class PartySpend:
         label = self.label_mechanism()
         try:
             projected = check(self.ledger, self.round_step(rnd), mechanism, [label] if label else [])
-        except Refused as exc:
+        except BudgetExhausted as exc:
             return RoundDecision(False, exc.reason, _projection(exc.spend, exc.projected, sigma))
         return RoundDecision(True, metrics=_projection(self.ledger.spent(), projected, sigma))
 
@@ -137,7 +144,7 @@ class PartySpend:
             if label is not None:
                 charge_once(self.ledger, self.label_step(), label)
             charge = charge_once(self.ledger, self.round_step(rnd), mechanism)
-        except Refused as exc:
+        except BudgetExhausted as exc:
             spent = {"epsilon-total": exc.spend.epsilon, "epsilon-target": exc.spend.epsilon_target}
             return RoundDecision(False, exc.reason, spent)
         assert mechanism.gaussian is not None

@@ -14,7 +14,7 @@ here, so the order that keeps a partner's privacy claim true is written once:
    charge with nothing to show (:func:`release`);
 5. **release** the result, kept again as paid.
 
-Every refusal, whatever the step, is a :class:`Refused` with one reason format. This module
+Every refusal, whatever the step, is a :class:`BudgetExhausted` with one reason format. This module
 sits in the privacy layer: it takes a ledger, a cache directory and the mechanism's inputs,
 and knows nothing of partners, stores or models.
 """
@@ -30,7 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import BudgetExhausted
 from fedcustomer.privacy.dp.accounting import GaussianSteps
-from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge, Spend
+from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 
 R = TypeVar("R")
 
@@ -69,16 +69,6 @@ class Mechanism:
 
     def approx_part(self) -> list[tuple[float, float]]:
         return [self.epsilon_delta] if self.epsilon_delta is not None else []
-
-
-class Refused(BudgetExhausted):
-    """A release the partner declines: its reason, the spend then, and the projection that refused it."""
-
-    def __init__(self, reason: str, spend: Spend, projected: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.spend = spend
-        self.projected = projected
 
 
 @dataclass(frozen=True)
@@ -177,7 +167,9 @@ def check(ledger: BudgetLedger, step: Step, mechanism: Mechanism, pending: Seque
         ledger.record_refusal(
             step.charge_key, mechanism.name, projected, f"{step.label}{run} would exceed the target"
         )
-        raise Refused(refusal_reason(step.label, projected, ledger.budget.epsilon), ledger.spent(), projected)
+        raise BudgetExhausted(
+            refusal_reason(step.label, projected, ledger.budget.epsilon), ledger.spent(), projected
+        )
     return projected
 
 
@@ -205,10 +197,11 @@ def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism) -> Charg
             query_id=step.query_id,
             details=mechanism.details,
         )
-    except Refused:
-        raise
-    except BudgetExhausted as exc:  # a concurrent release took the budget since the check
-        raise Refused(str(exc), ledger.spent()) from None
+    except BudgetExhausted as exc:
+        if exc.spend is not None:
+            raise
+        # a concurrent release took the budget since the check
+        raise BudgetExhausted(str(exc), ledger.spent()) from None
 
 
 # --- release or re-send ------------------------------------------------------------------
@@ -227,7 +220,7 @@ def resend(
     if charge is None:
         return None
     if kept is None:
-        raise Refused(
+        raise BudgetExhausted(
             f"{step.label} was already paid for and its result is gone; not re-spending", ledger.spent()
         )
     result, paid = kept
@@ -247,7 +240,7 @@ def release(
     """Re-send the paid result, or produce it, keep it, charge it once and release it.
 
     ``produce`` computes the result and its mechanism (it may call :func:`calibrate_noise`
-    and :func:`check` first, which raise :class:`Refused`); ``settle`` adds what the charge
+    and :func:`check` first, which raise :class:`BudgetExhausted`); ``settle`` adds what the charge
     tells (the spend) to the result before it is kept as paid. A refused or failed charge
     drops the pending result and leaves the ledger as it was.
     """

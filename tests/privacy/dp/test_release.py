@@ -14,9 +14,9 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.release import (
+    BudgetExhausted,
     Mechanism,
     PaidResults,
-    Refused,
     Step,
     calibrate_noise,
     check,
@@ -90,7 +90,7 @@ def test_paid_step_whose_result_is_gone_is_refused_not_paid_again(tmp_path: Path
     ledger, results, produce = _ledger(tmp_path), PaidResults(tmp_path / "kept", JsonCodec()), Producer()
     release(ledger, _step(), results, produce, _settle)
     results.drop(_step())
-    with pytest.raises(Refused, match="round 1 was already paid for and its result is gone"):
+    with pytest.raises(BudgetExhausted, match="round 1 was already paid for and its result is gone"):
         release(ledger, _step(), results, produce, _settle)
     assert produce.calls == 1 and len(ledger.charges()) == 1
 
@@ -98,7 +98,7 @@ def test_paid_step_whose_result_is_gone_is_refused_not_paid_again(tmp_path: Path
 def test_step_past_the_target_is_refused_recorded_and_costs_nothing(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, epsilon=1.0)
     big = Mechanism("dpsgd", gaussian=GaussianSteps(0.5, 0.1, 200))
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(BudgetExhausted) as refused:
         check(ledger, _step(3), big)
     exc = refused.value
     assert isinstance(exc, BudgetExhausted)  # callers that catch the ledger's refusal still do
@@ -116,7 +116,7 @@ def test_check_counts_pending_releases_and_returns_the_projection(tmp_path: Path
     label = Mechanism("labels", epsilon_delta=(2.9, 0.0))
     alone = check(ledger, _step(), small)
     assert alone == pytest.approx(accounting.epsilon([ROUND], 1e-5))
-    with pytest.raises(Refused):
+    with pytest.raises(BudgetExhausted):
         check(ledger, _step(), small, pending=[label])
 
 
@@ -128,7 +128,7 @@ def test_refusal_inside_produce_keeps_and_charges_nothing(tmp_path: Path) -> Non
         check(ledger, _step(), big)
         raise AssertionError("a refused step must not be computed")
 
-    with pytest.raises(Refused):
+    with pytest.raises(BudgetExhausted):
         release(ledger, _step(), results, produce)
     assert ledger.charges() == [] and not results.path(_step()).exists()
 
@@ -137,7 +137,7 @@ def test_charge_refused_by_the_ledger_drops_the_pending_result(tmp_path: Path) -
     """The pre-check passed, but a concurrent release took the budget before the charge."""
     ledger, results = _ledger(tmp_path, epsilon=1.0), PaidResults(tmp_path / "kept", JsonCodec())
     produce = Producer(Mechanism("dpsgd", gaussian=GaussianSteps(0.5, 0.1, 200)))
-    with pytest.raises(Refused, match="past the target 1"):
+    with pytest.raises(BudgetExhausted, match="past the target 1"):
         release(ledger, _step(), results, produce)
     assert ledger.charges() == [] and len(ledger.refusals()) == 1
     assert not results.path(_step()).exists()

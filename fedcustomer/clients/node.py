@@ -19,7 +19,7 @@ import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.common.files import atomic_write_bytes
-from fedcustomer.errors import DataError
+from fedcustomer.errors import BudgetExhausted, DataError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
@@ -28,7 +28,6 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.release import (
-    BudgetExhausted,
     Mechanism,
     PaidResults,
     Step,

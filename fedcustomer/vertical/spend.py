@@ -14,11 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedcustomer.errors import ConfigError
+from fedcustomer.errors import BudgetExhausted, ConfigError
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Spend
 from fedcustomer.privacy.dp.release import (
-    BudgetExhausted,
     Mechanism,
     Step,
     calibrate_noise,

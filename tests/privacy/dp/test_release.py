@@ -14,7 +14,6 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.release import (
-    BudgetExhausted,
     Mechanism,
     PaidResults,
     Step,

@@ -44,6 +44,7 @@ from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import (
     ACTION_AUDIT_QUERY,
     DECISIONS,
+    ENTRY_FIELDS,
     PUBLIC_KEY_NAME,
     SIGNING_KEY_NAME,
     AuditEntry,
@@ -55,25 +56,7 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 FORMATS = ("table", "csv", "json")
-CSV_COLUMNS = (
-    "seq",
-    "time",
-    "actor",
-    "role",
-    "action",
-    "decision",
-    "dataset",
-    "fields",
-    "tier",
-    "purpose",
-    "approvals",
-    "row_count",
-    "reason",
-    "pseudonyms",
-    "details",
-    "prev_hash",
-    "hash",
-)
+CSV_COLUMNS = ENTRY_FIELDS
 
 HomeOpt = typer.Option(None, "--home", help="Partner home directory (uses DIR/audit and DIR/keys).")
 LogOpt = typer.Option(None, "--log", help="A bare audit log directory (instead of --home).")

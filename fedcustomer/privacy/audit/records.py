@@ -104,27 +104,27 @@ REPAIR_PENDING_NAME = "repair.pending"
 GENESIS_HASH = "0" * 64
 _CHECKPOINT_DOMAIN = b"fedcustomer-audit-checkpoint-v1\n"
 
-_ENTRY_KEYS = frozenset(
-    {
-        "seq",
-        "time",
-        "actor",
-        "role",
-        "action",
-        "decision",
-        "dataset",
-        "fields",
-        "tier",
-        "purpose",
-        "approvals",
-        "row_count",
-        "reason",
-        "pseudonyms",
-        "details",
-        "prev_hash",
-        "hash",
-    }
+# Every key of an entry, in the order exports list them.
+ENTRY_FIELDS = (
+    "seq",
+    "time",
+    "actor",
+    "role",
+    "action",
+    "decision",
+    "dataset",
+    "fields",
+    "tier",
+    "purpose",
+    "approvals",
+    "row_count",
+    "reason",
+    "pseudonyms",
+    "details",
+    "prev_hash",
+    "hash",
 )
+_ENTRY_KEYS = frozenset(ENTRY_FIELDS)
 _CHECKPOINT_KEYS = frozenset(
     {
         "number",

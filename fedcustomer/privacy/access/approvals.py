@@ -12,11 +12,12 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.sqlite import connect, transaction
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError
 from fedcustomer.privacy.access.identity import identity_keys, same_identity
 from fedcustomer.privacy.access.policy import (
@@ -99,18 +100,8 @@ class ApprovalBook:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: concurrent approvers are serialised, failures roll back."""
-        with self._translate_errors():
-            con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            finally:
-                con.close()
+        with self._translate_errors(), closing(connect(self.db_path)) as con, transaction(con):
+            yield con
 
     def request(
         self,

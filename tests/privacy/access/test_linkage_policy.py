@@ -17,7 +17,7 @@ from fedcustomer.privacy.access.policy import (
 
 T0 = datetime(2030, 3, 1, 9, 0, tzinfo=UTC)
 RULE = "p, training_pipeline, record_linkage, core, id, clear"
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "GOVERNANCE.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "GOVERNANCE.md"
 
 
 def _views(policy: AccessPolicy, role: str, purpose: str) -> dict[tuple[str, str], str]:

@@ -16,11 +16,14 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 
 @dataclass
@@ -140,6 +143,8 @@ class PartnerHome:
     def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
         """The partner's ledger, new charges recorded under ``dataset``, composed against the
         partner's one budget (partner.toml's unless ``budget`` is given, e.g. one being proposed)."""
+        from fedcustomer.privacy.dp.ledger import BudgetLedger
+
         return BudgetLedger(
             self.ledger_path, dataset, budget if budget is not None else self.config().budget_for(dataset)
         )

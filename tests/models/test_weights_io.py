@@ -13,6 +13,7 @@ import torch
 
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.errors import IntegrityError
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder
@@ -49,7 +50,7 @@ def test_loader_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
 def test_run_resume_with_a_planted_checkpoint_stops_with_a_clear_error(tmp_path: Path) -> None:
     out, marker = tmp_path / "run", tmp_path / "pwned"
     out.mkdir()
-    JobConfig(data="synthetic", partners=2, rounds=2, out=str(out)).write(out / "config.json")
+    RunDir(out).write_config(JobConfig(data="synthetic", partners=2, rounds=2, out=str(out)))
     _plant(out / "checkpoints" / "round-0001.pt", marker)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1"}
     result = subprocess.run(

@@ -134,7 +134,9 @@ def _read(
                 if not public:
                     raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
                 fields = public[:1]
-            frame = store.read(actor, PURPOSE, fields=fields, dataset=spec.dataset)
+            frame = store.read(
+                store.service_credential(actor.name, actor.role), PURPOSE, fields=fields, dataset=spec.dataset
+            )
             extras = None
             if spec.kind == "quality":
                 merged = {m["pseudonym"] for m in store.merges(spec.dataset)}

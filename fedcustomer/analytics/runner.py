@@ -206,7 +206,6 @@ def run_inprocess(
 def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:
     """Exact (unnoised) aggregates over all homes, for local checks only."""
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.privacy.access.policy import Actor
 
     total: Partials | None = None
     for home in homes:
@@ -214,7 +213,7 @@ def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:
             if spec.dataset not in store.datasets():
                 raise DataError(f"partner {store.name!r} holds no dataset {spec.dataset!r}")
             frame = store.read(
-                Actor("local:truth", "data_scientist"),
+                store.service_credential("local:truth", "data_scientist"),
                 PURPOSE,
                 fields=spec.source_fields(),
                 dataset=spec.dataset,

@@ -43,6 +43,9 @@ def _register() -> None:
     from fedcustomer.cli import governance
 
     governance.register(app)
+    from fedcustomer.cli import people
+
+    people.register(app)
     from fedcustomer.cli import vertical
 
     vertical.register(app)

@@ -228,16 +228,24 @@ def budget_set(
     ),
     delta: float = typer.Option(..., help="delta target"),
     replace: bool = typer.Option(False, "--replace", help="change a budget that is already set"),
-    actor: str = typer.Option(..., "--actor", help="who sets it (recorded in the audit log)"),
-    role: str = typer.Option("partner_admin", "--role", help="must be partner_admin"),
+    identity: Path = typer.Option(
+        ...,
+        "--identity",
+        envvar="FEDCUSTOMER_IDENTITY",
+        help="your identity key file; your registered role must be allowed 'policy_edit' (partner_admin)",
+    ),
 ) -> None:
-    from fedcustomer.errors import AccessDenied
+    from fedcustomer.cli.identity import load_signer
+    from fedcustomer.data.store import PartnerStore
     from fedcustomer.partner.home import PartnerHome
     from fedcustomer.privacy.dp.budget import DatasetBudget
 
-    if role != "partner_admin":
-        raise AccessDenied(f"role {role!r} may not set the privacy budget; a partner_admin does")
     phome = PartnerHome(home)
+    if not phome.store_path.exists():
+        raise ConfigError(
+            f"{home} is not an initialised partner home (no store, audit log or people registry): run "
+            f"`fedcustomer init --home {home} --name NAME --identity FILE --admin YOUR_NAME` first"
+        )
     config = phome.config()
     new = DatasetBudget(epsilon, delta)
     old = config.budget
@@ -247,21 +255,20 @@ def budget_set(
             "pass --replace to change it"
         )
     spent = phome.ledger("-", new).spent() if phome.ledger_path.exists() else None
-    if phome.store_path.exists():
-        from fedcustomer.data.store import PartnerStore
-
-        with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
-            store.audit.append(
-                actor=actor,
-                role=role,
-                action="budget_set",
-                decision="allowed",
-                details={
-                    "epsilon": epsilon,
-                    "delta": delta,
-                    "previous": None if old is None else {"epsilon": old.epsilon, "delta": old.delta},
-                },
-            )
+    signer = load_signer(identity)
+    with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
+        asked = {"epsilon": epsilon, "delta": delta, "replace": replace}
+        who = store.principal(signer, action="budget_set", audit_action="budget_set", extra=asked)
+        store.require(who, "policy_edit", "budget_set", details=asked)
+        store.log(
+            who,
+            "budget_set",
+            details={
+                "epsilon": epsilon,
+                "delta": delta,
+                "previous": None if old is None else {"epsilon": old.epsilon, "delta": old.delta},
+            },
+        )
     config.budget = new
     phome.write_config(config)
     console.print(

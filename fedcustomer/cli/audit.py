@@ -10,13 +10,13 @@ unreadable public key.
 log is caught); ``--log DIR`` takes a bare audit directory and trusts the public key
 beside it unless ``--public-key FILE`` names an off-node copy (no reach is known there).
 
-``audit query`` needs ``--as-actor`` and ``--as-role`` (``--actor``/``--role`` filter
-entries): the role must be allowed
-``audit_read`` by the home's policy (the bundled policy for ``--log``); with ``--home``
-the query itself, allowed or denied, is an ``audit_query`` entry (when the home's signing
-key is there and the log can take it; ``--log`` records nothing). ``audit repair`` cuts
-an incomplete last line left by a crashed writer (role allowed ``keys``), see
-:meth:`AuditLog.repair_torn_tail`.
+``audit query --home`` needs the asker's ``--identity FILE`` (``--actor``/``--role``
+filter entries): the signed request is checked against the home's people registry, whose
+role must be allowed ``audit_read`` by the home's policy, and the query itself, allowed
+or denied, is an ``audit_query`` entry. ``--log DIR`` reads a copy of a log the reader
+already holds: nothing is checked or recorded there. ``audit repair`` cuts an incomplete
+last line left by a crashed writer (signed by a person whose role is allowed ``keys``),
+see :meth:`AuditLog.repair_torn_tail`.
 
 JSON written by ``audit verify --json``: the fields of ``VerifyReport`` (ok, entries,
 checkpoints, first_bad_seq, problem, message, line, file). JSON written by ``audit query
@@ -61,7 +61,6 @@ CSV_COLUMNS = ENTRY_FIELDS
 HomeOpt = typer.Option(None, "--home", help="Partner home directory (uses DIR/audit and DIR/keys).")
 LogOpt = typer.Option(None, "--log", help="A bare audit log directory (instead of --home).")
 KeyOpt = typer.Option(None, "--public-key", help="Trusted Ed25519 public key (PEM), e.g. an off-node copy.")
-ActorOpt = typer.Option(..., "--actor", help="Who is asking (a person or service name).")
 
 
 def register(app: typer.Typer) -> None:
@@ -122,32 +121,29 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
 
 
 def authorise(
-    home: Path | None,
-    actor: str,
-    role: str,
+    home: Path,
+    identity: Path | None,
     action: str,
     audit_action: str,
     details: dict,
     pseudonyms: list[str] | None = None,
-) -> None:
-    """AccessDenied unless the policy lets ``role`` do ``action``; with a home, a refusal is audited."""
-    from fedcustomer.privacy.access.policy import Actor
+) -> Any:
+    """The authenticated actor if the policy lets their registered role do ``action``.
 
-    try:
-        _home_policy(home).require(Actor(actor, role), action)
-    except FedCustomerError as exc:
-        if home is not None:
-            _append_to_home(
-                home,
-                actor=actor,
-                role=role,
-                action=audit_action,
-                decision="denied",
-                reason=str(exc),
-                details=details,
-                pseudonyms=pseudonyms or [],
-            )
-        raise
+    The signed request and any refusal are audit-logged by the store.
+    """
+    from fedcustomer.cli.identity import load_signer
+    from fedcustomer.data.store import PartnerStore
+
+    if identity is None:
+        raise ConfigError(
+            "--home needs --identity FILE: who reads a partner's audit log is checked and recorded"
+        )
+    signer = load_signer(identity)
+    with PartnerStore.open(PartnerHome(home)) as store:
+        actor = store.principal(signer, action=action, audit_action=audit_action, extra={"details": details})
+        store.require(actor, action, audit_action, details=details, pseudonyms=pseudonyms or [])
+    return actor
 
 
 @audit_app.command("verify")
@@ -249,11 +245,11 @@ def _write_atomic(path: Path, text: str) -> None:
 def query_cmd(
     home: Path | None = HomeOpt,
     log: Path | None = LogOpt,
-    who: str = typer.Option(..., "--as-actor", help="Who is asking (the --actor option filters entries)."),
-    who_role: str = typer.Option(
-        ...,
-        "--as-role",
-        help="The asker's role; the policy must allow it audit_read (e.g. compliance_officer).",
+    identity: Path | None = typer.Option(
+        None,
+        "--identity",
+        envvar="FEDCUSTOMER_IDENTITY",
+        help="Your identity key file (needed with --home; the --actor option filters entries).",
     ),
     actor: str | None = typer.Option(None, "--actor", help="Only entries by this actor."),
     role: str | None = typer.Option(None, "--role", help="Only entries by this role."),
@@ -308,7 +304,11 @@ def query_cmd(
     asked = {k: v for k, v in filters.items() if k != "pseudonym"} | {"format": fmt}
     asked_details = {"filters": asked, "verified": not no_verify}
     looked_up = [pseudonym] if pseudonym else []  # checked like any pseudonym (never a raw value) on append
-    authorise(home, who, who_role, "audit_read", ACTION_AUDIT_QUERY, asked_details, looked_up)
+    who = (
+        authorise(home, identity, "audit_read", ACTION_AUDIT_QUERY, asked_details, looked_up)
+        if home is not None
+        else None
+    )
     if not no_verify:
         report = audit.verify()
         if not report.ok:
@@ -338,14 +338,14 @@ def query_cmd(
         else:
             _write_atomic(output, text)
             Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
-    if home is not None:  # who read the audit log, recorded after the answer (so it is not in it)
+    if home is not None and who is not None:  # who read the log, recorded after the answer (not in it)
         _append_to_home(
             home,
-            actor=who,
-            role=who_role,
+            actor=who.name,
+            role=who.role,
             action=ACTION_AUDIT_QUERY,
             row_count=len(entries),
-            details=asked_details,
+            details={**asked_details, "auth": who.audit_details()},
             pseudonyms=looked_up,
         )
 
@@ -353,9 +353,11 @@ def query_cmd(
 @audit_app.command("repair")
 def repair_cmd(
     home: Path = typer.Option(..., "--home", help="Partner home directory."),
-    actor: str = ActorOpt,
-    role: str = typer.Option(
-        ..., "--role", help="The actor's role; the policy must allow it 'keys' (partner_admin)."
+    identity: Path = typer.Option(
+        ...,
+        "--identity",
+        envvar="FEDCUSTOMER_IDENTITY",
+        help="Your identity key file; your registered role must be allowed 'keys' (partner_admin).",
     ),
     reason: str | None = typer.Option(
         None, "--reason", help="Why (e.g. the incident number); kept in the entry."
@@ -367,16 +369,20 @@ def repair_cmd(
     Refused unless the rest of the log verifies and the incomplete line lies after the
     last signed checkpoint: nothing else can be removed this way.
     """
-    from fedcustomer.privacy.access.policy import Actor
+    from fedcustomer.cli.identity import load_signer
+    from fedcustomer.data.people_admin import authenticate_without_store
 
     partner = PartnerHome(home)
     if not partner.audit_dir.is_dir():
         raise ConfigError(f"no audit log at {partner.audit_dir}: is {home} a partner home?")
-    _home_policy(home).require(Actor(actor, role), "keys")  # a torn log cannot take a denial entry
+    who = authenticate_without_store(
+        partner, load_signer(identity), action="keys", extra={"op": "audit_repair"}
+    )
+    _home_policy(home).require(who, "keys")  # a torn log cannot take a denial entry
     with AuditLog.open(
         partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)
     ) as audit:
-        entry = audit.repair_torn_tail(actor=actor, role=role, reason=reason)
+        entry = audit.repair_torn_tail(actor=who.name, role=who.role, reason=reason)
     if as_json:
         typer.echo(json.dumps(entry.to_dict(), indent=2))
     else:

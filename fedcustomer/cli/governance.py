@@ -1,9 +1,10 @@
 """Governance commands: init, schema draft, ingest, read, approvals, keys, erase.
 
 Thin shells over :class:`fedcustomer.data.store.PartnerStore` and its services
-(approvals, key administration, erasure): every command names a
-partner home (``--home``) and who is acting (``--actor NAME --role ROLE``); the
-store checks the access policy and writes the audit log. Errors are
+(approvals, key administration, erasure): every command names a partner home
+(``--home``) and the acting person's identity key (``--identity FILE``, see
+:mod:`fedcustomer.cli.identity`); the store checks the signed request against the
+people registry (which gives the role), then the access policy, and writes the audit log. Errors are
 ``FedCustomerError`` subclasses, which ``fedcustomer.cli.main`` prints and maps to
 the documented exit codes (docs/GOVERNANCE.md).
 """
@@ -20,14 +21,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.cli.identity import IdentityOpt, load_signer
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 
 console = Console()
 
 HomeOpt = typer.Option(..., "--home", help="Partner home directory.")
-ActorOpt = typer.Option(..., "--actor", help="Who is acting (a person or service name).")
-RoleOpt = typer.Option(..., "--role", help="The actor's role, e.g. partner_admin, risk_officer.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 
 schema_app = typer.Typer(help="Dataset schemas (field tiers, validation, masking).", no_args_is_help=True)
@@ -47,12 +47,6 @@ def register(app: typer.Typer) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def _actor(name: str, role: str) -> Any:
-    from fedcustomer.privacy.access.policy import Actor
-
-    return Actor(name, role)
 
 
 def _open(home: Path) -> Any:
@@ -104,13 +98,17 @@ def _print_json(obj: Any) -> None:
 def init_cmd(
     home: Path = HomeOpt,
     name: str = typer.Option(..., "--name", help="Partner name, e.g. bank_north."),
-    actor: str = typer.Option("admin", "--actor", help="Who is initialising the node."),
-    role: str = typer.Option("partner_admin", "--role", help="Must be allowed the 'keys' action."),
+    identity: Path = IdentityOpt,
+    admin: str = typer.Option(..., "--admin", help="Your name: you become the home's first partner_admin."),
 ) -> None:
     from fedcustomer.data.store import PartnerStore
 
-    with PartnerStore.init(PartnerHome(home), name, actor=_actor(actor, role)):
-        console.print(f"initialised partner [bold]{name}[/] in {home}: keys, audit log, empty store")
+    signer = load_signer(identity)
+    with PartnerStore.init(PartnerHome(home), name, admin=signer, admin_name=admin):
+        console.print(
+            f"initialised partner [bold]{escape(name)}[/] in {escape(str(home))}: keys, audit log, empty store, "
+            f"people registry (first admin: {escape(admin)}, key {signer.key_id})"
+        )
 
 
 @schema_app.command("draft", help="Guess a schema from a CSV/Parquet file; review every tier before use.")
@@ -153,13 +151,15 @@ def ingest_cmd(
     schema: str = typer.Option(..., "--schema", help="Schema YAML file (or 'bank' / 'retailer' examples)."),
     input: Path = typer.Option(..., "--input", help="CSV or Parquet file."),
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     quality: Path | None = typer.Option(
         None, "--quality", help="Where to write quality.json (default: <home>/state/quality.json)."
     ),
     chunk_rows: int = typer.Option(50_000, "--chunk-rows", min=1, help="Rows per chunk (memory bound)."),
     name: str | None = typer.Option(None, "--name", help="Partner name if the home is created now."),
+    admin: str | None = typer.Option(
+        None, "--admin", help="Your name, if the home is created now (you become its first partner_admin)."
+    ),
     id_from_row: bool = typer.Option(
         False,
         "--id-from-row",
@@ -170,12 +170,17 @@ def ingest_cmd(
     from fedcustomer.data.ingest import print_report
     from fedcustomer.data.store import PartnerStore
 
-    who = _actor(actor, role)
+    who = load_signer(identity)
     spec = _load_schema(schema)
     phome = PartnerHome(home)
     if not phome.store_path.exists():
+        if admin is None:
+            raise ConfigError(
+                f"{home} is not initialised: run `fedcustomer init --home {home} --name NAME --identity FILE "
+                f"--admin YOUR_NAME` first, or pass --admin YOUR_NAME to become its first admin now"
+            )
         partner = name or (phome.config().name if phome.config_path.exists() else phome.root.resolve().name)
-        store = PartnerStore.init(phome, partner, actor=who)
+        store = PartnerStore.init(phome, partner, admin=who, admin_name=admin)
     else:
         store = PartnerStore.open(phome)
     from fedcustomer.cli.progress import Progress
@@ -197,8 +202,7 @@ def ingest_cmd(
 
 def read_cmd(
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     purpose: str = typer.Option(..., "--purpose", help="training, analytics, marketing, risk_review, ..."),
     dataset: str | None = typer.Option(
         None, "--dataset", help="Dataset (needed when the store has several)."
@@ -215,7 +219,7 @@ def read_cmd(
 ) -> None:
     with _open(home) as store:
         frame = store.read(
-            _actor(actor, role),
+            load_signer(identity),
             purpose,
             _split(fields),
             _parse_where(where),
@@ -246,8 +250,7 @@ def read_cmd(
 def erase_cmd(
     customer: str = typer.Option(..., "--customer", help="The customer's raw id (pseudonymised before use)."),
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -256,7 +259,7 @@ def erase_cmd(
     from fedcustomer.data.erasure import erase_customer
 
     with _open(home) as store:
-        result = erase_customer(store, _actor(actor, role), customer)
+        result = erase_customer(store, load_signer(identity), customer)
     if as_json:
         _print_json(result)
     else:
@@ -275,8 +278,7 @@ def erase_cmd(
 @approvals_app.command("request", help="Ask for clear access to core fields (needs two approvers).")
 def approvals_request_cmd(
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     dataset: str = typer.Option(..., "--dataset"),
     fields: str = typer.Option(..., "--fields", help="Comma-separated core fields."),
     purpose: str = typer.Option(..., "--purpose"),
@@ -289,7 +291,7 @@ def approvals_request_cmd(
 
     with _open(home) as store:
         request_id = StoreApprovals(store).request(
-            _actor(actor, role), dataset, _split(fields) or [], purpose, timedelta(hours=ttl_hours)
+            load_signer(identity), dataset, _split(fields) or [], purpose, timedelta(hours=ttl_hours)
         )
     if as_json:
         _print_json({"request_id": request_id})
@@ -301,14 +303,13 @@ def approvals_request_cmd(
 def approvals_approve_cmd(
     request_id: str = typer.Argument(..., help="Request id from `approvals request`."),
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     from fedcustomer.data.approvals import StoreApprovals
 
     with _open(home) as store:
-        approval = StoreApprovals(store).approve(_actor(actor, role), request_id)
+        approval = StoreApprovals(store).approve(load_signer(identity), request_id)
     result = {"request_id": request_id, "complete": approval is not None}
     if approval is not None:
         result.update({"approvers": list(approval.approvers), "expires_at": approval.expires_at})
@@ -323,14 +324,13 @@ def approvals_approve_cmd(
 @approvals_app.command("list", help="Open requests still short of approvers.")
 def approvals_list_cmd(
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     from fedcustomer.data.approvals import StoreApprovals
 
     with _open(home) as store:
-        pending = StoreApprovals(store).pending(_actor(actor, role))
+        pending = StoreApprovals(store).pending(load_signer(identity))
     if as_json:
         _print_json(pending)
         return
@@ -354,13 +354,11 @@ def approvals_list_cmd(
 
 
 @keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
-def keys_list_cmd(
-    home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
-) -> None:
+def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: bool = JsonOpt) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
 
     with _open(home) as store:
-        versions = KeyAdmin(store).versions(_actor(actor, role))
+        versions = KeyAdmin(store).versions(load_signer(identity))
     if as_json:
         _print_json(versions)
         return
@@ -373,13 +371,11 @@ def keys_list_cmd(
 
 
 @keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")
-def keys_rotate_cmd(
-    home: Path = HomeOpt, actor: str = ActorOpt, role: str = RoleOpt, as_json: bool = JsonOpt
-) -> None:
+def keys_rotate_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: bool = JsonOpt) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
 
     with _open(home) as store:
-        result = KeyAdmin(store).rotate(_actor(actor, role))
+        result = KeyAdmin(store).rotate(load_signer(identity))
     if as_json:
         _print_json(result)
     else:
@@ -392,11 +388,10 @@ def keys_rotate_cmd(
 def keys_retire_cmd(
     version: int = typer.Argument(..., help="KEK version to retire."),
     home: Path = HomeOpt,
-    actor: str = ActorOpt,
-    role: str = RoleOpt,
+    identity: Path = IdentityOpt,
 ) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
 
     with _open(home) as store:
-        KeyAdmin(store).retire(_actor(actor, role), version)
+        KeyAdmin(store).retire(load_signer(identity), version)
     console.print(f"KEK version {version} retired")

@@ -47,7 +47,12 @@ class PartnerDataAccess:
             spec.check_against(schema, store.name)
             schema_names = schema.names
             fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
-            frame = store.read(self.actor, "training", fields=fields, dataset=dataset)
+            frame = store.read(
+                store.service_credential(self.actor.name, self.actor.role),
+                "training",
+                fields=fields,
+                dataset=dataset,
+            )
         held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
         chosen = frame[held_out] if split == "test" else frame[~held_out]
         return chosen[spec.columns()].reset_index(drop=True)
@@ -62,7 +67,12 @@ class PartnerDataAccess:
             if dataset not in store.datasets():
                 raise DataError(f"partner {store.name!r} holds no dataset {dataset!r}")
             id_field = store.schema(dataset).id_field.name
-            frame = store.read(self.actor, "record_linkage", fields=[id_field], dataset=dataset)
+            frame = store.read(
+                store.service_credential(self.actor.name, self.actor.role),
+                "record_linkage",
+                fields=[id_field],
+                dataset=dataset,
+            )
         return [str(v) for v in frame[id_field].tolist()]
 
     def pseudonyms(self, ids: list[str]) -> list[str]:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.errors import FedCustomerError
-from fedcustomer.privacy.access.policy import Actor, Approval
+from fedcustomer.privacy.access.policy import Approval
 
 
 class StoreApprovals:
@@ -25,7 +25,7 @@ class StoreApprovals:
 
     def request(
         self,
-        actor: Actor,
+        actor: Credential,
         dataset: str,
         fields: Sequence[str],
         purpose: str,
@@ -35,6 +35,16 @@ class StoreApprovals:
     ) -> str:
         """Ask for clear access to core fields; two distinct approvers must sign it."""
         store = self.store
+        actor = store.principal(
+            actor,
+            action="approval_request",
+            audit_action="approval_request",
+            dataset=dataset,
+            fields=list(fields),
+            purpose=purpose,
+            extra={"ttl_seconds": int(ttl.total_seconds())},
+            now=now,
+        )
         try:
             schema = store.schema(dataset)
             for name in fields:
@@ -62,9 +72,20 @@ class StoreApprovals:
         )
         return request_id
 
-    def approve(self, actor: Actor, request_id: str, *, now: datetime | None = None) -> Approval | None:
-        """Sign a request; returns the Approval once the second distinct approver signed."""
+    def approve(self, actor: Credential, request_id: str, *, now: datetime | None = None) -> Approval | None:
+        """Sign a request; returns the Approval once the second distinct approver signed.
+
+        The approver's signature covers the digest of the requester's signed request.
+        """
         store = self.store
+        digest = store.approvals.digest_of(request_id) if store.people is not None else None
+        actor = store.principal(
+            actor,
+            action="approve",
+            audit_action="approve",
+            extra={"request_id": request_id, "request_digest": digest},
+            now=now,
+        )
         try:
             approval = store.approvals.approve(request_id, actor, now=now)
         except FedCustomerError as exc:
@@ -85,9 +106,10 @@ class StoreApprovals:
             store.log(actor, "approve", approvals=[request_id], details=details)
         return approval
 
-    def pending(self, actor: Actor | None = None) -> list[dict[str, Any]]:
+    def pending(self, actor: Credential | None = None) -> list[dict[str, Any]]:
         """Open requests still short of approvers (actor needs 'approve' if given)."""
         if actor is not None:
+            actor = self.store.principal(actor, action="approval_list", audit_action="approval_list")
             self.store.require(actor, "approve", "approval_list")
         pending: list[dict[str, Any]] = self.store.approvals.pending()
         return pending

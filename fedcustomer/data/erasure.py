@@ -12,15 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from fedcustomer.data.ingest import utc_now
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import table_name
-from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.psi.state import forget_customer
 
 
-def erase_customer(store: StoreCore, actor: Actor, customer_id: str) -> dict[str, Any]:
-    """Crypto-shred one customer in every dataset: data keys, rows, quarantine and merge records."""
+def erase_customer(store: StoreCore, actor: Credential, customer_id: str) -> dict[str, Any]:
+    """Crypto-shred one customer in every dataset: data keys, rows, quarantine and merge records.
+
+    A signed request names the customer by pseudonym, never by raw id.
+    """
     pseudonym = store.pseudonymizer.pseudonym(customer_id)
+    actor = store.principal(actor, action="erase", audit_action="erase", extra={"pseudonym": pseudonym})
     store.require(actor, "erase", "erase", pseudonyms=[pseudonym])
     backend = store.backend
     result: dict[str, Any] = {"pseudonym": pseudonym, "datasets": {}}

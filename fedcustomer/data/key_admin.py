@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import KEYCHECK_DATASET, KEYCHECK_LABEL
 from fedcustomer.errors import ConfigError, FedCustomerError, KeyMaterialError
-from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.privacy.crypto.keyring import WrappedKey, data_key_context, rewrap
 
 _REWRAP_SQL = {
@@ -30,13 +29,14 @@ class KeyAdmin:
     def __init__(self, store: StoreCore) -> None:
         self.store = store
 
-    def rotate(self, actor: Actor) -> dict[str, Any]:
+    def rotate(self, actor: Credential) -> dict[str, Any]:
         """Add a new KEK version and re-wrap every data key under it, in one transaction.
 
         If re-wrapping fails the database is unchanged and the previous KEK versions are
         still available, so every key still unwraps; run the rotation again.
         """
         store = self.store
+        actor = store.principal(actor, action="keys", audit_action="key_rotate", extra={"op": "rotate"})
         store.require(actor, "keys", "key_rotate")
         rotate = getattr(store.keyring, "rotate", None)
         if rotate is None:
@@ -70,9 +70,10 @@ class KeyAdmin:
                 usage[int(version)] = usage.get(int(version), 0) + int(n)
         return usage
 
-    def versions(self, actor: Actor | None = None) -> list[dict[str, Any]]:
+    def versions(self, actor: Credential | None = None) -> list[dict[str, Any]]:
         """KEK versions with status and how many wrapped keys use each (actor needs 'keys' if given)."""
         if actor is not None:
+            actor = self.store.principal(actor, action="keys", audit_action="key_list", extra={"op": "list"})
             self.store.require(actor, "keys", "key_list")
         usage = self.usage()
         return [
@@ -85,9 +86,15 @@ class KeyAdmin:
             for k in self.store.keyring.versions()
         ]
 
-    def retire(self, actor: Actor, version: int) -> None:
+    def retire(self, actor: Credential, version: int) -> None:
         """Destroy a KEK version; refused while any wrapped key in the store still uses it."""
         store = self.store
+        actor = store.principal(
+            actor,
+            action="keys",
+            audit_action="key_retire",
+            extra={"op": "retire", "kek_version": int(version)},
+        )
         store.require(actor, "keys", "key_retire", details={"kek_version": version})
         retire = getattr(store.keyring, "retire", None)
         if retire is None:

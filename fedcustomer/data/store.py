@@ -58,8 +58,9 @@ from typing import Any
 import pandas as pd
 
 from fedcustomer.data.ingest import IngestReport, utc_now
+from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.schema import Schema
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore, load_home_policy
 from fedcustomer.data.store_db import (
     BASE_TABLES,
     KEYCHECK_DATASET,
@@ -74,6 +75,7 @@ from fedcustomer.data.store_ingest import ingest_file
 from fedcustomer.data.store_read import read_frame
 from fedcustomer.errors import ConfigError, DataError, IntegrityError, KeyMaterialError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.person_keys import Signer
 from fedcustomer.privacy.access.policy import AccessPolicy, Actor
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 from fedcustomer.privacy.crypto.envelope import open_record, seal_record
@@ -89,8 +91,25 @@ class PartnerStore(StoreCore):
     # ---- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, home: PartnerHome, name: str, *, actor: Actor | None = None) -> PartnerStore:
-        """Create keys, audit log and an empty store.db in ``home`` (a new or existing partner home)."""
+    def init(
+        cls,
+        home: PartnerHome,
+        name: str,
+        *,
+        actor: Actor | None = None,
+        admin: Signer | None = None,
+        admin_name: str | None = None,
+    ) -> PartnerStore:
+        """Create keys, audit log and an empty store.db in ``home`` (a new or existing partner home).
+
+        With ``admin`` (the first admin's identity key) the home gets its people registry
+        and every governance request must then be signed; without it the home is a
+        development home that takes bare actors (what tests and simulations use).
+        """
+        if admin is not None:
+            if not admin_name:
+                raise ConfigError("name the first admin (admin_name) whose key starts the people registry")
+            actor = Actor(admin_name, "partner_admin")
         home = home if isinstance(home, PartnerHome) else PartnerHome(home)
         if home.store_path.exists():
             raise ConfigError(
@@ -135,6 +154,12 @@ class PartnerStore(StoreCore):
         store = cls.open(home)
         who = actor or Actor("system", "partner_admin")
         store.log(who, "key_create", details={"kek_version": keyring.active_version(), "store": name})
+        if admin is not None:
+            try:
+                PeopleAdmin(store).create(admin, admin_name or "")
+            except BaseException:
+                store.close()
+                raise
         return store
 
     @classmethod
@@ -226,18 +251,18 @@ class PartnerStore(StoreCore):
 
     @staticmethod
     def _load_policy(home: PartnerHome) -> AccessPolicy:
-        policy_file = None
-        if home.config_path.exists():
-            policy_file = home.config().policy_file
-        if not policy_file:
-            return AccessPolicy.default()
-        path = Path(policy_file)
-        return AccessPolicy.load(path if path.is_absolute() else home.root / path)
+        return load_home_policy(home)
 
     # ---- ingest and reads ---------------------------------------------------------------
 
     def ingest(
-        self, actor: Actor, schema: Schema, path: Path, *, chunk_rows: int = 50_000, id_from_row: bool = False
+        self,
+        actor: Credential,
+        schema: Schema,
+        path: Path,
+        *,
+        chunk_rows: int = 50_000,
+        id_from_row: bool = False,
     ) -> IngestReport:
         """Validate, de-duplicate, encrypt and store a CSV/Parquet file in ONE transaction.
 
@@ -249,7 +274,7 @@ class PartnerStore(StoreCore):
 
     def read(
         self,
-        actor: Actor,
+        actor: Credential,
         purpose: str,
         fields: Sequence[str] | None = None,
         where: Mapping[str, Any] | None = None,

@@ -9,9 +9,11 @@ the same core (:mod:`.key_admin`, :mod:`.approvals`, :mod:`.erasure`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, Self
 
 from fedcustomer.data.ingest import utc_now
 from fedcustomer.data.schema import Schema
@@ -19,12 +21,37 @@ from fedcustomer.data.store_db import SqliteBackend, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.approvals import ApprovalBook
+from fedcustomer.privacy.access.people import MANAGE_ACTION, PeopleRegistry
+from fedcustomer.privacy.access.person_keys import KeySigner, Signer, load_identity_file
 from fedcustomer.privacy.access.policy import AccessPolicy, Actor
+from fedcustomer.privacy.access.requests import (
+    AuthenticatedActor,
+    Authenticator,
+    NonceBook,
+    SignedRequest,
+    sign_request,
+)
 from fedcustomer.privacy.crypto.keyring import KeyRing
 from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
 APPROVALS_DB = "approvals.db"
+PEOPLE_META_KEY = "people_registry"
+
+Credential = Actor | Signer | SignedRequest
+"""Who acts: a signer (a loaded identity key) or a signed request; a bare Actor only in a
+home without a people registry (a development home made through the Python API)."""
 _MASK_KEY_LABEL = "__fedcustomer_mask_key_v1__"
+
+
+def load_home_policy(home: PartnerHome) -> AccessPolicy:
+    """The access policy a home names in partner.toml, else the bundled one."""
+    policy_file = None
+    if home.config_path.exists():
+        policy_file = home.config().policy_file
+    if not policy_file:
+        return AccessPolicy.default()
+    path = Path(policy_file)
+    return AccessPolicy.load(path if path.is_absolute() else home.root / path)
 
 
 class StoreCore:
@@ -47,6 +74,7 @@ class StoreCore:
         self.audit = audit
         self.policy = policy
         self._approvals: ApprovalBook | None = None
+        self._people: PeopleRegistry | None = None
         self._schemas: dict[str, Schema] = {}
         self._closed = False
         self.mask_key = bytes.fromhex(pseudonymizer.pseudonym(_MASK_KEY_LABEL))
@@ -75,13 +103,150 @@ class StoreCore:
     def approvals(self) -> ApprovalBook:
         """The two-person approvals of this home (reads check core fields against it)."""
         if self._approvals is None:
-            self._approvals = ApprovalBook(self.home.root / APPROVALS_DB, self.policy)
+            self._approvals = ApprovalBook(self.home.root / APPROVALS_DB, self.policy, self.people)
         return self._approvals
+
+    # ---- who acts ----------------------------------------------------------------------
+
+    @property
+    def people(self) -> PeopleRegistry | None:
+        """The home's people registry; None only for a development home that never had one.
+
+        Once a home has a registry, store.db says so: deleting the file does not switch
+        authentication off, it stops every governance request until the file is restored.
+        """
+        if self._people is None:
+            required = self.backend.scalar("SELECT value FROM meta WHERE key = ?", (PEOPLE_META_KEY,))
+            if required is None and not self.home.people_path.exists():
+                return None
+            self._people = PeopleRegistry(self.home.people_path, self.may_manage_people)
+        return self._people
+
+    def may_manage_people(self, role: str) -> bool:
+        return self.policy.may(Actor("people-check", role), MANAGE_ACTION)
+
+    def authenticator(self) -> Authenticator:
+        registry = self.people
+        if registry is None:
+            raise ConfigError(
+                f"{self.home.root} has no people registry; create it with `fedcustomer people init`"
+            )
+        return Authenticator(registry, NonceBook(self.home.nonces_path), self.name)
+
+    def service_credential(self, name: str, role: str) -> Credential:
+        """What a node pipeline acts as: its registered service key, or a plain actor in a development home."""
+        if self.people is None:
+            return Actor(name, role)
+        path = self.home.service_key_path(role)
+        if not path.exists():
+            raise ConfigError(
+                f"this home authenticates every request, but has no service key for role '{role}' ({path}); "
+                f"register one with `fedcustomer people add --service`"
+            )
+        signer: KeySigner = load_identity_file(path, None)
+        return signer
+
+    def principal(
+        self,
+        who: Credential,
+        *,
+        action: str,
+        audit_action: str,
+        dataset: str | None = None,
+        fields: Sequence[str] = (),
+        purpose: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> Actor:
+        """The actor behind ``who``, authenticated against the registry before any policy decision.
+
+        A signer signs a fresh request for exactly this action; a signed request must match
+        it. Every refusal is audit-logged (under the registry's name for a registered key,
+        else as ``unauthenticated``) before it is raised.
+        """
+        registry = self.people
+        if isinstance(who, Actor):
+            if registry is None:
+                return who
+            claimed = who.name
+            self._refuse_unauthenticated(
+                f"'{claimed}' is not authenticated: this home has a people registry, so every governance request "
+                f"must be signed with a registered identity key (--identity FILE)",
+                audit_action,
+                dataset=dataset,
+                fields=fields,
+                purpose=purpose,
+                claimed=claimed,
+            )
+        if registry is None:
+            raise ConfigError(
+                f"{self.home.root} has no people registry to check a signature against; create it with "
+                f"`fedcustomer people init`"
+            )
+        signed = (
+            who
+            if isinstance(who, SignedRequest)
+            else sign_request(
+                who,
+                partner=self.name,
+                action=action,
+                dataset=dataset,
+                fields=fields,
+                purpose=purpose,
+                extra=extra,
+                now=now,
+            )
+        )
+        try:
+            return self.authenticator().verify(
+                signed, action=action, dataset=dataset, fields=fields, purpose=purpose, extra=extra, now=now
+            )
+        except AccessDenied as exc:
+            person = registry.lookup(signed.request.key_id)
+            self.audit.check_before_acting()
+            actor = Actor(person.name, person.role) if person else Actor("unauthenticated", "unauthenticated")
+            details = {"key_id": signed.request.key_id, "action_requested": action}
+            self.log(
+                actor,
+                audit_action,
+                "denied",
+                reason=str(exc),
+                dataset=dataset,
+                fields=list(fields),
+                purpose=purpose,
+                details=details,
+            )
+            raise
+
+    def _refuse_unauthenticated(
+        self,
+        reason: str,
+        audit_action: str,
+        *,
+        dataset: str | None,
+        fields: Sequence[str],
+        purpose: str | None,
+        claimed: str,
+    ) -> NoReturn:
+        self.audit.check_before_acting()
+        self.log(
+            Actor("unauthenticated", "unauthenticated"),
+            audit_action,
+            "denied",
+            reason=reason,
+            dataset=dataset,
+            fields=list(fields),
+            purpose=purpose,
+            details={"claimed_name": claimed},
+        )
+        raise AccessDenied(reason)
 
     # ---- audit helpers -----------------------------------------------------------------
 
     def log(self, actor: Actor, action: str, decision: str = "allowed", **fields: Any) -> None:
-        """Append one audit entry for ``actor``."""
+        """Append one audit entry for ``actor``; an authenticated actor's signed request goes with it."""
+        if isinstance(actor, AuthenticatedActor) and actor.signed is not None:
+            fields["details"] = {**(fields.get("details") or {}), "auth": actor.audit_details()}
         self.audit.append(actor=actor.name, role=actor.role, action=action, decision=decision, **fields)
 
     def require(self, actor: Actor, action: str, audit_action: str, **fields: Any) -> None:

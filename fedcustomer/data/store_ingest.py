@@ -25,7 +25,7 @@ from fedcustomer.data.ingest import (
     utc_now,
 )
 from fedcustomer.data.schema import Schema
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import (
     MERGE_FIELD,
     QUARANTINE_FIELD,
@@ -44,10 +44,13 @@ Merge = tuple[str, str, str, str]  # (pseudonym, outcome, kept timestamp, droppe
 
 
 def ingest_file(
-    store: StoreCore, actor: Actor, schema: Schema, path: Path, *, chunk_rows: int, id_from_row: bool
+    store: StoreCore, actor: Credential, schema: Schema, path: Path, *, chunk_rows: int, id_from_row: bool
 ) -> IngestReport:
     """Ingest ``path`` as ``schema`` (see :meth:`PartnerStore.ingest`); failures are audited too."""
     path = Path(path)
+    actor = store.principal(
+        actor, action="ingest", audit_action="ingest", dataset=schema.dataset, extra={"file": path.name}
+    )
     store.require(actor, "ingest", "ingest", dataset=schema.dataset, details={"file": path.name})
     try:
         return _ingest(store, actor, schema, path, chunk_rows, id_from_row)

@@ -9,6 +9,8 @@ values in clear.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedcustomer.data.schema import FieldSpec, Schema
-from fedcustomer.data.store_core import StoreCore
+from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
@@ -29,9 +31,16 @@ _TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
 _MAX_AUDIT_PSEUDONYMS = 1000
 
 
+def read_request_extra(where: Mapping[str, Any] | None, approval_id: str | None) -> dict[str, Any]:
+    """What a signed read binds besides dataset, fields and purpose: the filter (as a digest,
+    so the audit entry never holds a filter value) and the approval used."""
+    canonical = json.dumps(where or {}, sort_keys=True, default=str).encode("utf-8")
+    return {"where_sha256": hashlib.sha256(canonical).hexdigest(), "approval_id": approval_id}
+
+
 def read_frame(
     store: StoreCore,
-    actor: Actor,
+    actor: Credential,
     purpose: str,
     fields: Sequence[str] | None,
     where: Mapping[str, Any] | None,
@@ -41,6 +50,16 @@ def read_frame(
     now: datetime | None,
 ) -> pd.DataFrame:
     """Policy per field, masking, decryption, one audit entry (see :meth:`PartnerStore.read`)."""
+    actor = store.principal(
+        actor,
+        action="read",
+        audit_action="read",
+        dataset=dataset,
+        fields=list(fields or ()),
+        purpose=purpose,
+        extra=read_request_extra(where, approval_id),
+        now=now,
+    )
     read = _Read(store, actor, purpose, now, {"purpose": purpose})
     schema, requested = read.resolve(dataset, fields, where)
     plan = read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)

@@ -4,7 +4,8 @@ Layout (see README, "Partner home")::
 
     partner.toml   name, the partner's privacy budget (one for all its customers), policy file
     store.db       governed customer store (SQLite)
-    keys/          keyring, pseudonym key, audit signing key (0600 files)
+    people.jsonl   signed registry of people and services: identity keys and roles
+    keys/          keyring, pseudonym key, audit signing key, node's service identity (0600)
     ledger.db      every privacy charge, with accountant inputs
     audit/         hash-chained audit log and signed checkpoints
     state/         node-local state: cached updates, checkpoints
@@ -73,6 +74,20 @@ class PartnerHome:
     @property
     def keys_dir(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def people_path(self) -> Path:
+        """The signed registry of people and services (identity keys and roles)."""
+        return self.root / "people.jsonl"
+
+    @property
+    def nonces_path(self) -> Path:
+        """Nonces of signed requests already used (replays are refused)."""
+        return self.state_dir / "nonces.db"
+
+    def service_key_path(self, role: str) -> Path:
+        """The node's own identity key for one pipeline role (training, analytics)."""
+        return self.keys_dir / f"service_{role}.pem"
 
     @property
     def ledger_path(self) -> Path:

@@ -23,7 +23,6 @@ from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import DataError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.vertical.job import VerticalJob
@@ -195,7 +194,10 @@ def load_party_table(
     with PartnerStore.open(home) as store:
         spec.check_against(store.schema(dataset), name, with_label=with_label)
         frame = store.read(
-            Actor(f"node:{name}", "training_pipeline"), "training", fields=fields, dataset=dataset
+            store.service_credential(f"node:{name}", "training_pipeline"),
+            "training",
+            fields=fields,
+            dataset=dataset,
         )
     missing = int((~pd.Index(pseudonyms).isin(frame.index)).sum())
     if missing:

@@ -494,24 +494,14 @@ def test_cli_rotate_and_retire_in_another_process_do_not_strand_an_open_handle(t
     store, _ = loaded
     home = str(store.home.root)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for args in (["keys", "rotate"], ["keys", "retire", "1"]):
+    for step in ("KeyAdmin(s).rotate(a)", "KeyAdmin(s).retire(a, 1)"):
+        code = (
+            "from fedcustomer.data.store import PartnerStore; from fedcustomer.data.key_admin import KeyAdmin; "
+            "from fedcustomer.partner.home import PartnerHome; from fedcustomer.privacy.access.policy import Actor; "
+            f"a = Actor('alice', 'partner_admin'); s = PartnerStore.open(PartnerHome({home!r})); {step}; s.close()"
+        )
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fedcustomer",
-                *args,
-                "--home",
-                home,
-                "--actor",
-                "alice",
-                "--role",
-                "partner_admin",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=None,
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=None
         )
         assert done.returncode == 0, done.stderr
     newcomers = bank_frame(50).iloc[30:].reset_index(drop=True)

@@ -9,7 +9,7 @@ MODEL_CONF = """# Casbin model for a partner's customer-field access.
 #
 # r / p  : may <role> see fields of <tier> whose schema role is <field_role>, for <purpose>, as <view>?
 #          view is one of: clear, masked, clear_with_approvals (clear only with two distinct approvals).
-# r2 / p2: may <role> perform the non-data <action> (ingest, keys, erase, policy_edit, audit_read, approve, read)?
+# r2 / p2: may <role> perform the non-data <action> (ingest, keys, erase, policy_edit, people, audit_read, approve, read)?
 # g      : role inheritance, "g, child_role, parent_role" gives child_role every grant of parent_role.
 # Anything not granted is denied.
 
@@ -81,6 +81,7 @@ p2, partner_admin, ingest
 p2, partner_admin, keys
 p2, partner_admin, erase
 p2, partner_admin, policy_edit
+p2, partner_admin, people
 p2, partner_admin, approve
 p2, compliance_officer, audit_read
 p2, compliance_officer, approve

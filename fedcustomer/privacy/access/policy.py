@@ -29,7 +29,7 @@ from casbin.model import Model
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import AccessDenied, ConfigError, SchemaError
 from fedcustomer.privacy.access import default_policy
-from fedcustomer.privacy.access.identity import check_single_script, same_identity
+from fedcustomer.privacy.access.lookalikes import check_single_script, same_identity
 
 ROLES = (
     "data_scientist",
@@ -43,7 +43,7 @@ PURPOSES = ("training", "analytics", "marketing", "risk_review", "audit", "admin
 TIERS = ("core", "sensitive", "public")
 FIELD_ROLES = ("id", "feature", "label", "timestamp")
 VIEWS = ("clear", "masked", "denied")
-ACTIONS = ("ingest", "keys", "erase", "policy_edit", "audit_read", "approve", "read")
+ACTIONS = ("ingest", "keys", "erase", "policy_edit", "people", "audit_read", "approve", "read")
 
 #: Views a policy line may grant; ``clear_with_approvals`` means clear only with an Approval.
 GRANT_VIEWS = ("clear", "clear_with_approvals", "masked")

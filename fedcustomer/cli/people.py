@@ -1,0 +1,164 @@
+"""``fedcustomer people``: identity keys of the people and services who act on a partner home.
+
+``keygen`` makes a person's own key pair (the private key stays with them, encrypted
+with their passphrase; they hand the ``.pub`` file to the partner admin). ``init``
+starts the registry of a home made before registries existed (new homes get theirs at
+``fedcustomer init``). ``add``, ``revoke`` and ``list`` are signed by the acting admin
+and audit-logged.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fedcustomer.cli.identity import IdentityOpt, load_signer, passphrase
+from fedcustomer.errors import ConfigError
+from fedcustomer.partner.home import PartnerHome
+
+console = Console()
+people_app = typer.Typer(help="People and services: identity keys, roles, revocation.", no_args_is_help=True)
+HomeOpt = typer.Option(..., "--home", help="Partner home directory.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(people_app, name="people")
+
+
+def _open(home: Path) -> Any:
+    from fedcustomer.data.store import PartnerStore
+
+    return PartnerStore.open(PartnerHome(home))
+
+
+def _expiry(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--expires {text!r} is not an ISO 8601 date or time (e.g. 2027-06-30)") from None
+
+
+@people_app.command("keygen", help="Make your identity key pair: FILE (private, encrypted) and FILE.pub.")
+def keygen_cmd(
+    out: Path = typer.Option(
+        ..., "--out", help="Where to write your private key (FILE.pub gets the public key)."
+    ),
+) -> None:
+    from fedcustomer.privacy.access.person_keys import KeySigner, write_identity_file
+
+    secret = passphrase("choose a passphrase (12+ characters): ", confirm=True)
+    if secret is None:
+        raise ConfigError(
+            "no passphrase: set FEDCUSTOMER_PASSPHRASE or run from a terminal; a person's key is always encrypted"
+        )
+    signer = KeySigner.generate()
+    write_identity_file(out, signer, secret)
+    console.print(
+        f"wrote {escape(str(out))} (keep it private) and {escape(str(out))}.pub; key id {signer.key_id}"
+    )
+
+
+@people_app.command("init", help="Start the people registry of a home made before registries existed.")
+def init_cmd(
+    home: Path = HomeOpt,
+    identity: Path = IdentityOpt,
+    admin: str = typer.Option(..., "--admin", help="Your name: you become the first partner_admin."),
+) -> None:
+    from fedcustomer.data.people_admin import PeopleAdmin
+
+    signer = load_signer(identity)
+    with _open(home) as store:
+        person = PeopleAdmin(store).create(signer, admin)
+    console.print(
+        f"people registry started: {escape(person.name)} (partner_admin, key {person.key_id}) and the node's "
+        f"service keys; from now on every governance command must be signed"
+    )
+
+
+@people_app.command("add", help="Register a person's public key in a role (you must be a partner admin).")
+def add_cmd(
+    home: Path = HomeOpt,
+    identity: Path = IdentityOpt,
+    name: str = typer.Option(..., "--name", help="The person's name, as it appears in the audit log."),
+    role: str = typer.Option(..., "--role", help="risk_officer, compliance_officer, data_scientist, ..."),
+    public_key: Path = typer.Option(..., "--public-key", help="Their FILE.pub from `people keygen`."),
+    expires: str | None = typer.Option(
+        None, "--expires", help="ISO date/time after which the key is refused."
+    ),
+    service: bool = typer.Option(False, "--service", help="A service (pipeline) key, not a person's."),
+    as_json: bool = typer.Option(False, "--json", help="Print the registered key as JSON."),
+) -> None:
+    from fedcustomer.data.people_admin import PeopleAdmin
+    from fedcustomer.privacy.access.person_keys import load_public_key_file
+
+    key = load_public_key_file(public_key)
+    signer = load_signer(identity)
+    with _open(home) as store:
+        person = PeopleAdmin(store).add(
+            signer, key, name, role, kind="service" if service else "person", expires_at=_expiry(expires)
+        )
+    if as_json:
+        typer.echo(json.dumps(person.to_dict(), indent=2))
+    else:
+        console.print(f"registered {escape(person.name)} as {person.role} (key {person.key_id})")
+
+
+@people_app.command(
+    "revoke", help="Revoke a key at once: its holder can no longer sign requests or approvals."
+)
+def revoke_cmd(
+    home: Path = HomeOpt,
+    identity: Path = IdentityOpt,
+    name: str | None = typer.Option(None, "--name", help="Revoke this person's active key."),
+    key_id: str | None = typer.Option(None, "--key-id", help="Revoke this key (instead of --name)."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the registry and the audit log)."),
+) -> None:
+    from fedcustomer.data.people_admin import PeopleAdmin
+
+    if (name is None) == (key_id is None):
+        raise ConfigError("give exactly one of --name or --key-id")
+    signer = load_signer(identity)
+    with _open(home) as store:
+        admin = PeopleAdmin(store)
+        target = key_id or admin.key_of(name or "")
+        person = admin.revoke(signer, target, reason)
+    console.print(f"revoked key {person.key_id} of {escape(person.name)} at {person.revoked_at}")
+
+
+@people_app.command("list", help="Every registered key, active or revoked.")
+def list_cmd(
+    home: Path = HomeOpt,
+    identity: Path = IdentityOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    from fedcustomer.data.people_admin import PeopleAdmin
+
+    signer = load_signer(identity)
+    with _open(home) as store:
+        people = PeopleAdmin(store).list(signer)
+    if as_json:
+        typer.echo(json.dumps(people, indent=2))
+        return
+    table = Table(title="people and services")
+    for col in ("name", "role", "kind", "key_id", "status", "added_at", "expires_at"):
+        table.add_column(col, overflow="fold")
+    for p in people:
+        table.add_row(
+            escape(p["name"]),
+            p["role"],
+            p["kind"],
+            p["key_id"],
+            p["status"],
+            p["added_at"],
+            p["expires_at"] or "",
+        )
+    console.print(table)

@@ -156,8 +156,12 @@ def verify_cmd(
     """Check the hash chain, sequence numbers and signed checkpoints; exit 0 only if intact."""
     audit = open_for_reading(home, log, public_key)
     report = audit.verify()
+    signatures = _check_signatures(home, audit) if report.ok else None
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        out = report.to_dict()
+        if signatures is not None:
+            out["signatures"] = signatures.to_dict()
+        typer.echo(json.dumps(out, indent=2))
     else:
         console = Console()
         if report.ok:
@@ -165,11 +169,33 @@ def verify_cmd(
         else:
             console.print(f"[bold red]TAMPERED[/] {escape(str(audit.directory))}: {escape(report.message)}")
             console.print(f"problem: {escape(report.problem or '')}, first bad entry: {report.first_bad_seq}")
+        if signatures is not None:
+            colour = "green" if signatures.ok else "red"
+            console.print(f"[bold {colour}]SIGNATURES[/] {escape(signatures.message)}")
     if not report.ok:
         raise IntegrityError(
             f"audit log {audit.directory} failed verification ({report.problem}, entry {report.first_bad_seq}): "
             f"{report.message}"
         )
+    if signatures is not None and not signatures.ok:
+        raise IntegrityError(f"audit log {audit.directory}: {signatures.message}")
+
+
+def _check_signatures(home: Path | None, audit: AuditLog) -> Any:
+    """With a home that has a people registry: every signed request in the log, checked again."""
+    if home is None or not PartnerHome(home).people_path.exists():
+        return None
+    from fedcustomer.data.store_core import load_home_policy
+    from fedcustomer.privacy.access.people import MANAGE_ACTION, PeopleRegistry
+    from fedcustomer.privacy.access.policy import Actor
+    from fedcustomer.privacy.audit.signatures import check_entry_signatures
+
+    partner = PartnerHome(home)
+    policy = load_home_policy(partner)
+    registry = PeopleRegistry(
+        partner.people_path, lambda role: policy.may(Actor("people-check", role), MANAGE_ACTION)
+    )
+    return check_entry_signatures(iter(audit), registry)
 
 
 def _parse_time(option: str, value: str | None) -> datetime | None:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, Self
 from fedcustomer.data.ingest import utc_now
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.store_db import SqliteBackend, table_name
-from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
+from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, IntegrityError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.approvals import ApprovalBook
 from fedcustomer.privacy.access.people import MANAGE_ACTION, PeopleRegistry
@@ -201,8 +201,11 @@ class StoreCore:
             return self.authenticator().verify(
                 signed, action=action, dataset=dataset, fields=fields, purpose=purpose, extra=extra, now=now
             )
-        except AccessDenied as exc:
-            person = registry.lookup(signed.request.key_id)
+        except (AccessDenied, IntegrityError) as exc:
+            try:
+                person = registry.lookup(signed.request.key_id)
+            except IntegrityError:  # an edited registry: nobody can be named
+                person = None
             self.audit.check_before_acting()
             actor = Actor(person.name, person.role) if person else Actor("unauthenticated", "unauthenticated")
             details = {"key_id": signed.request.key_id, "action_requested": action}

@@ -36,6 +36,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_psi": ["--n", "10000", "--no-baseline"],
     "bench_analytics": ["--trials", "5"],
     "bench_vertical": ["--rounds", "2"],
+    "bench_identity": ["--repeat", "5"],
 }
 
 

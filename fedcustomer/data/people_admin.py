@@ -164,8 +164,11 @@ def authenticate_without_store(
     if not registry.exists():
         raise ConfigError(f"{home.root} has no people registry; create it with `fedcustomer people init`")
     signed = sign_request(who, partner=home.config().name, action=action, extra=extra)
-    authenticator = Authenticator(registry, NonceBook(home.nonces_path), home.config().name)
-    return authenticator.verify(signed, action=action, extra=extra)
+    nonces = NonceBook(home.nonces_path)
+    try:
+        return Authenticator(registry, nonces, home.config().name).verify(signed, action=action, extra=extra)
+    finally:
+        nonces.close()
 
 
 def _describe(person: PersonKey) -> dict[str, Any]:

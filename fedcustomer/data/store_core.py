@@ -75,6 +75,7 @@ class StoreCore:
         self.policy = policy
         self._approvals: ApprovalBook | None = None
         self._people: PeopleRegistry | None = None
+        self._nonces: NonceBook | None = None
         self._schemas: dict[str, Schema] = {}
         self._closed = False
         self.mask_key = bytes.fromhex(pseudonymizer.pseudonym(_MASK_KEY_LABEL))
@@ -87,6 +88,8 @@ class StoreCore:
         try:
             self.audit.close()
         finally:
+            if self._nonces is not None:
+                self._nonces.close()
             self.backend.close()
 
     def __enter__(self) -> Self:
@@ -131,7 +134,9 @@ class StoreCore:
             raise ConfigError(
                 f"{self.home.root} has no people registry; create it with `fedcustomer people init`"
             )
-        return Authenticator(registry, NonceBook(self.home.nonces_path), self.name)
+        if self._nonces is None:
+            self._nonces = NonceBook(self.home.nonces_path)
+        return Authenticator(registry, self._nonces, self.name)
 
     def service_credential(self, name: str, role: str) -> Credential:
         """What a node pipeline acts as: its registered service key, or a plain actor in a development home."""

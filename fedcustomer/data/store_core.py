@@ -60,6 +60,9 @@ class StoreCore:
             self.audit.close()
         finally:
             self.backend.close()
+            close_keyring = getattr(self.keyring, "close", None)  # a token keyring ends its session
+            if close_keyring is not None:
+                close_keyring()
 
     def __enter__(self) -> Self:
         return self

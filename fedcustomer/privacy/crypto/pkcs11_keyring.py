@@ -57,6 +57,7 @@ class Pkcs11KeyRing:
         self._prefix = prefix
         self._lock_dir = lock_dir
         self._keks: dict[int, _TokenKek] = {}
+        self._closed = False
         self._pattern = re.compile(re.escape(prefix) + r"-v([1-9][0-9]{0,9})")
 
     # --- construction ---------------------------------------------------------
@@ -185,8 +186,10 @@ class Pkcs11KeyRing:
             self._install()
 
     def close(self) -> None:
-        """End the token session (the store calls this when it closes)."""
-        self._token.close()
+        """Release the token session (the store calls this when it closes); idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._token.close()
 
     @property
     def where(self) -> str:

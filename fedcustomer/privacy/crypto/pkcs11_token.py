@@ -13,6 +13,8 @@ token refused an operation) is a :class:`KeyMaterialError` naming what to fix.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -22,7 +24,7 @@ from typing import Any
 
 from fedcustomer.errors import ConfigError, KeyMaterialError
 
-__all__ = ["DEFAULT_PIN_ENV", "KeyringConfig", "TokenSession"]
+__all__ = ["DEFAULT_PIN_ENV", "KeyringConfig", "TokenSession", "forget_sessions"]
 
 DEFAULT_PIN_ENV = "FEDCUSTOMER_PKCS11_PIN"
 BACKENDS = ("file", "pkcs11")
@@ -108,17 +110,24 @@ def _toml_pair(name: str, value: str) -> str:
 
 
 class TokenSession:
-    """One read-write, logged-in session on the configured token, used under a lock.
+    """The process's one logged-in session on a token, shared and used under a lock.
 
-    PKCS#11 sessions must not be used by two threads at once, so every call goes through
-    :meth:`call`, which also turns the library's exceptions into KeyMaterialError.
+    PKCS#11 logs in per process, not per session, and closing a logged-in session logs
+    every session of the process out. So the keyring and the audit signer share one
+    session per (module, token), counted: the last :meth:`close` ends it, and the next
+    :meth:`open` must log in with the PIN again. While it is open, a different PIN in the
+    environment is refused rather than silently accepted. Sessions must not be used by
+    two threads at once, so every call goes through :meth:`call`, which also turns the
+    library's exceptions into KeyMaterialError.
     """
 
-    def __init__(self, session: Any, config: KeyringConfig) -> None:
+    def __init__(self, session: Any, config: KeyringConfig, pin_digest: bytes) -> None:
         """Use :meth:`open`."""
         self.session = session
         self.config = config
+        self._pin_digest = pin_digest
         self._lock = threading.RLock()
+        self._refs = 1
 
     @classmethod
     def open(cls, config: KeyringConfig) -> TokenSession:
@@ -130,46 +139,20 @@ class TokenSession:
                 f"the PIN of PKCS#11 token {label!r} is not set: export it in the environment variable "
                 f"{config.pin_env} (named by pin_env in [keyring] of partner.toml)"
             )
-        if not Path(module).is_file():
-            raise KeyMaterialError(
-                f"PKCS#11 module {module} not found: install the token's library (SoftHSM2: the softhsm2 "
-                f"package) or correct module in [keyring] of partner.toml"
-            )
-        try:
-            import pkcs11
-            from pkcs11 import exceptions as p11x
-        except ImportError:
-            raise KeyMaterialError(
-                "the PKCS#11 keyring needs python-pkcs11: install it (make setup does)"
-            ) from None
-        try:
-            lib = pkcs11.lib(module)
-            token = lib.get_token(token_label=label)
-        except p11x.NoSuchToken:
-            raise KeyMaterialError(
-                f"no token labelled {label!r} in PKCS#11 module {module}: is it plugged in and initialised? "
-                f"(SoftHSM2: softhsm2-util --show-slots; check SOFTHSM2_CONF)"
-            ) from None
-        except p11x.MultipleTokensReturned:
-            raise KeyMaterialError(f"more than one token is labelled {label!r} in {module}") from None
-        except p11x.PKCS11Error as exc:
-            raise KeyMaterialError(
-                f"PKCS#11 module {module} could not be loaded or searched ({_name(exc)})"
-            ) from None
-        try:
-            session = token.open(rw=True, user_pin=pin)
-        except p11x.UserAlreadyLoggedIn:
-            # PKCS#11 logs in per process: another session of this process already did.
-            session = _open_logged_in(token, label, p11x)
-        except (p11x.PinIncorrect, p11x.PinInvalid, p11x.PinLenRange):
-            raise KeyMaterialError(
-                f"wrong PIN for PKCS#11 token {label!r} (taken from {config.pin_env}); nothing was changed"
-            ) from None
-        except p11x.PinLocked:
-            raise KeyMaterialError(f"the user PIN of PKCS#11 token {label!r} is locked") from None
-        except p11x.PKCS11Error as exc:
-            raise KeyMaterialError(f"PKCS#11 token {label!r} could not be opened ({_name(exc)})") from None
-        return cls(session, config)
+        digest = hashlib.sha256(_PIN_SALT + pin.encode("utf-8")).digest()
+        with _SHARED_LOCK:
+            shared = _SHARED.get((module, label))
+            if shared is not None:
+                if not hmac.compare_digest(shared._pin_digest, digest):
+                    raise KeyMaterialError(
+                        f"wrong PIN for PKCS#11 token {label!r} (taken from {config.pin_env}): it differs from the "
+                        f"PIN this process logged in with; nothing was changed"
+                    )
+                shared._refs += 1
+                return shared
+            token = cls(_login(config, module, label, pin), config, digest)
+            _SHARED[(module, label)] = token
+            return token
 
     @contextlib.contextmanager
     def call(self, what: str) -> Iterator[None]:
@@ -189,12 +172,73 @@ class TokenSession:
         return f"PKCS#11 token {self.config.token_label!r} ({self.config.module})"
 
     def close(self) -> None:
-        """End the session; the token logs the process out when its last session closes."""
+        """Release one user; the last one ends the session (and so the process's login)."""
+        with _SHARED_LOCK:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            key = (self.config.module or "", self.config.token_label or "")
+            if _SHARED.get(key) is self:
+                del _SHARED[key]
         with self._lock:
             try:
                 self.session.close()
             except Exception:  # already closed, or the module was finalised
                 pass
+
+
+_SHARED: dict[tuple[str, str], TokenSession] = {}
+_SHARED_LOCK = threading.Lock()
+_PIN_SALT = os.urandom(16)  # the PIN is compared by salted digest, never kept
+
+
+def forget_sessions() -> None:
+    """Drop every shared session without using it: after the module was finalised or re-initialised."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
+def _login(config: KeyringConfig, module: str, label: str, pin: str) -> Any:
+    """A new read-write session on the token, logged in as its user."""
+    if not Path(module).is_file():
+        raise KeyMaterialError(
+            f"PKCS#11 module {module} not found: install the token's library (SoftHSM2: the softhsm2 "
+            f"package) or correct module in [keyring] of partner.toml"
+        )
+    try:
+        import pkcs11
+        from pkcs11 import exceptions as p11x
+    except ImportError:
+        raise KeyMaterialError(
+            "the PKCS#11 keyring needs python-pkcs11: install it (make setup does)"
+        ) from None
+    try:
+        lib = pkcs11.lib(module)
+        token = lib.get_token(token_label=label)
+    except p11x.NoSuchToken:
+        raise KeyMaterialError(
+            f"no token labelled {label!r} in PKCS#11 module {module}: is it plugged in and initialised? "
+            f"(SoftHSM2: softhsm2-util --show-slots; check SOFTHSM2_CONF)"
+        ) from None
+    except p11x.MultipleTokensReturned:
+        raise KeyMaterialError(f"more than one token is labelled {label!r} in {module}") from None
+    except p11x.PKCS11Error as exc:
+        raise KeyMaterialError(
+            f"PKCS#11 module {module} could not be loaded or searched ({_name(exc)})"
+        ) from None
+    try:
+        return token.open(rw=True, user_pin=pin)
+    except p11x.UserAlreadyLoggedIn:
+        # Another part of this process (not through this class) already logged in.
+        return _open_logged_in(token, label, p11x)
+    except (p11x.PinIncorrect, p11x.PinInvalid, p11x.PinLenRange):
+        raise KeyMaterialError(
+            f"wrong PIN for PKCS#11 token {label!r} (taken from {config.pin_env}); nothing was changed"
+        ) from None
+    except p11x.PinLocked:
+        raise KeyMaterialError(f"the user PIN of PKCS#11 token {label!r} is locked") from None
+    except p11x.PKCS11Error as exc:
+        raise KeyMaterialError(f"PKCS#11 token {label!r} could not be opened ({_name(exc)})") from None
 
 
 def _open_logged_in(token: Any, label: str, p11x: Any) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV, KeyringConfig
+from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV, KeyringConfig, forget_sessions
 
 MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -86,7 +86,15 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         check=True,
         capture_output=True,
     )
-    lib = pkcs11.lib(module)
-    lib.reinitialize()  # this test's token directory only, and no login left from an earlier test
+    restart_module(module)  # this test's token directory only, and no login left from an earlier test
     yield SoftToken(module, TOKEN_LABEL, PIN, conf)
-    lib.finalize()  # ends every session of the test; the next use initialises again
+    forget_sessions()
+    pkcs11.lib(module).finalize()  # ends every session of the test; the next use initialises again
+
+
+def restart_module(module: str) -> None:
+    """Finalise and re-initialise the module: every session of this process ends, so the next open logs in."""
+    import pkcs11
+
+    forget_sessions()
+    pkcs11.lib(module).reinitialize()

@@ -208,3 +208,16 @@ def test_keyring_section_of_partner_toml(tmp_path):
         home.config_path.write_text(text + "\n[keyring]\n" + bad)
         with pytest.raises(ConfigError, match=match):
             home.config()
+
+
+def test_a_different_pin_is_refused_while_the_process_is_logged_in(softhsm, tmp_path, monkeypatch):
+    ring = _keyring(softhsm, tmp_path / "keys")
+    monkeypatch.setenv(DEFAULT_PIN_ENV, "not-the-pin")
+    with pytest.raises(KeyMaterialError, match="wrong PIN"):
+        open_keyring(softhsm.config(), tmp_path / "keys", "bank_a")
+    ring.close()
+    ring.close()  # idempotent: the shared session is released once
+    with pytest.raises(KeyMaterialError, match="wrong PIN"):  # logged out: the token itself checks it
+        open_keyring(softhsm.config(), tmp_path / "keys", "bank_a")
+    monkeypatch.setenv(DEFAULT_PIN_ENV, softhsm.pin)
+    assert open_keyring(softhsm.config(), tmp_path / "keys", "bank_a").active_version() == 1

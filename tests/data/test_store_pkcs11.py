@@ -114,3 +114,15 @@ def test_a_file_keyring_store_refuses_a_token_it_was_not_made_with(tmp_path, sof
     create_keyring(softhsm.config(), tmp_path, "bank_a").close()  # KEKs under this name on the token
     with pytest.raises(KeyMaterialError, match="wrapped by the keyring file"):
         PartnerStore.open(home)
+
+
+def test_init_with_a_wrong_pin_writes_no_key_and_can_be_retried(tmp_path, softhsm, monkeypatch):
+    home = token_home(tmp_path, softhsm)
+    monkeypatch.setenv(DEFAULT_PIN_ENV, "0000")
+    with pytest.raises(KeyMaterialError, match="wrong PIN"):
+        PartnerStore.init(home, "bank_a")
+    assert not home.store_path.exists()
+    assert [p for p in home.root.rglob("*") if p.is_file()] == [home.config_path]
+    monkeypatch.setenv(DEFAULT_PIN_ENV, softhsm.pin)
+    with PartnerStore.init(home, "bank_a") as store:
+        assert store.keyring.active_version() == 1 and store.audit.verify().ok

@@ -221,3 +221,23 @@ def test_a_different_pin_is_refused_while_the_process_is_logged_in(softhsm, tmp_
         open_keyring(softhsm.config(), tmp_path / "keys", "bank_a")
     monkeypatch.setenv(DEFAULT_PIN_ENV, softhsm.pin)
     assert open_keyring(softhsm.config(), tmp_path / "keys", "bank_a").active_version() == 1
+
+
+def test_a_rotation_by_another_process_is_seen_after_refresh(softhsm, tmp_path):
+    import subprocess
+    import sys
+
+    ring = _keyring(softhsm, tmp_path / "keys")
+    script = (
+        "from pathlib import Path; from fedcustomer.privacy.crypto.keyring_factory import open_keyring; "
+        "from fedcustomer.privacy.crypto.pkcs11_token import KeyringConfig; "
+        f"ring = open_keyring(KeyringConfig(backend='pkcs11', module={softhsm.module!r}, "
+        f"token_label={softhsm.label!r}), Path({str(tmp_path / 'keys')!r}), 'bank_a'); "
+        "print(ring.rotate()); ring.retire(1)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
+    assert ring.active_version() == 1
+    ring.refresh()
+    assert [(k.version, k.status) for k in ring.versions()] == [(1, "retired"), (2, "active")]
+    assert ring.wrap(new_data_key(), CTX).kek_version == 2

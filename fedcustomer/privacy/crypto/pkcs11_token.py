@@ -54,7 +54,7 @@ class KeyringConfig:
         """Validate a parsed ``[keyring]`` table; ConfigError naming the bad field otherwise."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: [keyring] must be a table")
-        if "pin" in raw or "so_pin" in raw:
+        if any(str(k).lower() in ("pin", "user_pin", "so_pin") for k in raw):
             raise ConfigError(
                 f"{where}: [keyring] must not hold a PIN; remove it and set the PIN in the environment "
                 f"variable named by pin_env (default {DEFAULT_PIN_ENV})"
@@ -106,7 +106,8 @@ class KeyringConfig:
 
 
 def _toml_pair(name: str, value: str) -> str:
-    return f'{name} = "' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'{name} = "{escaped}"'
 
 
 class TokenSession:

@@ -10,7 +10,8 @@ setup: $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-# libsodium (PSI) comes from the system: installed with apt-get when missing and we are root.
+# libsodium (PSI) and SoftHSM2 (a PKCS#11 token for the keyring tests) come from the system: installed
+# with apt-get when missing and we are root.
 # torch is installed first, CPU build: from local wheels if any (torch alone, no network; its own
 # dependencies then come from the configured indexes), else from
 # PyTorch's CPU index (the public index's Linux wheel is the CUDA build, with ~3 GB of CUDA
@@ -23,6 +24,17 @@ $(VENV)/.installed: pyproject.toml
 		else \
 			echo "libsodium (>= 1.0.18) is missing: install it with your package manager" \
 			     "(Debian/Ubuntu: sudo apt-get install libsodium23; macOS: brew install libsodium), then rerun make setup"; \
+			exit 1; \
+		fi
+	@{ [ -f /usr/lib/softhsm/libsofthsm2.so ] || [ -f /usr/lib/$$(uname -m)-linux-gnu/softhsm/libsofthsm2.so ] || \
+	   [ -f /usr/local/lib/softhsm/libsofthsm2.so ] || [ -f /opt/homebrew/lib/softhsm/libsofthsm2.so ]; } && \
+		command -v softhsm2-util >/dev/null || \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "SoftHSM2 missing: installing softhsm2 with apt-get"; \
+			apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null || exit 1; \
+		else \
+			echo "SoftHSM2 (the PKCS#11 token the keyring tests use) is missing: install it with your package manager" \
+			     "(Debian/Ubuntu: sudo apt-get install softhsm2; macOS: brew install softhsm), then rerun make setup"; \
 			exit 1; \
 		fi
 	$(PY) -m venv $(VENV)

@@ -27,14 +27,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_store import FEATURES, bank_frame  # noqa: E402
+from bench_store import FEATURES, bank_frame
 
-from fedcustomer.data.people_admin import PeopleAdmin  # noqa: E402
-from fedcustomer.data.schema import load_bundled  # noqa: E402
-from fedcustomer.data.store import PartnerStore  # noqa: E402
-from fedcustomer.partner.home import PartnerHome  # noqa: E402
-from fedcustomer.privacy.access.person_keys import KeySigner  # noqa: E402
-from fedcustomer.privacy.access.policy import Actor  # noqa: E402
+from fedcustomer.data.people_admin import PeopleAdmin
+from fedcustomer.data.schema import load_bundled
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.person_keys import KeySigner
+from fedcustomer.privacy.access.policy import Actor
 
 FIELDS = [f for f in FEATURES if f != "defaulted"] + ["region"]
 
@@ -47,7 +47,9 @@ def run(rows: int, repeat: int) -> dict:
         bank_frame(rows).to_csv(csv, index=False)
         plain = PartnerStore.init(PartnerHome(Path(tmp) / "plain"), "bench")
         plain.ingest(Actor("admin", "partner_admin"), schema, csv)
-        signed = PartnerStore.init(PartnerHome(Path(tmp) / "signed"), "bench", admin=admin, admin_name="admin")
+        signed = PartnerStore.init(
+            PartnerHome(Path(tmp) / "signed"), "bench", admin=admin, admin_name="admin"
+        )
         PeopleAdmin(signed).add(admin, dana.public_key, "dana", "data_scientist")
         signed.ingest(admin, schema, csv)
         bare = Actor("dana", "data_scientist")
@@ -61,7 +63,9 @@ def run(rows: int, repeat: int) -> dict:
         auth: list[float] = []
         for _ in range(repeat):  # the authentication step alone, exactly as a read runs it
             t0 = time.perf_counter()
-            signed.principal(dana, action="read", audit_action="read", dataset="bank", fields=FIELDS, purpose="x")
+            signed.principal(
+                dana, action="read", audit_action="read", dataset="bank", fields=FIELDS, purpose="x"
+            )
             auth.append(time.perf_counter() - t0)
         plain.close()
         signed.close()

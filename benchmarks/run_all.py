@@ -30,6 +30,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_federated": ["--quick"],
     "bench_dpsgd": ["--rows", "6000", "--epochs", "2"],
     "bench_crypto": ["--fields", "20000", "--repeat", "1"],
+    "bench_pkcs11": ["--keys", "5000", "--repeat", "1"],
     "bench_audit": ["--entries", "5000", "--processes", "2"],
     "bench_ledger": ["--processes", "2", "--charges", "50"],
     "bench_store": ["--customers", "5000", "--repeat", "1"],

@@ -107,11 +107,14 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
     a reader without write access, or on a damaged log (which verification reports).
     """
     partner = PartnerHome(home)
-    if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
-        return False
     try:
+        if not (partner.keys_dir / SIGNING_KEY_NAME).exists() and not partner.keyring_config().audit_on_token:
+            return False
         with AuditLog.open(
-            partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)
+            partner.audit_dir,
+            keys_dir=partner.keys_dir,
+            reach=HomeReach.for_home(partner),
+            signer=partner.audit_signer(),
         ) as audit:
             audit.check_before_acting()
             audit.append(**entry)
@@ -406,7 +409,10 @@ def repair_cmd(
     )
     _home_policy(home).require(who, "keys")  # a torn log cannot take a denial entry
     with AuditLog.open(
-        partner.audit_dir, keys_dir=partner.keys_dir, reach=HomeReach.for_home(partner)
+        partner.audit_dir,
+        keys_dir=partner.keys_dir,
+        reach=HomeReach.for_home(partner),
+        signer=partner.audit_signer(),
     ) as audit:
         entry = audit.repair_torn_tail(actor=who.name, role=who.role, reason=reason)
     if as_json:

@@ -79,10 +79,18 @@ from fedcustomer.privacy.access.person_keys import Signer
 from fedcustomer.privacy.access.policy import AccessPolicy, Actor
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 from fedcustomer.privacy.crypto.envelope import open_record, seal_record
-from fedcustomer.privacy.crypto.keyring import FileKeyRing, KeyRing, WrappedKey
+from fedcustomer.privacy.crypto.keyring import KeyRing, WrappedKey
+from fedcustomer.privacy.crypto.keyring_factory import create_keyring, open_keyring
 from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
 _PSEUDONYM_CHECK = "__fedcustomer_store_keycheck__"
+
+
+def _close_keyring(keyring: KeyRing) -> None:
+    """End a token session the store will not use (the file keyring has nothing to close)."""
+    close = getattr(keyring, "close", None)
+    if close is not None:
+        close()
 
 
 class PartnerStore(StoreCore):
@@ -129,7 +137,26 @@ class PartnerStore(StoreCore):
             home.config()  # fail early on a broken partner.toml
             for sub in (home.keys_dir, home.audit_dir, home.state_dir):
                 sub.mkdir(parents=True, exist_ok=True)
-        keyring = FileKeyRing.create(home.keys_dir)
+        config = home.config()
+        keyring = create_keyring(config.keyring, home.keys_dir, config.name)
+        try:
+            cls._write_new_store(home, name, keyring)
+        finally:
+            _close_keyring(keyring)
+        store = cls.open(home)
+        who = actor or Actor("system", "partner_admin")
+        store.log(who, "key_create", details={"kek_version": store.keyring.active_version(), "store": name})
+        if admin is not None:
+            try:
+                PeopleAdmin(store).create(admin, admin_name or "")
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    @staticmethod
+    def _write_new_store(home: PartnerHome, name: str, keyring: KeyRing) -> None:
+        """The pseudonym key and an empty store.db whose key check the new keyring wrapped."""
         pseudonymizer = Pseudonymizer.create(home.keys_dir)
         tmp = home.store_path.with_name(home.store_path.name + ".init")
         if tmp.exists():
@@ -151,16 +178,6 @@ class PartnerStore(StoreCore):
             backend.close()
         os.chmod(tmp, 0o600)
         os.replace(tmp, home.store_path)
-        store = cls.open(home)
-        who = actor or Actor("system", "partner_admin")
-        store.log(who, "key_create", details={"kek_version": keyring.active_version(), "store": name})
-        if admin is not None:
-            try:
-                PeopleAdmin(store).create(admin, admin_name or "")
-            except BaseException:
-                store.close()
-                raise
-        return store
 
     @classmethod
     def open(cls, home: PartnerHome) -> PartnerStore:
@@ -170,9 +187,15 @@ class PartnerStore(StoreCore):
             raise ConfigError(
                 f"no store at {home.store_path}; create one with `fedcustomer init --home {home.root} --name NAME`"
             )
-        keyring = FileKeyRing.open(home.keys_dir)
-        pseudonymizer = Pseudonymizer.open(home.keys_dir)
-        backend = SqliteBackend(home.store_path)
+        keyring_config = home.keyring_config()
+        owner = home.config().name if home.config_path.exists() else ""
+        keyring = open_keyring(keyring_config, home.keys_dir, owner)
+        try:
+            pseudonymizer = Pseudonymizer.open(home.keys_dir)
+            backend = SqliteBackend(home.store_path)
+        except BaseException:
+            _close_keyring(keyring)
+            raise
         try:
             cls._check_keys(backend, keyring, pseudonymizer)
             policy = cls._load_policy(home)
@@ -181,6 +204,7 @@ class PartnerStore(StoreCore):
             store._note_policy()
         except BaseException:
             backend.close()
+            _close_keyring(keyring)
             raise
         return store
 
@@ -191,7 +215,7 @@ class PartnerStore(StoreCore):
         from fedcustomer.privacy.audit.writer import AuditLog
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
-        audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)
+        audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach, signer=home.audit_signer())
         reach.ensure(*audit.reach_now())
         audit.check_before_acting()
         return audit
@@ -238,10 +262,11 @@ class PartnerStore(StoreCore):
                 WrappedKey(int(check[0]), bytes(check[1])),
             )
         except KeyMaterialError as exc:
+            where = getattr(keyring, "path", None) or getattr(keyring, "where", "the keys directory")
             raise KeyMaterialError(
-                f"the keyring in {getattr(keyring, 'path', 'the keys directory')} does not belong to the store "
+                f"the keyring in {where} does not belong to the store "
                 f"{backend.path} (its KEK cannot unwrap the store's key check: {exc}); restore this partner's own "
-                f"keys/keyring.json from backup"
+                f"keys/keyring.json from backup, or configure its own token in [keyring] of partner.toml"
             ) from None
         if pseudonymizer.pseudonym(_PSEUDONYM_CHECK) != expected:
             raise KeyMaterialError(

@@ -91,6 +91,9 @@ class StoreCore:
             if self._nonces is not None:
                 self._nonces.close()
             self.backend.close()
+            close_keyring = getattr(self.keyring, "close", None)  # a token keyring ends its session
+            if close_keyring is not None:
+                close_keyring()
 
     def __enter__(self) -> Self:
         return self

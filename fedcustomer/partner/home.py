@@ -2,7 +2,8 @@
 
 Layout (see README, "Partner home")::
 
-    partner.toml   name, the partner's privacy budget (one for all its customers), policy file
+    partner.toml   name, the partner's privacy budget (one for all its customers), policy file,
+                   where the keys live ([keyring]: the key file, or a PKCS#11 token)
     store.db       governed customer store (SQLite)
     people.jsonl   signed registry of people and services: identity keys and roles
     keys/          keyring, pseudonym key, audit signing key, node's service identity (0600)
@@ -21,9 +22,11 @@ from typing import TYPE_CHECKING
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.crypto.pkcs11_token import KeyringConfig
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
+    from fedcustomer.privacy.audit.keys import CheckpointSigner
     from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 
@@ -42,6 +45,7 @@ class PartnerConfig:
     budget: DatasetBudget | None = None
     policy_file: str | None = None
     migrated_from: dict[str, DatasetBudget] = field(default_factory=dict)
+    keyring: KeyringConfig = field(default_factory=KeyringConfig)
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""
@@ -131,6 +135,7 @@ class PartnerHome:
                 f"epsilon = {config.budget.epsilon!r}",
                 f"delta = {config.budget.delta!r}",
             ]
+        lines += config.keyring.toml_lines()
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
@@ -151,9 +156,27 @@ class PartnerHome:
             ) from None
         if budget is None and legacy:
             budget = _migrate(legacy)
+        keyring = KeyringConfig.from_mapping(raw.get("keyring", {}), str(self.config_path))
         return PartnerConfig(
-            name=str(raw["name"]), budget=budget, policy_file=raw.get("policy_file"), migrated_from=legacy
+            name=str(raw["name"]),
+            budget=budget,
+            policy_file=raw.get("policy_file"),
+            migrated_from=legacy,
+            keyring=keyring,
         )
+
+    def keyring_config(self) -> KeyringConfig:
+        """Where this home's keys live; the key file when partner.toml is absent or says nothing."""
+        return self.config().keyring if self.config_path.exists() else KeyringConfig()
+
+    def audit_signer(self) -> CheckpointSigner | None:
+        """The audit signing key on the token when [keyring] puts it there; None: the key file in keys/."""
+        keyring = self.keyring_config()
+        if not keyring.audit_on_token:
+            return None
+        from fedcustomer.privacy.crypto.keyring_factory import open_audit_signer
+
+        return open_audit_signer(keyring, self.config().name)
 
     def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
         """The partner's ledger, new charges recorded under ``dataset``, composed against the

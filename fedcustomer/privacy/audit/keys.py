@@ -10,12 +10,21 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedcustomer.errors import KeyMaterialError
 from fedcustomer.privacy.audit.files import write_new_file
+
+
+class CheckpointSigner(Protocol):
+    """What signs checkpoints: the key file's Ed25519 key, or a key held by a PKCS#11 token."""
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes: ...
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -32,6 +32,7 @@ from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
 from fedcustomer.privacy.audit.files import LogFiles, append_bytes, last_line, write_new_file
 from fedcustomer.privacy.audit.guards import reach_problem, unsigned_hashes
 from fedcustomer.privacy.audit.keys import (
+    CheckpointSigner,
     ensure_public_key_file,
     key_id,
     load_or_create_signing_key,
@@ -84,14 +85,18 @@ class AuditLog(LogFiles):
         durable: bool = False,
         public_key_path: Path | None = None,
         reach: ReachRecord | None = None,
+        signer: CheckpointSigner | None = None,
     ) -> None:
+        """``signer`` (e.g. a key on a PKCS#11 token) signs checkpoints instead of the key file."""
         if not is_int(checkpoint_every) or checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
         super().__init__(directory)
         self.reach = reach
         self.checkpoint_every = checkpoint_every
         self.durable = durable
-        self._signing_key = load_signing_key(Path(signing_key_path)) if signing_key_path is not None else None
+        self._signing_key: CheckpointSigner | None = signer
+        if signer is None and signing_key_path is not None:
+            self._signing_key = load_signing_key(Path(signing_key_path))
         self._trusted_key = load_public_key(Path(public_key_path)) if public_key_path is not None else None
 
     @classmethod
@@ -103,8 +108,9 @@ class AuditLog(LogFiles):
         checkpoint_every: int = 1000,
         durable: bool = False,
         reach: ReachRecord | None = None,
+        signer: CheckpointSigner | None = None,
     ) -> AuditLog:
-        """Open (creating if needed) a log with a signing key in ``keys_dir``.
+        """Open (creating if needed) a log with a signing key in ``keys_dir``, or with ``signer``.
 
         ``keys_dir`` defaults to ``directory.parent / "keys"``, which is the partner home's
         ``keys/`` when ``directory`` is its ``audit/``. The key is created with mode 0600 if
@@ -120,7 +126,7 @@ class AuditLog(LogFiles):
                 f"cannot create audit directory {directory} or keys directory {keys}: {exc.strerror}"
             ) from None
         key_path = keys / SIGNING_KEY_NAME
-        key = load_or_create_signing_key(key_path)
+        key = signer if signer is not None else load_or_create_signing_key(key_path)
         ensure_public_key_file(keys / PUBLIC_KEY_NAME, key.public_key())
         ensure_public_key_file(directory / PUBLIC_KEY_NAME, key.public_key())
         return cls(
@@ -129,6 +135,7 @@ class AuditLog(LogFiles):
             checkpoint_every=checkpoint_every,
             durable=durable,
             reach=reach,
+            signer=key,
         )
 
     def __enter__(self) -> AuditLog:

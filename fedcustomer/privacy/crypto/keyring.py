@@ -65,6 +65,7 @@ except ImportError:  # pragma: no cover - exercised only on Windows
 
 __all__ = [
     "KEYRING_FILE",
+    "PKCS11_BLOB_PREFIX",
     "FileKeyRing",
     "KekInfo",
     "KeyRing",
@@ -77,6 +78,9 @@ KEYRING_FILE = "keyring.json"
 
 _KEYRING_FORMAT = "fedcustomer-keyring"
 _WRAP_LABEL = b"fedcustomer/kek-wrap/v1\x00"
+# Blobs wrapped inside a PKCS#11 token start with this (file-keyring blobs start with a random nonce),
+# so each backend can tell the other's wrapped keys apart and say so.
+PKCS11_BLOB_PREFIX = b"fcP11gcm1\x00"
 _DATA_KEY_LABEL = b"fedcustomer/data-key/v1\x00"
 
 ACTIVE, AVAILABLE, RETIRED = "active", "available", "retired"
@@ -251,6 +255,11 @@ class FileKeyRing:
                 blob[:NONCE_BYTES], blob[NONCE_BYTES:], _wrap_aad(version, context)
             )
         except InvalidTag:
+            if blob.startswith(PKCS11_BLOB_PREFIX):
+                raise KeyMaterialError(
+                    f"the data key was wrapped inside a PKCS#11 token, not by the keyring file {self._path}: "
+                    f'configure the token in [keyring] of partner.toml (backend = "pkcs11")'
+                ) from None
             raise KeyMaterialError(
                 f"KEK version {version} of the keyring at {self._path} could not unwrap the data key: this keyring "
                 f"did not wrap it (another partner's keyring copied in?), or the wrapped key or its context "

@@ -52,9 +52,29 @@ def keygen_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Where to write your private key (FILE.pub gets the public key)."
     ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="Generate the key on a PKCS#11 token instead: TOKEN_LABEL/KEY_LABEL (FILE.pub is still written; "
+        "FILE is not).",
+    ),
 ) -> None:
-    from fedcustomer.privacy.access.person_keys import KeySigner, write_identity_file
+    from fedcustomer.common.files import atomic_write_bytes
+    from fedcustomer.privacy.access.person_keys import KeySigner, public_path, public_pem, write_identity_file
 
+    if token is not None:
+        from fedcustomer.cli.identity import TOKEN_PREFIX, token_identity
+
+        pub = public_path(out)
+        if pub.exists():
+            raise ConfigError(f"{pub} exists; refusing to overwrite a public key")
+        identity = token_identity(TOKEN_PREFIX + token, create=True)
+        atomic_write_bytes(pub, public_pem(identity.public_key))
+        console.print(
+            f"key pair on the token ({escape(token)}); public key in {escape(str(pub))}; key id {identity.key_id}; "
+            f"sign with --identity {TOKEN_PREFIX}{escape(token)}"
+        )
+        return
     secret = passphrase("choose a passphrase (12+ characters): ", confirm=True)
     if secret is None:
         raise ConfigError(

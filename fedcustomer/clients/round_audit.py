@@ -52,7 +52,9 @@ def record_round(
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
-    with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home)) as audit:
+    with AuditLog.open(
+        home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home), anchor_sink=home.anchor_sink()
+    ) as audit:
         return audit.append(
             actor=f"node:{outcome.partner}",
             role=ROLE,

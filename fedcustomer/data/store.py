@@ -166,7 +166,9 @@ class PartnerStore(StoreCore):
         from fedcustomer.privacy.audit.writer import AuditLog
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
-        audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach)
+        audit = AuditLog.open(
+            home.audit_dir, keys_dir=home.keys_dir, reach=reach, anchor_sink=home.anchor_sink()
+        )
         reach.ensure(*audit.reach_now())
         audit.check_before_acting()
         return audit

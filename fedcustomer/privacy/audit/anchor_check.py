@@ -147,7 +147,7 @@ def verify_anchors(
             kind, why = problem
             return report(
                 kind,
-                f"anchor {label} (checkpoint #{anchor.number}, entries 1-{anchor.entries}): {why}",
+                f"anchor {label}, checkpoint #{anchor.number} (entries 1-{anchor.entries}): {why}",
                 label,
             )
     best = max((a for _, a in anchored), key=lambda a: a.number)

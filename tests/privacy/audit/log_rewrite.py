@@ -119,8 +119,12 @@ def replace_key(home: PartnerHome) -> Ed25519PrivateKey:
     from fedcustomer.privacy.audit.records import PUBLIC_KEY_NAME
 
     key = Ed25519PrivateKey.generate()
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    priv = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     for path in (home.keys_dir / PUBLIC_KEY_NAME, home.audit_dir / PUBLIC_KEY_NAME):
         Path(path).write_bytes(pem)
     (home.keys_dir / SIGNING_KEY_NAME).write_bytes(priv)

@@ -51,7 +51,9 @@ def _anchor(home: PartnerHome) -> Anchor:
 
 def _record(path: Path, home: PartnerHome, rnd: int) -> None:
     """What a coordinator does with the anchor in a reply: one anchors.jsonl line."""
-    line = received_anchor(_anchor(home).to_json(), partner=home.config().name, run_id="r1", kind="round", round=rnd)
+    line = received_anchor(
+        _anchor(home).to_json(), partner=home.config().name, run_id="r1", kind="round", round=rnd
+    )
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -107,7 +109,9 @@ def test_anchors_of_an_intact_log_verify(home: PartnerHome, anchored: Path) -> N
     assert (report.checked, report.distinct, report.newest) == (3, 3, newest)
 
 
-def test_whole_log_rewrite_with_the_nodes_own_key_is_caught_by_anchors(home: PartnerHome, anchored: Path) -> None:
+def test_whole_log_rewrite_with_the_nodes_own_key_is_caught_by_anchors(
+    home: PartnerHome, anchored: Path
+) -> None:
     def hide_first_erasure(entries: list[dict]) -> None:
         for e in entries:
             if e["action"] == "erase":
@@ -169,7 +173,9 @@ def test_an_anchor_sent_under_another_partners_name_is_refused(
     assert (report.ok, report.problem) == (False, "invalid-anchor") and "came from 'bank'" in report.message
 
 
-def test_altered_anchor_and_two_histories_are_reported(home: PartnerHome, anchored: Path, tmp_path: Path) -> None:
+def test_altered_anchor_and_two_histories_are_reported(
+    home: PartnerHome, anchored: Path, tmp_path: Path
+) -> None:
     lines = anchored.read_text().splitlines()
     d = json.loads(lines[1])
     d["anchor"]["checkpoint"]["root"] = "0" * 64
@@ -199,9 +205,9 @@ def test_anchor_file_in_partner_toml_gets_every_checkpoint(home: PartnerHome, tm
     for customer in ("C1", "C2"):
         _session(home, customer)
     lines = read_anchor_file(elsewhere)
-    assert [a.anchor.number for a in lines if a.anchor] == [c.number for c in AuditLog(home.audit_dir).checkpoints()][
-        -len(lines) :
-    ]
+    assert [a.anchor.number for a in lines if a.anchor] == [
+        c.number for c in AuditLog(home.audit_dir).checkpoints()
+    ][-len(lines) :]
     assert len(lines) >= 2 and _check(home, elsewhere).ok
     rewrite_and_resign(home, lambda es: es[-1].update(reason="nothing to see"))
     assert not _check(home, elsewhere).ok

@@ -53,6 +53,7 @@ from fedcustomer.privacy.audit.verifier import signature_ok
 
 ANCHOR_FORMAT = "fedcustomer.audit.anchor/1"
 SYSLOG_TAG = "fedcustomer-audit-anchor"
+MAX_ANCHOR_BYTES = 4096  # a coordinator keeps no more than this of what a partner sends as its anchor
 _ANCHOR_KEYS = frozenset({"format", "partner", "key_id", "public_key", "checkpoint", "digest"})
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,8 @@ def received_anchor(text: str, *, partner: str, run_id: str, kind: str, round: i
         "anchor": None,
     }
     try:
+        if len(text) > MAX_ANCHOR_BYTES:
+            raise ValueError(f"{len(text)} characters, more than an anchor's {MAX_ANCHOR_BYTES}")
         line["anchor"] = json.loads(text)
         anchor = Anchor.from_dict(line["anchor"])
         problem = anchor.problem()
@@ -349,7 +352,8 @@ def read_anchor_file(path: Path) -> list[AnchorLine]:
         try:
             anchor = Anchor.from_dict(body)
         except ValueError as exc:
-            out.append(AnchorLine(label, partner, None, str(exc)))
+            recorded = d.get("problem") if "anchor" in d else None  # what the coordinator found on receipt
+            out.append(AnchorLine(label, partner, None, str(recorded or exc)))
             continue
         if anchor.partner != partner:
             out.append(

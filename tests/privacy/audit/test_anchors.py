@@ -243,3 +243,19 @@ def test_bad_audit_section_is_a_clear_error(home: PartnerHome) -> None:
     home.config_path.write_text(home.config_path.read_text() + "\n[audit]\nanchor_file = 3\n")
     with pytest.raises(ConfigError, match=r"\[audit\] anchor_file"):
         home.config()
+
+
+def test_coordinator_records_what_a_partner_sent_even_when_it_is_no_anchor(
+    home: PartnerHome, tmp_path: Path
+) -> None:
+    for text, why in (("{}", "not an audit anchor"), ("x" * 5000, "more than an anchor's"), ("not json", "")):
+        line = received_anchor(text, partner="bank", run_id="r1", kind="round", round=1)
+        assert why in line["problem"]
+    path = tmp_path / "anchors.jsonl"
+    line = received_anchor("x" * 5000, partner="bank", run_id="r1", kind="round", round=1)
+    path.write_text(json.dumps(line) + "\n")
+    report = _check(home, path)
+    assert (report.ok, report.problem) == (
+        False,
+        "invalid-anchor",
+    ) and "more than an anchor's" in report.message

@@ -42,6 +42,7 @@ class QueryResult:
     spend: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     latency_s: float | None = None
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # partners' audit anchors, as received
 
     @property
     def query_id(self) -> str:

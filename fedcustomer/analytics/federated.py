@@ -24,6 +24,8 @@ from fedcustomer.analytics.partner import LoadFrame, answer_query
 from fedcustomer.analytics.spec import QuerySpec, spec_from_json
 from fedcustomer.errors import FedCustomerError, FederationError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
+from fedcustomer.privacy.audit.anchors import current_anchor_json, received_anchor
 
 QUERY_ACTION = "analytics"
 MESSAGE_TYPE = f"query.{QUERY_ACTION}"
@@ -40,6 +42,7 @@ def register_analytics_handlers(
     @app.query(QUERY_ACTION)
     def analytics(msg: Message, context: Context) -> Message:
         name = f"node {context.node_id}"
+        home: PartnerHome | None = None
         try:
             home = resolve_home(context)
             name = home.config().name
@@ -47,10 +50,22 @@ def register_analytics_handlers(
             release = answer_query(home, spec, load_frame=load_frame)
         except FedCustomerError as exc:
             refusal = {"partner": name, "error": type(exc).__name__, "reason": str(exc)}
-            return Message(content=RecordDict({"refusal": ConfigRecord(refusal)}), reply_to=msg)
-        return Message(
-            content=RecordDict({"release": ConfigRecord({"release-json": json.dumps(release)})}), reply_to=msg
-        )
+            return Message(
+                content=RecordDict({"refusal": ConfigRecord(_anchored(refusal, home))}), reply_to=msg
+            )
+        answer = _anchored({"release-json": json.dumps(release)}, home)
+        return Message(content=RecordDict({"release": ConfigRecord(answer)}), reply_to=msg)
+
+
+def _anchored(record: dict[str, str], home: PartnerHome | None) -> dict[str, str]:
+    """``record`` plus the partner's current audit anchor (the checkpoint covering this query's entry)."""
+    if home is None:
+        return record
+    try:
+        anchor = current_anchor_json(home.audit_dir, home.keys_dir, home.config().name)
+    except FedCustomerError:
+        return record
+    return {**record, ANCHOR_WIRE_KEY: anchor} if anchor is not None else record
 
 
 def query_messages(grid: Any, spec: QuerySpec, node_ids: Iterable[int]) -> list[Message]:
@@ -71,6 +86,7 @@ def run_query_on_grid(
     refused: dict[str, str] = {}
     kinds: dict[str, str] = {}
     answered: set[int] = set()
+    anchors: list[dict[str, Any]] = []
     for reply in replies:
         src = int(reply.metadata.src_node_id)
         answered.add(src)
@@ -81,10 +97,12 @@ def run_query_on_grid(
         content = reply.content
         if "release" in content:
             releases.append(json.loads(str(content["release"]["release-json"])))
+            _keep_anchor(anchors, content["release"], str(releases[-1].get("partner", f"node {src}")), spec)
         elif "refusal" in content:
             r = content["refusal"]
             refused[str(r["partner"])] = f"{r['error']}: {r['reason']}"
             kinds[str(r["partner"])] = str(r["error"])
+            _keep_anchor(anchors, r, str(r["partner"]), spec)
         else:
             refused[f"node {src}"] = "reply holds neither a release nor a refusal"
             kinds[f"node {src}"] = "FederationError"
@@ -96,7 +114,15 @@ def run_query_on_grid(
         raise _no_release_error(spec, refused, kinds)
     result = combine(spec, releases, refused)
     result.latency_s = time.perf_counter() - start
+    result.anchors = anchors
     return result
+
+
+def _keep_anchor(anchors: list[dict[str, Any]], record: Any, partner: str, spec: QuerySpec) -> None:
+    """Record the audit anchor a partner sent with its answer (see fedcustomer.privacy.audit.anchors)."""
+    if ANCHOR_WIRE_KEY in record:
+        text = str(record[ANCHOR_WIRE_KEY])
+        anchors.append(received_anchor(text, partner=partner, run_id=spec.query_id, kind="query", round=None))
 
 
 def _no_release_error(spec: QuerySpec, refused: dict[str, str], kinds: dict[str, str]) -> FedCustomerError:

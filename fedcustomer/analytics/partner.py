@@ -212,7 +212,11 @@ def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> Non
     from fedcustomer.privacy.audit.writer import AuditLog
 
     log = AuditLog.open(
-        home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home), signer=home.audit_signer()
+        home.audit_dir,
+        keys_dir=home.keys_dir,
+        reach=HomeReach.for_home(home),
+        signer=home.audit_signer(),
+        anchor_sink=home.anchor_sink(),
     )
     try:
         log.append(actor=actor.name, role=actor.role, action="query", decision=decision, **fields)

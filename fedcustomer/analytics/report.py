@@ -6,6 +6,8 @@
 ``rows`` (``group``, ``statistic``, ``label``, ``estimate``, ``ci_low``, ``ci_high``,
 ``noise_sd``; means also carry ``count`` and ``sum`` rows), ``partner_rows`` (quality),
 ``notes``, ``latency_s``; plus ``truth`` when a local run asked for true values.
+``anchors.jsonl`` beside it gains one line per partner per query: the partner's audit anchor
+(see :mod:`fedcustomer.privacy.audit.anchors`).
 """
 
 from __future__ import annotations
@@ -38,10 +40,23 @@ def write_result(
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     written = {"json": path}
+    if result.anchors:  # appended: every query's anchors stay on record in this directory
+        written["anchors"] = append_anchors(out / "anchors.jsonl", result.anchors)
     chart = plot_result(out / f"{name}.png", result, truth, interval_label=interval_label)
     if chart is not None:
         written["png"] = chart
     return written
+
+
+def append_anchors(path: Path, lines: Sequence[dict[str, Any]]) -> Path:
+    """Append the partners' audit anchors (one JSON line each) with one ``O_APPEND`` write."""
+    data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
 
 
 def _bars(result: QueryResult) -> tuple[list[str], list[float], list[float], list[float], str] | None:

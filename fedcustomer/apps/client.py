@@ -23,6 +23,8 @@ from fedcustomer.clients.round_audit import record_round
 from fedcustomer.errors import FedCustomerError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
+from fedcustomer.privacy.audit.anchors import current_anchor_json
 from fedcustomer.vertical.protocol import register_vertical_handlers
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,12 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             outcome = node.train_round(msg.content["arrays"].to_torch_state_dict(), ins)
             record_round(node.home, outcome, ins)  # every round taken part in, refused or not
+            anchor = current_anchor_json(node.home.audit_dir, node.home.keys_dir, node.name)
         except FedCustomerError as exc:
             return partner_error(msg, exc, context, homes)
         info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}
+        if anchor is not None:  # the signed checkpoint covering this round's entry leaves with the reply
+            info[ANCHOR_WIRE_KEY] = anchor
         if outcome.refused_reason:
             info["refused-reason"] = outcome.refused_reason
         content = RecordDict({"metrics": MetricRecord(outcome.metrics), "partner": ConfigRecord(info)})

@@ -37,9 +37,10 @@ def _register() -> None:
     from fedcustomer.cli import training
 
     training.register(app)
-    from fedcustomer.cli import audit
+    from fedcustomer.cli import audit, audit_export
 
     audit.register(app)
+    audit_export.register(app)  # adds `audit export` to the group
     from fedcustomer.cli import governance
 
     governance.register(app)

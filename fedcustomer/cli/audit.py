@@ -10,6 +10,11 @@ unreadable public key.
 log is caught); ``--log DIR`` takes a bare audit directory and trusts the public key
 beside it unless ``--public-key FILE`` names an off-node copy (no reach is known there).
 
+``audit verify --anchors FILE`` also checks the log against the anchors the partner sent
+out with its replies (a run's ``anchors.jsonl``, or the anchor file partner.toml's ``[audit]``
+names): exit 7 naming the first anchor the log no longer matches. ``audit export`` (module
+:mod:`fedcustomer.cli.audit_export`) writes a verified range for compliance systems.
+
 ``audit query --home`` needs the asker's ``--identity FILE`` (``--actor``/``--role``
 filter entries): the signed request is checked against the home's people registry, whose
 role must be allowed ``audit_read`` by the home's policy, and the query itself, allowed
@@ -40,6 +45,9 @@ from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.anchor_check import AnchorReport, verify_anchors
+from fedcustomer.privacy.audit.anchors import read_anchor_file
+from fedcustomer.privacy.audit.keys import load_public_key
 from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import (
     ACTION_AUDIT_QUERY,
@@ -115,6 +123,7 @@ def _append_to_home(home: Path, **entry: Any) -> bool:
             keys_dir=partner.keys_dir,
             reach=HomeReach.for_home(partner),
             signer=partner.audit_signer(),
+            anchor_sink=partner.anchor_sink(),
         ) as audit:
             audit.check_before_acting()
             audit.append(**entry)
@@ -155,16 +164,33 @@ def verify_cmd(
     log: Path | None = LogOpt,
     public_key: Path | None = KeyOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the verification report as JSON."),
+    anchors: Path | None = typer.Option(
+        None,
+        "--anchors",
+        help="Also check the log against the anchors in FILE (a run's anchors.jsonl or the partner's anchor file).",
+    ),
+    partner_name: str | None = typer.Option(
+        None,
+        "--partner",
+        help="Whose anchors to check (default: the home's partner name; needed with --log).",
+    ),
 ) -> None:
-    """Check the hash chain, sequence numbers and signed checkpoints; exit 0 only if intact."""
+    """Check the hash chain, sequence numbers and signed checkpoints; exit 0 only if intact.
+
+    With ``--anchors FILE`` the log must also still hold every checkpoint the partner sent
+    out (see :mod:`fedcustomer.privacy.audit.anchor_check`).
+    """
     audit = open_for_reading(home, log, public_key)
     report = audit.verify()
-    signatures = _check_signatures(home, audit) if report.ok else None
+    signatures = check_signatures(home, audit) if report.ok else None
+    anchored = check_anchors(audit, home, anchors, partner_name, public_key) if anchors is not None else None
     if as_json:
-        out = report.to_dict()
+        doc = report.to_dict()
         if signatures is not None:
-            out["signatures"] = signatures.to_dict()
-        typer.echo(json.dumps(out, indent=2))
+            doc["signatures"] = signatures.to_dict()
+        if anchored is not None:
+            doc["anchors"] = anchored.to_dict()
+        typer.echo(json.dumps(doc, indent=2))
     else:
         console = Console()
         if report.ok:
@@ -175,6 +201,9 @@ def verify_cmd(
         if signatures is not None:
             colour = "green" if signatures.ok else "red"
             console.print(f"[bold {colour}]SIGNATURES[/] {escape(signatures.message)}")
+        if anchored is not None:
+            verdict = "[bold green]ANCHORED[/]" if anchored.ok else "[bold red]REWRITTEN[/]"
+            console.print(f"{verdict} {escape(anchored.message)}")
     if not report.ok:
         raise IntegrityError(
             f"audit log {audit.directory} failed verification ({report.problem}, entry {report.first_bad_seq}): "
@@ -182,9 +211,14 @@ def verify_cmd(
         )
     if signatures is not None and not signatures.ok:
         raise IntegrityError(f"audit log {audit.directory}: {signatures.message}")
+    if anchored is not None and not anchored.ok:
+        raise IntegrityError(
+            f"audit log {audit.directory} no longer holds what partner {anchored.partner!r} committed to "
+            f"({anchored.problem}): {anchored.message}"
+        )
 
 
-def _check_signatures(home: Path | None, audit: AuditLog) -> Any:
+def check_signatures(home: Path | None, audit: AuditLog) -> Any:
     """With a home that has a people registry: every signed request in the log, checked again."""
     if home is None or not PartnerHome(home).people_path.exists():
         return None
@@ -199,6 +233,26 @@ def _check_signatures(home: Path | None, audit: AuditLog) -> Any:
         partner.people_path, lambda role: policy.may(Actor("people-check", role), MANAGE_ACTION)
     )
     return check_entry_signatures(iter(audit), registry)
+
+
+def check_anchors(
+    audit: AuditLog, home: Path | None, anchors: Path, partner: str | None, public_key: Path | None = None
+) -> AnchorReport:
+    """The log checked against an anchors file, for the home's partner (or ``--partner``).
+
+    The log's current key is ``--public-key``, else the home's ``keys/`` copy, else the one beside the log.
+    """
+    if partner is None:
+        if home is None:
+            raise ConfigError("--anchors with --log needs --partner NAME (whose anchors to check)")
+        partner = PartnerHome(home).config().name
+    candidates = [public_key] if public_key is not None else []
+    if home is not None:
+        candidates.append(PartnerHome(home).keys_dir / PUBLIC_KEY_NAME)
+    candidates.append(audit.public_key_file)
+    key_file = next((p for p in candidates if p.exists()), None)
+    trusted = load_public_key(key_file) if key_file is not None else None
+    return verify_anchors(audit.directory, read_anchor_file(anchors), partner, trusted)
 
 
 def _parse_time(option: str, value: str | None) -> datetime | None:
@@ -413,6 +467,7 @@ def repair_cmd(
         keys_dir=partner.keys_dir,
         reach=HomeReach.for_home(partner),
         signer=partner.audit_signer(),
+        anchor_sink=partner.anchor_sink(),
     ) as audit:
         entry = audit.repair_torn_tail(actor=who.name, role=who.role, reason=reason)
     if as_json:

@@ -53,7 +53,11 @@ def record_round(
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
     with AuditLog.open(
-        home.audit_dir, keys_dir=home.keys_dir, reach=HomeReach.for_home(home), signer=home.audit_signer()
+        home.audit_dir,
+        keys_dir=home.keys_dir,
+        reach=HomeReach.for_home(home),
+        signer=home.audit_signer(),
+        anchor_sink=home.anchor_sink(),
     ) as audit:
         return audit.append(
             actor=f"node:{outcome.partner}",

@@ -215,7 +215,13 @@ class PartnerStore(StoreCore):
         from fedcustomer.privacy.audit.writer import AuditLog
 
         reach = SqlReach(backend.execute, backend.transaction, source=home.store_path.name)
-        audit = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir, reach=reach, signer=home.audit_signer())
+        audit = AuditLog.open(
+            home.audit_dir,
+            keys_dir=home.keys_dir,
+            reach=reach,
+            signer=home.audit_signer(),
+            anchor_sink=home.anchor_sink(),
+        )
         reach.ensure(*audit.reach_now())
         audit.check_before_acting()
         return audit

@@ -1,7 +1,8 @@
 """The run directory a job leaves behind, written by one writer for every kind of job.
 
 ``config.json`` (the job as asked for), ``summary.json`` (the stable, machine-readable
-result), ``metrics.csv`` (one row per round), ``model.pt`` and checkpoints. Every file is
+result), ``metrics.csv`` (one row per round), ``anchors.jsonl`` (the partners' audit
+anchors), ``model.pt`` and checkpoints. Every file is
 written whole or not at all, so a crash mid-run leaves the last complete version a reader
 or a ``--resume`` can use.
 """
@@ -38,6 +39,10 @@ class RunDir:
 
     def write_json(self, name: str, data: Any, *, sort_keys: bool = False) -> Path:
         return atomic_write_text(self.path(name), json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+    def write_jsonl(self, name: str, rows: Sequence[Any]) -> Path:
+        """One compact JSON value per line (e.g. ``anchors.jsonl``), rewritten whole."""
+        return atomic_write_text(self.path(name), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def write_metrics_csv(self, rows: Sequence[Mapping[str, Any]]) -> Path:
         """``metrics.csv``: the union of the rows' columns, in first-seen order."""

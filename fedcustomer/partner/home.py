@@ -4,6 +4,7 @@ Layout (see README, "Partner home")::
 
     partner.toml   name, the partner's privacy budget (one for all its customers), policy file,
                    where the keys live ([keyring]: the key file, or a PKCS#11 token)
+                   and second locations for signed audit checkpoints ([audit])
     store.db       governed customer store (SQLite)
     people.jsonl   signed registry of people and services: identity keys and roles
     keys/          keyring, pseudonym key, audit signing key, node's service identity (0600)
@@ -26,6 +27,7 @@ from fedcustomer.privacy.crypto.pkcs11_token import KeyringConfig
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
+    from fedcustomer.privacy.audit.anchors import AnchorSinks
     from fedcustomer.privacy.audit.keys import CheckpointSigner
     from fedcustomer.privacy.dp.ledger import BudgetLedger
 
@@ -46,6 +48,9 @@ class PartnerConfig:
     policy_file: str | None = None
     migrated_from: dict[str, DatasetBudget] = field(default_factory=dict)
     keyring: KeyringConfig = field(default_factory=KeyringConfig)
+    # [audit]: second locations for every signed checkpoint (see privacy/audit/anchors.py)
+    anchor_file: str | None = None
+    anchor_syslog: str | bool | None = None
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""
@@ -136,6 +141,17 @@ class PartnerHome:
                 f"delta = {config.budget.delta!r}",
             ]
         lines += config.keyring.toml_lines()
+        if config.anchor_file or config.anchor_syslog:
+            lines += [
+                "",
+                "# Every signed audit checkpoint is also written here (off this volume).",
+                "[audit]",
+            ]
+            if config.anchor_file:
+                lines.append(f"anchor_file = {_toml_str(config.anchor_file)}")
+            if config.anchor_syslog:
+                syslog = config.anchor_syslog
+                lines.append(f"anchor_syslog = {'true' if syslog is True else _toml_str(str(syslog))}")
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
@@ -157,12 +173,22 @@ class PartnerHome:
         if budget is None and legacy:
             budget = _migrate(legacy)
         keyring = KeyringConfig.from_mapping(raw.get("keyring", {}), str(self.config_path))
+        audit = raw.get("audit", {})
+        if not isinstance(audit, dict):
+            raise ConfigError(f"{self.config_path}: [audit] must be a table")
+        anchor_file, anchor_syslog = audit.get("anchor_file"), audit.get("anchor_syslog")
+        if not isinstance(anchor_file, str | None):
+            raise ConfigError(f"{self.config_path}: [audit] anchor_file must be a file path")
+        if not isinstance(anchor_syslog, str | bool | None):
+            raise ConfigError(f"{self.config_path}: [audit] anchor_syslog must be true or an address")
         return PartnerConfig(
             name=str(raw["name"]),
             budget=budget,
             policy_file=raw.get("policy_file"),
             migrated_from=legacy,
             keyring=keyring,
+            anchor_file=anchor_file,
+            anchor_syslog=anchor_syslog,
         )
 
     def keyring_config(self) -> KeyringConfig:
@@ -177,6 +203,15 @@ class PartnerHome:
         from fedcustomer.privacy.crypto.keyring_factory import open_audit_signer
 
         return open_audit_signer(keyring, self.config().name)
+
+    def anchor_sink(self) -> AnchorSinks | None:
+        """Where every signed audit checkpoint also goes (partner.toml ``[audit]``); None: nowhere else."""
+        from fedcustomer.privacy.audit.anchors import anchor_sinks
+
+        if not self.config_path.exists():
+            return None
+        config = self.config()
+        return anchor_sinks(config.name, file=config.anchor_file, syslog=config.anchor_syslog)
 
     def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
         """The partner's ledger, new charges recorded under ``dataset``, composed against the

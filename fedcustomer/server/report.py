@@ -1,7 +1,7 @@
 """The run directory: what a data scientist and a compliance officer read after a job.
 
 ``runs/<id>/config.json  summary.json  metrics.csv  model.pt  feature_spec.json
-plots/*.png  checkpoints/round-NNNN.pt``. ``summary.json`` is the stable,
+anchors.jsonl  plots/*.png  checkpoints/round-NNNN.pt``. ``summary.json`` is the stable,
 machine-readable result; its schema is documented in the README.
 """
 
@@ -20,6 +20,7 @@ from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import LoopResult, RoundReport
 
 SUMMARY_SCHEMA_VERSION = 1
+ANCHORS_FILE = "anchors.jsonl"
 
 
 class RunRecorder:
@@ -40,6 +41,7 @@ class RunRecorder:
     def record_round(self, report: RoundReport, arrays: ArrayRecord) -> None:
         self.rounds.append(report)
         self._write_metrics_csv()
+        self._write_anchors()
         if report.applied:
             self.save_checkpoint(report.round, arrays)
 
@@ -145,6 +147,12 @@ class RunRecorder:
         return sorted(partners.values(), key=lambda s: s["name"])
 
     # --- files ------------------------------------------------------------------
+    def _write_anchors(self) -> None:
+        """``anchors.jsonl``: each partner's audit anchor, one line per partner per round it answered."""
+        lines = [p.anchor for r in self.rounds for p in r.partners if p.anchor is not None]
+        if lines:
+            self.files.write_jsonl(ANCHORS_FILE, lines)
+
     def _write_metrics_csv(self) -> None:
         rows = []
         for r in self.rounds:

@@ -20,6 +20,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
+from fedcustomer.privacy.audit.anchors import received_anchor
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,7 @@ class PartnerRound:
     metrics: dict[str, float] = field(default_factory=dict)
     accounting: dict[str, Any] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    anchor: dict[str, Any] | None = None  # the partner's audit anchor as received (anchors.jsonl line)
 
 
 @dataclass
@@ -91,7 +95,7 @@ def run_rounds(
             )
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
-        trained_msgs, partners = _classify(messages, replies, names)
+        trained_msgs, partners = _classify(messages, replies, names, str(train_config.get("run-id", "")), rnd)
         if len(trained_msgs) < min_partners:
             report = RoundReport(rnd, partners, {}, {}, time.perf_counter() - t0, applied=False)
             reports.append(report)
@@ -122,7 +126,7 @@ def run_rounds(
 
 
 def _classify(
-    sent: list[Message], replies: Iterable[Message], names: dict[int, str]
+    sent: list[Message], replies: Iterable[Message], names: dict[int, str], run_id: str = "", rnd: int = 0
 ) -> tuple[list[Message], list[PartnerRound]]:
     trained: list[Message] = []
     partners: list[PartnerRound] = []
@@ -141,12 +145,16 @@ def _classify(
         names[node] = name
         metrics = _plain(msg.content["metrics"]) if "metrics" in msg.content else {}
         accounting = json.loads(str(info.get("accounting-json", "{}")))
-        if metrics.get("refused", 0.0) >= 1.0 or "arrays" not in msg.content:
-            partners.append(
-                PartnerRound(name, "refused", str(info.get("refused-reason", "refused")), metrics, accounting)
+        anchor = None
+        if ANCHOR_WIRE_KEY in info:  # recorded whatever it holds; `audit verify --anchors` judges it
+            anchor = received_anchor(
+                str(info[ANCHOR_WIRE_KEY]), partner=name, run_id=run_id, kind="round", round=rnd
             )
+        if metrics.get("refused", 0.0) >= 1.0 or "arrays" not in msg.content:
+            reason = str(info.get("refused-reason", "refused"))
+            partners.append(PartnerRound(name, "refused", reason, metrics, accounting, anchor=anchor))
         else:
-            partners.append(PartnerRound(name, "trained", None, metrics, accounting))
+            partners.append(PartnerRound(name, "trained", None, metrics, accounting, anchor=anchor))
             trained.append(msg)
     for msg in sent:
         node = msg.metadata.dst_node_id

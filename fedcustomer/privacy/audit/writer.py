@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
+from fedcustomer.privacy.audit.anchors import AnchorSink
 from fedcustomer.privacy.audit.files import LogFiles, append_bytes, last_line, write_new_file
 from fedcustomer.privacy.audit.guards import reach_problem, unsigned_hashes
 from fedcustomer.privacy.audit.keys import (
@@ -86,12 +87,14 @@ class AuditLog(LogFiles):
         public_key_path: Path | None = None,
         reach: ReachRecord | None = None,
         signer: CheckpointSigner | None = None,
+        anchor_sink: AnchorSink | None = None,
     ) -> None:
         """``signer`` (e.g. a key on a PKCS#11 token) signs checkpoints instead of the key file."""
         if not is_int(checkpoint_every) or checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
         super().__init__(directory)
         self.reach = reach
+        self.anchor_sink = anchor_sink
         self.checkpoint_every = checkpoint_every
         self.durable = durable
         self._signing_key: CheckpointSigner | None = signer
@@ -109,12 +112,15 @@ class AuditLog(LogFiles):
         durable: bool = False,
         reach: ReachRecord | None = None,
         signer: CheckpointSigner | None = None,
+        anchor_sink: AnchorSink | None = None,
     ) -> AuditLog:
         """Open (creating if needed) a log with a signing key in ``keys_dir``, or with ``signer``.
 
         ``keys_dir`` defaults to ``directory.parent / "keys"``, which is the partner home's
         ``keys/`` when ``directory`` is its ``audit/``. The key is created with mode 0600 if
-        absent; its public key is written beside the log and into ``keys_dir``.
+        absent; its public key is written beside the log and into ``keys_dir``. Each
+        checkpoint signed is also handed to ``anchor_sink`` (a second location, see
+        :mod:`.anchors`).
         """
         directory = Path(directory)
         keys = Path(keys_dir) if keys_dir is not None else directory.parent / "keys"
@@ -136,6 +142,7 @@ class AuditLog(LogFiles):
             durable=durable,
             reach=reach,
             signer=key,
+            anchor_sink=anchor_sink,
         )
 
     def __enter__(self) -> AuditLog:
@@ -230,7 +237,10 @@ class AuditLog(LogFiles):
         return size + len(line)
 
     def _record_reach(self, rec: dict[str, Any] | None, end: int, cp: Checkpoint | None) -> None:
-        """Tell the reach record (outside the lock: it may wait on another database)."""
+        """Tell the reach record and the anchor sink (outside the lock: they may wait on another
+        database or volume)."""
+        if cp is not None and self.anchor_sink is not None and self._signing_key is not None:
+            self.anchor_sink.write(cp, self._signing_key.public_key())
         if self.reach is None:
             return
         if rec is not None:

@@ -1,4 +1,4 @@
-"""`fedcustomer query`, `rfm` and `budget show`: DP analytics across partners from the command line."""
+"""`fedcustomer query`, `rfm` and `budget show/set/verify`: DP analytics across partners from the command line."""
 
 from __future__ import annotations
 
@@ -190,7 +190,8 @@ def budget_show(
     t = report["totals"]
     console.print(
         f"[bold]{escape(report['partner'])}[/]: epsilon {t['epsilon']:.4g} of {t['epsilon_target']:g} "
-        f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers"
+        f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers, "
+        f"composed with {report['accountant']['accountant'].upper()}"
     )
     for ds in report["datasets"]:
         table = Table(title=f"releases about dataset {escape(ds['dataset'])}", caption=BUDGET_CAPTION)
@@ -228,6 +229,11 @@ def budget_set(
     ),
     delta: float = typer.Option(..., help="delta target"),
     replace: bool = typer.Option(False, "--replace", help="change a budget that is already set"),
+    accountant: str | None = typer.Option(
+        None,
+        help="how the spend is composed: rdp (Opacus, the default) or pld (dp-accounting, tighter); "
+        "the whole history is recomposed with it from then on",
+    ),
     identity: Path = typer.Option(
         ...,
         "--identity",
@@ -248,16 +254,24 @@ def budget_set(
         )
     config = phome.config()
     new = DatasetBudget(epsilon, delta)
-    old = config.budget
+    old, old_accountant = config.budget, config.accountant
+    if accountant is not None:
+        from fedcustomer.privacy.dp.accountants import accountant_named
+
+        config.accountant = accountant_named(accountant).name  # refuses an unknown name
     if old is not None and not config.migrated_from and not replace:
         raise ConfigError(
             f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
             "pass --replace to change it"
         )
-    spent = phome.ledger("-", new).spent() if phome.ledger_path.exists() else None
+    spent = None
+    if phome.ledger_path.exists():
+        from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+        spent = BudgetLedger(phome.ledger_path, "-", new, config.accountant_spec()).spent()
     signer = load_signer(identity)
     with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
-        asked = {"epsilon": epsilon, "delta": delta, "replace": replace}
+        asked = {"epsilon": epsilon, "delta": delta, "replace": replace, "accountant": config.accountant}
         who = store.principal(signer, action="budget_set", audit_action="budget_set", extra=asked)
         store.require(who, "policy_edit", "budget_set", details=asked)
         store.log(
@@ -266,14 +280,18 @@ def budget_set(
             details={
                 "epsilon": epsilon,
                 "delta": delta,
-                "previous": None if old is None else {"epsilon": old.epsilon, "delta": old.delta},
+                "accountant": config.accountant,
+                "previous": None
+                if old is None
+                else {"epsilon": old.epsilon, "delta": old.delta, "accountant": old_accountant},
             },
         )
     config.budget = new
     phome.write_config(config)
     console.print(
-        f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}"
-        + (f" (was {old.epsilon:g}, {old.delta:g})" if old else "")
+        f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}, "
+        f"accountant {config.accountant}"
+        + (f" (was {old.epsilon:g}, {old.delta:g}, {old_accountant})" if old else "")
     )
     if spent is not None and spent.epsilon > 0:
         console.print(
@@ -288,8 +306,67 @@ def budget_set(
 
 BUDGET_CAPTION = (
     "eps alone: that release on its own; eps total: the partner's spend after it, every release "
-    "about its customers composed (all datasets; Renyi DP for Gaussian ones, so less than the sum)"
+    "about its customers composed (all datasets; Gaussian ones with the accountant the row names, "
+    "RDP or PLD, so less than the sum)"
 )
+
+
+@budget_app.command(
+    "verify",
+    help="Recompute every ledger row's epsilon with the accounting libraries alone (Opacus RDP, "
+    "dp-accounting PLD) and compare with what the ledger recorded; exit 7 on a mismatch.",
+)
+def budget_verify(
+    home: Path = typer.Option(..., help="partner home directory"),
+    tolerance: float = typer.Option(1e-6, help="relative difference allowed between recorded and recomputed"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    from fedcustomer.errors import IntegrityError
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.dp.recompute import recompute
+
+    phome = PartnerHome(home)
+    config = phome.config()
+    if not phome.ledger_path.exists():
+        raise ConfigError(f"{home} has no ledger yet: nothing to verify")
+    ledger = phome.ledger("-", config.budget_for())
+    rows = recompute(ledger.all_charges(), tolerance)
+    bad = [r for r in rows if not r.ok]
+    spent = ledger.spent()
+    report = {
+        "format": "fedcustomer.budget-verify/1",
+        "partner": config.name,
+        "accountant": config.accountant_spec().describe(),
+        "epsilon_now": spent.epsilon,
+        "rows": [r.to_dict() for r in rows],
+        "mismatches": len(bad),
+        "tolerance": tolerance,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        table = Table(title=f"ledger of {escape(config.name)}: recorded against recomputed")
+        for col in ("seq", "release", "accountant", "eps total recorded", "recomputed", ""):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(
+                str(r.seq),
+                escape(r.charge_key),
+                r.accountant,
+                f"{r.recorded_total:.6g}",
+                f"{r.recomputed_total:.6g}",
+                "ok" if r.ok else "[red]MISMATCH[/]",
+            )
+        console.print(table)
+        console.print(
+            f"{len(rows) - len(bad)} of {len(rows)} rows recompute; spend now {spent.epsilon:.4g} "
+            f"with {config.accountant.upper()} over the whole history"
+        )
+    if bad:
+        raise IntegrityError(
+            f"{len(bad)} ledger row(s) of partner {config.name!r} do not recompute (first: seq {bad[0].seq}, "
+            f"{bad[0].charge_key!r}: recorded {bad[0].recorded_total:.6g}, recomputed {bad[0].recomputed_total:.6g})"
+        )
 
 
 def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
@@ -311,6 +388,7 @@ def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         "format": "fedcustomer.budget/2",
         "partner": config.name,
         "home": str(home.root),
+        "accountant": config.accountant_spec().describe(),
         "totals": {
             "epsilon": spent.epsilon,
             "delta": spent.delta,

@@ -2,7 +2,8 @@
 
 Layout (see README, "Partner home")::
 
-    partner.toml   name, the partner's privacy budget (one for all its customers), policy file,
+    partner.toml   name, the partner's privacy budget (one for all its customers) and its accountant
+                   (rdp or pld), policy file,
                    where the keys live ([keyring]: the key file, or a PKCS#11 token)
                    and second locations for signed audit checkpoints ([audit])
     store.db       governed customer store (SQLite)
@@ -29,6 +30,7 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
     from fedcustomer.privacy.audit.anchors import AnchorSinks
     from fedcustomer.privacy.audit.keys import CheckpointSigner
+    from fedcustomer.privacy.dp.accountants import Accountant
     from fedcustomer.privacy.dp.ledger import BudgetLedger
 
 
@@ -51,6 +53,15 @@ class PartnerConfig:
     # [audit]: second locations for every signed checkpoint (see privacy/audit/anchors.py)
     anchor_file: str | None = None
     anchor_syslog: str | bool | None = None
+    # [budget] accountant = "rdp" | "pld" (and pld_discretization): how the budget's spend is composed
+    accountant: str = "rdp"
+    pld_discretization: float | None = None
+
+    def accountant_spec(self) -> Accountant:
+        """The accountant partner.toml selects (RDP unless it says otherwise)."""
+        from fedcustomer.privacy.dp.accountants import accountant_named
+
+        return accountant_named(self.accountant, self.pld_discretization)
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""
@@ -140,6 +151,12 @@ class PartnerHome:
                 f"epsilon = {config.budget.epsilon!r}",
                 f"delta = {config.budget.delta!r}",
             ]
+            if config.accountant != "rdp" or config.pld_discretization is not None:
+                lines.append(
+                    f"accountant = {_toml_str(config.accountant)}  # how the spend is composed: rdp or pld"
+                )
+            if config.pld_discretization is not None:
+                lines.append(f"pld_discretization = {config.pld_discretization!r}")
         lines += config.keyring.toml_lines()
         if config.anchor_file or config.anchor_syslog:
             lines += [
@@ -172,6 +189,7 @@ class PartnerHome:
             ) from None
         if budget is None and legacy:
             budget = _migrate(legacy)
+        accountant, pld_discretization = _accountant(raw.get("budget", {}), self.config_path)
         keyring = KeyringConfig.from_mapping(raw.get("keyring", {}), str(self.config_path))
         audit = raw.get("audit", {})
         if not isinstance(audit, dict):
@@ -189,6 +207,8 @@ class PartnerHome:
             keyring=keyring,
             anchor_file=anchor_file,
             anchor_syslog=anchor_syslog,
+            accountant=accountant,
+            pld_discretization=pld_discretization,
         )
 
     def keyring_config(self) -> KeyringConfig:
@@ -218,8 +238,12 @@ class PartnerHome:
         partner's one budget (partner.toml's unless ``budget`` is given, e.g. one being proposed)."""
         from fedcustomer.privacy.dp.ledger import BudgetLedger
 
+        config = self.config()
         return BudgetLedger(
-            self.ledger_path, dataset, budget if budget is not None else self.config().budget_for(dataset)
+            self.ledger_path,
+            dataset,
+            budget if budget is not None else config.budget_for(dataset),
+            config.accountant_spec(),
         )
 
     def ensure_budget(self, budget: DatasetBudget) -> tuple[DatasetBudget, str | None]:
@@ -250,6 +274,22 @@ def _budget(raw: object) -> DatasetBudget:
     if not isinstance(raw, dict):
         raise TypeError("expected a table")
     return DatasetBudget(float(raw["epsilon"]), float(raw["delta"]))
+
+
+def _accountant(raw: object, where: Path) -> tuple[str, float | None]:
+    """``accountant`` and ``pld_discretization`` of the [budget] table, checked."""
+    if not isinstance(raw, dict):
+        return "rdp", None
+    name, interval = raw.get("accountant", "rdp"), raw.get("pld_discretization")
+    if name not in ("rdp", "pld"):
+        raise ConfigError(f'{where}: [budget] accountant must be "rdp" or "pld", got {name!r}')
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (0 < interval <= 0.1)
+    ):
+        raise ConfigError(
+            f"{where}: [budget] pld_discretization must be a number in (0, 0.1], got {interval!r}"
+        )
+    return str(name), None if interval is None else float(interval)
 
 
 def _migrate(legacy: dict[str, DatasetBudget]) -> DatasetBudget:

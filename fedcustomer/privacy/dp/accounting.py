@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedcustomer.errors import ConfigError
 
-ACCOUNTANT = "rdp"
+ACCOUNTANT = "rdp"  # this module's accountant; ``accountants.Accountant`` selects it or PLD
 ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
@@ -124,6 +124,21 @@ def calibrate_noise(
             delta,
         )
 
+    return bisect_noise(eps_at, epsilon_target, sigma_min, sigma_max, tolerance)
+
+
+def bisect_noise(
+    eps_at: Callable[[float], float],
+    epsilon_target: float,
+    sigma_min: float,
+    sigma_max: float,
+    tolerance: float,
+) -> float:
+    """Smallest noise multiplier in ``[sigma_min, sigma_max]`` whose epsilon is at most the target.
+
+    The answer is always a point where ``eps_at`` was evaluated and found within the target,
+    so calibration meets the target from below (or returns ``sigma_max``, which may not).
+    """
     if eps_at(sigma_max) > epsilon_target:
         return sigma_max
     if eps_at(sigma_min) <= epsilon_target:

@@ -10,10 +10,15 @@ A charge that would push the partner past its target is refused before anything 
 released, and nothing is written for it except a refusal record.
 
 Composition:
-- Gaussian releases (DP-SGD rounds, Gaussian analytics) compose in Renyi DP, exactly
-  as one Opacus ``RDPAccountant`` over the whole history (tight within the family).
+- Gaussian releases (DP-SGD rounds, Gaussian analytics) compose with the partner's
+  accountant (``accountants.Accountant``): Renyi DP exactly as one Opacus ``RDPAccountant``
+  over the whole history (the default), or a privacy loss distribution with dp-accounting's
+  ``PLDAccountant`` (tighter; see ``pld``). Each row records the accountant (and the PLD's
+  discretisation interval) that computed its totals, so the history can be recomputed
+  (``recompute``). A partner that switches accountant has its whole history recomposed with
+  the new one from then on; rows keep the accountant they were charged under.
 - Other (epsilon, delta) releases (e.g. Laplace counts) compose with the Gaussian part
-  by basic composition: epsilon_total = eps_rdp(delta_target - sum(delta_i)) + sum(eps_i).
+  by basic composition: epsilon_total = eps_gauss(delta_target - sum(delta_i)) + sum(eps_i).
   Sound, and documented as looser than necessary.
 
 Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
@@ -40,6 +45,7 @@ from typing import Any
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, IntegrityError
 from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
@@ -67,7 +73,9 @@ CREATE TABLE IF NOT EXISTS charges (
     delta_total REAL NOT NULL,
     epsilon_target REAL NOT NULL,
     delta_target REAL NOT NULL,
-    details TEXT NOT NULL DEFAULT '{}'
+    details TEXT NOT NULL DEFAULT '{}',
+    accountant TEXT NOT NULL DEFAULT 'rdp',
+    pld_interval REAL
 );
 CREATE INDEX IF NOT EXISTS charges_dataset ON charges(dataset, seq);
 CREATE TABLE IF NOT EXISTS refusals (
@@ -78,9 +86,15 @@ CREATE TABLE IF NOT EXISTS refusals (
     mechanism TEXT NOT NULL,
     epsilon_would_be REAL NOT NULL,
     epsilon_target REAL NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    accountant TEXT NOT NULL DEFAULT 'rdp'
 );
 """
+# Columns later versions added, with what rows written before them mean (every such row was RDP).
+_ADDED_COLUMNS = {
+    "charges": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"), ("pld_interval", "REAL")),
+    "refusals": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"),),
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,8 @@ class Charge:
     epsilon_target: float
     delta_target: float
     details: dict[str, Any] = field(default_factory=dict)
+    accountant: str = "rdp"  # which accountant computed epsilon and epsilon_total
+    pld_interval: float | None = None  # its discretisation interval (PLD only)
     already_paid: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,15 +147,19 @@ class Charge:
 class BudgetLedger:
     """One partner's ledger file, seen from one dataset: charges are labelled with it, spend is partner-wide."""
 
-    def __init__(self, path: str | Path, dataset: str, budget: DatasetBudget) -> None:
+    def __init__(
+        self, path: str | Path, dataset: str, budget: DatasetBudget, accountant: Accountant | None = None
+    ) -> None:
         self.path = Path(path)
         self.dataset = dataset
         self.budget = budget
+        self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._use_wal()
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+        self._add_columns()
 
     # --- reading ---------------------------------------------------------------
     def charges(self) -> list[Charge]:
@@ -223,7 +243,7 @@ class BudgetLedger:
         target = (self.budget.epsilon - approx_eps - reserve_epsilon) * (1 - 1e-9)
         if target <= 0:
             return sigma_max
-        return accounting.calibrate_noise(
+        return self.accountant.calibrate_noise(
             self.gaussian_history() + list(pending_gaussian),
             sample_rate,
             steps,
@@ -236,27 +256,38 @@ class BudgetLedger:
     def accounting_state(self) -> dict[str, Any]:
         """Everything needed to recompute the spend independently."""
         history = self.gaussian_history()
-        return {
-            "accountant": accounting.ACCOUNTANT,
-            "opacus_state_dict": accounting.opacus_accountant(history).state_dict(),
+        state: dict[str, Any] = {
+            **self.accountant.describe(),
             "gaussian_history": [h.as_tuple() for h in history],
             "approx_charges": [
                 {"epsilon": c.epsilon, "delta": c.delta, "mechanism": c.mechanism}
                 for c in self.all_charges()
                 if c.family == APPROX
             ],
-            "composition": "RDP within Gaussian releases; basic composition with other releases; "
-            "over every charge of the partner (all datasets)",
+            "composition": f"{self.accountant.name.upper()} within Gaussian releases; basic composition "
+            "with other releases; over every charge of the partner (all datasets)",
             "delta_target": self.budget.delta,
         }
+        if self.accountant.name == "rdp":
+            state["opacus_state_dict"] = accounting.opacus_accountant(history).state_dict()
+        return state
 
     def record_refusal(self, charge_key: str, mechanism: str, epsilon_would_be: float, reason: str) -> None:
         """Keep a release the partner declined before trying (e.g. a round checked in advance)."""
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (charge_key, self.dataset, _now(), mechanism, epsilon_would_be, self.budget.epsilon, reason),
+                "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target,"
+                " reason, accountant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    charge_key,
+                    self.dataset,
+                    _now(),
+                    mechanism,
+                    epsilon_would_be,
+                    self.budget.epsilon,
+                    reason,
+                    self.accountant.name,
+                ),
             )
 
     # --- charging --------------------------------------------------------------
@@ -335,7 +366,7 @@ class BudgetLedger:
             if family == GAUSSIAN:
                 assert steps is not None
                 after = self._spend_of(prior, extra_gaussian=[steps])
-                alone = accounting.epsilon([steps], self.budget.delta)
+                alone = self.accountant.epsilon([steps], self.budget.delta)
             else:
                 assert epsilon is not None and delta is not None  # charge_approx always passes both
                 after = self._spend_of(prior, extra_approx=[(float(epsilon), float(delta))])
@@ -347,15 +378,25 @@ class BudgetLedger:
                     f"spent so far {self._spend_of(prior).epsilon:.4f}"
                 )
                 conn.execute(
-                    "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (charge_key, self.dataset, _now(), mechanism, after.epsilon, self.budget.epsilon, reason),
+                    "INSERT INTO refusals (charge_key, dataset, time, mechanism, epsilon_would_be, epsilon_target,"
+                    " reason, accountant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        charge_key,
+                        self.dataset,
+                        _now(),
+                        mechanism,
+                        after.epsilon,
+                        self.budget.epsilon,
+                        reason,
+                        self.accountant.name,
+                    ),
                 )
                 raise _Refused(reason)
             cur = conn.execute(
                 "INSERT INTO charges (charge_key, dataset, time, family, mechanism, run_id, round, query_id,"
                 " noise_multiplier, sample_rate, steps, epsilon, delta, epsilon_total, delta_total,"
-                " epsilon_target, delta_target, details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " epsilon_target, delta_target, details, accountant, pld_interval)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     charge_key,
                     self.dataset,
@@ -375,6 +416,8 @@ class BudgetLedger:
                     self.budget.epsilon,
                     self.budget.delta,
                     json.dumps(dict(details or {}), sort_keys=True),
+                    self.accountant.name,
+                    self.accountant.interval,
                 ),
             )
             row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
@@ -394,8 +437,8 @@ class BudgetLedger:
             approx_delta += d
         if any(h.steps for h in history):
             delta_rdp = self.budget.delta - approx_delta
-            eps_rdp = accounting.epsilon(history, delta_rdp) if delta_rdp > 0 else float("inf")
-            return Spend(eps_rdp + approx_eps, self.budget.delta, self.budget.epsilon, self.budget.delta)
+            eps_gauss = self.accountant.epsilon(history, delta_rdp) if delta_rdp > 0 else float("inf")
+            return Spend(eps_gauss + approx_eps, self.budget.delta, self.budget.epsilon, self.budget.delta)
         return Spend(approx_eps, approx_delta, self.budget.epsilon, self.budget.delta)
 
     @contextmanager
@@ -407,6 +450,15 @@ class BudgetLedger:
             yield conn
         finally:
             conn.close()
+
+    def _add_columns(self) -> None:
+        """Bring a ledger written by an earlier version up to this schema (its rows were all RDP)."""
+        with self._connect() as conn:
+            missing = _missing_columns(conn)
+        if missing:
+            with self._transaction() as conn:
+                for table, column, decl in _missing_columns(conn):  # again, under the lock
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def _use_wal(self) -> None:
         """Write-ahead logging: readers never block the writer, and a commit is one fsync.
@@ -463,6 +515,14 @@ def _gaussian_steps(c: Charge) -> GaussianSteps:
             f"ledger charge {c.charge_key!r} is Gaussian but lacks its noise multiplier, sample rate or steps"
         )
     return GaussianSteps(float(c.noise_multiplier), float(c.sample_rate), int(c.steps))
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    out = []
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+        out += [(table, name, decl) for name, decl in columns if name not in have]
+    return out
 
 
 def _approx_totals(charges: Sequence[Charge]) -> tuple[float, float]:

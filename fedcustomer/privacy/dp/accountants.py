@@ -1,0 +1,94 @@
+"""Which accountant composes a partner's Gaussian releases: RDP (Opacus) or PLD (dp-accounting).
+
+A partner chooses one in partner.toml (``accountant = "pld"`` in ``[budget]``; RDP when
+unset, so existing homes report what they always did). The choice is used for both sides of
+a release: calibration (the noise for the budget left) and reporting (the spend, the
+refusals). Each ledger row records the accountant that produced its totals.
+
+Mixed histories (a partner that switched): every spend is the **whole** history recomposed
+with the accountant selected now. Both accountants are sound over any history, so the figure
+reported is a valid bound; the smaller of the two is never picked per release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp import accounting, pld
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+
+RDP = "rdp"
+PLD = "pld"
+ACCOUNTANTS = (RDP, PLD)
+DEFAULT = RDP
+
+
+@dataclass(frozen=True)
+class Accountant:
+    """An accountant and its one parameter (the PLD's discretisation interval)."""
+
+    name: str = DEFAULT
+    pld_interval: float = pld.VALUE_DISCRETIZATION_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.name not in ACCOUNTANTS:
+            raise ConfigError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.name!r}")
+        pld.check_interval(self.pld_interval)
+
+    @property
+    def interval(self) -> float | None:
+        """The discretisation interval the ledger records (None for RDP, which has none)."""
+        return self.pld_interval if self.name == PLD else None
+
+    def epsilon(self, history: Sequence[GaussianSteps], delta: float) -> float:
+        """Epsilon of a Gaussian history at ``delta``."""
+        if self.name == PLD:
+            return pld.epsilon(history, delta, self.pld_interval)
+        return accounting.epsilon(history, delta)
+
+    def calibrate_noise(
+        self,
+        prior: Sequence[GaussianSteps],
+        sample_rate: float,
+        steps: int,
+        epsilon_target: float,
+        delta: float,
+        *,
+        sigma_min: float = 0.3,
+        sigma_max: float = 50.0,
+    ) -> float:
+        """Smallest noise multiplier whose ``steps`` fit in ``epsilon_target`` after ``prior``."""
+        if self.name == PLD:
+            return pld.calibrate_noise(
+                prior,
+                sample_rate,
+                steps,
+                epsilon_target,
+                delta,
+                interval=self.pld_interval,
+                sigma_min=sigma_min,
+                sigma_max=sigma_max,
+            )
+        return accounting.calibrate_noise(
+            prior, sample_rate, steps, epsilon_target, delta, sigma_min=sigma_min, sigma_max=sigma_max
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What a report says about the accountant (enough to recompute with the library)."""
+        if self.name == PLD:
+            return {
+                "accountant": PLD,
+                "library": "dp-accounting PLDAccountant (pessimistic discretisation)",
+                "value_discretization_interval": self.pld_interval,
+            }
+        return {"accountant": RDP, "library": "opacus RDPAccountant"}
+
+
+def accountant_named(name: str | None, interval: float | None = None) -> Accountant:
+    """The accountant a ledger row or a config names (RDP when it names none)."""
+    return Accountant(
+        name or DEFAULT, pld.VALUE_DISCRETIZATION_INTERVAL if interval is None else float(interval)
+    )

@@ -1,0 +1,167 @@
+"""Privacy accounting with privacy loss distributions (PLD), on Google's ``dp-accounting``.
+
+PLD accounting composes the exact privacy loss distribution of each subsampled-Gaussian
+step, so for the same history it reports a smaller epsilon than RDP's conversion (often
+10-20% smaller), which buys less noise for the same target.
+
+What is computed, so that anyone can recompute it with ``dp_accounting`` alone:
+
+- the Gaussian history is **grouped**: charges with the same (noise multiplier, sample
+  rate) are one group whose steps are summed, groups in the order of their first charge
+  (composition commutes, so this is the same mechanism; grouping makes a run calibrated
+  for ``rounds x steps`` report exactly what its calibration promised);
+- each group is ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), steps)``,
+  the groups a ``ComposedDpEvent``;
+- the event is composed by ``PLDAccountant(ADD_OR_REMOVE_ONE, value_discretization_interval)``
+  and read with ``get_epsilon(delta)``. The accountant builds every Gaussian PLD with
+  ``pessimistic_estimate=True`` (the library's default, which it does not let a caller
+  change): privacy losses are rounded *up* to the grid, so the epsilon is an upper bound
+  whatever the interval; a coarser interval is faster and slightly looser.
+
+This module repeats the accountant's own steps (identity, then ``compose`` of each group's
+``self_compose``) to cache the single-step PLDs and composed prefixes; the figures are
+the accountant's, bit for bit (tests compare them).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from dp_accounting import dp_event
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from dp_accounting.privacy_accountant import NeighboringRelation
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp.accounting import GaussianSteps, bisect_noise
+
+#: The discretisation of privacy losses: the library's default, 1e-4 nats. Pessimistic
+#: rounding makes any interval sound; 1e-4 keeps the epsilon within ~0.1% of the exact
+#: PLD for the histories a partner accrues, at ~0.2-0.6 s to build one step's PLD.
+VALUE_DISCRETIZATION_INTERVAL = 1e-4
+NEIGHBOURING = NeighboringRelation.ADD_OR_REMOVE_ONE  # as Opacus's RDP: one customer added or removed
+
+_PREFIXES: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # (interval, *groups) -> composed PLD
+_PREFIXES_MAX = 8  # composed PLDs are a few MB each
+_LOCK = threading.Lock()
+
+
+def check_interval(interval: float) -> float:
+    """Refuse a discretisation interval that is not a small positive number."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (0 < interval <= 0.1):
+        raise ConfigError(f"the PLD discretisation interval must be in (0, 0.1], got {interval!r}")
+    return float(interval)
+
+
+def grouped(history: Sequence[GaussianSteps]) -> list[GaussianSteps]:
+    """Steps of identical (noise multiplier, sample rate) summed; groups in first-charge order."""
+    steps: dict[tuple[float, float], int] = {}
+    for h in history:
+        if h.steps:
+            key = (float(h.noise_multiplier), float(h.sample_rate))
+            steps[key] = steps.get(key, 0) + int(h.steps)
+    return [GaussianSteps(sigma, q, n) for (sigma, q), n in steps.items()]
+
+
+def dp_event_of(history: Sequence[GaussianSteps]) -> dp_event.DpEvent:
+    """The ``dp_accounting`` event the PLD accountant composes for this history."""
+    return dp_event.ComposedDpEvent(
+        [
+            dp_event.SelfComposedDpEvent(
+                dp_event.PoissonSampledDpEvent(g.sample_rate, dp_event.GaussianDpEvent(g.noise_multiplier)),
+                g.steps,
+            )
+            for g in grouped(history)
+        ]
+    )
+
+
+def epsilon(
+    history: Sequence[GaussianSteps], delta: float, interval: float = VALUE_DISCRETIZATION_INTERVAL
+) -> float:
+    """Epsilon of a whole history at ``delta`` (0 for an empty one)."""
+    groups = grouped(history)
+    if not groups:
+        return 0.0
+    return float(_composed(tuple(g.as_tuple() for g in groups), interval).get_epsilon_for_delta(delta))
+
+
+def calibrate_noise(
+    prior: Sequence[GaussianSteps],
+    sample_rate: float,
+    steps: int,
+    epsilon_target: float,
+    delta: float,
+    *,
+    interval: float = VALUE_DISCRETIZATION_INTERVAL,
+    sigma_min: float = 0.3,
+    sigma_max: float = 50.0,
+    tolerance: float = 1e-3,
+) -> float:
+    """Smallest noise multiplier whose ``steps`` fit in the budget left after ``prior`` (PLD).
+
+    Each candidate is composed exactly as :func:`epsilon` would compose ``prior`` plus the
+    new steps, so the spend reported once those steps are charged is the one found here.
+    """
+    if steps <= 0:
+        return sigma_max
+    groups = grouped(prior)
+    base = _composed(tuple(g.as_tuple() for g in groups), interval) if groups else None
+
+    def eps_at(sigma: float) -> float:
+        if any(g.noise_multiplier == sigma and g.sample_rate == sample_rate for g in groups):
+            return epsilon([*prior, GaussianSteps(sigma, sample_rate, steps)], delta, interval)
+        new = _build_one_step(sigma, sample_rate, interval).self_compose(steps)
+        start = base if base is not None else pld_lib.identity(value_discretization_interval=interval)
+        return float(start.compose(new).get_epsilon_for_delta(delta))
+
+    return bisect_noise(eps_at, epsilon_target, sigma_min, sigma_max, tolerance)
+
+
+def _composed(groups: tuple[tuple[float, float, int], ...], interval: float) -> Any:
+    """identity, then each group's ``self_compose`` composed in order (the PLD accountant's steps).
+
+    The longest composed prefix still cached is the start: a run's rounds only change the
+    last group, so a charge costs one ``self_compose`` and one ``compose``.
+    """
+    start, done = pld_lib.identity(value_discretization_interval=interval), 0
+    with _LOCK:
+        for n in range(len(groups), 0, -1):
+            cached = _PREFIXES.get((interval, *groups[:n]))
+            if cached is not None:
+                _PREFIXES.move_to_end((interval, *groups[:n]))
+                start, done = cached, n
+                break
+    result = start
+    for n in range(done, len(groups)):
+        sigma, q, steps = groups[n]
+        result = result.compose(_one_step(sigma, q, interval).self_compose(steps))
+        if n >= len(groups) - 2:  # keep the whole history and the one without its last group
+            _remember((interval, *groups[: n + 1]), result)
+    return result
+
+
+def _remember(key: tuple[Any, ...], value: Any) -> None:
+    with _LOCK:
+        _PREFIXES[key] = value
+        _PREFIXES.move_to_end(key)
+        while len(_PREFIXES) > _PREFIXES_MAX:
+            _PREFIXES.popitem(last=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _one_step(sigma: float, sample_rate: float, interval: float) -> Any:
+    """One step's PLD, cached: building it is most of the cost of a charge."""
+    return _build_one_step(sigma, sample_rate, interval)
+
+
+def _build_one_step(sigma: float, sample_rate: float, interval: float) -> Any:
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma,
+        sampling_prob=sample_rate,
+        value_discretization_interval=interval,
+        neighboring_relation=NEIGHBOURING,
+    )

@@ -86,6 +86,14 @@ def run(
     ),
     central_noise_multiplier: float = typer.Option(D["central_noise_multiplier"]),
     central_clipping_norm: float = typer.Option(D["central_clipping_norm"]),
+    central_max_epsilon: float | None = typer.Option(
+        None,
+        help="with --central-dp: stop before the round that would take the partner-level epsilon past this "
+        "(fedavg or fedprox)",
+    ),
+    central_accountant: str = typer.Option(
+        D["central_accountant"], help="rdp | pld: how the partner-level epsilon is composed"
+    ),
     min_partners: int = typer.Option(D["min_partners"], help="stop when fewer partners can train a round"),
     federated_eval: str = typer.Option(
         D["federated_eval"], help="every | final | none: held-out evaluation at the partners"
@@ -150,6 +158,8 @@ def run(
             central_dp=central_dp,
             central_noise_multiplier=central_noise_multiplier,
             central_clipping_norm=central_clipping_norm,
+            central_max_epsilon=central_max_epsilon,
+            central_accountant=central_accountant,
             min_partners=min_partners,
             federated_eval=federated_eval,
             seed=seed,
@@ -264,7 +274,11 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     console.print(results)
     if summary.get("central_dp"):
         c = summary["central_dp"]
-        console.print(f"central DP (partner-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:.0e}")
+        cap = f", maximum {c['max_epsilon']:g}" if c.get("max_epsilon") is not None else ""
+        console.print(
+            f"central DP (partner-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:.0e} "
+            f"({str(c.get('accountant', 'rdp')).upper()}{cap})"
+        )
 
 
 # Unclipped SGD needs a smaller step than DP-SGD (whose clipped steps are bounded).

@@ -26,6 +26,9 @@ from fedcustomer.jobs.config import (
 from fedcustomer.models.names import ARCHITECTURES, TASKS
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+# Strategies that aggregate with FedAvg's uniform mean: the ones Flower's accounted central-DP wrapper accepts.
+CAPPED_CENTRAL_STRATEGIES = ("fedavg", "fedprox")
+CENTRAL_ACCOUNTANTS = ("rdp", "pld")
 SPLITS = ("iid", "non-iid")
 CLIPPINGS = ("fast", "ghost", "hooks")
 EVAL_MODES = ("every", "final", "none")
@@ -57,6 +60,9 @@ class JobConfig(JobBase):
     central_dp: bool = False
     central_noise_multiplier: float = 1.0
     central_clipping_norm: float = 1.0
+    # The job stops before the round that would take the partner-level epsilon past this (None: no cap).
+    central_max_epsilon: float | None = None
+    central_accountant: str = "rdp"  # rdp | pld: how the partner-level epsilon is composed
     min_partners: int = DEFAULT_MIN_PARTNERS
     federated_eval: str = "every"
     # In simulation the partners are local processes whose failures are reported, so the
@@ -96,6 +102,20 @@ class JobConfig(JobBase):
         if self.central_dp:
             require_positive("central-noise-multiplier", self.central_noise_multiplier)
             require_positive("central-clipping-norm", self.central_clipping_norm)
+        if self.central_accountant not in CENTRAL_ACCOUNTANTS:
+            raise ConfigError(
+                f"--central-accountant must be one of {', '.join(CENTRAL_ACCOUNTANTS)}, got {self.central_accountant!r}"
+            )
+        if self.central_max_epsilon is not None:
+            if not self.central_dp:
+                raise ConfigError("--central-max-epsilon caps partner-level DP: it needs --central-dp")
+            require_positive("central-max-epsilon", self.central_max_epsilon)
+            if self.strategy not in CAPPED_CENTRAL_STRATEGIES:
+                raise ConfigError(
+                    f"--central-max-epsilon needs a strategy that averages updates uniformly "
+                    f"({', '.join(CAPPED_CENTRAL_STRATEGIES)}), not {self.strategy!r}: Flower's accounted "
+                    "central-DP wrapper is only sound for that aggregation"
+                )
 
     @property
     def dataset_name(self) -> str:

@@ -3,7 +3,9 @@
 Flower's ``Strategy.start`` would hand every reply to aggregation; partners here may
 *refuse* a round (their budget would be exceeded) or *fail* (node lost). Those are
 recorded per partner and kept out of aggregation; the job goes on while at least
-``min_partners`` trained, and otherwise stops cleanly with the reason.
+``min_partners`` trained, and otherwise stops cleanly with the reason. A strategy that
+refuses to configure a round (Flower's ``PrivacyBudgetExhausted``: the partner-level DP
+cap would be passed) stops the job before anything is sent for that round.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
 from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
@@ -59,6 +62,7 @@ class LoopResult:
     rounds: list[RoundReport]
     status: str  # "completed" | "stopped"
     stop_reason: str | None = None
+    privacy_cap_round: int | None = None  # the round not started because the central DP cap would be passed
 
     @property
     def rounds_completed(self) -> int:
@@ -93,7 +97,12 @@ def run_rounds(
                 "stopped",
                 f"round {rnd}: only {len(connected)} partner node(s) connected; need {min_partners}",
             )
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
+        try:
+            messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
+        except PrivacyBudgetExhausted as exc:  # raised before any message is sent: no partial round
+            return LoopResult(
+                arrays, reports, "stopped", f"round {rnd} not started: {exc}", privacy_cap_round=rnd
+            )
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
         trained_msgs, partners = _classify(messages, replies, names, str(train_config.get("run-id", "")), rnd)
         if len(trained_msgs) < min_partners:
@@ -111,7 +120,9 @@ def run_rounds(
             return LoopResult(arrays, reports, "stopped", reason)
         new_arrays, agg_train = strategy.aggregate_train(rnd, trained_msgs)
         if new_arrays is None:
-            return LoopResult(arrays, reports, "stopped", f"round {rnd}: aggregation produced no model")
+            short = len(messages) - len(trained_msgs)
+            why = f" ({short} of {len(messages)} partners sent no update)" if short else ""
+            return LoopResult(arrays, reports, "stopped", f"round {rnd}: aggregation produced no model{why}")
         arrays = new_arrays
         eval_metrics: dict[str, float] = {}
         if evaluate_every_round or (evaluate_at_end and rnd == num_rounds):

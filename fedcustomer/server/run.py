@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.jobs.train_message import encode_train_config
 from fedcustomer.models.registry import build_model
+from fedcustomer.server.central_dp import restore
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder, round_from_dict
 from fedcustomer.server.rounds import RoundReport, run_rounds
@@ -54,6 +55,11 @@ def run_job_on_grid(
             recorder.rounds = [round_from_dict(d) for d in checkpoint["rounds"]]
             log.info("resuming run %s after round %s", job.run_id, checkpoint["round"])
     strategy = build_strategy(job, num_partners)
+    accountant = getattr(strategy, "accountant", None)  # Flower's DP wrapper holds it when the job has a cap
+    if accountant is not None:
+        restore(
+            accountant, job.central_noise_multiplier, num_partners, sum(r.applied for r in recorder.rounds)
+        )
 
     def record(report: RoundReport, current: ArrayRecord) -> None:
         recorder.record_round(report, current)
@@ -76,5 +82,17 @@ def run_job_on_grid(
     result.rounds = recorder.rounds  # include rounds restored from a checkpoint
     extra: dict[str, Any] = {"central_dp": None, "notices": list(notices or [])}
     if job.central_dp:
-        extra["central_dp"] = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
+        central = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
+        central["stopped_by_max_epsilon"] = result.privacy_cap_round is not None
+        if result.privacy_cap_round is not None:
+            after = central_dp_epsilon(job, result.rounds_completed + 1, num_partners, num_partners)[
+                "epsilon"
+            ]
+            central["next_round_epsilon"] = after
+            result.stop_reason = (
+                f"round {result.privacy_cap_round} not started: it would bring the partner-level (central DP) "
+                f"epsilon to {after:.3f}, past the job's maximum {job.central_max_epsilon:g} "
+                f"({job.central_accountant.upper()}, delta {job.delta:g}); {result.rounds_completed} round(s) ran"
+            )
+        extra["central_dp"] = central
     return recorder.finish(result, extra)

@@ -2,7 +2,9 @@
 
 Aggregation stays Flower's; we only pick and configure. Central (partner-level) DP
 wraps the chosen strategy with Flower's server-side fixed-clipping wrapper, with
-uniform weights so the wrapper's sensitivity analysis holds.
+uniform weights so the wrapper's sensitivity analysis holds; with a maximum epsilon the
+wrapper gets an accountant and stops the job before the round that would pass it
+(see ``central_dp``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy.dp.accounting import GaussianSteps, epsilon
+from fedcustomer.privacy.dp.accountants import accountant_named
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.server.central_dp import UNIT, central_accountant
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
 
 # Reply metric every partner sends as 1.0: uniform weighting for central DP.
@@ -52,27 +56,38 @@ def build_strategy(job: JobConfig, num_partners: int) -> Strategy:
     else:  # JobConfig.validate already refuses these; kept for direct callers
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
     if job.central_dp:
+        accountant = None
+        if job.central_max_epsilon is not None:
+            accountant = central_accountant(
+                job.central_accountant,
+                noise_multiplier=job.central_noise_multiplier,
+                delta=job.delta,
+                partners=num_partners,
+                max_epsilon=job.central_max_epsilon,
+            )
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy,
             noise_multiplier=job.central_noise_multiplier,
             clipping_norm=job.central_clipping_norm,
             num_sampled_clients=num_partners,
+            accountant=accountant,
         )
     return strategy
 
 
 def central_dp_epsilon(job: JobConfig, rounds: int, sampled: int, total: int) -> dict[str, float | int | str]:
-    """Partner-level epsilon of the central-DP wrapper after ``rounds`` rounds (RDP, Gaussian)."""
-    eps = epsilon(
+    """Partner-level epsilon of the central-DP wrapper after ``rounds`` rounds (the job's accountant)."""
+    eps = accountant_named(job.central_accountant).epsilon(
         [GaussianSteps(job.central_noise_multiplier, min(1.0, sampled / max(1, total)), rounds)], job.delta
     )
     return {
-        "unit": "partner (all of one partner's data)",
+        "unit": UNIT,
         "noise_multiplier": job.central_noise_multiplier,
         "clipping_norm": job.central_clipping_norm,
         "rounds": rounds,
         "sample_rate": min(1.0, sampled / max(1, total)),
         "delta": job.delta,
-        "accountant": "rdp",
+        "accountant": job.central_accountant,
         "epsilon": eps,
+        "max_epsilon": job.central_max_epsilon,
     }

@@ -82,6 +82,7 @@ def test_central_dp_epsilon_is_the_rdp_account_of_the_rounds_run() -> None:
         "delta": 1e-6,
         "accountant": "rdp",
         "epsilon": epsilon([GaussianSteps(1.2, 0.5, 4)], 1e-6),
+        "max_epsilon": None,
     }
     assert math.isfinite(report["epsilon"]) and report["epsilon"] > 0
 

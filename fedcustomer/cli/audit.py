@@ -152,7 +152,16 @@ def authorise(
             "--home needs --identity FILE: who reads a partner's audit log is checked and recorded"
         )
     signer = load_signer(identity)
-    with PartnerStore.open(PartnerHome(home)) as store:
+    partner = PartnerHome(home)
+    if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
+        # An auditor's copy (log, public key, registry; no signing key): opening the store would
+        # make a signing key, and nothing can be recorded here anyway. Check the person and the role.
+        from fedcustomer.data.people_admin import authenticate_without_store
+
+        who = authenticate_without_store(partner, signer, action=action, extra={"details": details})
+        _home_policy(home).require(who, action)
+        return who
+    with PartnerStore.open(partner) as store:
         actor = store.principal(signer, action=action, audit_action=audit_action, extra={"details": details})
         store.require(actor, action, audit_action, details=details, pseudonyms=pseudonyms or [])
     return actor

@@ -185,7 +185,8 @@ class PartnerStore(StoreCore):
         home = home if isinstance(home, PartnerHome) else PartnerHome(home)
         if not home.store_path.exists():
             raise ConfigError(
-                f"no store at {home.store_path}; create one with `fedcustomer init --home {home.root} --name NAME`"
+                f"no store at {home.store_path}; create one with `fedcustomer init --home {home.root} --name NAME "
+                f"--identity YOUR_KEY --admin YOUR_NAME`"
             )
         keyring_config = home.keyring_config()
         owner = home.config().name if home.config_path.exists() else ""

@@ -111,26 +111,47 @@ def test_query_over_budget_exits_with_the_budget_code(
 
 
 def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedcustomer.data.store import PartnerStore
     from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.privacy.access.policy import Actor
     from fedcustomer.privacy.audit.writer import AuditLog
+    from tests.people import people_home
 
-    home = PartnerHome.create(tmp_path / "bank", "bank")
-    PartnerStore.init(home, "bank", actor=Actor("alice", "partner_admin")).close()
-    base = ["budget", "set", "--home", str(home.root), "--actor", "alice"]
-    code, _, err = run([*base, "--epsilon", "2", "--delta", "1e-5", "--role", "analyst"], capsys)
-    assert code == 5 and "partner_admin" in err and home.config().budget is None
-    code, out, err = run([*base, "--epsilon", "2", "--delta", "1e-5"], capsys)
+    from .identities import as_, use_passphrase
+
+    use_passphrase(monkeypatch)
+    store, people = people_home(tmp_path, "bank")
+    store.close()
+    home = PartnerHome(tmp_path / "bank")
+    base = ["budget", "set", "--home", str(home.root)]
+    # dana is registered as a data scientist: her role comes from the registry, never the command line
+    code, _, err = run([*base, *as_(people["dana"]), "--epsilon", "2", "--delta", "1e-5"], capsys)
+    assert code == 5 and "policy_edit" in err and home.config().budget is None
+    admin = [*base, *as_(people["alice"])]
+    code, out, err = run([*admin, "--epsilon", "2", "--delta", "1e-5"], capsys)
     assert code == 0, err
     assert home.config().budget_for() == DatasetBudget(2.0, 1e-5)
-    code, _, err = run([*base, "--epsilon", "9", "--delta", "1e-5"], capsys)
+    code, _, err = run([*admin, "--epsilon", "9", "--delta", "1e-5"], capsys)
     assert code == 3 and "--replace" in err and home.config().budget_for().epsilon == 2.0
-    code, out, err = run([*base, "--epsilon", "1", "--delta", "1e-5", "--replace"], capsys)
+    code, out, err = run([*admin, "--epsilon", "1", "--delta", "1e-5", "--replace"], capsys)
     assert code == 0 and "was 2" in out
     entries = [e for e in AuditLog(home.audit_dir) if e.action == "budget_set"]
-    assert [e.actor for e in entries] == ["alice", "alice"]
+    assert [(e.actor, e.decision) for e in entries] == [
+        ("dana", "denied"),
+        ("alice", "allowed"),
+        ("alice", "allowed"),
+    ]
     code, out, _ = run(["budget", "show", "--home", str(home.root), "--json"], capsys)
     assert json.loads(out)["totals"]["epsilon_target"] == 1.0
+
+
+def test_budget_set_needs_an_initialised_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcustomer.partner.home import PartnerHome
+
+    home = PartnerHome.create(tmp_path / "bare", "bare")
+    code, _, err = run(
+        ["budget", "set", "--home", str(home.root), "--identity", str(tmp_path / "x.key")]
+        + ["--epsilon", "2", "--delta", "1e-5"],
+        capsys,
+    )
+    assert code == 3 and "fedcustomer init" in err and home.config().budget is None

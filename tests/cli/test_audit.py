@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from fedcustomer.cli import audit as audit_cli
 from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.writer import AuditLog
+from tests.people import Person
 
 from .cli_runner import only_group, run
+from .identities import as_, cast_keys, use_passphrase
 
 
 @pytest.fixture(autouse=True)
@@ -23,19 +26,27 @@ def audit_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
     only_group(monkeypatch, audit_cli.register)
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = PartnerHome.create(tmp_path / "bank", "bank")
-    log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
-    rows = [
-        ("alice", "analyst", "read", "allowed", ("income", "age"), "credit_risk", ()),
-        ("bob", "analyst", "read", "denied", ("phone",), "marketing", ()),
-        ("carol", "officer", "approve", "allowed", (), "credit_risk", ("carol",)),
-        ("alice", "analyst", "decrypt", "allowed", ("phone",), "credit_risk", ("carol",)),
-        ("trainer", "fl_client", "fl_round", "allowed", ("income",), "credit_risk", ()),
-        ("alice", "analyst", "query", "allowed", ("income",), "reporting", ()),
-    ]
-    for i, (actor, role, action, decision, fields, purpose, approvals) in enumerate(rows, start=1):
+ROWS = [
+    ("alice", "analyst", "read", "allowed", ("income", "age"), "credit_risk", ()),
+    ("bob", "analyst", "read", "denied", ("phone",), "marketing", ()),
+    ("carol", "officer", "approve", "allowed", (), "credit_risk", ("carol",)),
+    ("alice", "analyst", "decrypt", "allowed", ("phone",), "credit_risk", ("carol",)),
+    ("trainer", "fl_client", "fl_round", "allowed", ("income",), "credit_risk", ()),
+    ("alice", "analyst", "query", "allowed", ("income",), "reporting", ()),
+]
+
+#: The people of the signed home: who may ask (carol) and who may not.
+CAST = {
+    "adam": "partner_admin",
+    "carol": "compliance_officer",
+    "mia": "marketing_analyst",
+    "dana": "data_scientist",
+    "rick": "risk_officer",
+}
+
+
+def _append_rows(log: AuditLog) -> None:
+    for i, (actor, role, action, decision, fields, purpose, approvals) in enumerate(ROWS, start=1):
         log.append(
             actor=actor,
             role=role,
@@ -49,11 +60,53 @@ def home(tmp_path: Path) -> Path:
             pseudonyms=[f"ps_{i:02d}"],
             details={"n": i},
         )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A bare home (keys and audit log, no store): the six entries are seqs 1-6."""
+    h = PartnerHome.create(tmp_path / "bank", "bank")
+    log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
+    _append_rows(log)
     log.close()
     return h.root
 
 
-ASKER = ["--as-actor", "carol", "--as-role", "compliance_officer"]
+@dataclass
+class Signed:
+    """An initialised home with a people registry, the six entries after the registry's own."""
+
+    root: Path
+    base: int  # entries written by init and `people add` before the six
+    people: dict[str, Person]
+
+    def seqs(self, relative: list[int]) -> list[int]:
+        return [self.base + s for s in relative]
+
+
+@pytest.fixture
+def signed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Signed:
+    from fedcustomer.data.people_admin import PeopleAdmin
+    from fedcustomer.data.store import PartnerStore
+
+    use_passphrase(monkeypatch)
+    people = cast_keys(tmp_path / "people-keys", CAST)
+    admin = people["adam"]
+    with PartnerStore.init(
+        PartnerHome(tmp_path / "signed"), "bank", admin=admin.signer, admin_name="adam"
+    ) as store:
+        for p in people.values():
+            if p.name != "adam":
+                PeopleAdmin(store).add(admin.signer, p.signer.public_key, p.name, p.role)
+        base = len(list(store.audit))
+        _append_rows(store.audit)
+    return Signed(tmp_path / "signed", base, people)
+
+
+@pytest.fixture
+def ASKER(signed: Signed) -> list[str]:
+    """The registered compliance officer's identity key."""
+    return as_(signed.people["carol"])
 
 
 def _lines(home: Path) -> list[bytes]:
@@ -142,19 +195,23 @@ def test_verify_with_unreadable_public_key_exits_8(
     assert code == KeyMaterialError.exit_code and "not a PEM public key" in err
 
 
-def test_query_table_lists_matching_entries(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--actor", "alice"], capsys)
+def test_query_table_lists_matching_entries(
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["audit", "query", *ASKER, "--home", str(signed.root), "--actor", "alice"], capsys)
     assert code == 0
     assert "3 audit entries" in out and "alice (analyst)" in out and "decrypt" in out and "bob" not in out
 
 
-def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_json_filters_and_schema(
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(
-        ["audit", "query", *ASKER, "--home", str(home), "--field", "phone", "--format", "json"], capsys
+        ["audit", "query", *ASKER, "--home", str(signed.root), "--field", "phone", "--format", "json"], capsys
     )
     doc = json.loads(out)
     assert code == 0 and doc["count"] == 2 and doc["filters"] == {"field": "phone"}
-    assert [e["seq"] for e in doc["entries"]] == [2, 4]
+    assert [e["seq"] for e in doc["entries"]] == signed.seqs([2, 4])
     assert doc["entries"][1]["approvals"] == ["carol"] and doc["entries"][1]["pseudonyms"] == ["ps_04"]
 
 
@@ -165,18 +222,24 @@ def test_query_json_filters_and_schema(home: Path, capsys: pytest.CaptureFixture
         (["--role", "officer"], [3]),
         (["--purpose", "credit_risk", "--action", "read"], [1]),
         (["--pseudonym", "ps_05"], [5]),
-        (["--since", "2000-01-01", "--until", "2999-01-01"], [1, 2, 3, 4, 5, 6]),
+        (["--since", "2000-01-01", "--until", "2999-01-01"], "all"),
         (["--since", "2999-01-01"], []),
     ],
 )
 def test_query_filters(
-    home: Path, capsys: pytest.CaptureFixture[str], args: list[str], seqs: list[int]
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str], args: list[str], seqs: object
 ) -> None:
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json", *args], capsys)
-    assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == seqs
+    code, out, _ = run(
+        ["audit", "query", *ASKER, "--home", str(signed.root), "--format", "json", *args], capsys
+    )
+    expected = list(range(1, signed.base + 7)) if seqs == "all" else signed.seqs(seqs)  # type: ignore[arg-type]
+    assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == expected
 
 
-def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_csv_export_to_file(
+    signed: Signed, ASKER: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = signed.root
     target = tmp_path / "report.csv"
     code, _, err = run(
         ["audit", "query", *ASKER, "--home", str(home), "--purpose", "credit_risk", "--output", str(target)],
@@ -184,12 +247,13 @@ def test_query_csv_export_to_file(home: Path, tmp_path: Path, capsys: pytest.Cap
     )
     assert code == 0 and "wrote 4 entries" in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert [r["seq"] for r in rows] == ["1", "3", "4", "5"]
+    assert [r["seq"] for r in rows] == [str(s) for s in signed.seqs([1, 3, 4, 5])]
     assert rows[0]["fields"] == "income;age" and json.loads(rows[0]["details"]) == {"n": 1}
     assert list(rows[0]) == list(audit_cli.CSV_COLUMNS)
 
 
-def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_csv_to_stdout(signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    home = signed.root
     code, out, _ = run(
         ["audit", "query", *ASKER, "--home", str(home), "--format", "csv", "--decision", "denied"], capsys
     )
@@ -207,37 +271,43 @@ def test_query_csv_to_stdout(home: Path, capsys: pytest.CaptureFixture[str]) -> 
     ],
 )
 def test_query_bad_options_are_config_errors(
-    home: Path, capsys: pytest.CaptureFixture[str], args: list[str], match: str
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str], args: list[str], match: str
 ) -> None:
+    home = signed.root
     code, _, err = run(["audit", "query", *ASKER, "--home", str(home), *args], capsys)
     assert code == ConfigError.exit_code and match in err
 
 
 def test_query_refuses_a_tampered_log_unless_told_not_to_verify(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    home = signed.root
     ls = _lines(home)
-    ls[1] = ls[1].replace(b'"actor":"bob"', b'"actor":"bot"')
+    ls[signed.base + 1] = ls[signed.base + 1].replace(b'"actor":"bob"', b'"actor":"bot"')
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
     code, out, err = run(["audit", "query", *ASKER, "--home", str(home), "--format", "json"], capsys)
-    assert code == 7 and out == "" and "entry 2" in err and "--no-verify" in err
+    assert code == 7 and out == "" and f"entry {signed.base + 2}" in err and "--no-verify" in err
     code, out, _ = run(
         ["audit", "query", *ASKER, "--home", str(home), "--format", "json", "--no-verify"], capsys
     )
-    assert code == 0 and json.loads(out)["entries"][1]["actor"] == "bot"
+    assert code == 0 and json.loads(out)["entries"][signed.base + 1]["actor"] == "bot"
 
 
 def test_query_on_an_unparseable_log_exits_7_naming_the_line(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    home = signed.root
     ls = _lines(home)
-    ls[1] = b"not json\n"
+    ls[signed.base + 1] = b"not json\n"
     (home / "audit" / "audit.jsonl").write_bytes(b"".join(ls))
     code, _, err = run(["audit", "query", *ASKER, "--home", str(home), "--no-verify"], capsys)
-    assert code == 7 and "line 2" in err
+    assert code == 7 and "Traceback" not in err  # the store will not act on a log it cannot read
+    code, _, err = run(["audit", "query", "--log", str(home / "audit"), "--no-verify"], capsys)
+    assert code == 7 and f"line {signed.base + 2}" in err
 
 
-def test_verify_creates_nothing(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_creates_nothing(signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    home = signed.root
     before = sorted(p.name for p in (home / "audit").iterdir())
     run(["audit", "verify", "--home", str(home)], capsys)
     run(["audit", "query", *ASKER, "--home", str(home)], capsys)
@@ -245,16 +315,21 @@ def test_verify_creates_nothing(home: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
-    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    home = signed.root
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--decision", "denied"], capsys)
     assert code == 0 and "bob" in out and "denied" in out and "approved by" not in out
 
 
-def test_query_csv_escapes_formula_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    h = PartnerHome.create(tmp_path / "shop", "shop")
-    log = AuditLog.open(h.audit_dir, keys_dir=h.keys_dir, checkpoint_every=5)
+def test_query_csv_escapes_formula_cells(
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedcustomer.data.store import PartnerStore
+
+    store = PartnerStore.open(PartnerHome(signed.root))
+    log = store.audit
     log.append(
         actor="=cmd|' /C calc'!A0",
         role="analyst",
@@ -265,8 +340,11 @@ def test_query_csv_escapes_formula_cells(tmp_path: Path, capsys: pytest.CaptureF
         purpose="+purpose",
         reason="@SUM(1)",
     )
-    log.close()
-    code, out, _ = run(["audit", "query", *ASKER, "--home", str(h.root), "--format", "csv"], capsys)
+    store.close()
+    code, out, _ = run(
+        ["audit", "query", *ASKER, "--home", str(signed.root), "--format", "csv", "--purpose", "+purpose"],
+        capsys,
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 1
     assert rows[0]["actor"] == "'=cmd|' /C calc'!A0"

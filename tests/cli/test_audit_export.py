@@ -21,7 +21,8 @@ from fedcustomer.privacy.audit.writer import AuditLog
 from tests.privacy.audit.log_rewrite import rewrite_and_resign
 
 from .cli_runner import only_group, run
-from .test_audit import ASKER, home
+from .identities import as_, cast_keys, use_passphrase
+from .test_audit import CAST, Signed, home
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +33,70 @@ def audit_only_app(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def anchors(home: Path, tmp_path: Path) -> Path:
     """The home's current anchor as a coordinator recorded it, plus one more after a further entry."""
+    return _anchors_for(home, tmp_path / "anchors.jsonl")
+
+
+@pytest.fixture
+def export_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Signed:
+    """A home with a people registry whose six extra entries are node-side records (rounds, queries).
+
+    Governance entries in such a home must carry a signed request, or the export refuses the
+    log; entries a node writes for its own rounds and queries need none.
+    """
+    from fedcustomer.data.people_admin import PeopleAdmin
+    from fedcustomer.data.store import PartnerStore
+
+    use_passphrase(monkeypatch)
+    people = cast_keys(tmp_path / "people-keys", CAST)
+    admin = people["adam"]
+    root = tmp_path / "exported"
+    with PartnerStore.init(PartnerHome(root), "bank", admin=admin.signer, admin_name="adam") as store:
+        for p in people.values():
+            if p.name != "adam":
+                PeopleAdmin(store).add(admin.signer, p.signer.public_key, p.name, p.role)
+        base = len(list(store.audit))
+        for i in range(1, 7):
+            store.audit.append(
+                actor="node:bank",
+                role="training_pipeline",
+                action="fl_round" if i % 2 else "query",
+                decision="allowed",
+                dataset="loans",
+                fields=["income"],
+                purpose="training",
+                row_count=10 * i,
+                pseudonyms=[f"ps_{i:02d}"],
+                details={"n": i},
+            )
+    return Signed(root, base, people)
+
+
+@pytest.fixture
+def shome(export_home: Signed) -> Path:
+    return export_home.root
+
+
+@pytest.fixture
+def ASKER(export_home: Signed) -> list[str]:
+    return as_(export_home.people["carol"])
+
+
+@pytest.fixture
+def sanchors(shome: Path, tmp_path: Path) -> Path:
+    return _anchors_for(shome, tmp_path / "signed-anchors.jsonl")
+
+
+def _anchors_for(home: Path, path: Path) -> Path:
     h = PartnerHome(home)
-    path = tmp_path / "anchors.jsonl"
     lines = []
     for rnd in (1, 2):
         anchor = current_anchor(h.audit_dir, "bank", h.keys_dir / PUBLIC_KEY_NAME)
         assert anchor is not None
         lines.append(received_anchor(anchor.to_json(), partner="bank", run_id="r1", kind="round", round=rnd))
         with AuditLog.open(h.audit_dir, keys_dir=h.keys_dir) as log:
-            log.append(actor='o"brien\\x]', role="analyst", action="read", dataset="loans", fields=["income"])
+            log.append(
+                actor='o"brien\\x]', role="analyst", action="query", dataset="loans", fields=["income"]
+            )
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
@@ -94,18 +150,19 @@ def test_verify_anchors_needs_a_partner_with_log_and_refuses_other_partners(
 
 
 # --- export -------------------------------------------------------------------------------------
-def _export(home: Path, out: Path, fmt: str, *extra: str) -> list[str]:
-    return ["audit", "export", "--home", str(home), *ASKER, "--format", fmt, "--out", str(out), *extra]
+def _export(home: Path, asker: list[str], out: Path, fmt: str, *extra: str) -> list[str]:
+    return ["audit", "export", "--home", str(home), *asker, "--format", fmt, "--out", str(out), *extra]
 
 
 def test_jsonl_export_is_the_stored_lines_with_verification_beside(
-    home: Path,
+    shome: Path,
+    ASKER: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stored = (home / "audit" / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    stored = (shome / "audit" / "audit.jsonl").read_bytes().splitlines(keepends=True)
     out = tmp_path / "export.jsonl"
-    code, _, err = run(_export(home, out, "jsonl", "--from", "2", "--to", "5"), capsys)
+    code, _, err = run(_export(shome, ASKER, out, "jsonl", "--from", "2", "--to", "5"), capsys)
     assert code == 0, err
     assert out.read_bytes() == b"".join(stored[1:5])  # byte for byte: hashes can be recomputed
     doc = json.loads((tmp_path / "export.jsonl.verification.json").read_text())
@@ -115,17 +172,21 @@ def test_jsonl_export_is_the_stored_lines_with_verification_beside(
     import hashlib
 
     assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    last = _entries(home)[-1]  # the export itself is on record
+    last = _entries(shome)[-1]  # the export itself is on record
     assert (last["action"], last["actor"], last["details"]["export"]["count"]) == ("audit_query", "carol", 4)
 
 
-def test_csv_export_by_time(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_csv_export_by_time(
+    shome: Path, export_home: Signed, ASKER: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "export.csv"
-    code, _, err = run(_export(home, out, "csv", "--since", "2000-01-01"), capsys)
+    code, _, err = run(_export(shome, ASKER, out, "csv", "--since", "2000-01-01"), capsys)
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert [int(r["seq"]) for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 6
-    assert rows[0]["pseudonyms"] == "ps_01"  # pseudonyms only, as stored
+    assert [int(r["seq"]) for r in rows] == list(range(1, len(rows) + 1)) and len(
+        rows
+    ) >= export_home.base + 6
+    assert rows[export_home.base]["pseudonyms"] == "ps_01"  # pseudonyms only, as stored
 
 
 SYSLOG = re.compile(
@@ -143,16 +204,17 @@ def _sd_params(sd: str) -> tuple[str, dict[str, str]]:
 
 
 def test_syslog_export_is_rfc5424_with_structured_data(
-    home: Path,
-    anchors: Path,
+    shome: Path,
+    ASKER: list[str],
+    sanchors: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "audit.log"
-    code, _, err = run(_export(home, out, "syslog", "--anchors", str(anchors)), capsys)
+    code, _, err = run(_export(shome, ASKER, out, "syslog", "--anchors", str(sanchors)), capsys)
     assert code == 0, err
     lines = out.read_text(encoding="utf-8").splitlines()
-    entries = _entries(home)
+    entries = _entries(shome)
     assert len(lines) == len(entries) - 1  # all but the export's own entry, written after
     for line, entry in zip(lines, entries, strict=False):
         m = SYSLOG.fullmatch(line)
@@ -175,31 +237,33 @@ def test_sd_escape() -> None:
 
 
 def test_export_is_refused_for_a_role_without_audit_read(
-    home: Path,
+    shome: Path,
+    export_home: Signed,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "x.jsonl"
-    argv = ["audit", "export", "--home", str(home), "--as-actor", "mia", "--as-role", "data_scientist"]
+    argv = ["audit", "export", "--home", str(shome), *as_(export_home.people["dana"])]
     code, _, err = run([*argv, "--format", "jsonl", "--out", str(out)], capsys)
     assert code == AccessDenied.exit_code and "audit_read" in err
     assert not out.exists()
-    assert (_entries(home)[-1]["action"], _entries(home)[-1]["decision"]) == ("audit_query", "denied")
+    assert (_entries(shome)[-1]["action"], _entries(shome)[-1]["decision"]) == ("audit_query", "denied")
 
 
 def test_export_of_a_tampered_log_or_a_rewritten_one_writes_nothing(
-    home: Path,
-    anchors: Path,
+    shome: Path,
+    ASKER: list[str],
+    sanchors: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "x.jsonl"
-    rewrite_and_resign(PartnerHome(home), lambda es: es[0].update(purpose="audit"))
-    code, _, err = run(_export(home, out, "jsonl", "--anchors", str(anchors)), capsys)
+    rewrite_and_resign(PartnerHome(shome), lambda es: es[0].update(purpose="audit"))
+    code, _, err = run(_export(shome, ASKER, out, "jsonl", "--anchors", str(sanchors)), capsys)
     assert code == IntegrityError.exit_code and "Nothing exported" in err
-    log = home / "audit" / "audit.jsonl"
-    log.write_bytes(log.read_bytes().replace(b'"actor":"bob"', b'"actor":"bib"'))
-    code, _, err = run(_export(home, out, "jsonl"), capsys)
+    log = shome / "audit" / "audit.jsonl"
+    log.write_bytes(log.read_bytes().replace(b'"actor":"node:bank"', b'"actor":"node:bonk"', 1))
+    code, _, err = run(_export(shome, ASKER, out, "jsonl"), capsys)
     assert code == IntegrityError.exit_code and "Nothing exported" in err
     assert not out.exists() and not (tmp_path / "x.jsonl.verification.json").exists()
 
@@ -210,18 +274,37 @@ def test_export_of_a_tampered_log_or_a_rewritten_one_writes_nothing(
         (["--format", "xml"], "choose one of jsonl, csv, syslog"),
         (["--format", "jsonl", "--from", "5", "--to", "2"], "--from 5 is after --to 2"),
         (["--format", "jsonl", "--from", "0"], "start at 1"),
-        (["--format", "jsonl", "--from", "99"], "the log holds"),
+        (["--format", "jsonl", "--from", "999"], "the log holds"),
         (["--format", "jsonl", "--since", "yesterday"], "ISO 8601"),
     ],
 )
 def test_export_bad_options_are_clear_errors(
-    home: Path,
+    shome: Path,
+    ASKER: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     extra: list[str],
     message: str,
 ) -> None:
     out = tmp_path / "x.out"
-    code, _, err = run(["audit", "export", "--home", str(home), *ASKER, "--out", str(out), *extra], capsys)
+    code, _, err = run(["audit", "export", "--home", str(shome), *ASKER, "--out", str(out), *extra], capsys)
     assert code == ConfigError.exit_code and message in err
     assert not out.exists()
+
+
+def test_a_resigned_log_naming_someone_else_fails_the_signature_check(
+    shome: Path, ASKER: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin who rewrites 'who' and re-signs the chain with the node's key passes the hash check only."""
+
+    def blame_mia(entries: list[dict]) -> None:
+        signed = next(e for e in entries if e["action"] == "people_add" and "auth" in e["details"])
+        signed["actor"], signed["role"] = "mia", "marketing_analyst"
+
+    rewrite_and_resign(PartnerHome(shome), blame_mia)
+    code, out, err = run(["audit", "verify", "--home", str(shome)], capsys)
+    assert code == IntegrityError.exit_code and "INTACT" in out and "SIGNATURES" in out
+    assert "belongs to 'adam'" in err
+    out_file = tmp_path / "x.jsonl"
+    code, _, err = run(_export(shome, ASKER, out_file, "jsonl"), capsys)
+    assert code == IntegrityError.exit_code and "Nothing" in err and not out_file.exists()

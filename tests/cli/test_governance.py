@@ -9,8 +9,19 @@ from fedcustomer.errors import AccessDenied, ConfigError, KeyMaterialError, Sche
 from tests.data.test_ingest import bank_frame, plant_bad_rows
 
 from .cli_runner import run
+from .identities import as_, cast_keys, register, use_passphrase
 
-ADMIN = ["--actor", "alice", "--role", "partner_admin"]
+
+@pytest.fixture()
+def people(tmp_path, monkeypatch):
+    """Each person's own identity key file (outside any partner home)."""
+    use_passphrase(monkeypatch)
+    return cast_keys(tmp_path / "people-keys")
+
+
+@pytest.fixture()
+def ADMIN(people):
+    return as_(people["alice"])
 
 
 @pytest.fixture()
@@ -22,10 +33,12 @@ def bank_csv(tmp_path):
 
 
 @pytest.fixture()
-def home(tmp_path, capsys, bank_csv):
+def home(tmp_path, capsys, bank_csv, people, ADMIN):
     h = tmp_path / "home"
-    code, _, err = run(["init", "--home", str(h), "--name", "bank_a"], capsys)
+    code, out, err = run(["init", "--home", str(h), "--name", "bank_a", *ADMIN, "--admin", "alice"], capsys)
     assert code == 0, err
+    assert "first admin: alice" in out and (h / "people.jsonl").exists()
+    register(h, people)
     code, _, err = run(
         ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN], capsys
     )
@@ -33,7 +46,7 @@ def home(tmp_path, capsys, bank_csv):
     return h
 
 
-def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tmp_path, capsys):
+def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tmp_path, capsys, ADMIN):
     quality = tmp_path / "q.json"
     code, out, _ = run(
         [
@@ -59,10 +72,15 @@ def test_ingest_writes_quality_json_and_reingest_adds_nothing(home, bank_csv, tm
     assert first["rows"]["read"] == 25 and not first["skipped_file"]
 
 
-def test_first_ingest_creates_the_home(tmp_path, bank_csv, capsys):
+def test_first_ingest_creates_the_home(tmp_path, bank_csv, capsys, ADMIN):
     h = tmp_path / "fresh"
+    code, _, err = run(
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN], capsys
+    )
+    assert code == ConfigError.exit_code and "--admin" in err and not (h / "store.db").exists()
     code, out, err = run(
-        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN, "--json"],
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(h), *ADMIN]
+        + ["--admin", "alice", "--json"],
         capsys,
     )
     assert code == 0, err
@@ -71,19 +89,19 @@ def test_first_ingest_creates_the_home(tmp_path, bank_csv, capsys):
     assert (
         (h / "store.db").exists() and (h / "keys" / "keyring.json").exists() and (h / "partner.toml").exists()
     )
+    assert (h / "people.jsonl").exists()  # the first ingest's signer became the home's first admin
 
 
-def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys):
+def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys, monkeypatch):
     out_csv = tmp_path / "out.csv"
+    monkeypatch.delenv("FEDCUSTOMER_PASSPHRASE")  # the node's service key is not encrypted
     code, out, err = run(
         [
             "read",
             "--home",
             str(home),
-            "--actor",
-            "node:bank_a",
-            "--role",
-            "training_pipeline",
+            "--identity",
+            str(home / "keys" / "service_training_pipeline.pem"),
             "--purpose",
             "training",
             "--fields",
@@ -103,16 +121,13 @@ def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys):
     assert 0 < len(frame) <= 20
 
 
-def test_denied_read_exits_with_access_denied_code(home, capsys):
+def test_denied_read_exits_with_access_denied_code(home, capsys, people):
     code, _, err = run(
         [
             "read",
             "--home",
             str(home),
-            "--actor",
-            "mia",
-            "--role",
-            "marketing_analyst",
+            *as_(people["mia"]),  # registered as marketing_analyst
             "--purpose",
             "marketing",
             "--fields",
@@ -124,8 +139,8 @@ def test_denied_read_exits_with_access_denied_code(home, capsys):
     assert "full_name" in err and "Traceback" not in err
 
 
-def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
-    risk = ["--actor", "rick", "--role", "risk_officer"]
+def test_approval_flow_then_clear_core_read(home, bank_csv, capsys, people, ADMIN):
+    risk = as_(people["rick"])
     code, out, _ = run(
         [
             "approvals",
@@ -158,10 +173,7 @@ def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
             rid,
             "--home",
             str(home),
-            "--actor",
-            "carol",
-            "--role",
-            "compliance_officer",
+            *as_(people["carol"]),
             "--json",
         ],
         capsys,
@@ -189,7 +201,7 @@ def test_approval_flow_then_clear_core_read(home, bank_csv, capsys):
     assert any(name in out for name in names)
 
 
-def test_keys_rotate_list_retire(home, capsys):
+def test_keys_rotate_list_retire(home, capsys, people, ADMIN):
     code, out, _ = run(["keys", "retire", "1", "--home", str(home), *ADMIN], capsys)
     assert code == KeyMaterialError.exit_code
     code, out, _ = run(["keys", "rotate", "--home", str(home), *ADMIN, "--json"], capsys)
@@ -197,13 +209,11 @@ def test_keys_rotate_list_retire(home, capsys):
     assert run(["keys", "retire", "1", "--home", str(home), *ADMIN], capsys)[0] == 0
     code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN, "--json"], capsys)
     assert {v["version"]: v["status"] for v in json.loads(out)} == {1: "retired", 2: "active"}
-    code, _, _ = run(
-        ["keys", "list", "--home", str(home), "--actor", "mia", "--role", "marketing_analyst"], capsys
-    )
+    code, _, _ = run(["keys", "list", "--home", str(home), *as_(people["mia"])], capsys)
     assert code == AccessDenied.exit_code
 
 
-def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsys):
+def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsys, people, ADMIN):
     cid = bank_csv[1].at[10, "customer_id"]
     code, _, _ = run(
         [
@@ -212,10 +222,7 @@ def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsy
             cid,
             "--home",
             str(home),
-            "--actor",
-            "mia",
-            "--role",
-            "marketing_analyst",
+            *as_(people["mia"]),
             "--yes",
         ],
         capsys,
@@ -247,7 +254,7 @@ def test_schema_draft(tmp_path, capsys):
     )
 
 
-def test_bad_schema_and_missing_home_give_clear_exit_codes(tmp_path, bank_csv, capsys):
+def test_bad_schema_and_missing_home_give_clear_exit_codes(tmp_path, bank_csv, capsys, ADMIN):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nfields: []\n")
     code, _, err = run(
@@ -261,9 +268,9 @@ def test_bad_schema_and_missing_home_give_clear_exit_codes(tmp_path, bank_csv, c
     assert code == ConfigError.exit_code and "fedcustomer init" in err
 
 
-def test_wrong_keyring_exit_code(home, tmp_path, capsys):
+def test_wrong_keyring_exit_code(home, tmp_path, capsys, ADMIN):
     other = tmp_path / "other"
-    assert run(["init", "--home", str(other), "--name", "b"], capsys)[0] == 0
+    assert run(["init", "--home", str(other), "--name", "b", *ADMIN, "--admin", "alice"], capsys)[0] == 0
     (home / "keys" / "keyring.json").write_bytes((other / "keys" / "keyring.json").read_bytes())
     code, _, err = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
     assert code == KeyMaterialError.exit_code and "keyring" in err
@@ -276,7 +283,7 @@ fields:
 """
 
 
-def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsys):
+def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsys, ADMIN):
     schema = tmp_path / "notes.yaml"
     schema.write_text(NOTE_SCHEMA)
     src = tmp_path / "notes.csv"
@@ -285,7 +292,20 @@ def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsy
     ).to_csv(src, index=False)
     h = tmp_path / "h"
     code, _, err = run(
-        ["ingest", "--schema", str(schema), "--input", str(src), "--home", str(h), *ADMIN, "--name", "shop"],
+        [
+            "ingest",
+            "--schema",
+            str(schema),
+            "--input",
+            str(src),
+            "--home",
+            str(h),
+            *ADMIN,
+            "--name",
+            "shop",
+            "--admin",
+            "alice",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -300,7 +320,7 @@ def test_read_output_is_owner_only_and_formula_cells_are_escaped(tmp_path, capsy
 
 
 @pytest.mark.timeout(120)
-def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(home, capsys):
+def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(home, capsys, ADMIN):
     import os
 
     keyring = home / "keys" / "keyring.json"
@@ -319,8 +339,16 @@ def test_fifo_keyring_and_world_writable_keys_dir_give_clear_errors_not_a_hang(h
     assert run(["keys", "list", "--home", str(home), *ADMIN], capsys)[0] == 0
 
 
-def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, capsys):
+def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, tmp_path, capsys, ADMIN):
+    """Names now enter at `people add`; a look-alike name is refused there, and so never acts."""
+    from .identities import cast_keys
+
+    twin = cast_keys(tmp_path / "twin-keys", {"r\u0456ck": "risk_officer"})["r\u0456ck"]
     code, _, err = run(
-        ["approvals", "list", "--home", str(home), "--actor", "r\u0456ck", "--role", "risk_officer"], capsys
+        ["people", "add", "--home", str(home), *ADMIN, "--name", "r\u0456ck", "--role", "risk_officer"]
+        + ["--public-key", f"{twin.key_file}.pub"],
+        capsys,
     )
     assert code == ConfigError.exit_code and "mixes scripts" in err and "Traceback" not in err
+    code, _, err = run(["approvals", "list", "--home", str(home), *as_(twin)], capsys)
+    assert code == AccessDenied.exit_code and "not registered" in err

@@ -31,8 +31,15 @@ def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_own_file_through_the_governed_store_to_a_dp_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tests.cli.identities import cast_keys, use_passphrase
+
+    use_passphrase(monkeypatch)
+    alice = [
+        "--identity",
+        str(cast_keys(tmp_path / "people-keys", {"alice": "partner_admin"})["alice"].key_file),
+    ]
     whole = pd.read_csv(own_file(tmp_path / "all.csv", n=3000, seed=4))
     files = {"bank_a": tmp_path / "bank_a.csv", "bank_b": tmp_path / "bank_b.csv"}
     whole.iloc[:1500].to_csv(files["bank_a"], index=False)
@@ -59,10 +66,8 @@ def test_own_file_through_the_governed_store_to_a_dp_model(
     schema.save(schema_path)
     for name, path in files.items():
         home = str(homes / name)
-        _ok(["init", "--home", home, "--name", name], capsys)
-        _ok(
-            ["budget", "set", "--home", home, "--epsilon", "3", "--delta", "1e-5", "--actor", "alice"], capsys
-        )
+        _ok(["init", "--home", home, "--name", name, *alice, "--admin", "alice"], capsys)
+        _ok(["budget", "set", "--home", home, "--epsilon", "3", "--delta", "1e-5", *alice], capsys)
         _ok(
             [
                 "ingest",
@@ -72,10 +77,7 @@ def test_own_file_through_the_governed_store_to_a_dp_model(
                 str(path),
                 "--home",
                 home,
-                "--actor",
-                "alice",
-                "--role",
-                "partner_admin",
+                *alice,
                 "--id-from-row",
             ],
             capsys,

@@ -157,7 +157,7 @@ EXPECTED_ACTIONS = {
     "marketing_analyst": {"read"},
     "risk_officer": {"read"},
     "compliance_officer": {"audit_read", "approve"},
-    "partner_admin": {"ingest", "keys", "erase", "policy_edit", "approve", "read"},
+    "partner_admin": {"ingest", "keys", "erase", "policy_edit", "people", "approve", "read"},
     "training_pipeline": {"read"},
 }
 

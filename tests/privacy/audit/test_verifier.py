@@ -29,6 +29,8 @@ from fedcustomer.privacy.audit.records import (
 )
 from fedcustomer.privacy.audit.writer import AuditLog
 from tests.cli.cli_runner import run
+from tests.cli.identities import as_, use_passphrase
+from tests.people import Person, people_home
 
 ADMIN = Actor("alice", "partner_admin")
 
@@ -46,6 +48,17 @@ def home(tmp_path: Path) -> PartnerHome:
     for customer in ("C1", "C2", "C3"):
         _session(h, customer)
     return h
+
+
+@pytest.fixture()
+def signed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[PartnerHome, dict[str, Person]]:
+    """A home with a people registry (what the CLI acts on), after three erasures by alice."""
+    use_passphrase(monkeypatch)
+    store, people = people_home(tmp_path, "bank")
+    with store:
+        for customer in ("C1", "C2", "C3"):
+            erase_customer(store, people["alice"].signer, customer)
+    return PartnerHome(tmp_path / "bank"), people
 
 
 def _verify(home: PartnerHome) -> VerifyReport:
@@ -168,8 +181,9 @@ def test_torn_tail_refuses_every_action_before_it_happens(home: PartnerHome) -> 
 
 
 def test_erase_command_on_a_torn_log_exits_7_before_erasing(
-    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+    signed: tuple[PartnerHome, dict[str, Person]], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    home, people = signed
     _tear(home)
     erased = _erasures(home)
     code, _, err = run(
@@ -179,10 +193,7 @@ def test_erase_command_on_a_torn_log_exits_7_before_erasing(
             "C8",
             "--home",
             str(home.root),
-            "--actor",
-            "alice",
-            "--role",
-            "partner_admin",
+            *as_(people["alice"]),
             "--yes",
         ],
         capsys,
@@ -192,8 +203,9 @@ def test_erase_command_on_a_torn_log_exits_7_before_erasing(
 
 
 def test_repair_cuts_only_the_torn_tail_and_records_it(
-    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+    signed: tuple[PartnerHome, dict[str, Person]], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    home, people = signed
     _tear(home)
     before = _log(home).read_bytes()
     code, out, err = run(
@@ -202,10 +214,7 @@ def test_repair_cuts_only_the_torn_tail_and_records_it(
             "repair",
             "--home",
             str(home.root),
-            "--actor",
-            "alice",
-            "--role",
-            "partner_admin",
+            *as_(people["alice"]),
             "--reason",
             "INC-42",
         ],
@@ -217,29 +226,31 @@ def test_repair_cuts_only_the_torn_tail_and_records_it(
     assert after.startswith(before[: -len(FRAGMENT)])
     entry = json.loads(after.splitlines()[-1])
     assert entry["action"] == "audit_repair" and entry["actor"] == "alice" and entry["reason"] == "INC-42"
+    assert entry["role"] == "partner_admin"  # from the registry
     assert base64.b64decode(entry["details"]["cut_base64"]) == FRAGMENT
     assert entry["details"]["cut_at_offset"] == len(before) - len(FRAGMENT)
     assert _verify(home).ok
-    _session(home, "C5")  # the home works again
+    with PartnerStore.open(home) as store:  # the home works again
+        erase_customer(store, people["alice"].signer, "C5")
     assert _verify(home).ok
 
 
-def test_repair_refuses_a_role_without_keys(home: PartnerHome, capsys: pytest.CaptureFixture[str]) -> None:
+def test_repair_refuses_a_role_without_keys(
+    signed: tuple[PartnerHome, dict[str, Person]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, people = signed
     _tear(home)
     before = _log(home).read_bytes()
-    code, _, err = run(
-        ["audit", "repair", "--home", str(home.root), "--actor", "mia", "--role", "data_scientist"], capsys
-    )
+    code, _, err = run(["audit", "repair", "--home", str(home.root), *as_(people["dana"])], capsys)
     assert code == 5 and "keys" in err
     assert _log(home).read_bytes() == before
 
 
 def test_repair_has_nothing_to_cut_in_a_complete_log(
-    home: PartnerHome, capsys: pytest.CaptureFixture[str]
+    signed: tuple[PartnerHome, dict[str, Person]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(
-        ["audit", "repair", "--home", str(home.root), "--actor", "alice", "--role", "partner_admin"], capsys
-    )
+    home, people = signed
+    code, _, err = run(["audit", "repair", "--home", str(home.root), *as_(people["alice"])], capsys)
     assert code == 3 and "nothing to repair" in err
 
 

@@ -155,3 +155,59 @@ def test_budget_set_needs_an_initialised_home(tmp_path: Path, capsys: pytest.Cap
         capsys,
     )
     assert code == 3 and "fedcustomer init" in err and home.config().budget is None
+
+
+def test_budget_set_selects_pld_and_budget_verify_recomputes_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.audit.writer import AuditLog
+    from fedcustomer.privacy.dp.accounting import GaussianSteps
+    from tests.people import people_home
+
+    from .identities import as_, use_passphrase
+
+    use_passphrase(monkeypatch)
+    store, people = people_home(tmp_path, "bank")
+    store.close()
+    home = PartnerHome(tmp_path / "bank")
+    admin = [
+        "budget",
+        "set",
+        "--home",
+        str(home.root),
+        *as_(people["alice"]),
+        "--epsilon",
+        "8",
+        "--delta",
+        "1e-5",
+    ]
+    assert run(admin, capsys)[0] == 0
+    home.ledger("loans").charge_gaussian("run:a:round:1", GaussianSteps(1.1, 0.05, 20))  # under RDP
+    code, _, err = run([*admin, "--replace", "--accountant", "moments"], capsys)
+    assert code == 3 and "rdp, pld" in err
+    code, out, err = run([*admin, "--replace", "--accountant", "pld"], capsys)
+    assert code == 0 and "accountant pld" in out, err
+    assert home.config().accountant == "pld" and 'accountant = "pld"' in home.config_path.read_text()
+    assert [e.details.get("accountant") for e in AuditLog(home.audit_dir) if e.action == "budget_set"][
+        -1
+    ] == "pld"
+    charge = home.ledger("loans").charge_gaussian("run:a:round:2", GaussianSteps(1.1, 0.05, 20))
+    assert charge.accountant == "pld" and charge.pld_interval == 1e-4
+    code, out, _ = run(["budget", "show", "--home", str(home.root), "--json"], capsys)
+    shown = json.loads(out)
+    assert shown["accountant"]["accountant"] == "pld"
+    assert [c["accountant"] for c in shown["datasets"][0]["charges"]] == ["rdp", "pld"]
+    code, out, err = run(["budget", "verify", "--home", str(home.root), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["mismatches"] == 0 and [r["accountant"] for r in report["rows"]] == ["rdp", "pld"]
+    assert report["epsilon_now"] == pytest.approx(charge.epsilon_total)
+    with sqlite3.connect(home.ledger_path) as conn:  # a row whose total was lowered after the fact
+        conn.execute(
+            "UPDATE charges SET epsilon_total = epsilon_total / 2 WHERE charge_key = 'run:a:round:2'"
+        )
+    code, out, err = run(["budget", "verify", "--home", str(home.root)], capsys)
+    assert code == 7 and "do not recompute" in err and "MISMATCH" in out

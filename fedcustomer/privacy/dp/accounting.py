@@ -143,7 +143,13 @@ def bisect_noise(
         return sigma_max
     if eps_at(sigma_min) <= epsilon_target:
         return sigma_min
-    lo, hi = sigma_min, sigma_max
+    return bisect_bracket(eps_at, epsilon_target, sigma_min, sigma_max, tolerance)
+
+
+def bisect_bracket(
+    eps_at: Callable[[float], float], epsilon_target: float, lo: float, hi: float, tolerance: float
+) -> float:
+    """Narrow ``lo`` (over the target) and ``hi`` (within it) to ``tolerance``; returns the ``hi`` end."""
     while hi - lo > tolerance * max(1.0, lo):
         mid = math.sqrt(lo * hi) if hi / lo > 1.5 else (lo + hi) / 2
         if eps_at(mid) <= epsilon_target:

@@ -76,6 +76,15 @@ def test_calibration_meets_the_target_from_below() -> None:
     assert sigma < accounting.calibrate_noise(prior, 0.05, 60, 3.0, 1e-5)
 
 
+def test_calibration_on_the_default_grid_meets_the_target_from_below() -> None:
+    """The coarse-then-exact search ends on the ledger's own grid."""
+    prior = [GaussianSteps(3.0, 1.0, 1)]
+    sigma = pld.calibrate_noise(prior, 0.1, 30, 2.0, 1e-5)
+    spent = library_epsilon([(3.0, 1.0, 1), (sigma, 0.1, 30)], 1e-5, 1e-4)
+    assert 2.0 * 0.99 < spent <= 2.0
+    assert library_epsilon([(3.0, 1.0, 1), (sigma * (1 - 3e-3), 0.1, 30)], 1e-5, 1e-4) > 2.0
+
+
 def test_calibration_edges_and_a_sigma_already_in_the_history() -> None:
     assert pld.calibrate_noise([], 0.5, 0, 1.0, 1e-5) == 50.0
     assert pld.calibrate_noise([], 0.5, 10_000, 0.01, 1e-5, interval=COARSE, sigma_max=5.0) == 5.0

@@ -155,3 +155,37 @@ def test_tiny_epsilon_shows_refusals_and_never_overspends(tmp_path: Path) -> Non
     assert all((p["epsilon_spent"] or 0) <= 0.05 for p in summary["partners"])
     assert result.returncode in (0, 6)  # 6 when not even one round fits in the budget
     assert "refused" in output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--central-max-epsilon", "2"], "needs --central-dp"),
+        (["--central-dp", "--central-max-epsilon", "2", "--strategy", "krum"], "fedavg, fedprox"),
+        (["--central-dp", "--central-accountant", "moments"], "--central-accountant must be one of rdp, pld"),
+    ],
+    ids=["central-cap-without-central-dp", "central-cap-with-krum", "central-unknown-accountant"],
+)
+def test_central_cap_options_are_refused_before_anything_runs(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    _assert_clean_failure(fedcustomer("run", "--out", str(tmp_path / "r"), *args, cwd=tmp_path), 3, needle)
+
+
+@pytest.mark.slow
+def test_central_cap_stops_the_run_in_the_simulation_engine_and_says_why(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = fedcustomer(
+        *("run", "--data", "synthetic", "--partners", "2", "--min-partners", "2", "--rounds", "4"),
+        *("--central-dp", "--central-noise-multiplier", "2", "--central-max-epsilon", "3.5"),
+        *("--federated-eval", "final", "--out", str(out)),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # a round was aggregated: a clean stop
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["rounds_completed"] == 2
+    assert (
+        summary["stop_reason"].startswith("round 3 not started") and "maximum 3.5" in summary["stop_reason"]
+    )
+    assert summary["central_dp"]["accountant"] == "rdp" and summary["central_dp"]["epsilon"] <= 3.5
+    assert "maximum 3.5" in result.stdout

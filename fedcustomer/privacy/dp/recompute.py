@@ -15,7 +15,8 @@ rows up to it (all datasets), calling the libraries directly rather than the led
 - then plus the other releases' epsilons (basic composition).
 
 A row whose recorded total differs from the recomputation by more than the tolerance is
-a mismatch. The same rules, as a script with no fedcustomer code, are in docs/PRIVACY.md.
+a mismatch. The same rules, as a script with no fedcustomer code, are in the README
+("RDP or PLD, and recomputing a ledger").
 """
 
 from __future__ import annotations

@@ -128,3 +128,19 @@ def test_the_pld_accountant_refuses_through_the_wrapper_before_a_round_is_config
 def test_cap_options_are_checked(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         JobConfig(**kw)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_resumed_run_counts_the_rounds_it_already_released(accountant: str) -> None:
+    job = JobConfig(
+        central_dp=True,
+        central_noise_multiplier=SIGMA,
+        central_max_epsilon=CAP,
+        central_accountant=accountant,
+    )
+    acc = build_strategy(job, 3).accountant
+    restore(acc, SIGMA, 3, 1)
+    assert not acc.would_exceed(GaussianPrivacyEvent(SIGMA, 3, 3))  # round 2 still fits
+    restore(acc, SIGMA, 3, 1)
+    assert acc.would_exceed(GaussianPrivacyEvent(SIGMA, 3, 3))  # round 3 does not
+    assert acc.get_epsilon(1e-5) == pytest.approx(central_dp_epsilon(job, 2, 3, 3)["epsilon"], rel=1e-9)

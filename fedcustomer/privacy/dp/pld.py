@@ -39,7 +39,7 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps, bisect_bracket, bis
 
 #: The discretisation of privacy losses: the library's default, 1e-4 nats. Pessimistic
 #: rounding makes any interval sound; 1e-4 keeps the epsilon within ~0.1% of the exact
-#: PLD for the histories a partner accrues, at ~0.2-0.6 s to build one step's PLD.
+#: PLD for the histories a partner accrues; building one step's PLD takes about a second.
 VALUE_DISCRETIZATION_INTERVAL = 1e-4
 NEIGHBOURING = NeighboringRelation.ADD_OR_REMOVE_ONE  # as Opacus's RDP: one customer added or removed
 #: Calibration searches on this coarser grid first (10x faster), then checks the answer on the

@@ -35,7 +35,11 @@ def _intent(html: str) -> str:
 
 def _entries(world: World):
     with PartnerStore.open(world.home) as store:
-        return store.audit.query(), check_entry_signatures(iter(store.audit), store.people), store.audit.verify()
+        return (
+            store.audit.query(),
+            check_entry_signatures(iter(store.audit), store.people),
+            store.audit.verify(),
+        )
 
 
 def test_two_approvals_given_in_the_console_grant_the_request_and_verify(world: World, app) -> None:
@@ -68,12 +72,19 @@ def test_a_token_signed_by_another_person_or_replayed_is_refused(world: World, a
     refused = client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text), "token": by_carol})
     assert refused.status_code == 403 and "another person" in refused.text
     token = sign_intent(world.people["alice"].signer, intent)
-    assert client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text), "token": token}).status_code == 200
+    assert (
+        client.post(
+            f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text), "token": token}
+        ).status_code
+        == 200
+    )
     again = client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text), "token": token})
     assert again.status_code == 403 and "already" in again.text
     other = client.get(f"/approvals/{world.request_id}/approve")
     wrong_request = sign_intent(world.people["alice"].signer, intent)
-    moved = client.post(f"/approvals/{world.request_id}/approve", data={"csrf": csrf_of(other.text), "token": wrong_request})
+    moved = client.post(
+        f"/approvals/{world.request_id}/approve", data={"csrf": csrf_of(other.text), "token": wrong_request}
+    )
     assert moved.status_code == 403 and "does not match" in moved.text
 
 
@@ -94,19 +105,26 @@ def test_a_rejection_is_a_signed_audited_entry_with_its_reason(world: World, app
     entries, signatures, report = _entries(world)
     entry = entries[-1]
     assert (entry.action, entry.actor, entry.reason, entry.approvals) == (
-        "approval_reject", "carol", "no case number <b>", (rid,)
+        "approval_reject",
+        "carol",
+        "no case number <b>",
+        (rid,),
     )
     assert "auth" in entry.details and signatures.ok and report.ok
 
 
-def test_enrolment_in_the_console_is_signed_by_the_admin_and_the_new_password_works(world: World, app) -> None:
+def test_enrolment_in_the_console_is_signed_by_the_admin_and_the_new_password_works(
+    world: World, app
+) -> None:
     from starlette.testclient import TestClient
 
     cole = world.people["cole"]
     client = sign_in(world, app, "alice")
     page = client.get(f"/people/{cole.signer.key_id}/enrol")
     token = sign_intent(world.people["alice"].signer, _intent(page.text))
-    done = client.post(f"/people/{cole.signer.key_id}/enrol", data={"csrf": csrf_of(page.text), "token": token})
+    done = client.post(
+        f"/people/{cole.signer.key_id}/enrol", data={"csrf": csrf_of(page.text), "token": token}
+    )
     password = re.search(r'id="new-password">([^<]+)<', done.text).group(1)
     entries, signatures, _ = _entries(world)
     assert entries[-1].action == "console_enrol" and entries[-1].actor == "alice" and signatures.ok
@@ -115,7 +133,9 @@ def test_enrolment_in_the_console_is_signed_by_the_admin_and_the_new_password_wo
     login = fresh.get("/login")
     second = fresh.post("/login", data={"csrf": csrf_of(login.text), "name": "cole", "password": password})
     code = world.code(app.state.console, "cole")
-    final = fresh.post("/login/totp", data={"csrf": csrf_of(second.text), "code": code}, follow_redirects=False)
+    final = fresh.post(
+        "/login/totp", data={"csrf": csrf_of(second.text), "code": code}, follow_redirects=False
+    )
     assert final.status_code == 303
     assert "cole (compliance_officer)" in fresh.get("/audit").text
 
@@ -126,7 +146,9 @@ def test_sign_in_with_a_signed_challenge(world: World, app) -> None:
     client = TestClient(app)
     page = client.get("/login/key")
     token = sign_intent(world.people["dana"].signer, _intent(page.text))
-    done = client.post("/login/key", data={"csrf": csrf_of(page.text), "token": token}, follow_redirects=False)
+    done = client.post(
+        "/login/key", data={"csrf": csrf_of(page.text), "token": token}, follow_redirects=False
+    )
     assert done.status_code == 303
     assert "dana (data_scientist)" in client.get("/runs").text
     entries, signatures, _ = _entries(world)

@@ -51,7 +51,9 @@ def test_a_rewritten_log_is_indexed_again_and_a_broken_chain_refused(tmp_path) -
     lines = log.read_bytes().splitlines(keepends=True)
     log.write_bytes(b"".join(lines[:6]))  # cut: the index no longer matches and starts over
     assert index.update() == 6
-    tampered = lines[:3] + [lines[3].replace(b'"user0"', b'"userX"').replace(b'"user1"', b'"userX"')] + lines[4:6]
+    tampered = (
+        lines[:3] + [lines[3].replace(b'"user0"', b'"userX"').replace(b'"user1"', b'"userX"')] + lines[4:6]
+    )
     log.write_bytes(b"".join(tampered[:3]))
     assert index.update() == 3
     log.write_bytes(b"".join(tampered[:3]) + lines[4])  # entry 4 after entry 3 is gone: the chain is broken

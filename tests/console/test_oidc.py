@@ -31,7 +31,14 @@ def idp(tmp_path_factory):
 
 def token(key, **claims) -> str:
     now = int(time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, "preferred_username": "carol", **claims}
+    body = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+        "preferred_username": "carol",
+        **claims,
+    }
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
 
 
@@ -47,7 +54,9 @@ def test_a_valid_token_names_the_person_and_bad_ones_are_refused(idp) -> None:
         "expired": token(key, iat=now - 7200, exp=now - 3600),
         "forged": token(other),
         "no name": token(key, preferred_username=None),
-        "unsigned": jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 60, "iat": now}, "", algorithm="none"),
+        "unsigned": jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 60, "iat": now}, "", algorithm="none"
+        ),
     }
     for why, text in bad.items():
         with pytest.raises(AccessDenied):
@@ -59,18 +68,27 @@ def test_a_valid_token_names_the_person_and_bad_ones_are_refused(idp) -> None:
 
 def test_oidc_sign_in_takes_the_role_from_the_registry(world: World, idp) -> None:
     key, jwks = idp
-    app = create_app(ConsoleSettings(home=world.home.root, runs=world.runs, oidc=OidcConfig(ISSUER, AUDIENCE, str(jwks))))
+    app = create_app(
+        ConsoleSettings(home=world.home.root, runs=world.runs, oidc=OidcConfig(ISSUER, AUDIENCE, str(jwks)))
+    )
     client = TestClient(app)
     page = client.get("/login")
     assert 'id="oidc-form"' in page.text
     claims = {"role": "partner_admin", "roles": ["partner_admin"]}  # ignored: the registry decides
-    done = client.post("/login/oidc", data={"csrf": csrf_of(page.text), "id_token": token(key, **claims)}, follow_redirects=False)
+    done = client.post(
+        "/login/oidc",
+        data={"csrf": csrf_of(page.text), "id_token": token(key, **claims)},
+        follow_redirects=False,
+    )
     assert done.status_code == 303
     assert "carol (compliance_officer)" in client.get("/audit").text
     assert client.get("/people").status_code == 403
     stranger = TestClient(app)
     page = stranger.get("/login")
-    refused = stranger.post("/login/oidc", data={"state": csrf_of(page.text), "id_token": token(key, preferred_username="mallory")})
+    refused = stranger.post(
+        "/login/oidc",
+        data={"state": csrf_of(page.text), "id_token": token(key, preferred_username="mallory")},
+    )
     assert refused.status_code == 401
     no_csrf = stranger.post("/login/oidc", data={"id_token": token(key)})
     assert no_csrf.status_code == 403

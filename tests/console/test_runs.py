@@ -30,8 +30,12 @@ def test_run_page_has_charts_per_metric_and_partner_and_the_refusals(dana) -> No
 
 
 def test_downloads_and_names_outside_the_runs_folder_are_refused(dana) -> None:
-    for path in ("/runs/run-a/files/..%2F..%2Fetc%2Fpasswd", "/runs/run-a/files/feature_spec.json", "/runs/..%2Frun-a",
-                 "/runs/nope"):
+    for path in (
+        "/runs/run-a/files/..%2F..%2Fetc%2Fpasswd",
+        "/runs/run-a/files/feature_spec.json",
+        "/runs/..%2Frun-a",
+        "/runs/nope",
+    ):
         assert dana.get(path).status_code == 404, path
 
 
@@ -39,7 +43,10 @@ def test_a_running_job_is_polled_and_progress_follows_the_metrics_file(world: Wo
     page = dana.get("/runs/run-live").text
     assert 'src="/static/live.js"' in page and 'data-status="running"' in page
     assert dana.get("/runs/run-live/progress").json() == {
-        "name": "run-live", "status": "running", "rounds_done": 8, "rounds_planned": 8
+        "name": "run-live",
+        "status": "running",
+        "rounds_done": 8,
+        "rounds_planned": 8,
     }
     with open(world.runs / "run-live" / "metrics.csv", "a") as f:
         f.write("9,1,1,0,0,0.5,0.7,0.6,0.9\n")

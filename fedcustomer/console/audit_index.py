@@ -174,22 +174,19 @@ class AuditIndex:
 
     # ---- searching -------------------------------------------------------------------------
     def _where(self, filters: dict[str, str], since: str | None, until: str | None) -> tuple[str, list[Any]]:
+        """Conditions on ``e`` (entries); a field filter is the join the query starts from."""
         clauses: list[str] = []
         args: list[Any] = []
         for name in FILTERS:
             value = filters.get(name)
-            if not value:
-                continue
-            if name == "field":
-                clauses.append("seq IN (SELECT seq FROM entry_fields WHERE field = ?)")
-            else:
-                clauses.append(f"{name} = ?")
-            args.append(value)
+            if value and name != "field":
+                clauses.append(f"e.{name} = ?")
+                args.append(value)
         if since:
-            clauses.append("time >= ?")
+            clauses.append("e.time >= ?")
             args.append(since)
         if until:
-            clauses.append("time <= ?")
+            clauses.append("e.time <= ?")
             args.append(until)
         return " AND ".join(clauses) or "1", args
 
@@ -204,10 +201,17 @@ class AuditIndex:
     ) -> list[tuple[int, int, int]]:
         """(seq, offset, length) of matching entries, newest first, older than ``before``."""
         where, args = self._where(filters, since, until)
+        if filters.get("field"):
+            # walk the field's (field, seq) key backwards: a page costs the same at any depth
+            source, order = "entry_fields AS f CROSS JOIN entries AS e ON e.seq = f.seq", "f.seq"
+            where = f"f.field = ? AND {where}"
+            args.insert(0, filters["field"])
+        else:
+            source, order = "entries AS e", "e.seq"
         if before is not None:
-            where += " AND seq < ?"
+            where += f" AND {order} < ?"
             args.append(before)
-        sql = f"SELECT seq, off, len FROM entries WHERE {where} ORDER BY seq DESC"
+        sql = f"SELECT e.seq, e.off, e.len FROM {source} WHERE {where} ORDER BY {order} DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)

@@ -167,3 +167,18 @@ def test_intents_and_tokens_reject_garbage() -> None:
         read_signed("")
     with pytest.raises(AccessDenied):
         read_signed("eyJ4IjoxfQ")
+
+
+def test_an_unsigned_rejection_or_enrolment_is_reported_by_verify(tmp_path) -> None:
+    from fedcustomer.privacy.access.policy import Actor
+    from tests.people import people_home
+
+    store, _ = people_home(tmp_path, "bank_x", {"alice": "partner_admin"})
+    with store:
+        store.log(Actor("alice", "partner_admin"), "approval_reject", approvals=["r1"])
+        store.log(Actor("alice", "partner_admin"), "console_enrol", details={"key_id": "k"})
+        report = check_entry_signatures(iter(store.audit), store.people)
+    assert [why for _, why in report.problems] == [
+        "'approval_reject' was allowed without a signed request",
+        "'console_enrol' was allowed without a signed request",
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import statistics
@@ -117,7 +118,10 @@ def audit_search(tmp: Path, entries: int, repeat: int) -> dict:
         page = index.page(filters, since=since, until=until, before=before)
         assert page.entries, name
         results[name] = round(
-            median_ms(lambda: index.page(filters, since=since, until=until, before=before), repeat), 1
+            median_ms(
+                functools.partial(index.page, filters, since=since, until=until, before=before), repeat
+            ),
+            1,
         )
     return {
         "entries": entries,

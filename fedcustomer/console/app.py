@@ -9,7 +9,9 @@ reaches the browser.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -67,6 +69,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", status, message="not found" if status == 404 else "request refused")
 
 
+def _warm_index(context: ConsoleContext) -> None:
+    """Catch the audit index up with the log at start-up (a damaged log is reported by the pages)."""
+    try:
+        context.index.update()
+    except FedCustomerError:
+        pass
+
+
 def create_app(settings: ConsoleSettings) -> Starlette:
     """The console for one partner home (and optionally one runs folder)."""
     context = ConsoleContext(settings)
@@ -77,10 +87,17 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         *routes_runs.ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        threading.Thread(target=_warm_index, args=(context,), daemon=True, name="audit-index").start()
+        yield
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Headers)],
         exception_handlers={FedCustomerError: _product_error, HTTPException: _http_error},
+        lifespan=lifespan,
     )
     app.state.console = context
     return app

@@ -8,7 +8,9 @@ writers' lock, so never half a line). Before trusting what it holds, it re-reads
 last indexed line and checks its offset, sequence number and hash chain still match
 the log; a log that was rewritten, cut or replaced is indexed again from the start.
 Entries shown are always read back from the log itself, by offset; that the log as a
-whole is intact is for the verification page (``AuditLog.verify``) to say.
+whole is intact is for the verification page (``AuditLog.verify``) to say. The console starts
+catching up in the background when it starts, so the first search over a large existing
+log does not have to wait for the whole build.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -65,6 +68,9 @@ class AuditIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        self._lock = threading.Lock()  # one update at a time in this process; pages wait for it
+        with closing(connect(self.path)) as con:
+            con.execute("PRAGMA journal_mode=WAL")  # searches read while an update appends
         with self._tx() as con:
             for statement in _SCHEMA:
                 con.execute(statement)
@@ -103,6 +109,10 @@ class AuditIndex:
         """Index the lines written since the last call; returns how many entries are indexed."""
         if not self.log_path.exists():
             raise ConfigError(f"no audit log at {self.log_path}")
+        with self._lock:
+            return self._update()
+
+    def _update(self) -> int:
         size, _ = snapshot_sizes(self.audit_dir)
         with self._tx() as con:
             offset, last_seq, head, count = self._meta(con)

@@ -4,6 +4,9 @@ Reads what a job writes (``config.json``, ``metrics.csv`` after every round,
 ``summary.json`` at the end; see the README's run directory section) and never anything
 else: a run page shows aggregates and the partners' own refusal reasons, no record.
 A run without ``summary.json`` is *running* while its ``metrics.csv`` keeps growing.
+A folder holding an analytics query's ``result.json`` (``fedcustomer query --out``) is shown
+as a DP query: its released estimates with their confidence intervals, the partners that
+refused, and the spend; never the ``truth`` a local simulation may have added beside them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from fedcustomer.errors import ConfigError
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DOWNLOADS = ("summary.json", "metrics.csv", "model.pt", "config.json", "anchors.jsonl")
+MARKERS = ("config.json", "summary.json", "result.json")
+QUERY_FORMAT = "fedcustomer.analytics.result/1"
+QUERY_ROW_KEYS = ("group", "statistic", "label", "estimate", "ci_low", "ci_high", "noise_sd")
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, float | None]] = field(default_factory=list)
+    query: dict[str, Any] | None = None
 
     @property
     def metric_columns(self) -> list[str]:
@@ -107,9 +114,7 @@ class RunsFolder:
         found = [
             p.name
             for p in self.root.iterdir()
-            if p.is_dir()
-            and RUN_NAME.fullmatch(p.name)
-            and ((p / "config.json").exists() or (p / "summary.json").exists())
+            if p.is_dir() and RUN_NAME.fullmatch(p.name) and any((p / f).exists() for f in MARKERS)
         ]
         return sorted(found, key=lambda n: (self.root / n).stat().st_mtime, reverse=True)  # type: ignore[operator]
 
@@ -133,9 +138,11 @@ class RunsFolder:
         status = str(summary.get("status") or "running") if summary else "running"
         if summary:
             done = int(summary.get("rounds_completed") or done)
-        return Run(
-            name, path, status, planned if isinstance(planned, int) else None, done, summary, config, table
-        )
+        query = _query(path / "result.json")
+        if query is not None and not summary and not metrics.exists():
+            status = "completed"  # a query's result is written once, when it is complete
+        planned = planned if isinstance(planned, int) else None
+        return Run(name, path, status, planned, done, summary, config, table, query)
 
     def download(self, name: str, file: str) -> Path:
         if file not in DOWNLOADS:
@@ -144,6 +151,24 @@ class RunsFolder:
         if not path.is_file():
             raise ConfigError("no such file")
         return path
+
+
+def _query(path: Path) -> dict[str, Any] | None:
+    """The released part of an analytics result: estimates with intervals, refusals, spend (no truth)."""
+    raw = _json(path)
+    if raw.get("format") != QUERY_FORMAT:
+        return None
+    rows = [{k: r.get(k) for k in QUERY_ROW_KEYS} for r in raw.get("rows") or [] if isinstance(r, dict)]
+    return {
+        "query_id": raw.get("query_id"),
+        "kind": raw.get("kind"),
+        "dataset": raw.get("dataset"),
+        "confidence": raw.get("confidence"),
+        "partners": raw.get("partners") or [],
+        "refused": raw.get("refused") or {},
+        "spend": raw.get("spend") or {},
+        "rows": rows,
+    }
 
 
 def _count_rows(path: Path) -> int:

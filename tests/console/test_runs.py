@@ -95,3 +95,37 @@ def test_budget_recomputation_matches_the_ledger_and_catches_an_edit(world: Worl
     edited = budgets.charges(copy, recompute=True)
     assert [r.matches for r in edited] == [True, False, True, True, True]
     assert budgets.charges(world.root / "missing.db") == []
+
+
+def test_a_dp_query_result_shows_estimates_with_intervals_and_never_the_truth(world: World, dana) -> None:
+    import json
+
+    folder = world.runs / "query-1"
+    folder.mkdir()
+    result = {
+        "format": "fedcustomer.analytics.result/1",
+        "query_id": "q-regions",
+        "kind": "sum",
+        "dataset": "bank",
+        "confidence": 0.95,
+        "partners": ["bank_a"],
+        "refused": {"retail_b": "budget <b>exhausted</b>"},
+        "spend": {"bank_a": {"epsilon_total": 1.2}},
+        "rows": [
+            {
+                "group": "north",
+                "statistic": "sum",
+                "label": "north",
+                "estimate": 1234.5,
+                "ci_low": 1100.25,
+                "ci_high": 1368.75,
+                "noise_sd": 68.2,
+            }
+        ],
+        "truth": [{"group": "north", "value": 98765.4321}],
+    }
+    (folder / "result.json").write_text(json.dumps(result))
+    html = dana.get("/runs/query-1").text
+    assert "q-regions" in html and "1234" in html and "[1100, 1369]" in html and "95% interval" in html
+    assert "98765" not in html and "budget &lt;b&gt;exhausted" in html
+    assert "completed" in dana.get("/runs").text

@@ -26,6 +26,7 @@ from fedcustomer.console.pages import (
 )
 from fedcustomer.console.sessions import Session
 from fedcustomer.errors import AccessDenied
+from fedcustomer.privacy.access.approvals import identity_key
 from fedcustomer.privacy.access.people import PersonKey
 
 GENERIC_FAILURE = "name, password or code not accepted"
@@ -60,13 +61,14 @@ async def login_password(request: Request) -> Response:
     session = anonymous(request)
     form = await form_checked(request, session)
     name = form.get("name", "").strip()[:128]
-    login = name.casefold()
+    person = ctx.person_by_name(name) if name else None
+    key_id = person.key_id if person is not None else None
+    # one counter per person, whichever look-alike spelling of their name is typed
+    login = f"key:{key_id}" if key_id else f"name:{identity_key(name) if name else ''}"
     try:
         ctx.credentials.check_not_locked(login)
     except AccessDenied as exc:
         return render(request, "login.html", 429, session=session, error=str(exc), oidc=ctx.oidc is not None)
-    person = ctx.person_by_name(name) if name else None
-    key_id = person.key_id if person is not None else None
     if not ctx.credentials.check_password(key_id, form.get("password", "")):
         ctx.credentials.record_failure(login)
         actions.record_login(ctx.home, person, "password", ok=False, claimed=name)

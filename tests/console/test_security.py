@@ -170,6 +170,12 @@ def test_brute_force_locks_the_name_out(world: World, app) -> None:
         "/login", data={"csrf": csrf_of(page.text), "name": "mia", "password": PASSWORDS["mia"]}
     )
     assert locked.status_code == 429 and "locked" in locked.text
+    for spelling in ("MIA", "m\u0456a"):  # upper case, a Cyrillic i: the same person, the same lock
+        page = client.get("/login")
+        again = client.post(
+            "/login", data={"csrf": csrf_of(page.text), "name": spelling, "password": PASSWORDS["mia"]}
+        )
+        assert again.status_code == 429, spelling
     for _ in range(MAX_FAILURES):  # names nobody has are throttled the same way
         page = client.get("/login")
         client.post("/login", data={"csrf": csrf_of(page.text), "name": "nobody", "password": "x" * 12})

@@ -13,6 +13,7 @@ import math
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,22 @@ def charges(ledger_path: Path, *, recompute: bool = False) -> list[ChargeRow]:
 
 def refusals(ledger_path: Path) -> list[dict[str, Any]]:
     return _rows(ledger_path, "refusals")
+
+
+def over_time(rows: list[ChargeRow]) -> list[tuple[float, float]]:
+    """(POSIX time, running epsilon) per charge, for a chart of epsilon over time."""
+    out = []
+    for row in rows:
+        try:
+            at = datetime.fromisoformat(row.time)
+        except ValueError:
+            continue
+        out.append(((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp(), row.epsilon_total))
+    return out
+
+
+def time_label(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%m-%d %H:%M")
 
 
 def by_dataset(rows: list[ChargeRow]) -> dict[str, list[ChargeRow]]:

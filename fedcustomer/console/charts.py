@@ -9,13 +9,14 @@ stays small.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 560, 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 130, 16, 32
 MAX_POINTS = 400
+MARKED_POINTS = 40
 COLOURS = (
     "#1f77b4",
     "#d62728",
@@ -53,8 +54,19 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [lo + (hi - lo) * i / n for i in range(n + 1)]
 
 
-def line_chart(title: str, series: Sequence[Series], *, x_label: str = "round", y_label: str = "") -> Markup:
-    """An SVG line chart of ``series`` (name, [(x, y), ...]); an empty chart says so."""
+def line_chart(
+    title: str,
+    series: Sequence[Series],
+    *,
+    x_label: str = "round",
+    y_label: str = "",
+    x_format: Callable[[float], str] | None = None,
+) -> Markup:
+    """An SVG line chart of ``series`` (name, [(x, y), ...]); an empty chart says so.
+
+    ``x_format`` writes the x ticks (e.g. times), numbers otherwise.
+    """
+    x_text = x_format or _fmt
     points = [p for _, pts in series for p in pts if math.isfinite(p[0]) and math.isfinite(p[1])]
     head = (
         f'<svg class="chart" role="img" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
@@ -89,7 +101,7 @@ def line_chart(title: str, series: Sequence[Series], *, x_label: str = "round", 
     for t in _ticks(x0, x1):
         x = sx(t)
         parts.append(
-            f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle" class="tick">{_fmt(t)}</text>'
+            f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle" class="tick">{escape(x_text(t))}</text>'
         )
     parts.append(
         f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle" class="axis">{escape(x_label)}</text>'
@@ -107,6 +119,10 @@ def line_chart(title: str, series: Sequence[Series], *, x_label: str = "round", 
             parts.append(
                 f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}" data-series="{escape(name)}"/>'
             )
+            if len(good) <= MARKED_POINTS:  # few points: mark each (a single one has no line)
+                parts.extend(
+                    f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in good
+                )
         ly = TOP + 12 + i * 14
         parts.append(f'<rect x="{WIDTH - RIGHT + 8}" y="{ly - 8}" width="10" height="3" fill="{colour}"/>')
         parts.append(f'<text x="{WIDTH - RIGHT + 22}" y="{ly}" class="legend">{escape(name[:18])}</text>')

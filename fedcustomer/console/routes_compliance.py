@@ -161,12 +161,27 @@ async def budget_page(request: Request) -> Response:
     config = ctx.home.config()
     target = config.budget.epsilon if config.budget is not None else None
     per_dataset = budgets.by_dataset(rows)
-    total_series = [("partner total", [(float(i + 1), r.epsilon_total) for i, r in enumerate(rows)])]
+    total_series = [("partner total", budgets.over_time(rows))]
     if target is not None and rows:
-        total_series.append(("target", [(1.0, target), (float(len(rows)), target)]))
+        first, last = total_series[0][1][0][0], total_series[0][1][-1][0]
+        total_series.append(("target", [(first, target), (last, target)]))
     chart = line_chart(
-        "epsilon spent over charges (all datasets)", total_series, x_label="charge #", y_label="epsilon"
+        "epsilon spent over time (every release, all datasets)",
+        total_series,
+        x_label="time (UTC)",
+        y_label="epsilon",
+        x_format=budgets.time_label,
     )
+    dataset_charts = {
+        ds: line_chart(
+            f"partner total after each release about {ds}",
+            [(ds, budgets.over_time(charges))],
+            x_label="time (UTC)",
+            y_label="epsilon",
+            x_format=budgets.time_label,
+        )
+        for ds, charges in per_dataset.items()
+    }
     mismatches = sum(1 for r in rows if r.matches is False)
     return render(
         request,
@@ -176,6 +191,7 @@ async def budget_page(request: Request) -> Response:
         per_dataset=per_dataset,
         chart=chart,
         target=target,
+        dataset_charts=dataset_charts,
         recompute=recompute,
         mismatches=mismatches,
         refusals=budgets.refusals(ctx.home.ledger_path),

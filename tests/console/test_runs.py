@@ -129,3 +129,10 @@ def test_a_dp_query_result_shows_estimates_with_intervals_and_never_the_truth(wo
     assert "q-regions" in html and "1234" in html and "[1100, 1369]" in html and "95% interval" in html
     assert "98765" not in html and "budget &lt;b&gt;exhausted" in html
     assert "completed" in dana.get("/runs").text
+
+
+def test_budget_page_charts_epsilon_over_time_overall_and_per_dataset(world: World) -> None:
+    carol = sign_in(world, world.app(), "carol")
+    html = carol.get("/budgets").text
+    assert html.count("<svg") == 3 and "epsilon spent over time" in html and "time (UTC)" in html
+    assert "<script>alert" not in html

@@ -19,7 +19,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +62,9 @@ class Enrolment:
 class CredentialBook:
     """The console credentials of one partner home (see the module docstring)."""
 
-    def __init__(self, path: Path, *, clock: object = None) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self._clock = clock or time.time
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -78,7 +78,7 @@ class CredentialBook:
                     con.execute(statement)
 
     def now(self) -> float:
-        return float(self._clock())  # type: ignore[operator]
+        return float(self._clock())
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -94,6 +94,8 @@ def _entries_csv(entries: list[AuditEntry]) -> str:
 async def audit_export(request: Request) -> Response:
     _, person = guard(request, "audit")
     fmt = request.path_params["fmt"]
+    if fmt not in ("csv", "json"):
+        raise ConfigError("no such export format (csv or json)")
     filters, since, until = _query(request)
     index = console(request).index
     index.update()

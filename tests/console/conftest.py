@@ -37,7 +37,7 @@ XSS = '<script>alert("x")</script>'
 XSS_FILE = "<img src=x onerror=alert(1)>"  # no slash: a legal file name
 
 
-class TestClock:
+class FakeClock:
     """Wall-clock seconds that the tests move on."""
 
     def __init__(self) -> None:
@@ -56,7 +56,7 @@ class World:
     runs: Path
     people: dict[str, Person]
     request_id: str
-    clock: TestClock
+    clock: FakeClock
 
     def context(self) -> ConsoleContext:
         ctx = ConsoleContext(ConsoleSettings(home=self.home.root, runs=self.runs))
@@ -153,7 +153,7 @@ def build_world(root: Path) -> World:
     write_run(runs, "run-a", 5, ["bank_a", "retail_b"])
     write_run(runs, "run-b", 5, ["bank_a", "retail_b"], seed=3)
     write_run(runs, "run-live", 8, ["bank_a"], done=False)
-    world = World(root, home, runs, people, request_id, TestClock())
+    world = World(root, home, runs, people, request_id, FakeClock())
     ctx = world.context()
     for name, password in PASSWORDS.items():
         ctx.credentials.enrol(people[name].signer.key_id, "alice", password)

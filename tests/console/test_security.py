@@ -19,6 +19,7 @@ ENDPOINTS = [
     ("GET", "/audit?actor=alice", "audit_read"),
     ("GET", "/audit/export.csv", "audit_read"),
     ("GET", "/audit/export.json", "audit_read"),
+    ("GET", "/audit/export.xml", "audit_read"),
     ("GET", "/audit/status", "audit_read"),
     ("GET", "/budgets", "audit_read"),
     ("GET", "/budgets?recompute=1", "audit_read"),

@@ -26,6 +26,7 @@ import pytest
 from fedcustomer.console.intents import sign_intent
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.privacy.audit.signatures import check_entry_signatures
+from tests.cli.cli_runner import run
 from tests.console.conftest import PASSWORDS, World
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -137,7 +138,7 @@ def test_compliance_officer_searches_exports_verifies_and_recomputes(browser, se
 
 
 def test_partner_admin_approves_in_the_browser_and_the_audit_log_shows_it(
-    browser, server, world: World
+    browser, server, world: World, capsys
 ) -> None:
     base, app = server
     page = sign_in(browser, base, world, app, "alice")
@@ -173,6 +174,8 @@ def test_partner_admin_approves_in_the_browser_and_the_audit_log_shows_it(
     with PartnerStore.open(world.home) as store:
         assert store.audit.verify().ok
         assert check_entry_signatures(iter(store.audit), store.people).ok
+    code, out, _ = run(["audit", "verify", "--home", str(world.home.root)], capsys)
+    assert code == 0 and "INTACT" in out and "SIGNATURES" in out
 
 
 def test_data_scientist_signs_in_with_a_key_and_watches_runs(browser, server, world: World) -> None:

@@ -189,9 +189,7 @@ def test_brute_force_locks_the_name_out(world: World, app) -> None:
     )
     world.clock.t += LOCK_SECONDS + 1
     sign_in(world, app, "mia")  # the lock ends
-    entries = [
-        e for e in PartnerStore_entries(world) if e.action == "console_login" and e.decision == "denied"
-    ]
+    entries = [e for e in audit_entries(world) if e.action == "console_login" and e.decision == "denied"]
     assert entries and all("wrong guess" not in str(e.to_dict()) for e in entries)
 
 

@@ -193,7 +193,7 @@ def test_brute_force_locks_the_name_out(world: World, app) -> None:
     assert entries and all("wrong guess" not in str(e.to_dict()) for e in entries)
 
 
-def PartnerStore_entries(world: World):
+def audit_entries(world: World):
     with PartnerStore.open(world.home) as store:
         return store.audit.query()
 

@@ -10,8 +10,9 @@ setup: $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-# libsodium (PSI) and SoftHSM2 (a PKCS#11 token for the keyring tests) come from the system: installed
-# with apt-get when missing and we are root.
+# libsodium (PSI), SoftHSM2 (a PKCS#11 token for the keyring tests) and Chromium (the console's browser tests,
+# driven by Playwright without a browser download) come from the system: installed with apt-get when missing and
+# we are root.
 # torch is installed first, CPU build: from local wheels if any (torch alone, no network; its own
 # dependencies then come from the configured indexes), else from
 # PyTorch's CPU index (the public index's Linux wheel is the CUDA build, with ~3 GB of CUDA
@@ -36,6 +37,14 @@ $(VENV)/.installed: pyproject.toml
 			echo "SoftHSM2 (the PKCS#11 token the keyring tests use) is missing: install it with your package manager" \
 			     "(Debian/Ubuntu: sudo apt-get install softhsm2; macOS: brew install softhsm), then rerun make setup"; \
 			exit 1; \
+		fi
+	@{ command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; } || \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Chromium missing (the console's browser tests drive it): installing chromium with apt-get"; \
+			apt-get update -qq && apt-get install -y -qq chromium >/dev/null || exit 1; \
+		else \
+			echo "Chromium (the console's browser tests drive it) is missing: install it with your package manager" \
+			     "(Debian: sudo apt-get install chromium); until then those tests are skipped"; \
 		fi
 	$(PY) -m venv $(VENV)
 	{ $(BIN)/pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null && \

@@ -62,6 +62,9 @@ def _register() -> None:
     from fedcustomer.cli import features
 
     features.register(app)
+    from fedcustomer.cli import console
+
+    console.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,8 @@ SIGNED_ACTIONS = frozenset(
         "budget_set",
         "people_revoke",
         "audit_query",
+        "approval_reject",  # a rejection given in the web console
+        "console_enrol",  # console credentials given to a person
     }
 )
 """Governance actions that, once a home has a registry, are only ever taken on a signed request."""

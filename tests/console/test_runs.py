@@ -1,0 +1,138 @@
+"""Run pages, charts, comparison, downloads and live progress; the budget recomputation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fedcustomer.console import budgets
+from fedcustomer.console.charts import MAX_POINTS, line_chart
+from fedcustomer.console.runs import RunsFolder
+from fedcustomer.errors import ConfigError
+from tests.console.conftest import World, write_run
+from tests.console.helpers import sign_in
+
+
+@pytest.fixture(scope="module")
+def dana(world: World):
+    app = world.app()
+    return sign_in(world, app, "dana")
+
+
+def test_run_page_has_charts_per_metric_and_partner_and_the_refusals(dana) -> None:
+    html = dana.get("/runs/run-a").text
+    assert html.count("<svg") == 4  # auc, loss, epsilon per partner, partners per round
+    assert 'data-series="bank_a"' in html and 'data-series="retail_b"' in html
+    assert "budget: &lt;script&gt;" in html and "refusal" in html
+    assert 'href="/runs/run-a/files/model.pt"' in html
+    assert dana.get("/runs/run-a/files/model.pt").content == b"weights"
+
+
+def test_downloads_and_names_outside_the_runs_folder_are_refused(dana) -> None:
+    for path in (
+        "/runs/run-a/files/..%2F..%2Fetc%2Fpasswd",
+        "/runs/run-a/files/feature_spec.json",
+        "/runs/..%2Frun-a",
+        "/runs/nope",
+    ):
+        assert dana.get(path).status_code == 404, path
+
+
+def test_a_running_job_is_polled_and_progress_follows_the_metrics_file(world: World, dana) -> None:
+    page = dana.get("/runs/run-live").text
+    assert 'src="/static/live.js"' in page and 'data-status="running"' in page
+    assert dana.get("/runs/run-live/progress").json() == {
+        "name": "run-live",
+        "status": "running",
+        "rounds_done": 8,
+        "rounds_planned": 8,
+    }
+    with open(world.runs / "run-live" / "metrics.csv", "a") as f:
+        f.write("9,1,1,0,0,0.5,0.7,0.6,0.9\n")
+    assert dana.get("/runs/run-live/progress").json()["rounds_done"] == 9
+    assert "live.js" not in dana.get("/runs/run-a").text
+    assert dana.get("/static/live.js").status_code == 200
+
+
+def test_side_by_side_comparison(dana) -> None:
+    html = dana.get("/runs/compare", params=[("run", "run-a"), ("run", "run-b")]).text
+    assert "run-a" in html and "run-b" in html and html.count("<svg") == 2
+    assert dana.get("/runs/compare", params={"run": "run-a"}).status_code == 400
+
+
+def test_runs_list_and_folder_rules(tmp_path) -> None:
+    write_run(tmp_path, "r1", 3, ["p"])
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "not-a-run").mkdir()
+    folder = RunsFolder(tmp_path)
+    assert folder.names() == ["r1"]
+    run = folder.load("r1")
+    assert run.status == "completed" and run.rounds_done == 3 and run.partners == ["p"]
+    with pytest.raises(ConfigError):
+        folder.path_of("../r1")
+    assert RunsFolder(None).names() == []
+
+
+def test_charts_escape_labels_and_thin_long_series() -> None:
+    svg = str(line_chart("<t>", [("<p>", [(float(i), math.sin(i)) for i in range(5000)])]))
+    assert "<t>" not in svg and "&lt;p&gt;" in svg
+    points = svg.split('points="')[1].split('"')[0].split()
+    assert len(points) == MAX_POINTS
+    assert "no data yet" in str(line_chart("empty", []))
+
+
+def test_budget_recomputation_matches_the_ledger_and_catches_an_edit(world: World) -> None:
+    rows = budgets.charges(world.home.ledger_path, recompute=True)
+    assert len(rows) == 5 and all(r.matches for r in rows)
+    import sqlite3
+
+    copy = world.root / "edited-ledger.db"
+    with sqlite3.connect(world.home.ledger_path) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    with sqlite3.connect(copy) as con:
+        con.execute("UPDATE charges SET epsilon_total = epsilon_total / 2 WHERE seq = 2")
+    edited = budgets.charges(copy, recompute=True)
+    assert [r.matches for r in edited] == [True, False, True, True, True]
+    assert budgets.charges(world.root / "missing.db") == []
+
+
+def test_a_dp_query_result_shows_estimates_with_intervals_and_never_the_truth(world: World, dana) -> None:
+    import json
+
+    folder = world.runs / "query-1"
+    folder.mkdir()
+    result = {
+        "format": "fedcustomer.analytics.result/1",
+        "query_id": "q-regions",
+        "kind": "sum",
+        "dataset": "bank",
+        "confidence": 0.95,
+        "partners": ["bank_a"],
+        "refused": {"retail_b": "budget <b>exhausted</b>"},
+        "spend": {"bank_a": {"epsilon_total": 1.2}},
+        "rows": [
+            {
+                "group": "north",
+                "statistic": "sum",
+                "label": "north",
+                "estimate": 1234.5,
+                "ci_low": 1100.25,
+                "ci_high": 1368.75,
+                "noise_sd": 68.2,
+            }
+        ],
+        "truth": [{"group": "north", "value": 98765.4321}],
+    }
+    (folder / "result.json").write_text(json.dumps(result))
+    html = dana.get("/runs/query-1").text
+    assert "q-regions" in html and "1234" in html and "[1100, 1369]" in html and "95% interval" in html
+    assert "98765" not in html and "budget &lt;b&gt;exhausted" in html
+    assert "completed" in dana.get("/runs").text
+
+
+def test_budget_page_charts_epsilon_over_time_overall_and_per_dataset(world: World) -> None:
+    carol = sign_in(world, world.app(), "carol")
+    html = carol.get("/budgets").text
+    assert html.count("<svg") == 3 and "epsilon spent over time" in html and "time (UTC)" in html
+    assert "<script>alert" not in html

@@ -51,6 +51,10 @@ class PartnerConfig:
     # [audit]: second locations for every signed checkpoint (see privacy/audit/anchors.py)
     anchor_file: str | None = None
     anchor_syslog: str | bool | None = None
+    # [secagg] trust = true: the partner accepts the SecAgg+ trust assumption, so a distributed-DP
+    # round is charged with its guarantee against the coordinator (full noise), not the weaker one
+    # against a single update (its own noise share). See docs/PRIVACY.md.
+    secagg_trust: bool = False
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""
@@ -152,6 +156,13 @@ class PartnerHome:
             if config.anchor_syslog:
                 syslog = config.anchor_syslog
                 lines.append(f"anchor_syslog = {'true' if syslog is True else _toml_str(str(syslog))}")
+        if config.secagg_trust:
+            lines += [
+                "",
+                "# Distributed DP rounds are charged assuming SecAgg+ holds (docs/PRIVACY.md).",
+                "[secagg]",
+                "trust = true",
+            ]
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
@@ -181,6 +192,9 @@ class PartnerHome:
             raise ConfigError(f"{self.config_path}: [audit] anchor_file must be a file path")
         if not isinstance(anchor_syslog, str | bool | None):
             raise ConfigError(f"{self.config_path}: [audit] anchor_syslog must be true or an address")
+        secagg = raw.get("secagg", {})
+        if not isinstance(secagg, dict) or not isinstance(secagg.get("trust", False), bool):
+            raise ConfigError(f"{self.config_path}: [secagg] trust must be true or false")
         return PartnerConfig(
             name=str(raw["name"]),
             budget=budget,
@@ -189,6 +203,7 @@ class PartnerHome:
             keyring=keyring,
             anchor_file=anchor_file,
             anchor_syslog=anchor_syslog,
+            secagg_trust=bool(secagg.get("trust", False)),
         )
 
     def keyring_config(self) -> KeyringConfig:

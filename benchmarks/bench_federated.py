@@ -53,7 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distributed_dp import run_distributed
+from distributed_dp import print_target, run_family
 
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.partition import PartnerDataset, split_train_test
@@ -316,18 +316,8 @@ def run_cell(
         add("central-dp", eps, runs)
     if wanted("gbm"):
         add("gbm", None, [{"auc": gradient_boosting(spec, datasets, seed=s).metrics["auc"]} for s in seeds])
-    c = recipe_for(recipes, "dist-dp", n)
-    for eps in args.epsilons if wanted("dist-dp") else []:
-        X_test, y_test = spec.transform(pooled(datasets)[1])
-        kw = dict(passes=c.epochs, batch_size=c.batch_size, lr=c.lr, max_grad_norm=c.max_grad_norm)
-        add(
-            "dist-dp",
-            eps,
-            [
-                run_distributed(spec, datasets, X_test, y_test, **kw, epsilon=eps, delta=DELTA, seed=s)
-                for s in seeds
-            ],
-        )
+    if wanted("dist-dp"):
+        run_family(add, spec, datasets, recipe_for(recipes, "dist-dp", n), args, seeds, DELTA)
     if not (wanted("fed") or wanted("fed-dp")):
         return rows
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
@@ -437,9 +427,7 @@ def print_report(
         scope = f" ({n} partners)" if n else ""
         text = recipe.describe(family.startswith("fed"), family.endswith("dp"))
         if family == "dist-dp":
-            text = text.replace("epochs", "passes of one-step rounds").replace(
-                "batch", "expected union batch"
-            )
+            text = text.replace("epochs", "passes, one step a round").replace("batch", "union batch")
         print(f"- {FAMILY_LABEL[family]}{scope}: {text}")
     print("- gradient boosting: scikit-learn HistGradientBoostingClassifier, default settings")
     print(
@@ -494,13 +482,7 @@ def print_report(
             gap = r["auc_mean"] - base["auc_mean"]
             print(f"  {n} partners, {s}: gap {gap:+.3f} -> {'met' if gap >= -0.01 else 'not met'}")
 
-    print(f"\nTarget: distributed DP (epsilon {target_epsilon:g}) >= 0.764 (3 IID) / 0.765 (10 non-IID):")
-    for n, s in cells:
-        r = by.get((n, s, "dist-dp", target_epsilon))
-        if r and r["auc_mean"] is not None:
-            print(
-                f"  {n} partners, {s}: {fmt(r)}, beside centralised DP {fmt(by.get((n, s, 'central-dp', target_epsilon)))}"
-            )
+    print_target(by, cells, target_epsilon, fmt)
     if overhead:
         print("\nRound wall time / sum of the partners' local training times (federated DP recipe):\n")
         print(
@@ -553,6 +535,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 partners, IID, epsilon 3, 1 seed, short recipes"
     )
+    parser.add_argument("--secagg-rounds", type=int, default=3, help="real SecAgg+ distributed rounds timed")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     recipes = dict(QUICK if args.quick else RECIPES)
@@ -570,6 +553,7 @@ def main() -> None:
         except argparse.ArgumentTypeError as exc:
             parser.error(str(exc))
         recipes[family] = recipe
+    args.secagg_timed = None
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ["FEDCUSTOMER_DATA_DIR"] = str(args.data_dir)
@@ -579,7 +563,7 @@ def main() -> None:
     for n in args.partners:
         for split in args.splits:
             rows += run_cell(n, split, args, recipes)
-    overhead = grid_overhead(rows)
+    overhead = grid_overhead(rows) + ([args.secagg_timed] if args.secagg_timed else [])
     if args.overhead_rounds and not args.only:
         overhead.insert(
             0,

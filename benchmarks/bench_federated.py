@@ -98,7 +98,7 @@ RECIPES: dict[str, Recipe] = {
     "fed-dp": Recipe(rounds=10, epochs=3, batch_size=512, lr=1.0, max_grad_norm=0.5),
     "fed-dp@10": Recipe(rounds=10, epochs=3, batch_size=128, lr=0.5, max_grad_norm=0.5),
     # epochs: passes over the union (rounds = passes x int(1/q)); batch: expected union batch (q = batch / rows)
-    "dist-dp": Recipe(epochs=30, batch_size=1024, lr=1.0, max_grad_norm=0.5),
+    "dist-dp": Recipe(epochs=30, batch_size=2048, lr=2.0, max_grad_norm=0.5),
 }
 QUICK = {
     "central": Recipe(epochs=5, batch_size=256, lr=0.1),

@@ -55,6 +55,7 @@ def run_distributed(
     delta: float,
     seed: int,
     task: str = "repayment",
+    optimizer: str = "sgd",
 ) -> dict[str, Any]:
     """One distributed job: ``passes * int(1/q)`` rounds of one step, q = expected union batch / rows."""
     parts = [spec.transform(d.train) for d in datasets]
@@ -66,7 +67,11 @@ def run_distributed(
     sigma = dd.calibrate_sigma(q, rounds, epsilon, delta, sigma_max=100.0)
     step = dd.DistributedStep(sigma, q, max_grad_norm, n, trust_secagg=True)
     model = build_model(task, "mlp", spec.input_dim, seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM)
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM)
+    )
     coordinates = sum(p.numel() for p in model.parameters())
     clip_range = dd.CLIP_RANGE_UNITS * max_grad_norm
     assert all(dd.required_clip_range(step, len(X), coordinates) <= clip_range for X, _ in data)
@@ -84,7 +89,7 @@ def run_distributed(
             vectors.append([t.numpy() for t in noised] + [np.array([_coarse(len(X)) / dd.COUNT_UNIT])])
         summed = secure_sum(vectors, clip_range, levels)
         rows = round(float(summed[-1][0])) * dd.COUNT_UNIT
-        dd.apply_step(model, optimizer, [torch.as_tensor(a) for a in summed[:-1]], dd.expected_batch(q, rows))
+        dd.apply_step(model, opt, [torch.as_tensor(a) for a in summed[:-1]], dd.expected_batch(q, rows))
     wall = time.perf_counter() - started
     eps_a, eps_b = dd.run_epsilons(step, rounds, delta)
     return {

@@ -134,3 +134,13 @@ def test_distributed_mode_needs_secagg_and_a_sample_rate(tmp_path: Path) -> None
         run_job_on_grid(
             LocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3), job, spec, num_partners=3
         )
+
+
+def test_the_secagg_trust_is_read_from_partner_toml_and_checked(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    _, homes = _setup(tmp_path, job, trusted=1)
+    assert [h.config().secagg_trust for h in homes] == [True, False, False]
+    assert "[secagg]\ntrust = true" in homes[0].config_path.read_text()
+    homes[1].config_path.write_text(homes[1].config_path.read_text() + '\n[secagg]\ntrust = "yes"\n')
+    with pytest.raises(ConfigError, match="trust must be true or false"):
+        homes[1].config()

@@ -187,7 +187,7 @@ def run_distributed_job(
         "aggregation": "secagg+",
         "dp": job.dp,
         "dp_mode": dd.MODE,
-        "status": "completed" if strategy.applied else "failed",
+        "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",
         "rounds_planned": job.rounds,
         "rounds_completed": len(strategy.applied),

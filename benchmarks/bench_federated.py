@@ -7,6 +7,8 @@ allow), the held-out AUC of the repayment MLP (64-32) trained
   centralised, DP-SGD          epsilon 1, 3, 8 on the pooled rows (delta 1e-5)
   federated, non-private       FedAvg over the partners (in-process grid)
   federated, DP-SGD            epsilon 1, 3, 8 per partner, for the whole job (delta 1e-5)
+  distributed DP-SGD (SecAgg+) one DP-SGD step over the union per round, noise split between partners;
+                               epsilon against the coordinator (benchmarks/distributed_dp.py)
 
 beside histogram gradient boosting on the pooled rows. Every model of one
 (partners, split) cell is scored on the same rows: the pooled held-out splits of all
@@ -51,6 +53,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distributed_dp import print_target, run_family
+
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.partition import PartnerDataset, split_train_test
 from fedcustomer.data.provision import provision_partner
@@ -93,18 +97,22 @@ RECIPES: dict[str, Recipe] = {
     "fed": Recipe(rounds=10, epochs=6, batch_size=128, lr=0.1),
     "fed-dp": Recipe(rounds=10, epochs=3, batch_size=512, lr=1.0, max_grad_norm=0.5),
     "fed-dp@10": Recipe(rounds=10, epochs=3, batch_size=128, lr=0.5, max_grad_norm=0.5),
+    # epochs: passes over the union (rounds = passes x int(1/q)); batch: expected union batch (q = batch / rows)
+    "dist-dp": Recipe(epochs=30, batch_size=2048, lr=2.0, max_grad_norm=0.5),
 }
 QUICK = {
     "central": Recipe(epochs=5, batch_size=256, lr=0.1),
     "central-dp": Recipe(epochs=5, batch_size=1024, lr=1.0, max_grad_norm=0.5),
     "fed": Recipe(rounds=3, epochs=2, batch_size=128, lr=0.1),
     "fed-dp": Recipe(rounds=3, epochs=2, batch_size=512, lr=1.0, max_grad_norm=0.5),
+    "dist-dp": Recipe(epochs=5, batch_size=1024, lr=1.0, max_grad_norm=0.5),
 }
 FAMILY_LABEL = {
     "central": "centralised non-private",
     "central-dp": "centralised DP-SGD",
     "fed": "federated non-private",
     "fed-dp": "federated DP-SGD",
+    "dist-dp": "distributed DP-SGD (SecAgg+)",
     "gbm": "gradient boosting (centralised)",
 }
 
@@ -308,6 +316,8 @@ def run_cell(
         add("central-dp", eps, runs)
     if wanted("gbm"):
         add("gbm", None, [{"auc": gradient_boosting(spec, datasets, seed=s).metrics["auc"]} for s in seeds])
+    if wanted("dist-dp"):
+        run_family(add, spec, datasets, recipe_for(recipes, "dist-dp", n), args, seeds, DELTA)
     if not (wanted("fed") or wanted("fed-dp")):
         return rows
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
@@ -415,9 +425,10 @@ def print_report(
     for key, recipe in recipes.items():
         family, _, n = key.partition("@")
         scope = f" ({n} partners)" if n else ""
-        print(
-            f"- {FAMILY_LABEL[family]}{scope}: {recipe.describe(family.startswith('fed'), family.endswith('dp'))}"
-        )
+        text = recipe.describe(family.startswith("fed"), family.endswith("dp"))
+        if family == "dist-dp":
+            text = text.replace("epochs", "passes, one step a round").replace("batch", "union batch")
+        print(f"- {FAMILY_LABEL[family]}{scope}: {text}")
     print("- gradient boosting: scikit-learn HistGradientBoostingClassifier, default settings")
     print(
         "- federated: FedAvg, every partner every round; DP epsilon is each partner's budget for the whole job\n"
@@ -471,6 +482,7 @@ def print_report(
             gap = r["auc_mean"] - base["auc_mean"]
             print(f"  {n} partners, {s}: gap {gap:+.3f} -> {'met' if gap >= -0.01 else 'not met'}")
 
+    print_target(by, cells, target_epsilon, fmt)
     if overhead:
         print("\nRound wall time / sum of the partners' local training times (federated DP recipe):\n")
         print(
@@ -508,7 +520,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["central", "central-dp", "gbm", "fed", "fed-dp"],
+        choices=["central", "central-dp", "gbm", "fed", "fed-dp", "dist-dp"],
         help="run only these families (for tuning)",
     )
     parser.add_argument(
@@ -523,6 +535,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 partners, IID, epsilon 3, 1 seed, short recipes"
     )
+    parser.add_argument("--secagg-rounds", type=int, default=3, help="real SecAgg+ distributed rounds timed")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     recipes = dict(QUICK if args.quick else RECIPES)
@@ -540,6 +553,7 @@ def main() -> None:
         except argparse.ArgumentTypeError as exc:
             parser.error(str(exc))
         recipes[family] = recipe
+    args.secagg_timed = None
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ["FEDCUSTOMER_DATA_DIR"] = str(args.data_dir)
@@ -549,7 +563,7 @@ def main() -> None:
     for n in args.partners:
         for split in args.splits:
             rows += run_cell(n, split, args, recipes)
-    overhead = grid_overhead(rows)
+    overhead = grid_overhead(rows) + ([args.secagg_timed] if args.secagg_timed else [])
     if args.overhead_rounds and not args.only:
         overhead.insert(
             0,

@@ -10,6 +10,11 @@ unit weight (the mean of updates; dataset sizes are not released), weights are
 clipped to ``[-clip, clip]`` and quantised before masking, a refusing partner
 appears to the coordinator as a drop-out, and per-partner metrics do not leave
 the partner (its audit log and ledger still hold them).
+
+With ``dp_mode = "distributed"`` each round is one DP-SGD step over the partners' union
+(privacy/dp/distributed.py, docs/PRIVACY.md): partners send their clipped gradient sum
+plus a share of the noise, and the coordinator steps the model with the secure sum
+(:mod:`fedcustomer.apps.secagg_distributed`).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ DEFAULT_QUANTIZATION = 1 << 22
 class SecAggPartner(NumPyClient):
     """A partner in SecAgg+ rounds: DP-train through PartnerNode, hand the weights to the mod to mask."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, homes: list[str] | None = None) -> None:
         self.context = context
+        self.homes = homes
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         from fedcustomer.clients.context import resolve_home
@@ -50,7 +56,7 @@ class SecAggPartner(NumPyClient):
         from fedcustomer.models.registry import build_model
 
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
-        node = PartnerNode(resolve_home(self.context))
+        node = PartnerNode(resolve_home(self.context, self.homes))
         ins = TrainInstructions.from_config(dict(config))
         names = list(build_model(ins.task, ins.arch, ins.spec.input_dim).state_dict().keys())
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, parameters)}
@@ -59,17 +65,29 @@ class SecAggPartner(NumPyClient):
         if outcome.refused:  # the protocol treats it as a drop-out; the reason stays with the partner
             raise BudgetExhausted(outcome.refused_reason or "refused")
         assert outcome.state_dict is not None
+        if ins.dp and ins.dp_mode == "distributed":
+            from fedcustomer.apps.secagg_distributed import contribution_arrays, remember_min_survivors
+
+            remember_min_survivors(self.context, ins.min_survivors)
+            return contribution_arrays(outcome), 1, {}
         return [outcome.state_dict[k].detach().cpu().numpy() for k in names], 1, {}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         raise NotImplementedError("SecAgg+ mode does not run federated evaluation")
 
 
-def _client_fn(context: Context):
-    return SecAggPartner(context).to_client()
+def make_secagg_client_app(homes: list[str] | None = None) -> ClientApp:
+    """The SecAgg+ ClientApp; ``homes`` maps partition ids to partner homes (in-process grids)."""
+    from fedcustomer.apps.secagg_distributed import min_survivors_mod
+
+    # outermost first: a partner refuses to unmask a sum with fewer than n_min contributions
+    return ClientApp(
+        client_fn=lambda context: SecAggPartner(context, homes).to_client(),
+        mods=[min_survivors_mod, secaggplus_mod],
+    )
 
 
-client_app = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
+client_app = make_secagg_client_app()
 
 server_app = ServerApp()
 
@@ -98,6 +116,10 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     job, extra = split_run_config(dict(context.run_config))
     spec = resolve_spec(str(extra.get("feature-spec") or default_spec_ref(job)))
     n = wait_for_partners(grid, job.partners, job.min_partners, float(extra.get("wait-for-partners", 120.0)))
+    if job.dp and job.dp_mode == "distributed":
+        from fedcustomer.apps.secagg_distributed import run_distributed_job
+
+        return run_distributed_job(grid, context, job, extra, spec, n, secagg_threshold(n, job.min_partners))
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     names = list(model.state_dict().keys())
     base = encode_train_config(job, spec)

@@ -224,6 +224,14 @@ def coordinator_run(
     secagg: bool = typer.Option(
         False, "--secagg", help="Aggregate with Flower's SecAgg+ (coordinator sees only sums)."
     ),
+    dp_mode: str = typer.Option(
+        "local",
+        "--dp-mode",
+        help="local, or distributed: with --secagg, one DP-SGD step over the union per round (docs/PRIVACY.md).",
+    ),
+    sample_rate: float = typer.Option(
+        0.0, "--sample-rate", help="Distributed DP: every partner's Poisson rate q (required there)."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Resume the last job in --workdir from its checkpoint."
     ),
@@ -268,7 +276,11 @@ def coordinator_run(
             round_timeout=round_timeout,
             seed=seed,
             out=str(out),
+            dp_mode=dp_mode,
+            sample_rate=sample_rate,
         )
+        if dp_mode == "distributed" and not secagg:
+            raise ConfigError("--dp-mode distributed needs --secagg: the coordinator must see only the sum")
         cfg = run_config_for(
             job,
             feature_spec=pin_spec(cdir, feature_spec or default_spec_ref(job)),

@@ -19,7 +19,7 @@ import torch
 
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.common.files import atomic_write_bytes
-from fedcustomer.errors import BudgetExhausted, DataError
+from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
@@ -78,12 +78,16 @@ class PartnerNode:
             return self._train(global_state, ins, *self._read(ins))
         ledger = self.ledger(ins.dataset)
         step = Step(f"run:{ins.run_id}:round:{ins.round}", f"round {ins.round}", ins.run_id, ins.round)
+        if ins.dp_mode == "distributed":
+            produce = lambda: self._distributed_step(global_state, ins, ledger, step)
+        else:
+            produce = lambda: self._train_dp(global_state, ins, ledger, step)
         try:
             released = release(
                 ledger,
                 step,
                 PaidResults(self.home.state_dir / "updates", _UpdateCodec()),
-                produce=lambda: self._train_dp(global_state, ins, ledger, step),
+                produce=produce,
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
         except BudgetExhausted as exc:
@@ -126,6 +130,63 @@ class PartnerNode:
         }
         steps = GaussianSteps(sigma, q, int(outcome.metrics["steps"]))
         return outcome, Mechanism("dpsgd", gaussian=steps, details=details)
+
+    def _distributed_step(
+        self, global_state: dict[str, torch.Tensor], ins: TrainInstructions, ledger: BudgetLedger, step: Step
+    ) -> tuple[TrainOutcome, Mechanism]:
+        """One DP-SGD step's share: the clipped gradient sum of a Poisson sample plus this partner's noise share.
+
+        Refused before anything is computed when the charge (the guarantee this partner's config
+        trusts, see privacy/dp/distributed.py) would pass its target, or when the secure sum's
+        clip range is too small for its rows (clipping would bias the sum and weaken the guarantee).
+        """
+        from fedcustomer.privacy.dp import distributed as dd
+        from fedcustomer.privacy.dp.dpsgd import secure_generator
+
+        if ins.noise_multiplier <= 0 or ins.min_survivors < 1 or ins.secagg_clip_range <= 0:
+            raise ConfigError(
+                "a distributed DP round needs the coordinator's noise multiplier, minimum survivors and "
+                "secure-sum clip range: it runs only under SecAgg+"
+            )
+        plan = dd.DistributedStep(
+            ins.noise_multiplier,
+            ins.sample_rate,
+            ins.max_grad_norm,
+            ins.min_survivors,
+            trust_secagg=self.config.secagg_trust,
+        )
+        Xt, yt = self._read(ins)
+        model = build_model(ins.task, ins.arch, ins.spec.input_dim)
+        model.load_state_dict(global_state)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        coordinates = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if dd.required_clip_range(plan, len(Xt), coordinates) > ins.secagg_clip_range:
+            raise ConfigError(
+                f"the secure sum's clip range {ins.secagg_clip_range:g} is too small for partner {self.name!r}'s "
+                f"batches at sample rate {plan.sample_rate:g}; raise secagg-clip-range"
+            )
+        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), ledger.budget.delta, extra=plan)
+        details = {
+            **plan.details(),
+            "partner": self.name,
+            "epsilon_total_coordinator": eps_a,
+            "epsilon_total_single_update": eps_b,
+            "secagg_clip_range": ins.secagg_clip_range,
+        }
+        mechanism = Mechanism(dd.MECHANISM, gaussian=plan.charged_steps(), details=details)
+        check(ledger, step, mechanism)
+        started = time.perf_counter()
+        generator = secure_generator()
+        sums, _batch = dd.clipped_gradient_sum(model, loss_for(ins.task), Xt, yt, plan, generator)
+        noised = dd.add_noise_share(sums, plan, generator)  # the batch size stays here: it is not released
+        metrics: dict[str, float] = {
+            "num-examples": float(_coarse(len(Xt))),
+            "unit-weight": 1.0,
+            "refused": 0.0,
+            "steps": 1.0,
+            "train-seconds": time.perf_counter() - started,
+        }
+        return TrainOutcome(self.name, dict(zip(trainable, noised)), metrics, {}), mechanism
 
     def _train(
         self,
@@ -201,6 +262,21 @@ class PartnerNode:
             }
         )
         accounting = self.accounting_summary(ledger, sigma, q, int(steps or 0), ins.max_grad_norm)
+        if charge.details.get("dp_mode") == "distributed":  # both guarantees, as the ledger row holds them
+            eps_a = float(charge.details["epsilon_total_coordinator"])
+            eps_b = float(charge.details["epsilon_total_single_update"])
+            metrics.update({"epsilon-coordinator-total": eps_a, "epsilon-single-update-total": eps_b})
+            accounting.update(
+                {
+                    "dp_mode": "distributed",
+                    "epsilon_coordinator": eps_a,
+                    "epsilon_single_update": eps_b,
+                    "charged": charge.details["charged"],
+                    "noise_multiplier_coordinator": charge.details["noise_multiplier_coordinator"],
+                    "noise_multiplier_single_update": charge.details["noise_multiplier_single_update"],
+                    "min_survivors": charge.details["min_survivors"],
+                }
+            )
         return TrainOutcome(outcome.partner, outcome.state_dict, metrics, accounting)
 
     def accounting_summary(

@@ -40,6 +40,13 @@ DEFAULT_OUT = "runs/latest"
 DEFAULT_ROUND_TIMEOUT = 3600.0
 
 OPTIMIZERS = ("sgd", "adam")
+# "local": every partner adds the full DP-SGD noise to its own update (several local steps).
+# "distributed": with SecAgg+, each round is ONE DP-SGD step over the union; each partner adds
+# only its share of the noise (privacy/dp/distributed.py). Its Poisson rate q must be set
+# (--sample-rate); 0 means unset.
+DP_MODES = ("local", "distributed")
+DEFAULT_DP_MODE = "local"
+DEFAULT_SAMPLE_RATE = 0.0
 
 
 def new_run_id() -> str:

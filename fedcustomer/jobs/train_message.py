@@ -18,12 +18,14 @@ from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLIPPING,
+    DEFAULT_DP_MODE,
     DEFAULT_LOCAL_EPOCHS,
     DEFAULT_LR,
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_MAX_NOISE_MULTIPLIER,
     DEFAULT_OPTIMIZER,
     DEFAULT_PROXIMAL_MU,
+    DEFAULT_SAMPLE_RATE,
     DEFAULT_SEED,
 )
 
@@ -53,7 +55,7 @@ class TrainJob(Protocol):
 
 def encode_train_config(job: TrainJob, spec: FeatureSpec) -> dict[str, Any]:
     """The instructions every partner receives each round (flat, Flower-ConfigRecord-safe)."""
-    return {
+    message = {
         "run-id": job.run_id,
         "planned-rounds": job.rounds,
         "task": job.task,
@@ -71,6 +73,11 @@ def encode_train_config(job: TrainJob, spec: FeatureSpec) -> dict[str, Any]:
         "proximal-mu": job.proximal_mu if job.strategy == "fedprox" else DEFAULT_PROXIMAL_MU,
         "seed": job.seed,
     }
+    dp_mode = str(getattr(job, "dp_mode", DEFAULT_DP_MODE))
+    if dp_mode != DEFAULT_DP_MODE:  # plain messages stay as they were
+        message["dp-mode"] = dp_mode
+        message["sample-rate"] = float(getattr(job, "sample_rate", DEFAULT_SAMPLE_RATE))
+    return message
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,13 @@ class TrainInstructions:
     clipping: str = DEFAULT_CLIPPING
     proximal_mu: float = DEFAULT_PROXIMAL_MU
     seed: int = DEFAULT_SEED
+    dp_mode: str = DEFAULT_DP_MODE
+    sample_rate: float = DEFAULT_SAMPLE_RATE
+    # distributed mode, set by the SecAgg+ coordinator: the union's noise multiplier, the fewest
+    # contributions a sum may hold (n_min), the secure sum's clip range
+    noise_multiplier: float = 0.0
+    min_survivors: int = 0
+    secagg_clip_range: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TrainInstructions:
@@ -117,6 +131,11 @@ class TrainInstructions:
                 clipping=str(cfg.get("clipping", DEFAULT_CLIPPING)),
                 proximal_mu=float(cfg.get("proximal-mu", DEFAULT_PROXIMAL_MU)),
                 seed=int(cfg.get("seed", DEFAULT_SEED)),
+                dp_mode=str(cfg.get("dp-mode", DEFAULT_DP_MODE)),
+                sample_rate=float(cfg.get("sample-rate", DEFAULT_SAMPLE_RATE)),
+                noise_multiplier=float(cfg.get("noise-multiplier", 0.0)),
+                min_survivors=int(cfg.get("min-survivors", 0)),
+                secagg_clip_range=float(cfg.get("secagg-clip-range", 0.0)),
             )
         except KeyError as exc:
             raise ConfigError(f"training instructions lack {exc.args[0]!r}") from None

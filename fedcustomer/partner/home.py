@@ -62,6 +62,10 @@ class PartnerConfig:
         from fedcustomer.privacy.dp.accountants import accountant_named
 
         return accountant_named(self.accountant, self.pld_discretization)
+    # [secagg] trust = true: the partner accepts the SecAgg+ trust assumption, so a distributed-DP
+    # round is charged with its guarantee against the coordinator (full noise), not the weaker one
+    # against a single update (its own noise share). See docs/PRIVACY.md.
+    secagg_trust: bool = False
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""
@@ -169,6 +173,13 @@ class PartnerHome:
             if config.anchor_syslog:
                 syslog = config.anchor_syslog
                 lines.append(f"anchor_syslog = {'true' if syslog is True else _toml_str(str(syslog))}")
+        if config.secagg_trust:
+            lines += [
+                "",
+                "# Distributed DP rounds are charged assuming SecAgg+ holds (docs/PRIVACY.md).",
+                "[secagg]",
+                "trust = true",
+            ]
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
@@ -199,6 +210,9 @@ class PartnerHome:
             raise ConfigError(f"{self.config_path}: [audit] anchor_file must be a file path")
         if not isinstance(anchor_syslog, str | bool | None):
             raise ConfigError(f"{self.config_path}: [audit] anchor_syslog must be true or an address")
+        secagg = raw.get("secagg", {})
+        if not isinstance(secagg, dict) or not isinstance(secagg.get("trust", False), bool):
+            raise ConfigError(f"{self.config_path}: [secagg] trust must be true or false")
         return PartnerConfig(
             name=str(raw["name"]),
             budget=budget,
@@ -209,6 +223,7 @@ class PartnerHome:
             anchor_syslog=anchor_syslog,
             accountant=accountant,
             pld_discretization=pld_discretization,
+            secagg_trust=bool(secagg.get("trust", False)),
         )
 
     def keyring_config(self) -> KeyringConfig:

@@ -7,9 +7,10 @@ benchmarks; the simulation engine and real gRPC processes are the product paths.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -70,5 +71,45 @@ class LocalGrid(Grid):
             msg.metadata.__dict__["_message_id"] = msg.object_id
             msg.metadata.__dict__["_src_node_id"] = 0
             reply = self.client_app(msg, self.contexts[node])
+            replies.append(reply)
+        return replies
+
+
+class SecAggLocalGrid(LocalGrid):
+    """A LocalGrid for Flower's legacy SecAgg+ workflow: a run id, messages copied as if sent, errors replied.
+
+    The workflow shares one ConfigRecord between the messages of a stage and the client mod
+    consumes keys from it; over a network every node gets its own copy, so here too. A
+    ClientApp that raises (a partner refusing a round) answers with an error, as a SuperNode does.
+    """
+
+    @property
+    def run(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(run_id=1)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = []
+        for original in messages:
+            msg = Message(
+                content=copy.deepcopy(original.content),
+                dst_node_id=original.metadata.dst_node_id,
+                message_type=original.metadata.message_type,
+                group_id=original.metadata.group_id,
+            )
+            node = msg.metadata.dst_node_id
+            self.calls[node] += 1
+            if node in self.dead_after and self.calls[node] > self.dead_after[node]:
+                continue
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            msg.metadata.__dict__["_src_node_id"] = 0
+            try:
+                reply = self.client_app(msg, self.contexts[node])
+            except Exception as exc:
+                reply = Message(error=Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies

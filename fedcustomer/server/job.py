@@ -13,11 +13,14 @@ from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import (
     DEFAULT_ARCH,
     DEFAULT_CLIPPING,
+    DEFAULT_DP_MODE,
     DEFAULT_LOCAL_EPOCHS,
     DEFAULT_MIN_PARTNERS,
     DEFAULT_PARTNERS,
+    DEFAULT_SAMPLE_RATE,
     DEFAULT_SPLIT,
     DEFAULT_STRATEGY,
+    DP_MODES,
     JobBase,
     defaults,
     require_at_least_one,
@@ -65,6 +68,8 @@ class JobConfig(JobBase):
     central_accountant: str = "rdp"  # rdp | pld: how the partner-level epsilon is composed
     min_partners: int = DEFAULT_MIN_PARTNERS
     federated_eval: str = "every"
+    dp_mode: str = DEFAULT_DP_MODE  # "distributed": one DP-SGD step over the union per round (SecAgg+ only)
+    sample_rate: float = DEFAULT_SAMPLE_RATE  # distributed mode's Poisson rate q (required there)
     # In simulation the partners are local processes whose failures are reported, so the
     # timeout (JobBase.round_timeout) only guards against a hang; a busy machine can make a
     # round take minutes.
@@ -89,6 +94,15 @@ class JobConfig(JobBase):
             raise ConfigError(
                 f"--federated-eval must be one of {', '.join(EVAL_MODES)}, got {self.federated_eval!r}"
             )
+        if self.dp_mode not in DP_MODES:
+            raise ConfigError(f"--dp-mode must be one of {', '.join(DP_MODES)}, got {self.dp_mode!r}")
+        if self.dp_mode == "distributed":
+            if not self.dp:
+                raise ConfigError("--dp-mode distributed is a DP mode; it cannot run with --no-dp")
+            if not (0 < self.sample_rate <= 1):
+                raise ConfigError(
+                    f"--dp-mode distributed needs --sample-rate in (0, 1], got {self.sample_rate}"
+                )
         self.validate_common()
         require_at_least_one(self, "partners", "local_epochs", "min_partners")
         if self.min_partners > self.partners:

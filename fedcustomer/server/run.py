@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedcustomer.data.features import FeatureSpec
+from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.train_message import encode_train_config
 from fedcustomer.models.registry import build_model
 from fedcustomer.server.central_dp import restore
@@ -42,6 +43,11 @@ def run_job_on_grid(
 
     ``notices`` (what the user was told before training) are kept in summary.json.
     """
+    if job.dp and job.dp_mode == "distributed":
+        raise ConfigError(
+            "--dp-mode distributed runs only under SecAgg+ (the coordinator must see only the sum); "
+            "add --secagg, or use --dp-mode local"
+        )
     out = Path(job.out)
     recorder = RunRecorder(out, job, spec)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)

@@ -1,0 +1,146 @@
+"""Distributed DP under SecAgg+, end to end on an in-process grid running Flower's SecAgg+ workflow."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from fedcustomer.apps.secagg import make_secagg_client_app, run_secagg_job
+from fedcustomer.errors import ConfigError
+from fedcustomer.models.registry import build_model
+from fedcustomer.privacy.dp import distributed as dd
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.server.inprocess import LocalGrid, SecAggLocalGrid
+from fedcustomer.server.job import JobConfig
+from fedcustomer.server.partners import prepare_partners
+from fedcustomer.server.run import run_job_on_grid
+
+
+def _job(tmp_path: Path, **kw) -> JobConfig:
+    base = dict(
+        partners=3,
+        min_partners=3,
+        rounds=1,
+        arch="logreg",
+        dp_mode="distributed",
+        sample_rate=0.05,
+        lr=0.5,
+        epsilon=3.0,
+        homes=str(tmp_path / "homes"),
+        out=str(tmp_path / "run"),
+        federated_eval="none",
+        seed=3,
+    )
+    return JobConfig(**(base | kw))
+
+
+def _context(job: JobConfig) -> Context:
+    run_config = {k: v for k, v in job.to_dict().items() if v is not None} | {"wait-for-partners": 0.0}
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+
+
+def _setup(tmp_path: Path, job: JobConfig, trusted: int):
+    spec, homes = prepare_partners(job)
+    for i, home in enumerate(homes):
+        config = home.config()
+        config.secagg_trust = i < trusted
+        if not config.secagg_trust:  # a budget that affords the weaker guarantee's charge
+            config.budget = DatasetBudget(50.0, job.delta)
+        home.write_config(config)
+    return spec, homes
+
+
+def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    spec, homes = _setup(tmp_path, job, trusted=2)
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3)
+    summary = run_secagg_job(grid, _context(job))
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 1
+    report = json.loads((Path(job.out) / "summary.json").read_text())["distributed_dp"]
+    sigma = report["noise_multiplier"]
+    assert report["epsilon_coordinator"] == pytest.approx(
+        dd.run_epsilons(dd.DistributedStep(sigma, 0.05, job.max_grad_norm, 3), 1, job.delta)[0]
+    )
+    assert report["epsilon_single_update"] > report["epsilon_coordinator"]
+    assert len(report["partners"]) == 3
+    assert all("epsilon_coordinator" in p and "epsilon_single_update" in p for p in report["partners"])
+
+    # the model moved by exactly -lr * (sum of the released contributions) / (q * N_total)
+    sums, rows = None, 0.0
+    for i, home in enumerate(homes):
+        ledger = home.ledger(job.dataset_name)
+        (charge,) = ledger.charges()
+        assert charge.mechanism == dd.MECHANISM and charge.steps == 1 and charge.sample_rate == 0.05
+        expected_sigma = sigma if i < 2 else sigma / 3**0.5  # trusted: (a); not trusted: (b)
+        assert charge.noise_multiplier == pytest.approx(expected_sigma)
+        assert charge.details["charged"] == ("coordinator" if i < 2 else "single_update")
+        assert charge.details["epsilon_total_coordinator"] == pytest.approx(report["epsilon_coordinator"])
+        assert charge.details["epsilon_total_single_update"] == pytest.approx(report["epsilon_single_update"])
+        assert charge.epsilon_total == pytest.approx(
+            report["epsilon_coordinator"] if i < 2 else report["epsilon_single_update"]
+        )
+        blob = torch.load(home.state_dir / "updates" / f"run_{job.run_id}_round_1.pt", weights_only=True)
+        released = list(blob["state"].values())
+        sums = released if sums is None else [a + b for a, b in zip(sums, released)]
+        rows += blob["metrics"]["num-examples"]
+        assert blob["accounting"]["epsilon_single_update"] == pytest.approx(report["epsilon_single_update"])
+    initial = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
+    final = torch.load(Path(job.out) / "model.pt", weights_only=True)
+    for (name, p), s in zip(initial.named_parameters(), sums):
+        step = job.lr * s / (0.05 * rows)
+        assert torch.allclose(final[name], p.detach() - step, atol=1e-4), name
+        assert not torch.allclose(final[name], p.detach())
+
+
+def test_a_sum_with_fewer_than_n_min_contributions_is_never_unmasked(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="fedcustomer.apps.secagg_distributed")
+    job = _job(tmp_path)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    # node 3 answers the key stages, then dies before sending its masked vector
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3, dead_after={3: 2})
+    summary = run_secagg_job(grid, _context(job))
+    assert summary["rounds_completed"] == 0 and summary["status"] == "stopped"
+    # the partners, not the coordinator's good will, kept the short sum masked
+    assert "refusing to unmask a sum of 2 contributions (needs 3)" in caplog.text
+    final = torch.load(Path(job.out) / "model.pt", weights_only=True)
+    start = build_model(job.task, job.arch, len(final["linear.weight"][0]), seed=job.seed).state_dict()
+    for k, v in start.items():
+        assert torch.equal(final[k], v)
+
+
+def test_distributed_mode_is_refused_below_the_secagg_threshold(tmp_path: Path) -> None:
+    job = _job(tmp_path, partners=2, min_partners=2)
+    _, homes = _setup(tmp_path, job, trusted=2)
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 2)
+    with pytest.raises(ConfigError, match="at least 3 partners"):
+        run_secagg_job(grid, _context(job))
+    for home in homes:
+        assert home.ledger(job.dataset_name).charges() == []
+
+
+def test_distributed_mode_needs_secagg_and_a_sample_rate(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sample-rate"):
+        _job(tmp_path, sample_rate=0.0)
+    with pytest.raises(ConfigError, match="no-dp"):
+        _job(tmp_path, dp=False)
+    with pytest.raises(ConfigError, match="dp-mode"):
+        _job(tmp_path, dp_mode="central")
+    job = _job(tmp_path)
+    spec, homes = _setup(tmp_path, job, trusted=3)
+    with pytest.raises(ConfigError, match="SecAgg"):
+        run_job_on_grid(
+            LocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3), job, spec, num_partners=3
+        )
+
+
+def test_the_secagg_trust_is_read_from_partner_toml_and_checked(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    _, homes = _setup(tmp_path, job, trusted=1)
+    assert [h.config().secagg_trust for h in homes] == [True, False, False]
+    assert "[secagg]\ntrust = true" in homes[0].config_path.read_text()
+    homes[1].config_path.write_text(homes[1].config_path.read_text() + '\n[secagg]\ntrust = "yes"\n')
+    with pytest.raises(ConfigError, match="trust must be true or false"):
+        homes[1].config()

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 IDLE_SECONDS = 900.0
-DEFAULT_MAX_MB = 2048
+DEFAULT_MAX_MB = 512
 _ENV_MAX_MB = "FEDCUSTOMER_MATRIX_CACHE_MB"  # 0 turns the cache off
 
 Loader = Callable[[], tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]]

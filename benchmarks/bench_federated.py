@@ -219,6 +219,8 @@ class FederatedCell:
             "wall_s": wall,
             "round_wall_s": sum(summary["round_wall_time_s"]),
             "round_local_train_s": sum(summary["round_local_train_s"]),
+            "round_walls": summary["round_wall_time_s"],
+            "round_trains": summary["round_local_train_s"],
         }
         if summary["rounds_completed"]:
             model = build_model(TASK, "mlp", self.spec.input_dim)
@@ -371,7 +373,43 @@ def round_overhead(
         "mean_round_wall_s": sum(walls) / len(walls),
         "mean_sum_local_train_s": sum(trains) / len(trains),
         "ratio": sum(walls) / max(sum(trains), 1e-9),
+        "first_round_wall_s": summary["round_wall_time_s"][0],
     }
+
+
+def overhead_only(args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[dict[str, Any]]:
+    """Round overhead alone: one federated DP job (epsilon 3) per partner count on the in-process
+    grid, then the simulation engine; all rounds and rounds 2.. (round 1 reads, calibrates)."""
+    out = []
+    for n in args.partners:
+        spec, datasets = load_partitions(
+            TASK, SOURCE, n, split="iid", seed=args.split_seed, data_dir=args.data_dir
+        )
+        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+            run = FederatedCell(spec, datasets, Path(tmp)).run(
+                recipe_for(recipes, "fed-dp", n), dp=True, epsilon=3.0, seed=args.seed
+            )
+        walls, trains = run["round_walls"], run["round_trains"]
+        out.append(
+            {
+                "engine": "in-process grid",
+                "partners": n,
+                "rounds_timed": len(walls),
+                "mean_round_wall_s": sum(walls) / len(walls),
+                "mean_sum_local_train_s": sum(trains) / len(trains),
+                "ratio": sum(walls) / max(sum(trains), 1e-9),
+                "first_round_wall_s": walls[0],
+                "ratio_after_first": sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None,
+            }
+        )
+        print(f"# grid, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
+    if args.overhead_rounds:
+        for n in args.partners:
+            out.append(
+                round_overhead(args.data_dir, n, recipe_for(recipes, "fed-dp", n), 3.0, args.overhead_rounds)
+            )
+            print(f"# simulation, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
+    return out
 
 
 def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -536,6 +574,11 @@ def main() -> None:
         "--quick", action="store_true", help="smoke run: 3 partners, IID, epsilon 3, 1 seed, short recipes"
     )
     parser.add_argument("--secagg-rounds", type=int, default=3, help="real SecAgg+ distributed rounds timed")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only the round-overhead figures: one federated DP job per --partners count (grid, then simulation)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     recipes = dict(QUICK if args.quick else RECIPES)
@@ -558,6 +601,22 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ["FEDCUSTOMER_DATA_DIR"] = str(args.data_dir)
 
+    if args.overhead_only:
+        overhead = overhead_only(args, recipes)
+        print(
+            "| engine | partners | rounds | mean round wall (s) | mean sum of local training (s) | ratio | ratio, rounds 2.. | round 1 wall (s) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for o in overhead:
+            after = o.get("ratio_after_first")
+            print(
+                f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
+                f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} | {'-' if after is None else f'{after:.2f}'} | "
+                f"{o['first_round_wall_s']:.2f} |"
+            )
+        if args.json:
+            args.json.write_text(json.dumps({"round_overhead": overhead}, indent=2) + "\n", encoding="utf-8")
+        return
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for n in args.partners:

@@ -16,6 +16,9 @@ from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import check_budgets, prepare_partners
 from fedcustomer.server.run import RoundCallback
 
+# Address of an existing Ray cluster (e.g. "auto" on a cluster node, or "ray://head:10001"); see docs/SCALE.md.
+RAY_ADDRESS_ENV = "FEDCUSTOMER_RAY_ADDRESS"
+
 
 def run_simulated_job(
     job: JobConfig,
@@ -49,19 +52,19 @@ def run_simulated_job(
     _quiet_flower(verbose)
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    init_args: dict[str, Any] = {
+        "num_cpus": max(1, min(len(homes), os.cpu_count() or 1)),
+        "log_to_driver": verbose,
+        "include_dashboard": False,
+    }
+    if os.environ.get(RAY_ADDRESS_ENV):  # join a running Ray cluster instead of starting one here
+        init_args = {"address": os.environ[RAY_ADDRESS_ENV], "log_to_driver": verbose}
     try:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=len(homes),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": max(1, min(len(homes), os.cpu_count() or 1)),
-                    "log_to_driver": verbose,
-                    "include_dashboard": False,
-                },
-            },
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
             verbose_logging=verbose,
         )
     except Exception as exc:

@@ -9,12 +9,15 @@ Only the columns the job's feature spec names are requested.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.data.store_db import change_stamp
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.partner.datasets import HOLDOUT
 from fedcustomer.partner.home import PartnerHome
@@ -34,6 +37,12 @@ class PartnerDataAccess:
         self.actor = Actor(f"node:{node_name or home.root.name}", "training_pipeline")
 
     def training_frame(self, dataset: str, spec: FeatureSpec, split: str) -> pd.DataFrame:
+        return self.training_read(dataset, spec, split)[0]
+
+    def training_read(
+        self, dataset: str, spec: FeatureSpec, split: str
+    ) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+        """The split's frame and the audit entry (seq, hash) that recorded the read."""
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if not self.home.store_path.exists():
@@ -53,9 +62,31 @@ class PartnerDataAccess:
                 fields=fields,
                 dataset=dataset,
             )
+            entry = store.last_entry
+        read = {"audit_seq": entry.seq, "audit_hash": entry.hash} if entry is not None else None
         held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
         chosen = frame[held_out] if split == "test" else frame[~held_out]
-        return chosen[spec.columns()].reset_index(drop=True)
+        return chosen[spec.columns()].reset_index(drop=True), read
+
+    def source_stamp(self, dataset: str) -> tuple[Any, ...] | None:
+        """Changes whenever what a training read of ``dataset`` returns may have changed.
+
+        The store's counters (ingests, erasures, data keys, rows, schema) and the access
+        policy in force (its file's bytes): an erased customer, a new file or a policy that
+        no longer grants the fields all make a cached matrix stale. No customer data is read.
+        """
+        stamp = change_stamp(self.home.store_path, dataset)
+        if stamp is None:
+            return None
+        policy_file = self.home.config().policy_file if self.home.config_path.exists() else None
+        policy = "default"
+        if policy_file:
+            path = Path(policy_file) if Path(policy_file).is_absolute() else self.home.root / policy_file
+            try:
+                policy = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                return None
+        return (*stamp, policy)
 
     def linkage_ids(self, dataset: str) -> list[str]:
         """Customer ids for private set intersection (purpose ``record_linkage``, audited).

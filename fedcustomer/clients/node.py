@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedcustomer.clients import job_matrices
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
@@ -97,13 +98,28 @@ class PartnerNode:
         return released.result
 
     def _read(self, ins: TrainInstructions) -> tuple[torch.Tensor, torch.Tensor]:
-        frame = self.data.training_frame(ins.dataset, ins.spec, "train")
-        X, y = ins.spec.transform(frame)
-        if len(X) < 2:
-            raise DataError(
-                f"partner {self.name!r} has {len(X)} training rows for {ins.dataset!r}; need at least 2"
-            )
-        return torch.as_tensor(X), torch.as_tensor(y)
+        """The training matrix: read and decrypted once per job, re-read if the store changed."""
+        return self._matrices(ins, "train")
+
+    def _matrices(self, ins: TrainInstructions, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def load() -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
+            frame, read = self.data.training_read(ins.dataset, ins.spec, split)
+            X, y = ins.spec.transform(frame)
+            if split == "train" and len(X) < 2:
+                raise DataError(
+                    f"partner {self.name!r} has {len(X)} training rows for {ins.dataset!r}; need at least 2"
+                )
+            return torch.as_tensor(X), torch.as_tensor(y), read
+
+        key = job_matrices.CACHE.key(
+            str(self.home.root.resolve()), ins.run_id, ins.dataset, split, ins.spec.to_dict()
+        )
+        stamp = self.data.source_stamp(ins.dataset)  # before the read: a change racing it shows next round
+        last = ins.round >= ins.planned_rounds
+        X, y, _ = job_matrices.CACHE.get(
+            key, stamp, load, round_=ins.round, last=last, record=split == "train"
+        )
+        return X, y
 
     def _train_dp(
         self, global_state: dict[str, torch.Tensor], ins: TrainInstructions, ledger: BudgetLedger, step: Step
@@ -315,11 +331,10 @@ class PartnerNode:
     # --- evaluation ----------------------------------------------------------------
     def evaluate(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> dict[str, float]:
         """Metrics of the global model on this partner's held-out split (never used in training)."""
-        frame = self.data.training_frame(ins.dataset, ins.spec, "test")
-        X, y = ins.spec.transform(frame)
+        X, y = self._matrices(ins, "test")
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
-        metrics = evaluate(model, X, y, ins.task)
+        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task)
         return {
             "num-examples": float(_coarse(len(X))),
             "unit-weight": 1.0,

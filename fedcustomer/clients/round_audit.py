@@ -1,8 +1,9 @@
 """One audit entry per federated round a partner took part in.
 
 A compliance officer reading a partner's audit log sees every round: which run,
-which round, how many bytes of model update left, the epsilon spent, and whether
-the partner refused. No customer data is involved, so no pseudonyms are recorded.
+which round, how many bytes of model update left, the epsilon spent, whether
+the partner refused, and which audited store read the round trained on (a node reads
+its rows once per job and re-uses them while the store is unchanged). No customer data is involved, so no pseudonyms are recorded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fedcustomer.clients import job_matrices
 from fedcustomer.clients.node import TrainOutcome
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
@@ -49,6 +51,9 @@ def record_round(
         "dp": bool(ins.dp),
         "transport": transport,
     }
+    use = job_matrices.take_use(str(home.root.resolve()), ins.run_id, int(ins.round))
+    if use is not None:  # the governed read this round trained on (audited once, when it was read)
+        details.update(use.audit_details())
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])

@@ -163,7 +163,8 @@ class PartnerStore(StoreCore):
             tmp.unlink()
         backend = SqliteBackend(tmp, create=True)
         try:
-            backend.executescript(BASE_TABLES)
+            # one transaction: the tables appear together (and cost one sync, not one per table)
+            backend.executescript("BEGIN;\n" + BASE_TABLES + "COMMIT;\n")
             with backend.transaction():
                 now = utc_now()
                 for key, value in (("format", STORE_FORMAT), ("name", name), ("created_at", now)):

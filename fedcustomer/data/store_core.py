@@ -72,6 +72,7 @@ class StoreCore:
         self.keyring = keyring
         self.pseudonymizer = pseudonymizer
         self.audit = audit
+        self.last_entry: Any = None  # the audit entry this handle appended last (a caller may cite it)
         self.policy = policy
         self._approvals: ApprovalBook | None = None
         self._people: PeopleRegistry | None = None
@@ -258,7 +259,9 @@ class StoreCore:
         """Append one audit entry for ``actor``; an authenticated actor's signed request goes with it."""
         if isinstance(actor, AuthenticatedActor) and actor.signed is not None:
             fields["details"] = {**(fields.get("details") or {}), "auth": actor.audit_details()}
-        self.audit.append(actor=actor.name, role=actor.role, action=action, decision=decision, **fields)
+        self.last_entry = self.audit.append(
+            actor=actor.name, role=actor.role, action=action, decision=decision, **fields
+        )
 
     def require(self, actor: Actor, action: str, audit_action: str, **fields: Any) -> None:
         """Policy check for an admin action; a refusal is audit-logged before it is raised.

@@ -56,16 +56,16 @@ class PartnerConfig:
     # [budget] accountant = "rdp" | "pld" (and pld_discretization): how the budget's spend is composed
     accountant: str = "rdp"
     pld_discretization: float | None = None
+    # [secagg] trust = true: the partner accepts the SecAgg+ trust assumption, so a distributed-DP
+    # round is charged with its guarantee against the coordinator (full noise), not the weaker one
+    # against a single update (its own noise share). See docs/PRIVACY.md.
+    secagg_trust: bool = False
 
     def accountant_spec(self) -> Accountant:
         """The accountant partner.toml selects (RDP unless it says otherwise)."""
         from fedcustomer.privacy.dp.accountants import accountant_named
 
         return accountant_named(self.accountant, self.pld_discretization)
-    # [secagg] trust = true: the partner accepts the SecAgg+ trust assumption, so a distributed-DP
-    # round is charged with its guarantee against the coordinator (full noise), not the weaker one
-    # against a single update (its own noise share). See docs/PRIVACY.md.
-    secagg_trust: bool = False
 
     def budget_for(self, dataset: str | None = None) -> DatasetBudget:
         """The partner's budget; ``dataset`` only names what was asked for in the error."""

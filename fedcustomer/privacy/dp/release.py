@@ -115,6 +115,10 @@ class PaidResults(Generic[R]):
 # --- calibrate, project, refuse, charge -----------------------------------------------------
 
 
+_CALIBRATED: dict[str, float] = {}  # calibration inputs -> noise multiplier, per process
+_CALIBRATED_MAX = 256
+
+
 def calibrate_noise(
     ledger: BudgetLedger,
     sample_rate: float,
@@ -134,14 +138,28 @@ def calibrate_noise(
     """
     if pin is not None and pin.exists():
         return float(json.loads(pin.read_text(encoding="utf-8"))["noise_multiplier"])
-    sigma = ledger.calibrate_noise(
-        sample_rate,
-        steps_per_round * max(1, rounds),
-        sigma_max=sigma_max,
-        pending_gaussian=[g for m in pending for g in m.gaussian_part()],
-        pending_approx=[a for m in pending for a in m.approx_part()],
-        reserve_epsilon=reserve_epsilon,
+    steps = steps_per_round * max(1, rounds)
+    # The answer depends only on these inputs; partners simulated in one process (identical
+    # budgets and histories) then pay for the search once instead of once each.
+    memo_key = json.dumps(
+        [ledger.accounting_state(), ledger.budget.epsilon, ledger.budget.delta, sample_rate, steps]
+        + [sigma_max, reserve_epsilon, [repr(m) for m in pending]],
+        sort_keys=True,
+        default=repr,
     )
+    sigma = _CALIBRATED.get(memo_key)
+    if sigma is None:
+        sigma = ledger.calibrate_noise(
+            sample_rate,
+            steps,
+            sigma_max=sigma_max,
+            pending_gaussian=[g for m in pending for g in m.gaussian_part()],
+            pending_approx=[a for m in pending for a in m.approx_part()],
+            reserve_epsilon=reserve_epsilon,
+        )
+        if len(_CALIBRATED) >= _CALIBRATED_MAX:
+            _CALIBRATED.pop(next(iter(_CALIBRATED)))
+        _CALIBRATED[memo_key] = sigma
     if pin is not None:
         record = {"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": steps_per_round}
         atomic_write_text(pin, json.dumps(record))

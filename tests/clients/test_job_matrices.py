@@ -1,0 +1,120 @@
+"""A partner reads and decrypts its training rows once per job, and again whenever the store changed."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcustomer.clients import job_matrices
+from fedcustomer.clients.job_matrices import JobMatrices
+from fedcustomer.clients.node import PartnerNode
+from fedcustomer.clients.round_audit import record_round
+from fedcustomer.data.erasure import erase_customer
+from fedcustomer.data.store import PartnerStore
+from fedcustomer.privacy.access.policy import Actor, bundled_policy_text
+from fedcustomer.privacy.audit.writer import AuditLog
+from tests.clients.test_node import _global, _home, _ins
+
+
+def _reads(home):
+    return AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(
+        action="read", role="training_pipeline"
+    )
+
+
+def _rounds(home):
+    return AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(action="fl_round")
+
+
+def test_a_job_reads_once_and_every_round_cites_that_read(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    state = _global()
+    for rnd in (1, 2, 3):
+        node = PartnerNode(home)  # a fresh node per message, as the ClientApp makes one
+        out = node.train_round(state, _ins(rnd, planned=3, run="once"))
+        record_round(home, out, _ins(rnd, planned=3, run="once"))
+        state = out.state_dict
+    reads = _reads(home)
+    assert len(reads) == 1
+    rounds = _rounds(home)
+    assert [r.details["data_cached"] for r in rounds] == [False, True, True]
+    assert {r.details["data_read"]["audit_seq"] for r in rounds} == {reads[0].seq}
+    assert rounds[0].details["data_read"]["audit_hash"] == reads[0].hash
+    key_home = str(home.root.resolve())
+    assert not [k for k in job_matrices.CACHE._entries if k[0] == key_home]  # dropped after the last round
+
+
+def test_an_erased_customer_is_never_trained_on_after_the_erasure(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    state = _global()
+    node = PartnerNode(home)
+    state = node.train_round(state, _ins(1, planned=4, run="erase")).state_dict
+    state = node.train_round(state, _ins(2, planned=4, run="erase")).state_dict
+    assert len(_reads(home)) == 1
+    with PartnerStore.open(home) as store:
+        erase_customer(store, Actor("alice", "partner_admin"), "c5")  # a training customer
+    node.train_round(state, _ins(3, planned=4, run="erase"))
+    reads = _reads(home)
+    assert len(reads) == 2 and reads[1].row_count == reads[0].row_count - 1
+    use = job_matrices.take_use(str(home.root.resolve()), "erase", 3)
+    assert use is not None and not use.cached and use.read["audit_seq"] == reads[1].seq
+    job_matrices.CACHE.drop_run("erase")
+
+
+def test_a_changed_access_policy_means_a_fresh_governed_read(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    node = PartnerNode(home)
+    state = node.train_round(_global(), _ins(1, planned=3, run="policy")).state_dict
+    policy = tmp_path / "policy.csv"
+    policy.write_text(bundled_policy_text(), encoding="utf-8")  # same grants, but another policy in force
+    config = home.config()
+    config.policy_file = str(policy)
+    home.write_config(config)
+    PartnerNode(home).train_round(state, _ins(2, planned=3, run="policy"))
+    assert len(_reads(home)) == 2
+    job_matrices.CACHE.drop_run("policy")
+
+
+def _tensors(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(n, 4), torch.zeros(n)
+
+
+def test_the_cache_holds_nothing_without_a_stamp_and_evicts_by_size_and_idleness() -> None:
+    cache = JobMatrices(max_bytes=2 * (100 * 4 * 4 + 100 * 4), idle_seconds=3600)
+    loads = []
+
+    def loader(n: int):
+        def load():
+            loads.append(n)
+            return (*_tensors(n), {"audit_seq": n, "audit_hash": "h"})
+
+        return load
+
+    def get(name: str, stamp=(1,), n: int = 100, last: bool = False):
+        return cache.get(("home", "run", name, "train", "{}"), stamp, loader(n), round_=1, last=last)
+
+    get("a", stamp=None)
+    get("a", stamp=None)
+    assert loads == [100, 100] and len(cache) == 0  # a store that cannot say whether it changed
+    get("a"), get("b"), get("c")  # room for two: "a" goes first
+    assert len(cache) == 2 and ("home", "run", "a", "train", "{}") not in cache._entries
+    get("b")
+    assert loads.count(100) == 5  # "b" was served from memory
+    get("b", stamp=(2,))
+    assert loads.count(100) == 6  # the store changed: read again
+    get("b", stamp=(2,), last=True)  # served from memory, then dropped
+    assert ("home", "run", "b", "train", "{}") not in cache._entries
+    cache.idle_seconds = 0.0
+    get("c")
+    assert loads.count(100) == 7  # idle past the limit: dropped, read again
+
+
+@pytest.mark.parametrize("split", ["test"])
+def test_evaluation_reuses_its_own_read_and_does_not_claim_a_round(tmp_path: Path, split: str) -> None:
+    home = _home(tmp_path, 3.0)
+    node = PartnerNode(home)
+    a = node.evaluate(_global(), _ins(1, planned=3, run="eval"))
+    b = node.evaluate(_global(), _ins(2, planned=3, run="eval"))
+    assert a == b and len(_reads(home)) == 1
+    assert job_matrices.take_use(str(home.root.resolve()), "eval", 1) is None
+    job_matrices.CACHE.drop_run("eval")

@@ -48,7 +48,7 @@ def neighbours(spec: QuerySpec) -> tuple[Partials, Partials]:
     columns = {c: pd.Series([], dtype=object) for c in spec.source_fields()}
     try:
         empty = compute_partials(pd.DataFrame(columns), spec)
-    except Exception as exc:  # noqa: BLE001 - a query the audit cannot lay out is reported, not raised
+    except Exception as exc:
         raise ConfigError(f"query {spec.query_id}: cannot lay out its release for the audit ({exc})") from exc
     worst = {}
     for name, values in empty.stats.items():
@@ -70,8 +70,10 @@ def _normalised(release: dict[str, Any], weights: dict[str, float]) -> np.ndarra
 def _loss(x: np.ndarray, a: np.ndarray, b: np.ndarray, mechanism: str, scale: float) -> np.ndarray:
     """Privacy loss ln p_D'(x) / p_D(x) under noise of ``scale`` (rows of ``x`` are releases)."""
     if mechanism == mechanisms.LAPLACE:
-        return (np.abs(x - a) - np.abs(x - b)).sum(axis=1) / scale
-    return (((x - a) ** 2).sum(axis=1) - ((x - b) ** 2).sum(axis=1)) / (2 * scale * scale)
+        return np.asarray((np.abs(x - a) - np.abs(x - b)).sum(axis=1) / scale, dtype=float)
+    return np.asarray(
+        (((x - a) ** 2).sum(axis=1) - ((x - b) ** 2).sum(axis=1)) / (2 * scale * scale), dtype=float
+    )
 
 
 def audit_query(

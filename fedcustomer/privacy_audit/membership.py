@@ -16,6 +16,7 @@ Both report AUC and TPR at 0.1% and 1% FPR (:func:`fedcustomer.privacy_audit.bou
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.loss import _Loss
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.registry import loss_for
@@ -46,21 +48,16 @@ class MembershipData:
 
 
 def per_row_loss(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
-    """Each row's training loss under ``model``."""
-    loss = loss_for(task)
-    reduction = getattr(loss, "reduction", None)
+    """Each row's training loss under ``model`` (the job's own loss, unreduced)."""
+    loss = copy.copy(loss_for(task))
+    if not isinstance(loss, _Loss):
+        raise ConfigError(f"task {task!r} has no per-row loss")
+    loss.reduction = "none"
     model.eval()
     with torch.no_grad():
         out = model(torch.as_tensor(X, dtype=torch.float32)).reshape(-1)
-        target = torch.as_tensor(y, dtype=torch.float32).reshape(-1)
-        if reduction is not None:
-            loss.reduction = "none"
-        try:
-            values = loss(out, target)
-        finally:
-            if reduction is not None:
-                loss.reduction = reduction
-    return values.numpy().astype(float)
+        values = loss(out, torch.as_tensor(y, dtype=torch.float32).reshape(-1))
+    return np.asarray(values.numpy(), dtype=float)
 
 
 def confidence(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
@@ -70,7 +67,7 @@ def confidence(model: nn.Module, X: np.ndarray, y: np.ndarray, task: str) -> np.
     model.eval()
     with torch.no_grad():
         logit = model(torch.as_tensor(X, dtype=torch.float32)).reshape(-1).numpy().astype(float)
-    return np.where(np.asarray(y).reshape(-1) > 0.5, logit, -logit)
+    return np.asarray(np.where(np.asarray(y).reshape(-1) > 0.5, logit, -logit), dtype=float)
 
 
 def _balanced(data: MembershipData, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

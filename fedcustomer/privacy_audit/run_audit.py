@@ -65,7 +65,9 @@ def _kind(run: Path) -> str:
         config = _read_json(run / "config.json", "")
         return "vertical" if "label_dp" in config else "horizontal"
     subruns = sorted(p.name for p in run.iterdir() if (p / "summary.json").exists()) if run.is_dir() else []
-    hint = f"; it holds runs {', '.join(subruns)}: pass one of them (e.g. {run / subruns[0]})" if subruns else ""
+    hint = (
+        f"; it holds runs {', '.join(subruns)}: pass one of them (e.g. {run / subruns[0]})" if subruns else ""
+    )
     raise ConfigError(
         f"{run} is not a training run (config.json + summary.json) or a query run (result.json){hint}"
     )
@@ -167,7 +169,11 @@ def audit_training(
         Xn, yn = _partner_rows(home, dataset, spec, "test")
         Xn_all.append(Xn)
         yn_all.append(yn)
-        sigma, q, steps = float(acct["noise_multiplier"]), float(acct["sample_rate"]), int(acct["steps_per_round"])
+        sigma, q, steps = (
+            float(acct["noise_multiplier"]),
+            float(acct["sample_rate"]),
+            int(acct["steps_per_round"]),
+        )
         delta = float(acct.get("delta", delta))
         claims.append(accounting.epsilon([GaussianSteps(sigma, q, steps)] * rounds, delta))
         spent_all.append(float(p.get("epsilon_spent", 0.0)))
@@ -190,7 +196,12 @@ def audit_training(
     released.load_state_dict(load_weights_only(run / "model.pt", "the released model"))
     mia: dict[str, Any] = {
         "released_model": membership.membership_inference(
-            released, recipe.task, data, shadow_trainer(recipe, sigma_mean, epochs), shadows=shadows, seed=seed
+            released,
+            recipe.task,
+            data,
+            shadow_trainer(recipe, sigma_mean, epochs),
+            shadows=shadows,
+            seed=seed,
         )
     }
     if nonprivate:

@@ -38,6 +38,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_analytics": ["--trials", "5"],
     "bench_vertical": ["--rounds", "2"],
     "bench_identity": ["--repeat", "5"],
+    "bench_privacy_audit": ["--quick", "--jobs", "demo"],
 }
 
 

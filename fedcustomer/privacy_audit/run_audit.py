@@ -76,7 +76,8 @@ def _kind(run: Path) -> str:
 def _partner_rows(
     home: PartnerHome, dataset: str, spec: FeatureSpec, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    frame = PartnerDataAccess(home, home.root.name).training_frame(dataset, spec, split)
+    # Named so the partner's audit log tells the audit's reads from the job's own.
+    frame = PartnerDataAccess(home, f"{home.root.name}-privacy-audit").training_frame(dataset, spec, split)
     X, y = spec.transform(frame)
     return np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.float32)
 

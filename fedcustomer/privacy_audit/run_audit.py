@@ -144,6 +144,8 @@ def audit_training(
     summary = _read_json(run / "summary.json", "the job's summary")
     if not summary.get("dp", config.get("dp", True)):
         raise ConfigError(f"{run} was trained with --no-dp: there is no epsilon to audit")
+    if not (run / "model.pt").exists():
+        raise ConfigError(f"{run / 'model.pt'} not found: the job released no model (did it train a round?)")
     homes = Path(homes) if homes is not None else run / "partners"
     if not homes.is_dir():
         raise ConfigError(f"partner homes not found at {homes}; pass --homes DIR (the job's --homes)")
@@ -170,12 +172,18 @@ def audit_training(
         Xn, yn = _partner_rows(home, dataset, spec, "test")
         Xn_all.append(Xn)
         yn_all.append(yn)
-        sigma, q, steps = (
-            float(acct["noise_multiplier"]),
-            float(acct["sample_rate"]),
-            int(acct["steps_per_round"]),
-        )
-        delta = float(acct.get("delta", delta))
+        try:
+            sigma, q, steps = (
+                float(acct["noise_multiplier"]),
+                float(acct["sample_rate"]),
+                int(acct["steps_per_round"]),
+            )
+            delta = float(acct.get("delta", delta))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"{run / 'summary.json'}: partner {p['name']!r} lacks its accounting "
+                "(noise_multiplier, sample_rate, steps_per_round)"
+            ) from None
         claims.append(accounting.epsilon([GaussianSteps(sigma, q, steps)] * rounds, delta))
         spent_all.append(float(p.get("epsilon_spent", 0.0)))
         partners.append(canaries.PartnerData(str(p["name"]), X, y, sigma, rounds, claims[-1]))
@@ -217,6 +225,12 @@ def audit_training(
         "task": recipe.task,
         "dataset": dataset,
         "partners_audited": [p.name for p in partners],
+        "replay": {
+            "strategy": "fedavg",
+            "clipping": "fast",
+            "job_strategy": config.get("strategy"),
+            "job_clipping": config.get("clipping"),
+        },
         "claimed_epsilon_by_partner": {p.name: p.epsilon for p in partners},
         "epsilon_spent_all_releases": dict(zip([p.name for p in partners], spent_all)),
         "mechanisms": mechs,

@@ -63,6 +63,11 @@ def _training_run(path: Path, config: dict[str, Any], summary: dict[str, Any]) -
     return path
 
 
+def _with_model(run: Path) -> Path:
+    (run / "model.pt").write_bytes(b"")
+    return run
+
+
 @pytest.mark.parametrize(
     "make, needle",
     [
@@ -74,7 +79,8 @@ def _training_run(path: Path, config: dict[str, Any], summary: dict[str, Any]) -
         ),
         (lambda p: _training_run(p / "v", {"label_dp": True}, {}), "vertical"),
         (lambda p: _training_run(p / "n", {"task": "repayment"}, {"dp": False}), "--no-dp"),
-        (lambda p: _training_run(p / "h", {"task": "repayment"}, {"dp": True}), "--homes"),
+        (lambda p: _training_run(p / "m", {"task": "repayment"}, {"dp": True}), "model.pt not found"),
+        (lambda p: _with_model(_training_run(p / "h", {"task": "repayment"}, {"dp": True})), "--homes"),
         (
             lambda p: (p / "bad").mkdir() or (p / "bad" / "result.json").write_text("{") and p / "bad",
             "not readable",

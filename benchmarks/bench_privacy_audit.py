@@ -9,8 +9,8 @@ Jobs (each run once with ``fedcustomer run``, then audited with ``audit privacy`
                    clip 0.5, epsilon 3
 
 Reported per job: the claimed epsilon (this job's DP-SGD, largest over partners), the
-one-run canary lower bound (white-box from released updates, black-box from the released
-model; 95%), membership inference (loss threshold and offline LiRA: AUC, TPR at 1% FPR)
+one-run canary lower bounds of gradient and record canaries (white-box from released
+updates, black-box from the released model; 95%), membership inference (loss threshold and offline LiRA: AUC, TPR at 1% FPR)
 on the released DP model beside a non-private replay of the same recipe, and the audit's
 time over the job's (rounds' wall time in summary.json; and the whole command's).
 
@@ -69,22 +69,26 @@ def _job(name: str, out: Path, quick: bool) -> float:
 
 
 def _row(name: str, report: dict[str, Any], job_wall: float, audit_wall: float) -> dict[str, Any]:
-    dpsgd = report["mechanisms"][0]
-    mia = report["membership_inference"]
+    mechs = {m["mechanism"].split(": ")[1].split(" ")[0]: m for m in report["mechanisms"]}
     row: dict[str, Any] = {
         "job": name,
-        "claimed_epsilon": round(dpsgd["claimed_epsilon"], 3),
-        "canaries": dpsgd["canaries"],
-        "canary_lb_white_box": round(dpsgd["white_box"]["epsilon_lower_bound"], 3),
-        "white_box_correct": f"{dpsgd['white_box']['correct']}/{dpsgd['white_box']['guesses']}",
-        "canary_lb_black_box": round(dpsgd["black_box"]["epsilon_lower_bound"], 3),
-        "flagged": dpsgd["flagged"],
-        "audit_s": round(audit_wall, 1),
-        "job_rounds_s": report["job_seconds"],
-        "job_command_s": round(job_wall, 1),
-        "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
-        "audit_over_job_command": round(audit_wall / job_wall, 2),
+        "claimed_epsilon": round(mechs["gradient"]["claimed_epsilon"], 3),
+        "canaries": mechs["gradient"]["canaries"],
     }
+    for kind, m in mechs.items():
+        row[f"{kind}_lb_white_box"] = round(m["white_box"]["epsilon_lower_bound"], 3)
+        row[f"{kind}_white_box_correct"] = f"{m['white_box']['correct']}/{m['white_box']['guesses']}"
+        row[f"{kind}_lb_black_box"] = round(m["black_box"]["epsilon_lower_bound"], 3)
+    row.update(
+        {
+            "flagged": report["flagged"],
+            "audit_s": round(audit_wall, 1),
+            "job_rounds_s": report["job_seconds"],
+            "job_command_s": round(job_wall, 1),
+            "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
+            "audit_over_job_command": round(audit_wall / job_wall, 2),
+        }
+    )
     for target, short in (("released_model", "dp"), ("nonprivate_replay", "nonpriv")):
         for attack, a in (("loss_threshold", "loss"), ("lira_offline", "lira")):
             r = mia[target][attack]

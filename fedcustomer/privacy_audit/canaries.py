@@ -15,12 +15,19 @@ included canary is sampled like any record (probability q at every step) and the
 clipped per-sample sum, just before the trainer adds its noise. These are the
 "gradient-space Dirac canaries" of the paper.
 
+Record canaries (``kind="record"``) instead travel the whole path of a record: each is a
+row of the partner's data (features zero, canary input ``A`` on its own input column,
+label 1), sampled by the trainer's Poisson sampler, its per-sample gradient clipped by
+the trainer's clipper with the rest of the batch. They catch what gradient canaries
+cannot: a trainer that does not clip (an unclipped canary moves its weight by about
+``A`` times more than a clipped one).
+
 Scores: white-box, from the updates each partner released (the sum over rounds of the
 update of its canary's weight); black-box, from the released model alone (the final
 global weight). The top and bottom scores are guessed in and out, the rest abstained,
 and :func:`fedcustomer.privacy_audit.bounds.best_guesses` turns the right guesses into an
-epsilon lower bound. Canaries enter after clipping, so this audit checks sampling, noise
-and accounting; a trainer that skipped clipping of real records would not show here.
+epsilon lower bound. Gradient canaries enter after clipping, so they check sampling,
+noise and accounting; record canaries check clipping too.
 """
 
 from __future__ import annotations
@@ -36,25 +43,41 @@ from torch import nn
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.registry import build_model, loss_for
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 from fedcustomer.privacy_audit.bounds import CONFIDENCE, best_guesses
 
 DEFAULT_CANARIES = 1000
+KINDS = ("gradient", "record")
+RECORD_INPUT = 100.0  # a record canary's input on its own column: its gradient is almost all on its weight
+RECORD_LABEL = {"repayment": 1.0, "clv": 10.0}  # far from the zero start: the loss keeps pulling
 
 
 class CanaryModel(nn.Module):
-    """The job's model plus a block of ``m`` canary weights that no record's forward pass uses."""
+    """The job's model plus ``m`` canary weights: a block no record touches, and one input column each.
 
-    def __init__(self, inner: nn.Module, m: int) -> None:
+    ``canary`` holds the gradient canaries' weights. ``canary_in`` reads the ``m`` extra
+    input columns only record canaries have non-zero (rows of ``input_dim`` columns skip it).
+    """
+
+    def __init__(self, inner: nn.Module, m: int, input_dim: int) -> None:
         super().__init__()
         self.inner = inner
+        self.input_dim = input_dim
         self.canary = nn.Linear(1, m, bias=False)
+        self.canary_in = nn.Linear(m, 1, bias=False)
         with torch.no_grad():
             self.canary.weight.zero_()
+            self.canary_in.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.inner(x)
-        return out
+        if x.shape[1] == self.input_dim:
+            plain: torch.Tensor = self.inner(x)
+            return plain
+        out: torch.Tensor = self.inner(x[:, : self.input_dim])
+        extra: torch.Tensor = self.canary_in(x[:, self.input_dim :])
+        return out + extra.reshape(out.shape)
 
 
 class CanaryTrainer(DPTrainer):
@@ -150,8 +173,12 @@ def replay(
     seed: int = 0,
     trainer_cls: type[CanaryTrainer] = CanaryTrainer,
     private: bool = True,
+    kind: str = "gradient",
+    delta: float = 1e-5,
 ) -> ReplayResult:
-    """Re-run the job with ``canaries`` Dirac canaries spread over the partners (or none, non-privately)."""
+    """Re-run the job with ``canaries`` canaries of ``kind`` spread over the partners (or none, non-privately)."""
+    if kind not in KINDS:
+        raise ConfigError(f"canary kind must be one of {', '.join(KINDS)}, got {kind!r}")
     active = [p for p in partners if p.rounds > 0]
     if not active:
         raise ConfigError("no partner trained in this job; there is nothing to audit")
@@ -168,20 +195,28 @@ def replay(
     torch_rng = torch.Generator().manual_seed(seed + 1)
     input_dim = active[0].X.shape[1]
     inner = build_model(recipe.task, recipe.arch, input_dim, seed=recipe.seed)
-    model = CanaryModel(inner, max(m, 1))
+    model = CanaryModel(inner, max(m, 1), input_dim)
+    key = "canary.weight" if kind == "gradient" else "canary_in.weight"
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    initial = global_state["canary.weight"].view(-1).clone()
+    initial = global_state[key].view(-1).clone()
     released = np.zeros(max(m, 1))
+    claims = [0.0] * len(active)
     loss_fn = loss_for(recipe.task)
+    data = [
+        _with_records(p, pi, included, owner, m, recipe.task) if kind == "record" else (p.X, p.y)
+        for pi, p in enumerate(active)
+    ]
     for rnd in range(max(p.rounds for p in active)):
         states, weights = [], []
         for pi, p in enumerate(active):
             if rnd >= p.rounds:
                 continue
-            local = CanaryModel(build_model(recipe.task, recipe.arch, input_dim), max(m, 1))
+            local = CanaryModel(build_model(recipe.task, recipe.arch, input_dim), max(m, 1), input_dim)
             local.load_state_dict(global_state)
-            X, y = torch.as_tensor(p.X), torch.as_tensor(p.y)
-            batch = min(recipe.batch_size, len(X))
+            X, y = torch.as_tensor(data[pi][0]), torch.as_tensor(data[pi][1])
+            # The job's sampling rate q = batch / rows, kept when record canaries add rows.
+            q_job = min(recipe.batch_size, len(p.X)) / len(p.X)
+            batch = max(1, min(len(X), round(q_job * len(X))))
             common: dict[str, Any] = {
                 "batch_size": batch,
                 "lr": recipe.lr,
@@ -190,7 +225,7 @@ def replay(
             }
             trainer: Any
             if private:
-                mine = np.nonzero(included & (owner == pi))[0]
+                mine = np.nonzero(included & (owner == pi))[0] if kind == "gradient" else np.zeros(0, int)
                 trainer = trainer_cls(
                     local,
                     X,
@@ -207,34 +242,60 @@ def replay(
                 )
             else:
                 trainer = PlainTrainer(local, X, y, loss_fn, seed=int(rng.integers(2**31)), **common)
+            steps = 0
             for _ in range(recipe.local_epochs):
-                trainer.train_epoch()
+                steps += trainer.train_epoch().steps
             state = {k: v.detach().clone() for k, v in local.state_dict().items()}
             if private:  # this partner's released update, on its own canaries' weights
-                delta = (state["canary.weight"].view(-1) - global_state["canary.weight"].view(-1)).numpy()
-                released[owner == pi] += delta[owner == pi]
+                moved = (state[key].view(-1) - global_state[key].view(-1)).numpy()
+                released[owner == pi] += moved[owner == pi]
+                history = [GaussianSteps(float(p.noise_multiplier or 0.0), trainer.sample_rate, steps)]
+                claims[pi] = accounting.epsilon(history * p.rounds, delta)
             states.append(state)
             weights.append(float(len(X)))
         global_state = _fedavg(states, weights)
     model.load_state_dict(global_state)
-    final = (global_state["canary.weight"].view(-1) - initial).numpy()
-    # SGD moves a weight against its gradient: a canary pushing +C drives its weight down.
-    white = -(released[:m] * sign) if m else np.zeros(0)
-    black = -(final[:m] * sign) if m else np.zeros(0)
-    return ReplayResult(model.inner, included, owner, white, black, time.perf_counter() - started)
+    final = (global_state[key].view(-1) - initial).numpy()
+    # SGD moves a weight against its gradient: a gradient canary pushing +C drives its weight
+    # down; a record canary (label above its output) drives its input weight up.
+    direction = -sign if kind == "gradient" else np.ones(m)
+    white = released[:m] * direction if m else np.zeros(0)
+    black = final[:m] * direction if m else np.zeros(0)
+    extra = {
+        "kind": kind,
+        "claimed_epsilon": max(claims),
+        "claimed_by_partner": dict(zip([p.name for p in active], claims)),
+    }
+    return ReplayResult(model.inner, included, owner, white, black, time.perf_counter() - started, extra)
+
+
+def _with_records(
+    p: PartnerData, pi: int, included: np.ndarray, owner: np.ndarray, m: int, task: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The partner's rows with ``m`` zero canary columns, plus one row per included canary it holds."""
+    mine = np.nonzero(included & (owner == pi))[0]
+    X = np.concatenate([p.X, np.zeros((len(p.X), m), dtype=p.X.dtype)], axis=1)
+    rows = np.zeros((len(mine), X.shape[1]), dtype=p.X.dtype)
+    rows[np.arange(len(mine)), p.X.shape[1] + mine] = RECORD_INPUT
+    labels = np.full(len(mine), RECORD_LABEL.get(task, 1.0), dtype=p.y.dtype)
+    return np.concatenate([X, rows]), np.concatenate([p.y, labels])
 
 
 def canary_report(
-    result: ReplayResult, claimed_epsilon: float, delta: float, confidence: float = CONFIDENCE
+    result: ReplayResult, claimed_epsilon: float | None, delta: float, confidence: float = CONFIDENCE
 ) -> dict[str, Any]:
     """The one-run bounds of both scores, beside the claim; flagged when a bound exceeds the claim."""
     level = 1.0 - (1.0 - confidence) / 2  # two scores tried: each at half the error (Bonferroni)
     white = best_guesses(result.white_box_scores, result.included, delta, level)
     black = best_guesses(result.black_box_scores, result.included, delta, level)
     bound = max(white.epsilon_lower_bound, black.epsilon_lower_bound)
+    kind = result.extra.get("kind", "gradient")
+    if claimed_epsilon is None:  # what the replay itself ran, as the ledger would account it
+        claimed_epsilon = float(result.extra["claimed_epsilon"])
     return {
-        "mechanism": "dpsgd",
-        "method": "one-run canary audit (Steinke, Nasr, Jagielski 2023), gradient-space Dirac canaries",
+        "mechanism": f"dpsgd: {kind} canaries",
+        "method": "one-run canary audit (Steinke, Nasr, Jagielski 2023), "
+        + ("gradient-space Dirac canaries" if kind == "gradient" else "record canaries through clipping"),
         "claimed_epsilon": claimed_epsilon,
         "delta": delta,
         "confidence": confidence,

@@ -189,10 +189,13 @@ def audit_training(
         partners.append(canaries.PartnerData(str(p["name"]), X, y, sigma, rounds, claims[-1]))
     if not partners:
         raise ConfigError(f"no partner of {run} trained with DP; there is nothing to audit")
-    claimed = max(claims)
     started = time.perf_counter()
-    result = canaries.replay(recipe, partners, canaries=n_canaries, seed=seed)
-    mechs = [canaries.canary_report(result, claimed, delta, confidence)]
+    mechs = []
+    for (
+        kind
+    ) in canaries.KINDS:  # gradient canaries: sampling, noise, accounting; record canaries: clipping too
+        result = canaries.replay(recipe, partners, canaries=n_canaries, seed=seed, kind=kind, delta=delta)
+        mechs.append(canaries.canary_report(result, None, delta, confidence))
     data = membership.MembershipData(
         np.concatenate([p.X for p in partners]),
         np.concatenate([p.y for p in partners]),

@@ -91,7 +91,7 @@ def _row(name: str, report: dict[str, Any], job_wall: float, audit_wall: float) 
     )
     for target, short in (("released_model", "dp"), ("nonprivate_replay", "nonpriv")):
         for attack, a in (("loss_threshold", "loss"), ("lira_offline", "lira")):
-            r = mia[target][attack]
+            r = report["membership_inference"][target][attack]
             row[f"{short}_{a}_auc"] = round(r["auc"], 3)
             row[f"{short}_{a}_tpr1"] = round(r["tpr_at_1pct_fpr"], 4)
     return row

@@ -128,6 +128,8 @@ def _attack(scores_m: np.ndarray, scores_n: np.ndarray, keep_roc: bool) -> dict[
     result: dict[str, Any] = attack_metrics(scores_m, scores_n)
     if keep_roc:
         fpr, tpr = roc(scores_m, scores_n)
-        idx = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+        # Every point up to 5% FPR (where the low-FPR rates are read), 200 spread over the rest.
+        low = np.nonzero(fpr <= 0.05)[0][:400]
+        idx = np.unique(np.r_[low, np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int)])
         result["roc"] = {"fpr": fpr[idx].round(6).tolist(), "tpr": tpr[idx].round(6).tolist()}
     return result

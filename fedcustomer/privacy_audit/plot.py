@@ -31,7 +31,9 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
     left.set_xticks(list(xs), labels, rotation=15, ha="right", fontsize=8)
     left.set_ylabel("epsilon")
     left.set_title("Claimed epsilon vs audited lower bound")
-    left.legend(fontsize=8)
+    top = max([m["claimed_epsilon"] for m in mechs] + [m["epsilon_lower_bound"] for m in mechs] + [1.0])
+    left.set_ylim(0, top * 1.3)  # room for the legend above the bars
+    left.legend(fontsize=8, loc="upper right")
     plotted = False
     for target, result in report.get("membership_inference", {}).items():
         if not isinstance(result, dict):

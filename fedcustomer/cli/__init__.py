@@ -37,10 +37,11 @@ def _register() -> None:
     from fedcustomer.cli import training
 
     training.register(app)
-    from fedcustomer.cli import audit, audit_export
+    from fedcustomer.cli import audit, audit_export, audit_privacy
 
     audit.register(app)
     audit_export.register(app)  # adds `audit export` to the group
+    audit_privacy.register(app)  # adds `audit privacy` to the group
     from fedcustomer.cli import governance
 
     governance.register(app)

@@ -1,0 +1,107 @@
+"""``fedcustomer audit privacy``: measure a run's privacy empirically, beside the epsilon it claims.
+
+Writes ``privacy_audit.json`` and ``privacy_audit.png`` into the run directory and links
+them from its ``summary.json`` (``result.json`` for a query). Exit 0 when every empirical
+lower bound is at or below its claim, 10 when one exceeds it (the claim is refuted at the
+stated confidence). See docs/PRIVACY_AUDIT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fedcustomer.cli.audit import audit_app
+
+FLAGGED_EXIT = 10
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Nothing to attach: importing this module adds ``privacy`` to the ``audit`` group."""
+
+
+@audit_app.command("privacy")
+def privacy_cmd(
+    run: Path = typer.Option(
+        ..., "--run", help="A run directory of `fedcustomer run`, `demo` (one job) or `query`."
+    ),
+    homes: Path = typer.Option(
+        None, "--homes", help="The partner homes the job trained on (default: the run's partners/ folder)."
+    ),
+    canaries: int = typer.Option(
+        1000, "--canaries", help="Canaries in the DP-SGD audit (each in with prob. 1/2)."
+    ),
+    shadows: int = typer.Option(
+        4, "--shadows", help="Shadow models of the reference-model attack (0: none)."
+    ),
+    releases: int = typer.Option(1000, "--releases", help="Releases per dataset in an analytics audit."),
+    nonprivate: bool = typer.Option(
+        True, "--nonprivate/--no-nonprivate", help="Also attack a non-private replay, for comparison."
+    ),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the lower bounds."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the audit's own randomness (canaries, coins, noise)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print privacy_audit.json instead of a table."),
+) -> None:
+    """Canary audit and membership inference (training), or repeated releases (query)."""
+    from fedcustomer.privacy_audit.run_audit import PLOT, REPORT, audit_run
+
+    report = audit_run(
+        run,
+        homes=homes,
+        canaries_count=canaries,
+        shadows=shadows,
+        releases=releases,
+        nonprivate=nonprivate,
+        seed=seed,
+        confidence=confidence,
+    )
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"privacy audit ({confidence:.0%} confidence)")
+        for col in ("mechanism", "claimed epsilon", "lower bound", "guesses / releases", "verdict"):
+            table.add_column(col)
+        for m in report["mechanisms"]:
+            if "white_box" in m:
+                wb = m["white_box"]
+                detail = f"{wb['correct']}/{wb['guesses']} right of {m['canaries']} canaries"
+            else:
+                detail = f"{m['releases_per_dataset']} per dataset"
+            verdict = "[red]FLAGGED: bound exceeds claim[/]" if m["flagged"] else "[green]consistent[/]"
+            table.add_row(
+                escape(m["mechanism"]),
+                f"{m['claimed_epsilon']:.3f}",
+                f"{m['epsilon_lower_bound']:.3f}",
+                detail,
+                verdict,
+            )
+        console.print(table)
+        mia = report.get("membership_inference") or {}
+        if mia:
+            attacks = Table(title="membership inference (members vs held-out rows, equal counts)")
+            for col in ("model", "attack", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR"):
+                attacks.add_column(col)
+            for target, result in mia.items():
+                for name in ("loss_threshold", "lira_offline"):
+                    if name in result:
+                        r = result[name]
+                        attacks.add_row(
+                            target,
+                            name,
+                            f"{r['auc']:.3f}",
+                            f"{r['tpr_at_0.1pct_fpr']:.4f}",
+                            f"{r['tpr_at_1pct_fpr']:.4f}",
+                        )
+            console.print(attacks)
+        console.print(f"wrote {escape(str(Path(run) / REPORT))} and {escape(str(Path(run) / PLOT))}")
+    if report["flagged"]:
+        sys.exit(FLAGGED_EXIT)  # typer.Exit's code is dropped by main()'s non-standalone mode

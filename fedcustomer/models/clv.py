@@ -113,7 +113,7 @@ class CLVLoss(torch.nn.Module):
 
     @reduction.setter
     def reduction(self, value: str) -> None:
-        setattr(self.inner, "reduction", value)
+        self.inner.reduction = value
 
     def forward(self, output: torch.Tensor, log_spend: torch.Tensor) -> torch.Tensor:
         return self.inner(output, self.target.encode(log_spend))  # type: ignore[no-any-return]

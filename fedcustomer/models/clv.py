@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.modules.loss import _Loss
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.repayment import RepaymentMLP
@@ -82,7 +83,7 @@ class CLVTarget:
     def loss_fn(self) -> CLVLoss:
         """The training loss on (output, the spec's log1p label): the label is encoded inside."""
         if self.loss == "huber":
-            inner: torch.nn.Module = torch.nn.HuberLoss(delta=self.huber_delta)
+            inner: _Loss = torch.nn.HuberLoss(delta=self.huber_delta)
         else:
             inner = torch.nn.MSELoss() if self.loss == "mse" else torch.nn.L1Loss()
         return CLVLoss(self, inner)
@@ -102,7 +103,7 @@ class CLVLoss(torch.nn.Module):
     ``reduction`` is the inner loss's (DP-SGD needs the batch mean; ghost clipping switches it).
     """
 
-    def __init__(self, target: CLVTarget, inner: torch.nn.Module) -> None:
+    def __init__(self, target: CLVTarget, inner: _Loss) -> None:
         super().__init__()
         self.target = target
         self.inner = inner

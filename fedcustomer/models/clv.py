@@ -27,7 +27,7 @@ CLV_LOSSES = ("huber", "mse", "l1")
 DEFAULT_CLV_TRANSFORM = "log1p"
 DEFAULT_CLV_SPEND_CAP = 1000.0  # currency; a declared business bound, never read off the data
 DEFAULT_CLV_LOSS = "huber"
-DEFAULT_CLV_HUBER_DELTA = 0.1  # in target units ([0, 1])
+DEFAULT_CLV_HUBER_DELTA = 0.3  # in target units ([0, 1])
 
 
 class CLVRegressor(RepaymentMLP):

@@ -28,6 +28,7 @@ ROOT = HERE.parent
 # Short runs for `--quick`: enough to see each script work end to end.
 QUICK_ARGS: dict[str, list[str]] = {
     "bench_federated": ["--quick"],
+    "bench_clv": ["--quick"],
     "bench_dpsgd": ["--rows", "6000", "--epochs", "2"],
     "bench_crypto": ["--fields", "20000", "--repeat", "1"],
     "bench_pkcs11": ["--keys", "5000", "--repeat", "1"],

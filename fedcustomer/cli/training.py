@@ -98,6 +98,12 @@ def run(
     federated_eval: str = typer.Option(
         D["federated_eval"], help="every | final | none: held-out evaluation at the partners"
     ),
+    clv_transform: str = typer.Option(D["clv_transform"], help="clv: log1p | raw target transform"),
+    clv_spend_cap: float = typer.Option(
+        D["clv_spend_cap"], help="clv: declared public cap on spend; labels are clipped to it for training"
+    ),
+    clv_loss: str = typer.Option(D["clv_loss"], help="clv: huber | mse | l1 on the target scaled to [0, 1]"),
+    clv_huber_delta: float = typer.Option(D["clv_huber_delta"], help="clv: Huber delta in target units"),
     seed: int = typer.Option(
         D["seed"], help="seed for data generation, splits and initial weights (not for DP noise)"
     ),
@@ -162,6 +168,10 @@ def run(
             central_accountant=central_accountant,
             min_partners=min_partners,
             federated_eval=federated_eval,
+            clv_transform=clv_transform,
+            clv_spend_cap=clv_spend_cap,
+            clv_loss=clv_loss,
+            clv_huber_delta=clv_huber_delta,
             seed=seed,
             out=str(out),
             homes=str(homes) if homes else None,

@@ -193,7 +193,7 @@ class PartnerNode:
         check(ledger, step, mechanism)
         started = time.perf_counter()
         generator = secure_generator()
-        sums, _batch = dd.clipped_gradient_sum(model, loss_for(ins.task), Xt, yt, plan, generator)
+        sums, _batch = dd.clipped_gradient_sum(model, loss_for(ins.task, ins.clv), Xt, yt, plan, generator)
         noised = dd.add_noise_share(sums, plan, generator)  # the batch size stays here: it is not released
         metrics: dict[str, float] = {
             "num-examples": float(_coarse(len(Xt))),
@@ -230,7 +230,7 @@ class PartnerNode:
                 model,
                 Xt,
                 yt,
-                loss_for(ins.task),
+                loss_for(ins.task, ins.clv),
                 noise_multiplier=sigma,
                 max_grad_norm=ins.max_grad_norm,
                 clipping=ins.clipping,
@@ -241,7 +241,13 @@ class PartnerNode:
             from fedcustomer.privacy.dp.dpsgd import PlainTrainer
 
             trainer = PlainTrainer(
-                model, Xt, yt, loss_for(ins.task), anchor=anchor, seed=_round_seed(ins, self.name), **common
+                model,
+                Xt,
+                yt,
+                loss_for(ins.task, ins.clv),
+                anchor=anchor,
+                seed=_round_seed(ins, self.name),
+                **common,
             )
         steps = 0
         started = time.perf_counter()
@@ -334,7 +340,7 @@ class PartnerNode:
         X, y = self._matrices(ins, "test")
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
-        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task)
+        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task, ins.clv)
         return {
             "num-examples": float(_coarse(len(X))),
             "unit-weight": 1.0,

@@ -28,6 +28,7 @@ from fedcustomer.jobs.config import (
     DEFAULT_SAMPLE_RATE,
     DEFAULT_SEED,
 )
+from fedcustomer.models.clv import CLVTarget
 
 
 class TrainJob(Protocol):
@@ -77,6 +78,17 @@ def encode_train_config(job: TrainJob, spec: FeatureSpec) -> dict[str, Any]:
     if dp_mode != DEFAULT_DP_MODE:  # plain messages stay as they were
         message["dp-mode"] = dp_mode
         message["sample-rate"] = float(getattr(job, "sample_rate", DEFAULT_SAMPLE_RATE))
+    clv_target = getattr(job, "clv_target", None)
+    if job.task == "clv" and clv_target is not None:  # repayment messages stay as they were
+        target: CLVTarget = clv_target()
+        message.update(
+            {
+                "clv-transform": target.transform,
+                "clv-spend-cap": float(target.spend_cap),
+                "clv-loss": target.loss,
+                "clv-huber-delta": float(target.huber_delta),
+            }
+        )
     return message
 
 
@@ -108,6 +120,8 @@ class TrainInstructions:
     noise_multiplier: float = 0.0
     min_survivors: int = 0
     secagg_clip_range: float = 0.0
+    # clv: the training target and loss (None: a coordinator that predates targets, unscaled log1p)
+    clv: CLVTarget | None = None
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TrainInstructions:
@@ -136,6 +150,18 @@ class TrainInstructions:
                 noise_multiplier=float(cfg.get("noise-multiplier", 0.0)),
                 min_survivors=int(cfg.get("min-survivors", 0)),
                 secagg_clip_range=float(cfg.get("secagg-clip-range", 0.0)),
+                clv=_clv_target(cfg),
             )
         except KeyError as exc:
             raise ConfigError(f"training instructions lack {exc.args[0]!r}") from None
+
+
+def _clv_target(cfg: dict[str, Any]) -> CLVTarget | None:
+    if "clv-transform" not in cfg:
+        return None
+    return CLVTarget(
+        str(cfg["clv-transform"]),
+        float(cfg["clv-spend-cap"]),
+        str(cfg["clv-loss"]),
+        float(cfg["clv-huber-delta"]),
+    )

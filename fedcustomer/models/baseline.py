@@ -16,6 +16,7 @@ import torch
 
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.partition import PartnerDataset
+from fedcustomer.models.clv import CLVTarget
 from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
@@ -53,10 +54,16 @@ def train_centralised(
     max_grad_norm: float = 1.0,
     clipping: str = "fast",
     seed: int = 0,
+    clv_target: CLVTarget | None = None,
 ) -> BaselineResult:
-    """Train on the pooled train splits, evaluate on the pooled test splits."""
+    """Train on the pooled train splits, evaluate on the pooled test splits.
+
+    CLV learns ``clv_target`` (default: the federated jobs' default target), so the
+    centralised reference and a federated job learn the same thing.
+    """
     from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 
+    target = (clv_target or CLVTarget()) if spec.task == "clv" else None
     train, test = pooled(datasets)
     X, y = spec.transform(train)
     Xte, yte = spec.transform(test)
@@ -73,7 +80,7 @@ def train_centralised(
             model,
             Xt,
             yt,
-            loss_for(spec.task),
+            loss_for(spec.task, target),
             batch_size=bs,
             lr=lr,
             noise_multiplier=sigma,
@@ -84,11 +91,11 @@ def train_centralised(
         eps = epsilon([GaussianSteps(sigma, q, steps)], delta)
     else:
         trainer = PlainTrainer(
-            model, Xt, yt, loss_for(spec.task), batch_size=bs, lr=lr, optimizer=optimizer, seed=seed
+            model, Xt, yt, loss_for(spec.task, target), batch_size=bs, lr=lr, optimizer=optimizer, seed=seed
         )
     for _ in range(epochs):
         trainer.train_epoch()
-    metrics = evaluate(trainer.model, Xte, yte, spec.task)
+    metrics = evaluate(trainer.model, Xte, yte, spec.task, target)
     name = f"centralised {'DP' if dp else 'non-private'} {arch}"
     return BaselineResult(name, {k: float(v) for k, v in metrics.items()}, eps, sigma, len(X), len(Xte))
 

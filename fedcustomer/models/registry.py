@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.models.clv import CLVRegressor
+from fedcustomer.models.clv import CLVRegressor, CLVTarget
 from fedcustomer.models.names import ARCHITECTURES, TASKS
 from fedcustomer.models.repayment import LogisticRegression, RepaymentMLP
 
@@ -32,10 +32,16 @@ def build_model(task: str, arch: str, input_dim: int, seed: int | None = None) -
     return CLVRegressor(input_dim) if arch == "mlp" else CLVRegressor(input_dim, hidden=())
 
 
-def loss_for(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Per-task training loss on the model's raw output (logit or log1p-spend)."""
+def loss_for(
+    task: str, target: CLVTarget | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-task training loss on the model's raw output and the spec's label.
+
+    CLV with a :class:`CLVTarget` learns its bounded, scaled target; without one, the
+    unscaled log1p spend under Huber(1) (models trained before targets existed).
+    """
     if task == "repayment":
         return nn.BCEWithLogitsLoss()
     if task == "clv":
-        return nn.HuberLoss(delta=1.0)
+        return target.loss_fn() if target is not None else nn.HuberLoss(delta=1.0)
     raise ConfigError(f"unknown task {task!r}")

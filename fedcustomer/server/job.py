@@ -26,6 +26,13 @@ from fedcustomer.jobs.config import (
     require_at_least_one,
     require_positive,
 )
+from fedcustomer.models.clv import (
+    DEFAULT_CLV_HUBER_DELTA,
+    DEFAULT_CLV_LOSS,
+    DEFAULT_CLV_SPEND_CAP,
+    DEFAULT_CLV_TRANSFORM,
+    CLVTarget,
+)
 from fedcustomer.models.names import ARCHITECTURES, TASKS
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -70,6 +77,12 @@ class JobConfig(JobBase):
     federated_eval: str = "every"
     dp_mode: str = DEFAULT_DP_MODE  # "distributed": one DP-SGD step over the union per round (SecAgg+ only)
     sample_rate: float = DEFAULT_SAMPLE_RATE  # distributed mode's Poisson rate q (required there)
+    # clv only: the target the model learns (spend clipped to a declared public cap, transformed,
+    # scaled to [0, 1]) and its loss; metrics stay on the original scale
+    clv_transform: str = DEFAULT_CLV_TRANSFORM
+    clv_spend_cap: float = DEFAULT_CLV_SPEND_CAP
+    clv_loss: str = DEFAULT_CLV_LOSS
+    clv_huber_delta: float = DEFAULT_CLV_HUBER_DELTA
     # In simulation the partners are local processes whose failures are reported, so the
     # timeout (JobBase.round_timeout) only guards against a hang; a busy machine can make a
     # round take minutes.
@@ -104,6 +117,7 @@ class JobConfig(JobBase):
                     f"--dp-mode distributed needs --sample-rate in (0, 1], got {self.sample_rate}"
                 )
         self.validate_common()
+        self.clv_target()  # refuses a bad transform, loss, cap or delta (checked for every task)
         require_at_least_one(self, "partners", "local_epochs", "min_partners")
         if self.min_partners > self.partners:
             raise ConfigError(
@@ -130,6 +144,10 @@ class JobConfig(JobBase):
                     f"({', '.join(CAPPED_CENTRAL_STRATEGIES)}), not {self.strategy!r}: Flower's accounted "
                     "central-DP wrapper is only sound for that aggregation"
                 )
+
+    def clv_target(self) -> CLVTarget:
+        """The CLV target and loss this job trains with (unused by repayment jobs)."""
+        return CLVTarget(self.clv_transform, self.clv_spend_cap, self.clv_loss, self.clv_huber_delta)
 
     @property
     def dataset_name(self) -> str:

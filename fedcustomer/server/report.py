@@ -103,6 +103,8 @@ class RunRecorder:
                 "arch": self.job.arch,
                 "input_dim": self.spec.input_dim,
                 "feature_spec": "feature_spec.json",
+                # clv: how outputs map back to spend (CLVTarget.decode); metrics are on that scale
+                **({"clv_target": self.job.clv_target().to_dict()} if self.job.task == "clv" else {}),
             },
             "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
             "round_local_train_s": [

@@ -190,6 +190,12 @@ def coordinator_register(
 @coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
 def coordinator_run(
     workdir: Path | None = WorkdirOpt,
+    mode: str = typer.Option(
+        "horizontal",
+        "--mode",
+        help="horizontal (partners hold the same columns), vertical (bank + retailer split learning "
+        "over their shared customers) or psi (their private set intersection only).",
+    ),
     task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(
         DEFAULT_DATA, "--data", help="Data source the partners hold (names their dataset)."
@@ -201,10 +207,28 @@ def coordinator_run(
     min_partners: int = typer.Option(
         DEFAULT_MIN_PARTNERS, "--min-partners", help="Fewest partners a round may complete with."
     ),
-    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds"),
+    rounds: int | None = typer.Option(
+        None, "--rounds", help=f"default {DEFAULT_ROUNDS} (horizontal), 8 (vertical)", show_default=False
+    ),
     local_epochs: int = typer.Option(DEFAULT_LOCAL_EPOCHS, "--local-epochs"),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size"),
-    lr: float = typer.Option(DEFAULT_LR, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help=f"default {DEFAULT_BATCH_SIZE} (horizontal), 512 (vertical)",
+        show_default=False,
+    ),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help=f"Learning rate; default {DEFAULT_LR} (horizontal), 0.05 (vertical).",
+        show_default=False,
+    ),
+    steps_per_round: int | None = typer.Option(
+        None, "--steps-per-round", help="vertical: steps per round (default one expected pass)."
+    ),
+    no_baseline: bool = typer.Option(
+        False, "--no-baseline", help="vertical: skip the label owner's own comparison model."
+    ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,
         "--epsilon",
@@ -246,6 +270,36 @@ def coordinator_run(
     from fedcustomer.server.deployment import default_spec_ref
     from fedcustomer.server.job import JobConfig
 
+    if mode != "horizontal":
+        from fedcustomer.cli.deploy_two_party import run_two_party_job
+
+        options = {
+            "task": task,
+            "rounds": rounds,
+            "steps_per_round": steps_per_round,
+            "batch_size": batch_size,
+            "lr": lr,
+            "epsilon": epsilon,
+            "delta": delta,
+            "round_timeout": round_timeout,
+            "seed": seed,
+            "baseline": not no_baseline,
+            "out": str(out),
+        }
+        run_two_party_job(
+            _workdir(workdir),
+            mode=mode,
+            job_options=options,
+            wait_for_partners=wait_for_partners,
+            resume=resume,
+            timeout=timeout,
+            as_json=as_json,
+            wait=wait,
+        )
+        return
+    rounds = DEFAULT_ROUNDS if rounds is None else rounds
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    lr = DEFAULT_LR if lr is None else lr
     cdir = CoordinatorDir(_workdir(workdir))
     if resume:
         if not cdir.job_path.exists():
@@ -369,7 +423,13 @@ def node_prepare(
     partner: str = typer.Option(..., "--partner", help="Partner name, e.g. bank0."),
     task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(DEFAULT_DATA, "--data", help="synthetic, uci-credit or cdnow."),
-    index: int = typer.Option(..., "--index", help="Which split this partner holds (0-based)."),
+    index: int | None = typer.Option(
+        None, "--index", help="Which split this partner holds (0-based); horizontal only."
+    ),
+    mode: str = typer.Option(
+        "horizontal", "--mode", help="horizontal (a split of a source) or vertical (bank or retailer)."
+    ),
+    customers: int = typer.Option(20000, "--customers", help="vertical: synthetic customers per party."),
     partners: int = typer.Option(DEFAULT_PARTNERS, "--partners", help="Number of splits."),
     seed: int = typer.Option(
         DEFAULT_SEED, "--seed", help="Same seed on every partner gives disjoint splits."
@@ -378,6 +438,24 @@ def node_prepare(
     epsilon: float = typer.Option(DEFAULT_EPSILON, "--epsilon"),
     delta: float = typer.Option(DEFAULT_DELTA, "--delta"),
 ) -> None:
+    if mode == "vertical":
+        from fedcustomer.deploy.two_party import prepare_party_home
+
+        h = prepare_party_home(
+            home,
+            partner,
+            task=task,
+            customers=customers,
+            seed=seed,
+            epsilon=epsilon,
+            delta=delta,
+        )
+        console.print(f"party {partner} ready in {h.root} (vertical {task}, synthetic)")
+        return
+    if mode != "horizontal":
+        raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
+    if index is None:
+        raise ConfigError("--index is required for a horizontal partner (which split it holds)")
     from fedcustomer.deploy.node import prepare_node_home
 
     h = prepare_node_home(

@@ -229,6 +229,11 @@ def coordinator_run(
     no_baseline: bool = typer.Option(
         False, "--no-baseline", help="vertical: skip the label owner's own comparison model."
     ),
+    reveal: str = typer.Option(
+        "ids",
+        "--reveal",
+        help="psi: ids (each party keeps the shared customers) or count (their number only).",
+    ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,
         "--epsilon",
@@ -289,6 +294,7 @@ def coordinator_run(
         run_two_party_job(
             _workdir(workdir),
             mode=mode,
+            reveal=reveal,
             job_options=options,
             wait_for_partners=wait_for_partners,
             resume=resume,
@@ -410,11 +416,28 @@ def node_keys(
 ) -> None:
     from fedcustomer.deploy.pki import make_node_keys
     from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.psi.signing import ensure_link_key
 
-    keys = make_node_keys(PartnerHome(home).keys_dir, comment=home.resolve().name, overwrite=force)
+    ph = PartnerHome(home)
+    keys = make_node_keys(ph.keys_dir, comment=home.resolve().name, overwrite=force)
     console.print(f"private key {keys.private_key} (stays here, 0600)")
     console.print(f"public key  {keys.public_key}  fingerprint {keys.fingerprint()}")
     console.print("send the public key to the coordinator: fedcustomer coordinator register PUBKEY")
+    link = ensure_link_key(ph)
+    console.print(f"link key    {link}  (PSI signatures: give it to the partner you link records with)")
+
+
+@node_app.command("pin-peer", help="Pin the link key of the partner this node runs PSI with.")
+def node_pin_peer(
+    public_key: Path = typer.Argument(..., help="The peer's service_linkage.pem.pub (from `node keys`)."),
+    home: Path = typer.Option(..., "--home", help="Partner home directory."),
+    peer: str = typer.Option(..., "--peer", help="The peer's partner name, e.g. retailer."),
+) -> None:
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.psi.signing import pin_peer
+
+    path = pin_peer(PartnerHome(home), peer, public_key)
+    console.print(f"pinned {peer}'s link key in {path}: its PSI values must now carry its signature")
 
 
 @node_app.command("prepare", help="Give a partner home its split of a built-in data source (demo, tests).")

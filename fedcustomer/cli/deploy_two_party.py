@@ -27,6 +27,7 @@ def run_two_party_job(
     workdir: Path,
     *,
     mode: str,
+    reveal: str = "ids",
     job_options: dict[str, Any],
     wait_for_partners: float,
     resume: bool,
@@ -57,7 +58,7 @@ def run_two_party_job(
             )
     else:
         job = VerticalJob(**{k: v for k, v in job_options.items() if v is not None})
-        cfg = two_party_run_config(job, mode=mode, wait_for_partners=wait_for_partners)
+        cfg = two_party_run_config(job, mode=mode, wait_for_partners=wait_for_partners, reveal=reveal)
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
     flwr_run_id = submit_run(cdir, resume=resume)

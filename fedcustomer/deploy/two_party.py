@@ -12,20 +12,34 @@ from typing import Any
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.psi.protocol import REVEAL_IDS, REVEALS
+from fedcustomer.psi.signing import ensure_link_key
 from fedcustomer.vertical.deployed import TWO_PARTY_MODES
 from fedcustomer.vertical.job import VerticalJob
 
 TWO_PARTY_SERVERAPP = "fedcustomer.apps.vertical:app"
 
 
-def two_party_run_config(job: VerticalJob, *, mode: str, wait_for_partners: float = 120.0) -> dict[str, Any]:
+def two_party_run_config(
+    job: VerticalJob, *, mode: str, wait_for_partners: float = 120.0, reveal: str = REVEAL_IDS
+) -> dict[str, Any]:
     """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job."""
     if mode not in TWO_PARTY_MODES:
         raise ConfigError(f"--mode must be horizontal, {' or '.join(TWO_PARTY_MODES)}, got {mode!r}")
+    if reveal not in REVEALS or (mode == "vertical" and reveal != REVEAL_IDS):
+        raise ConfigError(
+            f"--reveal must be one of {', '.join(REVEALS)} (count only with --mode psi), got {reveal!r}"
+        )
     cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
     cfg["out"] = str(Path(job.out).resolve())
     cfg.update(
-        {"deployment": True, "mode": mode, "resume": False, "wait-for-partners": float(wait_for_partners)}
+        {
+            "deployment": True,
+            "mode": mode,
+            "reveal": reveal,
+            "resume": False,
+            "wait-for-partners": float(wait_for_partners),
+        }
     )
     return cfg
 
@@ -62,4 +76,6 @@ def prepare_party_home(
     if partner not in plans:
         raise ConfigError(f"--partner must be one of {', '.join(sorted(plans))} for a vertical job")
     frame = party_frames(job)[partner]
-    return provision_party(Path(home), plans[partner], frame, DatasetBudget(epsilon, delta))
+    home_obj = provision_party(Path(home), plans[partner], frame, DatasetBudget(epsilon, delta))
+    ensure_link_key(home_obj)
+    return home_obj

@@ -40,7 +40,7 @@ per session (each session is an audited ``record_linkage`` read).
 
 Count-only (``reveal="count"``): each party shuffles its answer to the peer's set, so matching
 its own values tells it how many are shared and not which; no alignment is kept. What each
-side learns per mode is in docs/psi-deployment.md.
+side learns per mode is in docs/TWO-PARTY.md.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.jobs.run_dir import RunDir
-from fedcustomer.psi.protocol import run_psi_on_grid
+from fedcustomer.psi.protocol import REVEAL_IDS, run_psi_on_grid
 from fedcustomer.psi.state import check_session_id
 from fedcustomer.server.deployment import wait_for_partners
 from fedcustomer.vertical.data import plan_parties
@@ -40,7 +40,7 @@ from fedcustomer.vertical.runner import run_vertical_on_grid
 
 TWO_PARTY_MODES = ("vertical", "psi")
 # Run-config keys of a two-party job besides the VerticalJob fields.
-DEPLOY_KEYS = ("deployment", "mode", "resume", "wait-for-partners", "feature-spec", "secagg")
+DEPLOY_KEYS = ("deployment", "mode", "reveal", "resume", "wait-for-partners", "feature-spec", "secagg")
 
 
 def split_config(raw: dict[str, Any]) -> tuple[VerticalJob, dict[str, Any]]:
@@ -90,14 +90,21 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     if extra["mode"] == "psi":
-        return _psi_only(grid, job, nodes, out)
+        return _psi_only(grid, job, nodes, out, str(extra.get("reveal") or REVEAL_IDS))
     ckdir = out / "checkpoint" / job.run_id
     psi_state = ckdir / "psi.json"
     if bool(extra.get("resume")) and psi_state.exists():
         size = int(json.loads(psi_state.read_text(encoding="utf-8"))["psi_size"])
     else:
         size = align_on_grid(
-            grid, nodes, active, passive, seed=job.seed, timeout=job.round_timeout, session_id=session_of(job)
+            grid,
+            nodes,
+            active,
+            passive,
+            seed=job.seed,
+            timeout=job.round_timeout,
+            session_id=session_of(job),
+            run_id=job.run_id,
         )
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
@@ -106,9 +113,9 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path) -> dict[str, Any]:
+def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, reveal: str) -> dict[str, Any]:
     active, passive = plan_parties(job)
-    summary: dict[str, Any] = {"mode": "psi", "run_id": job.run_id, "status": "failed"}
+    summary: dict[str, Any] = {"mode": "psi", "reveal": reveal, "run_id": job.run_id, "status": "failed"}
     try:
         view = run_psi_on_grid(
             grid,
@@ -120,6 +127,8 @@ def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path) ->
             name_b=passive.name,
             session_id=session_of(job),
             timeout=job.round_timeout,
+            run_id=job.run_id,
+            reveal=reveal,
         )
     except FederationError as exc:
         summary["stop_reason"] = str(exc)
@@ -132,12 +141,14 @@ def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path) ->
             "session_id": view.session_id,
             "parties": {active.name: view.set_size_a, passive.name: view.set_size_b},
             "intersection_size": view.intersection_size,
-            "alignment_digest": view.digest,
+            "alignment_digest": view.digest or None,
             "bytes_relayed": view.bytes_relayed,
             "kept_by": {
                 p.name: f"state/psi/{view.session_id}.alignment.json (its own pseudonyms)"
                 for p in (active, passive)
-            },
+            }
+            if reveal == REVEAL_IDS
+            else {},
         }
     )
     RunDir(out).write_summary(summary)

@@ -15,6 +15,7 @@ from fedcustomer.clients.context import resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.protocol import run_psi_on_grid
+from fedcustomer.psi.signing import ensure_link_key, pin_peer, pinned_key
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.align import keep_alignment
 from fedcustomer.vertical.data import PartyPlan
@@ -42,6 +43,7 @@ def align_on_grid(
     seed: int | None = None,
     timeout: float | None = None,
     session_id: str | None = None,
+    run_id: str | None = None,
 ) -> int:
     """PSI between the two parties' nodes, then each keeps its own pseudonyms in the agreed order.
 
@@ -60,9 +62,20 @@ def align_on_grid(
         name_b=plan_b.name,
         timeout=timeout,
         session_id=session_id,
+        run_id=run_id,
     )
     sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
     return keep_alignment(grid, view, sides, seed, timeout)
+
+
+def pin_each_other(home_a: PartnerHome, home_b: PartnerHome) -> None:
+    """One operator holds both homes (one machine): each pins the other's link key, so the PSI is signed."""
+    pub_a, pub_b = ensure_link_key(home_a), ensure_link_key(home_b)
+    name_a, name_b = home_a.config().name, home_b.config().name
+    if pinned_key(home_a, name_b) is None:
+        pin_peer(home_a, name_b, pub_b)
+    if pinned_key(home_b, name_a) is None:
+        pin_peer(home_b, name_a, pub_a)
 
 
 def party_app(homes: list[str]) -> ClientApp:

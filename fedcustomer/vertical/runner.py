@@ -42,7 +42,7 @@ from fedcustomer.vertical.data import (
     provision_party,
 )
 from fedcustomer.vertical.job import VerticalJob
-from fedcustomer.vertical.parties import align_by_psi, party_app
+from fedcustomer.vertical.parties import align_by_psi, party_app, pin_each_other
 from fedcustomer.vertical.protocol import message_type
 
 log = logging.getLogger(__name__)
@@ -515,6 +515,7 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     root = Path(job.homes) if job.homes else Path(job.out) / "partners"
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
+    pin_each_other(homes[active.name], homes[passive.name])
     size = align_by_psi(homes[active.name], active, homes[passive.name], passive, seed=job.seed)
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.

@@ -234,6 +234,11 @@ def coordinator_run(
         "--reveal",
         help="psi: ids (each party keeps the shared customers) or count (their number only).",
     ),
+    count_epsilon: float | None = typer.Option(
+        None,
+        "--count-epsilon",
+        help="psi --reveal count: publish a DP count, this epsilon charged to both parties.",
+    ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,
         "--epsilon",
@@ -295,6 +300,7 @@ def coordinator_run(
             _workdir(workdir),
             mode=mode,
             reveal=reveal,
+            count_epsilon=count_epsilon,
             job_options=options,
             wait_for_partners=wait_for_partners,
             resume=resume,

@@ -28,6 +28,7 @@ def run_two_party_job(
     *,
     mode: str,
     reveal: str = "ids",
+    count_epsilon: float | None = None,
     job_options: dict[str, Any],
     wait_for_partners: float,
     resume: bool,
@@ -58,7 +59,9 @@ def run_two_party_job(
             )
     else:
         job = VerticalJob(**{k: v for k, v in job_options.items() if v is not None})
-        cfg = two_party_run_config(job, mode=mode, wait_for_partners=wait_for_partners, reveal=reveal)
+        cfg = two_party_run_config(
+            job, mode=mode, wait_for_partners=wait_for_partners, reveal=reveal, count_epsilon=count_epsilon
+        )
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
     flwr_run_id = submit_run(cdir, resume=resume)
@@ -83,7 +86,9 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if s.get("mode") == "psi":
         sizes = ", ".join(f"{k} {v}" for k, v in (s.get("parties") or {}).items())
         size = s.get("intersection_size")
-        return [f"PSI {s['status']}: set sizes {sizes}; shared customers {size}"]
+        dp = s.get("intersection_size_dp")
+        noisy = f" (DP, epsilon {dp['epsilon']:g} from each party)" if dp else ""
+        return [f"PSI {s['status']}: set sizes {sizes}; shared customers {size}{noisy}"]
     metric = s.get("primary_metric", "")
     lines = [
         f"vertical {s.get('task')}: {s['status']}, {s.get('rounds_completed')}/{s.get('rounds_planned')} rounds, "

@@ -12,7 +12,8 @@ from typing import Any
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.psi.protocol import REVEAL_IDS, REVEALS
+from fedcustomer.psi.noisy_count import check_count_epsilon
+from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, REVEALS
 from fedcustomer.psi.signing import ensure_link_key
 from fedcustomer.vertical.deployed import TWO_PARTY_MODES
 from fedcustomer.vertical.job import VerticalJob
@@ -21,7 +22,12 @@ TWO_PARTY_SERVERAPP = "fedcustomer.apps.vertical:app"
 
 
 def two_party_run_config(
-    job: VerticalJob, *, mode: str, wait_for_partners: float = 120.0, reveal: str = REVEAL_IDS
+    job: VerticalJob,
+    *,
+    mode: str,
+    wait_for_partners: float = 120.0,
+    reveal: str = REVEAL_IDS,
+    count_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job."""
     if mode not in TWO_PARTY_MODES:
@@ -32,6 +38,10 @@ def two_party_run_config(
         )
     cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
     cfg["out"] = str(Path(job.out).resolve())
+    if count_epsilon is not None:
+        if reveal != REVEAL_COUNT:
+            raise ConfigError("--count-epsilon needs --reveal count")
+        cfg["count-epsilon"] = check_count_epsilon(count_epsilon)
     cfg.update(
         {
             "deployment": True,

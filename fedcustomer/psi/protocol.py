@@ -74,6 +74,7 @@ from fedcustomer.psi.core import (
     secure_shuffle,
     unpack,
 )
+from fedcustomer.psi.noisy_count import check_count_epsilon, finish_count
 from fedcustomer.psi.state import (
     DEFAULT_SESSION_TTL_S,
     alignment_path,
@@ -234,6 +235,9 @@ def handle_blind(
     mode = str(cfg.get("reveal") or REVEAL_IDS)
     if mode not in REVEALS:
         raise _malformed("reveal", f"one of {', '.join(REVEALS)}")
+    count_epsilon = check_count_epsilon(cfg["count-epsilon"]) if "count-epsilon" in cfg else None
+    if count_epsilon is not None and mode != REVEAL_COUNT:
+        raise ConfigError("a DP count (count-epsilon) needs reveal=count")
     expire_sessions(home, limits.session_ttl_s, now)
     path = party_path(home, session)
     if path.exists() or alignment_path(home, session).exists():
@@ -253,7 +257,7 @@ def handle_blind(
     )
     party = PSIParty(ids, role=role, labels=labels, workers=workers, max_set_size=limits.max_set_size)
     blob = pack(party.blinded())
-    bound = {"run_id": run_id, "mode": mode, "me": home.config().name}
+    bound = {"run_id": run_id, "mode": mode, "me": home.config().name, "count_epsilon": count_epsilon}
     write_private(
         path, {"dataset": dataset, "peer": peer, "started_at": now, **bound, **party.session_state()}
     )
@@ -321,7 +325,7 @@ def handle_finish(
     signed = _statement("doubly", session, state, peer, blob, answers=mine)
     signing.check(home, peer, cfg.get("peer-signature"), signed, "answer to our blinded set")
     if state.get("mode") == REVEAL_COUNT:
-        return _finish_count(home, session, party, _values(blob, limits, "reply"), theirs)
+        return finish_count(home, session, state, party, _values(blob, limits, "reply"), theirs)
     result = party.intersect(_values(blob, limits, "reply"), theirs)
     save_alignment(home, session, result, dataset=str(state.get("dataset")), role=party.role)
     drop_session(home, session)
@@ -331,23 +335,6 @@ def handle_finish(
         "set-size": result.set_size,
         "peer-set-size": result.peer_set_size,
         "duplicates-removed": result.duplicates_removed,
-    }
-
-
-def _finish_count(
-    home: PartnerHome, session: str, party: PSIParty, my_doubly: list[bytes], theirs: list[bytes]
-) -> dict:
-    """Count-only: our values came back shuffled, so matching them says how many, never which."""
-    if len(my_doubly) != party.set_size or len(set(theirs)) != len(theirs):
-        raise IntegrityError(f"PSI session {session!r}: the peer's answer is inconsistent; run a new session")
-    size = len(set(my_doubly).intersection(theirs))
-    drop_session(home, session)  # nothing is kept: there is no alignment to keep
-    return {
-        "size": size,
-        "digest": "",
-        "set-size": party.set_size,
-        "peer-set-size": len(theirs),
-        "duplicates-removed": party.duplicates_removed,
     }
 
 
@@ -471,6 +458,7 @@ def run_psi_on_grid(
     workers: int = 1,
     run_id: str | None = None,
     reveal: str = REVEAL_IDS,
+    count_epsilon: float | None = None,
 ) -> PSIServerView:
     """Drive one PSI session between two named partner nodes, relaying blinded values only.
 
@@ -483,7 +471,9 @@ def run_psi_on_grid(
     session = check_session_id(session_id or f"psi-{secrets.token_hex(8)}")
     if reveal not in REVEALS:
         raise ConfigError(f"--reveal must be one of {', '.join(REVEALS)}, got {reveal!r}")
-    bound = {"run-id": run_id or session, "reveal": reveal}
+    bound: dict = {"run-id": run_id or session, "reveal": reveal}
+    if count_epsilon is not None:
+        bound["count-epsilon"] = check_count_epsilon(count_epsilon)
     relayed = 0
     try:
         blind = _exchange(
@@ -537,6 +527,8 @@ def run_psi_on_grid(
         _abort(grid, session, (node_a, node_b), timeout)
         raise
     fa, fb = finish[node_a], finish[node_b]
+    if count_epsilon is not None:  # only the initiator publishes the noisy count
+        fb = fb | {"size": fa["size"]}
     if int(fa["size"]) != int(fb["size"]) or fa["digest"] != fb["digest"]:  # count: both digests ""
         raise IntegrityError(
             f"PSI session {session!r}: the partners ended with different alignments "

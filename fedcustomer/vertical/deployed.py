@@ -40,7 +40,16 @@ from fedcustomer.vertical.runner import run_vertical_on_grid
 
 TWO_PARTY_MODES = ("vertical", "psi")
 # Run-config keys of a two-party job besides the VerticalJob fields.
-DEPLOY_KEYS = ("deployment", "mode", "reveal", "resume", "wait-for-partners", "feature-spec", "secagg")
+DEPLOY_KEYS = (
+    "deployment",
+    "mode",
+    "reveal",
+    "count-epsilon",
+    "resume",
+    "wait-for-partners",
+    "feature-spec",
+    "secagg",
+)
 
 
 def split_config(raw: dict[str, Any]) -> tuple[VerticalJob, dict[str, Any]]:
@@ -90,7 +99,10 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     if extra["mode"] == "psi":
-        return _psi_only(grid, job, nodes, out, str(extra.get("reveal") or REVEAL_IDS))
+        eps = extra.get("count-epsilon")
+        return _psi_only(
+            grid, job, nodes, out, str(extra.get("reveal") or REVEAL_IDS), None if eps is None else float(eps)
+        )
     ckdir = out / "checkpoint" / job.run_id
     psi_state = ckdir / "psi.json"
     if bool(extra.get("resume")) and psi_state.exists():
@@ -113,7 +125,9 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, reveal: str) -> dict[str, Any]:
+def _psi_only(
+    grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, reveal: str, count_epsilon: float | None
+) -> dict[str, Any]:
     active, passive = plan_parties(job)
     summary: dict[str, Any] = {"mode": "psi", "reveal": reveal, "run_id": job.run_id, "status": "failed"}
     try:
@@ -129,6 +143,7 @@ def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, re
             timeout=job.round_timeout,
             run_id=job.run_id,
             reveal=reveal,
+            count_epsilon=count_epsilon,
         )
     except FederationError as exc:
         summary["stop_reason"] = str(exc)
@@ -141,6 +156,9 @@ def _psi_only(grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, re
             "session_id": view.session_id,
             "parties": {active.name: view.set_size_a, passive.name: view.set_size_b},
             "intersection_size": view.intersection_size,
+            "intersection_size_dp": None
+            if count_epsilon is None
+            else {"epsilon": count_epsilon, "charged_to": [active.name, passive.name], "noisy": True},
             "alignment_digest": view.digest or None,
             "bytes_relayed": view.bytes_relayed,
             "kept_by": {

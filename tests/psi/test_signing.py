@@ -199,3 +199,39 @@ def test_plain_mode_returns_values_in_order(pinned):
         for v in unpack(bytes.fromhex(bank["blinded"]))
     ]
     assert got == in_order
+
+
+def test_a_dp_count_is_published_by_the_initiator_and_paid_once_by_both(pinned):
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.psi.noisy_count import MECHANISM
+
+    homes, app = pinned
+    for home in homes:  # the partner's one budget
+        cfg = home.config()
+        cfg.budget = DatasetBudget(5.0, 1e-5)
+        home.write_config(cfg)
+    grid = MeddlingGrid(app)
+    view = run_psi_on_grid(
+        grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="s8", reveal=REVEAL_COUNT, count_epsilon=1.0
+    )
+    assert view.intersection_size >= 0
+    finish = {
+        r.metadata.src_node_id: dict(r.content[RECORD])
+        for r in grid.replies
+        if r.metadata.message_type == "query.psi_finish"
+    }
+    assert finish[2]["size"] == -1  # the responder publishes nothing
+    for home, dataset in zip(homes, ("accounts", "loyalty"), strict=True):
+        charges = [c for c in home.ledger(dataset).charges() if c.mechanism == MECHANISM]
+        assert len(charges) == 1 and charges[0].epsilon == pytest.approx(1.0)
+
+
+def test_discrete_laplace_noise_has_the_promised_spread():
+    from fedcustomer.psi.noisy_count import discrete_laplace
+
+    draws = [discrete_laplace(1.0) for _ in range(4000)]
+    p = 2.718281828**-1.0
+    variance = 2 * p / (1 - p) ** 2  # of the two-sided geometric distribution
+    mean = sum(draws) / len(draws)
+    var = sum((d - mean) ** 2 for d in draws) / len(draws)
+    assert abs(mean) < 0.15 and 0.8 * variance < var < 1.2 * variance

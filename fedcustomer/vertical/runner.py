@@ -302,7 +302,8 @@ def run_vertical_on_grid(
             grid, job, active, passive, reserve_epsilon=reserve, checkpoint=_checkpoint(checkpoints, "joint")
         )
     except FederationError as exc:
-        failed = DriveResult("failed", [], str(exc))
+        done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
+        failed = DriveResult("failed", done.load() if done is not None else [], str(exc))
         _write_outputs(out, job, failed, None, active, passive, psi_size)
         raise
     baseline = None

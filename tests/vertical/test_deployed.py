@@ -78,6 +78,7 @@ def test_a_party_that_drops_ends_the_job_with_no_final_model_and_no_further_char
         run_two_party(grid_for([bank, retail], dead_after={2: 19}), raw)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["model"]["final"] is False
+    assert summary["rounds_completed"] == 1 and summary["metrics"] == {}  # round 1 was trained and paid
     for home in homes:
         assert not list((home.state_dir / "vertical").glob("*-final.pt"))
     bank_paid = [r for r, m in _charges(bank, raw["run-id"]) if m == "vertical_dpsgd"]

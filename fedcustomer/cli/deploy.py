@@ -190,6 +190,12 @@ def coordinator_register(
 @coordinator_app.command("run", help="Submit a federated job to the running coordinator and wait for it.")
 def coordinator_run(
     workdir: Path | None = WorkdirOpt,
+    mode: str = typer.Option(
+        "horizontal",
+        "--mode",
+        help="horizontal (partners hold the same columns), vertical (bank + retailer split learning "
+        "over their shared customers) or psi (their private set intersection only).",
+    ),
     task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(
         DEFAULT_DATA, "--data", help="Data source the partners hold (names their dataset)."
@@ -201,10 +207,38 @@ def coordinator_run(
     min_partners: int = typer.Option(
         DEFAULT_MIN_PARTNERS, "--min-partners", help="Fewest partners a round may complete with."
     ),
-    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds"),
+    rounds: int | None = typer.Option(
+        None, "--rounds", help=f"default {DEFAULT_ROUNDS} (horizontal), 8 (vertical)", show_default=False
+    ),
     local_epochs: int = typer.Option(DEFAULT_LOCAL_EPOCHS, "--local-epochs"),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size"),
-    lr: float = typer.Option(DEFAULT_LR, "--lr", help="Local learning rate (DP-SGD at clip 0.5)."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help=f"default {DEFAULT_BATCH_SIZE} (horizontal), 512 (vertical)",
+        show_default=False,
+    ),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help=f"Learning rate; default {DEFAULT_LR} (horizontal), 0.05 (vertical).",
+        show_default=False,
+    ),
+    steps_per_round: int | None = typer.Option(
+        None, "--steps-per-round", help="vertical: steps per round (default one expected pass)."
+    ),
+    no_baseline: bool = typer.Option(
+        False, "--no-baseline", help="vertical: skip the label owner's own comparison model."
+    ),
+    reveal: str = typer.Option(
+        "ids",
+        "--reveal",
+        help="psi: ids (each party keeps the shared customers) or count (their number only).",
+    ),
+    count_epsilon: float | None = typer.Option(
+        None,
+        "--count-epsilon",
+        help="psi --reveal count: publish a DP count, this epsilon charged to both parties.",
+    ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,
         "--epsilon",
@@ -254,6 +288,38 @@ def coordinator_run(
     from fedcustomer.server.deployment import default_spec_ref
     from fedcustomer.server.job import JobConfig
 
+    if mode != "horizontal":
+        from fedcustomer.cli.deploy_two_party import run_two_party_job
+
+        options = {
+            "task": task,
+            "rounds": rounds,
+            "steps_per_round": steps_per_round,
+            "batch_size": batch_size,
+            "lr": lr,
+            "epsilon": epsilon,
+            "delta": delta,
+            "round_timeout": round_timeout,
+            "seed": seed,
+            "baseline": not no_baseline,
+            "out": str(out),
+        }
+        run_two_party_job(
+            _workdir(workdir),
+            mode=mode,
+            reveal=reveal,
+            count_epsilon=count_epsilon,
+            job_options=options,
+            wait_for_partners=wait_for_partners,
+            resume=resume,
+            timeout=timeout,
+            as_json=as_json,
+            wait=wait,
+        )
+        return
+    rounds = DEFAULT_ROUNDS if rounds is None else rounds
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    lr = DEFAULT_LR if lr is None else lr
     cdir = CoordinatorDir(_workdir(workdir))
     if resume:
         if not cdir.job_path.exists():
@@ -368,11 +434,28 @@ def node_keys(
 ) -> None:
     from fedcustomer.deploy.pki import make_node_keys
     from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.psi.signing import ensure_link_key
 
-    keys = make_node_keys(PartnerHome(home).keys_dir, comment=home.resolve().name, overwrite=force)
+    ph = PartnerHome(home)
+    keys = make_node_keys(ph.keys_dir, comment=home.resolve().name, overwrite=force)
     console.print(f"private key {keys.private_key} (stays here, 0600)")
     console.print(f"public key  {keys.public_key}  fingerprint {keys.fingerprint()}")
     console.print("send the public key to the coordinator: fedcustomer coordinator register PUBKEY")
+    link = ensure_link_key(ph)
+    console.print(f"link key    {link}  (PSI signatures: give it to the partner you link records with)")
+
+
+@node_app.command("pin-peer", help="Pin the link key of the partner this node runs PSI with.")
+def node_pin_peer(
+    public_key: Path = typer.Argument(..., help="The peer's service_linkage.pem.pub (from `node keys`)."),
+    home: Path = typer.Option(..., "--home", help="Partner home directory."),
+    peer: str = typer.Option(..., "--peer", help="The peer's partner name, e.g. retailer."),
+) -> None:
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.psi.signing import pin_peer
+
+    path = pin_peer(PartnerHome(home), peer, public_key)
+    console.print(f"pinned {peer}'s link key in {path}: its PSI values must now carry its signature")
 
 
 @node_app.command("prepare", help="Give a partner home its split of a built-in data source (demo, tests).")
@@ -381,7 +464,13 @@ def node_prepare(
     partner: str = typer.Option(..., "--partner", help="Partner name, e.g. bank0."),
     task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(DEFAULT_DATA, "--data", help="synthetic, uci-credit or cdnow."),
-    index: int = typer.Option(..., "--index", help="Which split this partner holds (0-based)."),
+    index: int | None = typer.Option(
+        None, "--index", help="Which split this partner holds (0-based); horizontal only."
+    ),
+    mode: str = typer.Option(
+        "horizontal", "--mode", help="horizontal (a split of a source) or vertical (bank or retailer)."
+    ),
+    customers: int = typer.Option(20000, "--customers", help="vertical: synthetic customers per party."),
     partners: int = typer.Option(DEFAULT_PARTNERS, "--partners", help="Number of splits."),
     seed: int = typer.Option(
         DEFAULT_SEED, "--seed", help="Same seed on every partner gives disjoint splits."
@@ -390,6 +479,24 @@ def node_prepare(
     epsilon: float = typer.Option(DEFAULT_EPSILON, "--epsilon"),
     delta: float = typer.Option(DEFAULT_DELTA, "--delta"),
 ) -> None:
+    if mode == "vertical":
+        from fedcustomer.deploy.two_party import prepare_party_home
+
+        h = prepare_party_home(
+            home,
+            partner,
+            task=task,
+            customers=customers,
+            seed=seed,
+            epsilon=epsilon,
+            delta=delta,
+        )
+        console.print(f"party {partner} ready in {h.root} (vertical {task}, synthetic)")
+        return
+    if mode != "horizontal":
+        raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
+    if index is None:
+        raise ConfigError("--index is required for a horizontal partner (which split it holds)")
     from fedcustomer.deploy.node import prepare_node_home
 
     h = prepare_node_home(

@@ -238,6 +238,9 @@ def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
     import tomli_w
 
     secagg = bool(run_config.get("secagg"))
+    serverapp = "fedcustomer.apps.secagg:server_app" if secagg else "fedcustomer.apps.server:app"
+    if run_config.get("mode") in ("psi", "vertical"):  # two parties: PSI / split learning
+        serverapp = "fedcustomer.apps.vertical:app"
     doc = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -252,9 +255,7 @@ def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
                 "app": {
                     "publisher": "fedcustomer",
                     "components": {
-                        "serverapp": "fedcustomer.apps.secagg:server_app"
-                        if secagg
-                        else "fedcustomer.apps.server:app",
+                        "serverapp": serverapp,
                         "clientapp": "fedcustomer.apps.secagg:client_app"
                         if secagg
                         else "fedcustomer.apps.client:app",

@@ -30,11 +30,17 @@ partner's own node config):
 * a malformed message (missing field, wrong type, ragged or invalid values) gets an error
   reply naming the field, never a traceback.
 
-Not closed here: the parties do not authenticate each other's messages, so a coordinator
-that pretends to be the named peer in a fresh session can still test one set of at most
-``psi-max-set-size`` guessed ids per session against a partner. Each session reads the ids
-through the governed store (an audited ``record_linkage`` read), so such sessions are visible
-in the partner's audit log; signing the blinded sets with pinned partner keys would close it.
+Signed end to end (:mod:`fedcustomer.psi.signing`): each party signs the values it sends
+(its blinded set; its answer to the peer's set) with its link key over the run id, session,
+step, mode, both names and the digests of the values (and of the set answered). A party that
+pinned its peer's link key refuses unsigned, altered, spliced or replayed values, so the
+coordinator cannot test guessed ids under the peer's name. A party without a pin for its
+peer runs unauthenticated: then a coordinator posing as the peer can still test one guessed set
+per session (each session is an audited ``record_linkage`` read).
+
+Count-only (``reveal="count"``): each party shuffles its answer to the peer's set, so matching
+its own values tells it how many are shared and not which; no alignment is kept. What each
+side learns per mode is in docs/TWO-PARTY.md.
 """
 
 from __future__ import annotations
@@ -58,14 +64,17 @@ from fedcustomer.errors import (
     IntegrityError,
 )
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.psi import signing
 from fedcustomer.psi.core import (
     DEFAULT_MAX_SET_SIZE,
     POINT_BYTES,
     PSIParty,
     check_max_set_size,
     pack,
+    secure_shuffle,
     unpack,
 )
+from fedcustomer.psi.noisy_count import check_count_epsilon, finish_count
 from fedcustomer.psi.state import (
     DEFAULT_SESSION_TTL_S,
     alignment_path,
@@ -80,6 +89,8 @@ from fedcustomer.psi.state import (
 )
 
 MSG_BLIND, MSG_REBLIND, MSG_FINISH, MSG_ABORT = "psi_blind", "psi_reblind", "psi_finish", "psi_abort"
+REVEAL_IDS, REVEAL_COUNT = "ids", "count"  # what the two parties learn: the shared customers, or how many
+REVEALS = (REVEAL_IDS, REVEAL_COUNT)
 RECORD = "psi"
 PSI_ERROR_CODE = 4100  # same Flower error code as the partner's training handlers
 MAX_WORKERS = 64
@@ -220,6 +231,13 @@ def handle_blind(
         _peer(cfg, home, limits),
         _workers(cfg),
     )
+    run_id = str(cfg.get("run-id") or session)
+    mode = str(cfg.get("reveal") or REVEAL_IDS)
+    if mode not in REVEALS:
+        raise _malformed("reveal", f"one of {', '.join(REVEALS)}")
+    count_epsilon = check_count_epsilon(cfg["count-epsilon"]) if "count-epsilon" in cfg else None
+    if count_epsilon is not None and mode != REVEAL_COUNT:
+        raise ConfigError("a DP count (count-epsilon) needs reveal=count")
     expire_sessions(home, limits.session_ttl_s, now)
     path = party_path(home, session)
     if path.exists() or alignment_path(home, session).exists():
@@ -238,9 +256,18 @@ def handle_blind(
         local_labels(home, dataset, ids) if local_labels is not None else [str(k) for k in range(len(ids))]
     )
     party = PSIParty(ids, role=role, labels=labels, workers=workers, max_set_size=limits.max_set_size)
-    blinded = party.blinded()
-    write_private(path, {"dataset": dataset, "peer": peer, "started_at": now, **party.session_state()})
-    return {"blinded": pack(blinded), "count": len(blinded), "duplicates-removed": party.duplicates_removed}
+    blob = pack(party.blinded())
+    bound = {"run_id": run_id, "mode": mode, "me": home.config().name, "count_epsilon": count_epsilon}
+    write_private(
+        path, {"dataset": dataset, "peer": peer, "started_at": now, **bound, **party.session_state()}
+    )
+    signature = signing.sign(home, _statement("blinded", session, bound, peer, blob, outgoing=True))
+    return {
+        "blinded": blob,
+        "count": len(blob) // POINT_BYTES,
+        "duplicates-removed": party.duplicates_removed,
+        "signature": signature,
+    }
 
 
 def handle_reblind(
@@ -253,6 +280,13 @@ def handle_reblind(
     state = _open_session(home, session, limits, now)
     if state.get("peer") != peer:
         raise AccessDenied(f"PSI session {session!r} was opened with another peer, not {peer!r}; refused")
+    signing.check(
+        home,
+        peer,
+        cfg.get("peer-signature"),
+        _statement("blinded", session, state, peer, blob),
+        "blinded set",
+    )
     values = _values(blob, limits, "peer set")
     try:  # claim the one answer of this session atomically, before any work
         os.close(os.open(answered_path(home, session), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -264,7 +298,11 @@ def handle_reblind(
     party = PSIParty.restore(state, max_set_size=limits.max_set_size)
     doubly = party.reblind(values)
     write_private(party_path(home, session), {**state, "their_doubly": pack(doubly).hex()})
-    return {"doubly": pack(doubly), "count": len(doubly)}
+    if state.get("mode") == REVEAL_COUNT:  # the peer gets its values back unlinkable to its own order
+        secure_shuffle(doubly)
+    out = pack(doubly)
+    signed = _statement("doubly", session, state, peer, out, answers=blob, outgoing=True)
+    return {"doubly": out, "count": len(doubly), "signature": signing.sign(home, signed)}
 
 
 def handle_finish(
@@ -282,6 +320,12 @@ def handle_finish(
         theirs = unpack(bytes.fromhex(state["their_doubly"]))
     except ValueError:
         raise IntegrityError(f"PSI session {session!r} state is damaged; run a new session") from None
+    peer = str(state.get("peer"))
+    mine = pack(party.blinded())
+    signed = _statement("doubly", session, state, peer, blob, answers=mine)
+    signing.check(home, peer, cfg.get("peer-signature"), signed, "answer to our blinded set")
+    if state.get("mode") == REVEAL_COUNT:
+        return finish_count(home, session, state, party, _values(blob, limits, "reply"), theirs)
     result = party.intersect(_values(blob, limits, "reply"), theirs)
     save_alignment(home, session, result, dataset=str(state.get("dataset")), role=party.role)
     drop_session(home, session)
@@ -292,6 +336,30 @@ def handle_finish(
         "peer-set-size": result.peer_set_size,
         "duplicates-removed": result.duplicates_removed,
     }
+
+
+def _statement(
+    kind: str,
+    session: str,
+    state: Mapping[str, object],
+    peer: str,
+    values: bytes,
+    *,
+    answers: bytes | None = None,
+    outgoing: bool = False,
+) -> bytes:
+    """What one side signs (``outgoing``) or expects its peer to have signed, bound to this session."""
+    me = str(state.get("me") or "")
+    return signing.statement(
+        kind,
+        run_id=str(state.get("run_id") or session),
+        session=session,
+        mode=str(state.get("mode") or REVEAL_IDS),
+        sender=me if outgoing else peer,
+        recipient=peer if outgoing else me,
+        values=values,
+        answers=answers,
+    )
 
 
 def handle_abort(home: PartnerHome, cfg: dict) -> dict:
@@ -349,6 +417,7 @@ class PSIServerView:
     intersection_size: int
     digest: str
     bytes_relayed: int
+    reveal: str = REVEAL_IDS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -387,6 +456,9 @@ def run_psi_on_grid(
     session_id: str | None = None,
     timeout: float | None = None,
     workers: int = 1,
+    run_id: str | None = None,
+    reveal: str = REVEAL_IDS,
+    count_epsilon: float | None = None,
 ) -> PSIServerView:
     """Drive one PSI session between two named partner nodes, relaying blinded values only.
 
@@ -397,6 +469,11 @@ def run_psi_on_grid(
     if node_a == node_b or name_a == name_b:
         raise ConfigError("PSI needs two different partner nodes")
     session = check_session_id(session_id or f"psi-{secrets.token_hex(8)}")
+    if reveal not in REVEALS:
+        raise ConfigError(f"--reveal must be one of {', '.join(REVEALS)}, got {reveal!r}")
+    bound: dict = {"run-id": run_id or session, "reveal": reveal}
+    if count_epsilon is not None:
+        bound["count-epsilon"] = check_count_epsilon(count_epsilon)
     relayed = 0
     try:
         blind = _exchange(
@@ -409,6 +486,7 @@ def run_psi_on_grid(
                     "role": "initiator",
                     "peer": name_b,
                     "workers": workers,
+                    **bound,
                 },
                 node_b: {
                     "session-id": session,
@@ -416,6 +494,7 @@ def run_psi_on_grid(
                     "role": "responder",
                     "peer": name_a,
                     "workers": workers,
+                    **bound,
                 },
             },
             timeout,
@@ -426,8 +505,10 @@ def run_psi_on_grid(
             grid,
             MSG_REBLIND,
             {
-                node_a: {"session-id": session, "peer": name_b, "peer-blinded": blob_b},
-                node_b: {"session-id": session, "peer": name_a, "peer-blinded": blob_a},
+                node_a: {"session-id": session, "peer": name_b, "peer-blinded": blob_b}
+                | _signature(blind[node_b]),
+                node_b: {"session-id": session, "peer": name_a, "peer-blinded": blob_a}
+                | _signature(blind[node_a]),
             },
             timeout,
         )
@@ -437,8 +518,8 @@ def run_psi_on_grid(
             grid,
             MSG_FINISH,
             {
-                node_a: {"session-id": session, "my-doubly": doubly_a},
-                node_b: {"session-id": session, "my-doubly": doubly_b},
+                node_a: {"session-id": session, "my-doubly": doubly_a} | _signature(reblind[node_b]),
+                node_b: {"session-id": session, "my-doubly": doubly_b} | _signature(reblind[node_a]),
             },
             timeout,
         )
@@ -446,7 +527,9 @@ def run_psi_on_grid(
         _abort(grid, session, (node_a, node_b), timeout)
         raise
     fa, fb = finish[node_a], finish[node_b]
-    if int(fa["size"]) != int(fb["size"]) or fa["digest"] != fb["digest"]:
+    if count_epsilon is not None:  # only the initiator publishes the noisy count
+        fb = fb | {"size": fa["size"]}
+    if int(fa["size"]) != int(fb["size"]) or fa["digest"] != fb["digest"]:  # count: both digests ""
         raise IntegrityError(
             f"PSI session {session!r}: the partners ended with different alignments "
             f"({fa['size']} vs {fb['size']} shared); discard it and run a new session"
@@ -460,7 +543,14 @@ def run_psi_on_grid(
         intersection_size=int(fa["size"]),
         digest=str(fa["digest"]),
         bytes_relayed=relayed,
+        reveal=reveal,
     )
+
+
+def _signature(reply: dict) -> dict:
+    """The sender's signature, relayed unchanged to its peer (absent for an unsigned party)."""
+    sig = reply.get("signature")
+    return {"peer-signature": bytes(sig)} if isinstance(sig, bytes) and sig else {}
 
 
 def _abort(grid: Grid, session: str, nodes: Sequence[int], timeout: float | None) -> None:

@@ -371,6 +371,8 @@ class PartySession:
         """One DP-SGD step of the bottom model from the gradients that came back."""
         self._check_positions(positions, self.train_pos, "training")
         self._require_paid(rnd)
+        if [rnd, step] in self.state["steps_done"]:
+            return  # asked again after a coordinator restart: each paid step is taken once
         if gradients.shape != (len(positions), self.cfg.embed_dim):
             raise DataError(
                 f"gradients have shape {tuple(gradients.shape)}; expected ({len(positions)}, {self.cfg.embed_dim})"

@@ -6,6 +6,7 @@ Every step of the protocol is one named Message API action routed by the coordin
 message type                   to          carries in -> out
 =============================  ==========  ==================================================
 ``query.vertical_hello``       any         -> the node's partner name
+``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
 ``query.vertical_setup``       both        job config -> aligned/train/test counts
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
@@ -36,12 +37,14 @@ from flwr.clientapp import ClientApp
 
 from fedcustomer.errors import DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.vertical.align import align_handler_content
 from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
 
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
 ACTIONS = (
     "vertical_hello",
+    "vertical_align",
     "vertical_setup",
     "vertical_check",
     "vertical_begin",
@@ -82,6 +85,9 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
             if action == "vertical_hello":
                 name = resolve_home(context).config().name
                 return Message(content=RecordDict({"partner": ConfigRecord({"name": name})}), reply_to=msg)
+            if action == "vertical_align":
+                content = align_handler_content(resolve_home(context), dict(msg.content["config"]))
+                return Message(content=content, reply_to=msg)
             cfg_raw = dict(msg.content["config"])
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
             content = _HANDLERS[action](session, cfg_raw, msg.content)

@@ -32,6 +32,7 @@ from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid
+from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import (
     ACTIVE,
     PASSIVE,
@@ -41,24 +42,11 @@ from fedcustomer.vertical.data import (
     provision_party,
 )
 from fedcustomer.vertical.job import VerticalJob
-from fedcustomer.vertical.parties import align_by_psi, party_app
+from fedcustomer.vertical.parties import align_by_psi, party_app, pin_each_other
 from fedcustomer.vertical.protocol import message_type
 
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA_VERSION = 1
-
-
-@dataclass
-class VerticalRound:
-    round: int
-    status: str  # "trained" | "refused"
-    metrics: dict[str, float] = field(default_factory=dict)
-    epsilon: dict[str, float] = field(default_factory=dict)
-    epsilon_target: dict[str, float] = field(default_factory=dict)
-    steps: int = 0
-    wall_time_s: float = 0.0
-    refused_by: str | None = None
-    reason: str | None = None
 
 
 @dataclass
@@ -147,10 +135,14 @@ def drive(
     *,
     peer_of_active: str | None = None,
     reserve_epsilon: float = 0.0,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
     ``reserve_epsilon`` is left unspent in the label owner's budget (for the baseline).
+    ``checkpoint`` keeps the trained rounds, so a restarted coordinator goes on after the last
+    one (a half-done round is asked again: the parties charge once per round and take each
+    step once, so nothing is paid or released twice).
     """
     wire = _Wire(grid, job.round_timeout)
     nodes: dict[str, int] = {}
@@ -193,8 +185,8 @@ def drive(
         c.update({"sample-rate": q, "steps-per-round": steps})
     roles = [PASSIVE, ACTIVE] if passive else [ACTIVE]
     name_of = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
-    rounds: list[VerticalRound] = []
-    for rnd in range(1, job.rounds + 1):
+    rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
+    for rnd in range(len(rounds) + 1, job.rounds + 1):
         t0 = time.perf_counter()
         report = VerticalRound(rnd, "refused")
         for phase in (
@@ -255,6 +247,8 @@ def drive(
         )
         report.wall_time_s = time.perf_counter() - t0
         rounds.append(report)
+        if checkpoint is not None:
+            checkpoint.save(rounds)
         log.info(
             "vertical round %s/%s: %s",
             rnd,
@@ -275,7 +269,12 @@ def _finish(
 
 
 def run_vertical_on_grid(
-    grid: Grid, job: VerticalJob, *, baseline_grid: Grid | None = None, psi_size: int | None = None
+    grid: Grid,
+    job: VerticalJob,
+    *,
+    baseline_grid: Grid | None = None,
+    psi_size: int | None = None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -284,7 +283,8 @@ def run_vertical_on_grid(
     job leaves ``job.baseline_epsilon`` for it.
 
     Raises FederationError when a party drops out, after writing a summary with status
-    ``failed`` (no party keeps a final model part for a failed job).
+    ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
+    directory) keeps the trained rounds of both drives, for a restarted coordinator.
     """
     active, passive = plan_parties(job)
     out = Path(job.out)
@@ -298,19 +298,33 @@ def run_vertical_on_grid(
     files.write_json("feature_specs.json", specs)
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     try:
-        result = drive(grid, job, active, passive, reserve_epsilon=reserve)
+        result = drive(
+            grid, job, active, passive, reserve_epsilon=reserve, checkpoint=_checkpoint(checkpoints, "joint")
+        )
     except FederationError as exc:
-        failed = DriveResult("failed", [], str(exc))
+        done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
+        failed = DriveResult("failed", done.load() if done is not None else [], str(exc))
         _write_outputs(out, job, failed, None, active, passive, psi_size)
         raise
     baseline = None
     if baseline_grid is not None:
         base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
         try:
-            baseline = drive(baseline_grid, base_job, active, None, peer_of_active=passive.name)
+            baseline = drive(
+                baseline_grid,
+                base_job,
+                active,
+                None,
+                peer_of_active=passive.name,
+                checkpoint=_checkpoint(checkpoints, "baseline"),
+            )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))
     return _write_outputs(out, job, result, baseline, active, passive, psi_size)
+
+
+def _checkpoint(directory: Path | None, name: str) -> RoundCheckpoint | None:
+    return None if directory is None else RoundCheckpoint(directory / f"{name}-rounds.json")
 
 
 def _partners(result: DriveResult, active: PartyPlan, passive: PartyPlan | None) -> list[dict[str, Any]]:
@@ -502,6 +516,7 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
     root = Path(job.homes) if job.homes else Path(job.out) / "partners"
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
+    pin_each_other(homes[active.name], homes[passive.name])
     size = align_by_psi(homes[active.name], active, homes[passive.name], passive, seed=job.seed)
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.

@@ -26,7 +26,7 @@ from fedcustomer.vertical.protocol import (
 
 
 def test_training_actions_are_train_messages_the_rest_queries() -> None:
-    assert set(TRAIN_ACTIONS) < set(ACTIONS) and len(set(ACTIONS)) == len(ACTIONS) == 10
+    assert set(TRAIN_ACTIONS) < set(ACTIONS) and len(set(ACTIONS)) == len(ACTIONS) == 11
     assert message_type("vertical_step") == "train.vertical_step"
     assert message_type("vertical_hello") == "query.vertical_hello"
     assert message_type("vertical_embed") == "query.vertical_embed"

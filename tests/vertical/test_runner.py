@@ -6,15 +6,17 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.vertical.parties import _onto_earlier, _saved_alignment
+from fedcustomer.vertical.align import _saved
+from fedcustomer.vertical.align import onto_earlier as _onto_earlier
 
 
-def test_no_saved_alignment_is_none_and_a_saved_one_reads_back(tmp_path: Path) -> None:
+def test_no_saved_alignment_is_refused_and_a_saved_one_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "alignment.json"
-    assert _saved_alignment(path) is None
+    with pytest.raises(ConfigError, match="does not have"):
+        _saved(path)
     doc = {"dataset": "bank", "peer": "retailer", "pseudonyms": ["p1", "p2"], "seed": 0}
     path.write_text(json.dumps(doc), encoding="utf-8")
-    assert _saved_alignment(path) == doc
+    assert _saved(path) == doc
 
 
 def test_the_same_customers_keep_the_earlier_order(tmp_path: Path) -> None:

@@ -1,0 +1,91 @@
+"""Two-party jobs (PSI, vertical training) on the coordinator, and a party's demo home.
+
+The coordinator's side is the same as a horizontal job's (app directory, ``flwr run``,
+wait, read the summary); only the ServerApp and the run config differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.psi.noisy_count import check_count_epsilon
+from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, REVEALS
+from fedcustomer.psi.signing import ensure_link_key
+from fedcustomer.vertical.deployed import TWO_PARTY_MODES
+from fedcustomer.vertical.job import VerticalJob
+
+TWO_PARTY_SERVERAPP = "fedcustomer.apps.vertical:app"
+
+
+def two_party_run_config(
+    job: VerticalJob,
+    *,
+    mode: str,
+    wait_for_partners: float = 120.0,
+    reveal: str = REVEAL_IDS,
+    count_epsilon: float | None = None,
+) -> dict[str, Any]:
+    """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job."""
+    if mode not in TWO_PARTY_MODES:
+        raise ConfigError(f"--mode must be horizontal, {' or '.join(TWO_PARTY_MODES)}, got {mode!r}")
+    if reveal not in REVEALS or (mode == "vertical" and reveal != REVEAL_IDS):
+        raise ConfigError(
+            f"--reveal must be one of {', '.join(REVEALS)} (count only with --mode psi), got {reveal!r}"
+        )
+    cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
+    cfg["out"] = str(Path(job.out).resolve())
+    if count_epsilon is not None:
+        if reveal != REVEAL_COUNT:
+            raise ConfigError("--count-epsilon needs --reveal count")
+        cfg["count-epsilon"] = check_count_epsilon(count_epsilon)
+    cfg.update(
+        {
+            "deployment": True,
+            "mode": mode,
+            "reveal": reveal,
+            "resume": False,
+            "wait-for-partners": float(wait_for_partners),
+        }
+    )
+    return cfg
+
+
+def prepare_party_home(
+    home: Path,
+    partner: str,
+    *,
+    task: str = "repayment",
+    customers: int = 20000,
+    shared_fraction: float = 0.7,
+    retail_signal: float = 1.5,
+    seed: int = 0,
+    epsilon: float = 8.0,
+    delta: float = 1e-5,
+) -> PartnerHome:
+    """Give the bank or the retailer its table of the synthetic federation (demo, tests).
+
+    The same tables the one-machine vertical runner provisions (same seed); a real party
+    instead ingests its own file with ``fedcustomer init`` / ``ingest``.
+    """
+    from fedcustomer.vertical.data import party_frames, plan_parties, provision_party
+
+    job = VerticalJob(
+        task=task,
+        customers=customers,
+        shared_fraction=shared_fraction,
+        retail_signal=retail_signal,
+        seed=seed,
+        epsilon=epsilon,
+        delta=delta,
+    )
+    plans = {p.name: p for p in plan_parties(job)}
+    if partner not in plans:
+        raise ConfigError(f"--partner must be one of {', '.join(sorted(plans))} for a vertical job")
+    frame = party_frames(job)[partner]
+    home_obj = provision_party(Path(home), plans[partner], frame, DatasetBudget(epsilon, delta))
+    ensure_link_key(home_obj)
+    return home_obj

@@ -1,0 +1,135 @@
+"""PSI values signed end to end between the two parties, so the coordinator relaying them cannot
+splice, alter or replay them.
+
+Each party has a *link key* (Ed25519, ``keys/service_linkage.pem`` in its home, 0600, with
+``.pub`` beside it) and pins its peer's public link key, exchanged out of band like the TLS
+CA, in ``keys/peers/<peer>.pub``. A party that has pinned its peer's key refuses any value
+of that peer that does not carry a valid signature by it over a statement naming:
+
+* the protocol and message kind (``blinded``: the peer's own blinded set; ``doubly``: the
+  peer's answer raising our set to its secret),
+* the run id and the session id (a fresh session per run: values of another run or session
+  do not verify), the step of the session (1 for blinded, 2 for doubly) and the mode
+  (``ids`` or ``count``, so a count-only answer cannot be passed off as a plain one),
+* sender and recipient names (a value meant for another party does not verify),
+* SHA-256 of the values and, for ``doubly``, of the blinded set it answers (an answer to
+  another set does not verify).
+
+A party that has pinned nobody for a peer runs the session unauthenticated, as before (the
+statement is still signed when it has a link key). Signatures use pyca/cryptography.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedcustomer.common.files import atomic_write_bytes
+from fedcustomer.errors import AccessDenied, ConfigError
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.person_keys import (
+    KeySigner,
+    load_identity_file,
+    load_public_key_file,
+    public_path,
+    public_pem,
+    verify_signature,
+    write_identity_file,
+)
+
+LINK_ROLE = "linkage"
+DOMAIN = "fedcustomer-psi-v1"
+STEP_OF = {"blinded": 1, "doubly": 2}
+
+
+def link_key_path(home: PartnerHome) -> Path:
+    return home.service_key_path(LINK_ROLE)
+
+
+def ensure_link_key(home: PartnerHome) -> Path:
+    """This node's link key pair (created once); returns the public key file to hand the peer."""
+    path = link_key_path(home)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_identity_file(path, KeySigner.generate(), None)
+    return public_path(path)
+
+
+def link_signer(home: PartnerHome) -> KeySigner | None:
+    path = link_key_path(home)
+    return load_identity_file(path, None) if path.exists() else None
+
+
+def _peer_file(home: PartnerHome, peer: str) -> Path:
+    if not peer or not all(c.isalnum() or c in "-_." for c in peer):
+        raise ConfigError(f"peer name {peer!r} must be letters, digits, '-', '_' or '.'")
+    return home.keys_dir / "peers" / f"{peer}.pub"
+
+
+def pin_peer(home: PartnerHome, peer: str, public_key_file: Path) -> Path:
+    """Pin the peer's public link key (checked to be an Ed25519 key) for PSI sessions with it."""
+    key = load_public_key_file(public_key_file)
+    if peer == home.config().name:
+        raise ConfigError("a partner does not pin its own link key as a peer's")
+    return atomic_write_bytes(_peer_file(home, peer), public_pem(key))
+
+
+def pinned_key(home: PartnerHome, peer: str) -> Ed25519PublicKey | None:
+    path = _peer_file(home, peer)
+    return load_public_key_file(path) if path.exists() else None
+
+
+def digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def statement(
+    kind: str,
+    *,
+    run_id: str,
+    session: str,
+    mode: str,
+    sender: str,
+    recipient: str,
+    values: bytes,
+    answers: bytes | None = None,
+) -> bytes:
+    """The exact bytes a party signs for one PSI value set (canonical JSON)."""
+    doc = {
+        "domain": DOMAIN,
+        "kind": kind,
+        "step": STEP_OF[kind],
+        "run": run_id,
+        "session": session,
+        "mode": mode,
+        "from": sender,
+        "to": recipient,
+        "values": digest(values),
+        "answers": digest(answers) if answers is not None else None,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sign(home: PartnerHome, message: bytes) -> bytes:
+    """This node's signature, or empty bytes when it has no link key (an unauthenticated session)."""
+    signer = link_signer(home)
+    return signer.sign(message) if signer is not None else b""
+
+
+def check(home: PartnerHome, peer: str, signature: object, message: bytes, what: str) -> None:
+    """Refuse the peer's values unless signed by its pinned key (when one is pinned)."""
+    key = pinned_key(home, peer)
+    if key is None:
+        return
+    if not isinstance(signature, bytes) or not signature:
+        raise AccessDenied(
+            f"PSI {what} from {peer!r} carries no signature, but its link key is pinned; refused"
+        )
+    if not verify_signature(key, signature, message):
+        raise AccessDenied(
+            f"PSI {what} from {peer!r} does not verify against its pinned link key (altered, replayed from "
+            "another run or session, or not from that peer); refused"
+        )

@@ -1,0 +1,173 @@
+"""A bank and a retailer on the Deployment Engine: what the deployed ServerApp runs for two parties.
+
+Modes (``mode`` in the run config):
+
+``psi``
+    One private set intersection between the two parties' nodes. Each party keeps its own
+    alignment (its pseudonyms of the shared customers, in the agreed order) in its home.
+``vertical``
+    The PSI, each party keeping it as its vertical alignment, then the split-learning rounds
+    and the label owner's own comparison model, over the same Flower messages the in-process
+    runner sends (:func:`fedcustomer.vertical.runner.run_vertical_on_grid`): one protocol.
+
+The coordinator holds no partner data. It keeps, in the run directory, the summary and a
+checkpoint per run id (``checkpoint/<run-id>/``: the PSI size and the trained rounds), so
+a restarted coordinator resumes the same job where it stopped; the parties charge each
+round once, so nothing is paid twice. A party that drops ends the job with status
+``failed``: no party writes a final model part.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedcustomer.common.files import atomic_write_text
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.jobs.run_dir import RunDir
+from fedcustomer.psi.protocol import REVEAL_IDS, run_psi_on_grid
+from fedcustomer.psi.state import check_session_id
+from fedcustomer.server.deployment import wait_for_partners
+from fedcustomer.vertical.data import plan_parties
+from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.parties import align_on_grid
+from fedcustomer.vertical.protocol import message_type
+from fedcustomer.vertical.runner import run_vertical_on_grid
+
+TWO_PARTY_MODES = ("vertical", "psi")
+# Run-config keys of a two-party job besides the VerticalJob fields.
+DEPLOY_KEYS = (
+    "deployment",
+    "mode",
+    "reveal",
+    "count-epsilon",
+    "resume",
+    "wait-for-partners",
+    "feature-spec",
+    "secagg",
+)
+
+
+def split_config(raw: dict[str, Any]) -> tuple[VerticalJob, dict[str, Any]]:
+    """The job and the deployment keys of a two-party run config."""
+    raw = dict(raw)
+    extra = {k: raw.pop(k) for k in DEPLOY_KEYS if k in raw}
+    mode = str(extra.get("mode", ""))
+    if mode not in TWO_PARTY_MODES:
+        raise ConfigError(f"two-party mode must be one of {', '.join(TWO_PARTY_MODES)}, got {mode!r}")
+    return VerticalJob.from_dict(raw), extra
+
+
+def partner_nodes(grid: Grid, timeout: float | None) -> dict[str, int]:
+    """Each connected node's partner name (it says it itself, in its hello)."""
+    msgs = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({})}),
+            dst_node_id=n,
+            message_type=message_type("vertical_hello"),
+        )
+        for n in grid.get_node_ids()
+    ]
+    names: dict[str, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if not reply.has_error():
+            names[str(dict(reply.content["partner"])["name"])] = reply.metadata.src_node_id
+    return names
+
+
+def session_of(job: VerticalJob) -> str:
+    """The PSI session id of a job: bound to its run id (a session id is never used twice)."""
+    return check_session_id(f"psi-{job.run_id}"[:64])
+
+
+def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
+    """What the deployed ServerApp does for ``mode`` psi or vertical; returns the summary written."""
+    job, extra = split_config(raw)
+    wait = float(extra.get("wait-for-partners", 120.0))
+    wait_for_partners(grid, 2, 2, wait)
+    active, passive = plan_parties(job)
+    nodes = partner_nodes(grid, job.round_timeout)
+    absent = [p.name for p in (active, passive) if p.name not in nodes]
+    if absent:
+        raise FederationError(
+            f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(sorted(nodes)) or 'none'})"
+        )
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if extra["mode"] == "psi":
+        eps = extra.get("count-epsilon")
+        return _psi_only(
+            grid, job, nodes, out, str(extra.get("reveal") or REVEAL_IDS), None if eps is None else float(eps)
+        )
+    ckdir = out / "checkpoint" / job.run_id
+    psi_state = ckdir / "psi.json"
+    if bool(extra.get("resume")) and psi_state.exists():
+        size = int(json.loads(psi_state.read_text(encoding="utf-8"))["psi_size"])
+    else:
+        size = align_on_grid(
+            grid,
+            nodes,
+            active,
+            passive,
+            seed=job.seed,
+            timeout=job.round_timeout,
+            session_id=session_of(job),
+            run_id=job.run_id,
+        )
+        ckdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
+    return run_vertical_on_grid(
+        grid, job, baseline_grid=grid if job.baseline else None, psi_size=size, checkpoints=ckdir
+    )
+
+
+def _psi_only(
+    grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, reveal: str, count_epsilon: float | None
+) -> dict[str, Any]:
+    active, passive = plan_parties(job)
+    summary: dict[str, Any] = {"mode": "psi", "reveal": reveal, "run_id": job.run_id, "status": "failed"}
+    try:
+        view = run_psi_on_grid(
+            grid,
+            nodes[active.name],
+            nodes[passive.name],
+            active.dataset,
+            passive.dataset,
+            name_a=active.name,
+            name_b=passive.name,
+            session_id=session_of(job),
+            timeout=job.round_timeout,
+            run_id=job.run_id,
+            reveal=reveal,
+            count_epsilon=count_epsilon,
+        )
+    except FederationError as exc:
+        summary["stop_reason"] = str(exc)
+        RunDir(out).write_summary(summary)
+        raise
+    summary.update(
+        {
+            "status": "completed",
+            "stop_reason": None,
+            "session_id": view.session_id,
+            "parties": {active.name: view.set_size_a, passive.name: view.set_size_b},
+            "intersection_size": view.intersection_size,
+            "intersection_size_dp": None
+            if count_epsilon is None
+            else {"epsilon": count_epsilon, "charged_to": [active.name, passive.name], "noisy": True},
+            "alignment_digest": view.digest or None,
+            "bytes_relayed": view.bytes_relayed,
+            "kept_by": {
+                p.name: f"state/psi/{view.session_id}.alignment.json (its own pseudonyms)"
+                for p in (active, passive)
+            }
+            if reveal == REVEAL_IDS
+            else {},
+        }
+    )
+    RunDir(out).write_summary(summary)
+    return summary

@@ -1,0 +1,163 @@
+"""A bank and a retailer on Flower's Deployment Engine: real SuperLink and SuperNode processes on
+127.0.0.1, TLS, node authentication, pinned link keys. PSI (count only) and vertical jobs, a
+coordinator restart, and a party killed mid-job.
+
+Waits end on progress (a file appears, a run finishes); pytest-timeout is the one clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fedcustomer.deploy import coordinator as co
+from fedcustomer.deploy import flower as fl
+from fedcustomer.deploy import node as nd
+from fedcustomer.deploy import pki
+from fedcustomer.deploy.two_party import prepare_party_home, two_party_run_config
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.psi.signing import ensure_link_key, pin_peer
+from fedcustomer.psi.state import psi_dir
+from fedcustomer.vertical.job import VerticalJob
+
+pytestmark = pytest.mark.slow
+
+PARTIES = ("bank", "retailer")
+UNBOUNDED = float("inf")
+
+
+class TwoParties:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.certs = pki.make_dev_certificates(root / "certs")
+        self.cdir = co.CoordinatorDir(root / "coordinator")
+        self.port = fl.free_port()
+        self.link = None
+        self.nodes: dict[str, object] = {}
+        self.homes = {name: PartnerHome(root / name) for name in PARTIES}
+
+    def start_link(self) -> None:
+        self.link = co.start_superlink(self.cdir, port=self.port, certs=self.certs, timeout=UNBOUNDED)
+
+    def start_node(self, name: str) -> None:
+        home = self.homes[name]
+        log = home.state_dir / "supernode.log"
+        log.unlink(missing_ok=True)
+        proc = nd.start_supernode(
+            home.root,
+            superlink=f"127.0.0.1:{self.port}",
+            root_cert=self.certs.ca_cert,
+            auth_key=pki.NodeKeys.in_dir(home.keys_dir).private_key,
+            runtime_port=fl.free_port(),
+            partner=name,
+        )
+        self.nodes[name] = proc
+        nd.wait_connected(proc, log, timeout=UNBOUNDED)
+
+    def submit(self, out: Path, *, mode: str = "vertical", reveal: str = "ids", resume=False, **kw) -> int:
+        if not resume:
+            job = VerticalJob(**({"out": str(out), "seed": 0, "round_timeout": 900} | kw))
+            co.write_app(self.cdir, two_party_run_config(job, mode=mode, wait_for_partners=60, reveal=reveal))
+        return co.submit_run(self.cdir, resume=resume)
+
+    def wait(self, run: int) -> dict:
+        return co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=2.0)  # each poll is a `flwr` process
+
+    def config(self) -> dict:
+        return json.loads(self.cdir.job_path.read_text())
+
+    def stop(self) -> None:
+        for proc in self.nodes.values():
+            fl.stop(proc)
+        if self.link is not None:
+            fl.stop(self.link)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    f = TwoParties(tmp_path_factory.mktemp("two"))
+    try:
+        f.start_link()
+        for name in PARTIES:
+            prepare_party_home(f.homes[name].root, name, customers=1500, seed=3, epsilon=30.0)
+            keys = pki.make_node_keys(f.homes[name].keys_dir)
+            co.register_node(f.cdir, keys.public_key, name)
+        pin_peer(f.homes["bank"], "retailer", ensure_link_key(f.homes["retailer"]))
+        pin_peer(f.homes["retailer"], "bank", ensure_link_key(f.homes["bank"]))
+        for name in PARTIES:
+            f.start_node(name)
+        yield f
+    finally:
+        f.stop()
+
+
+def _charges(home: PartnerHome, run_id: str) -> list[tuple[int, str]]:
+    name = home.config().name
+    ledger = BudgetLedger(home.ledger_path, name, home.config().budget_for(name))
+    return sorted(((c.round or 0), c.mechanism) for c in ledger.charges() if c.run_id == run_id)
+
+
+def _wait_for(fed: TwoParties, run: int, path: Path) -> None:
+    while not path.exists():
+        if str(co.run_status(fed.cdir, run).get("status", "")).startswith("finished") and not path.exists():
+            raise AssertionError(f"run {run} finished without writing {path.name}")
+        time.sleep(2.0)
+
+
+def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_path):
+    run = fed.submit(tmp_path / "psi", mode="psi", reveal="count")
+    assert fed.wait(run)["status"] == "finished:completed"
+    summary = co.read_summary(fed.config())
+    assert summary["intersection_size"] == 1050 and summary["reveal"] == "count"
+    assert summary["parties"] == {"bank": 1500, "retailer": 1500} and summary["kept_by"] == {}
+    for home in fed.homes.values():
+        assert not list(psi_dir(home).glob("*.alignment.json")) and not list(
+            psi_dir(home).glob("*.party.json")
+        )
+
+
+def test_vertical_job_over_tls_with_node_auth_completes_and_resumes_after_a_coordinator_crash(fed, tmp_path):
+    out = tmp_path / "vertical"
+    run = fed.submit(out, rounds=2, steps_per_round=1, batch_size=512, lr=0.3)
+    run_id = fed.config()["run-id"]
+    _wait_for(fed, run, out / "checkpoint" / run_id / "joint-rounds.json")  # round 1 trained
+    fl.kill(fed.link)  # the coordinator crashes mid-job
+    fed.start_link()  # same database: registered keys survive; nodes reconnect by themselves
+    status = fed.wait(fed.submit(out, resume=True))
+    summary = co.read_summary(fed.config())
+    assert status["status"] == "finished:completed", summary.get("stop_reason")
+    assert (
+        summary["status"] == "completed" and summary["rounds_completed"] == 2 and summary["psi_size"] == 1050
+    )
+    assert summary["baseline"]["status"] == "completed" and summary["comparison"]["vertical_auc"] is not None
+    for name, role in (("bank", "active"), ("retailer", "passive")):
+        home = fed.homes[name]
+        assert (home.state_dir / "vertical" / f"run-{run_id}-{role}-final.pt").exists()
+        charges = _charges(home, run_id)
+        assert len(charges) == len(set(charges))  # nothing paid twice across the restart
+        assert [r for r, m in charges if m == "vertical_dpsgd"] == [1, 2]
+    assert not (out / "partners").exists()  # the coordinator holds no partner data
+
+
+def test_a_killed_party_stops_the_job_cleanly_with_no_final_model(fed, tmp_path):
+    out = tmp_path / "dropped"
+    run = fed.submit(out, rounds=4, steps_per_round=1, baseline=False, round_timeout=120)
+    run_id = fed.config()["run-id"]
+    _wait_for(fed, run, out / "checkpoint" / run_id / "joint-rounds.json")
+    fl.kill(fed.nodes["retailer"])  # the retailer's node dies mid-job
+    status = fed.wait(run)
+    summary = co.read_summary(fed.config())
+    assert status["status"].startswith("finished") and summary["status"] == "failed"
+    assert summary["model"]["final"] is False and "retailer" in summary["stop_reason"]
+    paid = {name: _charges(home, run_id) for name, home in fed.homes.items()}
+    for home in fed.homes.values():
+        assert not list((home.state_dir / "vertical").glob(f"run-{run_id}-*-final.pt"))
+    trained = json.loads((out / "checkpoint" / run_id / "joint-rounds.json").read_text())["rounds"]
+    last = len(trained) + 1  # the round under way when the retailer died is the last one anyone paid for
+    for name, charges in paid.items():
+        assert all(r <= last for r, _ in charges), f"{name} paid past round {last}: {charges}"
+    assert _charges(fed.homes["bank"], run_id) == paid["bank"]  # and nothing more after the stop

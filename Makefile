@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint demo bench flwr-local
+.PHONY: setup test test-fast test-two-party lint demo bench flwr-local
 
 setup: $(VENV)/.installed
 
@@ -66,6 +66,11 @@ lint: setup
 	$(BIN)/ruff check fedcustomer tests benchmarks
 	$(BIN)/ruff format --check fedcustomer tests benchmarks
 	$(BIN)/mypy
+
+# The deployed two-organisation vertical jobs (coordinator restart, a killed party, the TWO-PARTY.md walkthrough
+# verbatim): real SuperLink/SuperNodes on 127.0.0.1, tens of minutes, so outside the default suite.
+test-two-party: setup
+	$(BIN)/python -m pytest -m two_party_long tests/deploy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

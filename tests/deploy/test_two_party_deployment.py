@@ -120,6 +120,7 @@ def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_pat
         )
 
 
+@pytest.mark.two_party_long
 def test_vertical_job_over_tls_with_node_auth_completes_and_resumes_after_a_coordinator_crash(fed, tmp_path):
     out = tmp_path / "vertical"
     run = fed.submit(out, rounds=2, steps_per_round=1, batch_size=512, lr=0.3)
@@ -143,6 +144,7 @@ def test_vertical_job_over_tls_with_node_auth_completes_and_resumes_after_a_coor
     assert not (out / "partners").exists()  # the coordinator holds no partner data
 
 
+@pytest.mark.two_party_long
 def test_a_killed_party_stops_the_job_cleanly_with_no_final_model(fed, tmp_path):
     out = tmp_path / "dropped"
     run = fed.submit(out, rounds=4, steps_per_round=1, baseline=False, round_timeout=120)

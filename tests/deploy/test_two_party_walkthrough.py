@@ -45,6 +45,7 @@ def test_the_doc_has_the_commands_of_both_sides():
         assert needed in script
 
 
+@pytest.mark.two_party_long
 def test_two_party_walkthrough_runs_as_written(tmp_path):
     script = "set -euo pipefail\n" + "\n".join(bash_blocks(DOC.read_text(encoding="utf-8")))
     env = dict(os.environ)

@@ -20,14 +20,15 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from fedcustomer.errors import ConfigError
+from fedcustomer.models.names import (
+    CLV_LOSSES,
+    CLV_TRANSFORMS,
+    DEFAULT_CLV_HUBER_DELTA,
+    DEFAULT_CLV_LOSS,
+    DEFAULT_CLV_SPEND_CAP,
+    DEFAULT_CLV_TRANSFORM,
+)
 from fedcustomer.models.repayment import RepaymentMLP
-
-CLV_TRANSFORMS = ("log1p", "raw")
-CLV_LOSSES = ("huber", "mse", "l1")
-DEFAULT_CLV_TRANSFORM = "log1p"
-DEFAULT_CLV_SPEND_CAP = 1000.0  # currency; a declared business bound, never read off the data
-DEFAULT_CLV_LOSS = "huber"
-DEFAULT_CLV_HUBER_DELTA = 0.3  # in target units ([0, 1])
 
 
 class CLVRegressor(RepaymentMLP):

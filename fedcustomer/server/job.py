@@ -7,7 +7,7 @@ started with ``flwr run``, and are written to the run directory as ``config.json
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import (
@@ -26,14 +26,17 @@ from fedcustomer.jobs.config import (
     require_at_least_one,
     require_positive,
 )
-from fedcustomer.models.clv import (
+from fedcustomer.models.names import (
+    ARCHITECTURES,
     DEFAULT_CLV_HUBER_DELTA,
     DEFAULT_CLV_LOSS,
     DEFAULT_CLV_SPEND_CAP,
     DEFAULT_CLV_TRANSFORM,
-    CLVTarget,
+    TASKS,
 )
-from fedcustomer.models.names import ARCHITECTURES, TASKS
+
+if TYPE_CHECKING:  # the target's loss is a torch module: `fedcustomer run --help` stays free of torch
+    from fedcustomer.models.clv import CLVTarget
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 # Strategies that aggregate with FedAvg's uniform mean: the ones Flower's accounted central-DP wrapper accepts.
@@ -147,6 +150,8 @@ class JobConfig(JobBase):
 
     def clv_target(self) -> CLVTarget:
         """The CLV target and loss this job trains with (unused by repayment jobs)."""
+        from fedcustomer.models.clv import CLVTarget
+
         return CLVTarget(self.clv_transform, self.clv_spend_cap, self.clv_loss, self.clv_huber_delta)
 
     @property

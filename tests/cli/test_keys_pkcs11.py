@@ -4,17 +4,19 @@ import json
 
 from fedcustomer.errors import KeyMaterialError
 from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV
-from tests.cli.test_governance import ADMIN, bank_csv
+from tests.cli.test_governance import ADMIN, bank_csv, people
 from tests.privacy.crypto.softhsm import restart_module, softhsm
 
 from .cli_runner import run
 
 
-def test_keys_list_rotate_retire_on_a_token_home(tmp_path, capsys, softhsm, bank_csv, monkeypatch):
+def test_keys_list_rotate_retire_on_a_token_home(
+    tmp_path, capsys, softhsm, bank_csv, people, ADMIN, monkeypatch
+):
     home = tmp_path / "home"
     home.mkdir()
     (home / "partner.toml").write_text('name = "bank_a"\n\n' + softhsm.toml())
-    code, _, err = run(["init", "--home", str(home), "--name", "bank_a"], capsys)
+    code, _, err = run(["init", "--home", str(home), "--name", "bank_a", *ADMIN, "--admin", "alice"], capsys)
     assert code == 0, err
     code, _, err = run(
         ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(home), *ADMIN], capsys

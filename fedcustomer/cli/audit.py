@@ -108,23 +108,34 @@ def _home_policy(home: Path | None) -> Any:
     return PartnerStore._load_policy(PartnerHome(home)) if home is not None else AccessPolicy.default()
 
 
+def open_home_log(home: Path) -> AuditLog | None:
+    """The home's audit log opened for writing (its signing key in keys/ or on the token), or None.
+
+    None for a copy without the node's signing key: a key is never made here.
+    """
+    partner = PartnerHome(home)
+    if not (partner.keys_dir / SIGNING_KEY_NAME).exists() and not partner.keyring_config().audit_on_token:
+        return None
+    return AuditLog.open(
+        partner.audit_dir,
+        keys_dir=partner.keys_dir,
+        reach=HomeReach.for_home(partner),
+        signer=partner.audit_signer(),
+        anchor_sink=partner.anchor_sink(),
+    )
+
+
 def _append_to_home(home: Path, **entry: Any) -> bool:
     """Append one entry to the home's log if it can take one; False if not.
 
-    Not possible on a copy without the node's signing key (a key is never made here), for
-    a reader without write access, or on a damaged log (which verification reports).
+    Not possible on a copy without the node's signing key, for a reader without write
+    access, or on a damaged log (which verification reports).
     """
-    partner = PartnerHome(home)
     try:
-        if not (partner.keys_dir / SIGNING_KEY_NAME).exists() and not partner.keyring_config().audit_on_token:
+        log = open_home_log(home)
+        if log is None:
             return False
-        with AuditLog.open(
-            partner.audit_dir,
-            keys_dir=partner.keys_dir,
-            reach=HomeReach.for_home(partner),
-            signer=partner.audit_signer(),
-            anchor_sink=partner.anchor_sink(),
-        ) as audit:
+        with log as audit:
             audit.check_before_acting()
             audit.append(**entry)
         return True

@@ -36,6 +36,7 @@ from fedcustomer.cli.audit import (
     check_signatures,
     entries_csv,
     open_for_reading,
+    open_home_log,
 )
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
@@ -43,9 +44,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.anchors import current_anchor
 from fedcustomer.privacy.audit.export import jsonl_lines, syslog_lines
 from fedcustomer.privacy.audit.query import select_entries
-from fedcustomer.privacy.audit.reach import HomeReach
-from fedcustomer.privacy.audit.records import ACTION_AUDIT_QUERY, PUBLIC_KEY_NAME, SIGNING_KEY_NAME, now_iso
-from fedcustomer.privacy.audit.writer import AuditLog
+from fedcustomer.privacy.audit.records import ACTION_AUDIT_QUERY, PUBLIC_KEY_NAME, now_iso
 
 EXPORT_FORMATS = ("jsonl", "csv", "syslog")
 VERIFICATION_SUFFIX = ".verification.json"
@@ -58,16 +57,11 @@ def register(app: typer.Typer) -> None:
 
 def _checkpoint_now(home: Path) -> None:
     """Sign the entries written since the last checkpoint, so the exported range is signed (best effort)."""
-    partner = PartnerHome(home)
-    if not (partner.keys_dir / SIGNING_KEY_NAME).exists():
-        return
     try:
-        with AuditLog.open(
-            partner.audit_dir,
-            keys_dir=partner.keys_dir,
-            reach=HomeReach.for_home(partner),
-            anchor_sink=partner.anchor_sink(),
-        ) as audit:
+        log = open_home_log(home)
+        if log is None:
+            return
+        with log as audit:
             audit.check_before_acting()  # a damaged log is left for `audit verify` to report
     except (FedCustomerError, OSError):
         pass

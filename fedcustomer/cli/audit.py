@@ -482,13 +482,10 @@ def repair_cmd(
         partner, load_signer(identity), action="keys", extra={"op": "audit_repair"}
     )
     _home_policy(home).require(who, "keys")  # a torn log cannot take a denial entry
-    with AuditLog.open(
-        partner.audit_dir,
-        keys_dir=partner.keys_dir,
-        reach=HomeReach.for_home(partner),
-        signer=partner.audit_signer(),
-        anchor_sink=partner.anchor_sink(),
-    ) as audit:
+    log = open_home_log(home)
+    if log is None:
+        raise ConfigError(f"{home} holds no audit signing key (keys/ or token): repair it on the node itself")
+    with log as audit:
         entry = audit.repair_torn_tail(actor=who.name, role=who.role, reason=reason)
     if as_json:
         typer.echo(json.dumps(entry.to_dict(), indent=2))

@@ -43,12 +43,6 @@ fields:
 CDNOW_COHORTS = ("1997-01", "1997-02", "1997-03")
 
 
-def _admin(name: str):
-    from fedcustomer.privacy.access.policy import Actor
-
-    return Actor(f"admin:{name}", "partner_admin")
-
-
 def provision(
     root: Path,
     name: str,
@@ -61,25 +55,14 @@ def provision(
 
     An existing home keeps its own budget; when it differs from ``budget`` a notice is appended.
     """
-    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.data.provision import admin, open_partner_store
 
-    home = PartnerHome(root)
-    if home.config_path.exists():
-        _, notice = home.ensure_budget(budget)
-        if notice and notices is not None:
-            notices.append(notice)
-    else:
-        home = PartnerHome.create(root, name, budget=budget)
-    store = (
-        PartnerStore.open(home)
-        if home.store_path.exists()
-        else PartnerStore.init(home, name, actor=_admin(name))
-    )
+    home, store = open_partner_store(root, name, budget, notices)
     try:
         with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
             path = Path(tmp) / f"{schema.dataset}.csv"
             frame[[f.name for f in schema.fields if f.name in frame.columns]].to_csv(path, index=False)
-            store.ingest(_admin(name), schema, path)
+            store.ingest(admin(name), schema, path)
     finally:
         store.close()
     return home

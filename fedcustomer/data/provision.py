@@ -29,6 +29,29 @@ def admin(name: str) -> Actor:
     return Actor(f"admin:{name}", "partner_admin")
 
 
+def open_partner_store(
+    root: Path, name: str, budget: DatasetBudget, notices: list[str] | None = None
+) -> tuple[PartnerHome, PartnerStore]:
+    """The partner's home and open store at ``root``, both created on first use.
+
+    An existing partner keeps its own budget (it covers all its customers); when that
+    differs from ``budget`` a notice is appended to ``notices``. The caller closes the store.
+    """
+    home = PartnerHome(root)
+    if home.config_path.exists():
+        _, notice = home.ensure_budget(budget)
+        if notice and notices is not None:
+            notices.append(notice)
+    else:
+        home = PartnerHome.create(root, name, budget=budget)
+    store = (
+        PartnerStore.open(home)
+        if home.store_path.exists()
+        else PartnerStore.init(home, name, actor=admin(name))
+    )
+    return home, store
+
+
 def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, workdir: Path) -> Schema:
     """Bundled schema for synthetic data; otherwise a drafted one made safe for training."""
     bundled = BUNDLED.get((source, task))
@@ -88,18 +111,7 @@ def provision_partner(
     differs from ``budget`` a notice is appended to ``notices``.
     """
     dataset = dataset_name(source, task)
-    home = PartnerHome(root)
-    if home.config_path.exists():
-        _, notice = home.ensure_budget(budget)
-        if notice and notices is not None:
-            notices.append(notice)
-    else:
-        home = PartnerHome.create(root, name, budget=budget)
-    store = (
-        PartnerStore.open(home)
-        if home.store_path.exists()
-        else PartnerStore.init(home, name, actor=admin(name))
-    )
+    home, store = open_partner_store(root, name, budget, notices)
     try:
         frame = pd.concat([train.assign(**{HOLDOUT: 0}), test.assign(**{HOLDOUT: 1})], ignore_index=True)
         if spec.id_column is None or spec.id_column not in frame.columns:

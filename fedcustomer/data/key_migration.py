@@ -127,7 +127,7 @@ class KeyMigration:
                     actor,
                     "key_migrate",
                     "denied",
-                    reason=f"key migration refused or failed, home unchanged: {reason}",
+                    reason=f"key migration refused or failed: {reason}",
                     details={**details, "outcome": "failed"},
                 )
             except FedCustomerError:
@@ -151,8 +151,13 @@ class KeyMigration:
                     f"migration of this home interrupted before the note in state/ was written): name another key "
                     f"label, --to pkcs11:{target.token_label}/NEW_LABEL"
                 )
-            atomic_write_text(home.state_dir / STAGED_NOTE, json.dumps(_note(target, label)) + "\n")
-            ring = Pkcs11KeyRing.create(token, label, home.keys_dir)
+            note = home.state_dir / STAGED_NOTE
+            atomic_write_text(note, json.dumps(_note(target, label)) + "\n")
+            try:
+                ring = Pkcs11KeyRing.create(token, label, home.keys_dir)
+            except BaseException:
+                note.unlink(missing_ok=True)  # nothing was staged on the token
+                raise
         except BaseException:
             token.close()
             raise
@@ -174,7 +179,13 @@ class KeyMigration:
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)", (SWITCH_META_KEY, _switch_record(target))
                 )
             committed = True
-            finish_key_switch(home, store.backend, file_ring=file_ring, token_ring=ring)
+            try:
+                finish_key_switch(home, store.backend, file_ring=file_ring, token_ring=ring)
+            except FedCustomerError as exc:
+                raise type(exc)(
+                    f"every data key is on the token and the switch is committed in {home.store_path}, but it "
+                    f"could not be completed ({exc}); the next command that opens this home completes it"
+                ) from None
         finally:
             if not committed:
                 try:

@@ -267,3 +267,30 @@ def test_a_target_without_a_module_is_a_config_error():
         "file",
     )
     assert json.loads(json.dumps(dataclasses.asdict(target)))["backend"] == "pkcs11"
+
+
+def test_a_key_label_already_on_the_token_is_refused_and_left_alone(file_home, softhsm, tmp_path):
+    from fedcustomer.privacy.crypto.keyring_factory import create_keyring
+
+    create_keyring(softhsm.config(), tmp_path, "bank_a").close()  # another store's KEKs under this label
+    state = key_state(file_home)
+    with pytest.raises(KeyMaterialError, match="already holds KEK objects labelled fedcustomer-kek-bank_a"):
+        migrate(file_home, softhsm.config())
+    assert key_state(file_home) == state and kek_objects(softhsm)  # the other store's KEK is untouched
+    migrate(file_home, dataclasses.replace(softhsm.config(), key_label="bank-a-kek"))
+    assert file_home.config().keyring.key_label == "bank-a-kek" and len(read_all(file_home)) == 25
+
+
+def test_a_failure_after_the_commit_says_so_and_the_next_open_completes_it(file_home, softhsm, monkeypatch):
+    before = read_all(file_home)
+
+    def disk_full(self, config):
+        raise ConfigError("no space left on the device")
+
+    monkeypatch.setattr(PartnerHome, "write_config", disk_full)
+    with pytest.raises(ConfigError, match="switch is committed .* the next command that opens this home"):
+        migrate(file_home, softhsm.config())
+    monkeypatch.undo()
+    monkeypatch.setenv(DEFAULT_PIN_ENV, softhsm.pin)
+    pd.testing.assert_frame_equal(before, read_all(file_home))
+    assert file_home.config().keyring.on_token and not (file_home.keys_dir / "keyring.json").exists()

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.cli.identity import IdentityOpt, load_signer
+from fedcustomer.cli.keys_migrate import keys_migrate_cmd
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 
@@ -32,7 +33,9 @@ JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 
 schema_app = typer.Typer(help="Dataset schemas (field tiers, validation, masking).", no_args_is_help=True)
 approvals_app = typer.Typer(help="Two-person approvals for core-field reads.", no_args_is_help=True)
-keys_app = typer.Typer(help="Key-encryption keys: list, rotate, retire.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Key-encryption keys: list, rotate, retire, migrate to a token.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +47,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(schema_app, name="schema")
     app.add_typer(approvals_app, name="approvals")
     app.add_typer(keys_app, name="keys")
+    keys_app.command(
+        "migrate", help="Move the KEKs from the key file to a PKCS#11 token (staged, verified)."
+    )(keys_migrate_cmd)
 
 
 # --- helpers -------------------------------------------------------------------------

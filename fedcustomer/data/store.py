@@ -58,6 +58,7 @@ from typing import Any
 import pandas as pd
 
 from fedcustomer.data.ingest import IngestReport, utc_now
+from fedcustomer.data.key_migration import finish_key_switch
 from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.store_core import Credential, StoreCore, load_home_policy
@@ -189,6 +190,7 @@ class PartnerStore(StoreCore):
                 f"no store at {home.store_path}; create one with `fedcustomer init --home {home.root} --name NAME "
                 f"--identity YOUR_KEY --admin YOUR_NAME`"
             )
+        finish_key_switch(home)  # a move to a token committed in store.db, not yet in partner.toml
         keyring_config = home.keyring_config()
         owner = home.config().name if home.config_path.exists() else ""
         keyring = open_keyring(keyring_config, home.keys_dir, owner)

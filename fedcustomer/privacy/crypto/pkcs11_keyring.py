@@ -82,6 +82,11 @@ class Pkcs11KeyRing:
         ring._install()
         return ring
 
+    @classmethod
+    def present(cls, token: TokenSession, prefix: str) -> bool:
+        """Whether the token already holds KEK objects labelled ``<prefix>-v*`` (this or another store's)."""
+        return bool(cls(token, prefix, None)._scan())
+
     # --- KeyRing protocol -----------------------------------------------------
     def active_version(self) -> int:
         return max(self._keks)
@@ -184,6 +189,14 @@ class Pkcs11KeyRing:
             with self._token.call(f"destroy KEK version {version}"):
                 kek.key.destroy()
             self._install()
+
+    def discard(self) -> None:
+        """Destroy every KEK object of this label: only for keys that never protected data (a staged migration)."""
+        with self._locked():
+            for version, kek in sorted(self._scan().items()):
+                with self._token.call(f"destroy staged KEK version {version}"):
+                    kek.key.destroy()
+            self._keks = {}
 
     def close(self) -> None:
         """Release the token session (the store calls this when it closes); idempotent."""

@@ -33,6 +33,7 @@ __all__ = [
     "parse_json_object",
     "read_secret_file",
     "replace_secret_file",
+    "shred_secret_file",
 ]
 
 FILE_FORMAT_VERSION = 1
@@ -41,6 +42,35 @@ FILE_FORMAT_VERSION = 1
 def replace_secret_file(path: Path, data: bytes) -> None:
     """Replace the key file ``path`` with ``data`` atomically, created with mode 0600."""
     atomic_write_bytes(path, data, mode=0o600)
+
+
+def shred_secret_file(path: Path) -> None:
+    """Overwrite a key file with random bytes, sync, then unlink it (a key retired for good).
+
+    Best effort against the disk: a journaling or copy-on-write filesystem, or a backup,
+    may still hold the old blocks, so a retired key is also one no store still needs.
+    A missing file is not an error (the key was already removed).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise KeyMaterialError(
+            f"key file {path} could not be opened to destroy it ({exc.strerror})"
+        ) from None
+    try:
+        noise = memoryview(os.urandom(os.fstat(fd).st_size))
+        while noise:
+            noise = noise[os.write(fd, noise) :]
+        os.fsync(fd)
+    except OSError as exc:
+        raise KeyMaterialError(f"key file {path} could not be overwritten ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fsync_dir(path.parent)
 
 
 def create_secret_file(path: Path, data: bytes) -> None:

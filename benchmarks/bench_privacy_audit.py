@@ -101,6 +101,7 @@ def _vertical_row(report: dict[str, Any], job_wall: float, audit_wall: float) ->
             r = report["membership_inference"][target][attack]
             row[f"{short}_{a}_auc"] = round(r["auc"], 3)
             row[f"{short}_{a}_tpr1"] = round(r["tpr_at_1pct_fpr"], 4)
+            row[f"{short}_{a}_tpr01"] = round(r["tpr_at_0.1pct_fpr"], 4)
         row[f"{short}_members"] = report["membership_inference"][target]["members"]
     return row
 

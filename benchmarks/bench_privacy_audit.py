@@ -1,4 +1,4 @@
-"""Empirical privacy audit of two DP-SGD jobs: what the audit finds, and what it costs.
+"""Empirical privacy audit of three DP jobs: what the audit finds, and what it costs.
 
 Jobs (each run once with ``fedcustomer run``, then audited with ``audit privacy``):
 
@@ -7,15 +7,22 @@ Jobs (each run once with ``fedcustomer run``, then audited with ``audit privacy`
   uci fed-dp       the UCI benchmark recipe of bench_federated.py (``fed-dp``): UCI credit
                    default, 3 partners IID, 10 rounds x 3 local epochs, batch 512, lr 1.0,
                    clip 0.5, epsilon 3
+  vertical         the vertical demo job: ``fedcustomer run --mode vertical --task repayment
+                   --data synthetic`` defaults (bank + retailer, 20,000 customers each, 70%
+                   shared, 8 rounds, epsilon 3 per party of which 1 for the labels and 1 for
+                   the bank-only comparison model)
 
 Reported per job: the claimed epsilon (this job's DP-SGD, largest over partners), the
 one-run canary lower bounds of gradient and record canaries (white-box from released
 updates, black-box from the released model; 95%), membership inference (loss threshold and offline LiRA: AUC, TPR at 1% FPR)
 on the released DP model beside a non-private replay of the same recipe, and the audit's
-time over the job's (rounds' wall time in summary.json; and the whole command's).
+time over the job's (rounds' wall time in summary.json; and the whole command's). For the
+vertical job: each party's DP-SGD (gradient and record canaries) at its own claim, the
+bank's label release (canary labels guessed from the returned gradients) at its claim,
+and membership inference on the bank's joint model.
 
     python benchmarks/bench_privacy_audit.py [--data-dir ../shared/data] [--quick]
-        [--canaries 1000] [--shadows 4] [--jobs demo uci] [--json out.json]
+        [--canaries 1000] [--shadows 4] [--jobs demo uci vertical] [--json out.json]
 
 The UCI file is UCI ML Repository dataset 350; pass --data-dir or set FEDCUSTOMER_DATA_DIR
 to the folder holding uci_credit_default/. A missing file skips that job with a notice.
@@ -45,8 +52,11 @@ JOBS: dict[str, list[str]] = {
         "--task", "repayment", "--data", "uci-credit", "--partners", "3", "--split", "iid", "--rounds", "10",
         "--local-epochs", "3", "--batch-size", "512", "--lr", "1.0", "--max-grad-norm", "0.5", "--epsilon", "3",
     ],
+    "vertical": [
+        "--mode", "vertical", "--task", "repayment", "--data", "synthetic", "--rounds", "8", "--epsilon", "3",
+    ],
 }  # fmt: skip
-QUICK_ROUNDS = {"demo": "2", "uci": "2"}
+QUICK_ROUNDS = {"demo": "2", "uci": "2", "vertical": "2"}
 
 
 def _job(name: str, out: Path, quick: bool) -> float:
@@ -68,7 +78,37 @@ def _job(name: str, out: Path, quick: bool) -> float:
     return time.perf_counter() - started
 
 
+def _vertical_row(report: dict[str, Any], job_wall: float, audit_wall: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"job": "vertical"}
+    for m in report["mechanisms"]:
+        wb = m["white_box"]
+        row[m["mechanism"]] = (
+            f"claim {m['claimed_epsilon']:.2f}: white-box {wb['epsilon_lower_bound']:.2f} "
+            f"({wb['correct']}/{wb['guesses']}), black-box {m['black_box']['epsilon_lower_bound']:.2f}"
+        )
+    row.update(
+        {
+            "flagged": report["flagged"],
+            "audit_s": round(audit_wall, 1),
+            "job_rounds_s": report["job_seconds"],
+            "job_command_s": round(job_wall, 1),
+            "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
+            "audit_over_job_command": round(audit_wall / job_wall, 2),
+        }
+    )
+    for target, short in (("joint_model", "dp"), ("nonprivate_replay", "nonpriv")):
+        for attack, a in (("loss_threshold", "loss"), ("lira_offline", "lira")):
+            r = report["membership_inference"][target][attack]
+            row[f"{short}_{a}_auc"] = round(r["auc"], 3)
+            row[f"{short}_{a}_tpr1"] = round(r["tpr_at_1pct_fpr"], 4)
+            row[f"{short}_{a}_tpr01"] = round(r["tpr_at_0.1pct_fpr"], 4)
+        row[f"{short}_members"] = report["membership_inference"][target]["members"]
+    return row
+
+
 def _row(name: str, report: dict[str, Any], job_wall: float, audit_wall: float) -> dict[str, Any]:
+    if report["run_kind"] == "vertical":
+        return _vertical_row(report, job_wall, audit_wall)
     mechs = {m["mechanism"].split(": ")[1].split(" ")[0]: m for m in report["mechanisms"]}
     row: dict[str, Any] = {
         "job": name,

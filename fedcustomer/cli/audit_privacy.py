@@ -1,7 +1,7 @@
 """``fedcustomer audit privacy``: measure a run's privacy empirically, beside the epsilon it claims.
 
 Writes ``privacy_audit.json`` and ``privacy_audit.png`` into the run directory and links
-them from its ``summary.json`` (``result.json`` for a query). Exit 0 when every empirical
+them from its ``summary.json`` (``result.json`` for a query, ``rfm.json`` for rfm). Exit 0 when every empirical
 lower bound is at or below its claim, 10 when one exceeds it (the claim is refuted at the
 stated confidence). See docs/PRIVACY_AUDIT.md.
 """
@@ -30,13 +30,15 @@ def register(app: typer.Typer) -> None:
 @audit_app.command("privacy")
 def privacy_cmd(
     run: Path = typer.Option(
-        ..., "--run", help="A run directory of `fedcustomer run`, `demo` (one job) or `query`."
+        ...,
+        "--run",
+        help="A run directory of `fedcustomer run` (horizontal or vertical), `demo` (one job), `query` or `rfm`.",
     ),
     homes: Path = typer.Option(
         None, "--homes", help="The partner homes the job trained on (default: the run's partners/ folder)."
     ),
     canaries: int = typer.Option(
-        1000, "--canaries", help="Canaries in the DP-SGD audit (each in with prob. 1/2)."
+        1000, "--canaries", help="Canaries per audited mechanism (each in with prob. 1/2)."
     ),
     shadows: int = typer.Option(
         4, "--shadows", help="Shadow models of the reference-model attack (0: none)."
@@ -51,7 +53,7 @@ def privacy_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print privacy_audit.json instead of a table."),
 ) -> None:
-    """Canary audit and membership inference (training), or repeated releases (query)."""
+    """Canary audit and membership inference (training, horizontal or vertical), or repeated releases (query, rfm)."""
     from fedcustomer.privacy_audit.run_audit import PLOT, REPORT, audit_run
 
     report = audit_run(

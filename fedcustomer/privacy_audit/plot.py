@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     mechs = report.get("mechanisms", [])
-    labels = [m["mechanism"] for m in mechs]
+    width = 15 if len(mechs) > 3 else 24  # long vertical names fit under their bars
+    labels = ["\n".join(textwrap.wrap(m["mechanism"], width)) for m in mechs]
     xs = range(len(mechs))
     left.bar([x - 0.2 for x in xs], [m["claimed_epsilon"] for m in mechs], 0.4, label="claimed epsilon")
     left.bar(
@@ -28,7 +30,7 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
         label="empirical lower bound (95%)",
         color=["tab:red" if m["flagged"] else "tab:green" for m in mechs],
     )
-    left.set_xticks(list(xs), labels, rotation=15, ha="right", fontsize=8)
+    left.set_xticks(list(xs), labels, fontsize=7 if len(mechs) > 3 else 8)
     left.set_ylabel("epsilon")
     left.set_title("Claimed epsilon vs audited lower bound")
     top = max([m["claimed_epsilon"] for m in mechs] + [m["epsilon_lower_bound"] for m in mechs] + [1.0])

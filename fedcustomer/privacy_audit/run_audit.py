@@ -12,7 +12,11 @@ privacy --run DIR``) at a run directory and gets ``privacy_audit.json`` and
   ``homes``) by the governed store, as the training pipeline reads them: each read is in
   the partner's audit log. Nothing is charged to any ledger; nothing about a customer is
   written, only scores' summaries.
-* An analytics query run (``result.json``): :mod:`~fedcustomer.privacy_audit.analytics_audit`.
+* A vertical (split-learning) run (``summary.json`` with mode ``vertical``):
+  :mod:`~fedcustomer.privacy_audit.vertical_audit`, each party's DP-SGD and the label
+  owner's label release at their own claimed epsilon, and membership inference on the joint model.
+* An analytics release (``result.json`` of ``query``, ``rfm.json`` of ``rfm``):
+  :mod:`~fedcustomer.privacy_audit.analytics_audit`, linked from that file.
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
-from fedcustomer.privacy_audit import analytics_audit, canaries, membership
+from fedcustomer.privacy_audit import analytics_audit, canaries, membership, vertical_audit
 from fedcustomer.privacy_audit.bounds import CONFIDENCE
 from fedcustomer.privacy_audit.plot import write_plot
 
 REPORT = "privacy_audit.json"
 PLOT = "privacy_audit.png"
 FORMAT = "fedcustomer.privacy_audit/1"
+RELEASE_FILES = ("result.json", "rfm.json")  # analytics releases: `query`, `rfm`
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -58,8 +63,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _release_file(run: Path) -> Path | None:
+    """The analytics release a query or rfm run wrote, if this is one."""
+    return next((run / n for n in RELEASE_FILES if (run / n).exists()), None)
+
+
 def _kind(run: Path) -> str:
-    if (run / "result.json").exists():
+    if _release_file(run) is not None:
         return "query"
     if (run / "summary.json").exists() and (run / "config.json").exists():
         config = _read_json(run / "config.json", "")
@@ -69,7 +79,8 @@ def _kind(run: Path) -> str:
         f"; it holds runs {', '.join(subruns)}: pass one of them (e.g. {run / subruns[0]})" if subruns else ""
     )
     raise ConfigError(
-        f"{run} is not a training run (config.json + summary.json) or a query run (result.json){hint}"
+        f"{run} is not a training run (config.json + summary.json) or an analytics run "
+        f"(result.json of query, rfm.json of rfm){hint}"
     )
 
 
@@ -245,13 +256,19 @@ def audit_training(
 
 
 def audit_query_run(run: Path, *, releases: int, seed: int, confidence: float) -> dict[str, Any]:
-    """The analytics audit of the query a ``result.json`` records."""
-    result = _read_json(run / "result.json", "the query's result")
+    """The analytics audit of the release a ``result.json`` (query) or ``rfm.json`` (rfm) records."""
+    path = _release_file(run)
+    assert path is not None
+    result = _read_json(path, "the query's result")
     if not isinstance(result.get("spec"), dict):
-        raise DataError(f"{run / 'result.json'} holds no query spec")
-    spec = spec_from_dict(result["spec"], source=str(run / "result.json"))
+        raise DataError(f"{path} holds no query spec")
+    if "partners" in result and not result["partners"]:
+        raise ConfigError(f"{path}: every partner refused this query; it released nothing to audit")
+    spec = spec_from_dict(result["spec"], source=str(path))
     report = analytics_audit.audit_query(spec, releases=releases, seed=seed, confidence=confidence)
-    return {"run_kind": "query", "mechanisms": [report], "membership_inference": {}}
+    report["released_by"] = list(result.get("partners", []))
+    kind = "rfm" if path.name == "rfm.json" else "query"
+    return {"run_kind": kind, "release_file": path.name, "mechanisms": [report], "membership_inference": {}}
 
 
 def audit_run(
@@ -273,11 +290,16 @@ def audit_run(
         raise ConfigError(f"--confidence must be in [0.5, 1), got {confidence}")
     kind = _kind(run)
     if kind == "vertical":
-        raise ConfigError(
-            f"{run} is a vertical (split learning) run; the privacy audit covers horizontal DP-SGD jobs "
-            "and analytics queries"
+        body = vertical_audit.audit_vertical(
+            run,
+            homes=Path(homes) if homes is not None else None,
+            n_canaries=canaries_count,
+            shadows=shadows,
+            nonprivate=nonprivate,
+            seed=seed,
+            confidence=confidence,
         )
-    if kind == "query":
+    elif kind == "query":
         body = audit_query_run(run, releases=releases, seed=seed, confidence=confidence)
     else:
         body = audit_training(
@@ -306,8 +328,9 @@ def audit_run(
 
 
 def _link(rd: RunDir, report: dict[str, Any]) -> None:
-    """Add (or replace) ``privacy_audit`` in summary.json, or result.json for a query run."""
-    name = "summary.json" if rd.path("summary.json").exists() else "result.json"
+    """Add (or replace) ``privacy_audit`` in summary.json, or the release file of an analytics run."""
+    release = _release_file(rd.root)
+    name = release.name if release is not None else "summary.json"
     data = _read_json(rd.path(name), "")
     data["privacy_audit"] = {
         "file": REPORT,

@@ -56,6 +56,59 @@ def test_a_broken_release_exits_10(
     assert json.loads((out / "result.json").read_text())["privacy_audit"]["flagged"] is True
 
 
+def _rfm_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / "rfm"
+    code, stdout, stderr = run(["rfm", "--epsilon", "1", "--partners", "2", "--out", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    return out
+
+
+def test_an_rfm_run_is_audited_and_linked_from_rfm_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _rfm_run(tmp_path, capsys)
+    released = json.loads((out / "rfm.json").read_text())
+    ledgers = {p: p.read_bytes() for p in (out / "partners").glob("*/ledger.db")}
+    code, stdout, stderr = run(["audit", "privacy", "--run", str(out), "--releases", "200"], capsys)
+    assert code == 0, stdout + stderr
+    report = json.loads((out / "privacy_audit.json").read_text())
+    assert report["run_kind"] == "rfm" and report["release_file"] == "rfm.json" and not report["flagged"]
+    (mech,) = report["mechanisms"]
+    # the mechanism rfm released: segment sizes and spend sums (a grouped mean), at its claimed epsilon
+    assert mech["mechanism"] == "analytics:mean:laplace" and mech["statistics"] == 2
+    assert mech["claimed_epsilon"] == released["spec"]["epsilon"] == 1.0
+    assert mech["query_id"] == released["query_id"] and 0 <= mech["epsilon_lower_bound"] < 1.0
+    assert sorted(mech["released_by"]) == sorted(released["partners"])
+    link = json.loads((out / "rfm.json").read_text())["privacy_audit"]
+    assert link["file"] == "privacy_audit.json" and link["flagged"] is False
+    assert (out / "privacy_audit.png").read_bytes().startswith(b"\x89PNG")
+    assert {p: p.read_bytes() for p in (out / "partners").glob("*/ledger.db")} == ledgers
+
+
+def test_an_rfm_run_with_a_broken_release_is_flagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _rfm_run(tmp_path, capsys)
+    broken = functools.partial(analytics_audit.audit_query, release_fn=tenfold_too_little_noise)
+    monkeypatch.setattr(run_audit.analytics_audit, "audit_query", broken)
+    code, stdout, stderr = run(["audit", "privacy", "--run", str(out), "--releases", "200"], capsys)
+    assert code == audit_privacy.FLAGGED_EXIT, stdout + stderr
+    report = json.loads((out / "privacy_audit.json").read_text())
+    assert report["mechanisms"][0]["epsilon_lower_bound"] > 1.0
+    assert json.loads((out / "rfm.json").read_text())["privacy_audit"]["flagged"] is True
+
+
+def test_an_rfm_run_every_partner_refused_is_not_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _query_run(tmp_path)
+    (out / "result.json").rename(out / "rfm.json")
+    data = json.loads((out / "rfm.json").read_text())
+    (out / "rfm.json").write_text(json.dumps(data | {"partners": [], "refused": {"p0": "budget"}}))
+    code, stdout, stderr = run(["audit", "privacy", "--run", str(out)], capsys)
+    assert code == 3 and "released nothing" in stderr and "Traceback" not in stdout + stderr
+
+
 def _training_run(path: Path, config: dict[str, Any], summary: dict[str, Any]) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(config))
@@ -77,7 +130,7 @@ def _with_model(run: Path) -> Path:
             lambda p: _training_run(p / "demo" / "repayment", {"task": "repayment"}, {}).parent,
             "pass one of them",
         ),
-        (lambda p: _training_run(p / "v", {"label_dp": True}, {}), "vertical"),
+        (lambda p: _training_run(p / "v", {"label_dp": True}, {"status": "failed"}), "trained no round"),
         (lambda p: _training_run(p / "n", {"task": "repayment"}, {"dp": False}), "--no-dp"),
         (lambda p: _training_run(p / "m", {"task": "repayment"}, {"dp": True}), "model.pt not found"),
         (lambda p: _with_model(_training_run(p / "h", {"task": "repayment"}, {"dp": True})), "--homes"),

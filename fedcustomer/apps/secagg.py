@@ -155,4 +155,3 @@ def secagg_threshold(num_partners: int, min_partners: int) -> int:
     if num_partners < 3:
         raise ConfigError(f"SecAgg+ needs at least 3 partners (got {num_partners}); run without --secagg")
     return max(2, min(min_partners, num_partners - 1))
-

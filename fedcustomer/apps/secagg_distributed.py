@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Context, Error, Message
-from flwr.common import ConfigRecord, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    ConfigRecord,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.privacy.audit.anchors import WIRE_KEY, received_anchor
@@ -141,7 +141,9 @@ class AnchorGrid(Grid):
         self.log.record([], replies)
         return replies
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         sent = list(messages)
         replies = list(self.grid.send_and_receive(sent, timeout=timeout))
         self.log.record(sent, replies)

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedcustomer.analytics.federated import register_analytics_handlers
+from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode
@@ -32,7 +33,11 @@ log = logging.getLogger(__name__)
 
 def make_client_app(homes: list[str] | None = None) -> ClientApp:
     """Build the ClientApp; ``homes`` maps simulation partition ids to partner homes."""
-    app = ClientApp()
+
+    def home_of(context: Context) -> PartnerHome:
+        return resolve_home(context, homes)
+
+    app = ClientApp(mods=[anchor_mod(home_of)])  # every reply carries the partner's audit anchor
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

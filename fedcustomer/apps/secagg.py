@@ -29,11 +29,12 @@ from flwr.app import Context
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid, ServerApp
 
+from fedcustomer.clients.anchor_mod import anchor_mod
+from fedcustomer.clients.context import resolve_home
 from fedcustomer.errors import BudgetExhausted, ConfigError
-from fedcustomer.jobs.run_dir import RunDir
+from fedcustomer.partner.home import PartnerHome
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ class SecAggPartner(NumPyClient):
         self.homes = homes
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
-        from fedcustomer.clients.context import resolve_home
         from fedcustomer.clients.node import PartnerNode
         from fedcustomer.clients.round_audit import record_round, update_size
         from fedcustomer.jobs.train_message import TrainInstructions
@@ -80,10 +80,14 @@ def make_secagg_client_app(homes: list[str] | None = None) -> ClientApp:
     """The SecAgg+ ClientApp; ``homes`` maps partition ids to partner homes (in-process grids)."""
     from fedcustomer.apps.secagg_distributed import min_survivors_mod
 
-    # outermost first: a partner refuses to unmask a sum with fewer than n_min contributions
+    def home_of(context: Context) -> PartnerHome:
+        return resolve_home(context, homes)
+
+    # outermost first: every reply carries the partner's audit anchor; a partner refuses to
+    # unmask a sum with fewer than n_min contributions
     return ClientApp(
         client_fn=lambda context: SecAggPartner(context, homes).to_client(),
-        mods=[min_survivors_mod, secaggplus_mod],
+        mods=[anchor_mod(home_of), min_survivors_mod, secaggplus_mod],
     )
 
 
@@ -98,12 +102,10 @@ def _main(grid: Grid, context: Context) -> None:
 
 
 def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
-    """Run the job's rounds with SecAgg+ fit; write model.pt and summary.json to the run directory."""
-    from flwr.server import LegacyContext, ServerConfig
+    """Run the job's rounds with SecAgg+ fit; write model.pt, summary.json and anchors.jsonl to the run directory."""
     from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+    from fedcustomer.apps.secagg_rounds import run_secagg_rounds, strategy_options, summary_head, write_model
     from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
     from fedcustomer.server.deployment import (
@@ -122,44 +124,21 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         return run_distributed_job(grid, context, job, extra, spec, n, secagg_threshold(n, job.min_partners))
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     names = list(model.state_dict().keys())
-    base = encode_train_config(job, spec)
-    strategy = FedAvg(
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,
-        min_fit_clients=job.min_partners,
-        min_evaluate_clients=0,
-        min_available_clients=job.min_partners,
-        initial_parameters=ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
-        on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd)},
-        accept_failures=True,
-    )
-    legacy = LegacyContext(
+    strategy = FedAvg(**strategy_options(job, model, encode_train_config(job, spec), job.min_partners))
+    legacy, final = run_secagg_rounds(
+        grid,
         context,
-        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
-        strategy=strategy,
-    )
-    fit = SecAggPlusWorkflow(
+        job,
+        strategy,
         num_shares=n,
-        reconstruction_threshold=secagg_threshold(n, job.min_partners),
-        max_weight=1.0,  # unit weights: the masked vectors are plain sums of updates
+        threshold=secagg_threshold(n, job.min_partners),
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
-        timeout=job.round_timeout,
     )
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
-    arrays = legacy.state.array_records[MAIN_PARAMS_RECORD]
-    final = parameters_to_ndarrays(_to_parameters(arrays))
-    state = {k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)}
-    files = RunDir(job.out)
-    files.write_model(state)
+    files = write_model(job, names, final)
     rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
     summary = {
-        "schema_version": 1,
-        "run_id": job.run_id,
-        "task": job.task,
-        "dataset": job.dataset_name,
-        "aggregation": "secagg+",
-        "dp": job.dp,
+        **summary_head(job),
         "status": "completed",
         "stop_reason": None,
         "rounds_planned": job.rounds,
@@ -176,9 +155,3 @@ def secagg_threshold(num_partners: int, min_partners: int) -> int:
     if num_partners < 3:
         raise ConfigError(f"SecAgg+ needs at least 3 partners (got {num_partners}); run without --secagg")
     return max(2, min(min_partners, num_partners - 1))
-
-
-def _to_parameters(arrays: Any):
-    import flwr.compat.common.recorddict_compat as compat
-
-    return compat.arrayrecord_to_parameters(arrays, keep_input=True)

@@ -32,7 +32,6 @@ from flwr.common import (
 from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.privacy.dp import distributed as dd
 
 log = logging.getLogger(__name__)
@@ -116,12 +115,8 @@ def run_distributed_job(
     n: int,
     threshold: int,
 ) -> dict[str, Any]:
-    """Rounds of one distributed DP-SGD step each under SecAgg+; model.pt and summary.json as usual."""
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
-
+    """Rounds of one distributed DP-SGD step each under SecAgg+; model.pt, summary.json and anchors.jsonl."""
+    from fedcustomer.apps.secagg_rounds import run_secagg_rounds, strategy_options, summary_head, write_model
     from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
 
@@ -147,45 +142,23 @@ def run_distributed_job(
         "secagg-clip-range": clip_range,
     }
     strategy = _distributed_strategy({"sample_rate": job.sample_rate, "n_min": n_min})(
-        model,
-        optimizer,
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,
-        min_fit_clients=n_min,
-        min_evaluate_clients=0,
-        min_available_clients=n_min,
-        initial_parameters=ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
-        on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd)},
-        accept_failures=True,
+        model, optimizer, **strategy_options(job, model, base, n_min)
     )
-    legacy = LegacyContext(
+    _, final = run_secagg_rounds(
+        grid,
         context,
-        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
-        strategy=strategy,
-    )
-    fit = SecAggPlusWorkflow(
+        job,
+        strategy,
         num_shares=n,
-        reconstruction_threshold=threshold,
-        max_weight=1.0,
+        threshold=threshold,
         clipping_range=clip_range,
         quantization_range=levels,
         modulus_range=dd.MODULUS,
-        timeout=job.round_timeout,
     )
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
-    final = parameters_to_ndarrays(
-        compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
-    )
-    files = RunDir(job.out)
-    files.write_model({k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)})
+    files = write_model(job, names, final)
     step = dd.DistributedStep(sigma, job.sample_rate, job.max_grad_norm, n_min)
     summary = {
-        "schema_version": 1,
-        "run_id": job.run_id,
-        "task": job.task,
-        "dataset": job.dataset_name,
-        "aggregation": "secagg+",
-        "dp": job.dp,
+        **summary_head(job),
         "dp_mode": dd.MODE,
         "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",

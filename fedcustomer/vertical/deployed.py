@@ -10,7 +10,8 @@ Modes (``mode`` in the run config):
     and the label owner's own comparison model, over the same Flower messages the in-process
     runner sends (:func:`fedcustomer.vertical.runner.run_vertical_on_grid`): one protocol.
 
-The coordinator holds no partner data. It keeps, in the run directory, the summary and a
+The coordinator holds no partner data. It keeps, in the run directory, the parties' audit
+anchors sent with every reply (``anchors.jsonl``, kept across a resume), the summary and a
 checkpoint per run id (``checkpoint/<run-id>/``: the PSI size and the trained rounds), so
 a restarted coordinator resumes the same job where it stopped; the parties charge each
 round once, so nothing is paid twice. A party that drops ends the job with status
@@ -31,6 +32,7 @@ from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.psi.protocol import REVEAL_IDS, run_psi_on_grid
 from fedcustomer.psi.state import check_session_id
+from fedcustomer.server.anchor_grid import AnchorGrid
 from fedcustomer.server.deployment import wait_for_partners
 from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob
@@ -87,6 +89,9 @@ def session_of(job: VerticalJob) -> str:
 def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     """What the deployed ServerApp does for ``mode`` psi or vertical; returns the summary written."""
     job, extra = split_config(raw)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = AnchorGrid.around(grid, out, job.run_id)  # every reply's audit anchor: anchors.jsonl
     wait = float(extra.get("wait-for-partners", 120.0))
     wait_for_partners(grid, 2, 2, wait)
     active, passive = plan_parties(job)
@@ -96,8 +101,6 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         raise FederationError(
             f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(sorted(nodes)) or 'none'})"
         )
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
     if extra["mode"] == "psi":
         eps = extra.get("count-epsilon")
         return _psi_only(

@@ -11,11 +11,13 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
+from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.protocol import run_psi_on_grid
 from fedcustomer.psi.signing import ensure_link_key, pin_peer, pinned_key
+from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.align import keep_alignment
 from fedcustomer.vertical.data import PartyPlan
@@ -23,13 +25,21 @@ from fedcustomer.vertical.protocol import register_vertical_handlers
 
 
 def align_by_psi(
-    home_a: PartnerHome, plan_a: PartyPlan, home_b: PartnerHome, plan_b: PartyPlan, seed: int | None = None
+    home_a: PartnerHome,
+    plan_a: PartyPlan,
+    home_b: PartnerHome,
+    plan_b: PartyPlan,
+    seed: int | None = None,
+    anchors: AnchorLog | None = None,
 ) -> int:
     """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
 
-    The same exchange a deployment runs (:func:`align_on_grid`) on the in-process grid.
+    The same exchange a deployment runs (:func:`align_on_grid`) on the in-process grid; with
+    ``anchors`` the parties' audit anchors in the replies are recorded there.
     """
-    grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
+    grid: Grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
+    if anchors is not None:
+        grid = AnchorGrid(grid, anchors)
     node_a, node_b = grid.get_node_ids()
     return align_on_grid(grid, {plan_a.name: node_a, plan_b.name: node_b}, plan_a, plan_b, seed=seed)
 
@@ -80,11 +90,11 @@ def pin_each_other(home_a: PartnerHome, home_b: PartnerHome) -> None:
 
 def party_app(homes: list[str]) -> ClientApp:
     """The two parties' side of a vertical job in process: PSI and vertical messages, nothing else."""
-    app = ClientApp()
 
     def home_of(context: Context) -> PartnerHome:
         return resolve_home(context, homes)
 
+    app = ClientApp(mods=[anchor_mod(home_of)])  # every reply carries the party's audit anchor
     register_vertical_handlers(app, home_of)
     register_governed_psi_handlers(app, home_of)
     return app

@@ -2,7 +2,9 @@
 
 :func:`run_vertical_on_grid` drives the protocol of :mod:`fedcustomer.vertical.protocol`
 over any Flower ``Grid`` (in-process, simulation engine, SuperLink) and writes the run
-directory: ``config.json summary.json metrics.csv feature_specs.json plots/*.png``. The
+directory: ``config.json summary.json metrics.csv feature_specs.json anchors.jsonl plots/*.png``
+(``anchors.jsonl``: the parties' audit anchors, sent with every reply, see
+:mod:`fedcustomer.server.anchor_grid`). The
 coordinator never holds a model: each party keeps its final part at home
 (``state/vertical/run-<id>-<role>-final.pt``), written only when the job ends cleanly,
 so a failed job leaves no part that could be mistaken for a final model.
@@ -31,6 +33,7 @@ from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import (
@@ -297,6 +300,9 @@ def run_vertical_on_grid(
     }
     files.write_json("feature_specs.json", specs)
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
+    grid = AnchorGrid.around(grid, out, job.run_id)  # the parties' audit anchors: anchors.jsonl
+    if baseline_grid is not None:
+        baseline_grid = grid.sharing_log(baseline_grid)
     try:
         result = drive(
             grid, job, active, passive, reserve_epsilon=reserve, checkpoint=_checkpoint(checkpoints, "joint")
@@ -509,15 +515,20 @@ class VerticalSetup:
     psi_size: int
 
 
-def prepare_vertical(job: VerticalJob) -> VerticalSetup:
-    """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment."""
+def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> VerticalSetup:
+    """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment.
+
+    ``anchors`` records the parties' audit anchors sent with their PSI replies.
+    """
     active, passive = plan_parties(job)
     frames = party_frames(job)
     root = Path(job.homes) if job.homes else Path(job.out) / "partners"
     budget = DatasetBudget(job.epsilon, job.delta)
     homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
     pin_each_other(homes[active.name], homes[passive.name])
-    size = align_by_psi(homes[active.name], active, homes[passive.name], passive, seed=job.seed)
+    size = align_by_psi(
+        homes[active.name], active, homes[passive.name], passive, seed=job.seed, anchors=anchors
+    )
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
     baseline = homes[active.name] if job.baseline else None
@@ -527,12 +538,13 @@ def prepare_vertical(job: VerticalJob) -> VerticalSetup:
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     """Set up both parties and run the job through the in-process Flower grid."""
     torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
-    setup = prepare_vertical(job)
+    anchors = AnchorLog(job.out, job.run_id)
+    setup = prepare_vertical(job, anchors)
     homes = [str(setup.active.root), str(setup.passive.root)]
-    grid = LocalGrid(party_app(homes), num_nodes=2)
+    grid = AnchorGrid(LocalGrid(party_app(homes), num_nodes=2), anchors)
     baseline_grid = None
     if setup.baseline is not None:
-        baseline_grid = LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1)
+        baseline_grid = grid.sharing_log(LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1))
     return run_vertical_on_grid(grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size)
 
 

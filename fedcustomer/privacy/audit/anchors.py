@@ -170,7 +170,8 @@ def current_anchor(directory: Path, partner: str, public_key_path: Path | None =
 
 
 WIRE_KEY = "audit-anchor"
-"""Key of the anchor (JSON text) in a reply's ConfigRecord: round, query and vertical replies."""
+"""Key of the anchor (JSON text) in a reply's ConfigRecord: every reply a partner sends (round, query,
+PSI, split-learning step, SecAgg+ stage)."""
 
 
 def current_anchor_json(audit_dir: Path, keys_dir: Path, partner: str) -> str | None:
@@ -344,8 +345,9 @@ def read_anchor_file(path: Path) -> list[AnchorLine]:
             out.append(AnchorLine(label, None, None, "not a JSON object"))
             continue
         body = d.get("anchor", d)
-        if "run_id" in d:
-            label += f" (run {d['run_id']}, {d.get('kind', 'round')} {d.get('round', '?')})"
+        if "run_id" in d:  # a step without a round number (a PSI step, a job's setup) is named by its kind
+            rnd = d.get("round", "?")
+            label += f" (run {d['run_id']}, {d.get('kind', 'round')}{'' if rnd is None else f' {rnd}'})"
         named = body.get("partner") if isinstance(body, dict) else None
         sender = d.get("partner") if "anchor" in d else named  # who sent it, in a run's file
         partner = sender if isinstance(sender, str) else named if isinstance(named, str) else None

@@ -1,0 +1,93 @@
+"""What the two SecAgg+ jobs (plain and distributed DP) share: the strategy's options, Flower's
+SecAgg+ workflow over the job's rounds, the final model and the summary's common fields.
+
+The rounds run on an :class:`~fedcustomer.server.anchor_grid.AnchorGrid`, so every partner reply
+that carries an audit anchor (all of them, see :mod:`fedcustomer.clients.anchor_mod`) is recorded
+in the run directory's ``anchors.jsonl``, as for a horizontal run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.serverapp import Grid
+
+from fedcustomer.jobs.run_dir import RunDir
+from fedcustomer.server.anchor_grid import AnchorGrid
+
+DEFAULT_MODULUS = 1 << 32  # Flower's own default modulus range
+
+
+def strategy_options(job: Any, model: torch.nn.Module, base: dict[str, Any], min_fit: int) -> dict[str, Any]:
+    """FedAvg options of a SecAgg+ job: every partner each round, no evaluation, failures tolerated."""
+    return {
+        "fraction_fit": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_fit_clients": min_fit,
+        "min_evaluate_clients": 0,
+        "min_available_clients": min_fit,
+        "initial_parameters": ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
+        "on_fit_config_fn": lambda rnd: {**base, "server-round": int(rnd)},
+        "accept_failures": True,
+    }
+
+
+def run_secagg_rounds(
+    grid: Grid,
+    context: Context,
+    job: Any,
+    strategy: Any,
+    *,
+    num_shares: int,
+    threshold: int,
+    clipping_range: float,
+    quantization_range: int,
+    modulus_range: int = DEFAULT_MODULUS,
+) -> tuple[Any, list[np.ndarray]]:
+    """The job's rounds under SecAgg+ with unit weights; returns Flower's legacy context and the final arrays."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    legacy = LegacyContext(
+        context,
+        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
+        strategy=strategy,
+    )
+    fit = SecAggPlusWorkflow(
+        num_shares=num_shares,
+        reconstruction_threshold=threshold,
+        max_weight=1.0,  # unit weights: the masked vectors are plain sums of updates
+        clipping_range=clipping_range,
+        quantization_range=quantization_range,
+        modulus_range=modulus_range,
+        timeout=job.round_timeout,
+    )
+    DefaultWorkflow(fit_workflow=fit)(AnchorGrid.around(grid, job.out, job.run_id), legacy)
+    arrays = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    return legacy, parameters_to_ndarrays(compat.arrayrecord_to_parameters(arrays, keep_input=True))
+
+
+def write_model(job: Any, names: Sequence[str], final: Sequence[np.ndarray]) -> RunDir:
+    """``model.pt`` of the final arrays under the model's parameter names; returns the run directory."""
+    files = RunDir(job.out)
+    files.write_model({k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)})
+    return files
+
+
+def summary_head(job: Any) -> dict[str, Any]:
+    """The fields every SecAgg+ summary starts with."""
+    return {
+        "schema_version": 1,
+        "run_id": job.run_id,
+        "task": job.task,
+        "dataset": job.dataset_name,
+        "aggregation": "secagg+",
+        "dp": job.dp,
+    }

@@ -169,14 +169,14 @@ def export_cmd(
     }
     atomic_write_bytes(out, data)
     atomic_write_text(sidecar, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    details["export"] = {**asked, "count": len(entries), "sha256": sha}
     _append_to_home(
         home,
         actor=who.name,
         role=who.role,
         action=ACTION_AUDIT_QUERY,
         row_count=len(entries),
-        details={**details, "auth": who.audit_details()},
+        # What was asked stays as it was signed; what came of it is recorded beside it.
+        details={**details, "exported": {"count": len(entries), "sha256": sha}, "auth": who.audit_details()},
     )
     Console(stderr=True).print(
         f"exported {len(entries)} verified entries to {escape(str(out))} ({fmt}); verification in "

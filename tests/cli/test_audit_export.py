@@ -173,7 +173,18 @@ def test_jsonl_export_is_the_stored_lines_with_verification_beside(
 
     assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     last = _entries(shome)[-1]  # the export itself is on record
-    assert (last["action"], last["actor"], last["details"]["export"]["count"]) == ("audit_query", "carol", 4)
+    assert (last["action"], last["actor"], last["details"]["exported"]["count"]) == (
+        "audit_query",
+        "carol",
+        4,
+    )
+    # ... with the request carol signed intact: the log still verifies, signatures included,
+    # and a second export (which verifies before exporting) goes through.
+    code, out_json, err = run(["audit", "verify", "--home", str(shome), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out_json)["ok"]
+    code, _, err = run(_export(shome, ASKER, tmp_path / "again.jsonl", "jsonl"), capsys)
+    assert code == 0, err
 
 
 def test_csv_export_by_time(

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.common.sqlite import connect, transaction
-from fedcustomer.errors import AccessDenied, IntegrityError
+from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError
 from fedcustomer.privacy.access.people import PeopleRegistry
 from fedcustomer.privacy.access.person_keys import Signer, verify_signature
 from fedcustomer.privacy.access.policy import Actor, parse_utc, utc_now
@@ -38,6 +38,15 @@ from fedcustomer.privacy.access.policy import Actor, parse_utc, utc_now
 DEFAULT_MAX_SKEW = timedelta(minutes=5)
 _DOMAIN = b"fedcustomer-request-v1\n"
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_copy(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON-able mapping; a value JSON cannot hold is refused here, not at signing."""
+    try:
+        copied: dict[str, Any] = json.loads(_ENCODER.encode(dict(value)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"a request's details must be plain JSON values ({exc})") from None
+    return copied
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,11 @@ class Request:
     purpose: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The request owns its own copy of ``extra``: a caller that later changes the dict it
+        # passed in (adding a result to its audit details, say) must not change the signed bytes.
+        object.__setattr__(self, "extra", _json_copy(self.extra))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "partner": self.partner,
@@ -64,7 +78,7 @@ class Request:
             "dataset": self.dataset,
             "fields": list(self.fields),
             "purpose": self.purpose,
-            "extra": dict(self.extra),
+            "extra": _json_copy(self.extra),
         }
 
     @classmethod
@@ -81,7 +95,7 @@ class Request:
                 purpose=None if raw.get("purpose") is None else str(raw["purpose"]),
                 extra=dict(raw.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, ConfigError):
             raise AccessDenied("a signed request is malformed (missing or wrong fields)") from None
 
     def canonical(self) -> bytes:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import FedCustomerError
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = terminal(stderr=True)
 
 
 _registered = False

@@ -8,17 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import DEFAULT_DATA, DEFAULT_DELTA, DEFAULT_PARTNERS, DEFAULT_SEED
 
 # Simulated partners of an analytics run get one generous budget (all their datasets).
 SIMULATED_EPSILON = 10.0
 
-console = Console()
+console = terminal()
 budget_app = typer.Typer(
     help="The partner's privacy budget: what it allows and what was spent, on what.", no_args_is_help=True
 )

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.export import csv_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
@@ -212,7 +212,7 @@ def verify_cmd(
             doc["anchors"] = anchored.to_dict()
         typer.echo(json.dumps(doc, indent=2))
     else:
-        console = Console()
+        console = terminal()
         if report.ok:
             console.print(f"[bold green]INTACT[/] {escape(str(audit.directory))}: {escape(report.message)}")
         else:
@@ -341,7 +341,7 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
 def _write_atomic(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise ConfigError(f"--output {path}: directory {path.parent} not found")
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, mode=0o600)  # audit entries name people and pseudonyms: owner only
 
 
 @audit_app.command("query")
@@ -432,7 +432,7 @@ def query_cmd(
         pseudonym=pseudonym,
     )
     if fmt == "table":
-        console = Console()
+        console = terminal()
         console.print(_table(entries, console.width))
     else:
         text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters)
@@ -440,7 +440,7 @@ def query_cmd(
             typer.echo(text, nl=False)
         else:
             _write_atomic(output, text)
-            Console(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
+            terminal(stderr=True).print(f"wrote {len(entries)} entries to {escape(str(output))}")
     if home is not None and who is not None:  # who read the log, recorded after the answer (not in it)
         _append_to_home(
             home,
@@ -491,7 +491,7 @@ def repair_cmd(
         typer.echo(json.dumps(entry.to_dict(), indent=2))
     else:
         d = entry.details
-        Console().print(
+        terminal().print(
             f"repaired {escape(str(partner.audit_dir))}: cut {d['cut_bytes']} bytes at offset {d['cut_at_offset']} "
             f"(sha256 {d['cut_sha256'][:16]}...), recorded in entry {entry.seq}"
         )

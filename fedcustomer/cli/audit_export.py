@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from fedcustomer.cli.audit import (
@@ -38,6 +37,7 @@ from fedcustomer.cli.audit import (
     open_for_reading,
     open_home_log,
 )
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
@@ -167,8 +167,8 @@ def export_cmd(
         if anchored is None or anchors is None
         else {"file": anchors.name, "report": anchored.to_dict()},
     }
-    atomic_write_bytes(out, data)
-    atomic_write_text(sidecar, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_bytes(out, data, mode=0o600)  # the log's entries name people and pseudonyms: owner only
+    atomic_write_text(sidecar, json.dumps(doc, indent=2, ensure_ascii=False) + "\n", mode=0o600)
     _append_to_home(
         home,
         actor=who.name,
@@ -178,7 +178,7 @@ def export_cmd(
         # What was asked stays as it was signed; what came of it is recorded beside it.
         details={**details, "exported": {"count": len(entries), "sha256": sha}, "auth": who.audit_details()},
     )
-    Console(stderr=True).print(
+    terminal(stderr=True).print(
         f"exported {len(entries)} verified entries to {escape(str(out))} ({fmt}); verification in "
         f"{escape(sidecar.name)}"
     )

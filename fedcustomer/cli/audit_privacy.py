@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.cli.audit import audit_app
+from fedcustomer.cli.terminal import terminal
 
 FLAGGED_EXIT = 10
-console = Console()
+console = terminal()
 
 
 def register(app: typer.Typer) -> None:

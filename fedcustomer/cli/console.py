@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from fedcustomer.cli.identity import IdentityOpt, load_signer
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 
 console_app = typer.Typer(
@@ -29,7 +29,7 @@ console_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
-out = Console()
+out = terminal()
 
 
 def register(app: typer.Typer) -> None:
@@ -74,7 +74,7 @@ def serve_cmd(
     if oidc_issuer or oidc_audience or oidc_jwks:
         oidc = OidcConfig(oidc_issuer or "", oidc_audience or "", oidc_jwks or "", oidc_claim)
     scheme = "https" if cert else "http"
-    Console(stderr=True).print(
+    terminal(stderr=True).print(
         f"console for {escape(str(home))} on {scheme}://{escape(host)}:{port}/ (Ctrl-C stops)"
     )
     serve(ConsoleSettings(home=home, runs=runs, oidc=oidc), host=host, port=port, cert=cert, key=key)
@@ -89,7 +89,7 @@ def sign_cmd(
     from fedcustomer.console.intents import read_intent, sign_intent
 
     body = read_intent(intent)
-    Console(stderr=True).print(
+    terminal(stderr=True).print(
         f"signing [bold]{escape(str(body['action']))}[/] for partner {escape(str(body['partner']))}: "
         f"{escape(str(body['extra']))}"
     )

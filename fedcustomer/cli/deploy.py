@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.jobs.config import (
     DEFAULT_BATCH_SIZE,
@@ -33,8 +33,8 @@ from fedcustomer.jobs.config import (
     DEFAULT_TASK,
 )
 
-console = Console()
-err = Console(stderr=True)
+console = terminal()
+err = terminal(stderr=True)
 
 coordinator_app = typer.Typer(
     help="The coordinator: Flower SuperLink + the fedcustomer ServerApp.", no_args_is_help=True

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, FederationError
 
-console = Console()
-err = Console(stderr=True)
+console = terminal()
+err = terminal(stderr=True)
 
 
 def _progress(text: str) -> None:

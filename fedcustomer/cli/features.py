@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 
-console = Console()
+console = terminal()
 features_app = typer.Typer(
     help="Feature specs for training: what the model reads, with public bounds.", no_args_is_help=True
 )

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.cli.identity import IdentityOpt, load_signer
 from fedcustomer.cli.keys_migrate import keys_migrate_cmd
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 
-console = Console()
+console = terminal()
 
 HomeOpt = typer.Option(..., "--home", help="Partner home directory.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")

@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from fedcustomer.cli.identity import MODULE_ENV, IdentityOpt, load_signer
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV
 
-console = Console()
+console = terminal()
 
 
 def keys_migrate_cmd(

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.cli.identity import IdentityOpt, load_signer, passphrase
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 
-console = Console()
+console = terminal()
 people_app = typer.Typer(help="People and services: identity keys, roles, revocation.", no_args_is_help=True)
 HomeOpt = typer.Option(..., "--home", help="Partner home directory.")
 

@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.data.export import write_private_csv, write_private_text
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, run_psi_local
 
-console = Console()
+console = terminal()
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 

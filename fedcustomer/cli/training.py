@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
 from fedcustomer.jobs.config import DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_ROUNDS, DEFAULT_SEED
@@ -22,8 +22,8 @@ from fedcustomer.server.job import JobConfig
 if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the commands, so --help stays fast
     from fedcustomer.server.rounds import RoundReport
 
-console = Console()
-err_console = Console(stderr=True)  # notices while --json keeps stdout for the summary
+console = terminal()
+err_console = terminal(stderr=True)  # notices while --json keeps stdout for the summary
 
 
 def register(app: typer.Typer) -> None:

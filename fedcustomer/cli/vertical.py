@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import FederationError
 from fedcustomer.vertical.job import DEFAULTS as D
 
-console = Console()
+console = terminal()
 
 
 def register(app: typer.Typer) -> None:

@@ -411,7 +411,7 @@ def print_report(report: IngestReport, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(emoji=False)  # names print as registered
     title = f"ingest {report.file} -> {report.dataset}"
     if report.skipped_file:
         console.print(

@@ -246,6 +246,7 @@ def test_query_csv_export_to_file(
         capsys,
     )
     assert code == 0 and "wrote 4 entries" in err
+    assert target.stat().st_mode & 0o777 == 0o600  # entries name people and pseudonyms
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [r["seq"] for r in rows] == [str(s) for s in signed.seqs([1, 3, 4, 5])]
     assert rows[0]["fields"] == "income;age" and json.loads(rows[0]["details"]) == {"n": 1}

@@ -165,6 +165,8 @@ def test_jsonl_export_is_the_stored_lines_with_verification_beside(
     code, _, err = run(_export(shome, ASKER, out, "jsonl", "--from", "2", "--to", "5"), capsys)
     assert code == 0, err
     assert out.read_bytes() == b"".join(stored[1:5])  # byte for byte: hashes can be recomputed
+    sidecar = tmp_path / "export.jsonl.verification.json"
+    assert (out.stat().st_mode & 0o777, sidecar.stat().st_mode & 0o777) == (0o600, 0o600)
     doc = json.loads((tmp_path / "export.jsonl.verification.json").read_text())
     assert doc["verification"]["ok"] and doc["count"] == 4 and doc["partner"] == "bank"
     assert (doc["range"]["first_seq"], doc["range"]["last_seq"]) == (2, 5)

@@ -110,6 +110,8 @@ def test_init_makes_the_first_admin_and_the_node_service_keys(
         "mia": ("marketing_analyst", "person", "active"),
     }
     assert listed["alice"]["key_id"] == people["alice"].signer.key_id
+    code, table, err = run(["people", "list", "--home", str(home), *as_(people["rick"])], capsys)
+    assert code == 0 and "node:bank:analytics" in table and "\N{BANK}" not in table  # no emoji codes
     for role in ("training_pipeline", "data_scientist"):
         service_key = home / "keys" / f"service_{role}.pem"
         assert stat.S_IMODE(service_key.stat().st_mode) == 0o600

@@ -271,7 +271,7 @@ class ApprovalBook:
             ).fetchone()
             if row is None:
                 raise AccessDenied(
-                    f"no approval request with id {request_id!r}; list open ones with pending()"
+                    f"no approval request with id {request_id!r}; list open ones with `fedcustomer approvals list`"
                 )
             requester, expires = row[1], row[7]
             if at >= parse_utc(expires):

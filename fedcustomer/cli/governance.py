@@ -258,6 +258,11 @@ def erase_cmd(
     home: Path = HomeOpt,
     identity: Path = IdentityOpt,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    not_held: bool = typer.Option(
+        False,
+        "--not-held",
+        help="Record the erasure even if the store holds no such customer yet, so later ingests skip them.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     if not yes:
@@ -265,13 +270,13 @@ def erase_cmd(
     from fedcustomer.data.erasure import erase_customer
 
     with _open(home) as store:
-        result = erase_customer(store, load_signer(identity), customer)
+        result = erase_customer(store, load_signer(identity), customer, held_only=not not_held)
     if as_json:
         _print_json(result)
     else:
         rows = sum(result["datasets"].values())
         state = (
-            "erased" if result["found"] else "not found (erasure recorded; future ingests skip this customer)"
+            "erased" if result["found"] else "not held (erasure recorded; future ingests skip this customer)"
         )
         console.print(
             f"customer {result['pseudonym'][:16]}... {state}: {rows} row(s), {result['data_keys']} data key(s)"

@@ -14,13 +14,19 @@ from typing import Any
 from fedcustomer.data.ingest import utc_now
 from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import table_name
+from fedcustomer.errors import DataError
 from fedcustomer.psi.state import forget_customer
 
 
-def erase_customer(store: StoreCore, actor: Credential, customer_id: str) -> dict[str, Any]:
+def erase_customer(
+    store: StoreCore, actor: Credential, customer_id: str, *, held_only: bool = False
+) -> dict[str, Any]:
     """Crypto-shred one customer in every dataset: data keys, rows, quarantine and merge records.
 
-    A signed request names the customer by pseudonym, never by raw id.
+    A signed request names the customer by pseudonym, never by raw id. A customer the store
+    does not hold is recorded too, so later ingests skip them (an erasure asked for before the
+    data arrives); ``held_only`` refuses that instead, changing nothing, so that a mistyped id
+    cannot silently block a real customer.
     """
     pseudonym = store.pseudonymizer.pseudonym(customer_id)
     actor = store.principal(actor, action="erase", audit_action="erase", extra={"pseudonym": pseudonym})
@@ -36,7 +42,15 @@ def erase_customer(store: StoreCore, actor: Credential, customer_id: str) -> dic
         for table in ("data_keys", "quarantine", "merges"):
             result[table] = backend.execute(f"DELETE FROM {table} WHERE pseudonym = ?", (pseudonym,)).rowcount
         backend.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (pseudonym, utc_now()))
-    result["found"] = bool(result["data_keys"] or result["quarantine"] or any(result["datasets"].values()))
+        result["found"] = bool(
+            result["data_keys"] or result["quarantine"] or any(result["datasets"].values())
+        )
+        if held_only and not result["found"]:  # raised inside the transaction: nothing is changed
+            raise DataError(
+                f"no customer with that id (pseudonym {pseudonym[:16]}...) in any dataset: nothing erased. "
+                "Check the id; to record an erasure for a customer whose data has not arrived yet, "
+                "run again with --not-held"
+            )
     result["psi_state"] = forget_customer(store.home, pseudonym)
     store.log(
         actor,

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from fedcustomer.errors import AccessDenied, ConfigError, KeyMaterialError, SchemaError
+from fedcustomer.errors import AccessDenied, ConfigError, DataError, KeyMaterialError, SchemaError
 from tests.data.test_ingest import bank_frame, plant_bad_rows
 
 from .cli_runner import run
@@ -233,6 +233,22 @@ def test_erase_requires_permission_and_never_echoes_the_id(home, bank_csv, capsy
     result = json.loads(out)
     assert result["found"] and result["datasets"] == {"bank": 1}
     assert cid not in out
+
+
+def test_erasing_an_id_the_store_does_not_hold_needs_not_held(home, capsys, ADMIN):
+    """A mistyped id must not silently block a future customer: refused, nothing recorded."""
+    store_before = (home / "store.db").read_bytes()
+    audit_before = (home / "audit" / "audit.jsonl").read_bytes()
+    typo = "NO-SUCH-CUSTOMER-7731"
+    code, out, err = run(["erase", "--customer", typo, "--home", str(home), *ADMIN, "--yes"], capsys)
+    assert code == DataError.exit_code and "--not-held" in err and typo not in err + out
+    assert (home / "store.db").read_bytes() == store_before
+    assert b"erase" not in (home / "audit" / "audit.jsonl").read_bytes()[len(audit_before) :]
+    code, out, err = run(
+        ["erase", "--customer", typo, "--home", str(home), *ADMIN, "--yes", "--not-held", "--json"], capsys
+    )
+    assert code == 0, err
+    assert not json.loads(out)["found"] and typo not in out
 
 
 def test_schema_draft(tmp_path, capsys):

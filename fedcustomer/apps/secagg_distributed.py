@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.privacy.dp import distributed as dd
+from fedcustomer.server import distributed_checkpoint as dcp
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,27 @@ def _distributed_strategy(base: Any) -> Any:
             self.discarded: list[int] = []
             self.sample_rate = float(base["sample_rate"])
             self.n_min = int(base["n_min"])
+            self.first = base["first"]  # a resumed job: Flower counts its rounds from 1 again
+            self.applied += base["applied"]
+            self.discarded += base["discarded"]
+            self.on_round = base["on_round"]  # writes the round's checkpoint
 
         def aggregate_fit(
             self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]
         ) -> tuple[Parameters | None, dict[str, Scalar]]:
+            server_round += self.first
             m = len(results)
             if m < self.n_min:  # never unmasked by honest partners; never applied either
                 log.warning("round %s: %s contributions < %s; step discarded", server_round, m, self.n_min)
                 self.discarded.append(server_round)
+                self.on_round(server_round, self)
                 return None, {}
             mean = parameters_to_ndarrays(results[0][1].parameters)  # SecAgg+ divides the sum by m
             summed = [torch.as_tensor(a * m) for a in mean]
             rows = round(float(summed[-1].reshape(-1)[0])) * dd.COUNT_UNIT
             dd.apply_step(self.model, self.optimizer, summed[:-1], dd.expected_batch(self.sample_rate, rows))
             self.applied.append(server_round)
+            self.on_round(server_round, self)
             state = [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
             return ndarrays_to_parameters(state), {"contributions": m}
 
@@ -131,7 +139,15 @@ def run_distributed_job(
             f"distributed DP needs at least {max(n_min, threshold, 3)} partners (the SecAgg+ threshold and "
             f"min-partners), {n} connected"
         )
-    sigma = dd.calibrate_sigma(job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier)
+    accountant = dd.job_accountant(job.distributed_accountant)
+    progress = dcp.latest(job.out, job.run_id) if extra.get("resume") else None  # the same rounds, paid once
+    sigma = (
+        progress.noise_multiplier
+        if progress
+        else dd.calibrate_sigma(
+            job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier, accountant
+        )
+    )
     clip_range = float(extra.get("secagg-clip-range") or dd.CLIP_RANGE_UNITS * job.max_grad_norm)
     levels = dd.quantization_levels(n)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
@@ -139,6 +155,7 @@ def run_distributed_job(
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=0.9)
+    dcp.restore(progress, model, optimizer)
     names = list(model.state_dict().keys())
     base = {
         **encode_train_config(job, spec),
@@ -146,7 +163,14 @@ def run_distributed_job(
         "min-survivors": n_min,
         "secagg-clip-range": clip_range,
     }
-    strategy = _distributed_strategy({"sample_rate": job.sample_rate, "n_min": n_min})(
+    first = progress.round if progress else 0
+    strategy = _distributed_strategy(
+        {
+            "sample_rate": job.sample_rate,
+            "n_min": n_min,
+            **dcp.strategy_state(progress, job.out, job.run_id, sigma),
+        }
+    )(
         model,
         optimizer,
         fraction_fit=1.0,
@@ -155,12 +179,12 @@ def run_distributed_job(
         min_evaluate_clients=0,
         min_available_clients=n_min,
         initial_parameters=ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
-        on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd)},
+        on_fit_config_fn=lambda rnd: {**base, "server-round": int(rnd) + first},
         accept_failures=True,
     )
     legacy = LegacyContext(
         context,
-        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
+        config=ServerConfig(num_rounds=max(0, job.rounds - first), round_timeout=job.round_timeout),
         strategy=strategy,
     )
     fit = SecAggPlusWorkflow(
@@ -200,6 +224,7 @@ def run_distributed_job(
             clip_range=clip_range,
             levels=levels,
             nodes=sorted(grid.get_node_ids()),
+            accountant=accountant,
         ),
         "partners": [],
         "note": "SecAgg+: per-partner metrics stay with each partner; each partner's ledger charges the "

@@ -25,6 +25,9 @@ RDP = "rdp"
 PLD = "pld"
 ACCOUNTANTS = (RDP, PLD)
 DEFAULT = RDP
+#: Below this noise multiplier one Gaussian release's PLD spans too many grid points (tens of seconds per
+#: evaluation at 0.1): a PLD partner's Gaussian query that would need less noise (epsilon above ~20) is refused.
+PLD_MIN_RELEASE_NOISE = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,12 @@ def _release_noise(name: str, interval: float, epsilon: float, delta: float) -> 
             [], 1.0, 1, epsilon, delta, sigma_min=1e-3, sigma_max=1e5, tolerance=1e-6
         )
     exact = pld.exact_gaussian_noise(epsilon, delta)
+    if exact < PLD_MIN_RELEASE_NOISE:
+        raise ConfigError(
+            f"a Gaussian release at epsilon {epsilon:g} (delta {delta:g}) needs noise multiplier {exact:.3f}, "
+            f"below {PLD_MIN_RELEASE_NOISE:g}, which PLD accounting cannot size in reasonable time: use a "
+            "smaller epsilon or the Laplace mechanism"
+        )
     for upper in (exact * (1 + 1e-2), max(exact * 2, _release_noise(RDP, interval, epsilon, delta))):
         sigma = pld.calibrate_noise(
             [], 1.0, 1, epsilon, delta, interval=interval, sigma_min=exact, sigma_max=upper, tolerance=1e-5

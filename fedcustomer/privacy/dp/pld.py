@@ -147,7 +147,7 @@ def exact_gaussian_noise(epsilon: float, delta: float) -> float:
         a = 1 / (2 * s)
         return _phi(a - epsilon * s) - math.exp(epsilon) * _phi(-a - epsilon * s) if epsilon < 700 else 0.0
 
-    lo, hi = 1e-6, 1.0
+    lo, hi = 1e-3, 1.0  # the smallest noise any calibration here considers
     while profile(hi) > delta:
         lo, hi = hi, hi * 2
     while hi / lo > 1 + 1e-12:

@@ -51,6 +51,11 @@ def test_a_pld_release_is_sized_to_the_librarys_epsilon_with_less_noise_than_rdp
     assert sigma < rdp_sigma * 0.95  # the tighter accounting buys at least 5% less noise here
 
 
+def test_a_pld_release_too_large_to_size_is_refused_clearly() -> None:
+    with pytest.raises(ConfigError, match="smaller epsilon or the Laplace mechanism"):
+        PLD.calibrate_release(40.0, 1e-6)
+
+
 def test_the_exact_gaussian_noise_is_where_the_librarys_epsilon_crosses_the_target() -> None:
     exact = pld.exact_gaussian_noise(1.0, 1e-5)
     assert library_pld([(exact, 1.0, 1)], 1e-5, 1e-4) == pytest.approx(1.0, rel=1e-3)

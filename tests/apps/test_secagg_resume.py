@@ -183,3 +183,11 @@ def test_a_resume_refuses_another_runs_checkpoint(tmp_path: Path) -> None:
         dcp.latest(tmp_path, "run-b")
     with pytest.raises(ConfigError, match="does not fit"):
         dcp.restore(back, torch.nn.Linear(3, 1), opt)
+
+
+def test_an_unknown_distributed_accountant_is_refused() -> None:
+    from fedcustomer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--distributed-accountant must be one of rdp, pld"):
+        JobConfig(dp_mode="distributed", sample_rate=0.1, distributed_accountant="moments")
+    assert JobConfig().distributed_accountant == "rdp"  # existing jobs calibrate as they did

@@ -18,7 +18,9 @@ A distributed-DP row (``details.dp_mode == "distributed"``, privacy/dp/distribut
 records the partner's total under both guarantees (``epsilon_total_coordinator``,
 ``epsilon_total_single_update``): they are recomputed the same way from two histories in
 which every distributed row counts with its ``noise_multiplier_coordinator`` or
-``noise_multiplier_single_update`` (from its details) and every other Gaussian row as charged.
+``noise_multiplier_single_update`` (from its details) and every other Gaussian row as charged,
+with the accountant the details name (``accountant``; RDP for rows written before they named one,
+whose two totals were always RDP whatever the ledger's accountant).
 
 A row whose recorded total differs from the recomputation by more than the tolerance is
 a mismatch. The same rules, as a script with no fedcustomer code, are in the README
@@ -147,10 +149,10 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
         )
         both: list[float | None] = [None, None]
         if c.family == GAUSSIAN and c.details.get("dp_mode") == _DISTRIBUTED:
+            # the details name the accountant of both totals; rows written before they did used RDP for them
+            by = str(c.details.get("accountant", "rdp"))
             for i, (view, key) in enumerate(zip(views, _TOTAL_KEYS, strict=True)):
-                both[i] = approx_eps + libs.gaussian(
-                    c.accountant, c.pld_interval, view, c.delta_target - approx_delta
-                )
+                both[i] = approx_eps + libs.gaussian(by, c.pld_interval, view, c.delta_target - approx_delta)
                 recorded = c.details.get(key)
                 ok = ok and recorded is not None and _close(float(recorded), float(both[i] or 0.0), tolerance)
         out.append(

@@ -83,19 +83,23 @@ def test_distributed_sigma_calibrated_with_pld_spends_the_target_by_the_librarys
 
 
 def _distributed_ledger(
-    tmp_path, accountant: Accountant, trust: bool
+    tmp_path, accountant: Accountant, trust: bool, totals_by: Accountant | None = None
 ) -> tuple[BudgetLedger, dd.DistributedStep]:
+    """A ledger with a local job, a Laplace count and four distributed rounds; ``totals_by`` None: as written today."""
     ledger = BudgetLedger(tmp_path / "ledger.db", "d", DatasetBudget(100.0, 1e-5), accountant)
     ledger.charge_gaussian("earlier", GaussianSteps(2.0, 0.1, 30))  # a local-noise job before
     ledger.charge_approx("count", 0.5, 0.0, mechanism="laplace")
     step = dd.DistributedStep(1.3, 0.05, 0.7, 4, trust_secagg=trust)
     for r in range(4):
-        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), 1e-5, extra=step, accountant=accountant)
+        by = accountant if totals_by is None else totals_by
+        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), 1e-5, extra=step, accountant=by)
         details = {
             **step.details(),
             "epsilon_total_coordinator": eps_a,
             "epsilon_total_single_update": eps_b,
         }
+        if totals_by is None:
+            details["accountant"] = accountant.name
         ledger.charge_gaussian(f"r{r}", step.charged_steps(), mechanism=dd.MECHANISM, details=details)
     return ledger, step
 
@@ -148,3 +152,10 @@ def test_the_report_gives_both_guarantees_under_each_accountant() -> None:
         dd.privacy_report(step, rounds=50, delta=1e-5, partners=3, clip_range=1.0, levels=4)["accountant"]
         == "rdp"
     )
+
+
+def test_distributed_rows_written_before_the_partners_accountant_was_used_still_verify(tmp_path) -> None:
+    """A PLD partner's older distributed rows: totals under RDP, no accountant in the details."""
+    ledger, _ = _distributed_ledger(tmp_path, PLD, trust=True, totals_by=Accountant())
+    assert "accountant" not in ledger.all_charges()[-1].details
+    assert all(c.ok for c in recompute(ledger.all_charges()))

@@ -575,6 +575,12 @@ def main() -> None:
     )
     parser.add_argument("--secagg-rounds", type=int, default=3, help="real SecAgg+ distributed rounds timed")
     parser.add_argument(
+        "--distributed-accountant",
+        choices=["rdp", "pld"],
+        default="rdp",
+        help="dist-dp: the accountant that calibrates sigma and reports both guarantees",
+    )
+    parser.add_argument(
         "--overhead-only",
         action="store_true",
         help="only the round-overhead figures: one federated DP job per --partners count (grid, then simulation)",

@@ -56,15 +56,21 @@ def run_distributed(
     seed: int,
     task: str = "repayment",
     optimizer: str = "sgd",
+    accountant: str = "rdp",
 ) -> dict[str, Any]:
-    """One distributed job: ``passes * int(1/q)`` rounds of one step, q = expected union batch / rows."""
+    """One distributed job: ``passes * int(1/q)`` rounds of one step, q = expected union batch / rows.
+
+    ``accountant`` (rdp or pld) calibrates sigma and reports both guarantees, as the job's
+    ``distributed_accountant`` does.
+    """
+    acc = dd.job_accountant(accountant)
     parts = [spec.transform(d.train) for d in datasets]
     data = [(torch.as_tensor(X), torch.as_tensor(y)) for X, y in parts]
     total = sum(len(X) for X, _ in data)
     q = min(1.0, batch_size / total)
     rounds = int(1 / q) * passes
     n = len(data)
-    sigma = dd.calibrate_sigma(q, rounds, epsilon, delta, sigma_max=100.0)
+    sigma = dd.calibrate_sigma(q, rounds, epsilon, delta, sigma_max=100.0, accountant=acc)
     step = dd.DistributedStep(sigma, q, max_grad_norm, n, trust_secagg=True)
     model = build_model(task, "mlp", spec.input_dim, seed=seed)
     opt: torch.optim.Optimizer = (
@@ -91,7 +97,7 @@ def run_distributed(
         rows = round(float(summed[-1][0])) * dd.COUNT_UNIT
         dd.apply_step(model, opt, [torch.as_tensor(a) for a in summed[:-1]], dd.expected_batch(q, rows))
     wall = time.perf_counter() - started
-    eps_a, eps_b = dd.run_epsilons(step, rounds, delta)
+    eps_a, eps_b = dd.run_epsilons(step, rounds, delta, acc)
     return {
         "auc": float(evaluate(model, X_test, y_test, task)["auc"]),
         "rounds": rounds,
@@ -99,6 +105,7 @@ def run_distributed(
         "noise_multiplier": sigma,
         "epsilon_coordinator": eps_a,
         "epsilon_single_update": eps_b,
+        "accountant": acc.name,
         "wall_s": wall,
     }
 
@@ -167,7 +174,11 @@ def run_family(
 
     X_test, y_test = spec.transform(pooled(datasets)[1])
     kw = dict(
-        passes=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, max_grad_norm=recipe.max_grad_norm
+        passes=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        max_grad_norm=recipe.max_grad_norm,
+        accountant=getattr(args, "distributed_accountant", "rdp"),
     )
     for eps in args.epsilons:
         add(

@@ -34,6 +34,7 @@ from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
+from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, release
 
@@ -75,7 +76,7 @@ def answer_query(
     def produce() -> tuple[dict[str, Any], Mechanism]:
         frame, extras = _read(home, spec, actor, load_frame)
         partials = compute_partials(frame, spec, extras)
-        noisy = _noised(config.name, spec, partials)
+        noisy = _noised(config.name, spec, partials, config.accountant_spec())
         details["clamped_values"] = partials.clamped
         return noisy, _mechanism(spec, noisy)
 
@@ -87,7 +88,10 @@ def answer_query(
         raise
     charge = released.charge
     details.update(
-        epsilon_total=charge.epsilon_total, epsilon_target=charge.epsilon_target, replayed=charge.already_paid
+        epsilon_total=charge.epsilon_total,
+        epsilon_target=charge.epsilon_target,
+        replayed=charge.already_paid,
+        accountant=charge.accountant,
     )
     _audit(home, actor, "allowed", details=details, **audit_fields)
     out = dict(released.result)
@@ -159,8 +163,11 @@ def _derived(spec: QuerySpec, group: str) -> bool:
     )
 
 
-def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
-    cal = mechanisms.calibrate(spec.mechanism, spec.epsilon, spec.delta, partials.statistics)
+def _noised(
+    partner: str, spec: QuerySpec, partials: Any, accountant: Accountant | None = None
+) -> dict[str, Any]:
+    """The noised release; Gaussian noise sized with the partner's accountant (RDP when None)."""
+    cal = mechanisms.calibrate(spec.mechanism, spec.epsilon, spec.delta, partials.statistics, accountant)
     names = list(partials.stats)
     shapes = {n: partials.stats[n].shape for n in names}
     flat = np.concatenate([partials.stats[n].ravel() / partials.weights[n] for n in names])
@@ -184,6 +191,8 @@ def _noised(partner: str, spec: QuerySpec, partials: Any) -> dict[str, Any]:
         "statistics": cal.statistics,
         "normalised_scale": cal.normalised_scale,
         "noise_multiplier": cal.noise_multiplier,
+        "accountant": cal.accountant,
+        "pld_interval": cal.pld_interval,
         "stats": out,
         "weights": dict(partials.weights),
         "charged": False,
@@ -204,6 +213,10 @@ def _mechanism(spec: QuerySpec, release: dict[str, Any]) -> Mechanism:
         release["noise_multiplier"],
     )
     details["delta_query"] = release["delta"]
+    # the accountant that sized the noise (a release kept before this field existed was sized with RDP)
+    details["calibrated_with"] = release.get("accountant") or "rdp"
+    if release.get("pld_interval") is not None:
+        details["calibration_pld_interval"] = release["pld_interval"]
     return Mechanism("gaussian", gaussian=cal.gaussian_steps(), details=details)
 
 

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp import distributed as dd
+from fedcustomer.server import distributed_checkpoint as dcp
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +87,27 @@ def _distributed_strategy(base: Any) -> Any:
             self.discarded: list[int] = []
             self.sample_rate = float(base["sample_rate"])
             self.n_min = int(base["n_min"])
+            self.first = base["first"]  # a resumed job: Flower counts its rounds from 1 again
+            self.applied += base["applied"]
+            self.discarded += base["discarded"]
+            self.on_round = base["on_round"]  # writes the round's checkpoint
 
         def aggregate_fit(
             self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]
         ) -> tuple[Parameters | None, dict[str, Scalar]]:
+            server_round += self.first
             m = len(results)
             if m < self.n_min:  # never unmasked by honest partners; never applied either
                 log.warning("round %s: %s contributions < %s; step discarded", server_round, m, self.n_min)
                 self.discarded.append(server_round)
+                self.on_round(server_round, self)
                 return None, {}
             mean = parameters_to_ndarrays(results[0][1].parameters)  # SecAgg+ divides the sum by m
             summed = [torch.as_tensor(a * m) for a in mean]
             rows = round(float(summed[-1].reshape(-1)[0])) * dd.COUNT_UNIT
             dd.apply_step(self.model, self.optimizer, summed[:-1], dd.expected_batch(self.sample_rate, rows))
             self.applied.append(server_round)
+            self.on_round(server_round, self)
             state = [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
             return ndarrays_to_parameters(state), {"contributions": m}
 
@@ -126,7 +134,15 @@ def run_distributed_job(
             f"distributed DP needs at least {max(n_min, threshold, 3)} partners (the SecAgg+ threshold and "
             f"min-partners), {n} connected"
         )
-    sigma = dd.calibrate_sigma(job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier)
+    accountant = dd.job_accountant(job.distributed_accountant)
+    progress = dcp.latest(job.out, job.run_id) if extra.get("resume") else None  # the same rounds, paid once
+    sigma = (
+        progress.noise_multiplier
+        if progress
+        else dd.calibrate_sigma(
+            job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier, accountant
+        )
+    )
     clip_range = float(extra.get("secagg-clip-range") or dd.CLIP_RANGE_UNITS * job.max_grad_norm)
     levels = dd.quantization_levels(n)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
@@ -134,6 +150,7 @@ def run_distributed_job(
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=0.9)
+    dcp.restore(progress, model, optimizer)
     names = list(model.state_dict().keys())
     base = {
         **encode_train_config(job, spec),
@@ -141,14 +158,20 @@ def run_distributed_job(
         "min-survivors": n_min,
         "secagg-clip-range": clip_range,
     }
-    strategy = _distributed_strategy({"sample_rate": job.sample_rate, "n_min": n_min})(
-        model, optimizer, **strategy_options(job, model, base, n_min)
-    )
+    first = progress.round if progress else 0
+    strategy = _distributed_strategy(
+        {
+            "sample_rate": job.sample_rate,
+            "n_min": n_min,
+            **dcp.strategy_state(progress, job.out, job.run_id, sigma),
+        }
+    )(model, optimizer, **strategy_options(job, model, base, n_min, first_round=first))
     _, final = run_secagg_rounds(
         grid,
         context,
         job,
         strategy,
+        first_round=first,
         num_shares=n,
         threshold=threshold,
         clipping_range=clip_range,
@@ -173,6 +196,7 @@ def run_distributed_job(
             clip_range=clip_range,
             levels=levels,
             nodes=sorted(grid.get_node_ids()),
+            accountant=accountant,
         ),
         "partners": [],
         "note": "SecAgg+: per-partner metrics stay with each partner; each partner's ledger charges the "

@@ -23,8 +23,14 @@ from fedcustomer.server.anchor_grid import AnchorGrid
 DEFAULT_MODULUS = 1 << 32  # Flower's own default modulus range
 
 
-def strategy_options(job: Any, model: torch.nn.Module, base: dict[str, Any], min_fit: int) -> dict[str, Any]:
-    """FedAvg options of a SecAgg+ job: every partner each round, no evaluation, failures tolerated."""
+def strategy_options(
+    job: Any, model: torch.nn.Module, base: dict[str, Any], min_fit: int, *, first_round: int = 0
+) -> dict[str, Any]:
+    """FedAvg options of a SecAgg+ job: every partner each round, no evaluation, failures tolerated.
+
+    ``first_round``: rounds a resumed job already completed; Flower counts from 1 again, the
+    partners are told the job's own round numbers.
+    """
     return {
         "fraction_fit": 1.0,
         "fraction_evaluate": 0.0,
@@ -32,7 +38,7 @@ def strategy_options(job: Any, model: torch.nn.Module, base: dict[str, Any], min
         "min_evaluate_clients": 0,
         "min_available_clients": min_fit,
         "initial_parameters": ndarrays_to_parameters([v.numpy() for v in model.state_dict().values()]),
-        "on_fit_config_fn": lambda rnd: {**base, "server-round": int(rnd)},
+        "on_fit_config_fn": lambda rnd: {**base, "server-round": int(rnd) + first_round},
         "accept_failures": True,
     }
 
@@ -48,6 +54,7 @@ def run_secagg_rounds(
     clipping_range: float,
     quantization_range: int,
     modulus_range: int = DEFAULT_MODULUS,
+    first_round: int = 0,
 ) -> tuple[Any, list[np.ndarray]]:
     """The job's rounds under SecAgg+ with unit weights; returns Flower's legacy context and the final arrays."""
     import flwr.compat.common.recorddict_compat as compat
@@ -57,7 +64,7 @@ def run_secagg_rounds(
 
     legacy = LegacyContext(
         context,
-        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout),
+        config=ServerConfig(num_rounds=max(0, job.rounds - first_round), round_timeout=job.round_timeout),
         strategy=strategy,
     )
     fit = SecAggPlusWorkflow(

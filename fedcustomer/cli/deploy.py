@@ -266,6 +266,11 @@ def coordinator_run(
     sample_rate: float = typer.Option(
         0.0, "--sample-rate", help="Distributed DP: every partner's Poisson rate q (required there)."
     ),
+    distributed_accountant: str = typer.Option(
+        "rdp",
+        "--distributed-accountant",
+        help="Distributed DP: rdp or pld, the accountant the noise is calibrated with (the partners' choice).",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Resume the last job in --workdir from its checkpoint."
     ),
@@ -344,6 +349,7 @@ def coordinator_run(
             out=str(out),
             dp_mode=dp_mode,
             sample_rate=sample_rate,
+            distributed_accountant=distributed_accountant,
         )
         if dp_mode == "distributed" and not secagg:
             raise ConfigError("--dp-mode distributed needs --secagg: the coordinator must see only the sum")

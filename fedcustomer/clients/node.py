@@ -181,9 +181,13 @@ class PartnerNode:
                 f"the secure sum's clip range {ins.secagg_clip_range:g} is too small for partner {self.name!r}'s "
                 f"batches at sample rate {plan.sample_rate:g}; raise secagg-clip-range"
             )
-        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), ledger.budget.delta, extra=plan)
+        # both guarantees with this partner's own accountant: the one its ledger charges with
+        eps_a, eps_b = dd.both_epsilons(
+            ledger.all_charges(), ledger.budget.delta, extra=plan, accountant=ledger.accountant
+        )
         details = {
             **plan.details(),
+            "accountant": ledger.accountant.name,
             "partner": self.name,
             "epsilon_total_coordinator": eps_a,
             "epsilon_total_single_update": eps_b,

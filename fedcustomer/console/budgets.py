@@ -1,14 +1,16 @@
 """The partner's privacy budget as the compliance officer sees it: every charge, epsilon over time.
 
 Read from the ledger (``ledger.db``), never written. *Recompute* composes the charges
-again here, independently of the totals the ledger stored when it charged them: the
-Gaussian charges' Renyi DP curves are summed in order (the same RDP accountant the
-ledger uses, :mod:`fedcustomer.privacy.dp.accounting`), the other charges added by basic
-composition, and each running total is compared with the stored ``epsilon_total``.
+again here, independently of the totals the ledger stored when it charged them, with the
+accounting libraries alone (:mod:`fedcustomer.privacy.dp.recompute`, as ``budget verify``):
+each row with the accountant it names (Opacus RDP, or dp-accounting's PLD), the other charges
+added by basic composition, and each running total is compared with the stored ``epsilon_total``
+(a distributed-DP row's two guarantees too).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from contextlib import closing
@@ -16,11 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from fedcustomer.privacy.dp import accounting
-from fedcustomer.privacy.dp.accounting import GaussianSteps
 
 TOLERANCE = 1e-6
 
@@ -39,12 +36,14 @@ class ChargeRow:
     epsilon_total: float
     epsilon_target: float
     recomputed: float | None = None
+    verified: bool | None = None  # the library recomputation's verdict on every figure the row records
 
     @property
     def matches(self) -> bool | None:
         if self.recomputed is None:
             return None
-        return math.isclose(self.recomputed, self.epsilon_total, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+        close = math.isclose(self.recomputed, self.epsilon_total, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+        return close and self.verified is not False
 
 
 def _rows(ledger_path: Path, table: str) -> list[dict[str, Any]]:
@@ -62,23 +61,10 @@ def _rows(ledger_path: Path, table: str) -> list[dict[str, Any]]:
 def charges(ledger_path: Path, *, recompute: bool = False) -> list[ChargeRow]:
     """Every charge of the partner (all datasets) in ledger order."""
     out: list[ChargeRow] = []
-    rdp: np.ndarray | None = None
-    approx_eps = approx_delta = 0.0
-    for r in _rows(ledger_path, "charges"):
-        again = None
-        if recompute:
-            if r["family"] == "gaussian_rdp":
-                steps = GaussianSteps(float(r["noise_multiplier"]), float(r["sample_rate"]), int(r["steps"]))
-                curve = accounting.rdp_curve([steps])
-                rdp = curve if rdp is None else rdp + curve
-            else:
-                approx_eps += float(r["epsilon"] or 0.0)
-                approx_delta += float(r["delta"] or 0.0)
-            if rdp is not None:
-                left = float(r["delta_target"]) - approx_delta
-                again = (accounting.epsilon_from_rdp(rdp, left) if left > 0 else math.inf) + approx_eps
-            else:
-                again = approx_eps
+    rows = _rows(ledger_path, "charges")
+    checks = {c.seq: c for c in _recompute(rows)} if recompute else {}
+    for r in rows:
+        check = checks.get(int(r["seq"]))
         what = r["query_id"] or (f"{r['run_id']} round {r['round']}" if r["run_id"] else r["charge_key"])
         out.append(
             ChargeRow(
@@ -91,10 +77,26 @@ def charges(ledger_path: Path, *, recompute: bool = False) -> list[ChargeRow]:
                 r["epsilon"],
                 float(r["epsilon_total"]),
                 float(r["epsilon_target"]),
-                again,
+                None if check is None else check.recomputed_total,
+                None if check is None else check.ok,
             )
         )
     return out
+
+
+def _recompute(rows: list[dict[str, Any]]) -> list[Any]:
+    """The library recomputation of every row (a ledger written before a column existed has its default)."""
+    from fedcustomer.privacy.dp.ledger import Charge
+    from fedcustomer.privacy.dp.recompute import recompute
+
+    names = set(Charge.__dataclass_fields__) - {"already_paid"}
+    charges = [
+        Charge(
+            **{k: v for k, v in r.items() if k in names} | {"details": json.loads(r.get("details") or "{}")}
+        )
+        for r in rows
+    ]
+    return recompute(charges, TOLERANCE)
 
 
 def refusals(ledger_path: Path) -> list[dict[str, Any]]:

@@ -43,6 +43,24 @@ def test_gaussian_calibration_costs_exactly_epsilon_in_the_ledgers_accounting() 
     assert m.calibrate(m.GAUSSIAN, 1.0, 1e-6, 4).normalised_scale == pytest.approx(2 * cal.noise_multiplier)
 
 
+def test_a_pld_partners_gaussian_release_is_sized_with_pld_and_needs_less_noise() -> None:
+    from dp_accounting import dp_event
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    from fedcustomer.privacy.dp.accountants import Accountant
+
+    rdp = m.calibrate(m.GAUSSIAN, 1.0, 1e-6, 4)
+    tight = m.calibrate(m.GAUSSIAN, 1.0, 1e-6, 4, Accountant("pld"))
+    assert (rdp.accountant, rdp.pld_interval) == ("rdp", None)
+    assert (tight.accountant, tight.pld_interval) == ("pld", 1e-4)
+    assert tight.normalised_scale == pytest.approx(tight.noise_multiplier * 2)  # L2 sensitivity sqrt(4)
+    assert tight.noise_multiplier < rdp.noise_multiplier * 0.95
+    library = PLDAccountant(value_discretization_interval=1e-4)
+    library.compose(dp_event.PoissonSampledDpEvent(1.0, dp_event.GaussianDpEvent(tight.noise_multiplier)))
+    assert 1.0 * (1 - 1e-3) < library.get_epsilon(1e-6) <= 1.0
+    assert m.calibrate(m.LAPLACE, 1.0, 0.0, 4, Accountant("pld")).accountant is None  # Laplace needs none
+
+
 @pytest.mark.parametrize(
     "mechanism, eps, delta",
     [("laplace", 1.0, 1e-6), ("gaussian", 1.0, 0.0), ("laplace", 0.0, 0.0), ("median", 1.0, 0.0)],

@@ -55,6 +55,32 @@ def test_gaussian_query_is_charged_as_one_full_batch_gaussian_step(homes: list[P
     assert c.noise_multiplier > 0
 
 
+def test_a_pld_partners_gaussian_query_is_sized_and_charged_with_pld(homes: list[PartnerHome]) -> None:
+    from fedcustomer.privacy.dp.recompute import recompute
+
+    rdp_release = answer_query(homes[1], _count(1.0, "q-rdp", mechanism="gaussian", delta=1e-5))
+    config = homes[0].config()
+    config.accountant = "pld"
+    homes[0].write_config(config)
+    release = answer_query(homes[0], _count(1.0, "q-pld", mechanism="gaussian", delta=1e-5))
+    assert (release["accountant"], release["pld_interval"]) == ("pld", 1e-4)
+    assert rdp_release["accountant"] == "rdp"
+    assert release["normalised_scale"] < rdp_release["normalised_scale"] * 0.95  # less noise, same epsilon
+    [c] = ledger_for(homes[0], "retailer").charges()
+    assert (c.accountant, c.details["calibrated_with"], c.details["calibration_pld_interval"]) == (
+        "pld",
+        "pld",
+        1e-4,
+    )
+    assert c.noise_multiplier == release["noise_multiplier"]
+    assert 0.999 < c.epsilon <= 1.0 and c.epsilon_total == pytest.approx(
+        c.epsilon
+    )  # the query's epsilon, alone
+    assert all(check.ok for check in recompute(ledger_for(homes[0], "retailer").all_charges()))
+    [entry] = _query_entries(homes[0])
+    assert entry.details["accountant"] == "pld"
+
+
 def test_exhausted_budget_refuses_and_charges_nothing(homes: list[PartnerHome]) -> None:
     home = homes[0]
     answer_query(home, _count(4.0, "q-big"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +138,23 @@ def test_budget_page_charts_epsilon_over_time_overall_and_per_dataset(world: Wor
     html = carol.get("/budgets").text
     assert html.count("<svg") == 3 and "epsilon spent over time" in html and "time (UTC)" in html
     assert "<script>alert" not in html
+
+
+def test_budget_recomputation_follows_each_rows_accountant(tmp_path: Path) -> None:
+    """A PLD partner's rows recompute with dp-accounting, not with RDP (which would flag them all)."""
+    from fedcustomer.privacy.dp.accountants import Accountant
+    from fedcustomer.privacy.dp.accounting import GaussianSteps
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+    ledger = BudgetLedger(tmp_path / "ledger.db", "d", DatasetBudget(10.0, 1e-5), Accountant("pld", 1e-3))
+    ledger.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20))
+    ledger.charge_approx("q1", 0.5, 0.0, mechanism="laplace")
+    ledger.charge_gaussian("r2", GaussianSteps(1.1, 0.05, 20))
+    rows = budgets.charges(ledger.path, recompute=True)
+    assert [r.matches for r in rows] == [True, True, True]
+    with sqlite3.connect(ledger.path) as con:
+        con.execute(
+            "UPDATE charges SET epsilon = epsilon / 2 WHERE seq = 3"
+        )  # the row's own epsilon, not its total
+    assert [r.matches for r in budgets.charges(ledger.path, recompute=True)] == [True, True, False]

@@ -12,6 +12,7 @@ reported is a valid bound; the smaller of the two is never picked per release.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ RDP = "rdp"
 PLD = "pld"
 ACCOUNTANTS = (RDP, PLD)
 DEFAULT = RDP
+#: Below this noise multiplier one Gaussian release's PLD spans too many grid points (tens of seconds per
+#: evaluation at 0.1): a PLD partner's Gaussian query that would need less noise (epsilon above ~20) is refused.
+PLD_MIN_RELEASE_NOISE = 0.25
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Accountant:
         *,
         sigma_min: float = 0.3,
         sigma_max: float = 50.0,
+        tolerance: float = 1e-3,
     ) -> float:
         """Smallest noise multiplier whose ``steps`` fit in ``epsilon_target`` after ``prior``."""
         if self.name == PLD:
@@ -71,10 +76,28 @@ class Accountant:
                 interval=self.pld_interval,
                 sigma_min=sigma_min,
                 sigma_max=sigma_max,
+                tolerance=tolerance,
             )
         return accounting.calibrate_noise(
-            prior, sample_rate, steps, epsilon_target, delta, sigma_min=sigma_min, sigma_max=sigma_max
+            prior,
+            sample_rate,
+            steps,
+            epsilon_target,
+            delta,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            tolerance=tolerance,
         )
+
+    def calibrate_release(self, epsilon: float, delta: float) -> float:
+        """Noise multiplier of one full-batch Gaussian release (``q = 1``) whose epsilon alone is ``epsilon``.
+
+        What a Gaussian analytics query is sized with, so that the ledger (which composes it
+        with this same accountant) charges what the query asked for. RDP searches as it always
+        did; PLD searches just above the exact Gaussian mechanism's noise (Balle and Wang), a
+        lower bound for any sound accountant, which PLD's pessimistic grid meets within ~1e-4.
+        """
+        return _release_noise(self.name, self.pld_interval, float(epsilon), float(delta))
 
     def describe(self) -> dict[str, Any]:
         """What a report says about the accountant (enough to recompute with the library)."""
@@ -85,6 +108,29 @@ class Accountant:
                 "value_discretization_interval": self.pld_interval,
             }
         return {"accountant": RDP, "library": "opacus RDPAccountant"}
+
+
+@functools.lru_cache(maxsize=256)
+def _release_noise(name: str, interval: float, epsilon: float, delta: float) -> float:
+    """One full-batch Gaussian release's noise multiplier, cached: queries repeat (epsilon, delta) pairs."""
+    if name != PLD:
+        return accounting.calibrate_noise(
+            [], 1.0, 1, epsilon, delta, sigma_min=1e-3, sigma_max=1e5, tolerance=1e-6
+        )
+    exact = pld.exact_gaussian_noise(epsilon, delta)
+    if exact < PLD_MIN_RELEASE_NOISE:
+        raise ConfigError(
+            f"a Gaussian release at epsilon {epsilon:g} (delta {delta:g}) needs noise multiplier {exact:.3f}, "
+            f"below {PLD_MIN_RELEASE_NOISE:g}, which PLD accounting cannot size in reasonable time: use a "
+            "smaller epsilon or the Laplace mechanism"
+        )
+    for upper in (exact * (1 + 1e-2), max(exact * 2, _release_noise(RDP, interval, epsilon, delta))):
+        sigma = pld.calibrate_noise(
+            [], 1.0, 1, epsilon, delta, interval=interval, sigma_min=exact, sigma_max=upper, tolerance=1e-5
+        )
+        if pld.epsilon([GaussianSteps(sigma, 1.0, 1)], delta, interval) <= epsilon:
+            return sigma
+    return sigma  # the caller checks the spend and refuses a release it cannot size
 
 
 def accountant_named(name: str | None, interval: float | None = None) -> Accountant:

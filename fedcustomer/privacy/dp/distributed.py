@@ -35,6 +35,13 @@ The stochastic rounding of each partner's value (unbiased, at most ``2R / Q`` pe
 coordinate, orders of magnitude below the noise share) is applied per partner before the
 sum: (b) is exact, (a) is stated for the real-valued sum; a formally exact (a) under
 rounding would need a discrete mechanism (distributed discrete Gaussian or Skellam).
+
+Accounting: both guarantees are compositions of subsampled-Gaussian steps, so either
+accountant applies (``accountants.Accountant``: RDP as Opacus, or PLD with dp-accounting).
+A partner's ledger charges, and its round reports both guarantees, with the accountant its
+home selects; the coordinator calibrates ``sigma`` with the job's ``distributed_accountant``
+(set it to the partners' choice: a PLD-calibrated ``sigma`` is smaller, and an RDP partner
+would then see more than the job's epsilon and refuse the rounds past its budget).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import torch
 from torch import nn
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accountants import ACCOUNTANTS, Accountant, accountant_named
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import APPROX, GAUSSIAN, Charge
 
@@ -256,13 +263,18 @@ def guarantee_histories(charges: Sequence[Charge]) -> tuple[list[GaussianSteps],
 
 
 def both_epsilons(
-    charges: Sequence[Charge], delta: float, extra: DistributedStep | None = None
+    charges: Sequence[Charge],
+    delta: float,
+    extra: DistributedStep | None = None,
+    accountant: Accountant | None = None,
 ) -> tuple[float, float]:
     """(epsilon against the coordinator, epsilon against a single update) over ``charges`` (+ ``extra``).
 
-    Composition as the ledger's: RDP within Gaussian releases, basic composition with the
-    (epsilon, delta) releases.
+    Composition as the ledger's: ``accountant`` (the partner's; RDP when None) within Gaussian
+    releases, basic composition with the (epsilon, delta) releases. The view the ledger charged
+    is the very history it composed, so that figure equals the ledger's ``epsilon_total``.
     """
+    acc = accountant if accountant is not None else Accountant()
     coordinator, single = guarantee_histories(charges)
     if extra is not None:
         coordinator.append(extra.coordinator_steps())
@@ -273,23 +285,41 @@ def both_epsilons(
     if rdp_delta <= 0:
         return float("inf"), float("inf")
     return (
-        accounting.epsilon(coordinator, rdp_delta) + approx_eps,
-        accounting.epsilon(single, rdp_delta) + approx_eps,
+        acc.epsilon(coordinator, rdp_delta) + approx_eps,
+        acc.epsilon(single, rdp_delta) + approx_eps,
     )
 
 
-def run_epsilons(step: DistributedStep, rounds: int, delta: float) -> tuple[float, float]:
+def run_epsilons(
+    step: DistributedStep, rounds: int, delta: float, accountant: Accountant | None = None
+) -> tuple[float, float]:
     """The two guarantees of ``rounds`` distributed rounds alone (what one job costs a fresh partner)."""
+    acc = accountant if accountant is not None else Accountant()
     a = GaussianSteps(step.noise_multiplier, step.sample_rate, rounds)
     b = GaussianSteps(step.single_update_steps().noise_multiplier, step.sample_rate, rounds)
-    return accounting.epsilon([a], delta), accounting.epsilon([b], delta)
+    return acc.epsilon([a], delta), acc.epsilon([b], delta)
 
 
-def calibrate_sigma(sample_rate: float, rounds: int, epsilon: float, delta: float, sigma_max: float) -> float:
-    """The union's noise multiplier for which ``rounds`` one-step rounds reach ``epsilon`` (view (a))."""
-    return accounting.calibrate_noise(
-        [], sample_rate, rounds, epsilon * (1 - 1e-9), delta, sigma_max=sigma_max
-    )
+def calibrate_sigma(
+    sample_rate: float,
+    rounds: int,
+    epsilon: float,
+    delta: float,
+    sigma_max: float,
+    accountant: Accountant | None = None,
+) -> float:
+    """The union's noise multiplier for which ``rounds`` one-step rounds reach ``epsilon`` (view (a)).
+
+    With ``accountant`` (RDP when None): a fresh partner using it is charged (if it trusts
+    SecAgg+) exactly what this plan promised, within the calibration's tolerance from below.
+    """
+    acc = accountant if accountant is not None else Accountant()
+    return acc.calibrate_noise([], sample_rate, rounds, epsilon * (1 - 1e-9), delta, sigma_max=sigma_max)
+
+
+def job_accountant(name: str | None) -> Accountant:
+    """The accountant a distributed job calibrates with (its ``distributed_accountant``; RDP when unset)."""
+    return accountant_named(name)
 
 
 TRUST_ASSUMPTION = (
@@ -309,16 +339,30 @@ def privacy_report(
     clip_range: float,
     levels: int,
     nodes: Sequence[int] = (),
+    accountant: Accountant | None = None,
 ) -> dict[str, Any]:
-    """summary.json's account of a distributed job: both guarantees for a partner taking part in every round."""
-    eps_a, eps_b = run_epsilons(step, rounds, delta)
+    """summary.json's account of a distributed job: both guarantees for a partner taking part in every round.
+
+    The headline figures use ``accountant`` (the job's calibration accountant, RDP when None);
+    ``by_accountant`` gives both guarantees under RDP and PLD, since each partner's ledger
+    reports with its own.
+    """
+    acc = accountant if accountant is not None else Accountant()
     beta = clip_probability_total(rounds, partners)
-    guarantees = {
-        "epsilon_coordinator": eps_a,
-        "delta_coordinator": delta + (1 + math.exp(eps_a)) * beta,
-        "epsilon_single_update": eps_b,
-        "delta_single_update": delta,
+
+    def guarantees_with(a: Accountant) -> dict[str, float]:
+        eps_a, eps_b = run_epsilons(step, rounds, delta, a)
+        return {
+            "epsilon_coordinator": eps_a,
+            "delta_coordinator": delta + (1 + math.exp(eps_a)) * beta,
+            "epsilon_single_update": eps_b,
+            "delta_single_update": delta,
+        }
+
+    by_accountant = {
+        name: guarantees_with(acc if name == acc.name else accountant_named(name)) for name in ACCOUNTANTS
     }
+    guarantees = by_accountant[acc.name]
     return {
         "noise_multiplier": step.noise_multiplier,
         "noise_multiplier_single_update": step.single_update_steps().noise_multiplier,
@@ -327,8 +371,10 @@ def privacy_report(
         "min_survivors": step.min_survivors,
         "steps_per_round": 1,
         "rounds_accounted": rounds,
-        "accountant": accounting.ACCOUNTANT,
+        "accountant": acc.name,
+        "accounting": acc.describe(),
         **guarantees,
+        "by_accountant": by_accountant,
         "partners": [{"node_id": int(n), **guarantees} for n in nodes],
         "quantisation": {
             "noise": "continuous Gaussian, added before quantisation",

@@ -25,6 +25,7 @@ the accountant's, bit for bit (tests compare them).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -129,6 +130,37 @@ def calibrate_noise(
     if exact(lo) <= epsilon_target:
         return bisect_noise(exact, epsilon_target, sigma_min, lo, tolerance)
     return bisect_bracket(exact, epsilon_target, lo, below, tolerance)
+
+
+def exact_gaussian_noise(epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier for which ONE Gaussian release (sensitivity 1, no sampling) is (epsilon, delta)-DP.
+
+    The exact privacy profile of the Gaussian mechanism (Balle and Wang, ICML 2018):
+    ``delta(eps) = Phi(1/(2s) - eps*s) - e^eps * Phi(-1/(2s) - eps*s)``, decreasing in ``s``;
+    solved by bisection in log space. Any sound accountant (PLD's pessimistic grid included)
+    needs at least this much noise, so calibration searches just above it.
+    """
+    if not (epsilon > 0) or not (0 < delta < 1):
+        raise ConfigError(f"a Gaussian release needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
+
+    def profile(s: float) -> float:
+        a = 1 / (2 * s)
+        return _phi(a - epsilon * s) - math.exp(epsilon) * _phi(-a - epsilon * s) if epsilon < 700 else 0.0
+
+    lo, hi = 1e-3, 1.0  # the smallest noise any calibration here considers
+    while profile(hi) > delta:
+        lo, hi = hi, hi * 2
+    while hi / lo > 1 + 1e-12:
+        mid = math.sqrt(lo * hi)
+        if profile(mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
 def _eps_after(

@@ -14,6 +14,14 @@ rows up to it (all datasets), calling the libraries directly rather than the led
   (its own steps, with each one-step PLD built once), ``get_epsilon`` at the same delta;
 - then plus the other releases' epsilons (basic composition).
 
+A distributed-DP row (``details.dp_mode == "distributed"``, privacy/dp/distributed.py) also
+records the partner's total under both guarantees (``epsilon_total_coordinator``,
+``epsilon_total_single_update``): they are recomputed the same way from two histories in
+which every distributed row counts with its ``noise_multiplier_coordinator`` or
+``noise_multiplier_single_update`` (from its details) and every other Gaussian row as charged,
+with the accountant the details name (``accountant``; RDP for rows written before they named one,
+whose two totals were always RDP whatever the ledger's accountant).
+
 A row whose recorded total differs from the recomputation by more than the tolerance is
 a mismatch. The same rules, as a script with no fedcustomer code, are in the README
 ("RDP or PLD, and recomputing a ledger").
@@ -49,6 +57,9 @@ class RowCheck:
     recorded_alone: float | None
     recomputed_alone: float | None
     ok: bool
+    # distributed-DP rows: the partner's total against the coordinator and against a single update
+    recomputed_coordinator: float | None = None
+    recomputed_single_update: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +123,7 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
     """Every row of ``charges`` (all of a partner's, in ledger order) checked against the libraries."""
     libs = _Libraries()
     history: list[tuple[float, float, int]] = []
+    views: tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]] = ([], [])
     approx_eps = approx_delta = 0.0
     out = []
     for c in sorted(charges, key=lambda c: c.seq):
@@ -119,6 +131,9 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
         if c.family == GAUSSIAN:
             own = (float(c.noise_multiplier or 0.0), float(c.sample_rate or 0.0), int(c.steps or 0))
             history.append(own)
+            for view, key in zip(views, _VIEW_KEYS, strict=True):
+                distributed = c.details.get("dp_mode") == _DISTRIBUTED
+                view.append((float(c.details[key]), own[1], own[2]) if distributed else own)
             alone = libs.gaussian(c.accountant, c.pld_interval, [own], c.delta_target)
         elif c.family == APPROX:
             approx_eps += float(c.epsilon or 0.0)
@@ -132,6 +147,14 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
         ok = _close(c.epsilon_total, total, tolerance) and (
             alone is None or c.epsilon is None or _close(c.epsilon, alone, tolerance)
         )
+        both: list[float | None] = [None, None]
+        if c.family == GAUSSIAN and c.details.get("dp_mode") == _DISTRIBUTED:
+            # the details name the accountant of both totals; rows written before they did used RDP for them
+            by = str(c.details.get("accountant", "rdp"))
+            for i, (view, key) in enumerate(zip(views, _TOTAL_KEYS, strict=True)):
+                both[i] = approx_eps + libs.gaussian(by, c.pld_interval, view, c.delta_target - approx_delta)
+                recorded = c.details.get(key)
+                ok = ok and recorded is not None and _close(float(recorded), float(both[i] or 0.0), tolerance)
         out.append(
             RowCheck(
                 c.seq,
@@ -143,9 +166,17 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
                 None if c.epsilon is None else float(c.epsilon),
                 alone,
                 ok,
+                both[0],
+                both[1],
             )
         )
     return out
+
+
+# How a distributed-DP row names its mode, its two noise multipliers and its two totals (its details).
+_DISTRIBUTED = "distributed"
+_VIEW_KEYS = ("noise_multiplier_coordinator", "noise_multiplier_single_update")
+_TOTAL_KEYS = ("epsilon_total_coordinator", "epsilon_total_single_update")
 
 
 def _close(recorded: float, recomputed: float, tolerance: float) -> bool:

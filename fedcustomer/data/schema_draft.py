@@ -59,6 +59,24 @@ _SENSITIVE_HINTS = (
 _PUBLIC_HINTS = ("region", "industry", "segment", "city", "province", "country", "sector", "channel")
 
 
+# Special categories of personal data (GDPR art. 9): never drafted public, and core by default.
+_SPECIAL_CATEGORY_HINTS = (
+    "ethnic",
+    "race",
+    "racial",
+    "religion",
+    "religious",
+    "health",
+    "disability",
+    "sexual",
+    "orientation",
+    "political",
+    "union",
+    "biometric",
+    "genetic",
+)
+
+
 _TIME_HINTS = ("updated", "timestamp", "modified", "as_of", "asof", "created")
 
 
@@ -75,11 +93,23 @@ def _has_hint(name: str, hints: Iterable[str]) -> bool:
     return any(hint in tokens or len(hint) > 3 and hint in lowered for hint in hints)
 
 
+def _is_count_of(name: str, hints: Iterable[str]) -> bool:
+    """``cards``, ``num_phones``: a count of things a hint names, not the identifier itself."""
+    tokens = _tokens(name)
+    return any(f"{hint}s" in tokens for hint in hints) and not any(hint in tokens for hint in hints)
+
+
 def guess_tier(name: str) -> str:
-    """Name heuristics: identifiers -> core, money -> sensitive, geography/segment -> public."""
-    if _has_hint(name, _CORE_HINTS):
+    """Name heuristics: identifiers and special categories -> core, money -> sensitive, geography/segment -> public.
+
+    Public needs a whole word (``home_city``, not ``ethnicity``): a wrong "public" shows a field
+    to every role, so every doubt falls to a stricter tier.
+    """
+    if _has_hint(name, _SPECIAL_CATEGORY_HINTS):
         return "core"
-    if _has_hint(name, _PUBLIC_HINTS):
+    if _has_hint(name, _CORE_HINTS) and not _is_count_of(name, _CORE_HINTS):
+        return "core"
+    if any(hint in _tokens(name) for hint in _PUBLIC_HINTS):
         return "public"
     return "sensitive"
 

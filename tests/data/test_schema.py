@@ -134,6 +134,12 @@ def test_two_timestamp_fields_rejected():
         ("region", "public"),
         ("industry", "public"),
         ("segment", "public"),
+        ("home_city", "public"),
+        ("ethnicity", "core"),  # contains "city", but a special category is never public
+        ("religion", "core"),
+        ("health_status", "core"),
+        ("cards", "sensitive"),  # a count of cards, not a card number
+        ("num_cards", "sensitive"),
     ],
 )
 def test_guess_tier_by_name(name, tier):

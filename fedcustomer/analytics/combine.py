@@ -43,6 +43,9 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
     latency_s: float | None = None
     anchors: list[dict[str, Any]] = field(default_factory=list)  # partners' audit anchors, as received
+    # Gaussian releases: the accountant each partner sized its noise with (rdp or pld), so an
+    # audit replays the noise each partner really added.
+    calibrated_with: dict[str, str] = field(default_factory=dict)
 
     @property
     def query_id(self) -> str:
@@ -70,6 +73,7 @@ class QueryResult:
             "partners": list(self.partners),
             "refused": dict(self.refused),
             "spend": dict(self.spend),
+            "calibrated_with": dict(self.calibrated_with),
             "rows": self.rows,
             "partner_rows": self.partner_rows,
             "notes": list(self.notes),
@@ -115,6 +119,7 @@ def combine(
         [],
         refused,
         spend={r["partner"]: r.get("spend", {}) for r in releases},
+        calibrated_with={r["partner"]: str(r["accountant"]) for r in releases if r.get("accountant")},
     )
     result.rows = _rows(spec, totals, noises)
     if spec.kind in ("sum", "mean", "histogram", "quantiles"):

@@ -18,6 +18,7 @@ Intervals cover the noise only: not sampling error, and not the bias of clamping
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,9 +102,7 @@ def calibrate(
     if not (0 < delta < 1):
         raise ConfigError(f"the Gaussian mechanism needs 0 < delta < 1, got {delta}")
     acc = accountant if accountant is not None else Accountant()
-    sigma = acc.calibrate_release(epsilon, delta)
-    if acc.epsilon([GaussianSteps(sigma, 1.0, 1)], delta) > epsilon * (1 + 1e-6):
-        raise ConfigError(f"epsilon {epsilon} at delta {delta} needs more Gaussian noise than supported")
+    sigma = _release_sigma(acc, float(epsilon), float(delta))
     return Calibration(
         GAUSSIAN,
         epsilon,
@@ -114,6 +113,19 @@ def calibrate(
         accountant=acc.name,
         pld_interval=acc.interval,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _release_sigma(acc: Accountant, epsilon: float, delta: float) -> float:
+    """The noise multiplier of one Gaussian release, checked against the accountant.
+
+    A pure function of its arguments, kept: a PLD calibration takes seconds, and a query
+    (or an audit replaying it hundreds of times) asks the same question again.
+    """
+    sigma = acc.calibrate_release(epsilon, delta)
+    if acc.epsilon([GaussianSteps(sigma, 1.0, 1)], delta) > epsilon * (1 + 1e-6):
+        raise ConfigError(f"epsilon {epsilon} at delta {delta} needs more Gaussian noise than supported")
+    return sigma
 
 
 def release(normalised: Sequence[float], cal: Calibration) -> np.ndarray:

@@ -34,13 +34,14 @@ from fedcustomer.analytics.local import Partials, compute_partials
 from fedcustomer.analytics.partner import _noised
 from fedcustomer.analytics.spec import QuerySpec
 from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy_audit.bounds import CONFIDENCE, threshold_epsilon
 
 DEFAULT_RELEASES = 2000
 PLD_REJECT_P = 0.001  # the distribution test's verdict; strict, as it is reported beside the bound
 
 #: The partner's release function: (partner, spec, partials) -> release dict with "stats".
-ReleaseFn = Callable[[str, QuerySpec, Partials], dict[str, Any]]
+ReleaseFn = Callable[[str, QuerySpec, Partials, Accountant | None], dict[str, Any]]
 
 
 def neighbours(spec: QuerySpec) -> tuple[Partials, Partials]:
@@ -83,16 +84,25 @@ def audit_query(
     seed: int = 0,
     release_fn: ReleaseFn = _noised,
     confidence: float = CONFIDENCE,
+    accountant: Accountant | None = None,
 ) -> dict[str, Any]:
-    """Release ``spec`` ``releases`` times on D and on D'; the bound and the loss-distribution test."""
+    """Release ``spec`` ``releases`` times on D and on D'; the bound and the loss-distribution test.
+
+    ``accountant``: the one the partner sized its Gaussian noise with (RDP when None); the
+    releases and the claimed noise are both that partner's.
+    """
     if releases < 40:
         raise ConfigError(f"--releases must be at least 40, got {releases}")
     started = time.perf_counter()
     d, d1 = neighbours(spec)
     a, b = _normalised({"stats": d.stats}, d.weights), _normalised({"stats": d1.stats}, d1.weights)
-    on_d = np.stack([_normalised(release_fn("audit", spec, d), d.weights) for _ in range(releases)])
-    on_d1 = np.stack([_normalised(release_fn("audit", spec, d1), d1.weights) for _ in range(releases)])
-    claimed = mechanisms.calibrate(spec.mechanism, spec.epsilon, spec.delta, d.statistics)
+    on_d = np.stack(
+        [_normalised(release_fn("audit", spec, d, accountant), d.weights) for _ in range(releases)]
+    )
+    on_d1 = np.stack(
+        [_normalised(release_fn("audit", spec, d1, accountant), d1.weights) for _ in range(releases)]
+    )
+    claimed = mechanisms.calibrate(spec.mechanism, spec.epsilon, spec.delta, d.statistics, accountant)
     scale = claimed.normalised_scale
     loss_d, loss_d1 = _loss(on_d, a, b, spec.mechanism, scale), _loss(on_d1, a, b, spec.mechanism, scale)
     bound = threshold_epsilon(loss_d, loss_d1, spec.delta, confidence, seed=seed)
@@ -108,6 +118,7 @@ def audit_query(
         "query_id": spec.query_id,
         "claimed_epsilon": spec.epsilon,
         "delta": spec.delta,
+        "calibrated_with": claimed.accountant,
         "confidence": confidence,
         "statistics": d.statistics,
         "releases_per_dataset": releases,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedcustomer.analytics.mechanisms import LAPLACE
 from fedcustomer.analytics.spec import spec_from_dict
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.data.features import FeatureSpec
@@ -39,6 +40,7 @@ from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accountants import accountant_named
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 from fedcustomer.privacy_audit import analytics_audit, canaries, membership, vertical_audit
@@ -265,10 +267,27 @@ def audit_query_run(run: Path, *, releases: int, seed: int, confidence: float) -
     if "partners" in result and not result["partners"]:
         raise ConfigError(f"{path}: every partner refused this query; it released nothing to audit")
     spec = spec_from_dict(result["spec"], source=str(path))
-    report = analytics_audit.audit_query(spec, releases=releases, seed=seed, confidence=confidence)
-    report["released_by"] = list(result.get("partners", []))
+    partners = [str(p) for p in result.get("partners", [])]
+    # One audit per accountant the partners sized their noise with (a release from before this
+    # was recorded was sized with RDP): each replays the noise those partners really added.
+    calibrated = dict(result.get("calibrated_with") or {})
+    by_accountant: dict[str | None, list[str]] = {}
+    for partner in partners or [""]:
+        name = calibrated.get(partner) if spec.mechanism != LAPLACE else None
+        by_accountant.setdefault(name, []).append(partner)
+    reports = []
+    for name, released_by in sorted(by_accountant.items(), key=lambda kv: str(kv[0])):
+        report = analytics_audit.audit_query(
+            spec,
+            releases=releases,
+            seed=seed,
+            confidence=confidence,
+            accountant=None if name is None else accountant_named(name),
+        )
+        report["released_by"] = [p for p in released_by if p]
+        reports.append(report)
     kind = "rfm" if path.name == "rfm.json" else "query"
-    return {"run_kind": kind, "release_file": path.name, "mechanisms": [report], "membership_inference": {}}
+    return {"run_kind": kind, "release_file": path.name, "mechanisms": reports, "membership_inference": {}}
 
 
 def audit_run(

@@ -9,6 +9,7 @@ from fedcustomer.analytics.local import Partials
 from fedcustomer.analytics.partner import _noised
 from fedcustomer.analytics.spec import QuerySpec, spec_from_dict
 from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp.accountants import Accountant, accountant_named
 from fedcustomer.privacy_audit.analytics_audit import audit_query, neighbours
 
 
@@ -16,9 +17,11 @@ def _spec(**fields: Any) -> QuerySpec:
     return spec_from_dict({"dataset": "customers", **fields})
 
 
-def tenfold_too_little_noise(partner: str, spec: QuerySpec, partials: Partials) -> dict[str, Any]:
+def tenfold_too_little_noise(
+    partner: str, spec: QuerySpec, partials: Partials, accountant: Accountant | None = None
+) -> dict[str, Any]:
     """A broken release, for tests only: calibrated for 10x the epsilon it is charged."""
-    return _noised(partner, replace(spec, epsilon=spec.epsilon * 10), partials)
+    return _noised(partner, replace(spec, epsilon=spec.epsilon * 10), partials, accountant)
 
 
 COUNT = {"kind": "count", "mechanism": "laplace", "epsilon": 1.0, "delta": 0}
@@ -61,3 +64,14 @@ def test_worst_neighbour_sits_at_the_bound_of_largest_magnitude() -> None:
 def test_too_few_releases_are_refused() -> None:
     with pytest.raises(ConfigError, match="at least 40"):
         audit_query(_spec(**COUNT), releases=10)
+
+
+def test_a_pld_sized_release_is_replayed_with_pld_noise() -> None:
+    """A PLD partner adds less noise than RDP would size; the audit replays that noise, not RDP's."""
+    pld = accountant_named("pld")
+    gauss = _spec(**{**GAUSS, "epsilon": 1.0})  # the broken release's 10x stays within what PLD sizes
+    report = audit_query(gauss, releases=200, confidence=0.999, accountant=pld)
+    assert report["calibrated_with"] == "pld" and not report["flagged"], report
+    assert audit_query(gauss, releases=40)["calibrated_with"] == "rdp"
+    broken = audit_query(gauss, releases=200, release_fn=tenfold_too_little_noise, accountant=pld)
+    assert broken["flagged"] and broken["calibrated_with"] == "pld"

@@ -58,6 +58,7 @@ from fedcustomer.psi.core import (
     POINT_BYTES,
     PSIParty,
     hash_to_group,
+    make_executor,
     pack,
     secure_shuffle,
     unpack,
@@ -152,6 +153,21 @@ def _pack_ciphertexts(numbers: Sequence[Any], width: int) -> bytes:
     return b"".join(int(c.ciphertext(be_secure=False)).to_bytes(width, "big") for c in numbers)
 
 
+def _encrypt_chunk(n: int, fixed: Sequence[int]) -> bytes:
+    """Paillier ciphertexts of whole numbers, fixed width, packed (module level: worker processes run it)."""
+    public = _phe().PaillierPublicKey(n)
+    return _pack_ciphertexts([public.encrypt(v) for v in fixed], _ciphertext_bytes(public))
+
+
+def encrypt_all(n: int, fixed: Sequence[int], workers: int = 1, chunk: int = 512) -> bytes:
+    """Encrypt in order; in worker processes when there are enough values (encryption is the cost)."""
+    if workers <= 1 or len(fixed) <= chunk:
+        return _encrypt_chunk(n, fixed)
+    parts = [fixed[i : i + chunk] for i in range(0, len(fixed), chunk)]
+    with make_executor(workers) as pool:
+        return b"".join(pool.map(_encrypt_chunk, [n] * len(parts), parts))
+
+
 @dataclass
 class SumParams:
     """What both parties agreed to release: the total epsilon (split evenly) and the value bound."""
@@ -211,7 +227,7 @@ class ValueHolder:
         if key_bits < KEY_BITS:
             raise ConfigError(f"a Paillier key needs at least {KEY_BITS} bits, got {key_bits}")
         norm, kept, self.duplicates_removed = _first_of_each(ids, values)
-        self.params = params
+        self.params, self.workers = params, workers
         top = params.sensitivity
         self._fixed = [min(top, max(0, round(float(v) * SCALE))) for v in kept]  # clipped to [0, value_max]
         self._party = PSIParty(
@@ -231,10 +247,8 @@ class ValueHolder:
         """Message 1: public key, blinded ids and their encrypted values, in the party's shuffled order."""
         points = self._party.blinded()
         order = [int(label) for label in self._party.session_state()["labels"]]
-        encrypt = self._public.encrypt
-        width = _ciphertext_bytes(self._public)
-        ciphertexts = _pack_ciphertexts([encrypt(self._fixed[k]) for k in order], width)
         n = self._public.n
+        ciphertexts = encrypt_all(n, [self._fixed[k] for k in order], self.workers)
         return {
             "public-key": n.to_bytes((n.bit_length() + 7) // 8, "big"),
             "blinded": pack(points),

@@ -243,6 +243,23 @@ class ValueHolder:
     def set_size(self) -> int:
         return self._party.set_size
 
+    def to_state(self) -> dict[str, Any]:
+        """What a node keeps on its own disk (0600) between messages: SECRETS (scalar, Paillier key)."""
+        key = self._private
+        return {"party": self._party.session_state(), "fixed": self._fixed, "p": key.p, "q": key.q,
+                "duplicates": self.duplicates_removed}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], params: SumParams, max_set_size: int) -> ValueHolder:
+        self = cls.__new__(cls)
+        self.params, self.workers, self.duplicates_removed = params, 1, int(state["duplicates"])
+        self._fixed = [int(v) for v in state["fixed"]]
+        self._party = PSIParty.restore(state["party"], max_set_size=max_set_size)
+        p, q = int(state["p"]), int(state["q"])
+        self._public = _phe().PaillierPublicKey(p * q)
+        self._private = _phe().PaillierPrivateKey(self._public, p, q)
+        return self
+
     def offer(self) -> dict[str, bytes]:
         """Message 1: public key, blinded ids and their encrypted values, in the party's shuffled order."""
         points = self._party.blinded()
@@ -335,6 +352,19 @@ class PredicateHolder:
         self.max_set_size = max_set_size
         self.exact_count: int | None = None  # known to B alone; never sent
 
+    def to_state(self) -> dict[str, Any]:
+        """What a node keeps on its own disk (0600) between messages: the SECRET scalar, no id."""
+        return {"party": self._party.session_state(), "set_size": self.set_size,
+                "duplicates": self.duplicates_removed}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], params: SumParams, max_set_size: int) -> PredicateHolder:
+        self = cls.__new__(cls)
+        self.params, self.max_set_size, self.exact_count = params, max_set_size, None
+        self.set_size, self.duplicates_removed = int(state["set_size"]), int(state["duplicates"])
+        self._party = PSIParty.restore(state["party"], max_set_size=max_set_size)
+        return self
+
     def blinded(self) -> dict[str, bytes]:
         """Message 2: blinded ids of the customers the predicate selects, padded with random points."""
         points = self._party.blinded()
@@ -405,7 +435,8 @@ class Payer:
         return self.home.ledger(self.dataset, self.home.config().budget_for(self.dataset))
 
 
-def _step(run_id: str, session: str) -> Step:
+def sum_step(run_id: str, session: str) -> Step:
+    """The charge of one session: the same key on both ledgers, paid once each."""
     return Step(
         charge_key=f"psi-sum:{run_id}:{session}",
         label=f"PSI intersection-sum of session {session}",
@@ -414,7 +445,8 @@ def _step(run_id: str, session: str) -> Step:
     )
 
 
-def _results(payer: Payer) -> PaidResults[dict[str, Any]]:
+def paid_results(payer: Payer) -> PaidResults[dict[str, Any]]:
+    """Where a party keeps what it released for a step, so a re-sent request gets the same answer."""
     return PaidResults(payer.home.state_dir / "psi" / "sums", _JsonCodec())
 
 
@@ -440,7 +472,7 @@ def run_intersection_sum_local(
     params = params or SumParams()
     session = secrets.token_hex(8)
     run_id = run_id or session
-    step, mechanism = _step(run_id, session), params.mechanism()
+    step, mechanism = sum_step(run_id, session), params.mechanism()
     ledgers = {"a": payer_a.ledger(), "b": payer_b.ledger()}
     for ledger in ledgers.values():
         check(ledger, step, mechanism)
@@ -454,7 +486,7 @@ def run_intersection_sum_local(
         reply = b.answer(offer, doubly)
         return {"sum": reply["sum"].hex(), "count": reply["count"]}, mechanism
 
-    paid_b = release(ledgers["b"], step, _results(payer_b), produce_b).result
+    paid_b = release(ledgers["b"], step, paid_results(payer_b), produce_b).result
     answer = {"sum": bytes.fromhex(paid_b["sum"]), "count": int(paid_b["count"])}
 
     def produce_a() -> tuple[dict[str, Any], Mechanism]:
@@ -463,7 +495,7 @@ def run_intersection_sum_local(
         noisy_sum, rate = make_rate(fixed, count, params)
         return {"noisy_count": count, "noisy_sum": noisy_sum, "rate": rate}, mechanism
 
-    out = release(ledgers["a"], step, _results(payer_a), produce_a).result
+    out = release(ledgers["a"], step, paid_results(payer_a), produce_a).result
     messages: list[tuple[str, dict[str, Any]]] = [
         ("offer", offer),
         ("blinded", padded),

@@ -60,7 +60,7 @@ from fedcustomer.psi.state import check_session_id, psi_dir, read_json, write_pr
 MSG_OPEN, MSG_REBLIND, MSG_ANSWER = "psi_sum_open", "psi_sum_reblind", "psi_sum_answer"
 MSG_FINISH, MSG_ABORT = "psi_sum_finish", "psi_sum_abort"
 ROLE_VALUE, ROLE_PREDICATE = "value", "predicate"
-MODE = "sum"
+MODE = REVEAL_SUM = "sum"  # what the parties learn: a DP rate, never which customers
 LoadColumn = Callable[[PartnerHome, str, str], tuple[list[str], list[object]]]
 
 

@@ -41,7 +41,7 @@ def two_party_run_config(
     reveals = (*REVEALS, REVEAL_SUM)
     if reveal not in reveals or (mode == "vertical" and reveal != REVEAL_IDS):
         raise ConfigError(
-            f"--reveal must be one of {', '.join(reveals)} (count and sum only with --mode psi), got {reveal!r}"
+            f"--reveal must be one of {', '.join(reveals)} (count only with --mode psi, as is sum), got {reveal!r}"
         )
     cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
     cfg["out"] = str(Path(job.out).resolve())

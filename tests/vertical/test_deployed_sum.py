@@ -68,7 +68,7 @@ def test_sum_options_are_checked_on_the_coordinator():
         two_party_run_config(job, mode="psi", reveal="sum", sum_options={"value": "defaulted"})
     with pytest.raises(ConfigError, match="go with --reveal sum"):
         two_party_run_config(job, mode="psi", reveal="count", sum_options={"value": "defaulted"})
-    with pytest.raises(ConfigError, match="count and sum only with --mode psi"):
+    with pytest.raises(ConfigError, match="count only with --mode psi, as is sum"):
         two_party_run_config(job, mode="vertical", reveal="sum")
     with pytest.raises(ConfigError, match="epsilon must be"):
         two_party_run_config(

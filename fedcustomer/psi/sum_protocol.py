@@ -138,6 +138,17 @@ def _drop(home: PartnerHome, session: str) -> None:
         (psi_dir(home) / f"{session}.{suffix}").unlink(missing_ok=True)
 
 
+def _expire(home: PartnerHome, limits: PartyLimits, now: float) -> None:
+    """Abandoned sessions (older than the node's TTL) lose their secrets."""
+    for path in psi_dir(home).glob("*.sum.json") if psi_dir(home).exists() else ():
+        try:
+            started = float(read_json(path, "intersection-sum session").get("started_at", 0))
+        except (FedCustomerError, TypeError, ValueError):
+            started = 0.0
+        if now - started > limits.session_ttl_s:
+            _drop(home, path.name.removesuffix(".sum.json"))
+
+
 def handle_open(
     home: PartnerHome, cfg: dict[str, Any], load_column: LoadColumn, limits: PartyLimits, now: float
 ) -> dict[str, Any]:
@@ -153,6 +164,7 @@ def handle_open(
         raise _malformed("role", f"{ROLE_VALUE} or {ROLE_PREDICATE}")
     params = SumParams(epsilon=cfg.get("epsilon"), value_max=cfg.get("value-max"))  # type: ignore[arg-type]
     run_id = str(cfg.get("run-id") or session)
+    _expire(home, limits, now)
     path = _path(home, session)
     if path.exists() or (psi_dir(home) / f"{session}.sum.reblind").exists():
         raise ConfigError(

@@ -149,3 +149,19 @@ def test_exhausted_budget_or_unknown_column_stops_at_open_and_charges_nobody(nod
                         params=SumParams(1.0))  # fmt: skip
     assert _charges(homes) == [[], []]
     assert [_left(h) for h in homes] == [[], []]
+
+
+def test_an_abandoned_session_loses_its_secrets_when_the_next_one_opens(nodes):
+    import json
+
+    from fedcustomer.psi.protocol import PartyLimits
+    from fedcustomer.psi.sum_protocol import handle_open
+
+    homes, _ = nodes
+    cfg = {"session-id": "old", "dataset": "accounts", "role": "value", "column": "default", "peer": "shop",
+           "epsilon": 1.0, "value-max": 1.0}  # fmt: skip
+    handle_open(homes[0], cfg, load_column, PartyLimits(session_ttl_s=60), now=1000.0)
+    assert _left(homes[0]) == ["old.sum.json"]
+    assert "secret" in json.loads((psi_dir(homes[0]) / "old.sum.json").read_text())["holder"]["party"]
+    handle_open(homes[0], cfg | {"session-id": "new"}, load_column, PartyLimits(session_ttl_s=60), now=1100.0)
+    assert _left(homes[0]) == ["new.sum.json"]

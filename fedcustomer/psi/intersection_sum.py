@@ -382,9 +382,15 @@ class PredicateHolder:
             points = unpack(offer["blinded"])
             width = _ciphertext_bytes(public)
             blob = offer["ciphertexts"]
-            mine = set(unpack(doubly["doubly"]))
+            returned = unpack(doubly["doubly"])
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the intersection-sum offer is malformed; run a new session") from None
+        mine = set(returned)
+        if len(mine) != len(returned) or len(returned) != self.set_size:
+            raise IntegrityError(
+                f"the peer returned {len(returned)} values ({len(mine)} distinct) for the {self.set_size} "
+                "we sent; the session is inconsistent, run a new one"
+            )
         if n.bit_length() < KEY_BITS - 8:
             raise IntegrityError(f"the peer's Paillier key has {n.bit_length()} bits, fewer than {KEY_BITS}")
         if len(blob) != width * len(points):

@@ -163,5 +163,7 @@ def test_bad_parameters_and_a_malformed_offer_are_clear_errors():
         b.answer({**offer, "ciphertexts": offer["ciphertexts"][:-1]}, doubly)
     with pytest.raises(IntegrityError, match="malformed"):
         b.answer({"blinded": offer["blinded"]}, doubly)
+    with pytest.raises(IntegrityError, match="inconsistent"):
+        b.answer(offer, {"doubly": doubly["doubly"][:-32]})
     with pytest.raises(IntegrityError, match="malformed"):
         a.decrypt({"sum": b"", "count": "many"})

@@ -232,7 +232,21 @@ def coordinator_run(
     reveal: str = typer.Option(
         "ids",
         "--reveal",
-        help="psi: ids (each party keeps the shared customers) or count (their number only).",
+        help="psi: ids (each party keeps the shared customers), count (their number only) or sum (a DP rate).",
+    ),
+    sum_value: str | None = typer.Option(
+        None, "--value", help="psi --reveal sum: the bank's numeric column."
+    ),
+    sum_where: str | None = typer.Option(
+        None, "--where", help="psi --reveal sum: the retailer's boolean column."
+    ),
+    sum_epsilon: float | None = typer.Option(
+        None,
+        "--sum-epsilon",
+        help="psi --reveal sum: charged to each party (half count, half sum); default 1.",
+    ),
+    value_max: float | None = typer.Option(
+        None, "--value-max", help="psi --reveal sum: values clipped to [0, this]."
     ),
     count_epsilon: float | None = typer.Option(
         None,
@@ -314,6 +328,12 @@ def coordinator_run(
             mode=mode,
             reveal=reveal,
             count_epsilon=count_epsilon,
+            sum_options={
+                "value": sum_value,
+                "where": sum_where,
+                "epsilon": sum_epsilon,
+                "value_max": value_max,
+            },
             job_options=options,
             wait_for_partners=wait_for_partners,
             resume=resume,

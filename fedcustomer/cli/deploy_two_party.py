@@ -29,6 +29,7 @@ def run_two_party_job(
     mode: str,
     reveal: str = "ids",
     count_epsilon: float | None = None,
+    sum_options: dict[str, Any] | None = None,
     job_options: dict[str, Any],
     wait_for_partners: float,
     resume: bool,
@@ -60,7 +61,12 @@ def run_two_party_job(
     else:
         job = VerticalJob(**{k: v for k, v in job_options.items() if v is not None})
         cfg = two_party_run_config(
-            job, mode=mode, wait_for_partners=wait_for_partners, reveal=reveal, count_epsilon=count_epsilon
+            job,
+            mode=mode,
+            wait_for_partners=wait_for_partners,
+            reveal=reveal,
+            count_epsilon=count_epsilon,
+            sum_options=sum_options,
         )
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
@@ -83,6 +89,13 @@ def run_two_party_job(
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """What the coordinator's operator reads: sizes for a PSI, metrics and budgets for a vertical job."""
+    if s.get("mode") == "psi" and s.get("reveal") == "sum":
+        eps = s.get("epsilon") or {}
+        return [
+            f"intersection-sum {s['status']}: rate of {s.get('value')!r} where {s.get('where')!r}: "
+            f"{_fmt(s.get('rate'))} (noisy count {s.get('noisy_count')}, epsilon {_fmt(eps.get('total'))} "
+            "from each party)"
+        ]
     if s.get("mode") == "psi":
         sizes = ", ".join(f"{k} {v}" for k, v in (s.get("parties") or {}).items())
         size = s.get("intersection_size")

@@ -21,6 +21,9 @@ that side's own handle for the customer: its 0-based data row in that side's inp
 first row when an id repeats; line ``source_row + 2`` of a CSV). No output file holds an id,
 raw, normalised or hashed, and each side's file is meaningful only next to its own input.
 
+``--reveal sum --value COLUMN --where COLUMN`` releases instead a DP rate over the shared
+customers and nothing about which they are (:mod:`fedcustomer.cli.psi_sum`).
+
 Released without any epsilon (exact): the intersection size, each side's row, distinct and
 duplicate counts, and to each side which of its own rows are shared.
 """
@@ -98,8 +101,32 @@ def psi(
         DEFAULT_MAX_SET_SIZE, "--max-ids", help="refuse a file with more ids than this"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result instead of a sentence"),
+    reveal: str = typer.Option(
+        "ids", "--reveal", help="ids (the shared customers) or sum (a DP rate over them, see psi_sum)"
+    ),
+    value: str | None = typer.Option(None, "--value", help="--reveal sum: numeric column of --a"),
+    where: str | None = typer.Option(None, "--where", help="--reveal sum: boolean column of --b"),
+    a_home: Path | None = typer.Option(None, "--a-home", help="--reveal sum: partner home of --a (pays)"),
+    b_home: Path | None = typer.Option(None, "--b-home", help="--reveal sum: partner home of --b (pays)"),
+    epsilon: float = typer.Option(
+        1.0, "--epsilon", help="--reveal sum: charged to each party, half for the count, half for the sum"
+    ),
+    value_max: float = typer.Option(1.0, "--value-max", help="--reveal sum: values clipped to [0, this]"),
+    run_id: str | None = typer.Option(None, "--run-id", help="--reveal sum: run the charges are filed under"),
 ) -> None:
     """Private set intersection of two partner files: prints how many customers they share."""
+    if reveal not in ("ids", "sum"):
+        raise ConfigError(f"--reveal must be ids or sum, got {reveal!r}")
+    if reveal == "sum":
+        from fedcustomer.cli.psi_sum import run_sum
+
+        return run_sum(
+            a, b, id_column=id_column, value=value, where=where, a_home=a_home, b_home=b_home,
+            epsilon=epsilon, value_max=value_max, run_id=run_id, workers=workers, max_ids=max_ids,
+            out=out, as_json=as_json,
+        )  # fmt: skip
+    if value or where or a_home or b_home:
+        raise ConfigError("--value, --where, --a-home and --b-home go with --reveal sum")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if max_ids < 1:

@@ -106,6 +106,29 @@ class PartnerDataAccess:
             )
         return [str(v) for v in frame[id_field].tolist()]
 
+    def linkage_column(self, dataset: str, column: str) -> tuple[list[str], list[object]]:
+        """Ids and one feature or label column, row for row, for a private intersection-sum.
+
+        Two audited reads: the ids (purpose ``record_linkage``) and the column (purpose
+        ``training``, which the policy limits to feature and label fields), joined on the
+        store's pseudonyms. A customer without a value gets None (the sum refuses it by row).
+        """
+        ids = self.linkage_ids(dataset)
+        with PartnerStore.open(self.home) as store:
+            names = store.schema(dataset).names
+            if column not in names:
+                raise DataError(
+                    f"dataset {dataset!r} has no column {column!r} (columns: {', '.join(list(names)[:12])})"
+                )
+            frame = store.read(
+                store.service_credential(self.actor.name, self.actor.role),
+                "training",
+                fields=[column],
+                dataset=dataset,
+            )
+        cells = frame[column].reindex(self.pseudonyms(ids))
+        return ids, [None if pd.isna(v) else v for v in cells.tolist()]
+
     def pseudonyms(self, ids: list[str]) -> list[str]:
         """The store's keyed pseudonyms of ``ids`` (what alignments keep instead of raw ids)."""
         from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer

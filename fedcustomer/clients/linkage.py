@@ -15,13 +15,17 @@ from flwr.clientapp import ClientApp
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.protocol import register_psi_handlers
+from fedcustomer.psi.sum_protocol import register_sum_handlers
 
 
 def register_governed_psi_handlers(app: ClientApp, home_of: Callable[[Context], PartnerHome]) -> None:
-    """Answer the PSI message types on ``app`` for the partner ``home_of(context)`` names."""
+    """Answer the PSI (and intersection-sum) message types on ``app`` for the partner ``home_of(context)`` names."""
     register_psi_handlers(
         app,
         home_of,
         lambda home, dataset: PartnerDataAccess(home).linkage_ids(dataset),
         local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
+    )
+    register_sum_handlers(
+        app, home_of, lambda home, dataset, column: PartnerDataAccess(home).linkage_column(dataset, column)
     )

@@ -12,9 +12,11 @@ from typing import Any
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.psi.intersection_sum import SumParams
 from fedcustomer.psi.noisy_count import check_count_epsilon
 from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, REVEALS
 from fedcustomer.psi.signing import ensure_link_key
+from fedcustomer.psi.sum_protocol import REVEAL_SUM
 from fedcustomer.vertical.deployed import TWO_PARTY_MODES
 from fedcustomer.vertical.job import VerticalJob
 
@@ -28,16 +30,22 @@ def two_party_run_config(
     wait_for_partners: float = 120.0,
     reveal: str = REVEAL_IDS,
     count_epsilon: float | None = None,
+    sum_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job."""
+    """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job.
+
+    ``sum_options`` (with ``reveal="sum"``): ``value`` and ``where`` columns, ``epsilon``, ``value_max``.
+    """
     if mode not in TWO_PARTY_MODES:
         raise ConfigError(f"--mode must be horizontal, {' or '.join(TWO_PARTY_MODES)}, got {mode!r}")
-    if reveal not in REVEALS or (mode == "vertical" and reveal != REVEAL_IDS):
+    reveals = (*REVEALS, REVEAL_SUM)
+    if reveal not in reveals or (mode == "vertical" and reveal != REVEAL_IDS):
         raise ConfigError(
-            f"--reveal must be one of {', '.join(REVEALS)} (count only with --mode psi), got {reveal!r}"
+            f"--reveal must be one of {', '.join(reveals)} (count only with --mode psi, as is sum), got {reveal!r}"
         )
     cfg: dict[str, Any] = {k.replace("_", "-"): v for k, v in job.to_dict().items() if v is not None}
     cfg["out"] = str(Path(job.out).resolve())
+    cfg |= _sum_config(reveal, sum_options or {})
     if count_epsilon is not None:
         if reveal != REVEAL_COUNT:
             raise ConfigError("--count-epsilon needs --reveal count")
@@ -52,6 +60,21 @@ def two_party_run_config(
         }
     )
     return cfg
+
+
+def _sum_config(reveal: str, options: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in options.items() if v is not None}
+    if reveal != REVEAL_SUM:
+        if given:
+            raise ConfigError("--value, --where, --sum-epsilon and --value-max go with --reveal sum")
+        return {}
+    if not given.get("value") or not given.get("where"):
+        raise ConfigError(
+            "--reveal sum needs --value COLUMN (the label owner's) and --where COLUMN (the other party's)"
+        )
+    params = SumParams(epsilon=given.get("epsilon", 1.0), value_max=given.get("value_max", 1.0))
+    return {"sum-value": str(given["value"]), "sum-where": str(given["where"]), "sum-epsilon": params.epsilon,
+            "value-max": params.value_max}  # fmt: skip
 
 
 def prepare_party_home(

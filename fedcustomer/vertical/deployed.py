@@ -5,6 +5,9 @@ Modes (``mode`` in the run config):
 ``psi``
     One private set intersection between the two parties' nodes. Each party keeps its own
     alignment (its pseudonyms of the shared customers, in the agreed order) in its home.
+``psi`` with ``reveal = "sum"``
+    A private intersection-sum instead (:mod:`fedcustomer.psi.sum_protocol`): the label owner
+    holds the value column, the other party the predicate; only a DP rate is released.
 ``vertical``
     The PSI, each party keeping it as its vertical alignment, then the split-learning rounds
     and the label owner's own comparison model, over the same Flower messages the in-process
@@ -30,8 +33,10 @@ from flwr.serverapp import Grid
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.jobs.run_dir import RunDir
+from fedcustomer.psi.intersection_sum import SumParams
 from fedcustomer.psi.protocol import REVEAL_IDS, run_psi_on_grid
 from fedcustomer.psi.state import check_session_id
+from fedcustomer.psi.sum_protocol import REVEAL_SUM, run_sum_on_grid
 from fedcustomer.server.anchor_grid import AnchorGrid
 from fedcustomer.server.deployment import wait_for_partners
 from fedcustomer.vertical.data import plan_parties
@@ -47,6 +52,10 @@ DEPLOY_KEYS = (
     "mode",
     "reveal",
     "count-epsilon",
+    "sum-value",
+    "sum-where",
+    "sum-epsilon",
+    "value-max",
     "resume",
     "wait-for-partners",
     "feature-spec",
@@ -101,6 +110,8 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         raise FederationError(
             f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(sorted(nodes)) or 'none'})"
         )
+    if extra["mode"] == "psi" and extra.get("reveal") == REVEAL_SUM:
+        return _sum_only(grid, job, nodes, out, extra)
     if extra["mode"] == "psi":
         eps = extra.get("count-epsilon")
         return _psi_only(
@@ -172,5 +183,50 @@ def _psi_only(
             else {},
         }
     )
+    RunDir(out).write_summary(summary)
+    return summary
+
+
+def _sum_only(
+    grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The label owner's value column summed over the shared customers the other party's predicate selects."""
+    active, passive = plan_parties(job)
+    summary: dict[str, Any] = {"mode": "psi", "reveal": REVEAL_SUM, "run_id": job.run_id, "status": "failed"}
+    params = SumParams(epsilon=extra.get("sum-epsilon", 1.0), value_max=extra.get("value-max", 1.0))
+    try:
+        view = run_sum_on_grid(
+            grid,
+            nodes[active.name],
+            nodes[passive.name],
+            active.dataset,
+            passive.dataset,
+            value=str(extra.get("sum-value")),
+            where=str(extra.get("sum-where")),
+            name_a=active.name,
+            name_b=passive.name,
+            params=params,
+            session_id=check_session_id(f"psum-{job.run_id}"[:64]),
+            run_id=job.run_id,
+            timeout=job.round_timeout,
+        )
+    except FederationError as exc:
+        summary["stop_reason"] = str(exc)
+        RunDir(out).write_summary(summary)
+        raise
+    summary |= {
+        "status": "completed",
+        "stop_reason": None,
+        "session_id": view.session_id,
+        "parties": {active.name: view.set_size_a, passive.name: view.set_size_b},
+        "value": extra.get("sum-value"),
+        "where": extra.get("sum-where"),
+        "noisy_count": view.noisy_count,
+        "noisy_sum": view.noisy_sum,
+        "rate": view.rate,
+        "epsilon": {"total": params.epsilon, "count": params.count_epsilon, "sum": params.sum_epsilon},
+        "charged_to": [active.name, passive.name],
+        "bytes_relayed": view.bytes_relayed,
+    }
     RunDir(out).write_summary(summary)
     return summary

@@ -57,8 +57,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The README's test command (CI runs it): architecture and style checks, then the whole suite.
+# Test files run in parallel, one worker per core; a file's tests stay on one worker, so a
+# module's shared federation or browser is started once (see pyproject's pytest-xdist note).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # Layers and cycles (import-linter), lint and format (ruff), types (mypy; privacy/ strict).
 lint: setup

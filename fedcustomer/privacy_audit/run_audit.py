@@ -21,7 +21,6 @@ privacy --run DIR``) at a run directory and gets ``privacy_audit.json`` and
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -45,24 +44,13 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 from fedcustomer.privacy_audit import analytics_audit, canaries, membership, vertical_audit
 from fedcustomer.privacy_audit.bounds import CONFIDENCE
+from fedcustomer.privacy_audit.json_files import read_json_object
 from fedcustomer.privacy_audit.plot import write_plot
 
 REPORT = "privacy_audit.json"
 PLOT = "privacy_audit.png"
 FORMAT = "fedcustomer.privacy_audit/1"
 RELEASE_FILES = ("result.json", "rfm.json")  # analytics releases: `query`, `rfm`
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found: {what}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not readable JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} does not hold a JSON object")
-    return data
 
 
 def _release_file(run: Path) -> Path | None:
@@ -74,7 +62,7 @@ def _kind(run: Path) -> str:
     if _release_file(run) is not None:
         return "query"
     if (run / "summary.json").exists() and (run / "config.json").exists():
-        config = _read_json(run / "config.json", "")
+        config = read_json_object(run / "config.json", "")
         return "vertical" if "label_dp" in config else "horizontal"
     subruns = sorted(p.name for p in run.iterdir() if (p / "summary.json").exists()) if run.is_dir() else []
     hint = (
@@ -153,8 +141,8 @@ def audit_training(
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """Canary audit and membership inference for a horizontal training run."""
-    config = _read_json(run / "config.json", "the job's options")
-    summary = _read_json(run / "summary.json", "the job's summary")
+    config = read_json_object(run / "config.json", "the job's options")
+    summary = read_json_object(run / "summary.json", "the job's summary")
     if not summary.get("dp", config.get("dp", True)):
         raise ConfigError(f"{run} was trained with --no-dp: there is no epsilon to audit")
     if not (run / "model.pt").exists():
@@ -261,7 +249,7 @@ def audit_query_run(run: Path, *, releases: int, seed: int, confidence: float) -
     """The analytics audit of the release a ``result.json`` (query) or ``rfm.json`` (rfm) records."""
     path = _release_file(run)
     assert path is not None
-    result = _read_json(path, "the query's result")
+    result = read_json_object(path, "the query's result")
     if not isinstance(result.get("spec"), dict):
         raise DataError(f"{path} holds no query spec")
     if "partners" in result and not result["partners"]:
@@ -350,7 +338,7 @@ def _link(rd: RunDir, report: dict[str, Any]) -> None:
     """Add (or replace) ``privacy_audit`` in summary.json, or the release file of an analytics run."""
     release = _release_file(rd.root)
     name = release.name if release is not None else "summary.json"
-    data = _read_json(rd.path(name), "")
+    data = read_json_object(rd.path(name), "")
     data["privacy_audit"] = {
         "file": REPORT,
         "plot": PLOT,

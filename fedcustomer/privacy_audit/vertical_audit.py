@@ -18,7 +18,6 @@ listed as not audited rather than measured against a claim they do not make.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy_audit import membership
 from fedcustomer.privacy_audit.canaries import KINDS, canary_report
+from fedcustomer.privacy_audit.json_files import read_json_object
 from fedcustomer.privacy_audit.vertical_replay import (
     DPSGDSetting,
     JointInput,
@@ -44,18 +44,6 @@ from fedcustomer.vertical.labels import LabelRelease
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
 
 WHAT = {ACTIVE: "joint model", PASSIVE: "bottom model"}
-
-
-def _json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found: {what}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not readable JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} does not hold a JSON object")
-    return data
 
 
 def _setting(run: Path, p: dict[str, Any]) -> DPSGDSetting:
@@ -104,7 +92,7 @@ class _Parties:
         if set(rows) != {ACTIVE, PASSIVE}:
             raise DataError(f"{run / 'summary.json'} does not name an active and a passive party")
         self.rows = rows
-        specs = _json(run / "feature_specs.json", "the features each party trained on")
+        specs = read_json_object(run / "feature_specs.json", "the features each party trained on")
         parts = (summary.get("model") or {}).get("parts") or {}
         self.homes: dict[str, PartnerHome] = {}
         self.tables: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -177,8 +165,8 @@ def audit_vertical(
     confidence: float,
 ) -> dict[str, Any]:
     """Canary audit of every claimed mechanism of a vertical run, and membership inference on its joint model."""
-    config = _json(run / "config.json", "the job's options")
-    summary = _json(run / "summary.json", "the job's summary")
+    config = read_json_object(run / "config.json", "the job's options")
+    summary = read_json_object(run / "summary.json", "the job's summary")
     if not summary.get("dp", config.get("dp", True)):
         raise ConfigError(f"{run} was trained with --no-dp: there is no epsilon to audit")
     if summary.get("status") == "failed" or not int(summary.get("rounds_completed") or 0):

@@ -346,16 +346,26 @@ def approvals_list_cmd(
         _print_json(pending)
         return
     table = Table(title="pending approval requests")
-    for col in ("request_id", "requester", "dataset", "fields", "purpose", "expires_at", "approvals_needed"):
-        table.add_column(col)
+    # Short headers, and cells that fold instead of ending in "...": an approver copies the id
+    # from here (`--json` has the same fields under their full names).
+    for col in (
+        "request id",
+        "requester",
+        "dataset",
+        "fields",
+        "purpose",
+        "expires (UTC)",
+        "approvals still needed",
+    ):
+        table.add_column(col, overflow="fold")
     for p in pending:
         table.add_row(
             p["request_id"],
             p["requester"],
             p["dataset"],
-            ",".join(p["fields"]),
+            ", ".join(p["fields"]),
             p["purpose"],
-            p["expires_at"],
+            str(p["expires_at"])[:16].replace("T", " "),
             str(p["approvals_needed"]),
         )
     console.print(table)

@@ -169,7 +169,11 @@ def list_cmd(
         typer.echo(json.dumps(people, indent=2))
         return
     table = Table(title="people and services")
-    for col in ("name", "role", "kind", "key_id", "status", "added_at", "expires_at"):
+    # Names and roles stay whole (a compliance officer reads them as registered); the key id
+    # folds onto more lines rather than ending in "..." (`--json` has every field in full).
+    for col in ("name", "role"):
+        table.add_column(col, no_wrap=True)
+    for col in ("kind", "key id", "status", "added (UTC)", "expires (UTC)"):
         table.add_column(col, overflow="fold")
     for p in people:
         table.add_row(
@@ -178,7 +182,7 @@ def list_cmd(
             p["kind"],
             p["key_id"],
             p["status"],
-            p["added_at"],
-            p["expires_at"] or "",
+            str(p["added_at"])[:16].replace("T", " "),
+            str(p["expires_at"] or "")[:16].replace("T", " "),
         )
     console.print(table)

@@ -157,6 +157,12 @@ def load_identity_file(path: Path, passphrase: str | None) -> KeySigner:
         raise ConfigError(f"identity key file {path} not found") from None
     except OSError as exc:
         raise KeyMaterialError(f"cannot read identity key file {path}: {exc.strerror}") from None
+    if b"-----BEGIN PRIVATE KEY" not in data and b"-----BEGIN ENCRYPTED PRIVATE KEY" not in data:
+        what = "a public key" if b"-----BEGIN PUBLIC KEY" in data else "not a private key in PEM form"
+        raise KeyMaterialError(
+            f"{path} is {what}: --identity takes your private key file (the one without .pub), "
+            "as `fedcustomer people keygen --out FILE` writes it"
+        )
     if mode & 0o077:
         raise KeyMaterialError(
             f"identity key file {path} is readable by others (mode {mode:o}); chmod 600 it"

@@ -176,3 +176,15 @@ def test_identity_files_are_private_encrypted_and_need_the_passphrase(tmp_path: 
     path.chmod(0o644)
     with pytest.raises(KeyMaterialError, match="readable by others"):
         load_identity_file(path, "a long passphrase here")
+
+
+def test_a_public_key_or_another_file_given_as_identity_says_what_it_is(tmp_path: Path) -> None:
+    """Not 'chmod 600 it' for a .pub file (mode 644 is right for it): the user gave the wrong file."""
+    signer = KeySigner.generate()
+    path = write_identity_file(tmp_path / "rick.key", signer, "a long passphrase here")
+    with pytest.raises(KeyMaterialError, match="is a public key: --identity takes your private key"):
+        load_identity_file(public_path(path), "a long passphrase here")
+    other = tmp_path / "customers.csv"
+    other.write_text("customer_id,income\nC1,10\n")
+    with pytest.raises(KeyMaterialError, match="not a private key in PEM form"):
+        load_identity_file(other, None)

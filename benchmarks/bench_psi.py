@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_psi_scale import run_scale  # noqa: E402
+from bench_psi_scale import run_scale
 
 from fedcustomer.psi.core import _sodium, new_secret, run_psi_local
 
@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--baseline-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--scale", type=int, nargs="+", help="streaming PSI at these sizes (ids per side)")
-    parser.add_argument("--baseline-n", type=int, default=1_000_000, help="openmined.psi size in --scale mode")
+    parser.add_argument(
+        "--baseline-n", type=int, default=1_000_000, help="openmined.psi size in --scale mode"
+    )
     parser.add_argument("--log", type=Path, default=None, help="append each --scale result here (JSON lines)")
     args = parser.parse_args()
     if args.scale:

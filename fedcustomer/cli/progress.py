@@ -37,7 +37,9 @@ class Progress:
         """A progress bar line for a long counted step: ``a: blinding 1,200,000/10,000,000 [##--------] 12%``."""
         if total:
             filled = min(20, 20 * done // total)
-            self(f"{side}: {step} {done:,}/{total:,} [{'#' * filled}{'-' * (20 - filled)}] {100 * done // total}%")
+            self(
+                f"{side}: {step} {done:,}/{total:,} [{'#' * filled}{'-' * (20 - filled)}] {100 * done // total}%"
+            )
         else:
             self(f"{side}: {step} {done:,}")
 

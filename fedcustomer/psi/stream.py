@@ -68,11 +68,17 @@ ProgressFn = Callable[[str, str, int, "int | None"], None]
 def hash_blind_packed(ids: Sequence[str], secret: bytes, offset: int) -> bytes:
     """Normalise, hash to the group and blind a batch of ids; packed values, in input order."""
     s = _sodium()
-    from_hash, mult, sha512 = s.crypto_core_ristretto255_from_hash, s.crypto_scalarmult_ristretto255, hashlib.sha512
+    from_hash, mult, sha512 = (
+        s.crypto_core_ristretto255_from_hash,
+        s.crypto_scalarmult_ristretto255,
+        hashlib.sha512,
+    )
     out = bytearray()
     for k, raw in enumerate(ids):
         if not isinstance(raw, str):
-            raise DataError(f"PSI input row {offset + k}: customer id must be a string, got {type(raw).__name__}")
+            raise DataError(
+                f"PSI input row {offset + k}: customer id must be a string, got {type(raw).__name__}"
+            )
         norm = normalize_id(raw)
         if not norm:
             raise DataError(
@@ -98,7 +104,11 @@ def exponentiate_packed(blob: bytes, secret: bytes, offset: int) -> bytes:
 
 
 def ordered_map(
-    executor: Executor | None, kernel: Callable, tasks: Iterable[tuple[object, int]], secret: bytes, depth: int
+    executor: Executor | None,
+    kernel: Callable,
+    tasks: Iterable[tuple[object, int]],
+    secret: bytes,
+    depth: int,
 ) -> Iterator[bytes]:
     """``kernel(item, secret, offset)`` over ``tasks`` in order, at most ``depth`` tasks in flight."""
     if executor is None:
@@ -145,7 +155,9 @@ class Buckets:
 
     def bucket_of(self, records: np.ndarray) -> np.ndarray:
         values = records["v"] if records.dtype.names else records
-        head = np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, POINT_BYTES)[:, :2].astype(np.int64)
+        head = (
+            np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, POINT_BYTES)[:, :2].astype(np.int64)
+        )
         return ((head[:, 0] << 8) | head[:, 1]) * self.count >> 16
 
     def add(self, records: np.ndarray) -> None:
@@ -402,9 +414,7 @@ def run_psi_stream(
     tmp = Path(tempfile.mkdtemp(prefix="psi-", dir=workdir))
     pool = make_executor(workers) if workers > 1 else None
     try:
-        opts = dict(
-            workers=workers, executor=pool, chunk=chunk, buckets=buckets, max_set_size=max_set_size
-        )
+        opts = dict(workers=workers, executor=pool, chunk=chunk, buckets=buckets, max_set_size=max_set_size)
         a = StreamingParty("initiator", tmp, side="a", progress=progress, **opts)  # type: ignore[arg-type]
         b = StreamingParty("responder", tmp, side="b", progress=progress, **opts)  # type: ignore[arg-type]
         a.blind(batches_a, totals[0])

@@ -70,8 +70,16 @@ class PeakSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        last = time.monotonic()
         while not self._stop_event.is_set():
             self.peak_kib = max(self.peak_kib, tree_rss_kib(os.getpid()))
+            if time.monotonic() - last >= 60:  # so a run stopped before its end still tells its peak
+                last = time.monotonic()
+                print(
+                    f"peak RSS so far (process tree): {self.peak_kib / 1024:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:

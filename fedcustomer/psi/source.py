@@ -27,7 +27,7 @@ def file_kind(path: Path) -> str:
     return kind
 
 
-def _no_column(path: Path, column: str, columns: list) -> DataError:
+def _no_column(path: Path, column: str, columns: list[str]) -> DataError:
     shown = ", ".join(map(str, columns[:12]))
     return DataError(f"{path}: no id column {column!r} (columns: {shown}); pass --id-column NAME")
 
@@ -47,9 +47,8 @@ def _csv_batches(path: Path, column: str, batch: int) -> Iterator[list[str]]:
         raise _no_column(path, column, list(header.columns))
     start = 0
     try:
-        reader = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_values=[""], usecols=[column], chunksize=batch
-        )
+        # every column parsed (not usecols), so a ragged row is an error, not silently cut
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=batch)
         for frame in reader:
             values = frame[column]
             missing = values.isna()

@@ -35,9 +35,10 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ def exponentiate_packed(blob: bytes, secret: bytes, offset: int) -> bytes:
 
 def ordered_map(
     executor: Executor | None,
-    kernel: Callable,
+    kernel: Callable[[Any, bytes, int], bytes],
     tasks: Iterable[tuple[object, int]],
     secret: bytes,
     depth: int,
@@ -115,7 +116,7 @@ def ordered_map(
         for item, offset in tasks:
             yield kernel(item, secret, offset)
         return
-    pending: deque = deque()
+    pending: deque[Future[bytes]] = deque()
     try:
         for item, offset in tasks:
             pending.append(executor.submit(kernel, item, secret, offset))

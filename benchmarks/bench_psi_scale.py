@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,21 +43,29 @@ def _status_kib(pid: int, key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def tree_rss_kib(root: int) -> int:
-    """RSS of ``root`` and all its descendants (parent links read from /proc/*/stat)."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_kib(root: int, cpu: dict[int, float] | None = None) -> int:
+    """RSS of ``root`` and all its descendants (parent links read from /proc/*/stat); ``cpu`` gets
+    each one's CPU seconds so far (user + system)."""
     children: dict[int, list[int]] = {}
+    seconds: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
+            fields = stat.rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
         total += _status_kib(pid, "VmRSS")
+        if cpu is not None and pid in seconds:
+            cpu[pid] = max(cpu.get(pid, 0.0), seconds[pid])
         stack.extend(children.get(pid, []))
     return total
 
@@ -67,12 +76,13 @@ class PeakSampler(threading.Thread):
     def __init__(self, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.interval, self.peak_kib = interval, 0
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds, last seen
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         last = time.monotonic()
         while not self._stop_event.is_set():
-            self.peak_kib = max(self.peak_kib, tree_rss_kib(os.getpid()))
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(os.getpid(), self.cpu))
             if time.monotonic() - last >= 60:  # so a run stopped before its end still tells its peak
                 last = time.monotonic()
                 print(
@@ -108,6 +118,7 @@ def run_one(path_a: Path, path_b: Path, workers: int, n: int) -> dict:
     )
     seconds = time.perf_counter() - start
     sampler.stop()
+    cpu_s = sum(sampler.cpu.values())
     assert ra.size == rb.size == n // 2 and ra.digest == rb.digest, (ra, rb)
     return {
         "impl": "fedcustomer-stream",
@@ -118,6 +129,10 @@ def run_one(path_a: Path, path_b: Path, workers: int, n: int) -> dict:
         "peak_rss_tree_mib": round(sampler.peak_kib / 1024),
         "peak_rss_main_mib": round(_status_kib(os.getpid(), "VmHWM") / 1024),
         "intersection": ra.size,
+        # CPU seconds of the process tree (sampled each second, so up to ~1 s per worker missed):
+        # records per CPU second compares implementations on a loaded machine
+        "cpu_s": round(cpu_s, 1),
+        "records_per_cpu_s": round(2 * n / cpu_s) if cpu_s else None,
     }
 
 
@@ -141,14 +156,19 @@ def run_scale(
     rows: list[dict] = []
     base_rate = None
     if baseline is not None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         base = baseline(baseline_n)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if base is not None:
+            cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             base_rate = 2 * baseline_n / base["seconds"]
             row = {
                 "impl": f"openmined.psi {base['version']}",
                 "n_per_side": baseline_n,
                 "seconds": round(base["seconds"], 1),
                 "records_per_s": round(base_rate),
+                "cpu_s": round(cpu_s, 1),  # the child's CPU, its Python start and id generation included
+                "records_per_cpu_s": round(2 * baseline_n / cpu_s) if cpu_s else None,
             }
             rows.append(row)
             _log(log, row)
@@ -166,6 +186,10 @@ def run_scale(
             row = json.loads(out.stdout.strip().splitlines()[-1])
             if base_rate:
                 row["ratio_vs_baseline"] = round(row["records_per_s"] / base_rate, 2)
+                if rows[0].get("records_per_cpu_s") and row.get("records_per_cpu_s"):
+                    row["cpu_ratio_vs_baseline"] = round(
+                        row["records_per_cpu_s"] / rows[0]["records_per_cpu_s"], 2
+                    )
             rows.append(row)
             _log(log, row)
     if as_json:

@@ -38,7 +38,7 @@ class Progress:
         if total:
             filled = min(20, 20 * done // total)
             self(
-                f"{side}: {step} {done:,}/{total:,} [{'#' * filled}{'-' * (20 - filled)}] {100 * done // total}%"
+                f"{side}: {step} {done:,}/{total:,} [{'#' * filled}{'-' * (20 - filled)}] {min(100, 100 * done // total)}%"
             )
         else:
             self(f"{side}: {step} {done:,}")

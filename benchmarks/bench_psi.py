@@ -12,6 +12,13 @@ and skips the baseline with a note when it cannot be installed. A raw ristretto2
 scalar-multiplication rate is printed as a machine-independent reference.
 
 Usage: ``python benchmarks/bench_psi.py [--n N | --large] [--workers W ...] [--no-baseline] [--json]``.
+
+Scale mode (``--scale N [N ...]``, e.g. ``--scale 1000000 2000000 10000000``): the streaming PSI
+(:mod:`fedcustomer.psi.stream`) from two generated CSV files of N ids each (half shared), each
+size in its own process so its peak memory is its own: seconds, records/s and peak RSS (the
+process tree, sampled, and the main process's high-water mark), with openmined.psi timed first
+at ``--baseline-n`` (default 1,000,000) in the same run. Each result is also appended to
+``--log`` as a JSON line as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_psi_scale import run_scale
 
 from fedcustomer.psi.core import _sodium, new_secret, run_psi_local
 
@@ -103,7 +112,19 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip openmined.psi")
     parser.add_argument("--baseline-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--scale", type=int, nargs="+", help="streaming PSI at these sizes (ids per side)")
+    parser.add_argument(
+        "--baseline-n", type=int, default=1_000_000, help="openmined.psi size in --scale mode"
+    )
+    parser.add_argument("--log", type=Path, default=None, help="append each --scale result here (JSON lines)")
     args = parser.parse_args()
+    if args.scale:
+        baseline = None
+        if not args.no_baseline:
+            python = ensure_baseline_venv(args.baseline_venv)
+            baseline = (lambda n: run_baseline(python, n)) if python else None
+        run_scale(args.scale, args.workers, baseline, args.baseline_n, args.log, args.json)
+        return
     n = 1_000_000 if args.large else args.n
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({1, cores})

@@ -33,6 +33,16 @@ class Progress:
         yield
         self(f"{text}: done in {time.monotonic() - t0:.1f} s")
 
+    def count(self, side: str, step: str, done: int, total: int | None) -> None:
+        """A progress bar line for a long counted step: ``a: blinding 1,200,000/10,000,000 [##--------] 12%``."""
+        if total:
+            filled = min(20, 20 * done // total)
+            self(
+                f"{side}: {step} {done:,}/{total:,} [{'#' * filled}{'-' * (20 - filled)}] {min(100, 100 * done // total)}%"
+            )
+        else:
+            self(f"{side}: {step} {done:,}")
+
     @contextmanager
     def from_loggers(self, *names: str) -> Iterator[None]:
         """Show the INFO lines of these library loggers (e.g. one per round) as progress lines."""

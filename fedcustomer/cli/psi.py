@@ -1,7 +1,11 @@
 """``fedcustomer psi``: private set intersection between two partner files, run standalone.
 
 Both parties run in this process with the same protocol the partners run over Flower
-(fresh secrets, shuffled blinded values); useful to size an overlap before a joint model.
+(fresh secrets, blinded values only); useful to size an overlap before a joint model. It
+streams (:mod:`fedcustomer.psi.stream`): ids are read in batches and the blinded values kept
+in hash buckets in a private folder (``--work-dir``) removed afterwards, so memory stays
+about the same from thousands to tens of millions of ids; progress lines for both sides go
+to stderr.
 
 Exit codes: 0 on success; 3 (ConfigError) for a bad option; 4 (DataError) for a missing
 file, an unreadable file, a missing id column, an empty file or an empty id.
@@ -31,18 +35,21 @@ duplicate counts, and to each side which of its own rows are shared.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
 import typer
 
 from fedcustomer.cli.terminal import terminal
-from fedcustomer.data.export import write_private_csv, write_private_text
-from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, run_psi_local
+from fedcustomer.common.files import fsync_dir
+from fedcustomer.data.export import write_private_text
+from fedcustomer.errors import ConfigError
+from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE
+from fedcustomer.psi.stream import DEFAULT_BUCKETS
 
 console = terminal()
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,43 +57,37 @@ def register(app: typer.Typer) -> None:
     app.command("psi")(psi)
 
 
-def read_ids(path: Path, column: str) -> list[str]:
-    """The id column of a CSV or Parquet file, as strings; errors name the file and row, never a value."""
-    import pandas as pd
+class _AlignmentWriter:
+    """One side's alignment CSV (agreed row -> that side's own source row, never an id), written as
+    the shared rows stream in: a 0600 temporary file next to the destination, renamed into place
+    by :meth:`commit`, removed by :meth:`discard` when the run fails."""
 
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            frame = pd.read_parquet(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path}: file is empty; it needs a header row with {column!r} and at least one row"
-        ) from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as {kind} ({type(exc).__name__}); check the file") from None
-    if column not in frame.columns:
-        shown = ", ".join(map(str, list(frame.columns)[:12]))
-        raise DataError(f"{path}: no id column {column!r} (columns: {shown}); pass --id-column NAME")
-    if frame.empty:
-        raise DataError(f"{path}: no rows; the file has a header but no customers")
-    values = frame[column]
-    missing = values.isna()
-    if missing.any():
-        line = int(missing.to_numpy().nonzero()[0][0])
-        where = f"line {line + 2}" if kind == "csv" else f"row {line}"
-        raise DataError(f"{path}, {where}: column {column!r} is empty; every row needs a customer id")
-    return values.astype(str).tolist()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o600)
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "w")
+        self._file.write("row,source_row\n")
+        self._next = 0
 
+    def write(self, source_rows) -> None:
+        count = len(source_rows)
+        agreed = range(self._next, self._next + count)
+        self._file.write("".join(f"{k},{r}\n" for k, r in zip(agreed, source_rows.tolist(), strict=True)))
+        self._next += count
 
-def _write_alignment(path: Path, source_rows: list[str]) -> None:
-    """One side's alignment: agreed row -> that side's own source row (never an id)."""
-    write_private_csv(path, ["row", "source_row"], enumerate(source_rows))
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def psi(
@@ -100,6 +101,13 @@ def psi(
     max_ids: int = typer.Option(
         DEFAULT_MAX_SET_SIZE, "--max-ids", help="refuse a file with more ids than this"
     ),
+    work_dir: Path | None = typer.Option(
+        None,
+        "--work-dir",
+        help="where the blinded values are kept on disk during the run (a private folder made "
+        "there and removed after; default: the system temp directory)",
+    ),
+    buckets: int = typer.Option(DEFAULT_BUCKETS, "--buckets", help="on-disk hash buckets for the matching"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON result instead of a sentence"),
     reveal: str = typer.Option(
         "ids", "--reveal", help="ids (the shared customers) or sum (a DP rate over them, see psi_sum)"
@@ -114,7 +122,10 @@ def psi(
     value_max: float = typer.Option(1.0, "--value-max", help="--reveal sum: values clipped to [0, this]"),
     run_id: str | None = typer.Option(None, "--run-id", help="--reveal sum: run the charges are filed under"),
 ) -> None:
-    """Private set intersection of two partner files: prints how many customers they share."""
+    """Private set intersection of two partner files: prints how many customers they share.
+
+    Streams: ids are read in batches and the blinded values kept in hash buckets on disk, so
+    memory stays about the same from thousands to tens of millions of ids."""
     if reveal not in ("ids", "sum"):
         raise ConfigError(f"--reveal must be ids or sum, got {reveal!r}")
     if reveal == "sum":
@@ -131,44 +142,55 @@ def psi(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if max_ids < 1:
         raise ConfigError(f"--max-ids must be >= 1, got {max_ids}")
+    if not 1 <= buckets <= 65536:
+        raise ConfigError(f"--buckets must be from 1 to 65536, got {buckets}")
     from fedcustomer.cli.progress import Progress
+    from fedcustomer.psi.source import file_kind, id_batches
+    from fedcustomer.psi.stream import run_psi_stream
 
     progress = Progress()
-    ids_a, ids_b = read_ids(a, id_column), read_ids(b, id_column)
-    for path, ids in ((a, ids_a), (b, ids_b)):
-        if len(ids) > max_ids:
-            raise DataError(f"{path}: {len(ids)} ids, more than --max-ids {max_ids}")
-    start = time.perf_counter()
-    with progress.phase(
-        f"private set intersection of {len(ids_a):,} and {len(ids_b):,} ids ({workers} worker(s))"
-    ):
-        ra, rb = run_psi_local(
-            ids_a,
-            ids_b,
-            workers=workers,
-            labels_a=[str(k) for k in range(len(ids_a))],
-            labels_b=[str(k) for k in range(len(ids_b))],
-            max_set_size=max_ids,
-        )
-    seconds = time.perf_counter() - start
-    alignment = None
+    for path in (a, b):
+        file_kind(path)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        alignment = {"a": str(out / "alignment_a.csv"), "b": str(out / "alignment_b.csv")}
-        _write_alignment(out / "alignment_a.csv", ra.local_ids)
-        _write_alignment(out / "alignment_b.csv", rb.local_ids)
+    align_a = _AlignmentWriter(out / "alignment_a.csv") if out is not None else None
+    align_b = _AlignmentWriter(out / "alignment_b.csv") if out is not None else None
+    start = time.perf_counter()
+    try:
+        with progress.phase(f"private set intersection of {a.name} and {b.name} ({workers} worker(s))"):
+            ra, rb = run_psi_stream(
+                id_batches(a, id_column, max_ids=max_ids),
+                id_batches(b, id_column, max_ids=max_ids),
+                workers=workers,
+                buckets=buckets,
+                max_set_size=max_ids,
+                workdir=work_dir,
+                sink_a=align_a.write if align_a else None,
+                sink_b=align_b.write if align_b else None,
+                progress=progress.count,
+            )
+        alignment = None
+        if align_a is not None and align_b is not None and out is not None:
+            align_a.commit()
+            align_b.commit()
+            alignment = {"a": str(out / "alignment_a.csv"), "b": str(out / "alignment_b.csv")}
+    finally:
+        for writer in (align_a, align_b):
+            if writer is not None:
+                writer.discard()
+    seconds = time.perf_counter() - start
     result = {
         "schema": 1,
         "intersection_size": ra.size,
         "a": {
             "file": str(a),
-            "ids": len(ids_a),
+            "ids": ra.rows,
             "distinct": ra.set_size,
             "duplicates_removed": ra.duplicates_removed,
         },
         "b": {
             "file": str(b),
-            "ids": len(ids_b),
+            "ids": rb.rows,
             "distinct": rb.set_size,
             "duplicates_removed": rb.duplicates_removed,
         },

@@ -22,8 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
-
+from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.partner.datasets import dataset_name
 from fedcustomer.partner.home import PartnerHome
@@ -35,19 +34,16 @@ from fedcustomer.psi.intersection_sum import (
     run_intersection_sum_local,
 )
 
-console = Console()
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+console = terminal()
 
 
 def read_pairs(path: Path, id_column: str, column: str, option: str) -> tuple[list[str], list[object]]:
     """The id column and one other column of a partner file; errors name the file, row and column, never a value."""
     import pandas as pd
 
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
+    from fedcustomer.psi.source import file_kind
+
+    kind = file_kind(path)
     try:
         if kind == "csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])

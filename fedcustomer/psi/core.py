@@ -58,6 +58,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
@@ -72,7 +73,7 @@ DEFAULT_CHUNK = 4096  # values per worker task: large enough to hide IPC, small 
 DEFAULT_MAX_SET_SIZE = 1_000_000
 
 
-def _sodium():
+def _sodium() -> Any:
     """pysodium loaded lazily, so a missing system libsodium is a clear error, not an import crash."""
     try:
         import pysodium

@@ -49,3 +49,15 @@ def test_baseline_reports_its_three_trainings_on_stderr(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "(1/3)" in captured.err and "(3/3) gradient boosting: done" in captured.err
     assert captured.out.lstrip().startswith("[")  # --json output stays clean
+
+
+def test_counted_steps_show_a_bar_when_the_total_is_known():
+    out = io.StringIO()
+    p = Progress(out)
+    p.count("a", "blinding", 2_500_000, 10_000_000)
+    p.count("b", "answering", 1_234, None)
+    p.count("a", "matching", 9, 8)  # never past full
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("a: blinding 2,500,000/10,000,000 [#####---------------] 25%")
+    assert lines[1].endswith("b: answering 1,234")
+    assert lines[2].endswith("[####################] 100%")

@@ -139,3 +139,39 @@ def test_bad_workers_exits_3(tmp_path):
     pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "a.csv", index=False)
     res = fedcustomer("psi", "--a", "a.csv", "--b", "a.csv", "--workers", "0", cwd=tmp_path)
     _assert_clean_failure(res, 3, "--workers must be >= 1")
+
+
+def test_streams_with_progress_for_both_sides_and_leaves_no_work_files(tmp_path):
+    a, b, shared = _partner_files(tmp_path, 400, 300, k=120)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "out"
+    res = fedcustomer(
+        "psi", "--a", str(a), "--b", str(b), "--work-dir", str(work), "--buckets", "4", "--out", str(out),
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["intersection_size"] == 120
+    for side in ("a", "b"):
+        assert f"{side}: hashing and blinding its ids" in res.stderr
+        assert f"{side}: matching buckets 4/4 [####################] 100%" in res.stderr
+    assert list(work.iterdir()) == []
+    assert len(list(csv.DictReader((out / "alignment_a.csv").open()))) == 120
+    assert sorted(p.name for p in out.iterdir()) == ["alignment_a.csv", "alignment_b.csv", "psi.json"]
+
+
+def test_malformed_file_exits_4_and_leaves_no_work_files_or_partial_output(tmp_path):
+    a, _, _ = _partner_files(tmp_path, 50, 40, k=10)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer_id,x\nSECRET-ID-9,1\nSECRET-ID-8,1,2,3\n")
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    res = fedcustomer(
+        "psi", "--a", str(a), "--b", str(bad), "--work-dir", str(work), "--out", str(out), cwd=tmp_path
+    )
+    _assert_clean_failure(res, 4, "bad.csv: cannot read it as csv")
+    assert "SECRET-ID" not in res.stderr + res.stdout
+    assert list(work.iterdir()) == [] and list(out.iterdir()) == []
+    pd.DataFrame({"client": ["A1"]}).to_parquet(tmp_path / "nocol.parquet")
+    res = fedcustomer("psi", "--a", str(a), "--b", "nocol.parquet", cwd=tmp_path)
+    _assert_clean_failure(res, 4, "no id column 'customer_id' (columns: client)")

@@ -1,0 +1,429 @@
+"""Streaming PSI: the protocol of :mod:`fedcustomer.psi.core` in bounded memory, for millions of ids.
+
+The in-memory party holds every id, blinded value and label of a session in Python lists,
+about 1 KiB per id across both sides: fine at 100,000 ids, not at 10,000,000. A
+:class:`StreamingParty` runs the same maths (same hash to group, same secrets, same digest)
+but keeps its values on disk in a private work directory, in fixed-width records spread over
+hash buckets by the value's first two bytes:
+
+1. ``blind``: ids arrive in batches (:mod:`fedcustomer.psi.source`); worker processes
+   normalise, hash and blind them; ``(H(id)^s, row)`` records go to the *own* buckets.
+2. ``outgoing``: each own bucket is sorted and de-duplicated (a repeated id has the same
+   blinded value, so its copies meet in one bucket; the first row wins) and appended to the
+   *send* file. Values go out sorted by value, bucket after bucket: the order is a function of
+   the values alone, so like the core's secret shuffle it says nothing about the file's order.
+3. ``answer``: the peer's values, raised to our secret in worker processes, go back in the
+   order received; the results (the peer's doubly-blinded values) go to the *peer* buckets.
+4. ``accept``: our own doubly-blinded values come back in our send order; paired with the
+   send file's rows they go to the *mine* buckets.
+5. ``finish``: bucket by bucket (the same value lands in the same bucket on both sides),
+   intersect *mine* with *peer*; shared rows leave through a sink in the agreed order
+   (sorted by doubly-blinded value, the core's order), the digest is the core's.
+
+Memory is one batch of ids, a few worker tasks in flight and one bucket at a time
+(``n / buckets`` records), whatever ``n``. The work directory holds blinded values and the
+party's own row numbers, never an id; it is created 0700 with 0600 files and the caller
+removes it (:func:`run_psi_stream` does, after success and after failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
+from fedcustomer.psi.core import (
+    DEFAULT_CHUNK,
+    DEFAULT_MAX_SET_SIZE,
+    DOMAIN,
+    POINT_BYTES,
+    ROLES,
+    _sodium,
+    check_max_set_size,
+    make_executor,
+    new_secret,
+)
+
+DEFAULT_BUCKETS = 256
+RECORD = np.dtype([("v", f"S{POINT_BYTES}"), ("r", "<u8")])  # blinded value, the party's own row
+VALUE = np.dtype(f"S{POINT_BYTES}")
+FLUSH_RECORDS = 1 << 17  # records buffered before they are appended to the bucket files
+SEND_BATCH = 1 << 16  # values per outgoing blob
+# progress(side, step, done, total): a count of values through one step; total None when unknown
+ProgressFn = Callable[[str, str, int, "int | None"], None]
+
+
+# --- worker kernels (module level so worker processes can run them) ------------------------
+def hash_blind_packed(ids: Sequence[str], secret: bytes, offset: int) -> bytes:
+    """Normalise, hash to the group and blind a batch of ids; packed values, in input order."""
+    s = _sodium()
+    from_hash, mult, sha512 = (
+        s.crypto_core_ristretto255_from_hash,
+        s.crypto_scalarmult_ristretto255,
+        hashlib.sha512,
+    )
+    out = bytearray()
+    for k, raw in enumerate(ids):
+        if not isinstance(raw, str):
+            raise DataError(
+                f"PSI input row {offset + k}: customer id must be a string, got {type(raw).__name__}"
+            )
+        norm = normalize_id(raw)
+        if not norm:
+            raise DataError(
+                f"PSI input row {offset + k}: customer id is empty after normalisation; drop or fix that row"
+            )
+        out += mult(secret, from_hash(sha512(DOMAIN + norm.encode("utf-8")).digest()))
+    return bytes(out)
+
+
+def exponentiate_packed(blob: bytes, secret: bytes, offset: int) -> bytes:
+    """Raise packed group elements to ``secret``, in order; an invalid element aborts the session."""
+    mult = _sodium().crypto_scalarmult_ristretto255
+    out = bytearray()
+    for k in range(0, len(blob), POINT_BYTES):
+        try:
+            out += mult(secret, blob[k : k + POINT_BYTES])
+        except ValueError:
+            raise IntegrityError(
+                f"PSI value #{offset + k // POINT_BYTES} received from the other party is not a valid "
+                "ristretto255 element: the message was corrupted or the peer is misbehaving; abort this session"
+            ) from None
+    return bytes(out)
+
+
+def ordered_map(
+    executor: Executor | None,
+    kernel: Callable[[Any, bytes, int], bytes],
+    tasks: Iterable[tuple[object, int]],
+    secret: bytes,
+    depth: int,
+) -> Iterator[bytes]:
+    """``kernel(item, secret, offset)`` over ``tasks`` in order, at most ``depth`` tasks in flight."""
+    if executor is None:
+        for item, offset in tasks:
+            yield kernel(item, secret, offset)
+        return
+    pending: deque[Future[bytes]] = deque()
+    try:
+        for item, offset in tasks:
+            pending.append(executor.submit(kernel, item, secret, offset))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _private_append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class Buckets:
+    """Append-only files of fixed-width records, one per bucket, routed by a value's first two bytes.
+
+    The routing is monotonic in the value, so reading buckets in order and sorting each gives
+    the values in global sorted order.
+    """
+
+    def __init__(self, directory: Path, name: str, count: int, dtype: np.dtype) -> None:
+        self.directory, self.name, self.count, self.dtype = directory, name, count, dtype
+        self._pending: list[np.ndarray] = []
+        self._buffered = 0
+
+    def path(self, bucket: int) -> Path:
+        return self.directory / f"{self.name}-{bucket:05d}.bin"
+
+    def bucket_of(self, records: np.ndarray) -> np.ndarray:
+        values = records["v"] if records.dtype.names else records
+        head = (
+            np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, POINT_BYTES)[:, :2].astype(np.int64)
+        )
+        return ((head[:, 0] << 8) | head[:, 1]) * self.count >> 16
+
+    def add(self, records: np.ndarray) -> None:
+        self._pending.append(records)
+        self._buffered += len(records)
+        if self._buffered >= FLUSH_RECORDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        records = np.concatenate(self._pending)
+        self._pending, self._buffered = [], 0
+        where = self.bucket_of(records)
+        order = np.argsort(where, kind="stable")  # stable: a bucket keeps the arrival order of its rows
+        records, where = records[order], where[order]
+        bounds = np.searchsorted(where, np.arange(self.count + 1))
+        for bucket in range(self.count):
+            lo, hi = bounds[bucket], bounds[bucket + 1]
+            if hi > lo:
+                _private_append(self.path(bucket), records[lo:hi].tobytes())
+
+    def read(self, bucket: int) -> np.ndarray:
+        path = self.path(bucket)
+        if not path.exists():
+            return np.empty(0, dtype=self.dtype)
+        return np.fromfile(path, dtype=self.dtype)
+
+    def drop(self, bucket: int) -> None:
+        self.path(bucket).unlink(missing_ok=True)
+
+
+@dataclass
+class StreamResult:
+    """What one side learns (like :class:`~fedcustomer.psi.core.PSIResult`, without the id list:
+    the shared rows went to the sink, in the agreed order)."""
+
+    size: int
+    digest: str
+    rows: int  # ids read, duplicates included
+    set_size: int
+    peer_set_size: int
+    duplicates_removed: int
+
+
+class StreamingParty:
+    """One side of one streaming PSI session; all its values live in ``workdir`` (see module doc)."""
+
+    def __init__(
+        self,
+        role: str,
+        workdir: Path,
+        *,
+        workers: int = 1,
+        executor: Executor | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        buckets: int = DEFAULT_BUCKETS,
+        max_set_size: int = DEFAULT_MAX_SET_SIZE,
+        progress: ProgressFn | None = None,
+        side: str | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ConfigError(f"PSI role must be one of {', '.join(ROLES)}, got {role!r}")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 65536:
+            raise ConfigError(f"PSI buckets must be a whole number from 1 to 65536, got {buckets!r}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ConfigError(f"PSI chunk must be a whole number >= 1, got {chunk!r}")
+        self.role, self.side = role, side or role
+        self.workers, self.chunk, self.buckets = workers, chunk, buckets
+        self.max_set_size = check_max_set_size(max_set_size)
+        self._executor, self._progress = executor, progress
+        self._secret = new_secret()
+        self.dir = Path(workdir) / self.side
+        self.dir.mkdir(mode=0o700)
+        self._own = Buckets(self.dir, "own", buckets, RECORD)
+        self._mine = Buckets(self.dir, "mine", buckets, RECORD)
+        self._peer = Buckets(self.dir, "peer", buckets, VALUE)
+        self.rows = self.set_size = self.duplicates_removed = self.peer_set_size = 0
+        self._sealed = False
+        self._last_report = 0.0
+
+    def _report(self, step: str, done: int, total: int | None, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is not None and (force or now - self._last_report >= 2.0):
+            self._last_report = now
+            self._progress(self.side, step, done, total)
+
+    def _depth(self) -> int:
+        return 2 * max(self.workers, 1)
+
+    def blind(self, batches: Iterable[Sequence[str]], total: int | None = None) -> None:
+        """Hash and blind this side's ids (any number of batches) into the own buckets."""
+        if self._sealed:
+            raise ConfigError("this PSI party has already sent its values; ids cannot be added")
+
+        def tasks() -> Iterator[tuple[Sequence[str], int]]:
+            for batch in batches:
+                if self.rows + len(batch) > self.max_set_size:
+                    raise DataError(
+                        f"PSI input has more than this party's maximum of {self.max_set_size} ids; "
+                        "raise the PSI maximum set size or split the dataset"
+                    )
+                for i in range(0, len(batch), self.chunk):
+                    yield batch[i : i + self.chunk], self.rows + i
+                self.rows += len(batch)
+
+        done = 0
+        for blob in ordered_map(self._executor, hash_blind_packed, tasks(), self._secret, self._depth()):
+            values = np.frombuffer(blob, dtype=VALUE)
+            records = np.empty(len(values), dtype=RECORD)
+            records["v"], records["r"] = values, np.arange(done, done + len(values), dtype=np.uint64)
+            self._own.add(records)
+            done += len(values)
+            self._report("hashing and blinding its ids", done, total)
+        self._own.flush()
+        self._report("hashing and blinding its ids", done, total, force=True)
+
+    def _seal(self) -> None:
+        """De-duplicate each own bucket into the send file (values) and its rows, in sorted order."""
+        if self.rows == 0:
+            raise DataError("PSI input has no ids")
+        with (self.dir / "send.bin").open("wb") as values, (self.dir / "send-rows.bin").open("wb") as rows:
+            os.chmod(values.fileno(), 0o600)
+            os.chmod(rows.fileno(), 0o600)
+            for bucket in range(self.buckets):
+                records = self._own.read(bucket)
+                if len(records):
+                    records = records[np.argsort(records["v"], kind="stable")]  # first row first
+                    keep = np.ones(len(records), dtype=bool)
+                    keep[1:] = records["v"][1:] != records["v"][:-1]
+                    self.duplicates_removed += int(len(records) - keep.sum())
+                    values.write(records["v"][keep].tobytes())
+                    rows.write(records["r"][keep].tobytes())
+                    self.set_size += int(keep.sum())
+                self._own.drop(bucket)
+        self._sealed = True
+
+    def outgoing(self) -> Iterator[bytes]:
+        """This side's blinded values, packed, sorted by value, ``SEND_BATCH`` at a time."""
+        if not self._sealed:
+            self._seal()
+        with (self.dir / "send.bin").open("rb") as values:
+            while blob := values.read(SEND_BATCH * POINT_BYTES):
+                yield blob
+
+    def answer(self, peer_blobs: Iterable[bytes]) -> Iterator[bytes]:
+        """Raise the peer's values to our secret, in the order received; keep them for matching."""
+
+        def tasks() -> Iterator[tuple[bytes, int]]:
+            for blob in peer_blobs:
+                if len(blob) % POINT_BYTES:
+                    raise IntegrityError(
+                        f"PSI message of {len(blob)} bytes is not a whole number of {POINT_BYTES}-byte "
+                        "group elements; the message was truncated or corrupted"
+                    )
+                count = len(blob) // POINT_BYTES
+                if self.peer_set_size + count > self.max_set_size:
+                    raise AccessDenied(
+                        f"the other party sent more than this party's maximum of {self.max_set_size} "
+                        "PSI values; refused"
+                    )
+                step = self.chunk * POINT_BYTES
+                for i in range(0, len(blob), step):
+                    yield blob[i : i + step], self.peer_set_size + i // POINT_BYTES
+                self.peer_set_size += count
+
+        done = 0
+        for out in ordered_map(self._executor, exponentiate_packed, tasks(), self._secret, self._depth()):
+            self._peer.add(np.frombuffer(out, dtype=VALUE))
+            done += len(out) // POINT_BYTES
+            self._report("answering the other side's values", done, None)
+            yield out
+        self._peer.flush()
+
+    def accept(self, answer_blobs: Iterable[bytes]) -> None:
+        """Our own values as the peer returned them (doubly blinded, in our send order)."""
+        if not self._sealed:
+            self._seal()
+        received = 0
+        with (self.dir / "send-rows.bin").open("rb") as rows:
+            for blob in answer_blobs:
+                count = len(blob) // POINT_BYTES
+                if len(blob) % POINT_BYTES or received + count > self.set_size:
+                    raise IntegrityError(
+                        f"the other party returned more than the {self.set_size} doubly-blinded values we sent, "
+                        "or a ragged message; the session is inconsistent, run it again"
+                    )
+                records = np.empty(count, dtype=RECORD)
+                records["v"] = np.frombuffer(blob, dtype=VALUE)
+                records["r"] = np.frombuffer(rows.read(count * 8), dtype="<u8")
+                self._mine.add(records)
+                received += count
+                self._report("taking back its own values", received, self.set_size)
+        self._mine.flush()
+        if received != self.set_size:
+            raise IntegrityError(
+                f"the other party returned {received} doubly-blinded values for the {self.set_size} "
+                "we sent; the session is inconsistent, run it again"
+            )
+
+    def finish(self, sink: Callable[[np.ndarray], None] | None = None) -> StreamResult:
+        """Match bucket by bucket; ``sink`` gets the shared rows (uint64 arrays) in the agreed order."""
+        digest, size = hashlib.sha256(), 0
+        for bucket in range(self.buckets):
+            theirs = np.sort(self._peer.read(bucket))
+            if len(theirs) > 1 and bool((theirs[1:] == theirs[:-1]).any()):
+                raise IntegrityError(
+                    "the other party's blinded values contain repeats, which honest de-duplicated "
+                    "input never produces; abort this session"
+                )
+            mine = self._mine.read(bucket)
+            mine = mine[np.argsort(mine["v"])]
+            shared = mine[np.isin(mine["v"], theirs, assume_unique=True)]
+            digest.update(shared["v"].tobytes())
+            size += len(shared)
+            if sink is not None and len(shared):
+                sink(shared["r"].copy())
+            self._mine.drop(bucket)
+            self._peer.drop(bucket)
+            self._report("matching buckets", bucket + 1, self.buckets, force=bucket + 1 == self.buckets)
+        return StreamResult(
+            size=size,
+            digest=digest.hexdigest(),
+            rows=self.rows,
+            set_size=self.set_size,
+            peer_set_size=self.peer_set_size,
+            duplicates_removed=self.duplicates_removed,
+        )
+
+
+def run_psi_stream(
+    batches_a: Iterable[Sequence[str]],
+    batches_b: Iterable[Sequence[str]],
+    *,
+    workers: int = 1,
+    chunk: int = DEFAULT_CHUNK,
+    buckets: int = DEFAULT_BUCKETS,
+    max_set_size: int = DEFAULT_MAX_SET_SIZE,
+    workdir: Path | None = None,
+    sink_a: Callable[[np.ndarray], None] | None = None,
+    sink_b: Callable[[np.ndarray], None] | None = None,
+    progress: ProgressFn | None = None,
+    totals: tuple[int | None, int | None] = (None, None),
+) -> tuple[StreamResult, StreamResult]:
+    """Both sides of one streaming session in this process (CLI, benchmark); the core's maths and digest.
+
+    The values live in a private directory made inside ``workdir`` (the system temp directory
+    by default) and removed on return, whether the session succeeded or failed.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers!r}")
+    if workdir is not None and not Path(workdir).is_dir():
+        raise ConfigError(f"{workdir}: PSI work directory not found")
+    tmp = Path(tempfile.mkdtemp(prefix="psi-", dir=workdir))
+    pool = make_executor(workers) if workers > 1 else None
+    try:
+        opts = dict(workers=workers, executor=pool, chunk=chunk, buckets=buckets, max_set_size=max_set_size)
+        a = StreamingParty("initiator", tmp, side="a", progress=progress, **opts)  # type: ignore[arg-type]
+        b = StreamingParty("responder", tmp, side="b", progress=progress, **opts)  # type: ignore[arg-type]
+        a.blind(batches_a, totals[0])
+        b.blind(batches_b, totals[1])
+        a.accept(b.answer(a.outgoing()))
+        b.accept(a.answer(b.outgoing()))
+        return a.finish(sink_a), b.finish(sink_b)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""Ids read in batches from a partner's file: every bad file is a DataError naming the place, never a value."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fedcustomer.errors import DataError
+from fedcustomer.psi.source import id_batches
+
+
+def _read(path, column="customer_id", **kw):
+    return [v for batch in id_batches(path, column, **kw) for v in batch]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_batches_cover_the_column_in_file_order(tmp_path, suffix):
+    ids = [f"ID-{k}" for k in range(1000)]
+    path = tmp_path / f"f{suffix}"
+    frame = pd.DataFrame({"x": range(1000), "customer_id": ids})
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    batches = list(id_batches(path, "customer_id", batch=300))
+    assert [len(b) for b in batches] == [300, 300, 300, 100]
+    assert [v for b in batches for v in b] == ids
+
+
+def test_parquet_integer_ids_become_text(tmp_path):
+    pd.DataFrame({"customer_id": [17, 42]}).to_parquet(tmp_path / "f.parquet")
+    assert _read(tmp_path / "f.parquet") == ["17", "42"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_missing_id_column(tmp_path, suffix):
+    path = tmp_path / f"f{suffix}"
+    frame = pd.DataFrame({"client": ["SECRET-1"]})
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    with pytest.raises(DataError, match="no id column 'customer_id' \\(columns: client\\)") as err:
+        _read(path)
+    assert "SECRET-1" not in str(err.value)
+
+
+def test_malformed_files(tmp_path):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(
+        "customer_id,x\n" + "".join(f"SECRET-{k},{k}\n" for k in range(10)) + "SECRET-X,1,2,3\n"
+    )
+    with pytest.raises(DataError, match="ragged.csv: cannot read it as csv") as err:
+        _read(ragged, batch=4)
+    assert "SECRET" not in str(err.value)
+    fake = tmp_path / "fake.parquet"
+    fake.write_bytes(b"SECRET-1 not a parquet file")
+    with pytest.raises(DataError, match="fake.parquet: cannot read it as parquet"):
+        _read(fake)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"customer_id\n\xff\xfe\x00SECRET\n")
+    with pytest.raises(DataError, match="binary.csv: cannot read it as csv"):
+        _read(binary)
+
+
+def test_empty_cells_files_and_limits(tmp_path):
+    (tmp_path / "gap.csv").write_text("customer_id\nSECRET-1\n\nSECRET-2\n,\n")
+    (tmp_path / "gap2.csv").write_text("customer_id,x\nSECRET-1,1\nSECRET-2,2\n,3\n")
+    with pytest.raises(DataError, match="gap2.csv, line 4: column 'customer_id' is empty"):
+        _read(tmp_path / "gap2.csv", batch=2)
+    pd.DataFrame({"customer_id": ["a", None]}).to_parquet(tmp_path / "gap.parquet")
+    with pytest.raises(DataError, match="row 1: column 'customer_id' is empty"):
+        _read(tmp_path / "gap.parquet")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="file is empty"):
+        _read(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("customer_id\n")
+    with pytest.raises(DataError, match="no rows"):
+        _read(tmp_path / "header.csv")
+    with pytest.raises(DataError, match="file not found"):
+        _read(tmp_path / "nope.csv")
+    (tmp_path / "f.txt").write_text("customer_id\n1\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        _read(tmp_path / "f.txt")
+    pd.DataFrame({"customer_id": [f"C{k}" for k in range(25)]}).to_csv(tmp_path / "big.csv", index=False)
+    with pytest.raises(DataError, match="big.csv: 25 ids, more than --max-ids 10"):
+        _read(tmp_path / "big.csv", batch=4, max_ids=10)

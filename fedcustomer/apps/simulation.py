@@ -52,6 +52,10 @@ def run_simulated_job(
     _quiet_flower(verbose)
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray runs its workers (the partners' ClientApps) at niceness 15; the job's driver and
+    # ServerApp run at the caller's. On a busy machine the partners then starve while the
+    # coordinator waits on them: the job is one workload, so its workers share its priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     init_args: dict[str, Any] = {
         "num_cpus": max(1, min(len(homes), os.cpu_count() or 1)),
         "log_to_driver": verbose,

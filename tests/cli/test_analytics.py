@@ -79,8 +79,11 @@ def test_query_spec_file_runs_and_writes_result_json(
         ["query", "--spec", str(spec), "--homes", str(out / "partners"), "--out", str(out)], capsys
     )
     assert code == 0
-    code, stdout, _ = run(["budget", "show", "--home", str(out / "partners" / "retail_west")], capsys)
-    assert stdout.count("spend-by-region") == 1
+    code, stdout, _ = run(
+        ["budget", "show", "--home", str(out / "partners" / "retail_west"), "--json"], capsys
+    )
+    charges = [c for ds in json.loads(stdout)["datasets"] for c in ds["charges"]]
+    assert [c["query_id"] for c in charges].count("spend-by-region") == 1
 
 
 def test_query_over_budget_exits_with_the_budget_code(

@@ -78,6 +78,18 @@ def _job(name: str, out: Path, quick: bool) -> float:
     return time.perf_counter() - started
 
 
+def _timings(report: dict[str, Any], job_wall: float, audit_wall: float) -> dict[str, Any]:
+    """Whether anything was flagged, and the audit's time beside the job's rounds and whole command."""
+    return {
+        "flagged": report["flagged"],
+        "audit_s": round(audit_wall, 1),
+        "job_rounds_s": report["job_seconds"],
+        "job_command_s": round(job_wall, 1),
+        "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
+        "audit_over_job_command": round(audit_wall / job_wall, 2),
+    }
+
+
 def _vertical_row(report: dict[str, Any], job_wall: float, audit_wall: float) -> dict[str, Any]:
     row: dict[str, Any] = {"job": "vertical"}
     for m in report["mechanisms"]:
@@ -86,16 +98,7 @@ def _vertical_row(report: dict[str, Any], job_wall: float, audit_wall: float) ->
             f"claim {m['claimed_epsilon']:.2f}: white-box {wb['epsilon_lower_bound']:.2f} "
             f"({wb['correct']}/{wb['guesses']}), black-box {m['black_box']['epsilon_lower_bound']:.2f}"
         )
-    row.update(
-        {
-            "flagged": report["flagged"],
-            "audit_s": round(audit_wall, 1),
-            "job_rounds_s": report["job_seconds"],
-            "job_command_s": round(job_wall, 1),
-            "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
-            "audit_over_job_command": round(audit_wall / job_wall, 2),
-        }
-    )
+    row.update(_timings(report, job_wall, audit_wall))
     for target, short in (("joint_model", "dp"), ("nonprivate_replay", "nonpriv")):
         for attack, a in (("loss_threshold", "loss"), ("lira_offline", "lira")):
             r = report["membership_inference"][target][attack]
@@ -119,16 +122,7 @@ def _row(name: str, report: dict[str, Any], job_wall: float, audit_wall: float) 
         row[f"{kind}_lb_white_box"] = round(m["white_box"]["epsilon_lower_bound"], 3)
         row[f"{kind}_white_box_correct"] = f"{m['white_box']['correct']}/{m['white_box']['guesses']}"
         row[f"{kind}_lb_black_box"] = round(m["black_box"]["epsilon_lower_bound"], 3)
-    row.update(
-        {
-            "flagged": report["flagged"],
-            "audit_s": round(audit_wall, 1),
-            "job_rounds_s": report["job_seconds"],
-            "job_command_s": round(job_wall, 1),
-            "audit_over_job_rounds": round(audit_wall / report["job_seconds"], 2),
-            "audit_over_job_command": round(audit_wall / job_wall, 2),
-        }
-    )
+    row.update(_timings(report, job_wall, audit_wall))
     for target, short in (("released_model", "dp"), ("nonprivate_replay", "nonpriv")):
         for attack, a in (("loss_threshold", "loss"), ("lira_offline", "lira")):
             r = report["membership_inference"][target][attack]

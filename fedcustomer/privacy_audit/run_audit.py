@@ -296,20 +296,11 @@ def audit_run(
     if not 0.5 <= confidence < 1:
         raise ConfigError(f"--confidence must be in [0.5, 1), got {confidence}")
     kind = _kind(run)
-    if kind == "vertical":
-        body = vertical_audit.audit_vertical(
-            run,
-            homes=Path(homes) if homes is not None else None,
-            n_canaries=canaries_count,
-            shadows=shadows,
-            nonprivate=nonprivate,
-            seed=seed,
-            confidence=confidence,
-        )
-    elif kind == "query":
+    if kind == "query":
         body = audit_query_run(run, releases=releases, seed=seed, confidence=confidence)
-    else:
-        body = audit_training(
+    else:  # DP-SGD, horizontal or vertical: canaries and membership inference, the same options
+        audit_dpsgd = vertical_audit.audit_vertical if kind == "vertical" else audit_training
+        body = audit_dpsgd(
             run,
             homes=Path(homes) if homes is not None else None,
             n_canaries=canaries_count,

@@ -24,6 +24,7 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import SecAggLocalGrid
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import prepare_partners
+from tests.apps.test_secagg_distributed import _job as distributed_job
 
 # The first coordinator: the same in-process grid, killed when round ``KILL_IN_ROUND`` reaches its unmask stage.
 COORDINATOR = """
@@ -65,21 +66,7 @@ def _library_pld(sigma: float, q: float, steps: int, delta: float) -> float:
 
 
 def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_round(tmp_path: Path) -> None:
-    job = JobConfig(
-        partners=3,
-        min_partners=3,
-        rounds=3,
-        arch="logreg",
-        dp_mode="distributed",
-        distributed_accountant="pld",
-        sample_rate=0.05,
-        lr=0.5,
-        epsilon=3.0,
-        homes=str(tmp_path / "homes"),
-        out=str(tmp_path / "run"),
-        federated_eval="none",
-        seed=3,
-    )
+    job = distributed_job(tmp_path, rounds=3, distributed_accountant="pld")
     spec, homes = prepare_partners(job)
     for i, home in enumerate(homes):
         config = home.config()

@@ -103,8 +103,6 @@ def _main(grid: Grid, context: Context) -> None:
 
 def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     """Run the job's rounds with SecAgg+ fit; write model.pt, summary.json and anchors.jsonl to the run directory."""
-    from flwr.server.strategy import FedAvg
-
     from fedcustomer.apps.secagg_rounds import run_secagg_rounds, strategy_options, summary_head, write_model
     from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
@@ -122,32 +120,77 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         from fedcustomer.apps.secagg_distributed import run_distributed_job
 
         return run_distributed_job(grid, context, job, extra, spec, n, secagg_threshold(n, job.min_partners))
+    from fedcustomer.server import secagg_checkpoint as ckpt
+
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
+    progress = ckpt.latest(job.out, job.run_id, ckpt.LOCAL) if extra.get("resume") else None
+    ckpt.restore(progress, model)  # the global model the interrupted round was trained on
     names = list(model.state_dict().keys())
-    strategy = FedAvg(**strategy_options(job, model, encode_train_config(job, spec), job.min_partners))
-    legacy, final = run_secagg_rounds(
+    first = progress.round if progress else 0
+    strategy = _checkpointed_fedavg()(
+        model,
+        ckpt.strategy_state(progress, job.out, job.run_id, None, ckpt.LOCAL),
+        **strategy_options(job, model, encode_train_config(job, spec), job.min_partners, first_round=first),
+    )
+    _, final = run_secagg_rounds(
         grid,
         context,
         job,
         strategy,
+        first_round=first,
         num_shares=n,
         threshold=secagg_threshold(n, job.min_partners),
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
     )
     files = write_model(job, names, final)
-    rounds_done = len(legacy.history.metrics_distributed_fit.get("", [])) or job.rounds
     summary = {
         **summary_head(job),
-        "status": "completed",
-        "stop_reason": None,
+        "status": "completed" if strategy.applied else "stopped",
+        "stop_reason": None if strategy.applied else "no round's secure sum was applied",
         "rounds_planned": job.rounds,
-        "rounds_completed": rounds_done,
+        "rounds_completed": len(strategy.applied),
+        "rounds_discarded": strategy.discarded,
         "partners": [],
         "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
     }
     files.write_summary(summary)
     return summary
+
+
+def _checkpointed_fedavg() -> Any:
+    """A FedAvg that keeps the global model and checkpoints every round (made lazily: Flower import).
+
+    Flower counts a resumed job's rounds from 1 again; ``first`` maps them back to the job's own.
+    A round whose secure sum could not be unmasked keeps the previous model and is recorded as
+    discarded, so a resume after it neither repeats nor skips a round.
+    """
+    from flwr.common import parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg
+
+    class CheckpointedFedAvg(FedAvg):
+        def __init__(self, model: torch.nn.Module, state: dict[str, Any], **kw: Any) -> None:
+            super().__init__(**kw)
+            self.model = model
+            self.first = int(state["first"])
+            self.applied: list[int] = list(state["applied"])
+            self.discarded: list[int] = list(state["discarded"])
+            self.on_round = state["on_round"]
+
+        def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> Any:
+            parameters, metrics = super().aggregate_fit(server_round, results, failures)
+            rnd = server_round + self.first
+            if parameters is None:
+                self.discarded.append(rnd)
+            else:
+                arrays = parameters_to_ndarrays(parameters)
+                names = list(self.model.state_dict().keys())
+                self.model.load_state_dict({k: torch.as_tensor(a) for k, a in zip(names, arrays)})
+                self.applied.append(rnd)
+            self.on_round(rnd, self)
+            return parameters, metrics
+
+    return CheckpointedFedAvg
 
 
 def secagg_threshold(num_partners: int, min_partners: int) -> int:

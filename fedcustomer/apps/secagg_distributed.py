@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp import distributed as dd
-from fedcustomer.server import distributed_checkpoint as dcp
+from fedcustomer.server import secagg_checkpoint as dcp
 
 log = logging.getLogger(__name__)
 

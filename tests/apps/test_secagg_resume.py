@@ -147,17 +147,60 @@ def _assert_model_took_the_three_steps_with_momentum(job: JobConfig, spec, homes
         assert torch.allclose(final[name], p.detach(), atol=1e-4), name
 
 
+def test_a_killed_local_noise_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """Local-noise SecAgg+ (each partner noises its own update): the same kill and resume, FedAvg's model."""
+    import torch
+
+    job = distributed_job(tmp_path, rounds=3, dp_mode="local")
+    _, homes = prepare_partners(job)
+    run_config = {k: v for k, v in job.to_dict().items() if v is not None} | {"wait-for-partners": 0.0}
+    roots = [str(h.root) for h in homes]
+    first = subprocess.run(
+        [sys.executable, "-c", COORDINATOR, json.dumps(run_config), json.dumps(roots), "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert first.returncode == -9, first.stderr[-3000:]
+    checkpoints = sorted(p.name for p in (Path(job.out) / "checkpoints").iterdir())
+    assert checkpoints == [f"secagg-{job.run_id}-round-0001.pt"]  # round 2 was never aggregated
+    kept = {}
+    for home in homes:
+        assert [c.round for c in home.ledger(job.dataset_name).charges()] == [1, 2]
+        kept[home.root] = (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes()
+
+    grid = SecAggLocalGrid(make_secagg_client_app(roots), 3)
+    context = Context(
+        run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=run_config | {"resume": True}
+    )
+    summary = run_secagg_job(grid, context)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    assert summary["rounds_discarded"] == []
+    assert grid.calls == {1: 8, 2: 8, 3: 8}  # rounds 2 and 3 only: SecAgg+'s four stages each
+    assert (Path(job.out) / "checkpoints" / f"secagg-{job.run_id}-round-0003.pt").is_file()
+    updates = []
+    for home in homes:
+        charges = home.ledger(job.dataset_name).charges()
+        assert [c.round for c in charges] == [1, 2, 3] and len({c.charge_key for c in charges}) == 3
+        assert (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes() == kept[home.root]
+        blob = torch.load(home.state_dir / "updates" / f"run_{job.run_id}_round_3.pt", weights_only=True)
+        updates.append(blob["state"])
+    final = torch.load(Path(job.out) / "model.pt", weights_only=True)
+    for name, value in final.items():  # unit-weight mean of round 3's updates, up to SecAgg+'s quantisation
+        mean = sum(u[name] for u in updates) / len(updates)
+        assert torch.allclose(value, mean.to(value.dtype), atol=1e-4), name
+
+
 def test_a_resume_refuses_another_runs_checkpoint(tmp_path: Path) -> None:
     import torch
 
     from fedcustomer.errors import ConfigError, IntegrityError
-    from fedcustomer.server import distributed_checkpoint as dcp
+    from fedcustomer.server import secagg_checkpoint as dcp
 
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    progress = dcp.DistributedProgress(
-        "run-a", 4, 1.5, dict(model.state_dict()), opt.state_dict(), [1, 2, 4], [3]
-    )
+    progress = dcp.SecAggProgress("run-a", 4, 1.5, dict(model.state_dict()), opt.state_dict(), [1, 2, 4], [3])
     path = dcp.save(tmp_path, progress)
     back = dcp.latest(tmp_path, "run-a")
     assert back is not None and (back.round, back.applied, back.discarded) == (4, [1, 2, 4], [3])

@@ -137,8 +137,8 @@ def run_distributed_job(
     accountant = dd.job_accountant(job.distributed_accountant)
     progress = dcp.latest(job.out, job.run_id) if extra.get("resume") else None  # the same rounds, paid once
     sigma = (
-        progress.noise_multiplier
-        if progress
+        float(progress.noise_multiplier)  # a distributed checkpoint always holds its job's sigma
+        if progress is not None and progress.noise_multiplier is not None
         else dd.calibrate_sigma(
             job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier, accountant
         )

@@ -72,6 +72,13 @@ class SecAggPartner(NumPyClient):
             return contribution_arrays(outcome), 1, {}
         return [outcome.state_dict[k].detach().cpu().numpy() for k in names], 1, {}
 
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The accountant this partner charges with (``rdp`` or ``pld``): a distributed job calibrates to it."""
+        from fedcustomer.apps.secagg_distributed import ACCOUNTANT_PROPERTY
+
+        home = resolve_home(self.context, self.homes)
+        return {ACCOUNTANT_PROPERTY: str(home.config().accountant or "rdp")}
+
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         raise NotImplementedError("SecAgg+ mode does not run federated evaluation")
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = "fedcustomer-distributed-dp"
 SURVIVORS_ERROR_CODE = 4101
+ACCOUNTANT_PROPERTY = "accountant"  # what a partner answers when the coordinator asks (a setting, no data)
 
 
 def contribution_arrays(outcome: Any) -> list[np.ndarray]:
@@ -134,7 +135,12 @@ def run_distributed_job(
             f"distributed DP needs at least {max(n_min, threshold, 3)} partners (the SecAgg+ threshold and "
             f"min-partners), {n} connected"
         )
-    accountant = dd.job_accountant(job.distributed_accountant)
+    answers = (
+        ask_partner_accountants(grid, job.round_timeout) if job.distributed_accountant == dd.AUTO else {}
+    )
+    accountant = dd.job_accountant(
+        dd.resolve_job_accountant(job.distributed_accountant, list(answers.values()))
+    )
     progress = dcp.latest(job.out, job.run_id) if extra.get("resume") else None  # the same rounds, paid once
     sigma = (
         float(progress.noise_multiplier)  # a distributed checkpoint always holds its job's sigma
@@ -198,9 +204,52 @@ def run_distributed_job(
             nodes=sorted(grid.get_node_ids()),
             accountant=accountant,
         ),
+        "accountant_choice": {
+            "requested": job.distributed_accountant,
+            "used": accountant.name,
+            "partners": sorted(str(a) for a in answers.values()) if answers else None,
+        },
         "partners": [],
         "note": "SecAgg+: per-partner metrics stay with each partner; each partner's ledger charges the "
         "guarantee its config trusts (see distributed_dp)",
     }
     files.write_summary(summary)
     return summary
+
+
+def ask_partner_accountants(grid: Grid, timeout: float | None) -> dict[int, str | None]:
+    """Each connected partner's accountant (``rdp``/``pld``; None where a node did not answer).
+
+    A legacy get-properties message: SecAgg+'s mods pass it through, and the partner answers from
+    its ``partner.toml`` (a setting, nothing about customers). A partner that fails to answer
+    counts as RDP, the accountant that keeps every partner within the job's epsilon.
+    """
+    from flwr.app import Message
+    from flwr.common import GetPropertiesIns
+    from flwr.common.constant import MessageTypeLegacy
+    from flwr.compat.common.recorddict_compat import (
+        getpropertiesins_to_recorddict,
+        recorddict_to_getpropertiesres,
+    )
+
+    nodes = sorted(grid.get_node_ids())
+    messages = [
+        Message(
+            content=getpropertiesins_to_recorddict(GetPropertiesIns(config={})),
+            dst_node_id=node,
+            message_type=MessageTypeLegacy.GET_PROPERTIES,
+        )
+        for node in nodes
+    ]
+    answers: dict[int, str | None] = dict.fromkeys(nodes)
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            continue
+        value = recorddict_to_getpropertiesres(reply.content).properties.get(ACCOUNTANT_PROPERTY)
+        answers[reply.metadata.src_node_id] = str(value) if value in ("rdp", "pld") else None
+    silent = [n for n, a in answers.items() if a is None]
+    if silent:
+        log.warning(
+            "%s partner(s) did not say which accountant they use; calibrating as for RDP", len(silent)
+        )
+    return answers

@@ -281,9 +281,10 @@ def coordinator_run(
         0.0, "--sample-rate", help="Distributed DP: every partner's Poisson rate q (required there)."
     ),
     distributed_accountant: str = typer.Option(
-        "rdp",
+        "auto",
         "--distributed-accountant",
-        help="Distributed DP: rdp or pld, the accountant the noise is calibrated with (the partners' choice).",
+        help="Distributed DP: the accountant the noise is calibrated with: rdp, pld, or auto (ask the "
+        "partners: pld when all of them account with pld, else rdp).",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Resume the last job in --workdir from its checkpoint."

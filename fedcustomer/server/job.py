@@ -80,9 +80,9 @@ class JobConfig(JobBase):
     federated_eval: str = "every"
     dp_mode: str = DEFAULT_DP_MODE  # "distributed": one DP-SGD step over the union per round (SecAgg+ only)
     sample_rate: float = DEFAULT_SAMPLE_RATE  # distributed mode's Poisson rate q (required there)
-    # distributed mode: rdp | pld, the accountant the coordinator calibrates sigma with (the partners'
-    # choice: each partner's ledger charges and reports with its own)
-    distributed_accountant: str = "rdp"
+    # distributed mode: the accountant the coordinator calibrates sigma with: rdp | pld, or auto (ask the
+    # partners: pld when every partner charges with pld, else rdp); each partner's ledger charges with its own
+    distributed_accountant: str = "auto"
     # clv only: the target the model learns (spend clipped to a declared public cap, transformed,
     # scaled to [0, 1]) and its loss; metrics stay on the original scale
     clv_transform: str = DEFAULT_CLV_TRANSFORM
@@ -136,9 +136,9 @@ class JobConfig(JobBase):
         if self.central_dp:
             require_positive("central-noise-multiplier", self.central_noise_multiplier)
             require_positive("central-clipping-norm", self.central_clipping_norm)
-        if self.distributed_accountant not in CENTRAL_ACCOUNTANTS:
+        if self.distributed_accountant not in (*CENTRAL_ACCOUNTANTS, "auto"):
             raise ConfigError(
-                f"--distributed-accountant must be one of {', '.join(CENTRAL_ACCOUNTANTS)}, "
+                f"--distributed-accountant must be one of {', '.join(CENTRAL_ACCOUNTANTS)} or auto, "
                 f"got {self.distributed_accountant!r}"
             )
         if self.central_accountant not in CENTRAL_ACCOUNTANTS:

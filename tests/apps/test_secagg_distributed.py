@@ -59,7 +59,10 @@ def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> No
     grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3)
     summary = run_secagg_job(grid, _context(job))
     assert summary["status"] == "completed" and summary["rounds_completed"] == 1
+    # nobody named an accountant: the coordinator asked, every partner charges with RDP, so RDP it is
+    assert summary["accountant_choice"] == {"requested": "auto", "used": "rdp", "partners": ["rdp"] * 3}
     report = json.loads((Path(job.out) / "summary.json").read_text())["distributed_dp"]
+    assert report["accountant"] == "rdp"
     sigma = report["noise_multiplier"]
     assert report["epsilon_coordinator"] == pytest.approx(
         dd.run_epsilons(dd.DistributedStep(sigma, 0.05, job.max_grad_norm, 3), 1, job.delta)[0]
@@ -144,3 +147,39 @@ def test_the_secagg_trust_is_read_from_partner_toml_and_checked(tmp_path: Path) 
     homes[1].config_path.write_text(homes[1].config_path.read_text() + '\n[secagg]\ntrust = "yes"\n')
     with pytest.raises(ConfigError, match="trust must be true or false"):
         homes[1].config()
+
+
+def test_the_coordinator_asks_each_partner_for_its_accountant(tmp_path: Path) -> None:
+    from fedcustomer.apps.secagg_distributed import ask_partner_accountants
+
+    job = _job(tmp_path)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    for i, home in enumerate(homes):
+        config = home.config()
+        config.accountant = "pld" if i else "rdp"
+        home.write_config(config)
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3)
+    answers = ask_partner_accountants(grid, timeout=None)
+    assert sorted(answers.values()) == ["pld", "pld", "rdp"]
+    assert dd.resolve_job_accountant("auto", list(answers.values())) == "rdp"  # one RDP partner: RDP for all
+
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3, dead_after={1: 0})
+    answers = ask_partner_accountants(grid, timeout=None)  # a node that never answers counts as RDP
+    assert answers[1] is None and dd.resolve_job_accountant("auto", list(answers.values())) == "rdp"
+
+
+@pytest.mark.parametrize(
+    ("requested", "partners", "used"),
+    [
+        ("auto", ["pld", "pld", "pld"], "pld"),
+        ("auto", ["pld", "rdp", "pld"], "rdp"),
+        ("auto", ["pld", None, "pld"], "rdp"),
+        ("auto", [], "rdp"),
+        ("pld", ["rdp", "rdp"], "pld"),  # named by the data scientist: used as named
+        ("rdp", ["pld", "pld"], "rdp"),
+    ],
+)
+def test_auto_calibrates_with_pld_only_when_every_partner_accounts_with_pld(
+    requested, partners, used
+) -> None:
+    assert dd.resolve_job_accountant(requested, partners) == used

@@ -66,7 +66,7 @@ def _library_pld(sigma: float, q: float, steps: int, delta: float) -> float:
 
 
 def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_round(tmp_path: Path) -> None:
-    job = distributed_job(tmp_path, rounds=3, distributed_accountant="pld")
+    job = distributed_job(tmp_path, rounds=3)  # the accountant is "auto": every partner says PLD
     spec, homes = prepare_partners(job)
     for i, home in enumerate(homes):
         config = home.config()
@@ -98,11 +98,12 @@ def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_roun
     )
     summary = run_secagg_job(grid, context)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
-    assert grid.calls == {1: 8, 2: 8, 3: 8}  # rounds 2 and 3 only: SecAgg+'s four stages each
+    # the accountant question, then rounds 2 and 3 only: SecAgg+'s four stages each
+    assert grid.calls == {1: 9, 2: 9, 3: 9}
     _assert_model_took_the_three_steps_with_momentum(job, spec, homes)
     report = summary["distributed_dp"]
     sigma = report["noise_multiplier"]
-    assert report["accountant"] == "pld"
+    assert report["accountant"] == "pld" and summary["accountant_choice"]["partners"] == ["pld"] * 3
     assert report["epsilon_coordinator"] == pytest.approx(_library_pld(sigma, 0.05, 3, job.delta), rel=1e-9)
     assert report["epsilon_coordinator"] <= 3.0
     assert report["by_accountant"]["rdp"]["epsilon_coordinator"] > 3.0  # PLD's sigma, judged by RDP
@@ -218,6 +219,6 @@ def test_a_resume_refuses_another_runs_checkpoint(tmp_path: Path) -> None:
 def test_an_unknown_distributed_accountant_is_refused() -> None:
     from fedcustomer.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--distributed-accountant must be one of rdp, pld"):
+    with pytest.raises(ConfigError, match="--distributed-accountant must be one of rdp, pld or auto"):
         JobConfig(dp_mode="distributed", sample_rate=0.1, distributed_accountant="moments")
-    assert JobConfig().distributed_accountant == "rdp"  # existing jobs calibrate as they did
+    assert JobConfig().distributed_accountant == "auto"  # RDP unless every partner accounts with PLD

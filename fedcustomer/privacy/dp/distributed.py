@@ -317,6 +317,22 @@ def calibrate_sigma(
     return acc.calibrate_noise([], sample_rate, rounds, epsilon * (1 - 1e-9), delta, sigma_max=sigma_max)
 
 
+AUTO = "auto"  # the coordinator asks the partners which accountant each charges with
+
+
+def resolve_job_accountant(requested: str, partners: Sequence[str | None]) -> str:
+    """The accountant to calibrate ``sigma`` with: ``requested``, or for ``auto`` the partners' common choice.
+
+    Calibrating with PLD gives a smaller ``sigma``, which a partner composing with RDP judges
+    above the job's epsilon (it would refuse rounds); calibrating with RDP gives a larger one,
+    which a PLD partner judges below it. So ``auto`` picks PLD only when every partner answered
+    ``pld``, and RDP otherwise (a partner that did not answer counts as RDP).
+    """
+    if requested != AUTO:
+        return requested
+    return "pld" if partners and all(name == "pld" for name in partners) else "rdp"
+
+
 def job_accountant(name: str | None) -> Accountant:
     """The accountant a distributed job calibrates with (its ``distributed_accountant``; RDP when unset)."""
     return accountant_named(name)

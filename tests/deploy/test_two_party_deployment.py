@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
 from fedcustomer.deploy import node as nd
 from fedcustomer.deploy import pki
 from fedcustomer.deploy.two_party import prepare_party_home, two_party_run_config
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.psi.intersection_sum import MECHANISM as SUM_MECHANISM
 from fedcustomer.psi.signing import ensure_link_key, pin_peer
 from fedcustomer.psi.state import psi_dir
 from fedcustomer.vertical.job import VerticalJob
@@ -58,10 +61,15 @@ class TwoParties:
         self.nodes[name] = proc
         nd.wait_connected(proc, log, timeout=UNBOUNDED)
 
-    def submit(self, out: Path, *, mode: str = "vertical", reveal: str = "ids", resume=False, **kw) -> int:
+    def submit(
+        self, out: Path, *, mode: str = "vertical", reveal: str = "ids", resume=False, sum_options=None, **kw
+    ) -> int:
         if not resume:
             job = VerticalJob(**({"out": str(out), "seed": 0, "round_timeout": 900} | kw))
-            co.write_app(self.cdir, two_party_run_config(job, mode=mode, wait_for_partners=60, reveal=reveal))
+            raw = two_party_run_config(
+                job, mode=mode, wait_for_partners=60, reveal=reveal, sum_options=sum_options
+            )
+            co.write_app(self.cdir, raw)
         return co.submit_run(self.cdir, resume=resume)
 
     def wait(self, run: int) -> dict:
@@ -118,6 +126,28 @@ def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_pat
         assert not list(psi_dir(home).glob("*.alignment.json")) and not list(
             psi_dir(home).glob("*.party.json")
         )
+
+
+def test_intersection_sum_between_authenticated_nodes_releases_only_the_noisy_rate(fed, tmp_path):
+    """``--mode psi --reveal sum`` over real processes: each party pays once, nothing names a customer."""
+    options = {"value": "defaulted", "where": "loyalty_member", "epsilon": 4.0}
+    run = fed.submit(tmp_path / "sum", mode="psi", reveal="sum", sum_options=options)
+    assert fed.wait(run)["status"] == "finished:completed"
+    summary = co.read_summary(fed.config())
+    ids_b, flags = PartnerDataAccess(fed.homes["retailer"]).linkage_column("retailer", "loyalty_member")
+    members = {normalize_id(i) for i, f in zip(ids_b, flags, strict=True) if int(f) == 1}
+    ids_a, labels = PartnerDataAccess(fed.homes["bank"]).linkage_column("bank", "defaulted")
+    chosen = [int(v) for i, v in zip(ids_a, labels, strict=True) if normalize_id(i) in members]
+    assert summary["status"] == "completed" and summary["reveal"] == "sum" and len(chosen) > 100
+    # discrete Laplace at epsilon 2 each: scale 1/2 on the count, 1/2 per party's share on the sum
+    assert abs(summary["noisy_count"] - len(chosen)) <= 12 and abs(summary["noisy_sum"] - sum(chosen)) <= 24
+    assert summary["parties"] == {"bank": 1500, "retailer": 1500}
+    assert "intersection_size" not in summary and "kept_by" not in summary
+    for home in fed.homes.values():
+        paid = [c for c in home.ledger(home.config().name).charges() if c.mechanism == SUM_MECHANISM]
+        assert len(paid) == 1  # once per party, whatever the relay did
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "sum").rglob("*") if p.is_file())
+    assert not any(normalize_id(i) in written for i in ids_a[:200])  # no id in what the coordinator keeps
 
 
 @pytest.mark.two_party_long

@@ -81,6 +81,8 @@ class PartyAudit:
     ) -> None:
         self.home, self.name, self.cfg = home, name, cfg
         self._state, self._persist = state, persist
+        self._book()  # now, so rounds paid before this bookkeeping existed count as logged
+
 
     def _book(self) -> dict[str, Any]:
         """The party's bookkeeping, with this module's keys (absent from states saved before them)."""

@@ -62,7 +62,7 @@ def test_in_process_job_logs_each_round_and_the_end_at_both_parties(
         assert [e.details["round"] for e in got] == [1, 2]
         assert all(e.decision == "allowed" and not e.details["refused"] for e in got)
         assert all(e.details["vertical_role"] == role and e.actor == f"node:{name}" for e in got)
-        assert all(e.details["epsilon_round"] > 0 and e.pseudonyms == [] for e in got)
+        assert all(e.details["epsilon_round"] > 0 and not e.pseudonyms for e in got)
         totals = [e.details["epsilon_total"] for e in got]
         assert totals[0] < totals[1] <= got[0].details["epsilon_target"]
     assert "epsilon_label" in rounds["bank"][0].details and "epsilon_label" not in rounds["bank"][1].details

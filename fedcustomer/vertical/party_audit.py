@@ -83,7 +83,6 @@ class PartyAudit:
         self._state, self._persist = state, persist
         self._book()  # now, so rounds paid before this bookkeeping existed count as logged
 
-
     def _book(self) -> dict[str, Any]:
         """The party's bookkeeping, with this module's keys (absent from states saved before them)."""
         state = self._state()

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from fedcustomer.cli import audit as audit_cli
+from fedcustomer.console.audit_index import AuditIndex
 from fedcustomer.errors import FederationError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.export import syslog_line
 from fedcustomer.privacy.audit.records import ACTION_VERTICAL_FINISH, ACTION_VERTICAL_ROUND
 from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.vertical.data import party_frames
@@ -113,6 +115,32 @@ def test_in_process_job_logs_each_round_and_the_end_at_both_parties(
         assert numbers == sorted(numbers) and len(numbers) == len(set(numbers))
     for home in homes.values():
         _verify(home, anchors, monkeypatch, capsys)
+
+    # the compliance officer's ways in read them as any other entry: query, export, the console's index
+    bank = homes["bank"]
+    code, out, err = run(
+        [
+            "audit",
+            "query",
+            "--log",
+            str(bank.audit_dir),
+            "--action",
+            ACTION_VERTICAL_ROUND,
+            "--format",
+            "json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert [
+        e["details"]["round"] for e in json.loads(out)["entries"] if e["details"]["run_id"] == job.run_id
+    ] == [1, 2]
+    line = syslog_line(rounds["bank"][0], "bank")
+    assert f" - {ACTION_VERTICAL_ROUND} [" in line and 'action="vertical_round"' in line  # MSGID, SD
+    index = AuditIndex(bank.audit_dir, tmp_path / "index.db")
+    page = index.page({"action": ACTION_VERTICAL_FINISH})
+    assert [e.details["run_id"] for e in page.entries] == [job.run_id]
+    assert {ACTION_VERTICAL_ROUND, ACTION_VERTICAL_FINISH} <= set(index.distinct("action"))
 
 
 def test_a_resumed_job_logs_each_round_once(homes, tmp_path, monkeypatch, capsys):

@@ -20,13 +20,15 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.export import syslog_line
 from fedcustomer.privacy.audit.records import ACTION_VERTICAL_FINISH, ACTION_VERTICAL_ROUND
 from fedcustomer.privacy.audit.writer import AuditLog
+from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.data import party_frames
 from fedcustomer.vertical.deployed import run_two_party
 from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.parties import party_app
 from fedcustomer.vertical.party import forget_sessions
 from fedcustomer.vertical.runner import run_vertical_local, run_vertical_on_grid
 from tests.cli.cli_runner import only_group, run
-from tests.vertical.conftest import grid_for, retail_signal_frames, setup_parties
+from tests.vertical.conftest import RecordingGrid, grid_for, retail_signal_frames, setup_parties
 from tests.vertical.test_deployed import _raw, homes
 
 
@@ -166,6 +168,31 @@ def test_a_resumed_job_logs_each_round_once(homes, tmp_path, monkeypatch, capsys
         assert [e.details["round"] for e in got] == [1, 2, 3]
         assert len(_entries(home, ACTION_VERTICAL_FINISH, raw["run-id"])) == 1
         _verify(home, tmp_path / "run" / "anchors.jsonl", monkeypatch, capsys)
+
+
+class FreshSessionGrid(RecordingGrid):
+    """Every message meets a party with no session in memory, as a deployed node's fresh ClientApp process."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        party_module._SESSIONS.clear()
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_parties_that_keep_nothing_in_memory_log_and_count_the_same(homes, tmp_path):
+    bank, retail = homes
+    raw = _raw(tmp_path, baseline=False, rounds=2)
+    grid = FreshSessionGrid(party_app([str(bank.root), str(retail.root)]), num_nodes=2)
+    summary = run_two_party(grid, raw)
+    assert summary["status"] == "completed"
+    aligned, dim = summary["aligned_train"] + summary["aligned_test"], 8 * 4
+    bank_rounds = _entries(bank, ACTION_VERTICAL_ROUND, raw["run-id"])
+    assert [e.details["round"] for e in bank_rounds] == [1, 2]
+    assert [e.details["round"] for e in _entries(retail, ACTION_VERTICAL_ROUND, raw["run-id"])] == [1, 2]
+    n = {str(e.details["round"]): e.details["public_batch_customers"] for e in bank_rounds}
+    (bank_end,) = _entries(bank, ACTION_VERTICAL_FINISH, raw["run-id"])
+    (retail_end,) = _entries(retail, ACTION_VERTICAL_FINISH, raw["run-id"])
+    assert retail_end.details["released_bytes"]["by_round"] == {r: (k + aligned) * dim for r, k in n.items()}
+    assert bank_end.details["released_bytes"]["by_kind"]["gradients"] == sum(n.values()) * dim
 
 
 def test_a_refused_round_is_logged_as_denied_once_with_its_reason(tmp_path: Path) -> None:

@@ -359,7 +359,9 @@ def query_cmd(
     field: str | None = typer.Option(None, "--field", help="Only entries that touched this field."),
     purpose: str | None = typer.Option(None, "--purpose", help="Only entries with this declared purpose."),
     decision: str | None = typer.Option(None, "--decision", help="allowed or denied."),
-    action: str | None = typer.Option(None, "--action", help="read, decrypt, approve, erase, fl_round, ..."),
+    action: str | None = typer.Option(
+        None, "--action", help="read, decrypt, approve, erase, fl_round, vertical_round, ..."
+    ),
     dataset: str | None = typer.Option(None, "--dataset", help="Only entries about this dataset."),
     pseudonym: str | None = typer.Option(
         None, "--pseudonym", help="Only entries that touched this customer."

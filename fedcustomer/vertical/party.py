@@ -67,6 +67,7 @@ from fedcustomer.privacy.dp.release import safe_name
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
 from fedcustomer.vertical.labels import label_release_for, protect_labels
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
+from fedcustomer.vertical.party_audit import PartyAudit
 from fedcustomer.vertical.spend import PartySpend, RoundDecision, q_steps
 
 
@@ -222,6 +223,7 @@ class PartySession:
             if self.ledger is not None
             else None
         )
+        self.audit = PartyAudit(home, self.name, cfg, lambda: self.state, self._persist)
         self._generator = secure_generator()
         self.wrapped: torch.nn.Module = self.model
         self.optimizer: torch.optim.Optimizer = base
@@ -296,8 +298,11 @@ class PartySession:
         return self.train_pos[draw].astype(np.int64)
 
     def check_round(self, rnd: int) -> RoundDecision:
-        """Would this round fit the budget? Nothing is charged or released."""
-        return self.spend.check_round(rnd) if self.spend is not None else RoundDecision(True)
+        """Would this round fit the budget? Nothing is charged or released; a refusal is audited once."""
+        decision = self.spend.check_round(rnd) if self.spend is not None else RoundDecision(True)
+        if not decision.ok:
+            self.audit.round(rnd, decision)
+        return decision
 
     def begin_round(self, rnd: int) -> RoundDecision:
         """Charge the round (and, once per job, the label release); the label owner then reveals its batches."""
@@ -305,6 +310,7 @@ class PartySession:
         if self.spend is not None:
             decision = self.spend.charge_round(rnd)
             if not decision.ok:
+                self.audit.round(rnd, decision)
                 return decision
             metrics = decision.metrics
         if self.has_passive and self.state["labels"] is None:
@@ -312,8 +318,12 @@ class PartySession:
         batches = self._public_batches(rnd) if self.has_passive else None
         if str(rnd) not in self.state["charged"]:
             self.state["charged"].append(str(rnd))
+        decision = RoundDecision(True, metrics=metrics, batches=batches)
+        self.audit.round(rnd, decision)  # logged before anything of the round leaves, once
+        if batches is not None:  # sent as int64 positions and per-batch sizes
+            self.audit.sent(rnd, "batch_positions", 8 * (sum(len(b) for b in batches) + len(batches)))
         self._persist()
-        return RoundDecision(True, metrics=metrics, batches=batches)
+        return decision
 
     # --- DP-SGD machinery ----------------------------------------------------------------
     def _ensure_dp(self, rnd: int) -> None:
@@ -351,14 +361,21 @@ class PartySession:
         self._check_positions(positions, self.train_pos, "training")
         self._require_paid(rnd)
         with torch.no_grad():
-            e = self._embed(self.model, positions)
-        return self._noisy_embeddings(e)
+            e = self._noisy_embeddings(self._embed(self.model, positions))
+        self._sent(rnd, "embeddings", e)
+        return e
 
     def embed_all(self, rnd: int) -> torch.Tensor:
         """Embeddings of every aligned customer, for the label owner's joint phase and evaluation."""
         self._require_paid(rnd)
         with torch.no_grad():
-            return self._noisy_embeddings(self._embed(self.model, np.arange(self.n_aligned)))
+            e = self._noisy_embeddings(self._embed(self.model, np.arange(self.n_aligned)))
+        self._sent(rnd, "embeddings", e)
+        return e
+
+    def _sent(self, rnd: int, kind: str, tensor: torch.Tensor) -> None:
+        self.audit.sent(rnd, kind, tensor.numel() * tensor.element_size())
+        self._persist()
 
     def _noisy_embeddings(self, e: torch.Tensor) -> torch.Tensor:
         if self.cfg.embedding_noise > 0:
@@ -415,7 +432,8 @@ class PartySession:
                 f"embeddings for step {step} have shape {tuple(passive.shape)}; "
                 f"expected ({len(pos)}, {self.cfg.passive_embed_dim})"
             )
-        return self.label_gradients(pos, passive)
+        self.audit.sent(rnd, "gradients", passive.numel() * 4)  # float32, the embeddings' shape
+        return self.label_gradients(pos, passive)  # (saves the count with the head's step)
 
     def label_gradients(self, positions: np.ndarray, passive: torch.Tensor) -> torch.Tensor:
         """Head update on (embeddings, protected labels); d loss / d embedding per customer."""
@@ -510,7 +528,13 @@ class PartySession:
             tmp,
         )
         os.replace(tmp, path)
-        return self.accounting()
+        accounting = self.accounting()
+        spent = None
+        if self.ledger is not None:
+            total = self.ledger.spent()
+            spent = {"epsilon_total": total.epsilon, "epsilon_target": total.epsilon_target}
+        self.audit.finish(accounting, path, spent)
+        return accounting
 
     def accounting(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dp": self.cfg.dp, "role": self.cfg.role}

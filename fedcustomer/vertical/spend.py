@@ -139,9 +139,10 @@ class PartySpend:
         """Charge the round (and, once per job, the label release); a repeated call pays nothing more."""
         mechanism = self.round_mechanism(rnd)
         label = self.label_mechanism()
+        label_charge = None
         try:
             if label is not None:
-                charge_once(self.ledger, self.label_step(), label)
+                label_charge = charge_once(self.ledger, self.label_step(), label)
             charge = charge_once(self.ledger, self.round_step(rnd), mechanism)
         except BudgetExhausted as exc:
             spent = {"epsilon-total": exc.spend.epsilon, "epsilon-target": exc.spend.epsilon_target}
@@ -153,7 +154,10 @@ class PartySpend:
             "delta": self.ledger.budget.delta,
             "noise-multiplier": mechanism.gaussian.noise_multiplier,
             "charged-now": float(not charge.already_paid),
+            "epsilon-round": float(charge.epsilon or 0.0),  # this round's DP-SGD steps on their own
         }
+        if label_charge is not None:  # the label release, paid with the job's first round
+            metrics["epsilon-label"] = float(label_charge.epsilon or 0.0)
         return RoundDecision(True, metrics=metrics)
 
     def accounting(self, max_grad_norm: float) -> dict[str, Any]:

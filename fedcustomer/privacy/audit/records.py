@@ -48,6 +48,8 @@ ACTION_KEY_RETIRE = "key_retire"
 ACTION_ERASE = "erase"
 ACTION_INGEST = "ingest"
 ACTION_FL_ROUND = "fl_round"
+ACTION_VERTICAL_ROUND = "vertical_round"  # a split-learning party opened (paid) or refused a round
+ACTION_VERTICAL_FINISH = "vertical_finish"  # a split-learning party ended its job: final part, accounting
 ACTION_QUERY = "query"
 ACTION_POLICY_CHANGE = "policy_change"
 ACTION_AUDIT_QUERY = "audit_query"
@@ -64,6 +66,8 @@ ACTIONS: frozenset[str] = frozenset(
         ACTION_ERASE,
         ACTION_INGEST,
         ACTION_FL_ROUND,
+        ACTION_VERTICAL_ROUND,
+        ACTION_VERTICAL_FINISH,
         ACTION_QUERY,
         ACTION_POLICY_CHANGE,
         ACTION_AUDIT_QUERY,

@@ -432,11 +432,20 @@ class PartySession:
                 f"embeddings for step {step} have shape {tuple(passive.shape)}; "
                 f"expected ({len(pos)}, {self.cfg.passive_embed_dim})"
             )
+        kept = self.state.get("head_steps") or {}
+        if kept.get("round") == rnd and str(step) in kept["grads"]:  # re-sent after a coordinator restart:
+            return kept["grads"][str(step)].clone()  # the head steps once; the same gradients go back
         self.audit.sent(rnd, "gradients", passive.numel() * 4)  # float32, the embeddings' shape
-        return self.label_gradients(pos, passive)  # (saves the count with the head's step)
+        return self.label_gradients(pos, passive, taken=(rnd, step))  # (saved with the head's step)
 
-    def label_gradients(self, positions: np.ndarray, passive: torch.Tensor) -> torch.Tensor:
-        """Head update on (embeddings, protected labels); d loss / d embedding per customer."""
+    def label_gradients(
+        self, positions: np.ndarray, passive: torch.Tensor, taken: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Head update on (embeddings, protected labels); d loss / d embedding per customer.
+
+        ``taken`` (round, step): keep the gradients with the head's state, so a step asked again
+        after a restart returns them instead of moving the head twice (the current round's only).
+        """
         assert self.head is not None and self.head_optimizer is not None
         labels = torch.as_tensor(self.state["labels"])[torch.as_tensor(positions, dtype=torch.long)]
         e = passive.detach().clone().requires_grad_(True)
@@ -447,8 +456,16 @@ class PartySession:
             if p.grad is not None:
                 p.grad /= max(1, len(positions))
         self.head_optimizer.step()
+        grads = (e.grad if e.grad is not None else torch.zeros_like(e)).detach().float()
+        if taken is not None:
+            rnd, step = taken
+            kept = self.state.get("head_steps") or {}
+            if kept.get("round") != rnd:
+                kept = {"round": rnd, "grads": {}}
+            kept["grads"][str(step)] = grads.clone()
+            self.state["head_steps"] = kept
         self._persist()
-        return (e.grad if e.grad is not None else torch.zeros_like(e)).detach().float()
+        return grads
 
     def fit(self, rnd: int, passive: torch.Tensor | None) -> dict[str, float]:
         """The joint phase: DP-SGD on privately drawn batches, then held-out metrics."""

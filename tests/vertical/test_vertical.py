@@ -265,3 +265,23 @@ def test_a_later_vertical_job_on_the_same_homes_keeps_the_held_out_split(tmp_pat
             VerticalJob(customers=500, out=str(tmp_path / "r3"), homes=str(tmp_path / "homes"), seed=4)
         )
     assert json.loads(path.read_text())["pseudonyms"] == before
+
+
+def test_a_label_head_step_asked_again_after_a_restart_moves_the_head_once(tmp_path):
+    job = _job(tmp_path, rounds=1, epsilon=5.0)
+    bank, retail, _ = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=600))
+    run_vertical_on_grid(grid_for([bank, retail]), job)
+    session = _active_session()
+    kept = session.state["head_steps"]
+    assert kept["round"] == 1 and len(kept["grads"]) == len(session.state["plans"]["1"])
+    first = kept["grads"]["0"].clone()
+    pos = session.state["plans"]["1"][0]
+    head = copy.deepcopy(session.head.state_dict())
+    party_module.forget_sessions()  # as a node that restarted: the state comes back from disk
+    session = party_module.session_for(session.home, session.cfg)
+    other = torch.randn(len(pos), session.cfg.passive_embed_dim)  # whatever the relay sends this time
+    assert torch.equal(session.step(1, 0, other), first)
+    for name, value in session.head.state_dict().items():
+        assert torch.equal(value, head[name]), name  # the head did not step again
+    with pytest.raises(ConfigError, match="has no step"):
+        session.step(1, len(session.state["plans"]["1"]), other)

@@ -217,7 +217,11 @@ def read_cmd(
         None, "--fields", help="Comma-separated fields (default: all you may see)."
     ),
     where: list[str] | None = typer.Option(
-        None, "--where", help="FIELD=VALUE on a public field; repeatable."
+        None,
+        "--where",
+        help="FIELD=VALUE on a public field; repeatable (repeat a field to match any of its values). Text and "
+        "category values match ignoring case (region=north finds North); numbers, booleans and dates match "
+        "by value (5 finds 5.0).",
     ),
     approval: str | None = typer.Option(None, "--approval", help="Use this approval id for core fields."),
     output: Path | None = typer.Option(None, "--output", help="Write the rows to this CSV file."),
@@ -374,7 +378,11 @@ def approvals_list_cmd(
 # --- keys ------------------------------------------------------------------------------------
 
 
-@keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
+@keys_app.command(
+    "list",
+    help="KEK versions, their status and how many customers' data keys (and quarantined rows' keys) each "
+    "wraps; --json also counts the store's own key check (wrapped_keys: every key, as `keys retire` checks).",
+)
 def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: bool = JsonOpt) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
 
@@ -384,11 +392,21 @@ def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: b
         _print_json(versions)
         return
     table = Table(title="key-encryption keys")
-    for col in ("version", "status", "created_at", "wrapped_keys"):
-        table.add_column(col)
+    for col in ("version", "status", "created_at", "customer keys", "quarantined rows"):
+        table.add_column(col, justify="right" if col.endswith(("keys", "rows")) else "left", overflow="fold")
     for v in versions:
-        table.add_row(str(v["version"]), v["status"], v["created_at"], str(v["wrapped_keys"]))
+        table.add_row(
+            str(v["version"]),
+            v["status"],
+            v["created_at"],
+            str(v["customer_keys"]),
+            str(v["quarantined_rows"]),
+        )
     console.print(table)
+    console.print(
+        "customer keys: one data key per customer held; the store's own key check is not counted "
+        "(--json: key_check, and wrapped_keys for every key a version wraps)"
+    )
 
 
 @keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")

@@ -146,6 +146,12 @@ class _Read:
                 raise AccessDenied(
                     f"actor '{actor.name}' with role '{actor.role}' may not read customer data (no 'read' action)"
                 )
+            if approval_id is not None and not self.store.approvals.exists(approval_id):
+                raise AccessDenied(
+                    f"--approval {approval_id!r}: no approval request with that id exists in this home "
+                    f"({self.store.home.root}); `fedcustomer approvals list` shows the requests still waiting "
+                    "for approvers, and `approvals request` prints a new request's id"
+                )
             decisions, approvals = self._decisions(schema, requested, approval_id)
         except FedCustomerError as exc:
             self.deny(str(exc), requested, tier=_top_tier(schema, requested))
@@ -260,8 +266,15 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
         f"FROM {q(table_name(dataset))} t LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
         f"ORDER BY t.pseudonym"
     )
+    # Text equality ignores case (region=north finds "North"): a filter names a category, not a spelling.
+    text_keys = {k for k in plan.where if schema.field(k).type in TEXT_TYPES}
     wanted = {
-        key: {_where_value(schema.field(key), v) for v in (list(value) if _is_seq(value) else [value])}
+        key: {
+            _fold(_where_value(schema.field(key), v))
+            if key in text_keys
+            else _where_value(schema.field(key), v)
+            for v in (list(value) if _is_seq(value) else [value])
+        }
         for key, value in plan.where.items()
     }
     cipher = FieldCipher(dataset)
@@ -271,7 +284,10 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
         p, sealed, version, blob = row[:4]
         key = open_row_key(store.keyring, cipher, p, version, blob)
         values = open_row(key, sealed)["values"] if plain or wanted else {}
-        if any(values.get(k) not in allowed for k, allowed in wanted.items()):
+        if any(
+            (_fold(values.get(k)) if k in text_keys else values.get(k)) not in allowed
+            for k, allowed in wanted.items()
+        ):
             continue
         index.append(p)
         for n in plain:
@@ -297,6 +313,14 @@ def _to_frame(plan: _Plan, index: list[str], columns: dict[str, list[Any]], mask
             series.index = idx
         data[name] = series
     return pd.DataFrame(data, index=idx)
+
+
+TEXT_TYPES = frozenset({"string", "category"})
+
+
+def _fold(value: Any) -> Any:
+    """Text compared without case (Unicode case folding); other values as they are."""
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _is_seq(value: Any) -> bool:

@@ -188,6 +188,12 @@ class ApprovalBook:
             )
         return actor
 
+    def exists(self, request_id: str) -> bool:
+        """Whether any approval request (open, approved or expired) has this id."""
+        with self._tx() as con:
+            row = con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        return row is not None
+
     def digest_of(self, request_id: str) -> str | None:
         """The digest of the signed request an approval must sign over (None: unsigned or unknown)."""
         with self._tx() as con:
@@ -271,7 +277,8 @@ class ApprovalBook:
             ).fetchone()
             if row is None:
                 raise AccessDenied(
-                    f"no approval request with id {request_id!r}; list open ones with `fedcustomer approvals list`"
+                    f"no approval request with id {request_id!r} exists in this home; list open ones with "
+                    "`fedcustomer approvals list`"
                 )
             requester, expires = row[1], row[7]
             if at >= parse_utc(expires):

@@ -177,7 +177,7 @@ def coordinator_register(
     from fedcustomer.deploy.pki import NodeKeys
 
     if not public_key.is_file():
-        raise ConfigError(
+        raise KeyMaterialError(
             f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`"
         )
     cdir = CoordinatorDir(_workdir(workdir))

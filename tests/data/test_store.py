@@ -322,6 +322,59 @@ def test_where_only_on_public_fields(loaded):
     assert len(audit_entries(store, actor="node:bank_a", decision="denied")) == 2
 
 
+MIXED_CASE_SCHEMA = """dataset: towns
+fields:
+  - {name: customer_id, type: string, tier: core, role: id}
+  - {name: town, type: string, tier: public}
+  - {name: segment, type: category, tier: public, validation: {allowed: [Retail, SME]}}
+  - {name: visits, type: integer, tier: public}
+"""
+
+
+def test_where_on_text_ignores_case_and_on_numbers_matches_the_value(tmp_path, store):
+    from fedcustomer.data.schema import Schema
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "D", "E"],
+            "town": ["North", "north", "NORTH", "South", "Nörth"],
+            "segment": ["Retail", "SME", "Retail", "SME", "Retail"],
+            "visits": [5, 5, 7, 5, 1],
+        }
+    )
+    store.ingest(ADMIN, Schema.from_yaml(MIXED_CASE_SCHEMA), write_csv(tmp_path, frame, "towns.csv"))
+    ids = dict(zip(store.pseudonymizer.pseudonyms(frame["customer_id"]), frame["customer_id"], strict=True))
+
+    def who(where):
+        return sorted(ids[p] for p in store.read(TRAINING, "training", ["visits"], where=where).index)
+
+    assert who({"town": "north"}) == who({"town": "NORTH"}) == ["A", "B", "C"]  # not "Nörth"
+    assert who({"town": ["north", "south"]}) == ["A", "B", "C", "D"]
+    assert who({"segment": "retail"}) == ["A", "C", "E"]  # a category value in the schema's own spelling
+    assert who({"town": "North", "segment": "sme"}) == ["B"]
+    assert who({"visits": "5.0"}) == ["A", "B", "D"]  # numbers by value
+
+
+def test_read_with_an_unknown_approval_id_says_it_does_not_exist(loaded):
+    store, _ = loaded
+    with pytest.raises(AccessDenied) as info:
+        store.read(RISK, "risk_review", ["full_name"], approval_id="no-such-id")
+    message = str(info.value)
+    assert "no approval request with that id exists in this home" in message
+    assert "approvals list" in message and "no-such-id" in message
+    entry = audit_entries(store, actor="rick")[-1]
+    assert entry.decision == "denied" and "no approval request" in entry.reason
+
+
+def test_keys_list_counts_customers_keys_apart_from_the_stores_own_key_check(tmp_path, store, bank):
+    frame, _ = plant_bad_rows(bank_frame(12))
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    (version,) = KeyAdmin(store).versions()
+    assert (version["customer_keys"], version["quarantined_rows"], version["key_check"]) == (7, 5, 1)
+    assert store.count("bank") == version["customer_keys"]
+    assert version["wrapped_keys"] == 13 == KeyAdmin(store).usage()[1]  # what `keys retire` checks
+
+
 def test_unknown_dataset_and_several_datasets(tmp_path, loaded):
     store, _ = loaded
     with pytest.raises(ConfigError, match="no dataset 'shop'"):

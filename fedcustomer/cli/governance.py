@@ -136,7 +136,8 @@ def schema_draft_cmd(
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
-    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row)
+    notes: list[str] = []
+    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row, notes=notes)
     schema.save(output)
     core = [f.name for f in schema.fields if f.is_core]
     console.print(
@@ -150,6 +151,8 @@ def schema_draft_cmd(
         )
     if id_from_row:
         console.print("no id column: 'row_id' will be generated at ingest (pass --id-from-row to ingest too)")
+    for note in notes:
+        console.print(f"check: {escape(note)}", highlight=False)
     console.print("review every tier, type and rule before ingesting real data")
 
 

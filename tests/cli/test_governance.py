@@ -449,3 +449,17 @@ def test_keys_list_shows_customers_keys_not_the_key_check(home, capsys, ADMIN):
     assert (version["customer_keys"], version["quarantined_rows"], version["key_check"]) == (20, 5, 1)
     code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
     assert "customer keys" in out and re.search(r"│\s+20\s+│\s+5\s+│", out)  # 26 keys in all: not shown
+
+
+def test_schema_draft_points_at_the_lines_that_made_a_number_column_text(tmp_path, capsys):
+    frame = bank_frame(12).astype(object)
+    frame.at[6, "income"] = "SECRET-INCOME"  # a sensitive field: the line is named, the value never
+    src = tmp_path / "customers.csv"
+    frame.to_csv(src, index=False)
+    code, out, err = run(
+        ["schema", "draft", "--input", str(src), "--output", str(tmp_path / "d.yaml")], capsys
+    )
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "income: typed string because 1 of 12 values is not a number (first on line 8)" in text
+    assert "SECRET" not in out + err and "credit_limit:" not in text  # all-number columns get no note

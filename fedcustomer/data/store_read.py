@@ -24,7 +24,7 @@ from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
-from fedcustomer.privacy.access.policy import Actor, Approval, FieldRef
+from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 
 _TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
@@ -174,10 +174,12 @@ class _Read:
             or (decisions[k].view if k in decisions else self._view_of(schema.field(k))) == "denied"
         ]
         if not visible or bad_where:
+            common = {d.reason for d in denied.values()}  # one reason for every field: say it
             reason = (
                 f"filters allowed on public fields the actor may see only (not {', '.join(bad_where)})"
                 if bad_where
                 else f"role '{actor.role}' may see no field of dataset {schema.dataset!r} for purpose '{purpose}'"
+                + (f": {common.pop()}" if len(common) == 1 else "")
             )
             self.deny(reason, requested, tier=_top_tier(schema, requested))
             raise AccessDenied(f"actor '{actor.name}': {reason}")
@@ -203,9 +205,16 @@ class _Read:
                 )
                 if approval is not None and approval_id is not None and approval.approval_id != approval_id:
                     approval = None
-            decisions[name] = self.store.policy.decide(
+            decision = self.store.policy.decide(
                 self.actor, self.purpose, ref, approval=approval, now=self.now
             )
+            if spec.is_core and approval is None and approval_id is not None and decision.view == "denied":
+                why = self.store.approvals.why_not(
+                    approval_id, self.actor, schema.dataset, name, self.purpose, now=self.now
+                )
+                if why is not None:
+                    decision = FieldDecision(name, "denied", f"{decision.reason} ({why})")
+            decisions[name] = decision
             approvals[name] = approval
         return decisions, approvals
 

@@ -366,6 +366,29 @@ def test_read_with_an_unknown_approval_id_says_it_does_not_exist(loaded):
     assert entry.decision == "denied" and "no approval request" in entry.reason
 
 
+def test_read_with_an_approval_that_does_not_apply_says_why(loaded):
+    store, _ = loaded
+    rid = StoreApprovals(store).request(RISK, "bank", ["full_name"], "risk_review", timedelta(hours=1))
+    StoreApprovals(store).approve(ADMIN, rid)
+    with pytest.raises(AccessDenied, match=f"approval {rid} has 1 of 2 approvals"):
+        store.read(RISK, "risk_review", ["full_name"], approval_id=rid)
+    StoreApprovals(store).approve(COMPLIANCE, rid)
+    assert len(store.read(RISK, "risk_review", ["full_name"], approval_id=rid)) == 30
+    with pytest.raises(AccessDenied, match=f"approval {rid} covers full_name only"):
+        store.read(RISK, "risk_review", ["phone"], approval_id=rid)
+    other = Actor("rita", "risk_officer")
+    with pytest.raises(AccessDenied, match=f"approval {rid} was requested by someone else"):
+        store.read(other, "risk_review", ["full_name"], approval_id=rid)
+
+
+def test_read_for_an_unknown_purpose_names_the_known_ones(loaded):
+    store, _ = loaded
+    with pytest.raises(
+        AccessDenied, match="unknown purpose 'marketting' \\(one of training, analytics, marketing"
+    ):
+        store.read(MARKETING, "marketting")
+
+
 def test_keys_list_counts_customers_keys_apart_from_the_stores_own_key_check(tmp_path, store, bank):
     frame, _ = plant_bad_rows(bank_frame(12))
     store.ingest(ADMIN, bank, write_csv(tmp_path, frame))

@@ -194,6 +194,39 @@ class ApprovalBook:
             row = con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
         return row is not None
 
+    def why_not(
+        self,
+        request_id: str,
+        requester: Actor,
+        dataset: str,
+        field: str,
+        purpose: str,
+        now: datetime | None = None,
+    ) -> str | None:
+        """Why approval ``request_id`` does not let ``requester`` read ``field`` now (None: it does)."""
+        at = utc_now(now)
+        with self._tx() as con:
+            row = con.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                return f"no approval request {request_id} exists in this home"
+            signers = self._valid_signers(con, request_id, row[1], at)
+        if not same_identity(row[1], requester.name):
+            return f"approval {request_id} was requested by someone else; ask for your own"
+        if (row[3], row[5]) != (dataset, purpose):
+            return f"approval {request_id} is for dataset '{row[3]}' and purpose '{row[5]}'"
+        if field not in json.loads(row[4]):
+            return f"approval {request_id} covers {', '.join(json.loads(row[4]))} only"
+        if at >= parse_utc(row[7]):
+            return f"approval {request_id} expired at {row[7]}; ask again"
+        if len(signers) < REQUIRED_APPROVERS:
+            return (
+                f"approval {request_id} has {len(signers)} of {REQUIRED_APPROVERS} approvals; "
+                "`fedcustomer approvals list` shows it until it is complete"
+            )
+        return None
+
     def digest_of(self, request_id: str) -> str | None:
         """The digest of the signed request an approval must sign over (None: unsigned or unknown)."""
         with self._tx() as con:

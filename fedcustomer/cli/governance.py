@@ -385,6 +385,7 @@ def approvals_list_cmd(
     "list",
     help="KEK versions, their status and how many customers' data keys (and quarantined rows' keys) each "
     "wraps; --json also counts the store's own key check (wrapped_keys: every key, as `keys retire` checks).",
+    short_help="KEK versions, their status and how many customers' data keys each wraps.",
 )
 def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: bool = JsonOpt) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
@@ -421,8 +422,11 @@ def keys_rotate_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json:
     if as_json:
         _print_json(result)
     else:
+        counts = result["by_table"]
         console.print(
-            f"active KEK version {result['active_version']}; re-wrapped {result['rewrapped']} key(s)"
+            f"active KEK version {result['active_version']}; re-wrapped {counts['data_keys']} customer key(s), "
+            f"{counts['quarantine']} quarantined row key(s)"
+            + (" and the store's own key check" if counts["keycheck"] else "")
         )
 
 

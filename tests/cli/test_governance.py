@@ -449,6 +449,9 @@ def test_keys_list_shows_customers_keys_not_the_key_check(home, capsys, ADMIN):
     assert (version["customer_keys"], version["quarantined_rows"], version["key_check"]) == (20, 5, 1)
     code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
     assert "customer keys" in out and re.search(r"│\s+20\s+│\s+5\s+│", out)  # 26 keys in all: not shown
+    code, out, _ = run(["keys", "rotate", "--home", str(home), *ADMIN], capsys)
+    text = " ".join(out.split())
+    assert "re-wrapped 20 customer key(s), 5 quarantined row key(s) and the store's own key check" in text
 
 
 def test_schema_draft_points_at_the_lines_that_made_a_number_column_text(tmp_path, capsys):

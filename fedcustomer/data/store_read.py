@@ -28,6 +28,7 @@ from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, Fi
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 
 _TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
+TEXT_TYPES = frozenset({"string", "category"})  # --where on these ignores case
 _MAX_AUDIT_PSEUDONYMS = 1000
 
 
@@ -148,7 +149,7 @@ class _Read:
                 )
             if approval_id is not None and not self.store.approvals.exists(approval_id):
                 raise AccessDenied(
-                    f"--approval {approval_id!r}: no approval request with that id exists in this home "
+                    f"approval {approval_id!r}: no approval request with that id exists in this home "
                     f"({self.store.home.root}); `fedcustomer approvals list` shows the requests still waiting "
                     "for approvers, and `approvals request` prints a new request's id"
                 )
@@ -277,15 +278,10 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
     )
     # Text equality ignores case (region=north finds "North"): a filter names a category, not a spelling.
     text_keys = {k for k in plan.where if schema.field(k).type in TEXT_TYPES}
-    wanted = {
-        key: {
-            _fold(_where_value(schema.field(key), v))
-            if key in text_keys
-            else _where_value(schema.field(key), v)
-            for v in (list(value) if _is_seq(value) else [value])
-        }
-        for key, value in plan.where.items()
-    }
+    wanted: dict[str, set[Any]] = {}
+    for name, value in plan.where.items():
+        stored = {_where_value(schema.field(name), v) for v in (list(value) if _is_seq(value) else [value])}
+        wanted[name] = {_fold(v) for v in stored} if name in text_keys else stored
     cipher = FieldCipher(dataset)
     index: list[str] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
@@ -322,9 +318,6 @@ def _to_frame(plan: _Plan, index: list[str], columns: dict[str, list[Any]], mask
             series.index = idx
         data[name] = series
     return pd.DataFrame(data, index=idx)
-
-
-TEXT_TYPES = frozenset({"string", "category"})
 
 
 def _fold(value: Any) -> Any:

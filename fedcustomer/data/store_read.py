@@ -202,10 +202,8 @@ class _Read:
             approval = None
             if spec.is_core:
                 approval = self.store.approvals.active_for(
-                    self.actor, schema.dataset, [name], self.purpose, now=self.now
+                    self.actor, schema.dataset, [name], self.purpose, now=self.now, request_id=approval_id
                 )
-                if approval is not None and approval_id is not None and approval.approval_id != approval_id:
-                    approval = None
             decision = self.store.policy.decide(
                 self.actor, self.purpose, ref, approval=approval, now=self.now
             )

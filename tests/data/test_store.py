@@ -381,6 +381,22 @@ def test_read_with_an_approval_that_does_not_apply_says_why(loaded):
         store.read(other, "risk_review", ["full_name"], approval_id=rid)
 
 
+def test_read_names_which_of_two_complete_approvals_it_uses(loaded):
+    """The id given is the approval used, even when another (expiring later) also covers the read."""
+    store, _ = loaded
+    ids = []
+    for hours in (1, 4):
+        rid = StoreApprovals(store).request(
+            RISK, "bank", ["full_name"], "risk_review", timedelta(hours=hours)
+        )
+        StoreApprovals(store).approve(ADMIN, rid)
+        StoreApprovals(store).approve(COMPLIANCE, rid)
+        ids.append(rid)
+    for rid in ids:
+        assert len(store.read(RISK, "risk_review", ["full_name"], approval_id=rid)) == 30
+        assert audit_entries(store, actor="rick")[-1].approvals == (rid,)
+
+
 def test_read_for_an_unknown_purpose_names_the_known_ones(loaded):
     store, _ = loaded
     with pytest.raises(

@@ -382,17 +382,22 @@ class ApprovalBook:
         fields: Sequence[str],
         purpose: str,
         now: datetime | None = None,
+        request_id: str | None = None,
     ) -> Approval | None:
-        """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins)."""
+        """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins).
+
+        ``request_id`` names the one approval to use (a read's ``--approval``).
+        """
         role = self.policy.check_actor(requester)
         at = utc_now(now)
         wanted = set(fields)
         best: Approval | None = None
+        only = "" if request_id is None else " AND request_id = ?"
         with self._tx() as con:
             rows = con.execute(
                 f"SELECT {_REQUEST_COLUMNS} FROM requests "
-                "WHERE requester = ? AND requester_role = ? AND dataset = ? AND purpose = ?",
-                (requester.name, role, dataset, purpose),
+                "WHERE requester = ? AND requester_role = ? AND dataset = ? AND purpose = ?" + only,
+                (requester.name, role, dataset, purpose, *(() if request_id is None else (request_id,))),
             ).fetchall()
             for row in rows:
                 if at >= parse_utc(row[7]) or not wanted <= set(json.loads(row[4])):

@@ -376,12 +376,13 @@ def query_cmd(
 ) -> None:
     """List the entries matching every filter, as a table or exported as CSV / JSON.
 
-    The log is verified first, and nothing is reported from a log that fails verification
+    Every filter except the times ignores case (and Unicode width): --actor Rick finds
+    rick's entries. The log is verified first, and nothing is reported from a log that fails verification
     unless ``--no-verify`` is given.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if decision is not None and decision not in DECISIONS:
+    if decision is not None and decision.casefold() not in DECISIONS:
         raise ConfigError(f"--decision {decision!r}: choose one of {', '.join(sorted(DECISIONS))}")
     if output is not None and fmt == "table":
         suffix = output.suffix.lower().lstrip(".")

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from fedcustomer.cli.terminal import terminal
-from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATA,
@@ -177,7 +177,7 @@ def coordinator_register(
     from fedcustomer.deploy.pki import NodeKeys
 
     if not public_key.is_file():
-        raise ConfigError(
+        raise KeyMaterialError(
             f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`"
         )
     cdir = CoordinatorDir(_workdir(workdir))
@@ -570,7 +570,7 @@ def node_start(
         _warn_insecure()
     key = auth_key if auth_key is not None else default_auth_key(ph.root)
     if not insecure and not key.exists():
-        raise ConfigError(f"{key} not found; create it with `fedcustomer node keys --home {home}`")
+        raise KeyMaterialError(f"{key} not found; create it with `fedcustomer node keys --home {home}`")
     cmd = supernode_command(
         ph.root,
         superlink=superlink,

@@ -136,7 +136,8 @@ def schema_draft_cmd(
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
-    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row)
+    notes: list[str] = []
+    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row, notes=notes)
     schema.save(output)
     core = [f.name for f in schema.fields if f.is_core]
     console.print(
@@ -150,6 +151,8 @@ def schema_draft_cmd(
         )
     if id_from_row:
         console.print("no id column: 'row_id' will be generated at ingest (pass --id-from-row to ingest too)")
+    for note in notes:
+        console.print(f"check: {escape(note)}", highlight=False)
     console.print("review every tier, type and rule before ingesting real data")
 
 
@@ -217,7 +220,11 @@ def read_cmd(
         None, "--fields", help="Comma-separated fields (default: all you may see)."
     ),
     where: list[str] | None = typer.Option(
-        None, "--where", help="FIELD=VALUE on a public field; repeatable."
+        None,
+        "--where",
+        help="FIELD=VALUE on a public field; repeatable (repeat a field to match any of its values). Text and "
+        "category values match ignoring case (region=north finds North); numbers, booleans and dates match "
+        "by value (5 finds 5.0).",
     ),
     approval: str | None = typer.Option(None, "--approval", help="Use this approval id for core fields."),
     output: Path | None = typer.Option(None, "--output", help="Write the rows to this CSV file."),
@@ -374,7 +381,12 @@ def approvals_list_cmd(
 # --- keys ------------------------------------------------------------------------------------
 
 
-@keys_app.command("list", help="KEK versions, their status and how many data keys each wraps.")
+@keys_app.command(
+    "list",
+    help="KEK versions, their status and how many customers' data keys (and quarantined rows' keys) each "
+    "wraps; --json also counts the store's own key check (wrapped_keys: every key, as `keys retire` checks).",
+    short_help="KEK versions, their status and how many customers' data keys each wraps.",
+)
 def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: bool = JsonOpt) -> None:
     from fedcustomer.data.key_admin import KeyAdmin
 
@@ -384,11 +396,21 @@ def keys_list_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json: b
         _print_json(versions)
         return
     table = Table(title="key-encryption keys")
-    for col in ("version", "status", "created_at", "wrapped_keys"):
-        table.add_column(col)
+    for col in ("version", "status", "created_at", "customer keys", "quarantined rows"):
+        table.add_column(col, justify="right" if col.endswith(("keys", "rows")) else "left", overflow="fold")
     for v in versions:
-        table.add_row(str(v["version"]), v["status"], v["created_at"], str(v["wrapped_keys"]))
+        table.add_row(
+            str(v["version"]),
+            v["status"],
+            v["created_at"],
+            str(v["customer_keys"]),
+            str(v["quarantined_rows"]),
+        )
     console.print(table)
+    console.print(
+        "customer keys: one data key per customer held; the store's own key check is not counted "
+        "(--json: key_check, and wrapped_keys for every key a version wraps)"
+    )
 
 
 @keys_app.command("rotate", help="New KEK version; re-wrap every data key under it.")
@@ -400,8 +422,11 @@ def keys_rotate_cmd(home: Path = HomeOpt, identity: Path = IdentityOpt, as_json:
     if as_json:
         _print_json(result)
     else:
+        counts = result["by_table"]
         console.print(
-            f"active KEK version {result['active_version']}; re-wrapped {result['rewrapped']} key(s)"
+            f"active KEK version {result['active_version']}; re-wrapped {counts['data_keys']} customer key(s), "
+            f"{counts['quarantine']} quarantined row key(s)"
+            + (" and the store's own key check" if counts["keycheck"] else "")
         )
 
 

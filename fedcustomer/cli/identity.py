@@ -58,7 +58,7 @@ def passphrase(prompt: str = "passphrase for your identity key: ", *, confirm: b
 
 
 def load_signer(path: Path | str) -> Signer:
-    """The acting person's key; a wrong passphrase or a missing file is a clear error (exit 8 / 3)."""
+    """The acting person's key; a wrong passphrase or a missing file is a clear error (exit 8)."""
     if str(path).startswith(TOKEN_PREFIX):
         return token_identity(str(path), create=False)
     return load_identity_file(Path(path), passphrase())

@@ -26,7 +26,14 @@ from starlette.staticfiles import StaticFiles
 from fedcustomer.console import routes_admin, routes_compliance, routes_login, routes_runs
 from fedcustomer.console.context import ConsoleContext, ConsoleSettings
 from fedcustomer.console.pages import HERE, SECURITY_HEADERS, Forbidden, redirect, render, session_of
-from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError, FedCustomerError, IntegrityError
+from fedcustomer.errors import (
+    AccessDenied,
+    BudgetExhausted,
+    ConfigError,
+    FedCustomerError,
+    IntegrityError,
+    KeyMaterialError,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -118,7 +125,7 @@ def serve(
         raise ConfigError("give both --cert and --key for TLS (see `fedcustomer certs`), or neither")
     for path in (cert, key):
         if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{path}: file not found")
+            raise KeyMaterialError(f"{path}: TLS certificate or key file not found")
     settings.tls = cert is not None
     app = create_app(settings)
     uvicorn.run(

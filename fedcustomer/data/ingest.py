@@ -17,8 +17,13 @@ quality.json (``"format": "fedcustomer.quality/1"``)::
                "updated": 0, "unchanged": 0, "stale": 0, "suppressed": 0},
       "fields": {"<field>": {"tier": "core", "completeness": 1.0, "missing": 0, "invalid": 0}},
       "invalid_reasons": {"<field>": {"<reason>": <count>}},
+      "invalid_rows": [{"line": 3, "reasons": {"<field>": "<reason>"}}],   # the first 100
       "ignored_columns": ["<file column not in the schema>"]
     }
+
+``invalid_rows`` says where the first quarantined rows are: ``line`` as an editor numbers the
+CSV's lines (header included), or ``row`` (from 1) in a Parquet file. Like every reason, it
+names fields and rules, never a value.
 
 Row counts: ``read`` = ``valid`` + ``invalid``; every valid row is exactly one of
 ``inserted`` / ``updated`` / ``unchanged`` / ``stale`` (older than the stored record) /
@@ -44,10 +49,12 @@ import pandas as pd
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
+from fedcustomer.data.source_lines import explain_csv_error, first_non_utf8_line, row_locations
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
 QUALITY_FORMAT = "fedcustomer.quality/1"
+INVALID_ROWS_KEPT = 100  # quarantined rows whose place quality.json gives
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -140,9 +147,11 @@ def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header row and customer rows") from None
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed CSV: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+        raise DataError(f"{path}: {explain_csv_error(path, str(exc).strip())}") from None
+    except UnicodeDecodeError:
+        line = first_non_utf8_line(path)
+        where = f"line {line} is" if line is not None else "it is"
+        raise DataError(f"{path}: {where} not UTF-8 text; re-save the file as UTF-8") from None
 
 
 def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -221,6 +230,9 @@ def prepare_chunk(schema: Schema, raw: pd.DataFrame, pseudonymizer: Any) -> tupl
     first_row = int(raw.index[0]) if len(raw) else 0
     result = validate_frame(schema, raw)
     stats = ChunkStats.from_validation(schema, raw, result.reasons, result.missing)
+    stats.invalid_rows = [(first_row + pos, result.reasons[pos]) for pos in sorted(result.reasons)][
+        :INVALID_ROWS_KEPT
+    ]
     id_name = schema.id_field.name
     raw_reset = raw.reset_index(drop=True)
 
@@ -313,6 +325,7 @@ class ChunkStats:
     invalid_fields: Counter = field(default_factory=Counter)
     reasons: dict[str, Counter] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    invalid_rows: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (0-based row, reasons)
 
     @classmethod
     def from_validation(
@@ -350,6 +363,8 @@ class IngestReport:
     invalid_fields: Counter = field(default_factory=Counter)
     reasons: dict[str, Counter] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    invalid_rows: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (0-based row, reasons)
+    invalid_places: dict[int, str] = field(default_factory=dict)  # row -> "line N" / "row N"
 
     @property
     def valid(self) -> int:
@@ -363,6 +378,20 @@ class IngestReport:
         self.invalid_fields.update(stats.invalid_fields)
         for name, counter in stats.reasons.items():
             self.reasons.setdefault(name, Counter()).update(counter)
+        self.invalid_rows.extend(stats.invalid_rows[: INVALID_ROWS_KEPT - len(self.invalid_rows)])
+
+    def locate_invalid_rows(self, path: Path) -> None:
+        """Find the file line (CSV) or row (Parquet) of each kept quarantined row, for people to fix."""
+        if self.invalid_rows:
+            self.invalid_places = row_locations(path, file_kind(path), [r for r, _ in self.invalid_rows])
+
+    def invalid_row_list(self) -> list[dict[str, Any]]:
+        """The kept quarantined rows as ``{"line": N, "reasons": ...}`` (``row`` for Parquet)."""
+        out: list[dict[str, Any]] = []
+        for row, reasons in self.invalid_rows:
+            unit, _, number = self.invalid_places.get(row, f"data row {row + 1}").rpartition(" ")
+            out.append({unit.replace(" ", "_"): int(number), "reasons": dict(reasons)})
+        return out
 
     def completeness(self, name: str) -> float:
         return 1.0 if self.read == 0 else round(1.0 - self.missing.get(name, 0) / self.read, 6)
@@ -398,6 +427,7 @@ class IngestReport:
                 for name, tier in self.field_tiers.items()
             },
             "invalid_reasons": {name: dict(sorted(c.items())) for name, c in sorted(self.reasons.items())},
+            "invalid_rows": self.invalid_row_list(),
             "ignored_columns": list(self.ignored_columns),
         }
 
@@ -409,6 +439,7 @@ class IngestReport:
 def print_report(report: IngestReport, console: Any = None) -> None:
     """Rich tables: row outcomes, then completeness and invalid counts per field."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(emoji=False)  # names print as registered
@@ -438,6 +469,14 @@ def print_report(report: IngestReport, console: Any = None) -> None:
             top.most_common(1)[0][0] if top else "",
         )
     console.print(fields)
+    shown = report.invalid_row_list()[:10]
+    if shown:
+        more = f" (first {len(shown)} of {report.invalid}; quality.json lists up to {INVALID_ROWS_KEPT})"
+        console.print(f"quarantined rows{more if report.invalid > len(shown) else ''}:", highlight=False)
+        for item in shown:
+            place = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in item.items() if k != "reasons")
+            why = "; ".join(f"{name}: {reason}" for name, reason in item["reasons"].items())
+            console.print(f"  {place}: {escape(why)}", highlight=False)
     if report.ignored_columns:
         console.print(f"ignored columns (not in schema, not stored): {', '.join(report.ignored_columns)}")
 

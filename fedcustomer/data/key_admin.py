@@ -59,29 +59,43 @@ class KeyAdmin:
         return result
 
     def usage(self) -> dict[int, int]:
-        """How many wrapped keys in the store use each KEK version."""
+        """How many wrapped keys in the store use each KEK version (all kinds: what retiring checks)."""
         usage: dict[int, int] = {}
-        for sql in (
-            "SELECT kek_version, COUNT(*) FROM data_keys GROUP BY kek_version",
-            "SELECT kek_version, COUNT(*) FROM quarantine GROUP BY kek_version",
-            "SELECT kek_version, COUNT(*) FROM keycheck GROUP BY kek_version",
-        ):
-            for version, n in self.store.backend.fetchall(sql):
-                usage[int(version)] = usage.get(int(version), 0) + int(n)
+        for per_version in self.usage_by_kind().values():
+            for version, n in per_version.items():
+                usage[version] = usage.get(version, 0) + n
         return usage
+
+    def usage_by_kind(self) -> dict[str, dict[int, int]]:
+        """Wrapped keys per KEK version, apart: customers' data keys, quarantined rows, the store's key check.
+
+        The key check is the store's own (it proves the keyring opens this store), not a customer's.
+        """
+        return {
+            table: {
+                int(version): int(n)
+                for version, n in self.store.backend.fetchall(
+                    f"SELECT kek_version, COUNT(*) FROM {table} GROUP BY kek_version"
+                )
+            }
+            for table in ("data_keys", "quarantine", "keycheck")
+        }
 
     def versions(self, actor: Credential | None = None) -> list[dict[str, Any]]:
         """KEK versions with status and how many wrapped keys use each (actor needs 'keys' if given)."""
         if actor is not None:
             actor = self.store.principal(actor, action="keys", audit_action="key_list", extra={"op": "list"})
             self.store.require(actor, "keys", "key_list")
-        usage = self.usage()
+        kinds = self.usage_by_kind()
         return [
             {
                 "version": k.version,
                 "created_at": k.created_at,
                 "status": k.status,
-                "wrapped_keys": usage.get(k.version, 0),
+                "customer_keys": kinds["data_keys"].get(k.version, 0),
+                "quarantined_rows": kinds["quarantine"].get(k.version, 0),
+                "key_check": kinds["keycheck"].get(k.version, 0),
+                "wrapped_keys": sum(per.get(k.version, 0) for per in kinds.values()),
             }
             for k in self.store.keyring.versions()
         ]

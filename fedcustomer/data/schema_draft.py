@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.data.ingest import read_sample
+from fedcustomer.data.ingest import file_kind, read_sample
 from fedcustomer.data.schema import ROW_ID_FIELD, FieldSpec, Schema, Validation, field_names
+from fedcustomer.data.source_lines import row_locations
 from fedcustomer.data.validators import luhn_valid, prc_id_valid
 from fedcustomer.errors import DataError
 
@@ -121,6 +122,7 @@ def draft_schema(
     sample_rows: int = 10_000,
     id_from_row: bool = False,
     id_column: str | None = None,
+    notes: list[str] | None = None,
 ) -> Schema:
     """Guess a schema from the first rows of a CSV or Parquet file, for the user to review and edit.
 
@@ -130,6 +132,8 @@ def draft_schema(
     Without an id column (``customer_id``, ``id``, ... or a name ending in ``_id``) the
     draft is refused unless ``id_from_row``: then it adds a ``row_id`` field that
     ``ingest --id-from-row`` fills with a keyed digest of each row (each row one customer).
+    ``notes``, when given, receives advice on guesses a person should check (a column of numbers
+    typed as text because a few values are not numbers), naming lines, never values.
     """
 
     path = Path(path)
@@ -204,6 +208,10 @@ def draft_schema(
         elif tier == "core" and role != "id":
             masking = "redact"
         description = f"file column {col!r}" if field_name != col else None
+        if notes is not None and tier != "core" and role == "feature" and ftype in ("string", "category"):
+            note = _mostly_numbers(path, field_name, values)
+            if note:
+                notes.append(note)
         fields.append(
             FieldSpec(
                 name=field_name,
@@ -218,6 +226,22 @@ def draft_schema(
         )
     return Schema(
         dataset=name, fields=tuple(fields), description=f"Drafted from {path.name}; review every tier"
+    )
+
+
+def _mostly_numbers(path: Path, field_name: str, values: Any) -> str | None:
+    """Advice for a text column whose values are mostly numbers: where the others are, not what."""
+    import pandas as pd
+
+    if values.empty:
+        return None
+    bad = values[pd.to_numeric(values, errors="coerce").isna()]
+    if bad.empty or len(bad) * 2 > len(values):
+        return None
+    first = row_locations(path, file_kind(path), [int(bad.index[0])])[int(bad.index[0])]
+    return (
+        f"{field_name}: typed string because {len(bad)} of {len(values)} values "
+        f"{'is not a number' if len(bad) == 1 else 'are not numbers'} (first on {first}); if it is a number, fix those values or set `type: float` (ingest then quarantines them)"
     )
 
 

@@ -18,7 +18,14 @@ from typing import Any, NoReturn, Self
 from fedcustomer.data.ingest import utc_now
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.store_db import SqliteBackend, table_name
-from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, IntegrityError, SchemaError
+from fedcustomer.errors import (
+    AccessDenied,
+    ConfigError,
+    FedCustomerError,
+    IntegrityError,
+    KeyMaterialError,
+    SchemaError,
+)
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.approvals import ApprovalBook
 from fedcustomer.privacy.access.people import MANAGE_ACTION, PeopleRegistry
@@ -148,7 +155,7 @@ class StoreCore:
             return Actor(name, role)
         path = self.home.service_key_path(role)
         if not path.exists():
-            raise ConfigError(
+            raise KeyMaterialError(
                 f"this home authenticates every request, but has no service key for role '{role}' ({path}); "
                 f"register one with `fedcustomer people add --service`"
             )

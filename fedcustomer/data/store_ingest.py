@@ -135,6 +135,7 @@ def _ingest(
                 report.finished_at,
             ),
         )
+    report.locate_invalid_rows(path)
     store.log(
         actor,
         "ingest",

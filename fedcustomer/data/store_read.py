@@ -24,10 +24,11 @@ from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
-from fedcustomer.privacy.access.policy import Actor, Approval, FieldRef
+from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 
 _TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
+TEXT_TYPES = frozenset({"string", "category"})  # --where on these ignores case
 _MAX_AUDIT_PSEUDONYMS = 1000
 
 
@@ -146,6 +147,12 @@ class _Read:
                 raise AccessDenied(
                     f"actor '{actor.name}' with role '{actor.role}' may not read customer data (no 'read' action)"
                 )
+            if approval_id is not None and not self.store.approvals.exists(approval_id):
+                raise AccessDenied(
+                    f"approval {approval_id!r}: no approval request with that id exists in this home "
+                    f"({self.store.home.root}); `fedcustomer approvals list` shows the requests still waiting "
+                    "for approvers, and `approvals request` prints a new request's id"
+                )
             decisions, approvals = self._decisions(schema, requested, approval_id)
         except FedCustomerError as exc:
             self.deny(str(exc), requested, tier=_top_tier(schema, requested))
@@ -168,10 +175,12 @@ class _Read:
             or (decisions[k].view if k in decisions else self._view_of(schema.field(k))) == "denied"
         ]
         if not visible or bad_where:
+            common = {d.reason for d in denied.values()}  # one reason for every field: say it
             reason = (
                 f"filters allowed on public fields the actor may see only (not {', '.join(bad_where)})"
                 if bad_where
                 else f"role '{actor.role}' may see no field of dataset {schema.dataset!r} for purpose '{purpose}'"
+                + (f": {common.pop()}" if len(common) == 1 else "")
             )
             self.deny(reason, requested, tier=_top_tier(schema, requested))
             raise AccessDenied(f"actor '{actor.name}': {reason}")
@@ -193,13 +202,18 @@ class _Read:
             approval = None
             if spec.is_core:
                 approval = self.store.approvals.active_for(
-                    self.actor, schema.dataset, [name], self.purpose, now=self.now
+                    self.actor, schema.dataset, [name], self.purpose, now=self.now, request_id=approval_id
                 )
-                if approval is not None and approval_id is not None and approval.approval_id != approval_id:
-                    approval = None
-            decisions[name] = self.store.policy.decide(
+            decision = self.store.policy.decide(
                 self.actor, self.purpose, ref, approval=approval, now=self.now
             )
+            if spec.is_core and approval is None and approval_id is not None and decision.view == "denied":
+                why = self.store.approvals.why_not(
+                    approval_id, self.actor, schema.dataset, name, self.purpose, now=self.now
+                )
+                if why is not None:
+                    decision = FieldDecision(name, "denied", f"{decision.reason} ({why})")
+            decisions[name] = decision
             approvals[name] = approval
         return decisions, approvals
 
@@ -260,10 +274,12 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
         f"FROM {q(table_name(dataset))} t LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
         f"ORDER BY t.pseudonym"
     )
-    wanted = {
-        key: {_where_value(schema.field(key), v) for v in (list(value) if _is_seq(value) else [value])}
-        for key, value in plan.where.items()
-    }
+    # Text equality ignores case (region=north finds "North"): a filter names a category, not a spelling.
+    text_keys = {k for k in plan.where if schema.field(k).type in TEXT_TYPES}
+    wanted: dict[str, set[Any]] = {}
+    for name, value in plan.where.items():
+        stored = {_where_value(schema.field(name), v) for v in (list(value) if _is_seq(value) else [value])}
+        wanted[name] = {_fold(v) for v in stored} if name in text_keys else stored
     cipher = FieldCipher(dataset)
     index: list[str] = []
     columns: dict[str, list[Any]] = {n: [] for n in names}
@@ -271,7 +287,10 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
         p, sealed, version, blob = row[:4]
         key = open_row_key(store.keyring, cipher, p, version, blob)
         values = open_row(key, sealed)["values"] if plain or wanted else {}
-        if any(values.get(k) not in allowed for k, allowed in wanted.items()):
+        if any(
+            (_fold(values.get(k)) if k in text_keys else values.get(k)) not in allowed
+            for k, allowed in wanted.items()
+        ):
             continue
         index.append(p)
         for n in plain:
@@ -297,6 +316,11 @@ def _to_frame(plan: _Plan, index: list[str], columns: dict[str, list[Any]], mask
             series.index = idx
         data[name] = series
     return pd.DataFrame(data, index=idx)
+
+
+def _fold(value: Any) -> Any:
+    """Text compared without case (Unicode case folding); other values as they are."""
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _is_seq(value: Any) -> bool:

@@ -21,7 +21,7 @@ from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
-from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.server.deployment import BUILTIN_SPECS
 from fedcustomer.server.job import JobConfig
 
@@ -201,7 +201,7 @@ def wait_for_coordinator(
 def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
     """Add a partner's node public key to the coordinator's allow-list; returns its node id."""
     if not Path(public_key).is_file():
-        raise ConfigError(
+        raise KeyMaterialError(
             f"{public_key} not found; the partner creates it with `fedcustomer node keys --home DIR`"
         )
     args = ["supernode", "register", str(Path(public_key).resolve()), CONNECTION]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedcustomer.deploy.flower import executable, flower_env, parse_address, start
 from fedcustomer.deploy.pki import NodeKeys, check_node_private_key
-from fedcustomer.errors import ConfigError, DataError, FederationError
+from fedcustomer.errors import ConfigError, DataError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
     DEFAULT_DATA,
     DEFAULT_DELTA,
@@ -100,7 +100,7 @@ def supernode_command(
         cmd.append("--insecure")
     else:
         if root_cert is None or not Path(root_cert).is_file():
-            raise ConfigError(
+            raise KeyMaterialError(
                 f"--root-cert {root_cert}: the coordinator's CA certificate file is needed for TLS"
             )
         cmd += ["--root-certificates", str(Path(root_cert).resolve())]

@@ -222,6 +222,10 @@ def test_query_json_filters_and_schema(
         (["--role", "officer"], [3]),
         (["--purpose", "credit_risk", "--action", "read"], [1]),
         (["--pseudonym", "ps_05"], [5]),
+        # Filters ignore case, as the command's help says: what a person types is a name, not a spelling.
+        (["--decision", "DENIED"], [2]),
+        (["--role", "Officer"], [3]),
+        (["--purpose", "Credit_Risk", "--action", "READ"], [1]),
         (["--since", "2000-01-01", "--until", "2999-01-01"], "all"),
         (["--since", "2999-01-01"], []),
     ],
@@ -234,6 +238,11 @@ def test_query_filters(
     )
     expected = list(range(1, signed.base + 7)) if seqs == "all" else signed.seqs(seqs)  # type: ignore[arg-type]
     assert code == 0 and [e["seq"] for e in json.loads(out)["entries"]] == expected
+
+
+def test_query_help_says_filters_ignore_case(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["audit", "query", "--help"], capsys)
+    assert code == 0 and "ignores case" in " ".join(out.split())
 
 
 def test_query_csv_export_to_file(

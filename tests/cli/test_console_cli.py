@@ -103,5 +103,8 @@ def test_serve_checks_its_options_before_starting(home, tmp_path, capsys) -> Non
     assert code == 3 and "not found" in err
     code, _, err = run(["console", "--home", str(path), "--cert", str(tmp_path / "c.pem")], capsys)
     assert code == 3 and "both --cert and --key" in err
+    tls = ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key")]
+    code, _, err = run(["console", "--home", str(path), *tls], capsys)
+    assert code == 8 and "TLS certificate or key file not found" in err  # key files: one code everywhere
     code, _, err = run(["console", "--home", str(tmp_path / "nohome")], capsys)
     assert code == 3 and "not an initialised partner home" in err

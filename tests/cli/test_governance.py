@@ -1,6 +1,7 @@
 """The governance commands end to end, through the real `fedcustomer` entry point."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -370,3 +371,98 @@ def test_mixed_script_actor_name_is_refused_with_a_clear_error(home, tmp_path, c
     assert code == ConfigError.exit_code and "mixes scripts" in err and "Traceback" not in err
     code, _, err = run(["approvals", "list", "--home", str(home), *as_(twin)], capsys)
     assert code == AccessDenied.exit_code and "not registered" in err
+
+
+def test_ingest_names_quarantined_rows_by_file_line_without_their_values(tmp_path, capsys, ADMIN):
+    frame, expected = plant_bad_rows(bank_frame(12))
+    path = tmp_path / "bank.csv"
+    frame.to_csv(path, index=False)
+    h = str(tmp_path / "h")
+    code, out, err = run(
+        ["ingest", "--schema", "bank", "--input", str(path), "--home", h, *ADMIN, "--admin", "alice"], capsys
+    )
+    assert code == 0, err
+    lines = path.read_text().splitlines()
+    for customer, reasons in expected.items():
+        (line,) = [n for n, text in enumerate(lines, start=1) if text.startswith(customer + ",")]
+        field, reason = next(iter(reasons.items()))
+        assert f"line {line}: {field}: {reason}" in out
+    assert frame.at[0, "national_id"] not in out and "a lot" not in out  # core and sensitive values never
+
+
+def test_missing_key_files_exit_8_in_every_command(home, tmp_path, capsys, people, ADMIN, bank_csv):
+    gone = ["--identity", str(tmp_path / "nope.key")]
+    for args in (
+        ["read", "--home", str(home), *gone, "--purpose", "marketing"],
+        ["keys", "list", "--home", str(home), *gone],
+        ["ingest", "--schema", "bank", "--input", str(bank_csv[0]), "--home", str(home), *gone],
+        ["audit", "query", "--home", str(home), *gone],
+        ["approvals", "list", "--home", str(home), *gone],
+        ["init", "--home", str(tmp_path / "new"), "--name", "x", *gone, "--admin", "zed"],
+        ["people", "add", "--home", str(home), *ADMIN, "--name", "zed", "--role", "marketing_analyst"]
+        + ["--public-key", str(tmp_path / "zed.key.pub")],
+    ):
+        code, _, err = run(args, capsys)
+        assert code == KeyMaterialError.exit_code == 8, (args, err)
+        assert "not found" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_read_where_on_text_ignores_case_and_help_says_so(home, capsys, people):
+    mia = as_(people["mia"])
+    base = [
+        "read",
+        "--home",
+        str(home),
+        *mia,
+        "--purpose",
+        "marketing",
+        "--fields",
+        "region",
+        "--limit",
+        "100",
+    ]
+    code, lower, err = run([*base, "--where", "region=north"], capsys)
+    assert code == 0, err
+    code, upper, err = run([*base, "--where", "region=NORTH"], capsys)
+    assert code == 0, err
+    assert lower == upper and "0 rows" not in lower
+    code, out, _ = run(["read", "--help"], capsys)
+    assert "ignoring case" in " ".join(out.split())
+
+
+def test_read_with_an_unknown_approval_id_says_so_and_how_to_list(home, capsys, people):
+    code, _, err = run(
+        ["read", "--home", str(home), *as_(people["rick"]), "--purpose", "risk_review"]
+        + ["--fields", "full_name", "--approval", "typo-1234"],
+        capsys,
+    )
+    assert code == AccessDenied.exit_code
+    text = " ".join(err.split())
+    assert "no approval request with that id exists in this home" in text and "approvals list" in text
+
+
+def test_keys_list_shows_customers_keys_not_the_key_check(home, capsys, ADMIN):
+    code, out, err = run(["keys", "list", "--home", str(home), *ADMIN, "--json"], capsys)
+    assert code == 0, err
+    (version,) = json.loads(out)
+    assert (version["customer_keys"], version["quarantined_rows"], version["key_check"]) == (20, 5, 1)
+    code, out, _ = run(["keys", "list", "--home", str(home), *ADMIN], capsys)
+    assert "customer keys" in out and re.search(r"│\s+20\s+│\s+5\s+│", out)  # 26 keys in all: not shown
+    code, out, _ = run(["keys", "rotate", "--home", str(home), *ADMIN], capsys)
+    text = " ".join(out.split())
+    assert "re-wrapped 20 customer key(s), 5 quarantined row key(s) and the store's own key check" in text
+
+
+def test_schema_draft_points_at_the_lines_that_made_a_number_column_text(tmp_path, capsys):
+    frame = bank_frame(12).astype(object)
+    frame.at[6, "income"] = "SECRET-INCOME"  # a sensitive field: the line is named, the value never
+    src = tmp_path / "customers.csv"
+    frame.to_csv(src, index=False)
+    code, out, err = run(
+        ["schema", "draft", "--input", str(src), "--output", str(tmp_path / "d.yaml")], capsys
+    )
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "income: typed string because 1 of 12 values is not a number (first on line 8)" in text
+    assert "SECRET" not in out + err and "credit_limit:" not in text  # all-number columns get no note

@@ -1,6 +1,7 @@
 """Chunked reading, chunk preparation (validation, pseudonyms, in-chunk dedup) and quality.json."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -172,6 +173,7 @@ def test_quality_report_json_schema_is_stable(tmp_path, pseudonymizer):
         "rows",
         "fields",
         "invalid_reasons",
+        "invalid_rows",
         "ignored_columns",
     }
     assert doc["rows"]["read"] == 20 and doc["rows"]["invalid"] == 5 and doc["rows"]["valid"] == 15
@@ -254,3 +256,108 @@ def test_very_wide_file_is_refused_quickly_and_changes_nothing(tmp_path, gov_sto
     with pytest.raises(DataError, match="20001 columns, more than the maximum of 1000"):
         gov_store.ingest(ADMIN, load_bundled("bank"), path)
     assert gov_store.datasets() == []
+
+
+# --- where a bad row is: the line an editor shows -----------------------------------------------
+
+EDITOR_SCHEMA = """dataset: edits
+fields:
+  - {name: customer_id, type: string, tier: core, role: id}
+  - {name: national_id, type: string, tier: core, validation: {checksum: prc_id}}
+  - {name: income, type: float, tier: sensitive}
+  - {name: region, type: string, tier: public}
+"""
+
+
+def _editor_file(tmp_path):
+    """A CSV with blank lines and a quoted field over two lines: record numbers and lines differ."""
+    rng = np.random.default_rng(3)
+    good = [prc_id(rng) for _ in range(4)]
+    bad_nid = good[0][:-1] + ("0" if good[0][-1] != "0" else "1")
+    lines = [
+        "customer_id,national_id,income,region",  # line 1
+        "",  # line 2: blank, skipped by the reader
+        f'C1,{good[0]},100,"North',  # line 3: a quoted region over two lines
+        'East"',  # line 4
+        f"C2,{good[1]},SECRET-INCOME,north",  # line 5: bad sensitive value
+        "",  # line 6
+        f"C3,{bad_nid},300,south",  # line 7: bad core value
+        f"C4,{good[3]},400,west",  # line 8
+    ]
+    path = tmp_path / "edits.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, bad_nid
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 50_000])
+def test_quarantined_rows_are_named_by_the_line_an_editor_shows_and_never_by_value(
+    tmp_path, gov_store, chunk_rows
+):
+    from rich.console import Console
+
+    from fedcustomer.data.schema import Schema
+
+    path, bad_nid = _editor_file(tmp_path)
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(EDITOR_SCHEMA), path, chunk_rows=chunk_rows)
+    assert (report.read, report.invalid) == (4, 2)
+    assert report.to_dict()["invalid_rows"] == [
+        {"line": 5, "reasons": {"income": "not a number"}},
+        {"line": 7, "reasons": {"national_id": "fails the prc_id checksum"}},
+    ]
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "line 5: income: not a number" in text and "line 7: national_id: fails the prc_id checksum" in text
+    shown = text + json.dumps(report.to_dict())
+    assert "SECRET-INCOME" not in shown and bad_nid not in shown  # sensitive and core values never
+
+
+def test_quarantined_parquet_rows_are_numbered_from_one(tmp_path, gov_store):
+    from fedcustomer.data.schema import Schema
+
+    frame = pd.DataFrame({"customer_id": ["A", "B", "C"], "account_no": ["1", "x", "3"]})
+    frame.to_parquet(tmp_path / "a.parquet", index=False)
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), tmp_path / "a.parquet")
+    assert [r["row"] for r in report.to_dict()["invalid_rows"]] == [2]
+
+
+def test_only_the_first_hundred_quarantined_rows_are_placed(tmp_path, gov_store):
+    from fedcustomer.data.ingest import INVALID_ROWS_KEPT
+    from fedcustomer.data.schema import Schema
+
+    n = INVALID_ROWS_KEPT + 20
+    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(n)], "account_no": ["x"] * n})
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), _csv(tmp_path, frame), chunk_rows=30)
+    rows = report.to_dict()["invalid_rows"]
+    assert report.invalid == n and [r["line"] for r in rows] == list(range(2, INVALID_ROWS_KEPT + 2))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # the extra field is on line 4: the quoted value over lines 2-3 is one record
+        ('a,b\n"x\ny",2\n3,4,5\n', "line 4 has 3 fields but the header has 2"),
+        ("a,b\n1,2\n\n3,4\n5,6,SECRET\n", "line 5 has 3 fields but the header has 2"),
+        ('a,b\n1,2\n"3,4\n5,6\n', 'line 3: a quoted field (starting with ") is never closed'),
+    ],
+)
+def test_malformed_csv_names_the_line_an_editor_shows(tmp_path, text, expected):
+    from fedcustomer.data.schema_draft import draft_schema
+
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    for chunk_rows in (1, 50_000):
+        with pytest.raises(DataError) as info:
+            list(read_chunks(path, chunk_rows=chunk_rows))
+        assert expected in str(info.value) and "SECRET" not in str(info.value)
+    with pytest.raises(DataError, match=re.escape(expected)):  # `schema draft` reads the file the same way
+        draft_schema(path, dataset="x")
+
+
+def test_non_utf8_byte_names_its_line_not_a_byte_offset(tmp_path):
+    path = tmp_path / "latin.csv"
+    rows = b"".join(b"C%d,north\n" % i for i in range(3000))  # past the reader's first buffer
+    path.write_bytes(b"customer_id,region\n" + rows + b"C9,N\xe9rth\n")
+    for chunk_rows in (7, 50_000):
+        with pytest.raises(DataError, match="line 3002 is not UTF-8 text; re-save the file as UTF-8"):
+            list(read_chunks(path, chunk_rows=chunk_rows))

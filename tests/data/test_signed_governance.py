@@ -19,7 +19,7 @@ from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.key_admin import KeyAdmin
 from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.schema import load_bundled
-from fedcustomer.errors import AccessDenied, IntegrityError
+from fedcustomer.errors import AccessDenied, IntegrityError, KeyMaterialError
 from fedcustomer.privacy.access.person_keys import KeySigner
 from fedcustomer.privacy.access.policy import Actor, utc_now
 from fedcustomer.privacy.access.requests import sign_request
@@ -285,3 +285,11 @@ def _spec():
     from fedcustomer.data.features import FeatureSpec, NumericFeature
 
     return FeatureSpec("repayment", "defaulted", None, [NumericFeature("income", 0, 500000)])
+
+
+def test_a_missing_service_key_is_a_key_material_error(bank_store) -> None:
+    """Like every missing key file (exit 8), not a configuration error."""
+    store, _, _ = bank_store
+    store.home.service_key_path("training_pipeline").unlink()
+    with pytest.raises(KeyMaterialError, match="no service key for role 'training_pipeline'"):
+        store.service_credential("node:bank_a", "training_pipeline")

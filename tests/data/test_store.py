@@ -322,6 +322,98 @@ def test_where_only_on_public_fields(loaded):
     assert len(audit_entries(store, actor="node:bank_a", decision="denied")) == 2
 
 
+MIXED_CASE_SCHEMA = """dataset: towns
+fields:
+  - {name: customer_id, type: string, tier: core, role: id}
+  - {name: town, type: string, tier: public}
+  - {name: segment, type: category, tier: public, validation: {allowed: [Retail, SME]}}
+  - {name: visits, type: integer, tier: public}
+"""
+
+
+def test_where_on_text_ignores_case_and_on_numbers_matches_the_value(tmp_path, store):
+    from fedcustomer.data.schema import Schema
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "D", "E"],
+            "town": ["North", "north", "NORTH", "South", "Nörth"],
+            "segment": ["Retail", "SME", "Retail", "SME", "Retail"],
+            "visits": [5, 5, 7, 5, 1],
+        }
+    )
+    store.ingest(ADMIN, Schema.from_yaml(MIXED_CASE_SCHEMA), write_csv(tmp_path, frame, "towns.csv"))
+    ids = dict(zip(store.pseudonymizer.pseudonyms(frame["customer_id"]), frame["customer_id"], strict=True))
+
+    def who(where):
+        return sorted(ids[p] for p in store.read(TRAINING, "training", ["visits"], where=where).index)
+
+    assert who({"town": "north"}) == who({"town": "NORTH"}) == ["A", "B", "C"]  # not "Nörth"
+    assert who({"town": ["north", "south"]}) == ["A", "B", "C", "D"]
+    assert who({"segment": "retail"}) == ["A", "C", "E"]  # a category value in the schema's own spelling
+    assert who({"town": "North", "segment": "sme"}) == ["B"]
+    assert who({"visits": "5.0"}) == ["A", "B", "D"]  # numbers by value
+
+
+def test_read_with_an_unknown_approval_id_says_it_does_not_exist(loaded):
+    store, _ = loaded
+    with pytest.raises(AccessDenied) as info:
+        store.read(RISK, "risk_review", ["full_name"], approval_id="no-such-id")
+    message = str(info.value)
+    assert "no approval request with that id exists in this home" in message
+    assert "approvals list" in message and "no-such-id" in message
+    entry = audit_entries(store, actor="rick")[-1]
+    assert entry.decision == "denied" and "no approval request" in entry.reason
+
+
+def test_read_with_an_approval_that_does_not_apply_says_why(loaded):
+    store, _ = loaded
+    rid = StoreApprovals(store).request(RISK, "bank", ["full_name"], "risk_review", timedelta(hours=1))
+    StoreApprovals(store).approve(ADMIN, rid)
+    with pytest.raises(AccessDenied, match=f"approval {rid} has 1 of 2 approvals"):
+        store.read(RISK, "risk_review", ["full_name"], approval_id=rid)
+    StoreApprovals(store).approve(COMPLIANCE, rid)
+    assert len(store.read(RISK, "risk_review", ["full_name"], approval_id=rid)) == 30
+    with pytest.raises(AccessDenied, match=f"approval {rid} covers full_name only"):
+        store.read(RISK, "risk_review", ["phone"], approval_id=rid)
+    other = Actor("rita", "risk_officer")
+    with pytest.raises(AccessDenied, match=f"approval {rid} was requested by someone else"):
+        store.read(other, "risk_review", ["full_name"], approval_id=rid)
+
+
+def test_read_names_which_of_two_complete_approvals_it_uses(loaded):
+    """The id given is the approval used, even when another (expiring later) also covers the read."""
+    store, _ = loaded
+    ids = []
+    for hours in (1, 4):
+        rid = StoreApprovals(store).request(
+            RISK, "bank", ["full_name"], "risk_review", timedelta(hours=hours)
+        )
+        StoreApprovals(store).approve(ADMIN, rid)
+        StoreApprovals(store).approve(COMPLIANCE, rid)
+        ids.append(rid)
+    for rid in ids:
+        assert len(store.read(RISK, "risk_review", ["full_name"], approval_id=rid)) == 30
+        assert audit_entries(store, actor="rick")[-1].approvals == (rid,)
+
+
+def test_read_for_an_unknown_purpose_names_the_known_ones(loaded):
+    store, _ = loaded
+    with pytest.raises(
+        AccessDenied, match="unknown purpose 'marketting' \\(one of training, analytics, marketing"
+    ):
+        store.read(MARKETING, "marketting")
+
+
+def test_keys_list_counts_customers_keys_apart_from_the_stores_own_key_check(tmp_path, store, bank):
+    frame, _ = plant_bad_rows(bank_frame(12))
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    (version,) = KeyAdmin(store).versions()
+    assert (version["customer_keys"], version["quarantined_rows"], version["key_check"]) == (7, 5, 1)
+    assert store.count("bank") == version["customer_keys"]
+    assert version["wrapped_keys"] == 13 == KeyAdmin(store).usage()[1]  # what `keys retire` checks
+
+
 def test_unknown_dataset_and_several_datasets(tmp_path, loaded):
     store, _ = loaded
     with pytest.raises(ConfigError, match="no dataset 'shop'"):

@@ -71,3 +71,11 @@ def test_all_partners_failed_is_a_clear_error_naming_them(
     assert "failed at every round: bank_a, bank_b" in text
     assert "holds no dataset 'customers'" in text  # the partner's own reason, so the user knows what to fix
     assert "bank_a: epsilon 0.000 of n/a" in text
+
+
+def test_missing_node_key_files_exit_8_like_every_missing_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only_group(monkeypatch, deploy.register)
+    code, _, err = run(["coordinator", "register", str(tmp_path / "supernode.pub")], capsys)
+    assert code == 8 and "not found" in err and "node keys" in err and "Traceback" not in err

@@ -188,6 +188,45 @@ class ApprovalBook:
             )
         return actor
 
+    def exists(self, request_id: str) -> bool:
+        """Whether any approval request (open, approved or expired) has this id."""
+        with self._tx() as con:
+            row = con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        return row is not None
+
+    def why_not(
+        self,
+        request_id: str,
+        requester: Actor,
+        dataset: str,
+        field: str,
+        purpose: str,
+        now: datetime | None = None,
+    ) -> str | None:
+        """Why approval ``request_id`` does not let ``requester`` read ``field`` now (None: it does)."""
+        at = utc_now(now)
+        with self._tx() as con:
+            row = con.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                return f"no approval request {request_id} exists in this home"
+            signers = self._valid_signers(con, request_id, row[1], at)
+        if not same_identity(row[1], requester.name):
+            return f"approval {request_id} was requested by someone else; ask for your own"
+        if (row[3], row[5]) != (dataset, purpose):
+            return f"approval {request_id} is for dataset '{row[3]}' and purpose '{row[5]}'"
+        if field not in json.loads(row[4]):
+            return f"approval {request_id} covers {', '.join(json.loads(row[4]))} only"
+        if at >= parse_utc(row[7]):
+            return f"approval {request_id} expired at {row[7]}; ask again"
+        if len(signers) < REQUIRED_APPROVERS:
+            return (
+                f"approval {request_id} has {len(signers)} of {REQUIRED_APPROVERS} approvals; "
+                "`fedcustomer approvals list` shows it until it is complete"
+            )
+        return None
+
     def digest_of(self, request_id: str) -> str | None:
         """The digest of the signed request an approval must sign over (None: unsigned or unknown)."""
         with self._tx() as con:
@@ -271,7 +310,8 @@ class ApprovalBook:
             ).fetchone()
             if row is None:
                 raise AccessDenied(
-                    f"no approval request with id {request_id!r}; list open ones with `fedcustomer approvals list`"
+                    f"no approval request with id {request_id!r} exists in this home; list open ones with "
+                    "`fedcustomer approvals list`"
                 )
             requester, expires = row[1], row[7]
             if at >= parse_utc(expires):
@@ -342,17 +382,22 @@ class ApprovalBook:
         fields: Sequence[str],
         purpose: str,
         now: datetime | None = None,
+        request_id: str | None = None,
     ) -> Approval | None:
-        """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins)."""
+        """The fully signed, unexpired approval covering all ``fields``, or None (latest expiry wins).
+
+        ``request_id`` names the one approval to use (a read's ``--approval``).
+        """
         role = self.policy.check_actor(requester)
         at = utc_now(now)
         wanted = set(fields)
         best: Approval | None = None
+        only = "" if request_id is None else " AND request_id = ?"
         with self._tx() as con:
             rows = con.execute(
                 f"SELECT {_REQUEST_COLUMNS} FROM requests "
-                "WHERE requester = ? AND requester_role = ? AND dataset = ? AND purpose = ?",
-                (requester.name, role, dataset, purpose),
+                "WHERE requester = ? AND requester_role = ? AND dataset = ? AND purpose = ?" + only,
+                (requester.name, role, dataset, purpose, *(() if request_id is None else (request_id,))),
             ).fetchall()
             for row in rows:
                 if at >= parse_utc(row[7]) or not wanted <= set(json.loads(row[4])):

@@ -139,7 +139,9 @@ def load_public_key_file(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except FileNotFoundError:
-        raise ConfigError(f"public key file {path} not found") from None
+        raise KeyMaterialError(f"public key file {path} not found") from None
+    except OSError as exc:
+        raise KeyMaterialError(f"cannot read public key file {path}: {exc.strerror}") from None
     except ValueError:
         raise KeyMaterialError(f"{path} is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
@@ -154,7 +156,9 @@ def load_identity_file(path: Path, passphrase: str | None) -> KeySigner:
         data = path.read_bytes()
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
-        raise ConfigError(f"identity key file {path} not found") from None
+        raise KeyMaterialError(
+            f"identity key file {path} not found; make one with `fedcustomer people keygen --out FILE`"
+        ) from None
     except OSError as exc:
         raise KeyMaterialError(f"cannot read identity key file {path}: {exc.strerror}") from None
     if b"-----BEGIN PRIVATE KEY" not in data and b"-----BEGIN ENCRYPTED PRIVATE KEY" not in data:

@@ -443,7 +443,7 @@ class AccessPolicy:
         name = field.name
         if purpose not in PURPOSES:
             shown = purpose if isinstance(purpose, str) and len(purpose) <= 40 else "<unrecognised>"
-            return FieldDecision(name, "denied", f"unknown purpose {shown!r}")
+            return FieldDecision(name, "denied", f"unknown purpose {shown!r} (one of {', '.join(PURPOSES)})")
         if purpose not in self.granted_purposes(role):
             return FieldDecision(name, "denied", f"purpose '{purpose}' not granted to role '{role}'")
         grants = self._grants(role, purpose, field.tier, field.role)

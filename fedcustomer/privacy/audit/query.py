@@ -6,6 +6,7 @@ never see half an entry; they do not verify (``AuditLog.verify`` does).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,11 @@ from fedcustomer.privacy.audit.records import (
     Checkpoint,
     parse_json_line,
 )
+
+
+def _fold(value: object) -> str | None:
+    """A filter's comparison key: NFKC, then case folded (as people's names are compared)."""
+    return None if value is None else unicodedata.normalize("NFKC", str(value)).casefold()
 
 
 def read_entries(directory: Path) -> Iterator[AuditEntry]:
@@ -73,28 +79,36 @@ def select_entries(
 ) -> list[AuditEntry]:
     """Entries matching every given filter (``field``/``pseudonym``: contained in the entry).
 
-    ``since`` and ``until`` are inclusive; naive datetimes are taken as UTC.
+    Text filters ignore case and Unicode width (``--actor Rick`` finds rick's entries): people's
+    names are unique under that comparison, and the other values are lower-case identifiers, so
+    it never merges two different things. ``since`` and ``until`` are inclusive; naive datetimes
+    are taken as UTC.
     """
     lo, hi = _aware(since), _aware(until)
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"query: since ({lo.isoformat()}) is after until ({hi.isoformat()})")
+    equal = {
+        name: _fold(value)
+        for name, value in (
+            ("actor", actor),
+            ("role", role),
+            ("purpose", purpose),
+            ("decision", decision),
+            ("action", action),
+            ("dataset", dataset),
+        )
+        if value is not None
+    }
+    contained = {
+        name: _fold(value)
+        for name, value in (("fields", field), ("pseudonyms", pseudonym))
+        if value is not None
+    }
     out: list[AuditEntry] = []
     for e in entries:
-        if actor is not None and e.actor != actor:
+        if any(_fold(getattr(e, name)) != want for name, want in equal.items()):
             continue
-        if role is not None and e.role != role:
-            continue
-        if field is not None and field not in e.fields:
-            continue
-        if purpose is not None and e.purpose != purpose:
-            continue
-        if decision is not None and e.decision != decision:
-            continue
-        if action is not None and e.action != action:
-            continue
-        if dataset is not None and e.dataset != dataset:
-            continue
-        if pseudonym is not None and pseudonym not in e.pseudonyms:
+        if any(want not in {_fold(v) for v in getattr(e, name)} for name, want in contained.items()):
             continue
         if lo is not None or hi is not None:
             t = e.timestamp

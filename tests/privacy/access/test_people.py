@@ -188,3 +188,14 @@ def test_a_public_key_or_another_file_given_as_identity_says_what_it_is(tmp_path
     other.write_text("customer_id,income\nC1,10\n")
     with pytest.raises(KeyMaterialError, match="not a private key in PEM form"):
         load_identity_file(other, None)
+
+
+def test_missing_or_unreadable_key_files_are_key_material_errors(tmp_path: Path) -> None:
+    """One exit code (8) for every missing key file, as the documented table says."""
+    with pytest.raises(KeyMaterialError, match="identity key file .*nope.key not found; make one with"):
+        load_identity_file(tmp_path / "nope.key", "a long passphrase here")
+    with pytest.raises(KeyMaterialError, match="public key file .*nope.key.pub not found"):
+        load_public_key_file(tmp_path / "nope.key.pub")
+    (tmp_path / "dir.pub").mkdir()
+    with pytest.raises(KeyMaterialError, match="cannot read public key file"):
+        load_public_key_file(tmp_path / "dir.pub")

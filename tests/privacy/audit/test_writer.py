@@ -686,6 +686,22 @@ def test_query_filters_combine(tmp_path: Path) -> None:
     assert log.query(dataset="loans", decision="denied", field="phone", actor="analyst-1") == [every[9]]
 
 
+def test_query_filters_ignore_case_and_width(tmp_path: Path) -> None:
+    log = make_log(tmp_path, 30, every=100)
+    for exact, typed in (
+        ({"actor": "analyst-1"}, {"actor": "Analyst-1"}),
+        ({"actor": "analyst-1"}, {"actor": "ＡＮＡＬＹＳＴ-1"}),  # fullwidth, as people's names are compared
+        ({"decision": "denied"}, {"decision": "DENIED"}),
+        ({"action": "decrypt", "role": "compliance"}, {"action": "Decrypt", "role": "COMPLIANCE"}),
+        ({"field": "phone"}, {"field": "Phone"}),
+        ({"pseudonym": "ps_000a"}, {"pseudonym": "PS_000A"}),
+        ({"dataset": "loans"}, {"dataset": "Loans"}),
+    ):
+        want = [e.seq for e in log.query(**exact)]
+        assert want and [e.seq for e in log.query(**typed)] == want, typed
+    assert log.query(actor="analyst-") == []  # equality, not a prefix
+
+
 def test_query_time_window_is_inclusive_and_naive_means_utc(tmp_path: Path) -> None:
     log = make_log(tmp_path, 5, every=100)
     es = list(log)

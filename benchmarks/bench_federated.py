@@ -21,6 +21,10 @@ simulation engine and in the in-process grid.
     python benchmarks/bench_federated.py [--data-dir ../shared/data] [--quick]
         [--repeats 3] [--partners 3 10] [--splits iid non-iid] [--epsilons 1 3 8]
         [--recipe fed-dp:rounds=5,local_epochs=6] [--holdout validation] [--json out.json]
+        [--uci-features v1|tight|...]
+
+``--uci-features`` encodes the data with another public feature spec (benchmarks/uci_features.py;
+``v1`` is the product's UCI_SPEC): the same rows, bounds and categories declared, not fitted.
 
 Hyper-parameters are one recipe per family (``RECIPES``; override with ``--recipe``).
 They were chosen with ``--holdout validation``, which trains on 80% of each partner's

@@ -21,6 +21,10 @@ simulation engine and in the in-process grid.
     python benchmarks/bench_federated.py [--data-dir ../shared/data] [--quick]
         [--repeats 3] [--partners 3 10] [--splits iid non-iid] [--epsilons 1 3 8]
         [--recipe fed-dp:rounds=5,local_epochs=6] [--holdout validation] [--json out.json]
+        [--uci-features v1|tight|...]
+
+``--uci-features`` encodes the data with another public feature spec (benchmarks/uci_features.py;
+``v1`` is the product's UCI_SPEC): the same rows, bounds and categories declared, not fitted.
 
 Hyper-parameters are one recipe per family (``RECIPES``; override with ``--recipe``).
 They were chosen with ``--holdout validation``, which trains on 80% of each partner's
@@ -54,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distributed_dp import print_target, run_family
+from uci_features import VARIANTS as UCI_FEATURES
 
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.partition import PartnerDataset, split_train_test
@@ -249,6 +254,7 @@ def run_cell(
     spec, datasets = load_partitions(
         TASK, SOURCE, n, split=split, seed=args.split_seed, data_dir=args.data_dir
     )
+    spec = UCI_FEATURES[args.uci_features]
     if args.holdout == "validation":
         datasets = with_validation(datasets, args.split_seed)
     rows: list[dict[str, Any]] = []
@@ -455,7 +461,7 @@ def print_report(
         else "test rows"
     )
     print(
-        f"\nUCI credit default, repayment MLP {args.input_dim}-64-32-1, "
+        f"\nUCI credit default, features {args.uci_features}, repayment MLP {args.input_dim}-64-32-1, "
         f"{first['train_rows']} training rows, scored on {first['test_rows']} pooled held-out {holdout}; "
         f"delta {DELTA:g}; AUC mean ± sd over {args.repeats} seed(s) ({date.today()}, {platform.machine()}, "
         f"{os.cpu_count()} cores)\n"
@@ -585,6 +591,12 @@ def main() -> None:
         action="store_true",
         help="only the round-overhead figures: one federated DP job per --partners count (grid, then simulation)",
     )
+    parser.add_argument(
+        "--uci-features",
+        choices=list(UCI_FEATURES),
+        default="v1",
+        help="feature spec (benchmarks/uci_features.py; v1 = the product's UCI_SPEC)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     recipes = dict(QUICK if args.quick else RECIPES)
@@ -648,6 +660,7 @@ def main() -> None:
             "machine": platform.machine(),
             "cores": os.cpu_count(),
             "holdout": args.holdout,
+            "uci_features": args.uci_features,
             "repeats": args.repeats,
             "delta": DELTA,
             "recipes": {k: asdict(v) for k, v in recipes.items()},

@@ -20,6 +20,7 @@ from fedcustomer.server.job import DEFAULTS as D  # torch-free: its defaults are
 from fedcustomer.server.job import JobConfig
 
 if TYPE_CHECKING:  # heavy modules (torch, flwr, pandas) load inside the commands, so --help stays fast
+    from fedcustomer.data.features import FeatureSpec
     from fedcustomer.server.rounds import RoundReport
 
 console = terminal()
@@ -52,7 +53,7 @@ def run(
     feature_spec: Path | None = typer.Option(
         None,
         "--feature-spec",
-        help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`); default for a PATH: inferred from each partner's training rows, with a notice",
+        help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`), or a built-in encoding: uci-credit-dp (UCI credit encoded for DP training); default for a PATH: inferred from each partner's training rows, with a notice",
     ),
     split: str = typer.Option(D["split"], help="iid | non-iid partitioning of real data across partners"),
     partners: int = typer.Option(D["partners"], help="number of partner nodes"),
@@ -144,7 +145,7 @@ def run(
             data=data,
             data_dir=str(data_dir) if data_dir else None,
             label=label,
-            feature_spec=str(feature_spec.resolve()) if feature_spec else None,
+            feature_spec=_spec_ref(feature_spec),
             split=split,
             partners=partners,
             rounds=rounds,
@@ -416,7 +417,6 @@ def baseline(
     JobConfig(
         task=task, data=data, split=split, partners=partners, arch=arch, epsilon=epsilon, delta=delta
     )  # validates
-    from fedcustomer.data.features import FeatureSpec
 
     progress = Progress()
     notices: list[str] = []
@@ -430,7 +430,7 @@ def baseline(
             data_dir=data_dir,
             label=label,
             notices=notices,
-            spec=FeatureSpec.load(feature_spec) if feature_spec else None,
+            spec=_declared(feature_spec),
         )
     for notice in notices:
         err_console.print(f"[yellow]notice:[/] {escape(notice)}")
@@ -471,3 +471,19 @@ def baseline(
     for r in results:
         table.add_row(r.name, *[_fmt(r.metrics.get(k)) for k in keys], _fmt(r.epsilon))
     console.print(table)
+
+
+def _spec_ref(feature_spec: Path | None) -> str | None:
+    """What the job records for ``--feature-spec``: a built-in name as given, a file as an absolute path."""
+    from fedcustomer.server.deployment import BUILTIN_SPECS
+
+    if feature_spec is None:
+        return None
+    return str(feature_spec) if str(feature_spec) in BUILTIN_SPECS else str(feature_spec.resolve())
+
+
+def _declared(feature_spec: Path | None) -> FeatureSpec | None:
+    from fedcustomer.server.deployment import load_declared_spec
+
+    ref = _spec_ref(feature_spec)
+    return load_declared_spec(ref) if ref is not None else None

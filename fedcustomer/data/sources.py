@@ -123,12 +123,10 @@ def load_partitions(
                 f"data source {source!r} serves the {', '.join(SOURCE_TASKS[source])} task only, not {task!r}: "
                 f"add --task {SOURCE_TASKS[source][0]}"
             )
-        if spec is not None:
-            raise ConfigError(
-                f"data source {source!r} brings its own feature spec; --feature-spec applies to a "
-                "data file (--data PATH) or to datasets already in partner homes"
-            )
+        declared = spec
         spec, partners = _builtin(task, source, n_partners, split, seed, data_dir, test_fraction)
+        if declared is not None:  # another encoding of the source's own columns (e.g. uci-credit-dp)
+            spec = _declared_for_source(source, declared, spec, partners)
         if label is not None and label != spec.label:
             raise ConfigError(
                 f"data source {source!r} has label {spec.label!r}; drop --label or pass {spec.label!r}"
@@ -150,6 +148,22 @@ def load_partitions(
             warnings.warn(next(n for n in told if INFERRED_MARK in n), DataDerivedBoundsWarning, stacklevel=2)
     _check_partners(spec, partners)
     return spec, partners
+
+
+def _declared_for_source(
+    source: str, declared: FeatureSpec, own: FeatureSpec, partners: list[PartnerDataset]
+) -> FeatureSpec:
+    """A declared spec for a built-in source: same label and id, columns the source has."""
+    if declared.label != own.label or declared.id_column != own.id_column:
+        raise ConfigError(
+            f"--feature-spec declares label {declared.label!r} and id {declared.id_column!r}; data source "
+            f"{source!r} has label {own.label!r} and id {own.id_column!r}"
+        )
+    have = set(partners[0].train.columns) if partners else set()
+    missing = [c for c in declared.columns() if c not in have]
+    if missing:
+        raise ConfigError(f"--feature-spec names columns data source {source!r} does not have: {missing}")
+    return declared
 
 
 def _builtin(

@@ -29,7 +29,7 @@ DEPLOY_KEYS = (
 
 
 # --- inside the deployed ServerApp ----------------------------------------------------
-BUILTIN_SPECS = ("synthetic:repayment", "synthetic:clv", "uci-credit", "cdnow")
+BUILTIN_SPECS = ("synthetic:repayment", "synthetic:clv", "uci-credit", "uci-credit-dp", "cdnow")
 
 
 def resolve_spec(ref: str) -> FeatureSpec:
@@ -46,6 +46,10 @@ def resolve_spec(ref: str) -> FeatureSpec:
         from fedcustomer.data.uci_credit import UCI_SPEC
 
         return UCI_SPEC
+    if ref == "uci-credit-dp":
+        from fedcustomer.data.uci_credit import UCI_SPEC_DP
+
+        return UCI_SPEC_DP
     if ref == "cdnow":
         from fedcustomer.data.cdnow import CDNOW_SPEC
 
@@ -61,6 +65,11 @@ def resolve_spec(ref: str) -> FeatureSpec:
         raise ConfigError(
             f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()"
         ) from None
+
+
+def load_declared_spec(ref: str) -> FeatureSpec:
+    """``--feature-spec``: a built-in encoding by name (e.g. ``uci-credit-dp``), else a JSON file."""
+    return resolve_spec(ref) if ref in BUILTIN_SPECS else FeatureSpec.load(ref)
 
 
 def default_spec_ref(job: JobConfig) -> str:

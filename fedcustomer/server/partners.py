@@ -21,6 +21,7 @@ from fedcustomer.errors import BudgetExhausted, DataError
 from fedcustomer.partner.federation import write_index
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.server.deployment import load_declared_spec
 from fedcustomer.server.job import JobConfig
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def prepare_partners(
     to ``notices``, as is a partner budget that differs from ``--epsilon``/``--delta``.
     """
     notices = notices if notices is not None else []
-    declared = FeatureSpec.load(job.feature_spec) if job.feature_spec else None
+    declared = load_declared_spec(job.feature_spec) if job.feature_spec else None
     if uses_existing_homes(job):
         from fedcustomer.server.existing import existing_homes
 

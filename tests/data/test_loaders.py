@@ -303,3 +303,25 @@ def test_bad_values_in_a_partner_are_reported_with_the_partner(tmp_path):
 def test_missing_user_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_partitions("repayment", str(tmp_path / "absent.csv"), 2)
+
+
+def test_the_dp_encoding_of_uci_credit_is_declared_and_replaces_the_default_on_request(tmp_path):
+    from fedcustomer.data.features import NumericFeature
+    from fedcustomer.data.sources import load_partitions
+    from fedcustomer.data.uci_credit import UCI_SPEC_DP
+    from fedcustomer.errors import ConfigError
+
+    write_uci(tmp_path)
+    df = load_uci_credit(tmp_path)
+    x, _ = UCI_SPEC_DP.transform(df)
+    assert x.shape == (400, UCI_SPEC_DP.input_dim) and np.all((x >= 0) & (x <= 1))
+    assert "pay_0=1" in UCI_SPEC_DP.encoded_names() and UCI_SPEC_DP.input_dim != UCI_SPEC.input_dim
+    spec, partners = load_partitions("repayment", "uci-credit", 2, data_dir=tmp_path, spec=UCI_SPEC_DP)
+    assert spec is UCI_SPEC_DP and len(partners) == 2
+    default, _ = load_partitions("repayment", "uci-credit", 2, data_dir=tmp_path)
+    assert default is UCI_SPEC  # nothing declared: the source's own encoding
+    wrong = UCI_SPEC_DP.__class__(
+        task="repayment", label="default", id_column="id", features=[NumericFeature("income", 0.0, 1.0)]
+    )
+    with pytest.raises(ConfigError, match="does not have: \\['income'\\]"):
+        load_partitions("repayment", "uci-credit", 2, data_dir=tmp_path, spec=wrong)

@@ -8,7 +8,7 @@ import pytest
 from fedcustomer.data.cdnow import CDNOW_SPEC
 from fedcustomer.data.features import FeatureSpec, NumericFeature
 from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
-from fedcustomer.data.uci_credit import UCI_SPEC
+from fedcustomer.data.uci_credit import UCI_SPEC, UCI_SPEC_DP
 from fedcustomer.errors import ConfigError, FederationError, SchemaError
 from fedcustomer.server.deployment import (
     BUILTIN_SPECS,
@@ -40,6 +40,7 @@ class CountingGrid:
         ("synthetic:repayment", REPAYMENT_SPEC),
         ("synthetic:clv", CLV_SPEC),
         ("uci-credit", UCI_SPEC),
+        ("uci-credit-dp", UCI_SPEC_DP),
         ("cdnow", CDNOW_SPEC),
     ],
 )

@@ -221,16 +221,8 @@ def _mechanism(spec: QuerySpec, release: dict[str, Any]) -> Mechanism:
 
 
 def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> None:
-    from fedcustomer.privacy.audit.reach import HomeReach
-    from fedcustomer.privacy.audit.writer import AuditLog
 
-    log = AuditLog.open(
-        home.audit_dir,
-        keys_dir=home.keys_dir,
-        reach=HomeReach.for_home(home),
-        signer=home.audit_signer(),
-        anchor_sink=home.anchor_sink(),
-    )
+    log = home.open_audit_log()
     try:
         log.append(actor=actor.name, role=actor.role, action="query", decision=decision, **fields)
     finally:

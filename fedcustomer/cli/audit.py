@@ -116,13 +116,7 @@ def open_home_log(home: Path) -> AuditLog | None:
     partner = PartnerHome(home)
     if not (partner.keys_dir / SIGNING_KEY_NAME).exists() and not partner.keyring_config().audit_on_token:
         return None
-    return AuditLog.open(
-        partner.audit_dir,
-        keys_dir=partner.keys_dir,
-        reach=HomeReach.for_home(partner),
-        signer=partner.audit_signer(),
-        anchor_sink=partner.anchor_sink(),
-    )
+    return partner.open_audit_log()
 
 
 def _append_to_home(home: Path, **entry: Any) -> bool:

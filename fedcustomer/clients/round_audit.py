@@ -16,9 +16,7 @@ from fedcustomer.clients import job_matrices
 from fedcustomer.clients.node import TrainOutcome
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import ACTION_FL_ROUND, DECISION_ALLOWED, DECISION_DENIED, AuditEntry
-from fedcustomer.privacy.audit.writer import AuditLog
 
 ROLE = "training_pipeline"
 PURPOSE = "training"
@@ -57,13 +55,7 @@ def record_round(
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
-    with AuditLog.open(
-        home.audit_dir,
-        keys_dir=home.keys_dir,
-        reach=HomeReach.for_home(home),
-        signer=home.audit_signer(),
-        anchor_sink=home.anchor_sink(),
-    ) as audit:
+    with home.open_audit_log() as audit:
         return audit.append(
             actor=f"node:{outcome.partner}",
             role=ROLE,

@@ -30,6 +30,7 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
     from fedcustomer.privacy.audit.anchors import AnchorSinks
     from fedcustomer.privacy.audit.keys import CheckpointSigner
+    from fedcustomer.privacy.audit.writer import AuditLog
     from fedcustomer.privacy.dp.accountants import Accountant
     from fedcustomer.privacy.dp.ledger import BudgetLedger
 
@@ -247,6 +248,19 @@ class PartnerHome:
             return None
         config = self.config()
         return anchor_sinks(config.name, file=config.anchor_file, syslog=config.anchor_syslog)
+
+    def open_audit_log(self) -> AuditLog:
+        """The home's audit log for appending: its signing key (file or token), reach and anchor sinks."""
+        from fedcustomer.privacy.audit.reach import HomeReach
+        from fedcustomer.privacy.audit.writer import AuditLog
+
+        return AuditLog.open(
+            self.audit_dir,
+            keys_dir=self.keys_dir,
+            reach=HomeReach.for_home(self),
+            signer=self.audit_signer(),
+            anchor_sink=self.anchor_sink(),
+        )
 
     def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
         """The partner's ledger, new charges recorded under ``dataset``, composed against the

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import (
     ACTION_VERTICAL_FINISH,
     ACTION_VERTICAL_ROUND,
@@ -33,7 +32,6 @@ from fedcustomer.privacy.audit.records import (
     DECISION_DENIED,
     AuditEntry,
 )
-from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.vertical.spend import RoundDecision
 
 ROLE = "training_pipeline"
@@ -148,13 +146,7 @@ class PartyAudit:
 
     def _append(self, action: str, decision: str, reason: str | None, details: dict[str, Any]) -> AuditEntry:
         home = self.home
-        with AuditLog.open(
-            home.audit_dir,
-            keys_dir=home.keys_dir,
-            reach=HomeReach.for_home(home),
-            signer=home.audit_signer(),
-            anchor_sink=home.anchor_sink(),
-        ) as audit:
+        with home.open_audit_log() as audit:
             return audit.append(
                 actor=f"node:{self.name}",
                 role=ROLE,

@@ -65,18 +65,14 @@ def _library_pld(sigma: float, q: float, steps: int, delta: float) -> float:
     return float(acc.get_epsilon(delta))
 
 
-def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_round(tmp_path: Path) -> None:
-    job = distributed_job(tmp_path, rounds=3)  # the accountant is "auto": every partner says PLD
-    spec, homes = prepare_partners(job)
-    for i, home in enumerate(homes):
-        config = home.config()
-        config.accountant, config.secagg_trust = "pld", i < 2
-        if not config.secagg_trust:  # a budget that affords the weaker guarantee's charge
-            config.budget = DatasetBudget(50.0, job.delta)
-        home.write_config(config)
+def _kill_in_round_2(job: JobConfig, homes, mode: str) -> tuple[dict, list[str], dict]:
+    """Run the job's first coordinator until it is killed in round 2's unmask stage; check what is left.
+
+    Only round 1's checkpoint is there, and every partner was charged for round 2 (the update it was
+    paid for is kept). Returns the run config, the homes' roots and those kept round-2 updates.
+    """
     run_config = {k: v for k, v in job.to_dict().items() if v is not None} | {"wait-for-partners": 0.0}
     roots = [str(h.root) for h in homes]
-
     first = subprocess.run(
         [sys.executable, "-c", COORDINATOR, json.dumps(run_config), json.dumps(roots), "2"],
         capture_output=True,
@@ -86,11 +82,24 @@ def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_roun
     )
     assert first.returncode == -9, first.stderr[-3000:]
     checkpoints = sorted(p.name for p in (Path(job.out) / "checkpoints").iterdir())
-    assert checkpoints == [f"distributed-{job.run_id}-round-0001.pt"]  # round 2 was never applied
+    assert checkpoints == [f"{mode}-{job.run_id}-round-0001.pt"]
     kept = {}
-    for home in homes:  # every partner was charged for round 2 before the kill
+    for home in homes:
         assert [c.round for c in home.ledger(job.dataset_name).charges()] == [1, 2]
         kept[home.root] = (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes()
+    return run_config, roots, kept
+
+
+def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_round(tmp_path: Path) -> None:
+    job = distributed_job(tmp_path, rounds=3)  # the accountant is "auto": every partner says PLD
+    spec, homes = prepare_partners(job)
+    for i, home in enumerate(homes):
+        config = home.config()
+        config.accountant, config.secagg_trust = "pld", i < 2
+        if not config.secagg_trust:  # a budget that affords the weaker guarantee's charge
+            config.budget = DatasetBudget(50.0, job.delta)
+        home.write_config(config)
+    run_config, roots, kept = _kill_in_round_2(job, homes, "distributed")  # round 2 was never applied
 
     grid = SecAggLocalGrid(make_secagg_client_app(roots), 3)
     context = Context(
@@ -154,22 +163,7 @@ def test_a_killed_local_noise_coordinator_resumes_from_its_checkpoint(tmp_path: 
 
     job = distributed_job(tmp_path, rounds=3, dp_mode="local")
     _, homes = prepare_partners(job)
-    run_config = {k: v for k, v in job.to_dict().items() if v is not None} | {"wait-for-partners": 0.0}
-    roots = [str(h.root) for h in homes]
-    first = subprocess.run(
-        [sys.executable, "-c", COORDINATOR, json.dumps(run_config), json.dumps(roots), "2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    assert first.returncode == -9, first.stderr[-3000:]
-    checkpoints = sorted(p.name for p in (Path(job.out) / "checkpoints").iterdir())
-    assert checkpoints == [f"secagg-{job.run_id}-round-0001.pt"]  # round 2 was never aggregated
-    kept = {}
-    for home in homes:
-        assert [c.round for c in home.ledger(job.dataset_name).charges()] == [1, 2]
-        kept[home.root] = (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes()
+    run_config, roots, kept = _kill_in_round_2(job, homes, "secagg")  # round 2 was never aggregated
 
     grid = SecAggLocalGrid(make_secagg_client_app(roots), 3)
     context = Context(

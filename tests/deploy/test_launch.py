@@ -14,7 +14,7 @@ from fedcustomer.deploy.coordinator import CoordinatorDir, run_config_for, super
 from fedcustomer.deploy.flower import parse_address
 from fedcustomer.deploy.node import supernode_command
 from fedcustomer.deploy.pki import Certificates, make_dev_certificates, make_node_keys
-from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.writer import AuditLog
@@ -72,7 +72,7 @@ def test_supernode_command_names_the_home_ca_and_key(tmp_path):
 
 def test_supernode_refuses_missing_ca_or_non_home(tmp_path):
     home = PartnerHome.create(tmp_path / "bank0", "bank0")
-    with pytest.raises(ConfigError, match="CA certificate"):
+    with pytest.raises(KeyMaterialError, match="CA certificate"):  # a missing key or certificate file: exit 8
         supernode_command(home.root, superlink="127.0.0.1:9093", root_cert=tmp_path / "nope", auth_key=None)
     with pytest.raises(ConfigError, match="not a partner home"):
         supernode_command(tmp_path, superlink="127.0.0.1:9093", root_cert=None, auth_key=None, insecure=True)

@@ -128,6 +128,7 @@ def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_pat
         )
 
 
+@pytest.mark.two_party_long  # about 90 s on an idle machine: `make test-two-party`
 def test_intersection_sum_between_authenticated_nodes_releases_only_the_noisy_rate(fed, tmp_path):
     """``--mode psi --reveal sum`` over real processes: each party pays once, nothing names a customer."""
     options = {"value": "defaulted", "where": "loyalty_member", "epsilon": 4.0}

@@ -206,9 +206,7 @@ class ApprovalBook:
         """Why approval ``request_id`` does not let ``requester`` read ``field`` now (None: it does)."""
         at = utc_now(now)
         with self._tx() as con:
-            row = con.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
-            ).fetchone()
+            row = self._request_row(con, request_id)
             if row is None:
                 return f"no approval request {request_id} exists in this home"
             signers = self._valid_signers(con, request_id, row[1], at)
@@ -289,6 +287,14 @@ class ApprovalBook:
         return distinct_people(names)
 
     @staticmethod
+    def _request_row(con: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
+        """The request's columns (``_REQUEST_COLUMNS``), or None when no such request exists."""
+        row: tuple[Any, ...] | None = con.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return row
+
+    @staticmethod
     def _approval(row: tuple[Any, ...], signers: Sequence[str]) -> Approval:
         request_id, requester, _role, dataset, fields, purpose, _requested, expires = row[:8]
         return Approval(
@@ -305,9 +311,7 @@ class ApprovalBook:
             )
         at = utc_now(now)
         with self._tx() as con:
-            row = con.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
-            ).fetchone()
+            row = self._request_row(con, request_id)
             if row is None:
                 raise AccessDenied(
                     f"no approval request with id {request_id!r} exists in this home; list open ones with "

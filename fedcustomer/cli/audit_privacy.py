@@ -3,7 +3,8 @@
 Writes ``privacy_audit.json`` and ``privacy_audit.png`` into the run directory and links
 them from its ``summary.json`` (``result.json`` for a query, ``rfm.json`` for rfm). Exit 0 when every empirical
 lower bound is at or below its claim, 10 when one exceeds it (the claim is refuted at the
-stated confidence). See docs/PRIVACY_AUDIT.md.
+stated confidence). Where a partner home has a people registry, ``--identity`` names who asks:
+each home whose rows are read checks and records that person first. See docs/PRIVACY_AUDIT.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcustomer.cli.audit import audit_app
+from fedcustomer.cli.identity import IDENTITY_ENV, load_signer
 from fedcustomer.cli.terminal import terminal
 
 FLAGGED_EXIT = 10
@@ -52,10 +54,18 @@ def privacy_cmd(
         0, "--seed", help="Seed of the audit's own randomness (canaries, coins, noise)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print privacy_audit.json instead of a table."),
+    identity: str = typer.Option(
+        None,
+        "--identity",
+        envvar=IDENTITY_ENV,
+        help="Your identity key file; needed where a partner home has a people registry: each home whose "
+        "rows the audit reads checks that your role may 'audit_read' and records you first.",
+    ),
 ) -> None:
     """Canary audit and membership inference (training, horizontal or vertical), or repeated releases (query, rfm)."""
     from fedcustomer.privacy_audit.run_audit import PLOT, REPORT, audit_run
 
+    signer = load_signer(identity) if identity else None
     report = audit_run(
         run,
         homes=homes,
@@ -65,6 +75,7 @@ def privacy_cmd(
         nonprivate=nonprivate,
         seed=seed,
         confidence=confidence,
+        signer=signer,
     )
     if as_json:
         print(json.dumps(report, indent=2))

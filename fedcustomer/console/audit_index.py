@@ -7,7 +7,8 @@ only the lines written since the last one (up to a size snapshot taken under the
 writers' lock, so never half a line). Before trusting what it holds, it re-reads the
 last indexed line and checks its offset, sequence number and hash chain still match
 the log; a log that was rewritten, cut or replaced is indexed again from the start.
-Entries shown are always read back from the log itself, by offset; that the log as a
+Searches ignore case and character width, as ``audit query`` does. Entries shown are always
+read back from the log itself, by offset; that the log as a
 whole is intact is for the verification page (``AuditLog.verify``) to say. The console starts
 catching up in the background when it starts, so the first search over a large existing
 log does not have to wait for the whole build.
@@ -28,6 +29,7 @@ from typing import Any
 from fedcustomer.common.sqlite import connect, transaction
 from fedcustomer.errors import ConfigError, IntegrityError
 from fedcustomer.privacy.audit.files import snapshot_sizes
+from fedcustomer.privacy.audit.query import fold_key
 from fedcustomer.privacy.audit.records import GENESIS_HASH, LOG_NAME, AuditEntry, parse_json_line
 
 FILE_NAME = "console_audit_index.db"
@@ -35,17 +37,23 @@ PAGE_SIZE = 50
 FILTERS = ("actor", "role", "action", "decision", "purpose", "dataset", "field")
 _BATCH = 20_000
 
+# Searched columns: each kept as shown (for suggestions) and as its comparison key, NFKC
+# then case folded, as ``audit query`` compares them, so "Carol" finds "carol".
+_SEARCHED = ("actor", "role", "action", "decision", "purpose", "dataset")
+_COLUMNS = 11 + len(_SEARCHED)
+_FORMAT = "2"  # format 1 had no comparison keys; an index of another format is rebuilt from the log
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, "
     "role TEXT NOT NULL, action TEXT NOT NULL, decision TEXT NOT NULL, purpose TEXT, dataset TEXT, "
-    "off INTEGER NOT NULL, len INTEGER NOT NULL, hash TEXT NOT NULL)",
+    "off INTEGER NOT NULL, len INTEGER NOT NULL, hash TEXT NOT NULL, "
+    + ", ".join(f"{c}_key TEXT" for c in _SEARCHED)
+    + ")",
     "CREATE TABLE IF NOT EXISTS entry_fields (field TEXT NOT NULL, seq INTEGER NOT NULL, "
     "PRIMARY KEY (field, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    *(
-        f"CREATE INDEX IF NOT EXISTS by_{c} ON entries ({c}, seq)"
-        for c in ("actor", "role", "action", "decision", "purpose", "dataset", "time")
-    ),
+    *(f"CREATE INDEX IF NOT EXISTS by_{c} ON entries ({c}_key, seq)" for c in _SEARCHED),
+    "CREATE INDEX IF NOT EXISTS by_time ON entries (time, seq)",
 )
 
 
@@ -72,8 +80,15 @@ class AuditIndex:
         with closing(connect(self.path)) as con:
             con.execute("PRAGMA journal_mode=WAL")  # searches read while an update appends
         with self._tx() as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "meta" in tables and con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() != (
+                _FORMAT,
+            ):
+                for table in ("entries", "entry_fields", "meta"):  # derived data: built again from the log
+                    con.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA:
                 con.execute(statement)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (_FORMAT,))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -163,8 +178,9 @@ class AuditIndex:
                 rows.append(
                     (entry.seq, entry.time, entry.actor, entry.role, entry.action, entry.decision)
                     + (entry.purpose, entry.dataset, offset, len(raw), entry.hash)
+                    + tuple(fold_key(getattr(entry, c)) for c in _SEARCHED)
                 )
-                field_rows.extend((name, entry.seq) for name in set(entry.fields))
+                field_rows.extend((key, entry.seq) for key in {fold_key(name) or "" for name in entry.fields})
                 offset += len(raw)
                 last_seq, head = entry.seq, entry.hash
                 added += 1
@@ -177,7 +193,7 @@ class AuditIndex:
     def _flush(
         con: sqlite3.Connection, rows: list[tuple[Any, ...]], field_rows: list[tuple[str, int]]
     ) -> None:
-        con.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany(f"INSERT INTO entries VALUES ({', '.join('?' * _COLUMNS)})", rows)
         con.executemany("INSERT OR IGNORE INTO entry_fields VALUES (?, ?)", field_rows)
         rows.clear()
         field_rows.clear()
@@ -190,8 +206,8 @@ class AuditIndex:
         for name in FILTERS:
             value = filters.get(name)
             if value and name != "field":
-                clauses.append(f"e.{name} = ?")
-                args.append(value)
+                clauses.append(f"e.{name}_key = ?")
+                args.append(fold_key(value))
         if since:
             clauses.append("e.time >= ?")
             args.append(since)
@@ -215,7 +231,7 @@ class AuditIndex:
             # walk the field's (field, seq) key backwards: a page costs the same at any depth
             source, order = "entry_fields AS f CROSS JOIN entries AS e ON e.seq = f.seq", "f.seq"
             where = f"f.field = ? AND {where}"
-            args.insert(0, filters["field"])
+            args.insert(0, fold_key(filters["field"]))
         else:
             source, order = "entries AS e", "e.seq"
         if before is not None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,8 +172,9 @@ def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[in
         elif spec.type in ("integer", "float"):
             canon = pd.Series(parsed).map(lambda v: _number_str(v))
             allowed = {_number_str(_to_float(a)) for a in allowed}
-        else:
-            canon = text
+        else:  # text and categories: matched ignoring case and width, kept as the schema spells them
+            canon = allowed_spelling(text, rules.allowed)
+            parsed = canon.astype(object).where(~pd.Series(missing), None)
         flag(~canon.isin(list(allowed)).to_numpy(dtype=bool), "not one of the allowed values")
     if rules.min is not None or rules.max is not None:
         if spec.type in ("integer", "float"):
@@ -191,6 +193,27 @@ def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[in
                 flag((stamps > _stamp(rules.max)).fillna(False).to_numpy(dtype=bool), f"after {rules.max}")
     bad = {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != None)}
     return parsed, bad
+
+
+def allowed_spelling(text: pd.Series, allowed: Sequence[str]) -> pd.Series:
+    """Each value as ``allowed`` spells it, when it equals one allowed value ignoring case and width.
+
+    Why: "north", "NORTH" and a full-width "Ｎｏｒｔｈ" all mean the schema's "North", and a
+    category stored in one spelling is what the feature spec's one-hot columns expect. An
+    exact match wins; a value that matches two allowed values only ignoring case (a schema
+    that allows both "a" and "A") is left as it is, so it must match exactly.
+    """
+    by_key: dict[str, str | None] = {}
+    for value in allowed:
+        key = _fold(value)
+        by_key[key] = value if by_key.get(key, value) == value else None
+    exact = set(allowed)
+    respelled = {v: by_key.get(_fold(v)) or v for v in text.dropna().unique().tolist() if v not in exact}
+    return text.replace(respelled) if respelled else text
+
+
+def _fold(value: str) -> str:
+    return unicodedata.normalize("NFKC", value).casefold()
 
 
 def _stamp(value: Any) -> pd.Timestamp:

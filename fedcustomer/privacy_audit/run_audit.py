@@ -10,7 +10,8 @@ privacy --run DIR``) at a run directory and gets ``privacy_audit.json`` and
   ``model.pt``, beside a non-private replay of the same recipe for comparison. The
   partners' rows are read from their homes (the run's ``partners/`` folder, or
   ``homes``) by the governed store, as the training pipeline reads them: each read is in
-  the partner's audit log. Nothing is charged to any ledger; nothing about a customer is
+  the partner's audit log, after an entry naming the person who asked for the audit
+  (:mod:`~fedcustomer.privacy_audit.authorization`). Nothing is charged to any ledger; nothing about a customer is
   written, only scores' summaries.
 * A vertical (split-learning) run (``summary.json`` with mode ``vertical``):
   :mod:`~fedcustomer.privacy_audit.vertical_audit`, each party's DP-SGD and the label
@@ -38,11 +39,13 @@ from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.access.person_keys import Signer
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accountants import accountant_named
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.dpsgd import DPTrainer, PlainTrainer
 from fedcustomer.privacy_audit import analytics_audit, canaries, membership, vertical_audit
+from fedcustomer.privacy_audit.authorization import AuditAuthorizer
 from fedcustomer.privacy_audit.bounds import CONFIDENCE
 from fedcustomer.privacy_audit.json_files import read_json_object
 from fedcustomer.privacy_audit.plot import write_plot
@@ -139,6 +142,7 @@ def audit_training(
     nonprivate: bool = True,
     seed: int = 0,
     confidence: float = CONFIDENCE,
+    authorize: AuditAuthorizer | None = None,
 ) -> dict[str, Any]:
     """Canary audit and membership inference for a horizontal training run."""
     config = read_json_object(run / "config.json", "the job's options")
@@ -160,15 +164,20 @@ def audit_training(
     Xn_all, yn_all = [], []
     claims, spent_all = [], []
     delta = float(summary.get("budget_requested", {}).get("delta", config.get("delta", 1e-5)))
+    audited = []
     for p in summary.get("partners", []):
         acct = p.get("accounting") or {}
-        rounds = int(p.get("rounds_trained", 0))
-        if rounds < 1 or not acct.get("dp"):
+        if int(p.get("rounds_trained", 0)) < 1 or not acct.get("dp"):
             continue
         home_dir = homes / str(p["name"])
         if not (home_dir / "partner.toml").exists():
             raise ConfigError(f"partner home {home_dir} not found; pass --homes DIR (the job's --homes)")
-        home = PartnerHome(home_dir)
+        audited.append((p, acct, PartnerHome(home_dir)))
+    authorize = authorize or AuditAuthorizer(run, None)
+    for _, _, home in audited:  # every home agrees before any home's rows are read
+        authorize(home)
+    for p, acct, home in audited:
+        rounds = int(p["rounds_trained"])
         X, y = _partner_rows(home, dataset, spec, "train")
         Xn, yn = _partner_rows(home, dataset, spec, "test")
         Xn_all.append(Xn)
@@ -288,8 +297,13 @@ def audit_run(
     nonprivate: bool = True,
     seed: int = 0,
     confidence: float = CONFIDENCE,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
-    """Audit ``run``; write privacy_audit.json and .png there and link them from summary.json."""
+    """Audit ``run``; write privacy_audit.json and .png there and link them from summary.json.
+
+    ``signer`` is the person asking (their identity key): each partner home whose rows are
+    read first checks and records them (:mod:`~fedcustomer.privacy_audit.authorization`).
+    """
     run = Path(run)
     if not run.is_dir():
         raise ConfigError(f"run directory {run} not found")
@@ -308,6 +322,7 @@ def audit_run(
             nonprivate=nonprivate,
             seed=seed,
             confidence=confidence,
+            authorize=AuditAuthorizer(run, signer),
         )
     report = {
         "format": FORMAT,

@@ -10,7 +10,8 @@ inference (members: aligned training customers; non-members: the held-out aligne
 customers, equal counts), beside a non-private replay of the same recipe.
 
 The parties' aligned rows are read from their homes by the governed store, as the job
-read them (each read is in the party's audit log). Nothing is charged to any ledger;
+read them (each read is in the party's audit log, after an entry naming the person who
+asked for the audit). Nothing is charged to any ledger;
 nothing about a customer is written, only scores' summaries. The passive party's
 embeddings carry no claimed epsilon (``embedding_noise`` is not accounted), so they are
 listed as not audited rather than measured against a claim they do not make.
@@ -30,6 +31,7 @@ from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy_audit import membership
+from fedcustomer.privacy_audit.authorization import AuditAuthorizer
 from fedcustomer.privacy_audit.canaries import KINDS, canary_report
 from fedcustomer.privacy_audit.json_files import read_json_object
 from fedcustomer.privacy_audit.vertical_replay import (
@@ -87,10 +89,23 @@ def _label_release(run: Path, p: dict[str, Any]) -> LabelRelease | None:
 class _Parties:
     """Both parties' homes, aligned tables and final model parts, as the run left them."""
 
-    def __init__(self, run: Path, summary: dict[str, Any], config: dict[str, Any], homes: Path) -> None:
+    def __init__(
+        self,
+        run: Path,
+        summary: dict[str, Any],
+        config: dict[str, Any],
+        homes: Path,
+        authorize: AuditAuthorizer,
+    ) -> None:
         rows = {str(p.get("role")): p for p in summary.get("partners", [])}
         if set(rows) != {ACTIVE, PASSIVE}:
             raise DataError(f"{run / 'summary.json'} does not name an active and a passive party")
+        for p in rows.values():  # both parties agree before either party's rows are read
+            if not (homes / str(p["name"]) / "partner.toml").exists():
+                raise ConfigError(
+                    f"partner home {homes / str(p['name'])} not found; pass --homes DIR (the job's --homes)"
+                )
+            authorize(PartnerHome(homes / str(p["name"])))
         self.rows = rows
         specs = read_json_object(run / "feature_specs.json", "the features each party trained on")
         parts = (summary.get("model") or {}).get("parts") or {}
@@ -163,6 +178,7 @@ def audit_vertical(
     nonprivate: bool,
     seed: int,
     confidence: float,
+    authorize: AuditAuthorizer | None = None,
 ) -> dict[str, Any]:
     """Canary audit of every claimed mechanism of a vertical run, and membership inference on its joint model."""
     config = read_json_object(run / "config.json", "the job's options")
@@ -187,7 +203,7 @@ def audit_vertical(
         hidden=int(config.get("hidden", 16)),
         seed=int(config.get("seed", 0)),
     )
-    parties = _Parties(run, summary, config, homes)
+    parties = _Parties(run, summary, config, homes, authorize or AuditAuthorizer(run, None))
     started = time.perf_counter()
     joint = parties.joint_inputs()
     y_active = np.asarray(parties.tables[ACTIVE][1], np.float32)

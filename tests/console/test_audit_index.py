@@ -59,3 +59,38 @@ def test_a_rewritten_log_is_indexed_again_and_a_broken_chain_refused(tmp_path) -
     log.write_bytes(b"".join(tampered[:3]) + lines[4])  # entry 4 after entry 3 is gone: the chain is broken
     with pytest.raises(IntegrityError, match="does not follow"):
         index.update()
+
+
+def test_searches_ignore_case_and_width_as_audit_query_does(tmp_path) -> None:
+    _log(tmp_path, 12)
+    index = AuditIndex(tmp_path / "audit", tmp_path / "index.db")
+    exact = [e.seq for e in index.page({"actor": "user1", "field": "region"}, size=100).entries]
+    assert exact
+    assert [e.seq for e in index.page({"actor": "USER1", "field": "Region"}, size=100).entries] == exact
+    wide = "\uff35\uff33\uff25\uff32\uff11"  # "USER1" in full-width letters: NFKC makes it USER1
+    assert [e.seq for e in index.page({"actor": wide}, size=100).entries] == [
+        e.seq for e in index.page({"actor": "user1"}, size=100).entries
+    ]
+    assert index.page({"decision": "DENIED"}, size=100).entries
+    assert "user1" in index.distinct("actor")  # suggestions keep the spelling of the log
+
+
+def test_an_index_of_the_earlier_format_is_rebuilt_from_the_log(tmp_path) -> None:
+    import sqlite3
+
+    _log(tmp_path, 6)
+    path = tmp_path / "index.db"
+    con = sqlite3.connect(path)  # what format 1 held: no comparison keys, no format mark
+    con.execute(
+        "CREATE TABLE entries (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, "
+        "role TEXT NOT NULL, action TEXT NOT NULL, decision TEXT NOT NULL, purpose TEXT, dataset TEXT, "
+        "off INTEGER NOT NULL, len INTEGER NOT NULL, hash TEXT NOT NULL)"
+    )
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('offset', '0')")
+    con.commit()
+    con.close()
+    index = AuditIndex(tmp_path / "audit", path)
+    assert index.update() == 6
+    assert [e.actor for e in index.page({"actor": "User0"}, size=100).entries] == ["user0", "user0"]
+    assert AuditIndex(tmp_path / "audit", path).update() == 6  # a current index is kept as it is

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.validators import (
     INTEGER_REASON,
+    allowed_spelling,
     luhn_valid,
     prc_id_check_char,
     prc_id_valid,
@@ -168,3 +169,17 @@ def test_numbers_round_trip_through_validation(age, income):
     assert parsed.reasons == {}
     assert parsed.values["age"].iloc[0] == age
     assert parsed.values["income"].iloc[0] == income
+
+
+def test_categories_match_ignoring_case_and_width_and_keep_the_schemas_spelling():
+    region = next(f for f in SCHEMA.fields if f.name == "region")
+    raw = pd.Series(["NORTH", " South ", "\uff4e\uff4f\uff52\uff54\uff48", "north", "mars"], dtype="string")
+    parsed, bad = validate_column(region, raw)
+    assert parsed.tolist()[:4] == ["north", "south", "north", "north"]
+    assert bad == {4: "not one of the allowed values"}
+
+
+def test_allowed_values_that_differ_only_in_case_must_match_exactly():
+    raw = pd.Series(["a", "A", "\uff41", "b"], dtype="string")
+    assert allowed_spelling(raw, ("a", "A")).tolist() == ["a", "A", "\uff41", "b"]
+    assert allowed_spelling(raw, ("A", "b")).tolist() == ["A", "A", "A", "b"]

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fedcustomer.cli import audit_privacy
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.query import read_entries
 from fedcustomer.privacy_audit import vertical_audit
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.party import forget_sessions
@@ -86,6 +88,14 @@ def test_a_vertical_run_is_audited_at_each_mechanisms_claim(
     assert (fresh / "privacy_audit.png").read_bytes().startswith(b"\x89PNG")
     assert _ledgers(fresh) == ledgers  # nothing charged
     assert "consistent" in stdout and "joint_model" in stdout
+    for party in ("bank", "retailer"):  # each party recorded who asked before its rows were read
+        log = list(read_entries(PartnerHome(fresh / "partners" / party).audit_dir))
+        asked = [e for e in log if e.action == "privacy_audit"]
+        assert [(e.actor, e.role, e.decision) for e in asked] == [
+            ("privacy-audit", "compliance_officer", "allowed")
+        ]
+        assert asked[0].details["run"] == fresh.name
+        assert any(e.seq > asked[0].seq and e.purpose == "training" for e in log)
 
 
 def test_a_broken_vertical_dpsgd_is_flagged(

@@ -22,7 +22,7 @@ from fedcustomer.privacy.audit.records import (
 )
 
 
-def _fold(value: object) -> str | None:
+def fold_key(value: object) -> str | None:
     """A filter's comparison key: NFKC, then case folded (as people's names are compared)."""
     return None if value is None else unicodedata.normalize("NFKC", str(value)).casefold()
 
@@ -88,7 +88,7 @@ def select_entries(
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"query: since ({lo.isoformat()}) is after until ({hi.isoformat()})")
     equal = {
-        name: _fold(value)
+        name: fold_key(value)
         for name, value in (
             ("actor", actor),
             ("role", role),
@@ -100,15 +100,15 @@ def select_entries(
         if value is not None
     }
     contained = {
-        name: _fold(value)
+        name: fold_key(value)
         for name, value in (("fields", field), ("pseudonyms", pseudonym))
         if value is not None
     }
     out: list[AuditEntry] = []
     for e in entries:
-        if any(_fold(getattr(e, name)) != want for name, want in equal.items()):
+        if any(fold_key(getattr(e, name)) != want for name, want in equal.items()):
             continue
-        if any(want not in {_fold(v) for v in getattr(e, name)} for name, want in contained.items()):
+        if any(want not in {fold_key(v) for v in getattr(e, name)} for name, want in contained.items()):
             continue
         if lo is not None or hi is not None:
             t = e.timestamp

@@ -30,6 +30,7 @@ def run_two_party_job(
     reveal: str = "ids",
     count_epsilon: float | None = None,
     sum_options: dict[str, Any] | None = None,
+    psi_chunk_size: int | None = None,
     job_options: dict[str, Any],
     wait_for_partners: float,
     resume: bool,
@@ -67,6 +68,7 @@ def run_two_party_job(
             reveal=reveal,
             count_epsilon=count_epsilon,
             sum_options=sum_options,
+            psi_chunk_size=psi_chunk_size,
         )
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)

@@ -25,8 +25,8 @@ from fedcustomer.psi.protocol import (
     handle_blind,
     handle_reblind,
     party_path,
-    run_psi_on_grid,
 )
+from fedcustomer.psi.relay import run_psi_on_grid
 from tests.psi.raw_messages import send
 from tests.psi.test_protocol import NAMES, RecordingGrid, _fake_pseudonyms, federation
 

@@ -266,6 +266,17 @@ def _check_peer_chunk(
 ) -> None:
     """Refuse a chunk of the peer's set that is out of place, oversize or inconsistent, before any work."""
     state, size = s.state, s.size
+    expected = int(state["reblinded"])
+    if index < expected:
+        raise AccessDenied(
+            f"PSI session {s.session!r} already answered chunk {index} of its peer's values; a second "
+            "request for it is refused (run a new session)"
+        )
+    if index > expected or index >= chunks:
+        raise AccessDenied(
+            f"PSI session {s.session!r} expected chunk {expected} of its peer's values, got chunk {index}: "
+            "chunks were dropped or reordered on the way; refused"
+        )
     if state["peer_total"] is None:
         if total > max_set_size:
             raise AccessDenied(
@@ -281,17 +292,6 @@ def _check_peer_chunk(
         raise IntegrityError(
             f"PSI chunk {index} announces {total} values in {chunks} chunks, earlier chunks "
             f"{state['peer_total']} in {state['peer_chunks']}; refused"
-        )
-    expected = int(state["reblinded"])
-    if index < expected:
-        raise AccessDenied(
-            f"PSI session {s.session!r} already answered chunk {index} of its peer's values; a second "
-            "request for it is refused (run a new session)"
-        )
-    if index > expected or index >= chunks:
-        raise AccessDenied(
-            f"PSI session {s.session!r} expected chunk {expected} of its peer's values, got chunk {index}: "
-            "chunks were dropped or reordered on the way; refused"
         )
     if len(blob) != min(size, total - index * size) * POINT_BYTES:
         raise IntegrityError(

@@ -55,9 +55,9 @@ def test_many_small_chunks_give_the_single_message_result(pinned):
     assert (many.chunks_a, many.chunks_b, many.chunk_size) == (10, 9, 4)  # 40 and 35 ids
     assert (many.set_size_a, many.set_size_b, many.intersection_size) == (40, 35, 15)
     assert many.bytes_relayed == one.bytes_relayed == 2 * (40 + 35) * POINT_BYTES
-    for home in homes:  # the same shared customers, in the same agreed order
+    for home in homes:  # the same shared customers (the agreed order depends on each session's secrets)
         assert len(load_alignment(home, "many")) == 15
-        assert _customers(home, "many") == _customers(home, "one")
+        assert sorted(_customers(home, "many")) == sorted(_customers(home, "one"))
         assert not party_path(home, "many").exists() and not work_path(home, "many").exists()
     bank_rows = [int(c) for c in _customers(homes[0], "many")]
     shop_rows = [int(c) for c in _customers(homes[1], "many")]

@@ -67,8 +67,6 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.chunked import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_NODE_MAX_SET_SIZE,
-    REVEAL_COUNT,
-    REVEAL_IDS,
     LoadIds,
     LocalLabels,
     accept_chunk,
@@ -79,6 +77,8 @@ from fedcustomer.psi.chunked import (
     open_session,
     reblind_chunk,
 )
+from fedcustomer.psi.chunked import REVEAL_COUNT as REVEAL_COUNT  # re-exported for callers
+from fedcustomer.psi.chunked import REVEAL_IDS as REVEAL_IDS
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, POINT_BYTES, check_max_set_size
 from fedcustomer.psi.noisy_count import check_count_epsilon
 from fedcustomer.psi.state import DEFAULT_SESSION_TTL_S, check_session_id, drop_session

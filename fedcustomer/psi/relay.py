@@ -60,7 +60,7 @@ class PSIServerView:
     chunks_b: int = 1
     chunk_size: int = DEFAULT_CHUNK_SIZE
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -193,7 +193,11 @@ def run_psi_on_grid(
     session = check_session_id(session_id or f"psi-{secrets.token_hex(8)}")
     if reveal not in REVEALS:
         raise ConfigError(f"--reveal must be one of {', '.join(REVEALS)}, got {reveal!r}")
-    bound: dict = {"run-id": run_id or session, "reveal": reveal, "chunk-size": check_chunk_size(chunk_size)}
+    bound: dict[str, Any] = {
+        "run-id": run_id or session,
+        "reveal": reveal,
+        "chunk-size": check_chunk_size(chunk_size),
+    }
     if count_epsilon is not None:
         bound["count-epsilon"] = check_count_epsilon(count_epsilon)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,19 @@ def _chunk_size(extra: dict[str, Any]) -> int:
     return int(extra.get("psi-chunk-size", DEFAULT_CHUNK_SIZE))
 
 
-def _progress(line: str) -> None:
-    """PSI chunks relayed per side, in the ServerApp's log (what ``coordinator start`` writes)."""
-    from flwr.common.logger import log as flwr_log
+PROGRESS_FILE = "psi-progress.txt"  # the PSI's latest progress line, for `coordinator run` to show
 
-    flwr_log(logging.INFO, line)
+
+def progress_to(out: Path) -> Callable[[str], None]:
+    """PSI chunks relayed per side (counts only): in the ServerApp's log and in ``out/psi-progress.txt``."""
+
+    def progress(line: str) -> None:
+        from flwr.common.logger import log as flwr_log
+
+        flwr_log(logging.INFO, line)
+        atomic_write_text(out / PROGRESS_FILE, line + "\n")
+
+    return progress
 
 
 def session_of(job: VerticalJob) -> str:
@@ -115,6 +124,7 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     job, extra = split_config(raw)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)  # a new run: no stale progress line
     grid = AnchorGrid.around(grid, out, job.run_id)  # every reply's audit anchor: anchors.jsonl
     wait = float(extra.get("wait-for-partners", 120.0))
     wait_for_partners(grid, 2, 2, wait)
@@ -153,7 +163,7 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
             session_id=session_of(job),
             run_id=job.run_id,
             chunk_size=_chunk_size(extra),
-            progress=_progress,
+            progress=progress_to(out),
         )
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
@@ -188,7 +198,7 @@ def _psi_only(
             reveal=reveal,
             count_epsilon=count_epsilon,
             chunk_size=chunk_size,
-            progress=_progress,
+            progress=progress_to(out),
         )
     except FederationError as exc:
         summary["stop_reason"] = str(exc)

@@ -44,6 +44,11 @@ def test_psi_in_many_chunks_matches_one_chunk_and_reports_chunks(homes, tmp_path
         for s in (one, many)
     }
     assert len(sizes) == 2  # each party kept the same shared customers in both sessions
+    n = many["chunks"]["bank"], many["chunks"]["retailer"]
+    assert (tmp_path / "many" / "psi-progress.txt").read_text() == (
+        f"PSI {many['session_id']}: bank {n[0]}/{n[0]} chunks reblinded by its peer, {n[0]}/{n[0]} answered; "
+        f"retailer {n[1]}/{n[1]} chunks reblinded by its peer, {n[1]}/{n[1]} answered\n"
+    )
     count = run_two_party(grid_for([bank, retail]), _raw(tmp_path, "count", chunk=45, reveal="count"))
     assert count["intersection_size"] == one["intersection_size"] and count["kept_by"] == {}
     for home in homes:
@@ -60,3 +65,21 @@ def test_a_bad_chunk_size_is_a_clear_error(tmp_path):
     for bad in (0, 5_000_000, True):
         with pytest.raises(ConfigError, match="PSI chunk size"):
             _raw(tmp_path, "bad", chunk=bad)
+
+
+def test_coordinator_run_shows_each_new_progress_line(tmp_path, monkeypatch):
+    from fedcustomer.cli import deploy_two_party
+
+    shown: list[str] = []
+    monkeypatch.setattr(deploy_two_party, "_progress", shown.append)
+    watch = deploy_two_party._psi_watch({"out": str(tmp_path)})
+    watch()  # nothing yet
+    (tmp_path / "psi-progress.txt").write_text("PSI s: bank 1/4 chunks reblinded by its peer, 0/4 answered\n")
+    watch()
+    watch()  # the same line is shown once
+    (tmp_path / "psi-progress.txt").write_text("PSI s: bank 2/4 chunks reblinded by its peer, 1/4 answered\n")
+    watch()
+    assert shown == [
+        "PSI s: bank 1/4 chunks reblinded by its peer, 0/4 answered",
+        "PSI s: bank 2/4 chunks reblinded by its peer, 1/4 answered",
+    ]

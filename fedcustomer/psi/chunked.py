@@ -63,6 +63,9 @@ MAX_CHUNK_SIZE = 4_000_000  # what a node accepts in one message (~128 MB), what
 DEFAULT_NODE_MAX_SET_SIZE = 20_000_000
 REVEAL_IDS, REVEAL_COUNT = "ids", "count"
 VALUES_DIR = "values"
+POOL_MIN_VALUES = (
+    8192  # fewer values per message are blinded in the handler itself: a pool costs seconds to start
+)
 log = logging.getLogger(__name__)
 
 LoadIds = Callable[[PartnerHome, str], list[str]]
@@ -215,7 +218,7 @@ def open_session(
     psi_dir(home).mkdir(parents=True, exist_ok=True)
     work.mkdir(mode=0o700)
     workers = int(bound.get("workers", 1))
-    pool = make_executor(workers) if workers > 1 else None
+    pool = make_executor(workers) if workers > 1 and len(ids) > POOL_MIN_VALUES else None
     try:
         _write_labels(work / LABELS_FILE, labels)
         del labels
@@ -316,7 +319,7 @@ def reblind_chunk(
             "request for it is refused (run a new session)"
         ) from None
     workers = int(s.state.get("workers", 1))
-    pool = make_executor(workers) if workers > 1 and len(blob) > 8192 * POINT_BYTES else None
+    pool = make_executor(workers) if workers > 1 and len(blob) > POOL_MIN_VALUES * POINT_BYTES else None
     try:
         party = s.party(pool)
         out = b"".join(party.answer([blob]))

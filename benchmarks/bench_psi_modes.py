@@ -25,7 +25,8 @@ from flwr.clientapp import ClientApp
 
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi import signing
-from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, register_psi_handlers, run_psi_on_grid
+from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, register_psi_handlers
+from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.server.inprocess import LocalGrid
 
 

@@ -42,7 +42,8 @@ from fedcustomer.psi.intersection_sum import (
     ValueHolder,
     run_intersection_sum_local,
 )
-from fedcustomer.psi.protocol import REVEAL_COUNT, run_psi_on_grid
+from fedcustomer.psi.protocol import REVEAL_COUNT
+from fedcustomer.psi.relay import run_psi_on_grid
 
 
 def workload(n: int) -> tuple[list[str], list[float], list[str], list[bool], float]:

@@ -253,6 +253,9 @@ def coordinator_run(
         "--count-epsilon",
         help="psi --reveal count: publish a DP count, this epsilon charged to both parties.",
     ),
+    psi_chunk_size: int | None = typer.Option(
+        None, "--psi-chunk-size", help="psi/vertical: ids per PSI message (default 1,000,000)."
+    ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,
         "--epsilon",
@@ -329,6 +332,7 @@ def coordinator_run(
             mode=mode,
             reveal=reveal,
             count_epsilon=count_epsilon,
+            psi_chunk_size=psi_chunk_size,
             sum_options={
                 "value": sum_value,
                 "where": sum_where,

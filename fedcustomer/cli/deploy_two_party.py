@@ -7,6 +7,7 @@ app to the same SuperLink and wait for it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,22 @@ def _progress(text: str) -> None:
     err.print(f"[dim]{escape(text)}[/]")
 
 
+def _psi_watch(cfg: dict[str, Any]) -> Callable[[], None]:
+    """Show each new PSI progress line the ServerApp leaves in the run directory (chunks per side)."""
+    path, seen = Path(str(cfg["out"])) / "psi-progress.txt", [""]
+
+    def watch() -> None:
+        try:
+            line = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return
+        if line and line != seen[0]:
+            seen[0] = line
+            _progress(line)
+
+    return watch
+
+
 def run_two_party_job(
     workdir: Path,
     *,
@@ -30,6 +47,7 @@ def run_two_party_job(
     reveal: str = "ids",
     count_epsilon: float | None = None,
     sum_options: dict[str, Any] | None = None,
+    psi_chunk_size: int | None = None,
     job_options: dict[str, Any],
     wait_for_partners: float,
     resume: bool,
@@ -67,6 +85,7 @@ def run_two_party_job(
             reveal=reveal,
             count_epsilon=count_epsilon,
             sum_options=sum_options,
+            psi_chunk_size=psi_chunk_size,
         )
         write_app(cdir, cfg)
     wait_for_coordinator(cdir, timeout=wait, progress=_progress)
@@ -74,7 +93,7 @@ def run_two_party_job(
     err.print(
         f"submitted {mode} job {cfg['run-id']} as Flower run {flwr_run_id}; waiting for bank and retailer ..."
     )
-    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress)
+    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg))
     summary = read_summary(cfg)
     if as_json:
         console.print_json(json.dumps(summary))

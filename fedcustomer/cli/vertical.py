@@ -116,7 +116,7 @@ def run_vertical(
         f"vertical {task} on {data}: aligning the parties (PSI), then {rounds} rounds"
         + ("" if no_baseline else " and the label-owner-only baseline")
     )
-    with progress.from_loggers("fedcustomer.vertical"):
+    with progress.from_loggers("fedcustomer.vertical", "fedcustomer.psi.relay"):
         summary = run_vertical_local(job)
     progress(f"vertical job {summary['status']}")
     if as_json:

@@ -7,6 +7,7 @@ audited), and the aligned customers are kept as pseudonyms.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flwr.app import Context
@@ -18,8 +19,20 @@ from fedcustomer.psi.protocol import register_psi_handlers
 from fedcustomer.psi.sum_protocol import register_sum_handlers
 
 
+def show_psi_progress() -> None:
+    """The partner's per-chunk PSI lines (counts only, never a value) in its node's log, beside Flower's."""
+    logger = logging.getLogger("fedcustomer.psi.chunked")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:  # nothing prints INFO lines yet: Flower's console handler does
+        for handler in logging.getLogger("flwr").handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
 def register_governed_psi_handlers(app: ClientApp, home_of: Callable[[Context], PartnerHome]) -> None:
     """Answer the PSI (and intersection-sum) message types on ``app`` for the partner ``home_of(context)`` names."""
+    show_psi_progress()
     register_psi_handlers(
         app,
         home_of,

@@ -295,10 +295,11 @@ def wait_run(
     timeout: float = 3600.0,
     poll: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    watch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Block until Flower reports the run finished; returns its status record (network traffic included).
 
-    ``progress`` hears every change of the run's status.
+    ``progress`` hears every change of the run's status; ``watch`` is called at every poll.
     """
     deadline = time.monotonic() + timeout
     seen = None
@@ -307,6 +308,8 @@ def wait_run(
         if progress and status.get("status") != seen:
             seen = status.get("status")
             progress(f"Flower run {run_id}: {seen}")
+        if watch is not None:
+            watch()
         if str(status.get("status", "")).startswith("finished"):
             return status
         if time.monotonic() > deadline:

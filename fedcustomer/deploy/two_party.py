@@ -12,6 +12,7 @@ from typing import Any
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.psi.chunked import check_chunk_size
 from fedcustomer.psi.intersection_sum import SumParams
 from fedcustomer.psi.noisy_count import check_count_epsilon
 from fedcustomer.psi.protocol import REVEAL_COUNT, REVEAL_IDS, REVEALS
@@ -31,6 +32,7 @@ def two_party_run_config(
     reveal: str = REVEAL_IDS,
     count_epsilon: float | None = None,
     sum_options: dict[str, Any] | None = None,
+    psi_chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Flat run config (TOML-safe: no None) the two-party ServerApp turns back into the job.
 
@@ -50,6 +52,8 @@ def two_party_run_config(
         if reveal != REVEAL_COUNT:
             raise ConfigError("--count-epsilon needs --reveal count")
         cfg["count-epsilon"] = check_count_epsilon(count_epsilon)
+    if psi_chunk_size is not None:  # values per PSI message (default 1,000,000)
+        cfg["psi-chunk-size"] = check_chunk_size(psi_chunk_size)
     cfg.update(
         {
             "deployment": True,

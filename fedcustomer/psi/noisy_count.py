@@ -20,10 +20,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.errors import ConfigError, IntegrityError
+from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check, release
-from fedcustomer.psi.core import PSIParty
 from fedcustomer.psi.state import drop_session
 
 MECHANISM = "psi_count_discrete_laplace"
@@ -88,14 +87,15 @@ def finish_count(
     home: PartnerHome,
     session: str,
     state: dict[str, Any],
-    party: PSIParty,
-    my_doubly: list[bytes],
-    theirs: list[bytes],
+    *,
+    size: int,
+    role: str,
+    set_size: int,
+    peer_set_size: int,
+    duplicates: int,
 ) -> dict[str, Any]:
-    """Count-only finish: our values came back shuffled, so matching them says how many, never which."""
-    if len(my_doubly) != party.set_size or len(set(theirs)) != len(theirs):
-        raise IntegrityError(f"PSI session {session!r}: the peer's answer is inconsistent; run a new session")
-    size = len(set(my_doubly).intersection(theirs))
+    """Count-only finish: our values came back unlinkable to our order, so the match said how many,
+    never which. The exact ``size`` leaves only without ``count_epsilon``; nothing is kept."""
     eps = state.get("count_epsilon")
     if isinstance(eps, (int, float)):  # DP count: the initiator publishes it, both pay for it
         noisy = release_count(
@@ -105,14 +105,14 @@ def finish_count(
             session=session,
             size=size,
             epsilon=float(eps),
-            publish=party.role == "initiator",
+            publish=role == "initiator",
         )
         size = -1 if noisy is None else noisy
     drop_session(home, session)  # nothing is kept: there is no alignment to keep
     return {
         "size": size,
         "digest": "",
-        "set-size": party.set_size,
-        "peer-set-size": len(theirs),
-        "duplicates-removed": party.duplicates_removed,
+        "set-size": set_size,
+        "peer-set-size": peer_set_size,
+        "duplicates-removed": duplicates,
     }

@@ -13,7 +13,9 @@ of that peer that does not carry a valid signature by it over a statement naming
   (``ids`` or ``count``, so a count-only answer cannot be passed off as a plain one),
 * sender and recipient names (a value meant for another party does not verify),
 * SHA-256 of the values and, for ``doubly``, of the blinded set it answers (an answer to
-  another set does not verify).
+  another set does not verify),
+* for a set streamed in chunks, the chunk's index, the number of chunks and of values in the
+  whole set (a dropped, reordered or spliced chunk does not verify or is missing at the end).
 
 A party that has pinned nobody for a peer runs the session unauthenticated, as before (the
 statement is still signed when it has a link key). Signatures use pyca/cryptography.
@@ -96,9 +98,13 @@ def statement(
     recipient: str,
     values: bytes,
     answers: bytes | None = None,
+    chunk: tuple[int, int, int] | None = None,
 ) -> bytes:
-    """The exact bytes a party signs for one PSI value set (canonical JSON)."""
-    doc = {
+    """The exact bytes a party signs for one PSI value set (canonical JSON).
+
+    ``chunk`` (index, chunk count, values in all chunks) binds one chunk of a streamed set to
+    its place, so a relay cannot drop, reorder or splice chunks."""
+    doc: dict[str, object] = {
         "domain": DOMAIN,
         "kind": kind,
         "step": STEP_OF[kind],
@@ -110,6 +116,8 @@ def statement(
         "values": digest(values),
         "answers": digest(answers) if answers is not None else None,
     }
+    if chunk is not None:
+        doc["chunk"] = {"index": chunk[0], "of": chunk[1], "values": chunk[2]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 

@@ -9,7 +9,10 @@ can purge them on erasure without importing the federation stack.
     Removed at finish or abort, when older than the session lifetime, and when a
     customer it lists is erased.
 ``<home>/state/psi/<session>.answered``
-    Marker that the session already answered its peer's blinded values (once only).
+    Marker left by sessions of earlier versions (removed with the session).
+``<home>/state/psi/<session>.work/`` (0700)
+    An open session's values on disk (:mod:`fedcustomer.psi.stream` buckets: blinded values and
+    row numbers) and ``labels.jsonl``, the store's pseudonyms by row. Removed with the session.
 ``<home>/state/psi/<session>.alignment.json`` (0600)
     A finished session: this side's labels of the shared customers in the agreed order.
     An erased customer's entry becomes ``null`` (the row order stays agreed with the peer).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from fedcustomer.psi.core import PSIResult
 DEFAULT_SESSION_TTL_S = 3600.0  # an open session older than this is abandoned and removed
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PARTY_SUFFIX, ANSWERED_SUFFIX, ALIGNMENT_SUFFIX = ".party.json", ".answered", ".alignment.json"
+WORK_SUFFIX, LABELS_FILE = ".work", "labels.jsonl"
 
 
 def check_session_id(session_id: object) -> str:
@@ -55,6 +60,11 @@ def party_path(home: PartnerHome, session_id: str) -> Path:
 
 def answered_path(home: PartnerHome, session_id: str) -> Path:
     return psi_dir(home) / f"{check_session_id(session_id)}{ANSWERED_SUFFIX}"
+
+
+def work_path(home: PartnerHome, session_id: str) -> Path:
+    """An open session's private directory of values on disk."""
+    return psi_dir(home) / f"{check_session_id(session_id)}{WORK_SUFFIX}"
 
 
 def alignment_path(home: PartnerHome, session_id: str) -> Path:
@@ -84,6 +94,7 @@ def drop_session(home: PartnerHome, session_id: str) -> None:
     """Forget an open session's secret state (its alignment, if finished, stays)."""
     party_path(home, session_id).unlink(missing_ok=True)
     answered_path(home, session_id).unlink(missing_ok=True)
+    shutil.rmtree(work_path(home, session_id), ignore_errors=True)
 
 
 def session_started(path: Path) -> float:
@@ -114,6 +125,10 @@ def expire_sessions(home: PartnerHome, ttl_s: float = DEFAULT_SESSION_TTL_S, now
     for marker in directory.glob(f"*{ANSWERED_SUFFIX}"):  # a marker whose session is gone
         if not (directory / (marker.name[: -len(ANSWERED_SUFFIX)] + PARTY_SUFFIX)).exists():
             marker.unlink(missing_ok=True)
+    for work in directory.glob(f"*{WORK_SUFFIX}"):  # values of a session that never saved its state
+        orphan = not (directory / (work.name[: -len(WORK_SUFFIX)] + PARTY_SUFFIX)).exists()
+        if orphan and now - session_started(work) > ttl_s:
+            shutil.rmtree(work, ignore_errors=True)
     return removed
 
 
@@ -173,6 +188,16 @@ def _null_out(path: Path, key: str, pseudonym: str) -> int:
     return hits
 
 
+def _labels_list(work: Path, pseudonym: str) -> bool:
+    """Whether an open session's labels file (one JSON string per line) lists ``pseudonym``."""
+    path = work / LABELS_FILE
+    if not path.exists():
+        return False
+    wanted = json.dumps(pseudonym)
+    with path.open(encoding="utf-8") as lines:
+        return any(line.rstrip("\n") == wanted for line in lines)
+
+
 def forget_customer(home: PartnerHome, pseudonym: str) -> dict[str, int]:
     """Remove one customer (by pseudonym) from every PSI file of this partner.
 
@@ -184,12 +209,14 @@ def forget_customer(home: PartnerHome, pseudonym: str) -> dict[str, int]:
     directory = psi_dir(home)
     if directory.is_dir():
         for path in directory.glob(f"*{PARTY_SUFFIX}"):
+            session = path.name[: -len(PARTY_SUFFIX)]
             try:
                 labels = json.loads(path.read_text(encoding="utf-8")).get("labels") or []
+                listed = pseudonym in labels or _labels_list(work_path(home, session), pseudonym)
             except (OSError, ValueError, AttributeError):
-                labels = None  # unreadable: cannot tell, so do not keep it
-            if labels is None or pseudonym in labels:
-                drop_session(home, path.name[: -len(PARTY_SUFFIX)])
+                listed = True  # unreadable: cannot tell, so do not keep it
+            if listed:
+                drop_session(home, session)
                 out["sessions_dropped"] += 1
         for path in directory.glob(f"*{ALIGNMENT_SUFFIX}"):
             out["alignment_entries"] += _null_out(path, "local_ids", pseudonym)

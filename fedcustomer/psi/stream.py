@@ -139,6 +139,16 @@ def _private_append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _read_slice(path: Path, start: int, count: int) -> bytes:
+    """``count`` values from value ``start`` of a packed file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(start * POINT_BYTES)
+            return handle.read(count * POINT_BYTES)
+    except FileNotFoundError:
+        raise IntegrityError("PSI session work files are missing; run a new session") from None
+
+
 class Buckets:
     """Append-only files of fixed-width records, one per bucket, routed by a value's first two bytes.
 
@@ -219,6 +229,7 @@ class StreamingParty:
         max_set_size: int = DEFAULT_MAX_SET_SIZE,
         progress: ProgressFn | None = None,
         side: str | None = None,
+        _secret: bytes | None = None,
     ) -> None:
         if role not in ROLES:
             raise ConfigError(f"PSI role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -230,15 +241,68 @@ class StreamingParty:
         self.workers, self.chunk, self.buckets = workers, chunk, buckets
         self.max_set_size = check_max_set_size(max_set_size)
         self._executor, self._progress = executor, progress
-        self._secret = new_secret()
+        self._secret = new_secret() if _secret is None else _secret
         self.dir = Path(workdir) / self.side
-        self.dir.mkdir(mode=0o700)
+        if _secret is None:
+            self.dir.mkdir(mode=0o700)
+        elif not self.dir.is_dir():
+            raise IntegrityError("PSI session work directory is missing; run a new session")
         self._own = Buckets(self.dir, "own", buckets, RECORD)
         self._mine = Buckets(self.dir, "mine", buckets, RECORD)
         self._peer = Buckets(self.dir, "peer", buckets, VALUE)
         self.rows = self.set_size = self.duplicates_removed = self.peer_set_size = 0
         self._sealed = False
         self._last_report = 0.0
+
+    def to_state(self) -> dict[str, Any]:
+        """What resumes this party in another process (:meth:`resume`): counters and the SECRET
+        scalar. Keep it beside the work directory (0600) and delete both when the session ends."""
+        return {
+            "role": self.role,
+            "side": self.side,
+            "secret": self._secret.hex(),
+            "chunk": self.chunk,
+            "buckets": self.buckets,
+            "max_set_size": self.max_set_size,
+            "rows": self.rows,
+            "set_size": self.set_size,
+            "duplicates_removed": self.duplicates_removed,
+            "peer_set_size": self.peer_set_size,
+            "sealed": self._sealed,
+        }
+
+    @classmethod
+    def resume(
+        cls,
+        state: dict[str, Any],
+        workdir: Path,
+        *,
+        workers: int = 1,
+        executor: Executor | None = None,
+        progress: ProgressFn | None = None,
+    ) -> StreamingParty:
+        """The party saved by :meth:`to_state`, on the same work directory."""
+        try:
+            party = cls(
+                str(state["role"]),
+                workdir,
+                workers=workers,
+                executor=executor,
+                chunk=int(state["chunk"]),
+                buckets=int(state["buckets"]),
+                max_set_size=int(state["max_set_size"]),
+                progress=progress,
+                side=str(state["side"]),
+                _secret=bytes.fromhex(str(state["secret"])),
+            )
+            for key in ("rows", "set_size", "duplicates_removed", "peer_set_size"):
+                setattr(party, key, int(state[key]))
+            party._sealed = bool(state["sealed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"PSI session state is damaged ({type(exc).__name__}); run a new session"
+            ) from None
+        return party
 
     def _report(self, step: str, done: int, total: int | None, force: bool = False) -> None:
         now = time.monotonic()
@@ -303,6 +367,49 @@ class StreamingParty:
         with (self.dir / "send.bin").open("rb") as values:
             while blob := values.read(SEND_BATCH * POINT_BYTES):
                 yield blob
+
+    def sealed_chunks(self, size: int) -> Iterator[bytes]:
+        """This side's outgoing values in chunks of ``size`` (seals first): what a relay sends one by one."""
+        if not self._sealed:
+            self._seal()
+        with (self.dir / "send.bin").open("rb") as values:
+            while blob := values.read(size * POINT_BYTES):
+                yield blob
+
+    def own_chunk(self, index: int, size: int) -> bytes:
+        """Chunk ``index`` (``size`` values each) of this side's outgoing values."""
+        return _read_slice(self.dir / "send.bin", index * size, size)
+
+    def accept_part(self, blob: bytes, start: int, *, ordered: bool = True) -> None:
+        """Part of our own values as the peer returned them, starting at value ``start`` of our send
+        order (``ordered``), or in an order unlinkable to ours (count-only: no rows kept)."""
+        count = len(blob) // POINT_BYTES
+        if len(blob) % POINT_BYTES or start + count > self.set_size:
+            raise IntegrityError(
+                f"the other party returned more than the {self.set_size} doubly-blinded values we sent, "
+                "or a ragged message; the session is inconsistent, run it again"
+            )
+        records = np.zeros(count, dtype=RECORD)
+        records["v"] = np.frombuffer(blob, dtype=VALUE)
+        if ordered:
+            with (self.dir / "send-rows.bin").open("rb") as rows:
+                rows.seek(start * 8)
+                records["r"] = np.frombuffer(rows.read(count * 8), dtype="<u8")
+        self._mine.add(records)
+        self._mine.flush()
+        self._report("taking back its own values", start + count, self.set_size, force=True)
+
+    def write_sorted_answers(self) -> None:
+        """Our answers to the peer's values, sorted by value, to ``answers.bin`` (count-only): the
+        order is a function of values the peer cannot compute, so it cannot tell which matched."""
+        with (self.dir / "answers.bin").open("wb") as out:
+            os.chmod(out.fileno(), 0o600)
+            for bucket in range(self.buckets):
+                out.write(np.sort(self._peer.read(bucket)).tobytes())
+
+    def answer_chunk(self, index: int, size: int) -> bytes:
+        """Chunk ``index`` of :meth:`write_sorted_answers`' file."""
+        return _read_slice(self.dir / "answers.bin", index * size, size)
 
     def answer(self, peer_blobs: Iterable[bytes]) -> Iterator[bytes]:
         """Raise the peer's values to our secret, in the order received; keep them for matching."""

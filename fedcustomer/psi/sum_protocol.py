@@ -179,14 +179,14 @@ def handle_open(
                              "value_max": params.value_max, "started_at": now}  # fmt: skip
     if role == ROLE_VALUE:
         holder = ValueHolder(
-            ids, parse_values(cells, f"column {column!r}"), params, max_set_size=limits.max_set_size
+            ids, parse_values(cells, f"column {column!r}"), params, max_set_size=limits.sum_max_set_size
         )
         out: dict[str, Any] = holder.offer()
         signed = offer_digest(out)
         state |= {"holder": holder.to_state(), "offer": signed.hex()}
     else:
         pred = PredicateHolder(
-            ids, parse_flags(cells, f"column {column!r}"), params, max_set_size=limits.max_set_size
+            ids, parse_flags(cells, f"column {column!r}"), params, max_set_size=limits.sum_max_set_size
         )
         out = pred.blinded()
         signed = out["blinded"]
@@ -203,7 +203,7 @@ def handle_reblind(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, 
     signing.check(home, str(state["peer"]), cfg.get("peer-signature"),
                   _statement(state, "blinded", blob, None, False), "padded set")  # fmt: skip
     _once(home, str(state["session"]), "reblind")
-    holder = ValueHolder.from_state(state["holder"], _params(state), limits.max_set_size)
+    holder = ValueHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
     out = holder.reblind({"blinded": blob})
     signed = _statement(state, "doubly", out["doubly"], blob, True)
     return {**out, "signature": signing.sign(home, signed)}
@@ -220,7 +220,7 @@ def handle_answer(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, n
     signing.check(home, peer, cfg.get("doubly-signature"),
                   _statement(state, "doubly", doubly, sent, False), "re-blinded set")  # fmt: skip
     _once(home, str(state["session"]), "answer")
-    holder = PredicateHolder.from_state(state["holder"], _params(state), limits.max_set_size)
+    holder = PredicateHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
     payer, step, params = (
         Payer(home, str(state["dataset"])),
         sum_step(str(state["run_id"]), str(state["session"])),
@@ -249,7 +249,7 @@ def handle_finish(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, n
     offer = bytes.fromhex(str(state["offer"]))
     signing.check(home, str(state["peer"]), cfg.get("peer-signature"),
                   _statement(state, "doubly", answer_digest(total, count), offer, False), "answer")  # fmt: skip
-    holder = ValueHolder.from_state(state["holder"], _params(state), limits.max_set_size)
+    holder = ValueHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
     payer, params = Payer(home, str(state["dataset"])), _params(state)
 
     def produce() -> tuple[dict[str, Any], Any]:

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.psi.protocol import PSIServerView
+from fedcustomer.psi.relay import PSIServerView
 from fedcustomer.psi.state import check_session_id, load_alignment
 from fedcustomer.vertical.data import alignment_path, save_pseudonym_alignment
 

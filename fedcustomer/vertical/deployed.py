@@ -24,6 +24,8 @@ round once, so nothing is paid twice. A party that drops ends the job with statu
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,10 @@ from flwr.serverapp import Grid
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.jobs.run_dir import RunDir
+from fedcustomer.psi.chunked import DEFAULT_CHUNK_SIZE
 from fedcustomer.psi.intersection_sum import SumParams
-from fedcustomer.psi.protocol import REVEAL_IDS, run_psi_on_grid
+from fedcustomer.psi.protocol import REVEAL_IDS
+from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.state import check_session_id
 from fedcustomer.psi.sum_protocol import REVEAL_SUM, run_sum_on_grid
 from fedcustomer.server.anchor_grid import AnchorGrid
@@ -52,6 +56,7 @@ DEPLOY_KEYS = (
     "mode",
     "reveal",
     "count-epsilon",
+    "psi-chunk-size",
     "sum-value",
     "sum-where",
     "sum-epsilon",
@@ -90,6 +95,25 @@ def partner_nodes(grid: Grid, timeout: float | None) -> dict[str, int]:
     return names
 
 
+def _chunk_size(extra: dict[str, Any]) -> int:
+    return int(extra.get("psi-chunk-size", DEFAULT_CHUNK_SIZE))
+
+
+PROGRESS_FILE = "psi-progress.txt"  # the PSI's latest progress line, for `coordinator run` to show
+
+
+def progress_to(out: Path) -> Callable[[str], None]:
+    """PSI chunks relayed per side (counts only): in the ServerApp's log and in ``out/psi-progress.txt``."""
+
+    def progress(line: str) -> None:
+        from flwr.common.logger import log as flwr_log
+
+        flwr_log(logging.INFO, line)
+        atomic_write_text(out / PROGRESS_FILE, line + "\n")
+
+    return progress
+
+
 def session_of(job: VerticalJob) -> str:
     """The PSI session id of a job: bound to its run id (a session id is never used twice)."""
     return check_session_id(f"psi-{job.run_id}"[:64])
@@ -100,6 +124,7 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     job, extra = split_config(raw)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)  # a new run: no stale progress line
     grid = AnchorGrid.around(grid, out, job.run_id)  # every reply's audit anchor: anchors.jsonl
     wait = float(extra.get("wait-for-partners", 120.0))
     wait_for_partners(grid, 2, 2, wait)
@@ -115,7 +140,13 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     if extra["mode"] == "psi":
         eps = extra.get("count-epsilon")
         return _psi_only(
-            grid, job, nodes, out, str(extra.get("reveal") or REVEAL_IDS), None if eps is None else float(eps)
+            grid,
+            job,
+            nodes,
+            out,
+            str(extra.get("reveal") or REVEAL_IDS),
+            None if eps is None else float(eps),
+            _chunk_size(extra),
         )
     ckdir = out / "checkpoint" / job.run_id
     psi_state = ckdir / "psi.json"
@@ -131,6 +162,8 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
             timeout=job.round_timeout,
             session_id=session_of(job),
             run_id=job.run_id,
+            chunk_size=_chunk_size(extra),
+            progress=progress_to(out),
         )
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
@@ -140,7 +173,13 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _psi_only(
-    grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, reveal: str, count_epsilon: float | None
+    grid: Grid,
+    job: VerticalJob,
+    nodes: dict[str, int],
+    out: Path,
+    reveal: str,
+    count_epsilon: float | None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, Any]:
     active, passive = plan_parties(job)
     summary: dict[str, Any] = {"mode": "psi", "reveal": reveal, "run_id": job.run_id, "status": "failed"}
@@ -158,6 +197,8 @@ def _psi_only(
             run_id=job.run_id,
             reveal=reveal,
             count_epsilon=count_epsilon,
+            chunk_size=chunk_size,
+            progress=progress_to(out),
         )
     except FederationError as exc:
         summary["stop_reason"] = str(exc)
@@ -175,6 +216,7 @@ def _psi_only(
             else {"epsilon": count_epsilon, "charged_to": [active.name, passive.name], "noisy": True},
             "alignment_digest": view.digest or None,
             "bytes_relayed": view.bytes_relayed,
+            "chunks": {active.name: view.chunks_a, passive.name: view.chunks_b, "size": view.chunk_size},
             "kept_by": {
                 p.name: f"state/psi/{view.session_id}.alignment.json (its own pseudonyms)"
                 for p in (active, passive)

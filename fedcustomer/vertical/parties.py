@@ -7,6 +7,8 @@ a later job on the same homes keeps the first job's order, so held-out customers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
@@ -15,7 +17,8 @@ from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.psi.protocol import run_psi_on_grid
+from fedcustomer.psi.chunked import DEFAULT_CHUNK_SIZE
+from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.signing import ensure_link_key, pin_peer, pinned_key
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
@@ -54,6 +57,8 @@ def align_on_grid(
     timeout: float | None = None,
     session_id: str | None = None,
     run_id: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Callable[[str], None] | None = None,
 ) -> int:
     """PSI between the two parties' nodes, then each keeps its own pseudonyms in the agreed order.
 
@@ -73,6 +78,8 @@ def align_on_grid(
         timeout=timeout,
         session_id=session_id,
         run_id=run_id,
+        chunk_size=chunk_size,
+        progress=progress,
     )
     sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
     return keep_alignment(grid, view, sides, seed, timeout)

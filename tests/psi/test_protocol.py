@@ -30,8 +30,8 @@ from fedcustomer.psi.protocol import (
     alignment_path,
     party_path,
     register_psi_handlers,
-    run_psi_on_grid,
 )
+from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.state import load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 

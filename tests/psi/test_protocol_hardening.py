@@ -15,6 +15,8 @@ from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.psi.core import PSIParty, pack
 from fedcustomer.psi.protocol import (
     MSG_ABORT,
+    MSG_ACCEPT,
+    MSG_ANSWER,
     MSG_BLIND,
     MSG_FINISH,
     MSG_REBLIND,
@@ -25,8 +27,8 @@ from fedcustomer.psi.protocol import (
     handle_blind,
     handle_reblind,
     party_path,
-    run_psi_on_grid,
 )
+from fedcustomer.psi.relay import run_psi_on_grid
 from tests.psi.raw_messages import send
 from tests.psi.test_protocol import NAMES, RecordingGrid, _fake_pseudonyms, federation
 
@@ -194,21 +196,36 @@ def test_session_and_alignment_files_hold_no_raw_or_normalised_id(federation):
 
 
 # --- malformed messages ------------------------------------------------------------------
-_FIELD = st.sampled_from(["session-id", "dataset", "role", "peer", "workers", "peer-blinded", "my-doubly"])
+_FIELD = st.sampled_from(
+    [
+        "session-id",
+        "dataset",
+        "role",
+        "peer",
+        "workers",
+        "peer-blinded",
+        "my-doubly",
+        "index",
+        "chunks",
+        "count",
+        "want-next",
+        "chunk-size",
+    ]
+)
 _VALUE = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=True),
     st.booleans(),
     st.binary(max_size=80),
     st.text(max_size=12),
-    st.sampled_from(["accounts", "initiator", "responder", "shop", "fz", "bank"]),
+    st.sampled_from(["accounts", "initiator", "responder", "shop", "fz", "bank", "open"]),
     st.lists(st.integers(0, 9), max_size=3),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    step=st.sampled_from([MSG_BLIND, MSG_REBLIND, MSG_FINISH, MSG_ABORT]),
+    step=st.sampled_from([MSG_BLIND, MSG_REBLIND, MSG_ACCEPT, MSG_ANSWER, MSG_FINISH, MSG_ABORT]),
     cfg=st.dictionaries(_FIELD, _VALUE, max_size=7),
     node=st.sampled_from([BANK, SHOP]),
 )
@@ -219,6 +236,9 @@ def test_fuzzed_messages_get_the_projects_error_never_a_traceback(federation, st
     except (TypeError, ValueError):
         assume(False)
     grid = RecordingGrid(app, 2)
+    if not party_path(homes[0], "open").exists():  # an open session, so fuzzed chunks reach its checks
+        send(grid, BANK, MSG_BLIND, {"session-id": "open", "dataset": "accounts", "role": "initiator",
+                                     "peer": "shop", "chunk-size": 7})  # fmt: skip
     msg = Message(content=RecordDict({RECORD: record}), dst_node_id=node, message_type=f"query.{step}")
     reply = list(grid.send_and_receive([msg]))[0]
     if reply.has_error():

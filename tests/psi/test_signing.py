@@ -14,8 +14,9 @@ from fedcustomer.errors import AccessDenied, FederationError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi import signing
 from fedcustomer.psi.core import unpack
-from fedcustomer.psi.protocol import RECORD, REVEAL_COUNT, register_psi_handlers, run_psi_on_grid
-from fedcustomer.psi.state import alignment_path, party_path, psi_dir
+from fedcustomer.psi.protocol import RECORD, REVEAL_COUNT, register_psi_handlers
+from fedcustomer.psi.relay import run_psi_on_grid
+from fedcustomer.psi.state import alignment_path, party_path, psi_dir, work_path
 from fedcustomer.server.inprocess import LocalGrid
 
 NAMES = {"name_a": "bank", "name_b": "shop"}
@@ -56,7 +57,9 @@ class MeddlingGrid(LocalGrid):
         if self.homes and messages and messages[0].metadata.message_type == "query.psi_finish":
             for k, home in enumerate(self.homes):
                 session = str(dict(messages[0].content[RECORD])["session-id"])
-                self.before_finish[k + 1] = json.loads(party_path(home, session).read_text())
+                state = json.loads(party_path(home, session).read_text())
+                sent = (work_path(home, session) / "values" / "send.bin").read_bytes()
+                self.before_finish[k + 1] = {"secret": state["party"]["secret"], "blinded": sent.hex()}
         replies = list(super().send_and_receive(messages, timeout=timeout))
         self.replies += replies
         return replies

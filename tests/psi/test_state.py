@@ -15,8 +15,8 @@ from fedcustomer.psi.protocol import (
     MSG_BLIND,
     alignment_path,
     party_path,
-    run_psi_on_grid,
 )
+from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.state import forget_customer, load_alignment, load_alignment_result
 from fedcustomer.server.inprocess import LocalGrid
 from tests.data.test_ingest import bank_frame

@@ -5,15 +5,22 @@ layer) and its ghost clipping runs a second backward pass. For ``nn.Linear`` on 
 input neither is needed: the per-sample gradient of the weight is the outer product
 ``g_i a_i^T`` of the backprop ``g_i`` and the activation ``a_i``, so
 
-* its squared norm is ``||g_i||^2 * ||a_i||^2`` (and ``||g_i||^2`` for the bias), and
-* the clipped sum ``sum_i c_i g_i a_i^T`` is one matmul ``(c * G)^T A``.
+* its norm with the bias's is ``||g_i|| sqrt(||a_i||^2 + 1)`` (two row norms and a hypot
+  per layer; layers combine by hypot), and
+* the clipped sum ``sum_i c_i g_i a_i^T`` is one matmul ``(c * G)^T A`` (and the bias one
+  matrix-vector product), with the constant part of ``c`` in the BLAS call's alpha.
+
+At this size (tens of units, batches of a few hundred) every tensor operation costs its
+dispatch more than its arithmetic, so the code keeps the number of operations per step
+low rather than the flops.
 
 :class:`FastGradientClipper` records each layer's input and output in the forward
 pass, asks autograd (one backward pass) for the gradient of the loss with respect to
 those outputs only -- so autograd never builds the unclipped weight gradients -- and
 writes the clipped per-sample sum to ``p.summed_grad``. :class:`DPOptimizerFastClipping`
-is an Opacus ``DPOptimizer`` that starts from that ``summed_grad``: Opacus still adds
-the Gaussian noise, scales by the expected batch size and steps the wrapped optimizer.
+is an Opacus ``DPOptimizer`` that starts from that ``summed_grad``: Opacus's noise
+(``_generate_noise``, secure mode) is added, the sum scaled by the expected batch size and
+the wrapped optimizer stepped.
 
 Parametrised layers other than plain ``nn.Linear`` on 2-D input (``Conv``,
 ``LayerNorm``, ``Embedding``, ``Linear`` on sequences, ...) fall back to the per-sample
@@ -300,12 +307,14 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
     Opacus's own steps follow in substance: Gaussian noise of std
     ``noise_multiplier * max_grad_norm`` from Opacus's ``_generate_noise`` (floating-point
     safe when ``secure_mode``), division by ``expected_batch_size``, the step hook, the
-    wrapped optimizer's step. Two shortcuts keep small models fast:
+    wrapped optimizer's step. Three shortcuts keep small models fast:
 
     * they act on the clipper's flat buffer once, not once per parameter (``p.grad`` and
       ``p.summed_grad`` are views of it; the noise is added in place);
     * noise is data-independent, so ``noise_block_steps`` steps' worth is drawn in one
-      ``_generate_noise`` call and used one row per step -- the same distribution.
+      ``_generate_noise`` call and used one row per step -- the same distribution;
+    * the block is divided by the expected batch size when drawn, so :meth:`pre_step`
+      computes ``(sum + noise) / B`` as ``sum / B + noise / B`` in one pass.
     """
 
     def __init__(

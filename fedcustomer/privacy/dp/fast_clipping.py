@@ -168,12 +168,11 @@ class FastGradientClipper:
 
     def _recording_linear(self, module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
         """``nn.Linear.forward`` that also records (module, input, output) like :meth:`_capture`."""
-        records_of = self
 
         def forward(input: torch.Tensor) -> torch.Tensor:
             output = F.linear(input, module.weight, module.bias)
             if module.training and torch.is_grad_enabled():
-                records_of._records.append((module, (input,), output, output._version))
+                self._records.append((module, (input,), output, output._version))
             return output
 
         return forward
@@ -193,8 +192,8 @@ class FastGradientClipper:
         grads = torch.autograd.grad(loss, [r[2] for r in records], allow_unused=True)
         plans = self._linear_plans
         with torch.no_grad():
-            # Per-sample gradient norm of the mean loss, accumulated with hypot (one kernel per
-            # layer) rather than as a sum of squares; times B at the end.
+            # Per-sample gradient norms of the mean loss, layers combined with hypot rather
+            # than as a sum of squares; times B at the end.
             norm: torch.Tensor | None = None
             linear: list[tuple[torch.Tensor, torch.Tensor, _Plan]] = []
             fallback: list[dict[nn.Parameter, torch.Tensor]] = []
@@ -248,9 +247,8 @@ class FastGradientClipper:
     ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
         """Opacus's per-sample gradients of one layer and their row norms (of the mean loss)."""
         sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
-        samples = sampler(
-            module, [t.detach() for t in inputs], g * batch_size
-        )  # expects summed-loss backprops
+        # Opacus's samplers expect the backprops of the summed loss.
+        samples = sampler(module, [t.detach() for t in inputs], g * batch_size)
         norm2 = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
         for gs in samples.values():
             flat_gs = gs.reshape(batch_size, -1).to(self._dtype)

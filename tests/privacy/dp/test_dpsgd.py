@@ -126,6 +126,12 @@ def frozen_first_layer() -> nn.Module:
     return model
 
 
+def frozen_hidden_bias() -> nn.Module:
+    model = mlp()
+    model.net[2].bias.requires_grad_(False)
+    return model
+
+
 @pytest.mark.parametrize(
     "make_model",
     [
@@ -134,8 +140,9 @@ def frozen_first_layer() -> nn.Module:
         lambda: mlp(hidden=(5,)),
         WithLayerNorm,
         frozen_first_layer,
+        frozen_hidden_bias,
     ],
-    ids=["mlp", "logreg", "mlp-1-hidden", "layernorm-fallback", "frozen-weight"],
+    ids=["mlp", "logreg", "mlp-1-hidden", "layernorm-fallback", "frozen-weight", "frozen-bias"],
 )
 def test_fast_norms_and_clipped_sums_equal_opacus_hooks_with_mixed_clipping(make_model):
     torch.manual_seed(3)
@@ -169,6 +176,30 @@ def test_fast_clipping_matches_opacus_for_random_relu_mlps(widths, batch, bound,
     X, y = torch.randn(batch, 4, generator=g), (torch.rand(batch, generator=g) < 0.5).float()
     loss_fn = nn.BCEWithLogitsLoss()
     assert_same(fast_result(model, X, y, loss_fn, bound), opacus_reference(model, X, y, loss_fn, bound))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 57, 256])
+def test_fast_clipping_equals_opacus_on_the_benchmark_shape_below_and_above_the_bound(batch):
+    """23-64-32-1 as in the benchmark: per-layer norms combined by hypot, clip factors in the matmuls."""
+    torch.manual_seed(batch)
+    model = RepaymentMLP(23, hidden=(64, 32))
+    X, y = data(n=batch, d=23, seed=batch)
+    loss_fn = nn.BCEWithLogitsLoss()
+    ref_norms, _ = opacus_reference(model, X, y, loss_fn, 1.0)
+    low, high = float(ref_norms.min()), float(ref_norms.max())
+    bounds = [0.5 * low, 2.0 * high] if batch == 1 else [math.sqrt(low * high)]
+    for bound in bounds:
+        fast = fast_result(model, X, y, loss_fn, bound)
+        assert_same(fast, opacus_reference(model, X, y, loss_fn, bound))
+    if batch > 1:  # the geometric mean lies strictly between: rows on both sides of the bound
+        assert (ref_norms > bounds[0]).any() and (ref_norms < bounds[0]).any()
+
+
+def test_fast_clipping_of_an_empty_batch_is_zero():
+    model, (X, y) = mlp(), data(n=8)
+    norms, sums = fast_result(model, X[:0], y[:0], nn.BCEWithLogitsLoss(), 1.0)
+    assert norms.shape == (0,)
+    assert all(not s.any() for s in sums)
 
 
 def test_clipped_norm_of_each_sample_is_at_most_the_bound():
@@ -526,7 +557,7 @@ def test_model_property_is_the_original_module_and_fast_hooks_are_removed():
     t = trainer(model)
     t.train_epoch()
     assert t.model is model
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.modules())
 
 
 def test_hooks_mode_model_property_is_unwrapped():
@@ -593,7 +624,7 @@ def test_fast_clipping_refuses_in_place_activation_and_leaves_no_hooks():
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(inplace=True), nn.Linear(4, 1), nn.Flatten(0))
     with pytest.raises(ConfigError, match="in place"):
         trainer(model).train_epoch()
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.modules())
 
 
 def test_optimizer_refuses_a_step_without_fresh_clipping():

@@ -1,12 +1,14 @@
 """Many simulated partners on one machine: provisioning time, round time and peak memory.
 
     python benchmarks/bench_scale.py [--partners 1000] [--rounds 2] [--engine grid|simulation]
-        [--data-dir ../shared/data] [--epsilon 3] [--no-dp] [--json out.json]
+        [--data-dir ../shared/data] [--epsilon 3] [--no-dp] [--provision-workers N] [--json out.json]
 
 UCI credit default (30,000 rows) split IID over ``--partners`` partners, so 1,000 partners
 hold about 24 training and 6 held-out customers each. Every partner gets a real home: its
-own keys, encrypted store (validated ingest), ledger and audit log, provisioned through the
-product's own path (``prepare_partners``), timed separately from training. The job (DP-SGD
+own keys (from ``os.urandom``), encrypted store (validated ingest), ledger and audit log,
+provisioned through the product's own path (``prepare_partners``, in worker processes from 100
+homes on; ``--provision-workers`` sets how many), timed separately from training. No home is a
+copy of another. The job (DP-SGD
 at ``--epsilon`` per partner, the repayment MLP, one local epoch) then runs on the in-process
 grid (partners one after another in this process) or Flower's simulation engine (Ray
 workers, one per core). Reported: provisioning time per partner, each round's wall time and
@@ -23,7 +25,6 @@ import logging
 import os
 import platform
 import resource
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,9 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedcustomer.apps.client import make_client_app
+from fedcustomer.data.sources import load_partitions
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
-from fedcustomer.server.partners import prepare_partners
+from fedcustomer.server.partners import PROVISION_WORKERS_ENV, prepare_partners, provision_workers
 from fedcustomer.server.run import run_job_on_grid
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -95,56 +97,6 @@ class PeakMemory:
         self.peak = max(self.peak, tree_rss(os.getpid()))
 
 
-def cloned_homes(job: JobConfig, templates: int, root: Path, result: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """``templates`` homes provisioned the product's way, then copied to make ``job.partners``.
-
-    Provisioning (keys, encrypted store, validated ingest, audit log) costs about a second
-    per home on a small machine, so a round with 1,000 partners is measured on copies: each
-    copy has its own ledger, audit log and store file, renamed in partner.toml, but shares
-    its template's keys and customers. The time per provisioned home is reported apart.
-    """
-    from fedcustomer.data.provision import provision_partner
-    from fedcustomer.data.sources import load_partitions
-    from fedcustomer.partner.federation import write_index
-    from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.privacy.dp.budget import DatasetBudget
-
-    started = time.perf_counter()
-    spec, datasets = load_partitions(
-        job.task, job.data, job.partners, split=job.split, seed=job.seed, data_dir=Path(job.data_dir)
-    )
-    result["split_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    made = []
-    for ds in datasets[:templates]:
-        home, _ = provision_partner(
-            root / ds.name,
-            ds.name,
-            source=job.data,
-            task=job.task,
-            spec=spec,
-            train=ds.train,
-            test=ds.test,
-            budget=DatasetBudget(job.epsilon, job.delta),
-        )
-        made.append(home)
-    result["provisioned"] = len(made)
-    result["provision_per_home_s"] = (time.perf_counter() - started) / max(1, len(made))
-    started = time.perf_counter()
-    homes = list(made)
-    for i in range(len(made), job.partners):
-        copy = root / f"copy_{i:04d}"
-        shutil.copytree(made[i % len(made)].root, copy)
-        home = PartnerHome(copy)
-        config = home.config()
-        config.name = copy.name
-        home.write_config(config)
-        homes.append(home)
-    write_index(root, homes)
-    result["clone_s"] = time.perf_counter() - started
-    return spec, homes
-
-
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     job = JobConfig(
         data="uci-credit",
@@ -167,20 +119,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "partners": args.partners,
         "engine": args.engine,
         "dp": job.dp,
-        "templates": args.templates,
+        "provision_workers": provision_workers(args.partners),
+        "load_average_before": os.getloadavg(),
     }
     with PeakMemory() as memory:
+        started = time.perf_counter()  # the split alone, as prepare_partners makes it first
+        load_partitions(
+            job.task, job.data, job.partners, split=job.split, seed=job.seed, data_dir=Path(job.data_dir)
+        )
+        result["split_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        if args.templates:
-            spec, homes = cloned_homes(job, args.templates, workdir / "homes", result)
-        else:
-            spec, homes = prepare_partners(job, [])
-            result["provisioned"] = len(homes)
-        result["provision_s"] = time.perf_counter() - started
+        spec, homes = prepare_partners(job, [])
+        result["prepare_s"] = time.perf_counter() - started
+        result["provision_per_home_s"] = (result["prepare_s"] - result["split_s"]) / len(homes)
+        result["distinct_keyrings"] = len({(h.keys_dir / "keyring.json").read_bytes() for h in homes})
         print(
-            f"# {len(homes)} partner homes ready in {result['provision_s']:.1f}s",
-            file=sys.stderr,
-            flush=True,
+            f"# {len(homes)} partner homes ready in {result['prepare_s']:.1f}s", file=sys.stderr, flush=True
         )
         result["rss_after_provision_bytes"] = tree_rss(os.getpid())
         started = time.perf_counter()
@@ -190,8 +144,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         else:
             from fedcustomer.apps.simulation import run_simulated_job
 
-            summary = run_simulated_job(job)
+            summary = run_simulated_job(job, prepared=(spec, homes))
         result["job_s"] = time.perf_counter() - started
+        result["load_average_after"] = os.getloadavg()
     result.update(
         status=summary["status"],
         stop_reason=summary["stop_reason"],
@@ -220,15 +175,18 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--no-dp", action="store_true", help="plain FedAvg (no DP-SGD, no ledger)")
     parser.add_argument(
-        "--templates",
+        "--provision-workers",
         type=int,
-        default=0,
-        help="provision only this many homes and copy them to make --partners (0: provision all)",
+        default=None,
+        help=f"processes that provision the homes (default: ${PROVISION_WORKERS_ENV}, else one per core "
+        "from 100 homes on)",
     )
     parser.add_argument("--engine", choices=["grid", "simulation"], default="grid")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the partner homes here")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.provision_workers is not None:
+        os.environ[PROVISION_WORKERS_ENV] = str(args.provision_workers)
     import torch
 
     torch.set_num_threads(1)
@@ -248,16 +206,17 @@ def main() -> None:
     print(f"  status: {result['status']} ({result['rounds_completed']} rounds completed)")
     if result["stop_reason"]:
         print(f"  stop reason: {result['stop_reason']}")
-    if result["templates"]:
-        print(
-            f"  homes: {result['provisioned']} provisioned ({result['provision_per_home_s']:.2f} s per home), "
-            f"copied to {result['partners']} in {result['clone_s']:.1f} s; data split {result['split_s']:.1f} s"
-        )
-    else:
-        print(
-            f"  provisioning: {result['provision_s']:.1f} s "
-            f"({1000 * result['provision_s'] / result['partners']:.0f} ms per partner home)"
-        )
+    print(
+        f"  homes: {result['partners']} provisioned, each with its own keys ({result['distinct_keyrings']} distinct "
+        f"keyrings), {result['provision_workers']} process(es): {result['prepare_s']:.1f} s with the split "
+        f"({result['split_s']:.1f} s), {1000 * result['provision_per_home_s']:.0f} ms per home"
+    )
+    print(
+        "  load average (1, 5, 15 min): before "
+        + ", ".join(f"{v:.1f}" for v in result["load_average_before"])
+        + "; after "
+        + ", ".join(f"{v:.1f}" for v in result["load_average_after"])
+    )
     for i, (w, t) in enumerate(zip(walls, trains), start=1):
         print(f"  round {i}: wall {w:.1f} s, sum of local training {t:.1f} s")
     print(

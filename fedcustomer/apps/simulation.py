@@ -11,7 +11,9 @@ from typing import Any
 
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.apps.server import make_server_app
+from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import FedCustomerError, FederationError
+from fedcustomer.partner.home import PartnerHome
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import check_budgets, prepare_partners
 from fedcustomer.server.run import RoundCallback
@@ -27,18 +29,20 @@ def run_simulated_job(
     resume: bool = False,
     verbose: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    prepared: tuple[FeatureSpec, list[PartnerHome]] | None = None,
 ) -> dict[str, Any]:
     """Run ``job`` in Flower's simulation engine; returns the run's summary.json content.
 
     Notices (a partner budget that is not ``--epsilon``, budgets already spent by earlier
     jobs, a split kept from the homes' first provisioning, a guessed label) go to
     ``on_notice`` before training starts and into summary.json. A job whose partners have
-    no budget left is refused before anything runs.
+    no budget left is refused before anything runs. ``prepared`` is what
+    ``prepare_partners(job)`` returned when the caller already ran it (a benchmark timing it apart).
     """
     from flwr.simulation import run_simulation
 
     notices: list[str] = []
-    spec, homes = prepare_partners(job, notices)
+    spec, homes = prepared if prepared is not None else prepare_partners(job, notices)
     if job.dp:
         notices.extend(check_budgets(homes, job))
     for notice in notices:

@@ -8,6 +8,7 @@ ingest. Training later reads only through ``PartnerStore.read``.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,6 +94,32 @@ def schema_for(source: str, task: str, spec: FeatureSpec, frame: pd.DataFrame, w
     return replace(schema, fields=tuple(schema.fields) + (holdout,))
 
 
+def shared_schema(
+    source: str,
+    task: str,
+    spec: FeatureSpec,
+    parts: Sequence[tuple[pd.DataFrame, pd.DataFrame]],
+    workdir: Path,
+) -> Schema | None:
+    """One schema for simulated partners cut from one source, drafted once from all their rows.
+
+    A simulated federation splits one file (or one public data set), so its partners agree on
+    one schema, as real partners agree on the fields of a joint job: drafted from every row,
+    no partner's types depend on which 24 rows it happened to get, and drafting (pandas, per
+    column) is paid once instead of once per home. None when the partners' columns differ
+    (each then drafts its own). Each home still validates its own rows against it at ingest.
+    """
+    if not parts:
+        return None
+    columns = list(parts[0][0].columns)
+    if any(list(f.columns) != columns for pair in parts for f in pair):
+        return None
+    frame = pd.concat(
+        [f.assign(**{HOLDOUT: h}) for pair in parts for h, f in enumerate(pair)], ignore_index=True
+    )
+    return schema_for(source, task, spec, frame, workdir)
+
+
 def provision_partner(
     root: Path,
     name: str,
@@ -104,11 +131,14 @@ def provision_partner(
     test: pd.DataFrame,
     budget: DatasetBudget,
     notices: list[str] | None = None,
+    schema: Schema | None = None,
 ) -> tuple[PartnerHome, IngestReport | None]:
     """Create (or reuse) a partner home and ingest its rows; re-running adds nothing.
 
     An existing partner keeps its own budget (it covers all its customers); when that
-    differs from ``budget`` a notice is appended to ``notices``.
+    differs from ``budget`` a notice is appended to ``notices``. ``schema`` (from
+    :func:`shared_schema`) is used for a store that does not hold the dataset yet; otherwise
+    the schema is drafted from this partner's rows, as before.
     """
     dataset = dataset_name(source, task)
     home, store = open_partner_store(root, name, budget, notices)
@@ -118,8 +148,11 @@ def provision_partner(
             raise DataError(
                 f"partner {name!r}: data has no customer id column; the store keys customers by id"
             )
+        if schema is not None and dataset in store.datasets():
+            schema = None  # an existing store keeps drafting from its own rows, as it always did
         with tempfile.TemporaryDirectory(dir=home.state_dir) as tmp:
-            schema = schema_for(source, task, spec, frame, Path(tmp))
+            if schema is None:
+                schema = schema_for(source, task, spec, frame, Path(tmp))
             path = Path(tmp) / f"{dataset}.csv"
             frame[[f.name for f in schema.fields if f.name in frame.columns]].to_csv(path, index=False)
             report = store.ingest(admin(name), schema, path)

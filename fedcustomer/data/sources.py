@@ -343,12 +343,25 @@ def _renamed_spec(spec: FeatureSpec, id_column: str | None) -> FeatureSpec:
 
 
 def _check_partners(spec: FeatureSpec, partners: list[PartnerDataset]) -> None:
-    """Every partner has training rows and encodes cleanly; errors name the partner."""
+    """Every partner has training rows and encodes cleanly; errors name the partner.
+
+    The encoding is row-wise, so when every frame has the same columns and types all of them
+    are encoded together once (1,000 partners: one call instead of 2,000); only if that
+    fails are they encoded one by one, to name the partner.
+    """
     for p in partners:
         if len(p.train) == 0:
             raise DataError(
                 f"partner {p.name!r} has no training rows; use fewer partners or a smaller test fraction"
             )
+    frames = [f for p in partners for f in (p.train, p.test) if len(f)]
+    if len(frames) > 1 and all(f.dtypes.equals(frames[0].dtypes) for f in frames):
+        try:
+            spec.transform(pd.concat(frames, ignore_index=True))
+            return
+        except DataError:
+            pass  # find the partner below
+    for p in partners:
         for part, frame in (("train", p.train), ("test", p.test)):
             if len(frame) == 0:
                 continue

@@ -164,9 +164,11 @@ class PartnerStore(StoreCore):
             tmp.unlink()
         backend = SqliteBackend(tmp, create=True)
         try:
-            # one transaction: the tables appear together (and cost one sync, not one per table)
-            backend.executescript("BEGIN;\n" + BASE_TABLES + "COMMIT;\n")
+            # one transaction: the tables and their first rows appear together, at the cost of one sync
             with backend.transaction():
+                for statement in BASE_TABLES.split(";"):
+                    if statement.strip():
+                        backend.execute(statement)
                 now = utc_now()
                 for key, value in (("format", STORE_FORMAT), ("name", name), ("created_at", now)):
                     backend.execute("INSERT INTO meta VALUES (?, ?)", (key, value))

@@ -119,8 +119,8 @@ def validate_frame(schema: Schema, raw: pd.DataFrame) -> ValidationResult:
     missing_counts: dict[str, int] = {}
     for spec in schema.fields:
         column = raw[spec.name] if spec.name in raw.columns else pd.Series([None] * len(raw), dtype="string")
-        parsed, bad = validate_column(spec, column)
-        missing_counts[spec.name] = int(is_missing(column).sum())
+        parsed, bad, missing = _check_column(spec, column)
+        missing_counts[spec.name] = int(missing.sum())
         values[spec.name] = parsed
         for pos, reason in bad.items():
             reasons.setdefault(pos, {})[spec.name] = reason
@@ -136,6 +136,12 @@ def validate_row(schema: Schema, row: Mapping[str, Any]) -> dict[str, str]:
 
 def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[int, str]]:
     """Parse one raw column; returns parsed values and {row position: reason} for bad cells."""
+    parsed, bad, _ = _check_column(spec, raw)
+    return parsed, bad
+
+
+def _check_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[int, str], np.ndarray]:
+    """:func:`validate_column` and the column's missing cells (what :func:`is_missing` says), found once."""
     raw = raw.reset_index(drop=True)
     text = raw.astype("string").str.strip()
     missing = (text.isna() | text.isin(list(MISSING_TOKENS))).to_numpy(dtype=bool)
@@ -192,7 +198,7 @@ def validate_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[in
             if rules.max is not None:
                 flag((stamps > _stamp(rules.max)).fillna(False).to_numpy(dtype=bool), f"after {rules.max}")
     bad = {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != None)}
-    return parsed, bad
+    return parsed, bad, missing
 
 
 def allowed_spelling(text: pd.Series, allowed: Sequence[str]) -> pd.Series:

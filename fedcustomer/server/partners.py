@@ -8,16 +8,22 @@ persist across jobs exactly as they would on a real node.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from dataclasses import replace
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import pandas as pd
 
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.placement import PlacementRegistry
-from fedcustomer.data.provision import provision_partner
-from fedcustomer.data.schema import ROW_ID_FIELD
+from fedcustomer.data.provision import provision_partner, shared_schema
+from fedcustomer.data.schema import ROW_ID_FIELD, Schema
 from fedcustomer.data.sources import load_partitions
-from fedcustomer.errors import BudgetExhausted, DataError
+from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.partner.federation import write_index
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
@@ -73,24 +79,106 @@ def prepare_partners(
     layout = {"partners": str(job.partners), "split": job.split, "seed": str(job.seed), "data": job.data}
     placed = registry.apply(datasets, spec.id_column, layout)
     notices.extend(placed.notices)
-    homes: list[PartnerHome] = []
     for ds in placed.datasets:
         if len(ds.train) == 0:
             raise DataError(f"partner {ds.name!r} has no training rows; use fewer partners or more data")
-        home, _ = provision_partner(
-            root / ds.name,
-            ds.name,
-            source=job.data,
-            task=job.task,
-            spec=spec,
-            train=ds.train,
-            test=ds.test,
-            budget=DatasetBudget(job.epsilon, job.delta),
-            notices=notices,
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        schema = shared_schema(
+            job.data, job.task, spec, [(d.train, d.test) for d in placed.datasets], Path(tmp)
         )
+    budget = DatasetBudget(job.epsilon, job.delta)
+    work = [
+        _Home(root / ds.name, ds.name, job.data, job.task, ds.train, ds.test, budget)
+        for ds in placed.datasets
+    ]
+    homes: list[PartnerHome] = []
+    for home, told in _provision_all(work, spec, schema):
         homes.append(home)
+        notices.extend(told)
     write_index(root, homes)
     return spec, homes
+
+
+# Simulated homes provisioned per worker task, and the fewest homes worth a process pool
+# (a worker spends a second or two importing before its first home).
+_HOMES_PER_TASK = 25
+POOL_FROM_HOMES = 100
+PROVISION_WORKERS_ENV = "FEDCUSTOMER_PROVISION_WORKERS"
+
+
+@dataclass(frozen=True)
+class _Home:
+    """One simulated partner to provision: where, who, and its rows."""
+
+    root: Path
+    name: str
+    source: str
+    task: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    budget: DatasetBudget
+
+
+def provision_workers(homes: int) -> int:
+    """Processes that provision ``homes`` homes: ``$FEDCUSTOMER_PROVISION_WORKERS``, else one per core
+    for a federation of at least POOL_FROM_HOMES homes, else 1 (this process)."""
+    raw = os.environ.get(PROVISION_WORKERS_ENV)
+    if raw:
+        try:
+            workers = int(raw)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ConfigError(f"{PROVISION_WORKERS_ENV} must be a whole number >= 1, got {raw!r}")
+        return min(workers, max(1, homes))
+    return min(os.cpu_count() or 1, 8) if homes >= POOL_FROM_HOMES else 1
+
+
+def _provision_all(
+    work: list[_Home], spec: FeatureSpec, schema: Schema | None
+) -> Iterator[tuple[PartnerHome, list[str]]]:
+    """Each home with its notices, in order; in worker processes when there are many.
+
+    Every home is made by :func:`provision_partner` with its own keys from ``os.urandom``
+    (in whichever process makes it); a pool changes only where that runs. A failure stops
+    the job as in one process: homes already made stay as they are, complete.
+    """
+    workers = provision_workers(len(work))
+    tasks = [work[i : i + _HOMES_PER_TASK] for i in range(0, len(work), _HOMES_PER_TASK)]
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield from _provision_some(task, spec, schema)
+        return
+    context = multiprocessing.get_context("forkserver")  # safe inside threaded (torch, Flower) processes
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        try:
+            for made in pool.map(_provision_some, tasks, [spec] * len(tasks), [schema] * len(tasks)):
+                yield from made
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no half-written home left behind by a worker
+            raise
+
+
+def _provision_some(
+    work: list[_Home], spec: FeatureSpec, schema: Schema | None
+) -> list[tuple[PartnerHome, list[str]]]:
+    made = []
+    for item in work:
+        told: list[str] = []
+        home, _ = provision_partner(
+            item.root,
+            item.name,
+            source=item.source,
+            task=item.task,
+            spec=spec,
+            train=item.train,
+            test=item.test,
+            budget=item.budget,
+            notices=told,
+            schema=schema,
+        )
+        made.append((home, told))
+    return made
 
 
 def uses_existing_homes(job: JobConfig) -> bool:

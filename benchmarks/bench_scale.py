@@ -153,10 +153,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rounds_completed=summary["rounds_completed"],
         round_wall_s=summary["round_wall_time_s"],
         round_local_train_s=summary["round_local_train_s"],
-        trained_per_round=[
-            sum(p.get("status") == "trained" for p in r.get("partners", []))
-            for r in summary.get("rounds", [])
-        ],
+        # partners that trained in every completed round (summary.json's per-partner count)
+        trained_every_round=sum(
+            p.get("rounds_trained") == summary["rounds_completed"] for p in summary.get("partners", [])
+        ),
         peak_tree_rss_bytes=memory.peak,
         self_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
@@ -203,7 +203,10 @@ def main() -> None:
         f"{result['partners']} partners, {result['engine']}, {'DP-SGD' if result['dp'] else 'no DP'} "
         f"({date.today()}, {platform.machine()}, {os.cpu_count()} cores)"
     )
-    print(f"  status: {result['status']} ({result['rounds_completed']} rounds completed)")
+    print(
+        f"  status: {result['status']} ({result['rounds_completed']} rounds completed; "
+        f"{result['trained_every_round']} partners trained in every one)"
+    )
     if result["stop_reason"]:
         print(f"  stop reason: {result['stop_reason']}")
     print(

@@ -40,7 +40,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_vertical": ["--rounds", "2"],
     "bench_identity": ["--repeat", "5"],
     "bench_console": ["--entries", "20000", "--repeat", "3"],
-    "bench_scale": ["--partners", "50", "--templates", "10", "--rounds", "1"],
+    "bench_scale": ["--partners", "50", "--rounds", "1"],
     "bench_privacy_audit": ["--quick", "--jobs", "demo"],
 }
 

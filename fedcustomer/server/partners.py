@@ -144,7 +144,8 @@ def _provision_all(
     the job as in one process: homes already made stay as they are, complete.
     """
     workers = provision_workers(len(work))
-    tasks = [work[i : i + _HOMES_PER_TASK] for i in range(0, len(work), _HOMES_PER_TASK)]
+    size = max(1, min(_HOMES_PER_TASK, -(-len(work) // workers)))
+    tasks = [work[i : i + size] for i in range(0, len(work), size)]
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield from _provision_some(task, spec, schema)

@@ -1,10 +1,11 @@
 """What earlier jobs left of each partner's budget is said up front; a job nobody can pay for never starts."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from fedcustomer.errors import BudgetExhausted
+from fedcustomer.errors import BudgetExhausted, ConfigError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
@@ -97,3 +98,47 @@ def test_an_existing_file_without_suffix_is_data_not_a_dataset_name(tmp_path: Pa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "customers").write_text("id,x\n1,2\n", encoding="utf-8")
     assert uses_existing_homes(JobConfig(data="customers", homes=str(tmp_path))) is False
+
+
+def test_provision_workers_come_from_the_environment_or_the_federation_size(monkeypatch) -> None:
+    from fedcustomer.server.partners import POOL_FROM_HOMES, PROVISION_WORKERS_ENV, provision_workers
+
+    monkeypatch.delenv(PROVISION_WORKERS_ENV, raising=False)
+    assert provision_workers(3) == 1
+    assert provision_workers(POOL_FROM_HOMES) == min(os.cpu_count() or 1, 8)
+    monkeypatch.setenv(PROVISION_WORKERS_ENV, "4")
+    assert provision_workers(3) == 3 and provision_workers(500) == 4
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(PROVISION_WORKERS_ENV, bad)
+        with pytest.raises(ConfigError, match=PROVISION_WORKERS_ENV):
+            provision_workers(10)
+
+
+def test_homes_provisioned_by_worker_processes_equal_those_made_here(tmp_path: Path, monkeypatch) -> None:
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.server.partners import PROVISION_WORKERS_ENV, prepare_partners
+    from tests.toy import toy_frame
+
+    data = tmp_path / "toy.csv"
+    toy_frame(200, 3).to_csv(data, index=False)
+    made = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv(PROVISION_WORKERS_ENV, workers)
+        job = JobConfig(
+            data=str(data),
+            label="defaulted",
+            partners=4,
+            epsilon=2.0,
+            homes=str(tmp_path / f"homes{workers}"),
+            out=str(tmp_path / f"run{workers}"),
+        )
+        notices: list[str] = []
+        _, homes = prepare_partners(job, notices)
+        counts = []
+        for home in homes:
+            with PartnerStore.open(home) as store:
+                counts.append((home.root.name, store.count("toy"), store.schema("toy").structure()))
+        keys = {(h.keys_dir / "keyring.json").read_bytes() for h in homes}
+        assert len(keys) == 4  # every home its own keyring
+        made[workers] = (counts, notices)
+    assert made["1"] == made["2"]

@@ -1,14 +1,10 @@
 """Many partners on the in-process grid: a DP round with 50 partner homes completes."""
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.clients import job_matrices
 from fedcustomer.data import provision
-from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
@@ -16,22 +12,12 @@ from fedcustomer.server.run import run_job_on_grid
 from tests.toy import SPEC, toy_frame
 
 PARTNERS = 50
-TEMPLATES = 5
 
 
-def test_fifty_partners_complete_a_dp_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Five homes are provisioned the product's way (their files share columns, so the schema is
-    # drafted once) and copied to make fifty; each copy has its own name, ledger, audit log and
-    # store file. Provisioning cost is measured by benchmarks/bench_scale.py, not here.
-    drafted: list = []
-    draft = provision.schema_for
-
-    def schema_once(*args, **kwargs):
-        if not drafted:
-            drafted.append(draft(*args, **kwargs))
-        return drafted[0]
-
-    monkeypatch.setattr(provision, "schema_for", schema_once)
+def test_fifty_partners_complete_a_dp_round(tmp_path: Path) -> None:
+    # Fifty homes provisioned the product's way, each with its own keys, store, ledger and audit
+    # log (no copies); their files share columns, so they share one drafted schema as
+    # prepare_partners gives them. Provisioning cost is measured by benchmarks/bench_scale.py.
     job = JobConfig(
         data="toy.csv",
         partners=PARTNERS,
@@ -45,11 +31,15 @@ def test_fifty_partners_complete_a_dp_round(tmp_path: Path, monkeypatch: pytest.
         min_partners=PARTNERS,
         federated_eval="none",
     )
-    templates = []
-    for i in range(TEMPLATES):
+    parts = []
+    for i in range(PARTNERS):
         train, test = toy_frame(30, i), toy_frame(8, 1000 + i)
         train["customer_id"] = f"p{i}-" + train["customer_id"]
         test["customer_id"] = f"p{i}-t" + test["customer_id"]
+        parts.append((train, test))
+    schema = provision.shared_schema(job.data, job.task, SPEC, parts, tmp_path)
+    homes = []
+    for i, (train, test) in enumerate(parts):
         home, _ = provision.provision_partner(
             tmp_path / f"p{i}",
             f"p{i}",
@@ -59,17 +49,10 @@ def test_fifty_partners_complete_a_dp_round(tmp_path: Path, monkeypatch: pytest.
             train=train,
             test=test,
             budget=DatasetBudget(job.epsilon, job.delta),
+            schema=schema,
         )
-        templates.append(home)
-    homes = [str(h.root) for h in templates]
-    for i in range(TEMPLATES, PARTNERS):
-        copy = tmp_path / f"p{i}"
-        shutil.copytree(templates[i % TEMPLATES].root, copy)
-        home = PartnerHome(copy)
-        config = home.config()
-        config.name = copy.name
-        home.write_config(config)
-        homes.append(str(copy))
+        homes.append(str(home.root))
+    assert len({(Path(h) / "keys" / "keyring.json").read_bytes() for h in homes}) == PARTNERS
     grid = LocalGrid(make_client_app(homes), PARTNERS)
     summary = run_job_on_grid(grid, job, SPEC, num_partners=PARTNERS)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 1

@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -155,8 +156,15 @@ def _provision_all(
         try:
             for made in pool.map(_provision_some, tasks, [spec] * len(tasks), [schema] * len(tasks)):
                 yield from made
+        except BrokenProcessPool:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise ConfigError(
+                "a worker process provisioning partner homes stopped abruptly (killed, out of memory, or "
+                "started from a script without an `if __name__ == '__main__':` guard); homes already made "
+                f"are kept. Set {PROVISION_WORKERS_ENV}=1 to provision in this process"
+            ) from None
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # no half-written home left behind by a worker
+            pool.shutdown(wait=True, cancel_futures=True)  # running tasks finish their homes first
             raise
 
 

@@ -142,3 +142,34 @@ def test_homes_provisioned_by_worker_processes_equal_those_made_here(tmp_path: P
         assert len(keys) == 4  # every home its own keyring
         made[workers] = (counts, notices)
     assert made["1"] == made["2"]
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fedcustomer.server import partners
+
+    class DeadPool:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def map(self, *args):
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+        def shutdown(self, **kwargs) -> None:
+            pass
+
+    monkeypatch.setattr(partners, "ProcessPoolExecutor", DeadPool)
+    monkeypatch.setenv(partners.PROVISION_WORKERS_ENV, "2")
+    work = [
+        partners._Home(tmp_path / f"p{i}", f"p{i}", "toy.csv", "repayment", None, None, None)
+        for i in range(4)
+    ]
+    with pytest.raises(ConfigError, match=f"{partners.PROVISION_WORKERS_ENV}=1"):
+        list(partners._provision_all(work, None, None))

@@ -8,10 +8,10 @@ hold about 24 training and 6 held-out customers each. Every partner gets a real 
 own keys (from ``os.urandom``), encrypted store (validated ingest), ledger and audit log,
 provisioned through the product's own path (``prepare_partners``, in worker processes from 100
 homes on; ``--provision-workers`` sets how many), timed separately from training. No home is a
-copy of another. The job (DP-SGD
-at ``--epsilon`` per partner, the repayment MLP, one local epoch) then runs on the in-process
-grid (partners one after another in this process) or Flower's simulation engine (Ray
-workers, one per core). Reported: provisioning time per partner, each round's wall time and
+copy of another. The job (DP-SGD at ``--epsilon`` per partner, the repayment MLP, one local
+epoch) then runs on the in-process grid (partners one after another in this process) or
+Flower's simulation engine (Ray workers, one per core). Reported: provisioning time per
+partner, the load average before and after, each round's wall time and
 the sum of the partners' local training in it, and the peak resident memory of the whole
 process tree (this process and every descendant, e.g. Ray's workers), sampled from /proc
 every 0.2 s, next to this process's own ``ru_maxrss``.

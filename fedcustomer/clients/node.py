@@ -87,7 +87,8 @@ class PartnerNode:
             released = release(
                 ledger,
                 step,
-                PaidResults(self.home.state_dir / "updates", _UpdateCodec()),
+                # written once, before the charge; the charge marks it paid (settle reads only the charge)
+                PaidResults(self.home.state_dir / "updates", _UpdateCodec(), rewrite_paid=False),
                 produce=produce,
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
@@ -287,7 +288,9 @@ class PartnerNode:
                 "noise-multiplier": sigma,
             }
         )
-        accounting = self.accounting_summary(ledger, sigma, q, int(steps or 0), ins.max_grad_norm)
+        accounting = self.accounting_summary(
+            ledger, sigma, q, int(steps or 0), ins.max_grad_norm, through_seq=charge.seq
+        )
         if charge.details.get("dp_mode") == "distributed":  # both guarantees, as the ledger row holds them
             eps_a = float(charge.details["epsilon_total_coordinator"])
             eps_b = float(charge.details["epsilon_total_single_update"])
@@ -306,10 +309,17 @@ class PartnerNode:
         return TrainOutcome(outcome.partner, outcome.state_dict, metrics, accounting)
 
     def accounting_summary(
-        self, ledger: BudgetLedger, sigma: float, sample_rate: float, steps: int, max_grad_norm: float
+        self,
+        ledger: BudgetLedger,
+        sigma: float,
+        sample_rate: float,
+        steps: int,
+        max_grad_norm: float,
+        through_seq: int | None = None,
     ) -> dict[str, Any]:
-        """The inputs anyone needs to recompute this partner's epsilon (see README, summary.json)."""
-        state = ledger.accounting_state()
+        """The inputs anyone needs to recompute this partner's epsilon (see README, summary.json);
+        ``through_seq``: as the ledger stood when that charge was paid (a re-sent round reports the same)."""
+        state = ledger.accounting_state(through_seq)
         return {
             "dp": True,
             "accountant": state["accountant"],
@@ -353,7 +363,12 @@ class PartnerNode:
 
 
 class _UpdateCodec:
-    """A kept update on disk: plain tensors and numbers (loaded weights-only); paid once it has accounting."""
+    """A kept update on disk: plain tensors and numbers (loaded weights-only).
+
+    Written once, before the charge, without accounting; the ledger's charge marks it paid. An
+    update kept by an earlier version was rewritten after its charge with its accounting: that
+    one is paid as it stands.
+    """
 
     suffix = ".pt"
 

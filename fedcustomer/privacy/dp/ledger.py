@@ -253,15 +253,22 @@ class BudgetLedger:
             sigma_max=sigma_max,
         )
 
-    def accounting_state(self) -> dict[str, Any]:
-        """Everything needed to recompute the spend independently."""
-        history = self.gaussian_history()
+    def accounting_state(self, through_seq: int | None = None) -> dict[str, Any]:
+        """Everything needed to recompute the spend independently.
+
+        ``through_seq`` stops at that charge (the spend as it stood when it was paid), so a
+        result re-sent later reports what it reported the first time.
+        """
+        charges = self.all_charges()
+        if through_seq is not None:
+            charges = [c for c in charges if c.seq <= through_seq]
+        history = _gaussian_history(charges)
         state: dict[str, Any] = {
             **self.accountant.describe(),
             "gaussian_history": [h.as_tuple() for h in history],
             "approx_charges": [
                 {"epsilon": c.epsilon, "delta": c.delta, "mechanism": c.mechanism}
-                for c in self.all_charges()
+                for c in charges
                 if c.family == APPROX
             ],
             "composition": f"{self.accountant.name.upper()} within Gaussian releases; basic composition "

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fedcustomer.clients import job_matrices
+from fedcustomer.clients import job_matrices, ledger_holds
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
@@ -83,6 +83,9 @@ class PartnerNode:
             produce = lambda: self._distributed_step(global_state, ins, ledger, step)
         else:
             produce = lambda: self._train_dp(global_state, ins, ledger, step)
+        held = (str(self.home.root.resolve()), ins.run_id)
+        ledger_holds.HOLDS.hold(held, ledger)  # the job's charges commit without a checkpoint each
+        done = ins.round >= ins.planned_rounds
         try:
             released = release(
                 ledger,
@@ -93,7 +96,14 @@ class PartnerNode:
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
         except BudgetExhausted as exc:
+            done = True
             return self._refusal(exc)
+        except BaseException:
+            done = True
+            raise
+        finally:
+            if done:
+                ledger_holds.HOLDS.release(held)
         if released.resent:
             log.info("round %s already paid; re-sending the update released then", ins.round)
         return released.result

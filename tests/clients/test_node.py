@@ -176,3 +176,18 @@ def test_a_resent_round_reports_the_spend_as_it_stood_when_it_was_paid(tmp_path:
     assert again.accounting == first.accounting and again.metrics == first.metrics
     assert len(again.accounting["history"]) == 1
     assert kept.read_bytes() == before
+
+
+def test_a_job_holds_its_ledgers_log_until_its_last_round(tmp_path: Path) -> None:
+    from fedcustomer.clients.ledger_holds import HOLDS
+
+    home = _home(tmp_path, 3.0)
+    wal = home.ledger_path.with_name("ledger.db-wal")
+    job, other = (str(home.root.resolve()), "r1"), (str(home.root.resolve()), "r2")
+    state = _global()
+    state = PartnerNode(home).train_round(state, _ins(1, planned=2)).state_dict
+    assert wal.exists() and job in HOLDS  # charges of the job commit without a checkpoint each
+    PartnerNode(home).train_round(state, _ins(2, planned=2))
+    assert not wal.exists() and job not in HOLDS  # released after the last planned round: at rest as before
+    refused = PartnerNode(home).train_round(_global(), _ins(1, planned=2, run="r2"))
+    assert refused.refused and other not in HOLDS  # a refusal releases it too

@@ -430,6 +430,10 @@ class BudgetLedger:
             row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _charge_from_row(row)
 
+    def hold_wal(self) -> WalHold:
+        """Keep the write-ahead log between this ledger's transactions until the hold is closed (:class:`WalHold`)."""
+        return WalHold(self.path)
+
     # --- internals -------------------------------------------------------------
     def _spend_of(
         self,
@@ -505,6 +509,36 @@ class BudgetLedger:
             os.close(lock_fd)  # releases the flock
         if refused is not None:
             raise BudgetExhausted(str(refused))
+
+
+class WalHold:
+    """One idle connection that keeps a ledger's write-ahead log between transactions.
+
+    SQLite checkpoints the WAL into ``ledger.db`` and deletes it whenever the last connection
+    closes; with a connection per call (:meth:`BudgetLedger._connect`) every charge paid for a
+    checkpoint (three more syncs) on top of its own durable commit. A node holds one of these
+    for the rounds of a job, so a charge costs its commit alone. Durability is the same (every
+    commit syncs the WAL, ``synchronous=FULL``); closing the hold, the last connection,
+    checkpoints and leaves the ledger at rest as before. Never used for statements; a hold
+    inherited across ``fork`` is left alone by the child.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            # maps the WAL index, held from now on; fetchall ends the statement, so no read stays open
+            self._conn.execute("SELECT COUNT(*) FROM charges").fetchall()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            conn.close()
 
 
 class _Refused(Exception):

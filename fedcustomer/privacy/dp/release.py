@@ -239,7 +239,8 @@ def resend(
     """The result this step already paid for, or None when the ledger holds no charge for it.
 
     A result kept before a charge that did go through (a crash in between) is settled and
-    marked paid now. A charge whose result is gone is refused: paying again would spend twice.
+    marked paid now (results written once are settled, never rewritten). A charge whose result
+    is gone is refused: paying again would spend twice.
     """
     kept = results.load(step)  # first: the codec refuses a kept file that is not this step's
     charge = ledger.find(step.charge_key)

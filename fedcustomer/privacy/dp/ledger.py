@@ -156,10 +156,7 @@ class BudgetLedger:
         self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._use_wal()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-        self._add_columns()
+        self._prepare()
 
     # --- reading ---------------------------------------------------------------
     def charges(self) -> list[Charge]:
@@ -462,24 +459,27 @@ class BudgetLedger:
         finally:
             conn.close()
 
-    def _add_columns(self) -> None:
-        """Bring a ledger written by an earlier version up to this schema (its rows were all RDP)."""
-        with self._connect() as conn:
-            missing = _missing_columns(conn)
-        if missing:
-            with self._transaction() as conn:
-                for table, column, decl in _missing_columns(conn):  # again, under the lock
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    def _prepare(self) -> None:
+        """Write-ahead logging, then the tables, and the columns an earlier version lacked, in one transaction.
 
-    def _use_wal(self) -> None:
-        """Write-ahead logging: readers never block the writer, and a commit is one fsync.
-
-        The mode is stored in the file. Where WAL is unavailable (some network file systems)
-        SQLite keeps its rollback journal: slower, just as safe. ``synchronous=FULL`` (the
-        default) keeps every commit durable.
+        WAL: readers never block the writer, and a commit is one fsync. The mode is stored in
+        the file. Where WAL is unavailable (some network file systems) SQLite keeps its
+        rollback journal: slower, just as safe. ``synchronous=FULL`` (the default) keeps every
+        commit durable. A ledger already complete is only read here (one connection, no lock).
         """
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+            ready = {"charges", "refusals", "charges_dataset"} <= names and not _missing_columns(conn)
+        if ready:
+            return
+        with self._transaction() as conn:  # again, under the lock: another process may have done it
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            # bring a ledger written by an earlier version up to this schema (its rows were all RDP)
+            for table, column, decl in _missing_columns(conn):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

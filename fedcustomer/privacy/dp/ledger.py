@@ -541,6 +541,15 @@ class WalHold:
             conn.close()
 
 
+def put_to_rest(path: str | Path) -> None:
+    """Fold a write-ahead log left by holders that ended without closing (e.g. simulation workers
+    the engine killed) into ``ledger.db``: the last connection to close checkpoints it. The log is
+    durable as it is; this only returns the file to rest. A no-op while another process holds it.
+    """
+    if Path(path).exists():
+        WalHold(path).close()
+
+
 class _Refused(Exception):
     """Internal: a refusal whose record must be committed before BudgetExhausted is raised."""
 

@@ -9,7 +9,7 @@ from fedcustomer.errors import BudgetExhausted, ConfigError
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.ledger import BudgetLedger, put_to_rest
 
 BUDGET = DatasetBudget(epsilon=3.0, delta=1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.05, steps=20)
@@ -220,5 +220,8 @@ def test_a_charge_made_under_a_hold_survives_a_sigkill(tmp_path: Path) -> None:
     BudgetLedger(path, "loans", BUDGET)
     died = subprocess.run([sys.executable, "-c", _CHARGE_THEN_DIE, str(path)], capture_output=True, text=True)
     assert died.returncode == -9, died.stderr[-2000:]
+    assert (tmp_path / "ledger.db-wal").exists()  # left by the holder that never closed
+    put_to_rest(path)  # what the simulation engine does for its killed workers
+    assert not (tmp_path / "ledger.db-wal").exists()
     (charge,) = BudgetLedger(path, "loans", BUDGET).charges()
     assert charge.charge_key == "r1" and charge.epsilon_total > 0

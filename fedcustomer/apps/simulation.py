@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,11 @@ def run_simulated_job(
             verbose_logging=verbose,
         )
     except Exception as exc:
+        _ledgers_to_rest(homes)
         if errors and isinstance(errors[0], FedCustomerError):
             raise errors[0] from None
         raise FederationError(f"the simulation engine stopped: {exc}") from exc
+    _ledgers_to_rest(homes)
     if errors:
         if isinstance(errors[0], FedCustomerError):
             raise errors[0]
@@ -89,6 +92,18 @@ def run_simulated_job(
     if not summary_path.exists():
         raise FederationError("the job ended without writing summary.json; see the log above")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _ledgers_to_rest(homes: list[Any]) -> None:
+    """The engine ends its workers without closing what they held: a partner's ledger may keep the
+    write-ahead log its job held (durable as it is, see clients/ledger_holds.py); fold it back in."""
+    from fedcustomer.privacy.dp.ledger import put_to_rest
+
+    for home in homes:
+        try:
+            put_to_rest(home.ledger_path)
+        except sqlite3.Error as exc:  # the log stays durable; the next use of the ledger folds it in
+            logging.getLogger(__name__).debug("ledger %s not folded back: %s", home.ledger_path, exc)
 
 
 def _quiet_flower(verbose: bool) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fedcustomer.clients import job_matrices
+from fedcustomer.clients import job_matrices, ledger_holds
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
@@ -83,16 +83,27 @@ class PartnerNode:
             produce = lambda: self._distributed_step(global_state, ins, ledger, step)
         else:
             produce = lambda: self._train_dp(global_state, ins, ledger, step)
+        held = (str(self.home.root.resolve()), ins.run_id)
+        ledger_holds.HOLDS.hold(held, ledger)  # the job's charges commit without a checkpoint each
+        done = ins.round >= ins.planned_rounds
         try:
             released = release(
                 ledger,
                 step,
-                PaidResults(self.home.state_dir / "updates", _UpdateCodec()),
+                # written once, before the charge; the charge marks it paid (settle reads only the charge)
+                PaidResults(self.home.state_dir / "updates", _UpdateCodec(), rewrite_paid=False),
                 produce=produce,
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
         except BudgetExhausted as exc:
+            done = True
             return self._refusal(exc)
+        except BaseException:
+            done = True
+            raise
+        finally:
+            if done:
+                ledger_holds.HOLDS.release(held)
         if released.resent:
             log.info("round %s already paid; re-sending the update released then", ins.round)
         return released.result
@@ -287,7 +298,9 @@ class PartnerNode:
                 "noise-multiplier": sigma,
             }
         )
-        accounting = self.accounting_summary(ledger, sigma, q, int(steps or 0), ins.max_grad_norm)
+        accounting = self.accounting_summary(
+            ledger, sigma, q, int(steps or 0), ins.max_grad_norm, through_seq=charge.seq
+        )
         if charge.details.get("dp_mode") == "distributed":  # both guarantees, as the ledger row holds them
             eps_a = float(charge.details["epsilon_total_coordinator"])
             eps_b = float(charge.details["epsilon_total_single_update"])
@@ -306,10 +319,17 @@ class PartnerNode:
         return TrainOutcome(outcome.partner, outcome.state_dict, metrics, accounting)
 
     def accounting_summary(
-        self, ledger: BudgetLedger, sigma: float, sample_rate: float, steps: int, max_grad_norm: float
+        self,
+        ledger: BudgetLedger,
+        sigma: float,
+        sample_rate: float,
+        steps: int,
+        max_grad_norm: float,
+        through_seq: int | None = None,
     ) -> dict[str, Any]:
-        """The inputs anyone needs to recompute this partner's epsilon (see README, summary.json)."""
-        state = ledger.accounting_state()
+        """The inputs anyone needs to recompute this partner's epsilon (see README, summary.json);
+        ``through_seq``: as the ledger stood when that charge was paid (a re-sent round reports the same)."""
+        state = ledger.accounting_state(through_seq)
         return {
             "dp": True,
             "accountant": state["accountant"],
@@ -353,7 +373,12 @@ class PartnerNode:
 
 
 class _UpdateCodec:
-    """A kept update on disk: plain tensors and numbers (loaded weights-only); paid once it has accounting."""
+    """A kept update on disk: plain tensors and numbers (loaded weights-only).
+
+    Written once, before the charge, without accounting; the ledger's charge marks it paid. An
+    update kept by an earlier version was rewritten after its charge with its accounting: that
+    one is paid as it stands.
+    """
 
     suffix = ".pt"
 

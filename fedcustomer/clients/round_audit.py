@@ -65,4 +65,5 @@ def record_round(
             purpose=PURPOSE,
             reason=outcome.refused_reason,
             details=details,
+            sign=True,  # the reply's anchor covers this entry; closing the log then has nothing to sign
         )

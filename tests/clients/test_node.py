@@ -117,3 +117,77 @@ def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> 
     assert reads and reads[-1].purpose == "training" and reads[-1].decision == "allowed"
     assert set(reads[-1].fields) == {"x1", "x2", "defaulted", "holdout"}
     assert reads[-1].row_count == 1300
+
+
+_KILLED_AFTER_THE_CHARGE = """
+import os, signal, sys
+from fedcustomer.clients.node import PartnerNode
+from fedcustomer.partner.home import PartnerHome
+from tests.clients.test_node import _global, _ins
+
+def die(*args, **kwargs):  # the charge is committed and the update kept; the reply never leaves
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PartnerNode._settle = die
+PartnerNode(PartnerHome(sys.argv[1])).train_round(_global(), _ins(1))
+"""
+
+
+def test_a_node_killed_between_its_charge_and_its_reply_resends_the_kept_update(tmp_path: Path) -> None:
+    """The update is kept once, before the charge; a SIGKILL after the charge re-sends exactly those bytes."""
+    import subprocess
+    import sys
+
+    home = _home(tmp_path, 3.0)
+    root = Path(__file__).resolve().parents[2]
+    died = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_THE_CHARGE, str(home.root)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert died.returncode == -9, died.stderr[-2000:]
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    (charge,) = ledger.charges()
+    (kept,) = (home.state_dir / "updates").glob("*.pt")
+    before = kept.read_bytes()
+    blob = torch.load(kept, weights_only=True)
+    assert blob["accounting"] == {}  # written before the charge; the ledger row is what pays it
+
+    again = PartnerNode(home).train_round(_global(), _ins(1))
+    assert not again.refused
+    for k, v in blob["state"].items():
+        assert torch.equal(again.state_dict[k], v)  # the same draw, not a new one
+    assert len(ledger.charges()) == 1  # paid once
+    assert again.metrics["epsilon-total"] == pytest.approx(charge.epsilon_total)
+    assert [tuple(h) for h in again.accounting["history"]] == [
+        (charge.noise_multiplier, charge.sample_rate, charge.steps)
+    ]
+    assert kept.read_bytes() == before  # never rewritten
+
+
+def test_a_resent_round_reports_the_spend_as_it_stood_when_it_was_paid(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    first = PartnerNode(home).train_round(_global(), _ins(1))
+    kept = home.state_dir / "updates" / "run_r1_round_1.pt"
+    before = kept.read_bytes()
+    PartnerNode(home).train_round(first.state_dict, _ins(2))
+    again = PartnerNode(home).train_round(_global(), _ins(1))  # round 1 again, after round 2 was paid
+    assert again.accounting == first.accounting and again.metrics == first.metrics
+    assert len(again.accounting["history"]) == 1
+    assert kept.read_bytes() == before
+
+
+def test_a_job_holds_its_ledgers_log_until_its_last_round(tmp_path: Path) -> None:
+    from fedcustomer.clients.ledger_holds import HOLDS
+
+    home = _home(tmp_path, 3.0)
+    wal = home.ledger_path.with_name("ledger.db-wal")
+    job, other = (str(home.root.resolve()), "r1"), (str(home.root.resolve()), "r2")
+    state = _global()
+    state = PartnerNode(home).train_round(state, _ins(1, planned=2)).state_dict
+    assert wal.exists() and job in HOLDS  # charges of the job commit without a checkpoint each
+    PartnerNode(home).train_round(state, _ins(2, planned=2))
+    assert not wal.exists() and job not in HOLDS  # released after the last planned round: at rest as before
+    refused = PartnerNode(home).train_round(_global(), _ins(1, planned=2, run="r2"))
+    assert refused.refused and other not in HOLDS  # a refusal releases it too

@@ -80,9 +80,9 @@ def test_genuine_run_checkpoint_still_loads(tmp_path: Path) -> None:
 def test_node_resume_with_a_planted_cached_update_refuses_and_runs_nothing(tmp_path: Path) -> None:
     home = _home(tmp_path, 3.0)
     node = PartnerNode(home)
-    node.train_round(_global(), _ins(1))  # caches the paid update in state/updates/
+    node.train_round(_global(), _ins(1))  # keeps the update in state/updates/ (the ledger's charge pays it)
     (cached,) = (home.state_dir / "updates").glob("*.pt")
-    assert load_weights_only(cached, "cached update")["accounting"]  # the genuine cache is plain data
+    assert load_weights_only(cached, "cached update")["state"]  # the genuine cache is plain data
     marker = tmp_path / "pwned"
     _plant(cached, marker, "state")
     with pytest.raises(IntegrityError, match="not a plain weights file"):

@@ -30,9 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedcustomer.common.sqlite import transaction
+
 REACH_TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS audit_reach (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
     "hash TEXT NOT NULL, end_offset INTEGER NOT NULL, checkpoints INTEGER NOT NULL, checkpoint_digest TEXT NOT NULL)"
+)
+
+_ENTRY_UPDATE = "UPDATE audit_reach SET seq = ?, hash = ?, end_offset = ? WHERE id = 1 AND seq < ?"
+_CHECKPOINT_UPDATE = (
+    "UPDATE audit_reach SET checkpoints = ?, checkpoint_digest = ? WHERE id = 1 AND checkpoints < ?"
 )
 
 
@@ -59,6 +66,10 @@ class ReachRecord(Protocol):
     def record_entry(self, seq: int, entry_hash: str, end: int) -> None: ...
 
     def record_checkpoint(self, number: int, digest: str) -> None: ...
+
+    def record_entry_and_checkpoint(
+        self, seq: int, entry_hash: str, end: int, number: int, digest: str
+    ) -> None: ...
 
 
 class SqlReach:
@@ -110,17 +121,19 @@ class SqlReach:
 
     def record_entry(self, seq: int, entry_hash: str, end: int) -> None:
         with self._tx():
-            self._execute(
-                "UPDATE audit_reach SET seq = ?, hash = ?, end_offset = ? WHERE id = 1 AND seq < ?",
-                (seq, entry_hash, end, seq),
-            )
+            self._execute(_ENTRY_UPDATE, (seq, entry_hash, end, seq))
 
     def record_checkpoint(self, number: int, digest: str) -> None:
         with self._tx():
-            self._execute(
-                "UPDATE audit_reach SET checkpoints = ?, checkpoint_digest = ? WHERE id = 1 AND checkpoints < ?",
-                (number, digest, number),
-            )
+            self._execute(_CHECKPOINT_UPDATE, (number, digest, number))
+
+    def record_entry_and_checkpoint(
+        self, seq: int, entry_hash: str, end: int, number: int, digest: str
+    ) -> None:
+        """Both records in one transaction: an entry and the checkpoint signed over it at once."""
+        with self._tx():
+            self._execute(_ENTRY_UPDATE, (seq, entry_hash, end, seq))
+            self._execute(_CHECKPOINT_UPDATE, (number, digest, number))
 
 
 class HomeReach:
@@ -179,7 +192,7 @@ class HomeReach:
         if con is None:
             return
         try:
-            getattr(SqlReach(con.execute), fn)(*args)
+            getattr(SqlReach(con.execute, lambda: transaction(con)), fn)(*args)
         except sqlite3.Error:
             pass  # best effort (see the class docstring)
         finally:
@@ -190,3 +203,8 @@ class HomeReach:
 
     def record_checkpoint(self, number: int, digest: str) -> None:
         self._update("record_checkpoint", number, digest)
+
+    def record_entry_and_checkpoint(
+        self, seq: int, entry_hash: str, end: int, number: int, digest: str
+    ) -> None:
+        self._update("record_entry_and_checkpoint", seq, entry_hash, end, number, digest)

@@ -187,11 +187,15 @@ class AuditLog(LogFiles):
         reason: str | None = None,
         pseudonyms: Sequence[str] = (),
         details: Mapping[str, Any] | None = None,
+        sign: bool = False,
     ) -> AuditEntry:
         """Append one entry and return it (with its seq and hash). Safe across processes.
 
         May write a signed checkpoint when ``checkpoint_every`` entries have accumulated;
-        raises IntegrityError if the entries to be signed were tampered with.
+        raises IntegrityError if the entries to be signed were tampered with. ``sign=True``
+        signs a checkpoint over the entry at once, under the same lock (a reply whose anchor
+        must cover it): one fsync of the log serves both, and the reach record takes the
+        entry and the checkpoint in one update.
         """
         rec = entry_record(
             actor=actor,
@@ -211,7 +215,7 @@ class AuditLog(LogFiles):
         cp = None
         with self._exclusive():
             end = self._append_locked(rec)
-            if self._signing_key is not None and self._due_for_checkpoint(rec["seq"]):
+            if self._signing_key is not None and (sign or self._due_for_checkpoint(rec["seq"])):
                 cp = self._checkpoint_locked()
         self._record_reach(rec, end, cp)
         return AuditEntry.from_valid_dict(rec)
@@ -242,6 +246,10 @@ class AuditLog(LogFiles):
         if cp is not None and self.anchor_sink is not None and self._signing_key is not None:
             self.anchor_sink.write(cp, self._signing_key.public_key())
         if self.reach is None:
+            return
+        if rec is not None and cp is not None and cp.last_seq >= rec["seq"]:
+            # signed over this entry: the checkpoint fsynced the log first, under the same lock
+            self.reach.record_entry_and_checkpoint(rec["seq"], rec["hash"], end, cp.number, cp.digest())
             return
         if rec is not None:
             if not self.durable and self._log_fd is not None and self._pid == os.getpid():

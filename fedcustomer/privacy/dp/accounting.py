@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -71,14 +73,14 @@ def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     return rdp
 
 
-def epsilon_from_rdp(rdp: np.ndarray, delta: float) -> float:
-    """Convert an RDP curve to epsilon at ``delta`` exactly as Opacus does."""
+def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] = ORDERS) -> float:
+    """Convert an RDP curve (at ``orders``) to epsilon at ``delta`` exactly as Opacus does."""
     if not np.any(rdp):
         return 0.0
     with warnings.catch_warnings():
         # Opacus warns when the best order is the largest one; the bound stays valid, only looser.
         warnings.simplefilter("ignore", UserWarning)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=delta)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
 
 
@@ -113,18 +115,107 @@ def calibrate_noise(
     if steps <= 0:
         return sigma_max
     base = rdp_curve(prior)
-    orders = list(ORDERS)
 
-    def eps_at(sigma: float) -> float:
-        return epsilon_from_rdp(
-            base
-            + np.asarray(
-                rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
-            ),
-            delta,
-        )
+    def eps_over(orders: Sequence[float], at: Sequence[int]) -> Callable[[float], float]:
+        def eps_at(sigma: float) -> float:
+            rdp = rdp_analysis.compute_rdp(
+                q=sample_rate, noise_multiplier=sigma, steps=steps, orders=list(orders)
+            )
+            return epsilon_from_rdp(base[list(at)] + np.asarray(rdp), delta, orders)
 
-    return bisect_noise(eps_at, epsilon_target, sigma_min, sigma_max, tolerance)
+        return eps_at
+
+    exact = eps_over(ORDERS, range(len(ORDERS)))
+    # Opacus's epsilon is a minimum over the orders, so over the integer orders alone (closed
+    # form, several times cheaper than the fractional ones) it is never below the exact one:
+    # the noise found with them fits the budget and brackets the exact search from above.
+    upper = eps_over([ORDERS[i] for i in _INTEGER_AT], _INTEGER_AT)
+    plan = (tuple(h.as_tuple() for h in prior), steps, epsilon_target, delta, sigma_min, sigma_max, tolerance)
+    known, guess = _NEARBY.lookup(plan, sample_rate)
+    if known is not None:  # these very inputs: the same answer again
+        return known
+    sigma = bisect_noise_from_above(
+        exact, upper, epsilon_target, sigma_min, sigma_max, tolerance, guess=guess
+    )
+    _NEARBY.remember(plan, sample_rate, sigma)
+    return sigma
+
+
+_INTEGER_AT: tuple[int, ...] = tuple(i for i, a in enumerate(ORDERS) if float(a).is_integer())
+
+
+class _Nearby:
+    """Noise found per process for a plan (history, steps, target) at other sample rates.
+
+    Partners of an IID split differ by a row or two, so their sample rates, and the noise they
+    need, differ by less than the search's tolerance: the nearest one found is the first guess,
+    which the exact search then confirms or moves away from (never taken unchecked).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._found: OrderedDict[tuple[object, ...], list[tuple[float, float]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, plan: tuple[object, ...], sample_rate: float) -> tuple[float | None, float | None]:
+        """(the noise found for this very sample rate, else None; the nearest one's as a guess)."""
+        with self._lock:
+            found = list(self._found.get(plan, ()))
+        for rate, sigma in found:
+            if rate == sample_rate:
+                return sigma, None
+        if not found:
+            return None, None
+        return None, min(found, key=lambda f: abs(math.log(f[0] / sample_rate)))[1]
+
+    def remember(self, plan: tuple[object, ...], sample_rate: float, sigma: float) -> None:
+        with self._lock:
+            found = self._found.setdefault(plan, [])
+            found.append((sample_rate, sigma))
+            del found[: -self.size]
+            self._found.move_to_end(plan)
+            while len(self._found) > self.size:
+                self._found.popitem(last=False)
+
+
+_NEARBY = _Nearby()
+
+
+def bisect_noise_from_above(
+    exact: Callable[[float], float],
+    upper: Callable[[float], float],
+    epsilon_target: float,
+    sigma_min: float,
+    sigma_max: float,
+    tolerance: float,
+    *,
+    guess: float | None = None,
+) -> float:
+    """:func:`bisect_noise` on ``exact``, started from ``guess`` or from the answer of ``upper``,
+    a cheaper epsilon never below the exact one.
+
+    The answer meets the contract of an exact bisection: a noise whose exact epsilon was
+    evaluated and found within the target, less than ``tolerance`` above one found over it (or
+    ``sigma_min``, or ``sigma_max`` when even that does not fit). ``guess`` and ``upper`` only
+    place the bracket: a guess over the target, or an ``upper`` that ever fell below ``exact``,
+    leaves the decision to the plain exact search.
+    """
+    close = guess is not None and sigma_min < guess < sigma_max and exact(guess) <= epsilon_target
+    if close:
+        assert guess is not None
+        hi = guess
+    else:
+        hi = bisect_noise(upper, epsilon_target, sigma_min, sigma_max, tolerance)
+        if hi >= sigma_max or exact(hi) > epsilon_target:
+            return bisect_noise(exact, epsilon_target, sigma_min, sigma_max, tolerance)
+    # first look one tolerance below a guess (usually the answer already), 2% below upper's answer
+    gap = tolerance * max(1.0, hi / (1 + tolerance)) * 0.999 if close else hi * 0.02
+    while hi > sigma_min:
+        lo = max(sigma_min, hi - gap)
+        if exact(lo) > epsilon_target:
+            return bisect_bracket(exact, epsilon_target, lo, hi, tolerance)
+        hi, gap = lo, gap * 4  # still within the target: look further down
+    return sigma_min
 
 
 def bisect_noise(

@@ -156,10 +156,7 @@ class BudgetLedger:
         self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._use_wal()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-        self._add_columns()
+        self._prepare()
 
     # --- reading ---------------------------------------------------------------
     def charges(self) -> list[Charge]:
@@ -253,15 +250,22 @@ class BudgetLedger:
             sigma_max=sigma_max,
         )
 
-    def accounting_state(self) -> dict[str, Any]:
-        """Everything needed to recompute the spend independently."""
-        history = self.gaussian_history()
+    def accounting_state(self, through_seq: int | None = None) -> dict[str, Any]:
+        """Everything needed to recompute the spend independently.
+
+        ``through_seq`` stops at that charge (the spend as it stood when it was paid), so a
+        result re-sent later reports what it reported the first time.
+        """
+        charges = self.all_charges()
+        if through_seq is not None:
+            charges = [c for c in charges if c.seq <= through_seq]
+        history = _gaussian_history(charges)
         state: dict[str, Any] = {
             **self.accountant.describe(),
             "gaussian_history": [h.as_tuple() for h in history],
             "approx_charges": [
                 {"epsilon": c.epsilon, "delta": c.delta, "mechanism": c.mechanism}
-                for c in self.all_charges()
+                for c in charges
                 if c.family == APPROX
             ],
             "composition": f"{self.accountant.name.upper()} within Gaussian releases; basic composition "
@@ -423,6 +427,10 @@ class BudgetLedger:
             row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _charge_from_row(row)
 
+    def hold_wal(self) -> WalHold:
+        """Keep the write-ahead log between this ledger's transactions until the hold is closed (:class:`WalHold`)."""
+        return WalHold(self.path)
+
     # --- internals -------------------------------------------------------------
     def _spend_of(
         self,
@@ -451,24 +459,27 @@ class BudgetLedger:
         finally:
             conn.close()
 
-    def _add_columns(self) -> None:
-        """Bring a ledger written by an earlier version up to this schema (its rows were all RDP)."""
-        with self._connect() as conn:
-            missing = _missing_columns(conn)
-        if missing:
-            with self._transaction() as conn:
-                for table, column, decl in _missing_columns(conn):  # again, under the lock
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    def _prepare(self) -> None:
+        """Write-ahead logging, then the tables, and the columns an earlier version lacked, in one transaction.
 
-    def _use_wal(self) -> None:
-        """Write-ahead logging: readers never block the writer, and a commit is one fsync.
-
-        The mode is stored in the file. Where WAL is unavailable (some network file systems)
-        SQLite keeps its rollback journal: slower, just as safe. ``synchronous=FULL`` (the
-        default) keeps every commit durable.
+        WAL: readers never block the writer, and a commit is one fsync. The mode is stored in
+        the file. Where WAL is unavailable (some network file systems) SQLite keeps its
+        rollback journal: slower, just as safe. ``synchronous=FULL`` (the default) keeps every
+        commit durable. A ledger already complete is only read here (one connection, no lock).
         """
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+            ready = {"charges", "refusals", "charges_dataset"} <= names and not _missing_columns(conn)
+        if ready:
+            return
+        with self._transaction() as conn:  # again, under the lock: another process may have done it
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            # bring a ledger written by an earlier version up to this schema (its rows were all RDP)
+            for table, column, decl in _missing_columns(conn):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -498,6 +509,45 @@ class BudgetLedger:
             os.close(lock_fd)  # releases the flock
         if refused is not None:
             raise BudgetExhausted(str(refused))
+
+
+class WalHold:
+    """One idle connection that keeps a ledger's write-ahead log between transactions.
+
+    SQLite checkpoints the WAL into ``ledger.db`` and deletes it whenever the last connection
+    closes; with a connection per call (:meth:`BudgetLedger._connect`) every charge paid for a
+    checkpoint (three more syncs) on top of its own durable commit. A node holds one of these
+    for the rounds of a job, so a charge costs its commit alone. Durability is the same (every
+    commit syncs the WAL, ``synchronous=FULL``); closing the hold, the last connection,
+    checkpoints and leaves the ledger at rest as before. Never used for statements; a hold
+    inherited across ``fork`` is left alone by the child.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            # maps the WAL index, held from now on; fetchall ends the statement, so no read stays open
+            self._conn.execute("SELECT COUNT(*) FROM charges").fetchall()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            conn.close()
+
+
+def put_to_rest(path: str | Path) -> None:
+    """Fold a write-ahead log left by holders that ended without closing (e.g. simulation workers
+    the engine killed) into ``ledger.db``: the last connection to close checkpoints it. The log is
+    durable as it is; this only returns the file to rest. A no-op while another process holds it.
+    """
+    if Path(path).exists():
+        WalHold(path).close()
 
 
 class _Refused(Exception):

@@ -12,7 +12,8 @@ here, so the order that keeps a partner's privacy claim true is written once:
 4. **charge idempotently** by the step's charge key; the result is kept, unpaid, before the
    charge, so a crash between charge and release leaves a result to re-send rather than a
    charge with nothing to show (:func:`release`);
-5. **release** the result, kept again as paid.
+5. **release** the result, kept again as paid (or, for results kept with
+   ``rewrite_paid=False``, left as written: the ledger's charge marks it paid).
 
 Every refusal, whatever the step, is a :class:`BudgetExhausted` with one reason format. This module
 sits in the privacy layer: it takes a ledger, a cache directory and the mechanism's inputs,
@@ -91,11 +92,18 @@ class Codec(Protocol[R]):
 
 
 class PaidResults(Generic[R]):
-    """Results kept per step in one directory: pending (written before the charge) or paid."""
+    """Results kept per step in one directory: pending (written before the charge) or paid.
 
-    def __init__(self, directory: Path, codec: Codec[R]) -> None:
+    With ``rewrite_paid=False`` a result is written once, before its charge, and never again:
+    the ledger row is what makes it paid, and ``settle`` adds what the charge tells each time
+    it is released or re-sent (so settle must depend on the charge alone, not on later
+    charges). One durable write per release instead of two; the kept bytes never change.
+    """
+
+    def __init__(self, directory: Path, codec: Codec[R], *, rewrite_paid: bool = True) -> None:
         self.directory = Path(directory)
         self.codec = codec
+        self.rewrite_paid = rewrite_paid
 
     def path(self, step: Step) -> Path:
         return self.directory / f"{step.file_stem}{self.codec.suffix}"
@@ -231,7 +239,8 @@ def resend(
     """The result this step already paid for, or None when the ledger holds no charge for it.
 
     A result kept before a charge that did go through (a crash in between) is settled and
-    marked paid now. A charge whose result is gone is refused: paying again would spend twice.
+    marked paid now (results written once are settled, never rewritten). A charge whose result
+    is gone is refused: paying again would spend twice.
     """
     kept = results.load(step)  # first: the codec refuses a kept file that is not this step's
     charge = ledger.find(step.charge_key)
@@ -244,7 +253,8 @@ def resend(
     result, paid = kept
     if not paid:
         result = settle(result, charge)
-        results.keep(step, result, paid=True)
+        if results.rewrite_paid:
+            results.keep(step, result, paid=True)
     return Released(result, charge, resent=True)
 
 
@@ -274,7 +284,8 @@ def release(
             results.drop(step)
         raise
     result = settle(result, charge)
-    results.keep(step, result, paid=True)
+    if results.rewrite_paid:
+        results.keep(step, result, paid=True)
     return Released(result, charge, resent=False)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sqlite3
 import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
@@ -361,6 +362,62 @@ def test_close_checkpoints_only_when_something_is_new(tmp_path: Path) -> None:
     assert len(log.checkpoints()) == 1
     log.close()
     assert len(log.checkpoints()) == 1
+
+
+class _RecordingReach:
+    """A reach record that remembers each call (what the writer told it, in order)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def recorded(self) -> None:
+        return None
+
+    def record_entry(self, seq: int, entry_hash: str, end: int) -> None:
+        self.calls.append(("entry", seq))
+
+    def record_checkpoint(self, number: int, digest: str) -> None:
+        self.calls.append(("checkpoint", number))
+
+    def record_entry_and_checkpoint(
+        self, seq: int, entry_hash: str, end: int, number: int, digest: str
+    ) -> None:
+        self.calls.append(("both", seq, number))
+
+
+def test_append_with_sign_checkpoints_the_entry_at_once_and_records_both_in_one_update(
+    tmp_path: Path,
+) -> None:
+    reach = _RecordingReach()
+    log = AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys", reach=reach)
+    log.append(actor="a", role="compliance", action=ACTION_READ)
+    entry = log.append(actor="node:x", role="training_pipeline", action=ACTION_READ, sign=True)
+    (cp,) = log.checkpoints()
+    assert (cp.first_seq, cp.last_seq, cp.head_hash) == (1, 2, entry.hash)
+    assert reach.calls == [("entry", 1), ("both", 2, 1)]
+    log.close()  # nothing new to sign
+    assert len(log.checkpoints()) == 1 and reach.calls[-1] == ("both", 2, 1)
+    assert log.verify().ok
+
+
+def test_sign_on_append_keeps_a_partner_homes_reach_record_in_step(tmp_path: Path) -> None:
+    from fedcustomer.privacy.audit.reach import REACH_TABLE_DDL, HomeReach
+
+    store = tmp_path / "store.db"
+    con = sqlite3.connect(store)
+    con.execute(REACH_TABLE_DDL)
+    con.execute("INSERT INTO audit_reach VALUES (1, 0, '', 0, 0, '')")
+    con.commit()
+    con.close()
+    reach = HomeReach(store, tmp_path / "keys" / PUBLIC_KEY_NAME)
+    with AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys", reach=reach) as log:
+        entry = log.append(actor="node:x", role="training_pipeline", action=ACTION_READ, sign=True)
+    recorded = reach.recorded()
+    (cp,) = log.checkpoints()
+    assert recorded is not None
+    assert (recorded.seq, recorded.hash, recorded.checkpoints) == (1, entry.hash, 1)
+    assert recorded.checkpoint_digest == cp.digest()
+    assert recorded.end == (tmp_path / "audit" / LOG_NAME).stat().st_size
 
 
 def test_altered_checkpoint_is_a_bad_signature(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from fedcustomer.errors import BudgetExhausted, ConfigError
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.ledger import BudgetLedger, put_to_rest
 
 BUDGET = DatasetBudget(epsilon=3.0, delta=1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.05, steps=20)
@@ -182,3 +182,46 @@ def test_recomposing_a_long_history_computes_each_rdp_curve_once(tmp_path: Path,
         acc.history.append(steps.as_tuple())
     assert len(calls) == 1
     assert ledger.spent().epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+
+
+_CHARGE_THEN_DIE = """
+import os, signal, sys
+from fedcustomer.privacy.dp.accounting import GaussianSteps
+from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+ledger = BudgetLedger(sys.argv[1], "loans", DatasetBudget(3.0, 1e-5))
+hold = ledger.hold_wal()
+ledger.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20))
+os.kill(os.getpid(), signal.SIGKILL)  # the hold never closes: the charge sits in the write-ahead log
+"""
+
+
+def test_a_held_ledger_keeps_its_log_between_charges_and_rests_as_before_once_released(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = BudgetLedger(path, "loans", BUDGET)
+    hold = ledger.hold_wal()
+    ledger.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20))
+    assert (tmp_path / "ledger.db-wal").exists()  # not checkpointed and deleted after the charge
+    assert [c.charge_key for c in BudgetLedger(path, "loans", BUDGET).charges()] == ["r1"]
+    hold.close()
+    hold.close()  # twice is harmless
+    assert not (tmp_path / "ledger.db-wal").exists()  # the last connection checkpointed it
+    assert [c.charge_key for c in BudgetLedger(path, "loans", BUDGET).charges()] == ["r1"]
+
+
+def test_a_charge_made_under_a_hold_survives_a_sigkill(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    BudgetLedger(path, "loans", BUDGET)
+    died = subprocess.run([sys.executable, "-c", _CHARGE_THEN_DIE, str(path)], capture_output=True, text=True)
+    assert died.returncode == -9, died.stderr[-2000:]
+    assert (tmp_path / "ledger.db-wal").exists()  # left by the holder that never closed
+    put_to_rest(path)  # what the simulation engine does for its killed workers
+    assert not (tmp_path / "ledger.db-wal").exists()
+    (charge,) = BudgetLedger(path, "loans", BUDGET).charges()
+    assert charge.charge_key == "r1" and charge.epsilon_total > 0

@@ -168,6 +168,65 @@ def test_crash_before_the_charge_leaves_nothing_paid_and_the_retry_draws_afresh(
     assert not out.resent and out.result["draw"] == 1 and len(ledger.charges()) == 1
 
 
+class CountingCodec(JsonCodec):
+    """Counts the writes of kept results."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def dump(self, path: Path, result: dict[str, Any], paid: bool) -> None:
+        self.writes += 1
+        super().dump(path, result, paid)
+
+
+def test_results_written_once_are_kept_before_the_charge_and_settled_from_it_every_time(
+    tmp_path: Path,
+) -> None:
+    codec = CountingCodec()
+    ledger, results, produce = (
+        _ledger(tmp_path),
+        PaidResults(tmp_path / "kept", codec, rewrite_paid=False),
+        Producer(),
+    )
+    out = release(ledger, _step(), results, produce, _settle)
+    (row,) = ledger.charges()
+    assert out.result == {"draw": 1, "epsilon_total": row.epsilon_total}
+    assert codec.writes == 1 and results.load(_step()) == ({"draw": 1}, False)  # the ledger row pays it
+    again = release(ledger, _step(), results, produce, _settle)
+    assert again.resent and again.result == out.result and produce.calls == 1
+    assert codec.writes == 1 and len(ledger.charges()) == 1
+
+
+def test_results_written_once_survive_a_crash_on_either_side_of_the_charge(tmp_path: Path) -> None:
+    ledger, results, produce = (
+        _ledger(tmp_path),
+        PaidResults(tmp_path / "kept", JsonCodec(), rewrite_paid=False),
+        Producer(),
+    )
+
+    def crash(result: dict[str, Any], charge: Charge) -> dict[str, Any]:
+        raise KeyboardInterrupt  # dies after the charge
+
+    with pytest.raises(KeyboardInterrupt):
+        release(ledger, _step(), results, produce, crash)
+    (row,) = ledger.charges()
+    again = release(ledger, _step(), results, produce, _settle)  # the restarted process re-sends the draw
+    assert again.resent and again.result == {"draw": 1, "epsilon_total": row.epsilon_total}
+    assert produce.calls == 1 and len(ledger.charges()) == 1
+
+    def dies_charging(*args: Any, **kwargs: Any) -> Charge:
+        raise KeyboardInterrupt  # dies before the charge is committed
+
+    original = ledger.charge_gaussian
+    ledger.charge_gaussian = dies_charging  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        release(ledger, _step(2), results, produce, _settle)
+    ledger.charge_gaussian = original  # type: ignore[method-assign]
+    assert len(ledger.charges()) == 1 and not results.path(_step(2)).exists()  # as it was
+    fresh = release(ledger, _step(2), results, produce, _settle)
+    assert not fresh.resent and fresh.result["draw"] == 3 and len(ledger.charges()) == 2
+
+
 def test_calibration_spends_what_remains_of_a_partly_spent_ledger(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, epsilon=3.0)
     ledger.charge_gaussian("earlier", ROUND)

@@ -1,0 +1,101 @@
+"""Noise calibration over Opacus's RDP: the fast search keeps the plain bisection's contract."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from opacus.accountants.analysis import rdp as rdp_analysis
+
+from fedcustomer.privacy.dp import accounting
+from fedcustomer.privacy.dp.accounting import (
+    ORDERS,
+    GaussianSteps,
+    bisect_noise,
+    bisect_noise_from_above,
+    calibrate_noise,
+    epsilon,
+)
+
+DELTA = 1e-5
+TOL = 1e-3
+
+
+def _meets_contract(sigma: float, prior: list[GaussianSteps], q: float, steps: int, target: float) -> None:
+    """Within the target, and a noise one tolerance lower is not: the smallest noise, to the tolerance."""
+    assert epsilon(prior + [GaussianSteps(sigma, q, steps)], DELTA) <= target
+    below = sigma - TOL * max(1.0, sigma)
+    assert epsilon(prior + [GaussianSteps(below, q, steps)], DELTA) > target
+
+
+def _plain(prior: list[GaussianSteps], q: float, steps: int, target: float) -> float:
+    """The search as it was: bisection over every order from the start."""
+    base = accounting.rdp_curve(prior)
+
+    def eps_at(sigma: float) -> float:
+        rdp = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS))
+        return accounting.epsilon_from_rdp(base + np.asarray(rdp), DELTA)
+
+    return bisect_noise(eps_at, target, 0.3, 50.0, TOL)
+
+
+@pytest.mark.parametrize(
+    ("prior", "q", "steps", "target"),
+    [
+        ([], 0.05, 200, 3.0),
+        ([], 0.0532, 90, 1.0),
+        ([GaussianSteps(2.0, 0.05, 100)], 0.05, 100, 3.0),
+        ([], 0.01, 3000, 8.0),
+    ],
+)
+def test_calibration_finds_the_plain_bisections_noise_within_the_tolerance(prior, q, steps, target) -> None:
+    sigma = calibrate_noise(prior, q, steps, target, DELTA)
+    _meets_contract(sigma, prior, q, steps, target)
+    assert sigma == pytest.approx(_plain(prior, q, steps, target), rel=2 * TOL)
+
+
+def test_a_partner_one_row_apart_starts_from_its_neighbours_noise(monkeypatch) -> None:
+    """IID partners differ by a row: the second search confirms the first one's answer in a few evaluations."""
+    plan = ([GaussianSteps(3.0, 0.02, 7)], 123, 2.5)  # a history no other test uses: no remembered answer
+    first = calibrate_noise(plan[0], 1 / 24.0, plan[1], plan[2], DELTA)
+    full = []
+    compute = rdp_analysis.compute_rdp
+
+    def counted(**kwargs):
+        if len(kwargs["orders"]) == len(ORDERS):
+            full.append(kwargs["noise_multiplier"])
+        return compute(**kwargs)
+
+    monkeypatch.setattr(rdp_analysis, "compute_rdp", counted)
+    q = 1 / 24.01  # one row more
+    sigma = calibrate_noise(plan[0], q, plan[1], plan[2], DELTA)
+    _meets_contract(sigma, plan[0], q, plan[1], plan[2])
+    assert len(full) <= 4 and math.isclose(sigma, first, rel_tol=5 * TOL)
+    full.clear()
+    assert calibrate_noise(plan[0], q, plan[1], plan[2], DELTA) == sigma and not full  # the same inputs again
+
+
+def _toy_eps(threshold: float):
+    return lambda sigma: 2.0 * threshold / sigma  # decreasing; equals the target 2.0 at ``threshold``
+
+
+@pytest.mark.parametrize("guess", [None, 0.5, 1.2345, 1.25, 3.0, 49.0])
+def test_any_guess_or_a_looser_bound_ends_at_the_same_contract(guess) -> None:
+    exact = _toy_eps(1.2345)
+    upper = lambda sigma: exact(sigma) * 1.1  # never below the exact epsilon
+    sigma = bisect_noise_from_above(exact, upper, 2.0, 0.3, 50.0, TOL, guess=guess)
+    assert exact(sigma) <= 2.0 and exact(sigma - TOL * max(1.0, sigma)) > 2.0
+
+
+def test_a_bound_that_is_not_one_falls_back_to_the_exact_search() -> None:
+    exact = _toy_eps(1.2345)
+    below = lambda sigma: exact(sigma) * 0.5  # wrongly optimistic
+    sigma = bisect_noise_from_above(exact, below, 2.0, 0.3, 50.0, TOL)
+    assert exact(sigma) <= 2.0 and exact(sigma - TOL * max(1.0, sigma)) > 2.0
+
+
+def test_the_ends_of_the_range_are_kept() -> None:
+    assert bisect_noise_from_above(_toy_eps(0.1), _toy_eps(0.1), 2.0, 0.3, 50.0, TOL) == 0.3
+    assert bisect_noise_from_above(_toy_eps(80.0), _toy_eps(80.0), 2.0, 0.3, 50.0, TOL) == 50.0
+    assert calibrate_noise([], 0.5, 10_000, 0.01, DELTA, sigma_max=5.0) == 5.0

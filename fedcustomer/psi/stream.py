@@ -380,9 +380,8 @@ class StreamingParty:
         """Chunk ``index`` (``size`` values each) of this side's outgoing values."""
         return _read_slice(self.dir / "send.bin", index * size, size)
 
-    def accept_part(self, blob: bytes, start: int, *, ordered: bool = True) -> None:
-        """Part of our own values as the peer returned them, starting at value ``start`` of our send
-        order (``ordered``), or in an order unlinkable to ours (count-only: no rows kept)."""
+    def _returned(self, blob: bytes, start: int) -> np.ndarray:
+        """Records (row numbers zero) of our values the peer returned from value ``start`` on."""
         count = len(blob) // POINT_BYTES
         if len(blob) % POINT_BYTES or start + count > self.set_size:
             raise IntegrityError(
@@ -391,6 +390,13 @@ class StreamingParty:
             )
         records = np.zeros(count, dtype=RECORD)
         records["v"] = np.frombuffer(blob, dtype=VALUE)
+        return records
+
+    def accept_part(self, blob: bytes, start: int, *, ordered: bool = True) -> None:
+        """Part of our own values as the peer returned them, starting at value ``start`` of our send
+        order (``ordered``), or in an order unlinkable to ours (count-only: no rows kept)."""
+        records = self._returned(blob, start)
+        count = len(records)
         if ordered:
             with (self.dir / "send-rows.bin").open("rb") as rows:
                 rows.seek(start * 8)
@@ -447,14 +453,8 @@ class StreamingParty:
         received = 0
         with (self.dir / "send-rows.bin").open("rb") as rows:
             for blob in answer_blobs:
-                count = len(blob) // POINT_BYTES
-                if len(blob) % POINT_BYTES or received + count > self.set_size:
-                    raise IntegrityError(
-                        f"the other party returned more than the {self.set_size} doubly-blinded values we sent, "
-                        "or a ragged message; the session is inconsistent, run it again"
-                    )
-                records = np.empty(count, dtype=RECORD)
-                records["v"] = np.frombuffer(blob, dtype=VALUE)
+                records = self._returned(blob, received)
+                count = len(records)
                 records["r"] = np.frombuffer(rows.read(count * 8), dtype="<u8")
                 self._mine.add(records)
                 received += count

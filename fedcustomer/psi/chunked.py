@@ -99,18 +99,7 @@ def _statement(
     answers: bytes | None,
     outgoing: bool,
 ) -> bytes:
-    me, peer = str(state["me"]), str(state["peer"])
-    return signing.statement(
-        kind,
-        run_id=str(state["run_id"]),
-        session=str(state["session"]),
-        mode=str(state["mode"]),
-        sender=me if outgoing else peer,
-        recipient=peer if outgoing else me,
-        values=values,
-        answers=answers,
-        chunk=chunk,
-    )
+    return signing.session_statement(kind, state, values, outgoing=outgoing, answers=answers, chunk=chunk)
 
 
 class _Session:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -119,6 +121,32 @@ def statement(
     if chunk is not None:
         doc["chunk"] = {"index": chunk[0], "of": chunk[1], "values": chunk[2]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def session_statement(
+    kind: str,
+    state: Mapping[str, Any],
+    values: bytes,
+    *,
+    outgoing: bool,
+    answers: bytes | None = None,
+    chunk: tuple[int, int, int] | None = None,
+    mode: str | None = None,
+) -> bytes:
+    """:func:`statement` for a session's saved state (run, session, mode, me, peer): what this
+    party signs when ``outgoing``, or what it checks from its peer."""
+    me, peer = str(state["me"]), str(state["peer"])
+    return statement(
+        kind,
+        run_id=str(state["run_id"]),
+        session=str(state["session"]),
+        mode=mode if mode is not None else str(state["mode"]),
+        sender=me if outgoing else peer,
+        recipient=peer if outgoing else me,
+        values=values,
+        answers=answers,
+        chunk=chunk,
+    )
 
 
 def sign(home: PartnerHome, message: bytes) -> bytes:

@@ -90,17 +90,7 @@ def answer_digest(total: bytes, count: int) -> bytes:
 def _statement(
     state: dict[str, Any], kind: str, values: bytes, answers: bytes | None, outgoing: bool
 ) -> bytes:
-    me, peer = str(state["me"]), str(state["peer"])
-    return signing.statement(
-        kind,
-        run_id=str(state["run_id"]),
-        session=str(state["session"]),
-        mode=MODE,
-        sender=me if outgoing else peer,
-        recipient=peer if outgoing else me,
-        values=values,
-        answers=answers,
-    )
+    return signing.session_statement(kind, state, values, outgoing=outgoing, answers=answers, mode=MODE)
 
 
 def _params(state: dict[str, Any]) -> SumParams:

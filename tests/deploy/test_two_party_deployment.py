@@ -62,12 +62,25 @@ class TwoParties:
         nd.wait_connected(proc, log, timeout=UNBOUNDED)
 
     def submit(
-        self, out: Path, *, mode: str = "vertical", reveal: str = "ids", resume=False, sum_options=None, **kw
+        self,
+        out: Path,
+        *,
+        mode: str = "vertical",
+        reveal: str = "ids",
+        resume=False,
+        sum_options=None,
+        psi_chunk_size=None,
+        **kw,
     ) -> int:
         if not resume:
             job = VerticalJob(**({"out": str(out), "seed": 0, "round_timeout": 900} | kw))
             raw = two_party_run_config(
-                job, mode=mode, wait_for_partners=60, reveal=reveal, sum_options=sum_options
+                job,
+                mode=mode,
+                wait_for_partners=60,
+                reveal=reveal,
+                sum_options=sum_options,
+                psi_chunk_size=psi_chunk_size,
             )
             co.write_app(self.cdir, raw)
         return co.submit_run(self.cdir, resume=resume)
@@ -117,11 +130,13 @@ def _wait_for(fed: TwoParties, run: int, path: Path) -> None:
 
 
 def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_path):
-    run = fed.submit(tmp_path / "psi", mode="psi", reveal="count")
+    """Two signed chunks per side (750 of 1,500 ids each) relayed between the SuperNodes."""
+    run = fed.submit(tmp_path / "psi", mode="psi", reveal="count", psi_chunk_size=750)
     assert fed.wait(run)["status"] == "finished:completed"
     summary = co.read_summary(fed.config())
     assert summary["intersection_size"] == 1050 and summary["reveal"] == "count"
     assert summary["parties"] == {"bank": 1500, "retailer": 1500} and summary["kept_by"] == {}
+    assert summary["chunks"] == {"bank": 2, "retailer": 2, "size": 750}
     for home in fed.homes.values():
         assert not list(psi_dir(home).glob("*.alignment.json")) and not list(
             psi_dir(home).glob("*.party.json")

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 from opacus.optimizers.optimizer import _generate_noise
+from torch import nn
 
+from fedcustomer.privacy.dp import dpsgd
 from fedcustomer.privacy.dp.secure_noise import NoiseBlocks
 
 torch.set_num_threads(1)
@@ -106,3 +108,40 @@ def test_rejects_empty_shapes(kw):
     args = dict(numel=4, rows=2) | kw
     with pytest.raises(ValueError, match=">= 1"):
         blocks(args["numel"], args["rows"], std=1.0, divisor=1.0, seed=0)
+
+
+def zero_gradient_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (out * 0.0).mean()
+
+
+def test_trainer_noise_over_several_blocks_is_opacus_noise_block_after_block(monkeypatch):
+    """Five steps in blocks of two: the updates are SGD (momentum 0.9) on Opacus's noise rows, in order."""
+    monkeypatch.setattr(dpsgd, "NOISE_BLOCK_ELEMENTS", 2 * 18)  # nn.Linear(5, 3): 18 values, 2 rows a block
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    X, y = torch.randn(10, 5), torch.zeros(10)
+    t = dpsgd.DPTrainer(
+        model,
+        X,
+        y,
+        zero_gradient_loss,
+        batch_size=2,
+        lr=0.5,
+        noise_multiplier=0.7,
+        max_grad_norm=3.0,
+        noise_generator=gen(42),
+        sampling_generator=gen(1),
+    )
+    assert t._optimizer.noise_block_steps == 2 and t.steps_per_epoch == 5
+    t.train_epoch()
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    g = gen(42)
+    rows = torch.cat([_generate_noise(0.7 * 3.0, torch.empty(2, 18), g, secure_mode=True) for _ in range(3)])
+    expected, buf = before.clone(), torch.zeros(18)
+    for step in range(5):
+        buf = rows[step] / 2 if step == 0 else 0.9 * buf + rows[step] / 2
+        expected -= 0.5 * buf
+    assert torch.allclose(after, expected, atol=1e-5)
+    # The epoch leaves no gradient behind: p.grad is kept between steps only while training.
+    assert all(p.grad is None and getattr(p, "summed_grad", None) is None for p in model.parameters())

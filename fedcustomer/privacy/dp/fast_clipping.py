@@ -34,7 +34,7 @@ backward pass. A layer type Opacus has no sampler for is refused with a ConfigEr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -194,61 +194,50 @@ class FastGradientClipper:
         records, self._records = self._records, []
         self._check_records(records)
         grads = torch.autograd.grad(loss, [r[2] for r in records], allow_unused=True)
+        plans = self._linear_plans
         # Inference mode: no autograd bookkeeping (version counters, view tracking) per operation,
         # about a fifth of the clipping arithmetic at this size.
         with torch.inference_mode():
-            norms = self._clip_per_layer(records, grads, batch_size, max_grad_norm)
+            # Per-sample gradient norms of the mean loss, layers combined with hypot rather
+            # than as a sum of squares; times B at the end.
+            norm: torch.Tensor | None = None
+            linear: list[tuple[torch.Tensor, torch.Tensor, _Plan]] = []
+            fallback: list[dict[nn.Parameter, torch.Tensor]] = []
+            for (module, inputs, _, _), g in zip(records, grads):
+                if g is None:  # output did not reach the loss: zero gradient
+                    continue
+                plan = plans.get(id(module))
+                a = inputs[0] if inputs else None
+                if plan is not None and a is not None and g.dim() == 2 and a.dim() == 2:
+                    if a.dtype is not g.dtype:
+                        a = a.to(g.dtype)
+                    part = self._linear_norm(a, g, plan)
+                    linear.append((a, g, plan))
+                else:
+                    samples, part = self._sampled_norm(module, inputs, g, batch_size)
+                    fallback.append(samples)
+                norm = part if norm is None else norm.hypot_(part)
+            if norm is None:
+                norm = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
+            norms = norm.mul_(batch_size)
+            # Opacus's clip factor min(1, C / (norm + eps)) = C / max(norm + eps, C); the
+            # constant C * B (B undoes the mean) goes into the matmuls' alpha.
+            inv = (norms + _NORM_EPS).clamp_(min=max_grad_norm).reciprocal_()
+            scale = max_grad_norm * batch_size
+            inv_col = inv.unsqueeze(1)
+            for a, g, (weight_view, bias_view) in linear:
+                if weight_view is not None:
+                    weight_view.addmm_(torch.mul(g, inv_col).t(), a, beta=0.0, alpha=scale)
+                if bias_view is not None:
+                    bias_view.addmv_(g.t(), inv, beta=0.0, alpha=scale)
+            if fallback:
+                clip = inv * max_grad_norm
+                for samples in fallback:
+                    for p, gs in samples.items():
+                        self._view_of[id(p)].copy_(torch.einsum("i,i...->...", clip, gs.to(p.dtype)))
+            if len(linear) + len(fallback) != len(self._layers):
+                self._zero_unwritten(linear, fallback)
         self._publish()
-        return norms
-
-    def _clip_per_layer(
-        self,
-        records: list[_Record],
-        grads: Sequence[torch.Tensor | None],
-        batch_size: int,
-        max_grad_norm: float,
-    ) -> torch.Tensor:
-        """Layer by layer: any mix of fast Linears and Opacus-sampled layers; absent layers get zeros."""
-        plans = self._linear_plans
-        # Per-sample gradient norms of the mean loss, layers combined with hypot rather
-        # than as a sum of squares; times B at the end.
-        norm: torch.Tensor | None = None
-        linear: list[tuple[torch.Tensor, torch.Tensor, _Plan]] = []
-        fallback: list[dict[nn.Parameter, torch.Tensor]] = []
-        for (module, inputs, _, _), g in zip(records, grads):
-            if g is None:  # output did not reach the loss: zero gradient
-                continue
-            plan = plans.get(id(module))
-            a = inputs[0] if inputs else None
-            if plan is not None and a is not None and g.dim() == 2 and a.dim() == 2:
-                if a.dtype is not g.dtype:
-                    a = a.to(g.dtype)
-                part = self._linear_norm(a, g, plan)
-                linear.append((a, g, plan))
-            else:
-                samples, part = self._sampled_norm(module, inputs, g, batch_size)
-                fallback.append(samples)
-            norm = part if norm is None else norm.hypot_(part)
-        if norm is None:
-            norm = torch.zeros(batch_size, dtype=self._dtype, device=self._device)
-        norms = norm.mul_(batch_size)
-        # Opacus's clip factor min(1, C / (norm + eps)) = C / max(norm + eps, C); the
-        # constant C * B (B undoes the mean) goes into the matmuls' alpha.
-        inv = (norms + _NORM_EPS).clamp_(min=max_grad_norm).reciprocal_()
-        scale = max_grad_norm * batch_size
-        inv_col = inv.unsqueeze(1)
-        for a, g, (weight_view, bias_view) in linear:
-            if weight_view is not None:
-                weight_view.addmm_(torch.mul(g, inv_col).t(), a, beta=0.0, alpha=scale)
-            if bias_view is not None:
-                bias_view.addmv_(g.t(), inv, beta=0.0, alpha=scale)
-        if fallback:
-            clip = inv * max_grad_norm
-            for samples in fallback:
-                for p, gs in samples.items():
-                    self._view_of[id(p)].copy_(torch.einsum("i,i...->...", clip, gs.to(p.dtype)))
-        if len(linear) + len(fallback) != len(self._layers):
-            self._zero_unwritten(linear, fallback)
         return norms
 
     def _linear_norm(self, a: torch.Tensor, g: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -376,11 +365,13 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
 
     def _next_noise(self) -> torch.Tensor:
         """The next step's noise, already divided by :meth:`_divisor` (one row of a block)."""
-        if self._noise is None:
-            flat = self.clipper.flat_summed_grad
-            self._noise = NoiseBlocks(
+        std = self.noise_multiplier * self.max_grad_norm
+        noise = self._noise
+        if noise is None or noise.std != std or noise.generator is not self.generator:
+            flat = self.clipper.flat_summed_grad  # (re)built when the noise settings change
+            self._noise = noise = NoiseBlocks(
                 flat.numel(),
-                std=self.noise_multiplier * self.max_grad_norm,
+                std=std,
                 divisor=self._divisor(),
                 block_rows=self.noise_block_steps,
                 generator=self.generator,
@@ -388,7 +379,7 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
                 device=flat.device,
                 secure_mode=self.secure_mode,
             )
-        return self._noise.next_row()
+        return noise.next_row()
 
     def _take_fresh(self) -> torch.Tensor:
         if not self.clipper.fresh:

@@ -145,3 +145,23 @@ def test_trainer_noise_over_several_blocks_is_opacus_noise_block_after_block(mon
     assert torch.allclose(after, expected, atol=1e-5)
     # The epoch leaves no gradient behind: p.grad is kept between steps only while training.
     assert all(p.grad is None and getattr(p, "summed_grad", None) is None for p in model.parameters())
+
+
+def test_changed_noise_multiplier_takes_effect_at_the_next_step():
+    torch.manual_seed(0)
+    X, y = torch.randn(20, 5), torch.zeros(20)
+    t = dpsgd.DPTrainer(
+        nn.Linear(5, 3),
+        X,
+        y,
+        zero_gradient_loss,
+        batch_size=4,
+        lr=0.1,
+        noise_multiplier=0.7,
+        max_grad_norm=3.0,
+    )
+    t.train_epoch()
+    assert t._optimizer._noise.std == pytest.approx(0.7 * 3.0)
+    t._optimizer.noise_multiplier = 2.0  # e.g. recalibrated between epochs
+    t.train_epoch()
+    assert t._optimizer._noise.std == pytest.approx(2.0 * 3.0)

@@ -15,10 +15,10 @@ probability q) from geometric gaps, inside a ``DPDataLoader`` subclass;
 ``sampler="opacus"`` uses Opacus's sampler and loader unchanged.
 
 Speed (1 thread, 24,000 x 23 rows, batch 256; ``benchmarks/bench_dpsgd.py``): fast
-clipping runs an epoch in about 1.4-1.5x the non-private CPU time for the 23-64-32-1 MLP
-and 1.35-1.4x for logistic regression (shared machine, 2026-11-30), against 4-7x for
-Opacus hooks and ghost clipping. What remains is mostly fixed per-step kernel-call
-overhead and the four Gaussian draws per coordinate of the floating-point-safe noise.
+clipping runs an epoch in about 1.35-1.45x the non-private CPU time for the 23-64-32-1 MLP
+and 1.3-1.4x for logistic regression (shared machine under load, 2026-11-30), against 4-7x
+for Opacus hooks and ghost clipping. What remains is mostly the four Gaussian draws per coordinate of the
+floating-point-safe noise and fixed per-step kernel-call overhead of the clipping.
 
 Randomness and residual risk
 ----------------------------
@@ -28,8 +28,10 @@ Opacus's ``secure_mode`` needs ``torchcsprng``, which is not available. Instead:
   bits from ``os.urandom`` (:func:`secure_generator`), one per purpose, never the
   global torch seed, so a run's ``--seed`` cannot reproduce the noise;
 * noise is drawn with Opacus's floating-point-safe sampler (``secure_mode=True`` set on
-  the ``DPOptimizer`` itself: each coordinate is a sum of four Gaussians, defeating the
-  attacks on the binary representation of a single float draw).
+  the ``DPOptimizer`` itself: each coordinate is half a sum of four Gaussians, defeating the
+  attacks on the binary representation of a single float draw); fast clipping draws the same
+  construction into reused buffers (:mod:`fedcustomer.privacy.dp.secure_noise`), consuming the
+  generator as Opacus's ``_generate_noise`` does and yielding its values.
 
 What remains: torch's CPU generator is a Mersenne Twister (MT19937), not a CSPRNG. An
 attacker who sees enough raw generator output (about 624 consecutive 32-bit words) can
@@ -71,8 +73,10 @@ OPTIMIZERS = ("sgd", "adam")
 SAMPLERS = ("geometric", "opacus")
 CLIPPING_MODES = ("fast", "ghost", "hooks")
 SGD_MOMENTUM = 0.9
-# Fast clipping draws this many noise values at once at most (64 MiB of float32).
-NOISE_BLOCK_ELEMENTS = 16 * 1024 * 1024
+# Fast clipping draws this many noise values at once at most (256 KiB of float32 per buffer): a
+# block that stays in the core's cache. Whole-epoch blocks (megabytes) were measured slower,
+# most of all under load: drawing them evicts the model's working set.
+NOISE_BLOCK_ELEMENTS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -498,12 +502,14 @@ class DPTrainer(_Trainer):
                 else:
                     loss_sum += float(self._backward(xb, yb)) * n
                 self._step()
-                self._optimizer.zero_grad(set_to_none=True)
+                if self._clipper is None:  # fast clipping overwrites its buffer: no reset per step
+                    self._optimizer.zero_grad(set_to_none=True)
                 steps += 1
                 self.steps_taken += 1
                 seen += n
         finally:
             if self._clipper is not None:
+                self._optimizer.zero_grad(set_to_none=True)
                 self._clipper.detach()
         mean_loss = loss_sum / seen if seen else float("nan")
         return EpochStats(steps=steps, mean_loss=mean_loss, examples_seen=seen)

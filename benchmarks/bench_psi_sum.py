@@ -114,20 +114,25 @@ def sum_federation(root: Path, n: int):
 
 
 def chunk_child(n: int, chunk: int) -> dict:
-    """One two-party sum over the handlers in this (fresh) process: seconds and peak RSS."""
+    """One two-party sum over the handlers in this (fresh) process: seconds and peak RSS. On a version
+    without chunks (the one-message protocol) it runs that, for a before/after comparison."""
+    import inspect
+
     from fedcustomer.psi.sum_protocol import run_sum_on_grid
 
+    chunked = "chunk_size" in inspect.signature(run_sum_on_grid).parameters
     with tempfile.TemporaryDirectory() as tmp:
         grid, plain = sum_federation(Path(tmp), n)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start, cpu = time.perf_counter(), time.process_time()
         view = run_sum_on_grid(grid, 1, 2, "accounts", "loyalty", value="v", where="w", name_a="bank",
-                               name_b="shop", params=SumParams(1.0), session_id="bench-sum", chunk_size=chunk)  # fmt: skip
+                               name_b="shop", params=SumParams(1.0), session_id="bench-sum",
+                               **({"chunk_size": chunk} if chunked else {}))  # fmt: skip
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "n_per_side": n,
-        "chunk_size": chunk,
-        "chunks_per_side": [view.chunks_a, view.chunks_b],
+        "chunk_size": chunk if chunked else None,
+        "chunks_per_side": [getattr(view, "chunks_a", 1), getattr(view, "chunks_b", 1)],
         "seconds": round(seconds, 2),
         "cpu_s": round(cpu, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

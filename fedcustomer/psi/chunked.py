@@ -260,7 +260,8 @@ def start_session(
 
     ``prepare(party, work)`` runs once the ids are blinded and before the set is cut into chunks
     (an intersection-sum keeps its values beside them, or pads its set); ``make`` is the session
-    type, whose :meth:`_Session.extras` travel beside each chunk. A failure leaves nothing behind."""
+    type, whose :meth:`_Session.extras` travel beside each chunk. ``ids`` and ``labels`` are consumed
+    (emptied once on disk, so the caller's copy does not stay in memory). A failure leaves nothing behind."""
     session, work = str(bound["session"]), work_path(home, str(bound["session"]))
     psi_dir(home).mkdir(parents=True, exist_ok=True)
     work.mkdir(mode=0o700)
@@ -269,7 +270,7 @@ def start_session(
     try:
         if labels is not None:
             _write_labels(work / LABELS_FILE, labels)
-        del labels
+            labels.clear()
         party = StreamingParty(
             str(bound["role"]),
             work,
@@ -279,7 +280,7 @@ def start_session(
             max_set_size=max_set_size,
         )
         party.blind(_batches(ids), len(ids))
-        del ids
+        ids.clear()
         if prepare is not None:
             prepare(party, work)
         size, link, chain = int(bound["chunk_size"]), b"", []

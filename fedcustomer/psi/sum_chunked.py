@@ -131,7 +131,8 @@ def open_sum(
     max_set_size: int,
     now: float,
 ) -> dict[str, Any]:
-    """Blind and seal our ids (values or padding beside them); answer chunk 0 of our set."""
+    """Blind and seal our ids (values or padding beside them); answer chunk 0 of our set. ``ids`` and
+    ``cells`` are consumed (emptied once read)."""
     role = str(bound["sum_role"])
     if role == ROLE_VALUE:
         fixed = to_fixed(parse_values(cells, f"column {column!r}"), params_of(bound))
@@ -147,7 +148,7 @@ def open_sum(
         def prepare(party: StreamingParty, work: Path) -> None:
             party.mask(flags)
 
-    del cells
+    cells.clear()
     return start_session(
         home, bound, ids, None, max_set_size=max_set_size, now=now, prepare=prepare, make=SumSession
     )
@@ -247,9 +248,8 @@ def answer_sum(s: SumSession, blob: bytes | None, index: int, signature: object)
             matched += len(records)
         total.obfuscate()  # fresh randomness: the value holder cannot tell which ciphertexts went in
         count = max(0, matched + params.count_noise())
-        return {"sum": int(total.ciphertext(be_secure=False)).to_bytes(width, "big").hex(), "count": count}, (
-            params.mechanism()
-        )
+        sealed = int(total.ciphertext(be_secure=False)).to_bytes(width, "big")
+        return {"sum": sealed.hex(), "count": count}, params.mechanism()
 
     payer = Payer(s.home, str(s.state["dataset"]))
     step = sum_step(str(s.state["run_id"]), s.session)

@@ -113,9 +113,8 @@ def handle_open(
         "mode": MODE, "sum_role": role, "role": "initiator" if role == ROLE_VALUE else "responder",
         "workers": _workers(cfg), "chunk_size": size, "epsilon": params.epsilon, "value_max": params.value_max,
     }  # fmt: skip
-    return chunks_.open_sum(
-        home, bound, list(ids), list(cells), column, max_set_size=limits.sum_max_set_size, now=now
-    )
+    ids, cells = (x if isinstance(x, list) else list(x) for x in (ids, cells))
+    return chunks_.open_sum(home, bound, ids, cells, column, max_set_size=limits.sum_max_set_size, now=now)
 
 
 def _load(

@@ -270,19 +270,18 @@ def _relay_sets(grid: Grid, session: str, a: _Side, b: _Side, timeout: float | N
     """Each set to its peer chunk by chunk; returns the value holder's first answer chunk(s) and bytes."""
     answers: deque[tuple[int, bytes, dict[str, bytes]]] = deque()
     peer, side, relayed = {a.node: b, b.node: a}, {a.node: a, b.node: b}, 0
-    for _ in range(a.chunks + b.chunks + 2):  # every pass relays at least one chunk
-        cfg: dict[int, dict[str, Any]] = {}
-        for x in (a, b):
-            y, msg = peer[x.node], {}
-            if y.own:
-                fields = y.own.popleft()
-                msg |= fields
-                y.relayed += 1
+    for _ in range(max(a.chunks, b.chunks) + 2):  # every pass relays one chunk each way
+        msgs: dict[int, dict[str, Any]] = {a.node: {}, b.node: {}}
+        for x in (a, b):  # each side's next chunk goes to its peer...
+            if x.own:
+                fields = x.own.popleft()
+                msgs[peer[x.node].node] |= fields
+                x.relayed += 1
                 relayed += _size(fields)
+        for x in (a, b):  # ...which hands out its own next one in the same reply
             if x.fetched < x.chunks and not x.own:
-                msg["want-next"] = True
-            if msg:
-                cfg[x.node] = {"session-id": session, "peer": y.name} | msg
+                msgs[x.node]["want-next"] = True
+        cfg = {n: {"session-id": session, "peer": peer[n].name} | msg for n, msg in msgs.items() if msg}
         if not cfg:
             return answers, relayed
         for node, reply in _exchange(grid, MSG_STEP, cfg, timeout).items():

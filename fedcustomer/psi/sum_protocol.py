@@ -113,7 +113,6 @@ def handle_open(
         "mode": MODE, "sum_role": role, "role": "initiator" if role == ROLE_VALUE else "responder",
         "workers": _workers(cfg), "chunk_size": size, "epsilon": params.epsilon, "value_max": params.value_max,
     }  # fmt: skip
-    ids, cells = (x if isinstance(x, list) else list(x) for x in (ids, cells))
     return chunks_.open_sum(home, bound, ids, cells, column, max_set_size=limits.sum_max_set_size, now=now)
 
 
@@ -194,7 +193,8 @@ def handle_abort(home: PartnerHome, cfg: dict[str, Any]) -> dict[str, Any]:
 def register_sum_handlers(
     app: ClientApp, resolve_home: Callable[[Context], PartnerHome], load_column: LoadColumn
 ) -> None:
-    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column)`` returns (ids, cells)."""
+    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column)`` returns fresh (ids,
+    cells) lists, row for row, which a session empties once they are on its disk."""
 
     def wrap(step: Callable[[PartnerHome, dict[str, Any], PartyLimits, float], dict[str, Any]]) -> Any:
         def handler(msg: Message, context: Context) -> Message:

@@ -42,7 +42,8 @@ from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, Inte
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.release import check
 from fedcustomer.psi import sum_chunked as chunks_
-from fedcustomer.psi.chunked import REVEAL_SUM, accept_chunk, answer_chunk, check_chunk_size, check_fresh
+from fedcustomer.psi.chunked import REVEAL_SUM as REVEAL_SUM  # re-exported for callers
+from fedcustomer.psi.chunked import accept_chunk, answer_chunk, check_chunk_size, check_fresh
 from fedcustomer.psi.chunked import reblind_chunk as reblind_peer_chunk
 from fedcustomer.psi.core import POINT_BYTES
 from fedcustomer.psi.intersection_sum import Payer, SumParams, sum_step
@@ -61,7 +62,8 @@ from fedcustomer.psi.protocol import (
 )
 from fedcustomer.psi.relay import _signature
 from fedcustomer.psi.state import check_session_id, drop_session, psi_dir, read_json
-from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE, ROLE_PREDICATE, ROLE_VALUE
+from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE as DEFAULT_SUM_CHUNK_SIZE
+from fedcustomer.psi.sum_chunked import ROLE_PREDICATE, ROLE_VALUE
 
 MSG_OPEN, MSG_STEP, MSG_PULL = "psi_sum_open", "psi_sum_step", "psi_sum_pull"
 MSG_ACCEPT, MSG_ANSWER, MSG_FINISH, MSG_ABORT = (

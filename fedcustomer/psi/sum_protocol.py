@@ -348,7 +348,7 @@ def run_sum_on_grid(
                       timeout)  # fmt: skip
             pulled = _exchange(grid, MSG_PULL, {node_a: {"session-id": session, "index": j}}, timeout)[node_a]
             answers.append((int(pulled["index"]), bytes(pulled["doubly"]), _signature(pulled)))
-            relayed += 2 * len(blob)
+            relayed += len(blob)
             report(f"PSI {session} (sum): {j}/{b.chunks} answer chunks back to {name_b}")
         if not answers:
             raise IntegrityError(f"intersection-sum session {session!r}: the last answer chunk is missing")
@@ -357,7 +357,7 @@ def run_sum_on_grid(
                            | sig}, timeout)[node_b]  # fmt: skip
         done = _exchange(grid, MSG_FINISH, {node_a: {"session-id": session, "sum": bytes(answer["sum"]),
                          "count": int(answer["count"])} | _signature(answer)}, timeout)[node_a]  # fmt: skip
-        relayed += len(blob) + 2 * len(bytes(answer["sum"]))
+        relayed += len(blob) + len(bytes(answer["sum"]))
         report(f"PSI {session} (sum): {b.chunks}/{b.chunks} answer chunks back to {name_b}; released")
     except FedCustomerError:
         _abort_sum(grid, session, (node_a, node_b), timeout)

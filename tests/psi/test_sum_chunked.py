@@ -52,6 +52,10 @@ def test_many_chunks_give_the_one_chunk_result(nodes, exact, repeats):
     assert [(v.noisy_count, v.noisy_sum, v.rate) for v in views] == [(60, 30.0, 0.5)] * 3
     assert [(v.chunks_a, v.chunks_b) for v in views] == [(1, 1), (4, 4), (23, 23)]
     assert [(v.set_size_a, v.set_size_b) for v in views] == [(160, 160)] * 3
+    for (
+        v
+    ) in views:  # the bank's ids with their ciphertexts (and its key per chunk), the shop's set and answer
+        assert v.bytes_relayed == 160 * (32 + 512) + v.chunks_a * 256 + 2 * 160 * 32 + 512
     for home, dataset in zip(homes, ARGS, strict=True):
         paid = [c for c in home.ledger(dataset).charges() if c.mechanism == MECHANISM]
         assert [c.epsilon for c in paid] == [pytest.approx(2.0)] * 3  # once per run, same epsilon as before

@@ -12,18 +12,26 @@ Workload: ``--n`` ids per side (default 10,000), half shared; the value holder's
 
 Also the message bytes on the wire and the noisy rate next to the plain one.
 
+With ``--chunks C1 C2 ...`` it instead runs the two-party intersection-sum through the partners'
+real ``query.psi_sum_*`` handlers on the in-process grid (sessions on disk, pinned link keys,
+every chunk signed and checked), once per chunk size, each in a fresh process, and reports the
+time and the peak RSS of that process (both partners and the relay), so one chunk and several
+can be compared.
+
 With ``--workers 1`` (the default) all the work is in this process, so the CPU seconds it
 reports (``*_cpu_s``) are the protocol's whole cost, much less sensitive to a loaded machine
 than wall time.
 
-Usage: ``python benchmarks/bench_psi_sum.py [--n N] [--workers W] [--no-phases] [--json]``.
+Usage: ``python benchmarks/bench_psi_sum.py [--n N] [--workers W] [--no-phases] [--chunks C ...] [--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,13 +91,91 @@ def phases(n: int, workers: int, params: SumParams) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def sum_federation(root: Path, n: int):
+    """Two partner homes (pinned link keys, budgets) answering the real ``query.psi_sum_*`` handlers."""
+    from flwr.clientapp import ClientApp
+
+    from fedcustomer.psi import signing
+    from fedcustomer.psi.sum_protocol import register_sum_handlers
+    from fedcustomer.server.inprocess import LocalGrid
+
+    homes = [
+        PartnerHome.create(root / name, name, budget=DatasetBudget(10.0, 1e-5)) for name in ("bank", "shop")
+    ]
+    pubs = [signing.ensure_link_key(h) for h in homes]
+    signing.pin_peer(homes[0], "shop", pubs[1])
+    signing.pin_peer(homes[1], "bank", pubs[0])
+    ids_a, values, ids_b, where, plain = workload(n)
+    columns = {"accounts": (ids_a, values), "loyalty": (ids_b, where)}
+    app = ClientApp()
+    register_sum_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])],
+                          lambda home, dataset, column: tuple(map(list, columns[dataset])))  # fmt: skip
+    return LocalGrid(app, 2), plain
+
+
+def chunk_child(n: int, chunk: int) -> dict:
+    """One two-party sum over the handlers in this (fresh) process: seconds and peak RSS. On a version
+    without chunks (the one-message protocol) it runs that, for a before/after comparison."""
+    import inspect
+
+    from fedcustomer.psi.sum_protocol import run_sum_on_grid
+
+    chunked = "chunk_size" in inspect.signature(run_sum_on_grid).parameters
+    with tempfile.TemporaryDirectory() as tmp:
+        grid, plain = sum_federation(Path(tmp), n)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start, cpu = time.perf_counter(), time.process_time()
+        view = run_sum_on_grid(grid, 1, 2, "accounts", "loyalty", value="v", where="w", name_a="bank",
+                               name_b="shop", params=SumParams(1.0), session_id="bench-sum",
+                               **({"chunk_size": chunk} if chunked else {}))  # fmt: skip
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "n_per_side": n,
+        "chunk_size": chunk if chunked else None,
+        "chunks_per_side": [getattr(view, "chunks_a", 1), getattr(view, "chunks_b", 1)],
+        "seconds": round(seconds, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_sum_mib": round(base / 1024, 1),
+        "bytes_relayed": view.bytes_relayed,
+        "rate": {"noisy": view.rate, "plain": round(plain, 4), "noisy_count": view.noisy_count},
+    }
+
+
+def chunk_runs(n: int, chunks: list[int]) -> dict:
+    runs = []
+    for chunk in chunks:
+        cmd = [sys.executable, __file__, "--child", "--n", str(n), "--chunks", str(chunk)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        runs.append(row)
+        print(
+            f"chunk {chunk:>8,}: {row['chunks_per_side']} chunks/side, {row['seconds']:8.2f} s "
+            f"({row['cpu_s']} CPU s), peak RSS {row['peak_rss_mib']} MiB ({row['rss_before_sum_mib']} before)",
+            file=sys.stderr,
+        )
+    return {"load_average": os.getloadavg(), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="ids per side")
     parser.add_argument("--workers", type=int, default=1, help="processes for encryption and blinding")
     parser.add_argument("--no-phases", action="store_true", help="skip the second, phase-by-phase run")
+    parser.add_argument(
+        "--chunks", type=int, nargs="+", help="two-party sum over the handlers, per chunk size"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(chunk_child(args.n, args.chunks[0])))
+        return
+    if args.chunks:
+        doc = chunk_runs(args.n, args.chunks)
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        return
     n, params = args.n, SumParams(epsilon=1.0, value_max=1.0)
     results: dict = {"n_per_side": n, "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:

@@ -254,7 +254,9 @@ def coordinator_run(
         help="psi --reveal count: publish a DP count, this epsilon charged to both parties.",
     ),
     psi_chunk_size: int | None = typer.Option(
-        None, "--psi-chunk-size", help="psi/vertical: ids per PSI message (default 1,000,000)."
+        None,
+        "--psi-chunk-size",
+        help="psi/vertical: ids per PSI message (default 1,000,000; 100,000 with --reveal sum).",
     ),
     epsilon: float = typer.Option(
         DEFAULT_EPSILON,

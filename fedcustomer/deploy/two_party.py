@@ -52,7 +52,7 @@ def two_party_run_config(
         if reveal != REVEAL_COUNT:
             raise ConfigError("--count-epsilon needs --reveal count")
         cfg["count-epsilon"] = check_count_epsilon(count_epsilon)
-    if psi_chunk_size is not None:  # values per PSI message (default 1,000,000)
+    if psi_chunk_size is not None:  # ids per PSI message (default 1,000,000; 100,000 with --reveal sum)
         cfg["psi-chunk-size"] = check_chunk_size(psi_chunk_size)
     cfg.update(
         {

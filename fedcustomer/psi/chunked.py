@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ MAX_CHUNK_SIZE = 4_000_000  # what a node accepts in one message (~128 MB), what
 # Most distinct ids one side brings or accepts in one session (node config psi-max-set-size): bounds
 # the CPU and disk a peer or coordinator can make a party spend and the guesses one session tests.
 DEFAULT_NODE_MAX_SET_SIZE = 20_000_000
-REVEAL_IDS, REVEAL_COUNT = "ids", "count"
+REVEAL_IDS, REVEAL_COUNT, REVEAL_SUM = "ids", "count", "sum"
+SORTED_ANSWERS = (REVEAL_COUNT, REVEAL_SUM)  # modes whose answers come after the whole set, sorted
 VALUES_DIR = "values"
 POOL_MIN_VALUES = (
     8192  # fewer values per message are blinded in the handler itself: a pool costs seconds to start
@@ -88,6 +89,17 @@ def chunk_count(total: int, size: int) -> int:
 def _chain(previous: bytes, blob: bytes) -> bytes:
     """Hash chain over a set's chunks: link ``k`` commits to chunks 0..k in order."""
     return hashlib.sha256(previous + hashlib.sha256(blob).digest()).digest()
+
+
+def chunk_digest(blob: bytes, extras: Mapping[str, bytes]) -> bytes:
+    """What a chunk's signature covers: its values, or, with parts beside them (an intersection-sum's
+    ciphertexts and key), one digest over all of them, each named and length-prefixed."""
+    if not extras:
+        return blob
+    h = hashlib.sha256()
+    for key, part in [("blinded", blob), *sorted(extras.items())]:
+        h.update(key.encode() + b"\0" + len(part).to_bytes(8, "big") + part)
+    return h.digest()
 
 
 def _statement(
@@ -119,20 +131,31 @@ class _Session:
         self.state["party"] = party.to_state()
         write_private(party_path(self.home, self.session), self.state)
 
+    def extras(self, party: StreamingParty, index: int) -> dict[str, bytes]:
+        """Parts that travel beside chunk ``index`` of our values, under the same signature (none here)."""
+        return {}
+
     def own_chunk(self, party: StreamingParty) -> dict[str, Any]:
         """Our next chunk for the peer, signed; counted as handed out."""
         k, n = int(self.state["sent"]), int(self.state["chunks"])
         if k >= n:
             raise ConfigError(f"PSI session {self.session!r} has handed out all {n} chunks of its values")
         blob = party.own_chunk(k, self.size)
-        signed = _statement("blinded", self.state, blob, (k, n, party.set_size), answers=None, outgoing=True)
+        extras = self.extras(party, k)
+        covered = chunk_digest(blob, extras)
+        signed = _statement(
+            "blinded", self.state, covered, (k, n, party.set_size), answers=None, outgoing=True
+        )
         self.state["sent"] = k + 1
+        # what was handed out, in order: an answer about our whole set (a sum) is signed over it
+        self.state["sent_chain"] = _chain(bytes.fromhex(str(self.state.get("sent_chain", ""))), covered).hex()
         self._log(
             f"sent chunk {k + 1}/{n} of its values ({min((k + 1) * self.size, party.set_size):,} "
             f"of {party.set_size:,})"
         )
         return {
             "blinded": blob,
+            **extras,
             "index": k,
             "chunks": n,
             "count": party.set_size,
@@ -143,8 +166,13 @@ class _Session:
         log.info("PSI %s (%s): %s", self.session, self.state["me"], text)
 
 
-def load_session(home: PartnerHome, session: str, ttl_s: float, now: float) -> _Session:
-    """The state of a session this partner opened and that is still alive, else a refusal."""
+def load_session(
+    home: PartnerHome, session: str, ttl_s: float, now: float, *, summing: bool = False
+) -> _Session:
+    """The state of a session this partner opened and that is still alive, else a refusal.
+
+    ``summing``: the caller is an intersection-sum step; a sum session answers only those, and
+    the other sessions only the PSI steps."""
     path = party_path(home, session)
     if not path.exists():
         raise AccessDenied(
@@ -158,6 +186,11 @@ def load_session(home: PartnerHome, session: str, ttl_s: float, now: float) -> _
         raise AccessDenied(f"PSI session {session!r} has expired (older than {ttl_s:g} s); run a new session")
     if not isinstance(state.get("party"), dict):
         raise IntegrityError(f"PSI session {session!r} state is damaged; run a new session")
+    if (state.get("mode") == REVEAL_SUM) != summing:
+        raise AccessDenied(
+            f"PSI session {session!r} is a {state.get('mode')!r} session; this message belongs to "
+            "another mode, refused"
+        )
     return _Session(home, session, state)
 
 
@@ -185,12 +218,7 @@ def open_session(
 ) -> dict[str, Any]:
     """Start a session: read, blind and seal our ids on disk; answer chunk 0. A session id is never reused."""
     session, dataset = str(bound["session"]), str(bound["dataset"])
-    expire_sessions(home, ttl_s, now)
-    work = work_path(home, session)
-    if party_path(home, session).exists() or alignment_path(home, session).exists() or work.exists():
-        raise ConfigError(
-            f"PSI session {session!r} was already started on this partner; use a new session id"
-        )
+    check_fresh(home, session, ttl_s, now)
     ids = list(load_ids(home, dataset))
     if len(ids) > max_set_size:
         raise DataError(
@@ -204,13 +232,45 @@ def open_session(
     )
     if len(labels) != len(ids):
         raise DataError(f"PSI input has {len(ids)} ids but {len(labels)} local labels; they must pair up")
+    return start_session(home, bound, ids, labels, max_set_size=max_set_size, now=now)
+
+
+def check_fresh(home: PartnerHome, session: str, ttl_s: float, now: float) -> None:
+    """Drop expired sessions; refuse a session id this partner has already used."""
+    expire_sessions(home, ttl_s, now)
+    paths = (party_path(home, session), alignment_path(home, session), work_path(home, session))
+    if any(path.exists() for path in paths):
+        raise ConfigError(
+            f"PSI session {session!r} was already started on this partner; use a new session id"
+        )
+
+
+def start_session(
+    home: PartnerHome,
+    bound: dict[str, Any],
+    ids: list[str],
+    labels: list[str] | None,
+    *,
+    max_set_size: int,
+    now: float,
+    prepare: Callable[[StreamingParty, Path], None] | None = None,
+    make: type[_Session] = _Session,
+) -> dict[str, Any]:
+    """Blind and seal ``ids`` into the session's work directory, save its state, answer chunk 0.
+
+    ``prepare(party, work)`` runs once the ids are blinded and before the set is cut into chunks
+    (an intersection-sum keeps its values beside them, or pads its set); ``make`` is the session
+    type, whose :meth:`_Session.extras` travel beside each chunk. ``ids`` and ``labels`` are consumed
+    (emptied once on disk, so the caller's copy does not stay in memory). A failure leaves nothing behind."""
+    session, work = str(bound["session"]), work_path(home, str(bound["session"]))
     psi_dir(home).mkdir(parents=True, exist_ok=True)
     work.mkdir(mode=0o700)
     workers = int(bound.get("workers", 1))
     pool = make_executor(workers) if workers > 1 and len(ids) > POOL_MIN_VALUES else None
     try:
-        _write_labels(work / LABELS_FILE, labels)
-        del labels
+        if labels is not None:
+            _write_labels(work / LABELS_FILE, labels)
+            labels.clear()
         party = StreamingParty(
             str(bound["role"]),
             work,
@@ -220,7 +280,9 @@ def open_session(
             max_set_size=max_set_size,
         )
         party.blind(_batches(ids), len(ids))
-        del ids
+        ids.clear()
+        if prepare is not None:
+            prepare(party, work)
         size, link, chain = int(bound["chunk_size"]), b"", []
         for blob in party.sealed_chunks(size):
             link = _chain(link, blob)
@@ -239,7 +301,7 @@ def open_session(
             "peer_chain": "",
             "answers_sent": 0,
         }
-        opened = _Session(home, session, state)
+        opened = make(home, session, state)
         opened._log(f"blinded {party.set_size:,} distinct ids, {len(chain)} chunks of up to {size:,}")
         first = opened.own_chunk(party)
         opened.save(party)
@@ -292,14 +354,25 @@ def _check_peer_chunk(
         )
 
 
-def reblind_chunk(
-    s: _Session, blob: bytes, index: int, chunks: int, total: int, signature: object, *, max_set_size: int
-) -> dict[str, Any]:
-    """Raise chunk ``index`` of the peer's set to our secret (once, in order); answer it or store it."""
-    peer = str(s.state["peer"])
-    signed = _statement("blinded", s.state, blob, (index, chunks, total), answers=None, outgoing=False)
-    signing.check(s.home, peer, signature, signed, "blinded set")
+def admit_peer_chunk(
+    s: _Session,
+    covered: bytes,
+    blob: bytes,
+    chunk: tuple[int, int, int],
+    signature: object,
+    *,
+    max_set_size: int,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Check chunk ``(index, chunks, total)`` of the peer's set (signed over ``covered``, in its
+    place, of a consistent size, and ``check``'s own test) and claim it, before any work: refused,
+    the session is as it was."""
+    index, chunks, total = chunk
+    signed = _statement("blinded", s.state, covered, chunk, answers=None, outgoing=False)
+    signing.check(s.home, str(s.state["peer"]), signature, signed, "blinded set")
     _check_peer_chunk(s, index, chunks, total, blob, max_set_size)
+    if check is not None:
+        check()
     try:  # claim the chunk atomically, before any work: a concurrent duplicate is refused
         os.close(os.open(s.work / f"reblind-{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
@@ -307,6 +380,25 @@ def reblind_chunk(
             f"PSI session {s.session!r} already answered chunk {index} of its peer's values; a second "
             "request for it is refused (run a new session)"
         ) from None
+
+
+def note_peer_chunk(s: _Session, covered: bytes, chunk: tuple[int, int, int]) -> bytes:
+    """Count chunk ``(index, chunks, total)`` of the peer's set as done; returns the chain's new link."""
+    index, chunks, total = chunk
+    link = _chain(bytes.fromhex(str(s.state["peer_chain"])), covered)
+    s.state |= {"peer_total": total, "peer_chunks": chunks, "peer_chain": link.hex(), "reblinded": index + 1}
+    s._log(
+        f"reblinded chunk {index + 1}/{chunks} of its peer's values "
+        f"({min((index + 1) * s.size, total):,} of {total:,})"
+    )
+    return link
+
+
+def reblind_chunk(
+    s: _Session, blob: bytes, index: int, chunks: int, total: int, signature: object, *, max_set_size: int
+) -> dict[str, Any]:
+    """Raise chunk ``index`` of the peer's set to our secret (once, in order); answer it or store it."""
+    admit_peer_chunk(s, blob, blob, (index, chunks, total), signature, max_set_size=max_set_size)
     workers = int(s.state.get("workers", 1))
     pool = make_executor(workers) if workers > 1 and len(blob) > POOL_MIN_VALUES * POINT_BYTES else None
     try:
@@ -315,17 +407,12 @@ def reblind_chunk(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    link = _chain(bytes.fromhex(str(s.state["peer_chain"])), blob)
-    s.state |= {"peer_total": total, "peer_chunks": chunks, "peer_chain": link.hex(), "reblinded": index + 1}
-    s._log(
-        f"reblinded chunk {index + 1}/{chunks} of its peer's values "
-        f"({min((index + 1) * s.size, total):,} of {total:,})"
-    )
+    link = note_peer_chunk(s, blob, (index, chunks, total))
     reply: dict[str, Any] = {"index": index, "chunks": chunks}
-    if s.state["mode"] != REVEAL_COUNT:  # plain: the answer goes back at once, in the order received
+    if s.state["mode"] not in SORTED_ANSWERS:  # plain: the answer goes back at once, in the order received
         signed = _statement("doubly", s.state, out, (index, chunks, total), answers=link, outgoing=True)
         reply |= {"doubly": out, "signature": signing.sign(s.home, signed)}
-    elif index + 1 == chunks:  # count-only: the whole answer, sorted by value, once all chunks are in
+    elif index + 1 == chunks:  # count-only, sum: the whole answer, sorted by value, once all chunks are in
         party.write_sorted_answers()
         reply |= _answer(s, party, 0)
     s.save(party)
@@ -343,8 +430,8 @@ def _answer(s: _Session, party: StreamingParty, index: int) -> dict[str, Any]:
 
 
 def answer_chunk(s: _Session, index: int) -> dict[str, Any]:
-    """Count-only: the next chunk of our sorted answer (after the last chunk of the peer's set)."""
-    if s.state["mode"] != REVEAL_COUNT or s.state["peer_chunks"] is None:
+    """Count-only, sum: the next chunk of our sorted answer (after the last chunk of the peer's set)."""
+    if s.state["mode"] not in SORTED_ANSWERS or s.state["peer_chunks"] is None:
         raise ConfigError(f"PSI session {s.session!r} has no answer to hand out chunk by chunk")
     if int(s.state["reblinded"]) != int(s.state["peer_chunks"]):
         raise ConfigError(f"PSI session {s.session!r} has not received all of its peer's chunks yet")
@@ -363,7 +450,7 @@ def take_answer(s: _Session, party: StreamingParty, blob: bytes, index: int, sig
     """Chunk ``index`` of our own values as the peer answered them (in order, each once, signed)."""
     n, total, expected = int(s.state["chunks"]), party.set_size, int(s.state["accepted"])
     chain = s.state["chain"]
-    count_only = s.state["mode"] == REVEAL_COUNT
+    count_only = s.state["mode"] in SORTED_ANSWERS  # answered in an order unlinkable to ours
     link = bytes.fromhex(str(chain[-1] if count_only else chain[min(max(index, 0), n - 1)]))
     signed = _statement("doubly", s.state, blob, (index, n, total), answers=link, outgoing=False)
     signing.check(s.home, str(s.state["peer"]), signature, signed, "answer to our blinded set")

@@ -211,6 +211,12 @@ class SumParams:
         )
 
 
+def to_fixed(values: Sequence[float], params: SumParams) -> list[int]:
+    """Values clipped to ``[0, value_max]`` and fixed-point encoded: what is encrypted and summed."""
+    top = params.sensitivity
+    return [min(top, max(0, round(float(v) * SCALE))) for v in values]
+
+
 class ValueHolder:
     """Party A: its ids with one numeric value each; owns the Paillier key, decrypts the one sum."""
 
@@ -228,8 +234,7 @@ class ValueHolder:
             raise ConfigError(f"a Paillier key needs at least {KEY_BITS} bits, got {key_bits}")
         norm, kept, self.duplicates_removed = _first_of_each(ids, values)
         self.params, self.workers = params, workers
-        top = params.sensitivity
-        self._fixed = [min(top, max(0, round(float(v) * SCALE))) for v in kept]  # clipped to [0, value_max]
+        self._fixed = to_fixed(kept, params)
         self._party = PSIParty(
             norm,
             role="initiator",

@@ -100,8 +100,8 @@ class PartyLimits:
     """What a partner accepts in a PSI session, set on the partner's own node.
 
     ``peers``: partner names this node links records with (``None``: any name but its own).
-    ``sum_max_set_size``: the same cap for the intersection-sum, whose sets travel in one
-    message with a Paillier ciphertext per id (``psi-max-set-size`` when set, else 1,000,000).
+    ``sum_max_set_size``: the same cap for the intersection-sum, whose sets carry a Paillier
+    ciphertext per id (``psi-max-set-size`` when set, else 1,000,000).
     """
 
     max_set_size: int = DEFAULT_NODE_MAX_SET_SIZE

@@ -189,10 +189,11 @@ def _null_out(path: Path, key: str, pseudonym: str) -> int:
 
 
 def _labels_list(work: Path, pseudonym: str) -> bool:
-    """Whether an open session's labels file (one JSON string per line) lists ``pseudonym``."""
+    """Whether an open session's labels file (one JSON string per line) lists ``pseudonym``; a session
+    with values on disk but no labels (an intersection-sum) cannot tell, so it counts as listing it."""
     path = work / LABELS_FILE
     if not path.exists():
-        return False
+        return work.is_dir()
     wanted = json.dumps(pseudonym)
     with path.open(encoding="utf-8") as lines:
         return any(line.rstrip("\n") == wanted for line in lines)

@@ -380,6 +380,48 @@ class StreamingParty:
         """Chunk ``index`` (``size`` values each) of this side's outgoing values."""
         return _read_slice(self.dir / "send.bin", index * size, size)
 
+    def own_rows(self, index: int, size: int) -> np.ndarray:
+        """The input rows of chunk ``index``'s values (what a value travelling beside each is read by)."""
+        try:
+            with (self.dir / "send-rows.bin").open("rb") as rows:
+                rows.seek(index * size * 8)
+                return np.frombuffer(rows.read(size * 8), dtype="<u8")
+        except FileNotFoundError:
+            raise IntegrityError("PSI session work files are missing; run a new session") from None
+
+    def mask(self, selected: np.ndarray) -> int:
+        """Replace the values of rows ``selected`` rejects by random group elements and re-seal, sorted.
+
+        The set keeps its size (the peer learns how many distinct ids we have, not how many are
+        selected) and its order stays a function of the values alone, so nothing tells a random
+        element from a real one. Returns how many values are real."""
+        if not self._sealed:
+            self._seal()
+        if len(selected) != self.rows:
+            raise DataError(f"PSI input has {self.rows} rows but {len(selected)} selection flags")
+        random = _sodium().crypto_core_ristretto255_random
+        pad, real = Buckets(self.dir, "pad", self.buckets, RECORD), 0
+        with (self.dir / "send.bin").open("rb") as values, (self.dir / "send-rows.bin").open("rb") as rows:
+            while blob := values.read(SEND_BATCH * POINT_BYTES):
+                records = np.empty(len(blob) // POINT_BYTES, dtype=RECORD)
+                records["v"] = np.frombuffer(blob, dtype=VALUE)
+                records["r"] = np.frombuffer(rows.read(len(records) * 8), dtype="<u8")
+                drop = ~selected[records["r"].astype(np.int64)]
+                if drop.any():
+                    fresh = b"".join(random() for _ in range(int(drop.sum())))
+                    records["v"][drop] = np.frombuffer(fresh, dtype=VALUE)
+                real += int(len(records) - drop.sum())
+                pad.add(records)
+        pad.flush()
+        with (self.dir / "send.bin").open("wb") as values, (self.dir / "send-rows.bin").open("wb") as rows:
+            for bucket in range(self.buckets):
+                records = pad.read(bucket)
+                records = records[np.argsort(records["v"], kind="stable")]
+                values.write(records["v"].tobytes())
+                rows.write(records["r"].tobytes())
+                pad.drop(bucket)
+        return real
+
     def _returned(self, blob: bytes, start: int) -> np.ndarray:
         """Records (row numbers zero) of our values the peer returned from value ``start`` on."""
         count = len(blob) // POINT_BYTES
@@ -417,8 +459,9 @@ class StreamingParty:
         """Chunk ``index`` of :meth:`write_sorted_answers`' file."""
         return _read_slice(self.dir / "answers.bin", index * size, size)
 
-    def answer(self, peer_blobs: Iterable[bytes]) -> Iterator[bytes]:
-        """Raise the peer's values to our secret, in the order received; keep them for matching."""
+    def answer(self, peer_blobs: Iterable[bytes], *, keep: bool = True) -> Iterator[bytes]:
+        """Raise the peer's values to our secret, in the order received; keep them for matching
+        (unless the caller keeps them itself, with data beside them: ``keep=False``)."""
 
         def tasks() -> Iterator[tuple[bytes, int]]:
             for blob in peer_blobs:
@@ -440,7 +483,8 @@ class StreamingParty:
 
         done = 0
         for out in ordered_map(self._executor, exponentiate_packed, tasks(), self._secret, self._depth()):
-            self._peer.add(np.frombuffer(out, dtype=VALUE))
+            if keep:
+                self._peer.add(np.frombuffer(out, dtype=VALUE))
             done += len(out) // POINT_BYTES
             self._report("answering the other side's values", done, None)
             yield out
@@ -465,6 +509,25 @@ class StreamingParty:
                 f"the other party returned {received} doubly-blinded values for the {self.set_size} "
                 "we sent; the session is inconsistent, run it again"
             )
+
+    def match_records(self, theirs: Buckets) -> Iterator[np.ndarray]:
+        """Bucket by bucket, the records of ``theirs`` (the peer's values raised to our secret, with
+        data beside each, routed like ours) whose value is among our own values as the peer
+        returned them; both sides' files go bucket by bucket. Repeats on either side abort."""
+        for bucket in range(self.buckets):
+            records = theirs.read(bucket)
+            records = records[np.argsort(records["v"])]
+            mine = np.sort(self._mine.read(bucket)["v"])
+            for values in (records["v"], mine):
+                if len(values) > 1 and bool((values[1:] == values[:-1]).any()):
+                    raise IntegrityError(
+                        "the blinded values of a PSI session contain repeats, which honest de-duplicated "
+                        "input never produces; abort this session"
+                    )
+            yield records[np.isin(records["v"], mine, assume_unique=True)]
+            theirs.drop(bucket)
+            self._mine.drop(bucket)
+            self._report("matching buckets", bucket + 1, self.buckets, force=bucket + 1 == self.buckets)
 
     def finish(self, sink: Callable[[np.ndarray], None] | None = None) -> StreamResult:
         """Match bucket by bucket; ``sink`` gets the shared rows (uint64 arrays) in the agreed order."""

@@ -1,30 +1,37 @@
-"""The private intersection-sum between two partner nodes over Flower messages, signed end to end.
+"""The private intersection-sum between two partner nodes over Flower messages, in signed chunks.
 
-The same four messages as :mod:`fedcustomer.psi.intersection_sum`, each partner on its own
-node, the coordinator relaying:
+The protocol of :mod:`fedcustomer.psi.intersection_sum`, each partner on its own node and each
+set streamed in chunks of ``chunk-size`` ids (:mod:`fedcustomer.psi.sum_chunked`), the
+coordinator relaying::
 
-1. ``psi_sum_open`` to both: the value holder answers its offer (public key, blinded ids,
-   ciphertexts), the predicate holder its padded blinded set. Each first checks that its
-   budget can pay, so a refusal costs nobody anything.
-2. ``psi_sum_reblind`` to the value holder: the predicate holder's set, raised and shuffled.
-3. ``psi_sum_answer`` to the predicate holder: the offer and the re-blinded set; it pays its
-   ledger and answers the encrypted noisy sum and the noisy count.
-4. ``psi_sum_finish`` to the value holder: it pays its ledger, decrypts and releases the rate.
+    query.psi_sum_open    {session-id, dataset, role, column, peer, epsilon, value-max, chunk-size}
+                          -> {chunk 0 of our set (value holder: with ciphertexts and key), chunks, count}
+    query.psi_sum_step    {session-id, peer, peer-blinded?, peer-ciphertexts?, peer-public-key?,
+                           index, chunks, count, want-next?}  -> {our next chunk?, doubly? (answer 0)}
+    query.psi_sum_pull    {session-id, index}                 -> {doubly: answer chunk} (value holder)
+    query.psi_sum_accept  {session-id, my-doubly, index}      -> {} (predicate holder)
+    query.psi_sum_answer  {session-id, my-doubly, index}      -> {sum, count} (predicate holder pays)
+    query.psi_sum_finish  {session-id, sum, count}            -> {noisy-count, noisy-sum, rate} (value holder pays)
+    query.psi_sum_abort   {session-id}                        -> {} (drop the session's secrets)
 
-Every relayed value set is signed by its sender's link key (:mod:`fedcustomer.psi.signing`,
-mode ``sum``) and checked by the receiver when it pinned its peer, so the coordinator cannot
-alter, splice or replay them. Between messages a node keeps its secrets (scalar, Paillier
-key) in ``state/psi/<session>.sum.json`` (0600); the file goes when the session ends.
+Each partner first checks that its budget can pay, so a refusal costs nobody anything. Every
+chunk is signed by its sender's link key over the run, session, mode ``sum``, both names, the
+chunk's index, the chunk count and the set's size (the value holder's over its ciphertexts and
+key too), and taken once and in order; the answer is signed over the chain of the chunks it is
+about. A dropped, reordered, replayed, relabelled or altered chunk is refused before any work,
+the coordinator aborts, and both partners drop the session with nothing kept or charged. A set
+of one chunk takes four exchanges, as before chunking. Progress lines (chunks per side, never a
+value) go to the ``progress`` callback and this module's logger.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Context, Message
@@ -33,20 +40,16 @@ from flwr.serverapp import Grid
 
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.psi import signing
-from fedcustomer.psi.intersection_sum import (
-    Payer,
-    PredicateHolder,
-    SumParams,
-    ValueHolder,
-    make_rate,
-    paid_results,
-    parse_flags,
-    parse_values,
-    sum_step,
-)
+from fedcustomer.privacy.dp.release import check
+from fedcustomer.psi import sum_chunked as chunks_
+from fedcustomer.psi.chunked import REVEAL_SUM as REVEAL_SUM  # re-exported for callers
+from fedcustomer.psi.chunked import accept_chunk, answer_chunk, check_chunk_size, check_fresh
+from fedcustomer.psi.chunked import reblind_chunk as reblind_peer_chunk
+from fedcustomer.psi.core import POINT_BYTES
+from fedcustomer.psi.intersection_sum import Payer, SumParams, sum_step
 from fedcustomer.psi.protocol import (
     PartyLimits,
+    _blob,
     _config,
     _error_reply,
     _exchange,
@@ -54,219 +57,146 @@ from fedcustomer.psi.protocol import (
     _peer,
     _reply,
     _text,
+    _whole,
+    _workers,
 )
-from fedcustomer.psi.state import check_session_id, psi_dir, read_json, write_private
+from fedcustomer.psi.relay import _signature
+from fedcustomer.psi.state import check_session_id, drop_session, psi_dir, read_json
+from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE as DEFAULT_SUM_CHUNK_SIZE
+from fedcustomer.psi.sum_chunked import ROLE_PREDICATE, ROLE_VALUE
 
-MSG_OPEN, MSG_REBLIND, MSG_ANSWER = "psi_sum_open", "psi_sum_reblind", "psi_sum_answer"
-MSG_FINISH, MSG_ABORT = "psi_sum_finish", "psi_sum_abort"
-ROLE_VALUE, ROLE_PREDICATE = "value", "predicate"
-MODE = REVEAL_SUM = "sum"  # what the parties learn: a DP rate, never which customers
+MSG_OPEN, MSG_STEP, MSG_PULL = "psi_sum_open", "psi_sum_step", "psi_sum_pull"
+MSG_ACCEPT, MSG_ANSWER, MSG_FINISH, MSG_ABORT = (
+    "psi_sum_accept",
+    "psi_sum_answer",
+    "psi_sum_finish",
+    "psi_sum_abort",
+)
+MODE = REVEAL_SUM  # what the parties learn: a DP rate, never which customers
 LoadColumn = Callable[[PartnerHome, str, str], tuple[list[str], list[object]]]
+log = logging.getLogger(__name__)
 
 
-def _path(home: PartnerHome, session: str) -> Any:
-    return psi_dir(home) / f"{session}.sum.json"
-
-
-def _blob(cfg: dict[str, Any], key: str) -> bytes:
-    value = cfg.get(key)
-    if not isinstance(value, bytes):
-        raise _malformed(key, "bytes")
-    return value
-
-
-def offer_digest(offer: dict[str, bytes]) -> bytes:
-    """One digest over the offer's parts (length-prefixed): what its signature covers."""
-    h = hashlib.sha256()
-    for key in ("public-key", "blinded", "ciphertexts"):
-        h.update(len(offer[key]).to_bytes(8, "big") + offer[key])
-    return h.digest()
-
-
-def answer_digest(total: bytes, count: int) -> bytes:
-    return hashlib.sha256(total + b"|" + str(count).encode()).digest()
-
-
-def _statement(
-    state: dict[str, Any], kind: str, values: bytes, answers: bytes | None, outgoing: bool
-) -> bytes:
-    return signing.session_statement(kind, state, values, outgoing=outgoing, answers=answers, mode=MODE)
-
-
-def _params(state: dict[str, Any]) -> SumParams:
-    return SumParams(epsilon=state["epsilon"], value_max=state["value_max"])
-
-
-def _session(
-    home: PartnerHome, cfg: dict[str, Any], role: str, limits: PartyLimits, now: float
-) -> dict[str, Any]:
-    session = check_session_id(_text(cfg, "session-id"))
-    path = _path(home, session)
-    if not path.exists():
-        raise AccessDenied(f"no open intersection-sum session {session!r} on this partner; refused")
-    state = read_json(path, f"intersection-sum session {session!r}")
-    if state.get("role") != role:
-        raise AccessDenied(f"intersection-sum session {session!r}: this partner is not the {role} holder")
-    if now - float(state.get("started_at", 0)) > limits.session_ttl_s:
-        path.unlink(missing_ok=True)
-        raise AccessDenied(f"intersection-sum session {session!r} has expired; run a new session")
-    return state
-
-
-def _once(home: PartnerHome, session: str, step: str) -> None:
-    """Claim one step of the session atomically: a second request for it is refused."""
-    try:
-        os.close(
-            os.open(psi_dir(home) / f"{session}.sum.{step}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        )
-    except FileExistsError:
-        raise AccessDenied(f"intersection-sum session {session!r} already answered {step}; refused") from None
-
-
-def _drop(home: PartnerHome, session: str) -> None:
-    for suffix in ("sum.json", "sum.reblind", "sum.answer", "sum.finish"):
-        (psi_dir(home) / f"{session}.{suffix}").unlink(missing_ok=True)
-
-
-def _expire(home: PartnerHome, limits: PartyLimits, now: float) -> None:
-    """Abandoned sessions (older than the node's TTL) lose their secrets."""
-    for path in psi_dir(home).glob("*.sum.json") if psi_dir(home).exists() else ():
+def _expire_legacy(home: PartnerHome, limits: PartyLimits, now: float) -> None:
+    """Secrets of sessions of the one-message protocol (``<session>.sum.json``) go once abandoned."""
+    directory = psi_dir(home)
+    for path in directory.glob("*.sum.json") if directory.exists() else ():
         try:
             started = float(read_json(path, "intersection-sum session").get("started_at", 0))
         except (FedCustomerError, TypeError, ValueError):
             started = 0.0
         if now - started > limits.session_ttl_s:
-            _drop(home, path.name.removesuffix(".sum.json"))
+            _drop_legacy(home, path.name.removesuffix(".sum.json"))
+
+
+def _drop_legacy(home: PartnerHome, session: str) -> None:
+    for suffix in ("sum.json", "sum.reblind", "sum.answer", "sum.finish"):
+        (psi_dir(home) / f"{session}.{suffix}").unlink(missing_ok=True)
 
 
 def handle_open(
     home: PartnerHome, cfg: dict[str, Any], load_column: LoadColumn, limits: PartyLimits, now: float
 ) -> dict[str, Any]:
-    """Check the budget, read the column, start the session: the offer or the padded blinded set."""
+    """Check the budget, read the column, start the session: chunk 0 of our set."""
     session = check_session_id(_text(cfg, "session-id"))
-    dataset, role, column, peer = (
-        _text(cfg, "dataset"),
-        _text(cfg, "role"),
-        _text(cfg, "column"),
-        _peer(cfg, home, limits),
-    )
+    dataset, role, column = _text(cfg, "dataset"), _text(cfg, "role"), _text(cfg, "column")
+    peer = _peer(cfg, home, limits)
     if role not in (ROLE_VALUE, ROLE_PREDICATE):
         raise _malformed("role", f"{ROLE_VALUE} or {ROLE_PREDICATE}")
     params = SumParams(epsilon=cfg.get("epsilon"), value_max=cfg.get("value-max"))  # type: ignore[arg-type]
     run_id = str(cfg.get("run-id") or session)
-    _expire(home, limits, now)
-    path = _path(home, session)
-    if path.exists() or (psi_dir(home) / f"{session}.sum.reblind").exists():
-        raise ConfigError(
-            f"intersection-sum session {session!r} was already started here; use a new session id"
-        )
-    from fedcustomer.privacy.dp.release import check
-
+    size = check_chunk_size(cfg.get("chunk-size", DEFAULT_SUM_CHUNK_SIZE))
+    _expire_legacy(home, limits, now)
+    check_fresh(home, session, limits.session_ttl_s, now)
     check(Payer(home, dataset).ledger(), sum_step(run_id, session), params.mechanism())
     ids, cells = load_column(home, dataset, column)
-    state: dict[str, Any] = {"session": session, "run_id": run_id, "me": home.config().name, "peer": peer,
-                             "role": role, "dataset": dataset, "epsilon": params.epsilon,
-                             "value_max": params.value_max, "started_at": now}  # fmt: skip
-    if role == ROLE_VALUE:
-        holder = ValueHolder(
-            ids, parse_values(cells, f"column {column!r}"), params, max_set_size=limits.sum_max_set_size
-        )
-        out: dict[str, Any] = holder.offer()
-        signed = offer_digest(out)
-        state |= {"holder": holder.to_state(), "offer": signed.hex()}
-    else:
-        pred = PredicateHolder(
-            ids, parse_flags(cells, f"column {column!r}"), params, max_set_size=limits.sum_max_set_size
-        )
-        out = pred.blinded()
-        signed = out["blinded"]
-        state |= {"holder": pred.to_state(), "sent": signed.hex()}
-    psi_dir(home).mkdir(parents=True, exist_ok=True)
-    write_private(path, state)
-    return {**out, "signature": signing.sign(home, _statement(state, "blinded", signed, None, True))}
+    bound: dict[str, Any] = {
+        "session": session, "dataset": dataset, "peer": peer, "me": home.config().name, "run_id": run_id,
+        "mode": MODE, "sum_role": role, "role": "initiator" if role == ROLE_VALUE else "responder",
+        "workers": _workers(cfg), "chunk_size": size, "epsilon": params.epsilon, "value_max": params.value_max,
+    }  # fmt: skip
+    return chunks_.open_sum(home, bound, ids, cells, column, max_set_size=limits.sum_max_set_size, now=now)
 
 
-def handle_reblind(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
-    """Value holder: the peer's padded set raised to our secret and shuffled, once per session."""
-    state = _session(home, cfg, ROLE_VALUE, limits, now)
-    blob = _blob(cfg, "peer-blinded")
-    signing.check(home, str(state["peer"]), cfg.get("peer-signature"),
-                  _statement(state, "blinded", blob, None, False), "padded set")  # fmt: skip
-    _once(home, str(state["session"]), "reblind")
-    holder = ValueHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
-    out = holder.reblind({"blinded": blob})
-    signed = _statement(state, "doubly", out["doubly"], blob, True)
-    return {**out, "signature": signing.sign(home, signed)}
+def _load(
+    home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float, role: str | None
+) -> chunks_.SumSession:
+    return chunks_.load(home, check_session_id(_text(cfg, "session-id")), limits.session_ttl_s, now, role)
+
+
+def handle_step(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
+    """Take the peer's next chunk (the value holder reblinds it, the predicate holder keeps it with its
+    ciphertexts) and/or hand out our own next chunk."""
+    want_next = cfg.get("want-next", False)
+    if not isinstance(want_next, bool):
+        raise _malformed("want-next", "true or false")
+    s = _load(home, cfg, limits, now, None)
+    reply: dict[str, Any] = {}
+    if "peer-blinded" in cfg:
+        peer, blob = _text(cfg, "peer"), _blob(cfg, "peer-blinded")
+        if s.state.get("peer") != peer:
+            raise AccessDenied(
+                f"PSI session {s.session!r} was opened with another peer, not {peer!r}; refused"
+            )
+        if len(blob) % POINT_BYTES:
+            raise IntegrityError(
+                f"PSI message of {len(blob)} bytes is not a whole number of {POINT_BYTES}-byte group "
+                "elements; the message was truncated or corrupted"
+            )
+        chunk = (_whole(cfg, "index", 0), _whole(cfg, "chunks", 1, 1), _whole(cfg, "count", 1, 1))
+        signature, cap = cfg.get("peer-signature"), limits.sum_max_set_size
+        if s.role == ROLE_VALUE:  # the predicate holder's padded set: answered sorted, after its last chunk
+            out = reblind_peer_chunk(s, blob, *chunk, signature, max_set_size=cap)
+            if "doubly" in out:
+                reply |= {"doubly": out["doubly"], "answer-index": out["index"]}
+                reply["answer-signature"] = out["signature"]
+        else:
+            parts = {key: _blob(cfg, f"peer-{key}") for key in chunks_.OFFER_PARTS}
+            chunks_.take_offer(s, blob, parts, chunk, signature, max_set_size=cap)
+    if want_next:
+        reply |= accept_chunk(s, None, 0, None, want_next=True)
+    return reply
+
+
+def handle_pull(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
+    """Value holder: the next chunk of its sorted answer to the predicate holder's set."""
+    return answer_chunk(_load(home, cfg, limits, now, ROLE_VALUE), _whole(cfg, "index", 0))
+
+
+def handle_accept(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
+    """Predicate holder: one chunk of its own set as the value holder answered it (not the last)."""
+    s = _load(home, cfg, limits, now, ROLE_PREDICATE)
+    return accept_chunk(s, _blob(cfg, "my-doubly"), _whole(cfg, "index", 0), cfg.get("peer-signature"), False)
 
 
 def handle_answer(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
-    """Predicate holder: pay, match, sum under encryption with our noise; answer one ciphertext and a count."""
-    state = _session(home, cfg, ROLE_PREDICATE, limits, now)
-    offer = {k: _blob(cfg, k) for k in ("public-key", "blinded", "ciphertexts")}
-    doubly, peer = _blob(cfg, "doubly"), str(state["peer"])
-    signing.check(home, peer, cfg.get("offer-signature"),
-                  _statement(state, "blinded", offer_digest(offer), None, False), "offer")  # fmt: skip
-    sent = bytes.fromhex(str(state["sent"]))  # the re-blinded set must answer exactly what we sent
-    signing.check(home, peer, cfg.get("doubly-signature"),
-                  _statement(state, "doubly", doubly, sent, False), "re-blinded set")  # fmt: skip
-    _once(home, str(state["session"]), "answer")
-    holder = PredicateHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
-    payer, step, params = (
-        Payer(home, str(state["dataset"])),
-        sum_step(str(state["run_id"]), str(state["session"])),
-        _params(state),
-    )
-
-    def produce() -> tuple[dict[str, Any], Any]:
-        reply = holder.answer(offer, {"doubly": doubly})
-        return {"sum": reply["sum"].hex(), "count": reply["count"]}, params.mechanism()
-
-    from fedcustomer.privacy.dp.release import release
-
-    paid = release(payer.ledger(), step, paid_results(payer), produce).result
-    total, count = bytes.fromhex(paid["sum"]), int(paid["count"])
-    _drop(home, str(state["session"]))
-    out = _statement(state, "doubly", answer_digest(total, count), offer_digest(offer), True)
-    return {"sum": total, "count": count, "signature": signing.sign(home, out)}
+    """Predicate holder: the last answer chunk, then match, pay, and answer the encrypted noisy sum."""
+    s = _load(home, cfg, limits, now, ROLE_PREDICATE)
+    blob = _blob(cfg, "my-doubly") if "my-doubly" in cfg else None
+    return chunks_.answer_sum(s, blob, _whole(cfg, "index", 0), cfg.get("peer-signature"))
 
 
 def handle_finish(home: PartnerHome, cfg: dict[str, Any], limits: PartyLimits, now: float) -> dict[str, Any]:
     """Value holder: pay, decrypt, add our own noise and release the count, the sum and the rate."""
-    state = _session(home, cfg, ROLE_VALUE, limits, now)
+    s = _load(home, cfg, limits, now, ROLE_VALUE)
     total, count = _blob(cfg, "sum"), cfg.get("count")
     if isinstance(count, bool) or not isinstance(count, int):
         raise _malformed("count", "a whole number")
-    offer = bytes.fromhex(str(state["offer"]))
-    signing.check(home, str(state["peer"]), cfg.get("peer-signature"),
-                  _statement(state, "doubly", answer_digest(total, count), offer, False), "answer")  # fmt: skip
-    holder = ValueHolder.from_state(state["holder"], _params(state), limits.sum_max_set_size)
-    payer, params = Payer(home, str(state["dataset"])), _params(state)
-
-    def produce() -> tuple[dict[str, Any], Any]:
-        fixed, noisy_count = holder.decrypt({"sum": total, "count": count})
-        noisy_sum, rate = make_rate(fixed, noisy_count, params)
-        return {"noisy_count": noisy_count, "noisy_sum": noisy_sum, "rate": rate}, params.mechanism()
-
-    from fedcustomer.privacy.dp.release import release
-
-    step = sum_step(str(state["run_id"]), str(state["session"]))
-    out = release(payer.ledger(), step, paid_results(payer), produce).result
-    _drop(home, str(state["session"]))
-    reply: dict[str, Any] = {"noisy-count": int(out["noisy_count"]), "noisy-sum": float(out["noisy_sum"])}
-    if out["rate"] is not None:
-        reply["rate"] = float(out["rate"])
-    return reply
+    return chunks_.finish_sum(s, total, count, cfg.get("peer-signature"))
 
 
 def handle_abort(home: PartnerHome, cfg: dict[str, Any]) -> dict[str, Any]:
-    _drop(home, check_session_id(_text(cfg, "session-id")))
+    session = check_session_id(_text(cfg, "session-id"))
+    drop_session(home, session)
+    _drop_legacy(home, session)
     return {"aborted": True}
 
 
 def register_sum_handlers(
     app: ClientApp, resolve_home: Callable[[Context], PartnerHome], load_column: LoadColumn
 ) -> None:
-    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column)`` returns (ids, cells)."""
+    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column)`` returns fresh (ids,
+    cells) lists, row for row, which a session empties once they are on its disk."""
 
     def wrap(step: Callable[[PartnerHome, dict[str, Any], PartyLimits, float], dict[str, Any]]) -> Any:
         def handler(msg: Message, context: Context) -> Message:
@@ -283,15 +213,16 @@ def register_sum_handlers(
         return handler
 
     app.query(MSG_OPEN)(wrap(lambda home, cfg, limits, now: handle_open(home, cfg, load_column, limits, now)))
-    app.query(MSG_REBLIND)(wrap(handle_reblind))
-    app.query(MSG_ANSWER)(wrap(handle_answer))
-    app.query(MSG_FINISH)(wrap(handle_finish))
+    for name, step in ((MSG_STEP, handle_step), (MSG_PULL, handle_pull), (MSG_ACCEPT, handle_accept),
+                       (MSG_ANSWER, handle_answer), (MSG_FINISH, handle_finish)):  # fmt: skip
+        app.query(name)(wrap(step))
     app.query(MSG_ABORT)(wrap(lambda home, cfg, _limits, _now: handle_abort(home, cfg)))
 
 
+# --- the coordinator's side ----------------------------------------------------------------
 @dataclass
 class SumView:
-    """What the coordinator relays and learns: sizes, the noisy count, and the released rate."""
+    """What the coordinator relays and learns: sizes, chunk counts, the noisy count, the released rate."""
 
     session_id: str
     noisy_count: int
@@ -300,6 +231,71 @@ class SumView:
     set_size_a: int
     set_size_b: int
     bytes_relayed: int
+    chunks_a: int = 1
+    chunks_b: int = 1
+    chunk_size: int = DEFAULT_SUM_CHUNK_SIZE
+
+
+@dataclass
+class _Side:
+    """One partner's set as the relay sees it: chunks fetched from it and relayed to its peer."""
+
+    node: int
+    name: str
+    chunks: int
+    total: int
+    own: deque[dict[str, Any]] = field(default_factory=deque)  # fetched, not yet relayed
+    fetched: int = 0
+    relayed: int = 0
+
+    def take_own(self, reply: dict[str, Any]) -> None:
+        index = int(reply["index"])
+        if index != self.fetched or int(reply["chunks"]) != self.chunks:
+            raise IntegrityError(
+                f"partner {self.name!r} handed out chunk {index} out of order; run a new session"
+            )
+        fields = {"peer-blinded": bytes(reply["blinded"]), "index": index, "chunks": self.chunks,
+                  "count": self.total} | _signature(reply)  # fmt: skip
+        for key in chunks_.OFFER_PARTS:
+            if key in reply:
+                fields[f"peer-{key}"] = bytes(reply[key])
+        self.own.append(fields)
+        self.fetched += 1
+
+
+def _size(fields: dict[str, Any]) -> int:
+    return sum(len(v) for k, v in fields.items() if isinstance(v, bytes) and k != "peer-signature")
+
+
+def _relay_sets(grid: Grid, session: str, a: _Side, b: _Side, timeout: float | None,
+                report: Callable[[str], None]) -> tuple[deque[tuple[int, bytes, dict[str, bytes]]], int]:  # fmt: skip
+    """Each set to its peer chunk by chunk; returns the value holder's first answer chunk(s) and bytes."""
+    answers: deque[tuple[int, bytes, dict[str, bytes]]] = deque()
+    peer, side, relayed = {a.node: b, b.node: a}, {a.node: a, b.node: b}, 0
+    for _ in range(max(a.chunks, b.chunks) + 2):  # every pass relays one chunk each way
+        msgs: dict[int, dict[str, Any]] = {a.node: {}, b.node: {}}
+        for x in (a, b):  # each side's next chunk goes to its peer...
+            if x.own:
+                fields = x.own.popleft()
+                msgs[peer[x.node].node] |= fields
+                x.relayed += 1
+                relayed += _size(fields)
+        for x in (a, b):  # ...which hands out its own next one in the same reply
+            if x.fetched < x.chunks and not x.own:
+                msgs[x.node]["want-next"] = True
+        cfg = {n: {"session-id": session, "peer": peer[n].name} | msg for n, msg in msgs.items() if msg}
+        if not cfg:
+            return answers, relayed
+        for node, reply in _exchange(grid, MSG_STEP, cfg, timeout).items():
+            if "blinded" in reply:
+                side[node].take_own(reply)
+            if "doubly" in reply:
+                sig = reply.get("answer-signature")
+                answers.append((int(reply["answer-index"]), bytes(reply["doubly"]),
+                                {"peer-signature": bytes(sig)} if isinstance(sig, bytes) and sig else {}))  # fmt: skip
+        report(f"PSI {session} (sum): {a.name} {a.relayed}/{a.chunks} chunks to {b.name}, "
+               f"{b.name} {b.relayed}/{b.chunks} chunks to {a.name}")  # fmt: skip
+    raise IntegrityError(f"intersection-sum session {session!r}: the relay stopped making progress")
 
 
 def run_sum_on_grid(
@@ -317,46 +313,66 @@ def run_sum_on_grid(
     session_id: str | None = None,
     run_id: str | None = None,
     timeout: float | None = None,
+    chunk_size: int = DEFAULT_SUM_CHUNK_SIZE,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> SumView:
     """Drive one intersection-sum between the value holder (a) and the predicate holder (b)."""
     if node_a == node_b or name_a == name_b:
         raise ConfigError("an intersection-sum needs two different partner nodes")
     session = check_session_id(session_id or f"psum-{secrets.token_hex(8)}")
     common = {"session-id": session, "run-id": run_id or session, "epsilon": params.epsilon,
-              "value-max": params.value_max}  # fmt: skip
+              "value-max": params.value_max, "chunk-size": check_chunk_size(chunk_size),
+              "workers": workers}  # fmt: skip
+
+    def report(line: str) -> None:
+        log.info("%s", line)
+        if progress is not None:
+            progress(line)
+
     try:
         opened = _exchange(grid, MSG_OPEN, {
             node_a: {**common, "dataset": dataset_a, "role": ROLE_VALUE, "column": value, "peer": name_b},
             node_b: {**common, "dataset": dataset_b, "role": ROLE_PREDICATE, "column": where, "peer": name_a},
         }, timeout)  # fmt: skip
-        offer = {k: bytes(opened[node_a][k]) for k in ("public-key", "blinded", "ciphertexts")}
-        padded = bytes(opened[node_b]["blinded"])
-        reblind = _exchange(grid, MSG_REBLIND, {node_a: {"session-id": session, "peer-blinded": padded,
-                            "peer-signature": bytes(opened[node_b]["signature"])}}, timeout)[node_a]  # fmt: skip
-        answer = _exchange(grid, MSG_ANSWER, {node_b: {"session-id": session, **offer,
-                           "offer-signature": bytes(opened[node_a]["signature"]),
-                           "doubly": bytes(reblind["doubly"]),
-                           "doubly-signature": bytes(reblind["signature"])}}, timeout)[node_b]  # fmt: skip
+        a, b = (_Side(n, name, int(opened[n]["chunks"]), int(opened[n]["count"]))
+                for n, name in ((node_a, name_a), (node_b, name_b)))  # fmt: skip
+        a.take_own(opened[node_a])
+        b.take_own(opened[node_b])
+        answers, relayed = _relay_sets(grid, session, a, b, timeout, report)
+        for j in range(1, b.chunks):  # the value holder's sorted answer, back to the predicate holder
+            if not answers:
+                raise IntegrityError(f"intersection-sum session {session!r}: an answer chunk is missing")
+            k, blob, sig = answers.popleft()
+            _exchange(grid, MSG_ACCEPT, {node_b: {"session-id": session, "my-doubly": blob, "index": k} | sig},
+                      timeout)  # fmt: skip
+            pulled = _exchange(grid, MSG_PULL, {node_a: {"session-id": session, "index": j}}, timeout)[node_a]
+            answers.append((int(pulled["index"]), bytes(pulled["doubly"]), _signature(pulled)))
+            relayed += len(blob)
+            report(f"PSI {session} (sum): {j}/{b.chunks} answer chunks back to {name_b}")
+        if not answers:
+            raise IntegrityError(f"intersection-sum session {session!r}: the last answer chunk is missing")
+        k, blob, sig = answers.popleft()
+        answer = _exchange(grid, MSG_ANSWER, {node_b: {"session-id": session, "my-doubly": blob, "index": k}
+                           | sig}, timeout)[node_b]  # fmt: skip
         done = _exchange(grid, MSG_FINISH, {node_a: {"session-id": session, "sum": bytes(answer["sum"]),
-                         "count": int(answer["count"]),
-                         "peer-signature": bytes(answer["signature"])}}, timeout)[node_a]  # fmt: skip
+                         "count": int(answer["count"])} | _signature(answer)}, timeout)[node_a]  # fmt: skip
+        relayed += len(blob) + len(bytes(answer["sum"]))
+        report(f"PSI {session} (sum): {b.chunks}/{b.chunks} answer chunks back to {name_b}; released")
     except FedCustomerError:
         _abort_sum(grid, session, (node_a, node_b), timeout)
         raise
-    relayed = (
-        sum(len(v) for v in offer.values())
-        + len(padded)
-        + len(bytes(reblind["doubly"]))
-        + len(bytes(answer["sum"]))
-    )
     return SumView(
         session_id=session,
         noisy_count=int(done["noisy-count"]),
         noisy_sum=float(done["noisy-sum"]),
         rate=float(done["rate"]) if "rate" in done else None,
-        set_size_a=len(offer["blinded"]) // 32,
-        set_size_b=len(padded) // 32,
+        set_size_a=a.total,
+        set_size_b=b.total,
         bytes_relayed=relayed,
+        chunks_a=a.chunks,
+        chunks_b=b.chunks,
+        chunk_size=chunk_size,
     )
 
 

@@ -40,7 +40,7 @@ from fedcustomer.psi.intersection_sum import SumParams
 from fedcustomer.psi.protocol import REVEAL_IDS
 from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.state import check_session_id
-from fedcustomer.psi.sum_protocol import REVEAL_SUM, run_sum_on_grid
+from fedcustomer.psi.sum_protocol import DEFAULT_SUM_CHUNK_SIZE, REVEAL_SUM, run_sum_on_grid
 from fedcustomer.server.anchor_grid import AnchorGrid
 from fedcustomer.server.deployment import wait_for_partners
 from fedcustomer.vertical.data import plan_parties
@@ -251,6 +251,8 @@ def _sum_only(
             session_id=check_session_id(f"psum-{job.run_id}"[:64]),
             run_id=job.run_id,
             timeout=job.round_timeout,
+            chunk_size=int(extra.get("psi-chunk-size", DEFAULT_SUM_CHUNK_SIZE)),
+            progress=progress_to(out),
         )
     except FederationError as exc:
         summary["stop_reason"] = str(exc)
@@ -269,6 +271,7 @@ def _sum_only(
         "epsilon": {"total": params.epsilon, "count": params.count_epsilon, "sum": params.sum_epsilon},
         "charged_to": [active.name, passive.name],
         "bytes_relayed": view.bytes_relayed,
+        "chunks": {active.name: view.chunks_a, passive.name: view.chunks_b, "size": view.chunk_size},
     }
     RunDir(out).write_summary(summary)
     return summary

@@ -145,9 +145,10 @@ def test_count_only_psi_between_authenticated_nodes_keeps_no_member(fed, tmp_pat
 
 @pytest.mark.two_party_long  # about 90 s on an idle machine: `make test-two-party`
 def test_intersection_sum_between_authenticated_nodes_releases_only_the_noisy_rate(fed, tmp_path):
-    """``--mode psi --reveal sum`` over real processes: each party pays once, nothing names a customer."""
+    """``--mode psi --reveal sum`` over real processes, in signed chunks of 600 ids: each party pays once,
+    nothing names a customer."""
     options = {"value": "defaulted", "where": "loyalty_member", "epsilon": 4.0}
-    run = fed.submit(tmp_path / "sum", mode="psi", reveal="sum", sum_options=options)
+    run = fed.submit(tmp_path / "sum", mode="psi", reveal="sum", sum_options=options, psi_chunk_size=600)
     assert fed.wait(run)["status"] == "finished:completed"
     summary = co.read_summary(fed.config())
     ids_b, flags = PartnerDataAccess(fed.homes["retailer"]).linkage_column("retailer", "loyalty_member")
@@ -158,6 +159,7 @@ def test_intersection_sum_between_authenticated_nodes_releases_only_the_noisy_ra
     # discrete Laplace at epsilon 2 each: scale 1/2 on the count, 1/2 per party's share on the sum
     assert abs(summary["noisy_count"] - len(chosen)) <= 12 and abs(summary["noisy_sum"] - sum(chosen)) <= 24
     assert summary["parties"] == {"bank": 1500, "retailer": 1500}
+    assert summary["chunks"] == {"bank": 3, "retailer": 3, "size": 600}
     assert "intersection_size" not in summary and "kept_by" not in summary
     for home in fed.homes.values():
         paid = [c for c in home.ledger(home.config().name).charges() if c.mechanism == SUM_MECHANISM]

@@ -175,3 +175,40 @@ def test_corrupted_or_dishonest_peer_values_abort(tmp_path):
     with pytest.raises(IntegrityError, match="repeats"):
         pr.finish()
     assert np.dtype(VALUE).itemsize == 32
+
+
+def test_mask_keeps_the_size_and_order_and_only_selected_values_match(tmp_path):
+    ids = [f"C{i:04d}" for i in range(300)]
+    selected = np.array([i % 3 == 0 for i in range(300)] + [False])  # and a repeat of C0000, not selected
+    a = StreamingParty("initiator", tmp_path, side="a", buckets=4)
+    a.blind([ids + ["c0000"]])
+    assert a.mask(selected) == 100  # the first row of C0000 wins: selected
+    values = b"".join(a.outgoing())
+    assert len(values) == 300 * 32 and a.set_size == 300 and a.duplicates_removed == 1
+    packed = np.frombuffer(values, dtype=VALUE)
+    assert bool((packed[1:] > packed[:-1]).all())  # still sorted: no position tells padding from values
+    b = StreamingParty("responder", tmp_path, side="b", buckets=4)
+    b.blind([ids])
+    a.accept(b.answer(a.outgoing()))
+    b.accept(a.answer(b.outgoing()))
+    assert a.finish().size == b.finish().size == 100  # the random elements match nobody
+
+
+def test_match_records_yields_the_peer_records_whose_values_we_got_back(tmp_path):
+    from fedcustomer.psi.stream import Buckets
+
+    ids = [f"C{i:04d}" for i in range(200)]
+    a = StreamingParty("initiator", tmp_path, side="a", buckets=8)
+    b = StreamingParty("responder", tmp_path, side="b", buckets=8)
+    a.blind([ids[:150]])
+    b.blind([ids[100:]])
+    a.accept_part(b"".join(b.answer(a.outgoing())), 0, ordered=False)  # a's values, raised by b
+    theirs = Buckets(tmp_path, "theirs", 8, np.dtype([("v", VALUE), ("c", "u8")]))
+    raised = np.frombuffer(b"".join(a.answer(b.outgoing(), keep=False)), dtype=VALUE)
+    records = np.empty(len(raised), dtype=theirs.dtype)
+    records["v"], records["c"] = raised, np.arange(len(raised))
+    theirs.add(records)
+    theirs.flush()
+    matched = np.concatenate(list(a.match_records(theirs)))
+    assert len(matched) == 50 and len(set(matched["c"].tolist())) == 50
+    assert not any(theirs.path(k).exists() for k in range(8))  # each bucket goes once matched

@@ -74,3 +74,18 @@ def test_sum_options_are_checked_on_the_coordinator():
         two_party_run_config(
             job, mode="psi", reveal="sum", sum_options={"value": "a", "where": "b", "epsilon": 0}
         )
+
+
+def test_a_small_psi_chunk_size_streams_the_sum_in_several_chunks(homes, tmp_path):
+    bank, retail = homes
+    job = VerticalJob(out=str(tmp_path / "run"), seed=0)
+    options = {"value": "defaulted", "where": "loyalty_member", "epsilon": 4.0}
+    raw = two_party_run_config(
+        job, mode="psi", wait_for_partners=5, reveal="sum", sum_options=options, psi_chunk_size=120
+    )
+    summary = run_two_party(grid_for([bank, retail]), raw)
+    assert summary["status"] == "completed" and summary["parties"] == {"bank": 500, "retailer": 500}
+    assert summary["chunks"] == {"bank": 5, "retailer": 5, "size": 120}
+    assert summary["rate"] is not None and 0 <= summary["rate"] <= 1
+    assert (tmp_path / "run" / "psi-progress.txt").read_text().endswith("released\n")
+    assert _paid(bank) == _paid(retail) == [MECHANISM]

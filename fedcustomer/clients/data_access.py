@@ -61,6 +61,7 @@ class PartnerDataAccess:
                 "training",
                 fields=fields,
                 dataset=dataset,
+                sign=True,  # one read per handle: its checkpoint now, not a second commit at close
             )
             entry = store.last_entry
         read = {"audit_seq": entry.seq, "audit_hash": entry.hash} if entry is not None else None

@@ -86,7 +86,12 @@ class CategoricalFeature:
 
     def encode(self, values: pd.Series) -> np.ndarray:
         """One-hot matrix (n, len(categories)); missing or undeclared values give an all-zero row."""
-        keys = values.map(category_key)
+        if values.dtype.kind in "iufb":  # numbers: one key per distinct value, not one call per row
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+            table = np.array([category_key(u) for u in uniques] + [None], dtype=object)
+            keys = pd.Series(table[codes], index=values.index, dtype=object)
+        else:
+            keys = values.map(category_key)
         out = np.zeros((len(values), len(self.categories)), dtype=np.float32)
         for j, cat in enumerate(self.categories):
             out[:, j] = (keys == cat).to_numpy(dtype=bool)

@@ -319,6 +319,7 @@ class PartnerStore(StoreCore):
         dataset: str | None = None,
         approval_id: str | None = None,
         now: datetime | None = None,
+        sign: bool = False,
     ) -> pd.DataFrame:
         """THE way to customer data: policy per field, masking, decryption, one audit entry.
 
@@ -330,9 +331,14 @@ class PartnerStore(StoreCore):
         ``{field: [values]}``. Integer fields come back int64 (float64 with NaN if any
         value is missing), floats float64, booleans bool (float64 with NaN if missing),
         dates and date-times datetime64 (UTC), text as object.
+
+        ``sign=True`` signs a checkpoint over the read's entry at once, for a handle that reads
+        once and closes (a node's training read): closing would sign one anyway, and this way
+        the log is synced once and the store's reach record takes the entry and its checkpoint
+        in one commit instead of two.
         """
         return read_frame(
-            self, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now
+            self, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now, sign=sign
         )
 
     # ---- what the store holds ---------------------------------------------------------------

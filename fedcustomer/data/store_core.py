@@ -9,6 +9,9 @@ the same core (:mod:`.key_admin`, :mod:`.approvals`, :mod:`.erasure`).
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -84,7 +87,6 @@ class StoreCore:
         self._approvals: ApprovalBook | None = None
         self._people: PeopleRegistry | None = None
         self._nonces: NonceBook | None = None
-        self._schemas: dict[str, Schema] = {}
         self._closed = False
         self.mask_key = bytes.fromhex(pseudonymizer.pseudonym(_MASK_KEY_LABEL))
 
@@ -307,18 +309,14 @@ class StoreCore:
         return [r[0] for r in self.backend.fetchall("SELECT name FROM datasets ORDER BY name")]
 
     def schema(self, dataset: str) -> Schema:
-        cached = self._schemas.get(dataset)
-        if cached is not None:
-            return cached
+        """The dataset's schema as stored now (parsed once per process for the same YAML text)."""
         text = self.backend.scalar("SELECT schema_yaml FROM datasets WHERE name = ?", (dataset,))
         if text is None:
             known = ", ".join(self.datasets()) or "none yet"
             raise ConfigError(
                 f"no dataset {dataset!r} in {self.home.store_path} (datasets: {known}); ingest it first"
             )
-        schema = Schema.from_yaml(text, source=f"{self.home.store_path}:{dataset}")
-        self._schemas[dataset] = schema
-        return schema
+        return parse_stored_schema(text, f"{self.home.store_path}:{dataset}")
 
     def register_schema(self, schema: Schema) -> None:
         """Create the dataset's table, or accept a compatible update (same fields, types, tiers, roles)."""
@@ -330,7 +328,7 @@ class StoreCore:
         row = self.backend.fetchone("SELECT schema_yaml FROM datasets WHERE name = ?", (schema.dataset,))
         now = utc_now()
         if row is not None:
-            stored = Schema.from_yaml(row[0], source=f"stored schema {schema.dataset!r}")
+            stored = parse_stored_schema(row[0], f"stored schema {schema.dataset!r}")
             if stored.structure() != schema.structure():
                 raise SchemaError(
                     f"{schema.source or 'schema'}: dataset {schema.dataset!r} is already stored with different "
@@ -341,7 +339,6 @@ class StoreCore:
                 "UPDATE datasets SET schema_yaml = ?, updated_at = ? WHERE name = ?",
                 (schema.to_yaml(), now, schema.dataset),
             )
-            self._schemas.pop(schema.dataset, None)
             return
         q = self.backend.quote
         # Every value is sealed under the customer's data key: core fields one token each
@@ -360,6 +357,53 @@ class StoreCore:
     def count(self, dataset: str) -> int:
         self.schema(dataset)
         return int(self.backend.scalar(f"SELECT COUNT(*) FROM {self.backend.quote(table_name(dataset))}"))
+
+
+class _SchemaCache:
+    """Parsed schemas keyed by the exact YAML text a store holds, shared by every handle.
+
+    A node opens its store for every read, and parsing a schema (YAML, then every check)
+    costs more than a small read itself. A :class:`Schema` is immutable, so one parsed
+    object can serve every handle that reads the same text; a changed text is a new key
+    and is parsed (and checked) again. Least recently used entries go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Schema] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, source: str) -> Schema:
+        with self._lock:
+            schema = self._entries.get(text)
+            if schema is not None:
+                self._entries.move_to_end(text)
+        if schema is None:
+            schema = Schema.from_yaml(text, source=source)  # SchemaError for a bad text: nothing cached
+            with self._lock:
+                self._entries[text] = schema
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        if schema.source == source:
+            return schema
+        named = copy.copy(schema)  # the same checked fields, named for this store's messages
+        object.__setattr__(named, "source", source)
+        return named
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+SCHEMAS = _SchemaCache(256)
+
+
+def parse_stored_schema(text: str, source: str) -> Schema:
+    """A stored schema's text parsed (and checked) once per process; see :class:`_SchemaCache`."""
+    return SCHEMAS.get(text, source)
 
 
 def _describe_change(old: Schema, new: Schema) -> str:

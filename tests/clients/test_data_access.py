@@ -41,3 +41,31 @@ def test_a_dataset_without_holdout_marker_splits_by_pseudonym_into_disjoint_part
     assert list(train.columns) == ["age", "default"]
     # the same customers land in the same part on every read
     assert access.training_frame("customers", spec, "test").equals(test)
+
+
+def test_a_training_read_is_signed_at_once_and_the_store_closes_without_a_second_commit(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from fedcustomer.privacy.audit.reach import SqlReach
+    from fedcustomer.privacy.audit.writer import AuditLog
+
+    home = _ingested_home(tmp_path)
+    spec = FeatureSpec("repayment", "default", None, [NumericFeature("age", 18, 90)])
+    commits: list[str] = []
+    for name in ("record_entry", "record_checkpoint", "record_entry_and_checkpoint"):
+        real = getattr(SqlReach, name)
+        monkeypatch.setattr(
+            SqlReach,
+            name,
+            lambda self, *a, _real=real, _name=name: (commits.append(_name), _real(self, *a))[1],
+        )
+    with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir) as log:
+        before = len(log.checkpoints())
+    _, read = PartnerDataAccess(home).training_read("customers", spec, "train")
+    assert commits == ["record_entry_and_checkpoint"]  # the entry and its checkpoint in one commit
+    with AuditLog.open(home.audit_dir, keys_dir=home.keys_dir) as log:
+        checkpoints = log.checkpoints()
+        entry = log.query(action="read")[-1]
+        assert log.verify().ok
+    assert read == {"audit_seq": entry.seq, "audit_hash": entry.hash}
+    assert len(checkpoints) == before + 1 and checkpoints[-1].last_seq == entry.seq  # signed over the read

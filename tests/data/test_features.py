@@ -237,3 +237,35 @@ def test_infer_rejects_text_column_and_suggests_categorical():
         warnings.simplefilter("error")
         with pytest.raises(DataError, match="'city'.*categorical"):
             FeatureSpec.infer(df, "repayment", "target", None)
+
+
+def _one_call_per_row(feature: CategoricalFeature, values: pd.Series) -> np.ndarray:
+    """The one-hot matrix as encoded before numeric columns were keyed once per distinct value."""
+    from fedcustomer.data.features import category_key
+
+    keys = values.map(category_key)
+    return np.stack([(keys == cat).to_numpy(dtype=bool) for cat in feature.categories], axis=1).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series([1, 2, 2, 3, 0, -1, 2], dtype="int64"),
+        pd.Series([1.0, 2.0, np.nan, 2.5, -0.0, 0.0, 3.0], dtype="float64"),
+        pd.Series([1, None, 2, 2], dtype="Int64"),
+        pd.Series([1.0, None, 2.5], dtype="Float64"),
+        pd.Series([True, False, True], dtype=bool),
+        pd.Series([True, None, False], dtype="boolean"),
+        pd.Series(np.array([3, 1, 2], dtype=np.uint8)),
+        pd.Series(["1", "2", None, "x"], dtype=object),
+        pd.Series([1, True, "1", 1.0, None], dtype=object),  # mixed objects: one call per row, as before
+    ],
+)
+def test_categorical_encoding_of_numbers_matches_one_key_per_row(values: pd.Series) -> None:
+    feature = CategoricalFeature("c", ("0", "1", "2", "2.5", "3", "True", "False", "x"))
+    got = feature.encode(values)
+    assert got.shape == (len(values), 8) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, _one_call_per_row(feature, values))
+    assert got.sum(axis=1).max() <= 1.0

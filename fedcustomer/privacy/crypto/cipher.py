@@ -9,14 +9,21 @@ pseudonym, so a token altered or moved to another field, customer or dataset fai
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from hmac import compare_digest
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedcustomer.errors import DataError, IntegrityError
-from fedcustomer.privacy.crypto.material import NONCE_BYTES, TAG_BYTES, check_key_bytes, lp_text
+from fedcustomer.privacy.crypto.material import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    TAG_BYTES,
+    check_key_bytes,
+    lp,
+    lp_text,
+)
 
 __all__ = ["FieldCipher"]
 
@@ -72,6 +79,31 @@ class FieldCipher:
         aead = self._aead(data_key)
         dec = self._decrypt
         return {field: dec(aead, field, pseudonym, token) for field, token in tokens.items()}
+
+    def decrypt_many(
+        self, data_keys: Sequence[bytes], field: str, pseudonyms: Sequence[str], tokens: Sequence[bytes]
+    ) -> list[str]:
+        """:meth:`decrypt` of one field of many records, each token under its own record's key.
+
+        The same AEAD, key-size check, token layout and AAD as the one-value path, without
+        its per-call overhead (a read opens every row of a dataset). A token that does not
+        open is handed to :meth:`decrypt`, which raises the one-value path's error for it.
+        """
+        if not len(data_keys) == len(pseudonyms) == len(tokens):
+            raise DataError("decrypt_many needs one data key and one pseudonym per token")
+        aad_head = self._prefix + lp_text(field)
+        head, shortest, version = 1 + NONCE_BYTES, 1 + NONCE_BYTES + TAG_BYTES, _FIELD_FORMAT_V1
+        out: list[str] = []
+        append = out.append
+        for key, pseudonym, token in zip(data_keys, pseudonyms, tokens):
+            try:
+                if len(token) < shortest or token[:1] != version or len(key) != KEY_BYTES:
+                    raise ValueError("not a version-1 token under a data key")
+                aad = aad_head + lp(pseudonym.encode("utf-8"))
+                append(AESGCM(key).decrypt(token[1:head], token[head:], aad).decode("utf-8"))
+            except (InvalidTag, UnicodeError, ValueError, TypeError, AttributeError):
+                append(self.decrypt(key, field, pseudonym, token))  # raises this value's own error
+        return out
 
     def _encrypt(self, aead: AESGCM, field: str, pseudonym: str, value: str) -> bytes:
         try:

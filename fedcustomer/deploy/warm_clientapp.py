@@ -73,6 +73,14 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> float:
     return time.perf_counter() - started
 
 
+def threads() -> int:
+    """Threads of this process, native ones included where /proc tells."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def runtime_client(address: str, interceptors: list[Any]) -> Any:
     """An HTTP client for the SuperNode's Runtime API (plain HTTP on the node's own loopback port)."""
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -360,8 +368,8 @@ def serve(
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 
     took = preload()
-    if threading.active_count() > 1:  # forking a process with threads can deadlock its children
-        log.warning("warm ClientApp: %d threads after the imports", threading.active_count())
+    if threads() > 1:  # forking a process with threads can deadlock its children
+        log.warning("warm ClientApp: %d threads after the imports; forking may be unsafe", threads())
     apps: dict[str, Any] = {}
     zygote = Zygote(
         lambda token, retire: run_task(address, token, apps, retire), idle_s=idle_s, max_runs=max_runs

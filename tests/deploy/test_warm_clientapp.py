@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -159,3 +161,19 @@ def test_a_bundle_without_a_client_app_is_a_load_error(tmp_path):
         z.writestr("pyproject.toml", "[project]\nname = 'x'\n")
     with pytest.raises(LoadClientAppError, match="names no ClientApp"):
         wc.load_client_app(buf.getvalue())
+
+
+def test_the_executor_preloads_without_threads_and_ends_with_its_supernode(tmp_path):
+    """Forking is safe only from a single-threaded zygote; a gone SuperNode ends the executor."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    res = subprocess.run(
+        [sys.executable, "-m", "fedcustomer.deploy.warm_clientapp", "--runtime-api-address", "127.0.0.1:9"]
+        + ["--parent-pid", str(gone.pid)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "warm ClientApp: ready" in res.stderr and "threads after the imports" not in res.stderr
+    assert "could not preload" not in res.stderr

@@ -73,12 +73,18 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> float:
     return time.perf_counter() - started
 
 
-def threads() -> int:
-    """Threads of this process, native ones included where /proc tells."""
+FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})  # Arrow's allocator: jemalloc re-arms itself after fork
+
+
+def extra_threads() -> list[str]:
+    """Threads besides the main one (native ones included, where /proc tells) that forking could strand."""
     try:
-        return len(os.listdir("/proc/self/task"))
+        tids = [
+            t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()
+        ]  # the main thread's id is the pid
+        return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tids)
     except OSError:
-        return threading.active_count()
+        return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
 
 
 def runtime_client(address: str, interceptors: list[Any]) -> Any:
@@ -98,7 +104,9 @@ def load_client_app(fab_content: bytes) -> Any:
     try:
         ref = str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
     except Exception as exc:  # a bundle without the component is the job's error, reported as Flower would
-        raise LoadClientAppError(f"the job's app bundle names no ClientApp ({type(exc).__name__})") from None
+        raise LoadClientAppError(
+            f"the job's app bundle names no valid ClientApp ({type(exc).__name__})"
+        ) from None
     module_name, _, attrs = ref.partition(":")
     if not module_name.startswith(ALLOWED_APP_PREFIX) or not attrs:
         raise LoadClientAppError(
@@ -368,8 +376,9 @@ def serve(
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 
     took = preload()
-    if threads() > 1:  # forking a process with threads can deadlock its children
-        log.warning("warm ClientApp: %d threads after the imports; forking may be unsafe", threads())
+    risky = [t for t in extra_threads() if t not in FORK_SAFE_THREADS]
+    if risky:  # a thread holding a lock at fork time would leave it locked in the children
+        log.warning("warm ClientApp: threads after the imports (%s); forking may be unsafe", ", ".join(risky))
     apps: dict[str, Any] = {}
     zygote = Zygote(
         lambda token, retire: run_task(address, token, apps, retire), idle_s=idle_s, max_runs=max_runs

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from flwr.app import Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedcustomer.apps.prompt_grid import PromptGrid
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a SuperLink sets
 
 
 class SlowNodes:

@@ -145,7 +145,7 @@ def test_the_installed_client_app_is_loaded_from_the_package(tmp_path):
     [
         ("evil:app", "refused"),  # code shipped in the job's bundle never runs
         ("os:system", "refused"),
-        ("fedcustomer.apps.client", "refused"),  # no attribute named
+        ("fedcustomer.apps.client", "no valid ClientApp"),  # no attribute named: Flower's own check
         ("fedcustomer.apps.client:nothing_here", "not found"),
         ("fedcustomer.apps.client:log", "not a Flower ClientApp"),
     ],
@@ -159,7 +159,7 @@ def test_a_bundle_without_a_client_app_is_a_load_error(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("pyproject.toml", "[project]\nname = 'x'\n")
-    with pytest.raises(LoadClientAppError, match="names no ClientApp"):
+    with pytest.raises(LoadClientAppError, match="names no valid ClientApp"):
         wc.load_client_app(buf.getvalue())
 
 
@@ -175,5 +175,52 @@ def test_the_executor_preloads_without_threads_and_ends_with_its_supernode(tmp_p
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "warm ClientApp: ready" in res.stderr and "threads after the imports" not in res.stderr
+    assert "warm ClientApp: ready" in res.stderr and "forking may be unsafe" not in res.stderr
     assert "could not preload" not in res.stderr
+
+
+def test_only_the_nodes_own_executor_may_take_its_tasks(tmp_path):
+    """A real SuperNode in warm mode: an unsigned AcquireTask is refused, a signed one answered."""
+    import httpx
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
+
+    from fedcustomer.deploy import flower as fl
+    from fedcustomer.deploy import node as nd
+    from fedcustomer.partner.home import PartnerHome
+
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    secret = nd.write_runtime_secret(home.root)
+    port = fl.free_port()
+    cmd = nd.supernode_command(
+        home.root, superlink=f"127.0.0.1:{fl.free_port()}", root_cert=None, auth_key=None,
+        runtime_port=port, insecure=True, clientapp="warm", secret_file=secret,
+    )  # fmt: skip
+    proc = fl.start(
+        cmd, tmp_path / "node.log", fl.flower_env(tmp_path / "fh")
+    )  # no SuperLink: it keeps retrying
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    signed = wc.runtime_client(
+        f"127.0.0.1:{port}",
+        [
+            SuperExecAuthHttpInterceptor(
+                master_secret=secret.read_bytes(), protected_methods={wc.ACQUIRE_METHOD}
+            )
+        ],
+    )
+    unsigned = wc.runtime_client(f"127.0.0.1:{port}", [])
+    try:
+        while True:  # wait for the Runtime API (progress: it answers)
+            try:
+                assert not signed.AcquireTask(request).HasField("task")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, (tmp_path / "node.log").read_text()[-2000:]
+                time.sleep(0.1)
+        with pytest.raises(httpx.HTTPStatusError, match="401 Unauthorized"):
+            unsigned.AcquireTask(request)
+    finally:
+        signed.close()
+        unsigned.close()
+        fl.stop(proc)

@@ -431,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between task polls")
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="seconds a run's worker is kept idle")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     secret = args.secret_file.read_bytes() if args.secret_file is not None else None
     return serve(
         args.runtime_api_address,

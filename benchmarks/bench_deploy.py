@@ -1,17 +1,23 @@
-"""Deployment Engine vs simulation for the same job; SecAgg+ overhead.
+"""Deployment Engine vs simulation for the same job; SecAgg+ overhead; a vertical job deployed vs in process.
 
-Starts a local SuperLink (TLS + node authentication) and N SuperNodes on 127.0.0.1,
-runs the same DP job in plain and SecAgg+ mode, then in Flower's simulation engine,
+Horizontal (default): starts a local SuperLink (TLS + node authentication) and N SuperNodes on
+127.0.0.1, runs the same DP job in plain and SecAgg+ mode, then in Flower's simulation engine,
 and prints one JSON object:
   round_seconds_{deployment,secagg,simulation}, deployment_over_simulation,
   secagg_over_plain, bytes_per_round_per_node_{plain,secagg} (Flower's own traffic count).
-Usage: python benchmarks/bench_deploy.py [--rounds 2] [--partners 3] [--out DIR]
+Vertical (``--mode vertical``): a bank and a retailer node (TLS, node auth, pinned link keys) run
+the two-party vertical job (PSI alignment, split learning, bank-only comparison model) once per
+``--clientapp`` mode, then the same job runs on the in-process grid (``run_two_party``, same code):
+  seconds per mode, deployed / in process, messages per party.
+Usage: python benchmarks/bench_deploy.py [--mode horizontal|vertical] [--clientapp warm subprocess]
+       [--rounds 2] [--partners 3] [--customers 1500] [--steps-per-round 1] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +41,9 @@ def _topup(homes: list[Path], epsilon: float) -> None:
         ph.write_config(cfg)
 
 
-def _deployed(root: Path, rounds: int, partners: int, seed: int) -> dict:
+def _deployed(
+    root: Path, rounds: int, partners: int, seed: int, clientapp: str = nd.DEFAULT_CLIENTAPP
+) -> dict:
     certs = pki.make_dev_certificates(root / "certs")
     cdir = co.CoordinatorDir(root / "coordinator")
     port = fl.free_port()
@@ -54,6 +62,7 @@ def _deployed(root: Path, rounds: int, partners: int, seed: int) -> dict:
                     root_cert=certs.ca_cert,
                     auth_key=keys.private_key,
                     runtime_port=fl.free_port(),
+                    clientapp=clientapp,
                 )
             )
             nd.wait_connected(procs[-1], home / "state" / "supernode.log")
@@ -106,18 +115,126 @@ def _simulated(root: Path, rounds: int, partners: int, seed: int) -> dict:
     return {"wall_seconds": wall, "round_seconds": wall / rounds}
 
 
+PARTIES = ("bank", "retailer")
+
+
+def _vertical_homes(root: Path, customers: int) -> list[Path]:
+    from fedcustomer.deploy.two_party import prepare_party_home
+    from fedcustomer.vertical.parties import pin_each_other
+
+    homes = [prepare_party_home(root / n, n, customers=customers, seed=3, epsilon=30.0) for n in PARTIES]
+    pin_each_other(*homes)
+    return [h.root for h in homes]
+
+
+def _vertical_job(out: Path, rounds: int, steps: int):
+    from fedcustomer.vertical.job import VerticalJob
+
+    return VerticalJob(
+        out=str(out), seed=0, round_timeout=900, rounds=rounds, steps_per_round=steps, batch_size=512, lr=0.3
+    )
+
+
+def _vertical_deployed(root: Path, clientapp: str, customers: int, rounds: int, steps: int) -> dict:
+    from fedcustomer.deploy.two_party import two_party_run_config
+
+    certs = pki.make_dev_certificates(root / "certs")
+    cdir = co.CoordinatorDir(root / "coordinator")
+    port = fl.free_port()
+    procs = [co.start_superlink(cdir, port=port, certs=certs)]
+    try:
+        for home in _vertical_homes(root, customers):
+            keys = pki.make_node_keys(PartnerHome(home).keys_dir)
+            co.register_node(cdir, keys.public_key, home.name)
+            log = PartnerHome(home).state_dir / "supernode.log"
+            procs.append(
+                nd.start_supernode(
+                    home,
+                    superlink=f"127.0.0.1:{port}",
+                    root_cert=certs.ca_cert,
+                    auth_key=keys.private_key,
+                    runtime_port=fl.free_port(),
+                    partner=home.name,
+                    clientapp=clientapp,
+                )
+            )
+            nd.wait_connected(procs[-1], log, timeout=600)
+        raw = two_party_run_config(
+            _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=60
+        )
+        co.write_app(cdir, raw)
+        started = time.time()
+        # each poll is a `flwr` process (seconds of CPU): poll rarely, time the job by its summary's write
+        status = co.wait_run(cdir, co.submit_run(cdir), timeout=7200, poll=5.0)
+        wall = (Path(raw["out"]) / "summary.json").stat().st_mtime - started
+        summary = co.read_summary(raw)
+        assert status["status"] == "finished:completed" and summary["status"] == "completed", summary
+        return {"seconds": wall, "vertical_auc": summary["comparison"]["vertical_auc"]}
+    finally:
+        for proc in reversed(procs):
+            fl.stop(proc)
+
+
+def _vertical_in_process(root: Path, customers: int, rounds: int, steps: int) -> dict:
+    from fedcustomer.deploy.two_party import two_party_run_config
+    from fedcustomer.server.inprocess import LocalGrid
+    from fedcustomer.vertical.deployed import run_two_party
+    from fedcustomer.vertical.parties import party_app
+
+    homes = _vertical_homes(root, customers)
+    raw = two_party_run_config(
+        _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=5
+    )
+    grid = LocalGrid(party_app([str(h) for h in homes]), num_nodes=2)
+    started = time.perf_counter()
+    summary = run_two_party(grid, raw)
+    wall = time.perf_counter() - started
+    assert summary["status"] == "completed", summary
+    return {
+        "seconds": wall,
+        "messages_per_party": max(grid.calls.values()),
+        "vertical_auc": summary["comparison"]["vertical_auc"],
+    }
+
+
+def vertical_main(args: argparse.Namespace, root: Path) -> dict:
+    out: dict = {"customers": args.customers, "rounds": args.rounds, "steps_per_round": args.steps_per_round}
+    for mode in args.clientapp:
+        out[f"deployed_{mode}"] = _vertical_deployed(
+            root / f"deployed-{mode}", mode, args.customers, args.rounds, args.steps_per_round
+        )
+    out["in_process"] = _vertical_in_process(
+        root / "inprocess", args.customers, args.rounds, args.steps_per_round
+    )
+    for mode in args.clientapp:
+        out[f"deployed_{mode}_over_in_process"] = (
+            out[f"deployed_{mode}"]["seconds"] / out["in_process"]["seconds"]
+        )
+    out["load_average"] = os.getloadavg()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("horizontal", "vertical"), default="horizontal")
+    ap.add_argument("--clientapp", nargs="+", choices=nd.CLIENTAPP_MODES, default=[nd.DEFAULT_CLIENTAPP])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--partners", type=int, default=3)
+    ap.add_argument("--customers", type=int, default=1500, help="vertical: synthetic customers per party")
+    ap.add_argument("--steps-per-round", type=int, default=1, help="vertical: passive steps per round")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.mode == "vertical":
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(vertical_main(args, args.out or Path(tmp)), indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
-        dep = _deployed(root / "deploy", args.rounds, args.partners, args.seed)
+        dep = _deployed(root / "deploy", args.rounds, args.partners, args.seed, args.clientapp[0])
         sim = _simulated(root / "sim", args.rounds, args.partners, args.seed)
     out = {
+        "clientapp": args.clientapp[0],
         "rounds": args.rounds,
         "partners": args.partners,
         "round_seconds_deployment": dep["plain"]["round_seconds"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedcustomer.apps.prompt_grid import PromptGrid
 from fedcustomer.vertical.deployed import run_two_party
 
 
@@ -19,7 +20,7 @@ def make_two_party_server_app(errors: list[BaseException] | None = None) -> Serv
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_two_party(grid, dict(context.run_config))
+            run_two_party(PromptGrid(grid), dict(context.run_config))  # replies seen promptly
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

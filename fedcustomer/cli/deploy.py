@@ -560,9 +560,25 @@ def node_start(
         9094, "--runtime-port", help="Local port for Flower's ClientApp process."
     ),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS (tests only)."),
+    clientapp: str | None = typer.Option(
+        None,
+        "--clientapp",
+        help="warm (default on Linux: one executor process, imports and a run's party state kept between "
+        "messages) or subprocess (Flower's default: a fresh ClientApp process per message).",
+        show_default=False,
+    ),
 ) -> None:
     from fedcustomer.deploy.flower import flower_env
-    from fedcustomer.deploy.node import default_auth_key, supernode_command
+    from fedcustomer.deploy.node import (
+        DEFAULT_CLIENTAPP,
+        SECRET_FILE,
+        WARM,
+        check_clientapp,
+        default_auth_key,
+        run_warm_node,
+        supernode_command,
+        write_runtime_secret,
+    )
     from fedcustomer.partner.home import PartnerHome
 
     ph = PartnerHome(home.resolve())
@@ -577,6 +593,7 @@ def node_start(
     key = auth_key if auth_key is not None else default_auth_key(ph.root)
     if not insecure and not key.exists():
         raise KeyMaterialError(f"{key} not found; create it with `fedcustomer node keys --home {home}`")
+    mode = check_clientapp(clientapp or DEFAULT_CLIENTAPP)
     cmd = supernode_command(
         ph.root,
         superlink=superlink,
@@ -584,5 +601,13 @@ def node_start(
         auth_key=key if key.exists() else None,
         runtime_port=runtime_port,
         insecure=insecure,
+        clientapp=mode,
+        secret_file=ph.state_dir / SECRET_FILE,
     )
-    _foreground(cmd, flower_env(ph.state_dir / "flwr-home"), cwd=ph.state_dir)
+    env = flower_env(ph.state_dir / "flwr-home")
+    if mode != WARM:
+        _foreground(cmd, env, cwd=ph.state_dir)
+        return
+    code = run_warm_node(cmd, runtime_port, write_runtime_secret(ph.root), env, ph.state_dir)
+    if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130):
+        raise FederationError(f"the node exited with code {code}; see its log above")

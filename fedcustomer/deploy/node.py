@@ -4,15 +4,26 @@ The node connects out to the coordinator (no inbound port is opened to the outsi
 its local port only serves Flower's ClientApp process on the same machine), proves
 its identity with its private key and checks the coordinator's TLS certificate
 against the CA it was given.
+
+How the node runs its ClientApp (``--clientapp``): ``warm`` (the default where ``os.fork`` exists)
+runs the SuperNode in Flower's ``process`` isolation with a warm executor beside it, supervised
+(:mod:`fedcustomer.deploy.node_supervisor`, :mod:`fedcustomer.deploy.warm_clientapp`): the imports are
+paid once per node and a run's party state stays in memory between its messages. ``subprocess`` is
+Flower's default: a fresh ``flwr-clientapp`` process per message.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.deploy.flower import executable, flower_env, parse_address, start
+from fedcustomer.deploy.node_supervisor import executor_command, supervise
 from fedcustomer.deploy.pki import NodeKeys, check_node_private_key
 from fedcustomer.errors import ConfigError, DataError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
@@ -26,6 +37,12 @@ from fedcustomer.jobs.config import (
 )
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
+
+WARM, SUBPROCESS = "warm", "subprocess"
+CLIENTAPP_MODES = (WARM, SUBPROCESS)
+# warm needs fork (POSIX); elsewhere Flower's own per-message process is the only choice
+DEFAULT_CLIENTAPP = WARM if hasattr(os, "fork") and sys.platform != "darwin" else SUBPROCESS
+SECRET_FILE = "runtime-api.secret"
 
 
 def prepare_node_home(
@@ -79,9 +96,16 @@ def supernode_command(
     insecure: bool = False,
     max_retries: int | None = None,
     health_port: int | None = None,
+    clientapp: str = SUBPROCESS,
+    secret_file: Path | None = None,
 ) -> list[str]:
-    """The flower-supernode command line (flags as in Flower 1.42's ``flower-supernode --help``)."""
+    """The flower-supernode command line (flags as in Flower 1.42's ``flower-supernode --help``).
+
+    ``clientapp="warm"``: process isolation (no executor of Flower's own), task polling signed with
+    the secret in ``secret_file`` (see :func:`write_runtime_secret`).
+    """
     parse_address(superlink)
+    check_clientapp(clientapp)
     home_abs = Path(home).resolve()
     if not PartnerHome(home_abs).config_path.exists():
         raise ConfigError(
@@ -111,7 +135,53 @@ def supernode_command(
         cmd += ["--max-retries", str(max_retries)]
     if health_port is not None:
         cmd += ["--health-server-address", f"127.0.0.1:{health_port}"]
+    if clientapp == WARM:
+        cmd += ["--isolation", "process"]
+        if secret_file is not None:
+            cmd += ["--superexec-auth-secret-file", str(Path(secret_file).resolve())]
     return cmd
+
+
+def check_clientapp(clientapp: str) -> str:
+    if clientapp not in CLIENTAPP_MODES:
+        raise ConfigError(f"--clientapp must be {' or '.join(CLIENTAPP_MODES)}, got {clientapp!r}")
+    if clientapp == WARM and not hasattr(os, "fork"):
+        raise ConfigError("--clientapp warm needs os.fork (Linux); use --clientapp subprocess here")
+    return clientapp
+
+
+def write_runtime_secret(home: Path) -> Path:
+    """A fresh random secret for this node's Runtime API (only its own executor may take its tasks)."""
+    path = PartnerHome(home).state_dir / SECRET_FILE
+    return atomic_write_bytes(path, secrets.token_bytes(32), mode=0o600, exact=True)
+
+
+def warm_node_command(supernode_cmd: list[str], runtime_port: int, secret_file: Path) -> list[str]:
+    """The supervisor's command line: it starts ``supernode_cmd`` and the warm executor beside it."""
+    return [
+        sys.executable,
+        "-m",
+        "fedcustomer.deploy.node_supervisor",
+        "--runtime-api-address",
+        f"127.0.0.1:{runtime_port}",
+        "--secret-file",
+        str(Path(secret_file).resolve()),
+        "--",
+        *supernode_cmd,
+    ]
+
+
+def run_warm_node(
+    supernode_cmd: list[str], runtime_port: int, secret_file: Path, env: dict[str, str], cwd: Path
+) -> int:
+    """Run the node in the foreground (``fedcustomer node start``): SuperNode + warm executor."""
+    address = f"127.0.0.1:{runtime_port}"
+    return supervise(
+        supernode_cmd,
+        lambda pid: executor_command(address, Path(secret_file).resolve(), pid),
+        env=env,
+        cwd=cwd,
+    )
 
 
 def default_auth_key(home: Path) -> Path:
@@ -129,8 +199,13 @@ def start_supernode(
     log_path: Path | None = None,
     max_retries: int | None = None,
     partner: str | None = None,
+    clientapp: str = DEFAULT_CLIENTAPP,
 ) -> subprocess.Popen[bytes]:
-    """Start the node in the background (log in the home's state dir unless ``log_path``)."""
+    """Start the node in the background (log in the home's state dir unless ``log_path``).
+
+    With ``clientapp="warm"`` the process returned is the node's supervisor; it, the SuperNode and
+    the executor share one process group (:func:`fedcustomer.deploy.flower.stop` / ``kill`` end all).
+    """
     home_obj = PartnerHome(home)
     if partner is not None and home_obj.config_path.exists() and home_obj.config().name != partner:
         raise ConfigError(
@@ -144,7 +219,11 @@ def start_supernode(
         runtime_port=runtime_port,
         insecure=insecure,
         max_retries=max_retries,
+        clientapp=check_clientapp(clientapp),
+        secret_file=home_obj.state_dir / SECRET_FILE,
     )
+    if clientapp == WARM:
+        cmd = warm_node_command(cmd, runtime_port, write_runtime_secret(home_obj.root))
     log_path = log_path or home_obj.state_dir / "supernode.log"
     # Flower installs the job's app bundle under FLWR_HOME: keep it inside this partner's home.
     return start(cmd, log_path, flower_env(home_obj.state_dir / "flwr-home"), cwd=home_obj.state_dir)

@@ -62,6 +62,7 @@ class Federation:
             auth_key=pki.NodeKeys.in_dir(home / "keys").private_key,
             runtime_port=fl.free_port(),
             partner=name,
+            clientapp="subprocess" if name == "bank2" else "warm",  # both ClientApp modes in one federation
         )
         self.nodes[name] = proc
         nd.wait_connected(proc, log, timeout=UNBOUNDED)

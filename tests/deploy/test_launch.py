@@ -12,7 +12,13 @@ from fedcustomer.clients.round_audit import record_round, update_size
 from fedcustomer.data.synthetic import CLV_SPEC, REPAYMENT_SPEC
 from fedcustomer.deploy.coordinator import CoordinatorDir, run_config_for, superlink_command, write_app
 from fedcustomer.deploy.flower import parse_address
-from fedcustomer.deploy.node import supernode_command
+from fedcustomer.deploy.node import (
+    DEFAULT_CLIENTAPP,
+    check_clientapp,
+    supernode_command,
+    warm_node_command,
+    write_runtime_secret,
+)
 from fedcustomer.deploy.pki import Certificates, make_dev_certificates, make_node_keys
 from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.jobs.train_message import TrainInstructions
@@ -68,6 +74,37 @@ def test_supernode_command_names_the_home_ca_and_key(tmp_path):
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs.ca_cert.resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(keys.private_key.resolve())
     assert "--insecure" not in cmd
+
+
+def test_warm_node_runs_the_supernode_in_process_isolation_with_a_signed_task_poll(tmp_path):
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    common = {"superlink": "127.0.0.1:9093", "root_cert": None, "auth_key": None, "insecure": True}
+    plain = supernode_command(home.root, runtime_port=9101, **common, clientapp="subprocess")
+    assert "--isolation" not in plain and "--superexec-auth-secret-file" not in plain
+    secret = write_runtime_secret(home.root)
+    warm = supernode_command(home.root, runtime_port=9101, **common, clientapp="warm", secret_file=secret)
+    assert warm[warm.index("--isolation") + 1] == "process"
+    assert warm[warm.index("--superexec-auth-secret-file") + 1] == str(secret.resolve())
+    cmd = warm_node_command(warm, 9101, secret)
+    assert cmd[1:3] == ["-m", "fedcustomer.deploy.node_supervisor"]
+    assert cmd[cmd.index("--runtime-api-address") + 1] == "127.0.0.1:9101"
+    assert cmd[cmd.index("--") + 1 :] == warm
+
+
+def test_the_runtime_secret_is_fresh_random_and_private(tmp_path):
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    first = write_runtime_secret(home.root).read_bytes()
+    path = write_runtime_secret(home.root)
+    assert len(path.read_bytes()) == 32 and path.read_bytes() != first
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unknown_clientapp_mode_is_refused(tmp_path):
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    with pytest.raises(ConfigError, match="--clientapp must be warm or subprocess"):
+        supernode_command(home.root, superlink="127.0.0.1:9093", root_cert=None, auth_key=None,
+                          insecure=True, clientapp="threads")  # fmt: skip
+    assert check_clientapp(DEFAULT_CLIENTAPP) in ("warm", "subprocess")
 
 
 def test_supernode_refuses_missing_ca_or_non_home(tmp_path):
@@ -170,3 +207,13 @@ def test_secagg_threshold_stays_below_the_share_count():
     assert secagg_threshold(4, 1) == 2
     with pytest.raises(ConfigError, match="at least 3"):
         secagg_threshold(2, 2)
+
+
+def test_node_start_refuses_an_unknown_clientapp_mode_before_starting_anything(tmp_path, capsys):
+    from tests.cli.cli_runner import run
+
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    argv = ["node", "start", "--partner", "bank0", "--home", str(home.root), "--superlink", "127.0.0.1:9"]
+    code, _, err = run([*argv, "--insecure", "--clientapp", "threads"], capsys)
+    assert code == ConfigError.exit_code and "--clientapp must be warm or subprocess" in err
+    assert not (home.state_dir / "runtime-api.secret").exists()

@@ -14,46 +14,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedcustomer.server.wrapped_grid import WrappedGrid
 
 FIRST_PAUSE_S = 0.05
 MAX_PAUSE_S = 1.0
 
 
-class PromptGrid(Grid):
+class PromptGrid(WrappedGrid):
     """``grid`` with a prompter ``send_and_receive`` (same semantics: replies until all or timeout)."""
 
     def __init__(
         self, grid: Grid, first_pause: float = FIRST_PAUSE_S, max_pause: float = MAX_PAUSE_S
     ) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.first_pause, self.max_pause = first_pause, max_pause
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Any:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

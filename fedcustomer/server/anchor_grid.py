@@ -23,11 +23,11 @@ from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.privacy.audit.anchors import WIRE_KEY, received_anchor
 from fedcustomer.server.report import ANCHORS_FILE
+from fedcustomer.server.wrapped_grid import WrappedGrid
 
 
 def reply_anchor(reply: Message) -> tuple[str | None, str | None]:
@@ -101,11 +101,11 @@ class AnchorLog:
             self.take(name or f"node-{node}", text, kind=kind, round=rnd)
 
 
-class AnchorGrid(Grid):
+class AnchorGrid(WrappedGrid):
     """A grid that records the anchors of every reply it passes on (see the module docstring)."""
 
     def __init__(self, grid: Grid, log: AnchorLog) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.log = log
 
     @classmethod
@@ -116,25 +116,6 @@ class AnchorGrid(Grid):
     def sharing_log(self, grid: Grid) -> AnchorGrid:
         """Another grid (e.g. the comparison model's) recording into the same file."""
         return grid if isinstance(grid, AnchorGrid) else AnchorGrid(grid, self.log)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Any:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(self.grid.pull_messages(message_ids))

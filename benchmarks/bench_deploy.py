@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,32 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.server.job import JobConfig
+
+
+def _start_node(
+    cdir: co.CoordinatorDir,
+    port: int,
+    certs: pki.Certificates,
+    home: Path,
+    name: str,
+    clientapp: str,
+    *,
+    partner: str | None,
+) -> subprocess.Popen[bytes]:
+    """Register ``home``'s node key with the coordinator, start its SuperNode and wait until it is connected."""
+    keys = pki.make_node_keys(PartnerHome(home).keys_dir)
+    co.register_node(cdir, keys.public_key, name)
+    proc = nd.start_supernode(
+        home,
+        superlink=f"127.0.0.1:{port}",
+        root_cert=certs.ca_cert,
+        auth_key=keys.private_key,
+        runtime_port=fl.free_port(),
+        partner=partner,
+        clientapp=clientapp,
+    )
+    nd.wait_connected(proc, PartnerHome(home).state_dir / "supernode.log", timeout=600)
+    return proc
 
 
 def _topup(homes: list[Path], epsilon: float) -> None:
@@ -53,19 +80,7 @@ def _deployed(
         for i in range(partners):
             home = root / f"bank{i}"
             nd.prepare_node_home(home, f"bank{i}", index=i, partners=partners, seed=seed)
-            keys = pki.make_node_keys(PartnerHome(home).keys_dir)
-            co.register_node(cdir, keys.public_key, f"bank{i}")
-            procs.append(
-                nd.start_supernode(
-                    home,
-                    superlink=f"127.0.0.1:{port}",
-                    root_cert=certs.ca_cert,
-                    auth_key=keys.private_key,
-                    runtime_port=fl.free_port(),
-                    clientapp=clientapp,
-                )
-            )
-            nd.wait_connected(procs[-1], home / "state" / "supernode.log")
+            procs.append(_start_node(cdir, port, certs, home, f"bank{i}", clientapp, partner=None))
             homes.append(home)
         result = {}
         for mode in ("plain", "secagg"):
@@ -144,21 +159,7 @@ def _vertical_deployed(root: Path, clientapp: str, customers: int, rounds: int, 
     procs = [co.start_superlink(cdir, port=port, certs=certs)]
     try:
         for home in _vertical_homes(root, customers):
-            keys = pki.make_node_keys(PartnerHome(home).keys_dir)
-            co.register_node(cdir, keys.public_key, home.name)
-            log = PartnerHome(home).state_dir / "supernode.log"
-            procs.append(
-                nd.start_supernode(
-                    home,
-                    superlink=f"127.0.0.1:{port}",
-                    root_cert=certs.ca_cert,
-                    auth_key=keys.private_key,
-                    runtime_port=fl.free_port(),
-                    partner=home.name,
-                    clientapp=clientapp,
-                )
-            )
-            nd.wait_connected(procs[-1], log, timeout=600)
+            procs.append(_start_node(cdir, port, certs, home, home.name, clientapp, partner=home.name))
         raw = two_party_run_config(
             _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=60
         )

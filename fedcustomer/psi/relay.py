@@ -80,11 +80,7 @@ class _Side:
     delivered: int = 0
 
     def take_own(self, reply: dict[str, Any]) -> None:
-        index = int(reply["index"])
-        if index != self.fetched or int(reply["chunks"]) != self.chunks:
-            raise IntegrityError(
-                f"partner {self.name!r} handed out chunk {index} out of order; run a new session"
-            )
+        index = next_own_index(self.name, reply, self.fetched, self.chunks)
         self.own.append((index, bytes(reply["blinded"]), _signature(reply)))
         self.fetched += 1
 
@@ -95,6 +91,14 @@ class _Side:
     def waiting_for_finish(self) -> bool:
         """All chunks reblinded and answered; only the last answer is left, for ``psi_finish``."""
         return self.relayed == self.chunks and self.delivered == self.chunks - 1 and len(self.answers) == 1
+
+
+def next_own_index(name: str, reply: dict[str, Any], fetched: int, chunks: int) -> int:
+    """The index of a chunk a partner handed out, refused unless it is the next one of the agreed count."""
+    index = int(reply["index"])
+    if index != fetched or int(reply["chunks"]) != chunks:
+        raise IntegrityError(f"partner {name!r} handed out chunk {index} out of order; run a new session")
+    return index
 
 
 def _signature(reply: dict[str, Any]) -> dict[str, bytes]:

@@ -60,7 +60,7 @@ from fedcustomer.psi.protocol import (
     _whole,
     _workers,
 )
-from fedcustomer.psi.relay import _signature
+from fedcustomer.psi.relay import _signature, next_own_index
 from fedcustomer.psi.state import check_session_id, drop_session, psi_dir, read_json
 from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE as DEFAULT_SUM_CHUNK_SIZE
 from fedcustomer.psi.sum_chunked import ROLE_PREDICATE, ROLE_VALUE
@@ -249,11 +249,7 @@ class _Side:
     relayed: int = 0
 
     def take_own(self, reply: dict[str, Any]) -> None:
-        index = int(reply["index"])
-        if index != self.fetched or int(reply["chunks"]) != self.chunks:
-            raise IntegrityError(
-                f"partner {self.name!r} handed out chunk {index} out of order; run a new session"
-            )
+        index = next_own_index(self.name, reply, self.fetched, self.chunks)
         fields = {"peer-blinded": bytes(reply["blinded"]), "index": index, "chunks": self.chunks,
                   "count": self.total} | _signature(reply)  # fmt: skip
         for key in chunks_.OFFER_PARTS:

@@ -12,6 +12,7 @@ bit-identical) and is a plain object Opacus's ``DPOptimizer`` can wrap.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,7 +38,7 @@ class MomentumSGD(torch.optim.Optimizer):
             raise ValueError(f"invalid lr {lr} or momentum {momentum}")
         self.defaults: dict[str, Any] = {"lr": lr, "momentum": momentum, "dampening": 0.0, "nesterov": False}
         self.param_groups: list[dict[str, Any]] = [{"params": params, **self.defaults}]
-        self.state: dict[Any, Any] = {}
+        self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
 
     def __repr__(self) -> str:
         group = self.param_groups[0]
@@ -57,7 +58,7 @@ class MomentumSGD(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 if momentum != 0:
-                    state = self.state.setdefault(p, {})
+                    state = self.state[p]
                     buf = state.get("momentum_buffer")
                     if buf is None:
                         buf = state["momentum_buffer"] = grad.detach().clone()

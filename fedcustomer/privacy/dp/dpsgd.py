@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.privacy.dp.fast_clipping import DPOptimizerFastClipping, FastGradientClipper
+from fedcustomer.privacy.dp.momentum_sgd import MomentumSGD
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -286,7 +287,7 @@ class _Trainer:
         self.proximal_mu = float(proximal_mu)
         self._prox_pairs = self._anchor_pairs(model, anchor) if self.proximal_mu > 0 else []
         self._base_optimizer = (
-            torch.optim.SGD(self._params, lr=self.lr, momentum=SGD_MOMENTUM)
+            MomentumSGD(self._params, lr=self.lr, momentum=SGD_MOMENTUM)  # torch's SGD, without torch._dynamo
             if optimizer == "sgd"
             else torch.optim.Adam(self._params, lr=self.lr)
         )

@@ -99,3 +99,57 @@ def test_the_ends_of_the_range_are_kept() -> None:
     assert bisect_noise_from_above(_toy_eps(0.1), _toy_eps(0.1), 2.0, 0.3, 50.0, TOL) == 0.3
     assert bisect_noise_from_above(_toy_eps(80.0), _toy_eps(80.0), 2.0, 0.3, 50.0, TOL) == 50.0
     assert calibrate_noise([], 0.5, 10_000, 0.01, DELTA, sigma_max=5.0) == 5.0
+
+
+@pytest.mark.parametrize("target", [0.5, 3.0, 8.0])
+@pytest.mark.parametrize("delta", [1e-5, 1e-7])
+@pytest.mark.parametrize(("q", "steps"), [(0.0076, 1000), (0.05, 100), (0.3, 10), (1.0, 3)])
+def test_the_first_search_of_a_process_matches_the_plain_bisection(
+    target, delta, q, steps, monkeypatch
+) -> None:
+    """No neighbour to start from: the closed-form guess, confirmed exactly, gives the plain search's answer."""
+    monkeypatch.setattr(accounting, "_NEARBY", accounting._Nearby())
+    prior = [GaussianSteps(4.0, 0.01, 50)]
+    sigma = calibrate_noise(prior, q, steps, target, delta)
+    base = accounting.rdp_curve(prior)
+
+    def plain_eps(s: float) -> float:
+        rdp = rdp_analysis.compute_rdp(q=q, noise_multiplier=s, steps=steps, orders=list(ORDERS))
+        return accounting.epsilon_from_rdp(base + np.asarray(rdp), delta)
+
+    old = bisect_noise(plain_eps, target, 0.3, 50.0, TOL)
+    if old >= 50.0:
+        assert sigma == 50.0
+        return
+    # never less noise than the old search beyond its tolerance, never more than one tolerance above it
+    assert old - TOL * max(1.0, old) < sigma <= old + TOL * max(1.0, old)
+    assert plain_eps(sigma) <= target  # the accountant's own figure for the noise returned
+    assert sigma <= 0.3 or plain_eps(sigma - TOL * max(1.0, sigma)) > target
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.0076, 0.8), (0.05, 1.3), (0.3, 0.6), (0.9, 3.0), (1.0, 2.0)])
+def test_the_closed_form_integer_orders_agree_with_opacus(q: float, sigma: float) -> None:
+    ints = accounting._INTEGER_ORDERS
+    ref = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(ints))
+    assert np.allclose(accounting.integer_order_rdp(q, sigma, ints), ref, rtol=1e-9, atol=0)
+
+
+def test_a_search_costs_two_full_evaluations_and_the_charge_reuses_one(monkeypatch) -> None:
+    monkeypatch.setattr(accounting, "_NEARBY", accounting._Nearby())
+    full = []
+    compute = rdp_analysis.compute_rdp
+
+    def counted(**kwargs):
+        if len(kwargs["orders"]) == len(ORDERS):
+            full.append(kwargs["noise_multiplier"])
+        return compute(**kwargs)
+
+    monkeypatch.setattr(rdp_analysis, "compute_rdp", counted)
+    prior, q, steps = [GaussianSteps(5.0, 0.03, 11)], 1 / 33.0, 77  # inputs no other test uses
+    accounting.rdp_curve(prior)  # the ledger's history: composed (and cached) before any search
+    full.clear()
+    sigma = calibrate_noise(prior, q, steps, 2.0, DELTA)
+    assert len(full) <= 2
+    full.clear()
+    epsilon(prior + [GaussianSteps(sigma, q, steps)], DELTA)  # what the ledger's projection computes
+    assert not full

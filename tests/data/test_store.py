@@ -208,6 +208,23 @@ def test_structural_schema_change_refused(tmp_path, store, bank):
     assert store.schema("bank").field("income").masking == "redact"
 
 
+def test_re_ingesting_the_same_file_under_a_changed_tier_is_refused_not_skipped(tmp_path, store, bank):
+    # A user who makes a field public after the first ingest and loads the same file again must not be
+    # told "already ingested, nothing added" as if the change had applied (found by a new-user trial).
+    from fedcustomer.data.schema import replace_field
+
+    path = write_csv(tmp_path, bank_frame(3))
+    store.ingest(ADMIN, bank, path)
+    assert store.ingest(ADMIN, bank, path).skipped_file
+    with pytest.raises(
+        SchemaError, match=r"\(income: tier sensitive -> public\); a structural change needs a new"
+    ):
+        store.ingest(ADMIN, replace_field(bank, "income", tier="public"), path)
+    assert store.schema("bank").field("income").tier == "sensitive"
+    failed = audit_entries(store, action="ingest", decision="denied")
+    assert failed and "income: tier sensitive -> public" in failed[-1].reason
+
+
 # --- reads ---------------------------------------------------------------------------------
 
 

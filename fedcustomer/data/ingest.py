@@ -479,6 +479,16 @@ def print_report(report: IngestReport, console: Any = None) -> None:
             console.print(f"  {place}: {escape(why)}", highlight=False)
     if report.ignored_columns:
         console.print(f"ignored columns (not in schema, not stored): {', '.join(report.ignored_columns)}")
+    if report.read and not report.valid:
+        # Every row quarantined is almost always a schema that does not fit the file (a text label in an
+        # integer field); the counts above are easy to miss when the command still succeeds.
+        worst = max(report.reasons.items(), key=lambda kv: sum(kv[1].values()), default=None)
+        cause = f" (most common: {worst[0]}: {worst[1].most_common(1)[0][0]})" if worst else ""
+        console.print(
+            f"[yellow]warning:[/] none of the {report.read} rows was valid, all are quarantined"
+            f"{escape(cause)}; check the schema's types and rules against the file",
+            highlight=False,
+        )
 
 
 def check_columns(schema: Schema, chunk: pd.DataFrame, source: str) -> list[str]:

@@ -361,3 +361,23 @@ def test_non_utf8_byte_names_its_line_not_a_byte_offset(tmp_path):
     for chunk_rows in (7, 50_000):
         with pytest.raises(DataError, match="line 3002 is not UTF-8 text; re-save the file as UTF-8"):
             list(read_chunks(path, chunk_rows=chunk_rows))
+
+
+def test_a_file_with_no_valid_row_ends_with_a_warning_naming_the_likely_cause(tmp_path, gov_store):
+    # A 0/1 label given as good/bad quarantines every row; the command succeeds, so say so plainly
+    # (found by a new-user trial).
+    from rich.console import Console
+
+    from fedcustomer.data.schema import Schema
+
+    frame = pd.DataFrame({"customer_id": ["A", "B", "C"], "account_no": ["good", "bad", "good"]})
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), _csv(tmp_path, frame))
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "none of the 3 rows was valid, all are quarantined (most common: account_no: not a number)" in text
+    assert "good" not in text and "bad" not in text
+    ok = IngestReport("bank", "b.csv", "00" * 32, {"age": "sensitive"}, read=3, inserted=3)
+    console = Console(record=True, width=200)
+    print_report(ok, console)
+    assert "none of the" not in console.export_text()

@@ -181,6 +181,15 @@ def run(
         from fedcustomer.server.report import RunRecorder
 
         RunRecorder.latest_checkpoint(out)
+    else:  # an earlier run in OUT is kept whole, not overwritten or mixed with this one
+        from fedcustomer.jobs.run_dir import RunDir
+
+        kept = RunDir(out).set_aside_previous(job.run_id)
+        if kept is not None:
+            (err_console if as_json else console).print(
+                f"[yellow]notice:[/] {escape(str(out))} held an earlier run; its files are now in "
+                f"{escape(str(kept))} (use --resume to continue a run instead)"
+            )
     summary = execute(job, resume=resume, quiet=as_json, verbose=verbose)
     if as_json:
         print(json.dumps(summary, indent=2))

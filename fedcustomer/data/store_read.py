@@ -128,7 +128,7 @@ class _Read:
                 f"the store {self.store.home.store_path} holds no dataset yet; ingest one first"
             )
         raise ConfigError(
-            f"the store holds several datasets ({', '.join(names)}); say which one (dataset=...)"
+            f"the store holds several datasets ({', '.join(names)}); name one with --dataset NAME"
         )
 
     # ---- decide: the policy's view of every field -------------------------------------------

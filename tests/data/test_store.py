@@ -744,3 +744,17 @@ def test_store_of_the_old_clear_layout_is_refused_with_what_to_do(store):
     store.close()
     with pytest.raises(ConfigError, match="older version"):
         PartnerStore.open(home)
+
+
+def test_a_store_with_two_datasets_asks_for_the_command_lines_dataset_option(tmp_path, store, bank):
+    # The message named a Python keyword (dataset=...) to a person at the command line (found by a
+    # new-user trial).
+    from dataclasses import replace
+
+    store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(3)))
+    store.ingest(ADMIN, replace(bank, dataset="bank_v2"), write_csv(tmp_path, bank_frame(3), "v2.csv"))
+    with pytest.raises(
+        ConfigError, match=r"several datasets \(bank, bank_v2\); name one with --dataset NAME"
+    ):
+        store.read(MARKETING, "marketing", fields=["region"])
+    assert len(store.read(MARKETING, "marketing", fields=["region"], dataset="bank_v2")) == 3

@@ -265,6 +265,8 @@ def _parse(
                 # 2^63 not at all), so such a row is invalid rather than silently changed.
                 huge = np.isfinite(arr) & (np.abs(arr) > MAX_EXACT_INTEGER)
             bad |= ~missing & (frac | huge)
+            if not bad.any():  # the usual case: no per-cell reasons to build
+                return num, bad, INTEGER_REASON
             why = np.full(n, INTEGER_REASON, dtype=object)
             why[~np.isfinite(arr)] = NOT_A_NUMBER_REASON
             why[frac] = FRACTION_REASON

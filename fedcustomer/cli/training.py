@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
-from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
+from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError, FederationError
 from fedcustomer.jobs.config import DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_ROUNDS, DEFAULT_SEED
 from fedcustomer.server.job import DEFAULTS as D  # torch-free: its defaults are the options' defaults
 from fedcustomer.server.job import JobConfig
@@ -244,9 +244,16 @@ def finish(summary: dict[str, Any]) -> None:
     """Exit codes: 0 when at least one round was aggregated; otherwise the cause's code."""
     if summary["rounds_completed"] > 0:
         return
+    from fedcustomer.server.rounds import NON_PRIVATE_REFUSED
+
     reason = summary.get("stop_reason") or "no round completed"
     if "budget" in reason:
         raise BudgetExhausted(f"no round could be trained within the partners' privacy budgets: {reason}")
+    if NON_PRIVATE_REFUSED in reason:
+        raise AccessDenied(
+            f"no round could be trained: {reason}; a partner admin opts in with [training] "
+            "allow_non_private = true in partner.toml, or run the job with DP"
+        )
     raise FederationError(reason)
 
 

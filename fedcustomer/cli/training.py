@@ -56,7 +56,9 @@ def run(
         help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`), or a built-in encoding: uci-credit-dp (UCI credit encoded for DP training); default for a PATH: inferred from each partner's training rows, with a notice",
     ),
     split: str = typer.Option(D["split"], help="iid | non-iid partitioning of real data across partners"),
-    partners: int = typer.Option(D["partners"], help="number of partner nodes"),
+    partners: int | None = typer.Option(
+        None, help=f"number of partner nodes (default {D['partners']}; with --homes: the homes it holds)"
+    ),
     rounds: int = typer.Option(D["rounds"], help="federated rounds"),
     local_epochs: int = typer.Option(D["local_epochs"], help="local epochs per round"),
     batch_size: int = typer.Option(D["batch_size"], help="expected (Poisson) batch size"),
@@ -137,6 +139,8 @@ def run(
         return
     if mode != "horizontal":
         raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
+    if partners is None:
+        partners = _homes_in(homes) or int(D["partners"])
     if resume and (out / "config.json").exists():
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
@@ -196,6 +200,13 @@ def run(
     else:
         print_summary(summary)
     finish(summary)
+
+
+def _homes_in(homes: Path | None) -> int:
+    """How many partner homes ``--homes`` holds (0 when none): the job's partner count by default."""
+    if homes is None or not homes.is_dir():
+        return 0
+    return sum(1 for p in homes.iterdir() if (p / "partner.toml").is_file())
 
 
 def execute(

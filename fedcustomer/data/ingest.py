@@ -49,7 +49,12 @@ import pandas as pd
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
-from fedcustomer.data.source_lines import explain_csv_error, first_non_utf8_line, row_locations
+from fedcustomer.data.source_lines import (
+    check_separator,
+    explain_csv_error,
+    first_non_utf8_line,
+    row_locations,
+)
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
@@ -117,6 +122,7 @@ def check_width(path: Path, kind: str) -> None:
                 header = next(csv.reader(fh), [])
         except (UnicodeDecodeError, csv.Error):
             return  # the CSV reader below reports these with the file's context
+        check_separator(path, header)
         width = len(header)
     else:
         import pyarrow as pa

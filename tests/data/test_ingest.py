@@ -381,3 +381,19 @@ def test_a_file_with_no_valid_row_ends_with_a_warning_naming_the_likely_cause(tm
     console = Console(record=True, width=200)
     print_report(ok, console)
     assert "none of the" not in console.export_text()
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_file_separated_by_something_else_than_commas_is_named_as_such(tmp_path, sep):
+    # A semicolon CSV from a spreadsheet gave "no customer id column" from the draft, and suggested
+    # --id-from-row, which would store the whole line as one field (found by a new-user trial).
+    from fedcustomer.data.schema_draft import draft_schema
+    from fedcustomer.data.sources import read_table
+
+    path = tmp_path / "customers.csv"
+    path.write_text(sep.join(["customer_id", "age", "default"]) + "\n" + sep.join(["C1", "30", "0"]) + "\n")
+    for action in (lambda: draft_schema(path), lambda: list(read_chunks(path)), lambda: read_table(path)):
+        with pytest.raises(DataError, match="the header is one column containing .* not commas; save it as"):
+            action()
+    path.write_text("customer_id\nC1;x\n")  # a one-column file whose values hold ';' is fine
+    assert list(read_chunks(path))[0]["customer_id"].tolist() == ["C1;x"]

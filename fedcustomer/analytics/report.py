@@ -28,8 +28,13 @@ def write_result(
     truth: Sequence[dict[str, Any]] | None = None,
     name: str = "result",
     interval_label: str | None = None,
+    mean_bars: str = "mean",
 ) -> dict[str, Path]:
-    """``interval_label`` names the intervals as the caller's table does (e.g. "95% simultaneous")."""
+    """``interval_label`` names the intervals as the caller's table does (e.g. "95% simultaneous").
+
+    ``mean_bars`` says what a mean query's chart shows: the means the table shows (``"mean"``, what a
+    query asked for) or the group sizes behind them (``"count"``, the RFM segment sizes).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_dict()
@@ -42,7 +47,9 @@ def write_result(
     written = {"json": path}
     if result.anchors:  # appended: every query's anchors stay on record in this directory
         written["anchors"] = append_anchors(out / "anchors.jsonl", result.anchors)
-    chart = plot_result(out / f"{name}.png", result, truth, interval_label=interval_label)
+    chart = plot_result(
+        out / f"{name}.png", result, truth, interval_label=interval_label, mean_bars=mean_bars
+    )
     if chart is not None:
         written["png"] = chart
     return written
@@ -59,11 +66,16 @@ def append_anchors(path: Path, lines: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def _bars(result: QueryResult) -> tuple[list[str], list[float], list[float], list[float], str] | None:
+def _bars(
+    result: QueryResult, mean_bars: str = "mean"
+) -> tuple[list[str], list[float], list[float], list[float], str] | None:
     rows = result.rows
-    if result.spec.kind == "mean":
+    if result.spec.kind == "mean" and mean_bars == "count":
         rows = [r["count"] for r in rows]
         what = "customers (DP count)"
+    elif result.spec.kind == "mean":
+        field = getattr(result.spec, "field", None)
+        what = f"mean {field} (DP)" if field else "mean (DP)"
     elif result.spec.kind in ("count", "sum", "histogram"):
         what = f"{result.spec.kind} (DP)"
     elif result.spec.kind == "funnel":
@@ -89,13 +101,15 @@ def plot_result(
     result: QueryResult,
     truth: Sequence[dict[str, Any]] | None = None,
     interval_label: str | None = None,
+    mean_bars: str = "mean",
 ) -> Path | None:
     """Bar chart of the released values with their intervals as error bars (None for kinds without one).
 
-    The title says what the bars are (a mean query's chart shows its DP counts), and the interval
-    level is the one the caller's table states, not the adjusted per-interval level behind it.
+    The title says what the bars are (a mean query's means, or with ``mean_bars="count"`` its DP
+    counts), and the interval level is the one the caller's table states, not the adjusted
+    per-interval level behind it.
     """
-    bars = _bars(result)
+    bars = _bars(result, mean_bars)
     if bars is None:
         return None
     import matplotlib
@@ -114,13 +128,16 @@ def plot_result(
         color="#4C72B0",
         label=f"DP estimate, {interval_label or _level(result.spec.confidence)} interval",
     )
-    if truth is not None and result.spec.kind in ("mean", "count"):
+    if truth is not None and (
+        result.spec.kind == "count" or (result.spec.kind, mean_bars) == ("mean", "count")
+    ):
         key = "count" if result.spec.kind == "mean" else "truth"
         ax.scatter(x, [t[key] for t in truth], color="#DD8452", zorder=3, label="true value (local run)")
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel(what)
-    ax.set_ylim(bottom=0)
+    if min(est, default=0.0) >= 0:  # a mean over negative bounds may be below zero
+        ax.set_ylim(bottom=0)
     ax.set_title(
         f"{result.spec.dataset}: {what} (epsilon {result.spec.epsilon:g} per partner, "
         f"{len(result.partners)} partners)",

@@ -161,7 +161,7 @@ def rfm_cmd(
     result = runner.run_inprocess(partner_homes, spec)
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
     level = f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'}"
-    write_result(out, result, truth=truth, name="rfm", interval_label=level)
+    write_result(out, result, truth=truth, name="rfm", interval_label=level, mean_bars="count")
     if as_json:
         payload = result.to_dict()
         if truth is not None:

@@ -307,7 +307,7 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
     cols = ["actor (role)" if wide else "actor", "action", "decision", "fields", "purpose"]
     if wide:
         cols[3:3] = ["dataset"]
-        cols += ["approved by", "rows", "customers", "reason"]
+        cols += ["approval", "rows", "customers", "reason"]
     for col in cols:
         table.add_column(col, overflow="fold")
     for e in entries:
@@ -325,11 +325,19 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
             row += [
                 ", ".join(e.approvals),
                 "" if e.row_count is None else str(e.row_count),
-                str(len(e.pseudonyms)) if e.pseudonyms else "",
+                _customers(e),
                 e.reason or "",
             ]
         table.add_row(*(escape(c) for c in row), style="red" if e.decision == "denied" else None)
     return table
+
+
+def _customers(e: AuditEntry) -> str:
+    """How many customers the entry names; "1000 of 2488" when its list was cut short."""
+    if not e.pseudonyms:
+        return ""
+    total = e.details.get("pseudonyms_truncated")
+    return f"{len(e.pseudonyms)} of {total}" if isinstance(total, int) else str(len(e.pseudonyms))
 
 
 def _write_atomic(path: Path, text: str) -> None:

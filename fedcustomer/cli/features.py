@@ -34,6 +34,11 @@ def features_draft_cmd(
         [], "--bound", help="FIELD=LO:HI public bounds the schema does not declare."
     ),
     drop: list[str] = typer.Option([], "--drop", help="Leave a field out of the model (repeatable)."),
+    log: list[str] = typer.Option(
+        [],
+        "--log",
+        help="Scale a heavy-tailed amount on a signed log (repeatable); bounds stay in the field's units.",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     from fedcustomer.data.feature_draft import parse_bound, spec_from_schema
@@ -42,7 +47,7 @@ def features_draft_cmd(
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     the_schema = _schema(home, dataset, schema)
     bounds = dict(parse_bound(b) for b in bound)
-    spec, notes = spec_from_schema(the_schema, task=task, label=label, bounds=bounds, drop=drop)
+    spec, notes = spec_from_schema(the_schema, task=task, label=label, bounds=bounds, drop=drop, log=log)
     atomic_write_text(output, json.dumps(spec.to_dict(), indent=2) + "\n")
     cats = sum(1 for f in spec.features if f not in spec.numeric)
     console.print(

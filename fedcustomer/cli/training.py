@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
-from fedcustomer.errors import BudgetExhausted, ConfigError, FederationError
+from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError, FederationError
 from fedcustomer.jobs.config import DEFAULT_DELTA, DEFAULT_EPSILON, DEFAULT_ROUNDS, DEFAULT_SEED
 from fedcustomer.server.job import DEFAULTS as D  # torch-free: its defaults are the options' defaults
 from fedcustomer.server.job import JobConfig
@@ -56,7 +56,9 @@ def run(
         help="JSON file declaring the features, their public bounds and categories (write one with `fedcustomer features draft`), or a built-in encoding: uci-credit-dp (UCI credit encoded for DP training); default for a PATH: inferred from each partner's training rows, with a notice",
     ),
     split: str = typer.Option(D["split"], help="iid | non-iid partitioning of real data across partners"),
-    partners: int = typer.Option(D["partners"], help="number of partner nodes"),
+    partners: int | None = typer.Option(
+        None, help=f"number of partner nodes (default {D['partners']}; with --homes: the homes it holds)"
+    ),
     rounds: int = typer.Option(D["rounds"], help="federated rounds"),
     local_epochs: int = typer.Option(D["local_epochs"], help="local epochs per round"),
     batch_size: int = typer.Option(D["batch_size"], help="expected (Poisson) batch size"),
@@ -137,6 +139,8 @@ def run(
         return
     if mode != "horizontal":
         raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")
+    if partners is None:
+        partners = _homes_in(homes) or int(D["partners"])
     if resume and (out / "config.json").exists():
         job = JobConfig.from_dict(json.loads((out / "config.json").read_text()))
     else:
@@ -181,12 +185,28 @@ def run(
         from fedcustomer.server.report import RunRecorder
 
         RunRecorder.latest_checkpoint(out)
+    else:  # an earlier run in OUT is kept whole, not overwritten or mixed with this one
+        from fedcustomer.jobs.run_dir import RunDir
+
+        kept = RunDir(out).set_aside_previous(job.run_id)
+        if kept is not None:
+            (err_console if as_json else console).print(
+                f"[yellow]notice:[/] {escape(str(out))} held an earlier run; its files are now in "
+                f"{escape(str(kept))} (use --resume to continue a run instead)"
+            )
     summary = execute(job, resume=resume, quiet=as_json, verbose=verbose)
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
     finish(summary)
+
+
+def _homes_in(homes: Path | None) -> int:
+    """How many partner homes ``--homes`` holds (0 when none): the job's partner count by default."""
+    if homes is None or not homes.is_dir():
+        return 0
+    return sum(1 for p in homes.iterdir() if (p / "partner.toml").is_file())
 
 
 def execute(
@@ -235,9 +255,16 @@ def finish(summary: dict[str, Any]) -> None:
     """Exit codes: 0 when at least one round was aggregated; otherwise the cause's code."""
     if summary["rounds_completed"] > 0:
         return
+    from fedcustomer.server.rounds import NON_PRIVATE_REFUSED
+
     reason = summary.get("stop_reason") or "no round completed"
     if "budget" in reason:
         raise BudgetExhausted(f"no round could be trained within the partners' privacy budgets: {reason}")
+    if NON_PRIVATE_REFUSED in reason:
+        raise AccessDenied(
+            f"no round could be trained: {reason}; a partner admin opts in with [training] "
+            "allow_non_private = true in partner.toml, or run the job with DP"
+        )
     raise FederationError(reason)
 
 

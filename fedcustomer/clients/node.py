@@ -76,6 +76,8 @@ class PartnerNode:
     def train_round(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> TrainOutcome:
         """Train one round locally and release it; refuse instead of ever exceeding the budget."""
         if not ins.dp:
+            if not self.config.allow_non_private:
+                return self._non_private_refused()
             return self._train(global_state, ins, *self._read(ins))
         ledger = self.ledger(ins.dataset)
         step = Step(f"run:{ins.run_id}:round:{ins.round}", f"round {ins.round}", ins.run_id, ins.round)
@@ -357,6 +359,16 @@ class PartnerNode:
             metrics["epsilon-projected"] = float(refused.projected)
         log.warning("partner %s refuses: %s", self.name, refused.reason)
         return TrainOutcome(self.name, None, metrics, {"dp": True}, refused_reason=refused.reason)
+
+    def _non_private_refused(self) -> TrainOutcome:
+        """A round without DP has no epsilon bound: only a partner that opted in trains one."""
+        reason = (
+            f"partner {self.name!r} does not train without differential privacy: its partner.toml does not "
+            "allow it ([training] allow_non_private = true), and a non-private update has no epsilon bound"
+        )
+        log.warning("partner %s refuses: %s", self.name, reason)
+        metrics = {"num-examples": 0.0, "unit-weight": 1.0, "refused": 1.0}
+        return TrainOutcome(self.name, None, metrics, {"dp": False}, refused_reason=reason)
 
     # --- evaluation ----------------------------------------------------------------
     def evaluate(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> dict[str, float]:

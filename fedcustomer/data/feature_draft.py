@@ -5,11 +5,14 @@ release that DP-SGD does not account for), so everything in the drafted spec com
 the schema the partner admin reviewed: ``validation: {min, max}`` (or a numeric
 ``allowed`` list) gives a numeric field its public bounds, ``allowed`` gives a category
 its categories. What the schema does not declare is refused with what to add, or can be
-given on the command line (``--bound FIELD=LO:HI``) or left out (``--drop FIELD``).
+given on the command line (``--bound FIELD=LO:HI``) or left out (``--drop FIELD``). A
+heavy-tailed amount can be put on a signed log scale (``--log FIELD``): its declared bounds,
+in the field's own units, are mapped onto that scale so the spec stays consistent.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from fedcustomer.data.features import TASKS, CategoricalFeature, Feature, FeatureSpec, NumericFeature
@@ -37,14 +40,16 @@ def spec_from_schema(
     label: str,
     bounds: dict[str, tuple[float, float]] | None = None,
     drop: Iterable[str] = (),
+    log: Iterable[str] = (),
 ) -> tuple[FeatureSpec, list[str]]:
     """The feature spec for training on ``schema``'s dataset, and notes on what was left out and why."""
     if task not in TASKS:
         raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     bounds = dict(bounds or {})
     drop = set(drop)
+    log = set(log)
     names = set(schema.names)
-    unknown = sorted((set(bounds) | drop) - names)
+    unknown = sorted((set(bounds) | drop | log) - names)
     if unknown:
         raise ConfigError(
             f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} "
@@ -56,6 +61,9 @@ def spec_from_schema(
             f"(fields: {', '.join(schema.names)})"
         )
     _check_label(schema.field(label))
+    not_numeric = sorted(n for n in log if schema.field(n).type not in NUMERIC_TYPES)
+    if not_numeric:
+        raise ConfigError(f"--log applies to integer or float fields; {', '.join(not_numeric)} is not one")
     notes: list[str] = []
     features: list[Feature] = []
     unbounded: list[str] = []
@@ -79,7 +87,10 @@ def spec_from_schema(
                     raise SchemaError(
                         f"field {f.name!r}: declared bounds need min < max, got {lo:g} and {hi:g}"
                     )
-                features.append(NumericFeature(f.name, float(lo), float(hi)))
+                if f.name in log:
+                    features.append(NumericFeature(f.name, _signed_log(lo), _signed_log(hi), log=True))
+                else:
+                    features.append(NumericFeature(f.name, float(lo), float(hi)))
         elif f.validation.allowed:
             features.append(CategoricalFeature(f.name, tuple(f.validation.allowed)))
         else:
@@ -103,6 +114,11 @@ def spec_from_schema(
             f"dataset {schema.dataset!r} has no field the training pipeline can use as a feature"
         )
     return FeatureSpec(task, label, None, features), notes
+
+
+def _signed_log(value: float) -> float:
+    """Where a declared bound lies on the spec's log scale (``sign(x) * log1p(|x|)``, as the encoder)."""
+    return math.copysign(math.log1p(abs(value)), value)
 
 
 def _check_label(f: FieldSpec) -> None:

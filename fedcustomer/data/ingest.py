@@ -49,7 +49,12 @@ import pandas as pd
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
-from fedcustomer.data.source_lines import explain_csv_error, first_non_utf8_line, row_locations
+from fedcustomer.data.source_lines import (
+    check_separator,
+    explain_csv_error,
+    first_non_utf8_line,
+    row_locations,
+)
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
@@ -117,6 +122,7 @@ def check_width(path: Path, kind: str) -> None:
                 header = next(csv.reader(fh), [])
         except (UnicodeDecodeError, csv.Error):
             return  # the CSV reader below reports these with the file's context
+        check_separator(path, header)
         width = len(header)
     else:
         import pyarrow as pa
@@ -479,6 +485,16 @@ def print_report(report: IngestReport, console: Any = None) -> None:
             console.print(f"  {place}: {escape(why)}", highlight=False)
     if report.ignored_columns:
         console.print(f"ignored columns (not in schema, not stored): {', '.join(report.ignored_columns)}")
+    if report.read and not report.valid:
+        # Every row quarantined is almost always a schema that does not fit the file (a text label in an
+        # integer field); the counts above are easy to miss when the command still succeeds.
+        worst = max(report.reasons.items(), key=lambda kv: sum(kv[1].values()), default=None)
+        cause = f" (most common: {worst[0]}: {worst[1].most_common(1)[0][0]})" if worst else ""
+        console.print(
+            f"[yellow]warning:[/] none of the {report.read} rows was valid, all are quarantined"
+            f"{escape(cause)}; check the schema's types and rules against the file",
+            highlight=False,
+        )
 
 
 def check_columns(schema: Schema, chunk: pd.DataFrame, source: str) -> list[str]:

@@ -44,7 +44,8 @@ def open_partner_store(
         if notice and notices is not None:
             notices.append(notice)
     else:
-        home = PartnerHome.create(root, name, budget=budget)
+        # A simulated partner (one machine, stand-in data) also serves non-private baselines.
+        home = PartnerHome.create(root, name, budget=budget, allow_non_private=True)
     store = (
         PartnerStore.open(home)
         if home.store_path.exists()

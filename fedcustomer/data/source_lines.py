@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from fedcustomer.errors import DataError
+
 _EXPECTED = re.compile(r"Expected (\d+) fields in line \d+, saw \d+")
 
 
@@ -95,3 +97,23 @@ def first_non_utf8_line(path: Path, block: int = 1 << 20) -> int | None:
                 line += data.count(b"\n")
     except OSError:
         return None
+
+
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "'|'"}
+
+
+def check_separator(path: Path, columns: Iterable[str]) -> None:
+    """DataError when a CSV's header is one column holding ';', tabs or '|': the file is not comma-separated.
+
+    Why: a spreadsheet saved with semicolons reads as one column whose name is the whole header, and
+    the errors that follow ("no customer id column", "columns ... are missing") hide the cause.
+    """
+    names = list(columns)
+    if len(names) != 1:
+        return
+    for sep, what in _OTHER_SEPARATORS.items():
+        if sep in str(names[0]):
+            raise DataError(
+                f"{path}: the header is one column containing {what}: the file looks separated by {what}, "
+                "not commas; save it as comma-separated CSV (UTF-8)"
+            )

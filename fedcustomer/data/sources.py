@@ -22,6 +22,7 @@ from fedcustomer.data.partition import (
     split_train_test,
 )
 from fedcustomer.data.schema import field_name_for, field_names
+from fedcustomer.data.source_lines import check_separator
 from fedcustomer.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "FEDCUSTOMER_DATA_DIR"
@@ -200,7 +201,9 @@ def read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
+            check_separator(path, frame.columns)
+            return frame
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:

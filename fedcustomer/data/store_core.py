@@ -323,18 +323,28 @@ class StoreCore:
         with self.backend.transaction():
             self.register(schema)
 
+    def check_compatible(self, schema: Schema) -> Schema | None:
+        """The stored schema of ``schema.dataset`` (None when new); a structural change is refused.
+
+        Why: a table's layout follows its fields' names, types, tiers and roles, so a tier made public
+        after the first ingest cannot apply to rows already sealed as sensitive.
+        """
+        row = self.backend.fetchone("SELECT schema_yaml FROM datasets WHERE name = ?", (schema.dataset,))
+        if row is None:
+            return None
+        stored = parse_stored_schema(row[0], f"stored schema {schema.dataset!r}")
+        if stored.structure() != schema.structure():
+            raise SchemaError(
+                f"{schema.source or 'schema'}: dataset {schema.dataset!r} is already stored with different "
+                f"fields/types/tiers/roles ({_describe_change(stored, schema)}); a structural change needs a new "
+                f"dataset name"
+            )
+        return stored
+
     def register(self, schema: Schema) -> None:
         """:meth:`register_schema` inside the caller's transaction."""
-        row = self.backend.fetchone("SELECT schema_yaml FROM datasets WHERE name = ?", (schema.dataset,))
         now = utc_now()
-        if row is not None:
-            stored = parse_stored_schema(row[0], f"stored schema {schema.dataset!r}")
-            if stored.structure() != schema.structure():
-                raise SchemaError(
-                    f"{schema.source or 'schema'}: dataset {schema.dataset!r} is already stored with different "
-                    f"fields/types/tiers/roles ({_describe_change(stored, schema)}); a structural change needs a new "
-                    f"dataset name"
-                )
+        if self.check_compatible(schema) is not None:
             self.backend.execute(
                 "UPDATE datasets SET schema_yaml = ?, updated_at = ? WHERE name = ?",
                 (schema.to_yaml(), now, schema.dataset),
@@ -407,7 +417,21 @@ def parse_stored_schema(text: str, source: str) -> Schema:
 
 
 def _describe_change(old: Schema, new: Schema) -> str:
-    before, after = set(old.structure()), set(new.structure())
-    gone = sorted(f[0] for f in before - after)
-    added = sorted(f[0] for f in after - before)
-    return f"changed or removed: {', '.join(gone) or '-'}; new or changed: {', '.join(added) or '-'}"
+    """Each field that differs, as ``home: tier sensitive -> public``, ``removed: x``, ``added: y``."""
+    keys = ("type", "tier", "role")
+    before = {f[0]: dict(zip(keys, f[1:], strict=True)) for f in old.structure()}
+    after = {f[0]: dict(zip(keys, f[1:], strict=True)) for f in new.structure()}
+    parts = []
+    for name in sorted(before.keys() & after.keys()):
+        changes = [
+            f"{k} {before[name][k]} -> {after[name][k]}" for k in keys if before[name][k] != after[name][k]
+        ]
+        if changes:
+            parts.append(f"{name}: {', '.join(changes)}")
+    if gone := sorted(before.keys() - after.keys()):
+        parts.append(f"removed: {', '.join(gone)}")
+    if added := sorted(after.keys() - before.keys()):
+        parts.append(f"added: {', '.join(added)}")
+    if not parts:  # same fields, other order
+        parts.append("field order")
+    return "; ".join(parts)

@@ -84,6 +84,9 @@ def _ingest(
         "SELECT id FROM ingests WHERE dataset = ? AND sha256 = ?", (schema.dataset, sha)
     )
     if prior is not None:
+        # The same file again adds nothing, but a schema whose tiers or types changed since must not
+        # pass as done: the change would silently not apply.
+        store.check_compatible(schema)
         report.skipped_file = True
         report.ingest_id = int(prior[0])
         report.finished_at = utc_now()

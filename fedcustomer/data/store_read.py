@@ -25,6 +25,7 @@ from fedcustomer.data.store_db import open_row_keys, open_rows, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
 from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
+from fedcustomer.privacy.audit.query import PSEUDONYMS_TRUNCATED
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 
 _TIER_RANK = {"public": 0, "sensitive": 1, "core": 2}
@@ -128,7 +129,7 @@ class _Read:
                 f"the store {self.store.home.store_path} holds no dataset yet; ingest one first"
             )
         raise ConfigError(
-            f"the store holds several datasets ({', '.join(names)}); say which one (dataset=...)"
+            f"the store holds several datasets ({', '.join(names)}); name one with --dataset NAME"
         )
 
     # ---- decide: the policy's view of every field -------------------------------------------
@@ -250,7 +251,7 @@ class _Read:
         if decrypted:
             pseudonyms = frame.index.tolist()[:_MAX_AUDIT_PSEUDONYMS]
             if len(frame) > _MAX_AUDIT_PSEUDONYMS:
-                details["pseudonyms_truncated"] = len(frame)
+                details[PSEUDONYMS_TRUNCATED] = len(frame)  # `audit query --pseudonym` still finds it
         self.store.log(
             self.actor,
             "decrypt" if decrypted else "read",

@@ -39,6 +39,10 @@ _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 # numbers (account numbers, big ids) belong in a string field.
 MAX_EXACT_INTEGER = 2**53 - 1
 INTEGER_REASON = f"not an integer within +/-{MAX_EXACT_INTEGER} (use type string for larger whole numbers)"
+# Text such as "good" in an integer field is a different mistake from a 20-digit account number: saying
+# so points the user at the file (or the field's type), not at the integer range.
+NOT_A_NUMBER_REASON = "not a number"
+FRACTION_REASON = "not a whole number (use type float for fractions)"
 
 
 def prc_id_check_char(first17: str) -> str:
@@ -151,7 +155,8 @@ def _check_column(spec: FieldSpec, raw: pd.Series) -> tuple[pd.Series, dict[int,
         reasons[missing] = "missing required value"
 
     parsed, type_bad, type_reason = _parse(spec, text, missing)
-    reasons[type_bad & (reasons == None)] = type_reason
+    unset = type_bad & (reasons == None)
+    reasons[unset] = type_reason[unset] if isinstance(type_reason, np.ndarray) else type_reason
     ok = ~missing & ~type_bad
     rules = spec.validation
 
@@ -241,8 +246,10 @@ def _number_str(value: Any) -> str | None:
     return str(int(f)) if f.is_integer() else repr(f)
 
 
-def _parse(spec: FieldSpec, text: pd.Series, missing: np.ndarray) -> tuple[pd.Series, np.ndarray, str]:
-    """Typed values and the mask of present-but-unparseable cells."""
+def _parse(
+    spec: FieldSpec, text: pd.Series, missing: np.ndarray
+) -> tuple[pd.Series, np.ndarray, str | np.ndarray]:
+    """Typed values, the mask of present-but-unparseable cells and the reason (one, or one per cell)."""
     n = len(text)
     t = spec.type
     if t in ("string", "category"):
@@ -258,8 +265,13 @@ def _parse(spec: FieldSpec, text: pd.Series, missing: np.ndarray) -> tuple[pd.Se
                 # 2^63 not at all), so such a row is invalid rather than silently changed.
                 huge = np.isfinite(arr) & (np.abs(arr) > MAX_EXACT_INTEGER)
             bad |= ~missing & (frac | huge)
-            return num.where(~pd.Series(bad), np.nan), bad, INTEGER_REASON
-        return num.where(~pd.Series(bad), np.nan), bad, "not a number"
+            if not bad.any():  # the usual case: no per-cell reasons to build
+                return num, bad, INTEGER_REASON
+            why = np.full(n, INTEGER_REASON, dtype=object)
+            why[~np.isfinite(arr)] = NOT_A_NUMBER_REASON
+            why[frac] = FRACTION_REASON
+            return num.where(~pd.Series(bad), np.nan), bad, why
+        return num.where(~pd.Series(bad), np.nan), bad, NOT_A_NUMBER_REASON
     if t == "boolean":
         lowered = text.str.lower()
         is_true = lowered.isin(list(_TRUE)).to_numpy(dtype=bool)

@@ -12,12 +12,32 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.jobs.config import JobBase
+
+# What a job writes into its run directory (simulated homes and their placements stay where they are:
+# a later job on the same OUT keeps using them, budgets included).
+RUN_OUTPUTS = (
+    "config.json",
+    "summary.json",
+    "metrics.csv",
+    "model.pt",
+    "feature_spec.json",
+    "feature_specs.json",
+    "anchors.jsonl",
+    "plots",
+    "checkpoints",
+    "privacy_audit.json",
+    "privacy_audit.png",
+)
+PREVIOUS = "previous"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class RunDir:
@@ -28,6 +48,34 @@ class RunDir:
 
     def path(self, name: str) -> Path:
         return self.root / name
+
+    def set_aside_previous(self, run_id: str) -> Path | None:
+        """Move another run's outputs to ``previous/<its run id>/``; where they went, or None.
+
+        Why: a new job pointed at an old run's directory would otherwise overwrite its model,
+        summary and anchors (the compliance officer's evidence) and leave its later checkpoints
+        beside the new ones, where a ``--resume`` would pick them up. The same run id (a resume)
+        is left alone.
+        """
+        try:
+            old = json.loads(self.path("config.json").read_text(encoding="utf-8")).get("run_id")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old == run_id:
+            return None
+        name = str(old) if isinstance(old, str) and _SAFE_NAME.match(old) else "unnamed-run"
+        target = self.root / PREVIOUS / name
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.root / PREVIOUS / f"{name}-{n}"
+        target.mkdir(parents=True)
+        for item in RUN_OUTPUTS:
+            if self.path(item).exists():
+                os.replace(self.path(item), target / item)
+        return target
 
     def write_config(self, job: JobBase) -> Path:
         """``config.json``: every option of the job, keys sorted (a resume reads it back)."""

@@ -61,6 +61,10 @@ class PartnerConfig:
     # round is charged with its guarantee against the coordinator (full noise), not the weaker one
     # against a single update (its own noise share). See docs/PRIVACY.md.
     secagg_trust: bool = False
+    # [training] allow_non_private = true: the partner lets a job train on its customers WITHOUT DP
+    # (``--no-dp``, baselines). Off unless written: such an update has no epsilon bound at all, so the
+    # coordinator must not be able to ask for one. Simulated homes (one machine) are created with it.
+    allow_non_private: bool = False
 
     def accountant_spec(self) -> Accountant:
         """The accountant partner.toml selects (RDP unless it says otherwise)."""
@@ -134,6 +138,8 @@ class PartnerHome:
         name: str,
         budget: DatasetBudget | None = None,
         policy_file: str | None = None,
+        *,
+        allow_non_private: bool = False,
     ) -> PartnerHome:
         """Create the directory skeleton and write ``partner.toml``."""
         home = cls(root)
@@ -141,7 +147,11 @@ class PartnerHome:
         for sub in (home.keys_dir, home.audit_dir, home.state_dir):
             sub.mkdir(exist_ok=True)
         os.chmod(home.keys_dir, 0o700)
-        home.write_config(PartnerConfig(name=name, budget=budget, policy_file=policy_file))
+        home.write_config(
+            PartnerConfig(
+                name=name, budget=budget, policy_file=policy_file, allow_non_private=allow_non_private
+            )
+        )
         return home
 
     def write_config(self, config: PartnerConfig) -> None:
@@ -181,6 +191,13 @@ class PartnerHome:
                 "[secagg]",
                 "trust = true",
             ]
+        if config.allow_non_private:
+            lines += [
+                "",
+                "# Jobs may train on these customers WITHOUT differential privacy (--no-dp): no epsilon bound.",
+                "[training]",
+                "allow_non_private = true",
+            ]
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
@@ -214,6 +231,9 @@ class PartnerHome:
         secagg = raw.get("secagg", {})
         if not isinstance(secagg, dict) or not isinstance(secagg.get("trust", False), bool):
             raise ConfigError(f"{self.config_path}: [secagg] trust must be true or false")
+        training = raw.get("training", {})
+        if not isinstance(training, dict) or not isinstance(training.get("allow_non_private", False), bool):
+            raise ConfigError(f"{self.config_path}: [training] allow_non_private must be true or false")
         return PartnerConfig(
             name=str(raw["name"]),
             budget=budget,
@@ -225,6 +245,7 @@ class PartnerHome:
             accountant=accountant,
             pld_discretization=pld_discretization,
             secagg_trust=bool(secagg.get("trust", False)),
+            allow_non_private=bool(training.get("allow_non_private", False)),
         )
 
     def keyring_config(self) -> KeyringConfig:

@@ -7,6 +7,7 @@ machine-readable result; its schema is documented in the README.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import LoopResult, RoundReport
 
+log = logging.getLogger(__name__)
+
 SUMMARY_SCHEMA_VERSION = 1
 ANCHORS_FILE = "anchors.jsonl"
 
@@ -26,13 +29,17 @@ ANCHORS_FILE = "anchors.jsonl"
 class RunRecorder:
     """Writes a run directory as rounds complete, so a crash leaves usable files."""
 
-    def __init__(self, out: Path, job: JobConfig, spec: FeatureSpec) -> None:
+    def __init__(self, out: Path, job: JobConfig, spec: FeatureSpec, *, resume: bool = False) -> None:
         self.out = Path(out)
         self.job = job
         self.spec = spec
         self.rounds: list[RoundReport] = []
         self.files = RunDir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        # A new job never overwrites another run's files (a resume continues its own).
+        self.set_aside = None if resume else self.files.set_aside_previous(job.run_id)
+        if self.set_aside is not None:
+            log.warning("%s held another run; its files are now in %s", self.out, self.set_aside)
         (self.out / "checkpoints").mkdir(exist_ok=True)
         self.files.write_config(job)
         self.files.write_json("feature_spec.json", spec.to_dict())

@@ -114,7 +114,7 @@ def run_rounds(
             failed = [p.partner for p in partners if p.status == "failed"]
             reason = (
                 f"round {rnd}: only {len(trained_msgs)} partner(s) trained, need at least {min_partners}"
-                + (f"; refused (privacy budget): {', '.join(refused)}" if refused else "")
+                + (f"; refused ({_refusal_kind(train_config)}): {', '.join(refused)}" if refused else "")
                 + (f"; failed: {', '.join(failed)}" if failed else "")
             )
             return LoopResult(arrays, reports, "stopped", reason)
@@ -211,3 +211,11 @@ def _plain(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
         return {}
     return {str(k): float(v) for k, v in dict(record).items() if isinstance(v, (int, float))}
+
+
+NON_PRIVATE_REFUSED = "training without DP is not allowed in their partner.toml"
+
+
+def _refusal_kind(train_config: Any) -> str:
+    """Why partners refuse a round: their budget, or (a --no-dp job) their policy against non-DP updates."""
+    return "privacy budget" if bool(train_config.get("dp", True)) else NON_PRIVATE_REFUSED

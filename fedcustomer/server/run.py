@@ -49,7 +49,7 @@ def run_job_on_grid(
             "add --secagg, or use --dp-mode local"
         )
     out = Path(job.out)
-    recorder = RunRecorder(out, job, spec)
+    recorder = RunRecorder(out, job, spec, resume=resume)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     arrays = ArrayRecord(model.state_dict())
     first_round = 1

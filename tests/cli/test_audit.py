@@ -330,7 +330,7 @@ def test_query_table_keeps_essential_columns_on_a_narrow_terminal(
     home = signed.root
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run(["audit", "query", *ASKER, "--home", str(home), "--decision", "denied"], capsys)
-    assert code == 0 and "bob" in out and "denied" in out and "approved by" not in out
+    assert code == 0 and "bob" in out and "denied" in out and "customers" not in out
 
 
 def test_query_csv_escapes_formula_cells(
@@ -359,3 +359,30 @@ def test_query_csv_escapes_formula_cells(
     assert code == 0 and len(rows) == 1
     assert rows[0]["actor"] == "'=cmd|' /C calc'!A0"
     assert rows[0]["purpose"] == "'+purpose" and rows[0]["reason"] == "'@SUM(1)"
+
+
+def test_wide_table_names_the_approval_and_a_cut_customer_list_with_its_full_count(tmp_path: Path) -> None:
+    # The column said "approved by" over an approval id, and "1000" customers for a 2,488-row decrypt
+    # (found by a new-user trial).
+    from rich.console import Console
+
+    from fedcustomer.cli.audit import _table
+    from fedcustomer.privacy.audit.writer import AuditLog
+
+    log = AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")
+    log.append(
+        actor="rick",
+        role="risk_officer",
+        action="decrypt",
+        approvals=("a1b2",),
+        row_count=2488,
+        pseudonyms=tuple(f"p{i}" for i in range(1000)),
+        details={"pseudonyms_truncated": 2488},
+    )
+    log.append(actor="rick", role="risk_officer", action="decrypt", row_count=2, pseudonyms=("p1", "p2"))
+    console = Console(record=True, width=220)
+    console.print(_table(list(log), 220))
+    text = console.export_text()
+    assert "approval " in text and "approved by" not in text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    assert [(r[8], r[10]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]

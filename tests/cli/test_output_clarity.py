@@ -77,11 +77,26 @@ def test_rfm_chart_states_the_tables_level_and_what_its_bars_are(monkeypatch, tm
     from fedcustomer.analytics.report import plot_result
 
     figures = _saved_figures(monkeypatch)
-    plot_result(tmp_path / "rfm.png", _result("mean", 0.995833), interval_label="95% simultaneous")
+    plot_result(
+        tmp_path / "rfm.png", _result("mean", 0.995833), interval_label="95% simultaneous", mean_bars="count"
+    )
     ax = figures[0].axes[0]
     legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
     assert "95% simultaneous" in legend and "99.58" not in legend
     assert "mean" not in ax.get_title() and "customers" in ax.get_title()
+
+
+def test_a_mean_querys_chart_shows_the_means_its_table_shows(monkeypatch, tmp_path):
+    # `query` with kind mean printed means but charted the group sizes (found by a new-user trial).
+    from fedcustomer.analytics.report import plot_result
+
+    figures = _saved_figures(monkeypatch)
+    result = _result("mean", 0.95)
+    result.spec.field = "default"
+    plot_result(tmp_path / "result.png", result)
+    ax = figures[0].axes[0]
+    assert [p.get_height() for p in ax.patches] == [50.0]
+    assert "mean default" in ax.get_title() and "customers" not in ax.get_title()
 
 
 def test_budget_show_explains_per_row_epsilon_and_never_cuts_ids(tmp_path, monkeypatch):

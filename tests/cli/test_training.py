@@ -189,3 +189,27 @@ def test_central_cap_stops_the_run_in_the_simulation_engine_and_says_why(tmp_pat
     )
     assert summary["central_dp"]["accountant"] == "rdp" and summary["central_dp"]["epsilon"] <= 3.5
     assert "maximum 3.5" in result.stdout
+
+
+def test_with_homes_the_partner_count_defaults_to_the_homes_it_holds(tmp_path: Path) -> None:
+    # `run --homes DIR` with two homes stopped at "pass --partners 2" (the default is 3) before saying
+    # anything about the job itself (found by a new-user trial).
+    from fedcustomer.data.features import FeatureSpec, NumericFeature
+    from fedcustomer.partner.home import PartnerHome
+
+    for name in ("bank_a", "bank_b"):
+        PartnerHome.create(tmp_path / "homes" / name, name)
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(FeatureSpec("repayment", "default", None, [NumericFeature("age", 18, 100)]).to_dict())
+    )
+    args = ("run", "--homes", str(tmp_path / "homes"), "--data", "loans", "--feature-spec", str(spec))
+    result = fedcustomer(*args, "--out", str(tmp_path / "r"), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and "--partners" not in output, output
+    assert "bank_a" in output, output
+    _assert_clean_failure(
+        fedcustomer(*args, "--partners", "3", "--out", str(tmp_path / "r"), cwd=tmp_path),
+        3,
+        "pass --partners 2",
+    )

@@ -191,3 +191,43 @@ def test_a_job_holds_its_ledgers_log_until_its_last_round(tmp_path: Path) -> Non
     assert not wal.exists() and job not in HOLDS  # released after the last planned round: at rest as before
     refused = PartnerNode(home).train_round(_global(), _ins(1, planned=2, run="r2"))
     assert refused.refused and other not in HOLDS  # a refusal releases it too
+
+
+def test_a_non_private_round_is_trained_only_where_partner_toml_allows_it(tmp_path: Path) -> None:
+    # A coordinator asking for --no-dp got a non-private update from a real partner's home, whose admin
+    # never agreed to a release without an epsilon bound (found by a new-user trial).
+    from dataclasses import replace
+
+    home = _home(tmp_path, 2.0)
+    assert home.config().allow_non_private  # a simulated home serves non-private baselines
+    assert not PartnerNode(home).train_round(_global(), _ins(1, dp=False)).refused
+    home.write_config(replace(home.config(), allow_non_private=False))
+    assert "[training]" not in home.config_path.read_text()
+    reads = len(home_audit_reads(home))
+    out = PartnerNode(home).train_round(_global(), _ins(2, dp=False))
+    assert out.refused and out.state_dict is None
+    assert "does not train without differential privacy" in out.refused_reason
+    assert "allow_non_private = true" in out.refused_reason
+    assert len(home_audit_reads(home)) == reads  # refused before any customer row is read
+    home.write_config(replace(home.config(), allow_non_private=True))
+    assert "allow_non_private = true" in home.config_path.read_text() and home.config().allow_non_private
+
+
+def home_audit_reads(home: PartnerHome) -> list:
+    from fedcustomer.privacy.audit.writer import AuditLog
+
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    try:
+        return log.query(action="read")
+    finally:
+        log.close()
+
+
+def test_a_malformed_training_section_is_a_clear_config_error(tmp_path: Path) -> None:
+    from fedcustomer.errors import ConfigError
+
+    home = PartnerHome.create(tmp_path / "p", "p")
+    assert not home.config().allow_non_private  # a home made for real data does not allow it
+    home.config_path.write_text(home.config_path.read_text() + '\n[training]\nallow_non_private = "yes"\n')
+    with pytest.raises(ConfigError, match=r"\[training\] allow_non_private must be true or false"):
+        home.config()

@@ -361,3 +361,39 @@ def test_non_utf8_byte_names_its_line_not_a_byte_offset(tmp_path):
     for chunk_rows in (7, 50_000):
         with pytest.raises(DataError, match="line 3002 is not UTF-8 text; re-save the file as UTF-8"):
             list(read_chunks(path, chunk_rows=chunk_rows))
+
+
+def test_a_file_with_no_valid_row_ends_with_a_warning_naming_the_likely_cause(tmp_path, gov_store):
+    # A 0/1 label given as good/bad quarantines every row; the command succeeds, so say so plainly
+    # (found by a new-user trial).
+    from rich.console import Console
+
+    from fedcustomer.data.schema import Schema
+
+    frame = pd.DataFrame({"customer_id": ["A", "B", "C"], "account_no": ["good", "bad", "good"]})
+    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), _csv(tmp_path, frame))
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "none of the 3 rows was valid, all are quarantined (most common: account_no: not a number)" in text
+    assert "good" not in text and "bad" not in text
+    ok = IngestReport("bank", "b.csv", "00" * 32, {"age": "sensitive"}, read=3, inserted=3)
+    console = Console(record=True, width=200)
+    print_report(ok, console)
+    assert "none of the" not in console.export_text()
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_file_separated_by_something_else_than_commas_is_named_as_such(tmp_path, sep):
+    # A semicolon CSV from a spreadsheet gave "no customer id column" from the draft, and suggested
+    # --id-from-row, which would store the whole line as one field (found by a new-user trial).
+    from fedcustomer.data.schema_draft import draft_schema
+    from fedcustomer.data.sources import read_table
+
+    path = tmp_path / "customers.csv"
+    path.write_text(sep.join(["customer_id", "age", "default"]) + "\n" + sep.join(["C1", "30", "0"]) + "\n")
+    for action in (lambda: draft_schema(path), lambda: list(read_chunks(path)), lambda: read_table(path)):
+        with pytest.raises(DataError, match="the header is one column containing .* not commas; save it as"):
+            action()
+    path.write_text("customer_id\nC1;x\n")  # a one-column file whose values hold ';' is fine
+    assert list(read_chunks(path))[0]["customer_id"].tolist() == ["C1;x"]

@@ -118,3 +118,32 @@ def test_feature_spec_leaves_core_fields_out_and_refuses_undeclared_text_or_a_ba
         spec_from_schema(schema, task="repayment", label="housing", drop=["age"])
     with pytest.raises(ConfigError, match="expected FIELD=LO:HI"):
         parse_bound("age=18")
+
+
+def test_log_scale_keeps_declared_bounds_in_the_fields_own_units(tmp_path: Path) -> None:
+    # A heavy-tailed amount declared 0..1,000,000 must not squash every customer near 0: --log puts it on
+    # the encoder's signed log scale with the bounds mapped there (found by a new-user trial).
+    import math
+
+    import numpy as np
+
+    schema = draft_schema(own_file(tmp_path / "mine.csv"), id_from_row=True)
+    schema = replace_field(schema, "age", validation=Validation(min=18, max=100))
+    spec, _ = spec_from_schema(
+        schema,
+        task="repayment",
+        label="default",
+        bounds={"emp_var_rate": (-1_000_000, 1_000_000)},
+        drop=["checking_status_a11", "job_admin_", "housing"],
+        log=["emp_var_rate"],
+    )
+    assert spec.features[0] == NumericFeature("age", 18, 100)
+    scaled = spec.features[1]
+    assert scaled.log and scaled.lo == -math.log1p(1e6) and scaled.hi == math.log1p(1e6)
+    encoded = scaled.encode(np.array([-1e6, -1.0, 0.0, 3000.0, 1e6, 5e6]))
+    assert encoded[0] == 0.0 and encoded[2] == 0.5 and encoded[-2] == encoded[-1] == 1.0
+    assert 0.75 < encoded[3] < 0.85  # not crushed to 0.5015 as on the linear scale
+    with pytest.raises(ConfigError, match="--log applies to integer or float fields; housing"):
+        spec_from_schema(schema, task="repayment", label="default", log=["housing"])
+    with pytest.raises(ConfigError, match="has no field"):
+        spec_from_schema(schema, task="repayment", label="default", log=["income"])

@@ -208,6 +208,23 @@ def test_structural_schema_change_refused(tmp_path, store, bank):
     assert store.schema("bank").field("income").masking == "redact"
 
 
+def test_re_ingesting_the_same_file_under_a_changed_tier_is_refused_not_skipped(tmp_path, store, bank):
+    # A user who makes a field public after the first ingest and loads the same file again must not be
+    # told "already ingested, nothing added" as if the change had applied (found by a new-user trial).
+    from fedcustomer.data.schema import replace_field
+
+    path = write_csv(tmp_path, bank_frame(3))
+    store.ingest(ADMIN, bank, path)
+    assert store.ingest(ADMIN, bank, path).skipped_file
+    with pytest.raises(
+        SchemaError, match=r"\(income: tier sensitive -> public\); a structural change needs a new"
+    ):
+        store.ingest(ADMIN, replace_field(bank, "income", tier="public"), path)
+    assert store.schema("bank").field("income").tier == "sensitive"
+    failed = audit_entries(store, action="ingest", decision="denied")
+    assert failed and "income: tier sensitive -> public" in failed[-1].reason
+
+
 # --- reads ---------------------------------------------------------------------------------
 
 
@@ -727,3 +744,17 @@ def test_store_of_the_old_clear_layout_is_refused_with_what_to_do(store):
     store.close()
     with pytest.raises(ConfigError, match="older version"):
         PartnerStore.open(home)
+
+
+def test_a_store_with_two_datasets_asks_for_the_command_lines_dataset_option(tmp_path, store, bank):
+    # The message named a Python keyword (dataset=...) to a person at the command line (found by a
+    # new-user trial).
+    from dataclasses import replace
+
+    store.ingest(ADMIN, bank, write_csv(tmp_path, bank_frame(3)))
+    store.ingest(ADMIN, replace(bank, dataset="bank_v2"), write_csv(tmp_path, bank_frame(3), "v2.csv"))
+    with pytest.raises(
+        ConfigError, match=r"several datasets \(bank, bank_v2\); name one with --dataset NAME"
+    ):
+        store.read(MARKETING, "marketing", fields=["region"])
+    assert len(store.read(MARKETING, "marketing", fields=["region"], dataset="bank_v2")) == 3

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.validators import (
+    FRACTION_REASON,
     INTEGER_REASON,
+    NOT_A_NUMBER_REASON,
     allowed_spelling,
     luhn_valid,
     prc_id_check_char,
@@ -123,8 +125,10 @@ def test_valid_row_has_no_reasons():
         ("nid", GOOD["nid"][:-1] + ("0" if GOOD["nid"][-1] != "0" else "1"), "fails the prc_id checksum"),
         ("age", "17", "below minimum 18"),
         ("age", "101", "above maximum 100"),
-        ("age", "30.5", INTEGER_REASON),
-        ("age", "abc", INTEGER_REASON),
+        ("age", "30.5", FRACTION_REASON),
+        ("age", "abc", NOT_A_NUMBER_REASON),
+        ("age", "inf", NOT_A_NUMBER_REASON),
+        ("age", "1e20", INTEGER_REASON),
         ("income", "lots", "not a number"),
         ("income", "-1", "below minimum 0"),
         ("income", "inf", "not a number"),
@@ -137,6 +141,16 @@ def test_valid_row_has_no_reasons():
 )
 def test_each_rule_gives_its_reason(field, value, reason):
     assert validate_row(SCHEMA, {**GOOD, field: value}) == {field: reason}
+
+
+def test_text_in_an_integer_column_is_not_blamed_on_the_integer_range():
+    # A label spelled "good"/"bad" where the schema says integer: the reason must point at the text, not
+    # suggest a string type for large numbers (found by a new-user trial).
+    parsed, bad = validate_column(
+        SCHEMA.fields[2], pd.Series(["bad", "30.5", str(2**60), "40"], dtype="string")
+    )
+    assert bad == {0: NOT_A_NUMBER_REASON, 1: FRACTION_REASON, 2: INTEGER_REASON}
+    assert parsed.iloc[3] == 40
 
 
 def test_reasons_never_quote_the_value():

@@ -43,3 +43,17 @@ def test_model_and_checkpoints_load_back(tmp_path: Path) -> None:
     files.save_torch("checkpoints/round-0001.pt", {"round": 1})
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(2))
     assert torch.load(tmp_path / "checkpoints" / "round-0001.pt", weights_only=True) == {"round": 1}
+
+
+def test_setting_aside_an_unreadable_or_unnamed_earlier_run_never_overwrites_one(tmp_path: Path) -> None:
+    files = RunDir(tmp_path)
+    assert files.set_aside_previous("new") is None  # an empty directory has nothing to keep
+    for _ in range(2):
+        (tmp_path / "config.json").write_text('{"run_id": "../../etc"}')
+        (tmp_path / "model.pt").write_bytes(b"weights")
+        (tmp_path / "notes.txt").write_text("the user's own file stays")
+        kept = files.set_aside_previous("new")
+        assert kept is not None and kept.parent == tmp_path / "previous"
+    assert sorted(p.name for p in (tmp_path / "previous").iterdir()) == ["unnamed-run", "unnamed-run-2"]
+    assert (tmp_path / "previous" / "unnamed-run-2" / "model.pt").read_bytes() == b"weights"
+    assert (tmp_path / "notes.txt").exists() and not (tmp_path / "config.json").exists()

@@ -153,3 +153,33 @@ def test_a_run_without_a_completed_round_has_no_model(tmp_path: Path) -> None:
     assert summary["budget_requested"] is None and summary["primary_metric"] == "spearman"
     assert summary["partners"][0]["epsilon_spent"] is None and summary["metrics"] == {}
     assert (recorder.out / "plots" / "spearman_vs_round.png").is_file()
+
+
+def test_a_new_job_in_an_old_runs_directory_keeps_the_old_run_whole(
+    recorder: RunRecorder, tmp_path: Path
+) -> None:
+    # A second `run --out` into the same directory overwrote the first run's model, summary and anchors
+    # and left its later checkpoints for a --resume to pick up (found by a new-user trial).
+    r1, r2 = _rounds()
+    recorder.record_round(r1, _arrays(1.0))
+    recorder.record_round(r2, _arrays(2.0))
+    out = recorder.out
+    (out / "summary.json").write_text('{"run_id": "run-1"}\n')
+    (out / "partners").mkdir()  # simulated homes stay: their budgets carry over
+    same = RunRecorder(out, recorder.job, SPEC)  # the same run again moves nothing
+    assert same.set_aside is None and (out / "checkpoints" / "round-0002.pt").exists()
+    other_id = JobConfig(partners=3, rounds=3, run_id="run-1b", out=str(out))
+    assert RunRecorder(out, other_id, SPEC, resume=True).set_aside is None  # nor does a resume
+    assert (out / "checkpoints" / "round-0002.pt").exists()
+    (out / "config.json").write_text(json.dumps(recorder.job.to_dict()))
+    new = RunRecorder(out, JobConfig(partners=3, rounds=1, run_id="run-2", out=str(out)), SPEC)
+    kept = out / "previous" / "run-1"
+    assert new.set_aside == kept
+    assert json.loads((kept / "config.json").read_text())["run_id"] == "run-1"
+    assert (kept / "summary.json").exists() and (kept / "metrics.csv").exists()
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["round-0001.pt", "round-0002.pt"]
+    assert RunRecorder.latest_checkpoint(out) is None  # nothing of run-1 to resume from by mistake
+    assert json.loads((out / "config.json").read_text())["run_id"] == "run-2"
+    assert (out / "partners").is_dir() and not (out / "summary.json").exists()
+    again = RunRecorder(out, JobConfig(partners=3, rounds=1, run_id="run-3", out=str(out)), SPEC)
+    assert again.set_aside == out / "previous" / "run-2"

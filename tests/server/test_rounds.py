@@ -257,7 +257,7 @@ def _loop(grid, rounds: int = 2, min_partners: int = 2, strategy=None, **kw):
         strategy,
         ArrayRecord([np.zeros(2, dtype=np.float32)]),
         num_rounds=rounds,
-        train_config={"lr": 0.5},
+        train_config=kw.pop("train_config", {"lr": 0.5}),
         min_partners=min_partners,
         timeout=5.0,
         **kw,
@@ -330,6 +330,26 @@ def test_too_few_trained_partners_stop_the_job_keeping_the_last_model() -> None:
     assert _weights(result) == [2.0, 2.0]  # round 1's model
     assert [r.applied for r in result.rounds] == [True, False] and reports[-1] is result.rounds[-1]
     assert reports[-1].eval_metrics == {} and reports[-1].train_metrics == {}
+
+
+def test_refusals_of_a_non_private_job_are_not_blamed_on_the_budget() -> None:
+    # Partners refusing --no-dp (their partner.toml does not allow it) were reported as "refused (privacy
+    # budget)" and the CLI exited 6 (found by a new-user trial).
+    import pytest
+
+    from fedcustomer.cli.training import finish
+    from fedcustomer.errors import AccessDenied
+
+    script = {1: {1: "refuse"}, 2: {1: "refuse"}}
+    result = _loop(LocalGrid(_scripted_app(script), 3), rounds=1, train_config={"lr": 0.5, "dp": False})
+    head, names = result.stop_reason.rsplit(": ", 1)
+    assert head == (
+        "round 1: only 1 partner(s) trained, need at least 2; refused (training without DP is not allowed in "
+        "their partner.toml)"
+    )
+    assert sorted(names.split(", ")) == ["bank_1", "bank_2"]  # in the order the replies came
+    with pytest.raises(AccessDenied, match="allow_non_private = true"):
+        finish({"rounds_completed": 0, "stop_reason": result.stop_reason})
 
 
 def test_too_few_connected_nodes_stop_before_anything_is_sent() -> None:

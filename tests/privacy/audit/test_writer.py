@@ -743,6 +743,25 @@ def test_query_filters_combine(tmp_path: Path) -> None:
     assert log.query(dataset="loans", decision="denied", field="phone", actor="analyst-1") == [every[9]]
 
 
+def test_a_customer_query_also_returns_entries_whose_customer_list_was_cut(tmp_path: Path) -> None:
+    # A decrypt of 2,488 rows names only the first 1,000 customers; asking for the 1,500th found
+    # nothing (found by a new-user trial). Such an entry may include the customer, so it is returned.
+    log = make_log(tmp_path, 3, every=100, close=False)
+    log.append(
+        actor="rick",
+        role="risk_officer",
+        action=ACTION_DECRYPT,
+        fields=("customer_id",),
+        row_count=2488,
+        pseudonyms=("ps_aaaa",),
+        details={"pseudonyms_truncated": 2488},
+    )
+    log.close()
+    assert [e.seq for e in log.query(pseudonym="ps_0002")] == [2, 4]
+    assert [e.seq for e in log.query(pseudonym="ps_ffff")] == [4]
+    assert [e.seq for e in log.query(pseudonym="ps_ffff", actor="analyst-1")] == []
+
+
 def test_query_filters_ignore_case_and_width(tmp_path: Path) -> None:
     log = make_log(tmp_path, 30, every=100)
     for exact, typed in (

@@ -9,8 +9,9 @@ and for a reply object's content, in 0.5-s sleeps.
 This entry point runs Flower's own ``flower-supernode`` main unchanged, except that the loop
 module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps the two known waits:
 
-* the idle wait (3 s): 0.05 s right after traffic, doubling up to Flower's 3 s while nothing
-  comes, so an idle node asks the SuperLink no more often than Flower's own after a few seconds;
+* the idle wait (3 s): 0.05 s right after traffic, doubling, but at most 0.25 s for the first
+  10 s after traffic (a job in progress: the other party's turn usually takes a second or two),
+  then up to Flower's 3 s, so an idle node asks the SuperLink no more often than Flower's own;
 * the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
 
 Any other duration passes through. Only the Flower versions this was tested against get the shim;
@@ -36,35 +37,47 @@ LOOP_MODULE = "flwr.supernode.start_client_internal"
 IDLE_S = 3.0  # Flower's wait after a pull that found no message
 REPLY_S = 0.5  # Flower's wait for the ClientApp's reply (and for a reply object's content)
 FIRST_IDLE_S = 0.05
+BUSY_CAP_S = 0.25  # the longest idle wait within BUSY_WINDOW_S of traffic
+BUSY_WINDOW_S = 10.0
 FIRST_REPLY_S = 0.005
 MAX_REPLY_S = 0.05
 
 
 class AdaptiveTime:
-    """Stands in for the ``time`` module inside Flower's SuperNode loop; only ``sleep`` differs."""
+    """Stands in for the ``time`` module inside Flower's SuperNode loop; only ``sleep`` differs.
+
+    Idle waits double from ``first_idle``; within ``busy_window`` seconds of the last traffic (a
+    job in progress: its next message usually comes within seconds) they stay at most ``busy_cap``,
+    after that they grow to ``max_idle``, Flower's own wait.
+    """
 
     def __init__(
         self,
         real: Any = time,
         *,
         first_idle: float = FIRST_IDLE_S,
+        busy_cap: float = BUSY_CAP_S,
+        busy_window: float = BUSY_WINDOW_S,
         max_idle: float = IDLE_S,
         first_reply: float = FIRST_REPLY_S,
         max_reply: float = MAX_REPLY_S,
     ) -> None:
         self._real = real
-        self.first_idle, self.max_idle = first_idle, max_idle
-        self.first_reply, self.max_reply = first_reply, max_reply
+        self.first_idle, self.busy_cap, self.busy_window = first_idle, busy_cap, busy_window
+        self.max_idle, self.first_reply, self.max_reply = max_idle, first_reply, max_reply
         self.idle_pause, self.reply_pause = first_idle, first_reply
+        self.last_traffic = real.monotonic()
 
     def traffic(self) -> None:
         """A message came or a reply left: the next idle and reply waits start short again."""
         self.idle_pause, self.reply_pause = self.first_idle, self.first_reply
+        self.last_traffic = self._real.monotonic()
 
     def pause_for(self, seconds: float) -> float:
         """The wait that replaces Flower's ``seconds`` (and the backoff step it takes)."""
         if seconds == IDLE_S:
-            pause = self.idle_pause
+            busy = self._real.monotonic() - self.last_traffic < self.busy_window
+            pause = min(self.idle_pause, self.busy_cap) if busy else self.idle_pause
             self.idle_pause = min(pause * 2, self.max_idle)
             self.reply_pause = self.first_reply
             return pause
@@ -72,6 +85,7 @@ class AdaptiveTime:
             pause = self.reply_pause
             self.reply_pause = min(pause * 2, self.max_reply)
             self.idle_pause = self.first_idle
+            self.last_traffic = self._real.monotonic()
             return pause
         return seconds
 

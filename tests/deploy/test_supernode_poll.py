@@ -17,22 +17,30 @@ from fedcustomer.partner.home import PartnerHome
 
 
 class FakeClock:
+    """A clock that moves only when slept on."""
+
     def __init__(self):
+        self.now = 42.0
         self.slept: list[float] = []
 
     def sleep(self, seconds):
         self.slept.append(seconds)
+        self.now += seconds
 
     def monotonic(self):
-        return 42.0
+        return self.now
 
 
-def test_idle_waits_start_short_after_traffic_and_back_off_to_flowers_own():
+def test_idle_waits_start_short_after_traffic_stay_short_while_busy_then_back_off_to_flowers_own():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)
-    for _ in range(9):
+    while clock.now - 42.0 < sp.BUSY_WINDOW_S:
         shim.sleep(3)
-    assert clock.slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0, 3.0]
+    assert clock.slept[:5] == [0.05, 0.1, 0.2, 0.25, 0.25]
+    assert set(clock.slept[3:]) == {0.25}  # a job in progress: asked at least 4 times a second
+    for _ in range(6):
+        shim.sleep(3)
+    assert clock.slept[-6:] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]  # idle: no more often than Flower
     shim.traffic()
     shim.sleep(3)
     assert clock.slept[-1] == 0.05
@@ -41,11 +49,12 @@ def test_idle_waits_start_short_after_traffic_and_back_off_to_flowers_own():
 def test_reply_waits_are_milliseconds_and_count_as_traffic():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)
-    for _ in range(4):
-        shim.sleep(3)  # an idle spell: the next idle wait would be 0.8 s
+    clock.now += 60  # long idle
+    for _ in range(5):
+        shim.sleep(3)  # an idle spell: the next idle wait would be 1.6 s
     for _ in range(6):
         shim.sleep(0.5)  # a message came: waiting for the ClientApp's reply
-    assert clock.slept[4:] == [0.005, 0.01, 0.02, 0.04, 0.05, 0.05]
+    assert clock.slept[5:] == [0.005, 0.01, 0.02, 0.04, 0.05, 0.05]
     shim.sleep(3)  # right after the reply: short again
     assert clock.slept[-1] == 0.05
     shim.sleep(0.5)  # the next reply wait starts short again too
@@ -58,7 +67,7 @@ def test_other_waits_and_attributes_are_the_real_modules():
     shim.sleep(0.1)
     shim.sleep(7)
     assert clock.slept == [0.1, 7]
-    assert shim.monotonic() == 42.0
+    assert shim.monotonic() == clock.now
     assert sp.AdaptiveTime().perf_counter is time.perf_counter
 
 

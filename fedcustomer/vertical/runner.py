@@ -70,7 +70,11 @@ class DriveResult:
 
 
 class _Wire:
-    """Sends one message to one node and returns its reply content, or raises FederationError."""
+    """Sends messages to nodes and returns their reply contents, or raises FederationError.
+
+    ``ask_all`` sends independent messages (to different nodes) in one exchange: on the
+    Deployment Engine each sequential exchange costs a round trip through the SuperLink.
+    """
 
     def __init__(self, grid: Grid, timeout: float) -> None:
         self.grid, self.timeout = grid, timeout
@@ -84,13 +88,26 @@ class _Wire:
             content["arrays"] = ArrayRecord(arrays)
         msg = Message(content=content, dst_node_id=node, message_type=message_type(action))
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
+        return self._content(replies[0] if replies else None, node, action)
+
+    def ask_all(self, asks: list[tuple[int, str, dict[str, Any]]]) -> list[RecordDict]:
+        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked."""
+        msgs = [
+            Message(
+                RecordDict({"config": ConfigRecord(cfg)}), dst_node_id=node, message_type=message_type(act)
+            )
+            for node, act, cfg in asks
+        ]
+        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
+        return [self._content(replies.get(node), node, act) for node, act, _ in asks]
+
+    def _content(self, reply: Message | None, node: int, action: str) -> RecordDict:
         who = self.names.get(node, f"node {node}")
-        if not replies:
+        if reply is None:
             raise FederationError(
                 f"partner {who} did not answer {action} (node lost or timed out); the vertical job "
                 "cannot go on without both parties"
             )
-        reply = replies[0]
         if reply.has_error():
             raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
         return reply.content
@@ -149,8 +166,9 @@ def drive(
     """
     wire = _Wire(grid, job.round_timeout)
     nodes: dict[str, int] = {}
-    for node in grid.get_node_ids():
-        name = str(dict(wire.ask(node, "vertical_hello", {})["partner"])["name"])
+    ids = list(grid.get_node_ids())
+    for node, hello in zip(ids, wire.ask_all([(n, "vertical_hello", {}) for n in ids])):
+        name = str(dict(hello["partner"])["name"])
         wire.names[node] = name
         nodes[name] = node
     wanted = [active.name] + ([passive.name] if passive else [])
@@ -171,12 +189,10 @@ def drive(
     if passive:
         cfg[PASSIVE] = _session_config(job, passive, active.name, job.embed_dim)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
-    sizes = {
-        k: float(v)
-        for k, v in dict(wire.ask(node_of[ACTIVE], "vertical_setup", cfg[ACTIVE])["metrics"]).items()
-    }
+    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role]) for role in node_of])  # one exchange
+    sizes = {k: float(v) for k, v in dict(setups[0]["metrics"]).items()}
     if passive:
-        other = dict(wire.ask(node_of[PASSIVE], "vertical_setup", cfg[PASSIVE])["metrics"])
+        other = dict(setups[1]["metrics"])
         if int(other["aligned"]) != int(sizes["aligned"]):
             raise FederationError(
                 f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
@@ -265,8 +281,8 @@ def _finish(
     wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], rnd: int
 ) -> dict[str, dict[str, Any]]:
     out = {}
-    for role, node in node_of.items():
-        reply = wire.ask(node, "vertical_finish", cfg[role] | {"round": rnd})
+    asks = [(node, "vertical_finish", cfg[role] | {"round": rnd}) for role, node in node_of.items()]
+    for reply in wire.ask_all(asks):  # both parties in one exchange
         out[str(dict(reply["partner"])["name"])] = json.loads(str(dict(reply["accounting"])["json"]))
     return out
 

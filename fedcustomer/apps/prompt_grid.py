@@ -8,7 +8,8 @@ of dozens of such exchanges. This grid does the same with Flower's public ``push
 ``pull_messages``, pulling again after 0.05 s, then doubling the pause, up to 0.2 s for the first
 10 s (most replies of a job come within seconds: each is seen within a fifth of a second), then
 up to 1 s: a long round costs one small request per second.
-Everything else is the wrapped grid's.
+A reply's objects asked for before they reached the SuperLink are asked for again within
+milliseconds (:mod:`fedcustomer.apps.flower_waits`). Everything else is the wrapped grid's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.server.wrapped_grid import WrappedGrid
+
+DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
 
 FIRST_PAUSE_S = 0.05
 BUSY_PAUSE_S = 0.2  # the longest pause within BUSY_S of the push
@@ -39,6 +43,8 @@ class PromptGrid(WrappedGrid):
         busy_s: float = BUSY_S,
     ) -> None:
         super().__init__(grid)
+        if type(grid).__module__ == DEPLOYED_GRID_MODULE:  # a reply pulled early: retried within ms
+            prompt_retries(DEPLOYED_GRID_MODULE, "pull_objects")
         self.first_pause, self.max_pause = first_pause, max_pause
         self.busy_pause, self.busy_s = busy_pause, busy_s
 

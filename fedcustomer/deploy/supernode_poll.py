@@ -30,9 +30,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, prompt_retries, tested
+
 ADAPTIVE, FLOWER = "adaptive", "flower"
 POLL_MODES = (ADAPTIVE, FLOWER)
-TESTED_FLOWER = ("1.42.",)  # version prefixes whose loop (and its waits) this shim was checked against
 LOOP_MODULE = "flwr.supernode.start_client_internal"
 IDLE_S = 3.0  # Flower's wait after a pull that found no message
 REPLY_S = 0.5  # Flower's wait for the ClientApp's reply (and for a reply object's content)
@@ -96,16 +97,9 @@ class AdaptiveTime:
         return getattr(self._real, name)
 
 
-def tested(version: str) -> bool:
-    return version.startswith(TESTED_FLOWER)
-
-
 def install(loop: ModuleType | None = None, version: str | None = None) -> AdaptiveTime | None:
     """Put the adaptive wait into Flower's SuperNode loop; None (Flower unchanged) on an untested version."""
-    if version is None:
-        import flwr
-
-        version = str(getattr(flwr, "__version__", ""))
+    version = flower_version() if version is None else version
     if not tested(version):
         return None
     loop = loop or importlib.import_module(LOOP_MODULE)
@@ -114,6 +108,8 @@ def install(loop: ModuleType | None = None, version: str | None = None) -> Adapt
         return None  # not the loop this was written for
     shim = AdaptiveTime(loop.time)
     loop.time = shim  # type: ignore[attr-defined]
+    if loop.__name__ == LOOP_MODULE:  # a message's objects pulled from the SuperLink: prompt retries
+        prompt_retries(LOOP_MODULE, "pull_objects", version)
     loop._push_messages = _after(push, shim.traffic)  # type: ignore[attr-defined]
     return shim
 
@@ -138,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run Flower's SuperNode with an adaptive wait between pulls.")
     ap.add_argument("--poll", choices=POLL_MODES, default=ADAPTIVE)
     opts = ap.parse_args(args[:split])
-    import flwr
-
-    version = str(getattr(flwr, "__version__", ""))
+    version = flower_version()
     if opts.poll == ADAPTIVE:
         if install(version=version) is None:
             _say(

@@ -26,7 +26,6 @@ must be a ``fedcustomer.apps`` module, and no code shipped in the job's app bund
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import importlib
 import logging
@@ -40,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from fedcustomer.apps.flower_waits import prompt_retries
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -61,12 +62,6 @@ DEFAULT_POLL_S = 0.2  # the longest pause between task polls
 FIRST_POLL_S = 0.01  # the pause right after a task was handed out
 BUSY_POLL_S = 0.05  # the longest pause within BUSY_WINDOW_S of the last task
 BUSY_WINDOW_S = 10.0
-# Flower's pull of a task's message retries an object the SuperNode does not hold yet after 1 s,
-# doubling to 10 s (PULL_INITIAL_BACKOFF, inflatable_utils.pull_objects); the executor asks for its
-# task as soon as the SuperNode creates it, often while the node is still pulling the message from
-# the SuperLink, so the message is asked for again after these instead:
-OBJECT_RETRY_FIRST_S = 0.01
-OBJECT_RETRY_CAP_S = 0.25
 DEFAULT_IDLE_S = 900.0
 DEFAULT_MAX_RUNS = 4
 
@@ -95,27 +90,6 @@ def extra_threads() -> list[str]:
         return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tids)
     except OSError:
         return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-
-
-def prompt_object_pulls(version: str | None = None) -> bool:
-    """Retry a task's message objects within milliseconds (same total patience); False on an untested Flower."""
-    import flwr
-
-    from fedcustomer.deploy.supernode_poll import tested
-
-    if not tested(str(getattr(flwr, "__version__", "")) if version is None else version):
-        return False
-    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    pull = getattr(module, "pull_and_inflate_object_from_tree", None)
-    if pull is None or isinstance(pull, functools.partial):
-        return pull is not None
-    module.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[attr-defined]
-        pull,
-        initial_backoff=OBJECT_RETRY_FIRST_S,
-        backoff_cap=OBJECT_RETRY_CAP_S,
-        max_tries_per_object=None,  # bounded by Flower's PULL_MAX_TIME instead of a count of tries
-    )
-    return True
 
 
 class TaskPoll:
@@ -432,7 +406,9 @@ def serve(
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 
     took = preload()
-    if not prompt_object_pulls():
+    # the executor asks for its task as soon as the SuperNode creates it, often before the node holds
+    # the message: its objects are then asked for again within milliseconds, not after Flower's 1 s
+    if not prompt_retries("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree"):
         log.info(
             "warm ClientApp: untested Flower version: a task's message objects are retried as Flower does"
         )
@@ -490,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) ends"
     )
-    ap.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="the longest pause between task polls (seconds)")
+    ap.add_argument(
+        "--poll", type=float, default=DEFAULT_POLL_S, help="the longest pause between task polls (seconds)"
+    )
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="seconds a run's worker is kept idle")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

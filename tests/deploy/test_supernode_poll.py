@@ -84,8 +84,11 @@ def test_install_replaces_the_loops_time_and_a_pushed_reply_resets_the_backoff(m
     loop = importlib.import_module(sp.LOOP_MODULE)
     monkeypatch.setattr(loop, "time", loop.time)  # both restored after the test
     monkeypatch.setattr(loop, "_push_messages", lambda **kw: kw)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    original_pull = loop.pull_objects
     shim = sp.install(version="1.42.0")
     assert shim is not None and loop.time is shim
+    assert loop.pull_objects.func is original_pull  # a message's objects: prompt retries too
     shim.idle_pause = 3.0
     assert loop._push_messages(state="s") == {"state": "s"}  # the wrapped push still does its work
     assert shim.idle_pause == sp.FIRST_IDLE_S
@@ -128,6 +131,7 @@ def _run_main(monkeypatch, version, argv):
     loop = importlib.import_module(sp.LOOP_MODULE)
     monkeypatch.setattr(loop, "time", loop.time)
     monkeypatch.setattr(loop, "_push_messages", loop._push_messages)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
     monkeypatch.setattr(flwr, "__version__", version)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     seen = {}

@@ -237,35 +237,3 @@ def test_task_polls_are_short_after_a_task_capped_while_busy_and_back_off_when_i
     assert pauses[-1] == 0.2  # idle for a while: Flower's SuperExec-like pace, not faster
     poll.task()
     assert poll.next_pause() == 0.01
-
-
-def test_a_tasks_message_objects_are_retried_within_milliseconds(monkeypatch):
-    import importlib
-
-    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    seen = {}
-
-    def pull(tree, pull_fn, confirm_fn, **kwargs):
-        seen.update(kwargs)
-        return "message"
-
-    monkeypatch.setattr(module, "pull_and_inflate_object_from_tree", pull)
-    assert wc.prompt_object_pulls(version="1.42.0") and wc.prompt_object_pulls(version="1.42.0")
-    assert module.pull_and_inflate_object_from_tree("t", None, None, return_type=str) == "message"
-    assert seen == {
-        "return_type": str,
-        "initial_backoff": wc.OBJECT_RETRY_FIRST_S,  # Flower's own: 1 s, doubling to 10 s
-        "backoff_cap": wc.OBJECT_RETRY_CAP_S,
-        "max_tries_per_object": None,  # Flower's overall time limit still ends a pull that never comes
-    }
-    assert module.pull_and_inflate_object_from_tree.func is pull  # wrapped once, not twice
-
-
-def test_an_untested_flower_keeps_its_own_object_retries(monkeypatch):
-    import importlib
-
-    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    monkeypatch.setattr(module, "pull_and_inflate_object_from_tree", module.pull_and_inflate_object_from_tree)
-    before = module.pull_and_inflate_object_from_tree
-    assert not wc.prompt_object_pulls(version="1.99.0")
-    assert module.pull_and_inflate_object_from_tree is before

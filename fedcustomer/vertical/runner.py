@@ -156,21 +156,22 @@ def drive(
     peer_of_active: str | None = None,
     reserve_epsilon: float = 0.0,
     checkpoint: RoundCheckpoint | None = None,
+    nodes: dict[str, int] | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
     ``reserve_epsilon`` is left unspent in the label owner's budget (for the baseline).
     ``checkpoint`` keeps the trained rounds, so a restarted coordinator goes on after the last
     one (a half-done round is asked again: the parties charge once per round and take each
-    step once, so nothing is paid or released twice).
+    step once, so nothing is paid or released twice). ``nodes`` (partner name -> node id, from a
+    hello the caller has just made on this grid) saves asking again.
     """
     wire = _Wire(grid, job.round_timeout)
-    nodes: dict[str, int] = {}
-    ids = list(grid.get_node_ids())
-    for node, hello in zip(ids, wire.ask_all([(n, "vertical_hello", {}) for n in ids])):
-        name = str(dict(hello["partner"])["name"])
-        wire.names[node] = name
-        nodes[name] = node
+    if nodes is None:
+        ids = list(grid.get_node_ids())
+        hellos = wire.ask_all([(n, "vertical_hello", {}) for n in ids])
+        nodes = {str(dict(hello["partner"])["name"]): node for node, hello in zip(ids, hellos)}
+    wire.names = {node: name for name, node in nodes.items()}
     wanted = [active.name] + ([passive.name] if passive else [])
     absent = [n for n in wanted if n not in nodes]
     if absent:
@@ -211,9 +212,11 @@ def drive(
         for phase in (
             "vertical_check",
             "vertical_begin",
-        ):  # check both first, so a refusal costs nobody anything
-            for role in roles:
-                reply = wire.ask(node_of[role], phase, cfg[role] | {"round": rnd})
+        ):  # check both first (one exchange: nothing is charged), so a refusal costs nobody anything
+            asks = [(node_of[role], phase, cfg[role] | {"round": rnd}) for role in roles]
+            checks = wire.ask_all(asks) if phase == "vertical_check" else None
+            for i, role in enumerate(roles):  # begin: one party after the other, each charged once
+                reply = checks[i] if checks is not None else wire.ask(*asks[i])
                 decision = dict(reply["decision"])
                 metrics = dict(reply["metrics"])
                 if "epsilon-total" in metrics:
@@ -294,6 +297,7 @@ def run_vertical_on_grid(
     baseline_grid: Grid | None = None,
     psi_size: int | None = None,
     checkpoints: Path | None = None,
+    nodes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -303,7 +307,8 @@ def run_vertical_on_grid(
 
     Raises FederationError when a party drops out, after writing a summary with status
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
-    directory) keeps the trained rounds of both drives, for a restarted coordinator.
+    directory) keeps the trained rounds of both drives, for a restarted coordinator. ``nodes``:
+    the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`).
     """
     active, passive = plan_parties(job)
     out = Path(job.out)
@@ -316,12 +321,19 @@ def run_vertical_on_grid(
     }
     files.write_json("feature_specs.json", specs)
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
+    baseline_nodes = nodes if baseline_grid is grid else None
     grid = AnchorGrid.around(grid, out, job.run_id)  # the parties' audit anchors: anchors.jsonl
     if baseline_grid is not None:
         baseline_grid = grid.sharing_log(baseline_grid)
     try:
         result = drive(
-            grid, job, active, passive, reserve_epsilon=reserve, checkpoint=_checkpoint(checkpoints, "joint")
+            grid,
+            job,
+            active,
+            passive,
+            reserve_epsilon=reserve,
+            checkpoint=_checkpoint(checkpoints, "joint"),
+            nodes=nodes,
         )
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
@@ -339,6 +351,7 @@ def run_vertical_on_grid(
                 None,
                 peer_of_active=passive.name,
                 checkpoint=_checkpoint(checkpoints, "baseline"),
+                nodes=baseline_nodes,
             )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))

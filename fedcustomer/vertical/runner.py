@@ -236,6 +236,7 @@ def drive(
                 if phase == "vertical_begin" and role == ACTIVE and passive:
                     arrays = reply["arrays"].to_torch_state_dict()
                     batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
+        all_emb = None
         if passive:
             for t, pos in enumerate(batches):  # passive phase: public batches, gradients from the label head
                 step_cfg = {"round": rnd, "step": t}
@@ -245,14 +246,16 @@ def drive(
                 grads = wire.ask(
                     node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg, {"embeddings": emb}
                 )["arrays"].to_torch_state_dict()["gradients"]
-                wire.ask(
+                last = {"then-embed": True} if t == len(batches) - 1 else {}  # saves the embed exchange
+                back = wire.ask(
                     node_of[PASSIVE],
                     "vertical_backward",
-                    cfg[PASSIVE] | step_cfg,
+                    cfg[PASSIVE] | step_cfg | last,
                     {"positions": pos, "gradients": grads},
                 )
-        all_emb = None
-        if passive:
+                if "arrays" in back:
+                    all_emb = back["arrays"].to_torch_state_dict()["embeddings"]
+        if passive and all_emb is None:  # no step this round (or a party that sends them on their own)
             all_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
             all_emb = all_emb.to_torch_state_dict()["embeddings"]
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics

@@ -14,8 +14,10 @@ module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps th
   then up to Flower's 3 s, so an idle node asks the SuperLink no more often than Flower's own;
 * the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
 
-Any other duration passes through. Only the Flower versions this was tested against get the shim;
-on another version Flower runs unchanged and the node's log says once that the adaptive wait is off.
+Any other duration passes through. A message's objects that have not reached the SuperLink yet
+are asked for again within milliseconds (:mod:`fedcustomer.apps.flower_waits`). Only the Flower
+versions this was tested against get the shim; on another version Flower runs unchanged and the
+node's log says once that the adaptive wait is off.
 
     python -m fedcustomer.deploy.supernode_poll --poll adaptive -- --superlink HOST:PORT ...
 """

@@ -9,7 +9,10 @@ Vertical (``--mode vertical``): a bank and a retailer node (TLS, node auth, pinn
 the two-party vertical job (PSI alignment, split learning, bank-only comparison model) once per
 ``--clientapp`` mode, then the same job runs on the in-process grid (``run_two_party``, same code):
   seconds per mode, deployed / in process, messages per party.
+``--poll adaptive flower`` compares the SuperNode's waits; ``--repeat N`` interleaves the variants N times
+(medians reported).
 Usage: python benchmarks/bench_deploy.py [--mode horizontal|vertical] [--clientapp warm subprocess]
+       [--poll adaptive flower] [--repeat 1]
        [--rounds 2] [--partners 3] [--customers 1500] [--steps-per-round 1] [--out DIR]
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -42,6 +46,7 @@ def _start_node(
     clientapp: str,
     *,
     partner: str | None,
+    poll: str = "adaptive",
 ) -> subprocess.Popen[bytes]:
     """Register ``home``'s node key with the coordinator, start its SuperNode and wait until it is connected."""
     keys = pki.make_node_keys(PartnerHome(home).keys_dir)
@@ -54,6 +59,7 @@ def _start_node(
         runtime_port=fl.free_port(),
         partner=partner,
         clientapp=clientapp,
+        poll=poll,
     )
     nd.wait_connected(proc, PartnerHome(home).state_dir / "supernode.log", timeout=600)
     return proc
@@ -150,7 +156,9 @@ def _vertical_job(out: Path, rounds: int, steps: int):
     )
 
 
-def _vertical_deployed(root: Path, clientapp: str, customers: int, rounds: int, steps: int) -> dict:
+def _vertical_deployed(
+    root: Path, clientapp: str, customers: int, rounds: int, steps: int, poll: str = "adaptive"
+) -> dict:
     from fedcustomer.deploy.two_party import two_party_run_config
 
     certs = pki.make_dev_certificates(root / "certs")
@@ -159,7 +167,9 @@ def _vertical_deployed(root: Path, clientapp: str, customers: int, rounds: int, 
     procs = [co.start_superlink(cdir, port=port, certs=certs)]
     try:
         for home in _vertical_homes(root, customers):
-            procs.append(_start_node(cdir, port, certs, home, home.name, clientapp, partner=home.name))
+            procs.append(
+                _start_node(cdir, port, certs, home, home.name, clientapp, partner=home.name, poll=poll)
+            )
         raw = two_party_run_config(
             _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=60
         )
@@ -199,19 +209,34 @@ def _vertical_in_process(root: Path, customers: int, rounds: int, steps: int) ->
 
 
 def vertical_main(args: argparse.Namespace, root: Path) -> dict:
-    out: dict = {"customers": args.customers, "rounds": args.rounds, "steps_per_round": args.steps_per_round}
-    for mode in args.clientapp:
-        out[f"deployed_{mode}"] = _vertical_deployed(
-            root / f"deployed-{mode}", mode, args.customers, args.rounds, args.steps_per_round
+    """Each variant (ClientApp mode x SuperNode poll) and the in-process job, interleaved ``--repeat`` times."""
+    out: dict = {
+        "customers": args.customers,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "runs": [],
+    }
+    variants = [(mode, poll) for mode in args.clientapp for poll in args.poll]
+    seconds: dict[str, list[float]] = {}
+    for rep in range(args.repeat):
+        for mode, poll in variants:
+            name = f"deployed_{mode}_{poll}"
+            res = _vertical_deployed(
+                root / f"{name}-{rep}", mode, args.customers, args.rounds, args.steps_per_round, poll
+            )
+            out["runs"].append({"run": name, "rep": rep, **res, "load_average": os.getloadavg()})
+            seconds.setdefault(name, []).append(res["seconds"])
+        res = _vertical_in_process(
+            root / f"inprocess-{rep}", args.customers, args.rounds, args.steps_per_round
         )
-    out["in_process"] = _vertical_in_process(
-        root / "inprocess", args.customers, args.rounds, args.steps_per_round
-    )
-    for mode in args.clientapp:
-        out[f"deployed_{mode}_over_in_process"] = (
-            out[f"deployed_{mode}"]["seconds"] / out["in_process"]["seconds"]
-        )
-    out["load_average"] = os.getloadavg()
+        out["runs"].append({"run": "in_process", "rep": rep, **res, "load_average": os.getloadavg()})
+        seconds.setdefault("in_process", []).append(res["seconds"])
+        print(json.dumps(out["runs"][-1 - len(variants) :]), flush=True)
+    medians = {name: statistics.median(vals) for name, vals in seconds.items()}
+    out["median_seconds"] = medians
+    for name in medians:
+        if name != "in_process":
+            out[f"{name}_over_in_process"] = medians[name] / medians["in_process"]
     return out
 
 
@@ -219,6 +244,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("horizontal", "vertical"), default="horizontal")
     ap.add_argument("--clientapp", nargs="+", choices=nd.CLIENTAPP_MODES, default=[nd.DEFAULT_CLIENTAPP])
+    ap.add_argument(
+        "--poll", nargs="+", choices=nd.POLL_MODES, default=["adaptive"], help="vertical: SuperNode waits"
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="vertical: interleaved repetitions")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--partners", type=int, default=3)
     ap.add_argument("--customers", type=int, default=1500, help="vertical: synthetic customers per party")

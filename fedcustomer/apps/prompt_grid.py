@@ -5,9 +5,11 @@ Flower 1.42's ``send_and_receive`` on the Deployment Engine (``GrpcGrid``/``Http
 pulls: the first pull comes right after the push, before any node could answer, so every
 exchange costs at least 3 s however fast the partners reply. A two-party vertical job is a chain
 of dozens of such exchanges. This grid does the same with Flower's public ``push_messages`` /
-``pull_messages``, pulling again after 0.05 s, then doubling the pause up to 1 s: a quick reply
-is seen within a few tenths of a second, and a long round costs one small request per second.
-Everything else is the wrapped grid's.
+``pull_messages``, pulling again after 0.05 s, then doubling the pause, up to 0.2 s for the first
+10 s (most replies of a job come within seconds: each is seen within a fifth of a second), then
+up to 1 s: a long round costs one small request per second.
+A reply's objects asked for before they reached the SuperLink are asked for again within
+milliseconds (:mod:`fedcustomer.apps.flower_waits`). Everything else is the wrapped grid's.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.server.wrapped_grid import WrappedGrid
 
+DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
+
 FIRST_PAUSE_S = 0.05
+BUSY_PAUSE_S = 0.2  # the longest pause within BUSY_S of the push
+BUSY_S = 10.0
 MAX_PAUSE_S = 1.0
 
 
@@ -28,16 +35,25 @@ class PromptGrid(WrappedGrid):
     """``grid`` with a prompter ``send_and_receive`` (same semantics: replies until all or timeout)."""
 
     def __init__(
-        self, grid: Grid, first_pause: float = FIRST_PAUSE_S, max_pause: float = MAX_PAUSE_S
+        self,
+        grid: Grid,
+        first_pause: float = FIRST_PAUSE_S,
+        max_pause: float = MAX_PAUSE_S,
+        busy_pause: float = BUSY_PAUSE_S,
+        busy_s: float = BUSY_S,
     ) -> None:
         super().__init__(grid)
+        if type(grid).__module__ == DEPLOYED_GRID_MODULE:  # a reply pulled early: retried within ms
+            prompt_retries(DEPLOYED_GRID_MODULE, "pull_objects")
         self.first_pause, self.max_pause = first_pause, max_pause
+        self.busy_pause, self.busy_s = busy_pause, busy_s
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         waiting = set(self.grid.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        end = None if timeout is None else started + timeout
         replies: list[Message] = []
         pause = self.first_pause
         while waiting:
@@ -49,6 +65,8 @@ class PromptGrid(WrappedGrid):
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 break
+            if time.monotonic() - started < self.busy_s:
+                pause = min(pause, self.busy_pause)
             time.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 2, self.max_pause)
         return replies

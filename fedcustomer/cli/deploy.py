@@ -567,6 +567,12 @@ def node_start(
         "messages) or subprocess (Flower's default: a fresh ClientApp process per message).",
         show_default=False,
     ),
+    poll: str = typer.Option(
+        "adaptive",
+        "--poll",
+        help="adaptive (default: the SuperNode asks the coordinator again 0.05 s after traffic, backing off "
+        "to 3 s when idle) or flower (Flower's own fixed 3-s wait between pulls).",
+    ),
 ) -> None:
     from fedcustomer.deploy.flower import flower_env
     from fedcustomer.deploy.node import (
@@ -603,6 +609,7 @@ def node_start(
         insecure=insecure,
         clientapp=mode,
         secret_file=ph.state_dir / SECRET_FILE,
+        poll=poll,
     )
     env = flower_env(ph.state_dir / "flwr-home")
     if mode != WARM:

@@ -25,6 +25,7 @@ from fedcustomer.common.files import atomic_write_bytes
 from fedcustomer.deploy.flower import executable, flower_env, parse_address, start
 from fedcustomer.deploy.node_supervisor import executor_command, supervise
 from fedcustomer.deploy.pki import NodeKeys, check_node_private_key
+from fedcustomer.deploy.supernode_poll import ADAPTIVE, POLL_MODES
 from fedcustomer.errors import ConfigError, DataError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
     DEFAULT_DATA,
@@ -98,21 +99,28 @@ def supernode_command(
     health_port: int | None = None,
     clientapp: str = SUBPROCESS,
     secret_file: Path | None = None,
+    poll: str = ADAPTIVE,
 ) -> list[str]:
     """The flower-supernode command line (flags as in Flower 1.42's ``flower-supernode --help``).
 
     ``clientapp="warm"``: process isolation (no executor of Flower's own), task polling signed with
-    the secret in ``secret_file`` (see :func:`write_runtime_secret`).
+    the secret in ``secret_file`` (see :func:`write_runtime_secret`). ``poll="adaptive"``: Flower's
+    SuperNode run through :mod:`fedcustomer.deploy.supernode_poll` (short waits after traffic);
+    ``"flower"``: the ``flower-supernode`` executable itself.
     """
     parse_address(superlink)
     check_clientapp(clientapp)
+    check_poll(poll)
     home_abs = Path(home).resolve()
     if not PartnerHome(home_abs).config_path.exists():
         raise ConfigError(
             f"{home_abs} is not a partner home (no partner.toml); run `fedcustomer node prepare` or `init`"
         )
+    supernode = [executable("flower-supernode")]
+    if poll == ADAPTIVE:
+        supernode = [sys.executable, "-m", "fedcustomer.deploy.supernode_poll", "--poll", poll, "--"]
     cmd = [
-        executable("flower-supernode"),
+        *supernode,
         "--superlink",
         superlink,
         "--port",
@@ -148,6 +156,12 @@ def check_clientapp(clientapp: str) -> str:
     if clientapp == WARM and not hasattr(os, "fork"):
         raise ConfigError("--clientapp warm needs os.fork (Linux); use --clientapp subprocess here")
     return clientapp
+
+
+def check_poll(poll: str) -> str:
+    if poll not in POLL_MODES:
+        raise ConfigError(f"--poll must be {' or '.join(POLL_MODES)}, got {poll!r}")
+    return poll
 
 
 def write_runtime_secret(home: Path) -> Path:
@@ -200,6 +214,7 @@ def start_supernode(
     max_retries: int | None = None,
     partner: str | None = None,
     clientapp: str = DEFAULT_CLIENTAPP,
+    poll: str = ADAPTIVE,
 ) -> subprocess.Popen[bytes]:
     """Start the node in the background (log in the home's state dir unless ``log_path``).
 
@@ -221,6 +236,7 @@ def start_supernode(
         max_retries=max_retries,
         clientapp=check_clientapp(clientapp),
         secret_file=home_obj.state_dir / SECRET_FILE,
+        poll=poll,
     )
     if clientapp == WARM:
         cmd = warm_node_command(cmd, runtime_port, write_runtime_secret(home_obj.root))

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedcustomer.apps.flower_waits import prompt_retries
+
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
 # Imported once by the zygote; a task that needs another module imports it in its run's child.
@@ -56,7 +58,10 @@ PRELOAD = (
 )
 ALLOWED_APP_PREFIX = "fedcustomer.apps."
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
-DEFAULT_POLL_S = 0.2
+DEFAULT_POLL_S = 0.2  # the longest pause between task polls
+FIRST_POLL_S = 0.01  # the pause right after a task was handed out
+BUSY_POLL_S = 0.05  # the longest pause within BUSY_WINDOW_S of the last task
+BUSY_WINDOW_S = 10.0
 DEFAULT_IDLE_S = 900.0
 DEFAULT_MAX_RUNS = 4
 
@@ -85,6 +90,31 @@ def extra_threads() -> list[str]:
         return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tids)
     except OSError:
         return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+
+
+class TaskPoll:
+    """Pauses between task polls: short after a task, at most ``busy`` while a job is active, then ``idle``."""
+
+    def __init__(
+        self,
+        idle: float = DEFAULT_POLL_S,
+        *,
+        first: float = FIRST_POLL_S,
+        busy: float = BUSY_POLL_S,
+        window: float = BUSY_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle, self.first, self.busy, self.window, self.clock = idle, first, busy, window, clock
+        self.pause, self.last_task = min(first, idle), clock()
+
+    def task(self) -> None:
+        self.pause, self.last_task = min(self.first, self.idle), self.clock()
+
+    def next_pause(self) -> float:
+        cap = min(self.busy, self.idle) if self.clock() - self.last_task < self.window else self.idle
+        pause = min(self.pause, cap)
+        self.pause = min(pause * 2, self.idle)
+        return pause
 
 
 def runtime_client(address: str, interceptors: list[Any]) -> Any:
@@ -376,6 +406,12 @@ def serve(
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 
     took = preload()
+    # the executor asks for its task as soon as the SuperNode creates it, often before the node holds
+    # the message: its objects are then asked for again within milliseconds, not after Flower's 1 s
+    if not prompt_retries("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree"):
+        log.info(
+            "warm ClientApp: untested Flower version: a task's message objects are retried as Flower does"
+        )
     risky = [t for t in extra_threads() if t not in FORK_SAFE_THREADS]
     if risky:  # a thread holding a lock at fork time would leave it locked in the children
         log.warning("warm ClientApp: threads after the imports (%s); forking may be unsafe", ", ".join(risky))
@@ -399,6 +435,7 @@ def serve(
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     log.info("warm ClientApp: ready in %.1f s, serving the node's Runtime API at %s", took, address)
     last_error = ""
+    pauses = TaskPoll(poll_s)
     try:
         while not stopping and _alive(parent_pid):
             zygote.maintain()
@@ -413,8 +450,9 @@ def serve(
             last_error = ""
             if res.HasField("task") and res.token:
                 zygote.dispatch(res.task.run_id, res.token)
+                pauses.task()
                 continue  # a reply often brings the next message soon: ask again at once
-            time.sleep(poll_s)
+            time.sleep(pauses.next_pause())
     finally:
         zygote.stop(stopping[0] if stopping else signal.SIGTERM)
         client.close()
@@ -428,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) ends"
     )
-    ap.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between task polls")
+    ap.add_argument(
+        "--poll", type=float, default=DEFAULT_POLL_S, help="the longest pause between task polls (seconds)"
+    )
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="seconds a run's worker is kept idle")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -168,7 +168,12 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         ckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
     return run_vertical_on_grid(
-        grid, job, baseline_grid=grid if job.baseline else None, psi_size=size, checkpoints=ckdir
+        grid,
+        job,
+        baseline_grid=grid if job.baseline else None,
+        psi_size=size,
+        checkpoints=ckdir,
+        nodes=nodes,  # asked above: no second hello
     )
 
 

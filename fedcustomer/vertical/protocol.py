@@ -12,7 +12,8 @@ message type                   to          carries in -> out
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
 ``train.vertical_forward``     passive     batch positions -> embeddings
 ``train.vertical_step``        active      step, embeddings -> gradients from the label head
-``train.vertical_backward``    passive     step, positions, gradients -> ok
+``train.vertical_backward``    passive     step, positions, gradients -> ok (a round's last step,
+                                           ``then-embed``: and the embeddings ``vertical_embed`` sends)
 ``query.vertical_embed``       passive     round -> embeddings of all aligned customers
 ``train.vertical_fit``         active      all embeddings -> joint model trained; held-out metrics
 ``train.vertical_finish``      both        -> final model part kept at home; accounting
@@ -159,7 +160,10 @@ def _step(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDi
 def _backward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
     got = _arrays(content, "positions", "gradients")
     s.backward(int(cfg["round"]), int(cfg["step"]), _positions(got["positions"]), got["gradients"].float())
-    return RecordDict({"metrics": MetricRecord({"step": float(cfg["step"])})})
+    out = RecordDict({"metrics": MetricRecord({"step": float(cfg["step"])})})
+    if cfg.get("then-embed"):  # the round's last step: what vertical_embed would send next, one exchange less
+        out["arrays"] = ArrayRecord({"embeddings": s.embed_all(int(cfg["round"]))})
+    return out
 
 
 def _embed(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:

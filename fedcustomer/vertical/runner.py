@@ -70,7 +70,11 @@ class DriveResult:
 
 
 class _Wire:
-    """Sends one message to one node and returns its reply content, or raises FederationError."""
+    """Sends messages to nodes and returns their reply contents, or raises FederationError.
+
+    ``ask_all`` sends independent messages (to different nodes) in one exchange: on the
+    Deployment Engine each sequential exchange costs a round trip through the SuperLink.
+    """
 
     def __init__(self, grid: Grid, timeout: float) -> None:
         self.grid, self.timeout = grid, timeout
@@ -84,13 +88,26 @@ class _Wire:
             content["arrays"] = ArrayRecord(arrays)
         msg = Message(content=content, dst_node_id=node, message_type=message_type(action))
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
+        return self._content(replies[0] if replies else None, node, action)
+
+    def ask_all(self, asks: list[tuple[int, str, dict[str, Any]]]) -> list[RecordDict]:
+        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked."""
+        msgs = [
+            Message(
+                RecordDict({"config": ConfigRecord(cfg)}), dst_node_id=node, message_type=message_type(act)
+            )
+            for node, act, cfg in asks
+        ]
+        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
+        return [self._content(replies.get(node), node, act) for node, act, _ in asks]
+
+    def _content(self, reply: Message | None, node: int, action: str) -> RecordDict:
         who = self.names.get(node, f"node {node}")
-        if not replies:
+        if reply is None:
             raise FederationError(
                 f"partner {who} did not answer {action} (node lost or timed out); the vertical job "
                 "cannot go on without both parties"
             )
-        reply = replies[0]
         if reply.has_error():
             raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
         return reply.content
@@ -139,20 +156,22 @@ def drive(
     peer_of_active: str | None = None,
     reserve_epsilon: float = 0.0,
     checkpoint: RoundCheckpoint | None = None,
+    nodes: dict[str, int] | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
     ``reserve_epsilon`` is left unspent in the label owner's budget (for the baseline).
     ``checkpoint`` keeps the trained rounds, so a restarted coordinator goes on after the last
     one (a half-done round is asked again: the parties charge once per round and take each
-    step once, so nothing is paid or released twice).
+    step once, so nothing is paid or released twice). ``nodes`` (partner name -> node id, from a
+    hello the caller has just made on this grid) saves asking again.
     """
     wire = _Wire(grid, job.round_timeout)
-    nodes: dict[str, int] = {}
-    for node in grid.get_node_ids():
-        name = str(dict(wire.ask(node, "vertical_hello", {})["partner"])["name"])
-        wire.names[node] = name
-        nodes[name] = node
+    if nodes is None:
+        ids = list(grid.get_node_ids())
+        hellos = wire.ask_all([(n, "vertical_hello", {}) for n in ids])
+        nodes = {str(dict(hello["partner"])["name"]): node for node, hello in zip(ids, hellos)}
+    wire.names = {node: name for name, node in nodes.items()}
     wanted = [active.name] + ([passive.name] if passive else [])
     absent = [n for n in wanted if n not in nodes]
     if absent:
@@ -171,12 +190,10 @@ def drive(
     if passive:
         cfg[PASSIVE] = _session_config(job, passive, active.name, job.embed_dim)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
-    sizes = {
-        k: float(v)
-        for k, v in dict(wire.ask(node_of[ACTIVE], "vertical_setup", cfg[ACTIVE])["metrics"]).items()
-    }
+    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role]) for role in node_of])  # one exchange
+    sizes = {k: float(v) for k, v in dict(setups[0]["metrics"]).items()}
     if passive:
-        other = dict(wire.ask(node_of[PASSIVE], "vertical_setup", cfg[PASSIVE])["metrics"])
+        other = dict(setups[1]["metrics"])
         if int(other["aligned"]) != int(sizes["aligned"]):
             raise FederationError(
                 f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
@@ -195,9 +212,11 @@ def drive(
         for phase in (
             "vertical_check",
             "vertical_begin",
-        ):  # check both first, so a refusal costs nobody anything
-            for role in roles:
-                reply = wire.ask(node_of[role], phase, cfg[role] | {"round": rnd})
+        ):  # check both first (one exchange: nothing is charged), so a refusal costs nobody anything
+            asks = [(node_of[role], phase, cfg[role] | {"round": rnd}) for role in roles]
+            checks = wire.ask_all(asks) if phase == "vertical_check" else None
+            for i, role in enumerate(roles):  # begin: one party after the other, each charged once
+                reply = checks[i] if checks is not None else wire.ask(*asks[i])
                 decision = dict(reply["decision"])
                 metrics = dict(reply["metrics"])
                 if "epsilon-total" in metrics:
@@ -217,6 +236,7 @@ def drive(
                 if phase == "vertical_begin" and role == ACTIVE and passive:
                     arrays = reply["arrays"].to_torch_state_dict()
                     batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
+        all_emb = None
         if passive:
             for t, pos in enumerate(batches):  # passive phase: public batches, gradients from the label head
                 step_cfg = {"round": rnd, "step": t}
@@ -226,14 +246,16 @@ def drive(
                 grads = wire.ask(
                     node_of[ACTIVE], "vertical_step", cfg[ACTIVE] | step_cfg, {"embeddings": emb}
                 )["arrays"].to_torch_state_dict()["gradients"]
-                wire.ask(
+                last = {"then-embed": True} if t == len(batches) - 1 else {}  # saves the embed exchange
+                back = wire.ask(
                     node_of[PASSIVE],
                     "vertical_backward",
-                    cfg[PASSIVE] | step_cfg,
+                    cfg[PASSIVE] | step_cfg | last,
                     {"positions": pos, "gradients": grads},
                 )
-        all_emb = None
-        if passive:
+                if "arrays" in back:
+                    all_emb = back["arrays"].to_torch_state_dict()["embeddings"]
+        if passive and all_emb is None:  # no step this round (or a party that sends them on their own)
             all_emb = wire.ask(node_of[PASSIVE], "vertical_embed", cfg[PASSIVE] | {"round": rnd})["arrays"]
             all_emb = all_emb.to_torch_state_dict()["embeddings"]
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
@@ -265,8 +287,8 @@ def _finish(
     wire: _Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], rnd: int
 ) -> dict[str, dict[str, Any]]:
     out = {}
-    for role, node in node_of.items():
-        reply = wire.ask(node, "vertical_finish", cfg[role] | {"round": rnd})
+    asks = [(node, "vertical_finish", cfg[role] | {"round": rnd}) for role, node in node_of.items()]
+    for reply in wire.ask_all(asks):  # both parties in one exchange
         out[str(dict(reply["partner"])["name"])] = json.loads(str(dict(reply["accounting"])["json"]))
     return out
 
@@ -278,6 +300,7 @@ def run_vertical_on_grid(
     baseline_grid: Grid | None = None,
     psi_size: int | None = None,
     checkpoints: Path | None = None,
+    nodes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -287,7 +310,8 @@ def run_vertical_on_grid(
 
     Raises FederationError when a party drops out, after writing a summary with status
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
-    directory) keeps the trained rounds of both drives, for a restarted coordinator.
+    directory) keeps the trained rounds of both drives, for a restarted coordinator. ``nodes``:
+    the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`).
     """
     active, passive = plan_parties(job)
     out = Path(job.out)
@@ -300,12 +324,19 @@ def run_vertical_on_grid(
     }
     files.write_json("feature_specs.json", specs)
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
+    baseline_nodes = nodes if baseline_grid is grid else None
     grid = AnchorGrid.around(grid, out, job.run_id)  # the parties' audit anchors: anchors.jsonl
     if baseline_grid is not None:
         baseline_grid = grid.sharing_log(baseline_grid)
     try:
         result = drive(
-            grid, job, active, passive, reserve_epsilon=reserve, checkpoint=_checkpoint(checkpoints, "joint")
+            grid,
+            job,
+            active,
+            passive,
+            reserve_epsilon=reserve,
+            checkpoint=_checkpoint(checkpoints, "joint"),
+            nodes=nodes,
         )
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
@@ -323,6 +354,7 @@ def run_vertical_on_grid(
                 None,
                 peer_of_active=passive.name,
                 checkpoint=_checkpoint(checkpoints, "baseline"),
+                nodes=baseline_nodes,
             )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))

@@ -3,12 +3,14 @@ and the timeout kept."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedcustomer.apps import prompt_grid
 from fedcustomer.apps.prompt_grid import PromptGrid
 
 
@@ -60,3 +62,20 @@ def test_the_timeout_ends_the_wait_with_the_replies_so_far():
     grid = PromptGrid(inner, first_pause=0.001, max_pause=0.01)  # type: ignore[arg-type]
     replies = list(grid.send_and_receive(_msgs(1, 2), timeout=0.2))
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"] and inner.pulls > 2
+
+
+def test_pauses_stay_short_while_a_reply_is_likely_then_back_off(monkeypatch):
+    now, pauses = [0.0], []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(prompt_grid.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(prompt_grid.time, "sleep", sleep)
+    inner = SlowNodes({1: 200})
+    grid = PromptGrid(inner, first_pause=0.05, max_pause=1.0, busy_pause=0.2, busy_s=10.0)  # type: ignore[arg-type]
+    assert len(list(grid.send_and_receive(_msgs(1), timeout=None))) == 1
+    busy = [p for p, t in zip(pauses, itertools.accumulate(pauses)) if t <= 10.0]
+    assert busy[:3] == [0.05, 0.1, 0.2] and max(busy) == 0.2  # within 10 s: a pull every 0.2 s at most
+    assert pauses[-1] == 1.0  # a long wait: one pull a second, as before

@@ -217,3 +217,13 @@ def test_node_start_refuses_an_unknown_clientapp_mode_before_starting_anything(t
     code, _, err = run([*argv, "--insecure", "--clientapp", "threads"], capsys)
     assert code == ConfigError.exit_code and "--clientapp must be warm or subprocess" in err
     assert not (home.state_dir / "runtime-api.secret").exists()
+
+
+def test_node_start_refuses_an_unknown_poll_mode_before_starting_anything(tmp_path, capsys):
+    from tests.cli.cli_runner import run
+
+    home = PartnerHome.create(tmp_path / "bank0", "bank0")
+    argv = ["node", "start", "--partner", "bank0", "--home", str(home.root), "--superlink", "127.0.0.1:9"]
+    code, _, err = run([*argv, "--insecure", "--poll", "fast"], capsys)
+    assert code == ConfigError.exit_code and "--poll must be adaptive or flower" in err
+    assert not (home.state_dir / "runtime-api.secret").exists()

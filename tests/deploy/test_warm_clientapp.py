@@ -224,3 +224,16 @@ def test_only_the_nodes_own_executor_may_take_its_tasks(tmp_path):
         signed.close()
         unsigned.close()
         fl.stop(proc)
+
+
+def test_task_polls_are_short_after_a_task_capped_while_busy_and_back_off_when_idle():
+    now = [0.0]
+    poll = wc.TaskPoll(0.2, first=0.01, busy=0.05, window=10.0, clock=lambda: now[0])
+    pauses = []
+    while now[0] < 12.0:
+        pauses.append(poll.next_pause())
+        now[0] += pauses[-1]
+    assert pauses[:4] == [0.01, 0.02, 0.04, 0.05] and set(pauses[3:150]) == {0.05}
+    assert pauses[-1] == 0.2  # idle for a while: Flower's SuperExec-like pace, not faster
+    poll.task()
+    assert poll.next_pause() == 0.01

@@ -148,7 +148,9 @@ def test_in_process_job_logs_each_round_and_the_end_at_both_parties(
 def test_a_resumed_job_logs_each_round_once(homes, tmp_path, monkeypatch, capsys):
     bank, retail = homes
     raw = _raw(tmp_path, baseline=False)
-    first = grid_for([bank, retail], dead_after={2: 19})  # the retailer dies during round 2
+    first = grid_for(
+        [bank, retail], dead_after={2: 17}
+    )  # the retailer dies during round 2 (its 2nd backward)
     with pytest.raises(FederationError):
         run_two_party(first, raw)
     begun = [

@@ -285,3 +285,23 @@ def test_a_label_head_step_asked_again_after_a_restart_moves_the_head_once(tmp_p
         assert torch.equal(value, head[name]), name  # the head did not step again
     with pytest.raises(ConfigError, match="has no step"):
         session.step(1, len(session.state["plans"]["1"]), other)
+
+
+def test_a_round_is_a_short_chain_of_exchanges_with_the_embeddings_on_the_last_backward(tmp_path):
+    """Independent asks share an exchange (hello, setup, check, finish); begin stays one party at a time."""
+    job = _job(tmp_path, dp=False, rounds=2, steps_per_round=1)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    grid = grid_for([bank, retail])
+    assert run_vertical_on_grid(grid, job, psi_size=size)["status"] == "completed"
+    chain = [(m.metadata.message_type, len(replies)) for m, replies in grid.log]
+    one_round = [
+        ("query.vertical_check", 2),
+        ("train.vertical_begin", 1),
+        ("train.vertical_begin", 1),
+        ("train.vertical_forward", 1),
+        ("train.vertical_step", 1),
+        ("train.vertical_backward", 1),  # carries the embeddings: no query.vertical_embed
+        ("train.vertical_fit", 1),
+    ]
+    start = [("query.vertical_hello", 2), ("query.vertical_setup", 2)]
+    assert chain == start + one_round * 2 + [("train.vertical_finish", 2)]

@@ -1,0 +1,154 @@
+"""Flower's SuperNode with an adaptive wait between pulls (``fedcustomer node start --poll adaptive``).
+
+Why: Flower 1.42's SuperNode loop (``flwr/supernode/start_client_internal.py``) sleeps 3 s whenever
+a pull from the SuperLink finds no message, and it pulls right after pushing each reply, before
+the coordinator can have sent the next message. A chain of sequential exchanges (a vertical job
+is dozens of them) then pays about 3 s per exchange. It also waits for the ClientApp's reply,
+and for a reply object's content, in 0.5-s sleeps.
+
+This entry point runs Flower's own ``flower-supernode`` main unchanged, except that the loop
+module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps the two known waits:
+
+* the idle wait (3 s): 0.05 s right after traffic, doubling, but at most 0.25 s for the first
+  10 s after traffic (a job in progress: the other party's turn usually takes a second or two),
+  then up to Flower's 3 s, so an idle node asks the SuperLink no more often than Flower's own;
+* the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
+
+Any other duration passes through. A message's objects that have not reached the SuperLink yet
+are asked for again within milliseconds (:mod:`fedcustomer.apps.flower_waits`). Only the Flower
+versions this was tested against get the shim; on another version Flower runs unchanged and the
+node's log says once that the adaptive wait is off.
+
+    python -m fedcustomer.deploy.supernode_poll --poll adaptive -- --superlink HOST:PORT ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, prompt_retries, tested
+
+ADAPTIVE, FLOWER = "adaptive", "flower"
+POLL_MODES = (ADAPTIVE, FLOWER)
+LOOP_MODULE = "flwr.supernode.start_client_internal"
+IDLE_S = 3.0  # Flower's wait after a pull that found no message
+REPLY_S = 0.5  # Flower's wait for the ClientApp's reply (and for a reply object's content)
+FIRST_IDLE_S = 0.05
+BUSY_CAP_S = 0.25  # the longest idle wait within BUSY_WINDOW_S of traffic
+BUSY_WINDOW_S = 10.0
+FIRST_REPLY_S = 0.005
+MAX_REPLY_S = 0.05
+
+
+class AdaptiveTime:
+    """Stands in for the ``time`` module inside Flower's SuperNode loop; only ``sleep`` differs.
+
+    Idle waits double from ``first_idle``; within ``busy_window`` seconds of the last traffic (a
+    job in progress: its next message usually comes within seconds) they stay at most ``busy_cap``,
+    after that they grow to ``max_idle``, Flower's own wait.
+    """
+
+    def __init__(
+        self,
+        real: Any = time,
+        *,
+        first_idle: float = FIRST_IDLE_S,
+        busy_cap: float = BUSY_CAP_S,
+        busy_window: float = BUSY_WINDOW_S,
+        max_idle: float = IDLE_S,
+        first_reply: float = FIRST_REPLY_S,
+        max_reply: float = MAX_REPLY_S,
+    ) -> None:
+        self._real = real
+        self.first_idle, self.busy_cap, self.busy_window = first_idle, busy_cap, busy_window
+        self.max_idle, self.first_reply, self.max_reply = max_idle, first_reply, max_reply
+        self.idle_pause, self.reply_pause = first_idle, first_reply
+        self.last_traffic = real.monotonic()
+
+    def traffic(self) -> None:
+        """A message came or a reply left: the next idle and reply waits start short again."""
+        self.idle_pause, self.reply_pause = self.first_idle, self.first_reply
+        self.last_traffic = self._real.monotonic()
+
+    def pause_for(self, seconds: float) -> float:
+        """The wait that replaces Flower's ``seconds`` (and the backoff step it takes)."""
+        if seconds == IDLE_S:
+            busy = self._real.monotonic() - self.last_traffic < self.busy_window
+            pause = min(self.idle_pause, self.busy_cap) if busy else self.idle_pause
+            self.idle_pause = min(pause * 2, self.max_idle)
+            self.reply_pause = self.first_reply
+            return pause
+        if seconds == REPLY_S:  # only after a message was pulled: that is traffic
+            pause = self.reply_pause
+            self.reply_pause = min(pause * 2, self.max_reply)
+            self.idle_pause = self.first_idle
+            self.last_traffic = self._real.monotonic()
+            return pause
+        return seconds
+
+    def sleep(self, seconds: float) -> None:
+        self._real.sleep(self.pause_for(seconds))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def install(loop: ModuleType | None = None, version: str | None = None) -> AdaptiveTime | None:
+    """Put the adaptive wait into Flower's SuperNode loop; None (Flower unchanged) on an untested version."""
+    version = flower_version() if version is None else version
+    if not tested(version):
+        return None
+    loop = loop or importlib.import_module(LOOP_MODULE)
+    push = getattr(loop, "_push_messages", None)
+    if not isinstance(getattr(loop, "time", None), ModuleType) or not callable(push):
+        return None  # not the loop this was written for
+    shim = AdaptiveTime(loop.time)
+    loop.time = shim  # type: ignore[attr-defined]
+    if loop.__name__ == LOOP_MODULE:  # a message's objects pulled from the SuperLink: prompt retries
+        prompt_retries(LOOP_MODULE, "pull_objects", version)
+    loop._push_messages = _after(push, shim.traffic)  # type: ignore[attr-defined]
+    return shim
+
+
+def _after(func: Callable[..., Any], then: Callable[[], None]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            then()  # the reply has left: the next pull comes soon, backing off from there
+
+    return wrapped
+
+
+def _say(text: str) -> None:
+    print(f"fedcustomer node: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    split = args.index("--") if "--" in args else len(args)
+    ap = argparse.ArgumentParser(description="Run Flower's SuperNode with an adaptive wait between pulls.")
+    ap.add_argument("--poll", choices=POLL_MODES, default=ADAPTIVE)
+    opts = ap.parse_args(args[:split])
+    version = flower_version()
+    if opts.poll == ADAPTIVE:
+        if install(version=version) is None:
+            _say(
+                f"adaptive SuperNode wait is off: Flower {version or '(unknown version)'} is not one it "
+                f"was tested with ({', '.join(v + 'x' for v in TESTED_FLOWER)}); Flower's own waits apply"
+            )
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *args[split + 1 :]]
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

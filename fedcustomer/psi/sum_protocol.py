@@ -118,7 +118,12 @@ def handle_open(
         "mode": MODE, "sum_role": role, "role": "initiator" if role == ROLE_VALUE else "responder",
         "workers": _workers(cfg), "chunk_size": size, "epsilon": params.epsilon, "value_max": params.value_max,
     }  # fmt: skip
-    return chunks_.open_sum(home, bound, batches, column, max_set_size=limits.sum_max_set_size, now=now)
+    try:
+        return chunks_.open_sum(home, bound, batches, column, max_set_size=limits.sum_max_set_size, now=now)
+    finally:
+        close = getattr(batches, "close", None)  # a reader stopped early lets go of its store now
+        if close is not None:
+            close()
 
 
 def _load(

@@ -156,7 +156,7 @@ def _offer(a: StreamingParty, b: StreamingParty, work: Path, public: Any, size: 
         records["v"] = np.frombuffer(raised, dtype=VALUE)
         records["c"] = np.frombuffer(ciphertexts, dtype=f"S{width}")
         offers.add(records)
-    offers.flush()
+        offers.flush()  # at once: a record is 17x a blinded value, the buffer must not grow to 2^17 of them
     return offers
 
 

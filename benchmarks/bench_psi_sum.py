@@ -177,14 +177,17 @@ def main() -> None:
     parser.add_argument("--ab", type=int, nargs="+", help="ids per side: peak RSS, old code vs new")
     parser.add_argument("--old", type=Path, help="--ab: the root of a checkout of the old code")
     parser.add_argument("--repeat", type=int, default=3, help="--ab: interleaved runs per code and size")
-    parser.add_argument("--kinds", nargs="+", default=["cli", "session"], choices=["cli", "session"])
+    parser.add_argument("--kinds", nargs="+", default=["cli", "session"], choices=["cli", "session", "read"])
+    parser.add_argument(
+        "--sum-chunk", type=int, help="--ab: the session's chunk (default 100,000), read batch"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.ab:
         from psi_sum_memory import ab_runs
 
-        doc = ab_runs(args.ab, args.old, args.repeat, args.kinds)
+        doc = ab_runs(args.ab, args.old, args.repeat, args.kinds, args.sum_chunk)
         if args.json:
             print(json.dumps(doc, indent=2))
         return

@@ -7,7 +7,9 @@ party in that one process, one worker) and wall and CPU seconds:
 * ``cli``: ``fedcustomer psi --reveal sum --a bank.csv --b shop.csv`` (N ids per side, half shared;
   the bank's value a 0/1 flag, the shop's flag true for half its customers);
 * ``session``: a two-party sum session on the in-process grid, each partner reading its column through
-  its governed store (the synthetic bank and retailer of N customers, 70% shared), default chunks.
+  its governed store (the synthetic bank and retailer of N customers, 70% shared), default chunks or
+  ``--sum-chunk``;
+* ``read``: only the bank's reads of a session's open (ids and column from its governed store).
 
 Paillier encryption is replaced in the children by a stand-in that reuses one random ``r^n`` for
 every value (one modular multiplication instead of a 4096-bit exponentiation, 12.7 ms of CPU each
@@ -85,13 +87,19 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best there is
 
 
-def child(kind: str, root: Path) -> dict:
-    """One run in this process (imports from ``BENCH_CODE_ROOT``): peak RSS and seconds."""
+def child(kind: str, root: Path, chunk: int | None = None) -> dict:
+    """One run in this process (imports from ``BENCH_CODE_ROOT``): peak RSS and seconds.
+
+    ``read``: only what a session's open reads from the bank's governed store (its ids and its
+    ``defaulted`` column): the old code's whole read, the new code's batches (consumed one by one)."""
     import pandas  # noqa: F401  (imports paid before the baseline, as in every run)
 
     from fedcustomer.cli import main
+    from fedcustomer.partner.home import PartnerHome
     from fedcustomer.psi.intersection_sum import SumParams
 
+    if kind == "read":
+        from fedcustomer.clients.data_access import PartnerDataAccess
     if kind == "session":  # only the session needs the vertical parties' app (and torch)
         from fedcustomer.psi.sum_protocol import run_sum_on_grid
         from fedcustomer.server.inprocess import LocalGrid
@@ -109,10 +117,20 @@ def child(kind: str, root: Path) -> dict:
         argv += ["--a-home", str(root / "payer-a"), "--b-home", str(root / "payer-b")]
         main(argv)
         result = None
+    elif kind == "read":
+        access = PartnerDataAccess(PartnerHome(root / "bank"))
+        if hasattr(access, "linkage_column_batches"):
+            rows = sum(
+                len(ids) for ids, _ in access.linkage_column_batches("bank", "defaulted", chunk or 65_536)
+            )
+        else:
+            rows = len(access.linkage_column("bank", "defaulted")[0])
+        result = {"rows": rows}
     else:
         grid = LocalGrid(party_app([str(root / "bank"), str(root / "retailer")]), 2)
         view = run_sum_on_grid(grid, 1, 2, "bank", "retailer", value="defaulted", where="loyalty_member",
-                               name_a="bank", name_b="retailer", params=SumParams(1.0))  # fmt: skip
+                               name_a="bank", name_b="retailer", params=SumParams(1.0),
+                               **({"chunk_size": chunk} if chunk else {}))  # fmt: skip
         result = {
             "noisy_count": view.noisy_count,
             "rate": view.rate,
@@ -127,16 +145,16 @@ def child(kind: str, root: Path) -> dict:
     }
 
 
-def _run(kind: str, root: Path, code: Path) -> dict:
+def _run(kind: str, root: Path, code: Path, chunk: int | None = None) -> dict:
     env = os.environ | {"BENCH_CODE_ROOT": str(code), "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(HERE), kind, str(root)]
+    cmd = [sys.executable, str(HERE), kind, str(root), *([str(chunk)] if chunk else [])]
     load = os.getloadavg()[0]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     return row | {"load": round(load, 2)}
 
 
-def ab_runs(sizes: list[int], old: Path, repeat: int, kinds: list[str]) -> dict:
+def ab_runs(sizes: list[int], old: Path, repeat: int, kinds: list[str], chunk: int | None = None) -> dict:
     """Old vs new per size and kind, alternating; medians of peak RSS, its rise over the imports, time."""
     if old is None or not (Path(old) / "fedcustomer").is_dir():
         raise SystemExit("--ab needs --old ROOT, a checkout of the old code (its fedcustomer/ package)")
@@ -158,7 +176,12 @@ def ab_runs(sizes: list[int], old: Path, repeat: int, kinds: list[str]) -> dict:
                 for rep in range(repeat):
                     order = [("old", Path(old)), ("new", NEW_ROOT)]
                     for label, code in order if rep % 2 == 0 else order[::-1]:
-                        row = _run(kind, root, code) | {"n": n, "kind": kind, "code": label, "rep": rep}
+                        row = _run(kind, root, code, chunk) | {
+                            "n": n,
+                            "kind": kind,
+                            "code": label,
+                            "rep": rep,
+                        }
                         rows[label].append(row)
                         doc["runs"].append(row)
                         print(json.dumps(row), file=sys.stderr)
@@ -182,6 +205,6 @@ def ab_runs(sizes: list[int], old: Path, repeat: int, kinds: list[str]) -> dict:
 
 if __name__ == "__main__":  # a child: KIND ROOT
     sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT") or str(NEW_ROOT))
-    report = child(sys.argv[1], Path(sys.argv[2]))
+    report = child(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     sys.stdout.flush()
     print(json.dumps(report))

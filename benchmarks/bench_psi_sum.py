@@ -22,6 +22,10 @@ With ``--workers 1`` (the default) all the work is in this process, so the CPU s
 reports (``*_cpu_s``) are the protocol's whole cost, much less sensitive to a loaded machine
 than wall time.
 
+With ``--ab N ... --old ROOT`` it compares peak memory old code against new, interleaved, in fresh
+processes (:mod:`psi_sum_memory`): the one-process ``fedcustomer psi --reveal sum`` on two CSV
+files, and a two-party sum session whose partners read their columns through their governed stores.
+
 Usage: ``python benchmarks/bench_psi_sum.py [--n N] [--workers W] [--no-phases] [--chunks C ...] [--json]``.
 """
 
@@ -37,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# BENCH_CODE_ROOT: the checkout whose fedcustomer a child imports (an A/B run's old code); this one's by default
+sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT") or str(Path(__file__).resolve().parents[1]))
 
 from bench_psi_modes import federation
 
@@ -108,8 +113,12 @@ def sum_federation(root: Path, n: int):
     ids_a, values, ids_b, where, plain = workload(n)
     columns = {"accounts": (ids_a, values), "loyalty": (ids_b, where)}
     app = ClientApp()
-    register_sum_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])],
-                          lambda home, dataset, column: tuple(map(list, columns[dataset])))  # fmt: skip
+
+    def load_column(home, dataset, column, *batch):  # batches since the batched reads; one pair before
+        ids, cells = map(list, columns[dataset])
+        return [(ids, cells)] if batch else (ids, cells)
+
+    register_sum_handlers(app, lambda ctx: homes[int(ctx.node_config["partition-id"])], load_column)
     return LocalGrid(app, 2), plain
 
 
@@ -165,9 +174,23 @@ def main() -> None:
     parser.add_argument(
         "--chunks", type=int, nargs="+", help="two-party sum over the handlers, per chunk size"
     )
+    parser.add_argument("--ab", type=int, nargs="+", help="ids per side: peak RSS, old code vs new")
+    parser.add_argument("--old", type=Path, help="--ab: the root of a checkout of the old code")
+    parser.add_argument("--repeat", type=int, default=3, help="--ab: interleaved runs per code and size")
+    parser.add_argument("--kinds", nargs="+", default=["cli", "session"], choices=["cli", "session", "read"])
+    parser.add_argument(
+        "--sum-chunk", type=int, help="--ab: the session's chunk (default 100,000), read batch"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.ab:
+        from psi_sum_memory import ab_runs
+
+        doc = ab_runs(args.ab, args.old, args.repeat, args.kinds, args.sum_chunk)
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        return
     if args.child:
         print(json.dumps(chunk_child(args.n, args.chunks[0])))
         return

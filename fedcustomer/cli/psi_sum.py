@@ -2,8 +2,9 @@
 
 Party a (``--a``, its partner home ``--a-home``) holds the numeric ``--value`` column and the
 Paillier key; party b (``--b``, ``--b-home``) holds the boolean ``--where`` column. Both run in
-this process with the same messages the partners would exchange (see
-:mod:`fedcustomer.psi.intersection_sum`); each pays ``--epsilon`` from its own ledger.
+this process through the chunked engine two partner nodes use (:mod:`fedcustomer.psi.sum_local`:
+files read in batches, values and ciphertexts on disk, bounded memory); each pays ``--epsilon``
+from its own ledger. Both files are read once first to check them, before anyone spends.
 
 JSON (``--json`` prints it; ``--out DIR`` writes ``DIR/psi.json``), schema version 1::
 
@@ -26,48 +27,26 @@ from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.partner.datasets import dataset_name
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.psi.intersection_sum import (
-    Payer,
-    SumParams,
-    parse_flags,
-    parse_values,
-    run_intersection_sum_local,
-)
+from fedcustomer.psi.intersection_sum import Payer, SumParams, parse_flags, parse_values
 
 console = terminal()
 
 
-def read_pairs(path: Path, id_column: str, column: str, option: str) -> tuple[list[str], list[object]]:
-    """The id column and one other column of a partner file; errors name the file, row and column, never a value."""
-    import pandas as pd
+def check_file(path: Path, id_column: str, column: str, option: str, max_ids: int) -> int:
+    """Read ``path`` once in batches, as the run will, and check everything in it before any party
+    spends or hashes: its columns, ids and cells (errors name the file, row and column, never a
+    value) and its size. Returns its number of rows."""
+    from fedcustomer.psi.source import column_batches
 
-    from fedcustomer.psi.source import file_kind
-
-    kind = file_kind(path)
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            frame = pd.read_parquet(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty; it needs a header row and at least one row") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as {kind} ({type(exc).__name__}); check the file") from None
-    shown = ", ".join(map(str, list(frame.columns)[:12]))
-    if id_column not in frame.columns:
-        raise DataError(f"{path}: no id column {id_column!r} (columns: {shown}); pass --id-column NAME")
-    if column not in frame.columns:
-        raise DataError(f"{path}: no column {column!r} for {option} (columns: {shown})")
-    if frame.empty:
-        raise DataError(f"{path}: no rows; the file has a header but no customers")
-    ids = frame[id_column]
-    missing = ids.isna()
-    if missing.any():
-        line = int(missing.to_numpy().nonzero()[0][0])
-        where = f"line {line + 2}" if kind == "csv" else f"row {line}"
-        raise DataError(f"{path}, {where}: column {id_column!r} is empty; every row needs a customer id")
-    cells = [None if pd.isna(v) else v for v in frame[column].tolist()]
-    return ids.astype(str).tolist(), cells
+    rows = 0
+    what = f"{path}, {option} column {column!r}"
+    for ids, cells in column_batches(path, id_column, column, option):
+        if rows <= max_ids:
+            (parse_values if option == "--value" else parse_flags)(cells, what, rows)
+        rows += len(ids)
+    if rows > max_ids:
+        raise DataError(f"{path}: {rows} ids, more than --max-ids {max_ids}")
+    return rows
 
 
 def _home(path: Path | None, option: str) -> PartnerHome:
@@ -103,39 +82,35 @@ def run_sum(
         )
     params = SumParams(epsilon=epsilon, value_max=value_max)
     homes = _home(a_home, "--a-home"), _home(b_home, "--b-home")
-    ids_a, cells_a = read_pairs(a, id_column, value, "--value")
-    ids_b, cells_b = read_pairs(b, id_column, where, "--where")
-    values = parse_values(cells_a, f"{a}, --value column {value!r}")
-    flags = parse_flags(cells_b, f"{b}, --where column {where!r}")
-    for path, ids in ((a, ids_a), (b, ids_b)):
-        if len(ids) > max_ids:
-            raise DataError(f"{path}: {len(ids)} ids, more than --max-ids {max_ids}")
+    rows_a = check_file(a, id_column, value, "--value", max_ids)
+    rows_b = check_file(b, id_column, where, "--where", max_ids)
     payers = [Payer(h, dataset_name(str(f), "psi")) for h, f in zip(homes, (a, b), strict=True)]
     start = time.perf_counter()
     from fedcustomer.cli.progress import Progress
+    from fedcustomer.psi.source import column_batches
+    from fedcustomer.psi.sum_local import run_intersection_sum_stream
 
-    with Progress().phase(f"private intersection-sum of {len(ids_a):,} and {len(ids_b):,} ids"):
-        res = run_intersection_sum_local(
-            ids_a,
-            values,
-            ids_b,
-            flags,
+    with Progress().phase(f"private intersection-sum of {rows_a:,} and {rows_b:,} ids"):
+        res = run_intersection_sum_stream(
+            column_batches(a, id_column, value, "--value"),
+            column_batches(b, id_column, where, "--where"),
             payer_a=payers[0],
             payer_b=payers[1],
             params=params,
             run_id=run_id,
             workers=workers,
             max_set_size=max_ids,
+            what=(f"{a}, --value column {value!r}", f"{b}, --where column {where!r}"),
         )
     seconds = time.perf_counter() - start
     sides = {}
-    for key, path, ids, distinct, dups, payer in (
-        ("a", a, ids_a, res.set_size_a, res.duplicates_a, payers[0]),
-        ("b", b, ids_b, res.set_size_b, res.duplicates_b, payers[1]),
+    for key, path, rows, distinct, dups, payer in (
+        ("a", a, rows_a, res.set_size_a, res.duplicates_a, payers[0]),
+        ("b", b, rows_b, res.set_size_b, res.duplicates_b, payers[1]),
     ):
         sides[key] = {
             "file": str(path),
-            "ids": len(ids),
+            "ids": rows,
             "distinct": distinct,
             "duplicates_removed": dups,
             "home": str(payer.home.root),

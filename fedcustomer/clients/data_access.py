@@ -9,6 +9,7 @@ Only the columns the job's feature spec names are requested.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,39 @@ class PartnerDataAccess:
         cells = frame[column].reindex(self.pseudonyms(ids))
         return ids, [None if pd.isna(v) else v for v in cells.tolist()]
 
+    def linkage_column_batches(
+        self, dataset: str, column: str, batch: int = 65_536
+    ) -> Iterator[tuple[list[str], list[object]]]:
+        """:meth:`linkage_column` in batches of at most ``batch`` rows, in bounded memory.
+
+        The same two audited reads (each one audit entry, written before its first batch), taken
+        batch by batch side by side and joined on the store's pseudonyms (both come in pseudonym
+        order). The store stays open until the batches are consumed or the iterator is closed."""
+        with PartnerStore.open(self.home) as store:
+            if dataset not in store.datasets():
+                raise DataError(f"partner {store.name!r} holds no dataset {dataset!r}")
+            schema = store.schema(dataset)
+            id_field = schema.id_field.name
+            ids = store.read_batches(
+                store.service_credential(self.actor.name, self.actor.role),
+                "record_linkage",
+                fields=[id_field],
+                dataset=dataset,
+                batch_size=batch,
+            )
+            if column not in schema.names:
+                raise DataError(
+                    f"dataset {dataset!r} has no column {column!r} (columns: {', '.join(list(schema.names)[:12])})"
+                )
+            cells = store.read_batches(
+                store.service_credential(self.actor.name, self.actor.role),
+                "training",
+                fields=[column],
+                dataset=dataset,
+                batch_size=batch,
+            )
+            yield from _joined(ids, cells, id_field, column)
+
     def pseudonyms(self, ids: list[str]) -> list[str]:
         """The store's keyed pseudonyms of ``ids`` (what alignments keep instead of raw ids)."""
         from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
@@ -144,3 +178,27 @@ def _by_pseudonym(pseudonyms: pd.Index) -> np.ndarray:
         [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms],
         dtype=bool,
     )
+
+
+def _joined(
+    ids: Iterator[pd.DataFrame], cells: Iterator[pd.DataFrame], id_field: str, column: str
+) -> Iterator[tuple[list[str], list[object]]]:
+    """Each batch of ids with its customers' values (None where the column read has no row), a merge
+    of two frame streams sorted by pseudonym; holds at most about two batches of values."""
+    pending: list[pd.Series] = []  # values read, not yet matched, in pseudonym order
+    more = True
+    for frame in ids:
+        last = frame.index[-1]
+        while more and (not pending or pending[-1].index[-1] < last):
+            page = next(cells, None)
+            more = page is not None
+            if page is not None and len(page):
+                pending.append(page[column])
+        values = pd.concat(pending) if pending else pd.Series([], dtype=object)
+        matched = values.reindex(frame.index)
+        rest = values[values.index > last]
+        pending = [rest] if len(rest) else []
+        yield (
+            [str(v) for v in frame[id_field].tolist()],
+            [None if pd.isna(v) else v for v in matched.tolist()],
+        )

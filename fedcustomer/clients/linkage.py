@@ -40,5 +40,9 @@ def register_governed_psi_handlers(app: ClientApp, home_of: Callable[[Context], 
         local_labels=lambda home, dataset, ids: PartnerDataAccess(home).pseudonyms(ids),
     )
     register_sum_handlers(
-        app, home_of, lambda home, dataset, column: PartnerDataAccess(home).linkage_column(dataset, column)
+        app,
+        home_of,
+        lambda home, dataset, column, batch: PartnerDataAccess(home).linkage_column_batches(
+            dataset, column, batch
+        ),
     )

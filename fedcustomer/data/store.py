@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ from fedcustomer.data.ingest import IngestReport, utc_now
 from fedcustomer.data.key_migration import finish_key_switch
 from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.schema import Schema
+from fedcustomer.data.store_batches import read_batches
 from fedcustomer.data.store_core import Credential, StoreCore, load_home_policy
 from fedcustomer.data.store_db import (
     BASE_TABLES,
@@ -339,6 +340,33 @@ class PartnerStore(StoreCore):
         """
         return read_frame(
             self, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now, sign=sign
+        )
+
+    def read_batches(
+        self,
+        actor: Credential,
+        purpose: str,
+        fields: Sequence[str] | None = None,
+        *,
+        dataset: str | None = None,
+        batch_size: int = 65_536,
+        approval_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """:meth:`read` in frames of ``batch_size`` rows, for callers that stream millions of rows.
+
+        The same checks and refusals, and the same one audit entry, written before the first
+        batch leaves (:mod:`fedcustomer.data.store_batches`); no ``where`` filter. Iterate it
+        while this handle is open."""
+        return read_batches(
+            self,
+            actor,
+            purpose,
+            fields,
+            dataset=dataset,
+            batch_size=batch_size,
+            approval_id=approval_id,
+            now=now,
         )
 
     # ---- what the store holds ---------------------------------------------------------------

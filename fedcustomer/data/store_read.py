@@ -226,10 +226,14 @@ class _Read:
 
     # ---- fetch, then mask -----------------------------------------------------------------
 
-    def fetch(self, plan: _Plan) -> pd.DataFrame:
-        """The visible fields of every matching row, decrypted or masked per view."""
+    def fetch(self, plan: _Plan, page: tuple[str | None, int] | None = None) -> pd.DataFrame:
+        """The visible fields of every matching row, decrypted or masked per view; with ``page``
+        (after, limit), only the next ``limit`` rows whose pseudonym sorts after ``after``."""
         try:
-            index, columns = _fetch_columns(self.store, plan)
+            if page is None:
+                index, columns = _fetch_columns(self.store, plan)
+            else:
+                index, columns = _fetch_page(self.store, plan, *page)
             return _to_frame(plan, index, columns, self.store.mask_key)
         except FedCustomerError as exc:
             self.deny(f"read failed: {exc}", plan.visible, tier=_top_tier(plan.schema, plan.visible))
@@ -240,8 +244,13 @@ class _Read:
     def audit_success(self, plan: _Plan, frame: pd.DataFrame, *, sign: bool = False) -> None:
         """The one entry of a read that returned: ``decrypt`` when core values came back in clear;
         ``sign`` signs a checkpoint over it at once (see :meth:`PartnerStore.read`)."""
+        self.audit_rows(plan, len(frame), frame.index[:_MAX_AUDIT_PSEUDONYMS].tolist(), sign=sign)
+
+    def audit_rows(self, plan: _Plan, row_count: int, first: list[str], *, sign: bool = False) -> None:
+        """The entry itself, from the row count and the first pseudonyms of the rows returned (a
+        batched read writes it before its first batch, :mod:`fedcustomer.data.store_batches`)."""
         schema, visible = plan.schema, plan.visible
-        decrypted = [n for n in visible if schema.field(n).is_core and plan.views[n] == "clear"]
+        decrypted = decrypted_fields(plan)
         details: dict[str, Any] = {"views": dict(plan.views)}
         if plan.where:
             details["where"] = {k: (list(v) if _is_seq(v) else v) for k, v in plan.where.items()}
@@ -249,16 +258,16 @@ class _Read:
             details["omitted"] = plan.omitted
         pseudonyms: list[str] = []
         if decrypted:
-            pseudonyms = frame.index.tolist()[:_MAX_AUDIT_PSEUDONYMS]
-            if len(frame) > _MAX_AUDIT_PSEUDONYMS:
-                details[PSEUDONYMS_TRUNCATED] = len(frame)  # `audit query --pseudonym` still finds it
+            pseudonyms = first[:_MAX_AUDIT_PSEUDONYMS]
+            if row_count > _MAX_AUDIT_PSEUDONYMS:
+                details[PSEUDONYMS_TRUNCATED] = row_count  # `audit query --pseudonym` still finds it
         self.store.log(
             self.actor,
             "decrypt" if decrypted else "read",
             fields=visible,
             tier=_top_tier(schema, visible),
             approvals=plan.approvals,
-            row_count=len(frame),
+            row_count=row_count,
             pseudonyms=pseudonyms,
             details=details,
             sign=sign,
@@ -274,27 +283,55 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
     a time, without paying Python's call overhead per value. A chunk bounds what is held in
     clear beyond the columns being built.
     """
+    chunk = _chunk_for(store, plan)
+    rows = store.backend.fetchall(_select(store, plan), [plan.schema.dataset])
+    for start in range(0, len(rows), _CHUNK):
+        chunk.open(rows[start : start + _CHUNK])
+    return chunk.index, chunk.columns
+
+
+def _fetch_page(
+    store: StoreCore, plan: _Plan, after: str | None, limit: int
+) -> tuple[list[str], dict[str, list[Any]]]:
+    """:func:`_fetch_columns` for the next ``limit`` stored rows whose pseudonym sorts after ``after``
+    (keyset paging on the primary key: each page is one short query, no cursor held between pages)."""
+    chunk = _chunk_for(store, plan)
+    params: list[Any] = [plan.schema.dataset] + ([] if after is None else [after])
+    rows = store.backend.fetchall(_select(store, plan, paged=after is not None, limit=limit), params)
+    for start in range(0, len(rows), _CHUNK):
+        chunk.open(rows[start : start + _CHUNK])
+    return chunk.index, chunk.columns
+
+
+def decrypted_fields(plan: _Plan) -> list[str]:
+    """The core fields a read opens in clear (its audit action is then ``decrypt``)."""
+    return [n for n in plan.visible if plan.schema.field(n).is_core and plan.views[n] == "clear"]
+
+
+def _select(store: StoreCore, plan: _Plan, *, paged: bool = False, limit: int | None = None) -> str:
+    schema, q = plan.schema, store.backend.quote
+    core = [n for n in plan.visible if schema.field(n).is_core]
+    return (
+        f"SELECT t.pseudonym, t.sealed, k.kek_version, k.blob{''.join(f', t.{q(n)}' for n in core)} "
+        f"FROM {q(table_name(schema.dataset))} t LEFT JOIN data_keys k ON k.dataset = ? "
+        f"AND k.pseudonym = t.pseudonym {'WHERE t.pseudonym > ? ' if paged else ''}ORDER BY t.pseudonym"
+        + ("" if limit is None else f" LIMIT {int(limit)}")
+    )
+
+
+def _chunk_for(store: StoreCore, plan: _Plan) -> _Chunk:
+    """The row opener of a read: its cipher, the fields it opens and its filter values."""
     schema, names = plan.schema, plan.visible
-    q = store.backend.quote
     dataset = schema.dataset
     core = [n for n in names if schema.field(n).is_core]
     plain = [n for n in names if not schema.field(n).is_core]
-    sql = (
-        f"SELECT t.pseudonym, t.sealed, k.kek_version, k.blob{''.join(f', t.{q(n)}' for n in core)} "
-        f"FROM {q(table_name(dataset))} t LEFT JOIN data_keys k ON k.dataset = ? AND k.pseudonym = t.pseudonym "
-        f"ORDER BY t.pseudonym"
-    )
     # Text equality ignores case (region=north finds "North"): a filter names a category, not a spelling.
     text_keys = {k for k in plan.where if schema.field(k).type in TEXT_TYPES}
     wanted: dict[str, set[Any]] = {}
     for name, value in plan.where.items():
         stored = {_where_value(schema.field(name), v) for v in (list(value) if _is_seq(value) else [value])}
         wanted[name] = {_fold(v) for v in stored} if name in text_keys else stored
-    chunk = _Chunk(store, FieldCipher(dataset), plain, core, wanted, text_keys)
-    rows = store.backend.fetchall(sql, [dataset])
-    for start in range(0, len(rows), _CHUNK):
-        chunk.open(rows[start : start + _CHUNK])
-    return chunk.index, chunk.columns
+    return _Chunk(store, FieldCipher(dataset), plain, core, wanted, text_keys)
 
 
 _CHUNK = 4096

@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,7 @@ def check_fresh(home: PartnerHome, session: str, ttl_s: float, now: float) -> No
 def start_session(
     home: PartnerHome,
     bound: dict[str, Any],
-    ids: list[str],
+    ids: list[str] | Iterable[Sequence[str]],
     labels: list[str] | None,
     *,
     max_set_size: int,
@@ -258,6 +258,8 @@ def start_session(
 ) -> dict[str, Any]:
     """Blind and seal ``ids`` into the session's work directory, save its state, answer chunk 0.
 
+    ``ids`` is a list, or batches of ids read as they are blinded (an intersection-sum's batched
+    read, which may write beside the ids into the work directory, made by then).
     ``prepare(party, work)`` runs once the ids are blinded and before the set is cut into chunks
     (an intersection-sum keeps its values beside them, or pads its set); ``make`` is the session
     type, whose :meth:`_Session.extras` travel beside each chunk. ``ids`` and ``labels`` are consumed
@@ -266,7 +268,8 @@ def start_session(
     psi_dir(home).mkdir(parents=True, exist_ok=True)
     work.mkdir(mode=0o700)
     workers = int(bound.get("workers", 1))
-    pool = make_executor(workers) if workers > 1 and len(ids) > POOL_MIN_VALUES else None
+    many = not isinstance(ids, list) or len(ids) > POOL_MIN_VALUES
+    pool = make_executor(workers) if workers > 1 and many else None
     try:
         if labels is not None:
             _write_labels(work / LABELS_FILE, labels)
@@ -279,8 +282,11 @@ def start_session(
             executor=pool,
             max_set_size=max_set_size,
         )
-        party.blind(_batches(ids), len(ids))
-        ids.clear()
+        if isinstance(ids, list):
+            party.blind(_batches(ids), len(ids))
+            ids.clear()
+        else:
+            party.blind(ids)
         if prepare is not None:
             prepare(party, work)
         size, link, chain = int(bound["chunk_size"]), b"", []

@@ -95,10 +95,11 @@ def check_value_max(value: object) -> float:
     return float(value)
 
 
-def parse_values(raw: Sequence[object], what: str = "value column") -> list[float]:
-    """Numbers of the value column; a non-numeric or non-finite cell is a DataError naming its row."""
+def parse_values(raw: Sequence[object], what: str = "value column", offset: int = 0) -> list[float]:
+    """Numbers of the value column; a non-numeric or non-finite cell is a DataError naming its row
+    (``offset`` + its place in ``raw``: a batch's first row)."""
     out: list[float] = []
-    for k, cell in enumerate(raw):
+    for k, cell in enumerate(raw, start=offset):
         try:
             number = float(cell)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -109,10 +110,10 @@ def parse_values(raw: Sequence[object], what: str = "value column") -> list[floa
     return out
 
 
-def parse_flags(raw: Sequence[object], what: str = "predicate column") -> list[bool]:
+def parse_flags(raw: Sequence[object], what: str = "predicate column", offset: int = 0) -> list[bool]:
     """Booleans of the predicate column (1/0, true/false, yes/no); anything else names its row."""
     out: list[bool] = []
-    for k, cell in enumerate(raw):
+    for k, cell in enumerate(raw, start=offset):
         if isinstance(cell, bool):
             out.append(cell)
             continue

@@ -27,7 +27,6 @@ mechanism on both ledgers, paid once each.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +53,26 @@ from fedcustomer.psi.intersection_sum import (
     SumParams,
     _ciphertext_bytes,
     _phe,
-    encrypt_all,
     make_rate,
     paid_results,
-    parse_flags,
-    parse_values,
     sum_step,
-    to_fixed,
 )
-from fedcustomer.psi.state import drop_session
+from fedcustomer.psi.state import drop_session, work_path
 from fedcustomer.psi.stream import VALUE, Buckets, StreamingParty
+from fedcustomer.psi.sum_input import (
+    ROLE_PREDICATE,
+    ROLE_VALUE,
+    ColumnBatches,
+    ColumnInput,
+    chunk_ciphertexts,
+    encrypted_sum,
+    input_file,
+    offer_dtype,
+    public_key_bytes,
+    selected_rows,
+)
 
-ROLE_VALUE, ROLE_PREDICATE = "value", "predicate"
 DEFAULT_SUM_CHUNK_SIZE = 100_000  # ids per message: ~54 MB with their 2048-bit Paillier ciphertexts
-VALUES_FILE = "sum-values.bin"  # the value holder's fixed-point values, by input row (int64)
 OFFERS = "offers"  # the predicate holder's buckets of the value holder's raised values and ciphertexts
 OFFER_PARTS = ("ciphertexts", "public-key")
 
@@ -90,19 +95,14 @@ class SumSession(_Session):
     def extras(self, party: StreamingParty, index: int) -> dict[str, bytes]:
         if self.role != ROLE_VALUE:
             return {}
-        rows = party.own_rows(index, self.size).astype(np.int64)
-        values = np.memmap(self.work / VALUES_FILE, dtype="<i8", mode="r")
-        fixed = [int(v) for v in values[rows]]
-        del values
-        n = self.public_key().n
+        n, workers = self.public_key().n, int(self.state.get("workers", 1))
         return {
-            "ciphertexts": encrypt_all(n, fixed, int(self.state.get("workers", 1))),
-            "public-key": n.to_bytes((n.bit_length() + 7) // 8, "big"),
+            "ciphertexts": chunk_ciphertexts(self.work, party, index, self.size, n, workers),
+            "public-key": public_key_bytes(n),
         }
 
     def offers(self, party: StreamingParty) -> Buckets:
-        width = int(self.state["cipher_width"])
-        dtype = np.dtype([("v", VALUE), ("c", f"S{width}")])
+        dtype = offer_dtype(int(self.state["cipher_width"]))
         return Buckets(self.work / VALUES_DIR, OFFERS, party.buckets, dtype)
 
 
@@ -115,42 +115,33 @@ def load(home: PartnerHome, session: str, ttl_s: float, now: float, role: str | 
     return opened
 
 
-def _write_values(path: Path, fixed: list[int]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(np.asarray(fixed, dtype="<i8").tobytes())
-
-
 def open_sum(
     home: PartnerHome,
     bound: dict[str, Any],
-    ids: list[str],
-    cells: list[object],
+    batches: ColumnBatches,
     column: str,
     *,
     max_set_size: int,
     now: float,
 ) -> dict[str, Any]:
-    """Blind and seal our ids (values or padding beside them); answer chunk 0 of our set. ``ids`` and
-    ``cells`` are consumed (emptied once read)."""
+    """Blind and seal our ids (values or padding beside them); answer chunk 0 of our set.
+
+    ``batches`` are ``(ids, cells)`` row for row (a governed store's batched read): each batch's
+    cells are parsed and kept by row in the work directory, its ids blinded, so a session holds
+    one batch in memory, whatever the set size."""
     role = str(bound["sum_role"])
     if role == ROLE_VALUE:
-        fixed = to_fixed(parse_values(cells, f"column {column!r}"), params_of(bound))
         private = _phe().generate_paillier_keypair(n_length=KEY_BITS)[1]
         bound = bound | {"paillier": {"p": int(private.p), "q": int(private.q)}}  # SECRET, 0600
+    work = work_path(home, str(bound["session"]))
+    cells = ColumnInput(batches, role, work / input_file(role), params_of(bound), f"column {column!r}")
 
-        def prepare(party: StreamingParty, work: Path) -> None:
-            _write_values(work / VALUES_FILE, fixed)
+    def prepare(party: StreamingParty, work: Path) -> None:
+        if role == ROLE_PREDICATE:
+            party.mask(selected_rows(work))
 
-    else:
-        flags = np.asarray(parse_flags(cells, f"column {column!r}"), dtype=bool)
-
-        def prepare(party: StreamingParty, work: Path) -> None:
-            party.mask(flags)
-
-    cells.clear()
     return start_session(
-        home, bound, ids, None, max_set_size=max_set_size, now=now, prepare=prepare, make=SumSession
+        home, bound, cells.ids(), None, max_set_size=max_set_size, now=now, prepare=prepare, make=SumSession
     )
 
 
@@ -238,17 +229,8 @@ def answer_sum(s: SumSession, blob: bytes | None, index: int, signature: object)
     width = int(s.state["cipher_width"])
 
     def produce() -> tuple[dict[str, Any], Any]:
-        total = public.encrypt(params.sum_noise(), r_value=1)  # our noise share; obfuscated below
-        matched = 0
-        for records in party.match_records(s.offers(party)):
-            packed = records["c"].tobytes()
-            for k in range(len(records)):
-                cipher = int.from_bytes(packed[k * width : (k + 1) * width], "big")
-                total = total + phe.EncryptedNumber(public, cipher, 0)
-            matched += len(records)
-        total.obfuscate()  # fresh randomness: the value holder cannot tell which ciphertexts went in
+        sealed, matched = encrypted_sum(party, s.offers(party), public, width, params)
         count = max(0, matched + params.count_noise())
-        sealed = int(total.ciphertext(be_secure=False)).to_bytes(width, "big")
         return {"sum": sealed.hex(), "count": count}, params.mechanism()
 
     payer = Payer(s.home, str(s.state["dataset"]))

@@ -64,6 +64,7 @@ from fedcustomer.psi.relay import _signature, next_own_index
 from fedcustomer.psi.state import check_session_id, drop_session, psi_dir, read_json
 from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE as DEFAULT_SUM_CHUNK_SIZE
 from fedcustomer.psi.sum_chunked import ROLE_PREDICATE, ROLE_VALUE
+from fedcustomer.psi.sum_input import ColumnBatches
 
 MSG_OPEN, MSG_STEP, MSG_PULL = "psi_sum_open", "psi_sum_step", "psi_sum_pull"
 MSG_ACCEPT, MSG_ANSWER, MSG_FINISH, MSG_ABORT = (
@@ -73,7 +74,9 @@ MSG_ACCEPT, MSG_ANSWER, MSG_FINISH, MSG_ABORT = (
     "psi_sum_abort",
 )
 MODE = REVEAL_SUM  # what the parties learn: a DP rate, never which customers
-LoadColumn = Callable[[PartnerHome, str, str], tuple[list[str], list[object]]]
+# load_column(home, dataset, column, batch): (ids, cells) batches of at most ``batch`` rows, row for row
+LoadColumn = Callable[[PartnerHome, str, str, int], ColumnBatches]
+READ_BATCH = 65_536  # rows per batch of a session's read (fewer with a smaller chunk size)
 log = logging.getLogger(__name__)
 
 
@@ -109,13 +112,18 @@ def handle_open(
     _expire_legacy(home, limits, now)
     check_fresh(home, session, limits.session_ttl_s, now)
     check(Payer(home, dataset).ledger(), sum_step(run_id, session), params.mechanism())
-    ids, cells = load_column(home, dataset, column)
+    batches = load_column(home, dataset, column, min(size, READ_BATCH))
     bound: dict[str, Any] = {
         "session": session, "dataset": dataset, "peer": peer, "me": home.config().name, "run_id": run_id,
         "mode": MODE, "sum_role": role, "role": "initiator" if role == ROLE_VALUE else "responder",
         "workers": _workers(cfg), "chunk_size": size, "epsilon": params.epsilon, "value_max": params.value_max,
     }  # fmt: skip
-    return chunks_.open_sum(home, bound, ids, cells, column, max_set_size=limits.sum_max_set_size, now=now)
+    try:
+        return chunks_.open_sum(home, bound, batches, column, max_set_size=limits.sum_max_set_size, now=now)
+    finally:
+        close = getattr(batches, "close", None)  # a reader stopped early lets go of its store now
+        if close is not None:
+            close()
 
 
 def _load(
@@ -195,8 +203,8 @@ def handle_abort(home: PartnerHome, cfg: dict[str, Any]) -> dict[str, Any]:
 def register_sum_handlers(
     app: ClientApp, resolve_home: Callable[[Context], PartnerHome], load_column: LoadColumn
 ) -> None:
-    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column)`` returns fresh (ids,
-    cells) lists, row for row, which a session empties once they are on its disk."""
+    """Add the ``query.psi_sum_*`` handlers; ``load_column(home, dataset, column, batch)`` returns the
+    (ids, cells) batches of at most ``batch`` rows, row for row, which a session reads one at a time."""
 
     def wrap(step: Callable[[PartnerHome, dict[str, Any], PartyLimits, float], dict[str, Any]]) -> Any:
         def handler(msg: Message, context: Context) -> Message:

@@ -67,6 +67,16 @@ def test_rate_is_printed_written_and_paid_by_both(setup, tmp_path, capsys):
         (["--value", "note", "--where", "top_segment"], 4, "row 0: not a number"),
         (["--value", "default", "--where", "top_segment", "--epsilon", "0"], 3, "epsilon must be"),
         (["--value", "default"], 3, "needs --value COLUMN"),
+        (
+            ["--value", "default", "--where", "top_segment", "--max-ids", "95"],
+            4,
+            "100 ids, more than --max-ids 95",
+        ),
+        (
+            ["--value", "default", "--where", "customer_id"],
+            4,
+            "--where column 'customer_id', row 0: not a boolean",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_charges_nobody(setup, capsys, extra, code, message):

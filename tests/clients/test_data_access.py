@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fedcustomer.clients.data_access import PartnerDataAccess
 from fedcustomer.data.features import FeatureSpec, NumericFeature
 from fedcustomer.data.provision import admin
 from fedcustomer.data.schema_draft import draft_schema
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import AccessDenied, DataError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 
@@ -22,6 +24,7 @@ def _ingested_home(tmp_path: Path, n: int = 200) -> PartnerHome:
             "customer_id": [f"c{i:04d}" for i in range(n)],
             "age": rng.integers(18, 90, n),
             "default": rng.integers(0, 2, n),
+            "income": [None if i % 9 == 4 else float(i) for i in range(n)],  # some customers have none
         }
     ).to_csv(path, index=False)
     home = PartnerHome.create(tmp_path / "bank_a", "bank_a", budget=DatasetBudget(3.0, 1e-5))
@@ -69,3 +72,38 @@ def test_a_training_read_is_signed_at_once_and_the_store_closes_without_a_second
         assert log.verify().ok
     assert read == {"audit_seq": entry.seq, "audit_hash": entry.hash}
     assert len(checkpoints) == before + 1 and checkpoints[-1].last_seq == entry.seq  # signed over the read
+
+
+def _reads(home: PartnerHome) -> list[tuple]:
+    with PartnerStore.open(home) as store:
+        return [(e.action, e.decision, e.fields, e.purpose, e.row_count) for e in store.audit.query()]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 200, 65_536])
+def test_the_linkage_column_in_batches_is_the_whole_read_row_for_row_with_the_same_audit(
+    tmp_path: Path, batch: int
+) -> None:
+    home = _ingested_home(tmp_path, n=60)
+    access = PartnerDataAccess(home)
+    before = len(_reads(home))
+    ids, cells = access.linkage_column("customers", "income")
+    whole = _reads(home)[before:]
+    got = list(access.linkage_column_batches("customers", "income", batch))
+    assert all(len(b[0]) == batch for b in got[:-1]) and len(got) == -(-60 // batch)
+    assert [i for b in got for i in b[0]] == ids and [c for b in got for c in b[1]] == cells
+    assert None in cells and _reads(home)[before + len(whole) :] == whole  # two reads, one entry each
+    assert [r[3] for r in whole] == ["record_linkage", "training"]
+
+
+def test_a_column_the_policy_does_not_grant_is_refused_in_batches_as_whole(tmp_path: Path) -> None:
+    home = _ingested_home(tmp_path, n=20)
+    access = PartnerDataAccess(home)
+    before = len(_reads(home))
+    with pytest.raises(AccessDenied) as whole:
+        access.linkage_column("customers", "customer_id")
+    entries = _reads(home)[before:]
+    with pytest.raises(AccessDenied) as batched:
+        next(access.linkage_column_batches("customers", "customer_id", 5))
+    assert str(batched.value) == str(whole.value) and _reads(home)[before + len(entries) :] == entries
+    with pytest.raises(DataError, match="no column 'nope'"):
+        next(access.linkage_column_batches("customers", "nope", 5))

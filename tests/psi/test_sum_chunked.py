@@ -176,3 +176,39 @@ def test_a_sum_session_answers_only_sum_messages(nodes):
     with pytest.raises(AccessDenied, match="not the value holder"):
         sum_finish(homes[1], {"session-id": "s1", "sum": b"1", "count": 1}, PartyLimits(), now=1001.0)
     assert _charges(homes) == [[], []]
+
+
+@pytest.mark.parametrize("role", ["value", "predicate"])
+def test_a_session_reads_its_column_batch_by_batch_and_a_bad_cell_leaves_nothing(nodes, role):
+    """The session takes the next batch only once the last one's cells are on its disk, asks for
+    batches of at most its chunk size, and a bad cell in a later batch names its row; the reader is
+    closed and the session leaves nothing behind."""
+    from fedcustomer.errors import DataError
+    from fedcustomer.psi.state import psi_dir, work_path
+    from fedcustomer.psi.sum_input import input_file
+    from fedcustomer.psi.sum_protocol import handle_open
+    from tests.psi.test_sum_protocol import load_column
+
+    homes, _ = nodes
+    home, dataset, column = (
+        (homes[0], *ARGS[:1], "default") if role == "value" else (homes[1], ARGS[1], "top_segment")
+    )
+    asked, closed = [], []
+
+    def batches(home_, dataset_, column_, size):
+        asked.append(size)
+        try:
+            for k, (ids, cells) in enumerate(load_column(home_, dataset_, column_, size)):
+                if k:  # the batches before this one are parsed and on disk by now
+                    path = work_path(home, "by-batch") / input_file(role)
+                    assert path.stat().st_size == k * size * (8 if role == "value" else 1)
+                yield ids, (["n/a"] + cells[1:] if k == 3 else cells)
+        finally:
+            closed.append(True)
+
+    cfg = {"session-id": "by-batch", "dataset": dataset, "role": role, "column": column,
+           "peer": "shop" if role == "value" else "bank", "epsilon": 1.0, "value-max": 1.0, "chunk-size": 16}  # fmt: skip
+    with pytest.raises(DataError, match=f"column '{column}', row 48: not a") as info:
+        handle_open(home, cfg, batches, PartyLimits(), now=1000.0)
+    assert "n/a" not in str(info.value) and asked == [16] and closed == [True]
+    assert not psi_dir(home).exists() or not any(psi_dir(home).iterdir())

@@ -30,12 +30,14 @@ ARGS = ("accounts", "loyalty")
 COLS = {"value": "default", "where": "top_segment"}
 
 
-def load_column(home, dataset, column):
+def load_column(home, dataset, column, batch=65_536):
+    """(ids, cells) batches of at most ``batch`` rows, as a governed store's batched read gives them."""
     from fedcustomer.errors import DataError
 
     if column not in DATA[dataset]:
         raise DataError(f"dataset {dataset!r} has no column {column!r}")
-    return list(IDS[dataset]), list(DATA[dataset][column])
+    ids, cells = list(IDS[dataset]), list(DATA[dataset][column])
+    return [(ids[i : i + batch], cells[i : i + batch]) for i in range(0, len(ids), batch)]
 
 
 class RecordingGrid(LocalGrid):

@@ -127,6 +127,12 @@ def combine(
     result.notes.append(NOISE_NOTE)
     if refused:
         result.notes.append(f"partners that refused are not included: {', '.join(sorted(refused))}")
+    replayed = sorted(str(r["partner"]) for r in releases if r.get("already_paid"))
+    if replayed:
+        result.notes.append(
+            f"query id {spec.query_id!r} was answered before by {', '.join(replayed)}: their earlier, already "
+            "paid answer is returned again (no new charge, no new noise); give the query a new id to ask afresh"
+        )
     if spec.kind == "quality":
         for r in releases:
             one = {s: np.asarray(r["stats"][s], dtype=float) for s in r["stats"]}

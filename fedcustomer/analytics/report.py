@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.analytics.combine import QueryResult
+from fedcustomer.common.files import atomic_write_text
 
 
 def write_result(
@@ -41,9 +42,7 @@ def write_result(
     if truth is not None:
         payload["truth"] = list(truth)
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     written = {"json": path}
     if result.anchors:  # appended: every query's anchors stay on record in this directory
         written["anchors"] = append_anchors(out / "anchors.jsonl", result.anchors)

@@ -305,9 +305,9 @@ def budget_set(
 
 
 BUDGET_CAPTION = (
-    "eps alone: that release on its own; eps total: the partner's spend after it, every release "
-    "about its customers composed (all datasets; Gaussian ones with the accountant the row names, "
-    "RDP or PLD, so less than the sum)"
+    "eps alone: what that release would cost if it were the only one; eps total: the partner's spend "
+    "after it, every release about its customers composed (all datasets; Gaussian ones with the accountant "
+    "the row names, RDP or PLD, so a round adds less to the total than its eps alone)"
 )
 
 

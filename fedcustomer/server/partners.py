@@ -229,8 +229,8 @@ def check_budgets(homes: list[PartnerHome], job: JobConfig) -> list[str]:
         raise BudgetExhausted(
             f"the privacy budget is spent at {', '.join(exhausted)}, so fewer than --min-partners "
             f"({job.min_partners}) partners could train; nothing was run. Earlier jobs on the homes in "
-            f"{homes_dir(job)} used it: use a new --homes (or --out) directory for new customers, or ask the "
-            "partners for more budget"
+            f"{homes_dir(job)} used it: use a new --homes (or --out) directory only for customers not in these homes (the same customers "
+            "ingested again elsewhere are still covered by this spent budget), or ask the partners for more budget"
         )
     notices.extend(f"partner {name} has no budget left and will refuse every round" for name in exhausted)
     return notices

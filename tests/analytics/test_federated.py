@@ -70,3 +70,14 @@ def test_quality_report_gives_completeness_per_partner(homes: list[PartnerHome])
     assert rows[("completeness", "region")]["ci_high"] == 1.0
     assert 0.0 <= rows[("completeness", "age")]["estimate"] <= 1.0
     assert ("duplicates", None) in rows and ("invalid", None) in rows
+
+
+def test_asking_a_query_id_again_says_the_answer_is_the_earlier_paid_one(homes: list[PartnerHome]) -> None:
+    spec = QuerySpec(dataset="retailer", kind="count", epsilon=0.5, query_id="q-twice")
+    first = run_inprocess(homes, spec)
+    assert not any("answered before" in note for note in first.notes)
+    again = run_inprocess(homes, spec)
+    assert again.rows == first.rows  # the same noisy answer, not a fresh draw
+    replay_notes = [note for note in again.notes if "answered before" in note]
+    assert len(replay_notes) == 1 and "'q-twice'" in replay_notes[0]
+    assert all(home.config().name in replay_notes[0] for home in homes)

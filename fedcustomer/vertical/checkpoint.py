@@ -23,8 +23,9 @@ class VerticalRound:
     epsilon_target: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     wall_time_s: float = 0.0
-    refused_by: str | None = None
+    refused_by: str | None = None  # the first party that refused, and its reason
     reason: str | None = None
+    refusals: dict[str, str] = field(default_factory=dict)  # every party that refused this round: its reason
 
 
 @dataclass(frozen=True)

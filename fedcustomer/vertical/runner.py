@@ -222,20 +222,27 @@ def drive(
                 if "epsilon-total" in metrics:
                     report.epsilon[name_of[role]] = float(metrics["epsilon-total"])
                     report.epsilon_target[name_of[role]] = float(metrics["epsilon-target"])
-                if not decision["ok"]:
-                    report.refused_by, report.reason = name_of[role], str(decision["reason"])
-                    report.wall_time_s = time.perf_counter() - t0
-                    rounds.append(report)
-                    return DriveResult(
-                        "stopped",
-                        rounds,
-                        f"round {rnd}: {name_of[role]} refused: {decision['reason']}",
-                        _finish(wire, node_of, cfg, rnd),
-                        sizes,
-                    )
-                if phase == "vertical_begin" and role == ACTIVE and passive:
+                if not decision["ok"]:  # every party asked in this exchange that refused is on record
+                    report.refusals[name_of[role]] = str(decision["reason"])
+                    if phase == "vertical_begin":
+                        break
+                elif phase == "vertical_begin" and role == ACTIVE and passive:
                     arrays = reply["arrays"].to_torch_state_dict()
                     batches = torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist())
+            if report.refusals:
+                report.refused_by, report.reason = next(iter(report.refusals.items()))
+                report.wall_time_s = time.perf_counter() - t0
+                rounds.append(report)
+                return DriveResult(
+                    "stopped",
+                    rounds,
+                    f"round {rnd}: {report.refused_by} refused: {report.reason}"
+                    + "".join(
+                        f"; {name} refused too: {why}" for name, why in list(report.refusals.items())[1:]
+                    ),
+                    _finish(wire, node_of, cfg, rnd),
+                    sizes,
+                )
         all_emb = None
         if passive:
             for t, pos in enumerate(batches):  # passive phase: public batches, gradients from the label head
@@ -382,9 +389,11 @@ def _partners(result: DriveResult, active: PartyPlan, passive: PartyPlan | None)
                 "epsilon_target": target,
                 "delta": acc.get("delta"),
                 "rounds_trained": result.rounds_completed,
-                "rounds_refused": sum(r.refused_by == plan.name for r in result.rounds),
+                "rounds_refused": sum(plan.name in r.refusals for r in result.rounds),
                 "refusals": [
-                    {"round": r.round, "reason": r.reason} for r in result.rounds if r.refused_by == plan.name
+                    {"round": r.round, "reason": r.refusals[plan.name]}
+                    for r in result.rounds
+                    if plan.name in r.refusals
                 ],
                 "accounting": acc,
             }

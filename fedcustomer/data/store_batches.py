@@ -33,7 +33,7 @@ from fedcustomer.data.store_read import (
     _Plan,
     _Read,
     decrypted_fields,
-    read_request_extra,
+    start_read,
 )
 from fedcustomer.errors import ConfigError
 
@@ -57,20 +57,10 @@ def read_batches(
     iterated. The frames, concatenated, are the frame :meth:`PartnerStore.read` would return."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise ConfigError(f"a batched read needs a batch size from 1 to {MAX_BATCH:,}, got {batch_size!r}")
-    actor = store.principal(
-        actor,
-        action="read",
-        audit_action="read",
-        dataset=dataset,
-        fields=list(fields or ()),
-        purpose=purpose,
-        extra=read_request_extra(None, approval_id),
-        now=now,
+    read, plan = start_read(
+        store, actor, purpose, fields, None, dataset=dataset, approval_id=approval_id, now=now
     )
-    read = _Read(store, actor, purpose, now, {"purpose": purpose})
-    schema, requested = read.resolve(dataset, fields, None)
-    plan = read.decide(schema, requested, fields is not None, {}, approval_id)
-    table = store.backend.quote(table_name(schema.dataset))
+    table = store.backend.quote(table_name(plan.schema.dataset))
     rows = int(store.backend.scalar(f"SELECT COUNT(*) FROM {table}"))
     first: list[str] = []
     if decrypted_fields(plan):

@@ -53,6 +53,27 @@ def read_frame(
     sign: bool = False,
 ) -> pd.DataFrame:
     """Policy per field, masking, decryption, one audit entry (see :meth:`PartnerStore.read`)."""
+    read, plan = start_read(
+        store, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now
+    )
+    frame = read.fetch(plan)
+    read.audit_success(plan, frame, sign=sign)
+    return frame
+
+
+def start_read(
+    store: StoreCore,
+    actor: Credential,
+    purpose: str,
+    fields: Sequence[str] | None,
+    where: Mapping[str, Any] | None,
+    *,
+    dataset: str | None,
+    approval_id: str | None,
+    now: datetime | None,
+) -> tuple[_Read, _Plan]:
+    """Authenticate the reader, resolve the dataset and fields, decide per field; every refusal
+    is raised (and logged) here, before a row is read, for whole and batched reads alike."""
     actor = store.principal(
         actor,
         action="read",
@@ -65,10 +86,7 @@ def read_frame(
     )
     read = _Read(store, actor, purpose, now, {"purpose": purpose})
     schema, requested = read.resolve(dataset, fields, where)
-    plan = read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)
-    frame = read.fetch(plan)
-    read.audit_success(plan, frame, sign=sign)
-    return frame
+    return read, read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,31 @@ class SumResult:
     duplicates_b: int = 0
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def released(
+        cls,
+        out: dict[str, Any],
+        params: Any,
+        a: Any,
+        b: Any,
+        messages: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> SumResult:
+        """The result of a paid release ``out``, with the job's DP ``params`` and the two sides' set sizes."""
+        return cls(
+            noisy_count=int(out["noisy_count"]),
+            noisy_sum=float(out["noisy_sum"]),
+            rate=None if out["rate"] is None else float(out["rate"]),
+            epsilon=params.epsilon,
+            count_epsilon=params.count_epsilon,
+            sum_epsilon=params.sum_epsilon,
+            value_max=params.value_max,
+            set_size_a=a.set_size,
+            set_size_b=b.set_size,
+            duplicates_a=a.duplicates_removed,
+            duplicates_b=b.duplicates_removed,
+            messages=messages or [],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "noisy_count": self.noisy_count,
@@ -514,20 +539,7 @@ def run_intersection_sum_local(
         ("doubly", doubly),
         ("answer", answer),
     ]
-    return SumResult(
-        noisy_count=int(out["noisy_count"]),
-        noisy_sum=float(out["noisy_sum"]),
-        rate=None if out["rate"] is None else float(out["rate"]),
-        epsilon=params.epsilon,
-        count_epsilon=params.count_epsilon,
-        sum_epsilon=params.sum_epsilon,
-        value_max=params.value_max,
-        set_size_a=a.set_size,
-        set_size_b=b.set_size,
-        duplicates_a=a.duplicates_removed,
-        duplicates_b=b.duplicates_removed,
-        messages=messages if keep_messages else [],
-    )
+    return SumResult.released(out, params, a, b, messages if keep_messages else None)
 
 
 __all__ = [

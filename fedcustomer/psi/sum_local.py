@@ -127,19 +127,7 @@ def run_intersection_sum_stream(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    return SumResult(
-        noisy_count=int(out["noisy_count"]),
-        noisy_sum=float(out["noisy_sum"]),
-        rate=None if out["rate"] is None else float(out["rate"]),
-        epsilon=params.epsilon,
-        count_epsilon=params.count_epsilon,
-        sum_epsilon=params.sum_epsilon,
-        value_max=params.value_max,
-        set_size_a=a.set_size,
-        set_size_b=b.set_size,
-        duplicates_a=a.duplicates_removed,
-        duplicates_b=b.duplicates_removed,
-    )
+    return SumResult.released(out, params, a, b)
 
 
 def _offer(a: StreamingParty, b: StreamingParty, work: Path, public: Any, size: int, workers: int) -> Buckets:

@@ -21,6 +21,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedcustomer.apps.flower_waits import prompt_retries
+from fedcustomer.common.backoff import Backoff
 from fedcustomer.server.wrapped_grid import WrappedGrid
 
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
@@ -52,10 +53,9 @@ class PromptGrid(WrappedGrid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         waiting = set(self.grid.push_messages(messages))
-        started = time.monotonic()
-        end = None if timeout is None else started + timeout
+        pauses = Backoff(self.first_pause, busy=self.busy_pause, window=self.busy_s, most=self.max_pause)
+        end = None if timeout is None else pauses.last_activity + timeout
         replies: list[Message] = []
-        pause = self.first_pause
         while waiting:
             got = list(self.grid.pull_messages(waiting))
             replies.extend(got)
@@ -65,8 +65,6 @@ class PromptGrid(WrappedGrid):
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 break
-            if time.monotonic() - started < self.busy_s:
-                pause = min(pause, self.busy_pause)
+            pause = pauses.next_pause()
             time.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 2, self.max_pause)
         return replies

@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, prompt_retries, tested
+from fedcustomer.common.backoff import Backoff
 
 ADAPTIVE, FLOWER = "adaptive", "flower"
 POLL_MODES = (ADAPTIVE, FLOWER)
@@ -66,30 +67,33 @@ class AdaptiveTime:
         max_reply: float = MAX_REPLY_S,
     ) -> None:
         self._real = real
-        self.first_idle, self.busy_cap, self.busy_window = first_idle, busy_cap, busy_window
-        self.max_idle, self.first_reply, self.max_reply = max_idle, first_reply, max_reply
-        self.idle_pause, self.reply_pause = first_idle, first_reply
-        self.last_traffic = real.monotonic()
+        self.idle = Backoff(
+            first_idle, busy=busy_cap, window=busy_window, most=max_idle, clock=real.monotonic
+        )
+        self.reply = Backoff(first_reply, busy=max_reply, window=0.0, most=max_reply, clock=real.monotonic)
+
+    @property
+    def idle_pause(self) -> float:
+        """The next idle wait before its busy cap (what traffic resets)."""
+        return self.idle.pause
+
+    @idle_pause.setter
+    def idle_pause(self, seconds: float) -> None:
+        self.idle.pause = seconds
 
     def traffic(self) -> None:
         """A message came or a reply left: the next idle and reply waits start short again."""
-        self.idle_pause, self.reply_pause = self.first_idle, self.first_reply
-        self.last_traffic = self._real.monotonic()
+        self.idle.reset()
+        self.reply.reset()
 
     def pause_for(self, seconds: float) -> float:
         """The wait that replaces Flower's ``seconds`` (and the backoff step it takes)."""
         if seconds == IDLE_S:
-            busy = self._real.monotonic() - self.last_traffic < self.busy_window
-            pause = min(self.idle_pause, self.busy_cap) if busy else self.idle_pause
-            self.idle_pause = min(pause * 2, self.max_idle)
-            self.reply_pause = self.first_reply
-            return pause
+            self.reply.reset()
+            return self.idle.next_pause()
         if seconds == REPLY_S:  # only after a message was pulled: that is traffic
-            pause = self.reply_pause
-            self.reply_pause = min(pause * 2, self.max_reply)
-            self.idle_pause = self.first_idle
-            self.last_traffic = self._real.monotonic()
-            return pause
+            self.idle.reset()
+            return self.reply.next_pause()
         return seconds
 
     def sleep(self, seconds: float) -> None:

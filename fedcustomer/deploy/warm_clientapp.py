@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
+from fedcustomer.common.backoff import Backoff
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -92,7 +93,7 @@ def extra_threads() -> list[str]:
         return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
 
 
-class TaskPoll:
+class TaskPoll(Backoff):
     """Pauses between task polls: short after a task, at most ``busy`` while a job is active, then ``idle``."""
 
     def __init__(
@@ -104,17 +105,10 @@ class TaskPoll:
         window: float = BUSY_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.idle, self.first, self.busy, self.window, self.clock = idle, first, busy, window, clock
-        self.pause, self.last_task = min(first, idle), clock()
+        super().__init__(first, busy=busy, window=window, most=idle, clock=clock)
 
     def task(self) -> None:
-        self.pause, self.last_task = min(self.first, self.idle), self.clock()
-
-    def next_pause(self) -> float:
-        cap = min(self.busy, self.idle) if self.clock() - self.last_task < self.window else self.idle
-        pause = min(self.pause, cap)
-        self.pause = min(pause * 2, self.idle)
-        return pause
+        self.reset()
 
 
 def runtime_client(address: str, interceptors: list[Any]) -> Any:

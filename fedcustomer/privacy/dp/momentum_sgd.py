@@ -51,7 +51,6 @@ class MomentumSGD(torch.optim.Optimizer):
         group = self.param_groups[0]
         return f"MomentumSGD(lr={group['lr']}, momentum={group['momentum']})"
 
-    @torch.no_grad()  # type: ignore[untyped-decorator,misc,unused-ignore]
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update: ``buf = momentum * buf + grad`` (``buf = grad`` at first), ``p -= lr * buf``."""
         loss = None
@@ -61,9 +60,15 @@ class MomentumSGD(torch.optim.Optimizer):
         flat = self._flat
         if flat is not None:
             if flat.ready(self.param_groups[0]["params"]):
-                self._flat_step(flat)
+                self._flat_step(flat)  # no tensor of it requires grad: no autograd to turn off
                 return loss
             self.unbind_flat()  # gradients or parameters moved elsewhere: per parameter from now on
+        self._step_each()
+        return loss
+
+    @torch.no_grad()  # type: ignore[untyped-decorator,misc,unused-ignore]
+    def _step_each(self) -> None:
+        """The per-parameter update, torch's single-tensor SGD path."""
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -79,7 +84,6 @@ class MomentumSGD(torch.optim.Optimizer):
                         buf.mul_(momentum).add_(grad, alpha=1)
                     grad = buf
                 p.add_(grad, alpha=-lr)
-        return loss
 
     # -- flat mode ---------------------------------------------------------------------------
     def bind_flat(

@@ -127,6 +127,9 @@ def test_flat_steps_are_bit_identical_to_torch_sgd_over_several_steps(momentum: 
         assert opt._flat is not None  # stayed on the flat path
     for a, b in zip(ours.parameters(), ref.parameters()):
         assert torch.equal(a, b)
+    # Stepped with grad mode on: the parameters are still plain leaves, untouched by autograd.
+    assert torch.is_grad_enabled()
+    assert all(p.is_leaf and p.requires_grad and p.grad_fn is None for p in params)
     if momentum:  # the per-parameter state torch would read is the flat momentum's views
         for a, b in zip(params, ref.parameters()):
             assert torch.equal(opt.state[a]["momentum_buffer"], ref_opt.state[b]["momentum_buffer"])

@@ -15,8 +15,8 @@ probability q) from geometric gaps, inside a ``DPDataLoader`` subclass;
 ``sampler="opacus"`` uses Opacus's sampler and loader unchanged.
 
 Speed (1 thread, 24,000 x 23 rows, batch 256; ``benchmarks/bench_dpsgd.py``): fast
-clipping runs an epoch in about 1.35-1.45x the non-private CPU time for the 23-64-32-1 MLP
-and 1.3-1.4x for logistic regression (shared machine under load, 2026-11-30), against 4-7x
+clipping runs an epoch in about 1.1-1.4x the non-private CPU time for the 23-64-32-1 MLP
+and 1.0-1.3x for logistic regression (shared machine under load, 2026-11-30), against 4-10x
 for Opacus hooks and ghost clipping. What remains is mostly the four Gaussian draws per coordinate of the
 floating-point-safe noise and fixed per-step kernel-call overhead of the clipping.
 

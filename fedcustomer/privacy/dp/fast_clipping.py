@@ -42,12 +42,15 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.nn import functional as F
+from torch.overrides import has_torch_function
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.secure_noise import NoiseBlocks
 
 # Same guard against division by zero that Opacus uses, so clip factors match it exactly.
 _NORM_EPS = 1e-6
+# torch's autograd engine, what torch.autograd.grad calls after its argument handling (None if absent).
+_ENGINE: Any = getattr(torch.autograd.Variable, "_execution_engine", None)
 # A fast Linear's (weight view, bias view) in the flat buffer, None for a part not trained.
 _Plan = tuple[torch.Tensor | None, torch.Tensor | None]
 # One recorded forward call: (module, its inputs, its output, the output's version counter).
@@ -193,7 +196,7 @@ class FastGradientClipper:
         """
         records, self._records = self._records, []
         self._check_records(records)
-        grads = torch.autograd.grad(loss, [r[2] for r in records], allow_unused=True)
+        grads = self._output_grads(loss, [r[2] for r in records])
         plans = self._linear_plans
         # Inference mode: no autograd bookkeeping (version counters, view tracking) per operation,
         # about a fifth of the clipping arithmetic at this size.
@@ -239,6 +242,29 @@ class FastGradientClipper:
                 self._zero_unwritten(linear, fallback)
         self._publish()
         return norms
+
+    def _output_grads(
+        self, loss: torch.Tensor, outputs: list[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, ...]:
+        """``torch.autograd.grad(loss, outputs, allow_unused=True)``, for a scalar loss straight from the engine.
+
+        The public wrapper's argument normalisation, ``torch_function`` dispatch, implicit ``ones_like``
+        and logging set-up cost about as much as the small backward itself; the engine call is what it
+        ends in. Anything but a plain scalar loss of the parameters' dtype takes the public path.
+        """
+        one = self._one
+        if (
+            _ENGINE is None
+            or loss.dim() != 0
+            or has_torch_function((loss, *outputs))
+            or loss.dtype is not one.dtype
+            or loss.device != one.device
+        ):
+            return torch.autograd.grad(loss, outputs, allow_unused=True)
+        grads: tuple[torch.Tensor | None, ...] = _ENGINE.run_backward(
+            (loss,), (one,), False, False, tuple(outputs), True, False
+        )
+        return grads
 
     def _linear_norm(self, a: torch.Tensor, g: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Row norms of ``g_i a_i^T`` (weight) and ``g_i`` (bias): ``||g_i|| sqrt(||a_i||^2 + 1)``."""

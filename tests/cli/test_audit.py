@@ -385,4 +385,4 @@ def test_wide_table_names_the_approval_and_a_cut_customer_list_with_its_full_cou
     text = console.export_text()
     assert "approval " in text and "approved by" not in text
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
-    assert [(r[8], r[10]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]
+    assert [(r[9], r[11]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]

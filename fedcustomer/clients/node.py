@@ -374,7 +374,7 @@ class PartnerNode:
         X, y = self._matrices(ins, "test")
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
-        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task, ins.clv)
+        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task, ins.clv, reliability=True)
         return {
             "num-examples": float(_coarse(len(X))),
             "unit-weight": 1.0,

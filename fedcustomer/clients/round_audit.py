@@ -18,6 +18,7 @@ import torch
 from fedcustomer.clients import job_matrices
 from fedcustomer.clients.node import TrainOutcome
 from fedcustomer.jobs.train_message import TrainInstructions
+from fedcustomer.models.metrics import RELIABILITY_PREFIX as RELIABILITY
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.records import (
     ACTION_FL_EVALUATE,
@@ -91,7 +92,10 @@ def record_evaluation(
         "run_id": ins.run_id,
         "round": int(ins.round),
         "split": "test",
-        "metrics": sorted(k for k in metrics if k not in ("num-examples", "unit-weight")),
+        "metrics": sorted(
+            k for k in metrics if k not in ("num-examples", "unit-weight") and not k.startswith(RELIABILITY)
+        ),
+        "reliability_bins": sum(1 for k in metrics if k.startswith(f"{RELIABILITY}n-")),
         "rows_reported": int(metrics.get("num-examples", 0)),
     }
     use = job_matrices.take_use(str(home.root.resolve()), ins.run_id, int(ins.round), "test")

@@ -147,6 +147,8 @@ def test_evaluation_reads_are_audited_as_evaluation_and_every_evaluated_round_ci
     assert {e.details["data_read"]["audit_seq"] for e in evals} == {evaluation[0].seq}
     assert evals[0].details["data_read"]["audit_hash"] == evaluation[0].hash
     assert "auc" in evals[0].details["metrics"] and "num-examples" not in evals[0].details["metrics"]
+    assert evals[0].details["reliability_bins"] == 10  # the calibration sums sent, counted, not listed
+    assert not any(m.startswith("rel-") for m in evals[0].details["metrics"])
     assert not any("auc" in str(v) and isinstance(v, float) for v in evals[0].details.values())  # names only
     rounds = log.query(action="fl_round")
     assert {r.details["data_read"]["audit_seq"] for r in rounds} == {training[0].seq}  # not the eval read

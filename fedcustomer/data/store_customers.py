@@ -51,10 +51,14 @@ DETAILS_KEY = "customers"
 
 def _encode(pseudonyms: list[str]) -> tuple[str, bytes]:
     if all(len(p) == 64 for p in pseudonyms):
-        try:
-            return _BIN, b"".join(bytes.fromhex(p) for p in pseudonyms)
-        except ValueError:
-            pass
+        text = "".join(pseudonyms)
+        if text == text.lower():  # lower-case hex only, so byte order is the pseudonyms' order
+            try:
+                blob = bytes.fromhex(text)
+            except ValueError:
+                blob = b""
+            if len(blob) == 32 * len(pseudonyms):  # fromhex skips whitespace: every byte accounted for
+                return _BIN, blob
     return _TEXT, "\n".join(pseudonyms).encode("utf-8")
 
 
@@ -64,6 +68,8 @@ def _contains(fmt: str, blob: bytes, pseudonym: str) -> bool:
         try:
             want = bytes.fromhex(pseudonym)
         except ValueError:
+            return False
+        if len(pseudonym) != 64 or len(want) != 32:
             return False
         lo, hi = 0, len(blob) // 32
         while lo < hi:

@@ -94,6 +94,10 @@ def test_the_set_is_exact_across_chunks_and_spellings(loaded, monkeypatch):
     sets = CustomerSets(lambda sql, params: loaded.backend.fetchone(sql, params))
     assert [sets.reached(citation, p) for p in everyone] == [i % 2 == 0 for i in range(len(everyone))]
     assert sets.reached(citation, "zz") is False and sets.reached({"set_sha256": "0" * 64}, kept[0]) is None
+    spaced = "ab " * 21 + "a"  # 64 characters that fromhex would read as 22 bytes: kept as text
+    assert sets.reached(record_customers(loaded.backend, "bank", [spaced]), spaced) is True
+    assert sets.reached(citation, kept[0].upper()) is False  # pseudonyms are lower-case hex
+    assert sets.reached(citation, " ".join([kept[0][:2], kept[0][2:]])) is False
     text = record_customers(loaded.backend, "bank", ["a-1", "b-2", "c-3", "d-4"])  # not hex: kept as text
     assert sets.reached(text, "c-3") is True and sets.reached(text, "c-4") is False
     empty = record_customers(loaded.backend, "bank", [])

@@ -35,6 +35,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_audit": ["--entries", "5000", "--processes", "2"],
     "bench_ledger": ["--processes", "2", "--charges", "50"],
     "bench_store": ["--customers", "5000", "--repeat", "1"],
+    "bench_read_customers": ["--million", "100000", "--customers", "2000", "--repeat", "1"],
     "bench_psi": ["--n", "10000", "--no-baseline"],
     "bench_analytics": ["--trials", "5"],
     "bench_vertical": ["--rounds", "2"],

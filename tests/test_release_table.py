@@ -1,6 +1,7 @@
 """Every file a job writes is in the README's "what leaves a partner" table, with what covers it."""
 
 import fnmatch
+import json
 import re
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def test_a_horizontal_job_writes_only_listed_files(tmp_path: Path) -> None:
     spec, homes = prepare_partners(job)
     run_job_on_grid(LocalGrid(make_client_app([str(h.root) for h in homes]), 2), job, spec, num_partners=2)
     assert unlisted(tmp_path / "run", listed_outputs()) == []
+    # the pooled calibration (from the partners' reliability sums) is among what was released and listed
+    calibration = json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]
+    assert len(calibration["bins"]) == 10 and 0 <= calibration["ece"] <= 1
+    assert (tmp_path / "run" / "plots" / "reliability.png").is_file()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode
-from fedcustomer.clients.round_audit import record_round
+from fedcustomer.clients.round_audit import record_evaluation, record_round
 from fedcustomer.errors import FedCustomerError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
@@ -67,6 +67,7 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             node = PartnerNode(resolve_home(context, homes))
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             metrics = node.evaluate(msg.content["arrays"].to_torch_state_dict(), ins)
+            record_evaluation(node.home, node.name, ins, metrics)  # which read, which job and round
         except FedCustomerError as exc:
             return partner_error(msg, exc, context, homes)
         content = RecordDict({"metrics": MetricRecord(metrics), "partner": ConfigRecord({"name": node.name})})

@@ -43,11 +43,13 @@ from rich.table import Table
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.export import csv_text
+from fedcustomer.data.store_customers import CustomerSets
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.anchor_check import AnchorReport, verify_anchors
 from fedcustomer.privacy.audit.anchors import read_anchor_file
 from fedcustomer.privacy.audit.keys import load_public_key
+from fedcustomer.privacy.audit.query import IN_READ_SET, MAY_INCLUDE, NAMED, customer_match, fold_key
 from fedcustomer.privacy.audit.reach import HomeReach
 from fedcustomer.privacy.audit.records import (
     ACTION_AUDIT_QUERY,
@@ -94,7 +96,10 @@ def open_for_reading(home: Path | None, log: Path | None, public_key: Path | Non
         trusted = partner.keys_dir / PUBLIC_KEY_NAME
         if public_key is None and trusted.exists():
             public_key = trusted
-        return AuditLog(directory, public_key_path=public_key, reach=HomeReach.for_home(partner))
+        audit = AuditLog(directory, public_key_path=public_key, reach=HomeReach.for_home(partner))
+        sets = CustomerSets.for_store_file(partner.store_path)  # reads' customer sets, checked by digest
+        audit.customer_sets = sets.reached if sets is not None else None
+        return audit
     directory = Path(log)  # type: ignore[arg-type]
     if not directory.is_dir():
         raise ConfigError(f"--log {log}: audit log directory not found")
@@ -293,13 +298,22 @@ def entries_csv(entries: list[AuditEntry]) -> str:
     return csv_text(CSV_COLUMNS, rows)  # cells escaped against spreadsheet formula injection
 
 
-def entries_json(entries: list[AuditEntry], filters: dict[str, Any]) -> str:
-    doc = {"count": len(entries), "filters": filters, "entries": [e.to_dict() for e in entries]}
+def entries_json(
+    entries: list[AuditEntry], filters: dict[str, Any], matches: dict[int, str] | None = None
+) -> str:
+    """The entries as JSON; with a ``--pseudonym`` filter each says how it reached the customer
+    (``customer_match``: named, in_read_set or may_include)."""
+    rows = [e.to_dict() | ({"customer_match": matches[e.seq]} if matches else {}) for e in entries]
+    doc = {"count": len(entries), "filters": filters, "entries": rows}
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def _table(entries: list[AuditEntry], width: int) -> Table:
-    """A table sized to the terminal: all columns when wide, the essentials when narrow."""
+_MATCH_TEXT = {NAMED: "named", IN_READ_SET: "in read", MAY_INCLUDE: "may include"}
+
+
+def _table(entries: list[AuditEntry], width: int, matches: dict[int, str] | None = None) -> Table:
+    """A table sized to the terminal: all columns when wide, the essentials when narrow; with a
+    ``--pseudonym`` filter, a column says how each entry reached the customer."""
     wide = width >= 140
     table = Table(title=f"{len(entries)} audit entries", show_lines=False)
     table.add_column("seq", justify="right", no_wrap=True)
@@ -307,7 +321,9 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
     cols = ["actor (role)" if wide else "actor", "action", "decision", "fields", "purpose"]
     if wide:
         cols[3:3] = ["dataset"]
-        cols += ["approval", "rows", "customers", "reason"]
+        cols += ["job", "approval", "rows", "customers", "reason"]
+    if matches:
+        cols.append("customer")
     for col in cols:
         table.add_column(col, overflow="fold")
     for e in entries:
@@ -323,13 +339,38 @@ def _table(entries: list[AuditEntry], width: int) -> Table:
         if wide:
             row[5:5] = [e.dataset or ""]
             row += [
+                _job(e),
                 ", ".join(e.approvals),
                 "" if e.row_count is None else str(e.row_count),
                 _customers(e),
                 e.reason or "",
             ]
+        if matches:
+            row.append(_MATCH_TEXT.get(matches.get(e.seq, ""), ""))
         table.add_row(*(escape(c) for c in row), style="red" if e.decision == "denied" else None)
     return table
+
+
+def _matches(audit: AuditLog, entries: list[AuditEntry], pseudonym: str | None) -> dict[int, str] | None:
+    """How each entry reached the ``--pseudonym`` customer (None without that filter)."""
+    if pseudonym is None:
+        return None
+    wanted = fold_key(pseudonym) or ""
+    return {e.seq: customer_match(e, wanted, audit.customer_sets) or "" for e in entries}
+
+
+def _job(e: AuditEntry) -> str:
+    """The job an entry served: run id, round, and the read a round or evaluation cites."""
+    run = e.details.get("run_id")
+    if not isinstance(run, str):
+        return ""
+    parts = [run]
+    if isinstance(e.details.get("round"), int):
+        parts.append(f"round {e.details['round']}")
+    cited = e.details.get("data_read")
+    if isinstance(cited, dict) and isinstance(cited.get("audit_seq"), int):
+        parts.append(f"read #{cited['audit_seq']}")
+    return ", ".join(parts)
 
 
 def _customers(e: AuditEntry) -> str:
@@ -362,11 +403,16 @@ def query_cmd(
     purpose: str | None = typer.Option(None, "--purpose", help="Only entries with this declared purpose."),
     decision: str | None = typer.Option(None, "--decision", help="allowed or denied."),
     action: str | None = typer.Option(
-        None, "--action", help="read, decrypt, approve, erase, fl_round, vertical_round, ..."
+        None, "--action", help="read, decrypt, approve, erase, fl_round, fl_evaluate, vertical_round, ..."
     ),
     dataset: str | None = typer.Option(None, "--dataset", help="Only entries about this dataset."),
     pseudonym: str | None = typer.Option(
         None, "--pseudonym", help="Only entries that touched this customer."
+    ),
+    run: str | None = typer.Option(
+        None,
+        "--run",
+        help="Only entries that served this job (run id): its reads, rounds (fl_round) and evaluations (fl_evaluate).",
     ),
     since: str | None = typer.Option(None, "--since", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
     until: str | None = typer.Option(None, "--until", help="ISO 8601 date/time, inclusive (UTC if no zone)."),
@@ -404,6 +450,7 @@ def query_cmd(
             action=action,
             dataset=dataset,
             pseudonym=pseudonym,
+            run=run,
             since=since,
             until=until,
         ).items()
@@ -435,12 +482,21 @@ def query_cmd(
         until=hi,
         dataset=dataset,
         pseudonym=pseudonym,
+        run=run,
     )
+    matches = _matches(audit, entries, pseudonym)
     if fmt == "table":
         console = terminal()
-        console.print(_table(entries, console.width))
+        console.print(_table(entries, console.width, matches))
+        uncertain = sum(1 for m in (matches or {}).values() if m == MAY_INCLUDE)
+        if uncertain:
+            console.print(
+                f"{uncertain} read(s) may include this customer: their customer sets cannot be checked "
+                "here (a log without its store.db, a read logged before reads recorded their customers, "
+                "or a list cut at 1,000)"
+            )
     else:
-        text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters)
+        text = entries_csv(entries) if fmt == "csv" else entries_json(entries, filters, matches)
         if output is None:
             typer.echo(text, nl=False)
         else:

@@ -23,6 +23,7 @@ from rich.table import Table
 from fedcustomer.cli.identity import IdentityOpt, load_signer
 from fedcustomer.cli.keys_migrate import keys_migrate_cmd
 from fedcustomer.cli.terminal import terminal
+from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
 
@@ -154,6 +155,29 @@ def schema_draft_cmd(
     for note in notes:
         console.print(f"check: {escape(note)}", highlight=False)
     console.print("review every tier, type and rule before ingesting real data")
+
+
+@schema_app.command(
+    "confirm",
+    help="Confirm category lists that `schema draft` observed in the data (after reviewing them), so "
+    "`features draft` may use them.",
+)
+def schema_confirm_cmd(
+    schema: Path = typer.Option(..., "--schema", help="The schema YAML file to update in place."),
+    fields: list[str] = typer.Option(
+        [], "--field", help="A field whose observed categories you reviewed and confirm (repeatable)."
+    ),
+) -> None:
+    from fedcustomer.data.schema import Schema
+    from fedcustomer.data.schema_draft import confirm_categories
+
+    confirmed = confirm_categories(Schema.load(schema), fields)
+    atomic_write_text(schema, confirmed.to_yaml())
+    left = [f.name for f in confirmed.fields if f.validation.observed_categories]
+    console.print(
+        f"confirmed the categories of {', '.join(dict.fromkeys(fields))} in {escape(str(schema))}"
+        + (f"; still observed, not confirmed: {', '.join(left)}" if left else "")
+    )
 
 
 def ingest_cmd(

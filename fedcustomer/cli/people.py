@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -158,7 +159,10 @@ def revoke_cmd(
 def list_cmd(
     home: Path = HomeOpt,
     identity: Path = IdentityOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON (every field in full)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column with full key ids and times, whatever the terminal's width."
+    ),
 ) -> None:
     from fedcustomer.data.people_admin import PeopleAdmin
 
@@ -168,21 +172,53 @@ def list_cmd(
     if as_json:
         typer.echo(json.dumps(people, indent=2))
         return
-    table = Table(title="people and services")
-    # Names and roles stay whole (a compliance officer reads them as registered); the key id
-    # folds onto more lines rather than ending in "..." (`--json` has every field in full).
-    for col in ("name", "role"):
-        table.add_column(col, no_wrap=True)
-    for col in ("kind", "key id", "status", "added (UTC)", "expires (UTC)"):
-        table.add_column(col, overflow="fold")
+    out = terminal()  # sized now (COLUMNS or the terminal), not when the command module was imported
+    full = wide or out.width >= WIDE_COLUMNS
+    if wide:  # whole rows, never folded: wider than the terminal, for a pager or a file
+        out.width = max(out.width, FULL_COLUMNS)
+    out.print(people_table(people, full))
+    if not full:
+        out.print(f"key ids shortened to {SHORT_KEY_ID} digits: --wide or --json shows them in full")
+
+
+# At this width the full table fits; below it, key ids and times are shortened.
+WIDE_COLUMNS = 120
+FULL_COLUMNS = 160  # what --wide renders at, at least
+SHORT_KEY_ID = 8
+
+
+def people_table(people: list[dict[str, Any]], full: bool) -> Table:
+    """The registry as a table. Names and roles stay whole (a compliance officer reads them as
+    registered). Narrow: key ids shortened, dates without times, the expiry in the status column
+    (which folds onto more lines when needed), no kind column, no side borders."""
+    if full:
+        table = Table(title="people and services")
+        for col in ("name", "role"):
+            table.add_column(col, no_wrap=True)
+        for col in ("kind", "key id", "status", "added (UTC)", "expires (UTC)"):
+            table.add_column(col, overflow="fold")
+        for p in people:
+            table.add_row(
+                escape(p["name"]),
+                p["role"],
+                p["kind"],
+                p["key_id"],
+                p["status"],
+                str(p["added_at"])[:16].replace("T", " "),
+                str(p["expires_at"] or "")[:16].replace("T", " "),
+            )
+        return table
+    table = Table(title="people and services", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("key id", no_wrap=True, min_width=SHORT_KEY_ID)
+    table.add_column("status", overflow="fold", min_width=7)
+    table.add_column("added", no_wrap=True, min_width=10)
     for p in people:
+        status = p["status"]  # a service's name says so (node:<partner>); --wide shows the kind
+        if p["expires_at"]:
+            status += f", until {str(p['expires_at'])[:10]}"
         table.add_row(
-            escape(p["name"]),
-            p["role"],
-            p["kind"],
-            p["key_id"],
-            p["status"],
-            str(p["added_at"])[:16].replace("T", " "),
-            str(p["expires_at"] or "")[:16].replace("T", " "),
+            escape(p["name"]), p["role"], p["key_id"][:SHORT_KEY_ID], status, str(p["added_at"])[:10]
         )
-    console.print(table)
+    return table

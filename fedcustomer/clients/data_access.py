@@ -1,8 +1,9 @@
 """How a partner node reaches its own customer data for federated work.
 
 Only through the governed store: ``PartnerStore.read`` with the ``training_pipeline``
-role and purpose ``training``, which the access policy limits to feature and label
-fields of the public and sensitive tiers, and which writes one audit entry per read.
+role and purpose ``training`` (``evaluation`` for the held-out rows a model is scored on),
+which the access policy limits to feature and label fields of the public and sensitive
+tiers, and which writes one audit entry per read.
 Only the columns the job's feature spec names are requested.
 """
 
@@ -25,6 +26,8 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
 
 SPLITS = ("train", "test")
+# The purpose a split's read is made (and audited) for.
+PURPOSE_OF_SPLIT = {"train": "training", "test": "evaluation"}
 # Without a holdout marker in its data, a partner holds out this share of customers,
 # chosen by their pseudonym (stable, and decided by the partner alone).
 DEFAULT_HOLDOUT_SHARE = 0.2
@@ -41,9 +44,13 @@ class PartnerDataAccess:
         return self.training_read(dataset, spec, split)[0]
 
     def training_read(
-        self, dataset: str, spec: FeatureSpec, split: str
+        self, dataset: str, spec: FeatureSpec, split: str, *, run_id: str | None = None
     ) -> tuple[pd.DataFrame, dict[str, Any] | None]:
-        """The split's frame and the audit entry (seq, hash) that recorded the read."""
+        """The split's frame and the audit entry (seq, hash) that recorded the read.
+
+        The read is audited under the purpose it serves: ``training`` for the train split,
+        ``evaluation`` for the held-out split (scoring a model, not fitting one), with the job's
+        ``run_id`` and the split in the entry, so the audit log tells the two apart."""
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if not self.home.store_path.exists():
@@ -57,12 +64,16 @@ class PartnerDataAccess:
             spec.check_against(schema, store.name)
             schema_names = schema.names
             fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
+            context: dict[str, Any] = {"split": split}
+            if run_id is not None:
+                context["run_id"] = run_id
             frame = store.read(
                 store.service_credential(self.actor.name, self.actor.role),
-                "training",
+                PURPOSE_OF_SPLIT[split],
                 fields=fields,
                 dataset=dataset,
                 sign=True,  # one read per handle: its checkpoint now, not a second commit at close
+                context=context,
             )
             entry = store.last_entry
         read = {"audit_seq": entry.seq, "audit_hash": entry.hash} if entry is not None else None

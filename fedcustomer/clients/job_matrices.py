@@ -14,7 +14,8 @@ re-uses the tensors in the rounds that follow, as long as
   limit (least recently used first), and with the process.
 
 Nothing here is ever written to disk. The read itself is audited once by the store; every
-round records which read it used (:func:`take_use`, cited by the round's ``fl_round`` entry).
+round records which read it used (:func:`take_use`, cited by the round's ``fl_round`` entry,
+and by its ``fl_evaluate`` entry for the held-out read).
 Where a Flower ClientApp process lives for one message only (deployment with subprocess
 isolation), each round simply reads again.
 """
@@ -72,7 +73,7 @@ class JobMatrices:
         self.max_bytes = max_bytes
         self.idle_seconds = idle_seconds
         self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
-        self._uses: OrderedDict[tuple[str, str, int], MatrixUse] = OrderedDict()
+        self._uses: OrderedDict[tuple[str, str, int, str], MatrixUse] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -93,7 +94,8 @@ class JobMatrices:
 
         ``stamp`` must be taken *before* ``load`` reads, so a change racing the read makes the
         next round read again. ``last`` drops the entry once handed out (the job's last round);
-        ``record`` keeps the use for :meth:`take_use` (training rounds, not evaluation).
+        ``record`` keeps the use for :meth:`take_use`, per split (a round's training and its
+        evaluation each cite the read they used).
         """
         now = time.monotonic()
         with self._lock:
@@ -121,15 +123,16 @@ class JobMatrices:
                 self._entries.move_to_end(key)
             self._shrink()
             if record:
-                self._uses[(key[0], key[1], round_)] = use
+                self._uses[(key[0], key[1], round_, key[3])] = use
                 while len(self._uses) > 4096:
                     self._uses.popitem(last=False)
         return X, y, use
 
-    def take_use(self, home: str, run_id: str, round_: int) -> MatrixUse | None:
-        """The read a round trained on (once: the round's audit entry cites it)."""
+    def take_use(self, home: str, run_id: str, round_: int, split: str = "train") -> MatrixUse | None:
+        """The read a round trained on (``split`` "test": was evaluated on), once: the round's
+        audit entry cites it."""
         with self._lock:
-            return self._uses.pop((home, run_id, round_), None)
+            return self._uses.pop((home, run_id, round_, split), None)
 
     def drop_run(self, run_id: str) -> None:
         with self._lock:
@@ -162,6 +165,7 @@ class JobMatrices:
 CACHE = JobMatrices()
 
 
-def take_use(home: str, run_id: str, round_: int) -> MatrixUse | None:
-    """The read the node's last training of ``round_`` in ``run_id`` used (see :class:`JobMatrices`)."""
-    return CACHE.take_use(home, run_id, round_)
+def take_use(home: str, run_id: str, round_: int, split: str = "train") -> MatrixUse | None:
+    """The read the node's last training (or, with ``split`` "test", evaluation) of ``round_`` in
+    ``run_id`` used (see :class:`JobMatrices`)."""
+    return CACHE.take_use(home, run_id, round_, split)

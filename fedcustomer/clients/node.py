@@ -116,7 +116,7 @@ class PartnerNode:
 
     def _matrices(self, ins: TrainInstructions, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         def load() -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
-            frame, read = self.data.training_read(ins.dataset, ins.spec, split)
+            frame, read = self.data.training_read(ins.dataset, ins.spec, split, run_id=ins.run_id)
             X, y = ins.spec.transform(frame)
             if split == "train" and len(X) < 2:
                 raise DataError(
@@ -129,9 +129,7 @@ class PartnerNode:
         )
         stamp = self.data.source_stamp(ins.dataset)  # before the read: a change racing it shows next round
         last = ins.round >= ins.planned_rounds
-        X, y, _ = job_matrices.CACHE.get(
-            key, stamp, load, round_=ins.round, last=last, record=split == "train"
-        )
+        X, y, _ = job_matrices.CACHE.get(key, stamp, load, round_=ins.round, last=last)
         return X, y
 
     def _train_dp(
@@ -376,7 +374,7 @@ class PartnerNode:
         X, y = self._matrices(ins, "test")
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
-        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task, ins.clv)
+        metrics = evaluate(model, X.numpy(), y.numpy(), ins.task, ins.clv, reliability=True)
         return {
             "num-examples": float(_coarse(len(X))),
             "unit-weight": 1.0,

@@ -8,6 +8,10 @@ its categories. What the schema does not declare is refused with what to add, or
 given on the command line (``--bound FIELD=LO:HI``) or left out (``--drop FIELD``). A
 heavy-tailed amount can be put on a signed log scale (``--log FIELD``): its declared bounds,
 in the field's own units, are mapped onto that scale so the spec stays consistent.
+
+A category list that ``schema draft`` read off one partner's file (``allowed_from: observed``) is
+not declared: it is refused, naming the field, until the partner admin confirms it
+(``fedcustomer schema confirm``), since sharing it would release that partner's values.
 """
 
 from __future__ import annotations
@@ -68,8 +72,12 @@ def spec_from_schema(
     features: list[Feature] = []
     unbounded: list[str] = []
     uncategorised: list[str] = []
+    observed: list[str] = []
     for f in schema.fields:
         if f.name in (label, HOLDOUT) or f.role in ("id", "timestamp") or f.name in drop:
+            continue
+        if f.validation.observed_categories and not f.is_core and f.name not in bounds:
+            observed.append(f.name)
             continue
         if f.is_core:
             notes.append(f"{f.name}: left out (core tier: the training pipeline never reads it)")
@@ -106,6 +114,15 @@ def spec_from_schema(
         problems.append(
             f"text field(s) without declared categories: {', '.join(uncategorised)}. Add "
             "'validation: {allowed: [...]}' to the schema before ingest"
+        )
+    if observed:
+        problems.append(
+            f"field(s) {', '.join(observed)}: the category list was observed in one partner's data by "
+            "`schema draft` (validation 'allowed_from: observed'), not declared; a spec shares it with the "
+            "federation with no epsilon, and a rare value can identify a person. Review each list (drop or "
+            "merge rare or identifying values), then confirm it as the partner admin: `fedcustomer schema "
+            f"confirm --schema FILE --field {observed[0]}` (or delete 'allowed_from: observed'), and draft the "
+            "spec from that file (--schema FILE) or ingest the next file under it"
         )
     if problems:
         raise SchemaError("; ".join(problems) + "; or leave a field out with --drop FIELD")

@@ -61,7 +61,9 @@ RESERVED_NAMES = ("pseudonym", "ingest_id", "row_ts", "row_digest")
 # table limit, and it keeps drafting and ingesting a file fast. Split wider data by topic.
 MAX_COLUMNS = 1000
 _FIELD_KEYS = {"name", "type", "tier", "role", "nullable", "validation", "masking", "description"}
-_VALIDATION_KEYS = {"regex", "min", "max", "allowed", "checksum", "max_length"}
+_VALIDATION_KEYS = {"regex", "min", "max", "allowed", "allowed_from", "checksum", "max_length"}
+# ``allowed_from: observed``: the list was read off one partner's file (``schema draft``), not declared.
+OBSERVED = "observed"
 _TOP_KEYS = {"dataset", "description", "fields", "version"}
 
 
@@ -75,6 +77,12 @@ class Validation:
     allowed: tuple[str, ...] | None = None
     checksum: str | None = None
     max_length: int | None = None
+    allowed_from: str | None = None  # "observed" until a person confirms the list (then None: declared)
+
+    @property
+    def observed_categories(self) -> bool:
+        """Whether ``allowed`` was read off a partner's data and not yet confirmed by a person."""
+        return self.allowed is not None and self.allowed_from == OBSERVED
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -84,6 +92,8 @@ class Validation:
                 out[key] = value
         if self.allowed is not None:
             out["allowed"] = list(self.allowed)
+            if self.allowed_from is not None:
+                out["allowed_from"] = self.allowed_from
         return out
 
 
@@ -372,6 +382,15 @@ def _parse_validation(name: str, ftype: str, raw: Any) -> Validation:
         if not isinstance(allowed, list) or not allowed:
             raise _FieldProblem(name, "'allowed' must be a non-empty list of values")
         allowed = tuple(_allowed_str(v) for v in allowed)
+    allowed_from = raw.get("allowed_from")
+    if allowed_from is not None and allowed_from != OBSERVED:
+        raise _FieldProblem(
+            name,
+            f"'allowed_from' may only be '{OBSERVED}' (categories read off data by `schema draft`); "
+            "delete the key to declare the list",
+        )
+    if allowed_from is not None and allowed is None:
+        raise _FieldProblem(name, "'allowed_from' describes an 'allowed' list, and there is none")
     checksum = raw.get("checksum")
     if checksum is not None:
         if checksum not in CHECKSUMS:
@@ -390,6 +409,7 @@ def _parse_validation(name: str, ftype: str, raw: Any) -> Validation:
         allowed=allowed,
         checksum=checksum,
         max_length=max_length,
+        allowed_from=allowed_from,
     )
 
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedcustomer.data.ingest import file_kind, read_sample
-from fedcustomer.data.schema import ROW_ID_FIELD, FieldSpec, Schema, Validation, field_names
+from fedcustomer.data.schema import OBSERVED, ROW_ID_FIELD, FieldSpec, Schema, Validation, field_names
 from fedcustomer.data.source_lines import row_locations
 from fedcustomer.data.validators import luhn_valid, prc_id_valid
-from fedcustomer.errors import DataError
+from fedcustomer.errors import ConfigError, DataError
 
 _CORE_HINTS = (
     "id",
@@ -200,7 +201,10 @@ def draft_schema(
             elif values.str.len().ge(12).all() and values.map(luhn_valid).all():
                 validation = Validation(checksum="luhn")
         elif ftype == "category":
-            validation = Validation(allowed=tuple(sorted(values.unique().tolist())))
+            # observed in this one file, not declared: marked so, until a person confirms the list
+            validation = Validation(allowed=tuple(sorted(values.unique().tolist())), allowed_from=OBSERVED)
+            if notes is not None:
+                notes.append(observed_note(field_name, values))
         nullable = bool(series.isna().any() or (series.astype(str).str.strip() == "").any()) and role != "id"
         masking = None
         if tier == "sensitive":
@@ -227,6 +231,52 @@ def draft_schema(
     return Schema(
         dataset=name, fields=tuple(fields), description=f"Drafted from {path.name}; review every tier"
     )
+
+
+# A category seen fewer times than this in the sampled rows is rare: it may single out people.
+RARE_COUNT = 10
+
+
+def observed_note(field_name: str, values: Any) -> str:
+    """Advice on a category list read off the data: how many categories are rare (never which)."""
+    counts = values.value_counts()
+    rare = int((counts < RARE_COUNT).sum())
+    text = (
+        f"{field_name}: its {len(counts)} categories were observed in this file (allowed_from: observed), "
+        "not declared; `features draft` refuses them until you confirm the list "
+        f"(`fedcustomer schema confirm --schema FILE --field {field_name}`)"
+    )
+    if rare:
+        text += (
+            f"; {rare} of them appear fewer than {RARE_COUNT} times in the sampled rows: rare values can "
+            "identify people, so merge or drop them before confirming"
+        )
+    return text
+
+
+def confirm_categories(schema: Schema, names: Iterable[str]) -> Schema:
+    """``schema`` with the observed category lists of ``names`` confirmed (declared from now on).
+
+    Refuses a field the schema lacks and one whose list is not an observed one, naming it."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        raise ConfigError("name the field(s) whose categories you confirm: --field NAME (repeatable)")
+    unknown = [n for n in wanted if n not in schema.names]
+    if unknown:
+        raise ConfigError(
+            f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} (fields: {', '.join(schema.names)})"
+        )
+    not_observed = [n for n in wanted if not schema.field(n).validation.observed_categories]
+    if not_observed:
+        raise ConfigError(
+            f"field(s) {', '.join(not_observed)} have no observed category list to confirm "
+            "(no 'allowed_from: observed' in their validation)"
+        )
+    fields = tuple(
+        replace(f, validation=replace(f.validation, allowed_from=None)) if f.name in wanted else f
+        for f in schema.fields
+    )
+    return replace(schema, fields=fields)
 
 
 def _mostly_numbers(path: Path, field_name: str, values: Any) -> str | None:

@@ -63,6 +63,7 @@ from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.store_batches import read_batches
 from fedcustomer.data.store_core import Credential, StoreCore, load_home_policy
+from fedcustomer.data.store_customers import CustomerSets
 from fedcustomer.data.store_db import (
     BASE_TABLES,
     KEYCHECK_DATASET,
@@ -231,6 +232,7 @@ class PartnerStore(StoreCore):
         )
         reach.ensure(*audit.reach_now())
         audit.check_before_acting()
+        audit.customer_sets = CustomerSets(lambda sql, params: backend.fetchone(sql, params)).reached
         return audit
 
     def _note_policy(self) -> None:
@@ -321,6 +323,7 @@ class PartnerStore(StoreCore):
         approval_id: str | None = None,
         now: datetime | None = None,
         sign: bool = False,
+        context: Mapping[str, Any] | None = None,
     ) -> pd.DataFrame:
         """THE way to customer data: policy per field, masking, decryption, one audit entry.
 
@@ -337,9 +340,21 @@ class PartnerStore(StoreCore):
         once and closes (a node's training read): closing would sign one anyway, and this way
         the log is synced once and the store's reach record takes the entry and its checkpoint
         in one commit instead of two.
+
+        ``context`` (e.g. ``{"run_id": ..., "split": "test"}``) is written into the entry's
+        ``details``: which job the read serves, so ``audit query --run`` finds it.
         """
         return read_frame(
-            self, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now, sign=sign
+            self,
+            actor,
+            purpose,
+            fields,
+            where,
+            dataset=dataset,
+            approval_id=approval_id,
+            now=now,
+            sign=sign,
+            context=context,
         )
 
     def read_batches(

@@ -6,8 +6,9 @@
 the same refusals, audited the same way. What changes is when rows leave and when the read is
 logged:
 
-* the checks run, and the read's ONE audit entry (same action, fields, tier, views, row count
-  and first pseudonyms as a whole read of the same rows) is written, before the first batch
+* the checks run, and the read's ONE audit entry (same action, fields, tier, views, row count,
+  first pseudonyms and customer set as a whole read of the same rows; the set is streamed from
+  the table's pseudonyms, one chunk held at a time) is written, before the first batch
   leaves: no row reaches the caller unlogged, even if it stops half-way or its process dies;
 * rows are then opened a page at a time in pseudonym order (the whole read's order), each page
   one short query after the last pseudonym handed over, so no SQL cursor or lock is held between
@@ -27,6 +28,7 @@ from datetime import datetime
 import pandas as pd
 
 from fedcustomer.data.store_core import Credential, StoreCore
+from fedcustomer.data.store_customers import CHUNK, record_customers
 from fedcustomer.data.store_db import table_name
 from fedcustomer.data.store_read import (
     _MAX_AUDIT_PSEUDONYMS,
@@ -66,8 +68,22 @@ def read_batches(
     if decrypted_fields(plan):
         sql = f"SELECT pseudonym FROM {table} ORDER BY pseudonym LIMIT {_MAX_AUDIT_PSEUDONYMS}"
         first = [str(r[0]) for r in store.backend.fetchall(sql)]
-    read.audit_rows(plan, rows, first)
+    customers = record_customers(store.backend, plan.schema.dataset, _pseudonyms(store, table))
+    read.audit_rows(plan, rows, first, customers)
     return _pages(read, plan, batch_size)
+
+
+def _pseudonyms(store: StoreCore, table: str) -> Iterator[str]:
+    """Every pseudonym of the table in order, a page at a time (no cursor held across writes)."""
+    after = ""
+    while True:
+        page = store.backend.fetchall(
+            f"SELECT pseudonym FROM {table} WHERE pseudonym > ? ORDER BY pseudonym LIMIT {CHUNK}", [after]
+        )
+        yield from (str(r[0]) for r in page)
+        if len(page) < CHUNK:
+            return
+        after = str(page[-1][0])
 
 
 def _pages(read: _Read, plan: _Plan, size: int) -> Iterator[pd.DataFrame]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,8 @@ import pandas as pd
 
 from fedcustomer.data.schema import FieldSpec, Schema
 from fedcustomer.data.store_core import Credential, StoreCore
+from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
+from fedcustomer.data.store_customers import record_customers
 from fedcustomer.data.store_db import open_row_keys, open_rows, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
@@ -51,14 +53,41 @@ def read_frame(
     approval_id: str | None,
     now: datetime | None,
     sign: bool = False,
+    context: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Policy per field, masking, decryption, one audit entry (see :meth:`PartnerStore.read`)."""
     read, plan = start_read(
-        store, actor, purpose, fields, where, dataset=dataset, approval_id=approval_id, now=now
+        store,
+        actor,
+        purpose,
+        fields,
+        where,
+        dataset=dataset,
+        approval_id=approval_id,
+        now=now,
+        context=context,
     )
     frame = read.fetch(plan)
     read.audit_success(plan, frame, sign=sign)
     return frame
+
+
+# What a read's ``context`` may say about the job it serves (kept small: identifiers, not data).
+CONTEXT_KEYS = frozenset({"run_id", "split", "round"})
+
+
+def _checked_context(context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A read's job context, refused when it names anything but a job's identifiers."""
+    out = dict(context or {})
+    unknown = sorted(set(out) - CONTEXT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"a read's context may name only {', '.join(sorted(CONTEXT_KEYS))}; got {', '.join(unknown)}"
+        )
+    bad = [k for k, v in out.items() if not isinstance(v, (str, int)) or isinstance(v, bool)]
+    if bad:
+        raise ConfigError(f"a read's context values must be text or whole numbers ({', '.join(sorted(bad))})")
+    return out
 
 
 def start_read(
@@ -71,6 +100,7 @@ def start_read(
     dataset: str | None,
     approval_id: str | None,
     now: datetime | None,
+    context: Mapping[str, Any] | None = None,
 ) -> tuple[_Read, _Plan]:
     """Authenticate the reader, resolve the dataset and fields, decide per field; every refusal
     is raised (and logged) here, before a row is read, for whole and batched reads alike."""
@@ -84,7 +114,7 @@ def start_read(
         extra=read_request_extra(where, approval_id),
         now=now,
     )
-    read = _Read(store, actor, purpose, now, {"purpose": purpose})
+    read = _Read(store, actor, purpose, now, {"purpose": purpose}, _checked_context(context))
     schema, requested = read.resolve(dataset, fields, where)
     return read, read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)
 
@@ -108,9 +138,12 @@ class _Read:
     purpose: str
     now: datetime | None
     audit_base: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
 
     def deny(self, reason: str, fields: list[str], **more: Any) -> None:
         """Audit a refused read (the caller raises)."""
+        if self.context:
+            more["details"] = {**self.context, **(more.get("details") or {})}
         self.store.log(self.actor, "read", "denied", reason=reason, fields=fields, **more, **self.audit_base)
 
     # ---- resolve: which dataset, which fields ---------------------------------------------
@@ -262,14 +295,25 @@ class _Read:
     def audit_success(self, plan: _Plan, frame: pd.DataFrame, *, sign: bool = False) -> None:
         """The one entry of a read that returned: ``decrypt`` when core values came back in clear;
         ``sign`` signs a checkpoint over it at once (see :meth:`PartnerStore.read`)."""
-        self.audit_rows(plan, len(frame), frame.index[:_MAX_AUDIT_PSEUDONYMS].tolist(), sign=sign)
+        index = frame.index if frame.index.is_monotonic_increasing else frame.index.sort_values()
+        customers = record_customers(self.store.backend, plan.schema.dataset, index)
+        self.audit_rows(plan, len(frame), frame.index[:_MAX_AUDIT_PSEUDONYMS].tolist(), customers, sign=sign)
 
-    def audit_rows(self, plan: _Plan, row_count: int, first: list[str], *, sign: bool = False) -> None:
-        """The entry itself, from the row count and the first pseudonyms of the rows returned (a
-        batched read writes it before its first batch, :mod:`fedcustomer.data.store_batches`)."""
+    def audit_rows(
+        self,
+        plan: _Plan,
+        row_count: int,
+        first: list[str],
+        customers: dict[str, Any],
+        *,
+        sign: bool = False,
+    ) -> None:
+        """The entry itself, from the row count, the first pseudonyms of the rows returned and the
+        citation of their whole set (:mod:`fedcustomer.data.store_customers`; a batched read writes
+        it before its first batch, :mod:`fedcustomer.data.store_batches`)."""
         schema, visible = plan.schema, plan.visible
         decrypted = decrypted_fields(plan)
-        details: dict[str, Any] = {"views": dict(plan.views)}
+        details: dict[str, Any] = {**self.context, "views": dict(plan.views), CUSTOMERS_KEY: customers}
         if plan.where:
             details["where"] = {k: (list(v) if _is_seq(v) else v) for k, v in plan.where.items()}
         if plan.omitted:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedcustomer.models.clv import CLVTarget, spend_of, to_spend
-from fedcustomer.models.metrics import classification_metrics, regression_metrics
+from fedcustomer.models.metrics import classification_metrics, regression_metrics, reliability_sums
 from fedcustomer.models.registry import loss_for
 
 
@@ -24,11 +24,19 @@ def predict(model: nn.Module, X: np.ndarray, task: str, target: CLVTarget | None
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, X: np.ndarray, y: np.ndarray, task: str, target: CLVTarget | None = None
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    target: CLVTarget | None = None,
+    *,
+    reliability: bool = False,
 ) -> dict[str, float]:
     """Task metrics plus the training loss on this split; ``y`` is the encoded label.
 
-    CLV metrics are always on the original scale (currency, uncapped true spend).
+    CLV metrics are always on the original scale (currency, uncapped true spend). ``reliability``
+    adds a repayment model's reliability sums (:func:`reliability_sums`), which a coordinator pools
+    across partners into one reliability diagram and ECE.
     """
     if len(X) == 0:
         return {"loss": float("nan")}
@@ -37,7 +45,10 @@ def evaluate(
     model.train()
     loss = float(loss_for(task, target)(raw, torch.as_tensor(y, dtype=torch.float32)))
     if task == "repayment":
-        metrics = classification_metrics(y, torch.sigmoid(raw).numpy())
+        p_default = torch.sigmoid(raw).numpy()
+        metrics = classification_metrics(y, p_default)
+        if reliability:
+            metrics.update(reliability_sums(y, p_default))
     else:
         metrics = regression_metrics(spend_of(y), _spend(raw, target).numpy())
     return {"loss": loss, **metrics}

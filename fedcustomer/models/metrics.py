@@ -10,11 +10,13 @@ from sklearn.metrics import roc_auc_score
 def classification_metrics(
     y_true: np.ndarray, p_default: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
-    """AUC, KS, Brier and accuracy for predicted default probabilities."""
+    """AUC, KS, Brier, accuracy and expected calibration error (ECE, 10 equal-width bins) for predicted
+    default probabilities: a DP model can rank well and still be poorly calibrated."""
     y = np.asarray(y_true, dtype=float)
     p = np.clip(np.asarray(p_default, dtype=float), 0.0, 1.0)
     if y.size == 0:
-        return {"auc": float("nan"), "ks": float("nan"), "brier": float("nan"), "accuracy": float("nan")}
+        nan = float("nan")
+        return {"auc": nan, "ks": nan, "brier": nan, "accuracy": nan, "ece": nan}
     both = len(np.unique(y)) == 2
     auc = float(roc_auc_score(y, p)) if both else float("nan")
     ks = float(stats.ks_2samp(p[y == 1], p[y == 0]).statistic) if both else float("nan")
@@ -23,7 +25,58 @@ def classification_metrics(
         "ks": ks,
         "brier": float(np.mean((p - y) ** 2)),
         "accuracy": float(np.mean((p >= threshold) == (y == 1))),
+        "ece": expected_calibration_error(reliability_sums(y, p)),
     }
+
+
+# Reliability bins: equal-width on the predicted probability, [0, 0.1), ..., [0.9, 1].
+CALIBRATION_BINS = 10
+RELIABILITY_PREFIX = "rel-"
+
+
+def reliability_sums(y_true: np.ndarray, p_default: np.ndarray) -> dict[str, float]:
+    """Per bin, the share of rows, and the sums of predicted probabilities and of outcomes divided by
+    the row count: averaged over partners with their row counts as weights, they pool exactly."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.clip(np.asarray(p_default, dtype=float), 0.0, 1.0)
+    n = max(len(y), 1)
+    which = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    out: dict[str, float] = {}
+    for k in range(CALIBRATION_BINS):
+        inside = which == k
+        out[f"{RELIABILITY_PREFIX}n-{k}"] = float(inside.sum() / n)
+        out[f"{RELIABILITY_PREFIX}p-{k}"] = float(p[inside].sum() / n)
+        out[f"{RELIABILITY_PREFIX}y-{k}"] = float(y[inside].sum() / n)
+    return out
+
+
+def expected_calibration_error(sums: dict[str, float]) -> float:
+    """ECE from :func:`reliability_sums`: sum over bins of share x |observed rate - mean prediction|."""
+    if not sums or sum(sums.get(f"{RELIABILITY_PREFIX}n-{k}", 0.0) for k in range(CALIBRATION_BINS)) <= 0:
+        return float("nan")
+    return float(
+        sum(
+            abs(sums[f"{RELIABILITY_PREFIX}y-{k}"] - sums[f"{RELIABILITY_PREFIX}p-{k}"])
+            for k in range(CALIBRATION_BINS)
+        )
+    )
+
+
+def reliability_bins(sums: dict[str, float]) -> list[dict[str, float | None]]:
+    """The reliability diagram's points: per bin its range, share of rows, mean prediction, observed rate."""
+    bins: list[dict[str, float | None]] = []
+    for k in range(CALIBRATION_BINS):
+        share = sums.get(f"{RELIABILITY_PREFIX}n-{k}", 0.0)
+        bins.append(
+            {
+                "lo": k / CALIBRATION_BINS,
+                "hi": (k + 1) / CALIBRATION_BINS,
+                "share": share,
+                "mean_predicted": sums[f"{RELIABILITY_PREFIX}p-{k}"] / share if share > 0 else None,
+                "observed_rate": sums[f"{RELIABILITY_PREFIX}y-{k}"] / share if share > 0 else None,
+            }
+        )
+    return bins
 
 
 def regression_metrics(spend_true: np.ndarray, spend_pred: np.ndarray) -> dict[str, float]:

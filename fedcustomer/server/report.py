@@ -17,6 +17,7 @@ from fedcustomer.data.features import FeatureSpec
 from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.models.weights_io import load_weights_only
+from fedcustomer.server.calibration import calibration_summary, plot_reliability, without_sums
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.rounds import LoopResult, RoundReport
 
@@ -76,6 +77,8 @@ class RunRecorder:
         self.files.write_summary(summary)
         self._write_metrics_csv()
         self._plots()
+        if summary.get("calibration"):  # repayment: how far predicted probabilities are from observed rates
+            plot_reliability(summary["calibration"], self.out / "plots" / "reliability.png")
         return summary
 
     def summary(self, result: LoopResult, extra: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +105,7 @@ class RunRecorder:
             "rounds_completed": result.rounds_completed,
             "primary_metric": PRIMARY_METRIC[self.job.task],
             "metrics": _clean(final),
+            "calibration": calibration_summary(final),
             "metrics_by_partner": by_partner,
             "partners": self.partner_summaries(result.rounds),
             "model": {
@@ -176,7 +180,7 @@ class RunRecorder:
             row.update(
                 {
                     f"eval_{k}": v
-                    for k, v in r.eval_metrics.items()
+                    for k, v in without_sums(r.eval_metrics).items()
                     if k not in ("num-examples", "unit-weight")
                 }
             )
@@ -278,7 +282,7 @@ def round_from_dict(d: dict[str, Any]) -> RoundReport:
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for k, v in metrics.items():
+    for k, v in without_sums(metrics).items():
         if k in ("num-examples", "unit-weight"):
             continue
         out[k] = None if v != v else v  # NaN is not JSON

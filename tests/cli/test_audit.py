@@ -385,4 +385,31 @@ def test_wide_table_names_the_approval_and_a_cut_customer_list_with_its_full_cou
     text = console.export_text()
     assert "approval " in text and "approved by" not in text
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
-    assert [(r[8], r[10]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]
+    assert [(r[9], r[11]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]
+
+
+def test_a_pseudonym_query_says_how_each_entry_reached_the_customer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a new-user trial: a bulk read that decrypted no core field named no customer
+    log = AuditLog.open(tmp_path / "audit", keys_dir=tmp_path / "keys")
+    wanted = "ab" * 32
+    log.append(actor="rick", role="risk_officer", action="decrypt", row_count=1, pseudonyms=[wanted])
+    bulk = {"customers": {"set_sha256": "0" * 64, "count": 500}}
+    log.append(
+        actor="mia", role="marketing_analyst", action="read", fields=["income"], row_count=500, details=bulk
+    )
+    log.append(actor="rick", role="risk_officer", action="decrypt", row_count=1, pseudonyms=["cd" * 32])
+    log.close()
+    code, out, err = run(
+        ["audit", "query", "--log", str(tmp_path / "audit"), "--pseudonym", wanted, "--format", "json"],
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    # a bare log has no store.db: the bulk read's set cannot be checked here, so it may include the customer
+    assert [(e["seq"], e["customer_match"]) for e in doc["entries"]] == [(1, "named"), (2, "may_include")]
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, err = run(["audit", "query", "--log", str(tmp_path / "audit"), "--pseudonym", wanted], capsys)
+    assert code == 0, err
+    assert "1 read(s) may include this customer" in " ".join(out.split())

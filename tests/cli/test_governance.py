@@ -466,3 +466,28 @@ def test_schema_draft_points_at_the_lines_that_made_a_number_column_text(tmp_pat
     text = " ".join(out.split())
     assert "income: typed string because 1 of 12 values is not a number (first on line 8)" in text
     assert "SECRET" not in out + err and "credit_limit:" not in text  # all-number columns get no note
+
+
+def test_schema_confirm_rewrites_only_the_named_fields_and_features_draft_then_accepts_them(tmp_path, capsys):
+    from tests.data.test_schema_draft import _file
+
+    src = _file(tmp_path)
+    schema = tmp_path / "customers.yaml"
+    code, out, err = run(["schema", "draft", "--input", str(src), "--output", str(schema)], capsys)
+    assert code == 0, err
+    assert "observed in this file" in out and "fewer than 10 times" in out and "Ynys" not in out
+    spec = tmp_path / "spec.json"
+    draft = ["features", "draft", "--schema", str(schema), "--label", "default", "--output", str(spec)]
+    draft += ["--bound", "age=18:100"]
+    code, _, err = run(draft, capsys)
+    assert code == SchemaError.exit_code and "region" in err and "schema confirm" in err and not spec.exists()
+    before = schema.read_bytes()
+    code, _, err = run(["schema", "confirm", "--schema", str(schema), "--field", "age"], capsys)
+    assert code == ConfigError.exit_code and "no observed category list" in err
+    assert schema.read_bytes() == before  # a refused confirmation changes nothing
+    code, out, err = run(["schema", "confirm", "--schema", str(schema), "--field", "region"], capsys)
+    assert code == 0, err
+    assert "still observed, not confirmed: plan" in out
+    code, _, err = run([*draft, "--drop", "plan"], capsys)
+    assert code == 0, err
+    assert spec.exists()

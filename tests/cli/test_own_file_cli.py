@@ -64,6 +64,9 @@ def test_own_file_through_the_governed_store_to_a_dp_model(
     # review: the admin declares public bounds for age (domain knowledge) before ingesting
     schema = replace_field(Schema.load(schema_path), "age", validation=Validation(min=18, max=100))
     schema.save(schema_path)
+    # the drafted categories of 'housing' were observed in bank_a's file: the admin reviews and confirms them
+    assert "housing: its 3 categories were observed in this file" in out
+    _ok(["schema", "confirm", "--schema", str(schema_path), "--field", "housing"], capsys)
     for name, path in files.items():
         home = str(homes / name)
         _ok(["init", "--home", home, "--name", name, *alice, "--admin", "alice"], capsys)

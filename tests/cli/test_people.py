@@ -241,3 +241,29 @@ def test_people_init_on_a_home_made_before_registries(
         ["people", "init", "--home", str(home.root), *as_(people["alice"]), "--admin", "alice"], capsys
     )
     assert code == ConfigError.exit_code and "already has a people registry" in err
+
+
+def test_people_list_is_readable_at_80_columns_with_full_ids_on_request(
+    home: Path, people: dict[str, Person], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a new-user trial: at 80 columns the key id and time columns were folded to nothing
+    monkeypatch.setenv("COLUMNS", "80")
+    listed = _listed(home, people["rick"], capsys)
+    code, out, err = run(["people", "list", "--home", str(home), *as_(people["rick"])], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in listed}
+    assert set(rows) == set(listed)  # every name whole, on its own line
+    for name, person in listed.items():
+        cells = rows[name]
+        assert person["role"] in cells and person["key_id"][:8] in cells  # role whole, key id shortened
+        assert person["key_id"] not in out and str(person["added_at"])[:10] in cells
+    assert "--wide or --json" in out
+    code, out, err = run(["people", "list", "--home", str(home), *as_(people["rick"]), "--wide"], capsys)
+    assert code == 0, err
+    flat = "".join(out.split())  # a folded cell continues on the next line
+    assert all(person["key_id"] in flat for person in listed.values())
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, err = run(["people", "list", "--home", str(home), *as_(people["rick"])], capsys)
+    assert code == 0 and all(p["key_id"] in out for p in listed.values()) and "--wide" not in out

@@ -8,9 +8,10 @@ import torch
 from fedcustomer.clients import job_matrices
 from fedcustomer.clients.job_matrices import JobMatrices
 from fedcustomer.clients.node import PartnerNode
-from fedcustomer.clients.round_audit import record_round
+from fedcustomer.clients.round_audit import record_evaluation, record_round
 from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store import PartnerStore
+from fedcustomer.errors import AccessDenied, ConfigError
 from fedcustomer.privacy.access.policy import Actor, bundled_policy_text
 from fedcustomer.privacy.audit.writer import AuditLog
 from tests.clients.test_node import _global, _home, _ins
@@ -116,5 +117,73 @@ def test_evaluation_reuses_its_own_read_and_does_not_claim_a_round(tmp_path: Pat
     a = node.evaluate(_global(), _ins(1, planned=3, run="eval"))
     b = node.evaluate(_global(), _ins(2, planned=3, run="eval"))
     assert a == b and len(_reads(home)) == 1
-    assert job_matrices.take_use(str(home.root.resolve()), "eval", 1) is None
+    assert job_matrices.take_use(str(home.root.resolve()), "eval", 1) is None  # no training use
+    assert job_matrices.take_use(str(home.root.resolve()), "eval", 1, split) is not None
     job_matrices.CACHE.drop_run("eval")
+
+
+def test_evaluation_reads_are_audited_as_evaluation_and_every_evaluated_round_cites_its_read(
+    tmp_path: Path,
+) -> None:
+    home = _home(tmp_path, 3.0)
+    state = _global()
+    for rnd in (1, 2):
+        node = PartnerNode(home)
+        out = node.train_round(state, _ins(rnd, planned=2, run="job7"))
+        record_round(home, out, _ins(rnd, planned=2, run="job7"))
+        state = out.state_dict
+        metrics = PartnerNode(home).evaluate(state, _ins(rnd, planned=2, run="job7"))
+        record_evaluation(home, node.name, _ins(rnd, planned=2, run="job7"), metrics)
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    training = log.query(action="read", purpose="training")
+    evaluation = log.query(action="read", purpose="evaluation")
+    assert len(training) == 1 and len(evaluation) == 1  # each read once per job
+    assert training[0].details["run_id"] == "job7" and training[0].details["split"] == "train"
+    assert evaluation[0].details["run_id"] == "job7" and evaluation[0].details["split"] == "test"
+    evals = log.query(action="fl_evaluate")
+    assert [e.details["round"] for e in evals] == [1, 2]
+    assert {e.purpose for e in evals} == {"evaluation"}
+    assert [e.details["data_cached"] for e in evals] == [False, True]
+    assert {e.details["data_read"]["audit_seq"] for e in evals} == {evaluation[0].seq}
+    assert evals[0].details["data_read"]["audit_hash"] == evaluation[0].hash
+    assert "auc" in evals[0].details["metrics"] and "num-examples" not in evals[0].details["metrics"]
+    assert evals[0].details["reliability_bins"] == 10  # the calibration sums sent, counted, not listed
+    assert not any(m.startswith("rel-") for m in evals[0].details["metrics"])
+    assert not any("auc" in str(v) and isinstance(v, float) for v in evals[0].details.values())  # names only
+    rounds = log.query(action="fl_round")
+    assert {r.details["data_read"]["audit_seq"] for r in rounds} == {training[0].seq}  # not the eval read
+    served = log.query(run="JOB7")  # the run filter ignores case, like every text filter
+    assert {e.action for e in served} == {"read", "fl_round", "fl_evaluate"}
+    assert log.query(run="job8") == []
+
+
+def test_an_evaluation_read_is_refused_by_a_policy_that_grants_only_training(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    policy = tmp_path / "policy.csv"
+    policy.write_text(
+        "\n".join(
+            line
+            for line in bundled_policy_text().splitlines()
+            if not line.startswith("p, training_pipeline, evaluation,")
+        ),
+        encoding="utf-8",
+    )
+    config = home.config()
+    config.policy_file = str(policy)
+    home.write_config(config)
+    with pytest.raises(AccessDenied, match="purpose 'evaluation' not granted to role 'training_pipeline'"):
+        PartnerNode(home).evaluate(_global(), _ins(1, planned=2, run="nogrant"))
+    denied = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(
+        decision="denied", purpose="evaluation"
+    )
+    assert len(denied) == 1 and denied[0].details["run_id"] == "nogrant"
+    job_matrices.CACHE.drop_run("nogrant")
+
+
+def test_a_read_context_naming_anything_but_the_job_is_refused(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    with PartnerStore.open(home) as store:
+        with pytest.raises(ConfigError, match="context may name only"):
+            store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"income": 5})
+        with pytest.raises(ConfigError, match="text or whole numbers"):
+            store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"run_id": ["x"]})

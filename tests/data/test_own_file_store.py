@@ -9,7 +9,7 @@ from fedcustomer.data.feature_draft import parse_bound, spec_from_schema
 from fedcustomer.data.features import CategoricalFeature, NumericFeature
 from fedcustomer.data.provision import admin
 from fedcustomer.data.schema import Validation, replace_field
-from fedcustomer.data.schema_draft import draft_schema
+from fedcustomer.data.schema_draft import confirm_categories, draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import ConfigError, DataError, SchemaError
 from fedcustomer.partner.home import PartnerHome
@@ -70,6 +70,9 @@ def test_ingest_maps_columns_and_generates_ids_that_a_reordered_copy_finds_again
 def test_feature_spec_from_the_schema_uses_declared_bounds_and_categories_only(tmp_path: Path) -> None:
     schema = draft_schema(own_file(tmp_path / "mine.csv"), id_from_row=True)
     schema = replace_field(schema, "age", validation=Validation(min=18, max=100))
+    with pytest.raises(SchemaError, match="housing: the category list was observed"):
+        spec_from_schema(schema, task="repayment", label="default")
+    schema = confirm_categories(schema, ["housing"])  # the admin reviewed the drafted categories
     with pytest.raises(
         SchemaError, match="without declared bounds: emp_var_rate, checking_status_a11, job_admin_"
     ):

@@ -417,7 +417,8 @@ def test_read_names_which_of_two_complete_approvals_it_uses(loaded):
 def test_read_for_an_unknown_purpose_names_the_known_ones(loaded):
     store, _ = loaded
     with pytest.raises(
-        AccessDenied, match="unknown purpose 'marketting' \\(one of training, analytics, marketing"
+        AccessDenied,
+        match="unknown purpose 'marketting' \\(one of training, evaluation, analytics, marketing",
     ):
         store.read(MARKETING, "marketting")
 

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
@@ -183,3 +184,30 @@ def test_a_new_job_in_an_old_runs_directory_keeps_the_old_run_whole(
     assert (out / "partners").is_dir() and not (out / "summary.json").exists()
     again = RunRecorder(out, JobConfig(partners=3, rounds=1, run_id="run-3", out=str(out)), SPEC)
     assert again.set_aside == out / "previous" / "run-2"
+
+
+def test_a_repayment_summary_reports_pooled_calibration_and_plots_the_reliability_diagram(
+    recorder: RunRecorder,
+) -> None:
+    from fedcustomer.models.metrics import reliability_sums
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 400)
+    y = (rng.uniform(0, 1, 400) < p * 0.6).astype(float)  # over-confident: observed rate below predictions
+    pooled = {"auc": 0.7, "brier": 0.2, "loss": 0.5, "num-examples": 400.0, **reliability_sums(y, p)}
+    r1 = RoundReport(1, [_trained("bank_a", 1.0, 0.7)], {}, pooled, 1.0, applied=True)
+    recorder.record_round(r1, _arrays(1.0))
+    summary = recorder.finish(LoopResult(_arrays(1.0), [r1], "completed", None), {})
+    calibration = summary["calibration"]
+    assert calibration["ece"] == pytest.approx(summary["metrics"]["ece"]) and calibration["ece"] > 0.1
+    assert calibration["brier"] == 0.2 and len(calibration["bins"]) == 10
+    assert not any(k.startswith("rel-") for k in summary["metrics"])  # the sums are folded into ece
+    header = (recorder.out / "metrics.csv").read_text().splitlines()[0]
+    assert "eval_ece" in header and "rel-" not in header
+    assert (recorder.out / "plots" / "reliability.png").is_file()
+
+
+def test_a_summary_without_reliability_sums_has_no_calibration(recorder: RunRecorder) -> None:
+    rounds = _rounds()
+    summary = recorder.finish(LoopResult(_arrays(2.0), rounds, "completed", None), {})
+    assert summary["calibration"] is None and not (recorder.out / "plots" / "reliability.png").exists()

@@ -37,7 +37,7 @@ POLICY_CSV = """# Default access policy of a partner node. The partner admin may
 # Anything not granted here is denied. '*' matches any purpose, tier or field role.
 #
 # Field access:  p, role, purpose, tier, field_role, view
-#   purpose    training | analytics | marketing | risk_review | audit | administration | *
+#   purpose    training | evaluation | analytics | marketing | risk_review | audit | administration | *
 #   tier       core | sensitive | public | *
 #   field_role id | feature | label | timestamp | *
 #   view       clear | masked | clear_with_approvals
@@ -71,6 +71,13 @@ p, training_pipeline, training, public, feature, clear
 p, training_pipeline, training, public, label, clear
 p, training_pipeline, training, sensitive, feature, clear
 p, training_pipeline, training, sensitive, label, clear
+
+# Evaluation: the same fields, read to score a job's model on the held-out customers; audited
+# under its own purpose, so a compliance officer can tell evaluation reads from training reads.
+p, training_pipeline, evaluation, public, feature, clear
+p, training_pipeline, evaluation, public, label, clear
+p, training_pipeline, evaluation, sensitive, feature, clear
+p, training_pipeline, evaluation, sensitive, label, clear
 
 # Record linkage (private set intersection): the node blinds each customer id before
 # anything leaves, so its pipeline reads the id field, and only the id field, in clear.

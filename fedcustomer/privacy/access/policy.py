@@ -39,7 +39,16 @@ ROLES = (
     "partner_admin",
     "training_pipeline",
 )
-PURPOSES = ("training", "analytics", "marketing", "risk_review", "audit", "administration", "record_linkage")
+PURPOSES = (
+    "training",
+    "evaluation",
+    "analytics",
+    "marketing",
+    "risk_review",
+    "audit",
+    "administration",
+    "record_linkage",
+)
 TIERS = ("core", "sensitive", "public")
 FIELD_ROLES = ("id", "feature", "label", "timestamp")
 VIEWS = ("clear", "masked", "denied")

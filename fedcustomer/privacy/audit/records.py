@@ -48,6 +48,7 @@ ACTION_KEY_RETIRE = "key_retire"
 ACTION_ERASE = "erase"
 ACTION_INGEST = "ingest"
 ACTION_FL_ROUND = "fl_round"
+ACTION_FL_EVALUATE = "fl_evaluate"  # a partner scored a job's model on its held-out customers
 ACTION_VERTICAL_ROUND = "vertical_round"  # a split-learning party opened (paid) or refused a round
 ACTION_VERTICAL_FINISH = "vertical_finish"  # a split-learning party ended its job: final part, accounting
 ACTION_QUERY = "query"
@@ -66,6 +67,7 @@ ACTIONS: frozenset[str] = frozenset(
         ACTION_ERASE,
         ACTION_INGEST,
         ACTION_FL_ROUND,
+        ACTION_FL_EVALUATE,
         ACTION_VERTICAL_ROUND,
         ACTION_VERTICAL_FINISH,
         ACTION_QUERY,

@@ -40,7 +40,7 @@ from fedcustomer.privacy.audit.keys import (
     load_public_key,
     load_signing_key,
 )
-from fedcustomer.privacy.audit.query import read_checkpoints, read_entries, select_entries
+from fedcustomer.privacy.audit.query import SetLookup, read_checkpoints, read_entries, select_entries
 from fedcustomer.privacy.audit.reach import Reach, ReachRecord
 from fedcustomer.privacy.audit.records import (
     ACTION_AUDIT_REPAIR,
@@ -95,6 +95,7 @@ class AuditLog(LogFiles):
         super().__init__(directory)
         self.reach = reach
         self.anchor_sink = anchor_sink
+        self.customer_sets: SetLookup | None = None  # set by a store: checks reads' customer sets
         self.checkpoint_every = checkpoint_every
         self.durable = durable
         self._signing_key: CheckpointSigner | None = signer
@@ -466,8 +467,12 @@ class AuditLog(LogFiles):
         until: datetime | None = None,
         dataset: str | None = None,
         pseudonym: str | None = None,
+        run: str | None = None,
+        sets: SetLookup | None = None,
     ) -> list[AuditEntry]:
-        """Entries matching every given filter (``field``/``pseudonym``: contained in the entry).
+        """Entries matching every given filter (``field``/``pseudonym``: contained in the entry;
+        ``run``: the job the entry served; ``sets`` checks reads' customer sets, by default the
+        ones this log's store gave it in :attr:`customer_sets`).
 
         ``since`` and ``until`` are inclusive; naive datetimes are taken as UTC.
         """
@@ -483,6 +488,8 @@ class AuditLog(LogFiles):
             until=until,
             dataset=dataset,
             pseudonym=pseudonym,
+            run=run,
+            sets=sets if sets is not None else self.customer_sets,
         )
 
     def checkpoints(self) -> list[Checkpoint]:

@@ -60,7 +60,7 @@ def _expected_view(role: str, purpose: str, tier: str, field_role: str) -> str:
         ("partner_admin", "administration"): {"public": "clear", "sensitive": "masked"},
     }
     if role == "training_pipeline":
-        ok = purpose == "training" and tier != "core" and field_role in ("feature", "label")
+        ok = purpose in ("training", "evaluation") and tier != "core" and field_role in ("feature", "label")
         linkage = purpose == "record_linkage" and tier == "core" and field_role == "id"
         return "clear" if ok or linkage else "denied"
     return table.get((role, purpose), {}).get(tier, "denied")

@@ -142,8 +142,23 @@ def coordinator_start(
     ),
     health_port: int | None = typer.Option(None, "--health-port", help="Plain gRPC health-check port."),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS, NO node authentication (tests only)."),
+    serverapp: str | None = typer.Option(
+        None,
+        "--serverapp",
+        help="warm (default on Linux): a ServerApp executor that imported everything once serves every job; "
+        "subprocess: Flower's own, a fresh flwr-serverapp process per job.",
+        show_default=False,
+    ),
 ) -> None:
-    from fedcustomer.deploy.coordinator import CoordinatorDir, superlink_command, write_flwr_config
+    from fedcustomer.deploy.coordinator import (
+        DEFAULT_SERVERAPP,
+        WARM,
+        CoordinatorDir,
+        check_serverapp,
+        superlink_command,
+        warm_coordinator_command,
+        write_flwr_config,
+    )
     from fedcustomer.deploy.flower import flower_env
     from fedcustomer.deploy.pki import Certificates
 
@@ -159,9 +174,18 @@ def coordinator_start(
                 "or pass --insecure explicitly for a closed test network"
             )
         the_certs = Certificates.in_dir(certs.resolve())
+    mode = check_serverapp(serverapp or DEFAULT_SERVERAPP)
     cmd = superlink_command(
-        cdir, host=host, port=port, certs=the_certs, node_auth=not insecure, health_port=health_port
+        cdir,
+        host=host,
+        port=port,
+        certs=the_certs,
+        node_auth=not insecure,
+        health_port=health_port,
+        serverapp=mode,
     )
+    if mode == WARM:
+        cmd = warm_coordinator_command(cdir, cmd, f"{connect_host}:{port}", the_certs)
     write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
     console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
     _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root)

@@ -201,13 +201,14 @@ class Jobs:
     def reap(self) -> None:
         for pid in list(self.pids):
             try:
-                done, code = os.waitpid(pid, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                done, code = pid, 0
+                done, status = pid, 0
             if done:
                 self.pids.discard(pid)
-                if code:
-                    log.warning("warm ServerApp: job worker %d ended with status %d", pid, code)
+                code = os.waitstatus_to_exitcode(status)
+                if code not in (0, 1):  # 1: the job failed, said above; anything else: the worker died
+                    log.warning("warm ServerApp: job worker %d ended with exit code %d", pid, code)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Signal every job's child and wait (bounded): each pushes its task's output as failed."""
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # not its plugin list at each start
+    logging.getLogger("flwr").propagate = False  # Flower's log has its own handler: each line once
     if args.insecure == (args.root_certificates is not None):
         ap.error("give exactly one of --root-certificates FILE and --insecure")
     roots = None if args.root_certificates is None else args.root_certificates.read_bytes()

@@ -220,3 +220,28 @@ def test_only_the_coordinators_own_executor_may_take_its_jobs(tmp_path):
         signed.close()
         unsigned.close()
         fl.stop(link)
+
+
+@pytest.mark.slow
+def test_a_job_whose_server_app_raises_fails_with_its_reason_and_the_next_job_still_runs(tmp_path):
+    """A real coordinator in warm mode (TLS): no partner ever connects, so the ServerApp raises;
+    the run ends failed with the reason in the coordinator's log, and the executor serves the next job."""
+    from fedcustomer.deploy import flower as fl
+    from fedcustomer.deploy.two_party import two_party_run_config
+    from fedcustomer.vertical.job import VerticalJob
+
+    certs = make_dev_certificates(tmp_path / "c")
+    cdir = co.CoordinatorDir(tmp_path / "coord")
+    link = co.start_superlink(cdir, port=fl.free_port(), certs=certs, serverapp="warm", timeout=600)
+    try:
+        for attempt in (1, 2):
+            job = VerticalJob(out=str(tmp_path / f"run{attempt}"), seed=0)
+            co.write_app(cdir, two_party_run_config(job, mode="psi", wait_for_partners=0.5))
+            status = co.wait_run(cdir, co.submit_run(cdir), timeout=600, poll=0.5)
+            assert status["status"] == "finished:failed", status
+        log = cdir.log_path.read_text(errors="replace")
+        assert log.count("warm ServerApp: task failed") == 2 and "FederationError" in log
+        assert "only 0 partner node(s) connected after 0.5 s" in log
+        assert log.count("served by worker") == 2 and "Traceback" in log
+    finally:
+        fl.stop(link)

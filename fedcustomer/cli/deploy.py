@@ -81,21 +81,29 @@ def _warn_insecure() -> None:
     err.print(f"[bold yellow]{escape(INSECURE_WARNING)}[/]")
 
 
-def _foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
-    """Run a Flower server in the foreground; Ctrl-C / SIGTERM stop it cleanly."""
+# how a server stopped by Ctrl-C / SIGTERM ends: by the signal, or (a supervisor) with the shell's 128 + signal
+STOPPED = (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
+
+
+def _foreground(
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None, name: str | None = None
+) -> None:
+    """Run a Flower server (or its supervisor) in the foreground; Ctrl-C / SIGTERM stop it cleanly."""
     proc = subprocess.Popen(cmd, env=env, cwd=str(cwd) if cwd else None)
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         code = proc.wait()
-    if code not in (0, -signal.SIGTERM, -signal.SIGINT, 130):
-        raise FederationError(f"{Path(cmd[0]).name} exited with code {code}; see its log above")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code not in STOPPED:
+        raise FederationError(f"{name or Path(cmd[0]).name} exited with code {code}; see its log above")
 
 
 # --- certificates ------------------------------------------------------------------------
@@ -188,7 +196,8 @@ def coordinator_start(
         cmd = warm_coordinator_command(cdir, cmd, f"{connect_host}:{port}", the_certs)
     write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
     console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
-    _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root)
+    name = "the coordinator (SuperLink and warm ServerApp executor)" if mode == WARM else None
+    _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root, name=name)
 
 
 @coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from fedcustomer.cli.deploy_summary import partner_lines, stopped_reason
+from fedcustomer.cli.foreground import foreground
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
@@ -79,31 +79,6 @@ def _warn_insecure() -> None:
     from fedcustomer.deploy.coordinator import INSECURE_WARNING
 
     err.print(f"[bold yellow]{escape(INSECURE_WARNING)}[/]")
-
-
-# how a server stopped by Ctrl-C / SIGTERM ends: by the signal, or (a supervisor) with the shell's 128 + signal
-STOPPED = (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
-
-
-def _foreground(
-    cmd: list[str], env: dict[str, str], cwd: Path | None = None, name: str | None = None
-) -> None:
-    """Run a Flower server (or its supervisor) in the foreground; Ctrl-C / SIGTERM stop it cleanly."""
-    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd) if cwd else None)
-
-    def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if code not in STOPPED:
-        raise FederationError(f"{name or Path(cmd[0]).name} exited with code {code}; see its log above")
 
 
 # --- certificates ------------------------------------------------------------------------
@@ -197,7 +172,7 @@ def coordinator_start(
     write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
     console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
     name = "the coordinator (SuperLink and warm ServerApp executor)" if mode == WARM else None
-    _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root, name=name)
+    foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root, name=name)
 
 
 @coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")
@@ -605,7 +580,7 @@ def node_start(
     )
     env = flower_env(ph.state_dir / "flwr-home")
     if mode != WARM:
-        _foreground(cmd, env, cwd=ph.state_dir)
+        foreground(cmd, env, cwd=ph.state_dir)
         return
     code = run_warm_node(cmd, runtime_port, write_runtime_secret(ph.root), env, ph.state_dir)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130):

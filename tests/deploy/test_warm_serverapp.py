@@ -250,14 +250,14 @@ def test_a_job_whose_server_app_raises_fails_with_its_reason_and_the_next_job_st
 @pytest.mark.parametrize("code", [0, 130, 143])
 def test_a_coordinator_stopped_by_a_signal_ends_quietly_through_its_supervisor(code):
     """The supervisor ends with the shell's 128 + signal when Ctrl-C / SIGTERM stopped the SuperLink."""
-    from fedcustomer.cli.deploy import _foreground
+    from fedcustomer.cli.foreground import foreground
 
-    _foreground([sys.executable, "-c", f"raise SystemExit({code})"], dict(os.environ), name="the coordinator")
+    foreground([sys.executable, "-c", f"raise SystemExit({code})"], dict(os.environ), name="the coordinator")
 
 
 def test_a_coordinator_that_fails_is_an_error_naming_it():
-    from fedcustomer.cli.deploy import _foreground
+    from fedcustomer.cli.foreground import foreground
     from fedcustomer.errors import FederationError
 
     with pytest.raises(FederationError, match="the coordinator exited with code 3"):
-        _foreground([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), name="the coordinator")
+        foreground([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), name="the coordinator")

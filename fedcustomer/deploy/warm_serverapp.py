@@ -159,6 +159,8 @@ def child_main(run: Callable[[], bool], superlink_pid: int | None) -> NoReturn:
     from flwr.supercore.app_utils import start_parent_process_monitor
 
     def stop_now(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # once: a second signal must not cut the unwinding short
+            signal.signal(sig, signal.SIG_IGN)
         raise SystemExit(128 + signum)  # the task unwinds: its output is still pushed, as failed
 
     signal.signal(signal.SIGTERM, stop_now)

@@ -9,10 +9,12 @@ Vertical (``--mode vertical``): a bank and a retailer node (TLS, node auth, pinn
 the two-party vertical job (PSI alignment, split learning, bank-only comparison model) once per
 ``--clientapp`` mode, then the same job runs on the in-process grid (``run_two_party``, same code):
   seconds per mode, deployed / in process, messages per party.
-``--poll adaptive flower`` compares the SuperNode's waits; ``--repeat N`` interleaves the variants N times
-(medians reported).
+``--poll adaptive flower`` compares the SuperNode's waits, ``--serverapp warm subprocess`` the coordinator's
+ServerApp executor (warm, or Flower's process per job); ``--repeat N`` interleaves the variants N times
+(medians reported). Each deployed run also reports its timeline (``deploy_timeline.py``: submission,
+ServerApp start, first message at a node, PSI done, party work, summary written).
 Usage: python benchmarks/bench_deploy.py [--mode horizontal|vertical] [--clientapp warm subprocess]
-       [--poll adaptive flower] [--repeat 1]
+       [--poll adaptive flower] [--serverapp warm subprocess] [--repeat 1]
        [--rounds 2] [--partners 3] [--customers 1500] [--steps-per-round 1] [--out DIR]
 """
 
@@ -157,14 +159,22 @@ def _vertical_job(out: Path, rounds: int, steps: int):
 
 
 def _vertical_deployed(
-    root: Path, clientapp: str, customers: int, rounds: int, steps: int, poll: str = "adaptive"
+    root: Path,
+    clientapp: str,
+    customers: int,
+    rounds: int,
+    steps: int,
+    poll: str = "adaptive",
+    serverapp: str = co.DEFAULT_SERVERAPP,
 ) -> dict:
+    from deploy_timeline import timeline
+
     from fedcustomer.deploy.two_party import two_party_run_config
 
     certs = pki.make_dev_certificates(root / "certs")
     cdir = co.CoordinatorDir(root / "coordinator")
     port = fl.free_port()
-    procs = [co.start_superlink(cdir, port=port, certs=certs)]
+    procs = [co.start_superlink(cdir, port=port, certs=certs, serverapp=serverapp)]
     try:
         for home in _vertical_homes(root, customers):
             procs.append(
@@ -175,12 +185,26 @@ def _vertical_deployed(
         )
         co.write_app(cdir, raw)
         started = time.time()
+        run_id = co.submit_run(cdir)
+        submitted = time.time()
         # each poll is a `flwr` process (seconds of CPU): poll rarely, time the job by its summary's write
-        status = co.wait_run(cdir, co.submit_run(cdir), timeout=7200, poll=5.0)
-        wall = (Path(raw["out"]) / "summary.json").stat().st_mtime - started
+        status = co.wait_run(cdir, run_id, timeout=7200, poll=5.0)
+        summary_path = Path(raw["out"]) / "summary.json"
+        wall = summary_path.stat().st_mtime - started
         summary = co.read_summary(raw)
         assert status["status"] == "finished:completed" and summary["status"] == "completed", summary
-        return {"seconds": wall, "vertical_auc": summary["comparison"]["vertical_auc"]}
+        steps_seen = timeline(
+            started,
+            submitted,
+            cdir.log_path,
+            [root / p / "state" / "supernode.log" for p in PARTIES],
+            summary_path,
+        )
+        return {
+            "seconds": wall,
+            "vertical_auc": summary["comparison"]["vertical_auc"],
+            "timeline": steps_seen,
+        }
     finally:
         for proc in reversed(procs):
             fl.stop(proc)
@@ -216,13 +240,13 @@ def vertical_main(args: argparse.Namespace, root: Path) -> dict:
         "steps_per_round": args.steps_per_round,
         "runs": [],
     }
-    variants = [(mode, poll) for mode in args.clientapp for poll in args.poll]
+    variants = [(mode, poll, sa) for mode in args.clientapp for poll in args.poll for sa in args.serverapp]
     seconds: dict[str, list[float]] = {}
     for rep in range(args.repeat):
-        for mode, poll in variants:
-            name = f"deployed_{mode}_{poll}"
+        for mode, poll, sa in variants:
+            name = f"deployed_{mode}_{poll}_serverapp_{sa}"
             res = _vertical_deployed(
-                root / f"{name}-{rep}", mode, args.customers, args.rounds, args.steps_per_round, poll
+                root / f"{name}-{rep}", mode, args.customers, args.rounds, args.steps_per_round, poll, sa
             )
             out["runs"].append({"run": name, "rep": rep, **res, "load_average": os.getloadavg()})
             seconds.setdefault(name, []).append(res["seconds"])
@@ -246,6 +270,13 @@ def main() -> None:
     ap.add_argument("--clientapp", nargs="+", choices=nd.CLIENTAPP_MODES, default=[nd.DEFAULT_CLIENTAPP])
     ap.add_argument(
         "--poll", nargs="+", choices=nd.POLL_MODES, default=["adaptive"], help="vertical: SuperNode waits"
+    )
+    ap.add_argument(
+        "--serverapp",
+        nargs="+",
+        choices=co.SERVERAPP_MODES,
+        default=[co.DEFAULT_SERVERAPP],
+        help="vertical: the coordinator's ServerApp executor",
     )
     ap.add_argument("--repeat", type=int, default=1, help="vertical: interleaved repetitions")
     ap.add_argument("--rounds", type=int, default=2)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from fedcustomer.cli.deploy_summary import partner_lines, stopped_reason
+from fedcustomer.cli.foreground import foreground
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
 from fedcustomer.jobs.config import (
@@ -81,23 +81,6 @@ def _warn_insecure() -> None:
     err.print(f"[bold yellow]{escape(INSECURE_WARNING)}[/]")
 
 
-def _foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
-    """Run a Flower server in the foreground; Ctrl-C / SIGTERM stop it cleanly."""
-    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd) if cwd else None)
-
-    def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
-    if code not in (0, -signal.SIGTERM, -signal.SIGINT, 130):
-        raise FederationError(f"{Path(cmd[0]).name} exited with code {code}; see its log above")
-
-
 # --- certificates ------------------------------------------------------------------------
 def certs_cmd(
     out: Path | None = typer.Option(
@@ -142,8 +125,23 @@ def coordinator_start(
     ),
     health_port: int | None = typer.Option(None, "--health-port", help="Plain gRPC health-check port."),
     insecure: bool = typer.Option(False, "--insecure", help="NO TLS, NO node authentication (tests only)."),
+    serverapp: str | None = typer.Option(
+        None,
+        "--serverapp",
+        help="warm (default on Linux): a ServerApp executor that imported everything once serves every job; "
+        "subprocess: Flower's own, a fresh flwr-serverapp process per job.",
+        show_default=False,
+    ),
 ) -> None:
-    from fedcustomer.deploy.coordinator import CoordinatorDir, superlink_command, write_flwr_config
+    from fedcustomer.deploy.coordinator import (
+        DEFAULT_SERVERAPP,
+        WARM,
+        CoordinatorDir,
+        check_serverapp,
+        superlink_command,
+        warm_coordinator_command,
+        write_flwr_config,
+    )
     from fedcustomer.deploy.flower import flower_env
     from fedcustomer.deploy.pki import Certificates
 
@@ -159,12 +157,22 @@ def coordinator_start(
                 "or pass --insecure explicitly for a closed test network"
             )
         the_certs = Certificates.in_dir(certs.resolve())
+    mode = check_serverapp(serverapp or DEFAULT_SERVERAPP)
     cmd = superlink_command(
-        cdir, host=host, port=port, certs=the_certs, node_auth=not insecure, health_port=health_port
+        cdir,
+        host=host,
+        port=port,
+        certs=the_certs,
+        node_auth=not insecure,
+        health_port=health_port,
+        serverapp=mode,
     )
+    if mode == WARM:
+        cmd = warm_coordinator_command(cdir, cmd, f"{connect_host}:{port}", the_certs)
     write_flwr_config(cdir, f"{connect_host}:{port}", the_certs.ca_cert if the_certs else None)
     console.print(f"coordinator state in {cdir.root}; Flower CLI config: FLWR_HOME={cdir.flwr_home}")
-    _foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root)
+    name = "the coordinator (SuperLink and warm ServerApp executor)" if mode == WARM else None
+    foreground(cmd, flower_env(cdir.flwr_home), cwd=cdir.root, name=name)
 
 
 @coordinator_app.command("register", help="Allow a partner node's public key to join (SuperNode auth).")
@@ -572,7 +580,7 @@ def node_start(
     )
     env = flower_env(ph.state_dir / "flwr-home")
     if mode != WARM:
-        _foreground(cmd, env, cwd=ph.state_dir)
+        foreground(cmd, env, cwd=ph.state_dir)
         return
     code = run_warm_node(cmd, runtime_port, write_runtime_secret(ph.root), env, ph.state_dir)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130):

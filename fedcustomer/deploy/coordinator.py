@@ -4,20 +4,29 @@ The coordinator holds no partner data. Its working directory keeps the SuperLink
 state, its log, the Flower CLI config (connection + CA), and the job's app
 directory (a pyproject.toml naming our installed ServerApp/ClientApp and the job's
 run config), so a restarted coordinator can resume the same run id.
+
+How the coordinator runs the ServerApp (``serverapp``): ``warm`` (the default where ``os.fork``
+exists) runs the SuperLink in Flower's ``process`` isolation with the warm ServerApp executor beside
+it, supervised (:mod:`fedcustomer.deploy.node_supervisor`, :mod:`fedcustomer.deploy.warm_serverapp`):
+a job starts without a fresh process paying the imports. ``subprocess`` is Flower's default: the
+SuperLink's own SuperExec starts a ``flwr-serverapp`` process per run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.common.files import atomic_write_text
+from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
@@ -31,6 +40,9 @@ INSECURE_WARNING = (
     "WARNING: --insecure: TLS and SuperNode authentication are OFF. Model updates travel in clear text and "
     "any process that reaches the port can join as a partner. Use only on a closed test network."
 )
+WARM, SUBPROCESS = "warm", "subprocess"
+SERVERAPP_MODES = (WARM, SUBPROCESS)
+DEFAULT_SERVERAPP = WARM if hasattr(os, "fork") and sys.platform != "darwin" else SUBPROCESS
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,19 @@ class CoordinatorDir:
     def job_path(self) -> Path:
         return self.root / "job.json"
 
+    @property
+    def secret_path(self) -> Path:
+        """The SuperLink's SuperExec secret: only the coordinator's own executor may take its jobs."""
+        return self.root / "runtime-api.secret"
+
+
+def check_serverapp(serverapp: str) -> str:
+    if serverapp not in SERVERAPP_MODES:
+        raise ConfigError(f"--serverapp must be {' or '.join(SERVERAPP_MODES)}, got {serverapp!r}")
+    if serverapp == WARM and not hasattr(os, "fork"):
+        raise ConfigError("--serverapp warm needs os.fork (Linux); use --serverapp subprocess here")
+    return serverapp
+
 
 def superlink_command(
     cdir: CoordinatorDir,
@@ -68,8 +93,13 @@ def superlink_command(
     certs: Certificates | None,
     node_auth: bool = True,
     health_port: int | None = None,
+    serverapp: str = SUBPROCESS,
 ) -> list[str]:
-    """The flower-superlink command line. ``certs=None`` means the explicit insecure opt-in."""
+    """The flower-superlink command line. ``certs=None`` means the explicit insecure opt-in.
+
+    ``serverapp="warm"``: process isolation (no SuperExec of Flower's own), task polling signed with
+    the secret in the workdir (see :func:`warm_coordinator_command`).
+    """
     cmd = [
         executable("flower-superlink"),
         "--host",
@@ -100,7 +130,38 @@ def superlink_command(
             cmd.append("--enable-supernode-auth")
     if health_port is not None:
         cmd += ["--health-server-address", f"{host}:{health_port}"]
+    if check_serverapp(serverapp) == WARM:
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(cdir.secret_path.resolve())]
     return cmd
+
+
+def write_runtime_secret(cdir: CoordinatorDir) -> Path:
+    """A fresh random secret for the SuperLink's task API, written at each start (0600)."""
+    cdir.root.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(cdir.secret_path, secrets.token_bytes(32), mode=0o600, exact=True)
+
+
+def warm_coordinator_command(
+    cdir: CoordinatorDir, superlink_cmd: list[str], runtime_address: str, certs: Certificates | None
+) -> list[str]:
+    """The supervisor's command line: the SuperLink and the warm ServerApp executor beside it.
+
+    ``runtime_address`` is where the executor reaches the SuperLink (its TLS port, by a name the
+    server certificate covers); a fresh secret is written for this start.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedcustomer.deploy.node_supervisor",
+        "--executor",
+        "serverapp",
+        "--runtime-api-address",
+        runtime_address,
+        "--secret-file",
+        str(write_runtime_secret(cdir).resolve()),
+    ]
+    cmd += ["--insecure"] if certs is None else ["--root-certificates", str(Path(certs.ca_cert).resolve())]
+    return [*cmd, "--", *superlink_cmd]
 
 
 def write_flwr_config(cdir: CoordinatorDir, address: str, ca_cert: Path | None) -> Path:
@@ -130,13 +191,26 @@ def start_superlink(
     health_port: int | None = None,
     connect_host: str | None = None,
     timeout: float = 60.0,
+    serverapp: str = DEFAULT_SERVERAPP,
 ) -> subprocess.Popen[bytes]:
-    """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers."""
+    """Start the SuperLink in the background, logging to ``superlink.log``; returns once it answers.
+
+    With ``serverapp="warm"`` the process returned is the coordinator's supervisor; it, the SuperLink
+    and the executor share one process group (:func:`fedcustomer.deploy.flower.stop` / ``kill`` end all).
+    """
     cdir.root.mkdir(parents=True, exist_ok=True)
     cmd = superlink_command(
-        cdir, host=host, port=port, certs=certs, node_auth=node_auth, health_port=health_port
+        cdir,
+        host=host,
+        port=port,
+        certs=certs,
+        node_auth=node_auth,
+        health_port=health_port,
+        serverapp=serverapp,
     )
     target = connect_host or ("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    if serverapp == WARM:
+        cmd = warm_coordinator_command(cdir, cmd, f"{target}:{port}", certs)
     write_flwr_config(cdir, f"{target}:{port}", certs.ca_cert if certs else None)
     offset = cdir.log_path.stat().st_size if cdir.log_path.exists() else 0
     proc = start(cmd, cdir.log_path, flower_env(cdir.flwr_home), cwd=cdir.root)

@@ -1,4 +1,4 @@
-"""One partner node as one service: the SuperNode plus its warm ClientApp executor, supervised.
+"""One partner node (or the coordinator) as one service: Flower's server process plus its warm executor, supervised.
 
 In ``--clientapp warm`` mode the SuperNode runs with ``--isolation process`` and starts no executor
 of its own; this supervisor starts it and the warm executor (:mod:`fedcustomer.deploy.warm_clientapp`)
@@ -7,10 +7,15 @@ failing stops the node, with the reason in its log, rather than leaving a node t
 and ends when the SuperNode ends, with its exit code. SIGTERM / Ctrl-C reach both children. All three
 share one process group, so stopping or killing the group stops the whole node, as before.
 
+The coordinator uses the same supervision (``--executor serverapp``): its SuperLink runs with
+``--isolation process`` beside the warm ServerApp executor (:mod:`fedcustomer.deploy.warm_serverapp`).
+
 This module imports neither flwr nor torch: it stays small and starts at once.
 
     python -m fedcustomer.deploy.node_supervisor --runtime-api-address 127.0.0.1:9094 \
         --secret-file HOME/state/runtime-api.secret -- flower-supernode ... --isolation process ...
+    python -m fedcustomer.deploy.node_supervisor --executor serverapp --runtime-api-address 127.0.0.1:9093 \
+        --root-certificates certs/ca.crt --secret-file WORKDIR/state/runtime-api.secret -- flower-superlink ...
 """
 
 from __future__ import annotations
@@ -26,24 +31,42 @@ from pathlib import Path
 MAX_RESTARTS = 5  # executor restarts allowed within RESTART_WINDOW_S before the node gives up
 RESTART_WINDOW_S = 300.0
 EXECUTOR_FAILED = 3  # exit code when the executor kept failing (the SuperNode's own codes pass through)
+CLIENTAPP, SERVERAPP = "clientapp", "serverapp"
+# executor kind -> (its module, how the log names it, who speaks in the log)
+EXECUTORS = {
+    CLIENTAPP: ("fedcustomer.deploy.warm_clientapp", "the warm ClientApp executor", "fedcustomer node"),
+    SERVERAPP: (
+        "fedcustomer.deploy.warm_serverapp",
+        "the warm ServerApp executor",
+        "fedcustomer coordinator",
+    ),
+}
 
 
-def executor_command(runtime_address: str, secret_file: Path | None, parent_pid: int) -> list[str]:
-    """The warm executor's command line, for the SuperNode with pid ``parent_pid``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedcustomer.deploy.warm_clientapp",
-        "--runtime-api-address",
-        runtime_address,
-    ]
+def executor_command(
+    runtime_address: str,
+    secret_file: Path | None,
+    parent_pid: int,
+    *,
+    executor: str = CLIENTAPP,
+    root_certificates: Path | None = None,
+    insecure: bool = False,
+) -> list[str]:
+    """The warm executor's command line, for the SuperNode (or SuperLink) with pid ``parent_pid``.
+
+    The ServerApp executor reaches the SuperLink's Runtime API on its TLS port: ``root_certificates``
+    (the coordinator's CA) or ``insecure`` for a coordinator started with ``--insecure``.
+    """
+    cmd = [sys.executable, "-m", EXECUTORS[executor][0], "--runtime-api-address", runtime_address]
+    if executor == SERVERAPP:
+        cmd += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
     if secret_file is not None:
         cmd += ["--secret-file", str(secret_file)]
     return cmd + ["--parent-pid", str(parent_pid)]
 
 
-def _say(text: str) -> None:
-    print(f"fedcustomer node: {text}", file=sys.stderr, flush=True)
+def _say(text: str, who: str = EXECUTORS[CLIENTAPP][2]) -> None:
+    print(f"{who}: {text}", file=sys.stderr, flush=True)
 
 
 def _end(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -66,11 +89,13 @@ def supervise(
     max_restarts: int = MAX_RESTARTS,
     window_s: float = RESTART_WINDOW_S,
     check_s: float = 0.5,
+    kind: str = CLIENTAPP,
 ) -> int:
-    """Run the SuperNode and its executor until the SuperNode ends; returns the node's exit code.
+    """Run the SuperNode (or SuperLink) and its executor until it ends; returns its exit code.
 
-    ``executor_cmd`` builds the executor's command from the SuperNode's pid.
+    ``executor_cmd`` builds the executor's command from the server process's pid.
     """
+    _, what, who = EXECUTORS[kind]
     node = subprocess.Popen(supernode_cmd, env=env, cwd=str(cwd) if cwd else None)
     stopping: list[int] = []
 
@@ -97,12 +122,14 @@ def supervise(
             restarts = [t for t in restarts if now - t < window_s] + [now]
             if len(restarts) > max_restarts:
                 _say(
-                    f"the warm ClientApp executor failed {len(restarts)} times within {window_s:g} s "
-                    f"(last exit code {executor.returncode}); stopping the node (see the lines above)"
+                    f"{what} failed {len(restarts)} times within {window_s:g} s (last exit code "
+                    f"{executor.returncode}); stopping the {'coordinator' if kind == SERVERAPP else 'node'} "
+                    "(see the lines above)",
+                    who,
                 )
                 _end(node)
                 return EXECUTOR_FAILED
-            _say(f"the warm ClientApp executor exited with code {executor.returncode}; restarting it")
+            _say(f"{what} exited with code {executor.returncode}; restarting it", who)
             executor = subprocess.Popen(executor_cmd(node.pid), env=env, cwd=str(cwd) if cwd else None)
     finally:
         for sig, handler in previous.items():
@@ -119,17 +146,35 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: node_supervisor [options] -- SUPERNODE COMMAND...", file=sys.stderr)
         return 2
     split = args.index("--")
-    ap = argparse.ArgumentParser(description="Supervise a SuperNode and its warm ClientApp executor.")
+    ap = argparse.ArgumentParser(description="Supervise a SuperNode (SuperLink) and its warm executor.")
     ap.add_argument("--runtime-api-address", required=True)
     ap.add_argument("--secret-file", type=Path, default=None)
+    ap.add_argument("--executor", choices=tuple(EXECUTORS), default=CLIENTAPP)
+    ap.add_argument("--root-certificates", type=Path, default=None, help="serverapp: the SuperLink's CA")
+    ap.add_argument("--insecure", action="store_true", help="serverapp: the SuperLink runs without TLS")
     opts = ap.parse_args(args[:split])
-    supernode_cmd = args[split + 1 :]
-    if not supernode_cmd:
-        print("node_supervisor: no SuperNode command after --", file=sys.stderr)
+    server_cmd = args[split + 1 :]
+    if not server_cmd:
+        print("node_supervisor: no SuperNode command (or SuperLink command) after --", file=sys.stderr)
         return 2
-    return supervise(
-        supernode_cmd, lambda pid: executor_command(opts.runtime_api_address, opts.secret_file, pid)
-    )
+    if opts.executor == SERVERAPP and opts.insecure == (opts.root_certificates is not None):
+        print(
+            "node_supervisor: --executor serverapp needs --root-certificates FILE or --insecure",
+            file=sys.stderr,
+        )
+        return 2
+
+    def command(pid: int) -> list[str]:
+        return executor_command(
+            opts.runtime_api_address,
+            opts.secret_file,
+            pid,
+            executor=opts.executor,
+            root_certificates=opts.root_certificates,
+            insecure=opts.insecure,
+        )
+
+    return supervise(server_cmd, command, kind=opts.executor)
 
 
 if __name__ == "__main__":

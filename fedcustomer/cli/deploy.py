@@ -309,6 +309,7 @@ def coordinator_run(
 ) -> None:
     from fedcustomer.deploy.coordinator import (
         CoordinatorDir,
+        file_rewritten,
         list_nodes,
         partner_shortfall,
         pin_spec,
@@ -403,7 +404,8 @@ def coordinator_run(
         f"{cfg.get('wait-for-partners', wait_for_partners):g} s for {cfg.get('partners', partners)} partners, "
         f"then {cfg.get('rounds', rounds)} rounds) ..."
     )
-    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress)
+    ended = file_rewritten(Path(str(cfg["out"])) / "summary.json")
+    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, finished_hint=ended)
     summary = read_summary(cfg)
     if as_json:
         console.print_json(json.dumps(summary))

@@ -58,6 +58,7 @@ def run_two_party_job(
     """Submit (or resume) a PSI / vertical job and wait; raises FederationError unless it completed."""
     from fedcustomer.deploy.coordinator import (
         CoordinatorDir,
+        file_rewritten,
         read_summary,
         submit_run,
         wait_for_coordinator,
@@ -93,7 +94,10 @@ def run_two_party_job(
     err.print(
         f"submitted {mode} job {cfg['run-id']} as Flower run {flwr_run_id}; waiting for bank and retailer ..."
     )
-    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg))
+    ended = file_rewritten(Path(str(cfg["out"])) / "summary.json")
+    status = wait_run(
+        cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg), finished_hint=ended
+    )
     summary = read_summary(cfg)
     if as_json:
         console.print_json(json.dumps(summary))

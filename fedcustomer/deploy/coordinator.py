@@ -370,25 +370,61 @@ def wait_run(
     poll: float = 1.0,
     progress: Callable[[str], None] | None = None,
     watch: Callable[[], None] | None = None,
+    *,
+    most: float = 10.0,
+    finished_hint: Callable[[], bool] | None = None,
+    tick: float = 0.25,
 ) -> dict[str, Any]:
     """Block until Flower reports the run finished; returns its status record (network traffic included).
 
-    ``progress`` hears every change of the run's status; ``watch`` is called at every poll.
+    Each status check is a ``flwr ls`` process (a second or more of CPU on a small machine, taken from
+    the job's own parties when they share it), so checks start every ``poll`` s, double while nothing
+    changes, up to ``most`` s, and are prompt again after a change. ``finished_hint`` is a cheap local
+    sign that the run is ending (the ServerApp wrote its summary): once it is true, checks go back to
+    every ``poll`` s. ``progress`` hears every change of the run's status; ``watch`` is called every
+    ``tick`` s.
     """
     deadline = time.monotonic() + timeout
-    seen = None
+    seen: object = None
+    interval, next_check, hinted = poll, time.monotonic(), False
     while True:
-        status = run_status(cdir, run_id)
-        if progress and status.get("status") != seen:
-            seen = status.get("status")
-            progress(f"Flower run {run_id}: {seen}")
+        now = time.monotonic()
+        hint_now = not hinted and finished_hint is not None and finished_hint()
+        if hint_now:
+            hinted, interval = True, poll
+        if now >= next_check or hint_now:
+            status = run_status(cdir, run_id)
+            if status.get("status") != seen:
+                seen = status.get("status")
+                interval = poll
+                if progress:
+                    progress(f"Flower run {run_id}: {seen}")
+            else:
+                interval = poll if hinted else min(interval * 2, max(poll, most))
+            if str(status.get("status", "")).startswith("finished"):
+                if watch is not None:
+                    watch()
+                return status
+            next_check = time.monotonic() + interval
         if watch is not None:
             watch()
-        if str(status.get("status", "")).startswith("finished"):
-            return status
         if time.monotonic() > deadline:
-            raise FederationError(f"run {run_id} still {status.get('status')} after {timeout:g} s")
-        time.sleep(poll)
+            raise FederationError(f"run {run_id} still {seen} after {timeout:g} s")
+        time.sleep(max(0.0, min(tick, next_check - time.monotonic())))
+
+
+def file_rewritten(path: Path) -> Callable[[], bool]:
+    """True once ``path`` is written after this call (a new file, or a new modification time)."""
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    before = stamp()
+    return lambda: (now := stamp()) is not None and now != before
 
 
 def read_summary(run_config: dict[str, Any]) -> dict[str, Any]:

@@ -79,3 +79,82 @@ def test_missing_node_key_files_exit_8_like_every_missing_key_file(
     only_group(monkeypatch, deploy.register)
     code, _, err = run(["coordinator", "register", str(tmp_path / "supernode.pub")], capsys)
     assert code == 8 and "not found" in err and "node keys" in err and "Traceback" not in err
+
+
+class _Clock:
+    """A fake monotonic clock that ``sleep`` advances, so polling pauses are checked without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _fake_run(
+    monkeypatch: pytest.MonkeyPatch, statuses: list[tuple[float, str]]
+) -> tuple[_Clock, list[float]]:
+    """``run_status`` answers the last status whose start time has passed; returns the clock and check times."""
+    clock, checks = _Clock(), []
+    monkeypatch.setattr(co, "time", clock)
+
+    def status(cdir: object, run_id: int) -> dict:
+        checks.append(clock.now)
+        return {"status": [s for t, s in statuses if t <= clock.now][-1]}
+
+    monkeypatch.setattr(co, "run_status", status)
+    return clock, checks
+
+
+def test_status_checks_back_off_while_nothing_changes_and_are_prompt_after_a_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clock, checks = _fake_run(monkeypatch, [(0, "pending"), (0.5, "running"), (200, "finished:completed")])
+    heard: list[str] = []
+    status = co.wait_run(
+        co.CoordinatorDir(tmp_path), 7, timeout=1000, poll=1.0, most=8.0, progress=heard.append
+    )
+    assert status["status"] == "finished:completed"
+    assert heard == ["Flower run 7: pending", "Flower run 7: running", "Flower run 7: finished:completed"]
+    gaps = [round(b - a, 2) for a, b in zip(checks, checks[1:], strict=False)]
+    assert gaps[:5] == [1.0, 1.0, 2.0, 4.0, 8.0]  # pending->running at 1 s resets; then doubling
+    assert max(gaps) <= 8.0
+    assert len(checks) < 35  # one check a second would have been 200
+
+
+def test_a_finished_hint_checks_at_once_and_then_every_poll(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clock, checks = _fake_run(monkeypatch, [(0, "running"), (101, "finished:completed")])
+    summary = tmp_path / "summary.json"
+    ended = co.file_rewritten(summary)
+    assert not ended()
+
+    def hint() -> bool:
+        if clock.now >= 100 and not summary.exists():
+            summary.write_text("{}")
+        return ended()
+
+    co.wait_run(co.CoordinatorDir(tmp_path), 7, timeout=1000, poll=1.0, most=30.0, finished_hint=hint)
+    assert 100 <= checks[-2] <= 100.25 + 1e-9  # the summary appeared: checked within one tick
+    assert checks[-1] - checks[-2] == pytest.approx(1.0)  # then every poll until Flower says finished
+
+
+def test_a_file_rewritten_in_place_counts_as_written(tmp_path: Path) -> None:
+    old = tmp_path / "summary.json"
+    old.write_text('{"from": "an earlier run"}')
+    ended = co.file_rewritten(old)
+    assert not ended()
+    old.write_text('{"from": "this run, longer than before"}')
+    assert ended()
+
+
+def test_a_run_that_never_ends_times_out_naming_its_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_run(monkeypatch, [(0, "running")])
+    with pytest.raises(FederationError, match="run 7 still running after 60 s"):
+        co.wait_run(co.CoordinatorDir(tmp_path), 7, timeout=60, poll=1.0)

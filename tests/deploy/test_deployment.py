@@ -98,7 +98,8 @@ class Federation:
         run = co.submit_run(self.cdir, resume=resume)
         if not wait:
             return run, {}
-        return run, co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=0.5)
+        ended = co.file_rewritten(Path(str(self.config()["out"])) / "summary.json")
+        return run, co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=0.5, finished_hint=ended)
 
     def config(self) -> dict:
         return json.loads(self.cdir.job_path.read_text())

@@ -86,7 +86,8 @@ class TwoParties:
         return co.submit_run(self.cdir, resume=resume)
 
     def wait(self, run: int) -> dict:
-        return co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=2.0)  # each poll is a `flwr` process
+        ended = co.file_rewritten(Path(str(self.config()["out"])) / "summary.json")
+        return co.wait_run(self.cdir, run, timeout=UNBOUNDED, poll=2.0, finished_hint=ended)
 
     def config(self) -> dict:
         return json.loads(self.cdir.job_path.read_text())

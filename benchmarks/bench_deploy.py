@@ -106,7 +106,8 @@ def _deployed(
                 cdir, co.run_config_for(job, feature_spec="synthetic:repayment", secagg=mode == "secagg")
             )
             started = time.perf_counter()
-            status = co.wait_run(cdir, co.submit_run(cdir), timeout=1800, poll=0.5)
+            ended = co.file_rewritten(Path(job.out) / "summary.json")
+            status = co.wait_run(cdir, co.submit_run(cdir), timeout=1800, poll=0.5, finished_hint=ended)
             wall = time.perf_counter() - started
             assert status["status"] == "finished:completed", status
             traffic = status["network-traffic"]["total-bytes"]
@@ -188,7 +189,13 @@ def _vertical_deployed(
         run_id = co.submit_run(cdir)
         submitted = time.time()
         # each poll is a `flwr` process (seconds of CPU): poll rarely, time the job by its summary's write
-        status = co.wait_run(cdir, run_id, timeout=7200, poll=5.0)
+        status = co.wait_run(
+            cdir,
+            run_id,
+            timeout=7200,
+            poll=5.0,
+            finished_hint=co.file_rewritten(Path(raw["out"]) / "summary.json"),
+        )
         summary_path = Path(raw["out"]) / "summary.json"
         wall = summary_path.stat().st_mtime - started
         summary = co.read_summary(raw)

@@ -78,8 +78,8 @@ class PartnerDataAccess:
             entry = store.last_entry
         read = {"audit_seq": entry.seq, "audit_hash": entry.hash} if entry is not None else None
         held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
-        chosen = frame[held_out] if split == "test" else frame[~held_out]
-        return chosen[spec.columns()].reset_index(drop=True), read
+        chosen = frame.loc[held_out if split == "test" else ~held_out, spec.columns()]  # one copy
+        return chosen.reset_index(drop=True), read
 
     def source_stamp(self, dataset: str) -> tuple[Any, ...] | None:
         """Changes whenever what a training read of ``dataset`` returns may have changed.

@@ -557,6 +557,8 @@ def _numeric_column(series: pd.Series, name: str, role: str, hint: str = "") -> 
     """Float64 values of a column; DataError naming the column and a row number, never the value."""
     if pd.api.types.is_bool_dtype(series.dtype):
         return series.astype("float64").to_numpy()
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iuf":  # numbers already: no parsing
+        return series.to_numpy(dtype=np.float64, copy=True)
     converted = pd.to_numeric(series, errors="coerce")
     values = pd.Series(converted).to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.flatnonzero(np.isnan(values) & series.notna().to_numpy())

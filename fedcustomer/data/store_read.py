@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -337,7 +338,7 @@ class _Read:
         )
 
 
-def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, list[Any]]]:
+def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, list[Any] | np.ndarray]]:
     """Open each customer's sealed row with their data key; filter; decrypt core fields asked for.
 
     Rows are opened in chunks (:data:`_CHUNK`), each with one call per step (unwrap the keys,
@@ -349,12 +350,12 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
     rows = store.backend.fetchall(_select(store, plan), [plan.schema.dataset])
     for start in range(0, len(rows), _CHUNK):
         chunk.open(rows[start : start + _CHUNK])
-    return chunk.index, chunk.columns
+    return chunk.index, chunk.finished()
 
 
 def _fetch_page(
     store: StoreCore, plan: _Plan, after: str | None, limit: int
-) -> tuple[list[str], dict[str, list[Any]]]:
+) -> tuple[list[str], dict[str, list[Any] | np.ndarray]]:
     """:func:`_fetch_columns` for the next ``limit`` stored rows whose pseudonym sorts after ``after``
     (keyset paging on the primary key: each page is one short query, no cursor held between pages)."""
     chunk = _chunk_for(store, plan)
@@ -362,7 +363,7 @@ def _fetch_page(
     rows = store.backend.fetchall(_select(store, plan, paged=after is not None, limit=limit), params)
     for start in range(0, len(rows), _CHUNK):
         chunk.open(rows[start : start + _CHUNK])
-    return chunk.index, chunk.columns
+    return chunk.index, chunk.finished()
 
 
 def decrypted_fields(plan: _Plan) -> list[str]:
@@ -393,10 +394,13 @@ def _chunk_for(store: StoreCore, plan: _Plan) -> _Chunk:
     for name, value in plan.where.items():
         stored = {_where_value(schema.field(name), v) for v in (list(value) if _is_seq(value) else [value])}
         wanted[name] = {_fold(v) for v in stored} if name in text_keys else stored
-    return _Chunk(store, FieldCipher(dataset), plain, core, wanted, text_keys)
+    whole = [n for n in plain if schema.field(n).type in WHOLE_TYPES]
+    return _Chunk(store, FieldCipher(dataset), plain, core, wanted, text_keys, whole)
 
 
 _CHUNK = 4096
+WHOLE_TYPES = frozenset({"integer", "boolean"})  # stored as Python ints: read into int64 blocks
+_EXACT_INT = 2**53  # beyond it the general path's float round trip rounds; the block path must agree
 
 
 class _Chunk:
@@ -410,11 +414,15 @@ class _Chunk:
         core: list[str],
         wanted: dict[str, set[Any]],
         text_keys: set[str],
+        whole: list[str] | None = None,
     ) -> None:
         self.store, self.cipher, self.plain, self.core = store, cipher, plain, core
         self.wanted, self.text_keys = wanted, text_keys
+        self.whole = list(whole or [])  # plain integer and boolean fields, taken a block at a time
+        self.listed = [n for n in plain if n not in set(self.whole)]
         self.index: list[str] = []
-        self.columns: dict[str, list[Any]] = {n: [] for n in plain + core}
+        self.columns: dict[str, list[Any]] = {n: [] for n in self.listed + core}
+        self.pieces: dict[str, list[np.ndarray | list[Any]]] = {n: [] for n in self.whole}
 
     def open(self, rows: Sequence[tuple[Any, ...]]) -> None:
         keys = open_row_keys(self.store.keyring, self.cipher, [(r[0], r[2], r[3]) for r in rows])
@@ -426,8 +434,12 @@ class _Chunk:
                     values = [values[i] for i in kept]
                     rows = [rows[i] for i in kept]
                     keys = keys.select(kept)
-            for n in self.plain:
+            for n in self.listed:
                 self.columns[n].extend([v.get(n) for v in values])
+            if self.whole:
+                block = _whole_block(values, self.whole)
+                for j, n in enumerate(self.whole):
+                    self.pieces[n].append(block[:, j] if block is not None else [v.get(n) for v in values])
         self.index.extend(r[0] for r in rows)
         for offset, n in enumerate(self.core, start=4):
             tokens = [r[offset] for r in rows]
@@ -439,6 +451,16 @@ class _Chunk:
                     column[i] = value
             self.columns[n].extend(column)
 
+    def finished(self) -> dict[str, list[Any] | np.ndarray]:
+        """Every column read: an int64 array where every chunk of it came as a block, else a list."""
+        out: dict[str, list[Any] | np.ndarray] = dict(self.columns)
+        for n, pieces in self.pieces.items():
+            if pieces and all(isinstance(p, np.ndarray) for p in pieces):
+                out[n] = np.concatenate(pieces)
+            else:
+                out[n] = [v for p in pieces for v in (p.tolist() if isinstance(p, np.ndarray) else p)]
+        return out
+
     def _matches(self, values: Mapping[str, Any]) -> bool:
         return all(
             (_fold(values.get(k)) if k in self.text_keys else values.get(k)) in allowed
@@ -446,7 +468,30 @@ class _Chunk:
         )
 
 
-def _to_frame(plan: _Plan, index: list[str], columns: dict[str, list[Any]], mask_key: bytes) -> pd.DataFrame:
+def _whole_block(values: Sequence[Mapping[str, Any]], names: list[str]) -> np.ndarray | None:
+    """The ``names`` fields of every row as one (rows, fields) int64 block, or None.
+
+    Only when every row has every field and every value is an int (or bool) within +-2**53, where
+    the general path (:func:`_to_series`) would give the same int64 column; a missing field or
+    cell, a float, a text or a larger number sends the chunk down the general path.
+    """
+    try:
+        block = np.array(list(map(itemgetter(*names), values)))
+    except (KeyError, ValueError, TypeError):
+        return None
+    if block.dtype != np.int64:
+        return None
+    block = block.reshape(len(values), len(names)) if block.ndim == 1 else block
+    if block.shape != (len(values), len(names)):
+        return None
+    if block.size and not (int(block.min()) >= -_EXACT_INT and int(block.max()) <= _EXACT_INT):
+        return None
+    return block
+
+
+def _to_frame(
+    plan: _Plan, index: list[str], columns: Mapping[str, list[Any] | np.ndarray], mask_key: bytes
+) -> pd.DataFrame:
     """Typed columns indexed by pseudonym, masked where the view is ``masked``."""
     idx = pd.Index(index, name="pseudonym", dtype=object)
     data: dict[str, Any] = {}
@@ -493,9 +538,11 @@ def _where_value(spec: FieldSpec, value: Any) -> Any:
     return canonical_text(spec, parsed)[0]
 
 
-def _to_series(spec: FieldSpec, values: list[Any], index: pd.Index) -> pd.Series:
+def _to_series(spec: FieldSpec, values: list[Any] | np.ndarray, index: pd.Index) -> pd.Series:
     """Stored values -> a column with a numeric dtype for numbers (vectorised, no per-row Python)."""
     t = spec.type
+    if isinstance(values, np.ndarray):  # an int64 block (:func:`_whole_block`): already the column
+        return pd.Series(values.astype(bool) if t == "boolean" else values, index=index, name=spec.name)
     if t in ("integer", "boolean"):
         arr = pd.array(values, dtype="Float64") if values else pd.array([], dtype="Float64")
         if arr.isna().any():

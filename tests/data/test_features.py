@@ -269,3 +269,34 @@ def test_categorical_encoding_of_numbers_matches_one_key_per_row(values: pd.Seri
     assert got.shape == (len(values), 8) and got.dtype == np.float32
     np.testing.assert_array_equal(got, _one_call_per_row(feature, values))
     assert got.sum(axis=1).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series([20, 45, 70, 33], dtype="int64"),
+        pd.Series([20.0, np.nan, 70.0, -1.5], dtype="float64"),
+        pd.Series([20, None, 70, 33], dtype="Int64"),  # nullable: not a plain numpy dtype
+        pd.Series([20, 45, 70, 33], dtype="uint8"),
+        pd.Series([True, False, True, True]),
+    ],
+)
+def test_numeric_columns_encode_as_their_values_read_as_text(column: pd.Series) -> None:
+    """A column already numeric skips parsing: the matrix and label equal those of the same values as text."""
+    spec = make_spec()
+    as_text = column.astype(object).map(
+        lambda v: None if pd.isna(v) else str(int(v) if v is True or v is False else v)
+    )
+    rows = {"region": ["north"] * 4, "amount": [1.0] * 4, "cid": list("abcd")}
+    x_numeric, y_numeric = spec.transform(pd.DataFrame({**rows, "age": column, "y": [0, 1, 1, 0]}))
+    x_text, y_text = spec.transform(pd.DataFrame({**rows, "age": as_text, "y": ["0", "1", "1", "0"]}))
+    np.testing.assert_array_equal(x_numeric, x_text)
+    np.testing.assert_array_equal(y_numeric, y_text)
+
+
+def test_a_numeric_label_column_is_not_changed_by_encoding() -> None:
+    """The numeric fast path hands back a copy: the caller's frame keeps its values."""
+    data = frame(y=pd.Series([0, 1, 0], dtype="int64"), age=pd.Series([20.0, np.nan, 70.0]))
+    before = data.copy()
+    make_spec().transform(data)
+    pd.testing.assert_frame_equal(data, before)

@@ -71,6 +71,8 @@ def _one_value_at_a_time(store, plan) -> tuple[list[str], dict[str, list[Any]]]:
 def loaded(tmp_path, store, bank):
     frame = bank_frame(23)
     frame.loc[[2, 9], "income"] = None  # a nullable float with missing cells
+    frame["months_on_book"] = frame["months_on_book"].astype(object)
+    frame.loc[[4], "months_on_book"] = None  # a nullable integer: its chunk cannot be an int64 block
     store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
     return store
 
@@ -83,6 +85,7 @@ READS = [
         None,
     ),
     (TRAINING, "training", ["age", "income"], {"region": ["north", "SOUTH"]}),
+    (TRAINING, "training", ["months_on_book", "num_products", "defaulted"], None),  # blocks and lists
     (MARKETING, "marketing", None, None),  # masked views
     (RISK, "risk_review", CORE + ["region", "income"], None),  # core fields in clear
     (RISK, "risk_review", ["full_name", "age"], {"region": "east"}),
@@ -168,3 +171,32 @@ def test_a_customer_without_a_data_key_is_refused(loaded):
     _alter(loaded, "DELETE FROM data_keys WHERE dataset = 'bank' AND pseudonym = ?", (pseudonym,))
     with pytest.raises(IntegrityError, match=f"customer {pseudonym} .* has no data key"):
         loaded.read(TRAINING, "training", ["age"])
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        ([{"a": 1, "b": 2}, {"a": 3, "b": 4}], [[1, 2], [3, 4]]),
+        ([{"a": True, "b": 2}], [[1, 2]]),  # a bool among ints reads as 0/1, as on the general path
+        ([{"a": 1, "b": None}], None),  # a missing cell
+        ([{"a": 1}], None),  # a missing field
+        ([{"a": 1, "b": 2.5}], None),  # a float
+        ([{"a": 1, "b": "2"}], None),  # a text
+        ([{"a": 1, "b": 2**53 + 1}], None),  # past what the general path's float keeps exact
+        ([{"a": 1, "b": -(2**63)}], None),
+        ([{"a": 1, "b": 2**70}], None),  # past int64
+        ([{"a": [1], "b": 2}], None),
+    ],
+)
+def test_a_chunk_is_an_int64_block_only_when_every_value_is_a_whole_number(rows, expected):
+    block = store_read._whole_block(rows, ["a", "b"])
+    if expected is None:
+        assert block is None
+    else:
+        assert block is not None and block.dtype == "int64"
+        assert block.tolist() == expected
+
+
+def test_a_single_whole_field_is_a_one_column_block():
+    block = store_read._whole_block([{"a": 5}, {"a": 6}], ["a"])
+    assert block is not None and block.shape == (2, 1) and block[:, 0].tolist() == [5, 6]

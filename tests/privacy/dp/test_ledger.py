@@ -1,4 +1,5 @@
 import multiprocessing as mp
+import os
 import sqlite3
 from pathlib import Path
 
@@ -225,3 +226,73 @@ def test_a_charge_made_under_a_hold_survives_a_sigkill(tmp_path: Path) -> None:
     assert not (tmp_path / "ledger.db-wal").exists()
     (charge,) = BudgetLedger(path, "loans", BUDGET).charges()
     assert charge.charge_key == "r1" and charge.epsilon_total > 0
+
+
+LARGE = DatasetBudget(1e6, 1e-5)
+
+
+def _opens_fresh(path: str, out: "mp.Queue[str]") -> None:
+    try:
+        BudgetLedger(path, "loans", LARGE).charge_gaussian(f"pid{os.getpid()}", ROUND)
+        out.put("ok")
+    except BaseException as exc:  # reported to the parent, which fails the test with it
+        out.put(repr(exc))
+
+
+def test_a_new_ledger_is_made_whole_with_its_tables_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ledger.db"
+    ledger = BudgetLedger(path, "loans", BUDGET)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert {"charges", "refusals", "charges_dataset"} <= names
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "ledger.db",
+        "ledger.db.lock",
+    ]  # nothing left over
+    ledger.charge_gaussian("r1", ROUND)
+    assert [c.charge_key for c in BudgetLedger(path, "loans", BUDGET).charges()] == ["r1"]
+
+
+def test_a_creation_that_fails_before_the_rename_leaves_no_ledger(tmp_path: Path, monkeypatch) -> None:
+    from fedcustomer.privacy.dp import ledger as ledger_module
+
+    path = tmp_path / "ledger.db"
+
+    def no_rename(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ledger_module.os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        BudgetLedger(path, "loans", BUDGET)
+    assert not path.exists()
+    assert not (tmp_path / "ledger.db.new").exists()
+    monkeypatch.undo()
+    BudgetLedger(path, "loans", BUDGET).charge_gaussian("r1", ROUND)  # the next open creates it
+    assert len(BudgetLedger(path, "loans", BUDGET).charges()) == 1
+
+
+def test_a_half_made_ledger_left_by_a_crashed_creator_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "ledger.db.new").write_bytes(b"not a database")
+    (tmp_path / "ledger.db.new-wal").write_bytes(b"stale log")
+    ledger = BudgetLedger(tmp_path / "ledger.db", "loans", BUDGET)
+    ledger.charge_gaussian("r1", ROUND)
+    assert [c.charge_key for c in ledger.charges()] == ["r1"]
+    assert not (tmp_path / "ledger.db.new").exists() and not (tmp_path / "ledger.db.new-wal").exists()
+
+
+def test_processes_opening_a_new_ledger_at_once_share_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    ctx = mp.get_context("fork")
+    out: mp.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_opens_fresh, args=(path, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]  # waits on each process's report, not on a clock
+    for p in procs:
+        p.join()
+    assert results == ["ok"] * 4
+    assert len(BudgetLedger(path, "loans", LARGE).charges()) == 4  # no process created a second ledger

@@ -97,7 +97,7 @@ def run_simulated_job(
 def _ledgers_to_rest(homes: list[Any]) -> None:
     """The engine ends its workers without closing what they held: a partner's ledger may keep the
     write-ahead log its job held (durable as it is, see clients/ledger_holds.py); fold it back in."""
-    from fedcustomer.privacy.dp.ledger import put_to_rest
+    from fedcustomer.privacy.dp.ledger_file import put_to_rest
 
     for home in homes:
         try:

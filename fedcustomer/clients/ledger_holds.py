@@ -3,7 +3,7 @@
 Every DP round charges the partner's ledger once, in its own durable SQLite transaction. With
 no other connection open, closing that transaction's connection also checkpointed the ledger's
 write-ahead log into ``ledger.db`` and deleted it, three more syncs per round. A node therefore
-holds one idle connection per (home, run) (:class:`~fedcustomer.privacy.dp.ledger.WalHold`)
+holds one idle connection per (home, run) (:class:`~fedcustomer.privacy.dp.ledger_file.WalHold`)
 from the first round of a job it serves to the job's last planned round, a refusal or a failed
 round, after ``IDLE_SECONDS`` without use (a job that stopped early), and with the process.
 Durability is unchanged: each charge still commits with a sync of the log before the update
@@ -18,7 +18,8 @@ import threading
 import time
 
 from fedcustomer.clients.job_matrices import IDLE_SECONDS
-from fedcustomer.privacy.dp.ledger import BudgetLedger, WalHold
+from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.ledger_file import WalHold
 
 log = logging.getLogger(__name__)
 

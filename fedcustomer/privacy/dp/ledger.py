@@ -43,59 +43,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.common.files import fsync_dir
 from fedcustomer.errors import BudgetExhausted, ConfigError, IntegrityError
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
+from fedcustomer.privacy.dp.ledger_file import (
+    BUSY_TIMEOUT_S,
+    SCHEMA,
+    WalHold,
+    create_whole,
+    missing_columns,
+)
 
 GAUSSIAN = "gaussian_rdp"
 APPROX = "approx_dp"
-BUSY_TIMEOUT_S = 120.0  # how long SQLite waits for a writer that bypasses the flock before giving up
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    charge_key TEXT NOT NULL UNIQUE,
-    dataset TEXT NOT NULL,
-    time TEXT NOT NULL,
-    family TEXT NOT NULL CHECK (family IN ('gaussian_rdp', 'approx_dp')),
-    mechanism TEXT NOT NULL,
-    run_id TEXT,
-    round INTEGER,
-    query_id TEXT,
-    noise_multiplier REAL,
-    sample_rate REAL,
-    steps INTEGER,
-    epsilon REAL,
-    delta REAL,
-    epsilon_total REAL NOT NULL,
-    delta_total REAL NOT NULL,
-    epsilon_target REAL NOT NULL,
-    delta_target REAL NOT NULL,
-    details TEXT NOT NULL DEFAULT '{}',
-    accountant TEXT NOT NULL DEFAULT 'rdp',
-    pld_interval REAL
-);
-CREATE INDEX IF NOT EXISTS charges_dataset ON charges(dataset, seq);
-CREATE TABLE IF NOT EXISTS refusals (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    charge_key TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    time TEXT NOT NULL,
-    mechanism TEXT NOT NULL,
-    epsilon_would_be REAL NOT NULL,
-    epsilon_target REAL NOT NULL,
-    reason TEXT NOT NULL,
-    accountant TEXT NOT NULL DEFAULT 'rdp'
-);
-"""
-# Columns later versions added, with what rows written before them mean (every such row was RDP).
-_ADDED_COLUMNS = {
-    "charges": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"), ("pld_interval", "REAL")),
-    "refusals": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"),),
-}
 
 
 @dataclass(frozen=True)
@@ -467,63 +429,23 @@ class BudgetLedger:
         the file. Where WAL is unavailable (some network file systems) SQLite keeps its
         rollback journal: slower, just as safe. ``synchronous=FULL`` (the default) keeps every
         commit durable. A ledger already complete is only read here (one connection, no lock);
-        a new one is made whole by :meth:`_create`.
+        a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`.
         """
         if not self.path.exists():
-            self._create()
+            create_whole(self.path, self._lock_path)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
-            ready = {"charges", "refusals", "charges_dataset"} <= names and not _missing_columns(conn)
+            ready = {"charges", "refusals", "charges_dataset"} <= names and not missing_columns(conn)
         if ready:
             return
         with self._transaction() as conn:  # again, under the lock: another process may have done it
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             # bring a ledger written by an earlier version up to this schema (its rows were all RDP)
-            for table, column, decl in _missing_columns(conn):
+            for table, column, decl in missing_columns(conn):
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-
-    def _create(self) -> None:
-        """A new ledger made whole: WAL mode and tables written to a temporary file, synced once,
-        then renamed into place and its folder synced (two syncs, against about nine for the
-        same ledger built in place: mode switch, schema commit, checkpoint at close). Under the
-        ledger's lock, so two processes never both create it; a crash leaves no ledger, only the
-        temporary file, which the next creator replaces.
-        """
-        lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            if self.path.exists():
-                return  # another process made it while this one waited
-            tmp = self.path.with_name(self.path.name + ".new")
-            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                leftover.unlink(missing_ok=True)
-            try:
-                conn = sqlite3.connect(tmp, isolation_level=None)
-                try:
-                    conn.execute("PRAGMA synchronous=OFF")  # not yet the ledger: synced whole below
-                    conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                    conn.execute("BEGIN")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute("COMMIT")
-                finally:
-                    conn.close()  # the last connection folds the log into the file and removes it
-                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, self.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(self.path.parent)
-        finally:
-            os.close(lock_fd)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -555,45 +477,6 @@ class BudgetLedger:
             raise BudgetExhausted(str(refused))
 
 
-class WalHold:
-    """One idle connection that keeps a ledger's write-ahead log between transactions.
-
-    SQLite checkpoints the WAL into ``ledger.db`` and deletes it whenever the last connection
-    closes; with a connection per call (:meth:`BudgetLedger._connect`) every charge paid for a
-    checkpoint (three more syncs) on top of its own durable commit. A node holds one of these
-    for the rounds of a job, so a charge costs its commit alone. Durability is the same (every
-    commit syncs the WAL, ``synchronous=FULL``); closing the hold, the last connection,
-    checkpoints and leaves the ledger at rest as before. Never used for statements; a hold
-    inherited across ``fork`` is left alone by the child.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        try:
-            # maps the WAL index, held from now on; fetchall ends the statement, so no read stays open
-            self._conn.execute("SELECT COUNT(*) FROM charges").fetchall()
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
-            conn.close()
-
-
-def put_to_rest(path: str | Path) -> None:
-    """Fold a write-ahead log left by holders that ended without closing (e.g. simulation workers
-    the engine killed) into ``ledger.db``: the last connection to close checkpoints it. The log is
-    durable as it is; this only returns the file to rest. A no-op while another process holds it.
-    """
-    if Path(path).exists():
-        WalHold(path).close()
-
-
 class _Refused(Exception):
     """Internal: a refusal whose record must be committed before BudgetExhausted is raised."""
 
@@ -609,14 +492,6 @@ def _gaussian_steps(c: Charge) -> GaussianSteps:
             f"ledger charge {c.charge_key!r} is Gaussian but lacks its noise multiplier, sample rate or steps"
         )
     return GaussianSteps(float(c.noise_multiplier), float(c.sample_rate), int(c.steps))
-
-
-def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    out = []
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
-        out += [(table, name, decl) for name, decl in columns if name not in have]
-    return out
 
 
 def _approx_totals(charges: Sequence[Charge]) -> tuple[float, float]:

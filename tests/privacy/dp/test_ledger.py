@@ -10,7 +10,8 @@ from fedcustomer.errors import BudgetExhausted, ConfigError
 from fedcustomer.privacy.dp import accounting
 from fedcustomer.privacy.dp.accounting import GaussianSteps, calibrate_noise, epsilon
 from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.privacy.dp.ledger import BudgetLedger, put_to_rest
+from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.ledger_file import put_to_rest
 
 BUDGET = DatasetBudget(epsilon=3.0, delta=1e-5)
 ROUND = GaussianSteps(noise_multiplier=1.1, sample_rate=0.05, steps=20)
@@ -258,7 +259,7 @@ def test_a_new_ledger_is_made_whole_with_its_tables_in_wal_mode(tmp_path: Path) 
 
 
 def test_a_creation_that_fails_before_the_rename_leaves_no_ledger(tmp_path: Path, monkeypatch) -> None:
-    from fedcustomer.privacy.dp import ledger as ledger_module
+    from fedcustomer.privacy.dp import ledger_file as ledger_module
 
     path = tmp_path / "ledger.db"
 

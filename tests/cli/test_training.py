@@ -1,4 +1,5 @@
-"""`fedcustomer run / baseline / demo` as a user runs them: real processes, exit codes, no tracebacks."""
+"""`fedcustomer run / baseline / demo` as a user runs them: exit codes and output, no tracebacks (real processes,
+and the simulation engine end to end once; the refusal and cap paths in process, on Flower's in-process grid)."""
 
 import json
 import os
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.cli.cli_runner import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +45,27 @@ def _csv(path: Path, n: int = 300, **columns) -> Path:
             frame[name] = value
     frame.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def in_process_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The partners' ClientApp answers the ServerApp in this process instead of in Ray workers.
+
+    The command, the job's preparation, the ServerApp, the partners' DP rounds, ledgers, report and exit
+    code are the product's own; only the transport is Flower's in-process grid. The simulation engine
+    itself runs end to end in test_run_in_simulation_engine_learns_within_budget."""
+    import flwr.simulation
+    from flwr.app import Context, RecordDict
+
+    from fedcustomer.server.inprocess import LocalGrid
+
+    def run_simulation(*, server_app, client_app, num_supernodes, **_engine_options) -> None:
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        server_app(LocalGrid(client_app, num_supernodes), context)
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
 
 
 def _assert_clean_failure(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
@@ -131,29 +155,32 @@ def test_run_in_simulation_engine_learns_within_budget(tmp_path: Path) -> None:
     assert "privacy budget per partner" in result.stdout
 
 
-@pytest.mark.slow
-def test_tiny_epsilon_shows_refusals_and_never_overspends(tmp_path: Path) -> None:
+def test_tiny_epsilon_shows_refusals_and_never_overspends(
+    tmp_path: Path, in_process_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    result = fedcustomer(
-        "run",
-        "--data",
-        "synthetic",
-        "--partners",
-        "3",
-        "--rounds",
-        "30",
-        "--epsilon",
-        "0.05",
-        "--out",
-        str(out),
-        cwd=tmp_path,
+    code, stdout, stderr = run_cli(
+        [
+            "run",
+            "--data",
+            "synthetic",
+            "--partners",
+            "3",
+            "--rounds",
+            "30",
+            "--epsilon",
+            "0.05",
+            "--out",
+            str(out),
+        ],
+        capsys,
     )
-    output = result.stdout + result.stderr
+    output = stdout + stderr
     assert "Traceback" not in output
     summary = json.loads((out / "summary.json").read_text())
     assert all(p["rounds_refused"] >= 1 for p in summary["partners"])
     assert all((p["epsilon_spent"] or 0) <= 0.05 for p in summary["partners"])
-    assert result.returncode in (0, 6)  # 6 when not even one round fits in the budget
+    assert code in (0, 6)  # 6 when not even one round fits in the budget
     assert "refused" in output
 
 
@@ -172,23 +199,26 @@ def test_central_cap_options_are_refused_before_anything_runs(
     _assert_clean_failure(fedcustomer("run", "--out", str(tmp_path / "r"), *args, cwd=tmp_path), 3, needle)
 
 
-@pytest.mark.slow
-def test_central_cap_stops_the_run_in_the_simulation_engine_and_says_why(tmp_path: Path) -> None:
+def test_central_cap_stops_the_run_and_says_why(
+    tmp_path: Path, in_process_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    result = fedcustomer(
-        *("run", "--data", "synthetic", "--partners", "2", "--min-partners", "2", "--rounds", "4"),
-        *("--central-dp", "--central-noise-multiplier", "2", "--central-max-epsilon", "3.5"),
-        *("--federated-eval", "final", "--out", str(out)),
-        cwd=tmp_path,
+    code, stdout, stderr = run_cli(
+        [
+            *("run", "--data", "synthetic", "--partners", "2", "--min-partners", "2", "--rounds", "4"),
+            *("--central-dp", "--central-noise-multiplier", "2", "--central-max-epsilon", "3.5"),
+            *("--federated-eval", "final", "--out", str(out)),
+        ],
+        capsys,
     )
-    assert result.returncode == 0, result.stdout + result.stderr  # a round was aggregated: a clean stop
+    assert code == 0, stdout + stderr  # a round was aggregated: a clean stop
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["rounds_completed"] == 2
     assert (
         summary["stop_reason"].startswith("round 3 not started") and "maximum 3.5" in summary["stop_reason"]
     )
     assert summary["central_dp"]["accountant"] == "rdp" and summary["central_dp"]["epsilon"] <= 3.5
-    assert "maximum 3.5" in result.stdout
+    assert "maximum 3.5" in stdout
 
 
 def test_with_homes_the_partner_count_defaults_to_the_homes_it_holds(tmp_path: Path) -> None:

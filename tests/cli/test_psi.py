@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
+from tests.cli.cli_runner import run as run_cli
 
 
 def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -21,6 +22,20 @@ def fedcustomer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fedcustomer", *args], cwd=cwd, env=env, capture_output=True, text=True
     )  # no wall-clock limit of its own: pytest-timeout is the one limit
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``fedcustomer ARGS`` through the command's own main() in this process (its error handling and exit
+    codes included), run from ``tmp_path``: for refusals that need no process of their own."""
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        code, stdout, stderr = run_cli(list(args), capsys)
+        return subprocess.CompletedProcess(["fedcustomer", *args], code, stdout, stderr)
+
+    return call
 
 
 def _partner_files(
@@ -85,9 +100,9 @@ def test_psi_outputs_hold_no_raw_id_and_each_side_gets_its_own_file(tmp_path):
     assert not any(f in res.stdout + res.stderr for f in forms)
 
 
-def test_oversize_file_is_refused_with_max_ids(tmp_path):
+def test_oversize_file_is_refused_with_max_ids(tmp_path, in_process):
     a, b, _ = _partner_files(tmp_path, 12, 8, k=3)
-    res = fedcustomer("psi", "--a", str(a), "--b", str(b), "--max-ids", "10", cwd=tmp_path)
+    res = in_process("psi", "--a", str(a), "--b", str(b), "--max-ids", "10")
     _assert_clean_failure(res, 4, "12 ids, more than --max-ids 10")
 
 
@@ -110,34 +125,34 @@ def _assert_clean_failure(res: subprocess.CompletedProcess, code: int, *needles:
         assert needle in res.stderr, res.stderr
 
 
-def test_missing_id_column_exits_4(tmp_path):
+def test_missing_id_column_exits_4(tmp_path, in_process):
     pd.DataFrame({"client": ["A1"]}).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
-    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    res = in_process("psi", "--a", "a.csv", "--b", "b.csv")
     _assert_clean_failure(res, 4, "a.csv", "no id column 'customer_id'", "client", "--id-column")
 
 
 @pytest.mark.parametrize(("content", "needle"), [("", "file is empty"), ("customer_id\n", "no rows")])
-def test_empty_file_exits_4(tmp_path, content, needle):
+def test_empty_file_exits_4(tmp_path, in_process, content, needle):
     (tmp_path / "a.csv").write_text(content)
     pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
-    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    res = in_process("psi", "--a", "a.csv", "--b", "b.csv")
     _assert_clean_failure(res, 4, needle)
 
 
-def test_blank_id_and_missing_file_exit_4_without_leaking_ids(tmp_path):
+def test_blank_id_and_missing_file_exit_4_without_leaking_ids(tmp_path, in_process):
     (tmp_path / "a.csv").write_text("customer_id,x\nSECRET-ID-1,1\n,2\n")
     pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "b.csv", index=False)
-    res = fedcustomer("psi", "--a", "a.csv", "--b", "b.csv", cwd=tmp_path)
+    res = in_process("psi", "--a", "a.csv", "--b", "b.csv")
     _assert_clean_failure(res, 4, "line 3", "every row needs a customer id")
     assert "SECRET-ID-1" not in res.stderr + res.stdout
-    res = fedcustomer("psi", "--a", "nope.csv", "--b", "b.csv", cwd=tmp_path)
+    res = in_process("psi", "--a", "nope.csv", "--b", "b.csv")
     _assert_clean_failure(res, 4, "nope.csv: file not found")
 
 
-def test_bad_workers_exits_3(tmp_path):
+def test_bad_workers_exits_3(tmp_path, in_process):
     pd.DataFrame({"customer_id": ["A1"]}).to_csv(tmp_path / "a.csv", index=False)
-    res = fedcustomer("psi", "--a", "a.csv", "--b", "a.csv", "--workers", "0", cwd=tmp_path)
+    res = in_process("psi", "--a", "a.csv", "--b", "a.csv", "--workers", "0")
     _assert_clean_failure(res, 3, "--workers must be >= 1")
 
 
@@ -160,18 +175,16 @@ def test_streams_with_progress_for_both_sides_and_leaves_no_work_files(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["alignment_a.csv", "alignment_b.csv", "psi.json"]
 
 
-def test_malformed_file_exits_4_and_leaves_no_work_files_or_partial_output(tmp_path):
+def test_malformed_file_exits_4_and_leaves_no_work_files_or_partial_output(tmp_path, in_process):
     a, _, _ = _partner_files(tmp_path, 50, 40, k=10)
     bad = tmp_path / "bad.csv"
     bad.write_text("customer_id,x\nSECRET-ID-9,1\nSECRET-ID-8,1,2,3\n")
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
-    res = fedcustomer(
-        "psi", "--a", str(a), "--b", str(bad), "--work-dir", str(work), "--out", str(out), cwd=tmp_path
-    )
+    res = in_process("psi", "--a", str(a), "--b", str(bad), "--work-dir", str(work), "--out", str(out))
     _assert_clean_failure(res, 4, "bad.csv: cannot read it as csv")
     assert "SECRET-ID" not in res.stderr + res.stdout
     assert list(work.iterdir()) == [] and list(out.iterdir()) == []
     pd.DataFrame({"client": ["A1"]}).to_parquet(tmp_path / "nocol.parquet")
-    res = fedcustomer("psi", "--a", str(a), "--b", "nocol.parquet", cwd=tmp_path)
+    res = in_process("psi", "--a", str(a), "--b", "nocol.parquet")
     _assert_clean_failure(res, 4, "no id column 'customer_id' (columns: client)")

@@ -1,4 +1,5 @@
-"""`fedcustomer run / baseline / demo` as a user runs them: real processes, exit codes, no tracebacks."""
+"""`fedcustomer run / baseline / demo` as a user runs them: exit codes and output, no tracebacks (real processes,
+and the simulation engine end to end once; the refusal and cap paths in process, on Flower's in-process grid)."""
 
 import json
 import os
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.cli.cli_runner import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +47,41 @@ def _csv(path: Path, n: int = 300, **columns) -> Path:
     return path
 
 
+@pytest.fixture
+def in_process_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The partners' ClientApp answers the ServerApp in this process instead of in Ray workers.
+
+    The command, the job's preparation, the ServerApp, the partners' DP rounds, ledgers, report and exit
+    code are the product's own; only the transport is Flower's in-process grid. The simulation engine
+    itself runs end to end in test_run_in_simulation_engine_learns_within_budget."""
+    import flwr.simulation
+    from flwr.app import Context, RecordDict
+
+    from fedcustomer.server.inprocess import LocalGrid
+
+    def run_simulation(*, server_app, client_app, num_supernodes, **_engine_options) -> None:
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        server_app(LocalGrid(client_app, num_supernodes), context)
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``fedcustomer ARGS`` through the command's own main() in this process (its error handling and exit
+    codes included), run from ``tmp_path``: for refusals that need no process of their own."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        code, stdout, stderr = run_cli(list(args), capsys)
+        return subprocess.CompletedProcess(["fedcustomer", *args], code, stdout, stderr)
+
+    return call
+
+
 def _assert_clean_failure(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == code, output
@@ -63,9 +101,9 @@ def _assert_clean_failure(result: subprocess.CompletedProcess, code: int, *needl
     ],
 )
 def test_bad_options_exit_nonzero_with_a_clear_message(
-    tmp_path: Path, args: list[str], code: int, needle: str
+    tmp_path: Path, in_process, args: list[str], code: int, needle: str
 ) -> None:
-    _assert_clean_failure(fedcustomer("run", "--out", str(tmp_path / "r"), *args, cwd=tmp_path), code, needle)
+    _assert_clean_failure(in_process("run", "--out", str(tmp_path / "r"), *args), code, needle)
 
 
 def test_missing_label_column_is_reported(tmp_path: Path) -> None:
@@ -76,28 +114,26 @@ def test_missing_label_column_is_reported(tmp_path: Path) -> None:
     _assert_clean_failure(result, 4, "default")
 
 
-def test_text_feature_with_too_many_values_is_reported(tmp_path: Path) -> None:
+def test_text_feature_with_too_many_values_is_reported(tmp_path: Path, in_process) -> None:
     # a few text values become a categorical feature; free text cannot
     data = _csv(tmp_path / "bank.csv", income=[f"text {i}" for i in range(300)])
-    result = fedcustomer("run", "--data", str(data), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = in_process("run", "--data", str(data), "--out", str(tmp_path / "r"))
     _assert_clean_failure(result, 4, "income", "too many for a categorical feature")
     assert "text 1" not in result.stdout + result.stderr
 
 
-def test_empty_partner_is_reported(tmp_path: Path) -> None:
+def test_empty_partner_is_reported(tmp_path: Path, in_process) -> None:
     folder = tmp_path / "partners"
     folder.mkdir()
     _csv(folder / "bank_a.csv")
     _csv(folder / "bank_b.csv", n=0)
-    result = fedcustomer(
-        "run", "--data", str(folder), "--partners", "2", "--out", str(tmp_path / "r"), cwd=tmp_path
-    )
+    result = in_process("run", "--data", str(folder), "--partners", "2", "--out", str(tmp_path / "r"))
     _assert_clean_failure(result, 4, "bank_b")
 
 
-def test_missing_real_data_file_says_where_to_get_it(tmp_path: Path) -> None:
-    result = fedcustomer(
-        "run", "--data", "uci-credit", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"), cwd=tmp_path
+def test_missing_real_data_file_says_where_to_get_it(tmp_path: Path, in_process) -> None:
+    result = in_process(
+        "run", "--data", "uci-credit", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")
     )
     _assert_clean_failure(result, 4, "UCI")
 
@@ -131,29 +167,32 @@ def test_run_in_simulation_engine_learns_within_budget(tmp_path: Path) -> None:
     assert "privacy budget per partner" in result.stdout
 
 
-@pytest.mark.slow
-def test_tiny_epsilon_shows_refusals_and_never_overspends(tmp_path: Path) -> None:
+def test_tiny_epsilon_shows_refusals_and_never_overspends(
+    tmp_path: Path, in_process_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    result = fedcustomer(
-        "run",
-        "--data",
-        "synthetic",
-        "--partners",
-        "3",
-        "--rounds",
-        "30",
-        "--epsilon",
-        "0.05",
-        "--out",
-        str(out),
-        cwd=tmp_path,
+    code, stdout, stderr = run_cli(
+        [
+            "run",
+            "--data",
+            "synthetic",
+            "--partners",
+            "3",
+            "--rounds",
+            "30",
+            "--epsilon",
+            "0.05",
+            "--out",
+            str(out),
+        ],
+        capsys,
     )
-    output = result.stdout + result.stderr
+    output = stdout + stderr
     assert "Traceback" not in output
     summary = json.loads((out / "summary.json").read_text())
     assert all(p["rounds_refused"] >= 1 for p in summary["partners"])
     assert all((p["epsilon_spent"] or 0) <= 0.05 for p in summary["partners"])
-    assert result.returncode in (0, 6)  # 6 when not even one round fits in the budget
+    assert code in (0, 6)  # 6 when not even one round fits in the budget
     assert "refused" in output
 
 
@@ -167,31 +206,34 @@ def test_tiny_epsilon_shows_refusals_and_never_overspends(tmp_path: Path) -> Non
     ids=["central-cap-without-central-dp", "central-cap-with-krum", "central-unknown-accountant"],
 )
 def test_central_cap_options_are_refused_before_anything_runs(
-    tmp_path: Path, args: list[str], needle: str
+    tmp_path: Path, in_process, args: list[str], needle: str
 ) -> None:
-    _assert_clean_failure(fedcustomer("run", "--out", str(tmp_path / "r"), *args, cwd=tmp_path), 3, needle)
+    _assert_clean_failure(in_process("run", "--out", str(tmp_path / "r"), *args), 3, needle)
 
 
-@pytest.mark.slow
-def test_central_cap_stops_the_run_in_the_simulation_engine_and_says_why(tmp_path: Path) -> None:
+def test_central_cap_stops_the_run_and_says_why(
+    tmp_path: Path, in_process_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    result = fedcustomer(
-        *("run", "--data", "synthetic", "--partners", "2", "--min-partners", "2", "--rounds", "4"),
-        *("--central-dp", "--central-noise-multiplier", "2", "--central-max-epsilon", "3.5"),
-        *("--federated-eval", "final", "--out", str(out)),
-        cwd=tmp_path,
+    code, stdout, stderr = run_cli(
+        [
+            *("run", "--data", "synthetic", "--partners", "2", "--min-partners", "2", "--rounds", "4"),
+            *("--central-dp", "--central-noise-multiplier", "2", "--central-max-epsilon", "3.5"),
+            *("--federated-eval", "final", "--out", str(out)),
+        ],
+        capsys,
     )
-    assert result.returncode == 0, result.stdout + result.stderr  # a round was aggregated: a clean stop
+    assert code == 0, stdout + stderr  # a round was aggregated: a clean stop
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["rounds_completed"] == 2
     assert (
         summary["stop_reason"].startswith("round 3 not started") and "maximum 3.5" in summary["stop_reason"]
     )
     assert summary["central_dp"]["accountant"] == "rdp" and summary["central_dp"]["epsilon"] <= 3.5
-    assert "maximum 3.5" in result.stdout
+    assert "maximum 3.5" in stdout
 
 
-def test_with_homes_the_partner_count_defaults_to_the_homes_it_holds(tmp_path: Path) -> None:
+def test_with_homes_the_partner_count_defaults_to_the_homes_it_holds(tmp_path: Path, in_process) -> None:
     # `run --homes DIR` with two homes stopped at "pass --partners 2" (the default is 3) before saying
     # anything about the job itself (found by a new-user trial).
     from fedcustomer.data.features import FeatureSpec, NumericFeature
@@ -204,12 +246,12 @@ def test_with_homes_the_partner_count_defaults_to_the_homes_it_holds(tmp_path: P
         json.dumps(FeatureSpec("repayment", "default", None, [NumericFeature("age", 18, 100)]).to_dict())
     )
     args = ("run", "--homes", str(tmp_path / "homes"), "--data", "loans", "--feature-spec", str(spec))
-    result = fedcustomer(*args, "--out", str(tmp_path / "r"), cwd=tmp_path)
+    result = in_process(*args, "--out", str(tmp_path / "r"))
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output and "--partners" not in output, output
     assert "bank_a" in output, output
     _assert_clean_failure(
-        fedcustomer(*args, "--partners", "3", "--out", str(tmp_path / "r"), cwd=tmp_path),
+        in_process(*args, "--partners", "3", "--out", str(tmp_path / "r")),
         3,
         "pass --partners 2",
     )

@@ -44,32 +44,44 @@ def _inputs(batch: int):
     return a, b
 
 
+_PARAMS = SumParams(epsilon=4.0, value_max=1.0)
+
+
+@pytest.fixture(scope="module")
+def in_memory(tmp_path_factory):
+    """The in-memory run of the same inputs, noise off, once per module: what every streamed run must
+    release, with the sizes it saw and the charges each party paid."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(intersection_sum.SumParams, "sum_noise", lambda self: 0)
+        patch.setattr(intersection_sum.SumParams, "count_noise", lambda self: 0)
+        pa, pb = _payers(tmp_path_factory.mktemp("memory"))
+        whole = run_intersection_sum_local(IDS_A + REPEAT_A, VALUES_A + REPEAT_VALUES, IDS_B + REPEAT_B,
+                                           WHERE_B + REPEAT_WHERE, payer_a=pa, payer_b=pb, params=_PARAMS)  # fmt: skip
+    sizes = (whole.set_size_a, whole.set_size_b, whole.duplicates_a, whole.duplicates_b)
+    charges = [
+        [(c.mechanism, c.epsilon, c.details) for c in payer.home.ledger(payer.dataset).charges()]
+        for payer in (pa, pb)
+    ]
+    return whole.to_dict(), sizes, charges
+
+
 @pytest.mark.parametrize(("chunk", "batch"), [(10_000, 10_000), (16, 7), (1, 50)])
-def test_the_streamed_run_releases_what_the_in_memory_run_does(tmp_path, exact, chunk, batch):
-    params = SumParams(epsilon=4.0, value_max=1.0)
-    pa, pb = _payers(tmp_path / "memory")
-    whole = run_intersection_sum_local(IDS_A + REPEAT_A, VALUES_A + REPEAT_VALUES, IDS_B + REPEAT_B,
-                                       WHERE_B + REPEAT_WHERE, payer_a=pa, payer_b=pb, params=params)  # fmt: skip
+def test_the_streamed_run_releases_what_the_in_memory_run_does(tmp_path, exact, in_memory, chunk, batch):
+    whole, whole_sizes, whole_charges = in_memory
     sa, sb = _payers(tmp_path / "stream")
     work = tmp_path / "work"
     work.mkdir()
     a, b = _inputs(batch)
     got = run_intersection_sum_stream(
-        a, b, payer_a=sa, payer_b=sb, params=params, chunk_size=chunk, workdir=work
+        a, b, payer_a=sa, payer_b=sb, params=_PARAMS, chunk_size=chunk, workdir=work
     )
     assert (got.noisy_count, got.noisy_sum) == (TRUE_COUNT, pytest.approx(TRUE_SUM))
-    assert got.to_dict() == whole.to_dict()
+    assert got.to_dict() == whole
     sizes = (got.set_size_a, got.set_size_b, got.duplicates_a, got.duplicates_b)
-    assert (
-        sizes
-        == (whole.set_size_a, whole.set_size_b, whole.duplicates_a, whole.duplicates_b)
-        == (210, 230, 2, 2)
-    )
-    for memory, stream in ((pa, sa), (pb, sb)):  # the same mechanism and epsilon, paid once by each
-        m, s = (payer.home.ledger(payer.dataset).charges() for payer in (memory, stream))
-        assert [(c.mechanism, c.epsilon, c.details) for c in s] == [
-            (c.mechanism, c.epsilon, c.details) for c in m
-        ]
+    assert sizes == whole_sizes == (210, 230, 2, 2)
+    for memory, stream in zip(whole_charges, (sa, sb)):  # the same mechanism and epsilon, paid once by each
+        s = stream.home.ledger(stream.dataset).charges()
+        assert [(c.mechanism, c.epsilon, c.details) for c in s] == memory
         assert [c.mechanism for c in s] == [MECHANISM]
     assert list(work.iterdir()) == []  # the work directory went with the run
 

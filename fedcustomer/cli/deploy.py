@@ -540,6 +540,7 @@ def node_start(
         WARM,
         check_clientapp,
         default_auth_key,
+        node_exit_message,
         run_warm_node,
         supernode_command,
         write_runtime_secret,
@@ -576,4 +577,4 @@ def node_start(
         return
     code = run_warm_node(cmd, runtime_port, write_runtime_secret(ph.root), env, ph.state_dir)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130):
-        raise FederationError(f"the node exited with code {code}; see its log above")
+        raise FederationError(node_exit_message(code, ph.root, superlink, root_cert))

@@ -396,7 +396,7 @@ def coordinator_run(
         f"then {cfg.get('rounds', rounds)} rounds) ..."
     )
     status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress)
-    summary = read_summary(cfg)
+    summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:
         console.print_json(json.dumps(summary))
     else:

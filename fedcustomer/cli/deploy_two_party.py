@@ -94,7 +94,7 @@ def run_two_party_job(
         f"submitted {mode} job {cfg['run-id']} as Flower run {flwr_run_id}; waiting for bank and retailer ..."
     )
     status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg))
-    summary = read_summary(cfg)
+    summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:
         console.print_json(json.dumps(summary))
     else:

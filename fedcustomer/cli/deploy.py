@@ -406,7 +406,7 @@ def coordinator_run(
     )
     ended = file_rewritten(Path(str(cfg["out"])) / "summary.json")
     status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, finished_hint=ended)
-    summary = read_summary(cfg)
+    summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:
         console.print_json(json.dumps(summary))
     else:
@@ -550,6 +550,7 @@ def node_start(
         WARM,
         check_clientapp,
         default_auth_key,
+        node_exit_message,
         run_warm_node,
         supernode_command,
         write_runtime_secret,
@@ -586,4 +587,4 @@ def node_start(
         return
     code = run_warm_node(cmd, runtime_port, write_runtime_secret(ph.root), env, ph.state_dir)
     if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130):
-        raise FederationError(f"the node exited with code {code}; see its log above")
+        raise FederationError(node_exit_message(code, ph.root, superlink, root_cert))

@@ -98,7 +98,7 @@ def run_two_party_job(
     status = wait_run(
         cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg), finished_hint=ended
     )
-    summary = read_summary(cfg)
+    summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:
         console.print_json(json.dumps(summary))
     else:

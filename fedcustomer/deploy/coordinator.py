@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -427,11 +428,48 @@ def file_rewritten(path: Path) -> Callable[[], bool]:
     return lambda: (now := stamp()) is not None and now != before
 
 
-def read_summary(run_config: dict[str, Any]) -> dict[str, Any]:
+def read_summary(
+    run_config: dict[str, Any], cdir: CoordinatorDir | None = None, run_id: int | None = None
+) -> dict[str, Any]:
+    """The run's summary; a run that wrote none is reported with its ServerApp's own error.
+
+    The ServerApp's output is kept by the SuperLink (``flwr log``), not in the coordinator's log
+    file, so without this the reason (e.g. a partner that never connected) stayed out of sight.
+    """
     path = Path(str(run_config["out"])) / "summary.json"
     if not path.exists():
-        raise FederationError(f"the run ended without writing {path}; see the coordinator log")
+        if cdir is None or run_id is None:
+            raise FederationError(f"the run ended without writing {path}; see the coordinator log")
+        reason = serverapp_error(serverapp_log(cdir, run_id))
+        where = f"`FLWR_HOME={cdir.flwr_home} flwr log {run_id} --show` has the ServerApp's log"
+        raise FederationError(
+            f"the run ended without writing {path}: {reason}; {where}"
+            if reason
+            else f"the run ended without writing {path}; {where}"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def serverapp_log(cdir: CoordinatorDir, run_id: int, timeout: float = 60.0) -> str:
+    """The ServerApp's log of one run as the SuperLink keeps it ('' when it cannot be read)."""
+    try:
+        res = subprocess.run(
+            [executable("flwr"), "log", str(run_id), "--show"],
+            capture_output=True,
+            text=True,
+            env=flower_env(cdir.flwr_home),
+            timeout=timeout,
+            cwd=str(cdir.root),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return res.stdout + res.stderr
+
+
+def serverapp_error(log_text: str) -> str | None:
+    """The last fedcustomer error the ServerApp raised, as ``Kind: message`` (None when there is none)."""
+    found = re.findall(r"fedcustomer\.errors\.(\w+): (.+)", log_text)
+    return f"{found[-1][0]}: {found[-1][1].strip()}" if found else None
 
 
 def partner_shortfall(

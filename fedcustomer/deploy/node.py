@@ -202,6 +202,25 @@ def default_auth_key(home: Path) -> Path:
     return NodeKeys.in_dir(PartnerHome(home).keys_dir).private_key
 
 
+def node_exit_message(code: int, home: Path, superlink: str, root_cert: Path | None) -> str:
+    """Why a SuperNode that stopped on its own may have stopped, and what to check.
+
+    Flower reports a refused TLS certificate and an unregistered node key alike (its exit code 305,
+    "could not establish a connection"), so a node that stops says where each of the three usual
+    causes is fixed instead of leaving the user with Flower's code.
+    """
+    public_key = NodeKeys.in_dir(PartnerHome(home).keys_dir).public_key
+    cert = f"--root-cert {root_cert}" if root_cert is not None else "--root-cert"
+    return (
+        f"the node exited with code {code}; see its log above. If it could not connect to the coordinator "
+        f"(Flower: 'Failed to initialize the connection to the SuperLink'), check: the address --superlink "
+        f"{superlink}; that {cert} is the coordinator's CA certificate (ca.crt from `fedcustomer certs`; "
+        f"'CERTIFICATE_VERIFY_FAILED' means it is not); that the coordinator registered this node's key "
+        f"('Failed to activate SuperNode' means it did not): `fedcustomer coordinator register {public_key} "
+        f"--name {PartnerHome(home).config().name}` on the coordinator"
+    )
+
+
 def start_supernode(
     home: Path,
     *,

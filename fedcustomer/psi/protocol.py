@@ -345,10 +345,23 @@ def _exchange(grid: Grid, step: str, configs: dict[int, dict], timeout: float | 
     for node in configs:
         reply = replies.get(node)
         if reply is None:
-            raise FederationError(
-                f"PSI step {step}: partner node {node} did not answer; run the session again"
-            )
+            raise FederationError(_no_answer(step, node, timeout))
         if reply.has_error():
             raise FederationError(f"PSI step {step} failed on partner node {node}: {reply.error.reason}")
         out[node] = dict(reply.content[RECORD])
     return out
+
+
+def _no_answer(step: str, node: int, timeout: float | None) -> str:
+    """Why a step got no reply, and what to change before running it again.
+
+    A node still working (the intersection-sum encrypts each id with Paillier, minutes per few
+    thousand ids on a busy machine) looks the same as a lost one; running the session again with
+    the same timeout would fail the same way, so the message names both remedies.
+    """
+    waited = f" within {timeout:g} s (--round-timeout)" if timeout is not None else ""
+    return (
+        f"PSI step {step}: partner node {node} did not answer{waited}. If its log shows it still working "
+        "on the step, run the session again with a longer --round-timeout or a smaller --psi-chunk-size; "
+        "if the node stopped, start it again and run the session again"
+    )

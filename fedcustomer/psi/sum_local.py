@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcustomer.errors import IntegrityError
+from fedcustomer.errors import BudgetExhausted, IntegrityError
 from fedcustomer.privacy.dp.release import Mechanism, check, release
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, POINT_BYTES, make_executor
 from fedcustomer.psi.intersection_sum import (
@@ -88,8 +88,13 @@ def run_intersection_sum_stream(
     run_id = run_id or session
     step, mechanism = sum_step(run_id, session), params.mechanism()
     ledgers = {"a": payer_a.ledger(), "b": payer_b.ledger()}
-    for ledger in ledgers.values():
-        check(ledger, step, mechanism)
+    for side, payer in (("a", payer_a), ("b", payer_b)):
+        try:
+            check(ledgers[side], step, mechanism)
+        except BudgetExhausted as exc:  # say which of the two homes refused, not just "this partner"
+            raise BudgetExhausted(
+                f"party {side} (partner {payer.home.config().name!r}): {exc.reason}", exc.spend, exc.projected
+            ) from exc
     tmp = Path(tempfile.mkdtemp(prefix="psi-sum-", dir=workdir))
     pool = make_executor(workers) if workers > 1 else None
     try:

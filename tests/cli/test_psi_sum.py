@@ -108,3 +108,14 @@ def test_sum_options_need_reveal_sum_and_homes(setup, capsys, monkeypatch):
     assert code == 3 and "--a-home" in err
     code, _, err = run(["psi", "--a", str(pa), "--b", str(pa), "--reveal", "all"], capsys)
     assert code == 3 and "--reveal must be ids or sum" in err
+
+
+def test_an_exhausted_budget_names_the_party_that_refused(setup, capsys):
+    """Found by a new-user trial: the refusal said "this partner's target" without saying which of the two."""
+    base, homes, _, _ = setup
+    args = [*base, "--value", "default", "--where", "top_segment", "--epsilon", "6"]
+    assert run(args, capsys)[0] == 0
+    code, _, err = run(args, capsys)
+    err = " ".join(err.split())
+    name = homes[0].config().name
+    assert code == 6 and f"party a (partner {name!r})" in err

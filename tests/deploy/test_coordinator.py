@@ -44,7 +44,7 @@ def test_all_partners_failed_is_a_clear_error_naming_them(
     monkeypatch.setattr(co, "submit_run", lambda cdir, resume=False: 7)
     monkeypatch.setattr(co, "wait_for_coordinator", lambda cdir, **kw: None)
     monkeypatch.setattr(co, "wait_run", lambda cdir, run_id, **kw: {"status": "finished:completed"})
-    monkeypatch.setattr(co, "read_summary", lambda cfg: _all_failed_summary(Path(cfg["out"])))
+    monkeypatch.setattr(co, "read_summary", lambda cfg, *where: _all_failed_summary(Path(cfg["out"])))
     only_group(monkeypatch, deploy.register)
     code, out, err = run(
         [
@@ -158,3 +158,31 @@ def test_a_run_that_never_ends_times_out_naming_its_status(
     _fake_run(monkeypatch, [(0, "running")])
     with pytest.raises(FederationError, match="run 7 still running after 60 s"):
         co.wait_run(co.CoordinatorDir(tmp_path), 7, timeout=60, poll=1.0)
+
+
+SERVERAPP_LOG = """  File "fedcustomer/server/deployment.py", line 94, in wait_for_partners
+    raise FederationError(
+fedcustomer.errors.FederationError: only 1 partner node(s) connected after 20 s; the job needs at least 2. Check the nodes' logs
+ERROR :     Exit Code: 201
+An unhandled exception occurred in the ServerApp.
+"""
+
+
+def test_a_run_without_summary_reports_the_serverapps_own_error(tmp_path, monkeypatch):
+    """Found by a new-user trial: a job whose partner never connected said only 'see the coordinator log',
+    and that log does not hold the ServerApp's output."""
+    cdir = co.CoordinatorDir(tmp_path / "coord")
+    monkeypatch.setattr(co, "serverapp_log", lambda c, run_id, timeout=60.0: SERVERAPP_LOG)
+    with pytest.raises(FederationError) as caught:
+        co.read_summary({"out": str(tmp_path / "run")}, cdir, 42)
+    text = str(caught.value)
+    assert "FederationError: only 1 partner node(s) connected after 20 s" in text
+    assert "flwr log 42 --show" in text and str(cdir.flwr_home) in text
+
+
+def test_a_run_without_summary_or_error_points_at_the_serverapps_log(tmp_path, monkeypatch):
+    cdir = co.CoordinatorDir(tmp_path / "coord")
+    monkeypatch.setattr(co, "serverapp_log", lambda c, run_id, timeout=60.0: "")
+    with pytest.raises(FederationError, match="flwr log 7 --show"):
+        co.read_summary({"out": str(tmp_path / "run")}, cdir, 7)
+    assert co.serverapp_error("no error here") is None

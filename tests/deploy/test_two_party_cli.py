@@ -74,3 +74,51 @@ def test_bad_two_party_options_are_clear_errors(tmp_path, capsys):
     )
     code, _, err = run(["node", "pin-peer", str(bad), "--home", str(home), "--peer", "retailer"], capsys)
     assert code != 0 and "not a PEM public key" in err
+
+
+def test_a_node_that_cannot_join_says_what_to_check(tmp_path, capsys, monkeypatch):
+    """Flower reports a wrong CA and an unregistered node key with the same exit code; the node names both fixes."""
+    import fedcustomer.deploy.node as node_module
+
+    home = tmp_path / "bank"
+    code, _, err = run(
+        [
+            "node",
+            "prepare",
+            "--mode",
+            "vertical",
+            "--home",
+            str(home),
+            "--partner",
+            "bank",
+            "--customers",
+            "300",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert run(["node", "keys", "--home", str(home)], capsys)[0] == 0
+    monkeypatch.setattr(node_module, "run_warm_node", lambda *args, **kwargs: 1)
+    cert = tmp_path / "ca.crt"
+    cert.write_text("not used: the SuperNode is replaced here\n")
+    code, _, err = run(
+        [
+            "node",
+            "start",
+            "--partner",
+            "bank",
+            "--home",
+            str(home),
+            "--superlink",
+            "127.0.0.1:9",
+            "--root-cert",
+            str(cert),
+        ],
+        capsys,
+    )
+    assert code == 9
+    text = " ".join(err.split())
+    assert "exited with code 1" in text
+    assert f"--root-cert {cert}" in text and "CERTIFICATE_VERIFY_FAILED" in text
+    assert "fedcustomer coordinator register" in text and "supernode.pub" in text and "--name bank" in text
+    assert "127.0.0.1:9" in text

@@ -97,7 +97,7 @@ def fake_coordinator(monkeypatch, tmp_path):
     monkeypatch.setattr(co, "wait_for_coordinator", lambda *a, **k: None, raising=False)
     monkeypatch.setattr(co, "submit_run", lambda *a, **k: 7)
     monkeypatch.setattr(co, "wait_run", lambda *a, **k: {"status": "finished:completed"})
-    monkeypatch.setattr(co, "read_summary", lambda cfg: state["summary"])
+    monkeypatch.setattr(co, "read_summary", lambda cfg, *where: state["summary"])
     monkeypatch.setattr(co, "list_nodes", lambda cdir: [{"node-id": "42", "status": "offline"}])
     return state
 

@@ -412,3 +412,14 @@ def test_load_alignment_of_unknown_or_damaged_session(tmp_path):
     )
     with pytest.raises(IntegrityError, match="lists 1 ids but records size 3"):
         load_alignment(home, "broken")
+
+
+def test_a_partner_that_does_not_answer_in_time_is_told_how_to_run_again(federation):
+    """Found by a new-user trial: a slow intersection-sum step looked like a lost node, with no remedy."""
+    homes, data, app = federation
+    grid = RecordingGrid(app, 2, dead_after={2: 1})
+    with pytest.raises(FederationError) as caught:
+        run_psi_on_grid(grid, 1, 2, "accounts", "loyalty", **NAMES, session_id="slow", timeout=7.5)
+    text = str(caught.value)
+    assert "node 2 did not answer within 7.5 s (--round-timeout)" in text
+    assert "--psi-chunk-size" in text and "start it again" in text

@@ -248,9 +248,29 @@ def child_main(read_fd: int, status_fd: int, handle: Handler) -> NoReturn:
         log.error("warm ClientApp: run worker stopped (%s)", type(exc).__name__)
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+        code = _quiet_flush(code)
     os._exit(code)
+
+
+def _quiet_flush(code: int) -> int:
+    """Flush the child's output with stop signals ignored; returns the exit code to use.
+
+    A stop signal that lands after the task loop, while the output is flushed, raised SystemExit
+    out of ``child_main``: in a forked child that unwinds into the zygote's own code instead of
+    exiting. Caught here and retried with the signals ignored, the child always reaches ``os._exit``.
+    """
+    while True:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass  # a closed or broken stream: nothing more can be written anyway
+            return code
+        except SystemExit as exc:  # the stop handler ran before the signals were ignored
+            code = exc.code if isinstance(exc.code, int) else 1
 
 
 @dataclass
@@ -313,12 +333,15 @@ class Zygote:
             stream.flush()
         pid = os.fork()
         if pid == 0:  # the run's child: never returns
-            os.close(write_fd)
-            os.close(status_r)
-            for other in self.children.values():
-                os.close(other.write_fd)
-                os.close(other.status_fd)
-            child_main(read_fd, status_w, self.handle_in_child)
+            try:
+                os.close(write_fd)
+                os.close(status_r)
+                for other in self.children.values():
+                    os.close(other.write_fd)
+                    os.close(other.status_fd)
+                child_main(read_fd, status_w, self.handle_in_child)
+            finally:  # e.g. a stop signal before the child's own handlers: never unwind into the zygote
+                os._exit(1)
         os.close(read_fd)
         os.close(status_w)
         os.set_blocking(status_r, False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -237,3 +238,32 @@ def test_task_polls_are_short_after_a_task_capped_while_busy_and_back_off_when_i
     assert pauses[-1] == 0.2  # idle for a while: Flower's SuperExec-like pace, not faster
     poll.task()
     assert poll.next_pause() == 0.01
+
+
+class _FlushInterrupted:
+    """A stream whose first flush is interrupted by the child's stop handler (SystemExit 143)."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            raise SystemExit(143)
+
+
+def test_a_stop_signal_while_the_child_flushes_still_exits_the_child(monkeypatch):
+    """Seen once under load: SIGTERM landed in the child's final flush and its SystemExit unwound out of
+    child_main, into the forked copy of the caller, instead of exiting."""
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    out, err = _FlushInterrupted(), _FlushInterrupted()
+    monkeypatch.setattr(wc.sys, "stdout", out)
+    monkeypatch.setattr(wc.sys, "stderr", err)
+    try:
+        assert wc._quiet_flush(0) == 143  # the signal's exit code, and no SystemExit escapes
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+    assert out.flushes >= 2 and err.flushes >= 1  # flushed again with the signals ignored

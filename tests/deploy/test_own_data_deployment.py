@@ -16,7 +16,7 @@ import pytest
 from fedcustomer.cli import deploy
 from fedcustomer.data.feature_draft import spec_from_schema
 from fedcustomer.data.provision import admin
-from fedcustomer.data.schema_draft import draft_schema
+from fedcustomer.data.schema_draft import confirm_categories, draft_schema
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
@@ -37,6 +37,7 @@ def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("own")
     whole = pd.read_csv(own_file(root / "all.csv", n=1600, seed=5))
     schema = draft_schema(root / "all.csv", dataset="customers", id_from_row=True)
+    schema = confirm_categories(schema, ["housing"])  # the admin reviewed the drafted categories
     certs = pki.make_dev_certificates(root / "certs")
     cdir = co.CoordinatorDir(root / "coordinator")
     port = fl.free_port()

@@ -48,10 +48,15 @@ def test_broken_release_is_flagged(fields: dict[str, Any]) -> None:
 def test_real_releases_are_not_flagged(fields: dict[str, Any], releases: int) -> None:
     # OpenDP's noise cannot be seeded: at 99.9% confidence a correct Laplace release (whose claim
     # is exact) is wrongly flagged at most once in 1000 runs; seen bounds: 0.6-0.8 of the claim.
+    # The distribution test rejects a correct release with probability 0.001 too (seen once in a
+    # suite run), so a rejection is judged on a second, independent audit: a correct release fails
+    # both about once in a million runs, a broken one (test_broken_release_is_flagged) fails both.
     report = audit_query(_spec(**fields), releases=releases, confidence=0.999)
+    if report["privacy_loss_test"]["rejected"]:
+        report = audit_query(_spec(**fields), releases=releases, confidence=0.999)
     assert not report["flagged"], report
     assert 0 <= report["epsilon_lower_bound"] < fields["epsilon"]
-    assert not report["privacy_loss_test"]["rejected"]
+    assert not report["privacy_loss_test"]["rejected"], report["privacy_loss_test"]
     assert report["claimed_epsilon"] == fields["epsilon"]
 
 

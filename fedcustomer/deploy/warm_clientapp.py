@@ -42,6 +42,7 @@ from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.common.backoff import Backoff
+from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -248,29 +249,7 @@ def child_main(read_fd: int, status_fd: int, handle: Handler) -> NoReturn:
         log.error("warm ClientApp: run worker stopped (%s)", type(exc).__name__)
         code = 1
     finally:
-        code = _quiet_flush(code)
-    os._exit(code)
-
-
-def _quiet_flush(code: int) -> int:
-    """Flush the child's output with stop signals ignored; returns the exit code to use.
-
-    A stop signal that lands after the task loop, while the output is flushed, raised SystemExit
-    out of ``child_main``: in a forked child that unwinds into the zygote's own code instead of
-    exiting. Caught here and retried with the signals ignored, the child always reaches ``os._exit``.
-    """
-    while True:
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass  # a closed or broken stream: nothing more can be written anyway
-            return code
-        except SystemExit as exc:  # the stop handler ran before the signals were ignored
-            code = exc.code if isinstance(exc.code, int) else 1
+        exit_worker(code)
 
 
 @dataclass
@@ -329,19 +308,16 @@ class Zygote:
             self._close(min(self.children, key=lambda r: self.children[r].last_sent))
         read_fd, write_fd = os.pipe()
         status_r, status_w = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        pid = os.fork()
-        if pid == 0:  # the run's child: never returns
-            try:
-                os.close(write_fd)
-                os.close(status_r)
-                for other in self.children.values():
-                    os.close(other.write_fd)
-                    os.close(other.status_fd)
-                child_main(read_fd, status_w, self.handle_in_child)
-            finally:  # e.g. a stop signal before the child's own handlers: never unwind into the zygote
-                os._exit(1)
+
+        def child() -> NoReturn:
+            os.close(write_fd)
+            os.close(status_r)
+            for other in self.children.values():
+                os.close(other.write_fd)
+                os.close(other.status_fd)
+            child_main(read_fd, status_w, self.handle_in_child)
+
+        pid = fork_worker(child)
         os.close(read_fd)
         os.close(status_w)
         os.set_blocking(status_r, False)
@@ -377,34 +353,7 @@ class Zygote:
         """Signal every child and wait (bounded) for them, so none is left behind."""
         for run_id in list(self.children):
             self._close(run_id)
-        for pid in self.pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while self.pids and time.monotonic() < deadline:
-            self.maintain()
-            time.sleep(0.05)
-        for pid in list(self.pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pids.discard(pid)
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stop_workers(self.pids, self.maintain, signum, timeout)
 
 
 def serve(
@@ -454,7 +403,7 @@ def serve(
     last_error = ""
     pauses = TaskPoll(poll_s)
     try:
-        while not stopping and _alive(parent_pid):
+        while not stopping and parent_alive(parent_pid):
             zygote.maintain()
             try:
                 res = client.AcquireTask(request)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
+from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
 from fedcustomer.deploy.warm_clientapp import FORK_SAFE_THREADS, TaskPoll, extra_threads, preload
 
 log = logging.getLogger("fedcustomer.warm_serverapp")
@@ -175,10 +176,7 @@ def child_main(run: Callable[[], bool], superlink_pid: int | None) -> NoReturn:
     except BaseException as exc:
         log.error("warm ServerApp: job worker stopped (%s)", type(exc).__name__)
     finally:
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            if stream is not None:
-                stream.flush()
-    os._exit(code)
+        exit_worker(code)
 
 
 class Jobs:
@@ -192,11 +190,7 @@ class Jobs:
         return len(self.pids) >= self.most
 
     def start(self, task: Callable[[], bool], superlink_pid: int | None) -> int:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        pid = os.fork()
-        if pid == 0:
-            child_main(task, superlink_pid)
+        pid = fork_worker(lambda: child_main(task, superlink_pid))
         self.pids.add(pid)
         return pid
 
@@ -214,34 +208,7 @@ class Jobs:
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Signal every job's child and wait (bounded): each pushes its task's output as failed."""
-        for pid in self.pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while self.pids and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.05)
-        for pid in list(self.pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pids.discard(pid)
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stop_workers(self.pids, self.reap, signum, timeout)
 
 
 def serve(
@@ -291,7 +258,7 @@ def serve(
     log.info("warm ServerApp: ready in %.1f s, serving the SuperLink's Runtime API at %s", took, address)
     last_error = ""
     try:
-        while not stopping and _alive(parent_pid):
+        while not stopping and parent_alive(parent_pid):
             jobs.reap()
             if jobs.full():
                 time.sleep(pauses.next_pause())

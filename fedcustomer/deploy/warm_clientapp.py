@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.common.backoff import Backoff
 from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
+from fedcustomer.deploy.installed_app import load_installed_app
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -58,7 +59,6 @@ PRELOAD = (
     "pandas",
     "pyarrow",
 )
-ALLOWED_APP_PREFIX = "fedcustomer.apps."
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 DEFAULT_POLL_S = 0.2  # the longest pause between task polls
 FIRST_POLL_S = 0.01  # the pause right after a task was handed out
@@ -124,28 +124,10 @@ def runtime_client(address: str, interceptors: list[Any]) -> Any:
 def load_client_app(fab_content: bytes) -> Any:
     """The ClientApp the job's bundle names, imported from the installed package only."""
     from flwr.clientapp.client_app import ClientApp, LoadClientAppError
-    from flwr.common.config import get_fab_config
 
-    try:
-        ref = str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
-    except Exception as exc:  # a bundle without the component is the job's error, reported as Flower would
-        raise LoadClientAppError(
-            f"the job's app bundle names no valid ClientApp ({type(exc).__name__})"
-        ) from None
-    module_name, _, attrs = ref.partition(":")
-    if not module_name.startswith(ALLOWED_APP_PREFIX) or not attrs:
-        raise LoadClientAppError(
-            f"ClientApp {ref!r} refused: this node runs only the ClientApps installed with fedcustomer"
-        )
-    obj: Any = importlib.import_module(module_name)
-    try:
-        for attr in attrs.split("."):
-            obj = getattr(obj, attr)
-    except AttributeError:
-        raise LoadClientAppError(f"ClientApp {ref!r} not found in the installed fedcustomer") from None
-    if not isinstance(obj, ClientApp):
-        raise LoadClientAppError(f"{ref!r} is not a Flower ClientApp")
-    return obj
+    return load_installed_app(
+        fab_content, kind="ClientApp", app_type=ClientApp, error=LoadClientAppError, host="this node"
+    )
 
 
 def run_task(address: str, token: str, apps: dict[str, Any], retire: Callable[[], None]) -> bool:

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
+from fedcustomer.deploy.installed_app import load_installed_app
 from fedcustomer.deploy.warm_clientapp import FORK_SAFE_THREADS, TaskPoll, extra_threads, preload
 
 log = logging.getLogger("fedcustomer.warm_serverapp")
@@ -51,7 +52,6 @@ PRELOAD = (
     "fedcustomer.server.deployment",
     "pandas",
 )
-ALLOWED_APP_PREFIX = "fedcustomer.apps."
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"
 IDLE_POLL_S = 0.5  # the longest pause between task polls (Flower's SuperExec: 1 s, always)
@@ -63,31 +63,11 @@ MAX_JOBS = 8  # concurrent ServerApp runs; a further task waits in the SuperLink
 
 def load_server_app(fab_content: bytes) -> Any:
     """The ServerApp the job's bundle names, imported from the installed package only."""
-    import importlib
-
-    from flwr.common.config import get_fab_config
     from flwr.serverapp.server_app import LoadServerAppError, ServerApp
 
-    try:
-        ref = str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["serverapp"])
-    except Exception as exc:  # a bundle without the component: the job's error, reported as Flower would
-        raise LoadServerAppError(
-            f"the job's app bundle names no valid ServerApp ({type(exc).__name__})"
-        ) from None
-    module_name, _, attrs = ref.partition(":")
-    if not module_name.startswith(ALLOWED_APP_PREFIX) or not attrs:
-        raise LoadServerAppError(
-            f"ServerApp {ref!r} refused: this coordinator runs only the ServerApps installed with fedcustomer"
-        )
-    obj: Any = importlib.import_module(module_name)
-    try:
-        for attr in attrs.split("."):
-            obj = getattr(obj, attr)
-    except AttributeError:
-        raise LoadServerAppError(f"ServerApp {ref!r} not found in the installed fedcustomer") from None
-    if not isinstance(obj, ServerApp):
-        raise LoadServerAppError(f"{ref!r} is not a Flower ServerApp")
-    return obj
+    return load_installed_app(
+        fab_content, kind="ServerApp", app_type=ServerApp, error=LoadServerAppError, host="this coordinator"
+    )
 
 
 def run_task(address: str, token: str, *, insecure: bool, root_certificates: bytes | None) -> bool:

@@ -88,10 +88,13 @@ def _home_state(home: Path) -> dict[str, str]:
 @pytest.fixture
 def parties(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
     """Both homes with their own file ingested, and each party's drafted spec (not yet declared)."""
-    from tests.cli.identities import cast_keys, use_passphrase
+    from tests.cli.identities import cast_keys, register, use_passphrase
 
     use_passphrase(monkeypatch)
-    keys = cast_keys(tmp_path / "people-keys", {"alice": "partner_admin", "rita": "partner_admin"})
+    keys = cast_keys(
+        tmp_path / "people-keys",
+        {"alice": "partner_admin", "rita": "partner_admin", "carol": "compliance_officer"},
+    )
     admins = {"bank": ("alice", keys["alice"].key_file), "retailer": ("rita", keys["rita"].key_file)}
     files = own_files(tmp_path)
     schemas = {
@@ -129,7 +132,16 @@ def parties(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pyt
         [*draft, str(homes / "retailer"), "--dataset", "baskets", "--output", str(specs["retailer"])], capsys
     )
     assert "features only (no label)" in out
-    return {"homes": homes, "specs": specs, "files": files, "schemas": schemas, "admins": admins}
+    register(homes / "bank", {"alice": keys["alice"], "carol": keys["carol"]}, admin="alice")
+    register(homes / "retailer", {"rita": keys["rita"], "carol": keys["carol"]}, admin="rita")
+    return {
+        "homes": homes,
+        "specs": specs,
+        "files": files,
+        "schemas": schemas,
+        "admins": admins,
+        "auditor": keys["carol"].key_file,
+    }
 
 
 def _setup(home: Path, dataset: str, spec: Path, *extra: str) -> list[str]:
@@ -183,6 +195,13 @@ def test_a_vertical_job_on_both_parties_own_data(
     for column in ("income", "utilisation", "basket", "returns", "channel"):
         assert f'"{column}"' not in run_files
     assert "C000" not in run_files  # no raw customer id
+    # the empirical privacy audit replays each party from the spec it kept with its final part
+    code, stdout, err = run(
+        ["audit", "privacy", "--run", str(tmp_path / "run"), "--homes", str(homes), "--canaries", "100",
+         "--shadows", "0", "--identity", str(parties["auditor"])], capsys)  # fmt: skip
+    assert code == 0, stdout + err
+    report = json.loads((tmp_path / "run" / "privacy_audit.json").read_text())
+    assert report["run_kind"] == "vertical" and len(report["mechanisms"]) == 5
 
 
 def test_refusals_name_the_problem_and_leave_the_homes_as_they_were(
@@ -267,3 +286,51 @@ def test_refused_spec_not_confirmed_and_no_customer_id(
     assert before == _home_state(homes / "retailer")
     for text in (err,):
         assert "R000" not in text and "C000" not in text  # no raw id in what the user reads
+
+
+def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
+    parties: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``coordinator run --mode vertical --data own`` runs, on the in-process grid (no processes)."""
+    from fedcustomer.deploy.two_party import two_party_run_config
+    from fedcustomer.errors import ConfigError
+    from fedcustomer.vertical.deployed import run_two_party
+    from fedcustomer.vertical.job import VerticalJob
+    from fedcustomer.vertical.parties import pin_each_other
+    from tests.vertical.conftest import grid_for
+
+    homes, specs = parties["homes"], parties["specs"]
+    bank, retail = PartnerHome(homes / "bank"), PartnerHome(homes / "retailer")
+    pin_each_other(bank, retail)  # what `node pin-peer` does at each party
+    job = VerticalJob(data="own", out=str(tmp_path / "run"), rounds=2, batch_size=128, baseline=False)
+    raw = two_party_run_config(job, mode="vertical", wait_for_partners=5)
+    with pytest.raises(ConfigError, match="needs two parties that declared their own data; 0 did"):
+        run_two_party(grid_for([bank, retail]), raw)
+    _ok(_setup(homes / "bank", "cards", specs["bank"], "--label-owner"), capsys)
+    _ok(_setup(homes / "retailer", "baskets", specs["retailer"]), capsys)
+    grid = grid_for([bank, retail])
+    sent: list[str] = []
+    ask = grid.send_and_receive
+
+    def recording(messages, *, timeout=None):  # every message the ServerApp sends, not only the first
+        messages = list(messages)
+        sent.extend(json.dumps(dict(m.content["config"])) for m in messages if "config" in m.content)
+        return ask(messages, timeout=timeout)
+
+    grid.send_and_receive = recording  # type: ignore[method-assign]
+    summary = run_two_party(grid, raw)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["psi_size"] > 1100 and summary["metrics"]["auc"] > 0.6
+    assert any('"vertical_setup"' in m or '"dataset": "baskets"' in m for m in sent)
+    for text in sent:
+        assert "feature-spec" not in text and "utilisation" not in text and "returns" not in text
+    # a declaration that no longer fits the store is refused without naming the party's columns
+    broken = json.loads(declaration_path(retail).read_text())
+    broken["feature_spec"]["features"][0]["name"] = "gone"
+    declaration_path(retail).write_text(json.dumps(broken))
+    again = two_party_run_config(VerticalJob(**(job.to_dict() | {"run_id": "again"})), mode="vertical")
+    with pytest.raises(
+        ConfigError, match="retailer: its vertical declaration no longer fits its store"
+    ) as exc:
+        run_two_party(grid_for([bank, retail]), again)
+    assert "gone" not in str(exc.value)

@@ -324,6 +324,15 @@ def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
     assert any('"vertical_setup"' in m or '"dataset": "baskets"' in m for m in sent)
     for text in sent:
         assert "feature-spec" not in text and "utilisation" not in text and "returns" not in text
+    # the PSI modes run on the declared datasets too
+    count = two_party_run_config(
+        VerticalJob(**(job.to_dict() | {"run_id": "overlap", "out": str(tmp_path / "overlap")})),
+        mode="psi",
+        reveal="count",
+    )
+    psi = run_two_party(grid_for([bank, retail]), count)
+    assert psi["status"] == "completed" and psi["intersection_size"] == summary["psi_size"]
+    assert psi["parties"] == {"bank": 1600, "retailer": 1659}
     # a declaration that no longer fits the store is refused without naming the party's columns
     broken = json.loads(declaration_path(retail).read_text())
     broken["feature_spec"]["features"][0]["name"] = "gone"

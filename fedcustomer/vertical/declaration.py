@@ -194,4 +194,9 @@ def own_party_homes(homes: str | None) -> dict[str, PartnerHome]:
             f"--data own needs exactly two party homes in {root}; it holds {len(found)}"
             + (f" ({', '.join(h.root.name for h in found)})" if found else "")
         )
-    return {h.config().name: h for h in found}
+    by_name = {h.config().name: h for h in found}
+    if len(by_name) != 2:
+        raise ConfigError(
+            f"both homes in {root} are partner {found[0].config().name!r}; each party needs its own name"
+        )
+    return by_name

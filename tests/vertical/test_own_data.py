@@ -343,3 +343,20 @@ def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
     ) as exc:
         run_two_party(grid_for([bank, retail]), again)
     assert "gone" not in str(exc.value)
+
+
+def test_the_homes_of_a_one_machine_job_are_two_distinct_parties(tmp_path: Path) -> None:
+    from fedcustomer.errors import ConfigError
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.vertical.declaration import own_party_homes
+
+    with pytest.raises(ConfigError, match="--data own needs --homes DIR"):
+        own_party_homes(None)
+    with pytest.raises(ConfigError, match="is not a directory of partner homes"):
+        own_party_homes(str(tmp_path / "nowhere"))
+    PartnerHome.create(tmp_path / "homes" / "a", "bank", budget=DatasetBudget(1.0, 1e-5))
+    with pytest.raises(ConfigError, match=r"exactly two party homes in .* it holds 1 \(a\)"):
+        own_party_homes(str(tmp_path / "homes"))
+    PartnerHome.create(tmp_path / "homes" / "b", "bank", budget=DatasetBudget(1.0, 1e-5))
+    with pytest.raises(ConfigError, match="both homes in .* are partner 'bank'"):
+        own_party_homes(str(tmp_path / "homes"))

@@ -5,7 +5,8 @@ Every step of the protocol is one named Message API action routed by the coordin
 =============================  ==========  ==================================================
 message type                   to          carries in -> out
 =============================  ==========  ==================================================
-``query.vertical_hello``       any         -> the node's partner name
+``query.vertical_hello``       any         -> the node's partner name (and what of its declared
+                                           own data the protocol needs: ``declared`` record)
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
 ``query.vertical_setup``       both        job config -> aligned/train/test counts
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
@@ -39,7 +40,9 @@ from flwr.clientapp import ClientApp
 from fedcustomer.errors import DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.vertical.align import align_handler_content
-from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
+from fedcustomer.vertical.declaration import hello_content
+from fedcustomer.vertical.party import PartySession, session_for
+from fedcustomer.vertical.session_config import SessionConfig
 
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
@@ -83,9 +86,8 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
     def handler(msg: Message, context: Context) -> Message:
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
         try:
-            if action == "vertical_hello":
-                name = resolve_home(context).config().name
-                return Message(content=RecordDict({"partner": ConfigRecord({"name": name})}), reply_to=msg)
+            if action == "vertical_hello":  # its name; of its own declared data, what the protocol needs
+                return Message(content=hello_content(resolve_home(context)), reply_to=msg)
             if action == "vertical_align":
                 content = align_handler_content(resolve_home(context), dict(msg.content["config"]))
                 return Message(content=content, reply_to=msg)

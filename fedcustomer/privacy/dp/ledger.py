@@ -37,7 +37,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +119,7 @@ class BudgetLedger:
         self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._hold: WalHold | None = None  # a held connection this ledger borrows (see use_hold)
         self._prepare()
 
     # --- reading ---------------------------------------------------------------
@@ -391,8 +392,16 @@ class BudgetLedger:
             return _charge_from_row(row)
 
     def hold_wal(self) -> WalHold:
-        """Keep the write-ahead log between this ledger's transactions until the hold is closed (:class:`WalHold`)."""
-        return WalHold(self.path)
+        """Keep the write-ahead log between this ledger's transactions until the hold is closed
+        (:class:`WalHold`); this ledger borrows the held connection meanwhile (:meth:`use_hold`)."""
+        hold = WalHold(self.path)
+        self.use_hold(hold)
+        return hold
+
+    def use_hold(self, hold: WalHold | None) -> None:
+        """Run reads and charges on ``hold``'s connection while it is open and free (fewer syncs
+        and connections; every commit is as durable); None goes back to a connection per call."""
+        self._hold = hold
 
     # --- internals -------------------------------------------------------------
     def _spend_of(
@@ -414,7 +423,13 @@ class BudgetLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection per call: never one carried across a fork (SQLite forbids that), nor shared by threads."""
+        """The held connection when one is lent (same process, one borrower at a time), else a fresh
+        connection for this call: never one carried across a fork (SQLite forbids that), nor shared by
+        threads at once."""
+        with self._hold.borrow() if self._hold is not None else nullcontext(None) as held:
+            if held is not None:
+                yield held
+                return
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:

@@ -22,7 +22,9 @@ Composition:
   Sound, and documented as looser than necessary.
 
 Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
-restarts never pays twice for the same release.
+restarts never pays twice for the same release. A Gaussian charge may carry the released
+result's bytes (``kept_results``), committed in its own transaction, so a node re-sends the
+very result it paid for (``release.ChargedResults``).
 
 Concurrency: writers from any number of processes serialise on an flock of ``ledger.db.lock``
 and SQLite's BEGIN IMMEDIATE; the file is in WAL mode, so while a process has it open recent
@@ -50,6 +52,7 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger_file import (
     BUSY_TIMEOUT_S,
+    NAMES,
     SCHEMA,
     WalHold,
     create_whole,
@@ -160,6 +163,12 @@ class BudgetLedger:
             row = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
         return _charge_from_row(row, already_paid=True) if row else None
 
+    def kept(self, charge_key: str) -> bytes | None:
+        """The result committed with the charge ``charge_key`` (``charge_gaussian(..., kept=...)``), if any."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT data FROM kept_results WHERE charge_key = ?", (charge_key,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def gaussian_history(self) -> list[GaussianSteps]:
         return _gaussian_history(self.all_charges())
 
@@ -269,8 +278,13 @@ class BudgetLedger:
         round: int | None = None,
         query_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        kept: bytes | None = None,
     ) -> Charge:
-        """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded."""
+        """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded.
+
+        ``kept``: the released result's bytes, committed in the charge's own transaction (:meth:`kept`
+        reads them back), so a charge never exists without its result; a step already paid keeps
+        the bytes committed with its first charge."""
         return self._charge(
             charge_key,
             GAUSSIAN,
@@ -280,6 +294,7 @@ class BudgetLedger:
             round=round,
             query_id=query_id,
             details=details,
+            kept=kept,
         )
 
     def charge_approx(
@@ -320,6 +335,7 @@ class BudgetLedger:
         round: int | None = None,
         query_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        kept: bytes | None = None,
     ) -> Charge:
         with self._transaction() as conn:
             existing = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
@@ -388,6 +404,8 @@ class BudgetLedger:
                     self.accountant.interval,
                 ),
             )
+            if kept is not None:
+                conn.execute("INSERT INTO kept_results (charge_key, data) VALUES (?, ?)", (charge_key, kept))
             row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _charge_from_row(row)
 
@@ -451,7 +469,7 @@ class BudgetLedger:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
-            ready = {"charges", "refusals", "charges_dataset"} <= names and not missing_columns(conn)
+            ready = names >= NAMES and not missing_columns(conn)
         if ready:
             return
         with self._transaction() as conn:  # again, under the lock: another process may have done it

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS charges (
     pld_interval REAL
 );
 CREATE INDEX IF NOT EXISTS charges_dataset ON charges(dataset, seq);
+CREATE TABLE IF NOT EXISTS kept_results (
+    charge_key TEXT PRIMARY KEY REFERENCES charges(charge_key),
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     charge_key TEXT NOT NULL,
@@ -56,6 +60,8 @@ CREATE TABLE IF NOT EXISTS refusals (
     accountant TEXT NOT NULL DEFAULT 'rdp'
 );
 """
+#: Tables and indexes a complete ledger has (an earlier version's file gets the missing ones).
+NAMES = frozenset({"charges", "refusals", "charges_dataset", "kept_results"})
 # Columns later versions added, with what rows written before them mean (every such row was RDP).
 ADDED_COLUMNS = {
     "charges": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"), ("pld_interval", "REAL")),

@@ -8,7 +8,8 @@ about the same from thousands to tens of millions of ids; progress lines for bot
 to stderr.
 
 Exit codes: 0 on success; 3 (ConfigError) for a bad option; 4 (DataError) for a missing
-file, an unreadable file, a missing id column, an empty file or an empty id.
+file, an unreadable file, a missing id column, an empty file, an empty id or a CSV row with
+more or fewer fields than the header (the message gives its line, never its values).
 
 JSON (``--json`` prints it; ``--out DIR`` writes it to ``DIR/psi.json``), schema version 1::
 

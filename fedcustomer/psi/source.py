@@ -1,13 +1,15 @@
 """Customer ids read from a partner's own CSV or Parquet file in batches, for streaming PSI.
 
 A PSI of ten million ids must not hold ten million Python strings at once, so the file is
-read a batch at a time (pandas' chunked CSV parser, pyarrow's Parquet row batches). Errors
-name the file and the line or row, never a value: an id is the one thing a PSI must not
-leak.
+read a batch at a time (the csv module's records, pyarrow's Parquet row batches). A CSV record
+with more or fewer fields than the header is refused, not padded or shifted. Errors name the
+file and the line or row, never a value: an id is the one thing a PSI must not leak.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,36 +36,11 @@ def _no_column(path: Path, column: str, columns: list[str]) -> DataError:
 
 
 def _csv_batches(path: Path, column: str, batch: int) -> Iterator[list[str]]:
-    import pandas as pd
-
-    try:
-        header = pd.read_csv(path, dtype=str, nrows=0)
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path}: file is empty; it needs a header row with {column!r} and at least one row"
-        ) from None
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as csv ({type(exc).__name__}); check the file") from None
-    if column not in header.columns:
-        raise _no_column(path, column, list(header.columns))
-    start = 0
-    try:
-        # every column parsed (not usecols), so a ragged row is an error, not silently cut
-        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=batch)
-        for frame in reader:
-            values = frame[column]
-            missing = values.isna()
-            if missing.any():
-                line = start + int(missing.to_numpy().nonzero()[0][0]) + 2
-                raise DataError(
-                    f"{path}, line {line}: column {column!r} is empty; every row needs a customer id"
-                )
-            start += len(values)
-            yield values.tolist()
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"{path}: cannot read it as csv after line {start + 1} ({type(exc).__name__}); check the file"
-        ) from None
+    header = _csv_header(path)
+    if column not in header:
+        raise _no_column(path, column, header)
+    for ids, _ in _csv_cells(path, header.index(column), None, column, batch):
+        yield ids
 
 
 def _parquet_batches(path: Path, column: str, batch: int) -> Iterator[list[str]]:
@@ -133,28 +110,22 @@ def column_batches(
         shown = ", ".join(map(str, names[:12]))
         raise DataError(f"{path}: no column {column!r} for {option} (columns: {shown})")
     start = 0
-    for ids, cells in (_csv_pairs if kind == "csv" else _parquet_pairs)(path, id_column, column, batch):
-        for k, value in enumerate(ids):
-            if value is None or value == "":
-                where = f"line {start + k + 2}" if kind == "csv" else f"row {start + k}"
-                raise DataError(
-                    f"{path}, {where}: column {id_column!r} is empty; every row needs a customer id"
-                )
-        start += len(ids)
-        yield [v if isinstance(v, str) else str(v) for v in ids], cells
+    if kind == "csv":
+        pairs = _csv_cells(path, names.index(id_column), names.index(column), id_column, batch)
+        for ids, texts in pairs:
+            start += len(ids)
+            yield ids, [text if text else None for text in texts]
+    else:
+        for ids, cells in _parquet_pairs(path, id_column, column, batch):
+            for k, value in enumerate(ids):
+                if value is None or value == "":
+                    raise DataError(
+                        f"{path}, row {start + k}: column {id_column!r} is empty; every row needs a customer id"
+                    )
+            start += len(ids)
+            yield [v if isinstance(v, str) else str(v) for v in ids], cells
     if start == 0:
         raise DataError(f"{path}: no rows; the file has a header but no customers")
-
-
-def _csv_header(path: Path) -> list[str]:
-    import pandas as pd
-
-    try:
-        return [str(c) for c in pd.read_csv(path, dtype=str, nrows=0).columns]
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty; it needs a header row and at least one row") from None
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as csv ({type(exc).__name__}); check the file") from None
 
 
 def _parquet_names(path: Path) -> list[str]:
@@ -165,25 +136,6 @@ def _parquet_names(path: Path) -> list[str]:
         return list(pq.ParquetFile(path).schema_arrow.names)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read it as parquet ({type(exc).__name__}); check the file") from None
-
-
-def _csv_pairs(
-    path: Path, id_column: str, column: str, batch: int
-) -> Iterator[tuple[list[Any], list[object]]]:
-    import pandas as pd
-
-    done = 0
-    try:
-        # every column parsed (not usecols), so a ragged row is an error, not silently cut
-        for frame in pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=batch):
-            ids = [None if pd.isna(v) else v for v in frame[id_column].tolist()]
-            cells = [None if pd.isna(v) else v for v in frame[column].tolist()]
-            done += len(ids)
-            yield ids, cells
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"{path}: cannot read it as csv after line {done + 1} ({type(exc).__name__}); check the file"
-        ) from None
 
 
 def _parquet_pairs(
@@ -204,3 +156,96 @@ def _parquet_pairs(
         raise DataError(
             f"{path}: cannot read it as parquet after row {done} ({type(exc).__name__}); check the file"
         ) from None
+
+
+# --- CSV -------------------------------------------------------------------------------------
+# Read with the csv module, one record at a time, rather than pandas: pandas pads a record with
+# fewer fields than the header with empty cells and, when every record has one field more than
+# the header, takes the first field as an index and shifts the columns, so a ragged file would
+# pass with ids from the wrong cells. Records are numbered as pandas numbers them (blank lines
+# skipped), so an alignment's ``source_row`` keeps its meaning.
+
+
+def _is_blank(record: list[str]) -> bool:
+    """An empty or whitespace-only line, which pandas skips. A quoted empty field ``""`` or one that
+    spans lines is a record; a quoted field of spaces alone reads as a blank line here."""
+    if not record:
+        return True
+    if len(record) != 1 or not record[0] or "\n" in record[0] or "\r" in record[0]:
+        return False
+    return not record[0].strip()
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header: the first record that is not blank (a UTF-8 byte-order mark dropped)."""
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            for record in reader:
+                if not _is_blank(record):
+                    return record
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read it as csv ({type(exc).__name__}); check the file") from None
+    raise DataError(f"{path}: file is empty; it needs a header row naming the id column and at least one row")
+
+
+def _csv_cells(
+    path: Path, id_index: int, other: int | None, id_column: str, batch: int
+) -> Iterator[tuple[list[str], list[str]]]:
+    """Batches of (ids, cells of column ``other``; empty when None), every record checked to hold
+    exactly the header's fields and an id that is not empty or only spaces (empty once
+    normalised). Errors name the file and the line a record starts on, never a cell."""
+    ids: list[str] = []
+    cells: list[str] = []
+    line = start = 0
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            width = 0
+            record: list[str] = []
+            for record in reader:
+                start, line = line + 1, reader.line_num
+                if width == 0:  # the header, read again
+                    width = 0 if _is_blank(record) else len(record)
+                    continue
+                if len(record) != width or not record[id_index].strip():
+                    if _is_blank(record):
+                        continue
+                    if len(record) != width:
+                        raise DataError(
+                            f"{path}, line {start}: {len(record)} fields but the header has {width}; every "
+                            'row needs one value per column (quote values that contain ",")'
+                        )
+                    raise DataError(
+                        f"{path}, line {start}: column {id_column!r} is empty; every row needs a customer id"
+                    )
+                ids.append(record[id_index])
+                if other is not None:
+                    cells.append(record[other])
+                if len(ids) >= batch:
+                    yield ids, cells
+                    ids, cells = [], []
+            if any("\n" in field or "\r" in field for field in record):
+                _check_closed(path, start)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(
+            f"{path}: cannot read it as csv after line {line} ({type(exc).__name__}); check the file"
+        ) from None
+    if ids:
+        yield ids, cells
+
+
+def _check_closed(path: Path, start: int) -> None:
+    """DataError when the last record, which spans lines, is a quoted field never closed: the csv
+    module's lenient mode would take the rest of the file as its value."""
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        for _ in itertools.islice(fh, start - 1):
+            pass
+        try:
+            for _ in csv.reader(fh, strict=True):
+                pass
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise DataError(
+                    f'{path}, line {start}: a quoted field (starting with ") is never closed; check the file'
+                ) from None

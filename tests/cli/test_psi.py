@@ -178,13 +178,17 @@ def test_streams_with_progress_for_both_sides_and_leaves_no_work_files(tmp_path)
 def test_malformed_file_exits_4_and_leaves_no_work_files_or_partial_output(tmp_path, in_process):
     a, _, _ = _partner_files(tmp_path, 50, 40, k=10)
     bad = tmp_path / "bad.csv"
-    bad.write_text("customer_id,x\nSECRET-ID-9,1\nSECRET-ID-8,1,2,3\n")
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
-    res = in_process("psi", "--a", str(a), "--b", str(bad), "--work-dir", str(work), "--out", str(out))
-    _assert_clean_failure(res, 4, "bad.csv: cannot read it as csv")
-    assert "SECRET-ID" not in res.stderr + res.stdout
-    assert list(work.iterdir()) == [] and list(out.iterdir()) == []
+    for rows, needle in (
+        ("SECRET-ID-9,1\nSECRET-ID-8,1,2,3\n", "bad.csv, line 3: 4 fields but the header has 2"),
+        ("SECRET-ID-9,1\nSECRET-ID-8\nSECRET-ID-7,1\n", "bad.csv, line 3: 1 fields but the header has 2"),
+    ):
+        bad.write_text("customer_id,x\n" + rows)
+        res = in_process("psi", "--a", str(a), "--b", str(bad), "--work-dir", str(work), "--out", str(out))
+        _assert_clean_failure(res, 4, needle)
+        assert "SECRET-ID" not in res.stderr + res.stdout
+        assert list(work.iterdir()) == [] and list(out.iterdir()) == []
     pd.DataFrame({"client": ["A1"]}).to_parquet(tmp_path / "nocol.parquet")
     res = in_process("psi", "--a", str(a), "--b", "nocol.parquet")
     _assert_clean_failure(res, 4, "no id column 'customer_id' (columns: client)")

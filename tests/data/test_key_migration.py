@@ -23,8 +23,8 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.crypto.keyring import PKCS11_BLOB_PREFIX, FileKeyRing
 from fedcustomer.privacy.crypto.pkcs11_keyring import Pkcs11KeyRing
 from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV, TokenSession
+from tests.data.store_fixtures import ADMIN, COMPLIANCE, CORE, MARKETING, RISK, write_csv
 from tests.data.test_ingest import bank_frame, plant_bad_rows
-from tests.data.test_store import ADMIN, COMPLIANCE, CORE, MARKETING, RISK, write_csv
 from tests.privacy.crypto.softhsm import restart_module, softhsm
 
 FIELDS = CORE + ["income"]
@@ -192,7 +192,7 @@ def crash(home: PartnerHome, softhsm, where: str) -> int:
         from fedcustomer.data.store import PartnerStore
         from fedcustomer.partner.home import PartnerHome
         from fedcustomer.privacy.crypto.pkcs11_token import KeyringConfig
-        from tests.data.test_store import ADMIN
+        from tests.data.store_fixtures import ADMIN
 
         def die(*args, **kwargs):
             os._exit(137)

@@ -11,8 +11,8 @@ from fedcustomer.data.store_ingest import ChunkWriter
 from fedcustomer.errors import SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import write_default_policy
+from tests.data.store_fixtures import ADMIN, audit_entries, bank, home, store, write_csv
 from tests.data.test_ingest import bank_frame
-from tests.data.test_store import ADMIN, audit_entries, bank, home, store, write_csv
 
 
 def test_failed_ingest_is_audited_without_values(tmp_path, store, bank):

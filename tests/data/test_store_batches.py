@@ -8,7 +8,7 @@ import pytest
 
 from fedcustomer.data.store_db import table_name
 from fedcustomer.errors import AccessDenied, ConfigError, IntegrityError, SchemaError
-from tests.data.test_store import (
+from tests.data.store_fixtures import (
     CORE,
     MARKETING,
     RISK,
@@ -114,8 +114,8 @@ def test_an_empty_dataset_gives_no_batch_and_one_entry(tmp_path):
     from fedcustomer.data.schema import load_bundled
     from fedcustomer.data.store import PartnerStore
     from fedcustomer.partner.home import PartnerHome
+    from tests.data.store_fixtures import ADMIN, write_csv
     from tests.data.test_ingest import bank_frame
-    from tests.data.test_store import ADMIN, write_csv
 
     with PartnerStore.init(PartnerHome(tmp_path / "h"), "bank_a") as store:
         store.ingest(ADMIN, load_bundled("bank"), write_csv(tmp_path, bank_frame(0)))

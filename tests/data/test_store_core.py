@@ -10,8 +10,8 @@ from fedcustomer.data.store import PartnerStore
 from fedcustomer.data.store_core import SCHEMAS, _SchemaCache, parse_stored_schema
 from fedcustomer.errors import SchemaError
 from fedcustomer.partner.home import PartnerHome
+from tests.data.store_fixtures import ADMIN, TRAINING, write_csv
 from tests.data.test_ingest import bank_frame
-from tests.data.test_store import ADMIN, TRAINING, write_csv
 
 
 @pytest.fixture()

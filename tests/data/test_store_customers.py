@@ -13,7 +13,16 @@ from fedcustomer.data.store_db import table_name
 from fedcustomer.errors import IntegrityError
 from fedcustomer.privacy.audit.query import IN_READ_SET, MAY_INCLUDE, NAMED, customer_match
 from fedcustomer.privacy.audit.writer import AuditLog
-from tests.data.test_store import MARKETING, RISK, TRAINING, _approve_core, audit_entries, bank, home, store
+from tests.data.store_fixtures import (
+    MARKETING,
+    RISK,
+    TRAINING,
+    _approve_core,
+    audit_entries,
+    bank,
+    home,
+    store,
+)
 from tests.data.test_store_read import _alter, loaded
 
 __all__ = ["bank", "home", "store", "loaded"]  # fixtures

@@ -15,8 +15,8 @@ from fedcustomer.privacy.audit.keys import load_public_key
 from fedcustomer.privacy.crypto.keyring_factory import create_keyring
 from fedcustomer.privacy.crypto.pkcs11_keyring import Pkcs11KeyRing
 from fedcustomer.privacy.crypto.pkcs11_token import DEFAULT_PIN_ENV
+from tests.data.store_fixtures import ADMIN, COMPLIANCE, CORE, RISK, write_csv
 from tests.data.test_ingest import bank_frame, plant_bad_rows
-from tests.data.test_store import ADMIN, COMPLIANCE, CORE, RISK, write_csv
 from tests.privacy.crypto.softhsm import restart_module, softhsm
 
 

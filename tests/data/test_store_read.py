@@ -10,8 +10,7 @@ from fedcustomer.data import store_read
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import IntegrityError, KeyMaterialError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
-from tests.data.test_ingest import bank_frame
-from tests.data.test_store import (
+from tests.data.store_fixtures import (
     ADMIN,
     CORE,
     MARKETING,
@@ -24,6 +23,7 @@ from tests.data.test_store import (
     store,
     write_csv,
 )
+from tests.data.test_ingest import bank_frame
 
 
 def _one_value_at_a_time(store, plan) -> tuple[list[str], dict[str, list[Any]]]:

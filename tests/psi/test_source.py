@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fedcustomer.errors import DataError
-from fedcustomer.psi.source import id_batches
+from fedcustomer.psi.source import column_batches, id_batches
 
 
 def _read(path, column="customer_id", **kw):
@@ -44,7 +44,7 @@ def test_malformed_files(tmp_path):
     ragged.write_text(
         "customer_id,x\n" + "".join(f"SECRET-{k},{k}\n" for k in range(10)) + "SECRET-X,1,2,3\n"
     )
-    with pytest.raises(DataError, match="ragged.csv: cannot read it as csv") as err:
+    with pytest.raises(DataError, match="ragged.csv, line 12: 4 fields but the header has 2") as err:
         _read(ragged, batch=4)
     assert "SECRET" not in str(err.value)
     fake = tmp_path / "fake.parquet"
@@ -79,3 +79,59 @@ def test_empty_cells_files_and_limits(tmp_path):
     pd.DataFrame({"customer_id": [f"C{k}" for k in range(25)]}).to_csv(tmp_path / "big.csv", index=False)
     with pytest.raises(DataError, match="big.csv: 25 ids, more than --max-ids 10"):
         _read(tmp_path / "big.csv", batch=4, max_ids=10)
+
+
+def _pairs(path, column="x"):
+    return [pair for ids, cells in column_batches(path, "customer_id", column, "--value", batch=2)
+            for pair in zip(ids, cells, strict=True)]  # fmt: skip
+
+
+def test_a_row_with_fewer_fields_than_the_header_is_refused_not_padded(tmp_path):
+    short = tmp_path / "short.csv"
+    short.write_text("customer_id,x,y\nSECRET-1,1,2\nSECRET-2,1\nSECRET-3,1,2\n")
+    for read in (_read, _pairs):
+        with pytest.raises(DataError, match="short.csv, line 3: 2 fields but the header has 3") as err:
+            read(short)
+        assert "SECRET" not in str(err.value)
+    # empty cells written out are not missing fields
+    (tmp_path / "ok.csv").write_text("customer_id,x,y\nSECRET-1,,\nSECRET-2,1,\n")
+    assert _pairs(tmp_path / "ok.csv") == [("SECRET-1", None), ("SECRET-2", "1")]
+
+
+def test_every_row_one_field_longer_than_the_header_is_refused_not_shifted(tmp_path):
+    # pandas would take the first field as an index and read the ids from the second
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text("customer_id,x\nSECRET-1,1,2\nSECRET-2,1,2\n")
+    for read in (_read, _pairs):
+        with pytest.raises(DataError, match="shifted.csv, line 2: 3 fields but the header has 2") as err:
+            read(shifted)
+        assert "SECRET" not in str(err.value)
+
+
+def test_lines_are_counted_as_an_editor_shows_them(tmp_path):
+    path = tmp_path / "lines.csv"
+    path.write_text(
+        '\ufeffcustomer_id,note\n\nSECRET-1,"two\nlines"\n   \nSECRET-2,ok\nSECRET-3\n', encoding="utf-8"
+    )
+    with pytest.raises(DataError, match="lines.csv, line 7: 1 fields but the header has 2") as err:
+        _read(path)
+    assert "SECRET" not in str(err.value)
+    path.write_text('customer_id,note\n\nSECRET-1,"two\nlines"\n   \nSECRET-2,ok\n', encoding="utf-8-sig")
+    assert _read(path) == ["SECRET-1", "SECRET-2"]  # byte-order mark, blank lines and a quoted newline
+    assert _pairs(path, "note") == [("SECRET-1", "two\nlines"), ("SECRET-2", "ok")]
+    (tmp_path / "blank_id.csv").write_text("customer_id,x\nSECRET-1,1\n\n   ,2\n")
+    with pytest.raises(DataError, match="blank_id.csv, line 4: column 'customer_id' is empty"):
+        _read(tmp_path / "blank_id.csv")
+
+
+def test_a_quote_never_closed_is_refused_not_read_to_the_end(tmp_path):
+    path = tmp_path / "open.csv"
+    path.write_text('customer_id,x\nSECRET-1,1\nSECRET-2,"2\nSECRET-3,3\n')
+    for read in (_read, _pairs):
+        with pytest.raises(
+            DataError, match='open.csv, line 3: a quoted field \\(starting with "\\) is never closed'
+        ) as err:
+            read(path)
+        assert "SECRET" not in str(err.value)
+    path.write_text('customer_id,x\nSECRET-1,"1\n2"\n')
+    assert _pairs(path) == [("SECRET-1", "1\n2")]  # a closed quote spanning lines is a value

@@ -45,21 +45,28 @@ class Progress:
 
     @contextmanager
     def from_loggers(self, *names: str) -> Iterator[None]:
-        """Show the INFO lines of these library loggers (e.g. one per round) as progress lines."""
+        """Show the INFO lines of these library loggers (e.g. one per round) as progress lines, once each.
+
+        Their records stop at these loggers meanwhile: a handler that an imported library put on
+        the root logger (opacus calls ``logging.basicConfig`` on import) would print each line a
+        second time, in its own format, now that these loggers pass INFO.
+        """
         handler = _Forward(self)
         saved = []
         for name in names:
             logger = logging.getLogger(name)
-            saved.append((logger, logger.level))
+            saved.append((logger, logger.level, logger.propagate))
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
             logger.addHandler(handler)
+            logger.propagate = False
         try:
             yield
         finally:
-            for logger, level in saved:
+            for logger, level, propagate in saved:
                 logger.removeHandler(handler)
                 logger.setLevel(level)
+                logger.propagate = propagate
 
 
 class _Forward(logging.Handler):

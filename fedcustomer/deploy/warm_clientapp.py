@@ -318,7 +318,13 @@ class Zygote:
                 pass
 
     def maintain(self, now: float | None = None) -> None:
-        """Reap children that exited; let runs idle past ``idle_s`` go cold."""
+        """Reap children that exited; let runs idle past ``idle_s`` go cold.
+
+        Flower never tells the executor that a run finished, so a finished run's worker is
+        kept like any warm one and ends once the run has been idle ``idle_s`` (or sooner, if
+        more than ``max_runs`` runs need workers): a bounded wait, never one per run for
+        the node's lifetime. Both ends are logged, so the node's log shows every worker's life.
+        """
         now = time.monotonic() if now is None else now
         for pid in list(self.pids):
             try:
@@ -327,8 +333,14 @@ class Zygote:
                 done = pid
             if done:
                 self.pids.discard(pid)
+                log.info("warm ClientApp: worker %d exited", pid)
         for run_id, child in list(self.children.items()):
-            if child.pid not in self.pids or now - child.last_sent > self.idle_s or child.retired():
+            if child.pid not in self.pids or child.retired():
+                self._close(run_id)
+            elif now - child.last_sent > self.idle_s:
+                log.info(
+                    "warm ClientApp: run %s idle for %.0f s: worker %d ends", run_id, self.idle_s, child.pid
+                )
                 self._close(run_id)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> None:

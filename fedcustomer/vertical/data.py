@@ -112,7 +112,7 @@ def _declared_plans(
     ready = {name: d for name, d in declared.items() if d.get("declared")}
     how = (
         "each party declares its own dataset and feature spec with `fedcustomer node setup --home HOME "
-        "--mode vertical --dataset NAME --feature-spec FILE` (--label-owner on the one that holds the label)"
+        "--mode vertical --dataset NAME --feature-spec FILE --identity FILE` (--label-owner on the one that holds the label)"
     )
     if len(ready) != 2:
         raise ConfigError(

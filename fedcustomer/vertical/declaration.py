@@ -13,7 +13,9 @@ store may have changed since), before any row is read. Messages name fields, nev
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from flwr.app import ConfigRecord, RecordDict
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.features import CategoricalFeature, FeatureSpec
 from fedcustomer.data.schema import ROW_ID_FIELD, Schema
-from fedcustomer.data.store import dataset_schema
+from fedcustomer.data.store import PartnerStore, dataset_schema
+from fedcustomer.data.store_core import Credential
 from fedcustomer.errors import ConfigError, DataError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 
@@ -102,12 +105,99 @@ def check_declaration(home: PartnerHome, decl: PartyDeclaration) -> Schema:
     return schema
 
 
-def declare_party(home: PartnerHome, dataset: str, spec: FeatureSpec, *, label_owner: bool) -> Path:
-    """Check the declaration against the party's store, then keep it in the home (nothing kept if refused)."""
+DECLARE_ACTION = "vertical_declare"
+REMOVE_ACTION = "vertical_remove"
+POLICY_ACTION = "policy_edit"  # the grant a budget change needs: both set what a job may release
+
+
+def spec_digest(spec: FeatureSpec) -> str:
+    """A digest of the spec, for the audit entry: it tells two specs apart without naming a column."""
+    canonical = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _summary(decl: PartyDeclaration) -> dict[str, Any]:
+    return {
+        "dataset": decl.dataset,
+        "label_owner": decl.label_owner,
+        "task": decl.spec.task,
+        "features": len(decl.spec.features),
+        "input_width": decl.spec.input_dim,
+        "spec_sha256": spec_digest(decl.spec),
+    }
+
+
+def _kept(home: PartnerHome) -> tuple[str | None, PartyDeclaration | None]:
+    """The declaration file's text and, if it still parses, the declaration (no store check)."""
+    path = declaration_path(home)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    try:
+        return text, PartyDeclaration.from_dict(json.loads(text), str(path))
+    except (ConfigError, json.JSONDecodeError):
+        return text, None
+
+
+def _governed_change(
+    home: PartnerHome, who: Credential, action: str, details: dict[str, Any], change: Callable[[], None]
+) -> None:
+    """Authenticate ``who``, check the role's grant, make the change, then audit it.
+
+    A refusal is audit-logged by the store and changes nothing; if the allowed entry
+    cannot be written, the declaration file is put back as it was before the error is raised.
+    """
+    path = declaration_path(home)
+    before, _ = _kept(home)
+    with PartnerStore.open(home) as store:
+        actor = store.principal(who, action=action, audit_action=action, extra=details)
+        store.require(actor, POLICY_ACTION, action, details=details)
+        change()
+        try:
+            store.log(actor, action, details=details)
+        except BaseException:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(path, before, mode=0o600, exact=True)
+            raise
+
+
+def declare_party(
+    home: PartnerHome, who: Credential, dataset: str, spec: FeatureSpec, *, label_owner: bool
+) -> Path:
+    """Check the declaration against the party's store, then keep it in the home, signed and audited.
+
+    ``who`` must be a registered person whose role may ``policy_edit`` (a partner admin):
+    what a party trains on is a governance decision, like its budget. Nothing is kept if
+    the check, the signature or the policy refuses.
+    """
     decl = PartyDeclaration(dataset, spec, label_owner)
     check_declaration(home, decl)
     path = declaration_path(home)
-    return atomic_write_text(path, json.dumps(decl.to_dict(), indent=2) + "\n", mode=0o600, exact=True)
+    text, previous = _kept(home)
+    details = _summary(decl) | {
+        "previous": None if text is None else (_summary(previous) if previous else "unreadable")
+    }
+    body = json.dumps(decl.to_dict(), indent=2) + "\n"
+
+    def keep() -> None:
+        atomic_write_text(path, body, mode=0o600, exact=True)
+
+    _governed_change(home, who, DECLARE_ACTION, details, keep)
+    return path
+
+
+def remove_declaration(home: PartnerHome, who: Credential) -> dict[str, Any]:
+    """Withdraw the party from vertical jobs on its own data (signed and audited like declaring)."""
+    path = declaration_path(home)
+    text, previous = _kept(home)
+    if text is None:
+        raise ConfigError(f"partner {home.config().name!r} has no vertical declaration to remove")
+    details = {"previous": _summary(previous) if previous else "unreadable"}
+    _governed_change(home, who, REMOVE_ACTION, details, lambda: path.unlink())
+    return details
 
 
 def load_declaration(home: PartnerHome) -> PartyDeclaration:
@@ -116,7 +206,8 @@ def load_declaration(home: PartnerHome) -> PartyDeclaration:
     if not path.exists():
         raise ConfigError(
             f"partner {home.config().name!r} has not declared its own data for vertical jobs; run "
-            "`fedcustomer node setup --home HOME --mode vertical --dataset NAME --feature-spec FILE` "
+            "`fedcustomer node setup --home HOME --mode vertical --dataset NAME --feature-spec FILE "
+            "--identity FILE` "
             "(add --label-owner on the party that holds the label)"
         )
     try:

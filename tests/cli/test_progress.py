@@ -29,6 +29,25 @@ def test_library_round_logs_become_progress_lines_only_while_the_command_runs():
     assert logger.level == before
 
 
+def test_forwarded_lines_are_not_printed_again_by_a_root_handler():
+    """A library's ``logging.basicConfig`` (opacus does it on import) must not print each round twice."""
+    out, root_out = io.StringIO(), io.StringIO()
+    root_handler = logging.StreamHandler(root_out)
+    root = logging.getLogger()
+    root.addHandler(root_handler)
+    logger = logging.getLogger("fedcustomer.vertical")
+    propagates = logger.propagate
+    try:
+        with Progress(out).from_loggers("fedcustomer.vertical", "fedcustomer.psi.relay"):
+            logging.getLogger("fedcustomer.vertical.runner").info("vertical round %s/%s", 1, 2)
+            logging.getLogger("fedcustomer.psi.relay").info("PSI p: 1/1 chunks")
+        assert out.getvalue().count("vertical round 1/2") == 1 and out.getvalue().count("PSI p") == 1
+        assert root_out.getvalue() == ""
+        assert logger.propagate == propagates  # restored: other commands log as before
+    finally:
+        root.removeHandler(root_handler)
+
+
 def test_baseline_reports_its_three_trainings_on_stderr(capsys, monkeypatch):
     from types import SimpleNamespace
 

@@ -45,6 +45,20 @@ def test_vertical_repayment_on_synthetic_beats_the_bank_alone_within_both_budget
     assert vertical > alone, (vertical, alone)
 
 
+def test_run_vertical_prints_each_round_line_once_on_stderr(tmp_path):
+    """Through the real entry point, where opacus's import puts a handler on the root logger."""
+    res = fedcustomer("run-vertical", "--data", "synthetic", "--rounds", "2", "--customers", "300",
+                      "--no-baseline", "--json", "--out", str(tmp_path / "run"), cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    for k in (1, 2):
+        lines = [line for line in res.stderr.splitlines() if f"vertical round {k}/2:" in line]
+        assert len(lines) == 1, res.stderr[-3000:]
+    # the PSI relay's summary lines go through the progress printer only, not also a root handler
+    relay = [line for line in res.stderr.splitlines() if "chunks reblinded by its peer" in line]
+    assert relay and all(line.startswith("[") for line in relay), res.stderr[-3000:]
+    json.loads(res.stdout)  # stdout keeps only the result
+
+
 def test_label_epsilon_must_leave_room_for_training(tmp_path):
     res = fedcustomer(
         "run-vertical", "--epsilon", "1", "--label-epsilon", "1", "--out", str(tmp_path / "run"), cwd=tmp_path

@@ -145,7 +145,8 @@ def test_coordinator_run_passes_data_own_to_the_serverapp_and_refuses_other_sour
 def test_node_setup_refuses_a_mode_it_has_no_use_for_and_a_folder_that_is_no_home(tmp_path, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text("{}")
-    base = ["node", "setup", "--dataset", "cards", "--feature-spec", str(spec)]
+    key = tmp_path / "nobody.key"  # never read: both refusals come before the identity is loaded
+    base = ["node", "setup", "--dataset", "cards", "--feature-spec", str(spec), "--identity", str(key)]
     code, _, err = run([*base, "--home", str(tmp_path), "--mode", "horizontal"], capsys)
     assert code != 0 and "--mode must be vertical" in err
     code, _, err = run([*base, "--home", str(tmp_path / "nohome")], capsys)

@@ -77,6 +77,27 @@ def test_an_idle_run_goes_cold_and_its_next_task_gets_a_fresh_child(zygote, tmp_
     assert _lines(tmp_path / "tasks.txt", 2)[1] == [str(second), "t2"]
 
 
+def test_a_finished_runs_worker_ends_after_the_idle_time_and_the_log_shows_it(tmp_path, caplog):
+    """Flower does not tell the executor a run finished: its worker is kept warm, then ends and is reaped."""
+    caplog.set_level("INFO", logger="fedcustomer.warm_clientapp")
+    z = wc.Zygote(_recorder(tmp_path / "tasks.txt"), idle_s=0.2, max_runs=4)
+    try:
+        pids = [z.dispatch(run, f"t{run}") for run in (1, 2, 3)]  # three runs, each finished after a task
+        _lines(tmp_path / "tasks.txt", 3)
+        while z.pids:  # the executor's poll loop calls maintain(); no worker outlives the idle time for good
+            z.maintain()
+            time.sleep(0.02)
+        assert not z.children
+        for pid in pids:
+            with pytest.raises(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reaped, not a zombie
+        text = caplog.text
+        for run, pid in zip((1, 2, 3), pids):
+            assert f"run {run} idle for 0 s: worker {pid} ends" in text and f"worker {pid} exited" in text
+    finally:
+        z.stop()
+
+
 def test_a_dead_child_is_replaced_without_losing_the_task(zygote, tmp_path):
     first = zygote.dispatch(11, "t1")
     _lines(tmp_path / "tasks.txt", 1)

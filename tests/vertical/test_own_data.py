@@ -144,12 +144,14 @@ def parties(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pyt
     }
 
 
-def _setup(home: Path, dataset: str, spec: Path, *extra: str) -> list[str]:
+def _setup(home: Path, key: Path, dataset: str, spec: Path, *extra: str) -> list[str]:
     return [
         "node",
         "setup",
         "--home",
         str(home),
+        "--identity",
+        str(key),
         "--mode",
         "vertical",
         "--dataset",
@@ -170,9 +172,13 @@ def test_a_vertical_job_on_both_parties_own_data(
     parties: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     homes, specs = parties["homes"], parties["specs"]
-    out = _ok(_setup(homes / "bank", "cards", specs["bank"], "--label-owner"), capsys)
+    out = _ok(
+        _setup(homes / "bank", parties["admins"]["bank"][1], "cards", specs["bank"], "--label-owner"), capsys
+    )
     assert "label owner (repayment, label 'default')" in out
-    out = _ok(_setup(homes / "retailer", "baskets", specs["retailer"]), capsys)
+    out = _ok(
+        _setup(homes / "retailer", parties["admins"]["retailer"][1], "baskets", specs["retailer"]), capsys
+    )
     assert "features only" in out
     code, stdout, err = run(_run(homes, tmp_path / "run"), capsys)
     assert code == 0, stdout + err
@@ -210,21 +216,32 @@ def test_refusals_name_the_problem_and_leave_the_homes_as_they_were(
     homes, specs = parties["homes"], parties["specs"]
     before = {n: _home_state(homes / n) for n in ("bank", "retailer")}
     # a dataset the store does not hold
-    err = _refused(_setup(homes / "bank", "loans", specs["bank"], "--label-owner"), capsys)
+    err = _refused(
+        _setup(homes / "bank", parties["admins"]["bank"][1], "loans", specs["bank"], "--label-owner"), capsys
+    )
     assert "holds no dataset 'loans' (it has: cards)" in err
     # a spec whose columns the data does not have (the retailer's spec at the bank)
-    err = _refused(_setup(homes / "bank", "cards", specs["retailer"]), capsys)
+    err = _refused(_setup(homes / "bank", parties["admins"]["bank"][1], "cards", specs["retailer"]), capsys)
     assert "has no field(s) basket, returns, channel" in err
     # the label owner with a features-only spec
-    err = _refused(_setup(homes / "retailer", "baskets", specs["retailer"], "--label-owner"), capsys)
+    err = _refused(
+        _setup(
+            homes / "retailer",
+            parties["admins"]["retailer"][1],
+            "baskets",
+            specs["retailer"],
+            "--label-owner",
+        ),
+        capsys,
+    )
     assert "declared as the label owner, but its feature spec names no label" in err
     # a label on the party that does not hold it
-    err = _refused(_setup(homes / "bank", "cards", specs["bank"]), capsys)
+    err = _refused(_setup(homes / "bank", parties["admins"]["bank"][1], "cards", specs["bank"]), capsys)
     assert "does not hold the label, but its feature spec names label 'default'" in err
     assert before == {n: _home_state(homes / n) for n in ("bank", "retailer")}
     assert not declaration_path(PartnerHome(homes / "bank")).exists()
     # a run before both declared: says how to declare, touches nothing
-    _ok(_setup(homes / "bank", "cards", specs["bank"], "--label-owner"), capsys)
+    _ok(_setup(homes / "bank", parties["admins"]["bank"][1], "cards", specs["bank"], "--label-owner"), capsys)
     declared = {n: _home_state(homes / n) for n in ("bank", "retailer")}
     err = _refused(_run(homes, tmp_path / "run"), capsys)
     assert "has not declared its own data for vertical jobs" in err and "node setup" in err
@@ -233,11 +250,16 @@ def test_refusals_name_the_problem_and_leave_the_homes_as_they_were(
     spec = json.loads(specs["retailer"].read_text()) | {"label": "returns"}
     spec["features"] = [f for f in spec["features"] if f["name"] != "returns"]
     retail_label.write_text(json.dumps(spec))
-    _ok(_setup(homes / "retailer", "baskets", retail_label, "--label-owner"), capsys)
+    _ok(
+        _setup(
+            homes / "retailer", parties["admins"]["retailer"][1], "baskets", retail_label, "--label-owner"
+        ),
+        capsys,
+    )
     err = _refused(_run(homes, tmp_path / "run"), capsys)
     assert "exactly one party must hold the label; both of bank, retailer declared" in err
     # the label owner's task is not the job's
-    _ok(_setup(homes / "retailer", "baskets", specs["retailer"]), capsys)
+    _ok(_setup(homes / "retailer", parties["admins"]["retailer"][1], "baskets", specs["retailer"]), capsys)
     err = _refused(_run(homes, tmp_path / "run", "--task", "clv"), capsys)
     assert "the label owner 'bank' declared a repayment spec, but the job's --task is 'clv'" in err
     assert declared["bank"] == _home_state(homes / "bank")
@@ -265,7 +287,7 @@ def test_refused_spec_not_confirmed_and_no_customer_id(
     spec = tmp_path / "raw-spec.json"  # written by hand: features draft would refuse the observed list
     spec.write_text(parties["specs"]["retailer"].read_text())
     before = _home_state(homes / "retailer")
-    err = _refused(_setup(homes / "retailer", "raw_baskets", spec), capsys)
+    err = _refused(_setup(homes / "retailer", parties["admins"]["retailer"][1], "raw_baskets", spec), capsys)
     assert "channel" in err and "observed in the data and never confirmed" in err and "schema confirm" in err
     # a dataset whose ids were generated from rows: nothing to match with the other party
     rows = tmp_path / "rows.csv"
@@ -281,7 +303,10 @@ def test_refused_spec_not_confirmed_and_no_customer_id(
     _ok(["ingest", "--schema", str(by_row), "--input", str(rows), "--home", str(homes / "retailer"), *who,
          "--id-from-row"], capsys)  # fmt: skip
     before = _home_state(homes / "retailer")
-    err = _refused(_setup(homes / "retailer", "anon", parties["specs"]["retailer"]), capsys)
+    err = _refused(
+        _setup(homes / "retailer", parties["admins"]["retailer"][1], "anon", parties["specs"]["retailer"]),
+        capsys,
+    )
     assert "has no customer id column" in err and "--id-from-row" in err
     assert before == _home_state(homes / "retailer")
     for text in (err,):
@@ -306,8 +331,8 @@ def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
     raw = two_party_run_config(job, mode="vertical", wait_for_partners=5)
     with pytest.raises(ConfigError, match="needs two parties that declared their own data; 0 did"):
         run_two_party(grid_for([bank, retail]), raw)
-    _ok(_setup(homes / "bank", "cards", specs["bank"], "--label-owner"), capsys)
-    _ok(_setup(homes / "retailer", "baskets", specs["retailer"]), capsys)
+    _ok(_setup(homes / "bank", parties["admins"]["bank"][1], "cards", specs["bank"], "--label-owner"), capsys)
+    _ok(_setup(homes / "retailer", parties["admins"]["retailer"][1], "baskets", specs["retailer"]), capsys)
     grid = grid_for([bank, retail])
     sent: list[str] = []
     ask = grid.send_and_receive

@@ -35,6 +35,8 @@ SIGNED_ACTIONS = frozenset(
         "key_retire",
         "erase",
         "budget_set",
+        "vertical_declare",  # node setup --mode vertical: what a party trains vertical jobs on
+        "vertical_remove",
         "people_revoke",
         "audit_query",
         "approval_reject",  # a rejection given in the web console

@@ -9,7 +9,9 @@ message type                   to          carries in -> out
 =============================  ==========  ==================================================
 ``query.vertical_hello``       any         -> the node's partner name
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
-``query.vertical_setup``       both        job config -> aligned/train/test counts
+``query.vertical_setup``       both        job config -> aligned/train/test counts; ``then-check``: and
+                                           its check of the first round at the public rate it computes
+                                           from its counts (returned too, for the coordinator to compare)
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
                                            (passive, ``then-forward``: and batch 0's embeddings)
@@ -51,6 +53,7 @@ from fedcustomer.errors import DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.vertical.align import align_handler_content
 from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
+from fedcustomer.vertical.spend import public_sampling
 
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
@@ -128,7 +131,16 @@ def _positions(t: torch.Tensor) -> np.ndarray:
 
 
 def _setup(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord(s.describe())})
+    out = RecordDict({"metrics": MetricRecord(s.describe())})
+    if cfg.get("then-check"):  # the first round's check: at the rate the coordinator will announce
+        q, steps = public_sampling(int(cfg["batch-size"]), s.n_train, int(cfg.get("steps-asked", 0)))
+        planned = session_for(
+            s.home, SessionConfig.from_config(cfg | {"sample-rate": q, "steps-per-round": steps})
+        )
+        nxt = _decision(planned.check_round(int(cfg["round"])))
+        out["next-decision"], out["next-metrics"] = nxt["decision"], nxt["metrics"]
+        out["sampling"] = MetricRecord({"sample-rate": q, "steps-per-round": steps})
+    return out
 
 
 def _decision(decision: Any) -> RecordDict:

@@ -4,8 +4,9 @@ On the Deployment Engine every sequential exchange (coordinator -> SuperLink -> 
 costs a round trip of Flower's transport, so each message also carries what its party can do
 next without waiting for the other party (see :mod:`fedcustomer.vertical.protocol`):
 
-* a round opens with both parties' checks (nothing charged), then the label owner's
-  ``vertical_begin`` (charged; it reveals the public batches);
+* a round opens with both parties' checks (nothing charged; the first round's ride on the
+  parties' ``vertical_setup``), then the label owner's ``vertical_begin`` (charged; it reveals
+  the public batches);
 * the passive party's ``vertical_begin`` carries batch 0: it charges, then returns the batch's
   embeddings;
 * ``vertical_backward`` of step t carries step t+1's positions and returns its embeddings; the
@@ -39,6 +40,7 @@ from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.protocol import message_type
+from fedcustomer.vertical.spend import public_sampling
 
 log = logging.getLogger(__name__)
 Decision = tuple[dict[str, Any], dict[str, Any]]  # a party's ("decision", "metrics") for one round
@@ -183,15 +185,20 @@ class _Chain:
             report.refusals[name] = str(decision["reason"])
         return bool(decision["ok"])
 
-    def open(self, rnd: int, report: VerticalRound) -> list[torch.Tensor] | None:
-        """Checks (both parties, one exchange, nothing charged), then the label owner's begin; None if refused."""
+    def open(
+        self, rnd: int, report: VerticalRound, checked: list[tuple[str, Decision]] | None = None
+    ) -> list[torch.Tensor] | None:
+        """Checks (both parties, one exchange, nothing charged), then the label owner's begin; None if refused.
+
+        ``checked``: both parties' checks of this round, already answered with their setup.
+        """
         if self.joint:
-            roles = [PASSIVE, ACTIVE]
-            asks = [(self.node_of[r], "vertical_check", self.cfg[r] | {"round": rnd}) for r in roles]
-            checks = self.wire.ask_all(asks)  # every party that refused is on record
-            oks = [
-                self.record(report, self.names[r], _decision(c)) for r, c in zip(roles, checks, strict=True)
-            ]
+            if checked is None:
+                roles = [PASSIVE, ACTIVE]
+                asks = [(self.node_of[r], "vertical_check", self.cfg[r] | {"round": rnd}) for r in roles]
+                replies = self.wire.ask_all(asks)  # every party that refused is on record
+                checked = [(r, _decision(c)) for r, c in zip(roles, replies, strict=True)]
+            oks = [self.record(report, self.names[role], answer) for role, answer in checked]
             if not all(oks):
                 return None
         begun = self.ask(ACTIVE, "vertical_begin", {"round": rnd})
@@ -314,21 +321,22 @@ def drive(
     if passive:
         cfg[PASSIVE] = session_config(job, passive, active.name, job.embed_dim)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
+    rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
+    first = len(rounds) + 1
+    checked = None  # both parties' checks of the first round, answered with their setup
     if sizes is None:
-        sizes = _setup(wire, node_of, cfg)
-    q = min(1.0, job.batch_size / sizes["train"])
-    steps = job.steps_per_round or max(1, int(1 / q))
+        sizes, checked = _setup(wire, node_of, cfg, job, first if passive and first <= job.rounds else None)
+    q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
     for c in cfg.values():
         c.update({"sample-rate": q, "steps-per-round": steps})
     names = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
     chain = _Chain(wire, node_of, cfg, names)
-    rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
     answers: list[tuple[str, Decision]] = []  # the next round's answers, sent with this round's replies
-    for rnd in range(len(rounds) + 1, job.rounds + 1):
+    for rnd in range(first, job.rounds + 1):
         t0 = time.perf_counter()
         report = VerticalRound(rnd, "refused")
         more = rnd < job.rounds
-        batches = chain.opened(report, answers) if answers else chain.open(rnd, report)
+        batches = chain.opened(report, answers) if answers else chain.open(rnd, report, checked)
         phase = chain.passive_phase(rnd, report, batches, more) if passive and batches is not None else None
         if batches is None or (passive and phase is None):
             rounds.append(_refused(report, t0))
@@ -349,18 +357,37 @@ def drive(
     return DriveResult("completed", rounds, None, chain.finish(job.rounds), sizes)
 
 
-def _setup(wire: Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Both parties' aligned/train/test counts (one exchange); they must hold the same aligned set."""
-    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role]) for role in node_of])
+def _setup(
+    wire: Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], job: VerticalJob, check: int | None
+) -> tuple[dict[str, float], list[tuple[str, Decision]] | None]:
+    """Both parties' aligned/train/test counts (one exchange); they must hold the same aligned set.
+
+    ``check``: a round both parties also check in the same message (nothing charged), at the
+    public rate each computes from its counts; it must be the one the coordinator announces.
+    """
+    flags = {"then-check": True, "round": check, "steps-asked": job.steps_per_round or 0} if check else {}
+    roles = list(node_of)
+    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles])
     sizes = _numbers(setups[0])
-    if len(setups) > 1:
-        other = _numbers(setups[1])
+    for other in (_numbers(reply) for reply in setups[1:]):
         if int(other["aligned"]) != int(sizes["aligned"]):
             raise FederationError(
                 f"the parties hold different aligned sets ({int(sizes['aligned'])} vs "
                 f"{int(other['aligned'])} customers); run the PSI again"
             )
-    return sizes
+    if not check:
+        return sizes, None
+    planned = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
+    for role, reply in zip(roles, setups, strict=True):
+        used = _numbers(reply, "sampling")
+        if (used["sample-rate"], int(used["steps-per-round"])) != planned:
+            raise FederationError(
+                f"partner {wire.names.get(node_of[role], role)} checked round {check} at sample rate "
+                f"{used['sample-rate']} x {int(used['steps-per-round'])} steps, not the announced "
+                f"{planned[0]} x {planned[1]}; the parties disagree on the training set"
+            )
+    by_role = dict(zip(roles, setups, strict=True))
+    return sizes, [(role, _decision(by_role[role], "next-")) for role in (PASSIVE, ACTIVE)]
 
 
 def _refused(report: VerticalRound, t0: float) -> VerticalRound:

@@ -316,8 +316,8 @@ def test_a_round_is_one_message_per_party_step_and_the_fit_opens_the_next_round(
     grid, alone = grid_for([bank, retail]), grid_for([bank])
     summary = run_vertical_on_grid(grid, job, baseline_grid=alone, psi_size=size)
     assert summary["status"] == "completed" and summary["baseline"]["status"] == "completed"
-    start = [("query.vertical_hello", "", 2, []), ("query.vertical_setup", "active", 2, [])]
-    opening = [("query.vertical_check", "passive", 2, []), ("train.vertical_begin", "active", 1, [])]
+    start = [("query.vertical_hello", "", 2, []), ("query.vertical_setup", "active", 2, ["then-check"])]
+    opening = [("train.vertical_begin", "active", 1, [])]  # round 1's checks came with the setup
     end = [("train.vertical_finish", "active", 2, [])]
     assert _chain(grid) == start + opening + _round(True) * 2 + _round(False) + end
     assert [r["round"] for r in summary["partners"][0]["refusals"]] == []
@@ -390,3 +390,19 @@ def test_a_follow_up_beyond_the_last_round_is_refused_with_a_clear_error(tmp_pat
         reply = grid.send_and_receive([msg])
         (answer,) = list(reply)
         assert answer.has_error() and match in answer.error.reason
+
+
+def test_a_party_checking_its_first_round_at_another_rate_stops_the_job_before_any_charge(
+    tmp_path, monkeypatch
+):
+    from fedcustomer.vertical import protocol
+
+    job = _job(tmp_path, epsilon=8.0, rounds=2, steps_per_round=1)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    monkeypatch.setattr(protocol, "public_sampling", lambda batch, n_train, steps: (0.5, 3))
+    grid = grid_for([bank, retail])
+    with pytest.raises(FederationError, match="checked round 1 at sample rate 0.5 x 3 steps"):
+        run_vertical_on_grid(grid, job, psi_size=size)
+    assert [m.metadata.message_type for m, _ in grid.log][-1] == "query.vertical_setup"
+    for home, ds in ((bank, "bank"), (retail, "retailer")):
+        assert BudgetLedger(home.ledger_path, ds, home.config().budget_for(ds)).charges() == []

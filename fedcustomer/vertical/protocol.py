@@ -105,6 +105,7 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
                 return Message(content=content, reply_to=msg)
             cfg_raw = dict(msg.content["config"])
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
+            _check_follow_ups(action, session, cfg_raw)  # refused before the message's own step runs
             content = _HANDLERS[action](session, cfg_raw, msg.content)
         except FedCustomerError as exc:
             return Message(
@@ -179,10 +180,6 @@ def _then(s: PartySession, cfg: dict[str, Any], content: RecordDict, out: Record
     if cfg.get("then-embed"):  # the round's passive steps are done: all customers' embeddings
         _put(out, "embeddings", s.embed_all(rnd))
     follow = [k for k in ("then-check", "then-begin") if cfg.get(k)]
-    if len(follow) > 1:
-        raise DataError("a message may check or begin the next round, not both")
-    if follow and rnd >= s.cfg.rounds:
-        raise DataError(f"round {rnd} is the job's last; there is no next round to check or begin")
     if follow:
         act = s.check_round if follow[0] == "then-check" else s.begin_round
         nxt = _decision(act(rnd + 1))
@@ -193,6 +190,17 @@ def _then(s: PartySession, cfg: dict[str, Any], content: RecordDict, out: Record
     if cfg.get("then-finish"):
         out["accounting"] = ConfigRecord({"json": json.dumps(s.finish())})
     return out
+
+
+def _check_follow_ups(action: str, s: PartySession, cfg: dict[str, Any]) -> None:
+    """A follow-up of the next round needs one (a setup's check is of the round it names)."""
+    follow = [k for k in ("then-check", "then-begin") if cfg.get(k)]
+    if len(follow) > 1:
+        raise DataError("a message may check or begin the next round, not both")
+    if follow and action != "vertical_setup" and int(cfg.get("round", 0)) >= s.cfg.rounds:
+        raise DataError(
+            f"round {cfg.get('round')} is the job's last; there is no next round to check or begin"
+        )
 
 
 def _put(out: RecordDict, name: str, tensor: torch.Tensor) -> None:

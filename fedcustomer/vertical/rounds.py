@@ -18,7 +18,8 @@ next without waiting for the other party (see :mod:`fedcustomer.vertical.protoco
   refuses by itself) and ends with its last fit (``then-finish``).
 
 What is charged is unchanged: both parties' checks pass before either pays, each party pays
-once per round, before it releases anything of that round. A drive that resumes after a
+once per round, before it releases anything of that round. One order changed: the label owner
+pays before the passive party (its batches must reach the passive party's first forward). A drive that resumes after a
 coordinator restart opens its first round afresh (checks, then begin: the parties answer a
 repeated begin without charging again).
 """

@@ -12,6 +12,8 @@ rounds, for its round time).
 
 from __future__ import annotations
 
+import io
+import sqlite3
 import time
 from typing import Any
 
@@ -150,9 +152,14 @@ def time_secagg_rounds(
     summary = run_secagg_job(SecAggLocalGrid(make_secagg_client_app(homes), len(homes)), context)
     wall = time.perf_counter() - started
     train = 0.0  # the partners' own time for their share of the step (kept with their released updates)
-    for home in homes:
-        for kept in (PartnerHome(home).state_dir / "updates").glob(f"run_{job.run_id}_round_*.pt"):
-            train += float(torch.load(kept, weights_only=True)["metrics"]["train-seconds"])
+    for home in homes:  # each update is kept in its charge's ledger row
+        with sqlite3.connect(PartnerHome(home).ledger_path) as conn:
+            rows = conn.execute(
+                "SELECT k.data FROM kept_results k JOIN charges c USING (charge_key) WHERE c.run_id = ?",
+                (job.run_id,),
+            ).fetchall()
+        for (data,) in rows:
+            train += float(torch.load(io.BytesIO(data), weights_only=True)["metrics"]["train-seconds"])
     done = max(1, summary["rounds_completed"])
     return {
         "engine": "in-process grid, SecAgg+, distributed DP",

@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(node_app, name="node")
+    from fedcustomer.cli import node_setup
+
+    node_setup.register(node_app)  # `node setup`: a party's own data for vertical jobs
 
 
 def _warn_insecure() -> None:
@@ -207,7 +210,10 @@ def coordinator_run(
     ),
     task: str = typer.Option(DEFAULT_TASK, "--task"),
     data: str = typer.Option(
-        DEFAULT_DATA, "--data", help="Data source the partners hold (names their dataset)."
+        DEFAULT_DATA,
+        "--data",
+        help="Data source the partners hold (names their dataset); vertical/psi: synthetic, uci-credit, or own "
+        "(each party's dataset and spec, declared with `fedcustomer node setup --mode vertical`).",
     ),
     feature_spec: str | None = typer.Option(
         None, "--feature-spec", help="synthetic:repayment, synthetic:clv, uci-credit, cdnow, or a JSON path."
@@ -328,6 +334,7 @@ def coordinator_run(
 
         options = {
             "task": task,
+            "data": data,  # own: each party's declared dataset and spec (`node setup --mode vertical`)
             "rounds": rounds,
             "steps_per_round": steps_per_round,
             "batch_size": batch_size,

@@ -25,7 +25,12 @@ def register(app: typer.Typer) -> None:
 @features_app.command("draft", help="Write a feature spec from a dataset's schema (store or YAML file).")
 def features_draft_cmd(
     output: Path = typer.Option(..., "--output", help="Where to write the feature spec JSON."),
-    label: str = typer.Option(..., "--label", help="The label field (0/1 for repayment, a spend for clv)."),
+    label: str | None = typer.Option(
+        None,
+        "--label",
+        help="The label field (0/1 for repayment, a spend for clv). Leave it out for a features-only spec: "
+        "a vertical party that does not hold the label.",
+    ),
     home: Path | None = typer.Option(None, "--home", help="Partner home whose store holds the dataset."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset in the store (with --home)."),
     schema: Path | None = typer.Option(None, "--schema", help="Or a schema YAML file (instead of --home)."),
@@ -51,7 +56,9 @@ def features_draft_cmd(
     atomic_write_text(output, json.dumps(spec.to_dict(), indent=2) + "\n")
     cats = sum(1 for f in spec.features if f not in spec.numeric)
     console.print(
-        f"wrote {escape(str(output))}: label {label!r}, {len(spec.numeric)} numeric and {cats} categorical "
+        f"wrote {escape(str(output))}: "
+        + (f"label {label!r}" if label is not None else "features only (no label)")
+        + f", {len(spec.numeric)} numeric and {cats} categorical "
         f"feature(s), bounds and categories as declared in the schema of {the_schema.dataset!r}"
     )
     for note in notes:

@@ -22,7 +22,11 @@ def register(app: typer.Typer) -> None:
 
 def run_vertical(
     task: str = typer.Option(D["task"], help="repayment (label at the bank) or clv (label at the retailer)"),
-    data: str = typer.Option(D["data"], help="synthetic | uci-credit (UCI split by columns)"),
+    data: str = typer.Option(
+        D["data"],
+        help="synthetic | uci-credit (UCI split by columns) | own: the two parties' own data in --homes, each "
+        "declared with `fedcustomer node setup --mode vertical`",
+    ),
     data_dir: Path | None = typer.Option(
         None, help="where uci-credit lives (default: $FEDCUSTOMER_DATA_DIR)"
     ),
@@ -74,7 +78,10 @@ def run_vertical(
     ),
     seed: int = typer.Option(D["seed"], help="seed for data, splits and initial weights (not for DP noise)"),
     out: Path = typer.Option(Path(D["out"]), help="run directory to write"),
-    homes: Path | None = typer.Option(None, help="directory of the parties' homes (default OUT/partners)"),
+    homes: Path | None = typer.Option(
+        None,
+        help="directory of the parties' homes (default OUT/partners; with --data own: required, two homes)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print summary.json instead of tables"),
 ) -> None:
     """Train the joint model over the customers both parties share, each party's data staying at home."""

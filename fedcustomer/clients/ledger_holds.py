@@ -3,10 +3,11 @@
 Every DP round charges the partner's ledger once, in its own durable SQLite transaction. With
 no other connection open, closing that transaction's connection also checkpointed the ledger's
 write-ahead log into ``ledger.db`` and deleted it, three more syncs per round. A node therefore
-holds one idle connection per (home, run) (:class:`~fedcustomer.privacy.dp.ledger_file.WalHold`)
+holds one connection per (home, run) (:class:`~fedcustomer.privacy.dp.ledger_file.WalHold`)
 from the first round of a job it serves to the job's last planned round, a refusal or a failed
-round, after ``IDLE_SECONDS`` without use (a job that stopped early), and with the process.
-Durability is unchanged: each charge still commits with a sync of the log before the update
+round, after ``IDLE_SECONDS`` without use (a job that stopped early), and with the process; each
+round's ledger borrows that connection for its reads and its charge, so a charge no longer opens a
+connection whose first commit also syncs the ledger's folder. Durability is unchanged: each charge still commits with a sync of the log before the update
 leaves. Nothing here touches customer data.
 """
 
@@ -32,8 +33,9 @@ class LedgerHolds:
         self._holds: dict[tuple[str, str], tuple[WalHold, float]] = {}
         self._lock = threading.Lock()
 
-    def hold(self, key: tuple[str, str], ledger: BudgetLedger) -> None:
-        """Hold ``ledger``'s write-ahead log for ``key`` (once; a later call marks it used)."""
+    def hold(self, key: tuple[str, str], ledger: BudgetLedger) -> WalHold | None:
+        """Hold ``ledger``'s write-ahead log for ``key`` (once; a later call marks it used) and lend
+        the held connection to ``ledger``; None when no hold could be made (the round goes on without)."""
         now = time.monotonic()
         with self._lock:
             stale = [k for k, (_, used) in self._holds.items() if now - used > self.idle_seconds]
@@ -44,19 +46,25 @@ class LedgerHolds:
         for hold in dropped:
             hold.close()
         if held is not None:
-            return
+            ledger.use_hold(held[0])
+            return held[0]
         try:
             new = ledger.hold_wal()
         except sqlite3.Error as exc:  # a hold only saves syncs: the round goes on without it
             log.debug("ledger %s not held between rounds: %s", ledger.path, exc)
-            return
+            return None
         with self._lock:
-            if key in self._holds:
-                other = new
-            else:
+            kept = self._holds.get(key)
+            if kept is None:
                 self._holds[key], other = (new, now), None
-        if other is not None:
+            else:
+                other = new
+        if other is not None:  # another thread held it meanwhile: use that one
             other.close()
+            assert kept is not None
+            ledger.use_hold(kept[0])
+            return kept[0]
+        return new
 
     def release(self, key: tuple[str, str]) -> None:
         """Close the hold of ``key``, if any (the last connection checkpoints the log)."""

@@ -29,6 +29,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.release import (
+    ChargedResults,
     Mechanism,
     PaidResults,
     Step,
@@ -92,8 +93,13 @@ class PartnerNode:
             released = release(
                 ledger,
                 step,
-                # written once, before the charge; the charge marks it paid (settle reads only the charge)
-                PaidResults(self.home.state_dir / "updates", _UpdateCodec(), rewrite_paid=False),
+                # committed with its charge in one ledger transaction (settle reads only the charge);
+                # updates kept as files by earlier versions are still re-sent for the rounds they paid
+                ChargedResults(
+                    ledger,
+                    _UpdateCodec(),
+                    earlier=PaidResults(self.home.state_dir / "updates", _UpdateCodec(), rewrite_paid=False),
+                ),
                 produce=produce,
                 settle=lambda outcome, charge: self._settle(outcome, charge, ledger, ins),
             )
@@ -383,14 +389,29 @@ class PartnerNode:
 
 
 class _UpdateCodec:
-    """A kept update on disk: plain tensors and numbers (loaded weights-only).
+    """A kept update: plain tensors and numbers (loaded weights-only), in the ledger row of its charge.
 
-    Written once, before the charge, without accounting; the ledger's charge marks it paid. An
-    update kept by an earlier version was rewritten after its charge with its accounting: that
-    one is paid as it stands.
+    Kept without accounting; the charge it was committed with is what makes it paid. Updates
+    kept as files by earlier versions (``state/updates/``) are read back for the rounds they
+    paid: one written before its charge is settled from it, one rewritten after its charge with
+    its accounting is paid as it stands.
     """
 
     suffix = ".pt"
+
+    def dumps(self, result: TrainOutcome) -> bytes:
+        blob = {
+            "state": result.state_dict,
+            "metrics": result.metrics,
+            "accounting": {},
+            "partner": result.partner,
+        }
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        return buffer.getvalue()
+
+    def loads(self, data: bytes, what: str) -> TrainOutcome:
+        return self._outcome(load_weights_only(data, what))[0]
 
     def dump(self, path: Path, result: TrainOutcome, paid: bool) -> None:
         blob = {
@@ -404,7 +425,10 @@ class _UpdateCodec:
         atomic_write_bytes(path, buffer.getvalue())
 
     def load(self, path: Path) -> tuple[TrainOutcome, bool]:
-        blob = load_weights_only(path, "cached update")
+        return self._outcome(load_weights_only(path, "cached update"))
+
+    @staticmethod
+    def _outcome(blob: dict[str, Any]) -> tuple[TrainOutcome, bool]:
         outcome = TrainOutcome(blob["partner"], blob["state"], blob["metrics"], blob["accounting"])
         return outcome, bool(blob.get("accounting"))
 

@@ -41,7 +41,7 @@ def spec_from_schema(
     schema: Schema,
     *,
     task: str,
-    label: str,
+    label: str | None,
     bounds: dict[str, tuple[float, float]] | None = None,
     drop: Iterable[str] = (),
     log: Iterable[str] = (),
@@ -59,12 +59,13 @@ def spec_from_schema(
             f"dataset {schema.dataset!r} has no field(s) {', '.join(unknown)} "
             f"(fields: {', '.join(schema.names)})"
         )
-    if label not in names:
+    if label is not None and label not in names:
         raise ConfigError(
             f"--label {label!r} is not a field of dataset {schema.dataset!r} "
             f"(fields: {', '.join(schema.names)})"
         )
-    _check_label(schema.field(label))
+    if label is not None:  # None: features only (a vertical party that does not hold the label)
+        _check_label(schema.field(label))
     not_numeric = sorted(n for n in log if schema.field(n).type not in NUMERIC_TYPES)
     if not_numeric:
         raise ConfigError(f"--log applies to integer or float fields; {', '.join(not_numeric)} is not one")

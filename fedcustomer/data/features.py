@@ -134,7 +134,7 @@ class FeatureSpec:
     """
 
     task: str
-    label: str
+    label: str | None  # None: a features-only spec (a vertical party that does not hold the label)
     id_column: str | None
     features: list[Feature] = field(default_factory=list)
 
@@ -168,8 +168,8 @@ class FeatureSpec:
         return width + len(self.numeric)
 
     def columns(self) -> list[str]:
-        """Raw columns the transform needs: the features, then the label."""
-        return [f.name for f in self.features] + [self.label]
+        """Raw columns the transform needs: the features, then the label (if the spec names one)."""
+        return [f.name for f in self.features] + ([self.label] if self.label is not None else [])
 
     def encoded_names(self) -> list[str]:
         """Names of X's columns, e.g. ``income``, ``region=north``, ``income__missing``."""
@@ -193,6 +193,11 @@ class FeatureSpec:
         Messages name fields and types only: never a value, never a file.
         """
         where = f"dataset {schema.dataset!r}" + (f" at partner {partner!r}" if partner else "")
+        if with_label and self.label is None:
+            raise DataError(
+                f"the feature spec for {where} names no label (a features-only spec); the party that "
+                "trains on the label needs a spec drafted with --label COLUMN"
+            )
         read = self.columns() if with_label else [f.name for f in self.features]
         missing = [c for c in read if c not in schema.names]
         if missing:
@@ -204,7 +209,7 @@ class FeatureSpec:
                 "reads core fields: drop them from the spec"
             )
         problems = []
-        label_type = schema.field(self.label).type if with_label else NUMBER_TYPES[0]
+        label_type = schema.field(self.label).type if with_label and self.label else NUMBER_TYPES[0]
         if label_type not in NUMBER_TYPES:
             problems.append(
                 f"label {self.label!r} is a {label_type} field, but a {self.task} label must be a number "
@@ -226,6 +231,8 @@ class FeatureSpec:
         Repayment y is the 0/1 default flag; CLV y is ``log1p(spend)``. Row-wise only, so
         identical at every partner and nothing about the data is learned or released.
         """
+        if self.label is None:
+            raise DataError("the feature spec names no label (features only); it cannot encode labels")
         missing = [c for c in [self.label] if c not in frame.columns]
         if missing:
             raise DataError(
@@ -261,7 +268,7 @@ class FeatureSpec:
         return np.ascontiguousarray(np.hstack(blocks + indicators), dtype=np.float32)
 
     def _encode_label(self, series: pd.Series) -> np.ndarray:
-        values = _numeric_column(series, self.label, "label")
+        values = _numeric_column(series, str(self.label), "label")
         nan_rows = np.flatnonzero(np.isnan(values))
         if nan_rows.size:
             raise DataError(
@@ -311,7 +318,7 @@ class FeatureSpec:
             raise SchemaError(
                 f"feature spec version {version!r} is not supported (expected {SPEC_FORMAT_VERSION})"
             )
-        for key in ("task", "label", "features"):
+        for key in ("task", "label", "features"):  # label null: a features-only spec
             if key not in d:
                 raise SchemaError(f"feature spec is missing field {key!r}")
         if not isinstance(d["features"], list):
@@ -346,7 +353,13 @@ class FeatureSpec:
             except (TypeError, ValueError) as exc:
                 raise SchemaError(f"feature spec {where} has a malformed value: {exc}") from None
         id_column = d.get("id_column")
-        return cls(str(d["task"]), str(d["label"]), None if id_column is None else str(id_column), features)
+        label = d["label"]
+        return cls(
+            str(d["task"]),
+            None if label is None else str(label),
+            None if id_column is None else str(id_column),
+            features,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSpec:

@@ -8,6 +8,7 @@ strings, lists, tuples and dicts, nothing else. Writers store only those types.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,15 @@ import torch
 from fedcustomer.errors import IntegrityError
 
 
-def load_weights_only(path: Path, what: str) -> Any:
-    """``torch.load`` restricted to plain data; IntegrityError (no traceback) for anything else."""
+def load_weights_only(path: Path | bytes, what: str) -> Any:
+    """``torch.load`` restricted to plain data; IntegrityError (no traceback) for anything else.
+
+    ``path`` may also be the saved bytes themselves (a result kept in a ledger row)."""
+    source: Any = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+    if isinstance(path, bytes):
+        path = Path(f"<{len(path)} bytes>")
     try:
-        return torch.load(Path(path), weights_only=True, map_location="cpu")
+        return torch.load(source, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(
             f"{what} {path} is not a plain weights file and was not loaded (it may have been planted or "

@@ -120,14 +120,15 @@ class _Parties:
             if name not in specs or name not in parts:
                 raise DataError(f"{run}: no feature spec or final model part recorded for party {name!r}")
             home = PartnerHome(home_dir)
-            spec = FeatureSpec.from_dict(specs[name]["feature_spec"])
-            table = load_party_table(home, name, str(specs[name]["dataset"]), peer, spec, role == ACTIVE)
-            self.homes[role] = home
-            self.tables[role] = (np.asarray(table.X, np.float32), table.y)
             part = home_dir / str(parts[name])
             if not part.exists():
                 raise ConfigError(f"{part} not found: party {name!r} keeps no final model part of this run")
             self.blobs[role] = load_weights_only(part, f"{name}'s final model part")
+            # a party on its own data kept its spec at home, in its final part (the run holds none)
+            spec = FeatureSpec.from_dict(specs[name]["feature_spec"] or self.blobs[role]["feature_spec"])
+            table = load_party_table(home, name, str(specs[name]["dataset"]), peer, spec, role == ACTIVE)
+            self.homes[role] = home
+            self.tables[role] = (np.asarray(table.X, np.float32), table.y)
         # The label head is in the label owner's running state, beside its final part.
         running = (
             homes / str(rows[ACTIVE]["name"]) / str(parts[rows[ACTIVE]["name"]]).replace("-final.pt", ".pt")

@@ -60,16 +60,26 @@ def resolve_spec(ref: str) -> FeatureSpec:
             f"feature-spec {ref!r} is neither a built-in ({', '.join(BUILTIN_SPECS)}) nor a JSON file"
         )
     try:
-        return FeatureSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        spec = FeatureSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not a feature spec JSON ({exc}); write one with FeatureSpec.to_dict()"
         ) from None
+    return _labelled(spec, path)
 
 
 def load_declared_spec(ref: str) -> FeatureSpec:
     """``--feature-spec``: a built-in encoding by name (e.g. ``uci-credit-dp``), else a JSON file."""
-    return resolve_spec(ref) if ref in BUILTIN_SPECS else FeatureSpec.load(ref)
+    return resolve_spec(ref) if ref in BUILTIN_SPECS else _labelled(FeatureSpec.load(ref), Path(ref))
+
+
+def _labelled(spec: FeatureSpec, path: Path) -> FeatureSpec:
+    """A horizontal job trains on a label at every partner: a features-only spec is refused."""
+    if spec.label is None:
+        raise ConfigError(
+            f"{path} is a features-only spec (no label); a horizontal job needs one drafted with --label COLUMN"
+        )
+    return spec
 
 
 def default_spec_ref(job: JobConfig) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,13 +22,14 @@ from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
-from fedcustomer.errors import DataError
+from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.vertical.job import VerticalJob
 
 ACTIVE, PASSIVE = "active", "passive"
+OWN = "own"  # each party's own dataset and feature spec, declared in its home (vertical.declaration)
 # UCI credit split by columns: the bank sees the card account, the retailer the rest.
 UCI_BANK = ["limit_bal", "pay_0", "pay_2", "pay_3", "pay_4", "pay_5", "pay_6"]
 UCI_RETAILER = [
@@ -47,7 +49,9 @@ class PartyPlan:
     name: str
     role: str  # "active" (holds the label and the top model) or "passive"
     dataset: str
-    spec: FeatureSpec  # its feature columns; the label is read only by the active party
+    # Its feature columns (the label is read only by the active party); None: the party's own,
+    # declared in its home, which the coordinator never sees.
+    spec: FeatureSpec | None
     source: str
     provision_task: str
 
@@ -60,8 +64,16 @@ class PartyTable:
     y: np.ndarray | None
 
 
-def plan_parties(job: VerticalJob) -> tuple[PartyPlan, PartyPlan]:
-    """(active, passive): the label owner is the bank for repayment, the retailer for CLV."""
+def plan_parties(
+    job: VerticalJob, declared: dict[str, dict[str, Any]] | None = None
+) -> tuple[PartyPlan, PartyPlan]:
+    """(active, passive): the label owner is the bank for repayment, the retailer for CLV.
+
+    With ``--data own`` the parties say it themselves: ``declared`` maps each connected
+    partner to what its hello says of its declaration (``vertical.declaration.public_view``).
+    """
+    if job.data == OWN:
+        return _declared_plans(job, declared)
     if job.data == "uci-credit":
         from fedcustomer.data.uci_credit import UCI_SPEC
 
@@ -86,6 +98,46 @@ def plan_parties(job: VerticalJob) -> tuple[PartyPlan, PartyPlan]:
         "retailer", ACTIVE if job.task == "clv" else PASSIVE, "retailer", CLV_SPEC, "synthetic", "clv"
     )
     return (bank, retail) if job.task == "repayment" else (retail, bank)
+
+
+def _declared_plans(
+    job: VerticalJob, declared: dict[str, dict[str, Any]] | None
+) -> tuple[PartyPlan, PartyPlan]:
+    """The two parties that declared their own data; ConfigError saying what is missing or doubled."""
+    if declared is None:
+        raise ConfigError("--data own: the parties' declarations are needed (ask their nodes first)")
+    problems = [f"{name}: {d['problem']}" for name, d in declared.items() if d.get("problem")]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    ready = {name: d for name, d in declared.items() if d.get("declared")}
+    how = (
+        "each party declares its own dataset and feature spec with `fedcustomer node setup --home HOME "
+        "--mode vertical --dataset NAME --feature-spec FILE` (--label-owner on the one that holds the label)"
+    )
+    if len(ready) != 2:
+        raise ConfigError(
+            f"--data own needs two parties that declared their own data; {len(ready)} did"
+            + (f" ({', '.join(sorted(ready))})" if ready else "")
+            + f": {how}"
+        )
+    owners = sorted(name for name, d in ready.items() if d.get("label-owner"))
+    if len(owners) != 1:
+        raise ConfigError(
+            f"exactly one party must hold the label; {'both' if owners else 'neither'} of "
+            f"{', '.join(sorted(ready))} declared itself the label owner. The label owner declares a spec "
+            "with its label column and --label-owner; the other party declares features only"
+        )
+    owner = owners[0]
+    passive = next(name for name in ready if name != owner)
+    task = str(ready[owner].get("task"))
+    if task != job.task:
+        raise ConfigError(
+            f"the label owner {owner!r} declared a {task} spec, but the job's --task is {job.task!r}"
+        )
+    return (
+        PartyPlan(owner, ACTIVE, str(ready[owner]["dataset"]), None, OWN, job.task),
+        PartyPlan(passive, PASSIVE, str(ready[passive]["dataset"]), None, OWN, job.task),
+    )
 
 
 def party_frames(job: VerticalJob) -> dict[str, pd.DataFrame]:
@@ -125,7 +177,9 @@ def party_frames(job: VerticalJob) -> dict[str, pd.DataFrame]:
 
 
 def provision_party(root: Path, plan: PartyPlan, frame: pd.DataFrame, budget: DatasetBudget) -> PartnerHome:
-    """A partner home with the party's rows ingested into its governed store."""
+    """A partner home with the party's rows ingested into its governed store (a preset's party)."""
+    if plan.spec is None:
+        raise ConfigError(f"party {plan.name!r} trains on its own declared data: nothing to provision")
     home, _ = provision_partner(
         root,
         plan.name,

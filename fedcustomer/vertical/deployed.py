@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedcustomer.common.files import atomic_write_text
@@ -43,11 +42,10 @@ from fedcustomer.psi.state import check_session_id
 from fedcustomer.psi.sum_protocol import DEFAULT_SUM_CHUNK_SIZE, REVEAL_SUM, run_sum_on_grid
 from fedcustomer.server.anchor_grid import AnchorGrid
 from fedcustomer.server.deployment import wait_for_partners
-from fedcustomer.vertical.data import plan_parties
+from fedcustomer.vertical.data import PartyPlan, plan_parties
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.parties import align_on_grid
-from fedcustomer.vertical.protocol import message_type
-from fedcustomer.vertical.runner import run_vertical_on_grid
+from fedcustomer.vertical.runner import partner_hellos, run_vertical_on_grid
 
 TWO_PARTY_MODES = ("vertical", "psi")
 # Run-config keys of a two-party job besides the VerticalJob fields.
@@ -76,23 +74,6 @@ def split_config(raw: dict[str, Any]) -> tuple[VerticalJob, dict[str, Any]]:
     if mode not in TWO_PARTY_MODES:
         raise ConfigError(f"two-party mode must be one of {', '.join(TWO_PARTY_MODES)}, got {mode!r}")
     return VerticalJob.from_dict(raw), extra
-
-
-def partner_nodes(grid: Grid, timeout: float | None) -> dict[str, int]:
-    """Each connected node's partner name (it says it itself, in its hello)."""
-    msgs = [
-        Message(
-            content=RecordDict({"config": ConfigRecord({})}),
-            dst_node_id=n,
-            message_type=message_type("vertical_hello"),
-        )
-        for n in grid.get_node_ids()
-    ]
-    names: dict[str, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
-        if not reply.has_error():
-            names[str(dict(reply.content["partner"])["name"])] = reply.metadata.src_node_id
-    return names
 
 
 def _chunk_size(extra: dict[str, Any]) -> int:
@@ -128,20 +109,22 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
     grid = AnchorGrid.around(grid, out, job.run_id)  # every reply's audit anchor: anchors.jsonl
     wait = float(extra.get("wait-for-partners", 120.0))
     wait_for_partners(grid, 2, 2, wait)
-    active, passive = plan_parties(job)
-    nodes = partner_nodes(grid, job.round_timeout)
+    nodes, declared = partner_hellos(grid, job.round_timeout)
+    plans = plan_parties(job, declared)  # --data own: what each party declared of its own data
+    active, passive = plans
     absent = [p.name for p in (active, passive) if p.name not in nodes]
     if absent:
         raise FederationError(
             f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(sorted(nodes)) or 'none'})"
         )
     if extra["mode"] == "psi" and extra.get("reveal") == REVEAL_SUM:
-        return _sum_only(grid, job, nodes, out, extra)
+        return _sum_only(grid, job, nodes, out, extra, plans)
     if extra["mode"] == "psi":
         eps = extra.get("count-epsilon")
         return _psi_only(
             grid,
             job,
+            plans,
             nodes,
             out,
             str(extra.get("reveal") or REVEAL_IDS),
@@ -174,19 +157,21 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         psi_size=size,
         checkpoints=ckdir,
         nodes=nodes,  # asked above: no second hello
+        plans=plans,
     )
 
 
 def _psi_only(
     grid: Grid,
     job: VerticalJob,
+    plans: tuple[PartyPlan, PartyPlan],
     nodes: dict[str, int],
     out: Path,
     reveal: str,
     count_epsilon: float | None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, Any]:
-    active, passive = plan_parties(job)
+    active, passive = plans
     summary: dict[str, Any] = {"mode": "psi", "reveal": reveal, "run_id": job.run_id, "status": "failed"}
     try:
         view = run_psi_on_grid(
@@ -235,10 +220,15 @@ def _psi_only(
 
 
 def _sum_only(
-    grid: Grid, job: VerticalJob, nodes: dict[str, int], out: Path, extra: dict[str, Any]
+    grid: Grid,
+    job: VerticalJob,
+    nodes: dict[str, int],
+    out: Path,
+    extra: dict[str, Any],
+    plans: tuple[PartyPlan, PartyPlan],
 ) -> dict[str, Any]:
     """The label owner's value column summed over the shared customers the other party's predicate selects."""
-    active, passive = plan_parties(job)
+    active, passive = plans
     summary: dict[str, Any] = {"mode": "psi", "reveal": REVEAL_SUM, "run_id": job.run_id, "status": "failed"}
     params = SumParams(epsilon=extra.get("sum-epsilon", 1.0), value_max=extra.get("value-max", 1.0))
     try:

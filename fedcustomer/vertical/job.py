@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import JobBase, defaults, require_at_least_one, require_positive
 
-DATA_SOURCES = ("synthetic", "uci-credit")
+DATA_SOURCES = ("synthetic", "uci-credit", "own")  # own: each party's declared dataset and spec
 VERTICAL_TASKS = ("repayment", "clv")
 
 

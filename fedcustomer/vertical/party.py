@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,6 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 
-from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.models.clv import to_spend
 from fedcustomer.models.metrics import classification_metrics, regression_metrics
@@ -65,81 +63,14 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.dpsgd import secure_generator
 from fedcustomer.privacy.dp.release import safe_name
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyTable, load_party_table, split_positions
+from fedcustomer.vertical.declaration import own_spec
 from fedcustomer.vertical.labels import label_release_for, protect_labels
 from fedcustomer.vertical.models import ActiveModel, BottomMLP, LabelHead
 from fedcustomer.vertical.party_audit import PartyAudit
+from fedcustomer.vertical.session_config import SessionConfig
 from fedcustomer.vertical.spend import PartySpend, RoundDecision, q_steps
 
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """What the coordinator tells a party about the job (decoded from a ConfigRecord)."""
-
-    run_id: str
-    role: str
-    name: str
-    peer: str
-    dataset: str
-    spec: FeatureSpec
-    task: str
-    rounds: int
-    batch_size: int
-    lr: float = 0.05
-    optimizer: str = "adam"
-    embed_dim: int = 8
-    hidden: int = 16
-    passive_embed_dim: int = 8
-    dp: bool = True
-    max_grad_norm: float = 1.0
-    label_dp: bool = True
-    label_epsilon: float = 1.0
-    label_bound: float = 12.0
-    embedding_noise: float = 0.0
-    embedding_clip: float = 1.0
-    max_noise_multiplier: float = 50.0
-    test_fraction: float = 0.25
-    seed: int = 0
-    steps_per_round: int = 0  # 0 until the label owner announced the sample rate
-    sample_rate: float = 0.0
-    reserve_epsilon: float = 0.0  # left unspent for a later release in the same job (the baseline)
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> SessionConfig:
-        try:
-            return cls(
-                run_id=str(cfg["run-id"]),
-                role=str(cfg["role"]),
-                name=str(cfg["name"]),
-                peer=str(cfg["peer"]),
-                dataset=str(cfg["dataset"]),
-                spec=FeatureSpec.from_dict(json.loads(str(cfg["feature-spec"]))),
-                task=str(cfg["task"]),
-                rounds=int(cfg["rounds"]),
-                batch_size=int(cfg["batch-size"]),
-                lr=float(cfg.get("lr", 0.05)),
-                optimizer=str(cfg.get("optimizer", "adam")),
-                embed_dim=int(cfg.get("embed-dim", 8)),
-                hidden=int(cfg.get("hidden", 16)),
-                passive_embed_dim=int(cfg.get("passive-embed-dim", 8)),
-                dp=bool(cfg.get("dp", True)),
-                max_grad_norm=float(cfg.get("max-grad-norm", 1.0)),
-                label_dp=bool(cfg.get("label-dp", True)),
-                label_epsilon=float(cfg.get("label-epsilon", 1.0)),
-                label_bound=float(cfg.get("label-bound", 12.0)),
-                embedding_noise=float(cfg.get("embedding-noise", 0.0)),
-                embedding_clip=float(cfg.get("embedding-clip", 1.0)),
-                max_noise_multiplier=float(cfg.get("max-noise-multiplier", 50.0)),
-                test_fraction=float(cfg.get("test-fraction", 0.25)),
-                seed=int(cfg.get("seed", 0)),
-                steps_per_round=int(cfg.get("steps-per-round", 0)),
-                sample_rate=float(cfg.get("sample-rate", 0.0)),
-                reserve_epsilon=float(cfg.get("reserve-epsilon", 0.0)),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"vertical instructions lack {exc.args[0]!r}") from None
-
-
-_TABLES: dict[tuple[str, str, str, str], PartyTable] = {}
+_TABLES: dict[tuple[str, str, str, str, str], PartyTable] = {}
 _SESSIONS: dict[tuple[str, str, str], PartySession] = {}
 
 
@@ -173,6 +104,7 @@ class PartySession:
                 f"this node is partner {self.name!r}, but the job expects {cfg.name!r} as the {cfg.role} party"
             )
         self.active = cfg.role == ACTIVE
+        self.spec = cfg.spec if cfg.spec is not None else own_spec(home, cfg.dataset, self.active)
         self.has_passive = self.active and cfg.passive_embed_dim > 0
         table = self._table()
         self.n_aligned = len(table.X)
@@ -256,10 +188,11 @@ class PartySession:
 
     def _table(self) -> PartyTable:
         cfg = self.cfg
-        key = (str(self.home.root.resolve()), cfg.dataset, cfg.peer, cfg.role)
+        spec_key = json.dumps(self.spec.to_dict(), sort_keys=True)  # a re-declared spec reads afresh
+        key = (str(self.home.root.resolve()), cfg.dataset, cfg.peer, cfg.role, spec_key)
         if key not in _TABLES:
             _TABLES[key] = load_party_table(
-                self.home, self.name, cfg.dataset, cfg.peer, cfg.spec, with_label=self.active
+                self.home, self.name, cfg.dataset, cfg.peer, self.spec, with_label=self.active
             )
         return _TABLES[key]
 
@@ -537,7 +470,7 @@ class PartySession:
                 "run_id": self.cfg.run_id,
                 "role": self.cfg.role,
                 "model": self.model.state_dict(),
-                "feature_spec": self.cfg.spec.to_dict(),
+                "feature_spec": self.spec.to_dict(),
                 "embed_dim": self.cfg.embed_dim,
                 "hidden": self.cfg.hidden,
                 "passive_embed_dim": self.cfg.passive_embed_dim,

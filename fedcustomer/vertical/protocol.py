@@ -7,7 +7,8 @@ a deployed round is few sequential exchanges, see :mod:`fedcustomer.vertical.rou
 =============================  ==========  ==================================================
 message type                   to          carries in -> out
 =============================  ==========  ==================================================
-``query.vertical_hello``       any         -> the node's partner name
+``query.vertical_hello``       any         -> the node's partner name (and what of its declared
+                                           own data the protocol needs: ``declared`` record)
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
 ``query.vertical_setup``       both        job config -> aligned/train/test counts; ``then-check``: and
                                            its check of the first round at the public rate it computes
@@ -52,7 +53,9 @@ from flwr.clientapp import ClientApp
 from fedcustomer.errors import DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.vertical.align import align_handler_content
-from fedcustomer.vertical.party import PartySession, SessionConfig, session_for
+from fedcustomer.vertical.declaration import hello_content
+from fedcustomer.vertical.party import PartySession, session_for
+from fedcustomer.vertical.session_config import SessionConfig
 from fedcustomer.vertical.spend import public_sampling
 
 PARTNER_ERROR_CODE = 4100
@@ -97,9 +100,8 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
     def handler(msg: Message, context: Context) -> Message:
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
         try:
-            if action == "vertical_hello":
-                name = resolve_home(context).config().name
-                return Message(content=RecordDict({"partner": ConfigRecord({"name": name})}), reply_to=msg)
+            if action == "vertical_hello":  # its name; of its own declared data, what the protocol needs
+                return Message(content=hello_content(resolve_home(context)), reply_to=msg)
             if action == "vertical_align":
                 content = align_handler_content(resolve_home(context), dict(msg.content["config"]))
                 return Message(content=content, reply_to=msg)

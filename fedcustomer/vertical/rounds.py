@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,28 +39,12 @@ from fedcustomer.errors import FederationError
 from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.outputs import DriveResult
 from fedcustomer.vertical.protocol import message_type
 from fedcustomer.vertical.spend import public_sampling
 
 log = logging.getLogger(__name__)
 Decision = tuple[dict[str, Any], dict[str, Any]]  # a party's ("decision", "metrics") for one round
-
-
-@dataclass
-class DriveResult:
-    status: str  # "completed" | "stopped" | "failed"
-    rounds: list[VerticalRound]
-    stop_reason: str | None = None
-    accounting: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sizes: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rounds_completed(self) -> int:
-        return sum(r.status == "trained" for r in self.rounds)
-
-    @property
-    def final_metrics(self) -> dict[str, float]:
-        return next((r.metrics for r in reversed(self.rounds) if r.status == "trained"), {})
 
 
 class Wire:
@@ -112,13 +95,14 @@ def session_config(
     job: VerticalJob, plan: PartyPlan, peer: str, passive_dim: int, reserve_epsilon: float = 0.0
 ) -> dict[str, Any]:
     """What a party is told about the job, in every message (its session is keyed by run and role)."""
-    return {
+    # A preset names the party's spec; a party on its own data reads the one it declared at home.
+    spec = {} if plan.spec is None else {"feature-spec": json.dumps(plan.spec.to_dict())}
+    return spec | {
         "run-id": job.run_id,
         "role": plan.role,
         "name": plan.name,
         "peer": peer,
         "dataset": plan.dataset,
-        "feature-spec": json.dumps(plan.spec.to_dict()),
         "task": job.task,
         "rounds": job.rounds,
         "batch-size": job.batch_size,

@@ -16,37 +16,62 @@ and runs the job on the in-process grid, plus the label owner's features-only ba
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedcustomer.errors import FederationError
 from fedcustomer.jobs.run_dir import RunDir
-from fedcustomer.models.metrics import PRIMARY_METRIC
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.vertical.checkpoint import RoundCheckpoint
 from fedcustomer.vertical.data import (
+    OWN,
     PartyPlan,
     party_frames,
     plan_parties,
     provision_party,
 )
+from fedcustomer.vertical.declaration import load_declaration, own_party_homes, public_view
 from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.outputs import DriveResult, write_outputs
 from fedcustomer.vertical.parties import align_by_psi, party_app, pin_each_other
-from fedcustomer.vertical.rounds import DriveResult, drive
-
-__all__ = ["DriveResult", "drive", "prepare_vertical", "run_vertical_local", "run_vertical_on_grid"]
+from fedcustomer.vertical.protocol import message_type
+from fedcustomer.vertical.rounds import drive
 
 log = logging.getLogger(__name__)
-SUMMARY_SCHEMA_VERSION = 1
+
+
+def partner_hellos(grid: Grid, timeout: float | None) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Each connected node's partner name (it says it itself), and what it declared of its own data.
+
+    A node that answers with an error is left out (it is not a vertical party).
+    """
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord({})}),
+            dst_node_id=n,
+            message_type=message_type("vertical_hello"),
+        )
+        for n in grid.get_node_ids()
+    ]
+    nodes: dict[str, int] = {}
+    declared: dict[str, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            continue
+        name = str(dict(reply.content["partner"])["name"])
+        nodes[name] = reply.metadata.src_node_id
+        if "declared" in reply.content:
+            declared[name] = dict(reply.content["declared"])
+    return nodes, declared
 
 
 def run_vertical_on_grid(
@@ -57,6 +82,7 @@ def run_vertical_on_grid(
     psi_size: int | None = None,
     checkpoints: Path | None = None,
     nodes: dict[str, int] | None = None,
+    plans: tuple[PartyPlan, PartyPlan] | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -67,15 +93,24 @@ def run_vertical_on_grid(
     Raises FederationError when a party drops out, after writing a summary with status
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
     directory) keeps the trained rounds of both drives, for a restarted coordinator. ``nodes``:
-    the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`).
+    the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`);
+    ``plans`` the parties, if the caller has planned them (from the same hello, ``--data own``).
     """
-    active, passive = plan_parties(job)
+    if plans is None and job.data == OWN:  # the parties say what they declared
+        nodes, declared = partner_hellos(grid, job.round_timeout)
+        plans = plan_parties(job, declared)
+    active, passive = plans or plan_parties(job)
     out = Path(job.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     files = RunDir(out)
     files.write_config(job)
-    specs = {
-        p.name: {"role": p.role, "dataset": p.dataset, "feature_spec": p.spec.to_dict()}
+    specs = {  # a party on its own data keeps its spec at home: recorded as declared there
+        p.name: {
+            "role": p.role,
+            "dataset": p.dataset,
+            "feature_spec": p.spec.to_dict() if p.spec is not None else None,
+            "declared_by_party": p.spec is None,
+        }
         for p in (active, passive)
     }
     files.write_json("feature_specs.json", specs)
@@ -97,7 +132,7 @@ def run_vertical_on_grid(
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
         failed = DriveResult("failed", done.load() if done is not None else [], str(exc))
-        _write_outputs(out, job, failed, None, active, passive, psi_size)
+        write_outputs(out, job, failed, None, active, passive, psi_size)
         raise
     baseline = None
     if baseline_grid is not None:
@@ -115,184 +150,11 @@ def run_vertical_on_grid(
             )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))
-    return _write_outputs(out, job, result, baseline, active, passive, psi_size)
+    return write_outputs(out, job, result, baseline, active, passive, psi_size)
 
 
 def _checkpoint(directory: Path | None, name: str) -> RoundCheckpoint | None:
     return None if directory is None else RoundCheckpoint(directory / f"{name}-rounds.json")
-
-
-def _partners(result: DriveResult, active: PartyPlan, passive: PartyPlan | None) -> list[dict[str, Any]]:
-    rows = []
-    for plan in [p for p in (active, passive) if p is not None]:
-        eps = [r.epsilon[plan.name] for r in result.rounds if plan.name in r.epsilon]
-        target = next(
-            (r.epsilon_target[plan.name] for r in result.rounds if plan.name in r.epsilon_target), None
-        )
-        acc = result.accounting.get(plan.name, {})
-        rows.append(
-            {
-                "name": plan.name,
-                "role": plan.role,
-                "dataset": plan.dataset,
-                "epsilon_spent": eps[-1] if eps else (0.0 if acc.get("dp") else None),
-                "epsilon_target": target,
-                "delta": acc.get("delta"),
-                "rounds_trained": result.rounds_completed,
-                "rounds_refused": sum(plan.name in r.refusals for r in result.rounds),
-                "refusals": [
-                    {"round": r.round, "reason": r.refusals[plan.name]}
-                    for r in result.rounds
-                    if plan.name in r.refusals
-                ],
-                "accounting": acc,
-            }
-        )
-    return rows
-
-
-def _write_outputs(
-    out: Path,
-    job: VerticalJob,
-    result: DriveResult,
-    baseline: DriveResult | None,
-    active: PartyPlan,
-    passive: PartyPlan,
-    psi_size: int | None,
-) -> dict[str, Any]:
-    metric = PRIMARY_METRIC[job.task]
-    final = result.final_metrics if result.status != "failed" else {}
-    base_final = baseline.final_metrics if baseline is not None and baseline.status != "failed" else {}
-    has_model = result.status != "failed" and result.rounds_completed > 0
-    partners = _partners(result, active, passive)
-    base_eps = [
-        r.epsilon[active.name] for r in (baseline.rounds if baseline else []) if active.name in r.epsilon
-    ]
-    for row in partners:  # what the party's ledger holds for this job: joint model and comparison model
-        row["epsilon_spent_all_releases"] = (
-            base_eps[-1] if row["name"] == active.name and base_eps else row["epsilon_spent"]
-        )
-    summary = {
-        "schema_version": SUMMARY_SCHEMA_VERSION,
-        "mode": "vertical",
-        "run_id": job.run_id,
-        "task": job.task,
-        "data": job.data,
-        "dp": job.dp,
-        "status": result.status,
-        "stop_reason": result.stop_reason,
-        "rounds_planned": job.rounds,
-        "rounds_completed": result.rounds_completed,
-        "psi_size": psi_size,
-        "aligned_train": int(result.sizes.get("train", 0)) or None,
-        "aligned_test": int(result.sizes.get("test", 0)) or None,
-        "primary_metric": metric,
-        "metrics": _clean(final),
-        "partners": partners,
-        "privacy": {
-            "label_dp": job.dp and job.label_dp,
-            "label_epsilon": job.label_epsilon if job.dp and job.label_dp else None,
-            "embedding_noise": {
-                "noise_multiplier": job.embedding_noise,
-                "clip": job.embedding_clip,
-                "accounted": False,
-            },
-        },
-        "baseline": None
-        if baseline is None
-        else {
-            "name": f"{active.name}-only",
-            "status": baseline.status,
-            "stop_reason": baseline.stop_reason,
-            "charged_to": f"{active.name}'s ledger (the same budget as the joint model)" if job.dp else None,
-            "epsilon_reserved": job.baseline_epsilon if job.dp else None,
-            "metrics": _clean(base_final),
-            "partners": _partners(baseline, active, None),
-        },
-        "comparison": {
-            f"{active.name}_only_{metric}": base_final.get(metric),
-            f"vertical_{metric}": final.get(metric),
-        },
-        "model": {
-            "file": None,
-            "final": has_model,
-            "held_by": "parties",
-            "parts": {p.name: f"state/vertical/run-{job.run_id}-{p.role}-final.pt" for p in (active, passive)}
-            if has_model
-            else {},
-        },
-        "round_wall_time_s": [round(r.wall_time_s, 3) for r in result.rounds],
-    }
-    RunDir(out).write_summary(summary)
-    _metrics_csv(out, result, baseline)
-    _plots(out, job, result, baseline)
-    return summary
-
-
-def _metrics_csv(out: Path, result: DriveResult, baseline: DriveResult | None) -> None:
-    base = {r.round: r for r in (baseline.rounds if baseline else [])}
-    rows = []
-    for r in result.rounds:
-        row: dict[str, Any] = {
-            "round": r.round,
-            "status": r.status,
-            "steps": r.steps,
-            "wall_time_s": round(r.wall_time_s, 4),
-        }
-        row.update({f"eval_{k}": v for k, v in r.metrics.items()})
-        row.update({f"epsilon_{k}": v for k, v in r.epsilon.items()})
-        if r.round in base:
-            row.update({f"baseline_eval_{k}": v for k, v in base[r.round].metrics.items()})
-        rows.append(row)
-    RunDir(out).write_metrics_csv(rows)
-
-
-def _plots(out: Path, job: VerticalJob, result: DriveResult, baseline: DriveResult | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    metric = PRIMARY_METRIC[job.task]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, res in (("vertical", result), ("label owner only", baseline)):
-        pts = [
-            (r.round, r.metrics.get(metric, math.nan))
-            for r in (res.rounds if res else [])
-            if r.status == "trained"
-        ]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"held-out {metric}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"vertical {job.task}: held-out {metric} per round")
-    if ax.lines:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "plots" / f"{metric}_vs_round.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = sorted({n for r in result.rounds for n in r.epsilon})
-    for name in names:
-        pts = [(r.round, r.epsilon[name]) for r in result.rounds if name in r.epsilon]
-        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)[0]
-        target = next((r.epsilon_target[name] for r in result.rounds if name in r.epsilon_target), None)
-        if target is not None:
-            ax.axhline(target, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.set_xlabel("round")
-    ax.set_ylabel("epsilon spent (cumulative)")
-    ax.set_ylim(bottom=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("privacy budget per party (dotted: target)")
-    if names:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "plots" / "epsilon_vs_round.png", dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------- one machine
@@ -304,18 +166,25 @@ class VerticalSetup:
     passive: PartnerHome
     baseline: PartnerHome | None
     psi_size: int
+    plans: tuple[PartyPlan, PartyPlan] | None = None
 
 
 def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> VerticalSetup:
     """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment.
 
-    ``anchors`` records the parties' audit anchors sent with their PSI replies.
+    ``anchors`` records the parties' audit anchors sent with their PSI replies. With
+    ``--data own`` nothing is provisioned: the two homes in ``--homes`` already hold each
+    party's own dataset, and each declared what it trains on (checked here, before the PSI).
     """
-    active, passive = plan_parties(job)
-    frames = party_frames(job)
-    root = Path(job.homes) if job.homes else Path(job.out) / "partners"
-    budget = DatasetBudget(job.epsilon, job.delta)
-    homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
+    if job.data == OWN:
+        homes = own_party_homes(job.homes)
+        active, passive = plan_parties(job, {n: public_view(load_declaration(h)) for n, h in homes.items()})
+    else:
+        active, passive = plan_parties(job)
+        frames = party_frames(job)
+        root = Path(job.homes) if job.homes else Path(job.out) / "partners"
+        budget = DatasetBudget(job.epsilon, job.delta)
+        homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
     pin_each_other(homes[active.name], homes[passive.name])
     size = align_by_psi(
         homes[active.name], active, homes[passive.name], passive, seed=job.seed, anchors=anchors
@@ -323,7 +192,7 @@ def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> Vert
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
     baseline = homes[active.name] if job.baseline else None
-    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size)
+    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size, (active, passive))
 
 
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
@@ -336,8 +205,6 @@ def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     baseline_grid = None
     if setup.baseline is not None:
         baseline_grid = grid.sharing_log(LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1))
-    return run_vertical_on_grid(grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size)
-
-
-def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if v != v else v) for k, v in metrics.items()}
+    return run_vertical_on_grid(
+        grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size, plans=setup.plans
+    )

@@ -1,7 +1,9 @@
 """Distributed DP under SecAgg+, end to end on an in-process grid running Flower's SecAgg+ workflow."""
 
+import io
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,16 @@ from fedcustomer.server.inprocess import LocalGrid, SecAggLocalGrid
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import prepare_partners
 from fedcustomer.server.run import run_job_on_grid
+
+
+def kept_update(home, run_id: str, rnd: int) -> bytes:
+    """The bytes of the update a partner released in round ``rnd``, kept in its charge's ledger row."""
+    with sqlite3.connect(home.ledger_path) as conn:
+        row = conn.execute(
+            "SELECT data FROM kept_results WHERE charge_key = ?", (f"run:{run_id}:round:{rnd}",)
+        ).fetchone()
+    assert row is not None, f"no update kept for round {rnd}"
+    return bytes(row[0])
 
 
 def _job(tmp_path: Path, **kw) -> JobConfig:
@@ -85,11 +97,13 @@ def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> No
         assert charge.epsilon_total == pytest.approx(
             report["epsilon_coordinator"] if i < 2 else report["epsilon_single_update"]
         )
-        blob = torch.load(home.state_dir / "updates" / f"run_{job.run_id}_round_1.pt", weights_only=True)
+        blob = torch.load(io.BytesIO(kept_update(home, job.run_id, 1)), weights_only=True)
         released = list(blob["state"].values())
         sums = released if sums is None else [a + b for a, b in zip(sums, released)]
         rows += blob["metrics"]["num-examples"]
-        assert blob["accounting"] == {}  # kept once, before its charge: the ledger row above holds the spend
+        assert (
+            blob["accounting"] == {}
+        )  # kept with its charge, without its spend: the ledger row above holds it
     initial = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     final = torch.load(Path(job.out) / "model.pt", weights_only=True)
     for (name, p), s in zip(initial.named_parameters(), sums):

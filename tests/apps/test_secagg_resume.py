@@ -8,6 +8,7 @@ partners re-send the update they were paid for. The partners account with PLD, a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from fedcustomer.server.inprocess import SecAggLocalGrid
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import prepare_partners
 from tests.apps.test_secagg_distributed import _job as distributed_job
+from tests.apps.test_secagg_distributed import kept_update
 
 # The first coordinator: the same in-process grid, killed when round ``KILL_IN_ROUND`` reaches its unmask stage.
 COORDINATOR = """
@@ -86,7 +88,7 @@ def _kill_in_round_2(job: JobConfig, homes, mode: str) -> tuple[dict, list[str],
     kept = {}
     for home in homes:
         assert [c.round for c in home.ledger(job.dataset_name).charges()] == [1, 2]
-        kept[home.root] = (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes()
+        kept[home.root] = kept_update(home, job.run_id, 2)
     return run_config, roots, kept
 
 
@@ -121,7 +123,7 @@ def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_roun
         assert [c.round for c in charges] == [1, 2, 3]  # once per completed round, however often restarted
         assert len({c.charge_key for c in charges}) == 3
         # round 2 was re-sent as paid for, never drawn again
-        assert (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes() == kept[home.root]
+        assert kept_update(home, job.run_id, 2) == kept[home.root]
         charged = sigma if i < 2 else sigma / 3**0.5
         assert all(c.accountant == "pld" and c.noise_multiplier == pytest.approx(charged) for c in charges)
         assert charges[-1].epsilon_total == pytest.approx(_library_pld(charged, 0.05, 3, job.delta), rel=1e-9)
@@ -145,9 +147,7 @@ def _assert_model_took_the_three_steps_with_momentum(job: JobConfig, spec, homes
     for r in (1, 2, 3):
         sums, rows = None, 0.0
         for home in homes:
-            blob = torch.load(
-                home.state_dir / "updates" / f"run_{job.run_id}_round_{r}.pt", weights_only=True
-            )
+            blob = torch.load(io.BytesIO(kept_update(home, job.run_id, r)), weights_only=True)
             released = list(blob["state"].values())
             sums = released if sums is None else [a + b for a, b in zip(sums, released)]
             rows += blob["metrics"]["num-examples"]
@@ -178,8 +178,8 @@ def test_a_killed_local_noise_coordinator_resumes_from_its_checkpoint(tmp_path: 
     for home in homes:
         charges = home.ledger(job.dataset_name).charges()
         assert [c.round for c in charges] == [1, 2, 3] and len({c.charge_key for c in charges}) == 3
-        assert (home.state_dir / "updates" / f"run_{job.run_id}_round_2.pt").read_bytes() == kept[home.root]
-        blob = torch.load(home.state_dir / "updates" / f"run_{job.run_id}_round_3.pt", weights_only=True)
+        assert kept_update(home, job.run_id, 2) == kept[home.root]
+        blob = torch.load(io.BytesIO(kept_update(home, job.run_id, 3)), weights_only=True)
         updates.append(blob["state"])
     final = torch.load(Path(job.out) / "model.pt", weights_only=True)
     for name, value in final.items():  # unit-weight mean of round 3's updates, up to SecAgg+'s quantisation

@@ -1,5 +1,6 @@
 """The partner node: DP rounds paid from its own ledger, refusals, idempotent restarts."""
 
+import io
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,7 @@ PartnerNode(PartnerHome(sys.argv[1])).train_round(_global(), _ins(1))
 
 
 def test_a_node_killed_between_its_charge_and_its_reply_resends_the_kept_update(tmp_path: Path) -> None:
-    """The update is kept once, before the charge; a SIGKILL after the charge re-sends exactly those bytes."""
+    """The update is committed with its charge; a SIGKILL after the charge re-sends exactly those bytes."""
     import subprocess
     import sys
 
@@ -149,10 +150,11 @@ def test_a_node_killed_between_its_charge_and_its_reply_resends_the_kept_update(
     assert died.returncode == -9, died.stderr[-2000:]
     ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
     (charge,) = ledger.charges()
-    (kept,) = (home.state_dir / "updates").glob("*.pt")
-    before = kept.read_bytes()
-    blob = torch.load(kept, weights_only=True)
-    assert blob["accounting"] == {}  # written before the charge; the ledger row is what pays it
+    assert not (home.state_dir / "updates").exists()  # no file of its own: it is in the charge's row
+    before = ledger.kept(charge.charge_key)
+    assert before is not None
+    blob = torch.load(io.BytesIO(before), weights_only=True)
+    assert blob["accounting"] == {}  # kept without accounting; the ledger row is what pays it
 
     again = PartnerNode(home).train_round(_global(), _ins(1))
     assert not again.refused
@@ -163,19 +165,58 @@ def test_a_node_killed_between_its_charge_and_its_reply_resends_the_kept_update(
     assert [tuple(h) for h in again.accounting["history"]] == [
         (charge.noise_multiplier, charge.sample_rate, charge.steps)
     ]
-    assert kept.read_bytes() == before  # never rewritten
+    assert ledger.kept(charge.charge_key) == before  # never rewritten
 
 
 def test_a_resent_round_reports_the_spend_as_it_stood_when_it_was_paid(tmp_path: Path) -> None:
     home = _home(tmp_path, 3.0)
     first = PartnerNode(home).train_round(_global(), _ins(1))
-    kept = home.state_dir / "updates" / "run_r1_round_1.pt"
-    before = kept.read_bytes()
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    before = ledger.kept("run:r1:round:1")
     PartnerNode(home).train_round(first.state_dict, _ins(2))
     again = PartnerNode(home).train_round(_global(), _ins(1))  # round 1 again, after round 2 was paid
     assert again.accounting == first.accounting and again.metrics == first.metrics
     assert len(again.accounting["history"]) == 1
-    assert kept.read_bytes() == before
+    assert before is not None and ledger.kept("run:r1:round:1") == before
+
+
+def test_an_update_kept_as_a_file_by_an_earlier_version_is_resent_for_the_round_it_paid(
+    tmp_path: Path,
+) -> None:
+    """Before updates were committed with their charge, they were kept in ``state/updates/``."""
+    from fedcustomer.clients.node import _UpdateCodec
+    from fedcustomer.privacy.dp.release import PaidResults, Step
+
+    home = _home(tmp_path, 3.0)
+    first = PartnerNode(home).train_round(_global(), _ins(1))
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    with ledger._transaction() as conn:  # as an earlier version left it: the charge, and a file
+        conn.execute("DELETE FROM kept_results")
+    step = Step("run:r1:round:1", "round 1", "r1", 1)
+    PaidResults(home.state_dir / "updates", _UpdateCodec(), rewrite_paid=False).keep(step, first, paid=False)
+    again = PartnerNode(home).train_round(_global(), _ins(1))
+    assert again.metrics == first.metrics and again.accounting == first.accounting
+    for k, v in first.state_dict.items():
+        assert torch.equal(again.state_dict[k], v)
+    assert len(ledger.charges()) == 1
+
+
+def test_a_failed_charge_commits_neither_the_charge_nor_the_update(tmp_path: Path, monkeypatch) -> None:
+    home = _home(tmp_path, 3.0)
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full mid-charge")
+
+    with monkeypatch.context() as m:
+        m.setattr(BudgetLedger, "_spend_of", broken)
+        with pytest.raises(OSError, match="mid-charge"):
+            PartnerNode(home).train_round(_global(), _ins(1))
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    assert ledger.charges() == [] and ledger.kept("run:r1:round:1") is None
+    assert not (home.state_dir / "updates").exists()
+    again = PartnerNode(home).train_round(_global(), _ins(1))  # trained afresh and paid once
+    assert not again.refused and len(ledger.charges()) == 1
+    assert ledger.kept("run:r1:round:1") is not None
 
 
 def test_a_job_holds_its_ledgers_log_until_its_last_round(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ when a test fails.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -250,9 +251,12 @@ def test_secagg_result_is_the_mean_of_the_partners_released_updates(fed, tmp_pat
     aggregated = torch.load(out / "model.pt")
     released = []
     for name in PARTNERS:
-        update = PartnerHome(fed.homes[name]).state_dir / "updates" / f"run_{cfg['run-id']}_round_1.pt"
-        assert update.exists(), f"{name} released no update in round 1"
-        blob = torch.load(update, weights_only=True)
+        home = PartnerHome(fed.homes[name])
+        update = BudgetLedger(home.ledger_path, "any", DatasetBudget(1.0, 1e-5)).kept(
+            f"run:{cfg['run-id']}:round:1"
+        )  # kept in its charge's ledger row
+        assert update is not None, f"{name} released no update in round 1"
+        blob = torch.load(io.BytesIO(update), weights_only=True)
         released.append(blob["state"])
         with AuditLog.open(PartnerHome(fed.homes[name]).audit_dir) as audit:
             entry = [e for e in audit.query(action="fl_round") if e.details["run_id"] == cfg["run-id"]]

@@ -122,3 +122,31 @@ def test_a_node_that_cannot_join_says_what_to_check(tmp_path, capsys, monkeypatc
     assert f"--root-cert {cert}" in text and "CERTIFICATE_VERIFY_FAILED" in text
     assert "fedcustomer coordinator register" in text and "supernode.pub" in text and "--name bank" in text
     assert "127.0.0.1:9" in text
+
+
+def test_coordinator_run_passes_data_own_to_the_serverapp_and_refuses_other_sources(tmp_path, capsys):
+    """`--data own` reaches the two-party run config (the ServerApp then asks each party what it declared)."""
+    import json
+
+    from fedcustomer.deploy.coordinator import CoordinatorDir
+
+    workdir = tmp_path / "c"
+    argv = ["coordinator", "run", "--workdir", str(workdir), "--mode", "vertical", "--wait", "0.1"]
+    code, _, err = run([*argv, "--data", "own", "--out", str(tmp_path / "run")], capsys)
+    assert code != 0  # no coordinator is running; the job was written first
+    cfg = json.loads(CoordinatorDir(workdir).job_path.read_text(encoding="utf-8"))
+    assert cfg["mode"] == "vertical" and cfg["data"] == "own" and "feature-spec" not in cfg
+    code, _, err = run([*argv, "--data", "cdnow"], capsys)
+    assert code != 0 and "--data must be one of synthetic, uci-credit, own for vertical runs" in " ".join(
+        err.split()
+    )
+
+
+def test_node_setup_refuses_a_mode_it_has_no_use_for_and_a_folder_that_is_no_home(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text("{}")
+    base = ["node", "setup", "--dataset", "cards", "--feature-spec", str(spec)]
+    code, _, err = run([*base, "--home", str(tmp_path), "--mode", "horizontal"], capsys)
+    assert code != 0 and "--mode must be vertical" in err
+    code, _, err = run([*base, "--home", str(tmp_path / "nohome")], capsys)
+    assert code != 0 and "is not a partner home (no partner.toml)" in " ".join(err.split())

@@ -78,16 +78,33 @@ def test_genuine_run_checkpoint_still_loads(tmp_path: Path) -> None:
 
 
 def test_node_resume_with_a_planted_cached_update_refuses_and_runs_nothing(tmp_path: Path) -> None:
+    import io
+
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
+
     home = _home(tmp_path, 3.0)
     node = PartnerNode(home)
-    node.train_round(_global(), _ins(1))  # keeps the update in state/updates/ (the ledger's charge pays it)
-    (cached,) = (home.state_dir / "updates").glob("*.pt")
-    assert load_weights_only(cached, "cached update")["state"]  # the genuine cache is plain data
+    node.train_round(_global(), _ins(1))  # keeps the update in its charge's ledger row
+    ledger = BudgetLedger(home.ledger_path, "toy", DatasetBudget(3.0, 1e-5))
+    genuine = ledger.kept("run:r1:round:1")
+    assert genuine is not None and load_weights_only(genuine, "kept update")["state"]  # plain data
     marker = tmp_path / "pwned"
-    _plant(cached, marker, "state")
+    planted = tmp_path / "planted.pt"
+    _plant(planted, marker, "state")
+    with ledger._transaction() as conn:  # someone who can write ledger.db swaps the kept bytes
+        conn.execute("UPDATE kept_results SET data = ?", (planted.read_bytes(),))
     with pytest.raises(IntegrityError, match="not a plain weights file"):
         PartnerNode(home).train_round(_global(), _ins(1))
     assert not marker.exists()
+    # an update kept as a file by an earlier version (no row in the ledger): planted there, refused too
+    with ledger._transaction() as conn:
+        conn.execute("DELETE FROM kept_results")
+    _plant(home.state_dir / "updates" / "run_r1_round_1.pt", marker, "state")
+    with pytest.raises(IntegrityError, match="not a plain weights file"):
+        PartnerNode(home).train_round(_global(), _ins(1))
+    assert not marker.exists()
+    assert torch.load(io.BytesIO(genuine), weights_only=True)["accounting"] == {}
 
 
 def test_vertical_party_state_is_plain_data_and_a_planted_one_is_refused(tmp_path: Path) -> None:

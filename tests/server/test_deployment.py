@@ -15,6 +15,7 @@ from fedcustomer.server.deployment import (
     DEPLOY_KEYS,
     default_spec_ref,
     deployment_setup,
+    load_declared_spec,
     resolve_spec,
     split_run_config,
     wait_for_partners,
@@ -116,3 +117,16 @@ def test_deployment_setup_reads_everything_from_the_run_config(tmp_path: Path) -
     assert (job.data, n, resume) == ("uci-credit", 2, True) and spec is UCI_SPEC
     with pytest.raises(FederationError):
         deployment_setup(CountingGrid([1]), raw)
+
+
+def test_a_features_only_spec_is_refused_for_a_horizontal_job(tmp_path: Path) -> None:
+    """A vertical party's spec without a label (features draft without --label) cannot train a horizontal job."""
+    path = tmp_path / "features-only.json"
+    spec = FeatureSpec("repayment", None, None, [NumericFeature("income", 0.0, 200.0)])
+    path.write_text(json.dumps(spec.to_dict()))
+    assert FeatureSpec.load(path) == spec  # a features-only spec round-trips
+    for load in (resolve_spec, load_declared_spec):
+        with pytest.raises(
+            ConfigError, match="is a features-only spec \\(no label\\); a horizontal job needs"
+        ):
+            load(str(path))

@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_are_what_the_cli_reads() -> None:
     "kw, message",
     [
         ({"task": "churn"}, "--task must be one of repayment, clv, got 'churn'"),
-        ({"data": "cdnow"}, "--data must be one of synthetic, uci-credit for vertical runs"),
+        ({"data": "cdnow"}, "--data must be one of synthetic, uci-credit, own for vertical runs"),
         ({"data": "uci-credit", "task": "clv"}, "the UCI credit data has no spend label"),
         ({"optimizer": "lbfgs"}, "--optimizer must be sgd or adam"),
         ({"epsilon": 0}, "--epsilon must be > 0"),

@@ -22,7 +22,9 @@ Composition:
   Sound, and documented as looser than necessary.
 
 Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
-restarts never pays twice for the same release.
+restarts never pays twice for the same release. A Gaussian charge may carry the released
+result's bytes (``kept_results``), committed in its own transaction, so a node re-sends the
+very result it paid for (``release.ChargedResults``).
 
 Concurrency: writers from any number of processes serialise on an flock of ``ledger.db.lock``
 and SQLite's BEGIN IMMEDIATE; the file is in WAL mode, so while a process has it open recent
@@ -37,7 +39,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger_file import (
     BUSY_TIMEOUT_S,
+    NAMES,
     SCHEMA,
     WalHold,
     create_whole,
@@ -119,6 +122,7 @@ class BudgetLedger:
         self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._hold: WalHold | None = None  # a held connection this ledger borrows (see use_hold)
         self._prepare()
 
     # --- reading ---------------------------------------------------------------
@@ -158,6 +162,12 @@ class BudgetLedger:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
         return _charge_from_row(row, already_paid=True) if row else None
+
+    def kept(self, charge_key: str) -> bytes | None:
+        """The result committed with the charge ``charge_key`` (``charge_gaussian(..., kept=...)``), if any."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT data FROM kept_results WHERE charge_key = ?", (charge_key,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def gaussian_history(self) -> list[GaussianSteps]:
         return _gaussian_history(self.all_charges())
@@ -268,8 +278,13 @@ class BudgetLedger:
         round: int | None = None,
         query_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        kept: bytes | None = None,
     ) -> Charge:
-        """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded."""
+        """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded.
+
+        ``kept``: the released result's bytes, committed in the charge's own transaction (:meth:`kept`
+        reads them back), so a charge never exists without its result; a step already paid keeps
+        the bytes committed with its first charge."""
         return self._charge(
             charge_key,
             GAUSSIAN,
@@ -279,6 +294,7 @@ class BudgetLedger:
             round=round,
             query_id=query_id,
             details=details,
+            kept=kept,
         )
 
     def charge_approx(
@@ -319,6 +335,7 @@ class BudgetLedger:
         round: int | None = None,
         query_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        kept: bytes | None = None,
     ) -> Charge:
         with self._transaction() as conn:
             existing = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
@@ -387,12 +404,22 @@ class BudgetLedger:
                     self.accountant.interval,
                 ),
             )
+            if kept is not None:
+                conn.execute("INSERT INTO kept_results (charge_key, data) VALUES (?, ?)", (charge_key, kept))
             row = conn.execute("SELECT * FROM charges WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _charge_from_row(row)
 
     def hold_wal(self) -> WalHold:
-        """Keep the write-ahead log between this ledger's transactions until the hold is closed (:class:`WalHold`)."""
-        return WalHold(self.path)
+        """Keep the write-ahead log between this ledger's transactions until the hold is closed
+        (:class:`WalHold`); this ledger borrows the held connection meanwhile (:meth:`use_hold`)."""
+        hold = WalHold(self.path)
+        self.use_hold(hold)
+        return hold
+
+    def use_hold(self, hold: WalHold | None) -> None:
+        """Run reads and charges on ``hold``'s connection while it is open and free (fewer syncs
+        and connections; every commit is as durable); None goes back to a connection per call."""
+        self._hold = hold
 
     # --- internals -------------------------------------------------------------
     def _spend_of(
@@ -414,7 +441,13 @@ class BudgetLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection per call: never one carried across a fork (SQLite forbids that), nor shared by threads."""
+        """The held connection when one is lent (same process, one borrower at a time), else a fresh
+        connection for this call: never one carried across a fork (SQLite forbids that), nor shared by
+        threads at once."""
+        with self._hold.borrow() if self._hold is not None else nullcontext(None) as held:
+            if held is not None:
+                yield held
+                return
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
@@ -436,7 +469,7 @@ class BudgetLedger:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
-            ready = {"charges", "refusals", "charges_dataset"} <= names and not missing_columns(conn)
+            ready = names >= NAMES and not missing_columns(conn)
         if ready:
             return
         with self._transaction() as conn:  # again, under the lock: another process may have done it

@@ -10,6 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedcustomer.common.files import fsync_dir
@@ -41,6 +44,10 @@ CREATE TABLE IF NOT EXISTS charges (
     pld_interval REAL
 );
 CREATE INDEX IF NOT EXISTS charges_dataset ON charges(dataset, seq);
+CREATE TABLE IF NOT EXISTS kept_results (
+    charge_key TEXT PRIMARY KEY REFERENCES charges(charge_key),
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     charge_key TEXT NOT NULL,
@@ -53,6 +60,8 @@ CREATE TABLE IF NOT EXISTS refusals (
     accountant TEXT NOT NULL DEFAULT 'rdp'
 );
 """
+#: Tables and indexes a complete ledger has (an earlier version's file gets the missing ones).
+NAMES = frozenset({"charges", "refusals", "charges_dataset", "kept_results"})
 # Columns later versions added, with what rows written before them mean (every such row was RDP).
 ADDED_COLUMNS = {
     "charges": (("accountant", "TEXT NOT NULL DEFAULT 'rdp'"), ("pld_interval", "REAL")),
@@ -110,19 +119,24 @@ def create_whole(path: Path, lock_path: Path) -> None:
 
 
 class WalHold:
-    """One idle connection that keeps a ledger's write-ahead log between transactions.
+    """One connection that keeps a ledger's write-ahead log between transactions, lent to its ledger.
 
     SQLite checkpoints the WAL into ``ledger.db`` and deletes it whenever the last connection
     closes; with a connection per call (as the ledger opens them) every charge paid for a
     checkpoint (three more syncs) on top of its own durable commit. A node holds one of these
-    for the rounds of a job, so a charge costs its commit alone. Durability is the same (every
-    commit syncs the WAL, ``synchronous=FULL``); closing the hold, the last connection,
-    checkpoints and leaves the ledger at rest as before. Never used for statements; a hold
-    inherited across ``fork`` is left alone by the child.
+    for the rounds of a job, so a charge costs its commit alone. The ledger that made the hold
+    also borrows its connection for its reads and charges (:meth:`borrow`): a connection opened
+    anew syncs the ledger's folder once more with its first commit (SQLite does so for every
+    connection that opens the log), and opening and closing one per call is work of its own.
+    Durability is the same (every commit syncs the WAL, ``synchronous=FULL``; the folder was
+    synced when the log was first committed to); closing the hold, the last connection,
+    checkpoints and leaves the ledger at rest as before. A hold inherited across ``fork`` is
+    left alone by the child, which opens connections of its own.
     """
 
     def __init__(self, path: str | Path) -> None:
         self._pid = os.getpid()
+        self._lock = threading.Lock()  # one borrower at a time; others open a fresh connection
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
@@ -133,7 +147,38 @@ class WalHold:
             self.close()
             raise
 
+    @contextmanager
+    def borrow(self) -> Iterator[sqlite3.Connection | None]:
+        """The held connection for one call (reads, or one transaction), or None when it is closed,
+        was inherited across a fork, or is lent already (a nested or concurrent call opens its own).
+
+        A borrower that leaves a transaction open (an error during COMMIT or ROLLBACK) has it rolled
+        back here; if even that fails the hold is closed, so no later caller inherits a half-done
+        transaction or its write lock.
+        """
+        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            yield None
+            return
+        conn = self._conn
+        try:
+            if conn is not None:
+                conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            try:
+                if conn is not None and self._conn is conn and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._close_now()
+            finally:
+                self._lock.release()
+
     def close(self) -> None:
+        """Close the held connection (waits for a borrower to finish); closing twice is harmless."""
+        with self._lock:
+            self._close_now()
+
+    def _close_now(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             conn.close()

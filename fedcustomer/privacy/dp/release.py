@@ -10,8 +10,9 @@ here, so the order that keeps a partner's privacy claim true is written once:
 3. **project and refuse**: a step that would take the partner past its target is refused,
    and the refusal recorded in the ledger, before anything is computed (:func:`check`);
 4. **charge idempotently** by the step's charge key; the result is kept, unpaid, before the
-   charge, so a crash between charge and release leaves a result to re-send rather than a
-   charge with nothing to show (:func:`release`);
+   charge (or, with :class:`ChargedResults`, in the charge's own ledger transaction), so a crash
+   between charge and release leaves a result to re-send rather than a charge with nothing to
+   show (:func:`release`);
 5. **release** the result, kept again as paid (or, for results kept with
    ``rewrite_paid=False``, left as written: the ledger's charge marks it paid).
 
@@ -120,6 +121,41 @@ class PaidResults(Generic[R]):
         self.path(step).unlink(missing_ok=True)
 
 
+class BytesCodec(Protocol[R]):
+    """How a result kept in the ledger is turned into bytes and back."""
+
+    def dumps(self, result: R) -> bytes: ...
+
+    def loads(self, data: bytes, what: str) -> R: ...
+
+
+class ChargedResults(Generic[R]):
+    """Results kept in the ledger, committed in the transaction of the charge that pays for them.
+
+    One durable commit per release (the charge's) instead of a file written and synced before it
+    (two syncs: the file and its folder): a charge and its result are committed together or not at
+    all, so no step is ever paid without its result, and a crash before the commit leaves neither.
+    Every such result is settled from its charge when released or re-sent (as with
+    ``PaidResults(rewrite_paid=False)``). ``earlier``: where results were kept before (files), still
+    re-sent for the steps they paid.
+    """
+
+    rewrite_paid = False
+
+    def __init__(
+        self, ledger: BudgetLedger, codec: BytesCodec[R], earlier: PaidResults[R] | None = None
+    ) -> None:
+        self.ledger = ledger
+        self.codec = codec
+        self.earlier = earlier
+
+    def load(self, step: Step) -> tuple[R, bool] | None:
+        data = self.ledger.kept(step.charge_key)
+        if data is not None:
+            return self.codec.loads(data, f"result of {step.label} kept in ledger {self.ledger.path}"), False
+        return self.earlier.load(step) if self.earlier is not None else None
+
+
 # --- calibrate, project, refuse, charge -----------------------------------------------------
 
 
@@ -199,8 +235,10 @@ def check(ledger: BudgetLedger, step: Step, mechanism: Mechanism, pending: Seque
     return projected
 
 
-def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism) -> Charge:
-    """Charge the step's release; a repeated call for the same step returns the first charge (paid once)."""
+def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism, kept: bytes | None = None) -> Charge:
+    """Charge the step's release; a repeated call for the same step returns the first charge (paid once).
+
+    ``kept`` (Gaussian releases): the result's bytes, committed with the charge."""
     try:
         if mechanism.gaussian is not None:
             return ledger.charge_gaussian(
@@ -211,7 +249,10 @@ def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism) -> Charg
                 round=step.round,
                 query_id=step.query_id,
                 details=mechanism.details,
+                kept=kept,
             )
+        if kept is not None:
+            raise ValueError("only a Gaussian release keeps its result in the ledger")
         assert mechanism.epsilon_delta is not None
         epsilon, delta = mechanism.epsilon_delta
         return ledger.charge_approx(
@@ -234,7 +275,10 @@ def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism) -> Charg
 
 
 def resend(
-    ledger: BudgetLedger, step: Step, results: PaidResults[R], settle: Callable[[R, Charge], R]
+    ledger: BudgetLedger,
+    step: Step,
+    results: PaidResults[R] | ChargedResults[R],
+    settle: Callable[[R, Charge], R],
 ) -> Released[R] | None:
     """The result this step already paid for, or None when the ledger holds no charge for it.
 
@@ -253,7 +297,7 @@ def resend(
     result, paid = kept
     if not paid:
         result = settle(result, charge)
-        if results.rewrite_paid:
+        if isinstance(results, PaidResults) and results.rewrite_paid:
             results.keep(step, result, paid=True)
     return Released(result, charge, resent=True)
 
@@ -261,7 +305,7 @@ def resend(
 def release(
     ledger: BudgetLedger,
     step: Step,
-    results: PaidResults[R],
+    results: PaidResults[R] | ChargedResults[R],
     produce: Callable[[], tuple[R, Mechanism]],
     settle: Callable[[R, Charge], R] = lambda result, _charge: result,
 ) -> Released[R]:
@@ -276,6 +320,14 @@ def release(
     if again is not None:
         return again
     result, mechanism = produce()
+    if isinstance(results, ChargedResults):
+        charge = charge_once(ledger, step, mechanism, kept=results.codec.dumps(result))
+        if charge.already_paid:  # paid meanwhile by another caller: its result, never a second one
+            again = resend(ledger, step, results, settle)
+            if again is None:  # charges are never removed: a ledger changed under this process
+                raise BudgetExhausted(f"{step.label} was paid and then lost; not re-spending", ledger.spent())
+            return again
+        return Released(settle(result, charge), charge, resent=False)
     results.keep(step, result, paid=False)  # survives a crash between the charge and the release
     try:
         charge = charge_once(ledger, step, mechanism)

@@ -266,3 +266,69 @@ def test_approx_mechanism_is_recorded_as_such(tmp_path: Path) -> None:
     assert (tmp_path / "kept" / "q1.json").exists()
     with pytest.raises(ValueError):
         Mechanism("both", gaussian=ROUND, epsilon_delta=(0.5, 0.0))
+
+
+class JsonBytes:
+    def dumps(self, result: dict[str, Any]) -> bytes:
+        return json.dumps(result).encode()
+
+    def loads(self, data: bytes, what: str) -> dict[str, Any]:
+        return dict(json.loads(data))
+
+
+def test_a_result_charged_results_keeps_commits_with_its_charge_and_is_resent(tmp_path: Path) -> None:
+    from fedcustomer.privacy.dp.release import ChargedResults
+
+    ledger, produce = _ledger(tmp_path), Producer()
+    results = ChargedResults(ledger, JsonBytes())
+    first = release(ledger, _step(), results, produce, _settle)
+    assert not first.resent and first.result == {"draw": 1, "epsilon_total": first.charge.epsilon_total}
+    assert json.loads(ledger.kept("run:r1:round:1") or b"") == {"draw": 1}  # kept unsettled, in the ledger
+    assert not any(tmp_path.glob("*.json"))  # no file of its own
+    again = release(ledger, _step(), ChargedResults(_ledger(tmp_path), JsonBytes()), produce, _settle)
+    assert again.resent and again.result == first.result and produce.calls == 1  # no second draw
+    assert len(ledger.charges()) == 1
+
+
+def test_a_failed_charge_leaves_neither_charge_nor_kept_result(tmp_path: Path, monkeypatch) -> None:
+    from fedcustomer.privacy.dp.release import ChargedResults
+
+    ledger = _ledger(tmp_path)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # stopped between the charge's writes and its commit
+
+    monkeypatch.setattr(BudgetLedger, "_spend_of", broken)
+    with pytest.raises(KeyboardInterrupt):
+        release(ledger, _step(), ChargedResults(ledger, JsonBytes()), Producer(), _settle)
+    monkeypatch.undo()
+    assert ledger.charges() == [] and ledger.kept("run:r1:round:1") is None
+
+
+def test_a_step_paid_meanwhile_by_another_caller_releases_that_callers_result(tmp_path: Path) -> None:
+    from fedcustomer.privacy.dp.release import ChargedResults
+
+    ledger = _ledger(tmp_path)
+    other, first = Producer(), []
+
+    def mine() -> tuple[dict[str, Any], Mechanism]:
+        # while this caller trains, another process pays the same step with its own draw
+        first.append(
+            release(_ledger(tmp_path), _step(), ChargedResults(_ledger(tmp_path), JsonBytes()), other)
+        )
+        return {"draw": "mine"}, other.mechanism
+
+    late = release(ledger, _step(), ChargedResults(ledger, JsonBytes()), mine, _settle)
+    assert late.resent and late.result == {"draw": 1, "epsilon_total": late.charge.epsilon_total}
+    assert first[0].result == {"draw": 1}  # never a second, different result for one charge
+    assert len(ledger.charges()) == 1 and json.loads(ledger.kept("run:r1:round:1") or b"") == {"draw": 1}
+
+
+def test_only_gaussian_releases_keep_their_result_in_the_ledger(tmp_path: Path) -> None:
+    from fedcustomer.privacy.dp.release import ChargedResults
+
+    ledger = _ledger(tmp_path)
+    laplace = Producer(Mechanism("laplace", epsilon_delta=(0.5, 0.0)))
+    with pytest.raises(ValueError, match="only a Gaussian release"):
+        release(ledger, _step(), ChargedResults(ledger, JsonBytes()), laplace, _settle)
+    assert ledger.charges() == []

@@ -8,7 +8,7 @@ and prints one JSON object:
 Vertical (``--mode vertical``): a bank and a retailer node (TLS, node auth, pinned link keys) run
 the two-party vertical job (PSI alignment, split learning, bank-only comparison model) once per
 ``--clientapp`` mode, then the same job runs on the in-process grid (``run_two_party``, same code):
-  seconds per mode, deployed / in process, messages per party.
+  seconds per mode, deployed / in process, messages per party, sequential exchanges.
 ``--poll adaptive flower`` compares the SuperNode's waits, ``--serverapp warm subprocess`` the coordinator's
 ServerApp executor (warm, or Flower's process per job); ``--repeat N`` interleaves the variants N times
 (medians reported). Each deployed run also reports its timeline (``deploy_timeline.py``: submission,
@@ -27,7 +27,10 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+from flwr.app import Message
 
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import flower as fl
@@ -36,6 +39,7 @@ from fedcustomer.deploy import pki
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.server.inprocess import LocalGrid
 from fedcustomer.server.job import JobConfig
 
 
@@ -217,9 +221,20 @@ def _vertical_deployed(
             fl.stop(proc)
 
 
+class _CountingGrid(LocalGrid):
+    """The in-process grid, counting its exchanges (``send_and_receive`` calls, each one waited for)."""
+
+    exchanges = 0
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        self.exchanges += 1
+        return super().send_and_receive(messages, timeout=timeout)
+
+
 def _vertical_in_process(root: Path, customers: int, rounds: int, steps: int) -> dict:
     from fedcustomer.deploy.two_party import two_party_run_config
-    from fedcustomer.server.inprocess import LocalGrid
     from fedcustomer.vertical.deployed import run_two_party
     from fedcustomer.vertical.parties import party_app
 
@@ -227,7 +242,7 @@ def _vertical_in_process(root: Path, customers: int, rounds: int, steps: int) ->
     raw = two_party_run_config(
         _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=5
     )
-    grid = LocalGrid(party_app([str(h) for h in homes]), num_nodes=2)
+    grid = _CountingGrid(party_app([str(h) for h in homes]), num_nodes=2)
     started = time.perf_counter()
     summary = run_two_party(grid, raw)
     wall = time.perf_counter() - started
@@ -235,6 +250,7 @@ def _vertical_in_process(root: Path, customers: int, rounds: int, steps: int) ->
     return {
         "seconds": wall,
         "messages_per_party": max(grid.calls.values()),
+        "sequential_exchanges": grid.exchanges,  # each one a round trip through the SuperLink when deployed
         "vertical_auc": summary["comparison"]["vertical_auc"],
     }
 

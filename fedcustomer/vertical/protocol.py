@@ -1,6 +1,8 @@
 """Flower message handlers of split learning, on a partner's ClientApp.
 
-Every step of the protocol is one named Message API action routed by the coordinator:
+Every step of the protocol is one named Message API action routed by the coordinator; a message
+may also carry what its party does next without waiting for the other one (``then-*`` flags, so
+a deployed round is few sequential exchanges, see :mod:`fedcustomer.vertical.rounds`):
 
 =============================  ==========  ==================================================
 message type                   to          carries in -> out
@@ -8,17 +10,28 @@ message type                   to          carries in -> out
 ``query.vertical_hello``       any         -> the node's partner name (and what of its declared
                                            own data the protocol needs: ``declared`` record)
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
-``query.vertical_setup``       both        job config -> aligned/train/test counts
+``query.vertical_setup``       both        job config -> aligned/train/test counts; ``then-check``: and
+                                           its check of the first round at the public rate it computes
+                                           from its counts (returned too, for the coordinator to compare)
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
+                                           (passive, ``then-forward``: and batch 0's embeddings)
 ``train.vertical_forward``     passive     batch positions -> embeddings
 ``train.vertical_step``        active      step, embeddings -> gradients from the label head
-``train.vertical_backward``    passive     step, positions, gradients -> ok (a round's last step,
-                                           ``then-embed``: and the embeddings ``vertical_embed`` sends)
+``train.vertical_backward``    passive     step, positions, gradients -> ok; ``then-forward``: and step
+                                           t+1's embeddings; ``then-embed`` (a round's last step): and
+                                           the embeddings of all aligned customers; ``then-check``:
+                                           and its check of the next round
 ``query.vertical_embed``       passive     round -> embeddings of all aligned customers
-``train.vertical_fit``         active      all embeddings -> joint model trained; held-out metrics
+``train.vertical_fit``         active      all embeddings -> joint model trained; held-out metrics;
+                                           ``then-begin`` / ``then-check``: and its begin (batches) or
+                                           check of the next round; ``then-finish``: and its finish
 ``train.vertical_finish``      both        -> final model part kept at home; accounting
 =============================  ==========  ==================================================
+
+A follow-up runs only after the message's own step succeeded (a begin only when the charge was
+accepted), in the same order as two messages would: nothing is released before it is paid.
+The next round's answer comes back as ``next-decision`` and ``next-metrics``.
 
 Positions index the PSI's canonical order of shared customers; no raw feature or label
 ever crosses: the passive party sends embeddings only, the label owner gradients of its
@@ -43,6 +56,7 @@ from fedcustomer.vertical.align import align_handler_content
 from fedcustomer.vertical.declaration import hello_content
 from fedcustomer.vertical.party import PartySession, session_for
 from fedcustomer.vertical.session_config import SessionConfig
+from fedcustomer.vertical.spend import public_sampling
 
 PARTNER_ERROR_CODE = 4100
 ResolveHome = Callable[[Context], PartnerHome]
@@ -93,6 +107,7 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
                 return Message(content=content, reply_to=msg)
             cfg_raw = dict(msg.content["config"])
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
+            _check_follow_ups(action, session, cfg_raw)  # refused before the message's own step runs
             content = _HANDLERS[action](session, cfg_raw, msg.content)
         except FedCustomerError as exc:
             return Message(
@@ -119,7 +134,16 @@ def _positions(t: torch.Tensor) -> np.ndarray:
 
 
 def _setup(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord(s.describe())})
+    out = RecordDict({"metrics": MetricRecord(s.describe())})
+    if cfg.get("then-check"):  # the first round's check: at the rate the coordinator will announce
+        q, steps = public_sampling(int(cfg["batch-size"]), s.n_train, int(cfg.get("steps-asked", 0)))
+        planned = session_for(
+            s.home, SessionConfig.from_config(cfg | {"sample-rate": q, "steps-per-round": steps})
+        )
+        nxt = _decision(planned.check_round(int(cfg["round"])))
+        out["next-decision"], out["next-metrics"] = nxt["decision"], nxt["metrics"]
+        out["sampling"] = MetricRecord({"sample-rate": q, "steps-per-round": steps})
+    return out
 
 
 def _decision(decision: Any) -> RecordDict:
@@ -144,7 +168,48 @@ def _check(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordD
 
 
 def _begin(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    return _decision(s.begin_round(int(cfg["round"])))
+    decision = s.begin_round(int(cfg["round"]))
+    out = _decision(decision)
+    return _then(s, cfg, content, out) if decision.ok else out  # nothing more before the charge
+
+
+def _then(s: PartySession, cfg: dict[str, Any], content: RecordDict, out: RecordDict) -> RecordDict:
+    """What the message asks for after its own step, in the order separate messages would have."""
+    rnd = int(cfg["round"])
+    if cfg.get("then-forward"):  # the next public batch: its embeddings
+        pos = _positions(_arrays(content, "forward-positions")["forward-positions"])
+        _put(out, "embeddings", s.forward(rnd, pos))
+    if cfg.get("then-embed"):  # the round's passive steps are done: all customers' embeddings
+        _put(out, "embeddings", s.embed_all(rnd))
+    follow = [k for k in ("then-check", "then-begin") if cfg.get(k)]
+    if follow:
+        act = s.check_round if follow[0] == "then-check" else s.begin_round
+        nxt = _decision(act(rnd + 1))
+        out["next-decision"], out["next-metrics"] = nxt["decision"], nxt["metrics"]
+        if "arrays" in nxt:
+            for name, tensor in nxt["arrays"].to_torch_state_dict().items():
+                _put(out, name, tensor)
+    if cfg.get("then-finish"):
+        out["accounting"] = ConfigRecord({"json": json.dumps(s.finish())})
+    return out
+
+
+def _check_follow_ups(action: str, s: PartySession, cfg: dict[str, Any]) -> None:
+    """A follow-up of the next round needs one (a setup's check is of the round it names)."""
+    follow = [k for k in ("then-check", "then-begin") if cfg.get(k)]
+    if len(follow) > 1:
+        raise DataError("a message may check or begin the next round, not both")
+    if follow and action != "vertical_setup" and int(cfg.get("round", 0)) >= s.cfg.rounds:
+        raise DataError(
+            f"round {cfg.get('round')} is the job's last; there is no next round to check or begin"
+        )
+
+
+def _put(out: RecordDict, name: str, tensor: torch.Tensor) -> None:
+    tensors = out["arrays"].to_torch_state_dict() if "arrays" in out else {}
+    if name in tensors:
+        raise DataError(f"a message asked for {name} twice")
+    out["arrays"] = ArrayRecord(tensors | {name: tensor})
 
 
 def _forward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
@@ -162,10 +227,7 @@ def _step(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDi
 def _backward(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
     got = _arrays(content, "positions", "gradients")
     s.backward(int(cfg["round"]), int(cfg["step"]), _positions(got["positions"]), got["gradients"].float())
-    out = RecordDict({"metrics": MetricRecord({"step": float(cfg["step"])})})
-    if cfg.get("then-embed"):  # the round's last step: what vertical_embed would send next, one exchange less
-        out["arrays"] = ArrayRecord({"embeddings": s.embed_all(int(cfg["round"]))})
-    return out
+    return _then(s, cfg, content, RecordDict({"metrics": MetricRecord({"step": float(cfg["step"])})}))
 
 
 def _embed(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
@@ -175,7 +237,9 @@ def _embed(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordD
 def _fit(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
     passive = _arrays(content, "embeddings")["embeddings"] if "arrays" in content else None
     metrics = s.fit(int(cfg["round"]), passive)
-    return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    return _then(
+        s, cfg, content, RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    )
 
 
 def _finish(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:

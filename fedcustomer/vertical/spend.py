@@ -56,6 +56,16 @@ class _Job(Protocol):
     def reserve_epsilon(self) -> float: ...
 
 
+def public_sampling(batch_size: int, n_train: int, steps_per_round: int = 0) -> tuple[float, int]:
+    """The public Poisson rate and steps per round of a job (steps 0: one pass over the training customers).
+
+    The coordinator announces them; a party that checks its first round in its setup reply
+    computes the same from its own counts, and the coordinator compares the two.
+    """
+    q = min(1.0, batch_size / max(1, n_train))
+    return q, steps_per_round or max(1, int(1 / q))
+
+
 def q_steps(cfg: _Job) -> tuple[float, int]:
     """The public Poisson rate and steps per round the coordinator announced."""
     q, steps = cfg.sample_rate, cfg.steps_per_round

@@ -26,6 +26,9 @@ def homes(tmp_path):
     return bank, retail
 
 
+DIES_IN_ROUND_2 = 12  # the retailer's messages answered before it stops: it misses round 2's last backward
+
+
 def _raw(tmp_path, mode="vertical", reveal="ids", **kw):
     job = VerticalJob(
         **(
@@ -54,10 +57,11 @@ def test_vertical_job_completes_and_each_party_keeps_its_part(homes, tmp_path):
 def test_a_restarted_coordinator_resumes_without_paying_twice(homes, tmp_path):
     bank, retail = homes
     raw = _raw(tmp_path, baseline=False)
-    # the first coordinator dies during round 2: the retailer is the one whose reply is lost (its 18th
-    # message, its 2nd backward: PSI 3, align, hello, setup, then check, begin, 2 x (forward, backward))
+    # the first coordinator dies during round 2: the retailer is the one whose reply is lost (its 13th
+    # message, round 2's last backward: hello, PSI 3, align 2, setup with round 1's check, then round 1's
+    # begin with forward, 2 backwards, round 2's begin with forward, its 1st backward)
     with pytest.raises(FederationError):
-        run_two_party(grid_for([bank, retail], dead_after={2: 17}), raw)
+        run_two_party(grid_for([bank, retail], dead_after={2: DIES_IN_ROUND_2}), raw)
     paid = {h.config().name: _charges(h, raw["run-id"]) for h in homes}
     assert json.loads((tmp_path / "run" / "checkpoint" / raw["run-id"] / "joint-rounds.json").read_text())[
         "rounds"
@@ -76,7 +80,7 @@ def test_a_party_that_drops_ends_the_job_with_no_final_model_and_no_further_char
     bank, retail = homes
     raw = _raw(tmp_path, baseline=False)
     with pytest.raises(FederationError, match="retailer did not answer"):
-        run_two_party(grid_for([bank, retail], dead_after={2: 17}), raw)
+        run_two_party(grid_for([bank, retail], dead_after={2: DIES_IN_ROUND_2}), raw)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["model"]["final"] is False
     assert summary["rounds_completed"] == 1 and summary["metrics"] == {}  # round 1 was trained and paid

@@ -29,7 +29,7 @@ from fedcustomer.vertical.party import forget_sessions
 from fedcustomer.vertical.runner import run_vertical_local, run_vertical_on_grid
 from tests.cli.cli_runner import only_group, run
 from tests.vertical.conftest import RecordingGrid, grid_for, retail_signal_frames, setup_parties
-from tests.vertical.test_deployed import _raw, homes
+from tests.vertical.test_deployed import DIES_IN_ROUND_2, _raw, homes
 
 
 def _entries(home: PartnerHome, action: str, run_id: str) -> list:
@@ -148,17 +148,17 @@ def test_in_process_job_logs_each_round_and_the_end_at_both_parties(
 def test_a_resumed_job_logs_each_round_once(homes, tmp_path, monkeypatch, capsys):
     bank, retail = homes
     raw = _raw(tmp_path, baseline=False)
-    first = grid_for(
-        [bank, retail], dead_after={2: 17}
-    )  # the retailer dies during round 2 (its 2nd backward)
+    first = grid_for([bank, retail], dead_after={2: DIES_IN_ROUND_2})  # the retailer dies during round 2
     with pytest.raises(FederationError):
         run_two_party(first, raw)
-    begun = [
-        (m.metadata.dst_node_id, dict(m.content["config"])["round"])
-        for m, replies in first.log
-        if m.metadata.message_type == "train.vertical_begin" and replies
-    ]
-    assert len(begun) == 4  # both parties paid round 2 before the retailer died: it is asked again
+    begun = []  # (node, round) of each begin answered: its own message, or the label owner's fit's follow-up
+    for m, replies in first.log:
+        cfg = dict(m.content["config"]) if "config" in m.content else {}
+        if replies and m.metadata.message_type == "train.vertical_begin":
+            begun.append((m.metadata.dst_node_id, cfg["round"]))
+        elif replies and cfg.get("then-begin"):
+            begun.append((m.metadata.dst_node_id, cfg["round"] + 1))
+    assert sorted(begun) == [(1, 1), (1, 2), (2, 1), (2, 2)]  # both paid round 2 before the retailer died
     before = {h.config().name: len(_entries(h, ACTION_VERTICAL_ROUND, raw["run-id"])) for h in homes}
     assert before == {"bank": 2, "retailer": 2}
     assert not _entries(bank, ACTION_VERTICAL_FINISH, raw["run-id"])  # a failed job has no end entry

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
 from fedcustomer.errors import ConfigError, FederationError
@@ -287,21 +288,121 @@ def test_a_label_head_step_asked_again_after_a_restart_moves_the_head_once(tmp_p
         session.step(1, len(session.state["plans"]["1"]), other)
 
 
-def test_a_round_is_a_short_chain_of_exchanges_with_the_embeddings_on_the_last_backward(tmp_path):
-    """Independent asks share an exchange (hello, setup, check, finish); begin stays one party at a time."""
-    job = _job(tmp_path, dp=False, rounds=2, steps_per_round=1)
+def _chain(grid) -> list[tuple[str, str, int, list[str]]]:
+    """Each exchange: its message type, the role asked first, how many replied, the follow-ups asked."""
+    out = []
+    for m, replies in grid.log:
+        cfg = dict(m.content["config"])
+        then = sorted(k for k, v in cfg.items() if k.startswith("then-") and v)
+        out.append((m.metadata.message_type, str(cfg.get("role", "")), len(replies), then))
+    return out
+
+
+def _round(more: bool) -> list[tuple[str, str, int, list[str]]]:
+    return [
+        ("train.vertical_begin", "passive", 1, ["then-forward"]),  # charged, then batch 0's embeddings
+        ("train.vertical_step", "active", 1, []),
+        ("train.vertical_backward", "passive", 1, ["then-forward"]),  # step 0 taken, step 1's embeddings
+        ("train.vertical_step", "active", 1, []),
+        ("train.vertical_backward", "passive", 1, ["then-check", "then-embed"] if more else ["then-embed"]),
+        ("train.vertical_fit", "active", 1, ["then-begin"] if more else []),  # opens the next round
+    ]
+
+
+def test_a_round_is_one_message_per_party_step_and_the_fit_opens_the_next_round(tmp_path):
+    """Each message carries what its party does next; checks (both, one exchange) still come before any begin."""
+    job = _job(tmp_path, dp=False, rounds=3, steps_per_round=2, baseline=True)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    grid, alone = grid_for([bank, retail]), grid_for([bank])
+    summary = run_vertical_on_grid(grid, job, baseline_grid=alone, psi_size=size)
+    assert summary["status"] == "completed" and summary["baseline"]["status"] == "completed"
+    start = [("query.vertical_hello", "", 2, []), ("query.vertical_setup", "active", 2, ["then-check"])]
+    opening = [("train.vertical_begin", "active", 1, [])]  # round 1's checks came with the setup
+    end = [("train.vertical_finish", "active", 2, [])]
+    assert _chain(grid) == start + opening + _round(True) * 2 + _round(False) + end
+    assert [r["round"] for r in summary["partners"][0]["refusals"]] == []
+    # the label owner alone: no setup (the joint job's counts), no check (its begin refuses by itself),
+    # each fit begins the next round and the last one finishes the job
+    assert _chain(alone) == [
+        ("query.vertical_hello", "", 1, []),
+        ("train.vertical_begin", "active", 1, []),
+        ("train.vertical_fit", "active", 1, ["then-begin"]),
+        ("train.vertical_fit", "active", 1, ["then-begin"]),
+        ("train.vertical_fit", "active", 1, ["then-finish"]),
+    ]
+    assert summary["baseline"]["partners"][0]["accounting"]["role"] == "active"
+
+
+@pytest.mark.parametrize("refuser", ["passive", "active"])
+def test_a_next_round_refused_in_a_folded_message_is_paid_by_nobody(tmp_path, monkeypatch, refuser):
+    """The passive party's check rides on its last backward, the label owner's begin on its fit: a refusal
+    of round 2 by either is on record, and neither party pays round 2."""
+    from fedcustomer.vertical.spend import PartySpend, RoundDecision
+
+    real_check, real_charge = PartySpend.check_round, PartySpend.charge_round
+
+    def refusing(real):
+        def answer(self, rnd):
+            if self.cfg.role == refuser and rnd == 2:
+                return RoundDecision(
+                    False, "budget kept for another study", {"epsilon-total": 0.5, "epsilon-target": 8.0}
+                )
+            return real(self, rnd)
+
+        return answer
+
+    monkeypatch.setattr(PartySpend, "check_round", refusing(real_check))
+    monkeypatch.setattr(PartySpend, "charge_round", refusing(real_charge))
+    job = _job(tmp_path, epsilon=8.0, rounds=3, steps_per_round=1)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    grid = grid_for([bank, retail])
+    summary = run_vertical_on_grid(grid, job, psi_size=size)
+    name = "retailer" if refuser == "passive" else "bank"
+    assert summary["status"] == "stopped" and summary["rounds_completed"] == 1
+    assert summary["stop_reason"] == f"round 2: {name} refused: budget kept for another study"
+    chain = _chain(grid)
+    fit = next(c for c in chain if c[0] == "train.vertical_fit")
+    assert fit[3] == (["then-check"] if refuser == "passive" else ["then-begin"])
+    begins = [
+        dict(m.content["config"]) for m, _ in grid.log if m.metadata.message_type == "train.vertical_begin"
+    ]
+    assert [(b["role"], b["round"]) for b in begins] == [("active", 1), ("passive", 1)]  # round 2: none
+    assert chain[-1][0] == "train.vertical_finish"  # both still keep their parts of round 1
+    for home, ds in ((bank, "bank"), (retail, "retailer")):
+        ledger = BudgetLedger(home.ledger_path, ds, home.config().budget_for(ds))
+        rounds = sorted(c.charge_key.rsplit(":", 1)[1] for c in ledger.charges() if ":round:" in c.charge_key)
+        assert rounds == ["1"], (ds, rounds)
+
+
+def test_a_follow_up_beyond_the_last_round_is_refused_with_a_clear_error(tmp_path):
+    job = _job(tmp_path, dp=False, rounds=1, steps_per_round=1)
     bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
     grid = grid_for([bank, retail])
     assert run_vertical_on_grid(grid, job, psi_size=size)["status"] == "completed"
-    chain = [(m.metadata.message_type, len(replies)) for m, replies in grid.log]
-    one_round = [
-        ("query.vertical_check", 2),
-        ("train.vertical_begin", 1),
-        ("train.vertical_begin", 1),
-        ("train.vertical_forward", 1),
-        ("train.vertical_step", 1),
-        ("train.vertical_backward", 1),  # carries the embeddings: no query.vertical_embed
-        ("train.vertical_fit", 1),
-    ]
-    start = [("query.vertical_hello", 2), ("query.vertical_setup", 2)]
-    assert chain == start + one_round * 2 + [("train.vertical_finish", 2)]
+    fit = next(m for m, _ in grid.log if m.metadata.message_type == "train.vertical_fit")
+    cfg = dict(fit.content["config"])
+    for flags, match in (
+        ({"then-begin": True}, "no next round"),
+        ({"then-begin": True, "then-check": True}, "not both"),
+    ):
+        content = RecordDict({"config": ConfigRecord(cfg | flags), "arrays": fit.content["arrays"]})
+        msg = Message(content, dst_node_id=fit.metadata.dst_node_id, message_type="train.vertical_fit")
+        reply = grid.send_and_receive([msg])
+        (answer,) = list(reply)
+        assert answer.has_error() and match in answer.error.reason
+
+
+def test_a_party_checking_its_first_round_at_another_rate_stops_the_job_before_any_charge(
+    tmp_path, monkeypatch
+):
+    from fedcustomer.vertical import protocol
+
+    job = _job(tmp_path, epsilon=8.0, rounds=2, steps_per_round=1)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    monkeypatch.setattr(protocol, "public_sampling", lambda batch, n_train, steps: (0.5, 3))
+    grid = grid_for([bank, retail])
+    with pytest.raises(FederationError, match="checked round 1 at sample rate 0.5 x 3 steps"):
+        run_vertical_on_grid(grid, job, psi_size=size)
+    assert [m.metadata.message_type for m, _ in grid.log][-1] == "query.vertical_setup"
+    for home, ds in ((bank, "bank"), (retail, "retailer")):
+        assert BudgetLedger(home.ledger_path, ds, home.config().budget_for(ds)).charges() == []

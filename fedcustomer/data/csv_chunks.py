@@ -80,14 +80,14 @@ def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 raise DataError(f"{path}: the file is empty; expected a header row and customer rows")
             if any("\n" in cell or "\r" in cell for cell in record):
                 _check_closed(path, start)
-            if records:
+            if records or not rows:  # a header alone still gives its columns (an empty chunk)
                 yield _frame(names, records, rows)
     except UnicodeDecodeError:
         bad = first_non_utf8_line(path)
         where = f"line {bad} is" if bad is not None else "it is"
         raise DataError(f"{path}: {where} not UTF-8 text; re-save the file as UTF-8") from None
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV after line {line} ({exc}); check the file") from None
+        raise DataError(f"{path}: line {line + 1}: malformed CSV ({exc}); check the file") from None
 
 
 def _check_closed(path: Path, start: int) -> None:

@@ -144,3 +144,18 @@ def test_a_cdnow_style_customer_table_still_ingests(tmp_path, store):
     schema = draft_schema(path, dataset="cdnow")
     report = store.ingest(ADMIN, schema, path)
     assert report.read == len(frame) > 0 and report.inserted == len(frame) and report.invalid == 0
+
+
+def test_a_cell_past_the_csv_readers_field_limit_is_refused_with_its_line_not_its_value(tmp_path):
+    path = _write(tmp_path, "customer_id,region,age\nC1,north,30\nC2," + "SECRET" * 30_000 + ",40\n")
+    with pytest.raises(DataError, match=r"line 3: malformed CSV \(field larger than field limit") as info:
+        list(read_chunks(path))
+    assert "SECRET" not in str(info.value)
+
+
+def test_a_header_alone_gives_one_empty_chunk_with_its_columns(tmp_path):
+    path = _write(tmp_path, "customer_id,region,age\n")
+    (chunk,) = read_chunks(path)
+    assert (len(chunk), list(chunk.columns)) == (0, ["customer_id", "region", "age"])
+    with pytest.raises(DataError, match="the file is empty"):
+        list(read_chunks(_write(tmp_path, "\n\n", "blank.csv")))

@@ -48,13 +48,9 @@ import numpy as np
 import pandas as pd
 
 from fedcustomer.common.files import atomic_write_text
+from fedcustomer.data.csv_chunks import csv_chunks
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
-from fedcustomer.data.source_lines import (
-    check_separator,
-    explain_csv_error,
-    first_non_utf8_line,
-    row_locations,
-)
+from fedcustomer.data.source_lines import check_separator, row_locations
 from fedcustomer.data.validators import canonical_text, validate_frame
 from fedcustomer.errors import DataError
 
@@ -95,7 +91,8 @@ def read_chunks(path: Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
     """Yield the file as DataFrames of raw text (pandas ``string`` dtype), ``chunk_rows`` at a time.
 
     Parquet values are turned into the same text a CSV would hold, so one validator
-    serves both formats. Each chunk's index is the 0-based row number in the file.
+    serves both formats. Each chunk's index is the 0-based row number in the file. A CSV
+    row with more or fewer fields than the header refuses the file (see ``csv_chunks``).
     """
     path = Path(path)
     if chunk_rows < 1:
@@ -105,7 +102,7 @@ def read_chunks(path: Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
         raise DataError(f"input file {path} not found")
     check_width(path, kind)
     if kind == "csv":
-        yield from _csv_chunks(path, chunk_rows)
+        yield from csv_chunks(path, chunk_rows)
     else:
         yield from _parquet_chunks(path, chunk_rows)
 
@@ -137,27 +134,6 @@ def check_width(path: Path, kind: str) -> None:
             f"{path}: {width} columns, more than the maximum of {MAX_COLUMNS}; "
             "keep only the columns the schema needs"
         )
-
-
-def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    try:
-        reader = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_values=[], chunksize=chunk_rows, encoding="utf-8"
-        )
-        start = 0
-        with reader:
-            for chunk in reader:
-                chunk.index = pd.RangeIndex(start, start + len(chunk))
-                start += len(chunk)
-                yield chunk.astype("string")
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty; expected a header row and customer rows") from None
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: {explain_csv_error(path, str(exc).strip())}") from None
-    except UnicodeDecodeError:
-        line = first_non_utf8_line(path)
-        where = f"line {line} is" if line is not None else "it is"
-        raise DataError(f"{path}: {where} not UTF-8 text; re-save the file as UTF-8") from None
 
 
 def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:

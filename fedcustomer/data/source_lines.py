@@ -12,23 +12,31 @@ from __future__ import annotations
 
 import codecs
 import csv
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedcustomer.errors import DataError
 
-_EXPECTED = re.compile(r"Expected (\d+) fields in line \d+, saw \d+")
+
+def is_blank_record(record: list[str]) -> bool:
+    """An empty or whitespace-only line, which ingest skips. A quoted empty field ``""`` or one that
+    spans lines is a record."""
+    if not record:
+        return True
+    if len(record) != 1 or not record[0] or "\n" in record[0] or "\r" in record[0]:
+        return False
+    return not record[0].strip()
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, int]]:
-    """(first line, field count) of each data record after the header, blank lines skipped as pandas does."""
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    """(first line, field count) of each data record after the header, blank lines skipped as ingest
+    skips them (a UTF-8 byte-order mark is not part of the first line)."""
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         end, header = 0, False
         for row in reader:
             start, end = end + 1, reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
+            if is_blank_record(row):
                 continue
             if not header:
                 header = True
@@ -54,29 +62,6 @@ def row_locations(path: Path, kind: str, rows: Iterable[int]) -> dict[int, str]:
     except (OSError, UnicodeDecodeError, csv.Error):
         pass  # the file changed or is odd: fall back to the data row number, said as such
     return {r: found.get(r, f"data row {r + 1}") for r in wanted}
-
-
-def explain_csv_error(path: Path, message: str) -> str:
-    """A pandas parser error restated with the line an editor shows, or the error itself."""
-    expected = _EXPECTED.search(message)
-    try:
-        if expected:
-            width = int(expected.group(1))
-            for line, count in _csv_records(Path(path)):
-                if count > width:
-                    return (
-                        f"line {line} has {count} fields but the header has {width}; quote values that "
-                        'contain the delimiter (",") or remove the extra ones'
-                    )
-        elif "EOF inside string" in message:
-            last = None
-            for record in _csv_records(Path(path)):
-                last = record[0]  # the unclosed quote swallows the rest of the file into the last record
-            if last is not None:
-                return f'line {last}: a quoted field (starting with ") is never closed'
-    except (OSError, UnicodeDecodeError, csv.Error):
-        pass
-    return f"malformed CSV: {message}"
 
 
 def first_non_utf8_line(path: Path, block: int = 1 << 20) -> int | None:

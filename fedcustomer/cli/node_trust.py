@@ -16,6 +16,7 @@ from rich.markup import escape
 from fedcustomer.cli.identity import IDENTITY_ENV, IdentityOpt, load_signer
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
+from fedcustomer.partner.home import PartnerHome
 
 console = terminal()
 
@@ -42,9 +43,7 @@ def register(node_app: typer.Typer) -> None:
     )(node_pin_peer)
 
 
-def _home(home: Path):  # type: ignore[no-untyped-def]
-    from fedcustomer.partner.home import PartnerHome
-
+def _home(home: Path) -> PartnerHome:
     the_home = PartnerHome(home)
     if not the_home.config_path.is_file():
         raise ConfigError(

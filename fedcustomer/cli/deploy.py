@@ -1,4 +1,4 @@
-"""Deployment commands: ``certs``, ``coordinator start|register|run``, ``node keys|prepare|start``.
+"""Deployment commands: ``certs``, ``coordinator start|register|run``, ``node prepare|start``.
 
 Thin shells over :mod:`fedcustomer.deploy`. ``start`` commands run Flower's
 SuperLink / SuperNode in the foreground (what a service manager or container
@@ -73,8 +73,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(node_app, name="node")
-    from fedcustomer.cli import node_setup
+    from fedcustomer.cli import node_setup, node_trust
 
+    node_trust.register(node_app)  # `node keys`, `node pin-peer`: signed, audited trust changes
     node_setup.register(node_app)  # `node setup`: a party's own data for vertical jobs
 
 
@@ -436,37 +437,6 @@ def coordinator_run(
 
 
 # --- node ------------------------------------------------------------------------------
-@node_app.command("keys", help="Create this node's authentication key pair in HOME/keys.")
-def node_keys(
-    home: Path = typer.Option(..., "--home", help="Partner home directory."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing key pair."),
-) -> None:
-    from fedcustomer.deploy.pki import make_node_keys
-    from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.psi.signing import ensure_link_key
-
-    ph = PartnerHome(home)
-    keys = make_node_keys(ph.keys_dir, comment=home.resolve().name, overwrite=force)
-    console.print(f"private key {keys.private_key} (stays here, 0600)")
-    console.print(f"public key  {keys.public_key}  fingerprint {keys.fingerprint()}")
-    console.print("send the public key to the coordinator: fedcustomer coordinator register PUBKEY")
-    link = ensure_link_key(ph)
-    console.print(f"link key    {link}  (PSI signatures: give it to the partner you link records with)")
-
-
-@node_app.command("pin-peer", help="Pin the link key of the partner this node runs PSI with.")
-def node_pin_peer(
-    public_key: Path = typer.Argument(..., help="The peer's service_linkage.pem.pub (from `node keys`)."),
-    home: Path = typer.Option(..., "--home", help="Partner home directory."),
-    peer: str = typer.Option(..., "--peer", help="The peer's partner name, e.g. retailer."),
-) -> None:
-    from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.psi.signing import pin_peer
-
-    path = pin_peer(PartnerHome(home), peer, public_key)
-    console.print(f"pinned {peer}'s link key in {path}: its PSI values must now carry its signature")
-
-
 @node_app.command("prepare", help="Give a partner home its split of a built-in data source (demo, tests).")
 def node_prepare(
     home: Path = typer.Option(..., "--home"),
@@ -489,8 +459,19 @@ def node_prepare(
     delta: float = typer.Option(DEFAULT_DELTA, "--delta"),
 ) -> None:
     if mode == "vertical":
-        from fedcustomer.deploy.two_party import prepare_party_home
+        from fedcustomer.cli.identity import passphrase
+        from fedcustomer.deploy.node_trust import home_has_people
+        from fedcustomer.deploy.two_party import give_demo_admin, prepare_party_home
+        from fedcustomer.partner.home import PartnerHome
 
+        secret = None
+        if not ((home / "store.db").exists() and home_has_people(PartnerHome(home))):
+            secret = passphrase("passphrase for the demo admin's identity key: ", confirm=True)
+            if secret is None or len(secret) < 12:
+                raise ConfigError(
+                    "the demo home gets a partner admin with an encrypted identity key: set "
+                    "FEDCUSTOMER_PASSPHRASE (at least 12 characters) or run on a terminal to be asked"
+                )
         h = prepare_party_home(
             home,
             partner,
@@ -501,6 +482,12 @@ def node_prepare(
             delta=delta,
         )
         console.print(f"party {partner} ready in {h.root} (vertical {task}, synthetic)")
+        if secret is not None:
+            key = give_demo_admin(h, partner, secret)
+            console.print(
+                f"demo partner admin '{partner}-admin' registered; identity key {escape(str(key))} "
+                "(pass it as --identity to node keys, node pin-peer and node setup)"
+            )
         return
     if mode != "horizontal":
         raise ConfigError(f"--mode must be horizontal or vertical, got {mode!r}")

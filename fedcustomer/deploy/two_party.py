@@ -96,7 +96,9 @@ def prepare_party_home(
     """Give the bank or the retailer its table of the synthetic federation (demo, tests).
 
     The same tables the one-machine vertical runner provisions (same seed); a real party
-    instead ingests its own file with ``fedcustomer init`` / ``ingest``.
+    instead ingests its own file with ``fedcustomer init`` / ``ingest``. The home has no
+    people yet (a development home, as in-process tests and benchmarks use it);
+    ``node prepare`` then gives it its demo admin (:func:`give_demo_admin`).
     """
     from fedcustomer.vertical.data import party_frames, plan_parties, provision_party
 
@@ -116,3 +118,32 @@ def prepare_party_home(
     home_obj = provision_party(Path(home), plans[partner], frame, DatasetBudget(epsilon, delta))
     ensure_link_key(home_obj)
     return home_obj
+
+
+def demo_admin_key_path(home: PartnerHome, partner: str) -> Path:
+    return home.root / "demo-people" / f"{partner}-admin.key"
+
+
+def give_demo_admin(home: PartnerHome, partner: str, passphrase: str) -> Path:
+    """Start the home's people registry with a demo partner admin, ``<partner>-admin``.
+
+    Its identity key (encrypted with ``passphrase``) is written inside the home, so the demo's
+    governance acts (``node keys``, ``node pin-peer``, ``node setup``) can be signed like a
+    real party's; a real party starts its registry with ``fedcustomer init --identity``.
+    """
+    from fedcustomer.data.people_admin import PeopleAdmin
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.privacy.access.person_keys import KeySigner, write_identity_file
+
+    path = demo_admin_key_path(home, partner)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    signer = KeySigner.generate()
+    write_identity_file(path, signer, passphrase)
+    try:
+        with PartnerStore.open(home) as store:
+            PeopleAdmin(store).create(signer, f"{partner}-admin")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        Path(f"{path}.pub").unlink(missing_ok=True)
+        raise
+    return path

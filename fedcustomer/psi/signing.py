@@ -67,22 +67,26 @@ def link_signer(home: PartnerHome) -> KeySigner | None:
     return load_identity_file(path, None) if path.exists() else None
 
 
-def _peer_file(home: PartnerHome, peer: str) -> Path:
+def peer_key_path(home: PartnerHome, peer: str) -> Path:
+    """Where ``peer``'s pinned link key is kept (the name is checked: it becomes a file name)."""
     if not peer or not all(c.isalnum() or c in "-_." for c in peer):
         raise ConfigError(f"peer name {peer!r} must be letters, digits, '-', '_' or '.'")
     return home.keys_dir / "peers" / f"{peer}.pub"
 
 
 def pin_peer(home: PartnerHome, peer: str, public_key_file: Path) -> Path:
-    """Pin the peer's public link key (checked to be an Ed25519 key) for PSI sessions with it."""
+    """Pin the peer's public link key (checked to be an Ed25519 key) for PSI sessions with it.
+
+    The library step only: the command (``fedcustomer node pin-peer``) takes it as a signed,
+    audited act through :mod:`fedcustomer.deploy.node_trust`."""
     key = load_public_key_file(public_key_file)
     if peer == home.config().name:
         raise ConfigError("a partner does not pin its own link key as a peer's")
-    return atomic_write_bytes(_peer_file(home, peer), public_pem(key))
+    return atomic_write_bytes(peer_key_path(home, peer), public_pem(key))
 
 
 def pinned_key(home: PartnerHome, peer: str) -> Ed25519PublicKey | None:
-    path = _peer_file(home, peer)
+    path = peer_key_path(home, peer)
     return load_public_key_file(path) if path.exists() else None
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from fedcustomer.deploy.two_party import demo_admin_key_path
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.psi.signing import pinned_key
 from tests.cli.cli_runner import run
+from tests.cli.identities import use_passphrase
 
 
-def test_a_party_prepares_its_home_makes_its_keys_and_pins_its_peer(tmp_path, capsys):
+def _admin(home, partner=None):
+    """The demo partner admin's identity option that `node prepare --mode vertical` made for ``home``."""
+    return ["--identity", str(demo_admin_key_path(PartnerHome(home), partner or home.name))]
+
+
+def test_a_party_prepares_its_home_makes_its_keys_and_pins_its_peer(tmp_path, capsys, monkeypatch):
+    use_passphrase(monkeypatch)
     for party in ("bank", "retailer"):
         code, out, err = run(
             [
@@ -25,17 +34,36 @@ def test_a_party_prepares_its_home_makes_its_keys_and_pins_its_peer(tmp_path, ca
             capsys,
         )
         assert code == 0, err
-        code, out, err = run(["node", "keys", "--home", str(tmp_path / party)], capsys)
-        assert code == 0 and "link key" in out
+        key = demo_admin_key_path(PartnerHome(tmp_path / party), party)
+        assert f"'{party}-admin' registered" in out and str(key) in " ".join(out.split()).replace(" ", "")
+        code, _, err = run(["node", "keys", "--home", str(tmp_path / party)], capsys)
+        assert code != 0 and "--identity" in err  # the demo home has people: keys are a signed act
+        code, out, err = run(
+            ["node", "keys", "--home", str(tmp_path / party), *_admin(tmp_path / party)], capsys
+        )
+        assert code == 0 and "link key" in out, err
     pub = tmp_path / "retailer" / "keys" / "service_linkage.pem.pub"
-    code, out, err = run(
-        ["node", "pin-peer", str(pub), "--home", str(tmp_path / "bank"), "--peer", "retailer"], capsys
+    pin = ["node", "pin-peer", str(pub), "--home", str(tmp_path / "bank"), "--peer", "retailer"]
+    code, out, err = run(pin, capsys)
+    assert (
+        code != 0 and "--identity" in err and pinned_key(PartnerHome(tmp_path / "bank"), "retailer") is None
     )
-    assert code == 0 and "pinned retailer" in out
+    code, out, err = run([*pin, *_admin(tmp_path / "bank")], capsys)
+    assert code == 0 and "pinned retailer" in out, err
     assert pinned_key(PartnerHome(tmp_path / "bank"), "retailer") is not None
+    pinned = [e for e in AuditLog(PartnerHome(tmp_path / "bank").audit_dir) if e.action == "peer_pin"]
+    assert [(e.actor, e.decision) for e in pinned] == [("bank-admin", "allowed")]
 
 
-def test_bad_two_party_options_are_clear_errors(tmp_path, capsys):
+def test_a_demo_home_needs_a_passphrase_for_its_admin_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FEDCUSTOMER_PASSPHRASE", raising=False)
+    argv = ["node", "prepare", "--mode", "vertical", "--home", str(tmp_path / "bank"), "--partner", "bank"]
+    code, _, err = run([*argv, "--customers", "200"], capsys)
+    assert code != 0 and "FEDCUSTOMER_PASSPHRASE" in err and not (tmp_path / "bank").exists()
+
+
+def test_bad_two_party_options_are_clear_errors(tmp_path, capsys, monkeypatch):
+    use_passphrase(monkeypatch)
     code, _, err = run(
         ["node", "prepare", "--mode", "vertical", "--home", str(tmp_path / "x"), "--partner", "bank0"], capsys
     )
@@ -72,7 +100,10 @@ def test_bad_two_party_options_are_clear_errors(tmp_path, capsys):
         ],
         capsys,
     )
-    code, _, err = run(["node", "pin-peer", str(bad), "--home", str(home), "--peer", "retailer"], capsys)
+    code, _, err = run(
+        ["node", "pin-peer", str(bad), "--home", str(home), "--peer", "retailer", *_admin(home, "bank")],
+        capsys,
+    )
     assert code != 0 and "not a PEM public key" in err
 
 
@@ -80,6 +111,7 @@ def test_a_node_that_cannot_join_says_what_to_check(tmp_path, capsys, monkeypatc
     """Flower reports a wrong CA and an unregistered node key with the same exit code; the node names both fixes."""
     import fedcustomer.deploy.node as node_module
 
+    use_passphrase(monkeypatch)
     home = tmp_path / "bank"
     code, _, err = run(
         [
@@ -97,7 +129,7 @@ def test_a_node_that_cannot_join_says_what_to_check(tmp_path, capsys, monkeypatc
         capsys,
     )
     assert code == 0, err
-    assert run(["node", "keys", "--home", str(home)], capsys)[0] == 0
+    assert run(["node", "keys", "--home", str(home), *_admin(home)], capsys)[0] == 0
     monkeypatch.setattr(node_module, "run_warm_node", lambda *args, **kwargs: 1)
     cert = tmp_path / "ca.crt"
     cert.write_text("not used: the SuperNode is replaced here\n")

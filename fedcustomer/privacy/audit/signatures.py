@@ -37,6 +37,8 @@ SIGNED_ACTIONS = frozenset(
         "budget_set",
         "vertical_declare",  # node setup --mode vertical: what a party trains vertical jobs on
         "vertical_remove",
+        "peer_pin",  # node pin-peer: whose PSI signatures the node accepts
+        "node_keys",  # node keys made or replaced in a home with people
         "people_revoke",
         "audit_query",
         "approval_reject",  # a rejection given in the web console

@@ -12,12 +12,12 @@ so quality.json's line numbers keep their meaning. Errors name lines and counts,
 from __future__ import annotations
 
 import csv
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from fedcustomer.common.csv_records import refuse_unclosed_quote
 from fedcustomer.data.source_lines import first_non_utf8_line, is_blank_record
 from fedcustomer.errors import DataError
 
@@ -65,7 +65,7 @@ def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
                         names, width = column_names(record), len(record)
                         continue
                     if any("\n" in cell or "\r" in cell for cell in record):
-                        _check_closed(path, first)  # an open quote took the rest of the file
+                        refuse_unclosed_quote(path, first)  # an open quote took the rest of the file
                     raise DataError(
                         f"{path}: line {first} has {len(record)} fields but the header has {width}; every "
                         'row needs one value per column (quote values that contain the delimiter ",")'
@@ -79,7 +79,7 @@ def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             if names is None:
                 raise DataError(f"{path}: the file is empty; expected a header row and customer rows")
             if any("\n" in cell or "\r" in cell for cell in record):
-                _check_closed(path, start)
+                refuse_unclosed_quote(path, start)
             if records or not rows:  # a header alone still gives its columns (an empty chunk)
                 yield _frame(names, records, rows)
     except UnicodeDecodeError:
@@ -88,19 +88,3 @@ def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         raise DataError(f"{path}: {where} not UTF-8 text; re-save the file as UTF-8") from None
     except csv.Error as exc:
         raise DataError(f"{path}: line {line + 1}: malformed CSV ({exc}); check the file") from None
-
-
-def _check_closed(path: Path, start: int) -> None:
-    """DataError when the last record, which spans lines, is a quoted field never closed: the csv
-    module's lenient mode would take the rest of the file as its value."""
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        for _ in itertools.islice(fh, start - 1):
-            pass
-        try:
-            for _ in csv.reader(fh, strict=True):
-                pass
-        except csv.Error as exc:
-            if "unexpected end of data" in str(exc):
-                raise DataError(
-                    f'{path}: line {start}: a quoted field (starting with ") is never closed'
-                ) from None

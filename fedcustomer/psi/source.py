@@ -9,11 +9,11 @@ file and the line or row, never a value: an id is the one thing a PSI must not l
 from __future__ import annotations
 
 import csv
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.csv_records import refuse_unclosed_quote
 from fedcustomer.errors import DataError
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -226,26 +226,10 @@ def _csv_cells(
                     yield ids, cells
                     ids, cells = [], []
             if any("\n" in field or "\r" in field for field in record):
-                _check_closed(path, start)
+                refuse_unclosed_quote(path, start)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(
             f"{path}: cannot read it as csv after line {line} ({type(exc).__name__}); check the file"
         ) from None
     if ids:
         yield ids, cells
-
-
-def _check_closed(path: Path, start: int) -> None:
-    """DataError when the last record, which spans lines, is a quoted field never closed: the csv
-    module's lenient mode would take the rest of the file as its value."""
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        for _ in itertools.islice(fh, start - 1):
-            pass
-        try:
-            for _ in csv.reader(fh, strict=True):
-                pass
-        except csv.Error as exc:
-            if "unexpected end of data" in str(exc):
-                raise DataError(
-                    f'{path}, line {start}: a quoted field (starting with ") is never closed; check the file'
-                ) from None

@@ -214,4 +214,8 @@ def box_ratio(
         return estimate, lo, hi
     n_lo, n_hi = num - num_hw, num + num_hw
     corners = [n_lo / d_lo, n_lo / d_hi, n_hi / d_lo, n_hi / d_hi]
-    return estimate, max(lo, min(corners)), min(hi, max(corners))
+    # Each end clipped into [lo, hi]: when every corner falls outside the range (a small group's noisy
+    # sum below zero), the interval shrinks to the bound the estimate was clipped to, never past it.
+    low = min(max(lo, min(corners)), hi)
+    high = max(min(hi, max(corners)), lo)
+    return estimate, low, high

@@ -109,3 +109,20 @@ def test_box_ratio_interval_covers_at_least_the_stated_rate() -> None:
 def test_box_ratio_gives_the_whole_range_when_the_denominator_may_be_zero() -> None:
     est, lo, hi = m.box_ratio(5.0, 1.0, 1.0, 3.0, 0.0, 10.0)
     assert (lo, hi) == (0.0, 10.0) and est == 5.0
+
+
+@pytest.mark.parametrize(
+    ("num", "expected"),
+    [(-40.0, 0.0), (40_000.0, 100.0)],  # a small group's noisy sum below zero; far above the bound
+)
+def test_box_ratio_interval_never_crosses_its_clipped_estimate(num: float, expected: float) -> None:
+    est, lo, hi = m.box_ratio(num, 5.0, 20.0, 2.0, 0.0, 100.0)
+    assert est == expected
+    assert 0.0 <= lo <= est <= hi <= 100.0
+
+
+def test_box_ratio_estimate_lies_in_its_interval_for_any_noisy_inputs() -> None:
+    rng = np.random.default_rng(7)
+    for num, den, n_hw, d_hw in rng.uniform([-500, 0.1, 0, 0], [5000, 60, 300, 30], size=(5000, 4)):
+        est, lo, hi = m.box_ratio(num, n_hw, den, d_hw, 0.0, 100.0)
+        assert 0.0 <= lo <= est <= hi <= 100.0

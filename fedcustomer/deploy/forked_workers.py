@@ -8,12 +8,47 @@ when a stop signal lands during the flush, and stop their workers the same bound
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
+
+FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})  # Arrow's allocator: jemalloc re-arms itself after fork
+
+
+def extra_threads() -> list[str]:
+    """Threads besides the main one (native ones included, where /proc tells) that forking could strand."""
+    try:
+        tids = [
+            t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()
+        ]  # the main thread's id is the pid
+        return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tids)
+    except OSError:
+        return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+
+
+def warn_if_fork_unsafe(log: logging.Logger, who: str) -> None:
+    """Warn when threads run after the imports: one holding a lock at fork time leaves it locked in the workers."""
+    risky = [t for t in extra_threads() if t not in FORK_SAFE_THREADS]
+    if risky:
+        log.warning("%s: threads after the imports (%s); forking may be unsafe", who, ", ".join(risky))
+
+
+def catch_stop_signals() -> list[int]:
+    """SIGTERM and SIGINT noted in the returned list, for the executor's loop to end at its next turn."""
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stopping
 
 
 def fork_worker(body: Callable[[], NoReturn]) -> int:

@@ -32,7 +32,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -42,7 +41,14 @@ from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.common.backoff import Backoff
-from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
+from fedcustomer.deploy.forked_workers import (
+    catch_stop_signals,
+    exit_worker,
+    fork_worker,
+    parent_alive,
+    stop_workers,
+    warn_if_fork_unsafe,
+)
 from fedcustomer.deploy.installed_app import load_installed_app
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
@@ -80,20 +86,6 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> float:
     return time.perf_counter() - started
 
 
-FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})  # Arrow's allocator: jemalloc re-arms itself after fork
-
-
-def extra_threads() -> list[str]:
-    """Threads besides the main one (native ones included, where /proc tells) that forking could strand."""
-    try:
-        tids = [
-            t for t in os.listdir("/proc/self/task") if int(t) != os.getpid()
-        ]  # the main thread's id is the pid
-        return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tids)
-    except OSError:
-        return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-
-
 class TaskPoll(Backoff):
     """Pauses between task polls: short after a task, at most ``busy`` while a job is active, then ``idle``."""
 
@@ -110,6 +102,18 @@ class TaskPoll(Backoff):
 
     def task(self) -> None:
         self.reset()
+
+
+def superexec_interceptors(secret: bytes | None) -> list[Any]:
+    """What an executor sends with each Runtime API call: its version, and its auth when the link has a secret."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+
+    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret is not None:
+        interceptors.append(
+            SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_METHOD})
+        )
+    return interceptors
 
 
 def runtime_client(address: str, interceptors: list[Any]) -> Any:
@@ -363,7 +367,6 @@ def serve(
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 
     took = preload()
     # the executor asks for its task as soon as the SuperNode creates it, often before the node holds
@@ -372,25 +375,13 @@ def serve(
         log.info(
             "warm ClientApp: untested Flower version: a task's message objects are retried as Flower does"
         )
-    risky = [t for t in extra_threads() if t not in FORK_SAFE_THREADS]
-    if risky:  # a thread holding a lock at fork time would leave it locked in the children
-        log.warning("warm ClientApp: threads after the imports (%s); forking may be unsafe", ", ".join(risky))
+    warn_if_fork_unsafe(log, "warm ClientApp")
     apps: dict[str, Any] = {}
     zygote = Zygote(
         lambda token, retire: run_task(address, token, apps, retire), idle_s=idle_s, max_runs=max_runs
     )
-    stopping: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
-    if secret is not None:
-        interceptors.append(
-            SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_METHOD})
-        )
+    stopping = catch_stop_signals()
+    interceptors = superexec_interceptors(secret)
     client = runtime_client(address, interceptors)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     log.info("warm ClientApp: ready in %.1f s, serving the node's Runtime API at %s", took, address)

@@ -34,9 +34,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
-from fedcustomer.deploy.forked_workers import exit_worker, fork_worker, parent_alive, stop_workers
+from fedcustomer.deploy.forked_workers import (
+    catch_stop_signals,
+    exit_worker,
+    fork_worker,
+    parent_alive,
+    stop_workers,
+    warn_if_fork_unsafe,
+)
 from fedcustomer.deploy.installed_app import load_installed_app
-from fedcustomer.deploy.warm_clientapp import FORK_SAFE_THREADS, TaskPoll, extra_threads, preload
+from fedcustomer.deploy.warm_clientapp import TaskPoll, preload, superexec_interceptors
 
 log = logging.getLogger("fedcustomer.warm_serverapp")
 
@@ -52,7 +59,7 @@ PRELOAD = (
     "fedcustomer.server.deployment",
     "pandas",
 )
-ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
+ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"  # the call the SuperExec auth protects (tests sign it)
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"
 IDLE_POLL_S = 0.5  # the longest pause between task polls (Flower's SuperExec: 1 s, always)
 FIRST_POLL_S = 0.05
@@ -205,27 +212,14 @@ def serve(
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
 
     took = preload(PRELOAD)
     # replies pulled before their objects reached the SuperLink: asked for again within milliseconds
     prompt_retries(DEPLOYED_GRID_MODULE, "pull_objects")
-    risky = [t for t in extra_threads() if t not in FORK_SAFE_THREADS]
-    if risky:  # a thread holding a lock at fork time would leave it locked in the children
-        log.warning("warm ServerApp: threads after the imports (%s); forking may be unsafe", ", ".join(risky))
-    stopping: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
-    if secret is not None:
-        interceptors.append(
-            SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_METHOD})
-        )
+    warn_if_fork_unsafe(log, "warm ServerApp")
+    stopping = catch_stop_signals()
+    interceptors = superexec_interceptors(secret)
     client = RuntimeHttpClient.from_server_address(
         server_address=address,
         insecure=insecure,

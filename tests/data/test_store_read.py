@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from fedcustomer.data import store_read
+from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import IntegrityError, KeyMaterialError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
@@ -104,6 +105,23 @@ def test_bulk_read_gives_the_frame_of_the_one_value_path(
     monkeypatch.setattr(store_read, "_fetch_columns", _one_value_at_a_time)
     single = loaded.read(actor, purpose, fields, where)
     assert len(bulk) > 0
+    pd.testing.assert_frame_equal(bulk, single)
+
+
+@pytest.mark.parametrize("actor,purpose,fields,where", READS)
+def test_a_read_after_erasures_gives_the_frame_of_the_one_value_path(
+    loaded, monkeypatch, actor, purpose, fields, where
+):
+    _approve_core(loaded)
+    ids = loaded.read(RISK, "risk_review", ["customer_id"])["customer_id"].tolist()
+    erased = [ids[0], ids[5], ids[-1]]
+    for customer in erased:
+        erase_customer(loaded, ADMIN, customer)
+    bulk = loaded.read(actor, purpose, fields, where)
+    monkeypatch.setattr(store_read, "_fetch_columns", _one_value_at_a_time)
+    single = loaded.read(actor, purpose, fields, where)
+    assert len(bulk) > 0
+    assert not set(bulk.index) & {loaded.pseudonymizer.pseudonym(c) for c in erased}
     pd.testing.assert_frame_equal(bulk, single)
 
 

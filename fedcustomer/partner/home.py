@@ -16,11 +16,13 @@ Layout (see README, "Partner home")::
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
@@ -201,12 +203,8 @@ class PartnerHome:
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
-        if not self.config_path.exists():
-            raise ConfigError(f"{self.config_path} not found: is {self.root} a partner home?")
-        try:
-            raw = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{self.config_path}: invalid TOML: {exc}") from None
+        """partner.toml as it is now (a fresh object each call: callers may change and write it back)."""
+        raw = _parsed_toml(self.config_path, self.root)
         if "name" not in raw:
             raise ConfigError(f"{self.config_path}: missing 'name'")
         try:
@@ -318,6 +316,36 @@ class PartnerHome:
 
     def __repr__(self) -> str:
         return f"PartnerHome({str(self.root)!r})"
+
+
+_PARSED_LOCK = threading.Lock()
+_PARSED: dict[str, tuple[str, dict[str, Any]]] = {}
+_PARSED_MAX = 256
+
+
+def _parsed_toml(path: Path, root: Path) -> dict[str, Any]:
+    """``path`` parsed; parsing is skipped when the file holds exactly the text parsed last time.
+
+    A node reads partner.toml several times a round (budget, keyring, anchor sinks, the store's
+    stamp); reading it is cheap, parsing it is not. The cache is keyed by the file's whole text, so
+    any change is seen at once. Callers get their own deep copy to change."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: is {root} a partner home?") from None
+    key = str(path.absolute())
+    with _PARSED_LOCK:
+        cached = _PARSED.get(key)
+    if cached is None or cached[0] != text:
+        try:
+            cached = (text, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        with _PARSED_LOCK:
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[key] = cached
+    return copy.deepcopy(cached[1])
 
 
 def _budget(raw: object) -> DatasetBudget:

@@ -32,6 +32,7 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
     from fedcustomer.privacy.audit.anchors import AnchorSinks
     from fedcustomer.privacy.audit.keys import CheckpointSigner
+    from fedcustomer.privacy.audit.reach import ReachRecord
     from fedcustomer.privacy.audit.writer import AuditLog
     from fedcustomer.privacy.dp.accountants import Accountant
     from fedcustomer.privacy.dp.ledger import BudgetLedger
@@ -268,15 +269,18 @@ class PartnerHome:
         config = self.config()
         return anchor_sinks(config.name, file=config.anchor_file, syslog=config.anchor_syslog)
 
-    def open_audit_log(self) -> AuditLog:
-        """The home's audit log for appending: its signing key (file or token), reach and anchor sinks."""
+    def open_audit_log(self, reach: ReachRecord | None = None) -> AuditLog:
+        """The home's audit log for appending: its signing key (file or token), reach and anchor sinks.
+
+        ``reach``: where the log's reach is recorded (default: this home's ``store.db``, a
+        connection per update; a node holding the log for a job passes a held one)."""
         from fedcustomer.privacy.audit.reach import HomeReach
         from fedcustomer.privacy.audit.writer import AuditLog
 
         return AuditLog.open(
             self.audit_dir,
             keys_dir=self.keys_dir,
-            reach=HomeReach.for_home(self),
+            reach=reach if reach is not None else HomeReach.for_home(self),
             signer=self.audit_signer(),
             anchor_sink=self.anchor_sink(),
         )

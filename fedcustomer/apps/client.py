@@ -20,7 +20,7 @@ from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode
-from fedcustomer.clients.round_audit import record_evaluation, record_round
+from fedcustomer.clients.round_audit import record_evaluation, record_round, release_log
 from fedcustomer.errors import FedCustomerError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
@@ -42,14 +42,20 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
+        held: tuple[PartnerHome, str] | None = None
         try:
             node = PartnerNode(resolve_home(context, homes))
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
+            held = (node.home, ins.run_id)
             outcome = node.train_round(msg.content["arrays"].to_torch_state_dict(), ins)
             record_round(node.home, outcome, ins)  # every round taken part in, refused or not
             anchor = current_anchor_json(node.home.audit_dir, node.home.keys_dir, node.name)
-        except FedCustomerError as exc:
-            return partner_error(msg, exc, context, homes)
+        except BaseException as exc:
+            if held is not None:
+                release_log(*held)  # the audit log held for the job's rounds
+            if isinstance(exc, FedCustomerError):
+                return partner_error(msg, exc, context, homes)
+            raise
         info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}
         if anchor is not None:  # the signed checkpoint covering this round's entry leaves with the reply
             info[ANCHOR_WIRE_KEY] = anchor

@@ -10,6 +10,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+from rich.console import Console
+from rich.markup import escape
+
 from fedcustomer.errors import FederationError
 
 # how a server stopped by Ctrl-C / SIGTERM ends: by the signal, or (a supervisor) with the shell's 128 + signal
@@ -33,3 +36,10 @@ def foreground(cmd: list[str], env: dict[str, str], cwd: Path | None = None, nam
         signal.signal(signal.SIGTERM, previous)
     if code not in STOPPED:
         raise FederationError(f"{name or Path(cmd[0]).name} exited with code {code}; see its log above")
+
+
+def warn_insecure(err: Console) -> None:
+    """What both ``start`` commands print before running a server with ``--insecure``."""
+    from fedcustomer.deploy.coordinator import INSECURE_WARNING
+
+    err.print(f"[bold yellow]{escape(INSECURE_WARNING)}[/]")

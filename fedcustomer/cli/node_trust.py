@@ -1,8 +1,9 @@
-"""`fedcustomer node keys` and `node pin-peer`: changes of whom a node trusts, as signed, audited acts.
+"""`fedcustomer node keys`, `node link-key` and `node pin-peer`: changes of whom a node trusts, as
+signed, audited acts.
 
 Thin shells over :mod:`fedcustomer.deploy.node_trust`: the acting person signs with their
 identity key (``--identity``); the audit log records who, which key (by fingerprint) and
-what it replaced. Kept apart from :mod:`fedcustomer.cli.deploy`; it adds two commands to
+what it replaced. Kept apart from :mod:`fedcustomer.cli.deploy`; it adds three commands to
 the same ``node`` group.
 """
 
@@ -33,9 +34,16 @@ def register(node_app: typer.Typer) -> None:
     node_app.command(
         "keys",
         help="Create (or with --force replace) this node's authentication key pair in HOME/keys, and its "
-        "PSI link key. Signed with your identity key and audit-logged when the home has people (role "
-        "allowed keys: partner_admin).",
+        "PSI link key if it has none. Signed with your identity key and audit-logged when the home has "
+        "people (role allowed keys: partner_admin). --force never replaces the link key: that is "
+        "`node link-key --rotate`, after which the peer must pin the new one.",
     )(node_keys)
+    node_app.command(
+        "link-key",
+        help="Show this node's PSI link key and its fingerprint, or with --rotate replace it (signed with "
+        "your identity key and audit-logged; role allowed keys: partner_admin). After a rotation the "
+        "peer refuses this node's PSI values until it pins the new key with `node pin-peer`.",
+    )(node_link_key)
     node_app.command(
         "pin-peer",
         help="Pin the link key of the partner this node runs PSI with. Signed with your identity key and "
@@ -56,7 +64,10 @@ def _home(home: Path) -> PartnerHome:
 def node_keys(
     home: Path = typer.Option(..., "--home", help="Partner home directory."),
     force: bool = typer.Option(
-        False, "--force", help="Replace an existing key pair (a signed, audited act)."
+        False,
+        "--force",
+        help="Replace an existing node key pair (a signed, audited act); the PSI link key is kept "
+        "(replace it with `node link-key --rotate`).",
     ),
     identity: Path | None = OptionalIdentityOpt,
 ) -> None:
@@ -73,7 +84,37 @@ def node_keys(
         console.print(f"replaced the key with fingerprint {done['previous']} (audit-logged)")
     console.print("send the public key to the coordinator: fedcustomer coordinator register PUBKEY")
     link = ensure_link_key(the_home)
-    console.print(f"link key    {link}  (PSI signatures: give it to the partner you link records with)")
+    console.print(
+        f"link key    {link}  fingerprint {node_trust.link_key_fingerprint(the_home)}  (PSI signatures: "
+        "give it to the partner you link records with; `--force` keeps it, `node link-key --rotate` replaces it)"
+    )
+
+
+def node_link_key(
+    home: Path = typer.Option(..., "--home", help="Partner home directory."),
+    rotate: bool = typer.Option(
+        False, "--rotate", help="Replace the link key (a signed, audited act; the peer must re-pin it)."
+    ),
+    identity: Path | None = OptionalIdentityOpt,
+) -> None:
+    """Show the node's PSI link key, or replace it as a signed, audited act."""
+    from fedcustomer.deploy import node_trust
+    from fedcustomer.privacy.access.person_keys import public_path
+    from fedcustomer.psi.signing import link_key_path
+
+    the_home = _home(home)
+    public = public_path(link_key_path(the_home))
+    if not rotate:
+        console.print(f"link key    {public}  fingerprint {node_trust.link_key_fingerprint(the_home)}")
+        return
+    who = load_signer(identity) if identity is not None else None
+    done = node_trust.rotate_link_key(the_home, who)
+    console.print(f"link key    {public}  fingerprint {done['fingerprint']}")
+    console.print(f"replaced the link key with fingerprint {done['previous']} (audit-logged)")
+    console.print(
+        "the peer must now pin the new key (send it the .pub above, compare the fingerprint out of band, "
+        "and it runs `fedcustomer node pin-peer`); until then its PSI refuses this node's values"
+    )
 
 
 def node_pin_peer(

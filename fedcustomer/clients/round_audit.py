@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedcustomer.clients import job_matrices
+from fedcustomer.clients import audit_holds, job_matrices
 from fedcustomer.clients.node import TrainOutcome
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.models.metrics import RELIABILITY_PREFIX as RELIABILITY
@@ -66,8 +66,8 @@ def record_round(
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
-    with home.open_audit_log() as audit:
-        return audit.append(
+    with audit_holds.HOLDS.log(home, ins.run_id) as audit:  # held for the job's rounds
+        entry = audit.append(
             actor=f"node:{outcome.partner}",
             role=ROLE,
             action=ACTION_FL_ROUND,
@@ -78,6 +78,14 @@ def record_round(
             details=details,
             sign=True,  # the reply's anchor covers this entry; closing the log then has nothing to sign
         )
+    if outcome.refused or int(ins.round) >= int(ins.planned_rounds):
+        audit_holds.HOLDS.release(home, ins.run_id)  # the job's last round for this partner
+    return entry
+
+
+def release_log(home: PartnerHome, run_id: str) -> None:
+    """Close the audit log held for this job (a failed round: the next one opens it afresh)."""
+    audit_holds.HOLDS.release(home, run_id)
 
 
 def record_evaluation(
@@ -101,8 +109,8 @@ def record_evaluation(
     use = job_matrices.take_use(str(home.root.resolve()), ins.run_id, int(ins.round), "test")
     if use is not None:
         details.update(use.audit_details())
-    with home.open_audit_log() as audit:
-        return audit.append(
+    with audit_holds.HOLDS.log(home, ins.run_id) as audit:
+        entry = audit.append(
             actor=f"node:{partner}",
             role=ROLE,
             action=ACTION_FL_EVALUATE,
@@ -112,3 +120,6 @@ def record_evaluation(
             details=details,
             sign=True,  # the reply's anchor covers this entry
         )
+    if int(ins.round) >= int(ins.planned_rounds):
+        audit_holds.HOLDS.release(home, ins.run_id)
+    return entry

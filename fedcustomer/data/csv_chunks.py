@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedcustomer.common.csv_records import refuse_unclosed_quote
+from fedcustomer.common.csv_records import (
+    cell_too_long,
+    cell_too_long_error,
+    partner_csv_reader,
+    refuse_unclosed_quote,
+)
 from fedcustomer.data.source_lines import first_non_utf8_line, is_blank_record
 from fedcustomer.errors import DataError
 
@@ -46,11 +51,12 @@ def _frame(names: list[str], records: list[list[str]], start: int) -> pd.DataFra
 def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Yield ``path`` as DataFrames of text (``string`` dtype), ``chunk_rows`` records at a time,
     indexed by the 0-based data row number. DataError for an empty file, a record whose field count
-    differs from the header's, a quoted field never closed, or bytes that are not UTF-8."""
+    differs from the header's, a quoted field never closed, a cell over the per-cell limit
+    (:data:`~fedcustomer.common.csv_records.MAX_CELL_CHARS`), or bytes that are not UTF-8."""
     line = 0
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
+            reader = partner_csv_reader(fh)
             names: list[str] | None = None
             width = 0
             records: list[list[str]] = []
@@ -87,4 +93,6 @@ def csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         where = f"line {bad} is" if bad is not None else "it is"
         raise DataError(f"{path}: {where} not UTF-8 text; re-save the file as UTF-8") from None
     except csv.Error as exc:
+        if cell_too_long(exc):
+            raise cell_too_long_error(path, line + 1) from None
         raise DataError(f"{path}: line {line + 1}: malformed CSV ({exc}); check the file") from None

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedcustomer.common.csv_records import partner_csv_reader
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.csv_chunks import csv_chunks
 from fedcustomer.data.schema import MAX_COLUMNS, ROW_ID_FIELD, Schema, field_name_for, require_columns
@@ -116,7 +117,7 @@ def check_width(path: Path, kind: str) -> None:
     if kind == "csv":
         try:
             with path.open("r", encoding="utf-8", newline="") as fh:
-                header = next(csv.reader(fh), [])
+                header = next(partner_csv_reader(fh), [])
         except (UnicodeDecodeError, csv.Error):
             return  # the CSV reader below reports these with the file's context
         check_separator(path, header)

@@ -15,6 +15,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from fedcustomer.common.csv_records import partner_csv_reader
 from fedcustomer.errors import DataError
 
 
@@ -32,7 +33,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, int]]:
     """(first line, field count) of each data record after the header, blank lines skipped as ingest
     skips them (a UTF-8 byte-order mark is not part of the first line)."""
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+        reader = partner_csv_reader(fh)
         end, header = 0, False
         for row in reader:
             start, end = end + 1, reader.line_num

@@ -16,11 +16,13 @@ Layout (see README, "Partner home")::
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import ConfigError
@@ -30,6 +32,7 @@ from fedcustomer.privacy.dp.budget import DatasetBudget
 if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only when a ledger is opened
     from fedcustomer.privacy.audit.anchors import AnchorSinks
     from fedcustomer.privacy.audit.keys import CheckpointSigner
+    from fedcustomer.privacy.audit.reach import ReachRecord
     from fedcustomer.privacy.audit.writer import AuditLog
     from fedcustomer.privacy.dp.accountants import Accountant
     from fedcustomer.privacy.dp.ledger import BudgetLedger
@@ -201,12 +204,8 @@ class PartnerHome:
         atomic_write_text(self.config_path, "\n".join(lines) + "\n")
 
     def config(self) -> PartnerConfig:
-        if not self.config_path.exists():
-            raise ConfigError(f"{self.config_path} not found: is {self.root} a partner home?")
-        try:
-            raw = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{self.config_path}: invalid TOML: {exc}") from None
+        """partner.toml as it is now (a fresh object each call: callers may change and write it back)."""
+        raw = _parsed_toml(self.config_path, self.root)
         if "name" not in raw:
             raise ConfigError(f"{self.config_path}: missing 'name'")
         try:
@@ -270,15 +269,18 @@ class PartnerHome:
         config = self.config()
         return anchor_sinks(config.name, file=config.anchor_file, syslog=config.anchor_syslog)
 
-    def open_audit_log(self) -> AuditLog:
-        """The home's audit log for appending: its signing key (file or token), reach and anchor sinks."""
+    def open_audit_log(self, reach: ReachRecord | None = None) -> AuditLog:
+        """The home's audit log for appending: its signing key (file or token), reach and anchor sinks.
+
+        ``reach``: where the log's reach is recorded (default: this home's ``store.db``, a
+        connection per update; a node holding the log for a job passes a held one)."""
         from fedcustomer.privacy.audit.reach import HomeReach
         from fedcustomer.privacy.audit.writer import AuditLog
 
         return AuditLog.open(
             self.audit_dir,
             keys_dir=self.keys_dir,
-            reach=HomeReach.for_home(self),
+            reach=reach if reach is not None else HomeReach.for_home(self),
             signer=self.audit_signer(),
             anchor_sink=self.anchor_sink(),
         )
@@ -318,6 +320,36 @@ class PartnerHome:
 
     def __repr__(self) -> str:
         return f"PartnerHome({str(self.root)!r})"
+
+
+_PARSED_LOCK = threading.Lock()
+_PARSED: dict[str, tuple[str, dict[str, Any]]] = {}
+_PARSED_MAX = 256
+
+
+def _parsed_toml(path: Path, root: Path) -> dict[str, Any]:
+    """``path`` parsed; parsing is skipped when the file holds exactly the text parsed last time.
+
+    A node reads partner.toml several times a round (budget, keyring, anchor sinks, the store's
+    stamp); reading it is cheap, parsing it is not. The cache is keyed by the file's whole text, so
+    any change is seen at once. Callers get their own deep copy to change."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: is {root} a partner home?") from None
+    key = str(path.absolute())
+    with _PARSED_LOCK:
+        cached = _PARSED.get(key)
+    if cached is None or cached[0] != text:
+        try:
+            cached = (text, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        with _PARSED_LOCK:
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[key] = cached
+    return copy.deepcopy(cached[1])
 
 
 def _budget(raw: object) -> DatasetBudget:

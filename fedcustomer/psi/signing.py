@@ -19,6 +19,12 @@ of that peer that does not carry a valid signature by it over a statement naming
 
 A party that has pinned nobody for a peer runs the session unauthenticated, as before (the
 statement is still signed when it has a link key). Signatures use pyca/cryptography.
+
+A signature travels as the 64-byte Ed25519 signature followed by the SHA-256 of the signer's raw
+public link key (its fingerprint, public). Only the pinned key decides whether values count; the
+fingerprint lets a refusal say *why*: when a peer has replaced its link key
+(``fedcustomer node link-key --rotate``) and we have not re-pinned it yet, the refusal names both
+fingerprints instead of suggesting the values were altered.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from fedcustomer.privacy.access.person_keys import (
     load_public_key_file,
     public_path,
     public_pem,
+    raw_public,
     verify_signature,
     write_identity_file,
 )
@@ -47,6 +54,8 @@ from fedcustomer.privacy.access.person_keys import (
 LINK_ROLE = "linkage"
 DOMAIN = "fedcustomer-psi-v1"
 STEP_OF = {"blinded": 1, "doubly": 2}
+SIGNATURE_BYTES = 64  # Ed25519
+KEY_HASH_BYTES = 32  # SHA-256 of the signer's raw public key, after the signature
 
 
 def link_key_path(home: PartnerHome) -> Path:
@@ -65,6 +74,27 @@ def ensure_link_key(home: PartnerHome) -> Path:
 def link_signer(home: PartnerHome) -> KeySigner | None:
     path = link_key_path(home)
     return load_identity_file(path, None) if path.exists() else None
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 over the raw Ed25519 public key (what both parties compare out of band)."""
+    return "SHA256:" + hashlib.sha256(raw_public(key)).hexdigest()
+
+
+def replace_link_key(home: PartnerHome) -> Path:
+    """Write a fresh link key pair over the node's existing one; returns the new public key file.
+
+    The library step only: the command (``fedcustomer node link-key --rotate``) takes it as a
+    signed, audited act through :mod:`fedcustomer.deploy.node_trust`, which puts the old files
+    back if the act cannot be recorded. Peers that pinned the old key refuse our values until
+    they pin the new one."""
+    path = link_key_path(home)
+    if not path.exists():
+        raise ConfigError(
+            f"{home.root} has no link key to replace; `fedcustomer node keys` makes the first one"
+        )
+    write_identity_file(path, KeySigner.generate(), None, replace=True)
+    return public_path(path)
 
 
 def peer_key_path(home: PartnerHome, peer: str) -> Path:
@@ -154,9 +184,12 @@ def session_statement(
 
 
 def sign(home: PartnerHome, message: bytes) -> bytes:
-    """This node's signature, or empty bytes when it has no link key (an unauthenticated session)."""
+    """This node's signature and its key's hash, or empty bytes when it has no link key (an
+    unauthenticated session)."""
     signer = link_signer(home)
-    return signer.sign(message) if signer is not None else b""
+    if signer is None:
+        return b""
+    return signer.sign(message) + hashlib.sha256(raw_public(signer.public_key)).digest()
 
 
 def check(home: PartnerHome, peer: str, signature: object, message: bytes, what: str) -> None:
@@ -168,8 +201,21 @@ def check(home: PartnerHome, peer: str, signature: object, message: bytes, what:
         raise AccessDenied(
             f"PSI {what} from {peer!r} carries no signature, but its link key is pinned; refused"
         )
-    if not verify_signature(key, signature, message):
+    if len(signature) not in (SIGNATURE_BYTES, SIGNATURE_BYTES + KEY_HASH_BYTES):
         raise AccessDenied(
-            f"PSI {what} from {peer!r} does not verify against its pinned link key (altered, replayed from "
-            "another run or session, or not from that peer); refused"
+            f"PSI {what} from {peer!r} carries a malformed signature ({len(signature)} bytes); refused"
         )
+    if verify_signature(key, signature[:SIGNATURE_BYTES], message):
+        return
+    claimed, pinned = signature[SIGNATURE_BYTES:], fingerprint(key)
+    if claimed and "SHA256:" + claimed.hex() != pinned:
+        raise AccessDenied(
+            f"PSI {what} from {peer!r} is signed with link key SHA256:{claimed.hex()}, but the link key "
+            f"pinned for {peer!r} is {pinned}: the peer has replaced its link key, or the values are not "
+            "from it; compare the new fingerprint with the peer out of band, then pin its new key with "
+            "`fedcustomer node pin-peer`; refused"
+        )
+    raise AccessDenied(
+        f"PSI {what} from {peer!r} does not verify against its pinned link key (altered, replayed from "
+        "another run or session, or not from that peer); refused"
+    )

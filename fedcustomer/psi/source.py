@@ -13,7 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.common.csv_records import refuse_unclosed_quote
+from fedcustomer.common.csv_records import (
+    cell_too_long,
+    cell_too_long_error,
+    partner_csv_reader,
+    refuse_unclosed_quote,
+)
 from fedcustomer.errors import DataError
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -180,11 +185,17 @@ def _csv_header(path: Path) -> list[str]:
     """The header: the first record that is not blank (a UTF-8 byte-order mark dropped)."""
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
+            reader = partner_csv_reader(fh)
+            line = 0
             for record in reader:
                 if not _is_blank(record):
                     return record
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                line = reader.line_num
+    except csv.Error as exc:
+        if cell_too_long(exc):
+            raise cell_too_long_error(path, line + 1) from None
+        raise DataError(f"{path}: cannot read it as csv ({type(exc).__name__}); check the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read it as csv ({type(exc).__name__}); check the file") from None
     raise DataError(f"{path}: file is empty; it needs a header row naming the id column and at least one row")
 
@@ -200,7 +211,7 @@ def _csv_cells(
     line = start = 0
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
+            reader = partner_csv_reader(fh)
             width = 0
             record: list[str] = []
             for record in reader:
@@ -228,6 +239,8 @@ def _csv_cells(
             if any("\n" in field or "\r" in field for field in record):
                 refuse_unclosed_quote(path, start)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if isinstance(exc, csv.Error) and cell_too_long(exc):
+            raise cell_too_long_error(path, line + 1) from None
         raise DataError(
             f"{path}: cannot read it as csv after line {line} ({type(exc).__name__}); check the file"
         ) from None

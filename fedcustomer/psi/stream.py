@@ -23,7 +23,8 @@ hash buckets by the value's first two bytes:
 Memory is one batch of ids, a few worker tasks in flight and one bucket at a time
 (``n / buckets`` records), whatever ``n``. The work directory holds blinded values and the
 party's own row numbers, never an id; it is created 0700 with 0600 files and the caller
-removes it (:func:`run_psi_stream` does, after success and after failure).
+removes it (:func:`run_psi_stream` does, after success and after failure). The bucket files are
+:mod:`fedcustomer.psi.bucket_files`; what worker processes run is :mod:`fedcustomer.psi.blinding_kernels`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
-from fedcustomer.privacy.crypto.pseudonym import normalize_id
+from fedcustomer.psi.blinding_kernels import exponentiate_packed, hash_blind_packed, ordered_map
+from fedcustomer.psi.bucket_files import RECORD, VALUE, Buckets, read_slice
 from fedcustomer.psi.core import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_SET_SIZE,
-    DOMAIN,
     POINT_BYTES,
     ROLES,
     _sodium,
@@ -57,148 +57,9 @@ from fedcustomer.psi.core import (
 )
 
 DEFAULT_BUCKETS = 256
-RECORD = np.dtype([("v", f"S{POINT_BYTES}"), ("r", "<u8")])  # blinded value, the party's own row
-VALUE = np.dtype(f"S{POINT_BYTES}")
-FLUSH_RECORDS = 1 << 17  # records buffered before they are appended to the bucket files
 SEND_BATCH = 1 << 16  # values per outgoing blob
 # progress(side, step, done, total): a count of values through one step; total None when unknown
 ProgressFn = Callable[[str, str, int, "int | None"], None]
-
-
-# --- worker kernels (module level so worker processes can run them) ------------------------
-def hash_blind_packed(ids: Sequence[str], secret: bytes, offset: int) -> bytes:
-    """Normalise, hash to the group and blind a batch of ids; packed values, in input order."""
-    s = _sodium()
-    from_hash, mult, sha512 = (
-        s.crypto_core_ristretto255_from_hash,
-        s.crypto_scalarmult_ristretto255,
-        hashlib.sha512,
-    )
-    out = bytearray()
-    for k, raw in enumerate(ids):
-        if not isinstance(raw, str):
-            raise DataError(
-                f"PSI input row {offset + k}: customer id must be a string, got {type(raw).__name__}"
-            )
-        norm = normalize_id(raw)
-        if not norm:
-            raise DataError(
-                f"PSI input row {offset + k}: customer id is empty after normalisation; drop or fix that row"
-            )
-        out += mult(secret, from_hash(sha512(DOMAIN + norm.encode("utf-8")).digest()))
-    return bytes(out)
-
-
-def exponentiate_packed(blob: bytes, secret: bytes, offset: int) -> bytes:
-    """Raise packed group elements to ``secret``, in order; an invalid element aborts the session."""
-    mult = _sodium().crypto_scalarmult_ristretto255
-    out = bytearray()
-    for k in range(0, len(blob), POINT_BYTES):
-        try:
-            out += mult(secret, blob[k : k + POINT_BYTES])
-        except ValueError:
-            raise IntegrityError(
-                f"PSI value #{offset + k // POINT_BYTES} received from the other party is not a valid "
-                "ristretto255 element: the message was corrupted or the peer is misbehaving; abort this session"
-            ) from None
-    return bytes(out)
-
-
-def ordered_map(
-    executor: Executor | None,
-    kernel: Callable[[Any, bytes, int], bytes],
-    tasks: Iterable[tuple[object, int]],
-    secret: bytes,
-    depth: int,
-) -> Iterator[bytes]:
-    """``kernel(item, secret, offset)`` over ``tasks`` in order, at most ``depth`` tasks in flight."""
-    if executor is None:
-        for item, offset in tasks:
-            yield kernel(item, secret, offset)
-        return
-    pending: deque[Future[bytes]] = deque()
-    try:
-        for item, offset in tasks:
-            pending.append(executor.submit(kernel, item, secret, offset))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def _private_append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _read_slice(path: Path, start: int, count: int) -> bytes:
-    """``count`` values from value ``start`` of a packed file."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(start * POINT_BYTES)
-            return handle.read(count * POINT_BYTES)
-    except FileNotFoundError:
-        raise IntegrityError("PSI session work files are missing; run a new session") from None
-
-
-class Buckets:
-    """Append-only files of fixed-width records, one per bucket, routed by a value's first two bytes.
-
-    The routing is monotonic in the value, so reading buckets in order and sorting each gives
-    the values in global sorted order.
-    """
-
-    def __init__(self, directory: Path, name: str, count: int, dtype: np.dtype) -> None:
-        self.directory, self.name, self.count, self.dtype = directory, name, count, dtype
-        self._pending: list[np.ndarray] = []
-        self._buffered = 0
-
-    def path(self, bucket: int) -> Path:
-        return self.directory / f"{self.name}-{bucket:05d}.bin"
-
-    def bucket_of(self, records: np.ndarray) -> np.ndarray:
-        values = records["v"] if records.dtype.names else records
-        head = (
-            np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, POINT_BYTES)[:, :2].astype(np.int64)
-        )
-        return ((head[:, 0] << 8) | head[:, 1]) * self.count >> 16
-
-    def add(self, records: np.ndarray) -> None:
-        self._pending.append(records)
-        self._buffered += len(records)
-        if self._buffered >= FLUSH_RECORDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        records = np.concatenate(self._pending)
-        self._pending, self._buffered = [], 0
-        where = self.bucket_of(records)
-        order = np.argsort(where, kind="stable")  # stable: a bucket keeps the arrival order of its rows
-        records, where = records[order], where[order]
-        bounds = np.searchsorted(where, np.arange(self.count + 1))
-        for bucket in range(self.count):
-            lo, hi = bounds[bucket], bounds[bucket + 1]
-            if hi > lo:
-                _private_append(self.path(bucket), records[lo:hi].tobytes())
-
-    def read(self, bucket: int) -> np.ndarray:
-        path = self.path(bucket)
-        if not path.exists():
-            return np.empty(0, dtype=self.dtype)
-        return np.fromfile(path, dtype=self.dtype)
-
-    def drop(self, bucket: int) -> None:
-        self.path(bucket).unlink(missing_ok=True)
 
 
 @dataclass
@@ -378,7 +239,7 @@ class StreamingParty:
 
     def own_chunk(self, index: int, size: int) -> bytes:
         """Chunk ``index`` (``size`` values each) of this side's outgoing values."""
-        return _read_slice(self.dir / "send.bin", index * size, size)
+        return read_slice(self.dir / "send.bin", index * size, size)
 
     def own_rows(self, index: int, size: int) -> np.ndarray:
         """The input rows of chunk ``index``'s values (what a value travelling beside each is read by)."""
@@ -457,7 +318,7 @@ class StreamingParty:
 
     def answer_chunk(self, index: int, size: int) -> bytes:
         """Chunk ``index`` of :meth:`write_sorted_answers`' file."""
-        return _read_slice(self.dir / "answers.bin", index * size, size)
+        return read_slice(self.dir / "answers.bin", index * size, size)
 
     def answer(self, peer_blobs: Iterable[bytes], *, keep: bool = True) -> Iterator[bytes]:
         """Raise the peer's values to our secret, in the order received; keep them for matching

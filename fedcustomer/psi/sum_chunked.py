@@ -36,6 +36,7 @@ from fedcustomer.errors import AccessDenied, IntegrityError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.release import release
 from fedcustomer.psi import signing
+from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.chunked import (
     VALUES_DIR,
     _Session,
@@ -58,7 +59,7 @@ from fedcustomer.psi.intersection_sum import (
     sum_step,
 )
 from fedcustomer.psi.state import drop_session, work_path
-from fedcustomer.psi.stream import VALUE, Buckets, StreamingParty
+from fedcustomer.psi.stream import StreamingParty
 from fedcustomer.psi.sum_input import (
     ROLE_PREDICATE,
     ROLE_VALUE,

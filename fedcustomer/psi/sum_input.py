@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from fedcustomer.errors import DataError
+from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.intersection_sum import SumParams, _phe, encrypt_all, parse_flags, parse_values, to_fixed
-from fedcustomer.psi.stream import VALUE, Buckets, StreamingParty
+from fedcustomer.psi.stream import StreamingParty
 
 ROLE_VALUE, ROLE_PREDICATE = "value", "predicate"
 VALUES_FILE = "sum-values.bin"  # the value holder's fixed-point values, by input row (int64)

@@ -36,6 +36,7 @@ import numpy as np
 
 from fedcustomer.errors import BudgetExhausted, IntegrityError
 from fedcustomer.privacy.dp.release import Mechanism, check, release
+from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, POINT_BYTES, make_executor
 from fedcustomer.psi.intersection_sum import (
     KEY_BITS,
@@ -48,7 +49,7 @@ from fedcustomer.psi.intersection_sum import (
     paid_results,
     sum_step,
 )
-from fedcustomer.psi.stream import VALUE, Buckets, StreamingParty
+from fedcustomer.psi.stream import StreamingParty
 from fedcustomer.psi.sum_input import (
     FLAGS_FILE,
     ROLE_PREDICATE,

@@ -13,6 +13,7 @@ import re
 import pandas as pd
 import pytest
 
+from fedcustomer.common.csv_records import MAX_CELL_CHARS
 from fedcustomer.data.ingest import read_chunks
 from fedcustomer.data.schema import Schema
 from fedcustomer.data.schema_draft import draft_schema
@@ -64,7 +65,13 @@ RAGGED = [
     ("customer_id,region,age\nSECRET9,north\nSECRET8,south\n", "line 2 has 2 fields but the header has 3"),
     # a quoted field never closed swallows the rest of the file
     ('customer_id,region,age\nC1,north,30\nC2,"SECRET9,40\nC3,east,50\n', "line 3: a quoted field"),
+    # a cell over the per-cell limit, after rows the ingest has already prepared
+    (
+        "customer_id,region,age\nC1,north,30\nC2,south,40\nC3," + "SECRET9" * 600_000 + ",50\n",
+        f"line 4: a cell holds more than {MAX_CELL_CHARS:,} characters",
+    ),
 ]
+TOO_LONG = "in.csv, line {line}: a cell holds more than 4,194,304 characters, the most one cell may hold"
 
 
 @pytest.mark.parametrize(("text", "expected"), RAGGED)
@@ -146,9 +153,33 @@ def test_a_cdnow_style_customer_table_still_ingests(tmp_path, store):
     assert report.read == len(frame) > 0 and report.inserted == len(frame) and report.invalid == 0
 
 
-def test_a_cell_past_the_csv_readers_field_limit_is_refused_with_its_line_not_its_value(tmp_path):
-    path = _write(tmp_path, "customer_id,region,age\nC1,north,30\nC2," + "SECRET" * 30_000 + ",40\n")
-    with pytest.raises(DataError, match=r"line 3: malformed CSV \(field larger than field limit") as info:
+def test_a_cell_at_the_per_cell_limit_is_read_whole_and_ingested(tmp_path, store):
+    """The csv module's default limit (131,072 characters) used to refuse these files."""
+    longest = "n" * MAX_CELL_CHARS
+    path = _write(tmp_path, f"customer_id,region,age\nC1,{longest},30\nC2,{'s' * 200_000},40\n")
+    chunks = list(read_chunks(path, chunk_rows=1))
+    assert [c["region"].str.len().tolist() for c in chunks] == [[MAX_CELL_CHARS], [200_000]]
+    report = store.ingest(ADMIN, SCHEMA, path)
+    assert (report.read, report.inserted, report.invalid) == (2, 2, 0)
+
+
+def test_a_cell_over_the_per_cell_limit_is_refused_with_its_line_never_its_value(tmp_path):
+    over = "SECRET" * (MAX_CELL_CHARS // 6) + "SECRET"[: MAX_CELL_CHARS % 6 + 1]
+    assert len(over) == MAX_CELL_CHARS + 1
+    for text in (
+        f"customer_id,region,age\nC1,north,30\n\nC2,{over},40\nC3,east,50\n",  # a blank line counts
+        f'customer_id,region,age\nC1,north,30\n\nC2,"{over}",40\n',  # quoted
+    ):
+        path = _write(tmp_path, text)
+        for chunk_rows in (1, 50_000):
+            with pytest.raises(DataError, match=re.escape(TOO_LONG.format(line=4))) as info:
+                list(read_chunks(path, chunk_rows=chunk_rows))
+            assert "SECRET" not in str(info.value)
+
+
+def test_a_quote_never_closed_before_more_than_the_limit_is_refused_by_its_line(tmp_path):
+    path = _write(tmp_path, 'customer_id,region,age\nC1,north,30\nC2,"SECRET\n' + "C9,east,50\n" * 500_000)
+    with pytest.raises(DataError, match=re.escape(TOO_LONG.format(line=3)) + ".*never closed") as info:
         list(read_chunks(path))
     assert "SECRET" not in str(info.value)
 

@@ -238,3 +238,40 @@ def test_discrete_laplace_noise_has_the_promised_spread():
     mean = sum(draws) / len(draws)
     var = sum((d - mean) ** 2 for d in draws) / len(draws)
     assert abs(mean) < 0.15 and 0.8 * variance < var < 1.2 * variance
+
+
+def test_a_replaced_link_key_is_refused_naming_both_fingerprints_until_re_pinned(pinned):
+    homes, app = pinned
+    pinned_before = signing.fingerprint(signing.pinned_key(homes[1], "bank"))
+    signing.replace_link_key(homes[0])
+    now = signing.fingerprint(signing.link_signer(homes[0]).public_key)
+    assert now != pinned_before
+    with pytest.raises(FederationError) as refused:
+        run_psi_on_grid(LocalGrid(app, 2), 1, 2, "accounts", "loyalty", **NAMES, session_id="s9")
+    said = " ".join(str(refused.value).split())
+    assert f"signed with link key {now}" in said and f"pinned for 'bank' is {pinned_before}" in said
+    signing.pin_peer(homes[1], "bank", signing.ensure_link_key(homes[0]))
+    view = run_psi_on_grid(LocalGrid(app, 2), 1, 2, "accounts", "loyalty", **NAMES, session_id="s10")
+    assert view.intersection_size == 15
+
+
+def test_a_signature_carries_its_key_hash_and_a_malformed_one_is_refused(pinned):
+    homes, _ = pinned
+    message = b"statement"
+    signed = signing.sign(homes[0], message)
+    key = signing.link_signer(homes[0]).public_key
+    assert len(signed) == signing.SIGNATURE_BYTES + signing.KEY_HASH_BYTES
+    assert "SHA256:" + signed[signing.SIGNATURE_BYTES :].hex() == signing.fingerprint(key)
+    signing.check(homes[1], "bank", signed, message, "blinded set")  # with its key hash
+    signing.check(homes[1], "bank", signed[: signing.SIGNATURE_BYTES], message, "blinded set")  # without
+    with pytest.raises(AccessDenied, match="malformed signature"):
+        signing.check(homes[1], "bank", signed + b"x", message, "blinded set")
+    with pytest.raises(AccessDenied, match="does not verify against its pinned link key"):
+        signing.check(homes[1], "bank", signed, b"another statement", "blinded set")
+
+
+def test_replacing_a_link_key_needs_one_to_replace(tmp_path):
+    home = PartnerHome.create(tmp_path / "fresh", "fresh")
+    with pytest.raises(Exception, match="no link key to replace"):
+        signing.replace_link_key(home)
+    assert not signing.link_key_path(home).exists()

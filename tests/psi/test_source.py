@@ -135,3 +135,23 @@ def test_a_quote_never_closed_is_refused_not_read_to_the_end(tmp_path):
         assert "SECRET" not in str(err.value)
     path.write_text('customer_id,x\nSECRET-1,"1\n2"\n')
     assert _pairs(path) == [("SECRET-1", "1\n2")]  # a closed quote spanning lines is a value
+
+
+def test_a_cell_up_to_the_per_cell_limit_is_read_and_one_over_is_refused_by_its_line(tmp_path):
+    from fedcustomer.common.csv_records import MAX_CELL_CHARS
+
+    path = tmp_path / "long.csv"
+    path.write_text(f"customer_id,x\nSECRET-1,{'v' * MAX_CELL_CHARS}\nSECRET-2,{'w' * 200_000}\n")
+    assert [(i, len(v)) for i, v in _pairs(path)] == [("SECRET-1", MAX_CELL_CHARS), ("SECRET-2", 200_000)]
+    assert _read(path) == ["SECRET-1", "SECRET-2"]
+    too_long = "long.csv, line 4: a cell holds more than 4,194,304 characters"
+    path.write_text(f"customer_id,x\nSECRET-1,1\n\nSECRET-2,{'S' * (MAX_CELL_CHARS + 1)}\nSECRET-3,3\n")
+    for read in (_read, _pairs):
+        with pytest.raises(DataError, match=too_long) as err:
+            read(path)
+        assert "SECRET" not in str(err.value) and "SSSS" not in str(err.value)
+    header = tmp_path / "header.csv"
+    header.write_text("\n" + "S" * (MAX_CELL_CHARS + 1) + ",customer_id\nSECRET-1,1\n")
+    with pytest.raises(DataError, match="header.csv, line 2: a cell holds more than") as err:
+        _read(header)
+    assert "SSSS" not in str(err.value)

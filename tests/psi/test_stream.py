@@ -12,8 +12,9 @@ import pytest
 
 from fedcustomer.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
+from fedcustomer.psi.bucket_files import RECORD, VALUE
 from fedcustomer.psi.core import DOMAIN, run_psi_local
-from fedcustomer.psi.stream import RECORD, VALUE, StreamingParty, run_psi_stream
+from fedcustomer.psi.stream import StreamingParty, run_psi_stream
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -195,7 +196,7 @@ def test_mask_keeps_the_size_and_order_and_only_selected_values_match(tmp_path):
 
 
 def test_match_records_yields_the_peer_records_whose_values_we_got_back(tmp_path):
-    from fedcustomer.psi.stream import Buckets
+    from fedcustomer.psi.bucket_files import Buckets
 
     ids = [f"C{i:04d}" for i in range(200)]
     a = StreamingParty("initiator", tmp_path, side="a", buckets=8)

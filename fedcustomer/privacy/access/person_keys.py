@@ -103,13 +103,16 @@ def _check_passphrase(passphrase: str) -> bytes:
     return passphrase.encode("utf-8")
 
 
-def write_identity_file(path: Path, signer: KeySigner, passphrase: str | None) -> Path:
+def write_identity_file(
+    path: Path, signer: KeySigner, passphrase: str | None, *, replace: bool = False
+) -> Path:
     """Write the private key (0600, encrypted unless ``passphrase`` is None) and ``PATH.pub``.
 
-    ``None`` is for service keys only; a person's key always has a passphrase.
+    ``None`` is for service keys only; a person's key always has a passphrase. ``replace`` is for
+    a governed key replacement, whose caller keeps the old files to put back on failure.
     """
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise ConfigError(f"{path} exists; refusing to overwrite an identity key")
     encryption: serialization.KeySerializationEncryption = (
         serialization.NoEncryption()

@@ -23,7 +23,9 @@ any order, outside the log's file lock.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -208,3 +210,73 @@ class HomeReach:
         self, seq: int, entry_hash: str, end: int, number: int, digest: str
     ) -> None:
         self._update("record_entry_and_checkpoint", seq, entry_hash, end, number, digest)
+
+
+class HeldHomeReach(HomeReach):
+    """A :class:`HomeReach` that keeps its write connection to ``store.db`` between updates.
+
+    A node holds one for the rounds of a job (``clients/audit_holds.py``), so a round's reach
+    commit does not open, read the schema of and close a connection each time. Every update is
+    still its own durable transaction. The connection is reopened when ``store.db`` was replaced
+    (another inode: a restore from backup) and is never used by a forked child (which opens its
+    own per update, as :class:`HomeReach` does); a caller that finds it in use by another thread
+    also opens its own. :meth:`close` ends it; an idle connection holds no lock on the store.
+    """
+
+    def __init__(self, store_path: Path, signing_pub: Path) -> None:
+        super().__init__(store_path, signing_pub)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._con: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def _update(self, fn: str, *args: Any) -> None:
+        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            super()._update(fn, *args)
+            return
+        try:
+            con = self._held()
+            if con is None:
+                return
+            try:
+                getattr(SqlReach(con.execute, lambda: transaction(con)), fn)(*args)
+            except sqlite3.Error:
+                self._close_now()  # best effort as for HomeReach; the next update starts afresh
+        finally:
+            self._lock.release()
+
+    def _held(self) -> sqlite3.Connection | None:
+        """The held connection to the store file there now; None when there is none."""
+        try:
+            st = os.stat(self.store_path)
+        except OSError:
+            self._close_now()
+            return None
+        identity = (st.st_dev, st.st_ino)
+        if self._con is not None and identity != self._identity:
+            self._close_now()  # store.db was replaced: the held connection writes to the old file
+        if self._con is None:
+            try:  # used by whichever thread holds the lock, one at a time
+                self._con = sqlite3.connect(
+                    f"file:{self.store_path}?mode=rw",
+                    uri=True,
+                    timeout=5,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error:
+                return None
+            self._identity = identity
+        return self._con
+
+    def close(self) -> None:
+        """Close the held connection (waits for an update in flight); closing twice is harmless."""
+        with self._lock:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._pid != os.getpid():
+            return  # inherited across fork: the parent's connection, neither closed nor dropped here
+        con, self._con, self._identity = self._con, None, None
+        if con is not None:
+            con.close()

@@ -39,6 +39,7 @@ SIGNED_ACTIONS = frozenset(
         "vertical_remove",
         "peer_pin",  # node pin-peer: whose PSI signatures the node accepts
         "node_keys",  # node keys made or replaced in a home with people
+        "link_key_replace",  # node link-key --rotate: the key the peer pins for our PSI values
         "people_revoke",
         "audit_query",
         "approval_reject",  # a rejection given in the web console

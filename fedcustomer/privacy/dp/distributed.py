@@ -136,8 +136,8 @@ def clipped_gradient_sum(
     generator: torch.Generator,
 ) -> tuple[list[torch.Tensor], int]:
     """Sum of clipped per-example gradients over a Poisson sample of the rows, per parameter."""
-    from fedcustomer.privacy.dp.dpsgd import GeometricPoissonSampler
     from fedcustomer.privacy.dp.fast_clipping import FastGradientClipper
+    from fedcustomer.privacy.dp.poisson_sampling import GeometricPoissonSampler
 
     sampler = GeometricPoissonSampler(
         num_samples=len(X), sample_rate=step.sample_rate, generator=generator, steps=1

@@ -11,7 +11,8 @@ Opacus does the DP machinery: ``DPDataLoader`` (Poisson sampling, empty batches)
 per-sample sum more cheaply (see :mod:`fedcustomer.privacy.dp.fast_clipping`) and hands it
 to Opacus's noise + step path. ``sampler="geometric"`` (default) draws the same Poisson
 batches as Opacus's ``UniformWithReplacementSampler`` (each row independently with
-probability q) from geometric gaps, inside a ``DPDataLoader`` subclass;
+probability q) from geometric gaps, inside a ``DPDataLoader`` subclass
+(:mod:`fedcustomer.privacy.dp.poisson_sampling`);
 ``sampler="opacus"`` uses Opacus's sampler and loader unchanged.
 
 Speed (1 thread, 24,000 x 23 rows, batch 256; ``benchmarks/bench_dpsgd.py``): fast
@@ -56,18 +57,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.privacy.dp.fast_clipping import DPOptimizerFastClipping, FastGradientClipper
 from fedcustomer.privacy.dp.flat_params import FlatParameters
 from fedcustomer.privacy.dp.momentum_sgd import MomentumSGD
+from fedcustomer.privacy.dp.poisson_sampling import GeometricDPDataLoader, TensorPairs, whole_batch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -95,115 +95,6 @@ def secure_generator() -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
     return generator
-
-
-class _TensorPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """(X, y) rows; ``__getitems__`` slices a whole batch at once instead of row by row."""
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor) -> None:
-        self.X, self.y = X, y
-
-    def __len__(self) -> int:
-        return len(self.X)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.X[i], self.y[i]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.X.device)
-        return self.X.index_select(0, idx), self.y.index_select(0, idx)
-
-
-def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch
-
-
-class GeometricPoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]  # Opacus is untyped
-    """Opacus's Poisson sampler, drawn by geometric gaps instead of one uniform per row.
-
-    Same contract as ``UniformWithReplacementSampler``: each of ``steps`` (default
-    ``int(1 / sample_rate)``) batches holds every row independently with probability
-    ``sample_rate``. Independent Bernoulli(q) inclusions are exactly a sequence of
-    Geometric(q) gaps between included rows, so drawing ~``n q`` gaps gives the same
-    distribution as ``n`` uniforms at a fraction of the cost (the uniforms alone took
-    as long as a whole non-private step of a logistic regression). Yields index tensors.
-    """
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        n, q, steps = self.num_samples, self.sample_rate, self.steps
-        if q >= 1.0:
-            for _ in range(steps):
-                yield torch.arange(n)
-            return
-        # All of the epoch's gaps in one draw: row i holds batch i's included positions.
-        chunk = self._chunk()
-        gaps = torch.empty((steps, chunk), dtype=torch.float64).geometric_(q, generator=self.generator)
-        positions = gaps.cumsum_(1).sub_(1.0)
-        inside = positions < n
-        counts = inside.sum(1).tolist()
-        batches = torch.split(positions[inside].long(), counts)
-        for i, batch in enumerate(batches):
-            if counts[i] < chunk:
-                yield batch
-            else:  # ran out of gaps before the end of the data (rare): keep drawing
-                yield torch.cat([batch, self._positions_after(float(positions[i, -1]))])
-
-    def draw(self) -> torch.Tensor:
-        """Indices of one Poisson batch, sorted ascending."""
-        if self.sample_rate >= 1.0:
-            return torch.arange(self.num_samples)
-        return self._positions_after(-1.0)
-
-    def _chunk(self) -> int:
-        mean = self.num_samples * self.sample_rate
-        return int(mean + 6.0 * math.sqrt(mean * (1.0 - self.sample_rate)) + 16)
-
-    def _positions_after(self, last: float) -> torch.Tensor:
-        """Included positions in (last, n), by geometric gaps starting after ``last``."""
-        n, chunk, parts = self.num_samples, self._chunk(), []
-        while True:
-            gaps = torch.empty(chunk, dtype=torch.float64).geometric_(
-                self.sample_rate, generator=self.generator
-            )
-            positions = gaps.cumsum_(0).add_(last)
-            inside = int(torch.searchsorted(positions, float(n)))
-            parts.append(positions[:inside])
-            if inside < chunk:
-                return torch.cat(parts).long()
-            last = float(positions[-1])
-
-
-class _GeometricDPDataLoader(DPDataLoader):  # type: ignore[misc]  # Opacus is untyped
-    """Opacus's DPDataLoader (empty-batch collate included) over :class:`GeometricPoissonSampler`."""
-
-    def __init__(self, dataset: _TensorPairs, *, sample_rate: float, generator: torch.Generator) -> None:
-        first = dataset[0]
-        self.sample_rate = sample_rate
-        self.distributed = False
-        DataLoader.__init__(
-            self,
-            dataset,
-            batch_sampler=GeometricPoissonSampler(
-                num_samples=len(dataset), sample_rate=sample_rate, generator=generator
-            ),
-            collate_fn=wrap_collate_with_empty(
-                collate_fn=_whole_batch,
-                sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
-                dtypes=[dtype_safe(x) for x in first],
-            ),
-            generator=generator,
-        )
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # In-process, whole-batch fetch without DataLoader's per-batch worker/pinning machinery
-        # (about 10 us a batch, 5 % of a logistic-regression step). The sampler yields index
-        # tensors, and an empty index selects (0, ...)-shaped tensors of the right dtypes: the
-        # empty-batch shapes Opacus's collate wrapper would build.
-        X, y = self.dataset.X, self.dataset.y
-        device = None if X.device.type == "cpu" else X.device
-        for indices in self.batch_sampler:
-            idx = indices if device is None else indices.to(device)
-            yield X.index_select(0, idx), y.index_select(0, idx)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -392,16 +283,16 @@ class DPTrainer(_Trainer):
         self.steps_taken = 0  # all optimizer steps so far, also those of an epoch that failed
         self._noise_generator = noise_generator or secure_generator()
         self._sampling_generator = sampling_generator or secure_generator()
-        dataset = _TensorPairs(X, y)
+        dataset = TensorPairs(X, y)
         if sampler == "geometric":
-            self._loader: DPDataLoader = _GeometricDPDataLoader(
+            self._loader: DPDataLoader = GeometricDPDataLoader(
                 dataset, sample_rate=self.sample_rate, generator=self._sampling_generator
             )
         else:
             self._loader = DPDataLoader(
                 dataset,
                 sample_rate=self.sample_rate,
-                collate_fn=_whole_batch,
+                collate_fn=whole_batch,
                 generator=self._sampling_generator,
             )
         if len(self._loader) != self.steps_per_epoch:  # the ledger relies on this equality

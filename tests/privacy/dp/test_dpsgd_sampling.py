@@ -11,7 +11,7 @@ from torch import nn
 
 from fedcustomer.models.repayment import LogisticRegression
 from fedcustomer.privacy.dp import dpsgd
-from fedcustomer.privacy.dp.dpsgd import GeometricPoissonSampler
+from fedcustomer.privacy.dp.poisson_sampling import GeometricPoissonSampler
 from tests.privacy.dp.dpsgd_helpers import CLIPPINGS, data, gen, mlp, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -1,0 +1,56 @@
+"""partner.toml is parsed once per text: every change to the file is seen by the next read."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcustomer.errors import ConfigError
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.budget import DatasetBudget
+
+
+def test_a_budget_written_is_read_back_at_once(tmp_path):
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    assert home.config().budget == DatasetBudget(3.0, 1e-5)
+    config = home.config()
+    config.budget = DatasetBudget(1.0, 1e-5)
+    home.write_config(config)
+    assert home.config().budget == DatasetBudget(1.0, 1e-5)
+
+
+def test_an_edit_in_place_of_the_same_size_is_seen(tmp_path):
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    assert home.config().budget.epsilon == 3.0
+    text = home.config_path.read_text(encoding="utf-8")
+    edited = text.replace("epsilon = 3.0", "epsilon = 2.0")
+    assert len(edited) == len(text) and edited != text
+    with open(home.config_path, "r+", encoding="utf-8") as fh:  # same inode, same size
+        fh.write(edited)
+    assert home.config().budget.epsilon == 2.0
+
+
+def test_each_read_is_its_own_object(tmp_path):
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    first = home.config()
+    first.budget = None
+    first.migrated_from["old"] = DatasetBudget(9.0, 1e-5)
+    again = home.config()
+    assert again.budget == DatasetBudget(3.0, 1e-5)
+    assert again.migrated_from == {}
+
+
+def test_a_file_broken_after_a_good_read_is_refused(tmp_path):
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    home.config()
+    home.config_path.write_text('name = "bank"\n[budget\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        home.config()
+    home.config_path.unlink()
+    with pytest.raises(ConfigError, match="not found"):
+        home.config()
+
+
+def test_two_homes_with_one_text_keep_their_own_names(tmp_path):
+    a = PartnerHome.create(tmp_path / "a", "bank_a", DatasetBudget(3.0, 1e-5))
+    b = PartnerHome.create(tmp_path / "b", "bank_b", DatasetBudget(3.0, 1e-5))
+    assert (a.config().name, b.config().name) == ("bank_a", "bank_b")

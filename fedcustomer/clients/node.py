@@ -145,6 +145,7 @@ class PartnerNode:
         Xt, yt = self._read(ins)
         q = min(ins.batch_size, len(Xt)) / len(Xt)
         round_steps = _steps_per_epoch(min(ins.batch_size, len(Xt)), len(Xt)) * ins.local_epochs
+        # the run keeps the noise of its first charge; a run begun by an earlier version kept it in this file
         pin = self.home.state_dir / f"noise-{safe_name(ins.run_id)}-{safe_name(ins.dataset)}.json"
         sigma = calibrate_noise(
             ledger,
@@ -153,6 +154,7 @@ class PartnerNode:
             ins.planned_rounds - ins.round + 1,
             sigma_max=ins.max_noise_multiplier,
             pin=pin,
+            run=(ins.run_id, "dpsgd"),
         )
         check(ledger, step, Mechanism("dpsgd", gaussian=GaussianSteps(sigma, q, round_steps)))
         outcome = self._train(global_state, ins, Xt, yt, sigma)

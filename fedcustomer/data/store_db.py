@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fedcustomer.data.schema import FieldSpec
 from fedcustomer.errors import ConfigError, IntegrityError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
@@ -187,20 +189,46 @@ def open_rows(keys: RecordKeys, sealed: Sequence[Any]) -> list[dict[str, Any]]:
     """:func:`open_row` of many customers at once, ``sealed`` in the order of ``keys``.
 
     Each opened text is one JSON object that :func:`seal_row` wrote (authenticated by its
-    token), so the texts are parsed as one JSON array: a third faster than one parse each,
-    as the field names are shared. Anything but one object per text is parsed text by text.
+    token), so the texts are parsed as one JSON array (:func:`parse_json_array`): faster than
+    one parse each. Anything but one object per text is parsed text by text.
     """
     for position, token in enumerate(sealed):
         if token is None:
             open_row(keys.record(position), None)  # raises: the customer has no sealed row
     texts = keys.open_field(ROW_FIELD, [bytes(t) for t in sealed])
     try:
-        joined = json.loads("[" + ",".join(texts) + "]")
+        joined = parse_json_array(texts)
     except ValueError:
         joined = None
     if isinstance(joined, list) and len(joined) == len(texts) and all(type(d) is dict for d in joined):
         return joined
     return [json.loads(text) for text in texts]
+
+
+# Bytes of a JSON text mapped so that an integer literal of 19 digits or more shows as ":" and
+# 19 "0"s once whitespace and minus signs are dropped (inside strings too: a false alarm only).
+_DIGIT_RUNS = bytes.maketrans(b"0123456789,[", b"0000000000::")
+_DROPPED = b" \t\n\r-"
+_LONG_INTEGER = b":" + b"0" * 19
+
+
+def parse_json_array(texts: Sequence[str]) -> Any:
+    """``json.loads("[" + ",".join(texts) + "]")``, the same objects, parsed by orjson where it agrees.
+
+    orjson parses the rows :func:`seal_row` writes two to three times faster than ``json`` and
+    gives the same objects (floats to the bit, text, key order), except in three cases, all sent
+    to ``json``: ``NaN`` and ``Infinity`` and a lone surrogate escape, which orjson refuses, and
+    an integer past 64 bits, which orjson reads as a float (found before parsing: any integer
+    of 19 digits or more). ValueError when the text is not JSON.
+    """
+    joined = "[" + ",".join(texts) + "]"
+    data = joined.encode("utf-8", "surrogatepass")  # a lone surrogate is invalid UTF-8: orjson refuses it
+    if _LONG_INTEGER not in data.translate(_DIGIT_RUNS, _DROPPED):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(joined)
 
 
 def seal_row(key: RecordKey, ts: str, digest: str, values: Mapping[str, Any]) -> bytes:

@@ -100,6 +100,25 @@ def test_budget_persists_across_jobs_on_the_same_dataset(tmp_path: Path) -> None
     assert out.refused  # job-1 already spent the whole target for this dataset
 
 
+def test_a_run_keeps_its_first_rounds_noise_without_a_file_of_its_own(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    state = PartnerNode(home).train_round(_global(), _ins(1, planned=3)).state_dict
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    first = ledger.charges()[0].noise_multiplier
+    ledger.charge_approx("meanwhile", 0.2, 0.0, mechanism="laplace")  # spent elsewhere between rounds
+    PartnerNode(home).train_round(state, _ins(2, planned=3))  # a restarted node, too
+    assert [c.noise_multiplier for c in ledger.charges() if c.mechanism == "dpsgd"] == [first, first]
+    assert list(home.state_dir.glob("noise-*.json")) == []
+
+
+def test_a_run_begun_by_an_earlier_version_keeps_the_noise_in_its_file(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    (home.state_dir / "noise-r1-toy.json").write_text('{"noise_multiplier": 4.5, "sample_rate": 0.1}')
+    PartnerNode(home).train_round(_global(), _ins(1, planned=3))
+    (charge,) = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5)).charges()
+    assert charge.noise_multiplier == 4.5
+
+
 def test_dataset_without_the_spec_columns_is_a_clear_data_error(tmp_path: Path) -> None:
     home = _home(tmp_path, 2.0, rename={"x2": "x3"})
     with pytest.raises(DataError, match="has no field\\(s\\) x2 that the feature spec reads"):

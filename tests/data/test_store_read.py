@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from fedcustomer.data import store_read
+from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
 from fedcustomer.errors import IntegrityError, KeyMaterialError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
@@ -107,6 +108,23 @@ def test_bulk_read_gives_the_frame_of_the_one_value_path(
     pd.testing.assert_frame_equal(bulk, single)
 
 
+@pytest.mark.parametrize("actor,purpose,fields,where", READS)
+def test_a_read_after_erasures_gives_the_frame_of_the_one_value_path(
+    loaded, monkeypatch, actor, purpose, fields, where
+):
+    _approve_core(loaded)
+    ids = loaded.read(RISK, "risk_review", ["customer_id"])["customer_id"].tolist()
+    erased = [ids[0], ids[5], ids[-1]]
+    for customer in erased:
+        erase_customer(loaded, ADMIN, customer)
+    bulk = loaded.read(actor, purpose, fields, where)
+    monkeypatch.setattr(store_read, "_fetch_columns", _one_value_at_a_time)
+    single = loaded.read(actor, purpose, fields, where)
+    assert len(bulk) > 0
+    assert not set(bulk.index) & {loaded.pseudonymizer.pseudonym(c) for c in erased}
+    pd.testing.assert_frame_equal(bulk, single)
+
+
 def test_every_bulk_read_is_audited_once(loaded):
     _approve_core(loaded)
     before = len(audit_entries(loaded))
@@ -200,3 +218,40 @@ def test_a_chunk_is_an_int64_block_only_when_every_value_is_a_whole_number(rows,
 def test_a_single_whole_field_is_a_one_column_block():
     block = store_read._whole_block([{"a": 5}, {"a": 6}], ["a"])
     assert block is not None and block.shape == (2, 1) and block[:, 0].tolist() == [5, 6]
+
+
+def test_the_cycle_collector_is_paused_during_a_read_and_resumed_after(loaded, monkeypatch):
+    import gc
+
+    seen = []
+    real = store_read._to_frame
+
+    def watching(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_read, "_to_frame", watching)
+    assert gc.isenabled()
+    loaded.read(TRAINING, "training", ["age", "income"])
+    assert seen == [False] and gc.isenabled()
+
+
+def test_a_failed_read_resumes_the_collector_and_one_paused_by_the_caller_stays_paused(loaded):
+    import gc
+
+    pseudonym, sealed, _ = _a_customer(loaded)
+    _alter(
+        loaded,
+        f"UPDATE {table_name('bank')} SET sealed = ? WHERE pseudonym = ?",
+        (_flip_last_byte(sealed), pseudonym),
+    )
+    with pytest.raises(IntegrityError):
+        loaded.read(TRAINING, "training", ["age"])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(IntegrityError):
+            loaded.read(TRAINING, "training", ["age"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

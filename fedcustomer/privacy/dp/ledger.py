@@ -163,6 +163,17 @@ class BudgetLedger:
             row = conn.execute("SELECT * FROM charges WHERE charge_key = ?", (charge_key,)).fetchone()
         return _charge_from_row(row, already_paid=True) if row else None
 
+    def run_noise(self, run_id: str, mechanism: str) -> float | None:
+        """The noise multiplier of ``run_id``'s first Gaussian charge of ``mechanism`` on this
+        dataset (None before that charge): what the run keeps for its later rounds."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT noise_multiplier FROM charges WHERE dataset = ? AND run_id = ? AND mechanism = ? "
+                "AND noise_multiplier IS NOT NULL ORDER BY seq LIMIT 1",
+                (self.dataset, run_id, mechanism),
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     def kept(self, charge_key: str) -> bytes | None:
         """The result committed with the charge ``charge_key`` (``charge_gaussian(..., kept=...)``), if any."""
         with self._connect() as conn:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from fedcustomer.common.files import atomic_write_text
 from fedcustomer.errors import BudgetExhausted
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
@@ -173,15 +172,23 @@ def calibrate_noise(
     pending: Sequence[Mechanism] = (),
     reserve_epsilon: float = 0.0,
     pin: Path | None = None,
+    run: tuple[str, str] | None = None,
 ) -> float:
     """The noise multiplier for which ``rounds`` more rounds spend exactly the remaining budget.
 
     ``pending`` releases are charged alongside and ``reserve_epsilon`` is kept for a later
-    one. With ``pin`` the first answer is written there and read back on every later call,
-    so a run keeps one noise multiplier whatever else the partner spends meanwhile.
+    one. With ``run`` (run id, mechanism) a run keeps one noise multiplier whatever else the
+    partner spends meanwhile: the one its first charge paid for, read back from the ledger.
+    Before that charge nothing of the run was released, and the noise is calibrated (the same
+    ledger and inputs give the same answer), with no file to sync. ``pin``: the file where
+    earlier versions kept a run's first answer; read when it exists, no longer written.
     """
     if pin is not None and pin.exists():
         return float(json.loads(pin.read_text(encoding="utf-8"))["noise_multiplier"])
+    if run is not None:
+        charged = ledger.run_noise(*run)
+        if charged is not None:
+            return charged
     steps = steps_per_round * max(1, rounds)
     # The answer depends only on these inputs; partners simulated in one process (identical
     # budgets and histories) then pay for the search once instead of once each.
@@ -204,9 +211,6 @@ def calibrate_noise(
         if len(_CALIBRATED) >= _CALIBRATED_MAX:
             _CALIBRATED.pop(next(iter(_CALIBRATED)))
         _CALIBRATED[memo_key] = sigma
-    if pin is not None:
-        record = {"noise_multiplier": sigma, "sample_rate": sample_rate, "round_steps": steps_per_round}
-        atomic_write_text(pin, json.dumps(record))
     return sigma
 
 

@@ -242,12 +242,29 @@ def test_calibration_spends_what_remains_of_a_partly_spent_ledger(tmp_path: Path
     assert rest == pytest.approx(2.0, rel=1e-2) and rest <= 2.0
 
 
-def test_calibration_is_pinned_for_the_run(tmp_path: Path) -> None:
-    ledger, pin = _ledger(tmp_path), tmp_path / "noise.json"
-    sigma = calibrate_noise(ledger, 0.05, 20, 3, sigma_max=50.0, pin=pin)
-    assert json.loads(pin.read_text()) == {"noise_multiplier": sigma, "sample_rate": 0.05, "round_steps": 20}
+def test_a_run_keeps_the_noise_of_its_first_charge(tmp_path: Path) -> None:
+    ledger, run = _ledger(tmp_path), ("run-1", "dpsgd")
+    sigma = calibrate_noise(ledger, 0.05, 20, 3, sigma_max=50.0, run=run)
+    assert calibrate_noise(ledger, 0.05, 20, 3, sigma_max=50.0, run=run) == sigma  # nothing charged: the same
+    ledger.charge_gaussian("run-1:round-1", GaussianSteps(sigma, 0.05, 20), mechanism="dpsgd", run_id="run-1")
     ledger.charge_gaussian("meanwhile", ROUND)  # spending elsewhere does not move the run's noise
-    assert calibrate_noise(ledger, 0.05, 20, 2, sigma_max=50.0, pin=pin) == sigma
+    assert ledger.run_noise("run-1", "dpsgd") == sigma
+    assert calibrate_noise(ledger, 0.05, 20, 2, sigma_max=50.0, run=run) == sigma
+    assert calibrate_noise(ledger, 0.05, 20, 2, sigma_max=50.0) > sigma  # unpinned: less left, more noise
+    # another run, another mechanism or another dataset of the same ledger file are not this run
+    assert ledger.run_noise("run-2", "dpsgd") is None and ledger.run_noise("run-1", "labels") is None
+    other = BudgetLedger(ledger.path, "other", ledger.budget)
+    assert other.run_noise("run-1", "dpsgd") is None
+    assert list(tmp_path.rglob("*.json")) == []  # no file written or synced for it
+
+
+def test_a_noise_pinned_in_a_file_by_an_earlier_version_is_still_read(tmp_path: Path) -> None:
+    ledger, pin = _ledger(tmp_path), tmp_path / "noise.json"
+    pin.write_text(json.dumps({"noise_multiplier": 1.2345, "sample_rate": 0.05, "round_steps": 20}))
+    assert calibrate_noise(ledger, 0.05, 20, 3, sigma_max=50.0, pin=pin, run=("run-1", "dpsgd")) == 1.2345
+    pin.unlink()
+    assert calibrate_noise(ledger, 0.05, 20, 3, sigma_max=50.0, pin=pin) != 1.2345
+    assert not pin.exists()  # read, never written
 
 
 def test_spent_ledger_calibrates_to_the_cap(tmp_path: Path) -> None:

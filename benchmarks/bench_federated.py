@@ -26,7 +26,8 @@ simulation engine and in the in-process grid.
 ``--uci-features`` encodes the data with another public feature spec (benchmarks/uci_features.py;
 ``v1`` is the product's UCI_SPEC): the same rows, bounds and categories declared, not fitted.
 
-Hyper-parameters are one recipe per family (``RECIPES``; override with ``--recipe``).
+Hyper-parameters are one recipe per family (``RECIPES`` in benchmarks/federated_recipes.py; override
+with ``--recipe``).
 They were chosen with ``--holdout validation``, which trains on 80% of each partner's
 training rows and scores on the other 20%, so the test rows never steer the choice.
 
@@ -42,12 +43,11 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -57,200 +57,31 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distributed_dp import print_target, run_family
+from distributed_dp import run_family
+from federated_cell import FederatedCell, with_validation
+from federated_overhead import grid_overhead, overhead_only, print_overhead_only, round_overhead
+from federated_recipes import (
+    DELTA,
+    FAMILY_LABEL,
+    QUICK,
+    RECIPES,
+    SOURCE,
+    TASK,
+    Recipe,
+    parse_recipe,
+    recipe_for,
+)
+from federated_report import print_report
 from uci_features import VARIANTS as UCI_FEATURES
 
-from fedcustomer.apps.client import make_client_app
-from fedcustomer.data.partition import PartnerDataset, split_train_test
-from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.sources import load_partitions
-from fedcustomer.models.baseline import gradient_boosting, pooled, train_centralised
-from fedcustomer.models.evaluation import evaluate
-from fedcustomer.models.registry import build_model
-from fedcustomer.partner.datasets import dataset_name
-from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp.budget import DatasetBudget
-from fedcustomer.server.inprocess import LocalGrid
-from fedcustomer.server.job import JobConfig
-from fedcustomer.server.run import run_job_on_grid
-
-SOURCE, TASK, DELTA = "uci-credit", "repayment", 1e-5
-VALIDATION_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training hyper-parameters of one model family (SGD with momentum 0.9 throughout)."""
-
-    epochs: int  # centralised: epochs; federated: local epochs per round
-    batch_size: int
-    lr: float
-    rounds: int = 1  # federated only
-    max_grad_norm: float = 1.0  # DP only
-
-    def describe(self, federated: bool, dp: bool) -> str:
-        work = f"{self.rounds} rounds x {self.epochs} local epochs" if federated else f"{self.epochs} epochs"
-        clip = f", clip {self.max_grad_norm:g}" if dp else ""
-        return f"{work}, batch {self.batch_size}, lr {self.lr:g}{clip}"
-
-
-# Chosen on validation rows (see the module docstring and RESULTS.md). "family@N" overrides
-# a family for N partners: a partner's DP batch is best kept at a similar share of its rows.
-RECIPES: dict[str, Recipe] = {
-    "central": Recipe(epochs=30, batch_size=256, lr=0.1),
-    "central-dp": Recipe(epochs=30, batch_size=1024, lr=1.0, max_grad_norm=0.5),
-    "fed": Recipe(rounds=10, epochs=6, batch_size=128, lr=0.1),
-    "fed-dp": Recipe(rounds=10, epochs=3, batch_size=512, lr=1.0, max_grad_norm=0.5),
-    "fed-dp@10": Recipe(rounds=10, epochs=3, batch_size=128, lr=0.5, max_grad_norm=0.5),
-    # epochs: passes over the union (rounds = passes x int(1/q)); batch: expected union batch (q = batch / rows)
-    "dist-dp": Recipe(epochs=30, batch_size=2048, lr=2.0, max_grad_norm=0.5),
-}
-QUICK = {
-    "central": Recipe(epochs=5, batch_size=256, lr=0.1),
-    "central-dp": Recipe(epochs=5, batch_size=1024, lr=1.0, max_grad_norm=0.5),
-    "fed": Recipe(rounds=3, epochs=2, batch_size=128, lr=0.1),
-    "fed-dp": Recipe(rounds=3, epochs=2, batch_size=512, lr=1.0, max_grad_norm=0.5),
-    "dist-dp": Recipe(epochs=5, batch_size=1024, lr=1.0, max_grad_norm=0.5),
-}
-FAMILY_LABEL = {
-    "central": "centralised non-private",
-    "central-dp": "centralised DP-SGD",
-    "fed": "federated non-private",
-    "fed-dp": "federated DP-SGD",
-    "dist-dp": "distributed DP-SGD (SecAgg+)",
-    "gbm": "gradient boosting (centralised)",
-}
-
-
-def parse_recipe(text: str, recipes: dict[str, Recipe]) -> tuple[str, Recipe]:
-    """``family:key=value,...`` -> (family, the family's recipe with those fields replaced)."""
-    family, _, body = text.partition(":")
-    base = family.partition("@")[0]
-    if base not in recipes or (family != base and not family.partition("@")[2].isdigit()):
-        raise argparse.ArgumentTypeError(
-            f"unknown recipe {family!r}; choose one of {', '.join(recipes)} (optionally @N for N partners)"
-        )
-    types = {f.name: f.type for f in fields(Recipe)}
-    changes: dict[str, Any] = {}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in types or not value:
-            raise argparse.ArgumentTypeError(
-                f"--recipe {text!r}: expected key=value with key in {', '.join(types)}"
-            )
-        changes[key] = float(value) if types[key] == "float" else int(value)
-    return family, replace(recipes.get(family, recipes[base]), **changes)
-
-
-def with_validation(datasets: list[PartnerDataset], seed: int) -> list[PartnerDataset]:
-    """Each partner's training rows split again: train on 80%, score on 20% (test rows unused)."""
-    out = []
-    for i, d in enumerate(datasets):
-        train, val = split_train_test(d.train, VALIDATION_FRACTION, seed + 7919 * (i + 1), stratify="default")
-        out.append(PartnerDataset(d.name, d.kind, train, val))
-    return out
-
-
-class FederatedCell:
-    """The partners of one (partners, split) cell, provisioned once and copied for every job.
-
-    Each job gets fresh homes (its own ledger), so one job's privacy spend never limits
-    another's; provisioning (validated encrypted ingest) is done once per cell.
-    """
-
-    def __init__(self, spec, datasets: list[PartnerDataset], workdir: Path) -> None:
-        self.spec, self.datasets, self.workdir = spec, datasets, workdir
-        self.template = workdir / "template"
-        self.dataset = dataset_name(SOURCE, TASK)
-        for ds in datasets:
-            provision_partner(
-                self.template / ds.name,
-                ds.name,
-                source=SOURCE,
-                task=TASK,
-                spec=spec,
-                train=ds.train,
-                test=ds.test,
-                budget=DatasetBudget(1.0, DELTA),
-            )
-        self.jobs = 0
-        _, test = pooled(datasets)
-        self.X_test, self.y_test = spec.transform(test)
-
-    def homes(self, epsilon: float) -> list[str]:
-        self.jobs += 1
-        root = self.workdir / f"job-{self.jobs}"
-        homes = []
-        for ds in self.datasets:
-            shutil.copytree(self.template / ds.name, root / ds.name)
-            home = PartnerHome(root / ds.name)
-            config = home.config()
-            config.budget = DatasetBudget(epsilon, DELTA)
-            home.write_config(config)
-            homes.append(str(home.root))
-        return homes
-
-    def run(self, recipe: Recipe, *, dp: bool, epsilon: float, seed: int) -> dict[str, Any]:
-        n = len(self.datasets)
-        homes = self.homes(epsilon)
-        out = Path(homes[0]).parent / "run"
-        job = JobConfig(
-            data=SOURCE,
-            task=TASK,
-            partners=n,
-            rounds=recipe.rounds,
-            local_epochs=recipe.epochs,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
-            max_grad_norm=recipe.max_grad_norm,
-            max_noise_multiplier=100.0,
-            dp=dp,
-            epsilon=epsilon,
-            delta=DELTA,
-            seed=seed,
-            out=str(out),
-            min_partners=n,
-            federated_eval="none",
-        )
-        started = time.perf_counter()
-        summary = run_job_on_grid(LocalGrid(make_client_app(homes), n), job, self.spec, num_partners=n)
-        wall = time.perf_counter() - started
-        result: dict[str, Any] = {
-            "auc": None,
-            "rounds_completed": summary["rounds_completed"],
-            "status": summary["status"],
-            "stop_reason": summary["stop_reason"],
-            "wall_s": wall,
-            "round_wall_s": sum(summary["round_wall_time_s"]),
-            "round_local_train_s": sum(summary["round_local_train_s"]),
-            "round_walls": summary["round_wall_time_s"],
-            "round_trains": summary["round_local_train_s"],
-        }
-        if summary["rounds_completed"]:
-            model = build_model(TASK, "mlp", self.spec.input_dim)
-            model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-            result["auc"] = evaluate(model, self.X_test, self.y_test, TASK)["auc"]
-        if dp:
-            partners = summary["partners"]
-            result["epsilon_spent"] = max(p["epsilon_spent"] or 0.0 for p in partners)
-            sigmas = [
-                p["accounting"].get("noise_multiplier")
-                for p in partners
-                if p["accounting"].get("noise_multiplier")
-            ]
-            result["noise_multiplier"] = [min(sigmas), max(sigmas)] if sigmas else None
-        shutil.rmtree(Path(homes[0]).parent)
-        return result
-
-
-def recipe_for(recipes: dict[str, Recipe], family: str, partners: int) -> Recipe:
-    return recipes.get(f"{family}@{partners}", recipes[family])
+from fedcustomer.models.baseline import gradient_boosting, train_centralised
 
 
 def run_cell(
     n: int, split: str, args: argparse.Namespace, recipes: dict[str, Recipe]
 ) -> list[dict[str, Any]]:
+    """Every wanted family of one (partners, split) cell, each over ``--repeats`` seeds, as report rows."""
     spec, datasets = load_partitions(
         TASK, SOURCE, n, split=split, seed=args.split_seed, data_dir=args.data_dir
     )
@@ -346,200 +177,6 @@ def run_cell(
     return rows
 
 
-def round_overhead(
-    data_dir: Path, partners: int, recipe: Recipe, epsilon: float, rounds: int
-) -> dict[str, Any]:
-    """Flower simulation engine: round wall time / sum of the partners' local training times."""
-    from fedcustomer.apps.simulation import run_simulated_job
-
-    with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
-        job = JobConfig(
-            data=SOURCE,
-            data_dir=str(data_dir),
-            partners=partners,
-            rounds=rounds,
-            local_epochs=recipe.epochs,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
-            max_grad_norm=recipe.max_grad_norm,
-            max_noise_multiplier=100.0,
-            dp=True,
-            epsilon=epsilon,
-            out=str(Path(tmp) / "run"),
-            min_partners=partners,
-            federated_eval="none",
-        )
-        summary = run_simulated_job(job)
-    walls = summary["round_wall_time_s"][1:] or summary["round_wall_time_s"]  # round 1 includes engine start
-    trains = summary["round_local_train_s"][1:] or summary["round_local_train_s"]
-    return {
-        "engine": "simulation",
-        "partners": partners,
-        "rounds_timed": len(walls),
-        "mean_round_wall_s": sum(walls) / len(walls),
-        "mean_sum_local_train_s": sum(trains) / len(trains),
-        "ratio": sum(walls) / max(sum(trains), 1e-9),
-        "first_round_wall_s": summary["round_wall_time_s"][0],
-    }
-
-
-def overhead_only(args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[dict[str, Any]]:
-    """Round overhead alone: one federated DP job (epsilon 3) per partner count on the in-process
-    grid, then the simulation engine; all rounds and rounds 2.. (round 1 reads, calibrates)."""
-    out = []
-    for n in args.partners:
-        spec, datasets = load_partitions(
-            TASK, SOURCE, n, split="iid", seed=args.split_seed, data_dir=args.data_dir
-        )
-        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-            run = FederatedCell(spec, datasets, Path(tmp)).run(
-                recipe_for(recipes, "fed-dp", n), dp=True, epsilon=3.0, seed=args.seed
-            )
-        walls, trains = run["round_walls"], run["round_trains"]
-        out.append(
-            {
-                "engine": "in-process grid",
-                "partners": n,
-                "rounds_timed": len(walls),
-                "mean_round_wall_s": sum(walls) / len(walls),
-                "mean_sum_local_train_s": sum(trains) / len(trains),
-                "ratio": sum(walls) / max(sum(trains), 1e-9),
-                "first_round_wall_s": walls[0],
-                "ratio_after_first": sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None,
-            }
-        )
-        print(f"# grid, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
-    if args.overhead_rounds:
-        for n in args.partners:
-            out.append(
-                round_overhead(args.data_dir, n, recipe_for(recipes, "fed-dp", n), 3.0, args.overhead_rounds)
-            )
-            print(f"# simulation, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
-    return out
-
-
-def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same ratio for the in-process grid (serial partners), from the federated DP jobs above."""
-    out = []
-    for n in sorted({r["partners"] for r in rows}):
-        runs = [run for r in rows if r["partners"] == n and r["family"] == "fed-dp" for run in r["runs"]]
-        wall, train = sum(r["round_wall_s"] for r in runs), sum(r["round_local_train_s"] for r in runs)
-        rounds = sum(r["rounds_completed"] for r in runs)
-        if rounds:
-            out.append(
-                {
-                    "engine": "in-process grid",
-                    "partners": n,
-                    "rounds_timed": rounds,
-                    "mean_round_wall_s": wall / rounds,
-                    "mean_sum_local_train_s": train / rounds,
-                    "ratio": wall / max(train, 1e-9),
-                }
-            )
-    return out
-
-
-def fmt(row: dict[str, Any] | None) -> str:
-    if row is None or row["auc_mean"] is None:
-        return "n/a"
-    text = f"{row['auc_mean']:.3f} ± {row['auc_sd']:.3f}"
-    return text if row["complete"] else text + " (incomplete)"
-
-
-def print_report(
-    rows: list[dict[str, Any]],
-    overhead: list[dict[str, Any]],
-    args: argparse.Namespace,
-    recipes: dict[str, Recipe],
-    target_epsilon: float = 3.0,
-) -> None:
-    cells = list(dict.fromkeys((r["partners"], r["split"]) for r in rows))
-    first = next(r for r in rows)
-    holdout = (
-        "validation rows (20% of each partner's training rows)"
-        if args.holdout == "validation"
-        else "test rows"
-    )
-    print(
-        f"\nUCI credit default, features {args.uci_features}, repayment MLP {args.input_dim}-64-32-1, "
-        f"{first['train_rows']} training rows, scored on {first['test_rows']} pooled held-out {holdout}; "
-        f"delta {DELTA:g}; AUC mean ± sd over {args.repeats} seed(s) ({date.today()}, {platform.machine()}, "
-        f"{os.cpu_count()} cores)\n"
-    )
-    for key, recipe in recipes.items():
-        family, _, n = key.partition("@")
-        scope = f" ({n} partners)" if n else ""
-        text = recipe.describe(family.startswith("fed"), family.endswith("dp"))
-        if family == "dist-dp":
-            text = text.replace("epochs", "passes, one step a round").replace("batch", "union batch")
-        print(f"- {FAMILY_LABEL[family]}{scope}: {text}")
-    print("- gradient boosting: scikit-learn HistGradientBoostingClassifier, default settings")
-    print(
-        "- federated: FedAvg, every partner every round; DP epsilon is each partner's budget for the whole job\n"
-    )
-
-    def key(r: dict[str, Any]) -> tuple[str, float | None]:
-        return r["family"], r["epsilon"]
-
-    order = list(dict.fromkeys(key(r) for r in rows))
-    order.sort(key=lambda k: (list(FAMILY_LABEL).index(k[0]), k[1] or 0.0))
-    by = {(r["partners"], r["split"], *key(r)): r for r in rows}
-    head = " | ".join(f"{n} partners, {s}" for n, s in cells)
-    print(f"| model | epsilon | {head} |")
-    print("|---|---|" + "---|" * len(cells))
-    for fam, eps in order:
-        vals = " | ".join(fmt(by.get((n, s, fam, eps))) for n, s in cells)
-        print(f"| {FAMILY_LABEL[fam]} | {'-' if eps is None else f'{eps:g}'} | {vals} |")
-
-    print("\nGap to the centralised non-private model of the same cell (AUC difference of the means):\n")
-    print(f"| model | epsilon | {head} |")
-    print("|---|---|" + "---|" * len(cells))
-    for fam, eps in order:
-        if fam == "central":
-            continue
-        gaps = []
-        for n, s in cells:
-            r, base = by.get((n, s, fam, eps)), by.get((n, s, "central", None))
-            ok = r and base and r["auc_mean"] is not None and base["auc_mean"] is not None
-            gaps.append(f"{r['auc_mean'] - base['auc_mean']:+.3f}" if ok else "n/a")
-        print(f"| {FAMILY_LABEL[fam]} | {'-' if eps is None else f'{eps:g}'} | {' | '.join(gaps)} |")
-
-    dp_runs = [run for r in rows if r["family"] == "fed-dp" for run in r["runs"]]
-    if dp_runs:
-        worst = max(
-            (run["epsilon_spent"] or 0.0) - r["epsilon"]
-            for r in rows
-            if r["family"] == "fed-dp"
-            for run in r["runs"]
-        )
-        incomplete = sum(run["status"] != "completed" for run in dp_runs)
-        print(
-            f"\nFederated DP: {len(dp_runs)} jobs, {incomplete} stopped early; largest partner spend minus target "
-            f"{worst:+.2e} (must be <= 0)."
-        )
-    print(
-        f"\nTarget: federated DP (epsilon {target_epsilon:g} per partner) within 0.01 AUC of centralised non-private:"
-    )
-    for n, s in cells:
-        r, base = by.get((n, s, "fed-dp", target_epsilon)), by.get((n, s, "central", None))
-        if r and base and r["auc_mean"] is not None:
-            gap = r["auc_mean"] - base["auc_mean"]
-            print(f"  {n} partners, {s}: gap {gap:+.3f} -> {'met' if gap >= -0.01 else 'not met'}")
-
-    print_target(by, cells, target_epsilon, fmt)
-    if overhead:
-        print("\nRound wall time / sum of the partners' local training times (federated DP recipe):\n")
-        print(
-            "| engine | partners | rounds timed | mean round wall (s) | mean sum of local training (s) | ratio |"
-        )
-        print("|---|---|---|---|---|---|")
-        for o in overhead:
-            print(
-                f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
-                f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} |"
-            )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -621,17 +258,7 @@ def main() -> None:
 
     if args.overhead_only:
         overhead = overhead_only(args, recipes)
-        print(
-            "| engine | partners | rounds | mean round wall (s) | mean sum of local training (s) | ratio | ratio, rounds 2.. | round 1 wall (s) |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        for o in overhead:
-            after = o.get("ratio_after_first")
-            print(
-                f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
-                f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} | {'-' if after is None else f'{after:.2f}'} | "
-                f"{o['first_round_wall_s']:.2f} |"
-            )
+        print_overhead_only(overhead)
         if args.json:
             args.json.write_text(json.dumps({"round_overhead": overhead}, indent=2) + "\n", encoding="utf-8")
         return

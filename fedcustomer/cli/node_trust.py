@@ -110,10 +110,12 @@ def node_link_key(
     who = load_signer(identity) if identity is not None else None
     done = node_trust.rotate_link_key(the_home, who)
     console.print(f"link key    {public}  fingerprint {done['fingerprint']}")
-    console.print(f"replaced the link key with fingerprint {done['previous']} (audit-logged)")
+    console.print(f"replaced the link key {done['previous']} with {done['fingerprint']} (audit-logged)")
     console.print(
-        "the peer must now pin the new key (send it the .pub above, compare the fingerprint out of band, "
-        "and it runs `fedcustomer node pin-peer`); until then its PSI refuses this node's values"
+        "the peer must now pin the new key: send it the .pub above, compare the fingerprint out of band, "
+        f"and its admin runs `fedcustomer node pin-peer --home PEER_HOME --peer {the_home.config().name} "
+        "service_linkage.pem.pub --identity FILE` (no node needs a restart); until then its PSI refuses "
+        "this node's values"
     )
 
 

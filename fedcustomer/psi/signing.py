@@ -209,11 +209,13 @@ def check(home: PartnerHome, peer: str, signature: object, message: bytes, what:
         return
     claimed, pinned = signature[SIGNATURE_BYTES:], fingerprint(key)
     if claimed and "SHA256:" + claimed.hex() != pinned:
+        me = home.config().name
         raise AccessDenied(
             f"PSI {what} from {peer!r} is signed with link key SHA256:{claimed.hex()}, but the link key "
-            f"pinned for {peer!r} is {pinned}: the peer has replaced its link key, or the values are not "
-            "from it; compare the new fingerprint with the peer out of band, then pin its new key with "
-            "`fedcustomer node pin-peer`; refused"
+            f"{me!r} pinned for {peer!r} is {pinned}: {peer!r} has replaced its link key, or the values are "
+            f"not from it; compare the new fingerprint with {peer!r} out of band, then the admin of {me!r} "
+            f"pins the new key with `fedcustomer node pin-peer --home HOME --peer {peer} service_linkage.pem.pub "
+            "--identity FILE` (no node needs a restart), and the job is run again; refused"
         )
     raise AccessDenied(
         f"PSI {what} from {peer!r} does not verify against its pinned link key (altered, replayed from "

@@ -128,6 +128,8 @@ def test_an_unregistered_person_is_refused_and_the_refusal_is_audited(
 ) -> None:
     code, _, err = run(["keys", "list", "--home", str(home), *as_(people["dana"])], capsys)  # never added
     assert code == AccessDenied.exit_code and "not registered" in err
+    said = " ".join(err.split())
+    assert "sign with a key registered in this home" in said and "fedcustomer people add" in said
     last = _entries(home)[-1]
     assert (last["actor"], last["decision"]) == ("unauthenticated", "denied")
     assert last["details"]["key_id"] == people["dana"].signer.key_id

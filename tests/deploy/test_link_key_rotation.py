@@ -91,12 +91,18 @@ def test_rotation_is_refused_until_the_peer_re_pins_and_names_both_fingerprints(
     said = " ".join(out.split())
     new = _fingerprint(homes["bank"], capsys)
     assert new != old and new.startswith("SHA256:") and f"fingerprint {new}" in said
-    assert f"replaced the link key with fingerprint {old}" in said and "node pin-peer" in said
+    assert f"replaced the link key {old} with {new}" in said
+    assert (
+        "fedcustomer node pin-peer --home PEER_HOME --peer bank" in said and "no node needs a restart" in said
+    )
     with pytest.raises(FederationError) as refused:
         _psi(homes, "unpinned")
     message = " ".join(str(refused.value).split())
-    assert f"signed with link key {new}" in message and f"pinned for 'bank' is {old}" in message
-    assert "node pin-peer" in message
+    assert f"signed with link key {new}" in message and f"'retailer' pinned for 'bank' is {old}" in message
+    assert (
+        "the admin of 'retailer' pins the new key with `fedcustomer node pin-peer --home HOME --peer bank"
+        in message
+    )
     assert run(_pin_cmd(homes, "retailer", "bank", people["retailer"]["alice"]), capsys)[0] == 0
     assert _psi(homes, "re-pinned") == 10
 

@@ -41,6 +41,7 @@ def test_the_doc_has_the_commands_of_both_sides():
         "--mode psi --reveal count",
         "--mode vertical",
         "--resume",
+        "node link-key --rotate",
     ):
         assert needed in script
 
@@ -89,3 +90,9 @@ def test_two_party_walkthrough_runs_as_written(tmp_path):
         assert not list(psi_dir(PartnerHome(tmp_path / party)).glob(f"psi-{overlap['run_id']}*"))
     vertical = json.loads((tmp_path / "runs" / "vertical" / "summary.json").read_text())
     assert vertical["status"] == "completed" and vertical["rounds_completed"] == 2
+    rotated = json.loads((tmp_path / "runs" / "overlap-rotated" / "summary.json").read_text())
+    said = " ".join(rotated["stop_reason"].split())
+    assert rotated["status"] == "failed" and "'retailer' pinned for 'bank'" in said
+    assert "fedcustomer node pin-peer --home HOME --peer bank" in said
+    repinned = json.loads((tmp_path / "runs" / "overlap-repinned" / "summary.json").read_text())
+    assert repinned["status"] == "completed" and repinned["intersection_size"] == 1400

@@ -257,7 +257,11 @@ class PeopleRegistry:
         """The registered, unrevoked, unexpired key; AccessDenied saying why not otherwise."""
         person = self.lookup(key_id)
         if person is None:
-            raise AccessDenied(f"key {key_id} is not registered in this partner's people registry")
+            raise AccessDenied(
+                f"identity key {key_id} is not registered in this partner's people registry: sign with "
+                "a key registered in this home, or have one of its partner admins register yours "
+                "(`fedcustomer people add --public-key FILE.pub ...`)"
+            )
         problem = person.problem_at(utc_now(at))
         if problem:
             raise AccessDenied(problem)

@@ -67,8 +67,20 @@ def _start_node(
         clientapp=clientapp,
         poll=poll,
     )
-    nd.wait_connected(proc, PartnerHome(home).state_dir / "supernode.log", timeout=600)
+    log_path = PartnerHome(home).state_dir / "supernode.log"
+    nd.wait_connected(proc, log_path, timeout=600)
+    if clientapp == "warm":  # a node serving jobs has its executor up: the job's time starts after that
+        _wait_for_line(log_path, "warm ClientApp: ready", proc)
     return proc
+
+
+def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    """Wait until ``needle`` appears in the log at ``path`` (the process still running)."""
+    deadline = time.monotonic() + timeout
+    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{needle!r} did not appear in {path}")
+        time.sleep(0.2)
 
 
 def _topup(homes: list[Path], epsilon: float) -> None:
@@ -181,6 +193,8 @@ def _vertical_deployed(
     port = fl.free_port()
     procs = [co.start_superlink(cdir, port=port, certs=certs, serverapp=serverapp)]
     try:
+        if serverapp == "warm":
+            _wait_for_line(cdir.log_path, "warm ServerApp: ready", procs[0])
         for home in _vertical_homes(root, customers):
             procs.append(
                 _start_node(cdir, port, certs, home, home.name, clientapp, partner=home.name, poll=poll)

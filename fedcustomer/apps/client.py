@@ -20,6 +20,7 @@ from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode
+from fedcustomer.clients.packed_mod import packed_mod
 from fedcustomer.clients.round_audit import record_evaluation, record_round, release_log
 from fedcustomer.errors import FedCustomerError
 from fedcustomer.jobs.train_message import TrainInstructions
@@ -37,7 +38,9 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
     def home_of(context: Context) -> PartnerHome:
         return resolve_home(context, homes)
 
-    app = ClientApp(mods=[anchor_mod(home_of)])  # every reply carries the partner's audit anchor
+    # packed messages read and answered packed (outermost: the anchor goes inside the packed reply);
+    # every reply carries the partner's audit anchor
+    app = ClientApp(mods=[packed_mod, anchor_mod(home_of)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

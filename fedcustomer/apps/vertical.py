@@ -20,7 +20,8 @@ def make_two_party_server_app(errors: list[BaseException] | None = None) -> Serv
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_two_party(PromptGrid(grid), dict(context.run_config))  # replies seen promptly
+            # replies seen promptly; each message's records as one object (fewer requests per exchange)
+            run_two_party(PromptGrid(grid, pack=True), dict(context.run_config))
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

@@ -11,7 +11,10 @@ module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps th
 
 * the idle wait (3 s): 0.05 s right after traffic, doubling, but at most 0.25 s for the first
   10 s after traffic (a job in progress: the other party's turn usually takes a second or two),
-  then up to Flower's 3 s, so an idle node asks the SuperLink no more often than Flower's own;
+  then up to 1 s: an idle node asks the SuperLink once a second (Flower: every 3 s), so a new
+  job's first message waits at most about a second at each party instead of up to 3 s (two
+  parties: about 0.7 s instead of 2 s on average); one signed pull a second is a few
+  milliseconds of CPU at the node and the SuperLink;
 * the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
 
 Any other duration passes through. A message's objects that have not reached the SuperLink yet
@@ -39,6 +42,7 @@ ADAPTIVE, FLOWER = "adaptive", "flower"
 POLL_MODES = (ADAPTIVE, FLOWER)
 LOOP_MODULE = "flwr.supernode.start_client_internal"
 IDLE_S = 3.0  # Flower's wait after a pull that found no message
+MAX_IDLE_S = 1.0  # the longest idle wait here (an idle node: one pull a second)
 REPLY_S = 0.5  # Flower's wait for the ClientApp's reply (and for a reply object's content)
 FIRST_IDLE_S = 0.05
 BUSY_CAP_S = 0.25  # the longest idle wait within BUSY_WINDOW_S of traffic
@@ -52,7 +56,7 @@ class AdaptiveTime:
 
     Idle waits double from ``first_idle``; within ``busy_window`` seconds of the last traffic (a
     job in progress: its next message usually comes within seconds) they stay at most ``busy_cap``,
-    after that they grow to ``max_idle``, Flower's own wait.
+    after that they grow to ``max_idle`` (1 s; Flower's own wait is 3 s).
     """
 
     def __init__(
@@ -62,7 +66,7 @@ class AdaptiveTime:
         first_idle: float = FIRST_IDLE_S,
         busy_cap: float = BUSY_CAP_S,
         busy_window: float = BUSY_WINDOW_S,
-        max_idle: float = IDLE_S,
+        max_idle: float = MAX_IDLE_S,
         first_reply: float = FIRST_REPLY_S,
         max_reply: float = MAX_REPLY_S,
     ) -> None:

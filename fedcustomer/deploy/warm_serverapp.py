@@ -254,7 +254,8 @@ def serve(
                 log.info("warm ServerApp: run %s served by worker %d", res.task.run_id, pid)
                 pauses.task()
                 continue
-            time.sleep(pauses.next_pause())
+            # while a job of ours runs, its own requests need the SuperLink: poll at the idle pace
+            time.sleep(poll_s if jobs.pids else pauses.next_pause())
     finally:
         jobs.stop(stopping[0] if stopping else signal.SIGTERM)
         client.close()

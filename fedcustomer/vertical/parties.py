@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
+from fedcustomer.clients.packed_mod import packed_mod
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.psi.chunked import DEFAULT_CHUNK_SIZE
 from fedcustomer.psi.relay import run_psi_on_grid
@@ -101,7 +102,8 @@ def party_app(homes: list[str]) -> ClientApp:
     def home_of(context: Context) -> PartnerHome:
         return resolve_home(context, homes)
 
-    app = ClientApp(mods=[anchor_mod(home_of)])  # every reply carries the party's audit anchor
+    # packed messages answered packed, as deployed; every reply carries the party's audit anchor
+    app = ClientApp(mods=[packed_mod, anchor_mod(home_of)])
     register_vertical_handlers(app, home_of)
     register_governed_psi_handlers(app, home_of)
     return app

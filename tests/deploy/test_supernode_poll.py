@@ -31,7 +31,7 @@ class FakeClock:
         return self.now
 
 
-def test_idle_waits_start_short_after_traffic_stay_short_while_busy_then_back_off_to_flowers_own():
+def test_idle_waits_start_short_after_traffic_stay_short_while_busy_then_back_off_to_a_second():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)
     while clock.now - 42.0 < sp.BUSY_WINDOW_S:
@@ -40,7 +40,7 @@ def test_idle_waits_start_short_after_traffic_stay_short_while_busy_then_back_of
     assert set(clock.slept[3:]) == {0.25}  # a job in progress: asked at least 4 times a second
     for _ in range(6):
         shim.sleep(3)
-    assert clock.slept[-6:] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]  # idle: no more often than Flower
+    assert clock.slept[-6:] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]  # idle: one pull a second, never Flower's 3 s
     shim.traffic()
     shim.sleep(3)
     assert clock.slept[-1] == 0.05

@@ -1,0 +1,69 @@
+"""The ClientApp mod: handlers see ordinary records; a packed request is answered packed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedcustomer.clients.packed_mod import packed_mod
+from fedcustomer.common.packed_content import is_packed, pack, unpack
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a SuperLink sets
+
+
+def _context() -> Context:
+    return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+
+def _request(content: RecordDict) -> Message:
+    msg = Message(content, dst_node_id=1, message_type="query.vertical_step")
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    return msg
+
+
+def _handler(seen: list[RecordDict]):
+    def handle(msg: Message, context: Context) -> Message:
+        seen.append(msg.content)
+        rows = np.full((3, 2), float(msg.content["config"]["step"]), dtype=np.float32)
+        reply = RecordDict(
+            {"embeddings": ArrayRecord({"rows": Array(rows)}), "party": ConfigRecord({"ok": True})}
+        )
+        return Message(reply, reply_to=msg)
+
+    return handle
+
+
+def test_a_packed_request_reaches_the_handler_unpacked_and_its_reply_leaves_packed():
+    seen: list[RecordDict] = []
+    packed = pack(RecordDict({"config": ConfigRecord({"step": 2})}))
+    assert packed is not None
+    request = _request(packed)
+    reply = packed_mod(request, _context(), _handler(seen))
+    assert list(seen[0].keys()) == ["config"] and seen[0]["config"]["step"] == 2
+    assert is_packed(reply.content)
+    assert reply.metadata.reply_to_message_id == request.metadata.message_id
+    np.testing.assert_array_equal(unpack(reply.content)["embeddings"]["rows"].numpy(), np.full((3, 2), 2.0))
+
+
+def test_an_ordinary_request_and_its_reply_pass_unchanged():
+    seen: list[RecordDict] = []
+    reply = packed_mod(
+        _request(RecordDict({"config": ConfigRecord({"step": 1})})), _context(), _handler(seen)
+    )
+    assert not is_packed(reply.content) and set(reply.content.keys()) == {"embeddings", "party"}
+
+
+def test_an_error_reply_to_a_packed_request_stays_an_error():
+    packed = pack(RecordDict({"config": ConfigRecord({"step": 2})}))
+    assert packed is not None
+
+    def fails(msg: Message, context: Context) -> Message:
+        return Message(Error(code=0, reason="refused"), reply_to=msg)
+
+    reply = packed_mod(_request(packed), _context(), fails)
+    assert reply.has_error() and reply.error.reason == "refused"

@@ -11,21 +11,24 @@ up to 1 s: a long round costs one small request per second.
 A reply's objects asked for before they reached the SuperLink are asked for again within
 milliseconds (:mod:`fedcustomer.apps.flower_waits`). With ``pack=True`` a message's records travel
 as one object (:mod:`fedcustomer.common.packed_content`; the partners' ClientApp answers packed):
-an exchange then takes a few HTTP requests instead of one per record and array. Everything else is
-the wrapped grid's.
+an exchange then takes a few HTTP requests instead of one per record and array. Packing is
+negotiated per node: the first message to a node goes unpacked and asks which formats it reads;
+only a node whose reply names the format this release writes is sent packed messages, any other
+(an older fedcustomer) keeps getting ordinary ones. Everything else is the wrapped grid's.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.common.backoff import Backoff
-from fedcustomer.common.packed_content import pack, unpack
+from fedcustomer.common.packed_content import FORMAT, add_formats, pack, take_formats, unpack
 from fedcustomer.server.wrapped_grid import WrappedGrid
 
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
@@ -34,6 +37,8 @@ FIRST_PAUSE_S = 0.05
 BUSY_PAUSE_S = 0.2  # the longest pause within BUSY_S of the push
 BUSY_S = 10.0
 MAX_PAUSE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class PromptGrid(WrappedGrid):
@@ -51,35 +56,70 @@ class PromptGrid(WrappedGrid):
     ) -> None:
         super().__init__(grid)
         self.pack = pack
+        self.readers: set[int] = set()  # nodes that said they read the format this release writes
+        self.answered: set[int] = set()  # nodes whose reply to the question has come (either way)
         if type(grid).__module__ == DEPLOYED_GRID_MODULE:  # a reply pulled early: retried within ms
             prompt_retries(DEPLOYED_GRID_MODULE, "pull_objects")
         self.first_pause, self.max_pause = first_pause, max_pause
         self.busy_pause, self.busy_s = busy_pause, busy_s
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Push (packed when ``pack``); the caller's messages keep their own records afterwards."""
+        """Push (packed when ``pack`` and the node said it reads packed messages, else asking it); the
+        caller's messages keep their own records afterwards."""
         if not self.pack:
             return self.grid.push_messages(messages)
         sent = list(messages)
         kept = {}
         for i, msg in enumerate(sent):
-            packed = pack(msg.content) if msg.has_content() else None
+            if not msg.has_content():
+                continue
+            node = msg.metadata.dst_node_id
+            if node in self.readers:
+                packed = pack(msg.content)
+            elif node not in self.answered:  # ask which formats it reads (an older node ignores it)
+                packed = RecordDict(dict(msg.content))
+                add_formats(packed)
+            else:
+                packed = None
             if packed is not None:
                 kept[i] = msg.content
                 msg.content = packed
         try:
             return list(self.grid.push_messages(sent))
         finally:
-            for i, content in kept.items():  # the message id stays the packed message's
+            for i, content in kept.items():  # the message id stays the one sent
                 sent[i].content = content
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull; a packed reply's records are restored (any reply: a packed request is answered packed)."""
+        """Pull; a packed reply's records are restored, a node's answer on packing is noted."""
         replies = list(self.grid.pull_messages(message_ids))
         for reply in replies:
-            if reply.has_content():
-                reply.content = unpack(reply.content)
+            if not reply.has_content():
+                continue
+            formats = take_formats(reply.content)
+            if self.pack:
+                self._note_formats(reply.metadata.src_node_id, formats)
+            reply.content = unpack(
+                reply.content, here="the coordinator", there=f"node {reply.metadata.src_node_id}"
+            )
         return replies
+
+    def _note_formats(self, node: int, formats: tuple[int, ...] | None) -> None:
+        """Pack to ``node`` from now on only when it said it reads this release's format."""
+        if node in self.answered:
+            return
+        self.answered.add(node)
+        if formats is not None and FORMAT in formats:
+            self.readers.add(node)
+        elif formats is not None:  # a forged or future declaration: the node gets ordinary messages
+            shown = ", ".join(map(str, formats)) or "none readable"
+            log.warning(
+                "node %s declared packed format(s) %s, not format %s that this coordinator writes: "
+                "its messages go unpacked (update fedcustomer on the older side to pack)",
+                node,
+                shown,
+                FORMAT,
+            )
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

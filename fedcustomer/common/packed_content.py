@@ -13,6 +13,11 @@ larger than Flower's own largest; bigger content goes as Flower sends it. A requ
 when it is one small record (three objects either way): its reply, often several records and
 arrays, is packed because the request was, so a sender that does not pack (the in-process grid,
 another ServerApp) gets replies it can read.
+
+Packing is negotiated, so that one organisation may upgrade before the other: a sender's first
+message to a node goes unpacked and asks (a :data:`FORMATS_RECORD` listing the formats the sender
+reads); a node that can unpack says in its reply which formats it reads. A node that does not
+answer the question (an older fedcustomer) is only ever sent unpacked messages.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from fedcustomer.errors import FederationError
 
 PACKED_RECORD = "fedcustomer.packed"
 FORMAT_KEY, RECORDS_KEY = "format", "records"
-FORMAT = 1
+FORMAT = 1  # the format this release writes
+READ_FORMATS = (FORMAT,)  # the formats this release reads
+FORMATS_RECORD, FORMATS_KEY = "fedcustomer.packed-formats", "formats"
+PACKING_ERROR_CODE = 4102  # Flower error code of a packed message a node cannot read
 PACK_LIMIT_BYTES = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
 
@@ -46,24 +54,61 @@ def pack(content: RecordDict, limit: int = PACK_LIMIT_BYTES) -> RecordDict | Non
     return RecordDict({PACKED_RECORD: ConfigRecord({FORMAT_KEY: FORMAT, RECORDS_KEY: data})})
 
 
-def unpack(content: RecordDict) -> RecordDict:
-    """The records a packed ``content`` carries (``content`` itself when it is not packed)."""
+def add_formats(content: RecordDict) -> None:
+    """Say in ``content`` which packed formats this side reads (the question, or its answer)."""
+    content[FORMATS_RECORD] = ConfigRecord({FORMATS_KEY: list(READ_FORMATS)})
+
+
+def take_formats(content: RecordDict) -> tuple[int, ...] | None:
+    """Remove and return the formats ``content`` declares; None when it declares none.
+
+    A malformed declaration (not a list of whole numbers) reads as declaring no format: the
+    sender is then treated as one that cannot unpack.
+    """
+    record = content.pop(FORMATS_RECORD, None)
+    if record is None:
+        return None
+    formats = record.get(FORMATS_KEY) if isinstance(record, ConfigRecord) else None
+    if not isinstance(formats, list):
+        return ()
+    whole = tuple(f for f in formats if type(f) is int)
+    return whole if len(whole) == len(formats) else ()
+
+
+def unpack(content: RecordDict, here: str = "this node", there: str = "the coordinator") -> RecordDict:
+    """The records a packed ``content`` carries (``content`` itself when it is not packed).
+
+    ``here`` reads what ``there`` sent; an error says which of them to update, never the data.
+    """
     if not is_packed(content):
         return content
     record = content[PACKED_RECORD]
-    if not isinstance(record, ConfigRecord) or record.get(FORMAT_KEY) != FORMAT:
+    fmt = record.get(FORMAT_KEY) if isinstance(record, ConfigRecord) else None
+    if fmt not in READ_FORMATS:
+        reads = ", ".join(map(str, READ_FORMATS))
+        if type(fmt) is int and fmt > max(READ_FORMATS):
+            update = f"update fedcustomer on {here}"
+        elif type(fmt) is int:
+            update = f"update fedcustomer on {there}"
+        else:
+            update = "update fedcustomer on both sides to the same release"
+        shown = fmt if type(fmt) is int else "unknown"
         raise FederationError(
-            f"a packed message ({PACKED_RECORD!r}) has an unknown format; "
-            f"this node understands format {FORMAT}: update fedcustomer on both sides"
+            f"{there} sent a packed message ({PACKED_RECORD!r}) in format {shown}; "
+            f"{here} reads format {reads}: {update}"
         )
     data = record.get(RECORDS_KEY)
     if not isinstance(data, bytes):
-        raise FederationError(f"a packed message ({PACKED_RECORD!r}) has no {RECORDS_KEY!r} bytes")
+        raise FederationError(
+            f"a packed message from {there} ({PACKED_RECORD!r}) has no {RECORDS_KEY!r} bytes: "
+            "update fedcustomer on both sides to the same release"
+        )
     proto = ProtoRecordDict()
     try:
         proto.ParseFromString(data)
         return recorddict_from_proto(proto)
     except (DecodeError, ValueError) as exc:  # the type only: the bytes are the job's data
         raise FederationError(
-            f"a packed message's records could not be decoded ({type(exc).__name__})"
+            f"a packed message's records from {there} could not be decoded ({type(exc).__name__}): "
+            "update fedcustomer on both sides to the same release"
         ) from None

@@ -4,14 +4,18 @@ and the timeout kept."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 
 import pytest
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcustomer.apps import prompt_grid
 from fedcustomer.apps.prompt_grid import PromptGrid
+from fedcustomer.clients.packed_mod import packed_mod
+from fedcustomer.common import packed_content as pc
+from fedcustomer.errors import FederationError
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +83,108 @@ def test_pauses_stay_short_while_a_reply_is_likely_then_back_off(monkeypatch):
     busy = [p for p, t in zip(pauses, itertools.accumulate(pauses)) if t <= 10.0]
     assert busy[:3] == [0.05, 0.1, 0.2] and max(busy) == 0.2  # within 10 s: a pull every 0.2 s at most
     assert pauses[-1] == 1.0  # a long wait: one pull a second, as before
+
+
+class Nodes:
+    """A stand-in grid whose node ``n`` answers every message at once with ``answer[n](msg)``; it keeps
+    what each node received (as sent: packed or not, asked or not)."""
+
+    def __init__(self, answer) -> None:
+        self.answer, self.got, self.replies = answer, {}, {}
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            msg.metadata.__dict__["_message_id"] = mid = f"m{sum(map(len, self.got.values()))}"
+            self.got.setdefault(node, []).append(RecordDict(dict(msg.content)))
+            reply = self.answer[node](msg)
+            reply.metadata.__dict__["_src_node_id"] = node
+            self.replies[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+
+def _through(mod=None, fail_first=False):
+    """A node: ``mod`` (the unpacking mod, or none: an older release) around a handler echoing a record."""
+    failed = []
+
+    def handle(msg: Message, context: Context) -> Message:
+        if fail_first and not failed:
+            failed.append(True)
+            return Message(Error(code=1, reason="busy"), reply_to=msg)
+        return Message(RecordDict({"echo": ConfigRecord({"keys": sorted(msg.content.keys())})}), reply_to=msg)
+
+    def answer(msg: Message) -> Message:
+        context = Context(
+            run_id=1, node_id=msg.metadata.dst_node_id, node_config={}, state=RecordDict(), run_config={}
+        )
+        return mod(msg, context, handle) if mod else handle(msg, context)
+
+    return answer
+
+
+def _config_msgs(*nodes: int) -> list[Message]:
+    return [
+        Message(RecordDict({"config": ConfigRecord({"step": 1})}), dst_node_id=n, message_type="train")
+        for n in nodes
+    ]
+
+
+def _asked(content: RecordDict) -> bool:
+    return pc.FORMATS_RECORD in content
+
+
+def test_packing_is_negotiated_per_node_and_a_node_that_never_declared_gets_no_packed_message(caplog):
+    def forged(msg: Message, context: Context, call_next) -> Message:
+        reply = packed_mod(msg, context, call_next)
+        if reply.has_content() and pc.FORMATS_RECORD in reply.content:
+            reply.content[pc.FORMATS_RECORD] = ConfigRecord({pc.FORMATS_KEY: ["one"]})  # malformed
+        return reply
+
+    nodes = Nodes(
+        {
+            1: _through(packed_mod),
+            2: _through(),
+            3: _through(forged),
+            4: _through(packed_mod, fail_first=True),
+        }
+    )
+    grid = PromptGrid(nodes, first_pause=0.001, max_pause=0.001, pack=True)  # type: ignore[arg-type]
+    sent = _config_msgs(1, 2, 3, 4)
+    with caplog.at_level(logging.WARNING, logger=prompt_grid.__name__):
+        for i in range(3):
+            replies = list(grid.send_and_receive(_config_msgs(1, 2, 3, 4), timeout=None))
+            echoed = {r.metadata.src_node_id: r.content["echo"]["keys"] for r in replies if not r.has_error()}
+            # the handlers read their own records alone, except an older node's, asked once (and ignoring it)
+            assert echoed[1] == echoed[3] == ["config"] and echoed.get(4, ["config"]) == ["config"]
+            assert echoed[2] == (["config", pc.FORMATS_RECORD] if i == 0 else ["config"])
+            assert all(pc.FORMATS_RECORD not in r.content for r in replies if not r.has_error())
+    got = nodes.got
+    assert _asked(got[1][0]) and not pc.is_packed(got[1][0]) and all(map(pc.is_packed, got[1][1:]))
+    assert _asked(got[2][0]) and not any(map(_asked, got[2][1:])) and not any(map(pc.is_packed, got[2]))
+    assert _asked(got[3][0]) and not any(map(pc.is_packed, got[3]))  # a malformed declaration: ignored
+    # an error reply says nothing on packing: the node is asked again, then packed to
+    assert _asked(got[4][0]) and _asked(got[4][1]) and pc.is_packed(got[4][2])
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "node 3 declared packed format(s) none readable" in warned[0]
+    assert grid.readers == {1, 4}
+    grid.push_messages(sent)  # the caller's messages keep their own records (no question, not packed)
+    assert all(list(m.content.keys()) == ["config"] for m in sent)
+
+
+def test_a_reply_packed_in_a_format_the_coordinator_cannot_read_says_to_update_the_coordinator():
+    def newer(msg: Message) -> Message:
+        record = ConfigRecord({pc.FORMAT_KEY: pc.FORMAT + 1, pc.RECORDS_KEY: b"customer-4711"})
+        return Message(RecordDict({pc.PACKED_RECORD: record}), reply_to=msg)
+
+    grid = PromptGrid(Nodes({1: newer}), first_pause=0.001, max_pause=0.001, pack=True)  # type: ignore[arg-type]
+    with pytest.raises(FederationError) as err:
+        grid.send_and_receive(_config_msgs(1), timeout=None)
+    assert "node 1 sent a packed message" in str(
+        err.value
+    ) and "update fedcustomer on the coordinator" in str(err.value)
+    assert "4711" not in str(err.value)

@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcustomer.clients.packed_mod import packed_mod
+from fedcustomer.common import packed_content as pc
 from fedcustomer.common.packed_content import is_packed, pack, unpack
 
 
@@ -67,3 +68,36 @@ def test_an_error_reply_to_a_packed_request_stays_an_error():
 
     reply = packed_mod(_request(packed), _context(), fails)
     assert reply.has_error() and reply.error.reason == "refused"
+
+
+def test_a_question_on_packing_is_answered_beside_the_handlers_records_and_hidden_from_them():
+    seen: list[RecordDict] = []
+    content = RecordDict({"config": ConfigRecord({"step": 1})})
+    pc.add_formats(content)  # the coordinator's first message asks
+    reply = packed_mod(_request(content), _context(), _handler(seen))
+    assert list(seen[0].keys()) == ["config"]
+    assert not is_packed(reply.content)
+    assert set(reply.content.keys()) == {"embeddings", "party", pc.FORMATS_RECORD}
+    assert pc.take_formats(reply.content) == (pc.FORMAT,)
+
+
+@pytest.mark.parametrize(
+    ("record", "says"),
+    [
+        (
+            {pc.FORMAT_KEY: 99, pc.RECORDS_KEY: b""},
+            "format 99; this node reads format 1: update fedcustomer on this node",
+        ),
+        ({pc.FORMAT_KEY: 0, pc.RECORDS_KEY: b""}, "update fedcustomer on the coordinator"),
+        ({pc.FORMAT_KEY: pc.FORMAT, pc.RECORDS_KEY: b"customer-4711\xff"}, "could not be decoded"),
+    ],
+)
+def test_a_packed_message_this_node_cannot_read_gets_an_error_reply_naming_what_to_update(record, says):
+    seen: list[RecordDict] = []
+    reply = packed_mod(
+        _request(RecordDict({pc.PACKED_RECORD: ConfigRecord(record)})), _context(), _handler(seen)
+    )
+    assert not seen  # no handler ran
+    assert reply.has_error() and reply.error.code == pc.PACKING_ERROR_CODE
+    assert says in reply.error.reason and "update fedcustomer" in reply.error.reason
+    assert "4711" not in reply.error.reason

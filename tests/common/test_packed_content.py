@@ -58,10 +58,21 @@ def test_content_over_the_limit_empty_or_already_packed_is_not_packed():
     assert packed is not None and pc.pack(packed) is None
 
 
+def _of_format(fmt) -> RecordDict:
+    return RecordDict({pc.PACKED_RECORD: ConfigRecord({pc.FORMAT_KEY: fmt, pc.RECORDS_KEY: b""})})
+
+
 def test_a_packed_record_of_another_format_is_refused_with_what_to_do():
-    bad = RecordDict({pc.PACKED_RECORD: ConfigRecord({pc.FORMAT_KEY: 99, pc.RECORDS_KEY: b""})})
-    with pytest.raises(FederationError, match="update fedcustomer on both sides"):
-        pc.unpack(bad)
+    # newer than this release reads: the reader is the older side
+    with pytest.raises(
+        FederationError, match="format 99; this node reads format 1: update fedcustomer on this node"
+    ):
+        pc.unpack(_of_format(99))
+    # older than any format this release reads: the sender is the older side
+    with pytest.raises(FederationError, match="format 0; .*: update fedcustomer on node 7"):
+        pc.unpack(_of_format(0), here="the coordinator", there="node 7")
+    with pytest.raises(FederationError, match="format unknown; .*on both sides to the same release"):
+        pc.unpack(_of_format("v2"))
     missing = RecordDict({pc.PACKED_RECORD: ConfigRecord({pc.FORMAT_KEY: pc.FORMAT})})
     with pytest.raises(FederationError, match="no 'records' bytes"):
         pc.unpack(missing)
@@ -73,3 +84,20 @@ def test_undecodable_packed_bytes_are_refused_without_echoing_them():
     with pytest.raises(FederationError) as err:
         pc.unpack(bad)
     assert "could not be decoded" in str(err.value) and "4711" not in str(err.value)
+
+
+def test_formats_are_declared_and_taken_out_and_a_malformed_declaration_reads_as_none():
+    content = RecordDict({"config": ConfigRecord({"step": 1})})
+    assert pc.take_formats(content) is None  # an older sender: no declaration
+    pc.add_formats(content)
+    assert pc.take_formats(content) == pc.READ_FORMATS == (pc.FORMAT,)
+    assert list(content.keys()) == ["config"]  # taken out: the handlers never see it
+    for forged in (
+        ConfigRecord({pc.FORMATS_KEY: ["1"]}),
+        ConfigRecord({"other": 1}),
+        ConfigRecord({pc.FORMATS_KEY: 1}),
+    ):
+        content[pc.FORMATS_RECORD] = forged
+        assert pc.take_formats(content) == ()
+    content[pc.FORMATS_RECORD] = ConfigRecord({pc.FORMATS_KEY: [7, 9]})
+    assert pc.take_formats(content) == (7, 9)

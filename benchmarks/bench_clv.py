@@ -185,10 +185,13 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     data_dir = args.data_dir or Path(os.environ.get("FEDCUSTOMER_DATA_DIR", ROOT.parent / "shared" / "data"))
     recipes = dict(QUICK if args.quick else RECIPES)
-    for text in args.recipe:
-        family, recipe = parse_recipe(text, recipes)
-        recipes[family] = recipe
-    target = parse_target(args.target)
+    try:
+        for text in args.recipe:
+            family, recipe = parse_recipe(text, recipes)
+            recipes[family] = recipe
+        target = parse_target(args.target)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     repeats = args.repeats or (1 if args.quick else 3)
     spec, datasets = load_partitions(TASK, SOURCE, args.partners, seed=args.seed, data_dir=data_dir)
     if args.holdout == "validation":

@@ -61,6 +61,44 @@ def test_reply_waits_are_milliseconds_and_count_as_traffic():
     assert clock.slept[-1] == 0.005
 
 
+def test_after_its_reply_is_pushed_the_node_asks_every_tenth_of_a_second_for_the_window_only():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    clock.now += 60  # long idle: the next idle wait would be long
+    for _ in range(5):
+        shim.sleep(3)
+    shim.replied()
+    start = clock.now
+    while clock.now - start < sp.REPLY_WINDOW_S:
+        shim.sleep(3)
+    window = clock.slept[5:]
+    assert window == [sp.REPLY_STEP_S] * len(window)  # 0.1 s apart for the 0.7-s window
+    assert sum(window[:-1]) < sp.REPLY_WINDOW_S + 1e-9 <= sum(window) + 2e-9
+    for _ in range(3):
+        shim.sleep(3)
+    assert clock.slept[-3:] == [0.25, 0.25, 0.25]  # then the busy pace, with no second ramp
+    while clock.now - start < sp.BUSY_WINDOW_S:
+        shim.sleep(3)
+    for _ in range(4):
+        shim.sleep(3)
+    assert clock.slept[-1] == sp.MAX_IDLE_S  # an idle node's pace is unchanged
+
+
+def test_a_message_pulled_within_the_window_ends_it_until_the_next_reply():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    shim.replied()
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.REPLY_STEP_S
+    clock.now += sp.REPLY_WINDOW_S  # the message came; the party works past the window
+    shim.sleep(0.5)
+    shim.sleep(3)  # a pull before this node's reply left (another run's message, say): the usual ramp
+    assert clock.slept[-2:] == [sp.FIRST_REPLY_S, sp.FIRST_IDLE_S]
+    shim.replied()
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.REPLY_STEP_S
+
+
 def test_other_waits_and_attributes_are_the_real_modules():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)
@@ -92,6 +130,7 @@ def test_install_replaces_the_loops_time_and_a_pushed_reply_resets_the_backoff(m
     shim.idle_pause = 3.0
     assert loop._push_messages(state="s") == {"state": "s"}  # the wrapped push still does its work
     assert shim.idle_pause == sp.FIRST_IDLE_S
+    assert shim.replied_at is not None  # the window after a reply starts at the push
 
 
 def test_install_also_resets_after_a_failed_push():

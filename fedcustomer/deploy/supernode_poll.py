@@ -23,6 +23,10 @@ module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps th
   busy pace (0.25 s) goes on, and an idle node's pace is unchanged;
 * the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
 
+Under the node's supervisor (``--clientapp warm``) the loop also rings the task bell
+(:mod:`fedcustomer.deploy.task_bell`) when a pulled message's task exists, just before its objects
+are pulled, so the warm executor asks for the task then instead of polling for it.
+
 Any other duration passes through. A message's objects that have not reached the SuperLink yet
 are asked for again within milliseconds (:mod:`fedcustomer.apps.flower_waits`). Only the Flower
 versions this was tested against get the shim; on another version Flower runs unchanged and the
@@ -34,6 +38,7 @@ node's log says once that the adaptive wait is off.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 import time
@@ -43,6 +48,7 @@ from typing import Any
 
 from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, prompt_retries, tested
 from fedcustomer.common.backoff import Backoff
+from fedcustomer.deploy import task_bell
 
 ADAPTIVE, FLOWER = "adaptive", "flower"
 POLL_MODES = (ADAPTIVE, FLOWER)
@@ -141,8 +147,21 @@ def install(loop: ModuleType | None = None, version: str | None = None) -> Adapt
     loop.time = shim  # type: ignore[attr-defined]
     if loop.__name__ == LOOP_MODULE:  # a message's objects pulled from the SuperLink: prompt retries
         prompt_retries(LOOP_MODULE, "pull_objects", version)
+    bell = task_bell.fd_from_env()
+    pull = getattr(loop, "pull_objects", None)
+    if bell is not None and callable(pull):  # its task exists now: the warm executor may take it at once
+        loop.pull_objects = _before(pull, lambda: task_bell.ring(bell))  # type: ignore[attr-defined]
     loop._push_messages = _after(push, shim.replied)  # type: ignore[attr-defined]
     return shim
+
+
+def _before(func: Callable[..., Any], first: Callable[[], None]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        first()
+        return func(*args, **kwargs)
+
+    return wrapped
 
 
 def _after(func: Callable[..., Any], then: Callable[[], None]) -> Callable[..., Any]:

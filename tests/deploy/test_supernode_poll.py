@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import time
 import types
@@ -131,6 +132,35 @@ def test_install_replaces_the_loops_time_and_a_pushed_reply_resets_the_backoff(m
     assert loop._push_messages(state="s") == {"state": "s"}  # the wrapped push still does its work
     assert shim.idle_pause == sp.FIRST_IDLE_S
     assert shim.replied_at is not None  # the window after a reply starts at the push
+
+
+def test_under_a_supervisor_the_loop_rings_the_task_bell_before_a_messages_objects_are_pulled(monkeypatch):
+    from fedcustomer.deploy import task_bell
+
+    read_fd, write_fd = task_bell.open_bell()
+    calls = []
+    loop = types.ModuleType("fake_loop")
+    loop.time, loop._push_messages = time, lambda: None
+    loop.pull_objects = lambda ids, pull_object_fn: calls.append((ids, os.read(read_fd, 16)))
+    monkeypatch.setenv(task_bell.ENV_FD, str(write_fd))
+    try:
+        assert sp.install(loop, version="1.42.0") is not None
+        loop.pull_objects(["a"], pull_object_fn=None)
+        assert calls == [(["a"], b"!")]  # the task exists: the executor was told before the pull
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_without_a_bell_the_loops_pulls_are_left_as_they_are(monkeypatch):
+    from fedcustomer.deploy import task_bell
+
+    monkeypatch.delenv(task_bell.ENV_FD, raising=False)
+    loop = types.ModuleType("fake_loop")
+    pull = loop.pull_objects = lambda ids, pull_object_fn: ids
+    loop.time, loop._push_messages = time, lambda: None
+    assert sp.install(loop, version="1.42.0") is not None
+    assert loop.pull_objects is pull
 
 
 def test_install_also_resets_after_a_failed_push():

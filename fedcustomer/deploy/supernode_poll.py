@@ -151,6 +151,7 @@ def install(loop: ModuleType | None = None, version: str | None = None) -> Adapt
     pull = getattr(loop, "pull_objects", None)
     if bell is not None and callable(pull):  # its task exists now: the warm executor may take it at once
         loop.pull_objects = _before(pull, lambda: task_bell.ring(bell))  # type: ignore[attr-defined]
+        task_bell.ring(bell)  # this node rings: its executor may wait on the bell from the start
     loop._push_messages = _after(push, shim.replied)  # type: ignore[attr-defined]
     return shim
 

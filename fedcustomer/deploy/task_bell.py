@@ -11,8 +11,10 @@ when the bell rings and otherwise only once a second (a safety net).
 
 The bell carries no data and grants nothing: the executor still takes each task with its signed
 ``AcquireTask``; a byte from elsewhere only makes it ask sooner. An executor uses the slow safety-net
-pace only once it has heard the bell (a SuperNode that does not ring, such as Flower's own
-``flower-supernode`` under ``--poll flower``, leaves the executor's usual pace unchanged). Linux pipes;
+pace only once it has heard the bell: the SuperNode rings once when it starts ringing, so an idle
+node's executor polls once a second from the start; a SuperNode that does not ring (Flower's own
+``flower-supernode`` under ``--poll flower``, or an untested Flower version) leaves the executor's
+usual pace unchanged, as does a restarted executor until the next task's ring. Linux pipes;
 the SuperNode's end never blocks it (a full pipe means rings are pending already).
 """
 

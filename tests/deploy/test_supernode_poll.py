@@ -145,6 +145,7 @@ def test_under_a_supervisor_the_loop_rings_the_task_bell_before_a_messages_objec
     monkeypatch.setenv(task_bell.ENV_FD, str(write_fd))
     try:
         assert sp.install(loop, version="1.42.0") is not None
+        assert os.read(read_fd, 16) == b"!"  # one ring at start: the executor learns that this node rings
         loop.pull_objects(["a"], pull_object_fn=None)
         assert calls == [(["a"], b"!")]  # the task exists: the executor was told before the pull
     finally:

@@ -1,5 +1,7 @@
 """A partner reads and decrypts its training rows once per job, and again whenever the store changed."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,14 @@ from fedcustomer.clients.job_matrices import JobMatrices
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.clients.round_audit import record_evaluation, record_round
 from fedcustomer.data.erasure import erase_customer
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import AccessDenied, ConfigError
 from fedcustomer.privacy.access.policy import Actor, bundled_policy_text
 from fedcustomer.privacy.audit.writer import AuditLog
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from tests.clients.test_node import _global, _home, _ins
+from tests.toy import SPEC, toy_frame
 
 
 def _reads(home):
@@ -74,6 +79,33 @@ def test_a_changed_access_policy_means_a_fresh_governed_read(tmp_path: Path) -> 
     PartnerNode(home).train_round(state, _ins(2, planned=3, run="policy"))
     assert len(_reads(home)) == 2
     job_matrices.CACHE.drop_run("policy")
+
+
+def test_new_rows_and_a_store_replaced_by_an_older_copy_each_mean_a_fresh_read(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    node = PartnerNode(home)
+    state = node.train_round(_global(), _ins(1, planned=4, run="replaced")).state_dict
+    backup = tmp_path / "store-before.db"
+    shutil.copyfile(home.store_path, backup)
+    more = toy_frame(50, 3)
+    more["customer_id"] = "n" + more["customer_id"]
+    provision_partner(  # 50 new customers ingested between rounds
+        home.root,
+        "bank_a",
+        source="toy.csv",
+        task="repayment",
+        spec=SPEC,
+        train=more,
+        test=more.iloc[:0],
+        budget=DatasetBudget(3.0, 1e-5),
+    )
+    state = node.train_round(state, _ins(2, planned=4, run="replaced")).state_dict
+    os.replace(backup, home.store_path)  # the store as it was before that ingest, under the same name
+    node.train_round(state, _ins(3, planned=4, run="replaced"))
+    reads = _reads(home)
+    assert len(reads) == 3
+    assert reads[1].row_count == reads[0].row_count + 50 and reads[2].row_count == reads[0].row_count
+    job_matrices.CACHE.drop_run("replaced")
 
 
 def _tensors(n: int) -> tuple[torch.Tensor, torch.Tensor]:

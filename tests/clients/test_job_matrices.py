@@ -219,3 +219,35 @@ def test_a_read_context_naming_anything_but_the_job_is_refused(tmp_path: Path) -
             store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"income": 5})
         with pytest.raises(ConfigError, match="text or whole numbers"):
             store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"run_id": ["x"]})
+
+
+def test_rounds_on_the_kept_matrix_release_the_same_weights_as_rounds_that_read_afresh(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import itertools
+
+    import fedcustomer.privacy.dp.dpsgd as dpsgd
+
+    template = _home(tmp_path / "template", 3.0)
+
+    def job(name: str, cache: JobMatrices) -> tuple[list[torch.Tensor], int]:
+        seeds = itertools.count(1)
+
+        def seeded() -> torch.Generator:  # the same noise and sampling in both jobs
+            generator = torch.Generator()
+            generator.manual_seed(1000 + next(seeds))
+            return generator
+
+        monkeypatch.setattr(dpsgd, "secure_generator", seeded)
+        monkeypatch.setattr(job_matrices, "CACHE", cache)
+        shutil.copytree(template.root, tmp_path / name / "bank_a")
+        home = type(template)(tmp_path / name / "bank_a")
+        state = _global()
+        for rnd in (1, 2, 3):
+            state = PartnerNode(home).train_round(state, _ins(rnd, planned=3, run="same")).state_dict
+        return list(state.values()), len(_reads(home))
+
+    kept, kept_reads = job("kept", JobMatrices())
+    fresh, fresh_reads = job("fresh", JobMatrices(max_bytes=0))  # no cache: every round a governed read
+    assert (kept_reads, fresh_reads) == (1, 3)
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True))

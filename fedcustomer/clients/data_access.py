@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedcustomer.data.change_stamps import change_stamp
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import PartnerStore
-from fedcustomer.data.store_db import change_stamp
 from fedcustomer.errors import ConfigError, DataError
 from fedcustomer.partner.datasets import HOLDOUT
 from fedcustomer.partner.home import PartnerHome

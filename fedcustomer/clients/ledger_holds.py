@@ -66,6 +66,13 @@ class LedgerHolds:
             return kept[0]
         return new
 
+    def current(self, key: tuple[str, str]) -> WalHold | None:
+        """The hold of ``key`` if one is open, to lend a round's ledger from its construction (its
+        schema check then opens no connection); :meth:`hold` still marks it used."""
+        with self._lock:
+            held = self._holds.get(key)
+        return held[0] if held is not None else None
+
     def release(self, key: tuple[str, str]) -> None:
         """Close the hold of ``key``, if any (the last connection checkpoints the log)."""
         with self._lock:

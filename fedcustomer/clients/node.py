@@ -28,6 +28,7 @@ from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
+from fedcustomer.privacy.dp.ledger_file import WalHold
 from fedcustomer.privacy.dp.release import (
     ChargedResults,
     Mechanism,
@@ -71,8 +72,8 @@ class PartnerNode:
         self.data = PartnerDataAccess(home, self.name)
 
     # --- training ----------------------------------------------------------------
-    def ledger(self, dataset: str) -> BudgetLedger:
-        return self.home.ledger(dataset, self.config.budget_for(dataset))
+    def ledger(self, dataset: str, hold: WalHold | None = None) -> BudgetLedger:
+        return self.home.ledger(dataset, self.config.budget_for(dataset), hold=hold)
 
     def train_round(self, global_state: dict[str, torch.Tensor], ins: TrainInstructions) -> TrainOutcome:
         """Train one round locally and release it; refuse instead of ever exceeding the budget."""
@@ -80,13 +81,15 @@ class PartnerNode:
             if not self.config.allow_non_private:
                 return self._non_private_refused()
             return self._train(global_state, ins, *self._read(ins))
-        ledger = self.ledger(ins.dataset)
+        held = (str(self.home.root.resolve()), ins.run_id)
+        ledger = self.ledger(
+            ins.dataset, ledger_holds.HOLDS.current(held)
+        )  # a later round: on the job's hold
         step = Step(f"run:{ins.run_id}:round:{ins.round}", f"round {ins.round}", ins.run_id, ins.round)
         if ins.dp_mode == "distributed":
             produce = lambda: self._distributed_step(global_state, ins, ledger, step)
         else:
             produce = lambda: self._train_dp(global_state, ins, ledger, step)
-        held = (str(self.home.root.resolve()), ins.run_id)
         ledger_holds.HOLDS.hold(held, ledger)  # the job's charges commit without a checkpoint each
         done = ins.round >= ins.planned_rounds
         try:

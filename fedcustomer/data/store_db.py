@@ -245,31 +245,3 @@ def open_row(key: RecordKey, sealed: Any) -> dict[str, Any]:
         )
     doc: dict[str, Any] = json.loads(key.open_value(ROW_FIELD, bytes(sealed)))
     return doc
-
-
-def change_stamp(path: Path, dataset: str) -> tuple[Any, ...] | None:
-    """What a reader compares to learn that ``dataset``'s rows may have changed since it read them.
-
-    Read on its own read-only connection (a millisecond; no keys, no policy, no audit entry:
-    it returns counters, never customer data). Every ingest that writes adds an ``ingests``
-    row; an erasure adds to ``erasures`` and deletes the customer's data keys and rows; a
-    schema change moves ``datasets.updated_at``. None when the database cannot say (the
-    caller then reads again).
-    """
-    sql = (
-        "SELECT (SELECT COALESCE(MAX(id), 0) FROM ingests), (SELECT COUNT(*) FROM ingests),"
-        " (SELECT COUNT(*) FROM erasures), (SELECT COUNT(*) FROM data_keys WHERE dataset = ?),"
-        " (SELECT updated_at FROM datasets WHERE name = ?),"
-        f" (SELECT COUNT(*) FROM {SqliteBackend.quote(table_name(dataset))})"
-    )
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error:
-        return None
-    try:
-        row = con.execute(sql, (dataset, dataset)).fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-    return tuple(row) if row is not None else None

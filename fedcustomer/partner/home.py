@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the ledger pulls in the accountant (torch, opacus): only wh
     from fedcustomer.privacy.audit.writer import AuditLog
     from fedcustomer.privacy.dp.accountants import Accountant
     from fedcustomer.privacy.dp.ledger import BudgetLedger
+    from fedcustomer.privacy.dp.ledger_file import WalHold
 
 
 @dataclass
@@ -285,9 +286,12 @@ class PartnerHome:
             anchor_sink=self.anchor_sink(),
         )
 
-    def ledger(self, dataset: str, budget: DatasetBudget | None = None) -> BudgetLedger:
+    def ledger(
+        self, dataset: str, budget: DatasetBudget | None = None, *, hold: WalHold | None = None
+    ) -> BudgetLedger:
         """The partner's ledger, new charges recorded under ``dataset``, composed against the
-        partner's one budget (partner.toml's unless ``budget`` is given, e.g. one being proposed)."""
+        partner's one budget (partner.toml's unless ``budget`` is given, e.g. one being proposed);
+        ``hold``: the connection a job holds for the ledger file, lent from the start."""
         from fedcustomer.privacy.dp.ledger import BudgetLedger
 
         config = self.config()
@@ -296,6 +300,7 @@ class PartnerHome:
             dataset,
             budget if budget is not None else config.budget_for(dataset),
             config.accountant_spec(),
+            hold=hold,
         )
 
     def ensure_budget(self, budget: DatasetBudget) -> tuple[DatasetBudget, str | None]:

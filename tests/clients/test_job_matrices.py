@@ -1,5 +1,7 @@
 """A partner reads and decrypts its training rows once per job, and again whenever the store changed."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,14 @@ from fedcustomer.clients.job_matrices import JobMatrices
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.clients.round_audit import record_evaluation, record_round
 from fedcustomer.data.erasure import erase_customer
+from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import AccessDenied, ConfigError
 from fedcustomer.privacy.access.policy import Actor, bundled_policy_text
 from fedcustomer.privacy.audit.writer import AuditLog
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from tests.clients.test_node import _global, _home, _ins
+from tests.toy import SPEC, toy_frame
 
 
 def _reads(home):
@@ -74,6 +79,33 @@ def test_a_changed_access_policy_means_a_fresh_governed_read(tmp_path: Path) -> 
     PartnerNode(home).train_round(state, _ins(2, planned=3, run="policy"))
     assert len(_reads(home)) == 2
     job_matrices.CACHE.drop_run("policy")
+
+
+def test_new_rows_and_a_store_replaced_by_an_older_copy_each_mean_a_fresh_read(tmp_path: Path) -> None:
+    home = _home(tmp_path, 3.0)
+    node = PartnerNode(home)
+    state = node.train_round(_global(), _ins(1, planned=4, run="replaced")).state_dict
+    backup = tmp_path / "store-before.db"
+    shutil.copyfile(home.store_path, backup)
+    more = toy_frame(50, 3)
+    more["customer_id"] = "n" + more["customer_id"]
+    provision_partner(  # 50 new customers ingested between rounds
+        home.root,
+        "bank_a",
+        source="toy.csv",
+        task="repayment",
+        spec=SPEC,
+        train=more,
+        test=more.iloc[:0],
+        budget=DatasetBudget(3.0, 1e-5),
+    )
+    state = node.train_round(state, _ins(2, planned=4, run="replaced")).state_dict
+    os.replace(backup, home.store_path)  # the store as it was before that ingest, under the same name
+    node.train_round(state, _ins(3, planned=4, run="replaced"))
+    reads = _reads(home)
+    assert len(reads) == 3
+    assert reads[1].row_count == reads[0].row_count + 50 and reads[2].row_count == reads[0].row_count
+    job_matrices.CACHE.drop_run("replaced")
 
 
 def _tensors(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,3 +219,35 @@ def test_a_read_context_naming_anything_but_the_job_is_refused(tmp_path: Path) -
             store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"income": 5})
         with pytest.raises(ConfigError, match="text or whole numbers"):
             store.read(Actor("node:bank_a", "training_pipeline"), "training", context={"run_id": ["x"]})
+
+
+def test_rounds_on_the_kept_matrix_release_the_same_weights_as_rounds_that_read_afresh(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import itertools
+
+    import fedcustomer.privacy.dp.dpsgd as dpsgd
+
+    template = _home(tmp_path / "template", 3.0)
+
+    def job(name: str, cache: JobMatrices) -> tuple[list[torch.Tensor], int]:
+        seeds = itertools.count(1)
+
+        def seeded() -> torch.Generator:  # the same noise and sampling in both jobs
+            generator = torch.Generator()
+            generator.manual_seed(1000 + next(seeds))
+            return generator
+
+        monkeypatch.setattr(dpsgd, "secure_generator", seeded)
+        monkeypatch.setattr(job_matrices, "CACHE", cache)
+        shutil.copytree(template.root, tmp_path / name / "bank_a")
+        home = type(template)(tmp_path / name / "bank_a")
+        state = _global()
+        for rnd in (1, 2, 3):
+            state = PartnerNode(home).train_round(state, _ins(rnd, planned=3, run="same")).state_dict
+        return list(state.values()), len(_reads(home))
+
+    kept, kept_reads = job("kept", JobMatrices())
+    fresh, fresh_reads = job("fresh", JobMatrices(max_bytes=0))  # no cache: every round a governed read
+    assert (kept_reads, fresh_reads) == (1, 3)
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -294,6 +295,11 @@ def _build_model(text: str, source: str) -> Model:
 # --------------------------------------------------------------------------- policy
 
 
+_BUILT: OrderedDict[tuple[str, str, str, str], AccessPolicy] = OrderedDict()  # see from_text
+_BUILT_LOCK = threading.Lock()
+_BUILT_MAX = 16
+
+
 class AccessPolicy:
     """Field-level and action-level decisions from a validated casbin policy."""
 
@@ -333,7 +339,23 @@ class AccessPolicy:
         source: str = "<policy>",
         model_source: str = "<model>",
     ) -> AccessPolicy:
-        """Build from CSV text (tests and callers that keep the policy elsewhere)."""
+        """Build from CSV text (tests and callers that keep the policy elsewhere).
+
+        A policy never changes once built, so the same texts (and names) give the same object:
+        a store is opened for every read, and rebuilding the casbin enforcer, then asking it again
+        what it answered before (:meth:`_grants` keeps its answers), cost a node milliseconds a read.
+        Any change to either text builds a new policy."""
+        key = (
+            policy_text,
+            model_text if model_text is not None else bundled_model_text(),
+            source,
+            model_source,
+        )
+        with _BUILT_LOCK:
+            built = _BUILT.get(key)
+            if built is not None:
+                _BUILT.move_to_end(key)
+                return built
         lines = parse_policy_text(policy_text, source)
         model = _build_model(model_text if model_text is not None else bundled_model_text(), model_source)
         if any(ln.ptype == "g" for ln in lines) and ("g" not in model.keys() or "g" not in model["g"]):
@@ -348,6 +370,10 @@ class AccessPolicy:
                 enforcer.add_named_policy(ln.ptype, *ln.values)
         policy = cls(enforcer, lines, source)
         policy._check_model_answers(model_source)
+        with _BUILT_LOCK:
+            policy = _BUILT.setdefault(key, policy)  # another thread built it meanwhile: one object
+            while len(_BUILT) > _BUILT_MAX:
+                _BUILT.popitem(last=False)
         return policy
 
     def _check_model_answers(self, model_source: str) -> None:

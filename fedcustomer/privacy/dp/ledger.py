@@ -114,15 +114,23 @@ class BudgetLedger:
     """One partner's ledger file, seen from one dataset: charges are labelled with it, spend is partner-wide."""
 
     def __init__(
-        self, path: str | Path, dataset: str, budget: DatasetBudget, accountant: Accountant | None = None
+        self,
+        path: str | Path,
+        dataset: str,
+        budget: DatasetBudget,
+        accountant: Accountant | None = None,
+        *,
+        hold: WalHold | None = None,
     ) -> None:
+        """``hold``: a connection held for this ledger file (see :meth:`use_hold`), lent from the start,
+        so that even the schema check runs on it instead of a connection opened for it."""
         self.path = Path(path)
         self.dataset = dataset
         self.budget = budget
         self.accountant = accountant if accountant is not None else Accountant()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._hold: WalHold | None = None  # a held connection this ledger borrows (see use_hold)
+        self._hold: WalHold | None = hold  # a held connection this ledger borrows (see use_hold)
         self._prepare()
 
     # --- reading ---------------------------------------------------------------

@@ -194,3 +194,21 @@ def test_most_open_granted_view_wins_and_gated_clear_falls_back_to_masked() -> N
     approval = _approval(fields=("phone",))
     assert edited.decide(RISK, "risk_review", PHONE, approval=approval, now=T0).view == "clear"
     assert edited.decide(RISK, "risk_review", NATIONAL_ID, now=T0).view == "denied"
+
+
+def test_the_same_policy_texts_give_one_built_policy_and_an_edit_a_new_one(tmp_path) -> None:
+    from fedcustomer.privacy.access.policy import Actor, FieldRef, write_default_policy
+
+    path = write_default_policy(tmp_path / "policy.csv")
+    pipeline, field = Actor("node:a", "training_pipeline"), FieldRef("f", "sensitive", "feature")
+    first = AccessPolicy.load(path)
+    assert AccessPolicy.load(path) is first  # built once: the enforcer and its answers are kept
+    assert AccessPolicy.default() is AccessPolicy.default()
+    assert first.decide(pipeline, "training", field).view == "clear"
+    kept = [ln for ln in path.read_text().splitlines() if "training_pipeline, training, sensitive" not in ln]
+    path.write_text("\n".join(kept) + "\n")
+    second = AccessPolicy.load(path)
+    assert second is not first
+    assert second.decide(pipeline, "training", field).view == "denied"
+    assert first.decide(pipeline, "training", field).view == "clear"  # a built policy never changes
+    assert AccessPolicy.from_text(path.read_text(), source="elsewhere") is not second  # its name differs

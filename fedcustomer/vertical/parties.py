@@ -23,7 +23,13 @@ from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.signing import ensure_link_key, pin_peer, pinned_key
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
-from fedcustomer.vertical.align import keep_alignment
+from fedcustomer.vertical.align import (
+    CheckRidingGrid,
+    PendingAlignment,
+    align_check_mod,
+    check_alignments,
+    keep_alignment,
+)
 from fedcustomer.vertical.data import PartyPlan
 from fedcustomer.vertical.protocol import register_vertical_handlers
 
@@ -67,9 +73,44 @@ def align_on_grid(
     relays blinded values only, and each side ends with its own pseudonyms of the shared
     customers in one agreed order (an earlier order is kept, see :mod:`.align`).
     """
-    node_a, node_b = nodes[plan_a.name], nodes[plan_b.name]
-    view = run_psi_on_grid(
+    pending = psi_for_alignment(
         grid,
+        nodes,
+        plan_a,
+        plan_b,
+        seed=seed,
+        timeout=timeout,
+        session_id=session_id,
+        run_id=run_id,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+    return keep_alignment(grid, pending, timeout)
+
+
+def psi_for_alignment(
+    grid: Grid,
+    nodes: dict[str, int],
+    plan_a: PartyPlan,
+    plan_b: PartyPlan,
+    *,
+    seed: int | None = None,
+    timeout: float | None = None,
+    session_id: str | None = None,
+    run_id: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Callable[[str], None] | None = None,
+) -> PendingAlignment:
+    """The PSI with both parties' alignment checks riding on its last message; the order still to keep.
+
+    The caller has both parties keep it, with their setup when ``ride`` (both answered the riding
+    check) or with :func:`~fedcustomer.vertical.align.keep_alignment`.
+    """
+    node_a, node_b = nodes[plan_a.name], nodes[plan_b.name]
+    sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
+    riding = CheckRidingGrid(grid, sides)
+    view = run_psi_on_grid(
+        riding,
         node_a,
         node_b,
         plan_a.dataset,
@@ -82,8 +123,9 @@ def align_on_grid(
         chunk_size=chunk_size,
         progress=progress,
     )
-    sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
-    return keep_alignment(grid, view, sides, seed, timeout)
+    use_earlier = check_alignments(grid, sides, riding.earlier, timeout)
+    ride = set(riding.earlier) == set(sides)
+    return PendingAlignment(view.session_id, sides, seed, use_earlier, view.intersection_size, ride=ride)
 
 
 def pin_each_other(home_a: PartnerHome, home_b: PartnerHome) -> None:
@@ -103,7 +145,8 @@ def party_app(homes: list[str]) -> ClientApp:
         return resolve_home(context, homes)
 
     # packed messages answered packed, as deployed; every reply carries the party's audit anchor
-    app = ClientApp(mods=[packed_mod, anchor_mod(home_of)])
+    # alignment checks riding on PSI messages answered innermost, after the PSI step
+    app = ClientApp(mods=[packed_mod, anchor_mod(home_of), align_check_mod(home_of)])
     register_vertical_handlers(app, home_of)
     register_governed_psi_handlers(app, home_of)
     return app

@@ -12,7 +12,9 @@ message type                   to          carries in -> out
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
 ``query.vertical_setup``       both        job config -> aligned/train/test counts; ``then-check``: and
                                            its check of the first round at the public rate it computes
-                                           from its counts (returned too, for the coordinator to compare)
+                                           from its counts (returned too, for the coordinator to compare);
+                                           with a keep record: first keeps the PSI's order as its
+                                           alignment (the ``save`` of ``vertical_align``)
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
                                            (passive, ``then-forward``: and batch 0's embeddings)
@@ -50,9 +52,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustomer.errors import DataError, FedCustomerError
+from fedcustomer.errors import ConfigError, DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.vertical.align import align_handler_content
+from fedcustomer.vertical.align import ALIGN_ERROR_CODE, KEEP_RECORD, align_handler_content, keep_with_setup
 from fedcustomer.vertical.declaration import hello_content
 from fedcustomer.vertical.party import PartySession, session_for
 from fedcustomer.vertical.session_config import SessionConfig
@@ -106,9 +108,14 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
                 content = align_handler_content(resolve_home(context), dict(msg.content["config"]))
                 return Message(content=content, reply_to=msg)
             cfg_raw = dict(msg.content["config"])
+            kept = _keep_first(action, resolve_home(context), msg.content)
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
             _check_follow_ups(action, session, cfg_raw)  # refused before the message's own step runs
             content = _HANDLERS[action](session, cfg_raw, msg.content)
+            if kept is not None:
+                content[KEEP_RECORD] = MetricRecord(kept)
+        except _AlignmentRefused as exc:  # what the operator must change (seed, changed customers)
+            return Message(error=Error(code=ALIGN_ERROR_CODE, reason=f"ConfigError: {exc}"), reply_to=msg)
         except FedCustomerError as exc:
             return Message(
                 error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg
@@ -117,6 +124,22 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
         return Message(content=content, reply_to=msg)
 
     return handler
+
+
+class _AlignmentRefused(Exception):
+    """A save riding on the setup refused (its ConfigError's message)."""
+
+
+def _keep_first(action: str, home: PartnerHome, content: RecordDict) -> dict[str, Any] | None:
+    """The PSI's order kept as the alignment before the setup reads it, when the setup carries it."""
+    if KEEP_RECORD not in content:
+        return None
+    if action != "vertical_setup":
+        raise DataError(f"only vertical_setup may carry an alignment to keep, not {action}")
+    try:
+        return dict(keep_with_setup(home, content[KEEP_RECORD]))
+    except ConfigError as exc:
+        raise _AlignmentRefused(str(exc)) from None
 
 
 def _arrays(content: RecordDict, *names: str) -> dict[str, torch.Tensor]:

@@ -35,7 +35,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedcustomer.errors import FederationError
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.vertical.align import ALIGN_ERROR_CODE, KEEP_RECORD, PendingAlignment
 from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
@@ -68,14 +69,21 @@ class Wire:
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
         return self._content(replies[0] if replies else None, node, action)
 
-    def ask_all(self, asks: list[tuple[int, str, dict[str, Any]]]) -> list[RecordDict]:
-        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked."""
-        msgs = [
-            Message(
-                RecordDict({"config": ConfigRecord(cfg)}), dst_node_id=node, message_type=message_type(act)
-            )
-            for node, act, cfg in asks
-        ]
+    def ask_all(
+        self,
+        asks: list[tuple[int, str, dict[str, Any]]],
+        riders: dict[int, dict[str, ConfigRecord]] | None = None,
+    ) -> list[RecordDict]:
+        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked.
+
+        ``riders``: more records for a node's message (e.g. the alignment it keeps first).
+        """
+        msgs = []
+        for node, act, cfg in asks:
+            content = RecordDict({"config": ConfigRecord(cfg)})
+            for name, record in (riders or {}).get(node, {}).items():
+                content[name] = record
+            msgs.append(Message(content, dst_node_id=node, message_type=message_type(act)))
         replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
         return [self._content(replies.get(node), node, act) for node, act, _ in asks]
 
@@ -87,6 +95,8 @@ class Wire:
                 "cannot go on without both parties"
             )
         if reply.has_error():
+            if reply.error.code == ALIGN_ERROR_CODE:  # what the operator must change, not a network fault
+                raise ConfigError(f"partner {who}: {str(reply.error.reason).removeprefix('ConfigError: ')}")
             raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
         return reply.content
 
@@ -278,6 +288,7 @@ def drive(
     checkpoint: RoundCheckpoint | None = None,
     nodes: dict[str, int] | None = None,
     sizes: dict[str, float] | None = None,
+    alignment: PendingAlignment | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
@@ -287,7 +298,8 @@ def drive(
     step once, so nothing is paid or released twice). ``nodes`` (partner name -> node id, from a
     hello the caller has just made on this grid) saves asking again; so do ``sizes`` (the label
     owner's aligned/train/test counts from a setup of the same home, dataset and peer, e.g. the
-    joint job's for its comparison model).
+    joint job's for its comparison model). ``alignment``: a PSI's order both parties keep
+    with their setup, before it reads their aligned sets.
     """
     wire = Wire(grid, job.round_timeout)
     if nodes is None:
@@ -310,7 +322,10 @@ def drive(
     first = len(rounds) + 1
     checked = None  # both parties' checks of the first round, answered with their setup
     if sizes is None:
-        sizes, checked = _setup(wire, node_of, cfg, job, first if passive and first <= job.rounds else None)
+        check = first if passive and first <= job.rounds else None
+        sizes, checked = _setup(wire, node_of, cfg, job, check, alignment)
+    elif alignment is not None:
+        raise FederationError("an alignment to keep needs the parties' setup; this drive has none")
     q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
     for c in cfg.values():
         c.update({"sample-rate": q, "steps-per-round": steps})
@@ -343,16 +358,29 @@ def drive(
 
 
 def _setup(
-    wire: Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], job: VerticalJob, check: int | None
+    wire: Wire,
+    node_of: dict[str, int],
+    cfg: dict[str, dict[str, Any]],
+    job: VerticalJob,
+    check: int | None,
+    alignment: PendingAlignment | None = None,
 ) -> tuple[dict[str, float], list[tuple[str, Decision]] | None]:
     """Both parties' aligned/train/test counts (one exchange); they must hold the same aligned set.
 
     ``check``: a round both parties also check in the same message (nothing charged), at the
     public rate each computes from its counts; it must be the one the coordinator announces.
+    ``alignment``: the PSI's order, which each party keeps first, in the same message.
     """
     flags = {"then-check": True, "round": check, "steps-asked": job.steps_per_round or 0} if check else {}
     roles = list(node_of)
-    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles])
+    riders = None
+    if alignment is not None:
+        if set(alignment.sides) != set(node_of.values()):
+            raise FederationError("the alignment to keep is not of this job's parties")
+        riders = {n: {KEEP_RECORD: ConfigRecord(alignment.save_config(n))} for n in alignment.sides}
+    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles], riders)
+    if alignment is not None:
+        _kept(wire, alignment, dict(zip(roles, setups, strict=True)), node_of)
     sizes = _numbers(setups[0])
     for other in (_numbers(reply) for reply in setups[1:]):
         if int(other["aligned"]) != int(sizes["aligned"]):
@@ -373,6 +401,21 @@ def _setup(
             )
     by_role = dict(zip(roles, setups, strict=True))
     return sizes, [(role, _decision(by_role[role], "next-")) for role in (PASSIVE, ACTIVE)]
+
+
+def _kept(
+    wire: Wire, alignment: PendingAlignment, setups: dict[str, RecordDict], node_of: dict[str, int]
+) -> None:
+    """Both parties say they kept the PSI's order (a node that ignored the record would not)."""
+    sizes = []
+    for role, reply in setups.items():
+        if KEEP_RECORD not in reply:
+            raise FederationError(
+                f"partner {wire.names.get(node_of[role], role)} did not keep the PSI's order with its setup; "
+                "update fedcustomer on that node and run the job again"
+            )
+        sizes.append(int(_numbers(reply, KEEP_RECORD)["size"]))
+    alignment.kept(sizes)
 
 
 def _refused(report: VerticalRound, t0: float) -> VerticalRound:

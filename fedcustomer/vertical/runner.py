@@ -31,6 +31,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
+from fedcustomer.vertical.align import PendingAlignment
 from fedcustomer.vertical.checkpoint import RoundCheckpoint
 from fedcustomer.vertical.data import (
     OWN,
@@ -83,6 +84,7 @@ def run_vertical_on_grid(
     checkpoints: Path | None = None,
     nodes: dict[str, int] | None = None,
     plans: tuple[PartyPlan, PartyPlan] | None = None,
+    alignment: PendingAlignment | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -94,7 +96,8 @@ def run_vertical_on_grid(
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
     directory) keeps the trained rounds of both drives, for a restarted coordinator. ``nodes``:
     the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`);
-    ``plans`` the parties, if the caller has planned them (from the same hello, ``--data own``).
+    ``plans`` the parties, if the caller has planned them (from the same hello, ``--data own``);
+    ``alignment`` a PSI's order the parties keep with their setup (see :func:`drive`).
     """
     if plans is None and job.data == OWN:  # the parties say what they declared
         nodes, declared = partner_hellos(grid, job.round_timeout)
@@ -128,6 +131,7 @@ def run_vertical_on_grid(
             reserve_epsilon=reserve,
             checkpoint=_checkpoint(checkpoints, "joint"),
             nodes=nodes,
+            alignment=alignment,
         )
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult
-from fedcustomer.vertical.protocol import message_type
+from fedcustomer.vertical.protocol import NEXT_JOB_RECORD, message_type
 from fedcustomer.vertical.spend import public_sampling
 
 log = logging.getLogger(__name__)
@@ -262,19 +263,71 @@ class _Chain:
         accounting = _accounting(reply) if "then-finish" in flags else None
         return metrics, answers, accounting
 
-    def finish(self, rnd: int) -> dict[str, dict[str, Any]]:
-        """Both parties keep their final parts and report their accounting, in one exchange."""
+    def finish(self, rnd: int, following: FollowingJob | None = None) -> dict[str, dict[str, Any]]:
+        """Both parties keep their final parts and report their accounting, in one exchange.
+
+        ``following``: the label owner then begins its own next job (``next-job``), answered in ``following``.
+        """
         asks = [
             (node, "vertical_finish", self.cfg[role] | {"round": rnd}) for role, node in self.node_of.items()
         ]
+        riders = None
+        if following is not None and following.config is not None:
+            riders = {self.node_of[ACTIVE]: {NEXT_JOB_RECORD: ConfigRecord(following.config)}}
         out: dict[str, dict[str, Any]] = {}
-        for reply in self.wire.ask_all(asks):
+        for (node, _, _), reply in zip(asks, self.wire.ask_all(asks, riders), strict=True):
             out.update(_accounting(reply))
+            if riders is not None and node in riders and "next-job-decision" in reply:
+                assert following is not None
+                following.answer = _decision(
+                    reply, "next-job-"
+                )  # absent from an older node: begun on its own
         return out
 
 
 def _accounting(reply: RecordDict) -> dict[str, dict[str, Any]]:
     return {str(dict(reply["partner"])["name"]): json.loads(str(dict(reply["accounting"])["json"]))}
+
+
+@dataclass
+class FollowingJob:
+    """The label owner's own job after the joint one (its comparison model), begun with the joint finish.
+
+    Why: its first begin is one sequential exchange fewer when it rides on the label owner's
+    ``vertical_finish`` (after that finish, as when it was a message of its own). ``first`` is its
+    next round (a restarted coordinator does not begin its trained rounds again); ``config`` is
+    filled in by the joint drive (the label owner's counts set its public rate) and ``answer`` by
+    the label owner's reply.
+    """
+
+    job: VerticalJob
+    plan: PartyPlan
+    peer: str
+    first: int = 1
+    config: dict[str, Any] | None = None
+    answer: Decision | None = None
+
+
+def _configs(
+    job: VerticalJob,
+    active: PartyPlan,
+    passive: PartyPlan | None,
+    peer: str,
+    reserve_epsilon: float,
+) -> dict[str, dict[str, Any]]:
+    """Each party's session config of a drive (before its public sampling rate is known)."""
+    cfg = {ACTIVE: session_config(job, active, peer, job.embed_dim if passive else 0, reserve_epsilon)}
+    if passive:
+        cfg[PASSIVE] = session_config(job, passive, active.name, job.embed_dim)
+    return cfg
+
+
+def _sampled(cfg: dict[str, dict[str, Any]], job: VerticalJob, sizes: dict[str, float]) -> tuple[float, int]:
+    """The public sampling rate and steps per round, from the label owner's counts, into every party's config."""
+    q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
+    for c in cfg.values():
+        c.update({"sample-rate": q, "steps-per-round": steps})
+    return q, steps
 
 
 def drive(
@@ -289,6 +342,8 @@ def drive(
     nodes: dict[str, int] | None = None,
     sizes: dict[str, float] | None = None,
     alignment: PendingAlignment | None = None,
+    following: FollowingJob | None = None,
+    opened: Decision | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
@@ -299,7 +354,9 @@ def drive(
     hello the caller has just made on this grid) saves asking again; so do ``sizes`` (the label
     owner's aligned/train/test counts from a setup of the same home, dataset and peer, e.g. the
     joint job's for its comparison model). ``alignment``: a PSI's order both parties keep
-    with their setup, before it reads their aligned sets.
+    with their setup, before it reads their aligned sets. ``following``: the label owner's own
+    next job, begun with this job's finish; ``opened``: the label owner's answer to that begin,
+    when this drive is that job.
     """
     wire = Wire(grid, job.round_timeout)
     if nodes is None:
@@ -314,9 +371,7 @@ def drive(
             f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})"
         )
     peer = peer_of_active or (passive.name if passive else active.name)
-    cfg = {ACTIVE: session_config(job, active, peer, job.embed_dim if passive else 0, reserve_epsilon)}
-    if passive:
-        cfg[PASSIVE] = session_config(job, passive, active.name, job.embed_dim)
+    cfg = _configs(job, active, passive, peer, reserve_epsilon)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
     rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
     first = len(rounds) + 1
@@ -326,12 +381,15 @@ def drive(
         sizes, checked = _setup(wire, node_of, cfg, job, check, alignment)
     elif alignment is not None:
         raise FederationError("an alignment to keep needs the parties' setup; this drive has none")
-    q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
-    for c in cfg.values():
-        c.update({"sample-rate": q, "steps-per-round": steps})
+    q, steps = _sampled(cfg, job, sizes)
+    if following is not None and following.first <= following.job.rounds:
+        nxt = _configs(following.job, following.plan, None, following.peer, 0.0)
+        _sampled(nxt, following.job, sizes)  # the same counts as the drive of its own would use
+        following.config = nxt[ACTIVE] | {"round": following.first}
     names = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
     chain = _Chain(wire, node_of, cfg, names)
-    answers: list[tuple[str, Decision]] = []  # the next round's answers, sent with this round's replies
+    # the next round's answers, sent with this round's replies (the first: with another job's finish)
+    answers: list[tuple[str, Decision]] = [(ACTIVE, opened)] if opened is not None else []
     for rnd in range(first, job.rounds + 1):
         t0 = time.perf_counter()
         report = VerticalRound(rnd, "refused")
@@ -340,7 +398,7 @@ def drive(
         phase = chain.passive_phase(rnd, report, batches, more) if passive and batches is not None else None
         if batches is None or (passive and phase is None):
             rounds.append(_refused(report, t0))
-            return DriveResult("stopped", rounds, _stop_reason(report), chain.finish(rnd), sizes)
+            return DriveResult("stopped", rounds, _stop_reason(report), chain.finish(rnd, following), sizes)
         embeddings, passive_check = phase if phase is not None else (None, None)
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
         metrics, answers, accounting = chain.fit(rnd, embeddings, passive_check, more)
@@ -354,7 +412,7 @@ def drive(
         )
         if accounting is not None:  # the label owner alone: its last fit ended the job
             return DriveResult("completed", rounds, None, accounting, sizes)
-    return DriveResult("completed", rounds, None, chain.finish(job.rounds), sizes)
+    return DriveResult("completed", rounds, None, chain.finish(job.rounds, following), sizes)
 
 
 def _setup(

@@ -45,7 +45,7 @@ from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult, write_outputs
 from fedcustomer.vertical.parties import align_by_psi, party_app, pin_each_other
 from fedcustomer.vertical.protocol import message_type
-from fedcustomer.vertical.rounds import drive
+from fedcustomer.vertical.rounds import FollowingJob, drive
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,13 @@ def run_vertical_on_grid(
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     baseline_nodes = nodes if baseline_grid is grid else None
     grid = AnchorGrid.around(grid, out, job.run_id)  # the parties' audit anchors: anchors.jsonl
+    following = None
+    base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
     if baseline_grid is not None:
         baseline_grid = grid.sharing_log(baseline_grid)
+        base_done = _checkpoint(checkpoints, "baseline")  # rounds trained before a restart: not begun again
+        first = len(base_done.load()) + 1 if base_done is not None else 1
+        following = FollowingJob(base_job, active, passive.name, first)  # begun with the joint finish
     try:
         result = drive(
             grid,
@@ -132,6 +137,7 @@ def run_vertical_on_grid(
             checkpoint=_checkpoint(checkpoints, "joint"),
             nodes=nodes,
             alignment=alignment,
+            following=following,
         )
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
@@ -140,7 +146,6 @@ def run_vertical_on_grid(
         raise
     baseline = None
     if baseline_grid is not None:
-        base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
         try:
             baseline = drive(
                 baseline_grid,
@@ -151,6 +156,7 @@ def run_vertical_on_grid(
                 checkpoint=_checkpoint(checkpoints, "baseline"),
                 nodes=baseline_nodes,
                 sizes=result.sizes,  # the label owner's own counts (same home, dataset, peer): no second setup
+                opened=following.answer if following is not None else None,
             )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))

@@ -15,7 +15,10 @@ next without waiting for the other party (see :mod:`fedcustomer.vertical.protoco
 * the label owner's ``vertical_fit`` of round r opens round r+1 at the label owner when the
   passive party's check passed (``then-begin``), or only checks it (``then-check``), so every
   refusal is on record as before. A job of the label owner alone has no check (its begin
-  refuses by itself) and ends with its last fit (``then-finish``).
+  refuses by itself) and ends with its last fit (``then-finish``);
+* the parties' setup first keeps the PSI's order as their alignment (:mod:`.align`), and the
+  label owner's finish begins its own next job, the comparison model (``next-job``), after the
+  finish and with that job's own session, so its charges come after the joint job's as before.
 
 What is charged is unchanged: both parties' checks pass before either pays, each party pays
 once per round, before it releases anything of that round. One order changed: the label owner

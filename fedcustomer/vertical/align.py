@@ -118,7 +118,8 @@ def _ask(grid: Grid, configs: dict[int, dict[str, Any]], timeout: float | None) 
 class PendingAlignment:
     """A finished PSI's agreed order that both parties are still to keep as their vertical alignment.
 
-    ``sides`` maps node -> (dataset, peer name); ``use_earlier``: both parties hold an earlier
+    ``sides`` maps node -> (dataset, peer name) and ``names`` node -> party name (the PSI's grid;
+    the setup may reach the parties on another grid, by name); ``use_earlier``: both parties hold an earlier
     alignment with each other, so both keep its order. ``ride``: both nodes answered the check
     riding on the PSI, so they also keep the order with their setup (one exchange fewer);
     ``on_kept`` runs once both have kept it (the coordinator's checkpoint of the PSI).
@@ -126,6 +127,7 @@ class PendingAlignment:
 
     session_id: str
     sides: dict[int, tuple[str, str]]
+    names: dict[int, str]
     seed: int | None
     use_earlier: bool
     size: int
@@ -137,6 +139,13 @@ class PendingAlignment:
         cfg: dict[str, Any] = {"dataset": dataset, "peer": peer, "step": "save"}
         cfg |= {"session-id": self.session_id, "use-earlier": self.use_earlier}
         return cfg | ({} if self.seed is None else {"seed": int(self.seed)})
+
+    def config_of(self, name: str) -> dict[str, Any]:
+        """What party ``name`` is asked to keep."""
+        nodes = [node for node, who in self.names.items() if who == name]
+        if len(nodes) != 1:
+            raise FederationError(f"the alignment to keep is not of party {name!r}; run the PSI again")
+        return self.save_config(nodes[0])
 
     def kept(self, sizes: Iterable[int]) -> int:
         """The size both parties kept; a mismatch is refused (the PSI is run again)."""

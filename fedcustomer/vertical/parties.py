@@ -41,17 +41,24 @@ def align_by_psi(
     plan_b: PartyPlan,
     seed: int | None = None,
     anchors: AnchorLog | None = None,
-) -> int:
-    """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
+    *,
+    with_setup: bool = False,
+) -> tuple[int, PendingAlignment | None]:
+    """Run the PSI as Flower messages through the coordinator; each side keeps its alignment.
 
-    The same exchange a deployment runs (:func:`align_on_grid`) on the in-process grid; with
-    ``anchors`` the parties' audit anchors in the replies are recorded there.
+    The same exchange a deployment runs (:func:`psi_for_alignment`) on the in-process grid; with
+    ``anchors`` the parties' audit anchors in the replies are recorded there. With ``with_setup``
+    the order is left for the parties' setup to keep, as deployed, and returned; otherwise it is
+    kept here (None returned with the size).
     """
     grid: Grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
     if anchors is not None:
         grid = AnchorGrid(grid, anchors)
     node_a, node_b = grid.get_node_ids()
-    return align_on_grid(grid, {plan_a.name: node_a, plan_b.name: node_b}, plan_a, plan_b, seed=seed)
+    pending = psi_for_alignment(grid, {plan_a.name: node_a, plan_b.name: node_b}, plan_a, plan_b, seed=seed)
+    if with_setup and pending.ride:
+        return pending.size, pending
+    return keep_alignment(grid, pending), None
 
 
 def align_on_grid(
@@ -125,7 +132,10 @@ def psi_for_alignment(
     )
     use_earlier = check_alignments(grid, sides, riding.earlier, timeout)
     ride = set(riding.earlier) == set(sides)
-    return PendingAlignment(view.session_id, sides, seed, use_earlier, view.intersection_size, ride=ride)
+    names = {node_a: plan_a.name, node_b: plan_b.name}
+    return PendingAlignment(
+        view.session_id, sides, names, seed, use_earlier, view.intersection_size, ride=ride
+    )
 
 
 def pin_each_other(home_a: PartnerHome, home_b: PartnerHome) -> None:

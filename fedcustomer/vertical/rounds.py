@@ -435,10 +435,13 @@ def _setup(
     flags = {"then-check": True, "round": check, "steps-asked": job.steps_per_round or 0} if check else {}
     roles = list(node_of)
     riders = None
-    if alignment is not None:
-        if set(alignment.sides) != set(node_of.values()):
-            raise FederationError("the alignment to keep is not of this job's parties")
-        riders = {n: {KEEP_RECORD: ConfigRecord(alignment.save_config(n))} for n in alignment.sides}
+    if alignment is not None:  # by party name: the PSI may have reached the parties on another grid
+        if sorted(alignment.names.values()) != sorted(str(cfg[role]["name"]) for role in roles):
+            raise FederationError("the alignment to keep is not of this job's parties; run the PSI again")
+        riders = {
+            node_of[role]: {KEEP_RECORD: ConfigRecord(alignment.config_of(str(cfg[role]["name"])))}
+            for role in roles
+        }
     setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles], riders)
     if alignment is not None:
         _kept(wire, alignment, dict(zip(roles, setups, strict=True)), node_of)

@@ -177,12 +177,17 @@ class VerticalSetup:
     baseline: PartnerHome | None
     psi_size: int
     plans: tuple[PartyPlan, PartyPlan] | None = None
+    alignment: PendingAlignment | None = None  # the PSI's order, for the parties' setup to keep
 
 
-def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> VerticalSetup:
+def prepare_vertical(
+    job: VerticalJob, anchors: AnchorLog | None = None, *, keep_with_setup: bool = False
+) -> VerticalSetup:
     """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment.
 
     ``anchors`` records the parties' audit anchors sent with their PSI replies. With
+    ``keep_with_setup`` the parties keep the PSI's order with their setup, as deployed
+    (``alignment`` in the result, for :func:`run_vertical_on_grid`). With
     ``--data own`` nothing is provisioned: the two homes in ``--homes`` already hold each
     party's own dataset, and each declared what it trains on (checked here, before the PSI).
     """
@@ -196,25 +201,36 @@ def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> Vert
         budget = DatasetBudget(job.epsilon, job.delta)
         homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
     pin_each_other(homes[active.name], homes[passive.name])
-    size = align_by_psi(
-        homes[active.name], active, homes[passive.name], passive, seed=job.seed, anchors=anchors
+    size, pending = align_by_psi(
+        homes[active.name],
+        active,
+        homes[passive.name],
+        passive,
+        seed=job.seed,
+        anchors=anchors,
+        with_setup=keep_with_setup,
     )
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
     baseline = homes[active.name] if job.baseline else None
-    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size, (active, passive))
+    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size, (active, passive), pending)
 
 
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     """Set up both parties and run the job through the in-process Flower grid."""
     torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
     anchors = AnchorLog(job.out, job.run_id)
-    setup = prepare_vertical(job, anchors)
+    setup = prepare_vertical(job, anchors, keep_with_setup=True)  # the same messages as deployed
     homes = [str(setup.active.root), str(setup.passive.root)]
     grid = AnchorGrid(LocalGrid(party_app(homes), num_nodes=2), anchors)
     baseline_grid = None
     if setup.baseline is not None:
         baseline_grid = grid.sharing_log(LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1))
     return run_vertical_on_grid(
-        grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size, plans=setup.plans
+        grid,
+        job,
+        baseline_grid=baseline_grid,
+        psi_size=setup.psi_size,
+        plans=setup.plans,
+        alignment=setup.alignment,
     )

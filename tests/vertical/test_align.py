@@ -182,3 +182,26 @@ def test_an_alignment_to_keep_rides_only_on_the_setup(homes):
     )
     reply = list(app.send_and_receive([msg]))[0]
     assert reply.has_error() and "only vertical_setup may carry an alignment to keep" in reply.error.reason
+
+
+def test_the_one_machine_runner_leaves_the_order_to_the_setup_on_the_jobs_own_grid(tmp_path):
+    """As deployed: the PSI runs on its own grid, the setup (on the job's grid) keeps its order, by party name."""
+    from fedcustomer.vertical.data import plan_parties
+    from fedcustomer.vertical.parties import align_by_psi
+    from fedcustomer.vertical.runner import run_vertical_on_grid
+
+    bank = prepare_party_home(tmp_path / "bank", "bank", customers=400, seed=2, epsilon=8.0)
+    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=400, seed=2, epsilon=8.0)
+    pin_each_other(bank, retail)
+    job = VerticalJob(
+        out=str(tmp_path / "run"), rounds=1, batch_size=64, steps_per_round=1, seed=0, baseline=False
+    )
+    active, passive = plan_parties(job)
+    size, pending = align_by_psi(bank, active, retail, passive, seed=0, with_setup=True)
+    assert pending is not None and pending.size == size > 0
+    assert not alignment_path(bank, "bank", "retailer").exists()  # nothing kept before the setup
+    grid = grid_for([retail, bank])  # the job's grid reaches the parties under other node ids
+    summary = run_vertical_on_grid(grid, job, psi_size=size, plans=(active, passive), alignment=pending)
+    assert summary["status"] == "completed" and "query.vertical_align" not in _types(grid)
+    for home, (dataset, peer) in ((bank, ("bank", "retailer")), (retail, ("retailer", "bank"))):
+        assert len(json.loads(alignment_path(home, dataset, peer).read_text())["pseudonyms"]) == size

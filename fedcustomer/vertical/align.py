@@ -42,10 +42,9 @@ from fedcustomer.server.wrapped_grid import WrappedGrid
 from fedcustomer.vertical.data import alignment_path, save_pseudonym_alignment
 
 ACTION = "vertical_align"
-CHECK_RECORD = (
-    "fedcustomer.vertical-align-check"  # the check riding on the PSI's last message, and its answer
-)
-KEEP_RECORD = "fedcustomer.vertical-align-keep"  # the save riding on the setup, and its answer
+# the check riding on the PSI's last message, and its answer; the save riding on the setup, and its answer
+CHECK_RECORD = "fedcustomer.vertical-align-check"
+KEEP_RECORD = "fedcustomer.vertical-align-keep"
 ALIGN_ERROR_CODE = 4103  # a save refused for what the operator must change (seed, changed customers)
 
 

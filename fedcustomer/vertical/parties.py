@@ -61,40 +61,6 @@ def align_by_psi(
     return keep_alignment(grid, pending), None
 
 
-def align_on_grid(
-    grid: Grid,
-    nodes: dict[str, int],
-    plan_a: PartyPlan,
-    plan_b: PartyPlan,
-    *,
-    seed: int | None = None,
-    timeout: float | None = None,
-    session_id: str | None = None,
-    run_id: str | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    progress: Callable[[str], None] | None = None,
-) -> int:
-    """PSI between the two parties' nodes, then each keeps its own pseudonyms in the agreed order.
-
-    Each party reads its ids through its governed store (``record_linkage``), the coordinator
-    relays blinded values only, and each side ends with its own pseudonyms of the shared
-    customers in one agreed order (an earlier order is kept, see :mod:`.align`).
-    """
-    pending = psi_for_alignment(
-        grid,
-        nodes,
-        plan_a,
-        plan_b,
-        seed=seed,
-        timeout=timeout,
-        session_id=session_id,
-        run_id=run_id,
-        chunk_size=chunk_size,
-        progress=progress,
-    )
-    return keep_alignment(grid, pending, timeout)
-
-
 def psi_for_alignment(
     grid: Grid,
     nodes: dict[str, int],
@@ -108,10 +74,13 @@ def psi_for_alignment(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[str], None] | None = None,
 ) -> PendingAlignment:
-    """The PSI with both parties' alignment checks riding on its last message; the order still to keep.
+    """PSI between the two parties' nodes, their alignment checks riding on its last message; the order to keep.
 
-    The caller has both parties keep it, with their setup when ``ride`` (both answered the riding
-    check) or with :func:`~fedcustomer.vertical.align.keep_alignment`.
+    Each party reads its ids through its governed store (``record_linkage``), the coordinator
+    relays blinded values only, and each side ends with its own pseudonyms of the shared
+    customers in one agreed order (an earlier order is kept, see :mod:`.align`). The caller has
+    both parties keep it, with their setup when ``ride`` (both answered the riding check) or with
+    :func:`~fedcustomer.vertical.align.keep_alignment`.
     """
     node_a, node_b = nodes[plan_a.name], nodes[plan_b.name]
     sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}

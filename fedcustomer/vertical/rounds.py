@@ -280,11 +280,14 @@ class _Chain:
         out: dict[str, dict[str, Any]] = {}
         for (node, _, _), reply in zip(asks, self.wire.ask_all(asks, riders), strict=True):
             out.update(_accounting(reply))
-            if riders is not None and node in riders and "next-job-decision" in reply:
-                assert following is not None
-                following.answer = _decision(
-                    reply, "next-job-"
-                )  # absent from an older node: begun on its own
+            # an older node ignores next-job: the following job then begins with a message of its own
+            if (
+                following is not None
+                and riders is not None
+                and node in riders
+                and "next-job-decision" in reply
+            ):
+                following.answer = _decision(reply, "next-job-")
         return out
 
 

@@ -27,6 +27,7 @@ from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
 from fedcustomer.privacy.audit.anchors import current_anchor_json
+from fedcustomer.vertical.align import align_check_mod
 from fedcustomer.vertical.protocol import register_vertical_handlers
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
         return resolve_home(context, homes)
 
     # packed messages read and answered packed (outermost: the anchor goes inside the packed reply);
-    # every reply carries the partner's audit anchor
-    app = ClientApp(mods=[packed_mod, anchor_mod(home_of)])
+    # every reply carries the partner's audit anchor; a vertical alignment check riding on a PSI message
+    # is answered innermost, after the PSI step (fedcustomer.vertical.align)
+    app = ClientApp(mods=[packed_mod, anchor_mod(home_of), align_check_mod(home_of)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

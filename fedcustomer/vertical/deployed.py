@@ -42,9 +42,10 @@ from fedcustomer.psi.state import check_session_id
 from fedcustomer.psi.sum_protocol import DEFAULT_SUM_CHUNK_SIZE, REVEAL_SUM, run_sum_on_grid
 from fedcustomer.server.anchor_grid import AnchorGrid
 from fedcustomer.server.deployment import wait_for_partners
+from fedcustomer.vertical.align import keep_alignment
 from fedcustomer.vertical.data import PartyPlan, plan_parties
 from fedcustomer.vertical.job import VerticalJob
-from fedcustomer.vertical.parties import align_on_grid
+from fedcustomer.vertical.parties import psi_for_alignment
 from fedcustomer.vertical.runner import partner_hellos, run_vertical_on_grid
 
 TWO_PARTY_MODES = ("vertical", "psi")
@@ -133,10 +134,11 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         )
     ckdir = out / "checkpoint" / job.run_id
     psi_state = ckdir / "psi.json"
+    alignment = None
     if bool(extra.get("resume")) and psi_state.exists():
         size = int(json.loads(psi_state.read_text(encoding="utf-8"))["psi_size"])
     else:
-        size = align_on_grid(
+        pending = psi_for_alignment(
             grid,
             nodes,
             active,
@@ -148,8 +150,17 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
             chunk_size=_chunk_size(extra),
             progress=progress_to(out),
         )
-        ckdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
+        size = pending.size
+
+        def checkpoint_psi() -> None:  # only once both parties kept the order: a resume starts after it
+            ckdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(psi_state, json.dumps({"psi_size": size}) + "\n")
+
+        pending.on_kept = checkpoint_psi
+        if pending.ride:  # kept with the parties' setup, one exchange fewer
+            alignment = pending
+        else:  # a node that did not answer the riding check: the order kept on its own, as before
+            size = keep_alignment(grid, pending, job.round_timeout)
     return run_vertical_on_grid(
         grid,
         job,
@@ -158,6 +169,7 @@ def run_two_party(grid: Grid, raw: dict[str, Any]) -> dict[str, Any]:
         checkpoints=ckdir,
         nodes=nodes,  # asked above: no second hello
         plans=plans,
+        alignment=alignment,
     )
 
 

@@ -23,7 +23,13 @@ from fedcustomer.psi.relay import run_psi_on_grid
 from fedcustomer.psi.signing import ensure_link_key, pin_peer, pinned_key
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
-from fedcustomer.vertical.align import keep_alignment
+from fedcustomer.vertical.align import (
+    CheckRidingGrid,
+    PendingAlignment,
+    align_check_mod,
+    check_alignments,
+    keep_alignment,
+)
 from fedcustomer.vertical.data import PartyPlan
 from fedcustomer.vertical.protocol import register_vertical_handlers
 
@@ -35,20 +41,27 @@ def align_by_psi(
     plan_b: PartyPlan,
     seed: int | None = None,
     anchors: AnchorLog | None = None,
-) -> int:
-    """Run the PSI as Flower messages through the coordinator and keep each side's alignment.
+    *,
+    with_setup: bool = False,
+) -> tuple[int, PendingAlignment | None]:
+    """Run the PSI as Flower messages through the coordinator; each side keeps its alignment.
 
-    The same exchange a deployment runs (:func:`align_on_grid`) on the in-process grid; with
-    ``anchors`` the parties' audit anchors in the replies are recorded there.
+    The same exchange a deployment runs (:func:`psi_for_alignment`) on the in-process grid; with
+    ``anchors`` the parties' audit anchors in the replies are recorded there. With ``with_setup``
+    the order is left for the parties' setup to keep, as deployed, and returned; otherwise it is
+    kept here (None returned with the size).
     """
     grid: Grid = LocalGrid(party_app([str(home_a.root), str(home_b.root)]), num_nodes=2)
     if anchors is not None:
         grid = AnchorGrid(grid, anchors)
     node_a, node_b = grid.get_node_ids()
-    return align_on_grid(grid, {plan_a.name: node_a, plan_b.name: node_b}, plan_a, plan_b, seed=seed)
+    pending = psi_for_alignment(grid, {plan_a.name: node_a, plan_b.name: node_b}, plan_a, plan_b, seed=seed)
+    if with_setup and pending.ride:
+        return pending.size, pending
+    return keep_alignment(grid, pending), None
 
 
-def align_on_grid(
+def psi_for_alignment(
     grid: Grid,
     nodes: dict[str, int],
     plan_a: PartyPlan,
@@ -60,16 +73,20 @@ def align_on_grid(
     run_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[str], None] | None = None,
-) -> int:
-    """PSI between the two parties' nodes, then each keeps its own pseudonyms in the agreed order.
+) -> PendingAlignment:
+    """PSI between the two parties' nodes, their alignment checks riding on its last message; the order to keep.
 
     Each party reads its ids through its governed store (``record_linkage``), the coordinator
     relays blinded values only, and each side ends with its own pseudonyms of the shared
-    customers in one agreed order (an earlier order is kept, see :mod:`.align`).
+    customers in one agreed order (an earlier order is kept, see :mod:`.align`). The caller has
+    both parties keep it, with their setup when ``ride`` (both answered the riding check) or with
+    :func:`~fedcustomer.vertical.align.keep_alignment`.
     """
     node_a, node_b = nodes[plan_a.name], nodes[plan_b.name]
+    sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
+    riding = CheckRidingGrid(grid, sides)
     view = run_psi_on_grid(
-        grid,
+        riding,
         node_a,
         node_b,
         plan_a.dataset,
@@ -82,8 +99,12 @@ def align_on_grid(
         chunk_size=chunk_size,
         progress=progress,
     )
-    sides = {node_a: (plan_a.dataset, plan_b.name), node_b: (plan_b.dataset, plan_a.name)}
-    return keep_alignment(grid, view, sides, seed, timeout)
+    use_earlier = check_alignments(grid, sides, riding.earlier, timeout)
+    ride = set(riding.earlier) == set(sides)
+    names = {node_a: plan_a.name, node_b: plan_b.name}
+    return PendingAlignment(
+        view.session_id, sides, names, seed, use_earlier, view.intersection_size, ride=ride
+    )
 
 
 def pin_each_other(home_a: PartnerHome, home_b: PartnerHome) -> None:
@@ -103,7 +124,8 @@ def party_app(homes: list[str]) -> ClientApp:
         return resolve_home(context, homes)
 
     # packed messages answered packed, as deployed; every reply carries the party's audit anchor
-    app = ClientApp(mods=[packed_mod, anchor_mod(home_of)])
+    # alignment checks riding on PSI messages answered innermost, after the PSI step
+    app = ClientApp(mods=[packed_mod, anchor_mod(home_of), align_check_mod(home_of)])
     register_vertical_handlers(app, home_of)
     register_governed_psi_handlers(app, home_of)
     return app

@@ -12,7 +12,9 @@ message type                   to          carries in -> out
 ``query.vertical_align``       both        PSI session -> keep its order as the alignment (align)
 ``query.vertical_setup``       both        job config -> aligned/train/test counts; ``then-check``: and
                                            its check of the first round at the public rate it computes
-                                           from its counts (returned too, for the coordinator to compare)
+                                           from its counts (returned too, for the coordinator to compare);
+                                           with a keep record: first keeps the PSI's order as its
+                                           alignment (the ``save`` of ``vertical_align``)
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
                                            (passive, ``then-forward``: and batch 0's embeddings)
@@ -26,7 +28,9 @@ message type                   to          carries in -> out
 ``train.vertical_fit``         active      all embeddings -> joint model trained; held-out metrics;
                                            ``then-begin`` / ``then-check``: and its begin (batches) or
                                            check of the next round; ``then-finish``: and its finish
-``train.vertical_finish``      both        -> final model part kept at home; accounting
+``train.vertical_finish``      both        -> final model part kept at home; accounting; the label
+                                           owner's, with a ``next-job`` record: and the first begin
+                                           of its own next job (its comparison model)
 =============================  ==========  ==================================================
 
 A follow-up runs only after the message's own step succeeded (a begin only when the charge was
@@ -50,15 +54,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustomer.errors import DataError, FedCustomerError
+from fedcustomer.errors import ConfigError, DataError, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.vertical.align import align_handler_content
+from fedcustomer.vertical.align import ALIGN_ERROR_CODE, KEEP_RECORD, align_handler_content, keep_with_setup
+from fedcustomer.vertical.data import ACTIVE
 from fedcustomer.vertical.declaration import hello_content
 from fedcustomer.vertical.party import PartySession, session_for
 from fedcustomer.vertical.session_config import SessionConfig
 from fedcustomer.vertical.spend import public_sampling
 
 PARTNER_ERROR_CODE = 4100
+NEXT_JOB_RECORD = "next-job"  # a finish's follow-up: the label owner's next job's session config and round
 ResolveHome = Callable[[Context], PartnerHome]
 ACTIONS = (
     "vertical_hello",
@@ -106,9 +112,18 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
                 content = align_handler_content(resolve_home(context), dict(msg.content["config"]))
                 return Message(content=content, reply_to=msg)
             cfg_raw = dict(msg.content["config"])
+            kept = _keep_first(action, resolve_home(context), msg.content)
             session = session_for(resolve_home(context), SessionConfig.from_config(cfg_raw))
             _check_follow_ups(action, session, cfg_raw)  # refused before the message's own step runs
+            following = _following_job(action, session, msg.content)
             content = _HANDLERS[action](session, cfg_raw, msg.content)
+            if kept is not None:
+                content[KEEP_RECORD] = MetricRecord(kept)
+            if following is not None:  # after this job's finish: the next job's first begin
+                nxt = _decision(following[0].begin_round(following[1]))
+                content["next-job-decision"], content["next-job-metrics"] = nxt["decision"], nxt["metrics"]
+        except _AlignmentRefused as exc:  # what the operator must change (seed, changed customers)
+            return Message(error=Error(code=ALIGN_ERROR_CODE, reason=f"ConfigError: {exc}"), reply_to=msg)
         except FedCustomerError as exc:
             return Message(
                 error=Error(code=PARTNER_ERROR_CODE, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg
@@ -117,6 +132,22 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
         return Message(content=content, reply_to=msg)
 
     return handler
+
+
+class _AlignmentRefused(Exception):
+    """A save riding on the setup refused (its ConfigError's message)."""
+
+
+def _keep_first(action: str, home: PartnerHome, content: RecordDict) -> dict[str, Any] | None:
+    """The PSI's order kept as the alignment before the setup reads it, when the setup carries it."""
+    if KEEP_RECORD not in content:
+        return None
+    if action != "vertical_setup":
+        raise DataError(f"only vertical_setup may carry an alignment to keep, not {action}")
+    try:
+        return dict(keep_with_setup(home, content[KEEP_RECORD]))
+    except ConfigError as exc:
+        raise _AlignmentRefused(str(exc)) from None
 
 
 def _arrays(content: RecordDict, *names: str) -> dict[str, torch.Tensor]:
@@ -203,6 +234,28 @@ def _check_follow_ups(action: str, s: PartySession, cfg: dict[str, Any]) -> None
         raise DataError(
             f"round {cfg.get('round')} is the job's last; there is no next round to check or begin"
         )
+
+
+def _following_job(action: str, s: PartySession, content: RecordDict) -> tuple[PartySession, int] | None:
+    """The label owner's own next job (its comparison model), begun once this job's finish is done.
+
+    Its session is its own (run id, config, charges); refused before the finish runs when malformed.
+    """
+    if NEXT_JOB_RECORD not in content:
+        return None
+    if action != "vertical_finish":
+        raise DataError(f"only vertical_finish may begin a following job, not {action}")
+    raw = dict(content[NEXT_JOB_RECORD])
+    try:
+        rnd = int(raw["round"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError("a following job needs the round to begin") from None
+    cfg = SessionConfig.from_config(raw)
+    if cfg.run_id == s.cfg.run_id or cfg.role != ACTIVE or cfg.name != s.name or s.cfg.role != ACTIVE:
+        raise DataError("a following job must be another run of the same label owner")
+    if not 1 <= rnd <= cfg.rounds:
+        raise DataError(f"a following job has no round {rnd} (it has {cfg.rounds})")
+    return session_for(s.home, cfg), rnd
 
 
 def _put(out: RecordDict, name: str, tensor: torch.Tensor) -> None:

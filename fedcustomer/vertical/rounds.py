@@ -15,7 +15,10 @@ next without waiting for the other party (see :mod:`fedcustomer.vertical.protoco
 * the label owner's ``vertical_fit`` of round r opens round r+1 at the label owner when the
   passive party's check passed (``then-begin``), or only checks it (``then-check``), so every
   refusal is on record as before. A job of the label owner alone has no check (its begin
-  refuses by itself) and ends with its last fit (``then-finish``).
+  refuses by itself) and ends with its last fit (``then-finish``);
+* the parties' setup first keeps the PSI's order as their alignment (:mod:`.align`), and the
+  label owner's finish begins its own next job, the comparison model (``next-job``), after the
+  finish and with that job's own session, so its charges come after the joint job's as before.
 
 What is charged is unchanged: both parties' checks pass before either pays, each party pays
 once per round, before it releases anything of that round. One order changed: the label owner
@@ -29,18 +32,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedcustomer.errors import FederationError
+from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.vertical.align import ALIGN_ERROR_CODE, KEEP_RECORD, PendingAlignment
 from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult
-from fedcustomer.vertical.protocol import message_type
+from fedcustomer.vertical.protocol import NEXT_JOB_RECORD, message_type
 from fedcustomer.vertical.spend import public_sampling
 
 log = logging.getLogger(__name__)
@@ -68,14 +73,21 @@ class Wire:
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
         return self._content(replies[0] if replies else None, node, action)
 
-    def ask_all(self, asks: list[tuple[int, str, dict[str, Any]]]) -> list[RecordDict]:
-        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked."""
-        msgs = [
-            Message(
-                RecordDict({"config": ConfigRecord(cfg)}), dst_node_id=node, message_type=message_type(act)
-            )
-            for node, act, cfg in asks
-        ]
+    def ask_all(
+        self,
+        asks: list[tuple[int, str, dict[str, Any]]],
+        riders: dict[int, dict[str, ConfigRecord]] | None = None,
+    ) -> list[RecordDict]:
+        """``(node, action, config)`` for distinct nodes, in one exchange; the contents in the order asked.
+
+        ``riders``: more records for a node's message (e.g. the alignment it keeps first).
+        """
+        msgs = []
+        for node, act, cfg in asks:
+            content = RecordDict({"config": ConfigRecord(cfg)})
+            for name, record in (riders or {}).get(node, {}).items():
+                content[name] = record
+            msgs.append(Message(content, dst_node_id=node, message_type=message_type(act)))
         replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
         return [self._content(replies.get(node), node, act) for node, act, _ in asks]
 
@@ -87,6 +99,8 @@ class Wire:
                 "cannot go on without both parties"
             )
         if reply.has_error():
+            if reply.error.code == ALIGN_ERROR_CODE:  # what the operator must change, not a network fault
+                raise ConfigError(f"partner {who}: {str(reply.error.reason).removeprefix('ConfigError: ')}")
             raise FederationError(f"partner {who} failed at {action}: {reply.error.reason}")
         return reply.content
 
@@ -252,19 +266,74 @@ class _Chain:
         accounting = _accounting(reply) if "then-finish" in flags else None
         return metrics, answers, accounting
 
-    def finish(self, rnd: int) -> dict[str, dict[str, Any]]:
-        """Both parties keep their final parts and report their accounting, in one exchange."""
+    def finish(self, rnd: int, following: FollowingJob | None = None) -> dict[str, dict[str, Any]]:
+        """Both parties keep their final parts and report their accounting, in one exchange.
+
+        ``following``: the label owner then begins its own next job (``next-job``), answered in ``following``.
+        """
         asks = [
             (node, "vertical_finish", self.cfg[role] | {"round": rnd}) for role, node in self.node_of.items()
         ]
+        riders = None
+        if following is not None and following.config is not None:
+            riders = {self.node_of[ACTIVE]: {NEXT_JOB_RECORD: ConfigRecord(following.config)}}
         out: dict[str, dict[str, Any]] = {}
-        for reply in self.wire.ask_all(asks):
+        for (node, _, _), reply in zip(asks, self.wire.ask_all(asks, riders), strict=True):
             out.update(_accounting(reply))
+            # an older node ignores next-job: the following job then begins with a message of its own
+            if (
+                following is not None
+                and riders is not None
+                and node in riders
+                and "next-job-decision" in reply
+            ):
+                following.answer = _decision(reply, "next-job-")
         return out
 
 
 def _accounting(reply: RecordDict) -> dict[str, dict[str, Any]]:
     return {str(dict(reply["partner"])["name"]): json.loads(str(dict(reply["accounting"])["json"]))}
+
+
+@dataclass
+class FollowingJob:
+    """The label owner's own job after the joint one (its comparison model), begun with the joint finish.
+
+    Why: its first begin is one sequential exchange fewer when it rides on the label owner's
+    ``vertical_finish`` (after that finish, as when it was a message of its own). ``first`` is its
+    next round (a restarted coordinator does not begin its trained rounds again); ``config`` is
+    filled in by the joint drive (the label owner's counts set its public rate) and ``answer`` by
+    the label owner's reply.
+    """
+
+    job: VerticalJob
+    plan: PartyPlan
+    peer: str
+    first: int = 1
+    config: dict[str, Any] | None = None
+    answer: Decision | None = None
+
+
+def _configs(
+    job: VerticalJob,
+    active: PartyPlan,
+    passive: PartyPlan | None,
+    peer: str,
+    reserve_epsilon: float,
+) -> dict[str, dict[str, Any]]:
+    """Each party's session config of a drive (before its public sampling rate is known)."""
+    cfg = {ACTIVE: session_config(job, active, peer, job.embed_dim if passive else 0, reserve_epsilon)}
+    if passive:
+        cfg[PASSIVE] = session_config(job, passive, active.name, job.embed_dim)
+    return cfg
+
+
+def _sampled(cfg: dict[str, dict[str, Any]], job: VerticalJob, sizes: dict[str, float]) -> tuple[float, int]:
+    """The public sampling rate and steps per round, from the label owner's counts, into every party's config."""
+    q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
+    for c in cfg.values():
+        c.update({"sample-rate": q, "steps-per-round": steps})
+    return q, steps
 
 
 def drive(
@@ -278,6 +347,9 @@ def drive(
     checkpoint: RoundCheckpoint | None = None,
     nodes: dict[str, int] | None = None,
     sizes: dict[str, float] | None = None,
+    alignment: PendingAlignment | None = None,
+    following: FollowingJob | None = None,
+    opened: Decision | None = None,
 ) -> DriveResult:
     """Run the split-learning rounds; ``passive=None`` trains the label owner's features alone.
 
@@ -287,7 +359,10 @@ def drive(
     step once, so nothing is paid or released twice). ``nodes`` (partner name -> node id, from a
     hello the caller has just made on this grid) saves asking again; so do ``sizes`` (the label
     owner's aligned/train/test counts from a setup of the same home, dataset and peer, e.g. the
-    joint job's for its comparison model).
+    joint job's for its comparison model). ``alignment``: a PSI's order both parties keep
+    with their setup, before it reads their aligned sets. ``following``: the label owner's own
+    next job, begun with this job's finish; ``opened``: the label owner's answer to that begin,
+    when this drive is that job.
     """
     wire = Wire(grid, job.round_timeout)
     if nodes is None:
@@ -302,21 +377,25 @@ def drive(
             f"partner(s) {', '.join(absent)} are not connected (connected: {', '.join(nodes) or 'none'})"
         )
     peer = peer_of_active or (passive.name if passive else active.name)
-    cfg = {ACTIVE: session_config(job, active, peer, job.embed_dim if passive else 0, reserve_epsilon)}
-    if passive:
-        cfg[PASSIVE] = session_config(job, passive, active.name, job.embed_dim)
+    cfg = _configs(job, active, passive, peer, reserve_epsilon)
     node_of = {ACTIVE: nodes[active.name]} | ({PASSIVE: nodes[passive.name]} if passive else {})
     rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
     first = len(rounds) + 1
     checked = None  # both parties' checks of the first round, answered with their setup
     if sizes is None:
-        sizes, checked = _setup(wire, node_of, cfg, job, first if passive and first <= job.rounds else None)
-    q, steps = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
-    for c in cfg.values():
-        c.update({"sample-rate": q, "steps-per-round": steps})
+        check = first if passive and first <= job.rounds else None
+        sizes, checked = _setup(wire, node_of, cfg, job, check, alignment)
+    elif alignment is not None:
+        raise FederationError("an alignment to keep needs the parties' setup; this drive has none")
+    q, steps = _sampled(cfg, job, sizes)
+    if following is not None and following.first <= following.job.rounds:
+        nxt = _configs(following.job, following.plan, None, following.peer, 0.0)
+        _sampled(nxt, following.job, sizes)  # the same counts as the drive of its own would use
+        following.config = nxt[ACTIVE] | {"round": following.first}
     names = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
     chain = _Chain(wire, node_of, cfg, names)
-    answers: list[tuple[str, Decision]] = []  # the next round's answers, sent with this round's replies
+    # the next round's answers, sent with this round's replies (the first: with another job's finish)
+    answers: list[tuple[str, Decision]] = [(ACTIVE, opened)] if opened is not None else []
     for rnd in range(first, job.rounds + 1):
         t0 = time.perf_counter()
         report = VerticalRound(rnd, "refused")
@@ -325,7 +404,7 @@ def drive(
         phase = chain.passive_phase(rnd, report, batches, more) if passive and batches is not None else None
         if batches is None or (passive and phase is None):
             rounds.append(_refused(report, t0))
-            return DriveResult("stopped", rounds, _stop_reason(report), chain.finish(rnd), sizes)
+            return DriveResult("stopped", rounds, _stop_reason(report), chain.finish(rnd, following), sizes)
         embeddings, passive_check = phase if phase is not None else (None, None)
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
         metrics, answers, accounting = chain.fit(rnd, embeddings, passive_check, more)
@@ -339,20 +418,36 @@ def drive(
         )
         if accounting is not None:  # the label owner alone: its last fit ended the job
             return DriveResult("completed", rounds, None, accounting, sizes)
-    return DriveResult("completed", rounds, None, chain.finish(job.rounds), sizes)
+    return DriveResult("completed", rounds, None, chain.finish(job.rounds, following), sizes)
 
 
 def _setup(
-    wire: Wire, node_of: dict[str, int], cfg: dict[str, dict[str, Any]], job: VerticalJob, check: int | None
+    wire: Wire,
+    node_of: dict[str, int],
+    cfg: dict[str, dict[str, Any]],
+    job: VerticalJob,
+    check: int | None,
+    alignment: PendingAlignment | None = None,
 ) -> tuple[dict[str, float], list[tuple[str, Decision]] | None]:
     """Both parties' aligned/train/test counts (one exchange); they must hold the same aligned set.
 
     ``check``: a round both parties also check in the same message (nothing charged), at the
     public rate each computes from its counts; it must be the one the coordinator announces.
+    ``alignment``: the PSI's order, which each party keeps first, in the same message.
     """
     flags = {"then-check": True, "round": check, "steps-asked": job.steps_per_round or 0} if check else {}
     roles = list(node_of)
-    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles])
+    riders = None
+    if alignment is not None:  # by party name: the PSI may have reached the parties on another grid
+        if sorted(alignment.names.values()) != sorted(str(cfg[role]["name"]) for role in roles):
+            raise FederationError("the alignment to keep is not of this job's parties; run the PSI again")
+        riders = {
+            node_of[role]: {KEEP_RECORD: ConfigRecord(alignment.config_of(str(cfg[role]["name"])))}
+            for role in roles
+        }
+    setups = wire.ask_all([(node_of[role], "vertical_setup", cfg[role] | flags) for role in roles], riders)
+    if alignment is not None:
+        _kept(wire, alignment, dict(zip(roles, setups, strict=True)), node_of)
     sizes = _numbers(setups[0])
     for other in (_numbers(reply) for reply in setups[1:]):
         if int(other["aligned"]) != int(sizes["aligned"]):
@@ -373,6 +468,21 @@ def _setup(
             )
     by_role = dict(zip(roles, setups, strict=True))
     return sizes, [(role, _decision(by_role[role], "next-")) for role in (PASSIVE, ACTIVE)]
+
+
+def _kept(
+    wire: Wire, alignment: PendingAlignment, setups: dict[str, RecordDict], node_of: dict[str, int]
+) -> None:
+    """Both parties say they kept the PSI's order (a node that ignored the record would not)."""
+    sizes = []
+    for role, reply in setups.items():
+        if KEEP_RECORD not in reply:
+            raise FederationError(
+                f"partner {wire.names.get(node_of[role], role)} did not keep the PSI's order with its setup; "
+                "update fedcustomer on that node and run the job again"
+            )
+        sizes.append(int(_numbers(reply, KEEP_RECORD)["size"]))
+    alignment.kept(sizes)
 
 
 def _refused(report: VerticalRound, t0: float) -> VerticalRound:

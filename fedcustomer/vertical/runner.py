@@ -31,6 +31,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.anchor_grid import AnchorGrid, AnchorLog
 from fedcustomer.server.inprocess import LocalGrid
+from fedcustomer.vertical.align import PendingAlignment
 from fedcustomer.vertical.checkpoint import RoundCheckpoint
 from fedcustomer.vertical.data import (
     OWN,
@@ -44,7 +45,7 @@ from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult, write_outputs
 from fedcustomer.vertical.parties import align_by_psi, party_app, pin_each_other
 from fedcustomer.vertical.protocol import message_type
-from fedcustomer.vertical.rounds import drive
+from fedcustomer.vertical.rounds import FollowingJob, drive
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def run_vertical_on_grid(
     checkpoints: Path | None = None,
     nodes: dict[str, int] | None = None,
     plans: tuple[PartyPlan, PartyPlan] | None = None,
+    alignment: PendingAlignment | None = None,
 ) -> dict[str, Any]:
     """Run the vertical job (and, given ``baseline_grid``, the label owner alone) and write the run directory.
 
@@ -94,7 +96,8 @@ def run_vertical_on_grid(
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
     directory) keeps the trained rounds of both drives, for a restarted coordinator. ``nodes``:
     the partners' node ids on ``grid`` if the caller has just asked them (see :func:`drive`);
-    ``plans`` the parties, if the caller has planned them (from the same hello, ``--data own``).
+    ``plans`` the parties, if the caller has planned them (from the same hello, ``--data own``);
+    ``alignment`` a PSI's order the parties keep with their setup (see :func:`drive`).
     """
     if plans is None and job.data == OWN:  # the parties say what they declared
         nodes, declared = partner_hellos(grid, job.round_timeout)
@@ -117,8 +120,13 @@ def run_vertical_on_grid(
     reserve = job.baseline_epsilon if baseline_grid is not None and job.dp else 0.0
     baseline_nodes = nodes if baseline_grid is grid else None
     grid = AnchorGrid.around(grid, out, job.run_id)  # the parties' audit anchors: anchors.jsonl
+    following = None
+    base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
     if baseline_grid is not None:
         baseline_grid = grid.sharing_log(baseline_grid)
+        base_done = _checkpoint(checkpoints, "baseline")  # rounds trained before a restart: not begun again
+        first = len(base_done.load()) + 1 if base_done is not None else 1
+        following = FollowingJob(base_job, active, passive.name, first)  # begun with the joint finish
     try:
         result = drive(
             grid,
@@ -128,6 +136,8 @@ def run_vertical_on_grid(
             reserve_epsilon=reserve,
             checkpoint=_checkpoint(checkpoints, "joint"),
             nodes=nodes,
+            alignment=alignment,
+            following=following,
         )
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
@@ -136,7 +146,6 @@ def run_vertical_on_grid(
         raise
     baseline = None
     if baseline_grid is not None:
-        base_job = VerticalJob.from_dict(job.to_dict() | {"run_id": job.run_id + "-baseline"})
         try:
             baseline = drive(
                 baseline_grid,
@@ -147,6 +156,7 @@ def run_vertical_on_grid(
                 checkpoint=_checkpoint(checkpoints, "baseline"),
                 nodes=baseline_nodes,
                 sizes=result.sizes,  # the label owner's own counts (same home, dataset, peer): no second setup
+                opened=following.answer if following is not None else None,
             )
         except FederationError as exc:
             baseline = DriveResult("failed", [], str(exc))
@@ -167,12 +177,17 @@ class VerticalSetup:
     baseline: PartnerHome | None
     psi_size: int
     plans: tuple[PartyPlan, PartyPlan] | None = None
+    alignment: PendingAlignment | None = None  # the PSI's order, for the parties' setup to keep
 
 
-def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> VerticalSetup:
+def prepare_vertical(
+    job: VerticalJob, anchors: AnchorLog | None = None, *, keep_with_setup: bool = False
+) -> VerticalSetup:
     """Give each party a home with its rows in its governed store, run the PSI, keep each side's alignment.
 
     ``anchors`` records the parties' audit anchors sent with their PSI replies. With
+    ``keep_with_setup`` the parties keep the PSI's order with their setup, as deployed
+    (``alignment`` in the result, for :func:`run_vertical_on_grid`). With
     ``--data own`` nothing is provisioned: the two homes in ``--homes`` already hold each
     party's own dataset, and each declared what it trains on (checked here, before the PSI).
     """
@@ -186,25 +201,36 @@ def prepare_vertical(job: VerticalJob, anchors: AnchorLog | None = None) -> Vert
         budget = DatasetBudget(job.epsilon, job.delta)
         homes = {p.name: provision_party(root / p.name, p, frames[p.name], budget) for p in (active, passive)}
     pin_each_other(homes[active.name], homes[passive.name])
-    size = align_by_psi(
-        homes[active.name], active, homes[passive.name], passive, seed=job.seed, anchors=anchors
+    size, pending = align_by_psi(
+        homes[active.name],
+        active,
+        homes[passive.name],
+        passive,
+        seed=job.seed,
+        anchors=anchors,
+        with_setup=keep_with_setup,
     )
     # The comparison model trains on the label owner's real home and is paid from its real
     # ledger (the joint job leaves job.baseline_epsilon for it): no copied budget.
     baseline = homes[active.name] if job.baseline else None
-    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size, (active, passive))
+    return VerticalSetup(homes[active.name], homes[passive.name], baseline, size, (active, passive), pending)
 
 
 def run_vertical_local(job: VerticalJob) -> dict[str, Any]:
     """Set up both parties and run the job through the in-process Flower grid."""
     torch.set_num_threads(int(os.environ.get("FEDCUSTOMER_THREADS", "1")))
     anchors = AnchorLog(job.out, job.run_id)
-    setup = prepare_vertical(job, anchors)
+    setup = prepare_vertical(job, anchors, keep_with_setup=True)  # the same messages as deployed
     homes = [str(setup.active.root), str(setup.passive.root)]
     grid = AnchorGrid(LocalGrid(party_app(homes), num_nodes=2), anchors)
     baseline_grid = None
     if setup.baseline is not None:
         baseline_grid = grid.sharing_log(LocalGrid(party_app([str(setup.baseline.root)]), num_nodes=1))
     return run_vertical_on_grid(
-        grid, job, baseline_grid=baseline_grid, psi_size=setup.psi_size, plans=setup.plans
+        grid,
+        job,
+        baseline_grid=baseline_grid,
+        psi_size=setup.psi_size,
+        plans=setup.plans,
+        alignment=setup.alignment,
     )

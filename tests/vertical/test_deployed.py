@@ -26,7 +26,7 @@ def homes(tmp_path):
     return bank, retail
 
 
-DIES_IN_ROUND_2 = 12  # the retailer's messages answered before it stops: it misses round 2's last backward
+DIES_IN_ROUND_2 = 10  # the retailer's messages answered before it stops: it misses round 2's last backward
 
 
 def _raw(tmp_path, mode="vertical", reveal="ids", **kw):
@@ -57,9 +57,10 @@ def test_vertical_job_completes_and_each_party_keeps_its_part(homes, tmp_path):
 def test_a_restarted_coordinator_resumes_without_paying_twice(homes, tmp_path):
     bank, retail = homes
     raw = _raw(tmp_path, baseline=False)
-    # the first coordinator dies during round 2: the retailer is the one whose reply is lost (its 13th
-    # message, round 2's last backward: hello, PSI 3, align 2, setup with round 1's check, then round 1's
-    # begin with forward, 2 backwards, round 2's begin with forward, its 1st backward)
+    # the first coordinator dies during round 2: the retailer is the one whose reply is lost (its 11th
+    # message, round 2's last backward: hello, PSI 3 (its last one with the alignment check), setup with
+    # the alignment kept and round 1's check, then round 1's begin with forward, 2 backwards, round 2's
+    # begin with forward, its 1st backward)
     with pytest.raises(FederationError):
         run_two_party(grid_for([bank, retail], dead_after={2: DIES_IN_ROUND_2}), raw)
     paid = {h.config().name: _charges(h, raw["run-id"]) for h in homes}

@@ -18,6 +18,7 @@ from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.vertical import party as party_module
 from fedcustomer.vertical.data import plan_parties
 from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.protocol import NEXT_JOB_RECORD, message_type
 from fedcustomer.vertical.runner import run_vertical_on_grid
 from tests.vertical.conftest import grid_for, retail_signal_frames, setup_parties
 
@@ -322,10 +323,13 @@ def test_a_round_is_one_message_per_party_step_and_the_fit_opens_the_next_round(
     assert _chain(grid) == start + opening + _round(True) * 2 + _round(False) + end
     assert [r["round"] for r in summary["partners"][0]["refusals"]] == []
     # the label owner alone: no setup (the joint job's counts), no check (its begin refuses by itself),
-    # each fit begins the next round and the last one finishes the job
+    # its first begin rides on the label owner's joint finish (after it, in the same message), each fit
+    # begins the next round and the last one finishes the job
+    finish = grid.log[-1][0]
+    first_fit = dict(alone.log[1][0].content["config"])
+    assert dict(finish.content[NEXT_JOB_RECORD]) == {k: v for k, v in first_fit.items() if k != "then-begin"}
     assert _chain(alone) == [
         ("query.vertical_hello", "", 1, []),
-        ("train.vertical_begin", "active", 1, []),
         ("train.vertical_fit", "active", 1, ["then-begin"]),
         ("train.vertical_fit", "active", 1, ["then-begin"]),
         ("train.vertical_fit", "active", 1, ["then-finish"]),
@@ -390,6 +394,29 @@ def test_a_follow_up_beyond_the_last_round_is_refused_with_a_clear_error(tmp_pat
         reply = grid.send_and_receive([msg])
         (answer,) = list(reply)
         assert answer.has_error() and match in answer.error.reason
+
+
+def test_a_malformed_following_job_is_refused_before_the_finish_runs(tmp_path):
+    job = _job(tmp_path, dp=False, rounds=1, steps_per_round=1, baseline=True)
+    bank, retail, size = setup_parties(tmp_path / "homes", job, retail_signal_frames(n=400))
+    grid = grid_for([bank, retail])
+    summary = run_vertical_on_grid(grid, job, baseline_grid=grid_for([bank]), psi_size=size)
+    assert summary["baseline"]["status"] == "completed"
+    finish = next(m for m, _ in grid.log if NEXT_JOB_RECORD in m.content)
+    cfg, following = dict(finish.content["config"]), dict(finish.content[NEXT_JOB_RECORD])
+    final = bank.state_dir / "vertical" / f"run-{job.run_id}-active-final.pt"
+    final.unlink()
+    for action, nxt, match in (
+        ("vertical_finish", following | {"run-id": job.run_id}, "another run of the same label owner"),
+        ("vertical_finish", following | {"round": 2}, "has no round 2"),
+        ("vertical_finish", {k: v for k, v in following.items() if k != "round"}, "needs the round"),
+        ("vertical_check", following, "only vertical_finish may begin a following job"),
+    ):
+        content = RecordDict({"config": ConfigRecord(cfg), NEXT_JOB_RECORD: ConfigRecord(nxt)})
+        msg = Message(content, dst_node_id=finish.metadata.dst_node_id, message_type=message_type(action))
+        (answer,) = list(grid.send_and_receive([msg]))
+        assert answer.has_error() and match in answer.error.reason
+        assert not final.exists()  # the finish did not run
 
 
 def test_a_party_checking_its_first_round_at_another_rate_stops_the_job_before_any_charge(

@@ -48,6 +48,7 @@ INSECURE_WARNING = (
 )
 WARM, SUBPROCESS = "warm", "subprocess"
 SERVERAPP_MODES = (WARM, SUBPROCESS)
+ENDING_POLL_S = 0.25  # status checks once the ServerApp wrote its summary (one Control API request each)
 DEFAULT_SERVERAPP = WARM if hasattr(os, "fork") and sys.platform != "darwin" else SUBPROCESS
 
 
@@ -263,10 +264,7 @@ def wait_for_coordinator(
     while True:
         if (cdir.flwr_home / "config.toml").exists():
             try:
-                if control_api.submit_mode() == control_api.FLWR_CLI:
-                    flwr_cli(["ls", CONNECTION], cdir.flwr_home, timeout=max(5.0, min(60.0, timeout)))
-                else:
-                    control_api.ping(cdir.flwr_home)
+                probe_coordinator(cdir, timeout=max(5.0, min(60.0, timeout)))
                 if waited and progress:
                     progress("the coordinator is up")
                 return
@@ -284,6 +282,14 @@ def wait_for_coordinator(
             progress(f"waiting up to {timeout:g} s for the coordinator in {cdir.root} to come up ...")
         waited = True
         time.sleep(min(poll, remaining))
+
+
+def probe_coordinator(cdir: CoordinatorDir, timeout: float = 60.0) -> None:
+    """One Control API request to the coordinator (``flwr ls`` with ``FEDCUSTOMER_SUBMIT=flwr-cli``)."""
+    if control_api.submit_mode() == control_api.FLWR_CLI:
+        flwr_cli(["ls", CONNECTION], cdir.flwr_home, timeout=timeout)
+    else:
+        control_api.ping(cdir.flwr_home)
 
 
 def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
@@ -399,33 +405,35 @@ def wait_run(
     most: float = 10.0,
     finished_hint: Callable[[], bool] | None = None,
     tick: float = 0.25,
+    ending_poll: float | None = None,
 ) -> dict[str, Any]:
     """Block until Flower reports the run finished; returns its status record (network traffic included).
 
     Each status check is a Control API request (a ``flwr ls`` process, a second or more of CPU, with
     ``FEDCUSTOMER_SUBMIT=flwr-cli``), so checks start every ``poll`` s, double while nothing
     changes, up to ``most`` s, and are prompt again after a change. ``finished_hint`` is a cheap local
-    sign that the run is ending (the ServerApp wrote its summary): once it is true, checks go back to
-    every ``poll`` s. ``progress`` hears every change of the run's status; ``watch`` is called every
+    sign that the run is ending (the ServerApp wrote its summary): once it is true, checks come every
+    ``ending_poll`` s (default ``poll``; the Control API's checks are cheap enough for a short one). ``progress`` hears every change of the run's status; ``watch`` is called every
     ``tick`` s.
     """
     deadline = time.monotonic() + timeout
+    after_hint = poll if ending_poll is None else ending_poll
     seen: object = None
     interval, next_check, hinted = poll, time.monotonic(), False
     while True:
         now = time.monotonic()
         hint_now = not hinted and finished_hint is not None and finished_hint()
         if hint_now:
-            hinted, interval = True, poll
+            hinted, interval = True, after_hint
         if now >= next_check or hint_now:
             status = run_status(cdir, run_id)
             if status.get("status") != seen:
                 seen = status.get("status")
-                interval = poll
+                interval = after_hint if hinted else poll
                 if progress:
                     progress(f"Flower run {run_id}: {seen}")
             else:
-                interval = poll if hinted else min(interval * 2, max(poll, most))
+                interval = after_hint if hinted else min(interval * 2, max(poll, most))
             if str(status.get("status", "")).startswith("finished"):
                 if watch is not None:
                     watch()
@@ -436,6 +444,14 @@ def wait_run(
         if time.monotonic() > deadline:
             raise FederationError(f"run {run_id} still {seen} after {timeout:g} s")
         time.sleep(max(0.0, min(tick, next_check - time.monotonic())))
+
+
+def ending_poll() -> float | None:
+    """How often ``coordinator run`` checks a run whose summary is written: 0.25 s through the Control API.
+
+    With ``FEDCUSTOMER_SUBMIT=flwr-cli`` each check is a ``flwr`` process, so ``poll`` stays (None).
+    """
+    return ENDING_POLL_S if control_api.submit_mode() == control_api.IN_PROCESS else None
 
 
 def file_rewritten(path: Path) -> Callable[[], bool]:

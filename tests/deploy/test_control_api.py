@@ -226,3 +226,11 @@ def test_the_fallback_cli_still_exists():
         [fl.executable("flwr"), "run", "--help"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0 and "--run-config" in res.stdout
+
+
+def test_waiting_for_a_coordinator_that_is_down_retries_then_says_why(tmp_path):
+    certs = make_dev_certificates(tmp_path / "certs")
+    cdir = co.CoordinatorDir(tmp_path / "coord")
+    co.write_flwr_config(cdir, f"127.0.0.1:{fl.free_port()}", certs.ca_cert)
+    with pytest.raises(FederationError, match="did not answer within 0.5 s .*SuperLink is unavailable"):
+        co.wait_for_coordinator(cdir, timeout=0.5, poll=0.1)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from typing import Any
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.deploy.flower import CONNECTION
 from fedcustomer.errors import ConfigError, FederationError
+
+log = logging.getLogger(__name__)
 
 SUBMIT_ENV = "FEDCUSTOMER_SUBMIT"
 IN_PROCESS, FLWR_CLI = "in-process", "flwr-cli"
@@ -117,8 +121,10 @@ def cached_fab(app_dir: Path, cache_dir: Path) -> tuple[bytes, bool]:
         data = path.read_bytes()
         if check.read_text(encoding="ascii").strip() == hashlib.sha256(data).hexdigest():
             return data, True
-    load_and_validate(Path(app_dir) / "pyproject.toml")  # raises with Flower's reason, as `flwr run` does
-    return build_fab_from_disk(Path(app_dir)), False
+    with warnings.catch_warnings():  # Flower's builder uses a pathspec API its newer releases deprecate
+        warnings.simplefilter("ignore", DeprecationWarning)
+        load_and_validate(Path(app_dir) / "pyproject.toml")  # raises with Flower's reason, as `flwr run` does
+        return build_fab_from_disk(Path(app_dir)), False
 
 
 def keep_fab(app_dir: Path, cache_dir: Path, data: bytes) -> None:
@@ -154,6 +160,8 @@ def start_run(flwr_home: Path, app_dir: Path, cache_dir: Path, run_config: list[
                 federation=connection.federation or "",
             )
         )
+    if res.HasField("note"):  # `flwr run` prints it as "Note: ..."
+        log.info("Flower's note on the submission: %s", res.note)
     if not res.HasField("run_id"):
         raise FederationError(f"`{command}` failed: Failed to start run")
     if not cached:  # only now: a submission that failed leaves the coordinator's directory as it was

@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from federated_recipes import Recipe, parse_recipe  # the same recipe type and --recipe syntax
 
 from fedcustomer.apps.client import make_client_app
 from fedcustomer.data.partition import PartnerDataset, split_train_test
@@ -58,17 +60,6 @@ VALIDATION_FRACTION = 0.2
 METRICS = ("mae", "rmse", "spearman", "top_decile_capture")
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Federated training hyper-parameters (SGD, momentum 0.9)."""
-
-    rounds: int
-    epochs: int  # local epochs per round
-    batch_size: int
-    lr: float
-    max_grad_norm: float = 1.0  # DP only
-
-
 # Chosen on validation rows (see the module docstring and RESULTS.md).
 RECIPES: dict[str, Recipe] = {
     "fed": Recipe(rounds=10, epochs=3, batch_size=128, lr=0.1),
@@ -79,14 +70,6 @@ QUICK: dict[str, Recipe] = {
     "fed-dp": Recipe(rounds=2, epochs=2, batch_size=1024, lr=2.0, max_grad_norm=0.5),
 }
 TARGET = CLVTarget()  # the job defaults: log1p, cap 1,000 dollars, Huber
-
-
-def parse_recipe(text: str, recipes: dict[str, Recipe]) -> tuple[str, Recipe]:
-    """``family:key=value,...`` -> (family, that family's recipe with those fields replaced)."""
-    family, _, body = text.partition(":")
-    if family not in recipes:
-        raise argparse.ArgumentTypeError(f"unknown recipe {family!r}; choose one of {', '.join(recipes)}")
-    return family, replace(recipes[family], **_pairs(text, body, {f.name: f.type for f in fields(Recipe)}))
 
 
 def parse_target(text: str) -> CLVTarget:
@@ -146,12 +129,7 @@ def run_job(
         data=SOURCE,
         task=TASK,
         partners=len(datasets),
-        rounds=recipe.rounds,
-        local_epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        max_grad_norm=recipe.max_grad_norm,
-        max_noise_multiplier=100.0,
+        **recipe.job_fields(),
         dp=dp,
         epsilon=epsilon,
         delta=DELTA,
@@ -207,10 +185,13 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     data_dir = args.data_dir or Path(os.environ.get("FEDCUSTOMER_DATA_DIR", ROOT.parent / "shared" / "data"))
     recipes = dict(QUICK if args.quick else RECIPES)
-    for text in args.recipe:
-        family, recipe = parse_recipe(text, recipes)
-        recipes[family] = recipe
-    target = parse_target(args.target)
+    try:
+        for text in args.recipe:
+            family, recipe = parse_recipe(text, recipes)
+            recipes[family] = recipe
+        target = parse_target(args.target)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     repeats = args.repeats or (1 if args.quick else 3)
     spec, datasets = load_partitions(TASK, SOURCE, args.partners, seed=args.seed, data_dir=data_dir)
     if args.holdout == "validation":

@@ -23,6 +23,17 @@ class Recipe:
     rounds: int = 1  # federated only
     max_grad_norm: float = 1.0  # DP only
 
+    def job_fields(self) -> dict[str, Any]:
+        """The JobConfig fields a federated recipe sets (the noise cap left wide: the budget decides)."""
+        return {
+            "rounds": self.rounds,
+            "local_epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "max_grad_norm": self.max_grad_norm,
+            "max_noise_multiplier": 100.0,
+        }
+
     def describe(self, federated: bool, dp: bool) -> str:
         work = f"{self.rounds} rounds x {self.epochs} local epochs" if federated else f"{self.epochs} epochs"
         clip = f", clip {self.max_grad_norm:g}" if dp else ""

@@ -21,12 +21,15 @@ This module imports neither flwr nor torch: it stays small and starts at once.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from fedcustomer.deploy import task_bell
 
 MAX_RESTARTS = 5  # executor restarts allowed within RESTART_WINDOW_S before the node gives up
 RESTART_WINDOW_S = 300.0
@@ -96,7 +99,33 @@ def supervise(
     ``executor_cmd`` builds the executor's command from the server process's pid.
     """
     _, what, who = EXECUTORS[kind]
-    node = subprocess.Popen(supernode_cmd, env=env, cwd=str(cwd) if cwd else None)
+    # a ClientApp executor waits on the task bell the SuperNode rings (see task_bell); this process
+    # keeps the read end for a restarted executor, and only the SuperNode holds the write end
+    bell_r, bell_w = task_bell.open_bell() if kind == CLIENTAPP else (-1, -1)
+    node_env = dict(os.environ if env is None else env)
+    if bell_w >= 0:
+        node_env[task_bell.ENV_FD] = str(bell_w)
+    try:
+        node = subprocess.Popen(
+            supernode_cmd,
+            env=node_env,
+            cwd=str(cwd) if cwd else None,
+            pass_fds=(bell_w,) if bell_w >= 0 else (),
+        )
+    except BaseException:
+        for fd in (bell_r, bell_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    if bell_w >= 0:
+        os.close(bell_w)
+
+    def start_executor() -> subprocess.Popen[bytes]:
+        cmd = executor_cmd(node.pid) + ([task_bell.BELL_ARG, str(bell_r)] if bell_r >= 0 else [])
+        return subprocess.Popen(
+            cmd, env=env, cwd=str(cwd) if cwd else None, pass_fds=(bell_r,) if bell_r >= 0 else ()
+        )
+
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -109,7 +138,7 @@ def supervise(
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     restarts: list[float] = []
     try:
-        executor = subprocess.Popen(executor_cmd(node.pid), env=env, cwd=str(cwd) if cwd else None)
+        executor = start_executor()
         while True:
             try:
                 code = node.wait(timeout=check_s)
@@ -130,13 +159,15 @@ def supervise(
                 _end(node)
                 return EXECUTOR_FAILED
             _say(f"{what} exited with code {executor.returncode}; restarting it", who)
-            executor = subprocess.Popen(executor_cmd(node.pid), env=env, cwd=str(cwd) if cwd else None)
+            executor = start_executor()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if executor is not None:
             _end(executor)
         _end(node)
+        if bell_r >= 0:
+            os.close(bell_r)
     return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
 
 

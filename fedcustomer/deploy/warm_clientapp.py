@@ -11,7 +11,9 @@ own warm executor pools exist only for its Kubernetes executor, and not for Clie
 ``--isolation process`` is Flower's supported way to run the executor outside the SuperNode. This
 process takes the SuperExec's place for one node: it imports everything once (the *zygote*), polls
 the SuperNode's Runtime API for ClientApp tasks (``AcquireTask``, signed with the node's runtime
-secret, so no other local process can take the partner's tasks) and hands each task to a child
+secret, so no other local process can take the partner's tasks; under the node's supervisor it asks
+when the SuperNode rings its task bell, :mod:`fedcustomer.deploy.task_bell`, and otherwise once a
+second) and hands each task to a child
 forked for its Flower run. A run's child keeps the ClientApp and the party's in-memory state
 between that run's messages, as the in-process grid does, and exits once the run has been idle for
 a while; a crash ends one run's child, never the zygote. Each task goes through Flower's own Runtime
@@ -50,6 +52,7 @@ from fedcustomer.deploy.forked_workers import (
     warn_if_fork_unsafe,
 )
 from fedcustomer.deploy.installed_app import load_installed_app
+from fedcustomer.deploy.task_bell import BELL_ARG, Bell, open_pipe_fd
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -70,6 +73,7 @@ DEFAULT_POLL_S = 0.2  # the longest pause between task polls
 FIRST_POLL_S = 0.01  # the pause right after a task was handed out
 BUSY_POLL_S = 0.05  # the longest pause within BUSY_WINDOW_S of the last task
 BUSY_WINDOW_S = 10.0
+BELL_POLL_S = 1.0  # with a ringing task bell: the safety-net pace between polls
 DEFAULT_IDLE_S = 900.0
 DEFAULT_MAX_RUNS = 4
 
@@ -354,6 +358,15 @@ class Zygote:
         stop_workers(self.pids, self.maintain, signum, timeout)
 
 
+def pause_between_polls(pauses: TaskPoll, bell: Bell | None) -> None:
+    """The pause after a poll that found no task: on the bell (up to ``BELL_POLL_S`` once it has rung)."""
+    pause = pauses.next_pause()
+    if bell is None:
+        time.sleep(pause)
+    else:
+        bell.wait(max(pause, BELL_POLL_S) if bell.heard else pause)
+
+
 def serve(
     address: str,
     *,
@@ -362,8 +375,14 @@ def serve(
     poll_s: float = DEFAULT_POLL_S,
     idle_s: float = DEFAULT_IDLE_S,
     max_runs: int = DEFAULT_MAX_RUNS,
+    bell_fd: int | None = None,
 ) -> int:
-    """Poll the SuperNode for ClientApp tasks until it goes away (or SIGTERM); returns the exit code."""
+    """Poll the SuperNode for ClientApp tasks until it goes away (or SIGTERM); returns the exit code.
+
+    With ``bell_fd`` (the read end of the node's task bell, :mod:`fedcustomer.deploy.task_bell`) the
+    pauses are waits on the bell: once it has rung, polls come when it rings and otherwise every
+    ``BELL_POLL_S``; until then, and without a bell, at the :class:`TaskPoll` pace.
+    """
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -387,6 +406,7 @@ def serve(
     log.info("warm ClientApp: ready in %.1f s, serving the node's Runtime API at %s", took, address)
     last_error = ""
     pauses = TaskPoll(poll_s)
+    bell = Bell(bell_fd) if bell_fd is not None else None
     try:
         while not stopping and parent_alive(parent_pid):
             zygote.maintain()
@@ -403,10 +423,12 @@ def serve(
                 zygote.dispatch(res.task.run_id, res.token)
                 pauses.task()
                 continue  # a reply often brings the next message soon: ask again at once
-            time.sleep(pauses.next_pause())
+            pause_between_polls(pauses, bell)
     finally:
         zygote.stop(stopping[0] if stopping else signal.SIGTERM)
         client.close()
+        if bell is not None:
+            bell.close()
     return 0
 
 
@@ -421,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         "--poll", type=float, default=DEFAULT_POLL_S, help="the longest pause between task polls (seconds)"
     )
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="seconds a run's worker is kept idle")
+    ap.add_argument(
+        BELL_ARG,
+        type=int,
+        default=None,
+        help="the read end of the node's task bell (given by its supervisor)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
@@ -431,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         poll_s=args.poll,
         idle_s=args.idle,
+        bell_fd=open_pipe_fd(args.task_bell_fd),
     )
 
 

@@ -78,10 +78,14 @@ def test_pauses_stay_short_while_a_reply_is_likely_then_back_off(monkeypatch):
     monkeypatch.setattr(prompt_grid.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(prompt_grid.time, "sleep", sleep)
     inner = SlowNodes({1: 200})
-    grid = PromptGrid(inner, first_pause=0.05, max_pause=1.0, busy_pause=0.2, busy_s=10.0)  # type: ignore[arg-type]
+    # binary-exact stand-ins for the defaults (0.1 s for 1 s, then 0.2 s up to 10 s, then up to 1 s)
+    grid = PromptGrid(inner, first_pause=0.125, step_window=1.0, busy_pause=0.25, busy_s=10.0, max_pause=1.0)  # type: ignore[arg-type]
     assert len(list(grid.send_and_receive(_msgs(1), timeout=None))) == 1
-    busy = [p for p, t in zip(pauses, itertools.accumulate(pauses)) if t <= 10.0]
-    assert busy[:3] == [0.05, 0.1, 0.2] and max(busy) == 0.2  # within 10 s: a pull every 0.2 s at most
+    at = list(itertools.accumulate(pauses))
+    first = [p for p, t in zip(pauses, at) if t - p < 1.0]
+    assert first == [0.125] * 8  # the first second after the push: steady pulls, no ramp
+    busy = [p for p, t in zip(pauses, at) if 1.0 <= t - p < 10.0]
+    assert set(busy) == {0.25}  # then up to 10 s: the busy pace
     assert pauses[-1] == 1.0  # a long wait: one pull a second, as before
 
 

@@ -76,3 +76,57 @@ def test_the_command_line_needs_a_supernode_command(capsys):
     assert "SUPERNODE COMMAND" in capsys.readouterr().err
     assert ns.main(["--runtime-api-address", "127.0.0.1:1", "--"]) == 2
     assert "no SuperNode command" in capsys.readouterr().err
+
+
+def test_the_supernode_rings_the_executor_through_the_bell_the_supervisor_made(tmp_path):
+    """The SuperNode's environment names the bell's write end; the executor gets its read end (also
+    when restarted), and a ring from one reaches the other."""
+    heard, flag = tmp_path / "heard", tmp_path / "stop"
+    node = _py(
+        "import os, sys, time\n"
+        "from fedcustomer.deploy import task_bell\n"
+        "fd = task_bell.fd_from_env()\n"
+        "assert fd is not None, 'no bell'\n"
+        f"while not os.path.exists({str(flag)!r}):\n"
+        "    task_bell.ring(fd)\n"
+        "    time.sleep(0.02)\n"
+    )
+    starts = []
+
+    def executor(parent: int) -> list[str]:  # the first one exits at once (restarted); the second listens
+        starts.append(parent)
+        if len(starts) == 1:
+            return _py("raise SystemExit(1)")
+        return _py(
+            "import sys\n"
+            "from fedcustomer.deploy import task_bell\n"
+            "args = sys.argv[1:]\n"
+            "fd = task_bell.open_pipe_fd(args[args.index(task_bell.BELL_ARG) + 1])\n"
+            "bell = task_bell.Bell(fd)\n"
+            "while not bell.wait(600.0):\n"
+            "    pass\n"
+            f"open({str(heard)!r}, 'w').write('rang')\n"
+            f"open({str(flag)!r}, 'w').close()\n"
+        )
+
+    assert ns.supervise(node, executor, check_s=0.05) == 0
+    assert heard.read_text() == "rang" and len(starts) == 2
+
+
+def test_a_coordinators_executor_gets_no_bell(tmp_path):
+    seen = tmp_path / "seen"
+    node = _py(
+        "import os, time\n"
+        "from fedcustomer.deploy import task_bell\n"
+        f"open({str(seen)!r}, 'w').write(str(task_bell.fd_from_env()))\n"
+        f"while not os.path.exists({str(tmp_path / 'stop')!r}): time.sleep(0.02)\n"
+    )
+
+    def executor(parent: int) -> list[str]:
+        return _py(
+            f"import sys; open({str(tmp_path / 'argv')!r}, 'w').write(' '.join(sys.argv[1:])); "
+            f"open({str(tmp_path / 'stop')!r}, 'w').close()"
+        )
+
+    assert ns.supervise(node, executor, check_s=0.05, kind=ns.SERVERAPP) == 0
+    assert seen.read_text() == "None" and "--task-bell-fd" not in (tmp_path / "argv").read_text()

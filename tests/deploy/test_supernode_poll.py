@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import time
 import types
@@ -61,6 +62,44 @@ def test_reply_waits_are_milliseconds_and_count_as_traffic():
     assert clock.slept[-1] == 0.005
 
 
+def test_after_its_reply_is_pushed_the_node_asks_every_tenth_of_a_second_for_the_window_only():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    clock.now += 60  # long idle: the next idle wait would be long
+    for _ in range(5):
+        shim.sleep(3)
+    shim.replied()
+    start = clock.now
+    while clock.now - start < sp.REPLY_WINDOW_S:
+        shim.sleep(3)
+    window = clock.slept[5:]
+    assert window == [sp.REPLY_STEP_S] * len(window)  # 0.1 s apart for the 0.7-s window
+    assert sum(window[:-1]) < sp.REPLY_WINDOW_S + 1e-9 <= sum(window) + 2e-9
+    for _ in range(3):
+        shim.sleep(3)
+    assert clock.slept[-3:] == [0.25, 0.25, 0.25]  # then the busy pace, with no second ramp
+    while clock.now - start < sp.BUSY_WINDOW_S:
+        shim.sleep(3)
+    for _ in range(4):
+        shim.sleep(3)
+    assert clock.slept[-1] == sp.MAX_IDLE_S  # an idle node's pace is unchanged
+
+
+def test_a_message_pulled_within_the_window_ends_it_until_the_next_reply():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    shim.replied()
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.REPLY_STEP_S
+    clock.now += sp.REPLY_WINDOW_S  # the message came; the party works past the window
+    shim.sleep(0.5)
+    shim.sleep(3)  # a pull before this node's reply left (another run's message, say): the usual ramp
+    assert clock.slept[-2:] == [sp.FIRST_REPLY_S, sp.FIRST_IDLE_S]
+    shim.replied()
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.REPLY_STEP_S
+
+
 def test_other_waits_and_attributes_are_the_real_modules():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)
@@ -92,6 +131,37 @@ def test_install_replaces_the_loops_time_and_a_pushed_reply_resets_the_backoff(m
     shim.idle_pause = 3.0
     assert loop._push_messages(state="s") == {"state": "s"}  # the wrapped push still does its work
     assert shim.idle_pause == sp.FIRST_IDLE_S
+    assert shim.replied_at is not None  # the window after a reply starts at the push
+
+
+def test_under_a_supervisor_the_loop_rings_the_task_bell_before_a_messages_objects_are_pulled(monkeypatch):
+    from fedcustomer.deploy import task_bell
+
+    read_fd, write_fd = task_bell.open_bell()
+    calls = []
+    loop = types.ModuleType("fake_loop")
+    loop.time, loop._push_messages = time, lambda: None
+    loop.pull_objects = lambda ids, pull_object_fn: calls.append((ids, os.read(read_fd, 16)))
+    monkeypatch.setenv(task_bell.ENV_FD, str(write_fd))
+    try:
+        assert sp.install(loop, version="1.42.0") is not None
+        assert os.read(read_fd, 16) == b"!"  # one ring at start: the executor learns that this node rings
+        loop.pull_objects(["a"], pull_object_fn=None)
+        assert calls == [(["a"], b"!")]  # the task exists: the executor was told before the pull
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_without_a_bell_the_loops_pulls_are_left_as_they_are(monkeypatch):
+    from fedcustomer.deploy import task_bell
+
+    monkeypatch.delenv(task_bell.ENV_FD, raising=False)
+    loop = types.ModuleType("fake_loop")
+    pull = loop.pull_objects = lambda ids, pull_object_fn: ids
+    loop.time, loop._push_messages = time, lambda: None
+    assert sp.install(loop, version="1.42.0") is not None
+    assert loop.pull_objects is pull
 
 
 def test_install_also_resets_after_a_failed_push():

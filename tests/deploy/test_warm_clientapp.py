@@ -261,6 +261,27 @@ def test_task_polls_are_short_after_a_task_capped_while_busy_and_back_off_when_i
     assert poll.next_pause() == 0.01
 
 
+class FakeBell:
+    def __init__(self, heard):
+        self.heard, self.waits = heard, []
+
+    def wait(self, timeout):
+        self.waits.append(timeout)
+        return False
+
+
+def test_with_a_ringing_bell_the_executor_waits_on_it_and_polls_only_once_a_second(monkeypatch):
+    slept = []
+    monkeypatch.setattr(wc.time, "sleep", slept.append)
+    now = [0.0]
+    pauses = wc.TaskPoll(0.2, first=0.01, busy=0.05, window=10.0, clock=lambda: now[0])
+    silent, ringing = FakeBell(heard=False), FakeBell(heard=True)
+    wc.pause_between_polls(pauses, silent)  # not heard yet (a SuperNode that does not ring): usual pace
+    wc.pause_between_polls(pauses, ringing)
+    wc.pause_between_polls(pauses, None)  # no bell at all: a plain sleep at the usual pace
+    assert silent.waits == [0.01] and ringing.waits == [wc.BELL_POLL_S] and slept == [0.04]
+
+
 EXIT_DURING_FLUSH = """
 import signal, sys
 from fedcustomer.deploy.forked_workers import exit_worker

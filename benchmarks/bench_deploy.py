@@ -203,10 +203,12 @@ def _vertical_deployed(
             _vertical_job(root / "run", rounds, steps), mode="vertical", wait_for_partners=60
         )
         co.write_app(cdir, raw)
+        co.wait_for_coordinator(cdir)  # as `coordinator run` does before it submits
         started = time.time()
         run_id = co.submit_run(cdir)
         submitted = time.time()
-        # each poll is a `flwr` process (seconds of CPU): poll rarely, time the job by its summary's write
+        # the job is timed by its summary's write; status checks stay rare (a `flwr` process each on the
+        # `flwr`-CLI submission path), the same on every checkout this script runs against
         status = co.wait_run(
             cdir,
             run_id,

@@ -311,6 +311,7 @@ def coordinator_run(
 ) -> None:
     from fedcustomer.deploy.coordinator import (
         CoordinatorDir,
+        ending_poll,
         file_rewritten,
         list_nodes,
         partner_shortfall,
@@ -408,7 +409,14 @@ def coordinator_run(
         f"then {cfg.get('rounds', rounds)} rounds) ..."
     )
     ended = file_rewritten(Path(str(cfg["out"])) / "summary.json")
-    status = wait_run(cdir, flwr_run_id, timeout=timeout, progress=_progress, finished_hint=ended)
+    status = wait_run(
+        cdir,
+        flwr_run_id,
+        timeout=timeout,
+        progress=_progress,
+        finished_hint=ended,
+        ending_poll=ending_poll(),
+    )
     summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:
         console.print_json(json.dumps(summary))

@@ -58,6 +58,7 @@ def run_two_party_job(
     """Submit (or resume) a PSI / vertical job and wait; raises FederationError unless it completed."""
     from fedcustomer.deploy.coordinator import (
         CoordinatorDir,
+        ending_poll,
         file_rewritten,
         read_summary,
         submit_run,
@@ -96,7 +97,13 @@ def run_two_party_job(
     )
     ended = file_rewritten(Path(str(cfg["out"])) / "summary.json")
     status = wait_run(
-        cdir, flwr_run_id, timeout=timeout, progress=_progress, watch=_psi_watch(cfg), finished_hint=ended
+        cdir,
+        flwr_run_id,
+        timeout=timeout,
+        progress=_progress,
+        watch=_psi_watch(cfg),
+        finished_hint=ended,
+        ending_poll=ending_poll(),
     )
     summary = read_summary(cfg, cdir, flwr_run_id)
     if as_json:

@@ -1,4 +1,4 @@
-"""The coordinator: a Flower SuperLink plus our ServerApp, submitted with ``flwr run``.
+"""The coordinator: a Flower SuperLink plus our ServerApp, submitted through Flower's Control API.
 
 The coordinator holds no partner data. Its working directory keeps the SuperLink
 state, its log, the Flower CLI config (connection + CA), and the job's app
@@ -10,6 +10,10 @@ exists) runs the SuperLink in Flower's ``process`` isolation with the warm Serve
 it, supervised (:mod:`fedcustomer.deploy.node_supervisor`, :mod:`fedcustomer.deploy.warm_serverapp`):
 a job starts without a fresh process paying the imports. ``subprocess`` is Flower's default: the
 SuperLink's own SuperExec starts a ``flwr-serverapp`` process per run.
+
+A job is submitted and watched with the requests ``flwr run`` and ``flwr ls`` send, from this process
+(:mod:`fedcustomer.deploy.control_api`: no ``flwr`` process per request); ``FEDCUSTOMER_SUBMIT=flwr-cli``
+goes back to the ``flwr`` processes, and a user may always ``flwr run`` the app directory themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.data.features import FeatureSpec
+from fedcustomer.deploy import control_api
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
 from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
@@ -43,6 +48,7 @@ INSECURE_WARNING = (
 )
 WARM, SUBPROCESS = "warm", "subprocess"
 SERVERAPP_MODES = (WARM, SUBPROCESS)
+ENDING_POLL_S = 0.25  # status checks once the ServerApp wrote its summary (one Control API request each)
 DEFAULT_SERVERAPP = WARM if hasattr(os, "fork") and sys.platform != "darwin" else SUBPROCESS
 
 
@@ -59,6 +65,11 @@ class CoordinatorDir:
     @property
     def app_dir(self) -> Path:
         return self.root / "app"
+
+    @property
+    def fab_cache(self) -> Path:
+        """The job's built app bundle, kept while the app directory's content is unchanged."""
+        return self.root / "fab-cache"
 
     @property
     def log_path(self) -> Path:
@@ -242,7 +253,7 @@ def wait_for_coordinator(
     poll: float = 1.0,
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Block until the coordinator answers `flwr`: it may have been started a moment ago in the background.
+    """Block until the coordinator's Control API answers: it may have been started a moment ago in the background.
 
     Retries only "not up yet" failures (no CLI config yet, SuperLink unreachable) until ``timeout``;
     any other error (bad certificate, ...) is raised at once.
@@ -253,7 +264,7 @@ def wait_for_coordinator(
     while True:
         if (cdir.flwr_home / "config.toml").exists():
             try:
-                flwr_cli(["ls", CONNECTION], cdir.flwr_home, timeout=max(5.0, min(60.0, timeout)))
+                probe_coordinator(cdir, timeout=max(5.0, min(60.0, timeout)))
                 if waited and progress:
                     progress("the coordinator is up")
                 return
@@ -271,6 +282,14 @@ def wait_for_coordinator(
             progress(f"waiting up to {timeout:g} s for the coordinator in {cdir.root} to come up ...")
         waited = True
         time.sleep(min(poll, remaining))
+
+
+def probe_coordinator(cdir: CoordinatorDir, timeout: float = 60.0) -> None:
+    """One Control API request to the coordinator (``flwr ls`` with ``FEDCUSTOMER_SUBMIT=flwr-cli``)."""
+    if control_api.submit_mode() == control_api.FLWR_CLI:
+        flwr_cli(["ls", CONNECTION], cdir.flwr_home, timeout=timeout)
+    else:
+        control_api.ping(cdir.flwr_home)
 
 
 def register_node(cdir: CoordinatorDir, public_key: Path, name: str | None = None) -> int:
@@ -348,17 +367,28 @@ def write_app(cdir: CoordinatorDir, run_config: dict[str, Any]) -> Path:
 
 
 def submit_run(cdir: CoordinatorDir, *, resume: bool = False) -> int:
-    """`flwr run` the job in the app directory against this coordinator's SuperLink; returns Flower's run id."""
+    """Submit the job in the app directory to this coordinator's SuperLink, as `flwr run` does; Flower's run id.
+
+    The bundle is built once per app content (``fab_cache``); ``resume`` is ``--run-config resume=true``.
+    """
     if not (cdir.app_dir / "pyproject.toml").exists():
         raise ConfigError(f"no job in {cdir.app_dir}; start one with `fedcustomer coordinator run`")
+    overrides = ["resume=true"] if resume else []
+    if control_api.submit_mode() == control_api.IN_PROCESS:
+        return control_api.start_run(cdir.flwr_home, cdir.app_dir, cdir.fab_cache, overrides)
     args = ["run", str(cdir.app_dir), CONNECTION]
-    if resume:
-        args += ["--run-config", "resume=true"]
+    for override in overrides:
+        args += ["--run-config", override]
     return int(flwr_cli(args, cdir.flwr_home, timeout=300)["run-id"])
 
 
 def run_status(cdir: CoordinatorDir, run_id: int) -> dict[str, Any]:
-    runs = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id)], cdir.flwr_home).get("runs", [])
+    """The run's record as `flwr ls --run-id` lists it (status, times, network traffic)."""
+    if control_api.submit_mode() == control_api.IN_PROCESS:
+        record = control_api.run_record(cdir.flwr_home, run_id)
+        runs = [record] if record is not None else []
+    else:
+        runs = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id)], cdir.flwr_home).get("runs", [])
     if not runs:
         raise FederationError(f"the coordinator does not know run {run_id}")
     return dict(runs[0])
@@ -375,33 +405,35 @@ def wait_run(
     most: float = 10.0,
     finished_hint: Callable[[], bool] | None = None,
     tick: float = 0.25,
+    ending_poll: float | None = None,
 ) -> dict[str, Any]:
     """Block until Flower reports the run finished; returns its status record (network traffic included).
 
-    Each status check is a ``flwr ls`` process (a second or more of CPU on a small machine, taken from
-    the job's own parties when they share it), so checks start every ``poll`` s, double while nothing
+    Each status check is a Control API request (a ``flwr ls`` process, a second or more of CPU, with
+    ``FEDCUSTOMER_SUBMIT=flwr-cli``), so checks start every ``poll`` s, double while nothing
     changes, up to ``most`` s, and are prompt again after a change. ``finished_hint`` is a cheap local
-    sign that the run is ending (the ServerApp wrote its summary): once it is true, checks go back to
-    every ``poll`` s. ``progress`` hears every change of the run's status; ``watch`` is called every
+    sign that the run is ending (the ServerApp wrote its summary): once it is true, checks come every
+    ``ending_poll`` s (default ``poll``; the Control API's checks are cheap enough for a short one). ``progress`` hears every change of the run's status; ``watch`` is called every
     ``tick`` s.
     """
     deadline = time.monotonic() + timeout
+    after_hint = poll if ending_poll is None else ending_poll
     seen: object = None
     interval, next_check, hinted = poll, time.monotonic(), False
     while True:
         now = time.monotonic()
         hint_now = not hinted and finished_hint is not None and finished_hint()
         if hint_now:
-            hinted, interval = True, poll
+            hinted, interval = True, after_hint
         if now >= next_check or hint_now:
             status = run_status(cdir, run_id)
             if status.get("status") != seen:
                 seen = status.get("status")
-                interval = poll
+                interval = after_hint if hinted else poll
                 if progress:
                     progress(f"Flower run {run_id}: {seen}")
             else:
-                interval = poll if hinted else min(interval * 2, max(poll, most))
+                interval = after_hint if hinted else min(interval * 2, max(poll, most))
             if str(status.get("status", "")).startswith("finished"):
                 if watch is not None:
                     watch()
@@ -412,6 +444,14 @@ def wait_run(
         if time.monotonic() > deadline:
             raise FederationError(f"run {run_id} still {seen} after {timeout:g} s")
         time.sleep(max(0.0, min(tick, next_check - time.monotonic())))
+
+
+def ending_poll() -> float | None:
+    """How often ``coordinator run`` checks a run whose summary is written: 0.25 s through the Control API.
+
+    With ``FEDCUSTOMER_SUBMIT=flwr-cli`` each check is a ``flwr`` process, so ``poll`` stays (None).
+    """
+    return ENDING_POLL_S if control_api.submit_mode() == control_api.IN_PROCESS else None
 
 
 def file_rewritten(path: Path) -> Callable[[], bool]:

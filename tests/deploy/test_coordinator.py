@@ -186,3 +186,41 @@ def test_a_run_without_summary_or_error_points_at_the_serverapps_log(tmp_path, m
     with pytest.raises(FederationError, match="flwr log 7 --show"):
         co.read_summary({"out": str(tmp_path / "run")}, cdir, 7)
     assert co.serverapp_error("no error here") is None
+
+
+def test_once_the_summary_is_written_checks_come_every_ending_poll(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clock, checks = _fake_run(
+        monkeypatch, [(0, "running"), (101, "running:serverapp-done"), (102, "finished:completed")]
+    )
+    summary = tmp_path / "summary.json"
+    ended = co.file_rewritten(summary)
+
+    def hint() -> bool:
+        if clock.now >= 100 and not summary.exists():
+            summary.write_text("{}")
+        return ended()
+
+    co.wait_run(
+        co.CoordinatorDir(tmp_path),
+        7,
+        timeout=1000,
+        poll=1.0,
+        most=30.0,
+        finished_hint=hint,
+        ending_poll=0.25,
+    )
+    after = [t for t in checks if t >= 100]
+    gaps = [round(b - a, 2) for a, b in zip(after, after[1:], strict=False)]
+    assert gaps and set(gaps) == {0.25}  # a status change after the hint keeps the short pace
+    assert 102 <= after[-1] <= 102.25 + 1e-9
+
+
+def test_the_ending_poll_is_short_only_when_checks_are_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcustomer.deploy import control_api
+
+    monkeypatch.delenv(control_api.SUBMIT_ENV, raising=False)
+    assert co.ending_poll() == co.ENDING_POLL_S
+    monkeypatch.setenv(control_api.SUBMIT_ENV, control_api.FLWR_CLI)
+    assert co.ending_poll() is None  # each check a `flwr` process: back to the ordinary pace

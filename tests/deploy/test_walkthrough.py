@@ -31,8 +31,8 @@ def test_register_right_after_start_waits_for_the_coordinator(tmp_path, monkeypa
     answers = iter(["no config yet", UNAVAILABLE, UNAVAILABLE, None])
     calls = []
 
-    def fake_flwr(args, flwr_home, **kw):
-        calls.append(args[0])
+    def fake_probe(cdir, **kw):
+        calls.append("ls")
         nxt = next(answers)
         if nxt == "no config yet":  # `coordinator start` writes the CLI config a moment later
             co.write_flwr_config(cdir, "127.0.0.1:1", None)
@@ -41,7 +41,7 @@ def test_register_right_after_start_waits_for_the_coordinator(tmp_path, monkeypa
             raise FederationError(nxt)
         return {"success": True, "runs": []}
 
-    monkeypatch.setattr(co, "flwr_cli", fake_flwr)
+    monkeypatch.setattr(co, "probe_coordinator", fake_probe)
     co.write_flwr_config(cdir, "127.0.0.1:1", None)
     heard: list[str] = []
     co.wait_for_coordinator(cdir, timeout=600, poll=0.01, progress=heard.append)
@@ -59,7 +59,9 @@ def test_other_flower_errors_are_not_retried(tmp_path, monkeypatch):
     cdir = co.CoordinatorDir(tmp_path / "coord")
     co.write_flwr_config(cdir, "127.0.0.1:1", None)
     monkeypatch.setattr(
-        co, "flwr_cli", lambda *a, **k: (_ for _ in ()).throw(FederationError("certificate verify failed"))
+        co,
+        "probe_coordinator",
+        lambda *a, **k: (_ for _ in ()).throw(FederationError("certificate verify failed")),
     )
     with pytest.raises(FederationError, match="certificate verify failed"):
         co.wait_for_coordinator(cdir, timeout=600, poll=0.01)

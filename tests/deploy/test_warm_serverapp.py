@@ -222,6 +222,14 @@ def test_only_the_coordinators_own_executor_may_take_its_jobs(tmp_path):
         fl.stop(link)
 
 
+def _wait_for_log(path: Path, needle: str, times: int, timeout: float = 600.0) -> None:
+    """Wait until ``needle`` is in the log ``times`` times (the executor logs after the run is finished)."""
+    deadline = time.monotonic() + timeout
+    while path.read_text(errors="replace").count(needle) < times:
+        assert time.monotonic() < deadline, f"{needle!r} not logged {times} time(s) in {path}"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_a_job_whose_server_app_raises_fails_with_its_reason_and_the_next_job_still_runs(tmp_path):
     """A real coordinator in warm mode (TLS): no partner ever connects, so the ServerApp raises;
@@ -239,6 +247,8 @@ def test_a_job_whose_server_app_raises_fails_with_its_reason_and_the_next_job_st
             co.write_app(cdir, two_party_run_config(job, mode="psi", wait_for_partners=0.5))
             status = co.wait_run(cdir, co.submit_run(cdir), timeout=600, poll=0.5)
             assert status["status"] == "finished:failed", status
+            # the run is finished once the worker pushed its output; its last log line follows that
+            _wait_for_log(cdir.log_path, "warm ServerApp: task failed", attempt)
         log = cdir.log_path.read_text(errors="replace")
         assert log.count("warm ServerApp: task failed") == 2 and "FederationError" in log
         assert "only 0 partner node(s) connected after 0.5 s" in log

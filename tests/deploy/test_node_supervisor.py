@@ -107,6 +107,8 @@ def test_the_supernode_rings_the_executor_through_the_bell_the_supervisor_made(t
             "    pass\n"
             f"open({str(heard)!r}, 'w').write('rang')\n"
             f"open({str(flag)!r}, 'w').close()\n"
+            "import time\n"
+            "time.sleep(600)  # until the supervisor ends it: exiting first would count as a crash\n"
         )
 
     assert ns.supervise(node, executor, check_s=0.05) == 0

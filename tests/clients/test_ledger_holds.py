@@ -44,19 +44,12 @@ def test_a_ledger_that_cannot_be_held_is_charged_without_a_hold(tmp_path: Path, 
     assert ledger.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20)).charge_key == "r1"
 
 
-def test_a_ledger_lent_the_hold_at_construction_opens_no_connection_of_its_own(
-    tmp_path: Path, monkeypatch
-) -> None:
+def _count_ledger_connects(monkeypatch) -> list[object]:
+    """The paths the ledger module opens SQLite connections on from now on, in order."""
     import sqlite3
 
     from fedcustomer.privacy.dp import ledger as ledger_module
 
-    holds = LedgerHolds()
-    path = tmp_path / "ledger.db"
-    key = (str(tmp_path), "run-1")
-    first = BudgetLedger(path, "loans", BUDGET)
-    holds.hold(key, first)
-    first.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20))
     opened: list[object] = []
     real_connect = sqlite3.connect
 
@@ -65,6 +58,19 @@ def test_a_ledger_lent_the_hold_at_construction_opens_no_connection_of_its_own(
         return real_connect(*args, **kwargs)
 
     monkeypatch.setattr(ledger_module.sqlite3, "connect", counting_connect)
+    return opened
+
+
+def test_a_ledger_lent_the_hold_at_construction_opens_no_connection_of_its_own(
+    tmp_path: Path, monkeypatch
+) -> None:
+    holds = LedgerHolds()
+    path = tmp_path / "ledger.db"
+    key = (str(tmp_path), "run-1")
+    first = BudgetLedger(path, "loans", BUDGET)
+    holds.hold(key, first)
+    first.charge_gaussian("r1", GaussianSteps(1.1, 0.05, 20))
+    opened = _count_ledger_connects(monkeypatch)
     BudgetLedger(path, "loans", BUDGET)  # without the hold: its schema check opens a connection
     assert len(opened) == 1
     second = BudgetLedger(path, "loans", BUDGET, hold=holds.current(key))
@@ -77,23 +83,13 @@ def test_a_ledger_lent_the_hold_at_construction_opens_no_connection_of_its_own(
 
 
 def test_a_nodes_later_rounds_open_no_ledger_connection(tmp_path: Path, monkeypatch) -> None:
-    import sqlite3
-
     from fedcustomer.clients import job_matrices
     from fedcustomer.clients.node import PartnerNode
-    from fedcustomer.privacy.dp import ledger as ledger_module
     from tests.clients.test_node import _global, _home, _ins
 
     home = _home(tmp_path, 3.0)
     state = PartnerNode(home).train_round(_global(), _ins(1, planned=3, run="held")).state_dict
-    opened: list[object] = []
-    real_connect = sqlite3.connect
-
-    def counting_connect(*args, **kwargs):
-        opened.append(args[0])
-        return real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(ledger_module.sqlite3, "connect", counting_connect)
+    opened = _count_ledger_connects(monkeypatch)
     out = PartnerNode(home).train_round(state, _ins(2, planned=3, run="held"))
     assert not out.refused and opened == []
     monkeypatch.undo()

@@ -79,3 +79,14 @@ def setup_parties(
 
 def grid_for(homes: list[PartnerHome], **kwargs) -> RecordingGrid:
     return RecordingGrid(party_app([str(h.root) for h in homes]), num_nodes=len(homes), **kwargs)
+
+
+def pinned_party_homes(root: Path, customers: int, seed: int) -> tuple[PartnerHome, PartnerHome]:
+    """A bank and a retailer home, as deployed (keys, 8.0 epsilon each), each pinning the other's keys."""
+    from fedcustomer.deploy.two_party import prepare_party_home
+    from fedcustomer.vertical.parties import pin_each_other
+
+    bank = prepare_party_home(root / "bank", "bank", customers=customers, seed=seed, epsilon=8.0)
+    retail = prepare_party_home(root / "retailer", "retailer", customers=customers, seed=seed, epsilon=8.0)
+    pin_each_other(bank, retail)
+    return bank, retail

@@ -24,15 +24,12 @@ from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.parties import pin_each_other
 from fedcustomer.vertical.protocol import register_vertical_handlers
 from fedcustomer.vertical.runner import prepare_vertical
-from tests.vertical.conftest import RecordingGrid, grid_for
+from tests.vertical.conftest import RecordingGrid, grid_for, pinned_party_homes
 
 
 @pytest.fixture
 def homes(tmp_path):
-    bank = prepare_party_home(tmp_path / "bank", "bank", customers=400, seed=2, epsilon=8.0)
-    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=400, seed=2, epsilon=8.0)
-    pin_each_other(bank, retail)
-    return bank, retail
+    return pinned_party_homes(tmp_path, customers=400, seed=2)
 
 
 def _raw(tmp_path, name="run", seed=0, **kw):
@@ -190,9 +187,7 @@ def test_the_one_machine_runner_leaves_the_order_to_the_setup_on_the_jobs_own_gr
     from fedcustomer.vertical.parties import align_by_psi
     from fedcustomer.vertical.runner import run_vertical_on_grid
 
-    bank = prepare_party_home(tmp_path / "bank", "bank", customers=400, seed=2, epsilon=8.0)
-    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=400, seed=2, epsilon=8.0)
-    pin_each_other(bank, retail)
+    bank, retail = pinned_party_homes(tmp_path, customers=400, seed=2)
     job = VerticalJob(
         out=str(tmp_path / "run"), rounds=1, batch_size=64, steps_per_round=1, seed=0, baseline=False
     )

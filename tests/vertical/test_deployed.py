@@ -15,15 +15,12 @@ from fedcustomer.vertical.deployed import run_two_party
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.parties import pin_each_other
 from fedcustomer.vertical.party import forget_sessions
-from tests.vertical.conftest import grid_for
+from tests.vertical.conftest import grid_for, pinned_party_homes
 
 
 @pytest.fixture
 def homes(tmp_path):
-    bank = prepare_party_home(tmp_path / "bank", "bank", customers=600, seed=2, epsilon=8.0)
-    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=600, seed=2, epsilon=8.0)
-    pin_each_other(bank, retail)
-    return bank, retail
+    return pinned_party_homes(tmp_path, customers=600, seed=2)
 
 
 DIES_IN_ROUND_2 = 10  # the retailer's messages answered before it stops: it misses round 2's last backward

@@ -16,15 +16,12 @@ from fedcustomer.psi.intersection_sum import MECHANISM
 from fedcustomer.vertical.deployed import run_two_party
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.parties import pin_each_other
-from tests.vertical.conftest import grid_for
+from tests.vertical.conftest import grid_for, pinned_party_homes
 
 
 @pytest.fixture
 def homes(tmp_path):
-    bank = prepare_party_home(tmp_path / "bank", "bank", customers=500, seed=4, epsilon=8.0)
-    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=500, seed=4, epsilon=8.0)
-    pin_each_other(bank, retail)
-    return bank, retail
+    return pinned_party_homes(tmp_path, customers=500, seed=4)
 
 
 def _raw(tmp_path, **sum_options):

@@ -22,17 +22,14 @@ from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.parties import party_app, pin_each_other
 from fedcustomer.vertical.party import forget_sessions
 from fedcustomer.vertical.protocol import NEXT_JOB_RECORD
-from tests.vertical.conftest import RecordingGrid, grid_for
+from tests.vertical.conftest import RecordingGrid, grid_for, pinned_party_homes
 
 FINISH = "train.vertical_finish"
 
 
 @pytest.fixture
 def homes(tmp_path):
-    bank = prepare_party_home(tmp_path / "bank", "bank", customers=400, seed=2, epsilon=8.0)
-    retail = prepare_party_home(tmp_path / "retailer", "retailer", customers=400, seed=2, epsilon=8.0)
-    pin_each_other(bank, retail)
-    return bank, retail
+    return pinned_party_homes(tmp_path, customers=400, seed=2)
 
 
 def _raw(tmp_path, **kw):

@@ -5,11 +5,11 @@ Flower 1.42's ``send_and_receive`` on the Deployment Engine (``GrpcGrid``/``Http
 pulls: the first pull comes right after the push, before any node could answer, so every
 exchange costs at least 3 s however fast the partners reply. A two-party vertical job is a chain
 of dozens of such exchanges. This grid does the same with Flower's public ``push_messages`` /
-``pull_messages``, pulling again every 0.05 s for the first 0.4 s after the push and every 0.1 s up
-to a second after it (a vertical job's replies mostly exist 0.15-0.6 s after it: in a traced job a
-reply waited 0.05 s on average for the pull that found it with pulls 0.1 s apart, against 0.1 s with
-pauses doubling from 0.05 s), then every 0.2 s up to 10 s, then up to 1 s apart: a long round costs
-one small request per second.
+``pull_messages``, pulling again every 0.1 s for the first second after the push (a vertical job's
+replies mostly exist 0.15-0.6 s after it: in a traced quiet job a reply then waited 0.05 s on average
+for the pull that found it, against 0.1 s with pauses doubling from 0.05 s, for about one more pull
+per exchange), then every 0.2 s up to 10 s, then up to 1 s apart: a long round costs one small
+request per second.
 A reply's objects asked for before they reached the SuperLink are asked for again within
 milliseconds (:mod:`fedcustomer.apps.flower_waits`). With ``pack=True`` a message's records travel
 as one object (:mod:`fedcustomer.common.packed_content`; the partners' ClientApp answers packed):
@@ -35,9 +35,7 @@ from fedcustomer.server.wrapped_grid import WrappedGrid
 
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
 
-FAST_PAUSE_S = 0.05  # the pace of pulls within FAST_WINDOW_S of the push
-FAST_WINDOW_S = 0.4  # a quiet job's replies mostly exist within it
-FIRST_PAUSE_S = 0.1  # the pace of pulls after that, up to STEP_WINDOW_S after the push
+FIRST_PAUSE_S = 0.1  # the pace of pulls within STEP_WINDOW_S of the push
 STEP_WINDOW_S = 1.0  # most replies exist within it
 BUSY_PAUSE_S = 0.2  # the pace after that, up to BUSY_S after the push
 BUSY_S = 10.0
@@ -49,9 +47,8 @@ log = logging.getLogger(__name__)
 class PromptGrid(WrappedGrid):
     """``grid`` with a prompter ``send_and_receive`` (same semantics: replies until all or timeout).
 
-    Pulls are ``fast_pause`` apart for ``fast_window`` s after the push, ``first_pause`` apart up to
-    ``step_window`` s after it, then ``busy_pause`` apart up to ``busy_s`` s after it, then doubling up to
-    ``max_pause``; no pause is longer than ``first_pause`` within the step window, or than ``max_pause``.
+    Pulls are ``first_pause`` apart for ``step_window`` s after the push, then ``busy_pause`` apart up to
+    ``busy_s`` s after it, then doubling up to ``max_pause``; no pause is longer than ``max_pause``.
     """
 
     def __init__(
@@ -63,8 +60,6 @@ class PromptGrid(WrappedGrid):
         busy_s: float = BUSY_S,
         *,
         step_window: float = STEP_WINDOW_S,
-        fast_pause: float = FAST_PAUSE_S,
-        fast_window: float = FAST_WINDOW_S,
         pack: bool = False,
     ) -> None:
         super().__init__(grid)
@@ -75,7 +70,6 @@ class PromptGrid(WrappedGrid):
             prompt_retries(DEPLOYED_GRID_MODULE, "pull_objects")
         self.first_pause, self.max_pause = first_pause, max_pause
         self.busy_pause, self.busy_s, self.step_window = busy_pause, busy_s, step_window
-        self.fast_pause, self.fast_window = fast_pause, fast_window
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push (packed when ``pack`` and the node said it reads packed messages, else asking it); the
@@ -142,7 +136,6 @@ class PromptGrid(WrappedGrid):
         # steady pulls while a reply is likely, then the busy pace, then backing off to max_pause
         pauses = Backoff(self.busy_pause, busy=self.busy_pause, window=self.busy_s, most=self.max_pause)
         step = min(self.first_pause, self.max_pause)
-        fast = min(self.fast_pause, step)
         end = None if timeout is None else pauses.last_activity + timeout
         replies: list[Message] = []
         while waiting:
@@ -154,10 +147,7 @@ class PromptGrid(WrappedGrid):
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 break
-            since = time.monotonic() - pauses.last_activity
-            if since < self.fast_window:
-                pause = fast
-            else:
-                pause = step if since < self.step_window else pauses.next_pause()
+            in_step = time.monotonic() - pauses.last_activity < self.step_window
+            pause = step if in_step else pauses.next_pause()
             time.sleep(pause if left is None else min(pause, left))
         return replies

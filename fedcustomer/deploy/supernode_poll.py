@@ -17,11 +17,10 @@ module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps th
   milliseconds of CPU at the node and the SuperLink;
 * except right after this node pushed a reply: then the coordinator usually sends this node's next
   message within a few hundred milliseconds (it pulls the reply, takes its step and pushes; 0.04-0.54 s
-  after the push in a traced job), so for ``FAST_WINDOW_S`` (0.4 s) the node asks every ``FAST_STEP_S``
-  (0.05 s), then every ``REPLY_STEP_S`` (0.1 s) up to ``REPLY_WINDOW_S`` (1 s) after the push, instead
-  of ramping 0.05, 0.1, 0.2, 0.25 s: a message then waits about 0.025 s on average for the node's pull,
-  for a few more pulls per reply; after the window the busy pace (0.25 s) goes on, and an idle node's
-  pace is unchanged;
+  after the push in a traced quiet job), so for ``REPLY_WINDOW_S`` the node asks every ``REPLY_STEP_S``
+  (0.1 s) instead of ramping 0.05, 0.1, 0.2, 0.25 s: in that trace the message waited 0.05 s on average
+  for the node's pull instead of 0.1 s, for one or two more pulls per reply; after the window the
+  busy pace (0.25 s) goes on, and an idle node's pace is unchanged;
 * the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
 
 Under the node's supervisor (``--clientapp warm``) the loop also rings the task bell
@@ -62,10 +61,8 @@ BUSY_CAP_S = 0.25  # the longest idle wait within BUSY_WINDOW_S of traffic
 BUSY_WINDOW_S = 10.0
 FIRST_REPLY_S = 0.005
 MAX_REPLY_S = 0.05
-REPLY_WINDOW_S = 1.0  # after this node's reply is pushed: its next message usually comes within it
-REPLY_STEP_S = 0.1  # the pace of pulls within that window, after its first FAST_WINDOW_S
-FAST_WINDOW_S = 0.4  # the start of that window, when most next messages come (quiet: 0.04-0.4 s)
-FAST_STEP_S = 0.05  # the pace of pulls then
+REPLY_WINDOW_S = 0.7  # after this node's reply is pushed: its next message usually comes within it
+REPLY_STEP_S = 0.1  # the pace of pulls within that window
 
 
 class AdaptiveTime:
@@ -89,12 +86,9 @@ class AdaptiveTime:
         max_reply: float = MAX_REPLY_S,
         reply_window: float = REPLY_WINDOW_S,
         reply_step: float = REPLY_STEP_S,
-        fast_window: float = FAST_WINDOW_S,
-        fast_step: float = FAST_STEP_S,
     ) -> None:
         self._real = real
         self.reply_window, self.reply_step = reply_window, reply_step
-        self.fast_window, self.fast_step = fast_window, fast_step
         self.replied_at: float | None = None  # when this node's last reply was pushed (monotonic)
         self.idle = Backoff(
             first_idle, busy=busy_cap, window=busy_window, most=max_idle, clock=real.monotonic
@@ -124,10 +118,9 @@ class AdaptiveTime:
         """The wait that replaces Flower's ``seconds`` (and the backoff step it takes)."""
         if seconds == IDLE_S:
             self.reply.reset()
-            since = None if self.replied_at is None else self._real.monotonic() - self.replied_at
-            if since is not None and since < self.reply_window:
+            if self.replied_at is not None and self._real.monotonic() - self.replied_at < self.reply_window:
                 self.idle.pause = self.idle.busy  # after the window: the busy pace, not a second ramp
-                return self.fast_step if since < self.fast_window else self.reply_step
+                return self.reply_step
             return self.idle.next_pause()
         if seconds == REPLY_S:  # only after a message was pulled: that is traffic
             self.idle.reset()

@@ -78,22 +78,12 @@ def test_pauses_stay_short_while_a_reply_is_likely_then_back_off(monkeypatch):
     monkeypatch.setattr(prompt_grid.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(prompt_grid.time, "sleep", sleep)
     inner = SlowNodes({1: 200})
-    # binary-exact stand-ins for the defaults (0.05 s for 0.4 s, 0.1 s up to 1 s, then 0.2 s up to 10 s,
-    # then up to 1 s)
-    grid = PromptGrid(
-        inner,  # type: ignore[arg-type]
-        fast_pause=0.0625,
-        fast_window=0.5,
-        first_pause=0.125,
-        step_window=1.0,
-        busy_pause=0.25,
-        busy_s=10.0,
-        max_pause=1.0,
-    )
+    # binary-exact stand-ins for the defaults (0.1 s for 1 s, then 0.2 s up to 10 s, then up to 1 s)
+    grid = PromptGrid(inner, first_pause=0.125, step_window=1.0, busy_pause=0.25, busy_s=10.0, max_pause=1.0)  # type: ignore[arg-type]
     assert len(list(grid.send_and_receive(_msgs(1), timeout=None))) == 1
     at = list(itertools.accumulate(pauses))
     first = [p for p, t in zip(pauses, at) if t - p < 1.0]
-    assert first == [0.0625] * 8 + [0.125] * 4  # the first second after the push: steady pulls, no ramp
+    assert first == [0.125] * 8  # the first second after the push: steady pulls, no ramp
     busy = [p for p, t in zip(pauses, at) if 1.0 <= t - p < 10.0]
     assert set(busy) == {0.25}  # then up to 10 s: the busy pace
     assert pauses[-1] == 1.0  # a long wait: one pull a second, as before

@@ -33,7 +33,7 @@ from typing import Any
 
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.data.features import FeatureSpec
-from fedcustomer.deploy import control_api, task_bell
+from fedcustomer.deploy import control_api
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
 from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError
@@ -87,11 +87,6 @@ class CoordinatorDir:
     def secret_path(self) -> Path:
         """The SuperLink's SuperExec secret: only the coordinator's own executor may take its jobs."""
         return self.root / "runtime-api.secret"
-
-    @property
-    def run_bell_path(self) -> Path:
-        """The warm ServerApp executor's bell (a FIFO): rung after a submission, so it asks at once."""
-        return self.root / "serverapp.bell"
 
 
 def check_serverapp(serverapp: str) -> str:
@@ -176,8 +171,6 @@ def warm_coordinator_command(
         runtime_address,
         "--secret-file",
         str(write_runtime_secret(cdir).resolve()),
-        "--run-bell",
-        str(cdir.run_bell_path.resolve()),
     ]
     cmd += ["--insecure"] if certs is None else ["--root-certificates", str(Path(certs.ca_cert).resolve())]
     return [*cmd, "--", *superlink_cmd]
@@ -382,14 +375,11 @@ def submit_run(cdir: CoordinatorDir, *, resume: bool = False) -> int:
         raise ConfigError(f"no job in {cdir.app_dir}; start one with `fedcustomer coordinator run`")
     overrides = ["resume=true"] if resume else []
     if control_api.submit_mode() == control_api.IN_PROCESS:
-        run_id = control_api.start_run(cdir.flwr_home, cdir.app_dir, cdir.fab_cache, overrides)
-    else:
-        args = ["run", str(cdir.app_dir), CONNECTION]
-        for override in overrides:
-            args += ["--run-config", override]
-        run_id = int(flwr_cli(args, cdir.flwr_home, timeout=300)["run-id"])
-    task_bell.ring_at(cdir.run_bell_path)  # a warm ServerApp executor here takes the run now
-    return run_id
+        return control_api.start_run(cdir.flwr_home, cdir.app_dir, cdir.fab_cache, overrides)
+    args = ["run", str(cdir.app_dir), CONNECTION]
+    for override in overrides:
+        args += ["--run-config", override]
+    return int(flwr_cli(args, cdir.flwr_home, timeout=300)["run-id"])
 
 
 def run_status(cdir: CoordinatorDir, run_id: int) -> dict[str, Any]:

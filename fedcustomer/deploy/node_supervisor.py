@@ -54,18 +54,15 @@ def executor_command(
     executor: str = CLIENTAPP,
     root_certificates: Path | None = None,
     insecure: bool = False,
-    run_bell: Path | None = None,
 ) -> list[str]:
     """The warm executor's command line, for the SuperNode (or SuperLink) with pid ``parent_pid``.
 
     The ServerApp executor reaches the SuperLink's Runtime API on its TLS port: ``root_certificates``
-    (the coordinator's CA) or ``insecure`` for a coordinator started with ``--insecure``; ``run_bell``:
-    where it listens for the coordinator's ring after a submission.
+    (the coordinator's CA) or ``insecure`` for a coordinator started with ``--insecure``.
     """
     cmd = [sys.executable, "-m", EXECUTORS[executor][0], "--runtime-api-address", runtime_address]
     if executor == SERVERAPP:
         cmd += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
-        cmd += ["--run-bell", str(run_bell)] if run_bell is not None else []
     if secret_file is not None:
         cmd += ["--secret-file", str(secret_file)]
     return cmd + ["--parent-pid", str(parent_pid)]
@@ -186,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", choices=tuple(EXECUTORS), default=CLIENTAPP)
     ap.add_argument("--root-certificates", type=Path, default=None, help="serverapp: the SuperLink's CA")
     ap.add_argument("--insecure", action="store_true", help="serverapp: the SuperLink runs without TLS")
-    ap.add_argument("--run-bell", type=Path, default=None, help="serverapp: the bell rung after a submission")
     opts = ap.parse_args(args[:split])
     server_cmd = args[split + 1 :]
     if not server_cmd:
@@ -207,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
             executor=opts.executor,
             root_certificates=opts.root_certificates,
             insecure=opts.insecure,
-            run_bell=opts.run_bell,
         )
 
     return supervise(server_cmd, command, kind=opts.executor)

@@ -16,11 +16,6 @@ node's executor polls once a second from the start; a SuperNode that does not ri
 ``flower-supernode`` under ``--poll flower``, or an untested Flower version) leaves the executor's
 usual pace unchanged, as does a restarted executor until the next task's ring. Linux pipes;
 the SuperNode's end never blocks it (a full pipe means rings are pending already).
-
-The coordinator's warm ServerApp executor has a bell too, a named one (:func:`listen_at`, a FIFO
-in the coordinator's workdir, 0600): the coordinator rings it (:func:`ring_at`) right after it has
-submitted a run, so the executor asks for the run's task then instead of at its next idle poll (up to
-0.5 s later). Its idle pace is unchanged; the bell only cuts a pause short.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ import select
 import stat
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 ENV_FD = "FEDCUSTOMER_TASK_BELL_FD"  # the SuperNode's write end, named in its environment
 BELL_ARG = "--task-bell-fd"  # the executor's read end, on its command line
@@ -98,33 +92,3 @@ class Bell:
         if self.fd >= 0:
             os.close(self.fd)
         self.fd, self.heard = -1, False
-
-
-def listen_at(path: Path) -> Bell:
-    """The executor's end of a named bell: a fresh FIFO at ``path`` (0600; an old FIFO there is replaced).
-
-    Raises ``OSError`` when ``path`` is something other than a FIFO (nothing is removed then).
-    """
-    try:
-        if stat.S_ISFIFO(os.lstat(path).st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass
-    os.mkfifo(path, 0o600)
-    # read and write: the FIFO never reads as closed, whoever rings it and leaves
-    return Bell(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW))
-
-
-def ring_at(path: Path) -> bool:
-    """Ring the named bell at ``path`` if an executor listens there; never blocks, never raises."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)  # no reader: ENXIO
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # never write into a file put in its place
-            return False
-        ring(fd)
-        return True
-    finally:
-        os.close(fd)

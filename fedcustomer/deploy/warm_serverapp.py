@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedcustomer.apps.flower_waits import prompt_retries
-from fedcustomer.deploy import task_bell
 from fedcustomer.deploy.forked_workers import (
     catch_stop_signals,
     exit_worker,
@@ -208,13 +207,8 @@ def serve(
     parent_pid: int | None = None,
     poll_s: float = IDLE_POLL_S,
     max_jobs: int = MAX_JOBS,
-    run_bell: Path | None = None,
 ) -> int:
-    """Poll the SuperLink for ServerApp tasks until it goes away (or SIGTERM); returns the exit code.
-
-    With ``run_bell`` (a path, :func:`task_bell.listen_at`) a pause between polls ends as soon as the
-    coordinator rings after submitting a run; the pauses themselves are unchanged.
-    """
+    """Poll the SuperLink for ServerApp tasks until it goes away (or SIGTERM); returns the exit code."""
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -235,7 +229,6 @@ def serve(
     request = AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP])
     jobs = Jobs(max_jobs)
     pauses = TaskPoll(poll_s, first=FIRST_POLL_S, busy=BUSY_POLL_S, window=BUSY_WINDOW_S)
-    bell = _listen(run_bell)
     log.info("warm ServerApp: ready in %.1f s, serving the SuperLink's Runtime API at %s", took, address)
     last_error = ""
     try:
@@ -262,28 +255,11 @@ def serve(
                 pauses.task()
                 continue
             # while a job of ours runs, its own requests need the SuperLink: poll at the idle pace
-            pause = poll_s if jobs.pids else pauses.next_pause()
-            if bell is None:
-                time.sleep(pause)
-            else:
-                bell.wait(pause)  # a run submitted meanwhile: ask at once
+            time.sleep(poll_s if jobs.pids else pauses.next_pause())
     finally:
         jobs.stop(stopping[0] if stopping else signal.SIGTERM)
         client.close()
-        if bell is not None:
-            bell.close()
     return 0
-
-
-def _listen(path: Path | None) -> task_bell.Bell | None:
-    """The run bell at ``path``, or None (plain pauses) when there is none or it cannot be made."""
-    if path is None:
-        return None
-    try:
-        return task_bell.listen_at(path)
-    except OSError as exc:
-        log.warning("warm ServerApp: no run bell at %s (%s); polling at its usual pace", path, exc.strerror)
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,12 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--poll", type=float, default=IDLE_POLL_S, help="the longest pause between task polls (s)"
-    )
-    ap.add_argument(
-        "--run-bell",
-        type=Path,
-        default=None,
-        help="a FIFO made here that the coordinator rings after a submission",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -322,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         root_certificates=roots,
         parent_pid=args.parent_pid,
         poll_s=args.poll,
-        run_bell=args.run_bell,
     )
 
 

@@ -4,7 +4,6 @@ without a ring ends on its timeout, ringing never blocks or raises, and only an 
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
@@ -74,41 +73,3 @@ def test_only_an_open_pipe_of_this_process_is_a_bell(tmp_path):
     finally:
         os.close(read_fd)
         os.close(write_fd)
-
-
-def test_a_named_bell_is_a_private_fifo_whose_ring_wakes_the_wait(tmp_path):
-    path = tmp_path / "serverapp.bell"
-    waiter = tb.listen_at(path)
-    try:
-        mode = os.lstat(path).st_mode
-        assert stat.S_ISFIFO(mode) and stat.S_IMODE(mode) == 0o600
-        assert waiter.wait(0.0) is False
-        assert tb.ring_at(path) is True and tb.ring_at(path) is True
-        assert waiter.wait(600.0) is True  # on the ring, not after the timeout
-        assert waiter.wait(0.01) is False  # both rings taken; the ringers left, yet no end-of-file
-        assert waiter.fd >= 0
-    finally:
-        waiter.close()
-
-
-def test_a_named_bell_replaces_an_old_fifo_and_refuses_anything_else(tmp_path):
-    path = tmp_path / "serverapp.bell"
-    os.mkfifo(path, 0o644)  # left by an executor that ended
-    tb.listen_at(path).close()
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
-    other = tmp_path / "not-a-bell"
-    other.write_text("kept")
-    with pytest.raises(OSError):
-        tb.listen_at(other)
-    assert other.read_text() == "kept"
-
-
-def test_ringing_a_named_bell_nobody_listens_at_never_blocks_or_writes_into_a_file(tmp_path):
-    assert tb.ring_at(tmp_path / "missing") is False
-    os.mkfifo(tmp_path / "unheard", 0o600)  # its executor is gone: no reader
-    assert tb.ring_at(tmp_path / "unheard") is False
-    plain = tmp_path / "plain"
-    plain.write_bytes(b"data")
-    assert tb.ring_at(plain) is False and plain.read_bytes() == b"data"
-    (tmp_path / "link").symlink_to(tmp_path / "unheard")
-    assert tb.ring_at(tmp_path / "link") is False

@@ -5,7 +5,6 @@ that gives its jobs only to requests signed with the coordinator's secret."""
 from __future__ import annotations
 
 import io
-import logging
 import os
 import signal
 import stat
@@ -153,7 +152,6 @@ def test_the_coordinators_commands_run_the_superlink_in_process_isolation_beside
     cmd = co.warm_coordinator_command(cdir, link, "127.0.0.1:9093", certs)
     assert cmd[cmd.index("--") + 1 :] == link and cmd[cmd.index("--executor") + 1] == "serverapp"
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs.ca_cert.resolve())
-    assert cmd[cmd.index("--run-bell") + 1] == str(cdir.run_bell_path.resolve())
     assert stat.S_IMODE(cdir.secret_path.stat().st_mode) == 0o600 and len(cdir.secret_path.read_bytes()) == 32
     before = cdir.secret_path.read_bytes()
     co.warm_coordinator_command(cdir, link, "127.0.0.1:9093", None)
@@ -170,41 +168,9 @@ def test_the_supervisor_gives_the_serverapp_executor_the_superlinks_tls_roots(tm
     )
     assert cmd[2] == "fedcustomer.deploy.warm_serverapp" and cmd[-2:] == ["--parent-pid", "42"]
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
-    assert "--run-bell" not in cmd
-    insecure = ns.executor_command(
-        "127.0.0.1:9093", None, 42, executor=ns.SERVERAPP, insecure=True, run_bell=tmp_path / "b"
-    )
+    insecure = ns.executor_command("127.0.0.1:9093", None, 42, executor=ns.SERVERAPP, insecure=True)
     assert "--insecure" in insecure and "--secret-file" not in insecure
-    assert insecure[insecure.index("--run-bell") + 1] == str(tmp_path / "b")
     assert ns.main(["--executor", "serverapp", "--runtime-api-address", "127.0.0.1:9", "--", "true"]) == 2
-
-
-@pytest.mark.parametrize("mode", ["in-process", "flwr-cli"])
-def test_a_submission_rings_the_executors_run_bell(tmp_path, monkeypatch, mode):
-    from fedcustomer.deploy import control_api, task_bell
-
-    cdir = co.CoordinatorDir(tmp_path / "coord")
-    cdir.app_dir.mkdir(parents=True)
-    (cdir.app_dir / "pyproject.toml").write_text("[project]\n")
-    monkeypatch.setenv(control_api.SUBMIT_ENV, mode)
-    monkeypatch.setattr(control_api, "start_run", lambda *a: 7)
-    monkeypatch.setattr(co, "flwr_cli", lambda *a, **k: {"run-id": 7})
-    assert co.submit_run(cdir) == 7  # nobody listening: the submission goes on as before
-    bell = task_bell.listen_at(cdir.run_bell_path)
-    try:
-        assert co.submit_run(cdir) == 7
-        assert bell.wait(0.0) is True
-    finally:
-        bell.close()
-
-
-def test_an_executor_that_cannot_make_its_run_bell_polls_as_before(tmp_path, caplog):
-    (tmp_path / "serverapp.bell").write_text("someone else's file")
-    with caplog.at_level(logging.WARNING, logger="fedcustomer.warm_serverapp"):
-        assert ws._listen(tmp_path / "serverapp.bell") is None
-    assert "no run bell" in caplog.text and "usual pace" in caplog.text
-    assert (tmp_path / "serverapp.bell").read_text() == "someone else's file"
-    assert ws._listen(None) is None
 
 
 def test_only_the_coordinators_own_executor_may_take_its_jobs(tmp_path):

@@ -46,14 +46,21 @@ def round_overhead(
         summary = run_simulated_job(job)
     walls = summary["round_wall_time_s"][1:] or summary["round_wall_time_s"]  # round 1 includes engine start
     trains = summary["round_local_train_s"][1:] or summary["round_local_train_s"]
+    return _overhead_row("simulation", partners, walls, trains, summary["round_wall_time_s"][0])
+
+
+def _overhead_row(
+    engine: str, partners: int, walls: list[float], trains: list[float], first_round_wall_s: float
+) -> dict[str, Any]:
+    """One engine's row: mean round wall, mean summed local training, and their ratio."""
     return {
-        "engine": "simulation",
+        "engine": engine,
         "partners": partners,
         "rounds_timed": len(walls),
         "mean_round_wall_s": sum(walls) / len(walls),
         "mean_sum_local_train_s": sum(trains) / len(trains),
         "ratio": sum(walls) / max(sum(trains), 1e-9),
-        "first_round_wall_s": summary["round_wall_time_s"][0],
+        "first_round_wall_s": first_round_wall_s,
     }
 
 
@@ -70,17 +77,9 @@ def overhead_only(args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[
                 recipe_for(recipes, "fed-dp", n), dp=True, epsilon=3.0, seed=args.seed
             )
         walls, trains = run["round_walls"], run["round_trains"]
+        after_first = sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None
         out.append(
-            {
-                "engine": "in-process grid",
-                "partners": n,
-                "rounds_timed": len(walls),
-                "mean_round_wall_s": sum(walls) / len(walls),
-                "mean_sum_local_train_s": sum(trains) / len(trains),
-                "ratio": sum(walls) / max(sum(trains), 1e-9),
-                "first_round_wall_s": walls[0],
-                "ratio_after_first": sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None,
-            }
+            _overhead_row("in-process grid", n, walls, trains, walls[0]) | {"ratio_after_first": after_first}
         )
         print(f"# grid, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
     if args.overhead_rounds:

@@ -21,7 +21,7 @@ from fedcustomer.clients.context import partner_error, resolve_home
 from fedcustomer.clients.linkage import register_governed_psi_handlers
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.clients.packed_mod import packed_mod
-from fedcustomer.clients.round_audit import record_evaluation, record_round, release_log, settle_log
+from fedcustomer.clients.round_audit import record_evaluation, record_round, release_log
 from fedcustomer.errors import FedCustomerError
 from fedcustomer.jobs.train_message import TrainInstructions
 from fedcustomer.partner.home import PartnerHome
@@ -53,24 +53,22 @@ def make_client_app(homes: list[str] | None = None) -> ClientApp:
             ins = TrainInstructions.from_config(dict(msg.content["config"]))
             held = (node.home, ins.run_id)
             outcome = node.train_round(msg.content["arrays"].to_torch_state_dict(), ins)
-            # every round taken part in, refused or not; the entry's reach commit runs while the reply is built
-            record_round(node.home, outcome, ins, defer_reach=True)
+            record_round(node.home, outcome, ins)  # every round taken part in, refused or not
             anchor = current_anchor_json(node.home.audit_dir, node.home.keys_dir, node.name)
-            info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}
-            if anchor is not None:  # the signed checkpoint covering this round's entry leaves with the reply
-                info[ANCHOR_WIRE_KEY] = anchor
-            if outcome.refused_reason:
-                info["refused-reason"] = outcome.refused_reason
-            content = RecordDict({"metrics": MetricRecord(outcome.metrics), "partner": ConfigRecord(info)})
-            if outcome.state_dict is not None:
-                content["arrays"] = ArrayRecord(outcome.state_dict)
-            settle_log(node.home, ins.run_id)  # the entry's reach is committed before the reply leaves
         except BaseException as exc:
             if held is not None:
-                release_log(*held)  # the audit log held for the job's rounds (waits for its reach commit)
+                release_log(*held)  # the audit log held for the job's rounds
             if isinstance(exc, FedCustomerError):
                 return partner_error(msg, exc, context, homes)
             raise
+        info = {"name": outcome.partner, "accounting-json": json.dumps(outcome.accounting)}
+        if anchor is not None:  # the signed checkpoint covering this round's entry leaves with the reply
+            info[ANCHOR_WIRE_KEY] = anchor
+        if outcome.refused_reason:
+            info["refused-reason"] = outcome.refused_reason
+        content = RecordDict({"metrics": MetricRecord(outcome.metrics), "partner": ConfigRecord(info)})
+        if outcome.state_dict is not None:
+            content["arrays"] = ArrayRecord(outcome.state_dict)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcustomer.clients.deferred_reach import DeferredReach
 from fedcustomer.clients.job_matrices import IDLE_SECONDS
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.reach import HeldHomeReach
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Held:
     audit: AuditLog
-    reach: DeferredReach
+    reach: HeldHomeReach
     identity: tuple[Any, ...]
     pid: int = field(default_factory=os.getpid)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,37 +99,23 @@ class AuditHolds:
         self._lock = threading.Lock()
 
     @contextmanager
-    def log(self, home: PartnerHome, run_id: str, *, defer_reach: bool = False) -> Iterator[AuditLog]:
+    def log(self, home: PartnerHome, run_id: str) -> Iterator[AuditLog]:
         """The job's held log for one append (made on first use), or a log opened for this call alone
-        (closed after it) when the hold cannot be lent. An error while appending closes the hold.
-
-        ``defer_reach``: the reach update of this append may still be running when this returns
-        (:mod:`.deferred_reach`); the caller must call :meth:`settle` before its reply leaves."""
+        (closed after it) when the hold cannot be lent. An error while appending closes the hold."""
         key = (str(home.root.resolve()), run_id)
         held = self._lend(key, home)
         if held is None:
             with home.open_audit_log() as audit:
                 yield audit
             return
-        held.reach.defer = defer_reach
         try:
             yield held.audit
         except BaseException:
-            held.reach.defer = False
             held.lock.release()
             self._drop(key, held)
             raise
-        held.reach.defer = False
         held.used = time.monotonic()
         held.lock.release()
-
-    def settle(self, home: PartnerHome, run_id: str) -> None:
-        """End the reach update an append with ``defer_reach`` left running (raises its error, if any)."""
-        key = (str(home.root.resolve()), run_id)
-        with self._lock:
-            held = self._holds.get(key)
-        if held is not None and held.pid == os.getpid():
-            held.reach.wait()
 
     def _lend(self, key: tuple[str, str], home: PartnerHome) -> _Held | None:
         """The hold of ``key`` with its lock taken, made or remade as needed; None when none can be lent."""
@@ -154,7 +139,7 @@ class AuditHolds:
             held = None
         if held is not None:
             return held if held.lock.acquire(blocking=False) else None
-        reach = DeferredReach(HeldHomeReach(home.store_path, home.keys_dir / PUBLIC_KEY_NAME))
+        reach = HeldHomeReach(home.store_path, home.keys_dir / PUBLIC_KEY_NAME)
         try:
             audit = home.open_audit_log(reach=reach)
         except BaseException:

@@ -47,12 +47,8 @@ def record_round(
     update_bytes: int | None = None,
     *,
     transport: str = "plain",
-    defer_reach: bool = False,
 ) -> AuditEntry:
-    """Append the ``fl_round`` entry for this round to the partner's audit log; returns it.
-
-    ``defer_reach``: the entry's reach commit may still run when this returns, while the caller
-    builds its reply; the caller calls :func:`settle_log` before the reply leaves."""
+    """Append the ``fl_round`` entry for this round to the partner's audit log; returns it."""
     if update_bytes is None:
         update_bytes = update_size(outcome.state_dict)
     metrics = outcome.metrics
@@ -70,7 +66,7 @@ def record_round(
     for key in ("epsilon-round", "epsilon-total", "epsilon-target", "noise-multiplier"):
         if key in metrics:
             details[key.replace("-", "_")] = float(metrics[key])
-    with audit_holds.HOLDS.log(home, ins.run_id, defer_reach=defer_reach) as audit:  # held for the job
+    with audit_holds.HOLDS.log(home, ins.run_id) as audit:  # held for the job's rounds
         entry = audit.append(
             actor=f"node:{outcome.partner}",
             role=ROLE,
@@ -85,11 +81,6 @@ def record_round(
     if outcome.refused or int(ins.round) >= int(ins.planned_rounds):
         audit_holds.HOLDS.release(home, ins.run_id)  # the job's last round for this partner
     return entry
-
-
-def settle_log(home: PartnerHome, run_id: str) -> None:
-    """End the reach commit a ``defer_reach`` entry left running: call it before the reply leaves."""
-    audit_holds.HOLDS.settle(home, run_id)
 
 
 def release_log(home: PartnerHome, run_id: str) -> None:

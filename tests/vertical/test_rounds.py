@@ -284,3 +284,34 @@ def test_a_job_beside_one_that_paid_nothing_or_beside_itself_is_refused_with_a_c
         (reply,) = grid.send_and_receive([msg])
         assert reply.has_error() and why in reply.error.reason
     assert _ledger(bank).spent().epsilon == spent and not _charges(bank, "alone") + _charges(bank, "itself")
+
+
+def test_a_joint_job_stopped_by_a_refusal_leaves_the_comparison_model_to_finish_after_it(
+    homes, tmp_path, monkeypatch
+):
+    from fedcustomer.vertical.spend import PartySpend, RoundDecision
+
+    real_check = PartySpend.check_round
+
+    def retailer_keeps_round_2(self, rnd):
+        if self.cfg.role == "passive" and rnd == 2:
+            return RoundDecision(
+                False, "budget kept for another study", {"epsilon-total": 1.0, "epsilon-target": 8.0}
+            )
+        return real_check(self, rnd)
+
+    monkeypatch.setattr(PartySpend, "check_round", retailer_keeps_round_2)
+    bank, _ = homes
+    grid = _grid(homes)
+    raw = _raw(tmp_path)
+    base_id = raw["run-id"] + "-baseline"
+    summary = run_two_party(grid, raw)
+    assert summary["status"] == "stopped" and summary["rounds_completed"] == 1
+    assert summary["baseline"]["status"] == "completed"
+    assert summary["baseline"]["partners"][0]["rounds_trained"] == 2
+    sent = grid.sent(BANK)
+    at = next(i for i, (t, run, _) in enumerate(sent) if t == FINISH and run == raw["run-id"])
+    assert [(t, r) for t, run, r in sent[:at] if run == base_id] == [(BEGIN, 1), (FIT, 1)]  # round 2 begun
+    assert [(t, r) for t, run, r in sent[at + 1 :] if run == base_id] == [(FIT, 2)]  # fitted after the finish
+    assert [c.round for c in _charges(bank, base_id)] == [1, 2]
+    assert [c.round for c in _charges(bank, raw["run-id"]) if c.mechanism == DPSGD_MECHANISM] == [1]

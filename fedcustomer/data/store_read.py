@@ -26,7 +26,7 @@ from fedcustomer.data.schema import FieldSpec, Schema
 from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
 from fedcustomer.data.store_customers import record_customers
-from fedcustomer.data.store_db import open_row_keys, open_rows, table_name
+from fedcustomer.data.store_db import open_row_keys, open_sealed_rows, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
 from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
@@ -446,9 +446,9 @@ class _Chunk:
         self.pieces: dict[str, list[np.ndarray | list[Any]]] = {n: [] for n in self.whole}
 
     def open(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        keys = open_row_keys(self.store.keyring, self.cipher, [(r[0], r[2], r[3]) for r in rows])
         if self.plain or self.wanted:
-            values = [doc["values"] for doc in open_rows(keys, [r[1] for r in rows])]
+            keys, docs = open_sealed_rows(self.store.keyring, self.cipher, rows)
+            values = [doc["values"] for doc in docs]
             if self.wanted:
                 kept = [i for i, v in enumerate(values) if self._matches(v)]
                 if len(kept) != len(rows):
@@ -461,6 +461,8 @@ class _Chunk:
                 block = _whole_block(values, self.whole)
                 for j, n in enumerate(self.whole):
                     self.pieces[n].append(block[:, j] if block is not None else [v.get(n) for v in values])
+        else:
+            keys = open_row_keys(self.store.keyring, self.cipher, [(r[0], r[2], r[3]) for r in rows])
         self.index.extend(r[0] for r in rows)
         for offset, n in enumerate(self.core, start=4):
             tokens = [r[offset] for r in rows]

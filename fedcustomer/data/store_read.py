@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -496,18 +497,23 @@ def _whole_block(values: Sequence[Mapping[str, Any]], names: list[str]) -> np.nd
 
     Only when every row has every field and every value is an int (or bool) within +-2**53, where
     the general path (:func:`_to_series`) would give the same int64 column; a missing field or
-    cell, a float, a text or a larger number sends the chunk down the general path.
+    cell, a float, a text or a larger number sends the chunk down the general path. The values
+    are checked by their sum (ints and bools sum to an int; one float makes it a float; a None,
+    text or list raises) and then copied into the block in one pass, without numpy's type
+    discovery over nested rows.
     """
+    if not values or not names:
+        return None
+    get = itemgetter(*names)
     try:
-        block = np.array(list(map(itemgetter(*names), values)))
-    except (KeyError, ValueError, TypeError):
+        flat = list(map(get, values)) if len(names) == 1 else list(chain.from_iterable(map(get, values)))
+        if type(sum(flat)) is not int:
+            return None
+        block = np.fromiter(flat, dtype=np.int64, count=len(flat))
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    if block.dtype != np.int64:
-        return None
-    block = block.reshape(len(values), len(names)) if block.ndim == 1 else block
-    if block.shape != (len(values), len(names)):
-        return None
-    if block.size and not (int(block.min()) >= -_EXACT_INT and int(block.max()) <= _EXACT_INT):
+    block = block.reshape(len(values), len(names))
+    if not (int(block.min()) >= -_EXACT_INT and int(block.max()) <= _EXACT_INT):
         return None
     return block
 

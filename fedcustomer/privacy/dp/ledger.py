@@ -482,10 +482,12 @@ class BudgetLedger:
         the file. Where WAL is unavailable (some network file systems) SQLite keeps its
         rollback journal: slower, just as safe. ``synchronous=FULL`` (the default) keeps every
         commit durable. A ledger already complete is only read here (one connection, no lock);
-        a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`.
+        a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`
+        and needs no check.
         """
         if not self.path.exists():
-            create_whole(self.path, self._lock_path)
+            if create_whole(self.path, self._lock_path):
+                return  # made whole here just now: WAL and every table of SCHEMA, nothing to check
         elif self._hold is not None and self._hold.schema_ready:
             return  # a ledger on this open hold found it complete; tables and columns are only added
         with self._connect() as conn:

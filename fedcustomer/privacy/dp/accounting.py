@@ -87,7 +87,15 @@ def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] = OR
 
 def epsilon(history: Sequence[GaussianSteps], delta: float) -> float:
     """Epsilon of a whole history at ``delta`` (0 for an empty history)."""
-    return epsilon_from_rdp(rdp_curve(history), delta)
+    return _epsilon_of(tuple(h.as_tuple() for h in history), float(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_of(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Epsilon of an exact history, remembered: a round asks it three times of the same triples
+    (the check before training, the charge's total and the round alone), and the conversion
+    from RDP is Opacus's full search over orders. Same triples in the same order, same float."""
+    return epsilon_from_rdp(rdp_curve(GaussianSteps(*h) for h in history), delta)
 
 
 def opacus_accountant(history: Sequence[GaussianSteps]) -> RDPAccountant:

@@ -120,9 +120,21 @@ def _check_data(X: object, y: object) -> None:
             "they must be aligned row by row"
         )
     for name, t in (("X", X), ("y", y)):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not _all_finite(t):
             bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero()[0, 0])
             raise DataError(f"{name} has a NaN or infinite value (first at row {bad}); impute or drop it")
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite, at a fraction of ``torch.isfinite`` 's cost.
+
+    A trainer checks its whole matrix each round. A NaN or an infinity in ``t`` makes its sum
+    NaN or infinite, so a finite sum proves every value finite; a sum that overflowed from finite
+    values is settled by the exact element-wise test.
+    """
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def _check_batch_size(batch_size: object, n: int) -> int:

@@ -432,6 +432,7 @@ class BudgetLedger:
         """Keep the write-ahead log between this ledger's transactions until the hold is closed
         (:class:`WalHold`); this ledger borrows the held connection meanwhile (:meth:`use_hold`)."""
         hold = WalHold(self.path)
+        hold.mark_schema_ready()  # this ledger found the schema complete when it was made
         self.use_hold(hold)
         return hold
 
@@ -484,13 +485,18 @@ class BudgetLedger:
         a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`
         and needs no check.
         """
-        if not self.path.exists() and create_whole(self.path, self._lock_path):
-            return  # made whole here just now: WAL and every table of SCHEMA, nothing to check
+        if not self.path.exists():
+            if create_whole(self.path, self._lock_path):
+                return  # made whole here just now: WAL and every table of SCHEMA, nothing to check
+        elif self._hold is not None and self._hold.schema_ready:
+            return  # a ledger on this open hold found it complete; tables and columns are only added
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
             ready = names >= NAMES and not missing_columns(conn)
         if ready:
+            if self._hold is not None:
+                self._hold.mark_schema_ready()
             return
         with self._transaction() as conn:  # again, under the lock: another process may have done it
             for statement in SCHEMA.split(";"):

@@ -169,6 +169,7 @@ class WalHold:
     def __init__(self, path: str | Path) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()  # one borrower at a time; others open a fresh connection
+        self._schema_ready = False  # a ledger found this file's tables complete (see schema_ready)
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
@@ -178,6 +179,19 @@ class WalHold:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def schema_ready(self) -> bool:
+        """Whether a ledger lent this hold found the file's tables and columns complete.
+
+        Tables and columns are only ever added, so a ledger made on the same open hold later in
+        the job (a node makes one each round) need not check again. False once the hold is
+        closed and in a forked child, which check for themselves."""
+        return self._schema_ready and self._conn is not None and self._pid == os.getpid()
+
+    def mark_schema_ready(self) -> None:
+        """Record that a ledger lent this hold found its schema complete."""
+        self._schema_ready = True
 
     @contextmanager
     def borrow(self) -> Iterator[sqlite3.Connection | None]:

@@ -153,3 +153,26 @@ def test_a_search_costs_two_full_evaluations_and_the_charge_reuses_one(monkeypat
     full.clear()
     epsilon(prior + [GaussianSteps(sigma, q, steps)], DELTA)  # what the ledger's projection computes
     assert not full
+
+
+def test_epsilon_is_remembered_per_exact_history_and_equals_the_direct_conversion(monkeypatch) -> None:
+    """A round's check, charge and round-alone figure ask the same history's epsilon: converted once,
+    bit for bit what the RDP curve gives; another order or delta of the triples is converted afresh."""
+    conversions = []
+    spent = rdp_analysis.get_privacy_spent
+
+    def counted(**kwargs):
+        conversions.append(1)
+        return spent(**kwargs)
+
+    monkeypatch.setattr(rdp_analysis, "get_privacy_spent", counted)
+    history = [GaussianSteps(1.37, 0.021, 47), GaussianSteps(2.11, 0.013, 3)]  # inputs no other test uses
+    first = epsilon(history, 1.3e-5)
+    assert len(conversions) == 1
+    assert epsilon([GaussianSteps(*h.as_tuple()) for h in history], 1.3e-5) == first
+    assert len(conversions) == 1
+    assert first == accounting.epsilon_from_rdp(accounting.rdp_curve(history), 1.3e-5)
+    conversions.clear()
+    assert epsilon(history[::-1], 1.3e-5) == pytest.approx(first)
+    assert epsilon(history, 1.4e-5) < first
+    assert len(conversions) == 2  # each a new key

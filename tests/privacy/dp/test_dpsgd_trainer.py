@@ -211,3 +211,38 @@ def test_plain_trainer_validates_its_configuration():
         PlainTrainer(mlp(), X, y, nn.BCEWithLogitsLoss(), batch_size=8, lr=0.1, optimizer="lbfgs")
     with pytest.raises(ConfigError, match="lr must be > 0"):
         PlainTrainer(mlp(), X, y, nn.BCEWithLogitsLoss(), batch_size=8, lr=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_finite_check_agrees_with_isfinite_at_every_edge(dtype):
+    """The trainers' per-round finiteness check (sum first, element-wise only if the sum is not finite)
+    gives torch.isfinite's answer, also when finite values overflow the sum or +inf and -inf cancel."""
+    from fedcustomer.privacy.dp.dpsgd import _all_finite
+
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.zeros(5, 3, dtype=dtype),
+        torch.full((4, 3), big, dtype=dtype),  # finite, but the sum overflows to inf
+        torch.tensor([big, -big, big, big], dtype=dtype),
+        torch.tensor([float("inf"), float("-inf"), 1.0], dtype=dtype),  # the sum is NaN
+        torch.tensor([1.0, float("nan")], dtype=dtype),
+        torch.tensor([float("-inf")], dtype=dtype),
+        torch.zeros(3, 0, dtype=dtype),
+    ]
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(200):
+        t = (torch.randn(6, 4, generator=generator) * 1e3).to(dtype)
+        mask = torch.rand(6, 4, generator=generator)
+        t[mask < 0.05] = float("nan")
+        t[(mask >= 0.05) & (mask < 0.08)] = float("inf")
+        t[(mask >= 0.08) & (mask < 0.1)] = float("-inf")
+        cases.append(t)
+    for t in cases:
+        assert _all_finite(t) == bool(torch.isfinite(t).all())
+
+
+def test_matrix_whose_finite_values_overflow_the_sum_trains():
+    """Finite values whose sum overflows are accepted (the check falls back to the exact test)."""
+    big = torch.finfo(torch.float32).max / 4
+    X = torch.full((8, 6), big)
+    trainer(mlp(), X, torch.zeros(8), batch_size=2)

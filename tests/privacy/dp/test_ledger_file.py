@@ -113,3 +113,63 @@ def test_a_hold_is_lent_to_one_borrower_at_a_time_and_never_across_a_fork(tmp_pa
     hold.close()
     with hold.borrow() as closed:
         assert closed is None
+
+
+def _schema_queries(hold: object) -> list[str]:
+    statements: list[str] = []
+    hold._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    return statements
+
+
+def test_a_ledger_made_on_a_checked_hold_skips_the_schema_check_and_still_charges(tmp_path: Path) -> None:
+    """A node makes a ledger on the job's hold every round: the schema, found complete when the hold
+    was made, is not read again; charges and reads are as before."""
+    path = tmp_path / "ledger.db"
+    hold = BudgetLedger(path, "loans", BUDGET).hold_wal()
+    assert hold.schema_ready
+    statements = _schema_queries(hold)
+    again = BudgetLedger(path, "loans", BUDGET, hold=hold)
+    assert not any("sqlite_master" in s or "journal_mode" in s or "table_info" in s for s in statements)
+    assert again.charge_gaussian("r2", ROUND).charge_key == "r2"
+    hold.close()
+    assert not hold.schema_ready  # closed: the next ledger checks for itself
+    assert [c.charge_key for c in BudgetLedger(path, "loans", BUDGET).charges()] == ["r2"]
+
+
+def test_a_hold_not_yet_checked_a_closed_one_or_a_forked_childs_checks_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    BudgetLedger(path, "loans", BUDGET)
+    hold = ledger_module.WalHold(path)  # made directly: nobody has checked the schema on it yet
+    assert not hold.schema_ready
+    statements = _schema_queries(hold)
+    BudgetLedger(path, "loans", BUDGET, hold=hold)
+    assert any("sqlite_master" in s for s in statements)  # checked on the held connection...
+    assert hold.schema_ready  # ...and remembered
+    hold._pid = -1  # as in a forked child: never lent, and its mark is not trusted there
+    assert not hold.schema_ready
+    hold._pid = os.getpid()
+    hold.close()
+
+
+def test_a_ledger_whose_schema_is_incomplete_is_completed_and_only_then_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older ledger missing a table is brought up to the schema under a hold; a failure while doing so
+    leaves the hold unmarked, so the next ledger checks again."""
+    path = tmp_path / "ledger.db"
+    BudgetLedger(path, "loans", BUDGET)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE kept_results")
+    hold = ledger_module.WalHold(path)
+
+    def failing(self):  # type: ignore[no-untyped-def]
+        raise OSError("disk gone while completing the schema")
+
+    with monkeypatch.context() as m, pytest.raises(OSError):
+        m.setattr(BudgetLedger, "_transaction", failing)
+        BudgetLedger(path, "loans", BUDGET, hold=hold)
+    assert not hold.schema_ready
+    BudgetLedger(path, "loans", BUDGET, hold=hold)  # completes it
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'kept_results'").fetchone()
+    hold.close()

@@ -18,7 +18,8 @@ timestamp checks, the database and what is stored are Flower's own. Only the Flo
 was checked against get the gate (the gated layers' source is pinned by a test); on another
 version Flower runs unchanged and the SuperLink's log says so once.
 
-It also freezes the objects made while importing (``gc.freeze``) once Flower's app is built, so
+It also keeps the SuperLink's node-key lookups between node registrations
+(:mod:`fedcustomer.deploy.node_key_cache`), and freezes the objects made while importing (``gc.freeze``) once Flower's app is built, so
 the collector's full passes during a job do not walk the hundreds of thousands of module-level
 objects that live as long as the process.
 
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, tested
+from fedcustomer.deploy import node_key_cache
 
 MAIN_MODULE = "flwr.superlink.main"
 CONTROL_PREFIX = "/v1/control/"
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = args[args.index("--") + 1 :]
     version = flower_version()
+    node_key_cache.install(version=version)  # on an untested version it leaves Flower as it is, too
     if not install(version=version):
         print(
             f"fedcustomer coordinator: the SuperLink's pass-through layers are not gated: Flower "

@@ -15,7 +15,7 @@ import pytest
 
 from fedcustomer.deploy import coordinator as co
 from fedcustomer.deploy import superlink_gate as sg
-from fedcustomer.deploy.pki import make_dev_certificates
+from fedcustomer.deploy.pki import make_dev_certificates, make_node_keys
 from fedcustomer.errors import ConfigError
 
 # Flower's modules whose layers' dispatch conditions the gate copies (whole source, so a changed
@@ -173,8 +173,13 @@ def _fleet_headers(private_key, timestamp: str) -> dict[str, str]:
 def test_a_real_superlink_refuses_unauthenticated_fleet_requests_and_marks_sensitive_control_answers(
     tmp_path, monkeypatch, stack
 ):
-    """A real SuperLink over TLS with node authentication, gated and as Flower ships it: the same answers."""
+    """A real SuperLink over TLS with node authentication, gated and as Flower ships it: the same answers.
+
+    A registered node's signed requests are answered, twice (the second from the kept key lookup
+    when gated), and refused at once after the node is unregistered through the Control API.
+    """
     import httpx
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.proto.control_pb2 import GetLoginDetailsRequest
     from flwr.proto.fleet_pb2 import PullMessagesRequest
@@ -199,9 +204,23 @@ def test_a_real_superlink_refuses_unauthenticated_fleet_requests_and_marks_sensi
     proto = {"content-type": "application/protobuf"}
     stranger = ec.generate_private_key(ec.SECP384R1())
     fresh = datetime.datetime.now(datetime.UTC)
+    keys = make_node_keys(tmp_path / "bank-keys")
+    bank = serialization.load_ssh_private_key(keys.private_key.read_bytes(), password=None)
+    co.write_flwr_config(cdir, f"127.0.0.1:{port}", certs.ca_cert)
+
+    def bank_pull(http: httpx.Client, node_id: int) -> int:
+        signed = _fleet_headers(bank, datetime.datetime.now(datetime.UTC).isoformat())
+        body = PullMessagesRequest(node=Node(node_id=node_id)).SerializeToString()
+        return http.post(f"{base}/v1/fleet/pull-messages", content=body, headers=proto | signed).status_code
+
     try:
         co.wait_until_up(cdir, link, timeout=600)
+        node_id = co.register_node(cdir, keys.public_key, name="bank")
         with httpx.Client(verify=tls, timeout=60) as http:
+            assert bank_pull(http, node_id) == bank_pull(http, node_id) == 200
+            assert bank_pull(http, node_id + 1) == 401  # its key, another node's id
+            fl.flwr_cli(["supernode", "unregister", str(node_id), fl.CONNECTION], cdir.flwr_home)
+            assert bank_pull(http, node_id) == 401
             unsigned = http.post(f"{base}/v1/fleet/pull-messages", content=pull, headers=proto)
             unknown = http.post(
                 f"{base}/v1/fleet/pull-messages",

@@ -86,13 +86,15 @@ class CategoricalFeature:
 
     def encode(self, values: pd.Series) -> np.ndarray:
         """One-hot matrix (n, len(categories)); missing or undeclared values give an all-zero row."""
+        out = np.zeros((len(values), len(self.categories)), dtype=np.float32)
         if values.dtype.kind in "iufb":  # numbers: one key per distinct value, not one call per row
             codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            table = np.array([category_key(u) for u in uniques] + [None], dtype=object)
-            keys = pd.Series(table[codes], index=values.index, dtype=object)
-        else:
-            keys = values.map(category_key)
-        out = np.zeros((len(values), len(self.categories)), dtype=np.float32)
+            column = {cat: j for j, cat in enumerate(self.categories)}  # -1: missing or undeclared
+            where = np.array([column.get(category_key(u), -1) for u in uniques] + [-1], dtype=np.intp)[codes]
+            rows = np.flatnonzero(where >= 0)
+            out[rows, where[rows]] = 1.0
+            return out
+        keys = values.map(category_key)
         for j, cat in enumerate(self.categories):
             out[:, j] = (keys == cat).to_numpy(dtype=bool)
         return out

@@ -19,7 +19,13 @@ import orjson
 from fedcustomer.data.schema import FieldSpec
 from fedcustomer.errors import ConfigError, IntegrityError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
-from fedcustomer.privacy.crypto.envelope import RecordKey, RecordKeys, open_record, open_records
+from fedcustomer.privacy.crypto.envelope import (
+    RecordKey,
+    RecordKeys,
+    open_record,
+    open_records,
+    open_records_field,
+)
 from fedcustomer.privacy.crypto.keyring import KeyRing, WrappedKey
 
 STORE_FORMAT = "fedcustomer.store/2"
@@ -195,14 +201,61 @@ def open_rows(keys: RecordKeys, sealed: Sequence[Any]) -> list[dict[str, Any]]:
     for position, token in enumerate(sealed):
         if token is None:
             open_row(keys.record(position), None)  # raises: the customer has no sealed row
-    texts = keys.open_field(ROW_FIELD, [bytes(t) for t in sealed])
+    return _parsed_rows(keys.open_field(ROW_FIELD, [bytes(t) for t in sealed]))
+
+
+def _parsed_rows(texts: Sequence[str]) -> list[dict[str, Any]]:
     try:
         joined = parse_json_array(texts)
     except ValueError:
         joined = None
-    if isinstance(joined, list) and len(joined) == len(texts) and all(type(d) is dict for d in joined):
-        return joined
+    if _one_object_each(joined, len(texts)):
+        return joined  # type: ignore[no-any-return]
     return [json.loads(text) for text in texts]
+
+
+def _one_object_each(parsed: Any, count: int) -> bool:
+    return isinstance(parsed, list) and len(parsed) == count and all(type(d) is dict for d in parsed)
+
+
+def open_sealed_rows(
+    keyring: KeyRing, cipher: FieldCipher, rows: Sequence[tuple[Any, ...]]
+) -> tuple[RecordKeys, list[dict[str, Any]]]:
+    """:func:`open_row_keys`, then :func:`open_rows`, of ``(pseudonym, sealed, kek_version, blob, ...)``
+    rows: the same keys and documents, in one pass where every row opens at once.
+
+    Each customer's data key is unwrapped and their sealed row opened in the same loop
+    (:func:`~fedcustomer.privacy.crypto.envelope.open_records_field`) and the rows' bytes are
+    parsed as one JSON array without a round trip through text. Where any row does not open
+    at once, or its bytes are not valid UTF-8, the two steps run instead: they raise that
+    row's own error (no key, no sealed row, a key or row altered) exactly as before.
+    """
+    pseudonyms, sealed, versions, blobs = list(zip(*rows))[:4] if rows else ((), (), (), ())
+    opened = open_records_field(keyring, cipher, pseudonyms, versions, blobs, ROW_FIELD, sealed)
+    if opened is not None:
+        keys, raw = opened
+        docs = _parsed_row_bytes(raw)
+        if docs is not None:
+            return keys, docs
+    keys = open_row_keys(keyring, cipher, [(r[0], r[2], r[3]) for r in rows])
+    return keys, open_rows(keys, sealed)
+
+
+def _parsed_row_bytes(raw: Sequence[bytes]) -> list[dict[str, Any]] | None:
+    """Rows' UTF-8 bytes parsed as :func:`_parsed_rows` parses their text; None if one is not UTF-8."""
+    data = b"[" + b",".join(raw) + b"]"
+    if _LONG_INTEGER not in data.translate(_DIGIT_RUNS, _DROPPED):
+        try:
+            joined = orjson.loads(data)  # refuses invalid UTF-8, as decoding would
+        except orjson.JSONDecodeError:
+            joined = None
+        if _one_object_each(joined, len(raw)):
+            return joined  # type: ignore[no-any-return]
+    try:
+        texts = [text.decode("utf-8") for text in raw]
+    except UnicodeDecodeError:
+        return None
+    return _parsed_rows(texts)
 
 
 # Bytes of a JSON text mapped so that an integer literal of 19 digits or more shows as ":" and

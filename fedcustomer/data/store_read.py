@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -26,7 +27,7 @@ from fedcustomer.data.schema import FieldSpec, Schema
 from fedcustomer.data.store_core import Credential, StoreCore
 from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
 from fedcustomer.data.store_customers import record_customers
-from fedcustomer.data.store_db import open_row_keys, open_rows, table_name
+from fedcustomer.data.store_db import open_row_keys, open_sealed_rows, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
 from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
@@ -446,9 +447,9 @@ class _Chunk:
         self.pieces: dict[str, list[np.ndarray | list[Any]]] = {n: [] for n in self.whole}
 
     def open(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        keys = open_row_keys(self.store.keyring, self.cipher, [(r[0], r[2], r[3]) for r in rows])
         if self.plain or self.wanted:
-            values = [doc["values"] for doc in open_rows(keys, [r[1] for r in rows])]
+            keys, docs = open_sealed_rows(self.store.keyring, self.cipher, rows)
+            values = [doc["values"] for doc in docs]
             if self.wanted:
                 kept = [i for i, v in enumerate(values) if self._matches(v)]
                 if len(kept) != len(rows):
@@ -461,6 +462,8 @@ class _Chunk:
                 block = _whole_block(values, self.whole)
                 for j, n in enumerate(self.whole):
                     self.pieces[n].append(block[:, j] if block is not None else [v.get(n) for v in values])
+        else:
+            keys = open_row_keys(self.store.keyring, self.cipher, [(r[0], r[2], r[3]) for r in rows])
         self.index.extend(r[0] for r in rows)
         for offset, n in enumerate(self.core, start=4):
             tokens = [r[offset] for r in rows]
@@ -494,18 +497,23 @@ def _whole_block(values: Sequence[Mapping[str, Any]], names: list[str]) -> np.nd
 
     Only when every row has every field and every value is an int (or bool) within +-2**53, where
     the general path (:func:`_to_series`) would give the same int64 column; a missing field or
-    cell, a float, a text or a larger number sends the chunk down the general path.
+    cell, a float, a text or a larger number sends the chunk down the general path. The values
+    are checked by their sum (ints and bools sum to an int; one float makes it a float; a None,
+    text or list raises) and then copied into the block in one pass, without numpy's type
+    discovery over nested rows.
     """
+    if not values or not names:
+        return None
+    get = itemgetter(*names)
     try:
-        block = np.array(list(map(itemgetter(*names), values)))
-    except (KeyError, ValueError, TypeError):
+        flat = list(map(get, values)) if len(names) == 1 else list(chain.from_iterable(map(get, values)))
+        if type(sum(flat)) is not int:
+            return None
+        block = np.fromiter(flat, dtype=np.int64, count=len(flat))
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    if block.dtype != np.int64:
-        return None
-    block = block.reshape(len(values), len(names)) if block.ndim == 1 else block
-    if block.shape != (len(values), len(names)):
-        return None
-    if block.size and not (int(block.min()) >= -_EXACT_INT and int(block.max()) <= _EXACT_INT):
+    block = block.reshape(len(values), len(names))
+    if not (int(block.min()) >= -_EXACT_INT and int(block.max()) <= _EXACT_INT):
         return None
     return block
 

@@ -28,8 +28,9 @@ class VerticalJob(JobBase):
     ``baseline`` also trains the label owner's own DP model on its features alone, for
     comparison. It is a second release about the label owner's customers, so it is paid
     from the same budget: the joint job leaves ``baseline_epsilon`` of the label owner's
-    ``epsilon`` unspent and the baseline, run afterwards on the same ledger, uses what is
-    left (at least that much).
+    ``epsilon`` unspent and the baseline, run on the same ledger (beside the joint job, its
+    noise leaving room for the joint job's planned rounds), uses what is left (at least that
+    much).
 
     The shared fields come from :class:`JobBase`; those re-declared here differ for split learning.
     """

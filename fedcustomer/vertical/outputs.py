@@ -84,8 +84,12 @@ def write_outputs(
         r.epsilon[active.name] for r in (baseline.rounds if baseline else []) if active.name in r.epsilon
     ]
     for row in partners:  # what the party's ledger holds for this job: joint model and comparison model
+        # the latest total of either (their charges interleave when the comparison model runs beside)
+        own = row["epsilon_spent"]
         row["epsilon_spent_all_releases"] = (
-            base_eps[-1] if row["name"] == active.name and base_eps else row["epsilon_spent"]
+            max(base_eps[-1], own if own is not None else base_eps[-1])
+            if row["name"] == active.name and base_eps
+            else own
         )
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,

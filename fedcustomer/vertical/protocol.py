@@ -14,7 +14,8 @@ message type                   to          carries in -> out
                                            its check of the first round at the public rate it computes
                                            from its counts (returned too, for the coordinator to compare);
                                            with a keep record: first keeps the PSI's order as its
-                                           alignment (the ``save`` of ``vertical_align``)
+                                           alignment (the ``save`` of ``vertical_align``); an
+                                           ``alongside`` record: it can run a job beside another
 ``query.vertical_check``       both        round -> ok or refusal (nothing charged)
 ``train.vertical_begin``       both        round -> charge; the label owner returns the public batches
                                            (passive, ``then-forward``: and batch 0's embeddings)
@@ -65,6 +66,9 @@ from fedcustomer.vertical.spend import public_sampling
 
 PARTNER_ERROR_CODE = 4100
 NEXT_JOB_RECORD = "next-job"  # a finish's follow-up: the label owner's next job's session config and round
+# In a setup's reply: this node calibrates a job run beside another (``alongside-run``), so the
+# coordinator may run the comparison model in the joint job's idle slots; an older node's reply lacks it.
+ALONGSIDE_RECORD = "alongside"
 ResolveHome = Callable[[Context], PartnerHome]
 ACTIONS = (
     "vertical_hello",
@@ -165,7 +169,9 @@ def _positions(t: torch.Tensor) -> np.ndarray:
 
 
 def _setup(s: PartySession, cfg: dict[str, Any], content: RecordDict) -> RecordDict:
-    out = RecordDict({"metrics": MetricRecord(s.describe())})
+    out = RecordDict(
+        {"metrics": MetricRecord(s.describe()), ALONGSIDE_RECORD: ConfigRecord({"calibrates": True})}
+    )
     if cfg.get("then-check"):  # the first round's check: at the rate the coordinator will announce
         q, steps = public_sampling(int(cfg["batch-size"]), s.n_train, int(cfg.get("steps-asked", 0)))
         planned = session_for(

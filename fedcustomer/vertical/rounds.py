@@ -16,13 +16,20 @@ next without waiting for the other party (see :mod:`fedcustomer.vertical.protoco
   passive party's check passed (``then-begin``), or only checks it (``then-check``), so every
   refusal is on record as before. A job of the label owner alone has no check (its begin
   refuses by itself) and ends with its last fit (``then-finish``);
-* the parties' setup first keeps the PSI's order as their alignment (:mod:`.align`), and the
-  label owner's finish begins its own next job, the comparison model (``next-job``), after the
-  finish and with that job's own session, so its charges come after the joint job's as before.
+* the parties' setup first keeps the PSI's order as their alignment (:mod:`.align`);
+* the label owner's own comparison model (its own run id and session) rides in the label
+  owner's idle slots: while the passive party is asked its begin or a backward, the same
+  exchange carries the comparison model's next message to the label owner (:mod:`.companion`).
+  What is left of it when the joint job ends (all of it, with a label owner of an earlier
+  release, whose setup reply does not say it can) begins with the label owner's finish
+  (``next-job``) and goes on with messages of its own.
 
 What is charged is unchanged: both parties' checks pass before either pays, each party pays
 once per round, before it releases anything of that round. One order changed: the label owner
-pays before the passive party (its batches must reach the passive party's first forward). A drive that resumes after a
+pays before the passive party (its batches must reach the passive party's first forward). The
+comparison model's charges now interleave with the joint job's: its noise, and each of its
+charges, leave room for the joint job's unpaid rounds (:mod:`.spend`), so a joint charge is never
+refused because the comparison model paid first. A drive that resumes after a
 coordinator restart opens its first round afresh (checks, then begin: the parties answer a
 repeated begin without charging again).
 """
@@ -42,14 +49,21 @@ from flwr.serverapp import Grid
 from fedcustomer.errors import ConfigError, FederationError
 from fedcustomer.vertical.align import ALIGN_ERROR_CODE, KEEP_RECORD, PendingAlignment
 from fedcustomer.vertical.checkpoint import RoundCheckpoint, VerticalRound
+from fedcustomer.vertical.companion import COMPLETED, Companion
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult
-from fedcustomer.vertical.protocol import NEXT_JOB_RECORD, message_type
+from fedcustomer.vertical.protocol import ALONGSIDE_RECORD, NEXT_JOB_RECORD, message_type
+from fedcustomer.vertical.replies import Decision
+from fedcustomer.vertical.replies import accounting as _accounting
+from fedcustomer.vertical.replies import batches as _batches
+from fedcustomer.vertical.replies import decision as _decision
+from fedcustomer.vertical.replies import numbers as _numbers
+from fedcustomer.vertical.replies import record as _record
+from fedcustomer.vertical.replies import tensors as _tensors
 from fedcustomer.vertical.spend import public_sampling
 
 log = logging.getLogger(__name__)
-Decision = tuple[dict[str, Any], dict[str, Any]]  # a party's ("decision", "metrics") for one round
 
 
 class Wire:
@@ -71,7 +85,7 @@ class Wire:
             content["arrays"] = ArrayRecord(arrays)
         msg = Message(content=content, dst_node_id=node, message_type=message_type(action))
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
-        return self._content(replies[0] if replies else None, node, action)
+        return self.content(replies[0] if replies else None, node, action)
 
     def ask_all(
         self,
@@ -82,16 +96,27 @@ class Wire:
 
         ``riders``: more records for a node's message (e.g. the alignment it keeps first).
         """
+        replies = self.send_all(asks, riders)
+        return [self.content(replies.get(node), node, act) for node, act, _ in asks]
+
+    def send_all(
+        self,
+        asks: list[tuple[int, str, dict[str, Any]]],
+        riders: dict[int, dict[str, ConfigRecord]] | None = None,
+        arrays: dict[int, dict[str, torch.Tensor]] | None = None,
+    ) -> dict[int, Message]:
+        """One exchange, a message per distinct node; the replies by node (read each with :meth:`content`)."""
         msgs = []
         for node, act, cfg in asks:
             content = RecordDict({"config": ConfigRecord(cfg)})
             for name, record in (riders or {}).get(node, {}).items():
                 content[name] = record
+            if arrays and arrays.get(node):
+                content["arrays"] = ArrayRecord(arrays[node])
             msgs.append(Message(content, dst_node_id=node, message_type=message_type(act)))
-        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
-        return [self._content(replies.get(node), node, act) for node, act, _ in asks]
+        return {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
 
-    def _content(self, reply: Message | None, node: int, action: str) -> RecordDict:
+    def content(self, reply: Message | None, node: int, action: str) -> RecordDict:
         who = self.names.get(node, f"node {node}")
         if reply is None:
             raise FederationError(
@@ -141,23 +166,6 @@ def session_config(
     }
 
 
-def _decision(content: RecordDict, prefix: str = "") -> Decision:
-    return dict(content[f"{prefix}decision"]), dict(content[f"{prefix}metrics"])
-
-
-def _tensors(content: RecordDict) -> dict[str, torch.Tensor]:
-    return content.array_records["arrays"].to_torch_state_dict() if "arrays" in content else {}
-
-
-def _numbers(content: RecordDict, name: str = "metrics") -> dict[str, float]:
-    return {k: float(v) for k, v in content.metric_records[name].items() if isinstance(v, int | float)}
-
-
-def _batches(content: RecordDict) -> list[torch.Tensor]:
-    arrays = _tensors(content)
-    return list(torch.split(arrays["batch-positions"], arrays["batch-sizes"].tolist()))
-
-
 class _Chain:
     """One drive's messages: who is asked what, and what their answers open next."""
 
@@ -167,6 +175,7 @@ class _Chain:
         self.wire, self.node_of, self.cfg, self.names = wire, node_of, cfg, names
         self.joint = PASSIVE in node_of
         self.next_batches: list[torch.Tensor] = []  # the public batches of a round its previous fit opened
+        self.companion: Companion | None = None  # the comparison model, in the label owner's idle slots
 
     def ask(
         self, role: str, action: str, extra: dict[str, Any], arrays: dict[str, torch.Tensor] | None = None
@@ -176,13 +185,28 @@ class _Chain:
     @staticmethod
     def record(report: VerticalRound, name: str, answer: Decision) -> bool:
         """Keep a party's answer for round ``report.round`` in the report; False when it refused."""
-        decision, metrics = answer
-        if "epsilon-total" in metrics:
-            report.epsilon[name] = float(metrics["epsilon-total"])
-            report.epsilon_target[name] = float(metrics["epsilon-target"])
-        if not decision["ok"]:
-            report.refusals[name] = str(decision["reason"])
-        return bool(decision["ok"])
+        return _record(report, name, answer)
+
+    def ask_passive(
+        self, action: str, extra: dict[str, Any], arrays: dict[str, torch.Tensor] | None = None
+    ) -> RecordDict:
+        """Ask the passive party; the label owner, idle meanwhile, gets the comparison model's next message.
+
+        Both go in one exchange. The comparison model's answer is read first (what it paid is on
+        record even if the passive party failed); an error there hands it over to its own drive
+        after the joint job, and the joint job goes on.
+        """
+        side = self.companion.message() if self.companion is not None else None
+        if side is None or self.companion is None:
+            return self.ask(PASSIVE, action, extra, arrays)
+        node, bank = self.node_of[PASSIVE], self.node_of[ACTIVE]
+        asks = [(node, action, self.cfg[PASSIVE] | extra), (bank, *side)]
+        replies = self.wire.send_all(asks, arrays={node: arrays} if arrays else None)
+        try:
+            self.companion.take(self.wire.content(replies.get(bank), bank, side[0]))
+        except FederationError as exc:
+            self.companion.hand_over(str(exc))
+        return self.wire.content(replies.get(node), node, action)
 
     def open(
         self, rnd: int, report: VerticalRound, checked: list[tuple[str, Decision]] | None = None
@@ -219,7 +243,7 @@ class _Chain:
         """
         tail = {"then-embed": True} | ({"then-check": True} if more else {})
         flags, arrays = ({"then-forward": True}, {"forward-positions": batches[0]}) if batches else (tail, {})
-        reply = self.ask(PASSIVE, "vertical_begin", {"round": rnd} | flags, arrays or None)
+        reply = self.ask_passive("vertical_begin", {"round": rnd} | flags, arrays or None)
         if not self.record(report, self.names[PASSIVE], _decision(reply)):
             return None
         for t, pos in enumerate(batches):  # gradients from the label head, one step after another
@@ -228,14 +252,13 @@ class _Chain:
             grads = _tensors(self.ask(ACTIVE, "vertical_step", step, {"embeddings": emb}))["gradients"]
             arrays = {"positions": pos, "gradients": grads}
             if t + 1 < len(batches):  # step t+1's embeddings come back with step t's backward
-                reply = self.ask(
-                    PASSIVE,
+                reply = self.ask_passive(
                     "vertical_backward",
                     step | {"then-forward": True},
                     arrays | {"forward-positions": batches[t + 1]},
                 )
             else:
-                reply = self.ask(PASSIVE, "vertical_backward", step | tail, arrays)
+                reply = self.ask_passive("vertical_backward", step | tail, arrays)
         check = _decision(reply, "next-") if more else None
         return _tensors(reply)["embeddings"], check
 
@@ -291,27 +314,48 @@ class _Chain:
         return out
 
 
-def _accounting(reply: RecordDict) -> dict[str, dict[str, Any]]:
-    return {str(dict(reply["partner"])["name"]): json.loads(str(dict(reply["accounting"])["json"]))}
-
-
 @dataclass
 class FollowingJob:
-    """The label owner's own job after the joint one (its comparison model), begun with the joint finish.
+    """The label owner's own job beside the joint one (its comparison model).
 
-    Why: its first begin is one sequential exchange fewer when it rides on the label owner's
-    ``vertical_finish`` (after that finish, as when it was a message of its own). ``first`` is its
-    next round (a restarted coordinator does not begin its trained rounds again); ``config`` is
-    filled in by the joint drive (the label owner's counts set its public rate) and ``answer`` by
-    the label owner's reply.
+    Why: it adds no sequential exchange of its own when its messages ride in the joint job's
+    idle slots (:class:`~fedcustomer.vertical.companion.Companion`, to a label owner whose setup
+    said it can); what is left of it when the joint job ends (all of it, with an older label
+    owner) goes on after the joint finish, its next begin riding on the label owner's
+    ``vertical_finish``. ``first`` is its next round (a restarted coordinator does not begin its
+    trained rounds again) and ``checkpoint`` keeps its trained rounds; ``session``, ``config``
+    and ``answer`` are filled in by the joint drive (the label owner's counts set its public
+    rate; ``answer``: the label owner's answer to its last begin, still to be fitted or refused).
     """
 
     job: VerticalJob
     plan: PartyPlan
     peer: str
     first: int = 1
+    checkpoint: RoundCheckpoint | None = None
+    session: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     answer: Decision | None = None
+    companion: Companion | None = None
+
+    def hand_over(self) -> None:
+        """The joint job ends: what is left for the comparison model's own drive, after the finish."""
+        if self.companion is not None:
+            self.companion.hand_over("the joint job ended")
+            self.first, self.answer = self.companion.next_round, self.companion.begun
+        self.config = None
+        if self.answer is None and self.first <= self.job.rounds and self.session is not None:
+            self.config = self.session | {"round": self.first}  # its next begin rides on the finish
+
+    @property
+    def completed(self) -> bool:
+        """It completed in the joint job's idle slots: no drive of its own follows."""
+        return self.companion is not None and self.companion.status == COMPLETED
+
+    def interrupted(self, why: str) -> DriveResult | None:
+        """Its result when the joint job failed (None when it had not begun beside it)."""
+        c = self.companion
+        return c.interrupted(why) if c is not None and (c.trained or c.begun is not None) else None
 
 
 def _configs(
@@ -382,18 +426,31 @@ def drive(
     rounds: list[VerticalRound] = checkpoint.load() if checkpoint is not None else []
     first = len(rounds) + 1
     checked = None  # both parties' checks of the first round, answered with their setup
+    alongside = False  # the label owner can run its comparison model beside this job
     if sizes is None:
         check = first if passive and first <= job.rounds else None
-        sizes, checked = _setup(wire, node_of, cfg, job, check, alignment)
+        sizes, checked, alongside = _setup(wire, node_of, cfg, job, check, alignment)
     elif alignment is not None:
         raise FederationError("an alignment to keep needs the parties' setup; this drive has none")
     q, steps = _sampled(cfg, job, sizes)
-    if following is not None and following.first <= following.job.rounds:
-        nxt = _configs(following.job, following.plan, None, following.peer, 0.0)
-        _sampled(nxt, following.job, sizes)  # the same counts as the drive of its own would use
-        following.config = nxt[ACTIVE] | {"round": following.first}
     names = {ACTIVE: active.name} | ({PASSIVE: passive.name} if passive else {})
     chain = _Chain(wire, node_of, cfg, names)
+    if following is not None:
+        nxt = _configs(following.job, following.plan, None, following.peer, 0.0)
+        _, base_steps = _sampled(nxt, following.job, sizes)  # the same counts as its own drive would use
+        following.session = nxt[ACTIVE]
+        if passive and alongside and following.first <= following.job.rounds:
+            beside = {"alongside-run": job.run_id, "alongside-rounds": job.rounds}
+            trained = following.checkpoint.load() if following.checkpoint is not None else []
+            following.companion = chain.companion = Companion(
+                following.session | beside,
+                following.job.rounds,
+                active.name,
+                base_steps,
+                following.checkpoint,
+                trained,
+                len(trained) + 1,
+            )
     # the next round's answers, sent with this round's replies (the first: with another job's finish)
     answers: list[tuple[str, Decision]] = [(ACTIVE, opened)] if opened is not None else []
     for rnd in range(first, job.rounds + 1):
@@ -404,6 +461,8 @@ def drive(
         phase = chain.passive_phase(rnd, report, batches, more) if passive and batches is not None else None
         if batches is None or (passive and phase is None):
             rounds.append(_refused(report, t0))
+            if following is not None:
+                following.hand_over()
             return DriveResult("stopped", rounds, _stop_reason(report), chain.finish(rnd, following), sizes)
         embeddings, passive_check = phase if phase is not None else (None, None)
         # joint phase: the label owner's DP-SGD on batches it draws privately, then held-out metrics
@@ -418,6 +477,8 @@ def drive(
         )
         if accounting is not None:  # the label owner alone: its last fit ended the job
             return DriveResult("completed", rounds, None, accounting, sizes)
+    if following is not None:
+        following.hand_over()
     return DriveResult("completed", rounds, None, chain.finish(job.rounds, following), sizes)
 
 
@@ -428,12 +489,13 @@ def _setup(
     job: VerticalJob,
     check: int | None,
     alignment: PendingAlignment | None = None,
-) -> tuple[dict[str, float], list[tuple[str, Decision]] | None]:
+) -> tuple[dict[str, float], list[tuple[str, Decision]] | None, bool]:
     """Both parties' aligned/train/test counts (one exchange); they must hold the same aligned set.
 
     ``check``: a round both parties also check in the same message (nothing charged), at the
     public rate each computes from its counts; it must be the one the coordinator announces.
-    ``alignment``: the PSI's order, which each party keeps first, in the same message.
+    ``alignment``: the PSI's order, which each party keeps first, in the same message. Last: the
+    label owner's reply says it can run a job beside this one (an older node's does not).
     """
     flags = {"then-check": True, "round": check, "steps-asked": job.steps_per_round or 0} if check else {}
     roles = list(node_of)
@@ -449,6 +511,7 @@ def _setup(
     if alignment is not None:
         _kept(wire, alignment, dict(zip(roles, setups, strict=True)), node_of)
     sizes = _numbers(setups[0])
+    alongside = ALONGSIDE_RECORD in setups[roles.index(ACTIVE)]
     for other in (_numbers(reply) for reply in setups[1:]):
         if int(other["aligned"]) != int(sizes["aligned"]):
             raise FederationError(
@@ -456,7 +519,7 @@ def _setup(
                 f"{int(other['aligned'])} customers); run the PSI again"
             )
     if not check:
-        return sizes, None
+        return sizes, None, alongside
     planned = public_sampling(job.batch_size, int(sizes["train"]), job.steps_per_round or 0)
     for role, reply in zip(roles, setups, strict=True):
         used = _numbers(reply, "sampling")
@@ -467,7 +530,7 @@ def _setup(
                 f"{planned[0]} x {planned[1]}; the parties disagree on the training set"
             )
     by_role = dict(zip(roles, setups, strict=True))
-    return sizes, [(role, _decision(by_role[role], "next-")) for role in (PASSIVE, ACTIVE)]
+    return sizes, [(role, _decision(by_role[role], "next-")) for role in (PASSIVE, ACTIVE)], alongside
 
 
 def _kept(

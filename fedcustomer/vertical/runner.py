@@ -90,7 +90,9 @@ def run_vertical_on_grid(
 
     The baseline is another release about the label owner's customers: ``baseline_grid``
     must reach the label owner's real home, so it is charged to the real ledger; the joint
-    job leaves ``job.baseline_epsilon`` for it.
+    job leaves ``job.baseline_epsilon`` for it. It runs in the label owner's idle slots of the
+    joint job on ``grid`` (whose label owner is that home) when the label owner can; what is
+    left of it runs on ``baseline_grid`` after the joint finish.
 
     Raises FederationError when a party drops out, after writing a summary with status
     ``failed`` (no party keeps a final model part for a failed job). ``checkpoints`` (a
@@ -126,7 +128,7 @@ def run_vertical_on_grid(
         baseline_grid = grid.sharing_log(baseline_grid)
         base_done = _checkpoint(checkpoints, "baseline")  # rounds trained before a restart: not begun again
         first = len(base_done.load()) + 1 if base_done is not None else 1
-        following = FollowingJob(base_job, active, passive.name, first)  # begun with the joint finish
+        following = FollowingJob(base_job, active, passive.name, first, base_done)  # beside the joint job
     try:
         result = drive(
             grid,
@@ -142,10 +144,15 @@ def run_vertical_on_grid(
     except FederationError as exc:
         done = _checkpoint(checkpoints, "joint")  # what was trained (and paid) before the stop
         failed = DriveResult("failed", done.load() if done is not None else [], str(exc))
-        write_outputs(out, job, failed, None, active, passive, psi_size)
+        # the comparison model's rounds paid beside it stay paid (a --resume goes on without paying again)
+        base_failed = following.interrupted(str(exc)) if following is not None else None
+        write_outputs(out, job, failed, base_failed, active, passive, psi_size)
         raise
     baseline = None
-    if baseline_grid is not None:
+    if following is not None and following.completed:  # it ran in the joint job's idle slots
+        assert following.companion is not None
+        baseline = following.companion.result(result.sizes)
+    elif baseline_grid is not None:
         try:
             baseline = drive(
                 baseline_grid,

@@ -46,6 +46,10 @@ class SessionConfig:
     steps_per_round: int = 0  # 0 until the label owner announced the sample rate
     sample_rate: float = 0.0
     reserve_epsilon: float = 0.0  # left unspent for a later release in the same job (the baseline)
+    # A job of the label owner alone run beside another of its jobs (the comparison model in the
+    # joint job's idle slots): that job's run id and rounds, whose unpaid rounds its noise leaves room for.
+    alongside_run: str = ""
+    alongside_rounds: int = 0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SessionConfig:
@@ -80,6 +84,8 @@ class SessionConfig:
                 steps_per_round=int(cfg.get("steps-per-round", 0)),
                 sample_rate=float(cfg.get("sample-rate", 0.0)),
                 reserve_epsilon=float(cfg.get("reserve-epsilon", 0.0)),
+                alongside_run=str(cfg.get("alongside-run", "")),
+                alongside_rounds=int(cfg.get("alongside-rounds", 0)),
             )
         except KeyError as exc:
             raise ConfigError(f"vertical instructions lack {exc.args[0]!r}") from None

@@ -4,6 +4,11 @@ Both parties refuse a round, before releasing anything, when their ledger projec
 the target (noise is fixed at their first round from the remaining budget, as the
 horizontal node does), and they charge before releasing. The label owner's label release
 is charged once per job, with its first round.
+
+A job of the label owner alone may run beside its joint job (the comparison model in the joint
+job's idle slots, ``alongside_run``): its noise is then calibrated, and each of its rounds
+checked, with the joint job's unpaid rounds counted as pending at the noise the joint job pays,
+so whatever the order of the two jobs' charges, the joint job's planned rounds still fit.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Spend
 from fedcustomer.privacy.dp.release import (
@@ -54,6 +59,10 @@ class _Job(Protocol):
     def max_noise_multiplier(self) -> float: ...
     @property
     def reserve_epsilon(self) -> float: ...
+    @property
+    def alongside_run(self) -> str: ...
+    @property
+    def alongside_rounds(self) -> int: ...
 
 
 def public_sampling(batch_size: int, n_train: int, steps_per_round: int = 0) -> tuple[float, int]:
@@ -105,6 +114,29 @@ class PartySpend:
             return None
         return release.cost({"party": self.name, **release.to_dict()})
 
+    def alongside_pending(self) -> list[Mechanism]:
+        """The unpaid rounds of the job this one runs beside, at the noise that job pays (none if none).
+
+        Read from this party's own ledger: the other job's first paid round gives its noise,
+        rate and steps; its rounds not yet paid are what this job must leave room for.
+        """
+        run, planned = self.cfg.alongside_run, self.cfg.alongside_rounds
+        if not run:
+            return []
+        if run == self.cfg.run_id or planned < 1:
+            raise DataError("a job runs beside another job of the same party, with at least one round")
+        keys = [f"run:{run}:vertical:{self.cfg.role}:round:{r}" for r in range(1, planned + 1)]
+        paid = [c for c in (self.ledger.find(key) for key in keys) if c is not None]
+        first = paid[0] if paid else None
+        if first is None or first.noise_multiplier is None or first.sample_rate is None or not first.steps:
+            raise DataError(
+                f"run {run} has paid no round yet at partner {self.name!r}: "
+                "a job runs beside it only once its noise is known"
+            )
+        other = GaussianSteps(first.noise_multiplier, first.sample_rate, first.steps)
+        details = {"party": self.name, "role": self.cfg.role, "run": run}
+        return [Mechanism(DPSGD_MECHANISM, gaussian=other, details=details)] * (planned - len(paid))
+
     def round_mechanism(self, rnd: int) -> Mechanism:
         q, steps = q_steps(self.cfg)
         steps_paid = GaussianSteps(self.noise_multiplier(rnd), q, steps)
@@ -125,7 +157,7 @@ class PartySpend:
             steps,
             self.cfg.rounds - rnd + 1,
             sigma_max=self.cfg.max_noise_multiplier,
-            pending=[label] if label is not None else [],
+            pending=([label] if label is not None else []) + self.alongside_pending(),
             reserve_epsilon=self.cfg.reserve_epsilon,
         )
         state["sigma"] = float(sigma)
@@ -139,8 +171,9 @@ class PartySpend:
         if self.ledger.find(self.round_step(rnd).charge_key) is not None:
             return RoundDecision(True, metrics={"noise-multiplier": sigma})
         label = self.label_mechanism()
+        pending = ([label] if label else []) + self.alongside_pending()
         try:
-            projected = check(self.ledger, self.round_step(rnd), mechanism, [label] if label else [])
+            projected = check(self.ledger, self.round_step(rnd), mechanism, pending)
         except BudgetExhausted as exc:
             return RoundDecision(False, exc.reason, _projection(exc.spend, exc.projected, sigma))
         return RoundDecision(True, metrics=_projection(self.ledger.spent(), projected, sigma))
@@ -150,7 +183,10 @@ class PartySpend:
         mechanism = self.round_mechanism(rnd)
         label = self.label_mechanism()
         label_charge = None
+        beside = self.alongside_pending()
         try:
+            if beside:  # the other job's unpaid rounds must still fit after this charge
+                check(self.ledger, self.round_step(rnd), mechanism, beside)
             if label is not None:
                 label_charge = charge_once(self.ledger, self.label_step(), label)
             charge = charge_once(self.ledger, self.round_step(rnd), mechanism)

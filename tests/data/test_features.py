@@ -261,6 +261,9 @@ def _one_call_per_row(feature: CategoricalFeature, values: pd.Series) -> np.ndar
         pd.Series(np.array([3, 1, 2], dtype=np.uint8)),
         pd.Series(["1", "2", None, "x"], dtype=object),
         pd.Series([1, True, "1", 1.0, None], dtype=object),  # mixed objects: one call per row, as before
+        pd.Series([], dtype="int64"),  # no rows
+        pd.Series([7, 8, np.nan], dtype="float64"),  # no value declared: all-zero rows
+        pd.Series(np.random.default_rng(0).integers(-2, 5, 500), dtype="int64"),
     ],
 )
 def test_categorical_encoding_of_numbers_matches_one_key_per_row(values: pd.Series) -> None:
@@ -268,7 +271,7 @@ def test_categorical_encoding_of_numbers_matches_one_key_per_row(values: pd.Seri
     got = feature.encode(values)
     assert got.shape == (len(values), 8) and got.dtype == np.float32
     np.testing.assert_array_equal(got, _one_call_per_row(feature, values))
-    assert got.sum(axis=1).max() <= 1.0
+    assert got.sum(axis=1).max(initial=0.0) <= 1.0
 
 
 @pytest.mark.parametrize(

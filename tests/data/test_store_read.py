@@ -196,6 +196,12 @@ def test_a_customer_without_a_data_key_is_refused(loaded):
     [
         ([{"a": 1, "b": 2}, {"a": 3, "b": 4}], [[1, 2], [3, 4]]),
         ([{"a": True, "b": 2}], [[1, 2]]),  # a bool among ints reads as 0/1, as on the general path
+        ([{"a": True, "b": False}], [[1, 0]]),  # bools alone too
+        ([{"a": 1, "b": 2.0}], None),  # a whole float is still a float
+        ([{"a": 1, "b": float("nan")}], None),
+        ([{"a": 1, "b": {"c": 2}}], None),
+        ([{"a": 1, "b": 2**63}], None),  # one past int64
+        ([], None),  # no rows: the general path's empty column
         ([{"a": 1, "b": None}], None),  # a missing cell
         ([{"a": 1}], None),  # a missing field
         ([{"a": 1, "b": 2.5}], None),  # a float

@@ -25,9 +25,12 @@ from fedcustomer.privacy.crypto.material import (
     lp_text,
 )
 
-__all__ = ["FieldCipher"]
+__all__ = ["TOKEN_HEAD", "TOKEN_MIN", "TOKEN_VERSION", "FieldCipher"]
 
 _FIELD_FORMAT_V1 = b"\x01"  # first byte of every field token and of its AAD
+TOKEN_VERSION = _FIELD_FORMAT_V1[0]  # the same, as the int ``token[0]`` gives
+TOKEN_HEAD = 1 + NONCE_BYTES  # a token's ciphertext+tag starts here
+TOKEN_MIN = TOKEN_HEAD + TAG_BYTES  # the shortest token (an empty value)
 
 
 class FieldCipher:
@@ -60,6 +63,11 @@ class FieldCipher:
         aead = AESGCM(key)
         self._cache = (key, aead)
         return aead
+
+    def aad_head(self, field: str) -> bytes:
+        """The AAD of ``field`` up to the pseudonym: a value's AAD is this head, then
+        ``lp(pseudonym as UTF-8)`` (for a loop that opens one field of many records in line)."""
+        return self._prefix + lp_text(field)
 
     def _aad(self, field: str, pseudonym: str) -> bytes:
         return self._prefix + lp_text(field) + lp_text(pseudonym)

@@ -6,25 +6,40 @@ and encrypts the record's values under it; ``open_record`` unwraps a stored key.
 hand back a :class:`RecordKey`, which seals and opens further fields of that record and
 never shows the key itself, so code above this layer never wraps, unwraps or holds a
 raw data key. :func:`open_records` opens many records' keys at once (a read opens a whole
-dataset) and hands back :class:`RecordKeys`, which opens one field of all of them in a call.
+dataset) and hands back :class:`RecordKeys`, which opens one field of all of them in a call;
+:func:`open_records_field` does both for a field every record has, in one pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from fedcustomer.privacy.crypto.cipher import FieldCipher
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fedcustomer.privacy.crypto.cipher import TOKEN_HEAD, TOKEN_MIN, TOKEN_VERSION, FieldCipher
 from fedcustomer.privacy.crypto.keyring import (
     KeyRing,
     WrappedKey,
     data_key_context,
+    data_key_context_head,
     data_key_contexts,
     unwrap_all,
 )
-from fedcustomer.privacy.crypto.material import new_data_key
+from fedcustomer.privacy.crypto.material import KEY_BYTES, NONCE_BYTES, new_data_key
 
-__all__ = ["RecordKey", "RecordKeys", "SealedRecord", "open_record", "open_records", "seal_record"]
+__all__ = [
+    "RecordKey",
+    "RecordKeys",
+    "SealedRecord",
+    "open_record",
+    "open_records",
+    "open_records_field",
+    "seal_record",
+]
 
 
 class RecordKey:
@@ -131,3 +146,61 @@ def open_records(
     """:func:`open_record` for many records of one dataset (KeyMaterialError naming the first that fails)."""
     contexts = data_key_contexts(cipher.dataset, pseudonyms)
     return RecordKeys(cipher, pseudonyms, unwrap_all(keyring, wrapped, contexts))
+
+
+_LENGTH = struct.Struct(">I")  # the length prefix of :func:`~fedcustomer.privacy.crypto.material.lp`
+_KekOpener = tuple[Callable[[bytes, bytes, bytes], bytes], bytes]
+
+
+def open_records_field(
+    keyring: KeyRing,
+    cipher: FieldCipher,
+    pseudonyms: Sequence[str],
+    versions: Sequence[Any],
+    blobs: Sequence[Any],
+    field: str,
+    tokens: Sequence[Any],
+) -> tuple[RecordKeys, list[bytes]] | None:
+    """:func:`open_records`, then ``field`` of every record opened, in one pass over the records.
+
+    A read opens every customer's data key and sealed row; one loop that unwraps a key and opens
+    the value under it shares each pseudonym's bytes between the two AADs and pays Python's loop
+    once, not twice. The same KEK, AEAD, AADs, token layout and size checks as the two steps.
+    The values come back as their UTF-8 bytes, not yet decoded: the caller decodes or parses
+    them, and refuses invalid UTF-8 as :meth:`RecordKeys.open_field` would.
+
+    None when any record does not open at once (a KEK version the keyring does not hold now,
+    a missing, short or altered key or token, a data key of the wrong size, a keyring without
+    ``kek_opener``): the caller then takes the two steps, which re-read the keyring or raise
+    that record's own error, in their order.
+    """
+    get_opener = getattr(keyring, "kek_opener", None)
+    if get_opener is None or not len(pseudonyms) == len(versions) == len(blobs) == len(tokens):
+        return None
+    context_head = data_key_context_head(cipher.dataset)
+    field_head = cipher.aad_head(field)
+    openers: dict[int, _KekOpener | None] = {}
+    pack = _LENGTH.pack
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    add_key, add_value = keys.append, values.append
+    try:
+        for pseudonym, version, blob, token in zip(pseudonyms, versions, blobs, tokens):
+            if type(version) is not int or type(blob) is not bytes or type(token) is not bytes:
+                return None
+            if version not in openers:
+                found = get_opener(version)
+                openers[version] = None if found is None else (found[0], found[1] + context_head)
+            opener = openers[version]
+            if opener is None or len(token) < TOKEN_MIN or token[0] != TOKEN_VERSION:
+                return None
+            name = pseudonym.encode("utf-8")
+            tail = pack(len(name)) + name
+            key = opener[0](blob[:NONCE_BYTES], blob[NONCE_BYTES:], opener[1] + tail)
+            if len(key) != KEY_BYTES:
+                return None
+            add_value(AESGCM(key).decrypt(token[1:TOKEN_HEAD], token[TOKEN_HEAD:], field_head + tail))
+            add_key(key)
+    except (InvalidTag, ValueError, TypeError, AttributeError, UnicodeError):
+        return None
+    return RecordKeys(cipher, pseudonyms, keys), values

@@ -142,9 +142,14 @@ def data_key_context(dataset: str, pseudonym: str) -> bytes:
     return _DATA_KEY_LABEL + lp_text(dataset) + lp_text(pseudonym)
 
 
+def data_key_context_head(dataset: str) -> bytes:
+    """:func:`data_key_context` up to the pseudonym, which follows as ``lp(pseudonym as UTF-8)``."""
+    return _DATA_KEY_LABEL + lp_text(dataset)
+
+
 def data_key_contexts(dataset: str, pseudonyms: Sequence[str]) -> list[bytes]:
     """:func:`data_key_context` of many customers of one dataset (byte for byte the same)."""
-    head = _DATA_KEY_LABEL + lp_text(dataset)
+    head = data_key_context_head(dataset)
     return [head + lp(p.encode("utf-8")) for p in pseudonyms]
 
 
@@ -317,6 +322,19 @@ class FileKeyRing:
                 keks = self._keks
                 ready.clear()
         return out
+
+    def kek_opener(self, version: int) -> tuple[Callable[[bytes, bytes, bytes], bytes], bytes] | None:
+        """For a loop that unwraps many data keys of one KEK version in line: the KEK's AES-GCM
+        ``decrypt(nonce, ciphertext, aad)`` and the AAD's head (the context follows it), or None
+        when this keyring does not hold the version's key now (the caller then uses
+        :meth:`unwrap_many`, which re-reads the keyring or raises the key's own error).
+
+        The same AEAD and AAD as :meth:`unwrap`; the KEK itself never leaves the keyring.
+        """
+        kek = self._keks.get(version)
+        if kek is None or kek.key is None:
+            return None
+        return self._aead_for(version).decrypt, _wrap_aad(version, b"")
 
     def versions(self) -> list[KekInfo]:
         return [KekInfo(k.version, k.created_at, k.status) for _, k in sorted(self._keks.items())]

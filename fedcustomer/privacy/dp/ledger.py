@@ -481,10 +481,11 @@ class BudgetLedger:
         the file. Where WAL is unavailable (some network file systems) SQLite keeps its
         rollback journal: slower, just as safe. ``synchronous=FULL`` (the default) keeps every
         commit durable. A ledger already complete is only read here (one connection, no lock);
-        a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`.
+        a new one is made whole by :func:`~fedcustomer.privacy.dp.ledger_file.create_whole`
+        and needs no check.
         """
-        if not self.path.exists():
-            create_whole(self.path, self._lock_path)
+        if not self.path.exists() and create_whole(self.path, self._lock_path):
+            return  # made whole here just now: WAL and every table of SCHEMA, nothing to check
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}

@@ -77,33 +77,29 @@ def missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
     return out
 
 
-def create_whole(path: Path, lock_path: Path) -> None:
+def create_whole(path: Path, lock_path: Path) -> bool:
     """A new ledger made whole: WAL mode and tables written to a temporary file, synced once,
     then renamed into place and its folder synced (two syncs, against about nine for the
     same ledger built in place: mode switch, schema commit, checkpoint at close). Under the
     ledger's lock, so two processes never both create it; a crash leaves no ledger, only the
-    temporary file, which the next creator replaces.
+    temporary file, which the next creator replaces. True when this call made the ledger
+    (it then holds exactly :data:`SCHEMA`), False when another process had made it.
+
+    SQLite writes the same bytes for every new ledger (no path, time or random value is
+    in an empty database file), so the first one a process makes on a file system is kept
+    as that process's template and later ones are those bytes written out, without
+    building the schema again (:func:`_empty_ledger`).
     """
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if path.exists():
-            return  # another process made it while this one waited
+            return False  # another process made it while this one waited
         tmp = path.with_name(path.name + ".new")
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute("PRAGMA synchronous=OFF")  # not yet the ledger: synced whole below
-                conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                conn.execute("BEGIN")
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("COMMIT")
-            finally:
-                conn.close()  # the last connection folds the log into the file and removes it
+            _write_empty_ledger(tmp)
             fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
@@ -114,8 +110,44 @@ def create_whole(path: Path, lock_path: Path) -> None:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)
+        return True
     finally:
         os.close(lock_fd)
+
+
+# An empty ledger's bytes per (file system, SQLite version, schema), made once per process.
+_TEMPLATES: dict[tuple[int, str, str], bytes] = {}
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _write_empty_ledger(tmp: Path) -> None:
+    """An empty ledger at ``tmp`` (not yet synced): the process's template for this file system,
+    or, the first time, built by SQLite and kept as the template when it is a lone file."""
+    key = (os.stat(tmp.parent).st_dev, sqlite3.sqlite_version, SCHEMA)
+    template = _TEMPLATES.get(key)
+    if template is not None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(template)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")  # not yet the ledger: synced whole by the caller
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute("BEGIN")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()  # the last connection folds the log into the file and removes it
+    if not any(Path(f"{tmp}{end}").exists() for end in ("-wal", "-shm", "-journal")):
+        with _TEMPLATES_LOCK:
+            _TEMPLATES.setdefault(key, tmp.read_bytes())
 
 
 class WalHold:

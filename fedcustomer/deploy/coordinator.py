@@ -50,6 +50,8 @@ WARM, SUBPROCESS = "warm", "subprocess"
 SERVERAPP_MODES = (WARM, SUBPROCESS)
 ENDING_POLL_S = 0.25  # status checks once the ServerApp wrote its summary (one Control API request each)
 DEFAULT_SERVERAPP = WARM if hasattr(os, "fork") and sys.platform != "darwin" else SUBPROCESS
+SUPERLINK_ENV = "FEDCUSTOMER_SUPERLINK"  # gated (default) or flower: Flower's SuperLink as shipped
+GATED, FLOWER_STACK = "gated", "flower"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,17 @@ def check_serverapp(serverapp: str) -> str:
     return serverapp
 
 
+def superlink_launcher() -> list[str]:
+    """What runs ``flower-superlink``: the gate of :mod:`fedcustomer.deploy.superlink_gate`, or nothing.
+
+    ``FEDCUSTOMER_SUPERLINK=flower`` runs Flower's SuperLink exactly as Flower ships it.
+    """
+    mode = os.environ.get(SUPERLINK_ENV, GATED).strip() or GATED
+    if mode not in (GATED, FLOWER_STACK):
+        raise ConfigError(f"{SUPERLINK_ENV} must be {GATED} or {FLOWER_STACK}, got {mode!r}")
+    return [] if mode == FLOWER_STACK else [sys.executable, "-m", "fedcustomer.deploy.superlink_gate", "--"]
+
+
 def superlink_command(
     cdir: CoordinatorDir,
     *,
@@ -113,6 +126,7 @@ def superlink_command(
     the secret in the workdir (see :func:`warm_coordinator_command`).
     """
     cmd = [
+        *superlink_launcher(),
         executable("flower-superlink"),
         "--host",
         host,

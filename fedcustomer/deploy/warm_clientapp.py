@@ -57,6 +57,8 @@ from fedcustomer.deploy.task_bell import BELL_ARG, Bell, open_pipe_fd
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
 # Imported once by the zygote; a task that needs another module imports it in its run's child.
+# ``torch._dynamo`` (the compiler, ~0.4 s of CPU) is imported by the first ``torch.optim`` optimizer a
+# process builds: a vertical party's setup builds one, so each run's child paid it on the critical path.
 PRELOAD = (
     "flwr.supernode.runtime.run_clientapp",
     "fedcustomer.apps.client",
@@ -65,6 +67,7 @@ PRELOAD = (
     "fedcustomer.privacy.dp.dpsgd",
     "fedcustomer.psi.chunked",
     "opacus",
+    "torch._dynamo",
     "pandas",
     "pyarrow",
 )

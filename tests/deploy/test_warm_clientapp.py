@@ -201,6 +201,27 @@ def test_the_executor_preloads_without_threads_and_ends_with_its_supernode(tmp_p
     assert "could not preload" not in res.stderr
 
 
+PRELOADED_OPTIMIZER_CHECK = """
+import sys
+from fedcustomer.deploy import warm_clientapp as wc
+wc.preload()
+import torch
+before = set(sys.modules)
+torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_a_runs_first_optimizer_imports_nothing_the_zygote_did_not_preload():
+    """A vertical party's setup builds a torch optimizer; its compiler import belongs in the zygote, not each run."""
+    res = subprocess.run(
+        [sys.executable, "-c", PRELOADED_OPTIMIZER_CHECK], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_only_the_nodes_own_executor_may_take_its_tasks(tmp_path):
     """A real SuperNode in warm mode: an unsigned AcquireTask is refused, a signed one answered."""
     import httpx

@@ -23,6 +23,9 @@ It also keeps the SuperLink's node-key lookups between node registrations
 the collector's full passes during a job do not walk the hundreds of thousands of module-level
 objects that live as long as the process.
 
+Given the reply bell's write end by the coordinator's supervisor, it also rings the coordinator's
+grid when a node's reply is stored (:mod:`fedcustomer.deploy.reply_bell`).
+
     python -m fedcustomer.deploy.superlink_gate -- /path/to/flower-superlink --host H --port P ...
 """
 

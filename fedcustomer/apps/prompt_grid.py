@@ -17,13 +17,19 @@ an exchange then takes a few HTTP requests instead of one per record and array. 
 negotiated per node: the first message to a node goes unpacked and asks which formats it reads;
 only a node whose reply names the format this release writes is sent packed messages, any other
 (an older fedcustomer) keeps getting ordinary ones. Everything else is the wrapped grid's.
+
+On a coordinator whose SuperLink rings the reply bell (:mod:`fedcustomer.deploy.reply_bell`) the grid
+waits on the bell between pulls and pulls as soon as it rings; once it has heard a ring it pulls
+unasked only at the safety-net pace (``BELL_PAUSE_S``). Without a bell, or before any ring, the
+pace above applies unchanged (the wait merely ends early on a ring).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -31,6 +37,7 @@ from flwr.serverapp import Grid
 from fedcustomer.apps.flower_waits import prompt_retries
 from fedcustomer.common.backoff import Backoff
 from fedcustomer.common.packed_content import FORMAT, add_formats, pack, take_formats, unpack
+from fedcustomer.common.pipe_bell import Bell, open_pipe_fd
 from fedcustomer.server.wrapped_grid import WrappedGrid
 
 DEPLOYED_GRID_MODULE = "flwr.superlink.grid.http_grid"  # the ServerApp's grid on the Deployment Engine
@@ -40,8 +47,16 @@ STEP_WINDOW_S = 1.0  # most replies exist within it
 BUSY_PAUSE_S = 0.2  # the pace after that, up to BUSY_S after the push
 BUSY_S = 10.0
 MAX_PAUSE_S = 1.0
+BELL_PAUSE_S = 1.0  # with a bell that rings: the safety-net pull's pace (a missed ring costs this)
+REPLY_BELL_ENV = "FEDCUSTOMER_REPLY_BELL_READ_FD"  # the reply bell's read end, inherited from the executor
 
 log = logging.getLogger(__name__)
+
+
+def reply_bell(environ: Mapping[str, str] | None = None) -> Bell | None:
+    """The reply bell's read end named in ``environ`` (this process's by default), if an open pipe."""
+    fd = open_pipe_fd((os.environ if environ is None else environ).get(REPLY_BELL_ENV))
+    return None if fd is None else Bell(fd)
 
 
 class PromptGrid(WrappedGrid):
@@ -61,8 +76,11 @@ class PromptGrid(WrappedGrid):
         *,
         step_window: float = STEP_WINDOW_S,
         pack: bool = False,
+        bell: Bell | None = None,
+        bell_pause: float = BELL_PAUSE_S,
     ) -> None:
         super().__init__(grid)
+        self.bell, self.bell_pause = bell, bell_pause
         self.pack = pack
         self.readers: set[int] = set()  # nodes that said they read the format this release writes
         self.answered: set[int] = set()  # nodes whose reply to the question has come (either way)
@@ -149,5 +167,11 @@ class PromptGrid(WrappedGrid):
                 break
             in_step = time.monotonic() - pauses.last_activity < self.step_window
             pause = step if in_step else pauses.next_pause()
-            time.sleep(pause if left is None else min(pause, left))
+            if self.bell is not None and self.bell.heard:
+                pause = max(pause, self.bell_pause)  # the bell says when; this pull is the safety net
+            pause = pause if left is None else min(pause, left)
+            if self.bell is None:
+                time.sleep(pause)
+            else:
+                self.bell.wait(pause)
         return replies

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcustomer.apps.prompt_grid import PromptGrid
+from fedcustomer.apps.prompt_grid import PromptGrid, reply_bell
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.server.deployment import deployment_setup, wait_for_partners
 from fedcustomer.server.job import JobConfig
@@ -40,7 +40,7 @@ def make_server_app(
                 # Deployment: partners are real nodes with their own homes; the coordinator
                 # has no data, so the feature spec comes from the run config. It waits for them.
                 the_job, the_spec, n, the_resume = deployment_setup(grid, raw)
-                grid = PromptGrid(grid)  # replies seen promptly, not on Flower's 3-s polls
+                grid = PromptGrid(grid, bell=reply_bell())  # replies seen promptly, not on 3-s polls
             if the_job is None:
                 the_job = JobConfig.from_dict(raw)
             the_notices = list(notices or [])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcustomer.apps.prompt_grid import PromptGrid
+from fedcustomer.apps.prompt_grid import PromptGrid, reply_bell
 from fedcustomer.vertical.deployed import run_two_party
 
 
@@ -21,7 +21,9 @@ def make_two_party_server_app(errors: list[BaseException] | None = None) -> Serv
     def main(grid: Grid, context: Context) -> None:
         try:
             # replies seen promptly; each message's records as one object (fewer requests per exchange)
-            run_two_party(PromptGrid(grid, pack=True), dict(context.run_config))
+            # a coordinator's SuperLink that rings says when a reply is there (see deploy.reply_bell)
+            grid = PromptGrid(grid, pack=True, bell=reply_bell())
+            run_two_party(grid, dict(context.run_config))
         except BaseException as exc:  # surfaced by the caller; Flower would only log it
             if errors is not None:
                 errors.append(exc)

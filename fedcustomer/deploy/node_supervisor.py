@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fedcustomer.deploy import task_bell
+from fedcustomer.deploy import reply_bell, task_bell
 
 MAX_RESTARTS = 5  # executor restarts allowed within RESTART_WINDOW_S before the node gives up
 RESTART_WINDOW_S = 300.0
@@ -99,32 +99,30 @@ def supervise(
     ``executor_cmd`` builds the executor's command from the server process's pid.
     """
     _, what, who = EXECUTORS[kind]
-    # a ClientApp executor waits on the task bell the SuperNode rings (see task_bell); this process
-    # keeps the read end for a restarted executor, and only the SuperNode holds the write end
-    bell_r, bell_w = task_bell.open_bell() if kind == CLIENTAPP else (-1, -1)
+    # a ClientApp executor waits on the task bell the SuperNode rings (see task_bell), a ServerApp
+    # executor's jobs on the reply bell the SuperLink rings (see reply_bell); this process keeps the
+    # read end for a restarted executor, and only the SuperNode (SuperLink) holds the write end
+    bell_r, bell_w = task_bell.open_bell()
+    write_env = task_bell.ENV_FD if kind == CLIENTAPP else reply_bell.ENV_FD
     node_env = dict(os.environ if env is None else env)
-    if bell_w >= 0:
-        node_env[task_bell.ENV_FD] = str(bell_w)
+    node_env[write_env] = str(bell_w)
     try:
         node = subprocess.Popen(
-            supernode_cmd,
-            env=node_env,
-            cwd=str(cwd) if cwd else None,
-            pass_fds=(bell_w,) if bell_w >= 0 else (),
+            supernode_cmd, env=node_env, cwd=str(cwd) if cwd else None, pass_fds=(bell_w,)
         )
     except BaseException:
-        for fd in (bell_r, bell_w):
-            if fd >= 0:
-                os.close(fd)
-        raise
-    if bell_w >= 0:
+        os.close(bell_r)
         os.close(bell_w)
+        raise
+    os.close(bell_w)
 
     def start_executor() -> subprocess.Popen[bytes]:
-        cmd = executor_cmd(node.pid) + ([task_bell.BELL_ARG, str(bell_r)] if bell_r >= 0 else [])
-        return subprocess.Popen(
-            cmd, env=env, cwd=str(cwd) if cwd else None, pass_fds=(bell_r,) if bell_r >= 0 else ()
-        )
+        cmd, exec_env = executor_cmd(node.pid), env
+        if kind == CLIENTAPP:
+            cmd += [task_bell.BELL_ARG, str(bell_r)]
+        else:  # the executor's forked job children inherit it; their grids find it in the environment
+            exec_env = {**(os.environ if env is None else env), reply_bell.GRID_ENV_FD: str(bell_r)}
+        return subprocess.Popen(cmd, env=exec_env, cwd=str(cwd) if cwd else None, pass_fds=(bell_r,))
 
     stopping: list[int] = []
 
@@ -166,8 +164,7 @@ def supervise(
         if executor is not None:
             _end(executor)
         _end(node)
-        if bell_r >= 0:
-            os.close(bell_r)
+        os.close(bell_r)
     return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
 
 

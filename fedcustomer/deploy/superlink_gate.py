@@ -23,6 +23,9 @@ It also keeps the SuperLink's node-key lookups between node registrations
 the collector's full passes during a job do not walk the hundreds of thousands of module-level
 objects that live as long as the process.
 
+Given the reply bell's write end by the coordinator's supervisor, it also rings the coordinator's
+grid when a node's reply is stored (:mod:`fedcustomer.deploy.reply_bell`).
+
     python -m fedcustomer.deploy.superlink_gate -- /path/to/flower-superlink --host H --port P ...
 """
 
@@ -30,12 +33,14 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, cast
 
 from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, tested
-from fedcustomer.deploy import node_key_cache
+from fedcustomer.common.pipe_bell import open_pipe_fd
+from fedcustomer.deploy import node_key_cache, reply_bell
 
 MAIN_MODULE = "flwr.superlink.main"
 CONTROL_PREFIX = "/v1/control/"
@@ -153,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args[args.index("--") + 1 :]
     version = flower_version()
     node_key_cache.install(version=version)  # on an untested version it leaves Flower as it is, too
+    # rings the coordinator's grid when a reply is stored (no pipe, untested Flower: no bell)
+    reply_bell.install(open_pipe_fd(os.environ.get(reply_bell.ENV_FD)), version=version)
     if not install(version=version):
         print(
             f"fedcustomer coordinator: the SuperLink's pass-through layers are not gated: Flower "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 
 import pytest
@@ -87,6 +88,60 @@ def test_pauses_stay_short_while_a_reply_is_likely_then_back_off(monkeypatch):
     busy = [p for p, t in zip(pauses, at) if 1.0 <= t - p < 10.0]
     assert set(busy) == {0.25}  # then up to 10 s: the busy pace
     assert pauses[-1] == 1.0  # a long wait: one pull a second, as before
+
+
+class ScriptedBell:
+    """A stand-in reply bell: rings when told to (``rings``: whether each wait hears a ring)."""
+
+    def __init__(self, rings: list[bool], now: list[float]) -> None:
+        self.rings, self.now, self.heard, self.waits = rings, now, False, []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        rang = self.rings.pop(0) if self.rings else False
+        self.heard = self.heard or rang
+        self.now[0] += 0.01 if rang else timeout
+        return rang
+
+
+def test_a_ring_makes_the_grid_pull_at_once_and_only_then_does_it_pull_slowly(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(prompt_grid.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(prompt_grid.time, "sleep", lambda s: pytest.fail("a grid with a bell waits on it"))
+    inner = SlowNodes({1: 4})
+    bell = ScriptedBell([False, True, False], now)  # no ring yet; a ring (the reply); a missed ring
+    grid = PromptGrid(inner, first_pause=0.1, bell=bell, bell_pause=1.0)  # type: ignore[arg-type]
+    assert len(list(grid.send_and_receive(_msgs(1), timeout=None))) == 1
+    # unheard: today's pace (ends early on a ring); heard: the safety-net pull, a second later
+    assert bell.waits == [0.1, 0.1, 1.0] and inner.pulls == 4
+
+
+def test_the_real_bell_wakes_the_grid_and_a_closed_one_turns_into_plain_pauses(monkeypatch):
+    from fedcustomer.common.pipe_bell import Bell, open_bell, ring
+
+    read_fd, write_fd = open_bell()
+    monkeypatch.setenv(prompt_grid.REPLY_BELL_ENV, str(read_fd))
+    bell = prompt_grid.reply_bell()
+    assert bell is not None
+    inner = SlowNodes({1: 2})
+    original = inner.pull_messages
+
+    def pull_and_ring(ids):  # the reply is stored (and rung) right after the first pull
+        got = original(ids)
+        if inner.pulls == 1:
+            ring(write_fd)
+        return got
+
+    inner.pull_messages = pull_and_ring  # type: ignore[method-assign]
+    grid = PromptGrid(inner, first_pause=30.0, max_pause=30.0, bell=bell)  # type: ignore[arg-type]
+    started = time.monotonic()
+    assert len(list(grid.send_and_receive(_msgs(1), timeout=None))) == 1
+    assert inner.pulls == 2 and time.monotonic() - started < 25.0 and bell.heard
+    os.close(write_fd)  # the SuperLink gone: the bell says so and plain pauses follow
+    assert not bell.wait(0.0) and bell.fd == -1 and not bell.heard
+    assert prompt_grid.reply_bell({prompt_grid.REPLY_BELL_ENV: "not-a-number"}) is None
+    assert prompt_grid.reply_bell({}) is None
+    assert isinstance(bell, Bell)
 
 
 class Nodes:

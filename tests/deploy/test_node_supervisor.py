@@ -115,20 +115,37 @@ def test_the_supernode_rings_the_executor_through_the_bell_the_supervisor_made(t
     assert heard.read_text() == "rang" and len(starts) == 2
 
 
-def test_a_coordinators_executor_gets_no_bell(tmp_path):
-    seen = tmp_path / "seen"
+def test_a_coordinators_executor_gets_the_reply_bell_not_the_task_bell(tmp_path):
+    """The SuperLink's environment names the reply bell's write end; the executor (and so each job's
+    grid it forks) finds the read end in its environment, and a ring from one reaches the other."""
+    seen, heard, flag = tmp_path / "seen", tmp_path / "heard", tmp_path / "stop"
     node = _py(
         "import os, time\n"
-        "from fedcustomer.deploy import task_bell\n"
+        "from fedcustomer.common.pipe_bell import open_pipe_fd, ring\n"
+        "from fedcustomer.deploy import reply_bell, task_bell\n"
         f"open({str(seen)!r}, 'w').write(str(task_bell.fd_from_env()))\n"
-        f"while not os.path.exists({str(tmp_path / 'stop')!r}): time.sleep(0.02)\n"
+        "fd = open_pipe_fd(os.environ.get(reply_bell.ENV_FD))\n"
+        "assert fd is not None, 'no reply bell'\n"
+        f"while not os.path.exists({str(flag)!r}):\n"
+        "    ring(fd)\n"
+        "    time.sleep(0.02)\n"
     )
 
     def executor(parent: int) -> list[str]:
         return _py(
-            f"import sys; open({str(tmp_path / 'argv')!r}, 'w').write(' '.join(sys.argv[1:])); "
-            f"open({str(tmp_path / 'stop')!r}, 'w').close()"
+            "import sys\n"
+            f"open({str(tmp_path / 'argv')!r}, 'w').write(' '.join(sys.argv[1:]))\n"
+            "from fedcustomer.apps.prompt_grid import reply_bell\n"
+            "bell = reply_bell()\n"
+            "assert bell is not None, 'no reply bell'\n"
+            "while not bell.wait(600.0):\n"
+            "    pass\n"
+            f"open({str(heard)!r}, 'w').write('rang')\n"
+            f"open({str(flag)!r}, 'w').close()\n"
+            "import time\n"
+            "time.sleep(600)\n"
         )
 
     assert ns.supervise(node, executor, check_s=0.05, kind=ns.SERVERAPP) == 0
     assert seen.read_text() == "None" and "--task-bell-fd" not in (tmp_path / "argv").read_text()
+    assert heard.read_text() == "rang"

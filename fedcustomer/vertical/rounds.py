@@ -196,7 +196,7 @@ class _Chain:
         record even if the passive party failed); an error there hands it over to its own drive
         after the joint job, and the joint job goes on.
         """
-        side = self.companion.message() if self.companion is not None else None
+        side = self.companion.rides() if self.companion is not None else None
         if side is None or self.companion is None:
             return self.ask(PASSIVE, action, extra, arrays)
         node, bank = self.node_of[PASSIVE], self.node_of[ACTIVE]
@@ -459,6 +459,11 @@ def drive(
                 trained,
                 len(trained) + 1,
             )
+            # its first begin skips one idle slot when the rest still hold all its messages: the
+            # label owner calibrates its noise in the background from the joint open on
+            slots = (steps + 1) * (job.rounds - first + 1)
+            needs = 1 + following.job.rounds - len(trained)
+            following.companion.idle_first = int(slots > needs)
     # the next round's answers, sent with this round's replies (the first: with another job's finish)
     answers: list[tuple[str, Decision]] = [(ACTIVE, opened)] if opened is not None else []
     for rnd in range(first, job.rounds + 1):

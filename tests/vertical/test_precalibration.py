@@ -22,7 +22,7 @@ from fedcustomer.vertical.party import forget_sessions
 from fedcustomer.vertical.protocol import PRECALIBRATE_RECORD
 from fedcustomer.vertical.spend import DPSGD_MECHANISM, PartySpend
 from tests.vertical.conftest import pinned_party_homes
-from tests.vertical.test_rounds import BEGIN, ExchangeGrid, _charges, _grid, _raw
+from tests.vertical.test_rounds import BEGIN, FIT, ExchangeGrid, _cfg, _charges, _grid, _raw
 
 INPUTS = {"sample_rate": 0.05, "steps_per_round": 20, "rounds": 3, "sigma_max": 50.0}
 
@@ -158,3 +158,28 @@ def test_the_comparison_model_pays_the_same_noise_with_its_calibration_done_whil
     assert len(names_with) == len(names_without)  # computed once, never twice
     joint_open = [m for msgs in grid.exchanges for m in msgs if PRECALIBRATE_RECORD in m.content]
     assert len(joint_open) == 1 and joint_open[0].metadata.message_type == BEGIN
+
+
+def test_without_a_spare_idle_slot_the_first_begin_takes_the_first_one(homes_one_round):
+    """One joint round of one passive step has 2 slots, exactly what a 1-round comparison model needs."""
+    homes, raw = homes_one_round
+    grid = _grid(homes)
+    summary = run_two_party(grid, raw)
+    assert summary["baseline"]["status"] == "completed"
+    base_id = raw["run-id"] + "-baseline"
+    riding = [
+        [m.metadata.message_type for m in msgs]
+        for msgs in grid.exchanges
+        if any(str(_cfg(m).get("run-id")) == base_id for m in msgs)
+    ]
+    assert riding == [
+        [BEGIN, BEGIN],
+        ["train.vertical_backward", FIT],
+    ]  # the passive begin, then the backward
+
+
+@pytest.fixture
+def homes_one_round(tmp_path):
+    forget_sessions()
+    yield pinned_party_homes(tmp_path, customers=400, seed=2), _raw(tmp_path, rounds=1)
+    forget_sessions()

@@ -56,3 +56,15 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_all(path: str | os.PathLike[str], data: bytes, flags: int, mode: int) -> None:
+    """Open ``path`` with ``flags`` (write access, e.g. create-exclusive or append) and write all of
+    ``data``: ``os.write`` may write less than asked, so it is called until nothing is left."""
+    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

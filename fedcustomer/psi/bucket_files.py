@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedcustomer.common.files import write_all
 from fedcustomer.errors import IntegrityError
 from fedcustomer.psi.core import POINT_BYTES
 
@@ -21,13 +22,7 @@ FLUSH_RECORDS = 1 << 17  # records buffered before they are appended to the buck
 
 
 def private_append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    write_all(path, data, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def read_slice(path: Path, start: int, count: int) -> bytes:

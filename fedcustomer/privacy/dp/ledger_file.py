@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedcustomer.common.files import fsync_dir
+from fedcustomer.common.files import fsync_dir, write_all
 
 BUSY_TIMEOUT_S = 120.0  # how long SQLite waits for a writer that bypasses the flock before giving up
 
@@ -126,13 +126,7 @@ def _write_empty_ledger(tmp: Path) -> None:
     key = (os.stat(tmp.parent).st_dev, sqlite3.sqlite_version, SCHEMA)
     template = _TEMPLATES.get(key)
     if template is not None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(template)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        write_all(tmp, template, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         return
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:

@@ -12,12 +12,14 @@ import json
 import sqlite3
 from collections import Counter
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fedcustomer.common.sqlite_wal import connect_readonly
 from fedcustomer.console import actions
 from fedcustomer.console.pages import console, form_checked, guard, render
 from fedcustomer.data.store_core import APPROVALS_DB
@@ -133,8 +135,7 @@ async def enrol(request: Request) -> Response:
 
 def ingest_rows(store_path: Any) -> list[dict[str, Any]]:
     """The last ingests with their quarantine counts and reasons (rules, never values)."""
-    uri = f"file:{store_path}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
+    with closing(connect_readonly(Path(store_path), timeout=30)) as con:  # store.db is in WAL mode
         con.row_factory = sqlite3.Row
         rows = [
             dict(r) for r in con.execute("SELECT * FROM ingests ORDER BY id DESC LIMIT ?", (INGESTS_SHOWN,))

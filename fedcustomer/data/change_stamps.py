@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.sqlite_wal import connect_readonly
 from fedcustomer.data.store_db import SqliteBackend, table_name
 
 MAX_HELD = 32
@@ -86,7 +87,7 @@ def change_stamp(path: Path, dataset: str) -> tuple[Any, ...] | None:
             held = None
         if held is None:
             try:
-                con = sqlite3.connect(f"file:{key}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+                con = connect_readonly(Path(key), timeout=30)
                 con.execute(f"PRAGMA mmap_size = {MMAP_BYTES}").fetchall()
             except sqlite3.Error:
                 return None

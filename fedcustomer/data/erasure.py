@@ -1,7 +1,8 @@
 """The right to be forgotten: crypto-shred one customer from an open store.
 
 The customer's wrapped data keys, rows, quarantined rows and merge records are deleted
-in one transaction (``secure_delete`` zeroes the freed pages), the pseudonym is kept in
+in one transaction (``secure_delete`` zeroes the freed pages; the ``-wal`` file, which still holds
+the pages as they were, is then checkpointed and cut to zero bytes), the pseudonym is kept in
 ``erasures`` so a later file cannot bring the customer back, and the PSI state files,
 which list pseudonyms too, forget them. Checked against the policy ('erase') and
 audit-logged, allowed or denied.
@@ -13,7 +14,7 @@ from typing import Any
 
 from fedcustomer.data.ingest import utc_now
 from fedcustomer.data.store_core import Credential, StoreCore
-from fedcustomer.data.store_db import table_name
+from fedcustomer.data.store_db import UNSETTLED_ERASURE, settle_erasures, table_name
 from fedcustomer.errors import DataError
 from fedcustomer.psi.state import forget_customer
 
@@ -42,6 +43,7 @@ def erase_customer(
         for table in ("data_keys", "quarantine", "merges"):
             result[table] = backend.execute(f"DELETE FROM {table} WHERE pseudonym = ?", (pseudonym,)).rowcount
         backend.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (pseudonym, utc_now()))
+        backend.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (UNSETTLED_ERASURE, utc_now()))
         result["found"] = bool(
             result["data_keys"] or result["quarantine"] or any(result["datasets"].values())
         )
@@ -51,6 +53,8 @@ def erase_customer(
                 "Check the id; to record an erasure for a customer whose data has not arrived yet, "
                 "run again with --not-held"
             )
+    # WAL keeps the pages as they were before this transaction until a checkpoint rewrites them
+    result["wal_cleared"] = settle_erasures(backend)
     result["psi_state"] = forget_customer(store.home, pseudonym)
     store.log(
         actor,

@@ -31,8 +31,10 @@ sealed and opened by :mod:`fedcustomer.privacy.crypto.envelope`.
 
 Erasure is crypto-shredding: the customer's wrapped data key, row, quarantined rows
 and merge records are deleted with SQLite ``secure_delete`` on (freed pages are zeroed).
-Copies outside the database file (backups, filesystem remnants of the rollback
-journal) hold the customer's values only as ciphertext under their data key, and that
+The database is in WAL mode (one sync per commit): the ``-wal`` file holds pages as they
+were before recent commits, so an erasure checkpoints it and cuts it to zero bytes
+(:func:`~fedcustomer.data.store_db.settle_erasures`; a crash before that is settled at the next
+open). Copies outside the database file (backups, filesystem remnants of a journal) hold the customer's values only as ciphertext under their data key, and that
 key only wrapped by a KEK; rotating the KEK and retiring the old version afterwards
 makes those copies unreadable. What such a copy still shows in clear: the customer's
 pseudonym (which whoever holds the pseudonym key can compute from the raw id, so it
@@ -72,7 +74,9 @@ from fedcustomer.data.store_db import (
     OLD_FORMATS,
     STORE_FORMAT,
     SqliteBackend,
+    erasure_unsettled,
     open_row_key,
+    settle_erasures,
 )
 from fedcustomer.data.store_ingest import ingest_file
 from fedcustomer.data.store_read import read_frame
@@ -206,6 +210,8 @@ class PartnerStore(StoreCore):
             raise
         try:
             cls._check_keys(backend, keyring, pseudonymizer)
+            if erasure_unsettled(backend):  # an erasure whose -wal a crash or a reader left uncut
+                settle_erasures(backend)
             policy = cls._load_policy(home)
             audit = cls._open_audit(home, backend)
             store = cls(home, backend, keyring, pseudonymizer, audit, policy)

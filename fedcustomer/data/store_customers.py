@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.common.sqlite_wal import connect_readonly
 from fedcustomer.errors import IntegrityError
 
 CHUNK = 65_536
@@ -153,7 +154,7 @@ class CustomerSets:
         if not Path(path).exists():
             return None
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            con = connect_readonly(Path(path), timeout=5)
         except sqlite3.Error:
             return None
         return cls(lambda sql, params: con.execute(sql, params).fetchone())

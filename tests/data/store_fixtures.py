@@ -74,7 +74,10 @@ def logical_dump(home):
 
 
 def home_bytes(store):
-    return store.home.store_path.read_bytes()
+    """The raw bytes of store.db and of its -wal and -shm files (WAL mode keeps older pages in -wal)."""
+    path = store.home.store_path
+    files = [path] + [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    return b"".join(f.read_bytes() for f in files if f.exists())
 
 
 @pytest.fixture()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from fedcustomer.common.sqlite_wal import WAL_SUFFIXES, backup_database
 from fedcustomer.data import change_stamps
 from fedcustomer.data.change_stamps import change_stamp
 from fedcustomer.data.erasure import erase_customer
@@ -66,11 +68,13 @@ def test_a_store_replaced_by_an_older_copy_is_seen(tmp_path, store, bank):
     store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
     path = store.home.store_path
     backup = tmp_path / "backup.db"
-    shutil.copyfile(path, backup)
+    backup_database(path, backup)  # store.db is in WAL mode: the file alone may lack recent commits
     first = change_stamp(path, "bank")
     erase_customer(store, ADMIN, frame.at[3, "customer_id"])
     assert change_stamp(path, "bank")[-1] == 19  # read on the connection held on the live file
     store.close()
+    for suffix in WAL_SUFFIXES:  # the live file's log must not be applied to the older copy
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
     os.replace(backup, path)  # another file under the same name
     assert change_stamp(path, "bank") == first
 
@@ -116,7 +120,7 @@ def test_at_most_max_held_connections(tmp_path, store, bank, monkeypatch):
     copies = []
     for i in range(4):
         copies.append(tmp_path / f"copy-{i}.db")
-        shutil.copyfile(store.home.store_path, copies[-1])
+        backup_database(store.home.store_path, copies[-1])
         assert change_stamp(copies[-1], "bank")[-1] == 10
     assert change_stamps.held_count() == 2
     assert list(change_stamps._HELD) == [str(c) for c in copies[2:]]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pandas as pd
 import pytest
 
+from fedcustomer.common.sqlite_wal import backup_database
 from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.key_admin import KeyAdmin
 from fedcustomer.errors import IntegrityError, KeyMaterialError
@@ -76,7 +75,7 @@ def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate
     victim = frame.iloc[3]
     p = store.pseudonymizer.pseudonym(victim["customer_id"])
     backup = tmp_path / "backup.db"
-    shutil.copy2(store.home.store_path, backup)  # an operator's backup, taken before the erasure
+    backup_database(store.home.store_path, backup)  # an operator's backup, taken before the erasure
     erase_customer(store, ADMIN, victim["customer_id"])
     KeyAdmin(store).rotate(ADMIN)
     KeyAdmin(store).retire(ADMIN, 1)

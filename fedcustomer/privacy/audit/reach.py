@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedcustomer.common.sqlite import transaction
+from fedcustomer.common.sqlite_wal import connect_readonly, use_wal
 
 REACH_TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS audit_reach (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
@@ -160,9 +161,13 @@ class HomeReach:
         if not self.store_path.exists():
             return None
         try:
-            return sqlite3.connect(
+            if mode == "ro":
+                return connect_readonly(self.store_path, timeout=5)
+            con = sqlite3.connect(
                 f"file:{self.store_path}?mode={mode}", uri=True, timeout=5, isolation_level=None
             )
+            use_wal(con)  # every reach commit fully synced, in the store's journal mode
+            return con
         except sqlite3.Error:
             return None
 
@@ -264,6 +269,7 @@ class HeldHomeReach(HomeReach):
                     isolation_level=None,
                     check_same_thread=False,
                 )
+                use_wal(self._con)
             except sqlite3.Error:
                 return None
             self._identity = identity

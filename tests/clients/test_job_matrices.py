@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from fedcustomer.clients import job_matrices
 from fedcustomer.clients.job_matrices import JobMatrices
 from fedcustomer.clients.node import PartnerNode
 from fedcustomer.clients.round_audit import record_evaluation, record_round
+from fedcustomer.common.sqlite_wal import backup_database
 from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.store import PartnerStore
@@ -86,7 +89,7 @@ def test_new_rows_and_a_store_replaced_by_an_older_copy_each_mean_a_fresh_read(t
     node = PartnerNode(home)
     state = node.train_round(_global(), _ins(1, planned=4, run="replaced")).state_dict
     backup = tmp_path / "store-before.db"
-    shutil.copyfile(home.store_path, backup)
+    backup_database(home.store_path, backup)  # with what store.db-wal holds
     more = toy_frame(50, 3)
     more["customer_id"] = "n" + more["customer_id"]
     provision_partner(  # 50 new customers ingested between rounds
@@ -100,7 +103,8 @@ def test_new_rows_and_a_store_replaced_by_an_older_copy_each_mean_a_fresh_read(t
         budget=DatasetBudget(3.0, 1e-5),
     )
     state = node.train_round(state, _ins(2, planned=4, run="replaced")).state_dict
-    os.replace(backup, home.store_path)  # the store as it was before that ingest, under the same name
+    with closing(sqlite3.connect(backup)) as older, closing(sqlite3.connect(home.store_path)) as live:
+        older.backup(live)  # the store as it was before that ingest, restored through SQLite (WAL-safe)
     node.train_round(state, _ins(3, planned=4, run="replaced"))
     reads = _reads(home)
     assert len(reads) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fedcustomer.common.sqlite_wal import WAL_SUFFIXES, backup_database
 from fedcustomer.privacy.audit import reach as reach_module
 from fedcustomer.privacy.audit.reach import REACH_TABLE_DDL, HeldHomeReach
 
@@ -60,7 +61,9 @@ def test_a_replaced_store_gets_the_next_update(tmp_path: Path) -> None:
     held = HeldHomeReach(store, tmp_path / "audit_signing.pub")
     held.record_entry(1, "h1", 10)
     backup = tmp_path / "backup.db"
-    shutil.copy(store, backup)
+    backup_database(store, backup)
+    for suffix in WAL_SUFFIXES:  # a file swap: the live file's log must not meet the older copy
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
     os.replace(backup, store)  # restored from a copy: a new inode at the same path
     held.record_entry(2, "h2", 20)
     assert _seq(store) == 2

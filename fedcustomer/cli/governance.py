@@ -312,6 +312,11 @@ def erase_cmd(
         console.print(
             f"customer {result['pseudonym'][:16]}... {state}: {rows} row(s), {result['data_keys']} data key(s)"
         )
+        if not result["wal_cleared"]:
+            console.print(
+                "store.db-wal still holds pages from before the erasure (another process is reading); "
+                "the next open of the store cuts it: run any store command once that process ends"
+            )
 
 
 # --- approvals ---------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from pathlib import Path
 
 #: The files SQLite keeps beside a database in WAL mode.
 WAL_SUFFIXES = ("-wal", "-shm")
+#: Bytes a ``-wal`` file is cut back to after a checkpoint (a large ingest's log is not kept at its size).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def use_wal(con: sqlite3.Connection) -> bool:
@@ -36,6 +38,7 @@ def use_wal(con: sqlite3.Connection) -> bool:
     (the rollback journal keeps every guarantee meanwhile).
     """
     con.execute("PRAGMA synchronous = FULL")
+    con.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}").fetchall()
     mode = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
     if mode == "wal":
         return True

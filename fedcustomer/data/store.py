@@ -59,6 +59,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedcustomer.common.sqlite_wal import WAL_SUFFIXES
 from fedcustomer.data.ingest import IngestReport, utc_now
 from fedcustomer.data.key_migration import finish_key_switch
 from fedcustomer.data.people_admin import PeopleAdmin
@@ -130,6 +131,12 @@ class PartnerStore(StoreCore):
             raise ConfigError(
                 f"{home.store_path} already exists: this partner home is initialised; use it as is"
             )
+        left = [s for s in WAL_SUFFIXES if home.store_path.with_name(home.store_path.name + s).exists()]
+        if left:  # SQLite would apply another database's log to the new file
+            raise ConfigError(
+                f"{home.store_path} is missing but its {', '.join(left)} file(s) are there: store.db was "
+                "deleted or moved while in use; restore it from backup, or move those files away"
+            )
         if actor is not None:
             cls._load_policy(home).require(actor, "keys")
         keyring_file = home.keys_dir / "keyring.json"
@@ -166,8 +173,8 @@ class PartnerStore(StoreCore):
         """The pseudonym key and an empty store.db whose key check the new keyring wrapped."""
         pseudonymizer = Pseudonymizer.create(home.keys_dir)
         tmp = home.store_path.with_name(home.store_path.name + ".init")
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in [tmp] + [tmp.with_name(tmp.name + s) for s in WAL_SUFFIXES]:
+            leftover.unlink(missing_ok=True)
         backend = SqliteBackend(tmp, create=True)
         try:
             # one transaction: the tables and their first rows appear together, at the cost of one sync

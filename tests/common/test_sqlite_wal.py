@@ -187,3 +187,20 @@ def test_backup_holds_what_the_log_holds_and_refuses_to_overwrite(tmp_path: Path
     assert alone.execute("SELECT x FROM t").fetchall() == [(3,)]  # the file alone is complete
     with pytest.raises(FileExistsError):
         backup_database(path, copy)
+
+
+def test_a_large_transaction_does_not_keep_its_log_at_its_size(tmp_path: Path, monkeypatch) -> None:
+    import fedcustomer.common.sqlite_wal as wal
+
+    monkeypatch.setattr(wal, "WAL_SIZE_LIMIT", 16384)
+    path = tmp_path / "a.db"
+    con = connect(path)
+    use_wal(con)
+    con.execute("CREATE TABLE t (x BLOB)")
+    with transaction(con):
+        con.executemany("INSERT INTO t VALUES (?)", [(os.urandom(1000),) for _ in range(400)])
+    log = Path(f"{path}-wal")
+    assert log.stat().st_size > 400_000
+    assert con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    con.execute("INSERT INTO t VALUES (x'00')")  # restarts the log from its start, cut to the limit
+    assert log.stat().st_size <= 16384 + 2 * 4096

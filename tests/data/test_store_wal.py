@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+
+import pytest
 
 from fedcustomer.data import erasure
 from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.data.store_customers import CustomerSets
 from fedcustomer.data.store_db import UNSETTLED_ERASURE
+from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.audit.reach import HomeReach, SqlReach
 from tests.data.store_fixtures import (
     ADMIN,
@@ -101,3 +105,16 @@ def test_an_erasure_whose_log_was_not_cut_is_settled_at_the_next_open(tmp_path, 
         assert wrapped not in raw and sealed not in raw
         assert again.backend.scalar("SELECT 1 FROM meta WHERE key = ?", (UNSETTLED_ERASURE,)) is None
         assert again.count("bank") == 11
+
+
+def test_a_new_store_refuses_another_stores_log_left_behind(tmp_path, store):
+    home = store.home
+    store.close()
+    log = home.store_path.with_name("store.db-wal")
+    log.write_bytes(b"left by a store.db deleted while open")
+    home.store_path.unlink()
+    shutil.rmtree(home.keys_dir)
+    with pytest.raises(ConfigError, match="store.db-wal|-wal"):
+        PartnerStore.init(home, "bank_a")
+    assert not home.store_path.exists() and not home.keys_dir.exists()  # nothing made
+    assert log.read_bytes().startswith(b"left by")

@@ -222,8 +222,9 @@ class HeldHomeReach(HomeReach):
 
     A node holds one for the rounds of a job (``clients/audit_holds.py``), so a round's reach
     commit does not open, read the schema of and close a connection each time. Every update is
-    still its own durable transaction. The connection is reopened when ``store.db`` was replaced
-    (another inode: a restore from backup) and is never used by a forked child (which opens its
+    still its own durable transaction (one sync of ``store.db-wal``). The connection is reopened when
+    ``store.db`` was replaced (another inode: a restore from backup, done as ``docs/GOVERNANCE.md`` says
+    for a file in WAL mode) and is never used by a forked child (which opens its
     own per update, as :class:`HomeReach` does); a caller that finds it in use by another thread
     also opens its own. :meth:`close` ends it; an idle connection holds no lock on the store.
     """

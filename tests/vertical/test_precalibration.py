@@ -2,24 +2,36 @@
 
 The answer must be the one an in-line calibration gives, bit for bit; a charge in between
 must make the begin calibrate afresh; a failed background search must leave the begin to
-calibrate in line, with nothing of the data in the log.
+calibrate in line, with nothing of the data in the log; and the search running beside the
+joint job's steps must not change a bit of what the joint job (or the comparison model) trains.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import shutil
 import threading
+import zlib
+from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 
-from fedcustomer.privacy.dp import release
+from fedcustomer.privacy.dp import accounting, release
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
 from fedcustomer.privacy.dp.release import Mechanism, calibrate_noise, precalibrate_noise
+from fedcustomer.server.inprocess import LocalGrid
+from fedcustomer.vertical import party
 from fedcustomer.vertical.deployed import run_two_party
-from fedcustomer.vertical.party import forget_sessions
+from fedcustomer.vertical.job import VerticalJob
+from fedcustomer.vertical.parties import party_app
+from fedcustomer.vertical.party import PartySession, forget_sessions
 from fedcustomer.vertical.protocol import PRECALIBRATE_RECORD
+from fedcustomer.vertical.runner import prepare_vertical, run_vertical_on_grid
 from fedcustomer.vertical.spend import DPSGD_MECHANISM, PartySpend
 from tests.vertical.conftest import pinned_party_homes
 from tests.vertical.test_rounds import BEGIN, FIT, ExchangeGrid, _cfg, _charges, _grid, _raw
@@ -183,3 +195,122 @@ def homes_one_round(tmp_path):
     forget_sessions()
     yield pinned_party_homes(tmp_path, customers=400, seed=2), _raw(tmp_path, rounds=1)
     forget_sessions()
+
+
+# --- the search beside the joint job's steps: nothing of what they train may change ---------------
+
+
+def _job(root: Path) -> VerticalJob:
+    return VerticalJob(
+        out=str(root / "run"),
+        homes=str(root / "homes"),
+        run_id="joint",
+        customers=600,
+        rounds=3,
+        batch_size=64,
+        steps_per_round=4,
+        seed=0,
+    )
+
+
+def _seeded_generators(monkeypatch) -> None:
+    """Each session's generators seeded from its run and role, in the order that session asks.
+
+    Why: the secure generators make two runs of a job differ; seeded per session (not per call),
+    two runs draw the same batches, labels and noise whichever session is built first.
+    """
+    asked: Counter[str] = Counter()
+
+    def seeded() -> torch.Generator:
+        frame = inspect.currentframe()
+        assert frame is not None and frame.f_back is not None
+        session = frame.f_back.f_locals["self"]
+        key = f"{session.cfg.run_id}:{session.cfg.role}"
+        asked[key] += 1
+        return torch.Generator().manual_seed(zlib.crc32(f"{key}:{asked[key]}".encode()))
+
+    monkeypatch.setattr(party, "secure_generator", seeded)
+
+
+def _searching_through_the_first_joint_step(monkeypatch) -> tuple[list[str], list[bool]]:
+    """The background search held until the label owner's first joint step starts, then kept
+    running until that step is done, so the two run at the same time in every run.
+
+    Returns the threads that calibrated, and for that step whether the search was running
+    from before its first operation to after its last.
+    """
+    started, searching, done = threading.Event(), threading.Event(), threading.Event()
+    names: list[str] = []
+    overlapped: list[bool] = []
+    real_calibrate, real_step = release._calibrate, PartySession.step
+
+    def calibrate(*args):
+        names.append(threading.current_thread().name)
+        if threading.current_thread().name != "noise-precalibration":
+            return real_calibrate(*args)
+        assert started.wait(timeout=600), "the joint job never reached its first step"
+        searching.set()
+        sigma = real_calibrate(*args)
+        while not done.is_set():  # the same search again, for as long as the step runs
+            assert real_calibrate(*args) == sigma
+        return sigma
+
+    def step(self, rnd, step_no, passive):
+        if done.is_set() or self.cfg.run_id != "joint":
+            return real_step(self, rnd, step_no, passive)
+        started.set()
+        assert searching.wait(timeout=600), "the background search never started"
+        try:
+            return real_step(self, rnd, step_no, passive)
+        finally:
+            overlapped.append(any(t.name == "noise-precalibration" for t in threading.enumerate()))
+            done.set()
+
+    monkeypatch.setattr(release, "_calibrate", calibrate)
+    monkeypatch.setattr(PartySession, "step", step)
+    return names, overlapped
+
+
+def _trained(prepared: Path, psi_size: int, root: Path, monkeypatch, *, precalibrate: bool):
+    """The job run on a copy of the prepared homes: its summary and every final model part."""
+    release._CALIBRATED.clear()
+    monkeypatch.setattr(accounting, "_NEARBY", accounting._Nearby())
+    forget_sessions()
+    shutil.copytree(prepared / "homes", root / "homes")
+    _seeded_generators(monkeypatch)
+    race = _searching_through_the_first_joint_step(monkeypatch) if precalibrate else None
+    if not precalibrate:
+        monkeypatch.setattr(PartySpend, "precalibrate", lambda self, rnd: False)
+    homes = {p.name: str(p) for p in (root / "homes").iterdir()}
+    grid = LocalGrid(party_app([homes["bank"], homes["retailer"]]), num_nodes=2)
+    alone = LocalGrid(party_app([homes["bank"]]), num_nodes=1)
+    summary = run_vertical_on_grid(grid, _job(root), baseline_grid=alone, psi_size=psi_size)
+    monkeypatch.undo()
+    forget_sessions()
+    parts = {}
+    for path in (root / "homes").rglob("*-final.pt"):
+        blob = torch.load(path, weights_only=True)
+        parts[(blob["run_id"], blob["role"])] = blob["model"]
+    return summary, parts, race
+
+
+@pytest.mark.slow
+def test_the_search_beside_the_joint_steps_changes_nothing_they_train(tmp_path, monkeypatch):
+    """Suspected of a joint model's poor AUC once: with the same draws, every model is bit-identical."""
+    prepared = tmp_path / "prepared"
+    size = prepare_vertical(_job(prepared)).psi_size  # one PSI: the same alignment for both runs
+    forget_sessions()
+    beside, parts_beside, race = _trained(prepared, size, tmp_path / "beside", monkeypatch, precalibrate=True)
+    in_line, parts_in_line, _ = _trained(
+        prepared, size, tmp_path / "in-line", monkeypatch, precalibrate=False
+    )
+    assert race is not None
+    names, overlapped = race
+    assert "noise-precalibration" in names and overlapped == [True]  # the race was forced
+    assert sorted(parts_beside) == [("joint", "active"), ("joint", "passive"), ("joint-baseline", "active")]
+    assert sorted(parts_beside) == sorted(parts_in_line)
+    for part, weights in parts_beside.items():
+        for name, tensor in weights.items():
+            assert torch.equal(tensor, parts_in_line[part][name]), (part, name)
+    assert beside["metrics"] == in_line["metrics"]
+    assert beside["baseline"]["metrics"] == in_line["baseline"]["metrics"]

@@ -43,6 +43,7 @@ class Companion:
     status: str = RUNNING
     reason: str | None = None  # why it stopped or was handed over
     accounting: dict[str, dict[str, Any]] = field(default_factory=dict)
+    idle_first: int = 0  # slots left unused before its first begin: its noise is calibrated meanwhile
     _t0: float = 0.0
 
     def message(self) -> tuple[str, dict[str, Any]] | None:
@@ -54,6 +55,14 @@ class Companion:
             return "vertical_begin", self.cfg | {"round": rnd}
         flags = {"then-begin": True} if rnd < self.rounds else {"then-finish": True}
         return "vertical_fit", self.cfg | {"round": rnd} | flags
+
+    def rides(self) -> tuple[str, dict[str, Any]] | None:
+        """:meth:`message` for the idle slot now offered; None while a slot is still to be left unused."""
+        side = self.message()
+        if side is not None and self.idle_first > 0:
+            self.idle_first -= 1
+            return None
+        return side
 
     def take(self, reply: RecordDict) -> None:
         """The label owner's answer to :meth:`message`."""

@@ -46,6 +46,7 @@ label head only (see :mod:`fedcustomer.vertical.party` for what protects each).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -64,11 +65,15 @@ from fedcustomer.vertical.party import PartySession, session_for
 from fedcustomer.vertical.session_config import SessionConfig
 from fedcustomer.vertical.spend import public_sampling
 
+log = logging.getLogger(__name__)
 PARTNER_ERROR_CODE = 4100
 NEXT_JOB_RECORD = "next-job"  # a finish's follow-up: the label owner's next job's session config and round
 # In a setup's reply: this node calibrates a job run beside another (``alongside-run``), so the
 # coordinator may run the comparison model in the joint job's idle slots; an older node's reply lacks it.
 ALONGSIDE_RECORD = "alongside"
+# In the joint job's open to the label owner: its comparison model's session config and round, whose
+# noise it calibrates in the background while idle (nothing charged); an older node ignores it.
+PRECALIBRATE_RECORD = "precalibrate"
 ResolveHome = Callable[[Context], PartnerHome]
 ACTIONS = (
     "vertical_hello",
@@ -123,6 +128,8 @@ def _make_handler(action: str, resolve_home: ResolveHome) -> Callable[[Message, 
             content = _HANDLERS[action](session, cfg_raw, msg.content)
             if kept is not None:
                 content[KEEP_RECORD] = MetricRecord(kept)
+            if action == "vertical_begin" and PRECALIBRATE_RECORD in msg.content:
+                _precalibrate(session, msg.content, content)
             if following is not None:  # after this job's finish: the next job's first begin
                 nxt = _decision(following[0].begin_round(following[1]))
                 content["next-job-decision"], content["next-job-metrics"] = nxt["decision"], nxt["metrics"]
@@ -262,6 +269,29 @@ def _following_job(action: str, s: PartySession, content: RecordDict) -> tuple[P
     if not 1 <= rnd <= cfg.rounds:
         raise DataError(f"a following job has no round {rnd} (it has {cfg.rounds})")
     return session_for(s.home, cfg), rnd
+
+
+def _precalibrate(s: PartySession, content: RecordDict, out: RecordDict) -> None:
+    """After a begin that paid: start the label owner's next job's calibration in the background.
+
+    Only a speed-up: whatever goes wrong is logged without data, and that job's begin calibrates
+    in line; nothing is charged or pinned here.
+    """
+    if not bool(dict(out["decision"]).get("ok")):
+        return
+    try:
+        raw = dict(content[PRECALIBRATE_RECORD])
+        rnd = int(raw["round"])
+        cfg = SessionConfig.from_config(raw)
+        if cfg.run_id == s.cfg.run_id or cfg.role != ACTIVE or cfg.name != s.name or s.cfg.role != ACTIVE:
+            raise DataError("a job to precalibrate must be another run of the same label owner")
+        if not 1 <= rnd <= cfg.rounds:
+            raise DataError(f"a job to precalibrate has no round {rnd}")
+        nxt = session_for(s.home, cfg)
+        if nxt.spend is not None:
+            nxt.spend.precalibrate(rnd)
+    except (FedCustomerError, KeyError, TypeError, ValueError) as exc:
+        log.warning("no background calibration (%s); the begin calibrates in line", type(exc).__name__)
 
 
 def _put(out: RecordDict, name: str, tensor: torch.Tensor) -> None:

@@ -53,7 +53,7 @@ from fedcustomer.vertical.companion import COMPLETED, Companion
 from fedcustomer.vertical.data import ACTIVE, PASSIVE, PartyPlan
 from fedcustomer.vertical.job import VerticalJob
 from fedcustomer.vertical.outputs import DriveResult
-from fedcustomer.vertical.protocol import ALONGSIDE_RECORD, NEXT_JOB_RECORD, message_type
+from fedcustomer.vertical.protocol import ALONGSIDE_RECORD, NEXT_JOB_RECORD, PRECALIBRATE_RECORD, message_type
 from fedcustomer.vertical.replies import Decision
 from fedcustomer.vertical.replies import accounting as _accounting
 from fedcustomer.vertical.replies import batches as _batches
@@ -196,7 +196,7 @@ class _Chain:
         record even if the passive party failed); an error there hands it over to its own drive
         after the joint job, and the joint job goes on.
         """
-        side = self.companion.message() if self.companion is not None else None
+        side = self.companion.rides() if self.companion is not None else None
         if side is None or self.companion is None:
             return self.ask(PASSIVE, action, extra, arrays)
         node, bank = self.node_of[PASSIVE], self.node_of[ACTIVE]
@@ -224,10 +224,18 @@ class _Chain:
             oks = [self.record(report, self.names[role], answer) for role, answer in checked]
             if not all(oks):
                 return None
-        begun = self.ask(ACTIVE, "vertical_begin", {"round": rnd})
+        begin = (self.node_of[ACTIVE], "vertical_begin", self.cfg[ACTIVE] | {"round": rnd})
+        begun = self.wire.ask_all([begin], self._precalibration())[0]
         if not self.record(report, self.names[ACTIVE], _decision(begun)):
             return None
         return _batches(begun) if self.joint else []
+
+    def _precalibration(self) -> dict[int, dict[str, ConfigRecord]] | None:
+        """The comparison model's next begin, for the label owner to calibrate while it waits for it."""
+        c = self.companion
+        if c is None or c.message() is None or c.begun is not None:
+            return None
+        return {self.node_of[ACTIVE]: {PRECALIBRATE_RECORD: ConfigRecord(c.cfg | {"round": c.next_round})}}
 
     def opened(self, report: VerticalRound, answers: list[tuple[str, Decision]]) -> list[torch.Tensor] | None:
         """A round already opened by the last round's replies: their answers go on record."""
@@ -451,6 +459,11 @@ def drive(
                 trained,
                 len(trained) + 1,
             )
+            # its first begin skips one idle slot when the rest still hold all its messages: the
+            # label owner calibrates its noise in the background from the joint open on
+            slots = (steps + 1) * (job.rounds - first + 1)
+            needs = 1 + following.job.rounds - len(trained)
+            following.companion.idle_first = int(slots > needs)
     # the next round's answers, sent with this round's replies (the first: with another job's finish)
     answers: list[tuple[str, Decision]] = [(ACTIVE, opened)] if opened is not None else []
     for rnd in range(first, job.rounds + 1):

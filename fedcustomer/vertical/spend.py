@@ -28,6 +28,7 @@ from fedcustomer.privacy.dp.release import (
     calibrate_noise,
     charge_once,
     check,
+    precalibrate_noise,
 )
 from fedcustomer.vertical.labels import LabelRelease
 
@@ -163,6 +164,28 @@ class PartySpend:
         state["sigma"] = float(sigma)
         self._persist()
         return float(sigma)
+
+    def precalibrate(self, rnd: int) -> bool:
+        """Start round ``rnd``'s calibration in the background (the noise is not yet fixed).
+
+        Why: the label owner waits idle between the joint job's open and its comparison model's
+        begin; the begin then finds the answer ready when the ledger has not changed meanwhile.
+        The ledger is read here; nothing is charged, pinned or persisted. True when started.
+        """
+        if self._state()["sigma"] is not None:
+            return False
+        q, steps = q_steps(self.cfg)
+        label = self.label_mechanism()
+        thread = precalibrate_noise(
+            self.ledger,
+            q,
+            steps,
+            self.cfg.rounds - rnd + 1,
+            sigma_max=self.cfg.max_noise_multiplier,
+            pending=([label] if label is not None else []) + self.alongside_pending(),
+            reserve_epsilon=self.cfg.reserve_epsilon,
+        )
+        return thread is not None
 
     def check_round(self, rnd: int) -> RoundDecision:
         """Would this round fit the budget? Nothing is charged or released."""

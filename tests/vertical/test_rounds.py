@@ -212,9 +212,10 @@ def test_a_failed_joint_job_keeps_the_comparisons_paid_rounds_and_a_resume_pays_
     bank, retail = homes
     raw = _raw(tmp_path)
     base_id = raw["run-id"] + "-baseline"
-    # the retailer answers hello, PSI 3, setup, round 1's begin and backward, then drops at round 2's begin
+    # the retailer answers up to round 2's begin, then drops at round 2's backward (the comparison
+    # model's first begin rode on round 1's backward, its first fit and second begin on round 2's begin)
     with pytest.raises(FederationError, match="retailer did not answer"):
-        run_two_party(_grid(homes, dead_after={RETAILER: 6}), raw)
+        run_two_party(_grid(homes, dead_after={RETAILER: 7}), raw)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["model"]["final"] is False and summary["metrics"] == {}
     base = summary["baseline"]
@@ -311,7 +312,8 @@ def test_a_joint_job_stopped_by_a_refusal_leaves_the_comparison_model_to_finish_
     assert summary["baseline"]["partners"][0]["rounds_trained"] == 2
     sent = grid.sent(BANK)
     at = next(i for i, (t, run, _) in enumerate(sent) if t == FINISH and run == raw["run-id"])
-    assert [(t, r) for t, run, r in sent[:at] if run == base_id] == [(BEGIN, 1), (FIT, 1)]  # round 2 begun
-    assert [(t, r) for t, run, r in sent[at + 1 :] if run == base_id] == [(FIT, 2)]  # fitted after the finish
+    # round 1 begun on round 1's backward (the first slot left for its calibration); the rest after the finish
+    assert [(t, r) for t, run, r in sent[:at] if run == base_id] == [(BEGIN, 1)]
+    assert [(t, r) for t, run, r in sent[at + 1 :] if run == base_id] == [(FIT, 1), (FIT, 2)]
     assert [c.round for c in _charges(bank, base_id)] == [1, 2]
     assert [c.round for c in _charges(bank, raw["run-id"]) if c.mechanism == DPSGD_MECHANISM] == [1]

@@ -24,6 +24,8 @@ and knows nothing of partners, stores or models.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from fedcustomer.errors import BudgetExhausted
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
@@ -160,6 +164,8 @@ class ChargedResults(Generic[R]):
 
 _CALIBRATED: dict[str, float] = {}  # calibration inputs -> noise multiplier, per process
 _CALIBRATED_MAX = 256
+_RUNNING: dict[str, threading.Event] = {}  # calibrations being computed in the background, by memo key
+_MEMO_LOCK = threading.Lock()
 
 
 def calibrate_noise(
@@ -182,6 +188,7 @@ def calibrate_noise(
     Before that charge nothing of the run was released, and the noise is calibrated (the same
     ledger and inputs give the same answer), with no file to sync. ``pin``: the file where
     earlier versions kept a run's first answer; read when it exists, no longer written.
+    A calibration of the very same inputs started by :func:`precalibrate_noise` is waited for.
     """
     if pin is not None and pin.exists():
         return float(json.loads(pin.read_text(encoding="utf-8"))["noise_multiplier"])
@@ -190,28 +197,113 @@ def calibrate_noise(
         if charged is not None:
             return charged
     steps = steps_per_round * max(1, rounds)
-    # The answer depends only on these inputs; partners simulated in one process (identical
-    # budgets and histories) then pay for the search once instead of once each.
-    memo_key = json.dumps(
+    memo_key = _memo_key(ledger, sample_rate, steps, sigma_max, reserve_epsilon, pending)
+    with _MEMO_LOCK:
+        running = _RUNNING.get(memo_key)
+    if running is not None:
+        running.wait()  # a failed precalibration leaves no answer: calibrated below, in line
+    sigma = _CALIBRATED.get(memo_key)
+    if sigma is None:
+        sigma = _calibrate(ledger, sample_rate, steps, sigma_max, reserve_epsilon, pending)
+        _remember(memo_key, sigma)
+    return sigma
+
+
+def precalibrate_noise(
+    ledger: BudgetLedger,
+    sample_rate: float,
+    steps_per_round: int,
+    rounds: int,
+    *,
+    sigma_max: float,
+    pending: Sequence[Mechanism] = (),
+    reserve_epsilon: float = 0.0,
+) -> threading.Thread | None:
+    """Start :func:`calibrate_noise`'s search for these inputs in a background thread.
+
+    Why: a party idle between two messages can have the answer ready for the next one. The
+    ledger is read here, in the caller's thread (no connection crosses threads); the thread only
+    computes, and keeps the answer under the key :func:`calibrate_noise` looks up, so it is used
+    only when the ledger and inputs are still the same (any charge in between changes the key).
+    A failure is logged without data and leaves no answer. None when nothing is left to compute.
+    """
+    steps = steps_per_round * max(1, rounds)
+    memo_key = _memo_key(ledger, sample_rate, steps, sigma_max, reserve_epsilon, pending)
+    frozen = _FrozenLedger(ledger)
+    with _MEMO_LOCK:
+        if memo_key in _CALIBRATED or memo_key in _RUNNING:
+            return None
+        done = _RUNNING[memo_key] = threading.Event()
+
+    def work() -> None:
+        try:
+            _remember(memo_key, _calibrate(frozen, sample_rate, steps, sigma_max, reserve_epsilon, pending))
+        except Exception as exc:
+            log.warning("noise precalibration failed (%s); it is calibrated in line", type(exc).__name__)
+        finally:
+            with _MEMO_LOCK:
+                _RUNNING.pop(memo_key, None)
+            done.set()
+
+    # A daemon: it writes nothing but this process's memo, so an exit loses nothing.
+    thread = threading.Thread(target=work, name="noise-precalibration", daemon=True)
+    thread.start()
+    return thread
+
+
+class _FrozenLedger(BudgetLedger):
+    """A ledger's charges read once, held in memory: what a background calibration reads instead of SQLite."""
+
+    def __init__(self, ledger: BudgetLedger) -> None:
+        self.path, self.dataset = ledger.path, ledger.dataset
+        self.budget, self.accountant = ledger.budget, ledger.accountant
+        self._frozen = ledger.all_charges()
+
+    def all_charges(self) -> list[Charge]:
+        return list(self._frozen)
+
+
+def _memo_key(
+    ledger: BudgetLedger,
+    sample_rate: float,
+    steps: int,
+    sigma_max: float,
+    reserve_epsilon: float,
+    pending: Sequence[Mechanism],
+) -> str:
+    """The calibration's inputs: the same key gives the same answer (partners simulated in one
+    process, identical budgets and histories, pay for the search once instead of once each)."""
+    return json.dumps(
         [ledger.accounting_state(), ledger.budget.epsilon, ledger.budget.delta, sample_rate, steps]
         + [sigma_max, reserve_epsilon, [repr(m) for m in pending]],
         sort_keys=True,
         default=repr,
     )
-    sigma = _CALIBRATED.get(memo_key)
-    if sigma is None:
-        sigma = ledger.calibrate_noise(
-            sample_rate,
-            steps,
-            sigma_max=sigma_max,
-            pending_gaussian=[g for m in pending for g in m.gaussian_part()],
-            pending_approx=[a for m in pending for a in m.approx_part()],
-            reserve_epsilon=reserve_epsilon,
-        )
-        if len(_CALIBRATED) >= _CALIBRATED_MAX:
+
+
+def _calibrate(
+    ledger: BudgetLedger,
+    sample_rate: float,
+    steps: int,
+    sigma_max: float,
+    reserve_epsilon: float,
+    pending: Sequence[Mechanism],
+) -> float:
+    return ledger.calibrate_noise(
+        sample_rate,
+        steps,
+        sigma_max=sigma_max,
+        pending_gaussian=[g for m in pending for g in m.gaussian_part()],
+        pending_approx=[a for m in pending for a in m.approx_part()],
+        reserve_epsilon=reserve_epsilon,
+    )
+
+
+def _remember(memo_key: str, sigma: float) -> None:
+    with _MEMO_LOCK:
+        if memo_key not in _CALIBRATED and len(_CALIBRATED) >= _CALIBRATED_MAX:
             _CALIBRATED.pop(next(iter(_CALIBRATED)))
         _CALIBRATED[memo_key] = sigma
-    return sigma
 
 
 def refusal_reason(label: str, projected: float, target: float) -> str:

@@ -150,17 +150,7 @@ class PartySpend:
         state = self._state()
         if state["sigma"] is not None:
             return float(state["sigma"])
-        q, steps = q_steps(self.cfg)
-        label = self.label_mechanism()
-        sigma = calibrate_noise(
-            self.ledger,
-            q,
-            steps,
-            self.cfg.rounds - rnd + 1,
-            sigma_max=self.cfg.max_noise_multiplier,
-            pending=([label] if label is not None else []) + self.alongside_pending(),
-            reserve_epsilon=self.cfg.reserve_epsilon,
-        )
+        sigma = calibrate_noise(self.ledger, *self._calibration_inputs(rnd), **self._calibration_options())
         state["sigma"] = float(sigma)
         self._persist()
         return float(sigma)
@@ -174,18 +164,24 @@ class PartySpend:
         """
         if self._state()["sigma"] is not None:
             return False
-        q, steps = q_steps(self.cfg)
-        label = self.label_mechanism()
         thread = precalibrate_noise(
-            self.ledger,
-            q,
-            steps,
-            self.cfg.rounds - rnd + 1,
-            sigma_max=self.cfg.max_noise_multiplier,
-            pending=([label] if label is not None else []) + self.alongside_pending(),
-            reserve_epsilon=self.cfg.reserve_epsilon,
+            self.ledger, *self._calibration_inputs(rnd), **self._calibration_options()
         )
         return thread is not None
+
+    def _calibration_inputs(self, rnd: int) -> tuple[float, int, int]:
+        """Sample rate, steps a round and rounds left from ``rnd``: the same for the search and its answer."""
+        q, steps = q_steps(self.cfg)
+        return q, steps, self.cfg.rounds - rnd + 1
+
+    def _calibration_options(self) -> dict[str, Any]:
+        """What is charged beside this party's rounds and what is kept back, for either calibration call."""
+        label = self.label_mechanism()
+        return {
+            "sigma_max": self.cfg.max_noise_multiplier,
+            "pending": ([label] if label is not None else []) + self.alongside_pending(),
+            "reserve_epsilon": self.cfg.reserve_epsilon,
+        }
 
     def check_round(self, rnd: int) -> RoundDecision:
         """Would this round fit the budget? Nothing is charged or released."""

@@ -24,6 +24,14 @@ def _rollback_db(path: Path) -> sqlite3.Connection:
     return con
 
 
+def _wal_table(path: Path) -> sqlite3.Connection:
+    """A new database at ``path`` in WAL mode with one table ``t (x INTEGER)``."""
+    con = connect(path)
+    use_wal(con)
+    con.execute("CREATE TABLE t (x INTEGER)")
+    return con
+
+
 def test_switches_a_rollback_file_once_and_syncs_every_commit_fully(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     _rollback_db(path).close()
@@ -52,9 +60,7 @@ def test_a_busy_file_stays_in_its_mode_until_a_later_open(tmp_path: Path) -> Non
 
 def test_a_commit_survives_sigkill_of_its_process(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    con = connect(path)
-    use_wal(con)
-    con.execute("CREATE TABLE t (x INTEGER)")
+    con = _wal_table(path)
     con.close()
     child = textwrap.dedent(
         f"""
@@ -78,9 +84,7 @@ def test_a_commit_survives_sigkill_of_its_process(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see the syncs")
 def test_a_commit_syncs_the_log_once_and_the_folder_when_the_log_is_started(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    con = connect(path)
-    use_wal(con)
-    con.execute("CREATE TABLE t (x INTEGER)")
+    con = _wal_table(path)
     con.close()
     assert not Path(f"{path}-wal").exists()  # the last connection's close checkpointed and removed it
     child = textwrap.dedent(
@@ -113,9 +117,7 @@ def test_a_commit_syncs_the_log_once_and_the_folder_when_the_log_is_started(tmp_
 
 def test_a_read_only_connection_sees_commits_not_yet_checkpointed(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    con = connect(path)
-    use_wal(con)
-    con.execute("CREATE TABLE t (x INTEGER)")
+    con = _wal_table(path)
     with transaction(con):
         con.execute("INSERT INTO t VALUES (1)")
     shutil.copyfile(path, tmp_path / "alone.db")  # the file alone lacks the commit
@@ -176,9 +178,7 @@ def test_truncate_reports_a_reader_on_an_older_snapshot(tmp_path: Path) -> None:
 
 def test_backup_holds_what_the_log_holds_and_refuses_to_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    con = connect(path)
-    use_wal(con)
-    con.execute("CREATE TABLE t (x INTEGER)")
+    con = _wal_table(path)
     con.execute("INSERT INTO t VALUES (3)")  # kept open: the commit is only in the -wal file
     copy = tmp_path / "copy.db"
     backup_database(path, copy)

@@ -24,7 +24,8 @@ the collector's full passes during a job do not walk the hundreds of thousands o
 objects that live as long as the process.
 
 Given the reply bell's write end by the coordinator's supervisor, it also rings the coordinator's
-grid when a node's reply is stored (:mod:`fedcustomer.deploy.reply_bell`).
+grid when a node's reply is stored (:mod:`fedcustomer.deploy.reply_bell`), and holds a node's empty
+pull until a message for it may have been stored (:mod:`fedcustomer.deploy.pull_hold`).
 
     python -m fedcustomer.deploy.superlink_gate -- /path/to/flower-superlink --host H --port P ...
 """
@@ -40,7 +41,7 @@ from typing import Any, cast
 
 from fedcustomer.apps.flower_waits import TESTED_FLOWER, flower_version, tested
 from fedcustomer.common.pipe_bell import open_pipe_fd
-from fedcustomer.deploy import node_key_cache, reply_bell
+from fedcustomer.deploy import node_key_cache, pull_hold, reply_bell
 
 MAIN_MODULE = "flwr.superlink.main"
 CONTROL_PREFIX = "/v1/control/"
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     node_key_cache.install(version=version)  # on an untested version it leaves Flower as it is, too
     # rings the coordinator's grid when a reply is stored (no pipe, untested Flower: no bell)
     reply_bell.install(open_pipe_fd(os.environ.get(reply_bell.ENV_FD)), version=version)
+    pull_hold.install(version=version)  # a node's empty pull waits here for its next message
     if not install(version=version):
         print(
             f"fedcustomer coordinator: the SuperLink's pass-through layers are not gated: Flower "

@@ -21,7 +21,12 @@ module's ``time`` reference is an :class:`AdaptiveTime`, whose ``sleep`` maps th
   (0.1 s) instead of ramping 0.05, 0.1, 0.2, 0.25 s: in that trace the message waited 0.05 s on average
   for the node's pull instead of 0.1 s, for one or two more pulls per reply; after the window the
   busy pace (0.25 s) goes on, and an idle node's pace is unchanged;
-* the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state.
+* the reply wait (0.5 s): a few milliseconds, doubling up to 0.05 s, on the node's in-memory state;
+* after a pull the SuperLink held (:mod:`fedcustomer.deploy.pull_hold`: it answered empty after
+  waiting up to a second for a message, so the pull took at least ``HELD_PULL_S``), no wait at all:
+  the next pull is held in turn, so a message reaches the node as soon as it is stored and an idle
+  node still asks about once a second. A SuperLink that does not hold answers at once, and the
+  waits above apply.
 
 Under the node's supervisor (``--clientapp warm``) the loop also rings the task bell
 (:mod:`fedcustomer.deploy.task_bell`) when a pulled message's task exists, just before its objects
@@ -63,6 +68,7 @@ FIRST_REPLY_S = 0.005
 MAX_REPLY_S = 0.05
 REPLY_WINDOW_S = 0.7  # after this node's reply is pushed: its next message usually comes within it
 REPLY_STEP_S = 0.1  # the pace of pulls within that window
+HELD_PULL_S = 0.9  # an empty pull this long was held (a held pull that finds nothing takes 1 s)
 
 
 class AdaptiveTime:
@@ -71,7 +77,8 @@ class AdaptiveTime:
     Idle waits double from ``first_idle``; within ``busy_window`` seconds of the last traffic (a
     job in progress: its next message usually comes within seconds) they stay at most ``busy_cap``,
     after that they grow to ``max_idle`` (1 s; Flower's own wait is 3 s). For ``reply_window``
-    seconds after this node's reply was pushed they are ``reply_step`` each.
+    seconds after this node's reply was pushed they are ``reply_step`` each. After an empty pull that
+    took at least ``held_pull`` seconds (the SuperLink held it) there is no wait.
     """
 
     def __init__(
@@ -86,8 +93,11 @@ class AdaptiveTime:
         max_reply: float = MAX_REPLY_S,
         reply_window: float = REPLY_WINDOW_S,
         reply_step: float = REPLY_STEP_S,
+        held_pull: float = HELD_PULL_S,
     ) -> None:
         self._real = real
+        self.held_pull = held_pull
+        self.awake_since = real.monotonic()  # the end of the last wait or push: a pull began after it
         self.reply_window, self.reply_step = reply_window, reply_step
         self.replied_at: float | None = None  # when this node's last reply was pushed (monotonic)
         self.idle = Backoff(
@@ -112,12 +122,14 @@ class AdaptiveTime:
     def replied(self) -> None:
         """This node's reply has left: traffic, and the next message is likely within ``reply_window``."""
         self.traffic()
-        self.replied_at = self._real.monotonic()
+        self.replied_at = self.awake_since = self._real.monotonic()
 
     def pause_for(self, seconds: float) -> float:
         """The wait that replaces Flower's ``seconds`` (and the backoff step it takes)."""
         if seconds == IDLE_S:
             self.reply.reset()
+            if self._real.monotonic() - self.awake_since >= self.held_pull:
+                return 0.0  # the SuperLink held the pull: the wait has been taken there
             if self.replied_at is not None and self._real.monotonic() - self.replied_at < self.reply_window:
                 self.idle.pause = self.idle.busy  # after the window: the busy pace, not a second ramp
                 return self.reply_step
@@ -129,6 +141,7 @@ class AdaptiveTime:
 
     def sleep(self, seconds: float) -> None:
         self._real.sleep(self.pause_for(seconds))
+        self.awake_since = self._real.monotonic()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

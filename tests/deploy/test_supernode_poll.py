@@ -100,6 +100,34 @@ def test_a_message_pulled_within_the_window_ends_it_until_the_next_reply():
     assert clock.slept[-1] == sp.REPLY_STEP_S
 
 
+def test_after_a_pull_the_superlink_held_the_node_pulls_again_at_once():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.FIRST_IDLE_S
+    clock.now += 1.0  # the next pull came back empty after the SuperLink's one-second hold
+    shim.sleep(3)
+    assert clock.slept[-1] == 0.0
+    clock.now += 1.0
+    shim.replied()  # a reply left; the pull after it was held until the hold ended
+    clock.now += 1.0
+    shim.sleep(3)
+    assert clock.slept[-1] == 0.0
+
+
+def test_a_pull_answered_at_once_keeps_the_adaptive_waits():
+    clock = FakeClock()
+    shim = sp.AdaptiveTime(clock)
+    for took in (0.01, 0.3, sp.HELD_PULL_S - 0.01):  # unheld (a SuperLink that does not hold, or a busy one)
+        clock.now += took
+        shim.sleep(3)
+    assert clock.slept == [0.05, 0.1, 0.2]
+    shim.replied()
+    clock.now += 0.02
+    shim.sleep(3)
+    assert clock.slept[-1] == sp.REPLY_STEP_S
+
+
 def test_other_waits_and_attributes_are_the_real_modules():
     clock = FakeClock()
     shim = sp.AdaptiveTime(clock)

@@ -162,9 +162,16 @@ def _setup(home: Path, key: Path, dataset: str, spec: Path, *extra: str) -> list
     ]
 
 
-def _run(homes: Path, out: Path, *extra: str) -> list[str]:
-    return ["run-vertical", "--data", "own", "--homes", str(homes), "--out", str(out), "--rounds", "4",
+def _run(homes: Path, out: Path, *extra: str, rounds: int = 4) -> list[str]:
+    return ["run-vertical", "--data", "own", "--homes", str(homes), "--out", str(out), "--rounds", str(rounds),
             "--batch-size", "128", "--json", *extra]  # fmt: skip
+
+
+# Rounds for a job whose model quality is asserted: with 4 rounds (28 DP steps) the joint model missed the
+# retailer's signal in 2 of 30 runs (AUC 0.65 and 0.68, DP noise and Poisson samples drawn afresh each run);
+# with 8 rounds, 30 of 30 runs reached 0.835-0.910 (the bank alone: 0.60-0.68). The AUC after round 2 of
+# those 60 runs was 0.577-0.92, below 0.6 in two (the deployed ServerApp's test ran 2 rounds).
+LEARNING_ROUNDS = 8
 
 
 @pytest.mark.slow
@@ -180,7 +187,7 @@ def test_a_vertical_job_on_both_parties_own_data(
         _setup(homes / "retailer", parties["admins"]["retailer"][1], "baskets", specs["retailer"]), capsys
     )
     assert "features only" in out
-    code, stdout, err = run(_run(homes, tmp_path / "run"), capsys)
+    code, stdout, err = run(_run(homes, tmp_path / "run", rounds=LEARNING_ROUNDS), capsys)
     assert code == 0, stdout + err
     summary = json.loads(stdout[stdout.index("{") :])
     assert summary["status"] == "completed" and summary["data"] == "own"
@@ -327,7 +334,9 @@ def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
     homes, specs = parties["homes"], parties["specs"]
     bank, retail = PartnerHome(homes / "bank"), PartnerHome(homes / "retailer")
     pin_each_other(bank, retail)  # what `node pin-peer` does at each party
-    job = VerticalJob(data="own", out=str(tmp_path / "run"), rounds=2, batch_size=128, baseline=False)
+    job = VerticalJob(
+        data="own", out=str(tmp_path / "run"), rounds=LEARNING_ROUNDS, batch_size=128, baseline=False
+    )
     raw = two_party_run_config(job, mode="vertical", wait_for_partners=5)
     with pytest.raises(ConfigError, match="needs two parties that declared their own data; 0 did"):
         run_two_party(grid_for([bank, retail]), raw)
@@ -344,8 +353,8 @@ def test_the_deployed_serverapp_trains_on_the_declarations_and_sends_no_spec(
 
     grid.send_and_receive = recording  # type: ignore[method-assign]
     summary = run_two_party(grid, raw)
-    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
-    assert summary["psi_size"] > 1100 and summary["metrics"]["auc"] > 0.6
+    assert summary["status"] == "completed" and summary["rounds_completed"] == LEARNING_ROUNDS
+    assert summary["psi_size"] > 1100 and summary["metrics"]["auc"] > 0.6  # see LEARNING_ROUNDS
     assert any('"vertical_setup"' in m or '"dataset": "baskets"' in m for m in sent)
     for text in sent:
         assert "feature-spec" not in text and "utilisation" not in text and "returns" not in text

@@ -4,7 +4,6 @@ most ``max_held`` pulls, and leaves Flower unchanged on an untested version."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import threading
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from fedcustomer.deploy import pull_hold as ph
+from tests.deploy.flower_pins import source_digest
 
 # re-read these on a Flower upgrade: the hold calls the Fleet pull handler again after each wake-up
 # (its checks and answer are Flower's), and wakes when an instruction and its tree are committed
@@ -25,19 +25,12 @@ PINNED = {
 }
 
 
-def _source(module: str, qualname: str) -> str:
-    obj: object = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return inspect.getsource(obj)  # type: ignore[arg-type]
-
-
 def test_the_installed_flower_pulls_and_stores_where_the_hold_listens():
     import flwr
 
     assert ph.tested(flwr.__version__)
     for (module, qualname), digest in PINNED.items():
-        assert hashlib.sha256(_source(module, qualname).encode()).hexdigest()[:20] == digest, qualname
+        assert source_digest(module, qualname) == digest, qualname
     router = importlib.import_module("flwr.superlink.routers.fleet.router")
     # the route looks the handler up on the module at each request, so the held one answers
     assert "fleet_handlers.pull_messages(" in inspect.getsource(router.fleet_pull_messages)

@@ -3,7 +3,6 @@ never blocks the SuperLink, and leaves Flower unchanged without a pipe or on an 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import os
@@ -14,6 +13,7 @@ import pytest
 
 from fedcustomer.common.pipe_bell import open_bell
 from fedcustomer.deploy import reply_bell as rb
+from tests.deploy.flower_pins import source_digest
 
 # re-read these on a Flower upgrade: the bell must ring after the reply and its object tree are
 # stored and committed, and the Fleet push of a node's reply must still go through the method
@@ -25,20 +25,12 @@ PINNED = {
 FLEET_HANDLERS = "flwr.superlink.servicer.fleet.fleet_handlers"
 
 
-def _source(module: str, qualname: str) -> str:
-    obj: object = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return inspect.getsource(obj)  # type: ignore[arg-type]
-
-
 def test_the_installed_flower_stores_replies_where_the_bell_listens():
     import flwr
 
     assert rb.tested(flwr.__version__)
     for (module, qualname), digest in PINNED.items():
-        source = _source(module, qualname)
-        assert hashlib.sha256(source.encode()).hexdigest()[:20] == digest, qualname
+        assert source_digest(module, qualname) == digest, qualname
     assert "state.store_message_and_object_tree(" in inspect.getsource(
         importlib.import_module(FLEET_HANDLERS)
     )

@@ -69,8 +69,8 @@ lint: setup
 	$(BIN)/ruff format --check fedcustomer tests benchmarks
 	$(BIN)/mypy
 
-# The deployed two-organisation vertical jobs (coordinator restart, a killed party, the TWO-PARTY.md walkthrough
-# verbatim): real SuperLink/SuperNodes on 127.0.0.1, tens of minutes, so outside the default suite.
+# The deployed two-organisation vertical jobs (coordinator restart, a killed party, the joint model above the
+# bank's own at 20,000 customers, the TWO-PARTY.md walkthrough verbatim): real SuperLink/SuperNodes on 127.0.0.1, tens of minutes, so outside the default suite.
 test-two-party: setup
 	$(BIN)/python -m pytest -m two_party_long tests/deploy
 

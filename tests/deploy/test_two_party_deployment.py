@@ -7,8 +7,10 @@ Waits end on progress (a file appears, a run finishes); pytest-timeout is the on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,15 +101,16 @@ class TwoParties:
             fl.stop(self.link)
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    f = TwoParties(tmp_path_factory.mktemp("two"))
+@contextlib.contextmanager
+def _federation(root: Path, customers: int) -> Iterator[TwoParties]:
+    """A SuperLink and both parties' SuperNodes over TLS with node keys, each party's synthetic customers ingested."""
+    f = TwoParties(root)
     try:
         f.start_link()
         for name in PARTIES:
-            # enough budget for all four jobs of this module in one session (the sum and the vertical
-            # jobs together spend about 30 of the bank's epsilon)
-            prepare_party_home(f.homes[name].root, name, customers=1500, seed=3, epsilon=60.0)
+            # enough budget for all four jobs of the module's federation in one session (the sum and the
+            # vertical jobs together spend about 30 of the bank's epsilon)
+            prepare_party_home(f.homes[name].root, name, customers=customers, seed=3, epsilon=60.0)
             keys = pki.make_node_keys(f.homes[name].keys_dir)
             co.register_node(f.cdir, keys.public_key, name)
         pin_peer(f.homes["bank"], "retailer", ensure_link_key(f.homes["retailer"]))
@@ -117,6 +120,12 @@ def fed(tmp_path_factory):
         yield f
     finally:
         f.stop()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    with _federation(tmp_path_factory.mktemp("two"), customers=1500) as f:
+        yield f
 
 
 def _charges(home: PartnerHome, run_id: str) -> list[tuple[int, str]]:
@@ -214,3 +223,21 @@ def test_a_killed_party_stops_the_job_cleanly_with_no_final_model(fed, tmp_path)
     for name, charges in paid.items():
         assert all(r <= last for r, _ in charges), f"{name} paid past round {last}: {charges}"
     assert _charges(fed.homes["bank"], run_id) == paid["bank"]  # and nothing more after the stop
+
+
+@pytest.mark.two_party_long
+def test_the_default_vertical_job_over_tls_beats_the_bank_alone(tmp_path):
+    """The joint model over real processes is better than the label owner's own DP model.
+
+    The default job (8 rounds, expected batch 512, epsilon 3) on 20,000 synthetic customers per party: both
+    models scored on the same held-out aligned customers. At 1,500 customers neither model is stable
+    enough to compare (the joint model was above the bank alone in 13 of 20 in-process runs); at 20,000 it was
+    in 6 of 6 (0.808-0.844 against 0.748-0.780).
+    """
+    with _federation(tmp_path / "fed", customers=20000) as f:
+        status = f.wait(f.submit(tmp_path / "vertical"))
+        summary = co.read_summary(f.config())
+        assert status["status"] == "finished:completed", summary.get("stop_reason")
+        assert summary["status"] == "completed" and summary["rounds_completed"] == 8
+        comparison = summary["comparison"]
+        assert comparison["vertical_auc"] > comparison["bank_only_auc"], comparison

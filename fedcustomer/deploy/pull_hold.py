@@ -14,9 +14,9 @@ What a held pull changes, and what it does not: the request is authenticated, ch
 by Flower's own handler (called again after each wake-up); nothing is read that the node could not
 read by pulling again; an empty answer is the same empty answer. A held pull occupies one of the
 SuperLink's request threads, so at most ``MAX_HELD`` pulls are held at once; any other pull is
-answered at once (the node then keeps its own pace). The bell is rung after the instruction and
-its object tree are committed (``SqlLinkState.store_message_and_object_tree``), so the pull that
-follows finds it whole. Only the Flower versions this was checked with get the hold; any other runs
+answered at once (the node then keeps its own pace). Waiting pulls are woken after the instruction
+and its object tree are committed (``SqlLinkState.store_message_and_object_tree``, the method the
+reply bell hooks too: :mod:`fedcustomer.deploy.reply_bell`), so the pull that follows finds it whole. Only the Flower versions this was checked with get the hold; any other runs
 Flower's handler unchanged.
 """
 
@@ -30,12 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fedcustomer.apps.flower_waits import flower_version, tested
+from fedcustomer.deploy.reply_bell import STATE_CLASS, STATE_MODULE, STORE
 
 HOLD_S = 1.0  # the longest a pull waits inside the SuperLink (the client's own timeout is 30 s)
 MAX_HELD = 8  # pulls held at once; the SuperLink's request threads are a shared pool
-STATE_MODULE = "flwr.server.superlink.linkstate.sql_linkstate"
-STATE_CLASS = "SqlLinkState"
-STORE = "store_message_and_object_tree"
 HANDLERS_MODULE = "flwr.superlink.servicer.fleet.fleet_handlers"
 PULL = "pull_messages"
 

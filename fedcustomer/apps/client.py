@@ -44,6 +44,8 @@ class PartnerClientApp(ClientApp):
     the app for the same homes once per process (:func:`client_app_for`) and reuses it. The app
     keeps no state between messages (each handler resolves its partner's home from the
     message's context), so one built app serves every message, as in a deployed SuperNode.
+    A worker rebuilds the app from ``homes`` alone: anything added to an app after
+    :func:`make_client_app` returns (a handler, a mod) would not reach the workers, so add it there.
     """
 
     def __init__(self, homes: list[str] | None, mods: list[Any]) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 TESTED_FLOWER = ("1.42.",)  # version prefixes whose waits this package's substitutions were checked against
 RETRY_FIRST_S = 0.01
@@ -31,21 +33,35 @@ def tested(version: str) -> bool:
     return version.startswith(TESTED_FLOWER)
 
 
-def prompt_retries(module_name: str, name: str, version: str | None = None) -> bool:
-    """Give ``module_name``'s Flower pull function ``name`` prompt retries; False (unchanged) if untested."""
+def replace_flower_function(
+    module_name: str,
+    name: str,
+    replacement_for: Callable[[Callable[..., Any]], Callable[..., Any]],
+    version: str | None = None,
+) -> bool:
+    """Put ``replacement_for(f)`` in place of Flower's function ``f`` at ``module_name.name``.
+
+    Only for the Flower versions the replacements were checked against; False (the module
+    unchanged) for any other version or where ``name`` is not a function there.
+    """
     if not tested(flower_version() if version is None else version):
         return False
     module = importlib.import_module(module_name)
-    pull = getattr(module, name, None)
-    if not callable(pull):
+    current = getattr(module, name, None)
+    if not callable(current):
         return False
-    if isinstance(pull, functools.partial):
-        return True  # done already
-    setattr(
-        module,
-        name,
-        functools.partial(
-            pull, initial_backoff=RETRY_FIRST_S, backoff_cap=RETRY_CAP_S, max_tries_per_object=None
-        ),
-    )
+    setattr(module, name, replacement_for(current))
     return True
+
+
+def prompt_retries(module_name: str, name: str, version: str | None = None) -> bool:
+    """Give ``module_name``'s Flower pull function ``name`` prompt retries; False (unchanged) if untested."""
+
+    def prompt(pull: Callable[..., Any]) -> Callable[..., Any]:
+        if isinstance(pull, functools.partial):
+            return pull  # done already
+        return functools.partial(
+            pull, initial_backoff=RETRY_FIRST_S, backoff_cap=RETRY_CAP_S, max_tries_per_object=None
+        )
+
+    return replace_flower_function(module_name, name, prompt, version)

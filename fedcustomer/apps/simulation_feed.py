@@ -20,14 +20,13 @@ against only (:data:`fedcustomer.apps.flower_waits.TESTED_FLOWER`).
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Mapping
 from queue import Queue
 from typing import Any
 
-from fedcustomer.apps.flower_waits import flower_version, tested
+from fedcustomer.apps.flower_waits import replace_flower_function
 
 VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 FEED_NAME = "add_messages_to_queue"  # the function the engine's run_api starts as its extractor thread
@@ -55,10 +54,4 @@ def paced_feed(
 
 def pace_simulation_feed(version: str | None = None) -> bool:
     """Run :func:`paced_feed` as the simulation engine's extractor; False (Flower's own kept) if untested."""
-    if not tested(flower_version() if version is None else version):
-        return False
-    module = importlib.import_module(VCE_MODULE)
-    if not callable(getattr(module, FEED_NAME, None)):
-        return False
-    setattr(module, FEED_NAME, paced_feed)
-    return True
+    return replace_flower_function(VCE_MODULE, FEED_NAME, lambda _flowers: paced_feed, version)

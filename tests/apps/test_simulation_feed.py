@@ -28,12 +28,10 @@ class FakeLinkState:
 
     def __init__(self, waiting: dict[int, list[str]]) -> None:
         self.waiting = waiting
-        self.asks = 0
         self.lock = threading.Lock()
 
     def get_message_ins(self, node_id: int, limit: int | None) -> list[str]:
         with self.lock:
-            self.asks += 1
             queue = self.waiting.get(node_id, [])
             taken, self.waiting[node_id] = queue[:limit], queue[limit:]
             return taken

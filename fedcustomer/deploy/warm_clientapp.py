@@ -53,6 +53,7 @@ from fedcustomer.deploy.forked_workers import (
 )
 from fedcustomer.deploy.installed_app import load_installed_app
 from fedcustomer.deploy.task_bell import BELL_ARG, Bell, open_pipe_fd
+from fedcustomer.deploy.task_heartbeat import TaskHeartbeat
 
 log = logging.getLogger("fedcustomer.warm_clientapp")
 
@@ -151,7 +152,6 @@ def run_task(address: str, token: str, apps: dict[str, Any], retire: Callable[[]
     from flwr.app import Error, Message
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.common.constant import ErrorCode, SubStatus
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
@@ -159,7 +159,7 @@ def run_task(address: str, token: str, apps: dict[str, Any], retire: Callable[[]
         address,
         [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
     )
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat = TaskHeartbeat.for_runtime_client(client)  # beats often: a stalled machine keeps its task
     heartbeat.start()
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed"

@@ -43,6 +43,7 @@ from fedcustomer.deploy.forked_workers import (
     warn_if_fork_unsafe,
 )
 from fedcustomer.deploy.installed_app import load_installed_app
+from fedcustomer.deploy.task_heartbeat import TaskHeartbeat
 from fedcustomer.deploy.warm_clientapp import TaskPoll, preload, superexec_interceptors
 
 log = logging.getLogger("fedcustomer.warm_serverapp")
@@ -87,7 +88,6 @@ def run_task(address: str, token: str, *, insecure: bool, root_certificates: byt
     from flwr.common.serde import context_from_proto, context_to_proto, fab_from_proto, run_from_proto
     from flwr.proto.runtime_pb2 import PullTaskInputRequest, PushTaskOutputRequest
     from flwr.server.run_serverapp import run as run_server_app
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.logger import (
         flush_logs,
         mirror_output_to_queue,
@@ -101,7 +101,7 @@ def run_task(address: str, token: str, *, insecure: bool, root_certificates: byt
     mirror_output_to_queue(queue)  # the run's output also goes to the SuperLink (`flwr log RUN_ID`)
     grid = HttpGrid(address, insecure=insecure, root_certificates=root_certificates, token=token)
     client = grid._runtime_client  # Flower's own run_serverapp drives the same client
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat = TaskHeartbeat.for_runtime_client(client)  # beats often: a stalled machine keeps its task
     heartbeat.start()
     uploader = context = None
     status, details = SubStatus.FAILED, "ServerApp task failed"

@@ -110,7 +110,13 @@ def _main(grid: Grid, context: Context) -> None:
 
 def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     """Run the job's rounds with SecAgg+ fit; write model.pt, summary.json and anchors.jsonl to the run directory."""
-    from fedcustomer.apps.secagg_rounds import run_secagg_rounds, strategy_options, summary_head, write_model
+    from fedcustomer.apps.secagg_rounds import (
+        RoundClock,
+        run_secagg_rounds,
+        strategy_options,
+        summary_head,
+        write_model,
+    )
     from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
     from fedcustomer.server.deployment import (
@@ -134,9 +140,10 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
     ckpt.restore(progress, model)  # the global model the interrupted round was trained on
     names = list(model.state_dict().keys())
     first = progress.round if progress else 0
+    clock = RoundClock()
     strategy = _checkpointed_fedavg()(
         model,
-        ckpt.strategy_state(progress, job.out, job.run_id, None, ckpt.LOCAL),
+        clock.around(ckpt.strategy_state(progress, job.out, job.run_id, None, ckpt.LOCAL)),
         **strategy_options(job, model, encode_train_config(job, spec), job.min_partners, first_round=first),
     )
     _, final = run_secagg_rounds(
@@ -158,6 +165,7 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         "rounds_planned": job.rounds,
         "rounds_completed": len(strategy.applied),
         "rounds_discarded": strategy.discarded,
+        "round_wall_time_s": clock.walls,
         "partners": [],
         "note": "SecAgg+: per-partner metrics and epsilon stay with each partner (ledger, audit log)",
     }

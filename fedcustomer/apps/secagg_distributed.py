@@ -125,7 +125,13 @@ def run_distributed_job(
     threshold: int,
 ) -> dict[str, Any]:
     """Rounds of one distributed DP-SGD step each under SecAgg+; model.pt, summary.json and anchors.jsonl."""
-    from fedcustomer.apps.secagg_rounds import run_secagg_rounds, strategy_options, summary_head, write_model
+    from fedcustomer.apps.secagg_rounds import (
+        RoundClock,
+        run_secagg_rounds,
+        strategy_options,
+        summary_head,
+        write_model,
+    )
     from fedcustomer.jobs.train_message import encode_train_config
     from fedcustomer.models.registry import build_model
 
@@ -165,12 +171,15 @@ def run_distributed_job(
         "secagg-clip-range": clip_range,
     }
     first = progress.round if progress else 0
+    clock = RoundClock()
     strategy = _distributed_strategy(
-        {
-            "sample_rate": job.sample_rate,
-            "n_min": n_min,
-            **dcp.strategy_state(progress, job.out, job.run_id, sigma),
-        }
+        clock.around(
+            {
+                "sample_rate": job.sample_rate,
+                "n_min": n_min,
+                **dcp.strategy_state(progress, job.out, job.run_id, sigma),
+            }
+        )
     )(model, optimizer, **strategy_options(job, model, base, n_min, first_round=first))
     _, final = run_secagg_rounds(
         grid,
@@ -194,6 +203,7 @@ def run_distributed_job(
         "rounds_planned": job.rounds,
         "rounds_completed": len(strategy.applied),
         "rounds_discarded": strategy.discarded,
+        "round_wall_time_s": clock.walls,
         "distributed_dp": dd.privacy_report(
             step,
             rounds=job.rounds,

@@ -8,7 +8,8 @@ in the run directory's ``anchors.jsonl``, as for a horizontal run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,32 @@ from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.server.anchor_grid import AnchorGrid
 
 DEFAULT_MODULUS = 1 << 32  # Flower's own default modulus range
+
+
+class RoundClock:
+    """The wall time of each round a SecAgg+ job ran in this process (``round_wall_time_s`` in summary.json).
+
+    Wraps the strategy's per-round callback (the round's checkpoint, which is part of the round): a
+    round's time runs from the previous round's end, the first round's from :meth:`around`, so it
+    includes the workflow's start. A resumed job lists only the rounds it ran itself.
+    """
+
+    def __init__(self) -> None:
+        self.walls: list[float] = []
+        self._last = time.perf_counter()
+
+    def around(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` (a strategy's start state) with its ``on_round`` timed; the clock starts now."""
+        inner: Callable[[int, Any], None] = state["on_round"]
+
+        def on_round(rnd: int, strategy: Any) -> None:
+            inner(rnd, strategy)
+            now = time.perf_counter()
+            self.walls.append(round(now - self._last, 3))
+            self._last = now
+
+        self._last = time.perf_counter()
+        return {**state, "on_round": on_round}
 
 
 def strategy_options(

@@ -39,6 +39,12 @@ def test_secagg_run_records_every_partners_anchor_per_round(tmp_path: Path, mode
     grid = _Replies(make_secagg_client_app([str(h.root) for h in homes]), 3)
     summary = run_secagg_job(grid, _context(job))
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    # each round's wall time, as a plain job's summary has it
+    assert len(summary["round_wall_time_s"]) == 2 and all(w > 0 for w in summary["round_wall_time_s"])
+    assert (
+        json.loads((Path(job.out) / "summary.json").read_text())["round_wall_time_s"]
+        == summary["round_wall_time_s"]
+    )
 
     # setup, share-keys, masked-vector and unmask replies of every partner (and, in distributed mode, the
     # answer to the coordinator's accountant question): each carries an anchor

@@ -173,6 +173,7 @@ def test_a_killed_local_noise_coordinator_resumes_from_its_checkpoint(tmp_path: 
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
     assert summary["rounds_discarded"] == []
     assert grid.calls == {1: 8, 2: 8, 3: 8}  # rounds 2 and 3 only: SecAgg+'s four stages each
+    assert len(summary["round_wall_time_s"]) == 2  # the rounds this process ran
     assert (Path(job.out) / "checkpoints" / f"secagg-{job.run_id}-round-0003.pt").is_file()
     updates = []
     for home in homes:

@@ -113,3 +113,10 @@ def print_report(
                 f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
                 f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} |"
             )
+        for o in overhead:
+            if "job_wall_s" in o:  # SecAgg+: the rounds above; the job adds set-up, calibration, report
+                after = o["mean_round_wall_after_first_s"]
+                print(
+                    f"\n{o['engine']}, {o['partners']} partners: rounds 2.. {'-' if after is None else f'{after:.2f}'} s "
+                    f"a round; the whole job {o['job_wall_s']:.1f} s"
+                )

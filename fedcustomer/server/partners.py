@@ -67,6 +67,7 @@ def prepare_partners(
         spec=declared,
     )
     root = homes_dir(job)
+    _refuse_other_homes(root, [d.name for d in datasets], job)
     root.mkdir(parents=True, exist_ok=True)
     registry = PlacementRegistry(root)
     if spec.id_column is None:
@@ -98,6 +99,25 @@ def prepare_partners(
         notices.extend(told)
     write_index(root, homes)
     return spec, homes
+
+
+def _refuse_other_homes(root: Path, names: list[str], job: JobConfig) -> None:
+    """Refuse before writing anything when ``root`` holds partner homes this job would not provision.
+
+    A simulated job provisions its partners (``bank_1``...) in ``--homes``; homes of other names
+    there (made by ``init`` or ``node prepare``, or by a job over another source) would be left
+    untouched while the job trained on new homes beside them, which is never what was meant.
+    """
+    if not root.is_dir():
+        return
+    others = sorted(p.name for p in root.iterdir() if (p / "partner.toml").is_file() and p.name not in names)
+    if others:
+        raise ConfigError(
+            f"--homes {root} holds partner homes this job did not make ({', '.join(others)}); "
+            f"`--data {job.data}` provisions its own simulated partners ({', '.join(names)}) and would train on "
+            "them instead. To train on the data those homes hold, pass its dataset name as --data with "
+            "--feature-spec FILE (README, `--data`); to simulate from this source, give another --homes directory"
+        )
 
 
 # Simulated homes provisioned per worker task, and the fewest homes worth a process pool

@@ -149,6 +149,21 @@ def test_other_partner_counts_on_the_same_homes_are_refused(tmp_path: Path) -> N
         prepare_partners(_job(tmp_path, data, partners=3))
 
 
+def test_homes_the_job_did_not_make_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    data = _file(tmp_path / "customers.csv", rows=300)
+    homes = tmp_path / "homes"
+    PartnerHome.create(homes / "acme-bank", "acme-bank")  # a partner set up by hand (init / node prepare)
+    before = sorted(p.name for p in homes.iterdir())
+    with pytest.raises(ConfigError, match=r"homes this job did not make \(acme-bank\).*--feature-spec"):
+        prepare_partners(_job(tmp_path, data, partners=2))
+    assert sorted(p.name for p in homes.iterdir()) == before  # no placements, no partner_1, partner_2
+    # the job's own homes, made by an earlier job, are what a later job reuses
+    other = tmp_path / "other"
+    prepare_partners(_job(tmp_path, data, partners=2, homes=str(other)))
+    _, again = prepare_partners(_job(tmp_path, data, partners=2, homes=str(other)))
+    assert len(again) == 2
+
+
 def test_the_registry_keeps_no_raw_id(tmp_path: Path) -> None:
     data = _file(tmp_path / "customers.csv", rows=300, customer_id=[f"CUST-{i:06d}" for i in range(300)])
     prepare_partners(_job(tmp_path, data))

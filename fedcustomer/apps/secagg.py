@@ -73,11 +73,27 @@ class SecAggPartner(NumPyClient):
         return [outcome.state_dict[k].detach().cpu().numpy() for k in names], 1, {}
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The accountant this partner charges with (``rdp`` or ``pld``): a distributed job calibrates to it."""
-        from fedcustomer.apps.secagg_distributed import ACCOUNTANT_PROPERTY
+        """The accountant this partner charges with (``rdp`` or ``pld``): a distributed job calibrates to it.
+
+        Asked with a distributed job's plan, the partner also says whether it would refuse the job's
+        rounds, and why (its budget; nothing about customers), before any round starts.
+        """
+        from fedcustomer.apps.secagg_distributed import (
+            ACCOUNTANT_PROPERTY,
+            REFUSAL_PROPERTY,
+            plan_from_config,
+        )
 
         home = resolve_home(self.context, self.homes)
-        return {ACCOUNTANT_PROPERTY: str(home.config().accountant or "rdp")}
+        answer: dict[str, Any] = {ACCOUNTANT_PROPERTY: str(home.config().accountant or "rdp")}
+        planned = plan_from_config(config)
+        if planned is not None:
+            from fedcustomer.clients.node import PartnerNode
+
+            dataset, plan, run_id, rounds = planned
+            refusal = PartnerNode(home).distributed_job_refusal(dataset, plan, run_id, rounds)
+            answer[REFUSAL_PROPERTY] = refusal or ""
+        return answer
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         raise NotImplementedError("SecAgg+ mode does not run federated evaluation")

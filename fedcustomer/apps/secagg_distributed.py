@@ -32,6 +32,7 @@ from flwr.common import (
 from flwr.serverapp import Grid
 
 from fedcustomer.errors import ConfigError
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.privacy.dp import distributed as dd
 from fedcustomer.server import secagg_checkpoint as dcp
 
@@ -40,6 +41,41 @@ log = logging.getLogger(__name__)
 STATE_KEY = "fedcustomer-distributed-dp"
 SURVIVORS_ERROR_CODE = 4101
 ACCOUNTANT_PROPERTY = "accountant"  # what a partner answers when the coordinator asks (a setting, no data)
+REFUSAL_PROPERTY = "refusal"  # asked with a job's plan: why the partner would refuse it ("" if it would not)
+_PLAN = (
+    "plan-dataset",
+    "plan-run-id",
+    "plan-noise-multiplier",
+    "plan-sample-rate",
+    "plan-max-grad-norm",
+    "plan-min-survivors",
+    "plan-first-round",
+    "plan-last-round",
+)
+
+
+def plan_config(dataset: str, run_id: str, step: dd.DistributedStep, rounds: range) -> dict[str, Scalar]:
+    """A distributed job's public plan (the rounds still to run), sent with a question before them."""
+    values = (
+        dataset,
+        run_id,
+        step.noise_multiplier,
+        step.sample_rate,
+        step.max_grad_norm,
+        step.min_survivors,
+        rounds.start,
+        rounds.stop - 1,
+    )
+    return dict(zip(_PLAN, values))
+
+
+def plan_from_config(config: dict[str, Any]) -> tuple[str, dd.DistributedStep, str, range] | None:
+    """The plan of :func:`plan_config`: dataset, step, run id, rounds (None when the question carried none)."""
+    if not all(k in config for k in _PLAN):
+        return None
+    dataset, run_id, sigma, q, clip, n_min, first, last = (config[k] for k in _PLAN)
+    step = dd.DistributedStep(float(sigma), float(q), float(clip), int(n_min))
+    return str(dataset), step, str(run_id), range(int(first), int(last) + 1)
 
 
 def contribution_arrays(outcome: Any) -> list[np.ndarray]:
@@ -157,6 +193,50 @@ def run_distributed_job(
     )
     clip_range = float(extra.get("secagg-clip-range") or dd.CLIP_RANGE_UNITS * job.max_grad_norm)
     levels = dd.quantization_levels(n)
+    first = progress.round if progress else 0
+    step = dd.DistributedStep(sigma, job.sample_rate, job.max_grad_norm, n_min)
+    to_run = range(first + 1, job.rounds + 1)
+    refusals = (
+        ask_partner_refusals(grid, job.round_timeout, plan_config(job.dataset_name, job.run_id, step, to_run))
+        if len(to_run)
+        else {}
+    )
+    refused = [{"node": node, "reason": reason} for node, reason in sorted(refusals.items())]
+    for item in refused:
+        log.warning("partner node %s would refuse this job: %s", item["node"], item["reason"])
+
+    def report() -> dict[str, Any]:
+        return dd.privacy_report(
+            step,
+            rounds=job.rounds,
+            delta=job.delta,
+            partners=n,
+            clip_range=clip_range,
+            levels=levels,
+            nodes=sorted(grid.get_node_ids()),
+            accountant=accountant,
+        )
+
+    if len(to_run) and n - len(refusals) < n_min:  # no round could be applied: stop before any starts
+        summary = {
+            **summary_head(job),
+            "dp_mode": dd.MODE,
+            "status": "stopped",
+            "stop_reason": (
+                f"{len(refusals)} of {n} partners would refuse this job's rounds, leaving fewer than the "
+                f"{n_min} contributions a step needs (min-partners); nothing was trained or charged. "
+                + "; ".join(f"node {r['node']}: {r['reason']}" for r in refused)
+            ),
+            "rounds_planned": job.rounds,
+            "rounds_completed": len(progress.applied) if progress else 0,
+            "rounds_discarded": list(progress.discarded) if progress else [],
+            "round_wall_time_s": [],
+            "refusals": refused,
+            "distributed_dp": report(),
+            "partners": [],
+        }
+        RunDir(job.out).write_summary(summary)
+        return summary
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
     if job.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
@@ -170,7 +250,6 @@ def run_distributed_job(
         "min-survivors": n_min,
         "secagg-clip-range": clip_range,
     }
-    first = progress.round if progress else 0
     clock = RoundClock()
     strategy = _distributed_strategy(
         clock.around(
@@ -194,7 +273,6 @@ def run_distributed_job(
         modulus_range=dd.MODULUS,
     )
     files = write_model(job, names, final)
-    step = dd.DistributedStep(sigma, job.sample_rate, job.max_grad_norm, n_min)
     summary = {
         **summary_head(job),
         "dp_mode": dd.MODE,
@@ -204,16 +282,8 @@ def run_distributed_job(
         "rounds_completed": len(strategy.applied),
         "rounds_discarded": strategy.discarded,
         "round_wall_time_s": clock.walls,
-        "distributed_dp": dd.privacy_report(
-            step,
-            rounds=job.rounds,
-            delta=job.delta,
-            partners=n,
-            clip_range=clip_range,
-            levels=levels,
-            nodes=sorted(grid.get_node_ids()),
-            accountant=accountant,
-        ),
+        "refusals": refused,
+        "distributed_dp": report(),
         "accountant_choice": {
             "requested": job.distributed_accountant,
             "used": accountant.name,
@@ -234,6 +304,37 @@ def ask_partner_accountants(grid: Grid, timeout: float | None) -> dict[int, str 
     its ``partner.toml`` (a setting, nothing about customers). A partner that fails to answer
     counts as RDP, the accountant that keeps every partner within the job's epsilon.
     """
+    answers: dict[int, str | None] = {}
+    for node, props in _ask_properties(grid, timeout, {}).items():
+        value = None if props is None else props.get(ACCOUNTANT_PROPERTY)
+        answers[node] = str(value) if value in ("rdp", "pld") else None
+    silent = [n for n, a in answers.items() if a is None]
+    if silent:
+        log.warning(
+            "%s partner(s) did not say which accountant they use; calibrating as for RDP", len(silent)
+        )
+    return answers
+
+
+def ask_partner_refusals(grid: Grid, timeout: float | None, plan: dict[str, Scalar]) -> dict[int, str]:
+    """The partners that would refuse the planned rounds, each with its own reason.
+
+    Asked before round 1 with the job's public plan (:func:`plan_config`); each partner projects
+    the charge on its own ledger and answers. A node that does not answer is not counted as a
+    refusal: it may still take part, and its rounds are checked again when they come.
+    """
+    refusals: dict[int, str] = {}
+    for node, props in _ask_properties(grid, timeout, plan).items():
+        reason = None if props is None else props.get(REFUSAL_PROPERTY)
+        if reason:
+            refusals[node] = str(reason)
+    return refusals
+
+
+def _ask_properties(
+    grid: Grid, timeout: float | None, config: dict[str, Scalar]
+) -> dict[int, dict[str, Any] | None]:
+    """One legacy get-properties exchange with every connected node (None where a node did not answer)."""
     from flwr.app import Message
     from flwr.common import GetPropertiesIns
     from flwr.common.constant import MessageTypeLegacy
@@ -245,21 +346,16 @@ def ask_partner_accountants(grid: Grid, timeout: float | None) -> dict[int, str 
     nodes = sorted(grid.get_node_ids())
     messages = [
         Message(
-            content=getpropertiesins_to_recorddict(GetPropertiesIns(config={})),
+            content=getpropertiesins_to_recorddict(GetPropertiesIns(config=dict(config))),
             dst_node_id=node,
             message_type=MessageTypeLegacy.GET_PROPERTIES,
         )
         for node in nodes
     ]
-    answers: dict[int, str | None] = dict.fromkeys(nodes)
+    answers: dict[int, dict[str, Any] | None] = dict.fromkeys(nodes)
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            continue
-        value = recorddict_to_getpropertiesres(reply.content).properties.get(ACCOUNTANT_PROPERTY)
-        answers[reply.metadata.src_node_id] = str(value) if value in ("rdp", "pld") else None
-    silent = [n for n, a in answers.items() if a is None]
-    if silent:
-        log.warning(
-            "%s partner(s) did not say which accountant they use; calibrating as for RDP", len(silent)
-        )
+        if not reply.has_error():
+            answers[reply.metadata.src_node_id] = dict(
+                recorddict_to_getpropertiesres(reply.content).properties
+            )
     return answers

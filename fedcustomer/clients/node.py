@@ -36,6 +36,7 @@ from fedcustomer.privacy.dp.release import (
     Step,
     calibrate_noise,
     check,
+    refusal_reason,
     release,
     safe_name,
 )
@@ -85,7 +86,7 @@ class PartnerNode:
         ledger = self.ledger(
             ins.dataset, ledger_holds.HOLDS.current(held)
         )  # a later round: on the job's hold
-        step = Step(f"run:{ins.run_id}:round:{ins.round}", f"round {ins.round}", ins.run_id, ins.round)
+        step = round_step(ins.run_id, ins.round)
         if ins.dp_mode == "distributed":
             produce = lambda: self._distributed_step(global_state, ins, ledger, step)
         else:
@@ -168,6 +169,34 @@ class PartnerNode:
         }
         steps = GaussianSteps(sigma, q, int(outcome.metrics["steps"]))
         return outcome, Mechanism("dpsgd", gaussian=steps, details=details)
+
+    def distributed_job_refusal(self, dataset: str, plan: Any, run_id: str, rounds: range) -> str | None:
+        """Why this partner would refuse ``rounds`` of distributed run ``run_id`` (None: they fit its budget).
+
+        The charge those rounds would make (the guarantee its config trusts, composed with
+        everything its ledger holds; a round of the run it already paid for is not paid again);
+        nothing is charged or recorded. The coordinator asks before its first round, so a job that
+        too few partners would accept stops with their reasons up front.
+        """
+        from dataclasses import replace
+
+        plan = replace(plan, trust_secagg=self.config.secagg_trust)
+        ledger = self.ledger(dataset)
+        unpaid = sum(1 for r in rounds if ledger.find(round_step(run_id, r).charge_key) is None)
+        if unpaid == 0:
+            return None
+        one = plan.charged_steps()
+        spend = ledger.project_gaussian(GaussianSteps(one.noise_multiplier, one.sample_rate, unpaid))
+        if spend.epsilon <= ledger.budget.epsilon:
+            return None
+        why = (
+            "it trusts SecAgg+ and is charged the guarantee against the coordinator"
+            if plan.trust_secagg
+            else "it does not trust SecAgg+ ([secagg] trust = false in partner.toml), so it is charged the "
+            "weaker guarantee against a single update"
+        )
+        label = f"{unpaid} distributed round(s) of run {run_id}"
+        return f"{refusal_reason(label, spend.epsilon, ledger.budget.epsilon)}: {why}"
 
     def _distributed_step(
         self, global_state: dict[str, torch.Tensor], ins: TrainInstructions, ledger: BudgetLedger, step: Step
@@ -436,6 +465,11 @@ class _UpdateCodec:
     def _outcome(blob: dict[str, Any]) -> tuple[TrainOutcome, bool]:
         outcome = TrainOutcome(blob["partner"], blob["state"], blob["metrics"], blob["accounting"])
         return outcome, bool(blob.get("accounting"))
+
+
+def round_step(run_id: str, round_: int) -> Step:
+    """A training round's release: its ledger key (paid once per run and round) and its name in reasons."""
+    return Step(f"run:{run_id}:round:{round_}", f"round {round_}", run_id, round_)
 
 
 def _steps_per_epoch(batch_size: int, n: int) -> int:

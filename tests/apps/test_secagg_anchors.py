@@ -47,9 +47,9 @@ def test_secagg_run_records_every_partners_anchor_per_round(tmp_path: Path, mode
     )
 
     # setup, share-keys, masked-vector and unmask replies of every partner (and, in distributed mode, the
-    # answer to the coordinator's accountant question): each carries an anchor
+    # answers to the coordinator's two questions: the accountant, then the plan): each carries an anchor
     ok = [r for r in grid.replies if not r.has_error()]
-    asked = 3 if mode == "distributed" else 0
+    asked = 2 * 3 if mode == "distributed" else 0
     assert len(ok) == asked + 2 * 4 * 3 and all("audit-anchor" in r.content["partner"] for r in ok)
 
     lines = [json.loads(x) for x in (Path(job.out) / "anchors.jsonl").read_text().splitlines()]

@@ -197,3 +197,69 @@ def test_auto_calibrates_with_pld_only_when_every_partner_accounts_with_pld(
     requested, partners, used
 ) -> None:
     assert dd.resolve_job_accountant(requested, partners) == used
+
+
+def _untrusting_at_budget(homes, untrusting: int) -> None:
+    """The last ``untrusting`` partners do not trust SecAgg+ and keep the job's budget of 3."""
+    for home in homes[len(homes) - untrusting :]:
+        config = home.config()
+        config.secagg_trust = False
+        home.write_config(config)
+
+
+def test_a_job_too_few_partners_would_accept_stops_before_round_1_with_their_reasons(tmp_path: Path) -> None:
+    job = _job(tmp_path, rounds=2)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    _untrusting_at_budget(homes, 2)  # charged the single-update guarantee: past a budget of 3
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3)
+    summary = run_secagg_job(grid, _context(job))
+    assert summary["status"] == "stopped" and summary["rounds_completed"] == 0
+    assert summary["round_wall_time_s"] == []
+    assert [r["node"] for r in summary["refusals"]] == [2, 3]
+    for refusal in summary["refusals"]:
+        assert (
+            "does not trust SecAgg+" in refusal["reason"]
+            and "past this partner's target 3" in refusal["reason"]
+        )
+    assert (
+        "2 of 3 partners would refuse" in summary["stop_reason"]
+        and "does not trust" in summary["stop_reason"]
+    )
+    assert grid.calls == {1: 2, 2: 2, 3: 2}  # the two questions; no SecAgg+ stage ever started
+    assert json.loads((Path(job.out) / "summary.json").read_text())["refusals"] == summary["refusals"]
+    assert not (Path(job.out) / "model.pt").exists()  # no model of a job that never trained
+    for home in homes:  # asked, not charged, and no refusal recorded against a round
+        ledger = home.ledger(job.dataset_name)
+        assert ledger.charges() == [] and ledger.spent().epsilon == 0
+
+
+def test_a_partner_that_would_refuse_is_named_and_the_others_train_without_it(tmp_path: Path) -> None:
+    job = _job(tmp_path, min_partners=2)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    _untrusting_at_budget(homes, 1)
+    summary = run_secagg_job(
+        SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3), _context(job)
+    )
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 1
+    assert [r["node"] for r in summary["refusals"]] == [3]
+    assert [len(h.ledger(job.dataset_name).charges()) for h in homes] == [1, 1, 0]
+
+
+def test_the_plan_a_partner_is_asked_about_round_trips_and_counts_only_unpaid_rounds(tmp_path: Path) -> None:
+    from fedcustomer.apps.secagg_distributed import plan_config, plan_from_config
+    from fedcustomer.clients.node import PartnerNode
+
+    step = dd.DistributedStep(2.5, 0.05, 1.0, 3)
+    config = plan_config("uci-credit", "run-7", step, range(3, 6))
+    assert plan_from_config(config) == ("uci-credit", step, "run-7", range(3, 6))
+    assert plan_from_config({k: v for k, v in config.items() if k != "plan-run-id"}) is None
+    assert plan_from_config({}) is None
+
+    job = _job(tmp_path)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    node = PartnerNode(homes[0])
+    tiny = dd.DistributedStep(0.5, 0.5, 1.0, 3)  # little noise: a few rounds pass a budget of 3
+    assert node.distributed_job_refusal(job.dataset_name, tiny, "r", range(1, 1)) is None  # nothing to run
+    why = node.distributed_job_refusal(job.dataset_name, tiny, "r", range(1, 11))
+    assert why is not None and why.startswith("10 distributed round(s) of run r would bring epsilon to")
+    assert "trusts SecAgg+" in why

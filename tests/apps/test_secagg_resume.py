@@ -109,8 +109,10 @@ def test_a_killed_coordinator_resumes_and_every_partner_is_charged_once_per_roun
     )
     summary = run_secagg_job(grid, context)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
-    # the accountant question, then rounds 2 and 3 only: SecAgg+'s four stages each
-    assert grid.calls == {1: 9, 2: 9, 3: 9}
+    # the accountant and plan questions (round 2, paid before the kill, is not counted against a budget
+    # again: nobody refuses), then rounds 2 and 3 only: SecAgg+'s four stages each
+    assert grid.calls == {1: 10, 2: 10, 3: 10}
+    assert summary["refusals"] == []
     _assert_model_took_the_three_steps_with_momentum(job, spec, homes)
     report = summary["distributed_dp"]
     sigma = report["noise_multiplier"]

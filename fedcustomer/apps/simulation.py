@@ -19,6 +19,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import check_budgets, prepare_partners
 from fedcustomer.server.run import RoundCallback
+from fedcustomer.server.strategies import central_cap_notice
 
 # Address of an existing Ray cluster (e.g. "auto" on a cluster node, or "ray://head:10001"); see docs/SCALE.md.
 RAY_ADDRESS_ENV = "FEDCUSTOMER_RAY_ADDRESS"
@@ -47,6 +48,9 @@ def run_simulated_job(
     spec, homes = prepared if prepared is not None else prepare_partners(job, notices)
     if job.dp:
         notices.extend(check_budgets(homes, job))
+    cap_notice = central_cap_notice(job)
+    if cap_notice is not None:
+        notices.append(cap_notice)
     for notice in notices:
         if on_notice is not None:
             on_notice(notice)

@@ -155,6 +155,36 @@ class JobConfig(JobBase):
                     f"({', '.join(CAPPED_CENTRAL_STRATEGIES)}), not {self.strategy!r}: Flower's accounted "
                     "central-DP wrapper is only sound for that aggregation"
                 )
+            first = self.central_epsilon_after(1)
+            if first > self.central_max_epsilon:
+                raise ConfigError(
+                    f"--central-max-epsilon {self.central_max_epsilon:g} is below the partner-level epsilon of a "
+                    f"single round ({first:.3f} at --central-noise-multiplier {self.central_noise_multiplier:g}, "
+                    f"delta {self.delta:g}, {self.central_accountant.upper()}): no round could run. Raise the cap "
+                    "or the central noise multiplier"
+                )
+
+    def central_epsilon_after(self, rounds: int) -> float:
+        """The partner-level (central DP) epsilon after ``rounds`` rounds, as the job's cap accounts it
+        (every partner in every round: no sampling amplification)."""
+        from fedcustomer.privacy.dp.accountants import accountant_named
+        from fedcustomer.privacy.dp.accounting import GaussianSteps
+
+        steps = GaussianSteps(self.central_noise_multiplier, 1.0, rounds)
+        return accountant_named(self.central_accountant).epsilon([steps], self.delta)
+
+    def central_cap_rounds(self) -> int | None:
+        """How many of the planned rounds ``--central-max-epsilon`` lets run (None without a cap)."""
+        if not self.central_dp or self.central_max_epsilon is None:
+            return None
+        cap, low, high = self.central_max_epsilon, 0, self.rounds  # epsilon grows with rounds: bisect
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.central_epsilon_after(mid) <= cap:
+                low = mid
+            else:
+                high = mid - 1
+        return low
 
     def clv_target(self) -> CLVTarget:
         """The CLV target and loss this job trains with (unused by repayment jobs)."""

@@ -22,7 +22,7 @@ from fedcustomer.server.central_dp import restore
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.report import RunRecorder, round_from_dict
 from fedcustomer.server.rounds import RoundReport, run_rounds
-from fedcustomer.server.strategies import build_strategy, central_dp_epsilon
+from fedcustomer.server.strategies import build_strategy, central_cap_notice, central_dp_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ def run_job_on_grid(
             "--dp-mode distributed runs only under SecAgg+ (the coordinator must see only the sum); "
             "add --secagg, or use --dp-mode local"
         )
+    notices = list(notices or [])
+    cap_notice = central_cap_notice(job)
+    if cap_notice is not None and cap_notice not in notices:  # a deployed job: no one was told before
+        log.warning("%s", cap_notice)
+        notices.append(cap_notice)
     out = Path(job.out)
     recorder = RunRecorder(out, job, spec, resume=resume)
     model = build_model(job.task, job.arch, spec.input_dim, seed=job.seed)
@@ -86,7 +91,7 @@ def run_job_on_grid(
         on_round=record,
     )
     result.rounds = recorder.rounds  # include rounds restored from a checkpoint
-    extra: dict[str, Any] = {"central_dp": None, "notices": list(notices or [])}
+    extra: dict[str, Any] = {"central_dp": None, "notices": notices}
     if job.central_dp:
         central = central_dp_epsilon(job, result.rounds_completed, num_partners, num_partners)
         central["stopped_by_max_epsilon"] = result.privacy_cap_round is not None

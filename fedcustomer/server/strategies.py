@@ -91,3 +91,17 @@ def central_dp_epsilon(job: JobConfig, rounds: int, sampled: int, total: int) ->
         "epsilon": eps,
         "max_epsilon": job.central_max_epsilon,
     }
+
+
+def central_cap_notice(job: JobConfig) -> str | None:
+    """What to tell the user before training when ``--central-max-epsilon`` will stop the job early."""
+    allowed = job.central_cap_rounds()
+    if allowed is None or allowed >= job.rounds:
+        return None
+    return (
+        f"--central-max-epsilon {job.central_max_epsilon:g} lets {allowed} of the {job.rounds} planned rounds run "
+        f"(partner-level epsilon {job.central_epsilon_after(allowed):.3f} after them, "
+        f"{job.central_epsilon_after(allowed + 1):.3f} after one more): the job will stop after round {allowed}. "
+        f"Partners calibrate their own noise for all {job.rounds} rounds; --rounds {allowed} trains those rounds "
+        "with less noise"
+    )

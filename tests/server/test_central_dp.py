@@ -46,6 +46,12 @@ def test_the_cap_allows_two_of_five_rounds_and_the_job_says_why_it_stopped(
     summary = run_job_on_grid(LocalGrid(make_client_app(homes), 3), job, SPEC, num_partners=3)
     assert summary["status"] == "stopped" and summary["rounds_completed"] == 2
     assert summary["stop_reason"].startswith("round 3 not started")
+    # known before round 1, and said then: the cap lets two rounds run
+    assert job.central_cap_rounds() == 2
+    assert any(
+        n.startswith(f"--central-max-epsilon {CAP:g} lets 2 of the 5 planned rounds run")
+        for n in summary["notices"]
+    )
     assert (
         f"past the job's maximum {CAP:g}" in summary["stop_reason"]
         and accountant.upper() in summary["stop_reason"]
@@ -61,6 +67,41 @@ def test_the_cap_allows_two_of_five_rounds_and_the_job_says_why_it_stopped(
     for home in homes:  # round 3 was never sent: no partner trained or paid for it
         ledger = BudgetLedger(Path(home) / "ledger.db", job.dataset_name, DatasetBudget(3.0, 1e-5))
         assert [c.round for c in ledger.charges()] == [1, 2] and ledger.refusals() == []
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_cap_below_one_rounds_epsilon_is_refused_before_anything_runs(accountant: str) -> None:
+    one = JobConfig(
+        central_dp=True, central_noise_multiplier=SIGMA, central_accountant=accountant
+    ).central_epsilon_after(1)
+    with pytest.raises(
+        ConfigError, match=r"below the partner-level epsilon of a single round .*no round could run"
+    ):
+        JobConfig(
+            central_dp=True,
+            central_noise_multiplier=SIGMA,
+            central_max_epsilon=one * 0.99,
+            central_accountant=accountant,
+        )
+    assert (
+        JobConfig(
+            central_dp=True,
+            central_noise_multiplier=SIGMA,
+            central_max_epsilon=one,
+            central_accountant=accountant,
+        ).central_cap_rounds()
+        == 1
+    )
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 7, 40])
+def test_the_rounds_a_cap_allows_are_the_most_whose_epsilon_stays_within_it(rounds: int) -> None:
+    job = JobConfig(rounds=rounds, central_dp=True, central_noise_multiplier=3.0, central_max_epsilon=4.0)
+    linear = sum(
+        1 for r in range(1, rounds + 1) if job.central_epsilon_after(r) <= 4.0
+    )  # epsilon grows with r
+    assert job.central_cap_rounds() == linear
+    assert JobConfig(rounds=rounds, central_dp=True).central_cap_rounds() is None  # no cap
 
 
 def test_a_cap_that_is_not_reached_lets_the_job_complete(tmp_path: Path) -> None:
@@ -79,7 +120,9 @@ def test_the_wrapper_gets_flowers_rdp_accountant_or_ours_for_pld() -> None:
     assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
     assert isinstance(strategy.accountant, RdpAccountant)
     assert strategy.accountant.config.max_epsilon == CAP
-    pld_job = JobConfig(central_dp=True, central_max_epsilon=CAP, central_accountant="pld")
+    pld_job = JobConfig(
+        central_dp=True, central_noise_multiplier=SIGMA, central_max_epsilon=CAP, central_accountant="pld"
+    )
     assert isinstance(build_strategy(pld_job, 3).accountant, PldAccountant)
     assert build_strategy(JobConfig(central_dp=True), 3).accountant is None  # no cap: reported after the fact
 

@@ -69,7 +69,8 @@ def run(
     optimizer: str = typer.Option(D["optimizer"], help="sgd | adam"),
     arch: str = typer.Option(D["arch"], help="repayment: mlp | logreg; clv: mlp | linear"),
     epsilon: float = typer.Option(
-        D["epsilon"], help="each partner's epsilon target for this dataset (all rounds together)"
+        D["epsilon"],
+        help="each partner's epsilon target (one budget per partner, over all its datasets, rounds and jobs; a home's own budget wins)",
     ),
     delta: float = typer.Option(D["delta"], help="each partner's delta target"),
     max_grad_norm: float = typer.Option(D["max_grad_norm"], help="per-sample clipping norm"),
@@ -337,7 +338,10 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="directory for both runs"),
     rounds: int = typer.Option(DEFAULT_ROUNDS, help="rounds per job"),
-    epsilon: float = typer.Option(DEFAULT_EPSILON, help="each partner's epsilon target per dataset"),
+    epsilon: float = typer.Option(
+        DEFAULT_EPSILON,
+        help="each partner's epsilon target (its one budget; the demo's homes are fresh each run)",
+    ),
     seed: int = typer.Option(DEFAULT_SEED),
 ) -> None:
     """Synthetic bank + retailer federation: a DP repayment job and a DP CLV job, with baselines.

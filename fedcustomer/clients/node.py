@@ -381,6 +381,8 @@ class PartnerNode:
             "sampling": "poisson",
             "history": state["gaussian_history"],
             "approx_charges": state["approx_charges"],
+            # PLD: the grid its losses were rounded up onto, needed to recompute the same figure
+            **{k: state[k] for k in ("value_discretization_interval",) if k in state},
         }
 
     def _refusal(self, refused: BudgetExhausted) -> TrainOutcome:

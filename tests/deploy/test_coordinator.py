@@ -6,7 +6,7 @@ import pytest
 
 from fedcustomer.cli import deploy
 from fedcustomer.deploy import coordinator as co
-from fedcustomer.errors import FederationError
+from fedcustomer.errors import ConfigError, FederationError
 from tests.cli.cli_runner import only_group, run
 
 
@@ -178,6 +178,25 @@ def test_a_run_without_summary_reports_the_serverapps_own_error(tmp_path, monkey
     text = str(caught.value)
     assert "FederationError: only 1 partner node(s) connected after 20 s" in text
     assert "flwr log 42 --show" in text and str(cdir.flwr_home) in text
+
+
+def test_a_job_the_serverapp_refused_for_its_configuration_exits_as_a_configuration_error(
+    tmp_path, monkeypatch
+):
+    """Found by a new-user trial: SecAgg+ with 2 partners said ConfigError but exited 9, not 3."""
+    log = SERVERAPP_LOG.replace(
+        "FederationError: only 1 partner", "ConfigError: SecAgg+ needs at least 3 partners; 1"
+    )
+    monkeypatch.setattr(co, "serverapp_log", lambda c, run_id, timeout=60.0: log)
+    with pytest.raises(ConfigError, match="ConfigError: SecAgg\\+ needs at least 3 partners") as caught:
+        co.read_summary({"out": str(tmp_path / "run")}, co.CoordinatorDir(tmp_path / "coord"), 42)
+    assert caught.value.exit_code == 3
+    weird = SERVERAPP_LOG.replace(
+        "FederationError:", "Exception:"
+    )  # not a product error: stays a federation error
+    monkeypatch.setattr(co, "serverapp_log", lambda c, run_id, timeout=60.0: weird)
+    with pytest.raises(FederationError):
+        co.read_summary({"out": str(tmp_path / "run")}, co.CoordinatorDir(tmp_path / "coord"), 42)
 
 
 def test_a_run_without_summary_or_error_points_at_the_serverapps_log(tmp_path, monkeypatch):

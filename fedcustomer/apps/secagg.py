@@ -173,9 +173,9 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
     )
-    files = write_model(job, names, final)
+    files = write_model(job, spec, names, final)
     summary = {
-        **summary_head(job),
+        **summary_head(job, spec, model_written=True),
         "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",
         "rounds_planned": job.rounds,

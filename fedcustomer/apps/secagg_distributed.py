@@ -219,7 +219,7 @@ def run_distributed_job(
 
     if len(to_run) and n - len(refusals) < n_min:  # no round could be applied: stop before any starts
         summary = {
-            **summary_head(job),
+            **summary_head(job, spec, model_written=False),
             "dp_mode": dd.MODE,
             "status": "stopped",
             "stop_reason": (
@@ -272,9 +272,9 @@ def run_distributed_job(
         quantization_range=levels,
         modulus_range=dd.MODULUS,
     )
-    files = write_model(job, names, final)
+    files = write_model(job, spec, names, final)
     summary = {
-        **summary_head(job),
+        **summary_head(job, spec, model_written=True),
         "dp_mode": dd.MODE,
         "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",

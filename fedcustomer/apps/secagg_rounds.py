@@ -108,20 +108,32 @@ def run_secagg_rounds(
     return legacy, parameters_to_ndarrays(compat.arrayrecord_to_parameters(arrays, keep_input=True))
 
 
-def write_model(job: Any, names: Sequence[str], final: Sequence[np.ndarray]) -> RunDir:
-    """``model.pt`` of the final arrays under the model's parameter names; returns the run directory."""
+def write_model(job: Any, spec: Any, names: Sequence[str], final: Sequence[np.ndarray]) -> RunDir:
+    """``model.pt`` of the final arrays under the model's parameter names, and ``feature_spec.json`` (how
+    its inputs are encoded: the coordinator's public spec); returns the run directory."""
     files = RunDir(job.out)
     files.write_model({k: torch.as_tensor(np.asarray(v)) for k, v in zip(names, final)})
+    files.write_json("feature_spec.json", spec.to_dict())
     return files
 
 
-def summary_head(job: Any) -> dict[str, Any]:
-    """The fields every SecAgg+ summary starts with."""
+def summary_head(job: Any, spec: Any, *, model_written: bool) -> dict[str, Any]:
+    """The fields every SecAgg+ summary starts with (the plain summary's, where SecAgg+ has them)."""
     return {
         "schema_version": 1,
         "run_id": job.run_id,
         "task": job.task,
+        "data": job.data,
         "dataset": job.dataset_name,
         "aggregation": "secagg+",
         "dp": job.dp,
+        "budget_requested": {"epsilon": job.epsilon, "delta": job.delta} if job.dp else None,
+        "model": {
+            "file": "model.pt" if model_written else None,
+            "task": job.task,
+            "arch": job.arch,
+            "input_dim": spec.input_dim,
+            "feature_spec": "feature_spec.json" if model_written else None,
+            **({"clv_target": job.clv_target().to_dict()} if job.task == "clv" else {}),
+        },
     }

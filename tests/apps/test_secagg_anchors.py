@@ -39,6 +39,10 @@ def test_secagg_run_records_every_partners_anchor_per_round(tmp_path: Path, mode
     grid = _Replies(make_secagg_client_app([str(h.root) for h in homes]), 3)
     summary = run_secagg_job(grid, _context(job))
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    # what a data scientist needs to use the model, as in a plain job's summary
+    assert summary["model"]["file"] == "model.pt" and summary["model"]["arch"] == job.arch
+    assert json.loads((Path(job.out) / "feature_spec.json").read_text())["task"] == job.task
+    assert summary["budget_requested"] == {"epsilon": job.epsilon, "delta": job.delta}
     # each round's wall time, as a plain job's summary has it
     assert len(summary["round_wall_time_s"]) == 2 and all(w > 0 for w in summary["round_wall_time_s"])
     assert (

@@ -228,6 +228,7 @@ def test_a_job_too_few_partners_would_accept_stops_before_round_1_with_their_rea
     assert grid.calls == {1: 2, 2: 2, 3: 2}  # the two questions; no SecAgg+ stage ever started
     assert json.loads((Path(job.out) / "summary.json").read_text())["refusals"] == summary["refusals"]
     assert not (Path(job.out) / "model.pt").exists()  # no model of a job that never trained
+    assert summary["model"]["file"] is None
     for home in homes:  # asked, not charged, and no refusal recorded against a round
         ledger = home.ledger(job.dataset_name)
         assert ledger.charges() == [] and ledger.spent().epsilon == 0

@@ -371,4 +371,7 @@ def _check_partners(spec: FeatureSpec, partners: list[PartnerDataset]) -> None:
             try:
                 spec.transform(frame)
             except DataError as exc:
-                raise DataError(f"partner {p.name!r} ({part} split): {exc}") from None
+                # the row number counts the rows of that partner's split: it is not the file's line
+                raise DataError(
+                    f"partner {p.name!r} ({part} split; its row numbers count that split's rows, not the file's): {exc}"
+                ) from None

@@ -110,6 +110,8 @@ def test_a_partner_that_does_not_encode_is_still_named() -> None:
     parts = _datasets()
     parts[2].test.loc[1, "defaulted"] = 7
     with pytest.raises(
-        DataError, match=r"partner 'p2' \(test split\): label column 'defaulted' must be a 0/1"
+        DataError,
+        match=r"partner 'p2' \(test split; its row numbers count that split's rows, not the file's\): "
+        r"label column 'defaulted' must be a 0/1",
     ):
         _check_partners(SPEC, parts)

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedcustomer.clients.anchor_mod import anchor_mod
 from fedcustomer.clients.context import resolve_home
 from fedcustomer.errors import BudgetExhausted, ConfigError
+from fedcustomer.jobs.run_dir import RunDir
 from fedcustomer.partner.home import PartnerHome
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,10 @@ def run_secagg_job(grid: Grid, context: Context) -> dict[str, Any]:
         clipping_range=float(extra.get("secagg-clip-range", DEFAULT_CLIP_RANGE)),
         quantization_range=int(extra.get("secagg-quantization-range", DEFAULT_QUANTIZATION)),
     )
-    files = write_model(job, spec, names, final)
+    # as a plain job: no model.pt when no round was applied (it would be the untrained start)
+    files = write_model(job, spec, names, final) if strategy.applied else RunDir(job.out)
     summary = {
-        **summary_head(job, spec, model_written=True),
+        **summary_head(job, spec, model_written=bool(strategy.applied)),
         "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",
         "rounds_planned": job.rounds,

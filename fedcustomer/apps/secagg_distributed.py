@@ -272,9 +272,10 @@ def run_distributed_job(
         quantization_range=levels,
         modulus_range=dd.MODULUS,
     )
-    files = write_model(job, spec, names, final)
+    # as a plain job: no model.pt when no round was applied (it would be the untrained start)
+    files = write_model(job, spec, names, final) if strategy.applied else RunDir(job.out)
     summary = {
-        **summary_head(job, spec, model_written=True),
+        **summary_head(job, spec, model_written=bool(strategy.applied)),
         "dp_mode": dd.MODE,
         "status": "completed" if strategy.applied else "stopped",
         "stop_reason": None if strategy.applied else "no round's secure sum was applied",

@@ -196,7 +196,7 @@ class PartnerNode:
             "weaker guarantee against a single update"
         )
         label = f"{unpaid} distributed round(s) of run {run_id}"
-        return f"{refusal_reason(label, spend.epsilon, ledger.budget.epsilon)}: {why}"
+        return f"partner {self.name!r}: {refusal_reason(label, spend.epsilon, ledger.budget.epsilon)}: {why}"
 
     def _distributed_step(
         self, global_state: dict[str, torch.Tensor], ins: TrainInstructions, ledger: BudgetLedger, step: Step

@@ -60,7 +60,7 @@ $(VENV)/.installed: pyproject.toml
 # Test files run in parallel, one worker per core; a file's tests stay on one worker, so a
 # module's shared federation or browser is started once (see pyproject's pytest-xdist note).
 test: lint
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=20
 
 # Layers and cycles (import-linter), lint and format (ruff), types (mypy; privacy/ strict).
 lint: setup

@@ -122,6 +122,10 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
+    if context.run_config.get("deployment"):  # each of a round's four SecAgg+ exchanges: not on 3-s polls
+        from fedcustomer.apps.prompt_grid import PromptGrid, reply_bell
+
+        grid = PromptGrid(grid, bell=reply_bell())
     run_secagg_job(grid, context)
 
 

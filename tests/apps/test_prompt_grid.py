@@ -247,3 +247,22 @@ def test_a_reply_packed_in_a_format_the_coordinator_cannot_read_says_to_update_t
         err.value
     ) and "update fedcustomer on the coordinator" in str(err.value)
     assert "4711" not in str(err.value)
+
+
+@pytest.mark.parametrize("deployed", [True, False])
+def test_a_deployed_secagg_job_runs_on_the_prompt_grid(monkeypatch, deployed):
+    """Found measuring a deployed distributed-DP job: its four SecAgg+ exchanges a round each waited on
+    Flower's 3-s pulls (about 15 s a round), as the plain and two-party ServerApps no longer do."""
+    from fedcustomer.apps import secagg
+
+    seen = []
+    monkeypatch.setattr(secagg, "run_secagg_job", lambda grid, context: seen.append(grid))
+    grid = SlowNodes({})
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"deployment": deployed}
+    )
+    secagg._main(grid, context)
+    if deployed:
+        assert isinstance(seen[0], PromptGrid) and seen[0].grid is grid and not seen[0].pack
+    else:
+        assert seen == [grid]

@@ -88,3 +88,10 @@ EXIT_CODES: dict[str, int] = {
         FederationError,
     )
 }
+
+
+def error_class(name: str) -> type[FedCustomerError]:
+    """The product error named ``name`` (as another process reported it, e.g. ``ConfigError``), so the
+    exit code says why; FederationError for any other name."""
+    found = globals().get(name)
+    return found if isinstance(found, type) and issubclass(found, FedCustomerError) else FederationError

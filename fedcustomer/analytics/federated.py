@@ -18,11 +18,10 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustomer import errors
 from fedcustomer.analytics.combine import QueryResult, combine
 from fedcustomer.analytics.partner import LoadFrame, answer_query
 from fedcustomer.analytics.spec import QuerySpec, spec_from_json
-from fedcustomer.errors import FedCustomerError, FederationError
+from fedcustomer.errors import FedCustomerError, FederationError, error_class
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
 from fedcustomer.privacy.audit.anchors import current_anchor_json, received_anchor
@@ -131,7 +130,4 @@ def _no_release_error(spec: QuerySpec, refused: dict[str, str], kinds: dict[str,
         f"{k}: {v}" for k, v in sorted(refused.items())
     )
     names = set(kinds.values())
-    cls = getattr(errors, names.pop(), FederationError) if len(names) == 1 else FederationError
-    if not (isinstance(cls, type) and issubclass(cls, FedCustomerError)):
-        cls = FederationError
-    return cls(message)
+    return (error_class(names.pop()) if len(names) == 1 else FederationError)(message)

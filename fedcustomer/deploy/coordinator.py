@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcustomer import errors
 from fedcustomer.common.files import atomic_write_bytes, atomic_write_text
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.deploy import control_api
 from fedcustomer.deploy.flower import CONNECTION, executable, flower_env, flwr_cli, start
 from fedcustomer.deploy.pki import Certificates
-from fedcustomer.errors import ConfigError, FedCustomerError, FederationError, KeyMaterialError
+from fedcustomer.errors import ConfigError, FederationError, KeyMaterialError, error_class
 from fedcustomer.server.deployment import BUILTIN_SPECS
 from fedcustomer.server.job import JobConfig
 
@@ -497,7 +496,8 @@ def read_summary(
             raise FederationError(f"the run ended without writing {path}; see the coordinator log")
         reason = serverapp_error(serverapp_log(cdir, run_id))
         where = f"`FLWR_HOME={cdir.flwr_home} flwr log {run_id} --show` has the ServerApp's log"
-        raise _error_kind(reason)(
+        # a job refused for its configuration exits 3, as it would in `run`
+        raise error_class((reason or "").partition(":")[0])(
             f"the run ended without writing {path}: {reason}; {where}"
             if reason
             else f"the run ended without writing {path}; {where}"
@@ -519,13 +519,6 @@ def serverapp_log(cdir: CoordinatorDir, run_id: int, timeout: float = 60.0) -> s
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return res.stdout + res.stderr
-
-
-def _error_kind(reason: str | None) -> type[FedCustomerError]:
-    """The product error a ServerApp's ``Kind: message`` names (its exit code: a job refused for its
-    configuration exits 3 as it would in ``run``); FederationError for anything else."""
-    found = getattr(errors, (reason or "").partition(":")[0], None)
-    return found if isinstance(found, type) and issubclass(found, FedCustomerError) else FederationError
 
 
 def serverapp_error(log_text: str) -> str | None:

@@ -164,13 +164,13 @@ class JobConfig(JobBase):
                     "or the central noise multiplier"
                 )
 
-    def central_epsilon_after(self, rounds: int) -> float:
-        """The partner-level (central DP) epsilon after ``rounds`` rounds, as the job's cap accounts it
-        (every partner in every round: no sampling amplification)."""
+    def central_epsilon_after(self, rounds: int, sample_rate: float = 1.0) -> float:
+        """The partner-level (central DP) epsilon after ``rounds`` rounds with the job's accountant; the cap
+        accounts every partner in every round (``sample_rate`` 1: no sampling amplification)."""
         from fedcustomer.privacy.dp.accountants import accountant_named
         from fedcustomer.privacy.dp.accounting import GaussianSteps
 
-        steps = GaussianSteps(self.central_noise_multiplier, 1.0, rounds)
+        steps = GaussianSteps(self.central_noise_multiplier, sample_rate, rounds)
         return accountant_named(self.central_accountant).epsilon([steps], self.delta)
 
     def central_cap_rounds(self) -> int | None:

@@ -21,8 +21,6 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcustomer.errors import ConfigError
-from fedcustomer.privacy.dp.accountants import accountant_named
-from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.server.central_dp import UNIT, central_accountant
 from fedcustomer.server.job import STRATEGY_NAMES, JobConfig
 
@@ -77,9 +75,7 @@ def build_strategy(job: JobConfig, num_partners: int) -> Strategy:
 
 def central_dp_epsilon(job: JobConfig, rounds: int, sampled: int, total: int) -> dict[str, float | int | str]:
     """Partner-level epsilon of the central-DP wrapper after ``rounds`` rounds (the job's accountant)."""
-    eps = accountant_named(job.central_accountant).epsilon(
-        [GaussianSteps(job.central_noise_multiplier, min(1.0, sampled / max(1, total)), rounds)], job.delta
-    )
+    eps = job.central_epsilon_after(rounds, min(1.0, sampled / max(1, total)))
     return {
         "unit": UNIT,
         "noise_multiplier": job.central_noise_multiplier,

@@ -72,8 +72,8 @@ def run_distributed(
     q = min(1.0, batch_size / total)
     rounds = int(1 / q) * passes
     n = len(data)
-    sigma = dd.calibrate_sigma(q, rounds, epsilon, delta, sigma_max=100.0, accountant=acc)
-    step = dd.DistributedStep(sigma, q, max_grad_norm, n, trust_secagg=True)
+    sigma = dd.calibrate_sigma(q, rounds, epsilon, delta, sigma_max=100.0, accountant=acc, contributions=n)
+    step = dd.DistributedStep(sigma, q, max_grad_norm, n, trust_secagg=True, shares=n)
     model = build_model(task, "mlp", spec.input_dim, seed=seed)
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(model.parameters(), lr=lr)

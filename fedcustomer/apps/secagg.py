@@ -69,7 +69,7 @@ class SecAggPartner(NumPyClient):
         if ins.dp and ins.dp_mode == "distributed":
             from fedcustomer.apps.secagg_distributed import contribution_arrays, remember_min_survivors
 
-            remember_min_survivors(self.context, ins.min_survivors)
+            remember_min_survivors(self.context, ins.min_survivors, ins.secagg_shares)
             return contribution_arrays(outcome), 1, {}
         return [outcome.state_dict[k].detach().cpu().numpy() for k in names], 1, {}
 

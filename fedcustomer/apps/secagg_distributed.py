@@ -49,6 +49,7 @@ _PLAN = (
     "plan-sample-rate",
     "plan-max-grad-norm",
     "plan-min-survivors",
+    "plan-shares",
     "plan-first-round",
     "plan-last-round",
 )
@@ -63,6 +64,7 @@ def plan_config(dataset: str, run_id: str, step: dd.DistributedStep, rounds: ran
         step.sample_rate,
         step.max_grad_norm,
         step.min_survivors,
+        step.contributions,
         rounds.start,
         rounds.stop - 1,
     )
@@ -73,8 +75,8 @@ def plan_from_config(config: dict[str, Any]) -> tuple[str, dd.DistributedStep, s
     """The plan of :func:`plan_config`: dataset, step, run id, rounds (None when the question carried none)."""
     if not all(k in config for k in _PLAN):
         return None
-    dataset, run_id, sigma, q, clip, n_min, first, last = (config[k] for k in _PLAN)
-    step = dd.DistributedStep(float(sigma), float(q), float(clip), int(n_min))
+    dataset, run_id, sigma, q, clip, n_min, shares, first, last = (config[k] for k in _PLAN)
+    step = dd.DistributedStep(float(sigma), float(q), float(clip), int(n_min), shares=int(shares))
     return str(dataset), step, str(run_id), range(int(first), int(last) + 1)
 
 
@@ -85,13 +87,17 @@ def contribution_arrays(outcome: Any) -> list[np.ndarray]:
     return [*arrays, np.array([count], dtype=np.float64)]
 
 
-def remember_min_survivors(context: Context, n_min: int) -> None:
-    """Keep this round's ``n_min`` in the node's state for :func:`min_survivors_mod`'s unmask check."""
-    context.state.config_records[STATE_KEY] = ConfigRecord({"min-survivors": int(n_min)})
+def remember_min_survivors(context: Context, n_min: int, shares: int) -> None:
+    """Keep this round's ``n_min`` and most contributions in the node's state for
+    :func:`min_survivors_mod`'s unmask check."""
+    context.state.config_records[STATE_KEY] = ConfigRecord(
+        {"min-survivors": int(n_min), "shares": int(shares)}
+    )
 
 
 def min_survivors_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
-    """Refuse SecAgg+'s unmask stage when the sum would hold fewer than ``n_min`` contributions."""
+    """Refuse SecAgg+'s unmask stage when the sum would hold fewer than ``n_min`` contributions, or more
+    than the round's noise, quantisation and clip events were sized for."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
     configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -99,15 +105,17 @@ def min_survivors_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
     if configs is not None and kept is not None and configs.get(Key.STAGE) == Stage.UNMASK:
         need = int(kept.get("min-survivors", 0))  # type: ignore[arg-type]
         active = len(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])))  # type: ignore[arg-type]
-        if active < need:
-            log.warning("refusing to unmask a sum of %s contributions (needs %s)", active, need)
-            return Message(
-                error=Error(
-                    code=SURVIVORS_ERROR_CODE,
-                    reason=f"only {active} partners contributed; distributed DP needs {need} to unmask",
-                ),
-                reply_to=msg,
+        most = int(kept.get("shares", 0)) or active  # type: ignore[arg-type]
+        if active < need or active > most:
+            log.warning(
+                "refusing to unmask a sum of %s contributions (needs between %s and %s)", active, need, most
             )
+            reason = (
+                f"only {active} partners contributed; distributed DP needs {need} to unmask"
+                if active < need
+                else f"{active} partners contributed; this job's sums were sized for at most {most}"
+            )
+            return Message(error=Error(code=SURVIVORS_ERROR_CODE, reason=reason), reply_to=msg)
     reply: Message = call_next(msg, ctxt)
     return reply
 
@@ -124,10 +132,16 @@ def _distributed_strategy(base: Any) -> Any:
             self.discarded: list[int] = []
             self.sample_rate = float(base["sample_rate"])
             self.n_min = int(base["n_min"])
+            self.shares = int(base["shares"])
             self.first = base["first"]  # a resumed job: Flower counts its rounds from 1 again
             self.applied += base["applied"]
             self.discarded += base["discarded"]
             self.on_round = base["on_round"]  # writes the round's checkpoint
+
+        def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+            """Never more partners in a round than the quantisation and the clip events were sized for."""
+            sample, least = super().num_fit_clients(num_available_clients)
+            return min(sample, self.shares), least
 
         def aggregate_fit(
             self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]
@@ -188,13 +202,13 @@ def run_distributed_job(
         float(progress.noise_multiplier)  # a distributed checkpoint always holds its job's sigma
         if progress is not None and progress.noise_multiplier is not None
         else dd.calibrate_sigma(
-            job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier, accountant
+            job.sample_rate, job.rounds, job.epsilon, job.delta, job.max_noise_multiplier, accountant, n
         )
     )
     clip_range = float(extra.get("secagg-clip-range") or dd.CLIP_RANGE_UNITS * job.max_grad_norm)
     levels = dd.quantization_levels(n)
     first = progress.round if progress else 0
-    step = dd.DistributedStep(sigma, job.sample_rate, job.max_grad_norm, n_min)
+    step = dd.DistributedStep(sigma, job.sample_rate, job.max_grad_norm, n_min, shares=n)
     to_run = range(first + 1, job.rounds + 1)
     refusals = (
         ask_partner_refusals(grid, job.round_timeout, plan_config(job.dataset_name, job.run_id, step, to_run))
@@ -248,6 +262,7 @@ def run_distributed_job(
         **encode_train_config(job, spec),
         "noise-multiplier": sigma,
         "min-survivors": n_min,
+        "secagg-shares": n,
         "secagg-clip-range": clip_range,
     }
     clock = RoundClock()
@@ -256,6 +271,7 @@ def run_distributed_job(
             {
                 "sample_rate": job.sample_rate,
                 "n_min": n_min,
+                "shares": n,
                 **dcp.strategy_state(progress, job.out, job.run_id, sigma),
             }
         )

@@ -186,7 +186,10 @@ class PartnerNode:
         if unpaid == 0:
             return None
         one = plan.charged_steps()
-        spend = ledger.project_gaussian(GaussianSteps(one.noise_multiplier, one.sample_rate, unpaid))
+        spend = ledger.project(
+            [GaussianSteps(one.noise_multiplier, one.sample_rate, unpaid)],
+            extra_events=unpaid * plan.charged_event_probability(),
+        )
         if spend.epsilon <= ledger.budget.epsilon:
             return None
         why = (
@@ -210,10 +213,15 @@ class PartnerNode:
         from fedcustomer.privacy.dp import distributed as dd
         from fedcustomer.privacy.dp.dpsgd import secure_generator
 
-        if ins.noise_multiplier <= 0 or ins.min_survivors < 1 or ins.secagg_clip_range <= 0:
+        if (
+            ins.noise_multiplier <= 0
+            or ins.min_survivors < 1
+            or ins.secagg_shares < ins.min_survivors
+            or ins.secagg_clip_range <= 0
+        ):
             raise ConfigError(
-                "a distributed DP round needs the coordinator's noise multiplier, minimum survivors and "
-                "secure-sum clip range: it runs only under SecAgg+"
+                "a distributed DP round needs the coordinator's noise multiplier, minimum survivors, "
+                "partners per sum and secure-sum clip range: it runs only under SecAgg+"
             )
         plan = dd.DistributedStep(
             ins.noise_multiplier,
@@ -221,6 +229,7 @@ class PartnerNode:
             ins.max_grad_norm,
             ins.min_survivors,
             trust_secagg=self.config.secagg_trust,
+            shares=ins.secagg_shares,
         )
         Xt, yt = self._read(ins)
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
@@ -244,7 +253,12 @@ class PartnerNode:
             "epsilon_total_single_update": eps_b,
             "secagg_clip_range": ins.secagg_clip_range,
         }
-        mechanism = Mechanism(dd.MECHANISM, gaussian=plan.charged_steps(), details=details)
+        mechanism = Mechanism(
+            dd.MECHANISM,
+            gaussian=plan.charged_steps(),
+            details=details,
+            event_probability=plan.charged_event_probability(),
+        )
         check(ledger, step, mechanism)
         started = time.perf_counter()
         generator = secure_generator()

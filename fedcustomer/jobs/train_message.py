@@ -119,6 +119,7 @@ class TrainInstructions:
     # contributions a sum may hold (n_min), the secure sum's clip range
     noise_multiplier: float = 0.0
     min_survivors: int = 0
+    secagg_shares: int = 0  # the most contributions a round's sum may hold (the partners sampled)
     secagg_clip_range: float = 0.0
     # clv: the training target and loss (None: a coordinator that predates targets, unscaled log1p)
     clv: CLVTarget | None = None
@@ -149,6 +150,7 @@ class TrainInstructions:
                 sample_rate=float(cfg.get("sample-rate", DEFAULT_SAMPLE_RATE)),
                 noise_multiplier=float(cfg.get("noise-multiplier", 0.0)),
                 min_survivors=int(cfg.get("min-survivors", 0)),
+                secagg_shares=int(cfg.get("secagg-shares", 0)),
                 secagg_clip_range=float(cfg.get("secagg-clip-range", 0.0)),
                 clv=_clv_target(cfg),
             )

@@ -79,6 +79,9 @@ def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> No
     assert report["epsilon_coordinator"] == pytest.approx(
         dd.run_epsilons(dd.DistributedStep(sigma, 0.05, job.max_grad_norm, 3), 1, job.delta)[0]
     )
+    # the secure sum's clip events are held inside the job's delta, not added to it
+    assert report["delta_coordinator"] == job.delta
+    assert 0 < report["quantisation"]["clip_event_delta_reserved"] < 1e-12
     assert report["epsilon_single_update"] > report["epsilon_coordinator"]
     assert len(report["partners"]) == 3
     assert all("epsilon_coordinator" in p and "epsilon_single_update" in p for p in report["partners"])
@@ -92,6 +95,11 @@ def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> No
         expected_sigma = sigma if i < 2 else sigma / 3**0.5  # trusted: (a); not trusted: (b)
         assert charge.noise_multiplier == pytest.approx(expected_sigma)
         assert charge.details["charged"] == ("coordinator" if i < 2 else "single_update")
+        # one round's clip event: three contributions; reserved in the ledger only where (a) is charged
+        assert charge.details["clip_event_probability"] == pytest.approx(3 * 2 * dd.TAIL_PROBABILITY)
+        assert charge.details.get("event_probability", 0.0) == (
+            charge.details["clip_event_probability"] if i < 2 else 0.0
+        )
         assert charge.details["epsilon_total_coordinator"] == pytest.approx(report["epsilon_coordinator"])
         assert charge.details["epsilon_total_single_update"] == pytest.approx(report["epsilon_single_update"])
         assert charge.epsilon_total == pytest.approx(
@@ -121,7 +129,7 @@ def test_a_sum_with_fewer_than_n_min_contributions_is_never_unmasked(tmp_path: P
     summary = run_secagg_job(grid, _context(job))
     assert summary["rounds_completed"] == 0 and summary["status"] == "stopped"
     # the partners, not the coordinator's good will, kept the short sum masked
-    assert "refusing to unmask a sum of 2 contributions (needs 3)" in caplog.text
+    assert "refusing to unmask a sum of 2 contributions (needs between 3 and 3)" in caplog.text
     # no round applied: no model.pt (it would be the untrained start), as in a plain job
     assert not (Path(job.out) / "model.pt").exists() and summary["model"]["file"] is None
 
@@ -248,7 +256,7 @@ def test_the_plan_a_partner_is_asked_about_round_trips_and_counts_only_unpaid_ro
     from fedcustomer.apps.secagg_distributed import plan_config, plan_from_config
     from fedcustomer.clients.node import PartnerNode
 
-    step = dd.DistributedStep(2.5, 0.05, 1.0, 3)
+    step = dd.DistributedStep(2.5, 0.05, 1.0, 3, shares=4)
     config = plan_config("uci-credit", "run-7", step, range(3, 6))
     assert plan_from_config(config) == ("uci-credit", step, "run-7", range(3, 6))
     assert plan_from_config({k: v for k, v in config.items() if k != "plan-run-id"}) is None
@@ -264,3 +272,54 @@ def test_the_plan_a_partner_is_asked_about_round_trips_and_counts_only_unpaid_ro
         f"partner {node.name!r}: 10 distributed round(s) of run r would bring"
     )
     assert "trusts SecAgg+" in why
+
+
+def test_a_round_never_samples_more_partners_than_its_sums_were_sized_for() -> None:
+    from flwr.common import ndarrays_to_parameters
+
+    from fedcustomer.apps.secagg_distributed import _distributed_strategy
+
+    model = torch.nn.Linear(2, 1)
+    base = {"sample_rate": 0.05, "n_min": 3, "shares": 4, "first": 0, "applied": [], "discarded": []}
+    strategy = _distributed_strategy(base | {"on_round": lambda *_: None})(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        fraction_fit=1.0,
+        min_fit_clients=3,
+        min_available_clients=3,
+        initial_parameters=ndarrays_to_parameters([]),
+    )
+    assert strategy.num_fit_clients(3) == (3, 3)
+    assert strategy.num_fit_clients(4) == (4, 3)
+    assert strategy.num_fit_clients(9) == (4, 3)  # a node that joined mid-job waits for the next job
+
+
+def test_a_partner_refuses_to_unmask_a_sum_of_more_contributions_than_it_was_sized_for(caplog) -> None:
+    from flwr.app import ConfigRecord, Message
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedcustomer.apps.secagg_distributed import (
+        SURVIVORS_ERROR_CODE,
+        min_survivors_mod,
+        remember_min_survivors,
+    )
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 7  # what a SuperLink sets
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    remember_min_survivors(context, 3, 4)
+    passed: list[int] = []
+
+    def unmask(active: list[int]) -> Message:
+        configs = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: active})
+        msg = Message(RecordDict({RECORD_KEY_CONFIGS: configs}), dst_node_id=7, message_type="train")
+        msg.metadata.__dict__["_message_id"] = msg.object_id  # as if it had been sent
+        return min_survivors_mod(msg, context, lambda m, c: passed.append(len(active)) or m)
+
+    for active, ok in (([1, 2], False), ([1, 2, 3], True), ([1, 2, 3, 4], True), ([1, 2, 3, 4, 5], False)):
+        reply = unmask(active)
+        assert reply.has_error() != ok
+        if not ok:
+            assert reply.error.code == SURVIVORS_ERROR_CODE
+    assert passed == [3, 4]
+    assert "sized for at most 4" in caplog.text or "needs between 3 and 4" in caplog.text

@@ -30,7 +30,11 @@ most ``|batch| * C`` plus its noise, ``|batch| <= b`` except with probability ``
 ``beta`` (Gaussian tail, union bound); a partner refuses a round whose ``R`` is too small.
 Clipping is post-processing of the partner's noised vector, so (b) is unaffected; for (a)
 the view differs from the unclipped mechanism only on an event of probability at most
-``beta_total``, which adds ``(1 + e^eps) * beta_total`` to (a)'s delta (reported).
+``beta`` per contribution and round, which takes ``(1 + e^eps) * beta_total`` of (a)'s delta
+(``rare_events``): the coordinator calibrates with it reserved, a trusting partner's ledger
+row carries the round's event probability, and both guarantees are stated at the target
+delta with it inside. A round's sum holds at most ``shares`` contributions: the coordinator
+samples no more partners than it sized the quantisation and the event for.
 The stochastic rounding of each partner's value (unbiased, at most ``2R / Q`` per
 coordinate, orders of magnitude below the noise share) is applied per partner before the
 sum: (b) is exact, (a) is stated for the real-valued sum; a formally exact (a) under
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -57,7 +61,8 @@ from torch import nn
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.accountants import ACCOUNTANTS, Accountant, accountant_named
 from fedcustomer.privacy.dp.accounting import GaussianSteps
-from fedcustomer.privacy.dp.ledger import APPROX, GAUSSIAN, Charge
+from fedcustomer.privacy.dp.ledger import APPROX, EVENT_PROBABILITY, GAUSSIAN, Charge
+from fedcustomer.privacy.dp.rare_events import epsilon_with_event, event_reserve
 
 MODE = "distributed"
 MECHANISM = "dpsgd-distributed"
@@ -81,6 +86,7 @@ class DistributedStep:
     max_grad_norm: float  # C
     min_survivors: int  # n_min: the fewest contributions an unmasked sum may hold
     trust_secagg: bool = False  # the partner accepts the SecAgg+ trust assumption: charge (a)
+    shares: int = 0  # the most contributions a sum may hold (the partners sampled); 0: min_survivors
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0) or not math.isfinite(self.noise_multiplier):
@@ -91,6 +97,23 @@ class DistributedStep:
             raise ConfigError(f"distributed DP needs a clip norm > 0, got {self.max_grad_norm}")
         if self.min_survivors < 1:
             raise ConfigError(f"distributed DP needs at least 1 survivor, got {self.min_survivors}")
+        if self.shares and self.shares < self.min_survivors:
+            raise ConfigError(
+                f"a sum of at most {self.shares} contributions cannot hold the {self.min_survivors} a step needs"
+            )
+
+    @property
+    def contributions(self) -> int:
+        """The most contributions one round's sum may hold."""
+        return max(self.shares, self.min_survivors)
+
+    def clip_event_probability(self) -> float:
+        """One round's chance that any contribution is clipped by the secure sum (view (a) only)."""
+        return clip_probability_total(1, self.contributions)
+
+    def charged_event_probability(self) -> float:
+        """The rare event the charged guarantee carries: (a)'s clip event, none for (b)."""
+        return self.clip_event_probability() if self.trust_secagg else 0.0
 
     @property
     def share_std(self) -> float:
@@ -119,6 +142,8 @@ class DistributedStep:
             "noise_multiplier_coordinator": self.noise_multiplier,
             "noise_multiplier_single_update": self.single_update_steps().noise_multiplier,
             "min_survivors": self.min_survivors,
+            "contributions_max": self.contributions,
+            "clip_event_probability": self.clip_event_probability(),
             "trust_secagg": self.trust_secagg,
             "charged": "coordinator" if self.trust_secagg else "single_update",
         }
@@ -276,28 +301,56 @@ def both_epsilons(
     """
     acc = accountant if accountant is not None else Accountant()
     coordinator, single = guarantee_histories(charges)
+    events_a, events_b = guarantee_events(charges)
     if extra is not None:
         coordinator.append(extra.coordinator_steps())
         single.append(extra.single_update_steps())
+        events_a += extra.clip_event_probability()
     approx_eps = sum(float(c.epsilon or 0.0) for c in charges if c.family == APPROX)
     approx_delta = sum(float(c.delta or 0.0) for c in charges if c.family == APPROX)
+
+    def composed(history: list[GaussianSteps]) -> Callable[[float], float]:
+        return lambda d: acc.epsilon(history, d) + approx_eps if d > 0 else float("inf")
+
     rdp_delta = delta - approx_delta
-    if rdp_delta <= 0:
-        return float("inf"), float("inf")
     return (
-        acc.epsilon(coordinator, rdp_delta) + approx_eps,
-        acc.epsilon(single, rdp_delta) + approx_eps,
+        epsilon_with_event(composed(coordinator), rdp_delta, events_a),
+        epsilon_with_event(composed(single), rdp_delta, events_b),
     )
+
+
+def guarantee_events(charges: Sequence[Charge]) -> tuple[float, float]:
+    """The rare events' total probability under view (a) and view (b).
+
+    A distributed row's clip event counts for (a) (recorded in its details whatever the
+    partner was charged); any other row's recorded event counts for both views.
+    """
+    a = b = 0.0
+    for c in charges:
+        if c.family != GAUSSIAN:
+            continue
+        if c.details.get("dp_mode") == MODE:
+            a += float(c.details.get("clip_event_probability", 0.0))
+        else:
+            other = float(c.details.get(EVENT_PROBABILITY, 0.0))
+            a, b = a + other, b + other
+    return a, b
 
 
 def run_epsilons(
     step: DistributedStep, rounds: int, delta: float, accountant: Accountant | None = None
 ) -> tuple[float, float]:
-    """The two guarantees of ``rounds`` distributed rounds alone (what one job costs a fresh partner)."""
+    """The two guarantees of ``rounds`` distributed rounds alone (what one job costs a fresh partner),
+    (a) with the rounds' clip events inside ``delta``."""
     acc = accountant if accountant is not None else Accountant()
     a = GaussianSteps(step.noise_multiplier, step.sample_rate, rounds)
     b = GaussianSteps(step.single_update_steps().noise_multiplier, step.sample_rate, rounds)
-    return acc.epsilon([a], delta), acc.epsilon([b], delta)
+    eps_a = epsilon_with_event(
+        lambda d: acc.epsilon([a], d) if d > 0 else float("inf"),
+        delta,
+        rounds * step.clip_event_probability(),
+    )
+    return eps_a, acc.epsilon([b], delta)
 
 
 def calibrate_sigma(
@@ -307,14 +360,25 @@ def calibrate_sigma(
     delta: float,
     sigma_max: float,
     accountant: Accountant | None = None,
+    contributions: int = 0,
 ) -> float:
     """The union's noise multiplier for which ``rounds`` one-step rounds reach ``epsilon`` (view (a)).
 
     With ``accountant`` (RDP when None): a fresh partner using it is charged (if it trusts
     SecAgg+) exactly what this plan promised, within the calibration's tolerance from below.
+    ``contributions``: the most a round's sum holds; the rounds' clip events are reserved
+    out of ``delta`` first (sized for ``epsilon``, which the answer does not exceed).
     """
     acc = accountant if accountant is not None else Accountant()
-    return acc.calibrate_noise([], sample_rate, rounds, epsilon * (1 - 1e-9), delta, sigma_max=sigma_max)
+    reserve = event_reserve(epsilon, clip_probability_total(rounds, contributions))
+    if reserve >= delta:
+        raise ConfigError(
+            f"delta {delta:g} cannot hold the secure sum's clip events at epsilon {epsilon:g} "
+            f"({rounds} rounds, {contributions} partners): raise delta or lower epsilon"
+        )
+    return acc.calibrate_noise(
+        [], sample_rate, rounds, epsilon * (1 - 1e-9), delta - reserve, sigma_max=sigma_max
+    )
 
 
 AUTO = "auto"  # the coordinator asks the partners which accountant each charges with
@@ -364,13 +428,14 @@ def privacy_report(
     reports with its own.
     """
     acc = accountant if accountant is not None else Accountant()
-    beta = clip_probability_total(rounds, partners)
+    step = replace(step, shares=max(step.shares, partners))
+    beta = rounds * step.clip_event_probability()
 
     def guarantees_with(a: Accountant) -> dict[str, float]:
         eps_a, eps_b = run_epsilons(step, rounds, delta, a)
         return {
             "epsilon_coordinator": eps_a,
-            "delta_coordinator": delta + (1 + math.exp(eps_a)) * beta,
+            "delta_coordinator": delta,  # the clip events' reserve is inside it
             "epsilon_single_update": eps_b,
             "delta_single_update": delta,
         }
@@ -399,6 +464,7 @@ def privacy_report(
             "modulus": MODULUS,
             "wrap_around": f"impossible: {partners} x {levels} < {MODULUS}",
             "clip_probability_total": beta,
+            "clip_event_delta_reserved": event_reserve(by_accountant[acc.name]["epsilon_coordinator"], beta),
         },
         "trust_assumption": TRUST_ASSUMPTION,
         "note": "rounds_accounted counts every round a partner may have been charged for; each partner's "

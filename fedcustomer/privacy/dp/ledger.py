@@ -20,6 +20,11 @@ Composition:
 - Other (epsilon, delta) releases (e.g. Laplace counts) compose with the Gaussian part
   by basic composition: epsilon_total = eps_gauss(delta_target - sum(delta_i)) + sum(eps_i).
   Sound, and documented as looser than necessary.
+- A Gaussian release that differs from its accounted mechanism on a rare event (SecAgg+'s
+  clipping in distributed DP) records that event's probability in its details
+  (``event_probability``); the events of all rows, summed, take ``(1 + e^epsilon) * p`` of the
+  delta target before the Gaussian part is composed (``rare_events``), so the spend is stated
+  at the target delta with them inside.
 
 Charges are idempotent by ``charge_key`` (e.g. ``run:<id>:round:<r>``), so a node that
 restarts never pays twice for the same release. A Gaussian charge may carry the released
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,9 +64,13 @@ from fedcustomer.privacy.dp.ledger_file import (
     create_whole,
     missing_columns,
 )
+from fedcustomer.privacy.dp.rare_events import epsilon_with_event, event_reserve
 
 GAUSSIAN = "gaussian_rdp"
 APPROX = "approx_dp"
+#: A Gaussian row's details key for the probability of the rare event on which its release
+#: differs from the accounted mechanism (absent: no such event).
+EVENT_PROBABILITY = "event_probability"
 
 
 @dataclass(frozen=True)
@@ -200,10 +210,19 @@ class BudgetLedger:
         return self.project(extra_gaussian=[steps])
 
     def project(
-        self, extra_gaussian: Sequence[GaussianSteps] = (), extra_approx: Sequence[tuple[float, float]] = ()
+        self,
+        extra_gaussian: Sequence[GaussianSteps] = (),
+        extra_approx: Sequence[tuple[float, float]] = (),
+        extra_events: float = 0.0,
     ) -> Spend:
-        """What the spend would be after these releases (nothing is written)."""
-        return self._spend_of(self.all_charges(), extra_gaussian=extra_gaussian, extra_approx=extra_approx)
+        """What the spend would be after these releases (and rare events of total probability
+        ``extra_events``); nothing is written."""
+        return self._spend_of(
+            self.all_charges(),
+            extra_gaussian=extra_gaussian,
+            extra_approx=extra_approx,
+            extra_events=extra_events,
+        )
 
     def calibrate_noise(
         self,
@@ -222,14 +241,23 @@ class BudgetLedger:
         the start of a vertical job): the noise leaves room for them. ``reserve_epsilon``
         is left unspent for a release that comes later (e.g. a comparison model).
         """
-        approx_eps, approx_delta = _approx_totals(self.all_charges())
+        charges = self.all_charges()
+        approx_eps, approx_delta = _approx_totals(charges)
         approx_eps += sum(e for e, _ in pending_approx)
         approx_delta += sum(d for _, d in pending_approx)
         delta_rdp = self.budget.delta - approx_delta
         if delta_rdp <= 0:
             return sigma_max
+        total = self.budget.epsilon - reserve_epsilon
+        events = event_total(charges)
+        if events:
+            # earlier rows' rare events keep their reserve, sized for the total this calibration
+            # reaches; a total whose reserve would take over half the delta cannot be stated
+            # (``rare_events``), so the noise aims no higher than that
+            total = min(total, math.log(max(delta_rdp / (2 * events) - 1, 1.0)))
+            delta_rdp -= event_reserve(total, events)
         # A hair under the target so per-round float rounding can never overshoot it.
-        target = (self.budget.epsilon - approx_eps - reserve_epsilon) * (1 - 1e-9)
+        target = (total - approx_eps) * (1 - 1e-9)
         if target <= 0:
             return sigma_max
         return self.accountant.calibrate_noise(
@@ -262,6 +290,7 @@ class BudgetLedger:
             ],
             "composition": f"{self.accountant.name.upper()} within Gaussian releases; basic composition "
             "with other releases; over every charge of the partner (all datasets)",
+            "event_probability_total": event_total(charges),
             "delta_target": self.budget.delta,
         }
         if self.accountant.name == "rdp":
@@ -298,12 +327,18 @@ class BudgetLedger:
         query_id: str | None = None,
         details: Mapping[str, Any] | None = None,
         kept: bytes | None = None,
+        event_probability: float = 0.0,
     ) -> Charge:
         """Record Gaussian steps; refuse (BudgetExhausted) if the target would be exceeded.
 
         ``kept``: the released result's bytes, committed in the charge's own transaction (:meth:`kept`
         reads them back), so a charge never exists without its result; a step already paid keeps
-        the bytes committed with its first charge."""
+        the bytes committed with its first charge. ``event_probability``: the chance that the
+        release differs from these steps' mechanism (kept in the row's details, reserved in delta)."""
+        if not (0 <= event_probability < 1):
+            raise ConfigError(f"an event probability must be in [0, 1), got {event_probability}")
+        if event_probability:
+            details = {**(details or {}), EVENT_PROBABILITY: float(event_probability)}
         return self._charge(
             charge_key,
             GAUSSIAN,
@@ -368,8 +403,13 @@ class BudgetLedger:
             prior = [_charge_from_row(r) for r in rows]
             if family == GAUSSIAN:
                 assert steps is not None
-                after = self._spend_of(prior, extra_gaussian=[steps])
-                alone = self.accountant.epsilon([steps], self.budget.delta)
+                event = float((details or {}).get(EVENT_PROBABILITY, 0.0))
+                after = self._spend_of(prior, extra_gaussian=[steps], extra_events=event)
+                alone = epsilon_with_event(
+                    lambda d: self.accountant.epsilon([steps], d) if d > 0 else float("inf"),
+                    self.budget.delta,
+                    event,
+                )
             else:
                 assert epsilon is not None and delta is not None  # charge_approx always passes both
                 after = self._spend_of(prior, extra_approx=[(float(epsilon), float(delta))])
@@ -447,6 +487,7 @@ class BudgetLedger:
         charges: Sequence[Charge],
         extra_gaussian: Sequence[GaussianSteps] = (),
         extra_approx: Sequence[tuple[float, float]] = (),
+        extra_events: float = 0.0,
     ) -> Spend:
         history = _gaussian_history(charges) + list(extra_gaussian)
         approx_eps, approx_delta = _approx_totals(charges)
@@ -454,9 +495,15 @@ class BudgetLedger:
             approx_eps += e
             approx_delta += d
         if any(h.steps for h in history):
-            delta_rdp = self.budget.delta - approx_delta
-            eps_gauss = self.accountant.epsilon(history, delta_rdp) if delta_rdp > 0 else float("inf")
-            return Spend(eps_gauss + approx_eps, self.budget.delta, self.budget.epsilon, self.budget.delta)
+
+            def total_at(delta_rdp: float) -> float:
+                if delta_rdp <= 0:
+                    return float("inf")
+                return self.accountant.epsilon(history, delta_rdp) + approx_eps
+
+            events = event_total(charges) + extra_events
+            eps = epsilon_with_event(total_at, self.budget.delta - approx_delta, events)
+            return Spend(eps, self.budget.delta, self.budget.epsilon, self.budget.delta)
         return Spend(approx_eps, approx_delta, self.budget.epsilon, self.budget.delta)
 
     @contextmanager
@@ -557,6 +604,11 @@ def _approx_totals(charges: Sequence[Charge]) -> tuple[float, float]:
     eps = sum(float(c.epsilon or 0.0) for c in charges if c.family == APPROX)
     delta = sum(float(c.delta or 0.0) for c in charges if c.family == APPROX)
     return eps, delta
+
+
+def event_total(charges: Sequence[Charge]) -> float:
+    """The summed probability of the rare events the rows' releases carry (0 for most ledgers)."""
+    return sum(float(c.details.get(EVENT_PROBABILITY, 0.0)) for c in charges if c.family == GAUSSIAN)
 
 
 def _charge_from_row(row: sqlite3.Row, already_paid: bool = False) -> Charge:

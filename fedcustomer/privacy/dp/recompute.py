@@ -22,6 +22,11 @@ which every distributed row counts with its ``noise_multiplier_coordinator`` or
 with the accountant the details name (``accountant``; RDP for rows written before they named one,
 whose two totals were always RDP whatever the ledger's accountant).
 
+Rare events (``details.event_probability`` of a row, e.g. a trusting partner's SecAgg+ clip
+event; a distributed row's ``clip_event_probability`` for the coordinator view) are summed and
+held inside the delta target with ``rare_events.epsilon_with_event``: the total is the
+accountant's figure at ``delta_target - sum of deltas - (1 + e^b) * p`` for a ``b`` just above it.
+
 A row whose recorded total differs from the recomputation by more than the tolerance is
 a mismatch. The same rules, as a script with no fedcustomer code, are in the README
 ("RDP or PLD, and recomputing a ledger").
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,7 +44,8 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants import RDPAccountant
 
-from fedcustomer.privacy.dp.ledger import APPROX, GAUSSIAN, Charge
+from fedcustomer.privacy.dp.ledger import APPROX, EVENT_PROBABILITY, GAUSSIAN, Charge
+from fedcustomer.privacy.dp.rare_events import epsilon_with_event
 
 DEFAULT_TOLERANCE = 1e-6  # relative: the same libraries agree to the bit; other versions may drift
 
@@ -103,6 +109,17 @@ class _Libraries:
             )
         return self._steps[key]
 
+    def composed(
+        self,
+        accountant: str,
+        interval: float | None,
+        history: Sequence[tuple[float, float, int]],
+        plus: float,
+    ) -> Callable[[float], float]:
+        """Epsilon at a delta of ``history`` (a copy) plus ``plus`` (the other releases' epsilons)."""
+        frozen = list(history)
+        return lambda delta: plus + self.gaussian(accountant, interval, frozen, delta)
+
     def gaussian(
         self,
         accountant: str,
@@ -125,16 +142,28 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
     history: list[tuple[float, float, int]] = []
     views: tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]] = ([], [])
     approx_eps = approx_delta = 0.0
+    events = 0.0  # the charged releases' rare events
+    view_events = [0.0, 0.0]  # the same for view (a) and view (b)
     out = []
     for c in sorted(charges, key=lambda c: c.seq):
         alone: float | None
         if c.family == GAUSSIAN:
             own = (float(c.noise_multiplier or 0.0), float(c.sample_rate or 0.0), int(c.steps or 0))
             history.append(own)
+            distributed = c.details.get("dp_mode") == _DISTRIBUTED
             for view, key in zip(views, _VIEW_KEYS, strict=True):
-                distributed = c.details.get("dp_mode") == _DISTRIBUTED
                 view.append((float(c.details[key]), own[1], own[2]) if distributed else own)
-            alone = libs.gaussian(c.accountant, c.pld_interval, [own], c.delta_target)
+            event = float(c.details.get(EVENT_PROBABILITY, 0.0))
+            events += event
+            if distributed:
+                view_events[0] += float(c.details.get("clip_event_probability", 0.0))
+            else:
+                view_events = [view_events[0] + event, view_events[1] + event]
+            alone = epsilon_with_event(
+                libs.composed(c.accountant, c.pld_interval, [own], 0.0),
+                c.delta_target,
+                event,
+            )
         elif c.family == APPROX:
             approx_eps += float(c.epsilon or 0.0)
             approx_delta += float(c.delta or 0.0)
@@ -143,7 +172,11 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
             raise ValueError(f"ledger row {c.seq} has an unknown family {c.family!r}")
         total = approx_eps
         if any(h[2] for h in history):
-            total += libs.gaussian(c.accountant, c.pld_interval, history, c.delta_target - approx_delta)
+            total = epsilon_with_event(
+                libs.composed(c.accountant, c.pld_interval, history, approx_eps),
+                c.delta_target - approx_delta,
+                events,
+            )
         ok = _close(c.epsilon_total, total, tolerance) and (
             alone is None or c.epsilon is None or _close(c.epsilon, alone, tolerance)
         )
@@ -152,7 +185,11 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
             # the details name the accountant of both totals; rows written before they did used RDP for them
             by = str(c.details.get("accountant", "rdp"))
             for i, (view, key) in enumerate(zip(views, _TOTAL_KEYS, strict=True)):
-                both[i] = approx_eps + libs.gaussian(by, c.pld_interval, view, c.delta_target - approx_delta)
+                both[i] = epsilon_with_event(
+                    libs.composed(by, c.pld_interval, view, approx_eps),
+                    c.delta_target - approx_delta,
+                    view_events[i],
+                )
                 recorded = c.details.get(key)
                 ok = ok and recorded is not None and _close(float(recorded), float(both[i] or 0.0), tolerance)
         out.append(

@@ -64,10 +64,14 @@ class Mechanism:
     gaussian: GaussianSteps | None = None
     epsilon_delta: tuple[float, float] | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: Gaussian only: the chance the release differs from the steps' mechanism (ledger.EVENT_PROBABILITY)
+    event_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.gaussian is None) == (self.epsilon_delta is None):
             raise ValueError("a mechanism costs either Gaussian steps or an (epsilon, delta) pair")
+        if self.event_probability and self.gaussian is None:
+            raise ValueError("only a Gaussian release carries a rare event's probability")
 
     def gaussian_part(self) -> list[GaussianSteps]:
         return [self.gaussian] if self.gaussian is not None else []
@@ -318,7 +322,9 @@ def check(ledger: BudgetLedger, step: Step, mechanism: Mechanism, pending: Seque
     """
     releases = [*pending, mechanism]
     projected = ledger.project(
-        [g for m in releases for g in m.gaussian_part()], [a for m in releases for a in m.approx_part()]
+        [g for m in releases for g in m.gaussian_part()],
+        [a for m in releases for a in m.approx_part()],
+        sum(m.event_probability for m in releases),
     ).epsilon
     if projected > ledger.budget.epsilon and ledger.find(step.charge_key) is None:
         run = f" of run {step.run_id}" if step.run_id is not None else ""
@@ -346,6 +352,7 @@ def charge_once(ledger: BudgetLedger, step: Step, mechanism: Mechanism, kept: by
                 query_id=step.query_id,
                 details=mechanism.details,
                 kept=kept,
+                event_probability=mechanism.event_probability,
             )
         if kept is not None:
             raise ValueError("only a Gaussian release keeps its result in the ledger")

@@ -14,6 +14,7 @@ from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.privacy.dp.ledger import BudgetLedger
+from fedcustomer.privacy.dp.rare_events import epsilon_with_event, event_reserve
 from fedcustomer.privacy.dp.recompute import recompute
 
 COARSE = 1e-3  # a coarser grid keeps these tests quick; the library is asked at the same interval
@@ -74,11 +75,18 @@ def test_distributed_sigma_calibrated_with_pld_spends_the_target_by_the_librarys
     assert sigma < rdp_sigma
     step = dd.DistributedStep(sigma, q, 1.0, 3)
     eps_a, eps_b = dd.run_epsilons(step, rounds, 1e-5, PLD)
-    assert eps_a == pytest.approx(library_pld([(sigma, q, rounds)], 1e-5), rel=1e-9)
+    # (a) holds the rounds' clip events inside delta: the library's figure at delta less their reserve
+    events = rounds * step.clip_event_probability()
+    assert library_pld([(sigma, q, rounds)], 1e-5) < eps_a <= 3.0
+    assert eps_a == pytest.approx(
+        library_pld([(sigma, q, rounds)], 1e-5 - event_reserve(eps_a * (1 + 1e-6) + 1e-6, events)), rel=1e-9
+    )
     assert eps_b == pytest.approx(library_pld([(sigma / 3**0.5, q, rounds)], 1e-5), rel=1e-9)
     # the same step under RDP reports more against both (PLD is the tighter bound)
     rdp_a, rdp_b = dd.run_epsilons(step, rounds, 1e-5)
-    assert rdp_a == pytest.approx(library_rdp([(sigma, q, rounds)], 1e-5), rel=1e-9)
+    assert rdp_a == pytest.approx(
+        library_rdp([(sigma, q, rounds)], 1e-5 - event_reserve(rdp_a * (1 + 1e-6) + 1e-6, events)), rel=1e-9
+    )
     assert eps_a < rdp_a and eps_b < rdp_b
 
 
@@ -100,7 +108,13 @@ def _distributed_ledger(
         }
         if totals_by is None:
             details["accountant"] = accountant.name
-        ledger.charge_gaussian(f"r{r}", step.charged_steps(), mechanism=dd.MECHANISM, details=details)
+        ledger.charge_gaussian(
+            f"r{r}",
+            step.charged_steps(),
+            mechanism=dd.MECHANISM,
+            details=details,
+            event_probability=step.charged_event_probability(),  # as the partner node charges it
+        )
     return ledger, step
 
 
@@ -108,10 +122,19 @@ def _distributed_ledger(
 def test_both_pld_guarantees_equal_the_librarys_and_the_charged_one_is_the_ledgers(
     tmp_path, trust: bool
 ) -> None:
-    ledger, _ = _distributed_ledger(tmp_path, PLD, trust)
+    ledger, step = _distributed_ledger(tmp_path, PLD, trust)
     eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), 1e-5, accountant=PLD)
-    # the Laplace count composes by basic composition with the Gaussian part
-    assert eps_a == pytest.approx(library_pld([(2.0, 0.1, 30), (1.3, 0.05, 4)], 1e-5) + 0.5, rel=1e-9)
+    # the Laplace count composes by basic composition with the Gaussian part; (a) holds the
+    # four rounds' clip events inside delta
+    assert eps_a == pytest.approx(
+        epsilon_with_event(
+            lambda d: library_pld([(2.0, 0.1, 30), (1.3, 0.05, 4)], d) + 0.5,
+            1e-5,
+            4 * step.clip_event_probability(),
+        ),
+        rel=1e-9,
+    )
+    assert eps_a > library_pld([(2.0, 0.1, 30), (1.3, 0.05, 4)], 1e-5) + 0.5
     assert eps_b == pytest.approx(library_pld([(2.0, 0.1, 30), (0.65, 0.05, 4)], 1e-5) + 0.5, rel=1e-9)
     assert ledger.spent().epsilon == pytest.approx(eps_a if trust else eps_b, rel=1e-12)
     last = ledger.all_charges()[-1]
@@ -122,13 +145,18 @@ def test_both_pld_guarantees_equal_the_librarys_and_the_charged_one_is_the_ledge
 
 
 def test_a_compliance_officer_recomputes_both_guarantees_of_every_distributed_row(tmp_path) -> None:
-    ledger, _ = _distributed_ledger(tmp_path, PLD, trust=False)
+    ledger, step = _distributed_ledger(tmp_path, PLD, trust=False)
     checks = recompute(ledger.all_charges())
     assert all(c.ok for c in checks)
     distributed = [c for c in checks if c.recomputed_coordinator is not None]
     assert len(distributed) == 4 and all(c.recomputed_single_update is not None for c in distributed)
     assert distributed[-1].recomputed_coordinator == pytest.approx(
-        library_pld([(2.0, 0.1, 30), (1.3, 0.05, 4)], 1e-5) + 0.5, rel=1e-9
+        epsilon_with_event(
+            lambda d: library_pld([(2.0, 0.1, 30), (1.3, 0.05, 4)], d) + 0.5,
+            1e-5,
+            4 * step.clip_event_probability(),
+        ),
+        rel=1e-9,
     )
     # a row whose recorded guarantee was altered is caught
     with ledger._transaction() as conn:

@@ -5,7 +5,8 @@ again here, independently of the totals the ledger stored when it charged them, 
 accounting libraries alone (:mod:`fedcustomer.privacy.dp.recompute`, as ``budget verify``):
 each row with the accountant it names (Opacus RDP, or dp-accounting's PLD), the other charges
 added by basic composition, and each running total is compared with the stored ``epsilon_total``
-(a distributed-DP row's two guarantees too).
+(a distributed-DP row's two guarantees too, and that its charged noise and clip event are
+the ones its trust in SecAgg+ allows).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class ChargeRow:
     epsilon_target: float
     recomputed: float | None = None
     verified: bool | None = None  # the library recomputation's verdict on every figure the row records
+    problems: tuple[
+        str, ...
+    ] = ()  # what does not agree among the row's own parameters (recompute.row_problems)
 
     @property
     def matches(self) -> bool | None:
@@ -79,6 +83,7 @@ def charges(ledger_path: Path, *, recompute: bool = False) -> list[ChargeRow]:
                 float(r["epsilon_target"]),
                 None if check is None else check.recomputed_total,
                 None if check is None else check.ok,
+                () if check is None else check.problems,
             )
         )
     return out

@@ -158,3 +158,26 @@ def test_budget_recomputation_follows_each_rows_accountant(tmp_path: Path) -> No
             "UPDATE charges SET epsilon = epsilon / 2 WHERE seq = 3"
         )  # the row's own epsilon, not its total
     assert [r.matches for r in budgets.charges(ledger.path, recompute=True)] == [True, True, False]
+
+
+def test_budget_recomputation_names_a_distributed_row_charged_without_trust(tmp_path: Path) -> None:
+    """The totals of such a row recompute (they were composed from what it was charged); its parameters do not agree."""
+    from fedcustomer.privacy.dp import distributed as dd
+    from fedcustomer.privacy.dp.budget import DatasetBudget
+    from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+    ledger = BudgetLedger(tmp_path / "ledger.db", "d", DatasetBudget(50.0, 1e-5))
+    untrusted = dd.DistributedStep(1.3, 0.05, 0.7, 4)
+    for r, steps in enumerate((untrusted.charged_steps(), untrusted.coordinator_steps())):
+        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), 1e-5, extra=untrusted)
+        ledger.charge_gaussian(
+            f"r{r}",
+            steps,
+            mechanism=dd.MECHANISM,
+            details=untrusted.details()
+            | {"epsilon_total_coordinator": eps_a, "epsilon_total_single_update": eps_b},
+        )
+    rows = budgets.charges(ledger.path, recompute=True)
+    assert [r.matches for r in rows] == [True, False]
+    assert rows[1].recomputed == pytest.approx(rows[1].epsilon_total, rel=1e-9)
+    assert rows[1].problems == ("charged noise multiplier 1.3 is not the single_update view's 0.65",)

@@ -27,8 +27,14 @@ event; a distributed row's ``clip_event_probability`` for the coordinator view) 
 held inside the delta target with ``rare_events.epsilon_with_event``: the total is the
 accountant's figure at ``delta_target - sum of deltas - (1 + e^b) * p`` for a ``b`` just above it.
 
-A row whose recorded total differs from the recomputation by more than the tolerance is
-a mismatch. The same rules, as a script with no fedcustomer code, are in the README
+A distributed row's own parameters must also agree with one another (:func:`distributed_row_problems`):
+its charged noise multiplier is the one its details say was charged, which is the coordinator's only
+when the partner trusted SecAgg+; the single-update noise is the coordinator's over ``sqrt(n_min)``;
+its clip event is at least ``2e-15`` per contribution, and a trusting row carries it. A row whose
+totals were recomputed after one of these was changed still fails the check.
+
+A row whose recorded total differs from the recomputation by more than the tolerance, or whose
+parameters disagree, is a mismatch. The same rules, as a script with no fedcustomer code, are in the README
 ("RDP or PLD, and recomputing a ledger").
 """
 
@@ -44,6 +50,7 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants import RDPAccountant
 
+from fedcustomer.privacy.dp.distributed import clip_probability_total
 from fedcustomer.privacy.dp.ledger import APPROX, EVENT_PROBABILITY, GAUSSIAN, Charge
 from fedcustomer.privacy.dp.rare_events import epsilon_with_event
 
@@ -66,6 +73,8 @@ class RowCheck:
     # distributed-DP rows: the partner's total against the coordinator and against a single update
     recomputed_coordinator: float | None = None
     recomputed_single_update: float | None = None
+    # what does not hold among the row's own parameters (distributed-DP rows); empty when consistent
+    problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,11 +161,11 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
             history.append(own)
             distributed = c.details.get("dp_mode") == _DISTRIBUTED
             for view, key in zip(views, _VIEW_KEYS, strict=True):
-                view.append((float(c.details[key]), own[1], own[2]) if distributed else own)
-            event = float(c.details.get(EVENT_PROBABILITY, 0.0))
+                view.append((_float_or(c.details.get(key), own[0]), own[1], own[2]) if distributed else own)
+            event = _float_or(c.details.get(EVENT_PROBABILITY), 0.0)
             events += event
             if distributed:
-                view_events[0] += float(c.details.get("clip_event_probability", 0.0))
+                view_events[0] += _float_or(c.details.get("clip_event_probability"), 0.0)
             else:
                 view_events = [view_events[0] + event, view_events[1] + event]
             alone = epsilon_with_event(
@@ -192,6 +201,7 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
                 )
                 recorded = c.details.get(key)
                 ok = ok and recorded is not None and _close(float(recorded), float(both[i] or 0.0), tolerance)
+        problems = tuple(row_problems(c, tolerance)) if c.family == GAUSSIAN else ()
         out.append(
             RowCheck(
                 c.seq,
@@ -202,18 +212,86 @@ def recompute(charges: Sequence[Charge], tolerance: float = DEFAULT_TOLERANCE) -
                 total,
                 None if c.epsilon is None else float(c.epsilon),
                 alone,
-                ok,
+                ok and not problems,
                 both[0],
                 both[1],
+                problems,
             )
         )
     return out
+
+
+def row_problems(c: Charge, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+    """What does not hold among a Gaussian row's own parameters (empty when they agree).
+
+    The totals are recomputed from the charged triple and the recorded events; these checks make
+    sure the events are numbers and, for a distributed-DP row, that the triple and the events are the
+    ones its guarantees call for, so a row cannot be charged the coordinator's noise without the
+    partner's trust, or lose its clip event.
+    """
+    for key in (EVENT_PROBABILITY, "clip_event_probability"):
+        raw = c.details.get(key, 0.0)
+        value = _float_or(raw, math.nan)
+        if not 0.0 <= value < 1.0:
+            return [f"{key} {raw!r} is not a probability"]
+    return distributed_row_problems(c, tolerance)
+
+
+def distributed_row_problems(c: Charge, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+    """What does not hold among a distributed-DP row's parameters (empty for any other row)."""
+    d = c.details
+    if d.get("dp_mode") != _DISTRIBUTED:
+        return []
+    problems: list[str] = []
+    try:
+        sigma_a = float(d["noise_multiplier_coordinator"])
+        sigma_b = float(d["noise_multiplier_single_update"])
+        n_min = int(d["min_survivors"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"distributed row lacks a readable {exc}"]
+    if n_min < 1 or not sigma_a > 0:
+        return [f"distributed row has min_survivors {n_min} and coordinator noise {sigma_a:g}"]
+    if not _close(sigma_b, sigma_a / math.sqrt(n_min), tolerance):
+        problems.append(
+            f"single-update noise {sigma_b:g} is not the coordinator's {sigma_a:g} / sqrt({n_min})"
+        )
+    trust = d.get("trust_secagg")
+    charged = d.get("charged")
+    if trust is not True and trust is not False:
+        problems.append(f"trust_secagg is {trust!r}, not true or false")
+    elif charged != ("coordinator" if trust else "single_update"):
+        problems.append(f"charged {charged!r} does not match trust_secagg {trust}")
+    view = sigma_a if charged == "coordinator" else sigma_b
+    if not _close(float(c.noise_multiplier or 0.0), view, tolerance):
+        problems.append(
+            f"charged noise multiplier {float(c.noise_multiplier or 0.0):g} is not the {charged} view's {view:g}"
+        )
+    event = float(d.get(EVENT_PROBABILITY, 0.0))
+    if "clip_event_probability" in d:  # rows written before clip events were reserved have neither
+        clip_event = float(d["clip_event_probability"])
+        contributions = int(d.get("contributions_max", n_min))
+        if contributions < n_min:
+            problems.append(f"contributions_max {contributions} is below min_survivors {n_min}")
+        floor = clip_probability_total(1, max(contributions, n_min))
+        if clip_event < floor * (1 - tolerance):
+            problems.append(f"clip event {clip_event:g} is below {floor:g} for {contributions} contributions")
+        if trust is True and event < clip_event * (1 - tolerance):
+            problems.append(f"charged event {event:g} is below the round's clip event {clip_event:g}")
+    return problems
 
 
 # How a distributed-DP row names its mode, its two noise multipliers and its two totals (its details).
 _DISTRIBUTED = "distributed"
 _VIEW_KEYS = ("noise_multiplier_coordinator", "noise_multiplier_single_update")
 _TOTAL_KEYS = ("epsilon_total_coordinator", "epsilon_total_single_update")
+
+
+def _float_or(value: Any, fallback: float) -> float:
+    """A detail as a number; an unreadable one counts as ``fallback`` (its row is flagged by the parameter check)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return fallback
 
 
 def _close(recorded: float, recomputed: float, tolerance: float) -> bool:

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fedcustomer.cli import secagg_trust
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.config import DEFAULT_DATA, DEFAULT_DELTA, DEFAULT_PARTNERS, DEFAULT_SEED
@@ -29,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("query", help="Run a declarative DP query (spec file) across partners.")(query_cmd)
     app.command("rfm", help="DP RFM segment sizes and mean spend per segment across partners.")(rfm_cmd)
     app.add_typer(budget_app, name="budget")
+    secagg_trust.register(budget_app)
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -206,10 +208,10 @@ def budget_show(
             table.add_row(
                 c["time"][:19],
                 escape(str(who)),
-                escape(c["mechanism"]),
+                escape(_mechanism_cell(c)),
                 f"{c['epsilon']:.4g}",
                 f"{c['epsilon_total']:.4g}",
-                "" if c["delta"] is None else f"{c['delta']:.1e}",
+                "composed" if c["delta"] is None else f"{c['delta']:.1e}",
             )
         console.print(table)
         for r in ds["refusals"]:
@@ -217,6 +219,22 @@ def budget_show(
                 f"  refused {escape(r['charge_key'])} ({r['mechanism']}) at {r['time'][:19]}: "
                 f"{escape(r['reason'])}"
             )
+
+
+def _mechanism_cell(charge: dict[str, Any]) -> str:
+    """The mechanism, with what a compliance officer needs beside it: a distributed round's charged view, an event."""
+    details = charge.get("details") or {}
+    parts = [str(charge["mechanism"])]
+    if details.get("dp_mode") == "distributed":
+        parts.append(
+            "charged: coordinator (SecAgg+ trusted)"
+            if details.get("charged") == "coordinator"
+            else "charged: single update"
+        )
+    event = details.get("event_probability")
+    if event:
+        parts.append(f"event p {float(event):.1e} in delta")
+    return "\n".join(parts)
 
 
 @budget_app.command(
@@ -307,7 +325,9 @@ def budget_set(
 BUDGET_CAPTION = (
     "eps alone: what that release would cost if it were the only one; eps total: the partner's spend "
     "after it, every release about its customers composed (all datasets; Gaussian ones with the accountant "
-    "the row names, RDP or PLD, so a round adds less to the total than its eps alone)"
+    "the row names, RDP or PLD, so a round adds less to the total than its eps alone); delta: a Laplace or "
+    "randomised-response release's own, 'composed' for Gaussian ones (held at the budget's delta); --json for "
+    "every row's details"
 )
 
 
@@ -355,7 +375,7 @@ def budget_verify(
                 r.accountant,
                 f"{r.recorded_total:.6g}",
                 f"{r.recomputed_total:.6g}",
-                "ok" if r.ok else "[red]MISMATCH[/]",
+                "ok" if r.ok else "[red]MISMATCH[/]" + "".join(f"\n{escape(p)}" for p in r.problems),
             )
         console.print(table)
         console.print(
@@ -363,9 +383,15 @@ def budget_verify(
             f"with {config.accountant.upper()} over the whole history"
         )
     if bad:
+        first = bad[0]
+        why = (
+            first.problems[0]
+            if first.problems
+            else f"recorded {first.recorded_total:.6g}, recomputed {first.recomputed_total:.6g}"
+        )
         raise IntegrityError(
-            f"{len(bad)} ledger row(s) of partner {config.name!r} do not recompute (first: seq {bad[0].seq}, "
-            f"{bad[0].charge_key!r}: recorded {bad[0].recorded_total:.6g}, recomputed {bad[0].recomputed_total:.6g})"
+            f"{len(bad)} ledger row(s) of partner {config.name!r} do not recompute (first: seq {first.seq}, "
+            f"{first.charge_key!r}: {why})"
         )
 
 

@@ -26,6 +26,7 @@ from fedcustomer.jobs.config import (
     DEFAULT_EPSILON,
     DEFAULT_LOCAL_EPOCHS,
     DEFAULT_LR,
+    DEFAULT_MAX_GRAD_NORM,
     DEFAULT_MIN_PARTNERS,
     DEFAULT_PARTNERS,
     DEFAULT_ROUNDS,
@@ -234,6 +235,13 @@ def coordinator_run(
         help=f"Learning rate; default {DEFAULT_LR} (horizontal), 0.05 (vertical).",
         show_default=False,
     ),
+    max_grad_norm: float | None = typer.Option(
+        None,
+        "--max-grad-norm",
+        help=f"DP-SGD per-example clip norm C; default {DEFAULT_MAX_GRAD_NORM} (horizontal; distributed DP: "
+        "the clip of the union's step), 1.0 (vertical bottom models).",
+        show_default=False,
+    ),
     steps_per_round: int | None = typer.Option(
         None, "--steps-per-round", help="vertical: steps per round (default one expected pass)."
     ),
@@ -336,6 +344,7 @@ def coordinator_run(
             "steps_per_round": steps_per_round,
             "batch_size": batch_size,
             "lr": lr,
+            "max_grad_norm": max_grad_norm,
             "epsilon": epsilon,
             "delta": delta,
             "round_timeout": round_timeout,
@@ -366,6 +375,7 @@ def coordinator_run(
     rounds = DEFAULT_ROUNDS if rounds is None else rounds
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     lr = DEFAULT_LR if lr is None else lr
+    max_grad_norm = DEFAULT_MAX_GRAD_NORM if max_grad_norm is None else max_grad_norm
     cdir = CoordinatorDir(_workdir(workdir))
     if resume:
         if not cdir.job_path.exists():
@@ -381,6 +391,7 @@ def coordinator_run(
             local_epochs=local_epochs,
             batch_size=batch_size,
             lr=lr,
+            max_grad_norm=max_grad_norm,
             epsilon=epsilon,
             delta=delta,
             strategy=strategy,

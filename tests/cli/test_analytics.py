@@ -214,3 +214,57 @@ def test_budget_set_selects_pld_and_budget_verify_recomputes_the_ledger(
         )
     code, out, err = run(["budget", "verify", "--home", str(home.root)], capsys)
     assert code == 7 and "do not recompute" in err and "MISMATCH" in out
+
+
+def test_budget_verify_names_a_distributed_row_charged_with_noise_its_trust_does_not_allow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.dp import distributed as dd
+    from tests.people import people_home
+
+    from .identities import as_, use_passphrase
+
+    use_passphrase(monkeypatch)
+    store, people = people_home(tmp_path, "bank")
+    store.close()
+    home = PartnerHome(tmp_path / "bank")
+    budget = ["budget", "set", "--home", str(home.root), *as_(people["alice"]), "--epsilon", "50"]
+    assert run([*budget, "--delta", "1e-5"], capsys)[0] == 0
+    untrusted = dd.DistributedStep(1.3, 0.05, 0.7, 4, shares=4)
+    ledger = home.ledger("loans")
+    for r, steps in enumerate((untrusted.charged_steps(), untrusted.coordinator_steps())):
+        eps_a, eps_b = dd.both_epsilons(ledger.all_charges(), 1e-5, extra=untrusted)
+        ledger.charge_gaussian(
+            f"run:d:round:{r + 1}",
+            steps,  # round 2 is charged the coordinator's noise although the partner did not trust SecAgg+
+            mechanism=dd.MECHANISM,
+            details=untrusted.details()
+            | {"epsilon_total_coordinator": eps_a, "epsilon_total_single_update": eps_b},
+        )
+    code, out, err = run(["budget", "verify", "--home", str(home.root), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 7 and report["mismatches"] == 1
+    assert [r["problems"] for r in report["rows"]] == [
+        [],
+        ["charged noise multiplier 1.3 is not the single_update view's 0.65"],
+    ]
+    assert "seq 2, 'run:d:round:2': charged noise multiplier 1.3 is not the single_update view's 0.65" in err
+    code, out, _ = run(["budget", "verify", "--home", str(home.root)], capsys)
+    assert code == 7 and "MISMATCH" in out and "single_update view" in out
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(["budget", "show", "--home", str(home.root)], capsys)
+    assert code == 0 and out.count("charged: single update") == 2 and "composed" in out
+
+
+def test_budget_show_names_a_distributed_rounds_charged_view_and_its_event() -> None:
+    from fedcustomer.cli.analytics import _mechanism_cell
+    from fedcustomer.privacy.dp import distributed as dd
+
+    trusted = dd.DistributedStep(1.3, 0.05, 0.7, 3, trust_secagg=True, shares=3)
+    row = {"mechanism": dd.MECHANISM, "details": trusted.details() | {"event_probability": 6e-15}}
+    assert (
+        _mechanism_cell(row)
+        == "dpsgd-distributed\ncharged: coordinator (SecAgg+ trusted)\nevent p 6.0e-15 in delta"
+    )
+    assert _mechanism_cell({"mechanism": "laplace", "details": {}}) == "laplace"

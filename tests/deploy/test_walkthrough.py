@@ -166,6 +166,22 @@ def test_coordinator_run_with_every_partner_succeeds(fake_coordinator, tmp_path)
     )
 
 
+def test_coordinator_run_sets_the_clip_norm_of_the_job(fake_coordinator, tmp_path, capsys):
+    """C travels in the job's run config (the distributed-DP plan's clip); nonsense is refused up front."""
+    import json
+
+    fake_coordinator["summary"] = _summary("completed", [_partner(f"bank{i}", 2) for i in range(2)])
+    argv = ["coordinator", "run", "--workdir", str(tmp_path / "c"), "--partners", "2"]
+    assert _exit_code([*argv, "--out", str(tmp_path / "run"), "--max-grad-norm", "0.25"]) == 0
+    job = json.loads(co.CoordinatorDir(tmp_path / "c").job_path.read_text())
+    assert job["max-grad-norm"] == 0.25
+    assert _exit_code([*argv, "--out", str(tmp_path / "run2")]) == 0
+    assert json.loads(co.CoordinatorDir(tmp_path / "c").job_path.read_text())["max-grad-norm"] == 0.5
+    capsys.readouterr()
+    assert _exit_code([*argv, "--out", str(tmp_path / "run3"), "--max-grad-norm", "0"]) == 3
+    assert "--max-grad-norm must be > 0" in capsys.readouterr().err
+
+
 def test_certificates_and_coordinator_state_default_outside_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)

@@ -35,6 +35,7 @@ SIGNED_ACTIONS = frozenset(
         "key_retire",
         "erase",
         "budget_set",
+        "secagg_trust_set",  # budget secagg-trust: which guarantee distributed-DP rounds are charged
         "vertical_declare",  # node setup --mode vertical: what a party trains vertical jobs on
         "vertical_remove",
         "peer_pin",  # node pin-peer: whose PSI signatures the node accepts

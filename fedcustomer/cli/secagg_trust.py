@@ -1,0 +1,75 @@
+"""`fedcustomer budget secagg-trust`: a partner accepts (or withdraws) the SecAgg+ trust assumption.
+
+Accepting it lets the ledger charge a distributed-DP round with the guarantee against the
+coordinator (the full noise of the secure sum) instead of the weaker one against anyone who could
+see this partner's own update (docs/PRIVACY.md). That changes what the partner's budget pays for, so
+it is a governance action like ``budget set``: signed with the acting person's identity key, their
+registered role must be allowed ``policy_edit`` (a partner admin), and the audit log records who
+decided what and when before ``partner.toml`` changes. A refusal changes nothing.
+
+Kept apart from :mod:`fedcustomer.cli.analytics`; it adds one command to the same ``budget`` group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from fedcustomer.cli.identity import IdentityOpt, load_signer
+from fedcustomer.cli.terminal import terminal
+from fedcustomer.errors import ConfigError
+
+console = terminal()
+AUDIT_ACTION = "secagg_trust_set"
+
+
+def register(budget_app: typer.Typer) -> None:
+    budget_app.command(
+        "secagg-trust",
+        help="Accept (--trust) or withdraw (--no-trust) the SecAgg+ trust assumption: distributed-DP rounds "
+        "are then charged against the coordinator (full noise) or against a single update (its share). Signed "
+        "with your identity key and audit-logged; needs a role allowed policy_edit (partner_admin).",
+    )(secagg_trust)
+
+
+def secagg_trust(
+    home: Path = typer.Option(..., "--home", help="The partner's home (made with `fedcustomer init`)."),
+    trust: bool = typer.Option(
+        ...,
+        "--trust/--no-trust",
+        help="accept the assumption that SecAgg+ holds with its threshold and the coordinator colludes with "
+        "no partner (docs/PRIVACY.md), or withdraw it",
+    ),
+    reason: str = typer.Option(
+        ..., "--reason", help="why (e.g. the review or agreement it rests on); kept in the audit entry"
+    ),
+    identity: Path = IdentityOpt,
+) -> None:
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.partner.home import PartnerHome
+
+    phome = PartnerHome(home)
+    if not phome.store_path.exists():
+        raise ConfigError(
+            f"{home} is not an initialised partner home (no store, audit log or people registry): run "
+            f"`fedcustomer init --home {home} --name NAME --identity FILE --admin YOUR_NAME` first"
+        )
+    if not reason.strip():
+        raise ConfigError("--reason must say why the assumption is accepted or withdrawn")
+    config = phome.config()
+    before = config.secagg_trust
+    asked = {"trust": trust, "previous": before, "reason": reason}
+    signer = load_signer(identity)
+    with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
+        who = store.principal(signer, action=AUDIT_ACTION, audit_action=AUDIT_ACTION, extra=asked)
+        store.require(who, "policy_edit", AUDIT_ACTION, details=asked)
+        store.log(who, AUDIT_ACTION, details=asked)
+    config.secagg_trust = trust
+    phome.write_config(config)
+    view = "against the coordinator (SecAgg+ trusted)" if trust else "against a single update"
+    console.print(
+        f"partner [bold]{escape(config.name)}[/]: distributed-DP rounds are charged {view} from its next round"
+        + ("" if before != trust else " (unchanged)")
+    )

@@ -1,0 +1,78 @@
+"""`budget secagg-trust`: accepting the SecAgg+ trust assumption is a signed, audited governance action."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.audit.signatures import check_entry_signatures
+from fedcustomer.privacy.audit.writer import AuditLog
+from tests.people import people_home
+
+from .cli_runner import run
+from .identities import as_, use_passphrase
+
+
+@pytest.fixture
+def bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    use_passphrase(monkeypatch)
+    store, people = people_home(tmp_path, "bank")
+    store.close()
+    return PartnerHome(tmp_path / "bank"), people
+
+
+def _argv(home: PartnerHome, person, *flags: str) -> list[str]:
+    return ["budget", "secagg-trust", "--home", str(home.root), *as_(person), *flags]
+
+
+def _entries(home: PartnerHome) -> list:
+    return [e for e in AuditLog(home.audit_dir) if e.action == "secagg_trust_set"]
+
+
+def test_a_partner_admin_accepts_and_withdraws_the_assumption_on_the_record(bank, capsys) -> None:
+    home, people = bank
+    code, out, err = run(_argv(home, people["alice"], "--trust", "--reason", "DPA 2026-14 review"), capsys)
+    assert code == 0, err
+    assert "charged against the coordinator" in out
+    assert home.config().secagg_trust and "[secagg]\ntrust = true" in home.config_path.read_text()
+    code, out, err = run(
+        _argv(home, people["alice"], "--no-trust", "--reason", "coordinator changed"), capsys
+    )
+    assert code == 0 and "against a single update" in out, err
+    assert not home.config().secagg_trust and "[secagg]" not in home.config_path.read_text()
+    accepted, withdrawn = _entries(home)
+    assert (accepted.actor, accepted.decision) == ("alice", "allowed")
+    decided = [{k: e.details[k] for k in ("trust", "previous", "reason")} for e in (accepted, withdrawn)]
+    assert decided == [
+        {"trust": True, "previous": False, "reason": "DPA 2026-14 review"},
+        {"trust": False, "previous": True, "reason": "coordinator changed"},
+    ]
+    assert accepted.details["auth"]["request"]["action"] == "secagg_trust_set"
+    from fedcustomer.data.store import PartnerStore
+
+    with PartnerStore.open(home) as store:  # both decisions are signed requests of a registered person
+        report = check_entry_signatures(iter(AuditLog(home.audit_dir)), store.people)
+    assert report.ok, report.problems
+
+
+def test_someone_without_policy_edit_is_refused_and_nothing_changes(bank, capsys) -> None:
+    home, people = bank
+    before = home.config_path.read_text()
+    code, _, err = run(_argv(home, people["dana"], "--trust", "--reason", "faster models"), capsys)
+    assert code == 5 and "policy_edit" in err
+    assert home.config_path.read_text() == before
+    (denied,) = _entries(home)
+    assert (denied.actor, denied.decision) == ("dana", "denied")
+
+
+def test_a_decision_needs_a_reason_and_an_initialised_home(bank, tmp_path: Path, capsys) -> None:
+    home, people = bank
+    before = home.config_path.read_text()
+    code, _, err = run(_argv(home, people["alice"], "--trust", "--reason", "  "), capsys)
+    assert code == 3 and "--reason" in err and home.config_path.read_text() == before
+    assert _entries(home) == []
+    bare = PartnerHome.create(tmp_path / "bare", "bare")
+    code, _, err = run(_argv(bare, people["alice"], "--trust", "--reason", "x"), capsys)
+    assert code == 3 and "fedcustomer init" in err and not bare.config().secagg_trust

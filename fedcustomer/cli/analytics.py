@@ -259,17 +259,11 @@ def budget_set(
         help="your identity key file; your registered role must be allowed 'policy_edit' (partner_admin)",
     ),
 ) -> None:
-    from fedcustomer.cli.identity import load_signer
+    from fedcustomer.cli.identity import governed_home, load_signer
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.partner.home import PartnerHome
     from fedcustomer.privacy.dp.budget import DatasetBudget
 
-    phome = PartnerHome(home)
-    if not phome.store_path.exists():
-        raise ConfigError(
-            f"{home} is not an initialised partner home (no store, audit log or people registry): run "
-            f"`fedcustomer init --home {home} --name NAME --identity FILE --admin YOUR_NAME` first"
-        )
+    phome = governed_home(home)
     config = phome.config()
     new = DatasetBudget(epsilon, delta)
     old, old_accountant = config.budget, config.accountant

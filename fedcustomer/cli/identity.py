@@ -19,6 +19,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,6 +31,9 @@ from fedcustomer.privacy.access.person_keys import (
     key_id_of,
     load_identity_file,
 )
+
+if TYPE_CHECKING:
+    from fedcustomer.partner.home import PartnerHome
 
 IDENTITY_ENV = "FEDCUSTOMER_IDENTITY"
 TOKEN_PREFIX = "pkcs11:"
@@ -105,3 +109,16 @@ def token_identity(spec: str, *, create: bool) -> TokenIdentity:
     config = KeyringConfig(backend="pkcs11", module=module, token_label=token_label)
     session = TokenSession.open(config)
     return TokenIdentity(TokenSigner.open(session, key_label, create=create))
+
+
+def governed_home(home: Path) -> PartnerHome:
+    """The partner home a governance command acts on; one never made with ``fedcustomer init`` is refused."""
+    from fedcustomer.partner.home import PartnerHome
+
+    phome = PartnerHome(home)
+    if not phome.store_path.exists():
+        raise ConfigError(
+            f"{home} is not an initialised partner home (no store, audit log or people registry): run "
+            f"`fedcustomer init --home {home} --name NAME --identity FILE --admin YOUR_NAME` first"
+        )
+    return phome

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fedcustomer.cli.identity import IdentityOpt, load_signer
+from fedcustomer.cli.identity import IdentityOpt, governed_home, load_signer
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.errors import ConfigError
 
@@ -48,14 +48,8 @@ def secagg_trust(
     identity: Path = IdentityOpt,
 ) -> None:
     from fedcustomer.data.store import PartnerStore
-    from fedcustomer.partner.home import PartnerHome
 
-    phome = PartnerHome(home)
-    if not phome.store_path.exists():
-        raise ConfigError(
-            f"{home} is not an initialised partner home (no store, audit log or people registry): run "
-            f"`fedcustomer init --home {home} --name NAME --identity FILE --admin YOUR_NAME` first"
-        )
+    phome = governed_home(home)
     if not reason.strip():
         raise ConfigError("--reason must say why the assumption is accepted or withdrawn")
     config = phome.config()

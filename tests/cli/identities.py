@@ -41,3 +41,15 @@ def register(home: Path, people: dict[str, Person], admin: str = "alice") -> Non
                 PeopleAdmin(store).add(
                     people[admin].signer, person.signer.public_key, person.name, person.role
                 )
+
+
+def governed_home(
+    root: Path, monkeypatch: pytest.MonkeyPatch, name: str = "bank"
+) -> tuple[PartnerHome, dict[str, Person]]:
+    """A closed partner home with the :data:`tests.people.CAST` registered (``alice`` its admin); keys open."""
+    from tests.people import people_home
+
+    use_passphrase(monkeypatch)
+    store, people = people_home(root, name)
+    store.close()
+    return PartnerHome(root / name), people

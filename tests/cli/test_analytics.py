@@ -120,12 +120,9 @@ def test_budget_set_is_audited_refuses_a_silent_change_and_needs_a_partner_admin
     from fedcustomer.privacy.audit.writer import AuditLog
     from tests.people import people_home
 
-    from .identities import as_, use_passphrase
+    from .identities import as_, governed_home
 
-    use_passphrase(monkeypatch)
-    store, people = people_home(tmp_path, "bank")
-    store.close()
-    home = PartnerHome(tmp_path / "bank")
+    home, people = governed_home(tmp_path, monkeypatch)
     base = ["budget", "set", "--home", str(home.root)]
     # dana is registered as a data scientist: her role comes from the registry, never the command line
     code, _, err = run([*base, *as_(people["dana"]), "--epsilon", "2", "--delta", "1e-5"], capsys)
@@ -170,12 +167,9 @@ def test_budget_set_selects_pld_and_budget_verify_recomputes_the_ledger(
     from fedcustomer.privacy.dp.accounting import GaussianSteps
     from tests.people import people_home
 
-    from .identities import as_, use_passphrase
+    from .identities import as_, governed_home
 
-    use_passphrase(monkeypatch)
-    store, people = people_home(tmp_path, "bank")
-    store.close()
-    home = PartnerHome(tmp_path / "bank")
+    home, people = governed_home(tmp_path, monkeypatch)
     admin = [
         "budget",
         "set",
@@ -223,12 +217,9 @@ def test_budget_verify_names_a_distributed_row_charged_with_noise_its_trust_does
     from fedcustomer.privacy.dp import distributed as dd
     from tests.people import people_home
 
-    from .identities import as_, use_passphrase
+    from .identities import as_, governed_home
 
-    use_passphrase(monkeypatch)
-    store, people = people_home(tmp_path, "bank")
-    store.close()
-    home = PartnerHome(tmp_path / "bank")
+    home, people = governed_home(tmp_path, monkeypatch)
     budget = ["budget", "set", "--home", str(home.root), *as_(people["alice"]), "--epsilon", "50"]
     assert run([*budget, "--delta", "1e-5"], capsys)[0] == 0
     untrusted = dd.DistributedStep(1.3, 0.05, 0.7, 4, shares=4)

@@ -9,18 +9,14 @@ import pytest
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.signatures import check_entry_signatures
 from fedcustomer.privacy.audit.writer import AuditLog
-from tests.people import people_home
 
 from .cli_runner import run
-from .identities import as_, use_passphrase
+from .identities import as_, governed_home
 
 
 @pytest.fixture
 def bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    use_passphrase(monkeypatch)
-    store, people = people_home(tmp_path, "bank")
-    store.close()
-    return PartnerHome(tmp_path / "bank"), people
+    return governed_home(tmp_path, monkeypatch)
 
 
 def _argv(home: PartnerHome, person, *flags: str) -> list[str]:

@@ -195,6 +195,11 @@ def budget_show(
         f"(delta {t['delta']:.1e} of {t['delta_target']:.0e}), over every release about its customers, "
         f"composed with {report['accountant']['accountant'].upper()}"
     )
+    console.print(
+        "distributed-DP rounds are charged against the coordinator (SecAgg+ trust accepted)"
+        if report["secagg_trust"]
+        else "distributed-DP rounds are charged against a single update (SecAgg+ trust not accepted)"
+    )
     for ds in report["datasets"]:
         table = Table(title=f"releases about dataset {escape(ds['dataset'])}", caption=BUDGET_CAPTION)
         table.add_column("time (UTC)", no_wrap=True)
@@ -409,6 +414,7 @@ def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         "partner": config.name,
         "home": str(home.root),
         "accountant": config.accountant_spec().describe(),
+        "secagg_trust": config.secagg_trust,
         "totals": {
             "epsilon": spent.epsilon,
             "delta": spent.delta,

@@ -25,45 +25,63 @@ console = terminal()
 AUDIT_ACTION = "secagg_trust_set"
 
 
+DECISIONS = {"accept": True, "withdraw": False}
+MAX_REASON = 500  # characters: a reference to the review or agreement, not the document itself
+
+
 def register(budget_app: typer.Typer) -> None:
     budget_app.command(
         "secagg-trust",
-        help="Accept (--trust) or withdraw (--no-trust) the SecAgg+ trust assumption: distributed-DP rounds "
-        "are then charged against the coordinator (full noise) or against a single update (its share). Signed "
-        "with your identity key and audit-logged; needs a role allowed policy_edit (partner_admin).",
+        help="Accept or withdraw the SecAgg+ trust assumption: distributed-DP rounds are then charged against "
+        "the coordinator (full noise) or against a single update (its share). Signed with your identity key "
+        "and audit-logged; needs a role allowed policy_edit (partner_admin).",
     )(secagg_trust)
 
 
 def secagg_trust(
-    home: Path = typer.Option(..., "--home", help="The partner's home (made with `fedcustomer init`)."),
-    trust: bool = typer.Option(
+    decision: str = typer.Argument(
         ...,
-        "--trust/--no-trust",
-        help="accept the assumption that SecAgg+ holds with its threshold and the coordinator colludes with "
-        "no partner (docs/PRIVACY.md), or withdraw it",
+        metavar="accept|withdraw",
+        help="accept: SecAgg+ holds with its threshold and the coordinator colludes with no partner "
+        "(docs/PRIVACY.md); withdraw: charge the guarantee against a single update again",
+        show_default=False,
     ),
+    home: Path = typer.Option(..., "--home", help="The partner's home (made with `fedcustomer init`)."),
     reason: str = typer.Option(
-        ..., "--reason", help="why (e.g. the review or agreement it rests on); kept in the audit entry"
+        ...,
+        "--reason",
+        help=f"why (e.g. the review or agreement it rests on), at most {MAX_REASON} characters",
     ),
     identity: Path = IdentityOpt,
 ) -> None:
     from fedcustomer.data.store import PartnerStore
 
+    if decision not in DECISIONS:
+        raise ConfigError(f"the decision must be accept or withdraw, got {decision!r}")
+    trust = DECISIONS[decision]
     phome = governed_home(home)
-    if not reason.strip():
+    reason = reason.strip()
+    if not reason:
         raise ConfigError("--reason must say why the assumption is accepted or withdrawn")
+    if len(reason) > MAX_REASON:
+        raise ConfigError(
+            f"--reason is {len(reason)} characters; keep it under {MAX_REASON} (cite the review, do not paste it)"
+        )
     config = phome.config()
     before = config.secagg_trust
-    asked = {"trust": trust, "previous": before, "reason": reason}
+    asked = {"trust": trust, "previous": before}
     signer = load_signer(identity)
     with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
-        who = store.principal(signer, action=AUDIT_ACTION, audit_action=AUDIT_ACTION, extra=asked)
+        who = store.principal(
+            signer, action=AUDIT_ACTION, audit_action=AUDIT_ACTION, extra=asked | {"reason": reason}
+        )
         store.require(who, "policy_edit", AUDIT_ACTION, details=asked)
-        store.log(who, AUDIT_ACTION, details=asked)
-    config.secagg_trust = trust
-    phome.write_config(config)
+        store.log(who, AUDIT_ACTION, details=asked, reason=f"{decision}: {reason}")
+    if before != trust:
+        config.secagg_trust = trust
+        phome.write_config(config)
     view = "against the coordinator (SecAgg+ trusted)" if trust else "against a single update"
     console.print(
         f"partner [bold]{escape(config.name)}[/]: distributed-DP rounds are charged {view} from its next round"
-        + ("" if before != trust else " (unchanged)")
+        + ("" if before != trust else " (unchanged; the decision is recorded again)")
     )

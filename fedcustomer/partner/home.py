@@ -209,6 +209,7 @@ class PartnerHome:
         raw = _parsed_toml(self.config_path, self.root)
         if "name" not in raw:
             raise ConfigError(f"{self.config_path}: missing 'name'")
+        _refuse_unknown_keys(raw, self.config_path)
         try:
             budget = _budget(raw["budget"]) if "budget" in raw else None
             legacy = {str(ds): _budget(b) for ds, b in raw.get("budgets", {}).items()}
@@ -361,6 +362,33 @@ def _budget(raw: object) -> DatasetBudget:
     if not isinstance(raw, dict):
         raise TypeError("expected a table")
     return DatasetBudget(float(raw["epsilon"]), float(raw["delta"]))
+
+
+# What partner.toml may hold (``[keyring]`` checks its own fields). Anything else is refused rather
+# than ignored: a mistyped key (``[secgg]``, ``epsilom``) would otherwise change nothing, silently,
+# and be dropped the next time a governance command writes the file back.
+_TOP_LEVEL = {"name", "policy_file", "budget", "budgets", "keyring", "audit", "secagg", "training"}
+_SECTION_KEYS = {
+    "budget": {"epsilon", "delta", "accountant", "pld_discretization"},
+    "audit": {"anchor_file", "anchor_syslog"},
+    "secagg": {"trust"},
+    "training": {"allow_non_private"},
+}
+
+
+def _refuse_unknown_keys(raw: dict[str, Any], where: Path) -> None:
+    unknown = sorted(set(raw) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) or section(s) {', '.join(unknown)}; partner.toml holds "
+            f"{', '.join(sorted(_TOP_LEVEL))}"
+        )
+    for section, known in _SECTION_KEYS.items():
+        table = raw.get(section)
+        if isinstance(table, dict) and (extra := sorted(set(table) - known)):
+            raise ConfigError(
+                f"{where}: [{section}] has unknown field(s) {', '.join(extra)}; it holds {', '.join(sorted(known))}"
+            )
 
 
 def _accountant(raw: object, where: Path) -> tuple[str, float | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ def bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return governed_home(tmp_path, monkeypatch)
 
 
-def _argv(home: PartnerHome, person, *flags: str) -> list[str]:
-    return ["budget", "secagg-trust", "--home", str(home.root), *as_(person), *flags]
+def _argv(home: PartnerHome, person, decision: str, reason: str) -> list[str]:
+    return ["budget", "secagg-trust", decision, "--home", str(home.root), *as_(person), "--reason", reason]
 
 
 def _entries(home: PartnerHome) -> list:
@@ -29,22 +30,27 @@ def _entries(home: PartnerHome) -> list:
 
 def test_a_partner_admin_accepts_and_withdraws_the_assumption_on_the_record(bank, capsys) -> None:
     home, people = bank
-    code, out, err = run(_argv(home, people["alice"], "--trust", "--reason", "DPA 2026-14 review"), capsys)
+    budget = ["budget", "set", "--home", str(home.root), *as_(people["alice"]), "--epsilon", "3"]
+    assert run([*budget, "--delta", "1e-5"], capsys)[0] == 0
+    code, out, err = run(_argv(home, people["alice"], "accept", "DPA 2026-14 review"), capsys)
     assert code == 0, err
     assert "charged against the coordinator" in out
     assert home.config().secagg_trust and "[secagg]\ntrust = true" in home.config_path.read_text()
-    code, out, err = run(
-        _argv(home, people["alice"], "--no-trust", "--reason", "coordinator changed"), capsys
-    )
+    code, out, err = run(["budget", "show", "--home", str(home.root)], capsys)
+    assert code == 0 and "SecAgg+ trust accepted" in out, err
+    code, out, err = run(_argv(home, people["alice"], "withdraw", "coordinator changed"), capsys)
     assert code == 0 and "against a single update" in out, err
     assert not home.config().secagg_trust and "[secagg]" not in home.config_path.read_text()
+    code, out, _ = run(["budget", "show", "--home", str(home.root), "--json"], capsys)
+    assert code == 0 and json.loads(out)["secagg_trust"] is False
     accepted, withdrawn = _entries(home)
     assert (accepted.actor, accepted.decision) == ("alice", "allowed")
-    decided = [{k: e.details[k] for k in ("trust", "previous", "reason")} for e in (accepted, withdrawn)]
+    decided = [({k: e.details[k] for k in ("trust", "previous")}, e.reason) for e in (accepted, withdrawn)]
     assert decided == [
-        {"trust": True, "previous": False, "reason": "DPA 2026-14 review"},
-        {"trust": False, "previous": True, "reason": "coordinator changed"},
+        ({"trust": True, "previous": False}, "accept: DPA 2026-14 review"),
+        ({"trust": False, "previous": True}, "withdraw: coordinator changed"),
     ]
+    assert accepted.details["auth"]["request"]["extra"]["reason"] == "DPA 2026-14 review"  # signed
     assert accepted.details["auth"]["request"]["action"] == "secagg_trust_set"
     from fedcustomer.data.store import PartnerStore
 
@@ -56,7 +62,7 @@ def test_a_partner_admin_accepts_and_withdraws_the_assumption_on_the_record(bank
 def test_someone_without_policy_edit_is_refused_and_nothing_changes(bank, capsys) -> None:
     home, people = bank
     before = home.config_path.read_text()
-    code, _, err = run(_argv(home, people["dana"], "--trust", "--reason", "faster models"), capsys)
+    code, _, err = run(_argv(home, people["dana"], "accept", "faster models"), capsys)
     assert code == 5 and "policy_edit" in err
     assert home.config_path.read_text() == before
     (denied,) = _entries(home)
@@ -66,9 +72,29 @@ def test_someone_without_policy_edit_is_refused_and_nothing_changes(bank, capsys
 def test_a_decision_needs_a_reason_and_an_initialised_home(bank, tmp_path: Path, capsys) -> None:
     home, people = bank
     before = home.config_path.read_text()
-    code, _, err = run(_argv(home, people["alice"], "--trust", "--reason", "  "), capsys)
+    code, _, err = run(_argv(home, people["alice"], "accept", "  "), capsys)
     assert code == 3 and "--reason" in err and home.config_path.read_text() == before
     assert _entries(home) == []
     bare = PartnerHome.create(tmp_path / "bare", "bare")
-    code, _, err = run(_argv(bare, people["alice"], "--trust", "--reason", "x"), capsys)
+    code, _, err = run(_argv(bare, people["alice"], "accept", "x"), capsys)
     assert code == 3 and "fedcustomer init" in err and not bare.config().secagg_trust
+
+
+def test_an_unclear_or_oversized_decision_changes_nothing(bank, capsys) -> None:
+    home, people = bank
+    before = home.config_path.read_text()
+    code, _, err = run(_argv(home, people["alice"], "maybe", "x"), capsys)
+    assert code == 3 and "accept or withdraw" in err
+    code, _, err = run(_argv(home, people["alice"], "accept", "x" * 501), capsys)
+    assert code == 3 and "--reason is 501 characters" in err
+    assert home.config_path.read_text() == before and _entries(home) == []
+
+
+def test_the_same_decision_again_is_recorded_and_leaves_the_file_alone(bank, capsys) -> None:
+    home, people = bank
+    assert run(_argv(home, people["alice"], "accept", "review 1"), capsys)[0] == 0
+    written = home.config_path.stat().st_mtime_ns, home.config_path.read_text()
+    code, out, _ = run(_argv(home, people["alice"], "accept", "review 2"), capsys)
+    assert code == 0 and "unchanged" in out
+    assert (home.config_path.stat().st_mtime_ns, home.config_path.read_text()) == written
+    assert [e.reason for e in _entries(home)] == ["accept: review 1", "accept: review 2"]

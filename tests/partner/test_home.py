@@ -54,3 +54,27 @@ def test_two_homes_with_one_text_keep_their_own_names(tmp_path):
     a = PartnerHome.create(tmp_path / "a", "bank_a", DatasetBudget(3.0, 1e-5))
     b = PartnerHome.create(tmp_path / "b", "bank_b", DatasetBudget(3.0, 1e-5))
     assert (a.config().name, b.config().name) == ("bank_a", "bank_b")
+
+
+@pytest.mark.parametrize(
+    ("added", "named"),
+    [
+        ("\n[secgg]\ntrust = true\n", "unknown key(s) or section(s) secgg"),
+        ("\n[secagg]\ntrusted = true\n", "[secagg] has unknown field(s) trusted"),
+        ("\n[training]\nallow_nonprivate = true\n", "[training] has unknown field(s) allow_nonprivate"),
+        ("\n[audit]\nanchor = 'x'\n", "[audit] has unknown field(s) anchor"),
+        ("\n[custom]\nnote = 'x'\n", "unknown key(s) or section(s) custom"),
+    ],
+)
+def test_a_mistyped_key_is_refused_not_ignored_and_later_dropped(tmp_path, added: str, named: str) -> None:
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    home.config_path.write_text(home.config_path.read_text() + added, encoding="utf-8")
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        home.config()
+
+
+def test_a_mistyped_top_level_key_is_refused(tmp_path) -> None:
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    home.config_path.write_text("policy_note = 'x'\n" + home.config_path.read_text(), encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown key.* policy_note"):
+        home.config()

@@ -534,7 +534,8 @@ class AccessPolicy:
         if not self.may(actor, action):
             raise AccessDenied(
                 f"actor '{actor.name}' with role '{actor.role}' may not '{action}' under policy {self.source}; "
-                f"ask the partner admin for a role that has 'p2, <role>, {action}'"
+                f"ask the partner admin for a role allowed '{action}' (the policy file grants it with a line "
+                f"'p2, ROLE, {action}')"
             )
 
 

@@ -241,11 +241,11 @@ def test_budget_verify_names_a_distributed_row_charged_with_noise_its_trust_does
         ["charged noise multiplier 1.3 is not the single_update view's 0.65"],
     ]
     assert "seq 2, 'run:d:round:2': charged noise multiplier 1.3 is not the single_update view's 0.65" in err
-    code, out, _ = run(["budget", "verify", "--home", str(home.root)], capsys)
-    assert code == 7 and "MISMATCH" in out and "single_update view" in out
-    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run(["budget", "verify", "--home", str(home.root)], capsys)
+    assert code == 7 and "MISMATCH" in out and "not the single_update view's 0.65" in err
+    # (the table folds the problem's text to the terminal's width; --json above has it whole)
     code, out, _ = run(["budget", "show", "--home", str(home.root)], capsys)
-    assert code == 0 and out.count("charged: single update") == 2 and "composed" in out
+    assert code == 0 and "SecAgg+ trust not accepted" in out  # each row's cell: test_budget_show_names_...
 
 
 def test_budget_show_names_a_distributed_rounds_charged_view_and_its_event() -> None:

@@ -236,10 +236,12 @@ class PartnerNode:
         model.load_state_dict(global_state)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         coordinates = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if dd.required_clip_range(plan, len(Xt), coordinates) > ins.secagg_clip_range:
+        needed = dd.required_clip_range(plan, len(Xt), coordinates)
+        if needed > ins.secagg_clip_range:
             raise ConfigError(
                 f"the secure sum's clip range {ins.secagg_clip_range:g} is too small for partner {self.name!r}'s "
-                f"batches at sample rate {plan.sample_rate:g}; raise secagg-clip-range"
+                f"batches at sample rate {plan.sample_rate:g} and clip norm {plan.max_grad_norm:g}, or for its "
+                f"row count in hundreds (needs {needed:.4g}); raise secagg-clip-range"
             )
         # both guarantees with this partner's own accountant: the one its ledger charges with
         eps_a, eps_b = dd.both_epsilons(

@@ -323,3 +323,16 @@ def test_a_partner_refuses_to_unmask_a_sum_of_more_contributions_than_it_was_siz
             assert reply.error.code == SURVIVORS_ERROR_CODE
     assert passed == [3, 4]
     assert "sized for at most 4" in caplog.text or "needs between 3 and 4" in caplog.text
+
+
+def test_a_clip_range_too_small_for_the_row_count_is_refused_before_anything_is_charged(
+    tmp_path: Path,
+) -> None:
+    # R = 16384 C = 1.6 at C = 1e-4: the gradients would fit, the coarse count (hundreds of rows) would not
+    job = _job(tmp_path, max_grad_norm=1e-4)
+    _, homes = _setup(tmp_path, job, trusted=3)
+    grid = SecAggLocalGrid(make_secagg_client_app([str(h.root) for h in homes]), 3)
+    summary = run_secagg_job(grid, _context(job))
+    assert summary["rounds_completed"] == 0
+    for home in homes:
+        assert home.ledger(job.dataset_name).charges() == []

@@ -211,10 +211,23 @@ def noise_tail_k(coordinates: int, fail: float = TAIL_PROBABILITY) -> float:
 
 
 def required_clip_range(step: DistributedStep, rows: int, coordinates: int) -> float:
-    """The smallest ``R`` under which this partner's values are clipped with probability <= 2 * fail."""
-    return (
-        step.max_grad_norm * batch_bound(rows, step.sample_rate) + noise_tail_k(coordinates) * step.share_std
+    """The smallest ``R`` under which this partner's values are clipped with probability <= 2 * fail.
+
+    The batch is bounded for ``rows + 1``: the event's probability must hold on the neighbouring data
+    set with one more customer too, or the reserve would not cover the pair the guarantee compares.
+    The coarse row count rides in the same vector (in hundreds), so ``R`` must hold it as well.
+    """
+    gradients = (
+        step.max_grad_norm * batch_bound(rows + 1, step.sample_rate)
+        + noise_tail_k(coordinates) * step.share_std
     )
+    return max(gradients, coarse_count_bound(rows))
+
+
+def coarse_count_bound(rows: int) -> float:
+    """The largest value the coarse row count can take in the secure sum: ``rows`` rounded to the
+    nearest :data:`COUNT_UNIT`, in units of it (plus one unit for the neighbouring data set)."""
+    return float(math.floor((rows + 1) / COUNT_UNIT + 0.5) + 1)
 
 
 def quantization_levels(num_shares: int, modulus: int = MODULUS) -> int:

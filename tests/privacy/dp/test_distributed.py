@@ -119,7 +119,21 @@ def test_quantisation_never_wraps_and_the_range_covers_the_tails() -> None:
     k = dd.noise_tail_k(10_000)
     assert 10_000 * math.exp(-(k**2) / 2) <= dd.TAIL_PROBABILITY * 1.0001
     step = _step()
-    assert dd.required_clip_range(step, rows, 10_000) == pytest.approx(0.7 * bound + k * step.share_std)
+    neighbour = dd.batch_bound(rows + 1, q)  # the data set with one more customer is covered too
+    assert neighbour >= bound
+    assert dd.required_clip_range(step, rows, 10_000) == pytest.approx(0.7 * neighbour + k * step.share_std)
+
+
+def test_the_clip_range_covers_a_full_neighbouring_batch_and_the_row_count() -> None:
+    # q = 1: every row is sampled, so the neighbour's batch is rows + 1, not rows
+    full = dd.DistributedStep(1.0, 1.0, 1.0, 3)
+    k = dd.noise_tail_k(10)
+    assert dd.required_clip_range(full, 100, 10) == pytest.approx(101 + k * full.share_std)
+    # a tiny clip norm: the coarse count (50,000 rows: 500 hundreds) sets the range, or it would be clipped
+    tiny = dd.DistributedStep(1.0, 0.01, 0.01, 3)
+    assert dd.required_clip_range(tiny, 50_000, 10) >= 501
+    assert dd.coarse_count_bound(50_000) >= round(50_000 / dd.COUNT_UNIT) + 1
+    assert dd.coarse_count_bound(149) >= round(150 / dd.COUNT_UNIT)
 
 
 def test_the_step_divides_the_sum_by_the_expected_batch() -> None:

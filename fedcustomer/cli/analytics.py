@@ -269,42 +269,36 @@ def budget_set(
     from fedcustomer.privacy.dp.budget import DatasetBudget
 
     phome = governed_home(home)
-    config = phome.config()
     new = DatasetBudget(epsilon, delta)
-    old, old_accountant = config.budget, config.accountant
     if accountant is not None:
         from fedcustomer.privacy.dp.accountants import accountant_named
 
-        config.accountant = accountant_named(accountant).name  # refuses an unknown name
-    if old is not None and not config.migrated_from and not replace:
-        raise ConfigError(
-            f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
-            "pass --replace to change it"
-        )
-    spent = None
-    if phome.ledger_path.exists():
-        from fedcustomer.privacy.dp.ledger import BudgetLedger
-
-        spent = BudgetLedger(phome.ledger_path, "-", new, config.accountant_spec()).spent()
+        accountant = accountant_named(accountant).name  # refuses an unknown name
     signer = load_signer(identity)
-    with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
+    with phome.config_change() as config, PartnerStore.open(phome) as store:
+        old, old_accountant = config.budget, config.accountant
+        config.accountant = accountant or config.accountant
+        if old is not None and not config.migrated_from and not replace:
+            raise ConfigError(
+                f"partner {config.name!r} already has epsilon {old.epsilon:g}, delta {old.delta:g}; "
+                "pass --replace to change it"
+            )
+        spent = None
+        if phome.ledger_path.exists():
+            from fedcustomer.privacy.dp.ledger import BudgetLedger
+
+            spent = BudgetLedger(phome.ledger_path, "-", new, config.accountant_spec()).spent()
         asked = {"epsilon": epsilon, "delta": delta, "replace": replace, "accountant": config.accountant}
         who = store.principal(signer, action="budget_set", audit_action="budget_set", extra=asked)
         store.require(who, "policy_edit", "budget_set", details=asked)
-        store.log(
-            who,
-            "budget_set",
-            details={
-                "epsilon": epsilon,
-                "delta": delta,
-                "accountant": config.accountant,
-                "previous": None
-                if old is None
-                else {"epsilon": old.epsilon, "delta": old.delta, "accountant": old_accountant},
-            },
+        previous = (
+            None
+            if old is None
+            else {"epsilon": old.epsilon, "delta": old.delta, "accountant": old_accountant}
         )
-    config.budget = new
-    phome.write_config(config)
+        recorded = {"epsilon": epsilon, "delta": delta, "accountant": config.accountant, "previous": previous}
+        config.budget = new
+        phome.write_config_recorded(config, lambda: store.log(who, "budget_set", details=recorded))
     console.print(
         f"partner [bold]{escape(config.name)}[/]: budget epsilon {epsilon:g}, delta {delta:g}, "
         f"accountant {config.accountant}"
@@ -333,7 +327,8 @@ BUDGET_CAPTION = (
 @budget_app.command(
     "verify",
     help="Recompute every ledger row's epsilon with the accounting libraries alone (Opacus RDP, "
-    "dp-accounting PLD) and compare with what the ledger recorded; exit 7 on a mismatch.",
+    "dp-accounting PLD) and compare with what the ledger recorded, and every paid training round with the "
+    "spend its audit entry kept; exit 7 on a mismatch.",
 )
 def budget_verify(
     home: Path = typer.Option(..., help="partner home directory"),
@@ -342,6 +337,8 @@ def budget_verify(
 ) -> None:
     from fedcustomer.errors import IntegrityError
     from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.partner.ledger_audit import check_ledger_against_audit
+    from fedcustomer.privacy.audit.writer import AuditLog
     from fedcustomer.privacy.dp.recompute import recompute
 
     phome = PartnerHome(home)
@@ -349,8 +346,12 @@ def budget_verify(
     if not phome.ledger_path.exists():
         raise ConfigError(f"{home} has no ledger yet: nothing to verify")
     ledger = phome.ledger("-", config.budget_for())
-    rows = recompute(ledger.all_charges(), tolerance)
+    charges = ledger.all_charges()
+    rows = recompute(charges, tolerance)
     bad = [r for r in rows if not r.ok]
+    against_log = check_ledger_against_audit(
+        charges, AuditLog(phome.audit_dir) if phome.audit_dir.exists() else []
+    )
     spent = ledger.spent()
     report = {
         "format": "fedcustomer.budget-verify/1",
@@ -360,6 +361,7 @@ def budget_verify(
         "rows": [r.to_dict() for r in rows],
         "mismatches": len(bad),
         "tolerance": tolerance,
+        "against_audit_log": against_log.to_dict(),
     }
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -380,6 +382,22 @@ def budget_verify(
         console.print(
             f"{len(rows) - len(bad)} of {len(rows)} rows recompute; spend now {spent.epsilon:.4g} "
             f"with {config.accountant.upper()} over the whole history"
+        )
+        console.print(
+            f"audit log: {against_log.checked} paid round(s) agree with their fl_round entries"
+            + "".join(f"\n[red]DISAGREES[/] {escape(k)}: {escape(p)}" for k, p in against_log.disagreements)
+            + (
+                f"\n{len(against_log.unlogged)} paid round(s) have no fl_round entry (a node stopped between "
+                "paying and logging leaves one): " + ", ".join(escape(k) for k in against_log.unlogged[:5])
+                if against_log.unlogged
+                else ""
+            )
+        )
+    if not against_log.ok:
+        key, why = against_log.disagreements[0]
+        raise IntegrityError(
+            f"partner {config.name!r}'s ledger disagrees with its audit log on {len(against_log.disagreements)} "
+            f"round(s) (first: {key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )
     if bad:
         first = bad[0]

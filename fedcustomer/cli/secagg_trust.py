@@ -5,7 +5,8 @@ coordinator (the full noise of the secure sum) instead of the weaker one against
 see this partner's own update (docs/PRIVACY.md). That changes what the partner's budget pays for, so
 it is a governance action like ``budget set``: signed with the acting person's identity key, their
 registered role must be allowed ``policy_edit`` (a partner admin), and the audit log records who
-decided what and when before ``partner.toml`` changes. A refusal changes nothing.
+decided what, when and why; if that entry cannot be written, ``partner.toml`` is put back. A refusal
+changes nothing.
 
 Kept apart from :mod:`fedcustomer.cli.analytics`; it adds one command to the same ``budget`` group.
 """
@@ -67,19 +68,23 @@ def secagg_trust(
         raise ConfigError(
             f"--reason is {len(reason)} characters; keep it under {MAX_REASON} (cite the review, do not paste it)"
         )
-    config = phome.config()
-    before = config.secagg_trust
-    asked = {"trust": trust, "previous": before}
     signer = load_signer(identity)
-    with PartnerStore.open(phome) as store:  # audited first: a failed write leaves no unlogged change
+    with phome.config_change() as config, PartnerStore.open(phome) as store:
+        before = config.secagg_trust
+        asked = {"trust": trust, "previous": before}
         who = store.principal(
             signer, action=AUDIT_ACTION, audit_action=AUDIT_ACTION, extra=asked | {"reason": reason}
         )
         store.require(who, "policy_edit", AUDIT_ACTION, details=asked)
-        store.log(who, AUDIT_ACTION, details=asked, reason=f"{decision}: {reason}")
-    if before != trust:
-        config.secagg_trust = trust
-        phome.write_config(config)
+
+        def record() -> None:
+            store.log(who, AUDIT_ACTION, details=asked, reason=f"{decision}: {reason}")
+
+        if before == trust:
+            record()  # the decision again, on the record; the file stays as it is
+        else:
+            config.secagg_trust = trust
+            phome.write_config_recorded(config, record)
     view = "against the coordinator (SecAgg+ trusted)" if trust else "against a single update"
     console.print(
         f"partner [bold]{escape(config.name)}[/]: distributed-DP rounds are charged {view} from its next round"

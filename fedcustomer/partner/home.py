@@ -17,9 +17,12 @@ Layout (see README, "Partner home")::
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import threading
 import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +138,32 @@ class PartnerHome:
         return self.root / "state"
 
     # --- configuration ------------------------------------------------------
+    @contextmanager
+    def config_change(self) -> Iterator[PartnerConfig]:
+        """partner.toml read under an exclusive lock, for a read-change-write by one governance command.
+
+        Two commands that each read the file, wait (a passphrase, the audit log) and write it back
+        would otherwise lose one change; the lock file lives in ``state/`` beside the nonces.
+        """
+        self.state_dir.mkdir(exist_ok=True)
+        fd = os.open(self.state_dir / "partner.toml.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self.config()
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def write_config_recorded(self, config: PartnerConfig, record: Callable[[], None]) -> None:
+        """Write ``config``, then ``record`` its audit entry; if the entry cannot be written the previous
+        file is put back, so neither an unlogged change nor a logged change that did not happen is left."""
+        previous = self.config_path.read_text(encoding="utf-8")
+        self.write_config(config)
+        try:
+            record()
+        except BaseException:
+            atomic_write_text(self.config_path, previous)
+            raise
+
     @classmethod
     def create(
         cls,

@@ -98,3 +98,24 @@ def test_the_same_decision_again_is_recorded_and_leaves_the_file_alone(bank, cap
     assert code == 0 and "unchanged" in out
     assert (home.config_path.stat().st_mtime_ns, home.config_path.read_text()) == written
     assert [e.reason for e in _entries(home)] == ["accept: review 1", "accept: review 2"]
+
+
+def test_a_decision_whose_audit_entry_cannot_be_written_puts_partner_toml_back(
+    bank, capsys, monkeypatch
+) -> None:
+    from fedcustomer.data.store_core import StoreCore
+
+    home, people = bank
+    before = home.config_path.read_text()
+    real_log = StoreCore.log
+
+    def full_disk(self, actor, action, *args, **kw):
+        if action == "secagg_trust_set" and not args:  # the allowed entry, not a refusal
+            raise OSError(28, "No space left on device")
+        return real_log(self, actor, action, *args, **kw)
+
+    monkeypatch.setattr(StoreCore, "log", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(_argv(home, people["alice"], "accept", "review 1"), capsys)
+    assert home.config_path.read_text() == before and not home.config().secagg_trust
+    assert _entries(home) == []

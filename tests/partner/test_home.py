@@ -78,3 +78,40 @@ def test_a_mistyped_top_level_key_is_refused(tmp_path) -> None:
     home.config_path.write_text("policy_note = 'x'\n" + home.config_path.read_text(), encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown key.* policy_note"):
         home.config()
+
+
+def test_a_config_change_holds_the_homes_lock_until_it_is_written(tmp_path) -> None:
+    import fcntl
+    import os
+
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    lock = home.state_dir / "partner.toml.lock"
+    with home.config_change() as config:
+        fd = os.open(lock, os.O_RDWR)
+        try:  # a second command (another process in real use) cannot start its own change meanwhile
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        config.secagg_trust = True
+        home.write_config(config)
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    finally:
+        os.close(fd)
+    assert home.config().secagg_trust
+
+
+def test_a_change_whose_record_fails_leaves_the_file_as_it_was(tmp_path) -> None:
+    home = PartnerHome.create(tmp_path / "h", "bank", DatasetBudget(3.0, 1e-5))
+    before = home.config_path.read_text()
+    config = home.config()
+    config.budget = DatasetBudget(1.0, 1e-5)
+
+    def record() -> None:
+        raise OSError("audit log unwritable")
+
+    with pytest.raises(OSError):
+        home.write_config_recorded(config, record)
+    assert home.config_path.read_text() == before

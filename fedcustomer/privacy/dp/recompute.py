@@ -29,9 +29,10 @@ accountant's figure at ``delta_target - sum of deltas - (1 + e^b) * p`` for a ``
 
 A distributed row's own parameters must also agree with one another (:func:`distributed_row_problems`):
 its charged noise multiplier is the one its details say was charged, which is the coordinator's only
-when the partner trusted SecAgg+; the single-update noise is the coordinator's over ``sqrt(n_min)``;
-its clip event is at least ``2e-15`` per contribution, and a trusting row carries it. A row whose
-totals were recomputed after one of these was changed still fails the check.
+when the row says the partner trusted SecAgg+; the single-update noise is the coordinator's over
+``sqrt(n_min)``; its clip event is at least ``2e-15`` per contribution, and a trusting row carries it.
+A row rewritten whole to agree with itself passes here; ``partner.ledger_audit`` catches it against
+the round's audit entry.
 
 A row whose recorded total differs from the recomputation by more than the tolerance, or whose
 parameters disagree, is a mismatch. The same rules, as a script with no fedcustomer code, are in the README
@@ -225,9 +226,10 @@ def row_problems(c: Charge, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
     """What does not hold among a Gaussian row's own parameters (empty when they agree).
 
     The totals are recomputed from the charged triple and the recorded events; these checks make
-    sure the events are numbers and, for a distributed-DP row, that the triple and the events are the
-    ones its guarantees call for, so a row cannot be charged the coordinator's noise without the
-    partner's trust, or lose its clip event.
+    sure the events are numbers and, for a distributed-DP row, that the triple and the events agree
+    with the row's own trust, survivors and contributions. They catch a row edited carelessly, not one
+    rewritten whole to be self-consistent (a trust the partner never accepted, say): that needs the
+    round's audit entry, which ``partner.ledger_audit`` holds the ledger against.
     """
     for key in (EVENT_PROBABILITY, "clip_event_probability"):
         raw = c.details.get(key, 0.0)

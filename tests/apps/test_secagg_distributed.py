@@ -13,6 +13,8 @@ from flwr.app import Context, RecordDict
 from fedcustomer.apps.secagg import make_secagg_client_app, run_secagg_job
 from fedcustomer.errors import ConfigError
 from fedcustomer.models.registry import build_model
+from fedcustomer.partner.ledger_audit import check_ledger_against_audit
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp import distributed as dd
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.inprocess import LocalGrid, SecAggLocalGrid
@@ -105,6 +107,9 @@ def test_each_round_is_one_dp_sgd_step_with_the_secure_sum(tmp_path: Path) -> No
         assert charge.epsilon_total == pytest.approx(
             report["epsilon_coordinator"] if i < 2 else report["epsilon_single_update"]
         )
+        # the round's audit entry kept what the ledger charged: a compliance officer can hold one against the other
+        against_log = check_ledger_against_audit(ledger.all_charges(), AuditLog(home.audit_dir))
+        assert against_log.ok and against_log.checked == 1 and against_log.unlogged == []
         blob = torch.load(io.BytesIO(kept_update(home, job.run_id, 1)), weights_only=True)
         released = list(blob["state"].values())
         sums = released if sums is None else [a + b for a, b in zip(sums, released)]

@@ -396,8 +396,8 @@ def budget_verify(
     if not against_log.ok:
         key, why = against_log.disagreements[0]
         raise IntegrityError(
-            f"partner {config.name!r}'s ledger disagrees with its audit log on {len(against_log.disagreements)} "
-            f"round(s) (first: {key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
+            f"partner {config.name!r}'s ledger disagrees with its audit log on "
+            f"{len({k for k, _ in against_log.disagreements})} round(s) (first: {key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )
     if bad:
         first = bad[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,18 +91,34 @@ def charges(ledger_path: Path, *, recompute: bool = False) -> list[ChargeRow]:
 
 
 def _recompute(rows: list[dict[str, Any]]) -> list[Any]:
-    """The library recomputation of every row (a ledger written before a column existed has its default)."""
-    from fedcustomer.privacy.dp.ledger import Charge
+    """The library recomputation of every row."""
     from fedcustomer.privacy.dp.recompute import recompute
 
+    return recompute(_charges(rows), TOLERANCE)
+
+
+def _charges(rows: list[dict[str, Any]]) -> list[Any]:
+    """Ledger rows as charges (a ledger written before a column existed has its default)."""
+    from fedcustomer.privacy.dp.ledger import Charge
+
     names = set(Charge.__dataclass_fields__) - {"already_paid"}
-    charges = [
+    return [
         Charge(
             **{k: v for k, v in r.items() if k in names} | {"details": json.loads(r.get("details") or "{}")}
         )
         for r in rows
     ]
-    return recompute(charges, TOLERANCE)
+
+
+def against_audit(ledger_path: Path, audit_dir: Path) -> Any:
+    """Every paid training round held against its ``fl_round`` audit entry (``partner.ledger_audit``):
+    a ledger rewritten to agree with itself still recomputes, the chained log it was written beside does not."""
+    from fedcustomer.partner.ledger_audit import check_ledger_against_audit
+    from fedcustomer.privacy.audit.records import AuditEntry
+    from fedcustomer.privacy.audit.writer import AuditLog
+
+    entries: Iterable[AuditEntry] = AuditLog(audit_dir) if audit_dir.exists() else []
+    return check_ledger_against_audit(_charges(_rows(ledger_path, "charges")), entries)
 
 
 def refusals(ledger_path: Path) -> list[dict[str, Any]]:

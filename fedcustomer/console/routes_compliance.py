@@ -185,6 +185,7 @@ async def budget_page(request: Request) -> Response:
         for ds, charges in per_dataset.items()
     }
     mismatches = sum(1 for r in rows if r.matches is False)
+    against_log = budgets.against_audit(ctx.home.ledger_path, ctx.home.audit_dir) if recompute else None
     return render(
         request,
         "budgets.html",
@@ -196,6 +197,7 @@ async def budget_page(request: Request) -> Response:
         dataset_charts=dataset_charts,
         recompute=recompute,
         mismatches=mismatches,
+        against_log=against_log,
         refusals=budgets.refusals(ctx.home.ledger_path),
     )
 

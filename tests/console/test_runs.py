@@ -137,6 +137,8 @@ def test_budget_page_charts_epsilon_over_time_overall_and_per_dataset(world: Wor
     carol = sign_in(world, world.app(), "carol")
     html = carol.get("/budgets").text
     assert html.count("<svg") == 3 and "epsilon spent over time" in html and "time (UTC)" in html
+    checked = carol.get("/budgets?recompute=1").text
+    assert 'id="audit-agreement" class="ok"' in checked and "Held against the audit log" in checked
     assert "<script>alert" not in html
 
 

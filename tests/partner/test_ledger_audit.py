@@ -105,3 +105,15 @@ def test_a_paid_round_without_its_entry_is_listed_not_failed(trained, tmp_path: 
     entries = [e for e in AuditLog(home.audit_dir) if e.details.get("round") != 2]
     report = check_ledger_against_audit(charges, entries)
     assert report.ok and report.checked == 1 and report.unlogged == [round_key(run_id, 2)]
+
+
+def test_the_consoles_recompute_holds_the_same_check(trained, tmp_path: Path) -> None:
+    from fedcustomer.console import budgets
+
+    home, run_id = _copy(trained, tmp_path)
+    report = budgets.against_audit(home.ledger_path, home.audit_dir)
+    assert report.ok and report.checked == 2
+    with sqlite3.connect(home.ledger_path) as conn:
+        conn.execute("DELETE FROM charges WHERE charge_key = ?", (round_key(run_id, 1),))
+    report = budgets.against_audit(home.ledger_path, home.audit_dir)
+    assert [k for k, _ in report.disagreements] == [round_key(run_id, 1)]

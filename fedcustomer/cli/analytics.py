@@ -419,27 +419,43 @@ def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
     home = PartnerHome(home_dir)
     config = home.config()
     budget = config.budget_for(dataset)
-    names = [dataset] if dataset else home.ledger("-", budget).datasets()
-    spent = home.ledger("-", budget).spent()
-    out = []
-    for ds in names:
-        ledger = home.ledger(ds, budget)
-        out.append(
-            {"dataset": ds, "charges": [c.to_dict() for c in ledger.charges()], "refusals": ledger.refusals()}
-        )
+    out: list[dict[str, Any]] = []
+    if not home.ledger_path.exists():  # nothing charged yet; a read does not create the ledger
+        totals = {
+            "epsilon": 0.0,
+            "delta": 0.0,
+            "epsilon_target": budget.epsilon,
+            "delta_target": budget.delta,
+            "epsilon_remaining": budget.epsilon,
+        }
+        if dataset:
+            out.append({"dataset": dataset, "charges": [], "refusals": []})
+    else:
+        names = [dataset] if dataset else home.ledger("-", budget).datasets()
+        spent = home.ledger("-", budget).spent()
+        totals = {
+            "epsilon": spent.epsilon,
+            "delta": spent.delta,
+            "epsilon_target": spent.epsilon_target,
+            "delta_target": spent.delta_target,
+            "epsilon_remaining": spent.epsilon_remaining,
+        }
+        for ds in names:
+            ledger = home.ledger(ds, budget)
+            out.append(
+                {
+                    "dataset": ds,
+                    "charges": [c.to_dict() for c in ledger.charges()],
+                    "refusals": ledger.refusals(),
+                }
+            )
     return {
         "format": "fedcustomer.budget/2",
         "partner": config.name,
         "home": str(home.root),
         "accountant": config.accountant_spec().describe(),
         "secagg_trust": config.secagg_trust,
-        "totals": {
-            "epsilon": spent.epsilon,
-            "delta": spent.delta,
-            "epsilon_target": spent.epsilon_target,
-            "delta_target": spent.delta_target,
-            "epsilon_remaining": spent.epsilon_remaining,
-        },
+        "totals": totals,
         "datasets": out,
     }
 

@@ -116,6 +116,8 @@ def governed_home(home: Path) -> PartnerHome:
     from fedcustomer.partner.home import PartnerHome
 
     phome = PartnerHome(home)
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"{home} is a file; --home names a partner home's directory")
     if not phome.store_path.exists():
         raise ConfigError(
             f"{home} is not an initialised partner home (no store, audit log or people registry): run "

@@ -119,3 +119,18 @@ def test_a_decision_whose_audit_entry_cannot_be_written_puts_partner_toml_back(
         run(_argv(home, people["alice"], "accept", "review 1"), capsys)
     assert home.config_path.read_text() == before and not home.config().secagg_trust
     assert _entries(home) == []
+
+
+def test_reading_an_unspent_budget_writes_nothing_and_a_file_is_not_a_home(
+    bank, tmp_path: Path, capsys
+) -> None:
+    home, people = bank
+    budget = ["budget", "set", "--home", str(home.root), *as_(people["alice"]), "--epsilon", "3"]
+    assert run([*budget, "--delta", "1e-5"], capsys)[0] == 0
+    code, out, err = run(["budget", "show", "--home", str(home.root), "--json"], capsys)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["totals"]["epsilon"] == 0.0 and shown["totals"]["epsilon_remaining"] == 3.0
+    assert shown["datasets"] == [] and not home.ledger_path.exists()
+    code, _, err = run(_argv(PartnerHome(home.config_path), people["alice"], "accept", "x"), capsys)
+    assert code == 3 and "is a file" in err and "fedcustomer init" not in err

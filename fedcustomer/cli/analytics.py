@@ -337,8 +337,7 @@ def budget_verify(
 ) -> None:
     from fedcustomer.errors import IntegrityError
     from fedcustomer.partner.home import PartnerHome
-    from fedcustomer.partner.ledger_audit import check_ledger_against_audit
-    from fedcustomer.privacy.audit.writer import AuditLog
+    from fedcustomer.partner.ledger_audit import check_ledger_against_audit, log_entries
     from fedcustomer.privacy.dp.recompute import recompute
 
     phome = PartnerHome(home)
@@ -349,9 +348,7 @@ def budget_verify(
     charges = ledger.all_charges()
     rows = recompute(charges, tolerance)
     bad = [r for r in rows if not r.ok]
-    against_log = check_ledger_against_audit(
-        charges, AuditLog(phome.audit_dir) if phome.audit_dir.exists() else []
-    )
+    against_log = check_ledger_against_audit(charges, log_entries(phome.audit_dir))
     spent = ledger.spent()
     report = {
         "format": "fedcustomer.budget-verify/1",
@@ -395,9 +392,10 @@ def budget_verify(
         )
     if not against_log.ok:
         key, why = against_log.disagreements[0]
+        rounds = len({k for k, _ in against_log.disagreements})
         raise IntegrityError(
-            f"partner {config.name!r}'s ledger disagrees with its audit log on "
-            f"{len({k for k, _ in against_log.disagreements})} round(s) (first: {key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
+            f"partner {config.name!r}'s ledger disagrees with its audit log on {rounds} round(s) (first: "
+            f"{key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )
     if bad:
         first = bad[0]
@@ -415,31 +413,19 @@ def budget_verify(
 def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
     """The partner's total against its one budget, and charges and refusals per dataset (stable JSON)."""
     from fedcustomer.partner.home import PartnerHome
+    from fedcustomer.privacy.dp.ledger import Spend
 
     home = PartnerHome(home_dir)
     config = home.config()
     budget = config.budget_for(dataset)
     out: list[dict[str, Any]] = []
+    spent = Spend(0.0, 0.0, budget.epsilon, budget.delta)
     if not home.ledger_path.exists():  # nothing charged yet; a read does not create the ledger
-        totals = {
-            "epsilon": 0.0,
-            "delta": 0.0,
-            "epsilon_target": budget.epsilon,
-            "delta_target": budget.delta,
-            "epsilon_remaining": budget.epsilon,
-        }
         if dataset:
             out.append({"dataset": dataset, "charges": [], "refusals": []})
     else:
         names = [dataset] if dataset else home.ledger("-", budget).datasets()
         spent = home.ledger("-", budget).spent()
-        totals = {
-            "epsilon": spent.epsilon,
-            "delta": spent.delta,
-            "epsilon_target": spent.epsilon_target,
-            "delta_target": spent.delta_target,
-            "epsilon_remaining": spent.epsilon_remaining,
-        }
         for ds in names:
             ledger = home.ledger(ds, budget)
             out.append(
@@ -455,7 +441,13 @@ def budget_report(home_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         "home": str(home.root),
         "accountant": config.accountant_spec().describe(),
         "secagg_trust": config.secagg_trust,
-        "totals": totals,
+        "totals": {
+            "epsilon": spent.epsilon,
+            "delta": spent.delta,
+            "epsilon_target": spent.epsilon_target,
+            "delta_target": spent.delta_target,
+            "epsilon_remaining": spent.epsilon_remaining,
+        },
         "datasets": out,
     }
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,9 +38,8 @@ class ChargeRow:
     epsilon_target: float
     recomputed: float | None = None
     verified: bool | None = None  # the library recomputation's verdict on every figure the row records
-    problems: tuple[
-        str, ...
-    ] = ()  # what does not agree among the row's own parameters (recompute.row_problems)
+    # what does not agree among the row's own parameters (recompute.row_problems)
+    problems: tuple[str, ...] = ()
 
     @property
     def matches(self) -> bool | None:
@@ -113,12 +111,9 @@ def _charges(rows: list[dict[str, Any]]) -> list[Any]:
 def against_audit(ledger_path: Path, audit_dir: Path) -> Any:
     """Every paid training round held against its ``fl_round`` audit entry (``partner.ledger_audit``):
     a ledger rewritten to agree with itself still recomputes, the chained log it was written beside does not."""
-    from fedcustomer.partner.ledger_audit import check_ledger_against_audit
-    from fedcustomer.privacy.audit.records import AuditEntry
-    from fedcustomer.privacy.audit.writer import AuditLog
+    from fedcustomer.partner.ledger_audit import check_ledger_against_audit, log_entries
 
-    entries: Iterable[AuditEntry] = AuditLog(audit_dir) if audit_dir.exists() else []
-    return check_ledger_against_audit(_charges(_rows(ledger_path, "charges")), entries)
+    return check_ledger_against_audit(_charges(_rows(ledger_path, "charges")), log_entries(audit_dir))
 
 
 def refusals(ledger_path: Path) -> list[dict[str, Any]]:

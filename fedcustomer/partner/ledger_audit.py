@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedcustomer.privacy.audit.records import ACTION_FL_ROUND, DECISION_ALLOWED, AuditEntry
+from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.ledger import GAUSSIAN, Charge
 
 DEFAULT_TOLERANCE = 1e-9  # relative: both sides hold the same float, written once
@@ -43,6 +45,11 @@ class LedgerAuditReport:
             "disagreements": [{"charge_key": k, "problem": p} for k, p in self.disagreements],
             "rounds_without_audit_entry": list(self.unlogged),
         }
+
+
+def log_entries(audit_dir: Path) -> Iterable[AuditEntry]:
+    """A home's audit entries to hold its ledger against (none when it has no log yet)."""
+    return AuditLog(audit_dir) if audit_dir.exists() else []
 
 
 def round_key(run_id: str, round_: int) -> str:

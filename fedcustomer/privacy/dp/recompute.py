@@ -51,6 +51,7 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants import RDPAccountant
 
+from fedcustomer.privacy.dp.distributed import MODE as _DISTRIBUTED
 from fedcustomer.privacy.dp.distributed import clip_probability_total
 from fedcustomer.privacy.dp.ledger import APPROX, EVENT_PROBABILITY, GAUSSIAN, Charge
 from fedcustomer.privacy.dp.rare_events import epsilon_with_event
@@ -282,8 +283,7 @@ def distributed_row_problems(c: Charge, tolerance: float = DEFAULT_TOLERANCE) ->
     return problems
 
 
-# How a distributed-DP row names its mode, its two noise multipliers and its two totals (its details).
-_DISTRIBUTED = "distributed"
+# How a distributed-DP row names its two noise multipliers and its two totals (its details).
 _VIEW_KEYS = ("noise_multiplier_coordinator", "noise_multiplier_single_update")
 _TOTAL_KEYS = ("epsilon_total_coordinator", "epsilon_total_single_update")
 

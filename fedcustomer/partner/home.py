@@ -370,7 +370,7 @@ def _parsed_toml(path: Path, root: Path) -> dict[str, Any]:
     any change is seen at once. Callers get their own deep copy to change."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: the "home" is a file
         raise ConfigError(f"{path} not found: is {root} a partner home?") from None
     key = str(path.absolute())
     with _PARSED_LOCK:

@@ -115,3 +115,9 @@ def test_a_change_whose_record_fails_leaves_the_file_as_it_was(tmp_path) -> None
     with pytest.raises(OSError):
         home.write_config_recorded(config, record)
     assert home.config_path.read_text() == before
+
+
+def test_a_file_given_as_a_home_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "federation.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is .* a partner home"):
+        PartnerHome(tmp_path / "federation.json").config()

@@ -327,8 +327,8 @@ BUDGET_CAPTION = (
 @budget_app.command(
     "verify",
     help="Recompute every ledger row's epsilon with the accounting libraries alone (Opacus RDP, "
-    "dp-accounting PLD) and compare with what the ledger recorded, and every paid training round with the "
-    "spend its audit entry kept; exit 7 on a mismatch.",
+    "dp-accounting PLD) and compare with what the ledger recorded, and every paid training round, "
+    "split-learning round and query with the spend its audit entry kept; exit 7 on a mismatch.",
 )
 def budget_verify(
     home: Path = typer.Option(..., help="partner home directory"),
@@ -381,20 +381,22 @@ def budget_verify(
             f"with {config.accountant.upper()} over the whole history"
         )
         console.print(
-            f"audit log: {against_log.checked} paid round(s) agree with their fl_round entries"
+            f"audit log: {against_log.checked} paid release(s) agree with their audit entries "
+            f"({against_log.kinds_text()})"
             + "".join(f"\n[red]DISAGREES[/] {escape(k)}: {escape(p)}" for k, p in against_log.disagreements)
             + (
-                f"\n{len(against_log.unlogged)} paid round(s) have no fl_round entry (a node stopped between "
-                "paying and logging leaves one): " + ", ".join(escape(k) for k in against_log.unlogged[:5])
+                f"\n{len(against_log.unlogged)} paid release(s) have no audit entry with their spend (a node "
+                "stopped between paying and logging, or an earlier version, leaves one): "
+                + ", ".join(escape(k) for k in against_log.unlogged[:5])
                 if against_log.unlogged
                 else ""
             )
         )
     if not against_log.ok:
         key, why = against_log.disagreements[0]
-        rounds = len({k for k, _ in against_log.disagreements})
+        releases = len({k for k, _ in against_log.disagreements})
         raise IntegrityError(
-            f"partner {config.name!r}'s ledger disagrees with its audit log on {rounds} round(s) (first: "
+            f"partner {config.name!r}'s ledger disagrees with its audit log on {releases} release(s) (first: "
             f"{key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )
     if bad:

@@ -109,7 +109,7 @@ def _charges(rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def against_audit(ledger_path: Path, audit_dir: Path) -> Any:
-    """Every paid training round held against its ``fl_round`` audit entry (``partner.ledger_audit``):
+    """Every paid release logged with its spend held against its audit entry (``partner.ledger_audit``):
     a ledger rewritten to agree with itself still recomputes, the chained log it was written beside does not."""
     from fedcustomer.partner.ledger_audit import check_ledger_against_audit, log_entries
 

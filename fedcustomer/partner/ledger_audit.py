@@ -1,37 +1,56 @@
-"""A partner's ledger held against its audit log: every paid training round is in both, with the same spend.
+"""A partner's ledger held against its audit log: every paid release logged with its spend is in both, alike.
 
 Why: the ledger (SQLite) is not hash-chained, so a row rewritten after the fact with totals composed to
 match (a lower spend, a SecAgg+ trust the partner never accepted, a row deleted) still recomputes with
 the accounting libraries. The audit log is chained, signed at checkpoints and anchored off the node, and
-each round a partner pays for is written to it too: its ``fl_round`` entry keeps the noise multiplier
-charged and the partner's total after the round. Holding the two against each other catches such an
-edit unless the log was rewritten too, which ``audit verify --anchors`` catches.
+the releases below are written to it too, with what they cost when they were paid. Holding the two
+against each other catches such an edit unless the log was rewritten too, which ``audit verify
+--anchors`` catches.
 
-Only horizontal training rounds (ledger key ``run:<id>:round:<r>``) have such an entry; other releases
-are checked by the recomputation alone. A paid row without an entry is reported apart, not as a
-disagreement: a node that stopped between paying and logging leaves one.
+Which releases have such an entry (the entry's fields, against the row's):
+
+- a horizontal training round, ledger key ``run:<id>:round:<r>``: its ``fl_round`` entry keeps the
+  noise multiplier charged and the partner's total after the round;
+- a split-learning party's round, ``run:<id>:vertical:<role>:round:<r>``: its ``vertical_round``
+  entry keeps the same two; the job's label release, ``run:<id>:vertical:<role>:labels``, paid with
+  the first round, is in that round's entry as ``epsilon_label`` (the release's own epsilon);
+- an analytics query, ``query:<id>``: its ``query`` entry keeps the total after the query (a replay
+  logs the total its first answer paid).
+
+Other releases (the PSI counts and sums) are checked by the recomputation alone. A paid row of the
+kinds above without an entry is reported apart, not as a disagreement: a node that stopped between
+paying and logging leaves one, and so did versions that did not log the spend.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcustomer.privacy.audit.records import ACTION_FL_ROUND, DECISION_ALLOWED, AuditEntry
+from fedcustomer.privacy.audit.records import (
+    ACTION_FL_ROUND,
+    ACTION_QUERY,
+    ACTION_VERTICAL_ROUND,
+    DECISION_ALLOWED,
+    AuditEntry,
+)
 from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.ledger import GAUSSIAN, Charge
 
 DEFAULT_TOLERANCE = 1e-9  # relative: both sides hold the same float, written once
+LABEL_RELEASE = "label_release"  # the kind of a vertical job's label release (logged in its first round)
 
 
 @dataclass
 class LedgerAuditReport:
-    """Rounds checked, what disagrees (ledger key, why) and paid rounds the log has no entry for."""
+    """Releases checked (per kind), what disagrees (ledger key, why) and paid releases the log has no entry for."""
 
-    checked: int = 0
+    checked_by_kind: Counter[str] = field(default_factory=Counter)
     disagreements: list[tuple[str, str]] = field(default_factory=list)
     unlogged: list[str] = field(default_factory=list)
 
@@ -39,12 +58,31 @@ class LedgerAuditReport:
     def ok(self) -> bool:
         return not self.disagreements
 
+    @property
+    def checked(self) -> int:
+        return sum(self.checked_by_kind.values())
+
+    def kinds_text(self) -> str:
+        """``fl_round 2, query 1``: what was checked, for one line of a report."""
+        return ", ".join(f"{kind} {n}" for kind, n in sorted(self.checked_by_kind.items())) or "none"
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rounds_checked": self.checked,
+            "releases_checked": self.checked,
+            "checked_by_kind": dict(sorted(self.checked_by_kind.items())),
             "disagreements": [{"charge_key": k, "problem": p} for k, p in self.disagreements],
-            "rounds_without_audit_entry": list(self.unlogged),
+            "releases_without_audit_entry": list(self.unlogged),
         }
+
+
+@dataclass(frozen=True)
+class LoggedRelease:
+    """What one audit entry says a paid release cost: the ledger key and (what, row attribute, logged value)."""
+
+    key: str
+    kind: str
+    seq: int
+    values: tuple[tuple[str, str, Any], ...]
 
 
 def log_entries(audit_dir: Path) -> Iterable[AuditEntry]:
@@ -57,43 +95,108 @@ def round_key(run_id: str, round_: int) -> str:
     return f"run:{run_id}:round:{round_}"
 
 
+def vertical_round_key(run_id: str, role: str, round_: int) -> str:
+    """The ledger key of a split-learning party's round (as ``vertical.spend`` writes it)."""
+    return f"run:{run_id}:vertical:{role}:round:{round_}"
+
+
+def vertical_label_key(run_id: str, role: str) -> str:
+    """The ledger key of a split-learning job's label release (as ``vertical.spend`` writes it)."""
+    return f"run:{run_id}:vertical:{role}:labels"
+
+
+def query_key(query_id: str) -> str:
+    """The ledger key of an analytics query (as ``analytics.spec.QuerySpec.charge_key`` writes it)."""
+    return f"query:{query_id}"
+
+
+def logged_releases(entry: AuditEntry) -> list[LoggedRelease]:
+    """The paid releases ``entry`` records with their spend (none for refusals, reads and other actions)."""
+    d = entry.details
+    if entry.decision != DECISION_ALLOWED or "epsilon_total" not in d:
+        return []  # refused releases charged nothing; entries of versions that did not log the spend
+    total = ("total epsilon", "epsilon_total", d["epsilon_total"])
+    sigma = (
+        (("noise multiplier", "noise_multiplier", d["noise_multiplier"]),) if "noise_multiplier" in d else ()
+    )
+    seq = entry.seq
+    if entry.action == ACTION_FL_ROUND:
+        return [
+            LoggedRelease(
+                round_key(str(d.get("run_id")), _int(d.get("round"))), ACTION_FL_ROUND, seq, (total, *sigma)
+            )
+        ]
+    if entry.action == ACTION_VERTICAL_ROUND and not d.get("refused"):
+        run_id, role = str(d.get("run_id")), str(d.get("vertical_role"))
+        out = [
+            LoggedRelease(
+                vertical_round_key(run_id, role, _int(d.get("round"))),
+                ACTION_VERTICAL_ROUND,
+                seq,
+                (total, *sigma),
+            )
+        ]
+        if "epsilon_label" in d:
+            label = ("label release epsilon", "epsilon", d["epsilon_label"])
+            out.append(LoggedRelease(vertical_label_key(run_id, role), LABEL_RELEASE, seq, (label,)))
+        return out
+    if entry.action == ACTION_QUERY and isinstance(d.get("query_id"), str):
+        return [LoggedRelease(query_key(d["query_id"]), ACTION_QUERY, seq, (total,))]
+    return []
+
+
+def logged_kind(charge: Charge) -> str | None:
+    """The kind of audit entry that records ``charge`` with its spend (None: checked by recomputation alone)."""
+    key, run_id = charge.charge_key, charge.run_id
+    if run_id is not None:
+        if charge.family == GAUSSIAN and charge.round is not None and key == round_key(run_id, charge.round):
+            return ACTION_FL_ROUND
+        vertical = re.fullmatch(rf"run:{re.escape(run_id)}:vertical:[^:]+:(labels|round:\d+)", key)
+        if vertical is not None:  # the label release may be any mechanism (e.g. randomised response)
+            return LABEL_RELEASE if vertical.group(1) == "labels" else ACTION_VERTICAL_ROUND
+    if charge.query_id is not None and key == query_key(charge.query_id):
+        return ACTION_QUERY
+    return None
+
+
 def check_ledger_against_audit(
     charges: Sequence[Charge], entries: Iterable[AuditEntry], tolerance: float = DEFAULT_TOLERANCE
 ) -> LedgerAuditReport:
-    """Every paid round of ``charges`` against the ``fl_round`` entries of ``entries`` (a partner's log)."""
-    rounds = {
-        c.charge_key: c
-        for c in charges
-        if c.family == GAUSSIAN
-        and c.run_id is not None
-        and c.round is not None
-        and c.charge_key == round_key(c.run_id, c.round)
-    }
+    """Every paid release of ``charges`` that is logged with its spend against the entries of ``entries``."""
+    covered = {c.charge_key: c for c in charges if logged_kind(c) is not None}
     report = LedgerAuditReport()
     logged: set[str] = set()
     for entry in entries:
-        d = entry.details
-        if entry.action != ACTION_FL_ROUND or entry.decision != DECISION_ALLOWED or "epsilon_total" not in d:
-            continue  # refused rounds and non-private ones charged nothing
-        key = round_key(str(d.get("run_id")), int(d.get("round", -1)))
-        logged.add(key)
-        charge = rounds.get(key)
-        if charge is None:
-            report.disagreements.append(
-                (key, f"audit entry {entry.seq} records a paid round the ledger no longer has")
-            )
-            continue
-        report.checked += 1
-        for name, recorded, logged_value in (
-            ("total epsilon", charge.epsilon_total, d.get("epsilon_total")),
-            ("noise multiplier", charge.noise_multiplier, d.get("noise_multiplier", charge.noise_multiplier)),
-        ):
-            if not _same(recorded, logged_value, tolerance):
+        for release in logged_releases(entry):
+            logged.add(release.key)
+            charge = covered.get(release.key)
+            if charge is None:
                 report.disagreements.append(
-                    (key, f"{name} {recorded!r} in the ledger, {logged_value!r} in audit entry {entry.seq}")
+                    (
+                        release.key,
+                        f"audit entry {release.seq} records a paid release the ledger no longer has",
+                    )
                 )
-    report.unlogged = sorted(k for k in rounds if k not in logged)
+                continue
+            report.checked_by_kind[release.kind] += 1
+            for what, attribute, logged_value in release.values:
+                recorded = getattr(charge, attribute)
+                if not _same(recorded, logged_value, tolerance):
+                    report.disagreements.append(
+                        (
+                            release.key,
+                            f"{what} {recorded!r} in the ledger, {logged_value!r} in audit entry {release.seq}",
+                        )
+                    )
+    report.unlogged = sorted(k for k in covered if k not in logged)
     return report
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
 
 
 def _same(a: Any, b: Any, tolerance: float) -> bool:

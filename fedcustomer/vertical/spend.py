@@ -214,7 +214,9 @@ class PartySpend:
             return RoundDecision(False, exc.reason, spent)
         assert mechanism.gaussian is not None
         metrics = {
-            "epsilon-total": float(self.ledger.spent().epsilon),
+            # the row's own total (the spend after this round), as its audit entry keeps it: a round paid
+            # before a restart reports what it cost then, not what the ledger has composed since
+            "epsilon-total": float(charge.epsilon_total),
             "epsilon-target": self.ledger.budget.epsilon,
             "delta": self.ledger.budget.delta,
             "noise-multiplier": mechanism.gaussian.noise_multiplier,

@@ -381,8 +381,7 @@ def budget_verify(
             f"with {config.accountant.upper()} over the whole history"
         )
         console.print(
-            f"audit log: {against_log.checked} paid release(s) agree with their audit entries "
-            f"({against_log.kinds_text()})"
+            f"audit log: {against_log.summary()}"
             + "".join(f"\n[red]DISAGREES[/] {escape(k)}: {escape(p)}" for k, p in against_log.disagreements)
             + (
                 f"\n{len(against_log.unlogged)} paid release(s) have no audit entry with their spend (a node "
@@ -394,9 +393,9 @@ def budget_verify(
         )
     if not against_log.ok:
         key, why = against_log.disagreements[0]
-        releases = len({k for k, _ in against_log.disagreements})
         raise IntegrityError(
-            f"partner {config.name!r}'s ledger disagrees with its audit log on {releases} release(s) (first: "
+            f"partner {config.name!r}'s ledger disagrees with its audit log on {against_log.disagreeing} "
+            f"release(s) (first: "
             f"{key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )
     if bad:

@@ -164,10 +164,11 @@ def _print(s: dict) -> None:
     budget = Table(
         "party",
         "role",
-        "epsilon: joint model",
+        "epsilon at last joint round",
         "all releases",
         "target",
-        caption="all releases: the party's ledger after this job, comparison model included",
+        caption="epsilon at last joint round: the party's ledger total when it paid its last joint round "
+        "(comparison-model rounds paid by then included); all releases: its ledger after this job",
     )
     for p in s["partners"]:
         budget.add_row(

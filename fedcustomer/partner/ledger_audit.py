@@ -48,9 +48,11 @@ LABEL_RELEASE = "label_release"  # the kind of a vertical job's label release (l
 
 @dataclass
 class LedgerAuditReport:
-    """Releases checked (per kind), what disagrees (ledger key, why) and paid releases the log has no entry for."""
+    """Paid releases checked (ledger key -> kind), what disagrees (ledger key, why) and paid releases the
+    log has no entry for. A release logged more than once (a replayed query) is one release, each of its
+    entries checked."""
 
-    checked_by_kind: Counter[str] = field(default_factory=Counter)
+    checked_keys: dict[str, str] = field(default_factory=dict)
     disagreements: list[tuple[str, str]] = field(default_factory=list)
     unlogged: list[str] = field(default_factory=list)
 
@@ -60,16 +62,28 @@ class LedgerAuditReport:
 
     @property
     def checked(self) -> int:
-        return sum(self.checked_by_kind.values())
+        return len(self.checked_keys)
 
-    def kinds_text(self) -> str:
-        """``fl_round 2, query 1``: what was checked, for one line of a report."""
-        return ", ".join(f"{kind} {n}" for kind, n in sorted(self.checked_by_kind.items())) or "none"
+    @property
+    def checked_by_kind(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.checked_keys.values()).items()))
+
+    @property
+    def disagreeing(self) -> int:
+        """How many releases (ledger keys) disagree, a key the ledger no longer has included."""
+        return len({key for key, _ in self.disagreements})
+
+    def summary(self) -> str:
+        """One line: how many paid releases were checked, of which kinds, and whether they agree."""
+        kinds = ", ".join(f"{kind} {n}" for kind, n in self.checked_by_kind.items()) or "none"
+        verdict = "all agree" if self.ok else f"{self.disagreeing} disagree"
+        return f"{self.checked} paid release(s) held against their audit entries ({kinds}): {verdict}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "releases_checked": self.checked,
-            "checked_by_kind": dict(sorted(self.checked_by_kind.items())),
+            "checked_by_kind": self.checked_by_kind,
+            "releases_disagreeing": self.disagreeing,
             "disagreements": [{"charge_key": k, "problem": p} for k, p in self.disagreements],
             "releases_without_audit_entry": list(self.unlogged),
         }
@@ -169,6 +183,7 @@ def check_ledger_against_audit(
     for entry in entries:
         for release in logged_releases(entry):
             logged.add(release.key)
+            report.checked_keys[release.key] = release.kind
             charge = covered.get(release.key)
             if charge is None:
                 report.disagreements.append(
@@ -178,7 +193,6 @@ def check_ledger_against_audit(
                     )
                 )
                 continue
-            report.checked_by_kind[release.kind] += 1
             for what, attribute, logged_value in release.values:
                 recorded = getattr(charge, attribute)
                 if not _same(recorded, logged_value, tolerance):

@@ -65,9 +65,13 @@ def test_a_jobs_rounds_agree_with_their_audit_entries(trained, tmp_path: Path, c
     assert json.loads(out)["against_audit_log"] == {
         "releases_checked": 2,
         "checked_by_kind": {"fl_round": 2},
+        "releases_disagreeing": 0,
         "disagreements": [],
         "releases_without_audit_entry": [],
     }
+    code, out, err = run(["budget", "verify", "--home", str(home.root)], capsys)
+    assert code == 0, err
+    assert "2 paid release(s) held against their audit entries (fl_round 2): all agree" in out
 
 
 def test_a_row_rewritten_with_less_noise_charged_and_consistent_totals_is_caught(
@@ -190,7 +194,7 @@ def test_a_split_learning_jobs_rounds_and_label_release_agree_with_their_entries
         home, _ = _copy((partners / name, run_id), tmp_path / name)
         charges, report = _check(home)
         assert report.ok, report.disagreements
-        assert dict(report.checked_by_kind) == kinds and report.unlogged == []
+        assert report.checked_by_kind == kinds and report.unlogged == []
         assert {c.charge_key for c in charges} >= {vertical_round_key(run_id, role, r) for r in (1, 2)}
 
 
@@ -248,13 +252,16 @@ def test_queries_agree_with_their_entries_and_a_cheaper_rewrite_is_caught(tmp_pa
     answer_query(home, count("q-laplace", 0.8))
     answer_query(home, count("q-gauss", 0.5, mechanism="gaussian", delta=1e-7))
     answer_query(home, count("q-laplace", 0.8))  # a replay logs the total its first answer paid
-    _, report = _check(home)
-    assert report.ok and dict(report.checked_by_kind) == {"query": 3} and report.unlogged == []
+    _, report = _check(home)  # the replay's entry is checked too; it is the same release
+    assert report.ok and report.checked_by_kind == {"query": 2} and report.unlogged == []
 
     _recharge(home, {query_key("q-laplace"): 0.25})
     charges, report = _check(home)
     assert all(r.ok for r in recompute(charges))
     assert {k for k, _ in report.disagreements} == {query_key("q-laplace"), query_key("q-gauss")}
+    assert report.disagreeing == 2  # the rewritten query, and the later one whose total it lowered
+    assert report.summary() == "2 paid release(s) held against their audit entries (query 2): 2 disagree"
     code, out, err = run(["budget", "verify", "--home", str(home.root), "--json"], capsys)
     assert code == 7
-    assert json.loads(out)["against_audit_log"]["checked_by_kind"] == {"query": 3}
+    against = json.loads(out)["against_audit_log"]
+    assert against["checked_by_kind"] == {"query": 2} and against["releases_disagreeing"] == 2

@@ -102,6 +102,15 @@ def answer_query(
         "epsilon_target": charge.epsilon_target,
         "delta_target": charge.delta_target,
     }
+    if charge.already_paid:  # the row is as it stood when first paid; the partner may have spent more since
+        now = ledger.spent()
+        out["spend"] = {
+            "epsilon_total": now.epsilon,
+            "delta_total": now.delta,
+            "epsilon_target": now.epsilon_target,
+            "delta_target": now.delta_target,
+            "epsilon_total_when_paid": charge.epsilon_total,
+        }
     out["already_paid"] = charge.already_paid
     return out
 

@@ -2,7 +2,8 @@
 
 ``result.json`` holds :meth:`QueryResult.to_dict` (format ``fedcustomer.analytics.result/1``):
 ``query_id``, ``spec``, ``kind``, ``dataset``, ``confidence``, ``partners``, ``refused``
-(partner -> reason), ``spend`` (partner -> epsilon_total/target after this query),
+(partner -> reason), ``spend`` (partner -> epsilon_total/target after this query; for a replayed
+query id the partner's spend now, with ``epsilon_total_when_paid`` the total its first answer paid),
 ``rows`` (``group``, ``statistic``, ``label``, ``estimate``, ``ci_low``, ``ci_high``,
 ``noise_sd``; means also carry ``count`` and ``sum`` rows), ``partner_rows`` (quality),
 ``notes``, ``latency_s``; plus ``truth`` when a local run asked for true values.

@@ -121,6 +121,18 @@ def test_same_query_id_returns_the_same_release_without_paying_twice(homes: list
     assert len(ledger_for(homes[0], "retailer").charges()) == 1
 
 
+def test_a_replayed_answer_reports_the_partners_spend_now_not_as_it_stood_when_paid(
+    homes: list[PartnerHome],
+) -> None:
+    first = answer_query(homes[0], _count(1.0, "q-then"))
+    answer_query(homes[0], _count(0.5, "q-later"))
+    again = answer_query(homes[0], _count(1.0, "q-then"))
+    assert first["spend"]["epsilon_total"] == pytest.approx(1.0)
+    assert again["spend"]["epsilon_total"] == pytest.approx(1.5)  # everything released since counts
+    assert again["spend"]["epsilon_total_when_paid"] == pytest.approx(1.0)
+    assert "epsilon_total_when_paid" not in first["spend"]
+
+
 def test_reusing_a_query_id_for_another_query_is_refused(homes: list[PartnerHome]) -> None:
     answer_query(homes[0], _count(1.0, "q-same"))
     with pytest.raises(ConfigError, match="different query"):

@@ -15,11 +15,12 @@ Which releases have such an entry (the entry's fields, against the row's):
   entry keeps the same two; the job's label release, ``run:<id>:vertical:<role>:labels``, paid with
   the first round, is in that round's entry as ``epsilon_label`` (the release's own epsilon);
 - an analytics query, ``query:<id>``: its ``query`` entry keeps the total after the query (a replay
-  logs the total its first answer paid).
+  logs the total its first answer paid);
+- a PSI's DP count or intersection-sum, ``psi-count:<run>:<session>`` / ``psi-sum:<run>:<session>``:
+  its ``psi_release`` entry keeps the ledger key, the release's own epsilon and the total after it.
 
-Other releases (the PSI counts and sums) are checked by the recomputation alone. A paid row of the
-kinds above without an entry is reported apart, not as a disagreement: a node that stopped between
-paying and logging leaves one, and so did versions that did not log the spend.
+A paid row of these kinds without an entry is reported apart, not as a disagreement: a node that
+stopped between paying and logging leaves one, and so did versions that did not log the spend.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from fedcustomer.privacy.audit.records import (
     ACTION_FL_ROUND,
+    ACTION_PSI_RELEASE,
     ACTION_QUERY,
     ACTION_VERTICAL_ROUND,
     DECISION_ALLOWED,
@@ -124,6 +126,12 @@ def query_key(query_id: str) -> str:
     return f"query:{query_id}"
 
 
+def psi_key(kind: str, run_id: str, session: str) -> str:
+    """The ledger key of a PSI session's DP count or sum (as ``psi.noisy_count`` / ``psi.intersection_sum``
+    write it)."""
+    return f"psi-{kind}:{run_id}:{session}"
+
+
 def logged_releases(entry: AuditEntry) -> list[LoggedRelease]:
     """The paid releases ``entry`` records with their spend (none for refusals, reads and other actions)."""
     d = entry.details
@@ -156,6 +164,9 @@ def logged_releases(entry: AuditEntry) -> list[LoggedRelease]:
         return out
     if entry.action == ACTION_QUERY and isinstance(d.get("query_id"), str):
         return [LoggedRelease(query_key(d["query_id"]), ACTION_QUERY, seq, (total,))]
+    if entry.action == ACTION_PSI_RELEASE and isinstance(d.get("charge_key"), str):
+        own = (("release epsilon", "epsilon", d["epsilon"]),) if d.get("epsilon") is not None else ()
+        return [LoggedRelease(d["charge_key"], ACTION_PSI_RELEASE, seq, (total, *own))]
     return []
 
 
@@ -170,6 +181,16 @@ def logged_kind(charge: Charge) -> str | None:
             return LABEL_RELEASE if vertical.group(1) == "labels" else ACTION_VERTICAL_ROUND
     if charge.query_id is not None and key == query_key(charge.query_id):
         return ACTION_QUERY
+    if (
+        run_id is not None
+        and charge.query_id is not None
+        and key
+        in (
+            psi_key("count", run_id, charge.query_id),
+            psi_key("sum", run_id, charge.query_id),
+        )
+    ):
+        return ACTION_PSI_RELEASE
     return None
 
 

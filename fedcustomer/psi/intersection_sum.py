@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from typing import Any
 from fedcustomer.errors import ConfigError, DataError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
-from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check, release
+from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check
 from fedcustomer.psi.core import (
     DEFAULT_MAX_SET_SIZE,
     POINT_BYTES,
@@ -64,6 +64,7 @@ from fedcustomer.psi.core import (
     unpack,
 )
 from fedcustomer.psi.noisy_count import discrete_laplace
+from fedcustomer.psi.release_audit import audited_release
 
 MECHANISM = "psi_sum_discrete_laplace"
 SCALE = 10_000  # fixed-point: values are sent as round(v * SCALE), 4 decimals
@@ -487,6 +488,15 @@ def paid_results(payer: Payer) -> PaidResults[dict[str, Any]]:
     return PaidResults(payer.home.state_dir / "psi" / "sums", _JsonCodec())
 
 
+def pay_sum(
+    payer: Payer, ledger: Any, step: Step, produce: Callable[[], tuple[dict[str, Any], Mechanism]]
+) -> dict[str, Any]:
+    """A party's side of the session's release: paid once from its ledger, kept, and audited."""
+    return audited_release(
+        payer.home, ledger, step, paid_results(payer), produce, kind="intersection_sum"
+    ).result
+
+
 def run_intersection_sum_local(
     ids_a: Sequence[str],
     values_a: Sequence[float],
@@ -523,7 +533,7 @@ def run_intersection_sum_local(
         reply = b.answer(offer, doubly)
         return {"sum": reply["sum"].hex(), "count": reply["count"]}, mechanism
 
-    paid_b = release(ledgers["b"], step, paid_results(payer_b), produce_b).result
+    paid_b = pay_sum(payer_b, ledgers["b"], step, produce_b)
     answer = {"sum": bytes.fromhex(paid_b["sum"]), "count": int(paid_b["count"])}
 
     def produce_a() -> tuple[dict[str, Any], Mechanism]:
@@ -532,7 +542,7 @@ def run_intersection_sum_local(
         noisy_sum, rate = make_rate(fixed, count, params)
         return {"noisy_count": count, "noisy_sum": noisy_sum, "rate": rate}, mechanism
 
-    out = release(ledgers["a"], step, paid_results(payer_a), produce_a).result
+    out = pay_sum(payer_a, ledgers["a"], step, produce_a)
     messages: list[tuple[str, dict[str, Any]]] = [
         ("offer", offer),
         ("blinded", padded),

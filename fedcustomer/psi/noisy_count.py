@@ -22,7 +22,8 @@ from typing import Any
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check, release
+from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check
+from fedcustomer.psi.release_audit import audited_release
 from fedcustomer.psi.state import drop_session
 
 MECHANISM = "psi_count_discrete_laplace"
@@ -79,7 +80,7 @@ def release_count(
         return max(0, size + discrete_laplace(epsilon)) if publish else -1, mechanism
 
     results: PaidResults[int] = PaidResults(home.state_dir / "psi" / "counts", _CountCodec())
-    released = release(ledger, step, results, produce, lambda result, _c: result)
+    released = audited_release(home, ledger, step, results, produce, kind="count")
     return released.result if publish else None
 
 

@@ -34,7 +34,6 @@ import numpy as np
 
 from fedcustomer.errors import AccessDenied, IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp.release import release
 from fedcustomer.psi import signing
 from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.chunked import (
@@ -55,7 +54,7 @@ from fedcustomer.psi.intersection_sum import (
     _ciphertext_bytes,
     _phe,
     make_rate,
-    paid_results,
+    pay_sum,
     sum_step,
 )
 from fedcustomer.psi.state import drop_session, work_path
@@ -236,7 +235,7 @@ def answer_sum(s: SumSession, blob: bytes | None, index: int, signature: object)
 
     payer = Payer(s.home, str(s.state["dataset"]))
     step = sum_step(str(s.state["run_id"]), s.session)
-    paid = release(payer.ledger(), step, paid_results(payer), produce).result
+    paid = pay_sum(payer, payer.ledger(), step, produce)
     total, count = bytes.fromhex(paid["sum"]), int(paid["count"])
     link = bytes.fromhex(str(s.state["peer_chain"]))  # the value holder's chunks, as we took them
     signed = signing.session_statement(
@@ -277,7 +276,7 @@ def finish_sum(s: SumSession, total: bytes, count: int, signature: object) -> di
 
     payer = Payer(s.home, str(s.state["dataset"]))
     step = sum_step(str(s.state["run_id"]), s.session)
-    out = release(payer.ledger(), step, paid_results(payer), produce).result
+    out = pay_sum(payer, payer.ledger(), step, produce)
     drop_session(s.home, s.session)
     s._log("released the intersection-sum")
     reply: dict[str, Any] = {"noisy-count": int(out["noisy_count"]), "noisy-sum": float(out["noisy_sum"])}

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fedcustomer.errors import BudgetExhausted, IntegrityError
-from fedcustomer.privacy.dp.release import Mechanism, check, release
+from fedcustomer.privacy.dp.release import Mechanism, check
 from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, POINT_BYTES, make_executor
 from fedcustomer.psi.intersection_sum import (
@@ -46,7 +46,7 @@ from fedcustomer.psi.intersection_sum import (
     _ciphertext_bytes,
     _phe,
     make_rate,
-    paid_results,
+    pay_sum,
     sum_step,
 )
 from fedcustomer.psi.stream import StreamingParty
@@ -119,7 +119,7 @@ def run_intersection_sum_stream(
             sealed, matched = encrypted_sum(b, offers, public, _ciphertext_bytes(public), params)
             return {"sum": sealed.hex(), "count": max(0, matched + params.count_noise())}, mechanism
 
-        paid_b = release(ledgers["b"], step, paid_results(payer_b), produce_b).result
+        paid_b = pay_sum(payer_b, ledgers["b"], step, produce_b)
         total, count = int.from_bytes(bytes.fromhex(paid_b["sum"]), "big"), int(paid_b["count"])
 
         def produce_a() -> tuple[dict[str, Any], Mechanism]:
@@ -128,7 +128,7 @@ def run_intersection_sum_stream(
             noisy_sum, rate = make_rate(fixed + params.sum_noise(), count, params)
             return {"noisy_count": count, "noisy_sum": noisy_sum, "rate": rate}, mechanism
 
-        out = release(ledgers["a"], step, paid_results(payer_a), produce_a).result
+        out = pay_sum(payer_a, ledgers["a"], step, produce_a)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

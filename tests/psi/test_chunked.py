@@ -10,6 +10,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedcustomer.errors import ConfigError, FederationError
+from fedcustomer.partner.ledger_audit import check_ledger_against_audit, log_entries
+from fedcustomer.privacy.audit.records import ACTION_PSI_RELEASE
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.psi.chunked import MAX_CHUNK_SIZE
 from fedcustomer.psi.core import POINT_BYTES, unpack
@@ -116,6 +118,14 @@ def test_a_dp_count_over_chunks_is_paid_once_by_each_party(pinned):
     for home, dataset in zip(homes, ("accounts", "loyalty"), strict=True):
         charges = [c for c in home.ledger(dataset).charges() if c.mechanism == MECHANISM]
         assert len(charges) == 1 and charges[0].epsilon == pytest.approx(1.0)
+        # each party's audit log records the release it paid, and the ledger row agrees with it
+        with home.open_audit_log() as log:
+            (entry,) = log.query(action=ACTION_PSI_RELEASE)
+        assert entry.decision == "allowed" and entry.dataset == dataset and entry.purpose == "record_linkage"
+        assert entry.details["kind"] == "count" and entry.details["charge_key"] == charges[0].charge_key
+        assert entry.details["epsilon"] == pytest.approx(1.0) and not entry.details["replayed"]
+        report = check_ledger_against_audit(home.ledger(dataset).all_charges(), log_entries(home.audit_dir))
+        assert report.ok and report.checked_by_kind == {"psi_release": 1} and report.unlogged == []
 
 
 # --- a dishonest coordinator, message by message -------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.partner.ledger_audit import check_ledger_against_audit, log_entries
+from fedcustomer.privacy.audit.records import ACTION_PSI_RELEASE
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.psi.core import unpack
@@ -63,6 +65,15 @@ def test_noisy_rate_matches_the_plain_computation_within_its_noise(tmp_path):
         charges = [c for c in payer.home.ledger(payer.dataset).charges() if c.mechanism == MECHANISM]
         assert len(charges) == 1 and charges[0].epsilon == pytest.approx(4.0)
         assert charges[0].details["count_epsilon"] == charges[0].details["sum_epsilon"] == 2.0
+        # and logged the release with what it cost; the ledger row agrees with the entry
+        with payer.home.open_audit_log() as log:
+            (entry,) = log.query(action=ACTION_PSI_RELEASE)
+        assert entry.details["kind"] == "intersection_sum" and entry.decision == "allowed"
+        assert entry.details["charge_key"] == charges[0].charge_key
+        assert entry.details["epsilon_total"] == pytest.approx(charges[0].epsilon_total)
+        all_charges = payer.home.ledger(payer.dataset).all_charges()
+        report = check_ledger_against_audit(all_charges, log_entries(payer.home.audit_dir))
+        assert report.ok and report.checked_by_kind == {"psi_release": 1}
 
 
 def test_messages_and_release_hold_no_id_no_value_and_no_membership(tmp_path):

@@ -52,6 +52,7 @@ ACTION_FL_EVALUATE = "fl_evaluate"  # a partner scored a job's model on its held
 ACTION_VERTICAL_ROUND = "vertical_round"  # a split-learning party opened (paid) or refused a round
 ACTION_VERTICAL_FINISH = "vertical_finish"  # a split-learning party ended its job: final part, accounting
 ACTION_QUERY = "query"
+ACTION_PSI_RELEASE = "psi_release"  # a partner paid (or refused) a DP count or intersection-sum of a PSI
 ACTION_POLICY_CHANGE = "policy_change"
 ACTION_AUDIT_QUERY = "audit_query"
 ACTION_AUDIT_REPAIR = "audit_repair"
@@ -71,6 +72,7 @@ ACTIONS: frozenset[str] = frozenset(
         ACTION_VERTICAL_ROUND,
         ACTION_VERTICAL_FINISH,
         ACTION_QUERY,
+        ACTION_PSI_RELEASE,
         ACTION_POLICY_CHANGE,
         ACTION_AUDIT_QUERY,
         ACTION_AUDIT_REPAIR,

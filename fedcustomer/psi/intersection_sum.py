@@ -64,7 +64,7 @@ from fedcustomer.psi.core import (
     unpack,
 )
 from fedcustomer.psi.noisy_count import discrete_laplace
-from fedcustomer.psi.release_audit import audited_release
+from fedcustomer.psi.release_audit import audited_check, audited_release
 
 MECHANISM = "psi_sum_discrete_laplace"
 SCALE = 10_000  # fixed-point: values are sent as round(v * SCALE), 4 decimals
@@ -473,6 +473,9 @@ class Payer:
         return self.home.ledger(self.dataset, self.home.config().budget_for(self.dataset))
 
 
+SUM_KIND = "intersection_sum"  # the kind of its ``psi_release`` audit entries
+
+
 def sum_step(run_id: str, session: str) -> Step:
     """The charge of one session: the same key on both ledgers, paid once each."""
     return Step(
@@ -492,9 +495,7 @@ def pay_sum(
     payer: Payer, ledger: Any, step: Step, produce: Callable[[], tuple[dict[str, Any], Mechanism]]
 ) -> dict[str, Any]:
     """A party's side of the session's release: paid once from its ledger, kept, and audited."""
-    return audited_release(
-        payer.home, ledger, step, paid_results(payer), produce, kind="intersection_sum"
-    ).result
+    return audited_release(payer.home, ledger, step, paid_results(payer), produce, kind=SUM_KIND).result
 
 
 def run_intersection_sum_local(
@@ -521,8 +522,8 @@ def run_intersection_sum_local(
     run_id = run_id or session
     step, mechanism = sum_step(run_id, session), params.mechanism()
     ledgers = {"a": payer_a.ledger(), "b": payer_b.ledger()}
-    for ledger in ledgers.values():
-        check(ledger, step, mechanism)
+    for payer, ledger in ((payer_a, ledgers["a"]), (payer_b, ledgers["b"])):
+        audited_check(payer.home, ledger, step, mechanism, kind=SUM_KIND)
     a = ValueHolder(ids_a, values_a, params, workers=workers, max_set_size=max_set_size)
     b = PredicateHolder(ids_b, where_b, params, workers=workers, max_set_size=max_set_size)
     offer, padded = a.offer(), b.blinded()

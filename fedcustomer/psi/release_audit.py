@@ -16,7 +16,7 @@ from fedcustomer.errors import BudgetExhausted
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.records import ACTION_PSI_RELEASE, DECISION_ALLOWED, DECISION_DENIED
 from fedcustomer.privacy.dp.ledger import BudgetLedger
-from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Released, Step, release
+from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Released, Step, check, release
 
 R = TypeVar("R")
 ROLE = "training_pipeline"  # the node's own pipeline, as for its linkage read
@@ -60,6 +60,23 @@ def audited_release(
     )
     _append(home, ledger.dataset, DECISION_ALLOWED, None, details)
     return released
+
+
+def audited_check(
+    home: PartnerHome, ledger: BudgetLedger, step: Step, mechanism: Mechanism, *, kind: str
+) -> None:
+    """The budget check a session makes before any work; a refusal is logged ``denied`` and raised."""
+    try:
+        check(ledger, step, mechanism)
+    except BudgetExhausted as exc:
+        details = {
+            "run_id": step.run_id,
+            "session": step.query_id,
+            "kind": kind,
+            "charge_key": step.charge_key,
+        }
+        _append(home, ledger.dataset, DECISION_DENIED, f"BudgetExhausted: {exc.reason}", details)
+        raise
 
 
 def _append(

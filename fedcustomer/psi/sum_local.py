@@ -40,6 +40,7 @@ from fedcustomer.psi.bucket_files import VALUE, Buckets
 from fedcustomer.psi.core import DEFAULT_MAX_SET_SIZE, POINT_BYTES, make_executor
 from fedcustomer.psi.intersection_sum import (
     KEY_BITS,
+    SUM_KIND,
     Payer,
     SumParams,
     SumResult,
@@ -49,6 +50,7 @@ from fedcustomer.psi.intersection_sum import (
     pay_sum,
     sum_step,
 )
+from fedcustomer.psi.release_audit import audited_check
 from fedcustomer.psi.stream import StreamingParty
 from fedcustomer.psi.sum_input import (
     FLAGS_FILE,
@@ -91,7 +93,7 @@ def run_intersection_sum_stream(
     ledgers = {"a": payer_a.ledger(), "b": payer_b.ledger()}
     for side, payer in (("a", payer_a), ("b", payer_b)):
         try:
-            check(ledgers[side], step, mechanism)
+            audited_check(payer.home, ledgers[side], step, mechanism, kind=SUM_KIND)
         except BudgetExhausted as exc:  # say which of the two homes refused, not just "this partner"
             raise BudgetExhausted(
                 f"party {side} (partner {payer.home.config().name!r}): {exc.reason}", exc.spend, exc.projected

@@ -40,13 +40,12 @@ from flwr.serverapp import Grid
 
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp.release import check
 from fedcustomer.psi import sum_chunked as chunks_
 from fedcustomer.psi.chunked import REVEAL_SUM as REVEAL_SUM  # re-exported for callers
 from fedcustomer.psi.chunked import accept_chunk, answer_chunk, check_chunk_size, check_fresh
 from fedcustomer.psi.chunked import reblind_chunk as reblind_peer_chunk
 from fedcustomer.psi.core import POINT_BYTES
-from fedcustomer.psi.intersection_sum import Payer, SumParams, sum_step
+from fedcustomer.psi.intersection_sum import SUM_KIND, Payer, SumParams, sum_step
 from fedcustomer.psi.protocol import (
     PartyLimits,
     _blob,
@@ -61,6 +60,7 @@ from fedcustomer.psi.protocol import (
     _workers,
 )
 from fedcustomer.psi.relay import _signature, next_own_index
+from fedcustomer.psi.release_audit import audited_check
 from fedcustomer.psi.state import check_session_id, drop_session, psi_dir, read_json
 from fedcustomer.psi.sum_chunked import DEFAULT_SUM_CHUNK_SIZE as DEFAULT_SUM_CHUNK_SIZE
 from fedcustomer.psi.sum_chunked import ROLE_PREDICATE, ROLE_VALUE
@@ -111,7 +111,9 @@ def handle_open(
     size = check_chunk_size(cfg.get("chunk-size", DEFAULT_SUM_CHUNK_SIZE))
     _expire_legacy(home, limits, now)
     check_fresh(home, session, limits.session_ttl_s, now)
-    check(Payer(home, dataset).ledger(), sum_step(run_id, session), params.mechanism())
+    audited_check(
+        home, Payer(home, dataset).ledger(), sum_step(run_id, session), params.mechanism(), kind=SUM_KIND
+    )
     batches = load_column(home, dataset, column, min(size, READ_BATCH))
     bound: dict[str, Any] = {
         "session": session, "dataset": dataset, "peer": peer, "me": home.config().name, "run_id": run_id,

@@ -140,6 +140,12 @@ def test_exhausted_budget_is_refused_before_any_work_and_leaves_both_ledgers(tmp
             IDS_A, VALUES_A, IDS_B, WHERE_B, payer_a=pa, payer_b=pb, params=SumParams(1.0)
         )
     assert (_charges(pa), _charges(pb)) == before == ([], [])
+    # the refusing party's log says so; the other party's has nothing about the session
+    with pb.home.open_audit_log() as log:
+        (refused,) = log.query(action=ACTION_PSI_RELEASE)
+    assert refused.decision == "denied" and refused.details["kind"] == "intersection_sum"
+    with pa.home.open_audit_log() as log:
+        assert list(log.query(action=ACTION_PSI_RELEASE)) == []
     assert not (pa.home.state_dir / "psi" / "sums").exists() or not any(
         (pa.home.state_dir / "psi" / "sums").iterdir()
     )

@@ -316,7 +316,8 @@ def budget_set(
 
 
 BUDGET_CAPTION = (
-    "eps alone: what that release would cost if it were the only one; eps total: the partner's spend "
+    "eps alone: what that release would cost if it were the only one, at the budget's delta (a Gaussian "
+    "query declared at a smaller delta reads lower here); eps total: the partner's spend "
     "after it, every release about its customers composed (all datasets; Gaussian ones with the accountant "
     "the row names, RDP or PLD, so a round adds less to the total than its eps alone); delta: a Laplace or "
     "randomised-response release's own, 'composed' for Gaussian ones (held at the budget's delta); --json for "
@@ -394,7 +395,7 @@ def budget_verify(
     if not against_log.ok:
         key, why = against_log.disagreements[0]
         raise IntegrityError(
-            f"partner {config.name!r}'s ledger disagrees with its audit log on {against_log.disagreeing} "
+            f"the ledger of partner {config.name!r} disagrees with its audit log on {against_log.disagreeing} "
             f"release(s) (first: "
             f"{key!r}: {why}); the log is hash-chained and anchored, the ledger is not"
         )

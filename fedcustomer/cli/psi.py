@@ -121,7 +121,11 @@ def psi(
         1.0, "--epsilon", help="--reveal sum: charged to each party, half for the count, half for the sum"
     ),
     value_max: float = typer.Option(1.0, "--value-max", help="--reveal sum: values clipped to [0, this]"),
-    run_id: str | None = typer.Option(None, "--run-id", help="--reveal sum: run the charges are filed under"),
+    run_id: str | None = typer.Option(
+        None,
+        "--run-id",
+        help="--reveal sum: run id the charge is filed under (each run of the command is a new session, charged anew)",
+    ),
 ) -> None:
     """Private set intersection of two partner files: prints how many customers they share.
 

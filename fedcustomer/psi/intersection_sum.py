@@ -312,6 +312,7 @@ class SumResult:
     duplicates_a: int = 0
     duplicates_b: int = 0
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
+    step: Step | None = None  # the charge both ledgers paid: ties the result to its rows and audit entries
 
     @classmethod
     def released(
@@ -321,6 +322,7 @@ class SumResult:
         a: Any,
         b: Any,
         messages: list[tuple[str, dict[str, Any]]] | None = None,
+        step: Step | None = None,
     ) -> SumResult:
         """The result of a paid release ``out``, with the job's DP ``params`` and the two sides' set sizes."""
         return cls(
@@ -336,16 +338,24 @@ class SumResult:
             duplicates_a=a.duplicates_removed,
             duplicates_b=b.duplicates_removed,
             messages=messages or [],
+            step=step,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "noisy_count": self.noisy_count,
             "noisy_sum": self.noisy_sum,
             "rate": self.rate,
             "epsilon": {"total": self.epsilon, "count": self.count_epsilon, "sum": self.sum_epsilon},
             "value_max": self.value_max,
         }
+        if self.step is not None:  # what budget show, budget verify and the psi_release entries name
+            out |= {
+                "run_id": self.step.run_id,
+                "session": self.step.query_id,
+                "charge_key": self.step.charge_key,
+            }
+        return out
 
 
 def make_rate(fixed_sum: int, count: int, params: SumParams) -> tuple[float, float | None]:
@@ -550,7 +560,7 @@ def run_intersection_sum_local(
         ("doubly", doubly),
         ("answer", answer),
     ]
-    return SumResult.released(out, params, a, b, messages if keep_messages else None)
+    return SumResult.released(out, params, a, b, messages if keep_messages else None, step=step)
 
 
 __all__ = [

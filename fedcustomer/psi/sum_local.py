@@ -135,7 +135,7 @@ def run_intersection_sum_stream(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    return SumResult.released(out, params, a, b)
+    return SumResult.released(out, params, a, b, step=step)
 
 
 def _offer(a: StreamingParty, b: StreamingParty, work: Path, public: Any, size: int, workers: int) -> Buckets:

@@ -57,6 +57,13 @@ def test_rate_is_printed_written_and_paid_by_both(setup, tmp_path, capsys):
     for text in (printed, err):
         assert not any(i in text or i.upper() in text for i in ids)
     assert [len(keys) for keys in _ledgers(homes)] == [1, 1]
+    # the result names the charge both ledgers paid and the audit entries that logged it
+    assert [keys[0] for keys in _ledgers(homes)] == [result["charge_key"]] * 2
+    assert result["charge_key"] == f"psi-sum:{result['run_id']}:{result['session']}"
+    for home in homes:
+        with home.open_audit_log() as log:
+            (entry,) = log.query(action="psi_release")
+        assert entry.details["charge_key"] == result["charge_key"]
 
 
 @pytest.mark.parametrize(

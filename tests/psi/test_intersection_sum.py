@@ -104,7 +104,9 @@ def test_messages_and_release_hold_no_id_no_value_and_no_membership(tmp_path):
     assert len(unpack(messages["blinded"]["blinded"])) == 230
     # what comes back is only one ciphertext and one noisy count; the release is aggregates only
     assert set(messages["answer"]) == {"sum", "count"} and len(messages["answer"]["sum"]) == width
-    assert set(res.to_dict()) == {"noisy_count", "noisy_sum", "rate", "epsilon", "value_max"}
+    # aggregates only, and the names of the charge they were paid under (random session, run id)
+    released = {"noisy_count", "noisy_sum", "rate", "epsilon", "value_max"}
+    assert set(res.to_dict()) == released | {"run_id", "session", "charge_key"}
 
 
 def test_the_returned_values_are_shuffled_and_the_sum_carries_the_peer_noise(tmp_path):

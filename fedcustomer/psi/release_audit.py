@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fedcustomer.errors import BudgetExhausted
+from fedcustomer.errors import BudgetExhausted, FedCustomerError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.records import ACTION_PSI_RELEASE, DECISION_ALLOWED, DECISION_DENIED
 from fedcustomer.privacy.dp.ledger import BudgetLedger
@@ -34,7 +34,8 @@ def audited_release(
 ) -> Released[R]:
     """:func:`~fedcustomer.privacy.dp.release.release`, then its ``psi_release`` entry.
 
-    A refusal is logged ``denied`` with its reason and raised; nothing was charged. If the entry
+    A refusal, or a product error in the release (a malformed answer), is logged ``denied`` with its
+    reason and raised; nothing was charged. If the entry
     cannot be written after a payment, the error is raised and the paid result stays kept: asking
     again re-sends it and logs it then (``replayed``).
     """
@@ -48,6 +49,9 @@ def audited_release(
         released = release(ledger, step, results, produce)
     except BudgetExhausted as exc:
         _append(home, ledger.dataset, DECISION_DENIED, f"BudgetExhausted: {exc.reason}", details)
+        raise
+    except FedCustomerError as exc:  # e.g. a malformed answer: nothing was charged or released
+        _append(home, ledger.dataset, DECISION_DENIED, f"{type(exc).__name__}: {exc}", details)
         raise
     charge = released.charge
     details.update(

@@ -60,3 +60,22 @@ def test_a_count_row_rewritten_cheaper_is_caught(tmp_path) -> None:
     report = check_ledger_against_audit(charges, log_entries(home.audit_dir))
     assert [k for k, _ in report.disagreements] == [row.charge_key, row.charge_key]
     assert "release epsilon 0.5 in the ledger, 2.0 in audit entry" in report.disagreements[1][1]
+
+
+def test_a_release_that_fails_is_logged_denied_and_charges_nothing(tmp_path) -> None:
+    from fedcustomer.errors import IntegrityError
+    from fedcustomer.psi.intersection_sum import Payer, pay_sum, sum_step
+
+    home = PartnerHome.create(tmp_path / "bank", "bank", budget=DatasetBudget(5.0, 1e-5))
+    payer = Payer(home, "accounts")
+
+    def malformed() -> tuple[dict, object]:
+        raise IntegrityError("the intersection-sum answer is malformed; run a new session")
+
+    with pytest.raises(IntegrityError, match="malformed"):
+        pay_sum(payer, payer.ledger(), sum_step("r1", "s9"), malformed)  # type: ignore[arg-type]
+    (entry,) = _entries(home)
+    assert entry.decision == "denied" and entry.reason.startswith(
+        "IntegrityError: the intersection-sum answer"
+    )
+    assert entry.details["kind"] == "intersection_sum" and home.ledger("accounts").charges() == []

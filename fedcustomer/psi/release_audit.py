@@ -35,9 +35,9 @@ def audited_release(
     """:func:`~fedcustomer.privacy.dp.release.release`, then its ``psi_release`` entry.
 
     A refusal, or a product error in the release (a malformed answer), is logged ``denied`` with its
-    reason and raised; nothing was charged. If the entry
-    cannot be written after a payment, the error is raised and the paid result stays kept: asking
-    again re-sends it and logs it then (``replayed``).
+    reason and raised; nothing was charged. If the entry cannot be written after a payment, the
+    error is raised and the paid result stays kept: asking again re-sends it and logs it then
+    (``replayed``).
     """
     details: dict[str, Any] = {
         "run_id": step.run_id,

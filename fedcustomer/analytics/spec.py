@@ -43,6 +43,7 @@ import yaml
 from fedcustomer.analytics.mechanisms import LAPLACE, MECHANISMS
 from fedcustomer.analytics.rfm import SEGMENT_FIELD, SEGMENTS, RFMConfig
 from fedcustomer.errors import ConfigError
+from fedcustomer.partner.ledger_keys import query_key
 
 KINDS = ("count", "sum", "mean", "histogram", "quantiles", "funnel", "quality")
 BAND_SUFFIX = "_band"
@@ -104,7 +105,7 @@ class QuerySpec:
     # --- derived facts --------------------------------------------------------
     @property
     def charge_key(self) -> str:
-        return f"query:{self.query_id}"
+        return query_key(self.query_id)
 
     def domain(self, group: str) -> tuple[str, ...]:
         """The declared values of one group field."""

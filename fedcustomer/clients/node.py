@@ -26,6 +26,7 @@ from fedcustomer.models.evaluation import evaluate
 from fedcustomer.models.registry import build_model, loss_for
 from fedcustomer.models.weights_io import load_weights_only
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.partner.ledger_keys import round_key
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Charge
 from fedcustomer.privacy.dp.ledger_file import WalHold
@@ -487,7 +488,7 @@ class _UpdateCodec:
 
 def round_step(run_id: str, round_: int) -> Step:
     """A training round's release: its ledger key (paid once per run and round) and its name in reasons."""
-    return Step(f"run:{run_id}:round:{round_}", f"round {round_}", run_id, round_)
+    return Step(round_key(run_id, round_), f"round {round_}", run_id, round_)
 
 
 def _steps_per_epoch(batch_size: int, n: int) -> int:

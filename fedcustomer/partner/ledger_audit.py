@@ -33,6 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcustomer.partner.ledger_keys import (
+    psi_key,
+    query_key,
+    round_key,
+    vertical_label_key,
+    vertical_round_key,
+)
 from fedcustomer.privacy.audit.records import (
     ACTION_FL_ROUND,
     ACTION_PSI_RELEASE,
@@ -43,6 +50,19 @@ from fedcustomer.privacy.audit.records import (
 )
 from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.ledger import GAUSSIAN, Charge
+
+__all__ = [  # the key builders are re-exported: callers of the check name keys with them
+    "LedgerAuditReport",
+    "check_ledger_against_audit",
+    "log_entries",
+    "logged_kind",
+    "logged_releases",
+    "psi_key",
+    "query_key",
+    "round_key",
+    "vertical_label_key",
+    "vertical_round_key",
+]
 
 DEFAULT_TOLERANCE = 1e-9  # relative: both sides hold the same float, written once
 LABEL_RELEASE = "label_release"  # the kind of a vertical job's label release (logged in its first round)
@@ -104,32 +124,6 @@ class LoggedRelease:
 def log_entries(audit_dir: Path) -> Iterable[AuditEntry]:
     """A home's audit entries to hold its ledger against (none when it has no log yet)."""
     return AuditLog(audit_dir) if audit_dir.exists() else []
-
-
-def round_key(run_id: str, round_: int) -> str:
-    """The ledger key of a horizontal training round (as ``clients.node.round_step`` writes it)."""
-    return f"run:{run_id}:round:{round_}"
-
-
-def vertical_round_key(run_id: str, role: str, round_: int) -> str:
-    """The ledger key of a split-learning party's round (as ``vertical.spend`` writes it)."""
-    return f"run:{run_id}:vertical:{role}:round:{round_}"
-
-
-def vertical_label_key(run_id: str, role: str) -> str:
-    """The ledger key of a split-learning job's label release (as ``vertical.spend`` writes it)."""
-    return f"run:{run_id}:vertical:{role}:labels"
-
-
-def query_key(query_id: str) -> str:
-    """The ledger key of an analytics query (as ``analytics.spec.QuerySpec.charge_key`` writes it)."""
-    return f"query:{query_id}"
-
-
-def psi_key(kind: str, run_id: str, session: str) -> str:
-    """The ledger key of a PSI session's DP count or sum (as ``psi.noisy_count`` / ``psi.intersection_sum``
-    write it)."""
-    return f"psi-{kind}:{run_id}:{session}"
 
 
 def logged_releases(entry: AuditEntry) -> list[LoggedRelease]:

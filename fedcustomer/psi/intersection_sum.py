@@ -51,6 +51,7 @@ from typing import Any
 
 from fedcustomer.errors import ConfigError, DataError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.partner.ledger_keys import psi_key
 from fedcustomer.privacy.crypto.pseudonym import normalize_id
 from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check
 from fedcustomer.psi.core import (
@@ -489,7 +490,7 @@ SUM_KIND = "intersection_sum"  # the kind of its ``psi_release`` audit entries
 def sum_step(run_id: str, session: str) -> Step:
     """The charge of one session: the same key on both ledgers, paid once each."""
     return Step(
-        charge_key=f"psi-sum:{run_id}:{session}",
+        charge_key=psi_key("sum", run_id, session),
         label=f"PSI intersection-sum of session {session}",
         run_id=run_id,
         query_id=session,

@@ -22,6 +22,7 @@ from typing import Any
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.partner.ledger_keys import psi_key
 from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check
 from fedcustomer.psi.release_audit import audited_release
 from fedcustomer.psi.state import drop_session
@@ -68,7 +69,7 @@ def release_count(
     config = home.config()
     ledger = home.ledger(dataset, config.budget_for(dataset))
     step = Step(
-        charge_key=f"psi-count:{run_id}:{session}",
+        charge_key=psi_key("count", run_id, session),
         label=f"PSI count of session {session}",
         run_id=run_id,
         query_id=session,

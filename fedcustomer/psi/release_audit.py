@@ -39,19 +39,11 @@ def audited_release(
     error is raised and the paid result stays kept: asking again re-sends it and logs it then
     (``replayed``).
     """
-    details: dict[str, Any] = {
-        "run_id": step.run_id,
-        "session": step.query_id,
-        "kind": kind,
-        "charge_key": step.charge_key,
-    }
+    details = _names(step, kind)
     try:
         released = release(ledger, step, results, produce)
-    except BudgetExhausted as exc:
-        _append(home, ledger.dataset, DECISION_DENIED, f"BudgetExhausted: {exc.reason}", details)
-        raise
-    except FedCustomerError as exc:  # e.g. a malformed answer: nothing was charged or released
-        _append(home, ledger.dataset, DECISION_DENIED, f"{type(exc).__name__}: {exc}", details)
+    except FedCustomerError as exc:  # a refusal, a malformed answer: nothing was charged or released
+        _refused(home, ledger, exc, details)
         raise
     charge = released.charge
     details.update(
@@ -73,14 +65,17 @@ def audited_check(
     try:
         check(ledger, step, mechanism)
     except BudgetExhausted as exc:
-        details = {
-            "run_id": step.run_id,
-            "session": step.query_id,
-            "kind": kind,
-            "charge_key": step.charge_key,
-        }
-        _append(home, ledger.dataset, DECISION_DENIED, f"BudgetExhausted: {exc.reason}", details)
+        _refused(home, ledger, exc, _names(step, kind))
         raise
+
+
+def _names(step: Step, kind: str) -> dict[str, Any]:
+    """What names the release in its entry: run, session, kind and ledger key."""
+    return {"run_id": step.run_id, "session": step.query_id, "kind": kind, "charge_key": step.charge_key}
+
+
+def _refused(home: PartnerHome, ledger: BudgetLedger, exc: FedCustomerError, details: dict[str, Any]) -> None:
+    _append(home, ledger.dataset, DECISION_DENIED, f"{type(exc).__name__}: {exc}", details)
 
 
 def _append(

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedcustomer.errors import BudgetExhausted, ConfigError, DataError
+from fedcustomer.partner.ledger_keys import vertical_label_key, vertical_round_key
 from fedcustomer.privacy.dp.accounting import GaussianSteps
 from fedcustomer.privacy.dp.ledger import BudgetLedger, Spend
 from fedcustomer.privacy.dp.release import (
@@ -100,12 +101,10 @@ class PartySpend:
         self._state, self._persist = state, persist
 
     def label_step(self) -> Step:
-        return Step(
-            f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:labels", "label release", self.cfg.run_id
-        )
+        return Step(vertical_label_key(self.cfg.run_id, self.cfg.role), "label release", self.cfg.run_id)
 
     def round_step(self, rnd: int) -> Step:
-        key = f"run:{self.cfg.run_id}:vertical:{self.cfg.role}:round:{rnd}"
+        key = vertical_round_key(self.cfg.run_id, self.cfg.role, rnd)
         return Step(key, f"vertical round {rnd}", self.cfg.run_id, rnd)
 
     def label_mechanism(self) -> Mechanism | None:
@@ -126,7 +125,7 @@ class PartySpend:
             return []
         if run == self.cfg.run_id or planned < 1:
             raise DataError("a job runs beside another job of the same party, with at least one round")
-        keys = [f"run:{run}:vertical:{self.cfg.role}:round:{r}" for r in range(1, planned + 1)]
+        keys = [vertical_round_key(run, self.cfg.role, r) for r in range(1, planned + 1)]
         paid = [c for c in (self.ledger.find(key) for key in keys) if c is not None]
         first = paid[0] if paid else None
         if first is None or first.noise_multiplier is None or first.sample_rate is None or not first.steps:

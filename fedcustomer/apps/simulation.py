@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fedcustomer.apps.simulation_feed import pace_simulation_feed
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import FedCustomerError, FederationError
 from fedcustomer.partner.home import PartnerHome
+from fedcustomer.privacy.dp.secure_noise import NOISE_AHEAD_ENV
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import check_budgets, prepare_partners
 from fedcustomer.server.run import RoundCallback
@@ -66,14 +68,18 @@ def run_simulated_job(
     # ServerApp run at the caller's. On a busy machine the partners then starve while the
     # coordinator waits on them: the job is one workload, so its workers share its priority.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    workers = max(1, min(len(homes), os.cpu_count() or 1))
     init_args: dict[str, Any] = {
-        "num_cpus": max(1, min(len(homes), os.cpu_count() or 1)),
+        "num_cpus": workers,
         "log_to_driver": verbose,
         "include_dashboard": False,
     }
     if os.environ.get(RAY_ADDRESS_ENV):  # join a running Ray cluster instead of starting one here
         init_args = {"address": os.environ[RAY_ADDRESS_ENV], "log_to_driver": verbose}
     pace_simulation_feed()  # pushed messages reach the workers within ~0.01 s; sweeps kept to a CPU share
+    # Workers that fill every core leave none for DP-SGD's noise helper thread; the local workers
+    # inherit this when Ray starts them (a cluster's nodes take it from their own environment).
+    ahead = _noise_ahead_off(workers >= (os.cpu_count() or 1))
     try:
         run_simulation(
             server_app=server_app,
@@ -87,6 +93,8 @@ def run_simulated_job(
         if errors and isinstance(errors[0], FedCustomerError):
             raise errors[0] from None
         raise FederationError(f"the simulation engine stopped: {exc}") from exc
+    finally:
+        ahead.restore()
     _ledgers_to_rest(homes)
     if errors:
         if isinstance(errors[0], FedCustomerError):
@@ -98,6 +106,29 @@ def run_simulated_job(
     if not summary_path.exists():
         raise FederationError("the job ended without writing summary.json; see the log above")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class _EnvSetting:
+    """An environment variable as it was before a job set it, to put back after the job."""
+
+    name: str
+    before: str | None
+
+    def restore(self) -> None:
+        if self.before is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self.before
+
+
+def _noise_ahead_off(every_core_busy: bool) -> _EnvSetting:
+    """Turn DP-SGD's noise drawn ahead off for the job's workers when they fill every core,
+    unless the caller chose a setting (see ``fedcustomer.privacy.dp.secure_noise``)."""
+    setting = _EnvSetting(NOISE_AHEAD_ENV, os.environ.get(NOISE_AHEAD_ENV))
+    if every_core_busy and setting.before is None:
+        os.environ[NOISE_AHEAD_ENV] = "off"
+    return setting
 
 
 def _ledgers_to_rest(homes: list[Any]) -> None:

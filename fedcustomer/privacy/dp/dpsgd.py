@@ -16,10 +16,12 @@ probability q) from geometric gaps, inside a ``DPDataLoader`` subclass
 ``sampler="opacus"`` uses Opacus's sampler and loader unchanged.
 
 Speed (1 thread, 24,000 x 23 rows, batch 256; ``benchmarks/bench_dpsgd.py``): fast
-clipping runs an epoch in about 1.1-1.4x the non-private CPU time for the 23-64-32-1 MLP
-and 1.0-1.3x for logistic regression (shared machine under load, 2026-11-30), against 4-10x
-for Opacus hooks and ghost clipping. What remains is mostly the four Gaussian draws per coordinate of the
-floating-point-safe noise and fixed per-step kernel-call overhead of the clipping.
+clipping runs an epoch of the 23-64-32-1 MLP in about 1.2-1.3x the non-private wall time with
+the noise drawn ahead on a second core (1.2-1.4x with it drawn on the training thread, which
+then is also its CPU time), and a logistic regression in 1.2-1.3x (quiet machine, 2026-12-03),
+against 4-13x for Opacus hooks and ghost clipping. What remains is mostly the four Gaussian
+draws per coordinate of the floating-point-safe noise and fixed per-step kernel-call overhead
+of the clipping.
 
 Randomness and residual risk
 ----------------------------
@@ -68,6 +70,7 @@ from fedcustomer.privacy.dp.fast_clipping import DPOptimizerFastClipping, FastGr
 from fedcustomer.privacy.dp.flat_params import FlatParameters
 from fedcustomer.privacy.dp.momentum_sgd import MomentumSGD
 from fedcustomer.privacy.dp.poisson_sampling import GeometricDPDataLoader, TensorPairs, whole_batch
+from fedcustomer.privacy.dp.secure_noise import draw_ahead_wanted
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,6 +82,9 @@ SGD_MOMENTUM = 0.9
 # block that stays in the core's cache. Whole-epoch blocks (megabytes) were measured slower,
 # most of all under load: drawing them evicts the model's working set.
 NOISE_BLOCK_ELEMENTS = 64 * 1024
+# Blocks smaller than this are drawn on the training thread: a hand-over to the helper thread
+# costs about what drawing a few thousand values does (a logistic regression's whole epoch).
+NOISE_AHEAD_MIN_ELEMENTS = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,10 @@ class DPTrainer(_Trainer):
 
     ``loss_fn`` must return the batch mean of per-sample losses (nn losses do by default).
     ``anchor`` aligns with ``model.parameters()``; with ``proximal_mu > 0`` and no anchor,
-    the initial weights are the anchor.
+    the initial weights are the anchor. ``noise_ahead`` (fast clipping): draw the next block
+    of noise on a helper thread during the steps; ``None`` follows
+    :func:`~fedcustomer.privacy.dp.secure_noise.draw_ahead_wanted`. Either way the noise
+    generator is used by the trainer alone.
     """
 
     def __init__(
@@ -259,6 +268,7 @@ class DPTrainer(_Trainer):
         noise_generator: torch.Generator | None = None,
         sampling_generator: torch.Generator | None = None,
         sampler: str = "geometric",
+        noise_ahead: bool | None = None,
     ) -> None:
         self.noise_multiplier = _positive(
             "noise_multiplier",
@@ -295,6 +305,7 @@ class DPTrainer(_Trainer):
         self.steps_taken = 0  # all optimizer steps so far, also those of an epoch that failed
         self._noise_generator = noise_generator or secure_generator()
         self._sampling_generator = sampling_generator or secure_generator()
+        self._noise_ahead = draw_ahead_wanted() if noise_ahead is None else noise_ahead
         dataset = TensorPairs(X, y)
         if sampler == "geometric":
             self._loader: DPDataLoader = GeometricDPDataLoader(
@@ -329,13 +340,17 @@ class DPTrainer(_Trainer):
             self._clipper = FastGradientClipper(self._module)
             if isinstance(self._base_optimizer, MomentumSGD):  # its step can run on flat buffers
                 self._flat_params = FlatParameters(self._params)
+            numel = self._clipper.flat_summed_grad.numel()
+            block_rows = max(1, min(self.steps_per_epoch, NOISE_BLOCK_ELEMENTS // numel))
             self._optimizer: DPOptimizer = DPOptimizerFastClipping(
                 self._base_optimizer,
                 clipper=self._clipper,
-                noise_block_steps=max(
-                    1,
-                    min(self.steps_per_epoch, NOISE_BLOCK_ELEMENTS // self._clipper.flat_summed_grad.numel()),
-                ),
+                noise_block_steps=block_rows,
+                # Drawn ahead on a spare core when a block is worth a hand-over, and only from a
+                # generator that nothing else here draws from.
+                noise_ahead=block_rows * numel >= NOISE_AHEAD_MIN_ELEMENTS
+                and self._noise_ahead
+                and self._noise_generator is not self._sampling_generator,
                 **dp_args,
             )
         elif self.clipping == "hooks":
@@ -436,6 +451,8 @@ class DPTrainer(_Trainer):
             if self._clipper is not None:
                 self._optimizer.zero_grad(set_to_none=True)
                 self._clipper.detach()
+            if isinstance(self._optimizer, DPOptimizerFastClipping):
+                self._optimizer.close_noise()  # no draw runs on between epochs
             self._release_flat()
         mean_loss = loss_sum / seen if seen else float("nan")
         return EpochStats(steps=steps, mean_loss=mean_loss, examples_seen=seen)

@@ -344,7 +344,9 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
       ``p.summed_grad`` are views of it; the noise is added in place);
     * noise is data-independent, so ``noise_block_steps`` steps' worth is drawn at once
       (four calls of the Gaussian sampler for the whole block in secure mode, into buffers kept
-      between blocks) and used one row per step -- the same distribution;
+      between blocks) and used one row per step -- the same distribution; with ``noise_ahead``
+      the next block is drawn on a helper thread meanwhile (call :meth:`close_noise` when the
+      steps stop);
     * the block is divided by the expected batch size when drawn, so :meth:`pre_step`
       computes ``(sum + noise) / B`` as ``sum / B + noise / B`` in one pass;
     * ``p.grad`` stays a view of the buffer from one step to the next: it is set only when it is
@@ -357,6 +359,7 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
         *,
         clipper: FastGradientClipper,
         noise_block_steps: int = 1,
+        noise_ahead: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(optimizer, **kwargs)
@@ -365,6 +368,7 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
         if [id(p) for p in self._params] != [id(p) for p in clipper.params]:
             raise ValueError("optimizer and clipper must manage the same parameters in the same order")
         self.noise_block_steps = max(1, int(noise_block_steps))
+        self.noise_ahead = noise_ahead
         self._noise: NoiseBlocks | None = None  # built on the first step, then reused
 
     @property
@@ -394,6 +398,8 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
         std = self.noise_multiplier * self.max_grad_norm
         noise = self._noise
         if noise is None or noise.std != std or noise.generator is not self.generator:
+            if noise is not None:
+                noise.close()
             flat = self.clipper.flat_summed_grad  # (re)built when the noise settings change
             self._noise = noise = NoiseBlocks(
                 flat.numel(),
@@ -404,8 +410,15 @@ class DPOptimizerFastClipping(DPOptimizer):  # type: ignore[misc]  # Opacus is u
                 dtype=flat.dtype,
                 device=flat.device,
                 secure_mode=self.secure_mode,
+                ahead=self.noise_ahead and self.generator is not None,
             )
         return noise.next_row()
+
+    def close_noise(self) -> None:
+        """Let a block being drawn ahead finish, so the generator is idle when the steps stop
+        (the block is kept for the next step, if there is one)."""
+        if self._noise is not None:
+            self._noise.close()
 
     def _take_fresh(self) -> torch.Tensor:
         if not self.clipper.fresh:

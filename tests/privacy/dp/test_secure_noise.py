@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 
 import pytest
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from fedcustomer.privacy.dp import dpsgd
+from fedcustomer.errors import ConfigError
+from fedcustomer.privacy.dp import dpsgd, secure_noise
 from fedcustomer.privacy.dp.secure_noise import NoiseBlocks
 
 torch.set_num_threads(1)
@@ -165,3 +168,179 @@ def test_changed_noise_multiplier_takes_effect_at_the_next_step():
     t._optimizer.noise_multiplier = 2.0  # e.g. recalibrated between epochs
     t.train_epoch()
     assert t._optimizer._noise.std == pytest.approx(2.0 * 3.0)
+
+
+# ---- noise drawn ahead on the helper thread ---------------------------------------------------
+
+
+def test_drawn_ahead_equals_drawn_inline_across_blocks_and_pauses():
+    """Same generator, same stream: the helper draws the same blocks in the same order, also when
+    the steps pause (close) between blocks and in the middle of one."""
+    inline = blocks(3649, 4, std=1.3, divisor=40.0, seed=7)
+    ahead = blocks(3649, 4, std=1.3, divisor=40.0, seed=7, ahead=True)
+    expected = take(inline, 13)
+    got = []
+    for count in (3, 1, 6, 3):  # pauses mid-block and at a block's end
+        got.append(take(ahead, count))
+        ahead.close()
+        ahead.close()  # idempotent
+    assert torch.equal(torch.cat(got), expected)
+
+
+def test_drawn_ahead_runs_beside_the_steps_and_close_leaves_the_generator_idle():
+    noise = blocks(1000, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
+    noise.next_row()
+    assert noise._pending is not None  # the second block is on its way while the first is used
+    noise.close()
+    assert noise._pending is None and noise._ready
+    state = noise.generator.get_state()
+    take(noise, 1)  # the rest of the first block: nothing drawn
+    assert torch.equal(noise.generator.get_state(), state)
+
+
+def test_a_failed_draw_ahead_is_raised_at_the_step_that_needs_its_block(monkeypatch):
+    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
+    fill = NoiseBlocks._fill
+    calls = []
+
+    def failing_second_fill(self, block):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("generator failed")
+        fill(self, block)
+
+    monkeypatch.setattr(NoiseBlocks, "_fill", failing_second_fill)
+    take(noise, 2)  # the first block, drawn on this thread
+    with pytest.raises(RuntimeError, match="generator failed"):
+        noise.next_row()
+
+
+def test_a_failed_draw_ahead_is_dropped_by_close_and_drawn_again(monkeypatch):
+    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
+    fill, calls = NoiseBlocks._fill, []
+
+    def failing_second_fill(self, block):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("generator failed")
+        fill(self, block)
+
+    monkeypatch.setattr(NoiseBlocks, "_fill", failing_second_fill)
+    take(noise, 2)
+    noise.close()  # the failed block is not kept
+    assert not noise._ready
+    assert take(noise, 2).abs().sum() > 0  # drawn again, on this thread
+    assert len(calls) >= 3
+
+
+def test_drawing_ahead_needs_a_generator_of_its_own():
+    with pytest.raises(ValueError, match="generator of its own"):
+        NoiseBlocks(
+            4,
+            std=1.0,
+            divisor=1.0,
+            block_rows=2,
+            generator=None,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+            ahead=True,
+        )
+
+
+@pytest.mark.parametrize(
+    "setting,threads,expected", [("on", 64, True), ("off", 1, False), (" OFF ", 1, False), ("auto", 10_000, False)]
+)
+def test_draw_ahead_setting(monkeypatch, setting, threads, expected):
+    monkeypatch.setenv(secure_noise.NOISE_AHEAD_ENV, setting)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert secure_noise.draw_ahead_wanted() is expected
+
+
+def test_draw_ahead_auto_follows_the_free_cores(monkeypatch):
+    monkeypatch.delenv(secure_noise.NOISE_AHEAD_ENV, raising=False)
+    monkeypatch.setattr(secure_noise.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert secure_noise.draw_ahead_wanted()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not secure_noise.draw_ahead_wanted()
+
+
+def test_draw_ahead_setting_refuses_unknown_values(monkeypatch):
+    monkeypatch.setenv(secure_noise.NOISE_AHEAD_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="FEDCUSTOMER_NOISE_AHEAD must be one of auto, on, off"):
+        secure_noise.draw_ahead_wanted()
+
+
+def _draw_in_child(queue) -> None:
+    noise = blocks(100, 2, std=1.0, divisor=1.0, seed=3, ahead=True)
+    queue.put(float(take(noise, 5).abs().sum()))
+    noise.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_draws_ahead_on_its_own_helper():
+    """The parent's helper thread is not copied by fork; the child starts its own instead of
+    queueing blocks for a thread that does not exist (which would hang its first step)."""
+    parent = blocks(100, 2, std=1.0, divisor=1.0, seed=3, ahead=True)
+    expected = float(take(parent, 5).abs().sum())  # the parent's helper is running now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_draw_in_child, args=(queue,))
+    child.start()
+    try:
+        assert queue.get(timeout=600) == pytest.approx(expected)  # a guard against a hang, not a timing
+    finally:
+        child.join(timeout=600)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    parent.close()
+
+
+def test_trainer_drawing_ahead_trains_bit_for_bit_as_drawing_inline(monkeypatch):
+    """Two epochs of the same seeded trainer with the noise drawn ahead and inline: equal weights."""
+    monkeypatch.setattr(dpsgd, "NOISE_BLOCK_ELEMENTS", 2 * 18)
+    monkeypatch.setattr(dpsgd, "NOISE_AHEAD_MIN_ELEMENTS", 1)
+    X, y = torch.randn(40, 5, generator=gen(0)), (torch.rand(40, generator=gen(1)) < 0.5).float()
+    weights = {}
+    for ahead in (False, True):
+        torch.manual_seed(0)
+        model = nn.Linear(5, 3)
+        t = dpsgd.DPTrainer(
+            model,
+            X,
+            y.unsqueeze(1).expand(-1, 3).contiguous(),
+            nn.BCEWithLogitsLoss(),
+            batch_size=4,
+            lr=0.5,
+            noise_multiplier=0.7,
+            max_grad_norm=1.0,
+            noise_generator=gen(42),
+            sampling_generator=gen(1),
+            noise_ahead=ahead,
+        )
+        assert t._optimizer.noise_ahead is ahead
+        t.train_epoch()
+        t.train_epoch()
+        assert t._optimizer._noise._pending is None  # each epoch ends with the helper idle
+        weights[ahead] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(weights[False], weights[True])
+
+
+def test_trainer_does_not_draw_ahead_from_a_generator_it_shares(monkeypatch):
+    monkeypatch.setattr(dpsgd, "NOISE_AHEAD_MIN_ELEMENTS", 1)
+    shared = gen(5)
+    t = dpsgd.DPTrainer(
+        nn.Linear(5, 3),
+        torch.randn(20, 5),
+        torch.zeros(20, 3),
+        zero_gradient_loss,
+        batch_size=4,
+        lr=0.1,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        noise_generator=shared,
+        sampling_generator=shared,
+        noise_ahead=True,
+    )
+    assert not t._optimizer.noise_ahead

@@ -112,7 +112,9 @@ class NoiseBlocks:
             raise ValueError("drawing ahead needs a generator of its own, not torch's global one")
         self.std, self.divisor, self.generator = float(std), float(divisor), generator
         self._device, self.secure_mode, self.ahead = device, secure_mode, ahead
-        self._blocks = [torch.empty((block_rows, numel), dtype=dtype, device=device) for _ in range(1 + ahead)]
+        self._blocks = [
+            torch.empty((block_rows, numel), dtype=dtype, device=device) for _ in range(1 + ahead)
+        ]
         # torch.normal without a dtype (as Opacus calls it) draws in the default dtype.
         draw_dtype = torch.get_default_dtype()
         self._draw = None if draw_dtype == dtype else torch.empty_like(self._blocks[0], dtype=draw_dtype)

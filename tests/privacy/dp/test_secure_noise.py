@@ -248,7 +248,8 @@ def test_drawing_ahead_needs_a_generator_of_its_own():
 
 
 @pytest.mark.parametrize(
-    "setting,threads,expected", [("on", 64, True), ("off", 1, False), (" OFF ", 1, False), ("auto", 10_000, False)]
+    "setting,threads,expected",
+    [("on", 64, True), ("off", 1, False), (" OFF ", 1, False), ("auto", 10_000, False)],
 )
 def test_draw_ahead_setting(monkeypatch, setting, threads, expected):
     monkeypatch.setenv(secure_noise.NOISE_AHEAD_ENV, setting)

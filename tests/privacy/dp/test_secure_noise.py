@@ -14,6 +14,7 @@ from torch import nn
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp import dpsgd, secure_noise
 from fedcustomer.privacy.dp.secure_noise import NoiseBlocks
+from tests.privacy.dp.dpsgd_helpers import mlp, trainer
 
 torch.set_num_threads(1)
 
@@ -198,25 +199,9 @@ def test_drawn_ahead_runs_beside_the_steps_and_close_leaves_the_generator_idle()
     assert torch.equal(noise.generator.get_state(), state)
 
 
-def test_a_failed_draw_ahead_is_raised_at_the_step_that_needs_its_block(monkeypatch):
-    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
-    fill = NoiseBlocks._fill
-    calls = []
-
-    def failing_second_fill(self, block):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("generator failed")
-        fill(self, block)
-
-    monkeypatch.setattr(NoiseBlocks, "_fill", failing_second_fill)
-    take(noise, 2)  # the first block, drawn on this thread
-    with pytest.raises(RuntimeError, match="generator failed"):
-        noise.next_row()
-
-
-def test_a_failed_draw_ahead_is_dropped_by_close_and_drawn_again(monkeypatch):
-    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
+@pytest.fixture
+def second_fill_fails(monkeypatch) -> list[int]:
+    """Every block drawn counts a call; the second draw (the first on the helper) fails."""
     fill, calls = NoiseBlocks._fill, []
 
     def failing_second_fill(self, block):
@@ -226,11 +211,23 @@ def test_a_failed_draw_ahead_is_dropped_by_close_and_drawn_again(monkeypatch):
         fill(self, block)
 
     monkeypatch.setattr(NoiseBlocks, "_fill", failing_second_fill)
+    return calls
+
+
+def test_a_failed_draw_ahead_is_raised_at_the_step_that_needs_its_block(second_fill_fails):
+    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
+    take(noise, 2)  # the first block, drawn on this thread
+    with pytest.raises(RuntimeError, match="generator failed"):
+        noise.next_row()
+
+
+def test_a_failed_draw_ahead_is_dropped_by_close_and_drawn_again(second_fill_fails):
+    noise = blocks(50, 2, std=1.0, divisor=1.0, seed=4, ahead=True)
     take(noise, 2)
     noise.close()  # the failed block is not kept
     assert not noise._ready
     assert take(noise, 2).abs().sum() > 0  # drawn again, on this thread
-    assert len(calls) >= 3
+    assert len(second_fill_fails) >= 3
 
 
 def test_drawing_ahead_needs_a_generator_of_its_own():
@@ -299,28 +296,14 @@ def test_a_forked_child_draws_ahead_on_its_own_helper():
 
 
 def test_trainer_drawing_ahead_trains_bit_for_bit_as_drawing_inline(monkeypatch):
-    """Two epochs of the same seeded trainer with the noise drawn ahead and inline: equal weights."""
-    monkeypatch.setattr(dpsgd, "NOISE_BLOCK_ELEMENTS", 2 * 18)
+    """Two epochs of the same seeded trainer, one step a block, noise drawn ahead and inline: equal weights."""
+    monkeypatch.setattr(dpsgd, "NOISE_BLOCK_ELEMENTS", 1)
     monkeypatch.setattr(dpsgd, "NOISE_AHEAD_MIN_ELEMENTS", 1)
-    X, y = torch.randn(40, 5, generator=gen(0)), (torch.rand(40, generator=gen(1)) < 0.5).float()
     weights = {}
     for ahead in (False, True):
-        torch.manual_seed(0)
-        model = nn.Linear(5, 3)
-        t = dpsgd.DPTrainer(
-            model,
-            X,
-            y.unsqueeze(1).expand(-1, 3).contiguous(),
-            nn.BCEWithLogitsLoss(),
-            batch_size=4,
-            lr=0.5,
-            noise_multiplier=0.7,
-            max_grad_norm=1.0,
-            noise_generator=gen(42),
-            sampling_generator=gen(1),
-            noise_ahead=ahead,
-        )
-        assert t._optimizer.noise_ahead is ahead
+        model = mlp(seed=3)
+        t = trainer(model, noise_multiplier=0.7, noise_ahead=ahead)
+        assert t._optimizer.noise_ahead is ahead and t._optimizer.noise_block_steps == 1
         t.train_epoch()
         t.train_epoch()
         assert t._optimizer._noise._pending is None  # each epoch ends with the helper idle
@@ -331,17 +314,8 @@ def test_trainer_drawing_ahead_trains_bit_for_bit_as_drawing_inline(monkeypatch)
 def test_trainer_does_not_draw_ahead_from_a_generator_it_shares(monkeypatch):
     monkeypatch.setattr(dpsgd, "NOISE_AHEAD_MIN_ELEMENTS", 1)
     shared = gen(5)
-    t = dpsgd.DPTrainer(
-        nn.Linear(5, 3),
-        torch.randn(20, 5),
-        torch.zeros(20, 3),
-        zero_gradient_loss,
-        batch_size=4,
-        lr=0.1,
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        noise_generator=shared,
-        sampling_generator=shared,
-        noise_ahead=True,
+    assert (
+        trainer(noise_generator=shared, sampling_generator=shared, noise_ahead=True)._optimizer.noise_ahead
+        is False
     )
-    assert not t._optimizer.noise_ahead
+    assert trainer(noise_ahead=True)._optimizer.noise_ahead is True

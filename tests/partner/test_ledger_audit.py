@@ -166,19 +166,11 @@ def _recharge(home: PartnerHome, change: dict[str, float]) -> None:
 @pytest.fixture(scope="module")
 def vertical(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Both parties' homes after a 2-round split-learning job (copied per test before any edit)."""
-    from fedcustomer.vertical.job import VerticalJob
     from fedcustomer.vertical.runner import run_vertical_local
+    from tests.vertical.small_jobs import small_vertical_job
 
     tmp_path = tmp_path_factory.mktemp("vertical")
-    job = VerticalJob(
-        out=str(tmp_path / "run"),
-        rounds=2,
-        batch_size=64,
-        steps_per_round=2,
-        customers=300,
-        seed=0,
-        baseline=False,
-    )
+    job = small_vertical_job(tmp_path / "run", rounds=2, steps_per_round=2, baseline=False)
     assert run_vertical_local(job)["status"] == "completed"
     return tmp_path / "run" / "partners", job.run_id
 

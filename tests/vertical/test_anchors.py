@@ -83,18 +83,10 @@ def test_deployed_vertical_run_records_each_partys_anchors_and_they_catch_a_rewr
 
 
 def test_in_process_vertical_job_writes_anchors_of_its_psi_and_rounds(tmp_path: Path) -> None:
-    from fedcustomer.vertical.job import VerticalJob
     from fedcustomer.vertical.runner import run_vertical_local
+    from tests.vertical.small_jobs import small_vertical_job
 
-    job = VerticalJob(
-        out=str(tmp_path / "run"),
-        rounds=1,
-        batch_size=64,
-        steps_per_round=1,
-        customers=300,
-        seed=0,
-        baseline=True,
-    )
+    job = small_vertical_job(tmp_path / "run", rounds=1, steps_per_round=1, baseline=True)
     summary = run_vertical_local(job)
     assert summary["status"] == "completed"
     lines = _lines(tmp_path / "run" / "anchors.jsonl")

@@ -29,6 +29,7 @@ from fedcustomer.vertical.party import forget_sessions
 from fedcustomer.vertical.runner import run_vertical_local, run_vertical_on_grid
 from tests.cli.cli_runner import only_group, run
 from tests.vertical.conftest import RecordingGrid, grid_for, retail_signal_frames, setup_parties
+from tests.vertical.small_jobs import small_vertical_job
 from tests.vertical.test_deployed import DIES_IN_ROUND_2, _raw, homes
 
 
@@ -47,15 +48,7 @@ def _verify(home: PartnerHome, anchors: Path, monkeypatch, capsys) -> None:
 def test_in_process_job_logs_each_round_and_the_end_at_both_parties(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job = VerticalJob(
-        out=str(tmp_path / "run"),
-        rounds=2,
-        batch_size=64,
-        steps_per_round=2,
-        customers=300,
-        seed=0,
-        baseline=False,
-    )
+    job = small_vertical_job(tmp_path / "run", rounds=2, steps_per_round=2, baseline=False)
     summary = run_vertical_local(job)
     assert summary["status"] == "completed"
     homes = {name: PartnerHome(tmp_path / "run" / "partners" / name) for name in ("bank", "retailer")}

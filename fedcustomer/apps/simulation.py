@@ -17,7 +17,7 @@ from fedcustomer.apps.simulation_feed import pace_simulation_feed
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import FedCustomerError, FederationError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.dp.secure_noise import NOISE_AHEAD_ENV
+from fedcustomer.privacy.dp.secure_noise import NOISE_AHEAD_ENV, draw_ahead_wanted
 from fedcustomer.server.job import JobConfig
 from fedcustomer.server.partners import check_budgets, prepare_partners
 from fedcustomer.server.run import RoundCallback
@@ -46,6 +46,7 @@ def run_simulated_job(
     """
     from flwr.simulation import run_simulation
 
+    draw_ahead_wanted()  # a setting the workers would refuse is refused before anything is prepared
     notices: list[str] = []
     spec, homes = prepared if prepared is not None else prepare_partners(job, notices)
     if job.dp:

@@ -31,3 +31,16 @@ def test_the_callers_own_setting_is_kept(monkeypatch, chosen):
     assert os.environ[NOISE_AHEAD_ENV] == chosen
     setting.restore()
     assert os.environ[NOISE_AHEAD_ENV] == chosen
+
+
+def test_a_setting_the_workers_would_refuse_stops_the_job_before_anything_is_prepared(monkeypatch, tmp_path):
+    from fedcustomer.apps import simulation
+    from fedcustomer.errors import ConfigError
+    from fedcustomer.server.job import JobConfig
+
+    prepared = []
+    monkeypatch.setattr(simulation, "prepare_partners", lambda *a, **k: prepared.append(a))
+    monkeypatch.setenv(NOISE_AHEAD_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="FEDCUSTOMER_NOISE_AHEAD must be one of auto, on, off"):
+        simulation.run_simulated_job(JobConfig(out=str(tmp_path / "run")))
+    assert not prepared and not (tmp_path / "run").exists()

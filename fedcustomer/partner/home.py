@@ -90,6 +90,22 @@ class PartnerConfig:
         return self.budget
 
 
+def kept_budget_notice(config: PartnerConfig, requested: DatasetBudget) -> str | None:
+    """What to tell the user when a job asks for ``requested`` but the partner keeps its own budget.
+
+    None when the partner has no budget yet or its budget equals ``requested``. A job never
+    changes a partner's budget: that is ``budget set``, by the partner's own people.
+    """
+    if config.budget is None or config.budget == requested:
+        return None
+    return (
+        f"partner {config.name!r} keeps its own budget epsilon {config.budget.epsilon:g}, delta "
+        f"{config.budget.delta:g} (set when its home was created or by `budget set`); the requested epsilon "
+        f"{requested.epsilon:g}, delta {requested.delta:g} is not used, and this job may spend all of the "
+        "partner's budget that is left"
+    )
+
+
 class PartnerHome:
     """Paths and configuration of one partner node's home directory."""
 
@@ -345,13 +361,7 @@ class PartnerHome:
             return budget, None
         if config.migrated_from:
             self.write_config(config)  # rewrite the legacy per-dataset sections as the one budget
-        if config.budget == budget:
-            return config.budget, None
-        return config.budget, (
-            f"partner {config.name!r} keeps its own budget epsilon {config.budget.epsilon:g}, delta "
-            f"{config.budget.delta:g} (set when its home was created); the requested epsilon {budget.epsilon:g}, "
-            f"delta {budget.delta:g} is not used"
-        )
+        return config.budget, kept_budget_notice(config, budget)
 
     def __repr__(self) -> str:
         return f"PartnerHome({str(self.root)!r})"

@@ -13,12 +13,19 @@ from pathlib import Path
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import dataset_schema
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.partner.home import PartnerHome
+from fedcustomer.partner.home import PartnerHome, kept_budget_notice
+from fedcustomer.privacy.dp.budget import DatasetBudget
 from fedcustomer.server.job import JobConfig
 
 
-def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpec, list[PartnerHome]]:
-    """The homes in ``job.homes`` holding ``job.dataset_name``, checked against the declared ``spec``."""
+def existing_homes(
+    job: JobConfig, spec: FeatureSpec | None, notices: list[str] | None = None
+) -> tuple[FeatureSpec, list[PartnerHome]]:
+    """The homes in ``job.homes`` holding ``job.dataset_name``, checked against the declared ``spec``.
+
+    Each home keeps the budget its people set; where it differs from the job's ``--epsilon`` /
+    ``--delta`` a notice is appended to ``notices`` (the job never changes a partner's budget).
+    """
     root = Path(str(job.homes))
     dataset = job.dataset_name
     if not root.is_dir():
@@ -42,8 +49,12 @@ def existing_homes(job: JobConfig, spec: FeatureSpec | None) -> tuple[FeatureSpe
             f"{root} holds {len(homes)} partner home(s) ({', '.join(h.root.name for h in homes)}); "
             f"pass --partners {len(homes)}"
         )
+    requested = DatasetBudget(job.epsilon, job.delta)
     for home in homes:
         _check_home(home, dataset, spec)
+        told = kept_budget_notice(home.config(), requested)
+        if told is not None and notices is not None:
+            notices.append(told)
     return spec, homes
 
 

@@ -52,7 +52,7 @@ def prepare_partners(
     if uses_existing_homes(job):
         from fedcustomer.server.existing import existing_homes
 
-        spec, homes = existing_homes(job, declared)
+        spec, homes = existing_homes(job, declared, notices)
         write_index(homes_dir(job), homes)
         return spec, homes
     spec, datasets = load_partitions(

@@ -64,3 +64,17 @@ def test_existing_homes_need_a_declared_spec_the_right_count_and_the_dataset(tmp
         existing_homes(
             _job(homes), FeatureSpec("repayment", "default", None, [NumericFeature("row_id", 0, 1)])
         )
+
+
+def test_a_job_asking_for_another_budget_is_told_each_home_keeps_its_own(tmp_path: Path) -> None:
+    homes = _homes(tmp_path)
+    told: list[str] = []
+    existing_homes(_job(homes, epsilon=1.0, delta=1e-5), SPEC, told)
+    assert len(told) == 2 and all("keeps its own budget epsilon 3" in n for n in told)
+    assert all("requested epsilon 1, delta 1e-05 is not used" in n for n in told)
+    assert [PartnerHome(homes / n).config().budget for n in ("bank_a", "bank_b")] == [
+        DatasetBudget(3.0, 1e-5)
+    ] * 2  # told, never changed
+    same: list[str] = []
+    existing_homes(_job(homes, epsilon=3.0, delta=1e-5), SPEC, same)
+    assert same == []

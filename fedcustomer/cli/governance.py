@@ -200,7 +200,7 @@ def ingest_cmd(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    from fedcustomer.data.ingest import print_report
+    from fedcustomer.data.ingest import NothingValid, print_report
     from fedcustomer.data.store import PartnerStore
 
     who = load_signer(identity)
@@ -218,11 +218,15 @@ def ingest_cmd(
         store = PartnerStore.open(phome)
     from fedcustomer.cli.progress import Progress
 
+    refused: NothingValid | None = None
     with (
         store,
         Progress().phase(f"ingesting {input.name} into the encrypted store ({chunk_rows:,} rows per chunk)"),
     ):
-        report = store.ingest(who, spec, input, chunk_rows=chunk_rows, id_from_row=id_from_row)
+        try:
+            report = store.ingest(who, spec, input, chunk_rows=chunk_rows, id_from_row=id_from_row)
+        except NothingValid as exc:  # nothing stored; the report still says why, row by row
+            refused, report = exc, exc.report
     target = quality or phome.state_dir / "quality.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     report.write_json(target)
@@ -231,6 +235,8 @@ def ingest_cmd(
     else:
         print_report(report, console)
         console.print(f"quality report: {target}")
+    if refused is not None:
+        raise refused
 
 
 def read_cmd(

@@ -463,15 +463,30 @@ def print_report(report: IngestReport, console: Any = None) -> None:
     if report.ignored_columns:
         console.print(f"ignored columns (not in schema, not stored): {', '.join(report.ignored_columns)}")
     if report.read and not report.valid:
-        # Every row quarantined is almost always a schema that does not fit the file (a text label in an
-        # integer field); the counts above are easy to miss when the command still succeeds.
-        worst = max(report.reasons.items(), key=lambda kv: sum(kv[1].values()), default=None)
-        cause = f" (most common: {worst[0]}: {worst[1].most_common(1)[0][0]})" if worst else ""
-        console.print(
-            f"[yellow]warning:[/] none of the {report.read} rows was valid, all are quarantined"
-            f"{escape(cause)}; check the schema's types and rules against the file",
-            highlight=False,
-        )
+        console.print(f"[red]refused:[/] {escape(nothing_valid_message(report))}", highlight=False)
+
+
+def nothing_valid_message(report: IngestReport) -> str:
+    """Why a file none of whose rows is valid was refused: the commonest reason (field and rule, no value)."""
+    worst = max(report.reasons.items(), key=lambda kv: sum(kv[1].values()), default=None)
+    cause = f" (most common: {worst[0]}: {worst[1].most_common(1)[0][0]})" if worst else ""
+    return (
+        f"{report.file}: none of the {report.read} rows was valid{cause}; nothing was stored or quarantined. "
+        "A schema that does not fit the file (a text label in an integer field) is the usual cause: check "
+        "its types and rules against the file, then ingest it again"
+    )
+
+
+class NothingValid(DataError):
+    """An ingest refused because not one row of the file was valid; the store is unchanged.
+
+    Carries the ingest's report (counts and value-free reasons, by line) so the command can
+    still write quality.json and show why.
+    """
+
+    def __init__(self, report: IngestReport) -> None:
+        super().__init__(nothing_valid_message(report))
+        self.report = report
 
 
 def check_columns(schema: Schema, chunk: pd.DataFrame, source: str) -> list[str]:

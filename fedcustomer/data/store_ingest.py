@@ -17,6 +17,7 @@ from typing import Any
 from fedcustomer.data.ingest import (
     ColumnMapper,
     IngestReport,
+    NothingValid,
     PreparedChunk,
     check_columns,
     file_sha256,
@@ -117,6 +118,12 @@ def _ingest(
             raise SchemaError(
                 f"{path}: the file has no header row; expected columns {', '.join(schema.names)}"
             )
+        if report.read and not report.valid:
+            # rolled back: quarantining a whole file that does not fit its schema helps nobody, and
+            # recording it would make the same file, ingested again under a fixed schema, a no-op
+            report.finished_at, report.ingest_id = utc_now(), None  # no ingest was recorded
+            report.locate_invalid_rows(path)
+            raise NothingValid(report)
         report.finished_at = utc_now()
         store.backend.execute(
             "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -491,3 +491,36 @@ def test_schema_confirm_rewrites_only_the_named_fields_and_features_draft_then_a
     code, _, err = run([*draft, "--drop", "plan"], capsys)
     assert code == 0, err
     assert spec.exists()
+
+
+def test_ingest_of_a_file_with_no_valid_row_exits_4_with_its_quality_report_and_stores_nothing(
+    tmp_path, capsys, people, ADMIN
+):
+    h = tmp_path / "h"
+    code, _, err = run(["init", "--home", str(h), "--name", "bank_a", *ADMIN, "--admin", "alice"], capsys)
+    assert code == 0, err
+    register(h, people)
+    schema = tmp_path / "s.yaml"
+    schema.write_text(
+        "dataset: accounts\nfields:\n  - {name: customer_id, type: string, tier: core, role: id}\n"
+        "  - {name: churn, type: integer, tier: sensitive, role: label}\n"
+    )
+    data = tmp_path / "c.csv"
+    data.write_text("customer_id,churn\nC-1,Yes\nC-2,No\n")
+    quality = tmp_path / "q.json"
+    args = ["ingest", "--schema", str(schema), "--input", str(data), "--home", str(h), *ADMIN]
+    code, out, err = run([*args, "--quality", str(quality)], capsys)
+    assert code == DataError.exit_code and "none of the 2 rows was valid" in err + out
+    assert "C-1" not in err + out and "Yes" not in err + out
+    doc = json.loads(quality.read_text())
+    assert doc["rows"]["invalid"] == 2 and doc["rows"]["inserted"] == 0 and doc["ingest_id"] is None
+    code, out, err = run(
+        ["audit", "query", "--home", str(h), *as_(people["carol"]), "--action", "ingest", "--format", "json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "ingest failed: c.csv: none of the 2 rows was valid" in out and "C-1" not in out
+    schema.write_text(schema.read_text().replace("churn, type: integer", "churn, type: string"))
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["rows"]["inserted"] == 2  # the same file again, not skipped as already ingested

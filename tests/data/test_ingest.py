@@ -326,7 +326,8 @@ def test_only_the_first_hundred_quarantined_rows_are_placed(tmp_path, gov_store)
     from fedcustomer.data.schema import Schema
 
     n = INVALID_ROWS_KEPT + 20
-    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(n)], "account_no": ["x"] * n})
+    ids, values = [f"C{i}" for i in range(n)] + ["OK"], ["x"] * n + ["7"]  # one valid row: the file is taken
+    frame = pd.DataFrame({"customer_id": ids, "account_no": values})
     report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), _csv(tmp_path, frame), chunk_rows=30)
     rows = report.to_dict()["invalid_rows"]
     assert report.invalid == n and [r["line"] for r in rows] == list(range(2, INVALID_ROWS_KEPT + 2))
@@ -363,20 +364,36 @@ def test_non_utf8_byte_names_its_line_not_a_byte_offset(tmp_path):
             list(read_chunks(path, chunk_rows=chunk_rows))
 
 
-def test_a_file_with_no_valid_row_ends_with_a_warning_naming_the_likely_cause(tmp_path, gov_store):
-    # A 0/1 label given as good/bad quarantines every row; the command succeeds, so say so plainly
-    # (found by a new-user trial).
+def test_a_file_with_no_valid_row_is_refused_storing_nothing_and_can_be_ingested_again_once_fixed(
+    tmp_path, gov_store
+):
+    # A 0/1 label given as good/bad made every row invalid; the ingest used to succeed (exit 0) with all rows
+    # quarantined, and the same file under a fixed schema was then skipped as "already ingested" (found by
+    # new-user trials).
     from rich.console import Console
 
+    from fedcustomer.data.ingest import NothingValid
     from fedcustomer.data.schema import Schema
 
     frame = pd.DataFrame({"customer_id": ["A", "B", "C"], "account_no": ["good", "bad", "good"]})
-    report = gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), _csv(tmp_path, frame))
+    path = _csv(tmp_path, frame)
+    counts = "SELECT (SELECT COUNT(*) FROM ingests), (SELECT COUNT(*) FROM quarantine)"
+    before = gov_store.backend.fetchone(counts)
+    with pytest.raises(NothingValid) as info:
+        gov_store.ingest(ADMIN, Schema.from_yaml(WIDE_INT_SCHEMA), path)
+    message = str(info.value)
+    assert "none of the 3 rows was valid (most common: account_no: not a number)" in message
+    assert "nothing was stored" in message and "good" not in message and "bad" not in message
+    assert gov_store.backend.fetchone(counts) == before  # rolled back: no ingest, no quarantine
+    report = info.value.report
+    assert report.ingest_id is None and report.invalid == 3 and len(report.invalid_row_list()) == 3
     console = Console(record=True, width=200)
     print_report(report, console)
     text = console.export_text()
-    assert "none of the 3 rows was valid, all are quarantined (most common: account_no: not a number)" in text
-    assert "good" not in text and "bad" not in text
+    assert "refused:" in text and "good" not in text and "bad" not in text
+    fixed = WIDE_INT_SCHEMA.replace("account_no, type: integer", "account_no, type: string")
+    again = gov_store.ingest(ADMIN, Schema.from_yaml(fixed), path)
+    assert again.inserted == 3 and not again.skipped_file
     ok = IngestReport("bank", "b.csv", "00" * 32, {"age": "sensitive"}, read=3, inserted=3)
     console = Console(record=True, width=200)
     print_report(ok, console)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedcustomer.data.schema import Schema
+from fedcustomer.data.validators import is_missing
 from fedcustomer.errors import ConfigError, DataError, SchemaError
 
 TASKS = ("repayment", "clv")
@@ -555,11 +556,20 @@ def _is_number_key(category: str, whole: bool) -> bool:
 
 
 def _is_numeric(series: pd.Series) -> bool:
-    """True when every present value reads as a number (booleans count as 0/1)."""
+    """True when every present value reads as a number (booleans count as 0/1; blank and NA-like
+    cells, e.g. ``" "`` or ``"N/A"``, are missing, as ingest counts them)."""
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         return True
-    converted = pd.to_numeric(series, errors="coerce")
-    return not bool((converted.isna() & series.notna()).any())
+    present = _present(series)
+    converted = pd.to_numeric(series.where(present), errors="coerce")
+    return not bool((converted.isna() & present).any())
+
+
+def _present(series: pd.Series) -> pd.Series:
+    """Cells holding a value: not NA, not blank, not an NA token (:data:`MISSING_TOKENS`, as ingest)."""
+    if series.dtype != object and not pd.api.types.is_string_dtype(series.dtype):
+        return series.notna()
+    return ~is_missing(series)
 
 
 def _list_columns(frame: pd.DataFrame, limit: int = 12) -> str:
@@ -574,9 +584,10 @@ def _numeric_column(series: pd.Series, name: str, role: str, hint: str = "") -> 
         return series.astype("float64").to_numpy()
     if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iuf":  # numbers already: no parsing
         return series.to_numpy(dtype=np.float64, copy=True)
-    converted = pd.to_numeric(series, errors="coerce")
+    present = _present(series)
+    converted = pd.to_numeric(series.where(present), errors="coerce")
     values = pd.Series(converted).to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = np.flatnonzero(np.isnan(values) & series.notna().to_numpy())
+    bad = np.flatnonzero(np.isnan(values) & present.to_numpy(dtype=bool))
     if bad.size:
         raise DataError(
             f"{role} column {name!r} holds {bad.size} non-numeric value(s), first at row {bad[0] + 1} "

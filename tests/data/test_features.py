@@ -107,6 +107,21 @@ def test_missing_feature_column_is_named():
         make_spec().transform(frame().drop(columns="amount"))
 
 
+def test_blank_and_na_like_cells_of_a_text_read_numeric_column_are_missing_as_ingest_counts_them():
+    # The Telco churn file's TotalCharges holds " " for new customers: ingest counted it missing, but
+    # training on the file refused it as non-numeric (found trying a new public dataset).
+    text = frame(age=["30", " ", "N/A"], amount=["1", "", "  2  "])
+    x, _ = make_spec().transform(text)
+    same, _ = make_spec().transform(frame(age=[30.0, np.nan, np.nan], amount=[1.0, np.nan, 2.0]))
+    np.testing.assert_array_equal(x, same)
+    trains = [frame(age=["30", " ", "50"]).drop(columns=["region"])]
+    from fedcustomer.data.features import infer_from_partners
+
+    inferred, _ = infer_from_partners(trains, "repayment", "y", "cid")
+    age = next(f for f in inferred.features if f.name == "age")
+    assert isinstance(age, NumericFeature) and (age.lo, age.hi) == (30.0, 50.0)
+
+
 def test_non_numeric_feature_names_column_and_row_but_not_the_value():
     secret = "Zhang Wei"  # a core-tier value that slipped into a feature column
     with pytest.raises(DataError) as info:

@@ -130,6 +130,12 @@ def schema_draft_cmd(
         help="The file has no customer id column: add a 'row_id' id field that "
         "`ingest --id-from-row` generates (each row is one customer).",
     ),
+    id_column: str | None = typer.Option(
+        None,
+        "--id-column",
+        help="The column that identifies customers, when the draft does not recognise its name "
+        "(customer_id, customerID, client_id, id, ... are recognised).",
+    ),
 ) -> None:
     from fedcustomer.data.ingest import read_sample
     from fedcustomer.data.schema import field_name_for
@@ -138,7 +144,7 @@ def schema_draft_cmd(
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     notes: list[str] = []
-    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row, notes=notes)
+    schema = draft_schema(input, dataset=dataset, id_from_row=id_from_row, id_column=id_column, notes=notes)
     schema.save(output)
     core = [f.name for f in schema.fields if f.is_core]
     console.print(

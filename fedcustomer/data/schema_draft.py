@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fedcustomer.data.ingest import file_kind, read_sample
-from fedcustomer.data.schema import OBSERVED, ROW_ID_FIELD, FieldSpec, Schema, Validation, field_names
+from fedcustomer.data.schema import (
+    OBSERVED,
+    ROW_ID_FIELD,
+    FieldSpec,
+    Schema,
+    Validation,
+    field_name_for,
+    field_names,
+)
 from fedcustomer.data.source_lines import row_locations
 from fedcustomer.data.validators import luhn_valid, prc_id_valid
 from fedcustomer.errors import ConfigError, DataError
@@ -83,6 +91,16 @@ _TIME_HINTS = ("updated", "timestamp", "modified", "as_of", "asof", "created")
 
 
 _ID_NAMES = ("customer_id", "client_id", "cust_id", "id", "user_id", "member_id")
+_ID_COMPACT = frozenset(n.replace("_", "") for n in _ID_NAMES)
+
+
+def is_customer_id_name(name: str) -> bool:
+    """A column named like a customer id: ``customer_id``, ``customerID``, ``CustID``, ``id``, ...
+
+    Compared as a valid field name without underscores, so the CamelCase spellings exported by
+    many systems (``customerID`` in the Telco churn file) count as well.
+    """
+    return field_name_for(name).replace("_", "") in _ID_COMPACT
 
 
 def _tokens(name: str) -> list[str]:
@@ -146,9 +164,16 @@ def draft_schema(
         name = "d_" + name
     columns = [str(c) for c in frame.columns]
     names = field_names(columns, str(path))
-    id_col = id_column if id_column in columns else next((c for c in columns if names[c] in _ID_NAMES), None)
-    if id_col is None:
-        id_col = next((c for c in columns if names[c].endswith("_id")), None)
+    if id_column is not None:
+        id_col = next((c for c in columns if id_column in (c, names[c])), None)
+        if id_col is None:
+            raise DataError(
+                f"{path}: no column {id_column!r} to take as the customer id (columns: {_shown(columns)})"
+            )
+    else:
+        id_col = next((c for c in columns if names[c] in _ID_NAMES), None)
+        id_col = id_col or next((c for c in columns if is_customer_id_name(c)), None)
+        id_col = id_col or next((c for c in columns if names[c].endswith("_id")), None)
     fields: list[FieldSpec] = []
     if id_from_row:
         if id_col is not None:
@@ -172,9 +197,9 @@ def draft_schema(
         )
     elif id_col is None:
         raise DataError(
-            f"{path}: no customer id column (looked for {', '.join(_ID_NAMES)} or a name ending in '_id'); the "
-            "store keys customers by id. Add an id column to the file, or pass --id-from-row to give each row an "
-            "id of its own (each row is then one distinct customer)"
+            f"{path}: no customer id column (looked for {', '.join(_ID_NAMES)}, the same without '_' in any "
+            "case, or a name ending in '_id'); the store keys customers by id. Name the column with --id-column, "
+            "or pass --id-from-row to give each row an id of its own (each row is then one distinct customer)"
         )
     has_stamp = False
     for col in columns:
@@ -325,3 +350,7 @@ def _guess_type(series: Any) -> str:
     if distinct <= 20 and distinct * 2 <= len(values):
         return "category"
     return "string"
+
+
+def _shown(columns: list[str], limit: int = 12) -> str:
+    return ", ".join(columns[:limit]) + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")

@@ -329,7 +329,11 @@ def _roles(
 
 
 def _guess_id(columns: list[str], label: str) -> str | None:
-    return next((c for c in _ID_GUESSES if c in columns and c != label), None)
+    """The customer id column: ``customer_id``, ``id``, else one named like an id (``customerID``...)."""
+    from fedcustomer.data.schema_draft import is_customer_id_name
+
+    guessed = next((c for c in _ID_GUESSES if c in columns and c != label), None)
+    return guessed or next((c for c in columns if c != label and is_customer_id_name(c)), None)
 
 
 def _list(columns: list[str], limit: int = 12) -> str:

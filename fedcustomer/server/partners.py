@@ -74,7 +74,7 @@ def prepare_partners(
         datasets = registry.with_row_ids(datasets)
         spec = replace(spec, id_column=ROW_ID_FIELD)
         notices.append(
-            "the data has no customer id column (customer_id, id or ID): each row is taken as one "
+            "the data has no customer id column (customer_id, customerID, client_id, id, ...): each row is taken as one "
             "customer, identified by a keyed digest of its values (a reordered copy of the file finds "
             "the same customers)"
         )

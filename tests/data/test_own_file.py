@@ -115,3 +115,24 @@ def test_two_columns_that_would_share_a_field_name_are_refused_naming_both(tmp_p
     pd.read_csv(path).assign(emp_var_rate=1.0).to_csv(path, index=False)
     with pytest.raises(DataError, match="'emp.var.rate' and 'emp_var_rate' would both be stored as field"):
         load_partitions("repayment", str(path), 2, label="default", notices=[])
+
+
+def test_a_camel_case_customer_id_column_identifies_customers_not_a_feature(tmp_path: Path) -> None:
+    # `run --data telco.csv` took customerID as a text feature and refused it for its 5,634 distinct values.
+    rng = np.random.default_rng(0)
+    path = tmp_path / "telco.csv"
+    pd.DataFrame(
+        {
+            "customerID": [f"{i:04d}-ABCDE" for i in range(200)],
+            "tenure": rng.integers(0, 72, 200),
+            "TotalCharges": [" " if i % 50 == 0 else f"{i * 3.5:.2f}" for i in range(200)],
+            "default": rng.integers(0, 2, 200),
+        }
+    ).to_csv(path, index=False)
+    spec, partners = load_partitions("repayment", str(path), 2, label="default", notices=[])
+    assert spec.id_column == "customerid"
+    assert sorted(f.name for f in spec.features) == [
+        "tenure",
+        "totalcharges",
+    ]  # the blanks are missing values
+    assert all("customerid" in p.train.columns for p in partners)

@@ -39,6 +39,32 @@ def test_draft_without_an_id_column_says_how_to_add_one(tmp_path: Path) -> None:
         draft_schema(own_file(tmp_path / "mine.csv"))
 
 
+def test_a_camel_case_customer_id_is_the_id_and_another_can_be_named(tmp_path: Path) -> None:
+    # The Telco churn file names its id customerID: the draft refused the file as id-less, and with
+    # --id-from-row stored the id as a sensitive feature (found trying a new public dataset).
+    from fedcustomer.data.schema_draft import is_customer_id_name
+
+    path = tmp_path / "telco.csv"
+    path.write_text("customerID,tenure,Churn\n7590-VHVEG,1,0\n5575-GNVDE,34,1\n")
+    schema = draft_schema(path)
+    assert (schema.id_field.name, schema.id_field.tier) == ("customerid", "core")
+    assert schema.field("tenure").role == "feature"
+    with pytest.raises(DataError, match="'customerID' looks like the customer id"):
+        draft_schema(path, id_from_row=True)
+    named = tmp_path / "named.csv"
+    named.write_text("subscriber,tenure\nS1,1\nS2,3\n")
+    assert draft_schema(named, id_column="subscriber").id_field.name == "subscriber"
+    with pytest.raises(DataError, match="no column 'subscribr' to take as the customer id"):
+        draft_schema(named, id_column="subscribr")
+    assert [
+        n for n in ("CustID", "user_id", "ID", "account_id", "identity", "idx") if is_customer_id_name(n)
+    ] == [
+        "CustID",
+        "user_id",
+        "ID",
+    ]
+
+
 def _home(tmp_path: Path) -> PartnerHome:
     home = PartnerHome.create(tmp_path / "bank_a", "bank_a", budget=DatasetBudget(3.0, 1e-5))
     PartnerStore.init(home, "bank_a", actor=admin("bank_a")).close()

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedcustomer.clients.data_access import PartnerDataAccess
-from fedcustomer.clients.node import _steps_per_epoch
+from fedcustomer.clients.node import released_sample_rate
 from fedcustomer.data.provision import provision_partner
 from fedcustomer.data.sources import load_partitions
 from fedcustomer.partner.datasets import dataset_name
@@ -93,8 +93,8 @@ def run(homes: Path, spec: Any, partners: int, work: Path) -> dict[str, Any]:
         steps["encode"].append((cpu, wall))
         ledger, cpu, wall = timed(home.ledger, dataset, DatasetBudget(EPSILON, DELTA))
         steps["ledger"].append((cpu, wall))
-        q = min(BATCH, len(X)) / len(X)
-        round_steps = _steps_per_epoch(min(BATCH, len(X)), len(X)) * EPOCHS
+        q = released_sample_rate(min(BATCH, len(X)), len(X))
+        round_steps = int(1 / q) * EPOCHS
         pin = home.state_dir / "noise-bench.json"
         _, cpu, wall = timed(calibrate_noise, ledger, q, round_steps, ROUNDS, sigma_max=SIGMA_MAX, pin=pin)
         steps["calibrate"].append((cpu, wall))

@@ -148,8 +148,8 @@ class PartnerNode:
     ) -> tuple[TrainOutcome, Mechanism]:
         """Read, fix the noise from the remaining budget, refuse past the target, then train."""
         Xt, yt = self._read(ins)
-        q = min(ins.batch_size, len(Xt)) / len(Xt)
-        round_steps = _steps_per_epoch(min(ins.batch_size, len(Xt)), len(Xt)) * ins.local_epochs
+        q = released_sample_rate(min(ins.batch_size, len(Xt)), len(Xt))
+        round_steps = int(1 / q) * ins.local_epochs
         # the run keeps the noise of its first charge; a run begun by an earlier version kept it in this file
         pin = self.home.state_dir / f"noise-{safe_name(ins.run_id)}-{safe_name(ins.dataset)}.json"
         sigma = calibrate_noise(
@@ -307,6 +307,7 @@ class PartnerNode:
                 max_grad_norm=ins.max_grad_norm,
                 clipping=ins.clipping,
                 anchor=anchor,
+                sample_rate=released_sample_rate(batch_size, len(Xt)),  # the rate _train_dp charged
                 **common,
             )
         else:
@@ -491,9 +492,16 @@ def round_step(run_id: str, round_: int) -> Step:
     return Step(round_key(run_id, round_), f"round {round_}", run_id, round_)
 
 
-def _steps_per_epoch(batch_size: int, n: int) -> int:
-    """Opacus's DPDataLoader takes int(1/q) Poisson batches per epoch."""
-    return max(1, int(1 / (batch_size / n)))
+def released_sample_rate(batch_size: int, n: int) -> float:
+    """The Poisson rate a partner trains with: the batch over its row count *as reported* (rounded to
+    SIZE_GRANULARITY, see :func:`_coarse`), not over the exact count.
+
+    The rate leaves with the update's accounting (summary.json recomputes epsilon from it), so
+    ``batch / n`` would tell the coordinator the exact number of training rows, which the docs
+    promise leaves only rounded. Any rate is sound for DP-SGD as long as the sampling and the
+    charge use the same one; this one is at most 1.
+    """
+    return min(1.0, batch_size / _coarse(n))
 
 
 def _coarse(n: int) -> int:

@@ -291,3 +291,26 @@ def test_a_malformed_training_section_is_a_clear_config_error(tmp_path: Path) ->
     home.config_path.write_text(home.config_path.read_text() + '\n[training]\nallow_non_private = "yes"\n')
     with pytest.raises(ConfigError, match=r"\[training\] allow_non_private must be true or false"):
         home.config()
+
+
+def test_the_sample_rate_that_leaves_with_an_update_shows_the_rows_only_rounded(tmp_path: Path) -> None:
+    # batch / rows in the released accounting gave the coordinator the exact training-row count (found
+    # trying a new dataset: 128 / 0.06801275 = 1882), which the docs say leaves only rounded to 100.
+    test = toy_frame(300, 2)
+    test["customer_id"] = "t" + test["customer_id"]
+    home, _ = provision_partner(
+        tmp_path / "bank_b",
+        "bank_b",
+        source="toy.csv",
+        task="repayment",
+        spec=SPEC,
+        train=toy_frame(1037, 1),
+        test=test,
+        budget=DatasetBudget(3.0, 1e-5),
+    )
+    out = PartnerNode(home).train_round(_global(), _ins(1))
+    ((_, rate, steps),) = [tuple(h) for h in out.accounting["history"]]
+    assert rate == pytest.approx(100 / 1000) and steps == 10  # not 100 / 1037
+    assert out.metrics["num-examples"] == 1000
+    ledger = BudgetLedger(home.ledger_path, DATASET, DatasetBudget(3.0, 1e-5))
+    assert [c.sample_rate for c in ledger.charges()] == [pytest.approx(0.1)]  # charged as trained

@@ -143,6 +143,14 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def _rate(sample_rate: object) -> float:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float):
+        raise ConfigError(f"sample_rate must be a number, got {sample_rate!r}")
+    if not (0.0 < float(sample_rate) <= 1.0):
+        raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    return float(sample_rate)
+
+
 def _check_batch_size(batch_size: object, n: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise ConfigError(f"batch_size must be an integer, got {batch_size!r}")
@@ -269,6 +277,7 @@ class DPTrainer(_Trainer):
         sampling_generator: torch.Generator | None = None,
         sampler: str = "geometric",
         noise_ahead: bool | None = None,
+        sample_rate: float | None = None,
     ) -> None:
         self.noise_multiplier = _positive(
             "noise_multiplier",
@@ -300,7 +309,8 @@ class DPTrainer(_Trainer):
                 "(e.g. nn.BCEWithLogitsLoss()); use clipping='fast' for a plain function"
             )
         self.clipping = clipping
-        self.sample_rate = self.batch_size / len(X)
+        # the Poisson rate: batch / rows unless given (a node gives one that does not reveal its exact rows)
+        self.sample_rate = self.batch_size / len(X) if sample_rate is None else _rate(sample_rate)
         self.steps_per_epoch = int(1 / self.sample_rate)
         self.steps_taken = 0  # all optimizer steps so far, also those of an epoch that failed
         self._noise_generator = noise_generator or secure_generator()

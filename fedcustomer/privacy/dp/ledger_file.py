@@ -115,6 +115,10 @@ def create_whole(path: Path, lock_path: Path) -> bool:
         os.close(lock_fd)
 
 
+# Owner and group only, as the audit log: the ledger keeps each released update and what it cost
+# (SQLite gives its -wal and -shm files the same mode).
+LEDGER_MODE = 0o640
+
 # An empty ledger's bytes per (file system, SQLite version, schema), made once per process.
 _TEMPLATES: dict[tuple[int, str, str], bytes] = {}
 _TEMPLATES_LOCK = threading.Lock()
@@ -126,8 +130,9 @@ def _write_empty_ledger(tmp: Path) -> None:
     key = (os.stat(tmp.parent).st_dev, sqlite3.sqlite_version, SCHEMA)
     template = _TEMPLATES.get(key)
     if template is not None:
-        write_all(tmp, template, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        write_all(tmp, template, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LEDGER_MODE)
         return
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, LEDGER_MODE))  # SQLite keeps it
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous=OFF")  # not yet the ledger: synced whole by the caller

@@ -138,3 +138,17 @@ def test_forked_children_make_whole_ledgers_from_the_inherited_template(
     assert results == ["ok"] * 2
     for p in paths:
         assert len(BudgetLedger(p, "loans", BUDGET).charges()) == 1
+
+
+def test_a_new_ledger_and_its_write_ahead_log_are_owner_and_group_only(
+    tmp_path: Path, no_template: dict
+) -> None:
+    # ledger.db was world-readable (0644) beside an owner-only store and a 0640 audit log (found by a new-user trial)
+    for sub in ("built", "from_template"):  # the first is built by SQLite, the second written from its bytes
+        (tmp_path / sub).mkdir()
+        path = tmp_path / sub / "ledger.db"
+        assert create_whole(path, tmp_path / sub / "lock") is True
+        ledger = BudgetLedger(path, "d", BUDGET)
+        ledger.charge_gaussian("r1", ROUND)
+        made = [p for p in (tmp_path / sub).iterdir() if p.name.startswith("ledger.db")]
+        assert made and {oct(p.stat().st_mode & 0o777) for p in made} == {oct(ledger_file.LEDGER_MODE)}

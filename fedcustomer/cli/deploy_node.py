@@ -135,7 +135,7 @@ def node_start(
         "adaptive",
         "--poll",
         help="adaptive (default: the SuperNode asks the coordinator again 0.05 s after traffic, backing off "
-        "to 3 s when idle) or flower (Flower's own fixed 3-s wait between pulls).",
+        "to 1 s when idle) or flower (Flower's own fixed 3-s wait between pulls).",
     ),
 ) -> None:
     from fedcustomer.deploy.flower import flower_env

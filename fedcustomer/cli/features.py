@@ -57,7 +57,7 @@ def features_draft_cmd(
     cats = sum(1 for f in spec.features if f not in spec.numeric)
     console.print(
         f"wrote {escape(str(output))}: "
-        + (f"label {label!r}" if label is not None else "features only (no label)")
+        + (f"label {spec.label!r}" if spec.label is not None else "features only (no label)")
         + f", {len(spec.numeric)} numeric and {cats} categorical "
         f"feature(s), bounds and categories as declared in the schema of {the_schema.dataset!r}"
     )

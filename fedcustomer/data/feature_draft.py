@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 
 from fedcustomer.data.features import TASKS, CategoricalFeature, Feature, FeatureSpec, NumericFeature
-from fedcustomer.data.schema import NUMERIC_TYPES, FieldSpec, Schema
+from fedcustomer.data.schema import NUMERIC_TYPES, FieldSpec, Schema, field_name_for
 from fedcustomer.errors import ConfigError, SchemaError
 from fedcustomer.partner.datasets import HOLDOUT
 
@@ -49,10 +49,15 @@ def spec_from_schema(
     """The feature spec for training on ``schema``'s dataset, and notes on what was left out and why."""
     if task not in TASKS:
         raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
-    bounds = dict(bounds or {})
-    drop = set(drop)
-    log = set(log)
     names = set(schema.names)
+
+    def named(name: str) -> str:  # a file's column spelling (TotalCharges) names its field (totalcharges)
+        return name if name in names or field_name_for(name) not in names else field_name_for(name)
+
+    bounds = {named(n): b for n, b in (bounds or {}).items()}
+    drop = {named(n) for n in drop}
+    log = {named(n) for n in log}
+    label = None if label is None else named(label)
     unknown = sorted((set(bounds) | drop | log) - names)
     if unknown:
         raise ConfigError(

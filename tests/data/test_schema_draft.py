@@ -96,3 +96,22 @@ def test_a_bad_allowed_from_in_a_schema_file_is_refused(tmp_path, validation, ma
     )
     with pytest.raises(SchemaError, match=match):
         Schema.load(path)
+
+
+def test_a_spec_takes_the_files_own_spelling_of_a_field_name(tmp_path):
+    # `features draft --label Churn` was refused for a field stored as `churn` (found trying a new dataset)
+    path = tmp_path / "telco.csv"
+    pd.DataFrame(
+        {"customerID": ["a", "b"], "TotalCharges": [1.5, 2.5], "Tenure": [1, 2], "Churn": [0, 1]}
+    ).to_csv(path, index=False)
+    schema = draft_schema(path)
+    spec, _ = spec_from_schema(
+        schema,
+        task="repayment",
+        label="Churn",
+        bounds={"TotalCharges": (0, 9000), "Tenure": (0, 72)},
+        log=["TotalCharges"],
+    )
+    assert spec.label == "churn" and [f.name for f in spec.features] == ["totalcharges", "tenure"]
+    with pytest.raises(ConfigError, match="--label 'Churned' is not a field"):
+        spec_from_schema(schema, task="repayment", label="Churned", drop=["TotalCharges", "Tenure"])

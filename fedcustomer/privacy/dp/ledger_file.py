@@ -132,7 +132,9 @@ def _write_empty_ledger(tmp: Path) -> None:
     if template is not None:
         write_all(tmp, template, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LEDGER_MODE)
         return
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, LEDGER_MODE))  # SQLite keeps it
+    os.close(
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, LEDGER_MODE)
+    )  # SQLite keeps it
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous=OFF")  # not yet the ledger: synced whole by the caller

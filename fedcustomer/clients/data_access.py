@@ -14,23 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fedcustomer.data.change_stamps import change_stamp
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import ConfigError, DataError
-from fedcustomer.partner.datasets import HOLDOUT
+from fedcustomer.partner.datasets import SPLITS
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
 
-SPLITS = ("train", "test")
 # The purpose a split's read is made (and audited) for.
 PURPOSE_OF_SPLIT = {"train": "training", "test": "evaluation"}
-# Without a holdout marker in its data, a partner holds out this share of customers,
-# chosen by their pseudonym (stable, and decided by the partner alone).
-DEFAULT_HOLDOUT_SHARE = 0.2
 
 
 class PartnerDataAccess:
@@ -60,26 +55,22 @@ class PartnerDataAccess:
                 raise DataError(
                     f"partner {store.name!r} holds no dataset {dataset!r} (it has: {', '.join(store.datasets()) or 'none'})"
                 )
-            schema = store.schema(dataset)
-            spec.check_against(schema, store.name)
-            schema_names = schema.names
-            fields = spec.columns() + ([HOLDOUT] if HOLDOUT in schema_names else [])
+            spec.check_against(store.schema(dataset), store.name)
             context: dict[str, Any] = {"split": split}
             if run_id is not None:
                 context["run_id"] = run_id
             frame = store.read(
                 store.service_credential(self.actor.name, self.actor.role),
                 PURPOSE_OF_SPLIT[split],
-                fields=fields,
+                fields=spec.columns(),
                 dataset=dataset,
                 sign=True,  # one read per handle: its checkpoint now, not a second commit at close
                 context=context,
+                split=split,  # only that split's customers are opened, returned and cited in the entry
             )
             entry = store.last_entry
         read = {"audit_seq": entry.seq, "audit_hash": entry.hash} if entry is not None else None
-        held_out = frame[HOLDOUT].to_numpy() == 1 if HOLDOUT in frame.columns else _by_pseudonym(frame.index)
-        chosen = frame.loc[held_out if split == "test" else ~held_out, spec.columns()]  # one copy
-        return chosen.reset_index(drop=True), read
+        return frame.reset_index(drop=True), read
 
     def source_stamp(self, dataset: str) -> tuple[Any, ...] | None:
         """Changes whenever what a training read of ``dataset`` returns may have changed.
@@ -180,15 +171,6 @@ class PartnerDataAccess:
         from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
 
         return Pseudonymizer.open(self.home.keys_dir).pseudonyms(ids)
-
-
-def _by_pseudonym(pseudonyms: pd.Index) -> np.ndarray:
-    """Boolean mask (an array, so ``~mask`` selects the training rows) of the held-out customers."""
-    cut = int(DEFAULT_HOLDOUT_SHARE * 2**32)
-    return np.array(
-        [int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "big") < cut for p in pseudonyms],
-        dtype=bool,
-    )
 
 
 def _joined(

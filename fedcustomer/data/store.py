@@ -337,6 +337,7 @@ class PartnerStore(StoreCore):
         now: datetime | None = None,
         sign: bool = False,
         context: Mapping[str, Any] | None = None,
+        split: str | None = None,
     ) -> pd.DataFrame:
         """THE way to customer data: policy per field, masking, decryption, one audit entry.
 
@@ -356,6 +357,11 @@ class PartnerStore(StoreCore):
 
         ``context`` (e.g. ``{"run_id": ..., "split": "test"}``) is written into the entry's
         ``details``: which job the read serves, so ``audit query --run`` finds it.
+
+        ``split`` (``train`` or ``test``) reads one side of the partner's evaluation split: the
+        dataset's public ``holdout`` marker where it has one, else a fixed share of customers
+        chosen by pseudonym. The other customers' rows are never opened, and the entry cites
+        only the split's customers (an evaluation read is not a read of everyone).
         """
         return read_frame(
             self,
@@ -368,6 +374,7 @@ class PartnerStore(StoreCore):
             now=now,
             sign=sign,
             context=context,
+            split=split,
         )
 
     def read_batches(

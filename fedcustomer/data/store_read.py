@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import chain
 from operator import itemgetter
@@ -29,6 +29,7 @@ from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
 from fedcustomer.data.store_customers import record_customers
 from fedcustomer.data.store_db import open_row_keys, open_sealed_rows, table_name
 from fedcustomer.errors import AccessDenied, ConfigError, FedCustomerError, SchemaError
+from fedcustomer.partner.datasets import HOLDOUT, SPLITS, held_out_by_pseudonym
 from fedcustomer.privacy.access.masking import default_rule_for, mask_series
 from fedcustomer.privacy.access.policy import Actor, Approval, FieldDecision, FieldRef
 from fedcustomer.privacy.audit.query import PSEUDONYMS_TRUNCATED
@@ -58,6 +59,7 @@ def read_frame(
     now: datetime | None,
     sign: bool = False,
     context: Mapping[str, Any] | None = None,
+    split: str | None = None,
 ) -> pd.DataFrame:
     """Policy per field, masking, decryption, one audit entry (see :meth:`PartnerStore.read`)."""
     read, plan = start_read(
@@ -70,6 +72,7 @@ def read_frame(
         approval_id=approval_id,
         now=now,
         context=context,
+        split=split,
     )
     frame = read.fetch(plan)
     read.audit_success(plan, frame, sign=sign)
@@ -105,9 +108,15 @@ def start_read(
     approval_id: str | None,
     now: datetime | None,
     context: Mapping[str, Any] | None = None,
+    split: str | None = None,
 ) -> tuple[_Read, _Plan]:
     """Authenticate the reader, resolve the dataset and fields, decide per field; every refusal
-    is raised (and logged) here, before a row is read, for whole and batched reads alike."""
+    is raised (and logged) here, before a row is read, for whole and batched reads alike.
+
+    ``split`` keeps one side of the evaluation split: by the public holdout marker (a filter like
+    ``where``) where the dataset has one, else by pseudonym, before any row is opened."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     actor = store.principal(
         actor,
         action="read",
@@ -120,7 +129,14 @@ def start_read(
     )
     read = _Read(store, actor, purpose, now, {"purpose": purpose}, _checked_context(context))
     schema, requested = read.resolve(dataset, fields, where)
-    return read, read.decide(schema, requested, fields is not None, dict(where or {}), approval_id)
+    where = dict(where or {})
+    by_pseudonym = None
+    if split is not None and HOLDOUT in schema.names:
+        where[HOLDOUT] = 1 if split == "test" else 0
+    elif split is not None:
+        by_pseudonym = split == "test"  # keep the customers whose pseudonym holds them out, or the others
+    plan = read.decide(schema, requested, fields is not None, where, approval_id)
+    return read, replace(plan, held_out=by_pseudonym)
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,7 @@ class _Plan:
     where: dict[str, Any]
     omitted: list[str]
     approvals: list[str]
+    held_out: bool | None = None  # a split by pseudonym: True keeps the held-out customers, False the others
 
 
 @dataclass
@@ -351,7 +368,7 @@ def _fetch_columns(store: StoreCore, plan: _Plan) -> tuple[list[str], dict[str, 
     clear beyond the columns being built.
     """
     chunk = _chunk_for(store, plan)
-    rows = store.backend.fetchall(_select(store, plan), [plan.schema.dataset])
+    rows = _in_split(store.backend.fetchall(_select(store, plan), [plan.schema.dataset]), plan)
     for start in range(0, len(rows), _CHUNK):
         chunk.open(rows[start : start + _CHUNK])
     return chunk.index, chunk.finished()
@@ -364,10 +381,19 @@ def _fetch_page(
     (keyset paging on the primary key: each page is one short query, no cursor held between pages)."""
     chunk = _chunk_for(store, plan)
     params: list[Any] = [plan.schema.dataset] + ([] if after is None else [after])
-    rows = store.backend.fetchall(_select(store, plan, paged=after is not None, limit=limit), params)
+    rows = _in_split(
+        store.backend.fetchall(_select(store, plan, paged=after is not None, limit=limit), params), plan
+    )
     for start in range(0, len(rows), _CHUNK):
         chunk.open(rows[start : start + _CHUNK])
     return chunk.index, chunk.finished()
+
+
+def _in_split(rows: list[Any], plan: _Plan) -> list[Any]:
+    """The fetched rows of the plan's split by pseudonym (all of them without one), before any is opened."""
+    if plan.held_out is None:
+        return rows
+    return [r for r in rows if held_out_by_pseudonym(r[0]) is plan.held_out]
 
 
 @contextmanager

@@ -107,3 +107,38 @@ def test_a_column_the_policy_does_not_grant_is_refused_in_batches_as_whole(tmp_p
     assert str(batched.value) == str(whole.value) and _reads(home)[before + len(entries) :] == entries
     with pytest.raises(DataError, match="no column 'nope'"):
         next(access.linkage_column_batches("customers", "nope", 5))
+
+
+def test_each_split_read_opens_and_cites_only_its_own_customers(tmp_path: Path) -> None:
+    # Both reads cited all 200 customers, so "who read customer P for evaluation" answered everyone
+    # (found by a new-user trial); the split is now made before any row is opened.
+    from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
+    from fedcustomer.data.store_customers import CustomerSets
+    from fedcustomer.partner.datasets import held_out_by_pseudonym
+    from fedcustomer.privacy.audit.writer import AuditLog
+
+    home = _ingested_home(tmp_path)
+    spec = FeatureSpec("repayment", "default", None, [NumericFeature("age", 18, 90)])
+    access = PartnerDataAccess(home)
+    frames = {split: access.training_frame("customers", spec, split) for split in ("train", "test")}
+    entries = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir).query(
+        action="read", role="training_pipeline"
+    )
+    by_split = {e.details["split"]: e for e in entries[-2:]}
+    with PartnerStore.open(home) as store:  # the same rows, in the same order, as the whole table split after
+        whole = store.read(
+            store.service_credential("node:bank_a", "training_pipeline"), "training", ["age", "default"]
+        )
+    held_out = np.array([held_out_by_pseudonym(p) for p in whole.index])
+    sets = CustomerSets.for_store_file(home.store_path)
+    assert sets is not None
+    for split, held in (("train", False), ("test", True)):
+        entry = by_split[split]
+        citation = entry.details[CUSTOMERS_KEY]
+        assert entry.row_count == citation["count"] == len(frames[split]) == int((held_out == held).sum())
+        reached = [sets.reached(citation, p) for p in whole.index]
+        assert reached == [
+            bool(h == held) for h in held_out
+        ]  # who read customer P for evaluation: only P's split
+    pd.testing.assert_frame_equal(frames["test"], whole[held_out].reset_index(drop=True))
+    pd.testing.assert_frame_equal(frames["train"], whole[~held_out].reset_index(drop=True))

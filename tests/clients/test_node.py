@@ -135,8 +135,8 @@ def test_training_reads_go_through_the_store_and_are_audited(tmp_path: Path) -> 
         action="read", role="training_pipeline"
     )
     assert reads and reads[-1].purpose == "training" and reads[-1].decision == "allowed"
-    assert set(reads[-1].fields) == {"x1", "x2", "defaulted", "holdout"}
-    assert reads[-1].row_count == 1300
+    assert set(reads[-1].fields) == {"x1", "x2", "defaulted"}
+    assert reads[-1].row_count == 1000  # the training customers alone, not the 300 held out too
 
 
 _KILLED_AFTER_THE_CHARGE = """

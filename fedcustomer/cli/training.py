@@ -311,6 +311,11 @@ def print_summary(summary: dict[str, Any], baselines: list[Any] | None = None) -
     for b in baselines or []:
         results.add_row(b.name, *[_fmt(b.metrics.get(k)) for k in keys], _fmt(b.epsilon))
     console.print(results)
+    from fedcustomer.server.calibration import calibration_warning
+
+    warning = calibration_warning(summary.get("calibration"))
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if summary.get("central_dp"):
         c = summary["central_dp"]
         cap = f", maximum {c['max_epsilon']:g}" if c.get("max_epsilon") is not None else ""

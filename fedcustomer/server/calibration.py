@@ -49,6 +49,34 @@ def calibration_summary(metrics: dict[str, float]) -> dict[str, Any] | None:
     }
 
 
+# Mean prediction this far (absolute) from the observed rate: the scores cannot be read as rates.
+MISCALIBRATED_GAP = 0.1
+
+
+def calibration_warning(calibration: dict[str, Any] | None) -> str | None:
+    """A plain warning when the pooled mean prediction is far from the observed default rate.
+
+    A DP model with few rounds often ranks customers well (its AUC) while every score sits near
+    zero; the ECE column says so only to those who know to read it (found by a new-user trial).
+    """
+    if not calibration:
+        return None
+    bins = [b for b in calibration.get("bins", []) if b.get("mean_predicted") is not None]
+    share = sum(b["share"] for b in bins)
+    if share <= 0:
+        return None
+    predicted = sum(b["share"] * b["mean_predicted"] for b in bins) / share
+    observed = sum(b["share"] * b["observed_rate"] for b in bins) / share
+    if abs(predicted - observed) < MISCALIBRATED_GAP:
+        return None
+    side = "too low" if predicted < observed else "too high"
+    return (
+        f"the model's probabilities are {side}: mean predicted {predicted:.2f} against an observed rate of "
+        f"{observed:.2f} on the held-out rows. Rank customers with it (AUC), but do not read its scores as "
+        "rates (plots/reliability.png); more rounds or a larger budget usually help"
+    )
+
+
 def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
     """The reliability diagram: observed default rate against mean prediction per bin, with shares."""
     import matplotlib

@@ -211,3 +211,19 @@ def test_a_summary_without_reliability_sums_has_no_calibration(recorder: RunReco
     rounds = _rounds()
     summary = recorder.finish(LoopResult(_arrays(2.0), rounds, "completed", None), {})
     assert summary["calibration"] is None and not (recorder.out / "plots" / "reliability.png").exists()
+
+
+def test_a_model_whose_scores_sit_far_from_the_observed_rate_is_called_out_in_words() -> None:
+    # A 3-round DP churn model: AUC 0.82, accuracy equal to the majority share, every score near 0.05 against a
+    # churn rate of 0.27; only the ECE column said so (found by a new-user trial).
+    from fedcustomer.server.calibration import calibration_warning
+
+    def calibration(*bins: tuple[float, float, float]) -> dict:
+        return {"bins": [{"share": s, "mean_predicted": p, "observed_rate": y} for s, p, y in bins]}
+
+    low = calibration_warning(calibration((0.9, 0.04, 0.22), (0.1, 0.15, 0.7)))
+    assert low is not None and "too low: mean predicted 0.05 against an observed rate of 0.27" in low
+    high = calibration_warning(calibration((1.0, 0.6, 0.3)))
+    assert high is not None and "too high" in high
+    assert calibration_warning(calibration((0.5, 0.1, 0.12), (0.5, 0.5, 0.45))) is None  # close enough
+    assert calibration_warning(None) is None and calibration_warning(calibration()) is None

@@ -19,7 +19,9 @@ from tests.toy import SPEC, toy_frame
 DATASET = "toy"
 
 
-def _home(tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None) -> PartnerHome:
+def _home(
+    tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None, train_rows: int = 1000
+) -> PartnerHome:
     test = toy_frame(300, 2)
     test["customer_id"] = "t" + test["customer_id"]
     home, report = provision_partner(
@@ -28,7 +30,7 @@ def _home(tmp_path: Path, epsilon: float, rename: dict[str, str] | None = None) 
         source="toy.csv",
         task="repayment",
         spec=SPEC,
-        train=toy_frame(1000, 1).rename(columns=rename or {}),
+        train=toy_frame(train_rows, 1).rename(columns=rename or {}),
         test=test.rename(columns=rename or {}),
         budget=DatasetBudget(epsilon, 1e-5),
     )
@@ -296,18 +298,7 @@ def test_a_malformed_training_section_is_a_clear_config_error(tmp_path: Path) ->
 def test_the_sample_rate_that_leaves_with_an_update_shows_the_rows_only_rounded(tmp_path: Path) -> None:
     # batch / rows in the released accounting gave the coordinator the exact training-row count (found
     # trying a new dataset: 128 / 0.06801275 = 1882), which the docs say leaves only rounded to 100.
-    test = toy_frame(300, 2)
-    test["customer_id"] = "t" + test["customer_id"]
-    home, _ = provision_partner(
-        tmp_path / "bank_b",
-        "bank_b",
-        source="toy.csv",
-        task="repayment",
-        spec=SPEC,
-        train=toy_frame(1037, 1),
-        test=test,
-        budget=DatasetBudget(3.0, 1e-5),
-    )
+    home = _home(tmp_path, 3.0, train_rows=1037)
     out = PartnerNode(home).train_round(_global(), _ins(1))
     ((_, rate, steps),) = [tuple(h) for h in out.accounting["history"]]
     assert rate == pytest.approx(100 / 1000) and steps == 10  # not 100 / 1037

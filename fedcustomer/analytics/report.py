@@ -87,13 +87,7 @@ def _bars(
         " / ".join([*r["group"].values(), *([r["label"]] if r.get("label") else [])]) or "all" for r in rows
     ]
     est = [r["estimate"] for r in rows]
-    return (
-        labels,
-        est,
-        [r["estimate"] - r["ci_low"] for r in rows],
-        [r["ci_high"] - r["estimate"] for r in rows],
-        what,
-    )
+    return labels, est, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], what
 
 
 def plot_result(
@@ -120,13 +114,17 @@ def plot_result(
     labels, est, lo, hi, what = bars
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.8))
     x = list(range(len(labels)))
-    ax.bar(
+    ax.bar(x, est, color="#4C72B0", label="DP estimate")
+    # The interval is drawn from its own ends, not as +- around the estimate: a noisy count may fall
+    # below zero while its interval, which knows a count cannot, starts at zero (found by a new-user trial).
+    ax.errorbar(
         x,
-        est,
-        yerr=[lo, hi],
+        [(a + b) / 2 for a, b in zip(lo, hi)],
+        yerr=[(b - a) / 2 for a, b in zip(lo, hi)],
+        fmt="none",
+        ecolor="black",
         capsize=4,
-        color="#4C72B0",
-        label=f"DP estimate, {interval_label or _level(result.spec.confidence)} interval",
+        label=f"{interval_label or _level(result.spec.confidence)} interval",
     )
     if truth is not None and (
         result.spec.kind == "count" or (result.spec.kind, mean_bars) == ("mean", "count")

@@ -116,3 +116,23 @@ def test_budget_show_explains_per_row_epsilon_and_never_cuts_ids(tmp_path, monke
     assert "…" not in text
     column = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") >= 6)
     assert run_id in column
+
+
+def test_a_noisy_count_below_its_interval_is_charted_not_a_crash_after_the_budget_was_paid(tmp_path):
+    # An empty group's DP count came out at -30.5 with interval [0, 29.4]; the chart's +- error bars were then
+    # negative and matplotlib raised, after every partner had paid (found by a new-user trial).
+    from fedcustomer.analytics.report import plot_result
+
+    result = _result("count", 0.95)
+    result.rows = [
+        {"group": {"contract": "weekly"}, "label": None, "estimate": -30.49, "ci_low": 0.0, "ci_high": 29.43},
+        {
+            "group": {"contract": "monthly"},
+            "label": None,
+            "estimate": 1928.0,
+            "ci_low": 1870.0,
+            "ci_high": 1986.0,
+        },
+    ]
+    path = plot_result(tmp_path / "result.png", result)
+    assert path is not None and path.exists() and path.stat().st_size > 0

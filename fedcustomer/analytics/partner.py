@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fedcustomer.analytics import mechanisms
-from fedcustomer.analytics.local import compute_partials
+from fedcustomer.analytics.local import compute_partials, key_of
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.common.files import atomic_write_text
@@ -142,6 +142,7 @@ def _read(
             for g in spec.group_by:
                 if g not in schema.names and not _derived(spec, g):
                     raise DataError(f"dataset {spec.dataset!r} has no field {g!r} to group by")
+            _check_declared_values(spec, schema, raw_groups)
             if not fields:  # a plain row count: read one public field just to enumerate customers
                 public = [f.name for f in schema.fields if f.tier == "public"]
                 if not public:
@@ -164,6 +165,33 @@ def _read(
             f"partner home {home.root} has no store and no data loader; ingest the partner's data first"
         )
     return load_frame(home, spec.dataset, fields), None
+
+
+def _check_declared_values(spec: QuerySpec, schema: Any, raw_groups: Sequence[str]) -> None:
+    """Refuse, before anything is read or paid, a group or filter value its field does not declare.
+
+    A value spelled otherwise than the schema's list (``month-to-month`` for ``Month-to-month``)
+    or not in it at all (``Weekly``) matches no customer: the release would report an empty cell
+    and still cost epsilon (found by a new-user trial). Fields without a declared list are not checked.
+    """
+    asked = {g: list(spec.domain(g)) for g in raw_groups}
+    for name, values in spec.where.items():
+        asked.setdefault(name, []).extend(str(key_of(v)) for v in values)
+    for name, values in asked.items():
+        declared = schema.field(name).validation.allowed
+        if not declared:
+            continue
+        unknown = [v for v in values if v not in declared]
+        if not unknown:
+            continue
+        folded = {d.casefold(): d for d in declared}
+        hints = [f"{v!r} (declared as {folded[v.casefold()]!r})" for v in unknown if v.casefold() in folded]
+        raise ConfigError(
+            f"query {spec.query_id}: {name} value(s) {', '.join(repr(v) for v in unknown)} are not among the "
+            f"values dataset {spec.dataset!r} declares for it ({', '.join(declared)})"
+            + (f"; spell them as declared: {', '.join(hints)}" if hints else "")
+            + "; nothing was read or charged"
+        )
 
 
 def _derived(spec: QuerySpec, group: str) -> bool:

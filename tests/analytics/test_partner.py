@@ -160,3 +160,35 @@ def test_partner_without_a_store_reads_through_the_given_loader(tmp_path: Path) 
     assert seen == [("events", ["funnel_stage"])]
     assert len(release["stats"]["hist"][0]) == 3
     assert ledger_for(home, "events").charges()[0].query_id == "q-funnel"
+
+
+def test_a_group_or_filter_value_the_schema_does_not_declare_is_refused_before_anything_is_paid(
+    homes: list[PartnerHome],
+) -> None:
+    # `month-to-month` for the declared `Month-to-month`, and `Weekly` (no such contract), matched no customer:
+    # the query released empty cells and still cost epsilon (found by a new-user trial).
+    home = homes[0]
+    before = _query_entries(home)
+    with pytest.raises(ConfigError) as refused:
+        answer_query(
+            home,
+            QuerySpec(
+                dataset="retailer",
+                kind="count",
+                group_by=("region",),
+                groups={"region": ("North", "south", "Mars")},
+                epsilon=0.5,
+                query_id="q-typo",
+            ),
+        )
+    message = str(refused.value)
+    assert (
+        "'North', 'Mars' are not among the values" in message and "'North' (declared as 'north')" in message
+    )
+    assert "nothing was read or charged" in message
+    with pytest.raises(ConfigError, match="'2' are not among"):
+        answer_query(home, _count(0.5, "q-where", where={"loyalty_member": (2,)}))
+    assert ledger_for(home, "retailer").charges() == []
+    after = _query_entries(home)
+    assert [e.decision for e in after[len(before) :]] == ["denied", "denied"]  # refused, audited, unpaid
+    answer_query(home, _count(0.5, "q-ok", where={"loyalty_member": (1,)}))  # a declared value still answers

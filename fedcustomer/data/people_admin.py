@@ -108,6 +108,11 @@ class PeopleAdmin:
         store.require(actor, "people", "people_add", details=extra)
         registry = self._registry()
         try:
+            if role not in store.policy.roles:  # a key registered under it could do nothing, and stays
+                raise ConfigError(
+                    f"role {role!r} is not a role of the access policy {store.policy.source}; "
+                    f"known roles: {', '.join(sorted(store.policy.roles))}"
+                )
             person = registry.add(admin, public_key, name, role, kind=kind, expires_at=expires_at, now=now)
         except FedCustomerError as exc:
             store.log(actor, "people_add", "denied", reason=str(exc), details=extra)

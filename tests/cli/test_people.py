@@ -193,6 +193,23 @@ def test_a_person_who_is_not_an_admin_cannot_add_people(
     )
 
 
+def test_a_role_the_policy_does_not_know_is_refused_at_people_add_not_when_the_person_acts(
+    home: Path, people: dict[str, Person], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--role analyst` was registered; dana could then do nothing, and her key could not be added again under
+    # the right role without revoking it (found by a new-user trial).
+    registry = (home / "people.jsonl").read_bytes()
+    args = ["people", "add", "--home", str(home), *as_(people["alice"]), "--name", "dana"]
+    key = ["--public-key", f"{people['dana'].key_file}.pub"]
+    code, _, err = run([*args, "--role", "analyst", *key], capsys)
+    assert code == ConfigError.exit_code and "role 'analyst' is not a role of the access policy" in err
+    assert "data_scientist" in err and (home / "people.jsonl").read_bytes() == registry
+    last = _entries(home)[-1]
+    assert (last["action"], last["actor"], last["decision"]) == ("people_add", "alice", "denied")
+    code, _, err = run([*args, "--role", "data_scientist", *key], capsys)
+    assert code == 0, err
+
+
 def test_an_edited_registry_stops_every_request_until_restored(
     home: Path, people: dict[str, Person], capsys: pytest.CaptureFixture[str]
 ) -> None:

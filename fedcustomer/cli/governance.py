@@ -342,7 +342,10 @@ def approvals_request_cmd(
     fields: str = typer.Option(..., "--fields", help="Comma-separated core fields."),
     purpose: str = typer.Option(..., "--purpose"),
     ttl_hours: float = typer.Option(
-        8.0, "--ttl-hours", help="How long the approval stays valid once granted."
+        8.0,
+        "--ttl-hours",
+        help="How long the request, and the approval once granted, stay valid, counted from the request "
+        "(approvers sign its end time with it).",
     ),
     as_json: bool = JsonOpt,
 ) -> None:

@@ -461,7 +461,8 @@ def _fmt(x: float | None) -> str:
 def print_result(result: Any) -> None:
     table = Table(
         title=f"{escape(result.query_id)}: {result.spec.kind} over {escape(result.spec.dataset)} "
-        f"({len(result.partners)} partners, {result.spec.confidence:.0%} intervals)"
+        f"({len(result.partners)} partner{'' if len(result.partners) == 1 else 's'}, "
+        f"{result.spec.confidence:.0%} intervals)"
     )
     for col in ("group", "statistic", "estimate", "interval"):
         table.add_column(col)

@@ -80,6 +80,7 @@ def answer_query(
         details["clamped_values"] = partials.clamped
         return noisy, _mechanism(spec, noisy)
 
+    actor = _authenticated(home, actor, spec)  # a refused key is audited there, before anything is read
     try:
         ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
         released = release(ledger, step, results, produce)
@@ -191,6 +192,31 @@ def _check_declared_values(spec: QuerySpec, schema: Any, raw_groups: Sequence[st
             f"values dataset {spec.dataset!r} declares for it ({', '.join(declared)})"
             + (f"; spell them as declared: {', '.join(hints)}" if hints else "")
             + "; nothing was read or charged"
+        )
+
+
+def _authenticated(home: PartnerHome, actor: Actor, spec: QuerySpec) -> Actor:
+    """The node's analytics service as its people registry names it: the key that makes the query's read.
+
+    A home with a registry answers with its registered ``data_scientist`` service key; the query's
+    entry then names that authenticated principal, the same as the read entry it made, instead
+    of a name made up here (``audit query --actor`` finds both). A development home without a
+    registry keeps the plain actor.
+    """
+    if not home.store_path.exists():
+        return actor
+    from fedcustomer.data.store import PartnerStore
+
+    with PartnerStore.open(home) as store:
+        if store.people is None:
+            return actor
+        return store.principal(
+            store.service_credential(actor.name, actor.role),
+            action="query",
+            audit_action="query",
+            dataset=spec.dataset,
+            fields=spec.source_fields(),
+            purpose=PURPOSE,
         )
 
 

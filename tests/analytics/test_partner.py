@@ -192,3 +192,43 @@ def test_a_group_or_filter_value_the_schema_does_not_declare_is_refused_before_a
     after = _query_entries(home)
     assert [e.decision for e in after[len(before) :]] == ["denied", "denied"]  # refused, audited, unpaid
     answer_query(home, _count(0.5, "q-ok", where={"loyalty_member": (1,)}))  # a declared value still answers
+
+
+def test_a_homes_query_entry_names_the_registered_service_that_made_its_read(tmp_path: Path) -> None:
+    # The query entry said `node:telco_east` (a name made up by the code) while its read said
+    # `node:telco_east:analytics` (the registered key), so `audit query --actor` found one of the two
+    # (found by a new-user trial).
+    from fedcustomer.analytics.partner import partner_actor
+    from tests.data.test_ingest import bank_frame
+    from tests.people import people_home
+
+    store, people = people_home(tmp_path)
+    path = tmp_path / "bank.csv"
+    bank_frame(40).to_csv(path, index=False)
+    import fedcustomer.data
+    from fedcustomer.data.schema import Schema
+
+    bank = Schema.load(Path(fedcustomer.data.__file__).parent / "schemas" / "bank.yaml")
+    store.ingest(people["alice"].signer, bank, path)
+    home = store.home
+    store.close()
+    config = home.config()
+    config.budget = DatasetBudget(3.0, 1e-5)
+    home.write_config(config)
+    spec = QuerySpec(
+        dataset="bank",
+        kind="count",
+        group_by=("region",),
+        groups={"region": ("north", "south", "east", "west", "central")},
+        epsilon=0.5,
+        query_id="q-who",
+    )
+    answer_query(home, spec)
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    try:
+        [query] = log.query(action="query", decision="allowed")
+        reads = [e for e in log.query(action="read") if e.purpose == "analytics"]
+    finally:
+        log.close()
+    assert query.actor == reads[-1].actor != partner_actor(home).name
+    assert query.role == "data_scientist"

@@ -162,7 +162,7 @@ class PartnerNode:
             run=(ins.run_id, "dpsgd"),
         )
         check(ledger, step, Mechanism("dpsgd", gaussian=GaussianSteps(sigma, q, round_steps)))
-        outcome = self._train(global_state, ins, Xt, yt, sigma)
+        outcome = self._train(global_state, ins, Xt, yt, sigma, q)
         details = {
             "partner": self.name,
             "epochs": ins.local_epochs,
@@ -283,8 +283,10 @@ class PartnerNode:
         Xt: torch.Tensor,
         yt: torch.Tensor,
         sigma: float | None = None,
+        sample_rate: float | None = None,
     ) -> TrainOutcome:
-        """Local epochs from the global model: DP-SGD with noise ``sigma``, or plain SGD without DP."""
+        """Local epochs from the global model: DP-SGD with noise ``sigma`` at the Poisson rate
+        ``sample_rate`` (the one charged), or plain SGD without DP."""
         batch_size = min(ins.batch_size, len(Xt))
         model = build_model(ins.task, ins.arch, ins.spec.input_dim)
         model.load_state_dict(global_state)
@@ -307,7 +309,7 @@ class PartnerNode:
                 max_grad_norm=ins.max_grad_norm,
                 clipping=ins.clipping,
                 anchor=anchor,
-                sample_rate=released_sample_rate(batch_size, len(Xt)),  # the rate _train_dp charged
+                sample_rate=sample_rate,
                 **common,
             )
         else:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedcustomer.data.schema import Schema
+from fedcustomer.data.schema import Schema, listed_names
 from fedcustomer.data.validators import is_missing
 from fedcustomer.errors import ConfigError, DataError, SchemaError
 
@@ -572,10 +572,8 @@ def _present(series: pd.Series) -> pd.Series:
     return ~is_missing(series)
 
 
-def _list_columns(frame: pd.DataFrame, limit: int = 12) -> str:
-    cols = [str(c) for c in frame.columns]
-    shown = ", ".join(cols[:limit])
-    return shown + (f", ... ({len(cols)} in all)" if len(cols) > limit else "") if cols else "none"
+def _list_columns(frame: pd.DataFrame) -> str:
+    return listed_names([str(c) for c in frame.columns])
 
 
 def _numeric_column(series: pd.Series, name: str, role: str, hint: str = "") -> np.ndarray:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -476,6 +476,12 @@ def _check_schema(schema: Schema) -> list[str]:
 
 
 ROW_ID_FIELD = "row_id"
+
+
+def listed_names(names: Sequence[str], limit: int = 12) -> str:
+    """Column or field names for a message: the first ``limit``, then how many in all ("none" if empty)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "none"
 
 
 def field_name_for(column: str) -> str:

@@ -21,6 +21,7 @@ from fedcustomer.data.schema import (
     Validation,
     field_name_for,
     field_names,
+    listed_names,
 )
 from fedcustomer.data.source_lines import row_locations
 from fedcustomer.data.validators import luhn_valid, prc_id_valid
@@ -168,7 +169,7 @@ def draft_schema(
         id_col = next((c for c in columns if id_column in (c, names[c])), None)
         if id_col is None:
             raise DataError(
-                f"{path}: no column {id_column!r} to take as the customer id (columns: {_shown(columns)})"
+                f"{path}: no column {id_column!r} to take as the customer id (columns: {listed_names(columns)})"
             )
     else:
         id_col = next((c for c in columns if names[c] in _ID_NAMES), None)
@@ -350,7 +351,3 @@ def _guess_type(series: Any) -> str:
     if distinct <= 20 and distinct * 2 <= len(values):
         return "category"
     return "string"
-
-
-def _shown(columns: list[str], limit: int = 12) -> str:
-    return ", ".join(columns[:limit]) + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")

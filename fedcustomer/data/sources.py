@@ -21,7 +21,7 @@ from fedcustomer.data.partition import (
     partition_iid,
     split_train_test,
 )
-from fedcustomer.data.schema import field_name_for, field_names
+from fedcustomer.data.schema import field_name_for, field_names, listed_names
 from fedcustomer.data.source_lines import check_separator
 from fedcustomer.errors import ConfigError, DataError
 
@@ -310,7 +310,7 @@ def _roles(
         if label not in columns:
             raise DataError(
                 f"label column {label!r} is missing from the data (columns present: "
-                f"{_list(columns)}); pass the right label name or add the column"
+                f"{listed_names(columns)}); pass the right label name or add the column"
             )
     else:
         label = next((c for c in _LABEL_GUESSES[task] if c in columns), None)
@@ -334,11 +334,6 @@ def _guess_id(columns: list[str], label: str) -> str | None:
 
     guessed = next((c for c in _ID_GUESSES if c in columns and c != label), None)
     return guessed or next((c for c in columns if c != label and is_customer_id_name(c)), None)
-
-
-def _list(columns: list[str], limit: int = 12) -> str:
-    shown = ", ".join(columns[:limit])
-    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "") if columns else "none"
 
 
 def _renamed_spec(spec: FeatureSpec, id_column: str | None) -> FeatureSpec:

@@ -9,7 +9,7 @@ import pytest
 from fedcustomer.data import store_read
 from fedcustomer.data.erasure import erase_customer
 from fedcustomer.data.store_db import open_row, open_row_key, table_name
-from fedcustomer.errors import IntegrityError, KeyMaterialError
+from fedcustomer.errors import ConfigError, IntegrityError, KeyMaterialError
 from fedcustomer.privacy.crypto.cipher import FieldCipher
 from tests.data.store_fixtures import (
     ADMIN,
@@ -265,3 +265,11 @@ def test_a_failed_read_resumes_the_collector_and_one_paused_by_the_caller_stays_
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_read_for_an_unknown_split_is_refused_before_anything_is_read_or_logged(loaded):
+    before = len(audit_entries(loaded))
+    with pytest.raises(ConfigError, match="split must be one of train, test, got 'validation'"):
+        loaded.read(TRAINING, "training", ["age"], split="validation")
+    assert len(audit_entries(loaded)) == before
+    assert len(loaded.read(TRAINING, "training", ["age"], split="test")) < 23  # a known split reads its part

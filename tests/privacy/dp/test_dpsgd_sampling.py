@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedcustomer.errors import ConfigError
 from fedcustomer.models.repayment import LogisticRegression
 from fedcustomer.privacy.dp import dpsgd
 from fedcustomer.privacy.dp.poisson_sampling import GeometricPoissonSampler
@@ -108,3 +109,12 @@ def test_tiny_sample_rate_with_many_empty_batches_trains_without_error():
     assert stats.examples_seen == sum(sizes)
     assert len(sizes) < 30  # some steps drew no row (P(none empty) ~ 1e-6), yet all were counted
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_a_given_sample_rate_is_the_one_sampled_with_and_a_bad_one_is_refused():
+    # A node passes batch / (rows rounded to 100) so its released rate does not give away its exact rows.
+    t = trainer(sample_rate=0.2)
+    assert t.sample_rate == 0.2 and t.steps_per_epoch == 5 and t.train_epoch().steps == 5
+    for bad in (0, -0.1, 1.5, True, "0.2", float("nan")):
+        with pytest.raises(ConfigError, match="sample_rate"):
+            trainer(sample_rate=bad)

@@ -109,6 +109,28 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         Schema.load(write(tmp_path, "- a\n- b\n"))
 
 
+@pytest.mark.parametrize("loader", ["CSafeLoader", "SafeLoader"])
+def test_fast_and_pure_python_yaml_give_the_same_schema(monkeypatch, loader):
+    """libyaml parses schemas when PyYAML has it; each loader gives the same fields and line marks."""
+    import yaml
+
+    from fedcustomer.data import schema as schema_module
+
+    if not hasattr(yaml, loader):
+        pytest.skip("PyYAML built without libyaml")
+    monkeypatch.setattr(schema_module, "_FAST_LOADER", getattr(yaml, loader))
+    assert Schema.from_yaml(MINIMAL) == Schema.from_yaml(MINIMAL.replace("\n", "\r\n"))
+    assert [f.name for f in Schema.from_yaml(MINIMAL).fields] == ["customer_id", "spend"]
+    with pytest.raises(SchemaError, match=r"line 7: field 'spend'"):
+        Schema.from_yaml(MINIMAL.replace("tier: sensitive", "tier: secret"))
+
+
+def test_a_yaml_mistake_is_reported_by_the_more_explicit_loader():
+    """A text the fast loader refuses is parsed again by the pure-Python one, which names the character."""
+    with pytest.raises(SchemaError, match=r"line 2 invalid YAML: found character '\\t'"):
+        Schema.from_yaml("dataset: shop\n\tfields: []\n")
+
+
 def test_two_timestamp_fields_rejected():
     fields = (
         FieldSpec("cid", tier="core", role="id"),

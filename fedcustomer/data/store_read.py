@@ -477,7 +477,7 @@ class _Chunk:
             keys, docs = open_sealed_rows(self.store.keyring, self.cipher, rows)
             values = [doc["values"] for doc in docs]
             if self.wanted:
-                kept = [i for i, v in enumerate(values) if self._matches(v)]
+                kept = self._kept(values)
                 if len(kept) != len(rows):
                     values = [values[i] for i in kept]
                     rows = [rows[i] for i in kept]
@@ -510,6 +510,14 @@ class _Chunk:
             else:
                 out[n] = [v for p in pieces for v in (p.tolist() if isinstance(p, np.ndarray) else p)]
         return out
+
+    def _kept(self, values: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Positions of the rows the filter keeps; one field compared as stored (a split's holdout
+        marker, say) takes one comparison per row instead of a generator over the filter."""
+        if len(self.wanted) == 1 and not self.text_keys:
+            ((name, allowed),) = self.wanted.items()
+            return [i for i, v in enumerate(values) if v.get(name) in allowed]
+        return [i for i, v in enumerate(values) if self._matches(v)]
 
     def _matches(self, values: Mapping[str, Any]) -> bool:
         return all(

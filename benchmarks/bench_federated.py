@@ -226,7 +226,8 @@ def main() -> None:
     parser.add_argument(
         "--overhead-only",
         action="store_true",
-        help="only the round-overhead figures: one federated DP job per --partners count (grid, then simulation)",
+        help="only the round-overhead figures: --repeats federated DP jobs per --partners count on the grid "
+        "(mean +- sd), then the simulation engine",
     )
     parser.add_argument(
         "--uci-features",

@@ -8,6 +8,7 @@ the grid's ratio from its federated DP jobs to the report.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -65,23 +66,28 @@ def _overhead_row(
 
 
 def overhead_only(args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[dict[str, Any]]:
-    """Round overhead alone: one federated DP job (epsilon 3) per partner count on the in-process
-    grid, then the simulation engine; all rounds and rounds 2.. (round 1 reads, calibrates)."""
+    """Round overhead alone: ``--repeats`` federated DP jobs (epsilon 3, seeds ``--seed``..) per
+    partner count on the in-process grid, each on fresh copies of the same provisioned homes,
+    reported per job and as mean +- sd over the jobs; then the simulation engine once. All
+    rounds, and rounds 2.. (round 1 reads, calibrates)."""
     out = []
     for n in args.partners:
         spec, datasets = load_partitions(
             TASK, SOURCE, n, split="iid", seed=args.split_seed, data_dir=args.data_dir
         )
+        jobs = []
         with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-            run = FederatedCell(spec, datasets, Path(tmp)).run(
-                recipe_for(recipes, "fed-dp", n), dp=True, epsilon=3.0, seed=args.seed
-            )
-        walls, trains = run["round_walls"], run["round_trains"]
-        after_first = sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None
-        out.append(
-            _overhead_row("in-process grid", n, walls, trains, walls[0]) | {"ratio_after_first": after_first}
-        )
-        print(f"# grid, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
+            cell = FederatedCell(spec, datasets, Path(tmp))
+            for seed in range(args.seed, args.seed + max(1, args.repeats)):
+                run = cell.run(recipe_for(recipes, "fed-dp", n), dp=True, epsilon=3.0, seed=seed)
+                walls, trains = run["round_walls"], run["round_trains"]
+                after_first = sum(walls[1:]) / max(sum(trains[1:]), 1e-9) if len(walls) > 1 else None
+                jobs.append(
+                    _overhead_row("in-process grid", n, walls, trains, walls[0])
+                    | {"ratio_after_first": after_first, "seed": seed}
+                )
+                print(f"# grid, {n} partners, seed {seed}: {jobs[-1]}", file=sys.stderr, flush=True)
+        out.append(_over_seeds(jobs))
     if args.overhead_rounds:
         for n in args.partners:
             out.append(
@@ -89,6 +95,25 @@ def overhead_only(args: argparse.Namespace, recipes: dict[str, Recipe]) -> list[
             )
             print(f"# simulation, {n} partners: {out[-1]}", file=sys.stderr, flush=True)
     return out
+
+
+def _over_seeds(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several jobs of a partner count: mean +- sd of each figure, and the jobs themselves."""
+    row = dict(jobs[0]) | {"jobs": jobs, "seeds": [j["seed"] for j in jobs]}
+    row.pop("seed")
+    for key in (
+        "mean_round_wall_s",
+        "mean_sum_local_train_s",
+        "ratio",
+        "ratio_after_first",
+        "first_round_wall_s",
+    ):
+        values = [j[key] for j in jobs if j.get(key) is not None]
+        if values:
+            row[key] = statistics.fmean(values)
+            row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row["rounds_timed"] = sum(j["rounds_timed"] for j in jobs)
+    return row
 
 
 def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,15 +138,26 @@ def grid_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_overhead_only(overhead: list[dict[str, Any]]) -> None:
-    """The ``--overhead-only`` table: all rounds, rounds 2.. and round 1's wall time per engine."""
+    """The ``--overhead-only`` table: all rounds, rounds 2.. and round 1's wall time per engine
+    (mean +- sd over the jobs where there were several, each job's ratio after them)."""
     print(
-        "| engine | partners | rounds | mean round wall (s) | mean sum of local training (s) | ratio | ratio, rounds 2.. | round 1 wall (s) |"
+        "| engine | partners | jobs | rounds | mean round wall (s) | mean sum of local training (s) | ratio | ratio, rounds 2.. | round 1 wall (s) | ratio per job |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for o in overhead:
-        after = o.get("ratio_after_first")
+        jobs = o.get("jobs", [o])
+        per_job = ", ".join(f"{j['ratio']:.2f}" for j in jobs)
         print(
-            f"| {o['engine']} | {o['partners']} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
-            f"{o['mean_sum_local_train_s']:.2f} | {o['ratio']:.2f} | {'-' if after is None else f'{after:.2f}'} | "
-            f"{o['first_round_wall_s']:.2f} |"
+            f"| {o['engine']} | {o['partners']} | {len(jobs)} | {o['rounds_timed']} | {o['mean_round_wall_s']:.2f} | "
+            f"{o['mean_sum_local_train_s']:.2f} | {_pm(o, 'ratio')} | {_pm(o, 'ratio_after_first')} | "
+            f"{_pm(o, 'first_round_wall_s')} | {per_job} |"
         )
+
+
+def _pm(row: dict[str, Any], key: str) -> str:
+    """``mean +- sd`` over the jobs (the value alone for one job, ``-`` when there is none)."""
+    value = row.get(key)
+    if value is None:
+        return "-"
+    sd = row.get(f"{key}_sd")
+    return f"{value:.2f}" if sd is None or len(row.get("jobs", [])) < 2 else f"{value:.2f} ± {sd:.2f}"

@@ -32,6 +32,7 @@ entry as stored in the log.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,47 @@ def _job(e: AuditEntry) -> str:
     return ", ".join(parts)
 
 
+PSEUDONYM_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _customer_pseudonym(home: Path | None, pseudonym: str | None, customer: str | None) -> str | None:
+    """The pseudonym a customer filter looks for: ``--pseudonym`` as given (refused unless it has a
+    pseudonym's shape, so a raw id typed there never reaches the log), or ``--customer``'s raw id
+    pseudonymised with the home's key. Neither message quotes what was typed."""
+    if pseudonym is not None and customer is not None:
+        raise ConfigError("give --pseudonym or --customer, not both")
+    if pseudonym is not None:
+        folded = pseudonym.strip().lower()
+        if not PSEUDONYM_HEX.fullmatch(folded):
+            raise ConfigError(
+                "--pseudonym takes a customer's pseudonym (64 hex characters, as reads and audit entries "
+                "show them), and what was given is not one; to find a customer by their id, give "
+                "--customer ID with --home (the id is pseudonymised with the home's key and never logged)"
+            )
+        return folded
+    if customer is None:
+        return None
+    if home is None:
+        raise ConfigError(
+            "--customer needs --home: the id is pseudonymised with that home's pseudonym key "
+            "(a bare --log copy has no key; ask the partner for the pseudonym and give --pseudonym)"
+        )
+    from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
+
+    keys_dir = PartnerHome(home).keys_dir
+    try:
+        pseudonymizer = Pseudonymizer.open(keys_dir)
+    except FedCustomerError as exc:
+        raise ConfigError(
+            f"--customer: this home's pseudonym key cannot be read ({exc}); on an auditor's copy without "
+            "keys, ask the partner for the customer's pseudonym and give --pseudonym"
+        ) from None
+    try:
+        return pseudonymizer.pseudonym(customer)
+    except FedCustomerError:
+        raise ConfigError("--customer: the id is empty or not valid text") from None
+
+
 def _customers(e: AuditEntry) -> str:
     """How many customers the entry names; "1000 of 2488" when its list was cut short."""
     if not e.pseudonyms:
@@ -407,7 +449,15 @@ def query_cmd(
     ),
     dataset: str | None = typer.Option(None, "--dataset", help="Only entries about this dataset."),
     pseudonym: str | None = typer.Option(
-        None, "--pseudonym", help="Only entries that touched this customer."
+        None,
+        "--pseudonym",
+        help="Only entries that touched this customer, by pseudonym (64 hex characters, as reads show them).",
+    ),
+    customer: str | None = typer.Option(
+        None,
+        "--customer",
+        help="Only entries that touched this customer, by their raw id (with --home: pseudonymised with the "
+        "home's key first; the id itself is never logged).",
     ),
     run: str | None = typer.Option(
         None,
@@ -438,6 +488,7 @@ def query_cmd(
             raise ConfigError(f"--output {output}: give --format csv or json (or a .csv / .json file name)")
         fmt = suffix
     lo, hi = _parse_time("--since", since), _parse_time("--until", until)
+    pseudonym = _customer_pseudonym(home, pseudonym, customer)
     audit = open_for_reading(home, log)
     filters = {
         k: v

@@ -57,7 +57,7 @@ def _append_rows(log: AuditLog) -> None:
             purpose=purpose,
             approvals=approvals,
             row_count=10 * i,
-            pseudonyms=[f"ps_{i:02d}"],
+            pseudonyms=[f"{i:02d}" * 32],  # pseudonym-shaped: 64 hex characters
             details={"n": i},
         )
 
@@ -212,7 +212,7 @@ def test_query_json_filters_and_schema(
     doc = json.loads(out)
     assert code == 0 and doc["count"] == 2 and doc["filters"] == {"field": "phone"}
     assert [e["seq"] for e in doc["entries"]] == signed.seqs([2, 4])
-    assert doc["entries"][1]["approvals"] == ["carol"] and doc["entries"][1]["pseudonyms"] == ["ps_04"]
+    assert doc["entries"][1]["approvals"] == ["carol"] and doc["entries"][1]["pseudonyms"] == ["04" * 32]
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_query_json_filters_and_schema(
         (["--decision", "denied"], [2]),
         (["--role", "officer"], [3]),
         (["--purpose", "credit_risk", "--action", "read"], [1]),
-        (["--pseudonym", "ps_05"], [5]),
+        (["--pseudonym", "05" * 32], [5]),
         # Filters ignore case, as the command's help says: what a person types is a name, not a spelling.
         (["--decision", "DENIED"], [2]),
         (["--role", "Officer"], [3]),
@@ -413,3 +413,41 @@ def test_a_pseudonym_query_says_how_each_entry_reached_the_customer(
     code, out, err = run(["audit", "query", "--log", str(tmp_path / "audit"), "--pseudonym", wanted], capsys)
     assert code == 0, err
     assert "1 read(s) may include this customer" in " ".join(out.split())
+
+
+def test_a_raw_id_given_as_a_pseudonym_is_refused_and_never_logged(
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a new-user trial: `--pseudonym 12747` (a customer id) answered "0 entries" and the
+    # query's own audit entry kept the raw id for good
+    log_file = PartnerHome(signed.root).audit_dir / "audit.jsonl"
+    before = log_file.read_bytes()
+    code, _, err = run(["audit", "query", *ASKER, "--home", str(signed.root), "--pseudonym", "12747"], capsys)
+    assert code != 0 and "--customer ID" in err and "12747" not in err
+    assert log_file.read_bytes() == before  # refused before anything is appended
+
+
+def test_a_customer_is_found_by_raw_id_and_only_the_pseudonym_is_logged(
+    signed: Signed, ASKER: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedcustomer.privacy.crypto.pseudonym import Pseudonymizer
+
+    home = PartnerHome(signed.root)
+    wanted = Pseudonymizer.open(home.keys_dir).pseudonym("CUST-12747")
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    log.append(actor="rick", role="risk_officer", action="decrypt", row_count=1, pseudonyms=[wanted])
+    log.close()
+    code, out, err = run(
+        ["audit", "query", *ASKER, "--home", str(home.root), "--customer", " cust-12747 ", "--format", "json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert [e["pseudonyms"] for e in json.loads(out)["entries"]] == [[wanted]]  # ids match as normalised
+    text = (home.audit_dir / "audit.jsonl").read_text()
+    assert "12747" not in text and wanted in text.splitlines()[-1]  # the query's entry names the pseudonym
+    code, _, err = run(["audit", "query", "--log", str(home.audit_dir), "--customer", "CUST-12747"], capsys)
+    assert code != 0 and "--customer needs --home" in err and "12747" not in err
+    code, _, err = run(
+        ["audit", "query", *ASKER, "--home", str(home.root), "--customer", "x", "--pseudonym", wanted], capsys
+    )
+    assert code != 0 and "not both" in err

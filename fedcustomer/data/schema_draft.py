@@ -26,6 +26,7 @@ from fedcustomer.data.schema import (
 from fedcustomer.data.source_lines import row_locations
 from fedcustomer.data.validators import luhn_valid, prc_id_valid
 from fedcustomer.errors import ConfigError, DataError
+from fedcustomer.privacy.access.masking import default_rule_for
 
 _CORE_HINTS = (
     "id",
@@ -234,7 +235,7 @@ def draft_schema(
         nullable = bool(series.isna().any() or (series.astype(str).str.strip() == "").any()) and role != "id"
         masking = None
         if tier == "sensitive":
-            masking = "redact" if ftype in ("string", "category", "boolean") else "round:-2"
+            masking = default_rule_for(ftype)  # numbers rounded, dates to their year, the rest redacted
         elif tier == "core" and role != "id":
             masking = "redact"
         description = f"file column {col!r}" if field_name != col else None

@@ -199,6 +199,23 @@ def test_draft_schema_guesses_types_tiers_and_checksums(tmp_path):
     assert Schema.load(out).fields == schema.fields
 
 
+def test_draft_masks_sensitive_dates_to_their_year_and_numbers_by_rounding(tmp_path):
+    # found by a new-user trial: a sensitive date was drafted with round:-2, which left the exact day
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C2", "C3"],
+            "last_purchase": ["2010-12-08", "2011-01-04", "2011-02-11"],
+            "monetary": [120.5, 33.0, 980.25],
+        }
+    )
+    path = tmp_path / "retail.csv"
+    frame.to_csv(path, index=False)
+    schema = draft_schema(path)
+    dated, spent = schema.field("last_purchase"), schema.field("monetary")
+    assert (dated.type, dated.tier, dated.masking) == ("date", "sensitive", "year")
+    assert (spent.tier, spent.masking) == ("sensitive", "round:-2")
+
+
 names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
 
 

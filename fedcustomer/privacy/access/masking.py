@@ -128,6 +128,12 @@ def default_rule_for(dtype: str) -> str:
 def _as_numeric(series: pd.Series, rule: MaskRule) -> pd.Series:
     if pd.api.types.is_bool_dtype(series.dtype):
         raise SchemaError(f"mask rule '{rule}' needs numbers, column '{series.name}' is boolean; use redact")
+    if pd.api.types.is_datetime64_any_dtype(series.dtype) or isinstance(series.dtype, pd.PeriodDtype):
+        # as a number a date is its epoch count: rounding that keeps the exact day
+        raise SchemaError(
+            f"mask rule '{rule}' needs numbers, column '{series.name}' holds dates (rounded as numbers "
+            "they would still show the exact date); use year or redact"
+        )
     if pd.api.types.is_numeric_dtype(series.dtype):
         return series
     try:

@@ -226,6 +226,16 @@ def test_numeric_rules_refuse_text_and_booleans(rule: str) -> None:
         mask_series(pd.Series([True, False]), rule)
 
 
+@pytest.mark.parametrize("rule", ["bucket:10", "round:-2"])
+def test_numeric_rules_refuse_dates_which_they_would_leave_exact(rule: str) -> None:
+    # found by a new-user trial: round:-2 on a date column showed its epoch microseconds, the exact day
+    dates = pd.Series(pd.to_datetime(["2010-12-08", "2011-03-01"]), name="last_purchase")
+    with pytest.raises(SchemaError, match="holds dates.*use year or redact"):
+        mask_series(dates, rule)
+    with pytest.raises(SchemaError, match="holds dates"):
+        mask_series(dates.dt.tz_localize("UTC"), rule)
+
+
 # --------------------------------------------------------------------------- dates
 
 

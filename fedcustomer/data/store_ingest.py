@@ -258,7 +258,12 @@ class ChunkWriter:
             else:
                 self.report.unchanged += 1
             return False
-        newer = (ts, digest) > (old_ts, old_digest) if self.schema.timestamp_field is not None else True
+        if self.schema.timestamp_field is None:
+            newer = True  # a later file's row replaces the stored one
+        elif same_file:
+            newer = (ts, digest) > (old_ts, old_digest)  # rows of one file: the same winner in any order
+        else:
+            newer = ts >= old_ts  # a later file with the same time corrects the stored row; only older is stale
         if not newer:
             if same_file:
                 self.report.duplicates += 1

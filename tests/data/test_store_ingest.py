@@ -79,6 +79,19 @@ def test_duplicates_merged_newest_wins_and_recorded_by_pseudonym(tmp_path, store
     assert got.loc[p, "income"] == 2.0
 
 
+def test_a_later_file_with_the_same_timestamp_corrects_every_stored_row(tmp_path, store, bank):
+    # found by a new-user trial: corrections with an unchanged timestamp were applied to some
+    # customers and kept out as "stale" for others, by a hash of the rows
+    frame = bank_frame(12)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame, "first.csv"))
+    corrected = frame.assign(income=frame["income"] + 1.0)
+    report = store.ingest(ADMIN, bank, write_csv(tmp_path, corrected, "corrected.csv"))
+    assert (report.updated, report.stale) == (12, 0)
+    got = store.read(Actor("dana", "data_scientist"), "analytics", ["income"], dataset="bank")
+    wanted = dict(zip(store.pseudonymizer.pseudonyms(frame["customer_id"]), corrected["income"], strict=True))
+    assert got["income"].to_dict() == pytest.approx(wanted)
+
+
 def test_reingest_adds_nothing(tmp_path, store, bank):
     frame, _ = plant_bad_rows(bank_frame(20))
     path = write_csv(tmp_path, frame)

@@ -462,8 +462,32 @@ def print_report(report: IngestReport, console: Any = None) -> None:
             console.print(f"  {place}: {escape(why)}", highlight=False)
     if report.ignored_columns:
         console.print(f"ignored columns (not in schema, not stored): {', '.join(report.ignored_columns)}")
+    note = repeated_ids_note(report)
+    if note:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if report.read and not report.valid:
         console.print(f"[red]refused:[/] {escape(nothing_valid_message(report))}", highlight=False)
+
+
+# From this share of a file's valid rows repeating another row's customer id, ingest says that the
+# store kept one row per customer: the file is most likely a transaction or event log.
+REPEATED_IDS_SHARE = 0.1
+
+
+def repeated_ids_note(report: IngestReport) -> str | None:
+    """Advice when many rows of the file shared a customer id (None when few or none did).
+
+    The store keeps one row per customer, so a transaction log ingested as it is keeps one
+    transaction per customer and drops the rest as duplicates: counted, but easy to miss.
+    """
+    if not report.valid or report.duplicates < REPEATED_IDS_SHARE * report.valid:
+        return None
+    return (
+        f"{report.duplicates} of the file's {report.valid} valid rows repeated the customer id of another row "
+        f"({report.duplicates / report.valid:.0%}); the store keeps one row per customer (the newest by the "
+        "schema's timestamp field), so the others were not stored. If the file holds one row per transaction "
+        "or event, summarise it to one row per customer first (README, 'One row per customer')"
+    )
 
 
 def nothing_valid_message(report: IngestReport) -> str:

@@ -263,7 +263,9 @@ class ChunkWriter:
         elif same_file:
             newer = (ts, digest) > (old_ts, old_digest)  # rows of one file: the same winner in any order
         else:
-            newer = ts >= old_ts  # a later file with the same time corrects the stored row; only older is stale
+            newer = (
+                ts >= old_ts
+            )  # a later file with the same time corrects the stored row; only older is stale
         if not newer:
             if same_file:
                 self.report.duplicates += 1

@@ -438,7 +438,17 @@ def test_a_customer_is_found_by_raw_id_and_only_the_pseudonym_is_logged(
     log.append(actor="rick", role="risk_officer", action="decrypt", row_count=1, pseudonyms=[wanted])
     log.close()
     code, out, err = run(
-        ["audit", "query", *ASKER, "--home", str(home.root), "--customer", " cust-12747 ", "--format", "json"],
+        [
+            "audit",
+            "query",
+            *ASKER,
+            "--home",
+            str(home.root),
+            "--customer",
+            " cust-12747 ",
+            "--format",
+            "json",
+        ],
         capsys,
     )
     assert code == 0, err

@@ -92,6 +92,29 @@ def test_a_later_file_with_the_same_timestamp_corrects_every_stored_row(tmp_path
     assert got["income"].to_dict() == pytest.approx(wanted)
 
 
+def test_a_file_of_many_rows_per_customer_is_told_that_one_row_each_was_kept(tmp_path, store, bank):
+    # found by a new-user trial: a transaction log ingested as it is kept 852 of 23,702 rows, exit 0,
+    # with only a count of duplicates to show for it
+    from rich.console import Console
+
+    from fedcustomer.data.ingest import IngestReport, print_report
+
+    frame = bank_frame(5)
+    lines = pd.concat([frame] * 4, ignore_index=True)  # every customer four times: a log of events
+    report = store.ingest(ADMIN, bank, write_csv(tmp_path, lines, "events.csv"))
+    assert (report.inserted, report.duplicates) == (5, 15)
+    console = Console(record=True, width=300)
+    print_report(report, console)
+    text = " ".join(console.export_text().split())
+    assert (
+        "15 of the file's 20 valid rows repeated the customer id" in text and "One row per customer" in text
+    )
+    few = IngestReport("bank", "b.csv", "00" * 32, {}, read=20, inserted=19, duplicates=1)
+    console = Console(record=True, width=300)
+    print_report(few, console)
+    assert "repeated the customer id" not in console.export_text()  # one correction in a file: no advice
+
+
 def test_reingest_adds_nothing(tmp_path, store, bank):
     frame, _ = plant_bad_rows(bank_frame(20))
     path = write_csv(tmp_path, frame)

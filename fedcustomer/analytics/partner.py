@@ -31,7 +31,8 @@ from fedcustomer.analytics.local import compute_partials, key_of
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.common.files import atomic_write_text
-from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError
+from fedcustomer.data.schema import listed_names
+from fedcustomer.errors import AccessDenied, ConfigError, DataError, FedCustomerError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.privacy.dp.accountants import Accountant
@@ -82,6 +83,7 @@ def answer_query(
 
     actor = _authenticated(home, actor, spec)  # a refused key is audited there, before anything is read
     try:
+        _precheck(home, spec)
         ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
         released = release(ledger, step, results, produce)
     except FedCustomerError as exc:
@@ -127,28 +129,7 @@ def _read(
         from fedcustomer.data.store import PartnerStore
 
         with PartnerStore.open(home) as store:
-            if spec.dataset not in store.datasets():
-                raise DataError(
-                    f"partner {store.name!r} holds no dataset {spec.dataset!r} "
-                    f"(it has: {', '.join(store.datasets()) or 'none'})"
-                )
-            schema = store.schema(spec.dataset)
-            raw_groups = [g for g in spec.group_by if g in schema.names]
-            for name in raw_groups + list(spec.where):
-                if schema.field(name).tier != "public":
-                    raise AccessDenied(
-                        f"query {spec.query_id}: {name!r} is a {schema.field(name).tier} field; group and filter "
-                        f"keys must be public fields (derive declared bands or segments instead)"
-                    )
-            for g in spec.group_by:
-                if g not in schema.names and not _derived(spec, g):
-                    raise DataError(f"dataset {spec.dataset!r} has no field {g!r} to group by")
-            _check_declared_values(spec, schema, raw_groups)
-            if not fields:  # a plain row count: read one public field just to enumerate customers
-                public = [f.name for f in schema.fields if f.tier == "public"]
-                if not public:
-                    raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
-                fields = public[:1]
+            fields = _checked_fields(store, spec)
             frame = store.read(
                 store.service_credential(actor.name, actor.role), PURPOSE, fields=fields, dataset=spec.dataset
             )
@@ -166,6 +147,52 @@ def _read(
             f"partner home {home.root} has no store and no data loader; ingest the partner's data first"
         )
     return load_frame(home, spec.dataset, fields), None
+
+
+def _checked_fields(store: Any, spec: QuerySpec) -> list[str]:
+    """The fields the query reads from ``store``, once its dataset, fields, group and filter keys and
+    their declared values are checked against the store's schema (refused otherwise, nothing read)."""
+    if spec.dataset not in store.datasets():
+        raise DataError(
+            f"partner {store.name!r} holds no dataset {spec.dataset!r} "
+            f"(it has: {', '.join(store.datasets()) or 'none'})"
+        )
+    schema = store.schema(spec.dataset)
+    fields = spec.source_fields()
+    unknown = [f for f in [*fields, *spec.where] if f not in schema.names]
+    if unknown:
+        raise SchemaError(
+            f"query {spec.query_id}: dataset {spec.dataset!r} has no field(s) {', '.join(unknown)}; "
+            f"known fields: {listed_names(list(schema.names))}"
+        )
+    raw_groups = [g for g in spec.group_by if g in schema.names]
+    for name in raw_groups + list(spec.where):
+        if schema.field(name).tier != "public":
+            raise AccessDenied(
+                f"query {spec.query_id}: {name!r} is a {schema.field(name).tier} field; group and filter "
+                f"keys must be public fields (derive declared bands or segments instead)"
+            )
+    for g in spec.group_by:
+        if g not in schema.names and not _derived(spec, g):
+            raise DataError(f"dataset {spec.dataset!r} has no field {g!r} to group by")
+    _check_declared_values(spec, schema, raw_groups)
+    if not fields:  # a plain row count: read one public field just to enumerate customers
+        public = [f.name for f in schema.fields if f.tier == "public"]
+        if not public:
+            raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
+        fields = public[:1]
+    return fields
+
+
+def _precheck(home: PartnerHome, spec: QuerySpec) -> None:
+    """:func:`_checked_fields` before the ledger is consulted, so a mistake in the query is named
+    as such, not as the reuse of a query id whose kept answer was for another query."""
+    if not home.store_path.exists():
+        return
+    from fedcustomer.data.store import PartnerStore
+
+    with PartnerStore.open(home) as store:
+        _checked_fields(store, spec)
 
 
 def _check_declared_values(spec: QuerySpec, schema: Any, raw_groups: Sequence[str]) -> None:

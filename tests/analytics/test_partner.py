@@ -9,7 +9,7 @@ import pytest
 
 from fedcustomer.analytics.partner import answer_query, ledger_for
 from fedcustomer.analytics.spec import QuerySpec
-from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError
+from fedcustomer.errors import AccessDenied, BudgetExhausted, ConfigError, SchemaError
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.writer import AuditLog
 from fedcustomer.privacy.dp.budget import DatasetBudget
@@ -232,3 +232,18 @@ def test_a_homes_query_entry_names_the_registered_service_that_made_its_read(tmp
         log.close()
     assert query.actor == reads[-1].actor != partner_actor(home).name
     assert query.role == "data_scientist"
+
+
+def test_a_mistake_in_a_query_is_named_before_the_reuse_of_its_id(homes: list[PartnerHome]) -> None:
+    # found by a new-user trial: a typo in a query whose id had been paid for before was reported only as
+    # "query id ... was already used for a different query", hiding the typo
+    home = homes[0]
+    answer_query(home, _count(0.5, "q-reused"))
+    typo = QuerySpec(
+        dataset="retailer", kind="mean", field="spendd", bounds=(0, 100), epsilon=0.5, query_id="q-reused"
+    )
+    with pytest.raises(SchemaError, match=r"has no field\(s\) spendd; known fields: .*region"):
+        answer_query(home, typo)
+    with pytest.raises(ConfigError, match="already used for a different query"):
+        answer_query(home, _count(0.7, "q-reused"))  # a valid query: only then is the id's reuse the problem
+    assert [c.query_id for c in ledger_for(home, "retailer").charges()] == ["q-reused"]

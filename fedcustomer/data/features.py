@@ -416,7 +416,8 @@ class FeatureSpec:
                 frame[col],
                 str(col),
                 "feature",
-                hint=f"; declare {col!r} as a categorical feature in a feature spec file, or drop the column",
+                hint=f"; declare {col!r} as a categorical feature in a feature spec file (--feature-spec), or leave it "
+                "out: remove the column from the file, or give a feature spec that does not list it",
             )
             finite = values[np.isfinite(values)]
             if finite.size == 0:
@@ -494,7 +495,8 @@ def infer_from_partners(
             if len(keys) > MAX_CATEGORIES:
                 raise DataError(
                     f"feature column {name!r} holds {len(keys)} distinct text values, too many for a categorical "
-                    f"feature (at most {MAX_CATEGORIES}); declare it in a feature spec (--feature-spec) or drop the column"
+                    f"feature (at most {MAX_CATEGORIES}); declare it in a feature spec (--feature-spec), or leave it out: "
+                    "remove the column from the file, or give a feature spec that does not list it"
                 )
             if not keys:
                 raise DataError(

@@ -170,6 +170,9 @@ def _rows(
         if floor is not None:  # counts cannot be negative: post-processing never hurts coverage
             row["ci_low"] = max(floor, row["ci_low"])
             row["ci_high"] = max(floor, row["ci_high"])
+            # the estimate too, so it never sits outside its own interval (a count of -168.7 under
+            # [0, 119.2]); the noisy value itself, unbiased, stays for whoever combines releases
+            row["estimate"], row["noisy_estimate"] = max(floor, float(value)), float(value)
         return row
 
     def ratio(

@@ -81,3 +81,22 @@ def test_asking_a_query_id_again_says_the_answer_is_the_earlier_paid_one(homes: 
     replay_notes = [note for note in again.notes if "answered before" in note]
     assert len(replay_notes) == 1 and "'q-twice'" in replay_notes[0]
     assert all(home.config().name in replay_notes[0] for home in homes)
+
+
+def test_a_negative_noisy_count_is_reported_as_zero_inside_its_interval() -> None:
+    # found by a new-user trial: "duplicates -168.7 [0, 119.2]", an estimate outside its own interval
+    from fedcustomer.analytics.combine import combine
+
+    spec = QuerySpec(dataset="retailer", kind="count", epsilon=1.0, query_id="q-small")
+    release = {
+        "query_id": "q-small",
+        "kind": "count",
+        "partner": "p1",
+        "mechanism": "laplace",
+        "normalised_scale": 1.0,
+        "weights": {"count": 1.0},
+        "stats": {"count": [-2.5]},
+    }
+    [row] = combine(spec, [release]).rows
+    assert row["estimate"] == 0.0 and row["noisy_estimate"] == -2.5  # post-processing; the noisy value is kept
+    assert row["ci_low"] <= row["estimate"] <= row["ci_high"] and row["ci_low"] == 0.0

@@ -98,5 +98,7 @@ def test_a_negative_noisy_count_is_reported_as_zero_inside_its_interval() -> Non
         "stats": {"count": [-2.5]},
     }
     [row] = combine(spec, [release]).rows
-    assert row["estimate"] == 0.0 and row["noisy_estimate"] == -2.5  # post-processing; the noisy value is kept
+    assert (
+        row["estimate"] == 0.0 and row["noisy_estimate"] == -2.5
+    )  # post-processing; the noisy value is kept
     assert row["ci_low"] <= row["estimate"] <= row["ci_high"] and row["ci_low"] == 0.0

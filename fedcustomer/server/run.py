@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
+from fedcustomer.common.long_lived import long_lived_frozen
 from fedcustomer.data.features import FeatureSpec
 from fedcustomer.errors import ConfigError
 from fedcustomer.jobs.train_message import encode_train_config
@@ -41,8 +42,23 @@ def run_job_on_grid(
 ) -> dict[str, Any]:
     """Run the whole job on ``grid`` and write its run directory; returns summary.json's content.
 
-    ``notices`` (what the user was told before training) are kept in summary.json.
+    ``notices`` (what the user was told before training) are kept in summary.json. The objects
+    alive before the job are left out of full garbage collections while it runs
+    (:mod:`fedcustomer.common.long_lived`).
     """
+    with long_lived_frozen():
+        return _run_job(grid, job, spec, num_partners, on_round, resume, notices)
+
+
+def _run_job(
+    grid: Grid,
+    job: JobConfig,
+    spec: FeatureSpec,
+    num_partners: int,
+    on_round: RoundCallback | None,
+    resume: bool,
+    notices: list[str] | None,
+) -> dict[str, Any]:
     if job.dp and job.dp_mode == "distributed":
         raise ConfigError(
             "--dp-mode distributed runs only under SecAgg+ (the coordinator must see only the sum); "

@@ -6,6 +6,7 @@ Every federated figure (the accuracy table and the round-overhead timing) runs i
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ class FederatedCell:
             config.budget = DatasetBudget(epsilon, DELTA)
             home.write_config(config)
             homes.append(str(home.root))
+        os.sync()  # the copies on disk before the job: its fsyncs must not wait on the benchmark's own writes
         return homes
 
     def run(self, recipe: Recipe, *, dp: bool, epsilon: float, seed: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 from fedcustomer.analytics.combine import QueryResult, combine
 from fedcustomer.analytics.partner import LoadFrame, answer_query
 from fedcustomer.analytics.spec import QuerySpec, spec_from_json
-from fedcustomer.errors import FedCustomerError, FederationError, error_class
+from fedcustomer.errors import AccessDenied, FedCustomerError, FederationError, error_class
 from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.audit.anchors import WIRE_KEY as ANCHOR_WIRE_KEY
 from fedcustomer.privacy.audit.anchors import current_anchor_json, received_anchor
@@ -45,8 +45,10 @@ def register_analytics_handlers(
         try:
             home = resolve_home(context)
             name = home.config().name
-            spec = spec_from_json(str(msg.content["query"]["spec-json"]))
-            release = answer_query(home, spec, load_frame=load_frame)
+            query = msg.content["query"]
+            spec = spec_from_json(str(query["spec-json"]))
+            requests = _requests(query)
+            release = answer_query(home, spec, load_frame=load_frame, requests=requests)
         except FedCustomerError as exc:
             refusal = {"partner": name, "error": type(exc).__name__, "reason": str(exc)}
             return Message(
@@ -67,20 +69,45 @@ def _anchored(record: dict[str, str], home: PartnerHome | None) -> dict[str, str
     return {**record, ANCHOR_WIRE_KEY: anchor} if anchor is not None else record
 
 
-def query_messages(grid: Any, spec: QuerySpec, node_ids: Iterable[int]) -> list[Message]:
-    content = lambda: RecordDict({"query": ConfigRecord({"spec-json": spec.to_json()})})
+def _requests(query: Any) -> dict[str, Any] | None:
+    """The signed requests sent with a query (one per partner name), or None when none were."""
+    if "requests-json" not in query:
+        return None
+    try:
+        requests = json.loads(str(query["requests-json"]))
+    except ValueError:
+        raise AccessDenied("the query's signed requests are not valid JSON") from None
+    if not isinstance(requests, dict):
+        raise AccessDenied("the query's signed requests must be one object per partner name")
+    return requests
+
+
+def query_messages(
+    grid: Any, spec: QuerySpec, node_ids: Iterable[int], requests: Mapping[str, Any] | None = None
+) -> list[Message]:
+    """One ``query.analytics`` message per node: the spec and, when given, the person's signed
+    requests (one per partner name; each partner verifies its own, see analytics/requester.py)."""
+    record = {"spec-json": spec.to_json()}
+    if requests is not None:
+        record["requests-json"] = json.dumps(dict(requests), sort_keys=True)
+    content = lambda: RecordDict({"query": ConfigRecord(dict(record))})
     return [Message(content=content(), dst_node_id=int(n), message_type=MESSAGE_TYPE) for n in node_ids]
 
 
 def run_query_on_grid(
-    grid: Any, spec: QuerySpec, *, timeout: float = DEFAULT_TIMEOUT_S, node_ids: Sequence[int] | None = None
+    grid: Any,
+    spec: QuerySpec,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    node_ids: Sequence[int] | None = None,
+    requests: Mapping[str, Any] | None = None,
 ) -> QueryResult:
     """Ask every node, combine the releases; raises when no partner released anything."""
     start = time.perf_counter()
     nodes = list(node_ids) if node_ids is not None else list(grid.get_node_ids())
     if not nodes:
         raise FederationError("no partner node is connected; start the partners' SuperNodes first")
-    replies = list(grid.send_and_receive(query_messages(grid, spec, nodes), timeout=timeout))
+    replies = list(grid.send_and_receive(query_messages(grid, spec, nodes, requests), timeout=timeout))
     releases: list[dict[str, Any]] = []
     refused: dict[str, str] = {}
     kinds: dict[str, str] = {}

@@ -17,9 +17,8 @@ retried or restarted node can neither pay twice nor leak a second draw.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pandas as pd
 
 from fedcustomer.analytics import mechanisms
 from fedcustomer.analytics.local import compute_partials, key_of
+from fedcustomer.analytics.requester import spec_sha256, verify_requester
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.common.files import atomic_write_text
@@ -58,6 +58,7 @@ def answer_query(
     *,
     load_frame: LoadFrame | None = None,
     node_name: str | None = None,
+    requests: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The partner's DP release for ``spec`` (JSON-ready); raises on refusal, after auditing it."""
     config = home.config()
@@ -69,7 +70,8 @@ def answer_query(
         "epsilon": spec.epsilon,
         "delta": spec.delta,
         "mechanism": spec.mechanism,
-        "requested_by": spec.requested_by,
+        "requested_by": None,  # the authenticated person (see _requester), never a name typed in the spec
+        "requester_authenticated": False,
     }
     step = Step(spec.charge_key, f"query {spec.query_id}", query_id=spec.query_id, cache_name=spec.query_id)
     results = PaidResults(home.state_dir / "queries", _ReleaseCodec(spec))
@@ -79,10 +81,11 @@ def answer_query(
         partials = compute_partials(frame, spec, extras)
         noisy = _noised(config.name, spec, partials, config.accountant_spec())
         details["clamped_values"] = partials.clamped
-        return noisy, _mechanism(spec, noisy)
+        return noisy, _mechanism(spec, noisy, details["requested_by"])
 
     actor = _authenticated(home, actor, spec)  # a refused key is audited there, before anything is read
     try:
+        details.update(_requester(home, spec, requests))
         _precheck(home, spec)
         ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
         released = release(ledger, step, results, produce)
@@ -182,6 +185,21 @@ def _checked_fields(store: Any, spec: QuerySpec) -> list[str]:
             raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
         fields = public[:1]
     return fields
+
+
+def _requester(home: PartnerHome, spec: QuerySpec, requests: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Who asked, for the query's audit entry and ledger row: the person whose signed request this
+    partner's registry verifies (:mod:`fedcustomer.analytics.requester`), refused otherwise; nobody
+    in a home without a registry, which has no one to check a signature against."""
+    if not home.store_path.exists():
+        return {"requested_by": None, "requester_authenticated": False}
+    from fedcustomer.data.store import PartnerStore
+
+    with PartnerStore.open(home) as store:
+        if store.people is None:
+            return {"requested_by": None, "requester_authenticated": False}
+        person = verify_requester(store, spec, requests)
+    return {"requested_by": person.name, "requester_role": person.role, "requester_authenticated": True}
 
 
 def _precheck(home: PartnerHome, spec: QuerySpec) -> None:
@@ -289,9 +307,9 @@ def _noised(
     }
 
 
-def _mechanism(spec: QuerySpec, release: dict[str, Any]) -> Mechanism:
+def _mechanism(spec: QuerySpec, release: dict[str, Any], requested_by: str | None) -> Mechanism:
     """The ledger charge of a noised release: Laplace as (epsilon, 0), Gaussian as one full-batch step."""
-    details = {"kind": spec.kind, "statistics": release["statistics"], "requested_by": spec.requested_by}
+    details = {"kind": spec.kind, "statistics": release["statistics"], "requested_by": requested_by}
     if release["mechanism"] == mechanisms.LAPLACE:
         return Mechanism("laplace", epsilon_delta=(release["epsilon"], 0.0), details=details)
     cal = mechanisms.Calibration(
@@ -323,7 +341,7 @@ def _audit(home: PartnerHome, actor: Actor, decision: str, **fields: Any) -> Non
 
 
 def _spec_digest(spec: QuerySpec) -> str:
-    return hashlib.sha256(spec.to_json().encode()).hexdigest()
+    return spec_sha256(spec)
 
 
 class _ReleaseCodec:

@@ -10,7 +10,7 @@ local checks (``--show-truth``) and is never reachable over the network.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +172,14 @@ def homes_in(directory: Path) -> list[PartnerHome]:
 
 
 def run_inprocess(
-    homes: Sequence[PartnerHome], spec: QuerySpec, *, load_frame: LoadFrame | None = None
+    homes: Sequence[PartnerHome],
+    spec: QuerySpec,
+    *,
+    load_frame: LoadFrame | None = None,
+    requests: Mapping[str, Any] | None = None,
 ) -> QueryResult:
-    """Send ``spec`` as ``query.analytics`` messages to a ClientApp per home over an in-process grid."""
+    """Send ``spec`` as ``query.analytics`` messages to a ClientApp per home over an in-process grid,
+    with the person's signed ``requests`` (:func:`fedcustomer.analytics.requester.sign_query`)."""
     from flwr.clientapp import ClientApp
 
     from fedcustomer.clients.context import resolve_home
@@ -183,7 +188,7 @@ def run_inprocess(
     paths = [str(Path(h.root).resolve()) for h in homes]
     app = ClientApp()
     register_analytics_handlers(app, lambda ctx: resolve_home(ctx, paths), load_frame)
-    return run_query_on_grid(LocalGrid(app, len(paths)), spec)
+    return run_query_on_grid(LocalGrid(app, len(paths)), spec, requests=requests)
 
 
 def true_partials(homes: Sequence[PartnerHome], spec: QuerySpec) -> Partials:

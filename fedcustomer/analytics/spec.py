@@ -316,6 +316,11 @@ def load_spec(path: str | Path) -> QuerySpec:
         raise ConfigError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
         ) from None
+    if isinstance(raw, dict) and "requested_by" in raw:
+        raise ConfigError(
+            f"{path}: 'requested_by' is not a query file key: who asks is the person whose identity key signs "
+            "the query (query --identity FILE), checked by every partner; remove the line"
+        )
     return spec_from_dict(raw, str(path))
 
 

@@ -79,6 +79,16 @@ def _homes(
     return homes
 
 
+def _signed(identity: Path | None, spec: Any, homes: list) -> dict[str, Any] | None:
+    """The person's signed requests for ``spec``, one per partner home (None without --identity)."""
+    if identity is None:
+        return None
+    from fedcustomer.analytics.requester import sign_query
+    from fedcustomer.cli.identity import load_signer
+
+    return sign_query(load_signer(identity), spec, [h.config().name for h in homes])
+
+
 def query_cmd(
     spec: Path = typer.Option(..., "--spec", help="query spec file (.yaml / .yml / .json)"),
     data: str | None = typer.Option(
@@ -96,13 +106,21 @@ def query_cmd(
     seed: int = typer.Option(DEFAULT_SEED, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
     as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
+    identity: Path | None = typer.Option(
+        None,
+        "--identity",
+        envvar="FEDCUSTOMER_IDENTITY",
+        help="Your identity key file: the query is signed with it for each partner, whose people registry "
+        "must know you with a role allowed to read (needed by homes with people; the audit entry names you).",
+    ),
 ) -> None:
     from fedcustomer.analytics.report import write_result
     from fedcustomer.analytics.runner import run_inprocess
     from fedcustomer.analytics.spec import load_spec
 
     query = load_spec(spec)
-    result = run_inprocess(_homes(data, homes, out, partners, seed, data_dir, budget), query)
+    partner_homes = _homes(data, homes, out, partners, seed, data_dir, budget)
+    result = run_inprocess(partner_homes, query, requests=_signed(identity, query, partner_homes))
     write_result(out, result)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -136,6 +154,13 @@ def rfm_cmd(
         False, "--show-truth", help="also print true values (local simulated runs only)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print rfm.json instead of tables"),
+    identity: Path | None = typer.Option(
+        None,
+        "--identity",
+        envvar="FEDCUSTOMER_IDENTITY",
+        help="Your identity key file: the query is signed with it for each partner, whose people registry "
+        "must know you with a role allowed to read (needed by homes with people; the audit entry names you).",
+    ),
 ) -> None:
     from fedcustomer.analytics import rfm, runner
     from fedcustomer.analytics.customer import rfm_query
@@ -160,7 +185,7 @@ def rfm_cmd(
             confidence=1 - (1 - confidence) / intervals,
             query_id=spec.query_id,
         )
-    result = runner.run_inprocess(partner_homes, spec)
+    result = runner.run_inprocess(partner_homes, spec, requests=_signed(identity, spec, partner_homes))
     truth = runner.truth_rows(spec, runner.true_partials(partner_homes, spec)) if show_truth else None
     level = f"{confidence:.0%} {'per interval' if per_interval else 'simultaneous'}"
     write_result(out, result, truth=truth, name="rfm", interval_label=level, mean_bars="count")

@@ -223,7 +223,9 @@ def test_a_homes_query_entry_names_the_registered_service_that_made_its_read(tmp
         epsilon=0.5,
         query_id="q-who",
     )
-    answer_query(home, spec)
+    from fedcustomer.analytics.requester import sign_query
+
+    answer_query(home, spec, requests=sign_query(people["dana"].signer, spec, ["bank"]))  # dana asks
     log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
     try:
         [query] = log.query(action="query", decision="allowed")

@@ -259,3 +259,42 @@ def test_budget_show_names_a_distributed_rounds_charged_view_and_its_event() -> 
         == "dpsgd-distributed\ncharged: coordinator (SecAgg+ trusted)\nevent p 6.0e-15 in delta"
     )
     assert _mechanism_cell({"mechanism": "laplace", "details": {}}) == "laplace"
+
+
+def test_query_on_homes_with_people_is_signed_with_the_askers_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by a new-user trial: who asked was a name typed into the query file
+    from fedcustomer.data.people_admin import PeopleAdmin
+    from fedcustomer.data.store import PartnerStore
+    from fedcustomer.partner.home import PartnerHome
+
+    from .identities import as_, cast_keys, use_passphrase
+
+    use_passphrase(monkeypatch)
+    people = cast_keys(tmp_path / "keys", {"alice": "partner_admin", "dana": "data_scientist"})
+    spec = tmp_path / "q.json"
+    spec.write_text(json.dumps({"id": "q-signed", "dataset": "retailer", "kind": "count", "epsilon": 0.5}))
+    out = tmp_path / "q"
+    code, _, err = run(
+        ["query", "--spec", str(spec), "--data", "synthetic", "--partners", "2", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    homes = sorted((out / "partners").glob("retail_*"))
+    for home in homes:
+        with PartnerStore.open(PartnerHome(home)) as store:
+            PeopleAdmin(store).create(people["alice"].signer, "alice")
+            PeopleAdmin(store).add(
+                people["alice"].signer, people["dana"].signer.public_key, "dana", "data_scientist"
+            )
+    spec.write_text(json.dumps({"id": "q-signed-2", "dataset": "retailer", "kind": "count", "epsilon": 0.5}))
+    args = ["query", "--spec", str(spec), "--homes", str(out / "partners"), "--out", str(out)]
+    code, _, err = run(args, capsys)
+    assert code == 5 and "query --identity FILE" in " ".join(
+        err.split()
+    )  # refused by every partner, unsigned
+    code, _, err = run([*args, *as_(people["dana"])], capsys)
+    assert code == 0, err
+    code, stdout, _ = run(["budget", "show", "--home", str(homes[0]), "--json"], capsys)
+    charges = [c for ds in json.loads(stdout)["datasets"] for c in ds["charges"]]
+    assert [c["query_id"] for c in charges] == ["q-signed", "q-signed-2"]

@@ -37,7 +37,7 @@ from fedcustomer.partner.home import PartnerHome
 from fedcustomer.privacy.access.policy import Actor
 from fedcustomer.privacy.dp.accountants import Accountant
 from fedcustomer.privacy.dp.ledger import BudgetLedger
-from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, release
+from fedcustomer.privacy.dp.release import Mechanism, PaidResults, Step, check, release
 
 PURPOSE = "analytics"
 ROLE = "data_scientist"
@@ -88,6 +88,7 @@ def answer_query(
         details.update(_requester(home, spec, requests))
         _precheck(home, spec)
         ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
+        _refuse_before_reading(ledger, step, spec)
         released = release(ledger, step, results, produce)
     except FedCustomerError as exc:
         _audit(home, actor, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)
@@ -185,6 +186,14 @@ def _checked_fields(store: Any, spec: QuerySpec) -> list[str]:
             raise AccessDenied(f"dataset {spec.dataset!r} has no public field to count rows by")
         fields = public[:1]
     return fields
+
+
+def _refuse_before_reading(ledger: BudgetLedger, step: Step, spec: QuerySpec) -> None:
+    """Refuse a Laplace query the budget cannot pay before any customer is read (BudgetExhausted,
+    the refusal recorded in the ledger). Its charge is (epsilon, 0) whatever the data; a Gaussian
+    query's depends on the statistics it releases and is checked when it is charged."""
+    if spec.mechanism == mechanisms.LAPLACE:
+        check(ledger, step, Mechanism("laplace", epsilon_delta=(spec.epsilon, 0.0)))
 
 
 def _requester(home: PartnerHome, spec: QuerySpec, requests: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -84,13 +84,20 @@ def test_a_pld_partners_gaussian_query_is_sized_and_charged_with_pld(homes: list
 def test_exhausted_budget_refuses_and_charges_nothing(homes: list[PartnerHome]) -> None:
     home = homes[0]
     answer_query(home, _count(4.0, "q-big"))
-    with pytest.raises(BudgetExhausted, match="past the target"):
+    with pytest.raises(BudgetExhausted, match="past this partner's target"):
         answer_query(home, _count(2.0, "q-over"))
     ledger = ledger_for(home, "retailer")
     assert [c.query_id for c in ledger.charges()] == ["q-big"]
     assert [r["charge_key"] for r in ledger.refusals()] == ["query:q-over"]
     assert not (home.state_dir / "queries" / "q-over.json").exists()
     assert [e.decision for e in _query_entries(home)] == ["allowed", "denied"]
+    # refused before any customer was read (found by a new-user trial: a read entry preceded the refusal)
+    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
+    try:
+        reads = [e.seq for e in log.query(action="read", purpose="analytics")]
+    finally:
+        log.close()
+    assert len(reads) == 1 and reads[0] < _query_entries(home)[0].seq
 
 
 def test_query_on_a_core_field_is_refused_by_policy_and_charges_nothing(homes: list[PartnerHome]) -> None:

@@ -105,7 +105,7 @@ def test_query_over_budget_exits_with_the_budget_code(
         ],
         capsys,
     )
-    assert code == 6 and "past the target" in err
+    assert code == 6 and "past this partner's target" in err
     code, stdout, _ = run(
         ["budget", "show", "--home", str(tmp_path / "o" / "partners" / "retail_east"), "--json"], capsys
     )

@@ -15,16 +15,29 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 from scipy import special
 
 from fedcustomer.errors import ConfigError
 
+if TYPE_CHECKING:
+    from opacus.accountants import RDPAccountant
+
 ACCOUNTANT = "rdp"  # this module's accountant; ``accountants.Accountant`` selects it or PLD
-ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
+# Opacus's RDPAccountant.DEFAULT_ALPHAS, written out so that importing this module (every command
+# that opens a ledger) does not import Opacus and torch, seconds before `budget show` prints;
+# tests/privacy/dp/test_accounting.py checks that the two lists stay the same.
+ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+
+
+def _rdp() -> ModuleType:
+    """Opacus's RDP analysis, imported the first time an RDP figure is computed."""
+    from opacus.accountants.analysis import rdp
+
+    return rdp
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,7 @@ def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     cost milliseconds however long the history is.
     """
     rdp = np.asarray(
-        rdp_analysis.compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(ORDERS)
-        ),
+        _rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(ORDERS)),
         dtype=float,
     )
     rdp.setflags(write=False)
@@ -81,7 +92,7 @@ def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] = OR
     with warnings.catch_warnings():
         # Opacus warns when the best order is the largest one; the bound stays valid, only looser.
         warnings.simplefilter("ignore", UserWarning)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+        eps, _ = _rdp().get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
 
 
@@ -100,6 +111,8 @@ def _epsilon_of(history: tuple[tuple[float, float, int], ...], delta: float) -> 
 
 def opacus_accountant(history: Sequence[GaussianSteps]) -> RDPAccountant:
     """An Opacus accountant holding the same history, for independent re-computation."""
+    from opacus.accountants import RDPAccountant
+
     acc = RDPAccountant()
     acc.history = [h.as_tuple() for h in history if h.steps]
     return acc
@@ -127,9 +140,7 @@ def calibrate_noise(
 
     def eps_over(orders: Sequence[float], at: Sequence[int]) -> Callable[[float], float]:
         def eps_at(sigma: float) -> float:
-            rdp = rdp_analysis.compute_rdp(
-                q=sample_rate, noise_multiplier=sigma, steps=steps, orders=list(orders)
-            )
+            rdp = _rdp().compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=list(orders))
             return epsilon_from_rdp(base[list(at)] + np.asarray(rdp), delta, orders)
 
         return eps_at
@@ -227,7 +238,7 @@ def _fitting_guess(
     orders = [ORDERS[i] for i in near]
 
     def eps_near(sigma: float) -> float:
-        rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
+        rdp = _rdp().compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders)
         return epsilon_from_rdp(base[near] + np.asarray(rdp), delta, orders)
 
     gap = hi * 4e-3  # the fractional orders usually save well under 1% of the noise

@@ -29,20 +29,38 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from dp_accounting import dp_event
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.privacy_accountant import NeighboringRelation
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from fedcustomer.errors import ConfigError
 from fedcustomer.privacy.dp.accounting import GaussianSteps, bisect_bracket, bisect_noise
+
+if TYPE_CHECKING:
+    from dp_accounting import dp_event
 
 #: The discretisation of privacy losses: the library's default, 1e-4 nats. Pessimistic
 #: rounding makes any interval sound; 1e-4 keeps the epsilon within ~0.1% of the exact
 #: PLD for the histories a partner accrues; building one step's PLD takes about a second.
 VALUE_DISCRETIZATION_INTERVAL = 1e-4
-NEIGHBOURING = NeighboringRelation.ADD_OR_REMOVE_ONE  # as Opacus's RDP: one customer added or removed
+NEIGHBOURING = (
+    "ADD_OR_REMOVE_ONE"  # dp_accounting's NeighboringRelation, as Opacus's RDP: one customer added or removed
+)
+
+
+def _pld_lib() -> ModuleType:
+    """dp_accounting's PLD module, imported the first time a PLD is built (not by every command
+    that opens a ledger: importing the library takes about a second)."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    return privacy_loss_distribution
+
+
+def _neighbouring() -> Any:
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    return NeighboringRelation[NEIGHBOURING]
+
+
 #: Calibration searches on this coarser grid first (10x faster), then checks the answer on the
 #: ledger's own grid, which is almost always within the search tolerance of it (both are
 #: pessimistic; the finer one is the tighter): two evaluations on the fine grid instead of ~15.
@@ -74,6 +92,8 @@ def grouped(history: Sequence[GaussianSteps]) -> list[GaussianSteps]:
 
 def dp_event_of(history: Sequence[GaussianSteps]) -> dp_event.DpEvent:
     """The ``dp_accounting`` event the PLD accountant composes for this history."""
+    from dp_accounting import dp_event
+
     return dp_event.ComposedDpEvent(
         [
             dp_event.SelfComposedDpEvent(
@@ -185,7 +205,7 @@ def _composed(groups: tuple[tuple[float, float, int], ...], interval: float) -> 
     The longest composed prefix still cached is the start: a run's rounds only change the
     last group, so a charge costs one ``self_compose`` and one ``compose``.
     """
-    start, done = pld_lib.identity(value_discretization_interval=interval), 0
+    start, done = _pld_lib().identity(value_discretization_interval=interval), 0
     with _LOCK:
         for n in range(len(groups), 0, -1):
             cached = _PREFIXES.get((interval, *groups[:n]))
@@ -221,11 +241,11 @@ def _one_step(sigma: float, sample_rate: float, interval: float, keep: bool = Tr
         if key in _ONE_STEP:
             _ONE_STEP.move_to_end(key)
             return _ONE_STEP[key]
-    built = pld_lib.from_gaussian_mechanism(
+    built = _pld_lib().from_gaussian_mechanism(
         standard_deviation=sigma,
         sampling_prob=sample_rate,
         value_discretization_interval=interval,
-        neighboring_relation=NEIGHBOURING,
+        neighboring_relation=_neighbouring(),
     )
     if keep:
         with _LOCK:

@@ -176,3 +176,25 @@ def test_epsilon_is_remembered_per_exact_history_and_equals_the_direct_conversio
     assert epsilon(history[::-1], 1.3e-5) == pytest.approx(first)
     assert epsilon(history, 1.4e-5) < first
     assert len(conversions) == 2  # each a new key
+
+
+def test_the_orders_are_opacus_defaults() -> None:
+    """ORDERS is written out (so a ledger opens without importing Opacus); it must stay Opacus's list."""
+    from opacus.accountants import RDPAccountant
+
+    from fedcustomer.privacy.dp.accounting import ORDERS
+
+    assert list(ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def test_opening_a_ledger_imports_neither_opacus_nor_dp_accounting() -> None:
+    # found by a new-user trial: `budget show` took about 5 s on an empty ledger, importing torch for Opacus
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fedcustomer.privacy.dp.ledger, fedcustomer.privacy.dp.accountants; "
+        "print(sorted(m for m in ('opacus', 'torch', 'dp_accounting') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

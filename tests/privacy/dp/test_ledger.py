@@ -168,13 +168,14 @@ def test_ledger_uses_write_ahead_logging(tmp_path: Path) -> None:
 def test_recomposing_a_long_history_computes_each_rdp_curve_once(tmp_path: Path, monkeypatch) -> None:
     """Every charge re-composes the dataset's whole history: that must not redo Opacus's RDP per row."""
     calls = []
-    real = accounting.rdp_analysis.compute_rdp
+    rdp = accounting._rdp()
+    real = rdp.compute_rdp
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("noise_multiplier"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(accounting.rdp_analysis, "compute_rdp", counting)
+    monkeypatch.setattr(rdp, "compute_rdp", counting)
     accounting._one_step_rdp.cache_clear()
     ledger = BudgetLedger(tmp_path / "ledger.db", "loans", DatasetBudget(1e6, 1e-5))
     acc = RDPAccountant()

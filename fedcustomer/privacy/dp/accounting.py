@@ -9,6 +9,7 @@ anyone from the recorded ``(noise_multiplier, sample_rate, steps)`` triples.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import threading
 import warnings
@@ -35,9 +36,7 @@ ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(r
 
 def _rdp() -> ModuleType:
     """Opacus's RDP analysis, imported the first time an RDP figure is computed."""
-    from opacus.accountants.analysis import rdp
-
-    return rdp
+    return importlib.import_module("opacus.accountants.analysis.rdp")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ the accountant's, bit for bit (tests compare them).
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections import OrderedDict
@@ -50,9 +51,7 @@ NEIGHBOURING = (
 def _pld_lib() -> ModuleType:
     """dp_accounting's PLD module, imported the first time a PLD is built (not by every command
     that opens a ledger: importing the library takes about a second)."""
-    from dp_accounting.pld import privacy_loss_distribution
-
-    return privacy_loss_distribution
+    return importlib.import_module("dp_accounting.pld.privacy_loss_distribution")
 
 
 def _neighbouring() -> Any:

@@ -79,6 +79,15 @@ def _homes(
     return homes
 
 
+AskerIdentityOpt = typer.Option(
+    None,
+    "--identity",
+    envvar="FEDCUSTOMER_IDENTITY",
+    help="Your identity key file: the query is signed with it for each partner, whose people registry "
+    "must know you with a role allowed to read (needed by homes with people; the audit entry names you).",
+)
+
+
 def _signed(identity: Path | None, spec: Any, homes: list) -> dict[str, Any] | None:
     """The person's signed requests for ``spec``, one per partner home (None without --identity)."""
     if identity is None:
@@ -106,13 +115,7 @@ def query_cmd(
     seed: int = typer.Option(DEFAULT_SEED, help="seed for simulated data (never for DP noise)"),
     out: Path = typer.Option(Path("runs/analytics"), help="directory for result.json / result.png"),
     as_json: bool = typer.Option(False, "--json", help="print result.json instead of a table"),
-    identity: Path | None = typer.Option(
-        None,
-        "--identity",
-        envvar="FEDCUSTOMER_IDENTITY",
-        help="Your identity key file: the query is signed with it for each partner, whose people registry "
-        "must know you with a role allowed to read (needed by homes with people; the audit entry names you).",
-    ),
+    identity: Path | None = AskerIdentityOpt,
 ) -> None:
     from fedcustomer.analytics.report import write_result
     from fedcustomer.analytics.runner import run_inprocess
@@ -154,13 +157,7 @@ def rfm_cmd(
         False, "--show-truth", help="also print true values (local simulated runs only)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print rfm.json instead of tables"),
-    identity: Path | None = typer.Option(
-        None,
-        "--identity",
-        envvar="FEDCUSTOMER_IDENTITY",
-        help="Your identity key file: the query is signed with it for each partner, whose people registry "
-        "must know you with a role allowed to read (needed by homes with people; the audit entry names you).",
-    ),
+    identity: Path | None = AskerIdentityOpt,
 ) -> None:
     from fedcustomer.analytics import rfm, runner
     from fedcustomer.analytics.customer import rfm_query

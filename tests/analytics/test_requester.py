@@ -19,10 +19,10 @@ from fedcustomer.data.people_admin import PeopleAdmin
 from fedcustomer.data.store import PartnerStore
 from fedcustomer.errors import AccessDenied, ConfigError
 from fedcustomer.partner.home import PartnerHome
-from fedcustomer.privacy.audit.writer import AuditLog
 from tests.people import Person, make_person
 
 from .conftest import REGIONS
+from .test_partner import _query_entries
 
 
 @pytest.fixture
@@ -64,14 +64,6 @@ def _spec(qid: str) -> QuerySpec:
 
 def _names(homes: list[PartnerHome]) -> list[str]:
     return [h.config().name for h in homes]
-
-
-def _query_entries(home: PartnerHome) -> list:
-    log = AuditLog.open(home.audit_dir, keys_dir=home.keys_dir)
-    try:
-        return list(log.query(action="query"))
-    finally:
-        log.close()
 
 
 def test_a_signed_query_names_the_person_in_every_partners_entry_and_ledger(

@@ -27,7 +27,7 @@ import pandas as pd
 
 from fedcustomer.analytics import mechanisms
 from fedcustomer.analytics.local import compute_partials, key_of
-from fedcustomer.analytics.requester import spec_sha256, verify_requester
+from fedcustomer.analytics.requester import refusal_for, spec_sha256, verify_requester
 from fedcustomer.analytics.rfm import SEGMENT_FIELD
 from fedcustomer.analytics.spec import BAND_SUFFIX, QuerySpec
 from fedcustomer.common.files import atomic_write_text
@@ -84,14 +84,25 @@ def answer_query(
         return noisy, _mechanism(spec, noisy, details["requested_by"])
 
     actor = _authenticated(home, actor, spec)  # a refused key is audited there, before anything is read
+    asker = actor  # the query's entry names the person who asked, once authenticated; the read, the service
     try:
-        details.update(_requester(home, spec, requests))
+        person, refused = _requester(home, spec, requests)
+        if person is not None:
+            asker = person
+            details.update(
+                requested_by=person.name,
+                requester_role=person.role,
+                requester_authenticated=True,
+                service=actor.name,
+            )
+        if refused is not None:
+            raise refused
         _precheck(home, spec)
         ledger = home.ledger(spec.dataset, config.budget_for(spec.dataset))
         _refuse_before_reading(ledger, step, spec)
         released = release(ledger, step, results, produce)
     except FedCustomerError as exc:
-        _audit(home, actor, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)
+        _audit(home, asker, "denied", reason=f"{type(exc).__name__}: {exc}", details=details, **audit_fields)
         raise
     charge = released.charge
     details.update(
@@ -100,7 +111,7 @@ def answer_query(
         replayed=charge.already_paid,
         accountant=charge.accountant,
     )
-    _audit(home, actor, "allowed", details=details, **audit_fields)
+    _audit(home, asker, "allowed", details=details, **audit_fields)
     out = dict(released.result)
     out["charged"] = True
     out["spend"] = {
@@ -196,19 +207,21 @@ def _refuse_before_reading(ledger: BudgetLedger, step: Step, spec: QuerySpec) ->
         check(ledger, step, Mechanism("laplace", epsilon_delta=(spec.epsilon, 0.0)))
 
 
-def _requester(home: PartnerHome, spec: QuerySpec, requests: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Who asked, for the query's audit entry and ledger row: the person whose signed request this
-    partner's registry verifies (:mod:`fedcustomer.analytics.requester`), refused otherwise; nobody
-    in a home without a registry, which has no one to check a signature against."""
+def _requester(
+    home: PartnerHome, spec: QuerySpec, requests: Mapping[str, Any] | None
+) -> tuple[Actor | None, AccessDenied | None]:
+    """Who asked (:mod:`fedcustomer.analytics.requester`): the person whose signed request this
+    partner's registry verifies (AccessDenied raised otherwise), and why they may not ask, if so;
+    nobody in a home without a registry, which has no one to check a signature against."""
     if not home.store_path.exists():
-        return {"requested_by": None, "requester_authenticated": False}
+        return None, None
     from fedcustomer.data.store import PartnerStore
 
     with PartnerStore.open(home) as store:
         if store.people is None:
-            return {"requested_by": None, "requester_authenticated": False}
+            return None, None
         person = verify_requester(store, spec, requests)
-    return {"requested_by": person.name, "requester_role": person.role, "requester_authenticated": True}
+        return person, refusal_for(store, person)
 
 
 def _precheck(home: PartnerHome, spec: QuerySpec) -> None:

@@ -53,8 +53,8 @@ def verify_requester(store: Any, spec: QuerySpec, requests: Mapping[str, Any] | 
     """The registered person who signed this partner's request for ``spec``; AccessDenied otherwise.
 
     Call only on a store with a people registry. A refused signature is audited by the store
-    (``store.principal``) before it is raised; a missing request or a role without ``read`` is
-    raised for the caller to audit with the query's refusal.
+    (``store.principal``) before it is raised; a missing request is raised for the caller to
+    audit with the query's refusal. Whether the person may ask is :func:`refusal_for`'s answer.
     """
     raw = (requests or {}).get(store.name)
     if raw is None:
@@ -72,5 +72,13 @@ def verify_requester(store: Any, spec: QuerySpec, requests: Mapping[str, Any] | 
         purpose=PURPOSE,
         extra=bound["extra"],
     )
-    store.policy.require(person, PERMISSION)
     return Actor(person.name, person.role)
+
+
+def refusal_for(store: Any, person: Actor) -> AccessDenied | None:
+    """Why ``person`` may not ask queries of this partner (their role lacks ``read``), or None."""
+    try:
+        store.policy.require(person, PERMISSION)
+    except AccessDenied as exc:
+        return exc
+    return None

@@ -201,7 +201,9 @@ def test_a_group_or_filter_value_the_schema_does_not_declare_is_refused_before_a
     answer_query(home, _count(0.5, "q-ok", where={"loyalty_member": (1,)}))  # a declared value still answers
 
 
-def test_a_homes_query_entry_names_the_registered_service_that_made_its_read(tmp_path: Path) -> None:
+def test_a_homes_query_entry_names_its_asker_and_the_registered_service_that_made_its_read(
+    tmp_path: Path,
+) -> None:
     # The query entry said `node:telco_east` (a name made up by the code) while its read said
     # `node:telco_east:analytics` (the registered key), so `audit query --actor` found one of the two
     # (found by a new-user trial).
@@ -239,8 +241,9 @@ def test_a_homes_query_entry_names_the_registered_service_that_made_its_read(tmp
         reads = [e for e in log.query(action="read") if e.purpose == "analytics"]
     finally:
         log.close()
-    assert query.actor == reads[-1].actor != partner_actor(home).name
-    assert query.role == "data_scientist"
+    # the read is the registered analytics service's; the query is dana's, who signed it, and names the service
+    assert reads[-1].actor != partner_actor(home).name and reads[-1].role == "data_scientist"
+    assert (query.actor, query.role, query.details["service"]) == ("dana", "data_scientist", reads[-1].actor)
 
 
 def test_a_mistake_in_a_query_is_named_before_the_reuse_of_its_id(homes: list[PartnerHome]) -> None:

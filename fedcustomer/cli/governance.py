@@ -275,6 +275,14 @@ def read_cmd(
             dataset=dataset,
             approval_id=approval,
         )
+        entry = store.last_entry
+    views = entry.details.get("views", {}) if entry is not None else {}
+    masked = [c for c in frame.columns if views.get(c) == "masked"]
+    if masked:  # a masked value reads like a real one (an age of 30 for 34): say which columns are masked
+        console.print(
+            f"masked for purpose {escape(purpose)} (each by its schema rule): {escape(', '.join(map(str, masked)))}",
+            highlight=False,
+        )
     if output is not None:
         from fedcustomer.data.export import write_private_csv
 

@@ -122,6 +122,28 @@ def test_read_to_csv_for_training_pipeline(home, tmp_path, capsys, monkeypatch):
     assert 0 < len(frame) <= 20
 
 
+def test_a_marketing_read_says_which_columns_are_masked(home, tmp_path, capsys, people):
+    # found by a new-user trial: masked values (an age of 30 for 34) read like real ones, and only the
+    # audit entry's views said which were masked
+    out_csv = tmp_path / "marketing.csv"
+    args = [
+        "read",
+        "--home",
+        str(home),
+        *as_(people["mia"]),
+        "--purpose",
+        "marketing",
+        "--fields",
+        "region,income",
+    ]
+    code, out, err = run([*args, "--output", str(out_csv)], capsys)
+    assert code == 0, err
+    assert "masked for purpose marketing (each by its schema rule): income" in " ".join(out.split())
+    code, out, err = run(["read", "--home", str(home), *as_(people["dana"]), "--purpose", "training"], capsys)
+    assert code == 0, err
+    assert "masked for purpose" not in out  # nothing masked: nothing said
+
+
 def test_denied_read_exits_with_access_denied_code(home, capsys, people):
     code, _, err = run(
         [

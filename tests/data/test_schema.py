@@ -199,21 +199,37 @@ def test_draft_schema_guesses_types_tiers_and_checksums(tmp_path):
     assert Schema.load(out).fields == schema.fields
 
 
-def test_draft_masks_sensitive_dates_to_their_year_and_numbers_by_rounding(tmp_path):
-    # found by a new-user trial: a sensitive date was drafted with round:-2, which left the exact day
+def test_draft_masks_sensitive_dates_to_their_year_and_numbers_to_buckets_that_fit_them(tmp_path):
+    # found by new-user trials: a sensitive date was drafted with round:-2, which left the exact day, and
+    # round:-2 on every integer made every age 0 or 100 and every 0/1 flag 0
     frame = pd.DataFrame(
         {
-            "customer_id": ["C1", "C2", "C3"],
-            "last_purchase": ["2010-12-08", "2011-01-04", "2011-02-11"],
-            "monetary": [120.5, 33.0, 980.25],
+            "customer_id": ["C1", "C2", "C3", "C4"],
+            "last_purchase": ["2010-12-08", "2011-01-04", "2011-02-11", "2011-03-01"],
+            "monetary": [120.5, 33.0, 980.25, 410.0],
+            "age": [19, 35, 52, 83],
+            "balance": [-8019, 0, 1500, 102127],
+            "churned": [0, 1, 1, 0],
+            "products": [1, 2, 3, 2],
         }
     )
     path = tmp_path / "retail.csv"
     frame.to_csv(path, index=False)
     schema = draft_schema(path)
-    dated, spent = schema.field("last_purchase"), schema.field("monetary")
+    dated = schema.field("last_purchase")
     assert (dated.type, dated.tier, dated.masking) == ("date", "sensitive", "year")
-    assert (spent.tier, spent.masking) == ("sensitive", "round:-2")
+    masks = {n: schema.field(n).masking for n in ("monetary", "age", "balance", "churned", "products")}
+    assert all(schema.field(n).tier == "sensitive" for n in masks)
+    assert masks == {
+        "monetary": "bucket:100",  # about ten buckets over the observed range, 1-2-5 widths
+        "age": "bucket:10",
+        "balance": "bucket:20000",
+        "churned": "redact",  # a flag: buckets would show it or hide nothing
+        "products": "redact",  # whole numbers too close together for buckets of 2 or more
+    }
+    assert (
+        Schema.load(schema.save(tmp_path / "draft.yaml") or tmp_path / "draft.yaml").fields == schema.fields
+    )
 
 
 names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)

@@ -536,6 +536,16 @@ def query_cmd(
         run=run,
     )
     matches = _matches(audit, entries, pseudonym)
+    if customer is not None and home is not None and not entries:
+        from fedcustomer.data.store_customers import customer_status
+
+        if customer_status(PartnerHome(home).store_path, pseudonym or "") == "unknown":
+            terminal(
+                stderr=True
+            ).print(  # found nothing because there is nothing: say so (not quoting the id)
+                "no customer with that id is held in this home, and none was erased: check the id "
+                "(ids match ignoring case and surrounding spaces)"
+            )
     if fmt == "table":
         console = terminal()
         console.print(_table(entries, console.width, matches))

@@ -95,6 +95,27 @@ def set_digest(chunks: list[list[str]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def customer_status(store_path: Path, pseudonym: str) -> str | None:
+    """``held`` (the store has the customer's data key), ``erased`` (its erasures table names them)
+    or ``unknown``; None when there is no ``store.db`` to ask (a bare copy of the log)."""
+    if not Path(store_path).exists():
+        return None
+    try:
+        con = connect_readonly(Path(store_path))
+    except sqlite3.Error:
+        return None
+    try:
+        if con.execute("SELECT 1 FROM data_keys WHERE pseudonym = ? LIMIT 1", (pseudonym,)).fetchall():
+            return "held"
+        if con.execute("SELECT 1 FROM erasures WHERE pseudonym = ?", (pseudonym,)).fetchall():
+            return "erased"
+        return "unknown"
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+
+
 def record_customers(backend: Any, dataset: str, pseudonyms: Iterable[str]) -> dict[str, Any]:
     """Store the set of ``pseudonyms`` (ascending, as a read returns them); return the entry's citation.
 

@@ -455,6 +455,12 @@ def test_a_customer_is_found_by_raw_id_and_only_the_pseudonym_is_logged(
     assert [e["pseudonyms"] for e in json.loads(out)["entries"]] == [[wanted]]  # ids match as normalised
     text = (home.audit_dir / "audit.jsonl").read_text()
     assert "12747" not in text and wanted in text.splitlines()[-1]  # the query's entry names the pseudonym
+    code, _, err = run(
+        ["audit", "query", *ASKER, "--home", str(home.root), "--customer", "CUST-99999", "--format", "json"],
+        capsys,
+    )
+    assert code == 0 and "no customer with that id is held in this home" in " ".join(err.split())
+    assert "99999" not in err
     code, _, err = run(["audit", "query", "--log", str(home.audit_dir), "--customer", "CUST-12747"], capsys)
     assert code != 0 and "--customer needs --home" in err and "12747" not in err
     code, _, err = run(

@@ -121,3 +121,16 @@ def test_backup_taken_before_erasure_yields_nothing_of_the_customer_after_rotate
         assert struct.pack(">d", float(value)) not in raw
     for value in (victim["national_id"], victim["phone"], victim["updated_at"], victim["full_name"]):
         assert str(value).encode() not in raw
+
+
+def test_a_customers_status_is_held_erased_or_unknown(tmp_path, store, bank):
+    from fedcustomer.data.store_customers import customer_status
+
+    frame = bank_frame(6)
+    store.ingest(ADMIN, bank, write_csv(tmp_path, frame))
+    kept, gone = (store.pseudonymizer.pseudonym(frame.at[i, "customer_id"]) for i in (2, 4))
+    erase_customer(store, ADMIN, frame.at[4, "customer_id"])
+    path = store.home.store_path
+    assert customer_status(path, kept) == "held" and customer_status(path, gone) == "erased"
+    assert customer_status(path, "ab" * 32) == "unknown"
+    assert customer_status(tmp_path / "no-store.db", kept) is None  # a bare copy of the log: nothing to ask

@@ -44,6 +44,7 @@ from rich.table import Table
 from fedcustomer.cli.terminal import terminal
 from fedcustomer.common.files import atomic_write_text
 from fedcustomer.data.export import csv_text
+from fedcustomer.data.store_customers import DETAILS_KEY as CUSTOMERS_KEY
 from fedcustomer.data.store_customers import CustomerSets
 from fedcustomer.errors import ConfigError, FedCustomerError, IntegrityError
 from fedcustomer.partner.home import PartnerHome
@@ -416,9 +417,12 @@ def _customer_pseudonym(home: Path | None, pseudonym: str | None, customer: str 
 
 
 def _customers(e: AuditEntry) -> str:
-    """How many customers the entry names; "1000 of 2488" when its list was cut short."""
+    """How many customers the entry names; "1000 of 2488" when its list was cut short; for a
+    read that names none (a bulk read of public or sensitive fields), the size of the set it cites."""
     if not e.pseudonyms:
-        return ""
+        cited = e.details.get(CUSTOMERS_KEY)
+        count = cited.get("count") if isinstance(cited, dict) else None
+        return str(count) if isinstance(count, int) and not isinstance(count, bool) else ""
     total = e.details.get("pseudonyms_truncated")
     return f"{len(e.pseudonyms)} of {total}" if isinstance(total, int) else str(len(e.pseudonyms))
 
@@ -539,10 +543,9 @@ def query_cmd(
     if customer is not None and home is not None and not entries:
         from fedcustomer.data.store_customers import customer_status
 
+        # found nothing because there is nothing to find: say so, without quoting the id
         if customer_status(PartnerHome(home).store_path, pseudonym or "") == "unknown":
-            terminal(
-                stderr=True
-            ).print(  # found nothing because there is nothing: say so (not quoting the id)
+            terminal(stderr=True).print(
                 "no customer with that id is held in this home, and none was erased: check the id "
                 "(ids match ignoring case and surrounding spaces)"
             )

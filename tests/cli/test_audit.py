@@ -380,12 +380,15 @@ def test_wide_table_names_the_approval_and_a_cut_customer_list_with_its_full_cou
         details={"pseudonyms_truncated": 2488},
     )
     log.append(actor="rick", role="risk_officer", action="decrypt", row_count=2, pseudonyms=("p1", "p2"))
+    # a bulk read names no customer but cites the set it reached (found by a new-user trial: the column was empty)
+    bulk = {"customers": {"set_sha256": "0" * 64, "count": 500}}
+    log.append(actor="mia", role="marketing_analyst", action="read", row_count=500, details=bulk)
     console = Console(record=True, width=220)
     console.print(_table(list(log), 220))
     text = console.export_text()
     assert "approval " in text and "approved by" not in text
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
-    assert [(r[9], r[11]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2")]
+    assert [(r[9], r[11]) for r in rows] == [("a1b2", "1000 of 2488"), ("", "2"), ("", "500")]
 
 
 def test_a_pseudonym_query_says_how_each_entry_reached_the_customer(

@@ -39,9 +39,9 @@ def test_objects_from_before_are_frozen_for_the_block_and_given_back_after() -> 
 def test_overlapping_blocks_share_one_freeze_and_a_failure_still_unfreezes() -> None:
     with long_lived_frozen():
         with long_lived_frozen():
-            frozen = gc.get_freeze_count()
-            assert frozen > 0
-        assert gc.get_freeze_count() >= frozen  # the outer job is still running
+            assert gc.get_freeze_count() > 0
+        # the outer job is still running: still frozen (the count may drop as frozen objects are freed)
+        assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
     with pytest.raises(RuntimeError), long_lived_frozen():
         raise RuntimeError("a round failed")
